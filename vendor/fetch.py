@@ -1,0 +1,259 @@
+#!/usr/bin/env python3
+"""Fetch, verify and extract the pinned third-party inputs of flashinfer-rs.
+
+This is the only place in the project that touches the network. Everything it downloads is
+named in vendor/MANIFEST.toml with an exact file name and sha256; a wheel whose hash differs
+is refused with an error that names the file and both hashes.
+
+    python3 vendor/fetch.py sources     # FlashInfer sources/headers, tvm-ffi, sm100 cubins
+    python3 vendor/fetch.py toolchain   # CUDA 13.0 nvcc from the package registry
+    python3 vendor/fetch.py all         # both
+    python3 vendor/fetch.py print-env   # shell exports for the fetched toolchain/cubins
+
+Idempotent: a tree whose stamp matches the manifest is not fetched or extracted again.
+
+Locations (all overridable):
+    FLASHINFER_RS_CACHE     download cache and toolchain prefix   (~/.cache/flashinfer-rs)
+    FLASHINFER_RS_VENDOR_DIR  extracted source tree               (vendor/fetched, git-ignored)
+    FLASHINFER_CUBIN_DIR    cubin cache root                      (<cache>/cubins)
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import tomllib
+import zipfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+STAMP = ".flashinfer-rs-stamp.json"
+
+
+class FetchError(Exception):
+    pass
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("FLASHINFER_RS_CACHE", Path.home() / ".cache" / "flashinfer-rs"))
+
+
+def vendor_dir() -> Path:
+    return Path(os.environ.get("FLASHINFER_RS_VENDOR_DIR", HERE / "fetched"))
+
+
+def cubin_dir() -> Path:
+    return Path(os.environ.get("FLASHINFER_CUBIN_DIR", cache_dir() / "cubins"))
+
+
+def toolchain_prefix() -> Path:
+    return cache_dir() / "cuda-13.0"
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def log(msg: str) -> None:
+    print(f"[fetch] {msg}", file=sys.stderr, flush=True)
+
+
+def verified_wheel(entry: dict, wheels: Path, offline: bool) -> Path:
+    """Return the path of the pinned wheel in `wheels`, downloading it if absent.
+
+    A present file with the wrong hash is never silently replaced: it is an error, because it
+    means the cache or the registry served something other than what we pinned.
+    """
+    path = wheels / entry["file"]
+    if not path.exists():
+        if offline:
+            raise FetchError(f"{path} is missing and --offline was given")
+        download(entry, wheels)
+    actual = sha256_of(path)
+    if actual != entry["sha256"]:
+        raise FetchError(
+            f"sha256 mismatch for {path}:\n"
+            f"  expected {entry['sha256']}\n"
+            f"  actual   {actual}\n"
+            f"The file is not the pinned {entry['name']}=={entry['version']}. Delete it to fetch "
+            f"it again; if the registry keeps serving it, the pin needs review."
+        )
+    return path
+
+
+def download(entry: dict, wheels: Path) -> None:
+    wheels.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=wheels) as tmp:
+        cmd = [
+            sys.executable, "-m", "pip", "download", "--quiet", "--no-deps",
+            "--only-binary=:all:", "--disable-pip-version-check", "-d", tmp,
+            *entry.get("pip_args", []),
+            f"{entry['name']}=={entry['version']}",
+        ]
+        log(f"downloading {entry['name']}=={entry['version']}")
+        subprocess.run(cmd, check=True)
+        got = Path(tmp) / entry["file"]
+        if not got.exists():
+            names = ", ".join(p.name for p in Path(tmp).iterdir())
+            raise FetchError(f"pip fetched {names or 'nothing'}, not the pinned {entry['file']}")
+        got.replace(wheels / entry["file"])
+
+
+def extract_members(whl: Path, rules: list[tuple[str, Path]], skip: set[str] = frozenset()) -> int:
+    """Copy every wheel member under a rule's prefix to the rule's destination."""
+    n = 0
+    with zipfile.ZipFile(whl) as z:
+        for info in z.infolist():
+            if info.is_dir() or info.filename in skip:
+                continue
+            for prefix, dest in rules:
+                if info.filename == prefix:
+                    target = dest
+                elif prefix.endswith("/") and info.filename.startswith(prefix):
+                    target = dest / info.filename[len(prefix):]
+                else:
+                    continue
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with z.open(info) as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                mode = (info.external_attr >> 16) & 0o777
+                if mode & 0o111:
+                    target.chmod(0o755)
+                n += 1
+                break
+    return n
+
+
+def stamp_matches(tree: Path, expected: dict) -> bool:
+    try:
+        return json.loads((tree / STAMP).read_text()) == expected
+    except (OSError, ValueError):
+        return False
+
+
+def write_stamp(tree: Path, stamp: dict) -> None:
+    (tree / STAMP).write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
+
+
+def fetch_sources(manifest: dict, offline: bool) -> None:
+    tree = vendor_dir()
+    stamp = {s["name"]: s["sha256"] for s in manifest["source"]}
+    cubins_done = check_cubins(manifest, quiet=True)
+    if stamp_matches(tree, stamp) and cubins_done:
+        log(f"sources up to date in {tree}")
+        return
+    wheels = cache_dir() / "wheels"
+    fresh = tree.with_name(tree.name + ".partial")
+    shutil.rmtree(fresh, ignore_errors=True)
+    for entry in manifest["source"]:
+        whl = verified_wheel(entry, wheels, offline)
+        rules = [(src, fresh / dst) for src, dst in entry["extract"]]
+        n = extract_members(whl, rules)
+        log(f"{entry['name']}: {n} files -> {tree}")
+        if "cubins" in entry and not cubins_done:
+            extract_cubins(manifest, whl, entry["cubins"])
+    write_stamp(fresh, stamp)
+    shutil.rmtree(tree, ignore_errors=True)
+    fresh.rename(tree)
+    log(f"sources ready in {tree}")
+
+
+def artifact_dir(manifest: dict) -> Path:
+    return cubin_dir() / manifest["flashinfer"]["bmm_artifact"]
+
+
+def extract_cubins(manifest: dict, whl: Path, prefix: str) -> None:
+    dest = artifact_dir(manifest)
+    log(f"extracting cubins to {dest}")
+    extract_members(whl, [(prefix, dest)])
+    if not check_cubins(manifest, quiet=False):
+        raise FetchError(f"cubins in {dest} do not match their checksums.txt")
+
+
+def check_cubins(manifest: dict, quiet: bool) -> bool:
+    """Every cubin named in checksums.txt exists with the listed sha256."""
+    root = artifact_dir(manifest)
+    listing = root / "checksums.txt"
+    if not listing.exists():
+        return False
+    ok = True
+    for line in listing.read_text().splitlines():
+        if not line.strip():
+            continue
+        digest, name = line.split()
+        if not name.endswith(".cubin"):
+            continue
+        p = root / name
+        if not p.exists() or sha256_of(p) != digest:
+            ok = False
+            if not quiet:
+                log(f"cubin {p} missing or altered")
+    return ok
+
+
+def fetch_toolchain(manifest: dict, offline: bool) -> None:
+    prefix = toolchain_prefix()
+    stamp = {t["name"]: t["sha256"] for t in manifest["toolchain"]}
+    if stamp_matches(prefix, stamp):
+        log(f"toolchain up to date in {prefix}")
+        return
+    wheels = cache_dir() / "toolchain-wheels"
+    fresh = prefix.with_name(prefix.name + ".partial")
+    shutil.rmtree(fresh, ignore_errors=True)
+    for entry in manifest["toolchain"]:
+        whl = verified_wheel(entry, wheels, offline)
+        rules = [(p, fresh / p) for p in entry.get("only", ["nvidia/"])]
+        n = extract_members(whl, rules, skip=set(entry.get("skip", [])))
+        log(f"{entry['name']}: {n} files")
+    cuda_home = fresh / "nvidia" / "cu13"
+    (cuda_home / "lib64").symlink_to("lib")  # nvcc links from lib64
+    write_stamp(fresh, stamp)
+    shutil.rmtree(prefix, ignore_errors=True)
+    fresh.rename(prefix)
+    log(f"nvcc ready: {prefix / 'nvidia/cu13/bin/nvcc'}")
+
+
+def print_env(manifest: dict) -> None:
+    cuda_home = toolchain_prefix() / "nvidia" / "cu13"
+    print(f'export FLASHINFER_CUBIN_DIR="{cubin_dir()}"')
+    if (cuda_home / "bin" / "nvcc").exists():
+        print(f'export FLASHINFER_RS_CUDA_HOME="{cuda_home}"')
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("what", choices=["sources", "toolchain", "all", "print-env", "check-cubins"])
+    ap.add_argument("--manifest", type=Path, default=HERE / "MANIFEST.toml")
+    ap.add_argument("--offline", action="store_true", help="never download; use the cache only")
+    args = ap.parse_args(argv)
+    manifest = tomllib.loads(args.manifest.read_text())
+    try:
+        if args.what in ("toolchain", "all"):
+            fetch_toolchain(manifest, args.offline)
+        if args.what in ("sources", "all"):
+            fetch_sources(manifest, args.offline)
+        if args.what == "print-env":
+            print_env(manifest)
+        if args.what == "check-cubins" and not check_cubins(manifest, quiet=False):
+            raise FetchError(f"cubins in {artifact_dir(manifest)} are missing or altered")
+    except FetchError as e:
+        print(f"fetch.py: error: {e}", file=sys.stderr)
+        return 1
+    except subprocess.CalledProcessError as e:
+        print(f"fetch.py: error: {' '.join(e.cmd)} exited with {e.returncode}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,128 @@
+// info.cpp: build and device information, the ABI layout probe, and the architecture gate
+// that every kernel entry point passes before it launches anything.
+#include "info.h"
+
+#include <cuda_runtime_api.h>
+
+#include <atomic>
+#include <string>
+
+#include "status.h"
+
+#ifndef FLASHINFER_RS_UPSTREAM_VERSION
+#error "build.rs defines FLASHINFER_RS_UPSTREAM_VERSION"
+#endif
+#ifndef FLASHINFER_RS_BMM_ARTIFACT
+#error "build.rs defines FLASHINFER_RS_BMM_ARTIFACT"
+#endif
+
+namespace fi {
+namespace {
+
+bool routing_built_for(int major, int minor) {
+#ifdef FLASHINFER_RS_SM90
+  if (major == 9 && minor == 0) return true;
+#endif
+#ifdef FLASHINFER_RS_SM100
+  if (major == 10 && minor == 0) return true;
+#endif
+  (void)major;
+  (void)minor;
+  return false;
+}
+
+bool fused_built_for(int major, int minor) {
+#ifdef FLASHINFER_RS_SM100
+  if (major == 10 && minor == 0) return true;
+#endif
+  (void)major;
+  (void)minor;
+  return false;
+}
+
+std::string arch_list() {
+  std::string s;
+#ifdef FLASHINFER_RS_SM90
+  s += " sm_90a";
+#endif
+#ifdef FLASHINFER_RS_SM100
+  s += " sm_100a";
+#endif
+  return s.empty() ? " (none)" : s;
+}
+
+void query(fi_device_info* out) {
+  int dev = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  int major = 0, minor = 0, sms = 0;
+  check_cuda(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev),
+             "cudaDeviceGetAttribute(major)");
+  check_cuda(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, dev),
+             "cudaDeviceGetAttribute(minor)");
+  check_cuda(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev),
+             "cudaDeviceGetAttribute(multiprocessors)");
+  out->device = dev;
+  out->sm_major = major;
+  out->sm_minor = minor;
+  out->sm_count = sms;
+  out->routing_supported = routing_built_for(major, minor);
+  out->fused_supported = fused_built_for(major, minor);
+}
+
+// Per-device verdicts, so the hot path pays one cudaGetDevice and an atomic load.
+// 0 = unknown, 1 = supported, 2 = not supported.
+constexpr int kMaxDevices = 64;
+std::atomic<int8_t> routing_ok[kMaxDevices];
+std::atomic<int8_t> fused_ok[kMaxDevices];
+
+void require_arch(std::atomic<int8_t>* table, bool (*built_for)(int, int), const char* what) {
+  int dev = 0;
+  check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
+  bool cached = dev >= 0 && dev < kMaxDevices;
+  if (cached && table[dev].load(std::memory_order_relaxed) == 1) return;
+  fi_device_info info{};
+  query(&info);
+  bool ok = built_for(info.sm_major, info.sm_minor);
+  if (cached) table[dev].store(ok ? 1 : 2, std::memory_order_relaxed);
+  if (!ok) {
+    throw Failure(FI_STATUS_UNSUPPORTED_ARCH,
+                  std::string(what) + " has no kernels for device " + std::to_string(dev) +
+                      " (sm_" + std::to_string(info.sm_major) + std::to_string(info.sm_minor) +
+                      "); this build has:" + arch_list());
+  }
+}
+
+}  // namespace
+
+void require_routing_arch() { require_arch(routing_ok, routing_built_for, "routing"); }
+void require_fused_arch() { require_arch(fused_ok, fused_built_for, "the fused MoE"); }
+
+}  // namespace fi
+
+extern "C" fi_status fi_get_build_info(fi_build_info* out) {
+  return fi::guarded([&] {
+    fi::require(out != nullptr, "out must not be NULL");
+    out->abi_version = FI_ABI_VERSION;
+    out->flashinfer_version = FLASHINFER_RS_UPSTREAM_VERSION;
+    out->bmm_artifact = FLASHINFER_RS_BMM_ARTIFACT;
+    out->kernels_built = 1;
+#ifdef FLASHINFER_RS_SM90
+    out->has_sm90 = 1;
+#else
+    out->has_sm90 = 0;
+#endif
+#ifdef FLASHINFER_RS_SM100
+    out->has_sm100 = 1;
+#else
+    out->has_sm100 = 0;
+#endif
+    out->cuda_version = CUDART_VERSION;
+  });
+}
+
+extern "C" fi_status fi_get_device_info(fi_device_info* out) {
+  return fi::guarded([&] {
+    fi::require(out != nullptr, "out must not be NULL");
+    fi::query(out);
+  });
+}

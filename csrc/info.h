@@ -1,0 +1,9 @@
+// info.h: the architecture gate every kernel entry point passes before launching.
+#pragma once
+
+namespace fi {
+// Throw fi::Failure(FI_STATUS_UNSUPPORTED_ARCH) unless this build has kernels for the calling
+// thread's current device. Cached per device: one cudaGetDevice and an atomic load when warm.
+void require_routing_arch();
+void require_fused_arch();
+}  // namespace fi

@@ -1,0 +1,53 @@
+/* not_built.c: the C ABI of a build with no kernels (no `sm90`/`sm100` feature).
+ *
+ * Compiled by the host C compiler instead of the CUDA sources, so a crate that depends on
+ * flashinfer-rs builds and documents without nvcc. Every entry point answers
+ * FI_STATUS_KERNELS_NOT_BUILT; including flashinfer_rs.h makes the compiler check that each
+ * definition still matches its declaration. */
+#include "flashinfer_rs.h"
+
+#define FI_NOT_BUILT_MESSAGE                                                                   \
+  "flashinfer-rs was built without kernels: enable the `sm90` and/or `sm100` feature of "      \
+  "flashinfer-sys (for example `cargo build --features sm90`)"
+
+const char* fi_last_error_message(void) { return FI_NOT_BUILT_MESSAGE; }
+
+fi_status fi_get_build_info(fi_build_info* out) {
+  if (out == 0) return FI_STATUS_INVALID_ARGUMENT;
+  out->abi_version = FI_ABI_VERSION;
+  out->flashinfer_version = FLASHINFER_RS_UPSTREAM_VERSION;
+  out->bmm_artifact = FLASHINFER_RS_BMM_ARTIFACT;
+  out->kernels_built = 0;
+  out->has_sm90 = 0;
+  out->has_sm100 = 0;
+  out->cuda_version = 0;
+  return FI_STATUS_OK;
+}
+
+fi_status fi_get_device_info(fi_device_info* out) {
+  (void)out;
+  return FI_STATUS_KERNELS_NOT_BUILT;
+}
+
+fi_status fi_routing_buffer_sizes_for(int32_t num_tokens, int32_t top_k, int32_t num_experts,
+                                      int32_t tile_tokens_dim, fi_routing_buffer_sizes* out) {
+  (void)num_tokens, (void)top_k, (void)num_experts, (void)tile_tokens_dim, (void)out;
+  return FI_STATUS_KERNELS_NOT_BUILT;
+}
+
+fi_status fi_routing_run(const fi_routing_params* params, const void* logits, const void* bias,
+                         const fi_routing_buffers* buffers, int16_t* replay, void* stream) {
+  (void)params, (void)logits, (void)bias, (void)buffers, (void)replay, (void)stream;
+  return FI_STATUS_KERNELS_NOT_BUILT;
+}
+
+fi_status fi_noaux_tc_run(int32_t num_tokens, int32_t num_experts, int32_t top_k, int32_t n_group,
+                          int32_t topk_group, float routed_scaling_factor, const void* scores,
+                          fi_dtype scores_dtype, const void* bias, fi_dtype bias_dtype,
+                          void* topk_values, int32_t* topk_indices, int16_t* replay,
+                          int32_t use_pdl, void* stream) {
+  (void)num_tokens, (void)num_experts, (void)top_k, (void)n_group, (void)topk_group;
+  (void)routed_scaling_factor, (void)scores, (void)scores_dtype, (void)bias, (void)bias_dtype;
+  (void)topk_values, (void)topk_indices, (void)replay, (void)use_pdl, (void)stream;
+  return FI_STATUS_KERNELS_NOT_BUILT;
+}

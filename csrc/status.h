@@ -1,0 +1,54 @@
+// status.h: how every C ABI entry point turns C++ failures into an fi_status.
+//
+// Each entry point body runs inside `fi::guarded(...)`. FlashInfer's checks throw
+// tvm::ffi::Error (TVM_FFI_ICHECK) or flashinfer::Error (FLASHINFER_CHECK); CUDA failures are
+// reported by our own `fi::CudaError`. All of them, and anything else, stop here: nothing
+// unwinds across the C ABI. The message lands in a thread-local buffer (status.cpp).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <exception>
+#include <string>
+
+#include "flashinfer_rs.h"
+
+namespace fi {
+
+// Records `message` as this thread's last error and returns `status`.
+fi_status fail(fi_status status, std::string message) noexcept;
+
+// A failure this shim detects itself, with the status it maps to.
+struct Failure : std::exception {
+  fi_status status;
+  std::string message;
+  Failure(fi_status s, std::string m) : status(s), message(std::move(m)) {}
+  const char* what() const noexcept override { return message.c_str(); }
+};
+
+inline void require(bool ok, const char* what) {
+  if (!ok) throw Failure(FI_STATUS_INVALID_ARGUMENT, what);
+}
+
+inline void check_cuda(cudaError_t err, const char* call) {
+  if (err != cudaSuccess) {
+    throw Failure(FI_STATUS_CUDA_ERROR,
+                  std::string(call) + " failed: " + cudaGetErrorName(err) + " (" +
+                      cudaGetErrorString(err) + ")");
+  }
+}
+
+// Translates the exception in flight (call only inside a catch block).
+fi_status translate_current_exception() noexcept;
+
+template <typename F>
+fi_status guarded(F&& body) noexcept {
+  try {
+    body();
+    return FI_STATUS_OK;
+  } catch (...) {
+    return translate_current_exception();
+  }
+}
+
+}  // namespace fi

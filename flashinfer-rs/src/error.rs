@@ -1,0 +1,71 @@
+//! The one error type of flashinfer-rs. Every variant says what was wrong; argument errors
+//! name the argument and the rule it broke.
+use std::fmt;
+
+/// Result of every fallible flashinfer-rs call.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong, from argument checks to the kernels.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An argument broke a rule; checked before anything is launched.
+    #[error("invalid argument `{arg}`: {rule}")]
+    InvalidArgument {
+        /// The argument, as the API names it (`top_k`, `replay`, `logits`, ...).
+        arg: &'static str,
+        /// The rule broken, with the values involved.
+        rule: String,
+    },
+    /// Two buffers (or a buffer and the stream) belong to different CUDA contexts.
+    #[error("`{arg}` lives in another CUDA context than the stream")]
+    ContextMismatch {
+        /// The offending argument.
+        arg: &'static str,
+    },
+    /// This build has no kernels: enable the `sm90` and/or `sm100` feature.
+    #[error("flashinfer-rs was built without kernels; enable the `sm90` and/or `sm100` feature")]
+    KernelsNotBuilt,
+    /// The current GPU's architecture has no kernels in this build.
+    #[error("unsupported GPU architecture: {0}")]
+    UnsupportedArch(String),
+    /// FlashInfer rejected the call (one of its own checks); upstream's message.
+    #[error("FlashInfer rejected the call: {0}")]
+    Upstream(String),
+    /// A CUDA call made by the C shim failed.
+    #[error("CUDA error: {0}")]
+    Cuda(String),
+    /// A CUDA driver call made from Rust (through cudarc) failed.
+    #[error("CUDA driver error: {0}")]
+    Driver(String),
+    /// A cubin is missing, unreadable or fails its sha256.
+    #[error("cubin error: {0}")]
+    Cubin(String),
+    /// Something that should not happen; please report it.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub(crate) fn invalid(arg: &'static str, rule: impl fmt::Display) -> Error {
+        Error::InvalidArgument {
+            arg,
+            rule: rule.to_string(),
+        }
+    }
+}
+
+impl From<cudarc::driver::DriverError> for Error {
+    fn from(e: cudarc::driver::DriverError) -> Self {
+        Error::Driver(e.to_string())
+    }
+}
+
+/// Returns `Err(InvalidArgument)` unless `ok`.
+pub(crate) fn ensure(ok: bool, arg: &'static str, rule: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(arg, rule()))
+    }
+}

@@ -1,0 +1,97 @@
+//! The thin layer over the C ABI: statuses become [`Error`]s, and the build and device
+//! queries become plain Rust values.
+use std::ffi::CStr;
+
+use flashinfer_sys as sys;
+
+use crate::error::{Error, Result};
+
+/// Turns a C ABI status into a `Result`, reading the thread-local message on failure.
+pub(crate) fn check(status: sys::fi_status) -> Result<()> {
+    if status == sys::fi_status::FI_STATUS_OK {
+        return Ok(());
+    }
+    // SAFETY: the C ABI always returns a valid NUL-terminated string owned by this thread.
+    let message = unsafe { CStr::from_ptr(sys::fi_last_error_message()) }
+        .to_string_lossy()
+        .into_owned();
+    Err(match status {
+        sys::fi_status::FI_STATUS_INVALID_ARGUMENT => Error::InvalidArgument {
+            arg: "(C ABI)",
+            rule: message,
+        },
+        sys::fi_status::FI_STATUS_CUDA_ERROR => Error::Cuda(message),
+        sys::fi_status::FI_STATUS_UPSTREAM_ERROR => Error::Upstream(message),
+        sys::fi_status::FI_STATUS_KERNELS_NOT_BUILT => Error::KernelsNotBuilt,
+        sys::fi_status::FI_STATUS_UNSUPPORTED_ARCH => Error::UnsupportedArch(message),
+        sys::fi_status::FI_STATUS_CUBIN_ERROR => Error::Cubin(message),
+        _ => Error::Internal(message),
+    })
+}
+
+/// What this build of the kernels holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BuildInfo {
+    /// FlashInfer release the kernels are compiled from (`"0.6.13"`).
+    pub flashinfer_version: String,
+    /// Batched-GEMM cubin artifact the fused MoE loads.
+    pub bmm_artifact: String,
+    /// Whether any kernels were compiled in.
+    pub kernels_built: bool,
+    /// Routing kernels for Hopper (`sm_90a`).
+    pub sm90: bool,
+    /// Routing and the fused MoE for Blackwell (`sm_100a`).
+    pub sm100: bool,
+    /// CUDA runtime version the kernels were built against (e.g. 13000), 0 without kernels.
+    pub cuda_version: i32,
+}
+
+/// Describes this build: pinned upstream version, artifact and architectures.
+pub fn build_info() -> BuildInfo {
+    let mut raw = sys::fi_build_info::default();
+    // SAFETY: `raw` is a valid out-pointer; the call only writes it.
+    let status = unsafe { sys::fi_get_build_info(&mut raw) };
+    debug_assert_eq!(status, sys::fi_status::FI_STATUS_OK);
+    // SAFETY: the strings are static NUL-terminated literals of the C library.
+    let text = |p: *const std::os::raw::c_char| {
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    };
+    BuildInfo {
+        flashinfer_version: text(raw.flashinfer_version),
+        bmm_artifact: text(raw.bmm_artifact),
+        kernels_built: raw.kernels_built != 0,
+        sm90: raw.has_sm90 != 0,
+        sm100: raw.has_sm100 != 0,
+        cuda_version: raw.cuda_version,
+    }
+}
+
+/// The calling thread's current device, as the kernels see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// CUDA device ordinal.
+    pub ordinal: i32,
+    /// Compute capability (major, minor).
+    pub compute_capability: (i32, i32),
+    /// Streaming multiprocessors.
+    pub sm_count: i32,
+    /// This build can route on this device.
+    pub routing_supported: bool,
+    /// This build can run the fused MoE on this device.
+    pub fused_supported: bool,
+}
+
+/// Queries the device of `ctx` (binding it to the calling thread first).
+pub fn device_info(ctx: &cudarc::driver::CudaContext) -> Result<DeviceInfo> {
+    ctx.bind_to_thread()?;
+    let mut raw = sys::fi_device_info::default();
+    // SAFETY: `raw` is a valid out-pointer; the call only writes it.
+    check(unsafe { sys::fi_get_device_info(&mut raw) })?;
+    Ok(DeviceInfo {
+        ordinal: raw.device,
+        compute_capability: (raw.sm_major, raw.sm_minor),
+        sm_count: raw.sm_count,
+        routing_supported: raw.routing_supported != 0,
+        fused_supported: raw.fused_supported != 0,
+    })
+}

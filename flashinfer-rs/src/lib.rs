@@ -1,0 +1,29 @@
+//! Safe Rust calls into FlashInfer's TRTLLM-gen Mixture-of-Experts routing, with the routed
+//! experts of every token captured straight into a buffer you own (`routing_replay_out`).
+//!
+//! | capability | Hopper (sm_90) | Blackwell (sm_100) | no kernels built |
+//! |---|---|---|---|
+//! | [`routing`]: every 0.6.13 routing method, replay | yes (`sm90`) | yes (`sm100`) | [`Error::KernelsNotBuilt`] |
+//! | build and device queries ([`build_info`], [`device_info`]) | yes | yes | build info only |
+//!
+//! Layers: `flashinfer-sys` is the raw C ABI; this crate checks every argument against
+//! upstream's limits before anything is launched and turns every failure into an [`Error`].
+//! Kernels run on the caller's cudarc stream, never allocate or synchronise in a call, and can
+//! be captured in CUDA graphs.
+#![warn(missing_docs)]
+
+mod error;
+mod ffi;
+mod replay;
+pub mod routing;
+
+pub use error::{Error, Result};
+pub use ffi::{build_info, device_info, BuildInfo, DeviceInfo};
+pub use replay::ReplayView;
+
+/// The FlashInfer release the kernels are compiled from.
+pub const FLASHINFER_VERSION: &str = flashinfer_sys::FLASHINFER_VERSION;
+
+/// Re-exported so callers use the same cudarc and half versions as this crate.
+pub use cudarc;
+pub use half;

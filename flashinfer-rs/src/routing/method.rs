@@ -1,0 +1,314 @@
+//! Routing methods, their own parameters, and the limits FlashInfer 0.6.13 has for each.
+//!
+//! The limits matter more than usual: for an (experts, top_k) pair outside a method's compiled
+//! kernel tiers, upstream only logs a warning and launches nothing, leaving the outputs (and
+//! the replay buffer) as they were. [`RoutingConfig::validate`] rejects every such pair before
+//! anything is launched.
+
+use crate::error::{ensure, Result};
+use flashinfer_sys as sys;
+
+/// How a token's experts are chosen and weighted (upstream's `RoutingMethodType`), with the
+/// parameters each method takes.
+///
+/// Selection order is descending key; ties go to the smaller expert index. Weights are bf16.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RoutingMethod {
+    /// Softmax over all experts, top-k of the probabilities; weights are those probabilities.
+    Default,
+    /// Top-k of the raw logits; weights are the softmax over the chosen logits (Qwen3, Mixtral).
+    Renormalize,
+    /// Softmax, top-k, divide by the sum: the same function as `Renormalize`, and upstream
+    /// runs the same kernel for both.
+    RenormalizeNaive,
+    /// DeepSeek-V3: key `sigmoid(l) + bias`; with `n_group > 1` the experts are split into
+    /// groups, a group scores the sum of its two best keys, the best `topk_group` groups are
+    /// kept and the top-k are chosen inside them. Weights: `sigmoid(l)` of the chosen ×
+    /// `routed_scaling_factor` / their sum. Needs a bias.
+    DeepSeekV3 {
+        /// Expert groups; `<= 1` means no grouping.
+        n_group: u32,
+        /// Groups kept per token (ignored without grouping).
+        topk_group: u32,
+        /// Scale of the normalised weights.
+        routed_scaling_factor: f32,
+    },
+    /// Llama 4: top-1 of the raw logits, weight `sigmoid(max logit)`.
+    Llama4,
+    /// Top-k of the raw logits; weights are the raw chosen logits.
+    TopK,
+    /// Key `sigmoid(l)`; weights `s / max(sum, 1e-20)` if `norm_topk_prob`, else `s`.
+    SigmoidRenorm {
+        /// Renormalise the chosen weights to sum to one.
+        norm_topk_prob: bool,
+    },
+    /// MiniMax-M2: key `sigmoid(l) + bias`; weights `sigmoid × routed_scaling_factor /
+    /// (sum + 1e-20)`. Needs a bias.
+    MiniMax2 {
+        /// Scale of the normalised weights.
+        routed_scaling_factor: f32,
+    },
+    /// Key `sigmoid(l)`; weights `s`.
+    Sigmoid,
+}
+
+impl RoutingMethod {
+    /// Upstream's `RoutingMethodType` value.
+    pub fn upstream_value(&self) -> u32 {
+        use sys::fi_routing_method as m;
+        match self {
+            RoutingMethod::Default => m::FI_ROUTING_DEFAULT,
+            RoutingMethod::Renormalize => m::FI_ROUTING_RENORMALIZE,
+            RoutingMethod::DeepSeekV3 { .. } => m::FI_ROUTING_DEEPSEEK_V3,
+            RoutingMethod::Llama4 => m::FI_ROUTING_LLAMA4,
+            RoutingMethod::RenormalizeNaive => m::FI_ROUTING_RENORMALIZE_NAIVE,
+            RoutingMethod::TopK => m::FI_ROUTING_TOPK,
+            RoutingMethod::SigmoidRenorm { .. } => m::FI_ROUTING_SIGMOID_RENORM,
+            RoutingMethod::MiniMax2 { .. } => m::FI_ROUTING_MINIMAX2,
+            RoutingMethod::Sigmoid => m::FI_ROUTING_SIGMOID,
+        }
+    }
+
+    /// The method's name as upstream spells it.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RoutingMethod::Default => "Default",
+            RoutingMethod::Renormalize => "Renormalize",
+            RoutingMethod::DeepSeekV3 { .. } => "DeepSeekV3",
+            RoutingMethod::Llama4 => "Llama4",
+            RoutingMethod::RenormalizeNaive => "RenormalizeNaive",
+            RoutingMethod::TopK => "TopK",
+            RoutingMethod::SigmoidRenorm { .. } => "SigmoidRenorm",
+            RoutingMethod::MiniMax2 { .. } => "MiniMax2",
+            RoutingMethod::Sigmoid => "Sigmoid",
+        }
+    }
+
+    /// Whether the method adds a per-expert bias to its selection key (and so requires one).
+    pub fn needs_bias(&self) -> bool {
+        matches!(
+            self,
+            RoutingMethod::DeepSeekV3 { .. } | RoutingMethod::MiniMax2 { .. }
+        )
+    }
+
+    /// DeepSeekV3 with `n_group > 1` runs upstream's grouped DeepSeek kernels; everything
+    /// else runs the policy-based "custom" kernels (or Llama4's).
+    pub fn is_grouped(&self) -> bool {
+        matches!(self, RoutingMethod::DeepSeekV3 { n_group, .. } if *n_group > 1)
+    }
+
+    /// Largest (experts, top_k) this method's kernels are compiled for in 0.6.13; every
+    /// pair up to both bounds is covered by some tier.
+    pub fn limits(&self) -> MethodLimits {
+        match self {
+            // PolicyTraits<Softmax, NoOp>, <Sigmoid, SumNormalize>, <NoOp, NoOp>:
+            // Tier<128, 8>, Tier<256, 8> only.
+            RoutingMethod::Default
+            | RoutingMethod::TopK
+            | RoutingMethod::SigmoidRenorm { .. }
+            | RoutingMethod::Sigmoid => MethodLimits {
+                max_experts: 256,
+                max_top_k: 8,
+            },
+            // PolicyTraits<NoOp, Softmax>: up to Tier<2048, 32>.
+            RoutingMethod::Renormalize | RoutingMethod::RenormalizeNaive => MethodLimits {
+                max_experts: 2048,
+                max_top_k: 32,
+            },
+            // Grouped DeepSeek kernel: at most 512 experts; Routing::Runner allows top_k <= 22.
+            RoutingMethod::DeepSeekV3 { n_group, .. } if *n_group > 1 => MethodLimits {
+                max_experts: 512,
+                max_top_k: 22,
+            },
+            // PolicyTraits<SigmoidBias, ScaledSumNormalize>: up to Tier<1024, 32>; the
+            // ungrouped DeepSeekV3 path is still held to Routing::Runner's top_k <= 22.
+            RoutingMethod::DeepSeekV3 { .. } => MethodLimits {
+                max_experts: 1024,
+                max_top_k: 22,
+            },
+            RoutingMethod::MiniMax2 { .. } => MethodLimits {
+                max_experts: 1024,
+                max_top_k: 32,
+            },
+            // routingLlama4: MaxSupportedExperts = 128, MaxNumTopExperts = 1.
+            RoutingMethod::Llama4 => MethodLimits {
+                max_experts: 128,
+                max_top_k: 1,
+            },
+        }
+    }
+}
+
+/// Upper bounds of one method's kernels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MethodLimits {
+    /// Most experts any compiled tier covers.
+    pub max_experts: u32,
+    /// Largest top-k any compiled tier covers.
+    pub max_top_k: u32,
+}
+
+/// Grouped DeepSeekV3 limits of 0.6.13's routingDeepSeek kernels.
+pub const MAX_EXPERT_GROUPS: u32 = 8;
+/// At most this many groups are kept per token.
+pub const MAX_TOPK_GROUPS: u32 = 4;
+/// A group's experts are scored by one warp.
+pub const MAX_EXPERTS_PER_GROUP: u32 = 32;
+
+/// A model's routing, fixed for the life of a server: validated once, then every call only
+/// checks its buffers.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoutingConfig {
+    /// The method and its parameters.
+    pub method: RoutingMethod,
+    /// Experts in the model (columns of the logits).
+    pub num_experts: u32,
+    /// Experts chosen per token.
+    pub top_k: u32,
+    /// First expert owned by this rank (expert parallelism); 0 without EP.
+    pub local_expert_offset: u32,
+    /// Experts owned by this rank; `num_experts` without EP.
+    pub local_num_experts: u32,
+    /// Token tile of the permutation outputs (a power of two, 8..=256).
+    pub tile_tokens_dim: u32,
+    /// Launch with programmatic dependent launch (overlaps a kernel's start with the previous
+    /// kernel's tail; upstream always enables it).
+    pub use_pdl: bool,
+}
+
+impl RoutingConfig {
+    /// A config for `method` over all `num_experts` (no expert parallelism), tile 8, PDL on.
+    pub fn new(method: RoutingMethod, num_experts: u32, top_k: u32) -> RoutingConfig {
+        RoutingConfig {
+            method,
+            num_experts,
+            top_k,
+            local_expert_offset: 0,
+            local_num_experts: num_experts,
+            tile_tokens_dim: 8,
+            use_pdl: true,
+        }
+    }
+
+    /// This rank owns experts `[offset, offset + count)`.
+    pub fn with_local_experts(mut self, offset: u32, count: u32) -> RoutingConfig {
+        self.local_expert_offset = offset;
+        self.local_num_experts = count;
+        self
+    }
+
+    /// Sets the permutation tile.
+    pub fn with_tile_tokens_dim(mut self, tile: u32) -> RoutingConfig {
+        self.tile_tokens_dim = tile;
+        self
+    }
+
+    /// Turns programmatic dependent launch on or off.
+    pub fn with_pdl(mut self, use_pdl: bool) -> RoutingConfig {
+        self.use_pdl = use_pdl;
+        self
+    }
+
+    /// Checks every rule FlashInfer 0.6.13 has for this method, plus the ones it forgets.
+    pub fn validate(&self) -> Result<()> {
+        let (e, k) = (self.num_experts, self.top_k);
+        let name = self.method.name();
+        ensure(e > 0, "num_experts", || "must be > 0".into())?;
+        ensure(k > 0, "top_k", || "must be > 0".into())?;
+        ensure(k <= e, "top_k", || {
+            format!("top_k ({k}) must not exceed num_experts ({e})")
+        })?;
+        let lim = self.method.limits();
+        ensure(e <= lim.max_experts, "num_experts", || {
+            format!(
+                "{name} routing supports at most {} experts in FlashInfer 0.6.13, got {e}",
+                lim.max_experts
+            )
+        })?;
+        ensure(k <= lim.max_top_k, "top_k", || {
+            format!(
+                "{name} routing supports top_k <= {} in FlashInfer 0.6.13, got {k}",
+                lim.max_top_k
+            )
+        })?;
+        ensure(
+            self.local_expert_offset
+                .checked_add(self.local_num_experts)
+                .is_some_and(|end| end <= e),
+            "local_num_experts",
+            || {
+                format!(
+                    "local experts [{}, {}+{}) must lie inside [0, num_experts = {e})",
+                    self.local_expert_offset, self.local_expert_offset, self.local_num_experts
+                )
+            },
+        )?;
+        let t = self.tile_tokens_dim;
+        ensure(
+            t.is_power_of_two() && (8..=256).contains(&t),
+            "tile_tokens_dim",
+            || format!("must be a power of two in 8..=256, got {t}"),
+        )?;
+        match self.method {
+            RoutingMethod::DeepSeekV3 {
+                n_group,
+                topk_group,
+                routed_scaling_factor,
+            } => {
+                ensure(
+                    routed_scaling_factor.is_finite(),
+                    "routed_scaling_factor",
+                    || format!("must be finite, got {routed_scaling_factor}"),
+                )?;
+                if n_group > 1 {
+                    validate_groups(e, k, n_group, topk_group)?;
+                }
+            }
+            RoutingMethod::MiniMax2 {
+                routed_scaling_factor,
+            } => {
+                ensure(
+                    routed_scaling_factor.is_finite(),
+                    "routed_scaling_factor",
+                    || format!("must be finite, got {routed_scaling_factor}"),
+                )?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+fn validate_groups(e: u32, k: u32, n_group: u32, topk_group: u32) -> Result<()> {
+    ensure(n_group <= MAX_EXPERT_GROUPS, "n_group", || {
+        format!("DeepSeekV3 supports at most {MAX_EXPERT_GROUPS} expert groups, got {n_group}")
+    })?;
+    ensure(e % n_group == 0, "n_group", || {
+        format!("num_experts ({e}) must be a multiple of n_group ({n_group})")
+    })?;
+    ensure(e / n_group <= MAX_EXPERTS_PER_GROUP, "n_group", || {
+        format!(
+            "DeepSeekV3 supports at most {MAX_EXPERTS_PER_GROUP} experts per group, got {e} / {n_group} = {}",
+            e / n_group
+        )
+    })?;
+    ensure(topk_group >= 1, "topk_group", || {
+        "must be >= 1 with n_group > 1".into()
+    })?;
+    ensure(topk_group <= MAX_TOPK_GROUPS, "topk_group", || {
+        format!("DeepSeekV3 keeps at most {MAX_TOPK_GROUPS} groups, got {topk_group}")
+    })?;
+    ensure(topk_group <= n_group, "topk_group", || {
+        format!("topk_group ({topk_group}) must not exceed n_group ({n_group})")
+    })?;
+    // The kept groups must hold at least top_k experts, or the top-k is not defined.
+    ensure(topk_group * (e / n_group) >= k, "top_k", || {
+        format!(
+            "top_k ({k}) exceeds the experts in the kept groups ({topk_group} x {} = {})",
+            e / n_group,
+            topk_group * (e / n_group)
+        )
+    })?;
+    Ok(())
+}

@@ -1,0 +1,438 @@
+//! The routing call: logits in, expert weights, permutation data and (optionally) the
+//! routed expert ids written straight into a caller's replay buffer.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceSlice};
+use flashinfer_sys as sys;
+use half::bf16;
+
+use super::method::RoutingConfig;
+use crate::error::{ensure, Error, Result};
+use crate::ffi::check;
+use crate::replay::ReplayView;
+
+/// Router logits `[num_tokens, num_experts]`, row-major, in either dtype the kernels take.
+#[derive(Debug)]
+pub enum Logits<'a> {
+    /// fp32 logits (DeepSeek-V3 style routers).
+    F32(CudaView<'a, f32>),
+    /// bf16 logits (most others).
+    Bf16(CudaView<'a, bf16>),
+}
+
+impl<'a> From<&'a CudaSlice<f32>> for Logits<'a> {
+    fn from(s: &'a CudaSlice<f32>) -> Self {
+        Logits::F32(s.as_view())
+    }
+}
+impl<'a> From<&'a CudaSlice<bf16>> for Logits<'a> {
+    fn from(s: &'a CudaSlice<bf16>) -> Self {
+        Logits::Bf16(s.as_view())
+    }
+}
+impl<'a> From<CudaView<'a, f32>> for Logits<'a> {
+    fn from(s: CudaView<'a, f32>) -> Self {
+        Logits::F32(s)
+    }
+}
+impl<'a> From<CudaView<'a, bf16>> for Logits<'a> {
+    fn from(s: CudaView<'a, bf16>) -> Self {
+        Logits::Bf16(s)
+    }
+}
+
+impl Logits<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Logits::F32(v) => v.len(),
+            Logits::Bf16(v) => v.len(),
+        }
+    }
+    fn dtype(&self) -> sys::fi_dtype::Type {
+        match self {
+            Logits::F32(_) => sys::fi_dtype::FI_DTYPE_F32,
+            Logits::Bf16(_) => sys::fi_dtype::FI_DTYPE_BF16,
+        }
+    }
+    fn stream(&self) -> &Arc<CudaStream> {
+        match self {
+            Logits::F32(v) => v.stream(),
+            Logits::Bf16(v) => v.stream(),
+        }
+    }
+}
+
+/// Per-expert selection bias `[num_experts]` (DeepSeekV3, MiniMax2), fp32 or bf16. The same
+/// type as [`Logits`]; the name says what it holds.
+pub type Bias<'a> = Logits<'a>;
+
+/// Device buffers the routing kernels write, allocated once for up to `max_tokens` and reused
+/// call after call: fixed addresses, so a routing call captured in a CUDA graph stays valid.
+///
+/// Besides the weights they hold the permutation a grouped GEMM consumes (token → padded
+/// slot, slot → token, per-expert counts, CTA → expert tables).
+pub struct RoutingBuffers {
+    max_tokens: usize,
+    top_k: usize,
+    num_experts: usize,
+    tile_tokens_dim: usize,
+    topk_weights: CudaSlice<bf16>,
+    /// `{bf16 score, i16 expert}` pairs, 4 bytes each; opaque to Rust.
+    topk_packed: CudaSlice<u32>,
+    expert_counts: CudaSlice<i32>,
+    permuted_idx_size: CudaSlice<i32>,
+    expanded_idx_to_permuted_idx: CudaSlice<i32>,
+    permuted_idx_to_token_idx: CudaSlice<i32>,
+    cta_idx_xy_to_batch_idx: CudaSlice<i32>,
+    cta_idx_xy_to_mn_limit: CudaSlice<i32>,
+    num_non_exiting_ctas: CudaSlice<i32>,
+}
+
+impl std::fmt::Debug for RoutingBuffers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoutingBuffers")
+            .field("max_tokens", &self.max_tokens)
+            .field("top_k", &self.top_k)
+            .field("num_experts", &self.num_experts)
+            .field("tile_tokens_dim", &self.tile_tokens_dim)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Element counts of each routing buffer (upstream's own sizing rules).
+fn buffer_sizes(tokens: usize, cfg: &RoutingConfig) -> Result<sys::fi_routing_buffer_sizes> {
+    let tokens =
+        i32::try_from(tokens).map_err(|_| Error::invalid("max_tokens", "must fit in i32"))?;
+    let mut sizes = sys::fi_routing_buffer_sizes::default();
+    // SAFETY: host arithmetic only; `sizes` is a valid out-pointer.
+    check(unsafe {
+        sys::fi_routing_buffer_sizes_for(
+            tokens,
+            cfg.top_k as i32,
+            cfg.num_experts as i32,
+            cfg.tile_tokens_dim as i32,
+            &mut sizes,
+        )
+    })?;
+    Ok(sizes)
+}
+
+impl RoutingBuffers {
+    /// Allocates buffers for up to `max_tokens` tokens of `cfg` on `stream` (stream-ordered,
+    /// zero-filled; the one place routing allocates).
+    pub fn new(
+        stream: &Arc<CudaStream>,
+        cfg: &RoutingConfig,
+        max_tokens: usize,
+    ) -> Result<RoutingBuffers> {
+        cfg.validate()?;
+        ensure(max_tokens > 0, "max_tokens", || "must be > 0".into())?;
+        ensure(
+            max_tokens
+                .checked_mul(cfg.num_experts as usize)
+                .is_some_and(|n| n <= i32::MAX as usize),
+            "max_tokens",
+            || {
+                format!(
+                    "max_tokens x num_experts must fit in i32, got {max_tokens} x {}",
+                    cfg.num_experts
+                )
+            },
+        )?;
+        let s = buffer_sizes(max_tokens, cfg)?;
+        let n = |x: i64| x.max(1) as usize;
+        Ok(RoutingBuffers {
+            max_tokens,
+            top_k: cfg.top_k as usize,
+            num_experts: cfg.num_experts as usize,
+            tile_tokens_dim: cfg.tile_tokens_dim as usize,
+            topk_weights: stream.alloc_zeros(n(s.topk))?,
+            topk_packed: stream.alloc_zeros(n(s.topk))?,
+            expert_counts: stream.alloc_zeros(n(s.expert_counts))?,
+            permuted_idx_size: stream.alloc_zeros(1)?,
+            expanded_idx_to_permuted_idx: stream.alloc_zeros(n(s.topk))?,
+            permuted_idx_to_token_idx: stream.alloc_zeros(n(s.max_padded))?,
+            cta_idx_xy_to_batch_idx: stream.alloc_zeros(n(s.max_ctas))?,
+            cta_idx_xy_to_mn_limit: stream.alloc_zeros(n(s.max_ctas))?,
+            num_non_exiting_ctas: stream.alloc_zeros(1)?,
+        })
+    }
+
+    /// Most tokens one call may route with these buffers.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// Weights of the chosen experts, bf16 `[max_tokens, top_k]`; rows `[0, num_tokens)` of
+    /// the last call are valid.
+    pub fn topk_weights(&self) -> &CudaSlice<bf16> {
+        &self.topk_weights
+    }
+
+    /// `expanded_idx_to_permuted_idx[t * top_k + k]`: the padded slot of token `t`'s k-th
+    /// expert in the permuted (grouped-GEMM) order, or -1 when that expert is not local.
+    pub fn expanded_idx_to_permuted_idx(&self) -> &CudaSlice<i32> {
+        &self.expanded_idx_to_permuted_idx
+    }
+
+    /// `permuted_idx_to_token_idx[slot]`: the token in a padded slot (valid below
+    /// `permuted_idx_size`).
+    pub fn permuted_idx_to_token_idx(&self) -> &CudaSlice<i32> {
+        &self.permuted_idx_to_token_idx
+    }
+
+    /// One element: the padded token count after permutation.
+    pub fn permuted_idx_size(&self) -> &CudaSlice<i32> {
+        &self.permuted_idx_size
+    }
+
+    /// Per-expert histogram scratch (the first `num_experts` hold the counts after a call on
+    /// the multi-kernel tiers).
+    pub fn expert_counts(&self) -> &CudaSlice<i32> {
+        &self.expert_counts
+    }
+
+    /// CTA → local expert table of the grouped GEMM.
+    pub fn cta_idx_xy_to_batch_idx(&self) -> &CudaSlice<i32> {
+        &self.cta_idx_xy_to_batch_idx
+    }
+
+    /// CTA → row limit table of the grouped GEMM.
+    pub fn cta_idx_xy_to_mn_limit(&self) -> &CudaSlice<i32> {
+        &self.cta_idx_xy_to_mn_limit
+    }
+
+    /// One element: CTAs of the grouped GEMM that do work.
+    pub fn num_non_exiting_ctas(&self) -> &CudaSlice<i32> {
+        &self.num_non_exiting_ctas
+    }
+
+    fn check_fits(&self, cfg: &RoutingConfig, num_tokens: usize) -> Result<()> {
+        ensure(
+            self.top_k == cfg.top_k as usize
+                && self.num_experts == cfg.num_experts as usize
+                && self.tile_tokens_dim == cfg.tile_tokens_dim as usize,
+            "buffers",
+            || {
+                format!(
+                    "allocated for (num_experts {}, top_k {}, tile {}), the call has ({}, {}, {})",
+                    self.num_experts,
+                    self.top_k,
+                    self.tile_tokens_dim,
+                    cfg.num_experts,
+                    cfg.top_k,
+                    cfg.tile_tokens_dim
+                )
+            },
+        )?;
+        ensure(num_tokens <= self.max_tokens, "num_tokens", || {
+            format!(
+                "{num_tokens} tokens exceed the buffers' max_tokens ({})",
+                self.max_tokens
+            )
+        })
+    }
+}
+
+/// A validated [`RoutingConfig`], ready to route.
+#[derive(Debug, Clone, Copy)]
+pub struct Router {
+    cfg: RoutingConfig,
+}
+
+/// One routing call's inputs.
+#[derive(Debug)]
+pub struct RouteInput<'a> {
+    /// `[>= num_tokens, num_experts]` logits; rows past `num_tokens` are not read.
+    pub logits: Logits<'a>,
+    /// `[num_experts]` bias: required by DeepSeekV3 and MiniMax2, refused by the others.
+    pub bias: Option<Bias<'a>>,
+    /// Rows to route.
+    pub num_tokens: usize,
+}
+
+impl Router {
+    /// Validates `cfg` once; later calls only check their buffers.
+    pub fn new(cfg: RoutingConfig) -> Result<Router> {
+        cfg.validate()?;
+        Ok(Router { cfg })
+    }
+
+    /// The validated config.
+    pub fn config(&self) -> &RoutingConfig {
+        &self.cfg
+    }
+
+    /// Routes `input.num_tokens` tokens on `stream`.
+    ///
+    /// Writes the weights and permutation into `buffers` and, when `replay` is given, the
+    /// chosen expert ids: `replay[t][k]` is token `t`'s k-th expert (global id, descending
+    /// score). Rows of `replay` at or beyond `num_tokens` are never written. Everything is
+    /// enqueued on `stream`; nothing is allocated and nothing synchronises, so the call can
+    /// be captured in a CUDA graph.
+    pub fn route(
+        &self,
+        stream: &Arc<CudaStream>,
+        input: &RouteInput<'_>,
+        buffers: &mut RoutingBuffers,
+        replay: Option<&mut ReplayView<'_>>,
+    ) -> Result<()> {
+        let cfg = &self.cfg;
+        let (t, e, k) = (
+            input.num_tokens,
+            cfg.num_experts as usize,
+            cfg.top_k as usize,
+        );
+        buffers.check_fits(cfg, t)?;
+        let ctx = stream.context();
+        let same_ctx = |s: &Arc<CudaStream>| s.context().cu_ctx() == ctx.cu_ctx();
+        ensure(input.logits.len() >= t * e, "logits", || {
+            format!(
+                "holds {} elements, {t} tokens x {e} experts need {}",
+                input.logits.len(),
+                t * e
+            )
+        })?;
+        if !same_ctx(input.logits.stream()) {
+            return Err(Error::ContextMismatch { arg: "logits" });
+        }
+        match (&input.bias, cfg.method.needs_bias()) {
+            (None, true) => {
+                return Err(Error::invalid(
+                    "bias",
+                    format!("{} routing needs a bias", cfg.method.name()),
+                ))
+            }
+            (Some(_), false) => {
+                return Err(Error::invalid(
+                    "bias",
+                    format!("{} routing takes no bias", cfg.method.name()),
+                ))
+            }
+            (Some(b), true) => {
+                ensure(b.len() == e, "bias", || {
+                    format!("must hold num_experts ({e}) elements, holds {}", b.len())
+                })?;
+                if !same_ctx(b.stream()) {
+                    return Err(Error::ContextMismatch { arg: "bias" });
+                }
+            }
+            (None, false) => {}
+        }
+        if let Some(r) = replay.as_deref() {
+            r.check_for(t, k)?;
+            if !same_ctx(r.stream()) {
+                return Err(Error::ContextMismatch { arg: "replay" });
+            }
+        }
+        if buffers.topk_weights.context().cu_ctx() != ctx.cu_ctx() {
+            return Err(Error::ContextMismatch { arg: "buffers" });
+        }
+
+        let params = sys::fi_routing_params {
+            method: cfg.method.upstream_value() as i32,
+            num_tokens: t as i32,
+            num_experts: e as i32,
+            top_k: k as i32,
+            n_group: match cfg.method {
+                super::RoutingMethod::DeepSeekV3 { n_group, .. } => n_group as i32,
+                _ => 0,
+            },
+            topk_group: match cfg.method {
+                super::RoutingMethod::DeepSeekV3 { topk_group, .. } => topk_group as i32,
+                _ => 0,
+            },
+            local_expert_offset: cfg.local_expert_offset as i32,
+            local_num_experts: cfg.local_num_experts as i32,
+            tile_tokens_dim: cfg.tile_tokens_dim as i32,
+            routed_scaling_factor: match cfg.method {
+                super::RoutingMethod::DeepSeekV3 {
+                    routed_scaling_factor,
+                    ..
+                }
+                | super::RoutingMethod::MiniMax2 {
+                    routed_scaling_factor,
+                } => routed_scaling_factor,
+                _ => 1.0,
+            },
+            norm_topk_prob: matches!(
+                cfg.method,
+                super::RoutingMethod::SigmoidRenorm {
+                    norm_topk_prob: true
+                }
+            ) as i32,
+            use_pdl: cfg.use_pdl as i32,
+            logits_dtype: input.logits.dtype(),
+            bias_dtype: input
+                .bias
+                .as_ref()
+                .map_or(sys::fi_dtype::FI_DTYPE_F32, |b| b.dtype()),
+        };
+
+        ctx.bind_to_thread()?;
+        // The guards keep cudarc's stream ordering (event waits) alive across the call.
+        let (logits_ptr, _g1) = device_ptr(&input.logits, stream);
+        let (bias_ptr, _g2) = match &input.bias {
+            Some(b) => {
+                let (p, g) = device_ptr(b, stream);
+                (p, Some(g))
+            }
+            None => (0, None),
+        };
+        let b = &mut *buffers;
+        let (w, _g3) = b.topk_weights.device_ptr_mut(stream);
+        let (packed, _g4) = b.topk_packed.device_ptr_mut(stream);
+        let (counts, _g5) = b.expert_counts.device_ptr_mut(stream);
+        let (psize, _g6) = b.permuted_idx_size.device_ptr_mut(stream);
+        let (e2p, _g7) = b.expanded_idx_to_permuted_idx.device_ptr_mut(stream);
+        let (p2t, _g8) = b.permuted_idx_to_token_idx.device_ptr_mut(stream);
+        let (c2b, _g9) = b.cta_idx_xy_to_batch_idx.device_ptr_mut(stream);
+        let (c2m, _g10) = b.cta_idx_xy_to_mn_limit.device_ptr_mut(stream);
+        let (nctas, _g11) = b.num_non_exiting_ctas.device_ptr_mut(stream);
+        let raw = sys::fi_routing_buffers {
+            topk_weights: w as *mut _,
+            topk_packed: packed as *mut _,
+            expert_counts: counts as *mut i32,
+            permuted_idx_size: psize as *mut i32,
+            expanded_idx_to_permuted_idx: e2p as *mut i32,
+            permuted_idx_to_token_idx: p2t as *mut i32,
+            cta_idx_xy_to_batch_idx: c2b as *mut i32,
+            cta_idx_xy_to_mn_limit: c2m as *mut i32,
+            num_non_exiting_ctas: nctas as *mut i32,
+        };
+        let (replay_ptr, _g12) = match replay {
+            Some(r) => {
+                let (p, g) = r.data_mut().device_ptr_mut(stream);
+                (p as *mut i16, Some(g))
+            }
+            None => (std::ptr::null_mut(), None),
+        };
+        // SAFETY: every pointer is device memory of `ctx` (checked above) sized for this call
+        // (`check_fits`, the logits/bias/replay checks); the context is current on this thread;
+        // the guards keep the memory and its stream ordering alive until the call returns.
+        check(unsafe {
+            sys::fi_routing_run(
+                &params,
+                logits_ptr as *const _,
+                bias_ptr as *const _,
+                &raw,
+                replay_ptr,
+                stream.cu_stream() as *mut _,
+            )
+        })
+    }
+}
+
+fn device_ptr<'a>(
+    l: &'a Logits<'_>,
+    stream: &'a CudaStream,
+) -> (
+    cudarc::driver::sys::CUdeviceptr,
+    cudarc::driver::SyncOnDrop<'a>,
+) {
+    match l {
+        Logits::F32(v) => v.device_ptr(stream),
+        Logits::Bf16(v) => v.device_ptr(stream),
+    }
+}

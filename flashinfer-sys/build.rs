@@ -1,0 +1,766 @@
+//! Builds the kernels behind flashinfer-rs's C ABI.
+//!
+//! The steps, in order, each a function below:
+//!   1. `read_pin`: the pinned upstream version and cubin artifact from vendor/MANIFEST.toml;
+//!      exported to Rust (`rustc-env`) and to dependants (`DEP_FLASHINFER_*`).
+//!   2. No arch feature, or docs.rs: `build_not_built`: the C ABI answering "kernels not built",
+//!      compiled by the host C compiler; no nvcc needed.
+//!   3. `require_vendor`: the fetched FlashInfer tree (vendor/fetch.py); never downloads.
+//!   4. `find_cuda`: nvcc >= 12.8 from NVCC, FLASHINFER_RS_CUDA_HOME, CUDA_HOME, CUDA_PATH,
+//!      the toolchain that vendor/fetch.py installs, or PATH.
+//!   5. `plan_jobs` + `run_jobs`: every translation unit, heaviest first, compiled in parallel
+//!      (cargo's NUM_JOBS) through a content-addressed object cache, so a fresh clone on a
+//!      machine that built the same inputs before links in seconds.
+//!   6. `archive_and_link`: static archives, static cudart, and the link lines.
+
+use std::collections::VecDeque;
+use std::env;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex};
+
+use sha2::{Digest, Sha256};
+
+/// Oldest CUDA whose nvcc knows sm_100a.
+const MIN_CUDA: (u32, u32) = (12, 8);
+
+fn main() {
+    let ctx = Ctx::from_env();
+    declare_rerun_triggers(&ctx);
+    let pin = read_pin(&ctx);
+    emit_metadata(&ctx, &pin);
+
+    if env::var_os("DOCS_RS").is_some() {
+        // docs.rs: no compiler, no link. The crate only needs to document.
+        return;
+    }
+    if ctx.archs.is_empty() {
+        build_not_built(&ctx, &pin);
+        return;
+    }
+    let vendor = require_vendor(&ctx);
+    let cuda = find_cuda(&ctx);
+    let jobs = plan_jobs(&ctx, &pin, &vendor, &cuda);
+    let objects = run_jobs(&ctx, jobs);
+    archive_and_link(&ctx, &cuda, objects);
+}
+
+/// Everything the steps share, read once from cargo's environment.
+struct Ctx {
+    /// The workspace root: csrc/ and vendor/ live here.
+    root: PathBuf,
+    out_dir: PathBuf,
+    archs: Vec<Arch>,
+    jobs: usize,
+    cache: PathBuf,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Arch {
+    Sm90a,
+    Sm100a,
+}
+
+impl Arch {
+    fn gencode(self) -> &'static str {
+        match self {
+            Arch::Sm90a => "-gencode=arch=compute_90a,code=sm_90a",
+            Arch::Sm100a => "-gencode=arch=compute_100a,code=sm_100a",
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            Arch::Sm90a => "sm_90a",
+            Arch::Sm100a => "sm_100a",
+        }
+    }
+    fn define(self) -> &'static str {
+        match self {
+            Arch::Sm90a => "-DFLASHINFER_RS_SM90",
+            Arch::Sm100a => "-DFLASHINFER_RS_SM100",
+        }
+    }
+}
+
+impl Ctx {
+    fn from_env() -> Ctx {
+        let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+        let root = manifest_dir.parent().unwrap().to_path_buf();
+        let mut archs = Vec::new();
+        if env::var_os("CARGO_FEATURE_SM90").is_some() {
+            archs.push(Arch::Sm90a);
+        }
+        if env::var_os("CARGO_FEATURE_SM100").is_some() {
+            archs.push(Arch::Sm100a);
+        }
+        let jobs = env::var("NUM_JOBS")
+            .ok()
+            .and_then(|j| j.parse().ok())
+            .unwrap_or(2);
+        let cache = env::var_os("FLASHINFER_RS_CACHE")
+            .map(PathBuf::from)
+            .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/flashinfer-rs")))
+            .unwrap_or_else(|| PathBuf::from("/tmp/flashinfer-rs-cache"));
+        Ctx {
+            root,
+            out_dir: PathBuf::from(env::var("OUT_DIR").unwrap()),
+            archs,
+            jobs: jobs.max(1),
+            cache,
+        }
+    }
+
+    fn csrc(&self) -> PathBuf {
+        self.root.join("csrc")
+    }
+
+    fn vendor_dir(&self) -> PathBuf {
+        env::var_os("FLASHINFER_RS_VENDOR_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| self.root.join("vendor/fetched"))
+    }
+}
+
+fn declare_rerun_triggers(ctx: &Ctx) {
+    println!("cargo::rustc-check-cfg=cfg(flashinfer_kernels)");
+    println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed={}", ctx.csrc().display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        ctx.root.join("vendor/MANIFEST.toml").display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        ctx.root.join("vendor/patches").display()
+    );
+    // The stamp changes whenever vendor/fetch.py writes a new tree.
+    println!(
+        "cargo:rerun-if-changed={}",
+        ctx.vendor_dir().join(STAMP).display()
+    );
+    for var in [
+        "NVCC",
+        "FLASHINFER_RS_CUDA_HOME",
+        "CUDA_HOME",
+        "CUDA_PATH",
+        "FLASHINFER_RS_CACHE",
+        "FLASHINFER_RS_VENDOR_DIR",
+        "FLASHINFER_RS_NO_OBJECT_CACHE",
+        "FLASHINFER_RS_NVCC_FLAGS",
+        "DOCS_RS",
+    ] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+}
+
+const STAMP: &str = ".flashinfer-rs-stamp.json";
+
+/// The pinned upstream, read from vendor/MANIFEST.toml.
+struct Pin {
+    version: String,
+    bmm_artifact: String,
+}
+
+fn read_pin(ctx: &Ctx) -> Pin {
+    #[derive(serde::Deserialize)]
+    struct Manifest {
+        flashinfer: Section,
+    }
+    #[derive(serde::Deserialize)]
+    struct Section {
+        version: String,
+        bmm_artifact: String,
+    }
+    let path = ctx.root.join("vendor/MANIFEST.toml");
+    let text = fs::read_to_string(&path)
+        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", path.display())));
+    let m: Manifest = toml::from_str(&text)
+        .unwrap_or_else(|e| fail(&format!("{} is not valid: {e}", path.display())));
+    // The crate version carries the pin as build metadata; the two must agree.
+    let crate_version = env::var("CARGO_PKG_VERSION").unwrap();
+    let expected = format!("+flashinfer.{}", m.flashinfer.version);
+    if !crate_version.ends_with(&expected) {
+        fail(&format!(
+            "crate version {crate_version} does not carry the pinned FlashInfer {} \
+             (expected build metadata `{expected}`)",
+            m.flashinfer.version
+        ));
+    }
+    Pin {
+        version: m.flashinfer.version,
+        bmm_artifact: m.flashinfer.bmm_artifact,
+    }
+}
+
+fn emit_metadata(ctx: &Ctx, pin: &Pin) {
+    let archs: Vec<&str> = ctx.archs.iter().map(|a| a.name()).collect();
+    // For this crate's Rust code (constants in lib.rs).
+    println!(
+        "cargo:rustc-env=FLASHINFER_RS_UPSTREAM_VERSION={}",
+        pin.version
+    );
+    println!(
+        "cargo:rustc-env=FLASHINFER_RS_BMM_ARTIFACT={}",
+        pin.bmm_artifact
+    );
+    println!("cargo:rustc-env=FLASHINFER_RS_ARCHS={}", archs.join(","));
+    // For dependants, as DEP_FLASHINFER_<KEY> (the `links = "flashinfer"` contract).
+    println!("cargo:include={}", ctx.csrc().display());
+    println!("cargo:version={}", pin.version);
+    println!("cargo:bmm_artifact={}", pin.bmm_artifact);
+    println!("cargo:archs={}", archs.join(","));
+}
+
+/// The C ABI with every kernel entry point answering FI_STATUS_KERNELS_NOT_BUILT.
+fn build_not_built(ctx: &Ctx, pin: &Pin) {
+    let mut build = cc_with_pin(pin);
+    build
+        .file(ctx.csrc().join("not_built.c"))
+        .file(ctx.csrc().join("abi_layout.c"))
+        .include(ctx.csrc())
+        .compile("flashinfer_rs_not_built");
+}
+
+fn cc_with_pin(pin: &Pin) -> cc::Build {
+    let mut build = cc::Build::new();
+    build
+        .define(
+            "FLASHINFER_RS_UPSTREAM_VERSION",
+            format!("\"{}\"", pin.version).as_str(),
+        )
+        .define(
+            "FLASHINFER_RS_BMM_ARTIFACT",
+            format!("\"{}\"", pin.bmm_artifact).as_str(),
+        );
+    build
+}
+
+fn require_vendor(ctx: &Ctx) -> PathBuf {
+    let dir = ctx.vendor_dir();
+    if !dir.join(STAMP).exists() {
+        fail(&format!(
+            "the FlashInfer sources are not fetched ({} has no {STAMP}).\n\
+             Run this once (it downloads the pinned wheels and checks their sha256):\n\n    \
+             python3 {}/vendor/fetch.py sources\n",
+            dir.display(),
+            ctx.root.display()
+        ));
+    }
+    dir
+}
+
+struct Cuda {
+    nvcc: PathBuf,
+    home: PathBuf,
+    version_text: String,
+}
+
+fn find_cuda(ctx: &Ctx) -> Cuda {
+    let fetched = ctx.cache.join("cuda-13.0/nvidia/cu13/bin/nvcc");
+    // Explicit choices first: a too-old explicit nvcc is an error, not skipped.
+    let explicit: Vec<(String, PathBuf)> = [
+        ("NVCC", env::var_os("NVCC").map(PathBuf::from)),
+        (
+            "FLASHINFER_RS_CUDA_HOME",
+            env::var_os("FLASHINFER_RS_CUDA_HOME").map(|h| PathBuf::from(h).join("bin/nvcc")),
+        ),
+        (
+            "CUDA_HOME",
+            env::var_os("CUDA_HOME").map(|h| PathBuf::from(h).join("bin/nvcc")),
+        ),
+        (
+            "CUDA_PATH",
+            env::var_os("CUDA_PATH").map(|h| PathBuf::from(h).join("bin/nvcc")),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
+    .collect();
+    for (source, nvcc) in explicit {
+        match probe_nvcc(&nvcc) {
+            Ok(cuda) => return cuda,
+            Err(e) => fail(&format!("{source} points at {}: {e}", nvcc.display())),
+        }
+    }
+    let mut tried = Vec::new();
+    for nvcc in [fetched, PathBuf::from("nvcc")] {
+        match probe_nvcc(&nvcc) {
+            Ok(cuda) => return cuda,
+            Err(e) => tried.push(format!("  {}: {e}", nvcc.display())),
+        }
+    }
+    fail(&format!(
+        "no nvcc >= {}.{} found (needed by the `sm90`/`sm100` features).\n{}\n\
+         Install CUDA 13.0's compiler from the package registry (about 160 MB, no root):\n\n    \
+         python3 {}/vendor/fetch.py toolchain\n\n\
+         or point NVCC / CUDA_HOME at a CUDA >= {}.{} toolkit.",
+        MIN_CUDA.0,
+        MIN_CUDA.1,
+        tried.join("\n"),
+        ctx.root.display(),
+        MIN_CUDA.0,
+        MIN_CUDA.1
+    ))
+}
+
+fn probe_nvcc(nvcc: &Path) -> Result<Cuda, String> {
+    let out = Command::new(nvcc)
+        .arg("--version")
+        .output()
+        .map_err(|e| format!("cannot run: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let release = text
+        .split("release ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .ok_or_else(|| "no `release X.Y` in `nvcc --version`".to_string())?;
+    let mut parts = release
+        .trim()
+        .split('.')
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if version < MIN_CUDA {
+        return Err(format!(
+            "CUDA {}.{} is older than {}.{}",
+            version.0, version.1, MIN_CUDA.0, MIN_CUDA.1
+        ));
+    }
+    // Resolve `nvcc` on PATH to its real location to find CUDA_HOME.
+    let resolved = if nvcc.components().count() == 1 {
+        let which = Command::new("sh")
+            .arg("-c")
+            .arg("command -v nvcc")
+            .output()
+            .map_err(|e| e.to_string())?;
+        PathBuf::from(String::from_utf8_lossy(&which.stdout).trim())
+    } else {
+        nvcc.to_path_buf()
+    };
+    let resolved = fs::canonicalize(&resolved).unwrap_or(resolved);
+    let home = resolved
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .ok_or("nvcc has no CUDA home")?;
+    Ok(Cuda {
+        nvcc: resolved,
+        home,
+        version_text: text,
+    })
+}
+
+/// One compiler invocation: `program args... -c source -o <object>`.
+struct Job {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    source: PathBuf,
+}
+
+/// Every translation unit, heaviest first (the list is consumed from the front, and the
+/// longest job bounds the wall time on few cores).
+fn plan_jobs(ctx: &Ctx, pin: &Pin, vendor: &Path, cuda: &Cuda) -> Vec<Job> {
+    let fi = vendor.join("flashinfer");
+    let csrc = ctx.csrc();
+    let has_sm100 = ctx.archs.contains(&Arch::Sm100a);
+
+    let includes = [
+        fi.join("include"),
+        fi.join("csrc"),
+        fi.join("csrc/nv_internal"),
+        fi.join("csrc/nv_internal/include"),
+        vendor.join("cutlass/include"),
+        vendor.join("tvm-ffi/include"),
+        vendor.join("bmm-include"),
+        csrc.clone(),
+    ];
+    let mut common: Vec<String> = vec![
+        "-std=c++17".into(),
+        "-O3".into(),
+        "-DNDEBUG".into(),
+        "--expt-relaxed-constexpr".into(),
+        "-use_fast_math".into(),
+        "-static-global-template-stub=false".into(),
+        "-Xfatbin=-compress-all".into(),
+        "-Xcompiler=-fPIC".into(),
+        // Our stand-ins for headers the registry toolchain lacks; the toolkit's own win.
+        format!("-Xcompiler=-idirafter,{}", csrc.join("compat").display()),
+        "-diag-suppress=20012,20013,20015,177,550,186".into(),
+        format!("-DFLASHINFER_RS_UPSTREAM_VERSION=\"{}\"", pin.version),
+        format!("-DFLASHINFER_RS_BMM_ARTIFACT=\"{}\"", pin.bmm_artifact),
+        format!("-DTLLM_GEN_GEMM_CUBIN_PATH=\"{}\"", pin.bmm_artifact),
+    ];
+    for d in [
+        "TLLM_GEN_EXPORT_INTERFACE",
+        "TLLM_GEN_EXPORT_FLASHINFER",
+        "TLLM_ENABLE_CUDA",
+        "ENABLE_BF16",
+        "ENABLE_FP8",
+        "ENABLE_FP4",
+        "CUTLASS_ENABLE_GDC_FOR_SM100=1",
+        "FLASHINFER_ENABLE_FP8_E8M0",
+        "FLASHINFER_ENABLE_FP4_E2M1",
+        "TVM_FFI_BACKTRACE_ON_SEGFAULT=0",
+    ] {
+        common.push(format!("-D{d}"));
+    }
+    for a in &ctx.archs {
+        common.push(a.define().into());
+    }
+    if let Ok(extra) = env::var("FLASHINFER_RS_NVCC_FLAGS") {
+        common.extend(extra.split_whitespace().map(String::from));
+    }
+    common.extend(includes.iter().map(|i| format!("-I{}", i.display())));
+
+    let all_archs: Vec<String> = ctx.archs.iter().map(|a| a.gencode().to_string()).collect();
+    let sm100_only = vec![Arch::Sm100a.gencode().to_string()];
+    let threads = vec![format!("--threads={}", ctx.archs.len())];
+
+    let nvcc = |name: &str, source: PathBuf, gencodes: &[String]| Job {
+        name: name.to_string(),
+        program: cuda.nvcc.clone(),
+        args: common
+            .iter()
+            .chain(gencodes)
+            .chain(&threads)
+            .cloned()
+            .collect(),
+        source,
+    };
+    let backend = fi.join("csrc/fused_moe/trtllm_backend");
+    let mut jobs = vec![nvcc(
+        "routing_custom",
+        backend.join("trtllm_fused_moe_routing_custom.cu"),
+        &all_archs,
+    )];
+    if has_sm100 {
+        jobs.push(nvcc(
+            "batched_gemm_runner",
+            fi.join("csrc/trtllm_batched_gemm_runner.cu"),
+            &sm100_only,
+        ));
+    }
+    jobs.push(nvcc(
+        "routing_deepseek",
+        backend.join("trtllm_fused_moe_routing_deepseek.cu"),
+        &all_archs,
+    ));
+    jobs.push(nvcc(
+        "noaux_tc",
+        fi.join("csrc/fused_moe/noAuxTcKernels.cu"),
+        &all_archs,
+    ));
+    if has_sm100 {
+        jobs.push(nvcc(
+            "quantization",
+            fi.join("csrc/nv_internal/cpp/kernels/quantization.cu"),
+            &sm100_only,
+        ));
+        jobs.push(nvcc(
+            "moe_launcher",
+            fi.join("csrc/trtllm_fused_moe_kernel_launcher.cu"),
+            &sm100_only,
+        ));
+        jobs.push(nvcc(
+            "moe_runner",
+            fi.join("csrc/trtllm_fused_moe_runner.cu"),
+            &sm100_only,
+        ));
+        jobs.push(nvcc(
+            "moe_dev_kernel",
+            backend.join("trtllm_fused_moe_dev_kernel.cu"),
+            &sm100_only,
+        ));
+    }
+    jobs.push(nvcc(
+        "routing_llama4",
+        backend.join("trtllm_fused_moe_routing_llama4.cu"),
+        &all_archs,
+    ));
+    jobs.push(nvcc(
+        "routing_common",
+        backend.join("trtllm_fused_moe_routing_common.cu"),
+        &all_archs,
+    ));
+    jobs.push(nvcc("fi_routing", csrc.join("routing.cu"), &all_archs));
+    // Host-only translation units (nvcc hands them to the host compiler).
+    for (name, src) in [
+        ("fi_status", csrc.join("status.cpp")),
+        ("fi_info", csrc.join("info.cpp")),
+        ("fi_abi_layout", csrc.join("abi_layout.c")),
+        (
+            "tllm_env_utils",
+            fi.join("csrc/nv_internal/cpp/common/envUtils.cpp"),
+        ),
+        (
+            "tllm_logger",
+            fi.join("csrc/nv_internal/cpp/common/logger.cpp"),
+        ),
+        (
+            "tllm_string_utils",
+            fi.join("csrc/nv_internal/cpp/common/stringUtils.cpp"),
+        ),
+        (
+            "tllm_exception",
+            fi.join("csrc/nv_internal/cpp/common/tllmException.cpp"),
+        ),
+    ] {
+        jobs.push(nvcc(name, src, &[]));
+    }
+    jobs.extend(tvm_ffi_jobs(vendor));
+    jobs
+}
+
+/// tvm-ffi's C++ sources, built into a static library: the upstream launchers and the
+/// routing code call its C API (errors, tensors, environment stream/allocator).
+fn tvm_ffi_jobs(vendor: &Path) -> Vec<Job> {
+    let root = vendor.join("tvm-ffi");
+    let cxx = env::var_os("CXX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("c++"));
+    let args: Vec<String> = vec![
+        "-std=c++17".into(),
+        "-O2".into(),
+        "-fPIC".into(),
+        "-w".into(),
+        // No libbacktrace (not shipped) and, above all, no SIGSEGV handler in a server process.
+        "-DTVM_FFI_USE_LIBBACKTRACE=0".into(),
+        "-DTVM_FFI_BACKTRACE_ON_SEGFAULT=0".into(),
+        format!("-I{}", root.join("include").display()),
+    ];
+    let mut sources = Vec::new();
+    collect_files(&root.join("src/ffi"), "cc", &mut sources);
+    sources.sort();
+    sources
+        .into_iter()
+        .filter(|s| {
+            let n = s.file_name().unwrap().to_string_lossy();
+            // Windows-only, and tvm-ffi's own test registry.
+            n != "backtrace_win.cc" && n != "testing.cc"
+        })
+        .map(|s| Job {
+            name: format!("tvm_ffi_{}", s.file_stem().unwrap().to_string_lossy()),
+            program: cxx.clone(),
+            args: args.clone(),
+            source: s,
+        })
+        .collect()
+}
+
+fn collect_files(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
+    for entry in fs::read_dir(dir).unwrap_or_else(|e| fail(&format!("{}: {e}", dir.display()))) {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            collect_files(&p, ext, out);
+        } else if p.extension().is_some_and(|e| e == ext) {
+            out.push(p);
+        }
+    }
+}
+
+/// Runs the jobs on `ctx.jobs` threads. Each object is looked up in the object cache under a
+/// key that covers the compiler, its arguments, the source, the fetched tree's stamp and our
+/// own headers; a miss compiles and stores.
+fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(String, PathBuf)> {
+    let obj_dir = ctx.out_dir.join("obj");
+    fs::create_dir_all(&obj_dir).unwrap();
+    let use_cache = env::var_os("FLASHINFER_RS_NO_OBJECT_CACHE").is_none();
+    let cache_dir = ctx.cache.join("objects");
+    if use_cache {
+        let _ = fs::create_dir_all(&cache_dir);
+    }
+    let shared_key = shared_inputs_digest(ctx);
+    let mut versions = std::collections::HashMap::new();
+    let keyed: VecDeque<(Job, String)> = jobs
+        .into_iter()
+        .map(|job| {
+            let version = versions.entry(job.program.clone()).or_insert_with(|| {
+                Command::new(&job.program)
+                    .arg("--version")
+                    .output()
+                    .map(|o| o.stdout)
+                    .unwrap_or_default()
+            });
+            let key = job_digest(&job, &shared_key, version);
+            (job, key)
+        })
+        .collect();
+    let total = keyed.len();
+    let started_all = std::time::Instant::now();
+    let compiled = Arc::new(Mutex::new(0usize));
+
+    let queue = Arc::new(Mutex::new(keyed));
+    let results = Arc::new(Mutex::new(Vec::new()));
+    let errors = Arc::new(Mutex::new(Vec::new()));
+    std::thread::scope(|s| {
+        for _ in 0..ctx.jobs {
+            let (queue, results, errors) = (queue.clone(), results.clone(), errors.clone());
+            let compiled = compiled.clone();
+            let (obj_dir, cache_dir) = (&obj_dir, &cache_dir);
+            s.spawn(move || loop {
+                let Some((job, key)) = queue.lock().unwrap().pop_front() else {
+                    break;
+                };
+                let object = obj_dir.join(format!("{}.o", job.name));
+                let cached = cache_dir.join(format!("{}-{key}.o", job.name));
+                let outcome = if use_cache && cached.exists() {
+                    fs::copy(&cached, &object)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                } else {
+                    *compiled.lock().unwrap() += 1;
+                    compile(&job, &object).map(|_| {
+                        if use_cache {
+                            // Write then rename, so a concurrent build never reads half a file.
+                            let tmp = cache_dir.join(format!(
+                                ".{}-{key}.{}",
+                                job.name,
+                                std::process::id()
+                            ));
+                            if fs::copy(&object, &tmp).is_ok() {
+                                let _ = fs::rename(&tmp, &cached);
+                            }
+                        }
+                    })
+                };
+                match outcome {
+                    Ok(()) => results.lock().unwrap().push((job.name.clone(), object)),
+                    Err(e) => errors.lock().unwrap().push(format!("{}: {e}", job.name)),
+                }
+            });
+        }
+    });
+    let errors = errors.lock().unwrap();
+    if !errors.is_empty() {
+        fail(&format!("compilation failed:\n{}", errors.join("\n")));
+    }
+    let archs: Vec<&str> = ctx.archs.iter().map(|a| a.name()).collect();
+    println!(
+        "cargo:warning=flashinfer-sys: kernels for {} ready: {total} objects, {} compiled, {} from the object cache, {:.0}s",
+        archs.join(","),
+        *compiled.lock().unwrap(),
+        total - *compiled.lock().unwrap(),
+        started_all.elapsed().as_secs_f64()
+    );
+    let mut objects = results.lock().unwrap().clone();
+    objects.sort();
+    objects
+}
+
+fn compile(job: &Job, object: &Path) -> Result<(), String> {
+    let out = Command::new(&job.program)
+        .args(&job.args)
+        .arg("-c")
+        .arg(&job.source)
+        .arg("-o")
+        .arg(object)
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", job.program.display()))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let errors: Vec<&str> = stderr.lines().filter(|l| !l.contains("warning")).collect();
+        Err(format!(
+            "{} {} exited with {}:\n{}",
+            job.program.display(),
+            job.source.display(),
+            out.status,
+            errors.join("\n")
+        ))
+    }
+}
+
+/// What every job depends on besides its own source and arguments.
+fn shared_inputs_digest(ctx: &Ctx) -> String {
+    let mut h = Sha256::new();
+    h.update(fs::read(ctx.vendor_dir().join(STAMP)).unwrap_or_default());
+    let mut ours = Vec::new();
+    collect_files(&ctx.csrc(), "h", &mut ours);
+    let patches = ctx.root.join("vendor/patches");
+    if patches.is_dir() {
+        collect_files(&patches, "patch", &mut ours);
+    }
+    ours.sort();
+    for p in ours {
+        h.update(p.to_string_lossy().as_bytes());
+        h.update(fs::read(&p).unwrap_or_default());
+    }
+    hex(h.finalize().as_slice())
+}
+
+fn job_digest(job: &Job, shared: &str, compiler_version: &[u8]) -> String {
+    let mut h = Sha256::new();
+    h.update(shared.as_bytes());
+    h.update(job.program.to_string_lossy().as_bytes());
+    h.update(compiler_version);
+    for a in &job.args {
+        h.update(a.as_bytes());
+        h.update([0]);
+    }
+    h.update(fs::read(&job.source).unwrap_or_default());
+    hex(&h.finalize()[..16])
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn archive_and_link(ctx: &Ctx, cuda: &Cuda, objects: Vec<(String, PathBuf)>) {
+    let (tvm, ours): (Vec<_>, Vec<_>) = objects
+        .into_iter()
+        .partition(|(n, _)| n.starts_with("tvm_ffi_"));
+    archive(ctx, "flashinfer_rs_kernels", &ours);
+    archive(ctx, "flashinfer_rs_tvm_ffi", &tvm);
+    println!("cargo:rustc-link-search=native={}", ctx.out_dir.display());
+    println!("cargo:rustc-link-lib=static=flashinfer_rs_kernels");
+    println!("cargo:rustc-link-lib=static=flashinfer_rs_tvm_ffi");
+    // Static cudart: binaries need only the driver at run time.
+    for lib in ["lib64", "lib", "targets/x86_64-linux/lib"] {
+        let dir = cuda.home.join(lib);
+        if dir.join("libcudart_static.a").exists() {
+            println!("cargo:rustc-link-search=native={}", dir.display());
+            break;
+        }
+    }
+    println!("cargo:rustc-link-lib=static=cudart_static");
+    for lib in ["stdc++", "dl", "pthread", "rt"] {
+        println!("cargo:rustc-link-lib=dylib={lib}");
+    }
+    println!("cargo:rustc-cfg=flashinfer_kernels");
+    let release = cuda
+        .version_text
+        .lines()
+        .last()
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    println!("cargo:rustc-env=FLASHINFER_RS_NVCC={release}");
+}
+
+fn archive(ctx: &Ctx, name: &str, objects: &[(String, PathBuf)]) {
+    let lib = ctx.out_dir.join(format!("lib{name}.a"));
+    let _ = fs::remove_file(&lib);
+    let ar = env::var_os("AR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("ar"));
+    let status = Command::new(&ar)
+        .arg("crs")
+        .arg(&lib)
+        .args(objects.iter().map(|(_, p)| p))
+        .status()
+        .unwrap_or_else(|e| fail(&format!("cannot run {}: {e}", ar.display())));
+    if !status.success() {
+        fail(&format!(
+            "{} failed to build {}",
+            ar.display(),
+            lib.display()
+        ));
+    }
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("\nerror: flashinfer-sys: {msg}\n");
+    std::process::exit(1);
+}

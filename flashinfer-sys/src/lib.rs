@@ -1,0 +1,36 @@
+//! Raw bindings to flashinfer-rs's C ABI (`csrc/flashinfer_rs.h`) over FlashInfer's
+//! TRTLLM-gen MoE routing and fused MoE kernels.
+//!
+//! This crate compiles the pinned FlashInfer sources with nvcc (see `build.rs`) and exposes
+//! the C ABI unchanged: `unsafe` functions over plain structs and device pointers, returning
+//! [`fi_status`]. The safe API is the `flashinfer-rs` crate.
+//!
+//! | feature | what is compiled |
+//! |---|---|
+//! | (none) | no kernels and no nvcc: every entry point returns [`fi_status::FI_STATUS_KERNELS_NOT_BUILT`] |
+//! | `sm90` | routing kernels, the NoAuxTc DeepSeekV3 router and the shim for `sm_90a` (Hopper) |
+//! | `sm100` | routing and the fused TRTLLM MoE for `sm_100a` (Blackwell) |
+//!
+//! The pinned upstream version is part of this crate's version (`0.1.0+flashinfer.0.6.13`)
+//! and available as [`FLASHINFER_VERSION`].
+#![allow(non_camel_case_types)]
+#![no_std]
+
+mod bindings;
+pub use bindings::*;
+
+/// The FlashInfer release these kernels are compiled from.
+pub const FLASHINFER_VERSION: &str = env!("FLASHINFER_RS_UPSTREAM_VERSION");
+
+/// The batched-GEMM cubin artifact (path below `flashinfer_cubin/cubins/`) the fused MoE of
+/// this version loads at run time.
+pub const BMM_ARTIFACT: &str = env!("FLASHINFER_RS_BMM_ARTIFACT");
+
+/// Comma-separated GPU architectures compiled into this build (`""` without kernels).
+pub const BUILT_ARCHS: &str = env!("FLASHINFER_RS_ARCHS");
+
+/// Whether this build holds kernels (an `sm90` or `sm100` feature was enabled).
+pub const KERNELS_BUILT: bool = cfg!(flashinfer_kernels);
+
+#[cfg(test)]
+mod tests;

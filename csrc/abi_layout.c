@@ -15,5 +15,6 @@ fi_status fi_get_abi_layout(fi_abi_layout* out) {
   FI_LAYOUT(routing_buffer_sizes, fi_routing_buffer_sizes);
   FI_LAYOUT(build_info, fi_build_info);
   FI_LAYOUT(device_info, fi_device_info);
+  FI_LAYOUT(moe_config_query, fi_moe_config_query);
   return FI_STATUS_OK;
 }

@@ -71,6 +71,7 @@ typedef struct fi_abi_layout {
   size_t routing_buffer_sizes_size, routing_buffer_sizes_align;
   size_t build_info_size, build_info_align;
   size_t device_info_size, device_info_align;
+  size_t moe_config_query_size, moe_config_query_align;
 } fi_abi_layout;
 
 fi_status fi_get_abi_layout(fi_abi_layout* out);
@@ -171,6 +172,33 @@ fi_status fi_noaux_tc_run(int32_t num_tokens, int32_t num_experts, int32_t top_k
                           const void* scores, fi_dtype scores_dtype, const void* bias,
                           fi_dtype bias_dtype, void* topk_values, int32_t* topk_indices,
                           int16_t* replay, int32_t use_pdl, void* stream);
+
+/* ---- fused MoE (sm_100a builds only) ---------------------------------------------------- */
+
+/** Element types of the fused MoE, as upstream's `batchedGemm::trtllm::gen::Dtype` values are
+ * chosen by the safe layer; passed through unchanged. */
+typedef struct fi_moe_config_query {
+  int64_t dtype_act;            /**< upstream Dtype of the activations */
+  int64_t dtype_weights;        /**< upstream Dtype of the weights */
+  int64_t fp8_quantization;     /**< 0 none, 1 DeepSeekFp8, 2 MxFp8, 3 PerTensorFp8 */
+  int64_t top_k;                /**< experts per token */
+  int64_t hidden_size;          /**< model hidden size */
+  int64_t intermediate_size;    /**< expert intermediate size */
+  int64_t num_local_experts;    /**< experts on this rank */
+  int64_t activation;           /**< upstream ActivationType value */
+  int32_t use_shuffled_weight;  /**< weights are pre-shuffled for the kernels */
+  int32_t weight_layout;        /**< upstream MatrixLayout value */
+  int32_t use_per_token_scaling; /**< fp4 only: per-token activation scales */
+  int32_t has_gemm1_bias_delta; /**< gemm1 takes an Mn bias (LoRA delta) */
+  int64_t num_tokens;           /**< tokens of the problem to tune for */
+} fi_moe_config_query;
+
+/** Valid (tile_n, config) tactic pairs for a fused MoE problem (upstream's
+ * `trtllm_get_valid_moe_configs`). Writes up to `capacity` pairs as 2 * capacity int64 into
+ * `pairs` and the total number of valid pairs into `count` (which may exceed `capacity`: call
+ * again with more room). Host-side only; needs no GPU. */
+fi_status fi_moe_valid_configs(const fi_moe_config_query* query, int64_t* pairs,
+                               int32_t capacity, int32_t* count);
 
 #ifdef __cplusplus
 }

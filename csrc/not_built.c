@@ -51,3 +51,9 @@ fi_status fi_noaux_tc_run(int32_t num_tokens, int32_t num_experts, int32_t top_k
   (void)topk_values, (void)topk_indices, (void)replay, (void)use_pdl, (void)stream;
   return FI_STATUS_KERNELS_NOT_BUILT;
 }
+
+fi_status fi_moe_valid_configs(const fi_moe_config_query* query, int64_t* pairs,
+                               int32_t capacity, int32_t* count) {
+  (void)query, (void)pairs, (void)capacity, (void)count;
+  return FI_STATUS_KERNELS_NOT_BUILT;
+}

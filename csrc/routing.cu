@@ -1,4 +1,4 @@
-// routing.cu: the routing entry points of the C ABI (fi_routing_*, fi_noaux_tc_run).
+// routing.cu: the routing entry points of the C ABI (fi_routing_*).
 //
 // fi_routing_run mirrors `tensorrt_llm::kernels::trtllmgen_moe::Routing::Runner::run` of
 // FlashInfer 0.6.13 (csrc/trtllm_fused_moe_runner.cu) method by method: the same Data fields,
@@ -17,7 +17,6 @@
 #include <string>
 
 #include "flashinfer/trtllm/fused_moe/RoutingKernel.h"
-#include "flashinfer/trtllm/fused_moe/noAuxTcKernels.h"
 #include "flashinfer/trtllm/fused_moe/runner.h"
 #include "flashinfer_rs.h"
 #include "info.h"
@@ -226,51 +225,5 @@ extern "C" fi_status fi_routing_run(const fi_routing_params* params, const void*
         break;
     }
     fi::check_cuda(cudaGetLastError(), "routing kernel launch");
-  });
-}
-
-extern "C" fi_status fi_noaux_tc_run(int32_t num_tokens, int32_t num_experts, int32_t top_k,
-                                     int32_t n_group, int32_t topk_group,
-                                     float routed_scaling_factor, const void* scores,
-                                     fi_dtype scores_dtype, const void* bias, fi_dtype bias_dtype,
-                                     void* topk_values, int32_t* topk_indices, int16_t* replay,
-                                     int32_t use_pdl, void* stream_ptr) {
-  return fi::guarded([&] {
-    fi::require(scores && bias && topk_values && topk_indices,
-                "scores, bias, topk_values and topk_indices must not be NULL");
-    fi::require(num_tokens >= 0 && num_experts > 0 && top_k > 0 && top_k <= num_experts,
-                "need num_tokens >= 0 and 0 < top_k <= num_experts");
-    fi::require_routing_arch();
-    if (num_tokens == 0) return;
-    auto stream = static_cast<cudaStream_t>(stream_ptr);
-    using tensorrt_llm::kernels::invokeNoAuxTc;
-    // Upstream instantiates output type == score type, for f32 and bf16 biases.
-    auto s = const_cast<void*>(scores);
-    auto bi = const_cast<void*>(bias);
-    bool pdl = use_pdl != 0;
-    if (scores_dtype == FI_DTYPE_F32 && bias_dtype == FI_DTYPE_F32) {
-      invokeNoAuxTc<float, float, float, int32_t>(
-          static_cast<float*>(s), static_cast<float*>(bi), static_cast<float*>(topk_values),
-          topk_indices, num_tokens, num_experts, n_group, topk_group, top_k,
-          routed_scaling_factor, pdl, stream, replay);
-    } else if (scores_dtype == FI_DTYPE_F32 && bias_dtype == FI_DTYPE_BF16) {
-      invokeNoAuxTc<float, __nv_bfloat16, float, int32_t>(
-          static_cast<float*>(s), static_cast<__nv_bfloat16*>(bi),
-          static_cast<float*>(topk_values), topk_indices, num_tokens, num_experts, n_group,
-          topk_group, top_k, routed_scaling_factor, pdl, stream, replay);
-    } else if (scores_dtype == FI_DTYPE_BF16 && bias_dtype == FI_DTYPE_BF16) {
-      invokeNoAuxTc<__nv_bfloat16, __nv_bfloat16, __nv_bfloat16, int32_t>(
-          static_cast<__nv_bfloat16*>(s), static_cast<__nv_bfloat16*>(bi),
-          static_cast<__nv_bfloat16*>(topk_values), topk_indices, num_tokens, num_experts,
-          n_group, topk_group, top_k, routed_scaling_factor, pdl, stream, replay);
-    } else if (scores_dtype == FI_DTYPE_BF16 && bias_dtype == FI_DTYPE_F32) {
-      invokeNoAuxTc<__nv_bfloat16, float, __nv_bfloat16, int32_t>(
-          static_cast<__nv_bfloat16*>(s), static_cast<float*>(bi),
-          static_cast<__nv_bfloat16*>(topk_values), topk_indices, num_tokens, num_experts,
-          n_group, topk_group, top_k, routed_scaling_factor, pdl, stream, replay);
-    } else {
-      throw fi::Failure(FI_STATUS_INVALID_ARGUMENT, "scores/bias dtype must be F32 or BF16");
-    }
-    fi::check_cuda(cudaGetLastError(), "NoAuxTc kernel launch");
   });
 }

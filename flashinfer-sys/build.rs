@@ -484,6 +484,8 @@ fn plan_jobs(ctx: &Ctx, pin: &Pin, vendor: &Path, cuda: &Cuda) -> Vec<Job> {
         &all_archs,
     ));
     jobs.push(nvcc("fi_routing", csrc.join("routing.cu"), &all_archs));
+    jobs.push(nvcc("fi_noaux_tc", csrc.join("noaux_tc.cu"), &all_archs));
+    jobs.push(nvcc("fi_fused_moe", csrc.join("fused_moe.cu"), &all_archs));
     // Host-only translation units (nvcc hands them to the host compiler).
     for (name, src) in [
         ("fi_status", csrc.join("status.cpp")),
@@ -582,7 +584,8 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(String, PathBuf)> {
                     .map(|o| o.stdout)
                     .unwrap_or_default()
             });
-            let key = job_digest(&job, &shared_key, version);
+            let shared = if job.source.starts_with(ctx.csrc()) { &shared_key.ours } else { &shared_key.upstream };
+            let key = job_digest(&job, shared, version);
             (job, key)
         })
         .collect();
@@ -672,22 +675,36 @@ fn compile(job: &Job, object: &Path) -> Result<(), String> {
     }
 }
 
-/// What every job depends on besides its own source and arguments.
-fn shared_inputs_digest(ctx: &Ctx) -> String {
+/// What jobs depend on besides their own source and arguments: upstream's translation units
+/// on the fetched tree (its stamp) and our patches; ours (under csrc/) on our headers too, so
+/// editing the C ABI header rebuilds the shim and not the 20 minutes of upstream kernels.
+struct SharedInputs {
+    upstream: String,
+    ours: String,
+}
+
+fn shared_inputs_digest(ctx: &Ctx) -> SharedInputs {
     let mut h = Sha256::new();
     h.update(fs::read(ctx.vendor_dir().join(STAMP)).unwrap_or_default());
-    let mut ours = Vec::new();
-    collect_files(&ctx.csrc(), "h", &mut ours);
     let patches = ctx.root.join("vendor/patches");
+    let mut files = Vec::new();
     if patches.is_dir() {
-        collect_files(&patches, "patch", &mut ours);
+        collect_files(&patches, "patch", &mut files);
     }
-    ours.sort();
-    for p in ours {
+    hash_files(&mut h, files);
+    let upstream = hex(h.clone().finalize().as_slice());
+    let mut headers = Vec::new();
+    collect_files(&ctx.csrc(), "h", &mut headers);
+    hash_files(&mut h, headers);
+    SharedInputs { upstream, ours: hex(h.finalize().as_slice()) }
+}
+
+fn hash_files(h: &mut Sha256, mut files: Vec<PathBuf>) {
+    files.sort();
+    for p in files {
         h.update(p.to_string_lossy().as_bytes());
         h.update(fs::read(&p).unwrap_or_default());
     }
-    hex(h.finalize().as_slice())
 }
 
 fn job_digest(job: &Job, shared: &str, compiler_version: &[u8]) -> String {

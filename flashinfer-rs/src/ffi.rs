@@ -95,3 +95,13 @@ pub fn device_info(ctx: &cudarc::driver::CudaContext) -> Result<DeviceInfo> {
         fused_supported: raw.fused_supported != 0,
     })
 }
+
+/// CUDA devices visible to this process; 0 when there is no driver at all (never panics,
+/// unlike `CudaContext::new` without a driver).
+pub fn cuda_device_count() -> usize {
+    // SAFETY: only probes whether libcuda can be loaded.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return 0;
+    }
+    cudarc::driver::CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
+}

@@ -18,7 +18,7 @@ mod replay;
 pub mod routing;
 
 pub use error::{Error, Result};
-pub use ffi::{build_info, device_info, BuildInfo, DeviceInfo};
+pub use ffi::{build_info, cuda_device_count, device_info, BuildInfo, DeviceInfo};
 pub use replay::ReplayView;
 
 /// The FlashInfer release the kernels are compiled from.

@@ -59,17 +59,4 @@ impl<'a> ReplayView<'a> {
     pub(crate) fn data_mut(&mut self) -> &mut CudaViewMut<'a, i16> {
         &mut self.data
     }
-
-    /// The call writes rows `[0, num_tokens)` of `top_k` ids each.
-    pub(crate) fn check_for(&self, num_tokens: usize, top_k: usize) -> Result<()> {
-        ensure(self.cols == top_k, "replay", || {
-            format!("has {} columns, top_k is {top_k}", self.cols)
-        })?;
-        ensure(self.rows >= num_tokens, "replay", || {
-            format!(
-                "has {} rows, the call routes {num_tokens} tokens",
-                self.rows
-            )
-        })
-    }
 }

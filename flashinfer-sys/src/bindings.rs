@@ -70,6 +70,8 @@ pub struct fi_abi_layout {
     pub build_info_align: usize,
     pub device_info_size: usize,
     pub device_info_align: usize,
+    pub moe_config_query_size: usize,
+    pub moe_config_query_align: usize,
 }
 unsafe extern "C" {
     pub fn fi_get_abi_layout(out: *mut fi_abi_layout) -> fi_status;
@@ -234,5 +236,45 @@ unsafe extern "C" {
         replay: *mut i16,
         use_pdl: i32,
         stream: *mut ::core::ffi::c_void,
+    ) -> fi_status;
+}
+#[doc = " Element types of the fused MoE, as upstream's `batchedGemm::trtllm::gen::Dtype` values are\n chosen by the safe layer; passed through unchanged."]
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct fi_moe_config_query {
+    #[doc = "< upstream Dtype of the activations"]
+    pub dtype_act: i64,
+    #[doc = "< upstream Dtype of the weights"]
+    pub dtype_weights: i64,
+    #[doc = "< 0 none, 1 DeepSeekFp8, 2 MxFp8, 3 PerTensorFp8"]
+    pub fp8_quantization: i64,
+    #[doc = "< experts per token"]
+    pub top_k: i64,
+    #[doc = "< model hidden size"]
+    pub hidden_size: i64,
+    #[doc = "< expert intermediate size"]
+    pub intermediate_size: i64,
+    #[doc = "< experts on this rank"]
+    pub num_local_experts: i64,
+    #[doc = "< upstream ActivationType value"]
+    pub activation: i64,
+    #[doc = "< weights are pre-shuffled for the kernels"]
+    pub use_shuffled_weight: i32,
+    #[doc = "< upstream MatrixLayout value"]
+    pub weight_layout: i32,
+    #[doc = "< fp4 only: per-token activation scales"]
+    pub use_per_token_scaling: i32,
+    #[doc = "< gemm1 takes an Mn bias (LoRA delta)"]
+    pub has_gemm1_bias_delta: i32,
+    #[doc = "< tokens of the problem to tune for"]
+    pub num_tokens: i64,
+}
+unsafe extern "C" {
+    #[doc = " Valid (tile_n, config) tactic pairs for a fused MoE problem (upstream's\n `trtllm_get_valid_moe_configs`). Writes up to `capacity` pairs as 2 * capacity int64 into\n `pairs` and the total number of valid pairs into `count` (which may exceed `capacity`: call\n again with more room). Host-side only; needs no GPU."]
+    pub fn fi_moe_valid_configs(
+        query: *const fi_moe_config_query,
+        pairs: *mut i64,
+        capacity: i32,
+        count: *mut i32,
     ) -> fi_status;
 }

@@ -17,6 +17,8 @@ fn struct_layouts_match_the_c_compiler() {
         build_info_align: 0,
         device_info_size: 0,
         device_info_align: 0,
+        moe_config_query_size: 0,
+        moe_config_query_align: 0,
     };
     assert_eq!(
         unsafe { fi_get_abi_layout(&mut c) },
@@ -55,6 +57,7 @@ fn struct_layouts_match_the_c_compiler() {
         (c.routing_buffer_sizes_size, c.routing_buffer_sizes_align),
         (c.build_info_size, c.build_info_align),
         (c.device_info_size, c.device_info_align),
+        (c.moe_config_query_size, c.moe_config_query_align),
     ];
     for ((name, size, align), (c_size, c_align)) in rust.iter().zip(c_side) {
         assert_eq!(

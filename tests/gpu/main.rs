@@ -1,1 +1,8 @@
-
+//! GPU integration tests, in one binary so the kernels are linked once.
+//!
+//! Without a GPU every test here passes after printing `skipped: ...`; with
+//! `FLASHINFER_RS_REQUIRE_GPU=1` a missing GPU fails them instead. Tests take a file lock for
+//! the whole test, so they run one at a time on the GPU both as threads of this binary and as
+//! separate processes under nextest.
+mod common;
+mod smoke;

@@ -4,6 +4,7 @@
 //! [`RoutingBuffers`] are allocated once; [`Router::route`] then only checks the call's
 //! buffers and launches upstream's kernels through the C ABI.
 mod method;
+pub mod oracle;
 mod route;
 
 pub use method::{

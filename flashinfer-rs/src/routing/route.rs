@@ -208,31 +208,68 @@ impl RoutingBuffers {
         &self.num_non_exiting_ctas
     }
 
-    fn check_fits(&self, cfg: &RoutingConfig, num_tokens: usize) -> Result<()> {
-        ensure(
-            self.top_k == cfg.top_k as usize
-                && self.num_experts == cfg.num_experts as usize
-                && self.tile_tokens_dim == cfg.tile_tokens_dim as usize,
-            "buffers",
-            || {
-                format!(
-                    "allocated for (num_experts {}, top_k {}, tile {}), the call has ({}, {}, {})",
-                    self.num_experts,
-                    self.top_k,
-                    self.tile_tokens_dim,
-                    cfg.num_experts,
-                    cfg.top_k,
-                    cfg.tile_tokens_dim
-                )
-            },
-        )?;
-        ensure(num_tokens <= self.max_tokens, "num_tokens", || {
-            format!(
-                "{num_tokens} tokens exceed the buffers' max_tokens ({})",
-                self.max_tokens
-            )
-        })
+    fn shape(&self) -> BufferShape {
+        BufferShape {
+            max_tokens: self.max_tokens,
+            num_experts: self.num_experts,
+            top_k: self.top_k,
+            tile_tokens_dim: self.tile_tokens_dim,
+        }
     }
+}
+
+/// What a set of [`RoutingBuffers`] was allocated for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BufferShape {
+    pub max_tokens: usize,
+    pub num_experts: usize,
+    pub top_k: usize,
+    pub tile_tokens_dim: usize,
+}
+
+/// The sizes of one routing call's arguments.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CallShape {
+    pub num_tokens: usize,
+    pub logits_len: usize,
+    pub bias_len: Option<usize>,
+    /// `(rows, cols)` of the replay buffer, if any.
+    pub replay: Option<(usize, usize)>,
+}
+
+/// Every per-call rule, on sizes alone (so it is tested without a GPU). The config itself
+/// was validated when the [`Router`] was made.
+pub(crate) fn validate_call(cfg: &RoutingConfig, call: &CallShape, buffers: &BufferShape) -> Result<()> {
+    let (t, e, k) = (call.num_tokens, cfg.num_experts as usize, cfg.top_k as usize);
+    ensure(
+        buffers.top_k == k && buffers.num_experts == e && buffers.tile_tokens_dim == cfg.tile_tokens_dim as usize,
+        "buffers",
+        || {
+            format!(
+                "allocated for (num_experts {}, top_k {}, tile {}), the router has ({e}, {k}, {})",
+                buffers.num_experts, buffers.top_k, buffers.tile_tokens_dim, cfg.tile_tokens_dim
+            )
+        },
+    )?;
+    ensure(t <= buffers.max_tokens, "num_tokens", || {
+        format!("{t} tokens exceed the buffers' max_tokens ({})", buffers.max_tokens)
+    })?;
+    ensure(call.logits_len >= t * e, "logits", || {
+        format!("holds {} elements, {t} tokens x {e} experts need {}", call.logits_len, t * e)
+    })?;
+    let name = cfg.method.name();
+    match (call.bias_len, cfg.method.needs_bias()) {
+        (None, true) => return Err(Error::invalid("bias", format!("{name} routing needs a bias"))),
+        (Some(_), false) => return Err(Error::invalid("bias", format!("{name} routing takes no bias"))),
+        (Some(n), true) => ensure(n == e, "bias", || format!("must hold num_experts ({e}) elements, holds {n}"))?,
+        (None, false) => {}
+    }
+    if let Some((rows, cols)) = call.replay {
+        ensure(cols == k, "replay", || format!("has {cols} columns, top_k is {k}"))?;
+        // FlashInfer 0.6.13 does not check this and writes out of bounds.
+        ensure(rows >= t, "replay", || format!("has {rows} rows, the call routes {t} tokens"))?;
+    }
+    Ok(())
 }
 
 /// A validated [`RoutingConfig`], ready to route.
@@ -279,54 +316,27 @@ impl Router {
         replay: Option<&mut ReplayView<'_>>,
     ) -> Result<()> {
         let cfg = &self.cfg;
-        let (t, e, k) = (
-            input.num_tokens,
-            cfg.num_experts as usize,
-            cfg.top_k as usize,
-        );
-        buffers.check_fits(cfg, t)?;
+        let (t, e, k) = (input.num_tokens, cfg.num_experts as usize, cfg.top_k as usize);
+        let call = CallShape {
+            num_tokens: t,
+            logits_len: input.logits.len(),
+            bias_len: input.bias.as_ref().map(Logits::len),
+            replay: replay.as_deref().map(|r| (r.rows(), r.cols())),
+        };
+        validate_call(cfg, &call, &buffers.shape())?;
+        // Every buffer must live in the stream's context.
         let ctx = stream.context();
-        let same_ctx = |s: &Arc<CudaStream>| s.context().cu_ctx() == ctx.cu_ctx();
-        ensure(input.logits.len() >= t * e, "logits", || {
-            format!(
-                "holds {} elements, {t} tokens x {e} experts need {}",
-                input.logits.len(),
-                t * e
-            )
-        })?;
-        if !same_ctx(input.logits.stream()) {
+        let foreign = |s: &Arc<CudaStream>| s.context().cu_ctx() != ctx.cu_ctx();
+        if foreign(input.logits.stream()) {
             return Err(Error::ContextMismatch { arg: "logits" });
         }
-        match (&input.bias, cfg.method.needs_bias()) {
-            (None, true) => {
-                return Err(Error::invalid(
-                    "bias",
-                    format!("{} routing needs a bias", cfg.method.name()),
-                ))
-            }
-            (Some(_), false) => {
-                return Err(Error::invalid(
-                    "bias",
-                    format!("{} routing takes no bias", cfg.method.name()),
-                ))
-            }
-            (Some(b), true) => {
-                ensure(b.len() == e, "bias", || {
-                    format!("must hold num_experts ({e}) elements, holds {}", b.len())
-                })?;
-                if !same_ctx(b.stream()) {
-                    return Err(Error::ContextMismatch { arg: "bias" });
-                }
-            }
-            (None, false) => {}
+        if input.bias.as_ref().is_some_and(|b| foreign(b.stream())) {
+            return Err(Error::ContextMismatch { arg: "bias" });
         }
-        if let Some(r) = replay.as_deref() {
-            r.check_for(t, k)?;
-            if !same_ctx(r.stream()) {
-                return Err(Error::ContextMismatch { arg: "replay" });
-            }
+        if replay.as_deref().is_some_and(|r| foreign(r.stream())) {
+            return Err(Error::ContextMismatch { arg: "replay" });
         }
-        if buffers.topk_weights.context().cu_ctx() != ctx.cu_ctx() {
+        if foreign(buffers.topk_weights.stream()) {
             return Err(Error::ContextMismatch { arg: "buffers" });
         }
 
@@ -434,5 +444,100 @@ fn device_ptr<'a>(
     match l {
         Logits::F32(v) => v.device_ptr(stream),
         Logits::Bf16(v) => v.device_ptr(stream),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::RoutingMethod;
+
+    fn renorm() -> RoutingConfig {
+        RoutingConfig::new(RoutingMethod::Renormalize, 64, 4)
+    }
+    fn buffers_for(cfg: &RoutingConfig, max_tokens: usize) -> BufferShape {
+        BufferShape {
+            max_tokens,
+            num_experts: cfg.num_experts as usize,
+            top_k: cfg.top_k as usize,
+            tile_tokens_dim: cfg.tile_tokens_dim as usize,
+        }
+    }
+    fn call(t: usize) -> CallShape {
+        CallShape { num_tokens: t, logits_len: t * 64, bias_len: None, replay: Some((t, 4)) }
+    }
+    fn rule(r: Result<()>) -> (&'static str, String) {
+        match r {
+            Err(Error::InvalidArgument { arg, rule }) => (arg, rule),
+            other => panic!("expected InvalidArgument, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_well_formed_call_passes_with_or_without_replay_and_with_spare_rows() {
+        let cfg = renorm();
+        let b = buffers_for(&cfg, 16);
+        validate_call(&cfg, &call(16), &b).unwrap();
+        validate_call(&cfg, &CallShape { replay: None, ..call(3) }, &b).unwrap();
+        validate_call(&cfg, &CallShape { replay: Some((100, 4)), ..call(3) }, &b).unwrap();
+        validate_call(&cfg, &CallShape { replay: Some((0, 4)), ..call(0) }, &b).unwrap();
+    }
+
+    #[test]
+    fn an_undersized_replay_buffer_is_refused() {
+        let cfg = renorm();
+        let (arg, r) = rule(validate_call(&cfg, &CallShape { replay: Some((7, 4)), ..call(8) }, &buffers_for(&cfg, 8)));
+        assert_eq!(arg, "replay");
+        assert!(r.contains("7 rows") && r.contains("8 tokens"), "{r}");
+    }
+
+    #[test]
+    fn a_replay_buffer_with_the_wrong_width_is_refused() {
+        let cfg = renorm();
+        let (arg, r) = rule(validate_call(&cfg, &CallShape { replay: Some((8, 8)), ..call(8) }, &buffers_for(&cfg, 8)));
+        assert_eq!(arg, "replay");
+        assert!(r.contains("8 columns, top_k is 4"), "{r}");
+    }
+
+    #[test]
+    fn too_many_tokens_for_the_buffers_are_refused() {
+        let cfg = renorm();
+        let (arg, r) = rule(validate_call(&cfg, &call(9), &buffers_for(&cfg, 8)));
+        assert_eq!(arg, "num_tokens");
+        assert!(r.contains("max_tokens (8)"), "{r}");
+    }
+
+    #[test]
+    fn short_logits_are_refused() {
+        let cfg = renorm();
+        let (arg, r) = rule(validate_call(&cfg, &CallShape { logits_len: 8 * 64 - 1, ..call(8) }, &buffers_for(&cfg, 8)));
+        assert_eq!(arg, "logits");
+        assert!(r.contains("need 512"), "{r}");
+    }
+
+    #[test]
+    fn bias_is_required_exactly_where_the_method_uses_one() {
+        let cfg = renorm();
+        let b = buffers_for(&cfg, 8);
+        let (arg, r) = rule(validate_call(&cfg, &CallShape { bias_len: Some(64), ..call(8) }, &b));
+        assert_eq!((arg, r.contains("takes no bias")), ("bias", true));
+        let ds = RoutingConfig::new(RoutingMethod::DeepSeekV3 { n_group: 8, topk_group: 4, routed_scaling_factor: 1.0 }, 64, 4);
+        let b = buffers_for(&ds, 8);
+        let (arg, r) = rule(validate_call(&ds, &call(8), &b));
+        assert_eq!((arg, r.contains("needs a bias")), ("bias", true));
+        let (arg, r) = rule(validate_call(&ds, &CallShape { bias_len: Some(63), ..call(8) }, &b));
+        assert_eq!((arg, r.contains("num_experts (64)")), ("bias", true));
+        validate_call(&ds, &CallShape { bias_len: Some(64), ..call(8) }, &b).unwrap();
+    }
+
+    #[test]
+    fn buffers_of_another_shape_are_refused() {
+        let cfg = renorm();
+        let other = RoutingConfig::new(RoutingMethod::Renormalize, 64, 8);
+        let (arg, _) = rule(validate_call(&cfg, &call(4), &buffers_for(&other, 8)));
+        assert_eq!(arg, "buffers");
+        let tiled = renorm().with_tile_tokens_dim(16);
+        let (arg, _) = rule(validate_call(&tiled, &call(4), &buffers_for(&cfg, 8)));
+        assert_eq!(arg, "buffers");
     }
 }

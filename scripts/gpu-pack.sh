@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Builds the GPU test binaries and examples here and packs them into gpu-pack/ (git-ignored),
+# a folder that runs on a GPU machine with no cargo and no network:
+#
+#     bash scripts/gpu-pack.sh [extra cargo args]     # here
+#     bash gpu-pack/run.sh [test filter]              # there (needs only the NVIDIA driver)
+#
+# The binaries link cudart statically; they need the driver, libc and libstdc++ only.
+# Features default to sm90,sm100; set FEATURES to change them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+features=${FEATURES:-sm90,sm100}
+python3 vendor/fetch.py all
+rm -rf gpu-pack && mkdir -p gpu-pack/bin
+cargo build --release --features "$features" --examples "$@"
+cargo test --release --features "$features" --test gpu --no-run --message-format=json "$@" \
+  | python3 -c '
+import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["profile"]["test"]:
+        print(msg["executable"])' > gpu-pack/.executables
+while read -r exe; do
+  cp "$exe" gpu-pack/bin/"$(basename "$exe" | sed 's/-[0-9a-f]\{16\}$//')"
+done < gpu-pack/.executables
+for ex in examples/*.rs; do
+  name=$(basename "$ex" .rs)
+  cp "target/release/examples/$name" gpu-pack/bin/
+done
+strip gpu-pack/bin/* 2>/dev/null || true
+rm gpu-pack/.executables
+cat > gpu-pack/run.sh <<'RUN'
+#!/usr/bin/env bash
+# Runs the packed GPU tests; a missing GPU is a failure here. Arguments go to the test binary.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+export FLASHINFER_RS_REQUIRE_GPU=1
+nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv,noheader || true
+"$here/bin/gpu" --test-threads=1 "$@"
+RUN
+chmod +x gpu-pack/run.sh
+du -sh gpu-pack/bin/*

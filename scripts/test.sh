@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The project's one test command (README quick start and CI run exactly this).
+#
+# Sets up what it needs (CUDA 13.0 nvcc and the pinned FlashInfer sources, both sha-checked,
+# cached under ~/.cache/flashinfer-rs), then runs every test twice over:
+#   1. without kernels: what a crate that depends on us gets with no arch feature and no nvcc
+#      (builds, documents, every entry point says "kernels not built");
+#   2. with `sm90,sm100`: both architectures' kernels compiled and linked, all CPU tests run,
+#      GPU tests run where a GPU is present and skip (saying so) where none is.
+# Extra arguments go to the second `cargo test` (e.g. a test name filter).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+python3 vendor/fetch.py all
+
+echo "== 1/3: no arch feature (no nvcc needed)"
+CARGO_TARGET_DIR=target/no-kernels cargo test --workspace
+echo "== 2/3: cargo doc without kernels"
+CARGO_TARGET_DIR=target/no-kernels DOCS_RS=1 cargo doc --workspace --no-deps --quiet
+echo "== 3/3: sm90 + sm100 kernels"
+cargo test --workspace --features sm90,sm100 "$@"

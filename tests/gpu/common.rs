@@ -1,0 +1,32 @@
+//! What every GPU test needs: a context, a stream and exclusive use of the GPU.
+use std::fs::File;
+use std::sync::Arc;
+
+use flashinfer_rs::cudarc::driver::{CudaContext, CudaStream};
+
+/// A GPU held for one test; dropping it releases the lock.
+pub struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    _lock: File,
+}
+
+fn gpu_required() -> bool {
+    std::env::var("FLASHINFER_RS_REQUIRE_GPU").is_ok_and(|v| v == "1")
+}
+
+/// The GPU for `test`, or `None` (after saying so) when there is none and none is required.
+pub fn gpu(test: &str) -> Option<Gpu> {
+    if flashinfer_rs::cuda_device_count() == 0 {
+        assert!(!gpu_required(), "FLASHINFER_RS_REQUIRE_GPU=1 but no CUDA driver or device is present ({test})");
+        eprintln!("skipped: {test}: no CUDA device");
+        return None;
+    }
+    // One lock file per machine: holds across threads (each test opens its own handle)
+    // and across processes (nextest).
+    let lock = File::create(std::env::temp_dir().join("flashinfer-rs-gpu-tests.lock")).expect("lock file");
+    lock.lock().expect("lock the GPU");
+    let ctx = CudaContext::new(0).expect("CUDA context on device 0");
+    let stream = ctx.new_stream().expect("stream");
+    Some(Gpu { ctx, stream, _lock: lock })
+}

@@ -20,7 +20,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "flashinfer-rs {} | FlashInfer {} | kernels: {} | CUDA runtime {}",
         env!("CARGO_PKG_VERSION"),
         build.flashinfer_version,
-        if archs.is_empty() { "none (build with --features sm90,sm100)".to_string() } else { archs.join(", ") },
+        if archs.is_empty() {
+            "none (build with --features sm90,sm100)".to_string()
+        } else {
+            archs.join(", ")
+        },
         build.cuda_version
     );
 
@@ -30,14 +34,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let ctx = flashinfer_rs::cudarc::driver::CudaContext::new(0)?;
     let device = flashinfer_rs::device_info(&ctx)?;
-    println!("GPU 0: {} (sm_{}{}, {} SMs)", ctx.name()?, device.compute_capability.0, device.compute_capability.1, device.sm_count);
+    println!(
+        "GPU 0: {} (sm_{}{}, {} SMs)",
+        ctx.name()?,
+        device.compute_capability.0,
+        device.compute_capability.1,
+        device.sm_count
+    );
     if !device.routing_supported {
         println!("This build has no routing kernels for this GPU's architecture.");
         return Ok(());
     }
 
     let (tokens, experts, top_k) = (6usize, 256u32, 8u32);
-    let method = RoutingMethod::DeepSeekV3 { n_group: 8, topk_group: 4, routed_scaling_factor: 2.5 };
+    let method = RoutingMethod::DeepSeekV3 {
+        n_group: 8,
+        topk_group: 4,
+        routed_scaling_factor: 2.5,
+    };
     let cfg = RoutingConfig::new(method, experts, top_k);
     let router = Router::new(cfg)?;
     let stream = ctx.new_stream()?;
@@ -50,7 +64,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         rng ^= rng << 17;
         (rng >> 11) as f32 / (1u64 << 53) as f32
     };
-    let logits: Vec<f32> = (0..tokens * experts as usize).map(|_| uniform() * 8.0 - 4.0).collect();
+    let logits: Vec<f32> = (0..tokens * experts as usize)
+        .map(|_| uniform() * 8.0 - 4.0)
+        .collect();
     let bias: Vec<f32> = (0..experts).map(|_| uniform() * 0.1).collect();
     let logits = stream.clone_htod(&logits)?;
     let bias = stream.clone_htod(&bias)?;
@@ -58,16 +74,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Two spare rows, filled with -1: the kernels write only rows [0, tokens).
     let mut replay = stream.clone_htod(&vec![-1i16; (tokens + 2) * top_k as usize])?;
     let mut view = ReplayView::from_slice(&mut replay, top_k as usize)?;
-    let input = RouteInput { logits: (&logits).into(), bias: Some((&bias).into()), num_tokens: tokens };
+    let input = RouteInput {
+        logits: (&logits).into(),
+        bias: Some((&bias).into()),
+        num_tokens: tokens,
+    };
     router.route(&stream, &input, &mut buffers, Some(&mut view))?;
 
     let ids = stream.clone_dtoh(&replay)?;
-    let weights: Vec<bf16> = stream.clone_dtoh(&buffers.topk_weights().slice(0..tokens * top_k as usize))?;
+    let weights: Vec<bf16> =
+        stream.clone_dtoh(&buffers.topk_weights().slice(0..tokens * top_k as usize))?;
     println!("\nDeepSeek-V3 routing, {tokens} tokens, {experts} experts, top-{top_k} (8 groups, 4 kept):");
     for (t, row) in ids.chunks(top_k as usize).enumerate() {
-        let label = if t < tokens { format!("token {t}") } else { format!("spare {t}") };
+        let label = if t < tokens {
+            format!("token {t}")
+        } else {
+            format!("spare {t}")
+        };
         let w: Vec<String> = if t < tokens {
-            weights[t * top_k as usize..(t + 1) * top_k as usize].iter().map(|w| format!("{:.3}", w.to_f32())).collect()
+            weights[t * top_k as usize..(t + 1) * top_k as usize]
+                .iter()
+                .map(|w| format!("{:.3}", w.to_f32()))
+                .collect()
         } else {
             vec!["(never written)".into()]
         };

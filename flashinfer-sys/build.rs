@@ -39,7 +39,7 @@ fn main() {
         build_not_built(&ctx, &pin);
         return;
     }
-    let vendor = require_vendor(&ctx);
+    let vendor = require_vendor(&ctx, &pin);
     let cuda = find_cuda(&ctx);
     let jobs = plan_jobs(&ctx, &pin, &vendor, &cuda);
     let objects = run_jobs(&ctx, jobs);
@@ -155,17 +155,30 @@ fn declare_rerun_triggers(ctx: &Ctx) {
 }
 
 const STAMP: &str = ".flashinfer-rs-stamp.json";
+const PATCH_STAMP: &str = ".flashinfer-rs-patches.json";
 
 /// The pinned upstream, read from vendor/MANIFEST.toml.
 struct Pin {
     version: String,
     bmm_artifact: String,
+    patches: Vec<Patch>,
+}
+
+/// One of our patches to the fetched sources.
+#[derive(serde::Deserialize)]
+struct Patch {
+    file: String,
+    sha256: String,
+    /// Defined for the build once the patch is applied.
+    define: Option<String>,
 }
 
 fn read_pin(ctx: &Ctx) -> Pin {
     #[derive(serde::Deserialize)]
     struct Manifest {
         flashinfer: Section,
+        #[serde(default)]
+        patch: Vec<Patch>,
     }
     #[derive(serde::Deserialize)]
     struct Section {
@@ -190,6 +203,7 @@ fn read_pin(ctx: &Ctx) -> Pin {
     Pin {
         version: m.flashinfer.version,
         bmm_artifact: m.flashinfer.bmm_artifact,
+        patches: m.patch,
     }
 }
 
@@ -236,16 +250,29 @@ fn cc_with_pin(pin: &Pin) -> cc::Build {
     build
 }
 
-fn require_vendor(ctx: &Ctx) -> PathBuf {
+fn require_vendor(ctx: &Ctx, pin: &Pin) -> PathBuf {
     let dir = ctx.vendor_dir();
+    let fetch = format!(
+        "Run this once (it downloads the pinned wheels, checks their sha256 and applies our \
+         patches):\n\n    python3 {}/vendor/fetch.py sources\n",
+        ctx.root.display()
+    );
     if !dir.join(STAMP).exists() {
         fail(&format!(
-            "the FlashInfer sources are not fetched ({} has no {STAMP}).\n\
-             Run this once (it downloads the pinned wheels and checks their sha256):\n\n    \
-             python3 {}/vendor/fetch.py sources\n",
-            dir.display(),
-            ctx.root.display()
+            "the FlashInfer sources are not fetched ({} has no {STAMP}).\n{fetch}",
+            dir.display()
         ));
+    }
+    // Every patch of the manifest, at its pinned hash, must be applied to this tree.
+    let applied = fs::read_to_string(dir.join(PATCH_STAMP)).unwrap_or_default();
+    for p in &pin.patches {
+        if !applied.contains(&format!("\"{}\": \"{}\"", p.file, p.sha256)) {
+            fail(&format!(
+                "the fetched tree in {} lacks patch {} (or has an older one).\n{fetch}",
+                dir.display(),
+                p.file
+            ));
+        }
     }
     dir
 }
@@ -277,11 +304,10 @@ fn find_cuda(ctx: &Ctx) -> Cuda {
     .into_iter()
     .filter_map(|(k, v)| v.map(|v| (k.to_string(), v)))
     .collect();
-    for (source, nvcc) in explicit {
-        match probe_nvcc(&nvcc) {
-            Ok(cuda) => return cuda,
-            Err(e) => fail(&format!("{source} points at {}: {e}", nvcc.display())),
-        }
+    // The first explicit choice decides.
+    if let Some((source, nvcc)) = explicit.into_iter().next() {
+        return probe_nvcc(&nvcc)
+            .unwrap_or_else(|e| fail(&format!("{source} points at {}: {e}", nvcc.display())));
     }
     let mut tried = Vec::new();
     for nvcc in [fetched, PathBuf::from("nvcc")] {
@@ -408,6 +434,7 @@ fn plan_jobs(ctx: &Ctx, pin: &Pin, vendor: &Path, cuda: &Cuda) -> Vec<Job> {
     for a in &ctx.archs {
         common.push(a.define().into());
     }
+
     if let Ok(extra) = env::var("FLASHINFER_RS_NVCC_FLAGS") {
         common.extend(extra.split_whitespace().map(String::from));
     }
@@ -486,6 +513,10 @@ fn plan_jobs(ctx: &Ctx, pin: &Pin, vendor: &Path, cuda: &Cuda) -> Vec<Job> {
     jobs.push(nvcc("fi_routing", csrc.join("routing.cu"), &all_archs));
     jobs.push(nvcc("fi_noaux_tc", csrc.join("noaux_tc.cu"), &all_archs));
     jobs.push(nvcc("fi_fused_moe", csrc.join("fused_moe.cu"), &all_archs));
+    if has_sm100 {
+        // The driver functions the batched-GEMM runner calls, loaded at run time.
+        jobs.push(nvcc("fi_cuda_driver", csrc.join("cuda_driver.c"), &[]));
+    }
     // Host-only translation units (nvcc hands them to the host compiler).
     for (name, src) in [
         ("fi_status", csrc.join("status.cpp")),
@@ -509,6 +540,16 @@ fn plan_jobs(ctx: &Ctx, pin: &Pin, vendor: &Path, cuda: &Cuda) -> Vec<Job> {
         ),
     ] {
         jobs.push(nvcc(name, src, &[]));
+    }
+    // What our patches enable is for our shim only: upstream objects keep their cache keys.
+    let patch_defines: Vec<String> = pin
+        .patches
+        .iter()
+        .filter_map(|p| p.define.as_ref())
+        .map(|d| format!("-D{d}"))
+        .collect();
+    for job in jobs.iter_mut().filter(|j| j.source.starts_with(&csrc)) {
+        job.args.extend(patch_defines.iter().cloned());
     }
     jobs.extend(tvm_ffi_jobs(vendor));
     jobs
@@ -584,7 +625,11 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(String, PathBuf)> {
                     .map(|o| o.stdout)
                     .unwrap_or_default()
             });
-            let shared = if job.source.starts_with(ctx.csrc()) { &shared_key.ours } else { &shared_key.upstream };
+            let shared = if job.source.starts_with(ctx.csrc()) {
+                &shared_key.ours
+            } else {
+                &shared_key.upstream
+            };
             let key = job_digest(&job, shared, version);
             (job, key)
         })
@@ -676,8 +721,10 @@ fn compile(job: &Job, object: &Path) -> Result<(), String> {
 }
 
 /// What jobs depend on besides their own source and arguments: upstream's translation units
-/// on the fetched tree (its stamp) and our patches; ours (under csrc/) on our headers too, so
-/// editing the C ABI header rebuilds the shim and not the 20 minutes of upstream kernels.
+/// on the fetched tree's stamp (the wheels, plus any patch that touches a header); ours
+/// (under csrc/) on our headers too, so editing the C ABI header rebuilds the shim and not
+/// the 20 minutes of upstream kernels. A patch that touches only a .cu file is covered by
+/// that file's own hash.
 struct SharedInputs {
     upstream: String,
     ours: String,
@@ -686,17 +733,14 @@ struct SharedInputs {
 fn shared_inputs_digest(ctx: &Ctx) -> SharedInputs {
     let mut h = Sha256::new();
     h.update(fs::read(ctx.vendor_dir().join(STAMP)).unwrap_or_default());
-    let patches = ctx.root.join("vendor/patches");
-    let mut files = Vec::new();
-    if patches.is_dir() {
-        collect_files(&patches, "patch", &mut files);
-    }
-    hash_files(&mut h, files);
     let upstream = hex(h.clone().finalize().as_slice());
     let mut headers = Vec::new();
     collect_files(&ctx.csrc(), "h", &mut headers);
     hash_files(&mut h, headers);
-    SharedInputs { upstream, ours: hex(h.finalize().as_slice()) }
+    SharedInputs {
+        upstream,
+        ours: hex(h.finalize().as_slice()),
+    }
 }
 
 fn hash_files(h: &mut Sha256, mut files: Vec<PathBuf>) {
@@ -746,6 +790,21 @@ fn archive_and_link(ctx: &Ctx, cuda: &Cuda, objects: Vec<(String, PathBuf)>) {
         println!("cargo:rustc-link-lib=dylib={lib}");
     }
     println!("cargo:rustc-cfg=flashinfer_kernels");
+    // For the architecture test (tests/archs.rs): the archive and the disassembler.
+    println!(
+        "cargo:rustc-env=FLASHINFER_RS_KERNEL_LIB={}",
+        ctx.out_dir.join("libflashinfer_rs_kernels.a").display()
+    );
+    let cuobjdump = cuda.home.join("bin/cuobjdump");
+    let cuobjdump = if cuobjdump.exists() {
+        cuobjdump
+    } else {
+        PathBuf::from("cuobjdump")
+    };
+    println!(
+        "cargo:rustc-env=FLASHINFER_RS_CUOBJDUMP={}",
+        cuobjdump.display()
+    );
     let release = cuda
         .version_text
         .lines()

@@ -34,6 +34,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 STAMP = ".flashinfer-rs-stamp.json"
+# Which patches are applied. Kept apart from STAMP (whose content keys flashinfer-sys's object
+# cache) because a patch that touches only a .cu file is already covered by that file's hash.
+PATCH_STAMP = ".flashinfer-rs-patches.json"
 
 
 class FetchError(Exception):
@@ -134,23 +137,29 @@ def extract_members(whl: Path, rules: list[tuple[str, Path]], skip: set[str] = f
     return n
 
 
-def stamp_matches(tree: Path, expected: dict) -> bool:
+def stamp_matches(tree: Path, expected: dict, name: str = STAMP) -> bool:
     try:
-        return json.loads((tree / STAMP).read_text()) == expected
+        return json.loads((tree / name).read_text()) == expected
     except (OSError, ValueError):
         return False
 
 
-def write_stamp(tree: Path, stamp: dict) -> None:
-    (tree / STAMP).write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
+def write_stamp(tree: Path, stamp: dict, name: str = STAMP) -> None:
+    (tree / name).write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
 
 
 def fetch_sources(manifest: dict, offline: bool) -> None:
     tree = vendor_dir()
     stamp = {s["name"]: s["sha256"] for s in manifest["source"]}
+    patches = manifest.get("patch", [])
+    # Patches that change headers can change any object: they key the main stamp too.
+    for p in patches:
+        if touches_headers(HERE / "patches" / p["file"]):
+            stamp["patch:" + p["file"]] = p["sha256"]
+    patch_stamp = {p["file"]: p["sha256"] for p in patches}
     needs_cubins = any("cubins" in s for s in manifest["source"])
     cubins_done = not needs_cubins or check_cubins(manifest, quiet=True)
-    if stamp_matches(tree, stamp) and cubins_done:
+    if stamp_matches(tree, stamp) and stamp_matches(tree, patch_stamp, PATCH_STAMP) and cubins_done:
         log(f"sources up to date in {tree}")
         return
     wheels = cache_dir() / "wheels"
@@ -163,10 +172,31 @@ def fetch_sources(manifest: dict, offline: bool) -> None:
         log(f"{entry['name']}: {n} files -> {tree}")
         if "cubins" in entry and not cubins_done:
             extract_cubins(manifest, whl, entry["cubins"])
+    for p in patches:
+        apply_patch(p, fresh)
     write_stamp(fresh, stamp)
+    write_stamp(fresh, patch_stamp, PATCH_STAMP)
     shutil.rmtree(tree, ignore_errors=True)
     fresh.rename(tree)
     log(f"sources ready in {tree}")
+
+
+def touches_headers(patch: Path) -> bool:
+    names = [l.split()[1] for l in patch.read_text().splitlines() if l.startswith("+++ ")]
+    return any(not n.endswith((".cu", ".cpp", ".cc")) for n in names)
+
+
+def apply_patch(entry: dict, tree: Path) -> None:
+    path = HERE / "patches" / entry["file"]
+    actual = sha256_of(path)
+    if actual != entry["sha256"]:
+        raise FetchError(
+            f"sha256 mismatch for {path}:\n  expected {entry['sha256']}\n  actual   {actual}\n"
+            "Update its sha256 in vendor/MANIFEST.toml when you change a patch."
+        )
+    cmd = ["patch", "-p1", "--forward", "--quiet", "-d", str(tree / entry["directory"]), "-i", str(path)]
+    subprocess.run(cmd, check=True)
+    log(f"applied {entry['file']}")
 
 
 def artifact_dir(manifest: dict) -> Path:

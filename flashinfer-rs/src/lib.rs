@@ -14,6 +14,7 @@
 
 mod error;
 mod ffi;
+pub mod fused;
 mod replay;
 pub mod routing;
 

@@ -35,9 +35,11 @@ impl<'a> ReplayView<'a> {
 
     /// Views a whole slice as `[len / cols, cols]`.
     pub fn from_slice(slice: &'a mut CudaSlice<i16>, cols: usize) -> Result<ReplayView<'a>> {
-        ensure(cols > 0 && slice.len() % cols == 0, "replay", || {
-            format!("length {} is not a multiple of cols ({cols})", slice.len())
-        })?;
+        ensure(
+            cols > 0 && slice.len().is_multiple_of(cols),
+            "replay",
+            || format!("length {} is not a multiple of cols ({cols})", slice.len()),
+        )?;
         let rows = slice.len() / cols;
         ReplayView::new(slice.as_view_mut(), rows, cols)
     }

@@ -6,7 +6,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// A scratch directory under target/, removed and recreated per test.
@@ -19,7 +22,10 @@ fn scratch(name: &str) -> PathBuf {
 
 fn sha256_hex(bytes: &[u8]) -> String {
     let out = Command::new("python3")
-        .args(["-c", "import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())"])
+        .args([
+            "-c",
+            "import hashlib,sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())",
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -94,10 +100,19 @@ fn a_tampered_wheel_is_refused_naming_the_file_and_both_hashes() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
     assert!(stderr.contains("sha256 mismatch"), "{stderr}");
-    assert!(stderr.contains(wheel.to_str().unwrap()), "names the file: {stderr}");
-    assert!(stderr.contains(&pinned), "names the expected hash: {stderr}");
+    assert!(
+        stderr.contains(wheel.to_str().unwrap()),
+        "names the file: {stderr}"
+    );
+    assert!(
+        stderr.contains(&pinned),
+        "names the expected hash: {stderr}"
+    );
     assert!(stderr.contains(&actual), "names the actual hash: {stderr}");
-    assert!(!dir.join("tree").exists(), "nothing is extracted from a refused wheel");
+    assert!(
+        !dir.join("tree").exists(),
+        "nothing is extracted from a refused wheel"
+    );
 }
 
 #[test]
@@ -106,7 +121,10 @@ fn a_missing_wheel_offline_is_an_error() {
     let out = fetch(&dir, &manifest(&dir, &"0".repeat(64)));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
-    assert!(stderr.contains("is missing and --offline was given"), "{stderr}");
+    assert!(
+        stderr.contains("is missing and --offline was given"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -118,10 +136,17 @@ fn a_verified_wheel_is_extracted_once_and_then_left_alone() {
     let m = manifest(&dir, &sha256_hex(&good));
 
     let first = fetch(&dir, &m);
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
     let header = dir.join("tree/demo/include/demo.h");
     assert_eq!(fs::read_to_string(&header).unwrap(), "#define DEMO 1\n");
-    assert!(!dir.join("tree/pkg").exists(), "only the listed prefixes are extracted");
+    assert!(
+        !dir.join("tree/pkg").exists(),
+        "only the listed prefixes are extracted"
+    );
 
     // A second run finds the stamp and touches nothing: a marker file survives.
     fs::write(dir.join("tree/marker"), "kept").unwrap();

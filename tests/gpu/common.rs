@@ -17,16 +17,29 @@ fn gpu_required() -> bool {
 
 /// The GPU for `test`, or `None` (after saying so) when there is none and none is required.
 pub fn gpu(test: &str) -> Option<Gpu> {
+    if !flashinfer_rs::build_info().kernels_built {
+        assert!(!gpu_required(), "FLASHINFER_RS_REQUIRE_GPU=1 but this build has no kernels ({test}): build with --features sm90,sm100");
+        eprintln!("skipped: {test}: built without kernels");
+        return None;
+    }
     if flashinfer_rs::cuda_device_count() == 0 {
-        assert!(!gpu_required(), "FLASHINFER_RS_REQUIRE_GPU=1 but no CUDA driver or device is present ({test})");
+        assert!(
+            !gpu_required(),
+            "FLASHINFER_RS_REQUIRE_GPU=1 but no CUDA driver or device is present ({test})"
+        );
         eprintln!("skipped: {test}: no CUDA device");
         return None;
     }
     // One lock file per machine: holds across threads (each test opens its own handle)
     // and across processes (nextest).
-    let lock = File::create(std::env::temp_dir().join("flashinfer-rs-gpu-tests.lock")).expect("lock file");
+    let lock =
+        File::create(std::env::temp_dir().join("flashinfer-rs-gpu-tests.lock")).expect("lock file");
     lock.lock().expect("lock the GPU");
     let ctx = CudaContext::new(0).expect("CUDA context on device 0");
     let stream = ctx.new_stream().expect("stream");
-    Some(Gpu { ctx, stream, _lock: lock })
+    Some(Gpu {
+        ctx,
+        stream,
+        _lock: lock,
+    })
 }

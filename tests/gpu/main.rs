@@ -5,4 +5,7 @@
 //! the whole test, so they run one at a time on the GPU both as threads of this binary and as
 //! separate processes under nextest.
 mod common;
+mod graph;
+mod noaux;
+mod routing;
 mod smoke;

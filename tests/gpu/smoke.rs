@@ -7,10 +7,15 @@ use crate::common::gpu;
 
 #[test]
 fn routing_with_replay_succeeds_through_the_c_abi() {
-    let Some(g) = gpu("routing_with_replay_succeeds_through_the_c_abi") else { return };
+    let Some(g) = gpu("routing_with_replay_succeeds_through_the_c_abi") else {
+        return;
+    };
     let info = flashinfer_rs::device_info(&g.ctx).unwrap();
     if !info.routing_supported {
-        eprintln!("skipped: this build has no routing kernels for sm_{}{}", info.compute_capability.0, info.compute_capability.1);
+        eprintln!(
+            "skipped: this build has no routing kernels for sm_{}{}",
+            info.compute_capability.0, info.compute_capability.1
+        );
         return;
     }
     let (tokens, experts, top_k) = (33usize, 128u32, 8u32);
@@ -19,19 +24,39 @@ fn routing_with_replay_succeeds_through_the_c_abi() {
     let mut buffers = RoutingBuffers::new(&g.stream, &cfg, tokens).unwrap();
     // Token t prefers experts t, t+1, ... with clear gaps.
     let logits: Vec<f32> = (0..tokens)
-        .flat_map(|t| (0..experts as usize).map(move |e| -(((e + experts as usize - t) % experts as usize) as f32)))
+        .flat_map(|t| {
+            (0..experts as usize)
+                .map(move |e| -(((e + experts as usize - t) % experts as usize) as f32))
+        })
         .collect();
     let logits = g.stream.clone_htod(&logits).unwrap();
-    let mut replay = g.stream.clone_htod(&vec![-1i16; (tokens + 2) * top_k as usize]).unwrap();
+    let mut replay = g
+        .stream
+        .clone_htod(&vec![-1i16; (tokens + 2) * top_k as usize])
+        .unwrap();
     let mut view = ReplayView::from_slice(&mut replay, top_k as usize).unwrap();
     router
-        .route(&g.stream, &RouteInput { logits: (&logits).into(), bias: None, num_tokens: tokens }, &mut buffers, Some(&mut view))
+        .route(
+            &g.stream,
+            &RouteInput {
+                logits: (&logits).into(),
+                bias: None,
+                num_tokens: tokens,
+            },
+            &mut buffers,
+            Some(&mut view),
+        )
         .unwrap();
     let ids = g.stream.clone_dtoh(&replay).unwrap();
     for t in 0..tokens {
         let row = &ids[t * top_k as usize..(t + 1) * top_k as usize];
-        let want: Vec<i16> = (0..top_k as usize).map(|k| ((t + k) % experts as usize) as i16).collect();
+        let want: Vec<i16> = (0..top_k as usize)
+            .map(|k| ((t + k) % experts as usize) as i16)
+            .collect();
         assert_eq!(row, want.as_slice(), "token {t}");
     }
-    assert!(ids[tokens * top_k as usize..].iter().all(|&x| x == -1), "rows past num_tokens untouched");
+    assert!(
+        ids[tokens * top_k as usize..].iter().all(|&x| x == -1),
+        "rows past num_tokens untouched"
+    );
 }

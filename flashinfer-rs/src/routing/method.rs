@@ -284,7 +284,7 @@ fn validate_groups(e: u32, k: u32, n_group: u32, topk_group: u32) -> Result<()> 
     ensure(n_group <= MAX_EXPERT_GROUPS, "n_group", || {
         format!("DeepSeekV3 supports at most {MAX_EXPERT_GROUPS} expert groups, got {n_group}")
     })?;
-    ensure(e % n_group == 0, "n_group", || {
+    ensure(e.is_multiple_of(n_group), "n_group", || {
         format!("num_experts ({e}) must be a multiple of n_group ({n_group})")
     })?;
     ensure(e / n_group <= MAX_EXPERTS_PER_GROUP, "n_group", || {
@@ -319,7 +319,11 @@ mod tests {
     use crate::Error;
 
     fn ds(n_group: u32, topk_group: u32) -> RoutingMethod {
-        RoutingMethod::DeepSeekV3 { n_group, topk_group, routed_scaling_factor: 2.5 }
+        RoutingMethod::DeepSeekV3 {
+            n_group,
+            topk_group,
+            routed_scaling_factor: 2.5,
+        }
     }
 
     /// The argument a rejected config names, and the rule text, for matching.
@@ -333,14 +337,20 @@ mod tests {
     #[test]
     fn supported_model_configs_pass() {
         for cfg in [
-            RoutingConfig::new(ds(8, 4), 256, 8),      // DeepSeek-V3/R1
-            RoutingConfig::new(ds(1, 1), 384, 8),      // Kimi K2
-            RoutingConfig::new(ds(1, 1), 512, 22),     // Nemotron Super V3
+            RoutingConfig::new(ds(8, 4), 256, 8),  // DeepSeek-V3/R1
+            RoutingConfig::new(ds(1, 1), 384, 8),  // Kimi K2
+            RoutingConfig::new(ds(1, 1), 512, 22), // Nemotron Super V3
             RoutingConfig::new(RoutingMethod::Renormalize, 128, 8), // Qwen3-30B-A3B
             RoutingConfig::new(RoutingMethod::Renormalize, 2048, 32),
             RoutingConfig::new(RoutingMethod::Llama4, 128, 1),
             RoutingConfig::new(RoutingMethod::Default, 256, 8),
-            RoutingConfig::new(RoutingMethod::MiniMax2 { routed_scaling_factor: 1.0 }, 256, 8),
+            RoutingConfig::new(
+                RoutingMethod::MiniMax2 {
+                    routed_scaling_factor: 1.0,
+                },
+                256,
+                8,
+            ),
             RoutingConfig::new(RoutingMethod::Renormalize, 256, 8).with_local_experts(32, 32),
         ] {
             cfg.validate().unwrap_or_else(|e| panic!("{cfg:?}: {e}"));
@@ -350,46 +360,180 @@ mod tests {
     #[test]
     fn each_broken_rule_names_its_argument_and_limit() {
         let cases: Vec<(RoutingConfig, &str, &str)> = vec![
-            (RoutingConfig::new(RoutingMethod::Renormalize, 0, 1), "num_experts", "> 0"),
-            (RoutingConfig::new(RoutingMethod::Renormalize, 8, 0), "top_k", "> 0"),
-            (RoutingConfig::new(RoutingMethod::Renormalize, 4, 8), "top_k", "must not exceed num_experts"),
-            // Tier limits upstream only warns about (and then launches nothing).
-            (RoutingConfig::new(RoutingMethod::Default, 512, 8), "num_experts", "at most 256"),
-            (RoutingConfig::new(RoutingMethod::TopK, 256, 16), "top_k", "top_k <= 8"),
-            (RoutingConfig::new(RoutingMethod::Sigmoid, 384, 8), "num_experts", "at most 256"),
-            (RoutingConfig::new(RoutingMethod::SigmoidRenorm { norm_topk_prob: true }, 128, 22), "top_k", "top_k <= 8"),
-            (RoutingConfig::new(RoutingMethod::Renormalize, 4096, 8), "num_experts", "at most 2048"),
-            (RoutingConfig::new(RoutingMethod::Renormalize, 2048, 33), "top_k", "top_k <= 32"),
-            (RoutingConfig::new(RoutingMethod::MiniMax2 { routed_scaling_factor: 1.0 }, 2048, 8), "num_experts", "at most 1024"),
-            (RoutingConfig::new(RoutingMethod::Llama4, 256, 1), "num_experts", "at most 128"),
-            (RoutingConfig::new(RoutingMethod::Llama4, 128, 2), "top_k", "top_k <= 1"),
-            (RoutingConfig::new(ds(1, 1), 256, 32), "top_k", "top_k <= 22"),
-            // Grouped DeepSeekV3.
-            (RoutingConfig::new(ds(16, 4), 256, 8), "n_group", "at most 8 expert groups"),
-            (RoutingConfig::new(ds(6, 4), 256, 8), "n_group", "multiple of n_group"),
-            (RoutingConfig::new(ds(4, 2), 256, 8), "n_group", "at most 32 experts per group"),
-            (RoutingConfig::new(ds(8, 5), 256, 8), "topk_group", "at most 4 groups"),
-            (RoutingConfig::new(ds(2, 3), 64, 8), "topk_group", "must not exceed n_group"),
-            (RoutingConfig::new(ds(8, 0), 256, 8), "topk_group", ">= 1"),
-            (RoutingConfig::new(ds(8, 1), 64, 16), "top_k", "exceeds the experts in the kept groups"),
-            (RoutingConfig::new(ds(8, 4), 1024, 8), "num_experts", "at most 512"),
             (
-                RoutingConfig::new(RoutingMethod::DeepSeekV3 { n_group: 8, topk_group: 4, routed_scaling_factor: f32::NAN }, 256, 8),
+                RoutingConfig::new(RoutingMethod::Renormalize, 0, 1),
+                "num_experts",
+                "> 0",
+            ),
+            (
+                RoutingConfig::new(RoutingMethod::Renormalize, 8, 0),
+                "top_k",
+                "> 0",
+            ),
+            (
+                RoutingConfig::new(RoutingMethod::Renormalize, 4, 8),
+                "top_k",
+                "must not exceed num_experts",
+            ),
+            // Tier limits upstream only warns about (and then launches nothing).
+            (
+                RoutingConfig::new(RoutingMethod::Default, 512, 8),
+                "num_experts",
+                "at most 256",
+            ),
+            (
+                RoutingConfig::new(RoutingMethod::TopK, 256, 16),
+                "top_k",
+                "top_k <= 8",
+            ),
+            (
+                RoutingConfig::new(RoutingMethod::Sigmoid, 384, 8),
+                "num_experts",
+                "at most 256",
+            ),
+            (
+                RoutingConfig::new(
+                    RoutingMethod::SigmoidRenorm {
+                        norm_topk_prob: true,
+                    },
+                    128,
+                    22,
+                ),
+                "top_k",
+                "top_k <= 8",
+            ),
+            (
+                RoutingConfig::new(RoutingMethod::Renormalize, 4096, 8),
+                "num_experts",
+                "at most 2048",
+            ),
+            (
+                RoutingConfig::new(RoutingMethod::Renormalize, 2048, 33),
+                "top_k",
+                "top_k <= 32",
+            ),
+            (
+                RoutingConfig::new(
+                    RoutingMethod::MiniMax2 {
+                        routed_scaling_factor: 1.0,
+                    },
+                    2048,
+                    8,
+                ),
+                "num_experts",
+                "at most 1024",
+            ),
+            (
+                RoutingConfig::new(RoutingMethod::Llama4, 256, 1),
+                "num_experts",
+                "at most 128",
+            ),
+            (
+                RoutingConfig::new(RoutingMethod::Llama4, 128, 2),
+                "top_k",
+                "top_k <= 1",
+            ),
+            (
+                RoutingConfig::new(ds(1, 1), 256, 32),
+                "top_k",
+                "top_k <= 22",
+            ),
+            // Grouped DeepSeekV3.
+            (
+                RoutingConfig::new(ds(16, 4), 256, 8),
+                "n_group",
+                "at most 8 expert groups",
+            ),
+            (
+                RoutingConfig::new(ds(6, 4), 256, 8),
+                "n_group",
+                "multiple of n_group",
+            ),
+            (
+                RoutingConfig::new(ds(4, 2), 256, 8),
+                "n_group",
+                "at most 32 experts per group",
+            ),
+            (
+                RoutingConfig::new(ds(8, 5), 256, 8),
+                "topk_group",
+                "at most 4 groups",
+            ),
+            (
+                RoutingConfig::new(ds(2, 3), 64, 8),
+                "topk_group",
+                "must not exceed n_group",
+            ),
+            (RoutingConfig::new(ds(8, 0), 256, 8), "topk_group", ">= 1"),
+            (
+                RoutingConfig::new(ds(8, 1), 64, 16),
+                "top_k",
+                "exceeds the experts in the kept groups",
+            ),
+            (
+                RoutingConfig::new(ds(8, 4), 1024, 8),
+                "num_experts",
+                "at most 512",
+            ),
+            (
+                RoutingConfig::new(
+                    RoutingMethod::DeepSeekV3 {
+                        n_group: 8,
+                        topk_group: 4,
+                        routed_scaling_factor: f32::NAN,
+                    },
+                    256,
+                    8,
+                ),
                 "routed_scaling_factor",
                 "finite",
             ),
-            (RoutingConfig::new(RoutingMethod::MiniMax2 { routed_scaling_factor: f32::INFINITY }, 256, 8), "routed_scaling_factor", "finite"),
+            (
+                RoutingConfig::new(
+                    RoutingMethod::MiniMax2 {
+                        routed_scaling_factor: f32::INFINITY,
+                    },
+                    256,
+                    8,
+                ),
+                "routed_scaling_factor",
+                "finite",
+            ),
             // Expert parallelism and tiles.
-            (RoutingConfig::new(RoutingMethod::Renormalize, 64, 8).with_local_experts(48, 32), "local_num_experts", "inside [0, num_experts"),
-            (RoutingConfig::new(RoutingMethod::Renormalize, 64, 8).with_local_experts(u32::MAX, 2), "local_num_experts", "inside"),
-            (RoutingConfig::new(RoutingMethod::Renormalize, 64, 8).with_tile_tokens_dim(12), "tile_tokens_dim", "power of two"),
-            (RoutingConfig::new(RoutingMethod::Renormalize, 64, 8).with_tile_tokens_dim(4), "tile_tokens_dim", "8..=256"),
-            (RoutingConfig::new(RoutingMethod::Renormalize, 64, 8).with_tile_tokens_dim(512), "tile_tokens_dim", "8..=256"),
+            (
+                RoutingConfig::new(RoutingMethod::Renormalize, 64, 8).with_local_experts(48, 32),
+                "local_num_experts",
+                "inside [0, num_experts",
+            ),
+            (
+                RoutingConfig::new(RoutingMethod::Renormalize, 64, 8)
+                    .with_local_experts(u32::MAX, 2),
+                "local_num_experts",
+                "inside",
+            ),
+            (
+                RoutingConfig::new(RoutingMethod::Renormalize, 64, 8).with_tile_tokens_dim(12),
+                "tile_tokens_dim",
+                "power of two",
+            ),
+            (
+                RoutingConfig::new(RoutingMethod::Renormalize, 64, 8).with_tile_tokens_dim(4),
+                "tile_tokens_dim",
+                "8..=256",
+            ),
+            (
+                RoutingConfig::new(RoutingMethod::Renormalize, 64, 8).with_tile_tokens_dim(512),
+                "tile_tokens_dim",
+                "8..=256",
+            ),
         ];
         for (cfg, arg, rule) in cases {
             let (got_arg, got_rule) = rejected(cfg);
             assert_eq!(got_arg, arg, "{cfg:?}: {got_rule}");
-            assert!(got_rule.contains(rule), "{cfg:?}: `{got_rule}` should mention `{rule}`");
+            assert!(
+                got_rule.contains(rule),
+                "{cfg:?}: `{got_rule}` should mention `{rule}`"
+            );
         }
     }
 
@@ -402,8 +546,18 @@ mod tests {
             (RoutingMethod::Llama4, 3),
             (RoutingMethod::RenormalizeNaive, 4),
             (RoutingMethod::TopK, 5),
-            (RoutingMethod::SigmoidRenorm { norm_topk_prob: true }, 6),
-            (RoutingMethod::MiniMax2 { routed_scaling_factor: 1.0 }, 7),
+            (
+                RoutingMethod::SigmoidRenorm {
+                    norm_topk_prob: true,
+                },
+                6,
+            ),
+            (
+                RoutingMethod::MiniMax2 {
+                    routed_scaling_factor: 1.0,
+                },
+                7,
+            ),
             (RoutingMethod::Sigmoid, 8),
         ];
         for (m, v) in all {

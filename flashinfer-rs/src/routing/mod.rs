@@ -4,6 +4,7 @@
 //! [`RoutingBuffers`] are allocated once; [`Router::route`] then only checks the call's
 //! buffers and launches upstream's kernels through the C ABI.
 mod method;
+mod noaux_tc;
 pub mod oracle;
 mod route;
 
@@ -11,4 +12,5 @@ pub use method::{
     MethodLimits, RoutingConfig, RoutingMethod, MAX_EXPERTS_PER_GROUP, MAX_EXPERT_GROUPS,
     MAX_TOPK_GROUPS,
 };
+pub use noaux_tc::route_noaux_tc;
 pub use route::{Bias, Logits, RouteInput, Router, RoutingBuffers};

@@ -45,13 +45,18 @@ fn keys(method: &RoutingMethod, row: &[f32], bias: &[f64]) -> Vec<f64> {
             let sum: f64 = exps.iter().sum();
             exps.iter().map(|x| x / sum).collect()
         }
-        RoutingMethod::Renormalize | RoutingMethod::RenormalizeNaive | RoutingMethod::TopK | RoutingMethod::Llama4 => {
-            row.iter().map(|&x| x as f64).collect()
+        RoutingMethod::Renormalize
+        | RoutingMethod::RenormalizeNaive
+        | RoutingMethod::TopK
+        | RoutingMethod::Llama4 => row.iter().map(|&x| x as f64).collect(),
+        RoutingMethod::SigmoidRenorm { .. } | RoutingMethod::Sigmoid => {
+            row.iter().map(|&x| sigmoid(x as f64)).collect()
         }
-        RoutingMethod::SigmoidRenorm { .. } | RoutingMethod::Sigmoid => row.iter().map(|&x| sigmoid(x as f64)).collect(),
-        RoutingMethod::DeepSeekV3 { .. } | RoutingMethod::MiniMax2 { .. } => {
-            row.iter().zip(bias).map(|(&x, b)| sigmoid(x as f64) + b).collect()
-        }
+        RoutingMethod::DeepSeekV3 { .. } | RoutingMethod::MiniMax2 { .. } => row
+            .iter()
+            .zip(bias)
+            .map(|(&x, b)| sigmoid(x as f64) + b)
+            .collect(),
     }
 }
 
@@ -74,8 +79,11 @@ fn top_n(candidates: impl Iterator<Item = (f64, usize)>, n: usize) -> Vec<(f64, 
     top
 }
 
+/// (key, index) of an expert or a group.
+type Ranked = Vec<(f64, usize)>;
+
 /// Group scores (sum of each group's two best keys) and the kept groups, best first.
-fn kept_groups(keys: &[f64], n_group: usize, topk_group: usize) -> (Vec<(f64, usize)>, Vec<(f64, usize)>) {
+fn kept_groups(keys: &[f64], n_group: usize, topk_group: usize) -> (Ranked, Ranked) {
     let per = keys.len() / n_group;
     let scores: Vec<(f64, usize)> = (0..n_group)
         .map(|g| {
@@ -90,10 +98,17 @@ fn kept_groups(keys: &[f64], n_group: usize, topk_group: usize) -> (Vec<(f64, us
 /// Experts eligible for one token's top-k (all of them, or those of the kept groups).
 fn eligible(method: &RoutingMethod, keys: &[f64]) -> Vec<usize> {
     match *method {
-        RoutingMethod::DeepSeekV3 { n_group, topk_group, .. } if n_group > 1 => {
+        RoutingMethod::DeepSeekV3 {
+            n_group,
+            topk_group,
+            ..
+        } if n_group > 1 => {
             let per = keys.len() / n_group as usize;
             let (_, kept) = kept_groups(keys, n_group as usize, topk_group as usize);
-            let mut experts: Vec<usize> = kept.iter().flat_map(|&(_, g)| g * per..(g + 1) * per).collect();
+            let mut experts: Vec<usize> = kept
+                .iter()
+                .flat_map(|&(_, g)| g * per..(g + 1) * per)
+                .collect();
             experts.sort_unstable();
             experts
         }
@@ -107,7 +122,10 @@ fn weights(method: &RoutingMethod, row: &[f32], chosen: &[(f64, usize)]) -> Vec<
     let w: Vec<f64> = match *method {
         RoutingMethod::Default => chosen.iter().map(|c| c.0).collect(),
         RoutingMethod::Renormalize | RoutingMethod::RenormalizeNaive => {
-            let max = chosen.iter().map(|c| logit(c.1)).fold(f64::NEG_INFINITY, f64::max);
+            let max = chosen
+                .iter()
+                .map(|c| logit(c.1))
+                .fold(f64::NEG_INFINITY, f64::max);
             let exps: Vec<f64> = chosen.iter().map(|c| (logit(c.1) - max).exp()).collect();
             let sum: f64 = exps.iter().sum();
             exps.iter().map(|x| x / sum).collect()
@@ -124,15 +142,24 @@ fn weights(method: &RoutingMethod, row: &[f32], chosen: &[(f64, usize)]) -> Vec<
                 s
             }
         }
-        RoutingMethod::DeepSeekV3 { routed_scaling_factor, .. } => {
+        RoutingMethod::DeepSeekV3 {
+            routed_scaling_factor,
+            ..
+        } => {
             let s: Vec<f64> = chosen.iter().map(|c| sigmoid(logit(c.1))).collect();
             let sum: f64 = s.iter().sum();
-            s.iter().map(|x| x * routed_scaling_factor as f64 / sum).collect()
+            s.iter()
+                .map(|x| x * routed_scaling_factor as f64 / sum)
+                .collect()
         }
-        RoutingMethod::MiniMax2 { routed_scaling_factor } => {
+        RoutingMethod::MiniMax2 {
+            routed_scaling_factor,
+        } => {
             let s: Vec<f64> = chosen.iter().map(|c| sigmoid(logit(c.1))).collect();
             let sum: f64 = s.iter().sum();
-            s.iter().map(|x| x * routed_scaling_factor as f64 / (sum + 1e-20)).collect()
+            s.iter()
+                .map(|x| x * routed_scaling_factor as f64 / (sum + 1e-20))
+                .collect()
         }
     };
     w.into_iter().map(|x| x as f32).collect()
@@ -147,12 +174,23 @@ fn route_row(cfg: &RoutingConfig, row: &[f32], bias: &[f64]) -> Vec<(f64, usize)
 
 /// The reference routing of the first `num_tokens` rows of `logits` (`[T, E]` row-major; pass
 /// bf16 logits as their exact f32 values). `bias` is `[E]`, for the methods that take one.
-pub fn route(cfg: &RoutingConfig, logits: &[f32], bias: Option<&[f32]>, num_tokens: usize) -> Routed {
+pub fn route(
+    cfg: &RoutingConfig,
+    logits: &[f32],
+    bias: Option<&[f32]>,
+    num_tokens: usize,
+) -> Routed {
     let e = cfg.num_experts as usize;
     let k = cfg.top_k as usize;
-    assert!(logits.len() >= num_tokens * e, "logits hold fewer than num_tokens rows");
+    assert!(
+        logits.len() >= num_tokens * e,
+        "logits hold fewer than num_tokens rows"
+    );
     let bias = effective_bias(&cfg.method, bias, e);
-    let mut out = Routed { ids: Vec::with_capacity(num_tokens * k), weights: Vec::with_capacity(num_tokens * k) };
+    let mut out = Routed {
+        ids: Vec::with_capacity(num_tokens * k),
+        weights: Vec::with_capacity(num_tokens * k),
+    };
     for row in logits.chunks_exact(e).take(num_tokens) {
         let chosen = route_row(cfg, row, &bias);
         out.ids.extend(chosen.iter().map(|c| c.1 as i16));
@@ -171,12 +209,23 @@ pub fn selection_margin(cfg: &RoutingConfig, row: &[f32], bias: Option<&[f32]>) 
     let k = keys(&cfg.method, row, &bias);
     let pool = eligible(&cfg.method, &k);
     let ranked = top_n(pool.iter().map(|&i| (k[i], i)), cfg.top_k as usize + 1);
-    let mut margin = ranked.windows(2).map(|w| w[0].0 - w[1].0).fold(f64::INFINITY, f64::min);
-    if let RoutingMethod::DeepSeekV3 { n_group, topk_group, .. } = cfg.method {
+    let mut margin = ranked
+        .windows(2)
+        .map(|w| w[0].0 - w[1].0)
+        .fold(f64::INFINITY, f64::min);
+    if let RoutingMethod::DeepSeekV3 {
+        n_group,
+        topk_group,
+        ..
+    } = cfg.method
+    {
         if n_group > 1 && topk_group < n_group {
             let (scores, _) = kept_groups(&k, n_group as usize, topk_group as usize);
             let ranked = top_n(scores.into_iter(), topk_group as usize + 1);
-            let (last_kept, first_dropped) = (ranked[topk_group as usize - 1].0, ranked[topk_group as usize].0);
+            let (last_kept, first_dropped) = (
+                ranked[topk_group as usize - 1].0,
+                ranked[topk_group as usize].0,
+            );
             margin = margin.min(last_kept - first_dropped);
         }
     }
@@ -194,12 +243,46 @@ pub const SEPARATION: f64 = 2e-3;
 /// DeepSeekV3) get logits on a ladder with wide steps, the kept groups' other experts sit in a
 /// middle band, and everything else in a low band. When `bf16_logits` is set the values are
 /// rounded to bf16 (the caller uploads them as bf16). Deterministic in `seed`.
-pub fn separated_logits(cfg: &RoutingConfig, num_tokens: usize, bf16_logits: bool, seed: u64) -> (Vec<f32>, Option<Vec<f32>>) {
+pub fn separated_logits(
+    cfg: &RoutingConfig,
+    num_tokens: usize,
+    bf16_logits: bool,
+    seed: u64,
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    let mut rng = SplitMix64(seed);
+    let bias: Option<Vec<f32>> = cfg.method.needs_bias().then(|| {
+        (0..cfg.num_experts)
+            .map(|_| (rng.unit() * 0.01) as f32)
+            .collect()
+    });
+    let logits = separated_logits_for_bias(
+        cfg,
+        num_tokens,
+        bf16_logits,
+        rng.next_u64(),
+        bias.as_deref(),
+    );
+    (logits, bias)
+}
+
+/// [`separated_logits`] for a given bias (values in `[0, 0.01)`), e.g. one captured in a graph.
+pub fn separated_logits_for_bias(
+    cfg: &RoutingConfig,
+    num_tokens: usize,
+    bf16_logits: bool,
+    seed: u64,
+    bias: Option<&[f32]>,
+) -> Vec<f32> {
     let e = cfg.num_experts as usize;
     let k = cfg.top_k as usize;
     let mut rng = SplitMix64(seed);
-    let bias: Option<Vec<f32>> = cfg.method.needs_bias().then(|| (0..e).map(|_| (rng.unit() * 0.01) as f32).collect());
-    let round = |x: f32| if bf16_logits { bf16::from_f32(x).to_f32() } else { x };
+    let round = |x: f32| {
+        if bf16_logits {
+            bf16::from_f32(x).to_f32()
+        } else {
+            x
+        }
+    };
     let mut logits = Vec::with_capacity(num_tokens * e);
     let mut perm: Vec<usize> = (0..e).collect();
     for _ in 0..num_tokens {
@@ -207,11 +290,18 @@ pub fn separated_logits(cfg: &RoutingConfig, num_tokens: usize, bf16_logits: boo
             let mut row = vec![0f32; e];
             // Which experts may be chosen: all, or the experts of `topk_group` random groups.
             let pool: Vec<usize> = match cfg.method {
-                RoutingMethod::DeepSeekV3 { n_group, topk_group, .. } if n_group > 1 => {
+                RoutingMethod::DeepSeekV3 {
+                    n_group,
+                    topk_group,
+                    ..
+                } if n_group > 1 => {
                     let per = e / n_group as usize;
                     let mut groups: Vec<usize> = (0..n_group as usize).collect();
                     rng.shuffle(&mut groups);
-                    groups[..topk_group as usize].iter().flat_map(|&g| g * per..(g + 1) * per).collect()
+                    groups[..topk_group as usize]
+                        .iter()
+                        .flat_map(|&g| g * per..(g + 1) * per)
+                        .collect()
                 }
                 _ => (0..e).collect(),
             };
@@ -220,9 +310,18 @@ pub fn separated_logits(cfg: &RoutingConfig, num_tokens: usize, bf16_logits: boo
             pool.iter().for_each(|&i| in_pool[i] = true);
             // Low band for everyone, middle band for the pool, then the ladder for k + 1.
             for (i, x) in row.iter_mut().enumerate() {
-                *x = if in_pool[i] { -2.5 + rng.unit() as f32 } else { -6.0 + 2.0 * rng.unit() as f32 };
+                *x = if in_pool[i] {
+                    -2.5 + rng.unit() as f32
+                } else {
+                    -6.0 + 2.0 * rng.unit() as f32
+                };
             }
-            let ladder: Vec<usize> = perm.iter().copied().filter(|&i| in_pool[i]).take(k + 1).collect();
+            let ladder: Vec<usize> = perm
+                .iter()
+                .copied()
+                .filter(|&i| in_pool[i])
+                .take(k + 1)
+                .collect();
             let step = 3.0 / (k as f32 + 1.0).max(4.0);
             for (r, &i) in ladder.iter().enumerate() {
                 row[i] = 2.0 - step * r as f32 + 0.2 * step * rng.unit() as f32;
@@ -230,14 +329,14 @@ pub fn separated_logits(cfg: &RoutingConfig, num_tokens: usize, bf16_logits: boo
             for x in row.iter_mut() {
                 *x = round(*x);
             }
-            if selection_margin(cfg, &row, bias.as_deref()) >= SEPARATION {
+            if selection_margin(cfg, &row, bias) >= SEPARATION {
                 logits.extend_from_slice(&row);
                 break;
             }
             assert!(attempt < 1000, "cannot separate logits for {cfg:?}");
         }
     }
-    (logits, bias)
+    logits
 }
 
 /// A small, fast, seedable generator (SplitMix64), enough for test data.

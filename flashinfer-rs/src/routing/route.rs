@@ -239,10 +239,20 @@ pub(crate) struct CallShape {
 
 /// Every per-call rule, on sizes alone (so it is tested without a GPU). The config itself
 /// was validated when the [`Router`] was made.
-pub(crate) fn validate_call(cfg: &RoutingConfig, call: &CallShape, buffers: &BufferShape) -> Result<()> {
-    let (t, e, k) = (call.num_tokens, cfg.num_experts as usize, cfg.top_k as usize);
+pub(crate) fn validate_call(
+    cfg: &RoutingConfig,
+    call: &CallShape,
+    buffers: &BufferShape,
+) -> Result<()> {
+    let (t, e, k) = (
+        call.num_tokens,
+        cfg.num_experts as usize,
+        cfg.top_k as usize,
+    );
     ensure(
-        buffers.top_k == k && buffers.num_experts == e && buffers.tile_tokens_dim == cfg.tile_tokens_dim as usize,
+        buffers.top_k == k
+            && buffers.num_experts == e
+            && buffers.tile_tokens_dim == cfg.tile_tokens_dim as usize,
         "buffers",
         || {
             format!(
@@ -252,22 +262,45 @@ pub(crate) fn validate_call(cfg: &RoutingConfig, call: &CallShape, buffers: &Buf
         },
     )?;
     ensure(t <= buffers.max_tokens, "num_tokens", || {
-        format!("{t} tokens exceed the buffers' max_tokens ({})", buffers.max_tokens)
+        format!(
+            "{t} tokens exceed the buffers' max_tokens ({})",
+            buffers.max_tokens
+        )
     })?;
     ensure(call.logits_len >= t * e, "logits", || {
-        format!("holds {} elements, {t} tokens x {e} experts need {}", call.logits_len, t * e)
+        format!(
+            "holds {} elements, {t} tokens x {e} experts need {}",
+            call.logits_len,
+            t * e
+        )
     })?;
     let name = cfg.method.name();
     match (call.bias_len, cfg.method.needs_bias()) {
-        (None, true) => return Err(Error::invalid("bias", format!("{name} routing needs a bias"))),
-        (Some(_), false) => return Err(Error::invalid("bias", format!("{name} routing takes no bias"))),
-        (Some(n), true) => ensure(n == e, "bias", || format!("must hold num_experts ({e}) elements, holds {n}"))?,
+        (None, true) => {
+            return Err(Error::invalid(
+                "bias",
+                format!("{name} routing needs a bias"),
+            ))
+        }
+        (Some(_), false) => {
+            return Err(Error::invalid(
+                "bias",
+                format!("{name} routing takes no bias"),
+            ))
+        }
+        (Some(n), true) => ensure(n == e, "bias", || {
+            format!("must hold num_experts ({e}) elements, holds {n}")
+        })?,
         (None, false) => {}
     }
     if let Some((rows, cols)) = call.replay {
-        ensure(cols == k, "replay", || format!("has {cols} columns, top_k is {k}"))?;
+        ensure(cols == k, "replay", || {
+            format!("has {cols} columns, top_k is {k}")
+        })?;
         // FlashInfer 0.6.13 does not check this and writes out of bounds.
-        ensure(rows >= t, "replay", || format!("has {rows} rows, the call routes {t} tokens"))?;
+        ensure(rows >= t, "replay", || {
+            format!("has {rows} rows, the call routes {t} tokens")
+        })?;
     }
     Ok(())
 }
@@ -316,7 +349,11 @@ impl Router {
         replay: Option<&mut ReplayView<'_>>,
     ) -> Result<()> {
         let cfg = &self.cfg;
-        let (t, e, k) = (input.num_tokens, cfg.num_experts as usize, cfg.top_k as usize);
+        let (t, e, k) = (
+            input.num_tokens,
+            cfg.num_experts as usize,
+            cfg.top_k as usize,
+        );
         let call = CallShape {
             num_tokens: t,
             logits_len: input.logits.len(),
@@ -464,7 +501,12 @@ mod tests {
         }
     }
     fn call(t: usize) -> CallShape {
-        CallShape { num_tokens: t, logits_len: t * 64, bias_len: None, replay: Some((t, 4)) }
+        CallShape {
+            num_tokens: t,
+            logits_len: t * 64,
+            bias_len: None,
+            replay: Some((t, 4)),
+        }
     }
     fn rule(r: Result<()>) -> (&'static str, String) {
         match r {
@@ -478,15 +520,46 @@ mod tests {
         let cfg = renorm();
         let b = buffers_for(&cfg, 16);
         validate_call(&cfg, &call(16), &b).unwrap();
-        validate_call(&cfg, &CallShape { replay: None, ..call(3) }, &b).unwrap();
-        validate_call(&cfg, &CallShape { replay: Some((100, 4)), ..call(3) }, &b).unwrap();
-        validate_call(&cfg, &CallShape { replay: Some((0, 4)), ..call(0) }, &b).unwrap();
+        validate_call(
+            &cfg,
+            &CallShape {
+                replay: None,
+                ..call(3)
+            },
+            &b,
+        )
+        .unwrap();
+        validate_call(
+            &cfg,
+            &CallShape {
+                replay: Some((100, 4)),
+                ..call(3)
+            },
+            &b,
+        )
+        .unwrap();
+        validate_call(
+            &cfg,
+            &CallShape {
+                replay: Some((0, 4)),
+                ..call(0)
+            },
+            &b,
+        )
+        .unwrap();
     }
 
     #[test]
     fn an_undersized_replay_buffer_is_refused() {
         let cfg = renorm();
-        let (arg, r) = rule(validate_call(&cfg, &CallShape { replay: Some((7, 4)), ..call(8) }, &buffers_for(&cfg, 8)));
+        let (arg, r) = rule(validate_call(
+            &cfg,
+            &CallShape {
+                replay: Some((7, 4)),
+                ..call(8)
+            },
+            &buffers_for(&cfg, 8),
+        ));
         assert_eq!(arg, "replay");
         assert!(r.contains("7 rows") && r.contains("8 tokens"), "{r}");
     }
@@ -494,7 +567,14 @@ mod tests {
     #[test]
     fn a_replay_buffer_with_the_wrong_width_is_refused() {
         let cfg = renorm();
-        let (arg, r) = rule(validate_call(&cfg, &CallShape { replay: Some((8, 8)), ..call(8) }, &buffers_for(&cfg, 8)));
+        let (arg, r) = rule(validate_call(
+            &cfg,
+            &CallShape {
+                replay: Some((8, 8)),
+                ..call(8)
+            },
+            &buffers_for(&cfg, 8),
+        ));
         assert_eq!(arg, "replay");
         assert!(r.contains("8 columns, top_k is 4"), "{r}");
     }
@@ -510,7 +590,14 @@ mod tests {
     #[test]
     fn short_logits_are_refused() {
         let cfg = renorm();
-        let (arg, r) = rule(validate_call(&cfg, &CallShape { logits_len: 8 * 64 - 1, ..call(8) }, &buffers_for(&cfg, 8)));
+        let (arg, r) = rule(validate_call(
+            &cfg,
+            &CallShape {
+                logits_len: 8 * 64 - 1,
+                ..call(8)
+            },
+            &buffers_for(&cfg, 8),
+        ));
         assert_eq!(arg, "logits");
         assert!(r.contains("need 512"), "{r}");
     }
@@ -519,15 +606,45 @@ mod tests {
     fn bias_is_required_exactly_where_the_method_uses_one() {
         let cfg = renorm();
         let b = buffers_for(&cfg, 8);
-        let (arg, r) = rule(validate_call(&cfg, &CallShape { bias_len: Some(64), ..call(8) }, &b));
+        let (arg, r) = rule(validate_call(
+            &cfg,
+            &CallShape {
+                bias_len: Some(64),
+                ..call(8)
+            },
+            &b,
+        ));
         assert_eq!((arg, r.contains("takes no bias")), ("bias", true));
-        let ds = RoutingConfig::new(RoutingMethod::DeepSeekV3 { n_group: 8, topk_group: 4, routed_scaling_factor: 1.0 }, 64, 4);
+        let ds = RoutingConfig::new(
+            RoutingMethod::DeepSeekV3 {
+                n_group: 8,
+                topk_group: 4,
+                routed_scaling_factor: 1.0,
+            },
+            64,
+            4,
+        );
         let b = buffers_for(&ds, 8);
         let (arg, r) = rule(validate_call(&ds, &call(8), &b));
         assert_eq!((arg, r.contains("needs a bias")), ("bias", true));
-        let (arg, r) = rule(validate_call(&ds, &CallShape { bias_len: Some(63), ..call(8) }, &b));
+        let (arg, r) = rule(validate_call(
+            &ds,
+            &CallShape {
+                bias_len: Some(63),
+                ..call(8)
+            },
+            &b,
+        ));
         assert_eq!((arg, r.contains("num_experts (64)")), ("bias", true));
-        validate_call(&ds, &CallShape { bias_len: Some(64), ..call(8) }, &b).unwrap();
+        validate_call(
+            &ds,
+            &CallShape {
+                bias_len: Some(64),
+                ..call(8)
+            },
+            &b,
+        )
+        .unwrap();
     }
 
     #[test]

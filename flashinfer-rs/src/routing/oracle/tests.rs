@@ -12,15 +12,28 @@ fn close(a: &[f32], b: &[f32]) -> bool {
 
 #[test]
 fn renormalize_takes_the_largest_logits_and_softmaxes_them() {
-    let r = route(&cfg(RoutingMethod::Renormalize, 4, 2), &[1.0, 3.0, 2.0, 0.0], None, 1);
+    let r = route(
+        &cfg(RoutingMethod::Renormalize, 4, 2),
+        &[1.0, 3.0, 2.0, 0.0],
+        None,
+        1,
+    );
     assert_eq!(r.ids, vec![1, 2]);
     let (a, b) = (1f64.exp(), 0f64.exp());
-    assert!(close(&r.weights, &[(a / (a + b)) as f32, (b / (a + b)) as f32]));
+    assert!(close(
+        &r.weights,
+        &[(a / (a + b)) as f32, (b / (a + b)) as f32]
+    ));
 }
 
 #[test]
 fn equal_keys_go_to_the_smaller_expert() {
-    for method in [RoutingMethod::Renormalize, RoutingMethod::TopK, RoutingMethod::Default, RoutingMethod::Sigmoid] {
+    for method in [
+        RoutingMethod::Renormalize,
+        RoutingMethod::TopK,
+        RoutingMethod::Default,
+        RoutingMethod::Sigmoid,
+    ] {
         let r = route(&cfg(method, 5, 3), &[0.5, 2.0, 0.5, 2.0, 0.5], None, 1);
         assert_eq!(r.ids, vec![1, 3, 0], "{method:?}");
     }
@@ -32,7 +45,10 @@ fn default_weights_are_the_softmax_over_all_experts() {
     let r = route(&cfg(RoutingMethod::Default, 4, 2), &logits, None, 1);
     let sum: f64 = logits.iter().map(|&x| (x as f64).exp()).sum();
     assert_eq!(r.ids, vec![3, 2]);
-    assert!(close(&r.weights, &[(3f64.exp() / sum) as f32, (2f64.exp() / sum) as f32]));
+    assert!(close(
+        &r.weights,
+        &[(3f64.exp() / sum) as f32, (2f64.exp() / sum) as f32]
+    ));
 }
 
 #[test]
@@ -50,10 +66,35 @@ fn sigmoid_renorm_normalises_only_when_asked() {
     let logits = [0.0f32, 1.0, -1.0];
     let s1 = sigmoid(1.0);
     let s0 = sigmoid(0.0);
-    let on = route(&cfg(RoutingMethod::SigmoidRenorm { norm_topk_prob: true }, 3, 2), &logits, None, 1);
+    let on = route(
+        &cfg(
+            RoutingMethod::SigmoidRenorm {
+                norm_topk_prob: true,
+            },
+            3,
+            2,
+        ),
+        &logits,
+        None,
+        1,
+    );
     assert_eq!(on.ids, vec![1, 0]);
-    assert!(close(&on.weights, &[(s1 / (s1 + s0)) as f32, (s0 / (s1 + s0)) as f32]));
-    let off = route(&cfg(RoutingMethod::SigmoidRenorm { norm_topk_prob: false }, 3, 2), &logits, None, 1);
+    assert!(close(
+        &on.weights,
+        &[(s1 / (s1 + s0)) as f32, (s0 / (s1 + s0)) as f32]
+    ));
+    let off = route(
+        &cfg(
+            RoutingMethod::SigmoidRenorm {
+                norm_topk_prob: false,
+            },
+            3,
+            2,
+        ),
+        &logits,
+        None,
+        1,
+    );
     assert!(close(&off.weights, &[s1 as f32, s0 as f32]));
     let plain = route(&cfg(RoutingMethod::Sigmoid, 3, 2), &logits, None, 1);
     assert_eq!(plain, off);
@@ -64,16 +105,25 @@ fn bias_moves_the_choice_but_not_the_weights() {
     // Expert 0 has the larger logit, expert 1 the larger logit + bias.
     let logits = [0.5f32, 0.4, -3.0, -3.0];
     let bias = [0.0f32, 0.1, 0.0, 0.0];
-    let m = RoutingMethod::MiniMax2 { routed_scaling_factor: 2.0 };
+    let m = RoutingMethod::MiniMax2 {
+        routed_scaling_factor: 2.0,
+    };
     let r = route(&cfg(m, 4, 1), &logits, Some(&bias), 1);
     assert_eq!(r.ids, vec![1]);
     // One chosen expert: weight = s / s * scale.
     assert!(close(&r.weights, &[2.0]));
-    let ds = RoutingMethod::DeepSeekV3 { n_group: 1, topk_group: 1, routed_scaling_factor: 1.0 };
+    let ds = RoutingMethod::DeepSeekV3 {
+        n_group: 1,
+        topk_group: 1,
+        routed_scaling_factor: 1.0,
+    };
     let r = route(&cfg(ds, 4, 2), &logits, Some(&bias), 1);
     assert_eq!(r.ids, vec![1, 0]);
     let (a, b) = (sigmoid(0.4), sigmoid(0.5));
-    assert!(close(&r.weights, &[(a / (a + b)) as f32, (b / (a + b)) as f32]));
+    assert!(close(
+        &r.weights,
+        &[(a / (a + b)) as f32, (b / (a + b)) as f32]
+    ));
 }
 
 #[test]
@@ -81,12 +131,23 @@ fn grouped_deepseek_keeps_the_groups_with_the_best_two_experts() {
     // 4 groups of 2. Group 0 holds the single best expert but a poor second, so its top-2
     // sum loses to groups 2 and 3; the top-2 experts must come from those groups only.
     let logits = [4.0f32, -4.0, 0.0, 0.0, 1.0, 1.0, 0.9, 0.8];
-    let m = RoutingMethod::DeepSeekV3 { n_group: 4, topk_group: 2, routed_scaling_factor: 1.0 };
+    let m = RoutingMethod::DeepSeekV3 {
+        n_group: 4,
+        topk_group: 2,
+        routed_scaling_factor: 1.0,
+    };
     let r = route(&cfg(m, 8, 2), &logits, Some(&[0.0; 8]), 1);
     assert_eq!(r.ids, vec![4, 5]);
     // Without groups the best single expert wins.
-    let flat = RoutingMethod::DeepSeekV3 { n_group: 1, topk_group: 1, routed_scaling_factor: 1.0 };
-    assert_eq!(route(&cfg(flat, 8, 2), &logits, Some(&[0.0; 8]), 1).ids, vec![0, 4]);
+    let flat = RoutingMethod::DeepSeekV3 {
+        n_group: 1,
+        topk_group: 1,
+        routed_scaling_factor: 1.0,
+    };
+    assert_eq!(
+        route(&cfg(flat, 8, 2), &logits, Some(&[0.0; 8]), 1).ids,
+        vec![0, 4]
+    );
 }
 
 #[test]
@@ -95,24 +156,54 @@ fn grouped_deepseek_rounds_the_bias_to_bf16() {
     // so the tie rule (smaller index) decides; unrounded expert 1 would win.
     let bias = [1.0f32, 1.0 + 1.0 / 512.0, -10.0, -10.0];
     let logits = [0.0f32, 0.0, 0.0, 0.0];
-    let grouped = RoutingMethod::DeepSeekV3 { n_group: 2, topk_group: 1, routed_scaling_factor: 1.0 };
-    assert_eq!(route(&cfg(grouped, 4, 1), &logits, Some(&bias), 1).ids, vec![0]);
-    let flat = RoutingMethod::DeepSeekV3 { n_group: 1, topk_group: 1, routed_scaling_factor: 1.0 };
-    assert_eq!(route(&cfg(flat, 4, 1), &logits, Some(&bias), 1).ids, vec![1]);
+    let grouped = RoutingMethod::DeepSeekV3 {
+        n_group: 2,
+        topk_group: 1,
+        routed_scaling_factor: 1.0,
+    };
+    assert_eq!(
+        route(&cfg(grouped, 4, 1), &logits, Some(&bias), 1).ids,
+        vec![0]
+    );
+    let flat = RoutingMethod::DeepSeekV3 {
+        n_group: 1,
+        topk_group: 1,
+        routed_scaling_factor: 1.0,
+    };
+    assert_eq!(
+        route(&cfg(flat, 4, 1), &logits, Some(&bias), 1).ids,
+        vec![1]
+    );
 }
 
 /// Every method at a few shapes it supports.
 fn sample_configs() -> Vec<RoutingConfig> {
-    let ds = |n_group, topk_group| RoutingMethod::DeepSeekV3 { n_group, topk_group, routed_scaling_factor: 2.5 };
+    let ds = |n_group, topk_group| RoutingMethod::DeepSeekV3 {
+        n_group,
+        topk_group,
+        routed_scaling_factor: 2.5,
+    };
     vec![
         cfg(RoutingMethod::Default, 64, 8),
         cfg(RoutingMethod::Renormalize, 2048, 22),
         cfg(RoutingMethod::RenormalizeNaive, 128, 4),
         cfg(RoutingMethod::TopK, 256, 8),
         cfg(RoutingMethod::Llama4, 128, 1),
-        cfg(RoutingMethod::SigmoidRenorm { norm_topk_prob: true }, 256, 8),
+        cfg(
+            RoutingMethod::SigmoidRenorm {
+                norm_topk_prob: true,
+            },
+            256,
+            8,
+        ),
         cfg(RoutingMethod::Sigmoid, 8, 2),
-        cfg(RoutingMethod::MiniMax2 { routed_scaling_factor: 1.0 }, 512, 22),
+        cfg(
+            RoutingMethod::MiniMax2 {
+                routed_scaling_factor: 1.0,
+            },
+            512,
+            22,
+        ),
         cfg(ds(8, 4), 256, 8),
         cfg(ds(4, 2), 64, 8),
         cfg(ds(1, 1), 384, 8),
@@ -128,11 +219,20 @@ fn separated_logits_are_clearly_routed_and_the_routing_is_well_formed() {
             let (logits, bias) = separated_logits(&c, t, bf16_logits, 7);
             assert_eq!(logits.len(), t * c.num_experts as usize);
             if bf16_logits {
-                assert!(logits.iter().all(|&x| bf16::from_f32(x).to_f32() == x), "bf16 values");
+                assert!(
+                    logits.iter().all(|&x| bf16::from_f32(x).to_f32() == x),
+                    "bf16 values"
+                );
             }
             let r = route(&c, &logits, bias.as_deref(), t);
-            for (row, ids) in logits.chunks(c.num_experts as usize).zip(r.ids.chunks(c.top_k as usize)) {
-                assert!(selection_margin(&c, row, bias.as_deref()) >= SEPARATION, "{c:?}");
+            for (row, ids) in logits
+                .chunks(c.num_experts as usize)
+                .zip(r.ids.chunks(c.top_k as usize))
+            {
+                assert!(
+                    selection_margin(&c, row, bias.as_deref()) >= SEPARATION,
+                    "{c:?}"
+                );
                 let mut sorted = ids.to_vec();
                 sorted.sort_unstable();
                 sorted.dedup();
@@ -148,9 +248,26 @@ fn separated_logits_are_clearly_routed_and_the_routing_is_well_formed() {
 fn renormalised_weights_sum_to_one_and_scaled_ones_to_the_scale() {
     for (method, want) in [
         (RoutingMethod::Renormalize, 1.0),
-        (RoutingMethod::SigmoidRenorm { norm_topk_prob: true }, 1.0),
-        (RoutingMethod::DeepSeekV3 { n_group: 8, topk_group: 4, routed_scaling_factor: 2.5 }, 2.5),
-        (RoutingMethod::MiniMax2 { routed_scaling_factor: 1.5 }, 1.5),
+        (
+            RoutingMethod::SigmoidRenorm {
+                norm_topk_prob: true,
+            },
+            1.0,
+        ),
+        (
+            RoutingMethod::DeepSeekV3 {
+                n_group: 8,
+                topk_group: 4,
+                routed_scaling_factor: 2.5,
+            },
+            2.5,
+        ),
+        (
+            RoutingMethod::MiniMax2 {
+                routed_scaling_factor: 1.5,
+            },
+            1.5,
+        ),
     ] {
         let c = cfg(method, 256, 8);
         let (logits, bias) = separated_logits(&c, 16, false, 3);

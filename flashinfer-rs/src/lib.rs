@@ -12,6 +12,7 @@
 //! be captured in CUDA graphs.
 #![warn(missing_docs)]
 
+pub mod capture;
 mod error;
 mod ffi;
 pub mod fused;

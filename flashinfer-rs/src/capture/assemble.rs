@@ -1,0 +1,300 @@
+//! Per-request assembly: a step's rows, attributed to (request, position), accumulate into
+//! each request's routing until it finishes and is exported.
+//!
+//! What a serving loop tells the assembler, and what it does with it:
+//! - [`Assembler::start`]: a request arrives (with the prompt prefix to skip on export);
+//! - [`Assembler::push_step`]: a step's rows, each owned by `(request, position)` or padding;
+//!   padding and rows of requests no longer tracked (aborted) are dropped;
+//! - [`Assembler::truncate`]: speculative decoding rejected the draft positions from `len` on:
+//!   their rows become unknown again (the next step rewrites the accepted ones);
+//! - preemption needs no call: the re-prefill's step rows overwrite the same positions;
+//! - [`Assembler::abort`] forgets a request; [`Assembler::finish`] exports it.
+use std::collections::HashMap;
+
+use super::export::{RoutedExperts, UNKNOWN};
+use crate::error::{ensure, Error, Result};
+
+/// A request, as the serving loop names it.
+pub type RequestId = u64;
+
+/// Who one row of a step belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RowOwner {
+    /// Token `position` (0 = first prompt token) of a request.
+    Token {
+        /// The request.
+        request: RequestId,
+        /// Position in the request's sequence.
+        position: usize,
+    },
+    /// A row that is no token of this rank's requests (graph padding, another rank's row).
+    Padding,
+}
+
+/// One step's captured rows, token-major: `ids[(row * layers + layer) * top_k + k]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepRows {
+    /// Rows of the step.
+    pub tokens: usize,
+    /// MoE layers.
+    pub layers: usize,
+    /// Experts per layer.
+    pub top_k: usize,
+    /// `tokens * layers * top_k` expert ids.
+    pub ids: Vec<i16>,
+}
+
+#[derive(Debug, Default)]
+struct Track {
+    prompt_start: usize,
+    /// `positions * layers * top_k` ids, UNKNOWN where never written.
+    ids: Vec<i16>,
+}
+
+/// Collects routed experts per request across steps.
+#[derive(Debug)]
+pub struct Assembler {
+    layers: usize,
+    top_k: usize,
+    num_experts: u32,
+    requests: HashMap<RequestId, Track>,
+    dropped_rows: u64,
+}
+
+impl Assembler {
+    /// An assembler for a model with `layers` MoE layers, `top_k` experts per token and
+    /// `num_experts` experts.
+    pub fn new(layers: usize, top_k: usize, num_experts: u32) -> Assembler {
+        Assembler {
+            layers,
+            top_k,
+            num_experts,
+            requests: HashMap::new(),
+            dropped_rows: 0,
+        }
+    }
+
+    fn row_len(&self) -> usize {
+        self.layers * self.top_k
+    }
+
+    /// Starts tracking `request`; on export the first `prompt_start` positions are skipped
+    /// (vLLM's `routed_experts_prompt_start`).
+    pub fn start(&mut self, request: RequestId, prompt_start: usize) -> Result<()> {
+        ensure(!self.requests.contains_key(&request), "request", || {
+            format!("{request} is already tracked")
+        })?;
+        self.requests.insert(
+            request,
+            Track {
+                prompt_start,
+                ids: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Requests being tracked.
+    pub fn active(&self) -> usize {
+        self.requests.len()
+    }
+
+    /// Rows dropped so far because their request was no longer tracked (aborted).
+    pub fn dropped_rows(&self) -> u64 {
+        self.dropped_rows
+    }
+
+    /// Records a step: row `r` of `step` belongs to `owners[r]`.
+    pub fn push_step(&mut self, step: &StepRows, owners: &[RowOwner]) -> Result<()> {
+        let row = self.row_len();
+        ensure(
+            step.layers == self.layers && step.top_k == self.top_k,
+            "step",
+            || {
+                format!(
+                    "has {} layers x top_k {}, the assembler {} x {}",
+                    step.layers, step.top_k, self.layers, self.top_k
+                )
+            },
+        )?;
+        ensure(step.ids.len() == step.tokens * row, "step", || {
+            "ids do not match tokens x layers x top_k".into()
+        })?;
+        ensure(owners.len() == step.tokens, "owners", || {
+            format!("names {} rows, the step has {}", owners.len(), step.tokens)
+        })?;
+        for (r, owner) in owners.iter().enumerate() {
+            let RowOwner::Token { request, position } = *owner else {
+                continue;
+            };
+            let Some(track) = self.requests.get_mut(&request) else {
+                self.dropped_rows += 1;
+                continue;
+            };
+            let end = (position + 1) * row;
+            if track.ids.len() < end {
+                track.ids.resize(end, UNKNOWN);
+            }
+            track.ids[position * row..end].copy_from_slice(&step.ids[r * row..(r + 1) * row]);
+        }
+        Ok(())
+    }
+
+    /// Forgets every position from `len` on (rejected speculative tokens).
+    pub fn truncate(&mut self, request: RequestId, len: usize) -> Result<()> {
+        let row = self.row_len();
+        let track = self
+            .requests
+            .get_mut(&request)
+            .ok_or_else(|| unknown(request))?;
+        track.ids.truncate(len * row);
+        Ok(())
+    }
+
+    /// Stops tracking `request`; its later rows are dropped.
+    pub fn abort(&mut self, request: RequestId) -> bool {
+        self.requests.remove(&request).is_some()
+    }
+
+    /// Exports a finished request of `num_tokens` tokens (prompt + generated): rows
+    /// `[prompt_start, num_tokens - 1)`, as vLLM returns them (the last sampled token is never
+    /// run through the model). Rows never written are [`UNKNOWN`].
+    pub fn finish(&mut self, request: RequestId, num_tokens: usize) -> Result<RoutedExperts> {
+        let track = self
+            .requests
+            .remove(&request)
+            .ok_or_else(|| unknown(request))?;
+        let row = self.row_len();
+        let end = num_tokens.saturating_sub(1);
+        let start = track.prompt_start.min(end);
+        let mut ids = vec![UNKNOWN; (end - start) * row];
+        let have = (track.ids.len() / row).min(end);
+        if have > start {
+            ids[..(have - start) * row].copy_from_slice(&track.ids[start * row..have * row]);
+        }
+        Ok(RoutedExperts {
+            tokens: end - start,
+            layers: self.layers,
+            top_k: self.top_k,
+            ids,
+            num_experts: self.num_experts,
+        })
+    }
+}
+
+fn unknown(request: RequestId) -> Error {
+    Error::invalid("request", format!("{request} is not tracked"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A step whose row r holds value `base + r` everywhere.
+    fn step(rows: usize, base: i16) -> StepRows {
+        StepRows {
+            tokens: rows,
+            layers: 2,
+            top_k: 2,
+            ids: (0..rows).flat_map(|r| [base + r as i16; 4]).collect(),
+        }
+    }
+    fn tok(request: RequestId, position: usize) -> RowOwner {
+        RowOwner::Token { request, position }
+    }
+    /// The first id of each exported row.
+    fn firsts(r: &RoutedExperts) -> Vec<i16> {
+        r.ids.chunks(4).map(|c| c[0]).collect()
+    }
+
+    #[test]
+    fn prefill_and_decode_rows_land_at_their_positions_and_export_drops_the_last_token() {
+        let mut a = Assembler::new(2, 2, 64);
+        a.start(1, 0).unwrap();
+        a.push_step(&step(3, 10), &[tok(1, 0), tok(1, 1), tok(1, 2)])
+            .unwrap(); // prefill
+        a.push_step(&step(1, 20), &[tok(1, 3)]).unwrap(); // decode
+        let r = a.finish(1, 5).unwrap(); // 3 prompt + 2 generated; last one never ran
+        assert_eq!((r.tokens, r.layers, r.top_k), (4, 2, 2));
+        assert_eq!(firsts(&r), vec![10, 11, 12, 20]);
+    }
+
+    #[test]
+    fn padding_and_other_requests_rows_go_where_they_belong() {
+        let mut a = Assembler::new(2, 2, 64);
+        a.start(1, 0).unwrap();
+        a.start(2, 0).unwrap();
+        a.push_step(
+            &step(4, 0),
+            &[tok(2, 0), RowOwner::Padding, tok(1, 0), tok(2, 1)],
+        )
+        .unwrap();
+        assert_eq!(firsts(&a.finish(1, 2).unwrap()), vec![2]);
+        assert_eq!(firsts(&a.finish(2, 3).unwrap()), vec![0, 3]);
+    }
+
+    #[test]
+    fn rejected_speculative_rows_are_forgotten_and_rewritten() {
+        let mut a = Assembler::new(2, 2, 64);
+        a.start(7, 0).unwrap();
+        a.push_step(&step(2, 0), &[tok(7, 0), tok(7, 1)]).unwrap();
+        // Verify step: the draft proposed positions 2..5; only 2 and 3 are accepted.
+        a.push_step(&step(3, 30), &[tok(7, 2), tok(7, 3), tok(7, 4)])
+            .unwrap();
+        a.truncate(7, 4).unwrap();
+        let r = a.finish(7, 6).unwrap();
+        // Position 4 was rejected and never rewritten: unknown, not a stale draft row.
+        assert_eq!(firsts(&r), vec![0, 1, 30, 31, UNKNOWN]);
+        assert_eq!(r.dtype(), super::super::export::ExportDtype::I16);
+    }
+
+    #[test]
+    fn aborted_requests_drop_their_in_flight_rows() {
+        let mut a = Assembler::new(2, 2, 64);
+        a.start(1, 0).unwrap();
+        assert!(a.abort(1));
+        a.push_step(&step(2, 0), &[tok(1, 0), tok(1, 1)]).unwrap();
+        assert_eq!((a.active(), a.dropped_rows()), (0, 2));
+        assert!(a.finish(1, 3).is_err());
+    }
+
+    #[test]
+    fn preemption_and_re_prefill_overwrite_the_same_positions() {
+        let mut a = Assembler::new(2, 2, 64);
+        a.start(3, 0).unwrap();
+        a.push_step(&step(3, 0), &[tok(3, 0), tok(3, 1), tok(3, 2)])
+            .unwrap();
+        // Preempted, then recomputed from scratch in a later step.
+        a.push_step(&step(3, 40), &[tok(3, 0), tok(3, 1), tok(3, 2)])
+            .unwrap();
+        assert_eq!(firsts(&a.finish(3, 4).unwrap()), vec![40, 41, 42]);
+    }
+
+    #[test]
+    fn the_prompt_start_offset_skips_a_prefix_and_unwritten_rows_are_unknown() {
+        let mut a = Assembler::new(2, 2, 64);
+        a.start(5, 2).unwrap();
+        // A prefix-cache hit: positions 0..3 never ran; 3 and 4 did.
+        a.push_step(&step(2, 50), &[tok(5, 3), tok(5, 4)]).unwrap();
+        let r = a.finish(5, 6).unwrap();
+        assert_eq!(firsts(&r), vec![UNKNOWN, 50, 51]);
+        // A prompt_start beyond the sequence exports nothing rather than failing.
+        a.start(6, 10).unwrap();
+        assert_eq!(a.finish(6, 4).unwrap().tokens, 0);
+    }
+
+    #[test]
+    fn malformed_steps_are_refused() {
+        let mut a = Assembler::new(2, 2, 64);
+        assert!(a.push_step(&step(2, 0), &[RowOwner::Padding]).is_err());
+        let wrong = StepRows {
+            tokens: 1,
+            layers: 3,
+            top_k: 2,
+            ids: vec![0; 6],
+        };
+        assert!(a.push_step(&wrong, &[RowOwner::Padding]).is_err());
+        a.start(1, 0).unwrap();
+        assert!(a.start(1, 0).is_err());
+    }
+}

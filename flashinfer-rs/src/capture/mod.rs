@@ -1,0 +1,15 @@
+//! Capturing routed experts for every request: the data RL trainers need for routing replay.
+//!
+//! - [`CaptureStore`]: one layer-major device buffer whose per-layer views the kernels write
+//!   (zero-copy, fixed addresses), read back once per step, asynchronously, to pinned memory;
+//! - [`StepLayout`]: which rows of a step are this rank's (DP, padding, SP after a gather);
+//! - [`Assembler`]: a step's rows attributed to (request, position) across steps, with
+//!   speculative decoding, aborts, preemption and prompt offsets;
+//! - [`RoutedExperts`]: per-request export as vLLM `.npy`/base64 and SGLang flat bytes.
+mod assemble;
+mod export;
+mod store;
+
+pub use assemble::{Assembler, RequestId, RowOwner, StepRows};
+pub use export::{ExportDtype, RoutedExperts, UNKNOWN};
+pub use store::{CaptureConfig, CaptureStore, CollectedStep, StepLayout};

@@ -1,0 +1,407 @@
+//! The device side of capture: one layer-major int16 buffer `[layers, max_tokens, top_k]`,
+//! allocated once, whose per-layer views the routing (or fused MoE) calls write directly, and
+//! an asynchronous per-step readback to pinned host memory.
+//!
+//! Zero-copy on the device: layer `l`'s replay view *is* `buffer[l]`; there is no per-layer
+//! scratch buffer and no per-layer copy kernel. Fixed addresses: the views never move, so a
+//! CUDA graph captured over the layers' routing calls stays valid step after step.
+//!
+//! The step protocol ([`CaptureStore::end_step`], [`CaptureStore::collect`]):
+//! 1. `end_step(&compute)` records an event on the compute stream; a side stream waits for it
+//!    and copies the step's kept rows of every layer (one 2D copy) into a free pinned slot,
+//!    then records a completion event. The compute stream is never synchronised.
+//! 2. `collect()` waits for the oldest step's copy only, transposes it to token-major
+//!    `(tokens, layers, top_k)` and frees its slot. With `slots >= 2`, step n+1 computes
+//!    while step n drains.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::sync::Arc;
+
+use cudarc::driver::{
+    sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, PinnedHostSlice,
+};
+
+use super::assemble::StepRows;
+use crate::error::{ensure, Error, Result};
+use crate::replay::ReplayView;
+
+/// Which rows of the MoE batch a step routes, and which of them are this rank's real tokens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepLayout {
+    /// Rows the kernels route (and write) this step, padding included.
+    pub routed_rows: usize,
+    /// The rows kept for this rank's requests; the rest never leaves the device.
+    pub keep: Range<usize>,
+}
+
+impl StepLayout {
+    /// One rank, `tokens` real rows, no padding.
+    pub fn single(tokens: usize) -> StepLayout {
+        StepLayout {
+            routed_rows: tokens,
+            keep: 0..tokens,
+        }
+    }
+
+    /// `tokens` real rows in a batch padded to `padded_rows` (CUDA-graph batch sizes): the
+    /// padding is routed but dropped here, before anything reaches a request.
+    pub fn padded(tokens: usize, padded_rows: usize) -> Result<StepLayout> {
+        ensure(tokens <= padded_rows, "padded_rows", || {
+            format!("{padded_rows} < {tokens} real tokens")
+        })?;
+        Ok(StepLayout {
+            routed_rows: padded_rows,
+            keep: 0..tokens,
+        })
+    }
+
+    /// Naive data-parallel dispatch: the MoE sees every DP rank's tokens concatenated
+    /// (`tokens_per_rank[r]` rows each, in rank order) and this rank keeps its own slice.
+    pub fn data_parallel(rank: usize, tokens_per_rank: &[usize]) -> Result<StepLayout> {
+        ensure(rank < tokens_per_rank.len(), "rank", || {
+            format!(
+                "rank {rank} of {} data-parallel ranks",
+                tokens_per_rank.len()
+            )
+        })?;
+        let start: usize = tokens_per_rank[..rank].iter().sum();
+        let total = tokens_per_rank.iter().sum();
+        Ok(StepLayout {
+            routed_rows: total,
+            keep: start..start + tokens_per_rank[rank],
+        })
+    }
+
+    /// Data parallelism with the combine inside the MoE op (modular kernels): the MoE sees
+    /// only this rank's `tokens` rows. The same rows as [`StepLayout::single`].
+    pub fn per_rank(tokens: usize) -> StepLayout {
+        StepLayout::single(tokens)
+    }
+
+    /// Sequence parallelism: each TP rank routes only its shard of the rows, so no rank holds
+    /// a whole step. Gather the shards' routed rows first (an all-gather of the replay rows,
+    /// `gathered_tokens` of them in sequence order, as vLLM does) into this store, then
+    /// capture them as one rank would. This describes the gathered step.
+    pub fn sequence_parallel_gathered(gathered_tokens: usize) -> StepLayout {
+        StepLayout::single(gathered_tokens)
+    }
+
+    fn check(&self, max_tokens: usize) -> Result<()> {
+        ensure(self.routed_rows <= max_tokens, "layout", || {
+            format!(
+                "routes {} rows, the store holds {max_tokens}",
+                self.routed_rows
+            )
+        })?;
+        ensure(
+            self.keep.start <= self.keep.end && self.keep.end <= self.routed_rows,
+            "layout",
+            || format!("keeps rows {:?} of {} routed", self.keep, self.routed_rows),
+        )
+    }
+}
+
+/// Shape of a capture store.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureConfig {
+    /// MoE layers (slots of the buffer).
+    pub moe_layers: usize,
+    /// Most rows one step may route.
+    pub max_tokens: usize,
+    /// Experts per token.
+    pub top_k: usize,
+    /// Steps that may be in flight (copied but not collected); at least 2.
+    pub slots: usize,
+    /// Model layer id -> MoE slot, for models whose dense layers have no router (`None` for
+    /// a dense layer). `None`: every model layer is a MoE layer, slot = layer id.
+    pub layer_map: Option<Vec<Option<usize>>>,
+}
+
+struct Slot {
+    host: PinnedHostSlice<i16>,
+    done: CudaEvent,
+}
+
+struct InFlight {
+    slot: usize,
+    step: u64,
+    rows: usize,
+}
+
+/// Layer-major routed-expert capture for one model on one device.
+pub struct CaptureStore {
+    cfg: CaptureConfig,
+    ctx: Arc<CudaContext>,
+    device: CudaSlice<i16>,
+    side: Arc<CudaStream>,
+    step_done_on_compute: CudaEvent,
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    in_flight: VecDeque<InFlight>,
+    current: Option<StepLayout>,
+    steps: u64,
+}
+
+impl std::fmt::Debug for CaptureStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaptureStore")
+            .field("cfg", &self.cfg)
+            .field("in_flight", &self.in_flight.len())
+            .field("steps", &self.steps)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A finished step's rows, token-major, with the step number it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectedStep {
+    /// 0-based step number (order of `end_step` calls).
+    pub step: u64,
+    /// The kept rows, `(tokens, layers, top_k)`.
+    pub rows: StepRows,
+}
+
+impl CaptureStore {
+    /// Allocates the device buffer (filled with -1) and `cfg.slots` pinned staging slots, once.
+    pub fn new(stream: &Arc<CudaStream>, cfg: CaptureConfig) -> Result<CaptureStore> {
+        ensure(cfg.moe_layers > 0, "moe_layers", || "must be > 0".into())?;
+        ensure(cfg.max_tokens > 0, "max_tokens", || "must be > 0".into())?;
+        ensure(cfg.top_k > 0, "top_k", || "must be > 0".into())?;
+        ensure(cfg.slots >= 2, "slots", || {
+            format!("at least 2 steps must fit in flight, got {}", cfg.slots)
+        })?;
+        if let Some(map) = &cfg.layer_map {
+            ensure(
+                map.iter().flatten().all(|&s| s < cfg.moe_layers),
+                "layer_map",
+                || format!("maps a layer to a slot >= moe_layers ({})", cfg.moe_layers),
+            )?;
+        }
+        let per_layer = cfg.max_tokens * cfg.top_k;
+        let total = cfg
+            .moe_layers
+            .checked_mul(per_layer)
+            .ok_or_else(|| Error::invalid("max_tokens", "too large"))?;
+        let ctx = stream.context().clone();
+        let device = stream.clone_htod(&vec![-1i16; total])?;
+        let side = ctx.new_stream()?;
+        let mut slots = Vec::with_capacity(cfg.slots);
+        for _ in 0..cfg.slots {
+            // Plain pinned memory (not write-combined): the host reads it.
+            // SAFETY: the slot is only read after a copy into it completed.
+            let host = unsafe { ctx.alloc_pinned_with_flags::<i16>(total, 0) }?;
+            slots.push(Slot {
+                host,
+                done: ctx.new_event(None)?,
+            });
+        }
+        let free = (0..cfg.slots).rev().collect();
+        Ok(CaptureStore {
+            step_done_on_compute: ctx.new_event(None)?,
+            cfg,
+            ctx,
+            device,
+            side,
+            slots,
+            free,
+            in_flight: VecDeque::new(),
+            current: None,
+            steps: 0,
+        })
+    }
+
+    /// The store's shape.
+    pub fn config(&self) -> &CaptureConfig {
+        &self.cfg
+    }
+
+    /// The MoE slot of model layer `layer` (`None` for a dense layer).
+    pub fn slot_of(&self, layer: usize) -> Result<Option<usize>> {
+        match &self.cfg.layer_map {
+            None => {
+                ensure(layer < self.cfg.moe_layers, "layer", || {
+                    format!("{layer} >= moe_layers ({})", self.cfg.moe_layers)
+                })?;
+                Ok(Some(layer))
+            }
+            Some(map) => map
+                .get(layer)
+                .copied()
+                .ok_or_else(|| Error::invalid("layer", format!("{layer} is not in the layer map"))),
+        }
+    }
+
+    /// The replay view of MoE slot `slot`: `[max_tokens, top_k]`, always the same device
+    /// memory. Hand it to the routing or fused call of that layer.
+    pub fn layer_view(&mut self, slot: usize) -> Result<ReplayView<'_>> {
+        ensure(slot < self.cfg.moe_layers, "slot", || {
+            format!("{slot} >= moe_layers ({})", self.cfg.moe_layers)
+        })?;
+        let per_layer = self.cfg.max_tokens * self.cfg.top_k;
+        let view = self
+            .device
+            .slice_mut(slot * per_layer..(slot + 1) * per_layer);
+        ReplayView::new(view, self.cfg.max_tokens, self.cfg.top_k)
+    }
+
+    /// Starts a step: the layers are about to route `layout.routed_rows` rows.
+    pub fn begin_step(&mut self, layout: StepLayout) -> Result<()> {
+        layout.check(self.cfg.max_tokens)?;
+        ensure(self.current.is_none(), "begin_step", || {
+            "the previous step was not ended".into()
+        })?;
+        self.current = Some(layout);
+        Ok(())
+    }
+
+    /// Ends the step whose layers were enqueued on `compute`: enqueues the readback of the
+    /// kept rows on the side stream, ordered after everything `compute` has enqueued so far.
+    /// Never waits on the host. Fails (typed) when every slot is in flight: collect first.
+    pub fn end_step(&mut self, compute: &Arc<CudaStream>) -> Result<u64> {
+        let layout = self
+            .current
+            .take()
+            .ok_or_else(|| Error::invalid("end_step", "no step was begun"))?;
+        let Some(slot) = self.free.pop() else {
+            self.current = Some(layout);
+            return Err(Error::invalid(
+                "end_step",
+                format!(
+                    "all {} slots are in flight; collect() first",
+                    self.cfg.slots
+                ),
+            ));
+        };
+        let (k, max) = (self.cfg.top_k, self.cfg.max_tokens);
+        let rows = layout.keep.len();
+        self.step_done_on_compute.record(compute)?;
+        self.side.wait(&self.step_done_on_compute)?;
+        if rows > 0 {
+            let elem = std::mem::size_of::<i16>();
+            let (src, _guard) = self.device.device_ptr(&self.side);
+            let s = &mut self.slots[slot];
+            // The slot's previous copy completed before it was freed (collect waits); the
+            // pointer stays valid for the life of the store.
+            let dst = s.host.as_mut_ptr()?;
+            // Layer l's kept rows: device [l][keep][..] -> host [l][0..rows][..] (pitch rows*k).
+            let copy = sys::CUDA_MEMCPY2D {
+                srcXInBytes: layout.keep.start * k * elem,
+                srcY: 0,
+                srcMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+                srcHost: std::ptr::null(),
+                srcDevice: src,
+                srcArray: std::ptr::null_mut(),
+                srcPitch: max * k * elem,
+                dstXInBytes: 0,
+                dstY: 0,
+                dstMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_HOST,
+                dstHost: dst as *mut _,
+                dstDevice: 0,
+                dstArray: std::ptr::null_mut(),
+                dstPitch: rows * k * elem,
+                WidthInBytes: rows * k * elem,
+                Height: self.cfg.moe_layers,
+            };
+            self.ctx.bind_to_thread()?;
+            // SAFETY: source and destination regions lie inside their allocations (checked
+            // layout, pitches as allocated); the copy is ordered on the side stream.
+            unsafe { sys::cuMemcpy2DAsync_v2(&copy, self.side.cu_stream()) }.result()?;
+        }
+        self.slots[slot].done.record(&self.side)?;
+        let step = self.steps;
+        self.steps += 1;
+        self.in_flight.push_back(InFlight { slot, step, rows });
+        Ok(step)
+    }
+
+    /// Steps whose readback is enqueued but not collected.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Waits for the oldest in-flight step's copy (only that), and returns its kept rows
+    /// token-major. `None` when no step is in flight.
+    pub fn collect(&mut self) -> Result<Option<CollectedStep>> {
+        let Some(f) = self.in_flight.pop_front() else {
+            return Ok(None);
+        };
+        let (l, k) = (self.cfg.moe_layers, self.cfg.top_k);
+        let s = &self.slots[f.slot];
+        s.done.synchronize()?;
+        let host = s.host.as_slice()?;
+        let mut ids = vec![0i16; f.rows * l * k];
+        for layer in 0..l {
+            let src = &host[layer * f.rows * k..(layer + 1) * f.rows * k];
+            for (row, chunk) in src.chunks_exact(k).enumerate() {
+                let at = (row * l + layer) * k;
+                ids[at..at + k].copy_from_slice(chunk);
+            }
+        }
+        self.free.push(f.slot);
+        Ok(Some(CollectedStep {
+            step: f.step,
+            rows: StepRows {
+                tokens: f.rows,
+                layers: l,
+                top_k: k,
+                ids,
+            },
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_route_and_keep_the_right_rows() {
+        assert_eq!(
+            StepLayout::single(5),
+            StepLayout {
+                routed_rows: 5,
+                keep: 0..5
+            }
+        );
+        assert_eq!(
+            StepLayout::padded(5, 8).unwrap(),
+            StepLayout {
+                routed_rows: 8,
+                keep: 0..5
+            }
+        );
+        assert!(StepLayout::padded(9, 8).is_err());
+        // Rank 1 of [3, 4, 2]: rows 3..7 of 9.
+        assert_eq!(
+            StepLayout::data_parallel(1, &[3, 4, 2]).unwrap(),
+            StepLayout {
+                routed_rows: 9,
+                keep: 3..7
+            }
+        );
+        assert_eq!(StepLayout::data_parallel(2, &[3, 4, 2]).unwrap().keep, 7..9);
+        assert!(StepLayout::data_parallel(3, &[3, 4, 2]).is_err());
+        assert_eq!(StepLayout::per_rank(4), StepLayout::single(4));
+        assert_eq!(
+            StepLayout::sequence_parallel_gathered(6),
+            StepLayout::single(6)
+        );
+    }
+
+    #[test]
+    fn layouts_must_fit_the_store() {
+        assert!(StepLayout::single(8).check(8).is_ok());
+        assert!(StepLayout::single(9).check(8).is_err());
+        assert!(StepLayout {
+            routed_rows: 4,
+            keep: 2..6
+        }
+        .check(8)
+        .is_err());
+        assert!(StepLayout::data_parallel(0, &[0, 3])
+            .unwrap()
+            .check(8)
+            .is_ok());
+    }
+}

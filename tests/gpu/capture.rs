@@ -1,0 +1,239 @@
+//! The capture store over real routing kernels: L layers write their replay views directly,
+//! each step is read back asynchronously, and every captured row must equal the oracle, over
+//! 1,000+ steps of random batch sizes and layouts, eagerly and through a CUDA graph.
+use flashinfer_rs::capture::{CaptureConfig, CaptureStore, CollectedStep, StepLayout};
+use flashinfer_rs::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use flashinfer_rs::cudarc::driver::CudaSlice;
+use flashinfer_rs::routing::oracle::{self, SplitMix64};
+use flashinfer_rs::routing::{RouteInput, Router, RoutingBuffers, RoutingConfig, RoutingMethod};
+
+use crate::common::{gpu, Gpu};
+
+/// Rows of pre-generated logits per layer; each step routes a random window of them.
+const POOL: usize = 2048;
+const MAX_ROWS: usize = 96;
+
+struct Model {
+    cfg: RoutingConfig,
+    layers: usize,
+    /// Per layer: `[POOL, E]` logits on the device, their bias, and the oracle's ids.
+    pool: Vec<CudaSlice<f32>>,
+    bias: Option<CudaSlice<f32>>,
+    want: Vec<Vec<i16>>,
+}
+
+fn model(g: &Gpu, cfg: RoutingConfig, layers: usize) -> Model {
+    // One bias for the model; every layer's logits are separated for it.
+    let (_, bias) = oracle::separated_logits(&cfg, 0, false, 7);
+    let (mut pool, mut want) = (Vec::new(), Vec::new());
+    for l in 0..layers {
+        let logits =
+            oracle::separated_logits_for_bias(&cfg, POOL, false, l as u64, bias.as_deref());
+        want.push(oracle::route(&cfg, &logits, bias.as_deref(), POOL).ids);
+        pool.push(g.stream.clone_htod(&logits).unwrap());
+    }
+    let bias = bias.map(|b| g.stream.clone_htod(&b).unwrap());
+    Model {
+        cfg,
+        layers,
+        pool,
+        bias,
+        want,
+    }
+}
+
+/// A random layout for a step of this rank.
+fn random_layout(rng: &mut SplitMix64, fixed_rows: Option<usize>) -> StepLayout {
+    match (fixed_rows, rng.below(3)) {
+        (Some(padded), _) => StepLayout::padded(1 + rng.below(padded), padded).unwrap(),
+        (None, 0) => StepLayout::single(1 + rng.below(MAX_ROWS)),
+        (None, 1) => {
+            let real = 1 + rng.below(MAX_ROWS / 2);
+            StepLayout::padded(real, real + rng.below(MAX_ROWS / 2)).unwrap()
+        }
+        _ => {
+            let ranks: Vec<usize> = (0..4).map(|_| rng.below(MAX_ROWS / 4)).collect();
+            StepLayout::data_parallel(rng.below(4), &ranks).unwrap()
+        }
+    }
+}
+
+/// Checks a collected step against the oracle rows the step routed.
+fn check(m: &Model, got: &CollectedStep, layout: &StepLayout, offsets: &[usize]) {
+    let (l_n, k) = (m.layers, m.cfg.top_k as usize);
+    assert_eq!(
+        got.rows.tokens,
+        layout.keep.len(),
+        "step {}: kept rows",
+        got.step
+    );
+    for (r, row) in layout.keep.clone().enumerate() {
+        for (l, &offset) in offsets.iter().enumerate() {
+            let at = (r * l_n + l) * k;
+            let want_row = offset + row;
+            assert_eq!(
+                &got.rows.ids[at..at + k],
+                &m.want[l][want_row * k..(want_row + 1) * k],
+                "step {} row {row} layer {l}",
+                got.step
+            );
+        }
+    }
+}
+
+fn eager(g: &Gpu, m: &Model, steps: usize) {
+    let (e, k) = (m.cfg.num_experts as usize, m.cfg.top_k as usize);
+    let router = Router::new(m.cfg).unwrap();
+    let mut buffers = RoutingBuffers::new(&g.stream, &m.cfg, MAX_ROWS).unwrap();
+    let cfg = CaptureConfig {
+        moe_layers: m.layers,
+        max_tokens: MAX_ROWS,
+        top_k: k,
+        slots: 2,
+        layer_map: None,
+    };
+    let mut store = CaptureStore::new(&g.stream, cfg).unwrap();
+    let mut rng = SplitMix64(m.layers as u64);
+    let mut pending: std::collections::VecDeque<(StepLayout, Vec<usize>)> = Default::default();
+    let free_before = g.ctx.mem_get_info().unwrap().0;
+    let mut checked = 0;
+    for _ in 0..steps {
+        let layout = random_layout(&mut rng, None);
+        let t = layout.routed_rows;
+        let offsets: Vec<usize> = (0..m.layers).map(|_| rng.below(POOL - MAX_ROWS)).collect();
+        store.begin_step(layout.clone()).unwrap();
+        for (l, &off) in offsets.iter().enumerate() {
+            let logits = m.pool[l].slice(off * e..(off + t) * e);
+            let input = RouteInput {
+                logits: logits.into(),
+                bias: m.bias.as_ref().map(Into::into),
+                num_tokens: t,
+            };
+            let mut view = store.layer_view(l).unwrap();
+            router
+                .route(&g.stream, &input, &mut buffers, Some(&mut view))
+                .unwrap();
+        }
+        store.end_step(&g.stream).unwrap();
+        pending.push_back((layout, offsets));
+        // Two steps in flight: collect the older one while the newer computes.
+        if store.in_flight() == 2 {
+            let got = store.collect().unwrap().unwrap();
+            let (layout, offsets) = pending.pop_front().unwrap();
+            check(m, &got, &layout, &offsets);
+            checked += 1;
+        }
+    }
+    while let Some(got) = store.collect().unwrap() {
+        let (layout, offsets) = pending.pop_front().unwrap();
+        check(m, &got, &layout, &offsets);
+        checked += 1;
+    }
+    g.stream.synchronize().unwrap();
+    let free_after = g.ctx.mem_get_info().unwrap().0;
+    assert_eq!(
+        free_before, free_after,
+        "device memory changed over {steps} steps"
+    );
+    eprintln!(
+        "capture eager: {} layers, {checked} steps checked against the oracle, device memory flat",
+        m.layers
+    );
+}
+
+fn graph(g: &Gpu, m: &Model, steps: usize) {
+    let (e, k) = (m.cfg.num_experts as usize, m.cfg.top_k as usize);
+    let padded = 64;
+    let router = Router::new(m.cfg).unwrap();
+    let mut buffers = RoutingBuffers::new(&g.stream, &m.cfg, padded).unwrap();
+    let cfg = CaptureConfig {
+        moe_layers: m.layers,
+        max_tokens: padded,
+        top_k: k,
+        slots: 3,
+        layer_map: None,
+    };
+    let mut store = CaptureStore::new(&g.stream, cfg).unwrap();
+    // Fixed logits buffers, one per layer, refilled before every replay.
+    let mut inputs: Vec<CudaSlice<f32>> = (0..m.layers)
+        .map(|_| g.stream.alloc_zeros(padded * e).unwrap())
+        .collect();
+
+    unsafe { g.ctx.disable_event_tracking() };
+    g.stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .unwrap();
+    for (l, logits) in inputs.iter().enumerate() {
+        let input = RouteInput {
+            logits: logits.into(),
+            bias: m.bias.as_ref().map(Into::into),
+            num_tokens: padded,
+        };
+        let mut view = store.layer_view(l).unwrap();
+        router
+            .route(&g.stream, &input, &mut buffers, Some(&mut view))
+            .unwrap();
+    }
+    let graph = g
+        .stream
+        .end_capture(CUgraphInstantiate_flags(0))
+        .unwrap()
+        .expect("graph");
+
+    let mut rng = SplitMix64(99 + m.layers as u64);
+    let free_before = g.ctx.mem_get_info().unwrap().0;
+    let mut pending = std::collections::VecDeque::new();
+    let mut checked = 0;
+    for _ in 0..steps {
+        let layout = random_layout(&mut rng, Some(padded));
+        let offsets: Vec<usize> = (0..m.layers).map(|_| rng.below(POOL - MAX_ROWS)).collect();
+        for (l, &off) in offsets.iter().enumerate() {
+            let src = m.pool[l].slice(off * e..(off + padded) * e);
+            g.stream.memcpy_dtod(&src, &mut inputs[l]).unwrap();
+        }
+        store.begin_step(layout.clone()).unwrap();
+        graph.launch().unwrap();
+        store.end_step(&g.stream).unwrap();
+        pending.push_back((layout, offsets));
+        if store.in_flight() == 3 {
+            let got = store.collect().unwrap().unwrap();
+            let (layout, offsets) = pending.pop_front().unwrap();
+            check(m, &got, &layout, &offsets);
+            checked += 1;
+        }
+    }
+    while let Some(got) = store.collect().unwrap() {
+        let (layout, offsets) = pending.pop_front().unwrap();
+        check(m, &got, &layout, &offsets);
+        checked += 1;
+    }
+    g.stream.synchronize().unwrap();
+    assert_eq!(
+        free_before,
+        g.ctx.mem_get_info().unwrap().0,
+        "device memory changed"
+    );
+    unsafe { g.ctx.enable_event_tracking() };
+    eprintln!("capture graph: {} layers, {checked} graph-replayed steps checked against the oracle, device memory flat", m.layers);
+}
+
+#[test]
+fn captured_rows_equal_the_oracle_over_a_thousand_steps() {
+    let Some(g) = gpu("captured_rows_equal_the_oracle_over_a_thousand_steps") else {
+        return;
+    };
+    let ds = RoutingMethod::DeepSeekV3 {
+        n_group: 8,
+        topk_group: 4,
+        routed_scaling_factor: 2.5,
+    };
+    for (cfg, layers) in [
+        (RoutingConfig::new(RoutingMethod::Renormalize, 64, 4), 4),
+        (RoutingConfig::new(RoutingMethod::Renormalize, 128, 8), 48),
+        (RoutingConfig::new(ds, 256, 8), 61),
+    ] {
+        let m = model(&g, cfg, layers);
+        eager(&g, &m, 1000);
+        graph(&g, &m, 1000);
+    }
+}

@@ -5,12 +5,19 @@
 // unpacks our arguments exactly as upstream's Python binding does and rethrows upstream's
 // errors as tvm::ffi::Error, which fi::guarded turns into FI_STATUS_UPSTREAM_ERROR.
 // Without the `sm100` feature every entry point answers FI_STATUS_KERNELS_NOT_BUILT.
+//
+// Every entry point passes fi::require_fused_arch() before touching upstream: besides
+// refusing non-Blackwell devices with FI_STATUS_UNSUPPORTED_ARCH, it runs the device queries
+// that upstream's batched-GEMM runner repeats through `getSMVersion()` in
+// flashinfer/trtllm/common.h, whose CUDACHECK *exits the process* on failure. Ours turn the
+// same failure into FI_STATUS_CUDA_ERROR first.
 #include <tvm/ffi/container/array.h>
 #include <tvm/ffi/function.h>
 
 #include <algorithm>
 
 #include "flashinfer_rs.h"
+#include "info.h"
 #include "status.h"
 
 #ifdef FLASHINFER_RS_SM100
@@ -33,6 +40,7 @@ extern "C" fi_status fi_moe_valid_configs(const fi_moe_config_query* q, int64_t*
     fi::require(q != nullptr && count != nullptr, "query and count must not be NULL");
     fi::require(capacity >= 0 && (capacity == 0 || pairs != nullptr),
                 "pairs must hold capacity entries");
+    fi::require_fused_arch();
     auto configs = upstream(__tvm_ffi_trtllm_get_valid_moe_configs)(
                        q->dtype_act, q->dtype_weights, q->fp8_quantization, q->top_k,
                        q->hidden_size, q->intermediate_size, q->num_local_experts, q->activation,

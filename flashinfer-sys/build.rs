@@ -684,11 +684,11 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(String, PathBuf)> {
         fail(&format!("compilation failed:\n{}", errors.join("\n")));
     }
     let archs: Vec<&str> = ctx.archs.iter().map(|a| a.name()).collect();
+    let compiled = *compiled.lock().unwrap();
     println!(
-        "cargo:warning=flashinfer-sys: kernels for {} ready: {total} objects, {} compiled, {} from the object cache, {:.0}s",
+        "cargo:warning=flashinfer-sys: kernels for {} ready: {total} objects, {compiled} compiled, {} from the object cache, {:.0}s",
         archs.join(","),
-        *compiled.lock().unwrap(),
-        total - *compiled.lock().unwrap(),
+        total - compiled,
         started_all.elapsed().as_secs_f64()
     );
     let mut objects = results.lock().unwrap().clone();

@@ -31,12 +31,17 @@ strip gpu-pack/bin/* 2>/dev/null || true
 rm gpu-pack/.executables
 cat > gpu-pack/run.sh <<'RUN'
 #!/usr/bin/env bash
-# Runs the packed GPU tests; a missing GPU is a failure here. Arguments go to the test binary.
+# Runs the packed GPU tests (a missing GPU is a failure here), then the examples.
+# Arguments go to the test binary (e.g. a test name filter, --nocapture).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 export FLASHINFER_RS_REQUIRE_GPU=1
 nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv,noheader || true
 "$here/bin/gpu" --test-threads=1 "$@"
+for ex in "$here"/bin/[0-9][0-9]_*; do
+  echo "== example $(basename "$ex")"
+  "$ex"
+done
 RUN
 chmod +x gpu-pack/run.sh
 du -sh gpu-pack/bin/*

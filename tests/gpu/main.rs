@@ -6,6 +6,7 @@
 //! separate processes under nextest.
 mod capture;
 mod common;
+mod fused;
 mod graph;
 mod noaux;
 mod routing;

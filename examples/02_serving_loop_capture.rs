@@ -38,7 +38,10 @@ fn schedule(running: &mut [Request]) -> Vec<RowOwner> {
         if owners.len() + n > MAX_ROWS {
             continue;
         }
-        owners.extend((r.done..r.done + n).map(|position| RowOwner::Token { request: r.id, position }));
+        owners.extend((r.done..r.done + n).map(|position| RowOwner::Token {
+            request: r.id,
+            position,
+        }));
         r.done += n;
     }
     owners
@@ -52,8 +55,15 @@ trait Router6 {
 struct Synthetic(SplitMix64);
 impl Router6 for Synthetic {
     fn step(&mut self, rows: usize) -> Option<StepRows> {
-        let ids = (0..rows * LAYERS * TOP_K).map(|_| self.0.below(EXPERTS as usize) as i16).collect();
-        Some(StepRows { tokens: rows, layers: LAYERS, top_k: TOP_K, ids })
+        let ids = (0..rows * LAYERS * TOP_K)
+            .map(|_| self.0.below(EXPERTS as usize) as i16)
+            .collect();
+        Some(StepRows {
+            tokens: rows,
+            layers: LAYERS,
+            top_k: TOP_K,
+            ids,
+        })
     }
 }
 
@@ -71,9 +81,15 @@ impl Router6 for Gpu {
         for layer in 0..LAYERS {
             let (logits, _) = oracle::separated_logits(&self.cfg, rows, false, self.rng.next_u64());
             let logits = self.stream.clone_htod(&logits).unwrap();
-            let input = RouteInput { logits: (&logits).into(), bias: None, num_tokens: rows };
+            let input = RouteInput {
+                logits: (&logits).into(),
+                bias: None,
+                num_tokens: rows,
+            };
             let mut view = self.store.layer_view(layer).unwrap();
-            self.router.route(&self.stream, &input, &mut self.buffers, Some(&mut view)).unwrap();
+            self.router
+                .route(&self.stream, &input, &mut self.buffers, Some(&mut view))
+                .unwrap();
         }
         self.store.end_step(&self.stream).unwrap();
         // A real server would collect the previous step here, overlapping this one.
@@ -87,7 +103,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let ctx = flashinfer_rs::cudarc::driver::CudaContext::new(0)?;
         let stream = ctx.new_stream()?;
         let cfg = RoutingConfig::new(RoutingMethod::Renormalize, EXPERTS, TOP_K as u32);
-        let capture = CaptureConfig { moe_layers: LAYERS, max_tokens: MAX_ROWS, top_k: TOP_K, slots: 2, layer_map: None };
+        let capture = CaptureConfig {
+            moe_layers: LAYERS,
+            max_tokens: MAX_ROWS,
+            top_k: TOP_K,
+            slots: 2,
+            layer_map: None,
+        };
         Box::new(Gpu {
             router: Router::new(cfg)?,
             buffers: RoutingBuffers::new(&stream, &cfg, MAX_ROWS)?,
@@ -97,13 +119,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             rng: SplitMix64(1),
         })
     } else {
-        println!("(no GPU or no kernels: synthetic routing rows; assembly and export are the real code)");
+        println!(
+            "(no GPU or no kernels: synthetic routing rows; assembly and export are the real code)"
+        );
         Box::new(Synthetic(SplitMix64(1)))
     };
 
     let mut assembler = Assembler::new(LAYERS, TOP_K, EXPERTS);
     let mut waiting: VecDeque<Request> = (0..5)
-        .map(|i| Request { id: 100 + i, prompt: 3 + 2 * i as usize, generate: 2 + i as usize, done: 0 })
+        .map(|i| Request {
+            id: 100 + i,
+            prompt: 3 + 2 * i as usize,
+            generate: 2 + i as usize,
+            done: 0,
+        })
         .collect();
     let mut running: Vec<Request> = Vec::new();
     for step in 0.. {
@@ -119,10 +148,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let owners = schedule(&mut running);
         let rows = source.step(owners.len()).expect("step rows");
         assembler.push_step(&rows, &owners)?;
-        println!("step {step}: {} rows for requests {:?}", owners.len(), running.iter().map(|r| r.id).collect::<Vec<_>>());
+        println!(
+            "step {step}: {} rows for requests {:?}",
+            owners.len(),
+            running.iter().map(|r| r.id).collect::<Vec<_>>()
+        );
         // A request is finished once all prompt + generated tokens but the last have run.
-        let (finished, still): (Vec<Request>, Vec<Request>) =
-            running.drain(..).partition(|r| r.done >= r.prompt + r.generate - 1);
+        let (finished, still): (Vec<Request>, Vec<Request>) = running
+            .drain(..)
+            .partition(|r| r.done >= r.prompt + r.generate - 1);
         running = still;
         for r in finished {
             let experts = assembler.finish(r.id, r.prompt + r.generate)?;
@@ -136,7 +170,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 experts.dtype(),
                 &experts.ids[..TOP_K]
             );
-            println!("    vLLM .npy base64: {}...  SGLang flat ({tag}): {} chars", &experts.to_vllm_base64()[..32], flat.len());
+            println!(
+                "    vLLM .npy base64: {}...  SGLang flat ({tag}): {} chars",
+                &experts.to_vllm_base64()[..32],
+                flat.len()
+            );
         }
     }
     Ok(())

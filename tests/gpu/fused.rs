@@ -1,6 +1,8 @@
 //! The fused MoE's tactic query: linked, and failing cleanly (a typed error, never a process
 //! exit or a crash) wherever the fused kernels cannot run.
-use flashinfer_rs::fused::{valid_tactics, Activation, Fp8Quantization, MoeDtype, TacticQuery, WeightLayout};
+use flashinfer_rs::fused::{
+    valid_tactics, Activation, Fp8Quantization, MoeDtype, TacticQuery, WeightLayout,
+};
 use flashinfer_rs::Error;
 
 fn bf16_query(num_tokens: u32) -> TacticQuery {
@@ -32,7 +34,10 @@ fn tactic_query_answers_for_the_machine_it_runs_on() {
         return;
     }
     if flashinfer_rs::cuda_device_count() == 0 {
-        assert!(matches!(got, Err(Error::Cuda(ref m)) if m.contains("cudaGetDevice")), "{got:?}");
+        assert!(
+            matches!(got, Err(Error::Cuda(ref m)) if m.contains("cudaGetDevice")),
+            "{got:?}"
+        );
         return;
     }
     let ctx = flashinfer_rs::cudarc::driver::CudaContext::new(0).unwrap();
@@ -41,6 +46,9 @@ fn tactic_query_answers_for_the_machine_it_runs_on() {
         let tactics = got.expect("tactics on Blackwell");
         assert!(!tactics.is_empty());
     } else {
-        assert!(matches!(got, Err(Error::UnsupportedArch(ref m)) if m.contains("sm_100a")), "{got:?}");
+        assert!(
+            matches!(got, Err(Error::UnsupportedArch(ref m)) if m.contains("sm_100a")),
+            "{got:?}"
+        );
     }
 }

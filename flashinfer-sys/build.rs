@@ -614,6 +614,11 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(String, PathBuf)> {
         let _ = fs::create_dir_all(&cache_dir);
     }
     let shared_key = shared_inputs_digest(ctx);
+    // Longest first: the fetched tree usually lives inside the checkout.
+    let roots = [
+        (ctx.vendor_dir().to_string_lossy().into_owned(), "<vendor>"),
+        (ctx.root.to_string_lossy().into_owned(), "<root>"),
+    ];
     let mut versions = std::collections::HashMap::new();
     let keyed: VecDeque<(Job, String)> = jobs
         .into_iter()
@@ -630,7 +635,7 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(String, PathBuf)> {
             } else {
                 &shared_key.upstream
             };
-            let key = job_digest(&job, shared, version);
+            let key = job_digest(&job, shared, version, &roots);
             (job, key)
         })
         .collect();
@@ -751,12 +756,31 @@ fn hash_files(h: &mut Sha256, mut files: Vec<PathBuf>) {
     }
 }
 
-fn job_digest(job: &Job, shared: &str, compiler_version: &[u8]) -> String {
+/// The cache key of one object. Paths of the checkout and of the fetched tree are replaced
+/// by placeholders, so a fresh clone elsewhere (CI) finds the objects an earlier build of the
+/// same inputs made. (Such an object's upstream assertion messages then name the paths of the
+/// tree that first compiled it; nothing else in an object depends on them: no debug info.)
+fn job_digest(
+    job: &Job,
+    shared: &str,
+    compiler_version: &[u8],
+    roots: &[(String, &str)],
+) -> String {
     let mut h = Sha256::new();
     h.update(shared.as_bytes());
-    h.update(job.program.to_string_lossy().as_bytes());
+    h.update(
+        job.program
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .as_bytes(),
+    );
     h.update(compiler_version);
     for a in &job.args {
+        let mut a = a.clone();
+        for (path, placeholder) in roots {
+            a = a.replace(path.as_str(), placeholder);
+        }
         h.update(a.as_bytes());
         h.update([0]);
     }

@@ -137,7 +137,10 @@ impl DeviceInputs {
 /// What one routing call produced, downloaded.
 #[derive(PartialEq)]
 pub struct Outcome {
+    /// The caller's whole replay buffer (spare rows included), when one was passed.
     pub replay: Option<Vec<i16>>,
+    /// The ids of rows `[0, tokens)`: from the replay buffer, or `RoutingBuffers::topk_ids`.
+    pub ids: Vec<i16>,
     pub weights: Vec<u16>,
     pub permuted_size: i32,
 }
@@ -170,8 +173,17 @@ pub fn run(
         .clone_dtoh(&buffers.topk_weights().slice(0..tokens * k))
         .unwrap();
     let permuted_size = g.stream.clone_dtoh(buffers.permuted_idx_size()).unwrap()[0];
+    let replay = with_replay.then(|| g.stream.clone_dtoh(&replay).unwrap());
+    let ids = match &replay {
+        Some(r) => r[..tokens * k].to_vec(),
+        None => g
+            .stream
+            .clone_dtoh(&buffers.topk_ids().slice(0..tokens * k))
+            .unwrap(),
+    };
     Ok(Outcome {
-        replay: with_replay.then(|| g.stream.clone_dtoh(&replay).unwrap()),
+        replay,
+        ids,
         weights: weights.iter().map(|w| w.to_bits()).collect(),
         permuted_size,
     })
@@ -286,7 +298,8 @@ fn every_method_and_tier_matches_the_oracle() {
             let verdict = match (with, without, other_pdl) {
                 (Ok(with), Ok(without), Ok(other_pdl)) => compare(cfg, d, &with)
                     .or_else(|| {
-                        (with.weights != without.weights
+                        (with.ids != without.ids
+                            || with.weights != without.weights
                             || with.permuted_size != without.permuted_size)
                             .then(|| "outputs differ with and without replay".to_string())
                     })

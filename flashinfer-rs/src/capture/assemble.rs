@@ -140,6 +140,25 @@ impl Assembler {
         Ok(())
     }
 
+    /// Sets one position's row from elsewhere, e.g. a prefix-cache hit's routing from a
+    /// [`SlotStore`](super::SlotStore) (`layers * top_k` ids).
+    pub fn set_row(&mut self, request: RequestId, position: usize, ids: &[i16]) -> Result<()> {
+        let row = self.row_len();
+        ensure(ids.len() == row, "ids", || {
+            format!("holds {}, a row is layers x top_k = {row}", ids.len())
+        })?;
+        let track = self
+            .requests
+            .get_mut(&request)
+            .ok_or_else(|| unknown(request))?;
+        let end = (position + 1) * row;
+        if track.ids.len() < end {
+            track.ids.resize(end, UNKNOWN);
+        }
+        track.ids[position * row..end].copy_from_slice(ids);
+        Ok(())
+    }
+
     /// Forgets every position from `len` on (rejected speculative tokens).
     pub fn truncate(&mut self, request: RequestId, len: usize) -> Result<()> {
         let row = self.row_len();
@@ -281,6 +300,24 @@ mod tests {
         // A prompt_start beyond the sequence exports nothing rather than failing.
         a.start(6, 10).unwrap();
         assert_eq!(a.finish(6, 4).unwrap().tokens, 0);
+    }
+
+    #[test]
+    fn a_prefix_cache_hit_takes_its_rows_from_the_slot_store() {
+        use crate::capture::SlotStore;
+        let mut slots = SlotStore::new(8, 2, 2, 64, 1 << 10).unwrap();
+        // An earlier request computed KV slots 0 and 1.
+        slots.record(&[Some(0), Some(1)], &step(2, 60)).unwrap();
+        let mut a = Assembler::new(2, 2, 64);
+        a.start(9, 0).unwrap();
+        // The new request's prompt reuses slots 0, 1 (cached) and 2 (never computed), then runs.
+        for (position, slot) in [(0, 0), (1, 1), (2, 2)] {
+            if let Some(row) = slots.lookup(slot) {
+                a.set_row(9, position, &row).unwrap();
+            }
+        }
+        a.push_step(&step(1, 70), &[tok(9, 3)]).unwrap();
+        assert_eq!(firsts(&a.finish(9, 5).unwrap()), vec![60, 61, UNKNOWN, 70]);
     }
 
     #[test]

@@ -5,11 +5,14 @@
 //! - [`StepLayout`]: which rows of a step are this rank's (DP, padding, SP after a gather);
 //! - [`Assembler`]: a step's rows attributed to (request, position) across steps, with
 //!   speculative decoding, aborts, preemption and prompt offsets;
-//! - [`RoutedExperts`]: per-request export as vLLM `.npy`/base64 and SGLang flat bytes.
+//! - [`RoutedExperts`]: per-request export as vLLM `.npy`/base64 and SGLang flat bytes;
+//! - [`SlotStore`]: bounded host routing by KV slot, for prefix-cache hits.
 mod assemble;
 mod export;
+mod slots;
 mod store;
 
 pub use assemble::{Assembler, RequestId, RowOwner, StepRows};
 pub use export::{ExportDtype, RoutedExperts, UNKNOWN};
+pub use slots::SlotStore;
 pub use store::{CaptureConfig, CaptureStore, CollectedStep, StepLayout};

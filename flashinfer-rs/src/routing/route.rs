@@ -78,6 +78,9 @@ pub struct RoutingBuffers {
     num_experts: usize,
     tile_tokens_dim: usize,
     topk_weights: CudaSlice<bf16>,
+    /// Expert ids of calls made without a replay buffer (the kernels write ids only into a
+    /// replay-shaped buffer; with the caller's replay buffer they go there instead).
+    topk_ids: CudaSlice<i16>,
     /// `{bf16 score, i16 expert}` pairs, 4 bytes each; opaque to Rust.
     topk_packed: CudaSlice<u32>,
     expert_counts: CudaSlice<i32>,
@@ -148,6 +151,7 @@ impl RoutingBuffers {
             num_experts: cfg.num_experts as usize,
             tile_tokens_dim: cfg.tile_tokens_dim as usize,
             topk_weights: stream.alloc_zeros(n(s.topk))?,
+            topk_ids: stream.alloc_zeros(n(s.topk))?,
             topk_packed: stream.alloc_zeros(n(s.topk))?,
             expert_counts: stream.alloc_zeros(n(s.expert_counts))?,
             permuted_idx_size: stream.alloc_zeros(1)?,
@@ -168,6 +172,13 @@ impl RoutingBuffers {
     /// the last call are valid.
     pub fn topk_weights(&self) -> &CudaSlice<bf16> {
         &self.topk_weights
+    }
+
+    /// Chosen expert ids, int16 `[max_tokens, top_k]` (global ids, best first), of the last
+    /// call made **without** a replay buffer; a call with one writes its ids there instead,
+    /// so the ids are written once either way and never copied.
+    pub fn topk_ids(&self) -> &CudaSlice<i16> {
+        &self.topk_ids
     }
 
     /// `expanded_idx_to_permuted_idx[t * top_k + k]`: the padded slot of token `t`'s k-th
@@ -336,9 +347,10 @@ impl Router {
 
     /// Routes `input.num_tokens` tokens on `stream`.
     ///
-    /// Writes the weights and permutation into `buffers` and, when `replay` is given, the
-    /// chosen expert ids: `replay[t][k]` is token `t`'s k-th expert (global id, descending
-    /// score). Rows of `replay` at or beyond `num_tokens` are never written. Everything is
+    /// Writes the weights and permutation into `buffers`, and the chosen expert ids into
+    /// `replay` when given (else into [`RoutingBuffers::topk_ids`]): `replay[t][k]` is token
+    /// `t`'s k-th expert (global id, descending score). Rows of `replay` at or beyond
+    /// `num_tokens` are never written. Everything is
     /// enqueued on `stream`; nothing is allocated and nothing synchronises, so the call can
     /// be captured in a CUDA graph.
     pub fn route(
@@ -453,7 +465,10 @@ impl Router {
                 let (p, g) = r.data_mut().device_ptr_mut(stream);
                 (p as *mut i16, Some(g))
             }
-            None => (std::ptr::null_mut(), None),
+            None => {
+                let (p, g) = b.topk_ids.device_ptr_mut(stream);
+                (p as *mut i16, Some(g))
+            }
         };
         // SAFETY: every pointer is device memory of `ctx` (checked above) sized for this call
         // (`check_fits`, the logits/bias/replay checks); the context is current on this thread;

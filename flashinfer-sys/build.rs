@@ -658,6 +658,11 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(String, PathBuf)> {
                 let object = obj_dir.join(format!("{}.o", job.name));
                 let cached = cache_dir.join(format!("{}-{key}.o", job.name));
                 let outcome = if use_cache && cached.exists() {
+                    // Mark it used, so eviction keeps it (see `evict_stale`).
+                    let _ = fs::File::options()
+                        .append(true)
+                        .open(&cached)
+                        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
                     fs::copy(&cached, &object)
                         .map(|_| ())
                         .map_err(|e| e.to_string())
@@ -696,9 +701,32 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(String, PathBuf)> {
         total - compiled,
         started_all.elapsed().as_secs_f64()
     );
+    if use_cache {
+        evict_stale(&cache_dir);
+    }
     let mut objects = results.lock().unwrap().clone();
     objects.sort();
     objects
+}
+
+/// Keeps the object cache bounded: objects unused for 14 days (other inputs, flags or
+/// compilers) are removed. Used objects are touched on every hit.
+fn evict_stale(cache_dir: &Path) {
+    let horizon = std::time::Duration::from_secs(14 * 24 * 3600);
+    let Ok(entries) = fs::read_dir(cache_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let stale = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > horizon);
+        if stale {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
 }
 
 fn compile(job: &Job, object: &Path) -> Result<(), String> {

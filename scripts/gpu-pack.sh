@@ -4,6 +4,7 @@
 #
 #     bash scripts/gpu-pack.sh [extra cargo args]     # here
 #     bash gpu-pack/run.sh [test filter]              # there (needs only the NVIDIA driver)
+#     bash gpu-pack/bench.sh [section]                # there: the benchmarks (BENCHMARKS.md)
 #
 # The binaries link cudart statically; they need the driver, libc and libstdc++ only.
 # Features default to sm90,sm100; set FEATURES to change them.
@@ -23,6 +24,13 @@ for line in sys.stdin:
 while read -r exe; do
   cp "$exe" gpu-pack/bin/"$(basename "$exe" | sed 's/-[0-9a-f]\{16\}$//')"
 done < gpu-pack/.executables
+cargo bench --features "$features" --no-run --message-format=json "$@" \
+  | python3 -c '
+import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["target"]["name"] == "moe_routing":
+        print(msg["executable"])' | while read -r exe; do cp "$exe" gpu-pack/bin/moe_routing; done
 for ex in examples/*.rs; do
   name=$(basename "$ex" .rs)
   cp "target/release/examples/$name" gpu-pack/bin/
@@ -44,4 +52,14 @@ for ex in "$here"/bin/[0-9][0-9]_*; do
 done
 RUN
 chmod +x gpu-pack/run.sh
+cat > gpu-pack/bench.sh <<'RUN'
+#!/usr/bin/env bash
+# Runs the benchmarks and prints BENCHMARKS.md's tables (optionally one section:
+# replay | capture | readback | peers | host).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader || true
+"$here/bin/moe_routing" "$@"
+RUN
+chmod +x gpu-pack/bench.sh
 du -sh gpu-pack/bin/*

@@ -12,7 +12,7 @@ use crate::common::{gpu, Gpu};
 /// Rows of pre-generated logits per layer; each step routes a random window of them.
 const POOL: usize = 2048;
 const MAX_ROWS: usize = 96;
-/// Steps before device memory is measured (see `eager`).
+/// Steps before device memory is measured (see `Soak`).
 const WARM_UP: usize = 50;
 
 struct Model {
@@ -83,6 +83,74 @@ fn check(m: &Model, got: &CollectedStep, layout: &StepLayout, offsets: &[usize])
     }
 }
 
+/// Bookkeeping shared by the eager and graph soaks: steps in flight, rows checked, and device
+/// memory measured after a warm-up (CUDA loads each kernel lazily on first launch, and the
+/// random batch sizes reach new kernel tiers during the first steps).
+struct Soak<'a> {
+    m: &'a Model,
+    pending: std::collections::VecDeque<(StepLayout, Vec<usize>)>,
+    checked: usize,
+    free_before: Option<usize>,
+}
+
+impl<'a> Soak<'a> {
+    fn new(m: &'a Model) -> Soak<'a> {
+        Soak {
+            m,
+            pending: Default::default(),
+            checked: 0,
+            free_before: None,
+        }
+    }
+
+    fn step_begins(&mut self, g: &Gpu, i: usize) {
+        if i == WARM_UP {
+            g.stream.synchronize().unwrap();
+            self.free_before = Some(g.ctx.mem_get_info().unwrap().0);
+        }
+    }
+
+    /// After `end_step`: with `max_in_flight` steps in flight, the oldest is collected and
+    /// checked while the newer ones compute.
+    fn step_ended(
+        &mut self,
+        store: &mut CaptureStore,
+        layout: StepLayout,
+        offsets: Vec<usize>,
+        max_in_flight: usize,
+    ) {
+        self.pending.push_back((layout, offsets));
+        if store.in_flight() == max_in_flight {
+            self.collect_one(store);
+        }
+    }
+
+    fn collect_one(&mut self, store: &mut CaptureStore) -> bool {
+        let Some(got) = store.collect().unwrap() else {
+            return false;
+        };
+        let (layout, offsets) = self.pending.pop_front().unwrap();
+        check(self.m, &got, &layout, &offsets);
+        self.checked += 1;
+        true
+    }
+
+    fn finish(mut self, g: &Gpu, store: &mut CaptureStore, steps: usize, mode: &str) {
+        while self.collect_one(store) {}
+        g.stream.synchronize().unwrap();
+        let free_after = g.ctx.mem_get_info().unwrap().0;
+        assert_eq!(
+            self.free_before,
+            Some(free_after),
+            "device memory changed over steps {WARM_UP}..{steps}"
+        );
+        eprintln!(
+            "capture {mode}: {} layers, {} steps checked against the oracle, device memory flat",
+            self.m.layers, self.checked
+        );
+    }
+}
+
 fn eager(g: &Gpu, m: &Model, steps: usize) {
     let (e, k) = (m.cfg.num_experts as usize, m.cfg.top_k as usize);
     let router = Router::new(m.cfg).unwrap();
@@ -96,16 +164,9 @@ fn eager(g: &Gpu, m: &Model, steps: usize) {
     };
     let mut store = CaptureStore::new(&g.stream, cfg).unwrap();
     let mut rng = SplitMix64(m.layers as u64);
-    let mut pending: std::collections::VecDeque<(StepLayout, Vec<usize>)> = Default::default();
-    // Free device memory is measured after a warm-up: CUDA loads each kernel lazily on its
-    // first launch, and the random batch sizes reach new kernel tiers during the first steps.
-    let mut free_before = None;
-    let mut checked = 0;
+    let mut soak = Soak::new(m);
     for i in 0..steps {
-        if i == WARM_UP {
-            g.stream.synchronize().unwrap();
-            free_before = Some(g.ctx.mem_get_info().unwrap().0);
-        }
+        soak.step_begins(g, i);
         let layout = random_layout(&mut rng, None);
         let t = layout.routed_rows;
         let offsets: Vec<usize> = (0..m.layers).map(|_| rng.below(POOL - MAX_ROWS)).collect();
@@ -123,31 +184,9 @@ fn eager(g: &Gpu, m: &Model, steps: usize) {
                 .unwrap();
         }
         store.end_step(&g.stream).unwrap();
-        pending.push_back((layout, offsets));
-        // Two steps in flight: collect the older one while the newer computes.
-        if store.in_flight() == 2 {
-            let got = store.collect().unwrap().unwrap();
-            let (layout, offsets) = pending.pop_front().unwrap();
-            check(m, &got, &layout, &offsets);
-            checked += 1;
-        }
+        soak.step_ended(&mut store, layout, offsets, 2);
     }
-    while let Some(got) = store.collect().unwrap() {
-        let (layout, offsets) = pending.pop_front().unwrap();
-        check(m, &got, &layout, &offsets);
-        checked += 1;
-    }
-    g.stream.synchronize().unwrap();
-    let free_after = g.ctx.mem_get_info().unwrap().0;
-    assert_eq!(
-        free_before,
-        Some(free_after),
-        "device memory changed over steps {WARM_UP}..{steps}"
-    );
-    eprintln!(
-        "capture eager: {} layers, {checked} steps checked against the oracle, device memory flat",
-        m.layers
-    );
+    soak.finish(g, &mut store, steps, "eager");
 }
 
 fn graph(g: &Gpu, m: &Model, steps: usize) {
@@ -190,14 +229,9 @@ fn graph(g: &Gpu, m: &Model, steps: usize) {
         .expect("graph");
 
     let mut rng = SplitMix64(99 + m.layers as u64);
-    let mut free_before = None;
-    let mut pending = std::collections::VecDeque::new();
-    let mut checked = 0;
+    let mut soak = Soak::new(m);
     for i in 0..steps {
-        if i == WARM_UP {
-            g.stream.synchronize().unwrap();
-            free_before = Some(g.ctx.mem_get_info().unwrap().0);
-        }
+        soak.step_begins(g, i);
         let layout = random_layout(&mut rng, Some(padded));
         let offsets: Vec<usize> = (0..m.layers).map(|_| rng.below(POOL - MAX_ROWS)).collect();
         for (l, &off) in offsets.iter().enumerate() {
@@ -207,28 +241,10 @@ fn graph(g: &Gpu, m: &Model, steps: usize) {
         store.begin_step(layout.clone()).unwrap();
         graph.launch().unwrap();
         store.end_step(&g.stream).unwrap();
-        pending.push_back((layout, offsets));
-        if store.in_flight() == 3 {
-            let got = store.collect().unwrap().unwrap();
-            let (layout, offsets) = pending.pop_front().unwrap();
-            check(m, &got, &layout, &offsets);
-            checked += 1;
-        }
+        soak.step_ended(&mut store, layout, offsets, 3);
     }
-    while let Some(got) = store.collect().unwrap() {
-        let (layout, offsets) = pending.pop_front().unwrap();
-        check(m, &got, &layout, &offsets);
-        checked += 1;
-    }
-    g.stream.synchronize().unwrap();
-    let free_after = g.ctx.mem_get_info().unwrap().0;
-    assert_eq!(
-        free_before,
-        Some(free_after),
-        "device memory changed over steps {WARM_UP}..{steps}"
-    );
+    soak.finish(g, &mut store, steps, "graph (replayed)");
     unsafe { g.ctx.enable_event_tracking() };
-    eprintln!("capture graph: {} layers, {checked} graph-replayed steps checked against the oracle, device memory flat", m.layers);
 }
 
 #[test]

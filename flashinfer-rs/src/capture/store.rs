@@ -320,6 +320,19 @@ impl CaptureStore {
         self.in_flight.len()
     }
 
+    /// Blocks until the oldest in-flight step's copy has landed (without collecting it);
+    /// `false` when no step is in flight. [`CaptureStore::collect`] waits by itself; this is
+    /// for callers that want to know the copy is done, and for timing it.
+    pub fn wait_for_oldest(&self) -> Result<bool> {
+        match self.in_flight.front() {
+            Some(f) => {
+                self.slots[f.slot].done.synchronize()?;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     /// Waits for the oldest in-flight step's copy (only that), and returns its kept rows
     /// token-major. `None` when no step is in flight.
     pub fn collect(&mut self) -> Result<Option<CollectedStep>> {

@@ -1,0 +1,637 @@
+//! Routing and capture benchmarks on one GPU, every number a ratio measured in the same run.
+//!
+//!     bash scripts/gpu-pack.sh && bash gpu-pack/bench.sh     # on the GPU machine
+//!
+//! Timing: CUDA events around CUDA-graph replays of N back-to-back calls (so launch gaps do
+//! not dominate), warm-up first, variants interleaved replay by replay so clock drift hits
+//! both, median and p10..p90 over the repetitions. Prints Markdown tables (BENCHMARKS.md).
+use std::sync::Arc;
+use std::time::Instant;
+
+use flashinfer_rs::capture::{CaptureConfig, CaptureStore, StepLayout};
+use flashinfer_rs::cudarc::driver::sys::{self, CUgraphInstantiate_flags, CUstreamCaptureMode};
+use flashinfer_rs::cudarc::driver::{
+    CudaContext, CudaEvent, CudaGraph, CudaSlice, CudaStream, DevicePtr, DevicePtrMut,
+};
+use flashinfer_rs::half::bf16;
+use flashinfer_rs::routing::oracle::SplitMix64;
+use flashinfer_rs::routing::{
+    route_noaux_tc, Logits, RouteInput, Router, RoutingBuffers, RoutingConfig, RoutingMethod,
+};
+use flashinfer_rs::ReplayView;
+
+const TOKENS: [usize; 6] = [1, 16, 128, 1024, 8192, 32768];
+const REPS: usize = 30;
+const WARMUP: usize = 5;
+
+struct Bench {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    start: CudaEvent,
+    end: CudaEvent,
+}
+
+#[derive(Clone, Copy)]
+struct Stat {
+    median: f64,
+    p10: f64,
+    p90: f64,
+}
+
+fn stat(mut v: Vec<f64>) -> Stat {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    Stat {
+        median: at(0.5),
+        p10: at(0.1),
+        p90: at(0.9),
+    }
+}
+
+impl Bench {
+    /// Milliseconds of one replay of `graph`.
+    fn time(&self, graph: &CudaGraph) -> f64 {
+        self.start.record(&self.stream).unwrap();
+        graph.launch().unwrap();
+        self.end.record(&self.stream).unwrap();
+        self.end.synchronize().unwrap();
+        self.start.elapsed_ms(&self.end).unwrap() as f64
+    }
+
+    /// Captures `f` (which enqueues work on the stream) into a graph.
+    fn capture(&self, mut f: impl FnMut()) -> CudaGraph {
+        self.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .unwrap();
+        f();
+        self.stream
+            .end_capture(CUgraphInstantiate_flags(0))
+            .unwrap()
+            .unwrap()
+    }
+
+    /// Interleaved timings of several graphs: per graph, the per-replay stats divided by `per`.
+    fn compare(&self, graphs: &[&CudaGraph], per: f64) -> Vec<Stat> {
+        for _ in 0..WARMUP {
+            graphs.iter().for_each(|g| {
+                self.time(g);
+            });
+        }
+        let mut samples = vec![Vec::new(); graphs.len()];
+        for _ in 0..REPS {
+            for (i, g) in graphs.iter().enumerate() {
+                samples[i].push(self.time(g) * 1000.0 / per);
+            }
+        }
+        samples.into_iter().map(stat).collect()
+    }
+}
+
+/// A model's router shape for the tables.
+struct Shape {
+    name: &'static str,
+    cfg: RoutingConfig,
+    bf16: bool,
+}
+
+fn shapes() -> Vec<Shape> {
+    let ds = RoutingMethod::DeepSeekV3 {
+        n_group: 8,
+        topk_group: 4,
+        routed_scaling_factor: 2.5,
+    };
+    vec![
+        Shape {
+            name: "DeepSeek-V3 (256e, top-8, 8 groups/4 kept, fp32)",
+            cfg: RoutingConfig::new(ds, 256, 8),
+            bf16: false,
+        },
+        Shape {
+            name: "Qwen3-30B-A3B (128e, top-8, Renormalize, bf16)",
+            cfg: RoutingConfig::new(RoutingMethod::Renormalize, 128, 8),
+            bf16: true,
+        },
+        Shape {
+            name: "gpt-oss (128e, top-4, Renormalize, bf16)",
+            cfg: RoutingConfig::new(RoutingMethod::Renormalize, 128, 4),
+            bf16: true,
+        },
+        Shape {
+            name: "Llama4 (16e, top-1, bf16)",
+            cfg: RoutingConfig::new(RoutingMethod::Llama4, 16, 1),
+            bf16: true,
+        },
+        Shape {
+            name: "Llama4 (128e, top-1, bf16)",
+            cfg: RoutingConfig::new(RoutingMethod::Llama4, 128, 1),
+            bf16: true,
+        },
+    ]
+}
+
+/// Device inputs of a shape at `t` tokens (random logits; timing does not need separation).
+struct Inputs {
+    f32: Option<CudaSlice<f32>>,
+    bf16: Option<CudaSlice<bf16>>,
+    bias: Option<CudaSlice<f32>>,
+}
+
+impl Inputs {
+    fn new(b: &Bench, s: &Shape, t: usize) -> Inputs {
+        let e = s.cfg.num_experts as usize;
+        let mut rng = SplitMix64(t as u64);
+        let host: Vec<f32> = (0..t * e)
+            .map(|_| (rng.unit() * 8.0 - 4.0) as f32)
+            .collect();
+        let bias = s
+            .cfg
+            .method
+            .needs_bias()
+            .then(|| b.stream.clone_htod(&vec![0.01f32; e]).unwrap());
+        if s.bf16 {
+            let h: Vec<bf16> = host.iter().map(|&x| bf16::from_f32(x)).collect();
+            Inputs {
+                f32: None,
+                bf16: Some(b.stream.clone_htod(&h).unwrap()),
+                bias,
+            }
+        } else {
+            Inputs {
+                f32: Some(b.stream.clone_htod(&host).unwrap()),
+                bf16: None,
+                bias,
+            }
+        }
+    }
+    fn input(&self, t: usize) -> RouteInput<'_> {
+        let logits: Logits<'_> = match (&self.f32, &self.bf16) {
+            (Some(l), _) => l.into(),
+            (_, Some(l)) => l.into(),
+            _ => unreachable!(),
+        };
+        RouteInput {
+            logits,
+            bias: self.bias.as_ref().map(Into::into),
+            num_tokens: t,
+        }
+    }
+}
+
+fn verdict(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "missed"
+    }
+}
+
+/// 1. Routing with vs without the replay buffer.
+fn replay_overhead(b: &Bench) {
+    println!("\n## 1. Replay overhead: routing with vs without `routing_replay_out`\n");
+    println!("Per call, median (p10..p90) over {REPS} graph replays of 20 calls. Target: ratio <= 1.005.\n");
+    println!("| shape | tokens | without replay (us) | with replay (us) | ratio | target |");
+    println!("|---|---:|---:|---:|---:|---|");
+    const N: usize = 20;
+    for s in shapes() {
+        let router = Router::new(s.cfg).unwrap();
+        for t in TOKENS {
+            let inputs = Inputs::new(b, &s, t);
+            let mut bufs = RoutingBuffers::new(&b.stream, &s.cfg, t).unwrap();
+            let mut replay = b
+                .stream
+                .alloc_zeros::<i16>(t * s.cfg.top_k as usize)
+                .unwrap();
+            let off = b.capture(|| {
+                for _ in 0..N {
+                    // Without replay the ids land in the buffers' own ids array: one write either way.
+                    router
+                        .route(&b.stream, &inputs.input(t), &mut bufs, None)
+                        .unwrap();
+                }
+            });
+            let mut view = ReplayView::from_slice(&mut replay, s.cfg.top_k as usize).unwrap();
+            let on = b.capture(|| {
+                for _ in 0..N {
+                    router
+                        .route(&b.stream, &inputs.input(t), &mut bufs, Some(&mut view))
+                        .unwrap();
+                }
+            });
+            let r = b.compare(&[&off, &on], N as f64);
+            let ratio = r[1].median / r[0].median;
+            println!(
+                "| {} | {t} | {:.2} ({:.2}..{:.2}) | {:.2} ({:.2}..{:.2}) | {ratio:.4} | {} |",
+                s.name,
+                r[0].median,
+                r[0].p10,
+                r[0].p90,
+                r[1].median,
+                r[1].p10,
+                r[1].p90,
+                verdict(ratio <= 1.005)
+            );
+        }
+    }
+}
+
+/// 2. A step of L routing calls in a graph: capture off, our zero-copy store, and vLLM's
+///    per-layer scratch buffer plus a copy into a token-major buffer.
+fn capture_step(b: &Bench) {
+    println!("\n## 2. Capture-step overhead: L routing calls per step, inside one CUDA graph\n");
+    println!("Per step, median (p10..p90). Target: zero-copy <= 1.01 x capture off.\n");
+    println!("| model | L | tokens | capture off (us) | zero-copy store (us) | per-layer copy (us) | zero-copy ratio | per-layer-copy ratio | target |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
+    let ds = RoutingMethod::DeepSeekV3 {
+        n_group: 8,
+        topk_group: 4,
+        routed_scaling_factor: 2.5,
+    };
+    let models = [
+        (
+            "DeepSeek-V3",
+            Shape {
+                name: "",
+                cfg: RoutingConfig::new(ds, 256, 8),
+                bf16: false,
+            },
+            61usize,
+        ),
+        (
+            "Qwen3-30B-A3B",
+            Shape {
+                name: "",
+                cfg: RoutingConfig::new(RoutingMethod::Renormalize, 128, 8),
+                bf16: true,
+            },
+            48,
+        ),
+    ];
+    for (name, s, layers) in models {
+        let router = Router::new(s.cfg).unwrap();
+        let k = s.cfg.top_k as usize;
+        for t in [1usize, 16, 128, 1024, 8192] {
+            let inputs = Inputs::new(b, &s, t);
+            let mut bufs = RoutingBuffers::new(&b.stream, &s.cfg, t).unwrap();
+            let cap = CaptureConfig {
+                moe_layers: layers,
+                max_tokens: t,
+                top_k: k,
+                slots: 2,
+                layer_map: None,
+            };
+            let mut store = CaptureStore::new(&b.stream, cap).unwrap();
+            // vLLM's design: one scratch [t, k] buffer per layer + a copy kernel per layer into
+            // a token-major [t, L, k] buffer.
+            let mut scratch: Vec<CudaSlice<i16>> = (0..layers)
+                .map(|_| b.stream.alloc_zeros(t * k).unwrap())
+                .collect();
+            let mut token_major = b.stream.alloc_zeros::<i16>(t * layers * k).unwrap();
+            let off = b.capture(|| {
+                for _ in 0..layers {
+                    router
+                        .route(&b.stream, &inputs.input(t), &mut bufs, None)
+                        .unwrap();
+                }
+            });
+            let zero_copy = b.capture(|| {
+                for l in 0..layers {
+                    let mut view = store.layer_view(l).unwrap();
+                    router
+                        .route(&b.stream, &inputs.input(t), &mut bufs, Some(&mut view))
+                        .unwrap();
+                }
+            });
+            let per_layer = b.capture(|| {
+                for (l, sc) in scratch.iter_mut().enumerate() {
+                    let mut view = ReplayView::from_slice(sc, k).unwrap();
+                    router
+                        .route(&b.stream, &inputs.input(t), &mut bufs, Some(&mut view))
+                        .unwrap();
+                    copy_layer_to_token_major(b, sc, &mut token_major, l, layers, t, k);
+                }
+            });
+            let r = b.compare(&[&off, &zero_copy, &per_layer], 1.0);
+            let (zc, pl) = (r[1].median / r[0].median, r[2].median / r[0].median);
+            println!(
+                "| {name} | {layers} | {t} | {:.1} ({:.1}..{:.1}) | {:.1} ({:.1}..{:.1}) | {:.1} ({:.1}..{:.1}) | {zc:.4} | {pl:.3} | {} |",
+                r[0].median, r[0].p10, r[0].p90, r[1].median, r[1].p10, r[1].p90, r[2].median, r[2].p10, r[2].p90,
+                verdict(zc <= 1.01)
+            );
+        }
+    }
+}
+
+/// Layer `l`'s `[t, k]` rows into the token-major `[t, L, k]` buffer: one 2D copy, the
+/// per-layer copy of the design we compare against.
+fn copy_layer_to_token_major(
+    b: &Bench,
+    src: &CudaSlice<i16>,
+    dst: &mut CudaSlice<i16>,
+    l: usize,
+    layers: usize,
+    t: usize,
+    k: usize,
+) {
+    let e = std::mem::size_of::<i16>();
+    let (s, _g1) = src.device_ptr(&b.stream);
+    let (d, _g2) = dst.device_ptr_mut(&b.stream);
+    let copy = sys::CUDA_MEMCPY2D {
+        srcXInBytes: 0,
+        srcY: 0,
+        srcMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+        srcHost: std::ptr::null(),
+        srcDevice: s,
+        srcArray: std::ptr::null_mut(),
+        srcPitch: k * e,
+        dstXInBytes: l * k * e,
+        dstY: 0,
+        dstMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+        dstHost: std::ptr::null_mut(),
+        dstDevice: d,
+        dstArray: std::ptr::null_mut(),
+        dstPitch: layers * k * e,
+        WidthInBytes: k * e,
+        Height: t,
+    };
+    unsafe { sys::cuMemcpy2DAsync_v2(&copy, b.stream.cu_stream()) }
+        .result()
+        .unwrap();
+}
+
+/// 3. The step's readback against a plain pinned device-to-host copy of the same bytes.
+fn readback(b: &Bench) {
+    println!("\n## 3. Readback: a step's asynchronous device-to-host copy\n");
+    println!("Store readback: host time from `end_step` to the copy's completion (`wait_for_oldest`); peak: a plain pinned `memcpy_dtoh` of the same bytes. Target: >= 80% of peak.\n");
+    println!("| L x tokens x top_k | bytes | store readback (GB/s) | pinned peak (GB/s) | ratio | target |");
+    println!("|---|---:|---:|---:|---:|---|");
+    for (l, t, k) in [(61usize, 1024usize, 8usize), (61, 8192, 8), (48, 8192, 8)] {
+        let bytes = l * t * k * 2;
+        let cap = CaptureConfig {
+            moe_layers: l,
+            max_tokens: t,
+            top_k: k,
+            slots: 2,
+            layer_map: None,
+        };
+        let mut store = CaptureStore::new(&b.stream, cap).unwrap();
+        let dev = b.stream.alloc_zeros::<i16>(l * t * k).unwrap();
+        let mut host = unsafe { b.ctx.alloc_pinned_with_flags::<i16>(l * t * k, 0) }.unwrap();
+        let (mut ours, mut peak) = (Vec::new(), Vec::new());
+        for i in 0..WARMUP + REPS {
+            b.stream.synchronize().unwrap();
+            store.begin_step(StepLayout::single(t)).unwrap();
+            let t0 = Instant::now();
+            store.end_step(&b.stream).unwrap();
+            store.wait_for_oldest().unwrap();
+            let a = t0.elapsed().as_secs_f64();
+            store.collect().unwrap();
+            let t1 = Instant::now();
+            b.stream.memcpy_dtoh(&dev, &mut host).unwrap();
+            b.stream.synchronize().unwrap();
+            let p = t1.elapsed().as_secs_f64();
+            if i >= WARMUP {
+                ours.push(bytes as f64 / a / 1e9);
+                peak.push(bytes as f64 / p / 1e9);
+            }
+        }
+        let (o, p) = (stat(ours).median, stat(peak).median);
+        println!(
+            "| {l} x {t} x {k} | {bytes} | {o:.1} | {p:.1} | {:.3} | {} |",
+            o / p,
+            verdict(o / p >= 0.8)
+        );
+    }
+}
+
+/// 4. DeepSeek-V3 routing against upstream's NoAuxTc router, and bandwidth at large T.
+fn peers(b: &Bench) {
+    println!(
+        "\n## 4. DeepSeek-V3 routing against upstream's NoAuxTc router (same GPU, same run)\n"
+    );
+    println!("Per call, median. Effective bandwidth = logits bytes / time; copy = a device-to-device copy of the logits, (read + write) / time.\n");
+    println!("| tokens | ours (us) | NoAuxTc (us) | ours / NoAuxTc | target (<= 1) | logits GB/s | D2D copy GB/s | fraction |");
+    println!("|---:|---:|---:|---:|---|---:|---:|---:|");
+    let ds = RoutingMethod::DeepSeekV3 {
+        n_group: 8,
+        topk_group: 4,
+        routed_scaling_factor: 2.5,
+    };
+    let s = Shape {
+        name: "",
+        cfg: RoutingConfig::new(ds, 256, 8),
+        bf16: false,
+    };
+    let router = Router::new(s.cfg).unwrap();
+    const N: usize = 10;
+    for t in TOKENS {
+        let inputs = Inputs::new(b, &s, t);
+        let mut bufs = RoutingBuffers::new(&b.stream, &s.cfg, t).unwrap();
+        let mut replay = b.stream.alloc_zeros::<i16>(t * 8).unwrap();
+        let mut values = b.stream.alloc_zeros::<f32>(t * 8).unwrap();
+        let mut indices = b.stream.alloc_zeros::<i32>(t * 8).unwrap();
+        let mut copy_dst = b.stream.alloc_zeros::<f32>(t * 256).unwrap();
+        let logits = inputs.f32.as_ref().unwrap();
+        let bias = inputs.bias.as_ref().unwrap();
+        let ours = b.capture(|| {
+            let mut view = ReplayView::from_slice(&mut replay, 8).unwrap();
+            for _ in 0..N {
+                router
+                    .route(&b.stream, &inputs.input(t), &mut bufs, Some(&mut view))
+                    .unwrap();
+            }
+        });
+        let mut replay2 = b.stream.alloc_zeros::<i16>(t * 8).unwrap();
+        let theirs = b.capture(|| {
+            let mut view = ReplayView::from_slice(&mut replay2, 8).unwrap();
+            for _ in 0..N {
+                route_noaux_tc(
+                    &b.stream,
+                    &s.cfg,
+                    logits,
+                    bias,
+                    t,
+                    &mut values,
+                    &mut indices,
+                    Some(&mut view),
+                )
+                .unwrap();
+            }
+        });
+        let copy = b.capture(|| {
+            for _ in 0..N {
+                b.stream.memcpy_dtod(logits, &mut copy_dst).unwrap();
+            }
+        });
+        let r = b.compare(&[&ours, &theirs, &copy], N as f64);
+        let bytes = (t * 256 * 4) as f64;
+        let (gbs, copy_gbs) = (bytes / r[0].median / 1e3, 2.0 * bytes / r[2].median / 1e3);
+        println!(
+            "| {t} | {:.2} | {:.2} | {:.3} | {} | {gbs:.0} | {copy_gbs:.0} | {:.2} |",
+            r[0].median,
+            r[1].median,
+            r[0].median / r[1].median,
+            verdict(r[0].median <= r[1].median),
+            gbs / copy_gbs
+        );
+    }
+}
+
+/// 5. Host CPU time per call: the safe API (validation + launch) against a raw C ABI call.
+fn host_overhead(b: &Bench) {
+    println!("\n## 5. Host overhead per call (CPU time; no synchronisation inside the loop)\n");
+    println!("Target: the safe layer adds under 1 us per call.\n");
+    println!("| shape | calls | safe `Router::route` (us/call) | raw `fi_routing_run` (us/call) | added (us) | target |");
+    println!("|---|---:|---:|---:|---:|---|");
+    let s = &shapes()[1];
+    let t = 16;
+    let router = Router::new(s.cfg).unwrap();
+    let inputs = Inputs::new(b, s, t);
+    let mut bufs = RoutingBuffers::new(&b.stream, &s.cfg, t).unwrap();
+    let mut replay = b.stream.alloc_zeros::<i16>(t * 8).unwrap();
+    const CALLS: usize = 20000;
+    let mut safe = Vec::new();
+    let mut raw = Vec::new();
+    for _ in 0..5 {
+        b.stream.synchronize().unwrap();
+        let mut view = ReplayView::from_slice(&mut replay, 8).unwrap();
+        let t0 = Instant::now();
+        for _ in 0..CALLS {
+            router
+                .route(&b.stream, &inputs.input(t), &mut bufs, Some(&mut view))
+                .unwrap();
+        }
+        safe.push(t0.elapsed().as_secs_f64() * 1e6 / CALLS as f64);
+        b.stream.synchronize().unwrap();
+        let t1 = Instant::now();
+        raw_calls(b, &router, &inputs, &mut bufs, &mut replay, t, CALLS);
+        raw.push(t1.elapsed().as_secs_f64() * 1e6 / CALLS as f64);
+    }
+    b.stream.synchronize().unwrap();
+    let (sa, ra) = (stat(safe).median, stat(raw).median);
+    println!(
+        "| {} | {CALLS} | {sa:.2} | {ra:.2} | {:.2} | {} |",
+        s.name,
+        sa - ra,
+        verdict(sa - ra < 1.0)
+    );
+}
+
+/// The same launches through the C ABI directly: buffers of our own, pointers and params
+/// resolved once outside the loop, as a caller of the raw bindings would.
+fn raw_calls(
+    b: &Bench,
+    router: &Router,
+    inputs: &Inputs,
+    _bufs: &mut RoutingBuffers,
+    replay: &mut CudaSlice<i16>,
+    t: usize,
+    calls: usize,
+) {
+    use flashinfer_sys as fs;
+    let cfg = router.config();
+    let mut sizes = fs::fi_routing_buffer_sizes::default();
+    let (e, k) = (cfg.num_experts as i32, cfg.top_k as i32);
+    assert_eq!(
+        unsafe {
+            fs::fi_routing_buffer_sizes_for(t as i32, k, e, cfg.tile_tokens_dim as i32, &mut sizes)
+        },
+        fs::fi_status::FI_STATUS_OK
+    );
+    let alloc = |n: i64| b.stream.alloc_zeros::<i32>(n.max(1) as usize).unwrap();
+    let mut w = b.stream.alloc_zeros::<bf16>(sizes.topk as usize).unwrap();
+    let (mut packed, mut counts, mut psize, mut e2p) = (
+        alloc(sizes.topk),
+        alloc(sizes.expert_counts),
+        alloc(1),
+        alloc(sizes.topk),
+    );
+    let (mut p2t, mut c2b, mut c2m, mut nctas) = (
+        alloc(sizes.max_padded),
+        alloc(sizes.max_ctas),
+        alloc(sizes.max_ctas),
+        alloc(1),
+    );
+    let ptr = |s: &mut CudaSlice<i32>| s.device_ptr_mut(&b.stream).0 as *mut i32;
+    let raw = fs::fi_routing_buffers {
+        topk_weights: w.device_ptr_mut(&b.stream).0 as *mut _,
+        topk_packed: ptr(&mut packed) as *mut _,
+        expert_counts: ptr(&mut counts),
+        permuted_idx_size: ptr(&mut psize),
+        expanded_idx_to_permuted_idx: ptr(&mut e2p),
+        permuted_idx_to_token_idx: ptr(&mut p2t),
+        cta_idx_xy_to_batch_idx: ptr(&mut c2b),
+        cta_idx_xy_to_mn_limit: ptr(&mut c2m),
+        num_non_exiting_ctas: ptr(&mut nctas),
+    };
+    let params = fs::fi_routing_params {
+        method: cfg.method.upstream_value() as i32,
+        num_tokens: t as i32,
+        num_experts: e,
+        top_k: k,
+        n_group: 0,
+        topk_group: 0,
+        local_expert_offset: 0,
+        local_num_experts: e,
+        tile_tokens_dim: cfg.tile_tokens_dim as i32,
+        routed_scaling_factor: 1.0,
+        norm_topk_prob: 0,
+        use_pdl: cfg.use_pdl as i32,
+        logits_dtype: fs::fi_dtype::FI_DTYPE_BF16,
+        bias_dtype: fs::fi_dtype::FI_DTYPE_F32,
+    };
+    let logits = inputs.bf16.as_ref().unwrap().device_ptr(&b.stream).0 as *const std::ffi::c_void;
+    let replay = replay.device_ptr_mut(&b.stream).0 as *mut i16;
+    let stream = b.stream.cu_stream() as *mut std::ffi::c_void;
+    for _ in 0..calls {
+        let st =
+            unsafe { fs::fi_routing_run(&params, logits, std::ptr::null(), &raw, replay, stream) };
+        debug_assert_eq!(st, fs::fi_status::FI_STATUS_OK);
+    }
+    b.stream.synchronize().unwrap();
+    drop((w, packed, counts, psize, e2p, p2t, c2b, c2m, nctas));
+}
+
+fn main() {
+    if flashinfer_rs::cuda_device_count() == 0 || !flashinfer_rs::build_info().kernels_built {
+        eprintln!("moe_routing bench: needs a GPU and kernels (build with --features sm90,sm100)");
+        return;
+    }
+    let ctx = CudaContext::new(0).unwrap();
+    // Graph capture must not record cudarc's per-buffer events.
+    unsafe { ctx.disable_event_tracking() };
+    let stream = ctx.new_stream().unwrap();
+    let timing = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let b = Bench {
+        start: ctx.new_event(timing).unwrap(),
+        end: ctx.new_event(timing).unwrap(),
+        ctx: ctx.clone(),
+        stream,
+    };
+    let dev = flashinfer_rs::device_info(&ctx).unwrap();
+    println!("# flashinfer-rs benchmarks\n");
+    println!(
+        "GPU: {} (sm_{}{}, {} SMs); FlashInfer {}; one run, one GPU.",
+        ctx.name().unwrap(),
+        dev.compute_capability.0,
+        dev.compute_capability.1,
+        dev.sm_count,
+        flashinfer_rs::FLASHINFER_VERSION
+    );
+    let only = std::env::args().nth(1);
+    let run = |name: &str| only.as_deref().is_none_or(|o| o == name);
+    if run("replay") {
+        replay_overhead(&b);
+    }
+    if run("capture") {
+        capture_step(&b);
+    }
+    if run("readback") {
+        readback(&b);
+    }
+    if run("peers") {
+        peers(&b);
+    }
+    if run("host") {
+        host_overhead(&b);
+    }
+}

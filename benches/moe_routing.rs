@@ -19,6 +19,7 @@ use flashinfer_rs::routing::{
     route_noaux_tc, Logits, RouteInput, Router, RoutingBuffers, RoutingConfig, RoutingMethod,
 };
 use flashinfer_rs::ReplayView;
+use flashinfer_sys as fs;
 
 const TOKENS: [usize; 6] = [1, 16, 128, 1024, 8192, 32768];
 const REPS: usize = 30;
@@ -188,47 +189,25 @@ fn verdict(ok: bool) -> &'static str {
 /// 1. Routing with vs without the replay buffer.
 fn replay_overhead(b: &Bench) {
     println!("\n## 1. Replay overhead: routing with vs without `routing_replay_out`\n");
-    println!("Per call, median (p10..p90) over {REPS} graph replays of 20 calls. Target: ratio <= 1.005.\n");
+    println!("Per call, median (p10..p90) over {REPS} graph replays of 20 calls; the same raw C ABI launch with a null replay pointer (upstream's path without `routing_replay_out`) and with the replay buffer. Target: ratio <= 1.005.\n");
     println!("| shape | tokens | without replay (us) | with replay (us) | ratio | target |");
     println!("|---|---:|---:|---:|---:|---|");
     const N: usize = 20;
     for s in shapes() {
-        let router = Router::new(s.cfg).unwrap();
         for t in TOKENS {
             let inputs = Inputs::new(b, &s, t);
-            let mut bufs = RoutingBuffers::new(&b.stream, &s.cfg, t).unwrap();
-            let mut replay = b
-                .stream
-                .alloc_zeros::<i16>(t * s.cfg.top_k as usize)
-                .unwrap();
-            let off = b.capture(|| {
-                for _ in 0..N {
-                    // Without replay the ids land in the buffers' own ids array: one write either way.
-                    router
-                        .route(&b.stream, &inputs.input(t), &mut bufs, None)
-                        .unwrap();
-                }
-            });
-            let mut view = ReplayView::from_slice(&mut replay, s.cfg.top_k as usize).unwrap();
-            let on = b.capture(|| {
-                for _ in 0..N {
-                    router
-                        .route(&b.stream, &inputs.input(t), &mut bufs, Some(&mut view))
-                        .unwrap();
-                }
-            });
+            let raw = RawRouter::new(b, &s.cfg, &inputs, t);
+            let mut replay = b.stream.alloc_zeros::<i16>(t * s.cfg.top_k as usize).unwrap();
+            let replay_ptr = replay.device_ptr_mut(&b.stream).0 as *mut i16;
+            // The same launch, once with a null replay pointer (upstream's path without
+            // routing_replay_out) and once with the replay buffer.
+            let off = b.capture(|| (0..N).for_each(|_| raw.launch(b, std::ptr::null_mut())));
+            let on = b.capture(|| (0..N).for_each(|_| raw.launch(b, replay_ptr)));
             let r = b.compare(&[&off, &on], N as f64);
             let ratio = r[1].median / r[0].median;
             println!(
                 "| {} | {t} | {:.2} ({:.2}..{:.2}) | {:.2} ({:.2}..{:.2}) | {ratio:.4} | {} |",
-                s.name,
-                r[0].median,
-                r[0].p10,
-                r[0].p90,
-                r[1].median,
-                r[1].p10,
-                r[1].p90,
-                verdict(ratio <= 1.005)
+                s.name, r[0].median, r[0].p10, r[0].p90, r[1].median, r[1].p10, r[1].p90, verdict(ratio <= 1.005)
             );
         }
     }
@@ -489,21 +468,22 @@ fn host_overhead(b: &Bench) {
     let mut bufs = RoutingBuffers::new(&b.stream, &s.cfg, t).unwrap();
     let mut replay = b.stream.alloc_zeros::<i16>(t * 8).unwrap();
     const CALLS: usize = 20000;
-    let mut safe = Vec::new();
-    let mut raw = Vec::new();
+    let raw_router = RawRouter::new(b, &s.cfg, &inputs, t);
+    let replay_ptr = replay.device_ptr_mut(&b.stream).0 as *mut i16;
+    let (mut safe, mut raw) = (Vec::new(), Vec::new());
     for _ in 0..5 {
         b.stream.synchronize().unwrap();
         let mut view = ReplayView::from_slice(&mut replay, 8).unwrap();
         let t0 = Instant::now();
         for _ in 0..CALLS {
-            router
-                .route(&b.stream, &inputs.input(t), &mut bufs, Some(&mut view))
-                .unwrap();
+            router.route(&b.stream, &inputs.input(t), &mut bufs, Some(&mut view)).unwrap();
         }
         safe.push(t0.elapsed().as_secs_f64() * 1e6 / CALLS as f64);
         b.stream.synchronize().unwrap();
         let t1 = Instant::now();
-        raw_calls(b, &router, &inputs, &mut bufs, &mut replay, t, CALLS);
+        for _ in 0..CALLS {
+            raw_router.launch(b, replay_ptr);
+        }
         raw.push(t1.elapsed().as_secs_f64() * 1e6 / CALLS as f64);
     }
     b.stream.synchronize().unwrap();
@@ -516,79 +496,72 @@ fn host_overhead(b: &Bench) {
     );
 }
 
-/// The same launches through the C ABI directly: buffers of our own, pointers and params
-/// resolved once outside the loop, as a caller of the raw bindings would.
-fn raw_calls(
-    b: &Bench,
-    router: &Router,
-    inputs: &Inputs,
-    _bufs: &mut RoutingBuffers,
-    replay: &mut CudaSlice<i16>,
-    t: usize,
-    calls: usize,
-) {
-    use flashinfer_sys as fs;
-    let cfg = router.config();
-    let mut sizes = fs::fi_routing_buffer_sizes::default();
-    let (e, k) = (cfg.num_experts as i32, cfg.top_k as i32);
-    assert_eq!(
-        unsafe {
-            fs::fi_routing_buffer_sizes_for(t as i32, k, e, cfg.tile_tokens_dim as i32, &mut sizes)
-        },
-        fs::fi_status::FI_STATUS_OK
-    );
-    let alloc = |n: i64| b.stream.alloc_zeros::<i32>(n.max(1) as usize).unwrap();
-    let mut w = b.stream.alloc_zeros::<bf16>(sizes.topk as usize).unwrap();
-    let (mut packed, mut counts, mut psize, mut e2p) = (
-        alloc(sizes.topk),
-        alloc(sizes.expert_counts),
-        alloc(1),
-        alloc(sizes.topk),
-    );
-    let (mut p2t, mut c2b, mut c2m, mut nctas) = (
-        alloc(sizes.max_padded),
-        alloc(sizes.max_ctas),
-        alloc(sizes.max_ctas),
-        alloc(1),
-    );
-    let ptr = |s: &mut CudaSlice<i32>| s.device_ptr_mut(&b.stream).0 as *mut i32;
-    let raw = fs::fi_routing_buffers {
-        topk_weights: w.device_ptr_mut(&b.stream).0 as *mut _,
-        topk_packed: ptr(&mut packed) as *mut _,
-        expert_counts: ptr(&mut counts),
-        permuted_idx_size: ptr(&mut psize),
-        expanded_idx_to_permuted_idx: ptr(&mut e2p),
-        permuted_idx_to_token_idx: ptr(&mut p2t),
-        cta_idx_xy_to_batch_idx: ptr(&mut c2b),
-        cta_idx_xy_to_mn_limit: ptr(&mut c2m),
-        num_non_exiting_ctas: ptr(&mut nctas),
-    };
-    let params = fs::fi_routing_params {
-        method: cfg.method.upstream_value() as i32,
-        num_tokens: t as i32,
-        num_experts: e,
-        top_k: k,
-        n_group: 0,
-        topk_group: 0,
-        local_expert_offset: 0,
-        local_num_experts: e,
-        tile_tokens_dim: cfg.tile_tokens_dim as i32,
-        routed_scaling_factor: 1.0,
-        norm_topk_prob: 0,
-        use_pdl: cfg.use_pdl as i32,
-        logits_dtype: fs::fi_dtype::FI_DTYPE_BF16,
-        bias_dtype: fs::fi_dtype::FI_DTYPE_F32,
-    };
-    let logits = inputs.bf16.as_ref().unwrap().device_ptr(&b.stream).0 as *const std::ffi::c_void;
-    let replay = replay.device_ptr_mut(&b.stream).0 as *mut i16;
-    let stream = b.stream.cu_stream() as *mut std::ffi::c_void;
-    for _ in 0..calls {
-        let st =
-            unsafe { fs::fi_routing_run(&params, logits, std::ptr::null(), &raw, replay, stream) };
+/// Routing through the raw C ABI: buffers of its own, pointers and parameters resolved once,
+/// as a caller of the raw bindings would. The baseline of tables 1 and 5: its `replay` may be
+/// null, which is upstream's path without `routing_replay_out`.
+struct RawRouter {
+    params: fs::fi_routing_params,
+    buffers: fs::fi_routing_buffers,
+    logits: *const std::ffi::c_void,
+    bias: *const std::ffi::c_void,
+    _owned: (CudaSlice<bf16>, Vec<CudaSlice<i32>>),
+}
+
+impl RawRouter {
+    fn new(b: &Bench, cfg: &RoutingConfig, inputs: &Inputs, t: usize) -> RawRouter {
+        let mut sizes = fs::fi_routing_buffer_sizes::default();
+        let (e, k) = (cfg.num_experts as i32, cfg.top_k as i32);
+        let st = unsafe { fs::fi_routing_buffer_sizes_for(t as i32, k, e, cfg.tile_tokens_dim as i32, &mut sizes) };
+        assert_eq!(st, fs::fi_status::FI_STATUS_OK);
+        let mut w = b.stream.alloc_zeros::<bf16>(sizes.topk.max(1) as usize).unwrap();
+        let n = [sizes.topk, sizes.expert_counts, 1, sizes.topk, sizes.max_padded, sizes.max_ctas, sizes.max_ctas, 1];
+        let mut ints: Vec<CudaSlice<i32>> = n.iter().map(|&n| b.stream.alloc_zeros::<i32>(n.max(1) as usize).unwrap()).collect();
+        let p: Vec<*mut i32> = ints.iter_mut().map(|s| s.device_ptr_mut(&b.stream).0 as *mut i32).collect();
+        let buffers = fs::fi_routing_buffers {
+            topk_weights: w.device_ptr_mut(&b.stream).0 as *mut _,
+            topk_packed: p[0] as *mut _,
+            expert_counts: p[1],
+            permuted_idx_size: p[2],
+            expanded_idx_to_permuted_idx: p[3],
+            permuted_idx_to_token_idx: p[4],
+            cta_idx_xy_to_batch_idx: p[5],
+            cta_idx_xy_to_mn_limit: p[6],
+            num_non_exiting_ctas: p[7],
+        };
+        let (n_group, topk_group, scale) = match cfg.method {
+            RoutingMethod::DeepSeekV3 { n_group, topk_group, routed_scaling_factor } => (n_group, topk_group, routed_scaling_factor),
+            _ => (0, 0, 1.0),
+        };
+        let params = fs::fi_routing_params {
+            method: cfg.method.upstream_value() as i32,
+            num_tokens: t as i32,
+            num_experts: e,
+            top_k: k,
+            n_group: n_group as i32,
+            topk_group: topk_group as i32,
+            local_expert_offset: 0,
+            local_num_experts: e,
+            tile_tokens_dim: cfg.tile_tokens_dim as i32,
+            routed_scaling_factor: scale,
+            norm_topk_prob: 0,
+            use_pdl: cfg.use_pdl as i32,
+            logits_dtype: if inputs.bf16.is_some() { fs::fi_dtype::FI_DTYPE_BF16 } else { fs::fi_dtype::FI_DTYPE_F32 },
+            bias_dtype: fs::fi_dtype::FI_DTYPE_F32,
+        };
+        let logits = match (&inputs.f32, &inputs.bf16) {
+            (Some(l), _) => l.device_ptr(&b.stream).0,
+            (_, Some(l)) => l.device_ptr(&b.stream).0,
+            _ => unreachable!(),
+        } as *const std::ffi::c_void;
+        let bias = inputs.bias.as_ref().map_or(std::ptr::null(), |x| x.device_ptr(&b.stream).0 as *const std::ffi::c_void);
+        RawRouter { params, buffers, logits, bias, _owned: (w, ints) }
+    }
+
+    fn launch(&self, b: &Bench, replay: *mut i16) {
+        let stream = b.stream.cu_stream() as *mut std::ffi::c_void;
+        let st = unsafe { fs::fi_routing_run(&self.params, self.logits, self.bias, &self.buffers, replay, stream) };
         debug_assert_eq!(st, fs::fi_status::FI_STATUS_OK);
     }
-    b.stream.synchronize().unwrap();
-    drop((w, packed, counts, psize, e2p, p2t, c2b, c2m, nctas));
 }
 
 fn main() {

@@ -12,9 +12,19 @@ namespace {
 thread_local std::string last_error;
 }
 
+namespace {
+// TensorRT-LLM's exceptions append a multi-line native backtrace to what(); a caller's log
+// wants the message. Keep the first line (where every upstream message states the problem).
+std::string first_line(std::string message) {
+  auto nl = message.find('\n');
+  if (nl != std::string::npos) message.resize(nl);
+  return message;
+}
+}  // namespace
+
 fi_status fail(fi_status status, std::string message) noexcept {
   try {
-    last_error = std::move(message);
+    last_error = first_line(std::move(message));
   } catch (...) {
     // Out of memory while storing the message: keep the status, lose the text.
   }

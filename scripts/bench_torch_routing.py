@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""What a PyTorch user would write for MoE routing, timed on the GPU for BENCHMARKS.md.
+
+    python3 scripts/bench_torch_routing.py      # on the GPU machine (PyTorch is there)
+
+DeepSeek-V3 grouped routing (256 experts, top-8, 8 groups, 4 kept, fp32 logits) and Qwen3
+Renormalize (128 experts, top-8, bf16 logits), eager and captured in a CUDA graph; per call,
+median over repetitions of 20 back-to-back calls, CUDA events, warm-up first. Prints a
+Markdown table; the Rust bench (`gpu-pack/bench.sh peers`) gives ours in the same run.
+"""
+import statistics
+import torch
+
+TOKENS = [1, 16, 128, 1024, 8192, 32768]
+N, REPS, WARMUP = 20, 30, 5
+
+
+def deepseek_v3(logits, bias, n_group=8, topk_group=4, k=8, scale=2.5):
+    t, e = logits.shape
+    s = logits.sigmoid()
+    sb = s + bias
+    group = sb.view(t, n_group, e // n_group).topk(2, dim=-1).values.sum(-1)
+    keep = group.topk(topk_group, dim=-1).indices
+    mask = torch.zeros_like(group).scatter_(1, keep, 1.0)
+    mask = mask.unsqueeze(-1).expand(t, n_group, e // n_group).reshape(t, e)
+    idx = sb.masked_fill(mask == 0, float("-inf")).topk(k, dim=-1).indices
+    w = s.gather(1, idx)
+    return idx.to(torch.int16), (w / w.sum(-1, keepdim=True) * scale).to(torch.bfloat16)
+
+
+def renormalize(logits, k=8):
+    v, idx = logits.topk(k, dim=-1)
+    return idx.to(torch.int16), torch.softmax(v.float(), dim=-1).to(torch.bfloat16)
+
+
+def per_call_us(fn):
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    samples = []
+    for i in range(WARMUP + REPS):
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        if i >= WARMUP:
+            samples.append(start.elapsed_time(end) * 1000.0 / N)
+    return statistics.median(samples)
+
+
+def main():
+    dev = torch.device("cuda")
+    print(f"GPU: {torch.cuda.get_device_name(0)}; PyTorch {torch.__version__}\n")
+    print("| router | tokens | PyTorch eager (us) | PyTorch CUDA graph (us) |")
+    print("|---|---:|---:|---:|")
+    for name, e, dtype, fn, needs_bias in [
+        ("DeepSeek-V3", 256, torch.float32, deepseek_v3, True),
+        ("Qwen3 Renormalize", 128, torch.bfloat16, renormalize, False),
+    ]:
+        for t in TOKENS:
+            logits = torch.randn(t, e, device=dev, dtype=dtype)
+            bias = torch.rand(e, device=dev) * 0.01
+            call = (lambda: fn(logits, bias)) if needs_bias else (lambda: fn(logits))
+
+            def eager():
+                for _ in range(N):
+                    call()
+
+            s = torch.cuda.Stream()
+            s.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(s):
+                for _ in range(3):
+                    call()
+            torch.cuda.current_stream().wait_stream(s)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                for _ in range(N):
+                    call()
+            print(f"| {name} | {t} | {per_call_us(eager):.2f} | {per_call_us(graph.replay):.2f} |")
+
+
+if __name__ == "__main__":
+    main()

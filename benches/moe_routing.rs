@@ -197,7 +197,10 @@ fn replay_overhead(b: &Bench) {
         for t in TOKENS {
             let inputs = Inputs::new(b, &s, t);
             let raw = RawRouter::new(b, &s.cfg, &inputs, t);
-            let mut replay = b.stream.alloc_zeros::<i16>(t * s.cfg.top_k as usize).unwrap();
+            let mut replay = b
+                .stream
+                .alloc_zeros::<i16>(t * s.cfg.top_k as usize)
+                .unwrap();
             let replay_ptr = replay.device_ptr_mut(&b.stream).0 as *mut i16;
             // The same launch, once with a null replay pointer (upstream's path without
             // routing_replay_out) and once with the replay buffer.
@@ -207,7 +210,14 @@ fn replay_overhead(b: &Bench) {
             let ratio = r[1].median / r[0].median;
             println!(
                 "| {} | {t} | {:.2} ({:.2}..{:.2}) | {:.2} ({:.2}..{:.2}) | {ratio:.4} | {} |",
-                s.name, r[0].median, r[0].p10, r[0].p90, r[1].median, r[1].p10, r[1].p90, verdict(ratio <= 1.005)
+                s.name,
+                r[0].median,
+                r[0].p10,
+                r[0].p90,
+                r[1].median,
+                r[1].p10,
+                r[1].p90,
+                verdict(ratio <= 1.005)
             );
         }
     }
@@ -382,6 +392,77 @@ fn readback(b: &Bench) {
     }
 }
 
+/// 3b. Is the readback hidden? Steps of L routing calls (one graph launch each), back to back:
+/// without capture, and with the store's readback of each step in flight while the next step
+/// computes (two steps in flight, `collect` of the older one every step).
+fn readback_overlap(b: &Bench) {
+    println!("\n### 3b. Readback hidden behind the next step\n");
+    println!("Host time per step over 200 steps (median of 5 runs); DeepSeek-V3 routing, L = 61. Target: with readback / without <= 1.01.\n");
+    println!("| tokens | steps without readback (us/step) | with readback in flight (us/step) | ratio | target |");
+    println!("|---:|---:|---:|---:|---|");
+    let ds = RoutingMethod::DeepSeekV3 {
+        n_group: 8,
+        topk_group: 4,
+        routed_scaling_factor: 2.5,
+    };
+    let s = Shape {
+        name: "",
+        cfg: RoutingConfig::new(ds, 256, 8),
+        bf16: false,
+    };
+    let router = Router::new(s.cfg).unwrap();
+    let layers = 61;
+    const STEPS: usize = 200;
+    for t in [128usize, 1024, 8192] {
+        let inputs = Inputs::new(b, &s, t);
+        let mut bufs = RoutingBuffers::new(&b.stream, &s.cfg, t).unwrap();
+        let cap = CaptureConfig {
+            moe_layers: layers,
+            max_tokens: t,
+            top_k: 8,
+            slots: 2,
+            layer_map: None,
+        };
+        let mut store = CaptureStore::new(&b.stream, cap).unwrap();
+        let step = b.capture(|| {
+            for l in 0..layers {
+                let mut view = store.layer_view(l).unwrap();
+                router
+                    .route(&b.stream, &inputs.input(t), &mut bufs, Some(&mut view))
+                    .unwrap();
+            }
+        });
+        let (mut plain, mut overlapped) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            b.stream.synchronize().unwrap();
+            let t0 = Instant::now();
+            for _ in 0..STEPS {
+                step.launch().unwrap();
+            }
+            b.stream.synchronize().unwrap();
+            plain.push(t0.elapsed().as_secs_f64() * 1e6 / STEPS as f64);
+            let t1 = Instant::now();
+            for _ in 0..STEPS {
+                store.begin_step(StepLayout::single(t)).unwrap();
+                step.launch().unwrap();
+                store.end_step(&b.stream).unwrap();
+                if store.in_flight() == 2 {
+                    store.collect().unwrap();
+                }
+            }
+            while store.collect().unwrap().is_some() {}
+            b.stream.synchronize().unwrap();
+            overlapped.push(t1.elapsed().as_secs_f64() * 1e6 / STEPS as f64);
+        }
+        let (p, o) = (stat(plain).median, stat(overlapped).median);
+        println!(
+            "| {t} | {p:.1} | {o:.1} | {:.4} | {} |",
+            o / p,
+            verdict(o / p <= 1.01)
+        );
+    }
+}
+
 /// 4. DeepSeek-V3 routing against upstream's NoAuxTc router, and bandwidth at large T.
 fn peers(b: &Bench) {
     println!(
@@ -476,7 +557,9 @@ fn host_overhead(b: &Bench) {
         let mut view = ReplayView::from_slice(&mut replay, 8).unwrap();
         let t0 = Instant::now();
         for _ in 0..CALLS {
-            router.route(&b.stream, &inputs.input(t), &mut bufs, Some(&mut view)).unwrap();
+            router
+                .route(&b.stream, &inputs.input(t), &mut bufs, Some(&mut view))
+                .unwrap();
         }
         safe.push(t0.elapsed().as_secs_f64() * 1e6 / CALLS as f64);
         b.stream.synchronize().unwrap();
@@ -511,12 +594,32 @@ impl RawRouter {
     fn new(b: &Bench, cfg: &RoutingConfig, inputs: &Inputs, t: usize) -> RawRouter {
         let mut sizes = fs::fi_routing_buffer_sizes::default();
         let (e, k) = (cfg.num_experts as i32, cfg.top_k as i32);
-        let st = unsafe { fs::fi_routing_buffer_sizes_for(t as i32, k, e, cfg.tile_tokens_dim as i32, &mut sizes) };
+        let st = unsafe {
+            fs::fi_routing_buffer_sizes_for(t as i32, k, e, cfg.tile_tokens_dim as i32, &mut sizes)
+        };
         assert_eq!(st, fs::fi_status::FI_STATUS_OK);
-        let mut w = b.stream.alloc_zeros::<bf16>(sizes.topk.max(1) as usize).unwrap();
-        let n = [sizes.topk, sizes.expert_counts, 1, sizes.topk, sizes.max_padded, sizes.max_ctas, sizes.max_ctas, 1];
-        let mut ints: Vec<CudaSlice<i32>> = n.iter().map(|&n| b.stream.alloc_zeros::<i32>(n.max(1) as usize).unwrap()).collect();
-        let p: Vec<*mut i32> = ints.iter_mut().map(|s| s.device_ptr_mut(&b.stream).0 as *mut i32).collect();
+        let mut w = b
+            .stream
+            .alloc_zeros::<bf16>(sizes.topk.max(1) as usize)
+            .unwrap();
+        let n = [
+            sizes.topk,
+            sizes.expert_counts,
+            1,
+            sizes.topk,
+            sizes.max_padded,
+            sizes.max_ctas,
+            sizes.max_ctas,
+            1,
+        ];
+        let mut ints: Vec<CudaSlice<i32>> = n
+            .iter()
+            .map(|&n| b.stream.alloc_zeros::<i32>(n.max(1) as usize).unwrap())
+            .collect();
+        let p: Vec<*mut i32> = ints
+            .iter_mut()
+            .map(|s| s.device_ptr_mut(&b.stream).0 as *mut i32)
+            .collect();
         let buffers = fs::fi_routing_buffers {
             topk_weights: w.device_ptr_mut(&b.stream).0 as *mut _,
             topk_packed: p[0] as *mut _,
@@ -529,7 +632,11 @@ impl RawRouter {
             num_non_exiting_ctas: p[7],
         };
         let (n_group, topk_group, scale) = match cfg.method {
-            RoutingMethod::DeepSeekV3 { n_group, topk_group, routed_scaling_factor } => (n_group, topk_group, routed_scaling_factor),
+            RoutingMethod::DeepSeekV3 {
+                n_group,
+                topk_group,
+                routed_scaling_factor,
+            } => (n_group, topk_group, routed_scaling_factor),
             _ => (0, 0, 1.0),
         };
         let params = fs::fi_routing_params {
@@ -545,7 +652,11 @@ impl RawRouter {
             routed_scaling_factor: scale,
             norm_topk_prob: 0,
             use_pdl: cfg.use_pdl as i32,
-            logits_dtype: if inputs.bf16.is_some() { fs::fi_dtype::FI_DTYPE_BF16 } else { fs::fi_dtype::FI_DTYPE_F32 },
+            logits_dtype: if inputs.bf16.is_some() {
+                fs::fi_dtype::FI_DTYPE_BF16
+            } else {
+                fs::fi_dtype::FI_DTYPE_F32
+            },
             bias_dtype: fs::fi_dtype::FI_DTYPE_F32,
         };
         let logits = match (&inputs.f32, &inputs.bf16) {
@@ -553,13 +664,30 @@ impl RawRouter {
             (_, Some(l)) => l.device_ptr(&b.stream).0,
             _ => unreachable!(),
         } as *const std::ffi::c_void;
-        let bias = inputs.bias.as_ref().map_or(std::ptr::null(), |x| x.device_ptr(&b.stream).0 as *const std::ffi::c_void);
-        RawRouter { params, buffers, logits, bias, _owned: (w, ints) }
+        let bias = inputs.bias.as_ref().map_or(std::ptr::null(), |x| {
+            x.device_ptr(&b.stream).0 as *const std::ffi::c_void
+        });
+        RawRouter {
+            params,
+            buffers,
+            logits,
+            bias,
+            _owned: (w, ints),
+        }
     }
 
     fn launch(&self, b: &Bench, replay: *mut i16) {
         let stream = b.stream.cu_stream() as *mut std::ffi::c_void;
-        let st = unsafe { fs::fi_routing_run(&self.params, self.logits, self.bias, &self.buffers, replay, stream) };
+        let st = unsafe {
+            fs::fi_routing_run(
+                &self.params,
+                self.logits,
+                self.bias,
+                &self.buffers,
+                replay,
+                stream,
+            )
+        };
         debug_assert_eq!(st, fs::fi_status::FI_STATUS_OK);
     }
 }
@@ -600,6 +728,7 @@ fn main() {
     }
     if run("readback") {
         readback(&b);
+        readback_overlap(&b);
     }
     if run("peers") {
         peers(&b);

@@ -769,17 +769,24 @@ fn shared_inputs_digest(ctx: &Ctx) -> SharedInputs {
     let upstream = hex(h.clone().finalize().as_slice());
     let mut headers = Vec::new();
     collect_files(&ctx.csrc(), "h", &mut headers);
-    hash_files(&mut h, headers);
+    hash_files(&mut h, &ctx.csrc(), headers);
     SharedInputs {
         upstream,
         ours: hex(h.finalize().as_slice()),
     }
 }
 
-fn hash_files(h: &mut Sha256, mut files: Vec<PathBuf>) {
+/// Hashes files by their path below `base` (not the absolute path: clones elsewhere share keys)
+/// and their content.
+fn hash_files(h: &mut Sha256, base: &Path, mut files: Vec<PathBuf>) {
     files.sort();
     for p in files {
-        h.update(p.to_string_lossy().as_bytes());
+        h.update(
+            p.strip_prefix(base)
+                .unwrap_or(&p)
+                .to_string_lossy()
+                .as_bytes(),
+        );
         h.update(fs::read(&p).unwrap_or_default());
     }
 }

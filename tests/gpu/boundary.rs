@@ -94,7 +94,10 @@ fn an_exception_inside_upstream_routing_arrives_as_a_typed_status_with_its_messa
     eprintln!("upstream routing check: {status:?}: {message}");
     assert_eq!(status, fs::fi_status::FI_STATUS_UPSTREAM_ERROR);
     // Upstream's own text (its printf-style placeholders are not substituted in 0.6.13).
-    assert!(message.contains("#expert groups") && message.contains("16 8"), "{message}");
+    assert!(
+        message.contains("#expert groups") && message.contains("16 8"),
+        "{message}"
+    );
     // The thread and the library keep working after the exception.
     g.stream.synchronize().unwrap();
 }
@@ -136,6 +139,9 @@ fn an_exception_inside_upstream_noaux_tc_arrives_as_a_typed_status_with_its_mess
     eprintln!("upstream NoAuxTc check: {status:?}: {message}");
     assert_eq!(status, fs::fi_status::FI_STATUS_UPSTREAM_ERROR);
     assert!(message.contains("unsupported configuration"), "{message}");
-    assert!(!message.contains('\n'), "the backtrace is dropped from the message: {message}");
+    assert!(
+        !message.contains('\n'),
+        "the backtrace is dropped from the message: {message}"
+    );
     g.stream.synchronize().unwrap();
 }

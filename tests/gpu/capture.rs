@@ -7,7 +7,7 @@ use flashinfer_rs::cudarc::driver::CudaSlice;
 use flashinfer_rs::routing::oracle::{self, SplitMix64};
 use flashinfer_rs::routing::{RouteInput, Router, RoutingBuffers, RoutingConfig, RoutingMethod};
 
-use crate::common::{gpu, Gpu};
+use crate::common::{env_list, gpu, Gpu};
 
 /// Rows of pre-generated logits per layer; each step routes a random window of them.
 const POOL: usize = 2048;
@@ -257,13 +257,15 @@ fn captured_rows_equal_the_oracle_over_a_thousand_steps() {
         topk_group: 4,
         routed_scaling_factor: 2.5,
     };
+    // FLASHINFER_RS_SOAK_STEPS=10000 turns this into the long soak.
+    let steps = env_list("FLASHINFER_RS_SOAK_STEPS", &[1000])[0];
     for (cfg, layers) in [
         (RoutingConfig::new(RoutingMethod::Renormalize, 64, 4), 4),
         (RoutingConfig::new(RoutingMethod::Renormalize, 128, 8), 48),
         (RoutingConfig::new(ds, 256, 8), 61),
     ] {
         let m = model(&g, cfg, layers);
-        eager(&g, &m, 1000);
-        graph(&g, &m, 1000);
+        eager(&g, &m, steps);
+        graph(&g, &m, steps);
     }
 }

@@ -43,3 +43,19 @@ pub fn gpu(test: &str) -> Option<Gpu> {
         _lock: lock,
     })
 }
+
+/// A list of numbers from the environment (`FLASHINFER_RS_ROUTING_TOKENS=1,5,300`), else `default`.
+/// Lets the sanitizer script run a reduced matrix and the soak run longer.
+pub fn env_list(var: &str, default: &[usize]) -> Vec<usize> {
+    match std::env::var(var) {
+        Ok(v) => v
+            .split(',')
+            .map(|x| {
+                x.trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("{var}: bad number {x}"))
+            })
+            .collect(),
+        Err(_) => default.to_vec(),
+    }
+}

@@ -4,6 +4,7 @@
 //! `FLASHINFER_RS_REQUIRE_GPU=1` a missing GPU fails them instead. Tests take a file lock for
 //! the whole test, so they run one at a time on the GPU both as threads of this binary and as
 //! separate processes under nextest.
+mod bad_inputs;
 mod boundary;
 mod capture;
 mod common;

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs the packed GPU tests under compute-sanitizer's memcheck, racecheck, initcheck and
+# synccheck (on the GPU machine, after scripts/gpu-pack.sh). Zero errors expected; exits
+# non-zero on the first tool that reports any. The routing matrix runs a reduced token set
+# (every tier still reached) and the capture soak 100 steps, since the tools slow kernels
+# down 10-100x.
+#
+#     bash scripts/sanitize.sh [tool ...]      # default: all four
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export FLASHINFER_RS_REQUIRE_GPU=1
+export FLASHINFER_RS_ROUTING_TOKENS=${FLASHINFER_RS_ROUTING_TOKENS:-1,5,17,257,2048}
+export FLASHINFER_RS_SOAK_STEPS=${FLASHINFER_RS_SOAK_STEPS:-100}
+tools=("$@")
+[ ${#tools[@]} -gt 0 ] || tools=(memcheck racecheck initcheck synccheck)
+status=0
+for tool in "${tools[@]}"; do
+  echo "== compute-sanitizer --tool $tool"
+  start=$(date +%s)
+  compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 \
+    gpu-pack/bin/gpu --test-threads=1 2>&1 | grep -vE "^test .* ok$"
+  rc=${PIPESTATUS[0]}
+  echo "== $tool: exit $rc in $(( $(date +%s) - start ))s"
+  [ "$rc" -eq 0 ] || status=$rc
+done
+exit $status

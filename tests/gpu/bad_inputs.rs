@@ -1,0 +1,134 @@
+//! Bad inputs that need device memory to construct: each gets its typed error, before any
+//! launch.
+use flashinfer_rs::capture::{CaptureConfig, CaptureStore, StepLayout};
+use flashinfer_rs::cudarc::driver::CudaContext;
+use flashinfer_rs::routing::{RouteInput, Router, RoutingBuffers, RoutingConfig, RoutingMethod};
+use flashinfer_rs::{Error, ReplayView};
+
+use crate::common::gpu;
+
+#[test]
+fn a_replay_view_must_be_exactly_rows_by_cols() {
+    let Some(g) = gpu("a_replay_view_must_be_exactly_rows_by_cols") else {
+        return;
+    };
+    let mut s = g.stream.alloc_zeros::<i16>(10).unwrap();
+    let err = ReplayView::new(s.as_view_mut(), 3, 4).unwrap_err();
+    assert!(
+        matches!(err, Error::InvalidArgument { arg: "replay", ref rule } if rule.contains("not rows (3) x cols (4)")),
+        "{err}"
+    );
+    assert!(matches!(
+        ReplayView::from_slice(&mut s, 4),
+        Err(Error::InvalidArgument { arg: "replay", .. })
+    ));
+    assert!(matches!(
+        ReplayView::from_slice(&mut s, 0),
+        Err(Error::InvalidArgument { arg: "replay", .. })
+    ));
+}
+
+#[test]
+fn buffers_of_another_cuda_context_are_refused() {
+    let Some(g) = gpu("buffers_of_another_cuda_context_are_refused") else {
+        return;
+    };
+    let other = CudaContext::new_non_primary(0, 0).unwrap();
+    let other_stream = other.default_stream();
+    let cfg = RoutingConfig::new(RoutingMethod::Renormalize, 64, 4);
+    let router = Router::new(cfg).unwrap();
+    let mut buffers = RoutingBuffers::new(&g.stream, &cfg, 8).unwrap();
+    let foreign_logits = other_stream.alloc_zeros::<f32>(8 * 64).unwrap();
+    let input = RouteInput {
+        logits: (&foreign_logits).into(),
+        bias: None,
+        num_tokens: 8,
+    };
+    assert_eq!(
+        router.route(&g.stream, &input, &mut buffers, None),
+        Err(Error::ContextMismatch { arg: "logits" })
+    );
+    let logits = g.stream.alloc_zeros::<f32>(8 * 64).unwrap();
+    let mut foreign_replay = other_stream.alloc_zeros::<i16>(8 * 4).unwrap();
+    let input = RouteInput {
+        logits: (&logits).into(),
+        bias: None,
+        num_tokens: 8,
+    };
+    let mut view = ReplayView::from_slice(&mut foreign_replay, 4).unwrap();
+    assert_eq!(
+        router.route(&g.stream, &input, &mut buffers, Some(&mut view)),
+        Err(Error::ContextMismatch { arg: "replay" })
+    );
+    let mut foreign_buffers = RoutingBuffers::new(&other_stream, &cfg, 8).unwrap();
+    assert_eq!(
+        router.route(&g.stream, &input, &mut foreign_buffers, None),
+        Err(Error::ContextMismatch { arg: "buffers" })
+    );
+    g.ctx.bind_to_thread().unwrap();
+}
+
+#[test]
+fn the_capture_protocol_refuses_misuse_without_blocking() {
+    let Some(g) = gpu("the_capture_protocol_refuses_misuse_without_blocking") else {
+        return;
+    };
+    let cfg = CaptureConfig {
+        moe_layers: 2,
+        max_tokens: 8,
+        top_k: 2,
+        slots: 2,
+        layer_map: Some(vec![None, Some(0), Some(1)]),
+    };
+    let mut store = CaptureStore::new(&g.stream, cfg.clone()).unwrap();
+    assert_eq!(
+        store.slot_of(0).unwrap(),
+        None,
+        "a dense layer has no MoE slot"
+    );
+    assert_eq!(store.slot_of(2).unwrap(), Some(1));
+    assert!(matches!(
+        store.slot_of(3),
+        Err(Error::InvalidArgument { arg: "layer", .. })
+    ));
+    assert!(matches!(
+        store.layer_view(2),
+        Err(Error::InvalidArgument { arg: "slot", .. })
+    ));
+    assert!(
+        matches!(
+            store.end_step(&g.stream),
+            Err(Error::InvalidArgument {
+                arg: "end_step",
+                ..
+            })
+        ),
+        "no step begun"
+    );
+    assert!(matches!(
+        store.begin_step(StepLayout::single(9)),
+        Err(Error::InvalidArgument { arg: "layout", .. })
+    ));
+    for _ in 0..2 {
+        store.begin_step(StepLayout::single(4)).unwrap();
+        store.end_step(&g.stream).unwrap();
+    }
+    store.begin_step(StepLayout::single(4)).unwrap();
+    assert!(matches!(
+        store.begin_step(StepLayout::single(4)),
+        Err(Error::InvalidArgument {
+            arg: "begin_step",
+            ..
+        })
+    ));
+    // Both slots in flight: a typed error, not a hidden wait; collecting frees one.
+    assert!(
+        matches!(store.end_step(&g.stream), Err(Error::InvalidArgument { arg: "end_step", ref rule }) if rule.contains("collect"))
+    );
+    assert!(store.collect().unwrap().is_some());
+    store.end_step(&g.stream).unwrap();
+    assert!(matches!(
+        CaptureStore::new(&g.stream, CaptureConfig { slots: 1, ..cfg }),
+        Err(Error::InvalidArgument { arg: "slots", .. })
+    ));
+}

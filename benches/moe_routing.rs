@@ -95,18 +95,23 @@ struct Shape {
     bf16: bool,
 }
 
-fn shapes() -> Vec<Shape> {
+/// DeepSeek-V3's router: 256 experts, top-8, 8 groups with 4 kept, fp32 logits.
+fn deepseek_v3() -> Shape {
     let ds = RoutingMethod::DeepSeekV3 {
         n_group: 8,
         topk_group: 4,
         routed_scaling_factor: 2.5,
     };
+    Shape {
+        name: "DeepSeek-V3 (256e, top-8, 8 groups/4 kept, fp32)",
+        cfg: RoutingConfig::new(ds, 256, 8),
+        bf16: false,
+    }
+}
+
+fn shapes() -> Vec<Shape> {
     vec![
-        Shape {
-            name: "DeepSeek-V3 (256e, top-8, 8 groups/4 kept, fp32)",
-            cfg: RoutingConfig::new(ds, 256, 8),
-            bf16: false,
-        },
+        deepseek_v3(),
         Shape {
             name: "Qwen3-30B-A3B (128e, top-8, Renormalize, bf16)",
             cfg: RoutingConfig::new(RoutingMethod::Renormalize, 128, 8),
@@ -230,21 +235,8 @@ fn capture_step(b: &Bench) {
     println!("Per step, median (p10..p90). Target: zero-copy <= 1.01 x capture off.\n");
     println!("| model | L | tokens | capture off (us) | zero-copy store (us) | per-layer copy (us) | zero-copy ratio | per-layer-copy ratio | target |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
-    let ds = RoutingMethod::DeepSeekV3 {
-        n_group: 8,
-        topk_group: 4,
-        routed_scaling_factor: 2.5,
-    };
     let models = [
-        (
-            "DeepSeek-V3",
-            Shape {
-                name: "",
-                cfg: RoutingConfig::new(ds, 256, 8),
-                bf16: false,
-            },
-            61usize,
-        ),
+        ("DeepSeek-V3", deepseek_v3(), 61usize),
         (
             "Qwen3-30B-A3B",
             Shape {
@@ -400,16 +392,7 @@ fn readback_overlap(b: &Bench) {
     println!("Host time per step over 200 steps (median of 5 runs); DeepSeek-V3 routing, L = 61. Target: with readback / without <= 1.01.\n");
     println!("| tokens | steps without readback (us/step) | with readback in flight (us/step) | ratio | target |");
     println!("|---:|---:|---:|---:|---|");
-    let ds = RoutingMethod::DeepSeekV3 {
-        n_group: 8,
-        topk_group: 4,
-        routed_scaling_factor: 2.5,
-    };
-    let s = Shape {
-        name: "",
-        cfg: RoutingConfig::new(ds, 256, 8),
-        bf16: false,
-    };
+    let s = deepseek_v3();
     let router = Router::new(s.cfg).unwrap();
     let layers = 61;
     const STEPS: usize = 200;
@@ -471,16 +454,7 @@ fn peers(b: &Bench) {
     println!("Per call, median. Effective bandwidth = logits bytes / time; copy = a device-to-device copy of the logits, (read + write) / time.\n");
     println!("| tokens | ours (us) | NoAuxTc (us) | ours / NoAuxTc | target (<= 1) | logits GB/s | D2D copy GB/s | fraction |");
     println!("|---:|---:|---:|---:|---|---:|---:|---:|");
-    let ds = RoutingMethod::DeepSeekV3 {
-        n_group: 8,
-        topk_group: 4,
-        routed_scaling_factor: 2.5,
-    };
-    let s = Shape {
-        name: "",
-        cfg: RoutingConfig::new(ds, 256, 8),
-        bf16: false,
-    };
+    let s = deepseek_v3();
     let router = Router::new(s.cfg).unwrap();
     const N: usize = 10;
     for t in TOKENS {

@@ -194,8 +194,12 @@ def apply_patch(entry: dict, tree: Path) -> None:
             f"sha256 mismatch for {path}:\n  expected {entry['sha256']}\n  actual   {actual}\n"
             "Update its sha256 in vendor/MANIFEST.toml when you change a patch."
         )
-    cmd = ["patch", "-p1", "--forward", "--quiet", "-d", str(tree / entry["directory"]), "-i", str(path)]
-    subprocess.run(cmd, check=True)
+    target = tree / entry["directory"]
+    if shutil.which("patch"):
+        cmd = ["patch", "-p1", "--forward", "--quiet", "-d", str(target), "-i", str(path)]
+    else:  # git applies patches outside a repository too, and CI always has git
+        cmd = ["git", "apply", "-p1", str(path)]
+    subprocess.run(cmd, check=True, cwd=target)
     log(f"applied {entry['file']}")
 
 

@@ -3,7 +3,9 @@
 //!
 //! | capability | Hopper (sm_90) | Blackwell (sm_100) | no kernels built |
 //! |---|---|---|---|
-//! | [`routing`]: every 0.6.13 routing method, replay | yes (`sm90`) | yes (`sm100`) | [`Error::KernelsNotBuilt`] |
+//! | [`routing`]: every 0.6.13 routing method, replay, CPU oracle | yes (`sm90`) | yes (`sm100`) | [`Error::KernelsNotBuilt`] (oracle works) |
+//! | [`capture`]: zero-copy layer store, async step readback, request assembly, vLLM/SGLang export | yes | yes | host side only |
+//! | [`fused`]: tactic query | [`Error::UnsupportedArch`] | yes (`sm100`) | [`Error::KernelsNotBuilt`] |
 //! | build and device queries ([`build_info`], [`device_info`]) | yes | yes | build info only |
 //!
 //! Layers: `flashinfer-sys` is the raw C ABI; this crate checks every argument against

@@ -471,7 +471,7 @@ impl Router {
             }
         };
         // SAFETY: every pointer is device memory of `ctx` (checked above) sized for this call
-        // (`check_fits`, the logits/bias/replay checks); the context is current on this thread;
+        // (`validate_call`); the context is current on this thread;
         // the guards keep the memory and its stream ordering alive until the call returns.
         check(unsafe {
             sys::fi_routing_run(

@@ -360,7 +360,7 @@ fn readback(b: &Bench) {
         let (mut ours, mut peak) = (Vec::new(), Vec::new());
         for i in 0..WARMUP + REPS {
             b.stream.synchronize().unwrap();
-            store.begin_step(StepLayout::single(t)).unwrap();
+            store.begin_step(&b.stream, StepLayout::single(t)).unwrap();
             let t0 = Instant::now();
             store.end_step(&b.stream).unwrap();
             store.wait_for_oldest().unwrap();
@@ -426,7 +426,7 @@ fn readback_overlap(b: &Bench) {
             plain.push(t0.elapsed().as_secs_f64() * 1e6 / STEPS as f64);
             let t1 = Instant::now();
             for _ in 0..STEPS {
-                store.begin_step(StepLayout::single(t)).unwrap();
+                store.begin_step(&b.stream, StepLayout::single(t)).unwrap();
                 step.launch().unwrap();
                 store.end_step(&b.stream).unwrap();
                 if store.in_flight() == 2 {

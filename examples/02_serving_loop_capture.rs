@@ -77,7 +77,9 @@ struct Gpu {
 }
 impl Router6 for Gpu {
     fn step(&mut self, rows: usize) -> Option<StepRows> {
-        self.store.begin_step(StepLayout::single(rows)).unwrap();
+        self.store
+            .begin_step(&self.stream, StepLayout::single(rows))
+            .unwrap();
         for layer in 0..LAYERS {
             let (logits, _) = oracle::separated_logits(&self.cfg, rows, false, self.rng.next_u64());
             let logits = self.stream.clone_htod(&logits).unwrap();

@@ -106,16 +106,16 @@ fn the_capture_protocol_refuses_misuse_without_blocking() {
         "no step begun"
     );
     assert!(matches!(
-        store.begin_step(StepLayout::single(9)),
+        store.begin_step(&g.stream, StepLayout::single(9)),
         Err(Error::InvalidArgument { arg: "layout", .. })
     ));
     for _ in 0..2 {
-        store.begin_step(StepLayout::single(4)).unwrap();
+        store.begin_step(&g.stream, StepLayout::single(4)).unwrap();
         store.end_step(&g.stream).unwrap();
     }
-    store.begin_step(StepLayout::single(4)).unwrap();
+    store.begin_step(&g.stream, StepLayout::single(4)).unwrap();
     assert!(matches!(
-        store.begin_step(StepLayout::single(4)),
+        store.begin_step(&g.stream, StepLayout::single(4)),
         Err(Error::InvalidArgument {
             arg: "begin_step",
             ..

@@ -170,7 +170,7 @@ fn eager(g: &Gpu, m: &Model, steps: usize) {
         let layout = random_layout(&mut rng, None);
         let t = layout.routed_rows;
         let offsets: Vec<usize> = (0..m.layers).map(|_| rng.below(POOL - MAX_ROWS)).collect();
-        store.begin_step(layout.clone()).unwrap();
+        store.begin_step(&g.stream, layout.clone()).unwrap();
         for (l, &off) in offsets.iter().enumerate() {
             let logits = m.pool[l].slice(off * e..(off + t) * e);
             let input = RouteInput {
@@ -238,7 +238,7 @@ fn graph(g: &Gpu, m: &Model, steps: usize) {
             let src = m.pool[l].slice(off * e..(off + padded) * e);
             g.stream.memcpy_dtod(&src, &mut inputs[l]).unwrap();
         }
-        store.begin_step(layout.clone()).unwrap();
+        store.begin_step(&g.stream, layout.clone()).unwrap();
         graph.launch().unwrap();
         store.end_step(&g.stream).unwrap();
         soak.step_ended(&mut store, layout, offsets, 3);
@@ -268,4 +268,67 @@ fn captured_rows_equal_the_oracle_over_a_thousand_steps() {
         eager(&g, &m, steps);
         graph(&g, &m, steps);
     }
+}
+
+/// The next step starts overwriting every layer view at once while the previous step's 8 MB
+/// are still on their way to the host. With cudarc's event tracking off (as under CUDA graphs)
+/// nothing but the store orders the two; the previous step's rows must arrive intact.
+#[test]
+fn the_next_step_cannot_overwrite_rows_still_being_read_back() {
+    let Some(g) = gpu("the_next_step_cannot_overwrite_rows_still_being_read_back") else {
+        return;
+    };
+    let (layers, tokens) = (61usize, 8192usize);
+    let cfg = RoutingConfig::new(RoutingMethod::Renormalize, 64, 8);
+    let router = Router::new(cfg).unwrap();
+    let mut buffers = RoutingBuffers::new(&g.stream, &cfg, tokens).unwrap();
+    let cap = CaptureConfig {
+        moe_layers: layers,
+        max_tokens: tokens,
+        top_k: 8,
+        slots: 2,
+        layer_map: None,
+    };
+    let mut store = CaptureStore::new(&g.stream, cap).unwrap();
+    let mut want = Vec::new();
+    let mut logits = Vec::new();
+    for seed in [1u64, 2] {
+        let (l, _) = oracle::separated_logits(&cfg, tokens, false, seed);
+        want.push(oracle::route(&cfg, &l, None, tokens).ids);
+        logits.push(g.stream.clone_htod(&l).unwrap());
+    }
+    g.stream.synchronize().unwrap();
+    unsafe { g.ctx.disable_event_tracking() };
+    for step_logits in &logits {
+        store
+            .begin_step(&g.stream, StepLayout::single(tokens))
+            .unwrap();
+        for l in 0..layers {
+            let input = RouteInput {
+                logits: step_logits.into(),
+                bias: None,
+                num_tokens: tokens,
+            };
+            let mut view = store.layer_view(l).unwrap();
+            router
+                .route(&g.stream, &input, &mut buffers, Some(&mut view))
+                .unwrap();
+        }
+        store.end_step(&g.stream).unwrap();
+    }
+    for (step, want) in want.iter().enumerate() {
+        let got = store.collect().unwrap().unwrap();
+        for l in 0..layers {
+            for r in 0..tokens {
+                let at = (r * layers + l) * 8;
+                assert_eq!(
+                    &got.rows.ids[at..at + 8],
+                    &want[r * 8..(r + 1) * 8],
+                    "step {step} layer {l} row {r}"
+                );
+            }
+        }
+    }
+    unsafe { g.ctx.enable_event_tracking() };
+    eprintln!("capture ordering: 2 steps of 61 x 8192 rows, back to back, both read back intact");
 }

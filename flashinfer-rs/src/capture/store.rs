@@ -7,10 +7,14 @@
 //! CUDA graph captured over the layers' routing calls stays valid step after step.
 //!
 //! The step protocol ([`CaptureStore::end_step`], [`CaptureStore::collect`]):
-//! 1. `end_step(&compute)` records an event on the compute stream; a side stream waits for it
-//!    and copies the step's kept rows of every layer (one 2D copy) into a free pinned slot,
-//!    then records a completion event. The compute stream is never synchronised.
-//! 2. `collect()` waits for the oldest step's copy only, transposes it to token-major
+//! 1. `begin_step(&compute, layout)` makes `compute` wait (on the device) until the previous
+//!    step's rows have left the layer views, so no step overwrites rows still being read.
+//! 2. `end_step(&compute)` records an event on the compute stream; a side stream waits for it,
+//!    copies the step's kept rows of every layer into a slot's device staging buffer (one 2D
+//!    device-to-device copy, microseconds: the views are then free for the next step), then
+//!    into the slot's pinned host memory (one contiguous copy), and records a completion
+//!    event. The host never waits here.
+//! 3. `collect()` waits for the oldest step's copy only, transposes it to token-major
 //!    `(tokens, layers, top_k)` and frees its slot. With `slots >= 2`, step n+1 computes
 //!    while step n drains.
 
@@ -19,7 +23,7 @@ use std::ops::Range;
 use std::sync::Arc;
 
 use cudarc::driver::{
-    sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, PinnedHostSlice,
+    sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, PinnedHostSlice,
 };
 
 use super::assemble::StepRows;
@@ -119,6 +123,10 @@ pub struct CaptureConfig {
 }
 
 struct Slot {
+    /// Device copy of the step's kept rows, `[layers][rows][top_k]` packed: taken right after
+    /// the step (fast, device to device), so the next step may overwrite the layer views
+    /// while the slow device-to-host copy reads this instead.
+    staging: CudaSlice<i16>,
     host: PinnedHostSlice<i16>,
     done: CudaEvent,
 }
@@ -136,6 +144,11 @@ pub struct CaptureStore {
     device: CudaSlice<i16>,
     side: Arc<CudaStream>,
     step_done_on_compute: CudaEvent,
+    /// Recorded on the side stream once the last step's rows left the layer views (the
+    /// device-to-device staging copy): the next step's writes wait for it.
+    views_free: CudaEvent,
+    /// Whether `views_free` was ever recorded.
+    views_used: bool,
     slots: Vec<Slot>,
     free: Vec<usize>,
     in_flight: VecDeque<InFlight>,
@@ -192,6 +205,7 @@ impl CaptureStore {
             // SAFETY: the slot is only read after a copy into it completed.
             let host = unsafe { ctx.alloc_pinned_with_flags::<i16>(total, 0) }?;
             slots.push(Slot {
+                staging: stream.alloc_zeros::<i16>(total)?,
                 host,
                 done: ctx.new_event(None)?,
             });
@@ -199,6 +213,8 @@ impl CaptureStore {
         let free = (0..cfg.slots).rev().collect();
         Ok(CaptureStore {
             step_done_on_compute: ctx.new_event(None)?,
+            views_free: ctx.new_event(None)?,
+            views_used: false,
             cfg,
             ctx,
             device,
@@ -245,12 +261,20 @@ impl CaptureStore {
         ReplayView::new(view, self.cfg.max_tokens, self.cfg.top_k)
     }
 
-    /// Starts a step: the layers are about to route `layout.routed_rows` rows.
-    pub fn begin_step(&mut self, layout: StepLayout) -> Result<()> {
+    /// Starts a step whose layers `compute` is about to run (`layout.routed_rows` rows).
+    ///
+    /// Orders `compute` after the previous step's rows have been staged out of the layer
+    /// views (a device-side wait on a short device-to-device copy; the host never waits), so
+    /// this step cannot overwrite rows still being read back. Call it before the step's
+    /// kernels, or before launching a graph of them.
+    pub fn begin_step(&mut self, compute: &CudaStream, layout: StepLayout) -> Result<()> {
         layout.check(self.cfg.max_tokens)?;
         ensure(self.current.is_none(), "begin_step", || {
             "the previous step was not ended".into()
         })?;
+        if self.views_used {
+            compute.wait(&self.views_free)?;
+        }
         self.current = Some(layout);
         Ok(())
     }
@@ -279,13 +303,12 @@ impl CaptureStore {
         self.side.wait(&self.step_done_on_compute)?;
         if rows > 0 {
             let elem = std::mem::size_of::<i16>();
-            let (src, _guard) = self.device.device_ptr(&self.side);
+            let (src, _g1) = self.device.device_ptr(&self.side);
             let s = &mut self.slots[slot];
-            // The slot's previous copy completed before it was freed (collect waits); the
-            // pointer stays valid for the life of the store.
-            let dst = s.host.as_mut_ptr()?;
-            // Layer l's kept rows: device [l][keep][..] -> host [l][0..rows][..] (pitch rows*k).
-            let copy = sys::CUDA_MEMCPY2D {
+            let (staging, _g2) = s.staging.device_ptr_mut(&self.side);
+            // 1. Layer l's kept rows: views [l][keep][..] -> staging [l][0..rows][..], one 2D
+            //    device-to-device copy (fast: the views are free again once it is done).
+            let stage = sys::CUDA_MEMCPY2D {
                 srcXInBytes: layout.keep.start * k * elem,
                 srcY: 0,
                 srcMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
@@ -295,18 +318,30 @@ impl CaptureStore {
                 srcPitch: max * k * elem,
                 dstXInBytes: 0,
                 dstY: 0,
-                dstMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_HOST,
-                dstHost: dst as *mut _,
-                dstDevice: 0,
+                dstMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+                dstHost: std::ptr::null_mut(),
+                dstDevice: staging,
                 dstArray: std::ptr::null_mut(),
                 dstPitch: rows * k * elem,
                 WidthInBytes: rows * k * elem,
                 Height: self.cfg.moe_layers,
             };
             self.ctx.bind_to_thread()?;
-            // SAFETY: source and destination regions lie inside their allocations (checked
-            // layout, pitches as allocated); the copy is ordered on the side stream.
-            unsafe { sys::cuMemcpy2DAsync_v2(&copy, self.side.cu_stream()) }.result()?;
+            // SAFETY: both regions lie inside their allocations (checked layout, pitches as
+            // allocated); ordered on the side stream after the step's kernels.
+            unsafe { sys::cuMemcpy2DAsync_v2(&stage, self.side.cu_stream()) }.result()?;
+            self.views_free.record(&self.side)?;
+            self.views_used = true;
+            // 2. Staging -> pinned host slot, one contiguous copy. The slot's previous copy
+            //    completed before it was freed (collect waits).
+            let bytes = self.cfg.moe_layers * rows * k * elem;
+            let dst = s.host.as_mut_ptr()?;
+            // SAFETY: `bytes` fits both the staging buffer and the pinned slot (each holds
+            // every layer's max_tokens rows); ordered after the staging copy on the side stream.
+            unsafe {
+                sys::cuMemcpyDtoHAsync_v2(dst as *mut _, staging, bytes, self.side.cu_stream())
+            }
+            .result()?;
         }
         self.slots[slot].done.record(&self.side)?;
         let step = self.steps;

@@ -139,13 +139,20 @@ impl<'a> Soak<'a> {
         while self.collect_one(store) {}
         g.stream.synchronize().unwrap();
         let free_after = g.ctx.mem_get_info().unwrap().0;
-        assert_eq!(
-            self.free_before,
-            Some(free_after),
-            "device memory changed over steps {WARM_UP}..{steps}"
-        );
+        // compute-sanitizer allocates device memory for its own bookkeeping as the run goes:
+        // scripts/sanitize.sh sets this, and the check would measure the tool, not the store.
+        let memory = if std::env::var_os("FLASHINFER_RS_UNDER_SANITIZER").is_some() {
+            "device memory not checked (under compute-sanitizer)"
+        } else {
+            assert_eq!(
+                self.free_before,
+                Some(free_after),
+                "device memory changed over steps {WARM_UP}..{steps}"
+            );
+            "device memory flat"
+        };
         eprintln!(
-            "capture {mode}: {} layers, {} steps checked against the oracle, device memory flat",
+            "capture {mode}: {} layers, {} steps checked against the oracle, {memory}",
             self.m.layers, self.checked
         );
     }

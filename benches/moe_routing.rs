@@ -613,34 +613,12 @@ impl RawRouter {
             cta_idx_xy_to_mn_limit: p[6],
             num_non_exiting_ctas: p[7],
         };
-        let (n_group, topk_group, scale) = match cfg.method {
-            RoutingMethod::DeepSeekV3 {
-                n_group,
-                topk_group,
-                routed_scaling_factor,
-            } => (n_group, topk_group, routed_scaling_factor),
-            _ => (0, 0, 1.0),
+        let logits_dtype = if inputs.bf16.is_some() {
+            fs::fi_dtype::FI_DTYPE_BF16
+        } else {
+            fs::fi_dtype::FI_DTYPE_F32
         };
-        let params = fs::fi_routing_params {
-            method: cfg.method.upstream_value() as i32,
-            num_tokens: t as i32,
-            num_experts: e,
-            top_k: k,
-            n_group: n_group as i32,
-            topk_group: topk_group as i32,
-            local_expert_offset: 0,
-            local_num_experts: e,
-            tile_tokens_dim: cfg.tile_tokens_dim as i32,
-            routed_scaling_factor: scale,
-            norm_topk_prob: 0,
-            use_pdl: cfg.use_pdl as i32,
-            logits_dtype: if inputs.bf16.is_some() {
-                fs::fi_dtype::FI_DTYPE_BF16
-            } else {
-                fs::fi_dtype::FI_DTYPE_F32
-            },
-            bias_dtype: fs::fi_dtype::FI_DTYPE_F32,
-        };
+        let params = cfg.raw_params(t, logits_dtype, fs::fi_dtype::FI_DTYPE_F32);
         let logits = match (&inputs.f32, &inputs.bf16) {
             (Some(l), _) => l.device_ptr(&b.stream).0,
             (_, Some(l)) => l.device_ptr(&b.stream).0,

@@ -147,8 +147,6 @@ pub struct CaptureStore {
     /// Recorded on the side stream once the last step's rows left the layer views (the
     /// device-to-device staging copy): the next step's writes wait for it.
     views_free: CudaEvent,
-    /// Whether `views_free` was ever recorded.
-    views_used: bool,
     slots: Vec<Slot>,
     free: Vec<usize>,
     in_flight: VecDeque<InFlight>,
@@ -214,7 +212,6 @@ impl CaptureStore {
         Ok(CaptureStore {
             step_done_on_compute: ctx.new_event(None)?,
             views_free: ctx.new_event(None)?,
-            views_used: false,
             cfg,
             ctx,
             device,
@@ -272,9 +269,9 @@ impl CaptureStore {
         ensure(self.current.is_none(), "begin_step", || {
             "the previous step was not ended".into()
         })?;
-        if self.views_used {
-            compute.wait(&self.views_free)?;
-        }
+        // Before the first step `views_free` was never recorded, and a wait on such an event
+        // completes at once.
+        compute.wait(&self.views_free)?;
         self.current = Some(layout);
         Ok(())
     }
@@ -331,7 +328,6 @@ impl CaptureStore {
             // allocated); ordered on the side stream after the step's kernels.
             unsafe { sys::cuMemcpy2DAsync_v2(&stage, self.side.cu_stream()) }.result()?;
             self.views_free.record(&self.side)?;
-            self.views_used = true;
             // 2. Staging -> pinned host slot, one contiguous copy. The slot's previous copy
             //    completed before it was freed (collect waits).
             let bytes = self.cfg.moe_layers * rows * k * elem;

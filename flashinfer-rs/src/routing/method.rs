@@ -210,6 +210,49 @@ impl RoutingConfig {
         self
     }
 
+    /// The C ABI parameters of a call routing `num_tokens` rows of this config: the one place
+    /// the method's own parameters become `fi_routing_params` (the safe call uses it, and so
+    /// can callers of the raw bindings). Assumes a validated config.
+    pub fn raw_params(
+        &self,
+        num_tokens: usize,
+        logits_dtype: sys::fi_dtype::Type,
+        bias_dtype: sys::fi_dtype::Type,
+    ) -> sys::fi_routing_params {
+        let (n_group, topk_group, routed_scaling_factor) = match self.method {
+            RoutingMethod::DeepSeekV3 {
+                n_group,
+                topk_group,
+                routed_scaling_factor,
+            } => (n_group, topk_group, routed_scaling_factor),
+            RoutingMethod::MiniMax2 {
+                routed_scaling_factor,
+            } => (0, 0, routed_scaling_factor),
+            _ => (0, 0, 1.0),
+        };
+        sys::fi_routing_params {
+            method: self.method.upstream_value() as i32,
+            num_tokens: num_tokens as i32,
+            num_experts: self.num_experts as i32,
+            top_k: self.top_k as i32,
+            n_group: n_group as i32,
+            topk_group: topk_group as i32,
+            local_expert_offset: self.local_expert_offset as i32,
+            local_num_experts: self.local_num_experts as i32,
+            tile_tokens_dim: self.tile_tokens_dim as i32,
+            routed_scaling_factor,
+            norm_topk_prob: matches!(
+                self.method,
+                RoutingMethod::SigmoidRenorm {
+                    norm_topk_prob: true
+                }
+            ) as i32,
+            use_pdl: self.use_pdl as i32,
+            logits_dtype,
+            bias_dtype,
+        }
+    }
+
     /// Checks every rule FlashInfer 0.6.13 has for this method, plus the ones it forgets.
     pub fn validate(&self) -> Result<()> {
         let (e, k) = (self.num_experts, self.top_k);
@@ -535,6 +578,71 @@ mod tests {
                 "{cfg:?}: `{got_rule}` should mention `{rule}`"
             );
         }
+    }
+
+    #[test]
+    fn raw_params_carry_each_methods_own_parameters() {
+        use sys::fi_dtype::{FI_DTYPE_BF16, FI_DTYPE_F32};
+        let p = RoutingConfig::new(ds(8, 4), 256, 8)
+            .with_local_experts(64, 64)
+            .raw_params(17, FI_DTYPE_F32, FI_DTYPE_BF16);
+        assert_eq!(
+            (p.method, p.num_tokens, p.num_experts, p.top_k),
+            (2, 17, 256, 8)
+        );
+        assert_eq!(
+            (p.n_group, p.topk_group, p.routed_scaling_factor),
+            (8, 4, 2.5)
+        );
+        assert_eq!(
+            (
+                p.local_expert_offset,
+                p.local_num_experts,
+                p.tile_tokens_dim,
+                p.use_pdl
+            ),
+            (64, 64, 8, 1)
+        );
+        assert_eq!(
+            (p.logits_dtype, p.bias_dtype),
+            (FI_DTYPE_F32, FI_DTYPE_BF16)
+        );
+        let p = RoutingConfig::new(
+            RoutingMethod::MiniMax2 {
+                routed_scaling_factor: 1.5,
+            },
+            256,
+            8,
+        )
+        .raw_params(1, FI_DTYPE_BF16, FI_DTYPE_F32);
+        assert_eq!(
+            (p.n_group, p.topk_group, p.routed_scaling_factor),
+            (0, 0, 1.5)
+        );
+        let on = RoutingConfig::new(
+            RoutingMethod::SigmoidRenorm {
+                norm_topk_prob: true,
+            },
+            64,
+            4,
+        )
+        .with_pdl(false);
+        let p = on.raw_params(1, FI_DTYPE_F32, FI_DTYPE_F32);
+        assert_eq!(
+            (p.norm_topk_prob, p.use_pdl, p.routed_scaling_factor),
+            (1, 0, 1.0)
+        );
+        let off = RoutingConfig::new(
+            RoutingMethod::SigmoidRenorm {
+                norm_topk_prob: false,
+            },
+            64,
+            4,
+        );
+        assert_eq!(
+            off.raw_params(1, FI_DTYPE_F32, FI_DTYPE_F32).norm_topk_prob,
+            0
+        );
     }
 
     #[test]

@@ -361,11 +361,7 @@ impl Router {
         replay: Option<&mut ReplayView<'_>>,
     ) -> Result<()> {
         let cfg = &self.cfg;
-        let (t, e, k) = (
-            input.num_tokens,
-            cfg.num_experts as usize,
-            cfg.top_k as usize,
-        );
+        let t = input.num_tokens;
         let call = CallShape {
             num_tokens: t,
             logits_len: input.logits.len(),
@@ -389,45 +385,11 @@ impl Router {
             return Err(Error::ContextMismatch { arg: "buffers" });
         }
 
-        let params = sys::fi_routing_params {
-            method: cfg.method.upstream_value() as i32,
-            num_tokens: t as i32,
-            num_experts: e as i32,
-            top_k: k as i32,
-            n_group: match cfg.method {
-                super::RoutingMethod::DeepSeekV3 { n_group, .. } => n_group as i32,
-                _ => 0,
-            },
-            topk_group: match cfg.method {
-                super::RoutingMethod::DeepSeekV3 { topk_group, .. } => topk_group as i32,
-                _ => 0,
-            },
-            local_expert_offset: cfg.local_expert_offset as i32,
-            local_num_experts: cfg.local_num_experts as i32,
-            tile_tokens_dim: cfg.tile_tokens_dim as i32,
-            routed_scaling_factor: match cfg.method {
-                super::RoutingMethod::DeepSeekV3 {
-                    routed_scaling_factor,
-                    ..
-                }
-                | super::RoutingMethod::MiniMax2 {
-                    routed_scaling_factor,
-                } => routed_scaling_factor,
-                _ => 1.0,
-            },
-            norm_topk_prob: matches!(
-                cfg.method,
-                super::RoutingMethod::SigmoidRenorm {
-                    norm_topk_prob: true
-                }
-            ) as i32,
-            use_pdl: cfg.use_pdl as i32,
-            logits_dtype: input.logits.dtype(),
-            bias_dtype: input
-                .bias
-                .as_ref()
-                .map_or(sys::fi_dtype::FI_DTYPE_F32, |b| b.dtype()),
-        };
+        let bias_dtype = input
+            .bias
+            .as_ref()
+            .map_or(sys::fi_dtype::FI_DTYPE_F32, |b| b.dtype());
+        let params = cfg.raw_params(t, input.logits.dtype(), bias_dtype);
 
         ctx.bind_to_thread()?;
         // The guards keep cudarc's stream ordering (event waits) alive across the call.

@@ -16,5 +16,7 @@ fi_status fi_get_abi_layout(fi_abi_layout* out) {
   FI_LAYOUT(build_info, fi_build_info);
   FI_LAYOUT(device_info, fi_device_info);
   FI_LAYOUT(moe_config_query, fi_moe_config_query);
+  FI_LAYOUT(tensor, fi_tensor);
+  FI_LAYOUT(moe_args, fi_moe_args);
   return FI_STATUS_OK;
 }

@@ -6,8 +6,11 @@
  *   - Every C++ exception (FlashInfer's checks throw) is caught inside the entry point and
  *     turned into a status plus a message, readable with `fi_last_error_message()` on the same
  *     thread until the next failing call on that thread. Nothing unwinds or aborts across it.
- *   - No allocation and no synchronisation in a launch entry point: callers pass every buffer,
- *     and the kernels are enqueued on the caller's stream. Graph capture is therefore safe.
+ *   - No synchronisation in a launch entry point, and no allocation in the routing ones: callers
+ *     pass every buffer and the kernels are enqueued on the caller's stream. The fused MoE
+ *     (fi_moe_run) needs scratch whose size only upstream knows; it takes it stream-ordered
+ *     on the caller's stream (see fi_moe_run), which graph capture records as allocation
+ *     nodes. Graph capture is therefore safe for every entry point.
  *   - Device pointers are plain `void*`/typed pointers into memory of the current CUDA context
  *     (the primary context, the one cudart and cudarc share).
  *
@@ -24,7 +27,7 @@
 extern "C" {
 #endif
 
-#define FI_ABI_VERSION 1
+#define FI_ABI_VERSION 2
 
 /* ---- status --------------------------------------------------------------------------- */
 
@@ -72,6 +75,8 @@ typedef struct fi_abi_layout {
   size_t build_info_size, build_info_align;
   size_t device_info_size, device_info_align;
   size_t moe_config_query_size, moe_config_query_align;
+  size_t tensor_size, tensor_align;
+  size_t moe_args_size, moe_args_align;
 } fi_abi_layout;
 
 fi_status fi_get_abi_layout(fi_abi_layout* out);
@@ -96,6 +101,11 @@ fi_status fi_get_device_info(fi_device_info* out);
 typedef enum fi_dtype {
   FI_DTYPE_F32 = 0,
   FI_DTYPE_BF16 = 1,
+  FI_DTYPE_F16 = 2,
+  FI_DTYPE_E4M3 = 3,  /**< float8_e4m3fn */
+  FI_DTYPE_U8 = 4,    /**< bytes: packed fp4 pairs, ue8m0 scales */
+  FI_DTYPE_I32 = 5,
+  FI_DTYPE_I16 = 6,
 } fi_dtype;
 
 /** Routing methods; values are FlashInfer 0.6.13's RoutingMethodType. */
@@ -199,6 +209,117 @@ typedef struct fi_moe_config_query {
  * again with more room). Host-side only; needs no GPU. */
 fi_status fi_moe_valid_configs(const fi_moe_config_query* query, int64_t* pairs,
                                int32_t capacity, int32_t* count);
+
+/* ---- fused MoE runs (sm_100a builds only) ------------------------------------------------ */
+/** A borrowed, contiguous row-major device tensor. `data == NULL` means "not given" (upstream's
+ * Optional); then the other fields are ignored. */
+typedef struct fi_tensor {
+  void* data;         /**< device pointer of the current context, or NULL */
+  int32_t dtype;      /**< fi_dtype */
+  int32_t ndim;       /**< 1..4 */
+  int64_t shape[4];   /**< sizes of the first ndim dimensions */
+} fi_tensor;
+
+/** Which upstream entry point fi_moe_run calls. */
+typedef enum fi_moe_op {
+  FI_MOE_BF16 = 0,              /**< trtllm_bf16_moe */
+  FI_MOE_FP8_PER_TENSOR = 1,    /**< trtllm_fp8_per_tensor_scale_moe */
+  FI_MOE_FP8_BLOCK_SCALE = 2,   /**< trtllm_fp8_block_scale_moe (DeepSeek fp8 or MxFp8) */
+  FI_MOE_FP4_BLOCK_SCALE = 3,   /**< trtllm_fp4_block_scale_moe (nvfp4 or mxfp4 weights) */
+} fi_moe_op;
+
+/** Every argument of the four upstream fused MoE entry points, by upstream's names. Tensors an
+ * op does not take must be left NULL; fi_moe_run refuses any that are set. */
+typedef struct fi_moe_args {
+  int32_t op;                         /**< fi_moe_op */
+  int32_t device;                     /**< CUDA ordinal every tensor lives on */
+  /* routing */
+  fi_tensor routing_logits;           /**< [T, E] f32/bf16, or NULL with precomputed routing */
+  fi_tensor routing_bias;             /**< [E] f32/bf16 or NULL */
+  fi_tensor expert_indices;           /**< bf16/fp8 block: packed [T, K] i32 (id << 16 | bf16 w)
+                                           or NULL; fp4: topk_ids [T, K] i32 (always given) */
+  fi_tensor expert_weights;           /**< bf16/fp8 block: precomputed [T, K] or NULL;
+                                           fp4: topk_weights [T, K] bf16 (always given) */
+  /* activations and weights */
+  fi_tensor hidden_states;            /**< [T, H] (fp4 packed: [T, H / 2] u8) */
+  fi_tensor hidden_states_scale;      /**< block scales of hidden_states, or NULL */
+  fi_tensor gemm1_weights;            /**< [E_local, M1, H] or BlockMajorK [E_local, H/bk, M1, bk] */
+  fi_tensor gemm1_weights_scale;      /**< block scales of gemm1_weights, or NULL */
+  fi_tensor gemm1_bias;               /**< fp4: [E_local, M1] f32; bf16/fp8 block: LoRA delta
+                                           [T, K, 2I] bf16; or NULL */
+  fi_tensor gemm1_alpha;              /**< [E_local] f32 SwiGLU alpha, or NULL */
+  fi_tensor gemm1_beta;               /**< [E_local] f32 SwiGLU beta, or NULL */
+  fi_tensor gemm1_clamp_limit;        /**< [E_local] f32 SwiGLU clamp, or NULL */
+  fi_tensor gemm2_weights;            /**< [E_local, H, I] (or BlockMajorK) */
+  fi_tensor gemm2_weights_scale;      /**< block scales of gemm2_weights, or NULL */
+  fi_tensor gemm2_bias;               /**< fp4: [E_local, H] f32, or NULL */
+  fi_tensor output1_scales_scalar;    /**< [E_local] f32, or NULL */
+  fi_tensor output1_scales_gate_scalar; /**< [E_local] f32, or NULL */
+  fi_tensor output2_scales_scalar;    /**< [E_local] f32, or NULL */
+  fi_tensor per_token_scales;         /**< fp4: [T] f32, or NULL */
+  fi_tensor output;                   /**< [T, H] bf16, written when do_finalize */
+  fi_tensor routing_replay_out;       /**< [>= T, K] i16 routed expert ids, or NULL */
+  /* scalars */
+  int64_t num_experts;                /**< E */
+  int64_t top_k;                      /**< K */
+  int64_t n_group;                    /**< < 0: not given */
+  int64_t topk_group;                 /**< < 0: not given */
+  int64_t intermediate_size;          /**< I */
+  int64_t local_expert_offset;        /**< first expert of this rank */
+  int64_t local_num_experts;          /**< E_local */
+  double routed_scaling_factor;       /**< used when has_routed_scaling_factor */
+  int32_t has_routed_scaling_factor;
+  int32_t routing_method;             /**< fi_routing_method */
+  int32_t routing_input_mode;         /**< fp4: 0 logits, 1 packed, 2 unpacked precomputed */
+  int32_t use_routing_scales_on_input; /**< fp8 per tensor: routing weights scale the input */
+  int32_t use_shuffled_weight;        /**< bf16, fp8 block */
+  int32_t weight_layout;              /**< bf16, fp8 block: 0 MajorK, 1 MajorMn, 2 BlockMajorK */
+  int32_t fp8_quantization;           /**< fp8 block: 1 DeepSeekFp8, 2 MxFp8 */
+  int32_t activation;                 /**< upstream ActivationType */
+  int32_t do_finalize;                /**< 1: reduce into `output`; 0: return unfinalized */
+  int32_t enable_pdl;                 /**< programmatic dependent launch */
+  int32_t norm_topk_prob;             /**< SigmoidRenorm: renormalise the chosen weights */
+  int32_t reserved;                   /**< 0 */
+  int64_t tile_n;                     /**< tactic: token tile, or -1 with config -1 (default) */
+  int64_t config;                     /**< tactic: kernel config index, or -1 */
+} fi_moe_args;
+
+/** Tensors of an unfinalized run (do_finalize == 0), owned by the handle: gemm2_output
+ * [padded, H] bf16, expert weights [T, K], expanded_idx_to_permuted_idx [T * K] i32. */
+typedef struct fi_moe_outputs fi_moe_outputs;
+
+/** Runs one fused MoE call on `stream` (a cudaStream_t of `args->device`).
+ *
+ * Scratch: upstream sizes its workspaces per call. They are taken stream-ordered on `stream`
+ * (cudaMallocFromPoolAsync from a pool of this library with a high release threshold, or
+ * cudaMallocAsync while `stream` is being captured, which a graph records as allocation
+ * nodes) and returned with cudaFreeAsync on the same stream: no synchronisation.
+ * Cubins: the first call of a kernel in a context loads it through the loader registered with
+ * fi_set_cubin_loader (FI_STATUS_CUBIN_ERROR when none is set or it fails).
+ * Upstream keeps a process-wide, unlocked module cache; this entry point serialises the host
+ * part of calls with a mutex (kernels still run concurrently on their streams).
+ * When do_finalize == 0, `*unfinalized` receives a handle to free with fi_moe_outputs_free
+ * (stream-ordered on `stream`); otherwise it is set to NULL. */
+fi_status fi_moe_run(const fi_moe_args* args, void* stream, fi_moe_outputs** unfinalized);
+
+/** Number of tensors in `outputs`. */
+int32_t fi_moe_outputs_count(const fi_moe_outputs* outputs);
+/** Describes tensor `index` of `outputs` (data NULL where upstream returned none). */
+fi_status fi_moe_outputs_get(const fi_moe_outputs* outputs, int32_t index, fi_tensor* out);
+/** Releases the tensors (stream-ordered on the run's stream) and the handle. NULL is a no-op. */
+void fi_moe_outputs_free(fi_moe_outputs* outputs);
+
+/* ---- cubins ------------------------------------------------------------------------------ */
+/** Receives a cubin's bytes inside a loader call; copies them. */
+typedef void (*fi_cubin_sink)(void* sink_ctx, const uint8_t* data, size_t len);
+/** Loads the cubin at `path` (relative to the cubin directory, e.g.
+ * "<artifact>/Bmm_...cubin") whose sha256 upstream expects to be `sha256` (hex, may be ""),
+ * passing its bytes to `sink(sink_ctx, ...)` once. Returns 0 on success; otherwise writes a
+ * NUL-terminated reason into `err` (capacity `err_cap`) and returns nonzero. Must not unwind. */
+typedef int32_t (*fi_cubin_loader)(void* user, const char* path, const char* sha256,
+                                   fi_cubin_sink sink, void* sink_ctx, char* err, size_t err_cap);
+/** Sets the process-wide cubin loader (NULL unsets it). `user` is passed back to it. */
+fi_status fi_set_cubin_loader(fi_cubin_loader loader, void* user);
 
 #ifdef __cplusplus
 }

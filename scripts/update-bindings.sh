@@ -16,7 +16,7 @@ out=flashinfer-sys/src/bindings.rs
     --allowlist-type 'fi_.*' \
     --allowlist-var 'FI_.*' \
     --newtype-enum 'fi_status' \
-    --constified-enum-module 'fi_dtype|fi_routing_method' \
+    --constified-enum-module 'fi_dtype|fi_routing_method|fi_moe_op' \
     --with-derive-default \
     --no-prepend-enum-name \
     -- -x c -std=c11

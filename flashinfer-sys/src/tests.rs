@@ -6,65 +6,46 @@ use core::mem::{align_of, size_of};
 
 #[test]
 fn struct_layouts_match_the_c_compiler() {
-    let mut c = fi_abi_layout {
-        routing_params_size: 0,
-        routing_params_align: 0,
-        routing_buffers_size: 0,
-        routing_buffers_align: 0,
-        routing_buffer_sizes_size: 0,
-        routing_buffer_sizes_align: 0,
-        build_info_size: 0,
-        build_info_align: 0,
-        device_info_size: 0,
-        device_info_align: 0,
-        moe_config_query_size: 0,
-        moe_config_query_align: 0,
-    };
+    // SAFETY: fi_abi_layout is plain integers; all-zero is a valid value.
+    let mut c: fi_abi_layout = unsafe { core::mem::zeroed() };
     assert_eq!(
         unsafe { fi_get_abi_layout(&mut c) },
         fi_status::FI_STATUS_OK
     );
-    let rust = [
-        (
-            "fi_routing_params",
-            size_of::<fi_routing_params>(),
-            align_of::<fi_routing_params>(),
-        ),
-        (
-            "fi_routing_buffers",
-            size_of::<fi_routing_buffers>(),
-            align_of::<fi_routing_buffers>(),
-        ),
-        (
-            "fi_routing_buffer_sizes",
-            size_of::<fi_routing_buffer_sizes>(),
-            align_of::<fi_routing_buffer_sizes>(),
-        ),
-        (
-            "fi_build_info",
-            size_of::<fi_build_info>(),
-            align_of::<fi_build_info>(),
-        ),
-        (
-            "fi_device_info",
-            size_of::<fi_device_info>(),
-            align_of::<fi_device_info>(),
-        ),
+    // One row per struct: (name, Rust size/align, C size/align).
+    macro_rules! rows {
+        ($($ty:ident => $field:ident),* $(,)?) => {
+            [$((
+                stringify!($ty),
+                (size_of::<$ty>(), align_of::<$ty>()),
+                paste_layout!(c, $field),
+            )),*]
+        };
+    }
+    macro_rules! paste_layout {
+        ($c:ident, routing_params) => { ($c.routing_params_size, $c.routing_params_align) };
+        ($c:ident, routing_buffers) => { ($c.routing_buffers_size, $c.routing_buffers_align) };
+        ($c:ident, routing_buffer_sizes) => {
+            ($c.routing_buffer_sizes_size, $c.routing_buffer_sizes_align)
+        };
+        ($c:ident, build_info) => { ($c.build_info_size, $c.build_info_align) };
+        ($c:ident, device_info) => { ($c.device_info_size, $c.device_info_align) };
+        ($c:ident, moe_config_query) => { ($c.moe_config_query_size, $c.moe_config_query_align) };
+        ($c:ident, tensor) => { ($c.tensor_size, $c.tensor_align) };
+        ($c:ident, moe_args) => { ($c.moe_args_size, $c.moe_args_align) };
+    }
+    let rows = rows![
+        fi_routing_params => routing_params,
+        fi_routing_buffers => routing_buffers,
+        fi_routing_buffer_sizes => routing_buffer_sizes,
+        fi_build_info => build_info,
+        fi_device_info => device_info,
+        fi_moe_config_query => moe_config_query,
+        fi_tensor => tensor,
+        fi_moe_args => moe_args,
     ];
-    let c_side = [
-        (c.routing_params_size, c.routing_params_align),
-        (c.routing_buffers_size, c.routing_buffers_align),
-        (c.routing_buffer_sizes_size, c.routing_buffer_sizes_align),
-        (c.build_info_size, c.build_info_align),
-        (c.device_info_size, c.device_info_align),
-        (c.moe_config_query_size, c.moe_config_query_align),
-    ];
-    for ((name, size, align), (c_size, c_align)) in rust.iter().zip(c_side) {
-        assert_eq!(
-            (*size, *align),
-            (c_size, c_align),
-            "{name}: Rust (size, align) vs C"
-        );
+    for (name, rust, c_side) in rows {
+        assert_eq!(rust, c_side, "{name}: Rust (size, align) vs C");
     }
 }
 

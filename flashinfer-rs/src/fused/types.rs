@@ -69,6 +69,17 @@ pub enum Activation {
     Identity = 8,
 }
 
+impl Activation {
+    /// Gated activations take two projections from GEMM1 (`2 * intermediate_size` rows):
+    /// upstream's `isGatedActivation`.
+    pub fn is_gated(self) -> bool {
+        matches!(
+            self,
+            Activation::Swiglu | Activation::Geglu | Activation::SwigluBias | Activation::SwigluStep
+        )
+    }
+}
+
 /// Layout of the weight matrices (upstream's `MatrixLayout`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightLayout {

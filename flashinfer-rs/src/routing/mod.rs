@@ -6,7 +6,7 @@
 mod method;
 mod noaux_tc;
 pub mod oracle;
-mod route;
+pub(crate) mod route;
 
 pub use method::{
     MethodLimits, RoutingConfig, RoutingMethod, MAX_EXPERTS_PER_GROUP, MAX_EXPERT_GROUPS,

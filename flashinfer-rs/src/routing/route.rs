@@ -43,19 +43,19 @@ impl<'a> From<CudaView<'a, bf16>> for Logits<'a> {
 }
 
 impl Logits<'_> {
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         match self {
             Logits::F32(v) => v.len(),
             Logits::Bf16(v) => v.len(),
         }
     }
-    fn dtype(&self) -> sys::fi_dtype::Type {
+    pub(crate) fn dtype(&self) -> sys::fi_dtype::Type {
         match self {
             Logits::F32(_) => sys::fi_dtype::FI_DTYPE_F32,
             Logits::Bf16(_) => sys::fi_dtype::FI_DTYPE_BF16,
         }
     }
-    fn stream(&self) -> &Arc<CudaStream> {
+    pub(crate) fn stream(&self) -> &Arc<CudaStream> {
         match self {
             Logits::F32(v) => v.stream(),
             Logits::Bf16(v) => v.stream(),
@@ -448,7 +448,7 @@ impl Router {
     }
 }
 
-fn device_ptr<'a>(
+pub(crate) fn device_ptr<'a>(
     l: &'a Logits<'_>,
     stream: &'a CudaStream,
 ) -> (

@@ -1,0 +1,186 @@
+//! Element types of the quantised fused MoE that `half` does not have, as byte newtypes a
+//! `CudaSlice` can hold, so a call's signature says which bytes it expects.
+//!
+//! Host conversions are exact where the format allows and round to nearest-even otherwise;
+//! they are what the CPU reference MoE ([`super::reference`]) and test data use.
+
+use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
+
+/// One fp8 e4m3fn value (bias 7, no infinities, 0x7f/0xff are NaN, max 448).
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct E4m3(pub u8);
+
+/// Two fp4 e2m1 values in one byte: the element with the lower index in the low nibble.
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct E2m1x2(pub u8);
+
+/// One ue8m0 block scale: the power of two `2^(bits - 127)` (MX formats).
+#[repr(transparent)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct Ue8m0(pub u8);
+
+// SAFETY: each is a transparent u8; every bit pattern (including zero) is a valid value.
+unsafe impl DeviceRepr for E4m3 {}
+unsafe impl ValidAsZeroBits for E4m3 {}
+unsafe impl DeviceRepr for E2m1x2 {}
+unsafe impl ValidAsZeroBits for E2m1x2 {}
+unsafe impl DeviceRepr for Ue8m0 {}
+unsafe impl ValidAsZeroBits for Ue8m0 {}
+
+/// Largest finite e4m3fn value.
+pub const E4M3_MAX: f32 = 448.0;
+/// Largest e2m1 value.
+pub const E2M1_MAX: f32 = 6.0;
+
+/// The eight non-negative e2m1 values, by code.
+const E2M1_VALUES: [f32; 8] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0];
+
+impl E4m3 {
+    /// The value this byte encodes.
+    pub fn to_f32(self) -> f32 {
+        let b = self.0;
+        let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
+        let exp = ((b >> 3) & 0xf) as i32;
+        let man = (b & 0x7) as f32;
+        if exp == 0xf && b & 0x7 == 0x7 {
+            return f32::NAN;
+        }
+        if exp == 0 {
+            sign * man / 8.0 * 2f32.powi(-6)
+        } else {
+            sign * (1.0 + man / 8.0) * 2f32.powi(exp - 7)
+        }
+    }
+
+    /// Nearest e4m3fn (ties to even), saturating to ±448 as PyTorch's cast does not but
+    /// every quantiser in practice wants; NaN stays NaN.
+    pub fn from_f32(x: f32) -> E4m3 {
+        if x.is_nan() {
+            return E4m3(0x7f);
+        }
+        let sign = if x.is_sign_negative() { 0x80 } else { 0 };
+        let a = x.abs().min(E4M3_MAX);
+        // Search the 127 non-negative finite codes: exact and simple, and host-side only.
+        let mut best = 0u8;
+        let mut best_err = f32::INFINITY;
+        for code in 0u8..=0x7e {
+            let v = E4m3(code).to_f32();
+            let err = (v - a).abs();
+            if err < best_err || (err == best_err && code % 2 == 0) {
+                best = code;
+                best_err = err;
+            }
+        }
+        E4m3(sign | best)
+    }
+}
+
+/// The value of a 4-bit e2m1 code.
+pub fn e2m1_to_f32(code: u8) -> f32 {
+    let v = E2M1_VALUES[(code & 0x7) as usize];
+    if code & 0x8 != 0 {
+        -v
+    } else {
+        v
+    }
+}
+
+/// Nearest e2m1 code of `x` (ties to even code), saturating to ±6.
+pub fn e2m1_from_f32(x: f32) -> u8 {
+    let a = x.abs().min(E2M1_MAX);
+    let mut best = 0u8;
+    let mut best_err = f32::INFINITY;
+    for (code, v) in E2M1_VALUES.iter().enumerate() {
+        let err = (v - a).abs();
+        if err < best_err || (err == best_err && code % 2 == 0) {
+            best = code as u8;
+            best_err = err;
+        }
+    }
+    if x.is_sign_negative() && best != 0 {
+        best | 0x8
+    } else {
+        best
+    }
+}
+
+impl E2m1x2 {
+    /// Packs two e2m1 codes (`first` goes to the low nibble).
+    pub fn pack(first: u8, second: u8) -> E2m1x2 {
+        E2m1x2((first & 0xf) | ((second & 0xf) << 4))
+    }
+    /// The two values, lower index first.
+    pub fn to_f32(self) -> [f32; 2] {
+        [e2m1_to_f32(self.0 & 0xf), e2m1_to_f32(self.0 >> 4)]
+    }
+}
+
+impl Ue8m0 {
+    /// `2^(bits - 127)`; 0xff is NaN.
+    pub fn to_f32(self) -> f32 {
+        if self.0 == 0xff {
+            f32::NAN
+        } else {
+            2f32.powi(self.0 as i32 - 127)
+        }
+    }
+    /// The smallest power of two `>= x` (x > 0), as MX quantisers choose block scales.
+    pub fn ceil_from_f32(x: f32) -> Ue8m0 {
+        if !(x > 0.0) {
+            return Ue8m0(0);
+        }
+        let e = x.log2().ceil() as i32;
+        Ue8m0((e + 127).clamp(0, 254) as u8)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn e4m3_round_trips_every_finite_code() {
+        for code in 0u8..=0xff {
+            let v = E4m3(code).to_f32();
+            if v.is_nan() {
+                assert!(code & 0x7f == 0x7f, "{code:#x}");
+                continue;
+            }
+            let back = E4m3::from_f32(v);
+            // +0 and -0 both come back as themselves.
+            assert_eq!(back.0, code, "{code:#x} = {v}");
+        }
+        assert_eq!(E4m3(0x7e).to_f32(), 448.0);
+        assert_eq!(E4m3(0x01).to_f32(), 2f32.powi(-9));
+        assert_eq!(E4m3::from_f32(1000.0).to_f32(), 448.0);
+        assert_eq!(E4m3::from_f32(-1000.0).to_f32(), -448.0);
+        // 1.0625 lies halfway between 1.0 (even code 0x38) and 1.125 (0x39).
+        assert_eq!(E4m3::from_f32(1.0625).0, 0x38);
+    }
+
+    #[test]
+    fn e2m1_codes_and_packing() {
+        for code in 0u8..16 {
+            let v = e2m1_to_f32(code);
+            let back = e2m1_from_f32(v);
+            // -0 (code 8) comes back as +0.
+            assert_eq!(back, if code == 8 { 0 } else { code }, "{code}");
+        }
+        assert_eq!(e2m1_from_f32(2.5), 4); // halfway 2.0 (code 4) / 3.0 (code 5): even
+        assert_eq!(e2m1_from_f32(100.0), 7);
+        let p = E2m1x2::pack(0x2, 0xf);
+        assert_eq!(p.0, 0xf2);
+        assert_eq!(p.to_f32(), [1.0, -6.0]);
+    }
+
+    #[test]
+    fn ue8m0_scales() {
+        assert_eq!(Ue8m0(127).to_f32(), 1.0);
+        assert_eq!(Ue8m0(130).to_f32(), 8.0);
+        assert_eq!(Ue8m0::ceil_from_f32(5.0), Ue8m0(130));
+        assert_eq!(Ue8m0::ceil_from_f32(4.0), Ue8m0(129));
+        assert!(Ue8m0(0xff).to_f32().is_nan());
+    }
+}

@@ -1,0 +1,279 @@
+//! A CPU reference of the fused MoE, to check the kernels against: routing from the
+//! [`crate::routing::oracle`], then per routed (token, expert) GEMM1, the activation, GEMM2 and
+//! the weighted sum, all in f32 on dequantised weights. It follows upstream's test reference
+//! (`run_moe_dequant` in tests/moe/test_trtllm_gen_fused_moe.py of FlashInfer 0.6.13), whose
+//! gated GEMM1 puts the linear half first: `act(x2) * x1` with `x1 = rows [0, I)`.
+//!
+//! Also here: the quantisers that make test data (fp8 per tensor, DeepSeek 128-blocks) and
+//! upstream's accuracy criterion.
+
+use super::elements::{E4m3, E4M3_MAX};
+use super::types::Activation;
+
+/// Dequantised expert weights of the local experts, row-major f32.
+#[derive(Debug, Clone)]
+pub struct ExpertWeights {
+    /// `[local_experts, M1, hidden]` (M1 = 2I when gated: linear rows first, then gate rows).
+    pub w1: Vec<f32>,
+    /// `[local_experts, hidden, I]`.
+    pub w2: Vec<f32>,
+}
+
+/// How the kernel rounds the activation between the GEMMs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ActivationRounding {
+    /// bf16 (bf16, DeepSeek fp8 and bf16-activation fp4 kernels).
+    Bf16,
+    /// fp8 e4m3 with one scale for the whole call (`scale` multiplies before rounding).
+    Fp8PerTensor {
+        /// The global scale, `448 / amax` of the activations.
+        scale: f32,
+    },
+}
+
+/// One reference problem.
+#[derive(Debug, Clone, Copy)]
+pub struct ReferenceProblem {
+    /// Tokens.
+    pub num_tokens: usize,
+    /// Hidden size.
+    pub hidden_size: usize,
+    /// Intermediate size.
+    pub intermediate_size: usize,
+    /// Experts per token.
+    pub top_k: usize,
+    /// First local expert.
+    pub local_expert_offset: usize,
+    /// Local experts (routed experts outside `[offset, offset + count)` contribute nothing).
+    pub local_num_experts: usize,
+    /// Expert activation (SwiGLU, GeGLU, ReLU² or Identity).
+    pub activation: Activation,
+    /// Routing weight applied to GEMM1's input instead of the output (Llama 4).
+    pub routing_scales_on_input: bool,
+}
+
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+fn gelu(x: f32) -> f32 {
+    // Exact (erf) GELU, as torch's F.gelu default.
+    0.5 * x * (1.0 + erf(x / std::f32::consts::SQRT_2))
+}
+
+/// erf with an absolute error below 1.5e-7 (Abramowitz-Stegun 7.1.26).
+fn erf(x: f32) -> f32 {
+    let t = 1.0 / (1.0 + 0.327_591_1 * x.abs());
+    let y = 1.0
+        - (((((1.061_405_4 * t - 1.453_152_1) * t) + 1.421_413_7) * t - 0.284_496_73) * t
+            + 0.254_829_6)
+            * t
+            * (-x * x).exp();
+    if x >= 0.0 {
+        y
+    } else {
+        -y
+    }
+}
+
+fn round_bf16(x: f32) -> f32 {
+    half::bf16::from_f32(x).to_f32()
+}
+
+/// The activation of one routed row: `gemm1` holds M1 values.
+fn activate(gemm1: &[f32], i: usize, act: Activation) -> Vec<f32> {
+    match act {
+        Activation::Swiglu => (0..i).map(|j| silu(gemm1[i + j]) * gemm1[j]).collect(),
+        Activation::Geglu => (0..i).map(|j| gelu(gemm1[i + j]) * gemm1[j]).collect(),
+        Activation::Relu2 => gemm1[..i].iter().map(|&x| x.max(0.0).powi(2)).collect(),
+        Activation::Identity => gemm1[..i].to_vec(),
+        Activation::Relu => gemm1[..i].iter().map(|&x| x.max(0.0)).collect(),
+        Activation::Silu => gemm1[..i].iter().map(|&x| silu(x)).collect(),
+        Activation::Gelu => gemm1[..i].iter().map(|&x| gelu(x)).collect(),
+        other => unimplemented!("the reference does not model {other:?}"),
+    }
+}
+
+fn matvec(w: &[f32], rows: usize, cols: usize, x: &[f32]) -> Vec<f32> {
+    (0..rows)
+        .map(|r| {
+            let row = &w[r * cols..(r + 1) * cols];
+            row.iter().zip(x).map(|(a, b)| a * b).sum()
+        })
+        .collect()
+}
+
+/// The activations (after the activation, before rounding) of every routed (token, k) that
+/// hits a local expert: what a per-tensor quantiser calibrates on.
+pub fn activations(
+    p: &ReferenceProblem,
+    hidden: &[f32],
+    ids: &[usize],
+    weights: &[f32],
+    w: &ExpertWeights,
+) -> Vec<Vec<f32>> {
+    let (h, i) = (p.hidden_size, p.intermediate_size);
+    let m1 = if p.activation.is_gated() { 2 * i } else { i };
+    let mut out = Vec::new();
+    for t in 0..p.num_tokens {
+        for k in 0..p.top_k {
+            let e = ids[t * p.top_k + k];
+            let Some(le) = e.checked_sub(p.local_expert_offset).filter(|&l| l < p.local_num_experts) else {
+                continue;
+            };
+            let mut x: Vec<f32> = hidden[t * h..(t + 1) * h].to_vec();
+            if p.routing_scales_on_input {
+                let s = weights[t * p.top_k + k];
+                x.iter_mut().for_each(|v| *v *= s);
+            }
+            let g1 = matvec(&w.w1[le * m1 * h..(le + 1) * m1 * h], m1, h, &x);
+            out.push(activate(&g1, i, p.activation));
+        }
+    }
+    out
+}
+
+/// The MoE output `[num_tokens, hidden]` for routed `ids`/`weights` (`[num_tokens, top_k]`,
+/// global expert ids), dequantised `hidden` `[num_tokens, hidden]` and weights.
+pub fn moe(
+    p: &ReferenceProblem,
+    hidden: &[f32],
+    ids: &[usize],
+    weights: &[f32],
+    w: &ExpertWeights,
+    rounding: ActivationRounding,
+) -> Vec<f32> {
+    let (h, i) = (p.hidden_size, p.intermediate_size);
+    let acts = activations(p, hidden, ids, weights, w);
+    let mut acts = acts.into_iter();
+    let mut out = vec![0f32; p.num_tokens * h];
+    for t in 0..p.num_tokens {
+        for k in 0..p.top_k {
+            let e = ids[t * p.top_k + k];
+            let Some(le) = e.checked_sub(p.local_expert_offset).filter(|&l| l < p.local_num_experts) else {
+                continue;
+            };
+            let a: Vec<f32> = acts
+                .next()
+                .expect("one activation per local routed pair")
+                .into_iter()
+                .map(|v| match rounding {
+                    ActivationRounding::Bf16 => round_bf16(v),
+                    ActivationRounding::Fp8PerTensor { scale } => {
+                        E4m3::from_f32(v * scale).to_f32() / scale
+                    }
+                })
+                .collect();
+            let y = matvec(&w.w2[le * h * i..(le + 1) * h * i], h, i, &a);
+            let s = if p.routing_scales_on_input {
+                1.0
+            } else {
+                weights[t * p.top_k + k]
+            };
+            for (o, v) in out[t * h..(t + 1) * h].iter_mut().zip(y) {
+                *o += s * v;
+            }
+        }
+    }
+    out
+}
+
+/// `448 / amax(x)`: the per-tensor fp8 scale upstream's tests calibrate.
+pub fn fp8_global_scale(x: &[f32]) -> f32 {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if amax > 0.0 {
+        E4M3_MAX / amax
+    } else {
+        1.0
+    }
+}
+
+/// Per-tensor fp8: `(e4m3(x * scale), scale)`; dequantise with `q / scale`.
+pub fn quantize_fp8_per_tensor(x: &[f32]) -> (Vec<E4m3>, f32) {
+    let s = fp8_global_scale(x);
+    (x.iter().map(|&v| E4m3::from_f32(v * s)).collect(), s)
+}
+
+/// DeepSeek fp8 weights: `[m, k]` in 128x128 blocks, each scaled by `amax / 448`; returns the
+/// values and the `[m/128, k/128]` scales (dequantise: `q * scale`).
+pub fn quantize_fp8_blocks(x: &[f32], m: usize, k: usize) -> (Vec<E4m3>, Vec<f32>) {
+    assert!(m.is_multiple_of(128) && k.is_multiple_of(128), "128x128 blocks");
+    let (mb, kb) = (m / 128, k / 128);
+    let mut scales = vec![0f32; mb * kb];
+    for r in 0..m {
+        for c in 0..k {
+            let s = &mut scales[(r / 128) * kb + c / 128];
+            *s = s.max(x[r * k + c].abs() / E4M3_MAX);
+        }
+    }
+    scales.iter_mut().for_each(|s| {
+        if *s == 0.0 {
+            *s = 1.0
+        }
+    });
+    let q = (0..m * k)
+        .map(|idx| {
+            let (r, c) = (idx / k, idx % k);
+            E4m3::from_f32(x[idx] / scales[(r / 128) * kb + c / 128])
+        })
+        .collect();
+    (q, scales)
+}
+
+/// DeepSeek fp8 activations: each token's 128-element blocks scaled by `amax / 448`; returns
+/// the values and the scales transposed to `[hidden/128, num_tokens]` as the kernel takes them.
+pub fn quantize_fp8_activation_blocks(x: &[f32], tokens: usize, hidden: usize) -> (Vec<E4m3>, Vec<f32>) {
+    assert!(hidden.is_multiple_of(128), "128-element blocks");
+    let hb = hidden / 128;
+    let mut scales_t = vec![1f32; hb * tokens];
+    let mut q = Vec::with_capacity(x.len());
+    for t in 0..tokens {
+        for b in 0..hb {
+            let blk = &x[t * hidden + b * 128..t * hidden + (b + 1) * 128];
+            let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let s = if amax > 0.0 { amax / E4M3_MAX } else { 1.0 };
+            scales_t[b * tokens + t] = s;
+            q.extend(blk.iter().map(|&v| E4m3::from_f32(v / s)));
+        }
+    }
+    (q, scales_t)
+}
+
+/// Upstream's criterion (`check_accuracy`): at least `percent` of the elements satisfy
+/// `|reference - actual| <= atol + rtol * |actual|`, and both are finite. Returns the matched
+/// fraction, or why it failed.
+pub fn check_accuracy(
+    reference: &[f32],
+    actual: &[f32],
+    atol: f32,
+    rtol: f32,
+    percent: f32,
+) -> Result<f32, String> {
+    if reference.len() != actual.len() {
+        return Err(format!("length {} vs {}", reference.len(), actual.len()));
+    }
+    if let Some(i) = reference.iter().position(|v| !v.is_finite()) {
+        return Err(format!("reference[{i}] is not finite"));
+    }
+    if let Some(i) = actual.iter().position(|v| !v.is_finite()) {
+        return Err(format!("actual[{i}] is not finite"));
+    }
+    let close = reference
+        .iter()
+        .zip(actual)
+        .filter(|(r, a)| (*r - *a).abs() <= atol + rtol * a.abs())
+        .count();
+    let frac = close as f32 / reference.len().max(1) as f32;
+    if frac >= percent {
+        Ok(frac)
+    } else {
+        Err(format!(
+            "only {:.4} of {} elements within atol {atol} + rtol {rtol} (need {percent})",
+            frac,
+            reference.len()
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;

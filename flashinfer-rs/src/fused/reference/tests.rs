@@ -1,0 +1,110 @@
+//! The reference MoE and quantisers, against hand-computed cases.
+use super::*;
+
+fn problem(activation: Activation, top_k: usize) -> ReferenceProblem {
+    ReferenceProblem {
+        num_tokens: 2,
+        hidden_size: 2,
+        intermediate_size: 1,
+        top_k,
+        local_expert_offset: 0,
+        local_num_experts: 2,
+        activation,
+        routing_scales_on_input: false,
+    }
+}
+
+#[test]
+fn swiglu_moe_matches_a_hand_computation() {
+    // Expert 0: x1 row [1, 0], gate row [0, 1]; w2 [[2], [3]]. Expert 1: x1 [1, 1], gate [1, 1]; w2 [[1], [-1]].
+    let w = ExpertWeights {
+        w1: vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+        w2: vec![2.0, 3.0, 1.0, -1.0],
+    };
+    let hidden = [1.0, 2.0, -1.0, 0.5];
+    let ids = [0, 1, 1, 0];
+    let weights = [0.75, 0.25, 0.5, 0.5];
+    let out = moe(&problem(Activation::Swiglu, 2), &hidden, &ids, &weights, &w, ActivationRounding::Bf16);
+    let silu = |x: f32| x / (1.0 + (-x).exp());
+    let a00 = round_bf16(silu(2.0) * 1.0); // token 0, expert 0
+    let a01 = round_bf16(silu(3.0) * 3.0); // token 0, expert 1
+    let a10 = round_bf16(silu(-0.5) * -0.5); // token 1, expert 1
+    let a11 = round_bf16(silu(0.5) * -1.0); // token 1, expert 0
+    let expect = [
+        0.75 * 2.0 * a00 + 0.25 * a01,
+        0.75 * 3.0 * a00 - 0.25 * a01,
+        0.5 * a10 + 0.5 * 2.0 * a11,
+        -0.5 * a10 + 0.5 * 3.0 * a11,
+    ];
+    for (o, e) in out.iter().zip(expect) {
+        assert!((o - e).abs() < 1e-5, "{out:?} vs {expect:?}");
+    }
+}
+
+#[test]
+fn experts_outside_the_local_range_contribute_nothing() {
+    let w = ExpertWeights {
+        w1: vec![1.0, 1.0],
+        w2: vec![1.0, 1.0],
+    };
+    let mut p = problem(Activation::Relu2, 1);
+    p.local_expert_offset = 1;
+    p.local_num_experts = 1;
+    let out = moe(&p, &[1.0, 2.0, 3.0, 4.0], &[0, 1], &[1.0, 0.5], &w, ActivationRounding::Bf16);
+    assert_eq!(&out[..2], &[0.0, 0.0]);
+    assert_eq!(&out[2..], &[0.5 * 49.0, 0.5 * 49.0]);
+}
+
+#[test]
+fn routing_scales_on_input_scale_the_input_not_the_output() {
+    let w = ExpertWeights {
+        w1: vec![1.0, 0.0],
+        w2: vec![1.0, 0.0],
+    };
+    let mut p = problem(Activation::Relu2, 1);
+    p.local_num_experts = 1;
+    p.routing_scales_on_input = true;
+    let out = moe(&p, &[2.0, 0.0, 4.0, 0.0], &[0, 0], &[0.5, 0.25], &w, ActivationRounding::Bf16);
+    assert_eq!(out, vec![1.0, 0.0, 1.0, 0.0]);
+}
+
+#[test]
+fn fp8_rounding_uses_the_global_scale() {
+    let w = ExpertWeights {
+        w1: vec![1.0, 0.0],
+        w2: vec![1.0, 0.0],
+    };
+    let mut p = problem(Activation::Identity, 1);
+    p.local_num_experts = 1;
+    let out = moe(&p, &[1.03, 0.0, 0.0, 0.0], &[0, 0], &[1.0, 1.0], &w, ActivationRounding::Fp8PerTensor { scale: 1.0 });
+    assert_eq!(out[0], 1.0); // 1.03 rounds to e4m3 1.0 at scale 1
+}
+
+#[test]
+fn quantisers_round_trip_within_their_precision() {
+    let x: Vec<f32> = (0..256 * 128).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+    let (q, s) = quantize_fp8_per_tensor(&x);
+    for (v, q) in x.iter().zip(&q) {
+        assert!((q.to_f32() / s - v).abs() <= v.abs() * 0.0625 + 1e-3, "{v}");
+    }
+    let (qb, sb) = quantize_fp8_blocks(&x, 256, 128);
+    assert_eq!(sb.len(), 2);
+    for (idx, (v, q)) in x.iter().zip(&qb).enumerate() {
+        let deq = q.to_f32() * sb[idx / 128 / 128];
+        assert!((deq - v).abs() <= v.abs() * 0.0625 + 1e-3, "{v} vs {deq}");
+    }
+    let (qa, sa) = quantize_fp8_activation_blocks(&x[..2 * 256], 2, 256);
+    assert_eq!(sa.len(), 4);
+    // Token 1's second block has its scale at [1][1] of the transposed [blocks, tokens].
+    let deq = qa[256 + 130].to_f32() * sa[2 + 1];
+    assert!((deq - x[256 + 130]).abs() <= x[256 + 130].abs() * 0.0625 + 1e-3);
+}
+
+#[test]
+fn accuracy_criterion_counts_the_close_fraction() {
+    let r = [1.0, 2.0, 3.0, 4.0];
+    assert_eq!(check_accuracy(&r, &[1.0, 2.0, 3.0, 4.0], 0.0, 0.0, 1.0), Ok(1.0));
+    assert_eq!(check_accuracy(&r, &[1.0, 2.0, 3.0, 9.0], 0.1, 0.1, 0.75), Ok(0.75));
+    assert!(check_accuracy(&r, &[1.0, 2.0, 9.0, 9.0], 0.1, 0.1, 0.75).is_err());
+    assert!(check_accuracy(&r, &[1.0, 2.0, 3.0, f32::NAN], 1.0, 1.0, 0.5).is_err());
+}

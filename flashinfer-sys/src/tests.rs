@@ -23,16 +23,30 @@ fn struct_layouts_match_the_c_compiler() {
         };
     }
     macro_rules! paste_layout {
-        ($c:ident, routing_params) => { ($c.routing_params_size, $c.routing_params_align) };
-        ($c:ident, routing_buffers) => { ($c.routing_buffers_size, $c.routing_buffers_align) };
+        ($c:ident, routing_params) => {
+            ($c.routing_params_size, $c.routing_params_align)
+        };
+        ($c:ident, routing_buffers) => {
+            ($c.routing_buffers_size, $c.routing_buffers_align)
+        };
         ($c:ident, routing_buffer_sizes) => {
             ($c.routing_buffer_sizes_size, $c.routing_buffer_sizes_align)
         };
-        ($c:ident, build_info) => { ($c.build_info_size, $c.build_info_align) };
-        ($c:ident, device_info) => { ($c.device_info_size, $c.device_info_align) };
-        ($c:ident, moe_config_query) => { ($c.moe_config_query_size, $c.moe_config_query_align) };
-        ($c:ident, tensor) => { ($c.tensor_size, $c.tensor_align) };
-        ($c:ident, moe_args) => { ($c.moe_args_size, $c.moe_args_align) };
+        ($c:ident, build_info) => {
+            ($c.build_info_size, $c.build_info_align)
+        };
+        ($c:ident, device_info) => {
+            ($c.device_info_size, $c.device_info_align)
+        };
+        ($c:ident, moe_config_query) => {
+            ($c.moe_config_query_size, $c.moe_config_query_align)
+        };
+        ($c:ident, tensor) => {
+            ($c.tensor_size, $c.tensor_align)
+        };
+        ($c:ident, moe_args) => {
+            ($c.moe_args_size, $c.moe_args_align)
+        };
     }
     let rows = rows![
         fi_routing_params => routing_params,

@@ -52,3 +52,278 @@ fn tactic_query_answers_for_the_machine_it_runs_on() {
         );
     }
 }
+
+mod calls {
+    //! The four fused calls on this machine's GPU: off Blackwell each is refused with a typed
+    //! `UnsupportedArch` before anything is launched (output and replay keep their sentinels);
+    //! bad arguments are refused before the architecture is even asked.
+    use flashinfer_rs::cudarc::driver::{CudaSlice, CudaStream};
+    use flashinfer_rs::fused::{
+        trtllm_bf16_moe, trtllm_fp4_block_scale_moe, trtllm_fp8_block_scale_moe,
+        trtllm_fp8_per_tensor_scale_moe, Bf16Moe, E2m1x2, E4m3, Fp4Activations, Fp4BlockScaleMoe,
+        Fp4Weights, Fp8Activations, Fp8BlockScaleMoe, Fp8BlockScales, Fp8PerTensorMoe, MoeOptions,
+        MoeRouting, MoeRoutingInput, MoeShape, SwigluParams, WeightLayout,
+    };
+    use flashinfer_rs::half::bf16;
+    use flashinfer_rs::routing::{RoutingConfig, RoutingMethod};
+    use flashinfer_rs::{Error, ReplayView};
+    use std::sync::Arc;
+
+    use crate::common::gpu;
+
+    const T: usize = 4;
+    const H: usize = 256;
+    const I: usize = 128;
+    const E: usize = 8;
+    const K: usize = 2;
+    const SENTINEL: i16 = -7;
+
+    fn zeros<
+        T: flashinfer_rs::cudarc::driver::DeviceRepr + flashinfer_rs::cudarc::driver::ValidAsZeroBits,
+    >(
+        s: &Arc<CudaStream>,
+        n: usize,
+    ) -> CudaSlice<T> {
+        s.alloc_zeros(n).unwrap()
+    }
+
+    struct Common {
+        logits: CudaSlice<f32>,
+        output: CudaSlice<bf16>,
+        replay: CudaSlice<i16>,
+    }
+
+    impl Common {
+        fn new(s: &Arc<CudaStream>) -> Common {
+            Common {
+                logits: s
+                    .clone_htod(&(0..T * E).map(|i| i as f32 * 0.01).collect::<Vec<_>>())
+                    .unwrap(),
+                output: s.clone_htod(&vec![bf16::from_f32(1.5); T * H]).unwrap(),
+                replay: s.clone_htod(&vec![SENTINEL; (T + 2) * K]).unwrap(),
+            }
+        }
+        fn untouched(&self, s: &Arc<CudaStream>) -> bool {
+            let out = s.clone_dtoh(&self.output).unwrap();
+            let rep = s.clone_dtoh(&self.replay).unwrap();
+            out.iter().all(|&v| v == bf16::from_f32(1.5)) && rep.iter().all(|&v| v == SENTINEL)
+        }
+    }
+
+    fn routing(logits: &CudaSlice<f32>) -> MoeRouting<'_> {
+        MoeRouting {
+            config: RoutingConfig::new(RoutingMethod::Renormalize, E as u32, K as u32),
+            input: MoeRoutingInput::Logits {
+                logits: logits.into(),
+                bias: None,
+            },
+        }
+    }
+
+    fn shape() -> MoeShape {
+        MoeShape {
+            num_tokens: T,
+            hidden_size: H,
+            intermediate_size: I,
+        }
+    }
+
+    /// Runs each op once; returns the four results.
+    fn run_all(
+        s: &Arc<CudaStream>,
+        c: &mut Common,
+        replay_rows: usize,
+    ) -> Vec<(&'static str, Result<(), Error>)> {
+        let mut results = Vec::new();
+        let m1 = 2 * I;
+        let f32s = |n| zeros::<f32>(s, n);
+        // bf16
+        {
+            let (hs, w1, w2) = (
+                zeros::<bf16>(s, T * H),
+                zeros::<bf16>(s, E * m1 * H),
+                zeros::<bf16>(s, E * H * I),
+            );
+            let moe = Bf16Moe {
+                hidden_states: hs.as_view(),
+                gemm1_weights: w1.as_view(),
+                gemm2_weights: w2.as_view(),
+                gemm1_lora_delta: None,
+                swiglu: SwigluParams::default(),
+            };
+            let r = routing(&c.logits);
+            let mut out = c.output.as_view_mut();
+            let mut rep =
+                ReplayView::new(c.replay.slice_mut(..replay_rows * K), replay_rows, K).unwrap();
+            let res = trtllm_bf16_moe(
+                s,
+                &r,
+                &moe,
+                shape(),
+                &MoeOptions::new(WeightLayout::BlockMajorK),
+                &mut out,
+                Some(&mut rep),
+            );
+            results.push(("bf16", res.map(|_| ())));
+        }
+        // fp8 per tensor
+        {
+            let hs = zeros::<E4m3>(s, T * H);
+            let (w1, w2) = (zeros::<E4m3>(s, E * m1 * H), zeros::<E4m3>(s, E * H * I));
+            let (s1, s2, s3) = (f32s(E), f32s(E), f32s(E));
+            let moe = Fp8PerTensorMoe {
+                hidden_states: Fp8Activations::E4m3(hs.as_view()),
+                gemm1_weights: w1.as_view(),
+                output1_scales_scalar: s1.as_view(),
+                output1_scales_gate_scalar: s2.as_view(),
+                gemm2_weights: w2.as_view(),
+                output2_scales_scalar: s3.as_view(),
+                use_routing_scales_on_input: false,
+            };
+            let r = routing(&c.logits);
+            let mut out = c.output.as_view_mut();
+            let mut rep =
+                ReplayView::new(c.replay.slice_mut(..replay_rows * K), replay_rows, K).unwrap();
+            let res = trtllm_fp8_per_tensor_scale_moe(
+                s,
+                &r,
+                &moe,
+                shape(),
+                &MoeOptions::new(WeightLayout::MajorK),
+                &mut out,
+                Some(&mut rep),
+            );
+            results.push(("fp8_per_tensor", res.map(|_| ())));
+        }
+        // fp8 block scale (DeepSeek)
+        {
+            let hs = zeros::<E4m3>(s, T * H);
+            let (w1, w2) = (zeros::<E4m3>(s, E * m1 * H), zeros::<E4m3>(s, E * H * I));
+            let (hsc, w1s, w2s) = (
+                f32s(H / 128 * T),
+                f32s(E * m1 / 128 * H / 128),
+                f32s(E * H / 128 * I / 128),
+            );
+            let moe = Fp8BlockScaleMoe {
+                hidden_states: hs.as_view(),
+                gemm1_weights: w1.as_view(),
+                gemm2_weights: w2.as_view(),
+                scales: Fp8BlockScales::DeepSeek {
+                    hidden_states_scale: hsc.as_view(),
+                    gemm1_weights_scale: w1s.as_view(),
+                    gemm2_weights_scale: w2s.as_view(),
+                },
+                gemm1_lora_delta: None,
+                swiglu: SwigluParams::default(),
+            };
+            let r = routing(&c.logits);
+            let mut out = c.output.as_view_mut();
+            let mut rep =
+                ReplayView::new(c.replay.slice_mut(..replay_rows * K), replay_rows, K).unwrap();
+            let mut opts = MoeOptions::new(WeightLayout::MajorK);
+            opts.use_shuffled_weight = false;
+            let res =
+                trtllm_fp8_block_scale_moe(s, &r, &moe, shape(), &opts, &mut out, Some(&mut rep));
+            results.push(("fp8_block_scale", res.map(|_| ())));
+        }
+        // fp4 block scale (nvfp4 x nvfp4)
+        {
+            let hs = zeros::<E2m1x2>(s, T * H / 2);
+            let hsc = zeros::<E4m3>(s, T * H / 16);
+            let (w1, w2) = (
+                zeros::<E2m1x2>(s, E * m1 * H / 2),
+                zeros::<E2m1x2>(s, E * H * I / 2),
+            );
+            let (w1s, w2s) = (
+                zeros::<E4m3>(s, E * m1 * H / 16),
+                zeros::<E4m3>(s, E * H * I / 16),
+            );
+            let (s1, s2, s3) = (f32s(E), f32s(E), f32s(E));
+            let mut ids = zeros::<i32>(s, T * K);
+            let mut wts = zeros::<bf16>(s, T * K);
+            let mut moe = Fp4BlockScaleMoe {
+                hidden_states: Fp4Activations::Nvfp4 {
+                    data: hs.as_view(),
+                    scale: hsc.as_view(),
+                },
+                weights: Fp4Weights::Nvfp4 {
+                    gemm1: w1.as_view(),
+                    gemm1_scale: w1s.as_view(),
+                    gemm2: w2.as_view(),
+                    gemm2_scale: w2s.as_view(),
+                },
+                gemm1_bias: None,
+                gemm2_bias: None,
+                output1_scales_scalar: Some(s1.as_view()),
+                output1_scales_gate_scalar: Some(s2.as_view()),
+                output2_scales_scalar: Some(s3.as_view()),
+                per_token_scales: None,
+                swiglu: SwigluParams::default(),
+                topk_ids: ids.as_view_mut(),
+                topk_weights: wts.as_view_mut(),
+            };
+            let r = routing(&c.logits);
+            let mut out = c.output.as_view_mut();
+            let mut rep =
+                ReplayView::new(c.replay.slice_mut(..replay_rows * K), replay_rows, K).unwrap();
+            let res = trtllm_fp4_block_scale_moe(
+                s,
+                &r,
+                &mut moe,
+                shape(),
+                &MoeOptions::new(WeightLayout::MajorK),
+                &mut out,
+                Some(&mut rep),
+            );
+            results.push(("fp4_block_scale", res.map(|_| ())));
+        }
+        results
+    }
+
+    #[test]
+    fn every_fused_call_is_refused_cleanly_off_blackwell() {
+        let Some(g) = gpu("fused::calls::every_fused_call_is_refused_cleanly_off_blackwell") else {
+            return;
+        };
+        let device = flashinfer_rs::device_info(&g.ctx).unwrap();
+        if device.fused_supported {
+            eprintln!("skipped: this GPU runs the fused MoE; the sm100 suite covers it");
+            return;
+        }
+        let mut c = Common::new(&g.stream);
+        let build = flashinfer_rs::build_info();
+        for (op, res) in run_all(&g.stream, &mut c, T + 2) {
+            eprintln!("{op}: {res:?}");
+            if build.sm100 {
+                assert!(
+                    matches!(res, Err(Error::UnsupportedArch(ref m)) if m.contains("sm_100a")),
+                    "{op}: {res:?}"
+                );
+            } else {
+                assert_eq!(res, Err(Error::KernelsNotBuilt), "{op}");
+            }
+        }
+        assert!(
+            c.untouched(&g.stream),
+            "a refused call wrote its output or replay buffer"
+        );
+    }
+
+    #[test]
+    fn bad_fused_arguments_are_refused_before_the_architecture_is_asked() {
+        let Some(g) =
+            gpu("fused::calls::bad_fused_arguments_are_refused_before_the_architecture_is_asked")
+        else {
+            return;
+        };
+        let mut c = Common::new(&g.stream);
+        // A replay buffer one row short of the tokens: every op names `replay`.
+        for (op, res) in run_all(&g.stream, &mut c, T - 1) {
+            assert!(
+                matches!(res, Err(Error::InvalidArgument { arg: "replay", .. })),
+                "{op}: {res:?}"
+            );
+        }
+        assert!(c.untouched(&g.stream));
+    }
+}

@@ -452,7 +452,11 @@ pub fn trtllm_fp4_block_scale_moe(
     args.ro_opt("gemm1_bias", f32_, gemm1_bias);
     args.ro_opt("gemm2_bias", f32_, gemm2_bias);
     args.ro_opt("output1_scales_scalar", f32_, output1_scales_scalar);
-    args.ro_opt("output1_scales_gate_scalar", f32_, output1_scales_gate_scalar);
+    args.ro_opt(
+        "output1_scales_gate_scalar",
+        f32_,
+        output1_scales_gate_scalar,
+    );
     args.ro_opt("output2_scales_scalar", f32_, output2_scales_scalar);
     args.ro_opt("per_token_scales", f32_, per_token_scales);
     args.swiglu(swiglu);
@@ -548,7 +552,7 @@ impl<'v> Args<'v> {
         self,
         stream: &Arc<CudaStream>,
         output: &mut CudaViewMut<'_, bf16>,
-        mut replay: Option<&mut ReplayView<'_>>,
+        replay: Option<&mut ReplayView<'_>>,
         use_routing_scales_on_input: bool,
     ) -> Result<Option<Unfinalized>> {
         let Args {
@@ -643,9 +647,10 @@ impl<'v> Args<'v> {
         );
         let (n_group, topk_group) = match cfg.method {
             // The fused launchers want DeepSeekV3's groups given (1 = ungrouped).
-            RoutingMethod::DeepSeekV3 { .. } => {
-                (i64::from(raw.n_group.max(1)), i64::from(raw.topk_group.max(1)))
-            }
+            RoutingMethod::DeepSeekV3 { .. } => (
+                i64::from(raw.n_group.max(1)),
+                i64::from(raw.topk_group.max(1)),
+            ),
             _ => (-1, -1),
         };
         let has_scale = matches!(
@@ -720,7 +725,7 @@ impl<'v> Args<'v> {
         let (p, g) = output.device_ptr_mut(stream);
         guards.push(g);
         fill("output", p, &mut a)?;
-        if let Some(r) = replay.as_deref_mut() {
+        if let Some(r) = replay {
             let (p, g) = r.data_mut().device_ptr_mut(stream);
             guards.push(g);
             fill("routing_replay_out", p, &mut a)?;
@@ -729,7 +734,7 @@ impl<'v> Args<'v> {
         // The architecture gate comes first (the shim answers UnsupportedArch or
         // KernelsNotBuilt without touching upstream); the cubin store is needed only after.
         ctx.bind_to_thread()?;
-        if device_info(&ctx)?.fused_supported {
+        if device_info(ctx)?.fused_supported {
             cubin::ensure_installed()?;
         }
         let mut out: *mut sys::fi_moe_outputs = std::ptr::null_mut();

@@ -128,7 +128,7 @@ impl Ue8m0 {
     }
     /// The smallest power of two `>= x` (x > 0), as MX quantisers choose block scales.
     pub fn ceil_from_f32(x: f32) -> Ue8m0 {
-        if !(x > 0.0) {
+        if x.is_nan() || x <= 0.0 {
             return Ue8m0(0);
         }
         let e = x.log2().ceil() as i32;

@@ -22,8 +22,8 @@ mod types;
 pub use call::{
     trtllm_bf16_moe, trtllm_fp4_block_scale_moe, trtllm_fp8_block_scale_moe,
     trtllm_fp8_per_tensor_scale_moe, Bf16Moe, Fp4Activations, Fp4BlockScaleMoe, Fp4Weights,
-    Fp8Activations, Fp8BlockScaleMoe, Fp8BlockScales, Fp8PerTensorMoe, MoeRouting,
-    MoeRoutingInput, RawTensor, SwigluParams, Unfinalized,
+    Fp8Activations, Fp8BlockScaleMoe, Fp8BlockScales, Fp8PerTensorMoe, MoeRouting, MoeRoutingInput,
+    RawTensor, SwigluParams, Unfinalized,
 };
 pub use cubin::CubinStore;
 pub use elements::{E2m1x2, E4m3, Ue8m0};

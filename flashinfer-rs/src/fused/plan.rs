@@ -107,7 +107,9 @@ impl Op {
         match self {
             Op::Bf16 | Op::Fp8PerTensor | Op::Fp8BlockDeepSeek => &[8, 16, 32, 64, 128],
             Op::Fp8BlockMx => &[8, 16, 32, 64, 128, 256],
-            Op::Fp4 { act: Fp4Act::Bf16, .. } => &[8, 16, 32, 64],
+            Op::Fp4 {
+                act: Fp4Act::Bf16, ..
+            } => &[8, 16, 32, 64],
             Op::Fp4 { .. } => &[8, 16, 32, 64, 128, 256],
         }
     }
@@ -338,7 +340,10 @@ pub(crate) fn plan(d: &Desc) -> Result<Vec<Spec>> {
                 || "must be f32 or bf16".into(),
             )?;
             ensure(len >= t * e, "logits", || {
-                format!("holds {len} elements, {t} tokens x {e} experts need {}", t * e)
+                format!(
+                    "holds {len} elements, {t} tokens x {e} experts need {}",
+                    t * e
+                )
             })?;
             p.specs.push(Spec {
                 name: "routing_logits",
@@ -347,8 +352,18 @@ pub(crate) fn plan(d: &Desc) -> Result<Vec<Spec>> {
             });
             let name = cfg.method.name();
             match (bias, cfg.method.needs_bias()) {
-                (None, true) => return Err(Error::invalid("bias", format!("{name} routing needs a bias"))),
-                (Some(_), false) => return Err(Error::invalid("bias", format!("{name} routing takes no bias"))),
+                (None, true) => {
+                    return Err(Error::invalid(
+                        "bias",
+                        format!("{name} routing needs a bias"),
+                    ))
+                }
+                (Some(_), false) => {
+                    return Err(Error::invalid(
+                        "bias",
+                        format!("{name} routing takes no bias"),
+                    ))
+                }
                 (Some((bdt, n)), true) => {
                     ensure(n == e, "bias", || {
                         format!("must hold num_experts ({e}) elements, holds {n}")
@@ -366,13 +381,21 @@ pub(crate) fn plan(d: &Desc) -> Result<Vec<Spec>> {
             ensure(
                 matches!(op, Op::Bf16 | Op::Fp8BlockDeepSeek | Op::Fp8BlockMx),
                 "routing",
-                || format!("{} takes routing from logits only in flashinfer-rs", op.name()),
+                || {
+                    format!(
+                        "{} takes routing from logits only in flashinfer-rs",
+                        op.name()
+                    )
+                },
             )?;
             ensure(d.replay.is_none(), "replay", || {
                 "precomputed routing is already the caller's: there is nothing to replay".into()
             })?;
             ensure(len >= t * k, "packed_ids", || {
-                format!("holds {len} elements, {t} tokens x top_k {k} need {}", t * k)
+                format!(
+                    "holds {len} elements, {t} tokens x top_k {k} need {}",
+                    t * k
+                )
             })?;
             p.specs.push(Spec {
                 name: "expert_indices",
@@ -382,7 +405,9 @@ pub(crate) fn plan(d: &Desc) -> Result<Vec<Spec>> {
         }
     }
     if let Some((rows, cols)) = d.replay {
-        ensure(cols == k, "replay", || format!("has {cols} columns, top_k is {k}"))?;
+        ensure(cols == k, "replay", || {
+            format!("has {cols} columns, top_k is {k}")
+        })?;
         ensure(rows >= t, "replay", || {
             format!("has {rows} rows, the call routes {t} tokens")
         })?;
@@ -460,11 +485,17 @@ pub(crate) fn plan(d: &Desc) -> Result<Vec<Spec>> {
                 p.need("gemm1_weights_scale", f32_, &[el, m1 / 128, h / 128])?;
                 p.need("gemm2_weights_scale", f32_, &[el, h / 128, i / 128])?;
             } else {
-                ensure(h.is_multiple_of(32) && i.is_multiple_of(32), "shape", || {
-                    "MxFp8 needs hidden_size and intermediate_size multiples of 32".into()
-                })?;
+                ensure(
+                    h.is_multiple_of(32) && i.is_multiple_of(32),
+                    "shape",
+                    || "MxFp8 needs hidden_size and intermediate_size multiples of 32".into(),
+                )?;
                 // Swizzled (128 x 4) ue8m0 scales, as upstream's mxfp8_quantize makes them.
-                p.need("hidden_states_scale", u8_, &[round_up(t, 128) * round_up(h / 32, 4)])?;
+                p.need(
+                    "hidden_states_scale",
+                    u8_,
+                    &[round_up(t, 128) * round_up(h / 32, 4)],
+                )?;
                 p.need(
                     "gemm1_weights_scale",
                     u8_,
@@ -481,12 +512,17 @@ pub(crate) fn plan(d: &Desc) -> Result<Vec<Spec>> {
         }
         Op::Fp4 { act, weights } => {
             let vec = if weights == Fp4W::Nvfp4 { 16 } else { 32 };
-            ensure(h.is_multiple_of(vec) && i.is_multiple_of(vec), "shape", || {
-                format!("fp4 weights need hidden_size and intermediate_size multiples of {vec}")
-            })?;
+            ensure(
+                h.is_multiple_of(vec) && i.is_multiple_of(vec),
+                "shape",
+                || format!("fp4 weights need hidden_size and intermediate_size multiples of {vec}"),
+            )?;
             match (act, weights) {
                 (Fp4Act::Nvfp4, Fp4W::Mxfp4) => {
-                    return Err(Error::invalid("hidden_states", "nvfp4 activations need nvfp4 weights"))
+                    return Err(Error::invalid(
+                        "hidden_states",
+                        "nvfp4 activations need nvfp4 weights",
+                    ))
                 }
                 (Fp4Act::Bf16 | Fp4Act::E4m3 | Fp4Act::MxE4m3, Fp4W::Nvfp4) => {
                     return Err(Error::invalid(

@@ -13,8 +13,8 @@ pub const EPILOGUE_TILE_M_DEEPSEEK: usize = 64;
 
 const SRC_TO_DST_BLK16: [usize; 16] = [0, 8, 1, 9, 2, 10, 3, 11, 4, 12, 5, 13, 6, 14, 7, 15];
 const SRC_TO_DST_BLK32: [usize; 32] = [
-    0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27, 4, 12, 20, 28, 5, 13, 21, 29, 6,
-    14, 22, 30, 7, 15, 23, 31,
+    0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18, 26, 3, 11, 19, 27, 4, 12, 20, 28, 5, 13, 21, 29, 6, 14,
+    22, 30, 7, 15, 23, 31,
 ];
 
 /// Interleaves the two halves of a gated GEMM1 (`[x1 rows; x2 rows]` → `x1_0, x2_0, x1_1,
@@ -75,7 +75,10 @@ pub fn permute_rows<T: Copy>(src: &[T], cols: usize, order: &[usize]) -> Vec<T> 
 /// `[m, k]` row-major → BlockMajorK `[k / block_k, m, block_k]` (`convert_to_block_layout`).
 pub fn to_block_major_k<T: Copy>(src: &[T], m: usize, k: usize, block_k: usize) -> Vec<T> {
     assert_eq!(src.len(), m * k, "matrix size");
-    assert!(k.is_multiple_of(block_k), "k ({k}) must be a multiple of {block_k}");
+    assert!(
+        k.is_multiple_of(block_k),
+        "k ({k}) must be a multiple of {block_k}"
+    );
     let mut out = Vec::with_capacity(src.len());
     for kb in 0..k / block_k {
         for r in 0..m {
@@ -89,7 +92,11 @@ pub fn to_block_major_k<T: Copy>(src: &[T], m: usize, k: usize, block_k: usize) 
 /// matrix padded to `[round_up(rows, 128), round_up(cols, 4)]` (`block_scale_interleave`).
 pub fn interleaved_scale_index(row: usize, col: usize, cols: usize) -> usize {
     let k_tiles = cols.div_ceil(4);
-    (row / 128) * k_tiles * 512 + (col / 4) * 512 + (row % 32) * 16 + ((row % 128) / 32) * 4 + col % 4
+    (row / 128) * k_tiles * 512
+        + (col / 4) * 512
+        + (row % 32) * 16
+        + ((row % 128) / 32) * 4
+        + col % 4
 }
 
 /// Interleaves a row-major `[rows, cols]` scale matrix (padding with zero bytes).
@@ -148,7 +155,9 @@ mod tests {
 
     fn is_permutation(order: &[usize]) -> bool {
         let mut seen = vec![false; order.len()];
-        order.iter().all(|&i| i < seen.len() && !std::mem::replace(&mut seen[i], true))
+        order
+            .iter()
+            .all(|&i| i < seen.len() && !std::mem::replace(&mut seen[i], true))
     }
 
     #[test]

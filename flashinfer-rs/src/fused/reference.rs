@@ -118,7 +118,10 @@ pub fn activations(
     for t in 0..p.num_tokens {
         for k in 0..p.top_k {
             let e = ids[t * p.top_k + k];
-            let Some(le) = e.checked_sub(p.local_expert_offset).filter(|&l| l < p.local_num_experts) else {
+            let Some(le) = e
+                .checked_sub(p.local_expert_offset)
+                .filter(|&l| l < p.local_num_experts)
+            else {
                 continue;
             };
             let mut x: Vec<f32> = hidden[t * h..(t + 1) * h].to_vec();
@@ -150,7 +153,10 @@ pub fn moe(
     for t in 0..p.num_tokens {
         for k in 0..p.top_k {
             let e = ids[t * p.top_k + k];
-            let Some(le) = e.checked_sub(p.local_expert_offset).filter(|&l| l < p.local_num_experts) else {
+            let Some(le) = e
+                .checked_sub(p.local_expert_offset)
+                .filter(|&l| l < p.local_num_experts)
+            else {
                 continue;
             };
             let a: Vec<f32> = acts
@@ -197,7 +203,10 @@ pub fn quantize_fp8_per_tensor(x: &[f32]) -> (Vec<E4m3>, f32) {
 /// DeepSeek fp8 weights: `[m, k]` in 128x128 blocks, each scaled by `amax / 448`; returns the
 /// values and the `[m/128, k/128]` scales (dequantise: `q * scale`).
 pub fn quantize_fp8_blocks(x: &[f32], m: usize, k: usize) -> (Vec<E4m3>, Vec<f32>) {
-    assert!(m.is_multiple_of(128) && k.is_multiple_of(128), "128x128 blocks");
+    assert!(
+        m.is_multiple_of(128) && k.is_multiple_of(128),
+        "128x128 blocks"
+    );
     let (mb, kb) = (m / 128, k / 128);
     let mut scales = vec![0f32; mb * kb];
     for r in 0..m {
@@ -222,7 +231,11 @@ pub fn quantize_fp8_blocks(x: &[f32], m: usize, k: usize) -> (Vec<E4m3>, Vec<f32
 
 /// DeepSeek fp8 activations: each token's 128-element blocks scaled by `amax / 448`; returns
 /// the values and the scales transposed to `[hidden/128, num_tokens]` as the kernel takes them.
-pub fn quantize_fp8_activation_blocks(x: &[f32], tokens: usize, hidden: usize) -> (Vec<E4m3>, Vec<f32>) {
+pub fn quantize_fp8_activation_blocks(
+    x: &[f32],
+    tokens: usize,
+    hidden: usize,
+) -> (Vec<E4m3>, Vec<f32>) {
     assert!(hidden.is_multiple_of(128), "128-element blocks");
     let hb = hidden / 128;
     let mut scales_t = vec![1f32; hb * tokens];

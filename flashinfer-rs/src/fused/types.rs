@@ -75,7 +75,10 @@ impl Activation {
     pub fn is_gated(self) -> bool {
         matches!(
             self,
-            Activation::Swiglu | Activation::Geglu | Activation::SwigluBias | Activation::SwigluStep
+            Activation::Swiglu
+                | Activation::Geglu
+                | Activation::SwigluBias
+                | Activation::SwigluStep
         )
     }
 }

@@ -89,12 +89,18 @@ fn a_missing_or_malformed_checksum_list_is_a_cubin_error() {
         Err(Error::Cubin(m)) => m,
         other => panic!("{other:?}"),
     };
-    assert!(m.contains("checksums.txt") && m.contains("vendor/fetch.py"), "{m}");
+    assert!(
+        m.contains("checksums.txt") && m.contains("vendor/fetch.py"),
+        "{m}"
+    );
     let dir = root.join(ARTIFACT);
     std::fs::create_dir_all(&dir).unwrap();
     let _tmp = Tmp(root.clone());
     std::fs::write(dir.join("checksums.txt"), "nothex  A.cubin\n").unwrap();
-    assert!(matches!(CubinStore::open(&root, ARTIFACT), Err(Error::Cubin(_))));
+    assert!(matches!(
+        CubinStore::open(&root, ARTIFACT),
+        Err(Error::Cubin(_))
+    ));
 }
 
 extern "C" fn collect(ctx: *mut c_void, data: *const u8, len: usize) {
@@ -116,13 +122,18 @@ fn call(load: impl FnOnce() -> Result<Vec<u8>>) -> (i32, Vec<u8>, String) {
         )
     };
     // SAFETY: `answer` NUL-terminates within the buffer.
-    let msg = unsafe { CStr::from_ptr(err.as_ptr()) }.to_string_lossy().into_owned();
+    let msg = unsafe { CStr::from_ptr(err.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
     (rc, sunk, msg)
 }
 
 #[test]
 fn the_callback_sinks_bytes_or_reports_and_never_unwinds() {
-    assert_eq!(call(|| Ok(vec![1, 2, 3])), (0, vec![1, 2, 3], String::new()));
+    assert_eq!(
+        call(|| Ok(vec![1, 2, 3])),
+        (0, vec![1, 2, 3], String::new())
+    );
     let (rc, sunk, msg) = call(|| Err(Error::Cubin("nope".into())));
     assert_eq!((rc, sunk.len(), msg.as_str()), (1, 0, "nope"));
     let (rc, _, msg) = call(|| panic!("loader bug"));

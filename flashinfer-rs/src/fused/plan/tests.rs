@@ -157,16 +157,27 @@ fn set_len(d: &mut Desc, name: &str, len: usize) {
 
 #[test]
 fn valid_calls_of_every_op_plan_their_tensors() {
-    for d in [bf16_call(), fp8_per_tensor_call(), deepseek_call(), nvfp4_call()] {
+    for d in [
+        bf16_call(),
+        fp8_per_tensor_call(),
+        deepseek_call(),
+        nvfp4_call(),
+    ] {
         let specs = plan(&d).unwrap_or_else(|e| panic!("{:?}: {e}", d.op));
         let shape = |n: &str| specs.iter().find(|s| s.name == n).map(|s| s.shape.clone());
         assert_eq!(shape("routing_logits"), Some(vec![T as i64, E as i64]));
-        assert_eq!(shape("routing_replay_out"), Some(vec![(T + 3) as i64, K as i64]));
+        assert_eq!(
+            shape("routing_replay_out"),
+            Some(vec![(T + 3) as i64, K as i64])
+        );
         assert_eq!(shape("output"), Some(vec![T as i64, H as i64]));
     }
     let s = plan(&bf16_call()).unwrap();
     let w1 = s.iter().find(|s| s.name == "gemm1_weights").unwrap();
-    assert_eq!(w1.shape, vec![E as i64, (H / 64) as i64, (2 * I) as i64, 64]);
+    assert_eq!(
+        w1.shape,
+        vec![E as i64, (H / 64) as i64, (2 * I) as i64, 64]
+    );
     let s = plan(&deepseek_call()).unwrap();
     let hs = s.iter().find(|s| s.name == "hidden_states_scale").unwrap();
     assert_eq!(hs.shape, vec![(H / 128) as i64, T as i64]);
@@ -184,7 +195,11 @@ fn routing_rules_of_the_method_apply() {
 fn fused_routing_needs_experts_in_fours_and_more_than_top_k() {
     let mut d = bf16_call();
     d.routing = RoutingConfig::new(RoutingMethod::Renormalize, 6, 2);
-    d.src = RoutingSrc::Logits { dtype: fi_dtype::FI_DTYPE_BF16, len: T * 6, bias: None };
+    d.src = RoutingSrc::Logits {
+        dtype: fi_dtype::FI_DTYPE_BF16,
+        len: T * 6,
+        bias: None,
+    };
     assert_refused(&d, "num_experts", "multiple of 4");
     let mut d = bf16_call();
     d.routing = RoutingConfig::new(RoutingMethod::Renormalize, 8, 8);
@@ -195,7 +210,11 @@ fn fused_routing_needs_experts_in_fours_and_more_than_top_k() {
 fn grouped_deepseek_top_k_is_capped_at_eight_up_to_384_experts() {
     let mut d = deepseek_call();
     d.routing = RoutingConfig::new(
-        RoutingMethod::DeepSeekV3 { n_group: 8, topk_group: 4, routed_scaling_factor: 1.0 },
+        RoutingMethod::DeepSeekV3 {
+            n_group: 8,
+            topk_group: 4,
+            routed_scaling_factor: 1.0,
+        },
         256,
         10,
     );
@@ -223,7 +242,10 @@ fn weights_are_sized_for_the_local_experts_only() {
     d.routing = d.routing.with_local_experts(4, 4);
     // Sized for 8 experts: more than enough for 4, accepted; the spec says 4.
     let s = plan(&d).unwrap();
-    assert_eq!(s.iter().find(|s| s.name == "gemm2_weights").unwrap().shape[0], 4);
+    assert_eq!(
+        s.iter().find(|s| s.name == "gemm2_weights").unwrap().shape[0],
+        4
+    );
 }
 
 #[test]
@@ -250,13 +272,25 @@ fn each_undersized_tensor_is_named() {
 #[test]
 fn logits_and_bias_are_checked_like_routing() {
     let mut d = bf16_call();
-    d.src = RoutingSrc::Logits { dtype: fi_dtype::FI_DTYPE_BF16, len: T * E as usize - 1, bias: None };
+    d.src = RoutingSrc::Logits {
+        dtype: fi_dtype::FI_DTYPE_BF16,
+        len: T * E as usize - 1,
+        bias: None,
+    };
     assert_refused(&d, "logits", "need");
     let mut d = bf16_call();
-    d.src = RoutingSrc::Logits { dtype: fi_dtype::FI_DTYPE_I32, len: T * E as usize, bias: None };
+    d.src = RoutingSrc::Logits {
+        dtype: fi_dtype::FI_DTYPE_I32,
+        len: T * E as usize,
+        bias: None,
+    };
     assert_refused(&d, "logits", "f32 or bf16");
     let mut d = deepseek_call();
-    d.src = RoutingSrc::Logits { dtype: fi_dtype::FI_DTYPE_F32, len: T * E as usize, bias: None };
+    d.src = RoutingSrc::Logits {
+        dtype: fi_dtype::FI_DTYPE_F32,
+        len: T * E as usize,
+        bias: None,
+    };
     assert_refused(&d, "bias", "needs a bias");
     let mut d = deepseek_call();
     d.src = RoutingSrc::Logits {
@@ -287,16 +321,22 @@ fn replay_needs_top_k_columns_and_a_row_per_token() {
 #[test]
 fn precomputed_routing_has_no_replay_and_only_some_ops_take_it() {
     let mut d = bf16_call();
-    d.src = RoutingSrc::Packed { len: T * K as usize };
+    d.src = RoutingSrc::Packed {
+        len: T * K as usize,
+    };
     assert_refused(&d, "replay", "nothing to replay");
     d.replay = None;
     let s = plan(&d).unwrap();
     assert!(s.iter().any(|s| s.name == "expert_indices"));
-    d.src = RoutingSrc::Packed { len: T * K as usize - 1 };
+    d.src = RoutingSrc::Packed {
+        len: T * K as usize - 1,
+    };
     assert_refused(&d, "packed_ids", "need");
     let mut d = fp8_per_tensor_call();
     d.replay = None;
-    d.src = RoutingSrc::Packed { len: T * K as usize };
+    d.src = RoutingSrc::Packed {
+        len: T * K as usize,
+    };
     assert_refused(&d, "routing", "logits only");
 }
 
@@ -322,7 +362,8 @@ fn deepseek_fp8_is_swiglu_only_and_has_no_mx_extras() {
     d.opts.activation = Activation::Relu2;
     assert_refused(&d, "activation", "SwiGLU");
     let mut d = deepseek_call();
-    d.given.push(g("gemm1_alpha", fi_dtype::FI_DTYPE_F32, E as usize));
+    d.given
+        .push(g("gemm1_alpha", fi_dtype::FI_DTYPE_F32, E as usize));
     assert_refused(&d, "gemm1_alpha", "MxFp8 only");
 }
 
@@ -343,17 +384,24 @@ fn sizes_must_suit_the_kernels() {
 fn swiglu_parameters_need_swiglu() {
     let mut d = bf16_call();
     d.opts.activation = Activation::Relu2;
-    d.given.push(g("gemm1_beta", fi_dtype::FI_DTYPE_F32, E as usize));
+    d.given
+        .push(g("gemm1_beta", fi_dtype::FI_DTYPE_F32, E as usize));
     assert_refused(&d, "activation", "SwiGLU");
 }
 
 #[test]
 fn fp4_activation_and_weight_kinds_must_pair() {
     let mut d = nvfp4_call();
-    d.op = Op::Fp4 { act: Fp4Act::Nvfp4, weights: Fp4W::Mxfp4 };
+    d.op = Op::Fp4 {
+        act: Fp4Act::Nvfp4,
+        weights: Fp4W::Mxfp4,
+    };
     assert_refused(&d, "hidden_states", "nvfp4 weights");
     let mut d = nvfp4_call();
-    d.op = Op::Fp4 { act: Fp4Act::Bf16, weights: Fp4W::Nvfp4 };
+    d.op = Op::Fp4 {
+        act: Fp4Act::Bf16,
+        weights: Fp4W::Nvfp4,
+    };
     assert_refused(&d, "hidden_states", "mxfp4 weights");
 }
 
@@ -367,20 +415,30 @@ fn fp4_output_scales_are_required_with_nvfp4_activations() {
 #[test]
 fn a_tensor_the_op_does_not_take_is_refused() {
     let mut d = bf16_call();
-    d.given.push(g("per_token_scales", fi_dtype::FI_DTYPE_F32, T));
+    d.given
+        .push(g("per_token_scales", fi_dtype::FI_DTYPE_F32, T));
     assert_refused(&d, "per_token_scales", "not taken");
 }
 
 #[test]
 fn tactic_tile_must_be_one_the_op_builds() {
     let mut d = bf16_call();
-    d.opts.tactic = Some(Tactic { tile_n: 256, config: 0 });
+    d.opts.tactic = Some(Tactic {
+        tile_n: 256,
+        config: 0,
+    });
     assert_refused(&d, "tactic", "not one of");
     let mut d = bf16_call();
-    d.opts.tactic = Some(Tactic { tile_n: 64, config: -2 });
+    d.opts.tactic = Some(Tactic {
+        tile_n: 64,
+        config: -2,
+    });
     assert_refused(&d, "tactic", ">= 0");
     let mut d = nvfp4_call();
-    d.opts.tactic = Some(Tactic { tile_n: 256, config: 3 });
+    d.opts.tactic = Some(Tactic {
+        tile_n: 256,
+        config: 3,
+    });
     plan(&d).unwrap();
 }
 

@@ -24,12 +24,19 @@ fn swiglu_moe_matches_a_hand_computation() {
     let hidden = [1.0, 2.0, -1.0, 0.5];
     let ids = [0, 1, 1, 0];
     let weights = [0.75, 0.25, 0.5, 0.5];
-    let out = moe(&problem(Activation::Swiglu, 2), &hidden, &ids, &weights, &w, ActivationRounding::Bf16);
+    let out = moe(
+        &problem(Activation::Swiglu, 2),
+        &hidden,
+        &ids,
+        &weights,
+        &w,
+        ActivationRounding::Bf16,
+    );
     let silu = |x: f32| x / (1.0 + (-x).exp());
     let a00 = round_bf16(silu(2.0) * 1.0); // token 0, expert 0
     let a01 = round_bf16(silu(3.0) * 3.0); // token 0, expert 1
     let a10 = round_bf16(silu(-0.5) * -0.5); // token 1, expert 1
-    let a11 = round_bf16(silu(0.5) * -1.0); // token 1, expert 0
+    let a11 = round_bf16(-silu(0.5)); // token 1, expert 0
     let expect = [
         0.75 * 2.0 * a00 + 0.25 * a01,
         0.75 * 3.0 * a00 - 0.25 * a01,
@@ -50,7 +57,14 @@ fn experts_outside_the_local_range_contribute_nothing() {
     let mut p = problem(Activation::Relu2, 1);
     p.local_expert_offset = 1;
     p.local_num_experts = 1;
-    let out = moe(&p, &[1.0, 2.0, 3.0, 4.0], &[0, 1], &[1.0, 0.5], &w, ActivationRounding::Bf16);
+    let out = moe(
+        &p,
+        &[1.0, 2.0, 3.0, 4.0],
+        &[0, 1],
+        &[1.0, 0.5],
+        &w,
+        ActivationRounding::Bf16,
+    );
     assert_eq!(&out[..2], &[0.0, 0.0]);
     assert_eq!(&out[2..], &[0.5 * 49.0, 0.5 * 49.0]);
 }
@@ -64,7 +78,14 @@ fn routing_scales_on_input_scale_the_input_not_the_output() {
     let mut p = problem(Activation::Relu2, 1);
     p.local_num_experts = 1;
     p.routing_scales_on_input = true;
-    let out = moe(&p, &[2.0, 0.0, 4.0, 0.0], &[0, 0], &[0.5, 0.25], &w, ActivationRounding::Bf16);
+    let out = moe(
+        &p,
+        &[2.0, 0.0, 4.0, 0.0],
+        &[0, 0],
+        &[0.5, 0.25],
+        &w,
+        ActivationRounding::Bf16,
+    );
     assert_eq!(out, vec![1.0, 0.0, 1.0, 0.0]);
 }
 
@@ -76,13 +97,22 @@ fn fp8_rounding_uses_the_global_scale() {
     };
     let mut p = problem(Activation::Identity, 1);
     p.local_num_experts = 1;
-    let out = moe(&p, &[1.03, 0.0, 0.0, 0.0], &[0, 0], &[1.0, 1.0], &w, ActivationRounding::Fp8PerTensor { scale: 1.0 });
+    let out = moe(
+        &p,
+        &[1.03, 0.0, 0.0, 0.0],
+        &[0, 0],
+        &[1.0, 1.0],
+        &w,
+        ActivationRounding::Fp8PerTensor { scale: 1.0 },
+    );
     assert_eq!(out[0], 1.0); // 1.03 rounds to e4m3 1.0 at scale 1
 }
 
 #[test]
 fn quantisers_round_trip_within_their_precision() {
-    let x: Vec<f32> = (0..256 * 128).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+    let x: Vec<f32> = (0..256 * 128)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+        .collect();
     let (q, s) = quantize_fp8_per_tensor(&x);
     for (v, q) in x.iter().zip(&q) {
         assert!((q.to_f32() / s - v).abs() <= v.abs() * 0.0625 + 1e-3, "{v}");
@@ -103,8 +133,14 @@ fn quantisers_round_trip_within_their_precision() {
 #[test]
 fn accuracy_criterion_counts_the_close_fraction() {
     let r = [1.0, 2.0, 3.0, 4.0];
-    assert_eq!(check_accuracy(&r, &[1.0, 2.0, 3.0, 4.0], 0.0, 0.0, 1.0), Ok(1.0));
-    assert_eq!(check_accuracy(&r, &[1.0, 2.0, 3.0, 9.0], 0.1, 0.1, 0.75), Ok(0.75));
+    assert_eq!(
+        check_accuracy(&r, &[1.0, 2.0, 3.0, 4.0], 0.0, 0.0, 1.0),
+        Ok(1.0)
+    );
+    assert_eq!(
+        check_accuracy(&r, &[1.0, 2.0, 3.0, 9.0], 0.1, 0.1, 0.75),
+        Ok(0.75)
+    );
     assert!(check_accuracy(&r, &[1.0, 2.0, 9.0, 9.0], 0.1, 0.1, 0.75).is_err());
     assert!(check_accuracy(&r, &[1.0, 2.0, 3.0, f32::NAN], 1.0, 1.0, 0.5).is_err());
 }

@@ -10,6 +10,8 @@ mod capture;
 mod common;
 mod concurrency;
 mod fused;
+#[cfg(feature = "sm100")]
+mod fused_sm100;
 mod graph;
 mod noaux;
 mod routing;

@@ -1,0 +1,731 @@
+//! The fused MoE on Blackwell (`cargo test --features sm100` on a B200/GB200): every op
+//! against the CPU reference MoE (routing oracle + dequantised expert math), the replay
+//! invariants (ids = the routing oracle, sentinel rows untouched, output bit-identical with and
+//! without replay), expert parallelism, unfinalized outputs and a CUDA graph replay.
+//!
+//! On any other GPU these tests print `skipped:` and pass; `FLASHINFER_RS_REQUIRE_SM100=1`
+//! turns the skip into a failure. Tolerances are upstream's (tests/moe/
+//! test_trtllm_gen_fused_moe.py of FlashInfer 0.6.13, `get_tolerances`).
+use std::sync::Arc;
+
+use flashinfer_rs::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use flashinfer_rs::cudarc::driver::{CudaSlice, CudaStream};
+use flashinfer_rs::fused::prepare::{shuffle_expert_weights, EPILOGUE_TILE_M};
+use flashinfer_rs::fused::reference::{self, ActivationRounding, ExpertWeights, ReferenceProblem};
+use flashinfer_rs::fused::{
+    trtllm_bf16_moe, trtllm_fp8_block_scale_moe, trtllm_fp8_per_tensor_scale_moe, Activation,
+    Bf16Moe, E4m3, Fp8Activations, Fp8BlockScaleMoe, Fp8BlockScales, Fp8PerTensorMoe, MoeOptions,
+    MoeRouting, MoeRoutingInput, MoeShape, SwigluParams, WeightLayout,
+};
+use flashinfer_rs::half::bf16;
+use flashinfer_rs::routing::oracle::{self, SplitMix64};
+use flashinfer_rs::routing::{Logits, RoutingConfig, RoutingMethod};
+use flashinfer_rs::ReplayView;
+
+use crate::common::{gpu, Gpu};
+
+const SENTINEL: i16 = -7;
+const SPARE_ROWS: usize = 3;
+
+/// The GPU, if it runs the fused MoE; else `None` after saying why (or a failure when
+/// `FLASHINFER_RS_REQUIRE_SM100=1`).
+fn sm100(test: &str) -> Option<Gpu> {
+    let required = std::env::var("FLASHINFER_RS_REQUIRE_SM100").is_ok_and(|v| v == "1");
+    let g = gpu(test);
+    let supported = g
+        .as_ref()
+        .is_some_and(|g| flashinfer_rs::device_info(&g.ctx).unwrap().fused_supported);
+    if !supported {
+        assert!(
+            !required,
+            "FLASHINFER_RS_REQUIRE_SM100=1 but this machine cannot run the fused MoE ({test})"
+        );
+        eprintln!("skipped: {test}: needs an sm_100 GPU and an `sm100` build");
+        return None;
+    }
+    g
+}
+
+fn uniform(rng: &mut SplitMix64, n: usize, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|_| bf16::from_f32((rng.unit() as f32 * 2.0 - 1.0) * scale).to_f32())
+        .collect()
+}
+
+fn to_bf16(x: &[f32]) -> Vec<bf16> {
+    x.iter().map(|&v| bf16::from_f32(v)).collect()
+}
+
+/// One problem's host data: routing (logits, bias, oracle) and f32 activations/weights.
+struct Case {
+    cfg: RoutingConfig,
+    shape: MoeShape,
+    activation: Activation,
+    logits: Vec<f32>,
+    bf16_logits: bool,
+    bias: Option<Vec<f32>>,
+    ids: Vec<usize>,
+    weights: Vec<f32>,
+    hidden: Vec<f32>,
+    w: ExpertWeights,
+}
+
+impl Case {
+    fn new(cfg: RoutingConfig, shape: MoeShape, seed: u64) -> Case {
+        let bf16_logits = !matches!(cfg.method, RoutingMethod::DeepSeekV3 { .. });
+        let (logits, bias) = oracle::separated_logits(&cfg, shape.num_tokens, bf16_logits, seed);
+        let routed = oracle::route(&cfg, &logits, bias.as_deref(), shape.num_tokens);
+        let mut rng = SplitMix64(seed ^ 0x5eed);
+        let (h, i) = (shape.hidden_size, shape.intermediate_size);
+        let el = cfg.local_num_experts as usize;
+        Case {
+            cfg,
+            shape,
+            activation: Activation::Swiglu,
+            logits,
+            bf16_logits,
+            bias,
+            ids: routed.ids.iter().map(|&x| x as usize).collect(),
+            // The kernels carry routing weights in bf16.
+            weights: routed
+                .weights
+                .iter()
+                .map(|&x| bf16::from_f32(x).to_f32())
+                .collect(),
+            hidden: uniform(&mut rng, shape.num_tokens * h, 1.0),
+            w: ExpertWeights {
+                w1: uniform(&mut rng, el * 2 * i * h, 1.0 / (h as f32).sqrt()),
+                w2: uniform(&mut rng, el * h * i, 1.0 / (i as f32).sqrt()),
+            },
+        }
+    }
+
+    fn problem(&self, routing_scales_on_input: bool) -> ReferenceProblem {
+        ReferenceProblem {
+            num_tokens: self.shape.num_tokens,
+            hidden_size: self.shape.hidden_size,
+            intermediate_size: self.shape.intermediate_size,
+            top_k: self.cfg.top_k as usize,
+            local_expert_offset: self.cfg.local_expert_offset as usize,
+            local_num_experts: self.cfg.local_num_experts as usize,
+            activation: self.activation,
+            routing_scales_on_input,
+        }
+    }
+}
+
+/// Device routing inputs of a case.
+struct DeviceRouting {
+    f32_logits: Option<CudaSlice<f32>>,
+    bf16_logits: Option<CudaSlice<bf16>>,
+    bias: Option<CudaSlice<f32>>,
+}
+
+impl DeviceRouting {
+    fn upload(s: &Arc<CudaStream>, c: &Case) -> DeviceRouting {
+        let (f, b) = if c.bf16_logits {
+            (None, Some(s.clone_htod(&to_bf16(&c.logits)).unwrap()))
+        } else {
+            (Some(s.clone_htod(&c.logits).unwrap()), None)
+        };
+        DeviceRouting {
+            f32_logits: f,
+            bf16_logits: b,
+            bias: c.bias.as_ref().map(|b| s.clone_htod(b).unwrap()),
+        }
+    }
+
+    fn routing(&self, cfg: RoutingConfig) -> MoeRouting<'_> {
+        let logits: Logits<'_> = match (&self.f32_logits, &self.bf16_logits) {
+            (Some(l), _) => l.into(),
+            (_, Some(l)) => l.into(),
+            _ => unreachable!("one of the two is uploaded"),
+        };
+        MoeRouting {
+            config: cfg,
+            input: MoeRoutingInput::Logits {
+                logits,
+                bias: self.bias.as_ref().map(Into::into),
+            },
+        }
+    }
+}
+
+/// What one op run produced: output and replay (with its spare rows), downloaded.
+struct Outcome {
+    output: Vec<f32>,
+    replay: Option<Vec<i16>>,
+}
+
+/// Runs `op` twice, with and without a replay buffer, and checks the replay invariants;
+/// returns the output.
+fn run_checked(
+    g: &Gpu,
+    c: &Case,
+    name: &str,
+    mut op: impl FnMut(&mut CudaSlice<bf16>, Option<&mut ReplayView<'_>>),
+) -> Vec<f32> {
+    let s = &g.stream;
+    let (t, h, k) = (
+        c.shape.num_tokens,
+        c.shape.hidden_size,
+        c.cfg.top_k as usize,
+    );
+    let mut run = |with_replay: bool| -> Outcome {
+        let mut out = s.alloc_zeros::<bf16>(t * h).unwrap();
+        let mut replay = s.clone_htod(&vec![SENTINEL; (t + SPARE_ROWS) * k]).unwrap();
+        if with_replay {
+            let mut view = ReplayView::from_slice(&mut replay, k).unwrap();
+            op(&mut out, Some(&mut view));
+        } else {
+            op(&mut out, None);
+        }
+        Outcome {
+            output: s
+                .clone_dtoh(&out)
+                .unwrap()
+                .iter()
+                .map(|v| v.to_f32())
+                .collect(),
+            replay: with_replay.then(|| s.clone_dtoh(&replay).unwrap()),
+        }
+    };
+    let with = run(true);
+    let without = run(false);
+    assert!(
+        with.output
+            .iter()
+            .zip(&without.output)
+            .all(|(a, b)| a.to_bits() == b.to_bits()),
+        "{name}: output differs with and without replay"
+    );
+    let replay = with.replay.unwrap();
+    let want: Vec<i16> = c.ids.iter().map(|&x| x as i16).collect();
+    assert_eq!(
+        &replay[..t * k],
+        &want[..],
+        "{name}: replay ids vs the routing oracle"
+    );
+    assert!(
+        replay[t * k..].iter().all(|&x| x == SENTINEL),
+        "{name}: replay wrote past num_tokens"
+    );
+    with.output
+}
+
+fn shape(num_tokens: usize) -> MoeShape {
+    MoeShape {
+        num_tokens,
+        hidden_size: 512,
+        intermediate_size: 256,
+    }
+}
+
+/// Every routing method of the bf16 op, small shapes.
+fn bf16_configs() -> Vec<(&'static str, RoutingConfig)> {
+    let m = |method, e, k| RoutingConfig::new(method, e, k);
+    vec![
+        ("Renormalize", m(RoutingMethod::Renormalize, 64, 4)),
+        (
+            "RenormalizeNaive",
+            m(RoutingMethod::RenormalizeNaive, 64, 4),
+        ),
+        ("Default", m(RoutingMethod::Default, 64, 4)),
+        ("TopK", m(RoutingMethod::TopK, 64, 4)),
+        ("Sigmoid", m(RoutingMethod::Sigmoid, 64, 4)),
+        (
+            "SigmoidRenorm",
+            m(
+                RoutingMethod::SigmoidRenorm {
+                    norm_topk_prob: true,
+                },
+                64,
+                4,
+            ),
+        ),
+        (
+            "MiniMax2",
+            m(
+                RoutingMethod::MiniMax2 {
+                    routed_scaling_factor: 1.0,
+                },
+                64,
+                4,
+            ),
+        ),
+        (
+            "DeepSeekV3",
+            m(
+                RoutingMethod::DeepSeekV3 {
+                    n_group: 8,
+                    topk_group: 4,
+                    routed_scaling_factor: 2.5,
+                },
+                64,
+                4,
+            ),
+        ),
+        ("Llama4", m(RoutingMethod::Llama4, 64, 1)),
+    ]
+}
+
+fn bf16_run(g: &Gpu, c: &Case, opts: &MoeOptions, name: &str) -> Vec<f32> {
+    let s = &g.stream;
+    let (h, i) = (c.shape.hidden_size, c.shape.intermediate_size);
+    let el = c.cfg.local_num_experts as usize;
+    let (w1, w2) = shuffle_expert_weights(
+        &to_bf16(&c.w.w1),
+        &to_bf16(&c.w.w2),
+        el,
+        (2 * i, h),
+        (h, i),
+        true,
+        EPILOGUE_TILE_M,
+        Some(64),
+    );
+    let (hs, w1, w2) = (
+        s.clone_htod(&to_bf16(&c.hidden)).unwrap(),
+        s.clone_htod(&w1).unwrap(),
+        s.clone_htod(&w2).unwrap(),
+    );
+    let dr = DeviceRouting::upload(s, c);
+    let routing = dr.routing(c.cfg);
+    let moe = Bf16Moe {
+        hidden_states: hs.as_view(),
+        gemm1_weights: w1.as_view(),
+        gemm2_weights: w2.as_view(),
+        gemm1_lora_delta: None,
+        swiglu: SwigluParams::default(),
+    };
+    run_checked(g, c, name, |out, replay| {
+        trtllm_bf16_moe(
+            s,
+            &routing,
+            &moe,
+            c.shape,
+            opts,
+            &mut out.as_view_mut(),
+            replay,
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    })
+}
+
+fn check(name: &str, want: &[f32], got: &[f32], percent: f32) {
+    match reference::check_accuracy(want, got, 0.1, 0.85, percent) {
+        Ok(frac) => eprintln!("{name}: {frac:.4} of elements within tolerance"),
+        Err(e) => panic!("{name}: {e}"),
+    }
+}
+
+#[test]
+fn bf16_moe_matches_the_reference_for_every_routing_method() {
+    let Some(g) = sm100("fused_sm100::bf16_moe_matches_the_reference_for_every_routing_method")
+    else {
+        return;
+    };
+    let opts = MoeOptions::new(WeightLayout::BlockMajorK);
+    for (method, cfg) in bf16_configs() {
+        for t in [1, 13, 130] {
+            let name = format!("bf16 {method} T={t}");
+            let c = Case::new(cfg, shape(t), t as u64 * 31 + 7);
+            let got = bf16_run(&g, &c, &opts, &name);
+            let want = reference::moe(
+                &c.problem(false),
+                &c.hidden,
+                &c.ids,
+                &c.weights,
+                &c.w,
+                ActivationRounding::Bf16,
+            );
+            check(&name, &want, &got, 0.925);
+        }
+    }
+}
+
+#[test]
+fn bf16_moe_with_expert_parallelism_sums_only_local_experts() {
+    let Some(g) = sm100("fused_sm100::bf16_moe_with_expert_parallelism_sums_only_local_experts")
+    else {
+        return;
+    };
+    let cfg = RoutingConfig::new(RoutingMethod::Renormalize, 64, 4).with_local_experts(16, 32);
+    let c = Case::new(cfg, shape(40), 99);
+    let got = bf16_run(
+        &g,
+        &c,
+        &MoeOptions::new(WeightLayout::BlockMajorK),
+        "bf16 EP",
+    );
+    let want = reference::moe(
+        &c.problem(false),
+        &c.hidden,
+        &c.ids,
+        &c.weights,
+        &c.w,
+        ActivationRounding::Bf16,
+    );
+    check("bf16 EP 16..48 of 64", &want, &got, 0.925);
+}
+
+#[test]
+fn fp8_per_tensor_moe_matches_the_reference() {
+    let Some(g) = sm100("fused_sm100::fp8_per_tensor_moe_matches_the_reference") else {
+        return;
+    };
+    let s = &g.stream;
+    for (method, cfg, on_input) in [
+        (
+            "Renormalize",
+            RoutingConfig::new(RoutingMethod::Renormalize, 64, 4),
+            false,
+        ),
+        (
+            "Llama4",
+            RoutingConfig::new(RoutingMethod::Llama4, 64, 1),
+            true,
+        ),
+    ] {
+        for t in [1, 37] {
+            let name = format!("fp8 per-tensor {method} T={t}");
+            let mut c = Case::new(cfg, shape(t), 500 + t as u64);
+            let (h, i) = (c.shape.hidden_size, c.shape.intermediate_size);
+            let el = cfg.local_num_experts as usize;
+            // Quantise per expert (weights) and per tensor (activations); the reference runs
+            // on the dequantised values.
+            let (mut q1, mut q2, mut sf1, mut sf2) = (vec![], vec![], vec![], vec![]);
+            for e in 0..el {
+                let (q, sf) =
+                    reference::quantize_fp8_per_tensor(&c.w.w1[e * 2 * i * h..(e + 1) * 2 * i * h]);
+                q1.extend(q);
+                sf1.push(sf);
+                let (q, sf) =
+                    reference::quantize_fp8_per_tensor(&c.w.w2[e * h * i..(e + 1) * h * i]);
+                q2.extend(q);
+                sf2.push(sf);
+            }
+            let (hq, hsf) = reference::quantize_fp8_per_tensor(&c.hidden);
+            c.hidden = hq.iter().map(|q| q.to_f32() / hsf).collect();
+            for e in 0..el {
+                for v in &mut c.w.w1[e * 2 * i * h..(e + 1) * 2 * i * h] {
+                    *v = E4m3::from_f32(*v * sf1[e]).to_f32() / sf1[e];
+                }
+                for v in &mut c.w.w2[e * h * i..(e + 1) * h * i] {
+                    *v = E4m3::from_f32(*v * sf2[e]).to_f32() / sf2[e];
+                }
+            }
+            let p = c.problem(on_input);
+            let acts: Vec<f32> = reference::activations(&p, &c.hidden, &c.ids, &c.weights, &c.w)
+                .into_iter()
+                .flatten()
+                .collect();
+            let c_sf = reference::fp8_global_scale(&acts);
+            let scale_c_fc1: Vec<f32> = sf1.iter().map(|w| c_sf / w / hsf).collect();
+            let scale_gate_fc1: Vec<f32> = sf1.iter().map(|w| 1.0 / w / hsf).collect();
+            let scale_c_fc2: Vec<f32> = sf2.iter().map(|w| 1.0 / c_sf / w).collect();
+            let (w1, w2) = shuffle_expert_weights(
+                &q1,
+                &q2,
+                el,
+                (2 * i, h),
+                (h, i),
+                true,
+                EPILOGUE_TILE_M,
+                None,
+            );
+            let (hs, w1, w2) = (
+                s.clone_htod(&hq).unwrap(),
+                s.clone_htod(&w1).unwrap(),
+                s.clone_htod(&w2).unwrap(),
+            );
+            let (o1, og, o2) = (
+                s.clone_htod(&scale_c_fc1).unwrap(),
+                s.clone_htod(&scale_gate_fc1).unwrap(),
+                s.clone_htod(&scale_c_fc2).unwrap(),
+            );
+            let dr = DeviceRouting::upload(s, &c);
+            let routing = dr.routing(cfg);
+            let moe = Fp8PerTensorMoe {
+                hidden_states: Fp8Activations::E4m3(hs.as_view()),
+                gemm1_weights: w1.as_view(),
+                output1_scales_scalar: o1.as_view(),
+                output1_scales_gate_scalar: og.as_view(),
+                gemm2_weights: w2.as_view(),
+                output2_scales_scalar: o2.as_view(),
+                use_routing_scales_on_input: on_input,
+            };
+            let opts = MoeOptions::new(WeightLayout::MajorK);
+            let got = run_checked(&g, &c, &name, |out, replay| {
+                trtllm_fp8_per_tensor_scale_moe(
+                    s,
+                    &routing,
+                    &moe,
+                    c.shape,
+                    &opts,
+                    &mut out.as_view_mut(),
+                    replay,
+                )
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            });
+            let want = reference::moe(
+                &p,
+                &c.hidden,
+                &c.ids,
+                &c.weights,
+                &c.w,
+                ActivationRounding::Fp8PerTensor { scale: c_sf },
+            );
+            check(&name, &want, &got, 0.92);
+        }
+    }
+}
+
+#[test]
+fn deepseek_fp8_block_scale_moe_matches_the_reference() {
+    let Some(g) = sm100("fused_sm100::deepseek_fp8_block_scale_moe_matches_the_reference") else {
+        return;
+    };
+    let s = &g.stream;
+    let cfg = RoutingConfig::new(
+        RoutingMethod::DeepSeekV3 {
+            n_group: 8,
+            topk_group: 4,
+            routed_scaling_factor: 2.5,
+        },
+        64,
+        4,
+    );
+    for t in [1, 29, 200] {
+        let name = format!("DeepSeek fp8 T={t}");
+        let mut c = Case::new(cfg, shape(t), 900 + t as u64);
+        let (h, i) = (c.shape.hidden_size, c.shape.intermediate_size);
+        let el = cfg.local_num_experts as usize;
+        let (mut q1, mut q2, mut s1, mut s2) = (vec![], vec![], vec![], vec![]);
+        for e in 0..el {
+            let w1 = &mut c.w.w1[e * 2 * i * h..(e + 1) * 2 * i * h];
+            let (q, sc) = reference::quantize_fp8_blocks(w1, 2 * i, h);
+            for (idx, v) in w1.iter_mut().enumerate() {
+                *v = q[idx].to_f32() * sc[(idx / h / 128) * (h / 128) + (idx % h) / 128];
+            }
+            q1.extend(q);
+            s1.extend(sc);
+            let w2 = &mut c.w.w2[e * h * i..(e + 1) * h * i];
+            let (q, sc) = reference::quantize_fp8_blocks(w2, h, i);
+            for (idx, v) in w2.iter_mut().enumerate() {
+                *v = q[idx].to_f32() * sc[(idx / i / 128) * (i / 128) + (idx % i) / 128];
+            }
+            q2.extend(q);
+            s2.extend(sc);
+        }
+        let (hq, hs_t) = reference::quantize_fp8_activation_blocks(&c.hidden, t, h);
+        for (idx, v) in c.hidden.iter_mut().enumerate() {
+            let (tok, col) = (idx / h, idx % h);
+            *v = hq[idx].to_f32() * hs_t[(col / 128) * t + tok];
+        }
+        let (hs, hsc, w1, w1s, w2, w2s) = (
+            s.clone_htod(&hq).unwrap(),
+            s.clone_htod(&hs_t).unwrap(),
+            s.clone_htod(&q1).unwrap(),
+            s.clone_htod(&s1).unwrap(),
+            s.clone_htod(&q2).unwrap(),
+            s.clone_htod(&s2).unwrap(),
+        );
+        let dr = DeviceRouting::upload(s, &c);
+        let routing = dr.routing(cfg);
+        let moe = Fp8BlockScaleMoe {
+            hidden_states: hs.as_view(),
+            gemm1_weights: w1.as_view(),
+            gemm2_weights: w2.as_view(),
+            scales: Fp8BlockScales::DeepSeek {
+                hidden_states_scale: hsc.as_view(),
+                gemm1_weights_scale: w1s.as_view(),
+                gemm2_weights_scale: w2s.as_view(),
+            },
+            gemm1_lora_delta: None,
+            swiglu: SwigluParams::default(),
+        };
+        // Unshuffled MajorK weights: one of upstream's tested DeepSeek configurations.
+        let mut opts = MoeOptions::new(WeightLayout::MajorK);
+        opts.use_shuffled_weight = false;
+        let got = run_checked(&g, &c, &name, |out, replay| {
+            trtllm_fp8_block_scale_moe(
+                s,
+                &routing,
+                &moe,
+                c.shape,
+                &opts,
+                &mut out.as_view_mut(),
+                replay,
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        });
+        let want = reference::moe(
+            &c.problem(false),
+            &c.hidden,
+            &c.ids,
+            &c.weights,
+            &c.w,
+            ActivationRounding::Bf16,
+        );
+        check(&name, &want, &got, 0.79);
+    }
+}
+
+#[test]
+fn unfinalized_bf16_moe_hands_back_per_expert_outputs() {
+    let Some(g) = sm100("fused_sm100::unfinalized_bf16_moe_hands_back_per_expert_outputs") else {
+        return;
+    };
+    let s = &g.stream;
+    let cfg = RoutingConfig::new(RoutingMethod::Renormalize, 64, 4);
+    let c = Case::new(cfg, shape(20), 3);
+    let (h, i) = (c.shape.hidden_size, c.shape.intermediate_size);
+    let (w1, w2) = shuffle_expert_weights(
+        &to_bf16(&c.w.w1),
+        &to_bf16(&c.w.w2),
+        64,
+        (2 * i, h),
+        (h, i),
+        true,
+        EPILOGUE_TILE_M,
+        Some(64),
+    );
+    let (hs, w1, w2) = (
+        s.clone_htod(&to_bf16(&c.hidden)).unwrap(),
+        s.clone_htod(&w1).unwrap(),
+        s.clone_htod(&w2).unwrap(),
+    );
+    let dr = DeviceRouting::upload(s, &c);
+    let moe = Bf16Moe {
+        hidden_states: hs.as_view(),
+        gemm1_weights: w1.as_view(),
+        gemm2_weights: w2.as_view(),
+        gemm1_lora_delta: None,
+        swiglu: SwigluParams::default(),
+    };
+    let mut opts = MoeOptions::new(WeightLayout::BlockMajorK);
+    opts.do_finalize = false;
+    let mut out = s.alloc_zeros::<bf16>(20 * h).unwrap();
+    let parts = trtllm_bf16_moe(
+        s,
+        &dr.routing(cfg),
+        &moe,
+        c.shape,
+        &opts,
+        &mut out.as_view_mut(),
+        None,
+    )
+    .unwrap()
+    .expect("unfinalized outputs");
+    let t = parts.tensors();
+    assert_eq!(t.len(), 3, "{t:?}");
+    assert_eq!(t[0].shape.len(), 2);
+    assert_eq!(t[0].shape[1], h as i64, "gemm2_output [padded, hidden]");
+    assert!(
+        t[0].shape[0] >= 20 * 4,
+        "padded rows hold every routed pair"
+    );
+    assert_eq!(t[1].shape, vec![20, 4], "expert weights [T, K]");
+    assert_eq!(t[2].shape, vec![80], "expanded_idx_to_permuted_idx [T * K]");
+    assert!(t.iter().all(|x| x.ptr != 0));
+    s.synchronize().unwrap();
+}
+
+#[test]
+fn a_captured_bf16_moe_replays_with_fresh_logits() {
+    let Some(g) = sm100("fused_sm100::a_captured_bf16_moe_replays_with_fresh_logits") else {
+        return;
+    };
+    let s = &g.stream;
+    let cfg = RoutingConfig::new(RoutingMethod::Renormalize, 64, 4);
+    let t = 64;
+    let c = Case::new(cfg, shape(t), 11);
+    let (h, i, k) = (c.shape.hidden_size, c.shape.intermediate_size, 4);
+    let (w1, w2) = shuffle_expert_weights(
+        &to_bf16(&c.w.w1),
+        &to_bf16(&c.w.w2),
+        64,
+        (2 * i, h),
+        (h, i),
+        true,
+        EPILOGUE_TILE_M,
+        Some(64),
+    );
+    let (hs, w1, w2) = (
+        s.clone_htod(&to_bf16(&c.hidden)).unwrap(),
+        s.clone_htod(&w1).unwrap(),
+        s.clone_htod(&w2).unwrap(),
+    );
+    let mut logits = s.clone_htod(&to_bf16(&c.logits)).unwrap();
+    let mut out = s.alloc_zeros::<bf16>(t * h).unwrap();
+    let mut replay = s.clone_htod(&vec![SENTINEL; (t + SPARE_ROWS) * k]).unwrap();
+    let opts = MoeOptions::new(WeightLayout::BlockMajorK);
+    let call =
+        |logits: &CudaSlice<bf16>, out: &mut CudaSlice<bf16>, replay: &mut CudaSlice<i16>| {
+            let moe = Bf16Moe {
+                hidden_states: hs.as_view(),
+                gemm1_weights: w1.as_view(),
+                gemm2_weights: w2.as_view(),
+                gemm1_lora_delta: None,
+                swiglu: SwigluParams::default(),
+            };
+            let routing = MoeRouting {
+                config: cfg,
+                input: MoeRoutingInput::Logits {
+                    logits: logits.into(),
+                    bias: None,
+                },
+            };
+            let mut view = ReplayView::from_slice(replay, k).unwrap();
+            trtllm_bf16_moe(
+                s,
+                &routing,
+                &moe,
+                c.shape,
+                &opts,
+                &mut out.as_view_mut(),
+                Some(&mut view),
+            )
+            .unwrap();
+        };
+    // Eager first: cubins load and the scratch pool warms up outside the capture.
+    call(&logits, &mut out, &mut replay);
+    s.synchronize().unwrap();
+    unsafe { g.ctx.disable_event_tracking() };
+    s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .unwrap();
+    call(&logits, &mut out, &mut replay);
+    let graph = s
+        .end_capture(CUgraphInstantiate_flags(0))
+        .unwrap()
+        .expect("a captured graph");
+    for n in 0..5u64 {
+        let fresh = Case::new(cfg, shape(t), 1000 + n);
+        s.memcpy_htod(&to_bf16(&fresh.logits), &mut logits).unwrap();
+        graph.launch().unwrap();
+        let got: Vec<f32> = s
+            .clone_dtoh(&out)
+            .unwrap()
+            .iter()
+            .map(|v| v.to_f32())
+            .collect();
+        let rep = s.clone_dtoh(&replay).unwrap();
+        let want_ids: Vec<i16> = fresh.ids.iter().map(|&x| x as i16).collect();
+        assert_eq!(&rep[..t * k], &want_ids[..], "graph replay {n}: ids");
+        assert!(
+            rep[t * k..].iter().all(|&x| x == SENTINEL),
+            "graph replay {n}: spare rows"
+        );
+        // Same weights and hidden states as `c`; the fresh routing decides.
+        let want = reference::moe(
+            &c.problem(false),
+            &c.hidden,
+            &fresh.ids,
+            &fresh.weights,
+            &c.w,
+            ActivationRounding::Bf16,
+        );
+        check(&format!("graph replay {n}"), &want, &got, 0.925);
+    }
+    unsafe { g.ctx.enable_event_tracking() };
+}

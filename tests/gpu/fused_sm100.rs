@@ -10,11 +10,14 @@ use std::sync::Arc;
 
 use flashinfer_rs::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use flashinfer_rs::cudarc::driver::{CudaSlice, CudaStream};
-use flashinfer_rs::fused::prepare::{shuffle_expert_weights, EPILOGUE_TILE_M};
+use flashinfer_rs::fused::prepare::{
+    shuffle_block_scaled_weights, shuffle_expert_weights, EPILOGUE_TILE_M,
+};
 use flashinfer_rs::fused::reference::{self, ActivationRounding, ExpertWeights, ReferenceProblem};
 use flashinfer_rs::fused::{
-    trtllm_bf16_moe, trtllm_fp8_block_scale_moe, trtllm_fp8_per_tensor_scale_moe, Activation,
-    Bf16Moe, E4m3, Fp8Activations, Fp8BlockScaleMoe, Fp8BlockScales, Fp8PerTensorMoe, MoeOptions,
+    trtllm_bf16_moe, trtllm_fp4_block_scale_moe, trtllm_fp8_block_scale_moe,
+    trtllm_fp8_per_tensor_scale_moe, Activation, Bf16Moe, E4m3, Fp4Activations, Fp4BlockScaleMoe,
+    Fp4Weights, Fp8Activations, Fp8BlockScaleMoe, Fp8BlockScales, Fp8PerTensorMoe, MoeOptions,
     MoeRouting, MoeRoutingInput, MoeShape, SwigluParams, WeightLayout,
 };
 use flashinfer_rs::half::bf16;
@@ -568,6 +571,116 @@ fn deepseek_fp8_block_scale_moe_matches_the_reference() {
             ActivationRounding::Bf16,
         );
         check(&name, &want, &got, 0.79);
+    }
+}
+
+#[test]
+fn mxfp4_moe_with_bf16_activations_matches_the_reference() {
+    let Some(g) = sm100("fused_sm100::mxfp4_moe_with_bf16_activations_matches_the_reference")
+    else {
+        return;
+    };
+    let s = &g.stream;
+    for (method, cfg) in [
+        (
+            "Renormalize",
+            RoutingConfig::new(RoutingMethod::Renormalize, 64, 4),
+        ),
+        (
+            "DeepSeekV3",
+            RoutingConfig::new(
+                RoutingMethod::DeepSeekV3 {
+                    n_group: 8,
+                    topk_group: 4,
+                    routed_scaling_factor: 2.5,
+                },
+                64,
+                4,
+            ),
+        ),
+    ] {
+        for t in [1, 8, 100] {
+            let name = format!("mxfp4 x bf16 {method} T={t}");
+            let mut c = Case::new(cfg, shape(t), 1300 + t as u64);
+            let (h, i) = (c.shape.hidden_size, c.shape.intermediate_size);
+            let el = cfg.local_num_experts as usize;
+            // Quantise the weights to mxfp4; the reference runs on their exact values.
+            let (q1, s1) = reference::quantize_mxfp4(&c.w.w1, el * 2 * i, h);
+            let (q2, s2) = reference::quantize_mxfp4(&c.w.w2, el * h, i);
+            c.w.w1 = reference::dequantize_mxfp4(&q1, &s1, h);
+            c.w.w2 = reference::dequantize_mxfp4(&q2, &s2, i);
+            let (w1, w1s, w2, w2s) = shuffle_block_scaled_weights(
+                (&q1, &s1),
+                (&q2, &s2),
+                el,
+                (2 * i, h / 2, h / 32),
+                (h, i / 2, i / 32),
+                true,
+                EPILOGUE_TILE_M,
+            );
+            let (hs, w1, w1s, w2, w2s) = (
+                s.clone_htod(&to_bf16(&c.hidden)).unwrap(),
+                s.clone_htod(&w1).unwrap(),
+                s.clone_htod(&w1s).unwrap(),
+                s.clone_htod(&w2).unwrap(),
+                s.clone_htod(&w2s).unwrap(),
+            );
+            // Unit output scales, as upstream's test computes them for mxfp4 x bf16.
+            let ones = s.clone_htod(&vec![1f32; el]).unwrap();
+            let mut ids = s.alloc_zeros::<i32>(t * 4).unwrap();
+            let mut wts = s.alloc_zeros::<bf16>(t * 4).unwrap();
+            let dr = DeviceRouting::upload(s, &c);
+            let routing = dr.routing(cfg);
+            let opts = MoeOptions::new(WeightLayout::MajorK);
+            let got = run_checked(&g, &c, &name, |out, replay| {
+                let mut moe = Fp4BlockScaleMoe {
+                    hidden_states: Fp4Activations::Bf16(hs.as_view()),
+                    weights: Fp4Weights::Mxfp4 {
+                        gemm1: w1.as_view(),
+                        gemm1_scale: w1s.as_view(),
+                        gemm2: w2.as_view(),
+                        gemm2_scale: w2s.as_view(),
+                    },
+                    gemm1_bias: None,
+                    gemm2_bias: None,
+                    output1_scales_scalar: Some(ones.as_view()),
+                    output1_scales_gate_scalar: Some(ones.as_view()),
+                    output2_scales_scalar: Some(ones.as_view()),
+                    per_token_scales: None,
+                    swiglu: SwigluParams::default(),
+                    topk_ids: ids.as_view_mut(),
+                    topk_weights: wts.as_view_mut(),
+                };
+                trtllm_fp4_block_scale_moe(
+                    s,
+                    &routing,
+                    &mut moe,
+                    c.shape,
+                    &opts,
+                    &mut out.as_view_mut(),
+                    replay,
+                )
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            });
+            // The routing result lands in topk_ids too, packed as (id << 16) | bf16 weight.
+            let got_ids: Vec<i32> = s
+                .clone_dtoh(&ids)
+                .unwrap()
+                .iter()
+                .map(|p| p >> 16)
+                .collect();
+            let want_ids: Vec<i32> = c.ids.iter().map(|&x| x as i32).collect();
+            assert_eq!(got_ids, want_ids, "{name}: topk_ids");
+            let want = reference::moe(
+                &c.problem(false),
+                &c.hidden,
+                &c.ids,
+                &c.weights,
+                &c.w,
+                ActivationRounding::Bf16,
+            );
+            check(&name, &want, &got, 0.92);
+        }
     }
 }
 

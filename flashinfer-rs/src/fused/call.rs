@@ -155,19 +155,21 @@ pub enum Fp4Activations<'a> {
     Bf16(CudaView<'a, bf16>),
     /// e4m3 `[T, hidden]` with per-tensor scales folded into the output scales (mxfp4 weights).
     E4m3(CudaView<'a, E4m3>),
-    /// MX fp8: e4m3 `[T, hidden]` and `T * hidden / 32` linear ue8m0 scales (mxfp4 weights).
+    /// MX fp8: e4m3 `[T, hidden]` and ue8m0 scales of 32-element blocks (mxfp4 weights).
     MxE4m3 {
         /// Values.
         data: CudaView<'a, E4m3>,
-        /// Block scales, row-major `[T, hidden/32]`.
+        /// Block scales, in the layout upstream's `mxfp8_quantize` makes. FlashInfer 0.6.13
+        /// infers the block size from their count, which must be exactly `T * hidden / 32`.
         scale: CudaView<'a, Ue8m0>,
     },
-    /// nvfp4: `[T, hidden/2]` packed e2m1 and `T * hidden / 16` linear e4m3 scales (nvfp4
+    /// nvfp4: `[T, hidden/2]` packed e2m1 and e4m3 scales of 16-element blocks (nvfp4
     /// weights).
     Nvfp4 {
         /// Values, two per byte.
         data: CudaView<'a, E2m1x2>,
-        /// Block scales, row-major `[T, hidden/16]`.
+        /// Block scales, in the layout upstream's `fp4_quantize` makes. FlashInfer 0.6.13
+        /// infers the block size from their count, which must be exactly `T * hidden / 16`.
         scale: CudaView<'a, E4m3>,
     },
 }
@@ -220,7 +222,8 @@ pub struct Fp4BlockScaleMoe<'a> {
     pub per_token_scales: Option<CudaView<'a, f32>>,
     /// SwiGLU parameters.
     pub swiglu: SwigluParams<'a>,
-    /// Written by the call: chosen experts `[T, top_k]` int32 (upstream's `topk_ids`).
+    /// Written by the call: the routing result `[T, top_k]` int32, each packed as
+    /// `(expert_id << 16) | bf16_weight_bits` (upstream's `topk_ids`).
     pub topk_ids: CudaViewMut<'a, i32>,
     /// Written by the call: their weights `[T, top_k]` bf16 (upstream's `topk_weights`).
     pub topk_weights: CudaViewMut<'a, bf16>,

@@ -149,6 +149,43 @@ pub fn shuffle_expert_weights<T: Copy>(
     (out1, out2)
 }
 
+/// Prepares block-scaled (fp4, MxFp8) expert weights the way upstream's FP4 tests do: the
+/// weight rows and their linear scale rows get the same order as [`shuffle_expert_weights`]
+/// (GEMM1 interleaved when `gated`, both shuffled), then each expert's scales are interleaved
+/// 128x4 ([`interleave_scales`]). Widths are in storage units: `(rows, weight_cols,
+/// scale_cols)` per GEMM (fp4: `K / 2` bytes and `K / block` scales).
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub fn shuffle_block_scaled_weights<W: Copy, S: Copy + Default>(
+    (w1, s1): (&[W], &[S]),
+    (w2, s2): (&[W], &[S]),
+    experts: usize,
+    (m1, w1_cols, s1_cols): (usize, usize, usize),
+    (m2, w2_cols, s2_cols): (usize, usize, usize),
+    gated: bool,
+    epilogue_tile_m: usize,
+) -> (Vec<W>, Vec<S>, Vec<W>, Vec<S>) {
+    assert_eq!(w1.len(), experts * m1 * w1_cols, "w1 size");
+    assert_eq!(s1.len(), experts * m1 * s1_cols, "w1 scales size");
+    assert_eq!(w2.len(), experts * m2 * w2_cols, "w2 size");
+    assert_eq!(s2.len(), experts * m2 * s2_cols, "w2 scales size");
+    let order1 = gemm1_row_order(m1, gated, epilogue_tile_m);
+    let order2 = shuffle_row_order(m2, epilogue_tile_m);
+    let (mut ow1, mut os1, mut ow2, mut os2) = (vec![], vec![], vec![], vec![]);
+    for e in 0..experts {
+        let part =
+            |v: &[W], rows: usize, cols: usize| v[e * rows * cols..(e + 1) * rows * cols].to_vec();
+        let spart =
+            |v: &[S], rows: usize, cols: usize| v[e * rows * cols..(e + 1) * rows * cols].to_vec();
+        ow1.extend(permute_rows(&part(w1, m1, w1_cols), w1_cols, &order1));
+        let s = permute_rows(&spart(s1, m1, s1_cols), s1_cols, &order1);
+        os1.extend(interleave_scales(&s, m1, s1_cols));
+        ow2.extend(permute_rows(&part(w2, m2, w2_cols), w2_cols, &order2));
+        let s = permute_rows(&spart(s2, m2, s2_cols), s2_cols, &order2);
+        os2.extend(interleave_scales(&s, m2, s2_cols));
+    }
+    (ow1, os1, ow2, os2)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -191,6 +228,32 @@ mod tests {
         assert_eq!(&b[12..15], &[3, 4, 5]);
         let p = permute_rows(&src, k, &[3, 0, 1, 2]);
         assert_eq!(&p[..6], &src[18..24]);
+    }
+
+    #[test]
+    fn block_scaled_weights_keep_each_row_with_its_scales() {
+        // Two experts, 128 rows; weight row r holds r in every column, its scales hold r too.
+        let (e, m, wc, sc) = (2, 128, 3, 4);
+        let w: Vec<u32> = (0..e * m * wc).map(|i| (i / wc) as u32).collect();
+        let s: Vec<u32> = (0..e * m * sc).map(|i| (i / sc) as u32 + 1).collect();
+        let (w1, s1, _, _) = shuffle_block_scaled_weights(
+            (&w, &s),
+            (&w, &s),
+            e,
+            (m, wc, sc),
+            (m, wc, sc),
+            true,
+            128,
+        );
+        let order = gemm1_row_order(m, true, 128);
+        for ex in 0..e {
+            for (j, &src) in order.iter().enumerate() {
+                let row = (ex * m + src) as u32;
+                assert_eq!(w1[(ex * m + j) * wc], row);
+                // Scale (j, 0) of this expert sits at its interleaved index.
+                assert_eq!(s1[ex * m * sc + interleaved_scale_index(j, 0, sc)], row + 1);
+            }
+        }
     }
 
     #[test]

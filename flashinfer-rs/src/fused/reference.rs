@@ -7,7 +7,7 @@
 //! Also here: the quantisers that make test data (fp8 per tensor, DeepSeek 128-blocks) and
 //! upstream's accuracy criterion.
 
-use super::elements::{E4m3, E4M3_MAX};
+use super::elements::{e2m1_from_f32, E2m1x2, E4m3, Ue8m0, E2M1_MAX, E4M3_MAX};
 use super::types::Activation;
 
 /// Dequantised expert weights of the local experts, row-major f32.
@@ -250,6 +250,49 @@ pub fn quantize_fp8_activation_blocks(
         }
     }
     (q, scales_t)
+}
+
+/// mxfp4: a row-major `[rows, cols]` matrix in 32-element blocks, each scaled by the power of
+/// two `>= amax / 6` (as upstream's ue8m0 quantiser rounds); returns packed values
+/// `[rows, cols / 2]` and linear scales `[rows, cols / 32]`.
+pub fn quantize_mxfp4(x: &[f32], rows: usize, cols: usize) -> (Vec<E2m1x2>, Vec<Ue8m0>) {
+    assert!(
+        cols.is_multiple_of(32) && x.len() == rows * cols,
+        "32-element blocks"
+    );
+    let mut scales = Vec::with_capacity(rows * cols / 32);
+    let mut q = Vec::with_capacity(rows * cols / 2);
+    for blk in x.chunks_exact(32) {
+        let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let s = Ue8m0::ceil_from_f32(amax / E2M1_MAX);
+        let inv = 1.0 / s.to_f32();
+        scales.push(s);
+        for pair in blk.chunks_exact(2) {
+            q.push(E2m1x2::pack(
+                e2m1_from_f32(pair[0] * inv),
+                e2m1_from_f32(pair[1] * inv),
+            ));
+        }
+    }
+    (q, scales)
+}
+
+/// The values an mxfp4 matrix encodes (`[rows, cols]` f32).
+pub fn dequantize_mxfp4(q: &[E2m1x2], scales: &[Ue8m0], cols: usize) -> Vec<f32> {
+    assert!(
+        cols.is_multiple_of(32) && (2 * q.len()).is_multiple_of(cols),
+        "whole rows"
+    );
+    assert_eq!(scales.len(), 2 * q.len() / 32, "one scale per 32 values");
+    let mut out = Vec::with_capacity(q.len() * 2);
+    // Rows are whole blocks, so the flat index alone finds the block.
+    for (i, pair) in q.iter().enumerate() {
+        let s = scales[2 * i / 32].to_f32();
+        let [a, b] = pair.to_f32();
+        out.push(a * s);
+        out.push(b * s);
+    }
+    out
 }
 
 /// Upstream's criterion (`check_accuracy`): at least `percent` of the elements satisfy

@@ -144,3 +144,27 @@ fn accuracy_criterion_counts_the_close_fraction() {
     assert!(check_accuracy(&r, &[1.0, 2.0, 9.0, 9.0], 0.1, 0.1, 0.75).is_err());
     assert!(check_accuracy(&r, &[1.0, 2.0, 3.0, f32::NAN], 1.0, 1.0, 0.5).is_err());
 }
+
+#[test]
+fn mxfp4_quantisation_is_exact_on_representable_blocks_and_close_elsewhere() {
+    // A block of e2m1 values times 2^-3 is representable exactly.
+    let exact: Vec<f32> = (0..64)
+        .map(|i| [0.0, 0.5, -1.0, 1.5, 2.0, -3.0, 4.0, 6.0][i % 8] * 0.125)
+        .collect();
+    let (q, s) = quantize_mxfp4(&exact, 2, 32);
+    assert_eq!((q.len(), s.len()), (32, 2));
+    assert_eq!(s[0].to_f32(), 0.125);
+    assert_eq!(dequantize_mxfp4(&q, &s, 32), exact);
+    // Arbitrary values: within half an e2m1 step (relative 25% at worst) of the block scale.
+    let x: Vec<f32> = (0..4 * 64)
+        .map(|i| ((i * 53 % 97) as f32 - 48.0) / 13.0)
+        .collect();
+    let (q, s) = quantize_mxfp4(&x, 4, 64);
+    let back = dequantize_mxfp4(&q, &s, 64);
+    for (b, (v, d)) in x.chunks(32).zip(back.chunks(32)).enumerate() {
+        let scale = s[b].to_f32();
+        for (v, d) in v.iter().zip(d) {
+            assert!((v - d).abs() <= scale + 1e-6, "{v} vs {d} (scale {scale})");
+        }
+    }
+}

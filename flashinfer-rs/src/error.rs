@@ -69,3 +69,12 @@ pub(crate) fn ensure(ok: bool, arg: &'static str, rule: impl FnOnce() -> String)
         Err(Error::invalid(arg, rule()))
     }
 }
+
+/// Whether `len` elements cover `a * b` of them; false when the product overflows (no buffer
+/// can hold it). Every size rule uses this, so a huge count can never wrap into a small one.
+pub(crate) fn covers(len: usize, a: usize, b: usize) -> bool {
+    a.checked_mul(b).is_some_and(|need| len >= need)
+}
+
+/// The largest row count the kernels index: upstream's token counts are `int32`.
+pub(crate) const MAX_TOKENS: usize = i32::MAX as usize;

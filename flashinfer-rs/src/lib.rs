@@ -18,6 +18,7 @@ pub mod capture;
 mod error;
 mod ffi;
 pub mod fused;
+pub mod fuzzing;
 mod replay;
 pub mod routing;
 

@@ -69,8 +69,16 @@ impl StepLayout {
                 tokens_per_rank.len()
             )
         })?;
-        let start: usize = tokens_per_rank[..rank].iter().sum();
-        let total = tokens_per_rank.iter().sum();
+        let sum = |rows: &[usize]| rows.iter().try_fold(0usize, |a, &r| a.checked_add(r));
+        let (start, total) = match (sum(&tokens_per_rank[..rank]), sum(tokens_per_rank)) {
+            (Some(s), Some(t)) => (s, t),
+            _ => {
+                return Err(Error::invalid(
+                    "tokens_per_rank",
+                    "the ranks' rows add up past usize::MAX",
+                ))
+            }
+        };
         Ok(StepLayout {
             routed_rows: total,
             keep: start..start + tokens_per_rank[rank],
@@ -91,7 +99,7 @@ impl StepLayout {
         StepLayout::single(gathered_tokens)
     }
 
-    fn check(&self, max_tokens: usize) -> Result<()> {
+    pub(crate) fn check(&self, max_tokens: usize) -> Result<()> {
         ensure(self.routed_rows <= max_tokens, "layout", || {
             format!(
                 "routes {} rows, the store holds {max_tokens}",

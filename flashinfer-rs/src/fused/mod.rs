@@ -13,7 +13,7 @@
 mod call;
 pub mod cubin;
 pub mod elements;
-mod plan;
+pub(crate) mod plan;
 pub mod prepare;
 pub mod reference;
 mod tactic;

@@ -11,7 +11,7 @@ use sys::fi_dtype::{self, Type as Dtype};
 
 use super::tactic::Tactic;
 use super::types::{Activation, WeightLayout};
-use crate::error::{ensure, Error, Result};
+use crate::error::{covers, ensure, Error, Result, MAX_TOKENS};
 use crate::routing::{RoutingConfig, RoutingMethod};
 
 /// Sizes of a fused MoE problem.
@@ -159,13 +159,23 @@ pub(crate) struct Spec {
 }
 
 impl Spec {
-    fn numel(&self) -> usize {
-        self.shape.iter().product::<i64>() as usize
+    /// Elements of the shape; `None` if the count does not fit u128 (no buffer holds it).
+    fn numel(&self) -> Option<u128> {
+        self.shape
+            .iter()
+            .try_fold(1u128, |n, &d| n.checked_mul(u128::try_from(d).ok()?))
     }
 }
 
 fn round_up(x: usize, m: usize) -> usize {
     x.div_ceil(m) * m
+}
+
+/// The product of `dims` as a 1-D size, or a typed error when it overflows.
+fn cmul(dims: &[usize]) -> Result<usize> {
+    dims.iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .ok_or_else(|| Error::invalid("shape", format!("{dims:?} overflows a tensor size")))
 }
 
 /// Builds the list of tensors a call hands over, checking every rule on the way.
@@ -205,8 +215,8 @@ impl<'d> Planner<'d> {
             shape: shape.iter().map(|&s| s as i64).collect(),
         };
         let need = spec.numel();
-        ensure(g.len >= need, g.name, || {
-            format!("holds {} elements, needs {need} ({shape:?})", g.len)
+        ensure(need.is_some_and(|n| g.len as u128 >= n), g.name, || {
+            format!("holds {} elements, needs {need:?} ({shape:?})", g.len)
         })?;
         self.specs.push(spec);
         Ok(())
@@ -271,6 +281,12 @@ pub(crate) fn plan(d: &Desc) -> Result<Vec<Spec>> {
     ensure(h > 0 && i > 0, "shape", || {
         "hidden_size and intermediate_size must be > 0".into()
     })?;
+    // Upstream holds these in int32; bounding them also keeps every size below in range.
+    ensure(
+        t <= MAX_TOKENS && h <= MAX_TOKENS && i <= MAX_TOKENS,
+        "shape",
+        || format!("sizes ({t}, {h}, {i}) exceed the kernels' int32 range"),
+    )?;
     let gated = opts.activation.is_gated();
     let m1 = if gated { 2 * i } else { i };
     match op {
@@ -326,6 +342,12 @@ pub(crate) fn plan(d: &Desc) -> Result<Vec<Spec>> {
         })?;
     }
 
+    // One entry per argument (the typed calls pass each once; anything else is our bug).
+    for (n, g) in d.given.iter().enumerate() {
+        if d.given[..n].iter().any(|x| x.name == g.name) {
+            return Err(Error::Internal(format!("`{}` passed twice", g.name)));
+        }
+    }
     let mut p = Planner {
         d,
         specs: Vec::new(),
@@ -391,7 +413,7 @@ pub(crate) fn plan(d: &Desc) -> Result<Vec<Spec>> {
             ensure(d.replay.is_none(), "replay", || {
                 "precomputed routing is already the caller's: there is nothing to replay".into()
             })?;
-            ensure(len >= t * k, "packed_ids", || {
+            ensure(covers(len, t, k), "packed_ids", || {
                 format!(
                     "holds {len} elements, {t} tokens x top_k {k} need {}",
                     t * k
@@ -411,6 +433,11 @@ pub(crate) fn plan(d: &Desc) -> Result<Vec<Spec>> {
         ensure(rows >= t, "replay", || {
             format!("has {rows} rows, the call routes {t} tokens")
         })?;
+        ensure(
+            i64::try_from(rows).is_ok_and(|r| r.checked_mul(k as i64).is_some()),
+            "replay",
+            || format!("{rows} rows overflow a tensor size"),
+        )?;
         p.specs.push(Spec {
             name: "routing_replay_out",
             dtype: fi_dtype::FI_DTYPE_I16,
@@ -499,12 +526,12 @@ pub(crate) fn plan(d: &Desc) -> Result<Vec<Spec>> {
                 p.need(
                     "gemm1_weights_scale",
                     u8_,
-                    &[el * round_up(m1, 128) * round_up(h / 32, 4)],
+                    &[cmul(&[el, round_up(m1, 128), round_up(h / 32, 4)])?],
                 )?;
                 p.need(
                     "gemm2_weights_scale",
                     u8_,
-                    &[el * round_up(h, 128) * round_up(i / 32, 4)],
+                    &[cmul(&[el, round_up(h, 128), round_up(i / 32, 4)])?],
                 )?;
                 p.maybe("gemm1_bias", bf16_, &[t, k, 2 * i])?;
                 take_swiglu_params(&mut p, el)?;
@@ -551,13 +578,13 @@ pub(crate) fn plan(d: &Desc) -> Result<Vec<Spec>> {
             p.need(
                 "gemm1_weights_scale",
                 e4m3,
-                &[el * round_up(m1, 128) * round_up(h / vec, 4)],
+                &[cmul(&[el, round_up(m1, 128), round_up(h / vec, 4)])?],
             )?;
             p.need("gemm2_weights", u8_, &[el, h, i / 2])?;
             p.need(
                 "gemm2_weights_scale",
                 e4m3,
-                &[el * round_up(h, 128) * round_up(i / vec, 4)],
+                &[cmul(&[el, round_up(h, 128), round_up(i / vec, 4)])?],
             )?;
             p.maybe("gemm1_bias", f32_, &[el, m1])?;
             p.maybe("gemm2_bias", f32_, &[el, h])?;

@@ -8,7 +8,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
 use flashinfer_sys as sys;
 
 use super::method::{RoutingConfig, RoutingMethod};
-use crate::error::{ensure, Error, Result};
+use crate::error::{covers, ensure, Error, Result, MAX_TOKENS};
 use crate::ffi::check;
 use crate::replay::ReplayView;
 
@@ -52,17 +52,20 @@ pub fn route_noaux_tc(
 ) -> Result<()> {
     let (n_group, topk_group, scale) = validate(cfg)?;
     let (t, e, k) = (num_tokens, cfg.num_experts as usize, cfg.top_k as usize);
-    ensure(logits.len() >= t * e, "logits", || {
-        format!("holds {}, needs {}", logits.len(), t * e)
+    ensure(t <= MAX_TOKENS, "num_tokens", || {
+        format!("{t} exceeds the kernels' int32 token count")
+    })?;
+    ensure(covers(logits.len(), t, e), "logits", || {
+        format!("holds {}, needs {}", logits.len(), t as u128 * e as u128)
     })?;
     ensure(bias.len() == e, "bias", || {
         format!("must hold num_experts ({e}) elements, holds {}", bias.len())
     })?;
-    ensure(values.len() >= t * k, "values", || {
-        format!("holds {}, needs {}", values.len(), t * k)
+    ensure(covers(values.len(), t, k), "values", || {
+        format!("holds {}, needs {}", values.len(), t as u128 * k as u128)
     })?;
-    ensure(indices.len() >= t * k, "indices", || {
-        format!("holds {}, needs {}", indices.len(), t * k)
+    ensure(covers(indices.len(), t, k), "indices", || {
+        format!("holds {}, needs {}", indices.len(), t as u128 * k as u128)
     })?;
     if let Some(r) = replay.as_deref() {
         ensure(r.cols() == k && r.rows() >= t, "replay", || {

@@ -8,7 +8,7 @@ use flashinfer_sys as sys;
 use half::bf16;
 
 use super::method::RoutingConfig;
-use crate::error::{ensure, Error, Result};
+use crate::error::{covers, ensure, Error, Result, MAX_TOKENS};
 use crate::ffi::check;
 use crate::replay::ReplayView;
 
@@ -278,11 +278,14 @@ pub(crate) fn validate_call(
             buffers.max_tokens
         )
     })?;
-    ensure(call.logits_len >= t * e, "logits", || {
+    ensure(t <= MAX_TOKENS, "num_tokens", || {
+        format!("{t} exceeds the kernels' int32 token count")
+    })?;
+    ensure(covers(call.logits_len, t, e), "logits", || {
         format!(
             "holds {} elements, {t} tokens x {e} experts need {}",
             call.logits_len,
-            t * e
+            t as u128 * e as u128
         )
     })?;
     let name = cfg.method.name();

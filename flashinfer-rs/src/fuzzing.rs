@@ -1,0 +1,427 @@
+//! Fuzz entry points: each takes arbitrary bytes, builds arguments for one validation layer
+//! from them, and checks what must hold whatever the input (no panic, no overflow, and when
+//! the layer accepts, the invariants its callers rely on). The cargo-fuzz targets in `fuzz/`
+//! call these; `tests/fuzz_corpus.rs` replays the committed corpora through them on stable.
+//!
+//! Not part of the API (hidden from the docs); kept in the library so it reaches the
+//! crate-private validators without exporting them.
+#![doc(hidden)]
+
+use crate::capture::{Assembler, RowOwner, SlotStore, StepLayout, StepRows};
+use crate::fused::{Activation, MoeOptions, MoeShape, Tactic, WeightLayout};
+use crate::routing::{RoutingConfig, RoutingMethod};
+use flashinfer_sys::fi_dtype;
+
+/// Reads fuzz bytes as numbers; past the end it yields zeros, so every input is usable.
+pub struct Bytes<'a> {
+    data: &'a [u8],
+}
+
+impl<'a> Bytes<'a> {
+    /// Reads from `data`.
+    pub fn new(data: &'a [u8]) -> Self {
+        Bytes { data }
+    }
+    /// One byte.
+    pub fn u8(&mut self) -> u8 {
+        match self.data.split_first() {
+            Some((b, rest)) => {
+                self.data = rest;
+                *b
+            }
+            None => 0,
+        }
+    }
+    /// A little-endian u32.
+    pub fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
+    }
+    /// A size: mostly small (so accepted inputs are reached), sometimes any u64.
+    pub fn size(&mut self) -> usize {
+        match self.u8() % 4 {
+            0 => self.u8() as usize,
+            1 => self.u32() as usize % 5000,
+            2 => self.u32() as usize,
+            _ => u64::from_le_bytes(std::array::from_fn(|_| self.u8())) as usize,
+        }
+    }
+    /// A small count (0..=max).
+    pub fn small(&mut self, max: u8) -> usize {
+        (self.u8() % (max + 1)) as usize
+    }
+    /// A bool.
+    pub fn bool(&mut self) -> bool {
+        self.u8() & 1 == 1
+    }
+    /// Any f32 bit pattern (NaN and infinities included).
+    pub fn f32(&mut self) -> f32 {
+        f32::from_bits(self.u32())
+    }
+    /// Whether input is left.
+    pub fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+}
+
+fn method(b: &mut Bytes) -> RoutingMethod {
+    match b.u8() % 9 {
+        0 => RoutingMethod::Default,
+        1 => RoutingMethod::Renormalize,
+        2 => RoutingMethod::RenormalizeNaive,
+        3 => RoutingMethod::DeepSeekV3 {
+            n_group: b.u32() % 20,
+            topk_group: b.u32() % 8,
+            routed_scaling_factor: b.f32(),
+        },
+        4 => RoutingMethod::Llama4,
+        5 => RoutingMethod::TopK,
+        6 => RoutingMethod::SigmoidRenorm {
+            norm_topk_prob: b.bool(),
+        },
+        7 => RoutingMethod::MiniMax2 {
+            routed_scaling_factor: b.f32(),
+        },
+        _ => RoutingMethod::Sigmoid,
+    }
+}
+
+/// A routing config: mostly plausible numbers, sometimes anything.
+pub fn routing_config_from(b: &mut Bytes) -> RoutingConfig {
+    let m = method(b);
+    let wild = b.u8() % 8 == 0;
+    let num = |b: &mut Bytes, small: u32| if wild { b.u32() } else { b.u32() % small };
+    let e = num(b, 3000);
+    let k = num(b, 40);
+    let mut cfg = RoutingConfig::new(m, e, k);
+    if b.bool() {
+        cfg = cfg.with_local_experts(num(b, 3000), num(b, 3000));
+    }
+    if b.bool() {
+        cfg = cfg.with_tile_tokens_dim(num(b, 600));
+    }
+    cfg
+}
+
+/// Target `routing_config`: `RoutingConfig::validate` and, when it accepts, what the kernels
+/// rely on.
+pub fn routing_config(data: &[u8]) {
+    let mut b = Bytes::new(data);
+    let cfg = routing_config_from(&mut b);
+    if cfg.validate().is_ok() {
+        let lim = cfg.method.limits();
+        assert!(cfg.top_k >= 1 && cfg.top_k <= cfg.num_experts, "{cfg:?}");
+        assert!(
+            cfg.num_experts <= lim.max_experts && cfg.top_k <= lim.max_top_k,
+            "{cfg:?}"
+        );
+        assert!(
+            u64::from(cfg.local_expert_offset) + u64::from(cfg.local_num_experts)
+                <= u64::from(cfg.num_experts),
+            "{cfg:?}"
+        );
+        assert!(cfg.tile_tokens_dim.is_power_of_two(), "{cfg:?}");
+        let p = cfg.raw_params(b.size(), fi_dtype::FI_DTYPE_F32, fi_dtype::FI_DTYPE_BF16);
+        assert_eq!(p.top_k as u32, cfg.top_k);
+    }
+}
+
+/// Target `routing_call`: the per-call rules of the routing call on sizes.
+pub fn routing_call(data: &[u8]) {
+    let mut b = Bytes::new(data);
+    let cfg = routing_config_from(&mut b);
+    if cfg.validate().is_err() {
+        return;
+    }
+    let call = crate::routing::route::CallShape {
+        num_tokens: b.size(),
+        logits_len: b.size(),
+        bias_len: b.bool().then(|| b.size()),
+        replay: b.bool().then(|| (b.size(), b.size())),
+    };
+    let same = b.u8() % 4 != 0;
+    let buffers = crate::routing::route::BufferShape {
+        max_tokens: b.size(),
+        num_experts: if same {
+            cfg.num_experts as usize
+        } else {
+            b.size()
+        },
+        top_k: if same { cfg.top_k as usize } else { b.size() },
+        tile_tokens_dim: if same {
+            cfg.tile_tokens_dim as usize
+        } else {
+            b.size()
+        },
+    };
+    if crate::routing::route::validate_call(&cfg, &call, &buffers).is_ok() {
+        let (t, e, k) = (
+            call.num_tokens,
+            cfg.num_experts as usize,
+            cfg.top_k as usize,
+        );
+        assert!(t <= buffers.max_tokens);
+        assert!(call.logits_len as u128 >= t as u128 * e as u128);
+        if let Some((rows, cols)) = call.replay {
+            assert!(rows >= t && cols == k);
+        }
+    }
+}
+
+const TENSOR_NAMES: [&str; 22] = [
+    "hidden_states",
+    "hidden_states_scale",
+    "gemm1_weights",
+    "gemm1_weights_scale",
+    "gemm1_bias",
+    "gemm1_alpha",
+    "gemm1_beta",
+    "gemm1_clamp_limit",
+    "gemm2_weights",
+    "gemm2_weights_scale",
+    "gemm2_bias",
+    "output1_scales_scalar",
+    "output1_scales_gate_scalar",
+    "output2_scales_scalar",
+    "per_token_scales",
+    "output",
+    "topk_ids",
+    "topk_weights",
+    // Not tensors of `given`; plan must refuse them there, never crash.
+    "routing_logits",
+    "routing_bias",
+    "expert_indices",
+    "routing_replay_out",
+];
+
+/// Target `fused_plan`: every rule of a fused call on sizes; when `plan` accepts, every
+/// tensor it hands over fits in what the caller passed.
+pub fn fused_plan(data: &[u8]) {
+    use crate::fused::plan::{plan, Desc, Fp4Act, Fp4W, Given, Op, RoutingSrc};
+    let mut b = Bytes::new(data);
+    let op = match b.u8() % 5 {
+        0 => Op::Bf16,
+        1 => Op::Fp8PerTensor,
+        2 => Op::Fp8BlockDeepSeek,
+        3 => Op::Fp8BlockMx,
+        _ => Op::Fp4 {
+            act: [Fp4Act::Bf16, Fp4Act::E4m3, Fp4Act::MxE4m3, Fp4Act::Nvfp4][b.small(3)],
+            weights: if b.bool() { Fp4W::Nvfp4 } else { Fp4W::Mxfp4 },
+        },
+    };
+    let routing = routing_config_from(&mut b);
+    let shape = MoeShape {
+        num_tokens: b.size(),
+        hidden_size: b.size(),
+        intermediate_size: b.size(),
+    };
+    let dtype = |b: &mut Bytes| (b.u8() % 8) as fi_dtype::Type;
+    let src = if b.u8() % 4 == 0 {
+        RoutingSrc::Packed { len: b.size() }
+    } else {
+        RoutingSrc::Logits {
+            dtype: dtype(&mut b),
+            len: b.size(),
+            bias: b.bool().then(|| (dtype(&mut b), b.size())),
+        }
+    };
+    let activation = [
+        Activation::Gelu,
+        Activation::Relu,
+        Activation::Silu,
+        Activation::Swiglu,
+        Activation::Geglu,
+        Activation::SwigluBias,
+        Activation::Relu2,
+        Activation::SwigluStep,
+        Activation::Identity,
+    ][b.small(8)];
+    let layout = [
+        WeightLayout::MajorK,
+        WeightLayout::MajorMn,
+        WeightLayout::BlockMajorK,
+    ][b.small(2)];
+    let mut opts = MoeOptions::new(layout);
+    opts.activation = activation;
+    opts.use_shuffled_weight = b.bool();
+    opts.do_finalize = b.bool();
+    opts.tactic = b.bool().then(|| Tactic {
+        tile_n: (b.u32() as i32) as i64,
+        config: (b.u32() as i32) as i64,
+    });
+    let replay = b.bool().then(|| (b.size(), b.size()));
+    let mut given = Vec::new();
+    for _ in 0..b.small(24) {
+        given.push(Given {
+            name: TENSOR_NAMES[b.small(TENSOR_NAMES.len() as u8 - 1)],
+            dtype: dtype(&mut b),
+            len: b.size(),
+        });
+    }
+    let desc = Desc {
+        op,
+        shape,
+        routing,
+        src,
+        opts,
+        replay,
+        given,
+    };
+    if let Ok(specs) = plan(&desc) {
+        for s in &specs {
+            let numel = s
+                .shape
+                .iter()
+                .try_fold(1u128, |acc, &d| (d >= 0).then(|| acc * d as u128))
+                .expect("no negative dimension");
+            let have = match s.name {
+                "routing_logits" | "routing_bias" | "expert_indices" => match desc.src {
+                    RoutingSrc::Logits { len, bias, .. } => {
+                        if s.name == "routing_bias" {
+                            bias.expect("bias spec without a bias").1
+                        } else {
+                            len
+                        }
+                    }
+                    RoutingSrc::Packed { len } => len,
+                },
+                "routing_replay_out" => {
+                    let (rows, cols) = desc.replay.expect("replay spec without replay");
+                    rows.checked_mul(cols).expect("replay size fits")
+                }
+                name => {
+                    let g: Vec<_> = desc.given.iter().filter(|g| g.name == name).collect();
+                    g.iter()
+                        .map(|g| g.len)
+                        .min()
+                        .expect("spec of a given tensor")
+                }
+            };
+            assert!(
+                numel <= have as u128,
+                "{} needs {numel}, has {have}",
+                s.name
+            );
+        }
+        for g in &desc.given {
+            assert!(
+                specs.iter().any(|s| s.name == g.name),
+                "{} passed but not handed over",
+                g.name
+            );
+        }
+    }
+}
+
+/// Target `capture_layout`: step layouts from every constructor against a store size.
+pub fn capture_layout(data: &[u8]) {
+    let mut b = Bytes::new(data);
+    let max_tokens = b.size();
+    let layout = match b.u8() % 4 {
+        0 => Some(StepLayout::single(b.size())),
+        1 => StepLayout::padded(b.size(), b.size()).ok(),
+        2 => {
+            let ranks: Vec<usize> = (0..b.small(9)).map(|_| b.size()).collect();
+            StepLayout::data_parallel(b.small(9), &ranks).ok()
+        }
+        _ => Some(StepLayout {
+            routed_rows: b.size(),
+            keep: b.size()..b.size(),
+        }),
+    };
+    if let Some(l) = layout {
+        if l.check(max_tokens).is_ok() {
+            assert!(l.routed_rows <= max_tokens);
+            assert!(l.keep.start <= l.keep.end && l.keep.end <= l.routed_rows);
+        }
+    }
+}
+
+/// Target `assembly`: arbitrary sequences of assembler and KV-slot-store operations; errors
+/// are fine, panics are not, and finished requests have the shape they claim.
+pub fn assembly(data: &[u8]) {
+    let mut b = Bytes::new(data);
+    let layers = 1 + b.small(3);
+    let top_k = 1 + b.small(3);
+    let num_experts = if b.bool() { 300 } else { 64 };
+    let mut asm = Assembler::new(layers, top_k, num_experts);
+    let mut slots = SlotStore::new(b.small(16), layers, top_k, num_experts, 1 << 20).ok();
+    let req = |b: &mut Bytes| u64::from(b.u8() % 4);
+    while !b.is_empty() {
+        match b.u8() % 7 {
+            0 => {
+                let _ = asm.start(req(&mut b), b.small(8));
+            }
+            1 => {
+                let tokens = b.small(6);
+                let mut ids = vec![0i16; tokens * layers * top_k];
+                ids.iter_mut().for_each(|x| *x = (b.u8() as i16) - 20);
+                // Sometimes a malformed step.
+                if b.u8() % 8 == 0 {
+                    ids.pop();
+                }
+                let step = StepRows {
+                    tokens,
+                    layers,
+                    top_k,
+                    ids,
+                };
+                let owners: Vec<RowOwner> = (0..tokens + b.small(1))
+                    .map(|_| {
+                        if b.u8() % 4 == 0 {
+                            RowOwner::Padding
+                        } else {
+                            RowOwner::Token {
+                                request: req(&mut b),
+                                position: b.small(12),
+                            }
+                        }
+                    })
+                    .collect();
+                let _ = asm.push_step(&step, &owners);
+                if let Some(s) = slots.as_mut() {
+                    let names: Vec<Option<usize>> =
+                        (0..tokens).map(|_| b.bool().then(|| b.small(20))).collect();
+                    let _ = s.record(&names, &step);
+                }
+            }
+            2 => {
+                let ids: Vec<i16> = (0..b.small(8)).map(|_| b.u8() as i16).collect();
+                let _ = asm.set_row(req(&mut b), b.small(12), &ids);
+            }
+            3 => {
+                let _ = asm.truncate(req(&mut b), b.small(12));
+            }
+            4 => {
+                asm.abort(req(&mut b));
+            }
+            5 => {
+                let n = b.small(14);
+                if let Ok(e) = asm.finish(req(&mut b), n) {
+                    let npy = e.to_npy();
+                    assert!(npy.starts_with(b"\x93NUMPY"));
+                    let _ = e.to_vllm_base64();
+                    let _ = e.to_flat_base64();
+                }
+            }
+            _ => {
+                if let Some(s) = slots.as_mut() {
+                    let slot = b.small(20);
+                    if let Some(row) = s.lookup(slot) {
+                        assert_eq!(row.len(), layers * top_k);
+                    }
+                    let (a, z) = (b.small(20), b.small(20));
+                    s.invalidate(a.min(z)..a.max(z));
+                }
+            }
+        }
+    }
+}
+
+/// Every target, by name (for the corpus replay test and the fuzz crate).
+pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+    ("routing_config", routing_config),
+    ("routing_call", routing_call),
+    ("fused_plan", fused_plan),
+    ("capture_layout", capture_layout),
+    ("assembly", assembly),
+];

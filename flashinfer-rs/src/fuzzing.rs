@@ -88,7 +88,7 @@ fn method(b: &mut Bytes) -> RoutingMethod {
 /// A routing config: mostly plausible numbers, sometimes anything.
 pub fn routing_config_from(b: &mut Bytes) -> RoutingConfig {
     let m = method(b);
-    let wild = b.u8() % 8 == 0;
+    let wild = b.u8().is_multiple_of(8);
     let num = |b: &mut Bytes, small: u32| if wild { b.u32() } else { b.u32() % small };
     let e = num(b, 3000);
     let k = num(b, 40);
@@ -138,7 +138,7 @@ pub fn routing_call(data: &[u8]) {
         bias_len: b.bool().then(|| b.size()),
         replay: b.bool().then(|| (b.size(), b.size())),
     };
-    let same = b.u8() % 4 != 0;
+    let same = !b.u8().is_multiple_of(4);
     let buffers = crate::routing::route::BufferShape {
         max_tokens: b.size(),
         num_experts: if same {
@@ -215,7 +215,7 @@ pub fn fused_plan(data: &[u8]) {
         intermediate_size: b.size(),
     };
     let dtype = |b: &mut Bytes| (b.u8() % 8) as fi_dtype::Type;
-    let src = if b.u8() % 4 == 0 {
+    let src = if b.u8().is_multiple_of(4) {
         RoutingSrc::Packed { len: b.size() }
     } else {
         RoutingSrc::Logits {
@@ -356,7 +356,7 @@ pub fn assembly(data: &[u8]) {
                 let mut ids = vec![0i16; tokens * layers * top_k];
                 ids.iter_mut().for_each(|x| *x = (b.u8() as i16) - 20);
                 // Sometimes a malformed step.
-                if b.u8() % 8 == 0 {
+                if b.u8().is_multiple_of(8) {
                     ids.pop();
                 }
                 let step = StepRows {
@@ -367,7 +367,7 @@ pub fn assembly(data: &[u8]) {
                 };
                 let owners: Vec<RowOwner> = (0..tokens + b.small(1))
                     .map(|_| {
-                        if b.u8() % 4 == 0 {
+                        if b.u8().is_multiple_of(4) {
                             RowOwner::Padding
                         } else {
                             RowOwner::Token {

@@ -417,8 +417,11 @@ pub fn assembly(data: &[u8]) {
     }
 }
 
+/// A fuzz target: bytes in, panics on a broken invariant.
+pub type Target = fn(&[u8]);
+
 /// Every target, by name (for the corpus replay test and the fuzz crate).
-pub const TARGETS: [(&str, fn(&[u8])); 5] = [
+pub const TARGETS: [(&str, Target); 5] = [
     ("routing_config", routing_config),
     ("routing_call", routing_call),
     ("fused_plan", fused_plan),

@@ -6,6 +6,12 @@
 # down 10-100x.
 #
 #     bash scripts/sanitize.sh [tool ...]      # default: all four
+#
+# FLASHINFER_RS_SANITIZE_FILTER=<test name filter> runs a subset, and
+# FLASHINFER_RS_ROUTING_SHARD=i/n a slice of the routing matrix: racecheck over the whole
+# suite takes longer than one device call allows, so it runs in slices, e.g.
+#     FLASHINFER_RS_SANITIZE_FILTER=routing:: FLASHINFER_RS_ROUTING_SHARD=0/4 \
+#       bash scripts/sanitize.sh racecheck
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export FLASHINFER_RS_REQUIRE_GPU=1
@@ -21,7 +27,7 @@ for tool in "${tools[@]}"; do
   echo "== compute-sanitizer --tool $tool"
   start=$(date +%s)
   compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 \
-    gpu-pack/bin/gpu --test-threads=1 2>&1 | grep -vE "^test .* ok$"
+    gpu-pack/bin/gpu --test-threads=1 ${FLASHINFER_RS_SANITIZE_FILTER:-} 2>&1 | grep -vE "^test .* ok$"
   rc=${PIPESTATUS[0]}
   echo "== $tool: exit $rc in $(( $(date +%s) - start ))s"
   [ "$rc" -eq 0 ] || status=$rc

@@ -273,7 +273,20 @@ fn every_method_and_tier_matches_the_oracle() {
     let Some(g) = gpu("every_method_and_tier_matches_the_oracle") else {
         return;
     };
-    let configs = matrix();
+    // FLASHINFER_RS_ROUTING_SHARD=i/n runs every n-th config from the i-th: the sanitizers
+    // split the matrix over several runs this way.
+    let shard = std::env::var("FLASHINFER_RS_ROUTING_SHARD").ok().map(|v| {
+        let (i, n) = v.split_once('/').expect("FLASHINFER_RS_ROUTING_SHARD=i/n");
+        let (i, n): (usize, usize) = (i.parse().unwrap(), n.parse().unwrap());
+        assert!(i < n, "shard {i} of {n}");
+        (i, n)
+    });
+    let configs: Vec<_> = matrix()
+        .into_iter()
+        .enumerate()
+        .filter(|(ci, _)| shard.is_none_or(|(i, n)| ci % n == i))
+        .map(|(_, c)| c)
+        .collect();
     let tokens = env_list("FLASHINFER_RS_ROUTING_TOKENS", &TOKENS);
     let (mut passed, mut failures) = (0usize, Vec::new());
     for (ci, cfg) in configs.iter().enumerate() {

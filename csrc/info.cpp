@@ -70,10 +70,39 @@ void query(fi_device_info* out) {
 }
 
 // Per-device verdicts, so the hot path pays one cudaGetDevice and an atomic load.
-// 0 = unknown, 1 = supported, 2 = not supported.
+// 0 = unknown, 1 = supported, 2 = refused.
 constexpr int kMaxDevices = 64;
 std::atomic<int8_t> routing_ok[kMaxDevices];
 std::atomic<int8_t> fused_ok[kMaxDevices];
+
+// FlashInfer 0.6.13's routing launchers keep the SM version and SM count of the device they
+// first run on in function-local statics (`static int const smMajor` / `smCount` in
+// trtllm_fused_moe_routing_{common,custom,deepseek}.cu) and size every later launch with
+// them, on whatever device. So every device a process routes on must look the same to those
+// statics: the first one we admit fixes (sm_major, sm_count); a device that differs is
+// refused instead of getting launch shapes (cooperative grid sizes) meant for another GPU.
+std::atomic<int64_t> first_device_shape{-1};
+
+int64_t shape_key(const fi_device_info& d) {
+  return (int64_t{d.sm_major} << 40) | (int64_t{d.sm_minor} << 32) | uint32_t(d.sm_count);
+}
+
+std::string describe(int64_t key) {
+  return "sm_" + std::to_string(key >> 40) + std::to_string((key >> 32) & 0xff) + " with " +
+         std::to_string(key & 0xffffffff) + " SMs";
+}
+
+void require_same_shape_as_first_device(const fi_device_info& info) {
+  int64_t key = shape_key(info);
+  int64_t first = -1;
+  if (first_device_shape.compare_exchange_strong(first, key) || first == key) return;
+  throw Failure(FI_STATUS_UNSUPPORTED_ARCH,
+                "device " + std::to_string(info.device) + " (" + describe(key) +
+                    ") differs from the first device this process routed on (" +
+                    describe(first) +
+                    "): FlashInfer 0.6.13 sizes routing launches from process-wide statics "
+                    "of the first device; use one GPU model per process");
+}
 
 void require_arch(std::atomic<int8_t>* table, bool (*built_for)(int, int), const char* what) {
   int dev = 0;
@@ -82,14 +111,15 @@ void require_arch(std::atomic<int8_t>* table, bool (*built_for)(int, int), const
   if (cached && table[dev].load(std::memory_order_relaxed) == 1) return;
   fi_device_info info{};
   query(&info);
-  bool ok = built_for(info.sm_major, info.sm_minor);
-  if (cached) table[dev].store(ok ? 1 : 2, std::memory_order_relaxed);
-  if (!ok) {
+  if (!built_for(info.sm_major, info.sm_minor)) {
+    if (cached) table[dev].store(2, std::memory_order_relaxed);
     throw Failure(FI_STATUS_UNSUPPORTED_ARCH,
                   std::string(what) + " has no kernels for device " + std::to_string(dev) +
                       " (sm_" + std::to_string(info.sm_major) + std::to_string(info.sm_minor) +
                       "); this build has:" + arch_list());
   }
+  require_same_shape_as_first_device(info);
+  if (cached) table[dev].store(1, std::memory_order_relaxed);
 }
 
 }  // namespace

@@ -3,7 +3,9 @@
 
 namespace fi {
 // Throw fi::Failure(FI_STATUS_UNSUPPORTED_ARCH) unless this build has kernels for the calling
-// thread's current device. Cached per device: one cudaGetDevice and an atomic load when warm.
+// thread's current device and it has the SM version and count of the first device admitted
+// (upstream caches those in process-wide statics, see info.cpp). Cached per device: one
+// cudaGetDevice and an atomic load when warm.
 void require_routing_arch();
 void require_fused_arch();
 }  // namespace fi

@@ -103,6 +103,18 @@ impl Case {
         }
     }
 
+    /// The reference output for this case's own routing.
+    fn reference(&self, routing_scales_on_input: bool, rounding: ActivationRounding) -> Vec<f32> {
+        reference::moe(
+            &self.problem(routing_scales_on_input),
+            &self.hidden,
+            &self.ids,
+            &self.weights,
+            &self.w,
+            rounding,
+        )
+    }
+
     fn problem(&self, routing_scales_on_input: bool) -> ReferenceProblem {
         ReferenceProblem {
             num_tokens: self.shape.num_tokens,
@@ -333,14 +345,7 @@ fn bf16_moe_matches_the_reference_for_every_routing_method() {
             let name = format!("bf16 {method} T={t}");
             let c = Case::new(cfg, shape(t), t as u64 * 31 + 7);
             let got = bf16_run(&g, &c, &opts, &name);
-            let want = reference::moe(
-                &c.problem(false),
-                &c.hidden,
-                &c.ids,
-                &c.weights,
-                &c.w,
-                ActivationRounding::Bf16,
-            );
+            let want = c.reference(false, ActivationRounding::Bf16);
             check(&name, &want, &got, 0.925);
         }
     }
@@ -360,14 +365,7 @@ fn bf16_moe_with_expert_parallelism_sums_only_local_experts() {
         &MoeOptions::new(WeightLayout::BlockMajorK),
         "bf16 EP",
     );
-    let want = reference::moe(
-        &c.problem(false),
-        &c.hidden,
-        &c.ids,
-        &c.weights,
-        &c.w,
-        ActivationRounding::Bf16,
-    );
+    let want = c.reference(false, ActivationRounding::Bf16);
     check("bf16 EP 16..48 of 64", &want, &got, 0.925);
 }
 
@@ -470,14 +468,7 @@ fn fp8_per_tensor_moe_matches_the_reference() {
                 )
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             });
-            let want = reference::moe(
-                &p,
-                &c.hidden,
-                &c.ids,
-                &c.weights,
-                &c.w,
-                ActivationRounding::Fp8PerTensor { scale: c_sf },
-            );
+            let want = c.reference(on_input, ActivationRounding::Fp8PerTensor { scale: c_sf });
             check(&name, &want, &got, 0.92);
         }
     }
@@ -562,14 +553,7 @@ fn deepseek_fp8_block_scale_moe_matches_the_reference() {
             )
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         });
-        let want = reference::moe(
-            &c.problem(false),
-            &c.hidden,
-            &c.ids,
-            &c.weights,
-            &c.w,
-            ActivationRounding::Bf16,
-        );
+        let want = c.reference(false, ActivationRounding::Bf16);
         check(&name, &want, &got, 0.79);
     }
 }
@@ -671,14 +655,7 @@ fn mxfp4_moe_with_bf16_activations_matches_the_reference() {
                 .collect();
             let want_ids: Vec<i32> = c.ids.iter().map(|&x| x as i32).collect();
             assert_eq!(got_ids, want_ids, "{name}: topk_ids");
-            let want = reference::moe(
-                &c.problem(false),
-                &c.hidden,
-                &c.ids,
-                &c.weights,
-                &c.w,
-                ActivationRounding::Bf16,
-            );
+            let want = c.reference(false, ActivationRounding::Bf16);
             check(&name, &want, &got, 0.92);
         }
     }

@@ -12,6 +12,7 @@ use sys::fi_dtype::{self, Type as Dtype};
 use super::tactic::Tactic;
 use super::types::{Activation, WeightLayout};
 use crate::error::{covers, ensure, Error, Result, MAX_TOKENS};
+use crate::routing::route::check_bias;
 use crate::routing::{RoutingConfig, RoutingMethod};
 
 /// Sizes of a fused MoE problem.
@@ -372,31 +373,13 @@ pub(crate) fn plan(d: &Desc) -> Result<Vec<Spec>> {
                 dtype,
                 shape: vec![t as i64, e as i64],
             });
-            let name = cfg.method.name();
-            match (bias, cfg.method.needs_bias()) {
-                (None, true) => {
-                    return Err(Error::invalid(
-                        "bias",
-                        format!("{name} routing needs a bias"),
-                    ))
-                }
-                (Some(_), false) => {
-                    return Err(Error::invalid(
-                        "bias",
-                        format!("{name} routing takes no bias"),
-                    ))
-                }
-                (Some((bdt, n)), true) => {
-                    ensure(n == e, "bias", || {
-                        format!("must hold num_experts ({e}) elements, holds {n}")
-                    })?;
-                    p.specs.push(Spec {
-                        name: "routing_bias",
-                        dtype: bdt,
-                        shape: vec![e as i64],
-                    });
-                }
-                (None, false) => {}
+            check_bias(cfg, bias.map(|(_, n)| n))?;
+            if let Some((bdt, _)) = bias {
+                p.specs.push(Spec {
+                    name: "routing_bias",
+                    dtype: bdt,
+                    shape: vec![e as i64],
+                });
             }
         }
         RoutingSrc::Packed { len } => {

@@ -52,6 +52,14 @@ pub struct ReferenceProblem {
     pub routing_scales_on_input: bool,
 }
 
+impl ReferenceProblem {
+    /// Index among the local experts of global expert `e`, if it is local.
+    fn local_index(&self, e: usize) -> Option<usize> {
+        e.checked_sub(self.local_expert_offset)
+            .filter(|&l| l < self.local_num_experts)
+    }
+}
+
 fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
@@ -118,10 +126,7 @@ pub fn activations(
     for t in 0..p.num_tokens {
         for k in 0..p.top_k {
             let e = ids[t * p.top_k + k];
-            let Some(le) = e
-                .checked_sub(p.local_expert_offset)
-                .filter(|&l| l < p.local_num_experts)
-            else {
+            let Some(le) = p.local_index(e) else {
                 continue;
             };
             let mut x: Vec<f32> = hidden[t * h..(t + 1) * h].to_vec();
@@ -153,10 +158,7 @@ pub fn moe(
     for t in 0..p.num_tokens {
         for k in 0..p.top_k {
             let e = ids[t * p.top_k + k];
-            let Some(le) = e
-                .checked_sub(p.local_expert_offset)
-                .filter(|&l| l < p.local_num_experts)
-            else {
+            let Some(le) = p.local_index(e) else {
                 continue;
             };
             let a: Vec<f32> = acts

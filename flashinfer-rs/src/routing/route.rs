@@ -288,25 +288,7 @@ pub(crate) fn validate_call(
             t as u128 * e as u128
         )
     })?;
-    let name = cfg.method.name();
-    match (call.bias_len, cfg.method.needs_bias()) {
-        (None, true) => {
-            return Err(Error::invalid(
-                "bias",
-                format!("{name} routing needs a bias"),
-            ))
-        }
-        (Some(_), false) => {
-            return Err(Error::invalid(
-                "bias",
-                format!("{name} routing takes no bias"),
-            ))
-        }
-        (Some(n), true) => ensure(n == e, "bias", || {
-            format!("must hold num_experts ({e}) elements, holds {n}")
-        })?,
-        (None, false) => {}
-    }
+    check_bias(cfg, call.bias_len)?;
     if let Some((rows, cols)) = call.replay {
         ensure(cols == k, "replay", || {
             format!("has {cols} columns, top_k is {k}")
@@ -317,6 +299,26 @@ pub(crate) fn validate_call(
         })?;
     }
     Ok(())
+}
+
+/// The bias rule of every routing (and fused) call: required by the methods that add one to
+/// their keys, refused by the others, `[num_experts]` long.
+pub(crate) fn check_bias(cfg: &RoutingConfig, bias_len: Option<usize>) -> Result<()> {
+    let (name, e) = (cfg.method.name(), cfg.num_experts as usize);
+    match (bias_len, cfg.method.needs_bias()) {
+        (None, true) => Err(Error::invalid(
+            "bias",
+            format!("{name} routing needs a bias"),
+        )),
+        (Some(_), false) => Err(Error::invalid(
+            "bias",
+            format!("{name} routing takes no bias"),
+        )),
+        (Some(n), true) => ensure(n == e, "bias", || {
+            format!("must hold num_experts ({e}) elements, holds {n}")
+        }),
+        (None, false) => Ok(()),
+    }
 }
 
 /// A validated [`RoutingConfig`], ready to route.

@@ -4,12 +4,13 @@
 //! Its GEMMs exist only as sm_100/sm_103 cubins, so the calls run on Blackwell (B200/GB200)
 //! alone; on other GPUs they return [`crate::Error::UnsupportedArch`] before touching
 //! upstream. Layers:
-//! - [`types`](self) and [`elements`]: upstream's enums and the fp8/fp4 element types;
+//! - `types` ([`Activation`], [`WeightLayout`], ...) and [`elements`]: upstream's enums and
+//!   the fp8/fp4 element types;
 //! - `plan`: every rule, on sizes, checked before any launch (tested on CPU);
 //! - `call`: the four typed calls;
 //! - [`cubin`]: the sha256-checked cubin loader upstream calls back into;
 //! - [`prepare`]: host-side weight preparation (shuffles, layouts, scale interleaving);
-//! - [`reference`]: a CPU reference MoE to check the kernels against.
+//! - [`reference`](mod@reference): a CPU reference MoE to check the kernels against.
 mod call;
 pub mod cubin;
 pub mod elements;

@@ -1,7 +1,8 @@
-//! The fused MoE on Blackwell (`cargo test --features sm100` on a B200/GB200): every op
-//! against the CPU reference MoE (routing oracle + dequantised expert math), the replay
-//! invariants (ids = the routing oracle, sentinel rows untouched, output bit-identical with and
-//! without replay), expert parallelism, unfinalized outputs and a CUDA graph replay.
+//! The fused MoE on Blackwell (`bash scripts/test-sm100.sh` on a B200/GB200): bf16, fp8
+//! per-tensor, DeepSeek fp8 block-scale and mxfp4 x bf16 over every routing method, against the
+//! CPU reference MoE (routing oracle + dequantised expert math), with the replay invariants
+//! (ids = the routing oracle, sentinel rows untouched, output bit-identical with and without
+//! replay); expert parallelism, unfinalized outputs and a CUDA graph replay.
 //!
 //! On any other GPU these tests print `skipped:` and pass; `FLASHINFER_RS_REQUIRE_SM100=1`
 //! turns the skip into a failure. Tolerances are upstream's (tests/moe/
@@ -236,8 +237,8 @@ fn shape(num_tokens: usize) -> MoeShape {
     }
 }
 
-/// Every routing method of the bf16 op, small shapes.
-fn bf16_configs() -> Vec<(&'static str, RoutingConfig)> {
+/// Every routing method, small shapes (every op runs all of them).
+fn routing_configs() -> Vec<(&'static str, RoutingConfig)> {
     let m = |method, e, k| RoutingConfig::new(method, e, k);
     vec![
         ("Renormalize", m(RoutingMethod::Renormalize, 64, 4)),
@@ -340,7 +341,7 @@ fn bf16_moe_matches_the_reference_for_every_routing_method() {
         return;
     };
     let opts = MoeOptions::new(WeightLayout::BlockMajorK);
-    for (method, cfg) in bf16_configs() {
+    for (method, cfg) in routing_configs() {
         for t in [1, 13, 130] {
             let name = format!("bf16 {method} T={t}");
             let c = Case::new(cfg, shape(t), t as u64 * 31 + 7);
@@ -375,18 +376,11 @@ fn fp8_per_tensor_moe_matches_the_reference() {
         return;
     };
     let s = &g.stream;
-    for (method, cfg, on_input) in [
-        (
-            "Renormalize",
-            RoutingConfig::new(RoutingMethod::Renormalize, 64, 4),
-            false,
-        ),
-        (
-            "Llama4",
-            RoutingConfig::new(RoutingMethod::Llama4, 64, 1),
-            true,
-        ),
-    ] {
+    // Llama 4 applies its routing weight to the input, as upstream's test does.
+    let configs = routing_configs()
+        .into_iter()
+        .map(|(m, c)| (m, c, matches!(c.method, RoutingMethod::Llama4)));
+    for (method, cfg, on_input) in configs {
         for t in [1, 37] {
             let name = format!("fp8 per-tensor {method} T={t}");
             let mut c = Case::new(cfg, shape(t), 500 + t as u64);
@@ -480,81 +474,74 @@ fn deepseek_fp8_block_scale_moe_matches_the_reference() {
         return;
     };
     let s = &g.stream;
-    let cfg = RoutingConfig::new(
-        RoutingMethod::DeepSeekV3 {
-            n_group: 8,
-            topk_group: 4,
-            routed_scaling_factor: 2.5,
-        },
-        64,
-        4,
-    );
-    for t in [1, 29, 200] {
-        let name = format!("DeepSeek fp8 T={t}");
-        let mut c = Case::new(cfg, shape(t), 900 + t as u64);
-        let (h, i) = (c.shape.hidden_size, c.shape.intermediate_size);
-        let el = cfg.local_num_experts as usize;
-        let (mut q1, mut q2, mut s1, mut s2) = (vec![], vec![], vec![], vec![]);
-        for e in 0..el {
-            let w1 = &mut c.w.w1[e * 2 * i * h..(e + 1) * 2 * i * h];
-            let (q, sc) = reference::quantize_fp8_blocks(w1, 2 * i, h);
-            for (idx, v) in w1.iter_mut().enumerate() {
-                *v = q[idx].to_f32() * sc[(idx / h / 128) * (h / 128) + (idx % h) / 128];
+    for (method, cfg) in routing_configs() {
+        for t in [1, 29, 130] {
+            let name = format!("DeepSeek fp8 {method} T={t}");
+            let mut c = Case::new(cfg, shape(t), 900 + t as u64);
+            let (h, i) = (c.shape.hidden_size, c.shape.intermediate_size);
+            let el = cfg.local_num_experts as usize;
+            let (mut q1, mut q2, mut s1, mut s2) = (vec![], vec![], vec![], vec![]);
+            for e in 0..el {
+                let w1 = &mut c.w.w1[e * 2 * i * h..(e + 1) * 2 * i * h];
+                let (q, sc) = reference::quantize_fp8_blocks(w1, 2 * i, h);
+                for (idx, v) in w1.iter_mut().enumerate() {
+                    *v = q[idx].to_f32() * sc[(idx / h / 128) * (h / 128) + (idx % h) / 128];
+                }
+                q1.extend(q);
+                s1.extend(sc);
+                let w2 = &mut c.w.w2[e * h * i..(e + 1) * h * i];
+                let (q, sc) = reference::quantize_fp8_blocks(w2, h, i);
+                for (idx, v) in w2.iter_mut().enumerate() {
+                    *v = q[idx].to_f32() * sc[(idx / i / 128) * (i / 128) + (idx % i) / 128];
+                }
+                q2.extend(q);
+                s2.extend(sc);
             }
-            q1.extend(q);
-            s1.extend(sc);
-            let w2 = &mut c.w.w2[e * h * i..(e + 1) * h * i];
-            let (q, sc) = reference::quantize_fp8_blocks(w2, h, i);
-            for (idx, v) in w2.iter_mut().enumerate() {
-                *v = q[idx].to_f32() * sc[(idx / i / 128) * (i / 128) + (idx % i) / 128];
+            let (hq, hs_t) = reference::quantize_fp8_activation_blocks(&c.hidden, t, h);
+            for (idx, v) in c.hidden.iter_mut().enumerate() {
+                let (tok, col) = (idx / h, idx % h);
+                *v = hq[idx].to_f32() * hs_t[(col / 128) * t + tok];
             }
-            q2.extend(q);
-            s2.extend(sc);
+            let (hs, hsc, w1, w1s, w2, w2s) = (
+                s.clone_htod(&hq).unwrap(),
+                s.clone_htod(&hs_t).unwrap(),
+                s.clone_htod(&q1).unwrap(),
+                s.clone_htod(&s1).unwrap(),
+                s.clone_htod(&q2).unwrap(),
+                s.clone_htod(&s2).unwrap(),
+            );
+            let dr = DeviceRouting::upload(s, &c);
+            let routing = dr.routing(cfg);
+            let moe = Fp8BlockScaleMoe {
+                hidden_states: hs.as_view(),
+                gemm1_weights: w1.as_view(),
+                gemm2_weights: w2.as_view(),
+                scales: Fp8BlockScales::DeepSeek {
+                    hidden_states_scale: hsc.as_view(),
+                    gemm1_weights_scale: w1s.as_view(),
+                    gemm2_weights_scale: w2s.as_view(),
+                },
+                gemm1_lora_delta: None,
+                swiglu: SwigluParams::default(),
+            };
+            // Unshuffled MajorK weights: one of upstream's tested DeepSeek configurations.
+            let mut opts = MoeOptions::new(WeightLayout::MajorK);
+            opts.use_shuffled_weight = false;
+            let got = run_checked(&g, &c, &name, |out, replay| {
+                trtllm_fp8_block_scale_moe(
+                    s,
+                    &routing,
+                    &moe,
+                    c.shape,
+                    &opts,
+                    &mut out.as_view_mut(),
+                    replay,
+                )
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            });
+            let want = c.reference(false, ActivationRounding::Bf16);
+            check(&name, &want, &got, 0.79);
         }
-        let (hq, hs_t) = reference::quantize_fp8_activation_blocks(&c.hidden, t, h);
-        for (idx, v) in c.hidden.iter_mut().enumerate() {
-            let (tok, col) = (idx / h, idx % h);
-            *v = hq[idx].to_f32() * hs_t[(col / 128) * t + tok];
-        }
-        let (hs, hsc, w1, w1s, w2, w2s) = (
-            s.clone_htod(&hq).unwrap(),
-            s.clone_htod(&hs_t).unwrap(),
-            s.clone_htod(&q1).unwrap(),
-            s.clone_htod(&s1).unwrap(),
-            s.clone_htod(&q2).unwrap(),
-            s.clone_htod(&s2).unwrap(),
-        );
-        let dr = DeviceRouting::upload(s, &c);
-        let routing = dr.routing(cfg);
-        let moe = Fp8BlockScaleMoe {
-            hidden_states: hs.as_view(),
-            gemm1_weights: w1.as_view(),
-            gemm2_weights: w2.as_view(),
-            scales: Fp8BlockScales::DeepSeek {
-                hidden_states_scale: hsc.as_view(),
-                gemm1_weights_scale: w1s.as_view(),
-                gemm2_weights_scale: w2s.as_view(),
-            },
-            gemm1_lora_delta: None,
-            swiglu: SwigluParams::default(),
-        };
-        // Unshuffled MajorK weights: one of upstream's tested DeepSeek configurations.
-        let mut opts = MoeOptions::new(WeightLayout::MajorK);
-        opts.use_shuffled_weight = false;
-        let got = run_checked(&g, &c, &name, |out, replay| {
-            trtllm_fp8_block_scale_moe(
-                s,
-                &routing,
-                &moe,
-                c.shape,
-                &opts,
-                &mut out.as_view_mut(),
-                replay,
-            )
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
-        });
-        let want = c.reference(false, ActivationRounding::Bf16);
-        check(&name, &want, &got, 0.79);
     }
 }
 
@@ -565,24 +552,7 @@ fn mxfp4_moe_with_bf16_activations_matches_the_reference() {
         return;
     };
     let s = &g.stream;
-    for (method, cfg) in [
-        (
-            "Renormalize",
-            RoutingConfig::new(RoutingMethod::Renormalize, 64, 4),
-        ),
-        (
-            "DeepSeekV3",
-            RoutingConfig::new(
-                RoutingMethod::DeepSeekV3 {
-                    n_group: 8,
-                    topk_group: 4,
-                    routed_scaling_factor: 2.5,
-                },
-                64,
-                4,
-            ),
-        ),
-    ] {
+    for (method, cfg) in routing_configs() {
         for t in [1, 8, 100] {
             let name = format!("mxfp4 x bf16 {method} T={t}");
             let mut c = Case::new(cfg, shape(t), 1300 + t as u64);

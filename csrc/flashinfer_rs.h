@@ -320,6 +320,11 @@ typedef int32_t (*fi_cubin_loader)(void* user, const char* path, const char* sha
                                    fi_cubin_sink sink, void* sink_ctx, char* err, size_t err_cap);
 /** Sets the process-wide cubin loader (NULL unsets it). `user` is passed back to it. */
 fi_status fi_set_cubin_loader(fi_cubin_loader loader, void* user);
+/** Loads the cubin at `path` through upstream's own hook, exactly as a fused launch would
+ * (upstream -> our trampoline -> the registered loader), and writes its size to `size`.
+ * Needs no GPU: a pre-flight check of a deployment's cubin cache. FI_STATUS_CUBIN_ERROR when
+ * the loader refuses it. */
+fi_status fi_cubin_probe(const char* path, const char* sha256, size_t* size);
 
 #ifdef __cplusplus
 }

@@ -61,6 +61,11 @@ void FlashInferSetCubinCallback(void (*callback)(const char* path, const char* s
 void FlashInferSetCurrentCubin(const char* binary, int size);
 }
 
+// What upstream's batched-GEMM runner calls for a cubin (same header, same TU).
+namespace flashinfer::trtllm_cubin_loader {
+std::string getCubin(const std::string& name, const std::string& sha256);
+}
+
 namespace {
 
 using tvm::ffi::AnyView;
@@ -96,6 +101,25 @@ void cubin_trampoline(const char* path, const char* sha256) {
     err[sizeof err - 1] = 0;
     t_cubin_error = err[0] ? std::string(err) : std::string("cubin loader failed for ") + path;
     throw std::runtime_error(t_cubin_error);
+  }
+}
+
+// Points upstream's process-wide hook at our trampoline, once.
+void install_cubin_hook() {
+  static std::once_flag once;
+  std::call_once(once, [] { FlashInferSetCubinCallback(cubin_trampoline); });
+}
+
+// Runs `body`, reporting a failed cubin load (recorded by the trampoline, whatever exception
+// reached us) as FI_STATUS_CUBIN_ERROR.
+template <typename F>
+auto with_cubin_errors(F&& body) -> decltype(body()) {
+  t_cubin_error.clear();
+  try {
+    return body();
+  } catch (...) {
+    if (!t_cubin_error.empty()) throw fi::Failure(FI_STATUS_CUBIN_ERROR, t_cubin_error);
+    throw;
   }
 }
 
@@ -433,23 +457,26 @@ extern "C" fi_status fi_moe_run(const fi_moe_args* args, void* stream,
     *unfinalized = nullptr;
     fi::require_fused_arch();
     std::lock_guard<std::mutex> lock(g_call_mutex);
-    static std::once_flag hook;
-    std::call_once(hook, [] { FlashInferSetCubinCallback(cubin_trampoline); });
+    install_cubin_hook();
     CallEnv env(args->device, stream);
-    t_cubin_error.clear();
-    tvm::ffi::Array<tvm::ffi::Tensor> out;
-    try {
-      out = call_upstream(*args);
-    } catch (...) {
-      if (!t_cubin_error.empty()) throw fi::Failure(FI_STATUS_CUBIN_ERROR, t_cubin_error);
-      throw;
-    }
+    auto out = with_cubin_errors([&] { return call_upstream(*args); });
     if (args->do_finalize == 0) *unfinalized = new fi_moe_outputs{std::move(out)};
   });
 }
 
 extern "C" int32_t fi_moe_outputs_count(const fi_moe_outputs* outputs) {
   return outputs == nullptr ? 0 : static_cast<int32_t>(outputs->tensors.size());
+}
+
+extern "C" fi_status fi_cubin_probe(const char* path, const char* sha256, size_t* size) {
+  return fi::guarded([&] {
+    fi::require(path != nullptr && sha256 != nullptr && size != nullptr,
+                "path, sha256 and size must not be NULL");
+    std::lock_guard<std::mutex> lock(g_call_mutex);
+    install_cubin_hook();
+    *size = with_cubin_errors([&] { return flashinfer::trtllm_cubin_loader::getCubin(path, sha256); })
+                .size();
+  });
 }
 
 extern "C" fi_status fi_moe_outputs_get(const fi_moe_outputs* outputs, int32_t index,
@@ -537,5 +564,10 @@ extern "C" fi_status fi_moe_outputs_get(const fi_moe_outputs*, int32_t, fi_tenso
 }
 
 extern "C" void fi_moe_outputs_free(fi_moe_outputs*) {}
+
+extern "C" fi_status fi_cubin_probe(const char*, const char*, size_t* size) {
+  if (size != nullptr) *size = 0;
+  return not_built();
+}
 
 #endif

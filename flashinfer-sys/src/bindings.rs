@@ -478,3 +478,11 @@ unsafe extern "C" {
         user: *mut ::core::ffi::c_void,
     ) -> fi_status;
 }
+unsafe extern "C" {
+    #[doc = " Loads the cubin at `path` through upstream's own hook, exactly as a fused launch would\n (upstream -> our trampoline -> the registered loader), and writes its size to `size`.\n Needs no GPU: a pre-flight check of a deployment's cubin cache. FI_STATUS_CUBIN_ERROR when\n the loader refuses it."]
+    pub fn fi_cubin_probe(
+        path: *const ::core::ffi::c_char,
+        sha256: *const ::core::ffi::c_char,
+        size: *mut usize,
+    ) -> fi_status;
+}

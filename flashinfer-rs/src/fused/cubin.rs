@@ -86,6 +86,18 @@ impl CubinStore {
         })
     }
 
+    /// The artifact path relative to the root (what upstream prefixes cubin names with).
+    pub fn artifact(&self) -> &str {
+        &self.artifact
+    }
+
+    /// The file names the checksum list names, sorted.
+    pub fn files(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self.checksums.keys().map(String::as_str).collect();
+        v.sort_unstable();
+        v
+    }
+
     /// Number of cubins the checksum list names.
     pub fn len(&self) -> usize {
         self.checksums.len()
@@ -168,6 +180,22 @@ pub(crate) fn ensure_installed() -> Result<()> {
         return Ok(());
     }
     install(CubinStore::from_env()?)
+}
+
+/// Loads the cubin at `path` (`<artifact>/<file>.cubin`) through upstream's own hook, exactly
+/// as the first fused launch of that kernel would (upstream -> our C trampoline -> the
+/// installed store), and returns its size. Needs no GPU: a pre-flight check that a
+/// deployment's cubin cache is intact. Installs [`CubinStore::from_env`] if no store is.
+pub fn probe(path: &str, expected_sha256: &str) -> Result<usize> {
+    ensure_installed()?;
+    let c = |s: &str, arg| {
+        std::ffi::CString::new(s).map_err(|_| Error::invalid(arg, "contains a NUL byte"))
+    };
+    let (path, sha) = (c(path, "path")?, c(expected_sha256, "expected_sha256")?);
+    let mut size = 0usize;
+    // SAFETY: both strings are NUL-terminated and live across the call; `size` is valid.
+    check(unsafe { sys::fi_cubin_probe(path.as_ptr(), sha.as_ptr(), &mut size) })?;
+    Ok(size)
 }
 
 fn load_from_installed(path: &str, sha: &str) -> Result<Vec<u8>> {

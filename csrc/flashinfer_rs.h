@@ -302,6 +302,13 @@ typedef struct fi_moe_outputs fi_moe_outputs;
  * (stream-ordered on `stream`); otherwise it is set to NULL. */
 fi_status fi_moe_run(const fi_moe_args* args, void* stream, fi_moe_outputs** unfinalized);
 
+/** For tests of this ABI on machines without a GPU: passes `args` to upstream's entry point
+ * exactly as fi_moe_run does, skipping only the architecture gate, so upstream unpacks every
+ * argument and runs its host-side checks until its first device query fails (its
+ * "requires SM 10.x" check). Refused with FI_STATUS_INVALID_ARGUMENT wherever a CUDA device is
+ * present, so it can never launch anything. Device pointers may be any non-NULL values. */
+fi_status fi_moe_dry_run_without_device(const fi_moe_args* args);
+
 /** Number of tensors in `outputs`. */
 int32_t fi_moe_outputs_count(const fi_moe_outputs* outputs);
 /** Describes tensor `index` of `outputs` (data NULL where upstream returned none). */

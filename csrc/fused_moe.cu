@@ -468,6 +468,24 @@ extern "C" int32_t fi_moe_outputs_count(const fi_moe_outputs* outputs) {
   return outputs == nullptr ? 0 : static_cast<int32_t>(outputs->tensors.size());
 }
 
+extern "C" fi_status fi_moe_dry_run_without_device(const fi_moe_args* args) {
+  return fi::guarded([&] {
+    fi::require(args != nullptr, "args must not be NULL");
+    int devices = 0;
+    bool has_device = cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0;
+    (void)cudaGetLastError();
+    if (has_device) {
+      throw fi::Failure(FI_STATUS_INVALID_ARGUMENT,
+                        "fi_moe_dry_run_without_device runs only where no CUDA device is "
+                        "present (upstream would launch)");
+    }
+    std::lock_guard<std::mutex> lock(g_call_mutex);
+    CallEnv env(args->device, nullptr);
+    call_upstream(*args);
+    throw fi::Failure(FI_STATUS_INTERNAL_ERROR, "upstream returned without a CUDA device");
+  });
+}
+
 extern "C" fi_status fi_cubin_probe(const char* path, const char* sha256, size_t* size) {
   return fi::guarded([&] {
     fi::require(path != nullptr && sha256 != nullptr && size != nullptr,
@@ -569,5 +587,7 @@ extern "C" fi_status fi_cubin_probe(const char*, const char*, size_t* size) {
   if (size != nullptr) *size = 0;
   return not_built();
 }
+
+extern "C" fi_status fi_moe_dry_run_without_device(const fi_moe_args*) { return not_built(); }
 
 #endif

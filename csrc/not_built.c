@@ -86,3 +86,8 @@ fi_status fi_cubin_probe(const char* path, const char* sha256, size_t* size) {
   if (size != 0) *size = 0;
   return FI_STATUS_KERNELS_NOT_BUILT;
 }
+
+fi_status fi_moe_dry_run_without_device(const fi_moe_args* args) {
+  (void)args;
+  return FI_STATUS_KERNELS_NOT_BUILT;
+}

@@ -440,6 +440,10 @@ unsafe extern "C" {
     ) -> fi_status;
 }
 unsafe extern "C" {
+    #[doc = " For tests of this ABI on machines without a GPU: passes `args` to upstream's entry point\n exactly as fi_moe_run does, skipping only the architecture gate, so upstream unpacks every\n argument and runs its host-side checks until its first device query fails (its\n \"requires SM 10.x\" check). Refused with FI_STATUS_INVALID_ARGUMENT wherever a CUDA device is\n present, so it can never launch anything. Device pointers may be any non-NULL values."]
+    pub fn fi_moe_dry_run_without_device(args: *const fi_moe_args) -> fi_status;
+}
+unsafe extern "C" {
     #[doc = " Number of tensors in `outputs`."]
     pub fn fi_moe_outputs_count(outputs: *const fi_moe_outputs) -> i32;
 }

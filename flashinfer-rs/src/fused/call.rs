@@ -641,62 +641,16 @@ impl<'v> Args<'v> {
             return Ok(None);
         }
 
-        // Scalars.
-        let cfg = &routing.config;
-        let raw = cfg.raw_params(
-            shape.num_tokens,
-            fi_dtype::FI_DTYPE_F32,
-            fi_dtype::FI_DTYPE_F32,
-        );
-        let (n_group, topk_group) = match cfg.method {
-            // The fused launchers want DeepSeekV3's groups given (1 = ungrouped).
-            RoutingMethod::DeepSeekV3 { .. } => (
-                i64::from(raw.n_group.max(1)),
-                i64::from(raw.topk_group.max(1)),
-            ),
-            _ => (-1, -1),
-        };
-        let has_scale = matches!(
-            cfg.method,
-            RoutingMethod::DeepSeekV3 { .. } | RoutingMethod::MiniMax2 { .. }
-        );
-        // SAFETY: fi_moe_args is plain data; all-zero is "no tensor, zero scalars".
-        let mut a: sys::fi_moe_args = unsafe { std::mem::zeroed() };
-        a.op = op.raw();
-        a.device = ctx.ordinal() as i32;
-        a.num_experts = cfg.num_experts.into();
-        a.top_k = cfg.top_k.into();
-        a.n_group = n_group;
-        a.topk_group = topk_group;
-        a.intermediate_size = shape.intermediate_size as i64;
-        a.local_expert_offset = cfg.local_expert_offset.into();
-        a.local_num_experts = cfg.local_num_experts.into();
-        a.routed_scaling_factor = raw.routed_scaling_factor.into();
-        a.has_routed_scaling_factor = has_scale.into();
-        a.routing_method = raw.method;
-        a.routing_input_mode = 0;
-        a.use_routing_scales_on_input = use_routing_scales_on_input.into();
-        a.use_shuffled_weight = opts.use_shuffled_weight.into();
-        a.weight_layout = opts.weight_layout as i32;
-        a.fp8_quantization = match op {
-            Op::Fp8BlockDeepSeek => 1,
-            Op::Fp8BlockMx => 2,
-            _ => 0,
-        };
-        a.activation = opts.activation as i32;
-        a.do_finalize = opts.do_finalize.into();
-        a.enable_pdl = opts.enable_pdl.into();
-        a.norm_topk_prob = raw.norm_topk_prob;
-        (a.tile_n, a.config) = opts.tactic.map_or((-1, -1), |t| (t.tile_n, t.config));
+        let mut a = scalar_args(&desc, ctx.ordinal() as i32, use_routing_scales_on_input);
 
         // Pointers: the guards keep cudarc's stream ordering alive across the call.
         let mut guards: Vec<SyncOnDrop<'_>> = Vec::new();
         let spec = |name: &str| specs.iter().find(|s| s.name == name);
         let fill = |name: &str, ptr: CUdeviceptr, a: &mut sys::fi_moe_args| -> Result<()> {
-            if let Some(s) = spec(name) {
-                *slot(a, name)? = tensor(s, ptr);
+            match spec(name) {
+                Some(s) => fill_tensor(a, s, ptr),
+                None => Ok(()),
             }
-            Ok(())
         };
         match &routing.input {
             MoeRoutingInput::Logits { logits, bias } => {
@@ -751,6 +705,63 @@ impl<'v> Args<'v> {
         }
         unfinalized(out, stream).map(Some)
     }
+}
+
+/// Every scalar of `fi_moe_args` for a planned call (tensors left empty).
+fn scalar_args(desc: &Desc, device: i32, use_routing_scales_on_input: bool) -> sys::fi_moe_args {
+    let (cfg, opts, op) = (&desc.routing, &desc.opts, desc.op);
+    let raw = cfg.raw_params(
+        desc.shape.num_tokens,
+        fi_dtype::FI_DTYPE_F32,
+        fi_dtype::FI_DTYPE_F32,
+    );
+    let (n_group, topk_group) = match cfg.method {
+        // The fused launchers want DeepSeekV3's groups given (1 = ungrouped).
+        RoutingMethod::DeepSeekV3 { .. } => (
+            i64::from(raw.n_group.max(1)),
+            i64::from(raw.topk_group.max(1)),
+        ),
+        _ => (-1, -1),
+    };
+    let has_scale = matches!(
+        cfg.method,
+        RoutingMethod::DeepSeekV3 { .. } | RoutingMethod::MiniMax2 { .. }
+    );
+    // SAFETY: fi_moe_args is plain data; all-zero is "no tensor, zero scalars".
+    let mut a: sys::fi_moe_args = unsafe { std::mem::zeroed() };
+    a.op = op.raw();
+    a.device = device;
+    a.num_experts = cfg.num_experts.into();
+    a.top_k = cfg.top_k.into();
+    a.n_group = n_group;
+    a.topk_group = topk_group;
+    a.intermediate_size = desc.shape.intermediate_size as i64;
+    a.local_expert_offset = cfg.local_expert_offset.into();
+    a.local_num_experts = cfg.local_num_experts.into();
+    a.routed_scaling_factor = raw.routed_scaling_factor.into();
+    a.has_routed_scaling_factor = has_scale.into();
+    a.routing_method = raw.method;
+    a.routing_input_mode = 0;
+    a.use_routing_scales_on_input = use_routing_scales_on_input.into();
+    a.use_shuffled_weight = opts.use_shuffled_weight.into();
+    a.weight_layout = opts.weight_layout as i32;
+    a.fp8_quantization = match op {
+        Op::Fp8BlockDeepSeek => 1,
+        Op::Fp8BlockMx => 2,
+        _ => 0,
+    };
+    a.activation = opts.activation as i32;
+    a.do_finalize = opts.do_finalize.into();
+    a.enable_pdl = opts.enable_pdl.into();
+    a.norm_topk_prob = raw.norm_topk_prob;
+    (a.tile_n, a.config) = opts.tactic.map_or((-1, -1), |t| (t.tile_n, t.config));
+    a
+}
+
+/// Puts planned tensor `s` at `ptr` into its `fi_moe_args` field.
+fn fill_tensor(a: &mut sys::fi_moe_args, s: &Spec, ptr: CUdeviceptr) -> Result<()> {
+    *slot(a, s.name)? = tensor(s, ptr);
+    Ok(())
 }
 
 fn unfinalized(raw: *mut sys::fi_moe_outputs, stream: &Arc<CudaStream>) -> Result<Unfinalized> {
@@ -817,3 +828,6 @@ fn slot<'a>(a: &'a mut sys::fi_moe_args, name: &str) -> Result<&'a mut sys::fi_t
         }
     })
 }
+
+#[cfg(test)]
+mod tests;

@@ -593,4 +593,4 @@ pub(crate) fn plan(d: &Desc) -> Result<Vec<Spec>> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

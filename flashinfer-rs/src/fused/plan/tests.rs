@@ -41,7 +41,19 @@ fn output() -> Given {
     g("output", fi_dtype::FI_DTYPE_BF16, T * H)
 }
 
-fn bf16_call() -> Desc {
+/// A valid call of every op and variant.
+pub(crate) fn every_op() -> Vec<Desc> {
+    vec![
+        bf16_call(),
+        fp8_per_tensor_call(),
+        deepseek_call(),
+        mxfp8_call(),
+        nvfp4_call(),
+        mxfp4_bf16_call(),
+    ]
+}
+
+pub(crate) fn bf16_call() -> Desc {
     let el = E as usize;
     let bf = fi_dtype::FI_DTYPE_BF16;
     desc(
@@ -56,7 +68,7 @@ fn bf16_call() -> Desc {
     )
 }
 
-fn fp8_per_tensor_call() -> Desc {
+pub(crate) fn fp8_per_tensor_call() -> Desc {
     let el = E as usize;
     let (e4, f) = (fi_dtype::FI_DTYPE_E4M3, fi_dtype::FI_DTYPE_F32);
     desc(
@@ -74,7 +86,7 @@ fn fp8_per_tensor_call() -> Desc {
     )
 }
 
-fn deepseek_call() -> Desc {
+pub(crate) fn deepseek_call() -> Desc {
     let el = E as usize;
     let (e4, f) = (fi_dtype::FI_DTYPE_E4M3, fi_dtype::FI_DTYPE_F32);
     let mut d = desc(
@@ -107,7 +119,7 @@ fn deepseek_call() -> Desc {
     d
 }
 
-fn nvfp4_call() -> Desc {
+pub(crate) fn nvfp4_call() -> Desc {
     let el = E as usize;
     let (e4, f, u8_) = (
         fi_dtype::FI_DTYPE_E4M3,
@@ -130,6 +142,46 @@ fn nvfp4_call() -> Desc {
             g("output1_scales_scalar", f, el),
             g("output1_scales_gate_scalar", f, el),
             g("output2_scales_scalar", f, el),
+            g("topk_ids", fi_dtype::FI_DTYPE_I32, T * K as usize),
+            g("topk_weights", fi_dtype::FI_DTYPE_BF16, T * K as usize),
+            output(),
+        ],
+    )
+}
+
+pub(crate) fn mxfp8_call() -> Desc {
+    let el = E as usize;
+    let (e4, u8_) = (fi_dtype::FI_DTYPE_E4M3, fi_dtype::FI_DTYPE_U8);
+    desc(
+        Op::Fp8BlockMx,
+        WeightLayout::MajorK,
+        vec![
+            g("hidden_states", e4, T * H),
+            g("gemm1_weights", e4, el * 2 * I * H),
+            g("gemm2_weights", e4, el * H * I),
+            g("hidden_states_scale", u8_, 128 * H / 32),
+            g("gemm1_weights_scale", u8_, el * 2 * I * H / 32),
+            g("gemm2_weights_scale", u8_, el * H * I / 32),
+            output(),
+        ],
+    )
+}
+
+pub(crate) fn mxfp4_bf16_call() -> Desc {
+    let el = E as usize;
+    let (e4, u8_) = (fi_dtype::FI_DTYPE_E4M3, fi_dtype::FI_DTYPE_U8);
+    desc(
+        Op::Fp4 {
+            act: Fp4Act::Bf16,
+            weights: Fp4W::Mxfp4,
+        },
+        WeightLayout::MajorK,
+        vec![
+            g("hidden_states", fi_dtype::FI_DTYPE_BF16, T * H),
+            g("gemm1_weights", u8_, el * 2 * I * H / 2),
+            g("gemm1_weights_scale", e4, el * 2 * I * H / 32),
+            g("gemm2_weights", u8_, el * H * I / 2),
+            g("gemm2_weights_scale", e4, el * H * I / 32),
             g("topk_ids", fi_dtype::FI_DTYPE_I32, T * K as usize),
             g("topk_weights", fi_dtype::FI_DTYPE_BF16, T * K as usize),
             output(),

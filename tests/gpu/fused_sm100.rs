@@ -1,6 +1,6 @@
 //! The fused MoE on Blackwell (`bash scripts/test-sm100.sh` on a B200/GB200): bf16, fp8
-//! per-tensor, DeepSeek fp8 block-scale and mxfp4 x bf16 over every routing method, against the
-//! CPU reference MoE (routing oracle + dequantised expert math), with the replay invariants
+//! per-tensor, DeepSeek fp8 and MxFp8 block-scale, and mxfp4 x bf16 over every routing method,
+//! against the CPU reference MoE (routing oracle + dequantised expert math), with the replay invariants
 //! (ids = the routing oracle, sentinel rows untouched, output bit-identical with and without
 //! replay); expert parallelism, unfinalized outputs and a CUDA graph replay.
 //!
@@ -12,7 +12,7 @@ use std::sync::Arc;
 use flashinfer_rs::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use flashinfer_rs::cudarc::driver::{CudaSlice, CudaStream};
 use flashinfer_rs::fused::prepare::{
-    shuffle_block_scaled_weights, shuffle_expert_weights, EPILOGUE_TILE_M,
+    interleave_scales, shuffle_block_scaled_weights, shuffle_expert_weights, EPILOGUE_TILE_M,
 };
 use flashinfer_rs::fused::reference::{self, ActivationRounding, ExpertWeights, ReferenceProblem};
 use flashinfer_rs::fused::{
@@ -541,6 +541,82 @@ fn deepseek_fp8_block_scale_moe_matches_the_reference() {
             });
             let want = c.reference(false, ActivationRounding::Bf16);
             check(&name, &want, &got, 0.79);
+        }
+    }
+}
+
+#[test]
+fn mxfp8_block_scale_moe_matches_the_reference() {
+    let Some(g) = sm100("fused_sm100::mxfp8_block_scale_moe_matches_the_reference") else {
+        return;
+    };
+    let s = &g.stream;
+    for (method, cfg) in routing_configs() {
+        for t in [1, 21, 130] {
+            let name = format!("MxFp8 {method} T={t}");
+            let mut c = Case::new(cfg, shape(t), 1700 + t as u64);
+            let (h, i) = (c.shape.hidden_size, c.shape.intermediate_size);
+            let el = cfg.local_num_experts as usize;
+            // Weights: MX fp8 with linear scales, then rows and scale rows shuffled together
+            // and the scales interleaved (upstream's MxFp8 preparation).
+            let (q1, s1) = reference::quantize_mxfp8(&c.w.w1, el * 2 * i, h);
+            let (q2, s2) = reference::quantize_mxfp8(&c.w.w2, el * h, i);
+            c.w.w1 = reference::dequantize_mxfp8(&q1, &s1);
+            c.w.w2 = reference::dequantize_mxfp8(&q2, &s2);
+            let (w1, w1s, w2, w2s) = shuffle_block_scaled_weights(
+                (&q1, &s1),
+                (&q2, &s2),
+                el,
+                (2 * i, h, h / 32),
+                (h, i, i / 32),
+                true,
+                EPILOGUE_TILE_M,
+            );
+            // Activations: MX fp8 with the scales interleaved 128x4, as mxfp8_quantize makes them.
+            let (hq, hs) = reference::quantize_mxfp8(&c.hidden, t, h);
+            c.hidden = reference::dequantize_mxfp8(&hq, &hs);
+            let hs = interleave_scales(&hs, t, h / 32);
+            let (hq, hs, w1, w1s, w2, w2s) = (
+                s.clone_htod(&hq).unwrap(),
+                s.clone_htod(&hs).unwrap(),
+                s.clone_htod(&w1).unwrap(),
+                s.clone_htod(&w1s).unwrap(),
+                s.clone_htod(&w2).unwrap(),
+                s.clone_htod(&w2s).unwrap(),
+            );
+            let dr = DeviceRouting::upload(s, &c);
+            let routing = dr.routing(cfg);
+            let moe = Fp8BlockScaleMoe {
+                hidden_states: hq.as_view(),
+                gemm1_weights: w1.as_view(),
+                gemm2_weights: w2.as_view(),
+                scales: Fp8BlockScales::Mx {
+                    hidden_states_scale: hs.as_view(),
+                    gemm1_weights_scale: w1s.as_view(),
+                    gemm2_weights_scale: w2s.as_view(),
+                },
+                gemm1_lora_delta: None,
+                swiglu: SwigluParams::default(),
+            };
+            let opts = MoeOptions::new(WeightLayout::MajorK);
+            let got = run_checked(&g, &c, &name, |out, replay| {
+                trtllm_fp8_block_scale_moe(
+                    s,
+                    &routing,
+                    &moe,
+                    c.shape,
+                    &opts,
+                    &mut out.as_view_mut(),
+                    replay,
+                )
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            });
+            check(
+                &name,
+                &c.reference(false, ActivationRounding::MxFp8),
+                &got,
+                0.79,
+            );
         }
     }
 }

@@ -29,6 +29,8 @@ pub enum ActivationRounding {
         /// The global scale, `448 / amax` of the activations.
         scale: f32,
     },
+    /// MX fp8: e4m3 with a ue8m0 scale per 32 consecutive values of a row (MxFp8 kernels).
+    MxFp8,
 }
 
 /// One reference problem.
@@ -161,17 +163,18 @@ pub fn moe(
             let Some(le) = p.local_index(e) else {
                 continue;
             };
-            let a: Vec<f32> = acts
-                .next()
-                .expect("one activation per local routed pair")
-                .into_iter()
-                .map(|v| match rounding {
-                    ActivationRounding::Bf16 => round_bf16(v),
-                    ActivationRounding::Fp8PerTensor { scale } => {
-                        E4m3::from_f32(v * scale).to_f32() / scale
-                    }
-                })
-                .collect();
+            let act = acts.next().expect("one activation per local routed pair");
+            let a: Vec<f32> = match rounding {
+                ActivationRounding::Bf16 => act.into_iter().map(round_bf16).collect(),
+                ActivationRounding::Fp8PerTensor { scale } => act
+                    .into_iter()
+                    .map(|v| E4m3::from_f32(v * scale).to_f32() / scale)
+                    .collect(),
+                ActivationRounding::MxFp8 => {
+                    let (q, sc) = quantize_mxfp8(&act, 1, i);
+                    dequantize_mxfp8(&q, &sc)
+                }
+            };
             let y = matvec(&w.w2[le * h * i..(le + 1) * h * i], h, i, &a);
             let s = if p.routing_scales_on_input {
                 1.0
@@ -277,6 +280,34 @@ pub fn quantize_mxfp4(x: &[f32], rows: usize, cols: usize) -> (Vec<E2m1x2>, Vec<
         }
     }
     (q, scales)
+}
+
+/// MX fp8: a row-major `[rows, cols]` matrix in 32-element blocks, each scaled by the power of
+/// two `>= amax / 448`; returns e4m3 values and linear scales `[rows, cols / 32]`.
+pub fn quantize_mxfp8(x: &[f32], rows: usize, cols: usize) -> (Vec<E4m3>, Vec<Ue8m0>) {
+    assert!(
+        cols.is_multiple_of(32) && x.len() == rows * cols,
+        "32-element blocks"
+    );
+    let mut scales = Vec::with_capacity(rows * cols / 32);
+    let mut q = Vec::with_capacity(rows * cols);
+    for blk in x.chunks_exact(32) {
+        let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let s = Ue8m0::ceil_from_f32(amax / E4M3_MAX);
+        let inv = 1.0 / s.to_f32();
+        scales.push(s);
+        q.extend(blk.iter().map(|&v| E4m3::from_f32(v * inv)));
+    }
+    (q, scales)
+}
+
+/// The values an MX fp8 matrix encodes (one scale per 32 consecutive values).
+pub fn dequantize_mxfp8(q: &[E4m3], scales: &[Ue8m0]) -> Vec<f32> {
+    assert_eq!(scales.len() * 32, q.len(), "one scale per 32 values");
+    q.iter()
+        .enumerate()
+        .map(|(i, v)| v.to_f32() * scales[i / 32].to_f32())
+        .collect()
 }
 
 /// The values an mxfp4 matrix encodes (`[rows, cols]` f32).

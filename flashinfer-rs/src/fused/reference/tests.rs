@@ -168,3 +168,20 @@ fn mxfp4_quantisation_is_exact_on_representable_blocks_and_close_elsewhere() {
         }
     }
 }
+
+#[test]
+fn mxfp8_round_trips_within_e4m3_precision() {
+    let x: Vec<f32> = (0..3 * 64)
+        .map(|i| ((i * 29 % 83) as f32 - 41.0) / 9.0)
+        .collect();
+    let (q, s) = quantize_mxfp8(&x, 3, 64);
+    assert_eq!((q.len(), s.len()), (192, 6));
+    let back = dequantize_mxfp8(&q, &s);
+    for (v, d) in x.iter().zip(&back) {
+        assert!((v - d).abs() <= v.abs() * 0.0625 + 1e-6, "{v} vs {d}");
+    }
+    // A block of powers of two is exact.
+    let exact: Vec<f32> = (0..32).map(|i| 2f32.powi(i % 8 - 4)).collect();
+    let (q, s) = quantize_mxfp8(&exact, 1, 32);
+    assert_eq!(dequantize_mxfp8(&q, &s), exact);
+}

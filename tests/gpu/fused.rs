@@ -229,7 +229,8 @@ mod calls {
         // fp4 block scale (nvfp4 x nvfp4)
         {
             let hs = zeros::<E2m1x2>(s, T * H / 2);
-            let hsc = zeros::<E4m3>(s, T * H / 16);
+            // 128x4-interleaved activation scales: rows padded to 128.
+            let hsc = zeros::<E4m3>(s, 128 * H / 16);
             let (w1, w2) = (
                 zeros::<E2m1x2>(s, E * m1 * H / 2),
                 zeros::<E2m1x2>(s, E * H * I / 2),

@@ -1,5 +1,5 @@
 //! The fused MoE on Blackwell (`bash scripts/test-sm100.sh` on a B200/GB200): bf16, fp8
-//! per-tensor, DeepSeek fp8 and MxFp8 block-scale, and mxfp4 x bf16 over every routing method,
+//! per-tensor, DeepSeek fp8 and MxFp8 block-scale, nvfp4, and mxfp4 x bf16 over every routing method,
 //! against the CPU reference MoE (routing oracle + dequantised expert math), with the replay invariants
 //! (ids = the routing oracle, sentinel rows untouched, output bit-identical with and without
 //! replay); expert parallelism, unfinalized outputs and a CUDA graph replay.
@@ -617,6 +617,121 @@ fn mxfp8_block_scale_moe_matches_the_reference() {
                 &got,
                 0.79,
             );
+        }
+    }
+}
+
+/// nvfp4 weights with nvfp4 activations. Token counts are multiples of 128: FlashInfer 0.6.13
+/// infers the activation scales' block size from their count (`T * hidden / 16` exactly), and
+/// its tests pass them 128x4-interleaved, whose count matches only when T is a multiple of 128.
+#[test]
+fn nvfp4_moe_matches_the_reference() {
+    let Some(g) = sm100("fused_sm100::nvfp4_moe_matches_the_reference") else {
+        return;
+    };
+    let s = &g.stream;
+    for (method, cfg) in routing_configs() {
+        for t in [128, 256] {
+            let name = format!("nvfp4 {method} T={t}");
+            let mut c = Case::new(cfg, shape(t), 2100 + t as u64);
+            let (h, i) = (c.shape.hidden_size, c.shape.intermediate_size);
+            let el = cfg.local_num_experts as usize;
+            // Per-expert global scales, as upstream's quant_fp4_batches calibrates them.
+            let (mut q1, mut s1, mut g1) = (vec![], vec![], vec![]);
+            let (mut q2, mut s2, mut g2) = (vec![], vec![], vec![]);
+            for e in 0..el {
+                let w1 = &mut c.w.w1[e * 2 * i * h..(e + 1) * 2 * i * h];
+                let gs = reference::nvfp4_global_scale(w1);
+                let (q, sc) = reference::quantize_nvfp4(w1, 2 * i, h, gs);
+                w1.copy_from_slice(&reference::dequantize_nvfp4(&q, &sc, gs));
+                q1.extend(q);
+                s1.extend(sc);
+                g1.push(gs);
+                let w2 = &mut c.w.w2[e * h * i..(e + 1) * h * i];
+                let gs = reference::nvfp4_global_scale(w2);
+                let (q, sc) = reference::quantize_nvfp4(w2, h, i, gs);
+                w2.copy_from_slice(&reference::dequantize_nvfp4(&q, &sc, gs));
+                q2.extend(q);
+                s2.extend(sc);
+                g2.push(gs);
+            }
+            let (w1, w1s, w2, w2s) = shuffle_block_scaled_weights(
+                (&q1, &s1),
+                (&q2, &s2),
+                el,
+                (2 * i, h / 2, h / 16),
+                (h, i / 2, i / 16),
+                true,
+                EPILOGUE_TILE_M,
+            );
+            let hg = reference::nvfp4_global_scale(&c.hidden);
+            let (hq, hs) = reference::quantize_nvfp4(&c.hidden, t, h, hg);
+            c.hidden = reference::dequantize_nvfp4(&hq, &hs, hg);
+            let hs = interleave_scales(&hs, t, h / 16);
+            // The kernel requantises the activation to nvfp4 with a global scale calibrated on
+            // it; the output scales fold every global scale in (upstream's scale_c_fc1 & co).
+            let acts: Vec<f32> =
+                reference::activations(&c.problem(false), &c.hidden, &c.ids, &c.weights, &c.w)
+                    .into_iter()
+                    .flatten()
+                    .collect();
+            let cg = reference::nvfp4_global_scale(&acts);
+            let o1: Vec<f32> = g1.iter().map(|w| cg / w / hg).collect();
+            let og: Vec<f32> = g1.iter().map(|w| 1.0 / w / hg).collect();
+            let o2: Vec<f32> = g2.iter().map(|w| 1.0 / cg / w).collect();
+            let (hq, hs, w1, w1s, w2, w2s) = (
+                s.clone_htod(&hq).unwrap(),
+                s.clone_htod(&hs).unwrap(),
+                s.clone_htod(&w1).unwrap(),
+                s.clone_htod(&w1s).unwrap(),
+                s.clone_htod(&w2).unwrap(),
+                s.clone_htod(&w2s).unwrap(),
+            );
+            let (o1, og, o2) = (
+                s.clone_htod(&o1).unwrap(),
+                s.clone_htod(&og).unwrap(),
+                s.clone_htod(&o2).unwrap(),
+            );
+            let mut ids = s.alloc_zeros::<i32>(t * cfg.top_k as usize).unwrap();
+            let mut wts = s.alloc_zeros::<bf16>(t * cfg.top_k as usize).unwrap();
+            let dr = DeviceRouting::upload(s, &c);
+            let routing = dr.routing(cfg);
+            let opts = MoeOptions::new(WeightLayout::MajorK);
+            let got = run_checked(&g, &c, &name, |out, replay| {
+                let mut moe = Fp4BlockScaleMoe {
+                    hidden_states: Fp4Activations::Nvfp4 {
+                        data: hq.as_view(),
+                        scale: hs.as_view(),
+                    },
+                    weights: Fp4Weights::Nvfp4 {
+                        gemm1: w1.as_view(),
+                        gemm1_scale: w1s.as_view(),
+                        gemm2: w2.as_view(),
+                        gemm2_scale: w2s.as_view(),
+                    },
+                    gemm1_bias: None,
+                    gemm2_bias: None,
+                    output1_scales_scalar: Some(o1.as_view()),
+                    output1_scales_gate_scalar: Some(og.as_view()),
+                    output2_scales_scalar: Some(o2.as_view()),
+                    per_token_scales: None,
+                    swiglu: SwigluParams::default(),
+                    topk_ids: ids.as_view_mut(),
+                    topk_weights: wts.as_view_mut(),
+                };
+                trtllm_fp4_block_scale_moe(
+                    s,
+                    &routing,
+                    &mut moe,
+                    c.shape,
+                    &opts,
+                    &mut out.as_view_mut(),
+                    replay,
+                )
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            });
+            let want = c.reference(false, ActivationRounding::Nvfp4 { global_scale: cg });
+            check(&name, &want, &got, 0.92);
         }
     }
 }

@@ -159,8 +159,10 @@ pub enum Fp4Activations<'a> {
     MxE4m3 {
         /// Values.
         data: CudaView<'a, E4m3>,
-        /// Block scales, in the layout upstream's `mxfp8_quantize` makes. FlashInfer 0.6.13
-        /// infers the block size from their count, which must be exactly `T * hidden / 32`.
+        /// Block scales, 128x4-interleaved as upstream's `mxfp8_quantize` makes them
+        /// ([`super::prepare::interleave_scales`] of `[T, hidden/32]`): at least
+        /// `round_up(T, 128) * round_up(hidden/32, 4)` of them. FlashInfer 0.6.13 infers the
+        /// block size from the count declared to it, `T * hidden / 32`.
         scale: CudaView<'a, Ue8m0>,
     },
     /// nvfp4: `[T, hidden/2]` packed e2m1 and e4m3 scales of 16-element blocks (nvfp4
@@ -168,8 +170,10 @@ pub enum Fp4Activations<'a> {
     Nvfp4 {
         /// Values, two per byte.
         data: CudaView<'a, E2m1x2>,
-        /// Block scales, in the layout upstream's `fp4_quantize` makes. FlashInfer 0.6.13
-        /// infers the block size from their count, which must be exactly `T * hidden / 16`.
+        /// Block scales, 128x4-interleaved as upstream's `fp4_quantize` makes them
+        /// ([`super::prepare::interleave_scales`] of `[T, hidden/16]`): at least
+        /// `round_up(T, 128) * round_up(hidden/16, 4)` of them. FlashInfer 0.6.13 infers the
+        /// block size from the count declared to it, `T * hidden / 16`.
         scale: CudaView<'a, E4m3>,
     },
 }

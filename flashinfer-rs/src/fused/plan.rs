@@ -201,6 +201,22 @@ impl<'d> Planner<'d> {
         self.check_and_push(g, dtype, shape)
     }
 
+    /// A tensor the op requires, declared to upstream as `shape` but read by the kernels over
+    /// `min_len` elements (at least the shape's count).
+    fn need_padded(
+        &mut self,
+        name: &'static str,
+        dtype: Dtype,
+        shape: &[usize],
+        min_len: usize,
+    ) -> Result<()> {
+        self.need(name, dtype, shape)?;
+        let len = self.given(name).map_or(0, |g| g.len);
+        ensure(len >= min_len, name, || {
+            format!("holds {len} elements, needs {min_len} (128x4-interleaved scales)")
+        })
+    }
+
     /// A tensor the op may take.
     fn maybe(&mut self, name: &'static str, dtype: Dtype, shape: &[usize]) -> Result<()> {
         match self.given(name) {
@@ -545,15 +561,19 @@ pub(crate) fn plan(d: &Desc) -> Result<Vec<Spec>> {
             match act {
                 Fp4Act::Bf16 => p.need("hidden_states", bf16_, &[t, h])?,
                 Fp4Act::E4m3 => p.need("hidden_states", e4m3, &[t, h])?,
+                // Upstream reads activation scales as e4m3 bytes and infers the block size from
+                // their declared count, exactly T * H / block; its tests pass them
+                // 128x4-interleaved, which the kernels may read up to the padded size: the
+                // buffer must hold that much.
                 Fp4Act::MxE4m3 => {
                     p.need("hidden_states", e4m3, &[t, h])?;
-                    // Upstream reads the scales' dtype as e4m3 bytes and infers 32-element
-                    // blocks from the count: exactly T * H / 32 of them.
-                    p.need("hidden_states_scale", e4m3, &[t * h / 32])?;
+                    let padded = round_up(t, 128) * round_up(h / 32, 4);
+                    p.need_padded("hidden_states_scale", e4m3, &[t * h / 32], padded)?;
                 }
                 Fp4Act::Nvfp4 => {
                     p.need("hidden_states", u8_, &[t, h / 2])?;
-                    p.need("hidden_states_scale", e4m3, &[t * h / 16])?;
+                    let padded = round_up(t, 128) * round_up(h / 16, 4);
+                    p.need_padded("hidden_states_scale", e4m3, &[t * h / 16], padded)?;
                 }
             }
             // Weight scales: 128 x 4 interleaved, rows padded to 128 and columns to 4.

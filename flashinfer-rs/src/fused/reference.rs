@@ -31,6 +31,11 @@ pub enum ActivationRounding {
     },
     /// MX fp8: e4m3 with a ue8m0 scale per 32 consecutive values of a row (MxFp8 kernels).
     MxFp8,
+    /// nvfp4: e2m1 with an e4m3 scale per 16 values and one global scale (nvfp4 kernels).
+    Nvfp4 {
+        /// The global scale, `448 * 6 / amax` of the activations.
+        global_scale: f32,
+    },
 }
 
 /// One reference problem.
@@ -174,6 +179,10 @@ pub fn moe(
                     let (q, sc) = quantize_mxfp8(&act, 1, i);
                     dequantize_mxfp8(&q, &sc)
                 }
+                ActivationRounding::Nvfp4 { global_scale } => {
+                    let (q, sc) = quantize_nvfp4(&act, 1, i, global_scale);
+                    dequantize_nvfp4(&q, &sc, global_scale)
+                }
             };
             let y = matvec(&w.w2[le * h * i..(le + 1) * h * i], h, i, &a);
             let s = if p.routing_scales_on_input {
@@ -308,6 +317,64 @@ pub fn dequantize_mxfp8(q: &[E4m3], scales: &[Ue8m0]) -> Vec<f32> {
         .enumerate()
         .map(|(i, v)| v.to_f32() * scales[i / 32].to_f32())
         .collect()
+}
+
+/// `448 * 6 / amax(x)`: the nvfp4 global scale upstream's tests calibrate.
+pub fn nvfp4_global_scale(x: &[f32]) -> f32 {
+    let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    if amax > 0.0 {
+        E4M3_MAX * E2M1_MAX / amax
+    } else {
+        1.0
+    }
+}
+
+/// nvfp4: a row-major `[rows, cols]` matrix in 16-element blocks with e4m3 block scales
+/// `e4m3(amax / 6 * global_scale)` and values `e2m1(x * global_scale / scale)`; returns packed
+/// values `[rows, cols / 2]` and linear scales `[rows, cols / 16]`. Dequantise with
+/// [`dequantize_nvfp4`].
+pub fn quantize_nvfp4(
+    x: &[f32],
+    rows: usize,
+    cols: usize,
+    global_scale: f32,
+) -> (Vec<E2m1x2>, Vec<E4m3>) {
+    assert!(
+        cols.is_multiple_of(16) && x.len() == rows * cols,
+        "16-element blocks"
+    );
+    let mut scales = Vec::with_capacity(rows * cols / 16);
+    let mut q = Vec::with_capacity(rows * cols / 2);
+    for blk in x.chunks_exact(16) {
+        let amax = blk.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let s = E4m3::from_f32(amax / E2M1_MAX * global_scale);
+        let inv = if s.to_f32() > 0.0 {
+            global_scale / s.to_f32()
+        } else {
+            0.0
+        };
+        scales.push(s);
+        for pair in blk.chunks_exact(2) {
+            q.push(E2m1x2::pack(
+                e2m1_from_f32(pair[0] * inv),
+                e2m1_from_f32(pair[1] * inv),
+            ));
+        }
+    }
+    (q, scales)
+}
+
+/// The values an nvfp4 matrix encodes: `e2m1 * scale / global_scale`.
+pub fn dequantize_nvfp4(q: &[E2m1x2], scales: &[E4m3], global_scale: f32) -> Vec<f32> {
+    assert_eq!(scales.len() * 8, q.len(), "one scale per 16 values");
+    let mut out = Vec::with_capacity(q.len() * 2);
+    for (i, pair) in q.iter().enumerate() {
+        let s = scales[i / 8].to_f32() / global_scale;
+        let [a, b] = pair.to_f32();
+        out.push(a * s);
+        out.push(b * s);
+    }
+    out
 }
 
 /// The values an mxfp4 matrix encodes (`[rows, cols]` f32).

@@ -134,7 +134,7 @@ pub(crate) fn nvfp4_call() -> Desc {
         WeightLayout::MajorK,
         vec![
             g("hidden_states", u8_, T * H / 2),
-            g("hidden_states_scale", e4, T * H / 16),
+            g("hidden_states_scale", e4, 128 * H / 16),
             g("gemm1_weights", u8_, el * 2 * I * H / 2),
             g("gemm1_weights_scale", e4, el * 2 * I * H / 16),
             g("gemm2_weights", u8_, el * H * I / 2),
@@ -455,6 +455,16 @@ fn fp4_activation_and_weight_kinds_must_pair() {
         weights: Fp4W::Nvfp4,
     };
     assert_refused(&d, "hidden_states", "mxfp4 weights");
+}
+
+#[test]
+fn nvfp4_activation_scales_declare_the_exact_count_and_cover_the_interleaved_size() {
+    let s = plan(&nvfp4_call()).unwrap();
+    let spec = s.iter().find(|s| s.name == "hidden_states_scale").unwrap();
+    assert_eq!(spec.shape, vec![(T * H / 16) as i64]);
+    let mut d = nvfp4_call();
+    set_len(&mut d, "hidden_states_scale", T * H / 16);
+    assert_refused(&d, "hidden_states_scale", "128x4");
 }
 
 #[test]

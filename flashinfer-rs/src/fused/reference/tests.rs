@@ -185,3 +185,26 @@ fn mxfp8_round_trips_within_e4m3_precision() {
     let (q, s) = quantize_mxfp8(&exact, 1, 32);
     assert_eq!(dequantize_mxfp8(&q, &s), exact);
 }
+
+#[test]
+fn nvfp4_round_trips_within_half_a_step_of_its_block_scale() {
+    let x: Vec<f32> = (0..2 * 64)
+        .map(|i| ((i * 37 % 71) as f32 - 35.0) / 5.0)
+        .collect();
+    let gs = nvfp4_global_scale(&x);
+    assert_eq!(gs, 448.0 * 6.0 / 7.0);
+    let (q, s) = quantize_nvfp4(&x, 2, 64, gs);
+    assert_eq!((q.len(), s.len()), (64, 8));
+    let back = dequantize_nvfp4(&q, &s, gs);
+    for (b, (v, d)) in x.chunks(16).zip(back.chunks(16)).enumerate() {
+        // Largest e2m1 step is 2 (4 -> 6): half of it in block units, plus the e4m3 scale's
+        // own rounding (at most 1/16 relative).
+        let unit = s[b].to_f32() / gs;
+        for (v, d) in v.iter().zip(d) {
+            assert!(
+                (v - d).abs() <= unit + v.abs() * 0.0625 + 1e-6,
+                "{v} vs {d}"
+            );
+        }
+    }
+}

@@ -206,6 +206,7 @@ int alloc_scratch(DLTensor* proto, DLManagedTensorVersioned** out, void* error_c
 class CallEnv {
  public:
   CallEnv(int device, void* stream) : device_(device) {
+    fi::require(device >= 0, "device must be a CUDA ordinal (>= 0)");
     fi::require(TVMFFIEnvSetStream(kDLCUDA, device, stream, &old_stream_) == 0,
                 "tvm-ffi refused the stream");
     if (TVMFFIEnvSetDLPackManagedTensorAllocator(alloc_scratch, 0, &old_alloc_) != 0) {

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use flashinfer_rs::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-use flashinfer_rs::cudarc::driver::{CudaSlice, CudaStream};
+use flashinfer_rs::cudarc::driver::{CudaSlice, CudaStream, CudaView};
 use flashinfer_rs::fused::prepare::{
     interleave_scales, shuffle_block_scaled_weights, shuffle_expert_weights, EPILOGUE_TILE_M,
 };
@@ -621,6 +621,60 @@ fn mxfp8_block_scale_moe_matches_the_reference() {
     }
 }
 
+/// Runs the fp4 op on case `c` with these activations, weights and output scales (gemm1,
+/// gemm1 gate, gemm2), checking the replay invariants and that the packed routing result
+/// `(id << 16) | bf16 weight` lands in `topk_ids`; returns the output.
+fn run_fp4(
+    g: &Gpu,
+    c: &Case,
+    name: &str,
+    hidden_states: Fp4Activations<'_>,
+    weights: Fp4Weights<'_>,
+    [o1, og, o2]: [CudaView<'_, f32>; 3],
+) -> Vec<f32> {
+    let s = &g.stream;
+    let tk = c.shape.num_tokens * c.cfg.top_k as usize;
+    let mut ids = s.alloc_zeros::<i32>(tk).unwrap();
+    let mut wts = s.alloc_zeros::<bf16>(tk).unwrap();
+    let dr = DeviceRouting::upload(s, c);
+    let routing = dr.routing(c.cfg);
+    let opts = MoeOptions::new(WeightLayout::MajorK);
+    let mut moe = Fp4BlockScaleMoe {
+        hidden_states,
+        weights,
+        gemm1_bias: None,
+        gemm2_bias: None,
+        output1_scales_scalar: Some(o1),
+        output1_scales_gate_scalar: Some(og),
+        output2_scales_scalar: Some(o2),
+        per_token_scales: None,
+        swiglu: SwigluParams::default(),
+        topk_ids: ids.as_view_mut(),
+        topk_weights: wts.as_view_mut(),
+    };
+    let got = run_checked(g, c, name, |out, replay| {
+        trtllm_fp4_block_scale_moe(
+            s,
+            &routing,
+            &mut moe,
+            c.shape,
+            &opts,
+            &mut out.as_view_mut(),
+            replay,
+        )
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    });
+    let got_ids: Vec<i32> = s
+        .clone_dtoh(&ids)
+        .unwrap()
+        .iter()
+        .map(|p| p >> 16)
+        .collect();
+    let want_ids: Vec<i32> = c.ids.iter().map(|&x| x as i32).collect();
+    assert_eq!(got_ids, want_ids, "{name}: topk_ids");
+    got
+}
+
 /// nvfp4 weights with nvfp4 activations. Token counts are multiples of 128: FlashInfer 0.6.13
 /// infers the activation scales' block size from their count (`T * hidden / 16` exactly), and
 /// its tests pass them 128x4-interleaved, whose count matches only when T is a multiple of 128.
@@ -692,44 +746,22 @@ fn nvfp4_moe_matches_the_reference() {
                 s.clone_htod(&og).unwrap(),
                 s.clone_htod(&o2).unwrap(),
             );
-            let mut ids = s.alloc_zeros::<i32>(t * cfg.top_k as usize).unwrap();
-            let mut wts = s.alloc_zeros::<bf16>(t * cfg.top_k as usize).unwrap();
-            let dr = DeviceRouting::upload(s, &c);
-            let routing = dr.routing(cfg);
-            let opts = MoeOptions::new(WeightLayout::MajorK);
-            let got = run_checked(&g, &c, &name, |out, replay| {
-                let mut moe = Fp4BlockScaleMoe {
-                    hidden_states: Fp4Activations::Nvfp4 {
-                        data: hq.as_view(),
-                        scale: hs.as_view(),
-                    },
-                    weights: Fp4Weights::Nvfp4 {
-                        gemm1: w1.as_view(),
-                        gemm1_scale: w1s.as_view(),
-                        gemm2: w2.as_view(),
-                        gemm2_scale: w2s.as_view(),
-                    },
-                    gemm1_bias: None,
-                    gemm2_bias: None,
-                    output1_scales_scalar: Some(o1.as_view()),
-                    output1_scales_gate_scalar: Some(og.as_view()),
-                    output2_scales_scalar: Some(o2.as_view()),
-                    per_token_scales: None,
-                    swiglu: SwigluParams::default(),
-                    topk_ids: ids.as_view_mut(),
-                    topk_weights: wts.as_view_mut(),
-                };
-                trtllm_fp4_block_scale_moe(
-                    s,
-                    &routing,
-                    &mut moe,
-                    c.shape,
-                    &opts,
-                    &mut out.as_view_mut(),
-                    replay,
-                )
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
-            });
+            let got = run_fp4(
+                &g,
+                &c,
+                &name,
+                Fp4Activations::Nvfp4 {
+                    data: hq.as_view(),
+                    scale: hs.as_view(),
+                },
+                Fp4Weights::Nvfp4 {
+                    gemm1: w1.as_view(),
+                    gemm1_scale: w1s.as_view(),
+                    gemm2: w2.as_view(),
+                    gemm2_scale: w2s.as_view(),
+                },
+                [o1.as_view(), og.as_view(), o2.as_view()],
+            );
             let want = c.reference(false, ActivationRounding::Nvfp4 { global_scale: cg });
             check(&name, &want, &got, 0.92);
         }
@@ -772,50 +804,19 @@ fn mxfp4_moe_with_bf16_activations_matches_the_reference() {
             );
             // Unit output scales, as upstream's test computes them for mxfp4 x bf16.
             let ones = s.clone_htod(&vec![1f32; el]).unwrap();
-            let mut ids = s.alloc_zeros::<i32>(t * 4).unwrap();
-            let mut wts = s.alloc_zeros::<bf16>(t * 4).unwrap();
-            let dr = DeviceRouting::upload(s, &c);
-            let routing = dr.routing(cfg);
-            let opts = MoeOptions::new(WeightLayout::MajorK);
-            let got = run_checked(&g, &c, &name, |out, replay| {
-                let mut moe = Fp4BlockScaleMoe {
-                    hidden_states: Fp4Activations::Bf16(hs.as_view()),
-                    weights: Fp4Weights::Mxfp4 {
-                        gemm1: w1.as_view(),
-                        gemm1_scale: w1s.as_view(),
-                        gemm2: w2.as_view(),
-                        gemm2_scale: w2s.as_view(),
-                    },
-                    gemm1_bias: None,
-                    gemm2_bias: None,
-                    output1_scales_scalar: Some(ones.as_view()),
-                    output1_scales_gate_scalar: Some(ones.as_view()),
-                    output2_scales_scalar: Some(ones.as_view()),
-                    per_token_scales: None,
-                    swiglu: SwigluParams::default(),
-                    topk_ids: ids.as_view_mut(),
-                    topk_weights: wts.as_view_mut(),
-                };
-                trtllm_fp4_block_scale_moe(
-                    s,
-                    &routing,
-                    &mut moe,
-                    c.shape,
-                    &opts,
-                    &mut out.as_view_mut(),
-                    replay,
-                )
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
-            });
-            // The routing result lands in topk_ids too, packed as (id << 16) | bf16 weight.
-            let got_ids: Vec<i32> = s
-                .clone_dtoh(&ids)
-                .unwrap()
-                .iter()
-                .map(|p| p >> 16)
-                .collect();
-            let want_ids: Vec<i32> = c.ids.iter().map(|&x| x as i32).collect();
-            assert_eq!(got_ids, want_ids, "{name}: topk_ids");
+            let got = run_fp4(
+                &g,
+                &c,
+                &name,
+                Fp4Activations::Bf16(hs.as_view()),
+                Fp4Weights::Mxfp4 {
+                    gemm1: w1.as_view(),
+                    gemm1_scale: w1s.as_view(),
+                    gemm2: w2.as_view(),
+                    gemm2_scale: w2s.as_view(),
+                },
+                [ones.as_view(), ones.as_view(), ones.as_view()],
+            );
             let want = c.reference(false, ActivationRounding::Bf16);
             check(&name, &want, &got, 0.92);
         }

@@ -12,7 +12,7 @@ use sys::fi_dtype::{self, Type as Dtype};
 use super::tactic::Tactic;
 use super::types::{Activation, WeightLayout};
 use crate::error::{covers, ensure, Error, Result, MAX_TOKENS};
-use crate::routing::route::check_bias;
+use crate::routing::route::{check_bias, check_replay};
 use crate::routing::{RoutingConfig, RoutingMethod};
 
 /// Sizes of a fused MoE problem.
@@ -426,12 +426,7 @@ pub(crate) fn plan(d: &Desc) -> Result<Vec<Spec>> {
         }
     }
     if let Some((rows, cols)) = d.replay {
-        ensure(cols == k, "replay", || {
-            format!("has {cols} columns, top_k is {k}")
-        })?;
-        ensure(rows >= t, "replay", || {
-            format!("has {rows} rows, the call routes {t} tokens")
-        })?;
+        check_replay(rows, cols, t, k)?;
         ensure(
             i64::try_from(rows).is_ok_and(|r| r.checked_mul(k as i64).is_some()),
             "replay",

@@ -68,13 +68,7 @@ pub fn route_noaux_tc(
         format!("holds {}, needs {}", indices.len(), t as u128 * k as u128)
     })?;
     if let Some(r) = replay.as_deref() {
-        ensure(r.cols() == k && r.rows() >= t, "replay", || {
-            format!(
-                "is [{}, {}], the call needs [>= {t}, {k}]",
-                r.rows(),
-                r.cols()
-            )
-        })?;
+        super::route::check_replay(r.rows(), r.cols(), t, k)?;
     }
     stream.context().bind_to_thread()?;
     let (l, _g1) = logits.device_ptr(stream);

@@ -289,16 +289,26 @@ pub(crate) fn validate_call(
         )
     })?;
     check_bias(cfg, call.bias_len)?;
-    if let Some((rows, cols)) = call.replay {
-        ensure(cols == k, "replay", || {
-            format!("has {cols} columns, top_k is {k}")
-        })?;
-        // FlashInfer 0.6.13 does not check this and writes out of bounds.
-        ensure(rows >= t, "replay", || {
-            format!("has {rows} rows, the call routes {t} tokens")
-        })?;
+    match call.replay {
+        Some((rows, cols)) => check_replay(rows, cols, t, k),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// The replay rule of every routing (and fused) call: `[rows >= num_tokens, top_k]`.
+/// FlashInfer 0.6.13 checks neither and writes out of bounds past a short buffer.
+pub(crate) fn check_replay(
+    rows: usize,
+    cols: usize,
+    num_tokens: usize,
+    top_k: usize,
+) -> Result<()> {
+    ensure(cols == top_k, "replay", || {
+        format!("has {cols} columns, top_k is {top_k}")
+    })?;
+    ensure(rows >= num_tokens, "replay", || {
+        format!("has {rows} rows, the call routes {num_tokens} tokens")
+    })
 }
 
 /// The bias rule of every routing (and fused) call: required by the methods that add one to

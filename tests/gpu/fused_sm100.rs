@@ -1,8 +1,9 @@
 //! The fused MoE on Blackwell (`bash scripts/test-sm100.sh` on a B200/GB200): bf16, fp8
-//! per-tensor, DeepSeek fp8 and MxFp8 block-scale, nvfp4, and mxfp4 x bf16 over every routing method,
-//! against the CPU reference MoE (routing oracle + dequantised expert math), with the replay invariants
-//! (ids = the routing oracle, sentinel rows untouched, output bit-identical with and without
-//! replay); expert parallelism, unfinalized outputs and a CUDA graph replay.
+//! per-tensor, DeepSeek fp8 and MxFp8 block-scale, nvfp4, and mxfp4 (bf16 or MX fp8
+//! activations) over every routing method, against the CPU reference MoE (routing oracle +
+//! dequantised expert math), with the replay invariants (ids = the routing oracle, sentinel rows
+//! untouched, output bit-identical with and without replay); expert parallelism, unfinalized
+//! outputs and a CUDA graph replay.
 //!
 //! On any other GPU these tests print `skipped:` and pass; `FLASHINFER_RS_REQUIRE_SM100=1`
 //! turns the skip into a failure. Tolerances are upstream's (tests/moe/
@@ -768,16 +769,24 @@ fn nvfp4_moe_matches_the_reference() {
     }
 }
 
+/// mxfp4 weights with bf16 activations, and with MX fp8 activations (whose scales are
+/// 128x4-interleaved like nvfp4's: token counts are multiples of 128, see the nvfp4 test).
 #[test]
-fn mxfp4_moe_with_bf16_activations_matches_the_reference() {
-    let Some(g) = sm100("fused_sm100::mxfp4_moe_with_bf16_activations_matches_the_reference")
-    else {
+fn mxfp4_moe_matches_the_reference() {
+    let Some(g) = sm100("fused_sm100::mxfp4_moe_matches_the_reference") else {
         return;
     };
     let s = &g.stream;
     for (method, cfg) in routing_configs() {
-        for t in [1, 8, 100] {
-            let name = format!("mxfp4 x bf16 {method} T={t}");
+        for (mx_act, t) in [
+            (false, 1),
+            (false, 8),
+            (false, 100),
+            (true, 128),
+            (true, 256),
+        ] {
+            let act = if mx_act { "MX fp8" } else { "bf16" };
+            let name = format!("mxfp4 x {act} {method} T={t}");
             let mut c = Case::new(cfg, shape(t), 1300 + t as u64);
             let (h, i) = (c.shape.hidden_size, c.shape.intermediate_size);
             let el = cfg.local_num_experts as usize;
@@ -795,20 +804,40 @@ fn mxfp4_moe_with_bf16_activations_matches_the_reference() {
                 true,
                 EPILOGUE_TILE_M,
             );
-            let (hs, w1, w1s, w2, w2s) = (
-                s.clone_htod(&to_bf16(&c.hidden)).unwrap(),
+            let (w1, w1s, w2, w2s) = (
                 s.clone_htod(&w1).unwrap(),
                 s.clone_htod(&w1s).unwrap(),
                 s.clone_htod(&w2).unwrap(),
                 s.clone_htod(&w2s).unwrap(),
             );
-            // Unit output scales, as upstream's test computes them for mxfp4 x bf16.
+            // Activations: bf16 as they are, or MX fp8 with 128x4-interleaved scales.
+            let hs_bf16 = s.clone_htod(&to_bf16(&c.hidden)).unwrap();
+            let (hq, hs) = reference::quantize_mxfp8(&c.hidden, t, h);
+            let hq_dev = s.clone_htod(&hq).unwrap();
+            let hs_dev = s.clone_htod(&interleave_scales(&hs, t, h / 32)).unwrap();
+            let (hidden_states, rounding) = if mx_act {
+                c.hidden = reference::dequantize_mxfp8(&hq, &hs);
+                (
+                    Fp4Activations::MxE4m3 {
+                        data: hq_dev.as_view(),
+                        scale: hs_dev.as_view(),
+                    },
+                    ActivationRounding::MxFp8,
+                )
+            } else {
+                (
+                    Fp4Activations::Bf16(hs_bf16.as_view()),
+                    ActivationRounding::Bf16,
+                )
+            };
+            // Unit output scales: upstream's test computes exactly these for both modes
+            // (ue8m0 scales carry no global scale).
             let ones = s.clone_htod(&vec![1f32; el]).unwrap();
             let got = run_fp4(
                 &g,
                 &c,
                 &name,
-                Fp4Activations::Bf16(hs.as_view()),
+                hidden_states,
                 Fp4Weights::Mxfp4 {
                     gemm1: w1.as_view(),
                     gemm1_scale: w1s.as_view(),
@@ -817,8 +846,7 @@ fn mxfp4_moe_with_bf16_activations_matches_the_reference() {
                 },
                 [ones.as_view(), ones.as_view(), ones.as_view()],
             );
-            let want = c.reference(false, ActivationRounding::Bf16);
-            check(&name, &want, &got, 0.92);
+            check(&name, &c.reference(false, rounding), &got, 0.92);
         }
     }
 }

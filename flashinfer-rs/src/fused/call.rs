@@ -693,9 +693,11 @@ impl<'v> Args<'v> {
         }
 
         // The architecture gate comes first (the shim answers UnsupportedArch or
-        // KernelsNotBuilt without touching upstream); the cubin store is needed only after.
+        // KernelsNotBuilt without touching upstream), so the default cubin store (which needs
+        // the cache) is installed only where the fused kernels can run. Once it is, a call
+        // pays one read lock here, not a device query.
         ctx.bind_to_thread()?;
-        if device_info(ctx)?.fused_supported {
+        if !cubin::is_installed() && device_info(ctx)?.fused_supported {
             cubin::ensure_installed()?;
         }
         let mut out: *mut sys::fi_moe_outputs = std::ptr::null_mut();

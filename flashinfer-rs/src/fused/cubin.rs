@@ -176,10 +176,15 @@ pub fn install(store: CubinStore) -> Result<()> {
 /// Installs [`CubinStore::from_env`] unless a store is installed already. Called by every
 /// fused call before launching, so a missing cubin cache is an error before any kernel runs.
 pub(crate) fn ensure_installed() -> Result<()> {
-    if STORE.read().unwrap_or_else(|p| p.into_inner()).is_some() {
+    if is_installed() {
         return Ok(());
     }
     install(CubinStore::from_env()?)
+}
+
+/// Whether a store is installed (one read lock).
+pub(crate) fn is_installed() -> bool {
+    STORE.read().unwrap_or_else(|p| p.into_inner()).is_some()
 }
 
 /// Loads the cubin at `path` (`<artifact>/<file>.cubin`) through upstream's own hook, exactly

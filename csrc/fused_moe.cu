@@ -234,17 +234,30 @@ std::mutex g_call_mutex;
 
 // ---- tensors --------------------------------------------------------------------------------
 
+// fi_dtype <-> DLPack, one table for both directions.
+struct DtypePair {
+  int32_t fi;
+  DLDataType dl;
+};
+constexpr DtypePair kDtypes[] = {
+    {FI_DTYPE_F32, {kDLFloat, 32, 1}},  {FI_DTYPE_BF16, {kDLBfloat, 16, 1}},
+    {FI_DTYPE_F16, {kDLFloat, 16, 1}},  {FI_DTYPE_E4M3, {kDLFloat8_e4m3fn, 8, 1}},
+    {FI_DTYPE_U8, {kDLUInt, 8, 1}},     {FI_DTYPE_I32, {kDLInt, 32, 1}},
+    {FI_DTYPE_I16, {kDLInt, 16, 1}},
+};
+
 DLDataType dl_dtype(int32_t dtype) {
-  switch (dtype) {
-    case FI_DTYPE_F32: return {kDLFloat, 32, 1};
-    case FI_DTYPE_BF16: return {kDLBfloat, 16, 1};
-    case FI_DTYPE_F16: return {kDLFloat, 16, 1};
-    case FI_DTYPE_E4M3: return {kDLFloat8_e4m3fn, 8, 1};
-    case FI_DTYPE_U8: return {kDLUInt, 8, 1};
-    case FI_DTYPE_I32: return {kDLInt, 32, 1};
-    case FI_DTYPE_I16: return {kDLInt, 16, 1};
+  for (const auto& p : kDtypes) {
+    if (p.fi == dtype) return p.dl;
   }
   throw fi::Failure(FI_STATUS_INVALID_ARGUMENT, "unknown fi_dtype " + std::to_string(dtype));
+}
+
+int32_t fi_dtype_of(DLDataType dt) {
+  for (const auto& p : kDtypes) {
+    if (p.dl.code == dt.code && p.dl.bits == dt.bits && p.dl.lanes == dt.lanes) return p.fi;
+  }
+  throw fi::Failure(FI_STATUS_INTERNAL_ERROR, "upstream returned an unexpected dtype");
 }
 
 // DLTensors of one call, pointing into the caller's fi_tensor structs (which outlive the call).
@@ -512,15 +525,7 @@ extern "C" fi_status fi_moe_outputs_get(const fi_moe_outputs* outputs, int32_t i
     out->data = static_cast<char*>(d->data) + d->byte_offset;
     out->ndim = d->ndim;
     for (int i = 0; i < d->ndim; ++i) out->shape[i] = d->shape[i];
-    DLDataType dt = d->dtype;
-    if (dt.code == kDLBfloat && dt.bits == 16) out->dtype = FI_DTYPE_BF16;
-    else if (dt.code == kDLFloat && dt.bits == 32) out->dtype = FI_DTYPE_F32;
-    else if (dt.code == kDLFloat && dt.bits == 16) out->dtype = FI_DTYPE_F16;
-    else if (dt.code == kDLInt && dt.bits == 32) out->dtype = FI_DTYPE_I32;
-    else if (dt.code == kDLInt && dt.bits == 16) out->dtype = FI_DTYPE_I16;
-    else if (dt.code == kDLUInt && dt.bits == 8) out->dtype = FI_DTYPE_U8;
-    else if (dt.code == kDLFloat8_e4m3fn) out->dtype = FI_DTYPE_E4M3;
-    else throw fi::Failure(FI_STATUS_INTERNAL_ERROR, "upstream returned an unexpected dtype");
+    out->dtype = fi_dtype_of(d->dtype);
   });
 }
 

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use flashinfer_rs::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-use flashinfer_rs::cudarc::driver::{CudaSlice, CudaStream, CudaView};
+use flashinfer_rs::cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut};
 use flashinfer_rs::fused::prepare::{
     interleave_scales, shuffle_block_scaled_weights, shuffle_expert_weights, EPILOGUE_TILE_M,
 };
@@ -20,7 +20,7 @@ use flashinfer_rs::fused::{
     trtllm_bf16_moe, trtllm_fp4_block_scale_moe, trtllm_fp8_block_scale_moe,
     trtllm_fp8_per_tensor_scale_moe, Activation, Bf16Moe, E4m3, Fp4Activations, Fp4BlockScaleMoe,
     Fp4Weights, Fp8Activations, Fp8BlockScaleMoe, Fp8BlockScales, Fp8PerTensorMoe, MoeOptions,
-    MoeRouting, MoeRoutingInput, MoeShape, SwigluParams, WeightLayout,
+    MoeRouting, MoeRoutingInput, MoeShape, SwigluParams, Unfinalized, WeightLayout,
 };
 use flashinfer_rs::half::bf16;
 use flashinfer_rs::routing::oracle::{self, SplitMix64};
@@ -174,15 +174,21 @@ struct Outcome {
     replay: Option<Vec<i16>>,
 }
 
-/// Runs `op` twice, with and without a replay buffer, and checks the replay invariants;
-/// returns the output.
-fn run_checked(
-    g: &Gpu,
-    c: &Case,
-    name: &str,
-    mut op: impl FnMut(&mut CudaSlice<bf16>, Option<&mut ReplayView<'_>>),
-) -> Vec<f32> {
+/// The outcome of one fused call: routing (from the case's logits), output and replay buffer
+/// in, the call's result out.
+type FusedOp<'x> = dyn FnMut(
+        &MoeRouting<'_>,
+        &mut CudaViewMut<'_, bf16>,
+        Option<&mut ReplayView<'_>>,
+    ) -> flashinfer_rs::Result<Option<Unfinalized>>
+    + 'x;
+
+/// Runs `op` on case `c` twice, with and without a replay buffer, and checks the replay
+/// invariants; returns the output.
+fn run_checked(g: &Gpu, c: &Case, name: &str, op: &mut FusedOp<'_>) -> Vec<f32> {
     let s = &g.stream;
+    let dr = DeviceRouting::upload(s, c);
+    let routing = dr.routing(c.cfg);
     let (t, h, k) = (
         c.shape.num_tokens,
         c.shape.hidden_size,
@@ -191,12 +197,13 @@ fn run_checked(
     let mut run = |with_replay: bool| -> Outcome {
         let mut out = s.alloc_zeros::<bf16>(t * h).unwrap();
         let mut replay = s.clone_htod(&vec![SENTINEL; (t + SPARE_ROWS) * k]).unwrap();
-        if with_replay {
+        let result = if with_replay {
             let mut view = ReplayView::from_slice(&mut replay, k).unwrap();
-            op(&mut out, Some(&mut view));
+            op(&routing, &mut out.as_view_mut(), Some(&mut view))
         } else {
-            op(&mut out, None);
-        }
+            op(&routing, &mut out.as_view_mut(), None)
+        };
+        result.unwrap_or_else(|e| panic!("{name}: {e}"));
         Outcome {
             output: s
                 .clone_dtoh(&out)
@@ -305,8 +312,6 @@ fn bf16_run(g: &Gpu, c: &Case, opts: &MoeOptions, name: &str) -> Vec<f32> {
         s.clone_htod(&w1).unwrap(),
         s.clone_htod(&w2).unwrap(),
     );
-    let dr = DeviceRouting::upload(s, c);
-    let routing = dr.routing(c.cfg);
     let moe = Bf16Moe {
         hidden_states: hs.as_view(),
         gemm1_weights: w1.as_view(),
@@ -314,17 +319,8 @@ fn bf16_run(g: &Gpu, c: &Case, opts: &MoeOptions, name: &str) -> Vec<f32> {
         gemm1_lora_delta: None,
         swiglu: SwigluParams::default(),
     };
-    run_checked(g, c, name, |out, replay| {
-        trtllm_bf16_moe(
-            s,
-            &routing,
-            &moe,
-            c.shape,
-            opts,
-            &mut out.as_view_mut(),
-            replay,
-        )
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    run_checked(g, c, name, &mut |r, out, replay| {
+        trtllm_bf16_moe(s, r, &moe, c.shape, opts, out, replay)
     })
 }
 
@@ -439,8 +435,6 @@ fn fp8_per_tensor_moe_matches_the_reference() {
                 s.clone_htod(&scale_gate_fc1).unwrap(),
                 s.clone_htod(&scale_c_fc2).unwrap(),
             );
-            let dr = DeviceRouting::upload(s, &c);
-            let routing = dr.routing(cfg);
             let moe = Fp8PerTensorMoe {
                 hidden_states: Fp8Activations::E4m3(hs.as_view()),
                 gemm1_weights: w1.as_view(),
@@ -451,17 +445,8 @@ fn fp8_per_tensor_moe_matches_the_reference() {
                 use_routing_scales_on_input: on_input,
             };
             let opts = MoeOptions::new(WeightLayout::MajorK);
-            let got = run_checked(&g, &c, &name, |out, replay| {
-                trtllm_fp8_per_tensor_scale_moe(
-                    s,
-                    &routing,
-                    &moe,
-                    c.shape,
-                    &opts,
-                    &mut out.as_view_mut(),
-                    replay,
-                )
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let got = run_checked(&g, &c, &name, &mut |r, out, replay| {
+                trtllm_fp8_per_tensor_scale_moe(s, r, &moe, c.shape, &opts, out, replay)
             });
             let want = c.reference(on_input, ActivationRounding::Fp8PerTensor { scale: c_sf });
             check(&name, &want, &got, 0.92);
@@ -485,24 +470,17 @@ fn deepseek_fp8_block_scale_moe_matches_the_reference() {
             for e in 0..el {
                 let w1 = &mut c.w.w1[e * 2 * i * h..(e + 1) * 2 * i * h];
                 let (q, sc) = reference::quantize_fp8_blocks(w1, 2 * i, h);
-                for (idx, v) in w1.iter_mut().enumerate() {
-                    *v = q[idx].to_f32() * sc[(idx / h / 128) * (h / 128) + (idx % h) / 128];
-                }
+                w1.copy_from_slice(&reference::dequantize_fp8_blocks(&q, &sc, 2 * i, h));
                 q1.extend(q);
                 s1.extend(sc);
                 let w2 = &mut c.w.w2[e * h * i..(e + 1) * h * i];
                 let (q, sc) = reference::quantize_fp8_blocks(w2, h, i);
-                for (idx, v) in w2.iter_mut().enumerate() {
-                    *v = q[idx].to_f32() * sc[(idx / i / 128) * (i / 128) + (idx % i) / 128];
-                }
+                w2.copy_from_slice(&reference::dequantize_fp8_blocks(&q, &sc, h, i));
                 q2.extend(q);
                 s2.extend(sc);
             }
             let (hq, hs_t) = reference::quantize_fp8_activation_blocks(&c.hidden, t, h);
-            for (idx, v) in c.hidden.iter_mut().enumerate() {
-                let (tok, col) = (idx / h, idx % h);
-                *v = hq[idx].to_f32() * hs_t[(col / 128) * t + tok];
-            }
+            c.hidden = reference::dequantize_fp8_activation_blocks(&hq, &hs_t, t, h);
             let (hs, hsc, w1, w1s, w2, w2s) = (
                 s.clone_htod(&hq).unwrap(),
                 s.clone_htod(&hs_t).unwrap(),
@@ -511,8 +489,9 @@ fn deepseek_fp8_block_scale_moe_matches_the_reference() {
                 s.clone_htod(&q2).unwrap(),
                 s.clone_htod(&s2).unwrap(),
             );
-            let dr = DeviceRouting::upload(s, &c);
-            let routing = dr.routing(cfg);
+            // Unshuffled MajorK weights: one of upstream's tested DeepSeek configurations.
+            let mut opts = MoeOptions::new(WeightLayout::MajorK);
+            opts.use_shuffled_weight = false;
             let moe = Fp8BlockScaleMoe {
                 hidden_states: hs.as_view(),
                 gemm1_weights: w1.as_view(),
@@ -525,20 +504,8 @@ fn deepseek_fp8_block_scale_moe_matches_the_reference() {
                 gemm1_lora_delta: None,
                 swiglu: SwigluParams::default(),
             };
-            // Unshuffled MajorK weights: one of upstream's tested DeepSeek configurations.
-            let mut opts = MoeOptions::new(WeightLayout::MajorK);
-            opts.use_shuffled_weight = false;
-            let got = run_checked(&g, &c, &name, |out, replay| {
-                trtllm_fp8_block_scale_moe(
-                    s,
-                    &routing,
-                    &moe,
-                    c.shape,
-                    &opts,
-                    &mut out.as_view_mut(),
-                    replay,
-                )
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let got = run_checked(&g, &c, &name, &mut |r, out, replay| {
+                trtllm_fp8_block_scale_moe(s, r, &moe, c.shape, &opts, out, replay)
             });
             let want = c.reference(false, ActivationRounding::Bf16);
             check(&name, &want, &got, 0.79);
@@ -585,8 +552,6 @@ fn mxfp8_block_scale_moe_matches_the_reference() {
                 s.clone_htod(&w2).unwrap(),
                 s.clone_htod(&w2s).unwrap(),
             );
-            let dr = DeviceRouting::upload(s, &c);
-            let routing = dr.routing(cfg);
             let moe = Fp8BlockScaleMoe {
                 hidden_states: hq.as_view(),
                 gemm1_weights: w1.as_view(),
@@ -600,17 +565,8 @@ fn mxfp8_block_scale_moe_matches_the_reference() {
                 swiglu: SwigluParams::default(),
             };
             let opts = MoeOptions::new(WeightLayout::MajorK);
-            let got = run_checked(&g, &c, &name, |out, replay| {
-                trtllm_fp8_block_scale_moe(
-                    s,
-                    &routing,
-                    &moe,
-                    c.shape,
-                    &opts,
-                    &mut out.as_view_mut(),
-                    replay,
-                )
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            let got = run_checked(&g, &c, &name, &mut |r, out, replay| {
+                trtllm_fp8_block_scale_moe(s, r, &moe, c.shape, &opts, out, replay)
             });
             check(
                 &name,
@@ -637,8 +593,6 @@ fn run_fp4(
     let tk = c.shape.num_tokens * c.cfg.top_k as usize;
     let mut ids = s.alloc_zeros::<i32>(tk).unwrap();
     let mut wts = s.alloc_zeros::<bf16>(tk).unwrap();
-    let dr = DeviceRouting::upload(s, c);
-    let routing = dr.routing(c.cfg);
     let opts = MoeOptions::new(WeightLayout::MajorK);
     let mut moe = Fp4BlockScaleMoe {
         hidden_states,
@@ -653,17 +607,8 @@ fn run_fp4(
         topk_ids: ids.as_view_mut(),
         topk_weights: wts.as_view_mut(),
     };
-    let got = run_checked(g, c, name, |out, replay| {
-        trtllm_fp4_block_scale_moe(
-            s,
-            &routing,
-            &mut moe,
-            c.shape,
-            &opts,
-            &mut out.as_view_mut(),
-            replay,
-        )
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let got = run_checked(g, c, name, &mut |r, out, replay| {
+        trtllm_fp4_block_scale_moe(s, r, &mut moe, c.shape, &opts, out, replay)
     });
     let got_ids: Vec<i32> = s
         .clone_dtoh(&ids)

@@ -243,6 +243,19 @@ pub fn quantize_fp8_blocks(x: &[f32], m: usize, k: usize) -> (Vec<E4m3>, Vec<f32
     (q, scales)
 }
 
+/// The values of a DeepSeek fp8 `[m, k]` matrix: `q * scale` of its 128x128 block.
+pub fn dequantize_fp8_blocks(q: &[E4m3], scales: &[f32], m: usize, k: usize) -> Vec<f32> {
+    assert!(
+        q.len() == m * k && scales.len() == (m / 128) * (k / 128),
+        "128x128 blocks"
+    );
+    let kb = k / 128;
+    q.iter()
+        .enumerate()
+        .map(|(idx, v)| v.to_f32() * scales[(idx / k / 128) * kb + (idx % k) / 128])
+        .collect()
+}
+
 /// DeepSeek fp8 activations: each token's 128-element blocks scaled by `amax / 448`; returns
 /// the values and the scales transposed to `[hidden/128, num_tokens]` as the kernel takes them.
 pub fn quantize_fp8_activation_blocks(
@@ -393,6 +406,24 @@ pub fn dequantize_mxfp4(q: &[E2m1x2], scales: &[Ue8m0], cols: usize) -> Vec<f32>
         out.push(b * s);
     }
     out
+}
+
+/// The values of DeepSeek fp8 activations `[tokens, hidden]` whose scales are transposed
+/// `[hidden/128, tokens]` (as [`quantize_fp8_activation_blocks`] returns them).
+pub fn dequantize_fp8_activation_blocks(
+    q: &[E4m3],
+    scales_t: &[f32],
+    tokens: usize,
+    hidden: usize,
+) -> Vec<f32> {
+    assert!(
+        q.len() == tokens * hidden && scales_t.len() == hidden / 128 * tokens,
+        "shapes"
+    );
+    q.iter()
+        .enumerate()
+        .map(|(idx, v)| v.to_f32() * scales_t[(idx % hidden / 128) * tokens + idx / hidden])
+        .collect()
 }
 
 /// Upstream's criterion (`check_accuracy`): at least `percent` of the elements satisfy

@@ -119,15 +119,23 @@ fn quantisers_round_trip_within_their_precision() {
     }
     let (qb, sb) = quantize_fp8_blocks(&x, 256, 128);
     assert_eq!(sb.len(), 2);
-    for (idx, (v, q)) in x.iter().zip(&qb).enumerate() {
-        let deq = q.to_f32() * sb[idx / 128 / 128];
+    for (idx, (v, deq)) in x
+        .iter()
+        .zip(dequantize_fp8_blocks(&qb, &sb, 256, 128))
+        .enumerate()
+    {
+        // Row r lies in row block r / 128 (128 columns: one column block).
+        assert_eq!(deq, qb[idx].to_f32() * sb[idx / 128 / 128]);
         assert!((deq - v).abs() <= v.abs() * 0.0625 + 1e-3, "{v} vs {deq}");
     }
     let (qa, sa) = quantize_fp8_activation_blocks(&x[..2 * 256], 2, 256);
     assert_eq!(sa.len(), 4);
+    let deq = dequantize_fp8_activation_blocks(&qa, &sa, 2, 256);
     // Token 1's second block has its scale at [1][1] of the transposed [blocks, tokens].
-    let deq = qa[256 + 130].to_f32() * sa[2 + 1];
-    assert!((deq - x[256 + 130]).abs() <= x[256 + 130].abs() * 0.0625 + 1e-3);
+    assert_eq!(deq[256 + 130], qa[256 + 130].to_f32() * sa[2 + 1]);
+    for (v, d) in x[..2 * 256].iter().zip(&deq) {
+        assert!((d - v).abs() <= v.abs() * 0.0625 + 1e-3, "{v} vs {d}");
+    }
 }
 
 #[test]

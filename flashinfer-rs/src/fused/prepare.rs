@@ -4,6 +4,10 @@
 //! 0.6.13), ported index for index.
 //!
 //! Row orders are "gather" maps: row `j` of the result is row `order[j]` of the source.
+//!
+//! # Panics
+//! Load-time helpers: they assert their shape preconditions (sizes matching the stated
+//! dimensions, rows a multiple of the shuffle block) and panic with the rule.
 
 /// The epilogue tile the bf16, fp8 per-tensor, MxFp8 and fp4 kernels are shuffled for
 /// (upstream: "FIXME: this depends on the kernel internals").

@@ -4,8 +4,14 @@
 //! (`run_moe_dequant` in tests/moe/test_trtllm_gen_fused_moe.py of FlashInfer 0.6.13), whose
 //! gated GEMM1 puts the linear half first: `act(x2) * x1` with `x1 = rows [0, I)`.
 //!
-//! Also here: the quantisers that make test data (fp8 per tensor, DeepSeek 128-blocks) and
-//! upstream's accuracy criterion.
+//! Also here: the quantisers that make test data (fp8 per tensor, DeepSeek 128-blocks, MX fp8,
+//! nvfp4, mxfp4) and upstream's accuracy criterion.
+//!
+//! # Panics
+//! These are test and calibration helpers: they assert their shape preconditions (block
+//! multiples, matching lengths) and panic with the rule instead of returning errors, and
+//! [`moe`] panics on activations it does not model (`SwigluBias`, `SwigluStep`). The kernel
+//! calls never panic.
 
 use super::elements::{e2m1_from_f32, E2m1x2, E4m3, Ue8m0, E2M1_MAX, E4M3_MAX};
 use super::types::Activation;

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The GPU half of the hardening checks, on the GPU machine after scripts/gpu-pack.sh, with one
+# log per job in LOGDIR and a summary (exit code and seconds per job) in LOGDIR/summary.txt:
+#
+#     bash scripts/gpu-hardening.sh LOGDIR stage...
+#
+# stages (each fits one 10-minute device call on an H100):
+#   suite             the GPU suite and the examples (gpu-pack/run.sh), alone on the GPU
+#   soak              the capture soak, FLASHINFER_RS_SOAK_STEPS steps (default 10000) per model
+#                     and mode, alone on the GPU (it checks that free device memory stays flat)
+#   sanitize          compute-sanitizer as five parallel jobs: memcheck, initcheck and synccheck
+#                     over every GPU test; racecheck over the capture tests, and over every other
+#                     test but the routing matrix
+#   racecheck-routing racecheck over the routing matrix in 16 shards, 4 at a time
+#
+# Parallel sanitizer jobs share the GPU: each gets its own TMPDIR, so the tests' GPU lock
+# (tests/gpu/common.rs) serialises tests within a job only. Under the sanitizers nothing
+# measures device memory, and each job checks its own results against the oracle.
+# JOB_TIMEOUT (seconds, default 540) bounds every job; a job that runs out exits 124.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+[ $# -ge 2 ] || { sed -n '2,19p' "$0"; exit 2; }
+logs=$1
+shift
+mkdir -p "$logs"
+export PATH=$PATH:/usr/local/cuda/bin
+status=0
+
+# job NAME COMMAND...: runs COMMAND with its own TMPDIR, output to LOGDIR/NAME.log.
+job() {
+  local name=$1 start rc
+  shift
+  start=$(date +%s)
+  TMPDIR=$(mktemp -d) timeout "${JOB_TIMEOUT:-540}" "$@" >"$logs/$name.log" 2>&1
+  rc=$?
+  echo "$name: exit $rc in $(($(date +%s) - start))s" | tee -a "$logs/summary.txt"
+  return $rc
+}
+
+# Waits for every background job; fails if any failed.
+wait_all() {
+  local rc=0
+  for pid in $(jobs -p); do wait "$pid" || rc=$?; done
+  return $rc
+}
+
+for stage in "$@"; do
+  case $stage in
+  suite) job suite bash gpu-pack/run.sh --nocapture || status=1 ;;
+  soak)
+    job soak env FLASHINFER_RS_REQUIRE_GPU=1 \
+      FLASHINFER_RS_SOAK_STEPS="${FLASHINFER_RS_SOAK_STEPS:-10000}" \
+      gpu-pack/bin/gpu --test-threads=1 --nocapture capture::captured_rows || status=1
+    ;;
+  sanitize)
+    for tool in memcheck initcheck synccheck; do
+      job "$tool" bash scripts/sanitize.sh "$tool" &
+    done
+    FLASHINFER_RS_SANITIZE_FILTER="capture::" \
+      job racecheck-capture bash scripts/sanitize.sh racecheck &
+    FLASHINFER_RS_SANITIZE_FILTER="--skip routing::every --skip capture::" \
+      job racecheck-rest bash scripts/sanitize.sh racecheck &
+    wait_all || status=1
+    ;;
+  racecheck-routing)
+    for i in $(seq 0 15); do
+      FLASHINFER_RS_SANITIZE_FILTER="routing::every" FLASHINFER_RS_ROUTING_SHARD="$i/16" \
+        job "racecheck-routing-$i" bash scripts/sanitize.sh racecheck &
+      if [ $((i % 4)) -eq 3 ]; then wait_all || status=1; fi
+    done
+    cat "$logs"/racecheck-routing-*.log >"$logs/racecheck-routing.log" &&
+      rm "$logs"/racecheck-routing-*.log
+    ;;
+  *)
+    echo "unknown stage $stage" >&2
+    exit 2
+    ;;
+  esac
+done
+exit $status

@@ -8,9 +8,10 @@
 #   suite             the GPU suite and the examples (gpu-pack/run.sh), alone on the GPU
 #   soak              the capture soak, FLASHINFER_RS_SOAK_STEPS steps (default 10000) per model
 #                     and mode, alone on the GPU (it checks that free device memory stays flat)
-#   sanitize          compute-sanitizer as five parallel jobs: memcheck, initcheck and synccheck
-#                     over every GPU test; racecheck over the capture tests, and over every other
-#                     test but the routing matrix
+#   sanitize          compute-sanitizer as four parallel jobs: memcheck, initcheck and synccheck
+#                     over every GPU test; racecheck over every test but the capture tests and
+#                     the routing matrix
+#   racecheck-capture racecheck over the capture soak and the capture ordering test, in parallel
 #   racecheck-routing racecheck over the routing matrix in 16 shards, 4 at a time
 #
 # Parallel sanitizer jobs share the GPU: each gets its own TMPDIR, so the tests' GPU lock
@@ -56,10 +57,15 @@ for stage in "$@"; do
     for tool in memcheck initcheck synccheck; do
       job "$tool" bash scripts/sanitize.sh "$tool" &
     done
-    FLASHINFER_RS_SANITIZE_FILTER="capture::" \
-      job racecheck-capture bash scripts/sanitize.sh racecheck &
     FLASHINFER_RS_SANITIZE_FILTER="--skip routing::every --skip capture::" \
       job racecheck-rest bash scripts/sanitize.sh racecheck &
+    wait_all || status=1
+    ;;
+  racecheck-capture)
+    FLASHINFER_RS_SANITIZE_FILTER="capture::captured_rows" \
+      job racecheck-soak bash scripts/sanitize.sh racecheck &
+    FLASHINFER_RS_SANITIZE_FILTER="capture::the_next_step" \
+      job racecheck-ordering bash scripts/sanitize.sh racecheck &
     wait_all || status=1
     ;;
   racecheck-routing)

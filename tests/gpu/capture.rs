@@ -93,6 +93,7 @@ struct Soak<'a> {
     free_before: Option<usize>,
     /// Resident host memory (bytes) at the warm-up, pinned readback slots included.
     rss_before: Option<usize>,
+    started: std::time::Instant,
 }
 
 /// This process's resident set, from `/proc/self/statm` (Linux; `None` elsewhere).
@@ -110,6 +111,7 @@ impl<'a> Soak<'a> {
             checked: 0,
             free_before: None,
             rss_before: None,
+            started: std::time::Instant::now(),
         }
     }
 
@@ -152,26 +154,37 @@ impl<'a> Soak<'a> {
         let free_after = g.ctx.mem_get_info().unwrap().0;
         // compute-sanitizer allocates device memory for its own bookkeeping as the run goes:
         // scripts/sanitize.sh sets this, and the check would measure the tool, not the store.
-        let memory = if std::env::var_os("FLASHINFER_RS_UNDER_SANITIZER").is_some() {
-            "device memory not checked (under compute-sanitizer)"
-        } else {
-            assert_eq!(
-                self.free_before,
-                Some(free_after),
-                "device memory changed over steps {WARM_UP}..{steps}"
-            );
-            "device memory flat"
+        let memory = match self.free_before {
+            _ if std::env::var_os("FLASHINFER_RS_UNDER_SANITIZER").is_some() => {
+                "device memory not checked (under compute-sanitizer)".to_string()
+            }
+            None => {
+                format!("device memory not checked (no steps after the {WARM_UP}-step warm-up)")
+            }
+            Some(before) => {
+                assert_eq!(
+                    before, free_after,
+                    "device memory changed over steps {WARM_UP}..{steps}"
+                );
+                "device memory flat".to_string()
+            }
         };
         // Host memory is reported, not asserted: the allocator may keep freed pages resident.
-        let mib =
-            |b: Option<usize>| b.map_or("?".into(), |b| format!("{:.1}", b as f64 / 1048576.0));
+        let mib = |b: usize| b as f64 / 1048576.0;
+        let host = match (self.rss_before, resident_bytes()) {
+            (Some(before), Some(after)) => format!(
+                "; host resident {:.1} MiB at step {WARM_UP}, {:.1} MiB at the end",
+                mib(before),
+                mib(after)
+            ),
+            (None, Some(after)) => format!("; host resident {:.1} MiB at the end", mib(after)),
+            _ => String::new(),
+        };
         eprintln!(
-            "capture {mode}: {} layers, {} steps checked against the oracle, {memory}; \
-             host resident MiB {} at step {WARM_UP} -> {} at the end",
+            "capture {mode}: {} layers, {} steps checked against the oracle in {:.1} s, {memory}{host}",
             self.m.layers,
             self.checked,
-            mib(self.rss_before),
-            mib(resident_bytes())
+            self.started.elapsed().as_secs_f64()
         );
     }
 }

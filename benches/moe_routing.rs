@@ -561,6 +561,90 @@ fn host_overhead(b: &Bench) {
     );
 }
 
+/// 5b. Host CPU time of a fused call's own layer (validation, planning, marshalling, the
+/// architecture gate) against a routing call. Off Blackwell the call stops at the gate with
+/// `UnsupportedArch`, so this is an upper bound of what the safe fused layer costs before
+/// upstream's launcher: it also pays the device query and the error message a Blackwell call
+/// does not. On Blackwell the call would launch the MoE, so the section is skipped there.
+fn fused_host_overhead(b: &Bench) {
+    use flashinfer_rs::fused::{
+        trtllm_bf16_moe, Bf16Moe, MoeOptions, MoeRouting, MoeRoutingInput, MoeShape, SwigluParams,
+        WeightLayout,
+    };
+    println!("\n## 5b. Host overhead of a fused call's own layer, up to the architecture gate\n");
+    if flashinfer_rs::device_info(&b.ctx).unwrap().fused_supported {
+        println!("Skipped: this GPU runs the fused MoE (the section measures the layer alone, off Blackwell).");
+        return;
+    }
+    println!("bf16 MoE (64 experts, top-8, H = 1024, I = 512, 16 tokens) with a replay buffer, on a GPU without the fused kernels: the safe call validates, plans, checks contexts, fills the C arguments and stops at the shim's architecture gate (`UnsupportedArch`), so this is an upper bound of the layer's cost (it also pays a device query and an error message). Baseline: the safe routing call of the same shape, same run.\n");
+    println!(
+        "| shape | calls | fused call to the gate (us/call) | `Router::route` (us/call) | ratio |"
+    );
+    println!("|---|---:|---:|---:|---:|");
+    let (t, e, k, h, i) = (16, 64, 8, 1024, 512);
+    let cfg = RoutingConfig::new(RoutingMethod::Renormalize, e as u32, k as u32);
+    let s = &b.stream;
+    let logits = s.alloc_zeros::<f32>(t * e).unwrap();
+    let hidden = s.alloc_zeros::<bf16>(t * h).unwrap();
+    let w1 = s.alloc_zeros::<bf16>(e * 2 * i * h).unwrap();
+    let w2 = s.alloc_zeros::<bf16>(e * h * i).unwrap();
+    let mut output = s.alloc_zeros::<bf16>(t * h).unwrap();
+    let mut replay = s.alloc_zeros::<i16>(t * k).unwrap();
+    let moe = Bf16Moe {
+        hidden_states: hidden.as_view(),
+        gemm1_weights: w1.as_view(),
+        gemm2_weights: w2.as_view(),
+        gemm1_lora_delta: None,
+        swiglu: SwigluParams::default(),
+    };
+    let routing = MoeRouting {
+        config: cfg,
+        input: MoeRoutingInput::Logits {
+            logits: (&logits).into(),
+            bias: None,
+        },
+    };
+    let shape = MoeShape {
+        num_tokens: t,
+        hidden_size: h,
+        intermediate_size: i,
+    };
+    let opts = MoeOptions::new(WeightLayout::BlockMajorK);
+    let router = Router::new(cfg).unwrap();
+    let mut bufs = RoutingBuffers::new(s, &cfg, t).unwrap();
+    let input = RouteInput {
+        logits: (&logits).into(),
+        bias: None,
+        num_tokens: t,
+    };
+    const CALLS: usize = 20000;
+    let (mut fused, mut route) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        s.synchronize().unwrap();
+        let t0 = Instant::now();
+        for _ in 0..CALLS {
+            let mut out = output.as_view_mut();
+            let mut view = ReplayView::from_slice(&mut replay, k).unwrap();
+            let res = trtllm_bf16_moe(s, &routing, &moe, shape, &opts, &mut out, Some(&mut view));
+            assert!(matches!(res, Err(flashinfer_rs::Error::UnsupportedArch(_))));
+        }
+        fused.push(t0.elapsed().as_secs_f64() * 1e6 / CALLS as f64);
+        s.synchronize().unwrap();
+        let t1 = Instant::now();
+        for _ in 0..CALLS {
+            let mut view = ReplayView::from_slice(&mut replay, k).unwrap();
+            router.route(s, &input, &mut bufs, Some(&mut view)).unwrap();
+        }
+        route.push(t1.elapsed().as_secs_f64() * 1e6 / CALLS as f64);
+    }
+    s.synchronize().unwrap();
+    let (f, r) = (stat(fused).median, stat(route).median);
+    println!(
+        "| bf16, 64e top-8, H 1024, I 512, T {t} | {CALLS} | {f:.2} | {r:.2} | {:.2} |",
+        f / r
+    );
+}
+
 /// Routing through the raw C ABI: buffers of its own, pointers and parameters resolved once,
 /// as a caller of the raw bindings would. The baseline of tables 1 and 5: its `replay` may be
 /// null, which is upstream's path without `routing_replay_out`.
@@ -695,5 +779,6 @@ fn main() {
     }
     if run("host") {
         host_overhead(&b);
+        fused_host_overhead(&b);
     }
 }

@@ -12,7 +12,8 @@
 #                     over every GPU test; racecheck over every test but the capture tests and
 #                     the routing matrix
 #   racecheck-capture racecheck over the capture soak and the capture ordering test, in parallel
-#   racecheck-routing racecheck over the routing matrix in 16 shards, 4 at a time
+#   racecheck-routing racecheck over the routing matrix in 16 shards, PARALLEL (default 8) at
+#                     a time
 #
 # Parallel sanitizer jobs share the GPU: each gets its own TMPDIR, so the tests' GPU lock
 # (tests/gpu/common.rs) serialises tests within a job only. Under the sanitizers nothing
@@ -72,8 +73,9 @@ for stage in "$@"; do
     for i in $(seq 0 15); do
       FLASHINFER_RS_SANITIZE_FILTER="routing::every" FLASHINFER_RS_ROUTING_SHARD="$i/16" \
         job "racecheck-routing-$i" bash scripts/sanitize.sh racecheck &
-      if [ $((i % 4)) -eq 3 ]; then wait_all || status=1; fi
+      if [ $(((i + 1) % ${PARALLEL:-8})) -eq 0 ]; then wait_all || status=1; fi
     done
+    wait_all || status=1
     cat "$logs"/racecheck-routing-*.log >"$logs/racecheck-routing.log" &&
       rm "$logs"/racecheck-routing-*.log
     ;;

@@ -95,6 +95,15 @@ typedef struct fi_device_info {
 /** Queries the calling thread's current device (no allocation, no synchronisation). */
 fi_status fi_get_device_info(fi_device_info* out);
 
+/** For tests of the device-shape guard, which every routing and fused call runs after its
+ * architecture check: upstream sizes routing launches from the SM version and SM count of the
+ * first device it ran on (process-wide statics), so the first device admitted fixes
+ * (sm_major, sm_minor, sm_count) for the process and a device that differs is refused with
+ * FI_STATUS_UNSUPPORTED_ARCH naming both. This runs that guard on a described device (only
+ * `device`, `sm_major`, `sm_minor` and `sm_count` are read) and, like a call, fixes the shape
+ * if none is fixed yet: use it only in a process that does not route. */
+fi_status fi_check_device_shape(const fi_device_info* device);
+
 /* ---- routing -------------------------------------------------------------------------- */
 
 /** Element types, as the ABI names them. */

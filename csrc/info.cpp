@@ -156,3 +156,10 @@ extern "C" fi_status fi_get_device_info(fi_device_info* out) {
     fi::query(out);
   });
 }
+
+extern "C" fi_status fi_check_device_shape(const fi_device_info* device) {
+  return fi::guarded([&] {
+    fi::require(device != nullptr, "device must not be NULL");
+    fi::require_same_shape_as_first_device(*device);
+  });
+}

@@ -29,6 +29,11 @@ fi_status fi_get_device_info(fi_device_info* out) {
   return FI_STATUS_KERNELS_NOT_BUILT;
 }
 
+fi_status fi_check_device_shape(const fi_device_info* device) {
+  (void)device;
+  return FI_STATUS_KERNELS_NOT_BUILT;
+}
+
 fi_status fi_routing_buffer_sizes_for(int32_t num_tokens, int32_t top_k, int32_t num_experts,
                                       int32_t tile_tokens_dim, fi_routing_buffer_sizes* out) {
   (void)num_tokens, (void)top_k, (void)num_experts, (void)tile_tokens_dim, (void)out;

@@ -97,6 +97,10 @@ unsafe extern "C" {
     #[doc = " Queries the calling thread's current device (no allocation, no synchronisation)."]
     pub fn fi_get_device_info(out: *mut fi_device_info) -> fi_status;
 }
+unsafe extern "C" {
+    #[doc = " For tests of the device-shape guard, which every routing and fused call runs after its\n architecture check: upstream sizes routing launches from the SM version and SM count of the\n first device it ran on (process-wide statics), so the first device admitted fixes\n (sm_major, sm_minor, sm_count) for the process and a device that differs is refused with\n FI_STATUS_UNSUPPORTED_ARCH naming both. This runs that guard on a described device (only\n `device`, `sm_major`, `sm_minor` and `sm_count` are read) and, like a call, fixes the shape\n if none is fixed yet: use it only in a process that does not route."]
+    pub fn fi_check_device_shape(device: *const fi_device_info) -> fi_status;
+}
 pub mod fi_dtype {
     #[doc = " Element types, as the ABI names them."]
     pub type Type = ::core::ffi::c_uint;

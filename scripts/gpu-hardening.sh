@@ -13,7 +13,7 @@
 #                     the routing matrix
 #   racecheck-capture racecheck over the capture soak and the capture ordering test, in parallel
 #   racecheck-routing:I-J  racecheck over shards I..J of the routing matrix (16 shards, one
-#                     after another, 111-145 s each on an H100: three fit one call)
+#                     after another, 111-150 s each on an H100: three fit one call)
 #
 # Parallel sanitizer jobs share the GPU: each gets its own TMPDIR, so the tests' GPU lock
 # (tests/gpu/common.rs) serialises tests within a job only. Under the sanitizers nothing
@@ -71,7 +71,7 @@ for stage in "$@"; do
     ;;
   racecheck-routing:*)
     # One shard after another: racecheck keeps the GPU busy, and 8 shards in parallel
-    # finished none within 285 s where one alone takes 111-145 s.
+    # finished none within 285 s where one alone takes 111-150 s.
     range=${stage#racecheck-routing:}
     for i in $(seq "${range%-*}" "${range#*-}"); do
       FLASHINFER_RS_SANITIZE_FILTER="routing::every" FLASHINFER_RS_ROUTING_SHARD="$i/16" \

@@ -96,11 +96,12 @@ struct Soak<'a> {
     started: std::time::Instant,
 }
 
-/// This process's resident set, from `/proc/self/statm` (Linux; `None` elsewhere).
+/// This process's resident set (`VmRSS` of `/proc/self/status`; Linux, else `None`).
 fn resident_bytes() -> Option<usize> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: usize = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: usize = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 impl<'a> Soak<'a> {

@@ -518,6 +518,31 @@ fn peers(b: &Bench) {
     }
 }
 
+/// Host microseconds per call of `first` and of `second`: `calls` calls each, the two loops
+/// interleaved over 5 repetitions (median); each timed loop starts from a drained stream.
+fn host_us_per_call(
+    b: &Bench,
+    calls: usize,
+    mut first: impl FnMut(),
+    mut second: impl FnMut(),
+) -> (f64, f64) {
+    fn timed(b: &Bench, calls: usize, f: &mut impl FnMut()) -> f64 {
+        b.stream.synchronize().unwrap();
+        let t0 = Instant::now();
+        for _ in 0..calls {
+            f();
+        }
+        t0.elapsed().as_secs_f64() * 1e6 / calls as f64
+    }
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        x.push(timed(b, calls, &mut first));
+        y.push(timed(b, calls, &mut second));
+    }
+    b.stream.synchronize().unwrap();
+    (stat(x).median, stat(y).median)
+}
+
 /// 5. Host CPU time per call: the safe API (validation + launch) against a raw C ABI call.
 fn host_overhead(b: &Bench) {
     println!("\n## 5. Host overhead per call (CPU time; no synchronisation inside the loop)\n");
@@ -533,26 +558,17 @@ fn host_overhead(b: &Bench) {
     const CALLS: usize = 20000;
     let raw_router = RawRouter::new(b, &s.cfg, &inputs, t);
     let replay_ptr = replay.device_ptr_mut(&b.stream).0 as *mut i16;
-    let (mut safe, mut raw) = (Vec::new(), Vec::new());
-    for _ in 0..5 {
-        b.stream.synchronize().unwrap();
-        let mut view = ReplayView::from_slice(&mut replay, 8).unwrap();
-        let t0 = Instant::now();
-        for _ in 0..CALLS {
+    let mut view = ReplayView::from_slice(&mut replay, 8).unwrap();
+    let (sa, ra) = host_us_per_call(
+        b,
+        CALLS,
+        || {
             router
                 .route(&b.stream, &inputs.input(t), &mut bufs, Some(&mut view))
                 .unwrap();
-        }
-        safe.push(t0.elapsed().as_secs_f64() * 1e6 / CALLS as f64);
-        b.stream.synchronize().unwrap();
-        let t1 = Instant::now();
-        for _ in 0..CALLS {
-            raw_router.launch(b, replay_ptr);
-        }
-        raw.push(t1.elapsed().as_secs_f64() * 1e6 / CALLS as f64);
-    }
-    b.stream.synchronize().unwrap();
-    let (sa, ra) = (stat(safe).median, stat(raw).median);
+        },
+        || raw_router.launch(b, replay_ptr),
+    );
     println!(
         "| {} | {CALLS} | {sa:.2} | {ra:.2} | {:.2} | {} |",
         s.name,
@@ -590,6 +606,7 @@ fn fused_host_overhead(b: &Bench) {
     let w2 = s.alloc_zeros::<bf16>(e * h * i).unwrap();
     let mut output = s.alloc_zeros::<bf16>(t * h).unwrap();
     let mut replay = s.alloc_zeros::<i16>(t * k).unwrap();
+    let mut route_replay = s.alloc_zeros::<i16>(t * k).unwrap();
     let moe = Bf16Moe {
         hidden_states: hidden.as_view(),
         gemm1_weights: w1.as_view(),
@@ -618,27 +635,20 @@ fn fused_host_overhead(b: &Bench) {
         num_tokens: t,
     };
     const CALLS: usize = 20000;
-    let (mut fused, mut route) = (Vec::new(), Vec::new());
-    for _ in 0..5 {
-        s.synchronize().unwrap();
-        let t0 = Instant::now();
-        for _ in 0..CALLS {
+    let (f, r) = host_us_per_call(
+        b,
+        CALLS,
+        || {
             let mut out = output.as_view_mut();
             let mut view = ReplayView::from_slice(&mut replay, k).unwrap();
             let res = trtllm_bf16_moe(s, &routing, &moe, shape, &opts, &mut out, Some(&mut view));
             assert!(matches!(res, Err(flashinfer_rs::Error::UnsupportedArch(_))));
-        }
-        fused.push(t0.elapsed().as_secs_f64() * 1e6 / CALLS as f64);
-        s.synchronize().unwrap();
-        let t1 = Instant::now();
-        for _ in 0..CALLS {
-            let mut view = ReplayView::from_slice(&mut replay, k).unwrap();
+        },
+        || {
+            let mut view = ReplayView::from_slice(&mut route_replay, k).unwrap();
             router.route(s, &input, &mut bufs, Some(&mut view)).unwrap();
-        }
-        route.push(t1.elapsed().as_secs_f64() * 1e6 / CALLS as f64);
-    }
-    s.synchronize().unwrap();
-    let (f, r) = (stat(fused).median, stat(route).median);
+        },
+    );
     println!(
         "| bf16, 64e top-8, H 1024, I 512, T {t} | {CALLS} | {f:.2} | {r:.2} | {:.2} |",
         f / r

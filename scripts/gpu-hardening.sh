@@ -25,7 +25,6 @@ cd "$(dirname "$0")/.."
 logs=$1
 shift
 mkdir -p "$logs"
-export PATH=$PATH:/usr/local/cuda/bin
 status=0
 
 # job NAME COMMAND...: runs COMMAND with its own TMPDIR, output to LOGDIR/NAME.log.

@@ -15,6 +15,8 @@
 #       bash scripts/sanitize.sh racecheck
 set -uo pipefail
 cd "$(dirname "$0")/.."
+# The GPU machines ship compute-sanitizer with the toolkit, outside the default PATH.
+export PATH=$PATH:/usr/local/cuda/bin
 export FLASHINFER_RS_REQUIRE_GPU=1
 export FLASHINFER_RS_ROUTING_TOKENS=${FLASHINFER_RS_ROUTING_TOKENS:-1,5,17,257,2048}
 export FLASHINFER_RS_SOAK_LAYERS=${FLASHINFER_RS_SOAK_LAYERS:-4}

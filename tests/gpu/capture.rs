@@ -155,20 +155,16 @@ impl<'a> Soak<'a> {
         let free_after = g.ctx.mem_get_info().unwrap().0;
         // compute-sanitizer allocates device memory for its own bookkeeping as the run goes:
         // scripts/sanitize.sh sets this, and the check would measure the tool, not the store.
-        let memory = match self.free_before {
-            _ if std::env::var_os("FLASHINFER_RS_UNDER_SANITIZER").is_some() => {
-                "device memory not checked (under compute-sanitizer)".to_string()
-            }
-            None => {
-                format!("device memory not checked (no steps after the {WARM_UP}-step warm-up)")
-            }
-            Some(before) => {
-                assert_eq!(
-                    before, free_after,
-                    "device memory changed over steps {WARM_UP}..{steps}"
-                );
-                "device memory flat".to_string()
-            }
+        let memory = if std::env::var_os("FLASHINFER_RS_UNDER_SANITIZER").is_some() {
+            "device memory not checked (under compute-sanitizer)".to_string()
+        } else if let Some(before) = self.free_before {
+            assert_eq!(
+                before, free_after,
+                "device memory changed over steps {WARM_UP}..{steps}"
+            );
+            "device memory flat".to_string()
+        } else {
+            format!("device memory not checked (no steps after the {WARM_UP}-step warm-up)")
         };
         // Host memory is reported, not asserted: the allocator may keep freed pages resident.
         let mib = |b: usize| b as f64 / 1048576.0;

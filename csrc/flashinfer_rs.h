@@ -318,6 +318,11 @@ fi_status fi_moe_run(const fi_moe_args* args, void* stream, fi_moe_outputs** unf
  * present, so it can never launch anything. Device pointers may be any non-NULL values. */
 fi_status fi_moe_dry_run_without_device(const fi_moe_args* args);
 
+/** Bytes the scratch allocator of fi_moe_run takes for an upstream tensor of `requested`
+ * bytes: at least 128 KiB and at least 16 bytes past its end (the shipped Blackwell kernels
+ * read past some tensors; see csrc/scratch.h). Pure arithmetic, in every build. */
+size_t fi_scratch_bytes(size_t requested);
+
 /** Number of tensors in `outputs`. */
 int32_t fi_moe_outputs_count(const fi_moe_outputs* outputs);
 /** Describes tensor `index` of `outputs` (data NULL where upstream returned none). */

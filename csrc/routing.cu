@@ -10,6 +10,9 @@
 //   - a call with num_tokens == 0 enqueues nothing and succeeds;
 //   - Llama4 with a replay buffer is refused unless the Llama4 replay backport is applied
 //     (0.6.13's Llama4 kernels never write replay; see vendor/patches).
+// Where our patches change Runner::run (the DeepSeekV3 sum epsilons, vendor/patches/0002 and
+// 0003), this dispatch follows the patched Runner::run; each patch defines the macro below
+// that says it is applied, so a tree built without it (a regression proof) stays 0.6.13's.
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
@@ -26,6 +29,16 @@ namespace {
 
 namespace routing = moe::dev::routing;
 namespace tg = batchedGemm::trtllm::gen;
+
+// The floor of the DeepSeekV3 renormalisation, sum + epsilon: 1e-20 as in DeepSeek-V3's
+// reference gate (modeling_deepseek.py) and upstream's fixes c53229efd (no groups) and
+// 57b771995 (groups), backported as patches 0002 and 0003; MiniMax2 had it in 0.6.13.
+constexpr float kSumEpsilon = 1e-20f;
+#ifdef FLASHINFER_RS_DEEPSEEK_UNGROUPED_EPSILON
+constexpr float kDeepSeekUngroupedEpsilon = kSumEpsilon;
+#else
+constexpr float kDeepSeekUngroupedEpsilon = 0.0f;  // 0.6.13: 0/0 = NaN on sigmoid underflow
+#endif
 
 tg::Dtype to_tg(fi_dtype d) {
   switch (d) {
@@ -99,6 +112,9 @@ void run_deepseek_grouped(const fi_routing_params& p, const void* logits, const 
   d.mNumExpertGroups = p.n_group;
   d.mNumLimitedGroups = p.topk_group;
   d.mRouteScale = p.routed_scaling_factor;
+#ifdef FLASHINFER_RS_DEEPSEEK_GROUPED_EPSILON
+  d.mSumEpsilon = kSumEpsilon;  // the field exists only with patch 0003
+#endif
   d.mUseRoutingSoftmax = false;
   routing::routingDeepSeek::run(d, stream);
 }
@@ -208,14 +224,14 @@ extern "C" fi_status fi_routing_run(const fi_routing_params* params, const void*
       case FI_ROUTING_DEEPSEEK_V3:
         fi::require(bias != nullptr, "DeepSeekV3 routing needs a bias");
         if (p.n_group <= 1) {
-          run_sigmoid_bias(p, logits, bias, *buffers, replay, 0.0f, stream);
+          run_sigmoid_bias(p, logits, bias, *buffers, replay, kDeepSeekUngroupedEpsilon, stream);
         } else {
           run_deepseek_grouped(p, logits, bias, *buffers, replay, stream);
         }
         break;
       case FI_ROUTING_MINIMAX2:
         fi::require(bias != nullptr, "MiniMax2 routing needs a bias");
-        run_sigmoid_bias(p, logits, bias, *buffers, replay, 1e-20f, stream);
+        run_sigmoid_bias(p, logits, bias, *buffers, replay, kSumEpsilon, stream);
         break;
       case FI_ROUTING_LLAMA4:
         run_llama4(p, logits, *buffers, replay, stream);

@@ -39,9 +39,9 @@ fn main() {
         build_not_built(&ctx, &pin);
         return;
     }
-    let vendor = require_vendor(&ctx, &pin);
+    let (vendor, patches) = require_vendor(&ctx, &pin);
     let cuda = find_cuda(&ctx);
-    let jobs = plan_jobs(&ctx, &pin, &vendor, &cuda);
+    let jobs = plan_jobs(&ctx, &pin, &patches, &vendor, &cuda);
     let objects = run_jobs(&ctx, jobs);
     archive_and_link(&ctx, &cuda, objects);
 }
@@ -148,6 +148,7 @@ fn declare_rerun_triggers(ctx: &Ctx) {
         "FLASHINFER_RS_VENDOR_DIR",
         "FLASHINFER_RS_NO_OBJECT_CACHE",
         "FLASHINFER_RS_NVCC_FLAGS",
+        "FLASHINFER_RS_ALLOW_UNPATCHED",
         "DOCS_RS",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
@@ -232,6 +233,7 @@ fn build_not_built(ctx: &Ctx, pin: &Pin) {
     build
         .file(ctx.csrc().join("not_built.c"))
         .file(ctx.csrc().join("abi_layout.c"))
+        .file(ctx.csrc().join("scratch.c"))
         .include(ctx.csrc())
         .compile("flashinfer_rs_not_built");
 }
@@ -250,7 +252,12 @@ fn cc_with_pin(pin: &Pin) -> cc::Build {
     build
 }
 
-fn require_vendor(ctx: &Ctx, pin: &Pin) -> PathBuf {
+/// The fetched tree and the patches of the manifest applied to it.
+///
+/// Every patch must be applied, at its pinned hash. `FLASHINFER_RS_ALLOW_UNPATCHED=1` admits
+/// a tree that lacks some (fetched with `vendor/fetch.py sources --skip-patch ...`), so that a
+/// regression proof can build the kernels as upstream released them; such a build says so.
+fn require_vendor<'p>(ctx: &Ctx, pin: &'p Pin) -> (PathBuf, Vec<&'p Patch>) {
     let dir = ctx.vendor_dir();
     let fetch = format!(
         "Run this once (it downloads the pinned wheels, checks their sha256 and applies our \
@@ -263,18 +270,28 @@ fn require_vendor(ctx: &Ctx, pin: &Pin) -> PathBuf {
             dir.display()
         ));
     }
-    // Every patch of the manifest, at its pinned hash, must be applied to this tree.
-    let applied = fs::read_to_string(dir.join(PATCH_STAMP)).unwrap_or_default();
-    for p in &pin.patches {
-        if !applied.contains(&format!("\"{}\": \"{}\"", p.file, p.sha256)) {
+    let stamp = fs::read_to_string(dir.join(PATCH_STAMP)).unwrap_or_default();
+    let (applied, missing): (Vec<&Patch>, Vec<&Patch>) = pin
+        .patches
+        .iter()
+        .partition(|p| stamp.contains(&format!("\"{}\": \"{}\"", p.file, p.sha256)));
+    if !missing.is_empty() {
+        let names: Vec<&str> = missing.iter().map(|p| p.file.as_str()).collect();
+        if env::var_os("FLASHINFER_RS_ALLOW_UNPATCHED").is_some() {
+            println!(
+                "cargo:warning=flashinfer-sys: building WITHOUT patches {} \
+                 (FLASHINFER_RS_ALLOW_UNPATCHED): the kernels are 0.6.13's, not this crate's",
+                names.join(", ")
+            );
+        } else {
             fail(&format!(
                 "the fetched tree in {} lacks patch {} (or has an older one).\n{fetch}",
                 dir.display(),
-                p.file
+                names.join(", ")
             ));
         }
     }
-    dir
+    (dir, applied)
 }
 
 struct Cuda {
@@ -386,7 +403,7 @@ struct Job {
 
 /// Every translation unit, heaviest first (the list is consumed from the front, and the
 /// longest job bounds the wall time on few cores).
-fn plan_jobs(ctx: &Ctx, pin: &Pin, vendor: &Path, cuda: &Cuda) -> Vec<Job> {
+fn plan_jobs(ctx: &Ctx, pin: &Pin, patches: &[&Patch], vendor: &Path, cuda: &Cuda) -> Vec<Job> {
     let fi = vendor.join("flashinfer");
     let csrc = ctx.csrc();
     let has_sm100 = ctx.archs.contains(&Arch::Sm100a);
@@ -522,6 +539,7 @@ fn plan_jobs(ctx: &Ctx, pin: &Pin, vendor: &Path, cuda: &Cuda) -> Vec<Job> {
         ("fi_status", csrc.join("status.cpp")),
         ("fi_info", csrc.join("info.cpp")),
         ("fi_abi_layout", csrc.join("abi_layout.c")),
+        ("fi_scratch", csrc.join("scratch.c")),
         (
             "tllm_env_utils",
             fi.join("csrc/nv_internal/cpp/common/envUtils.cpp"),
@@ -542,8 +560,7 @@ fn plan_jobs(ctx: &Ctx, pin: &Pin, vendor: &Path, cuda: &Cuda) -> Vec<Job> {
         jobs.push(nvcc(name, src, &[]));
     }
     // What our patches enable is for our shim only: upstream objects keep their cache keys.
-    let patch_defines: Vec<String> = pin
-        .patches
+    let patch_defines: Vec<String> = patches
         .iter()
         .filter_map(|p| p.define.as_ref())
         .map(|d| format!("-D{d}"))

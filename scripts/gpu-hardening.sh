@@ -14,6 +14,9 @@
 #   racecheck-capture racecheck over the capture soak and the capture ordering test, in parallel
 #   racecheck-routing:I-J  racecheck over shards I..J of the routing matrix (16 shards, one
 #                     after another, 111-150 s each on an H100: three fit one call)
+#   released          the degenerate-input tests on FlashInfer 0.6.13's kernels as released
+#                     (gpu-pack/released, from scripts/gpu-pack-released.sh): they must FAIL
+#                     there; the stage fails if they pass
 #
 # Parallel sanitizer jobs share the GPU: each gets its own TMPDIR, so the tests' GPU lock
 # (tests/gpu/common.rs) serialises tests within a job only. Under the sanitizers nothing
@@ -21,7 +24,7 @@
 # JOB_TIMEOUT (seconds, default 540) bounds every job; a job that runs out exits 124.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n '2,21p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,24p' "$0"; exit 2; }
 logs=$1
 shift
 mkdir -p "$logs"
@@ -76,6 +79,12 @@ for stage in "$@"; do
       FLASHINFER_RS_SANITIZE_FILTER="routing::every" FLASHINFER_RS_ROUTING_SHARD="$i/16" \
         job "racecheck-routing-$i" bash scripts/sanitize.sh racecheck || status=1
     done
+    ;;
+  released)
+    if job released bash gpu-pack/released/run.sh --nocapture; then
+      echo "released: the degenerate tests PASSED on the unpatched kernels" | tee -a "$logs/summary.txt"
+      status=1
+    fi
     ;;
   *)
     echo "unknown stage $stage" >&2

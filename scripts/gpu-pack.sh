@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 features=${FEATURES:-sm90,sm100}
 python3 vendor/fetch.py all
-rm -rf gpu-pack && mkdir -p gpu-pack/bin
+rm -rf gpu-pack/bin gpu-pack/run.sh gpu-pack/bench.sh && mkdir -p gpu-pack/bin
 cargo build --release --features "$features" --examples "$@"
 cargo test --release --features "$features" --test gpu --no-run --message-format=json "$@" \
   | python3 -c '

@@ -9,6 +9,7 @@ is refused with an error that names the file and both hashes.
     python3 vendor/fetch.py toolchain   # CUDA 13.0 nvcc from the package registry
     python3 vendor/fetch.py all         # both
     python3 vendor/fetch.py print-env   # shell exports for the fetched toolchain/cubins
+    python3 vendor/fetch.py sources --skip-patch 0002   # a tree without one of our patches
 
 Idempotent: a tree whose stamp matches the manifest is not fetched or extracted again.
 
@@ -148,10 +149,13 @@ def write_stamp(tree: Path, stamp: dict, name: str = STAMP) -> None:
     (tree / name).write_text(json.dumps(stamp, indent=1, sort_keys=True) + "\n")
 
 
-def fetch_sources(manifest: dict, offline: bool) -> None:
+def fetch_sources(manifest: dict, offline: bool, skip: list[str] = ()) -> None:
     tree = vendor_dir()
     stamp = {s["name"]: s["sha256"] for s in manifest["source"]}
-    patches = manifest.get("patch", [])
+    patches = [p for p in manifest.get("patch", []) if not any(p["file"].startswith(k) for k in skip)]
+    if skip:
+        log(f"leaving out {len(manifest.get('patch', [])) - len(patches)} patch(es): {', '.join(skip)}"
+            " (the build then needs FLASHINFER_RS_ALLOW_UNPATCHED=1)")
     # Patches that change headers can change any object: they key the main stamp too.
     for p in patches:
         if touches_headers(HERE / "patches" / p["file"]):
@@ -270,13 +274,16 @@ def main(argv: list[str]) -> int:
     ap.add_argument("what", choices=["sources", "toolchain", "all", "print-env", "check-cubins"])
     ap.add_argument("--manifest", type=Path, default=HERE / "MANIFEST.toml")
     ap.add_argument("--offline", action="store_true", help="never download; use the cache only")
+    ap.add_argument("--skip-patch", action="append", default=[], metavar="NNNN",
+                    help="leave out the patch whose file name starts with NNNN (regression "
+                         "proofs only; use with FLASHINFER_RS_VENDOR_DIR set elsewhere)")
     args = ap.parse_args(argv)
     manifest = tomllib.loads(args.manifest.read_text())
     try:
         if args.what in ("toolchain", "all"):
             fetch_toolchain(manifest, args.offline)
         if args.what in ("sources", "all"):
-            fetch_sources(manifest, args.offline)
+            fetch_sources(manifest, args.offline, args.skip_patch)
         if args.what == "print-env":
             print_env(manifest)
         if args.what == "check-cubins" and not check_cubins(manifest, quiet=False):

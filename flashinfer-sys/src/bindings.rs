@@ -448,6 +448,10 @@ unsafe extern "C" {
     pub fn fi_moe_dry_run_without_device(args: *const fi_moe_args) -> fi_status;
 }
 unsafe extern "C" {
+    #[doc = " Bytes the scratch allocator of fi_moe_run takes for an upstream tensor of `requested`\n bytes: at least 128 KiB and at least 16 bytes past its end (the shipped Blackwell kernels\n read past some tensors; see csrc/scratch.h). Pure arithmetic, in every build."]
+    pub fn fi_scratch_bytes(requested: usize) -> usize;
+}
+unsafe extern "C" {
     #[doc = " Number of tensors in `outputs`."]
     pub fn fi_moe_outputs_count(outputs: *const fi_moe_outputs) -> i32;
 }

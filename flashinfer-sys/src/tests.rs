@@ -102,3 +102,71 @@ fn entry_points_report_kernels_not_built() {
     let msg = unsafe { core::ffi::CStr::from_ptr(fi_last_error_message()) };
     assert!(msg.to_str().unwrap().contains("without kernels"));
 }
+
+/// The fused MoE's scratch allocator pads every upstream tensor (csrc/scratch.h): the shipped
+/// Blackwell GEMMs read one int32 past the route map (upstream 8b6af1aaa) and TMA may need
+/// 128 KiB mapped from an operand's base (upstream 2fb785c19).
+#[test]
+fn scratch_padding_rule() {
+    let bytes = |n: usize| unsafe { fi_scratch_bytes(n) };
+    assert_eq!(bytes(0), 0, "an empty tensor takes no memory");
+    for n in [
+        1usize,
+        4,
+        255,
+        256,
+        4096,
+        128 * 1024 - 16,
+        128 * 1024,
+        1 << 20,
+        (1 << 20) + 3,
+    ] {
+        let b = bytes(n);
+        assert!(b >= 128 * 1024, "{n} -> {b}: at least 128 KiB");
+        assert!(b >= n + 16, "{n} -> {b}: at least 16 bytes past the end");
+        assert_eq!(b % 256, 0, "{n} -> {b}: 256-byte granules");
+        assert!(b < n.max(128 * 1024) + 512, "{n} -> {b}: no more than that");
+    }
+    assert_eq!(
+        bytes(usize::MAX),
+        usize::MAX,
+        "overflow is an impossible size, not a wrap"
+    );
+    assert_eq!(bytes(usize::MAX - 100), usize::MAX);
+}
+
+/// The sizes upstream's launchers ask for at the shapes where its kernels over-read, through
+/// upstream's own sizing (getMaxPermutedPaddedCount, behind fi_routing_buffer_sizes_for): the
+/// route map gets its extra int32 and the bf16 launcher's GEMM intermediates 128 KiB at small
+/// decode batches.
+#[cfg(flashinfer_kernels)]
+#[test]
+fn scratch_covers_the_route_map_over_read_and_small_bf16_intermediates() {
+    let bytes = |n: usize| unsafe { fi_scratch_bytes(n) };
+    // (tokens, top_k, experts, tile): decode and prefill shapes of common MoE models.
+    for (t, k, e, tile) in [
+        (1, 8, 256, 8),
+        (2, 8, 128, 8),
+        (8, 4, 128, 16),
+        (64, 8, 256, 32),
+        (1024, 8, 256, 64),
+        (4096, 8, 128, 128),
+    ] {
+        let mut s: fi_routing_buffer_sizes = unsafe { core::mem::zeroed() };
+        let status = unsafe { fi_routing_buffer_sizes_for(t, k, e, tile, &mut s) };
+        assert_eq!(status, fi_status::FI_STATUS_OK);
+        let padded = s.max_padded as usize;
+        // permuted_idx_to_token_idx: int32 [max_padded]; the kernels read index max_padded.
+        assert!(
+            bytes(padded * 4) >= (padded + 1) * 4,
+            "route map of T={t} K={k} E={e}"
+        );
+        // Bf16MoeLauncher: gemm1_output [max_padded, I] and gemm2_output [max_padded, H] bf16.
+        for dim in [768usize, 2048, 7168] {
+            assert!(
+                bytes(padded * dim * 2) >= 128 * 1024,
+                "bf16 intermediate [{padded}, {dim}] of T={t}"
+            );
+        }
+    }
+}

@@ -31,7 +31,11 @@ fn model(g: &Gpu, cfg: RoutingConfig, layers: usize) -> Model {
     for l in 0..layers {
         let logits =
             oracle::separated_logits_for_bias(&cfg, POOL, false, l as u64, bias.as_deref());
-        want.push(oracle::route(&cfg, &logits, bias.as_deref(), POOL).ids);
+        want.push(
+            oracle::route(&cfg, &logits, bias.as_deref(), POOL)
+                .unwrap()
+                .ids,
+        );
         pool.push(g.stream.clone_htod(&logits).unwrap());
     }
     let bias = bias.map(|b| g.stream.clone_htod(&b).unwrap());
@@ -332,7 +336,7 @@ fn the_next_step_cannot_overwrite_rows_still_being_read_back() {
     let mut logits = Vec::new();
     for seed in [1u64, 2] {
         let (l, _) = oracle::separated_logits(&cfg, tokens, false, seed);
-        want.push(oracle::route(&cfg, &l, None, tokens).ids);
+        want.push(oracle::route(&cfg, &l, None, tokens).unwrap().ids);
         logits.push(g.stream.clone_htod(&l).unwrap());
     }
     g.stream.synchronize().unwrap();

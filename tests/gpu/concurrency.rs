@@ -41,7 +41,7 @@ fn threads_on_their_own_streams_route_correctly_at_once() {
                     let tokens = [1, 7, 64, 300, 2048][round % 5];
                     let (logits, bias) =
                         oracle::separated_logits(cfg, tokens, false, (i * 100 + round) as u64);
-                    let want = oracle::route(cfg, &logits, bias.as_deref(), tokens);
+                    let want = oracle::route(cfg, &logits, bias.as_deref(), tokens).unwrap();
                     let d_logits = stream.clone_htod(&logits).unwrap();
                     let d_bias = bias.map(|b| stream.clone_htod(&b).unwrap());
                     let mut replay = stream.alloc_zeros::<i16>(tokens * k).unwrap();

@@ -79,7 +79,7 @@ impl Case {
     fn new(cfg: RoutingConfig, shape: MoeShape, seed: u64) -> Case {
         let bf16_logits = !matches!(cfg.method, RoutingMethod::DeepSeekV3 { .. });
         let (logits, bias) = oracle::separated_logits(&cfg, shape.num_tokens, bf16_logits, seed);
-        let routed = oracle::route(&cfg, &logits, bias.as_deref(), shape.num_tokens);
+        let routed = oracle::route(&cfg, &logits, bias.as_deref(), shape.num_tokens).unwrap();
         let mut rng = SplitMix64(seed ^ 0x5eed);
         let (h, i) = (shape.hidden_size, shape.intermediate_size);
         let el = cfg.local_num_experts as usize;
@@ -793,6 +793,112 @@ fn mxfp4_moe_matches_the_reference() {
             );
             check(&name, &c.reference(false, rounding), &got, 0.92);
         }
+    }
+}
+
+/// Decode-sized bf16 calls (1-8 tokens) at a Qwen3-like hidden and intermediate size: the
+/// bf16 launcher's GEMM intermediates are then far below 128 KiB, where the shipped kernels'
+/// TMA reads past them (upstream 2fb785c19); our scratch allocator pads every upstream tensor
+/// (csrc/scratch.h, tested on the CPU in flashinfer-sys).
+#[test]
+fn bf16_moe_at_decode_batch_sizes() {
+    let Some(g) = sm100("fused_sm100::bf16_moe_at_decode_batch_sizes") else {
+        return;
+    };
+    let opts = MoeOptions::new(WeightLayout::BlockMajorK);
+    let cfg = RoutingConfig::new(RoutingMethod::Renormalize, 16, 4);
+    for t in [1, 2, 3, 4, 8] {
+        let name = format!("bf16 decode T={t} hidden 2048 intermediate 768");
+        let s = MoeShape {
+            num_tokens: t,
+            hidden_size: 2048,
+            intermediate_size: 768,
+        };
+        let c = Case::new(cfg, s, 4000 + t as u64);
+        let got = bf16_run(&g, &c, &opts, &name);
+        let want = c.reference(false, ActivationRounding::Bf16);
+        check(&name, &want, &got, 0.925);
+    }
+}
+
+/// With fp32 routing logits (DeepSeek-V3) and `do_finalize = false`, the expert weights handed
+/// back are bf16, as the kernels write them (upstream 2e1742a89, our patch 0005: 0.6.13
+/// labelled them fp32).
+#[test]
+fn unfinalized_bf16_moe_hands_back_bf16_expert_weights_for_fp32_logits() {
+    let Some(g) =
+        sm100("fused_sm100::unfinalized_bf16_moe_hands_back_bf16_expert_weights_for_fp32_logits")
+    else {
+        return;
+    };
+    let s = &g.stream;
+    let cfg = RoutingConfig::new(
+        RoutingMethod::DeepSeekV3 {
+            n_group: 8,
+            topk_group: 4,
+            routed_scaling_factor: 2.5,
+        },
+        64,
+        4,
+    );
+    let c = Case::new(cfg, shape(20), 5);
+    assert!(!c.bf16_logits, "DeepSeek-V3 cases route fp32 logits");
+    let (h, i) = (c.shape.hidden_size, c.shape.intermediate_size);
+    let (w1, w2) = shuffle_expert_weights(
+        &to_bf16(&c.w.w1),
+        &to_bf16(&c.w.w2),
+        64,
+        (2 * i, h),
+        (h, i),
+        true,
+        EPILOGUE_TILE_M,
+        Some(64),
+    );
+    let (hs, w1, w2) = (
+        s.clone_htod(&to_bf16(&c.hidden)).unwrap(),
+        s.clone_htod(&w1).unwrap(),
+        s.clone_htod(&w2).unwrap(),
+    );
+    let dr = DeviceRouting::upload(s, &c);
+    let moe = Bf16Moe {
+        hidden_states: hs.as_view(),
+        gemm1_weights: w1.as_view(),
+        gemm2_weights: w2.as_view(),
+        gemm1_lora_delta: None,
+        swiglu: SwigluParams::default(),
+    };
+    let mut opts = MoeOptions::new(WeightLayout::BlockMajorK);
+    opts.do_finalize = false;
+    let mut out = s.alloc_zeros::<bf16>(20 * h).unwrap();
+    let parts = trtllm_bf16_moe(
+        s,
+        &dr.routing(cfg),
+        &moe,
+        c.shape,
+        &opts,
+        &mut out.as_view_mut(),
+        None,
+    )
+    .unwrap()
+    .expect("unfinalized outputs");
+    let w = &parts.tensors()[1];
+    assert_eq!(w.shape, vec![20, 4], "expert weights [T, K]");
+    assert_eq!(
+        w.dtype,
+        flashinfer_sys::fi_dtype::FI_DTYPE_BF16,
+        "expert weights are bf16 whatever the logits' dtype"
+    );
+    s.synchronize().unwrap();
+    let mut host = vec![bf16::ZERO; 20 * 4];
+    // SAFETY: `w.ptr` holds 20 x 4 bf16 on this context's device while `parts` lives.
+    unsafe { flashinfer_rs::cudarc::driver::result::memcpy_dtoh_sync(&mut host, w.ptr) }.unwrap();
+    let got: Vec<f32> = host.iter().map(|x| x.to_f32()).collect();
+    for (g, w) in got.iter().zip(&c.weights) {
+        assert!(
+            (g - w).abs() <= 1e-2 * w.abs() + 1e-3,
+            "weights {got:?} vs {:?}",
+            c.weights
+        );
     }
 }
 

@@ -51,7 +51,7 @@ fn graph_replays(cfg: RoutingConfig, tokens: usize, replays: usize) {
             100 + i as u64,
             host_bias.as_deref(),
         );
-        let want = oracle::route(&cfg, &fresh, host_bias.as_deref(), tokens);
+        let want = oracle::route(&cfg, &fresh, host_bias.as_deref(), tokens).unwrap();
         g.stream.memcpy_htod(&fresh, &mut logits).unwrap();
         graph.launch().unwrap();
         let got = g.stream.clone_dtoh(&replay).unwrap();

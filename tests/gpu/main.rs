@@ -9,6 +9,7 @@ mod boundary;
 mod capture;
 mod common;
 mod concurrency;
+mod degenerate;
 mod fused;
 #[cfg(feature = "sm100")]
 mod fused_sm100;

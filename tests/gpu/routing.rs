@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use flashinfer_rs::cudarc::driver::{CudaSlice, CudaStream};
 use flashinfer_rs::half::bf16;
-use flashinfer_rs::routing::oracle::{self, Routed};
+use flashinfer_rs::routing::oracle::{self, Regime, Routed};
 use flashinfer_rs::routing::{
     Logits, RouteInput, Router, RoutingBuffers, RoutingConfig, RoutingMethod,
 };
@@ -77,32 +77,76 @@ pub fn matrix() -> Vec<RoutingConfig> {
     out
 }
 
-/// Host data of one case: logits (as f32 values; bf16-exact when `bf16`), bias, oracle.
+/// Every input regime of the oracle's generators.
+pub const REGIMES: [Regime; 4] = [
+    Regime::Separated,
+    Regime::LargeBias,
+    Regime::Underflow,
+    Regime::Extreme,
+];
+
+/// Host data of one case: logits (as f32 values; bf16-exact when `bf16`), bias (bf16-exact
+/// when `bf16_bias`, uploaded as bf16 then), oracle.
 pub struct CaseData {
     pub tokens: usize,
     pub bf16: bool,
+    pub bf16_bias: bool,
     pub logits: Vec<f32>,
     pub bias: Option<Vec<f32>>,
     pub want: Routed,
 }
 
-pub fn case_data(cfg: &RoutingConfig, tokens: usize, bf16: bool, seed: u64) -> CaseData {
-    let (logits, bias) = oracle::separated_logits(cfg, tokens, bf16, seed);
-    let want = oracle::route(cfg, &logits, bias.as_deref(), tokens);
-    CaseData {
-        tokens,
-        bf16,
-        logits,
-        bias,
-        want,
+impl CaseData {
+    /// A case from given host data; the oracle's routing of it.
+    pub fn new(
+        cfg: &RoutingConfig,
+        tokens: usize,
+        bf16: bool,
+        logits: Vec<f32>,
+        bias: Option<Vec<f32>>,
+        bf16_bias: bool,
+    ) -> CaseData {
+        let bias = bias.map(|b| {
+            b.into_iter()
+                .map(|x| {
+                    if bf16_bias {
+                        bf16::from_f32(x).to_f32()
+                    } else {
+                        x
+                    }
+                })
+                .collect::<Vec<f32>>()
+        });
+        let want = oracle::route(cfg, &logits, bias.as_deref(), tokens).unwrap();
+        CaseData {
+            tokens,
+            bf16,
+            bf16_bias,
+            logits,
+            bias,
+            want,
+        }
     }
+}
+
+/// A case of `regime` (see [`oracle::regime_logits`]), bias in fp32.
+pub fn case_data(
+    cfg: &RoutingConfig,
+    regime: Regime,
+    tokens: usize,
+    bf16: bool,
+    seed: u64,
+) -> CaseData {
+    let (logits, bias) = oracle::regime_logits(cfg, regime, tokens, bf16, seed);
+    CaseData::new(cfg, tokens, bf16, logits, bias, false)
 }
 
 /// Device copies of a case's inputs.
 pub struct DeviceInputs {
     logits_f32: Option<CudaSlice<f32>>,
     logits_bf16: Option<CudaSlice<bf16>>,
-    bias: Option<CudaSlice<f32>>,
+    bias_f32: Option<CudaSlice<f32>>,
+    bias_bf16: Option<CudaSlice<bf16>>,
 }
 
 impl DeviceInputs {
@@ -113,11 +157,19 @@ impl DeviceInputs {
         } else {
             (Some(stream.clone_htod(&d.logits).unwrap()), None)
         };
-        let bias = d.bias.as_ref().map(|b| stream.clone_htod(b).unwrap());
+        let (bias_f32, bias_bf16) = match &d.bias {
+            Some(b) if d.bf16_bias => {
+                let v: Vec<bf16> = b.iter().map(|&x| bf16::from_f32(x)).collect();
+                (None, Some(stream.clone_htod(&v).unwrap()))
+            }
+            Some(b) => (Some(stream.clone_htod(b).unwrap()), None),
+            None => (None, None),
+        };
         DeviceInputs {
             logits_f32,
             logits_bf16,
-            bias,
+            bias_f32,
+            bias_bf16,
         }
     }
 
@@ -127,9 +179,14 @@ impl DeviceInputs {
             (_, Some(l)) => l.into(),
             _ => unreachable!(),
         };
+        let bias = match (&self.bias_f32, &self.bias_bf16) {
+            (Some(b), _) => Some(b.into()),
+            (_, Some(b)) => Some(b.into()),
+            _ => None,
+        };
         RouteInput {
             logits,
-            bias: self.bias.as_ref().map(Into::into),
+            bias,
             num_tokens: tokens,
         }
     }
@@ -225,47 +282,100 @@ fn check_permutation(
     Ok(())
 }
 
-/// Compares a kernel outcome with the oracle; `None` when they agree.
+/// Whether a kernel's bf16 weight is the oracle's: NaN exactly where the oracle has NaN, an
+/// infinity exactly where it has that infinity, else within bf16 rounding.
+pub fn weight_matches(got: f32, want: f32) -> bool {
+    if want.is_nan() || got.is_nan() {
+        return want.is_nan() && got.is_nan();
+    }
+    if want.is_infinite() || got.is_infinite() {
+        return got == want;
+    }
+    (got - want).abs() <= 5e-3 + 1e-2 * want.abs()
+}
+
+/// Compares a kernel outcome with the oracle; `None` when they agree, else how many tokens
+/// differ, which (the first 16) and the first difference in full.
 pub fn compare(cfg: &RoutingConfig, d: &CaseData, got: &Outcome) -> Option<String> {
     let k = cfg.top_k as usize;
     let t = d.tokens;
     if let Some(replay) = &got.replay {
-        let (ids, tail) = replay.split_at(t * k);
-        if let Some(row) =
-            (0..t).find(|&r| ids[r * k..(r + 1) * k] != d.want.ids[r * k..(r + 1) * k])
-        {
-            return Some(format!(
-                "token {row}: replay {:?}, oracle {:?}",
-                &ids[row * k..(row + 1) * k],
-                &d.want.ids[row * k..(row + 1) * k]
-            ));
-        }
-        if tail.iter().any(|&x| x != SENTINEL) {
+        if replay[t * k..].iter().any(|&x| x != SENTINEL) {
             return Some("a row past num_tokens was written".into());
         }
     }
-    for (i, (&w, &want)) in got.weights.iter().zip(&d.want.weights).enumerate() {
-        let w = bf16::from_bits(w).to_f32();
-        let within = (w - want).abs() <= 5e-3 + 1e-2 * want.abs();
-        if !within {
-            return Some(format!(
-                "weight [{}, {}] = {w}, oracle {want}",
-                i / k,
-                i % k
-            ));
-        }
-    }
-    None
+    let row = |v: &[i16], r: usize| v[r * k..(r + 1) * k].to_vec();
+    let weights = |r: usize| -> Vec<f32> {
+        got.weights[r * k..(r + 1) * k]
+            .iter()
+            .map(|&w| bf16::from_bits(w).to_f32())
+            .collect()
+    };
+    let bad: Vec<usize> = (0..t)
+        .filter(|&r| {
+            row(&got.ids, r) != row(&d.want.ids, r)
+                || weights(r)
+                    .iter()
+                    .zip(&d.want.weights[r * k..(r + 1) * k])
+                    .any(|(&w, &want)| !weight_matches(w, want))
+        })
+        .collect();
+    let &first = bad.first()?;
+    Some(format!(
+        "{} of {t} tokens differ (tokens {:?}{}); token {first}: ids {:?} weights {:?}, oracle ids {:?} weights {:?}",
+        bad.len(),
+        &bad[..bad.len().min(16)],
+        if bad.len() > 16 { ", ..." } else { "" },
+        row(&got.ids, first),
+        weights(first),
+        row(&d.want.ids, first),
+        &d.want.weights[first * k..(first + 1) * k],
+    ))
 }
 
-fn label(cfg: &RoutingConfig, t: usize, bf16: bool) -> String {
+pub fn label(cfg: &RoutingConfig, regime: Regime, d: &CaseData) -> String {
     format!(
-        "{:?} E={} K={} T={t} {}",
+        "{:?} E={} K={} T={} {regime:?} logits {}{}",
         cfg.method,
         cfg.num_experts,
         cfg.top_k,
-        if bf16 { "bf16" } else { "f32" }
+        d.tokens,
+        if d.bf16 { "bf16" } else { "f32" },
+        match (&d.bias, d.bf16_bias) {
+            (None, _) => "",
+            (Some(_), true) => " bias bf16",
+            (Some(_), false) => " bias f32",
+        }
     )
+}
+
+/// Routes `d` with and without replay and with PDL flipped, and checks all three against the
+/// oracle and each other; `None` when everything agrees.
+pub fn verdict(
+    g: &Gpu,
+    router: &Router,
+    no_pdl: &Router,
+    buffers: &mut RoutingBuffers,
+    d: &CaseData,
+) -> Option<String> {
+    let cfg = router.config();
+    let inputs = DeviceInputs::upload(&g.stream, d);
+    let with = run(g, router, buffers, &inputs, d.tokens, true);
+    let without = run(g, router, buffers, &inputs, d.tokens, false);
+    let other_pdl = run(g, no_pdl, buffers, &inputs, d.tokens, true);
+    match (with, without, other_pdl) {
+        (Ok(with), Ok(without), Ok(other_pdl)) => compare(cfg, d, &with)
+            .or_else(|| {
+                (with.ids != without.ids
+                    || with.weights != without.weights
+                    || with.permuted_size != without.permuted_size)
+                    .then(|| "outputs differ with and without replay".to_string())
+            })
+            .or_else(|| {
+                (with != other_pdl).then(|| "outputs differ with and without PDL".to_string())
+            }),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Some(e),
+    }
 }
 
 #[test]
@@ -294,45 +404,32 @@ fn every_method_and_tier_matches_the_oracle() {
         let no_pdl = Router::new(cfg.with_pdl(!cfg.use_pdl)).unwrap();
         let mut buffers =
             RoutingBuffers::new(&g.stream, cfg, *tokens.iter().max().unwrap()).unwrap();
-        // Host work (logits + oracle) for all token counts of this config, in parallel.
-        let data: Vec<CaseData> = std::thread::scope(|s| {
-            let handles: Vec<_> = tokens
-                .iter()
-                .flat_map(|&t| [false, true].map(|bf| (t, bf)))
-                .map(|(t, bf)| {
-                    s.spawn(move || case_data(cfg, t, bf, (ci * 1000 + t) as u64 * 2 + bf as u64))
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).collect()
-        });
-        for d in &data {
-            let name = label(cfg, d.tokens, d.bf16);
-            let inputs = DeviceInputs::upload(&g.stream, d);
-            let with = run(&g, &router, &mut buffers, &inputs, d.tokens, true);
-            let without = run(&g, &router, &mut buffers, &inputs, d.tokens, false);
-            let other_pdl = run(&g, &no_pdl, &mut buffers, &inputs, d.tokens, true);
-            let verdict = match (with, without, other_pdl) {
-                (Ok(with), Ok(without), Ok(other_pdl)) => compare(cfg, d, &with)
-                    .or_else(|| {
-                        (with.ids != without.ids
-                            || with.weights != without.weights
-                            || with.permuted_size != without.permuted_size)
-                            .then(|| "outputs differ with and without replay".to_string())
+        for (ri, regime) in REGIMES.into_iter().enumerate() {
+            if !regime.applies_to(&cfg.method) {
+                continue;
+            }
+            // Host work (logits + oracle) for all token counts of this config, in parallel.
+            let data: Vec<CaseData> = std::thread::scope(|s| {
+                let handles: Vec<_> = tokens
+                    .iter()
+                    .flat_map(|&t| [false, true].map(|bf| (t, bf)))
+                    .map(|(t, bf)| {
+                        let seed = ((ci * 4 + ri) * 100_000 + t) as u64 * 2 + bf as u64;
+                        s.spawn(move || case_data(cfg, regime, t, bf, seed))
                     })
-                    .or_else(|| {
-                        (with != other_pdl)
-                            .then(|| "outputs differ with and without PDL".to_string())
-                    }),
-                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Some(e),
-            };
-            match verdict {
-                None => passed += 1,
-                Some(why) => failures.push(format!("{name}: {why}")),
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for d in &data {
+                match verdict(&g, &router, &no_pdl, &mut buffers, d) {
+                    None => passed += 1,
+                    Some(why) => failures.push(format!("{}: {why}", label(cfg, regime, d))),
+                }
             }
         }
     }
     eprintln!(
-        "routing matrix: {} configs x {} token counts x 2 dtypes: {passed} passed, {} failed",
+        "routing matrix: {} configs x their regimes x {} token counts x 2 dtypes: {passed} passed, {} failed",
         configs.len(),
         tokens.len(),
         failures.len()

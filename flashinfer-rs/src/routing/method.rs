@@ -400,6 +400,40 @@ mod tests {
         }
     }
 
+    /// Upstream 596d1a06f (after 0.6.13) made an (experts, top_k) pair that no compiled tier
+    /// covers fail loudly instead of launching nothing (or faulting). Our rule has refused
+    /// them since the start; this pins it for the pairs that fix was about.
+    #[test]
+    fn pairs_no_kernel_tier_covers_are_refused_before_any_launch() {
+        for (cfg, arg) in [
+            (
+                RoutingConfig::new(RoutingMethod::Default, 512, 8),
+                "num_experts",
+            ),
+            (RoutingConfig::new(RoutingMethod::TopK, 128, 16), "top_k"),
+            (
+                RoutingConfig::new(RoutingMethod::Sigmoid, 384, 8),
+                "num_experts",
+            ),
+            (
+                RoutingConfig::new(RoutingMethod::Renormalize, 4096, 8),
+                "num_experts",
+            ),
+            (
+                RoutingConfig::new(RoutingMethod::Renormalize, 2048, 33),
+                "top_k",
+            ),
+            (RoutingConfig::new(ds(1, 1), 2048, 8), "num_experts"),
+            (RoutingConfig::new(ds(1, 1), 512, 23), "top_k"),
+            (
+                RoutingConfig::new(RoutingMethod::Llama4, 256, 1),
+                "num_experts",
+            ),
+        ] {
+            assert_eq!(rejected(cfg).0, arg, "{cfg:?}");
+        }
+    }
+
     #[test]
     fn each_broken_rule_names_its_argument_and_limit() {
         let cases: Vec<(RoutingConfig, &str, &str)> = vec![

@@ -1,18 +1,61 @@
 //! A CPU reference for every routing method: what the kernels must choose, in the order they
 //! must choose it, and the weights they must give.
 //!
-//! Rules, as FlashInfer 0.6.13 implements them (and its own Python references check):
-//! - experts are taken in descending key order; equal keys go to the smaller expert index;
-//! - ids are global expert ids in `[0, num_experts)`, whatever the local expert range;
-//! - grouped DeepSeekV3 rounds the bias to bf16 before adding it (its kernel does);
-//! - keys and weights are computed in f64 here, so agreement with the kernels (which use f32
-//!   and fast-math sigmoid/exp) is exact only where neighbouring keys are clearly apart:
-//!   [`selection_margin`] says how far apart they are, and [`separated_logits`] makes logits
-//!   whose margins are wide, so that a correct kernel cannot fail a test on a near-tie.
+//! # Which reference
+//!
+//! Each method follows its model's own reference router (the PyTorch code the checkpoints were
+//! trained with), computed as those references compute it, in fp32:
+//!
+//! | method | reference |
+//! |---|---|
+//! | `DeepSeekV3` | DeepSeek-V3 `modeling_deepseek.py` `MoEGate` (`noaux_tc`): `s = sigmoid(logits.float())`, key `s + e_score_correction_bias`, groups scored by their two best keys, weights `s / (sum + 1e-20) * routed_scaling_factor`; with `n_group <= 1` the same gate as GLM-4.5/5 (`Glm4MoeTopkRouter`) and Kimi-K2 use |
+//! | `MiniMax2` | MiniMax-M2's gate: key `sigmoid(l) + bias`, weights `s / (sum + 1e-20) * scale` |
+//! | `Renormalize`, `RenormalizeNaive` | Qwen3-MoE / Mixtral: top-k, softmax over the chosen logits (= softmax, top-k, divide by the sum) |
+//! | `Default` | softmax over all experts, top-k of the probabilities, not renormalised (Qwen2-MoE with `norm_topk_prob = false`) |
+//! | `Llama4` | Llama 4's router: top-1 of the logits, weight `sigmoid(logit)` |
+//! | `TopK`, `Sigmoid`, `SigmoidRenorm` | FlashInfer's `routing_reference_*` (`tests/moe/trtllm_gen_fused_moe_utils.py`) |
+//!
+//! At the edges this means (and the kernels, with our patches, agree; see vendor/patches):
+//! - a sigmoid is an fp32 value: it underflows to exactly 0 for strongly negative logits
+//!   (below about -104; the kernels, built with fast math, flush the subnormal sigmoids of
+//!   logits in about `[-104, -87]` to 0 as well, which only reorders experts whose sigmoids
+//!   are all below 1.2e-38 and moves weights by less than 1e-18), and a key `s + bias` is an
+//!   fp32 sum, so a tiny `s` vanishes into a large bias (GLM-5: biases ~12, chosen sigmoids
+//!   ~1e-8) and the bias alone decides;
+//! - the sigmoid is accurate relative to its value (PyTorch's is), also at 1e-8: 0.6.13's
+//!   kernels computed `0.5 * tanh(x / 2) + 0.5`, a multiple of 3e-8 there (our patch 0006);
+//! - the DeepSeekV3 and MiniMax2 weights come from the un-biased sigmoid and are floored at
+//!   `sum + 1e-20`: a token whose chosen sigmoids all underflow gets weights 0, never NaN
+//!   (0.6.13's kernels gave NaN there, and recovered the sigmoid as `(s + bias) - bias`,
+//!   which cancels: upstream fixes c53229efd, 57b771995, 08ddfbcd2, patches 0002-0004);
+//! - the grouped DeepSeekV3 kernel rounds the bias to bf16 before adding it (the reference
+//!   does not; we model the kernel, the difference is below bf16 resolution of the bias).
+//!
+//! # Order, ties, NaN and infinities
+//!
+//! Experts are taken in descending key order; equal keys go to the smaller expert index. Keys
+//! are ordered as the kernels order them: by their fp32 bit pattern made monotonic (cub's
+//! radix twiddle), which is IEEE-754's total order:
+//! `-NaN < -inf < ... < -0 < +0 < ... < +inf < +NaN`.
+//! - A key computed from a NaN (a sigmoid, a softmax, `s + bias`) is the canonical NaN the
+//!   GPU produces, `+NaN`, so it ranks first. A raw logit used as its own key
+//!   (`Renormalize`, `TopK`, `Llama4`) keeps its sign: `-NaN` ranks last, `+NaN` first
+//!   (PyTorch's `topk` ranks every NaN first).
+//! - Weights propagate NaN and infinities as fp32 arithmetic does: a softmax over a row with a
+//!   NaN or a `+inf` (or only `-inf`) is NaN everywhere; `sigmoid(+inf) = 1`,
+//!   `sigmoid(-inf) = 0`; `SigmoidRenorm` divides by `max(sum, 1e-20)` with IEEE `max`, which
+//!   drops a NaN sum.
+//!
+//! Keys are fp32 values as the kernels compute them; weights are computed in f64 from those
+//! fp32 inputs (the kernels round them to bf16). Agreement with the kernels' fast-math
+//! sigmoid/exp is therefore exact only where neighbouring keys are clearly apart:
+//! [`selection_margin`] says how far apart they are, and the generators ([`separated_logits`],
+//! [`regime_logits`]) make inputs whose margins are wide, or whose keys are exactly equal.
 
 use half::bf16;
 
 use super::method::{RoutingConfig, RoutingMethod};
+use crate::error::{ensure, Result};
 
 /// The reference routing of `num_tokens` rows.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,51 +66,82 @@ pub struct Routed {
     pub weights: Vec<f32>,
 }
 
-fn sigmoid(x: f64) -> f64 {
-    1.0 / (1.0 + (-x).exp())
-}
+/// The NaN every GPU arithmetic instruction returns (sign clear, all payload bits set).
+const CANONICAL_NAN: f32 = f32::from_bits(0x7fff_ffff);
 
-/// The bias as the kernels add it: rounded to bf16 by the grouped DeepSeekV3 kernel.
-fn effective_bias(method: &RoutingMethod, bias: Option<&[f32]>, e: usize) -> Vec<f64> {
-    match bias {
-        None => vec![0.0; e],
-        Some(b) if method.is_grouped() => b.iter().map(|&x| bf16::from_f32(x).to_f64()).collect(),
-        Some(b) => b.iter().map(|&x| x as f64).collect(),
+/// A computed fp32 value as the GPU holds it: NaNs become the canonical `+NaN`.
+fn gpu(x: f64) -> f32 {
+    let v = x as f32;
+    if v.is_nan() {
+        CANONICAL_NAN
+    } else {
+        v
     }
 }
 
-/// Selection key of every expert of one token.
-fn keys(method: &RoutingMethod, row: &[f32], bias: &[f64]) -> Vec<f64> {
+/// `sigmoid(x)` as an fp32 value (underflows to 0 below about -88; NaN stays NaN).
+fn sigmoid(x: f32) -> f32 {
+    gpu(1.0 / (1.0 + (-(x as f64)).exp()))
+}
+
+/// The kernels' sort key of a score: its bits made monotonic in IEEE total order.
+fn order(key: f32) -> u32 {
+    let b = key.to_bits();
+    if b & 0x8000_0000 != 0 {
+        !b
+    } else {
+        b | 0x8000_0000
+    }
+}
+
+/// The bias as the kernels add it: rounded to bf16 by the grouped DeepSeekV3 kernel.
+fn effective_bias(method: &RoutingMethod, bias: Option<&[f32]>, e: usize) -> Vec<f32> {
+    match bias {
+        None => vec![0.0; e],
+        Some(b) if method.is_grouped() => b.iter().map(|&x| bf16::from_f32(x).to_f32()).collect(),
+        Some(b) => b.to_vec(),
+    }
+}
+
+/// Softmax of `xs` in f64, NaN everywhere when the row holds a NaN, a `+inf` or only `-inf`.
+fn softmax(xs: impl Iterator<Item = f64> + Clone) -> Vec<f64> {
+    let max = xs.clone().fold(f64::NEG_INFINITY, f64::max);
+    let exps: Vec<f64> = xs.map(|x| (x - max).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    exps.iter().map(|x| x / sum).collect()
+}
+
+/// Selection key of every expert of one token, as the kernels compute it (fp32).
+fn keys(method: &RoutingMethod, row: &[f32], bias: &[f32]) -> Vec<f32> {
     match method {
-        RoutingMethod::Default => {
-            let max = row.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
-            let exps: Vec<f64> = row.iter().map(|&x| (x as f64 - max).exp()).collect();
-            let sum: f64 = exps.iter().sum();
-            exps.iter().map(|x| x / sum).collect()
-        }
+        RoutingMethod::Default => softmax(row.iter().map(|&x| x as f64))
+            .into_iter()
+            .map(gpu)
+            .collect(),
         RoutingMethod::Renormalize
         | RoutingMethod::RenormalizeNaive
         | RoutingMethod::TopK
-        | RoutingMethod::Llama4 => row.iter().map(|&x| x as f64).collect(),
+        | RoutingMethod::Llama4 => row.to_vec(),
         RoutingMethod::SigmoidRenorm { .. } | RoutingMethod::Sigmoid => {
-            row.iter().map(|&x| sigmoid(x as f64)).collect()
+            row.iter().map(|&x| sigmoid(x)).collect()
         }
         RoutingMethod::DeepSeekV3 { .. } | RoutingMethod::MiniMax2 { .. } => row
             .iter()
             .zip(bias)
-            .map(|(&x, b)| sigmoid(x as f64) + b)
+            .map(|(&x, &b)| gpu((sigmoid(x) + b) as f64))
             .collect(),
     }
 }
 
 /// `a` ranks before `b`: larger key, then smaller index.
-fn better(a: (f64, usize), b: (f64, usize)) -> bool {
-    a.0 > b.0 || (a.0 == b.0 && a.1 < b.1)
+fn better(a: (f32, usize), b: (f32, usize)) -> bool {
+    let (oa, ob) = (order(a.0), order(b.0));
+    oa > ob || (oa == ob && a.1 < b.1)
 }
 
 /// The best `n` of `candidates` (key, index), best first.
-fn top_n(candidates: impl Iterator<Item = (f64, usize)>, n: usize) -> Vec<(f64, usize)> {
-    let mut top: Vec<(f64, usize)> = Vec::with_capacity(n + 1);
+fn top_n(candidates: impl Iterator<Item = (f32, usize)>, n: usize) -> Vec<(f32, usize)> {
+    let mut top: Vec<(f32, usize)> = Vec::with_capacity(n + 1);
     for c in candidates {
         if top.len() == n && !better(c, *top.last().unwrap()) {
             continue;
@@ -80,15 +154,16 @@ fn top_n(candidates: impl Iterator<Item = (f64, usize)>, n: usize) -> Vec<(f64, 
 }
 
 /// (key, index) of an expert or a group.
-type Ranked = Vec<(f64, usize)>;
+type Ranked = Vec<(f32, usize)>;
 
-/// Group scores (sum of each group's two best keys) and the kept groups, best first.
-fn kept_groups(keys: &[f64], n_group: usize, topk_group: usize) -> (Ranked, Ranked) {
+/// Group scores (fp32 sum of each group's two best keys) and the kept groups, best first.
+fn kept_groups(keys: &[f32], n_group: usize, topk_group: usize) -> (Ranked, Ranked) {
     let per = keys.len() / n_group;
-    let scores: Vec<(f64, usize)> = (0..n_group)
+    let scores: Vec<(f32, usize)> = (0..n_group)
         .map(|g| {
             let best = top_n((g * per..(g + 1) * per).map(|i| (keys[i], i)), 2);
-            (best.iter().map(|b| b.0).sum::<f64>(), g)
+            let sum = best.iter().map(|b| b.0).sum::<f32>();
+            (gpu(sum as f64), g)
         })
         .collect();
     let kept = top_n(scores.iter().copied(), topk_group);
@@ -96,7 +171,7 @@ fn kept_groups(keys: &[f64], n_group: usize, topk_group: usize) -> (Ranked, Rank
 }
 
 /// Experts eligible for one token's top-k (all of them, or those of the kept groups).
-fn eligible(method: &RoutingMethod, keys: &[f64]) -> Vec<usize> {
+fn eligible(method: &RoutingMethod, keys: &[f32]) -> Vec<usize> {
     match *method {
         RoutingMethod::DeepSeekV3 {
             n_group,
@@ -116,26 +191,27 @@ fn eligible(method: &RoutingMethod, keys: &[f64]) -> Vec<usize> {
     }
 }
 
+/// `s * scale / (sum + 1e-20)` over the chosen un-biased sigmoids (DeepSeekV3, MiniMax2).
+fn scaled_sum_normalize(s: &[f64], scale: f32) -> Vec<f64> {
+    let sum: f64 = s.iter().sum();
+    s.iter().map(|x| x * scale as f64 / (sum + 1e-20)).collect()
+}
+
 /// The weights of the chosen experts, from their logits and keys.
-fn weights(method: &RoutingMethod, row: &[f32], chosen: &[(f64, usize)]) -> Vec<f32> {
-    let logit = |i: usize| row[i] as f64;
+fn weights(method: &RoutingMethod, row: &[f32], chosen: &[(f32, usize)]) -> Vec<f32> {
+    let logit = |c: &(f32, usize)| row[c.1];
+    let sigmoids = || -> Vec<f64> { chosen.iter().map(|c| sigmoid(logit(c)) as f64).collect() };
     let w: Vec<f64> = match *method {
-        RoutingMethod::Default => chosen.iter().map(|c| c.0).collect(),
+        RoutingMethod::Default => chosen.iter().map(|c| c.0 as f64).collect(),
         RoutingMethod::Renormalize | RoutingMethod::RenormalizeNaive => {
-            let max = chosen
-                .iter()
-                .map(|c| logit(c.1))
-                .fold(f64::NEG_INFINITY, f64::max);
-            let exps: Vec<f64> = chosen.iter().map(|c| (logit(c.1) - max).exp()).collect();
-            let sum: f64 = exps.iter().sum();
-            exps.iter().map(|x| x / sum).collect()
+            softmax(chosen.iter().map(|c| logit(c) as f64))
         }
-        RoutingMethod::TopK => chosen.iter().map(|c| logit(c.1)).collect(),
-        RoutingMethod::Llama4 => chosen.iter().map(|c| sigmoid(logit(c.1))).collect(),
-        RoutingMethod::Sigmoid => chosen.iter().map(|c| sigmoid(logit(c.1))).collect(),
+        RoutingMethod::TopK => chosen.iter().map(|c| logit(c) as f64).collect(),
+        RoutingMethod::Llama4 | RoutingMethod::Sigmoid => sigmoids(),
         RoutingMethod::SigmoidRenorm { norm_topk_prob } => {
-            let s: Vec<f64> = chosen.iter().map(|c| sigmoid(logit(c.1))).collect();
+            let s = sigmoids();
             if norm_topk_prob {
+                // IEEE max (as the kernels' fmaxf): a NaN sum gives way to the floor.
                 let sum: f64 = s.iter().sum();
                 s.iter().map(|x| x / sum.max(1e-20)).collect()
             } else {
@@ -145,47 +221,73 @@ fn weights(method: &RoutingMethod, row: &[f32], chosen: &[(f64, usize)]) -> Vec<
         RoutingMethod::DeepSeekV3 {
             routed_scaling_factor,
             ..
-        } => {
-            let s: Vec<f64> = chosen.iter().map(|c| sigmoid(logit(c.1))).collect();
-            let sum: f64 = s.iter().sum();
-            s.iter()
-                .map(|x| x * routed_scaling_factor as f64 / sum)
-                .collect()
         }
-        RoutingMethod::MiniMax2 {
+        | RoutingMethod::MiniMax2 {
             routed_scaling_factor,
-        } => {
-            let s: Vec<f64> = chosen.iter().map(|c| sigmoid(logit(c.1))).collect();
-            let sum: f64 = s.iter().sum();
-            s.iter()
-                .map(|x| x * routed_scaling_factor as f64 / (sum + 1e-20))
-                .collect()
-        }
+        } => scaled_sum_normalize(&sigmoids(), routed_scaling_factor),
     };
-    w.into_iter().map(|x| x as f32).collect()
+    w.into_iter().map(gpu).collect()
 }
 
 /// Routes one token: its chosen (key, expert) pairs, best first.
-fn route_row(cfg: &RoutingConfig, row: &[f32], bias: &[f64]) -> Vec<(f64, usize)> {
+fn route_row(cfg: &RoutingConfig, row: &[f32], bias: &[f32]) -> Vec<(f32, usize)> {
     let k = keys(&cfg.method, row, bias);
     let pool = eligible(&cfg.method, &k);
     top_n(pool.into_iter().map(|i| (k[i], i)), cfg.top_k as usize)
 }
 
+/// Checks what [`route`] and [`selection_margin`] are given: the config as
+/// [`RoutingConfig::validate`] does, `logits` holding `num_tokens` rows, and a bias of
+/// `num_experts` values exactly for the methods that take one.
+fn check_inputs(
+    cfg: &RoutingConfig,
+    logits: &[f32],
+    bias: Option<&[f32]>,
+    num_tokens: usize,
+) -> Result<()> {
+    cfg.validate()?;
+    let e = cfg.num_experts as usize;
+    ensure(
+        crate::error::covers(logits.len(), num_tokens, e),
+        "logits",
+        || {
+            format!(
+                "holds {} values, fewer than num_tokens ({num_tokens}) x num_experts ({e})",
+                logits.len()
+            )
+        },
+    )?;
+    match (cfg.method.needs_bias(), bias) {
+        (true, None) => Err(crate::Error::invalid(
+            "bias",
+            format!("{} routing needs a bias", cfg.method.name()),
+        )),
+        (false, Some(_)) => Err(crate::Error::invalid(
+            "bias",
+            format!("{} routing takes no bias", cfg.method.name()),
+        )),
+        (true, Some(b)) => ensure(b.len() == e, "bias", || {
+            format!("holds {} values, not num_experts ({e})", b.len())
+        }),
+        (false, None) => Ok(()),
+    }
+}
+
 /// The reference routing of the first `num_tokens` rows of `logits` (`[T, E]` row-major; pass
 /// bf16 logits as their exact f32 values). `bias` is `[E]`, for the methods that take one.
+///
+/// Refuses (with the error the routing call would give) a config that
+/// [`RoutingConfig::validate`] refuses, logits shorter than `num_tokens` rows, and a missing,
+/// unexpected or wrong-length bias.
 pub fn route(
     cfg: &RoutingConfig,
     logits: &[f32],
     bias: Option<&[f32]>,
     num_tokens: usize,
-) -> Routed {
+) -> Result<Routed> {
+    check_inputs(cfg, logits, bias, num_tokens)?;
     let e = cfg.num_experts as usize;
     let k = cfg.top_k as usize;
-    assert!(
-        logits.len() >= num_tokens * e,
-        "logits hold fewer than num_tokens rows"
-    );
     let bias = effective_bias(&cfg.method, bias, e);
     let mut out = Routed {
         ids: Vec::with_capacity(num_tokens * k),
@@ -196,22 +298,39 @@ pub fn route(
         out.ids.extend(chosen.iter().map(|c| c.1 as i16));
         out.weights.extend(weights(&cfg.method, row, &chosen));
     }
-    out
+    Ok(out)
+}
+
+/// Gap between two keys in key units; 0 for equal keys (bit-identical, so the tie rule
+/// decides and no rounding can reorder them) is reported as infinity, and any NaN as 0.
+fn gap(hi: f32, lo: f32) -> f64 {
+    if hi.to_bits() == lo.to_bits() {
+        f64::INFINITY
+    } else {
+        let g = hi as f64 - lo as f64;
+        if g.is_nan() {
+            0.0
+        } else {
+            g
+        }
+    }
 }
 
 /// How clearly one token's routing is decided: the smallest gap between neighbouring chosen
 /// keys, between the last chosen and the best unchosen eligible key, and (grouped DeepSeekV3)
-/// between the last kept and the best dropped group score. `f64::INFINITY` when nothing could
-/// be confused.
-pub fn selection_margin(cfg: &RoutingConfig, row: &[f32], bias: Option<&[f32]>) -> f64 {
+/// between the last kept and the best dropped group score. Bit-identical keys count as clearly
+/// decided (the tie rule orders them, whatever the rounding); `f64::INFINITY` when nothing could
+/// be confused. Refuses what [`route`] refuses (with `num_tokens = 1`).
+pub fn selection_margin(cfg: &RoutingConfig, row: &[f32], bias: Option<&[f32]>) -> Result<f64> {
+    check_inputs(cfg, row, bias, 1)?;
     let e = cfg.num_experts as usize;
     let bias = effective_bias(&cfg.method, bias, e);
-    let k = keys(&cfg.method, row, &bias);
+    let k = keys(&cfg.method, &row[..e], &bias);
     let pool = eligible(&cfg.method, &k);
     let ranked = top_n(pool.iter().map(|&i| (k[i], i)), cfg.top_k as usize + 1);
     let mut margin = ranked
         .windows(2)
-        .map(|w| w[0].0 - w[1].0)
+        .map(|w| gap(w[0].0, w[1].0))
         .fold(f64::INFINITY, f64::min);
     if let RoutingMethod::DeepSeekV3 {
         n_group,
@@ -222,14 +341,13 @@ pub fn selection_margin(cfg: &RoutingConfig, row: &[f32], bias: Option<&[f32]>) 
         if n_group > 1 && topk_group < n_group {
             let (scores, _) = kept_groups(&k, n_group as usize, topk_group as usize);
             let ranked = top_n(scores.into_iter(), topk_group as usize + 1);
-            let (last_kept, first_dropped) = (
+            margin = margin.min(gap(
                 ranked[topk_group as usize - 1].0,
                 ranked[topk_group as usize].0,
-            );
-            margin = margin.min(last_kept - first_dropped);
+            ));
         }
     }
-    margin
+    Ok(margin)
 }
 
 /// Smallest [`selection_margin`] that [`separated_logits`] guarantees, in key units.
@@ -237,35 +355,136 @@ pub const SEPARATION: f64 = 2e-3;
 
 /// Logits (and a bias where the method takes one) whose every token is routed with a margin of
 /// at least [`SEPARATION`], so that kernels with fast-math sigmoid/exp and bf16 rounding
-/// must agree with [`route`].
+/// must agree with [`route`]. The comfortable regime: [`regime_logits`] has the others.
 ///
 /// Per token, a random `top_k + 1` experts (chosen inside random "kept" groups for grouped
 /// DeepSeekV3) get logits on a ladder with wide steps, the kept groups' other experts sit in a
 /// middle band, and everything else in a low band. When `bf16_logits` is set the values are
 /// rounded to bf16 (the caller uploads them as bf16). Deterministic in `seed`.
+///
+/// # Panics
+/// On a config that [`RoutingConfig::validate`] refuses (a test-data helper).
 pub fn separated_logits(
     cfg: &RoutingConfig,
     num_tokens: usize,
     bf16_logits: bool,
     seed: u64,
 ) -> (Vec<f32>, Option<Vec<f32>>) {
+    regime_logits(cfg, Regime::Separated, num_tokens, bf16_logits, seed)
+}
+
+/// The input regimes the test data reaches (see [`regime_logits`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Regime {
+    /// [`separated_logits`]: moderate logits on a ladder, small biases (`[0, 0.01)`).
+    Separated,
+    /// GLM-5-like: biases around 12 (spread over `[11.5, 12.5)`), logits in `[-20, -16]` so
+    /// the sigmoids (2e-9..1e-7) vanish into the bias in fp32: the bias alone selects, and the
+    /// weights must come from the un-biased sigmoids. Methods with a bias only.
+    LargeBias,
+    /// Every logit of a token below -110, so every sigmoid underflows to 0: selection by the
+    /// bias, DeepSeekV3/MiniMax2 weights 0 (`0 / (0 + 1e-20)`), SigmoidRenorm weights 0 and
+    /// ids in index order (all keys tie). Sigmoid-keyed methods only.
+    Underflow,
+    /// The ladder of [`Regime::Separated`] scaled by 40 (logits up to about ±240): softmaxes
+    /// saturate to one-hot weights. Raw-logit-keyed methods only (`Renormalize`,
+    /// `RenormalizeNaive`, `TopK`, `Llama4`), whose keys cannot saturate.
+    Extreme,
+}
+
+impl Regime {
+    /// Whether this regime has a meaning for `method`.
+    pub fn applies_to(self, method: &RoutingMethod) -> bool {
+        let sigmoid_keyed = matches!(
+            method,
+            RoutingMethod::DeepSeekV3 { .. }
+                | RoutingMethod::MiniMax2 { .. }
+                | RoutingMethod::SigmoidRenorm { .. }
+                | RoutingMethod::Sigmoid
+        );
+        match self {
+            Regime::Separated => true,
+            Regime::LargeBias => method.needs_bias(),
+            Regime::Underflow => sigmoid_keyed,
+            Regime::Extreme => matches!(
+                method,
+                RoutingMethod::Renormalize
+                    | RoutingMethod::RenormalizeNaive
+                    | RoutingMethod::TopK
+                    | RoutingMethod::Llama4
+            ),
+        }
+    }
+}
+
+/// Logits (and a bias where the method takes one) of `regime`, every token routed by keys
+/// that a correct kernel cannot order differently from [`route`]: keys at least
+/// [`SEPARATION`] apart ([`Regime::Separated`], [`Regime::Extreme`]), or keys that are exactly
+/// the fp32 (or bf16-rounded) bias because the sigmoid vanishes into it or underflows to 0
+/// ([`Regime::LargeBias`], [`Regime::Underflow`]): every kernel computes those bit-exactly, and
+/// equal ones go to the smaller index. Deterministic in `seed`.
+///
+/// # Panics
+/// On a config that [`RoutingConfig::validate`] refuses, or a regime that does not apply to
+/// its method ([`Regime::applies_to`]): a test-data helper.
+pub fn regime_logits(
+    cfg: &RoutingConfig,
+    regime: Regime,
+    num_tokens: usize,
+    bf16_logits: bool,
+    seed: u64,
+) -> (Vec<f32>, Option<Vec<f32>>) {
+    cfg.validate().expect("regime_logits needs a valid config");
+    assert!(
+        regime.applies_to(&cfg.method),
+        "{regime:?} does not apply to {:?}",
+        cfg.method
+    );
     let mut rng = SplitMix64(seed);
     let bias: Option<Vec<f32>> = cfg.method.needs_bias().then(|| {
         (0..cfg.num_experts)
-            .map(|_| (rng.unit() * 0.01) as f32)
+            .map(|_| match regime {
+                Regime::LargeBias => 11.5 + rng.unit() as f32,
+                _ => (rng.unit() * 0.01) as f32,
+            })
             .collect()
     });
-    let logits = separated_logits_for_bias(
-        cfg,
-        num_tokens,
-        bf16_logits,
-        rng.next_u64(),
-        bias.as_deref(),
-    );
+    let seed = rng.next_u64();
+    let round = |x: f32| {
+        if bf16_logits {
+            bf16::from_f32(x).to_f32()
+        } else {
+            x
+        }
+    };
+    let logits = match regime {
+        Regime::Separated => {
+            separated_logits_for_bias(cfg, num_tokens, bf16_logits, seed, bias.as_deref())
+        }
+        // Scaled, then rounded: steps of >= 3.6 stay apart at bf16's spacing (<= 1 below 256).
+        Regime::Extreme => separated_logits_for_bias(cfg, num_tokens, false, seed, None)
+            .into_iter()
+            .map(|x| round(x * 40.0))
+            .collect(),
+        Regime::LargeBias | Regime::Underflow => {
+            let (lo, span) = if regime == Regime::LargeBias {
+                (-20.0, 4.0)
+            } else {
+                (-250.0, 140.0)
+            };
+            let mut rng = SplitMix64(seed);
+            (0..num_tokens * cfg.num_experts as usize)
+                .map(|_| round(lo + span * rng.unit() as f32))
+                .collect()
+        }
+    };
     (logits, bias)
 }
 
 /// [`separated_logits`] for a given bias (values in `[0, 0.01)`), e.g. one captured in a graph.
+///
+/// # Panics
+/// On a config that [`RoutingConfig::validate`] refuses (a test-data helper).
 pub fn separated_logits_for_bias(
     cfg: &RoutingConfig,
     num_tokens: usize,
@@ -273,6 +492,8 @@ pub fn separated_logits_for_bias(
     seed: u64,
     bias: Option<&[f32]>,
 ) -> Vec<f32> {
+    cfg.validate()
+        .expect("separated_logits needs a valid config");
     let e = cfg.num_experts as usize;
     let k = cfg.top_k as usize;
     let mut rng = SplitMix64(seed);
@@ -329,7 +550,8 @@ pub fn separated_logits_for_bias(
             for x in row.iter_mut() {
                 *x = round(*x);
             }
-            if selection_margin(cfg, &row, bias) >= SEPARATION {
+            let margin = selection_margin(cfg, &row, bias).expect("a checked config");
+            if margin >= SEPARATION {
                 logits.extend_from_slice(&row);
                 break;
             }
@@ -358,8 +580,11 @@ impl SplitMix64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    /// Uniform in `[0, n)`.
+    /// Uniform in `[0, n)`; 0 when `n == 0`.
     pub fn below(&mut self, n: usize) -> usize {
+        if n == 0 {
+            return 0;
+        }
         (self.next_u64() % n as u64) as usize
     }
 

@@ -1,5 +1,10 @@
 //! The reference itself, checked by hand-worked cases and by properties.
 use super::*;
+
+/// The exact sigmoid, for hand-worked expectations.
+fn sig(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
 use crate::routing::RoutingConfig;
 
 fn cfg(method: RoutingMethod, e: u32, k: u32) -> RoutingConfig {
@@ -17,7 +22,8 @@ fn renormalize_takes_the_largest_logits_and_softmaxes_them() {
         &[1.0, 3.0, 2.0, 0.0],
         None,
         1,
-    );
+    )
+    .unwrap();
     assert_eq!(r.ids, vec![1, 2]);
     let (a, b) = (1f64.exp(), 0f64.exp());
     assert!(close(
@@ -34,7 +40,7 @@ fn equal_keys_go_to_the_smaller_expert() {
         RoutingMethod::Default,
         RoutingMethod::Sigmoid,
     ] {
-        let r = route(&cfg(method, 5, 3), &[0.5, 2.0, 0.5, 2.0, 0.5], None, 1);
+        let r = route(&cfg(method, 5, 3), &[0.5, 2.0, 0.5, 2.0, 0.5], None, 1).unwrap();
         assert_eq!(r.ids, vec![1, 3, 0], "{method:?}");
     }
 }
@@ -42,7 +48,7 @@ fn equal_keys_go_to_the_smaller_expert() {
 #[test]
 fn default_weights_are_the_softmax_over_all_experts() {
     let logits = [0.0f32, 1.0, 2.0, 3.0];
-    let r = route(&cfg(RoutingMethod::Default, 4, 2), &logits, None, 1);
+    let r = route(&cfg(RoutingMethod::Default, 4, 2), &logits, None, 1).unwrap();
     let sum: f64 = logits.iter().map(|&x| (x as f64).exp()).sum();
     assert_eq!(r.ids, vec![3, 2]);
     assert!(close(
@@ -54,18 +60,18 @@ fn default_weights_are_the_softmax_over_all_experts() {
 #[test]
 fn topk_weights_are_the_raw_logits_and_llama4_the_sigmoid_of_the_max() {
     let logits = [0.25f32, -1.0, 0.75];
-    let r = route(&cfg(RoutingMethod::TopK, 3, 2), &logits, None, 1);
+    let r = route(&cfg(RoutingMethod::TopK, 3, 2), &logits, None, 1).unwrap();
     assert_eq!((r.ids, r.weights), (vec![2, 0], vec![0.75, 0.25]));
-    let r = route(&cfg(RoutingMethod::Llama4, 3, 1), &logits, None, 1);
+    let r = route(&cfg(RoutingMethod::Llama4, 3, 1), &logits, None, 1).unwrap();
     assert_eq!(r.ids, vec![2]);
-    assert!(close(&r.weights, &[sigmoid(0.75) as f32]));
+    assert!(close(&r.weights, &[sig(0.75) as f32]));
 }
 
 #[test]
 fn sigmoid_renorm_normalises_only_when_asked() {
     let logits = [0.0f32, 1.0, -1.0];
-    let s1 = sigmoid(1.0);
-    let s0 = sigmoid(0.0);
+    let s1 = sig(1.0);
+    let s0 = sig(0.0);
     let on = route(
         &cfg(
             RoutingMethod::SigmoidRenorm {
@@ -77,7 +83,8 @@ fn sigmoid_renorm_normalises_only_when_asked() {
         &logits,
         None,
         1,
-    );
+    )
+    .unwrap();
     assert_eq!(on.ids, vec![1, 0]);
     assert!(close(
         &on.weights,
@@ -94,9 +101,10 @@ fn sigmoid_renorm_normalises_only_when_asked() {
         &logits,
         None,
         1,
-    );
+    )
+    .unwrap();
     assert!(close(&off.weights, &[s1 as f32, s0 as f32]));
-    let plain = route(&cfg(RoutingMethod::Sigmoid, 3, 2), &logits, None, 1);
+    let plain = route(&cfg(RoutingMethod::Sigmoid, 3, 2), &logits, None, 1).unwrap();
     assert_eq!(plain, off);
 }
 
@@ -108,7 +116,7 @@ fn bias_moves_the_choice_but_not_the_weights() {
     let m = RoutingMethod::MiniMax2 {
         routed_scaling_factor: 2.0,
     };
-    let r = route(&cfg(m, 4, 1), &logits, Some(&bias), 1);
+    let r = route(&cfg(m, 4, 1), &logits, Some(&bias), 1).unwrap();
     assert_eq!(r.ids, vec![1]);
     // One chosen expert: weight = s / s * scale.
     assert!(close(&r.weights, &[2.0]));
@@ -117,9 +125,9 @@ fn bias_moves_the_choice_but_not_the_weights() {
         topk_group: 1,
         routed_scaling_factor: 1.0,
     };
-    let r = route(&cfg(ds, 4, 2), &logits, Some(&bias), 1);
+    let r = route(&cfg(ds, 4, 2), &logits, Some(&bias), 1).unwrap();
     assert_eq!(r.ids, vec![1, 0]);
-    let (a, b) = (sigmoid(0.4), sigmoid(0.5));
+    let (a, b) = (sig(0.4), sig(0.5));
     assert!(close(
         &r.weights,
         &[(a / (a + b)) as f32, (b / (a + b)) as f32]
@@ -136,7 +144,7 @@ fn grouped_deepseek_keeps_the_groups_with_the_best_two_experts() {
         topk_group: 2,
         routed_scaling_factor: 1.0,
     };
-    let r = route(&cfg(m, 8, 2), &logits, Some(&[0.0; 8]), 1);
+    let r = route(&cfg(m, 8, 2), &logits, Some(&[0.0; 8]), 1).unwrap();
     assert_eq!(r.ids, vec![4, 5]);
     // Without groups the best single expert wins.
     let flat = RoutingMethod::DeepSeekV3 {
@@ -145,7 +153,9 @@ fn grouped_deepseek_keeps_the_groups_with_the_best_two_experts() {
         routed_scaling_factor: 1.0,
     };
     assert_eq!(
-        route(&cfg(flat, 8, 2), &logits, Some(&[0.0; 8]), 1).ids,
+        route(&cfg(flat, 8, 2), &logits, Some(&[0.0; 8]), 1)
+            .unwrap()
+            .ids,
         vec![0, 4]
     );
 }
@@ -162,7 +172,9 @@ fn grouped_deepseek_rounds_the_bias_to_bf16() {
         routed_scaling_factor: 1.0,
     };
     assert_eq!(
-        route(&cfg(grouped, 4, 1), &logits, Some(&bias), 1).ids,
+        route(&cfg(grouped, 4, 1), &logits, Some(&bias), 1)
+            .unwrap()
+            .ids,
         vec![0]
     );
     let flat = RoutingMethod::DeepSeekV3 {
@@ -171,7 +183,9 @@ fn grouped_deepseek_rounds_the_bias_to_bf16() {
         routed_scaling_factor: 1.0,
     };
     assert_eq!(
-        route(&cfg(flat, 4, 1), &logits, Some(&bias), 1).ids,
+        route(&cfg(flat, 4, 1), &logits, Some(&bias), 1)
+            .unwrap()
+            .ids,
         vec![1]
     );
 }
@@ -224,13 +238,13 @@ fn separated_logits_are_clearly_routed_and_the_routing_is_well_formed() {
                     "bf16 values"
                 );
             }
-            let r = route(&c, &logits, bias.as_deref(), t);
+            let r = route(&c, &logits, bias.as_deref(), t).unwrap();
             for (row, ids) in logits
                 .chunks(c.num_experts as usize)
                 .zip(r.ids.chunks(c.top_k as usize))
             {
                 assert!(
-                    selection_margin(&c, row, bias.as_deref()) >= SEPARATION,
+                    selection_margin(&c, row, bias.as_deref()).unwrap() >= SEPARATION,
                     "{c:?}"
                 );
                 let mut sorted = ids.to_vec();
@@ -271,7 +285,7 @@ fn renormalised_weights_sum_to_one_and_scaled_ones_to_the_scale() {
     ] {
         let c = cfg(method, 256, 8);
         let (logits, bias) = separated_logits(&c, 16, false, 3);
-        let r = route(&c, &logits, bias.as_deref(), 16);
+        let r = route(&c, &logits, bias.as_deref(), 16).unwrap();
         for w in r.weights.chunks(8) {
             let sum: f32 = w.iter().sum();
             assert!((sum - want).abs() < 1e-4, "{method:?}: {sum}");
@@ -283,7 +297,165 @@ fn renormalised_weights_sum_to_one_and_scaled_ones_to_the_scale() {
 fn only_the_requested_rows_are_routed() {
     let c = cfg(RoutingMethod::Renormalize, 16, 2);
     let (logits, _) = separated_logits(&c, 10, false, 1);
-    let r = route(&c, &logits, None, 4);
+    let r = route(&c, &logits, None, 4).unwrap();
     assert_eq!(r.ids.len(), 8);
-    assert_eq!(r.ids, route(&c, &logits[..64], None, 4).ids);
+    assert_eq!(r.ids, route(&c, &logits[..64], None, 4).unwrap().ids);
+}
+
+fn deepseek(n_group: u32, topk_group: u32) -> RoutingMethod {
+    RoutingMethod::DeepSeekV3 {
+        n_group,
+        topk_group,
+        routed_scaling_factor: 2.5,
+    }
+}
+
+#[test]
+fn underflowed_sigmoids_give_zero_deepseek_weights_not_nan() {
+    // Every sigmoid of the row is 0 in fp32: the bias alone selects, and the reference gate's
+    // (sum + 1e-20) floor makes the weights 0.
+    let logits = [
+        -150.0f32, -120.0, -200.0, -110.0, -130.0, -160.0, -140.0, -190.0,
+    ];
+    let bias = [0.1f32, 0.5, 0.3, 0.0, 0.7, 0.2, 0.6, 0.4];
+    for method in [
+        deepseek(1, 1),
+        deepseek(2, 1),
+        RoutingMethod::MiniMax2 {
+            routed_scaling_factor: 1.0,
+        },
+    ] {
+        let r = route(&cfg(method, 8, 2), &logits, Some(&bias), 1).unwrap();
+        assert_eq!(r.weights, vec![0.0, 0.0], "{method:?}");
+        // The two largest biases; grouped, groups {0..4} and {4..8} score 0.8 and 1.3 and the
+        // second is kept: the same two.
+        assert_eq!(r.ids, vec![4, 6], "{method:?}");
+    }
+}
+
+#[test]
+fn large_biases_select_and_the_unbiased_sigmoids_weigh() {
+    // GLM-5-like: biases ~12, sigmoids ~1e-8. In fp32, 12 + 1e-8 == 12: the keys are the
+    // biases; the weights are the un-biased sigmoids renormalised.
+    let logits = [-18.0f32, -17.0, -19.0, -16.5];
+    let bias = [12.25f32, 12.0, 12.5, 11.75];
+    let r = route(&cfg(deepseek(1, 1), 4, 2), &logits, Some(&bias), 1).unwrap();
+    assert_eq!(r.ids, vec![2, 0]);
+    let (a, b) = (sig(-19.0), sig(-18.0));
+    let want = [(a / (a + b) * 2.5) as f32, (b / (a + b) * 2.5) as f32];
+    assert!(close(&r.weights, &want), "{:?} vs {want:?}", r.weights);
+    // The (sigmoid + bias) - bias that 0.6.13 computed is 0 here: the weights would be NaN.
+    let key = sigmoid(-19.0) + 12.5;
+    assert_eq!(key - 12.5, 0.0);
+}
+
+#[test]
+fn equal_fp32_keys_tie_to_the_smaller_index_even_when_f64_would_separate_them() {
+    // Two experts with the same bias and different tiny sigmoids: their fp32 keys are equal,
+    // so expert 0 wins although its sigmoid is smaller.
+    let logits = [-19.0f32, -17.0, -30.0];
+    let bias = [12.0f32, 12.0, 0.0];
+    let r = route(&cfg(deepseek(1, 1), 3, 1), &logits, Some(&bias), 1).unwrap();
+    assert_eq!(r.ids, vec![0]);
+}
+
+#[test]
+fn nan_and_infinities_route_by_the_kernels_total_order() {
+    let nan = f32::NAN;
+    let neg_nan = -f32::NAN;
+    let inf = f32::INFINITY;
+    // Raw keys keep the sign of a NaN: +NaN first, -NaN last, infinities in between.
+    let row = [1.0f32, neg_nan, inf, nan, -inf, 0.5];
+    let r = route(&cfg(RoutingMethod::TopK, 6, 6), &row, None, 1).unwrap();
+    assert_eq!(r.ids, vec![3, 2, 0, 5, 4, 1]);
+    assert!(r.weights[0].is_nan() && r.weights[1] == inf && r.weights[4] == -inf);
+    // A softmax over a row holding a NaN is NaN everywhere, so the keys all tie (index order).
+    let r = route(&cfg(RoutingMethod::Default, 6, 3), &row, None, 1).unwrap();
+    assert_eq!(r.ids, vec![0, 1, 2]);
+    assert!(r.weights.iter().all(|w| w.is_nan()));
+    // Renormalize: the chosen hold +NaN and +inf: every weight NaN.
+    let r = route(&cfg(RoutingMethod::Renormalize, 6, 2), &row, None, 1).unwrap();
+    assert_eq!(r.ids, vec![3, 2]);
+    assert!(r.weights.iter().all(|w| w.is_nan()));
+    // Sigmoid of either NaN is the canonical +NaN: both rank first (index order), then
+    // sigmoid(+inf) = 1; sigmoid(-inf) = 0 ranks last.
+    let r = route(&cfg(RoutingMethod::Sigmoid, 6, 6), &row, None, 1).unwrap();
+    assert_eq!(r.ids, vec![1, 3, 2, 0, 5, 4]);
+    assert_eq!(&r.weights[2..], &[1.0, sigmoid(1.0), sigmoid(0.5), 0.0]);
+    // SigmoidRenorm: the NaN sum gives way to the 1e-20 floor (IEEE max), so the finite
+    // weights are huge, not NaN.
+    let m = RoutingMethod::SigmoidRenorm {
+        norm_topk_prob: true,
+    };
+    let r = route(&cfg(m, 6, 3), &row, None, 1).unwrap();
+    assert!(r.weights[0].is_nan() && r.weights[1].is_nan());
+    assert_eq!(r.weights[2], 1e20);
+}
+
+#[test]
+fn the_oracle_refuses_what_the_routing_call_refuses() {
+    let l = [0.0f32; 8];
+    let bad = |c: RoutingConfig, l: &[f32], b: Option<&[f32]>, t: usize| {
+        route(&c, l, b, t).expect_err("must be refused")
+    };
+    let e = bad(cfg(RoutingMethod::Renormalize, 0, 1), &l, None, 1);
+    assert!(e.to_string().contains("num_experts"), "{e}");
+    let e = bad(cfg(RoutingMethod::Renormalize, 4, 5), &l, None, 1);
+    assert!(e.to_string().contains("top_k"), "{e}");
+    let e = bad(cfg(RoutingMethod::Renormalize, 4, 2), &l, None, 3);
+    assert!(e.to_string().contains("logits"), "{e}");
+    let e = bad(cfg(RoutingMethod::Renormalize, 4, 2), &l, None, usize::MAX);
+    assert!(e.to_string().contains("logits"), "{e}");
+    let e = bad(cfg(deepseek(1, 1), 4, 2), &l, None, 1);
+    assert!(e.to_string().contains("bias"), "{e}");
+    let e = bad(cfg(deepseek(1, 1), 4, 2), &l, Some(&[0.0; 3]), 1);
+    assert!(e.to_string().contains("bias"), "{e}");
+    let e = bad(cfg(RoutingMethod::TopK, 4, 2), &l, Some(&[0.0; 4]), 1);
+    assert!(e.to_string().contains("bias"), "{e}");
+    assert!(selection_margin(&cfg(RoutingMethod::TopK, 4, 2), &l[..3], None).is_err());
+}
+
+#[test]
+fn every_regime_is_decided_by_keys_a_kernel_computes_exactly() {
+    for c in sample_configs() {
+        for regime in [
+            Regime::Separated,
+            Regime::LargeBias,
+            Regime::Underflow,
+            Regime::Extreme,
+        ] {
+            if !regime.applies_to(&c.method) {
+                continue;
+            }
+            for bf16_logits in [false, true] {
+                let (logits, bias) = regime_logits(&c, regime, 20, bf16_logits, 5);
+                let r = route(&c, &logits, bias.as_deref(), 20).unwrap();
+                let e = c.num_experts as usize;
+                let b = effective_bias(&c.method, bias.as_deref(), e);
+                for (row, w) in logits.chunks(e).zip(r.weights.chunks(c.top_k as usize)) {
+                    assert!(w.iter().all(|x| x.is_finite()), "{c:?} {regime:?}");
+                    let keys = keys(&c.method, row, &b);
+                    match regime {
+                        Regime::LargeBias | Regime::Underflow if c.method.needs_bias() => {
+                            // The sigmoid vanished: every key is exactly its (effective) bias.
+                            assert_eq!(keys, b, "{c:?} {regime:?}");
+                        }
+                        Regime::Underflow => assert!(keys.iter().all(|&k| k == 0.0)),
+                        _ => assert!(
+                            selection_margin(&c, row, bias.as_deref()).unwrap() >= SEPARATION
+                        ),
+                    }
+                }
+                if regime == Regime::Underflow && c.method.needs_bias() {
+                    assert!(r.weights.iter().all(|&w| w == 0.0), "{c:?}");
+                }
+                if regime == Regime::LargeBias {
+                    // Renormalised: the weights of a token sum to the scale, none is 0.
+                    for w in r.weights.chunks(c.top_k as usize) {
+                        assert!(w.iter().all(|&x| x > 0.0), "{c:?}");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Builds the GPU test binary against FlashInfer 0.6.13 *as released*: without our numeric
+# fixes (vendor/patches/0002-0006; the Llama4 replay backport 0001 stays, or Llama4 routing
+# with replay is refused). It exists to prove that the degenerate-input tests fail without
+# those patches (issue: "the same tests fail on the unpatched tree"):
+#
+#     bash scripts/gpu-pack-released.sh          # here: gpu-pack/released/ (sm_90a only)
+#     bash gpu-pack/released/run.sh              # there: the degenerate tests, expected to FAIL
+#
+# It fetches a second tree into vendor/fetched-released and builds in target/released, so the
+# normal build is untouched; FLASHINFER_RS_ALLOW_UNPATCHED=1 lets flashinfer-sys take that tree.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+skip=(--skip-patch 0002 --skip-patch 0003 --skip-patch 0004 --skip-patch 0005 --skip-patch 0006)
+export FLASHINFER_RS_VENDOR_DIR="$PWD/vendor/fetched-released"
+export FLASHINFER_RS_ALLOW_UNPATCHED=1
+export CARGO_TARGET_DIR="$PWD/target/released"
+python3 vendor/fetch.py toolchain
+python3 vendor/fetch.py sources "${skip[@]}"
+out=gpu-pack/released
+rm -rf "$out" && mkdir -p "$out/bin"
+cargo test --release --features sm90 --test gpu --no-run --message-format=json \
+  | python3 -c '
+import json, sys
+for line in sys.stdin:
+    msg = json.loads(line)
+    if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["profile"]["test"]:
+        print(msg["executable"])' | while read -r exe; do cp "$exe" "$out/bin/gpu"; done
+strip "$out/bin/gpu"
+cat > "$out/run.sh" <<'RUN'
+#!/usr/bin/env bash
+# The degenerate-input tests on kernels as FlashInfer 0.6.13 released them (expected to fail).
+here=$(cd "$(dirname "$0")" && pwd)
+export FLASHINFER_RS_REQUIRE_GPU=1
+"$here/bin/gpu" --test-threads=1 degenerate:: "$@"
+RUN
+chmod +x "$out/run.sh"
+du -sh "$out/bin/gpu"

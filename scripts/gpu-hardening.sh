@@ -11,6 +11,8 @@
 #   sanitize          compute-sanitizer as four parallel jobs: memcheck, initcheck and synccheck
 #                     over every GPU test; racecheck over every test but the capture tests and
 #                     the routing matrix
+#   sanitize:T1,T2..  the listed tools (of memcheck, initcheck, synccheck, racecheck) in
+#                     parallel over every GPU test
 #   racecheck-capture racecheck over the capture soak and the capture ordering test, in parallel
 #   racecheck-routing:I-J  racecheck over shards I..J of the routing matrix (16 shards, one
 #                     after another, 111-150 s each on an H100: three fit one call)
@@ -24,7 +26,7 @@
 # JOB_TIMEOUT (seconds, default 540) bounds every job; a job that runs out exits 124.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n '2,24p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,26p' "$0"; exit 2; }
 logs=$1
 shift
 mkdir -p "$logs"
@@ -62,6 +64,13 @@ for stage in "$@"; do
     done
     FLASHINFER_RS_SANITIZE_FILTER="--skip routing::every --skip capture::" \
       job racecheck-rest bash scripts/sanitize.sh racecheck &
+    wait_all || status=1
+    ;;
+  sanitize:*)
+    IFS=, read -r -a tools <<<"${stage#sanitize:}"
+    for tool in "${tools[@]}"; do
+      job "$tool" bash scripts/sanitize.sh "$tool" &
+    done
     wait_all || status=1
     ;;
   racecheck-capture)

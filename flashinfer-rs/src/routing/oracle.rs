@@ -39,8 +39,11 @@
 //! `-NaN < -inf < ... < -0 < +0 < ... < +inf < +NaN`.
 //! - A key computed from a NaN (a sigmoid, a softmax, `s + bias`) is the canonical NaN the
 //!   GPU produces, `+NaN`, so it ranks first. A raw logit used as its own key
-//!   (`Renormalize`, `TopK`, `Llama4`) keeps its sign: `-NaN` ranks last, `+NaN` first
-//!   (PyTorch's `topk` ranks every NaN first).
+//!   (`Renormalize`, `TopK`) keeps its sign: `-NaN` ranks last, `+NaN` first (PyTorch's
+//!   `topk` ranks every NaN first).
+//! - `Llama4` never chooses a NaN logit: its kernels keep a running maximum with `>`, so a NaN
+//!   counts as `-inf`, and a row of nothing but NaN and `-inf` chooses expert 0 with weight
+//!   `sigmoid(-inf) = 0`.
 //! - Weights propagate NaN and infinities as fp32 arithmetic does: a softmax over a row with a
 //!   NaN or a `+inf` (or only `-inf`) is NaN everywhere; `sigmoid(+inf) = 1`,
 //!   `sigmoid(-inf) = 0`; `SigmoidRenorm` divides by `max(sum, 1e-20)` with IEEE `max`, which
@@ -118,10 +121,15 @@ fn keys(method: &RoutingMethod, row: &[f32], bias: &[f32]) -> Vec<f32> {
             .into_iter()
             .map(gpu)
             .collect(),
-        RoutingMethod::Renormalize
-        | RoutingMethod::RenormalizeNaive
-        | RoutingMethod::TopK
-        | RoutingMethod::Llama4 => row.to_vec(),
+        RoutingMethod::Renormalize | RoutingMethod::RenormalizeNaive | RoutingMethod::TopK => {
+            row.to_vec()
+        }
+        // Llama4's kernels take a running maximum with `>` from -inf: a NaN never wins, so it
+        // ranks as -inf would (and a row of only NaN / -inf picks expert 0 with key -inf).
+        RoutingMethod::Llama4 => row
+            .iter()
+            .map(|&x| if x.is_nan() { f32::NEG_INFINITY } else { x })
+            .collect(),
         RoutingMethod::SigmoidRenorm { .. } | RoutingMethod::Sigmoid => {
             row.iter().map(|&x| sigmoid(x)).collect()
         }
@@ -207,7 +215,9 @@ fn weights(method: &RoutingMethod, row: &[f32], chosen: &[(f32, usize)]) -> Vec<
             softmax(chosen.iter().map(|c| logit(c) as f64))
         }
         RoutingMethod::TopK => chosen.iter().map(|c| logit(c) as f64).collect(),
-        RoutingMethod::Llama4 | RoutingMethod::Sigmoid => sigmoids(),
+        // Llama4 weighs the winning key (so a row without a number gets sigmoid(-inf) = 0).
+        RoutingMethod::Llama4 => chosen.iter().map(|c| sigmoid(c.0) as f64).collect(),
+        RoutingMethod::Sigmoid => sigmoids(),
         RoutingMethod::SigmoidRenorm { norm_topk_prob } => {
             let s = sigmoids();
             if norm_topk_prob {

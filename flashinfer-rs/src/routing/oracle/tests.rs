@@ -382,6 +382,12 @@ fn nan_and_infinities_route_by_the_kernels_total_order() {
     let r = route(&cfg(RoutingMethod::Sigmoid, 6, 6), &row, None, 1).unwrap();
     assert_eq!(r.ids, vec![1, 3, 2, 0, 5, 4]);
     assert_eq!(&r.weights[2..], &[1.0, sigmoid(1.0), sigmoid(0.5), 0.0]);
+    // Llama4 never picks a NaN: it takes the largest number, and with none, expert 0 at 0.
+    let r = route(&cfg(RoutingMethod::Llama4, 6, 1), &row, None, 1).unwrap();
+    assert_eq!((r.ids, r.weights), (vec![2], vec![1.0]));
+    let none = [nan, -inf, neg_nan, -inf];
+    let r = route(&cfg(RoutingMethod::Llama4, 4, 1), &none, None, 1).unwrap();
+    assert_eq!((r.ids, r.weights), (vec![0], vec![0.0]));
     // SigmoidRenorm: the NaN sum gives way to the 1e-20 floor (IEEE max), so the finite
     // weights are huge, not NaN.
     let m = RoutingMethod::SigmoidRenorm {

@@ -12,7 +12,8 @@
 use std::collections::VecDeque;
 
 use flashinfer_rs::capture::{
-    Assembler, CaptureConfig, CaptureStore, RequestId, RowOwner, StepLayout, StepRows,
+    Assembler, AssemblerConfig, CaptureConfig, CaptureStore, RequestId, RowOwner, StepLayout,
+    StepRows,
 };
 use flashinfer_rs::routing::oracle::{self, SplitMix64};
 use flashinfer_rs::routing::{RouteInput, Router, RoutingBuffers, RoutingConfig, RoutingMethod};
@@ -127,7 +128,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Box::new(Synthetic(SplitMix64(1)))
     };
 
-    let mut assembler = Assembler::new(LAYERS, TOP_K, EXPERTS);
+    let mut assembler = Assembler::new(AssemblerConfig {
+        layers: LAYERS,
+        top_k: TOP_K,
+        num_experts: EXPERTS,
+        max_positions: 4096, // the server's maximum sequence length
+    })?;
     let mut waiting: VecDeque<Request> = (0..5)
         .map(|i| Request {
             id: 100 + i,
@@ -166,11 +172,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             println!(
                 "  request {} finished: routed_experts shape ({}, {}, {}) {:?}; first token's layer-0 experts {:?}",
                 r.id,
-                experts.tokens,
-                experts.layers,
-                experts.top_k,
+                experts.tokens(),
+                experts.layers(),
+                experts.top_k(),
                 experts.dtype(),
-                &experts.ids[..TOP_K]
+                &experts.ids()[..TOP_K]
             );
             println!(
                 "    vLLM .npy base64: {}...  SGLang flat ({tag}): {} chars",

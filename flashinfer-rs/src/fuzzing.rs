@@ -7,7 +7,9 @@
 //! crate-private validators without exporting them.
 #![doc(hidden)]
 
-use crate::capture::{Assembler, RowOwner, SlotStore, StepLayout, StepRows};
+use crate::capture::{
+    Assembler, AssemblerConfig, RowOwner, SlotStore, SlotStoreConfig, StepLayout, StepRows,
+};
 use crate::fused::{Activation, MoeOptions, MoeShape, Tactic, WeightLayout};
 use crate::routing::{RoutingConfig, RoutingMethod};
 use flashinfer_sys::fi_dtype;
@@ -336,25 +338,79 @@ pub fn capture_layout(data: &[u8]) {
     }
 }
 
-/// Target `assembly`: arbitrary sequences of assembler and KV-slot-store operations; errors
-/// are fine, panics are not, and finished requests have the shape they claim.
+/// A position or count: mostly small (so steps land), sometimes at or past any bound.
+fn position(b: &mut Bytes) -> usize {
+    match b.u8() % 8 {
+        0 => b.size(),
+        1 => usize::MAX - b.small(2),
+        _ => b.small(12),
+    }
+}
+
+/// An expert id: mostly valid for a small model, sometimes -1, negative or too large.
+fn expert_id(b: &mut Bytes) -> i16 {
+    match b.u8() % 8 {
+        0 => -1,
+        1 => (b.u8() as i16) - 128,
+        2 => b.u32() as i16,
+        _ => (b.u8() % 64) as i16,
+    }
+}
+
+/// Target `assembly`: arbitrary sequences of assembler and KV-slot-store operations over
+/// arbitrary configs (zero sizes included), positions and token counts up to `usize::MAX`,
+/// reversed and out-of-range slot ranges and ids outside the model. Errors are fine, panics
+/// and aborts are not; what is accepted keeps its invariants: exports have the shape they
+/// claim and hold only experts of the model or -1, lookups hold whole rows.
 pub fn assembly(data: &[u8]) {
     let mut b = Bytes::new(data);
-    let layers = 1 + b.small(3);
-    let top_k = 1 + b.small(3);
-    let num_experts = if b.bool() { 300 } else { 64 };
-    let mut asm = Assembler::new(layers, top_k, num_experts);
-    let mut slots = SlotStore::new(b.small(16), layers, top_k, num_experts, 1 << 20).ok();
+    // A size: mostly `1 + small(max)` (or `small(max)` when `zero_ok`), sometimes anything.
+    let pick = |b: &mut Bytes, max: u8, zero_ok: bool| {
+        if b.u8() % 16 == 0 {
+            b.size()
+        } else {
+            b.small(max) + usize::from(!zero_ok)
+        }
+    };
+    let layers = pick(&mut b, 3, false);
+    let top_k = pick(&mut b, 3, false);
+    let num_experts = match b.u8() % 8 {
+        0 => b.u32(),
+        1 => 300,
+        _ => 64,
+    };
+    let max_positions = pick(&mut b, 15, false);
+    let Ok(mut asm) = Assembler::new(AssemblerConfig {
+        layers,
+        top_k,
+        num_experts,
+        max_positions,
+    }) else {
+        return;
+    };
+    let row = layers * top_k; // accepted configs do not overflow
+                              // A request may take up to max_positions x row ids: that is the caller's bound, and a
+                              // bound of terabytes would make the fuzzer's allocator abort. Keep it to 32 MiB.
+    if max_positions.saturating_mul(row) > 16 << 20 {
+        return;
+    }
+    let mut slots = SlotStore::new(SlotStoreConfig {
+        num_slots: pick(&mut b, 16, true),
+        layers,
+        top_k,
+        num_experts,
+        max_bytes: 1 << 20,
+    })
+    .ok();
     let req = |b: &mut Bytes| u64::from(b.u8() % 4);
     while !b.is_empty() {
         match b.u8() % 7 {
             0 => {
-                let _ = asm.start(req(&mut b), b.small(8));
+                let _ = asm.start(req(&mut b), position(&mut b));
             }
             1 => {
                 let tokens = b.small(6);
-                let mut ids = vec![0i16; tokens * layers * top_k];
-                ids.iter_mut().for_each(|x| *x = (b.u8() as i16) - 20);
+                let mut ids: Vec<i16> = (0..tokens * row).map(|_| expert_id(&mut b)).collect();
                 // Sometimes a malformed step.
                 if b.u8().is_multiple_of(8) {
                     ids.pop();
@@ -372,31 +428,37 @@ pub fn assembly(data: &[u8]) {
                         } else {
                             RowOwner::Token {
                                 request: req(&mut b),
-                                position: b.small(12),
+                                position: position(&mut b),
                             }
                         }
                     })
                     .collect();
                 let _ = asm.push_step(&step, &owners);
                 if let Some(s) = slots.as_mut() {
-                    let names: Vec<Option<usize>> =
-                        (0..tokens).map(|_| b.bool().then(|| b.small(20))).collect();
+                    let names: Vec<Option<usize>> = (0..tokens)
+                        .map(|_| b.bool().then(|| position(&mut b)))
+                        .collect();
                     let _ = s.record(&names, &step);
                 }
             }
             2 => {
-                let ids: Vec<i16> = (0..b.small(8)).map(|_| b.u8() as i16).collect();
-                let _ = asm.set_row(req(&mut b), b.small(12), &ids);
+                let n = if b.bool() { row } else { b.small(8) };
+                let ids: Vec<i16> = (0..n).map(|_| expert_id(&mut b)).collect();
+                let _ = asm.set_row(req(&mut b), position(&mut b), &ids);
             }
             3 => {
-                let _ = asm.truncate(req(&mut b), b.small(12));
+                let _ = asm.truncate(req(&mut b), position(&mut b));
             }
             4 => {
                 asm.abort(req(&mut b));
             }
             5 => {
-                let n = b.small(14);
+                let n = position(&mut b);
                 if let Ok(e) = asm.finish(req(&mut b), n) {
+                    assert_eq!(e.ids().len(), e.tokens() * row);
+                    assert!(e.tokens() <= max_positions);
+                    assert!(e.ids().iter().all(|&i| i == crate::capture::UNKNOWN
+                        || (0..num_experts as i64).contains(&(i as i64))));
                     let npy = e.to_npy();
                     assert!(npy.starts_with(b"\x93NUMPY"));
                     let _ = e.to_vllm_base64();
@@ -405,12 +467,11 @@ pub fn assembly(data: &[u8]) {
             }
             _ => {
                 if let Some(s) = slots.as_mut() {
-                    let slot = b.small(20);
-                    if let Some(row) = s.lookup(slot) {
-                        assert_eq!(row.len(), layers * top_k);
+                    if let Some(found) = s.lookup(position(&mut b)) {
+                        assert_eq!(found.len(), row);
                     }
-                    let (a, z) = (b.small(20), b.small(20));
-                    s.invalidate(a.min(z)..a.max(z));
+                    let (a, z) = (position(&mut b), position(&mut b));
+                    let _ = s.invalidate(a..z);
                 }
             }
         }

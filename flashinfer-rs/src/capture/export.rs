@@ -2,12 +2,15 @@
 //! vLLM's base64 `.npy` and SGLang-style flat bytes with a dtype tag.
 //!
 //! The element type is chosen per request ([`ExportDtype::for_rows`]): `uint8` when every row
-//! is known and the model has at most 256 experts, `uint16` up to 65,536 experts, and `int16`
+//! is known and the model has at most 256 experts, `uint16` above that (ids are `int16`, so at most
+//! 32,768 experts: [`MAX_EXPORT_EXPERTS`]), and `int16`
 //! as soon as any row is unknown, with **-1 marking unknown rows** (a row the kernels never
 //! wrote, for example a prefix-cache hit whose routing was not kept). A fake expert 0 is never
 //! emitted for an unknown row.
 
 use base64::Engine as _;
+
+use crate::error::{ensure, Error, Result};
 
 /// Element type of an exported routing array.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -22,6 +25,24 @@ pub enum ExportDtype {
 
 /// Expert id of an unknown row in signed output.
 pub const UNKNOWN: i16 = -1;
+
+/// Every id is an expert in `[0, num_experts)` or [`UNKNOWN`]; the first that is not is
+/// named. The one rule for ids entering the assembler, the KV-slot store and the exports.
+pub(crate) fn check_ids(ids: &[i16], num_experts: u32) -> Result<()> {
+    match ids
+        .iter()
+        .position(|&i| i != UNKNOWN && (i < 0 || i as u32 >= num_experts))
+    {
+        None => Ok(()),
+        Some(at) => Err(Error::invalid(
+            "ids",
+            format!(
+                "id {} at index {at} is neither an expert in [0, {num_experts}) nor UNKNOWN (-1)",
+                ids[at]
+            ),
+        )),
+    }
+}
 
 impl ExportDtype {
     /// The narrowest type that represents `ids` (`UNKNOWN` marks unknown entries) for a model
@@ -65,22 +86,85 @@ impl ExportDtype {
     }
 }
 
+/// Largest expert count the exports take: ids are `i16` (and `-1` is [`UNKNOWN`]).
+pub const MAX_EXPORT_EXPERTS: u32 = i16::MAX as u32 + 1;
+
 /// A request's routed experts, `(tokens, layers, top_k)` token-major, ready to export.
+///
+/// Built only through [`RoutedExperts::new`] (or an [`Assembler`](super::Assembler)), which
+/// checks that every id is an expert of the model or [`UNKNOWN`]: the narrow export types
+/// then never truncate an id.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RoutedExperts {
-    /// Tokens (rows).
-    pub tokens: usize,
-    /// MoE layers per row.
-    pub layers: usize,
-    /// Experts per layer.
-    pub top_k: usize,
-    /// `tokens * layers * top_k` ids; [`UNKNOWN`] where unknown.
-    pub ids: Vec<i16>,
-    /// Experts in the model (decides the narrow dtype).
-    pub num_experts: u32,
+    tokens: usize,
+    layers: usize,
+    top_k: usize,
+    ids: Vec<i16>,
+    num_experts: u32,
 }
 
 impl RoutedExperts {
+    /// `tokens * layers * top_k` ids of a model with `num_experts` experts (at most
+    /// [`MAX_EXPORT_EXPERTS`]); each must be in `[0, num_experts)` or [`UNKNOWN`].
+    pub fn new(
+        tokens: usize,
+        layers: usize,
+        top_k: usize,
+        ids: Vec<i16>,
+        num_experts: u32,
+    ) -> Result<RoutedExperts> {
+        ensure(layers > 0 && top_k > 0, "layers", || {
+            format!("layers ({layers}) and top_k ({top_k}) must be > 0")
+        })?;
+        ensure(
+            (1..=MAX_EXPORT_EXPERTS).contains(&num_experts),
+            "num_experts",
+            || format!("must be in 1..={MAX_EXPORT_EXPERTS}, got {num_experts}"),
+        )?;
+        let want = tokens
+            .checked_mul(layers)
+            .and_then(|n| n.checked_mul(top_k));
+        ensure(want == Some(ids.len()), "ids", || {
+            format!(
+                "holds {} ids, not tokens ({tokens}) x layers ({layers}) x top_k ({top_k})",
+                ids.len()
+            )
+        })?;
+        check_ids(&ids, num_experts)?;
+        Ok(RoutedExperts {
+            tokens,
+            layers,
+            top_k,
+            ids,
+            num_experts,
+        })
+    }
+
+    /// Tokens (rows).
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// MoE layers per row.
+    pub fn layers(&self) -> usize {
+        self.layers
+    }
+
+    /// Experts per layer.
+    pub fn top_k(&self) -> usize {
+        self.top_k
+    }
+
+    /// `tokens * layers * top_k` ids; [`UNKNOWN`] where unknown.
+    pub fn ids(&self) -> &[i16] {
+        &self.ids
+    }
+
+    /// Experts in the model (decides the narrow dtype).
+    pub fn num_experts(&self) -> u32 {
+        self.num_experts
+    }
+
     /// The element type this export will use.
     pub fn dtype(&self) -> ExportDtype {
         ExportDtype::for_rows(&self.ids, self.num_experts)
@@ -131,12 +215,36 @@ mod tests {
     use super::*;
 
     fn sample(ids: Vec<i16>, num_experts: u32) -> RoutedExperts {
-        RoutedExperts {
-            tokens: 2,
-            layers: 3,
-            top_k: 2,
-            ids,
-            num_experts,
+        RoutedExperts::new(2, 3, 2, ids, num_experts).unwrap()
+    }
+
+    #[test]
+    fn ids_outside_the_model_are_refused_and_unknown_survives() {
+        let mut ids: Vec<i16> = (0..12).collect();
+        ids[3] = 300;
+        let e = RoutedExperts::new(2, 3, 2, ids.clone(), 256).unwrap_err();
+        assert!(e.to_string().contains("id 300 at index 3"), "{e}");
+        ids[3] = -2;
+        assert!(RoutedExperts::new(2, 3, 2, ids.clone(), 256).is_err());
+        ids[3] = UNKNOWN;
+        let r = RoutedExperts::new(2, 3, 2, ids, 256).unwrap();
+        assert_eq!(
+            r.dtype(),
+            ExportDtype::I16,
+            "-1 is exported signed, never as 255"
+        );
+        for (tokens, layers, top_k, n, experts) in [
+            (2, 0, 2, 0, 64),
+            (2, 3, 0, 0, 64),
+            (2, 3, 2, 11, 64),
+            (usize::MAX, 3, 2, 12, 64),
+            (2, 3, 2, 12, 0),
+            (2, 3, 2, 12, MAX_EXPORT_EXPERTS + 1),
+        ] {
+            assert!(
+                RoutedExperts::new(tokens, layers, top_k, vec![0; n], experts).is_err(),
+                "{tokens} x {layers} x {top_k}, {n} ids, {experts} experts"
+            );
         }
     }
 

@@ -12,7 +12,7 @@ mod export;
 mod slots;
 mod store;
 
-pub use assemble::{Assembler, RequestId, RowOwner, StepRows};
-pub use export::{ExportDtype, RoutedExperts, UNKNOWN};
-pub use slots::SlotStore;
+pub use assemble::{Assembler, AssemblerConfig, RequestId, RowOwner, StepRows};
+pub use export::{ExportDtype, RoutedExperts, MAX_EXPORT_EXPERTS, UNKNOWN};
+pub use slots::{SlotStore, SlotStoreConfig};
 pub use store::{CaptureConfig, CaptureStore, CollectedStep, StepLayout};

@@ -3,7 +3,7 @@
 //! prefix, which this step never computed.
 //!
 //! Bounded: the store holds exactly one row per KV slot, sized once (and refused above a
-//! memory budget), narrowed to one byte per id when the model has fewer than 256 experts.
+//! memory budget), narrowed to one byte per id when the model has fewer than 255 experts.
 //! A slot's routing is unknown until a step that computed it is recorded, and becomes unknown
 //! again when its KV block is freed ([`SlotStore::invalidate`]); a lookup of an unknown slot
 //! answers `None`, never a made-up row.
@@ -17,70 +17,95 @@
 use std::ops::Range;
 
 use super::assemble::StepRows;
+use super::export::{check_ids, MAX_EXPORT_EXPERTS, UNKNOWN};
 use crate::error::{ensure, Error, Result};
 
 enum Ids {
-    /// Fewer than 256 experts: `u8::MAX` marks an unknown slot.
+    /// Fewer than 255 experts: `u8::MAX` stands for [`UNKNOWN`].
     U8(Vec<u8>),
-    /// Up to 65,535 experts: `u16::MAX` marks an unknown slot.
+    /// Up to [`MAX_EXPORT_EXPERTS`] experts: `u16::MAX` stands for [`UNKNOWN`].
     U16(Vec<u16>),
+}
+
+/// The shape and memory budget of a [`SlotStore`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotStoreConfig {
+    /// KV-cache slots (`num_blocks * block_size`; > 0).
+    pub num_slots: usize,
+    /// MoE layers per row (> 0).
+    pub layers: usize,
+    /// Experts per layer (> 0).
+    pub top_k: usize,
+    /// Experts in the model (1..=[`MAX_EXPORT_EXPERTS`]): every id recorded must be below it
+    /// or [`UNKNOWN`].
+    pub num_experts: u32,
+    /// The most host memory the store may take; a larger one is refused.
+    pub max_bytes: usize,
 }
 
 /// Host routing store indexed by KV slot.
 pub struct SlotStore {
-    layers: usize,
-    top_k: usize,
-    num_slots: usize,
+    config: SlotStoreConfig,
+    /// `layers * top_k`.
+    row: usize,
     ids: Ids,
 }
 
 impl std::fmt::Debug for SlotStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SlotStore")
-            .field("num_slots", &self.num_slots)
-            .field("layers", &self.layers)
-            .field("top_k", &self.top_k)
+            .field("config", &self.config)
             .field("bytes", &self.bytes())
             .finish()
     }
 }
 
 impl SlotStore {
-    /// A store for `num_slots` KV slots of a model with `layers` MoE layers, `top_k` and
-    /// `num_experts`; refused when it would take more than `max_bytes`.
-    pub fn new(
-        num_slots: usize,
-        layers: usize,
-        top_k: usize,
-        num_experts: u32,
-        max_bytes: usize,
-    ) -> Result<SlotStore> {
-        ensure(layers > 0 && top_k > 0, "layers", || {
-            "layers and top_k must be > 0".into()
-        })?;
+    /// A store for `config`: zero sizes, an expert count the ids cannot carry, sizes that
+    /// overflow and stores over `max_bytes` are refused.
+    pub fn new(config: SlotStoreConfig) -> Result<SlotStore> {
+        let SlotStoreConfig {
+            num_slots,
+            layers,
+            top_k,
+            num_experts,
+            max_bytes,
+        } = config;
+        ensure(num_slots > 0, "num_slots", || "must be > 0".into())?;
+        ensure(layers > 0, "layers", || "must be > 0".into())?;
+        ensure(top_k > 0, "top_k", || "must be > 0".into())?;
         ensure(
-            num_experts > 0 && num_experts < u16::MAX as u32,
+            (1..=MAX_EXPORT_EXPERTS).contains(&num_experts),
             "num_experts",
-            || format!("must be in 1..{}, got {num_experts}", u16::MAX),
+            || format!("must be in 1..={MAX_EXPORT_EXPERTS}, got {num_experts}"),
         )?;
-        let elems = num_slots
-            .checked_mul(layers * top_k)
-            .ok_or_else(|| Error::invalid("num_slots", "num_slots x layers x top_k overflows"))?;
+        // One byte per id while every expert id and the UNKNOWN mark fit below u8::MAX.
         let elem = if num_experts < u8::MAX as u32 { 1 } else { 2 };
-        ensure(elems.saturating_mul(elem) <= max_bytes, "max_bytes", || {
-            format!("{num_slots} slots x {layers} layers x top_k {top_k} need {} bytes, over the budget of {max_bytes}", elems * elem)
+        let row = layers.checked_mul(top_k);
+        let bytes = row
+            .and_then(|row| row.checked_mul(num_slots))
+            .and_then(|elems| elems.checked_mul(elem));
+        let (Some(row), Some(bytes)) = (row, bytes) else {
+            return Err(Error::invalid(
+                "num_slots",
+                format!("{num_slots} slots x {layers} layers x top_k {top_k} overflows"),
+            ));
+        };
+        ensure(bytes <= max_bytes, "max_bytes", || {
+            format!("{num_slots} slots x {layers} layers x top_k {top_k} need {bytes} bytes, over the budget of {max_bytes}")
         })?;
+        let elems = bytes / elem;
         let ids = if elem == 1 {
             Ids::U8(vec![u8::MAX; elems])
         } else {
             Ids::U16(vec![u16::MAX; elems])
         };
-        Ok(SlotStore {
-            layers,
-            top_k,
-            num_slots,
-            ids,
-        })
+        Ok(SlotStore { config, row, ids })
+    }
+
+    /// What this store was built with.
+    pub fn config(&self) -> &SlotStoreConfig {
+        &self.config
     }
 
     /// Host memory held.
@@ -91,39 +116,38 @@ impl SlotStore {
         }
     }
 
-    fn row(&self) -> usize {
-        self.layers * self.top_k
-    }
-
     /// Records a collected step: row `r` was computed for KV slot `slots[r]` (`None` for
-    /// padding or rows of other ranks).
+    /// padding or rows of other ranks). The whole step is checked first (shape, slots below
+    /// `num_slots`, ids experts of the model or [`UNKNOWN`]); a refused step changes nothing.
     pub fn record(&mut self, slots: &[Option<usize>], step: &StepRows) -> Result<()> {
-        let row = self.row();
+        let (row, c) = (self.row, &self.config);
         ensure(
-            step.layers == self.layers && step.top_k == self.top_k,
+            step.layers == c.layers && step.top_k == c.top_k,
             "step",
             || {
                 format!(
                     "has {} layers x top_k {}, the store {} x {}",
-                    step.layers, step.top_k, self.layers, self.top_k
+                    step.layers, step.top_k, c.layers, c.top_k
                 )
             },
         )?;
         ensure(
-            slots.len() == step.tokens && step.ids.len() == step.tokens * row,
+            slots.len() == step.tokens && step.tokens.checked_mul(row) == Some(step.ids.len()),
             "slots",
             || format!("names {} rows, the step has {}", slots.len(), step.tokens),
         )?;
-        if let Some(bad) = slots.iter().flatten().find(|&&s| s >= self.num_slots) {
+        if let Some(bad) = slots.iter().flatten().find(|&&s| s >= c.num_slots) {
             return Err(Error::invalid(
                 "slots",
-                format!("slot {bad} >= num_slots ({})", self.num_slots),
+                format!("slot {bad} >= num_slots ({})", c.num_slots),
             ));
         }
+        check_ids(&step.ids, c.num_experts)?;
         for (r, slot) in slots.iter().enumerate() {
             let Some(slot) = *slot else { continue };
             let src = &step.ids[r * row..(r + 1) * row];
             let dst = slot * row..(slot + 1) * row;
+            // UNKNOWN (-1) becomes the type's MAX, which no expert id reaches.
             match &mut self.ids {
                 Ids::U8(v) => v[dst].iter_mut().zip(src).for_each(|(d, &s)| *d = s as u8),
                 Ids::U16(v) => v[dst].iter_mut().zip(src).for_each(|(d, &s)| *d = s as u16),
@@ -132,37 +156,40 @@ impl SlotStore {
         Ok(())
     }
 
-    /// The routing of one slot (`layers * top_k` ids), or `None` when unknown.
+    /// The routing of one slot (`layers * top_k` ids, [`UNKNOWN`] where a recorded row had
+    /// it), or `None` when the slot was never recorded, was invalidated, or is out of range.
     pub fn lookup(&self, slot: usize) -> Option<Vec<i16>> {
-        if slot >= self.num_slots {
+        if slot >= self.config.num_slots {
             return None;
         }
-        let at = slot * self.row()..(slot + 1) * self.row();
+        let at = slot * self.row..(slot + 1) * self.row;
         let row: Vec<i16> = match &self.ids {
-            Ids::U8(v) => {
-                if v[at.start] == u8::MAX {
-                    return None;
-                }
-                v[at].iter().map(|&x| x as i16).collect()
-            }
-            Ids::U16(v) => {
-                if v[at.start] == u16::MAX {
-                    return None;
-                }
-                v[at].iter().map(|&x| x as i16).collect()
-            }
+            Ids::U8(v) => v[at]
+                .iter()
+                .map(|&x| if x == u8::MAX { UNKNOWN } else { x as i16 })
+                .collect(),
+            Ids::U16(v) => v[at]
+                .iter()
+                .map(|&x| if x == u16::MAX { UNKNOWN } else { x as i16 })
+                .collect(),
         };
-        Some(row)
+        // A row of nothing but UNKNOWN says nothing: the same as never recorded.
+        row.iter().any(|&x| x != UNKNOWN).then_some(row)
     }
 
-    /// Forgets the routing of `slots` (a freed or reassigned KV block).
-    pub fn invalidate(&mut self, slots: Range<usize>) {
-        let row = self.row();
-        let r = slots.start.min(self.num_slots) * row..slots.end.min(self.num_slots) * row;
+    /// Forgets the routing of `slots` (a freed or reassigned KV block); the range must lie
+    /// in `[0, num_slots]` with `start <= end`.
+    pub fn invalidate(&mut self, slots: Range<usize>) -> Result<()> {
+        let n = self.config.num_slots;
+        ensure(slots.start <= slots.end && slots.end <= n, "slots", || {
+            format!("{slots:?} is not a range inside [0, num_slots = {n}]")
+        })?;
+        let r = slots.start * self.row..slots.end * self.row;
         match &mut self.ids {
             Ids::U8(v) => v[r].fill(u8::MAX),
             Ids::U16(v) => v[r].fill(u16::MAX),
         }
+        Ok(())
     }
 }
 
@@ -179,9 +206,20 @@ mod tests {
         }
     }
 
+    fn store(num_slots: usize, num_experts: u32) -> SlotStore {
+        SlotStore::new(SlotStoreConfig {
+            num_slots,
+            layers: 2,
+            top_k: 3,
+            num_experts,
+            max_bytes: 1 << 20,
+        })
+        .unwrap()
+    }
+
     #[test]
     fn recorded_slots_are_found_and_others_are_unknown() {
-        let mut s = SlotStore::new(16, 2, 3, 64, 1 << 20).unwrap();
+        let mut s = store(16, 64);
         assert_eq!(s.bytes(), 16 * 6, "one byte per id below 256 experts");
         s.record(&[Some(5), None, Some(9)], &step(3, 40)).unwrap();
         assert_eq!(s.lookup(5), Some(vec![40; 6]));
@@ -192,22 +230,29 @@ mod tests {
 
     #[test]
     fn freed_blocks_forget_their_routing() {
-        let mut s = SlotStore::new(16, 2, 3, 64, 1 << 20).unwrap();
+        let mut s = store(16, 64);
         s.record(&[Some(4), Some(5)], &step(2, 1)).unwrap();
-        s.invalidate(4..5);
+        s.invalidate(4..5).unwrap();
         assert_eq!((s.lookup(4), s.lookup(5)), (None, Some(vec![2; 6])));
-        s.invalidate(0..1000); // clamped
+        s.invalidate(0..16).unwrap();
         assert_eq!(s.lookup(5), None);
+        #[allow(clippy::reversed_empty_ranges)]
+        let reversed = 5..2;
+        assert!(
+            s.invalidate(reversed).is_err(),
+            "a reversed range is an error, not a panic"
+        );
+        assert!(s.invalidate(0..17).is_err(), "beyond num_slots");
     }
 
     #[test]
     fn large_models_use_two_bytes_and_keep_every_expert_id() {
-        let mut s = SlotStore::new(4, 2, 3, 384, 1 << 20).unwrap();
+        let mut s = store(4, 384);
         assert_eq!(s.bytes(), 4 * 6 * 2);
         s.record(&[Some(0)], &step(1, 383)).unwrap();
         assert_eq!(s.lookup(0), Some(vec![383; 6]));
         // Expert 255 is a real id with 256 experts: stored in two bytes, not mistaken for unknown.
-        let mut s = SlotStore::new(4, 2, 3, 256, 1 << 20).unwrap();
+        let mut s = store(4, 256);
         s.record(&[Some(1)], &step(1, 255)).unwrap();
         assert_eq!(s.lookup(1), Some(vec![255; 6]));
     }
@@ -215,14 +260,98 @@ mod tests {
     #[test]
     fn the_memory_budget_and_slot_range_are_enforced() {
         assert!(matches!(
-            SlotStore::new(1 << 20, 61, 8, 256, 100 << 20),
+            SlotStore::new(SlotStoreConfig {
+                num_slots: 1 << 20,
+                layers: 61,
+                top_k: 8,
+                num_experts: 256,
+                max_bytes: 100 << 20
+            }),
             Err(Error::InvalidArgument {
                 arg: "max_bytes",
                 ..
             })
         ));
-        let mut s = SlotStore::new(4, 2, 3, 64, 1 << 20).unwrap();
+        let mut s = store(4, 64);
         assert!(s.record(&[Some(4)], &step(1, 0)).is_err());
         assert!(s.record(&[Some(0), Some(1)], &step(1, 0)).is_err());
+    }
+
+    #[test]
+    fn zero_and_huge_sizes_are_refused_not_panics() {
+        let ok = SlotStoreConfig {
+            num_slots: 4,
+            layers: 2,
+            top_k: 3,
+            num_experts: 64,
+            max_bytes: 1 << 20,
+        };
+        for (bad, arg) in [
+            (SlotStoreConfig { num_slots: 0, ..ok }, "num_slots"),
+            (SlotStoreConfig { layers: 0, ..ok }, "layers"),
+            (SlotStoreConfig { top_k: 0, ..ok }, "top_k"),
+            (
+                SlotStoreConfig {
+                    num_experts: 0,
+                    ..ok
+                },
+                "num_experts",
+            ),
+            (
+                SlotStoreConfig {
+                    num_experts: 65_535,
+                    ..ok
+                },
+                "num_experts",
+            ),
+            (
+                SlotStoreConfig {
+                    layers: usize::MAX,
+                    top_k: 2,
+                    ..ok
+                },
+                "num_slots",
+            ),
+            (
+                SlotStoreConfig {
+                    num_slots: usize::MAX,
+                    ..ok
+                },
+                "num_slots",
+            ),
+            (
+                SlotStoreConfig {
+                    num_slots: 1 << 40,
+                    ..ok
+                },
+                "max_bytes",
+            ),
+        ] {
+            match SlotStore::new(bad) {
+                Err(Error::InvalidArgument { arg: got, .. }) => assert_eq!(got, arg, "{bad:?}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_ids_survive_and_ids_outside_the_model_are_refused() {
+        for experts in [64, 384] {
+            let mut s = store(4, experts);
+            let mut st = step(1, 7);
+            st.ids[2] = UNKNOWN;
+            s.record(&[Some(1)], &st).unwrap();
+            let row = s.lookup(1).unwrap();
+            assert_eq!(
+                row[2], UNKNOWN,
+                "-1 stays -1 with {experts} experts, never 255"
+            );
+            assert_eq!(row[0], 7);
+            st.ids[2] = experts as i16;
+            assert!(s.record(&[Some(2)], &st).is_err());
+            st.ids[2] = -5;
+            assert!(s.record(&[Some(2)], &st).is_err());
+            assert_eq!(s.lookup(2), None, "a refused step records nothing");
+        }
     }
 }

@@ -27,7 +27,7 @@
 extern "C" {
 #endif
 
-#define FI_ABI_VERSION 2
+#define FI_ABI_VERSION 3
 
 /* ---- status --------------------------------------------------------------------------- */
 
@@ -52,6 +52,12 @@ typedef enum fi_status {
 /** Message of the last failing call on this thread ("" if none). Valid until the next failing
  * call on this thread. Never NULL. */
 const char* fi_last_error_message(void);
+
+/** For the last failing call on this thread that returned FI_STATUS_CUDA_ERROR: the CUDA
+ * runtime call that failed (e.g. "cudaMallocAsync") and its cudaError_t value; "" and 0 after
+ * any other failure. Same lifetime rules as fi_last_error_message. */
+const char* fi_last_error_call(void);
+int32_t fi_last_error_cuda_code(void);
 
 /* ---- build information ---------------------------------------------------------------- */
 

@@ -11,6 +11,8 @@
   "flashinfer-sys (for example `cargo build --features sm90`)"
 
 const char* fi_last_error_message(void) { return FI_NOT_BUILT_MESSAGE; }
+const char* fi_last_error_call(void) { return ""; }
+int32_t fi_last_error_cuda_code(void) { return 0; }
 
 fi_status fi_get_build_info(fi_build_info* out) {
   if (out == 0) return FI_STATUS_INVALID_ARGUMENT;

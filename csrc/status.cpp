@@ -10,6 +10,8 @@
 namespace fi {
 namespace {
 thread_local std::string last_error;
+thread_local const char* last_call = "";
+thread_local int32_t last_cuda_error = 0;
 }
 
 namespace {
@@ -22,7 +24,10 @@ std::string first_line(std::string message) {
 }
 }  // namespace
 
-fi_status fail(fi_status status, std::string message) noexcept {
+fi_status fail(fi_status status, std::string message, const char* call,
+               int32_t cuda_error) noexcept {
+  last_call = call != nullptr ? call : "";
+  last_cuda_error = cuda_error;
   try {
     last_error = first_line(std::move(message));
   } catch (...) {
@@ -35,7 +40,7 @@ fi_status translate_current_exception() noexcept {
   try {
     throw;
   } catch (const Failure& e) {
-    return fail(e.status, e.message);
+    return fail(e.status, e.message, e.call, e.cuda_error);
   } catch (const tvm::ffi::Error& e) {
     // Upstream's TVM_FFI_ICHECK/TVM_FFI_THROW: kind plus message, without the backtrace.
     return fail(FI_STATUS_UPSTREAM_ERROR, e.kind() + ": " + e.message());
@@ -53,3 +58,5 @@ fi_status translate_current_exception() noexcept {
 }  // namespace fi
 
 extern "C" const char* fi_last_error_message(void) { return fi::last_error.c_str(); }
+extern "C" const char* fi_last_error_call(void) { return fi::last_call; }
+extern "C" int32_t fi_last_error_cuda_code(void) { return fi::last_cuda_error; }

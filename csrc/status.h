@@ -15,14 +15,21 @@
 
 namespace fi {
 
-// Records `message` as this thread's last error and returns `status`.
-fi_status fail(fi_status status, std::string message) noexcept;
+// Records `message` (and, for a failed CUDA call, the call and its cudaError_t) as this
+// thread's last error and returns `status`.
+fi_status fail(fi_status status, std::string message, const char* call = "",
+               int32_t cuda_error = 0) noexcept;
 
-// A failure this shim detects itself, with the status it maps to.
+// A failure this shim detects itself, with the status it maps to. A failed CUDA call keeps
+// its name and its cudaError_t, which the Rust side hands on as Error::Cuda { call, code }.
 struct Failure : std::exception {
   fi_status status;
   std::string message;
+  const char* call = "";  // a string literal: the CUDA call that failed
+  int32_t cuda_error = 0;
   Failure(fi_status s, std::string m) : status(s), message(std::move(m)) {}
+  Failure(std::string m, const char* c, int32_t code)
+      : status(FI_STATUS_CUDA_ERROR), message(std::move(m)), call(c), cuda_error(code) {}
   const char* what() const noexcept override { return message.c_str(); }
 };
 
@@ -30,11 +37,12 @@ inline void require(bool ok, const char* what) {
   if (!ok) throw Failure(FI_STATUS_INVALID_ARGUMENT, what);
 }
 
+// `call` must be a string literal (it is kept, not copied).
 inline void check_cuda(cudaError_t err, const char* call) {
   if (err != cudaSuccess) {
-    throw Failure(FI_STATUS_CUDA_ERROR,
-                  std::string(call) + " failed: " + cudaGetErrorName(err) + " (" +
-                      cudaGetErrorString(err) + ")");
+    throw Failure(std::string(call) + " failed: " + cudaGetErrorName(err) + " (" +
+                      cudaGetErrorString(err) + ")",
+                  call, static_cast<int32_t>(err));
   }
 }
 

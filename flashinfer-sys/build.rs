@@ -26,9 +26,10 @@ use sha2::{Digest, Sha256};
 const MIN_CUDA: (u32, u32) = (12, 8);
 
 fn main() {
-    let ctx = Ctx::from_env();
-    declare_rerun_triggers(&ctx);
+    let mut ctx = Ctx::from_env();
     let pin = read_pin(&ctx);
+    ctx.vendor = ctx.vendor_dir(&pin);
+    declare_rerun_triggers(&ctx);
     emit_metadata(&ctx, &pin);
 
     if env::var_os("DOCS_RS").is_some() {
@@ -48,12 +49,15 @@ fn main() {
 
 /// Everything the steps share, read once from cargo's environment.
 struct Ctx {
-    /// The workspace root: csrc/ and vendor/ live here.
+    /// This crate's directory: csrc/ and vendor/ live here (in the repository they are
+    /// symlinks to the top-level folders; cargo packages their contents).
     root: PathBuf,
     out_dir: PathBuf,
     archs: Vec<Arch>,
     jobs: usize,
     cache: PathBuf,
+    /// The fetched FlashInfer tree ([`Ctx::vendor_dir`], once the pin is read).
+    vendor: PathBuf,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -85,8 +89,7 @@ impl Arch {
 
 impl Ctx {
     fn from_env() -> Ctx {
-        let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
-        let root = manifest_dir.parent().unwrap().to_path_buf();
+        let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
         let mut archs = Vec::new();
         if env::var_os("CARGO_FEATURE_SM90").is_some() {
             archs.push(Arch::Sm90a);
@@ -108,6 +111,7 @@ impl Ctx {
             archs,
             jobs: jobs.max(1),
             cache,
+            vendor: PathBuf::new(),
         }
     }
 
@@ -115,10 +119,15 @@ impl Ctx {
         self.root.join("csrc")
     }
 
-    fn vendor_dir(&self) -> PathBuf {
+    /// Where vendor/fetch.py puts the fetched sources (the same default as there).
+    fn vendor_dir(&self, pin: &Pin) -> PathBuf {
         env::var_os("FLASHINFER_RS_VENDOR_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|| self.root.join("vendor/fetched"))
+            .unwrap_or_else(|| {
+                self.cache
+                    .join("sources")
+                    .join(format!("flashinfer-{}", pin.version))
+            })
     }
 }
 
@@ -137,7 +146,7 @@ fn declare_rerun_triggers(ctx: &Ctx) {
     // The stamp changes whenever vendor/fetch.py writes a new tree.
     println!(
         "cargo:rerun-if-changed={}",
-        ctx.vendor_dir().join(STAMP).display()
+        ctx.vendor.join(STAMP).display()
     );
     for var in [
         "NVCC",
@@ -258,7 +267,7 @@ fn cc_with_pin(pin: &Pin) -> cc::Build {
 /// a tree that lacks some (fetched with `vendor/fetch.py sources --skip-patch ...`), so that a
 /// regression proof can build the kernels as upstream released them; such a build says so.
 fn require_vendor<'p>(ctx: &Ctx, pin: &'p Pin) -> (PathBuf, Vec<&'p Patch>) {
-    let dir = ctx.vendor_dir();
+    let dir = ctx.vendor.clone();
     let fetch = format!(
         "Run this once (it downloads the pinned wheels, checks their sha256 and applies our \
          patches):\n\n    python3 {}/vendor/fetch.py sources\n",
@@ -633,7 +642,7 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(String, PathBuf)> {
     let shared_key = shared_inputs_digest(ctx);
     // Longest first: the fetched tree usually lives inside the checkout.
     let roots = [
-        (ctx.vendor_dir().to_string_lossy().into_owned(), "<vendor>"),
+        (ctx.vendor.to_string_lossy().into_owned(), "<vendor>"),
         (ctx.root.to_string_lossy().into_owned(), "<root>"),
     ];
     let mut versions = std::collections::HashMap::new();
@@ -782,7 +791,7 @@ struct SharedInputs {
 
 fn shared_inputs_digest(ctx: &Ctx) -> SharedInputs {
     let mut h = Sha256::new();
-    h.update(fs::read(ctx.vendor_dir().join(STAMP)).unwrap_or_default());
+    h.update(fs::read(ctx.vendor.join(STAMP)).unwrap_or_default());
     let upstream = hex(h.clone().finalize().as_slice());
     let mut headers = Vec::new();
     collect_files(&ctx.csrc(), "h", &mut headers);

@@ -15,7 +15,7 @@ Idempotent: a tree whose stamp matches the manifest is not fetched or extracted 
 
 Locations (all overridable):
     FLASHINFER_RS_CACHE     download cache and toolchain prefix   (~/.cache/flashinfer-rs)
-    FLASHINFER_RS_VENDOR_DIR  extracted source tree               (vendor/fetched, git-ignored)
+    FLASHINFER_RS_VENDOR_DIR  extracted source tree               (<cache>/sources/flashinfer-<version>)
     FLASHINFER_CUBIN_DIR    cubin cache root                      (<cache>/cubins)
 """
 
@@ -48,8 +48,10 @@ def cache_dir() -> Path:
     return Path(os.environ.get("FLASHINFER_RS_CACHE", Path.home() / ".cache" / "flashinfer-rs"))
 
 
-def vendor_dir() -> Path:
-    return Path(os.environ.get("FLASHINFER_RS_VENDOR_DIR", HERE / "fetched"))
+def vendor_dir(manifest: dict) -> Path:
+    """The extracted tree; flashinfer-sys's build.rs uses the same default."""
+    default = cache_dir() / "sources" / f"flashinfer-{manifest['flashinfer']['version']}"
+    return Path(os.environ.get("FLASHINFER_RS_VENDOR_DIR", default))
 
 
 def cubin_dir() -> Path:
@@ -150,7 +152,7 @@ def write_stamp(tree: Path, stamp: dict, name: str = STAMP) -> None:
 
 
 def fetch_sources(manifest: dict, offline: bool, skip: list[str] = ()) -> None:
-    tree = vendor_dir()
+    tree = vendor_dir(manifest)
     stamp = {s["name"]: s["sha256"] for s in manifest["source"]}
     patches = [p for p in manifest.get("patch", []) if not any(p["file"].startswith(k) for k in skip)]
     if skip:

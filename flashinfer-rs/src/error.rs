@@ -32,12 +32,37 @@ pub enum Error {
     /// FlashInfer rejected the call (one of its own checks); upstream's message.
     #[error("FlashInfer rejected the call: {0}")]
     Upstream(String),
-    /// A CUDA call made by the C shim failed.
-    #[error("CUDA error: {0}")]
-    Cuda(String),
-    /// A CUDA driver call made from Rust (through cudarc) failed.
+    /// A CUDA runtime call made by the C shim failed: which call, and its `cudaError_t`
+    /// (e.g. 2 = `cudaErrorMemoryAllocation`, 700 = `cudaErrorIllegalAddress`).
+    #[error("CUDA error in `{call}`: {message} (cudaError_t {code})")]
+    Cuda {
+        /// The runtime call that failed (`cudaMallocAsync`, `routing kernel launch`, ...).
+        call: String,
+        /// Its `cudaError_t` value.
+        code: i32,
+        /// Its name and description, as the CUDA runtime gives them.
+        message: String,
+    },
+    /// A CUDA driver call made from Rust (through cudarc) failed; keeps cudarc's error, whose
+    /// `.0` is the driver's `CUresult`.
     #[error("CUDA driver error: {0}")]
-    Driver(String),
+    Driver(cudarc::driver::DriverError),
+    /// A capture call out of protocol order (`end_step` without `begin_step`, a step begun
+    /// twice, ...): a bug in the caller's serving loop, not in its data.
+    #[error("capture protocol: `{call}` {rule}")]
+    CaptureProtocol {
+        /// The capture call that was made out of order.
+        call: &'static str,
+        /// What the protocol asks instead.
+        rule: String,
+    },
+    /// Every readback buffer still holds a step that was not collected: collect one, then
+    /// end the step again (back-pressure, not a failure of the data).
+    #[error("all {in_flight} capture readback buffers are in flight; collect() a step first")]
+    Backpressure {
+        /// Steps in flight (= readback buffers of the store).
+        in_flight: usize,
+    },
     /// A cubin is missing, unreadable or fails its sha256.
     #[error("cubin error: {0}")]
     Cubin(String),
@@ -57,7 +82,7 @@ impl Error {
 
 impl From<cudarc::driver::DriverError> for Error {
     fn from(e: cudarc::driver::DriverError) -> Self {
-        Error::Driver(e.to_string())
+        Error::Driver(e)
     }
 }
 

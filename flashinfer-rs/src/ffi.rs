@@ -11,16 +11,23 @@ pub(crate) fn check(status: sys::fi_status) -> Result<()> {
     if status == sys::fi_status::FI_STATUS_OK {
         return Ok(());
     }
-    // SAFETY: the C ABI always returns a valid NUL-terminated string owned by this thread.
-    let message = unsafe { CStr::from_ptr(sys::fi_last_error_message()) }
-        .to_string_lossy()
-        .into_owned();
+    // SAFETY: the C ABI always returns valid NUL-terminated strings owned by this thread
+    // (or static), valid until its next failing call; both are copied here.
+    let text = |p: *const std::os::raw::c_char| {
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    };
+    let message = text(unsafe { sys::fi_last_error_message() });
     Err(match status {
         sys::fi_status::FI_STATUS_INVALID_ARGUMENT => Error::InvalidArgument {
             arg: "(C ABI)",
             rule: message,
         },
-        sys::fi_status::FI_STATUS_CUDA_ERROR => Error::Cuda(message),
+        sys::fi_status::FI_STATUS_CUDA_ERROR => Error::Cuda {
+            call: text(unsafe { sys::fi_last_error_call() }),
+            // SAFETY: plain thread-local read.
+            code: unsafe { sys::fi_last_error_cuda_code() },
+            message,
+        },
         sys::fi_status::FI_STATUS_UPSTREAM_ERROR => Error::Upstream(message),
         sys::fi_status::FI_STATUS_KERNELS_NOT_BUILT => Error::KernelsNotBuilt,
         sys::fi_status::FI_STATUS_UNSUPPORTED_ARCH => Error::UnsupportedArch(message),

@@ -366,7 +366,7 @@ pub fn assembly(data: &[u8]) {
     let mut b = Bytes::new(data);
     // A size: mostly `1 + small(max)` (or `small(max)` when `zero_ok`), sometimes anything.
     let pick = |b: &mut Bytes, max: u8, zero_ok: bool| {
-        if b.u8() % 16 == 0 {
+        if b.u8().is_multiple_of(16) {
             b.size()
         } else {
             b.small(max) + usize::from(!zero_ok)

@@ -98,8 +98,8 @@ fn the_capture_protocol_refuses_misuse_without_blocking() {
     assert!(
         matches!(
             store.end_step(&g.stream),
-            Err(Error::InvalidArgument {
-                arg: "end_step",
+            Err(Error::CaptureProtocol {
+                call: "end_step",
                 ..
             })
         ),
@@ -116,15 +116,19 @@ fn the_capture_protocol_refuses_misuse_without_blocking() {
     store.begin_step(&g.stream, StepLayout::single(4)).unwrap();
     assert!(matches!(
         store.begin_step(&g.stream, StepLayout::single(4)),
-        Err(Error::InvalidArgument {
-            arg: "begin_step",
+        Err(Error::CaptureProtocol {
+            call: "begin_step",
             ..
         })
     ));
-    // Both slots in flight: a typed error, not a hidden wait; collecting frees one.
+    // Both slots in flight: back-pressure, a typed error and not a hidden wait; collecting
+    // frees one.
+    let full = store.end_step(&g.stream);
     assert!(
-        matches!(store.end_step(&g.stream), Err(Error::InvalidArgument { arg: "end_step", ref rule }) if rule.contains("collect"))
+        matches!(full, Err(Error::Backpressure { in_flight: 2 })),
+        "{full:?}"
     );
+    assert!(full.unwrap_err().to_string().contains("collect"));
     assert!(store.collect().unwrap().is_some());
     store.end_step(&g.stream).unwrap();
     assert!(matches!(

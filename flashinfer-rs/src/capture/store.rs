@@ -197,11 +197,13 @@ impl CaptureStore {
                 || format!("maps a layer to a slot >= moe_layers ({})", cfg.moe_layers),
             )?;
         }
-        let per_layer = cfg.max_tokens * cfg.top_k;
         let total = cfg
-            .moe_layers
-            .checked_mul(per_layer)
-            .ok_or_else(|| Error::invalid("max_tokens", "too large"))?;
+            .max_tokens
+            .checked_mul(cfg.top_k)
+            .and_then(|per_layer| per_layer.checked_mul(cfg.moe_layers))
+            .ok_or_else(|| {
+                Error::invalid("max_tokens", "max_tokens x top_k x moe_layers overflows")
+            })?;
         let ctx = stream.context().clone();
         let device = stream.clone_htod(&vec![-1i16; total])?;
         let side = ctx.new_stream()?;
@@ -274,9 +276,12 @@ impl CaptureStore {
     /// kernels, or before launching a graph of them.
     pub fn begin_step(&mut self, compute: &CudaStream, layout: StepLayout) -> Result<()> {
         layout.check(self.cfg.max_tokens)?;
-        ensure(self.current.is_none(), "begin_step", || {
-            "the previous step was not ended".into()
-        })?;
+        if self.current.is_some() {
+            return Err(Error::CaptureProtocol {
+                call: "begin_step",
+                rule: "was called again before the previous step was ended".into(),
+            });
+        }
         // Before the first step `views_free` was never recorded, and a wait on such an event
         // completes at once.
         compute.wait(&self.views_free)?;
@@ -291,16 +296,15 @@ impl CaptureStore {
         let layout = self
             .current
             .take()
-            .ok_or_else(|| Error::invalid("end_step", "no step was begun"))?;
+            .ok_or_else(|| Error::CaptureProtocol {
+                call: "end_step",
+                rule: "was called without a step begun (begin_step first)".into(),
+            })?;
         let Some(slot) = self.free.pop() else {
             self.current = Some(layout);
-            return Err(Error::invalid(
-                "end_step",
-                format!(
-                    "all {} slots are in flight; collect() first",
-                    self.cfg.slots
-                ),
-            ));
+            return Err(Error::Backpressure {
+                in_flight: self.cfg.slots,
+            });
         };
         let (k, max) = (self.cfg.top_k, self.cfg.max_tokens);
         let rows = layout.keep.len();

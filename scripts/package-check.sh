@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Proves the published crates are self-contained: packages flashinfer-sys and flashinfer-rs
+# (`cargo package`, which also builds each without features), unpacks the .crate files into a
+# clean directory outside the workspace, and builds a small application against the unpacked
+# crates there, as a user of crates.io would:
+#   1. without features (no nvcc, no fetched sources);
+#   2. `DOCS_RS=1 cargo doc`, as docs.rs builds it;
+#   3. with `sm90`, after running the packaged `vendor/fetch.py` as the build's error message
+#      tells a user to (the object cache makes this cheap after the main build).
+# CI runs it from scripts/test.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+target=${CARGO_TARGET_DIR:-$root/target}
+work=$(mktemp -d "${TMPDIR:-/tmp}/flashinfer-rs-package.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+
+echo "== package-check: cargo package (each crate verified without features)"
+rm -f "$target"/package/flashinfer-*.crate
+cargo package --workspace --exclude flashinfer-rs-suite --allow-dirty --quiet
+mkdir -p "$work/crates"
+for c in "$target"/package/flashinfer-sys-*.crate "$target"/package/flashinfer-rs-*.crate; do
+  tar xzf "$c" -C "$work/crates"
+done
+sys=$(echo "$work"/crates/flashinfer-sys-*)
+rs=$(echo "$work"/crates/flashinfer-rs-*)
+for f in csrc/flashinfer_rs.h vendor/MANIFEST.toml vendor/fetch.py LICENSE README.md; do
+  [ -f "$sys/$f" ] || { echo "package-check: flashinfer-sys lacks $f" >&2; exit 1; }
+done
+
+mkdir -p "$work/app/src"
+cat > "$work/app/Cargo.toml" <<EOF
+[package]
+name = "package-check-app"
+version = "0.0.0"
+edition = "2021"
+publish = false
+
+[features]
+sm90 = ["flashinfer-rs/sm90"]
+
+[dependencies]
+flashinfer-rs = "=0.1.0"
+
+[patch.crates-io]
+flashinfer-rs = { path = "$rs" }
+flashinfer-sys = { path = "$sys" }
+EOF
+cat > "$work/app/src/main.rs" <<'EOF'
+fn main() {
+    let info = flashinfer_rs::build_info();
+    println!("built against FlashInfer {}: {info:?}", flashinfer_rs::FLASHINFER_VERSION);
+}
+EOF
+# The workspace's lock file pins the same dependency versions the crates were tested with.
+cp "$root/Cargo.lock" "$work/app/Cargo.lock"
+cd "$work/app"
+export CARGO_TARGET_DIR=$work/target
+
+echo "== package-check: build without features"
+cargo build --quiet
+"$CARGO_TARGET_DIR/debug/package-check-app"
+
+echo "== package-check: DOCS_RS=1 cargo doc"
+DOCS_RS=1 cargo doc --quiet --no-deps -p flashinfer-rs -p flashinfer-sys
+
+echo "== package-check: build with sm90 from the package's own vendor/fetch.py"
+python3 "$sys/vendor/fetch.py" all
+cargo build --quiet --features sm90
+"$CARGO_TARGET_DIR/debug/package-check-app"
+echo "== package-check: passed"

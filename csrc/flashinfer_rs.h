@@ -67,8 +67,12 @@ typedef struct fi_build_info {
   const char* bmm_artifact;     /**< batched-GEMM cubin artifact path the fused MoE loads */
   int32_t kernels_built;        /**< 0 when built with no arch feature */
   int32_t has_sm90;             /**< routing kernels for sm_90a are in this library */
-  int32_t has_sm100;            /**< routing + fused MoE for sm_100a (and sm_103a) */
+  int32_t has_sm100;            /**< routing + fused MoE for Blackwell (sm_100 and sm_103) */
   int32_t cuda_version;         /**< CUDART_VERSION of the compiler that built it, 0 if none */
+  const char* targets;          /**< machine-code targets, e.g. "sm_90a,sm_100f,sm_100a,sm_103a"
+                                     ("" without kernels): routing runs on sm_90 (sm_90a) and on
+                                     sm_100/sm_103 (the sm_100f family target); the fused MoE on
+                                     sm_100 and sm_103 */
 } fi_build_info;
 
 fi_status fi_get_build_info(fi_build_info* out);
@@ -109,6 +113,11 @@ fi_status fi_get_device_info(fi_device_info* out);
  * `device`, `sm_major`, `sm_minor` and `sm_count` are read) and, like a call, fixes the shape
  * if none is fixed yet: use it only in a process that does not route. */
 fi_status fi_check_device_shape(const fi_device_info* device);
+
+/** For tests of the architecture gate, which every routing and fused call runs first: the
+ * verdicts for a device of compute capability `sm_major`.`sm_minor` (read from `device`),
+ * written to its `routing_supported` and `fused_supported`. Pure: no device is queried. */
+fi_status fi_arch_gate(fi_device_info* device);
 
 /* ---- routing -------------------------------------------------------------------------- */
 

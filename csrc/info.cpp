@@ -15,16 +15,27 @@
 #ifndef FLASHINFER_RS_BMM_ARTIFACT
 #error "build.rs defines FLASHINFER_RS_BMM_ARTIFACT"
 #endif
+#ifndef FLASHINFER_RS_TARGETS
+#error "build.rs defines FLASHINFER_RS_TARGETS"
+#endif
 
 namespace fi {
 namespace {
+
+// Blackwell data-centre chips: B200/GB200 (10.0) and B300/GB300 (10.3). Routing is built
+// for the sm_100 family target (runs on both), the fused MoE's own kernels for sm_100a and
+// sm_103a, and the pinned GEMM cubins cover both (sm100f and sm103a). Other 10.x or 12.x
+// (consumer Blackwell) parts have none of these.
+bool blackwell(int major, int minor) { return major == 10 && (minor == 0 || minor == 3); }
+
+}  // namespace
 
 bool routing_built_for(int major, int minor) {
 #ifdef FLASHINFER_RS_SM90
   if (major == 9 && minor == 0) return true;
 #endif
 #ifdef FLASHINFER_RS_SM100
-  if (major == 10 && minor == 0) return true;
+  if (blackwell(major, minor)) return true;
 #endif
   (void)major;
   (void)minor;
@@ -33,22 +44,18 @@ bool routing_built_for(int major, int minor) {
 
 bool fused_built_for(int major, int minor) {
 #ifdef FLASHINFER_RS_SM100
-  if (major == 10 && minor == 0) return true;
+  if (blackwell(major, minor)) return true;
 #endif
   (void)major;
   (void)minor;
   return false;
 }
 
+namespace {
+
 std::string arch_list() {
-  std::string s;
-#ifdef FLASHINFER_RS_SM90
-  s += " sm_90a";
-#endif
-#ifdef FLASHINFER_RS_SM100
-  s += " sm_100a";
-#endif
-  return s.empty() ? " (none)" : s;
+  std::string s = FLASHINFER_RS_TARGETS;
+  return s.empty() ? " (none)" : " " + s;
 }
 
 void query(fi_device_info* out) {
@@ -147,6 +154,7 @@ extern "C" fi_status fi_get_build_info(fi_build_info* out) {
     out->has_sm100 = 0;
 #endif
     out->cuda_version = CUDART_VERSION;
+    out->targets = FLASHINFER_RS_TARGETS;
   });
 }
 
@@ -154,6 +162,14 @@ extern "C" fi_status fi_get_device_info(fi_device_info* out) {
   return fi::guarded([&] {
     fi::require(out != nullptr, "out must not be NULL");
     fi::query(out);
+  });
+}
+
+extern "C" fi_status fi_arch_gate(fi_device_info* device) {
+  return fi::guarded([&] {
+    fi::require(device != nullptr, "device must not be NULL");
+    device->routing_supported = fi::routing_built_for(device->sm_major, device->sm_minor);
+    device->fused_supported = fi::fused_built_for(device->sm_major, device->sm_minor);
   });
 }
 

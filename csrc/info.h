@@ -8,4 +8,8 @@ namespace fi {
 // cudaGetDevice and an atomic load when warm.
 void require_routing_arch();
 void require_fused_arch();
+
+// Whether this build has routing (fused MoE) kernels for compute capability major.minor.
+bool routing_built_for(int major, int minor);
+bool fused_built_for(int major, int minor);
 }  // namespace fi

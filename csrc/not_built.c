@@ -23,11 +23,17 @@ fi_status fi_get_build_info(fi_build_info* out) {
   out->has_sm90 = 0;
   out->has_sm100 = 0;
   out->cuda_version = 0;
+  out->targets = "";
   return FI_STATUS_OK;
 }
 
 fi_status fi_get_device_info(fi_device_info* out) {
   (void)out;
+  return FI_STATUS_KERNELS_NOT_BUILT;
+}
+
+fi_status fi_arch_gate(fi_device_info* device) {
+  (void)device;
   return FI_STATUS_KERNELS_NOT_BUILT;
 }
 

@@ -11,11 +11,7 @@ use flashinfer_rs::ReplayView;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let build = flashinfer_rs::build_info();
-    let archs: Vec<&str> = [("sm_90a", build.sm90), ("sm_100a", build.sm100)]
-        .iter()
-        .filter(|(_, on)| *on)
-        .map(|(name, _)| *name)
-        .collect();
+    let archs = &build.targets;
     println!(
         "flashinfer-rs {} | FlashInfer {} | kernels: {} | CUDA runtime {}",
         env!("CARGO_PKG_VERSION"),

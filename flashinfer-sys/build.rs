@@ -6,7 +6,7 @@
 //!   2. No arch feature, or docs.rs: `build_not_built`: the C ABI answering "kernels not built",
 //!      compiled by the host C compiler; no nvcc needed.
 //!   3. `require_vendor`: the fetched FlashInfer tree (vendor/fetch.py); never downloads.
-//!   4. `find_cuda`: nvcc >= 12.8 from NVCC, FLASHINFER_RS_CUDA_HOME, CUDA_HOME, CUDA_PATH,
+//!   4. `find_cuda`: nvcc >= 12.9 from NVCC, FLASHINFER_RS_CUDA_HOME, CUDA_HOME, CUDA_PATH,
 //!      the toolchain that vendor/fetch.py installs, or PATH.
 //!   5. `plan_jobs` + `run_jobs`: every translation unit, heaviest first, compiled in parallel
 //!      (cargo's NUM_JOBS) through a content-addressed object cache, so a fresh clone on a
@@ -22,8 +22,9 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
-/// Oldest CUDA whose nvcc knows sm_100a.
-const MIN_CUDA: (u32, u32) = (12, 8);
+/// Oldest CUDA whose nvcc knows the Blackwell targets (sm_100a, sm_103a; the sm_100f family
+/// target needs 12.9).
+const MIN_CUDA: (u32, u32) = (12, 9);
 
 fn main() {
     let mut ctx = Ctx::from_env();
@@ -60,31 +61,146 @@ struct Ctx {
     vendor: PathBuf,
 }
 
+/// A GPU generation the `sm90` / `sm100` features build for.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Arch {
-    Sm90a,
-    Sm100a,
+    /// Hopper (sm_90).
+    Hopper,
+    /// Blackwell data-centre parts: B200/GB200 (sm_100) and B300/GB300 (sm_103).
+    Blackwell,
 }
 
 impl Arch {
-    fn gencode(self) -> &'static str {
+    /// Machine code of the routing kernels and our shim. Blackwell takes the sm_100 family
+    /// target, one pass that runs on sm_100 and sm_103 (the kernels use no architecture-
+    /// specific instruction).
+    fn routing_targets(self) -> &'static [&'static str] {
         match self {
-            Arch::Sm90a => "-gencode=arch=compute_90a,code=sm_90a",
-            Arch::Sm100a => "-gencode=arch=compute_100a,code=sm_100a",
+            Arch::Hopper => &["sm_90a"],
+            Arch::Blackwell => &["sm_100f"],
         }
     }
-    fn name(self) -> &'static str {
+    /// Machine code of the fused MoE's own device code (quantisation, finalize, ...), which
+    /// uses architecture-specific instructions (fp4 conversions): one pass per chip, matching
+    /// the pinned GEMM cubins (sm100f and sm103a).
+    fn fused_targets(self) -> &'static [&'static str] {
         match self {
-            Arch::Sm90a => "sm_90a",
-            Arch::Sm100a => "sm_100a",
+            Arch::Hopper => &[],
+            Arch::Blackwell => &["sm_100a", "sm_103a"],
         }
     }
     fn define(self) -> &'static str {
         match self {
-            Arch::Sm90a => "-DFLASHINFER_RS_SM90",
-            Arch::Sm100a => "-DFLASHINFER_RS_SM100",
+            Arch::Hopper => "-DFLASHINFER_RS_SM90",
+            Arch::Blackwell => "-DFLASHINFER_RS_SM100",
         }
     }
+}
+
+/// `-gencode` of a machine-code target such as `sm_100f`.
+fn gencode(target: &str) -> String {
+    let arch = target.replacen("sm_", "compute_", 1);
+    format!("-gencode=arch={arch},code={target}")
+}
+
+/// Which device code a translation unit holds, and so which targets it is compiled for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Device {
+    /// Host code only.
+    None,
+    /// Routing kernels (or code built beside them): every enabled arch's routing target.
+    Routing,
+    /// The fused MoE's own kernels: Blackwell's fused targets only.
+    Fused,
+}
+
+/// Where a translation unit's source lives.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Origin {
+    /// The fetched FlashInfer tree (`flashinfer/` below the vendor dir).
+    Upstream,
+    /// Our C ABI (`csrc/`).
+    Ours,
+}
+
+/// One translation unit of the kernel library.
+struct Unit {
+    /// Object name (and cache key prefix).
+    name: &'static str,
+    origin: Origin,
+    /// Path below its origin.
+    path: &'static str,
+    device: Device,
+    /// Built only when Blackwell is enabled (the fused MoE).
+    blackwell_only: bool,
+}
+
+const fn unit(
+    name: &'static str,
+    origin: Origin,
+    path: &'static str,
+    device: Device,
+    blackwell_only: bool,
+) -> Unit {
+    Unit {
+        name,
+        origin,
+        path,
+        device,
+        blackwell_only,
+    }
+}
+
+/// Every translation unit, heaviest first: the list is consumed from the front, and the
+/// longest job bounds the wall time on few cores.
+const UNITS: &[Unit] = {
+    use Device::{Fused, None as Host, Routing};
+    use Origin::{Ours, Upstream};
+    &[
+        unit("routing_custom", Upstream, concat!("csrc/fused_moe/trtllm_backend/", "trtllm_fused_moe_routing_custom.cu"), Routing, false),
+        unit("batched_gemm_runner", Upstream, "csrc/trtllm_batched_gemm_runner.cu", Fused, true),
+        unit("routing_deepseek", Upstream, concat!("csrc/fused_moe/trtllm_backend/", "trtllm_fused_moe_routing_deepseek.cu"), Routing, false),
+        unit("noaux_tc", Upstream, "csrc/fused_moe/noAuxTcKernels.cu", Routing, false),
+        unit("quantization", Upstream, "csrc/nv_internal/cpp/kernels/quantization.cu", Fused, true),
+        unit("moe_launcher", Upstream, "csrc/trtllm_fused_moe_kernel_launcher.cu", Fused, true),
+        unit("moe_runner", Upstream, "csrc/trtllm_fused_moe_runner.cu", Fused, true),
+        unit("moe_dev_kernel", Upstream, concat!("csrc/fused_moe/trtllm_backend/", "trtllm_fused_moe_dev_kernel.cu"), Fused, true),
+        unit("routing_llama4", Upstream, concat!("csrc/fused_moe/trtllm_backend/", "trtllm_fused_moe_routing_llama4.cu"), Routing, false),
+        unit("routing_common", Upstream, concat!("csrc/fused_moe/trtllm_backend/", "trtllm_fused_moe_routing_common.cu"), Routing, false),
+        unit("fi_routing", Ours, "routing.cu", Routing, false),
+        unit("fi_noaux_tc", Ours, "noaux_tc.cu", Routing, false),
+        unit("fi_fused_moe", Ours, "fused_moe.cu", Routing, false),
+        // The driver functions the batched-GEMM runner calls, loaded at run time.
+        unit("fi_cuda_driver", Ours, "cuda_driver.c", Host, true),
+        unit("fi_status", Ours, "status.cpp", Host, false),
+        unit("fi_info", Ours, "info.cpp", Host, false),
+        unit("fi_abi_layout", Ours, "abi_layout.c", Host, false),
+        unit("fi_scratch", Ours, "scratch.c", Host, false),
+        unit("tllm_env_utils", Upstream, "csrc/nv_internal/cpp/common/envUtils.cpp", Host, false),
+        unit("tllm_logger", Upstream, "csrc/nv_internal/cpp/common/logger.cpp", Host, false),
+        unit("tllm_string_utils", Upstream, "csrc/nv_internal/cpp/common/stringUtils.cpp", Host, false),
+        unit("tllm_exception", Upstream, "csrc/nv_internal/cpp/common/tllmException.cpp", Host, false),
+    ]
+};
+
+/// Every machine-code target of a build for `archs`, routing first (`sm_90a,sm_100f,...`).
+fn all_targets(archs: &[Arch]) -> Vec<&'static str> {
+    let mut all = targets(archs, Device::Routing);
+    all.extend(targets(archs, Device::Fused));
+    all
+}
+
+/// The machine-code targets of `device` code for the enabled archs.
+fn targets(archs: &[Arch], device: Device) -> Vec<&'static str> {
+    archs
+        .iter()
+        .flat_map(|a| match device {
+            Device::None => &[][..],
+            Device::Routing => a.routing_targets(),
+            Device::Fused => a.fused_targets(),
+        })
+        .copied()
+        .collect()
 }
 
 impl Ctx {
@@ -92,10 +208,10 @@ impl Ctx {
         let root = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
         let mut archs = Vec::new();
         if env::var_os("CARGO_FEATURE_SM90").is_some() {
-            archs.push(Arch::Sm90a);
+            archs.push(Arch::Hopper);
         }
         if env::var_os("CARGO_FEATURE_SM100").is_some() {
-            archs.push(Arch::Sm100a);
+            archs.push(Arch::Blackwell);
         }
         let jobs = env::var("NUM_JOBS")
             .ok()
@@ -218,7 +334,7 @@ fn read_pin(ctx: &Ctx) -> Pin {
 }
 
 fn emit_metadata(ctx: &Ctx, pin: &Pin) {
-    let archs: Vec<&str> = ctx.archs.iter().map(|a| a.name()).collect();
+    let archs = all_targets(&ctx.archs);
     // For this crate's Rust code (constants in lib.rs).
     println!(
         "cargo:rustc-env=FLASHINFER_RS_UPSTREAM_VERSION={}",
@@ -378,14 +494,14 @@ fn probe_nvcc(nvcc: &Path) -> Result<Cuda, String> {
             version.0, version.1, MIN_CUDA.0, MIN_CUDA.1
         ));
     }
-    // Resolve `nvcc` on PATH to its real location to find CUDA_HOME.
+    // Resolve a bare `nvcc` through PATH to its real location, to find CUDA_HOME.
     let resolved = if nvcc.components().count() == 1 {
-        let which = Command::new("sh")
-            .arg("-c")
-            .arg("command -v nvcc")
-            .output()
-            .map_err(|e| e.to_string())?;
-        PathBuf::from(String::from_utf8_lossy(&which.stdout).trim())
+        env::var_os("PATH")
+            .iter()
+            .flat_map(env::split_paths)
+            .map(|dir| dir.join(nvcc))
+            .find(|p| p.is_file())
+            .ok_or("not on PATH")?
     } else {
         nvcc.to_path_buf()
     };
@@ -415,7 +531,6 @@ struct Job {
 fn plan_jobs(ctx: &Ctx, pin: &Pin, patches: &[&Patch], vendor: &Path, cuda: &Cuda) -> Vec<Job> {
     let fi = vendor.join("flashinfer");
     let csrc = ctx.csrc();
-    let has_sm100 = ctx.archs.contains(&Arch::Sm100a);
 
     let includes = [
         fi.join("include"),
@@ -466,114 +581,42 @@ fn plan_jobs(ctx: &Ctx, pin: &Pin, patches: &[&Patch], vendor: &Path, cuda: &Cud
     }
     common.extend(includes.iter().map(|i| format!("-I{}", i.display())));
 
-    let all_archs: Vec<String> = ctx.archs.iter().map(|a| a.gencode().to_string()).collect();
-    let sm100_only = vec![Arch::Sm100a.gencode().to_string()];
-    let threads = vec![format!("--threads={}", ctx.archs.len())];
-
-    let nvcc = |name: &str, source: PathBuf, gencodes: &[String]| Job {
-        name: name.to_string(),
-        program: cuda.nvcc.clone(),
-        args: common
-            .iter()
-            .chain(gencodes)
-            .chain(&threads)
-            .cloned()
-            .collect(),
-        source,
-    };
-    let backend = fi.join("csrc/fused_moe/trtllm_backend");
-    let mut jobs = vec![nvcc(
-        "routing_custom",
-        backend.join("trtllm_fused_moe_routing_custom.cu"),
-        &all_archs,
-    )];
-    if has_sm100 {
-        jobs.push(nvcc(
-            "batched_gemm_runner",
-            fi.join("csrc/trtllm_batched_gemm_runner.cu"),
-            &sm100_only,
-        ));
-    }
-    jobs.push(nvcc(
-        "routing_deepseek",
-        backend.join("trtllm_fused_moe_routing_deepseek.cu"),
-        &all_archs,
-    ));
-    jobs.push(nvcc(
-        "noaux_tc",
-        fi.join("csrc/fused_moe/noAuxTcKernels.cu"),
-        &all_archs,
-    ));
-    if has_sm100 {
-        jobs.push(nvcc(
-            "quantization",
-            fi.join("csrc/nv_internal/cpp/kernels/quantization.cu"),
-            &sm100_only,
-        ));
-        jobs.push(nvcc(
-            "moe_launcher",
-            fi.join("csrc/trtllm_fused_moe_kernel_launcher.cu"),
-            &sm100_only,
-        ));
-        jobs.push(nvcc(
-            "moe_runner",
-            fi.join("csrc/trtllm_fused_moe_runner.cu"),
-            &sm100_only,
-        ));
-        jobs.push(nvcc(
-            "moe_dev_kernel",
-            backend.join("trtllm_fused_moe_dev_kernel.cu"),
-            &sm100_only,
-        ));
-    }
-    jobs.push(nvcc(
-        "routing_llama4",
-        backend.join("trtllm_fused_moe_routing_llama4.cu"),
-        &all_archs,
-    ));
-    jobs.push(nvcc(
-        "routing_common",
-        backend.join("trtllm_fused_moe_routing_common.cu"),
-        &all_archs,
-    ));
-    jobs.push(nvcc("fi_routing", csrc.join("routing.cu"), &all_archs));
-    jobs.push(nvcc("fi_noaux_tc", csrc.join("noaux_tc.cu"), &all_archs));
-    jobs.push(nvcc("fi_fused_moe", csrc.join("fused_moe.cu"), &all_archs));
-    if has_sm100 {
-        // The driver functions the batched-GEMM runner calls, loaded at run time.
-        jobs.push(nvcc("fi_cuda_driver", csrc.join("cuda_driver.c"), &[]));
-    }
-    // Host-only translation units (nvcc hands them to the host compiler).
-    for (name, src) in [
-        ("fi_status", csrc.join("status.cpp")),
-        ("fi_info", csrc.join("info.cpp")),
-        ("fi_abi_layout", csrc.join("abi_layout.c")),
-        ("fi_scratch", csrc.join("scratch.c")),
-        (
-            "tllm_env_utils",
-            fi.join("csrc/nv_internal/cpp/common/envUtils.cpp"),
-        ),
-        (
-            "tllm_logger",
-            fi.join("csrc/nv_internal/cpp/common/logger.cpp"),
-        ),
-        (
-            "tllm_string_utils",
-            fi.join("csrc/nv_internal/cpp/common/stringUtils.cpp"),
-        ),
-        (
-            "tllm_exception",
-            fi.join("csrc/nv_internal/cpp/common/tllmException.cpp"),
-        ),
-    ] {
-        jobs.push(nvcc(name, src, &[]));
-    }
-    // What our patches enable is for our shim only: upstream objects keep their cache keys.
-    let patch_defines: Vec<String> = patches
+    let has_blackwell = ctx.archs.contains(&Arch::Blackwell);
+    let mut jobs: Vec<Job> = UNITS
+        .iter()
+        .filter(|u| has_blackwell || !u.blackwell_only)
+        .map(|u| {
+            let gencodes: Vec<String> = targets(&ctx.archs, u.device)
+                .into_iter()
+                .map(gencode)
+                .collect();
+            let mut args = common.clone();
+            if !gencodes.is_empty() {
+                args.push(format!("--threads={}", gencodes.len()));
+            }
+            args.extend(gencodes);
+            Job {
+                name: u.name.to_string(),
+                program: cuda.nvcc.clone(),
+                args,
+                source: match u.origin {
+                    Origin::Upstream => fi.join(u.path),
+                    Origin::Ours => csrc.join(u.path),
+                },
+            }
+        })
+        .collect();
+    // What our patches enable, and the target list build info reports, are for our shim
+    // only: upstream objects keep their cache keys.
+    let mut patch_defines: Vec<String> = patches
         .iter()
         .filter_map(|p| p.define.as_ref())
         .map(|d| format!("-D{d}"))
         .collect();
+    patch_defines.push(format!(
+        "-DFLASHINFER_RS_TARGETS=\"{}\"",
+        all_targets(&ctx.archs).join(",")
+    ));
     for job in jobs.iter_mut().filter(|j| j.source.starts_with(&csrc)) {
         job.args.extend(patch_defines.iter().cloned());
     }
@@ -719,7 +762,7 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(String, PathBuf)> {
     if !errors.is_empty() {
         fail(&format!("compilation failed:\n{}", errors.join("\n")));
     }
-    let archs: Vec<&str> = ctx.archs.iter().map(|a| a.name()).collect();
+    let archs = all_targets(&ctx.archs);
     let compiled = *compiled.lock().unwrap();
     println!(
         "cargo:warning=flashinfer-sys: kernels for {} ready: {total} objects, {compiled} compiled, {} from the object cache, {:.0}s",

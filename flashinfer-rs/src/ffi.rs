@@ -47,10 +47,13 @@ pub struct BuildInfo {
     pub kernels_built: bool,
     /// Routing kernels for Hopper (`sm_90a`).
     pub sm90: bool,
-    /// Routing and the fused MoE for Blackwell (`sm_100a`).
+    /// Routing and the fused MoE for Blackwell: B200/GB200 (sm_100) and B300/GB300 (sm_103).
     pub sm100: bool,
     /// CUDA runtime version the kernels were built against (e.g. 13000), 0 without kernels.
     pub cuda_version: i32,
+    /// Machine-code targets in the library: `sm_90a` (routing on Hopper), `sm_100f`
+    /// (routing on sm_100 and sm_103), `sm_100a`, `sm_103a` (the fused MoE's own kernels).
+    pub targets: Vec<String>,
 }
 
 /// Describes this build: pinned upstream version, artifact and architectures.
@@ -70,6 +73,11 @@ pub fn build_info() -> BuildInfo {
         sm90: raw.has_sm90 != 0,
         sm100: raw.has_sm100 != 0,
         cuda_version: raw.cuda_version,
+        targets: text(raw.targets)
+            .split(',')
+            .filter(|t| !t.is_empty())
+            .map(String::from)
+            .collect(),
     }
 }
 

@@ -46,10 +46,12 @@ pub struct fi_build_info {
     pub kernels_built: i32,
     #[doc = "< routing kernels for sm_90a are in this library"]
     pub has_sm90: i32,
-    #[doc = "< routing + fused MoE for sm_100a (and sm_103a)"]
+    #[doc = "< routing + fused MoE for Blackwell (sm_100 and sm_103)"]
     pub has_sm100: i32,
     #[doc = "< CUDART_VERSION of the compiler that built it, 0 if none"]
     pub cuda_version: i32,
+    #[doc = "< machine-code targets, e.g. \"sm_90a,sm_100f,sm_100a,sm_103a\"\n(\"\" without kernels): routing runs on sm_90 (sm_90a) and on\nsm_100/sm_103 (the sm_100f family target); the fused MoE on\nsm_100 and sm_103"]
+    pub targets: *const ::core::ffi::c_char,
 }
 impl Default for fi_build_info {
     fn default() -> Self {
@@ -107,6 +109,10 @@ unsafe extern "C" {
 unsafe extern "C" {
     #[doc = " For tests of the device-shape guard, which every routing and fused call runs after its\n architecture check: upstream sizes routing launches from the SM version and SM count of the\n first device it ran on (process-wide statics), so the first device admitted fixes\n (sm_major, sm_minor, sm_count) for the process and a device that differs is refused with\n FI_STATUS_UNSUPPORTED_ARCH naming both. This runs that guard on a described device (only\n `device`, `sm_major`, `sm_minor` and `sm_count` are read) and, like a call, fixes the shape\n if none is fixed yet: use it only in a process that does not route."]
     pub fn fi_check_device_shape(device: *const fi_device_info) -> fi_status;
+}
+unsafe extern "C" {
+    #[doc = " For tests of the architecture gate, which every routing and fused call runs first: the\n verdicts for a device of compute capability `sm_major`.`sm_minor` (read from `device`),\n written to its `routing_supported` and `fused_supported`. Pure: no device is queried."]
+    pub fn fi_arch_gate(device: *mut fi_device_info) -> fi_status;
 }
 pub mod fi_dtype {
     #[doc = " Element types, as the ABI names them."]

@@ -77,7 +77,46 @@ fn build_info_reports_the_pin_and_archs() {
     assert_eq!(artifact.to_str().unwrap(), BMM_ARTIFACT);
     assert_eq!(info.kernels_built != 0, KERNELS_BUILT);
     assert_eq!(info.has_sm90 != 0, BUILT_ARCHS.contains("sm_90a"));
-    assert_eq!(info.has_sm100 != 0, BUILT_ARCHS.contains("sm_100a"));
+    assert_eq!(info.has_sm100 != 0, BUILT_ARCHS.contains("sm_100f"));
+    let targets = unsafe { core::ffi::CStr::from_ptr(info.targets) };
+    assert_eq!(targets.to_str().unwrap(), BUILT_ARCHS, "build info lists what build.rs built");
+}
+
+/// The gate admits exactly the chips this build has machine code for: Hopper sm_90 with
+/// `sm90`; Blackwell B200/GB200 (10.0) and B300/GB300 (10.3) with `sm100`, for routing and the
+/// fused MoE alike (routing is built for the sm_100 family, the fused kernels for sm_100a and
+/// sm_103a, and the pinned GEMM cubins are sm100f and sm103a). Nothing else: no sm_80, no
+/// sm_89, no other 10.x, no consumer Blackwell (12.x). Only the gate can be tested here; no
+/// Blackwell chip has run these kernels.
+#[cfg(flashinfer_kernels)]
+#[test]
+fn the_arch_gate_admits_exactly_what_is_built() {
+    let hopper = BUILT_ARCHS.contains("sm_90a");
+    let blackwell = BUILT_ARCHS.contains("sm_100f");
+    assert_eq!(blackwell, BUILT_ARCHS.contains("sm_100a") && BUILT_ARCHS.contains("sm_103a"));
+    for (major, minor, routing, fused) in [
+        (8, 0, false, false),
+        (8, 9, false, false),
+        (9, 0, hopper, false),
+        (10, 0, blackwell, blackwell),
+        (10, 1, false, false),
+        (10, 3, blackwell, blackwell),
+        (11, 0, false, false),
+        (12, 0, false, false),
+        (12, 1, false, false),
+    ] {
+        let mut d = fi_device_info {
+            sm_major: major,
+            sm_minor: minor,
+            ..Default::default()
+        };
+        assert_eq!(unsafe { fi_arch_gate(&mut d) }, fi_status::FI_STATUS_OK);
+        assert_eq!(
+            (d.routing_supported != 0, d.fused_supported != 0),
+            (routing, fused),
+            "sm_{major}{minor}"
+        );
+    }
 }
 
 #[test]

@@ -27,9 +27,12 @@ fn kernels_hold_machine_code_for_the_enabled_archs() {
             .filter(|l| l.contains(&format!(".{arch}.")))
             .count()
     };
+    // cuobjdump names the sm_100 family target's machine code `sm_100`.
     for (feature, arch) in [
         (cfg!(feature = "sm90"), "sm_90a"),
+        (cfg!(feature = "sm100"), "sm_100"),
         (cfg!(feature = "sm100"), "sm_100a"),
+        (cfg!(feature = "sm100"), "sm_103a"),
     ] {
         if feature {
             assert!(
@@ -41,9 +44,11 @@ fn kernels_hold_machine_code_for_the_enabled_archs() {
         }
     }
     eprintln!(
-        "sm_90a cubins: {}, sm_100a cubins: {} ({})",
+        "cubins: sm_90a {}, sm_100 (family) {}, sm_100a {}, sm_103a {} ({})",
         count("sm_90a"),
+        count("sm_100"),
         count("sm_100a"),
+        count("sm_103a"),
         env!("FLASHINFER_RS_KERNEL_LIB")
     );
 }

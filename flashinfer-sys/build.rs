@@ -157,16 +157,91 @@ const UNITS: &[Unit] = {
     use Device::{Fused, None as Host, Routing};
     use Origin::{Ours, Upstream};
     &[
-        unit("routing_custom", Upstream, concat!("csrc/fused_moe/trtllm_backend/", "trtllm_fused_moe_routing_custom.cu"), Routing, false),
-        unit("batched_gemm_runner", Upstream, "csrc/trtllm_batched_gemm_runner.cu", Fused, true),
-        unit("routing_deepseek", Upstream, concat!("csrc/fused_moe/trtllm_backend/", "trtllm_fused_moe_routing_deepseek.cu"), Routing, false),
-        unit("noaux_tc", Upstream, "csrc/fused_moe/noAuxTcKernels.cu", Routing, false),
-        unit("quantization", Upstream, "csrc/nv_internal/cpp/kernels/quantization.cu", Fused, true),
-        unit("moe_launcher", Upstream, "csrc/trtllm_fused_moe_kernel_launcher.cu", Fused, true),
-        unit("moe_runner", Upstream, "csrc/trtllm_fused_moe_runner.cu", Fused, true),
-        unit("moe_dev_kernel", Upstream, concat!("csrc/fused_moe/trtllm_backend/", "trtllm_fused_moe_dev_kernel.cu"), Fused, true),
-        unit("routing_llama4", Upstream, concat!("csrc/fused_moe/trtllm_backend/", "trtllm_fused_moe_routing_llama4.cu"), Routing, false),
-        unit("routing_common", Upstream, concat!("csrc/fused_moe/trtllm_backend/", "trtllm_fused_moe_routing_common.cu"), Routing, false),
+        unit(
+            "routing_custom",
+            Upstream,
+            concat!(
+                "csrc/fused_moe/trtllm_backend/",
+                "trtllm_fused_moe_routing_custom.cu"
+            ),
+            Routing,
+            false,
+        ),
+        unit(
+            "batched_gemm_runner",
+            Upstream,
+            "csrc/trtllm_batched_gemm_runner.cu",
+            Fused,
+            true,
+        ),
+        unit(
+            "routing_deepseek",
+            Upstream,
+            concat!(
+                "csrc/fused_moe/trtllm_backend/",
+                "trtllm_fused_moe_routing_deepseek.cu"
+            ),
+            Routing,
+            false,
+        ),
+        unit(
+            "noaux_tc",
+            Upstream,
+            "csrc/fused_moe/noAuxTcKernels.cu",
+            Routing,
+            false,
+        ),
+        unit(
+            "quantization",
+            Upstream,
+            "csrc/nv_internal/cpp/kernels/quantization.cu",
+            Fused,
+            true,
+        ),
+        unit(
+            "moe_launcher",
+            Upstream,
+            "csrc/trtllm_fused_moe_kernel_launcher.cu",
+            Fused,
+            true,
+        ),
+        unit(
+            "moe_runner",
+            Upstream,
+            "csrc/trtllm_fused_moe_runner.cu",
+            Fused,
+            true,
+        ),
+        unit(
+            "moe_dev_kernel",
+            Upstream,
+            concat!(
+                "csrc/fused_moe/trtllm_backend/",
+                "trtllm_fused_moe_dev_kernel.cu"
+            ),
+            Fused,
+            true,
+        ),
+        unit(
+            "routing_llama4",
+            Upstream,
+            concat!(
+                "csrc/fused_moe/trtllm_backend/",
+                "trtllm_fused_moe_routing_llama4.cu"
+            ),
+            Routing,
+            false,
+        ),
+        unit(
+            "routing_common",
+            Upstream,
+            concat!(
+                "csrc/fused_moe/trtllm_backend/",
+                "trtllm_fused_moe_routing_common.cu"
+            ),
+            Routing,
+            false,
+        ),
         unit("fi_routing", Ours, "routing.cu", Routing, false),
         unit("fi_noaux_tc", Ours, "noaux_tc.cu", Routing, false),
         unit("fi_fused_moe", Ours, "fused_moe.cu", Routing, false),
@@ -176,10 +251,34 @@ const UNITS: &[Unit] = {
         unit("fi_info", Ours, "info.cpp", Host, false),
         unit("fi_abi_layout", Ours, "abi_layout.c", Host, false),
         unit("fi_scratch", Ours, "scratch.c", Host, false),
-        unit("tllm_env_utils", Upstream, "csrc/nv_internal/cpp/common/envUtils.cpp", Host, false),
-        unit("tllm_logger", Upstream, "csrc/nv_internal/cpp/common/logger.cpp", Host, false),
-        unit("tllm_string_utils", Upstream, "csrc/nv_internal/cpp/common/stringUtils.cpp", Host, false),
-        unit("tllm_exception", Upstream, "csrc/nv_internal/cpp/common/tllmException.cpp", Host, false),
+        unit(
+            "tllm_env_utils",
+            Upstream,
+            "csrc/nv_internal/cpp/common/envUtils.cpp",
+            Host,
+            false,
+        ),
+        unit(
+            "tllm_logger",
+            Upstream,
+            "csrc/nv_internal/cpp/common/logger.cpp",
+            Host,
+            false,
+        ),
+        unit(
+            "tllm_string_utils",
+            Upstream,
+            "csrc/nv_internal/cpp/common/stringUtils.cpp",
+            Host,
+            false,
+        ),
+        unit(
+            "tllm_exception",
+            Upstream,
+            "csrc/nv_internal/cpp/common/tllmException.cpp",
+            Host,
+            false,
+        ),
     ]
 };
 

@@ -114,9 +114,19 @@ pub fn device_info(ctx: &cudarc::driver::CudaContext) -> Result<DeviceInfo> {
 /// CUDA devices visible to this process; 0 when there is no driver at all (never panics,
 /// unlike `CudaContext::new` without a driver).
 pub fn cuda_device_count() -> usize {
-    // SAFETY: only probes whether libcuda can be loaded.
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+    if !driver_present() {
         return 0;
     }
     cudarc::driver::CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
+}
+
+/// Whether the CUDA driver library can be loaded. Asked of the dynamic loader directly, not of
+/// cudarc: `cudarc::driver::sys::is_culib_present` exists only when cudarc loads the driver at
+/// run time, while a binary that links it (candle's `dynamic-linking`) cannot start without it.
+fn driver_present() -> bool {
+    ["libcuda.so.1", "libcuda.so"].iter().any(|name| {
+        // SAFETY: loading the CUDA driver runs only its own initialisers; the handle is
+        // dropped at once (the library stays loaded for cudarc).
+        unsafe { libloading::Library::new(*name) }.is_ok()
+    })
 }

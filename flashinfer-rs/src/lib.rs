@@ -1,17 +1,53 @@
-//! Safe Rust calls into FlashInfer's TRTLLM-gen Mixture-of-Experts routing, with the routed
-//! experts of every token captured straight into a buffer you own (`routing_replay_out`).
+//! Safe Rust calls into FlashInfer's TRTLLM-gen Mixture-of-Experts kernels (routing and the
+//! fused MoE), with the experts every token was routed to written straight into a buffer you
+//! own (`routing_replay_out`): zero-copy, CUDA-graph safe, and collected per request for RL
+//! routing replay ([`capture`]).
 //!
-//! | capability | Hopper (sm_90) | Blackwell (sm_100) | no kernels built |
+//! ```no_run
+//! use flashinfer_rs::cudarc::driver::CudaContext;
+//! use flashinfer_rs::routing::{RouteInput, Router, RoutingBuffers, RoutingConfig, RoutingMethod};
+//! use flashinfer_rs::ReplayView;
+//!
+//! # fn main() -> Result<(), flashinfer_rs::Error> {
+//! let stream = CudaContext::new(0)?.default_stream();
+//! let cfg = RoutingConfig::new(RoutingMethod::Renormalize, 128, 8); // Qwen3-30B-A3B
+//! let router = Router::new(cfg)?;
+//! let mut buffers = RoutingBuffers::new(&stream, &cfg, 1024)?;
+//! let logits = stream.alloc_zeros::<flashinfer_rs::half::bf16>(16 * 128)?; // the gate's [16, 128] output
+//! let mut replay = stream.alloc_zeros::<i16>(1024 * 8)?;
+//! let input = RouteInput { logits: (&logits).into(), bias: None, num_tokens: 16 };
+//! router.route(&stream, &input, &mut buffers, Some(&mut ReplayView::from_slice(&mut replay, 8)?))?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # What runs where
+//!
+//! | capability | Hopper (sm_90) | Blackwell B200/GB200, B300/GB300 (sm_100, sm_103) | no kernels built |
 //! |---|---|---|---|
-//! | [`routing`]: every 0.6.13 routing method, replay, CPU oracle | yes (`sm90`) | yes (`sm100`) | [`Error::KernelsNotBuilt`] (oracle works) |
-//! | [`capture`]: zero-copy layer store, async step readback, request assembly, vLLM/SGLang export | yes | yes | host side only |
-//! | [`fused`]: tactic query | [`Error::UnsupportedArch`] | yes (`sm100`) | [`Error::KernelsNotBuilt`] |
-//! | build and device queries ([`build_info`], [`device_info`]) | yes | yes | build info only |
+//! | [`routing`]: every 0.6.13 routing method with replay, our numeric fixes, CPU oracle | yes (`sm90`; tested on H100/H200) | built (`sm100`); not run (no Blackwell available to us) | [`Error::KernelsNotBuilt`] (the oracle works) |
+//! | [`capture`]: zero-copy layer store, async readback, layouts, per-request assembly, vLLM/SGLang export, KV-slot store | yes (tested on H100/H200) | yes | host side only |
+//! | [`fused`]: the four `trtllm_*_moe` calls and the tactic query | [`Error::UnsupportedArch`], nothing launched | built and linked (`sm100`); not run yet | [`Error::KernelsNotBuilt`] |
+//! | [`build_info`], [`device_info`] | yes | yes | build info only |
 //!
-//! Layers: `flashinfer-sys` is the raw C ABI; this crate checks every argument against
-//! upstream's limits before anything is launched and turns every failure into an [`Error`].
-//! Kernels run on the caller's cudarc stream, never allocate or synchronise in a call, and can
-//! be captured in CUDA graphs.
+//! # Features and the build
+//!
+//! - `sm90`, `sm100`: compile the kernels (routing, and for `sm100` the fused MoE) with nvcc
+//!   from the pinned FlashInfer 0.6.13 sources. Nothing is downloaded by the build: fetch the
+//!   sources (and, if you have no CUDA >= 12.9, nvcc from PyPI) once with
+//!   `python3 <flashinfer-sys>/vendor/fetch.py all`; a missing tree fails the build with that
+//!   command. Compiled objects are cached (`~/.cache/flashinfer-rs/objects`).
+//! - No feature: no nvcc, no kernels; every kernel entry point answers
+//!   [`Error::KernelsNotBuilt`], the host side (capture assembly, export, oracle) works.
+//!
+//! # Layers
+//!
+//! `flashinfer-sys` is the raw C ABI (`csrc/flashinfer_rs.h`); this crate validates every
+//! argument against upstream's limits (once, in a config, then cheaply per call) before
+//! anything is launched and turns every failure into a typed [`Error`] that keeps CUDA error
+//! codes. Routing calls run on the caller's cudarc stream, allocate nothing and never
+//! synchronise; the fused MoE takes its scratch stream-ordered on that stream. Both can be
+//! captured in CUDA graphs.
 #![warn(missing_docs)]
 
 pub mod capture;
@@ -32,3 +68,8 @@ pub const FLASHINFER_VERSION: &str = flashinfer_sys::FLASHINFER_VERSION;
 /// Re-exported so callers use the same cudarc and half versions as this crate.
 pub use cudarc;
 pub use half;
+
+/// The README's code, compiled as doctests (every snippet there is a real program).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

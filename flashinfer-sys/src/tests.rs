@@ -79,7 +79,11 @@ fn build_info_reports_the_pin_and_archs() {
     assert_eq!(info.has_sm90 != 0, BUILT_ARCHS.contains("sm_90a"));
     assert_eq!(info.has_sm100 != 0, BUILT_ARCHS.contains("sm_100f"));
     let targets = unsafe { core::ffi::CStr::from_ptr(info.targets) };
-    assert_eq!(targets.to_str().unwrap(), BUILT_ARCHS, "build info lists what build.rs built");
+    assert_eq!(
+        targets.to_str().unwrap(),
+        BUILT_ARCHS,
+        "build info lists what build.rs built"
+    );
 }
 
 /// The gate admits exactly the chips this build has machine code for: Hopper sm_90 with
@@ -93,7 +97,10 @@ fn build_info_reports_the_pin_and_archs() {
 fn the_arch_gate_admits_exactly_what_is_built() {
     let hopper = BUILT_ARCHS.contains("sm_90a");
     let blackwell = BUILT_ARCHS.contains("sm_100f");
-    assert_eq!(blackwell, BUILT_ARCHS.contains("sm_100a") && BUILT_ARCHS.contains("sm_103a"));
+    assert_eq!(
+        blackwell,
+        BUILT_ARCHS.contains("sm_100a") && BUILT_ARCHS.contains("sm_103a")
+    );
     for (major, minor, routing, fused) in [
         (8, 0, false, false),
         (8, 9, false, false),

@@ -293,13 +293,10 @@ impl CaptureStore {
     /// kept rows on the side stream, ordered after everything `compute` has enqueued so far.
     /// Never waits on the host. Fails (typed) when every slot is in flight: collect first.
     pub fn end_step(&mut self, compute: &Arc<CudaStream>) -> Result<u64> {
-        let layout = self
-            .current
-            .take()
-            .ok_or_else(|| Error::CaptureProtocol {
-                call: "end_step",
-                rule: "was called without a step begun (begin_step first)".into(),
-            })?;
+        let layout = self.current.take().ok_or_else(|| Error::CaptureProtocol {
+            call: "end_step",
+            rule: "was called without a step begun (begin_step first)".into(),
+        })?;
         let Some(slot) = self.free.pop() else {
             self.current = Some(layout);
             return Err(Error::Backpressure {

@@ -1,0 +1,1 @@
+//! See tests/candle_tensor.rs.

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Proves flashinfer-rs builds beside candle with CUDA: downstream/candle is a crate outside the
+# workspace that depends on candle-core (feature `cuda`, hence cudarc's `dynamic-linking`) and
+# on flashinfer-rs with `sm90`; cargo unifies one cudarc 0.19 for both.
+#
+#     bash scripts/candle-check.sh            # build and run its tests (they skip without a GPU)
+#     bash scripts/candle-check.sh --pack DIR # also copy the test binary to DIR (GPU runs)
+#
+# What the link step needs that a GPU-less build machine lacks (libcuda, and the CUDA 13
+# libraries candle links) comes from link-time stand-ins (downstream/candle/make_link_stubs.py);
+# at run time the real libraries are loaded by SONAME.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+python3 vendor/fetch.py all
+eval "$(python3 vendor/fetch.py print-env)"
+# candle-kernels compiles its PTX with the nvcc on PATH, for this compute capability.
+export PATH="$FLASHINFER_RS_CUDA_HOME/bin:$PATH"
+export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
+export CARGO_TARGET_DIR=${CANDLE_CHECK_TARGET_DIR:-$root/target/candle-check}
+stubs=$CARGO_TARGET_DIR/link-stubs
+cd downstream/candle
+python3 make_link_stubs.py "$stubs"
+export RUSTFLAGS="${RUSTFLAGS:-} -L native=$stubs"
+cargo test --locked --release --features sm90 --no-run
+cargo test --locked --release --features sm90 -- --nocapture
+if [ "${1:-}" = --pack ]; then
+  mkdir -p "$2"
+  cargo test --locked --release --features sm90 --no-run --message-format=json 2>/dev/null \
+    | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"] \
+            and m["target"]["name"] == "candle_tensor":
+        print(m["executable"])' | while read -r exe; do cp "$exe" "$2/candle_tensor"; done
+  strip "$2/candle_tensor"
+fi

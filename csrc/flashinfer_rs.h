@@ -47,6 +47,10 @@ typedef enum fi_status {
   FI_STATUS_CUBIN_ERROR = 6,
   /** Anything else that escaped (a non-standard exception); a bug. */
   FI_STATUS_INTERNAL_ERROR = 7,
+  /** flashinfer-sys was built against a prebuilt kernel library (FLASHINFER_RS_KERNELS_LIB)
+   * that cannot be used: missing, altered (sha256), or built for another crate version,
+   * FlashInfer version, ABI version or architecture. Never returned by the library itself. */
+  FI_STATUS_KERNELS_LIBRARY_ERROR = 8,
 } fi_status;
 
 /** Message of the last failing call on this thread ("" if none). Valid until the next failing
@@ -73,6 +77,9 @@ typedef struct fi_build_info {
                                      ("" without kernels): routing runs on sm_90 (sm_90a) and on
                                      sm_100/sm_103 (the sm_100f family target); the fused MoE on
                                      sm_100 and sm_103 */
+  const char* crate_version;    /**< version of the flashinfer-sys crate that built it */
+  const char* patches;          /**< our patches applied to the FlashInfer sources, e.g.
+                                     "0001,0002,0003,0004,0005,0006" ("" without kernels) */
 } fi_build_info;
 
 fi_status fi_get_build_info(fi_build_info* out);

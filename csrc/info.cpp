@@ -18,6 +18,12 @@
 #ifndef FLASHINFER_RS_TARGETS
 #error "build.rs defines FLASHINFER_RS_TARGETS"
 #endif
+#ifndef FLASHINFER_RS_CRATE_VERSION
+#error "build.rs defines FLASHINFER_RS_CRATE_VERSION"
+#endif
+#ifndef FLASHINFER_RS_PATCHES
+#error "build.rs defines FLASHINFER_RS_PATCHES"
+#endif
 
 namespace fi {
 namespace {
@@ -155,6 +161,8 @@ extern "C" fi_status fi_get_build_info(fi_build_info* out) {
 #endif
     out->cuda_version = CUDART_VERSION;
     out->targets = FLASHINFER_RS_TARGETS;
+    out->crate_version = FLASHINFER_RS_CRATE_VERSION;
+    out->patches = FLASHINFER_RS_PATCHES;
   });
 }
 

@@ -24,6 +24,8 @@ fi_status fi_get_build_info(fi_build_info* out) {
   out->has_sm100 = 0;
   out->cuda_version = 0;
   out->targets = "";
+  out->crate_version = FLASHINFER_RS_CRATE_VERSION;
+  out->patches = "";
   return FI_STATUS_OK;
 }
 

@@ -22,6 +22,9 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
+#[path = "build/prebuilt.rs"]
+mod prebuilt;
+
 /// Oldest CUDA whose nvcc knows the Blackwell targets (sm_100a, sm_103a; the sm_100f family
 /// target needs 12.9).
 const MIN_CUDA: (u32, u32) = (12, 9);
@@ -35,6 +38,10 @@ fn main() {
 
     if env::var_os("DOCS_RS").is_some() {
         // docs.rs: no compiler, no link. The crate only needs to document.
+        return;
+    }
+    if let Some(library) = env::var_os("FLASHINFER_RS_KERNELS_LIB") {
+        use_prebuilt(&ctx, Path::new(&library));
         return;
     }
     if ctx.archs.is_empty() {
@@ -348,6 +355,8 @@ impl Ctx {
 
 fn declare_rerun_triggers(ctx: &Ctx) {
     println!("cargo::rustc-check-cfg=cfg(flashinfer_kernels)");
+    println!("cargo::rustc-check-cfg=cfg(flashinfer_prebuilt)");
+    println!("cargo:rerun-if-changed=src/bindings.rs");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed={}", ctx.csrc().display());
     println!(
@@ -373,6 +382,7 @@ fn declare_rerun_triggers(ctx: &Ctx) {
         "FLASHINFER_RS_NO_OBJECT_CACHE",
         "FLASHINFER_RS_NVCC_FLAGS",
         "FLASHINFER_RS_ALLOW_UNPATCHED",
+        "FLASHINFER_RS_KERNELS_LIB",
         "DOCS_RS",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
@@ -451,6 +461,33 @@ fn emit_metadata(ctx: &Ctx, pin: &Pin) {
     println!("cargo:archs={}", archs.join(","));
 }
 
+/// A build against a prebuilt kernel library (`scripts/kernels-lib.sh` makes one): no nvcc,
+/// no fetched sources, nothing linked. The bindings become calls through a table that
+/// src/prebuilt.rs loads at first use, after checking the library's record (crate, FlashInfer
+/// and ABI versions, the architectures this build's features ask for) and its sha256.
+fn use_prebuilt(ctx: &Ctx, library: &Path) {
+    if !library.is_absolute() {
+        fail(&format!(
+            "FLASHINFER_RS_KERNELS_LIB must be an absolute path, got {}",
+            library.display()
+        ));
+    }
+    let bindings = ctx.root.join("src/bindings.rs");
+    let text = fs::read_to_string(&bindings)
+        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", bindings.display())));
+    fs::write(
+        ctx.out_dir.join("bindings_prebuilt.rs"),
+        prebuilt::transform(&text),
+    )
+    .unwrap_or_else(|e| fail(&format!("cannot write the prebuilt bindings: {e}")));
+    println!(
+        "cargo:rustc-env=FLASHINFER_RS_KERNELS_LIB_DEFAULT={}",
+        library.display()
+    );
+    println!("cargo:rustc-cfg=flashinfer_kernels");
+    println!("cargo:rustc-cfg=flashinfer_prebuilt");
+}
+
 /// The C ABI with every kernel entry point answering FI_STATUS_KERNELS_NOT_BUILT.
 fn build_not_built(ctx: &Ctx, pin: &Pin) {
     let mut build = cc_with_pin(pin);
@@ -472,6 +509,10 @@ fn cc_with_pin(pin: &Pin) -> cc::Build {
         .define(
             "FLASHINFER_RS_BMM_ARTIFACT",
             format!("\"{}\"", pin.bmm_artifact).as_str(),
+        )
+        .define(
+            "FLASHINFER_RS_CRATE_VERSION",
+            format!("\"{}\"", env::var("CARGO_PKG_VERSION").unwrap()).as_str(),
         );
     build
 }
@@ -716,6 +757,12 @@ fn plan_jobs(ctx: &Ctx, pin: &Pin, patches: &[&Patch], vendor: &Path, cuda: &Cud
         "-DFLASHINFER_RS_TARGETS=\"{}\"",
         all_targets(&ctx.archs).join(",")
     ));
+    patch_defines.push(format!(
+        "-DFLASHINFER_RS_CRATE_VERSION=\"{}\"",
+        env::var("CARGO_PKG_VERSION").unwrap()
+    ));
+    let numbers: Vec<&str> = patches.iter().map(|p| &p.file[..4]).collect();
+    patch_defines.push(format!("-DFLASHINFER_RS_PATCHES=\"{}\"", numbers.join(",")));
     for job in jobs.iter_mut().filter(|j| j.source.starts_with(&csrc)) {
         job.args.extend(patch_defines.iter().cloned());
     }
@@ -1001,25 +1048,40 @@ fn archive_and_link(ctx: &Ctx, cuda: &Cuda, objects: Vec<(String, PathBuf)>) {
         .partition(|(n, _)| n.starts_with("tvm_ffi_"));
     archive(ctx, "flashinfer_rs_kernels", &ours);
     archive(ctx, "flashinfer_rs_tvm_ffi", &tvm);
-    println!("cargo:rustc-link-search=native={}", ctx.out_dir.display());
-    println!("cargo:rustc-link-lib=static=flashinfer_rs_kernels");
-    println!("cargo:rustc-link-lib=static=flashinfer_rs_tvm_ffi");
     // Static cudart: binaries need only the driver at run time.
-    for lib in ["lib64", "lib", "targets/x86_64-linux/lib"] {
-        let dir = cuda.home.join(lib);
-        if dir.join("libcudart_static.a").exists() {
-            println!("cargo:rustc-link-search=native={}", dir.display());
-            break;
-        }
+    let cudart_dir = ["lib64", "lib", "targets/x86_64-linux/lib"]
+        .iter()
+        .map(|lib| cuda.home.join(lib))
+        .find(|dir| dir.join("libcudart_static.a").exists());
+    let search: Vec<PathBuf> = std::iter::once(ctx.out_dir.clone())
+        .chain(cudart_dir)
+        .collect();
+    let libs = [
+        "static=flashinfer_rs_kernels",
+        "static=flashinfer_rs_tvm_ffi",
+        "static=cudart_static",
+        "dylib=stdc++",
+        "dylib=dl",
+        "dylib=pthread",
+        "dylib=rt",
+    ];
+    // The same link line, for scripts/kernels-lib.sh (which links these into a shared library).
+    let mut line = String::new();
+    for dir in &search {
+        println!("cargo:rustc-link-search=native={}", dir.display());
+        line.push_str(&format!("search {}\n", dir.display()));
     }
-    println!("cargo:rustc-link-lib=static=cudart_static");
-    for lib in ["stdc++", "dl", "pthread", "rt"] {
-        println!("cargo:rustc-link-lib=dylib={lib}");
+    for lib in libs {
+        println!("cargo:rustc-link-lib={lib}");
+        line.push_str(&format!("lib {lib}\n"));
     }
+    line.push_str(&format!("targets {}\n", all_targets(&ctx.archs).join(",")));
+    fs::write(ctx.out_dir.join("kernels-link.txt"), line)
+        .unwrap_or_else(|e| fail(&format!("cannot write kernels-link.txt: {e}")));
     println!("cargo:rustc-cfg=flashinfer_kernels");
     // For the architecture test (tests/archs.rs): the archive and the disassembler.
     println!(
-        "cargo:rustc-env=FLASHINFER_RS_KERNEL_LIB={}",
+        "cargo:rustc-env=FLASHINFER_RS_KERNEL_ARCHIVE={}",
         ctx.out_dir.join("libflashinfer_rs_kernels.a").display()
     );
     let cuobjdump = cuda.home.join("bin/cuobjdump");

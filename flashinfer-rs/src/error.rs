@@ -63,6 +63,11 @@ pub enum Error {
         /// Steps in flight (= readback buffers of the store).
         in_flight: usize,
     },
+    /// The prebuilt kernel library (`FLASHINFER_RS_KERNELS_LIB`) cannot be used: missing,
+    /// altered, or built for another crate, FlashInfer or ABI version or without an
+    /// architecture this build asks for. The message names both sides.
+    #[error("prebuilt kernel library: {0}")]
+    KernelLibrary(String),
     /// A cubin is missing, unreadable or fails its sha256.
     #[error("cubin error: {0}")]
     Cubin(String),

@@ -32,6 +32,7 @@ pub(crate) fn check(status: sys::fi_status) -> Result<()> {
         sys::fi_status::FI_STATUS_KERNELS_NOT_BUILT => Error::KernelsNotBuilt,
         sys::fi_status::FI_STATUS_UNSUPPORTED_ARCH => Error::UnsupportedArch(message),
         sys::fi_status::FI_STATUS_CUBIN_ERROR => Error::Cubin(message),
+        sys::fi_status::FI_STATUS_KERNELS_LIBRARY_ERROR => Error::KernelLibrary(message),
         _ => Error::Internal(message),
     })
 }
@@ -54,6 +55,12 @@ pub struct BuildInfo {
     /// Machine-code targets in the library: `sm_90a` (routing on Hopper), `sm_100f`
     /// (routing on sm_100 and sm_103), `sm_100a`, `sm_103a` (the fused MoE's own kernels).
     pub targets: Vec<String>,
+    /// Version of the flashinfer-sys crate that built the kernels (differs from this crate's
+    /// only with a prebuilt kernel library, which is then refused).
+    pub crate_version: String,
+    /// Our patches to the FlashInfer sources in these kernels (`["0001", ..., "0006"]`; see
+    /// vendor/README.md).
+    pub patches: Vec<String>,
 }
 
 /// Describes this build: pinned upstream version, artifact and architectures.
@@ -61,10 +68,31 @@ pub fn build_info() -> BuildInfo {
     let mut raw = sys::fi_build_info::default();
     // SAFETY: `raw` is a valid out-pointer; the call only writes it.
     let status = unsafe { sys::fi_get_build_info(&mut raw) };
-    debug_assert_eq!(status, sys::fi_status::FI_STATUS_OK);
+    if status != sys::fi_status::FI_STATUS_OK {
+        // Only a prebuilt kernel library that cannot be used gets here: this build then has
+        // no kernels (every call says why: Error::KernelLibrary).
+        return BuildInfo {
+            flashinfer_version: sys::FLASHINFER_VERSION.into(),
+            bmm_artifact: sys::BMM_ARTIFACT.into(),
+            kernels_built: false,
+            sm90: false,
+            sm100: false,
+            cuda_version: 0,
+            targets: Vec::new(),
+            crate_version: String::new(),
+            patches: Vec::new(),
+        };
+    }
     // SAFETY: the strings are static NUL-terminated literals of the C library.
     let text = |p: *const std::os::raw::c_char| {
         unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    };
+    let list = |p| {
+        text(p)
+            .split(',')
+            .filter(|t| !t.is_empty())
+            .map(String::from)
+            .collect()
     };
     BuildInfo {
         flashinfer_version: text(raw.flashinfer_version),
@@ -73,11 +101,9 @@ pub fn build_info() -> BuildInfo {
         sm90: raw.has_sm90 != 0,
         sm100: raw.has_sm100 != 0,
         cuda_version: raw.cuda_version,
-        targets: text(raw.targets)
-            .split(',')
-            .filter(|t| !t.is_empty())
-            .map(String::from)
-            .collect(),
+        targets: list(raw.targets),
+        crate_version: text(raw.crate_version),
+        patches: list(raw.patches),
     }
 }
 

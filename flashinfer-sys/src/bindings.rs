@@ -18,6 +18,8 @@ impl fi_status {
     pub const FI_STATUS_CUBIN_ERROR: fi_status = fi_status(6);
     #[doc = " Anything else that escaped (a non-standard exception); a bug."]
     pub const FI_STATUS_INTERNAL_ERROR: fi_status = fi_status(7);
+    #[doc = " flashinfer-sys was built against a prebuilt kernel library (FLASHINFER_RS_KERNELS_LIB)\n that cannot be used: missing, altered (sha256), or built for another crate version,\n FlashInfer version, ABI version or architecture. Never returned by the library itself."]
+    pub const FI_STATUS_KERNELS_LIBRARY_ERROR: fi_status = fi_status(8);
 }
 #[repr(transparent)]
 #[derive(Debug, Copy, Clone, Hash, PartialEq, Eq)]
@@ -52,6 +54,10 @@ pub struct fi_build_info {
     pub cuda_version: i32,
     #[doc = "< machine-code targets, e.g. \"sm_90a,sm_100f,sm_100a,sm_103a\"\n(\"\" without kernels): routing runs on sm_90 (sm_90a) and on\nsm_100/sm_103 (the sm_100f family target); the fused MoE on\nsm_100 and sm_103"]
     pub targets: *const ::core::ffi::c_char,
+    #[doc = "< version of the flashinfer-sys crate that built it"]
+    pub crate_version: *const ::core::ffi::c_char,
+    #[doc = "< our patches applied to the FlashInfer sources, e.g.\n\"0001,0002,0003,0004,0005,0006\" (\"\" without kernels)"]
+    pub patches: *const ::core::ffi::c_char,
 }
 impl Default for fi_build_info {
     fn default() -> Self {

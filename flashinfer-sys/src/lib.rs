@@ -13,11 +13,22 @@
 //!
 //! The pinned upstream version is part of this crate's version (`0.1.0+flashinfer.0.6.13`)
 //! and available as [`FLASHINFER_VERSION`].
+//!
+//! Instead of compiling the kernels, a build can load a prebuilt kernel library at run time
+//! (`FLASHINFER_RS_KERNELS_LIB`, see [`prebuilt`]): the same functions, called through a
+//! checked table, with no nvcc and no fetched sources.
 #![allow(non_camel_case_types)]
-#![no_std]
 
+#[cfg(not(flashinfer_prebuilt))]
 mod bindings;
+/// The bindings of a prebuilt build, derived from `src/bindings.rs` by build.rs.
+#[cfg(flashinfer_prebuilt)]
+#[allow(clippy::all, missing_docs)]
+mod bindings {
+    include!(concat!(env!("OUT_DIR"), "/bindings_prebuilt.rs"));
+}
 pub use bindings::*;
+pub mod prebuilt;
 
 /// The FlashInfer release these kernels are compiled from.
 pub const FLASHINFER_VERSION: &str = env!("FLASHINFER_RS_UPSTREAM_VERSION");
@@ -29,8 +40,12 @@ pub const BMM_ARTIFACT: &str = env!("FLASHINFER_RS_BMM_ARTIFACT");
 /// Comma-separated GPU architectures compiled into this build (`""` without kernels).
 pub const BUILT_ARCHS: &str = env!("FLASHINFER_RS_ARCHS");
 
-/// Whether this build holds kernels (an `sm90` or `sm100` feature was enabled).
+/// Whether this build has kernels: compiled (an `sm90` or `sm100` feature) or from a
+/// prebuilt kernel library.
 pub const KERNELS_BUILT: bool = cfg!(flashinfer_kernels);
+
+/// Whether the kernels come from a prebuilt library loaded at run time ([`prebuilt`]).
+pub const PREBUILT: bool = cfg!(flashinfer_prebuilt);
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,4 @@
 //! The Rust mirror of the C ABI must lay out every struct exactly as the C compiler does.
-extern crate std;
 
 use super::*;
 use core::mem::{align_of, size_of};
@@ -76,14 +75,24 @@ fn build_info_reports_the_pin_and_archs() {
     let artifact = unsafe { core::ffi::CStr::from_ptr(info.bmm_artifact) };
     assert_eq!(artifact.to_str().unwrap(), BMM_ARTIFACT);
     assert_eq!(info.kernels_built != 0, KERNELS_BUILT);
-    assert_eq!(info.has_sm90 != 0, BUILT_ARCHS.contains("sm_90a"));
-    assert_eq!(info.has_sm100 != 0, BUILT_ARCHS.contains("sm_100f"));
-    let targets = unsafe { core::ffi::CStr::from_ptr(info.targets) };
-    assert_eq!(
-        targets.to_str().unwrap(),
-        BUILT_ARCHS,
-        "build info lists what build.rs built"
-    );
+    let targets = unsafe { core::ffi::CStr::from_ptr(info.targets) }
+        .to_str()
+        .unwrap();
+    if PREBUILT {
+        // The library may hold more than this build's features ask for, never less.
+        for t in BUILT_ARCHS.split(',').filter(|t| !t.is_empty()) {
+            assert!(
+                targets.split(',').any(|x| x == t),
+                "{t} missing from {targets}"
+            );
+        }
+    } else {
+        assert_eq!(targets, BUILT_ARCHS, "build info lists what build.rs built");
+    }
+    assert_eq!(info.has_sm90 != 0, targets.contains("sm_90a"));
+    assert_eq!(info.has_sm100 != 0, targets.contains("sm_100f"));
+    let crate_version = unsafe { core::ffi::CStr::from_ptr(info.crate_version) };
+    assert_eq!(crate_version.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
 }
 
 /// The gate admits exactly the chips this build has machine code for: Hopper sm_90 with
@@ -95,11 +104,20 @@ fn build_info_reports_the_pin_and_archs() {
 #[cfg(flashinfer_kernels)]
 #[test]
 fn the_arch_gate_admits_exactly_what_is_built() {
-    let hopper = BUILT_ARCHS.contains("sm_90a");
-    let blackwell = BUILT_ARCHS.contains("sm_100f");
+    let mut info: fi_build_info = unsafe { core::mem::zeroed() };
+    assert_eq!(
+        unsafe { fi_get_build_info(&mut info) },
+        fi_status::FI_STATUS_OK
+    );
+    // What the library holds (this build's own kernels, or a prebuilt library's).
+    let built = unsafe { core::ffi::CStr::from_ptr(info.targets) }
+        .to_str()
+        .unwrap();
+    let hopper = built.contains("sm_90a");
+    let blackwell = built.contains("sm_100f");
     assert_eq!(
         blackwell,
-        BUILT_ARCHS.contains("sm_100a") && BUILT_ARCHS.contains("sm_103a")
+        built.contains("sm_100a") && built.contains("sm_103a")
     );
     for (major, minor, routing, fused) in [
         (8, 0, false, false),

@@ -2,26 +2,62 @@
 # The project's one test command (README quick start and CI run exactly this).
 #
 # Sets up what it needs (CUDA 13.0 nvcc and the pinned FlashInfer sources, both sha-checked,
-# cached under ~/.cache/flashinfer-rs), then runs every test twice over:
+# cached under ~/.cache/flashinfer-rs), then:
 #   1. without kernels: what a crate that depends on us gets with no arch feature and no nvcc
-#      (builds, documents, every entry point says "kernels not built");
-#   2. with `sm90,sm100`: both architectures' kernels compiled and linked, all CPU tests run,
-#      GPU tests run where a GPU is present and skip (saying so) where none is;
-# then a short coverage-guided fuzz run of every validation layer (scripts/fuzz.sh).
-# Extra arguments go to the second `cargo test` (e.g. a test name filter).
+#      (builds, documents, every entry point says "kernels not built"), README doctests;
+#   2. the Hopper kernels (`sm90`) and the Blackwell kernels (`sm100`), each compiled and
+#      linked, all CPU tests run, GPU tests run where a GPU is present and skip (saying so)
+#      where none is; the two are separate builds so that the packaged-crate check below
+#      and `sm90` users share the `sm90` objects of the object cache;
+#   3. the MSRV (clippy's incompatible_msrv lint at the declared rust-version);
+#   4. the packaged crates built from a clean directory (no features, DOCS_RS, sm90);
+#   5. the prebuilt kernel library: built, then the CPU suite against it with no nvcc on
+#      PATH, no fetched sources and no toolchain;
+#   6. beside candle with CUDA (downstream/candle);
+#   7. a short coverage-guided fuzz run of every validation layer (scripts/fuzz.sh).
+# Extra arguments go to the two kernel `cargo test` runs (e.g. a test name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+root=$PWD
+started=$(date +%s)
+stage() { echo "== $1 ($(( $(date +%s) - started )) s so far)"; }
 
 python3 vendor/fetch.py all
 
-# One target dir for all three: the dependencies are built once and shared.
-echo "== 1/4: no arch feature (no nvcc needed)"
+# One target dir for the feature sets: the dependencies are built once and shared.
+stage "1/7: no arch feature (no nvcc needed), doctests included"
 cargo test --workspace
 # The serving-loop example's host side (assembly, export) on synthetic rows.
 cargo run --quiet --example 02_serving_loop_capture > /dev/null
-echo "== 2/4: cargo doc without kernels, as docs.rs builds it"
 DOCS_RS=1 cargo doc --workspace --no-deps --quiet
-echo "== 3/4: sm90 + sm100 kernels"
-cargo test --workspace --features sm90,sm100 "$@"
-echo "== 4/4: fuzz smoke (15 s per target; skipped, saying so, without nightly)"
+
+stage "2/7: sm90 kernels"
+cargo test --workspace --features sm90 "$@"
+stage "2/7: sm100 kernels (Blackwell: compiled, linked and CPU-tested; no Blackwell here)"
+cargo test --workspace --features sm100 "$@"
+
+stage "3/7: MSRV (rust-version) with clippy's incompatible_msrv lint"
+cargo clippy --workspace --all-targets --quiet -- -D clippy::incompatible_msrv
+
+stage "4/7: packaged crates from a clean directory"
+bash scripts/package-check.sh
+
+stage "5/7: prebuilt kernel library, no nvcc"
+lib=$(bash scripts/kernels-lib.sh sm90 "$root/target/kernels-lib" | tail -n 1)
+empty=$(mktemp -d)
+# No nvcc on PATH, an empty cache (no toolchain, no sources, no objects): only the library.
+path_without_cuda=$(echo "$PATH" | tr ':' '\n' | grep -v -i cuda | paste -sd: -)
+if PATH=$path_without_cuda command -v nvcc >/dev/null; then
+  echo "an nvcc is still on PATH: $(PATH=$path_without_cuda command -v nvcc)" >&2
+  exit 1
+fi
+PATH=$path_without_cuda FLASHINFER_RS_CACHE=$empty FLASHINFER_RS_KERNELS_LIB=$lib \
+  CARGO_TARGET_DIR=$root/target/prebuilt cargo test --workspace --features sm90
+rm -rf "$empty"
+
+stage "6/7: beside candle with CUDA"
+bash scripts/candle-check.sh
+
+stage "7/7: fuzz smoke (15 s per target; skipped, saying so, without nightly)"
 bash scripts/fuzz.sh 15
+stage "all passed"

@@ -16,7 +16,8 @@ use flashinfer_rs::cudarc::driver::{
 use flashinfer_rs::half::bf16;
 use flashinfer_rs::routing::oracle::SplitMix64;
 use flashinfer_rs::routing::{
-    route_noaux_tc, Logits, RouteInput, Router, RoutingBuffers, RoutingConfig, RoutingMethod,
+    Logits, NoAuxTcOutputs, NoAuxTcRouter, RouteInput, Router, RoutingBuffers, RoutingConfig,
+    RoutingMethod,
 };
 use flashinfer_rs::ReplayView;
 use flashinfer_sys as fs;
@@ -473,7 +474,6 @@ fn peers(b: &Bench) {
         let mut indices = b.stream.alloc_zeros::<i32>(t * 8).unwrap();
         let mut copy_dst = b.stream.alloc_zeros::<f32>(t * 256).unwrap();
         let logits = inputs.f32.as_ref().unwrap();
-        let bias = inputs.bias.as_ref().unwrap();
         let ours = b.capture(|| {
             let mut view = ReplayView::from_slice(&mut replay, 8).unwrap();
             for _ in 0..N {
@@ -483,20 +483,17 @@ fn peers(b: &Bench) {
             }
         });
         let mut replay2 = b.stream.alloc_zeros::<i16>(t * 8).unwrap();
+        let noaux = NoAuxTcRouter::new(s.cfg).unwrap();
         let theirs = b.capture(|| {
             let mut view = ReplayView::from_slice(&mut replay2, 8).unwrap();
+            let mut out = NoAuxTcOutputs {
+                values: values.as_view_mut(),
+                indices: indices.as_view_mut(),
+            };
             for _ in 0..N {
-                route_noaux_tc(
-                    &b.stream,
-                    &s.cfg,
-                    logits,
-                    bias,
-                    t,
-                    &mut values,
-                    &mut indices,
-                    Some(&mut view),
-                )
-                .unwrap();
+                noaux
+                    .route(&b.stream, &inputs.input(t), &mut out, Some(&mut view))
+                    .unwrap();
             }
         });
         let copy = b.capture(|| {

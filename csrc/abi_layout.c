@@ -18,5 +18,6 @@ fi_status fi_get_abi_layout(fi_abi_layout* out) {
   FI_LAYOUT(moe_config_query, fi_moe_config_query);
   FI_LAYOUT(tensor, fi_tensor);
   FI_LAYOUT(moe_args, fi_moe_args);
+  FI_LAYOUT(noaux_tc_params, fi_noaux_tc_params);
   return FI_STATUS_OK;
 }

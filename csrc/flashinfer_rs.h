@@ -94,6 +94,7 @@ typedef struct fi_abi_layout {
   size_t moe_config_query_size, moe_config_query_align;
   size_t tensor_size, tensor_align;
   size_t moe_args_size, moe_args_align;
+  size_t noaux_tc_params_size, noaux_tc_params_align;
 } fi_abi_layout;
 
 fi_status fi_get_abi_layout(fi_abi_layout* out);
@@ -203,16 +204,27 @@ fi_status fi_routing_buffer_sizes_for(int32_t num_tokens, int32_t top_k, int32_t
 fi_status fi_routing_run(const fi_routing_params* params, const void* logits, const void* bias,
                          const fi_routing_buffers* buffers, int16_t* replay, void* stream);
 
+/** A call of upstream's separate DeepSeekV3 router (NoAuxTc). */
+typedef struct fi_noaux_tc_params {
+  int32_t num_tokens;            /**< rows of scores routed (T) */
+  int32_t num_experts;           /**< columns of scores (E) */
+  int32_t top_k;                 /**< experts chosen per token (K) */
+  int32_t n_group;               /**< expert groups (1: none) */
+  int32_t topk_group;            /**< groups kept (1 without groups) */
+  float routed_scaling_factor;   /**< scale of the normalised weights */
+  fi_dtype scores_dtype;         /**< F32 or BF16; also the dtype of topk_values */
+  fi_dtype bias_dtype;           /**< F32 or BF16 */
+  int32_t use_pdl;               /**< launch with programmatic dependent launch */
+} fi_noaux_tc_params;
+
 /** Upstream's separate DeepSeekV3 router (`fused_topk_deepseek`, noAuxTcKernels.cu), which
  * FlashInfer supports on sm_90: a cross-check for the DeepSeekV3 path.
- *   scores [T, E] (F32 or BF16), bias [E] (F32 or BF16, required),
+ *   scores [T, E] of scores_dtype, bias [E] of bias_dtype (required),
  *   topk_values [T, K] out, of scores_dtype; topk_indices [T, K] int32 out;
- *   replay [>= T, K] int16 or NULL. */
-fi_status fi_noaux_tc_run(int32_t num_tokens, int32_t num_experts, int32_t top_k, int32_t n_group,
-                          int32_t topk_group, float routed_scaling_factor,
-                          const void* scores, fi_dtype scores_dtype, const void* bias,
-                          fi_dtype bias_dtype, void* topk_values, int32_t* topk_indices,
-                          int16_t* replay, int32_t use_pdl, void* stream);
+ *   replay [>= T, K] int16 or NULL; stream a cudaStream_t (NULL = legacy). */
+fi_status fi_noaux_tc_run(const fi_noaux_tc_params* params, const void* scores, const void* bias,
+                          void* topk_values, int32_t* topk_indices, int16_t* replay,
+                          void* stream);
 
 /* ---- fused MoE (sm_100a builds only) ---------------------------------------------------- */
 

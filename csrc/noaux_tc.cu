@@ -10,13 +10,16 @@
 #include "info.h"
 #include "status.h"
 
-extern "C" fi_status fi_noaux_tc_run(int32_t num_tokens, int32_t num_experts, int32_t top_k,
-                                     int32_t n_group, int32_t topk_group,
-                                     float routed_scaling_factor, const void* scores,
-                                     fi_dtype scores_dtype, const void* bias, fi_dtype bias_dtype,
-                                     void* topk_values, int32_t* topk_indices, int16_t* replay,
-                                     int32_t use_pdl, void* stream_ptr) {
+extern "C" fi_status fi_noaux_tc_run(const fi_noaux_tc_params* params, const void* scores,
+                                     const void* bias, void* topk_values, int32_t* topk_indices,
+                                     int16_t* replay, void* stream_ptr) {
   return fi::guarded([&] {
+    fi::require(params != nullptr, "params must not be NULL");
+    const int32_t num_tokens = params->num_tokens, num_experts = params->num_experts,
+                  top_k = params->top_k, n_group = params->n_group,
+                  topk_group = params->topk_group;
+    const float routed_scaling_factor = params->routed_scaling_factor;
+    const fi_dtype scores_dtype = params->scores_dtype, bias_dtype = params->bias_dtype;
     fi::require(scores && bias && topk_values && topk_indices,
                 "scores, bias, topk_values and topk_indices must not be NULL");
     fi::require(num_tokens >= 0 && num_experts > 0 && top_k > 0 && top_k <= num_experts,
@@ -28,7 +31,7 @@ extern "C" fi_status fi_noaux_tc_run(int32_t num_tokens, int32_t num_experts, in
     // Upstream instantiates output type == score type, for f32 and bf16 biases.
     auto s = const_cast<void*>(scores);
     auto bi = const_cast<void*>(bias);
-    bool pdl = use_pdl != 0;
+    bool pdl = params->use_pdl != 0;
     if (scores_dtype == FI_DTYPE_F32 && bias_dtype == FI_DTYPE_F32) {
       invokeNoAuxTc<float, float, float, int32_t>(
           static_cast<float*>(s), static_cast<float*>(bi), static_cast<float*>(topk_values),

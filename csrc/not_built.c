@@ -56,14 +56,11 @@ fi_status fi_routing_run(const fi_routing_params* params, const void* logits, co
   return FI_STATUS_KERNELS_NOT_BUILT;
 }
 
-fi_status fi_noaux_tc_run(int32_t num_tokens, int32_t num_experts, int32_t top_k, int32_t n_group,
-                          int32_t topk_group, float routed_scaling_factor, const void* scores,
-                          fi_dtype scores_dtype, const void* bias, fi_dtype bias_dtype,
+fi_status fi_noaux_tc_run(const fi_noaux_tc_params* params, const void* scores, const void* bias,
                           void* topk_values, int32_t* topk_indices, int16_t* replay,
-                          int32_t use_pdl, void* stream) {
-  (void)num_tokens, (void)num_experts, (void)top_k, (void)n_group, (void)topk_group;
-  (void)routed_scaling_factor, (void)scores, (void)scores_dtype, (void)bias, (void)bias_dtype;
-  (void)topk_values, (void)topk_indices, (void)replay, (void)use_pdl, (void)stream;
+                          void* stream) {
+  (void)params, (void)scores, (void)bias, (void)topk_values, (void)topk_indices, (void)replay;
+  (void)stream;
   return FI_STATUS_KERNELS_NOT_BUILT;
 }
 

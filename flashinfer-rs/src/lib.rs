@@ -51,6 +51,7 @@
 #![warn(missing_docs)]
 
 pub mod capture;
+mod context;
 mod error;
 mod ffi;
 pub mod fused;

@@ -62,3 +62,19 @@ impl<'a> ReplayView<'a> {
         &mut self.data
     }
 }
+
+/// The replay rule of every routing (and fused) call: `[rows >= num_tokens, top_k]`.
+/// FlashInfer 0.6.13 checks neither and writes out of bounds past a short buffer.
+pub(crate) fn check_replay(
+    rows: usize,
+    cols: usize,
+    num_tokens: usize,
+    top_k: usize,
+) -> Result<()> {
+    ensure(cols == top_k, "replay", || {
+        format!("has {cols} columns, top_k is {top_k}")
+    })?;
+    ensure(rows >= num_tokens, "replay", || {
+        format!("has {rows} rows, the call routes {num_tokens} tokens")
+    })
+}

@@ -91,6 +91,8 @@ pub struct fi_abi_layout {
     pub tensor_align: usize,
     pub moe_args_size: usize,
     pub moe_args_align: usize,
+    pub noaux_tc_params_size: usize,
+    pub noaux_tc_params_align: usize,
 }
 unsafe extern "C" {
     pub fn fi_get_abi_layout(out: *mut fi_abi_layout) -> fi_status;
@@ -252,23 +254,38 @@ unsafe extern "C" {
         stream: *mut ::core::ffi::c_void,
     ) -> fi_status;
 }
+#[doc = " A call of upstream's separate DeepSeekV3 router (NoAuxTc)."]
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct fi_noaux_tc_params {
+    #[doc = "< rows of scores routed (T)"]
+    pub num_tokens: i32,
+    #[doc = "< columns of scores (E)"]
+    pub num_experts: i32,
+    #[doc = "< experts chosen per token (K)"]
+    pub top_k: i32,
+    #[doc = "< expert groups (1: none)"]
+    pub n_group: i32,
+    #[doc = "< groups kept (1 without groups)"]
+    pub topk_group: i32,
+    #[doc = "< scale of the normalised weights"]
+    pub routed_scaling_factor: f32,
+    #[doc = "< F32 or BF16; also the dtype of topk_values"]
+    pub scores_dtype: fi_dtype::Type,
+    #[doc = "< F32 or BF16"]
+    pub bias_dtype: fi_dtype::Type,
+    #[doc = "< launch with programmatic dependent launch"]
+    pub use_pdl: i32,
+}
 unsafe extern "C" {
-    #[doc = " Upstream's separate DeepSeekV3 router (`fused_topk_deepseek`, noAuxTcKernels.cu), which\n FlashInfer supports on sm_90: a cross-check for the DeepSeekV3 path.\n   scores [T, E] (F32 or BF16), bias [E] (F32 or BF16, required),\n   topk_values [T, K] out, of scores_dtype; topk_indices [T, K] int32 out;\n   replay [>= T, K] int16 or NULL."]
+    #[doc = " Upstream's separate DeepSeekV3 router (`fused_topk_deepseek`, noAuxTcKernels.cu), which\n FlashInfer supports on sm_90: a cross-check for the DeepSeekV3 path.\n   scores [T, E] of scores_dtype, bias [E] of bias_dtype (required),\n   topk_values [T, K] out, of scores_dtype; topk_indices [T, K] int32 out;\n   replay [>= T, K] int16 or NULL; stream a cudaStream_t (NULL = legacy)."]
     pub fn fi_noaux_tc_run(
-        num_tokens: i32,
-        num_experts: i32,
-        top_k: i32,
-        n_group: i32,
-        topk_group: i32,
-        routed_scaling_factor: f32,
+        params: *const fi_noaux_tc_params,
         scores: *const ::core::ffi::c_void,
-        scores_dtype: fi_dtype::Type,
         bias: *const ::core::ffi::c_void,
-        bias_dtype: fi_dtype::Type,
         topk_values: *mut ::core::ffi::c_void,
         topk_indices: *mut i32,
         replay: *mut i16,
-        use_pdl: i32,
         stream: *mut ::core::ffi::c_void,
     ) -> fi_status;
 }

@@ -46,6 +46,9 @@ fn struct_layouts_match_the_c_compiler() {
         ($c:ident, moe_args) => {
             ($c.moe_args_size, $c.moe_args_align)
         };
+        ($c:ident, noaux_tc_params) => {
+            ($c.noaux_tc_params_size, $c.noaux_tc_params_align)
+        };
     }
     let rows = rows![
         fi_routing_params => routing_params,
@@ -56,6 +59,7 @@ fn struct_layouts_match_the_c_compiler() {
         fi_moe_config_query => moe_config_query,
         fi_tensor => tensor,
         fi_moe_args => moe_args,
+        fi_noaux_tc_params => noaux_tc_params,
     ];
     for (name, rust, c_side) in rows {
         assert_eq!(rust, c_side, "{name}: Rust (size, align) vs C");

@@ -116,22 +116,25 @@ fn an_exception_inside_upstream_noaux_tc_arrives_as_a_typed_status_with_its_mess
     let bias = g.stream.alloc_zeros::<f32>(e).unwrap();
     let mut values = g.stream.alloc_zeros::<f32>(t * k).unwrap();
     let mut indices = g.stream.alloc_zeros::<i32>(t * k).unwrap();
+    let params = fs::fi_noaux_tc_params {
+        num_tokens: t as i32,
+        num_experts: e as i32,
+        top_k: k as i32,
+        n_group: 8,
+        topk_group: 4,
+        routed_scaling_factor: 1.0,
+        scores_dtype: fs::fi_dtype::FI_DTYPE_F32,
+        bias_dtype: fs::fi_dtype::FI_DTYPE_F32,
+        use_pdl: 1,
+    };
     let status = unsafe {
         fs::fi_noaux_tc_run(
-            t as i32,
-            e as i32,
-            k as i32,
-            8,
-            4,
-            1.0,
+            &params,
             scores.device_ptr(&g.stream).0 as *const _,
-            fs::fi_dtype::FI_DTYPE_F32,
             bias.device_ptr(&g.stream).0 as *const _,
-            fs::fi_dtype::FI_DTYPE_F32,
             values.device_ptr_mut(&g.stream).0 as *mut _,
             indices.device_ptr_mut(&g.stream).0 as *mut i32,
             std::ptr::null_mut(),
-            1,
             g.stream.cu_stream() as *mut _,
         )
     };

@@ -1,7 +1,8 @@
 //! DeepSeekV3 routing cross-checked against upstream's separate NoAuxTc router, built from
 //! the same vendored tree: same experts, same order, same replay.
 use flashinfer_rs::routing::{
-    oracle, route_noaux_tc, RouteInput, Router, RoutingBuffers, RoutingConfig, RoutingMethod,
+    oracle, NoAuxTcOutputs, NoAuxTcRouter, RouteInput, Router, RoutingBuffers, RoutingConfig,
+    RoutingMethod,
 };
 use flashinfer_rs::ReplayView;
 
@@ -55,17 +56,18 @@ fn deepseek_v3_agrees_with_upstreams_noaux_tc_router() {
             let mut values = g.stream.alloc_zeros::<f32>(tokens * kk).unwrap();
             let mut indices = g.stream.alloc_zeros::<i32>(tokens * kk).unwrap();
             let mut theirs = g.stream.clone_htod(&vec![-1i16; tokens * kk]).unwrap();
-            route_noaux_tc(
-                &g.stream,
-                &cfg,
-                &d_logits,
-                &d_bias,
-                tokens,
-                &mut values,
-                &mut indices,
-                Some(&mut ReplayView::from_slice(&mut theirs, kk).unwrap()),
-            )
-            .unwrap();
+            NoAuxTcRouter::new(cfg)
+                .unwrap()
+                .route(
+                    &g.stream,
+                    &input,
+                    &mut NoAuxTcOutputs {
+                        values: values.as_view_mut(),
+                        indices: indices.as_view_mut(),
+                    },
+                    Some(&mut ReplayView::from_slice(&mut theirs, kk).unwrap()),
+                )
+                .unwrap();
 
             let ours = g.stream.clone_dtoh(&ours).unwrap();
             let theirs = g.stream.clone_dtoh(&theirs).unwrap();

@@ -15,6 +15,7 @@ use sys::fi_dtype::{self, Type as Dtype};
 use super::cubin;
 use super::elements::{E2m1x2, E4m3, Ue8m0};
 use super::plan::{plan, Desc, Fp4Act, Fp4W, Given, MoeOptions, MoeShape, Op, RoutingSrc, Spec};
+use crate::context::same_context;
 use crate::error::{Error, Result};
 use crate::ffi::{check, device_info};
 use crate::replay::ReplayView;
@@ -607,40 +608,24 @@ impl<'v> Args<'v> {
         };
         let specs = plan(&desc)?;
 
-        // Every buffer must live in the stream's context.
-        let ctx = stream.context();
-        let foreign = |s: &Arc<CudaStream>| s.context().cu_ctx() != ctx.cu_ctx();
-        for (name, _, v) in &ro {
-            if foreign(v.arg_stream()) {
-                return Err(Error::ContextMismatch { arg: name });
-            }
-        }
-        for (name, _, v) in &rw {
-            if foreign(v.arg_stream()) {
-                return Err(Error::ContextMismatch { arg: name });
-            }
-        }
         let routing_streams: Vec<(&'static str, &Arc<CudaStream>)> = match &routing.input {
             MoeRoutingInput::Logits { logits, bias } => {
-                let mut v = vec![("logits", logits.stream())];
-                if let Some(b) = bias {
-                    v.push(("bias", b.stream()));
-                }
-                v
+                std::iter::once(("logits", logits.stream()))
+                    .chain(bias.as_ref().map(|b| ("bias", b.stream())))
+                    .collect()
             }
             MoeRoutingInput::Packed(p) => vec![("packed_ids", p.stream())],
         };
-        for (name, s) in routing_streams {
-            if foreign(s) {
-                return Err(Error::ContextMismatch { arg: name });
-            }
-        }
-        if foreign(output.stream()) {
-            return Err(Error::ContextMismatch { arg: "output" });
-        }
-        if replay.as_deref().is_some_and(|r| foreign(r.stream())) {
-            return Err(Error::ContextMismatch { arg: "replay" });
-        }
+        same_context(
+            stream,
+            ro.iter()
+                .map(|(name, _, v)| (*name, v.arg_stream()))
+                .chain(rw.iter().map(|(name, _, v)| (*name, v.arg_stream())))
+                .chain(routing_streams)
+                .chain([("output", output.stream())])
+                .chain(replay.as_deref().map(|r| ("replay", r.stream()))),
+        )?;
+        let ctx = stream.context();
         if shape.num_tokens == 0 {
             return Ok(None);
         }

@@ -12,7 +12,8 @@ use sys::fi_dtype::{self, Type as Dtype};
 use super::tactic::Tactic;
 use super::types::{Activation, WeightLayout};
 use crate::error::{covers, ensure, Error, Result, MAX_TOKENS};
-use crate::routing::route::{check_bias, check_replay};
+use crate::replay::check_replay;
+use crate::routing::check_bias;
 use crate::routing::{RoutingConfig, RoutingMethod};
 
 /// Sizes of a fused MoE problem.

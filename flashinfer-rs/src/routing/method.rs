@@ -323,6 +323,26 @@ impl RoutingConfig {
     }
 }
 
+/// The bias rule of every routing (and fused) call, and of the oracle: required by the methods
+/// that add one to their keys, refused by the others, `[num_experts]` long.
+pub(crate) fn check_bias(cfg: &RoutingConfig, bias_len: Option<usize>) -> Result<()> {
+    let (name, e) = (cfg.method.name(), cfg.num_experts as usize);
+    match (bias_len, cfg.method.needs_bias()) {
+        (None, true) => Err(crate::Error::invalid(
+            "bias",
+            format!("{name} routing needs a bias"),
+        )),
+        (Some(_), false) => Err(crate::Error::invalid(
+            "bias",
+            format!("{name} routing takes no bias"),
+        )),
+        (Some(n), true) => ensure(n == e, "bias", || {
+            format!("must hold num_experts ({e}) elements, holds {n}")
+        }),
+        (None, false) => Ok(()),
+    }
+}
+
 fn validate_groups(e: u32, k: u32, n_group: u32, topk_group: u32) -> Result<()> {
     ensure(n_group <= MAX_EXPERT_GROUPS, "n_group", || {
         format!("DeepSeekV3 supports at most {MAX_EXPERT_GROUPS} expert groups, got {n_group}")

@@ -8,9 +8,10 @@ mod noaux_tc;
 pub mod oracle;
 pub(crate) mod route;
 
+pub(crate) use method::check_bias;
 pub use method::{
     MethodLimits, RoutingConfig, RoutingMethod, MAX_EXPERTS_PER_GROUP, MAX_EXPERT_GROUPS,
     MAX_TOPK_GROUPS,
 };
-pub use noaux_tc::route_noaux_tc;
+pub use noaux_tc::{NoAuxTcOutputs, NoAuxTcRouter};
 pub use route::{Bias, Logits, RouteInput, Router, RoutingBuffers};

@@ -4,13 +4,15 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaStream, CudaViewMut, DevicePtr, DevicePtrMut, DeviceSlice};
 use flashinfer_sys as sys;
 
-use super::method::{RoutingConfig, RoutingMethod};
+use super::method::{check_bias, RoutingConfig, RoutingMethod};
+use super::route::{Logits, RouteInput};
+use crate::context::same_context;
 use crate::error::{covers, ensure, Error, Result, MAX_TOKENS};
 use crate::ffi::check;
-use crate::replay::ReplayView;
+use crate::replay::{check_replay, ReplayView};
 
 /// The configurations upstream's NoAuxTc kernel has (others it refuses at run time).
 fn validate(cfg: &RoutingConfig) -> Result<(u32, u32, f32)> {
@@ -37,70 +39,141 @@ fn validate(cfg: &RoutingConfig) -> Result<(u32, u32, f32)> {
     ))
 }
 
-/// Routes `num_tokens` rows of fp32 `logits` with upstream's NoAuxTc kernel: `values[t][k]`
-/// are the weights, `indices[t][k]` the experts (int32), `replay` as for [`Router::route`](super::Router::route).
-#[allow(clippy::too_many_arguments)]
-pub fn route_noaux_tc(
-    stream: &Arc<CudaStream>,
-    cfg: &RoutingConfig,
-    logits: &CudaSlice<f32>,
-    bias: &CudaSlice<f32>,
-    num_tokens: usize,
-    values: &mut CudaSlice<f32>,
-    indices: &mut CudaSlice<i32>,
-    replay: Option<&mut ReplayView<'_>>,
-) -> Result<()> {
-    let (n_group, topk_group, scale) = validate(cfg)?;
-    let (t, e, k) = (num_tokens, cfg.num_experts as usize, cfg.top_k as usize);
-    ensure(t <= MAX_TOKENS, "num_tokens", || {
-        format!("{t} exceeds the kernels' int32 token count")
-    })?;
-    ensure(covers(logits.len(), t, e), "logits", || {
-        format!("holds {}, needs {}", logits.len(), t as u128 * e as u128)
-    })?;
-    ensure(bias.len() == e, "bias", || {
-        format!("must hold num_experts ({e}) elements, holds {}", bias.len())
-    })?;
-    ensure(covers(values.len(), t, k), "values", || {
-        format!("holds {}, needs {}", values.len(), t as u128 * k as u128)
-    })?;
-    ensure(covers(indices.len(), t, k), "indices", || {
-        format!("holds {}, needs {}", indices.len(), t as u128 * k as u128)
-    })?;
-    if let Some(r) = replay.as_deref() {
-        super::route::check_replay(r.rows(), r.cols(), t, k)?;
-    }
-    stream.context().bind_to_thread()?;
-    let (l, _g1) = logits.device_ptr(stream);
-    let (b, _g2) = bias.device_ptr(stream);
-    let (v, _g3) = values.device_ptr_mut(stream);
-    let (i, _g4) = indices.device_ptr_mut(stream);
-    let (r, _g5) = match replay {
-        Some(r) => {
-            let (p, g) = r.data_mut().device_ptr_mut(stream);
-            (p as *mut i16, Some(g))
-        }
-        None => (std::ptr::null_mut(), None),
-    };
-    // SAFETY: sizes checked above; all pointers are device memory kept alive by the guards;
-    // the stream's context is current.
-    check(unsafe {
-        sys::fi_noaux_tc_run(
-            t as i32,
-            e as i32,
-            k as i32,
-            n_group as i32,
-            topk_group as i32,
+/// Upstream's NoAuxTc router, validated once for a DeepSeekV3 config (like [`Router`](super::Router)).
+#[derive(Debug, Clone, Copy)]
+pub struct NoAuxTcRouter {
+    cfg: RoutingConfig,
+    n_group: u32,
+    topk_group: u32,
+    scale: f32,
+}
+
+/// Where a NoAuxTc call writes: `[>= num_tokens, top_k]` weights (in the logits' dtype) and
+/// expert ids.
+#[derive(Debug)]
+pub struct NoAuxTcOutputs<'a> {
+    /// The chosen experts' weights.
+    pub values: CudaViewMut<'a, f32>,
+    /// The chosen experts (int32 global ids, best first).
+    pub indices: CudaViewMut<'a, i32>,
+}
+
+impl NoAuxTcRouter {
+    /// Validates `cfg` for NoAuxTc: a DeepSeekV3 config of a shape its kernel has.
+    pub fn new(cfg: RoutingConfig) -> Result<NoAuxTcRouter> {
+        let (n_group, topk_group, scale) = validate(&cfg)?;
+        Ok(NoAuxTcRouter {
+            cfg,
+            n_group,
+            topk_group,
             scale,
-            l as *const _,
-            sys::fi_dtype::FI_DTYPE_F32,
-            b as *const _,
-            sys::fi_dtype::FI_DTYPE_F32,
-            v as *mut _,
-            i as *mut i32,
-            r,
-            cfg.use_pdl as i32,
-            stream.cu_stream() as *mut _,
-        )
-    })
+        })
+    }
+
+    /// The validated config.
+    pub fn config(&self) -> &RoutingConfig {
+        &self.cfg
+    }
+
+    /// Routes `input.num_tokens` rows (fp32 logits, fp32 bias) on `stream`, writing the
+    /// weights and ids into `out` and, when given, the ids into `replay` (the rules of
+    /// [`Router::route`](super::Router::route): rows past `num_tokens` untouched). No
+    /// allocation, no synchronisation.
+    pub fn route(
+        &self,
+        stream: &Arc<CudaStream>,
+        input: &RouteInput<'_>,
+        out: &mut NoAuxTcOutputs<'_>,
+        replay: Option<&mut ReplayView<'_>>,
+    ) -> Result<()> {
+        let (t, e, k) = (
+            input.num_tokens,
+            self.cfg.num_experts as usize,
+            self.cfg.top_k as usize,
+        );
+        let Logits::F32(logits) = &input.logits else {
+            return Err(Error::invalid(
+                "logits",
+                "NoAuxTc writes its weights in the logits' dtype; this call takes fp32 logits",
+            ));
+        };
+        let bias = match &input.bias {
+            Some(Logits::F32(b)) => b,
+            Some(Logits::Bf16(_)) => {
+                return Err(Error::invalid("bias", "NoAuxTc here takes an fp32 bias"))
+            }
+            None => return Err(Error::invalid("bias", "DeepSeekV3 routing needs a bias")),
+        };
+        ensure(t <= MAX_TOKENS, "num_tokens", || {
+            format!("{t} exceeds the kernels' int32 token count")
+        })?;
+        ensure(covers(logits.len(), t, e), "logits", || {
+            format!("holds {}, needs {}", logits.len(), t as u128 * e as u128)
+        })?;
+        check_bias(&self.cfg, Some(bias.len()))?;
+        ensure(covers(out.values.len(), t, k), "values", || {
+            format!(
+                "holds {}, needs {}",
+                out.values.len(),
+                t as u128 * k as u128
+            )
+        })?;
+        ensure(covers(out.indices.len(), t, k), "indices", || {
+            format!(
+                "holds {}, needs {}",
+                out.indices.len(),
+                t as u128 * k as u128
+            )
+        })?;
+        if let Some(r) = replay.as_deref() {
+            check_replay(r.rows(), r.cols(), t, k)?;
+        }
+        same_context(
+            stream,
+            [
+                ("logits", logits.stream()),
+                ("bias", bias.stream()),
+                ("values", out.values.stream()),
+                ("indices", out.indices.stream()),
+            ]
+            .into_iter()
+            .chain(replay.as_deref().map(|r| ("replay", r.stream()))),
+        )?;
+        let params = sys::fi_noaux_tc_params {
+            num_tokens: t as i32,
+            num_experts: e as i32,
+            top_k: k as i32,
+            n_group: self.n_group as i32,
+            topk_group: self.topk_group as i32,
+            routed_scaling_factor: self.scale,
+            scores_dtype: sys::fi_dtype::FI_DTYPE_F32,
+            bias_dtype: sys::fi_dtype::FI_DTYPE_F32,
+            use_pdl: self.cfg.use_pdl as i32,
+        };
+        stream.context().bind_to_thread()?;
+        let (l, _g1) = logits.device_ptr(stream);
+        let (b, _g2) = bias.device_ptr(stream);
+        let (v, _g3) = out.values.device_ptr_mut(stream);
+        let (i, _g4) = out.indices.device_ptr_mut(stream);
+        let (r, _g5) = match replay {
+            Some(r) => {
+                let (p, g) = r.data_mut().device_ptr_mut(stream);
+                (p as *mut i16, Some(g))
+            }
+            None => (std::ptr::null_mut(), None),
+        };
+        // SAFETY: sizes checked above; every pointer is device memory of the stream's context
+        // (checked), kept alive with its stream ordering by the guards; the context is current.
+        check(unsafe {
+            sys::fi_noaux_tc_run(
+                &params,
+                l as *const _,
+                b as *const _,
+                v as *mut _,
+                i as *mut i32,
+                r,
+                stream.cu_stream() as *mut _,
+            )
+        })
+    }
 }

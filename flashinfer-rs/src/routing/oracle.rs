@@ -267,20 +267,7 @@ fn check_inputs(
             )
         },
     )?;
-    match (cfg.method.needs_bias(), bias) {
-        (true, None) => Err(crate::Error::invalid(
-            "bias",
-            format!("{} routing needs a bias", cfg.method.name()),
-        )),
-        (false, Some(_)) => Err(crate::Error::invalid(
-            "bias",
-            format!("{} routing takes no bias", cfg.method.name()),
-        )),
-        (true, Some(b)) => ensure(b.len() == e, "bias", || {
-            format!("holds {} values, not num_experts ({e})", b.len())
-        }),
-        (false, None) => Ok(()),
-    }
+    super::check_bias(cfg, bias.map(<[f32]>::len))
 }
 
 /// The reference routing of the first `num_tokens` rows of `logits` (`[T, E]` row-major; pass

@@ -7,10 +7,11 @@ use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, D
 use flashinfer_sys as sys;
 use half::bf16;
 
-use super::method::RoutingConfig;
+use super::method::{check_bias, RoutingConfig};
+use crate::context::same_context;
 use crate::error::{covers, ensure, Error, Result, MAX_TOKENS};
 use crate::ffi::check;
-use crate::replay::ReplayView;
+use crate::replay::{check_replay, ReplayView};
 
 /// Router logits `[num_tokens, num_experts]`, row-major, in either dtype the kernels take.
 #[derive(Debug)]
@@ -295,42 +296,6 @@ pub(crate) fn validate_call(
     }
 }
 
-/// The replay rule of every routing (and fused) call: `[rows >= num_tokens, top_k]`.
-/// FlashInfer 0.6.13 checks neither and writes out of bounds past a short buffer.
-pub(crate) fn check_replay(
-    rows: usize,
-    cols: usize,
-    num_tokens: usize,
-    top_k: usize,
-) -> Result<()> {
-    ensure(cols == top_k, "replay", || {
-        format!("has {cols} columns, top_k is {top_k}")
-    })?;
-    ensure(rows >= num_tokens, "replay", || {
-        format!("has {rows} rows, the call routes {num_tokens} tokens")
-    })
-}
-
-/// The bias rule of every routing (and fused) call: required by the methods that add one to
-/// their keys, refused by the others, `[num_experts]` long.
-pub(crate) fn check_bias(cfg: &RoutingConfig, bias_len: Option<usize>) -> Result<()> {
-    let (name, e) = (cfg.method.name(), cfg.num_experts as usize);
-    match (bias_len, cfg.method.needs_bias()) {
-        (None, true) => Err(Error::invalid(
-            "bias",
-            format!("{name} routing needs a bias"),
-        )),
-        (Some(_), false) => Err(Error::invalid(
-            "bias",
-            format!("{name} routing takes no bias"),
-        )),
-        (Some(n), true) => ensure(n == e, "bias", || {
-            format!("must hold num_experts ({e}) elements, holds {n}")
-        }),
-        (None, false) => Ok(()),
-    }
-}
-
 /// A validated [`RoutingConfig`], ready to route.
 #[derive(Debug, Clone, Copy)]
 pub struct Router {
@@ -384,21 +349,15 @@ impl Router {
             replay: replay.as_deref().map(|r| (r.rows(), r.cols())),
         };
         validate_call(cfg, &call, &buffers.shape())?;
-        // Every buffer must live in the stream's context.
+        same_context(
+            stream,
+            [("logits", input.logits.stream())]
+                .into_iter()
+                .chain(input.bias.as_ref().map(|b| ("bias", b.stream())))
+                .chain(replay.as_deref().map(|r| ("replay", r.stream())))
+                .chain([("buffers", buffers.topk_weights.stream())]),
+        )?;
         let ctx = stream.context();
-        let foreign = |s: &Arc<CudaStream>| s.context().cu_ctx() != ctx.cu_ctx();
-        if foreign(input.logits.stream()) {
-            return Err(Error::ContextMismatch { arg: "logits" });
-        }
-        if input.bias.as_ref().is_some_and(|b| foreign(b.stream())) {
-            return Err(Error::ContextMismatch { arg: "bias" });
-        }
-        if replay.as_deref().is_some_and(|r| foreign(r.stream())) {
-            return Err(Error::ContextMismatch { arg: "replay" });
-        }
-        if foreign(buffers.topk_weights.stream()) {
-            return Err(Error::ContextMismatch { arg: "buffers" });
-        }
 
         let bias_dtype = input
             .bias

@@ -258,7 +258,7 @@ fn capture_step(b: &Bench) {
                 moe_layers: layers,
                 max_tokens: t,
                 top_k: k,
-                slots: 2,
+                readback_buffers: 2,
                 layer_map: None,
             };
             let mut store = CaptureStore::new(&b.stream, cap).unwrap();
@@ -352,7 +352,7 @@ fn readback(b: &Bench) {
             moe_layers: l,
             max_tokens: t,
             top_k: k,
-            slots: 2,
+            readback_buffers: 2,
             layer_map: None,
         };
         let mut store = CaptureStore::new(&b.stream, cap).unwrap();
@@ -404,7 +404,7 @@ fn readback_overlap(b: &Bench) {
             moe_layers: layers,
             max_tokens: t,
             top_k: 8,
-            slots: 2,
+            readback_buffers: 2,
             layer_map: None,
         };
         let mut store = CaptureStore::new(&b.stream, cap).unwrap();

@@ -110,7 +110,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             moe_layers: LAYERS,
             max_tokens: MAX_ROWS,
             top_k: TOP_K,
-            slots: 2,
+            readback_buffers: 2,
             layer_map: None,
         };
         Box::new(Gpu {

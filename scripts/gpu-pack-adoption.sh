@@ -33,12 +33,13 @@ status=0
 echo "== GPU suite against \$(basename "$lib")"
 FLASHINFER_RS_KERNELS_LIB=\$here/lib/$(basename "$lib") "\$here/bin/gpu-prebuilt" --test-threads=1 "\$@" || status=1
 # candle links the CUDA 13 libraries it uses by SONAME: take them from the machine's
-# PyTorch wheels (nvidia-cublas, nvidia-curand, nvidia-cuda-nvrtc).
+# PyTorch wheels (nvidia-cublas, nvidia-curand, nvidia-cuda-nvrtc, nvidia-cuda-runtime).
 libs=\$(python3 - <<'PY'
 import glob, os, site
 dirs = set()
 for sp in site.getsitepackages():
-    for pat in ("libcublas.so.*", "libcublasLt.so.*", "libcurand.so.*", "libnvrtc.so.*"):
+    for pat in ("libcublas.so.*", "libcublasLt.so.*", "libcurand.so.*", "libnvrtc.so.*",
+                "libcudart.so.*"):
         for f in glob.glob(os.path.join(sp, "nvidia", "**", pat), recursive=True):
             dirs.add(os.path.dirname(f))
 print(":".join(sorted(dirs)))

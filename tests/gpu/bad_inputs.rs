@@ -77,23 +77,26 @@ fn the_capture_protocol_refuses_misuse_without_blocking() {
         moe_layers: 2,
         max_tokens: 8,
         top_k: 2,
-        slots: 2,
+        readback_buffers: 2,
         layer_map: Some(vec![None, Some(0), Some(1)]),
     };
     let mut store = CaptureStore::new(&g.stream, cfg.clone()).unwrap();
     assert_eq!(
-        store.slot_of(0).unwrap(),
+        store.moe_layer_of(0).unwrap(),
         None,
         "a dense layer has no MoE slot"
     );
-    assert_eq!(store.slot_of(2).unwrap(), Some(1));
+    assert_eq!(store.moe_layer_of(2).unwrap(), Some(1));
     assert!(matches!(
-        store.slot_of(3),
+        store.moe_layer_of(3),
         Err(Error::InvalidArgument { arg: "layer", .. })
     ));
     assert!(matches!(
         store.layer_view(2),
-        Err(Error::InvalidArgument { arg: "slot", .. })
+        Err(Error::InvalidArgument {
+            arg: "moe_layer",
+            ..
+        })
     ));
     assert!(
         matches!(
@@ -121,7 +124,7 @@ fn the_capture_protocol_refuses_misuse_without_blocking() {
             ..
         })
     ));
-    // Both slots in flight: back-pressure, a typed error and not a hidden wait; collecting
+    // Both readback buffers in flight: back-pressure, a typed error and not a hidden wait; collecting
     // frees one.
     let full = store.end_step(&g.stream);
     assert!(
@@ -132,7 +135,16 @@ fn the_capture_protocol_refuses_misuse_without_blocking() {
     assert!(store.collect().unwrap().is_some());
     store.end_step(&g.stream).unwrap();
     assert!(matches!(
-        CaptureStore::new(&g.stream, CaptureConfig { slots: 1, ..cfg }),
-        Err(Error::InvalidArgument { arg: "slots", .. })
+        CaptureStore::new(
+            &g.stream,
+            CaptureConfig {
+                readback_buffers: 1,
+                ..cfg
+            }
+        ),
+        Err(Error::InvalidArgument {
+            arg: "readback_buffers",
+            ..
+        })
     ));
 }

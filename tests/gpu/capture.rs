@@ -95,7 +95,7 @@ struct Soak<'a> {
     pending: std::collections::VecDeque<(StepLayout, Vec<usize>)>,
     checked: usize,
     free_before: Option<usize>,
-    /// Resident host memory (bytes) at the warm-up, pinned readback slots included.
+    /// Resident host memory (bytes) at the warm-up, pinned readback buffers included.
     rss_before: Option<usize>,
     started: std::time::Instant,
 }
@@ -198,7 +198,7 @@ fn eager(g: &Gpu, m: &Model, steps: usize) {
         moe_layers: m.layers,
         max_tokens: MAX_ROWS,
         top_k: k,
-        slots: 2,
+        readback_buffers: 2,
         layer_map: None,
     };
     let mut store = CaptureStore::new(&g.stream, cfg).unwrap();
@@ -237,7 +237,7 @@ fn graph(g: &Gpu, m: &Model, steps: usize) {
         moe_layers: m.layers,
         max_tokens: padded,
         top_k: k,
-        slots: 3,
+        readback_buffers: 3,
         layer_map: None,
     };
     let mut store = CaptureStore::new(&g.stream, cfg).unwrap();
@@ -328,7 +328,7 @@ fn the_next_step_cannot_overwrite_rows_still_being_read_back() {
         moe_layers: layers,
         max_tokens: tokens,
         top_k: 8,
-        slots: 2,
+        readback_buffers: 2,
         layer_map: None,
     };
     let mut store = CaptureStore::new(&g.stream, cap).unwrap();

@@ -13,7 +13,7 @@ fn bf16_query(num_tokens: u32) -> TacticQuery {
         top_k: 8,
         hidden_size: 4096,
         intermediate_size: 1024,
-        num_local_experts: 128,
+        local_num_experts: 128,
         activation: Activation::Swiglu,
         use_shuffled_weight: true,
         weight_layout: WeightLayout::BlockMajorK,

@@ -12,10 +12,12 @@ use std::sync::Arc;
 
 use flashinfer_rs::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use flashinfer_rs::cudarc::driver::{CudaSlice, CudaStream, CudaView, CudaViewMut};
+use flashinfer_rs::fused::oracle::{
+    self as moe_oracle, ActivationRounding, ExpertWeights, ReferenceProblem,
+};
 use flashinfer_rs::fused::prepare::{
     interleave_scales, shuffle_block_scaled_weights, shuffle_expert_weights, EPILOGUE_TILE_M,
 };
-use flashinfer_rs::fused::reference::{self, ActivationRounding, ExpertWeights, ReferenceProblem};
 use flashinfer_rs::fused::{
     trtllm_bf16_moe, trtllm_fp4_block_scale_moe, trtllm_fp8_block_scale_moe,
     trtllm_fp8_per_tensor_scale_moe, Activation, Bf16Moe, E4m3, Fp4Activations, Fp4BlockScaleMoe,
@@ -107,7 +109,7 @@ impl Case {
 
     /// The reference output for this case's own routing.
     fn reference(&self, routing_scales_on_input: bool, rounding: ActivationRounding) -> Vec<f32> {
-        reference::moe(
+        moe_oracle::moe(
             &self.problem(routing_scales_on_input),
             &self.hidden,
             &self.ids,
@@ -325,7 +327,7 @@ fn bf16_run(g: &Gpu, c: &Case, opts: &MoeOptions, name: &str) -> Vec<f32> {
 }
 
 fn check(name: &str, want: &[f32], got: &[f32], percent: f32) {
-    match reference::check_accuracy(want, got, 0.1, 0.85, percent) {
+    match moe_oracle::check_accuracy(want, got, 0.1, 0.85, percent) {
         Ok(frac) => eprintln!("{name}: {frac:.4} of elements within tolerance"),
         Err(e) => panic!("{name}: {e}"),
     }
@@ -387,16 +389,17 @@ fn fp8_per_tensor_moe_matches_the_reference() {
             // on the dequantised values.
             let (mut q1, mut q2, mut sf1, mut sf2) = (vec![], vec![], vec![], vec![]);
             for e in 0..el {
-                let (q, sf) =
-                    reference::quantize_fp8_per_tensor(&c.w.w1[e * 2 * i * h..(e + 1) * 2 * i * h]);
+                let (q, sf) = moe_oracle::quantize_fp8_per_tensor(
+                    &c.w.w1[e * 2 * i * h..(e + 1) * 2 * i * h],
+                );
                 q1.extend(q);
                 sf1.push(sf);
                 let (q, sf) =
-                    reference::quantize_fp8_per_tensor(&c.w.w2[e * h * i..(e + 1) * h * i]);
+                    moe_oracle::quantize_fp8_per_tensor(&c.w.w2[e * h * i..(e + 1) * h * i]);
                 q2.extend(q);
                 sf2.push(sf);
             }
-            let (hq, hsf) = reference::quantize_fp8_per_tensor(&c.hidden);
+            let (hq, hsf) = moe_oracle::quantize_fp8_per_tensor(&c.hidden);
             c.hidden = hq.iter().map(|q| q.to_f32() / hsf).collect();
             for e in 0..el {
                 for v in &mut c.w.w1[e * 2 * i * h..(e + 1) * 2 * i * h] {
@@ -407,11 +410,11 @@ fn fp8_per_tensor_moe_matches_the_reference() {
                 }
             }
             let p = c.problem(on_input);
-            let acts: Vec<f32> = reference::activations(&p, &c.hidden, &c.ids, &c.weights, &c.w)
+            let acts: Vec<f32> = moe_oracle::activations(&p, &c.hidden, &c.ids, &c.weights, &c.w)
                 .into_iter()
                 .flatten()
                 .collect();
-            let c_sf = reference::fp8_global_scale(&acts);
+            let c_sf = moe_oracle::fp8_global_scale(&acts);
             let scale_c_fc1: Vec<f32> = sf1.iter().map(|w| c_sf / w / hsf).collect();
             let scale_gate_fc1: Vec<f32> = sf1.iter().map(|w| 1.0 / w / hsf).collect();
             let scale_c_fc2: Vec<f32> = sf2.iter().map(|w| 1.0 / c_sf / w).collect();
@@ -469,18 +472,18 @@ fn deepseek_fp8_block_scale_moe_matches_the_reference() {
             let (mut q1, mut q2, mut s1, mut s2) = (vec![], vec![], vec![], vec![]);
             for e in 0..el {
                 let w1 = &mut c.w.w1[e * 2 * i * h..(e + 1) * 2 * i * h];
-                let (q, sc) = reference::quantize_fp8_blocks(w1, 2 * i, h);
-                w1.copy_from_slice(&reference::dequantize_fp8_blocks(&q, &sc, 2 * i, h));
+                let (q, sc) = moe_oracle::quantize_fp8_blocks(w1, 2 * i, h);
+                w1.copy_from_slice(&moe_oracle::dequantize_fp8_blocks(&q, &sc, 2 * i, h));
                 q1.extend(q);
                 s1.extend(sc);
                 let w2 = &mut c.w.w2[e * h * i..(e + 1) * h * i];
-                let (q, sc) = reference::quantize_fp8_blocks(w2, h, i);
-                w2.copy_from_slice(&reference::dequantize_fp8_blocks(&q, &sc, h, i));
+                let (q, sc) = moe_oracle::quantize_fp8_blocks(w2, h, i);
+                w2.copy_from_slice(&moe_oracle::dequantize_fp8_blocks(&q, &sc, h, i));
                 q2.extend(q);
                 s2.extend(sc);
             }
-            let (hq, hs_t) = reference::quantize_fp8_activation_blocks(&c.hidden, t, h);
-            c.hidden = reference::dequantize_fp8_activation_blocks(&hq, &hs_t, t, h);
+            let (hq, hs_t) = moe_oracle::quantize_fp8_activation_blocks(&c.hidden, t, h);
+            c.hidden = moe_oracle::dequantize_fp8_activation_blocks(&hq, &hs_t, t, h);
             let (hs, hsc, w1, w1s, w2, w2s) = (
                 s.clone_htod(&hq).unwrap(),
                 s.clone_htod(&hs_t).unwrap(),
@@ -527,10 +530,10 @@ fn mxfp8_block_scale_moe_matches_the_reference() {
             let el = cfg.local_num_experts as usize;
             // Weights: MX fp8 with linear scales, then rows and scale rows shuffled together
             // and the scales interleaved (upstream's MxFp8 preparation).
-            let (q1, s1) = reference::quantize_mxfp8(&c.w.w1, el * 2 * i, h);
-            let (q2, s2) = reference::quantize_mxfp8(&c.w.w2, el * h, i);
-            c.w.w1 = reference::dequantize_mxfp8(&q1, &s1);
-            c.w.w2 = reference::dequantize_mxfp8(&q2, &s2);
+            let (q1, s1) = moe_oracle::quantize_mxfp8(&c.w.w1, el * 2 * i, h);
+            let (q2, s2) = moe_oracle::quantize_mxfp8(&c.w.w2, el * h, i);
+            c.w.w1 = moe_oracle::dequantize_mxfp8(&q1, &s1);
+            c.w.w2 = moe_oracle::dequantize_mxfp8(&q2, &s2);
             let (w1, w1s, w2, w2s) = shuffle_block_scaled_weights(
                 (&q1, &s1),
                 (&q2, &s2),
@@ -541,8 +544,8 @@ fn mxfp8_block_scale_moe_matches_the_reference() {
                 EPILOGUE_TILE_M,
             );
             // Activations: MX fp8 with the scales interleaved 128x4, as mxfp8_quantize makes them.
-            let (hq, hs) = reference::quantize_mxfp8(&c.hidden, t, h);
-            c.hidden = reference::dequantize_mxfp8(&hq, &hs);
+            let (hq, hs) = moe_oracle::quantize_mxfp8(&c.hidden, t, h);
+            c.hidden = moe_oracle::dequantize_mxfp8(&hq, &hs);
             let hs = interleave_scales(&hs, t, h / 32);
             let (hq, hs, w1, w1s, w2, w2s) = (
                 s.clone_htod(&hq).unwrap(),
@@ -641,16 +644,16 @@ fn nvfp4_moe_matches_the_reference() {
             let (mut q2, mut s2, mut g2) = (vec![], vec![], vec![]);
             for e in 0..el {
                 let w1 = &mut c.w.w1[e * 2 * i * h..(e + 1) * 2 * i * h];
-                let gs = reference::nvfp4_global_scale(w1);
-                let (q, sc) = reference::quantize_nvfp4(w1, 2 * i, h, gs);
-                w1.copy_from_slice(&reference::dequantize_nvfp4(&q, &sc, gs));
+                let gs = moe_oracle::nvfp4_global_scale(w1);
+                let (q, sc) = moe_oracle::quantize_nvfp4(w1, 2 * i, h, gs);
+                w1.copy_from_slice(&moe_oracle::dequantize_nvfp4(&q, &sc, gs));
                 q1.extend(q);
                 s1.extend(sc);
                 g1.push(gs);
                 let w2 = &mut c.w.w2[e * h * i..(e + 1) * h * i];
-                let gs = reference::nvfp4_global_scale(w2);
-                let (q, sc) = reference::quantize_nvfp4(w2, h, i, gs);
-                w2.copy_from_slice(&reference::dequantize_nvfp4(&q, &sc, gs));
+                let gs = moe_oracle::nvfp4_global_scale(w2);
+                let (q, sc) = moe_oracle::quantize_nvfp4(w2, h, i, gs);
+                w2.copy_from_slice(&moe_oracle::dequantize_nvfp4(&q, &sc, gs));
                 q2.extend(q);
                 s2.extend(sc);
                 g2.push(gs);
@@ -664,18 +667,18 @@ fn nvfp4_moe_matches_the_reference() {
                 true,
                 EPILOGUE_TILE_M,
             );
-            let hg = reference::nvfp4_global_scale(&c.hidden);
-            let (hq, hs) = reference::quantize_nvfp4(&c.hidden, t, h, hg);
-            c.hidden = reference::dequantize_nvfp4(&hq, &hs, hg);
+            let hg = moe_oracle::nvfp4_global_scale(&c.hidden);
+            let (hq, hs) = moe_oracle::quantize_nvfp4(&c.hidden, t, h, hg);
+            c.hidden = moe_oracle::dequantize_nvfp4(&hq, &hs, hg);
             let hs = interleave_scales(&hs, t, h / 16);
             // The kernel requantises the activation to nvfp4 with a global scale calibrated on
             // it; the output scales fold every global scale in (upstream's scale_c_fc1 & co).
             let acts: Vec<f32> =
-                reference::activations(&c.problem(false), &c.hidden, &c.ids, &c.weights, &c.w)
+                moe_oracle::activations(&c.problem(false), &c.hidden, &c.ids, &c.weights, &c.w)
                     .into_iter()
                     .flatten()
                     .collect();
-            let cg = reference::nvfp4_global_scale(&acts);
+            let cg = moe_oracle::nvfp4_global_scale(&acts);
             let o1: Vec<f32> = g1.iter().map(|w| cg / w / hg).collect();
             let og: Vec<f32> = g1.iter().map(|w| 1.0 / w / hg).collect();
             let o2: Vec<f32> = g2.iter().map(|w| 1.0 / cg / w).collect();
@@ -736,10 +739,10 @@ fn mxfp4_moe_matches_the_reference() {
             let (h, i) = (c.shape.hidden_size, c.shape.intermediate_size);
             let el = cfg.local_num_experts as usize;
             // Quantise the weights to mxfp4; the reference runs on their exact values.
-            let (q1, s1) = reference::quantize_mxfp4(&c.w.w1, el * 2 * i, h);
-            let (q2, s2) = reference::quantize_mxfp4(&c.w.w2, el * h, i);
-            c.w.w1 = reference::dequantize_mxfp4(&q1, &s1, h);
-            c.w.w2 = reference::dequantize_mxfp4(&q2, &s2, i);
+            let (q1, s1) = moe_oracle::quantize_mxfp4(&c.w.w1, el * 2 * i, h);
+            let (q2, s2) = moe_oracle::quantize_mxfp4(&c.w.w2, el * h, i);
+            c.w.w1 = moe_oracle::dequantize_mxfp4(&q1, &s1, h);
+            c.w.w2 = moe_oracle::dequantize_mxfp4(&q2, &s2, i);
             let (w1, w1s, w2, w2s) = shuffle_block_scaled_weights(
                 (&q1, &s1),
                 (&q2, &s2),
@@ -757,11 +760,11 @@ fn mxfp4_moe_matches_the_reference() {
             );
             // Activations: bf16 as they are, or MX fp8 with 128x4-interleaved scales.
             let hs_bf16 = s.clone_htod(&to_bf16(&c.hidden)).unwrap();
-            let (hq, hs) = reference::quantize_mxfp8(&c.hidden, t, h);
+            let (hq, hs) = moe_oracle::quantize_mxfp8(&c.hidden, t, h);
             let hq_dev = s.clone_htod(&hq).unwrap();
             let hs_dev = s.clone_htod(&interleave_scales(&hs, t, h / 32)).unwrap();
             let (hidden_states, rounding) = if mx_act {
-                c.hidden = reference::dequantize_mxfp8(&hq, &hs);
+                c.hidden = moe_oracle::dequantize_mxfp8(&hq, &hs);
                 (
                     Fp4Activations::MxE4m3 {
                         data: hq_dev.as_view(),
@@ -1048,7 +1051,7 @@ fn a_captured_bf16_moe_replays_with_fresh_logits() {
             "graph replay {n}: spare rows"
         );
         // Same weights and hidden states as `c`; the fresh routing decides.
-        let want = reference::moe(
+        let want = moe_oracle::moe(
             &c.problem(false),
             &c.hidden,
             &fresh.ids,

@@ -75,7 +75,7 @@ fn candle_tensor_logits_route_and_capture_like_the_oracle() {
                 moe_layers: layers,
                 max_tokens: tokens,
                 top_k: top_k as usize,
-                slots: 2,
+                readback_buffers: 2,
                 layer_map: None,
             },
         )
@@ -98,16 +98,17 @@ fn candle_tensor_logits_route_and_capture_like_the_oracle() {
         for layer in 0..layers {
             let mut view = store.layer_view(layer).unwrap();
             with_cuda_view(&tensors[layer], |logits| {
-                let input = |bias: Option<CudaView<'_, f32>>| RouteInput {
-                    logits: logits.as_view().into(),
-                    bias: bias.map(Into::into),
-                    num_tokens: tokens,
+                let mut run = |logits: CudaView<'_, f32>, bias: Option<CudaView<'_, f32>>| {
+                    let input = RouteInput {
+                        logits: logits.into(),
+                        bias: bias.map(Into::into),
+                        num_tokens: tokens,
+                    };
+                    router.route(&stream, &input, &mut buffers, Some(&mut view))
                 };
                 match &biases[layer] {
-                    Some(b) => with_cuda_view(b, |b| {
-                        router.route(&stream, &input(Some(b)), &mut buffers, Some(&mut view))
-                    }),
-                    None => router.route(&stream, &input(None), &mut buffers, Some(&mut view)),
+                    Some(b) => with_cuda_view(b, |b| run(logits, Some(b))),
+                    None => run(logits, None),
                 }
                 .unwrap();
             });

@@ -10,12 +10,12 @@
 //! 1. `begin_step(&compute, layout)` makes `compute` wait (on the device) until the previous
 //!    step's rows have left the layer views, so no step overwrites rows still being read.
 //! 2. `end_step(&compute)` records an event on the compute stream; a side stream waits for it,
-//!    copies the step's kept rows of every layer into a slot's device staging buffer (one 2D
+//!    copies the step's kept rows of every layer into a readback buffer's device staging memory (one 2D
 //!    device-to-device copy, microseconds: the views are then free for the next step), then
-//!    into the slot's pinned host memory (one contiguous copy), and records a completion
+//!    into the buffer's pinned host memory (one contiguous copy), and records a completion
 //!    event. The host never waits here.
 //! 3. `collect()` waits for the oldest step's copy only, transposes it to token-major
-//!    `(tokens, layers, top_k)` and frees its slot. With `slots >= 2`, step n+1 computes
+//!    `(tokens, layers, top_k)` and frees its buffer. With `readback_buffers >= 2`, step n+1 computes
 //!    while step n drains.
 
 use std::collections::VecDeque;
@@ -117,20 +117,21 @@ impl StepLayout {
 /// Shape of a capture store.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaptureConfig {
-    /// MoE layers (slots of the buffer).
+    /// MoE layers (the layer-major buffer's first dimension).
     pub moe_layers: usize,
     /// Most rows one step may route.
     pub max_tokens: usize,
     /// Experts per token.
     pub top_k: usize,
-    /// Steps that may be in flight (copied but not collected); at least 2.
-    pub slots: usize,
-    /// Model layer id -> MoE slot, for models whose dense layers have no router (`None` for
-    /// a dense layer). `None`: every model layer is a MoE layer, slot = layer id.
+    /// Readback buffers: steps that may be in flight (copied but not collected); at least 2.
+    pub readback_buffers: usize,
+    /// Model layer id -> MoE layer index, for models whose dense layers have no router
+    /// (`None` for a dense layer). `None`: every model layer is an MoE layer, index = layer id.
     pub layer_map: Option<Vec<Option<usize>>>,
 }
 
-struct Slot {
+/// One readback buffer: device staging and pinned host memory for one step in flight.
+struct Readback {
     /// Device copy of the step's kept rows, `[layers][rows][top_k]` packed: taken right after
     /// the step (fast, device to device), so the next step may overwrite the layer views
     /// while the slow device-to-host copy reads this instead.
@@ -140,7 +141,8 @@ struct Slot {
 }
 
 struct InFlight {
-    slot: usize,
+    /// Index of its readback buffer.
+    buffer: usize,
     step: u64,
     rows: usize,
 }
@@ -155,7 +157,7 @@ pub struct CaptureStore {
     /// Recorded on the side stream once the last step's rows left the layer views (the
     /// device-to-device staging copy): the next step's writes wait for it.
     views_free: CudaEvent,
-    slots: Vec<Slot>,
+    readbacks: Vec<Readback>,
     free: Vec<usize>,
     in_flight: VecDeque<InFlight>,
     current: Option<StepLayout>,
@@ -182,19 +184,27 @@ pub struct CollectedStep {
 }
 
 impl CaptureStore {
-    /// Allocates the device buffer (filled with -1) and `cfg.slots` pinned staging slots, once.
+    /// Allocates the device buffer (filled with -1) and `cfg.readback_buffers` readback buffers, once.
     pub fn new(stream: &Arc<CudaStream>, cfg: CaptureConfig) -> Result<CaptureStore> {
         ensure(cfg.moe_layers > 0, "moe_layers", || "must be > 0".into())?;
         ensure(cfg.max_tokens > 0, "max_tokens", || "must be > 0".into())?;
         ensure(cfg.top_k > 0, "top_k", || "must be > 0".into())?;
-        ensure(cfg.slots >= 2, "slots", || {
-            format!("at least 2 steps must fit in flight, got {}", cfg.slots)
+        ensure(cfg.readback_buffers >= 2, "readback_buffers", || {
+            format!(
+                "at least 2 steps must fit in flight, got {}",
+                cfg.readback_buffers
+            )
         })?;
         if let Some(map) = &cfg.layer_map {
             ensure(
                 map.iter().flatten().all(|&s| s < cfg.moe_layers),
                 "layer_map",
-                || format!("maps a layer to a slot >= moe_layers ({})", cfg.moe_layers),
+                || {
+                    format!(
+                        "maps a layer to an MoE layer index >= moe_layers ({})",
+                        cfg.moe_layers
+                    )
+                },
             )?;
         }
         let total = cfg
@@ -207,18 +217,18 @@ impl CaptureStore {
         let ctx = stream.context().clone();
         let device = stream.clone_htod(&vec![-1i16; total])?;
         let side = ctx.new_stream()?;
-        let mut slots = Vec::with_capacity(cfg.slots);
-        for _ in 0..cfg.slots {
+        let mut readbacks = Vec::with_capacity(cfg.readback_buffers);
+        for _ in 0..cfg.readback_buffers {
             // Plain pinned memory (not write-combined): the host reads it.
-            // SAFETY: the slot is only read after a copy into it completed.
+            // SAFETY: the buffer is only read after a copy into it completed.
             let host = unsafe { ctx.alloc_pinned_with_flags::<i16>(total, 0) }?;
-            slots.push(Slot {
+            readbacks.push(Readback {
                 staging: stream.alloc_zeros::<i16>(total)?,
                 host,
                 done: ctx.new_event(None)?,
             });
         }
-        let free = (0..cfg.slots).rev().collect();
+        let free = (0..cfg.readback_buffers).rev().collect();
         Ok(CaptureStore {
             step_done_on_compute: ctx.new_event(None)?,
             views_free: ctx.new_event(None)?,
@@ -226,7 +236,7 @@ impl CaptureStore {
             ctx,
             device,
             side,
-            slots,
+            readbacks,
             free,
             in_flight: VecDeque::new(),
             current: None,
@@ -239,8 +249,8 @@ impl CaptureStore {
         &self.cfg
     }
 
-    /// The MoE slot of model layer `layer` (`None` for a dense layer).
-    pub fn slot_of(&self, layer: usize) -> Result<Option<usize>> {
+    /// The MoE layer index of model layer `layer` (`None` for a dense layer).
+    pub fn moe_layer_of(&self, layer: usize) -> Result<Option<usize>> {
         match &self.cfg.layer_map {
             None => {
                 ensure(layer < self.cfg.moe_layers, "layer", || {
@@ -255,16 +265,16 @@ impl CaptureStore {
         }
     }
 
-    /// The replay view of MoE slot `slot`: `[max_tokens, top_k]`, always the same device
+    /// The replay view of MoE layer `moe_layer`: `[max_tokens, top_k]`, always the same device
     /// memory. Hand it to the routing or fused call of that layer.
-    pub fn layer_view(&mut self, slot: usize) -> Result<ReplayView<'_>> {
-        ensure(slot < self.cfg.moe_layers, "slot", || {
-            format!("{slot} >= moe_layers ({})", self.cfg.moe_layers)
+    pub fn layer_view(&mut self, moe_layer: usize) -> Result<ReplayView<'_>> {
+        ensure(moe_layer < self.cfg.moe_layers, "moe_layer", || {
+            format!("{moe_layer} >= moe_layers ({})", self.cfg.moe_layers)
         })?;
         let per_layer = self.cfg.max_tokens * self.cfg.top_k;
         let view = self
             .device
-            .slice_mut(slot * per_layer..(slot + 1) * per_layer);
+            .slice_mut(moe_layer * per_layer..(moe_layer + 1) * per_layer);
         ReplayView::new(view, self.cfg.max_tokens, self.cfg.top_k)
     }
 
@@ -291,16 +301,16 @@ impl CaptureStore {
 
     /// Ends the step whose layers were enqueued on `compute`: enqueues the readback of the
     /// kept rows on the side stream, ordered after everything `compute` has enqueued so far.
-    /// Never waits on the host. Fails (typed) when every slot is in flight: collect first.
+    /// Never waits on the host. Fails with [`Error::Backpressure`] when every readback buffer is in flight: collect first.
     pub fn end_step(&mut self, compute: &Arc<CudaStream>) -> Result<u64> {
         let layout = self.current.take().ok_or_else(|| Error::CaptureProtocol {
             call: "end_step",
             rule: "was called without a step begun (begin_step first)".into(),
         })?;
-        let Some(slot) = self.free.pop() else {
+        let Some(buffer) = self.free.pop() else {
             self.current = Some(layout);
             return Err(Error::Backpressure {
-                in_flight: self.cfg.slots,
+                in_flight: self.cfg.readback_buffers,
             });
         };
         let (k, max) = (self.cfg.top_k, self.cfg.max_tokens);
@@ -310,7 +320,7 @@ impl CaptureStore {
         if rows > 0 {
             let elem = std::mem::size_of::<i16>();
             let (src, _g1) = self.device.device_ptr(&self.side);
-            let s = &mut self.slots[slot];
+            let s = &mut self.readbacks[buffer];
             let (staging, _g2) = s.staging.device_ptr_mut(&self.side);
             // 1. Layer l's kept rows: views [l][keep][..] -> staging [l][0..rows][..], one 2D
             //    device-to-device copy (fast: the views are free again once it is done).
@@ -337,21 +347,21 @@ impl CaptureStore {
             // allocated); ordered on the side stream after the step's kernels.
             unsafe { sys::cuMemcpy2DAsync_v2(&stage, self.side.cu_stream()) }.result()?;
             self.views_free.record(&self.side)?;
-            // 2. Staging -> pinned host slot, one contiguous copy. The slot's previous copy
+            // 2. Staging -> pinned host memory, one contiguous copy. The buffer's previous copy
             //    completed before it was freed (collect waits).
             let bytes = self.cfg.moe_layers * rows * k * elem;
             let dst = s.host.as_mut_ptr()?;
-            // SAFETY: `bytes` fits both the staging buffer and the pinned slot (each holds
+            // SAFETY: `bytes` fits both the staging buffer and the pinned memory (each holds
             // every layer's max_tokens rows); ordered after the staging copy on the side stream.
             unsafe {
                 sys::cuMemcpyDtoHAsync_v2(dst as *mut _, staging, bytes, self.side.cu_stream())
             }
             .result()?;
         }
-        self.slots[slot].done.record(&self.side)?;
+        self.readbacks[buffer].done.record(&self.side)?;
         let step = self.steps;
         self.steps += 1;
-        self.in_flight.push_back(InFlight { slot, step, rows });
+        self.in_flight.push_back(InFlight { buffer, step, rows });
         Ok(step)
     }
 
@@ -366,7 +376,7 @@ impl CaptureStore {
     pub fn wait_for_oldest(&self) -> Result<bool> {
         match self.in_flight.front() {
             Some(f) => {
-                self.slots[f.slot].done.synchronize()?;
+                self.readbacks[f.buffer].done.synchronize()?;
                 Ok(true)
             }
             None => Ok(false),
@@ -380,12 +390,12 @@ impl CaptureStore {
             return Ok(None);
         };
         let (l, k) = (self.cfg.moe_layers, self.cfg.top_k);
-        let s = &self.slots[f.slot];
+        let s = &self.readbacks[f.buffer];
         s.done.synchronize()?;
         let host = s.host.as_slice()?;
         let mut ids = vec![0i16; f.rows * l * k];
         to_token_major(&host[..f.rows * l * k], &mut ids, f.rows, l, k);
-        self.free.push(f.slot);
+        self.free.push(f.buffer);
         Ok(Some(CollectedStep {
             step: f.step,
             rows: StepRows {

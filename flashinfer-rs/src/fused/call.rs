@@ -42,7 +42,7 @@ pub enum MoeRoutingInput<'a> {
 pub struct MoeRouting<'a> {
     /// Method, experts, top-k and expert-parallel range (its `tile_tokens_dim` and `use_pdl`
     /// are the routing-only call's: the fused call takes its tile from the tactic and PDL from
-    /// [`MoeOptions::enable_pdl`]).
+    /// [`MoeOptions::use_pdl`]).
     pub config: RoutingConfig,
     /// Logits or precomputed ids.
     pub input: MoeRoutingInput<'a>,
@@ -743,7 +743,7 @@ fn scalar_args(desc: &Desc, device: i32, use_routing_scales_on_input: bool) -> s
     };
     a.activation = opts.activation as i32;
     a.do_finalize = opts.do_finalize.into();
-    a.enable_pdl = opts.enable_pdl.into();
+    a.enable_pdl = opts.use_pdl.into();
     a.norm_topk_prob = raw.norm_topk_prob;
     (a.tile_n, a.config) = opts.tactic.map_or((-1, -1), |t| (t.tile_n, t.config));
     a

@@ -2,7 +2,7 @@
 //! `CudaSlice` can hold, so a call's signature says which bytes it expects.
 //!
 //! Host conversions are exact where the format allows and round to nearest-even otherwise;
-//! they are what the CPU reference MoE ([`super::reference`]) and test data use.
+//! they are what the CPU reference MoE ([`super::oracle`]) and test data use.
 
 use cudarc::driver::{DeviceRepr, ValidAsZeroBits};
 

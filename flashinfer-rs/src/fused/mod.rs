@@ -10,13 +10,14 @@
 //! - `call`: the four typed calls;
 //! - [`cubin`]: the sha256-checked cubin loader upstream calls back into;
 //! - [`prepare`]: host-side weight preparation (shuffles, layouts, scale interleaving);
-//! - [`reference`](mod@reference): a CPU reference MoE to check the kernels against.
+//! - [`oracle`](mod@oracle): a CPU reference MoE (the routing oracle, then the expert math) to
+//!   check the kernels against.
 mod call;
 pub mod cubin;
 pub mod elements;
+pub mod oracle;
 pub(crate) mod plan;
 pub mod prepare;
-pub mod reference;
 mod tactic;
 mod types;
 

@@ -41,7 +41,7 @@ pub struct MoeOptions {
     /// (permuted) outputs for the caller to reduce.
     pub do_finalize: bool,
     /// Programmatic dependent launch.
-    pub enable_pdl: bool,
+    pub use_pdl: bool,
     /// Kernel choice; `None` lets upstream pick its default for the problem.
     pub tactic: Option<Tactic>,
 }
@@ -54,7 +54,7 @@ impl MoeOptions {
             weight_layout,
             use_shuffled_weight: true,
             do_finalize: true,
-            enable_pdl: true,
+            use_pdl: true,
             tactic: None,
         }
     }

@@ -22,7 +22,7 @@ pub struct TacticQuery {
     /// Expert intermediate size.
     pub intermediate_size: u32,
     /// Experts on this rank.
-    pub num_local_experts: u32,
+    pub local_num_experts: u32,
     /// Expert activation.
     pub activation: Activation,
     /// Weights are pre-shuffled for the kernels.
@@ -48,7 +48,7 @@ pub struct Tactic {
 /// combination has no kernels (upstream's message) or when the fused MoE is not built.
 pub fn valid_tactics(q: &TacticQuery) -> Result<Vec<Tactic>> {
     ensure(q.top_k > 0, "top_k", || "must be > 0".into())?;
-    ensure(q.num_local_experts > 0, "num_local_experts", || {
+    ensure(q.local_num_experts > 0, "local_num_experts", || {
         "must be > 0".into()
     })?;
     ensure(q.num_tokens > 0, "num_tokens", || "must be > 0".into())?;
@@ -59,7 +59,7 @@ pub fn valid_tactics(q: &TacticQuery) -> Result<Vec<Tactic>> {
         top_k: q.top_k.into(),
         hidden_size: q.hidden_size.into(),
         intermediate_size: q.intermediate_size.into(),
-        num_local_experts: q.num_local_experts.into(),
+        num_local_experts: q.local_num_experts.into(),
         activation: q.activation as i64,
         use_shuffled_weight: q.use_shuffled_weight.into(),
         weight_layout: q.weight_layout as i32,

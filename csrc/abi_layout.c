@@ -3,6 +3,7 @@
 #include <stdalign.h>
 
 #include "flashinfer_rs.h"
+#include "flashinfer_rs_testing.h"
 
 #define FI_LAYOUT(field, type)            \
   out->field##_size = sizeof(type);       \

@@ -14,8 +14,10 @@
  *   - Device pointers are plain `void*`/typed pointers into memory of the current CUDA context
  *     (the primary context, the one cudart and cudarc share).
  *
- * The Rust side (flashinfer-sys) mirrors this file in src/bindings.rs; `fi_abi_layout()` lets
- * a test prove the two agree struct by struct. Bump FI_ABI_VERSION on any change here.
+ * The Rust side (flashinfer-sys) mirrors this file and flashinfer_rs_testing.h (entry points
+ * that exist for tests: layout probe, gates driven with described devices, dry runs) in
+ * src/bindings.rs; `fi_get_abi_layout()` lets a test prove the two agree struct by struct.
+ * Bump FI_ABI_VERSION on any change to either header.
  */
 #ifndef FLASHINFER_RS_H
 #define FLASHINFER_RS_H
@@ -84,21 +86,6 @@ typedef struct fi_build_info {
 
 fi_status fi_get_build_info(fi_build_info* out);
 
-/** sizeof/alignof of every struct in this header, for the Rust layout test. */
-typedef struct fi_abi_layout {
-  size_t routing_params_size, routing_params_align;
-  size_t routing_buffers_size, routing_buffers_align;
-  size_t routing_buffer_sizes_size, routing_buffer_sizes_align;
-  size_t build_info_size, build_info_align;
-  size_t device_info_size, device_info_align;
-  size_t moe_config_query_size, moe_config_query_align;
-  size_t tensor_size, tensor_align;
-  size_t moe_args_size, moe_args_align;
-  size_t noaux_tc_params_size, noaux_tc_params_align;
-} fi_abi_layout;
-
-fi_status fi_get_abi_layout(fi_abi_layout* out);
-
 /* ---- devices -------------------------------------------------------------------------- */
 
 typedef struct fi_device_info {
@@ -112,20 +99,6 @@ typedef struct fi_device_info {
 
 /** Queries the calling thread's current device (no allocation, no synchronisation). */
 fi_status fi_get_device_info(fi_device_info* out);
-
-/** For tests of the device-shape guard, which every routing and fused call runs after its
- * architecture check: upstream sizes routing launches from the SM version and SM count of the
- * first device it ran on (process-wide statics), so the first device admitted fixes
- * (sm_major, sm_minor, sm_count) for the process and a device that differs is refused with
- * FI_STATUS_UNSUPPORTED_ARCH naming both. This runs that guard on a described device (only
- * `device`, `sm_major`, `sm_minor` and `sm_count` are read) and, like a call, fixes the shape
- * if none is fixed yet: use it only in a process that does not route. */
-fi_status fi_check_device_shape(const fi_device_info* device);
-
-/** For tests of the architecture gate, which every routing and fused call runs first: the
- * verdicts for a device of compute capability `sm_major`.`sm_minor` (read from `device`),
- * written to its `routing_supported` and `fused_supported`. Pure: no device is queried. */
-fi_status fi_arch_gate(fi_device_info* device);
 
 /* ---- routing -------------------------------------------------------------------------- */
 
@@ -344,18 +317,6 @@ typedef struct fi_moe_outputs fi_moe_outputs;
  * When do_finalize == 0, `*unfinalized` receives a handle to free with fi_moe_outputs_free
  * (stream-ordered on `stream`); otherwise it is set to NULL. */
 fi_status fi_moe_run(const fi_moe_args* args, void* stream, fi_moe_outputs** unfinalized);
-
-/** For tests of this ABI on machines without a GPU: passes `args` to upstream's entry point
- * exactly as fi_moe_run does, skipping only the architecture gate, so upstream unpacks every
- * argument and runs its host-side checks until its first device query fails (its
- * "requires SM 10.x" check). Refused with FI_STATUS_INVALID_ARGUMENT wherever a CUDA device is
- * present, so it can never launch anything. Device pointers may be any non-NULL values. */
-fi_status fi_moe_dry_run_without_device(const fi_moe_args* args);
-
-/** Bytes the scratch allocator of fi_moe_run takes for an upstream tensor of `requested`
- * bytes: at least 128 KiB and at least 16 bytes past its end (the shipped Blackwell kernels
- * read past some tensors; see csrc/scratch.h). Pure arithmetic, in every build. */
-size_t fi_scratch_bytes(size_t requested);
 
 /** Number of tensors in `outputs`. */
 int32_t fi_moe_outputs_count(const fi_moe_outputs* outputs);

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "flashinfer_rs.h"
+#include "flashinfer_rs_testing.h"
 #include "info.h"
 #include "scratch.h"
 #include "status.h"

@@ -5,6 +5,7 @@
  * FI_STATUS_KERNELS_NOT_BUILT; including flashinfer_rs.h makes the compiler check that each
  * definition still matches its declaration. */
 #include "flashinfer_rs.h"
+#include "flashinfer_rs_testing.h"
 
 #define FI_NOT_BUILT_MESSAGE                                                                   \
   "flashinfer-rs was built without kernels: enable the `sm90` and/or `sm100` feature of "      \

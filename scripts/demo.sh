@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 vendor/fetch.py all
-exec cargo run --release --features sm90,sm100 --example 01_route "$@"
+exec cargo run --release -p flashinfer-rs --features "${FEATURES:-sm90}" --example 01_route "$@"

@@ -7,13 +7,14 @@
 #     bash gpu-pack/bench.sh [section]                # there: the benchmarks (BENCHMARKS.md)
 #
 # The binaries link cudart statically; they need the driver, libc and libstdc++ only.
-# Features default to sm90,sm100; set FEATURES to change them.
+# Features default to sm90 (what a Hopper machine runs; it shares the object cache with CI and
+# sm90 users); FEATURES=sm90,sm100 also builds Blackwell, whose calls are then refused on Hopper.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-features=${FEATURES:-sm90,sm100}
+features=${FEATURES:-sm90}
 python3 vendor/fetch.py all
 rm -rf gpu-pack/bin gpu-pack/run.sh gpu-pack/bench.sh && mkdir -p gpu-pack/bin
-cargo build --release --features "$features" --examples "$@"
+cargo build --release -p flashinfer-rs --features "$features" --examples "$@"
 cargo test --release --features "$features" --test gpu --no-run --message-format=json "$@" \
   | python3 -c '
 import json, sys
@@ -31,7 +32,7 @@ for line in sys.stdin:
     msg = json.loads(line)
     if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["target"]["name"] == "moe_routing":
         print(msg["executable"])' | while read -r exe; do cp "$exe" gpu-pack/bin/moe_routing; done
-for ex in examples/*.rs; do
+for ex in flashinfer-rs/examples/*.rs; do
   name=$(basename "$ex" .rs)
   cp "target/release/examples/$name" gpu-pack/bin/
 done

@@ -28,7 +28,7 @@ python3 vendor/fetch.py all
 stage "1/7: no arch feature (no nvcc needed), doctests included"
 cargo test --workspace
 # The serving-loop example's host side (assembly, export) on synthetic rows.
-cargo run --quiet --example 02_serving_loop_capture > /dev/null
+cargo run --quiet -p flashinfer-rs --example 02_serving_loop_capture > /dev/null
 DOCS_RS=1 cargo doc --workspace --no-deps --quiet
 
 stage "2/7: sm90 kernels"

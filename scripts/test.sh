@@ -27,6 +27,8 @@ python3 vendor/fetch.py all
 # One target dir for the feature sets: the dependencies are built once and shared.
 stage "1/7: no arch feature (no nvcc needed), doctests included"
 cargo test --workspace
+# The fuzz corpora and past crash inputs, replayed through the fuzz entry points.
+cargo test -p flashinfer-rs --features fuzzing --test fuzz_corpus
 # The serving-loop example's host side (assembly, export) on synthetic rows.
 cargo run --quiet -p flashinfer-rs --example 02_serving_loop_capture > /dev/null
 DOCS_RS=1 cargo doc --workspace --no-deps --quiet

@@ -55,6 +55,7 @@ mod context;
 mod error;
 mod ffi;
 pub mod fused;
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod replay;
 pub mod routing;

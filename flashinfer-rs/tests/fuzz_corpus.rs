@@ -1,7 +1,8 @@
 //! Replays the committed fuzz corpora and every input that once crashed a target
 //! (`fuzz/corpus/<target>/`, `fuzz/regressions/<target>/`) through the fuzz entry points, on
 //! stable: the coverage the fuzzer reached stays tested in every `cargo test`, and the fixed
-//! overflows stay fixed.
+//! overflows stay fixed. Needs the `fuzzing` feature (scripts/test.sh turns it on).
+#![cfg(feature = "fuzzing")]
 use std::path::Path;
 
 #[test]

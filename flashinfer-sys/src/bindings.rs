@@ -71,32 +71,6 @@ impl Default for fi_build_info {
 unsafe extern "C" {
     pub fn fi_get_build_info(out: *mut fi_build_info) -> fi_status;
 }
-#[doc = " sizeof/alignof of every struct in this header, for the Rust layout test."]
-#[repr(C)]
-#[derive(Debug, Default, Copy, Clone)]
-pub struct fi_abi_layout {
-    pub routing_params_size: usize,
-    pub routing_params_align: usize,
-    pub routing_buffers_size: usize,
-    pub routing_buffers_align: usize,
-    pub routing_buffer_sizes_size: usize,
-    pub routing_buffer_sizes_align: usize,
-    pub build_info_size: usize,
-    pub build_info_align: usize,
-    pub device_info_size: usize,
-    pub device_info_align: usize,
-    pub moe_config_query_size: usize,
-    pub moe_config_query_align: usize,
-    pub tensor_size: usize,
-    pub tensor_align: usize,
-    pub moe_args_size: usize,
-    pub moe_args_align: usize,
-    pub noaux_tc_params_size: usize,
-    pub noaux_tc_params_align: usize,
-}
-unsafe extern "C" {
-    pub fn fi_get_abi_layout(out: *mut fi_abi_layout) -> fi_status;
-}
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
 pub struct fi_device_info {
@@ -113,14 +87,6 @@ pub struct fi_device_info {
 unsafe extern "C" {
     #[doc = " Queries the calling thread's current device (no allocation, no synchronisation)."]
     pub fn fi_get_device_info(out: *mut fi_device_info) -> fi_status;
-}
-unsafe extern "C" {
-    #[doc = " For tests of the device-shape guard, which every routing and fused call runs after its\n architecture check: upstream sizes routing launches from the SM version and SM count of the\n first device it ran on (process-wide statics), so the first device admitted fixes\n (sm_major, sm_minor, sm_count) for the process and a device that differs is refused with\n FI_STATUS_UNSUPPORTED_ARCH naming both. This runs that guard on a described device (only\n `device`, `sm_major`, `sm_minor` and `sm_count` are read) and, like a call, fixes the shape\n if none is fixed yet: use it only in a process that does not route."]
-    pub fn fi_check_device_shape(device: *const fi_device_info) -> fi_status;
-}
-unsafe extern "C" {
-    #[doc = " For tests of the architecture gate, which every routing and fused call runs first: the\n verdicts for a device of compute capability `sm_major`.`sm_minor` (read from `device`),\n written to its `routing_supported` and `fused_supported`. Pure: no device is queried."]
-    pub fn fi_arch_gate(device: *mut fi_device_info) -> fi_status;
 }
 pub mod fi_dtype {
     #[doc = " Element types, as the ABI names them."]
@@ -276,6 +242,15 @@ pub struct fi_noaux_tc_params {
     pub bias_dtype: fi_dtype::Type,
     #[doc = "< launch with programmatic dependent launch"]
     pub use_pdl: i32,
+}
+impl Default for fi_noaux_tc_params {
+    fn default() -> Self {
+        let mut s = ::core::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::core::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
 }
 unsafe extern "C" {
     #[doc = " Upstream's separate DeepSeekV3 router (`fused_topk_deepseek`, noAuxTcKernels.cu), which\n FlashInfer supports on sm_90: a cross-check for the DeepSeekV3 path.\n   scores [T, E] of scores_dtype, bias [E] of bias_dtype (required),\n   topk_values [T, K] out, of scores_dtype; topk_indices [T, K] int32 out;\n   replay [>= T, K] int16 or NULL; stream a cudaStream_t (NULL = legacy)."]
@@ -480,14 +455,6 @@ unsafe extern "C" {
     ) -> fi_status;
 }
 unsafe extern "C" {
-    #[doc = " For tests of this ABI on machines without a GPU: passes `args` to upstream's entry point\n exactly as fi_moe_run does, skipping only the architecture gate, so upstream unpacks every\n argument and runs its host-side checks until its first device query fails (its\n \"requires SM 10.x\" check). Refused with FI_STATUS_INVALID_ARGUMENT wherever a CUDA device is\n present, so it can never launch anything. Device pointers may be any non-NULL values."]
-    pub fn fi_moe_dry_run_without_device(args: *const fi_moe_args) -> fi_status;
-}
-unsafe extern "C" {
-    #[doc = " Bytes the scratch allocator of fi_moe_run takes for an upstream tensor of `requested`\n bytes: at least 128 KiB and at least 16 bytes past its end (the shipped Blackwell kernels\n read past some tensors; see csrc/scratch.h). Pure arithmetic, in every build."]
-    pub fn fi_scratch_bytes(requested: usize) -> usize;
-}
-unsafe extern "C" {
     #[doc = " Number of tensors in `outputs`."]
     pub fn fi_moe_outputs_count(outputs: *const fi_moe_outputs) -> i32;
 }
@@ -533,4 +500,46 @@ unsafe extern "C" {
         sha256: *const ::core::ffi::c_char,
         size: *mut usize,
     ) -> fi_status;
+}
+#[doc = " sizeof/alignof of every struct in flashinfer_rs.h, for the Rust layout test."]
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct fi_abi_layout {
+    pub routing_params_size: usize,
+    pub routing_params_align: usize,
+    pub routing_buffers_size: usize,
+    pub routing_buffers_align: usize,
+    pub routing_buffer_sizes_size: usize,
+    pub routing_buffer_sizes_align: usize,
+    pub build_info_size: usize,
+    pub build_info_align: usize,
+    pub device_info_size: usize,
+    pub device_info_align: usize,
+    pub moe_config_query_size: usize,
+    pub moe_config_query_align: usize,
+    pub tensor_size: usize,
+    pub tensor_align: usize,
+    pub moe_args_size: usize,
+    pub moe_args_align: usize,
+    pub noaux_tc_params_size: usize,
+    pub noaux_tc_params_align: usize,
+}
+unsafe extern "C" {
+    pub fn fi_get_abi_layout(out: *mut fi_abi_layout) -> fi_status;
+}
+unsafe extern "C" {
+    #[doc = " For tests of the device-shape guard, which every routing and fused call runs after its\n architecture check: upstream sizes routing launches from the SM version and SM count of the\n first device it ran on (process-wide statics), so the first device admitted fixes\n (sm_major, sm_minor, sm_count) for the process and a device that differs is refused with\n FI_STATUS_UNSUPPORTED_ARCH naming both. This runs that guard on a described device (only\n `device`, `sm_major`, `sm_minor` and `sm_count` are read) and, like a call, fixes the shape\n if none is fixed yet: use it only in a process that does not route."]
+    pub fn fi_check_device_shape(device: *const fi_device_info) -> fi_status;
+}
+unsafe extern "C" {
+    #[doc = " For tests of the architecture gate, which every routing and fused call runs first: the\n verdicts for a device of compute capability `sm_major`.`sm_minor` (read from `device`),\n written to its `routing_supported` and `fused_supported`. Pure: no device is queried."]
+    pub fn fi_arch_gate(device: *mut fi_device_info) -> fi_status;
+}
+unsafe extern "C" {
+    #[doc = " For tests of this ABI on machines without a GPU: passes `args` to upstream's entry point\n exactly as fi_moe_run does, skipping only the architecture gate, so upstream unpacks every\n argument and runs its host-side checks until its first device query fails (its\n \"requires SM 10.x\" check). Refused with FI_STATUS_INVALID_ARGUMENT wherever a CUDA device is\n present, so it can never launch anything. Device pointers may be any non-NULL values."]
+    pub fn fi_moe_dry_run_without_device(args: *const fi_moe_args) -> fi_status;
+}
+unsafe extern "C" {
+    #[doc = " Bytes the scratch allocator of fi_moe_run takes for an upstream tensor of `requested`\n bytes: at least 128 KiB and at least 16 bytes past its end (the shipped Blackwell kernels\n read past some tensors; see csrc/scratch.h). Pure arithmetic, in every build."]
+    pub fn fi_scratch_bytes(requested: usize) -> usize;
 }

@@ -517,13 +517,12 @@ fn peers(b: &Bench) {
 
 /// Host microseconds per call of `first` and of `second`: `calls` calls each, the two loops
 /// interleaved over 5 repetitions (median); each timed loop starts from a drained stream.
-fn host_us_per_call(
+fn host_us_per_call<const N: usize>(
     b: &Bench,
     calls: usize,
-    mut first: impl FnMut(),
-    mut second: impl FnMut(),
-) -> (f64, f64) {
-    fn timed(b: &Bench, calls: usize, f: &mut impl FnMut()) -> f64 {
+    mut callers: [&mut dyn FnMut(); N],
+) -> [f64; N] {
+    fn timed(b: &Bench, calls: usize, f: &mut dyn FnMut()) -> f64 {
         b.stream.synchronize().unwrap();
         let t0 = Instant::now();
         for _ in 0..calls {
@@ -531,13 +530,15 @@ fn host_us_per_call(
         }
         t0.elapsed().as_secs_f64() * 1e6 / calls as f64
     }
-    let (mut x, mut y) = (Vec::new(), Vec::new());
+    // Interleaved rounds, so drift (clocks, other load) hits every caller alike.
+    let mut runs: [Vec<f64>; N] = std::array::from_fn(|_| Vec::new());
     for _ in 0..5 {
-        x.push(timed(b, calls, &mut first));
-        y.push(timed(b, calls, &mut second));
+        for (f, run) in callers.iter_mut().zip(runs.iter_mut()) {
+            run.push(timed(b, calls, *f));
+        }
     }
     b.stream.synchronize().unwrap();
-    (stat(x).median, stat(y).median)
+    runs.map(|r| stat(r).median)
 }
 
 /// 5. Host CPU time per call: the safe API (validation + launch) against a raw C ABI call.
@@ -556,15 +557,17 @@ fn host_overhead(b: &Bench) {
     let raw_router = RawRouter::new(b, &s.cfg, &inputs, t);
     let replay_ptr = replay.device_ptr_mut(&b.stream).0 as *mut i16;
     let mut view = ReplayView::from_slice(&mut replay, 8).unwrap();
-    let (sa, ra) = host_us_per_call(
+    let [sa, ra] = host_us_per_call(
         b,
         CALLS,
-        || {
-            router
-                .route(&b.stream, &inputs.input(t), &mut bufs, Some(&mut view))
-                .unwrap();
-        },
-        || raw_router.launch(b, replay_ptr),
+        [
+            &mut || {
+                router
+                    .route(&b.stream, &inputs.input(t), &mut bufs, Some(&mut view))
+                    .unwrap();
+            },
+            &mut || raw_router.launch(b, replay_ptr),
+        ],
     );
     println!(
         "| {} | {CALLS} | {sa:.2} | {ra:.2} | {:.2} | {} |",
@@ -575,25 +578,28 @@ fn host_overhead(b: &Bench) {
 }
 
 /// 5b. Host CPU time of a fused call's own layer (validation, planning, marshalling, the
-/// architecture gate) against a routing call. Off Blackwell the call stops at the gate with
+/// architecture gate): a [`FusedMoe`] built once and called, against the one-shot
+/// `trtllm_bf16_moe` (which builds the layer every call: the old call shape, every rule
+/// checked per call), against a routing call. Off Blackwell the call stops at the gate with
 /// `UnsupportedArch`, so this is an upper bound of what the safe fused layer costs before
-/// upstream's launcher: it also pays the device query and the error message a Blackwell call
-/// does not. On Blackwell the call would launch the MoE, so the section is skipped there.
+/// upstream's launcher: it also pays the shim's device query and the error message a
+/// Blackwell call does not. On Blackwell the call would launch the MoE, so the section is
+/// skipped there.
 fn fused_host_overhead(b: &Bench) {
     use flashinfer_rs::fused::{
-        trtllm_bf16_moe, Bf16Moe, MoeOptions, MoeRouting, MoeRoutingInput, MoeShape, SwigluParams,
-        WeightLayout,
+        trtllm_bf16_moe, Bf16, Bf16Inputs, Bf16Weights, FusedMoe, MoeBatch, MoeConfig, MoeOptions,
+        MoeRoutingInput, SwigluParams, WeightLayout,
     };
     println!("\n## 5b. Host overhead of a fused call's own layer, up to the architecture gate\n");
     if flashinfer_rs::device_info(&b.ctx).unwrap().fused_supported {
         println!("Skipped: this GPU runs the fused MoE (the section measures the layer alone, off Blackwell).");
         return;
     }
-    println!("bf16 MoE (64 experts, top-8, H = 1024, I = 512, 16 tokens) with a replay buffer, on a GPU without the fused kernels: the safe call validates, plans, checks contexts, fills the C arguments and stops at the shim's architecture gate (`UnsupportedArch`), so this is an upper bound of the layer's cost (it also pays a device query and an error message). Baseline: the safe routing call of the same shape, same run.\n");
+    println!("bf16 MoE (64 experts, top-8, H = 1024, I = 512, 16 tokens) with a replay buffer, on a GPU without the fused kernels: each call validates, plans, checks contexts, fills the C arguments and stops at the shim's architecture gate (`UnsupportedArch`), so these are upper bounds of the layer's cost (they also pay a device query and an error message). `FusedMoe::forward` checks the batch only (the layer was checked once by `FusedMoe::new`); the one-shot `trtllm_bf16_moe` builds the layer every call, as the free functions did before `FusedMoe`. Baseline: the safe routing call of the same shape, same run.\n");
     println!(
-        "| shape | calls | fused call to the gate (us/call) | `Router::route` (us/call) | ratio |"
+        "| shape | calls | `FusedMoe::forward` (us/call) | one-shot `trtllm_bf16_moe` (us/call) | forward / one-shot | `Router::route` (us/call) |"
     );
-    println!("|---|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|");
     let (t, e, k, h, i) = (16, 64, 8, 1024, 512);
     let cfg = RoutingConfig::new(RoutingMethod::Renormalize, e as u32, k as u32);
     let s = &b.stream;
@@ -601,29 +607,34 @@ fn fused_host_overhead(b: &Bench) {
     let hidden = s.alloc_zeros::<bf16>(t * h).unwrap();
     let w1 = s.alloc_zeros::<bf16>(e * 2 * i * h).unwrap();
     let w2 = s.alloc_zeros::<bf16>(e * h * i).unwrap();
-    let mut output = s.alloc_zeros::<bf16>(t * h).unwrap();
-    let mut replay = s.alloc_zeros::<i16>(t * k).unwrap();
-    let mut route_replay = s.alloc_zeros::<i16>(t * k).unwrap();
-    let moe = Bf16Moe {
-        hidden_states: hidden.as_view(),
+    // One output and replay buffer per caller (each closure holds its own borrow).
+    let mut outputs = [(); 2].map(|_| s.alloc_zeros::<bf16>(t * h).unwrap());
+    let mut replays = [(); 3].map(|_| s.alloc_zeros::<i16>(t * k).unwrap());
+    let [out_forward, out_one_shot] = &mut outputs;
+    let [replay_forward, replay_one_shot, replay_route] = &mut replays;
+    let config = MoeConfig {
+        routing: cfg,
+        hidden_size: h,
+        intermediate_size: i,
+        options: MoeOptions::new(WeightLayout::BlockMajorK),
+    };
+    let weights = || Bf16Weights {
         gemm1_weights: w1.as_view(),
         gemm2_weights: w2.as_view(),
-        gemm1_lora_delta: None,
         swiglu: SwigluParams::default(),
     };
-    let routing = MoeRouting {
-        config: cfg,
-        input: MoeRoutingInput::Logits {
+    let batch = || MoeBatch::<Bf16> {
+        num_tokens: t,
+        routing: MoeRoutingInput::Logits {
             logits: (&logits).into(),
             bias: None,
         },
+        inputs: Bf16Inputs {
+            hidden_states: hidden.as_view(),
+            gemm1_lora_delta: None,
+        },
     };
-    let shape = MoeShape {
-        num_tokens: t,
-        hidden_size: h,
-        intermediate_size: i,
-    };
-    let opts = MoeOptions::new(WeightLayout::BlockMajorK);
+    let moe = FusedMoe::<Bf16>::new(config, weights()).unwrap();
     let router = Router::new(cfg).unwrap();
     let mut bufs = RoutingBuffers::new(s, &cfg, t).unwrap();
     let input = RouteInput {
@@ -631,24 +642,40 @@ fn fused_host_overhead(b: &Bench) {
         bias: None,
         num_tokens: t,
     };
+    let refused = |res: flashinfer_rs::Result<_>| {
+        assert!(matches!(res, Err(flashinfer_rs::Error::UnsupportedArch(_))));
+    };
     const CALLS: usize = 20000;
-    let (f, r) = host_us_per_call(
+    let [forward, one_shot, route] = host_us_per_call(
         b,
         CALLS,
-        || {
-            let mut out = output.as_view_mut();
-            let mut view = ReplayView::from_slice(&mut replay, k).unwrap();
-            let res = trtllm_bf16_moe(s, &routing, &moe, shape, &opts, &mut out, Some(&mut view));
-            assert!(matches!(res, Err(flashinfer_rs::Error::UnsupportedArch(_))));
-        },
-        || {
-            let mut view = ReplayView::from_slice(&mut route_replay, k).unwrap();
-            router.route(s, &input, &mut bufs, Some(&mut view)).unwrap();
-        },
+        [
+            &mut || {
+                let mut out = out_forward.as_view_mut();
+                let mut view = ReplayView::from_slice(replay_forward, k).unwrap();
+                refused(moe.forward(s, batch(), &mut out, Some(&mut view)));
+            },
+            &mut || {
+                let mut out = out_one_shot.as_view_mut();
+                let mut view = ReplayView::from_slice(replay_one_shot, k).unwrap();
+                refused(trtllm_bf16_moe(
+                    s,
+                    &config,
+                    weights(),
+                    batch(),
+                    &mut out,
+                    Some(&mut view),
+                ));
+            },
+            &mut || {
+                let mut view = ReplayView::from_slice(replay_route, k).unwrap();
+                router.route(s, &input, &mut bufs, Some(&mut view)).unwrap();
+            },
+        ],
     );
     println!(
-        "| bf16, 64e top-8, H 1024, I 512, T {t} | {CALLS} | {f:.2} | {r:.2} | {:.2} |",
-        f / r
+        "| bf16, 64e top-8, H 1024, I 512, T {t} | {CALLS} | {forward:.2} | {one_shot:.2} | {:.2} | {route:.2} |",
+        forward / one_shot
     );
 }
 

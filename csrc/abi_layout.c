@@ -1,6 +1,7 @@
 /* abi_layout.c: sizeof/alignof of every C ABI struct, as the C compiler lays them out.
  * Compiled in every build (with or without kernels) so the Rust layout test always runs. */
 #include <stdalign.h>
+#include <stddef.h>
 
 #include "flashinfer_rs.h"
 #include "flashinfer_rs_testing.h"
@@ -8,6 +9,16 @@
 #define FI_LAYOUT(field, type)            \
   out->field##_size = sizeof(type);       \
   out->field##_align = alignof(type)
+
+#define FI_COUNT_TENSOR(name) +1
+enum { FI_MOE_TENSOR_COUNT = 0 FI_MOE_TENSORS(FI_COUNT_TENSOR) };
+#undef FI_COUNT_TENSOR
+_Static_assert(FI_MOE_TENSOR_COUNT <= FI_MOE_TENSORS_MAX, "raise FI_MOE_TENSORS_MAX");
+/* The list names every tensor field, in order: from the first listed to the last, the fields
+ * are exactly FI_MOE_TENSOR_COUNT fi_tensors. */
+_Static_assert(offsetof(fi_moe_args, routing_replay_out) - offsetof(fi_moe_args, routing_logits) ==
+                   (FI_MOE_TENSOR_COUNT - 1) * sizeof(fi_tensor),
+               "FI_MOE_TENSORS must list every fi_tensor field of fi_moe_args");
 
 fi_status fi_get_abi_layout(fi_abi_layout* out) {
   if (out == 0) return FI_STATUS_INVALID_ARGUMENT;
@@ -20,5 +31,10 @@ fi_status fi_get_abi_layout(fi_abi_layout* out) {
   FI_LAYOUT(tensor, fi_tensor);
   FI_LAYOUT(moe_args, fi_moe_args);
   FI_LAYOUT(noaux_tc_params, fi_noaux_tc_params);
+  out->moe_tensor_count = 0;
+#define FI_TENSOR_OFFSET(name) \
+  out->moe_tensor_offsets[out->moe_tensor_count++] = offsetof(fi_moe_args, name);
+  FI_MOE_TENSORS(FI_TENSOR_OFFSET)
+#undef FI_TENSOR_OFFSET
   return FI_STATUS_OK;
 }

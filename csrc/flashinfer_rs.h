@@ -300,6 +300,17 @@ typedef struct fi_moe_args {
   int64_t config;                     /**< tactic: kernel config index, or -1 */
 } fi_moe_args;
 
+/** The tensors of fi_moe_args, in field order: the one list that the shim's marshalling and
+ * its "refuse what the op does not take" rule (moe_marshal.cu), and the Rust side's tensor enum
+ * (`flashinfer_sys::MoeTensor`, generated from this list by flashinfer-sys's build.rs), are
+ * derived from. Add a tensor field above and here together. */
+#define FI_MOE_TENSORS(X)                                                                     \
+  X(routing_logits) X(routing_bias) X(expert_indices) X(expert_weights) X(hidden_states)       \
+  X(hidden_states_scale) X(gemm1_weights) X(gemm1_weights_scale) X(gemm1_bias)                \
+  X(gemm1_alpha) X(gemm1_beta) X(gemm1_clamp_limit) X(gemm2_weights) X(gemm2_weights_scale)   \
+  X(gemm2_bias) X(output1_scales_scalar) X(output1_scales_gate_scalar)                        \
+  X(output2_scales_scalar) X(per_token_scales) X(output) X(routing_replay_out)
+
 /** Tensors of an unfinalized run (do_finalize == 0), owned by the handle: gemm2_output
  * [padded, H] bf16, expert weights [T, K], expanded_idx_to_permuted_idx [T * K] i32. */
 typedef struct fi_moe_outputs fi_moe_outputs;

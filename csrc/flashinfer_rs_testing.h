@@ -13,7 +13,12 @@
 extern "C" {
 #endif
 
-/** sizeof/alignof of every struct in flashinfer_rs.h, for the Rust layout test. */
+/** Most tensors FI_MOE_TENSORS may list (the size of fi_abi_layout's offset table). */
+#define FI_MOE_TENSORS_MAX 32
+
+/** sizeof/alignof of every struct in flashinfer_rs.h, for the Rust layout test, and the
+ * offset in fi_moe_args of every tensor FI_MOE_TENSORS lists, in its order (the Rust
+ * `MoeTensor` enum generated from the same list must find the same fields). */
 typedef struct fi_abi_layout {
   size_t routing_params_size, routing_params_align;
   size_t routing_buffers_size, routing_buffers_align;
@@ -24,6 +29,8 @@ typedef struct fi_abi_layout {
   size_t tensor_size, tensor_align;
   size_t moe_args_size, moe_args_align;
   size_t noaux_tc_params_size, noaux_tc_params_align;
+  size_t moe_tensor_count;
+  size_t moe_tensor_offsets[FI_MOE_TENSORS_MAX];
 } fi_abi_layout;
 
 fi_status fi_get_abi_layout(fi_abi_layout* out);

@@ -22,6 +22,8 @@ use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
+#[path = "build/moe_tensors.rs"]
+mod moe_tensors;
 #[path = "build/prebuilt.rs"]
 mod prebuilt;
 
@@ -35,6 +37,7 @@ fn main() {
     ctx.vendor = ctx.vendor_dir(&pin);
     declare_rerun_triggers(&ctx);
     emit_metadata(&ctx, &pin);
+    generate_moe_tensors(&ctx);
 
     if env::var_os("DOCS_RS").is_some() {
         // docs.rs: no compiler, no link. The crate only needs to document.
@@ -252,6 +255,8 @@ const UNITS: &[Unit] = {
         unit("fi_routing", Ours, "routing.cu", Routing, false),
         unit("fi_noaux_tc", Ours, "noaux_tc.cu", Routing, false),
         unit("fi_fused_moe", Ours, "fused_moe.cu", Routing, false),
+        unit("fi_moe_env", Ours, "moe_env.cu", Routing, false),
+        unit("fi_moe_marshal", Ours, "moe_marshal.cu", Routing, false),
         // The driver functions the batched-GEMM runner calls, loaded at run time.
         unit("fi_cuda_driver", Ours, "cuda_driver.c", Host, true),
         unit("fi_status", Ours, "status.cpp", Host, false),
@@ -459,6 +464,20 @@ fn emit_metadata(ctx: &Ctx, pin: &Pin) {
     println!("cargo:version={}", pin.version);
     println!("cargo:bmm_artifact={}", pin.bmm_artifact);
     println!("cargo:archs={}", archs.join(","));
+}
+
+/// `MoeTensor` (src/lib.rs) from the header's `FI_MOE_TENSORS` list; every build, docs.rs
+/// included, since the safe crate names fused tensors by it.
+fn generate_moe_tensors(ctx: &Ctx) {
+    let header = ctx.csrc().join("flashinfer_rs.h");
+    let text = fs::read_to_string(&header)
+        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", header.display())));
+    let names = moe_tensors::parse(&text).unwrap_or_else(|e| fail(&e));
+    fs::write(
+        ctx.out_dir.join("moe_tensors.rs"),
+        moe_tensors::generate(&names),
+    )
+    .unwrap_or_else(|e| fail(&format!("cannot write moe_tensors.rs: {e}")));
 }
 
 /// A build against a prebuilt kernel library (`scripts/kernels-lib.sh` makes one): no nvcc,

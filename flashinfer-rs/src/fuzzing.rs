@@ -10,7 +10,7 @@
 use crate::capture::{
     Assembler, AssemblerConfig, RowOwner, SlotStore, SlotStoreConfig, StepLayout, StepRows,
 };
-use crate::fused::{Activation, MoeOptions, MoeShape, Tactic, WeightLayout};
+use crate::fused::{Activation, MoeOptions, Tactic, WeightLayout};
 use crate::routing::{RoutingConfig, RoutingMethod};
 use flashinfer_sys::fi_dtype;
 
@@ -169,36 +169,11 @@ pub fn routing_call(data: &[u8]) {
     }
 }
 
-const TENSOR_NAMES: [&str; 22] = [
-    "hidden_states",
-    "hidden_states_scale",
-    "gemm1_weights",
-    "gemm1_weights_scale",
-    "gemm1_bias",
-    "gemm1_alpha",
-    "gemm1_beta",
-    "gemm1_clamp_limit",
-    "gemm2_weights",
-    "gemm2_weights_scale",
-    "gemm2_bias",
-    "output1_scales_scalar",
-    "output1_scales_gate_scalar",
-    "output2_scales_scalar",
-    "per_token_scales",
-    "output",
-    "topk_ids",
-    "topk_weights",
-    // Not tensors of `given`; plan must refuse them there, never crash.
-    "routing_logits",
-    "routing_bias",
-    "expert_indices",
-    "routing_replay_out",
-];
-
 /// Target `fused_plan`: every rule of a fused call on sizes; when `plan` accepts, every
 /// tensor it hands over fits in what the caller passed.
 pub fn fused_plan(data: &[u8]) {
-    use crate::fused::plan::{plan, Desc, Fp4Act, Fp4W, Given, Op, RoutingSrc};
+    use crate::fused::plan::{plan, Desc, Fp4Act, Fp4W, Given, Op, RoutingSrc, Shape};
+    use flashinfer_sys::MoeTensor;
     let mut b = Bytes::new(data);
     let op = match b.u8() % 5 {
         0 => Op::Bf16,
@@ -211,7 +186,7 @@ pub fn fused_plan(data: &[u8]) {
         },
     };
     let routing = routing_config_from(&mut b);
-    let shape = MoeShape {
+    let shape = Shape {
         num_tokens: b.size(),
         hidden_size: b.size(),
         intermediate_size: b.size(),
@@ -252,9 +227,12 @@ pub fn fused_plan(data: &[u8]) {
     });
     let replay = b.bool().then(|| (b.size(), b.size()));
     let mut given = Vec::new();
+    // Any tensor of the ABI, the routing ones included: `plan` takes those from `src` and
+    // `replay` and must refuse them in `given`, never crash.
+    let all = MoeTensor::ALL;
     for _ in 0..b.small(24) {
         given.push(Given {
-            name: TENSOR_NAMES[b.small(TENSOR_NAMES.len() as u8 - 1)],
+            tensor: all[b.small(all.len() as u8 - 1)],
             dtype: dtype(&mut b),
             len: b.size(),
         });
@@ -271,44 +249,38 @@ pub fn fused_plan(data: &[u8]) {
     if let Ok(specs) = plan(&desc) {
         for s in &specs {
             let numel = s
-                .shape
+                .shape()
                 .iter()
                 .try_fold(1u128, |acc, &d| (d >= 0).then(|| acc * d as u128))
                 .expect("no negative dimension");
-            let have = match s.name {
-                "routing_logits" | "routing_bias" | "expert_indices" => match desc.src {
-                    RoutingSrc::Logits { len, bias, .. } => {
-                        if s.name == "routing_bias" {
-                            bias.expect("bias spec without a bias").1
-                        } else {
-                            len
-                        }
-                    }
-                    RoutingSrc::Packed { len } => len,
-                },
-                "routing_replay_out" => {
+            let given = desc.given.iter().find(|g| g.tensor == s.tensor);
+            let have = match (s.tensor, desc.src) {
+                (MoeTensor::RoutingLogits, RoutingSrc::Logits { len, .. }) => len,
+                (MoeTensor::RoutingBias, RoutingSrc::Logits { bias, .. }) => {
+                    bias.expect("bias spec without a bias").1
+                }
+                (MoeTensor::ExpertIndices, RoutingSrc::Packed { len }) => len,
+                (MoeTensor::RoutingReplayOut, _) => {
                     let (rows, cols) = desc.replay.expect("replay spec without replay");
                     rows.checked_mul(cols).expect("replay size fits")
                 }
-                name => {
-                    let g: Vec<_> = desc.given.iter().filter(|g| g.name == name).collect();
-                    g.iter()
-                        .map(|g| g.len)
-                        .min()
-                        .expect("spec of a given tensor")
+                (t, _) => {
+                    let g = given.unwrap_or_else(|| panic!("{t:?}: spec of no given tensor"));
+                    assert_eq!(g.dtype, s.dtype, "{t:?}: handed over as another dtype");
+                    g.len
                 }
             };
             assert!(
                 numel <= have as u128,
-                "{} needs {numel}, has {have}",
-                s.name
+                "{:?} needs {numel}, has {have}",
+                s.tensor
             );
         }
         for g in &desc.given {
             assert!(
-                specs.iter().any(|s| s.name == g.name),
-                "{} passed but not handed over",
-                g.name
+                specs.iter().any(|s| s.tensor == g.tensor),
+                "{:?} passed but not handed over",
+                g.tensor
             );
         }
     }

@@ -6,7 +6,8 @@ use flashinfer_rs::capture::{
     Assembler, CaptureStore, RoutedExperts, SlotStore, StepLayout, StepRows,
 };
 use flashinfer_rs::fused::{
-    Bf16Moe, CubinStore, Fp4BlockScaleMoe, MoeOptions, MoeRouting, RawTensor, Tactic, Unfinalized,
+    Bf16, Bf16Inputs, Bf16Weights, CubinStore, Fp4BlockScale, Fp4BlockScaleInputs, FusedMoe,
+    MoeBatch, MoeConfig, MoeOptions, RawTensor, Tactic, Unfinalized,
 };
 use flashinfer_rs::routing::{Logits, RouteInput, Router, RoutingBuffers, RoutingConfig};
 use flashinfer_rs::{Error, ReplayView};
@@ -60,9 +61,13 @@ fn send_and_sync_are_what_the_types_allow() {
         SlotStore,
         RoutedExperts,
         MoeOptions,
-        MoeRouting<'static>,
-        Bf16Moe<'static>,
-        Fp4BlockScaleMoe<'static>,
+        MoeConfig,
+        FusedMoe<'static, Bf16>,
+        FusedMoe<'static, Fp4BlockScale>,
+        Bf16Weights<'static>,
+        Bf16Inputs<'static>,
+        Fp4BlockScaleInputs<'static>,
+        MoeBatch<'static, Fp4BlockScale>,
         Tactic,
         CubinStore,
         RawTensor,

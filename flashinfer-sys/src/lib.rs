@@ -28,6 +28,7 @@ mod bindings {
     include!(concat!(env!("OUT_DIR"), "/bindings_prebuilt.rs"));
 }
 pub use bindings::*;
+include!(concat!(env!("OUT_DIR"), "/moe_tensors.rs"));
 pub mod prebuilt;
 
 /// The FlashInfer release these kernels are compiled from.

@@ -67,6 +67,24 @@ fn struct_layouts_match_the_c_compiler() {
 }
 
 #[test]
+fn moe_tensor_enum_finds_the_fields_the_c_list_names() {
+    // SAFETY: as above.
+    let mut c: fi_abi_layout = unsafe { core::mem::zeroed() };
+    assert_eq!(
+        unsafe { fi_get_abi_layout(&mut c) },
+        fi_status::FI_STATUS_OK
+    );
+    assert_eq!(c.moe_tensor_count, MoeTensor::ALL.len());
+    // SAFETY: plain data, as above.
+    let args: fi_moe_args = unsafe { core::mem::zeroed() };
+    let base = &args as *const fi_moe_args as usize;
+    for (t, &c_offset) in MoeTensor::ALL.iter().zip(&c.moe_tensor_offsets) {
+        let offset = t.field(&args) as *const fi_tensor as usize - base;
+        assert_eq!(offset, c_offset, "{}: Rust vs C offset", t.name());
+    }
+}
+
+#[test]
 fn build_info_reports_the_pin_and_archs() {
     let mut info: fi_build_info = unsafe { core::mem::zeroed() };
     assert_eq!(

@@ -60,10 +60,12 @@ mod calls {
     //! bad arguments are refused before the architecture is even asked.
     use flashinfer_rs::cudarc::driver::{CudaSlice, CudaStream};
     use flashinfer_rs::fused::{
-        trtllm_bf16_moe, trtllm_fp4_block_scale_moe, trtllm_fp8_block_scale_moe,
-        trtllm_fp8_per_tensor_scale_moe, Bf16Moe, E2m1x2, E4m3, Fp4Activations, Fp4BlockScaleMoe,
-        Fp4Weights, Fp8Activations, Fp8BlockScaleMoe, Fp8BlockScales, Fp8PerTensorMoe, MoeOptions,
-        MoeRouting, MoeRoutingInput, MoeShape, SwigluParams, WeightLayout,
+        trtllm_bf16_moe, trtllm_fp8_block_scale_moe, Bf16, Bf16Inputs, Bf16Weights, E2m1x2, E4m3,
+        Fp4ActivationKind, Fp4Activations, Fp4BlockScale, Fp4BlockScaleInputs,
+        Fp4BlockScaleWeights, Fp4Weights, Fp8Activations, Fp8BlockInputScale, Fp8BlockScale,
+        Fp8BlockScaleInputs, Fp8BlockScaleWeights, Fp8BlockWeightScales, Fp8PerTensor,
+        Fp8PerTensorInputs, Fp8PerTensorWeights, FusedMoe, MoeBatch, MoeConfig, MoeOptions,
+        MoeRoutingInput, Precision, SwigluParams, Ue8m0, WeightLayout,
     };
     use flashinfer_rs::half::bf16;
     use flashinfer_rs::routing::{RoutingConfig, RoutingMethod};
@@ -109,27 +111,53 @@ mod calls {
             let rep = s.clone_dtoh(&self.replay).unwrap();
             out.iter().all(|&v| v == bf16::from_f32(1.5)) && rep.iter().all(|&v| v == SENTINEL)
         }
-    }
 
-    fn routing(logits: &CudaSlice<f32>) -> MoeRouting<'_> {
-        MoeRouting {
-            config: RoutingConfig::new(RoutingMethod::Renormalize, E as u32, K as u32),
-            input: MoeRoutingInput::Logits {
-                logits: logits.into(),
-                bias: None,
-            },
+        /// Builds a `P` layer and runs it once on this machine's buffers, with `replay_rows`
+        /// rows of replay.
+        fn forward<'a, P: Precision>(
+            &'a mut self,
+            s: &Arc<CudaStream>,
+            options: MoeOptions,
+            weights: P::Weights<'_>,
+            inputs: P::Inputs<'a>,
+            replay_rows: usize,
+        ) -> Result<(), Error> {
+            let Common {
+                logits,
+                output,
+                replay,
+            } = self;
+            let moe = FusedMoe::<P>::new(config(options), weights)?;
+            let mut out = output.as_view_mut();
+            let mut rep =
+                ReplayView::new(replay.slice_mut(..replay_rows * K), replay_rows, K).unwrap();
+            let batch = MoeBatch {
+                num_tokens: T,
+                routing: routing(logits),
+                inputs,
+            };
+            moe.forward(s, batch, &mut out, Some(&mut rep)).map(|_| ())
         }
     }
 
-    fn shape() -> MoeShape {
-        MoeShape {
-            num_tokens: T,
+    fn config(options: MoeOptions) -> MoeConfig {
+        MoeConfig {
+            routing: RoutingConfig::new(RoutingMethod::Renormalize, E as u32, K as u32),
             hidden_size: H,
             intermediate_size: I,
+            options,
         }
     }
 
-    /// Runs each op once; returns the four results.
+    fn routing(logits: &CudaSlice<f32>) -> MoeRoutingInput<'_> {
+        MoeRoutingInput::Logits {
+            logits: logits.into(),
+            bias: None,
+        }
+    }
+
+    /// Runs each op once (bf16 and fp8 block-scale through the one-shot entry points, the
+    /// others through a `FusedMoe`); returns the four results.
     fn run_all(
         s: &Arc<CudaStream>,
         c: &mut Common,
@@ -145,23 +173,27 @@ mod calls {
                 zeros::<bf16>(s, E * m1 * H),
                 zeros::<bf16>(s, E * H * I),
             );
-            let moe = Bf16Moe {
-                hidden_states: hs.as_view(),
+            let weights = Bf16Weights {
                 gemm1_weights: w1.as_view(),
                 gemm2_weights: w2.as_view(),
-                gemm1_lora_delta: None,
                 swiglu: SwigluParams::default(),
             };
-            let r = routing(&c.logits);
+            let batch = MoeBatch::<Bf16> {
+                num_tokens: T,
+                routing: routing(&c.logits),
+                inputs: Bf16Inputs {
+                    hidden_states: hs.as_view(),
+                    gemm1_lora_delta: None,
+                },
+            };
             let mut out = c.output.as_view_mut();
             let mut rep =
                 ReplayView::new(c.replay.slice_mut(..replay_rows * K), replay_rows, K).unwrap();
             let res = trtllm_bf16_moe(
                 s,
-                &r,
-                &moe,
-                shape(),
-                &MoeOptions::new(WeightLayout::BlockMajorK),
+                &config(MoeOptions::new(WeightLayout::BlockMajorK)),
+                weights,
+                batch,
                 &mut out,
                 Some(&mut rep),
             );
@@ -172,8 +204,7 @@ mod calls {
             let hs = zeros::<E4m3>(s, T * H);
             let (w1, w2) = (zeros::<E4m3>(s, E * m1 * H), zeros::<E4m3>(s, E * H * I));
             let (s1, s2, s3) = (f32s(E), f32s(E), f32s(E));
-            let moe = Fp8PerTensorMoe {
-                hidden_states: Fp8Activations::E4m3(hs.as_view()),
+            let weights = Fp8PerTensorWeights {
                 gemm1_weights: w1.as_view(),
                 output1_scales_scalar: s1.as_view(),
                 output1_scales_gate_scalar: s2.as_view(),
@@ -181,20 +212,12 @@ mod calls {
                 output2_scales_scalar: s3.as_view(),
                 use_routing_scales_on_input: false,
             };
-            let r = routing(&c.logits);
-            let mut out = c.output.as_view_mut();
-            let mut rep =
-                ReplayView::new(c.replay.slice_mut(..replay_rows * K), replay_rows, K).unwrap();
-            let res = trtllm_fp8_per_tensor_scale_moe(
-                s,
-                &r,
-                &moe,
-                shape(),
-                &MoeOptions::new(WeightLayout::MajorK),
-                &mut out,
-                Some(&mut rep),
-            );
-            results.push(("fp8_per_tensor", res.map(|_| ())));
+            let inputs = Fp8PerTensorInputs {
+                hidden_states: Fp8Activations::E4m3(hs.as_view()),
+            };
+            let opts = MoeOptions::new(WeightLayout::MajorK);
+            let res = c.forward::<Fp8PerTensor>(s, opts, weights, inputs, replay_rows);
+            results.push(("fp8_per_tensor", res));
         }
         // fp8 block scale (DeepSeek)
         {
@@ -205,26 +228,37 @@ mod calls {
                 f32s(E * m1 / 128 * H / 128),
                 f32s(E * H / 128 * I / 128),
             );
-            let moe = Fp8BlockScaleMoe {
-                hidden_states: hs.as_view(),
+            let weights = Fp8BlockScaleWeights {
                 gemm1_weights: w1.as_view(),
                 gemm2_weights: w2.as_view(),
-                scales: Fp8BlockScales::DeepSeek {
-                    hidden_states_scale: hsc.as_view(),
+                scales: Fp8BlockWeightScales::DeepSeek {
                     gemm1_weights_scale: w1s.as_view(),
                     gemm2_weights_scale: w2s.as_view(),
                 },
-                gemm1_lora_delta: None,
                 swiglu: SwigluParams::default(),
             };
-            let r = routing(&c.logits);
+            let batch = MoeBatch::<Fp8BlockScale> {
+                num_tokens: T,
+                routing: routing(&c.logits),
+                inputs: Fp8BlockScaleInputs {
+                    hidden_states: hs.as_view(),
+                    hidden_states_scale: Fp8BlockInputScale::DeepSeek(hsc.as_view()),
+                    gemm1_lora_delta: None,
+                },
+            };
             let mut out = c.output.as_view_mut();
             let mut rep =
                 ReplayView::new(c.replay.slice_mut(..replay_rows * K), replay_rows, K).unwrap();
             let mut opts = MoeOptions::new(WeightLayout::MajorK);
             opts.use_shuffled_weight = false;
-            let res =
-                trtllm_fp8_block_scale_moe(s, &r, &moe, shape(), &opts, &mut out, Some(&mut rep));
+            let res = trtllm_fp8_block_scale_moe(
+                s,
+                &config(opts),
+                weights,
+                batch,
+                &mut out,
+                Some(&mut rep),
+            );
             results.push(("fp8_block_scale", res.map(|_| ())));
         }
         // fp4 block scale (nvfp4 x nvfp4)
@@ -243,11 +277,8 @@ mod calls {
             let (s1, s2, s3) = (f32s(E), f32s(E), f32s(E));
             let mut ids = zeros::<i32>(s, T * K);
             let mut wts = zeros::<bf16>(s, T * K);
-            let mut moe = Fp4BlockScaleMoe {
-                hidden_states: Fp4Activations::Nvfp4 {
-                    data: hs.as_view(),
-                    scale: hsc.as_view(),
-                },
+            let weights = Fp4BlockScaleWeights {
+                activations: Fp4ActivationKind::Nvfp4,
                 weights: Fp4Weights::Nvfp4 {
                     gemm1: w1.as_view(),
                     gemm1_scale: w1s.as_view(),
@@ -259,25 +290,20 @@ mod calls {
                 output1_scales_scalar: Some(s1.as_view()),
                 output1_scales_gate_scalar: Some(s2.as_view()),
                 output2_scales_scalar: Some(s3.as_view()),
-                per_token_scales: None,
                 swiglu: SwigluParams::default(),
+            };
+            let inputs = Fp4BlockScaleInputs {
+                hidden_states: Fp4Activations::Nvfp4 {
+                    data: hs.as_view(),
+                    scale: hsc.as_view(),
+                },
+                per_token_scales: None,
                 topk_ids: ids.as_view_mut(),
                 topk_weights: wts.as_view_mut(),
             };
-            let r = routing(&c.logits);
-            let mut out = c.output.as_view_mut();
-            let mut rep =
-                ReplayView::new(c.replay.slice_mut(..replay_rows * K), replay_rows, K).unwrap();
-            let res = trtllm_fp4_block_scale_moe(
-                s,
-                &r,
-                &mut moe,
-                shape(),
-                &MoeOptions::new(WeightLayout::MajorK),
-                &mut out,
-                Some(&mut rep),
-            );
-            results.push(("fp4_block_scale", res.map(|_| ())));
+            let opts = MoeOptions::new(WeightLayout::MajorK);
+            let res = c.forward::<Fp4BlockScale>(s, opts, weights, inputs, replay_rows);
+            results.push(("fp4_block_scale", res));
         }
         results
     }
@@ -327,5 +353,130 @@ mod calls {
             );
         }
         assert!(c.untouched(&g.stream));
+    }
+
+    #[test]
+    fn inputs_of_another_variant_than_the_layer_are_refused() {
+        let Some(g) = gpu("fused::calls::inputs_of_another_variant_than_the_layer_are_refused")
+        else {
+            return;
+        };
+        let s = &g.stream;
+        let mut c = Common::new(s);
+        let m1 = 2 * I;
+        // A DeepSeek fp8 layer fed MX activation scales.
+        let (w1, w2) = (zeros::<E4m3>(s, E * m1 * H), zeros::<E4m3>(s, E * H * I));
+        let (w1s, w2s) = (
+            zeros::<f32>(s, E * m1 / 128 * H / 128),
+            zeros::<f32>(s, E * H * I / 128 / 128),
+        );
+        let (hs, mx) = (zeros::<E4m3>(s, T * H), zeros::<Ue8m0>(s, 128 * H / 32));
+        let weights = Fp8BlockScaleWeights {
+            gemm1_weights: w1.as_view(),
+            gemm2_weights: w2.as_view(),
+            scales: Fp8BlockWeightScales::DeepSeek {
+                gemm1_weights_scale: w1s.as_view(),
+                gemm2_weights_scale: w2s.as_view(),
+            },
+            swiglu: SwigluParams::default(),
+        };
+        let inputs = Fp8BlockScaleInputs {
+            hidden_states: hs.as_view(),
+            hidden_states_scale: Fp8BlockInputScale::Mx(mx.as_view()),
+            gemm1_lora_delta: None,
+        };
+        let mut opts = MoeOptions::new(WeightLayout::MajorK);
+        opts.use_shuffled_weight = false;
+        let res = c.forward::<Fp8BlockScale>(s, opts, weights, inputs, T);
+        assert!(
+            matches!(res, Err(Error::InvalidArgument { arg: "hidden_states_scale", ref rule }) if rule.contains("DeepSeek")),
+            "{res:?}"
+        );
+        // An fp4 layer built for nvfp4 activations fed bf16 ones.
+        let (w1, w2) = (
+            zeros::<E2m1x2>(s, E * m1 * H / 2),
+            zeros::<E2m1x2>(s, E * H * I / 2),
+        );
+        let (w1s, w2s) = (
+            zeros::<E4m3>(s, E * m1 * H / 16),
+            zeros::<E4m3>(s, E * H * I / 16),
+        );
+        let scales = zeros::<f32>(s, E);
+        let bf = zeros::<bf16>(s, T * H);
+        let (mut ids, mut wts) = (zeros::<i32>(s, T * K), zeros::<bf16>(s, T * K));
+        let weights = Fp4BlockScaleWeights {
+            activations: Fp4ActivationKind::Nvfp4,
+            weights: Fp4Weights::Nvfp4 {
+                gemm1: w1.as_view(),
+                gemm1_scale: w1s.as_view(),
+                gemm2: w2.as_view(),
+                gemm2_scale: w2s.as_view(),
+            },
+            gemm1_bias: None,
+            gemm2_bias: None,
+            output1_scales_scalar: Some(scales.as_view()),
+            output1_scales_gate_scalar: Some(scales.as_view()),
+            output2_scales_scalar: Some(scales.as_view()),
+            swiglu: SwigluParams::default(),
+        };
+        let inputs = Fp4BlockScaleInputs {
+            hidden_states: Fp4Activations::Bf16(bf.as_view()),
+            per_token_scales: None,
+            topk_ids: ids.as_view_mut(),
+            topk_weights: wts.as_view_mut(),
+        };
+        let opts = MoeOptions::new(WeightLayout::MajorK);
+        let res = c.forward::<Fp4BlockScale>(s, opts, weights, inputs, T);
+        assert!(
+            matches!(res, Err(Error::InvalidArgument { arg: "hidden_states", ref rule }) if rule.contains("built for Nvfp4")),
+            "{res:?}"
+        );
+        assert!(c.untouched(s));
+    }
+
+    #[test]
+    fn a_layer_and_its_calls_keep_to_one_cuda_context() {
+        let Some(g) = gpu("fused::calls::a_layer_and_its_calls_keep_to_one_cuda_context") else {
+            return;
+        };
+        let s = &g.stream;
+        let other = flashinfer_rs::cudarc::driver::CudaContext::new_non_primary(0, 0).unwrap();
+        let other_stream = other.default_stream();
+        let m1 = 2 * I;
+        let w1 = zeros::<bf16>(s, E * m1 * H);
+        let foreign_w2 = zeros::<bf16>(&other_stream, E * H * I);
+        let split = Bf16Weights {
+            gemm1_weights: w1.as_view(),
+            gemm2_weights: foreign_w2.as_view(),
+            swiglu: SwigluParams::default(),
+        };
+        let opts = MoeOptions::new(WeightLayout::BlockMajorK);
+        let res = FusedMoe::<Bf16>::new(config(opts), split).map(|_| ());
+        assert_eq!(
+            res,
+            Err(Error::ContextMismatch {
+                arg: "gemm2_weights"
+            })
+        );
+        // A layer whose weights all live in the other context, called on this one's stream.
+        let foreign_w1 = zeros::<bf16>(&other_stream, E * m1 * H);
+        let foreign = Bf16Weights {
+            gemm1_weights: foreign_w1.as_view(),
+            gemm2_weights: foreign_w2.as_view(),
+            swiglu: SwigluParams::default(),
+        };
+        let hs = zeros::<bf16>(s, T * H);
+        let inputs = Bf16Inputs {
+            hidden_states: hs.as_view(),
+            gemm1_lora_delta: None,
+        };
+        let mut c = Common::new(s);
+        let res = c.forward::<Bf16>(s, opts, foreign, inputs, T);
+        g.ctx.bind_to_thread().unwrap();
+        // Off the kernels' build, building the layer already answers KernelsNotBuilt.
+        if flashinfer_rs::build_info().kernels_built {
+            assert_eq!(res, Err(Error::ContextMismatch { arg: "weights" }));
+        }
+        assert!(c.untouched(s));
     }
 }

@@ -19,10 +19,11 @@ use flashinfer_rs::fused::prepare::{
     interleave_scales, shuffle_block_scaled_weights, shuffle_expert_weights, EPILOGUE_TILE_M,
 };
 use flashinfer_rs::fused::{
-    trtllm_bf16_moe, trtllm_fp4_block_scale_moe, trtllm_fp8_block_scale_moe,
-    trtllm_fp8_per_tensor_scale_moe, Activation, Bf16Moe, E4m3, Fp4Activations, Fp4BlockScaleMoe,
-    Fp4Weights, Fp8Activations, Fp8BlockScaleMoe, Fp8BlockScales, Fp8PerTensorMoe, MoeOptions,
-    MoeRouting, MoeRoutingInput, MoeShape, SwigluParams, Unfinalized, WeightLayout,
+    trtllm_bf16_moe, Activation, Bf16, Bf16Inputs, Bf16Weights, E4m3, Fp4Activations,
+    Fp4BlockScale, Fp4BlockScaleInputs, Fp4BlockScaleWeights, Fp4Weights, Fp8Activations,
+    Fp8BlockInputScale, Fp8BlockScale, Fp8BlockScaleInputs, Fp8BlockScaleWeights,
+    Fp8BlockWeightScales, Fp8PerTensor, Fp8PerTensorInputs, Fp8PerTensorWeights, FusedMoe,
+    MoeBatch, MoeConfig, MoeOptions, MoeRoutingInput, SwigluParams, Unfinalized, WeightLayout,
 };
 use flashinfer_rs::half::bf16;
 use flashinfer_rs::routing::oracle::{self, SplitMix64};
@@ -63,10 +64,18 @@ fn to_bf16(x: &[f32]) -> Vec<bf16> {
     x.iter().map(|&v| bf16::from_f32(v)).collect()
 }
 
+/// Sizes of one case.
+#[derive(Debug, Clone, Copy)]
+struct Shape {
+    num_tokens: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+}
+
 /// One problem's host data: routing (logits, bias, oracle) and f32 activations/weights.
 struct Case {
     cfg: RoutingConfig,
-    shape: MoeShape,
+    shape: Shape,
     activation: Activation,
     logits: Vec<f32>,
     bf16_logits: bool,
@@ -78,7 +87,7 @@ struct Case {
 }
 
 impl Case {
-    fn new(cfg: RoutingConfig, shape: MoeShape, seed: u64) -> Case {
+    fn new(cfg: RoutingConfig, shape: Shape, seed: u64) -> Case {
         let bf16_logits = !matches!(cfg.method, RoutingMethod::DeepSeekV3 { .. });
         let (logits, bias) = oracle::separated_logits(&cfg, shape.num_tokens, bf16_logits, seed);
         let routed = oracle::route(&cfg, &logits, bias.as_deref(), shape.num_tokens).unwrap();
@@ -104,6 +113,29 @@ impl Case {
                 w1: uniform(&mut rng, el * 2 * i * h, 1.0 / (h as f32).sqrt()),
                 w2: uniform(&mut rng, el * h * i, 1.0 / (i as f32).sqrt()),
             },
+        }
+    }
+
+    /// The layer configuration of this case.
+    fn config(&self, options: MoeOptions) -> MoeConfig {
+        MoeConfig {
+            routing: self.cfg,
+            hidden_size: self.shape.hidden_size,
+            intermediate_size: self.shape.intermediate_size,
+            options,
+        }
+    }
+
+    /// A batch of this case's tokens.
+    fn batch<'a, P: flashinfer_rs::fused::Precision>(
+        &self,
+        routing: MoeRoutingInput<'a>,
+        inputs: P::Inputs<'a>,
+    ) -> MoeBatch<'a, P> {
+        MoeBatch {
+            num_tokens: self.shape.num_tokens,
+            routing,
+            inputs,
         }
     }
 
@@ -154,18 +186,15 @@ impl DeviceRouting {
         }
     }
 
-    fn routing(&self, cfg: RoutingConfig) -> MoeRouting<'_> {
+    fn routing(&self) -> MoeRoutingInput<'_> {
         let logits: Logits<'_> = match (&self.f32_logits, &self.bf16_logits) {
             (Some(l), _) => l.into(),
             (_, Some(l)) => l.into(),
             _ => unreachable!("one of the two is uploaded"),
         };
-        MoeRouting {
-            config: cfg,
-            input: MoeRoutingInput::Logits {
-                logits,
-                bias: self.bias.as_ref().map(Into::into),
-            },
+        MoeRoutingInput::Logits {
+            logits,
+            bias: self.bias.as_ref().map(Into::into),
         }
     }
 }
@@ -179,7 +208,7 @@ struct Outcome {
 /// The outcome of one fused call: routing (from the case's logits), output and replay buffer
 /// in, the call's result out.
 type FusedOp<'x> = dyn FnMut(
-        &MoeRouting<'_>,
+        MoeRoutingInput<'_>,
         &mut CudaViewMut<'_, bf16>,
         Option<&mut ReplayView<'_>>,
     ) -> flashinfer_rs::Result<Option<Unfinalized>>
@@ -190,7 +219,6 @@ type FusedOp<'x> = dyn FnMut(
 fn run_checked(g: &Gpu, c: &Case, name: &str, op: &mut FusedOp<'_>) -> Vec<f32> {
     let s = &g.stream;
     let dr = DeviceRouting::upload(s, c);
-    let routing = dr.routing(c.cfg);
     let (t, h, k) = (
         c.shape.num_tokens,
         c.shape.hidden_size,
@@ -201,9 +229,9 @@ fn run_checked(g: &Gpu, c: &Case, name: &str, op: &mut FusedOp<'_>) -> Vec<f32> 
         let mut replay = s.clone_htod(&vec![SENTINEL; (t + SPARE_ROWS) * k]).unwrap();
         let result = if with_replay {
             let mut view = ReplayView::from_slice(&mut replay, k).unwrap();
-            op(&routing, &mut out.as_view_mut(), Some(&mut view))
+            op(dr.routing(), &mut out.as_view_mut(), Some(&mut view))
         } else {
-            op(&routing, &mut out.as_view_mut(), None)
+            op(dr.routing(), &mut out.as_view_mut(), None)
         };
         result.unwrap_or_else(|e| panic!("{name}: {e}"));
         Outcome {
@@ -239,8 +267,8 @@ fn run_checked(g: &Gpu, c: &Case, name: &str, op: &mut FusedOp<'_>) -> Vec<f32> 
     with.output
 }
 
-fn shape(num_tokens: usize) -> MoeShape {
-    MoeShape {
+fn shape(num_tokens: usize) -> Shape {
+    Shape {
         num_tokens,
         hidden_size: 512,
         intermediate_size: 256,
@@ -314,15 +342,18 @@ fn bf16_run(g: &Gpu, c: &Case, opts: &MoeOptions, name: &str) -> Vec<f32> {
         s.clone_htod(&w1).unwrap(),
         s.clone_htod(&w2).unwrap(),
     );
-    let moe = Bf16Moe {
-        hidden_states: hs.as_view(),
+    let weights = Bf16Weights {
         gemm1_weights: w1.as_view(),
         gemm2_weights: w2.as_view(),
-        gemm1_lora_delta: None,
         swiglu: SwigluParams::default(),
     };
+    let moe = FusedMoe::<Bf16>::new(c.config(*opts), weights).unwrap();
     run_checked(g, c, name, &mut |r, out, replay| {
-        trtllm_bf16_moe(s, r, &moe, c.shape, opts, out, replay)
+        let inputs = Bf16Inputs {
+            hidden_states: hs.as_view(),
+            gemm1_lora_delta: None,
+        };
+        moe.forward(s, c.batch(r, inputs), out, replay)
     })
 }
 
@@ -438,8 +469,7 @@ fn fp8_per_tensor_moe_matches_the_reference() {
                 s.clone_htod(&scale_gate_fc1).unwrap(),
                 s.clone_htod(&scale_c_fc2).unwrap(),
             );
-            let moe = Fp8PerTensorMoe {
-                hidden_states: Fp8Activations::E4m3(hs.as_view()),
+            let weights = Fp8PerTensorWeights {
                 gemm1_weights: w1.as_view(),
                 output1_scales_scalar: o1.as_view(),
                 output1_scales_gate_scalar: og.as_view(),
@@ -448,8 +478,12 @@ fn fp8_per_tensor_moe_matches_the_reference() {
                 use_routing_scales_on_input: on_input,
             };
             let opts = MoeOptions::new(WeightLayout::MajorK);
+            let moe = FusedMoe::<Fp8PerTensor>::new(c.config(opts), weights).unwrap();
             let got = run_checked(&g, &c, &name, &mut |r, out, replay| {
-                trtllm_fp8_per_tensor_scale_moe(s, r, &moe, c.shape, &opts, out, replay)
+                let inputs = Fp8PerTensorInputs {
+                    hidden_states: Fp8Activations::E4m3(hs.as_view()),
+                };
+                moe.forward(s, c.batch(r, inputs), out, replay)
             });
             let want = c.reference(on_input, ActivationRounding::Fp8PerTensor { scale: c_sf });
             check(&name, &want, &got, 0.92);
@@ -495,20 +529,23 @@ fn deepseek_fp8_block_scale_moe_matches_the_reference() {
             // Unshuffled MajorK weights: one of upstream's tested DeepSeek configurations.
             let mut opts = MoeOptions::new(WeightLayout::MajorK);
             opts.use_shuffled_weight = false;
-            let moe = Fp8BlockScaleMoe {
-                hidden_states: hs.as_view(),
+            let weights = Fp8BlockScaleWeights {
                 gemm1_weights: w1.as_view(),
                 gemm2_weights: w2.as_view(),
-                scales: Fp8BlockScales::DeepSeek {
-                    hidden_states_scale: hsc.as_view(),
+                scales: Fp8BlockWeightScales::DeepSeek {
                     gemm1_weights_scale: w1s.as_view(),
                     gemm2_weights_scale: w2s.as_view(),
                 },
-                gemm1_lora_delta: None,
                 swiglu: SwigluParams::default(),
             };
+            let moe = FusedMoe::<Fp8BlockScale>::new(c.config(opts), weights).unwrap();
             let got = run_checked(&g, &c, &name, &mut |r, out, replay| {
-                trtllm_fp8_block_scale_moe(s, r, &moe, c.shape, &opts, out, replay)
+                let inputs = Fp8BlockScaleInputs {
+                    hidden_states: hs.as_view(),
+                    hidden_states_scale: Fp8BlockInputScale::DeepSeek(hsc.as_view()),
+                    gemm1_lora_delta: None,
+                };
+                moe.forward(s, c.batch(r, inputs), out, replay)
             });
             let want = c.reference(false, ActivationRounding::Bf16);
             check(&name, &want, &got, 0.79);
@@ -555,21 +592,24 @@ fn mxfp8_block_scale_moe_matches_the_reference() {
                 s.clone_htod(&w2).unwrap(),
                 s.clone_htod(&w2s).unwrap(),
             );
-            let moe = Fp8BlockScaleMoe {
-                hidden_states: hq.as_view(),
+            let weights = Fp8BlockScaleWeights {
                 gemm1_weights: w1.as_view(),
                 gemm2_weights: w2.as_view(),
-                scales: Fp8BlockScales::Mx {
-                    hidden_states_scale: hs.as_view(),
+                scales: Fp8BlockWeightScales::Mx {
                     gemm1_weights_scale: w1s.as_view(),
                     gemm2_weights_scale: w2s.as_view(),
                 },
-                gemm1_lora_delta: None,
                 swiglu: SwigluParams::default(),
             };
             let opts = MoeOptions::new(WeightLayout::MajorK);
+            let moe = FusedMoe::<Fp8BlockScale>::new(c.config(opts), weights).unwrap();
             let got = run_checked(&g, &c, &name, &mut |r, out, replay| {
-                trtllm_fp8_block_scale_moe(s, r, &moe, c.shape, &opts, out, replay)
+                let inputs = Fp8BlockScaleInputs {
+                    hidden_states: hq.as_view(),
+                    hidden_states_scale: Fp8BlockInputScale::Mx(hs.as_view()),
+                    gemm1_lora_delta: None,
+                };
+                moe.forward(s, c.batch(r, inputs), out, replay)
             });
             check(
                 &name,
@@ -581,14 +621,15 @@ fn mxfp8_block_scale_moe_matches_the_reference() {
     }
 }
 
-/// Runs the fp4 op on case `c` with these activations, weights and output scales (gemm1,
-/// gemm1 gate, gemm2), checking the replay invariants and that the packed routing result
-/// `(id << 16) | bf16 weight` lands in `topk_ids`; returns the output.
-fn run_fp4(
+/// Runs the fp4 op on case `c` with these activations (made afresh for each of
+/// `run_checked`'s calls), weights and output scales (gemm1, gemm1 gate, gemm2), checking the
+/// replay invariants and that the packed routing result `(id << 16) | bf16 weight` lands in
+/// `topk_ids`; returns the output.
+fn run_fp4<'h>(
     g: &Gpu,
     c: &Case,
     name: &str,
-    hidden_states: Fp4Activations<'_>,
+    hidden_states: &dyn Fn() -> Fp4Activations<'h>,
     weights: Fp4Weights<'_>,
     [o1, og, o2]: [CudaView<'_, f32>; 3],
 ) -> Vec<f32> {
@@ -597,21 +638,25 @@ fn run_fp4(
     let mut ids = s.alloc_zeros::<i32>(tk).unwrap();
     let mut wts = s.alloc_zeros::<bf16>(tk).unwrap();
     let opts = MoeOptions::new(WeightLayout::MajorK);
-    let mut moe = Fp4BlockScaleMoe {
-        hidden_states,
+    let weights = Fp4BlockScaleWeights {
+        activations: hidden_states().kind(),
         weights,
         gemm1_bias: None,
         gemm2_bias: None,
         output1_scales_scalar: Some(o1),
         output1_scales_gate_scalar: Some(og),
         output2_scales_scalar: Some(o2),
-        per_token_scales: None,
         swiglu: SwigluParams::default(),
-        topk_ids: ids.as_view_mut(),
-        topk_weights: wts.as_view_mut(),
     };
+    let moe = FusedMoe::<Fp4BlockScale>::new(c.config(opts), weights).unwrap();
     let got = run_checked(g, c, name, &mut |r, out, replay| {
-        trtllm_fp4_block_scale_moe(s, r, &mut moe, c.shape, &opts, out, replay)
+        let inputs = Fp4BlockScaleInputs {
+            hidden_states: hidden_states(),
+            per_token_scales: None,
+            topk_ids: ids.as_view_mut(),
+            topk_weights: wts.as_view_mut(),
+        };
+        moe.forward(s, c.batch(r, inputs), out, replay)
     });
     let got_ids: Vec<i32> = s
         .clone_dtoh(&ids)
@@ -699,7 +744,7 @@ fn nvfp4_moe_matches_the_reference() {
                 &g,
                 &c,
                 &name,
-                Fp4Activations::Nvfp4 {
+                &|| Fp4Activations::Nvfp4 {
                     data: hq.as_view(),
                     scale: hs.as_view(),
                 },
@@ -763,20 +808,21 @@ fn mxfp4_moe_matches_the_reference() {
             let (hq, hs) = moe_oracle::quantize_mxfp8(&c.hidden, t, h);
             let hq_dev = s.clone_htod(&hq).unwrap();
             let hs_dev = s.clone_htod(&interleave_scales(&hs, t, h / 32)).unwrap();
-            let (hidden_states, rounding) = if mx_act {
-                c.hidden = moe_oracle::dequantize_mxfp8(&hq, &hs);
-                (
+            let hidden_states = || {
+                if mx_act {
                     Fp4Activations::MxE4m3 {
                         data: hq_dev.as_view(),
                         scale: hs_dev.as_view(),
-                    },
-                    ActivationRounding::MxFp8,
-                )
+                    }
+                } else {
+                    Fp4Activations::Bf16(hs_bf16.as_view())
+                }
+            };
+            let rounding = if mx_act {
+                c.hidden = moe_oracle::dequantize_mxfp8(&hq, &hs);
+                ActivationRounding::MxFp8
             } else {
-                (
-                    Fp4Activations::Bf16(hs_bf16.as_view()),
-                    ActivationRounding::Bf16,
-                )
+                ActivationRounding::Bf16
             };
             // Unit output scales: upstream's test computes exactly these for both modes
             // (ue8m0 scales carry no global scale).
@@ -785,7 +831,7 @@ fn mxfp4_moe_matches_the_reference() {
                 &g,
                 &c,
                 &name,
-                hidden_states,
+                &hidden_states,
                 Fp4Weights::Mxfp4 {
                     gemm1: w1.as_view(),
                     gemm1_scale: w1s.as_view(),
@@ -812,7 +858,7 @@ fn bf16_moe_at_decode_batch_sizes() {
     let cfg = RoutingConfig::new(RoutingMethod::Renormalize, 16, 4);
     for t in [1, 2, 3, 4, 8] {
         let name = format!("bf16 decode T={t} hidden 2048 intermediate 768");
-        let s = MoeShape {
+        let s = Shape {
             num_tokens: t,
             hidden_size: 2048,
             intermediate_size: 768,
@@ -863,22 +909,24 @@ fn unfinalized_bf16_moe_hands_back_bf16_expert_weights_for_fp32_logits() {
         s.clone_htod(&w2).unwrap(),
     );
     let dr = DeviceRouting::upload(s, &c);
-    let moe = Bf16Moe {
-        hidden_states: hs.as_view(),
+    let weights = Bf16Weights {
         gemm1_weights: w1.as_view(),
         gemm2_weights: w2.as_view(),
-        gemm1_lora_delta: None,
         swiglu: SwigluParams::default(),
+    };
+    let inputs = Bf16Inputs {
+        hidden_states: hs.as_view(),
+        gemm1_lora_delta: None,
     };
     let mut opts = MoeOptions::new(WeightLayout::BlockMajorK);
     opts.do_finalize = false;
     let mut out = s.alloc_zeros::<bf16>(20 * h).unwrap();
+    // The one-shot entry point: builds the layer and calls it once.
     let parts = trtllm_bf16_moe(
         s,
-        &dr.routing(cfg),
-        &moe,
-        c.shape,
-        &opts,
+        &c.config(opts),
+        weights,
+        c.batch(dr.routing(), inputs),
         &mut out.as_view_mut(),
         None,
     )
@@ -930,22 +978,24 @@ fn unfinalized_bf16_moe_hands_back_per_expert_outputs() {
         s.clone_htod(&w2).unwrap(),
     );
     let dr = DeviceRouting::upload(s, &c);
-    let moe = Bf16Moe {
-        hidden_states: hs.as_view(),
+    let weights = Bf16Weights {
         gemm1_weights: w1.as_view(),
         gemm2_weights: w2.as_view(),
-        gemm1_lora_delta: None,
         swiglu: SwigluParams::default(),
+    };
+    let inputs = Bf16Inputs {
+        hidden_states: hs.as_view(),
+        gemm1_lora_delta: None,
     };
     let mut opts = MoeOptions::new(WeightLayout::BlockMajorK);
     opts.do_finalize = false;
     let mut out = s.alloc_zeros::<bf16>(20 * h).unwrap();
+    // The one-shot entry point: builds the layer and calls it once.
     let parts = trtllm_bf16_moe(
         s,
-        &dr.routing(cfg),
-        &moe,
-        c.shape,
-        &opts,
+        &c.config(opts),
+        weights,
+        c.batch(dr.routing(), inputs),
         &mut out.as_view_mut(),
         None,
     )
@@ -994,29 +1044,26 @@ fn a_captured_bf16_moe_replays_with_fresh_logits() {
     let mut out = s.alloc_zeros::<bf16>(t * h).unwrap();
     let mut replay = s.clone_htod(&vec![SENTINEL; (t + SPARE_ROWS) * k]).unwrap();
     let opts = MoeOptions::new(WeightLayout::BlockMajorK);
+    let weights = Bf16Weights {
+        gemm1_weights: w1.as_view(),
+        gemm2_weights: w2.as_view(),
+        swiglu: SwigluParams::default(),
+    };
+    let moe = FusedMoe::<Bf16>::new(c.config(opts), weights).unwrap();
     let call =
         |logits: &CudaSlice<bf16>, out: &mut CudaSlice<bf16>, replay: &mut CudaSlice<i16>| {
-            let moe = Bf16Moe {
-                hidden_states: hs.as_view(),
-                gemm1_weights: w1.as_view(),
-                gemm2_weights: w2.as_view(),
-                gemm1_lora_delta: None,
-                swiglu: SwigluParams::default(),
+            let routing = MoeRoutingInput::Logits {
+                logits: logits.into(),
+                bias: None,
             };
-            let routing = MoeRouting {
-                config: cfg,
-                input: MoeRoutingInput::Logits {
-                    logits: logits.into(),
-                    bias: None,
-                },
+            let inputs = Bf16Inputs {
+                hidden_states: hs.as_view(),
+                gemm1_lora_delta: None,
             };
             let mut view = ReplayView::from_slice(replay, k).unwrap();
-            trtllm_bf16_moe(
+            moe.forward(
                 s,
-                &routing,
-                &moe,
-                c.shape,
-                &opts,
+                c.batch(routing, inputs),
                 &mut out.as_view_mut(),
                 Some(&mut view),
             )

@@ -1,7 +1,12 @@
 //! One test per rule of `plan`: a valid call per op, then each rule broken once, named by the
 //! argument it must blame.
 use super::*;
-use crate::routing::RoutingMethod;
+use crate::fused::types::{Activation, WeightLayout};
+use crate::fused::MoeOptions;
+use crate::fused::Tactic;
+use crate::routing::{RoutingConfig, RoutingMethod};
+use sys::fi_dtype;
+use sys::MoeTensor as M;
 
 const T: usize = 5;
 const H: usize = 256;
@@ -9,8 +14,8 @@ const I: usize = 128;
 const E: u32 = 8;
 const K: u32 = 2;
 
-fn g(name: &'static str, dtype: Dtype, len: usize) -> Given {
-    Given { name, dtype, len }
+fn g(tensor: MoeTensor, dtype: Dtype, len: usize) -> Given {
+    Given { tensor, dtype, len }
 }
 
 fn logits() -> RoutingSrc {
@@ -24,7 +29,7 @@ fn logits() -> RoutingSrc {
 fn desc(op: Op, layout: WeightLayout, given: Vec<Given>) -> Desc {
     Desc {
         op,
-        shape: MoeShape {
+        shape: Shape {
             num_tokens: T,
             hidden_size: H,
             intermediate_size: I,
@@ -38,7 +43,7 @@ fn desc(op: Op, layout: WeightLayout, given: Vec<Given>) -> Desc {
 }
 
 fn output() -> Given {
-    g("output", fi_dtype::FI_DTYPE_BF16, T * H)
+    g(M::Output, fi_dtype::FI_DTYPE_BF16, T * H)
 }
 
 /// A valid call of every op and variant.
@@ -60,9 +65,9 @@ pub(crate) fn bf16_call() -> Desc {
         Op::Bf16,
         WeightLayout::BlockMajorK,
         vec![
-            g("hidden_states", bf, T * H),
-            g("gemm1_weights", bf, el * 2 * I * H),
-            g("gemm2_weights", bf, el * H * I),
+            g(M::HiddenStates, bf, T * H),
+            g(M::Gemm1Weights, bf, el * 2 * I * H),
+            g(M::Gemm2Weights, bf, el * H * I),
             output(),
         ],
     )
@@ -75,12 +80,12 @@ pub(crate) fn fp8_per_tensor_call() -> Desc {
         Op::Fp8PerTensor,
         WeightLayout::MajorK,
         vec![
-            g("hidden_states", e4, T * H),
-            g("gemm1_weights", e4, el * 2 * I * H),
-            g("gemm2_weights", e4, el * H * I),
-            g("output1_scales_scalar", f, el),
-            g("output1_scales_gate_scalar", f, el),
-            g("output2_scales_scalar", f, el),
+            g(M::HiddenStates, e4, T * H),
+            g(M::Gemm1Weights, e4, el * 2 * I * H),
+            g(M::Gemm2Weights, e4, el * H * I),
+            g(M::Output1ScalesScalar, f, el),
+            g(M::Output1ScalesGateScalar, f, el),
+            g(M::Output2ScalesScalar, f, el),
             output(),
         ],
     )
@@ -93,12 +98,12 @@ pub(crate) fn deepseek_call() -> Desc {
         Op::Fp8BlockDeepSeek,
         WeightLayout::MajorK,
         vec![
-            g("hidden_states", e4, T * H),
-            g("gemm1_weights", e4, el * 2 * I * H),
-            g("gemm2_weights", e4, el * H * I),
-            g("hidden_states_scale", f, H / 128 * T),
-            g("gemm1_weights_scale", f, el * 2 * I / 128 * H / 128),
-            g("gemm2_weights_scale", f, el * H / 128 * I / 128),
+            g(M::HiddenStates, e4, T * H),
+            g(M::Gemm1Weights, e4, el * 2 * I * H),
+            g(M::Gemm2Weights, e4, el * H * I),
+            g(M::HiddenStatesScale, f, H / 128 * T),
+            g(M::Gemm1WeightsScale, f, el * 2 * I / 128 * H / 128),
+            g(M::Gemm2WeightsScale, f, el * H / 128 * I / 128),
             output(),
         ],
     );
@@ -133,17 +138,17 @@ pub(crate) fn nvfp4_call() -> Desc {
         },
         WeightLayout::MajorK,
         vec![
-            g("hidden_states", u8_, T * H / 2),
-            g("hidden_states_scale", e4, 128 * H / 16),
-            g("gemm1_weights", u8_, el * 2 * I * H / 2),
-            g("gemm1_weights_scale", e4, el * 2 * I * H / 16),
-            g("gemm2_weights", u8_, el * H * I / 2),
-            g("gemm2_weights_scale", e4, el * H * I / 16),
-            g("output1_scales_scalar", f, el),
-            g("output1_scales_gate_scalar", f, el),
-            g("output2_scales_scalar", f, el),
-            g("topk_ids", fi_dtype::FI_DTYPE_I32, T * K as usize),
-            g("topk_weights", fi_dtype::FI_DTYPE_BF16, T * K as usize),
+            g(M::HiddenStates, u8_, T * H / 2),
+            g(M::HiddenStatesScale, e4, 128 * H / 16),
+            g(M::Gemm1Weights, u8_, el * 2 * I * H / 2),
+            g(M::Gemm1WeightsScale, e4, el * 2 * I * H / 16),
+            g(M::Gemm2Weights, u8_, el * H * I / 2),
+            g(M::Gemm2WeightsScale, e4, el * H * I / 16),
+            g(M::Output1ScalesScalar, f, el),
+            g(M::Output1ScalesGateScalar, f, el),
+            g(M::Output2ScalesScalar, f, el),
+            g(M::ExpertIndices, fi_dtype::FI_DTYPE_I32, T * K as usize),
+            g(M::ExpertWeights, fi_dtype::FI_DTYPE_BF16, T * K as usize),
             output(),
         ],
     )
@@ -156,12 +161,12 @@ pub(crate) fn mxfp8_call() -> Desc {
         Op::Fp8BlockMx,
         WeightLayout::MajorK,
         vec![
-            g("hidden_states", e4, T * H),
-            g("gemm1_weights", e4, el * 2 * I * H),
-            g("gemm2_weights", e4, el * H * I),
-            g("hidden_states_scale", u8_, 128 * H / 32),
-            g("gemm1_weights_scale", u8_, el * 2 * I * H / 32),
-            g("gemm2_weights_scale", u8_, el * H * I / 32),
+            g(M::HiddenStates, e4, T * H),
+            g(M::Gemm1Weights, e4, el * 2 * I * H),
+            g(M::Gemm2Weights, e4, el * H * I),
+            g(M::HiddenStatesScale, u8_, 128 * H / 32),
+            g(M::Gemm1WeightsScale, u8_, el * 2 * I * H / 32),
+            g(M::Gemm2WeightsScale, u8_, el * H * I / 32),
             output(),
         ],
     )
@@ -177,13 +182,13 @@ pub(crate) fn mxfp4_bf16_call() -> Desc {
         },
         WeightLayout::MajorK,
         vec![
-            g("hidden_states", fi_dtype::FI_DTYPE_BF16, T * H),
-            g("gemm1_weights", u8_, el * 2 * I * H / 2),
-            g("gemm1_weights_scale", e4, el * 2 * I * H / 32),
-            g("gemm2_weights", u8_, el * H * I / 2),
-            g("gemm2_weights_scale", e4, el * H * I / 32),
-            g("topk_ids", fi_dtype::FI_DTYPE_I32, T * K as usize),
-            g("topk_weights", fi_dtype::FI_DTYPE_BF16, T * K as usize),
+            g(M::HiddenStates, fi_dtype::FI_DTYPE_BF16, T * H),
+            g(M::Gemm1Weights, u8_, el * 2 * I * H / 2),
+            g(M::Gemm1WeightsScale, e4, el * 2 * I * H / 32),
+            g(M::Gemm2Weights, u8_, el * H * I / 2),
+            g(M::Gemm2WeightsScale, e4, el * H * I / 32),
+            g(M::ExpertIndices, fi_dtype::FI_DTYPE_I32, T * K as usize),
+            g(M::ExpertWeights, fi_dtype::FI_DTYPE_BF16, T * K as usize),
             output(),
         ],
     )
@@ -203,8 +208,17 @@ fn assert_refused(d: &Desc, arg: &str, needle: &str) {
     assert!(rule.contains(needle), "`{rule}` lacks `{needle}`");
 }
 
-fn set_len(d: &mut Desc, name: &str, len: usize) {
-    d.given.iter_mut().find(|x| x.name == name).unwrap().len = len;
+/// The given tensor errors name `label`.
+fn by_label<'d>(d: &'d mut Desc, label: &str) -> &'d mut Given {
+    let op = d.op;
+    d.given
+        .iter_mut()
+        .find(|x| op.label(x.tensor) == label)
+        .unwrap()
+}
+
+fn set_len(d: &mut Desc, label: &str, len: usize) {
+    by_label(d, label).len = len;
 }
 
 #[test]
@@ -216,24 +230,29 @@ fn valid_calls_of_every_op_plan_their_tensors() {
         nvfp4_call(),
     ] {
         let specs = plan(&d).unwrap_or_else(|e| panic!("{:?}: {e}", d.op));
-        let shape = |n: &str| specs.iter().find(|s| s.name == n).map(|s| s.shape.clone());
-        assert_eq!(shape("routing_logits"), Some(vec![T as i64, E as i64]));
+        let shape = |n: M| {
+            specs
+                .iter()
+                .find(|s| s.tensor == n)
+                .map(|s| s.shape().to_vec())
+        };
+        assert_eq!(shape(M::RoutingLogits), Some(vec![T as i64, E as i64]));
         assert_eq!(
-            shape("routing_replay_out"),
+            shape(M::RoutingReplayOut),
             Some(vec![(T + 3) as i64, K as i64])
         );
-        assert_eq!(shape("output"), Some(vec![T as i64, H as i64]));
+        assert_eq!(shape(M::Output), Some(vec![T as i64, H as i64]));
     }
     let s = plan(&bf16_call()).unwrap();
-    let w1 = s.iter().find(|s| s.name == "gemm1_weights").unwrap();
+    let w1 = s.iter().find(|s| s.tensor == M::Gemm1Weights).unwrap();
     assert_eq!(
-        w1.shape,
+        w1.shape(),
         vec![E as i64, (H / 64) as i64, (2 * I) as i64, 64]
     );
     let s = plan(&deepseek_call()).unwrap();
-    let hs = s.iter().find(|s| s.name == "hidden_states_scale").unwrap();
-    assert_eq!(hs.shape, vec![(H / 128) as i64, T as i64]);
-    assert!(s.iter().any(|s| s.name == "routing_bias"));
+    let hs = s.iter().find(|s| s.tensor == M::HiddenStatesScale).unwrap();
+    assert_eq!(hs.shape(), vec![(H / 128) as i64, T as i64]);
+    assert!(s.iter().any(|s| s.tensor == M::RoutingBias));
 }
 
 #[test]
@@ -295,7 +314,10 @@ fn weights_are_sized_for_the_local_experts_only() {
     // Sized for 8 experts: more than enough for 4, accepted; the spec says 4.
     let s = plan(&d).unwrap();
     assert_eq!(
-        s.iter().find(|s| s.name == "gemm2_weights").unwrap().shape[0],
+        s.iter()
+            .find(|s| s.tensor == M::Gemm2Weights)
+            .unwrap()
+            .shape()[0],
         4
     );
 }
@@ -315,7 +337,7 @@ fn each_undersized_tensor_is_named() {
         (nvfp4_call(), "topk_ids"),
     ] {
         let mut d = d;
-        let len = d.given.iter().find(|x| x.name == name).unwrap().len;
+        let len = by_label(&mut d, name).len;
         set_len(&mut d, name, len - 1);
         assert_refused(&d, name, "needs");
     }
@@ -379,7 +401,7 @@ fn precomputed_routing_has_no_replay_and_only_some_ops_take_it() {
     assert_refused(&d, "replay", "nothing to replay");
     d.replay = None;
     let s = plan(&d).unwrap();
-    assert!(s.iter().any(|s| s.name == "expert_indices"));
+    assert!(s.iter().any(|s| s.tensor == M::ExpertIndices));
     d.src = RoutingSrc::Packed {
         len: T * K as usize - 1,
     };
@@ -415,7 +437,7 @@ fn deepseek_fp8_is_swiglu_only_and_has_no_mx_extras() {
     assert_refused(&d, "activation", "SwiGLU");
     let mut d = deepseek_call();
     d.given
-        .push(g("gemm1_alpha", fi_dtype::FI_DTYPE_F32, E as usize));
+        .push(g(M::Gemm1Alpha, fi_dtype::FI_DTYPE_F32, E as usize));
     assert_refused(&d, "gemm1_alpha", "MxFp8 only");
 }
 
@@ -437,7 +459,7 @@ fn swiglu_parameters_need_swiglu() {
     let mut d = bf16_call();
     d.opts.activation = Activation::Relu2;
     d.given
-        .push(g("gemm1_beta", fi_dtype::FI_DTYPE_F32, E as usize));
+        .push(g(M::Gemm1Beta, fi_dtype::FI_DTYPE_F32, E as usize));
     assert_refused(&d, "activation", "SwiGLU");
 }
 
@@ -460,8 +482,8 @@ fn fp4_activation_and_weight_kinds_must_pair() {
 #[test]
 fn nvfp4_activation_scales_declare_the_exact_count_and_cover_the_interleaved_size() {
     let s = plan(&nvfp4_call()).unwrap();
-    let spec = s.iter().find(|s| s.name == "hidden_states_scale").unwrap();
-    assert_eq!(spec.shape, vec![(T * H / 16) as i64]);
+    let spec = s.iter().find(|s| s.tensor == M::HiddenStatesScale).unwrap();
+    assert_eq!(spec.shape(), vec![(T * H / 16) as i64]);
     let mut d = nvfp4_call();
     set_len(&mut d, "hidden_states_scale", T * H / 16);
     assert_refused(&d, "hidden_states_scale", "128x4");
@@ -470,15 +492,37 @@ fn nvfp4_activation_scales_declare_the_exact_count_and_cover_the_interleaved_siz
 #[test]
 fn fp4_output_scales_are_required_with_nvfp4_activations() {
     let mut d = nvfp4_call();
-    d.given.retain(|x| x.name != "output2_scales_scalar");
+    d.given.retain(|x| x.tensor != M::Output2ScalesScalar);
     assert_refused(&d, "output2_scales_scalar", "needs it");
+}
+
+#[test]
+fn a_tensor_of_another_dtype_than_the_op_declares_is_refused() {
+    let mut d = deepseek_call();
+    by_label(&mut d, "hidden_states_scale").dtype = fi_dtype::FI_DTYPE_U8;
+    assert_refused(&d, "hidden_states_scale", "is u8");
+    let mut d = bf16_call();
+    by_label(&mut d, "gemm1_weights").dtype = fi_dtype::FI_DTYPE_F16;
+    assert_refused(&d, "gemm1_weights", "takes bf16");
+}
+
+#[test]
+fn layer_and_batch_are_planned_apart_and_together_alike() {
+    for d in every_op() {
+        let (layer, batch) = d.split();
+        let layer = plan_layer(layer).unwrap();
+        let batch = plan_batch(&layer, &batch).unwrap();
+        assert!(layer.specs.iter().all(|s| d.op.in_layer(s.tensor)));
+        assert!(batch.iter().all(|s| !d.op.in_layer(s.tensor)));
+        assert_eq!(plan(&d).unwrap().len(), layer.specs.len() + batch.len());
+    }
 }
 
 #[test]
 fn a_tensor_the_op_does_not_take_is_refused() {
     let mut d = bf16_call();
     d.given
-        .push(g("per_token_scales", fi_dtype::FI_DTYPE_F32, T));
+        .push(g(M::PerTokenScales, fi_dtype::FI_DTYPE_F32, T));
     assert_refused(&d, "per_token_scales", "not taken");
 }
 

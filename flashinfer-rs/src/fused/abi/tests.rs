@@ -4,7 +4,13 @@
 //! "requires SM 10.x" check) shows the argument count, order, types and dtypes are what
 //! upstream 0.6.13 expects.
 use super::*;
+use crate::ffi::check;
 use crate::fused::plan::tests::every_op;
+use crate::fused::plan::{plan, Desc};
+
+fn layer_of(d: &Desc) -> LayerDesc {
+    d.split().0
+}
 
 #[test]
 fn every_op_marshals_into_upstream_up_to_its_device_check() {
@@ -14,10 +20,16 @@ fn every_op_marshals_into_upstream_up_to_its_device_check() {
     }
     for desc in every_op() {
         let specs = plan(&desc).unwrap();
-        let mut a = scalar_args(&desc, 0, false);
+        let mut a = scalar_args(&layer_of(&desc), 0, false);
         // Distinct fake device addresses: upstream only stores them before its device check.
         for (n, s) in specs.iter().enumerate() {
-            fill_tensor(&mut a, s, 0x1000_0000 + 0x1000 * n as CUdeviceptr).unwrap();
+            fill(
+                &mut a,
+                &specs,
+                s.tensor,
+                0x1000_0000 + 0x1000 * n as CUdeviceptr,
+            )
+            .unwrap();
         }
         // SAFETY: `a` is a complete fi_moe_args; no memory behind its pointers is touched.
         let got = check(unsafe { sys::fi_moe_dry_run_without_device(&a) });

@@ -22,6 +22,10 @@ use flashinfer_rs::routing::{
 use flashinfer_rs::ReplayView;
 use flashinfer_sys as fs;
 
+#[path = "../tests/fixtures/models.rs"]
+mod models;
+use models::{bench_models, deepseek_v3, qwen3_30b_a3b, ModelRouter};
+
 const TOKENS: [usize; 6] = [1, 16, 128, 1024, 8192, 32768];
 const REPS: usize = 30;
 const WARMUP: usize = 5;
@@ -89,54 +93,7 @@ impl Bench {
     }
 }
 
-/// A model's router shape for the tables.
-struct Shape {
-    name: &'static str,
-    cfg: RoutingConfig,
-    bf16: bool,
-}
-
-/// DeepSeek-V3's router: 256 experts, top-8, 8 groups with 4 kept, fp32 logits.
-fn deepseek_v3() -> Shape {
-    let ds = RoutingMethod::DeepSeekV3 {
-        n_group: 8,
-        topk_group: 4,
-        routed_scaling_factor: 2.5,
-    };
-    Shape {
-        name: "DeepSeek-V3 (256e, top-8, 8 groups/4 kept, fp32)",
-        cfg: RoutingConfig::new(ds, 256, 8),
-        bf16: false,
-    }
-}
-
-fn shapes() -> Vec<Shape> {
-    vec![
-        deepseek_v3(),
-        Shape {
-            name: "Qwen3-30B-A3B (128e, top-8, Renormalize, bf16)",
-            cfg: RoutingConfig::new(RoutingMethod::Renormalize, 128, 8),
-            bf16: true,
-        },
-        Shape {
-            name: "gpt-oss (128e, top-4, Renormalize, bf16)",
-            cfg: RoutingConfig::new(RoutingMethod::Renormalize, 128, 4),
-            bf16: true,
-        },
-        Shape {
-            name: "Llama4 (16e, top-1, bf16)",
-            cfg: RoutingConfig::new(RoutingMethod::Llama4, 16, 1),
-            bf16: true,
-        },
-        Shape {
-            name: "Llama4 (128e, top-1, bf16)",
-            cfg: RoutingConfig::new(RoutingMethod::Llama4, 128, 1),
-            bf16: true,
-        },
-    ]
-}
-
-/// Device inputs of a shape at `t` tokens (random logits; timing does not need separation).
+/// Device inputs of a model's router at `t` tokens (random logits; timing does not need separation).
 struct Inputs {
     f32: Option<CudaSlice<f32>>,
     bf16: Option<CudaSlice<bf16>>,
@@ -144,7 +101,7 @@ struct Inputs {
 }
 
 impl Inputs {
-    fn new(b: &Bench, s: &Shape, t: usize) -> Inputs {
+    fn new(b: &Bench, s: &ModelRouter, t: usize) -> Inputs {
         let e = s.cfg.num_experts as usize;
         let mut rng = SplitMix64(t as u64);
         let host: Vec<f32> = (0..t * e)
@@ -155,7 +112,7 @@ impl Inputs {
             .method
             .needs_bias()
             .then(|| b.stream.clone_htod(&vec![0.01f32; e]).unwrap());
-        if s.bf16 {
+        if s.bf16_logits {
             let h: Vec<bf16> = host.iter().map(|&x| bf16::from_f32(x)).collect();
             Inputs {
                 f32: None,
@@ -199,7 +156,7 @@ fn replay_overhead(b: &Bench) {
     println!("| shape | tokens | without replay (us) | with replay (us) | ratio | target |");
     println!("|---|---:|---:|---:|---:|---|");
     const N: usize = 20;
-    for s in shapes() {
+    for s in bench_models() {
         for t in TOKENS {
             let inputs = Inputs::new(b, &s, t);
             let raw = RawRouter::new(b, &s.cfg, &inputs, t);
@@ -236,19 +193,11 @@ fn capture_step(b: &Bench) {
     println!("Per step, median (p10..p90). Target: zero-copy <= 1.01 x capture off.\n");
     println!("| model | L | tokens | capture off (us) | zero-copy store (us) | per-layer copy (us) | zero-copy ratio | per-layer-copy ratio | target |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
-    let models = [
-        ("DeepSeek-V3", deepseek_v3(), 61usize),
-        (
-            "Qwen3-30B-A3B",
-            Shape {
-                name: "",
-                cfg: RoutingConfig::new(RoutingMethod::Renormalize, 128, 8),
-                bf16: true,
-            },
-            48,
-        ),
-    ];
-    for (name, s, layers) in models {
+    for (name, s) in [
+        ("DeepSeek-V3", deepseek_v3()),
+        ("Qwen3-30B-A3B", qwen3_30b_a3b()),
+    ] {
+        let layers = s.moe_layers;
         let router = Router::new(s.cfg).unwrap();
         let k = s.cfg.top_k as usize;
         for t in [1usize, 16, 128, 1024, 8192] {
@@ -547,7 +496,7 @@ fn host_overhead(b: &Bench) {
     println!("Target: the safe layer adds under 1 us per call.\n");
     println!("| shape | calls | safe `Router::route` (us/call) | raw `fi_routing_run` (us/call) | added (us) | target |");
     println!("|---|---:|---:|---:|---:|---|");
-    let s = &shapes()[1];
+    let s = &qwen3_30b_a3b();
     let t = 16;
     let router = Router::new(s.cfg).unwrap();
     let inputs = Inputs::new(b, s, t);

@@ -8,6 +8,7 @@ use flashinfer_rs::routing::oracle::{self, SplitMix64};
 use flashinfer_rs::routing::{RouteInput, Router, RoutingBuffers, RoutingConfig, RoutingMethod};
 
 use crate::common::{env_list, gpu, Gpu};
+use crate::models;
 
 /// Rows of pre-generated logits per layer; each step routes a random window of them.
 const POOL: usize = 2048;
@@ -291,20 +292,16 @@ fn captured_rows_equal_the_oracle_over_a_thousand_steps() {
     let Some(g) = gpu("captured_rows_equal_the_oracle_over_a_thousand_steps") else {
         return;
     };
-    let ds = RoutingMethod::DeepSeekV3 {
-        n_group: 8,
-        topk_group: 4,
-        routed_scaling_factor: 2.5,
-    };
     // FLASHINFER_RS_SOAK_STEPS=10000 turns this into the long soak. FLASHINFER_RS_SOAK_LAYERS
     // caps the layer counts: the sanitizers slow every launch 10-100x, and more layers only
     // repeat the same kernels on other logits (scripts/sanitize.sh sets it).
     let steps = env_list("FLASHINFER_RS_SOAK_STEPS", &[1000])[0];
     let max_layers = env_list("FLASHINFER_RS_SOAK_LAYERS", &[usize::MAX])[0];
+    let (qwen3, deepseek) = (models::qwen3_30b_a3b(), models::deepseek_v3());
     for (cfg, layers) in [
         (RoutingConfig::new(RoutingMethod::Renormalize, 64, 4), 4),
-        (RoutingConfig::new(RoutingMethod::Renormalize, 128, 8), 48),
-        (RoutingConfig::new(ds, 256, 8), 61),
+        (qwen3.cfg, qwen3.moe_layers),
+        (deepseek.cfg, deepseek.moe_layers),
     ] {
         let m = model(&g, cfg, layers.min(max_layers));
         eager(&g, &m, steps);

@@ -1,33 +1,22 @@
 //! Several threads, each on its own stream, routing at once through one context: every
 //! result equals the oracle (no shared mutable state in the shim or upstream's hot path).
-use flashinfer_rs::routing::{
-    oracle, RouteInput, Router, RoutingBuffers, RoutingConfig, RoutingMethod,
-};
+use flashinfer_rs::routing::{oracle, RouteInput, Router, RoutingBuffers, RoutingConfig};
 use flashinfer_rs::ReplayView;
 
 use crate::common::gpu;
+use crate::models;
 
 #[test]
 fn threads_on_their_own_streams_route_correctly_at_once() {
     let Some(g) = gpu("threads_on_their_own_streams_route_correctly_at_once") else {
         return;
     };
-    let ds = RoutingMethod::DeepSeekV3 {
-        n_group: 8,
-        topk_group: 4,
-        routed_scaling_factor: 2.5,
-    };
     let configs = [
-        RoutingConfig::new(ds, 256, 8),
-        RoutingConfig::new(RoutingMethod::Renormalize, 128, 8),
-        RoutingConfig::new(RoutingMethod::Llama4, 128, 1),
-        RoutingConfig::new(
-            RoutingMethod::MiniMax2 {
-                routed_scaling_factor: 1.0,
-            },
-            256,
-            6,
-        ),
+        models::deepseek_v3().cfg,
+        models::qwen3_30b_a3b().cfg,
+        models::llama4_maverick().cfg,
+        // MiniMax-M2's method at top-6: another shape of its tier.
+        RoutingConfig::new(models::minimax_m2().cfg.method, 256, 6),
     ];
     std::thread::scope(|s| {
         for (i, cfg) in configs.iter().enumerate() {

@@ -1,9 +1,7 @@
 //! CUDA graphs: a routing call captured once, with an oversized replay buffer, rewrites the
 //! replay rows correctly on every replay with fresh logits.
 use flashinfer_rs::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-use flashinfer_rs::routing::{
-    oracle, RouteInput, Router, RoutingBuffers, RoutingConfig, RoutingMethod,
-};
+use flashinfer_rs::routing::{oracle, RouteInput, Router, RoutingBuffers, RoutingConfig};
 use flashinfer_rs::ReplayView;
 
 use crate::common::gpu;
@@ -67,23 +65,15 @@ fn graph_replays(cfg: RoutingConfig, tokens: usize, replays: usize) {
 
 #[test]
 fn deepseek_v3_graph_replays_with_fresh_logits() {
-    let ds = RoutingMethod::DeepSeekV3 {
-        n_group: 8,
-        topk_group: 4,
-        routed_scaling_factor: 2.5,
-    };
-    graph_replays(RoutingConfig::new(ds, 256, 8), 64, 25);
-    graph_replays(RoutingConfig::new(ds, 256, 8), 4096, 10);
+    let ds = crate::models::deepseek_v3().cfg;
+    graph_replays(ds, 64, 25);
+    graph_replays(ds, 4096, 10);
 }
 
 #[test]
 fn renormalize_graph_replays_with_fresh_logits() {
     // Block tier, cluster tier and the multi-kernel tiers.
     for tokens in [3, 200, 3000] {
-        graph_replays(
-            RoutingConfig::new(RoutingMethod::Renormalize, 128, 8),
-            tokens,
-            10,
-        );
+        graph_replays(crate::models::qwen3_30b_a3b().cfg, tokens, 10);
     }
 }

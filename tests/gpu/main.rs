@@ -14,6 +14,8 @@ mod fused;
 #[cfg(feature = "sm100")]
 mod fused_sm100;
 mod graph;
+#[path = "../fixtures/models.rs"]
+mod models;
 mod noaux;
 mod routing;
 mod smoke;

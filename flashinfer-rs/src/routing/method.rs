@@ -454,9 +454,23 @@ mod tests {
         }
     }
 
+    /// Each `(config, argument, rule)`: the config is refused, blaming that argument with a
+    /// message that mentions the rule.
+    fn assert_each_rule(cases: Vec<(RoutingConfig, &str, &str)>) {
+        for (cfg, arg, rule) in cases {
+            let (got_arg, got_rule) = rejected(cfg);
+            assert_eq!(got_arg, arg, "{cfg:?}: {got_rule}");
+            assert!(
+                got_rule.contains(rule),
+                "{cfg:?}: `{got_rule}` should mention `{rule}`"
+            );
+        }
+    }
+
+    /// Sizes, and the tier limits upstream only warns about (and then launches nothing).
     #[test]
-    fn each_broken_rule_names_its_argument_and_limit() {
-        let cases: Vec<(RoutingConfig, &str, &str)> = vec![
+    fn each_broken_size_rule_names_its_argument_and_limit() {
+        assert_each_rule(vec![
             (
                 RoutingConfig::new(RoutingMethod::Renormalize, 0, 1),
                 "num_experts",
@@ -535,7 +549,13 @@ mod tests {
                 "top_k",
                 "top_k <= 22",
             ),
-            // Grouped DeepSeekV3.
+        ]);
+    }
+
+    /// Grouped DeepSeekV3 and the scaling factors.
+    #[test]
+    fn each_broken_grouped_deepseek_rule_names_its_argument_and_limit() {
+        assert_each_rule(vec![
             (
                 RoutingConfig::new(ds(16, 4), 256, 8),
                 "n_group",
@@ -596,7 +616,13 @@ mod tests {
                 "routed_scaling_factor",
                 "finite",
             ),
-            // Expert parallelism and tiles.
+        ]);
+    }
+
+    /// Expert parallelism and tiles.
+    #[test]
+    fn each_broken_expert_parallel_or_tile_rule_names_its_argument_and_limit() {
+        assert_each_rule(vec![
             (
                 RoutingConfig::new(RoutingMethod::Renormalize, 64, 8).with_local_experts(48, 32),
                 "local_num_experts",
@@ -623,15 +649,7 @@ mod tests {
                 "tile_tokens_dim",
                 "8..=256",
             ),
-        ];
-        for (cfg, arg, rule) in cases {
-            let (got_arg, got_rule) = rejected(cfg);
-            assert_eq!(got_arg, arg, "{cfg:?}: {got_rule}");
-            assert!(
-                got_rule.contains(rule),
-                "{cfg:?}: `{got_rule}` should mention `{rule}`"
-            );
-        }
+        ]);
     }
 
     #[test]

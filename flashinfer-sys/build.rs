@@ -3,29 +3,39 @@
 //! The steps, in order, each a function below:
 //!   1. `read_pin`: the pinned upstream version and cubin artifact from vendor/MANIFEST.toml;
 //!      exported to Rust (`rustc-env`) and to dependants (`DEP_FLASHINFER_*`).
-//!   2. No arch feature, or docs.rs: `build_not_built`: the C ABI answering "kernels not built",
-//!      compiled by the host C compiler; no nvcc needed.
-//!   3. `require_vendor`: the fetched FlashInfer tree (vendor/fetch.py); never downloads.
-//!   4. `find_cuda`: nvcc >= 12.9 from NVCC, FLASHINFER_RS_CUDA_HOME, CUDA_HOME, CUDA_PATH,
+//!   2. `generate_moe_tensors`: the Rust `MoeTensor` enum from the header's tensor list
+//!      (build/moe_tensors.rs); every build, docs.rs included.
+//!   3. docs.rs stops here; `FLASHINFER_RS_KERNELS_LIB` builds against a prebuilt library
+//!      (`use_prebuilt`, build/prebuilt.rs); no arch feature: `build_not_built`, the C ABI
+//!      answering "kernels not built", compiled by the host C compiler; no nvcc needed.
+//!   4. `require_vendor`: the fetched FlashInfer tree (vendor/fetch.py); never downloads.
+//!   5. `find_cuda`: nvcc >= 12.9 from NVCC, FLASHINFER_RS_CUDA_HOME, CUDA_HOME, CUDA_PATH,
 //!      the toolchain that vendor/fetch.py installs, or PATH.
-//!   5. `plan_jobs` + `run_jobs`: every translation unit, heaviest first, compiled in parallel
-//!      (cargo's NUM_JOBS) through a content-addressed object cache, so a fresh clone on a
-//!      machine that built the same inputs before links in seconds.
-//!   6. `archive_and_link`: static archives, static cudart, and the link lines.
+//!   6. `plan_jobs` + `run_jobs`: every translation unit of the table in build/units.rs,
+//!      heaviest first, compiled in parallel (cargo's NUM_JOBS) through the content-addressed
+//!      object cache of build/cache.rs, so a fresh clone on a machine that built the same
+//!      inputs before links in seconds.
+//!   7. `archive_and_link`: static archives, static cudart, and the link lines.
 
 use std::collections::VecDeque;
 use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
-use sha2::{Digest, Sha256};
-
+#[path = "build/cache.rs"]
+mod cache;
 #[path = "build/moe_tensors.rs"]
 mod moe_tensors;
 #[path = "build/prebuilt.rs"]
 mod prebuilt;
+#[path = "build/units.rs"]
+mod units;
+
+use cache::{Keys, ObjectCache, SharedInputs};
+use units::{all_targets, gencode, targets, Arch, Origin, UNITS};
 
 /// Oldest CUDA whose nvcc knows the Blackwell targets (sm_100a, sm_103a; the sm_100f family
 /// target needs 12.9).
@@ -69,249 +79,6 @@ struct Ctx {
     cache: PathBuf,
     /// The fetched FlashInfer tree ([`Ctx::vendor_dir`], once the pin is read).
     vendor: PathBuf,
-}
-
-/// A GPU generation the `sm90` / `sm100` features build for.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Arch {
-    /// Hopper (sm_90).
-    Hopper,
-    /// Blackwell data-centre parts: B200/GB200 (sm_100) and B300/GB300 (sm_103).
-    Blackwell,
-}
-
-impl Arch {
-    /// Machine code of the routing kernels and our shim. Blackwell takes the sm_100 family
-    /// target, one pass that runs on sm_100 and sm_103 (the kernels use no architecture-
-    /// specific instruction).
-    fn routing_targets(self) -> &'static [&'static str] {
-        match self {
-            Arch::Hopper => &["sm_90a"],
-            Arch::Blackwell => &["sm_100f"],
-        }
-    }
-    /// Machine code of the fused MoE's own device code (quantisation, finalize, ...), which
-    /// uses architecture-specific instructions (fp4 conversions): one pass per chip, matching
-    /// the pinned GEMM cubins (sm100f and sm103a).
-    fn fused_targets(self) -> &'static [&'static str] {
-        match self {
-            Arch::Hopper => &[],
-            Arch::Blackwell => &["sm_100a", "sm_103a"],
-        }
-    }
-    fn define(self) -> &'static str {
-        match self {
-            Arch::Hopper => "-DFLASHINFER_RS_SM90",
-            Arch::Blackwell => "-DFLASHINFER_RS_SM100",
-        }
-    }
-}
-
-/// `-gencode` of a machine-code target such as `sm_100f`.
-fn gencode(target: &str) -> String {
-    let arch = target.replacen("sm_", "compute_", 1);
-    format!("-gencode=arch={arch},code={target}")
-}
-
-/// Which device code a translation unit holds, and so which targets it is compiled for.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Device {
-    /// Host code only.
-    None,
-    /// Routing kernels (or code built beside them): every enabled arch's routing target.
-    Routing,
-    /// The fused MoE's own kernels: Blackwell's fused targets only.
-    Fused,
-}
-
-/// Where a translation unit's source lives.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Origin {
-    /// The fetched FlashInfer tree (`flashinfer/` below the vendor dir).
-    Upstream,
-    /// Our C ABI (`csrc/`).
-    Ours,
-}
-
-/// One translation unit of the kernel library.
-struct Unit {
-    /// Object name (and cache key prefix).
-    name: &'static str,
-    origin: Origin,
-    /// Path below its origin.
-    path: &'static str,
-    device: Device,
-    /// Built only when Blackwell is enabled (the fused MoE).
-    blackwell_only: bool,
-}
-
-const fn unit(
-    name: &'static str,
-    origin: Origin,
-    path: &'static str,
-    device: Device,
-    blackwell_only: bool,
-) -> Unit {
-    Unit {
-        name,
-        origin,
-        path,
-        device,
-        blackwell_only,
-    }
-}
-
-/// Every translation unit, heaviest first: the list is consumed from the front, and the
-/// longest job bounds the wall time on few cores.
-const UNITS: &[Unit] = {
-    use Device::{Fused, None as Host, Routing};
-    use Origin::{Ours, Upstream};
-    &[
-        unit(
-            "routing_custom",
-            Upstream,
-            concat!(
-                "csrc/fused_moe/trtllm_backend/",
-                "trtllm_fused_moe_routing_custom.cu"
-            ),
-            Routing,
-            false,
-        ),
-        unit(
-            "batched_gemm_runner",
-            Upstream,
-            "csrc/trtllm_batched_gemm_runner.cu",
-            Fused,
-            true,
-        ),
-        unit(
-            "routing_deepseek",
-            Upstream,
-            concat!(
-                "csrc/fused_moe/trtllm_backend/",
-                "trtllm_fused_moe_routing_deepseek.cu"
-            ),
-            Routing,
-            false,
-        ),
-        unit(
-            "noaux_tc",
-            Upstream,
-            "csrc/fused_moe/noAuxTcKernels.cu",
-            Routing,
-            false,
-        ),
-        unit(
-            "quantization",
-            Upstream,
-            "csrc/nv_internal/cpp/kernels/quantization.cu",
-            Fused,
-            true,
-        ),
-        unit(
-            "moe_launcher",
-            Upstream,
-            "csrc/trtllm_fused_moe_kernel_launcher.cu",
-            Fused,
-            true,
-        ),
-        unit(
-            "moe_runner",
-            Upstream,
-            "csrc/trtllm_fused_moe_runner.cu",
-            Fused,
-            true,
-        ),
-        unit(
-            "moe_dev_kernel",
-            Upstream,
-            concat!(
-                "csrc/fused_moe/trtllm_backend/",
-                "trtllm_fused_moe_dev_kernel.cu"
-            ),
-            Fused,
-            true,
-        ),
-        unit(
-            "routing_llama4",
-            Upstream,
-            concat!(
-                "csrc/fused_moe/trtllm_backend/",
-                "trtllm_fused_moe_routing_llama4.cu"
-            ),
-            Routing,
-            false,
-        ),
-        unit(
-            "routing_common",
-            Upstream,
-            concat!(
-                "csrc/fused_moe/trtllm_backend/",
-                "trtllm_fused_moe_routing_common.cu"
-            ),
-            Routing,
-            false,
-        ),
-        unit("fi_routing", Ours, "routing.cu", Routing, false),
-        unit("fi_noaux_tc", Ours, "noaux_tc.cu", Routing, false),
-        unit("fi_fused_moe", Ours, "fused_moe.cu", Routing, false),
-        unit("fi_moe_env", Ours, "moe_env.cu", Routing, false),
-        unit("fi_moe_marshal", Ours, "moe_marshal.cu", Routing, false),
-        // The driver functions the batched-GEMM runner calls, loaded at run time.
-        unit("fi_cuda_driver", Ours, "cuda_driver.c", Host, true),
-        unit("fi_status", Ours, "status.cpp", Host, false),
-        unit("fi_info", Ours, "info.cpp", Host, false),
-        unit("fi_abi_layout", Ours, "abi_layout.c", Host, false),
-        unit("fi_scratch", Ours, "scratch.c", Host, false),
-        unit(
-            "tllm_env_utils",
-            Upstream,
-            "csrc/nv_internal/cpp/common/envUtils.cpp",
-            Host,
-            false,
-        ),
-        unit(
-            "tllm_logger",
-            Upstream,
-            "csrc/nv_internal/cpp/common/logger.cpp",
-            Host,
-            false,
-        ),
-        unit(
-            "tllm_string_utils",
-            Upstream,
-            "csrc/nv_internal/cpp/common/stringUtils.cpp",
-            Host,
-            false,
-        ),
-        unit(
-            "tllm_exception",
-            Upstream,
-            "csrc/nv_internal/cpp/common/tllmException.cpp",
-            Host,
-            false,
-        ),
-    ]
-};
-
-/// Every machine-code target of a build for `archs`, routing first (`sm_90a,sm_100f,...`).
-fn all_targets(archs: &[Arch]) -> Vec<&'static str> {
-    let mut all = targets(archs, Device::Routing);
-    all.extend(targets(archs, Device::Fused));
-    all
-}
-
-/// The machine-code targets of `device` code for the enabled archs.
-fn targets(archs: &[Arch], device: Device) -> Vec<&'static str> {
-    archs
-        .iter()
-        .flat_map(|a| match device {
-            Device::None => &[][..],
-            Device::Routing => a.routing_targets(),
-            Device::Fused => a.fused_targets(),
-        })
-        .copied()
-        .collect()
 }
 
 impl Ctx {
@@ -836,131 +603,76 @@ fn collect_files(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Runs the jobs on `ctx.jobs` threads. Each object is looked up in the object cache under a
-/// key that covers the compiler, its arguments, the source, the fetched tree's stamp and our
-/// own headers; a miss compiles and stores.
+/// Runs the jobs on `ctx.jobs` threads, each object from the object cache when it holds one
+/// (see build/cache.rs), else compiled and stored.
 fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(String, PathBuf)> {
     let obj_dir = ctx.out_dir.join("obj");
     fs::create_dir_all(&obj_dir).unwrap();
-    let use_cache = env::var_os("FLASHINFER_RS_NO_OBJECT_CACHE").is_none();
-    let cache_dir = ctx.cache.join("objects");
-    if use_cache {
-        let _ = fs::create_dir_all(&cache_dir);
-    }
-    let shared_key = shared_inputs_digest(ctx);
-    // Longest first: the fetched tree usually lives inside the checkout.
-    let roots = [
-        (ctx.vendor.to_string_lossy().into_owned(), "<vendor>"),
-        (ctx.root.to_string_lossy().into_owned(), "<root>"),
-    ];
-    let mut versions = std::collections::HashMap::new();
-    let keyed: VecDeque<(Job, String)> = jobs
-        .into_iter()
-        .map(|job| {
-            let version = versions.entry(job.program.clone()).or_insert_with(|| {
-                Command::new(&job.program)
-                    .arg("--version")
-                    .output()
-                    .map(|o| o.stdout)
-                    .unwrap_or_default()
-            });
-            let shared = if job.source.starts_with(ctx.csrc()) {
-                &shared_key.ours
-            } else {
-                &shared_key.upstream
-            };
-            let key = job_digest(&job, shared, version, &roots);
-            (job, key)
-        })
-        .collect();
-    let total = keyed.len();
+    let cache = ObjectCache::open(&ctx.cache);
+    let shared = SharedInputs::read(&ctx.vendor.join(STAMP), &ctx.csrc());
+    let mut keys = Keys::new(shared, ctx.csrc(), &ctx.vendor, &ctx.root);
+    let queue: Mutex<VecDeque<(Job, String)>> = Mutex::new(
+        jobs.into_iter()
+            .map(|job| {
+                let key = keys.key(&job);
+                (job, key)
+            })
+            .collect(),
+    );
+    let total = queue.lock().unwrap().len();
     let started_all = std::time::Instant::now();
-    let compiled = Arc::new(Mutex::new(0usize));
-
-    let queue = Arc::new(Mutex::new(keyed));
-    let results = Arc::new(Mutex::new(Vec::new()));
-    let errors = Arc::new(Mutex::new(Vec::new()));
-    std::thread::scope(|s| {
-        for _ in 0..ctx.jobs {
-            let (queue, results, errors) = (queue.clone(), results.clone(), errors.clone());
-            let compiled = compiled.clone();
-            let (obj_dir, cache_dir) = (&obj_dir, &cache_dir);
-            s.spawn(move || loop {
-                let Some((job, key)) = queue.lock().unwrap().pop_front() else {
-                    break;
-                };
-                let object = obj_dir.join(format!("{}.o", job.name));
-                let cached = cache_dir.join(format!("{}-{key}.o", job.name));
-                let outcome = if use_cache && cached.exists() {
-                    // Mark it used, so eviction keeps it (see `evict_stale`).
-                    let _ = fs::File::options()
-                        .append(true)
-                        .open(&cached)
-                        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
-                    fs::copy(&cached, &object)
-                        .map(|_| ())
-                        .map_err(|e| e.to_string())
-                } else {
-                    *compiled.lock().unwrap() += 1;
-                    compile(&job, &object).map(|_| {
-                        if use_cache {
-                            // Write then rename, so a concurrent build never reads half a file.
-                            let tmp = cache_dir.join(format!(
-                                ".{}-{key}.{}",
-                                job.name,
-                                std::process::id()
-                            ));
-                            if fs::copy(&object, &tmp).is_ok() {
-                                let _ = fs::rename(&tmp, &cached);
+    let compiled = AtomicUsize::new(0);
+    // Each worker takes the next job until none is left; results come back through join.
+    let outcomes: Vec<Result<(String, PathBuf), String>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..ctx.jobs)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    while let Some((job, key)) = queue.lock().unwrap().pop_front() {
+                        let object = obj_dir.join(format!("{}.o", job.name));
+                        let outcome = match cache.fetch(&job.name, &key, &object) {
+                            Some(fetched) => fetched,
+                            None => {
+                                compiled.fetch_add(1, Ordering::Relaxed);
+                                compile(&job, &object)
+                                    .map(|()| cache.store(&job.name, &key, &object))
                             }
-                        }
-                    })
-                };
-                match outcome {
-                    Ok(()) => results.lock().unwrap().push((job.name.clone(), object)),
-                    Err(e) => errors.lock().unwrap().push(format!("{}: {e}", job.name)),
-                }
-            });
-        }
+                        };
+                        done.push(
+                            outcome
+                                .map(|()| (job.name.clone(), object))
+                                .map_err(|e| format!("{}: {e}", job.name)),
+                        );
+                    }
+                    done
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("a build worker panicked"))
+            .collect()
     });
-    let errors = errors.lock().unwrap();
+    let (mut objects, mut errors) = (Vec::new(), Vec::new());
+    for outcome in outcomes {
+        match outcome {
+            Ok(object) => objects.push(object),
+            Err(e) => errors.push(e),
+        }
+    }
     if !errors.is_empty() {
         fail(&format!("compilation failed:\n{}", errors.join("\n")));
     }
-    let archs = all_targets(&ctx.archs);
-    let compiled = *compiled.lock().unwrap();
+    let compiled = compiled.into_inner();
     println!(
         "cargo:warning=flashinfer-sys: kernels for {} ready: {total} objects, {compiled} compiled, {} from the object cache, {:.0}s",
-        archs.join(","),
+        all_targets(&ctx.archs).join(","),
         total - compiled,
         started_all.elapsed().as_secs_f64()
     );
-    if use_cache {
-        evict_stale(&cache_dir);
-    }
-    let mut objects = results.lock().unwrap().clone();
+    cache.evict_stale();
     objects.sort();
     objects
-}
-
-/// Keeps the object cache bounded: objects unused for 14 days (other inputs, flags or
-/// compilers) are removed. Used objects are touched on every hit.
-fn evict_stale(cache_dir: &Path) {
-    let horizon = std::time::Duration::from_secs(14 * 24 * 3600);
-    let Ok(entries) = fs::read_dir(cache_dir) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let stale = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| t.elapsed().ok())
-            .is_some_and(|age| age > horizon);
-        if stale {
-            let _ = fs::remove_file(entry.path());
-        }
-    }
 }
 
 fn compile(job: &Job, object: &Path) -> Result<(), String> {
@@ -985,80 +697,6 @@ fn compile(job: &Job, object: &Path) -> Result<(), String> {
             errors.join("\n")
         ))
     }
-}
-
-/// What jobs depend on besides their own source and arguments: upstream's translation units
-/// on the fetched tree's stamp (the wheels, plus any patch that touches a header); ours
-/// (under csrc/) on our headers too, so editing the C ABI header rebuilds the shim and not
-/// the 20 minutes of upstream kernels. A patch that touches only a .cu file is covered by
-/// that file's own hash.
-struct SharedInputs {
-    upstream: String,
-    ours: String,
-}
-
-fn shared_inputs_digest(ctx: &Ctx) -> SharedInputs {
-    let mut h = Sha256::new();
-    h.update(fs::read(ctx.vendor.join(STAMP)).unwrap_or_default());
-    let upstream = hex(h.clone().finalize().as_slice());
-    let mut headers = Vec::new();
-    collect_files(&ctx.csrc(), "h", &mut headers);
-    hash_files(&mut h, &ctx.csrc(), headers);
-    SharedInputs {
-        upstream,
-        ours: hex(h.finalize().as_slice()),
-    }
-}
-
-/// Hashes files by their path below `base` (not the absolute path: clones elsewhere share keys)
-/// and their content.
-fn hash_files(h: &mut Sha256, base: &Path, mut files: Vec<PathBuf>) {
-    files.sort();
-    for p in files {
-        h.update(
-            p.strip_prefix(base)
-                .unwrap_or(&p)
-                .to_string_lossy()
-                .as_bytes(),
-        );
-        h.update(fs::read(&p).unwrap_or_default());
-    }
-}
-
-/// The cache key of one object. Paths of the checkout and of the fetched tree are replaced
-/// by placeholders, so a fresh clone elsewhere (CI) finds the objects an earlier build of the
-/// same inputs made. (Such an object's upstream assertion messages then name the paths of the
-/// tree that first compiled it; nothing else in an object depends on them: no debug info.)
-fn job_digest(
-    job: &Job,
-    shared: &str,
-    compiler_version: &[u8],
-    roots: &[(String, &str)],
-) -> String {
-    let mut h = Sha256::new();
-    h.update(shared.as_bytes());
-    h.update(
-        job.program
-            .file_name()
-            .unwrap_or_default()
-            .to_string_lossy()
-            .as_bytes(),
-    );
-    h.update(compiler_version);
-    for a in &job.args {
-        let mut a = a.clone();
-        for (path, placeholder) in roots {
-            a = a.replace(path.as_str(), placeholder);
-        }
-        h.update(a.as_bytes());
-        h.update([0]);
-    }
-    h.update(fs::read(&job.source).unwrap_or_default());
-    hex(&h.finalize()[..16])
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn archive_and_link(ctx: &Ctx, cuda: &Cuda, objects: Vec<(String, PathBuf)>) {

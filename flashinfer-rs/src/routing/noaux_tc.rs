@@ -76,15 +76,15 @@ impl NoAuxTcRouter {
     }
 
     /// Routes `input.num_tokens` rows (fp32 logits, fp32 bias) on `stream`, writing the
-    /// weights and ids into `out` and, when given, the ids into `replay` (the rules of
-    /// [`Router::route`](super::Router::route): rows past `num_tokens` untouched). No
-    /// allocation, no synchronisation.
+    /// weights and ids into `out` and, when given, the ids into `routing_replay_out` (the
+    /// rules of [`Router::route`](super::Router::route): rows past `num_tokens` untouched).
+    /// No allocation, no synchronisation.
     pub fn route(
         &self,
         stream: &Arc<CudaStream>,
         input: &RouteInput<'_>,
         out: &mut NoAuxTcOutputs<'_>,
-        replay: Option<&mut ReplayView<'_>>,
+        routing_replay_out: Option<&mut ReplayView<'_>>,
     ) -> Result<()> {
         let (t, e, k) = (
             input.num_tokens,
@@ -125,7 +125,7 @@ impl NoAuxTcRouter {
                 t as u128 * k as u128
             )
         })?;
-        if let Some(r) = replay.as_deref() {
+        if let Some(r) = routing_replay_out.as_deref() {
             check_replay(r.rows(), r.cols(), t, k)?;
         }
         same_context(
@@ -137,7 +137,11 @@ impl NoAuxTcRouter {
                 ("indices", out.indices.stream()),
             ]
             .into_iter()
-            .chain(replay.as_deref().map(|r| ("replay", r.stream()))),
+            .chain(
+                routing_replay_out
+                    .as_deref()
+                    .map(|r| ("replay", r.stream())),
+            ),
         )?;
         let params = sys::fi_noaux_tc_params {
             num_tokens: t as i32,
@@ -155,7 +159,7 @@ impl NoAuxTcRouter {
         let (b, _g2) = bias.device_ptr(stream);
         let (v, _g3) = out.values.device_ptr_mut(stream);
         let (i, _g4) = out.indices.device_ptr_mut(stream);
-        let (r, _g5) = match replay {
+        let (r, _g5) = match routing_replay_out {
             Some(r) => {
                 let (p, g) = r.data_mut().device_ptr_mut(stream);
                 (p as *mut i16, Some(g))

@@ -328,17 +328,16 @@ impl Router {
     /// Routes `input.num_tokens` tokens on `stream`.
     ///
     /// Writes the weights and permutation into `buffers`, and the chosen expert ids into
-    /// `replay` when given (else into [`RoutingBuffers::topk_ids`]): `replay[t][k]` is token
-    /// `t`'s k-th expert (global id, descending score). Rows of `replay` at or beyond
-    /// `num_tokens` are never written. Everything is
-    /// enqueued on `stream`; nothing is allocated and nothing synchronises, so the call can
-    /// be captured in a CUDA graph.
+    /// `routing_replay_out` when given (else into [`RoutingBuffers::topk_ids`]): row `t`,
+    /// column `k` is token `t`'s k-th expert (global id, descending score). Rows at or beyond
+    /// `num_tokens` are never written. Everything is enqueued on `stream`; nothing is
+    /// allocated and nothing synchronises, so the call can be captured in a CUDA graph.
     pub fn route(
         &self,
         stream: &Arc<CudaStream>,
         input: &RouteInput<'_>,
         buffers: &mut RoutingBuffers,
-        replay: Option<&mut ReplayView<'_>>,
+        routing_replay_out: Option<&mut ReplayView<'_>>,
     ) -> Result<()> {
         let cfg = &self.cfg;
         let t = input.num_tokens;
@@ -346,7 +345,7 @@ impl Router {
             num_tokens: t,
             logits_len: input.logits.len(),
             bias_len: input.bias.as_ref().map(Logits::len),
-            replay: replay.as_deref().map(|r| (r.rows(), r.cols())),
+            replay: routing_replay_out.as_deref().map(|r| (r.rows(), r.cols())),
         };
         validate_call(cfg, &call, &buffers.shape())?;
         same_context(
@@ -354,7 +353,11 @@ impl Router {
             [("logits", input.logits.stream())]
                 .into_iter()
                 .chain(input.bias.as_ref().map(|b| ("bias", b.stream())))
-                .chain(replay.as_deref().map(|r| ("replay", r.stream())))
+                .chain(
+                    routing_replay_out
+                        .as_deref()
+                        .map(|r| ("replay", r.stream())),
+                )
                 .chain([("buffers", buffers.topk_weights.stream())]),
         )?;
         let ctx = stream.context();
@@ -396,7 +399,7 @@ impl Router {
             cta_idx_xy_to_mn_limit: c2m as *mut i32,
             num_non_exiting_ctas: nctas as *mut i32,
         };
-        let (replay_ptr, _g12) = match replay {
+        let (replay_ptr, _g12) = match routing_replay_out {
             Some(r) => {
                 let (p, g) = r.data_mut().device_ptr_mut(stream);
                 (p as *mut i16, Some(g))

@@ -25,26 +25,28 @@ stage() { echo "== $1 ($(( $(date +%s) - started )) s so far)"; }
 python3 vendor/fetch.py all
 
 # One target dir for the feature sets: the dependencies are built once and shared.
-stage "1/7: no arch feature (no nvcc needed), doctests included"
+stage "1/8: no arch feature (no nvcc needed), doctests included"
 cargo test --workspace
 # The fuzz corpora and past crash inputs, replayed through the fuzz entry points.
 cargo test -p flashinfer-rs --features fuzzing --test fuzz_corpus
+# No function over 120 lines in flashinfer-rs/src or csrc/.
+python3 scripts/long-functions.py
 # The serving-loop example's host side (assembly, export) on synthetic rows.
 cargo run --quiet -p flashinfer-rs --example 02_serving_loop_capture > /dev/null
 DOCS_RS=1 cargo doc --workspace --no-deps --quiet
 
-stage "2/7: sm90 kernels"
+stage "2/8: sm90 kernels"
 cargo test --workspace --features sm90 "$@"
-stage "2/7: sm100 kernels (Blackwell: compiled, linked and CPU-tested; no Blackwell here)"
+stage "3/8: sm100 kernels (Blackwell: compiled, linked and CPU-tested; no Blackwell here)"
 cargo test --workspace --features sm100 "$@"
 
-stage "3/7: MSRV (rust-version) with clippy's incompatible_msrv lint"
+stage "4/8: MSRV (rust-version) with clippy's incompatible_msrv lint"
 cargo clippy --workspace --all-targets --quiet -- -D clippy::incompatible_msrv
 
-stage "4/7: packaged crates from a clean directory"
+stage "5/8: packaged crates from a clean directory"
 bash scripts/package-check.sh
 
-stage "5/7: prebuilt kernel library, no nvcc"
+stage "6/8: prebuilt kernel library, no nvcc"
 lib=$(bash scripts/kernels-lib.sh sm90 "$root/target/kernels-lib" | tail -n 1)
 empty=$(mktemp -d)
 # No nvcc on PATH, an empty cache (no toolchain, no sources, no objects): only the library.
@@ -57,9 +59,9 @@ PATH=$path_without_cuda FLASHINFER_RS_CACHE=$empty FLASHINFER_RS_KERNELS_LIB=$li
   CARGO_TARGET_DIR=$root/target/prebuilt cargo test --workspace --features sm90
 rm -rf "$empty"
 
-stage "6/7: beside candle with CUDA"
+stage "7/8: beside candle with CUDA"
 bash scripts/candle-check.sh
 
-stage "7/7: fuzz smoke (15 s per target; skipped, saying so, without nightly)"
+stage "8/8: fuzz smoke (15 s per target; skipped, saying so, without nightly)"
 bash scripts/fuzz.sh 15
 stage "all passed"

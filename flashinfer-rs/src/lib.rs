@@ -27,7 +27,7 @@
 //! |---|---|---|---|
 //! | [`routing`]: every 0.6.13 routing method with replay, our numeric fixes, CPU oracle | yes (`sm90`; tested on H100/H200) | built (`sm100`); not run (no Blackwell available to us) | [`Error::KernelsNotBuilt`] (the oracle works) |
 //! | [`capture`]: zero-copy layer store, async readback, layouts, per-request assembly, vLLM/SGLang export, KV-slot store | yes (tested on H100/H200) | yes | host side only |
-//! | [`fused`]: the four `trtllm_*_moe` calls and the tactic query | [`Error::UnsupportedArch`], nothing launched | built and linked (`sm100`); not run yet | [`Error::KernelsNotBuilt`] |
+//! | [`fused`]: [`FusedMoe`](fused::FusedMoe) layers of the four precisions (upstream's `trtllm_*_moe`) and the tactic query | [`Error::UnsupportedArch`], nothing launched | built and linked (`sm100`); not run yet | [`Error::KernelsNotBuilt`] |
 //! | [`build_info`], [`device_info`] | yes | yes | build info only |
 //!
 //! # Features and the build
@@ -43,11 +43,22 @@
 //! # Layers
 //!
 //! `flashinfer-sys` is the raw C ABI (`csrc/flashinfer_rs.h`); this crate validates every
-//! argument against upstream's limits (once, in a config, then cheaply per call) before
-//! anything is launched and turns every failure into a typed [`Error`] that keeps CUDA error
-//! codes. Routing calls run on the caller's cudarc stream, allocate nothing and never
-//! synchronise; the fused MoE takes its scratch stream-ordered on that stream. Both can be
-//! captured in CUDA graphs.
+//! argument against upstream's limits before anything is launched and turns every failure
+//! into a typed [`Error`] that keeps CUDA error codes. Every kernel has one call shape: an
+//! object built once from its configuration, which checks every rule that does not depend on
+//! the batch ([`Router::new`](routing::Router::new),
+//! [`NoAuxTcRouter::new`](routing::NoAuxTcRouter::new),
+//! [`FusedMoe::new`](fused::FusedMoe::new)), then a cheap per-call method that checks only the
+//! batch (`route`, `forward`).
+//!
+//! Counts that are kernel parameters (experts, top-k, groups in [`routing::RoutingConfig`])
+//! are `u32`, as the kernels take them (int32, bounded by each method's limits); counts that
+//! size host or device buffers (tokens, layers, positions in [`capture`], the fused MoE's
+//! hidden and intermediate sizes) are `usize`.
+//!
+//! Routing calls run on the caller's cudarc stream, allocate nothing and never synchronise;
+//! the fused MoE takes its scratch stream-ordered on that stream. Both can be captured in
+//! CUDA graphs.
 #![warn(missing_docs)]
 
 pub mod capture;

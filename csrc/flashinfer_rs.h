@@ -29,7 +29,7 @@
 extern "C" {
 #endif
 
-#define FI_ABI_VERSION 3
+#define FI_ABI_VERSION 4
 
 /* ---- status --------------------------------------------------------------------------- */
 
@@ -198,6 +198,39 @@ typedef struct fi_noaux_tc_params {
 fi_status fi_noaux_tc_run(const fi_noaux_tc_params* params, const void* scores, const void* bias,
                           void* topk_values, int32_t* topk_indices, int16_t* replay,
                           void* stream);
+
+/** A call of flashinfer-rs's own top-k router (topk_router.cu): ids and weights only. */
+typedef struct fi_topk_params {
+  int32_t method;                /**< fi_routing_method */
+  int32_t num_tokens;            /**< rows of logits routed (T) */
+  int32_t num_experts;           /**< columns of logits (E), 1..2048 */
+  int32_t top_k;                 /**< experts chosen per token (K), 1..min(32, E) */
+  int32_t n_group;               /**< DeepSeekV3 expert groups (<= 1: ungrouped) */
+  int32_t topk_group;            /**< DeepSeekV3 groups kept */
+  float routed_scaling_factor;   /**< DeepSeekV3 / MiniMax2 scale of the weights */
+  int32_t norm_topk_prob;        /**< SigmoidRenorm: renormalise the chosen weights */
+  fi_dtype logits_dtype;         /**< F32 or BF16 */
+  fi_dtype bias_dtype;           /**< F32 or BF16 (read only with a bias) */
+} fi_topk_params;
+
+/** Where a top-k call reads and writes; every output may be NULL, not all of them.
+ *   logits [T, E] of logits_dtype; bias [E] of bias_dtype, required by DeepSeekV3 and
+ *   MiniMax2, NULL otherwise; ids_i16 [>= T, K] (a replay buffer: rows >= T untouched),
+ *   ids_i32 [T, K], weights_f32 [T, K], weights_bf16 [T, K] bf16. */
+typedef struct fi_topk_buffers {
+  const void* logits;
+  const void* bias;
+  int16_t* ids_i16;
+  int32_t* ids_i32;
+  float* weights_f32;
+  void* weights_bf16;
+} fi_topk_buffers;
+
+/** Routes `params.num_tokens` rows on `stream` (a cudaStream_t; NULL = legacy): one kernel,
+ * nothing allocated, nothing synchronised. Experts in descending key order, equal keys to the
+ * smaller index; the bias as given (not rounded). */
+fi_status fi_topk_route(const fi_topk_params* params, const fi_topk_buffers* buffers,
+                        void* stream);
 
 /* ---- fused MoE (sm_100a builds only) ---------------------------------------------------- */
 

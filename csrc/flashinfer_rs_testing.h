@@ -29,6 +29,8 @@ typedef struct fi_abi_layout {
   size_t tensor_size, tensor_align;
   size_t moe_args_size, moe_args_align;
   size_t noaux_tc_params_size, noaux_tc_params_align;
+  size_t topk_params_size, topk_params_align;
+  size_t topk_buffers_size, topk_buffers_align;
   size_t moe_tensor_count;
   size_t moe_tensor_offsets[FI_MOE_TENSORS_MAX];
 } fi_abi_layout;

@@ -65,6 +65,12 @@ fi_status fi_noaux_tc_run(const fi_noaux_tc_params* params, const void* scores, 
   return FI_STATUS_KERNELS_NOT_BUILT;
 }
 
+fi_status fi_topk_route(const fi_topk_params* params, const fi_topk_buffers* buffers,
+                        void* stream) {
+  (void)params, (void)buffers, (void)stream;
+  return FI_STATUS_KERNELS_NOT_BUILT;
+}
+
 fi_status fi_moe_valid_configs(const fi_moe_config_query* query, int64_t* pairs,
                                int32_t capacity, int32_t* count) {
   (void)query, (void)pairs, (void)capacity, (void)count;

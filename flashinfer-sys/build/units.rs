@@ -184,6 +184,7 @@ pub const UNITS: &[Unit] = {
         ),
         unit("fi_routing", Ours, "routing.cu", Routing, false),
         unit("fi_noaux_tc", Ours, "noaux_tc.cu", Routing, false),
+        unit("fi_topk_router", Ours, "topk_router.cu", Routing, false),
         unit("fi_fused_moe", Ours, "fused_moe.cu", Routing, false),
         unit("fi_moe_env", Ours, "moe_env.cu", Routing, false),
         unit("fi_moe_marshal", Ours, "moe_marshal.cu", Routing, false),

@@ -49,6 +49,12 @@ fn struct_layouts_match_the_c_compiler() {
         ($c:ident, noaux_tc_params) => {
             ($c.noaux_tc_params_size, $c.noaux_tc_params_align)
         };
+        ($c:ident, topk_params) => {
+            ($c.topk_params_size, $c.topk_params_align)
+        };
+        ($c:ident, topk_buffers) => {
+            ($c.topk_buffers_size, $c.topk_buffers_align)
+        };
     }
     let rows = rows![
         fi_routing_params => routing_params,
@@ -60,6 +66,8 @@ fn struct_layouts_match_the_c_compiler() {
         fi_tensor => tensor,
         fi_moe_args => moe_args,
         fi_noaux_tc_params => noaux_tc_params,
+        fi_topk_params => topk_params,
+        fi_topk_buffers => topk_buffers,
     ];
     for (name, rust, c_side) in rows {
         assert_eq!(rust, c_side, "{name}: Rust (size, align) vs C");

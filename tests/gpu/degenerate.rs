@@ -13,7 +13,7 @@ use crate::routing::{label, verdict, CaseData};
 /// Token counts through every kernel tier (block, dyn-block, cluster, histogram, coop), and
 /// the 1 / 7 / 64 / 1000 / 5000 where the defects were seen. `FLASHINFER_RS_ROUTING_TOKENS`
 /// overrides them (the sanitizer runs use fewer).
-const TOKENS: [usize; 11] = [1, 3, 7, 16, 17, 64, 255, 257, 1000, 4096, 5000];
+pub const TOKENS: [usize; 11] = [1, 3, 7, 16, 17, 64, 255, 257, 1000, 4096, 5000];
 
 fn deepseek(n_group: u32, topk_group: u32, scale: f32) -> RoutingMethod {
     RoutingMethod::DeepSeekV3 {
@@ -25,7 +25,7 @@ fn deepseek(n_group: u32, topk_group: u32, scale: f32) -> RoutingMethod {
 
 /// The sigmoid-gated models: DeepSeek-V3 (grouped), GLM-4.5 (160 experts) and GLM-5 (256)
 /// and Kimi-K2 (384) without groups, MiniMax-M2, and the largest ungrouped tier.
-fn sigmoid_gated() -> Vec<RoutingConfig> {
+pub fn sigmoid_gated() -> Vec<RoutingConfig> {
     vec![
         RoutingConfig::new(deepseek(8, 4, 2.5), 256, 8),
         RoutingConfig::new(deepseek(1, 1, 2.5), 160, 8),
@@ -96,7 +96,7 @@ fn glm5_like_biases_weigh_by_the_unbiased_sigmoid_on_every_tier() {
 }
 
 /// One config per method (and both DeepSeekV3 paths) at sizes every method supports.
-fn one_per_method() -> Vec<RoutingConfig> {
+pub fn one_per_method() -> Vec<RoutingConfig> {
     let mut v: Vec<RoutingConfig> = [
         RoutingMethod::Default,
         RoutingMethod::Renormalize,
@@ -123,7 +123,7 @@ fn one_per_method() -> Vec<RoutingConfig> {
 }
 
 /// The special values a token of the NaN/inf test carries, by token index.
-const PATTERNS: [&str; 7] = [
+pub const PATTERNS: [&str; 7] = [
     "+NaN",
     "-NaN",
     "+inf",
@@ -135,7 +135,12 @@ const PATTERNS: [&str; 7] = [
 
 /// Separated logits with, per token, the special values of `PATTERNS[t % 7]` at random
 /// experts (the other experts keep their values).
-fn special_logits(cfg: &RoutingConfig, tokens: usize, bf16_logits: bool, seed: u64) -> Vec<f32> {
+pub fn special_logits(
+    cfg: &RoutingConfig,
+    tokens: usize,
+    bf16_logits: bool,
+    seed: u64,
+) -> Vec<f32> {
     let (mut logits, _) = oracle::separated_logits(cfg, tokens, bf16_logits, seed);
     let e = cfg.num_experts as usize;
     let mut rng = SplitMix64(seed ^ 0x5eed);

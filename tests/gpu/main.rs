@@ -19,3 +19,4 @@ mod models;
 mod noaux;
 mod routing;
 mod smoke;
+mod topk;

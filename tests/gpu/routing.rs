@@ -19,8 +19,8 @@ pub const TOKENS: [usize; 13] = [1, 3, 4, 5, 16, 17, 64, 255, 256, 257, 1024, 40
 const EXPERTS: [u32; 7] = [8, 64, 128, 256, 384, 512, 2048];
 const TOP_K: [u32; 5] = [1, 2, 4, 8, 22];
 /// Rows past `num_tokens` in every replay buffer; they must keep this value.
-const SENTINEL: i16 = -1;
-const SPARE_ROWS: usize = 3;
+pub const SENTINEL: i16 = -1;
+pub const SPARE_ROWS: usize = 3;
 
 fn methods_for(e: u32) -> Vec<RoutingMethod> {
     let mut m = vec![
@@ -85,6 +85,10 @@ pub const REGIMES: [Regime; 4] = [
     Regime::Extreme,
 ];
 
+/// An oracle entry point: `oracle::route` (upstream's kernels) or `oracle::route_topk`.
+pub type Oracle =
+    fn(&RoutingConfig, &[f32], Option<&[f32]>, usize) -> flashinfer_rs::Result<Routed>;
+
 /// Host data of one case: logits (as f32 values; bf16-exact when `bf16`), bias (bf16-exact
 /// when `bf16_bias`, uploaded as bf16 then), oracle.
 pub struct CaseData {
@@ -97,7 +101,7 @@ pub struct CaseData {
 }
 
 impl CaseData {
-    /// A case from given host data; the oracle's routing of it.
+    /// A case from given host data; the oracle's routing of it for upstream's kernels.
     pub fn new(
         cfg: &RoutingConfig,
         tokens: usize,
@@ -105,6 +109,19 @@ impl CaseData {
         logits: Vec<f32>,
         bias: Option<Vec<f32>>,
         bf16_bias: bool,
+    ) -> CaseData {
+        Self::with_oracle(cfg, tokens, bf16, logits, bias, bf16_bias, oracle::route)
+    }
+
+    /// A case from given host data, routed by `route` (an oracle entry point).
+    pub fn with_oracle(
+        cfg: &RoutingConfig,
+        tokens: usize,
+        bf16: bool,
+        logits: Vec<f32>,
+        bias: Option<Vec<f32>>,
+        bf16_bias: bool,
+        route: Oracle,
     ) -> CaseData {
         let bias = bias.map(|b| {
             b.into_iter()
@@ -117,7 +134,7 @@ impl CaseData {
                 })
                 .collect::<Vec<f32>>()
         });
-        let want = oracle::route(cfg, &logits, bias.as_deref(), tokens).unwrap();
+        let want = route(cfg, &logits, bias.as_deref(), tokens).unwrap();
         CaseData {
             tokens,
             bf16,
@@ -137,8 +154,20 @@ pub fn case_data(
     bf16: bool,
     seed: u64,
 ) -> CaseData {
+    case_data_for(oracle::route, cfg, regime, tokens, bf16, seed)
+}
+
+/// [`case_data`] routed by `route`.
+pub fn case_data_for(
+    route: Oracle,
+    cfg: &RoutingConfig,
+    regime: Regime,
+    tokens: usize,
+    bf16: bool,
+    seed: u64,
+) -> CaseData {
     let (logits, bias) = oracle::regime_logits(cfg, regime, tokens, bf16, seed);
-    CaseData::new(cfg, tokens, bf16, logits, bias, false)
+    CaseData::with_oracle(cfg, tokens, bf16, logits, bias, false, route)
 }
 
 /// Device copies of a case's inputs.
@@ -170,6 +199,19 @@ impl DeviceInputs {
             logits_bf16,
             bias_f32,
             bias_bf16,
+        }
+    }
+
+    /// Copies `d`'s logits over these (same shape and dtype), stream-ordered: graph replays
+    /// read them from the same address.
+    pub fn overwrite_logits(&mut self, stream: &Arc<CudaStream>, d: &CaseData) {
+        match (&mut self.logits_f32, &mut self.logits_bf16) {
+            (Some(l), _) => stream.memcpy_htod(&d.logits, l).unwrap(),
+            (_, Some(l)) => {
+                let v: Vec<bf16> = d.logits.iter().map(|&x| bf16::from_f32(x)).collect();
+                stream.memcpy_htod(&v, l).unwrap()
+            }
+            _ => unreachable!(),
         }
     }
 

@@ -1,12 +1,21 @@
 //! Routing: which experts each token goes to, with what weight.
 //!
-//! [`RoutingConfig`] holds a model's method and shape and is validated once ([`Router::new`]);
-//! [`RoutingBuffers`] are allocated once; [`Router::route`] then only checks the call's
-//! buffers and launches upstream's kernels through the C ABI.
+//! [`RoutingConfig`] holds a model's method and shape and is validated once by a router;
+//! each call then only checks its buffers. Three routers, one shape:
+//!
+//! | router | kernels | writes | use it for |
+//! |---|---|---|---|
+//! | [`TopKRouter`] | ours (csrc/topk_router.cu), one pass over the logits | ids (int32 and/or the int16 replay view), weights (fp32 and/or bf16) | your own expert GEMMs, FlashInfer's CUTLASS MoE, capture alone: the fast path |
+//! | [`Router`] | upstream's TRTLLM-gen routing | the same, plus the grouped-GEMM permutation ([`RoutingBuffers`]) | feeding the TRTLLM fused MoE's layout, or cross-checking |
+//! | [`NoAuxTcRouter`] | upstream's DeepSeek-V3 router (`fused_topk_deepseek`) | ids, weights | a DeepSeek-V3 baseline |
+//!
+//! All three follow [`oracle`] (the models' reference routers) and take the same replay
+//! buffers, so the capture store works with any of them.
 mod method;
 mod noaux_tc;
 pub mod oracle;
 pub(crate) mod route;
+mod topk;
 
 pub(crate) use method::check_bias;
 pub use method::{
@@ -15,3 +24,4 @@ pub use method::{
 };
 pub use noaux_tc::{NoAuxTcOutputs, NoAuxTcRouter};
 pub use route::{Bias, Logits, RouteInput, Router, RoutingBuffers};
+pub use topk::{TopKOutputs, TopKRouter};

@@ -97,11 +97,30 @@ fn order(key: f32) -> u32 {
     }
 }
 
-/// The bias as the kernels add it: rounded to bf16 by the grouped DeepSeekV3 kernel.
-fn effective_bias(method: &RoutingMethod, bias: Option<&[f32]>, e: usize) -> Vec<f32> {
+/// Which kernels a routing is modelled for: they differ only in how the grouped DeepSeekV3
+/// path adds the bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kernels {
+    /// Upstream's routing kernels ([`Router`](super::Router)): the grouped DeepSeekV3 kernel
+    /// rounds the bias to bf16 before adding it.
+    Upstream,
+    /// flashinfer-rs's top-k router ([`TopKRouter`](super::TopKRouter)): the bias as given,
+    /// as the models' reference routers add it.
+    TopK,
+}
+
+/// The bias as the kernels add it.
+fn effective_bias(
+    kernels: Kernels,
+    method: &RoutingMethod,
+    bias: Option<&[f32]>,
+    e: usize,
+) -> Vec<f32> {
     match bias {
         None => vec![0.0; e],
-        Some(b) if method.is_grouped() => b.iter().map(|&x| bf16::from_f32(x).to_f32()).collect(),
+        Some(b) if kernels == Kernels::Upstream && method.is_grouped() => {
+            b.iter().map(|&x| bf16::from_f32(x).to_f32()).collect()
+        }
         Some(b) => b.to_vec(),
     }
 }
@@ -271,7 +290,8 @@ fn check_inputs(
 }
 
 /// The reference routing of the first `num_tokens` rows of `logits` (`[T, E]` row-major; pass
-/// bf16 logits as their exact f32 values). `bias` is `[E]`, for the methods that take one.
+/// bf16 logits as their exact f32 values) as upstream's routing kernels ([`Router`](super::Router))
+/// must give it. `bias` is `[E]`, for the methods that take one.
 ///
 /// Refuses (with the error the routing call would give) a config that
 /// [`RoutingConfig::validate`] refuses, logits shorter than `num_tokens` rows, and a missing,
@@ -282,10 +302,32 @@ pub fn route(
     bias: Option<&[f32]>,
     num_tokens: usize,
 ) -> Result<Routed> {
+    route_for(Kernels::Upstream, cfg, logits, bias, num_tokens)
+}
+
+/// [`route`] as flashinfer-rs's top-k router ([`TopKRouter`](super::TopKRouter)) must give
+/// it: the same everywhere except that grouped DeepSeekV3 adds the bias as given (upstream's
+/// kernel rounds it to bf16 first).
+pub fn route_topk(
+    cfg: &RoutingConfig,
+    logits: &[f32],
+    bias: Option<&[f32]>,
+    num_tokens: usize,
+) -> Result<Routed> {
+    route_for(Kernels::TopK, cfg, logits, bias, num_tokens)
+}
+
+fn route_for(
+    kernels: Kernels,
+    cfg: &RoutingConfig,
+    logits: &[f32],
+    bias: Option<&[f32]>,
+    num_tokens: usize,
+) -> Result<Routed> {
     check_inputs(cfg, logits, bias, num_tokens)?;
     let e = cfg.num_experts as usize;
     let k = cfg.top_k as usize;
-    let bias = effective_bias(&cfg.method, bias, e);
+    let bias = effective_bias(kernels, &cfg.method, bias, e);
     let mut out = Routed {
         ids: Vec::with_capacity(num_tokens * k),
         weights: Vec::with_capacity(num_tokens * k),
@@ -321,7 +363,7 @@ fn gap(hi: f32, lo: f32) -> f64 {
 pub fn selection_margin(cfg: &RoutingConfig, row: &[f32], bias: Option<&[f32]>) -> Result<f64> {
     check_inputs(cfg, row, bias, 1)?;
     let e = cfg.num_experts as usize;
-    let bias = effective_bias(&cfg.method, bias, e);
+    let bias = effective_bias(Kernels::Upstream, &cfg.method, bias, e);
     let k = keys(&cfg.method, &row[..e], &bias);
     let pool = eligible(&cfg.method, &k);
     let ranked = top_n(pool.iter().map(|&i| (k[i], i)), cfg.top_k as usize + 1);

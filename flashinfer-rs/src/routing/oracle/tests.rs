@@ -433,11 +433,14 @@ fn every_regime_is_decided_by_keys_a_kernel_computes_exactly() {
             if !regime.applies_to(&c.method) {
                 continue;
             }
-            for bf16_logits in [false, true] {
+            for (bf16_logits, kernels) in [false, true]
+                .into_iter()
+                .flat_map(|bf| [Kernels::Upstream, Kernels::TopK].map(|k| (bf, k)))
+            {
                 let (logits, bias) = regime_logits(&c, regime, 20, bf16_logits, 5);
-                let r = route(&c, &logits, bias.as_deref(), 20).unwrap();
+                let r = route_for(kernels, &c, &logits, bias.as_deref(), 20).unwrap();
                 let e = c.num_experts as usize;
-                let b = effective_bias(&c.method, bias.as_deref(), e);
+                let b = effective_bias(kernels, &c.method, bias.as_deref(), e);
                 for (row, w) in logits.chunks(e).zip(r.weights.chunks(c.top_k as usize)) {
                     assert!(w.iter().all(|x| x.is_finite()), "{c:?} {regime:?}");
                     let keys = keys(&c.method, row, &b);
@@ -463,5 +466,26 @@ fn every_regime_is_decided_by_keys_a_kernel_computes_exactly() {
                 }
             }
         }
+    }
+}
+
+#[test]
+fn the_top_k_router_differs_from_upstream_only_in_the_grouped_bias_rounding() {
+    for c in sample_configs() {
+        let (logits, bias) = separated_logits(&c, 40, false, 11);
+        let upstream = route(&c, &logits, bias.as_deref(), 40).unwrap();
+        let topk = route_topk(&c, &logits, bias.as_deref(), 40).unwrap();
+        if !c.method.is_grouped() {
+            assert_eq!(upstream, topk, "{c:?}");
+        }
+        // With a bias bf16 already holds exactly, rounding it changes nothing.
+        let exact: Option<Vec<f32>> =
+            bias.map(|b| b.iter().map(|&x| bf16::from_f32(x).to_f32()).collect());
+        assert_eq!(
+            route(&c, &logits, exact.as_deref(), 40).unwrap(),
+            route_topk(&c, &logits, exact.as_deref(), 40).unwrap(),
+            "{c:?}"
+        );
+        assert_eq!(topk.ids.len(), 40 * c.top_k as usize);
     }
 }

@@ -1,0 +1,246 @@
+//! flashinfer-rs's own "top-k only" router (csrc/topk_router.cu): each token's experts and
+//! weights in one pass over its logits, without the grouped-GEMM permutation upstream's
+//! routing kernels also build. For callers with their own expert GEMMs, FlashInfer's CUTLASS
+//! MoE (which takes ids and scales), and capture alone.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaStream, CudaViewMut, DevicePtrMut, DeviceSlice};
+use flashinfer_sys as sys;
+use half::bf16;
+
+use super::method::{check_bias, RoutingConfig, RoutingMethod};
+use super::route::{device_ptr, Logits, RouteInput};
+use crate::context::same_context;
+use crate::error::{covers, ensure, Result, MAX_TOKENS};
+use crate::ffi::check;
+use crate::replay::{check_replay, ReplayView};
+
+/// A validated [`RoutingConfig`] for the top-k router: every method and every (experts,
+/// top-k) that [`RoutingConfig::validate`] accepts, the same order and tie rule as the
+/// oracle ([`oracle::route_topk`](super::oracle::route_topk)). The expert-parallel range,
+/// `tile_tokens_dim` and `use_pdl` do not apply (ids are global; no permutation is built).
+#[derive(Debug, Clone, Copy)]
+pub struct TopKRouter {
+    cfg: RoutingConfig,
+}
+
+/// Where a top-k call writes, each `[>= num_tokens, top_k]` (rows past `num_tokens`
+/// untouched): any of them, at least one (counting the replay buffer of
+/// [`TopKRouter::route`]).
+#[derive(Debug, Default)]
+pub struct TopKOutputs<'a> {
+    /// The chosen experts (global ids, best first).
+    pub ids: Option<CudaViewMut<'a, i32>>,
+    /// Their weights in fp32.
+    pub weights_f32: Option<CudaViewMut<'a, f32>>,
+    /// Their weights rounded to bf16.
+    pub weights_bf16: Option<CudaViewMut<'a, bf16>>,
+}
+
+impl TopKRouter {
+    /// Validates `cfg` once; later calls only check their buffers.
+    pub fn new(cfg: RoutingConfig) -> Result<TopKRouter> {
+        cfg.validate()?;
+        Ok(TopKRouter { cfg })
+    }
+
+    /// The validated config.
+    pub fn config(&self) -> &RoutingConfig {
+        &self.cfg
+    }
+
+    /// Routes `input.num_tokens` tokens on `stream`: one kernel reads each row of logits
+    /// once and writes the chosen experts into `outputs.ids` and `routing_replay_out` (int16,
+    /// the capture store's layer views), their weights into `outputs.weights_*`. Nothing is
+    /// allocated and nothing synchronises, so the call can be captured in a CUDA graph. The
+    /// bias is added as given, in fp32 (widened exactly from bf16).
+    pub fn route(
+        &self,
+        stream: &Arc<CudaStream>,
+        input: &RouteInput<'_>,
+        outputs: &mut TopKOutputs<'_>,
+        routing_replay_out: Option<&mut ReplayView<'_>>,
+    ) -> Result<()> {
+        let t = input.num_tokens;
+        validate_call(
+            &self.cfg,
+            &CallSizes {
+                num_tokens: t,
+                logits: input.logits.len(),
+                bias: input.bias.as_ref().map(Logits::len),
+                ids: outputs.ids.as_ref().map(DeviceSlice::len),
+                weights_f32: outputs.weights_f32.as_ref().map(DeviceSlice::len),
+                weights_bf16: outputs.weights_bf16.as_ref().map(DeviceSlice::len),
+                replay: routing_replay_out.as_deref().map(|r| (r.rows(), r.cols())),
+            },
+        )?;
+        same_context(
+            stream,
+            [("logits", input.logits.stream())]
+                .into_iter()
+                .chain(input.bias.as_ref().map(|b| ("bias", b.stream())))
+                .chain(outputs.ids.as_ref().map(|v| ("ids", v.stream())))
+                .chain(
+                    outputs
+                        .weights_f32
+                        .as_ref()
+                        .map(|v| ("weights_f32", v.stream())),
+                )
+                .chain(
+                    outputs
+                        .weights_bf16
+                        .as_ref()
+                        .map(|v| ("weights_bf16", v.stream())),
+                )
+                .chain(
+                    routing_replay_out
+                        .as_deref()
+                        .map(|r| ("replay", r.stream())),
+                ),
+        )?;
+        if t == 0 {
+            return Ok(());
+        }
+
+        let params = self.params(t, input);
+        stream.context().bind_to_thread()?;
+        // The guards keep cudarc's stream ordering (event waits) alive across the call.
+        let (logits, _g1) = device_ptr(&input.logits, stream);
+        let (bias, _g2) = match &input.bias {
+            Some(b) => {
+                let (p, g) = device_ptr(b, stream);
+                (p, Some(g))
+            }
+            None => (0, None),
+        };
+        let (ids, _g3) = ptr_mut(&mut outputs.ids, stream);
+        let (weights_f32, _g4) = ptr_mut(&mut outputs.weights_f32, stream);
+        let (weights_bf16, _g5) = ptr_mut(&mut outputs.weights_bf16, stream);
+        let (replay, _g6) = match routing_replay_out {
+            Some(r) => {
+                let (p, g) = r.data_mut().device_ptr_mut(stream);
+                (p, Some(g))
+            }
+            None => (0, None),
+        };
+        let buffers = sys::fi_topk_buffers {
+            logits: logits as *const _,
+            bias: bias as *const _,
+            ids_i16: replay as *mut i16,
+            ids_i32: ids as *mut i32,
+            weights_f32: weights_f32 as *mut f32,
+            weights_bf16: weights_bf16 as *mut _,
+        };
+        // SAFETY: every pointer is null or device memory of the stream's context (checked
+        // above) sized for this call; the context is current; the guards keep the memory and
+        // its stream ordering alive until the call returns.
+        check(unsafe { sys::fi_topk_route(&params, &buffers, stream.cu_stream() as *mut _) })
+    }
+
+    fn params(&self, t: usize, input: &RouteInput<'_>) -> sys::fi_topk_params {
+        let c = &self.cfg;
+        let (n_group, topk_group, scale) = match c.method {
+            RoutingMethod::DeepSeekV3 {
+                n_group,
+                topk_group,
+                routed_scaling_factor,
+            } => (n_group, topk_group, routed_scaling_factor),
+            RoutingMethod::MiniMax2 {
+                routed_scaling_factor,
+            } => (1, 1, routed_scaling_factor),
+            _ => (1, 1, 1.0),
+        };
+        sys::fi_topk_params {
+            method: c.method.upstream_value() as i32,
+            num_tokens: t as i32,
+            num_experts: c.num_experts as i32,
+            top_k: c.top_k as i32,
+            n_group: n_group as i32,
+            topk_group: topk_group as i32,
+            routed_scaling_factor: scale,
+            norm_topk_prob: matches!(
+                c.method,
+                RoutingMethod::SigmoidRenorm {
+                    norm_topk_prob: true
+                }
+            ) as i32,
+            logits_dtype: input.logits.dtype(),
+            bias_dtype: input
+                .bias
+                .as_ref()
+                .map_or(sys::fi_dtype::FI_DTYPE_F32, Logits::dtype),
+        }
+    }
+}
+
+/// A top-k call, by sizes.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CallSizes {
+    pub num_tokens: usize,
+    /// Elements of the logits, of the bias.
+    pub logits: usize,
+    pub bias: Option<usize>,
+    /// Elements of each output given.
+    pub ids: Option<usize>,
+    pub weights_f32: Option<usize>,
+    pub weights_bf16: Option<usize>,
+    /// `(rows, cols)` of the replay buffer.
+    pub replay: Option<(usize, usize)>,
+}
+
+/// Every per-call rule of [`TopKRouter::route`], on sizes.
+pub(crate) fn validate_call(cfg: &RoutingConfig, c: &CallSizes) -> Result<()> {
+    let (t, e, k) = (c.num_tokens, cfg.num_experts as usize, cfg.top_k as usize);
+    ensure(t <= MAX_TOKENS, "num_tokens", || {
+        format!("{t} exceeds the kernels' int32 token count")
+    })?;
+    ensure(covers(c.logits, t, e), "logits", || {
+        format!(
+            "holds {}, {t} tokens x {e} experts need {}",
+            c.logits,
+            t as u128 * e as u128
+        )
+    })?;
+    check_bias(cfg, c.bias)?;
+    for (name, len) in [
+        ("ids", c.ids),
+        ("weights_f32", c.weights_f32),
+        ("weights_bf16", c.weights_bf16),
+    ] {
+        ensure(len.is_none_or(|n| covers(n, t, k)), name, || {
+            format!(
+                "holds {}, {t} tokens x top_k {k} need {}",
+                len.unwrap_or(0),
+                t as u128 * k as u128
+            )
+        })?;
+    }
+    if let Some((rows, cols)) = c.replay {
+        check_replay(rows, cols, t, k)?;
+    }
+    let writes_any = c.ids.is_some()
+        || c.weights_f32.is_some()
+        || c.weights_bf16.is_some()
+        || c.replay.is_some();
+    ensure(writes_any, "outputs", || {
+        "a call must write ids, weights or a replay buffer".into()
+    })
+}
+
+/// The device address of an optional output (0 without one) and its ordering guard.
+fn ptr_mut<'s, T>(
+    v: &'s mut Option<CudaViewMut<'_, T>>,
+    stream: &'s CudaStream,
+) -> (u64, Option<cudarc::driver::SyncOnDrop<'s>>) {
+    match v {
+        Some(v) => {
+            let (p, g) = v.device_ptr_mut(stream);
+            (p, Some(g))
+        }
+        None => (0, None),
+    }
+}
+
+#[cfg(test)]
+mod tests;

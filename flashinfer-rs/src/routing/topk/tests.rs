@@ -1,0 +1,102 @@
+//! The top-k router's per-call rules, on sizes.
+use super::*;
+use crate::error::Error;
+
+fn deepseek() -> RoutingConfig {
+    RoutingConfig::new(
+        RoutingMethod::DeepSeekV3 {
+            n_group: 8,
+            topk_group: 4,
+            routed_scaling_factor: 2.5,
+        },
+        256,
+        8,
+    )
+}
+
+fn call(t: usize) -> CallSizes {
+    CallSizes {
+        num_tokens: t,
+        logits: t * 256,
+        bias: Some(256),
+        ids: Some(t * 8),
+        weights_f32: None,
+        weights_bf16: Some(t * 8),
+        replay: Some((t + 2, 8)),
+    }
+}
+
+fn refused(cfg: &RoutingConfig, c: &CallSizes) -> &'static str {
+    match validate_call(cfg, c) {
+        Err(Error::InvalidArgument { arg, .. }) => arg,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_valid_call_passes_and_zero_tokens_too() {
+    validate_call(&deepseek(), &call(5)).unwrap();
+    validate_call(&deepseek(), &call(0)).unwrap();
+}
+
+#[test]
+fn each_undersized_buffer_is_named() {
+    let cfg = deepseek();
+    let mut c = call(5);
+    c.logits -= 1;
+    assert_eq!(refused(&cfg, &c), "logits");
+    let mut c = call(5);
+    c.ids = Some(39);
+    assert_eq!(refused(&cfg, &c), "ids");
+    let mut c = call(5);
+    c.weights_f32 = Some(0);
+    assert_eq!(refused(&cfg, &c), "weights_f32");
+    let mut c = call(5);
+    c.weights_bf16 = Some(8);
+    assert_eq!(refused(&cfg, &c), "weights_bf16");
+    let mut c = call(5);
+    c.replay = Some((4, 8));
+    assert_eq!(refused(&cfg, &c), "replay");
+    let mut c = call(5);
+    c.replay = Some((5, 4));
+    assert_eq!(refused(&cfg, &c), "replay");
+}
+
+#[test]
+fn the_bias_follows_the_method() {
+    let mut c = call(5);
+    c.bias = None;
+    assert_eq!(refused(&deepseek(), &c), "bias");
+    let renorm = RoutingConfig::new(RoutingMethod::Renormalize, 256, 8);
+    assert_eq!(refused(&renorm, &call(5)), "bias");
+}
+
+#[test]
+fn a_call_that_writes_nothing_is_refused() {
+    let c = CallSizes {
+        num_tokens: 5,
+        logits: 5 * 256,
+        bias: Some(256),
+        ..CallSizes::default()
+    };
+    assert_eq!(refused(&deepseek(), &c), "outputs");
+}
+
+#[test]
+fn sizes_whose_products_overflow_are_refused_not_wrapped() {
+    let mut c = call(5);
+    c.num_tokens = MAX_TOKENS;
+    assert_eq!(refused(&deepseek(), &c), "logits");
+    c.num_tokens = MAX_TOKENS + 1;
+    assert_eq!(refused(&deepseek(), &c), "num_tokens");
+}
+
+#[test]
+fn the_config_is_validated_once_at_construction() {
+    let bad = RoutingConfig::new(RoutingMethod::Renormalize, 8, 9);
+    assert!(matches!(
+        TopKRouter::new(bad),
+        Err(Error::InvalidArgument { arg: "top_k", .. })
+    ));
+    TopKRouter::new(deepseek()).unwrap();
+}

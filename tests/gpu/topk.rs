@@ -1,0 +1,345 @@
+//! flashinfer-rs's own top-k router (`TopKRouter`) on the GPU against the CPU oracle
+//! (`oracle::route_topk`: the models' reference routers, bias as given): the routing matrix
+//! (every method, every (experts, top-k) of `routing::matrix`, token counts 1..16384, fp32 and
+//! bf16 logits, every input regime), the numeric edges (sigmoid underflow, GLM-5-like biases,
+//! NaN and infinities), 65536 tokens for the benchmark models, and a CUDA graph replay.
+//! Every case runs with and without a replay buffer, and the outputs must be bit-identical.
+use flashinfer_rs::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use flashinfer_rs::half::bf16;
+use flashinfer_rs::routing::oracle::{self, Regime};
+use flashinfer_rs::routing::{RoutingConfig, TopKOutputs, TopKRouter};
+use flashinfer_rs::ReplayView;
+
+use crate::common::{env_list, gpu, Gpu};
+use crate::degenerate::{one_per_method, sigmoid_gated, special_logits, PATTERNS};
+use crate::models;
+use crate::routing::{
+    case_data_for, label, matrix, weight_matches, CaseData, DeviceInputs, REGIMES, SENTINEL,
+    SPARE_ROWS, TOKENS,
+};
+
+/// What one top-k call wrote, downloaded.
+#[derive(PartialEq)]
+struct Outcome {
+    /// The whole replay buffer (spare rows included), when one was passed.
+    replay: Option<Vec<i16>>,
+    ids: Vec<i32>,
+    weights_f32: Vec<u32>,
+    weights_bf16: Vec<u16>,
+}
+
+fn run(
+    g: &Gpu,
+    router: &TopKRouter,
+    inputs: &DeviceInputs,
+    tokens: usize,
+    with_replay: bool,
+) -> Result<Outcome, String> {
+    let s = &g.stream;
+    let k = router.config().top_k as usize;
+    let n = tokens * k;
+    let mut ids = s.clone_htod(&vec![-7i32; n.max(1)]).unwrap();
+    let mut wf = s.alloc_zeros::<f32>(n.max(1)).unwrap();
+    let mut wb = s.alloc_zeros::<bf16>(n.max(1)).unwrap();
+    let mut replay = s
+        .clone_htod(&vec![SENTINEL; (tokens + SPARE_ROWS) * k])
+        .unwrap();
+    let mut view = ReplayView::from_slice(&mut replay, k).unwrap();
+    let mut out = TopKOutputs {
+        ids: Some(ids.as_view_mut()),
+        weights_f32: Some(wf.as_view_mut()),
+        weights_bf16: Some(wb.as_view_mut()),
+    };
+    router
+        .route(
+            s,
+            &inputs.input(tokens),
+            &mut out,
+            with_replay.then_some(&mut view),
+        )
+        .map_err(|e| format!("route failed: {e}"))?;
+    Ok(Outcome {
+        replay: with_replay.then(|| s.clone_dtoh(&replay).unwrap()),
+        ids: s.clone_dtoh(&ids).unwrap()[..n].to_vec(),
+        weights_f32: s.clone_dtoh(&wf).unwrap()[..n]
+            .iter()
+            .map(|w| w.to_bits())
+            .collect(),
+        weights_bf16: s.clone_dtoh(&wb).unwrap()[..n]
+            .iter()
+            .map(|w| w.to_bits())
+            .collect(),
+    })
+}
+
+/// `None` when the outcome is the oracle's: ids (int32 and the replay view), fp32 weights
+/// within bf16 rounding (NaN and infinities exactly), bf16 weights the fp32 ones rounded, and
+/// the replay buffer's spare rows untouched.
+fn compare(cfg: &RoutingConfig, d: &CaseData, got: &Outcome) -> Option<String> {
+    let k = cfg.top_k as usize;
+    let t = d.tokens;
+    if let Some(replay) = &got.replay {
+        if replay[t * k..].iter().any(|&x| x != SENTINEL) {
+            return Some("a row past num_tokens was written".into());
+        }
+        if replay[..t * k]
+            .iter()
+            .zip(&got.ids)
+            .any(|(&a, &b)| i32::from(a) != b)
+        {
+            return Some("the replay ids differ from the int32 ids".into());
+        }
+    }
+    let bad_bf16 = got
+        .weights_f32
+        .iter()
+        .zip(&got.weights_bf16)
+        .position(|(&f, &b)| bf16::from_f32(f32::from_bits(f)).to_bits() != b);
+    if let Some(i) = bad_bf16 {
+        return Some(format!(
+            "bf16 weight {i} is not the fp32 weight rounded: {} vs {}",
+            bf16::from_bits(got.weights_bf16[i]),
+            f32::from_bits(got.weights_f32[i])
+        ));
+    }
+    let bad: Vec<usize> = (0..t)
+        .filter(|&r| {
+            (r * k..(r + 1) * k).any(|i| {
+                got.ids[i] != i32::from(d.want.ids[i])
+                    || !weight_matches(f32::from_bits(got.weights_f32[i]), d.want.weights[i])
+            })
+        })
+        .collect();
+    let &first = bad.first()?;
+    let span = first * k..(first + 1) * k;
+    let w: Vec<f32> = got.weights_f32[span.clone()]
+        .iter()
+        .map(|&b| f32::from_bits(b))
+        .collect();
+    Some(format!(
+        "{} of {t} tokens differ (tokens {:?}{}); token {first}: ids {:?} weights {w:?}, oracle ids {:?} weights {:?}",
+        bad.len(),
+        &bad[..bad.len().min(16)],
+        if bad.len() > 16 { ", ..." } else { "" },
+        &got.ids[span.clone()],
+        &d.want.ids[span.clone()],
+        &d.want.weights[span],
+    ))
+}
+
+/// Routes `d` with and without a replay buffer; `None` when both are the oracle's and
+/// bit-identical.
+fn verdict(g: &Gpu, router: &TopKRouter, d: &CaseData) -> Option<String> {
+    let inputs = DeviceInputs::upload(&g.stream, d);
+    match (
+        run(g, router, &inputs, d.tokens, true),
+        run(g, router, &inputs, d.tokens, false),
+    ) {
+        (Ok(with), Ok(without)) => compare(router.config(), d, &with).or_else(|| {
+            (with.ids != without.ids
+                || with.weights_f32 != without.weights_f32
+                || with.weights_bf16 != without.weights_bf16)
+                .then(|| "outputs differ with and without replay".to_string())
+        }),
+        (Err(e), _) | (_, Err(e)) => Some(e),
+    }
+}
+
+fn report(test: &str, passed: usize, failures: Vec<String>) {
+    eprintln!("{test}: {passed} cases passed, {} failed", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// Every config of `configs` x `tokens` x applicable regime x logits dtype.
+fn run_matrix(
+    g: &Gpu,
+    test: &str,
+    configs: &[RoutingConfig],
+    tokens: &[usize],
+    regimes: &[Regime],
+) {
+    let (mut passed, mut failures) = (0usize, Vec::new());
+    for (ci, cfg) in configs.iter().enumerate() {
+        let router = TopKRouter::new(*cfg).unwrap();
+        for (ri, &regime) in regimes.iter().enumerate() {
+            if !regime.applies_to(&cfg.method) {
+                continue;
+            }
+            // Host work (logits + oracle) for all token counts of this config, in parallel.
+            let data: Vec<CaseData> = std::thread::scope(|s| {
+                let handles: Vec<_> = tokens
+                    .iter()
+                    .flat_map(|&t| [false, true].map(|bf| (t, bf)))
+                    .map(|(t, bf)| {
+                        let seed = ((ci * 4 + ri) * 100_000 + t) as u64 * 2 + bf as u64 + 7;
+                        s.spawn(move || case_data_for(oracle::route_topk, cfg, regime, t, bf, seed))
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            for d in &data {
+                match verdict(g, &router, d) {
+                    None => passed += 1,
+                    Some(why) => failures.push(format!("{}: {why}", label(cfg, regime, d))),
+                }
+            }
+        }
+    }
+    report(test, passed, failures);
+}
+
+#[test]
+fn every_method_and_shape_matches_the_oracle() {
+    let test = "topk::every_method_and_shape_matches_the_oracle";
+    let Some(g) = gpu(test) else {
+        return;
+    };
+    let tokens = env_list("FLASHINFER_RS_ROUTING_TOKENS", &TOKENS);
+    run_matrix(&g, test, &matrix(), &tokens, &REGIMES);
+}
+
+#[test]
+fn the_benchmark_models_match_the_oracle_at_65536_tokens() {
+    let test = "topk::the_benchmark_models_match_the_oracle_at_65536_tokens";
+    let Some(g) = gpu(test) else {
+        return;
+    };
+    let configs: Vec<RoutingConfig> = models::bench_models().iter().map(|m| m.cfg).collect();
+    let tokens = env_list("FLASHINFER_RS_TOPK_LARGE_TOKENS", &[65536]);
+    run_matrix(&g, test, &configs, &tokens, &[Regime::Separated]);
+}
+
+#[test]
+fn sigmoid_underflow_and_large_biases_match_the_oracle() {
+    let test = "topk::sigmoid_underflow_and_large_biases_match_the_oracle";
+    let Some(g) = gpu(test) else {
+        return;
+    };
+    let tokens = env_list("FLASHINFER_RS_ROUTING_TOKENS", &crate::degenerate::TOKENS);
+    run_matrix(
+        &g,
+        test,
+        &sigmoid_gated(),
+        &tokens,
+        &[Regime::Underflow, Regime::LargeBias],
+    );
+}
+
+#[test]
+fn nan_and_infinite_logits_route_as_the_oracle_documents() {
+    let test = "topk::nan_and_infinite_logits_route_as_the_oracle_documents";
+    let Some(g) = gpu(test) else {
+        return;
+    };
+    let (mut passed, mut failures) = (0usize, Vec::new());
+    for (ci, cfg) in one_per_method().iter().enumerate() {
+        let router = TopKRouter::new(*cfg).unwrap();
+        for &t in &[1usize, 5, 7, 17, 300, 5000] {
+            for bf16_logits in [false, true] {
+                let seed = (ci * 10_000 + t) as u64 * 2 + bf16_logits as u64;
+                let logits = special_logits(cfg, t, bf16_logits, seed);
+                let bias = cfg.method.needs_bias().then(|| {
+                    let mut rng = oracle::SplitMix64(seed);
+                    (0..cfg.num_experts)
+                        .map(|_| (rng.unit() * 0.01) as f32)
+                        .collect()
+                });
+                let d = CaseData::with_oracle(
+                    cfg,
+                    t,
+                    bf16_logits,
+                    logits,
+                    bias,
+                    false,
+                    oracle::route_topk,
+                );
+                match verdict(&g, &router, &d) {
+                    None => passed += 1,
+                    Some(why) => failures.push(format!(
+                        "{} (token t carries PATTERNS[t % 7] of {PATTERNS:?}): {why}",
+                        label(cfg, Regime::Separated, &d),
+                    )),
+                }
+            }
+        }
+    }
+    report(test, passed, failures);
+}
+
+/// A graph of one top-k call replayed over fresh logits: every replay equals the oracle.
+#[test]
+fn a_captured_top_k_call_replays_with_fresh_logits() {
+    let test = "topk::a_captured_top_k_call_replays_with_fresh_logits";
+    let Some(g) = gpu(test) else {
+        return;
+    };
+    let s = &g.stream;
+    for model in [models::deepseek_v3(), models::qwen3_30b_a3b()] {
+        let cfg = model.cfg;
+        let (t, k) = (1000usize, cfg.top_k as usize);
+        let router = TopKRouter::new(cfg).unwrap();
+        let first = case_data_for(oracle::route_topk, &cfg, Regime::Separated, t, false, 1);
+        let mut inputs = DeviceInputs::upload(s, &first);
+        let mut ids = s.alloc_zeros::<i32>(t * k).unwrap();
+        let mut wf = s.alloc_zeros::<f32>(t * k).unwrap();
+        let mut replay = s.clone_htod(&vec![SENTINEL; (t + SPARE_ROWS) * k]).unwrap();
+        s.synchronize().unwrap();
+        unsafe { g.ctx.disable_event_tracking() };
+        s.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .unwrap();
+        {
+            let mut out = TopKOutputs {
+                ids: Some(ids.as_view_mut()),
+                weights_f32: Some(wf.as_view_mut()),
+                weights_bf16: None,
+            };
+            let mut view = ReplayView::from_slice(&mut replay, k).unwrap();
+            router
+                .route(s, &inputs.input(t), &mut out, Some(&mut view))
+                .unwrap();
+        }
+        let graph = s
+            .end_capture(CUgraphInstantiate_flags(0))
+            .unwrap()
+            .expect("a captured graph");
+        for n in 0..5u64 {
+            let fresh = case_data_for(
+                oracle::route_topk,
+                &cfg,
+                Regime::Separated,
+                t,
+                false,
+                100 + n,
+            );
+            inputs.overwrite_logits(s, &fresh);
+            graph.launch().unwrap();
+            let got = Outcome {
+                replay: Some(s.clone_dtoh(&replay).unwrap()),
+                ids: s.clone_dtoh(&ids).unwrap(),
+                weights_f32: s
+                    .clone_dtoh(&wf)
+                    .unwrap()
+                    .iter()
+                    .map(|w| w.to_bits())
+                    .collect(),
+                // Not written by this call: the fp32 weights rounded, for `compare`.
+                weights_bf16: s
+                    .clone_dtoh(&wf)
+                    .unwrap()
+                    .iter()
+                    .map(|&w| bf16::from_f32(w).to_bits())
+                    .collect(),
+            };
+            if let Some(why) = compare(&cfg, &fresh, &got) {
+                panic!("{}: graph replay {n}: {why}", model.name);
+            }
+        }
+        unsafe { g.ctx.enable_event_tracking() };
+        eprintln!("{test}: {}: 5 graph replays matched the oracle", model.name);
+    }
+}

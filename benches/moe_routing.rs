@@ -17,14 +17,14 @@ use flashinfer_rs::half::bf16;
 use flashinfer_rs::routing::oracle::SplitMix64;
 use flashinfer_rs::routing::{
     Logits, NoAuxTcOutputs, NoAuxTcRouter, RouteInput, Router, RoutingBuffers, RoutingConfig,
-    RoutingMethod,
+    RoutingMethod, TopKOutputs, TopKRouter,
 };
 use flashinfer_rs::ReplayView;
 use flashinfer_sys as fs;
 
 #[path = "../tests/fixtures/models.rs"]
 mod models;
-use models::{bench_models, deepseek_v3, qwen3_30b_a3b, ModelRouter};
+use models::{bench_models, deepseek_v3, qwen3_30b_a3b, topk_bench_models, ModelRouter};
 
 const TOKENS: [usize; 6] = [1, 16, 128, 1024, 8192, 32768];
 const REPS: usize = 30;
@@ -628,6 +628,121 @@ fn fused_host_overhead(b: &Bench) {
     );
 }
 
+/// Table 6: the top-k router against upstream's router, NoAuxTc, the launch floor (an empty
+/// kernel) and a device-to-device copy of the logits, per model and token count.
+fn topk_router(b: &Bench) {
+    println!("\n## 6. Top-k router: ids and weights only (same GPU, same run)\n");
+    println!("Per call, median over graph replays of {TOPK_CALLS} calls. top-k: ids (int32 + the int16 replay view) and fp32 weights; `replay cost` = with / without the replay view; upstream = `Router::route` with replay (it also builds the grouped-GEMM permutation); floor = an empty one-warp kernel in the same harness; bandwidth = logits bytes / time against a device-to-device copy's (read + write) / time.\n");
+    println!("| model | tokens | top-k (us) | replay cost | upstream (us) | top-k / upstream | NoAuxTc (us) | top-k / NoAuxTc | floor (us) | top-k / floor | logits GB/s | / D2D copy |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for m in topk_bench_models() {
+        for t in [1usize, 16, 128, 1024, 8192, 32768, 131072] {
+            topk_row(b, &m, t);
+        }
+    }
+}
+
+const TOPK_CALLS: usize = 20;
+
+fn topk_row(b: &Bench, m: &ModelRouter, t: usize) {
+    let (e, k) = (m.cfg.num_experts as usize, m.cfg.top_k as usize);
+    let s = &b.stream;
+    let inputs = Inputs::new(b, m, t);
+    let topk = TopKRouter::new(m.cfg).unwrap();
+    let mut ids = s.alloc_zeros::<i32>(t * k).unwrap();
+    let mut weights = s.alloc_zeros::<f32>(t * k).unwrap();
+    let mut replay = s.alloc_zeros::<i16>(t * k).unwrap();
+    let mut topk_graph = |with_replay: bool| {
+        b.capture(|| {
+            let mut view = ReplayView::from_slice(&mut replay, k).unwrap();
+            let mut out = TopKOutputs {
+                ids: Some(ids.as_view_mut()),
+                weights_f32: Some(weights.as_view_mut()),
+                weights_bf16: None,
+            };
+            for _ in 0..TOPK_CALLS {
+                topk.route(
+                    s,
+                    &inputs.input(t),
+                    &mut out,
+                    with_replay.then_some(&mut view),
+                )
+                .unwrap();
+            }
+        })
+    };
+    let (with, without) = (topk_graph(true), topk_graph(false));
+    let router = Router::new(m.cfg).unwrap();
+    let mut bufs = RoutingBuffers::new(s, &m.cfg, t).unwrap();
+    let mut up_replay = s.alloc_zeros::<i16>(t * k).unwrap();
+    let upstream = b.capture(|| {
+        let mut view = ReplayView::from_slice(&mut up_replay, k).unwrap();
+        for _ in 0..TOPK_CALLS {
+            router
+                .route(s, &inputs.input(t), &mut bufs, Some(&mut view))
+                .unwrap();
+        }
+    });
+    let (mut values, mut indices) = (
+        s.alloc_zeros::<f32>(t * k).unwrap(),
+        s.alloc_zeros::<i32>(t * k).unwrap(),
+    );
+    let noaux = (!m.bf16_logits)
+        .then(|| NoAuxTcRouter::new(m.cfg).ok())
+        .flatten()
+        .map(|noaux| {
+            b.capture(|| {
+                let mut out = NoAuxTcOutputs {
+                    values: values.as_view_mut(),
+                    indices: indices.as_view_mut(),
+                };
+                for _ in 0..TOPK_CALLS {
+                    noaux.route(s, &inputs.input(t), &mut out, None).unwrap();
+                }
+            })
+        });
+    let floor = b.capture(|| {
+        for _ in 0..TOPK_CALLS {
+            // SAFETY: launches an empty kernel on a live stream.
+            let st = unsafe { fs::fi_launch_empty_kernel(s.cu_stream() as *mut _) };
+            assert_eq!(st, fs::fi_status::FI_STATUS_OK);
+        }
+    });
+    let logit_bytes = t * e * if m.bf16_logits { 2 } else { 4 };
+    let src = s.alloc_zeros::<u8>(logit_bytes).unwrap();
+    let mut dst = s.alloc_zeros::<u8>(logit_bytes).unwrap();
+    let copy = b.capture(|| {
+        for _ in 0..TOPK_CALLS {
+            s.memcpy_dtod(&src, &mut dst).unwrap();
+        }
+    });
+    let mut graphs = vec![&with, &without, &upstream, &floor, &copy];
+    if let Some(n) = &noaux {
+        graphs.push(n);
+    }
+    let r = b.compare(&graphs, TOPK_CALLS as f64);
+    let ours = r[0].median;
+    let (noaux_us, noaux_ratio) = match r.get(5) {
+        Some(n) => (
+            format!("{:.2}", n.median),
+            format!("{:.2}", ours / n.median),
+        ),
+        None => ("-".into(), "-".into()),
+    };
+    let gbs = logit_bytes as f64 / ours / 1e3;
+    let copy_gbs = 2.0 * logit_bytes as f64 / r[4].median / 1e3;
+    println!(
+        "| {} | {t} | {ours:.2} | {:.3} | {:.2} | {:.2} | {noaux_us} | {noaux_ratio} | {:.2} | {:.2} | {gbs:.0} | {:.2} |",
+        m.name,
+        ours / r[1].median,
+        r[2].median,
+        ours / r[2].median,
+        r[3].median,
+        ours / r[3].median,
+        gbs / copy_gbs
+    );
+}
+
 /// Routing through the raw C ABI: buffers of its own, pointers and parameters resolved once,
 /// as a caller of the raw bindings would. The baseline of tables 1 and 5: its `replay` may be
 /// null, which is upstream's path without `routing_replay_out`.
@@ -763,5 +878,8 @@ fn main() {
     if run("host") {
         host_overhead(&b);
         fused_host_overhead(&b);
+    }
+    if run("topk") {
+        topk_router(&b);
     }
 }

@@ -63,6 +63,10 @@ fi_status fi_moe_dry_run_without_device(const fi_moe_args* args);
  * read past some tensors; see csrc/scratch.h). Pure arithmetic, in every build. */
 size_t fi_scratch_bytes(size_t requested);
 
+/** For benchmarks: launches one empty kernel (one warp) on `stream`, the launch floor a
+ * routing call is measured against. */
+fi_status fi_launch_empty_kernel(void* stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -32,6 +32,7 @@
 #include <cstdint>
 
 #include "flashinfer_rs.h"
+#include "flashinfer_rs_testing.h"
 #include "info.h"
 #include "status.h"
 
@@ -498,5 +499,16 @@ extern "C" fi_status fi_topk_route(const fi_topk_params* params, const fi_topk_b
     Kernel kernel = bf16 ? pick<__nv_bfloat16>(v, vec) : pick<float>(v, vec);
     kernel<<<blocks, kWarpsPerBlock * 32, 0, static_cast<cudaStream_t>(stream)>>>(a);
     fi::check_cuda(cudaGetLastError(), "top-k router launch");
+  });
+}
+
+namespace {
+__global__ void empty_kernel() {}
+}  // namespace
+
+extern "C" fi_status fi_launch_empty_kernel(void* stream) {
+  return fi::guarded([&] {
+    empty_kernel<<<1, 32, 0, static_cast<cudaStream_t>(stream)>>>();
+    fi::check_cuda(cudaGetLastError(), "empty kernel launch");
   });
 }

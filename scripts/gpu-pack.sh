@@ -56,7 +56,7 @@ chmod +x gpu-pack/run.sh
 cat > gpu-pack/bench.sh <<'RUN'
 #!/usr/bin/env bash
 # Runs the benchmarks and prints BENCHMARKS.md's tables (optionally one section:
-# replay | capture | readback | peers | host).
+# replay | capture | readback | peers | host | topk).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader || true

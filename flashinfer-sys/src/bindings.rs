@@ -612,3 +612,7 @@ unsafe extern "C" {
     #[doc = " Bytes the scratch allocator of fi_moe_run takes for an upstream tensor of `requested`\n bytes: at least 128 KiB and at least 16 bytes past its end (the shipped Blackwell kernels\n read past some tensors; see csrc/scratch.h). Pure arithmetic, in every build."]
     pub fn fi_scratch_bytes(requested: usize) -> usize;
 }
+unsafe extern "C" {
+    #[doc = " For benchmarks: launches one empty kernel (one warp) on `stream`, the launch floor a\n routing call is measured against."]
+    pub fn fi_launch_empty_kernel(stream: *mut ::core::ffi::c_void) -> fi_status;
+}

@@ -635,8 +635,17 @@ fn topk_router(b: &Bench) {
     println!("Per call, median over graph replays of {TOPK_CALLS} calls. top-k: ids (int32 + the int16 replay view) and fp32 weights; `replay cost` = with / without the replay view; upstream = `Router::route` with replay (it also builds the grouped-GEMM permutation); floor = an empty one-warp kernel in the same harness; bandwidth = logits bytes / time against a device-to-device copy's (read + write) / time.\n");
     println!("| model | tokens | top-k (us) | replay cost | upstream (us) | top-k / upstream | NoAuxTc (us) | top-k / NoAuxTc | floor (us) | top-k / floor | logits GB/s | / D2D copy |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    // A profiler run picks a few rows: FLASHINFER_RS_BENCH_MODEL (a name's prefix) and
+    // FLASHINFER_RS_BENCH_TOKENS (comma-separated), as scripts/profile-topk.sh does.
+    let model = std::env::var("FLASHINFER_RS_BENCH_MODEL").ok();
+    let tokens: Vec<usize> = std::env::var("FLASHINFER_RS_BENCH_TOKENS")
+        .map(|v| v.split(',').filter_map(|t| t.trim().parse().ok()).collect())
+        .unwrap_or_else(|_| vec![1, 16, 128, 1024, 8192, 32768, 131072]);
     for m in topk_bench_models() {
-        for t in [1usize, 16, 128, 1024, 8192, 32768, 131072] {
+        if model.as_deref().is_some_and(|p| !m.name.starts_with(p)) {
+            continue;
+        }
+        for &t in &tokens {
             topk_row(b, &m, t);
         }
     }

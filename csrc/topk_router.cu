@@ -6,10 +6,10 @@
 // token's logits once and writes the ids (int16 replay rows and/or int32) and the weights
 // (fp32 and/or bf16), nothing else.
 //
-// One warp per token (a warp loops over tokens, keeping the bias in registers). Lane `l`
-// holds the experts of chunks `l, l + 32, ...`, each chunk `W` consecutive experts read with
-// one 16-byte load when the row allows it. Selection follows the oracle
-// (flashinfer-rs/src/routing/oracle.rs) exactly:
+// One warp per token (a warp loops over tokens, keeping the bias in registers and reading its
+// next row while it selects in this one). Lane `l` holds the experts of chunks `l, l + 32, ...`,
+// each chunk `W` consecutive experts read with one 4-, 8- or 16-byte load when the row allows
+// it. Selection follows the oracle (flashinfer-rs/src/routing/oracle.rs) exactly:
 //   - keys are ordered by their fp32 bits made monotonic (IEEE total order:
 //     -NaN < -inf < ... < +inf < +NaN), equal keys to the smaller expert index;
 //   - the method's key: the logit (Renormalize, RenormalizeNaive, TopK), the logit with NaN
@@ -17,7 +17,8 @@
 //     SigmoidRenorm), sigmoid(logit) + bias in fp32 (DeepSeekV3, MiniMax2);
 //   - grouped DeepSeekV3: each group scored by the fp32 sum of its two best keys, the
 //     `topk_group` best groups kept, top-k among their experts;
-//   - top-k by k rounds of a warp arg-max (REDUX on the ordered key, then on the index).
+//   - top-k by k rounds of a warp arg-max (REDUX on the ordered key, then on the index), each
+//     lane popping from its candidates sorted once in registers.
 // The bias is used as given (fp32, or bf16 widened exactly): unlike upstream's grouped
 // DeepSeekV3 kernel, it is not rounded to bf16 first. Weights are computed in fp32 from the
 // chosen experts as the models' reference routers define them (see the oracle).
@@ -30,6 +31,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <type_traits>
 
 #include "flashinfer_rs.h"
 #include "flashinfer_rs_testing.h"
@@ -55,7 +57,7 @@ struct Args {
   const void* logits;
   const void* bias;  // null: no bias
   bool bias_bf16;
-  bool bias_vec;  // the bias takes 16-byte loads in the logits' layout
+  bool bias_vec;  // the bias takes one vector load per chunk of the logits' layout
   int16_t* ids_i16;
   int32_t* ids_i32;
   float* weights_f32;
@@ -71,6 +73,14 @@ __device__ __forceinline__ float key_of(uint32_t ord) {
   return __uint_as_float((ord & 0x80000000u) ? (ord & 0x7fffffffu) : ~ord);
 }
 
+// A candidate: its ordered key in the high word and its expert's index inverted in the low
+// one, so that one unsigned 64-bit compare orders by key, then by the smaller expert. 0 is a
+// closed slot, below every expert (an expert's ordered key may be 0: the -NaN of all ones;
+// its inverted index is not).
+__device__ __forceinline__ uint64_t candidate(uint32_t ord, uint32_t expert) {
+  return (static_cast<uint64_t>(ord) << 32) | static_cast<uint32_t>(~expert);
+}
+
 __device__ __forceinline__ float sigmoid(float x) { return 1.0f / (1.0f + __expf(-x)); }
 
 __device__ __forceinline__ float widen(float x) { return x; }
@@ -84,11 +94,15 @@ __device__ __forceinline__ float warp_sum(float x) {
   return x;
 }
 
-// W consecutive values of type In at p: one 16-byte load when `Vec` (p then 16-byte aligned).
+// W consecutive values of type In at p: one 4-, 8- or 16-byte load when `Vec` (p then aligned
+// to W * sizeof(In)).
 template <typename In, int W, bool Vec>
 __device__ __forceinline__ void load_chunk(const In* p, float* out) {
-  if constexpr (Vec && W * sizeof(In) == 16) {
-    uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+  constexpr int kBytes = W * sizeof(In);
+  if constexpr (Vec && (kBytes == 16 || kBytes == 8 || kBytes == 4)) {
+    using Word = std::conditional_t<kBytes == 16, uint4,
+                                    std::conditional_t<kBytes == 8, uint2, uint32_t>>;
+    Word v = __ldg(reinterpret_cast<const Word*>(p));
     const In* e = reinterpret_cast<const In*>(&v);
 #pragma unroll
     for (int w = 0; w < W; ++w) out[w] = widen(e[w]);
@@ -104,45 +118,30 @@ __device__ __forceinline__ int expert_of(int lane, int v) {
   return (lane + 32 * (v / W)) * W + v % W;
 }
 
-// Loads the V values of one row this lane holds (absent experts: 0, and `valid` clear).
+// Bit v set: slot v of this lane holds an expert (W divides num_experts: whole chunks).
+template <int V, int W>
+__device__ __forceinline__ uint64_t valid_slots(int lane, int num_experts) {
+  uint64_t valid = 0;
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    if (expert_of<W>(lane, v) < num_experts) valid |= 1ull << v;
+  }
+  return valid;
+}
+
+// Loads the V values of one row this lane holds (absent experts: 0).
 template <typename In, int V, int W, bool Vec>
-__device__ __forceinline__ void load_row(const In* row, int lane, int num_experts, float* out,
-                                         uint64_t& valid) {
-  valid = 0;
+__device__ __forceinline__ void load_row(const In* row, int lane, int num_experts, float* out) {
 #pragma unroll
   for (int j = 0; j < V / W; ++j) {
     int first = (lane + 32 * j) * W;
-    if (first < num_experts) {  // W divides num_experts on this path: whole chunks
+    if (first < num_experts) {
       load_chunk<In, W, Vec>(row + first, out + j * W);
-#pragma unroll
-      for (int w = 0; w < W; ++w) valid |= 1ull << (j * W + w);
     } else {
 #pragma unroll
       for (int w = 0; w < W; ++w) out[j * W + w] = 0.0f;
     }
   }
-}
-
-// This lane's best open slot: ordered key, expert, slot and logit (expert kNone when none).
-struct Best {
-  uint32_t ord;
-  uint32_t expert;
-  int slot;
-  float raw;
-};
-
-template <int V, int W>
-__device__ __forceinline__ Best local_best(const uint32_t* ord, const float* raw, uint64_t open,
-                                           int lane) {
-  Best b{0u, kNone, 0, 0.0f};
-#pragma unroll
-  for (int v = 0; v < V; ++v) {
-    // Slots ascend in expert index: a strict `>` keeps the smaller index among equal keys.
-    if (((open >> v) & 1) && (b.expert == kNone || ord[v] > b.ord)) {
-      b = Best{ord[v], static_cast<uint32_t>(expert_of<W>(lane, v)), v, raw[v]};
-    }
-  }
-  return b;
 }
 
 // Merges two (best, second) pairs of ordered keys.
@@ -152,11 +151,27 @@ __device__ __forceinline__ void merge_top2(uint32_t& a1, uint32_t& a2, uint32_t 
   a1 = hi;
 }
 
+// Grouped DeepSeekV3 (at most 8 groups of at most 32 experts: V <= 8): the group of each of
+// this lane's slots, a nibble per slot (registers; an array indexed by group would not be).
+template <int V, int W>
+__device__ __forceinline__ uint64_t group_of_slots(int lane, int per) {
+  uint64_t nibbles = 0;
+#pragma unroll
+  for (int v = 0; v < V && v < 16; ++v) {
+    nibbles |= static_cast<uint64_t>((expert_of<W>(lane, v) / per) & 15) << (4 * v);
+  }
+  return nibbles;
+}
+
+__device__ __forceinline__ int group_of(uint64_t slot_groups, int v) {
+  return static_cast<int>((slot_groups >> (4 * (v & 15))) & 15);
+}
+
 // Lane g < n_group ends with group g's score: the fp32 sum of its two best keys (every group
 // has at least two experts: RoutingConfig::validate).
 template <int V, int W>
 __device__ __forceinline__ float group_scores(const Args& a, const uint32_t* ord, uint64_t valid,
-                                              int lane) {
+                                              uint64_t slot_groups, int lane) {
   const int per = a.num_experts / a.n_group;
   float mine = 0.0f;
   if (a.segmented_groups) {
@@ -184,9 +199,7 @@ __device__ __forceinline__ float group_scores(const Args& a, const uint32_t* ord
       uint32_t t1 = 0, t2 = 0;
 #pragma unroll
       for (int v = 0; v < V; ++v) {
-        if (((valid >> v) & 1) && expert_of<W>(lane, v) / per == g) {
-          merge_top2(t1, t2, ord[v], 0u);
-        }
+        if (((valid >> v) & 1) && group_of(slot_groups, v) == g) merge_top2(t1, t2, ord[v], 0u);
       }
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1) {
@@ -198,30 +211,44 @@ __device__ __forceinline__ float group_scores(const Args& a, const uint32_t* ord
   return mine;
 }
 
-// Bit g set: group g is among the `topk_group` best (larger score, then smaller index).
+// Bit g set: group g is among the `topk_group` best (larger score, then smaller index), by
+// `topk_group` rounds of a warp arg-max over lanes g < n_group.
 __device__ __forceinline__ uint32_t kept_groups(const Args& a, float mine, int lane) {
-  const uint32_t my = order_of(mine);
-  int rank = 0;
-  for (int g = 0; g < a.n_group; ++g) {
-    uint32_t other = order_of(__shfl_sync(kFull, mine, g));
-    rank += other > my || (other == my && g < lane);
+  const uint64_t own = lane < a.n_group ? candidate(order_of(mine), lane) : 0ull;
+  const uint32_t own_ord = static_cast<uint32_t>(own >> 32);
+  bool open = lane < a.n_group;
+  uint32_t kept = 0;
+  for (int r = 0; r < a.topk_group; ++r) {
+    const uint32_t m = __reduce_max_sync(kFull, open ? own_ord : 0u);
+    const uint32_t inv = __reduce_max_sync(kFull, open && own_ord == m ? ~lane : 0u);
+    kept |= 1u << ~inv;
+    if (lane == static_cast<int>(~inv)) open = false;
   }
-  return __ballot_sync(kFull, lane < a.n_group && rank < a.topk_group);
+  return kept;
 }
 
-// The method's selection key of one expert.
-__device__ __forceinline__ float method_key(const Args& a, float x, float bias) {
+// The method's selection keys of this lane's slots (one branch per row, not per slot).
+template <int V>
+__device__ __forceinline__ void method_keys(const Args& a, const float* raw, const float* bias,
+                                            float* key) {
   switch (a.method) {
     case FI_ROUTING_LLAMA4:
-      return isnan(x) ? -INFINITY : x;
+#pragma unroll
+      for (int v = 0; v < V; ++v) key[v] = isnan(raw[v]) ? -INFINITY : raw[v];
+      break;
     case FI_ROUTING_SIGMOID:
     case FI_ROUTING_SIGMOID_RENORM:
-      return sigmoid(x);
+#pragma unroll
+      for (int v = 0; v < V; ++v) key[v] = sigmoid(raw[v]);
+      break;
     case FI_ROUTING_DEEPSEEK_V3:
     case FI_ROUTING_MINIMAX2:
-      return sigmoid(x) + bias;
+#pragma unroll
+      for (int v = 0; v < V; ++v) key[v] = sigmoid(raw[v]) + bias[v];
+      break;
     default:  // Renormalize, RenormalizeNaive, TopK; Default's are replaced by probabilities
-      return x;
+#pragma unroll
+      for (int v = 0; v < V; ++v) key[v] = raw[v];
   }
 }
 
@@ -246,7 +273,20 @@ __device__ __forceinline__ void softmax_keys(float* key, uint64_t valid) {
   for (int v = 0; v < V; ++v) key[v] = key[v] / sum;
 }
 
-// The weight lane r < top_k gives its chosen expert (key, logit), from the chosen set.
+// The logit of a chosen expert: its key for the methods whose key is the logit (or whose
+// weight needs only the key); read again (an L1 hit: the row was just read) where the key
+// holds a bias.
+template <typename In>
+__device__ __forceinline__ float chosen_logit(const Args& a, const In* row, uint32_t expert,
+                                              float key) {
+  if (a.method == FI_ROUTING_DEEPSEEK_V3 || a.method == FI_ROUTING_MINIMAX2) {
+    return widen(__ldg(row + expert));
+  }
+  return key;
+}
+
+// The weight lane r < top_k gives its chosen expert (key, logit), from the chosen set; the
+// first chosen holds the largest logit (`best_raw`) where the key is the logit.
 __device__ __forceinline__ float method_weight(const Args& a, bool chosen, float key, float raw,
                                                float best_raw) {
   switch (a.method) {
@@ -254,7 +294,7 @@ __device__ __forceinline__ float method_weight(const Args& a, bool chosen, float
       return key;
     case FI_ROUTING_RENORMALIZE:
     case FI_ROUTING_RENORMALIZE_NAIVE: {
-      // Softmax over the chosen logits; the first chosen holds the largest.
+      // Softmax over the chosen logits.
       float e = chosen ? __expf(raw - best_raw) : 0.0f;
       return e / warp_sum(e);
     }
@@ -263,9 +303,9 @@ __device__ __forceinline__ float method_weight(const Args& a, bool chosen, float
     case FI_ROUTING_LLAMA4:
       return sigmoid(key);
     case FI_ROUTING_SIGMOID:
-      return sigmoid(raw);
+      return key;  // sigmoid(logit), computed once as the key
     case FI_ROUTING_SIGMOID_RENORM: {
-      float s = chosen ? sigmoid(raw) : 0.0f;
+      float s = chosen ? key : 0.0f;
       return a.norm ? s / fmaxf(warp_sum(s), 1e-20f) : s;
     }
     default: {  // DeepSeekV3, MiniMax2: the un-biased sigmoids, floored at sum + 1e-20
@@ -275,48 +315,181 @@ __device__ __forceinline__ float method_weight(const Args& a, bool chosen, float
   }
 }
 
-// The bias in this lane's layout, from fp32 or bf16, with 16-byte loads where they fit.
+// The bias in this lane's layout, from fp32 or bf16, with vector loads where they fit.
 template <int V, int W>
 __device__ __forceinline__ void load_bias(const Args& a, int lane, float* bias) {
-  uint64_t unused;
   if (a.bias == nullptr) {
 #pragma unroll
     for (int v = 0; v < V; ++v) bias[v] = 0.0f;
   } else if (a.bias_bf16) {
     const auto* b = static_cast<const __nv_bfloat16*>(a.bias);
     if (a.bias_vec) {
-      load_row<__nv_bfloat16, V, W, true>(b, lane, a.num_experts, bias, unused);
+      load_row<__nv_bfloat16, V, W, true>(b, lane, a.num_experts, bias);
     } else {
-      load_row<__nv_bfloat16, V, W, false>(b, lane, a.num_experts, bias, unused);
+      load_row<__nv_bfloat16, V, W, false>(b, lane, a.num_experts, bias);
     }
   } else {
     const auto* b = static_cast<const float*>(a.bias);
     if (a.bias_vec) {
-      load_row<float, V, W, true>(b, lane, a.num_experts, bias, unused);
+      load_row<float, V, W, true>(b, lane, a.num_experts, bias);
     } else {
-      load_row<float, V, W, false>(b, lane, a.num_experts, bias, unused);
+      load_row<float, V, W, false>(b, lane, a.num_experts, bias);
     }
   }
 }
 
+__device__ __forceinline__ void order_pair(uint64_t* c, int i, int j) {
+  const uint64_t hi = c[i] > c[j] ? c[i] : c[j];
+  const uint64_t lo = c[i] > c[j] ? c[j] : c[i];
+  c[i] = hi;
+  c[j] = lo;
+}
+
+// Batcher's odd-even merge of the sorted halves of [Lo, Lo + N) at stride R (N a power of two).
+template <int Lo, int N, int R>
+__device__ __forceinline__ void merge_candidates(uint64_t* c) {
+  constexpr int kStep = 2 * R;
+  if constexpr (kStep < N) {
+    merge_candidates<Lo, N, kStep>(c);
+    merge_candidates<Lo + R, N, kStep>(c);
+#pragma unroll
+    for (int i = Lo + R; i + R < Lo + N; i += kStep) order_pair(c, i, i + R);
+  } else {
+    order_pair(c, Lo, Lo + R);
+  }
+}
+
+// Sorts candidates [Lo, Lo + N), best first: Batcher's odd-even merge sort, expanded at
+// compile time so that the candidates stay in registers.
+template <int Lo, int N>
+__device__ __forceinline__ void sort_candidates(uint64_t* c) {
+  if constexpr (N > 1) {
+    sort_candidates<Lo, N / 2>(c);
+    sort_candidates<Lo + N / 2, N / 2>(c);
+    merge_candidates<Lo, N, 1>(c);
+  }
+}
+
+// What one token's selection hands lane r < top_k: its expert and ordered key, and the first
+// winner's ordered key.
+struct Chosen {
+  uint32_t expert;
+  uint32_t ord;
+  uint32_t best_ord;
+};
+
+// Top-k of the warp's open candidates by k rounds of a warp arg-max (REDUX on the ordered key,
+// then on the inverted expert): each lane first sorts its candidates, so a round only pops the
+// winner's head. Used up to 16 slots a lane (512 experts); above, the registers go to
+// `rescan_top_k`.
+template <int V, int W>
+__device__ __forceinline__ Chosen sorted_top_k(const uint32_t* ord, uint64_t open, int k,
+                                               int lane) {
+  uint64_t c[V];
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    c[v] = ((open >> v) & 1) ? candidate(ord[v], static_cast<uint32_t>(expert_of<W>(lane, v)))
+                             : 0ull;
+  }
+  sort_candidates<0, V>(c);
+  Chosen out{0u, 0u, 0u};
+  for (int r = 0; r < k; ++r) {
+    const uint32_t head_ord = static_cast<uint32_t>(c[0] >> 32);
+    const uint32_t head_inv = static_cast<uint32_t>(c[0]);
+    const uint32_t m = __reduce_max_sync(kFull, head_ord);
+    const uint32_t inv = __reduce_max_sync(kFull, head_ord == m ? head_inv : 0u);
+    if (r == 0) out.best_ord = m;
+    if (lane == r) {
+      out.expert = ~inv;
+      out.ord = m;
+    }
+    if (head_inv == inv) {
+#pragma unroll
+      for (int v = 0; v + 1 < V; ++v) c[v] = c[v + 1];
+      c[V - 1] = 0ull;
+    }
+  }
+  return out;
+}
+
+// This lane's best open slot (expert kNone when none).
+template <int V, int W>
+__device__ __forceinline__ void local_best(const uint32_t* ord, uint64_t open, int lane,
+                                           uint32_t& best_o, uint32_t& best_x, int& best_v) {
+  best_o = 0u;
+  best_x = kNone;
+  best_v = 0;
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    // Slots ascend in expert index: a strict `>` keeps the smaller index among equal keys.
+    if (((open >> v) & 1) && (best_x == kNone || ord[v] > best_o)) {
+      best_o = ord[v];
+      best_x = static_cast<uint32_t>(expert_of<W>(lane, v));
+      best_v = v;
+    }
+  }
+}
+
+// The same selection for many slots a lane: each round rescans the winner's slots.
+template <int V, int W>
+__device__ __forceinline__ Chosen rescan_top_k(const uint32_t* ord, uint64_t open, int k,
+                                               int lane) {
+  uint32_t bo, bx;
+  int bv;
+  local_best<V, W>(ord, open, lane, bo, bx, bv);
+  Chosen c{0u, 0u, 0u};
+  for (int r = 0; r < k; ++r) {
+    const uint32_t m = __reduce_max_sync(kFull, bx == kNone ? 0u : bo);
+    const uint32_t expert = __reduce_min_sync(kFull, (bx != kNone && bo == m) ? bx : kNone);
+    if (r == 0) c.best_ord = m;
+    if (lane == r) {
+      c.expert = expert;
+      c.ord = m;
+    }
+    if (bx == expert) {
+      open &= ~(1ull << bv);
+      local_best<V, W>(ord, open, lane, bo, bx, bv);
+    }
+  }
+  return c;
+}
+
 template <typename In, int V, int W>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32) topk_route(const Args a) {
+  // Up to 16 slots a lane, the next row is read while this one is selected (registers allow).
+  constexpr bool kSmall = V <= 16;
   const int lane = threadIdx.x & 31;
   const int warp = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
   const int warps = gridDim.x * kWarpsPerBlock;
   const int e = a.num_experts, k = a.top_k;
+  const In* logits = static_cast<const In*>(a.logits);
 
-  // The bias, once per warp.
+  // What does not depend on the token, once per warp: the bias, the slots holding experts,
+  // and (grouped) the slots of each group.
   float bias[V];
   load_bias<V, W>(a, lane, bias);
-  uint64_t valid;
+  const uint64_t valid = valid_slots<V, W>(lane, e);
+  const uint64_t slot_groups = a.n_group > 1 ? group_of_slots<V, W>(lane, e / a.n_group) : 0;
 
-  for (int t = warp; t < a.num_tokens; t += warps) {
-    const In* row = static_cast<const In*>(a.logits) + static_cast<size_t>(t) * e;
-    float raw[V], key[V];
-    load_row<In, V, W, (W > 1)>(row, lane, e, raw, valid);
+  float next[kSmall ? V : 1];
+  int t = warp;
+  if constexpr (kSmall) {
+    if (t < a.num_tokens) {
+      load_row<In, V, W, (W > 1)>(logits + static_cast<size_t>(t) * e, lane, e, next);
+    }
+  }
+  for (; t < a.num_tokens; t += warps) {
+    const In* row = logits + static_cast<size_t>(t) * e;
+    float raw[V];
+    if constexpr (kSmall) {
 #pragma unroll
-    for (int v = 0; v < V; ++v) key[v] = method_key(a, raw[v], bias[v]);
+      for (int v = 0; v < V; ++v) raw[v] = next[v];
+      if (t + warps < a.num_tokens) load_row<In, V, W, (W > 1)>(row + size_t(warps) * e, lane, e, next);
+    } else {
+      load_row<In, V, W, (W > 1)>(row, lane, e, raw);
+    }
+    float key[V];
+    method_keys<V>(a, raw, bias, key);
     if (a.method == FI_ROUTING_DEFAULT) softmax_keys<V>(key, valid);
     uint32_t ord[V];
 #pragma unroll
@@ -324,43 +497,38 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) topk_route(const Args a) 
 
     uint64_t open = valid;
     if (a.n_group > 1) {
-      const uint32_t kept = kept_groups(a, group_scores<V, W>(a, ord, valid, lane), lane);
-      const int per = e / a.n_group;
+      const uint32_t kept =
+          kept_groups(a, group_scores<V, W>(a, ord, valid, slot_groups, lane), lane);
+      if (a.segmented_groups) {
+        // A chunk row's slots lie in one group: one test a row.
+        const int chunks = e / a.n_group / W;
 #pragma unroll
-      for (int v = 0; v < V; ++v) {
-        if (!((kept >> (expert_of<W>(lane, v) / per)) & 1)) open &= ~(1ull << v);
+        for (int j = 0; j < V / W; ++j) {
+          if (!((kept >> ((lane + 32 * j) / chunks)) & 1)) open &= ~(((1ull << W) - 1) << (j * W));
+        }
+      } else {
+#pragma unroll
+        for (int v = 0; v < V; ++v) {
+          if (!((kept >> group_of(slot_groups, v)) & 1)) open &= ~(1ull << v);
+        }
       }
     }
 
-    // k rounds of a warp arg-max; lane r keeps the r-th winner.
-    Best b = local_best<V, W>(ord, raw, open, lane);
-    uint32_t my_expert = 0, my_ord = 0;
-    float my_raw = 0.0f, best_raw = 0.0f;
-    for (int r = 0; r < k; ++r) {
-      const uint32_t m = __reduce_max_sync(kFull, b.expert == kNone ? 0u : b.ord);
-      const uint32_t expert =
-          __reduce_min_sync(kFull, (b.expert != kNone && b.ord == m) ? b.expert : kNone);
-      const bool won = b.expert == expert;
-      const int owner = __ffs(__ballot_sync(kFull, won)) - 1;
-      const float won_raw = __shfl_sync(kFull, b.raw, owner);
-      if (r == 0) best_raw = won_raw;
-      if (lane == r) {
-        my_expert = expert;
-        my_ord = m;
-        my_raw = won_raw;
-      }
-      if (won) {
-        open &= ~(1ull << b.slot);
-        b = local_best<V, W>(ord, raw, open, lane);
-      }
+    Chosen c;
+    if constexpr (kSmall) {
+      c = sorted_top_k<V, W>(ord, open, k, lane);
+    } else {
+      c = rescan_top_k<V, W>(ord, open, k, lane);
     }
 
     const bool chosen = lane < k;
-    const float w = method_weight(a, chosen, key_of(my_ord), my_raw, best_raw);
+    const float key_c = key_of(c.ord);
+    const float raw_c = chosen ? chosen_logit(a, row, c.expert, key_c) : 0.0f;
+    const float w = method_weight(a, chosen, key_c, raw_c, key_of(c.best_ord));
     if (chosen) {
       const size_t at = static_cast<size_t>(t) * k + lane;
-      if (a.ids_i16 != nullptr) a.ids_i16[at] = static_cast<int16_t>(my_expert);
-      if (a.ids_i32 != nullptr) a.ids_i32[at] = static_cast<int32_t>(my_expert);
+      if (a.ids_i16 != nullptr) a.ids_i16[at] = static_cast<int16_t>(c.expert);
+      if (a.ids_i32 != nullptr) a.ids_i32[at] = static_cast<int32_t>(c.expert);
       if (a.weights_f32 != nullptr) a.weights_f32[at] = w;
       if (a.weights_bf16 != nullptr) a.weights_bf16[at] = __float2bfloat16_rn(w);
     }
@@ -375,19 +543,61 @@ namespace {
 
 using Kernel = void (*)(Args);
 
-// Instantiations: V experts per lane (a power of two, E <= 32 * V), W per chunk (16-byte
-// loads of fp32 x 4 or bf16 x 8 where the row allows, else 1).
-template <typename In, int V>
-Kernel pick_width(bool vec) {
-  constexpr int kVecWidth = 16 / sizeof(In);
-  if constexpr (V % kVecWidth == 0) {
-    if (vec) return topk_route<In, V, kVecWidth>;
+// A kernel and how many of its blocks one SM holds at once (asked once per device: the
+// grid-stride loop then runs in one wave of resident blocks).
+struct Launch {
+  Kernel kernel;
+  int (*resident_blocks)(int device);
+};
+
+// A per-device value, asked once (a device past the table is asked every time).
+template <typename Query>
+int once_per_device(std::atomic<int> (&cache)[64], int device, Query query) {
+  const bool cached = device >= 0 && device < 64;
+  int n = cached ? cache[device].load(std::memory_order_relaxed) : 0;
+  if (n == 0) {
+    n = std::max(query(), 1);
+    if (cached) cache[device].store(n, std::memory_order_relaxed);
   }
-  return topk_route<In, V, 1>;
+  return n;
+}
+
+template <typename In, int V, int W>
+int resident_blocks(int device) {
+  static std::atomic<int> cache[64];
+  return once_per_device(cache, device, [] {
+    int n = 0;
+    fi::check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+                       &n, topk_route<In, V, W>, kWarpsPerBlock * 32, 0),
+                   "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
+    return n;
+  });
+}
+
+template <typename In, int V, int W>
+constexpr Launch launch_of() {
+  return Launch{topk_route<In, V, W>, resident_blocks<In, V, W>};
+}
+
+// Instantiations: V experts per lane (a power of two, E <= 32 * V), W per chunk: the widest
+// vector load of at most 16 bytes and V values (fp32 x 4, bf16 x 8 or x 4) where the row
+// allows, else 1.
+template <typename In, int V>
+constexpr int vector_width() {
+  return std::min<int>(V, 16 / sizeof(In));
+}
+
+template <typename In, int V>
+Launch pick_width(bool vec) {
+  constexpr int kWidth = vector_width<In, V>();
+  if constexpr (kWidth > 1) {
+    if (vec) return launch_of<In, V, kWidth>();
+  }
+  return launch_of<In, V, 1>();
 }
 
 template <typename In>
-Kernel pick(int v, bool vec) {
+Launch pick(int v, bool vec) {
   switch (v) {
     case 1:
       return pick_width<In, 1>(vec);
@@ -406,20 +616,20 @@ Kernel pick(int v, bool vec) {
   }
 }
 
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+bool aligned_to(const void* p, size_t bytes) {
+  return reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
 bool pow2(int x) { return x > 0 && (x & (x - 1)) == 0; }
 
 // SM count per device, asked once.
 int sm_count(int device) {
   static std::atomic<int> cache[64];
-  if (device < 0 || device >= 64) return 132;
-  int n = cache[device].load(std::memory_order_relaxed);
-  if (n == 0) {
+  return once_per_device(cache, device, [&] {
+    int n = 0;
     fi::check_cuda(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device),
                    "cudaDeviceGetAttribute(MultiProcessorCount)");
-    cache[device].store(n, std::memory_order_relaxed);
-  }
-  return n;
+    return n;
+  });
 }
 
 // The checks of a call, as the Rust layer makes them (this entry point is also public C).
@@ -465,8 +675,10 @@ extern "C" fi_status fi_topk_route(const fi_topk_params* params, const fi_topk_b
     const bool bf16 = p.logits_dtype == FI_DTYPE_BF16;
     int v = 1;
     while (32 * v < p.num_experts) v *= 2;
-    const int vec_width = bf16 ? 8 : 4;
-    const bool vec = v % vec_width == 0 && p.num_experts % vec_width == 0 && aligned16(b.logits);
+    const int vec_width = std::min(v, bf16 ? 8 : 4);
+    const size_t elem = bf16 ? 2 : 4;
+    const bool vec = vec_width > 1 && p.num_experts % vec_width == 0 &&
+                     aligned_to(b.logits, vec_width * elem);
     const int w = vec ? vec_width : 1;
     const bool grouped = p.method == FI_ROUTING_DEEPSEEK_V3 && p.n_group > 1;
     const int per = grouped ? p.num_experts / p.n_group : 0;
@@ -485,7 +697,11 @@ extern "C" fi_status fi_topk_route(const fi_topk_params* params, const fi_topk_b
     a.logits = b.logits;
     a.bias = b.bias;
     a.bias_bf16 = p.bias_dtype == FI_DTYPE_BF16;
-    a.bias_vec = b.bias != nullptr && w * bias_bytes == 16 && aligned16(b.bias);
+    // The bias takes the logits' chunks with one load each where its bytes make a vector.
+    const size_t chunk_bytes = w * bias_bytes;
+    a.bias_vec = b.bias != nullptr && w > 1 &&
+                 (chunk_bytes == 4 || chunk_bytes == 8 || chunk_bytes == 16) &&
+                 aligned_to(b.bias, chunk_bytes);
     a.ids_i16 = b.ids_i16;
     a.ids_i32 = b.ids_i32;
     a.weights_f32 = b.weights_f32;
@@ -493,11 +709,11 @@ extern "C" fi_status fi_topk_route(const fi_topk_params* params, const fi_topk_b
 
     int device = 0;
     fi::check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-    // One warp per token; enough blocks to fill the GPU, then warps loop over tokens.
+    // One warp per token; at most one wave of resident blocks, whose warps loop over tokens.
+    const Launch launch = bf16 ? pick<__nv_bfloat16>(v, vec) : pick<float>(v, vec);
     const int needed = (p.num_tokens + kWarpsPerBlock - 1) / kWarpsPerBlock;
-    const int blocks = std::min(needed, sm_count(device) * 8);
-    Kernel kernel = bf16 ? pick<__nv_bfloat16>(v, vec) : pick<float>(v, vec);
-    kernel<<<blocks, kWarpsPerBlock * 32, 0, static_cast<cudaStream_t>(stream)>>>(a);
+    const int blocks = std::min(needed, sm_count(device) * launch.resident_blocks(device));
+    launch.kernel<<<blocks, kWarpsPerBlock * 32, 0, static_cast<cudaStream_t>(stream)>>>(a);
     fi::check_cuda(cudaGetLastError(), "top-k router launch");
   });
 }

@@ -64,3 +64,7 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noh
 RUN
 chmod +x gpu-pack/bench.sh
 du -sh gpu-pack/bin/*
+# One compressed file to carry to a GPU machine (the device tool caps what it carries at 64 MiB;
+# the GPU machines have xz, not zstd):  tar xJf gpu-pack.tar.xz && bash gpu-pack/run.sh
+XZ_OPT=${XZ_OPT:--T0} tar cJf gpu-pack.tar.xz gpu-pack
+du -sh gpu-pack.tar.xz

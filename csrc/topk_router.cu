@@ -709,10 +709,11 @@ extern "C" fi_status fi_topk_route(const fi_topk_params* params, const fi_topk_b
 
     int device = 0;
     fi::check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-    // One warp per token; at most one wave of resident blocks, whose warps loop over tokens.
+    // One warp per token; at most two waves of resident blocks, whose warps loop over tokens
+    // (two waves measured 2-7% faster than one at 131072 tokens on an H200, four no better).
     const Launch launch = bf16 ? pick<__nv_bfloat16>(v, vec) : pick<float>(v, vec);
     const int needed = (p.num_tokens + kWarpsPerBlock - 1) / kWarpsPerBlock;
-    const int blocks = std::min(needed, sm_count(device) * launch.resident_blocks(device));
+    const int blocks = std::min(needed, 2 * sm_count(device) * launch.resident_blocks(device));
     launch.kernel<<<blocks, kWarpsPerBlock * 32, 0, static_cast<cudaStream_t>(stream)>>>(a);
     fi::check_cuda(cudaGetLastError(), "top-k router launch");
   });

@@ -544,6 +544,10 @@ fn fused_host_overhead(b: &Bench) {
         println!("Skipped: this GPU runs the fused MoE (the section measures the layer alone, off Blackwell).");
         return;
     }
+    if !fs::BUILT_ARCHS.contains("sm_100") {
+        println!("Skipped: this build has no fused kernels (`FEATURES=sm90,sm100 bash scripts/gpu-pack.sh` builds them; the layer is then measured up to the architecture gate).");
+        return;
+    }
     println!("bf16 MoE (64 experts, top-8, H = 1024, I = 512, 16 tokens) with a replay buffer, on a GPU without the fused kernels: each call validates, plans, checks contexts, fills the C arguments and stops at the shim's architecture gate (`UnsupportedArch`), so these are upper bounds of the layer's cost (they also pay a device query and an error message). `FusedMoe::forward` checks the batch only (the layer was checked once by `FusedMoe::new`); the one-shot `trtllm_bf16_moe` builds the layer every call, as the free functions did before `FusedMoe`. Baseline: the safe routing call of the same shape, same run.\n");
     println!(
         "| shape | calls | `FusedMoe::forward` (us/call) | one-shot `trtllm_bf16_moe` (us/call) | forward / one-shot | `Router::route` (us/call) |"

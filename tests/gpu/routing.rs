@@ -146,18 +146,30 @@ impl CaseData {
     }
 }
 
-/// A case of `regime` (see [`oracle::regime_logits`]), bias in fp32.
-pub fn case_data(
+/// Host work (logits + oracle) of one config and regime at every token count, fp32 and bf16
+/// logits, in parallel threads. Seeds: `((case * 100_000 + t) * 2 + bf16) + salt`.
+pub fn cases_in_parallel(
+    route: Oracle,
     cfg: &RoutingConfig,
     regime: Regime,
-    tokens: usize,
-    bf16: bool,
-    seed: u64,
-) -> CaseData {
-    case_data_for(oracle::route, cfg, regime, tokens, bf16, seed)
+    tokens: &[usize],
+    case: u64,
+    salt: u64,
+) -> Vec<CaseData> {
+    std::thread::scope(|s| {
+        let handles: Vec<_> = tokens
+            .iter()
+            .flat_map(|&t| [false, true].map(|bf| (t, bf)))
+            .map(|(t, bf)| {
+                let seed = (case * 100_000 + t as u64) * 2 + bf as u64 + salt;
+                s.spawn(move || case_data_for(route, cfg, regime, t, bf, seed))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    })
 }
 
-/// [`case_data`] routed by `route`.
+/// A case of `regime` (see [`oracle::regime_logits`]), bias in fp32, routed by `route`.
 pub fn case_data_for(
     route: Oracle,
     cfg: &RoutingConfig,
@@ -450,18 +462,8 @@ fn every_method_and_tier_matches_the_oracle() {
             if !regime.applies_to(&cfg.method) {
                 continue;
             }
-            // Host work (logits + oracle) for all token counts of this config, in parallel.
-            let data: Vec<CaseData> = std::thread::scope(|s| {
-                let handles: Vec<_> = tokens
-                    .iter()
-                    .flat_map(|&t| [false, true].map(|bf| (t, bf)))
-                    .map(|(t, bf)| {
-                        let seed = ((ci * 4 + ri) * 100_000 + t) as u64 * 2 + bf as u64;
-                        s.spawn(move || case_data(cfg, regime, t, bf, seed))
-                    })
-                    .collect();
-                handles.into_iter().map(|h| h.join().unwrap()).collect()
-            });
+            let data =
+                cases_in_parallel(oracle::route, cfg, regime, &tokens, (ci * 4 + ri) as u64, 0);
             for d in &data {
                 match verdict(&g, &router, &no_pdl, &mut buffers, d) {
                     None => passed += 1,

@@ -14,8 +14,8 @@ use crate::common::{env_list, gpu, Gpu};
 use crate::degenerate::{one_per_method, sigmoid_gated, special_logits, PATTERNS};
 use crate::models;
 use crate::routing::{
-    case_data_for, label, matrix, weight_matches, CaseData, DeviceInputs, REGIMES, SENTINEL,
-    SPARE_ROWS, TOKENS,
+    case_data_for, cases_in_parallel, label, matrix, weight_matches, CaseData, DeviceInputs,
+    REGIMES, SENTINEL, SPARE_ROWS, TOKENS,
 };
 
 /// What one top-k call wrote, downloaded.
@@ -174,18 +174,14 @@ fn run_matrix(
             if !regime.applies_to(&cfg.method) {
                 continue;
             }
-            // Host work (logits + oracle) for all token counts of this config, in parallel.
-            let data: Vec<CaseData> = std::thread::scope(|s| {
-                let handles: Vec<_> = tokens
-                    .iter()
-                    .flat_map(|&t| [false, true].map(|bf| (t, bf)))
-                    .map(|(t, bf)| {
-                        let seed = ((ci * 4 + ri) * 100_000 + t) as u64 * 2 + bf as u64 + 7;
-                        s.spawn(move || case_data_for(oracle::route_topk, cfg, regime, t, bf, seed))
-                    })
-                    .collect();
-                handles.into_iter().map(|h| h.join().unwrap()).collect()
-            });
+            let data = cases_in_parallel(
+                oracle::route_topk,
+                cfg,
+                regime,
+                tokens,
+                (ci * 4 + ri) as u64,
+                7,
+            );
             for d in &data {
                 match verdict(g, &router, d) {
                     None => passed += 1,

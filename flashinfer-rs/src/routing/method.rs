@@ -53,6 +53,22 @@ pub enum RoutingMethod {
 }
 
 impl RoutingMethod {
+    /// DeepSeekV3's `(n_group, topk_group)` (0, 0 for every other method: ungrouped, as the
+    /// kernels read it) and the routed scaling factor (1 where the method has none).
+    pub(crate) fn groups_and_scale(&self) -> (u32, u32, f32) {
+        match *self {
+            RoutingMethod::DeepSeekV3 {
+                n_group,
+                topk_group,
+                routed_scaling_factor,
+            } => (n_group, topk_group, routed_scaling_factor),
+            RoutingMethod::MiniMax2 {
+                routed_scaling_factor,
+            } => (0, 0, routed_scaling_factor),
+            _ => (0, 0, 1.0),
+        }
+    }
+
     /// Upstream's `RoutingMethodType` value.
     pub fn upstream_value(&self) -> u32 {
         use sys::fi_routing_method as m;
@@ -219,17 +235,7 @@ impl RoutingConfig {
         logits_dtype: sys::fi_dtype::Type,
         bias_dtype: sys::fi_dtype::Type,
     ) -> sys::fi_routing_params {
-        let (n_group, topk_group, routed_scaling_factor) = match self.method {
-            RoutingMethod::DeepSeekV3 {
-                n_group,
-                topk_group,
-                routed_scaling_factor,
-            } => (n_group, topk_group, routed_scaling_factor),
-            RoutingMethod::MiniMax2 {
-                routed_scaling_factor,
-            } => (0, 0, routed_scaling_factor),
-            _ => (0, 0, 1.0),
-        };
+        let (n_group, topk_group, routed_scaling_factor) = self.method.groups_and_scale();
         sys::fi_routing_params {
             method: self.method.upstream_value() as i32,
             num_tokens: num_tokens as i32,

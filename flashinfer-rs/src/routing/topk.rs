@@ -140,17 +140,7 @@ impl TopKRouter {
 
     fn params(&self, t: usize, input: &RouteInput<'_>) -> sys::fi_topk_params {
         let c = &self.cfg;
-        let (n_group, topk_group, scale) = match c.method {
-            RoutingMethod::DeepSeekV3 {
-                n_group,
-                topk_group,
-                routed_scaling_factor,
-            } => (n_group, topk_group, routed_scaling_factor),
-            RoutingMethod::MiniMax2 {
-                routed_scaling_factor,
-            } => (1, 1, routed_scaling_factor),
-            _ => (1, 1, 1.0),
-        };
+        let (n_group, topk_group, scale) = c.method.groups_and_scale();
         sys::fi_topk_params {
             method: c.method.upstream_value() as i32,
             num_tokens: t as i32,

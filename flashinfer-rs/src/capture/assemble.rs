@@ -8,10 +8,16 @@
 //! - [`Assembler::truncate`]: speculative decoding rejected the draft positions from `len` on:
 //!   their rows become unknown again (the next step rewrites the accepted ones);
 //! - preemption needs no call: the re-prefill's step rows overwrite the same positions;
-//! - [`Assembler::abort`] forgets a request; [`Assembler::finish`] exports it.
+//! - [`Assembler::abort`] forgets a request; [`Assembler::finish`] exports it, and
+//!   [`Assembler::export_new`] / [`Assembler::export_range`] export a part of it while it runs
+//!   (multi-turn and streaming requests), copying only the rows asked for.
+//!
+//! With an [`ExpertMap`] ([`Assembler::with_expert_map`]) the rows arrive with the physical
+//! ids the kernels wrote and are kept, and exported, as logical ids.
 use std::collections::HashMap;
 
 use super::export::{check_ids, RoutedExperts, MAX_EXPORT_EXPERTS, UNKNOWN};
+use super::replicas::ExpertMap;
 use crate::error::{ensure, Error, Result};
 
 /// A request, as the serving loop names it.
@@ -47,6 +53,8 @@ pub struct StepRows {
 #[derive(Debug, Default)]
 struct Track {
     prompt_start: usize,
+    /// The first position [`Assembler::export_new`] has not exported yet.
+    exported: usize,
     /// `positions * layers * top_k` ids, UNKNOWN where never written.
     ids: Vec<i16>,
 }
@@ -59,7 +67,8 @@ pub struct AssemblerConfig {
     /// Experts per layer (> 0).
     pub top_k: usize,
     /// Experts in the model: every id pushed must be in `[0, num_experts)` or
-    /// [`UNKNOWN`] (at most [`MAX_EXPORT_EXPERTS`]).
+    /// [`UNKNOWN`] (at most [`MAX_EXPORT_EXPERTS`]); with an [`ExpertMap`], the physical
+    /// experts.
     pub num_experts: u32,
     /// Longest sequence a request may have (the server's maximum model length): positions
     /// are `< max_positions`, so a request holds at most `max_positions * layers * top_k`
@@ -108,6 +117,17 @@ pub struct Assembler {
     row: usize,
     requests: HashMap<RequestId, Track>,
     dropped_rows: u64,
+    /// Physical ids to logical ones, as rows enter.
+    expert_map: Option<ExpertMap>,
+}
+
+/// A part of a request's routing: rows `[first_position, first_position + experts.tokens())`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutedSpan {
+    /// Position of the first exported row.
+    pub first_position: usize,
+    /// The rows, in the export formats.
+    pub experts: RoutedExperts,
 }
 
 impl Assembler {
@@ -120,7 +140,35 @@ impl Assembler {
             row,
             requests: HashMap::new(),
             dropped_rows: 0,
+            expert_map: None,
         })
+    }
+
+    /// An assembler whose rows carry physical expert ids (`config.num_experts` of them, the
+    /// map's physical count), kept and exported as the logical ids `map` gives them.
+    pub fn with_expert_map(config: AssemblerConfig, map: ExpertMap) -> Result<Assembler> {
+        ensure(
+            config.num_experts == map.num_physical(),
+            "expert_map",
+            || {
+                format!(
+                    "maps {} physical experts, the config has num_experts = {}",
+                    map.num_physical(),
+                    config.num_experts
+                )
+            },
+        )?;
+        Ok(Assembler {
+            expert_map: Some(map),
+            ..Assembler::new(config)?
+        })
+    }
+
+    /// Experts of the exported ids: the logical ones with a map.
+    fn export_experts(&self) -> u32 {
+        self.expert_map
+            .as_ref()
+            .map_or(self.config.num_experts, ExpertMap::num_logical)
     }
 
     /// What this assembler was built with.
@@ -149,6 +197,7 @@ impl Assembler {
             request,
             Track {
                 prompt_start,
+                exported: prompt_start,
                 ids: Vec::new(),
             },
         );
@@ -196,7 +245,10 @@ impl Assembler {
                 continue;
             };
             match self.requests.get_mut(&request) {
-                Some(track) => write_row(track, row, position, &step.ids[r * row..(r + 1) * row]),
+                Some(track) => {
+                    let ids = &step.ids[r * row..(r + 1) * row];
+                    write_row(track, row, position, ids, self.expert_map.as_ref());
+                }
                 None => self.dropped_rows += 1,
             }
         }
@@ -204,7 +256,8 @@ impl Assembler {
     }
 
     /// Sets one position's row from elsewhere, e.g. a prefix-cache hit's routing from a
-    /// [`SlotStore`](super::SlotStore) (`layers * top_k` ids, each an expert or [`UNKNOWN`]).
+    /// [`SlotStore`](super::SlotStore) (`layers * top_k` ids, each an expert or [`UNKNOWN`];
+    /// physical ids, like a step's, where the assembler has an [`ExpertMap`]).
     pub fn set_row(&mut self, request: RequestId, position: usize, ids: &[i16]) -> Result<()> {
         let row = self.row;
         ensure(ids.len() == row, "ids", || {
@@ -216,11 +269,13 @@ impl Assembler {
             .requests
             .get_mut(&request)
             .ok_or_else(|| unknown(request))?;
-        write_row(track, row, position, ids);
+        write_row(track, row, position, ids, self.expert_map.as_ref());
         Ok(())
     }
 
-    /// Forgets every position from `len` on (rejected speculative tokens).
+    /// Forgets every position from `len` on (rejected speculative tokens); positions from
+    /// `len` on that [`export_new`](Self::export_new) had exported are exported again by its
+    /// next call.
     pub fn truncate(&mut self, request: RequestId, len: usize) -> Result<()> {
         let row = self.row;
         let track = self
@@ -228,6 +283,7 @@ impl Assembler {
             .get_mut(&request)
             .ok_or_else(|| unknown(request))?;
         track.ids.truncate(len.saturating_mul(row));
+        track.exported = track.exported.min(len.max(track.prompt_start));
         Ok(())
     }
 
@@ -241,41 +297,107 @@ impl Assembler {
     /// last sampled token is never run through the model). Rows never written are [`UNKNOWN`].
     /// On an error the request stays tracked.
     pub fn finish(&mut self, request: RequestId, num_tokens: usize) -> Result<RoutedExperts> {
+        let end = self.end_of(num_tokens)?;
+        let track = self.requests.get(&request).ok_or_else(|| unknown(request))?;
+        let experts = self.rows(track, track.prompt_start.min(end), end)?;
+        self.requests.remove(&request);
+        Ok(experts)
+    }
+
+    /// Exports the rows of a running request that no earlier call exported: from its prompt
+    /// start the first time, then from where the last call ended, up to `num_tokens - 1` (as
+    /// [`finish`](Self::finish) counts them). Only those rows are copied; the request stays
+    /// tracked, and [`finish`](Self::finish) still returns all of it.
+    ///
+    /// ```
+    /// use flashinfer_rs::capture::{Assembler, AssemblerConfig, RowOwner, StepRows};
+    ///
+    /// let config = AssemblerConfig { layers: 1, top_k: 1, num_experts: 8, max_positions: 64 };
+    /// let mut asm = Assembler::new(config)?;
+    /// asm.start(7, 0)?;
+    /// let owners = [0, 1, 2].map(|position| RowOwner::Token { request: 7, position });
+    /// asm.push_step(&StepRows { tokens: 3, layers: 1, top_k: 1, ids: vec![5, 6, 7] }, &owners)?;
+    /// // A streaming response of 4 tokens so far: rows 0..3, once.
+    /// let span = asm.export_new(7, 4)?;
+    /// assert_eq!((span.first_position, span.experts.ids()), (0, &[5i16, 6, 7][..]));
+    /// assert_eq!(asm.export_new(7, 4)?.experts.tokens(), 0); // nothing new
+    /// # Ok::<(), flashinfer_rs::Error>(())
+    /// ```
+    pub fn export_new(&mut self, request: RequestId, num_tokens: usize) -> Result<RoutedSpan> {
+        let end = self.end_of(num_tokens)?;
+        let track = self.requests.get(&request).ok_or_else(|| unknown(request))?;
+        let from = track.exported.min(end);
+        let experts = self.rows(track, from, end)?;
+        if let Some(track) = self.requests.get_mut(&request) {
+            track.exported = track.exported.max(end);
+        }
+        Ok(RoutedSpan {
+            first_position: from,
+            experts,
+        })
+    }
+
+    /// Exports rows `[from, num_tokens - 1)` of a running request (any `from` up to that end,
+    /// the prompt start or a position the server remembers), copying only those rows; what
+    /// [`export_new`](Self::export_new) has exported is not changed.
+    pub fn export_range(
+        &self,
+        request: RequestId,
+        from: usize,
+        num_tokens: usize,
+    ) -> Result<RoutedSpan> {
+        let end = self.end_of(num_tokens)?;
+        ensure(from <= end, "from", || {
+            format!("{from} is beyond the request's last row ({end} rows for {num_tokens} tokens)")
+        })?;
+        let track = self.requests.get(&request).ok_or_else(|| unknown(request))?;
+        Ok(RoutedSpan {
+            first_position: from,
+            experts: self.rows(track, from, end)?,
+        })
+    }
+
+    /// The end (exclusive) of the exported rows of a request of `num_tokens` tokens.
+    fn end_of(&self, num_tokens: usize) -> Result<usize> {
         let max = self.config.max_positions;
         ensure(num_tokens <= max + 1, "num_tokens", || {
             format!("{num_tokens} is beyond max_positions + 1 ({})", max + 1)
         })?;
-        let track = self
-            .requests
-            .remove(&request)
-            .ok_or_else(|| unknown(request))?;
+        Ok(num_tokens.saturating_sub(1))
+    }
+
+    /// Rows `[from, end)` of `track` (`from <= end`), UNKNOWN where never written.
+    fn rows(&self, track: &Track, from: usize, end: usize) -> Result<RoutedExperts> {
         let row = self.row;
-        let end = num_tokens.saturating_sub(1);
-        let start = track.prompt_start.min(end);
-        let mut ids = vec![UNKNOWN; (end - start) * row];
+        let mut ids = vec![UNKNOWN; (end - from) * row];
         let have = (track.ids.len() / row).min(end);
-        if have > start {
-            ids[..(have - start) * row].copy_from_slice(&track.ids[start * row..have * row]);
+        if have > from {
+            ids[..(have - from) * row].copy_from_slice(&track.ids[from * row..have * row]);
         }
-        // Every id came in through check_ids: this cannot fail.
+        // Every id came in through check_ids (and the map): this does not fail.
         RoutedExperts::new(
-            end - start,
+            end - from,
             self.config.layers,
             self.config.top_k,
             ids,
-            self.config.num_experts,
+            self.export_experts(),
         )
     }
 }
 
-/// Writes `ids` (one row) at `position` of `track`, growing it with UNKNOWN rows as needed.
-/// The caller has bounded `position` by `max_positions`.
-fn write_row(track: &mut Track, row: usize, position: usize, ids: &[i16]) {
+/// Writes `ids` (one checked row) at `position` of `track`, growing it with UNKNOWN rows as
+/// needed, as logical ids where there is a `map`. The caller has bounded `position` by
+/// `max_positions`.
+fn write_row(track: &mut Track, row: usize, position: usize, ids: &[i16], map: Option<&ExpertMap>) {
     let end = (position + 1) * row;
     if track.ids.len() < end {
         track.ids.resize(end, UNKNOWN);
     }
-    track.ids[position * row..end].copy_from_slice(ids);
+    let dst = &mut track.ids[position * row..end];
+    dst.copy_from_slice(ids);
+    if let Some(map) = map {
+        map.to_logical(dst);
+    }
 }
 
 fn unknown(request: RequestId) -> Error {

@@ -4,15 +4,18 @@
 //!   (zero-copy, fixed addresses), read back once per step, asynchronously, to pinned memory;
 //! - [`StepLayout`]: which rows of a step are this rank's (DP, padding, SP after a gather);
 //! - [`Assembler`]: a step's rows attributed to (request, position) across steps, with
-//!   speculative decoding, aborts, preemption and prompt offsets;
+//!   speculative decoding, aborts, preemption and prompt offsets, exported whole or in parts,
+//!   physical expert ids turned logical by an [`ExpertMap`] (replicated experts);
 //! - [`RoutedExperts`]: per-request export as vLLM `.npy`/base64 and SGLang flat bytes;
 //! - [`SlotStore`]: bounded host routing by KV slot, for prefix-cache hits.
 mod assemble;
 mod export;
+mod replicas;
 mod slots;
 mod store;
 
-pub use assemble::{Assembler, AssemblerConfig, RequestId, RowOwner, StepRows};
+pub use assemble::{Assembler, AssemblerConfig, RequestId, RoutedSpan, RowOwner, StepRows};
 pub use export::{ExportDtype, RoutedExperts, MAX_EXPORT_EXPERTS, UNKNOWN};
+pub use replicas::ExpertMap;
 pub use slots::{SlotStore, SlotStoreConfig};
 pub use store::{CaptureConfig, CaptureStore, CollectedStep, StepLayout};

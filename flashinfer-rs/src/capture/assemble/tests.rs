@@ -1,4 +1,5 @@
 use super::*;
+use crate::capture::ExpertMap;
 
 /// A step whose row r holds value `base + r` everywhere.
 fn step(rows: usize, base: i16) -> StepRows {
@@ -237,4 +238,82 @@ fn ids_outside_the_model_are_refused_and_a_refused_step_changes_nothing() {
     a.start(1, 0).unwrap();
     a.set_row(1, 0, &[3, UNKNOWN, 5, 6]).unwrap();
     assert_eq!(a.finish(1, 2).unwrap().ids(), &[3, UNKNOWN, 5, 6]);
+}
+
+#[test]
+fn export_new_returns_only_what_is_new_and_finish_still_returns_everything() {
+    let mut a = asm(2, 2, 64);
+    a.start(1, 2).unwrap(); // two prompt positions skipped
+    a.push_step(&step(4, 10), &[tok(1, 0), tok(1, 1), tok(1, 2), tok(1, 3)])
+        .unwrap(); // prefill of a 4-token prompt
+    let first = a.export_new(1, 5).unwrap(); // rows 2..4
+    assert_eq!(first.first_position, 2);
+    assert_eq!(firsts(&first.experts), vec![12, 13]);
+    // Nothing new yet: an empty span at the end.
+    let none = a.export_new(1, 5).unwrap();
+    assert_eq!((none.first_position, none.experts.tokens()), (4, 0));
+    a.push_step(&step(1, 20), &[tok(1, 4)]).unwrap(); // decode
+    a.push_step(&step(1, 30), &[tok(1, 5)]).unwrap(); // decode
+    let second = a.export_new(1, 7).unwrap();
+    assert_eq!(second.first_position, 4);
+    assert_eq!(firsts(&second.experts), vec![20, 30]);
+    // Any range on request, without moving export_new's position.
+    let range = a.export_range(1, 3, 7).unwrap();
+    assert_eq!((range.first_position, firsts(&range.experts)), (3, vec![13, 20, 30]));
+    assert!(a.export_range(1, 7, 7).is_err()); // past the last row (6 rows for 7 tokens)
+    assert_eq!(a.export_new(1, 7).unwrap().experts.tokens(), 0);
+    assert_eq!(firsts(&a.finish(1, 7).unwrap()), vec![12, 13, 20, 30]);
+}
+
+#[test]
+fn rows_exported_then_rejected_by_speculation_are_exported_again() {
+    let mut a = asm(2, 2, 64);
+    a.start(1, 0).unwrap();
+    a.push_step(&step(3, 0), &[tok(1, 0), tok(1, 1), tok(1, 2)])
+        .unwrap();
+    assert_eq!(firsts(&a.export_new(1, 4).unwrap().experts), vec![0, 1, 2]);
+    a.truncate(1, 2).unwrap(); // position 2 was a rejected draft
+    a.push_step(&step(1, 40), &[tok(1, 2)]).unwrap();
+    let again = a.export_new(1, 4).unwrap();
+    assert_eq!((again.first_position, firsts(&again.experts)), (2, vec![40]));
+}
+
+#[test]
+fn an_expert_map_exports_logical_ids_and_is_checked_against_the_config() {
+    // 4 physical experts serving 3 logical ones (logical 1 replicated on 1 and 3).
+    let map = ExpertMap::new(&[0, 1, 2, 1], 3).unwrap();
+    let config = AssemblerConfig {
+        layers: 1,
+        top_k: 2,
+        num_experts: 4,
+        max_positions: 16,
+    };
+    let mut a = Assembler::with_expert_map(config, map.clone()).unwrap();
+    a.start(9, 0).unwrap();
+    let rows = StepRows {
+        tokens: 2,
+        layers: 1,
+        top_k: 2,
+        ids: vec![3, 0, 2, 1],
+    };
+    a.push_step(&rows, &[tok(9, 0), tok(9, 1)]).unwrap();
+    a.set_row(9, 2, &[3, UNKNOWN]).unwrap();
+    let r = a.finish(9, 4).unwrap();
+    assert_eq!(r.ids(), &[1, 0, 2, 1, 1, UNKNOWN]);
+    assert_eq!(r.num_experts(), 3);
+    // Physical ids are checked against the physical count, before the map.
+    let mut b = Assembler::with_expert_map(config, map.clone()).unwrap();
+    b.start(1, 0).unwrap();
+    let bad = StepRows {
+        ids: vec![4, 0],
+        tokens: 1,
+        ..rows
+    };
+    assert!(b.push_step(&bad, &[tok(1, 0)]).is_err());
+    // A map of another physical count than the config's is refused.
+    let other = AssemblerConfig {
+        num_experts: 5,
+        ..config
+    };
+    assert!(Assembler::with_expert_map(other, map).is_err());
 }

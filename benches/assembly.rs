@@ -44,10 +44,13 @@ fn main() {
     };
     println!("## Assembly on the host (one thread)\n");
     println!("58 layers x top-8, 288 physical experts (256 logical). Per step: `push_step` of T rows, each row a token of one of 64 requests; median of {REPS}.\n");
-    println!("| rows per step | push_step (us) | with expert map (us) | map cost | ns per id with map |");
+    println!(
+        "| rows per step | push_step (us) | with expert map (us) | map cost | ns per id with map |"
+    );
     println!("|---:|---:|---:|---:|---:|");
     for tokens in [128usize, 1024, 8192] {
         let rows = StepRows {
+            weights: None,
             tokens,
             layers,
             top_k,

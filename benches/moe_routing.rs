@@ -209,6 +209,7 @@ fn capture_step(b: &Bench) {
                 top_k: k,
                 readback_buffers: 2,
                 layer_map: None,
+                capture_weights: false,
             };
             let mut store = CaptureStore::new(&b.stream, cap).unwrap();
             // vLLM's design: one scratch [t, k] buffer per layer + a copy kernel per layer into
@@ -303,6 +304,7 @@ fn readback(b: &Bench) {
             top_k: k,
             readback_buffers: 2,
             layer_map: None,
+            capture_weights: false,
         };
         let mut store = CaptureStore::new(&b.stream, cap).unwrap();
         let dev = b.stream.alloc_zeros::<i16>(l * t * k).unwrap();
@@ -355,6 +357,7 @@ fn readback_overlap(b: &Bench) {
             top_k: 8,
             readback_buffers: 2,
             layer_map: None,
+            capture_weights: false,
         };
         let mut store = CaptureStore::new(&b.stream, cap).unwrap();
         let step = b.capture(|| {
@@ -400,6 +403,81 @@ fn readback_overlap(b: &Bench) {
             "| {t} | {p:.1} | {o:.1} | {c:.1} | {:.4} | {} |",
             o / p,
             verdict(o / p <= 1.01)
+        );
+    }
+}
+
+/// 2b. Weights capture: whole steps with readback in flight, the store capturing ids and
+/// weights against one capturing ids only (the router writes its weights either way: into the
+/// store's views, or into the buffer the MoE reads).
+fn weights_capture(b: &Bench) {
+    println!("\n### 2b. Weights capture: a step with ids and weights captured against ids only\n");
+    println!("Host time per step over 200 steps with readback in flight (begin_step, a graph of L `TopKRouter::route` calls, end_step, collect), median of 5 interleaved runs; DeepSeek-V3, L = 61. Target: with weights / ids only <= 1.01.\n");
+    println!("| tokens | ids only (us/step) | ids + weights (us/step) | ratio | target |");
+    println!("|---:|---:|---:|---:|---|");
+    let s = deepseek_v3();
+    let router = TopKRouter::new(s.cfg).unwrap();
+    let (layers, k) = (61, s.cfg.top_k as usize);
+    const STEPS: usize = 200;
+    for t in [128usize, 1024, 8192] {
+        let inputs = Inputs::new(b, &s, t);
+        let mut weights = b.stream.alloc_zeros::<f32>(t * k).unwrap();
+        let mut stores = [false, true].map(|capture_weights| {
+            CaptureStore::new(
+                &b.stream,
+                CaptureConfig {
+                    moe_layers: layers,
+                    max_tokens: t,
+                    top_k: k,
+                    readback_buffers: 2,
+                    layer_map: None,
+                    capture_weights,
+                },
+            )
+            .unwrap()
+        });
+        let graphs: Vec<CudaGraph> = stores
+            .iter_mut()
+            .map(|store| {
+                b.capture(|| {
+                    for l in 0..layers {
+                        let views = store.layer_views(l).unwrap();
+                        let (mut ids, captured) = (views.ids, views.weights);
+                        let mut out = TopKOutputs {
+                            ids: None,
+                            weights_f32: Some(captured.unwrap_or_else(|| weights.as_view_mut())),
+                            weights_bf16: None,
+                        };
+                        router
+                            .route(&b.stream, &inputs.input(t), &mut out, Some(&mut ids))
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        let mut per_step = [Vec::new(), Vec::new()];
+        for _ in 0..5 {
+            for (i, (store, graph)) in stores.iter_mut().zip(&graphs).enumerate() {
+                b.stream.synchronize().unwrap();
+                let t0 = Instant::now();
+                for _ in 0..STEPS {
+                    store.begin_step(&b.stream, StepLayout::single(t)).unwrap();
+                    graph.launch().unwrap();
+                    store.end_step(&b.stream).unwrap();
+                    if store.in_flight() == 2 {
+                        store.collect().unwrap();
+                    }
+                }
+                while store.collect().unwrap().is_some() {}
+                b.stream.synchronize().unwrap();
+                per_step[i].push(t0.elapsed().as_secs_f64() * 1e6 / STEPS as f64);
+            }
+        }
+        let [ids_only, with_weights] = per_step.map(|v| stat(v).median);
+        println!(
+            "| {t} | {ids_only:.1} | {with_weights:.1} | {:.4} | {} |",
+            with_weights / ids_only,
+            verdict(with_weights / ids_only <= 1.01)
         );
     }
 }
@@ -880,6 +958,7 @@ fn main() {
     }
     if run("capture") {
         capture_step(&b);
+        weights_capture(&b);
     }
     if run("readback") {
         readback(&b);

@@ -60,6 +60,7 @@ impl Router6 for Synthetic {
             .map(|_| self.0.below(EXPERTS as usize) as i16)
             .collect();
         Some(StepRows {
+            weights: None,
             tokens: rows,
             layers: LAYERS,
             top_k: TOP_K,
@@ -112,6 +113,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             top_k: TOP_K,
             readback_buffers: 2,
             layer_map: None,
+            capture_weights: false,
         };
         Box::new(Gpu {
             router: Router::new(cfg)?,

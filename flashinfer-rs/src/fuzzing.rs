@@ -388,6 +388,7 @@ pub fn assembly(data: &[u8]) {
                     ids.pop();
                 }
                 let step = StepRows {
+                    weights: None,
                     tokens,
                     layers,
                     top_k,

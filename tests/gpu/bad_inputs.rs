@@ -79,6 +79,7 @@ fn the_capture_protocol_refuses_misuse_without_blocking() {
         top_k: 2,
         readback_buffers: 2,
         layer_map: Some(vec![None, Some(0), Some(1)]),
+        capture_weights: false,
     };
     let mut store = CaptureStore::new(&g.stream, cfg.clone()).unwrap();
     assert_eq!(

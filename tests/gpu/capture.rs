@@ -5,10 +5,13 @@ use flashinfer_rs::capture::{CaptureConfig, CaptureStore, CollectedStep, StepLay
 use flashinfer_rs::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use flashinfer_rs::cudarc::driver::CudaSlice;
 use flashinfer_rs::routing::oracle::{self, SplitMix64};
-use flashinfer_rs::routing::{RouteInput, Router, RoutingBuffers, RoutingConfig, RoutingMethod};
+use flashinfer_rs::routing::{
+    RouteInput, Router, RoutingBuffers, RoutingConfig, RoutingMethod, TopKOutputs, TopKRouter,
+};
 
 use crate::common::{env_list, gpu, Gpu};
 use crate::models;
+use crate::routing::weight_matches;
 
 /// Rows of pre-generated logits per layer; each step routes a random window of them.
 const POOL: usize = 2048;
@@ -201,6 +204,7 @@ fn eager(g: &Gpu, m: &Model, steps: usize) {
         top_k: k,
         readback_buffers: 2,
         layer_map: None,
+        capture_weights: false,
     };
     let mut store = CaptureStore::new(&g.stream, cfg).unwrap();
     let mut rng = SplitMix64(m.layers as u64);
@@ -240,6 +244,7 @@ fn graph(g: &Gpu, m: &Model, steps: usize) {
         top_k: k,
         readback_buffers: 3,
         layer_map: None,
+        capture_weights: false,
     };
     let mut store = CaptureStore::new(&g.stream, cfg).unwrap();
     // Fixed logits buffers, one per layer, refilled before every replay.
@@ -327,6 +332,7 @@ fn the_next_step_cannot_overwrite_rows_still_being_read_back() {
         top_k: 8,
         readback_buffers: 2,
         layer_map: None,
+        capture_weights: false,
     };
     let mut store = CaptureStore::new(&g.stream, cap).unwrap();
     let mut want = Vec::new();
@@ -370,4 +376,96 @@ fn the_next_step_cannot_overwrite_rows_still_being_read_back() {
     }
     unsafe { g.ctx.enable_event_tracking() };
     eprintln!("capture ordering: 2 steps of 61 x 8192 rows, back to back, both read back intact");
+}
+
+/// Weights capture: the top-k router writes each layer's ids into the store's replay view and
+/// its fp32 weights into the store's weights view (zero-copy); every collected step's ids and
+/// weights must equal the oracle's (`oracle::route_topk`), over random layouts.
+#[test]
+fn captured_weights_sit_beside_their_ids_and_equal_the_oracle() {
+    let Some(g) = gpu("captured_weights_sit_beside_their_ids_and_equal_the_oracle") else {
+        return;
+    };
+    let steps = env_list("FLASHINFER_RS_WEIGHTS_STEPS", &[300])[0];
+    let (qwen3, deepseek) = (models::qwen3_30b_a3b(), models::deepseek_v3());
+    for (cfg, layers) in [(qwen3.cfg, 6), (deepseek.cfg, 5)] {
+        let (e, k) = (cfg.num_experts as usize, cfg.top_k as usize);
+        let (_, bias) = oracle::separated_logits(&cfg, 0, false, 7);
+        let mut pool = Vec::new();
+        let mut want = Vec::new();
+        for l in 0..layers {
+            let logits = oracle::separated_logits_for_bias(
+                &cfg,
+                POOL,
+                false,
+                40 + l as u64,
+                bias.as_deref(),
+            );
+            want.push(oracle::route_topk(&cfg, &logits, bias.as_deref(), POOL).unwrap());
+            pool.push(g.stream.clone_htod(&logits).unwrap());
+        }
+        let bias = bias.map(|b| g.stream.clone_htod(&b).unwrap());
+        let router = TopKRouter::new(cfg).unwrap();
+        let capture = CaptureConfig {
+            moe_layers: layers,
+            max_tokens: MAX_ROWS,
+            top_k: k,
+            readback_buffers: 2,
+            layer_map: None,
+            capture_weights: true,
+        };
+        let mut store = CaptureStore::new(&g.stream, capture).unwrap();
+        let mut rng = SplitMix64(5 + layers as u64);
+        let mut checked = 0usize;
+        for _ in 0..steps {
+            let layout = random_layout(&mut rng, None);
+            let t = layout.routed_rows;
+            let offsets: Vec<usize> = (0..layers).map(|_| rng.below(POOL - MAX_ROWS)).collect();
+            store.begin_step(&g.stream, layout.clone()).unwrap();
+            for (l, &off) in offsets.iter().enumerate() {
+                let input = RouteInput {
+                    logits: pool[l].slice(off * e..(off + t) * e).into(),
+                    bias: bias.as_ref().map(Into::into),
+                    num_tokens: t,
+                };
+                let views = store.layer_views(l).unwrap();
+                let (mut ids, weights) = (views.ids, views.weights);
+                let mut out = TopKOutputs {
+                    ids: None,
+                    weights_f32: weights,
+                    weights_bf16: None,
+                };
+                router
+                    .route(&g.stream, &input, &mut out, Some(&mut ids))
+                    .unwrap();
+            }
+            store.end_step(&g.stream).unwrap();
+            let got = store.collect().unwrap().expect("a step in flight");
+            let got_weights = got.rows.weights.as_ref().expect("weights captured");
+            for (r, row) in layout.keep.clone().enumerate() {
+                for (l, &off) in offsets.iter().enumerate() {
+                    let at = (r * layers + l) * k;
+                    let w = (off + row) * k;
+                    assert_eq!(
+                        &got.rows.ids[at..at + k],
+                        &want[l].ids[w..w + k],
+                        "step {} row {row} layer {l}",
+                        got.step
+                    );
+                    for j in 0..k {
+                        assert!(
+                            weight_matches(got_weights[at + j], want[l].weights[w + j]),
+                            "step {} row {row} layer {l} k {j}: weight {} vs the oracle's {}",
+                            got.step,
+                            got_weights[at + j],
+                            want[l].weights[w + j]
+                        );
+                    }
+                    checked += k;
+                }
+            }
+        }
+        println!("weights capture, {layers} layers of {e} experts: {checked} ids and weights checked over {steps} steps");
+        assert!(checked > 0);
+    }
 }

@@ -77,6 +77,7 @@ fn candle_tensor_logits_route_and_capture_like_the_oracle() {
                 top_k: top_k as usize,
                 readback_buffers: 2,
                 layer_map: None,
+                capture_weights: false,
             },
         )
         .unwrap();

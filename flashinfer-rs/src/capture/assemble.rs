@@ -38,7 +38,7 @@ pub enum RowOwner {
 }
 
 /// One step's captured rows, token-major: `ids[(row * layers + layer) * top_k + k]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct StepRows {
     /// Rows of the step.
     pub tokens: usize,
@@ -48,6 +48,8 @@ pub struct StepRows {
     pub top_k: usize,
     /// `tokens * layers * top_k` expert ids.
     pub ids: Vec<i16>,
+    /// With weights capture: the routing weight of each id, same shape.
+    pub weights: Option<Vec<f32>>,
 }
 
 #[derive(Debug, Default)]
@@ -57,6 +59,8 @@ struct Track {
     exported: usize,
     /// `positions * layers * top_k` ids, UNKNOWN where never written.
     ids: Vec<i16>,
+    /// Their weights, NaN where never written: from the first step that brought weights.
+    weights: Option<Vec<f32>>,
 }
 
 /// The shape of what an [`Assembler`] collects, and the bound on it.
@@ -122,7 +126,7 @@ pub struct Assembler {
 }
 
 /// A part of a request's routing: rows `[first_position, first_position + experts.tokens())`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RoutedSpan {
     /// Position of the first exported row.
     pub first_position: usize,
@@ -199,6 +203,7 @@ impl Assembler {
                 prompt_start,
                 exported: prompt_start,
                 ids: Vec::new(),
+                weights: None,
             },
         );
         Ok(())
@@ -234,6 +239,13 @@ impl Assembler {
         ensure(owners.len() == step.tokens, "owners", || {
             format!("names {} rows, the step has {}", owners.len(), step.tokens)
         })?;
+        ensure(
+            step.weights
+                .as_ref()
+                .is_none_or(|w| w.len() == step.ids.len()),
+            "step",
+            || "weights do not match its ids".into(),
+        )?;
         for owner in owners {
             if let RowOwner::Token { position, .. } = *owner {
                 self.check_position(position)?;
@@ -246,8 +258,10 @@ impl Assembler {
             };
             match self.requests.get_mut(&request) {
                 Some(track) => {
-                    let ids = &step.ids[r * row..(r + 1) * row];
-                    write_row(track, row, position, ids, self.expert_map.as_ref());
+                    let span = r * row..(r + 1) * row;
+                    let weights = step.weights.as_ref().map(|w| &w[span.clone()]);
+                    let ids = &step.ids[span];
+                    write_row(track, row, position, ids, weights, self.expert_map.as_ref());
                 }
                 None => self.dropped_rows += 1,
             }
@@ -269,7 +283,7 @@ impl Assembler {
             .requests
             .get_mut(&request)
             .ok_or_else(|| unknown(request))?;
-        write_row(track, row, position, ids, self.expert_map.as_ref());
+        write_row(track, row, position, ids, None, self.expert_map.as_ref());
         Ok(())
     }
 
@@ -283,6 +297,9 @@ impl Assembler {
             .get_mut(&request)
             .ok_or_else(|| unknown(request))?;
         track.ids.truncate(len.saturating_mul(row));
+        if let Some(w) = &mut track.weights {
+            w.truncate(len.saturating_mul(row));
+        }
         track.exported = track.exported.min(len.max(track.prompt_start));
         Ok(())
     }
@@ -298,7 +315,10 @@ impl Assembler {
     /// On an error the request stays tracked.
     pub fn finish(&mut self, request: RequestId, num_tokens: usize) -> Result<RoutedExperts> {
         let end = self.end_of(num_tokens)?;
-        let track = self.requests.get(&request).ok_or_else(|| unknown(request))?;
+        let track = self
+            .requests
+            .get(&request)
+            .ok_or_else(|| unknown(request))?;
         let experts = self.rows(track, track.prompt_start.min(end), end)?;
         self.requests.remove(&request);
         Ok(experts)
@@ -316,7 +336,8 @@ impl Assembler {
     /// let mut asm = Assembler::new(config)?;
     /// asm.start(7, 0)?;
     /// let owners = [0, 1, 2].map(|position| RowOwner::Token { request: 7, position });
-    /// asm.push_step(&StepRows { tokens: 3, layers: 1, top_k: 1, ids: vec![5, 6, 7] }, &owners)?;
+    /// let rows = StepRows { tokens: 3, layers: 1, top_k: 1, ids: vec![5, 6, 7], weights: None };
+    /// asm.push_step(&rows, &owners)?;
     /// // A streaming response of 4 tokens so far: rows 0..3, once.
     /// let span = asm.export_new(7, 4)?;
     /// assert_eq!((span.first_position, span.experts.ids()), (0, &[5i16, 6, 7][..]));
@@ -325,7 +346,10 @@ impl Assembler {
     /// ```
     pub fn export_new(&mut self, request: RequestId, num_tokens: usize) -> Result<RoutedSpan> {
         let end = self.end_of(num_tokens)?;
-        let track = self.requests.get(&request).ok_or_else(|| unknown(request))?;
+        let track = self
+            .requests
+            .get(&request)
+            .ok_or_else(|| unknown(request))?;
         let from = track.exported.min(end);
         let experts = self.rows(track, from, end)?;
         if let Some(track) = self.requests.get_mut(&request) {
@@ -350,7 +374,10 @@ impl Assembler {
         ensure(from <= end, "from", || {
             format!("{from} is beyond the request's last row ({end} rows for {num_tokens} tokens)")
         })?;
-        let track = self.requests.get(&request).ok_or_else(|| unknown(request))?;
+        let track = self
+            .requests
+            .get(&request)
+            .ok_or_else(|| unknown(request))?;
         Ok(RoutedSpan {
             first_position: from,
             experts: self.rows(track, from, end)?,
@@ -375,28 +402,58 @@ impl Assembler {
             ids[..(have - from) * row].copy_from_slice(&track.ids[from * row..have * row]);
         }
         // Every id came in through check_ids (and the map): this does not fail.
-        RoutedExperts::new(
+        let experts = RoutedExperts::new(
             end - from,
             self.config.layers,
             self.config.top_k,
             ids,
             self.export_experts(),
-        )
+        )?;
+        match &track.weights {
+            None => Ok(experts),
+            Some(w) => {
+                let mut weights = vec![f32::NAN; (end - from) * row];
+                let have = (w.len() / row).min(end);
+                if have > from {
+                    weights[..(have - from) * row].copy_from_slice(&w[from * row..have * row]);
+                }
+                experts.with_weights(weights)
+            }
+        }
     }
 }
 
 /// Writes `ids` (one checked row) at `position` of `track`, growing it with UNKNOWN rows as
-/// needed, as logical ids where there is a `map`. The caller has bounded `position` by
-/// `max_positions`.
-fn write_row(track: &mut Track, row: usize, position: usize, ids: &[i16], map: Option<&ExpertMap>) {
-    let end = (position + 1) * row;
-    if track.ids.len() < end {
-        track.ids.resize(end, UNKNOWN);
+/// needed, as logical ids where there is a `map`; and its `weights` (NaN where a row has
+/// none, once the track keeps weights). The caller has bounded `position` by `max_positions`.
+fn write_row(
+    track: &mut Track,
+    row: usize,
+    position: usize,
+    ids: &[i16],
+    weights: Option<&[f32]>,
+    map: Option<&ExpertMap>,
+) {
+    let span = position * row..(position + 1) * row;
+    if track.ids.len() < span.end {
+        track.ids.resize(span.end, UNKNOWN);
     }
-    let dst = &mut track.ids[position * row..end];
+    let dst = &mut track.ids[span.clone()];
     dst.copy_from_slice(ids);
     if let Some(map) = map {
         map.to_logical(dst);
+    }
+    if weights.is_some() && track.weights.is_none() {
+        track.weights = Some(Vec::new());
+    }
+    if let Some(kept) = &mut track.weights {
+        if kept.len() < span.end {
+            kept.resize(span.end, f32::NAN);
+        }
+        match weights {
+            Some(w) => kept[span].copy_from_slice(w),
+            None => kept[span].fill(f32::NAN),
+        }
     }
 }
 

@@ -7,6 +7,11 @@
 //! as soon as any row is unknown, with **-1 marking unknown rows** (a row the kernels never
 //! wrote, for example a prefix-cache hit whose routing was not kept). A fake expert 0 is never
 //! emitted for an unknown row.
+//!
+//! With weights capture, a request also carries each id's fp32 routing weight (NaN for an
+//! unknown row), exported as a sibling array of the same shape: a second `.npy` (`<f4`,
+//! [`RoutedExperts::to_weights_npy`]) or flat bytes tagged `float32`
+//! ([`RoutedExperts::to_flat_weights_base64`]).
 
 use base64::Engine as _;
 
@@ -94,13 +99,15 @@ pub const MAX_EXPORT_EXPERTS: u32 = i16::MAX as u32 + 1;
 /// Built only through [`RoutedExperts::new`] (or an [`Assembler`](super::Assembler)), which
 /// checks that every id is an expert of the model or [`UNKNOWN`]: the narrow export types
 /// then never truncate an id.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RoutedExperts {
     tokens: usize,
     layers: usize,
     top_k: usize,
     ids: Vec<i16>,
     num_experts: u32,
+    /// With weights capture: one fp32 weight per id.
+    weights: Option<Vec<f32>>,
 }
 
 impl RoutedExperts {
@@ -137,7 +144,29 @@ impl RoutedExperts {
             top_k,
             ids,
             num_experts,
+            weights: None,
         })
+    }
+
+    /// The same rows with each id's routing weight (`weights[i]` of `ids()[i]`; NaN where
+    /// unknown): exactly one per id.
+    pub fn with_weights(self, weights: Vec<f32>) -> Result<RoutedExperts> {
+        ensure(weights.len() == self.ids.len(), "weights", || {
+            format!(
+                "holds {}, one per id needs {}",
+                weights.len(),
+                self.ids.len()
+            )
+        })?;
+        Ok(RoutedExperts {
+            weights: Some(weights),
+            ..self
+        })
+    }
+
+    /// The routing weights, one per id, when captured.
+    pub fn weights(&self) -> Option<&[f32]> {
+        self.weights.as_deref()
     }
 
     /// Tokens (rows).
@@ -173,25 +202,35 @@ impl RoutedExperts {
     /// A `.npy` (format 1.0) file of shape `(tokens, layers, top_k)`.
     pub fn to_npy(&self) -> Vec<u8> {
         let dtype = self.dtype();
+        self.npy(dtype.npy_descr(), dtype.encode(&self.ids))
+    }
+
+    /// The weights' `.npy` (`<f4`, the ids' shape), when captured: the sibling of
+    /// [`to_npy`](Self::to_npy).
+    pub fn to_weights_npy(&self) -> Option<Vec<u8>> {
+        self.weights
+            .as_ref()
+            .map(|w| self.npy("<f4", w.iter().flat_map(|x| x.to_le_bytes()).collect()))
+    }
+
+    /// A `.npy` file of shape `(tokens, layers, top_k)` holding `payload` of type `descr`.
+    fn npy(&self, descr: &str, payload: Vec<u8>) -> Vec<u8> {
         let header = format!(
-            "{{'descr': '{}', 'fortran_order': False, 'shape': ({}, {}, {}), }}",
-            dtype.npy_descr(),
-            self.tokens,
-            self.layers,
-            self.top_k
+            "{{'descr': '{descr}', 'fortran_order': False, 'shape': ({}, {}, {}), }}",
+            self.tokens, self.layers, self.top_k
         );
         // magic(6) + version(2) + header length(2) + header, padded with spaces to a multiple
         // of 64 and ended by a newline, as the format asks.
         let unpadded = 10 + header.len() + 1;
         let pad = (64 - unpadded % 64) % 64;
         let header_len = header.len() + pad + 1;
-        let mut out = Vec::with_capacity(10 + header_len + self.ids.len() * 2);
+        let mut out = Vec::with_capacity(10 + header_len + payload.len());
         out.extend_from_slice(b"\x93NUMPY\x01\x00");
         out.extend_from_slice(&(header_len as u16).to_le_bytes());
         out.extend_from_slice(header.as_bytes());
         out.extend(std::iter::repeat_n(b' ', pad));
         out.push(b'\n');
-        out.extend(dtype.encode(&self.ids));
+        out.extend(payload);
         out
     }
 
@@ -207,6 +246,18 @@ impl RoutedExperts {
             base64::engine::general_purpose::STANDARD.encode(dtype.encode(&self.ids)),
             dtype.tag(),
         )
+    }
+
+    /// The weights as flat little-endian fp32, base64, tagged `float32` (the second tag of the
+    /// flat format), when captured.
+    pub fn to_flat_weights_base64(&self) -> Option<(String, &'static str)> {
+        self.weights.as_ref().map(|w| {
+            let bytes: Vec<u8> = w.iter().flat_map(|x| x.to_le_bytes()).collect();
+            (
+                base64::engine::general_purpose::STANDARD.encode(bytes),
+                "float32",
+            )
+        })
     }
 }
 

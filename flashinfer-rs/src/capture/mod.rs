@@ -18,4 +18,4 @@ pub use assemble::{Assembler, AssemblerConfig, RequestId, RoutedSpan, RowOwner, 
 pub use export::{ExportDtype, RoutedExperts, MAX_EXPORT_EXPERTS, UNKNOWN};
 pub use replicas::ExpertMap;
 pub use slots::{SlotStore, SlotStoreConfig};
-pub use store::{CaptureConfig, CaptureStore, CollectedStep, StepLayout};
+pub use store::{CaptureConfig, CaptureStore, CollectedStep, LayerViews, StepLayout};

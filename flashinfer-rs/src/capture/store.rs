@@ -17,13 +17,19 @@
 //! 3. `collect()` waits for the oldest step's copy only, transposes it to token-major
 //!    `(tokens, layers, top_k)` and frees its buffer. With `readback_buffers >= 2`, step n+1 computes
 //!    while step n drains.
+//!
+//! Weights capture (opt-in, [`CaptureConfig::capture_weights`]): a second layer-major buffer,
+//! fp32 `[layers, max_tokens, top_k]`, whose per-layer views the router writes as its
+//! `weights_f32` output ([`CaptureStore::layer_views`]); it is staged and read back in the same
+//! step copy and collected beside the ids.
 
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::Arc;
 
 use cudarc::driver::{
-    sys, CudaContext, CudaEvent, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, PinnedHostSlice,
+    sys, CudaContext, CudaEvent, CudaSlice, CudaStream, CudaViewMut, DevicePtr, DevicePtrMut,
+    DeviceRepr, PinnedHostSlice, ValidAsZeroBits,
 };
 
 use super::assemble::StepRows;
@@ -128,15 +134,38 @@ pub struct CaptureConfig {
     /// Model layer id -> MoE layer index, for models whose dense layers have no router
     /// (`None` for a dense layer). `None`: every model layer is an MoE layer, index = layer id.
     pub layer_map: Option<Vec<Option<usize>>>,
+    /// Also capture each chosen expert's fp32 routing weight (what the MoE combines with),
+    /// written by the router into [`CaptureStore::layer_views`]'s `weights` (zero-copy, like
+    /// the ids) and read back in the same step copy. Doubles the store's memory and copies
+    /// (4 bytes per id beside 2).
+    pub capture_weights: bool,
 }
 
-/// One readback buffer: device staging and pinned host memory for one step in flight.
-struct Readback {
+/// Device staging and pinned host memory for one layer-major buffer of one step in flight.
+struct Readback<T: DeviceRepr> {
     /// Device copy of the step's kept rows, `[layers][rows][top_k]` packed: taken right after
     /// the step (fast, device to device), so the next step may overwrite the layer views
     /// while the slow device-to-host copy reads this instead.
-    staging: CudaSlice<i16>,
-    host: PinnedHostSlice<i16>,
+    staging: CudaSlice<T>,
+    host: PinnedHostSlice<T>,
+}
+
+impl<T: DeviceRepr + ValidAsZeroBits> Readback<T> {
+    fn new(stream: &Arc<CudaStream>, total: usize) -> Result<Readback<T>> {
+        // Plain pinned memory (not write-combined): the host reads it.
+        // SAFETY: the buffer is only read after a copy into it completed.
+        let host = unsafe { stream.context().alloc_pinned_with_flags::<T>(total, 0) }?;
+        Ok(Readback {
+            staging: stream.alloc_zeros::<T>(total)?,
+            host,
+        })
+    }
+}
+
+/// What one step in flight reads back: the ids and (with weights capture) the weights.
+struct Slot {
+    ids: Readback<i16>,
+    weights: Option<Readback<f32>>,
     done: CudaEvent,
 }
 
@@ -152,12 +181,14 @@ pub struct CaptureStore {
     cfg: CaptureConfig,
     ctx: Arc<CudaContext>,
     device: CudaSlice<i16>,
+    /// With weights capture: `[layers, max_tokens, top_k]` fp32 weights.
+    weights: Option<CudaSlice<f32>>,
     side: Arc<CudaStream>,
     step_done_on_compute: CudaEvent,
     /// Recorded on the side stream once the last step's rows left the layer views (the
     /// device-to-device staging copy): the next step's writes wait for it.
     views_free: CudaEvent,
-    readbacks: Vec<Readback>,
+    readbacks: Vec<Slot>,
     free: Vec<usize>,
     in_flight: VecDeque<InFlight>,
     current: Option<StepLayout>,
@@ -174,8 +205,9 @@ impl std::fmt::Debug for CaptureStore {
     }
 }
 
-/// A finished step's rows, token-major, with the step number it came from.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A finished step's rows (and weights, with weights capture), token-major, with the step
+/// number it came from.
+#[derive(Debug, Clone, PartialEq)]
 pub struct CollectedStep {
     /// 0-based step number (order of `end_step` calls).
     pub step: u64,
@@ -216,15 +248,19 @@ impl CaptureStore {
             })?;
         let ctx = stream.context().clone();
         let device = stream.clone_htod(&vec![-1i16; total])?;
+        let weights = match cfg.capture_weights {
+            true => Some(stream.clone_htod(&vec![f32::NAN; total])?),
+            false => None,
+        };
         let side = ctx.new_stream()?;
         let mut readbacks = Vec::with_capacity(cfg.readback_buffers);
         for _ in 0..cfg.readback_buffers {
-            // Plain pinned memory (not write-combined): the host reads it.
-            // SAFETY: the buffer is only read after a copy into it completed.
-            let host = unsafe { ctx.alloc_pinned_with_flags::<i16>(total, 0) }?;
-            readbacks.push(Readback {
-                staging: stream.alloc_zeros::<i16>(total)?,
-                host,
+            readbacks.push(Slot {
+                ids: Readback::new(stream, total)?,
+                weights: match cfg.capture_weights {
+                    true => Some(Readback::new(stream, total)?),
+                    false => None,
+                },
                 done: ctx.new_event(None)?,
             });
         }
@@ -235,6 +271,7 @@ impl CaptureStore {
             cfg,
             ctx,
             device,
+            weights,
             side,
             readbacks,
             free,
@@ -278,6 +315,27 @@ impl CaptureStore {
         ReplayView::new(view, self.cfg.max_tokens, self.cfg.top_k)
     }
 
+    /// The replay view and (with weights capture) the fp32 weights view of MoE layer
+    /// `moe_layer`, both `[max_tokens, top_k]` and always the same device memory: hand them to
+    /// that layer's router as `routing_replay_out` and as its `weights_f32` output
+    /// ([`TopKOutputs`](crate::routing::TopKOutputs)).
+    pub fn layer_views(&mut self, moe_layer: usize) -> Result<LayerViews<'_>> {
+        ensure(moe_layer < self.cfg.moe_layers, "moe_layer", || {
+            format!("{moe_layer} >= moe_layers ({})", self.cfg.moe_layers)
+        })?;
+        let per_layer = self.cfg.max_tokens * self.cfg.top_k;
+        let range = moe_layer * per_layer..(moe_layer + 1) * per_layer;
+        let ids = ReplayView::new(
+            self.device.slice_mut(range.clone()),
+            self.cfg.max_tokens,
+            self.cfg.top_k,
+        )?;
+        Ok(LayerViews {
+            ids,
+            weights: self.weights.as_mut().map(|w| w.slice_mut(range)),
+        })
+    }
+
     /// Starts a step whose layers `compute` is about to run (`layout.routed_rows` rows).
     ///
     /// Orders `compute` after the previous step's rows have been staged out of the layer
@@ -313,50 +371,25 @@ impl CaptureStore {
                 in_flight: self.cfg.readback_buffers,
             });
         };
-        let (k, max) = (self.cfg.top_k, self.cfg.max_tokens);
         let rows = layout.keep.len();
         self.step_done_on_compute.record(compute)?;
         self.side.wait(&self.step_done_on_compute)?;
         if rows > 0 {
-            let elem = std::mem::size_of::<i16>();
-            let (src, _g1) = self.device.device_ptr(&self.side);
-            let s = &mut self.readbacks[buffer];
-            let (staging, _g2) = s.staging.device_ptr_mut(&self.side);
-            // 1. Layer l's kept rows: views [l][keep][..] -> staging [l][0..rows][..], one 2D
-            //    device-to-device copy (fast: the views are free again once it is done).
-            let stage = sys::CUDA_MEMCPY2D {
-                srcXInBytes: layout.keep.start * k * elem,
-                srcY: 0,
-                srcMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
-                srcHost: std::ptr::null(),
-                srcDevice: src,
-                srcArray: std::ptr::null_mut(),
-                srcPitch: max * k * elem,
-                dstXInBytes: 0,
-                dstY: 0,
-                dstMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
-                dstHost: std::ptr::null_mut(),
-                dstDevice: staging,
-                dstArray: std::ptr::null_mut(),
-                dstPitch: rows * k * elem,
-                WidthInBytes: rows * k * elem,
-                Height: self.cfg.moe_layers,
-            };
+            let slot = &mut self.readbacks[buffer];
+            let side = &self.side;
             self.ctx.bind_to_thread()?;
-            // SAFETY: both regions lie inside their allocations (checked layout, pitches as
-            // allocated); ordered on the side stream after the step's kernels.
-            unsafe { sys::cuMemcpy2DAsync_v2(&stage, self.side.cu_stream()) }.result()?;
-            self.views_free.record(&self.side)?;
-            // 2. Staging -> pinned host memory, one contiguous copy. The buffer's previous copy
-            //    completed before it was freed (collect waits).
-            let bytes = self.cfg.moe_layers * rows * k * elem;
-            let dst = s.host.as_mut_ptr()?;
-            // SAFETY: `bytes` fits both the staging buffer and the pinned memory (each holds
-            // every layer's max_tokens rows); ordered after the staging copy on the side stream.
-            unsafe {
-                sys::cuMemcpyDtoHAsync_v2(dst as *mut _, staging, bytes, self.side.cu_stream())
+            // 1. Every layer's kept rows into staging (fast, device to device): the views are
+            //    free for the next step once these are done.
+            stage(&self.device, &mut slot.ids, side, &self.cfg, &layout)?;
+            if let (Some(w), Some(rb)) = (&self.weights, &mut slot.weights) {
+                stage(w, rb, side, &self.cfg, &layout)?;
             }
-            .result()?;
+            self.views_free.record(side)?;
+            // 2. Staging into pinned host memory, one contiguous copy each.
+            read_back(&mut slot.ids, side, &self.cfg, rows)?;
+            if let Some(rb) = &mut slot.weights {
+                read_back(rb, side, &self.cfg, rows)?;
+            }
         }
         self.readbacks[buffer].done.record(&self.side)?;
         let step = self.steps;
@@ -392,9 +425,17 @@ impl CaptureStore {
         let (l, k) = (self.cfg.moe_layers, self.cfg.top_k);
         let s = &self.readbacks[f.buffer];
         s.done.synchronize()?;
-        let host = s.host.as_slice()?;
-        let mut ids = vec![0i16; f.rows * l * k];
-        to_token_major(&host[..f.rows * l * k], &mut ids, f.rows, l, k);
+        let n = f.rows * l * k;
+        let mut ids = vec![0i16; n];
+        to_token_major(&s.ids.host.as_slice()?[..n], &mut ids, f.rows, l, k);
+        let weights = match &s.weights {
+            Some(w) => {
+                let mut out = vec![0f32; n];
+                to_token_major(&w.host.as_slice()?[..n], &mut out, f.rows, l, k);
+                Some(out)
+            }
+            None => None,
+        };
         self.free.push(f.buffer);
         Ok(Some(CollectedStep {
             step: f.step,
@@ -403,18 +444,89 @@ impl CaptureStore {
                 layers: l,
                 top_k: k,
                 ids,
+                weights,
             },
         }))
     }
+}
+
+/// One MoE layer's views into a [`CaptureStore`].
+pub struct LayerViews<'a> {
+    /// The ids: the layer's `routing_replay_out`.
+    pub ids: ReplayView<'a>,
+    /// The fp32 weights (with weights capture): the router's `weights_f32` output.
+    pub weights: Option<CudaViewMut<'a, f32>>,
+}
+
+/// Enqueues on `side` the copy of every layer's kept rows (`layout.keep`) of one layer-major
+/// buffer into `rb.staging`: one 2D device-to-device copy. The context is bound.
+fn stage<T: DeviceRepr>(
+    device: &CudaSlice<T>,
+    rb: &mut Readback<T>,
+    side: &Arc<CudaStream>,
+    cfg: &CaptureConfig,
+    layout: &StepLayout,
+) -> Result<()> {
+    let (k, max, rows) = (cfg.top_k, cfg.max_tokens, layout.keep.len());
+    let elem = std::mem::size_of::<T>();
+    let (src, _g1) = device.device_ptr(side);
+    let (staging, _g2) = rb.staging.device_ptr_mut(side);
+    let stage = sys::CUDA_MEMCPY2D {
+        srcXInBytes: layout.keep.start * k * elem,
+        srcY: 0,
+        srcMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+        srcHost: std::ptr::null(),
+        srcDevice: src,
+        srcArray: std::ptr::null_mut(),
+        srcPitch: max * k * elem,
+        dstXInBytes: 0,
+        dstY: 0,
+        dstMemoryType: sys::CUmemorytype::CU_MEMORYTYPE_DEVICE,
+        dstHost: std::ptr::null_mut(),
+        dstDevice: staging,
+        dstArray: std::ptr::null_mut(),
+        dstPitch: rows * k * elem,
+        WidthInBytes: rows * k * elem,
+        Height: cfg.moe_layers,
+    };
+    // SAFETY: both regions lie inside their allocations (checked layout, pitches as
+    // allocated); ordered on the side stream after the step's kernels.
+    unsafe { sys::cuMemcpy2DAsync_v2(&stage, side.cu_stream()) }.result()?;
+    Ok(())
+}
+
+/// Enqueues on `side` the copy of `rows` staged rows of every layer into `rb.host`: one
+/// contiguous device-to-host copy. The buffer's previous copy completed before it was freed
+/// (collect waits).
+fn read_back<T: DeviceRepr + ValidAsZeroBits>(
+    rb: &mut Readback<T>,
+    side: &Arc<CudaStream>,
+    cfg: &CaptureConfig,
+    rows: usize,
+) -> Result<()> {
+    let bytes = cfg.moe_layers * rows * cfg.top_k * std::mem::size_of::<T>();
+    let (staging, _g) = rb.staging.device_ptr(side);
+    let dst = rb.host.as_mut_ptr()?;
+    // SAFETY: `bytes` fits both the staging buffer and the pinned memory (each holds every
+    // layer's max_tokens rows); ordered after the staging copy on the side stream.
+    unsafe { sys::cuMemcpyDtoHAsync_v2(dst as *mut _, staging, bytes, side.cu_stream()) }
+        .result()?;
+    Ok(())
 }
 
 /// Layer-major `[layers][rows][k]` to token-major `[rows][layers][k]`. A large step (8 MB for
 /// 61 layers x 8192 rows x top-8) takes about a millisecond on one core, on the thread that
 /// launches the next step; above a million ids it is split over up to 8 scoped threads, each
 /// writing its own contiguous range of rows.
-fn to_token_major(layer_major: &[i16], out: &mut [i16], rows: usize, layers: usize, k: usize) {
+fn to_token_major<T: Copy + Send + Sync>(
+    layer_major: &[T],
+    out: &mut [T],
+    rows: usize,
+    layers: usize,
+    k: usize,
+) {
     let row_len = layers * k;
-    let fill = |chunk: &mut [i16], first_row: usize| {
+    let fill = |chunk: &mut [T], first_row: usize| {
         for (i, out_row) in chunk.chunks_exact_mut(row_len).enumerate() {
             let r = first_row + i;
             for (layer, dst) in out_row.chunks_exact_mut(k).enumerate() {

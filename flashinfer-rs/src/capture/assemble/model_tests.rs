@@ -87,7 +87,7 @@ proptest! {
                             track.insert(position, next_value);
                         }
                     }
-                    let step = StepRows { tokens: rows.len(), layers: L, top_k: K, ids };
+                    let step = StepRows { tokens: rows.len(), layers: L, top_k: K, ids, weights: None };
                     a.push_step(&step, &owners).unwrap();
                 }
                 Op::Truncate { request, len } => {

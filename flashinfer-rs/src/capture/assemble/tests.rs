@@ -4,6 +4,7 @@ use crate::capture::ExpertMap;
 /// A step whose row r holds value `base + r` everywhere.
 fn step(rows: usize, base: i16) -> StepRows {
     StepRows {
+        weights: None,
         tokens: rows,
         layers: 2,
         top_k: 2,
@@ -134,6 +135,7 @@ fn malformed_steps_are_refused() {
     let mut a = asm(2, 2, 64);
     assert!(a.push_step(&step(2, 0), &[RowOwner::Padding]).is_err());
     let wrong = StepRows {
+        weights: None,
         tokens: 1,
         layers: 3,
         top_k: 2,
@@ -259,7 +261,10 @@ fn export_new_returns_only_what_is_new_and_finish_still_returns_everything() {
     assert_eq!(firsts(&second.experts), vec![20, 30]);
     // Any range on request, without moving export_new's position.
     let range = a.export_range(1, 3, 7).unwrap();
-    assert_eq!((range.first_position, firsts(&range.experts)), (3, vec![13, 20, 30]));
+    assert_eq!(
+        (range.first_position, firsts(&range.experts)),
+        (3, vec![13, 20, 30])
+    );
     assert!(a.export_range(1, 7, 7).is_err()); // past the last row (6 rows for 7 tokens)
     assert_eq!(a.export_new(1, 7).unwrap().experts.tokens(), 0);
     assert_eq!(firsts(&a.finish(1, 7).unwrap()), vec![12, 13, 20, 30]);
@@ -275,7 +280,10 @@ fn rows_exported_then_rejected_by_speculation_are_exported_again() {
     a.truncate(1, 2).unwrap(); // position 2 was a rejected draft
     a.push_step(&step(1, 40), &[tok(1, 2)]).unwrap();
     let again = a.export_new(1, 4).unwrap();
-    assert_eq!((again.first_position, firsts(&again.experts)), (2, vec![40]));
+    assert_eq!(
+        (again.first_position, firsts(&again.experts)),
+        (2, vec![40])
+    );
 }
 
 #[test]
@@ -291,6 +299,7 @@ fn an_expert_map_exports_logical_ids_and_is_checked_against_the_config() {
     let mut a = Assembler::with_expert_map(config, map.clone()).unwrap();
     a.start(9, 0).unwrap();
     let rows = StepRows {
+        weights: None,
         tokens: 2,
         layers: 1,
         top_k: 2,
@@ -305,6 +314,7 @@ fn an_expert_map_exports_logical_ids_and_is_checked_against_the_config() {
     let mut b = Assembler::with_expert_map(config, map.clone()).unwrap();
     b.start(1, 0).unwrap();
     let bad = StepRows {
+        weights: None,
         ids: vec![4, 0],
         tokens: 1,
         ..rows
@@ -316,4 +326,31 @@ fn an_expert_map_exports_logical_ids_and_is_checked_against_the_config() {
         ..config
     };
     assert!(Assembler::with_expert_map(other, map).is_err());
+}
+
+#[test]
+fn weights_travel_with_their_ids_and_rows_without_weights_export_nan() {
+    let mut a = asm(1, 2, 64);
+    a.start(3, 0).unwrap();
+    let mut rows = StepRows {
+        tokens: 2,
+        layers: 1,
+        top_k: 2,
+        ids: vec![1, 2, 3, 4],
+        weights: Some(vec![0.5, 0.25, 0.75, 0.125]),
+    };
+    a.push_step(&rows, &[tok(3, 0), tok(3, 1)]).unwrap();
+    a.set_row(3, 2, &[5, 6]).unwrap(); // a prefix-cache row: ids only
+    let span = a.export_new(3, 3).unwrap();
+    assert_eq!(span.experts.weights().unwrap(), &[0.5, 0.25, 0.75, 0.125]);
+    let r = a.finish(3, 5).unwrap(); // rows 0..4; row 3 never written
+    let w = r.weights().unwrap();
+    assert_eq!(&w[..4], &[0.5, 0.25, 0.75, 0.125]);
+    assert!(w[4..].iter().all(|x| x.is_nan()));
+    assert_eq!(r.ids()[6..], [UNKNOWN, UNKNOWN]);
+    // Weights of another shape than the ids are refused, and change nothing.
+    a.start(4, 0).unwrap();
+    rows.weights = Some(vec![0.5; 3]);
+    assert!(a.push_step(&rows, &[tok(4, 0), tok(4, 1)]).is_err());
+    assert_eq!(a.finish(4, 3).unwrap().weights(), None);
 }

@@ -109,3 +109,32 @@ fn vllm_base64_is_the_npy_and_flat_bytes_carry_their_tag() {
     assert_eq!(i16::from_le_bytes([bytes[0], bytes[1]]), -1);
     assert_eq!(bytes.len(), 24);
 }
+
+#[test]
+fn weights_export_as_a_sibling_npy_and_a_float32_flat_array() {
+    let r = RoutedExperts::new(1, 1, 2, vec![3, 1], 8).unwrap();
+    assert!(r.to_weights_npy().is_none() && r.to_flat_weights_base64().is_none());
+    assert!(r.clone().with_weights(vec![0.5]).is_err());
+    let r = r.with_weights(vec![0.75, 0.25]).unwrap();
+    let npy = r.to_weights_npy().unwrap();
+    let header_len = u16::from_le_bytes([npy[8], npy[9]]) as usize;
+    let header = std::str::from_utf8(&npy[10..10 + header_len]).unwrap();
+    assert!(header.contains("'descr': '<f4'") && header.contains("'shape': (1, 1, 2)"));
+    assert_eq!((10 + header_len) % 64, 0);
+    let body = &npy[10 + header_len..];
+    assert_eq!(
+        body,
+        [0.75f32.to_le_bytes(), 0.25f32.to_le_bytes()].concat()
+    );
+    let (b64, tag) = r.to_flat_weights_base64().unwrap();
+    assert_eq!(tag, "float32");
+    let flat = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    assert_eq!(flat, body);
+    // The ids' own exports are unchanged by the weights.
+    assert_eq!(
+        r.to_npy(),
+        RoutedExperts::new(1, 1, 2, vec![3, 1], 8).unwrap().to_npy()
+    );
+}

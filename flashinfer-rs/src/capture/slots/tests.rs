@@ -2,6 +2,7 @@ use super::*;
 
 fn step(rows: usize, base: i16) -> StepRows {
     StepRows {
+        weights: None,
         tokens: rows,
         layers: 2,
         top_k: 3,

@@ -166,6 +166,9 @@ impl<T: DeviceRepr + ValidAsZeroBits> Readback<T> {
 struct Slot {
     ids: Readback<i16>,
     weights: Option<Readback<f32>>,
+    /// Recorded on the side stream once the step's kernels are done, before its copies.
+    started: CudaEvent,
+    /// Recorded after its copies: `started` to `done` is the readback's GPU time.
     done: CudaEvent,
 }
 
@@ -261,7 +264,9 @@ impl CaptureStore {
                     true => Some(Readback::new(stream, total)?),
                     false => None,
                 },
-                done: ctx.new_event(None)?,
+                // Timing events (the default flags): the readback's GPU time is measurable.
+                started: ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?,
+                done: ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?,
             });
         }
         let free = (0..cfg.readback_buffers).rev().collect();
@@ -374,6 +379,7 @@ impl CaptureStore {
         let rows = layout.keep.len();
         self.step_done_on_compute.record(compute)?;
         self.side.wait(&self.step_done_on_compute)?;
+        self.readbacks[buffer].started.record(&self.side)?;
         if rows > 0 {
             let slot = &mut self.readbacks[buffer];
             let side = &self.side;
@@ -413,6 +419,21 @@ impl CaptureStore {
                 Ok(true)
             }
             None => Ok(false),
+        }
+    }
+
+    /// Blocks until the oldest in-flight step's copy has landed (without collecting it) and
+    /// returns the copy's GPU time in microseconds, from the end of the step's kernels to the
+    /// last byte in host memory (staging and device-to-host copies); `None` when no step is in
+    /// flight. For measuring the readback against a plain copy.
+    pub fn oldest_copy_gpu_us(&self) -> Result<Option<f64>> {
+        match self.in_flight.front() {
+            Some(f) => {
+                let slot = &self.readbacks[f.buffer];
+                slot.done.synchronize()?;
+                Ok(Some(slot.started.elapsed_ms(&slot.done)? as f64 * 1e3))
+            }
+            None => Ok(None),
         }
     }
 
@@ -471,6 +492,15 @@ fn stage<T: DeviceRepr>(
     let elem = std::mem::size_of::<T>();
     let (src, _g1) = device.device_ptr(side);
     let (staging, _g2) = rb.staging.device_ptr_mut(side);
+    if rows == max {
+        // Every row kept: the layers are contiguous, one linear copy (a 2D copy of one row
+        // per layer runs slower).
+        let bytes = cfg.moe_layers * rows * k * elem;
+        // SAFETY: `bytes` is the whole buffer, which both allocations hold; ordered on the
+        // side stream after the step's kernels.
+        unsafe { sys::cuMemcpyDtoDAsync_v2(staging, src, bytes, side.cu_stream()) }.result()?;
+        return Ok(());
+    }
     let stage = sys::CUDA_MEMCPY2D {
         srcXInBytes: layout.keep.start * k * elem,
         srcY: 0,

@@ -1,7 +1,7 @@
 //! The capture store over real routing kernels: L layers write their replay views directly,
 //! each step is read back asynchronously, and every captured row must equal the oracle, over
 //! 1,000+ steps of random batch sizes and layouts, eagerly and through a CUDA graph.
-use flashinfer_rs::capture::{CaptureConfig, CaptureStore, CollectedStep, StepLayout};
+use flashinfer_rs::capture::{CaptureConfig, CaptureStore, CollectedStep, StepBuffer, StepLayout};
 use flashinfer_rs::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use flashinfer_rs::cudarc::driver::CudaSlice;
 use flashinfer_rs::routing::oracle::{self, SplitMix64};
@@ -468,4 +468,120 @@ fn captured_weights_sit_beside_their_ids_and_equal_the_oracle() {
         println!("weights capture, {layers} layers of {e} experts: {checked} ids and weights checked over {steps} steps");
         assert!(checked > 0);
     }
+}
+
+/// The readback waited for and read on a collector thread: the launch thread hands each
+/// step's buffer over (`take_oldest`, no wait) and recycles what comes back; the collector
+/// checks every row, layer-major as it landed, against the oracle. A buffer goes back only to
+/// the store that lent it.
+#[test]
+fn readback_read_on_a_collector_thread_equals_the_oracle() {
+    let Some(g) = gpu("readback_read_on_a_collector_thread_equals_the_oracle") else {
+        return;
+    };
+    let steps = env_list("FLASHINFER_RS_SOAK_STEPS", &[1000])[0];
+    let m = model(&g, RoutingConfig::new(RoutingMethod::Renormalize, 64, 4), 4);
+    let (e, k) = (m.cfg.num_experts as usize, m.cfg.top_k as usize);
+    let router = Router::new(m.cfg).unwrap();
+    let mut buffers = RoutingBuffers::new(&g.stream, &m.cfg, MAX_ROWS).unwrap();
+    let cfg = CaptureConfig {
+        moe_layers: m.layers,
+        max_tokens: MAX_ROWS,
+        top_k: k,
+        readback_buffers: 3,
+        layer_map: None,
+        capture_weights: false,
+    };
+    let mut store = CaptureStore::new(&g.stream, cfg.clone()).unwrap();
+    let mut other = CaptureStore::new(&g.stream, cfg).unwrap();
+    let (to_collector, inbox) = std::sync::mpsc::channel::<(StepBuffer, StepLayout, Vec<usize>)>();
+    let (give_back, returned) = std::sync::mpsc::channel::<StepBuffer>();
+    let mut rng = SplitMix64(17);
+    let checked = std::thread::scope(|s| {
+        let want = &m.want;
+        let collector = s.spawn(move || {
+            let mut checked = 0usize;
+            for (buffer, layout, offsets) in inbox {
+                let rows = buffer.rows().unwrap();
+                assert_eq!(rows.tokens, layout.keep.len());
+                for (r, row) in layout.keep.clone().enumerate() {
+                    for (l, &off) in offsets.iter().enumerate() {
+                        let at = (l * rows.tokens + r) * k;
+                        let w = (off + row) * k;
+                        assert_eq!(
+                            &rows.ids[at..at + k],
+                            &want[l][w..w + k],
+                            "step {} row {row} layer {l}",
+                            buffer.step()
+                        );
+                    }
+                }
+                checked += 1;
+                give_back.send(buffer).unwrap();
+            }
+            checked
+        });
+        let mut sent = 0usize;
+        let mut pending = std::collections::VecDeque::new();
+        for i in 0..steps {
+            let layout = random_layout(&mut rng, None);
+            let t = layout.routed_rows;
+            let offsets: Vec<usize> = (0..m.layers).map(|_| rng.below(POOL - MAX_ROWS)).collect();
+            store.begin_step(&g.stream, layout.clone()).unwrap();
+            for (l, &off) in offsets.iter().enumerate() {
+                let input = RouteInput {
+                    logits: m.pool[l].slice(off * e..(off + t) * e).into(),
+                    bias: m.bias.as_ref().map(Into::into),
+                    num_tokens: t,
+                };
+                let mut view = store.layer_view(l).unwrap();
+                router
+                    .route(&g.stream, &input, &mut buffers, Some(&mut view))
+                    .unwrap();
+            }
+            // Every buffer lent out: wait for one to come back (the collector's pace).
+            loop {
+                match store.end_step(&g.stream) {
+                    Ok(_) => break,
+                    Err(flashinfer_rs::Error::Backpressure { .. }) => {
+                        store.recycle(returned.recv().unwrap()).unwrap();
+                    }
+                    Err(err) => panic!("end_step: {err}"),
+                }
+            }
+            pending.push_back((layout, offsets));
+            let buffer = store.take_oldest().expect("a step in flight");
+            let (layout, offsets) = pending.pop_front().unwrap();
+            if i == 0 {
+                assert!(other.take_oldest().is_none()); // nothing in flight there
+            }
+            to_collector.send((buffer, layout, offsets)).unwrap();
+            sent += 1;
+            while let Ok(buffer) = returned.try_recv() {
+                store.recycle(buffer).unwrap();
+            }
+        }
+        drop(to_collector);
+        let checked = collector.join().unwrap();
+        while let Ok(buffer) = returned.try_recv() {
+            store.recycle(buffer).unwrap();
+        }
+        assert_eq!(checked, sent);
+        checked
+    });
+    // A buffer of one store is refused by another.
+    store.begin_step(&g.stream, StepLayout::single(1)).unwrap();
+    store.end_step(&g.stream).unwrap();
+    let buffer = store.take_oldest().unwrap();
+    let refused = other.recycle(buffer).unwrap_err();
+    assert!(matches!(
+        refused.error,
+        flashinfer_rs::Error::InvalidArgument { arg: "buffer", .. }
+    ));
+    store.recycle(refused.buffer).unwrap(); // handed back, and its store takes it
+    assert_eq!(store.in_flight(), 0);
+    eprintln!(
+        "collector thread: {checked} steps of {} layers checked against the oracle",
+        m.layers
+    );
 }

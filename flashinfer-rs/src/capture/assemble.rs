@@ -52,6 +52,53 @@ pub struct StepRows {
     pub weights: Option<Vec<f32>>,
 }
 
+/// One step's captured rows as they land from the device, layer-major:
+/// `ids[(layer * tokens + row) * top_k + k]` ([`StepBuffer::rows`](super::StepBuffer::rows)).
+#[derive(Debug, Clone, Copy)]
+pub struct LayerMajorRows<'a> {
+    /// Rows of the step.
+    pub tokens: usize,
+    /// MoE layers.
+    pub layers: usize,
+    /// Experts per layer.
+    pub top_k: usize,
+    /// `layers * tokens * top_k` expert ids.
+    pub ids: &'a [i16],
+    /// With weights capture: the weight of each id, same layout.
+    pub weights: Option<&'a [f32]>,
+}
+
+/// Where one row of a step lies: contiguous (token-major) or one `top_k` run per layer
+/// (layer-major, `rows` rows per layer).
+#[derive(Clone, Copy)]
+enum RowOf<'a, T> {
+    Contiguous(&'a [T]),
+    Strided {
+        all: &'a [T],
+        rows: usize,
+        row: usize,
+        top_k: usize,
+    },
+}
+
+impl<T: Copy> RowOf<'_, T> {
+    fn copy_to(self, dst: &mut [T]) {
+        match self {
+            RowOf::Contiguous(src) => dst.copy_from_slice(src),
+            RowOf::Strided {
+                all,
+                rows,
+                row,
+                top_k,
+            } => {
+                for (layer, d) in dst.chunks_exact_mut(top_k).enumerate() {
+                    d.copy_from_slice(&all[(layer * rows + row) * top_k..][..top_k]);
+                }
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Track {
     prompt_start: usize,
@@ -223,50 +270,99 @@ impl Assembler {
     /// first (shape, every owner's position, every id: an expert of the model or
     /// [`UNKNOWN`]); a step that breaks a rule changes nothing.
     pub fn push_step(&mut self, step: &StepRows, owners: &[RowOwner]) -> Result<()> {
+        let shape = (step.tokens, step.layers, step.top_k);
+        self.check_step(shape, &step.ids, step.weights.as_deref(), owners)?;
         let row = self.row;
-        let (layers, top_k) = (self.config.layers, self.config.top_k);
-        ensure(step.layers == layers && step.top_k == top_k, "step", || {
-            format!(
-                "has {} layers x top_k {}, the assembler {layers} x {top_k}",
-                step.layers, step.top_k
+        self.write_rows(owners, |r| {
+            let span = r * row..(r + 1) * row;
+            (
+                RowOf::Contiguous(&step.ids[span.clone()]),
+                step.weights.as_ref().map(|w| RowOf::Contiguous(&w[span])),
             )
+        });
+        Ok(())
+    }
+
+    /// [`push_step`](Self::push_step) for rows as they landed from the device, layer-major:
+    /// each row is gathered straight into its request, with no transpose of the step first.
+    pub fn push_layer_major(
+        &mut self,
+        step: &LayerMajorRows<'_>,
+        owners: &[RowOwner],
+    ) -> Result<()> {
+        let shape = (step.tokens, step.layers, step.top_k);
+        self.check_step(shape, step.ids, step.weights, owners)?;
+        let (rows, top_k) = (step.tokens, step.top_k);
+        self.write_rows(owners, |row| {
+            (
+                RowOf::Strided {
+                    all: step.ids,
+                    rows,
+                    row,
+                    top_k,
+                },
+                step.weights.map(|all| RowOf::Strided {
+                    all,
+                    rows,
+                    row,
+                    top_k,
+                }),
+            )
+        });
+        Ok(())
+    }
+
+    /// The rules of a step, checked before any row is written.
+    fn check_step(
+        &self,
+        (tokens, layers, top_k): (usize, usize, usize),
+        ids: &[i16],
+        weights: Option<&[f32]>,
+        owners: &[RowOwner],
+    ) -> Result<()> {
+        let (want_layers, want_k) = (self.config.layers, self.config.top_k);
+        ensure(layers == want_layers && top_k == want_k, "step", || {
+            format!("has {layers} layers x top_k {top_k}, the assembler {want_layers} x {want_k}")
         })?;
         ensure(
-            step.tokens.checked_mul(row) == Some(step.ids.len()),
+            tokens.checked_mul(self.row) == Some(ids.len()),
             "step",
             || "ids do not match tokens x layers x top_k".into(),
         )?;
-        ensure(owners.len() == step.tokens, "owners", || {
-            format!("names {} rows, the step has {}", owners.len(), step.tokens)
+        ensure(owners.len() == tokens, "owners", || {
+            format!("names {} rows, the step has {tokens}", owners.len())
         })?;
-        ensure(
-            step.weights
-                .as_ref()
-                .is_none_or(|w| w.len() == step.ids.len()),
-            "step",
-            || "weights do not match its ids".into(),
-        )?;
+        ensure(weights.is_none_or(|w| w.len() == ids.len()), "step", || {
+            "weights do not match its ids".into()
+        })?;
         for owner in owners {
             if let RowOwner::Token { position, .. } = *owner {
                 self.check_position(position)?;
             }
         }
-        check_ids(&step.ids, self.config.num_experts)?;
+        check_ids(ids, self.config.num_experts)
+    }
+
+    /// Writes each owned row `r` (`row_of(r)`: its ids and weights) into its request; rows of
+    /// requests no longer tracked are counted as dropped.
+    fn write_rows<'a>(
+        &mut self,
+        owners: &[RowOwner],
+        row_of: impl Fn(usize) -> (RowOf<'a, i16>, Option<RowOf<'a, f32>>),
+    ) {
+        let row = self.row;
         for (r, owner) in owners.iter().enumerate() {
             let RowOwner::Token { request, position } = *owner else {
                 continue;
             };
             match self.requests.get_mut(&request) {
                 Some(track) => {
-                    let span = r * row..(r + 1) * row;
-                    let weights = step.weights.as_ref().map(|w| &w[span.clone()]);
-                    let ids = &step.ids[span];
+                    let (ids, weights) = row_of(r);
                     write_row(track, row, position, ids, weights, self.expert_map.as_ref());
                 }
                 None => self.dropped_rows += 1,
             }
         }
-        Ok(())
     }
 
     /// Sets one position's row from elsewhere, e.g. a prefix-cache hit's routing from a
@@ -283,7 +379,14 @@ impl Assembler {
             .requests
             .get_mut(&request)
             .ok_or_else(|| unknown(request))?;
-        write_row(track, row, position, ids, None, self.expert_map.as_ref());
+        write_row(
+            track,
+            row,
+            position,
+            RowOf::Contiguous(ids),
+            None,
+            self.expert_map.as_ref(),
+        );
         Ok(())
     }
 
@@ -430,8 +533,8 @@ fn write_row(
     track: &mut Track,
     row: usize,
     position: usize,
-    ids: &[i16],
-    weights: Option<&[f32]>,
+    ids: RowOf<'_, i16>,
+    weights: Option<RowOf<'_, f32>>,
     map: Option<&ExpertMap>,
 ) {
     let span = position * row..(position + 1) * row;
@@ -439,7 +542,7 @@ fn write_row(
         track.ids.resize(span.end, UNKNOWN);
     }
     let dst = &mut track.ids[span.clone()];
-    dst.copy_from_slice(ids);
+    ids.copy_to(dst);
     if let Some(map) = map {
         map.to_logical(dst);
     }
@@ -451,7 +554,7 @@ fn write_row(
             kept.resize(span.end, f32::NAN);
         }
         match weights {
-            Some(w) => kept[span].copy_from_slice(w),
+            Some(w) => w.copy_to(&mut kept[span]),
             None => kept[span].fill(f32::NAN),
         }
     }

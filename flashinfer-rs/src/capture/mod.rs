@@ -14,8 +14,10 @@ mod replicas;
 mod slots;
 mod store;
 
-pub use assemble::{Assembler, AssemblerConfig, RequestId, RoutedSpan, RowOwner, StepRows};
+pub use assemble::{
+    Assembler, AssemblerConfig, LayerMajorRows, RequestId, RoutedSpan, RowOwner, StepRows,
+};
 pub use export::{ExportDtype, RoutedExperts, MAX_EXPORT_EXPERTS, UNKNOWN};
 pub use replicas::ExpertMap;
 pub use slots::{SlotStore, SlotStoreConfig};
-pub use store::{CaptureConfig, CaptureStore, CollectedStep, LayerViews, StepLayout};
+pub use store::{CaptureConfig, CaptureStore, CollectedStep, LayerViews, StepBuffer, StepLayout};

@@ -25,6 +25,7 @@
 
 use std::collections::VecDeque;
 use std::ops::Range;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cudarc::driver::{
@@ -32,7 +33,7 @@ use cudarc::driver::{
     DeviceRepr, PinnedHostSlice, ValidAsZeroBits,
 };
 
-use super::assemble::StepRows;
+use super::assemble::{LayerMajorRows, StepRows};
 use crate::error::{ensure, Error, Result};
 use crate::replay::ReplayView;
 
@@ -141,36 +142,116 @@ pub struct CaptureConfig {
     pub capture_weights: bool,
 }
 
-/// Device staging and pinned host memory for one layer-major buffer of one step in flight.
-struct Readback<T: DeviceRepr> {
-    /// Device copy of the step's kept rows, `[layers][rows][top_k]` packed: taken right after
-    /// the step (fast, device to device), so the next step may overwrite the layer views
-    /// while the slow device-to-host copy reads this instead.
-    staging: CudaSlice<T>,
-    host: PinnedHostSlice<T>,
+/// Pinned host memory for one step's kept rows, layer-major `[layers][rows][top_k]`.
+struct HostRows {
+    ids: PinnedHostSlice<i16>,
+    /// With weights capture.
+    weights: Option<PinnedHostSlice<f32>>,
 }
 
-impl<T: DeviceRepr + ValidAsZeroBits> Readback<T> {
-    fn new(stream: &Arc<CudaStream>, total: usize) -> Result<Readback<T>> {
-        // Plain pinned memory (not write-combined): the host reads it.
-        // SAFETY: the buffer is only read after a copy into it completed.
-        let host = unsafe { stream.context().alloc_pinned_with_flags::<T>(total, 0) }?;
-        Ok(Readback {
-            staging: stream.alloc_zeros::<T>(total)?,
-            host,
+/// One readback buffer: what one step in flight needs.
+struct Slot {
+    /// Device copies of the step's kept rows, packed: taken right after the step (fast,
+    /// device to device), so the next step may overwrite the layer views while the slow
+    /// device-to-host copy reads these instead.
+    staging_ids: CudaSlice<i16>,
+    staging_weights: Option<CudaSlice<f32>>,
+    /// The host memory; `None` while lent out as a [`StepBuffer`].
+    host: Option<HostRows>,
+    /// Recorded on the side stream once the step's kernels are done, before its copies.
+    started: Arc<CudaEvent>,
+    /// Recorded after its copies: `started` to `done` is the readback's GPU time.
+    done: Arc<CudaEvent>,
+}
+
+/// Plain pinned memory (not write-combined: the host reads it) of `n` elements.
+fn pinned<T: DeviceRepr + ValidAsZeroBits>(
+    ctx: &Arc<CudaContext>,
+    n: usize,
+) -> Result<PinnedHostSlice<T>> {
+    // SAFETY: the memory is only read after a copy into it completed (StepBuffer::rows and
+    // collect wait for it).
+    Ok(unsafe { ctx.alloc_pinned_with_flags::<T>(n, 0) }?)
+}
+
+/// A step's read-back rows, handed out by [`CaptureStore::take_oldest`] so that the wait and
+/// the reading happen where the server wants (its own thread: the buffer is `Send`), and
+/// given back with [`CaptureStore::recycle`]. Until it is given back its readback buffer is
+/// not reused (a later `end_step` answers [`Error::Backpressure`] when none is free).
+pub struct StepBuffer {
+    step: u64,
+    rows: usize,
+    layers: usize,
+    top_k: usize,
+    slot: usize,
+    store: u64,
+    host: HostRows,
+    started: Arc<CudaEvent>,
+    done: Arc<CudaEvent>,
+}
+
+impl std::fmt::Debug for StepBuffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StepBuffer")
+            .field("step", &self.step)
+            .field("rows", &self.rows)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StepBuffer {
+    /// 0-based step number (order of `end_step` calls).
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Blocks until the step's copy has landed.
+    pub fn wait(&self) -> Result<()> {
+        Ok(self.done.synchronize()?)
+    }
+
+    /// Waits for the copy, then returns its GPU time in microseconds (as
+    /// [`CaptureStore::oldest_copy_gpu_us`]).
+    pub fn copy_gpu_us(&self) -> Result<f64> {
+        self.wait()?;
+        Ok(self.started.elapsed_ms(&self.done)? as f64 * 1e3)
+    }
+
+    /// Waits for the copy, then views the kept rows where they landed, layer-major (no
+    /// transpose, no copy): hand them to [`Assembler::push_layer_major`](super::Assembler::push_layer_major).
+    pub fn rows(&self) -> Result<LayerMajorRows<'_>> {
+        self.wait()?;
+        let n = self.rows * self.layers * self.top_k;
+        Ok(LayerMajorRows {
+            tokens: self.rows,
+            layers: self.layers,
+            top_k: self.top_k,
+            ids: &self.host.ids.as_slice()?[..n],
+            weights: match &self.host.weights {
+                Some(w) => Some(&w.as_slice()?[..n]),
+                None => None,
+            },
         })
     }
 }
 
-/// What one step in flight reads back: the ids and (with weights capture) the weights.
-struct Slot {
-    ids: Readback<i16>,
-    weights: Option<Readback<f32>>,
-    /// Recorded on the side stream once the step's kernels are done, before its copies.
-    started: CudaEvent,
-    /// Recorded after its copies: `started` to `done` is the readback's GPU time.
-    done: CudaEvent,
+/// A buffer [`CaptureStore::recycle`] did not take back, and why.
+#[derive(Debug)]
+pub struct Refused {
+    /// Why.
+    pub error: Error,
+    /// The buffer, to give to the store that lent it.
+    pub buffer: StepBuffer,
 }
+
+impl From<Box<Refused>> for Error {
+    fn from(refused: Box<Refused>) -> Error {
+        refused.error
+    }
+}
+
+/// Distinguishes stores, so that a buffer goes back to the store that lent it.
+static NEXT_STORE: AtomicU64 = AtomicU64::new(0);
 
 struct InFlight {
     /// Index of its readback buffer.
@@ -193,6 +274,8 @@ pub struct CaptureStore {
     views_free: CudaEvent,
     readbacks: Vec<Slot>,
     free: Vec<usize>,
+    /// This store's number (`NEXT_STORE`).
+    id: u64,
     in_flight: VecDeque<InFlight>,
     current: Option<StepLayout>,
     steps: u64,
@@ -258,15 +341,17 @@ impl CaptureStore {
         let side = ctx.new_stream()?;
         let mut readbacks = Vec::with_capacity(cfg.readback_buffers);
         for _ in 0..cfg.readback_buffers {
+            let weights = cfg.capture_weights;
             readbacks.push(Slot {
-                ids: Readback::new(stream, total)?,
-                weights: match cfg.capture_weights {
-                    true => Some(Readback::new(stream, total)?),
-                    false => None,
-                },
+                staging_ids: stream.alloc_zeros(total)?,
+                staging_weights: weights.then(|| stream.alloc_zeros(total)).transpose()?,
+                host: Some(HostRows {
+                    ids: pinned(&ctx, total)?,
+                    weights: weights.then(|| pinned(&ctx, total)).transpose()?,
+                }),
                 // Timing events (the default flags): the readback's GPU time is measurable.
-                started: ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?,
-                done: ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?,
+                started: Arc::new(ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?),
+                done: Arc::new(ctx.new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))?),
             });
         }
         let free = (0..cfg.readback_buffers).rev().collect();
@@ -280,6 +365,7 @@ impl CaptureStore {
             side,
             readbacks,
             free,
+            id: NEXT_STORE.fetch_add(1, Ordering::Relaxed),
             in_flight: VecDeque::new(),
             current: None,
             steps: 0,
@@ -383,18 +469,28 @@ impl CaptureStore {
         if rows > 0 {
             let slot = &mut self.readbacks[buffer];
             let side = &self.side;
+            // A free buffer has its host memory (recycle gives it back before freeing it).
+            let host = slot.host.as_mut().ok_or_else(|| {
+                Error::Internal("a free readback buffer lacks its host memory".into())
+            })?;
             self.ctx.bind_to_thread()?;
             // 1. Every layer's kept rows into staging (fast, device to device): the views are
             //    free for the next step once these are done.
-            stage(&self.device, &mut slot.ids, side, &self.cfg, &layout)?;
-            if let (Some(w), Some(rb)) = (&self.weights, &mut slot.weights) {
-                stage(w, rb, side, &self.cfg, &layout)?;
+            stage(
+                &self.device,
+                &mut slot.staging_ids,
+                side,
+                &self.cfg,
+                &layout,
+            )?;
+            if let (Some(w), Some(st)) = (&self.weights, &mut slot.staging_weights) {
+                stage(w, st, side, &self.cfg, &layout)?;
             }
             self.views_free.record(side)?;
             // 2. Staging into pinned host memory, one contiguous copy each.
-            read_back(&mut slot.ids, side, &self.cfg, rows)?;
-            if let Some(rb) = &mut slot.weights {
-                read_back(rb, side, &self.cfg, rows)?;
+            read_back(&slot.staging_ids, &mut host.ids, side, &self.cfg, rows)?;
+            if let (Some(st), Some(h)) = (&slot.staging_weights, &mut host.weights) {
+                read_back(st, h, side, &self.cfg, rows)?;
             }
         }
         self.readbacks[buffer].done.record(&self.side)?;
@@ -437,37 +533,79 @@ impl CaptureStore {
         }
     }
 
+    /// Hands out the oldest in-flight step's buffer without waiting: the caller (any thread)
+    /// waits and reads it ([`StepBuffer::rows`]), then gives it back with
+    /// [`recycle`](Self::recycle). `None` when no step is in flight.
+    pub fn take_oldest(&mut self) -> Option<StepBuffer> {
+        let f = self.in_flight.front()?;
+        let slot = &mut self.readbacks[f.buffer];
+        // An in-flight buffer has its host memory: it is lent only once, here.
+        let host = slot.host.take()?;
+        let f = self.in_flight.pop_front()?;
+        Some(StepBuffer {
+            step: f.step,
+            rows: f.rows,
+            layers: self.cfg.moe_layers,
+            top_k: self.cfg.top_k,
+            slot: f.buffer,
+            store: self.id,
+            host,
+            started: slot.started.clone(),
+            done: slot.done.clone(),
+        })
+    }
+
+    /// Gives back a buffer [`take_oldest`](Self::take_oldest) handed out (waiting for its copy
+    /// first if the caller has not): its readback buffer is free for a later step. A buffer of
+    /// another store is refused and handed back in the error (`?` turns it into the
+    /// [`Error`], dropping the buffer; its store then has one readback buffer less).
+    pub fn recycle(&mut self, buffer: StepBuffer) -> std::result::Result<(), Box<Refused>> {
+        if buffer.store != self.id {
+            return Err(Box::new(Refused {
+                error: Error::invalid("buffer", "was handed out by another capture store"),
+                buffer,
+            }));
+        }
+        // The side stream orders a later copy into it after this one anyway; waiting keeps
+        // `recycle` the point after which the buffer's memory is the store's again.
+        if let Err(e) = buffer.wait() {
+            return Err(Box::new(Refused { error: e, buffer }));
+        }
+        self.readbacks[buffer.slot].host = Some(buffer.host);
+        self.free.push(buffer.slot);
+        Ok(())
+    }
+
     /// Waits for the oldest in-flight step's copy (only that), and returns its kept rows
-    /// token-major. `None` when no step is in flight.
+    /// token-major (a copy and a transpose on this thread; [`take_oldest`](Self::take_oldest)
+    /// avoids both). `None` when no step is in flight.
     pub fn collect(&mut self) -> Result<Option<CollectedStep>> {
-        let Some(f) = self.in_flight.pop_front() else {
+        let Some(buffer) = self.take_oldest() else {
             return Ok(None);
         };
         let (l, k) = (self.cfg.moe_layers, self.cfg.top_k);
-        let s = &self.readbacks[f.buffer];
-        s.done.synchronize()?;
-        let n = f.rows * l * k;
-        let mut ids = vec![0i16; n];
-        to_token_major(&s.ids.host.as_slice()?[..n], &mut ids, f.rows, l, k);
-        let weights = match &s.weights {
-            Some(w) => {
+        let collected = buffer.rows().map(|view| {
+            let (n, rows) = (view.ids.len(), view.tokens);
+            let mut ids = vec![0i16; n];
+            to_token_major(view.ids, &mut ids, rows, l, k);
+            let weights = view.weights.map(|w| {
                 let mut out = vec![0f32; n];
-                to_token_major(&w.host.as_slice()?[..n], &mut out, f.rows, l, k);
-                Some(out)
+                to_token_major(w, &mut out, rows, l, k);
+                out
+            });
+            CollectedStep {
+                step: buffer.step,
+                rows: StepRows {
+                    tokens: rows,
+                    layers: l,
+                    top_k: k,
+                    ids,
+                    weights,
+                },
             }
-            None => None,
-        };
-        self.free.push(f.buffer);
-        Ok(Some(CollectedStep {
-            step: f.step,
-            rows: StepRows {
-                tokens: f.rows,
-                layers: l,
-                top_k: k,
-                ids,
-                weights,
-            },
-        }))
+        });
+        self.recycle(buffer)?;
+        collected.map(Some)
     }
 }
 
@@ -480,10 +618,10 @@ pub struct LayerViews<'a> {
 }
 
 /// Enqueues on `side` the copy of every layer's kept rows (`layout.keep`) of one layer-major
-/// buffer into `rb.staging`: one 2D device-to-device copy. The context is bound.
+/// buffer into `staging`: one 2D device-to-device copy. The context is bound.
 fn stage<T: DeviceRepr>(
     device: &CudaSlice<T>,
-    rb: &mut Readback<T>,
+    staging: &mut CudaSlice<T>,
     side: &Arc<CudaStream>,
     cfg: &CaptureConfig,
     layout: &StepLayout,
@@ -491,7 +629,7 @@ fn stage<T: DeviceRepr>(
     let (k, max, rows) = (cfg.top_k, cfg.max_tokens, layout.keep.len());
     let elem = std::mem::size_of::<T>();
     let (src, _g1) = device.device_ptr(side);
-    let (staging, _g2) = rb.staging.device_ptr_mut(side);
+    let (staging, _g2) = staging.device_ptr_mut(side);
     if rows == max {
         // Every row kept: the layers are contiguous, one linear copy (a 2D copy of one row
         // per layer runs slower).
@@ -525,18 +663,19 @@ fn stage<T: DeviceRepr>(
     Ok(())
 }
 
-/// Enqueues on `side` the copy of `rows` staged rows of every layer into `rb.host`: one
+/// Enqueues on `side` the copy of `rows` staged rows of every layer into `host`: one
 /// contiguous device-to-host copy. The buffer's previous copy completed before it was freed
-/// (collect waits).
+/// (recycle waits).
 fn read_back<T: DeviceRepr + ValidAsZeroBits>(
-    rb: &mut Readback<T>,
+    staging: &CudaSlice<T>,
+    host: &mut PinnedHostSlice<T>,
     side: &Arc<CudaStream>,
     cfg: &CaptureConfig,
     rows: usize,
 ) -> Result<()> {
     let bytes = cfg.moe_layers * rows * cfg.top_k * std::mem::size_of::<T>();
-    let (staging, _g) = rb.staging.device_ptr(side);
-    let dst = rb.host.as_mut_ptr()?;
+    let (staging, _g) = staging.device_ptr(side);
+    let dst = host.as_mut_ptr()?;
     // SAFETY: `bytes` fits both the staging buffer and the pinned memory (each holds every
     // layer's max_tokens rows); ordered after the staging copy on the side stream.
     unsafe { sys::cuMemcpyDtoHAsync_v2(dst as *mut _, staging, bytes, side.cu_stream()) }

@@ -354,3 +354,59 @@ fn weights_travel_with_their_ids_and_rows_without_weights_export_nan() {
     assert!(a.push_step(&rows, &[tok(4, 0), tok(4, 1)]).is_err());
     assert_eq!(a.finish(4, 3).unwrap().weights(), None);
 }
+
+#[test]
+fn layer_major_rows_assemble_exactly_as_their_token_major_transpose() {
+    let (tokens, layers, top_k) = (7, 3, 2);
+    let mut rng = crate::routing::oracle::SplitMix64(3);
+    let token_major: Vec<i16> = (0..tokens * layers * top_k)
+        .map(|_| rng.below(64) as i16)
+        .collect();
+    let weights: Vec<f32> = (0..token_major.len()).map(|i| i as f32 / 8.0).collect();
+    let (mut ids_lm, mut w_lm) = (vec![0i16; token_major.len()], vec![0f32; weights.len()]);
+    for r in 0..tokens {
+        for l in 0..layers {
+            for j in 0..top_k {
+                ids_lm[(l * tokens + r) * top_k + j] = token_major[(r * layers + l) * top_k + j];
+                w_lm[(l * tokens + r) * top_k + j] = weights[(r * layers + l) * top_k + j];
+            }
+        }
+    }
+    // Rows 0, 2, 4, 6 to request 1, the others padding.
+    let owners: Vec<RowOwner> = (0..tokens)
+        .map(|r| {
+            if r % 2 == 0 {
+                tok(1, r / 2)
+            } else {
+                RowOwner::Padding
+            }
+        })
+        .collect();
+    let (mut a, mut b) = (asm(layers, top_k, 64), asm(layers, top_k, 64));
+    a.start(1, 0).unwrap();
+    b.start(1, 0).unwrap();
+    let step = StepRows {
+        tokens,
+        layers,
+        top_k,
+        ids: token_major,
+        weights: Some(weights),
+    };
+    a.push_step(&step, &owners).unwrap();
+    let lm = LayerMajorRows {
+        tokens,
+        layers,
+        top_k,
+        ids: &ids_lm,
+        weights: Some(&w_lm),
+    };
+    b.push_layer_major(&lm, &owners).unwrap();
+    assert_eq!(a.finish(1, 5).unwrap(), b.finish(1, 5).unwrap());
+    // The same rules: a short weights array is refused.
+    b.start(2, 0).unwrap();
+    let short = LayerMajorRows {
+        weights: Some(&w_lm[1..]),
+        ..lm
+    };
+    assert!(b.push_layer_major(&short, &owners).is_err());
+}

@@ -16,7 +16,9 @@
 //!    event. The host never waits here.
 //! 3. `collect()` waits for the oldest step's copy only, transposes it to token-major
 //!    `(tokens, layers, top_k)` and frees its buffer. With `readback_buffers >= 2`, step n+1 computes
-//!    while step n drains.
+//!    while step n drains. Or, to keep the wait and the reading off the launch thread,
+//!    `take_oldest()` hands the step's buffer out at once ([`StepBuffer`]: another thread
+//!    waits, reads the layer-major rows and the buffer comes back through `recycle()`).
 //!
 //! Weights capture (opt-in, [`CaptureConfig::capture_weights`]): a second layer-major buffer,
 //! fp32 `[layers, max_tokens, top_k]`, whose per-layer views the router writes as its
@@ -177,7 +179,8 @@ fn pinned<T: DeviceRepr + ValidAsZeroBits>(
 /// A step's read-back rows, handed out by [`CaptureStore::take_oldest`] so that the wait and
 /// the reading happen where the server wants (its own thread: the buffer is `Send`), and
 /// given back with [`CaptureStore::recycle`]. Until it is given back its readback buffer is
-/// not reused (a later `end_step` answers [`Error::Backpressure`] when none is free).
+/// not reused (a later `end_step` answers [`Error::Backpressure`] when none is free); one
+/// dropped instead of given back leaves its store one readback buffer short for good.
 pub struct StepBuffer {
     step: u64,
     rows: usize,

@@ -484,7 +484,9 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) topk_route(const Args a) 
     if constexpr (kSmall) {
 #pragma unroll
       for (int v = 0; v < V; ++v) raw[v] = next[v];
-      if (t + warps < a.num_tokens) load_row<In, V, W, (W > 1)>(row + size_t(warps) * e, lane, e, next);
+      if (t + warps < a.num_tokens) {
+        load_row<In, V, W, (W > 1)>(row + static_cast<size_t>(warps) * e, lane, e, next);
+      }
     } else {
       load_row<In, V, W, (W > 1)>(row, lane, e, raw);
     }
@@ -504,7 +506,9 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) topk_route(const Args a) 
         const int chunks = e / a.n_group / W;
 #pragma unroll
         for (int j = 0; j < V / W; ++j) {
-          if (!((kept >> ((lane + 32 * j) / chunks)) & 1)) open &= ~(((1ull << W) - 1) << (j * W));
+          if (!((kept >> ((lane + 32 * j) / chunks)) & 1)) {
+            open &= ~(((1ull << W) - 1) << (j * W));
+          }
         }
       } else {
 #pragma unroll
@@ -643,7 +647,8 @@ void validate(const fi_topk_params& p, const fi_topk_buffers& b) {
   fi::require(p.logits_dtype == FI_DTYPE_F32 || p.logits_dtype == FI_DTYPE_BF16,
               "logits must be f32 or bf16");
   const bool needs_bias = p.method == FI_ROUTING_DEEPSEEK_V3 || p.method == FI_ROUTING_MINIMAX2;
-  fi::require(needs_bias == (b.bias != nullptr), "DeepSeekV3 and MiniMax2 take a bias, others none");
+  fi::require(needs_bias == (b.bias != nullptr),
+              "DeepSeekV3 and MiniMax2 take a bias, others none");
   fi::require(b.bias == nullptr || p.bias_dtype == FI_DTYPE_F32 || p.bias_dtype == FI_DTYPE_BF16,
               "the bias must be f32 or bf16");
   fi::require(p.num_tokens == 0 || b.logits != nullptr, "logits must not be NULL");

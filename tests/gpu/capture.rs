@@ -194,39 +194,63 @@ impl<'a> Soak<'a> {
     }
 }
 
-fn eager(g: &Gpu, m: &Model, steps: usize) {
-    let (e, k) = (m.cfg.num_experts as usize, m.cfg.top_k as usize);
-    let router = Router::new(m.cfg).unwrap();
-    let mut buffers = RoutingBuffers::new(&g.stream, &m.cfg, MAX_ROWS).unwrap();
-    let cfg = CaptureConfig {
+/// A store for `m`'s layers, `MAX_ROWS` rows, ids only.
+fn store_config(m: &Model, readback_buffers: usize) -> CaptureConfig {
+    CaptureConfig {
         moe_layers: m.layers,
         max_tokens: MAX_ROWS,
-        top_k: k,
-        readback_buffers: 2,
+        top_k: m.cfg.top_k as usize,
+        readback_buffers,
         layer_map: None,
         capture_weights: false,
-    };
-    let mut store = CaptureStore::new(&g.stream, cfg).unwrap();
+    }
+}
+
+/// Routes `t` rows of every layer (layer `l` from pool row `offsets[l]`) into the store's
+/// views.
+fn route_layers(
+    g: &Gpu,
+    m: &Model,
+    router: &Router,
+    buffers: &mut RoutingBuffers,
+    store: &mut CaptureStore,
+    t: usize,
+    offsets: &[usize],
+) {
+    let e = m.cfg.num_experts as usize;
+    for (l, &off) in offsets.iter().enumerate() {
+        let input = RouteInput {
+            logits: m.pool[l].slice(off * e..(off + t) * e).into(),
+            bias: m.bias.as_ref().map(Into::into),
+            num_tokens: t,
+        };
+        let mut view = store.layer_view(l).unwrap();
+        router
+            .route(&g.stream, &input, buffers, Some(&mut view))
+            .unwrap();
+    }
+}
+
+fn eager(g: &Gpu, m: &Model, steps: usize) {
+    let router = Router::new(m.cfg).unwrap();
+    let mut buffers = RoutingBuffers::new(&g.stream, &m.cfg, MAX_ROWS).unwrap();
+    let mut store = CaptureStore::new(&g.stream, store_config(m, 2)).unwrap();
     let mut rng = SplitMix64(m.layers as u64);
     let mut soak = Soak::new(m);
     for i in 0..steps {
         soak.step_begins(g, i);
         let layout = random_layout(&mut rng, None);
-        let t = layout.routed_rows;
         let offsets: Vec<usize> = (0..m.layers).map(|_| rng.below(POOL - MAX_ROWS)).collect();
         store.begin_step(&g.stream, layout.clone()).unwrap();
-        for (l, &off) in offsets.iter().enumerate() {
-            let logits = m.pool[l].slice(off * e..(off + t) * e);
-            let input = RouteInput {
-                logits: logits.into(),
-                bias: m.bias.as_ref().map(Into::into),
-                num_tokens: t,
-            };
-            let mut view = store.layer_view(l).unwrap();
-            router
-                .route(&g.stream, &input, &mut buffers, Some(&mut view))
-                .unwrap();
-        }
+        route_layers(
+            g,
+            m,
+            &router,
+            &mut buffers,
+            &mut store,
+            layout.routed_rows,
+            &offsets,
+        );
         store.end_step(&g.stream).unwrap();
         soak.step_ended(&mut store, layout, offsets, 2);
     }
@@ -481,19 +505,11 @@ fn readback_read_on_a_collector_thread_equals_the_oracle() {
     };
     let steps = env_list("FLASHINFER_RS_SOAK_STEPS", &[1000])[0];
     let m = model(&g, RoutingConfig::new(RoutingMethod::Renormalize, 64, 4), 4);
-    let (e, k) = (m.cfg.num_experts as usize, m.cfg.top_k as usize);
+    let k = m.cfg.top_k as usize;
     let router = Router::new(m.cfg).unwrap();
     let mut buffers = RoutingBuffers::new(&g.stream, &m.cfg, MAX_ROWS).unwrap();
-    let cfg = CaptureConfig {
-        moe_layers: m.layers,
-        max_tokens: MAX_ROWS,
-        top_k: k,
-        readback_buffers: 3,
-        layer_map: None,
-        capture_weights: false,
-    };
-    let mut store = CaptureStore::new(&g.stream, cfg.clone()).unwrap();
-    let mut other = CaptureStore::new(&g.stream, cfg).unwrap();
+    let mut store = CaptureStore::new(&g.stream, store_config(&m, 3)).unwrap();
+    let mut other = CaptureStore::new(&g.stream, store_config(&m, 3)).unwrap();
     let (to_collector, inbox) = std::sync::mpsc::channel::<(StepBuffer, StepLayout, Vec<usize>)>();
     let (give_back, returned) = std::sync::mpsc::channel::<StepBuffer>();
     let mut rng = SplitMix64(17);
@@ -525,20 +541,17 @@ fn readback_read_on_a_collector_thread_equals_the_oracle() {
         let mut pending = std::collections::VecDeque::new();
         for i in 0..steps {
             let layout = random_layout(&mut rng, None);
-            let t = layout.routed_rows;
             let offsets: Vec<usize> = (0..m.layers).map(|_| rng.below(POOL - MAX_ROWS)).collect();
             store.begin_step(&g.stream, layout.clone()).unwrap();
-            for (l, &off) in offsets.iter().enumerate() {
-                let input = RouteInput {
-                    logits: m.pool[l].slice(off * e..(off + t) * e).into(),
-                    bias: m.bias.as_ref().map(Into::into),
-                    num_tokens: t,
-                };
-                let mut view = store.layer_view(l).unwrap();
-                router
-                    .route(&g.stream, &input, &mut buffers, Some(&mut view))
-                    .unwrap();
-            }
+            route_layers(
+                &g,
+                &m,
+                &router,
+                &mut buffers,
+                &mut store,
+                layout.routed_rows,
+                &offsets,
+            );
             // Every buffer lent out: wait for one to come back (the collector's pace).
             loop {
                 match store.end_step(&g.stream) {

@@ -53,6 +53,16 @@ pub enum RoutingMethod {
 }
 
 impl RoutingMethod {
+    /// SigmoidRenorm with `norm_topk_prob`: the chosen weights are renormalised.
+    pub(crate) fn norm_topk_prob(&self) -> bool {
+        matches!(
+            self,
+            RoutingMethod::SigmoidRenorm {
+                norm_topk_prob: true
+            }
+        )
+    }
+
     /// DeepSeekV3's `(n_group, topk_group)` (0, 0 for every other method: ungrouped, as the
     /// kernels read it) and the routed scaling factor (1 where the method has none).
     pub(crate) fn groups_and_scale(&self) -> (u32, u32, f32) {
@@ -247,12 +257,7 @@ impl RoutingConfig {
             local_num_experts: self.local_num_experts as i32,
             tile_tokens_dim: self.tile_tokens_dim as i32,
             routed_scaling_factor,
-            norm_topk_prob: matches!(
-                self.method,
-                RoutingMethod::SigmoidRenorm {
-                    norm_topk_prob: true
-                }
-            ) as i32,
+            norm_topk_prob: self.method.norm_topk_prob() as i32,
             use_pdl: self.use_pdl as i32,
             logits_dtype,
             bias_dtype,

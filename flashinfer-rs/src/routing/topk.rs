@@ -9,7 +9,7 @@ use cudarc::driver::{CudaStream, CudaViewMut, DevicePtrMut, DeviceSlice};
 use flashinfer_sys as sys;
 use half::bf16;
 
-use super::method::{check_bias, RoutingConfig, RoutingMethod};
+use super::method::{check_bias, RoutingConfig};
 use super::route::{device_ptr, Logits, RouteInput};
 use crate::context::same_context;
 use crate::error::{covers, ensure, Result, MAX_TOKENS};
@@ -149,12 +149,7 @@ impl TopKRouter {
             n_group: n_group as i32,
             topk_group: topk_group as i32,
             routed_scaling_factor: scale,
-            norm_topk_prob: matches!(
-                c.method,
-                RoutingMethod::SigmoidRenorm {
-                    norm_topk_prob: true
-                }
-            ) as i32,
+            norm_topk_prob: c.method.norm_topk_prob() as i32,
             logits_dtype: input.logits.dtype(),
             bias_dtype: input
                 .bias

@@ -1,6 +1,7 @@
 //! The top-k router's per-call rules, on sizes.
 use super::*;
 use crate::error::Error;
+use crate::routing::RoutingMethod;
 
 fn deepseek() -> RoutingConfig {
     RoutingConfig::new(

@@ -293,7 +293,7 @@ fn copy_layer_to_token_major(
 /// 3. The step's readback against a plain pinned device-to-host copy of the same bytes.
 fn readback(b: &Bench) {
     println!("\n## 3. Readback: a step's asynchronous device-to-host copy\n");
-    println!("Store readback: host time from `end_step` to the copy's completion (`wait_for_oldest`), and GPU time (`oldest_copy_gpu_us`: events around the side stream's staging and device-to-host copies); peak: a plain pinned `memcpy_dtoh` of the same bytes, host-timed and GPU-timed (events). Target: >= 80% of peak.\n");
+    println!("Store readback: host time from `end_step` to the copy's completion (`wait_for_oldest`), and GPU time (`oldest_copy_gpu_us`: from an event recorded on the compute stream before the staging copy to one on the side stream after the device-to-host copy); peak: a plain pinned `memcpy_dtoh` of the same bytes, host-timed and GPU-timed (events). Target: >= 80% of peak.\n");
     println!("| L x tokens x top_k | bytes | store, host time (GB/s) | peak, host time (GB/s) | ratio | store, GPU time (GB/s) | peak, GPU time (GB/s) | ratio | target (GPU time) |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
     for (l, t, k) in [(61usize, 1024usize, 8usize), (61, 8192, 8), (48, 8192, 8)] {

@@ -35,7 +35,7 @@ mod prebuilt;
 mod units;
 
 use cache::{Keys, ObjectCache, SharedInputs};
-use units::{all_targets, gencode, targets, Arch, Origin, UNITS};
+use units::{all_targets, gencode, targets, Arch, Device, Origin, UNITS};
 
 /// Oldest CUDA whose nvcc knows the Blackwell targets (sm_100a, sm_103a; the sm_100f family
 /// target needs 12.9).
@@ -517,6 +517,10 @@ fn plan_jobs(ctx: &Ctx, pin: &Pin, patches: &[&Patch], vendor: &Path, cuda: &Cud
                 .map(gencode)
                 .collect();
             let mut args = common.clone();
+            if u.device == Device::None && u.path.ends_with(".cu") {
+                // A kernel-free CUDA source: host compilation only (see `Device::None`).
+                args.extend(["-x".to_string(), "c++".to_string()]);
+            }
             if !gencodes.is_empty() {
                 args.push(format!("--threads={}", gencodes.len()));
             }
@@ -573,24 +577,31 @@ fn tvm_ffi_jobs(vendor: &Path) -> Vec<Job> {
         "-DTVM_FFI_BACKTRACE_ON_SEGFAULT=0".into(),
         format!("-I{}", root.join("include").display()),
     ];
-    let mut sources = Vec::new();
-    collect_files(&root.join("src/ffi"), "cc", &mut sources);
-    sources.sort();
-    sources
-        .into_iter()
-        .filter(|s| {
-            let n = s.file_name().unwrap().to_string_lossy();
-            // Windows-only, and tvm-ffi's own test registry.
-            n != "backtrace_win.cc" && n != "testing.cc"
-        })
-        .map(|s| Job {
-            name: format!("tvm_ffi_{}", s.file_stem().unwrap().to_string_lossy()),
+    TVM_FFI_SOURCES
+        .iter()
+        .map(|stem| Job {
+            name: format!("tvm_ffi_{}", stem.rsplit('/').next().unwrap_or(stem)),
             program: cxx.clone(),
             args: args.clone(),
-            source: s,
+            source: root.join("src/ffi").join(format!("{stem}.cc")),
         })
         .collect()
 }
+
+/// The tvm-ffi sources whose objects the kernel library links: the closure of what upstream's
+/// launchers and routing code reference (errors, functions, objects, dtypes, the environment
+/// stream). Its other 19 sources (containers, reflection, serialisation, modules, ...) were
+/// compiled and never linked: no symbol of theirs was referenced, so the static link never
+/// pulled them in (and their static initialisers never ran). A new reference to one fails the
+/// link, naming the symbol; add its source here.
+const TVM_FFI_SOURCES: &[&str] = &[
+    "backtrace",
+    "dtype",
+    "error",
+    "function",
+    "object",
+    "extra/env_context",
+];
 
 fn collect_files(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
     for entry in fs::read_dir(dir).unwrap_or_else(|e| fail(&format!("{}: {e}", dir.display()))) {

@@ -4,7 +4,10 @@
 # on flashinfer-rs with `sm90`; cargo unifies one cudarc 0.19 for both.
 #
 #     bash scripts/candle-check.sh            # build and run its tests (they skip without a GPU)
-#     bash scripts/candle-check.sh --pack DIR # also copy the test binary to DIR (GPU runs)
+#     bash scripts/candle-check.sh --pack DIR # release build; also copy the test binary to DIR
+#
+# The check builds in cargo's test profile (unoptimised: minutes less of candle's Rust on a
+# cold 2-core CI); the packed binary for GPU runs is a release build.
 #
 # What the link step needs that a GPU-less build machine lacks (libcuda, and the CUDA 13
 # libraries candle links) comes from link-time stand-ins (downstream/candle/make_link_stubs.py);
@@ -24,19 +27,21 @@ python3 make_link_stubs.py "$stubs"
 # candle-kernels links the CUDA runtime by name: the toolchain's own (SONAME libcudart.so.13).
 ln -sf "$FLASHINFER_RS_CUDA_HOME/lib/libcudart.so.13" "$stubs/libcudart.so"
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$stubs"
-cargo test --locked --release --features sm90 --no-run
+profile=()
+[ "${1:-}" = --pack ] && profile=(--release)
+cargo test --locked "${profile[@]}" --features sm90 --no-run
 # A binary that links libcuda cannot start without one. Without a driver (a CI machine) it
 # starts on the stand-ins, finds no device and says the test is skipped; with a driver the
 # real libraries load by SONAME.
 if ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1 '; then
-  cargo test --locked --release --features sm90 -- --nocapture
+  cargo test --locked "${profile[@]}" --features sm90 -- --nocapture
 else
   LD_LIBRARY_PATH=$stubs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
-    cargo test --locked --release --features sm90 -- --nocapture
+    cargo test --locked "${profile[@]}" --features sm90 -- --nocapture
 fi
 if [ "${1:-}" = --pack ]; then
   mkdir -p "$2"
-  cargo test --locked --release --features sm90 --no-run --message-format=json 2>/dev/null \
+  cargo test --locked "${profile[@]}" --features sm90 --no-run --message-format=json 2>/dev/null \
     | python3 -c '
 import json, sys
 for line in sys.stdin:

@@ -46,7 +46,11 @@ pub fn gencode(target: &str) -> String {
 /// Which device code a translation unit holds, and so which targets it is compiled for.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Device {
-    /// Host code only.
+    /// Host code only, though the source may be a `.cu` file: such a unit is compiled as
+    /// C++ (`nvcc -x c++`), no device pass at all. Two upstream launchers hold no kernel but
+    /// include the 9 MB cubin table (batched-GEMM runner) or CUTLASS headers, and each
+    /// device pass over them cost minutes for an empty cubin (the runner: 28 min for its two
+    /// Blackwell passes on 2 cores, 5 min as C++).
     None,
     /// Routing kernels (or code built beside them): every enabled arch's routing target.
     Routing,
@@ -111,7 +115,7 @@ pub const UNITS: &[Unit] = {
             "batched_gemm_runner",
             Upstream,
             "csrc/trtllm_batched_gemm_runner.cu",
-            Fused,
+            Host,
             true,
         ),
         unit(
@@ -142,7 +146,7 @@ pub const UNITS: &[Unit] = {
             "moe_launcher",
             Upstream,
             "csrc/trtllm_fused_moe_kernel_launcher.cu",
-            Fused,
+            Host,
             true,
         ),
         unit(

@@ -113,10 +113,20 @@ fn the_capture_protocol_refuses_misuse_without_blocking() {
         store.begin_step(&g.stream, StepLayout::single(9)),
         Err(Error::InvalidArgument { arg: "layout", .. })
     ));
-    for _ in 0..2 {
-        store.begin_step(&g.stream, StepLayout::single(4)).unwrap();
-        store.end_step(&g.stream).unwrap();
-    }
+    // A step ends on the stream it began on (its staging copy follows the step's kernels
+    // there); another stream is refused and the step stays begun.
+    store.begin_step(&g.stream, StepLayout::single(4)).unwrap();
+    let other = g.stream.context().new_stream().unwrap();
+    assert!(matches!(
+        store.end_step(&other),
+        Err(Error::CaptureProtocol {
+            call: "end_step",
+            ..
+        })
+    ));
+    store.end_step(&g.stream).unwrap();
+    store.begin_step(&g.stream, StepLayout::single(4)).unwrap();
+    store.end_step(&g.stream).unwrap();
     store.begin_step(&g.stream, StepLayout::single(4)).unwrap();
     assert!(matches!(
         store.begin_step(&g.stream, StepLayout::single(4)),

@@ -7,13 +7,14 @@
 //! CUDA graph captured over the layers' routing calls stays valid step after step.
 //!
 //! The step protocol ([`CaptureStore::end_step`], [`CaptureStore::collect`]):
-//! 1. `begin_step(&compute, layout)` makes `compute` wait (on the device) until the previous
-//!    step's rows have left the layer views, so no step overwrites rows still being read.
-//! 2. `end_step(&compute)` records an event on the compute stream; a side stream waits for it,
-//!    copies the step's kept rows of every layer into a readback buffer's device staging memory (one 2D
-//!    device-to-device copy, microseconds: the views are then free for the next step), then
-//!    into the buffer's pinned host memory (one contiguous copy), and records a completion
-//!    event. The host never waits here.
+//! 1. `begin_step(&compute, layout)` checks the step's layout; nothing waits: the previous
+//!    step's rows already left the layer views on `compute` itself (step 2).
+//! 2. `end_step(&compute)` enqueues on the compute stream the copy of the step's kept rows of
+//!    every layer into a readback buffer's device staging memory (one device-to-device copy,
+//!    microseconds), so the next step's writes into the views are stream-ordered after it and
+//!    no step ever waits on another stream; then a side stream, ordered after that copy by
+//!    an event, copies the staging memory into the buffer's pinned host memory (one
+//!    contiguous copy) and records a completion event. The host never waits here.
 //! 3. `collect()` waits for the oldest step's copy only, transposes it to token-major
 //!    `(tokens, layers, top_k)` and frees its buffer. With `readback_buffers >= 2`, step n+1 computes
 //!    while step n drains. Or, to keep the wait and the reading off the launch thread,
@@ -271,16 +272,18 @@ pub struct CaptureStore {
     /// With weights capture: `[layers, max_tokens, top_k]` fp32 weights.
     weights: Option<CudaSlice<f32>>,
     side: Arc<CudaStream>,
-    step_done_on_compute: CudaEvent,
-    /// Recorded on the side stream once the last step's rows left the layer views (the
-    /// device-to-device staging copy): the next step's writes wait for it.
-    views_free: CudaEvent,
+    /// Recorded on the compute stream after a step's staging copy; the side stream's
+    /// device-to-host copy waits for it.
+    staged_on_compute: CudaEvent,
     readbacks: Vec<Slot>,
     free: Vec<usize>,
     /// This store's number (`NEXT_STORE`).
     id: u64,
     in_flight: VecDeque<InFlight>,
-    current: Option<StepLayout>,
+    /// The step begun and not ended: its layout, and the compute stream it was begun on (the
+    /// `CUstream`'s address, only compared: a raw pointer would make the store neither `Send`
+    /// nor `Sync`).
+    current: Option<(StepLayout, usize)>,
     steps: u64,
 }
 
@@ -359,8 +362,7 @@ impl CaptureStore {
         }
         let free = (0..cfg.readback_buffers).rev().collect();
         Ok(CaptureStore {
-            step_done_on_compute: ctx.new_event(None)?,
-            views_free: ctx.new_event(None)?,
+            staged_on_compute: ctx.new_event(None)?,
             cfg,
             ctx,
             device,
@@ -432,10 +434,12 @@ impl CaptureStore {
 
     /// Starts a step whose layers `compute` is about to run (`layout.routed_rows` rows).
     ///
-    /// Orders `compute` after the previous step's rows have been staged out of the layer
-    /// views (a device-side wait on a short device-to-device copy; the host never waits), so
-    /// this step cannot overwrite rows still being read back. Call it before the step's
-    /// kernels, or before launching a graph of them.
+    /// Enqueues nothing and waits for nothing: the previous step's rows were staged out of
+    /// the layer views on the compute stream by its `end_step`, so this step's writes come
+    /// after them in stream order. That order is why a step must begin and end on the same
+    /// stream (`end_step` refuses another one); route the step's layers on it, or order
+    /// your other streams after it. Call it before the step's kernels, or before launching a
+    /// graph of them.
     pub fn begin_step(&mut self, compute: &CudaStream, layout: StepLayout) -> Result<()> {
         layout.check(self.cfg.max_tokens)?;
         if self.current.is_some() {
@@ -444,59 +448,76 @@ impl CaptureStore {
                 rule: "was called again before the previous step was ended".into(),
             });
         }
-        // Before the first step `views_free` was never recorded, and a wait on such an event
-        // completes at once.
-        compute.wait(&self.views_free)?;
-        self.current = Some(layout);
+        self.current = Some((layout, compute.cu_stream() as usize));
         Ok(())
     }
 
-    /// Ends the step whose layers were enqueued on `compute`: enqueues the readback of the
-    /// kept rows on the side stream, ordered after everything `compute` has enqueued so far.
-    /// Never waits on the host. Fails with [`Error::Backpressure`] when every readback buffer is in flight: collect first.
+    /// Ends the step whose layers were enqueued on `compute`: enqueues on `compute` the
+    /// staging copy of the kept rows (after everything `compute` has enqueued so far), then
+    /// on the side stream their copy to pinned host memory. Never waits on the host.
+    ///
+    /// Fails with [`Error::Backpressure`] when every readback buffer is in flight (collect
+    /// first), and with [`Error::CaptureProtocol`] on a stream other than `begin_step`'s;
+    /// either way the step stays begun.
     pub fn end_step(&mut self, compute: &Arc<CudaStream>) -> Result<u64> {
-        let layout = self.current.take().ok_or_else(|| Error::CaptureProtocol {
-            call: "end_step",
-            rule: "was called without a step begun (begin_step first)".into(),
-        })?;
+        let Some((layout, begun_on)) = self.current.take() else {
+            return Err(Error::CaptureProtocol {
+                call: "end_step",
+                rule: "was called without a step begun (begin_step first)".into(),
+            });
+        };
+        if begun_on != compute.cu_stream() as usize {
+            self.current = Some((layout, begun_on));
+            return Err(Error::CaptureProtocol {
+                call: "end_step",
+                rule: "was given another stream than begin_step: the staging copy must follow \
+                       the step's kernels on their stream"
+                    .into(),
+            });
+        }
         let Some(buffer) = self.free.pop() else {
-            self.current = Some(layout);
+            self.current = Some((layout, begun_on));
             return Err(Error::Backpressure {
                 in_flight: self.cfg.readback_buffers,
             });
         };
         let rows = layout.keep.len();
-        self.step_done_on_compute.record(compute)?;
-        self.side.wait(&self.step_done_on_compute)?;
-        self.readbacks[buffer].started.record(&self.side)?;
+        let slot = &mut self.readbacks[buffer];
+        let side = &self.side;
+        // The readback's GPU time runs from here (after the step's kernels) to `done`.
+        slot.started.record(compute)?;
         if rows > 0 {
-            let slot = &mut self.readbacks[buffer];
-            let side = &self.side;
-            // A free buffer has its host memory (recycle gives it back before freeing it).
-            let host = slot.host.as_mut().ok_or_else(|| {
-                Error::Internal("a free readback buffer lacks its host memory".into())
-            })?;
             self.ctx.bind_to_thread()?;
-            // 1. Every layer's kept rows into staging (fast, device to device): the views are
-            //    free for the next step once these are done.
+            // 1. Every layer's kept rows into staging, on the compute stream (device to
+            //    device, microseconds): the next step's writes are ordered after it there,
+            //    with no wait across streams. (The buffer's previous host copy completed
+            //    before it was freed: collect and recycle wait for it.)
             stage(
                 &self.device,
                 &mut slot.staging_ids,
-                side,
+                compute,
                 &self.cfg,
                 &layout,
             )?;
             if let (Some(w), Some(st)) = (&self.weights, &mut slot.staging_weights) {
-                stage(w, st, side, &self.cfg, &layout)?;
+                stage(w, st, compute, &self.cfg, &layout)?;
             }
-            self.views_free.record(side)?;
-            // 2. Staging into pinned host memory, one contiguous copy each.
+        }
+        self.staged_on_compute.record(compute)?;
+        side.wait(&self.staged_on_compute)?;
+        if rows > 0 {
+            // A free buffer has its host memory (recycle gives it back before freeing it).
+            let host = slot.host.as_mut().ok_or_else(|| {
+                Error::Internal("a free readback buffer lacks its host memory".into())
+            })?;
+            // 2. Staging into pinned host memory on the side stream, one contiguous copy
+            //    each, beside the next step's kernels.
             read_back(&slot.staging_ids, &mut host.ids, side, &self.cfg, rows)?;
             if let (Some(st), Some(h)) = (&slot.staging_weights, &mut host.weights) {
                 read_back(st, h, side, &self.cfg, rows)?;
             }
         }
-        self.readbacks[buffer].done.record(&self.side)?;
+        slot.done.record(side)?;
         let step = self.steps;
         self.steps += 1;
         self.in_flight.push_back(InFlight { buffer, step, rows });
@@ -620,26 +641,27 @@ pub struct LayerViews<'a> {
     pub weights: Option<CudaViewMut<'a, f32>>,
 }
 
-/// Enqueues on `side` the copy of every layer's kept rows (`layout.keep`) of one layer-major
-/// buffer into `staging`: one 2D device-to-device copy. The context is bound.
+/// Enqueues on `compute` the copy of every layer's kept rows (`layout.keep`) of one
+/// layer-major buffer into `staging`: one device-to-device copy (2D unless every row is
+/// kept). The context is bound.
 fn stage<T: DeviceRepr>(
     device: &CudaSlice<T>,
     staging: &mut CudaSlice<T>,
-    side: &Arc<CudaStream>,
+    compute: &Arc<CudaStream>,
     cfg: &CaptureConfig,
     layout: &StepLayout,
 ) -> Result<()> {
     let (k, max, rows) = (cfg.top_k, cfg.max_tokens, layout.keep.len());
     let elem = std::mem::size_of::<T>();
-    let (src, _g1) = device.device_ptr(side);
-    let (staging, _g2) = staging.device_ptr_mut(side);
+    let (src, _g1) = device.device_ptr(compute);
+    let (staging, _g2) = staging.device_ptr_mut(compute);
     if rows == max {
         // Every row kept: the layers are contiguous, one linear copy (a 2D copy of one row
         // per layer runs slower).
         let bytes = cfg.moe_layers * rows * k * elem;
         // SAFETY: `bytes` is the whole buffer, which both allocations hold; ordered on the
-        // side stream after the step's kernels.
-        unsafe { sys::cuMemcpyDtoDAsync_v2(staging, src, bytes, side.cu_stream()) }.result()?;
+        // compute stream after the step's kernels.
+        unsafe { sys::cuMemcpyDtoDAsync_v2(staging, src, bytes, compute.cu_stream()) }.result()?;
         return Ok(());
     }
     let stage = sys::CUDA_MEMCPY2D {
@@ -661,8 +683,8 @@ fn stage<T: DeviceRepr>(
         Height: cfg.moe_layers,
     };
     // SAFETY: both regions lie inside their allocations (checked layout, pitches as
-    // allocated); ordered on the side stream after the step's kernels.
-    unsafe { sys::cuMemcpy2DAsync_v2(&stage, side.cu_stream()) }.result()?;
+    // allocated); ordered on the compute stream after the step's kernels.
+    unsafe { sys::cuMemcpy2DAsync_v2(&stage, compute.cu_stream()) }.result()?;
     Ok(())
 }
 

@@ -9,13 +9,14 @@
 # The binaries link cudart statically; they need the driver, libc and libstdc++ only.
 # Features default to sm90 (what a Hopper machine runs; it shares the object cache with CI and
 # sm90 users); FEATURES=sm90,sm100 also builds Blackwell, whose calls are then refused on Hopper.
+# `nccl` is always added: the multi-rank harness (tests/ranks) runs from the pack too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-features=${FEATURES:-sm90}
+features=${FEATURES:-sm90},nccl
 python3 vendor/fetch.py all
-rm -rf gpu-pack/bin gpu-pack/run.sh gpu-pack/bench.sh && mkdir -p gpu-pack/bin
+rm -rf gpu-pack/bin gpu-pack/run.sh gpu-pack/bench.sh gpu-pack/ranks.sh && mkdir -p gpu-pack/bin
 cargo build --release -p flashinfer-rs --features "$features" --examples "$@"
-cargo test --release --features "$features" --test gpu --no-run --message-format=json "$@" \
+cargo test --release --features "$features" --test gpu --test ranks --no-run --message-format=json "$@" \
   | python3 -c '
 import json, sys
 for line in sys.stdin:
@@ -47,6 +48,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 export FLASHINFER_RS_REQUIRE_GPU=1
 nvidia-smi --query-gpu=name,driver_version,compute_cap --format=csv,noheader || true
 "$here/bin/gpu" --test-threads=1 "$@"
+bash "$here/ranks.sh"
 for ex in "$here"/bin/[0-9][0-9]_*; do
   echo "== example $(basename "$ex")"
   "$ex"
@@ -63,6 +65,31 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noh
 "$here/bin/moe_routing" "$@"
 RUN
 chmod +x gpu-pack/bench.sh
+cat > gpu-pack/ranks.sh <<'RUN'
+#!/usr/bin/env bash
+# The multi-rank capture harness (tests/ranks): FLASHINFER_RS_RANKS processes (default: the
+# GPU count, at least 2) over NCCL; on one GPU the ranks share it. cudarc loads `libnccl.so`:
+# this finds NCCL (NCCL_LIB_DIR, the system's, or the nvidia-nccl wheel of the machine's
+# python) and links that name to it in a scratch folder on the library path.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+export FLASHINFER_RS_REQUIRE_GPU=1 NCCL_NVLS_ENABLE=0
+lib=${NCCL_LIB_DIR:-}
+if [ -z "$lib" ]; then
+  so=$(ldconfig -p 2>/dev/null | awk '/libnccl\.so/ {print $NF; exit}')
+  [ -n "$so" ] && lib=$(dirname "$so")
+fi
+if [ -z "$lib" ]; then
+  lib=$(python3 -c 'import nvidia.nccl, os; print(os.path.join(list(nvidia.nccl.__path__)[0], "lib"))' 2>/dev/null || true)
+fi
+[ -n "$lib" ] && [ -e "$lib/libnccl.so.2" ] || { echo "ranks.sh: no libnccl.so.2 found (set NCCL_LIB_DIR)" >&2; exit 1; }
+names=$(mktemp -d)
+trap 'rm -rf "$names"' EXIT
+ln -s "$lib/libnccl.so.2" "$names/libnccl.so"
+echo "== ranks harness: NCCL from $lib"
+LD_LIBRARY_PATH=$names:$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} "$here/bin/ranks" "$@"
+RUN
+chmod +x gpu-pack/ranks.sh
 du -sh gpu-pack/bin/*
 # One compressed file to carry to a GPU machine (the device tool caps what it carries at 64 MiB;
 # the GPU machines have xz, not zstd):  tar xJf gpu-pack.tar.xz && bash gpu-pack/run.sh

@@ -35,8 +35,8 @@ python3 scripts/long-functions.py
 cargo run --quiet -p flashinfer-rs --example 02_serving_loop_capture > /dev/null
 DOCS_RS=1 cargo doc --workspace --no-deps --quiet
 
-stage "2/8: sm90 kernels"
-cargo test --workspace --features sm90 "$@"
+stage "2/8: sm90 kernels (with nccl: the multi-rank harness builds, and skips without a GPU)"
+cargo test --workspace --features sm90,nccl "$@"
 stage "3/8: sm100 kernels (Blackwell: compiled, linked and CPU-tested; no Blackwell here)"
 cargo test --workspace --features sm100 "$@"
 

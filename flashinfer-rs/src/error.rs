@@ -47,6 +47,15 @@ pub enum Error {
     /// `.0` is the driver's `CUresult`.
     #[error("CUDA driver error: {0}")]
     Driver(cudarc::driver::DriverError),
+    /// An NCCL call failed (feature `nccl`): which call, and its `ncclResult_t` (e.g. 2 =
+    /// `ncclSystemError`, 3 = `ncclInternalError`, 4 = `ncclInvalidArgument`).
+    #[error("NCCL error in `{call}` (ncclResult_t {code})")]
+    Nccl {
+        /// The NCCL call that failed.
+        call: &'static str,
+        /// Its `ncclResult_t` value.
+        code: i32,
+    },
     /// A capture call out of protocol order (`end_step` without `begin_step`, a step begun
     /// twice, ...): a bug in the caller's serving loop, not in its data.
     #[error("capture protocol: `{call}` {rule}")]

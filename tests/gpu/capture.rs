@@ -402,95 +402,183 @@ fn the_next_step_cannot_overwrite_rows_still_being_read_back() {
     eprintln!("capture ordering: 2 steps of 61 x 8192 rows, back to back, both read back intact");
 }
 
+/// A model for weights capture: per layer, a pool of logits on the device and the oracle's
+/// top-k ids and weights for every pool row (`oracle::route_topk`).
+struct WeightsModel {
+    cfg: RoutingConfig,
+    layers: usize,
+    pool: Vec<CudaSlice<f32>>,
+    bias: Option<CudaSlice<f32>>,
+    want: Vec<oracle::Routed>,
+}
+
+fn weights_model(g: &Gpu, cfg: RoutingConfig, layers: usize) -> WeightsModel {
+    let (_, bias) = oracle::separated_logits(&cfg, 0, false, 7);
+    let (mut pool, mut want) = (Vec::new(), Vec::new());
+    for l in 0..layers {
+        let logits =
+            oracle::separated_logits_for_bias(&cfg, POOL, false, 40 + l as u64, bias.as_deref());
+        want.push(oracle::route_topk(&cfg, &logits, bias.as_deref(), POOL).unwrap());
+        pool.push(g.stream.clone_htod(&logits).unwrap());
+    }
+    let bias = bias.map(|b| g.stream.clone_htod(&b).unwrap());
+    WeightsModel {
+        cfg,
+        layers,
+        pool,
+        bias,
+        want,
+    }
+}
+
+/// Routes one layer with the top-k router into the store's id and weight views of `layer`.
+fn route_weights(
+    g: &Gpu,
+    router: &TopKRouter,
+    store: &mut CaptureStore,
+    layer: usize,
+    input: &RouteInput<'_>,
+) {
+    let views = store.layer_views(layer).unwrap();
+    let (mut ids, weights) = (views.ids, views.weights);
+    let mut out = TopKOutputs {
+        ids: None,
+        weights_f32: weights,
+        weights_bf16: None,
+    };
+    router
+        .route(&g.stream, input, &mut out, Some(&mut ids))
+        .unwrap();
+}
+
+/// Checks a collected step's ids and weights against the oracle rows it routed; returns the
+/// number of (id, weight) pairs checked.
+fn check_weights(
+    m: &WeightsModel,
+    got: &CollectedStep,
+    layout: &StepLayout,
+    offsets: &[usize],
+) -> usize {
+    let k = m.cfg.top_k as usize;
+    let got_weights = got.rows.weights.as_ref().expect("weights captured");
+    assert_eq!(got.rows.tokens, layout.keep.len(), "step {}", got.step);
+    for (r, row) in layout.keep.clone().enumerate() {
+        for (l, &off) in offsets.iter().enumerate() {
+            let at = (r * m.layers + l) * k;
+            let w = (off + row) * k;
+            assert_eq!(
+                &got.rows.ids[at..at + k],
+                &m.want[l].ids[w..w + k],
+                "step {} row {row} layer {l}",
+                got.step
+            );
+            for j in 0..k {
+                assert!(
+                    weight_matches(got_weights[at + j], m.want[l].weights[w + j]),
+                    "step {} row {row} layer {l} k {j}: weight {} vs the oracle's {}",
+                    got.step,
+                    got_weights[at + j],
+                    m.want[l].weights[w + j]
+                );
+            }
+        }
+    }
+    layout.keep.len() * offsets.len() * k
+}
+
+/// `steps` steps of random layouts with weights capture, eagerly (`padded: None`: every step
+/// its own token count) or by replaying one CUDA graph of the layers' routing calls over
+/// `padded` rows (fresh logits copied into its fixed inputs before each replay); every
+/// collected step checked against the oracle. Returns the pairs checked.
+fn weights_soak(g: &Gpu, m: &WeightsModel, steps: usize, padded: Option<usize>) -> usize {
+    let (e, k) = (m.cfg.num_experts as usize, m.cfg.top_k as usize);
+    let router = TopKRouter::new(m.cfg).unwrap();
+    let capture = CaptureConfig {
+        moe_layers: m.layers,
+        max_tokens: padded.unwrap_or(MAX_ROWS),
+        top_k: k,
+        readback_buffers: 2,
+        layer_map: None,
+        capture_weights: true,
+    };
+    let mut store = CaptureStore::new(&g.stream, capture).unwrap();
+    let mut graph = None;
+    let mut inputs: Vec<CudaSlice<f32>> = Vec::new();
+    if let Some(rows) = padded {
+        inputs = (0..m.layers)
+            .map(|_| g.stream.alloc_zeros(rows * e).unwrap())
+            .collect();
+        unsafe { g.ctx.disable_event_tracking() };
+        g.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .unwrap();
+        for (l, logits) in inputs.iter().enumerate() {
+            let input = RouteInput {
+                logits: logits.into(),
+                bias: m.bias.as_ref().map(Into::into),
+                num_tokens: rows,
+            };
+            route_weights(g, &router, &mut store, l, &input);
+        }
+        graph = g.stream.end_capture(CUgraphInstantiate_flags(0)).unwrap();
+    }
+    let mut rng = SplitMix64(5 + m.layers as u64 + padded.unwrap_or(0) as u64);
+    let mut checked = 0usize;
+    for _ in 0..steps {
+        let layout = random_layout(&mut rng, padded);
+        let t = layout.routed_rows;
+        let offsets: Vec<usize> = (0..m.layers).map(|_| rng.below(POOL - MAX_ROWS)).collect();
+        // A graph reads its fixed inputs: this step's logits go there first.
+        for (input, (l, &off)) in inputs.iter_mut().zip(offsets.iter().enumerate()) {
+            let src = m.pool[l].slice(off * e..(off + t) * e);
+            g.stream.memcpy_dtod(&src, input).unwrap();
+        }
+        store.begin_step(&g.stream, layout.clone()).unwrap();
+        match &graph {
+            Some(graph) => graph.launch().unwrap(),
+            None => {
+                for (l, &off) in offsets.iter().enumerate() {
+                    let input = RouteInput {
+                        logits: m.pool[l].slice(off * e..(off + t) * e).into(),
+                        bias: m.bias.as_ref().map(Into::into),
+                        num_tokens: t,
+                    };
+                    route_weights(g, &router, &mut store, l, &input);
+                }
+            }
+        }
+        store.end_step(&g.stream).unwrap();
+        let got = store.collect().unwrap().expect("a step in flight");
+        checked += check_weights(m, &got, &layout, &offsets);
+    }
+    if graph.is_some() {
+        unsafe { g.ctx.enable_event_tracking() };
+    }
+    checked
+}
+
 /// Weights capture: the top-k router writes each layer's ids into the store's replay view and
 /// its fp32 weights into the store's weights view (zero-copy); every collected step's ids and
-/// weights must equal the oracle's (`oracle::route_topk`), over random layouts.
+/// weights must equal the oracle's (`oracle::route_topk`), over 1,000 steps of random layouts
+/// (`FLASHINFER_RS_WEIGHTS_STEPS`), eagerly and through a replayed CUDA graph.
 #[test]
 fn captured_weights_sit_beside_their_ids_and_equal_the_oracle() {
     let Some(g) = gpu("captured_weights_sit_beside_their_ids_and_equal_the_oracle") else {
         return;
     };
-    let steps = env_list("FLASHINFER_RS_WEIGHTS_STEPS", &[300])[0];
+    let steps = env_list("FLASHINFER_RS_WEIGHTS_STEPS", &[1000])[0];
     let (qwen3, deepseek) = (models::qwen3_30b_a3b(), models::deepseek_v3());
     for (cfg, layers) in [(qwen3.cfg, 6), (deepseek.cfg, 5)] {
-        let (e, k) = (cfg.num_experts as usize, cfg.top_k as usize);
-        let (_, bias) = oracle::separated_logits(&cfg, 0, false, 7);
-        let mut pool = Vec::new();
-        let mut want = Vec::new();
-        for l in 0..layers {
-            let logits = oracle::separated_logits_for_bias(
-                &cfg,
-                POOL,
-                false,
-                40 + l as u64,
-                bias.as_deref(),
+        let m = weights_model(&g, cfg, layers);
+        for (mode, padded) in [("eager", None), ("graph (replayed)", Some(64))] {
+            let checked = weights_soak(&g, &m, steps, padded);
+            println!(
+                "weights capture {mode}, {layers} layers of {} experts: {checked} ids and \
+                 weights checked over {steps} steps",
+                cfg.num_experts
             );
-            want.push(oracle::route_topk(&cfg, &logits, bias.as_deref(), POOL).unwrap());
-            pool.push(g.stream.clone_htod(&logits).unwrap());
+            assert!(checked > 0);
         }
-        let bias = bias.map(|b| g.stream.clone_htod(&b).unwrap());
-        let router = TopKRouter::new(cfg).unwrap();
-        let capture = CaptureConfig {
-            moe_layers: layers,
-            max_tokens: MAX_ROWS,
-            top_k: k,
-            readback_buffers: 2,
-            layer_map: None,
-            capture_weights: true,
-        };
-        let mut store = CaptureStore::new(&g.stream, capture).unwrap();
-        let mut rng = SplitMix64(5 + layers as u64);
-        let mut checked = 0usize;
-        for _ in 0..steps {
-            let layout = random_layout(&mut rng, None);
-            let t = layout.routed_rows;
-            let offsets: Vec<usize> = (0..layers).map(|_| rng.below(POOL - MAX_ROWS)).collect();
-            store.begin_step(&g.stream, layout.clone()).unwrap();
-            for (l, &off) in offsets.iter().enumerate() {
-                let input = RouteInput {
-                    logits: pool[l].slice(off * e..(off + t) * e).into(),
-                    bias: bias.as_ref().map(Into::into),
-                    num_tokens: t,
-                };
-                let views = store.layer_views(l).unwrap();
-                let (mut ids, weights) = (views.ids, views.weights);
-                let mut out = TopKOutputs {
-                    ids: None,
-                    weights_f32: weights,
-                    weights_bf16: None,
-                };
-                router
-                    .route(&g.stream, &input, &mut out, Some(&mut ids))
-                    .unwrap();
-            }
-            store.end_step(&g.stream).unwrap();
-            let got = store.collect().unwrap().expect("a step in flight");
-            let got_weights = got.rows.weights.as_ref().expect("weights captured");
-            for (r, row) in layout.keep.clone().enumerate() {
-                for (l, &off) in offsets.iter().enumerate() {
-                    let at = (r * layers + l) * k;
-                    let w = (off + row) * k;
-                    assert_eq!(
-                        &got.rows.ids[at..at + k],
-                        &want[l].ids[w..w + k],
-                        "step {} row {row} layer {l}",
-                        got.step
-                    );
-                    for j in 0..k {
-                        assert!(
-                            weight_matches(got_weights[at + j], want[l].weights[w + j]),
-                            "step {} row {row} layer {l} k {j}: weight {} vs the oracle's {}",
-                            got.step,
-                            got_weights[at + j],
-                            want[l].weights[w + j]
-                        );
-                    }
-                    checked += k;
-                }
-            }
-        }
-        println!("weights capture, {layers} layers of {e} experts: {checked} ids and weights checked over {steps} steps");
-        assert!(checked > 0);
     }
 }
 

@@ -102,9 +102,10 @@ impl StepLayout {
     }
 
     /// Sequence parallelism: each TP rank routes only its shard of the rows, so no rank holds
-    /// a whole step. Gather the shards' routed rows first (an all-gather of the replay rows,
-    /// `gathered_tokens` of them in sequence order, as vLLM does) into this store, then
-    /// capture them as one rank would. This describes the gathered step.
+    /// a whole step. The shards' routed rows are gathered into this store first
+    /// (`ShardGather::gather_into` with the `nccl` feature: one all-gather per step), then
+    /// captured as one rank would. This describes the gathered step of `gathered_tokens`
+    /// rows in sequence order.
     pub fn sequence_parallel_gathered(gathered_tokens: usize) -> StepLayout {
         StepLayout::single(gathered_tokens)
     }
@@ -409,6 +410,19 @@ impl CaptureStore {
             .device
             .slice_mut(moe_layer * per_layer..(moe_layer + 1) * per_layer);
         ReplayView::new(view, self.cfg.max_tokens, self.cfg.top_k)
+    }
+
+    /// The whole `[layers, max_tokens, top_k]` id buffer, for a call that fills the step's
+    /// rows of every layer at once (the sequence-parallel gather); a step must be begun.
+    #[cfg(feature = "nccl")]
+    pub(crate) fn gather_target(&mut self) -> Result<&mut CudaSlice<i16>> {
+        if self.current.is_none() {
+            return Err(Error::CaptureProtocol {
+                call: "gather_into",
+                rule: "was called without a step begun (begin_step first)".into(),
+            });
+        }
+        Ok(&mut self.device)
     }
 
     /// The replay view and (with weights capture) the fp32 weights view of MoE layer

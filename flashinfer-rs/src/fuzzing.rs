@@ -8,7 +8,8 @@
 #![doc(hidden)]
 
 use crate::capture::{
-    Assembler, AssemblerConfig, RowOwner, SlotStore, SlotStoreConfig, StepLayout, StepRows,
+    Assembler, AssemblerConfig, ExpertMap, LayerMajorRows, RoutedExperts, RowOwner, SlotStore,
+    SlotStoreConfig, StepLayout, StepRows,
 };
 use crate::fused::{Activation, MoeOptions, Tactic, WeightLayout};
 use crate::routing::{RoutingConfig, RoutingMethod};
@@ -330,125 +331,234 @@ fn expert_id(b: &mut Bytes) -> i16 {
 }
 
 /// Target `assembly`: arbitrary sequences of assembler and KV-slot-store operations over
-/// arbitrary configs (zero sizes included), positions and token counts up to `usize::MAX`,
-/// reversed and out-of-range slot ranges and ids outside the model. Errors are fine, panics
-/// and aborts are not; what is accepted keeps its invariants: exports have the shape they
-/// claim and hold only experts of the model or -1, lookups hold whole rows.
+/// arbitrary configs (zero sizes included), with or without an expert map (replicated
+/// experts), positions and token counts up to `usize::MAX`, reversed and out-of-range slot
+/// ranges, ids outside the model, steps with and without weights (NaN and infinities
+/// included), token-major and layer-major, and incremental exports interleaved. Errors are
+/// fine, panics and aborts are not; what is accepted keeps its invariants: exports have the
+/// shape they claim and hold only experts of the exported model or -1, weights beside them
+/// when rows carried any, lookups hold whole rows.
 pub fn assembly(data: &[u8]) {
     let mut b = Bytes::new(data);
-    // A size: mostly `1 + small(max)` (or `small(max)` when `zero_ok`), sometimes anything.
-    let pick = |b: &mut Bytes, max: u8, zero_ok: bool| {
-        if b.u8().is_multiple_of(16) {
-            b.size()
-        } else {
-            b.small(max) + usize::from(!zero_ok)
-        }
-    };
-    let layers = pick(&mut b, 3, false);
-    let top_k = pick(&mut b, 3, false);
-    let num_experts = match b.u8() % 8 {
-        0 => b.u32(),
-        1 => 300,
-        _ => 64,
-    };
-    let max_positions = pick(&mut b, 15, false);
-    let Ok(mut asm) = Assembler::new(AssemblerConfig {
-        layers,
-        top_k,
-        num_experts,
-        max_positions,
-    }) else {
+    let Some(mut f) = AssemblyFuzz::new(&mut b) else {
         return;
     };
-    let row = layers * top_k; // accepted configs do not overflow
-                              // A request may take up to max_positions x row ids: that is the caller's bound, and a
-                              // bound of terabytes would make the fuzzer's allocator abort. Keep it to 32 MiB.
-    if max_positions.saturating_mul(row) > 16 << 20 {
-        return;
-    }
-    let mut slots = SlotStore::new(SlotStoreConfig {
-        num_slots: pick(&mut b, 16, true),
-        layers,
-        top_k,
-        num_experts,
-        max_bytes: 1 << 20,
-    })
-    .ok();
-    let req = |b: &mut Bytes| u64::from(b.u8() % 4);
     while !b.is_empty() {
-        match b.u8() % 7 {
+        f.op(&mut b);
+    }
+}
+
+/// A size: mostly `1 + small(max)` (or `small(max)` when `zero_ok`), sometimes anything.
+fn pick(b: &mut Bytes, max: u8, zero_ok: bool) -> usize {
+    if b.u8().is_multiple_of(16) {
+        b.size()
+    } else {
+        b.small(max) + usize::from(!zero_ok)
+    }
+}
+
+/// The `assembly` target's state: the assembler (maybe with an expert map), a KV-slot store,
+/// and what exports must hold.
+struct AssemblyFuzz {
+    asm: Assembler,
+    slots: Option<SlotStore>,
+    layers: usize,
+    top_k: usize,
+    /// Experts of the exported ids (the logical count with a map).
+    exported_experts: u32,
+    max_positions: usize,
+}
+
+impl AssemblyFuzz {
+    fn new(b: &mut Bytes) -> Option<AssemblyFuzz> {
+        let layers = pick(b, 3, false);
+        let top_k = pick(b, 3, false);
+        let num_experts = match b.u8() % 8 {
+            0 => b.u32(),
+            1 => 300,
+            _ => 64,
+        };
+        let max_positions = pick(b, 15, false);
+        let config = AssemblerConfig {
+            layers,
+            top_k,
+            num_experts,
+            max_positions,
+        };
+        // Sometimes replicated experts: a table of the physical experts (a small model only:
+        // the table is the caller's allocation), maybe of another size than the config's.
+        let map = (b.u8().is_multiple_of(4) && num_experts <= 1024).then(|| {
+            let physical = num_experts as usize + usize::from(b.u8().is_multiple_of(8));
+            let logical = b.u32() % 300;
+            let table: Vec<u32> = (0..physical).map(|_| b.u32() % (logical + 2)).collect();
+            (ExpertMap::new(&table, logical), logical)
+        });
+        let (asm, exported_experts) = match map {
+            None => (Assembler::new(config).ok()?, num_experts),
+            Some((map, logical)) => (Assembler::with_expert_map(config, map.ok()?).ok()?, logical),
+        };
+        let row = layers * top_k; // accepted configs do not overflow
+                                  // A request may take up to max_positions x row ids: that is the caller's bound, and a
+                                  // bound of terabytes would make the fuzzer's allocator abort. Keep it to 32 MiB.
+        if max_positions.saturating_mul(row) > 16 << 20 {
+            return None;
+        }
+        let slots = SlotStore::new(SlotStoreConfig {
+            num_slots: pick(b, 16, true),
+            layers,
+            top_k,
+            num_experts,
+            max_bytes: 1 << 20,
+        })
+        .ok();
+        Some(AssemblyFuzz {
+            asm,
+            slots,
+            layers,
+            top_k,
+            exported_experts,
+            max_positions,
+        })
+    }
+
+    fn row(&self) -> usize {
+        self.layers * self.top_k
+    }
+
+    /// A step's ids (sometimes one short) and maybe its weights (sometimes one short too).
+    fn rows(&self, b: &mut Bytes, tokens: usize) -> (Vec<i16>, Option<Vec<f32>>) {
+        let n = tokens * self.row();
+        let mut ids: Vec<i16> = (0..n).map(|_| expert_id(b)).collect();
+        if b.u8().is_multiple_of(8) {
+            ids.pop();
+        }
+        let weights = b.bool().then(|| {
+            let mut w: Vec<f32> = (0..n).map(|_| b.f32()).collect();
+            if b.u8().is_multiple_of(8) {
+                w.pop();
+            }
+            w
+        });
+        (ids, weights)
+    }
+
+    fn owners(&self, b: &mut Bytes, tokens: usize) -> Vec<RowOwner> {
+        (0..tokens + b.small(1))
+            .map(|_| {
+                if b.u8().is_multiple_of(4) {
+                    RowOwner::Padding
+                } else {
+                    RowOwner::Token {
+                        request: request(b),
+                        position: position(b),
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// What every accepted export must hold.
+    fn check(&self, e: &RoutedExperts) {
+        assert_eq!(e.ids().len(), e.tokens() * self.row());
+        assert!(e.tokens() <= self.max_positions);
+        assert_eq!(e.num_experts(), self.exported_experts);
+        assert!(e.ids().iter().all(|&i| i == crate::capture::UNKNOWN
+            || (0..self.exported_experts as i64).contains(&(i as i64))));
+        assert!(e.to_npy().starts_with(b"\x93NUMPY"));
+        let _ = e.to_vllm_base64();
+        let _ = e.to_flat_base64();
+        if let Some(w) = e.weights() {
+            assert_eq!(w.len(), e.ids().len());
+            assert!(e
+                .to_weights_npy()
+                .is_some_and(|n| n.starts_with(b"\x93NUMPY")));
+            assert!(e.to_flat_weights_base64().is_some());
+        }
+    }
+
+    fn op(&mut self, b: &mut Bytes) {
+        let (layers, top_k) = (self.layers, self.top_k);
+        match b.u8() % 10 {
             0 => {
-                let _ = asm.start(req(&mut b), position(&mut b));
+                let _ = self.asm.start(request(b), position(b));
             }
             1 => {
                 let tokens = b.small(6);
-                let mut ids: Vec<i16> = (0..tokens * row).map(|_| expert_id(&mut b)).collect();
-                // Sometimes a malformed step.
-                if b.u8().is_multiple_of(8) {
-                    ids.pop();
-                }
+                let (ids, weights) = self.rows(b, tokens);
                 let step = StepRows {
-                    weights: None,
+                    weights,
                     tokens,
                     layers,
                     top_k,
                     ids,
                 };
-                let owners: Vec<RowOwner> = (0..tokens + b.small(1))
-                    .map(|_| {
-                        if b.u8().is_multiple_of(4) {
-                            RowOwner::Padding
-                        } else {
-                            RowOwner::Token {
-                                request: req(&mut b),
-                                position: position(&mut b),
-                            }
-                        }
-                    })
-                    .collect();
-                let _ = asm.push_step(&step, &owners);
-                if let Some(s) = slots.as_mut() {
-                    let names: Vec<Option<usize>> = (0..tokens)
-                        .map(|_| b.bool().then(|| position(&mut b)))
-                        .collect();
+                let owners = self.owners(b, tokens);
+                let _ = self.asm.push_step(&step, &owners);
+                if let Some(s) = self.slots.as_mut() {
+                    let names: Vec<Option<usize>> =
+                        (0..tokens).map(|_| b.bool().then(|| position(b))).collect();
                     let _ = s.record(&names, &step);
                 }
             }
             2 => {
-                let n = if b.bool() { row } else { b.small(8) };
-                let ids: Vec<i16> = (0..n).map(|_| expert_id(&mut b)).collect();
-                let _ = asm.set_row(req(&mut b), position(&mut b), &ids);
+                let tokens = b.small(6);
+                let (ids, weights) = self.rows(b, tokens);
+                let step = LayerMajorRows {
+                    tokens,
+                    layers,
+                    top_k,
+                    ids: &ids,
+                    weights: weights.as_deref(),
+                };
+                let owners = self.owners(b, tokens);
+                let _ = self.asm.push_layer_major(&step, &owners);
             }
             3 => {
-                let _ = asm.truncate(req(&mut b), position(&mut b));
+                let n = if b.bool() { self.row() } else { b.small(8) };
+                let ids: Vec<i16> = (0..n).map(|_| expert_id(b)).collect();
+                let _ = self.asm.set_row(request(b), position(b), &ids);
             }
             4 => {
-                asm.abort(req(&mut b));
+                let _ = self.asm.truncate(request(b), position(b));
             }
             5 => {
-                let n = position(&mut b);
-                if let Ok(e) = asm.finish(req(&mut b), n) {
-                    assert_eq!(e.ids().len(), e.tokens() * row);
-                    assert!(e.tokens() <= max_positions);
-                    assert!(e.ids().iter().all(|&i| i == crate::capture::UNKNOWN
-                        || (0..num_experts as i64).contains(&(i as i64))));
-                    let npy = e.to_npy();
-                    assert!(npy.starts_with(b"\x93NUMPY"));
-                    let _ = e.to_vllm_base64();
-                    let _ = e.to_flat_base64();
+                self.asm.abort(request(b));
+            }
+            6 => {
+                if let Ok(e) = self.asm.finish(request(b), position(b)) {
+                    self.check(&e);
                 }
             }
-            _ => {
-                if let Some(s) = slots.as_mut() {
-                    if let Some(found) = s.lookup(position(&mut b)) {
-                        assert_eq!(found.len(), row);
-                    }
-                    let (a, z) = (position(&mut b), position(&mut b));
-                    let _ = s.invalidate(a..z);
+            7 => {
+                if let Ok(span) = self.asm.export_new(request(b), position(b)) {
+                    self.check(&span.experts);
                 }
             }
+            8 => {
+                let (r, from) = (request(b), position(b));
+                if let Ok(span) = self.asm.export_range(r, from, position(b)) {
+                    assert_eq!(span.first_position, from);
+                    self.check(&span.experts);
+                }
+            }
+            _ => self.slots_op(b),
         }
     }
+
+    fn slots_op(&mut self, b: &mut Bytes) {
+        let row = self.row();
+        if let Some(s) = self.slots.as_mut() {
+            if let Some(found) = s.lookup(position(b)) {
+                assert_eq!(found.len(), row);
+            }
+            let (a, z) = (position(b), position(b));
+            let _ = s.invalidate(a..z);
+        }
+    }
+}
+
+fn request(b: &mut Bytes) -> u64 {
+    u64::from(b.u8() % 4)
 }
 
 /// A fuzz target: bytes in, panics on a broken invariant.

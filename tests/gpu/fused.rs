@@ -355,6 +355,79 @@ mod calls {
         assert!(c.untouched(&g.stream));
     }
 
+    /// A fused layer handed the views of a store that captures weights refuses them (it
+    /// exposes no weights) before anything runs; an ids-only store's views go through to the
+    /// call (which this machine then refuses off Blackwell).
+    #[test]
+    fn a_fused_layer_refuses_a_store_that_captures_weights() {
+        use flashinfer_rs::capture::{CaptureConfig, CaptureStore, StepLayout};
+        let Some(g) = gpu("fused::calls::a_fused_layer_refuses_a_store_that_captures_weights")
+        else {
+            return;
+        };
+        let s = &g.stream;
+        let c = Common::new(s);
+        let (hs, w1, w2) = (
+            zeros::<bf16>(s, T * H),
+            zeros::<bf16>(s, E * 2 * I * H),
+            zeros::<bf16>(s, E * H * I),
+        );
+        let weights = Bf16Weights {
+            gemm1_weights: w1.as_view(),
+            gemm2_weights: w2.as_view(),
+            swiglu: SwigluParams::default(),
+        };
+        let moe =
+            FusedMoe::<Bf16>::new(config(MoeOptions::new(WeightLayout::BlockMajorK)), weights)
+                .unwrap();
+        for capture_weights in [true, false] {
+            let cfg = CaptureConfig {
+                moe_layers: 1,
+                max_tokens: T,
+                top_k: K,
+                readback_buffers: 2,
+                layer_map: None,
+                capture_weights,
+            };
+            let mut store = CaptureStore::new(s, cfg).unwrap();
+            let mut output = s.clone_htod(&vec![bf16::from_f32(1.5); T * H]).unwrap();
+            let batch = MoeBatch::<Bf16> {
+                num_tokens: T,
+                routing: routing(&c.logits),
+                inputs: Bf16Inputs {
+                    hidden_states: hs.as_view(),
+                    gemm1_lora_delta: None,
+                },
+            };
+            let res = moe.forward_captured(
+                s,
+                batch,
+                &mut output.as_view_mut(),
+                store.layer_views(0).unwrap(),
+            );
+            if capture_weights {
+                assert!(
+                    matches!(res, Err(Error::InvalidArgument { arg: "views", .. })),
+                    "{res:?}"
+                );
+            } else if flashinfer_rs::build_info().sm100 {
+                // Blackwell kernels built: off Blackwell the call is refused at the gate.
+                assert!(matches!(res, Err(Error::UnsupportedArch(_))), "{res:?}");
+            } else {
+                assert!(matches!(res, Err(Error::KernelsNotBuilt)), "{res:?}");
+            }
+            let out = s.clone_dtoh(&output).unwrap();
+            assert!(
+                out.iter().all(|&v| v == bf16::from_f32(1.5)),
+                "output written"
+            );
+            store.begin_step(s, StepLayout::single(T)).unwrap();
+            store.end_step(s).unwrap();
+            let rows = store.collect().unwrap().expect("a step in flight").rows;
+            assert!(rows.ids.iter().all(|&v| v == -1), "store rows written");
+        }
+    }
+
     #[test]
     fn inputs_of_another_variant_than_the_layer_are_refused() {
         let Some(g) = gpu("fused::calls::inputs_of_another_variant_than_the_layer_are_refused")

@@ -17,6 +17,7 @@ use super::plan::{plan_batch, plan_layer, BatchDesc, Given, LayerDesc, LayerPlan
 use super::precision::sealed::{BatchArgs, LayerArgs};
 use super::precision::Precision;
 use super::unfinalized::Unfinalized;
+use crate::capture::LayerViews;
 use crate::context::same_context;
 use crate::error::{Error, Result};
 use crate::ffi::{check, device_info};
@@ -226,6 +227,30 @@ impl<'w, P: Precision> FusedMoe<'w, P> {
             return Ok(None);
         }
         Unfinalized::from_raw(out, stream).map(Some)
+    }
+
+    /// [`forward`](Self::forward) writing the routed ids into a capture store's views of one
+    /// layer (`store.layer_views(l)`). The fused kernel computes its routing weights inside
+    /// and exposes none, so views of a store that captures weights are refused (a typed
+    /// error, before anything is launched) rather than left NaN: to capture weights with a
+    /// fused layer, route with [`TopKRouter`](crate::routing::TopKRouter) into the store's
+    /// views and hand the layer the precomputed ids.
+    pub fn forward_captured(
+        &self,
+        stream: &Arc<CudaStream>,
+        batch: MoeBatch<'_, P>,
+        output: &mut CudaViewMut<'_, bf16>,
+        views: LayerViews<'_>,
+    ) -> Result<Option<Unfinalized>> {
+        let LayerViews { mut ids, weights } = views;
+        if weights.is_some() {
+            return Err(Error::invalid(
+                "views",
+                "the store captures weights, which the fused MoE does not expose: route with \
+                 TopKRouter into the store's views and pass precomputed ids, or capture ids only",
+            ));
+        }
+        self.forward(stream, batch, output, Some(&mut ids))
     }
 }
 

@@ -3,7 +3,7 @@
 //! 1,000+ steps of random batch sizes and layouts, eagerly and through a CUDA graph.
 use flashinfer_rs::capture::{CaptureConfig, CaptureStore, CollectedStep, StepBuffer, StepLayout};
 use flashinfer_rs::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-use flashinfer_rs::cudarc::driver::CudaSlice;
+use flashinfer_rs::cudarc::driver::{CudaGraph, CudaSlice};
 use flashinfer_rs::routing::oracle::{self, SplitMix64};
 use flashinfer_rs::routing::{
     RouteInput, Router, RoutingBuffers, RoutingConfig, RoutingMethod, TopKOutputs, TopKRouter,
@@ -231,6 +231,21 @@ fn route_layers(
     }
 }
 
+/// A CUDA graph of what `record` enqueues on the test's stream. Turns cudarc's event tracking
+/// off (capture must not record its per-buffer events); the caller turns it back on when its
+/// replays are done.
+fn capture_graph(g: &Gpu, record: impl FnOnce()) -> CudaGraph {
+    unsafe { g.ctx.disable_event_tracking() };
+    g.stream
+        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+        .unwrap();
+    record();
+    g.stream
+        .end_capture(CUgraphInstantiate_flags(0))
+        .unwrap()
+        .expect("graph")
+}
+
 fn eager(g: &Gpu, m: &Model, steps: usize) {
     let router = Router::new(m.cfg).unwrap();
     let mut buffers = RoutingBuffers::new(&g.stream, &m.cfg, MAX_ROWS).unwrap();
@@ -276,26 +291,19 @@ fn graph(g: &Gpu, m: &Model, steps: usize) {
         .map(|_| g.stream.alloc_zeros(padded * e).unwrap())
         .collect();
 
-    unsafe { g.ctx.disable_event_tracking() };
-    g.stream
-        .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-        .unwrap();
-    for (l, logits) in inputs.iter().enumerate() {
-        let input = RouteInput {
-            logits: logits.into(),
-            bias: m.bias.as_ref().map(Into::into),
-            num_tokens: padded,
-        };
-        let mut view = store.layer_view(l).unwrap();
-        router
-            .route(&g.stream, &input, &mut buffers, Some(&mut view))
-            .unwrap();
-    }
-    let graph = g
-        .stream
-        .end_capture(CUgraphInstantiate_flags(0))
-        .unwrap()
-        .expect("graph");
+    let graph = capture_graph(g, || {
+        for (l, logits) in inputs.iter().enumerate() {
+            let input = RouteInput {
+                logits: logits.into(),
+                bias: m.bias.as_ref().map(Into::into),
+                num_tokens: padded,
+            };
+            let mut view = store.layer_view(l).unwrap();
+            router
+                .route(&g.stream, &input, &mut buffers, Some(&mut view))
+                .unwrap();
+        }
+    });
 
     let mut rng = SplitMix64(99 + m.layers as u64);
     let mut soak = Soak::new(m);
@@ -508,19 +516,16 @@ fn weights_soak(g: &Gpu, m: &WeightsModel, steps: usize, padded: Option<usize>) 
         inputs = (0..m.layers)
             .map(|_| g.stream.alloc_zeros(rows * e).unwrap())
             .collect();
-        unsafe { g.ctx.disable_event_tracking() };
-        g.stream
-            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .unwrap();
-        for (l, logits) in inputs.iter().enumerate() {
-            let input = RouteInput {
-                logits: logits.into(),
-                bias: m.bias.as_ref().map(Into::into),
-                num_tokens: rows,
-            };
-            route_weights(g, &router, &mut store, l, &input);
-        }
-        graph = g.stream.end_capture(CUgraphInstantiate_flags(0)).unwrap();
+        graph = Some(capture_graph(g, || {
+            for (l, logits) in inputs.iter().enumerate() {
+                let input = RouteInput {
+                    logits: logits.into(),
+                    bias: m.bias.as_ref().map(Into::into),
+                    num_tokens: rows,
+                };
+                route_weights(g, &router, &mut store, l, &input);
+            }
+        }));
     }
     let mut rng = SplitMix64(5 + m.layers as u64 + padded.unwrap_or(0) as u64);
     let mut checked = 0usize;

@@ -633,6 +633,8 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(String, PathBuf)> {
     let total = queue.lock().unwrap().len();
     let started_all = std::time::Instant::now();
     let compiled = AtomicUsize::new(0);
+    // Seconds each compiled unit took (the slowest are reported: what a cold build waits on).
+    let times: Mutex<Vec<(f64, String)>> = Mutex::new(Vec::new());
     // Each worker takes the next job until none is left; results come back through join.
     let outcomes: Vec<Result<(String, PathBuf), String>> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..ctx.jobs)
@@ -645,8 +647,12 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(String, PathBuf)> {
                             Some(fetched) => fetched,
                             None => {
                                 compiled.fetch_add(1, Ordering::Relaxed);
-                                compile(&job, &object)
-                                    .map(|()| cache.store(&job.name, &key, &object))
+                                let started = std::time::Instant::now();
+                                let outcome = compile(&job, &object)
+                                    .map(|()| cache.store(&job.name, &key, &object));
+                                let secs = started.elapsed().as_secs_f64();
+                                times.lock().unwrap().push((secs, job.name.clone()));
+                                outcome
                             }
                         };
                         done.push(
@@ -675,11 +681,23 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(String, PathBuf)> {
         fail(&format!("compilation failed:\n{}", errors.join("\n")));
     }
     let compiled = compiled.into_inner();
+    let mut times = times.into_inner().unwrap();
+    times.sort_by(|a, b| b.0.total_cmp(&a.0));
+    let slowest: Vec<String> = times
+        .iter()
+        .take(6)
+        .map(|(secs, name)| format!("{name} {secs:.0}s"))
+        .collect();
     println!(
-        "cargo:warning=flashinfer-sys: kernels for {} ready: {total} objects, {compiled} compiled, {} from the object cache, {:.0}s",
+        "cargo:warning=flashinfer-sys: kernels for {} ready: {total} objects, {compiled} compiled, {} from the object cache, {:.0}s{}",
         all_targets(&ctx.archs).join(","),
         total - compiled,
-        started_all.elapsed().as_secs_f64()
+        started_all.elapsed().as_secs_f64(),
+        if slowest.is_empty() {
+            String::new()
+        } else {
+            format!(" (slowest: {})", slowest.join(", "))
+        }
     );
     cache.evict_stale();
     objects.sort();

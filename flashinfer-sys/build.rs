@@ -641,7 +641,12 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(String, PathBuf)> {
             .map(|_| {
                 s.spawn(|| {
                     let mut done = Vec::new();
-                    while let Some((job, key)) = queue.lock().unwrap().pop_front() {
+                    loop {
+                        // The lock is released before the job runs: in a `while let` the
+                        // guard would live through the loop body and make the workers take
+                        // turns (a cold build on 2 cores then ran one compiler at a time).
+                        let next = queue.lock().unwrap().pop_front();
+                        let Some((job, key)) = next else { break };
                         let object = obj_dir.join(format!("{}.o", job.name));
                         let outcome = match cache.fetch(&job.name, &key, &object) {
                             Some(fetched) => fetched,

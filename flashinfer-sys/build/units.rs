@@ -48,9 +48,8 @@ pub fn gencode(target: &str) -> String {
 pub enum Device {
     /// Host code only, though the source may be a `.cu` file: such a unit is compiled as
     /// C++ (`nvcc -x c++`), no device pass at all. Two upstream launchers hold no kernel but
-    /// include the 9 MB cubin table (batched-GEMM runner) or CUTLASS headers, and each
-    /// device pass over them cost minutes for an empty cubin (the runner: 28 min for its two
-    /// Blackwell passes on 2 cores, 5 min as C++).
+    /// include the 9 MB cubin table (batched-GEMM runner) or CUTLASS headers; their two
+    /// Blackwell device passes parsed all of it for an empty cubin.
     None,
     /// Routing kernels (or code built beside them): every enabled arch's routing target.
     Routing,

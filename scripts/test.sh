@@ -8,7 +8,8 @@
 #   2. the Hopper kernels (`sm90`) and the Blackwell kernels (`sm100`), each compiled and
 #      linked, all CPU tests run, GPU tests run where a GPU is present and skip (saying so)
 #      where none is; the two are separate builds so that the packaged-crate check below
-#      and `sm90` users share the `sm90` objects of the object cache;
+#      and `sm90` users share the `sm90` objects of the object cache (the Blackwell objects
+#      compile in the background during the `sm90` stage);
 #   3. the MSRV (clippy's incompatible_msrv lint at the declared rust-version);
 #   4. the packaged crates built from a clean directory (no features, DOCS_RS, sm90);
 #   5. the prebuilt kernel library: built, then the CPU suite against it with no nvcc on
@@ -35,8 +36,25 @@ python3 scripts/long-functions.py
 cargo run --quiet -p flashinfer-rs --example 02_serving_loop_capture > /dev/null
 DOCS_RS=1 cargo doc --workspace --no-deps --quiet
 
+# Each feature set's build is bound by one long unit (upstream's routing_custom: ~18 min for
+# sm_90a, ~22 for sm_100f on one core) while its other units take a few minutes: so the
+# Blackwell objects are compiled in the background during stage 2 (its own target dir; the
+# object cache is shared and written atomically), one routing_custom per core, and stage 3
+# finds them in the cache.
+blackwell_log=$root/target/blackwell-objects.log
+mkdir -p "$root/target"
+CARGO_TARGET_DIR=$root/target/blackwell-objects \
+  cargo build -p flashinfer-sys --features sm100 >"$blackwell_log" 2>&1 &
+blackwell=$!
+# A failing stage 2 must not leave it running.
+trap 'kill "$blackwell" 2>/dev/null || true' EXIT
 stage "2/8: sm90 kernels (with nccl: the multi-rank harness builds, and skips without a GPU)"
 cargo test --workspace --features sm90,nccl "$@"
+if ! wait "$blackwell"; then
+  cat "$blackwell_log" >&2
+  exit 1
+fi
+grep -h "kernels for" "$blackwell_log" || true
 stage "3/8: sm100 kernels (Blackwell: compiled, linked and CPU-tested; no Blackwell here)"
 cargo test --workspace --features sm100 "$@"
 

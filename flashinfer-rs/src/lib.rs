@@ -39,6 +39,9 @@
 //!   command. Compiled objects are cached (`~/.cache/flashinfer-rs/objects`).
 //! - No feature: no nvcc, no kernels; every kernel entry point answers
 //!   [`Error::KernelsNotBuilt`], the host side (capture assembly, export, oracle) works.
+//! - `nccl`: capture across ranks, `capture::ShardGather` (sequence-parallel shards gathered
+//!   with one NCCL all-gather per step); NCCL is loaded at run time (`libnccl.so`), so the
+//!   build needs none.
 //!
 //! # Layers
 //!

@@ -22,24 +22,38 @@ const WARM_UP: usize = 50;
 struct Model {
     cfg: RoutingConfig,
     layers: usize,
-    /// Per layer: `[POOL, E]` logits on the device, their bias, and the oracle's ids.
+    /// Per layer: `[POOL, E]` logits on the device, their bias, and the oracle's ids and
+    /// weights for every pool row.
     pool: Vec<CudaSlice<f32>>,
     bias: Option<CudaSlice<f32>>,
-    want: Vec<Vec<i16>>,
+    want: Vec<oracle::Routed>,
 }
 
+/// The oracle a model's rows are checked against (`oracle::route` for upstream's router,
+/// `oracle::route_topk` for ours).
+type Oracle =
+    fn(&RoutingConfig, &[f32], Option<&[f32]>, usize) -> flashinfer_rs::Result<oracle::Routed>;
+
+/// A model routed by upstream's kernels (`oracle::route`); layer `l`'s logits from seed `l`.
 fn model(g: &Gpu, cfg: RoutingConfig, layers: usize) -> Model {
-    // One bias for the model; every layer's logits are separated for it.
+    pooled_model(g, cfg, layers, 0, oracle::route)
+}
+
+/// `layers` layers of `POOL` rows of logits (layer `l` from seed `first_seed + l`), all
+/// separated for one bias of the model, and `want_of`'s rows for them.
+fn pooled_model(
+    g: &Gpu,
+    cfg: RoutingConfig,
+    layers: usize,
+    first_seed: u64,
+    want_of: Oracle,
+) -> Model {
     let (_, bias) = oracle::separated_logits(&cfg, 0, false, 7);
     let (mut pool, mut want) = (Vec::new(), Vec::new());
     for l in 0..layers {
-        let logits =
-            oracle::separated_logits_for_bias(&cfg, POOL, false, l as u64, bias.as_deref());
-        want.push(
-            oracle::route(&cfg, &logits, bias.as_deref(), POOL)
-                .unwrap()
-                .ids,
-        );
+        let seed = first_seed + l as u64;
+        let logits = oracle::separated_logits_for_bias(&cfg, POOL, false, seed, bias.as_deref());
+        want.push(want_of(&cfg, &logits, bias.as_deref(), POOL).unwrap());
         pool.push(g.stream.clone_htod(&logits).unwrap());
     }
     let bias = bias.map(|b| g.stream.clone_htod(&b).unwrap());
@@ -83,7 +97,7 @@ fn check(m: &Model, got: &CollectedStep, layout: &StepLayout, offsets: &[usize])
             let want_row = offset + row;
             assert_eq!(
                 &got.rows.ids[at..at + k],
-                &m.want[l][want_row * k..(want_row + 1) * k],
+                &m.want[l].ids[want_row * k..(want_row + 1) * k],
                 "step {} row {row} layer {l}",
                 got.step
             );
@@ -410,35 +424,6 @@ fn the_next_step_cannot_overwrite_rows_still_being_read_back() {
     eprintln!("capture ordering: 2 steps of 61 x 8192 rows, back to back, both read back intact");
 }
 
-/// A model for weights capture: per layer, a pool of logits on the device and the oracle's
-/// top-k ids and weights for every pool row (`oracle::route_topk`).
-struct WeightsModel {
-    cfg: RoutingConfig,
-    layers: usize,
-    pool: Vec<CudaSlice<f32>>,
-    bias: Option<CudaSlice<f32>>,
-    want: Vec<oracle::Routed>,
-}
-
-fn weights_model(g: &Gpu, cfg: RoutingConfig, layers: usize) -> WeightsModel {
-    let (_, bias) = oracle::separated_logits(&cfg, 0, false, 7);
-    let (mut pool, mut want) = (Vec::new(), Vec::new());
-    for l in 0..layers {
-        let logits =
-            oracle::separated_logits_for_bias(&cfg, POOL, false, 40 + l as u64, bias.as_deref());
-        want.push(oracle::route_topk(&cfg, &logits, bias.as_deref(), POOL).unwrap());
-        pool.push(g.stream.clone_htod(&logits).unwrap());
-    }
-    let bias = bias.map(|b| g.stream.clone_htod(&b).unwrap());
-    WeightsModel {
-        cfg,
-        layers,
-        pool,
-        bias,
-        want,
-    }
-}
-
 /// Routes one layer with the top-k router into the store's id and weight views of `layer`.
 fn route_weights(
     g: &Gpu,
@@ -461,12 +446,7 @@ fn route_weights(
 
 /// Checks a collected step's ids and weights against the oracle rows it routed; returns the
 /// number of (id, weight) pairs checked.
-fn check_weights(
-    m: &WeightsModel,
-    got: &CollectedStep,
-    layout: &StepLayout,
-    offsets: &[usize],
-) -> usize {
+fn check_weights(m: &Model, got: &CollectedStep, layout: &StepLayout, offsets: &[usize]) -> usize {
     let k = m.cfg.top_k as usize;
     let got_weights = got.rows.weights.as_ref().expect("weights captured");
     assert_eq!(got.rows.tokens, layout.keep.len(), "step {}", got.step);
@@ -498,7 +478,7 @@ fn check_weights(
 /// its own token count) or by replaying one CUDA graph of the layers' routing calls over
 /// `padded` rows (fresh logits copied into its fixed inputs before each replay); every
 /// collected step checked against the oracle. Returns the pairs checked.
-fn weights_soak(g: &Gpu, m: &WeightsModel, steps: usize, padded: Option<usize>) -> usize {
+fn weights_soak(g: &Gpu, m: &Model, steps: usize, padded: Option<usize>) -> usize {
     let (e, k) = (m.cfg.num_experts as usize, m.cfg.top_k as usize);
     let router = TopKRouter::new(m.cfg).unwrap();
     let capture = CaptureConfig {
@@ -574,7 +554,8 @@ fn captured_weights_sit_beside_their_ids_and_equal_the_oracle() {
     let steps = env_list("FLASHINFER_RS_WEIGHTS_STEPS", &[1000])[0];
     let (qwen3, deepseek) = (models::qwen3_30b_a3b(), models::deepseek_v3());
     for (cfg, layers) in [(qwen3.cfg, 6), (deepseek.cfg, 5)] {
-        let m = weights_model(&g, cfg, layers);
+        // Routed by our top-k router: ids and weights from `oracle::route_topk`.
+        let m = pooled_model(&g, cfg, layers, 40, oracle::route_topk);
         for (mode, padded) in [("eager", None), ("graph (replayed)", Some(64))] {
             let checked = weights_soak(&g, &m, steps, padded);
             println!(
@@ -619,7 +600,7 @@ fn readback_read_on_a_collector_thread_equals_the_oracle() {
                         let w = (off + row) * k;
                         assert_eq!(
                             &rows.ids[at..at + k],
-                            &want[l][w..w + k],
+                            &want[l].ids[w..w + k],
                             "step {} row {row} layer {l}",
                             buffer.step()
                         );

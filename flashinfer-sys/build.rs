@@ -22,7 +22,6 @@ use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 #[path = "build/cache.rs"]
@@ -632,8 +631,8 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(String, PathBuf)> {
     );
     let total = queue.lock().unwrap().len();
     let started_all = std::time::Instant::now();
-    let compiled = AtomicUsize::new(0);
-    // Seconds each compiled unit took (the slowest are reported: what a cold build waits on).
+    // Seconds each compiled unit took (the slowest are reported: what a cold build waits on);
+    // one entry per compiled unit, so also the count of what the cache did not hold.
     let times: Mutex<Vec<(f64, String)>> = Mutex::new(Vec::new());
     // Each worker takes the next job until none is left; results come back through join.
     let outcomes: Vec<Result<(String, PathBuf), String>> = std::thread::scope(|s| {
@@ -651,7 +650,6 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(String, PathBuf)> {
                         let outcome = match cache.fetch(&job.name, &key, &object) {
                             Some(fetched) => fetched,
                             None => {
-                                compiled.fetch_add(1, Ordering::Relaxed);
                                 let started = std::time::Instant::now();
                                 let outcome = compile(&job, &object)
                                     .map(|()| cache.store(&job.name, &key, &object));
@@ -685,8 +683,8 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(String, PathBuf)> {
     if !errors.is_empty() {
         fail(&format!("compilation failed:\n{}", errors.join("\n")));
     }
-    let compiled = compiled.into_inner();
     let mut times = times.into_inner().unwrap();
+    let compiled = times.len();
     times.sort_by(|a, b| b.0.total_cmp(&a.0));
     let slowest: Vec<String> = times
         .iter()

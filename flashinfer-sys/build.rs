@@ -469,7 +469,6 @@ fn plan_jobs(ctx: &Ctx, pin: &Pin, patches: &[&Patch], vendor: &Path, cuda: &Cud
     ];
     let mut common: Vec<String> = vec![
         "-std=c++17".into(),
-        "-O3".into(),
         "-DNDEBUG".into(),
         "--expt-relaxed-constexpr".into(),
         "-use_fast_math".into(),
@@ -516,6 +515,8 @@ fn plan_jobs(ctx: &Ctx, pin: &Pin, patches: &[&Patch], vendor: &Path, cuda: &Cud
                 .map(gencode)
                 .collect();
             let mut args = common.clone();
+            // nvcc's -O is the host compiler's level (device code is always optimised).
+            args.insert(1, u.host_opt.to_string());
             if u.device == Device::None && u.path.ends_with(".cu") {
                 // A kernel-free CUDA source: host compilation only (see `Device::None`).
                 args.extend(["-x".to_string(), "c++".to_string()]);

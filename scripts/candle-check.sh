@@ -5,6 +5,9 @@
 #
 #     bash scripts/candle-check.sh            # build and run its tests (they skip without a GPU)
 #     bash scripts/candle-check.sh --pack DIR # release build; also copy the test binary to DIR
+#     bash scripts/candle-check.sh --prebuild # only candle's CUDA kernels (candle-kernels: 14 min
+#                                             # of nvcc on one core), which need nothing of ours:
+#                                             # CI runs this beside its own kernel build
 #
 # The check builds in cargo's test profile (unoptimised: minutes less of candle's Rust on a
 # cold 2-core CI); the packed binary for GPU runs is a release build.
@@ -29,6 +32,11 @@ ln -sf "$FLASHINFER_RS_CUDA_HOME/lib/libcudart.so.13" "$stubs/libcudart.so"
 export RUSTFLAGS="${RUSTFLAGS:-} -L native=$stubs"
 profile=()
 [ "${1:-}" = --pack ] && profile=(--release)
+if [ "${1:-}" = --prebuild ]; then
+  # The same environment (RUSTFLAGS included) as the check, so that it finds these fresh.
+  cargo build --locked -p candle-kernels
+  exit 0
+fi
 cargo test --locked "${profile[@]}" --features sm90 --no-run
 # A binary that links libcuda cannot start without one. Without a driver (a CI machine) it
 # starts on the stand-ins, finds no device and says the test is skipped; with a driver the

@@ -3,6 +3,8 @@
 # points in flashinfer-rs/src/fuzzing.rs):
 #
 #   bash scripts/fuzz.sh [seconds per target]      # default 60; CI runs a 15 s smoke
+#   bash scripts/fuzz.sh --build                   # only build the targets (CI does this
+#                                                  # beside its kernel build)
 #
 # Needs a nightly toolchain (libFuzzer instrumentation); installs cargo-fuzz 0.13.2 if it is
 # missing. New inputs go to a scratch copy of the corpus unless FUZZ_GROW_CORPUS=1, which
@@ -11,6 +13,8 @@
 # (flashinfer-rs/tests/fuzz_corpus.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+build_only=0
+[ "${1:-}" = --build ] && build_only=1
 secs=${1:-60}
 targets=(routing_config routing_call fused_plan capture_layout assembly)
 
@@ -20,6 +24,13 @@ if ! cargo +nightly --version >/dev/null 2>&1; then
 fi
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install cargo-fuzz --version 0.13.2 --locked
+fi
+
+if [ "$build_only" = 1 ]; then
+  cd fuzz
+  # The flags `cargo fuzz run` builds with (its defaults), so that the runs find these fresh.
+  cargo +nightly fuzz build
+  exit 0
 fi
 
 scratch=$(mktemp -d)

@@ -8,8 +8,8 @@
 #   2. the Hopper kernels (`sm90`) and the Blackwell kernels (`sm100`), each compiled and
 #      linked, all CPU tests run, GPU tests run where a GPU is present and skip (saying so)
 #      where none is; the two are separate builds so that the packaged-crate check below
-#      and `sm90` users share the `sm90` objects of the object cache (the Blackwell objects
-#      compile in the background during the `sm90` stage);
+#      and `sm90` users share the `sm90` objects of the object cache (the Blackwell objects,
+#      candle's kernels and the fuzz targets compile in the background from the start);
 #   3. the MSRV (clippy's incompatible_msrv lint at the declared rust-version);
 #   4. the packaged crates built from a clean directory (no features, DOCS_RS, sm90);
 #   5. the prebuilt kernel library: built, then the CPU suite against it with no nvcc on
@@ -25,6 +25,37 @@ stage() { echo "== $1 ($(( $(date +%s) - started )) s so far)"; }
 
 python3 vendor/fetch.py all
 
+# The run is bound by compile time on few cores (a cold CI machine has 2): upstream's
+# routing_custom alone takes ~18 min of one core for sm_90a and ~22 for sm_100f. So what needs
+# nothing of the stages before it is compiled in the background from the start, and each
+# stage waits only for what it uses:
+#   - the Blackwell kernel objects (their own target dir; the object cache is shared and
+#     written atomically, so stage 3 finds them there);
+#   - candle's CUDA kernels (stage 7) and the fuzz targets (stage 8), at a lower priority:
+#     they fill the cores the kernel build leaves idle and must not delay it.
+mkdir -p "$root/target"
+declare -A bg_pid
+background() { # name, priority, command...
+  local name=$1 nice=$2
+  shift 2
+  nice -n "$nice" "$@" >"$root/target/$name.log" 2>&1 &
+  bg_pid[$name]=$!
+}
+await() { # name
+  if ! wait "${bg_pid[$1]}"; then
+    cat "$root/target/$1.log" >&2
+    echo "background build $1 failed (log above: target/$1.log)" >&2
+    exit 1
+  fi
+  unset "bg_pid[$1]"
+}
+# A failing stage must not leave them running.
+trap 'for p in "${bg_pid[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
+background blackwell-objects 0 env CARGO_TARGET_DIR="$root/target/blackwell-objects" \
+  cargo build -p flashinfer-sys --features sm100
+background candle-kernels 10 bash scripts/candle-check.sh --prebuild
+background fuzz-build 10 bash scripts/fuzz.sh --build
+
 # One target dir for the feature sets: the dependencies are built once and shared.
 stage "1/8: no arch feature (no nvcc needed), doctests included"
 cargo test --workspace
@@ -36,25 +67,10 @@ python3 scripts/long-functions.py
 cargo run --quiet -p flashinfer-rs --example 02_serving_loop_capture > /dev/null
 DOCS_RS=1 cargo doc --workspace --no-deps --quiet
 
-# Each feature set's build is bound by one long unit (upstream's routing_custom: ~18 min for
-# sm_90a, ~22 for sm_100f on one core) while its other units take a few minutes: so the
-# Blackwell objects are compiled in the background during stage 2 (its own target dir; the
-# object cache is shared and written atomically), one routing_custom per core, and stage 3
-# finds them in the cache.
-blackwell_log=$root/target/blackwell-objects.log
-mkdir -p "$root/target"
-CARGO_TARGET_DIR=$root/target/blackwell-objects \
-  cargo build -p flashinfer-sys --features sm100 >"$blackwell_log" 2>&1 &
-blackwell=$!
-# A failing stage 2 must not leave it running.
-trap 'kill "$blackwell" 2>/dev/null || true' EXIT
 stage "2/8: sm90 kernels (with nccl: the multi-rank harness builds, and skips without a GPU)"
 cargo test --workspace --features sm90,nccl "$@"
-if ! wait "$blackwell"; then
-  cat "$blackwell_log" >&2
-  exit 1
-fi
-grep -h "kernels for" "$blackwell_log" || true
+await blackwell-objects
+grep -h "kernels for" "$root/target/blackwell-objects.log" || true
 stage "3/8: sm100 kernels (Blackwell: compiled, linked and CPU-tested; no Blackwell here)"
 cargo test --workspace --features sm100 "$@"
 
@@ -79,8 +95,10 @@ PATH=$path_without_cuda FLASHINFER_RS_CACHE=$empty FLASHINFER_RS_KERNELS_LIB=$li
 rm -rf "$empty"
 
 stage "7/8: beside candle with CUDA"
+await candle-kernels
 bash scripts/candle-check.sh
 
 stage "8/8: fuzz smoke (15 s per target; skipped, saying so, without nightly)"
+await fuzz-build
 bash scripts/fuzz.sh 15
 stage "all passed"

@@ -76,6 +76,8 @@ pub struct Unit {
     pub device: Device,
     /// Built only when Blackwell is enabled (the fused MoE).
     pub blackwell_only: bool,
+    /// The host compiler's optimisation level (`-O3` unless a unit says otherwise).
+    pub host_opt: &'static str,
 }
 
 const fn unit(
@@ -91,6 +93,14 @@ const fn unit(
         path,
         device,
         blackwell_only,
+        host_opt: "-O3",
+    }
+}
+
+impl Unit {
+    /// The same unit compiled with another host optimisation level.
+    const fn with_host_opt(self, host_opt: &'static str) -> Unit {
+        Unit { host_opt, ..self }
     }
 }
 
@@ -110,13 +120,17 @@ pub const UNITS: &[Unit] = {
             Routing,
             false,
         ),
+        // Its cost is the 9 MB kernel table (flashinferMetaInfo.h) that it initialises, which
+        // the host compiler takes 343 s to optimise at -O3 and 83 s at -O1 (one core, g++ 12);
+        // the cubins it selects from are prebuilt, and its own code picks a config per call.
         unit(
             "batched_gemm_runner",
             Upstream,
             "csrc/trtllm_batched_gemm_runner.cu",
             Host,
             true,
-        ),
+        )
+        .with_host_opt("-O1"),
         unit(
             "routing_deepseek",
             Upstream,

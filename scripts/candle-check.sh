@@ -5,9 +5,10 @@
 #
 #     bash scripts/candle-check.sh            # build and run its tests (they skip without a GPU)
 #     bash scripts/candle-check.sh --pack DIR # release build; also copy the test binary to DIR
-#     bash scripts/candle-check.sh --prebuild # only candle's CUDA kernels (candle-kernels: 14 min
-#                                             # of nvcc on one core), which need nothing of ours:
-#                                             # CI runs this beside its own kernel build
+#     bash scripts/candle-check.sh --prebuild # candle and the rest of the check's dependencies
+#                                             # (candle-kernels: 14 min of nvcc on one core),
+#                                             # built without our kernels: CI runs this beside
+#                                             # its own kernel build
 #
 # The check builds in cargo's test profile (unoptimised: minutes less of candle's Rust on a
 # cold 2-core CI); the packed binary for GPU runs is a release build.
@@ -33,8 +34,11 @@ export RUSTFLAGS="${RUSTFLAGS:-} -L native=$stubs"
 profile=()
 [ "${1:-}" = --pack ] && profile=(--release)
 if [ "${1:-}" = --prebuild ]; then
-  # The same environment (RUSTFLAGS included) as the check, so that it finds these fresh.
-  cargo build --locked -p candle-kernels
+  # The same environment (RUSTFLAGS included) and dependency features as the check, so that it
+  # finds them fresh; without `sm90` (which changes no dependency's features) nothing of ours
+  # is compiled with nvcc, and the check then rebuilds only flashinfer-sys, flashinfer-rs and
+  # itself.
+  cargo test --locked --no-run
   exit 0
 fi
 cargo test --locked "${profile[@]}" --features sm90 --no-run

@@ -55,7 +55,9 @@ EOF
 # The workspace's lock file pins the same dependency versions the crates were tested with.
 cp "$root/Cargo.lock" "$work/app/Cargo.lock"
 cd "$work/app"
-export CARGO_TARGET_DIR=$work/target
+# The workspace's target dir: the unpacked crates build from their own paths (so cargo builds
+# them afresh), and the registry dependencies they share with the workspace are reused.
+export CARGO_TARGET_DIR=$target
 
 echo "== package-check: build without features"
 cargo build --quiet

@@ -5,22 +5,27 @@
 # cached under ~/.cache/flashinfer-rs), then:
 #   1. without kernels: what a crate that depends on us gets with no arch feature and no nvcc
 #      (builds, documents, every entry point says "kernels not built"), README doctests;
-#   2. the Hopper kernels (`sm90`) and the Blackwell kernels (`sm100`), each compiled and
-#      linked, all CPU tests run, GPU tests run where a GPU is present and skip (saying so)
-#      where none is; the two are separate builds so that the packaged-crate check below
-#      and `sm90` users share the `sm90` objects of the object cache (the Blackwell objects,
-#      candle's kernels and the fuzz targets compile in the background from the start);
+#   2. the Hopper kernels (`sm90`, with `nccl`): compiled and linked, all CPU tests run, GPU
+#      tests run where a GPU is present and skip (saying so) where none is;
 #   3. the MSRV (clippy's incompatible_msrv lint at the declared rust-version);
 #   4. the packaged crates built from a clean directory (no features, DOCS_RS, sm90);
 #   5. the prebuilt kernel library: built, then the CPU suite against it with no nvcc on
 #      PATH, no fetched sources and no toolchain;
 #   6. beside candle with CUDA (downstream/candle);
-#   7. a short coverage-guided fuzz run of every validation layer (scripts/fuzz.sh).
+#   7. a short coverage-guided fuzz run of every validation layer (scripts/fuzz.sh);
+#   8. the Blackwell kernels (`sm100`), compiled and linked, CPU tests as in 2. The Blackwell
+#      objects, candle and the fuzz targets compile in the background from the start; `sm90`
+#      and `sm100` are separate builds so that the packaged-crate check and `sm90` users
+#      share the `sm90` objects of the object cache.
 # Extra arguments go to the two kernel `cargo test` runs (e.g. a test name filter).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 started=$(date +%s)
+# Line tables instead of full debug info in the dev/test builds (here, in candle's and in the
+# packaged crates'): a panic's backtrace still names file and line, and rustc and the linker do
+# much less on a run that is bound by compile time.
+export CARGO_PROFILE_DEV_DEBUG=${CARGO_PROFILE_DEV_DEBUG:-line-tables-only}
 stage() { echo "== $1 ($(( $(date +%s) - started )) s so far)"; }
 
 python3 vendor/fetch.py all
@@ -53,7 +58,7 @@ await() { # name
 trap 'for p in "${bg_pid[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 background blackwell-objects 0 env CARGO_TARGET_DIR="$root/target/blackwell-objects" \
   cargo build -p flashinfer-sys --features sm100
-background candle-kernels 10 bash scripts/candle-check.sh --prebuild
+background candle-deps 10 bash scripts/candle-check.sh --prebuild
 background fuzz-build 10 bash scripts/fuzz.sh --build
 
 # One target dir for the feature sets: the dependencies are built once and shared.
@@ -69,18 +74,15 @@ DOCS_RS=1 cargo doc --workspace --no-deps --quiet
 
 stage "2/8: sm90 kernels (with nccl: the multi-rank harness builds, and skips without a GPU)"
 cargo test --workspace --features sm90,nccl "$@"
-await blackwell-objects
-grep -h "kernels for" "$root/target/blackwell-objects.log" || true
-stage "3/8: sm100 kernels (Blackwell: compiled, linked and CPU-tested; no Blackwell here)"
-cargo test --workspace --features sm100 "$@"
 
-stage "4/8: MSRV (rust-version) with clippy's incompatible_msrv lint"
+# Stages 3-7 need no Blackwell object: they run while the background build finishes them.
+stage "3/8: MSRV (rust-version) with clippy's incompatible_msrv lint"
 cargo clippy --workspace --all-targets --quiet -- -D clippy::incompatible_msrv
 
-stage "5/8: packaged crates from a clean directory"
+stage "4/8: packaged crates from a clean directory"
 bash scripts/package-check.sh
 
-stage "6/8: prebuilt kernel library, no nvcc"
+stage "5/8: prebuilt kernel library, no nvcc"
 lib=$(bash scripts/kernels-lib.sh sm90 "$root/target/kernels-lib" | tail -n 1)
 empty=$(mktemp -d)
 # No nvcc on PATH, an empty cache (no toolchain, no sources, no objects): only the library.
@@ -94,11 +96,17 @@ PATH=$path_without_cuda FLASHINFER_RS_CACHE=$empty FLASHINFER_RS_KERNELS_LIB=$li
   cargo test --workspace --features sm90
 rm -rf "$empty"
 
-stage "7/8: beside candle with CUDA"
-await candle-kernels
+stage "6/8: beside candle with CUDA"
+await candle-deps
 bash scripts/candle-check.sh
 
-stage "8/8: fuzz smoke (15 s per target; skipped, saying so, without nightly)"
+stage "7/8: fuzz smoke (15 s per target; skipped, saying so, without nightly)"
 await fuzz-build
 bash scripts/fuzz.sh 15
+
+await blackwell-objects
+grep -h "kernels for" "$root/target/blackwell-objects.log" || true
+stage "8/8: sm100 kernels (Blackwell: compiled, linked and CPU-tested; no Blackwell here)"
+cargo test --workspace --features sm100 "$@"
+
 stage "all passed"

@@ -35,9 +35,9 @@ python3 vendor/fetch.py all
 # nothing of the stages before it is compiled in the background from the start, and each
 # stage waits only for what it uses:
 #   - the Blackwell kernel objects (their own target dir; the object cache is shared and
-#     written atomically, so stage 3 finds them there);
-#   - candle's CUDA kernels (stage 7) and the fuzz targets (stage 8), at a lower priority:
-#     they fill the cores the kernel build leaves idle and must not delay it.
+#     written atomically, so stage 8 finds them there);
+#   - candle and the candle check's other dependencies (stage 6) and the fuzz targets
+#     (stage 7), at a lower priority: they fill the cores the kernel build leaves idle.
 mkdir -p "$root/target"
 declare -A bg_pid
 background() { # name, priority, command...

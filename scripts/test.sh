@@ -36,8 +36,10 @@ python3 vendor/fetch.py all
 # stage waits only for what it uses:
 #   - the Blackwell kernel objects (their own target dir; the object cache is shared and
 #     written atomically, so stage 8 finds them there);
-#   - candle and the candle check's other dependencies (stage 6) and the fuzz targets
-#     (stage 7), at a lower priority: they fill the cores the kernel build leaves idle.
+#   - candle and the candle check's other dependencies (stage 6): at normal priority, since
+#     candle-kernels' static library compiles its 15 CUDA files one at a time (a ~15-minute
+#     chain on one core that, at nice 10, waited for the kernel build and then ran alone);
+#   - the fuzz targets (stage 7), at a lower priority: they fill idle cores.
 mkdir -p "$root/target"
 declare -A bg_pid
 background() { # name, priority, command...
@@ -58,7 +60,7 @@ await() { # name
 trap 'for p in "${bg_pid[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
 background blackwell-objects 0 env CARGO_TARGET_DIR="$root/target/blackwell-objects" \
   cargo build -p flashinfer-sys --features sm100
-background candle-deps 10 bash scripts/candle-check.sh --prebuild
+background candle-deps 0 bash scripts/candle-check.sh --prebuild
 background fuzz-build 10 bash scripts/fuzz.sh --build
 
 # One target dir for the feature sets: the dependencies are built once and shared.

@@ -515,7 +515,9 @@ fn plan_jobs(ctx: &Ctx, pin: &Pin, patches: &[&Patch], vendor: &Path, cuda: &Cud
                 .map(gencode)
                 .collect();
             let mut args = common.clone();
-            // nvcc's -O is the host compiler's level (device code is always optimised).
+            // nvcc's -O is the host compiler's level (device code is always optimised). Second,
+            // where the shared -O3 always stood: the arguments, and so the cache keys of the
+            // units that keep -O3, are what they were before units chose their level.
             args.insert(1, u.host_opt.to_string());
             if u.device == Device::None && u.path.ends_with(".cu") {
                 // A kernel-free CUDA source: host compilation only (see `Device::None`).

@@ -14,8 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build_only=0
-[ "${1:-}" = --build ] && build_only=1
 secs=${1:-60}
+[ "${1:-}" = --build ] && build_only=1 secs=0
 targets=(routing_config routing_call fused_plan capture_layout assembly)
 
 if ! cargo +nightly --version >/dev/null 2>&1; then

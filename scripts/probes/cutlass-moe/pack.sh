@@ -26,17 +26,14 @@ cp -r "$vendor/flashinfer/csrc/nv_internal" "$vendor/flashinfer/csrc/fused_moe" 
 cp "$vendor"/flashinfer/csrc/*.h "$src/flashinfer/csrc/"
 cp -r "$vendor/flashinfer/include" "$src/flashinfer/"
 cp -r "$vendor/cutlass/include" "$src/cutlass/"
-python3 - "$wheel" "$src/cutlass-util" <<'PY'
-import sys, zipfile
+# CUTLASS's tools/util headers, with vendor/fetch.py's own wheel extraction.
+python3 -c '
+import sys
 from pathlib import Path
-pre = "flashinfer/data/cutlass/tools/util/include/"
-with zipfile.ZipFile(sys.argv[1]) as z:
-    for n in z.namelist():
-        if n.startswith(pre) and not n.endswith("/"):
-            out = Path(sys.argv[2]) / n[len(pre):]
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_bytes(z.read(n))
-PY
+sys.path.insert(0, "vendor")
+import fetch
+fetch.extract_members(Path(sys.argv[1]), [("flashinfer/data/cutlass/tools/util/include/", Path(sys.argv[2]))])
+' "$wheel" "$src/cutlass-util"
 python3 $here/generate.py "$wheel" "$src/gen"
 patch -p1 -d "$src/flashinfer" -i "$root/$here/tma-ws-only.patch"
 cp $here/harness.cu $here/build.sh $here/device.sh "$src/proto/"

@@ -33,6 +33,8 @@ fi_status fi_get_abi_layout(fi_abi_layout* out) {
   FI_LAYOUT(noaux_tc_params, fi_noaux_tc_params);
   FI_LAYOUT(topk_params, fi_topk_params);
   FI_LAYOUT(topk_buffers, fi_topk_buffers);
+  FI_LAYOUT(cutlass_moe_params, fi_cutlass_moe_params);
+  FI_LAYOUT(cutlass_moe_buffers, fi_cutlass_moe_buffers);
   out->moe_tensor_count = 0;
 #define FI_TENSOR_OFFSET(name) \
   out->moe_tensor_offsets[out->moe_tensor_count++] = offsetof(fi_moe_args, name);

@@ -29,7 +29,7 @@
 extern "C" {
 #endif
 
-#define FI_ABI_VERSION 4
+#define FI_ABI_VERSION 5
 
 /* ---- status --------------------------------------------------------------------------- */
 
@@ -81,7 +81,9 @@ typedef struct fi_build_info {
                                      sm_100 and sm_103 */
   const char* crate_version;    /**< version of the flashinfer-sys crate that built it */
   const char* patches;          /**< our patches applied to the FlashInfer sources, e.g.
-                                     "0001,0002,0003,0004,0005,0006" ("" without kernels) */
+                                     "0001,0002,0003,0004,0005,0006,0008" ("" without kernels) */
+  int32_t has_cutlass_moe;      /**< FlashInfer's CUTLASS fused MoE for Hopper (sm_90a, feature
+                                     sm90-moe) is in this library */
 } fi_build_info;
 
 fi_status fi_get_build_info(fi_build_info* out);
@@ -95,6 +97,7 @@ typedef struct fi_device_info {
   int32_t sm_count;
   int32_t routing_supported; /**< this build has routing kernels for this device */
   int32_t fused_supported;   /**< this build has the fused MoE for this device */
+  int32_t cutlass_moe_supported; /**< this build has the CUTLASS fused MoE for this device */
 } fi_device_info;
 
 /** Queries the calling thread's current device (no allocation, no synchronisation). */
@@ -385,6 +388,63 @@ fi_status fi_set_cubin_loader(fi_cubin_loader loader, void* user);
  * Needs no GPU: a pre-flight check of a deployment's cubin cache. FI_STATUS_CUBIN_ERROR when
  * the loader refuses it. */
 fi_status fi_cubin_probe(const char* path, const char* sha256, size_t* size);
+
+/* ---- the CUTLASS fused MoE (Hopper; feature sm90-moe) ----------------------------------- */
+
+/* FlashInfer's CUTLASS fused MoE (`CutlassMoeFCRunner<bf16, bf16>`, TMA warp-specialised
+ * grouped GEMMs for sm_90a): bf16 activations and weights, SwiGLU, on precomputed expert ids
+ * (int32) and scales (fp32), e.g. from fi_topk_route. A layer is created once for its sizes
+ * (host memory only; checks the current device) and run per batch: fi_cutlass_moe_run enqueues
+ * its kernels on the caller's stream into caller-provided workspace, with no allocation and no
+ * synchronisation, so it can be captured in a CUDA graph. A layer serialises its own calls (the
+ * runner keeps per-call state), so one layer may be shared between threads. */
+typedef struct fi_cutlass_moe fi_cutlass_moe;
+
+typedef struct fi_cutlass_moe_params {
+  int32_t num_experts;       /**< global expert count: the ids index these */
+  int32_t top_k;             /**< experts per token, 1..=num_experts */
+  int32_t hidden_size;       /**< a multiple of 64 */
+  int32_t intermediate_size; /**< a multiple of 64 */
+  int32_t ep_size;           /**< expert-parallel ranks; num_experts % ep_size == 0 */
+  int32_t ep_rank;           /**< this rank holds experts [ep_rank * L, (ep_rank + 1) * L),
+                                  L = num_experts / ep_size; ids outside add nothing */
+  int32_t max_tokens;        /**< the most tokens one call takes (sizes the workspace) */
+  int32_t tactic_gemm1;      /**< index into the GEMM 1 tactics (fi_cutlass_moe_tactic_count),
+                                  -1 for the default (0) */
+  int32_t tactic_gemm2;      /**< likewise for GEMM 2 */
+} fi_cutlass_moe_params;
+
+/** Checks `params` and the calling thread's current device (FI_STATUS_UNSUPPORTED_ARCH unless
+ * it is an sm_90 part and this library has the CUTLASS MoE) and creates a layer in `*out`. */
+fi_status fi_cutlass_moe_create(const fi_cutlass_moe_params* params, fi_cutlass_moe** out);
+
+/** Frees a layer (NULL is a no-op). No call of it may be running. */
+void fi_cutlass_moe_destroy(fi_cutlass_moe* layer);
+
+/** Bytes of device workspace a call needs at up to `max_tokens` tokens. */
+fi_status fi_cutlass_moe_workspace_size(const fi_cutlass_moe* layer, size_t* bytes);
+
+/** How many TMA warp-specialised tactics each GEMM has (valid indices for the params). */
+fi_status fi_cutlass_moe_tactic_count(const fi_cutlass_moe* layer, int32_t* gemm1,
+                                      int32_t* gemm2);
+
+typedef struct fi_cutlass_moe_buffers {
+  int32_t num_tokens;          /**< 0..=max_tokens rows of the inputs; 0 launches nothing */
+  const void* hidden_states;   /**< bf16 [num_tokens, hidden_size] */
+  const int32_t* expert_ids;   /**< [num_tokens, top_k] global ids in [0, num_experts) */
+  const float* expert_scales;  /**< [num_tokens, top_k] the weight of each chosen expert */
+  const void* fc1_weights;     /**< bf16 [L, 2 * intermediate_size, hidden_size]: each expert's
+                                    linear (up) rows, then its gate rows */
+  const void* fc2_weights;     /**< bf16 [L, hidden_size, intermediate_size] (down) */
+  void* output;                /**< bf16 [num_tokens, hidden_size], written */
+  void* workspace;             /**< device memory of fi_cutlass_moe_workspace_size bytes */
+  size_t workspace_bytes;
+} fi_cutlass_moe_buffers;
+
+/** output[t] = sum over j of expert_scales[t, j] * down(SwiGLU(up_gate(x[t]))) of expert
+ * expert_ids[t, j], over this rank's experts; enqueued on `stream` (a cudaStream_t). */
+fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer, const fi_cutlass_moe_buffers* buffers,
+                             void* stream);
 
 #ifdef __cplusplus
 }

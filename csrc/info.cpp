@@ -80,6 +80,7 @@ void query(fi_device_info* out) {
   out->sm_count = sms;
   out->routing_supported = routing_built_for(major, minor);
   out->fused_supported = fused_built_for(major, minor);
+  out->cutlass_moe_supported = cutlass_moe_built_for(major, minor);
 }
 
 // Per-device verdicts, so the hot path pays one cudaGetDevice and an atomic load.
@@ -87,6 +88,7 @@ void query(fi_device_info* out) {
 constexpr int kMaxDevices = 64;
 std::atomic<int8_t> routing_ok[kMaxDevices];
 std::atomic<int8_t> fused_ok[kMaxDevices];
+std::atomic<int8_t> cutlass_moe_ok[kMaxDevices];
 
 // FlashInfer 0.6.13's routing launchers keep the SM version and SM count of the device they
 // first run on in function-local statics (`static int const smMajor` / `smCount` in
@@ -139,6 +141,9 @@ void require_arch(std::atomic<int8_t>* table, bool (*built_for)(int, int), const
 
 void require_routing_arch() { require_arch(routing_ok, routing_built_for, "routing"); }
 void require_fused_arch() { require_arch(fused_ok, fused_built_for, "the fused MoE"); }
+void require_cutlass_moe_arch() {
+  require_arch(cutlass_moe_ok, cutlass_moe_built_for, "the CUTLASS fused MoE");
+}
 
 }  // namespace fi
 
@@ -163,6 +168,7 @@ extern "C" fi_status fi_get_build_info(fi_build_info* out) {
     out->targets = FLASHINFER_RS_TARGETS;
     out->crate_version = FLASHINFER_RS_CRATE_VERSION;
     out->patches = FLASHINFER_RS_PATCHES;
+    out->has_cutlass_moe = fi::cutlass_moe_built();
   });
 }
 
@@ -178,6 +184,8 @@ extern "C" fi_status fi_arch_gate(fi_device_info* device) {
     fi::require(device != nullptr, "device must not be NULL");
     device->routing_supported = fi::routing_built_for(device->sm_major, device->sm_minor);
     device->fused_supported = fi::fused_built_for(device->sm_major, device->sm_minor);
+    device->cutlass_moe_supported =
+        fi::cutlass_moe_built_for(device->sm_major, device->sm_minor);
   });
 }
 

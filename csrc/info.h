@@ -8,8 +8,13 @@ namespace fi {
 // cudaGetDevice and an atomic load when warm.
 void require_routing_arch();
 void require_fused_arch();
+void require_cutlass_moe_arch();
 
 // Whether this build has routing (fused MoE) kernels for compute capability major.minor.
 bool routing_built_for(int major, int minor);
 bool fused_built_for(int major, int minor);
+// Defined by cutlass_moe.cu where the CUTLASS fused MoE is built (feature sm90-moe), else by
+// cutlass_moe_absent.cpp: which of the two is linked is what the build has.
+bool cutlass_moe_built();
+bool cutlass_moe_built_for(int major, int minor);
 }  // namespace fi

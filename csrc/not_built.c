@@ -27,6 +27,7 @@ fi_status fi_get_build_info(fi_build_info* out) {
   out->targets = "";
   out->crate_version = FLASHINFER_RS_CRATE_VERSION;
   out->patches = "";
+  out->has_cutlass_moe = 0;
   return FI_STATUS_OK;
 }
 
@@ -113,5 +114,30 @@ fi_status fi_cubin_probe(const char* path, const char* sha256, size_t* size) {
 
 fi_status fi_moe_dry_run_without_device(const fi_moe_args* args) {
   (void)args;
+  return FI_STATUS_KERNELS_NOT_BUILT;
+}
+
+fi_status fi_cutlass_moe_create(const fi_cutlass_moe_params* params, fi_cutlass_moe** out) {
+  (void)params;
+  if (out != 0) *out = 0;
+  return FI_STATUS_KERNELS_NOT_BUILT;
+}
+
+void fi_cutlass_moe_destroy(fi_cutlass_moe* layer) { (void)layer; }
+
+fi_status fi_cutlass_moe_workspace_size(const fi_cutlass_moe* layer, size_t* bytes) {
+  (void)layer, (void)bytes;
+  return FI_STATUS_KERNELS_NOT_BUILT;
+}
+
+fi_status fi_cutlass_moe_tactic_count(const fi_cutlass_moe* layer, int32_t* gemm1,
+                                      int32_t* gemm2) {
+  (void)layer, (void)gemm1, (void)gemm2;
+  return FI_STATUS_KERNELS_NOT_BUILT;
+}
+
+fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer, const fi_cutlass_moe_buffers* buffers,
+                             void* stream) {
+  (void)layer, (void)buffers, (void)stream;
   return FI_STATUS_KERNELS_NOT_BUILT;
 }

@@ -26,6 +26,8 @@ use std::sync::Mutex;
 
 #[path = "build/cache.rs"]
 mod cache;
+#[path = "build/cutlass_moe.rs"]
+mod cutlass_moe;
 #[path = "build/moe_tensors.rs"]
 mod moe_tensors;
 #[path = "build/prebuilt.rs"]
@@ -34,7 +36,7 @@ mod prebuilt;
 mod units;
 
 use cache::{Keys, ObjectCache, SharedInputs};
-use units::{all_targets, gencode, targets, Arch, Device, Origin, UNITS};
+use units::{all_targets, gencode, targets, Arch, Device, Origin, ABSENT_CUTLASS_MOE, UNITS};
 
 /// Oldest CUDA whose nvcc knows the Blackwell targets (sm_100a, sm_103a; the sm_100f family
 /// target needs 12.9).
@@ -62,7 +64,21 @@ fn main() {
     }
     let (vendor, patches) = require_vendor(&ctx, &pin);
     let cuda = find_cuda(&ctx);
-    let jobs = plan_jobs(&ctx, &pin, &patches, &vendor, &cuda);
+    let mut jobs = plan_jobs(&ctx, &pin, &patches, &vendor, &cuda);
+    if ctx.cutlass_moe {
+        let defines = require_cutlass_moe(&ctx, &pin);
+        let more = cutlass_moe::jobs(
+            &ctx.cutlass_moe_dir(),
+            &ctx.csrc(),
+            &ctx.out_dir,
+            &cuda.nvcc,
+            &defines,
+        )
+        .unwrap_or_else(|e| fail(&e));
+        // Heaviest first across both lists: the CUTLASS MoE's generated GEMMs and runner
+        // start right after routing_custom.
+        jobs.splice(1..1, more);
+    }
     let objects = run_jobs(&ctx, jobs);
     archive_and_link(&ctx, &cuda, objects);
 }
@@ -74,6 +90,8 @@ struct Ctx {
     root: PathBuf,
     out_dir: PathBuf,
     archs: Vec<Arch>,
+    /// The CUTLASS fused MoE for Hopper (feature `sm90-moe`, which enables `sm90`).
+    cutlass_moe: bool,
     jobs: usize,
     cache: PathBuf,
     /// The fetched FlashInfer tree ([`Ctx::vendor_dir`], once the pin is read).
@@ -90,6 +108,7 @@ impl Ctx {
         if env::var_os("CARGO_FEATURE_SM100").is_some() {
             archs.push(Arch::Blackwell);
         }
+        let cutlass_moe = env::var_os("CARGO_FEATURE_SM90_MOE").is_some();
         let jobs = env::var("NUM_JOBS")
             .ok()
             .and_then(|j| j.parse().ok())
@@ -102,6 +121,7 @@ impl Ctx {
             root,
             out_dir: PathBuf::from(env::var("OUT_DIR").unwrap()),
             archs,
+            cutlass_moe,
             jobs: jobs.max(1),
             cache,
             vendor: PathBuf::new(),
@@ -122,6 +142,14 @@ impl Ctx {
                     .join(format!("flashinfer-{}", pin.version))
             })
     }
+
+    /// The CUTLASS fused MoE's own tree, beside the main one (vendor/fetch.py's
+    /// `cutlass_moe_dir`).
+    fn cutlass_moe_dir(&self) -> PathBuf {
+        let mut name = self.vendor.file_name().unwrap_or_default().to_os_string();
+        name.push("-cutlass-moe");
+        self.vendor.with_file_name(name)
+    }
 }
 
 fn declare_rerun_triggers(ctx: &Ctx) {
@@ -138,10 +166,14 @@ fn declare_rerun_triggers(ctx: &Ctx) {
         "cargo:rerun-if-changed={}",
         ctx.root.join("vendor/patches").display()
     );
-    // The stamp changes whenever vendor/fetch.py writes a new tree.
+    // The stamps change whenever vendor/fetch.py writes a new tree.
     println!(
         "cargo:rerun-if-changed={}",
         ctx.vendor.join(STAMP).display()
+    );
+    println!(
+        "cargo:rerun-if-changed={}",
+        ctx.cutlass_moe_dir().join(STAMP).display()
     );
     for var in [
         "NVCC",
@@ -155,6 +187,8 @@ fn declare_rerun_triggers(ctx: &Ctx) {
         "FLASHINFER_RS_ALLOW_UNPATCHED",
         "FLASHINFER_RS_KERNELS_LIB",
         "DOCS_RS",
+        cache::NVCC_ENV_FLAGS[0],
+        cache::NVCC_ENV_FLAGS[1],
     ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -168,6 +202,8 @@ struct Pin {
     version: String,
     bmm_artifact: String,
     patches: Vec<Patch>,
+    /// The CUTLASS fused MoE tree's own patches.
+    cutlass_moe_patches: Vec<Patch>,
 }
 
 /// One of our patches to the fetched sources.
@@ -183,6 +219,12 @@ fn read_pin(ctx: &Ctx) -> Pin {
     #[derive(serde::Deserialize)]
     struct Manifest {
         flashinfer: Section,
+        #[serde(default)]
+        patch: Vec<Patch>,
+        cutlass_moe: CutlassMoeSection,
+    }
+    #[derive(serde::Deserialize)]
+    struct CutlassMoeSection {
         #[serde(default)]
         patch: Vec<Patch>,
     }
@@ -210,6 +252,7 @@ fn read_pin(ctx: &Ctx) -> Pin {
         version: m.flashinfer.version,
         bmm_artifact: m.flashinfer.bmm_artifact,
         patches: m.patch,
+        cutlass_moe_patches: m.cutlass_moe.patch,
     }
 }
 
@@ -344,6 +387,37 @@ fn require_vendor<'p>(ctx: &Ctx, pin: &'p Pin) -> (PathBuf, Vec<&'p Patch>) {
     (dir, applied)
 }
 
+/// The CUTLASS fused MoE's fetched tree, with every one of its patches at its pinned hash
+/// (no `FLASHINFER_RS_ALLOW_UNPATCHED` here: its patch is what keeps the build small); returns
+/// the defines its patches ask for.
+fn require_cutlass_moe(ctx: &Ctx, pin: &Pin) -> Vec<String> {
+    let dir = ctx.cutlass_moe_dir();
+    let stamp = fs::read_to_string(dir.join(STAMP)).unwrap_or_else(|_| {
+        fail(&format!(
+            "the CUTLASS MoE sources (feature `sm90-moe`) are not fetched ({} has no {STAMP}).\n\
+             Run this once:\n\n    python3 {}/vendor/fetch.py sources\n",
+            dir.display(),
+            ctx.root.display()
+        ))
+    });
+    for p in &pin.cutlass_moe_patches {
+        if !stamp.contains(&format!("\"{}\": \"{}\"", p.file, p.sha256)) {
+            fail(&format!(
+                "the CUTLASS MoE tree in {} lacks patch {} (or has an older one).\n\
+                 Run this once:\n\n    python3 {}/vendor/fetch.py sources\n",
+                dir.display(),
+                p.file,
+                ctx.root.display()
+            ));
+        }
+    }
+    pin.cutlass_moe_patches
+        .iter()
+        .filter_map(|p| p.define.as_ref())
+        .map(|d| format!("-D{d}"))
+        .collect()
+}
+
 struct Cuda {
     nvcc: PathBuf,
     home: PathBuf,
@@ -449,6 +523,17 @@ struct Job {
     program: PathBuf,
     args: Vec<String>,
     source: PathBuf,
+    /// The fetched tree it is built from, whose stamp keys its object.
+    tree: Tree,
+}
+
+/// The fetched trees (vendor/fetch.py): each one's stamp keys only the objects built from it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Tree {
+    /// FlashInfer's routing and TRTLLM sources, tvm-ffi.
+    Main,
+    /// The CUTLASS fused MoE's (build/cutlass_moe.rs).
+    CutlassMoe,
 }
 
 /// Every translation unit, heaviest first (the list is consumed from the front, and the
@@ -509,6 +594,7 @@ fn plan_jobs(ctx: &Ctx, pin: &Pin, patches: &[&Patch], vendor: &Path, cuda: &Cud
     let mut jobs: Vec<Job> = UNITS
         .iter()
         .filter(|u| has_blackwell || !u.blackwell_only)
+        .filter(|u| !(ctx.cutlass_moe && u.name == ABSENT_CUTLASS_MOE))
         .map(|u| {
             let gencodes: Vec<String> = targets(&ctx.archs, u.device)
                 .into_iter()
@@ -535,6 +621,7 @@ fn plan_jobs(ctx: &Ctx, pin: &Pin, patches: &[&Patch], vendor: &Path, cuda: &Cud
                     Origin::Upstream => fi.join(u.path),
                     Origin::Ours => csrc.join(u.path),
                 },
+                tree: Tree::Main,
             }
         })
         .collect();
@@ -586,6 +673,7 @@ fn tvm_ffi_jobs(vendor: &Path) -> Vec<Job> {
             program: cxx.clone(),
             args: args.clone(),
             source: root.join("src/ffi").join(format!("{stem}.cc")),
+            tree: Tree::Main,
         })
         .collect()
 }
@@ -622,8 +710,18 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(String, PathBuf)> {
     let obj_dir = ctx.out_dir.join("obj");
     fs::create_dir_all(&obj_dir).unwrap();
     let cache = ObjectCache::open(&ctx.cache);
-    let shared = SharedInputs::read(&ctx.vendor.join(STAMP), &ctx.csrc());
-    let mut keys = Keys::new(shared, ctx.csrc(), &ctx.vendor, &ctx.root);
+    let shared = SharedInputs::read(
+        &ctx.vendor.join(STAMP),
+        &ctx.cutlass_moe_dir().join(STAMP),
+        &ctx.csrc(),
+    );
+    let mut keys = Keys::new(
+        shared,
+        ctx.csrc(),
+        &ctx.vendor,
+        &ctx.cutlass_moe_dir(),
+        &ctx.root,
+    );
     let queue: Mutex<VecDeque<(Job, String)>> = Mutex::new(
         jobs.into_iter()
             .map(|job| {

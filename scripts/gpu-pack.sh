@@ -7,12 +7,13 @@
 #     bash gpu-pack/bench.sh [section]                # there: the benchmarks (BENCHMARKS.md)
 #
 # The binaries link cudart statically; they need the driver, libc and libstdc++ only.
-# Features default to sm90 (what a Hopper machine runs; it shares the object cache with CI and
-# sm90 users); FEATURES=sm90,sm100 also builds Blackwell, whose calls are then refused on Hopper.
+# Features default to sm90-moe (what a Hopper machine runs: routing and the CUTLASS fused MoE;
+# it shares the object cache with CI); FEATURES=sm90-moe,sm100 also builds Blackwell, whose
+# calls are then refused on Hopper.
 # `nccl` is always added: the multi-rank harness (tests/ranks) runs from the pack too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-features=${FEATURES:-sm90},nccl
+features=${FEATURES:-sm90-moe},nccl
 python3 vendor/fetch.py all
 rm -rf gpu-pack/bin gpu-pack/run.sh gpu-pack/bench.sh gpu-pack/ranks.sh && mkdir -p gpu-pack/bin
 cargo build --release -p flashinfer-rs --features "$features" --examples "$@"
@@ -54,6 +55,10 @@ for ex in "$here"/bin/[0-9][0-9]_*; do
   "$ex"
 done
 RUN
+# A pack with the CUTLASS MoE must run it: its tests then fail instead of skipping.
+case ",$features," in
+  *,sm90-moe,*) sed -i 's/^export FLASHINFER_RS_REQUIRE_GPU=1$/&\nexport FLASHINFER_RS_REQUIRE_CUTLASS_MOE=1/' gpu-pack/run.sh ;;
+esac
 chmod +x gpu-pack/run.sh
 cat > gpu-pack/bench.sh <<'RUN'
 #!/usr/bin/env bash

@@ -6,7 +6,8 @@
 #     FLASHINFER_RS_KERNELS_LIB=$PWD/target/kernels-lib/<name>.so cargo build ...
 #
 # The name carries the crate version, the FlashInfer version and the machine-code targets
-# (libflashinfer-rs-kernels-0.1.0-flashinfer0.6.13-sm_90a.so); a `<name>.sha256` is written
+# (libflashinfer-rs-kernels-0.1.0-flashinfer0.6.13-sm_90a.so, `-cutlass-moe` added with the
+# sm90-moe feature); a `<name>.sha256` is written
 # beside it. The library exports only the C ABI (fi_*): its static cudart and tvm-ffi stay
 # private. At run time it needs the NVIDIA driver, libc, libstdc++ and nothing else.
 # flashinfer-sys checks the sha256 and the library's record (crate, FlashInfer and ABI
@@ -18,8 +19,10 @@ out=${2:-$PWD/target/kernels-lib}
 mkdir -p "$out"
 python3 vendor/fetch.py all >&2
 # The kernels as the normal build makes them (object cache included); the build script
-# writes its link line to OUT_DIR/kernels-link.txt.
-out_dir=$(env -u FLASHINFER_RS_KERNELS_LIB cargo build --release -p flashinfer-sys \
+# writes its link line to OUT_DIR/kernels-link.txt. The dev profile: nvcc's flags do not depend
+# on cargo's profile (the library is the same either way), and a workspace that built these
+# features already has this build script's output.
+out_dir=$(env -u FLASHINFER_RS_KERNELS_LIB cargo build -p flashinfer-sys \
     --features "$features" --message-format=json \
   | python3 -c '
 import json, sys
@@ -45,7 +48,10 @@ while read -r kind value; do
 done <"$out_dir/kernels-link.txt"
 
 version=$(sed -n 's/^version = "\([^+"]*\)+flashinfer\.\([^"]*\)"/\1-flashinfer\2/p' flashinfer-sys/Cargo.toml)
-name="libflashinfer-rs-kernels-${version}-${targets//,/-}.so"
+# With the CUTLASS fused MoE (feature sm90-moe) the name says so.
+moe=
+case ",$features," in *,sm90-moe,*) moe=-cutlass-moe ;; esac
+name="libflashinfer-rs-kernels-${version}-${targets//,/-}${moe}.so"
 map=$(mktemp)
 trap 'rm -f "$map"' EXIT
 echo '{ global: fi_*; local: *; };' >"$map"

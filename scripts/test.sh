@@ -5,12 +5,13 @@
 # cached under ~/.cache/flashinfer-rs), then:
 #   1. without kernels: what a crate that depends on us gets with no arch feature and no nvcc
 #      (builds, documents, every entry point says "kernels not built"), README doctests;
-#   2. the Hopper kernels (`sm90`, with `nccl`): compiled and linked, all CPU tests run, GPU
-#      tests run where a GPU is present and skip (saying so) where none is;
+#   2. the Hopper kernels (`sm90` with the CUTLASS fused MoE `sm90-moe`, and `nccl`): compiled
+#      and linked, all CPU tests run, GPU tests run where a GPU is present and skip (saying so)
+#      where none is;
 #   3. the MSRV (clippy's incompatible_msrv lint at the declared rust-version);
 #   4. the packaged crates built from a clean directory (no features, DOCS_RS, sm90);
-#   5. the prebuilt kernel library: built, then the CPU suite against it with no nvcc on
-#      PATH, no fetched sources and no toolchain;
+#   5. the prebuilt kernel library (`sm90-moe`): built, then the CPU suite against it with no
+#      nvcc on PATH, no fetched sources and no toolchain;
 #   6. beside candle with CUDA (downstream/candle);
 #   7. a short coverage-guided fuzz run of every validation layer (scripts/fuzz.sh);
 #   8. the Blackwell kernels (`sm100`), compiled and linked, CPU tests as in 2. The Blackwell
@@ -74,8 +75,8 @@ python3 scripts/long-functions.py
 cargo run --quiet -p flashinfer-rs --example 02_serving_loop_capture > /dev/null
 DOCS_RS=1 cargo doc --workspace --no-deps --quiet
 
-stage "2/8: sm90 kernels (with nccl: the multi-rank harness builds, and skips without a GPU)"
-cargo test --workspace --features sm90,nccl "$@"
+stage "2/8: sm90 kernels and the CUTLASS MoE (with nccl: the multi-rank harness builds, and skips without a GPU)"
+cargo test --workspace --features sm90,sm90-moe,nccl "$@"
 
 # Stages 3-7 need no Blackwell object: they run while the background build finishes them.
 stage "3/8: MSRV (rust-version) with clippy's incompatible_msrv lint"
@@ -85,7 +86,7 @@ stage "4/8: packaged crates from a clean directory"
 bash scripts/package-check.sh
 
 stage "5/8: prebuilt kernel library, no nvcc"
-lib=$(bash scripts/kernels-lib.sh sm90 "$root/target/kernels-lib" | tail -n 1)
+lib=$(bash scripts/kernels-lib.sh sm90-moe "$root/target/kernels-lib" | tail -n 1)
 empty=$(mktemp -d)
 # No nvcc on PATH, an empty cache (no toolchain, no sources, no objects): only the library.
 path_without_cuda=$(echo "$PATH" | tr ':' '\n' | grep -v -i cuda | paste -sd: -)
@@ -95,7 +96,7 @@ if PATH=$path_without_cuda command -v nvcc >/dev/null; then
 fi
 # The same target dir as the stages above: only the crates that see the library rebuild.
 PATH=$path_without_cuda FLASHINFER_RS_CACHE=$empty FLASHINFER_RS_KERNELS_LIB=$lib \
-  cargo test --workspace --features sm90
+  cargo test --workspace --features sm90-moe
 rm -rf "$empty"
 
 stage "6/8: beside candle with CUDA"

@@ -16,6 +16,7 @@ Idempotent: a tree whose stamp matches the manifest is not fetched or extracted 
 Locations (all overridable):
     FLASHINFER_RS_CACHE     download cache and toolchain prefix   (~/.cache/flashinfer-rs)
     FLASHINFER_RS_VENDOR_DIR  extracted source tree               (<cache>/sources/flashinfer-<version>)
+                            (the CUTLASS MoE's tree goes beside it: <that>-cutlass-moe)
     FLASHINFER_CUBIN_DIR    cubin cache root                      (<cache>/cubins)
 """
 
@@ -52,6 +53,12 @@ def vendor_dir(manifest: dict) -> Path:
     """The extracted tree; flashinfer-sys's build.rs uses the same default."""
     default = cache_dir() / "sources" / f"flashinfer-{manifest['flashinfer']['version']}"
     return Path(os.environ.get("FLASHINFER_RS_VENDOR_DIR", default))
+
+
+def cutlass_moe_dir(manifest: dict) -> Path:
+    """The CUTLASS fused MoE's own tree, beside the main one; build.rs derives it the same way."""
+    tree = vendor_dir(manifest)
+    return tree.with_name(tree.name + "-cutlass-moe")
 
 
 def cubin_dir() -> Path:
@@ -187,6 +194,71 @@ def fetch_sources(manifest: dict, offline: bool, skip: list[str] = ()) -> None:
     log(f"sources ready in {tree}")
 
 
+def fetch_cutlass_moe(manifest: dict, offline: bool) -> None:
+    """The CUTLASS fused MoE's tree (feature `sm90-moe`): its sources extracted from the
+    flashinfer-python wheel, the grouped GEMMs upstream's generator makes from them, and its
+    own patches. Its stamp records all of that and keys only its own objects, so the routing
+    and TRTLLM objects keep their cache keys whatever this tree holds."""
+    spec = manifest.get("cutlass_moe")
+    if spec is None:  # a manifest without the CUTLASS MoE (the fetch script's own tests)
+        return
+    entry = next(s for s in manifest["source"] if s["name"] == spec["source"])
+    patches = spec.get("patch", [])
+    stamp = {
+        "wheel": entry["sha256"],
+        "extract": spec["extract"],
+        "generator": [spec["generator"], spec["generator_archs"]],
+        "patches": {p["file"]: p["sha256"] for p in patches},
+    }
+    tree = cutlass_moe_dir(manifest)
+    if stamp_matches(tree, stamp):
+        log(f"CUTLASS MoE sources up to date in {tree}")
+        return
+    whl = verified_wheel(entry, cache_dir() / "wheels", offline)
+    fresh = tree.with_name(tree.name + ".partial")
+    shutil.rmtree(fresh, ignore_errors=True)
+    n = extract_members(whl, [(src, fresh / dst) for src, dst in spec["extract"]])
+    log(f"CUTLASS MoE: {n} files -> {tree}")
+    generate_cutlass_gemms(whl, spec, fresh / spec["generated"])
+    for p in patches:
+        apply_patch(p, fresh)
+    write_stamp(fresh, stamp)
+    shutil.rmtree(tree, ignore_errors=True)
+    fresh.rename(tree)
+    log(f"CUTLASS MoE sources ready in {tree}")
+
+
+# Imports upstream's generator as gen_cutlass_fused_moe_sm90_module does, without the
+# `flashinfer` package itself (which imports torch): its three parent packages are empty
+# stand-ins and its one toolchain query answers for the pinned CUDA 13.0.
+GENERATOR_DRIVER = """
+import sys, types
+from pathlib import Path
+scratch, out, archs = sys.argv[1:4]
+sys.path.insert(0, scratch)
+for pkg in ["flashinfer", "flashinfer.jit", "flashinfer.jit.gemm"]:
+    m = types.ModuleType(pkg)
+    m.__path__ = [str(Path(scratch, *pkg.split(".")))]
+    sys.modules[pkg] = m
+cpp_ext = types.ModuleType("flashinfer.jit.cpp_ext")
+cpp_ext.is_cuda_version_at_least = lambda version: True
+sys.modules["flashinfer.jit.cpp_ext"] = cpp_ext
+from flashinfer.jit.gemm.cutlass.generate_kernels import generate_gemm_operations
+generate_gemm_operations(out, archs)
+"""
+
+
+def generate_cutlass_gemms(whl: Path, spec: dict, out: Path) -> None:
+    """Runs upstream's CUTLASS MoE GEMM generator (a package of its own in the wheel) from
+    the wheel; its output is a build input, never edited."""
+    with tempfile.TemporaryDirectory() as scratch:
+        extract_members(whl, [(spec["generator"], Path(scratch) / spec["generator"])])
+        out.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-c", GENERATOR_DRIVER, scratch, str(out),
+                        spec["generator_archs"]], check=True, stdout=subprocess.DEVNULL)
+    log(f"CUTLASS MoE: {sum(1 for _ in out.rglob('*.cu'))} generated GEMM files")
+
+
 def touches_headers(patch: Path) -> bool:
     names = [l.split()[1] for l in patch.read_text().splitlines() if l.startswith("+++ ")]
     return any(not n.endswith((".cu", ".cpp", ".cc")) for n in names)
@@ -286,6 +358,7 @@ def main(argv: list[str]) -> int:
             fetch_toolchain(manifest, args.offline)
         if args.what in ("sources", "all"):
             fetch_sources(manifest, args.offline, args.skip_patch)
+            fetch_cutlass_moe(manifest, args.offline)
         if args.what == "print-env":
             print_env(manifest)
         if args.what == "check-cubins" and not check_cubins(manifest, quiet=False):

@@ -23,8 +23,12 @@ pub enum Error {
         /// The offending argument.
         arg: &'static str,
     },
-    /// This build has no kernels: enable the `sm90` and/or `sm100` feature.
-    #[error("flashinfer-rs was built without kernels; enable the `sm90` and/or `sm100` feature")]
+    /// This build has no kernels for the call: enable the `sm90` and/or `sm100` feature
+    /// (`sm90-moe` for [`CutlassMoe`](crate::cutlass::CutlassMoe)).
+    #[error(
+        "flashinfer-rs was built without these kernels; enable the `sm90` and/or `sm100` feature \
+         (`sm90-moe` for the CUTLASS MoE)"
+    )]
     KernelsNotBuilt,
     /// The current GPU's architecture has no kernels in this build.
     #[error("unsupported GPU architecture: {0}")]

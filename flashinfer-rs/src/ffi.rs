@@ -58,9 +58,12 @@ pub struct BuildInfo {
     /// Version of the flashinfer-sys crate that built the kernels (differs from this crate's
     /// only with a prebuilt kernel library, which is then refused).
     pub crate_version: String,
-    /// Our patches to the FlashInfer sources in these kernels (`["0001", ..., "0006"]`; see
+    /// Our patches to the FlashInfer sources in these kernels (`["0001", ..., "0008"]`; see
     /// vendor/README.md).
     pub patches: Vec<String>,
+    /// FlashInfer's CUTLASS fused MoE for Hopper ([`CutlassMoe`](crate::cutlass::CutlassMoe),
+    /// feature `sm90-moe`).
+    pub cutlass_moe: bool,
 }
 
 /// Describes this build: pinned upstream version, artifact and architectures.
@@ -81,6 +84,7 @@ pub fn build_info() -> BuildInfo {
             targets: Vec::new(),
             crate_version: String::new(),
             patches: Vec::new(),
+            cutlass_moe: false,
         };
     }
     // SAFETY: the strings are static NUL-terminated literals of the C library.
@@ -104,6 +108,7 @@ pub fn build_info() -> BuildInfo {
         targets: list(raw.targets),
         crate_version: text(raw.crate_version),
         patches: list(raw.patches),
+        cutlass_moe: raw.has_cutlass_moe != 0,
     }
 }
 
@@ -120,6 +125,9 @@ pub struct DeviceInfo {
     pub routing_supported: bool,
     /// This build can run the fused MoE on this device.
     pub fused_supported: bool,
+    /// This build can run the CUTLASS fused MoE ([`CutlassMoe`](crate::cutlass::CutlassMoe))
+    /// on this device.
+    pub cutlass_moe_supported: bool,
 }
 
 /// Queries the device of `ctx` (binding it to the calling thread first).
@@ -134,6 +142,7 @@ pub fn device_info(ctx: &cudarc::driver::CudaContext) -> Result<DeviceInfo> {
         sm_count: raw.sm_count,
         routing_supported: raw.routing_supported != 0,
         fused_supported: raw.fused_supported != 0,
+        cutlass_moe_supported: raw.cutlass_moe_supported != 0,
     })
 }
 

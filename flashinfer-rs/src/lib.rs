@@ -66,6 +66,7 @@
 
 pub mod capture;
 mod context;
+pub mod cutlass;
 mod error;
 mod ffi;
 pub mod fused;

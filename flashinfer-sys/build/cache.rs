@@ -16,7 +16,10 @@ use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
-use super::{collect_files, Job};
+use super::{collect_files, Job, Tree};
+
+/// The environment variables nvcc reads extra flags from.
+pub const NVCC_ENV_FLAGS: [&str; 2] = ["NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS"];
 
 /// Objects unused this long are removed.
 const HORIZON: Duration = Duration::from_secs(14 * 24 * 3600);
@@ -90,24 +93,30 @@ impl ObjectCache {
 /// on the fetched tree's stamp (the wheels, plus any patch that touches a header); ours
 /// (under csrc/) on our headers too, so editing the C ABI header rebuilds the shim and not
 /// the 20 minutes of upstream kernels. A patch that touches only a .cu file is covered by
-/// that file's own hash.
+/// that file's own hash. The CUTLASS MoE's units, upstream's and ours, also depend on its
+/// own tree's stamp (its wheel, extraction, generator and patches), which no other unit sees.
 pub struct SharedInputs {
     upstream: String,
     ours: String,
+    cutlass_moe: String,
 }
 
 impl SharedInputs {
-    /// From the fetched tree's stamp file and our csrc/ directory.
-    pub fn read(stamp: &Path, csrc: &Path) -> SharedInputs {
+    /// From the fetched trees' stamp files and our csrc/ directory.
+    pub fn read(stamp: &Path, cutlass_moe_stamp: &Path, csrc: &Path) -> SharedInputs {
         let mut h = Sha256::new();
         h.update(fs::read(stamp).unwrap_or_default());
         let upstream = hex(h.clone().finalize().as_slice());
         let mut headers = Vec::new();
         collect_files(csrc, "h", &mut headers);
         hash_files(&mut h, csrc, headers);
+        let cutlass_moe = hex(&Sha256::digest(
+            fs::read(cutlass_moe_stamp).unwrap_or_default(),
+        ));
         SharedInputs {
             upstream,
             ours: hex(h.finalize().as_slice()),
+            cutlass_moe,
         }
     }
 }
@@ -124,14 +133,25 @@ pub struct Keys {
 }
 
 impl Keys {
-    pub fn new(shared: SharedInputs, csrc: PathBuf, vendor: &Path, root: &Path) -> Keys {
+    pub fn new(
+        shared: SharedInputs,
+        csrc: PathBuf,
+        vendor: &Path,
+        cutlass_moe: &Path,
+        root: &Path,
+    ) -> Keys {
+        let mut roots = vec![
+            (vendor.to_string_lossy().into_owned(), "<vendor>"),
+            (root.to_string_lossy().into_owned(), "<root>"),
+            (cutlass_moe.to_string_lossy().into_owned(), "<cutlass-moe>"),
+        ];
+        // Longest first: one may contain another (the CUTLASS MoE tree's path starts with the
+        // main tree's). Stable, so the other two keep their order and their keys.
+        roots.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
         Keys {
             shared,
             csrc,
-            roots: vec![
-                (vendor.to_string_lossy().into_owned(), "<vendor>"),
-                (root.to_string_lossy().into_owned(), "<root>"),
-            ],
+            roots,
             versions: HashMap::new(),
         }
     }
@@ -156,6 +176,9 @@ impl Keys {
         };
         let mut h = Sha256::new();
         h.update(shared.as_bytes());
+        if job.tree == Tree::CutlassMoe {
+            h.update(self.shared.cutlass_moe.as_bytes());
+        }
         h.update(
             job.program
                 .file_name()
@@ -164,6 +187,14 @@ impl Keys {
                 .as_bytes(),
         );
         h.update(&version[..]);
+        // nvcc adds these to every command line it runs; they change the object like
+        // arguments do (keys made without them set stay what they were).
+        for var in NVCC_ENV_FLAGS {
+            if let Some(v) = std::env::var_os(var) {
+                h.update(var.as_bytes());
+                h.update(v.as_encoded_bytes());
+            }
+        }
         for a in &job.args {
             let mut a = a.clone();
             for (path, placeholder) in &self.roots {

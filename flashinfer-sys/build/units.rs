@@ -104,6 +104,9 @@ impl Unit {
     }
 }
 
+/// The unit that stands in for the CUTLASS fused MoE in a build without it.
+pub const ABSENT_CUTLASS_MOE: &str = "fi_cutlass_moe_absent";
+
 /// Every translation unit, heaviest first: the list is consumed from the front, and the
 /// longest job bounds the wall time on few cores.
 pub const UNITS: &[Unit] = {
@@ -205,9 +208,19 @@ pub const UNITS: &[Unit] = {
         unit("fi_fused_moe", Ours, "fused_moe.cu", Routing, false),
         unit("fi_moe_env", Ours, "moe_env.cu", Routing, false),
         unit("fi_moe_marshal", Ours, "moe_marshal.cu", Routing, false),
-        // The driver functions the batched-GEMM runner calls, loaded at run time.
-        unit("fi_cuda_driver", Ours, "cuda_driver.c", Host, true),
+        // The driver functions upstream's code calls (Blackwell's batched-GEMM runner, the
+        // CUTLASS MoE's fp8 block-scale runner), loaded at run time.
+        unit("fi_cuda_driver", Ours, "cuda_driver.c", Host, false),
         unit("fi_status", Ours, "status.cpp", Host, false),
+        // The CUTLASS MoE's C ABI answering "not built"; replaced by build/cutlass_moe.rs's
+        // units with the `sm90-moe` feature.
+        unit(
+            ABSENT_CUTLASS_MOE,
+            Ours,
+            "cutlass_moe_absent.cpp",
+            Host,
+            false,
+        ),
         unit("fi_info", Ours, "info.cpp", Host, false),
         unit("fi_abi_layout", Ours, "abi_layout.c", Host, false),
         unit("fi_scratch", Ours, "scratch.c", Host, false),

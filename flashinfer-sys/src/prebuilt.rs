@@ -11,7 +11,7 @@
 //! - its record (`fi_get_build_info`): C ABI version, flashinfer-sys crate version and
 //!   FlashInfer version must equal this build's, and its machine-code targets must include
 //!   every one this build's features ask for (`sm90`: `sm_90a`; `sm100`: `sm_100f`, `sm_100a`,
-//!   `sm_103a`).
+//!   `sm_103a`), and it must hold the CUTLASS fused MoE if this build has `sm90-moe`.
 //!
 //! A refused library makes every status-returning call answer
 //! [`fi_status::FI_STATUS_KERNELS_LIBRARY_ERROR`](crate::fi_status) with that message
@@ -37,6 +37,8 @@ pub struct Requirements {
     pub flashinfer_version: String,
     /// Machine-code targets the enabled features need.
     pub targets: Vec<String>,
+    /// Whether the CUTLASS fused MoE is needed (feature `sm90-moe`).
+    pub cutlass_moe: bool,
 }
 
 impl Requirements {
@@ -51,6 +53,7 @@ impl Requirements {
                 .filter(|t| !t.is_empty())
                 .map(String::from)
                 .collect(),
+            cutlass_moe: cfg!(feature = "sm90-moe"),
         }
     }
 }
@@ -139,6 +142,7 @@ pub unsafe fn open(path: &Path, want: &Requirements) -> Result<libloading::Libra
             } else {
                 String::new()
             },
+            has_cutlass_moe: record.abi_version == want.abi_version && record.has_cutlass_moe != 0,
         },
         want,
     )
@@ -157,6 +161,8 @@ pub struct Record {
     pub flashinfer_version: String,
     /// Its machine-code targets, comma-separated.
     pub targets: String,
+    /// Whether it holds the CUTLASS fused MoE.
+    pub has_cutlass_moe: bool,
 }
 
 /// Whether a library with `record` serves a build with `want`; else what differs, both sides
@@ -194,6 +200,13 @@ pub fn check_record(record: &Record, want: &Requirements) -> Result<(), String> 
             want.targets.join(","),
             missing.join(",")
         ));
+    }
+    if want.cutlass_moe && !record.has_cutlass_moe {
+        return Err(
+            "holds no CUTLASS fused MoE, this build's `sm90-moe` feature needs it \
+                    (build the library with `bash scripts/kernels-lib.sh sm90-moe`)"
+                .to_string(),
+        );
     }
     Ok(())
 }

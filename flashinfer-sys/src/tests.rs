@@ -55,6 +55,12 @@ fn struct_layouts_match_the_c_compiler() {
         ($c:ident, topk_buffers) => {
             ($c.topk_buffers_size, $c.topk_buffers_align)
         };
+        ($c:ident, cutlass_moe_params) => {
+            ($c.cutlass_moe_params_size, $c.cutlass_moe_params_align)
+        };
+        ($c:ident, cutlass_moe_buffers) => {
+            ($c.cutlass_moe_buffers_size, $c.cutlass_moe_buffers_align)
+        };
     }
     let rows = rows![
         fi_routing_params => routing_params,
@@ -68,6 +74,8 @@ fn struct_layouts_match_the_c_compiler() {
         fi_noaux_tc_params => noaux_tc_params,
         fi_topk_params => topk_params,
         fi_topk_buffers => topk_buffers,
+        fi_cutlass_moe_params => cutlass_moe_params,
+        fi_cutlass_moe_buffers => cutlass_moe_buffers,
     ];
     for (name, rust, c_side) in rows {
         assert_eq!(rust, c_side, "{name}: Rust (size, align) vs C");

@@ -55,6 +55,7 @@ fn library(dir: &Path, record: Option<(i32, &str, &str, &str)>) -> PathBuf {
 fn want(targets: &[&str]) -> Requirements {
     Requirements {
         targets: targets.iter().map(|t| t.to_string()).collect(),
+        cutlass_moe: false,
         ..Requirements::of_this_build()
     }
 }
@@ -190,6 +191,7 @@ fn the_record_rules_read_as_they_should() {
         crate_version: r.crate_version.clone(),
         flashinfer_version: r.flashinfer_version.clone(),
         targets: "sm_90a,sm_100f".into(),
+        has_cutlass_moe: false,
     };
     assert_eq!(check_record(&record, &want(&["sm_100f"])), Ok(()));
     assert_eq!(
@@ -200,5 +202,25 @@ fn the_record_rules_read_as_they_should() {
     assert!(
         check_record(&record, &want(&["sm_100"])).is_err(),
         "targets match exactly"
+    );
+    // The CUTLASS fused MoE: needed by `sm90-moe`, refused naming the feature when absent.
+    let needs_moe = Requirements {
+        cutlass_moe: true,
+        ..want(&["sm_90a"])
+    };
+    let e = check_record(&record, &needs_moe).unwrap_err();
+    assert!(
+        e.contains("holds no CUTLASS fused MoE") && e.contains("sm90-moe"),
+        "{e}"
+    );
+    let with_moe = Record {
+        has_cutlass_moe: true,
+        ..record.clone()
+    };
+    assert_eq!(check_record(&with_moe, &needs_moe), Ok(()));
+    assert_eq!(
+        check_record(&with_moe, &want(&["sm_90a"])),
+        Ok(()),
+        "more than needed is fine"
     );
 }

@@ -9,6 +9,7 @@ mod boundary;
 mod capture;
 mod common;
 mod concurrency;
+mod cutlass_moe;
 mod degenerate;
 mod fused;
 #[cfg(feature = "sm100")]

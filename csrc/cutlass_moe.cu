@@ -1,0 +1,213 @@
+// cutlass_moe.cu: the C ABI of FlashInfer's CUTLASS fused MoE for Hopper (fi_cutlass_moe_*).
+//
+// A layer owns one `CutlassMoeFCRunner<bf16, bf16>` (instantiated in cutlass_moe_runner.cu),
+// its chosen tactics and the workspace layout for its largest batch:
+//   [ runner workspace at max_tokens | 256-byte aligned | unpermuted->permuted row map ]
+// The runner keeps per-call state (its workspace pointers, the tactics), so calls on one layer
+// are serialised by the layer's mutex.
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <climits>
+#include <memory>
+#include <cstdint>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "flashinfer_rs.h"
+#include "info.h"
+#include "moe_kernels.h"
+#include "status.h"
+
+namespace k = tensorrt_llm::kernels::cutlass_kernels;
+using Config = tensorrt_llm::cutlass_extensions::CutlassGemmConfig;
+using Runner = k::CutlassMoeFCRunner<__nv_bfloat16, __nv_bfloat16>;
+
+// Defined once, in cutlass_moe_runner.cu.
+extern template class tensorrt_llm::kernels::cutlass_kernels::CutlassMoeFCRunner<
+    __nv_bfloat16, __nv_bfloat16>;
+
+struct fi_cutlass_moe {
+  fi_cutlass_moe_params params;
+  int device = 0;
+  Runner runner;
+  std::vector<Config> tactics1, tactics2;
+  // The runner's workspace at max_tokens, and where the row map starts (after it, aligned).
+  size_t runner_bytes = 0;
+  size_t map_offset = 0;
+  size_t total_bytes = 0;
+  std::mutex mutex;
+};
+
+namespace {
+
+constexpr size_t kAlign = 256;
+
+// What the layer asks for: every tensor dimension the runner supports for bf16 SwiGLU on the
+// TMA warp-specialised GEMMs (128-bit aligned rows; multiples of 64 cover every real model and
+// every tile), and products that fit the runner's int32 row maps.
+void validate(const fi_cutlass_moe_params& p) {
+  fi::require(p.num_experts >= 1 && p.num_experts <= 4096, "num_experts must be in 1..=4096");
+  fi::require(p.top_k >= 1 && p.top_k <= p.num_experts, "top_k must be in 1..=num_experts");
+  fi::require(p.hidden_size >= 64 && p.hidden_size % 64 == 0,
+              "hidden_size must be a positive multiple of 64");
+  fi::require(p.intermediate_size >= 64 && p.intermediate_size % 64 == 0,
+              "intermediate_size must be a positive multiple of 64");
+  fi::require(p.hidden_size <= (1 << 16) && p.intermediate_size <= (1 << 16),
+              "hidden_size and intermediate_size must be at most 65536");
+  fi::require(p.ep_size >= 1 && p.num_experts % p.ep_size == 0,
+              "ep_size must be positive and divide num_experts");
+  fi::require(p.ep_rank >= 0 && p.ep_rank < p.ep_size, "ep_rank must be in 0..ep_size");
+  fi::require(p.max_tokens >= 1, "max_tokens must be positive");
+  fi::require(int64_t(p.max_tokens) * p.num_experts <= INT_MAX &&
+                  int64_t(p.max_tokens) * p.top_k <= INT_MAX,
+              "max_tokens * num_experts must fit in int32 (the runner's row maps)");
+}
+
+k::MOEParallelismConfig parallelism(const fi_cutlass_moe_params& p) {
+  return k::MOEParallelismConfig(1, 0, p.ep_size, p.ep_rank);
+}
+
+size_t runner_bytes(Runner& runner, const fi_cutlass_moe_params& p, int64_t tokens) {
+  return runner.getWorkspaceSize(tokens, p.hidden_size, p.intermediate_size, p.num_experts,
+                                 p.top_k, k::ActivationType::Swiglu, parallelism(p),
+                                 /*use_lora=*/false, /*use_deepseek_fp8_block_scale=*/false,
+                                 /*use_mxfp8_act_scaling=*/false, /*min_latency_mode=*/false,
+                                 /*use_awq=*/false);
+}
+
+std::vector<Config> tma_ws(std::vector<Config> all) {
+  std::vector<Config> out;
+  for (auto& c : all) {
+    if (c.is_tma_warp_specialized) out.push_back(c);
+  }
+  return out;
+}
+
+const Config& pick(const std::vector<Config>& tactics, int32_t index, const char* which) {
+  int32_t i = index < 0 ? 0 : index;
+  if (tactics.empty() || size_t(i) >= tactics.size()) {
+    throw fi::Failure(FI_STATUS_INVALID_ARGUMENT,
+                      std::string(which) + " tactic " + std::to_string(index) + " out of range (" +
+                          std::to_string(tactics.size()) + " tactics)");
+  }
+  return tactics[i];
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+void validate(const fi_cutlass_moe& layer, const fi_cutlass_moe_buffers& b) {
+  const fi_cutlass_moe_params& p = layer.params;
+  fi::require(b.num_tokens >= 0 && b.num_tokens <= p.max_tokens,
+              "num_tokens must be in 0..=max_tokens");
+  fi::require(b.hidden_states && b.expert_ids && b.expert_scales && b.fc1_weights &&
+                  b.fc2_weights && b.output && b.workspace,
+              "every buffer must be non-NULL");
+  fi::require(b.workspace_bytes >= layer.total_bytes,
+              "workspace_bytes is smaller than fi_cutlass_moe_workspace_size");
+  // TMA reads the activations and weights by 16-byte rows.
+  fi::require(aligned16(b.hidden_states) && aligned16(b.fc1_weights) && aligned16(b.fc2_weights) &&
+                  aligned16(b.output),
+              "hidden_states, fc1_weights, fc2_weights and output must be 16-byte aligned");
+  fi::require(reinterpret_cast<uintptr_t>(b.workspace) % kAlign == 0,
+              "workspace must be 256-byte aligned");
+}
+
+}  // namespace
+
+// The runner's LoRA path calls this (moe_kernels.h); this crate never takes it (every call
+// passes use_lora = false), and upstream's definition (lora.cpp) needs cuBLAS. Should it ever be
+// reached, it refuses with an error the C ABI reports.
+namespace tensorrt_llm::kernels {
+int Lora_run(LoraImpl*, int64_t, int64_t, void const*, int32_t const*, void const* const*, int,
+             void* const*, void*, cudaStream_t) {
+  throw std::runtime_error("flashinfer-rs builds the CUTLASS MoE without LoRA");
+}
+}  // namespace tensorrt_llm::kernels
+
+namespace fi {
+bool cutlass_moe_built() { return true; }
+// Its GEMMs are sm_90a code: H100, H200, H20, GH200 (9.0) only.
+bool cutlass_moe_built_for(int major, int minor) { return major == 9 && minor == 0; }
+}  // namespace fi
+
+extern "C" fi_status fi_cutlass_moe_create(const fi_cutlass_moe_params* params,
+                                           fi_cutlass_moe** out) {
+  return fi::guarded([&] {
+    fi::require(params != nullptr && out != nullptr, "params and out must not be NULL");
+    *out = nullptr;
+    validate(*params);
+    fi::require_cutlass_moe_arch();
+    auto layer = std::make_unique<fi_cutlass_moe>();
+    layer->params = *params;
+    fi::check_cuda(cudaGetDevice(&layer->device), "cudaGetDevice");
+    layer->tactics1 = tma_ws(layer->runner.getTactics(k::MoeGemmId::GEMM_1));
+    layer->tactics2 = tma_ws(layer->runner.getTactics(k::MoeGemmId::GEMM_2));
+    layer->runner.setTactic(pick(layer->tactics1, params->tactic_gemm1, "GEMM 1"),
+                            pick(layer->tactics2, params->tactic_gemm2, "GEMM 2"));
+    layer->runner_bytes = runner_bytes(layer->runner, *params, params->max_tokens);
+    layer->map_offset = (layer->runner_bytes + kAlign - 1) / kAlign * kAlign;
+    layer->total_bytes =
+        layer->map_offset + size_t(params->max_tokens) * size_t(params->top_k) * sizeof(int);
+    *out = layer.release();
+  });
+}
+
+extern "C" void fi_cutlass_moe_destroy(fi_cutlass_moe* layer) { delete layer; }
+
+extern "C" fi_status fi_cutlass_moe_workspace_size(const fi_cutlass_moe* layer, size_t* bytes) {
+  return fi::guarded([&] {
+    fi::require(layer != nullptr && bytes != nullptr, "layer and bytes must not be NULL");
+    *bytes = layer->total_bytes;
+  });
+}
+
+extern "C" fi_status fi_cutlass_moe_tactic_count(const fi_cutlass_moe* layer, int32_t* gemm1,
+                                                 int32_t* gemm2) {
+  return fi::guarded([&] {
+    fi::require(layer != nullptr && gemm1 != nullptr && gemm2 != nullptr,
+                "layer, gemm1 and gemm2 must not be NULL");
+    *gemm1 = int32_t(layer->tactics1.size());
+    *gemm2 = int32_t(layer->tactics2.size());
+  });
+}
+
+extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
+                                        const fi_cutlass_moe_buffers* buffers, void* stream) {
+  return fi::guarded([&] {
+    fi::require(layer != nullptr && buffers != nullptr, "layer and buffers must not be NULL");
+    const fi_cutlass_moe_buffers& b = *buffers;
+    validate(*layer, b);
+    int device = 0;
+    fi::check_cuda(cudaGetDevice(&device), "cudaGetDevice");
+    fi::require(device == layer->device, "the current device is not the layer's device");
+    if (b.num_tokens == 0) return;
+    const fi_cutlass_moe_params& p = layer->params;
+    std::lock_guard<std::mutex> lock(layer->mutex);
+    // The runner lays its workspace out for this call's token count; the layer sized it for
+    // max_tokens. Never let a smaller count need more (it would overrun the row map).
+    if (runner_bytes(layer->runner, p, b.num_tokens) > layer->runner_bytes) {
+      throw fi::Failure(FI_STATUS_INTERNAL_ERROR,
+                        "the runner's workspace at " + std::to_string(b.num_tokens) +
+                            " tokens exceeds its size at max_tokens");
+    }
+    char* workspace = static_cast<char*>(b.workspace);
+    int* map = reinterpret_cast<int*>(workspace + layer->map_offset);
+    k::QuantParams quant{};
+    tensorrt_llm::kernels::LoraParams lora{};
+    k::MoeMinLatencyParams min_latency{};
+    layer->runner.runMoe(
+        b.hidden_states, /*input_sf=*/nullptr, /*swizzled_input_sf=*/false, b.expert_ids,
+        b.expert_scales, b.fc1_weights, /*fc1_expert_biases=*/nullptr,
+        k::ActivationParams(k::ActivationType::Swiglu), b.fc2_weights,
+        /*fc2_expert_biases=*/nullptr, quant, b.num_tokens, p.hidden_size,
+        /*unpadded_hidden_size=*/p.hidden_size, p.intermediate_size, p.num_experts, p.top_k,
+        workspace, b.output, map, parallelism(p), /*enable_alltoall=*/false, /*use_lora=*/false,
+        lora, /*use_deepseek_fp8_block_scale=*/false, /*use_mxfp8_act_scaling=*/false,
+        /*min_latency_mode=*/false, min_latency, /*enable_pdl=*/false,
+        static_cast<cudaStream_t>(stream));
+    fi::check_cuda(cudaGetLastError(), "the CUTLASS MoE's kernel launches");
+  });
+}

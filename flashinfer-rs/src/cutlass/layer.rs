@@ -1,0 +1,408 @@
+//! [`CutlassMoe`]: a CUTLASS fused MoE layer, checked once, then called per batch.
+
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use cudarc::driver::{
+    CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut,
+    DeviceSlice, SyncOnDrop,
+};
+use flashinfer_sys as sys;
+use half::bf16;
+
+use super::plan::{check_batch, plan_layer, BatchSizes, CutlassMoeConfig, LayerPlan, RoutingSizes};
+use crate::capture::LayerViews;
+use crate::context::same_context;
+use crate::error::{Error, Result};
+use crate::ffi::check;
+use crate::replay::ReplayView;
+use crate::routing::{Bias, Logits, RouteInput, TopKOutputs, TopKRouter};
+
+/// The layer's expert weights, bf16, borrowed for the layer's life.
+#[derive(Debug)]
+pub struct CutlassWeights<'w> {
+    /// GEMM 1 (up and gate) `[local_experts, 2 * intermediate, hidden]`: each expert's linear
+    /// (up) rows first, then its gate rows, as [`fused::oracle`](crate::fused::oracle) has them.
+    pub fc1: CudaView<'w, bf16>,
+    /// GEMM 2 (down) `[local_experts, hidden, intermediate]`.
+    pub fc2: CudaView<'w, bf16>,
+}
+
+/// Where a call's routing comes from.
+#[derive(Debug)]
+pub enum CutlassRouting<'a> {
+    /// Route inside the call with the layer's [`TopKRouter`] from logits
+    /// `[num_tokens, num_experts]` (and the method's bias).
+    Logits {
+        /// Router logits, f32 or bf16.
+        logits: Logits<'a>,
+        /// Per-expert bias: required by DeepSeekV3 and MiniMax2, refused by the others.
+        bias: Option<Bias<'a>>,
+    },
+    /// Routing done elsewhere: global expert ids and their weights, each `[num_tokens,
+    /// top_k]` (no replay: the ids are yours). Ids outside this rank's experts contribute
+    /// nothing, which is how expert parallelism drops the other ranks' experts; so does any id
+    /// outside `[0, num_experts)`, which the kernels cannot tell from a remote one.
+    Precomputed {
+        /// Expert ids.
+        ids: CudaView<'a, i32>,
+        /// Their weights.
+        scales: CudaView<'a, f32>,
+    },
+}
+
+/// One forward call's inputs.
+#[derive(Debug)]
+pub struct CutlassBatch<'a> {
+    /// Tokens in this call, `0..=max_tokens` (rows of the hidden states; longer buffers are
+    /// not read past).
+    pub num_tokens: usize,
+    /// Logits or precomputed ids.
+    pub routing: CutlassRouting<'a>,
+    /// Activations `[num_tokens, hidden]`.
+    pub hidden_states: CudaView<'a, bf16>,
+}
+
+/// A call's routing, once taken apart.
+enum Source<'a> {
+    Route(RouteInput<'a>),
+    Given(CudaView<'a, i32>, CudaView<'a, f32>),
+}
+
+/// The device memory one layer's calls work in, made by [`CutlassMoe::workspace`] for its
+/// `max_tokens`: the routed ids and scales, and the runner's own scratch. Reused call after
+/// call at fixed addresses, so the calls can be captured in a CUDA graph; one call at a time
+/// (forward takes it `&mut`).
+#[derive(Debug)]
+pub struct CutlassWorkspace {
+    ids: CudaSlice<i32>,
+    scales: CudaSlice<f32>,
+    scratch: CudaSlice<u8>,
+}
+
+/// A layer of FlashInfer's CUTLASS fused MoE on Hopper: the top-k router (or precomputed
+/// ids), GEMM 1, SwiGLU, GEMM 2 and the weighted sum, bf16 activations and weights.
+///
+/// [`CutlassMoe::new`] checks every rule that does not depend on the batch (routing config,
+/// sizes, expert range, the weights' sizes and context, the device) once and builds the
+/// runner; [`CutlassMoe::forward`] checks only the batch's buffers and enqueues the kernels.
+/// The routed ids land in `routing_replay_out` in the same stream order, so the ids captured
+/// are the ids the GEMMs consumed.
+pub struct CutlassMoe<'w> {
+    plan: LayerPlan,
+    router: TopKRouter,
+    weights: CutlassWeights<'w>,
+    ctx: Arc<CudaContext>,
+    raw: NonNull<sys::fi_cutlass_moe>,
+    /// The runner's scratch, from `fi_cutlass_moe_workspace_size`.
+    scratch_bytes: usize,
+}
+
+// SAFETY: the C layer serialises calls on one runner (its mutex) and holds no thread-bound
+// state; the weights are device memory borrowed for the layer's life.
+unsafe impl Send for CutlassMoe<'_> {}
+// SAFETY: as above: `forward(&self)` from several threads takes the runner's lock in turn.
+unsafe impl Sync for CutlassMoe<'_> {}
+
+impl std::fmt::Debug for CutlassMoe<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CutlassMoe")
+            .field("config", &self.plan.config)
+            .field("weights", &self.weights)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for CutlassMoe<'_> {
+    fn drop(&mut self) {
+        // SAFETY: `raw` came from fi_cutlass_moe_create and is freed once; no call runs (they
+        // borrow `self`).
+        unsafe { sys::fi_cutlass_moe_destroy(self.raw.as_ptr()) }
+    }
+}
+
+impl<'w> CutlassMoe<'w> {
+    /// Checks `config` and `weights` and creates the runner on the weights' device, with the
+    /// first TMA warp-specialised tactic of each GEMM. Answers
+    /// [`Error::UnsupportedArch`] off Hopper (sm_90) and [`Error::KernelsNotBuilt`] in a
+    /// build without the `sm90-moe` feature.
+    pub fn new(config: CutlassMoeConfig, weights: CutlassWeights<'w>) -> Result<Self> {
+        Self::with_tactics(config, weights, (0, 0))
+    }
+
+    /// [`new`](Self::new) with GEMM 1's and GEMM 2's tactics chosen by index (below
+    /// [`tactic_counts`](Self::tactic_counts); benchmarks pick the fastest per shape).
+    pub fn with_tactics(
+        config: CutlassMoeConfig,
+        weights: CutlassWeights<'w>,
+        tactics: (u32, u32),
+    ) -> Result<Self> {
+        let plan = plan_layer(config, weights.fc1.len(), weights.fc2.len())?;
+        let router = TopKRouter::new(config.routing)?;
+        same_context(weights.fc1.stream(), [("fc2", weights.fc2.stream())])?;
+        let ctx = weights.fc1.stream().context().clone();
+        let as_i32 = |v: u32, arg| i32::try_from(v).map_err(|_| Error::invalid(arg, "too large"));
+        let params = sys::fi_cutlass_moe_params {
+            num_experts: plan.experts() as i32,
+            top_k: plan.top_k() as i32,
+            hidden_size: config.hidden_size as i32,
+            intermediate_size: config.intermediate_size as i32,
+            ep_size: plan.ep_size as i32,
+            ep_rank: plan.ep_rank as i32,
+            max_tokens: config.max_tokens as i32,
+            tactic_gemm1: as_i32(tactics.0, "tactics")?,
+            tactic_gemm2: as_i32(tactics.1, "tactics")?,
+        };
+        ctx.bind_to_thread()?;
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: `params` is a valid struct and `raw` a valid out-pointer; the weights'
+        // context is current (the runner is created for its device).
+        check(unsafe { sys::fi_cutlass_moe_create(&params, &mut raw) })?;
+        let raw = NonNull::new(raw)
+            .ok_or_else(|| Error::Internal("fi_cutlass_moe_create gave no layer".into()))?;
+        let mut scratch_bytes = 0usize;
+        // SAFETY: `raw` is a live layer; `scratch_bytes` a valid out-pointer.
+        let sized =
+            check(unsafe { sys::fi_cutlass_moe_workspace_size(raw.as_ptr(), &mut scratch_bytes) });
+        let layer = CutlassMoe {
+            plan,
+            router,
+            weights,
+            ctx,
+            raw,
+            scratch_bytes,
+        };
+        sized.map(|()| layer)
+    }
+
+    /// The checked configuration.
+    pub fn config(&self) -> CutlassMoeConfig {
+        self.plan.config
+    }
+
+    /// How many TMA warp-specialised tactics GEMM 1 and GEMM 2 have on this device.
+    pub fn tactic_counts(&self) -> Result<(u32, u32)> {
+        let (mut a, mut b) = (0i32, 0i32);
+        // SAFETY: `raw` is a live layer; both are valid out-pointers.
+        check(unsafe { sys::fi_cutlass_moe_tactic_count(self.raw.as_ptr(), &mut a, &mut b) })?;
+        Ok((a.max(0) as u32, b.max(0) as u32))
+    }
+
+    /// Bytes of device memory [`workspace`](Self::workspace) allocates.
+    pub fn workspace_bytes(&self) -> usize {
+        let ids = self.plan.routed_len() * 4;
+        2 * ids + self.scratch_bytes
+    }
+
+    /// Allocates the device memory this layer's calls need (for `max_tokens`) on `stream`.
+    pub fn workspace(&self, stream: &Arc<CudaStream>) -> Result<CutlassWorkspace> {
+        let n = self.plan.routed_len();
+        Ok(CutlassWorkspace {
+            ids: stream.alloc_zeros::<i32>(n)?,
+            scales: stream.alloc_zeros::<f32>(n)?,
+            scratch: stream.alloc_zeros::<u8>(self.scratch_bytes)?,
+        })
+    }
+
+    /// Runs the layer on `batch.num_tokens` tokens into `output` `[num_tokens, hidden]`:
+    /// routes (from logits with the layer's top-k router, or precomputed ids), then GEMM 1,
+    /// SwiGLU, GEMM 2 and the weighted sum over this rank's experts. The routed ids land in
+    /// `routing_replay_out` when given (`[t][k]` = token `t`'s k-th expert, global id; rows at
+    /// or past `num_tokens` untouched), in the same stream order as the GEMMs that use them.
+    ///
+    /// Everything is enqueued on `stream`, which must be in the weights' CUDA context, into
+    /// `workspace`; nothing is allocated and nothing synchronises, so the call can be captured
+    /// in a CUDA graph. With zero tokens nothing is launched.
+    pub fn forward(
+        &self,
+        stream: &Arc<CudaStream>,
+        batch: CutlassBatch<'_>,
+        output: &mut CudaViewMut<'_, bf16>,
+        workspace: &mut CutlassWorkspace,
+        routing_replay_out: Option<&mut ReplayView<'_>>,
+    ) -> Result<()> {
+        self.run(stream, batch, output, workspace, routing_replay_out, None)
+    }
+
+    /// [`forward`](Self::forward) routing into a capture store's views of one layer
+    /// (`store.layer_views(l)`): the ids into its replay view and, when the store captures
+    /// weights, the routing weights into its weights view, which the GEMMs then read as
+    /// their scales (no copy).
+    pub fn forward_captured(
+        &self,
+        stream: &Arc<CudaStream>,
+        batch: CutlassBatch<'_>,
+        output: &mut CudaViewMut<'_, bf16>,
+        workspace: &mut CutlassWorkspace,
+        views: LayerViews<'_>,
+    ) -> Result<()> {
+        let LayerViews { mut ids, weights } = views;
+        self.run(stream, batch, output, workspace, Some(&mut ids), weights)
+    }
+
+    fn run(
+        &self,
+        stream: &Arc<CudaStream>,
+        batch: CutlassBatch<'_>,
+        output: &mut CudaViewMut<'_, bf16>,
+        workspace: &mut CutlassWorkspace,
+        replay: Option<&mut ReplayView<'_>>,
+        mut captured_weights: Option<CudaViewMut<'_, f32>>,
+    ) -> Result<()> {
+        let CutlassBatch {
+            num_tokens: t,
+            routing,
+            hidden_states,
+        } = batch;
+        check_batch(
+            &self.plan,
+            &BatchSizes {
+                num_tokens: t,
+                routing: routing_sizes(&routing),
+                hidden_states: hidden_states.len(),
+                output: output.len(),
+                replay: replay.as_deref().map(|r| (r.rows(), r.cols())),
+                captured_weights: captured_weights.as_ref().map(DeviceSlice::len),
+            },
+        )?;
+        self.check_workspace(workspace)?;
+        self.check_contexts(
+            stream,
+            [
+                ("hidden_states", hidden_states.stream()),
+                ("output", output.stream()),
+                ("workspace", workspace.scratch.stream()),
+            ]
+            .into_iter()
+            .chain(replay.as_deref().map(|r| ("replay", r.stream())))
+            .chain(
+                captured_weights
+                    .as_ref()
+                    .map(|w| ("views.weights", w.stream())),
+            ),
+        )?;
+        if t == 0 {
+            return Ok(());
+        }
+        let k = self.plan.top_k();
+        // Held here, before the guards that borrow them.
+        let source = match routing {
+            CutlassRouting::Logits { logits, bias } => Source::Route(RouteInput {
+                logits,
+                bias,
+                num_tokens: t,
+            }),
+            CutlassRouting::Precomputed { ids, scales } => Source::Given(ids, scales),
+        };
+        // The guards keep cudarc's stream ordering (event waits) alive across the call.
+        let mut guards: Vec<SyncOnDrop<'_>> = Vec::with_capacity(8);
+        let (ids, scales) = match &source {
+            Source::Route(input) => {
+                // The outputs' views end with this block, before the pointers below are taken.
+                {
+                    let mut outputs = TopKOutputs {
+                        ids: Some(workspace.ids.slice_mut(..t * k)),
+                        weights_f32: match captured_weights.as_mut() {
+                            Some(w) => Some(w.slice_mut(..t * k)),
+                            None => Some(workspace.scales.slice_mut(..t * k)),
+                        },
+                        weights_bf16: None,
+                    };
+                    self.router.route(stream, input, &mut outputs, replay)?;
+                }
+                let (ids, g) = workspace.ids.device_ptr(stream);
+                guards.push(g);
+                let (scales, g) = match captured_weights.as_ref() {
+                    Some(w) => w.device_ptr(stream),
+                    None => workspace.scales.device_ptr(stream),
+                };
+                guards.push(g);
+                (ids, scales)
+            }
+            Source::Given(ids, scales) => {
+                same_context(stream, [("ids", ids.stream()), ("scales", scales.stream())])?;
+                let (i, g) = ids.device_ptr(stream);
+                guards.push(g);
+                let (s, g) = scales.device_ptr(stream);
+                guards.push(g);
+                (i, s)
+            }
+        };
+        let (x, g) = hidden_states.device_ptr(stream);
+        guards.push(g);
+        let (fc1, g) = self.weights.fc1.device_ptr(stream);
+        guards.push(g);
+        let (fc2, g) = self.weights.fc2.device_ptr(stream);
+        guards.push(g);
+        let (out, g) = output.device_ptr_mut(stream);
+        guards.push(g);
+        let (scratch, g) = workspace.scratch.device_ptr_mut(stream);
+        guards.push(g);
+        let buffers = sys::fi_cutlass_moe_buffers {
+            num_tokens: t as i32,
+            hidden_states: x as *const _,
+            expert_ids: ids as *const i32,
+            expert_scales: scales as *const f32,
+            fc1_weights: fc1 as *const _,
+            fc2_weights: fc2 as *const _,
+            output: out as *mut _,
+            workspace: scratch as *mut _,
+            workspace_bytes: self.scratch_bytes,
+        };
+        self.ctx.bind_to_thread()?;
+        // SAFETY: every pointer is device memory of the stream's context (checked above),
+        // sized for `t` tokens (check_batch) or for the layer (the weights, the workspace);
+        // the context is current; the guards keep memory and ordering alive until the call
+        // returns.
+        let status = unsafe {
+            sys::fi_cutlass_moe_run(self.raw.as_ptr(), &buffers, stream.cu_stream() as *mut _)
+        };
+        drop(guards);
+        check(status)
+    }
+
+    /// The stream in the weights' context, and every buffer in the stream's.
+    fn check_contexts<'s>(
+        &self,
+        stream: &Arc<CudaStream>,
+        buffers: impl IntoIterator<Item = (&'static str, &'s Arc<CudaStream>)>,
+    ) -> Result<()> {
+        if stream.context().cu_ctx() != self.ctx.cu_ctx() {
+            return Err(Error::ContextMismatch { arg: "weights" });
+        }
+        same_context(stream, buffers)
+    }
+
+    /// A workspace of this layer's sizes (one made by [`workspace`](Self::workspace) for a
+    /// layer of the same `max_tokens`, top-k and scratch size).
+    fn check_workspace(&self, w: &CutlassWorkspace) -> Result<()> {
+        let n = self.plan.routed_len();
+        if w.ids.len() < n || w.scales.len() < n || w.scratch.len() < self.scratch_bytes {
+            return Err(Error::invalid(
+                "workspace",
+                format!(
+                    "holds {} ids, {} scales and {} scratch bytes; this layer needs {n}, {n} \
+                     and {} (make it with this layer's workspace())",
+                    w.ids.len(),
+                    w.scales.len(),
+                    w.scratch.len(),
+                    self.scratch_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn routing_sizes(routing: &CutlassRouting<'_>) -> RoutingSizes {
+    match routing {
+        CutlassRouting::Logits { logits, bias } => RoutingSizes::Logits {
+            logits: logits.len(),
+            bias: bias.as_ref().map(Logits::len),
+        },
+        CutlassRouting::Precomputed { ids, scales } => RoutingSizes::Precomputed {
+            ids: ids.len(),
+            scales: scales.len(),
+        },
+    }
+}

@@ -1,0 +1,23 @@
+//! FlashInfer's CUTLASS fused MoE on Hopper (feature `sm90-moe`): a whole MoE layer on the
+//! H100/H200/H20/GH200 (sm_90), where the fused TRTLLM MoE ([`crate::fused`]) has no kernels.
+//!
+//! FlashInfer's `CutlassMoeFCRunner<bf16, bf16>` (TMA warp-specialised grouped GEMMs for
+//! sm_90a) takes precomputed expert ids and scales; here our [`TopKRouter`] computes them in
+//! the same call, so the ids written to `routing_replay_out` are, by construction, the ids the
+//! GEMMs consume. Layers:
+//! - [`CutlassMoe`] (`layer`): checked once by [`CutlassMoe::new`], called per batch by
+//!   [`CutlassMoe::forward`] (or [`CutlassMoe::forward_captured`] into a capture store);
+//! - `plan`: every rule on sizes, checked before any launch (tested on CPU).
+//!
+//! What is built (pruned to what this layer exposes, see flashinfer-sys's
+//! `build/cutlass_moe.rs`): bf16 activations and bf16 weights, SwiGLU (linear half first),
+//! no biases, one CTA tile (128x128x64, upstream's `FAST_BUILD`) per grouped GEMM and only the
+//! TMA warp-specialised tactics. Not built: fp8 block-scaled weights, other activations,
+//! LoRA, min-latency mode.
+//!
+//! [`TopKRouter`]: crate::routing::TopKRouter
+mod layer;
+mod plan;
+
+pub use layer::{CutlassBatch, CutlassMoe, CutlassRouting, CutlassWeights, CutlassWorkspace};
+pub use plan::CutlassMoeConfig;

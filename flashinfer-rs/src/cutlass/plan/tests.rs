@@ -1,0 +1,255 @@
+//! The CUTLASS MoE's size rules, on CPU: what a layer and a call accept and what they refuse
+//! (each refusal names its argument).
+
+use super::*;
+use crate::routing::{RoutingConfig, RoutingMethod};
+use crate::Error;
+
+fn config(e: u32, k: u32) -> CutlassMoeConfig {
+    CutlassMoeConfig {
+        routing: RoutingConfig::new(RoutingMethod::Renormalize, e, k),
+        hidden_size: 2048,
+        intermediate_size: 768,
+        max_tokens: 4096,
+    }
+}
+
+fn weights(c: &CutlassMoeConfig) -> (usize, usize) {
+    let l = c.routing.local_num_experts as usize;
+    let (h, i) = (c.hidden_size, c.intermediate_size);
+    (l * 2 * i * h, l * h * i)
+}
+
+fn plan(c: CutlassMoeConfig) -> Result<LayerPlan> {
+    let (a, b) = weights(&c);
+    plan_layer(c, a, b)
+}
+
+fn arg(e: Error) -> &'static str {
+    match e {
+        Error::InvalidArgument { arg, .. } => arg,
+        other => panic!("not an argument error: {other:?}"),
+    }
+}
+
+#[test]
+fn a_qwen3_layer_and_an_expert_parallel_rank_are_accepted() {
+    let p = plan(config(128, 8)).unwrap();
+    assert_eq!((p.ep_size, p.ep_rank), (1, 0));
+    assert_eq!(p.fc1_len(), 128 * 2 * 768 * 2048);
+    let c = CutlassMoeConfig {
+        routing: RoutingConfig::new(RoutingMethod::Renormalize, 256, 8).with_local_experts(192, 64),
+        ..config(256, 8)
+    };
+    let p = plan(c).unwrap();
+    assert_eq!((p.ep_size, p.ep_rank), (4, 3));
+}
+
+#[test]
+fn bad_layers_are_refused_naming_the_argument() {
+    let base = config(128, 8);
+    for (c, expect) in [
+        (
+            CutlassMoeConfig {
+                hidden_size: 0,
+                ..base
+            },
+            "hidden_size",
+        ),
+        (
+            CutlassMoeConfig {
+                hidden_size: 2000,
+                ..base
+            },
+            "hidden_size",
+        ),
+        (
+            CutlassMoeConfig {
+                hidden_size: 1 << 17,
+                ..base
+            },
+            "hidden_size",
+        ),
+        (
+            CutlassMoeConfig {
+                intermediate_size: 96,
+                ..base
+            },
+            "intermediate_size",
+        ),
+        (
+            CutlassMoeConfig {
+                max_tokens: 0,
+                ..base
+            },
+            "max_tokens",
+        ),
+        (
+            CutlassMoeConfig {
+                max_tokens: usize::MAX,
+                ..base
+            },
+            "max_tokens",
+        ),
+        // 2^24 tokens x 128 experts overflow the runner's int32 maps.
+        (
+            CutlassMoeConfig {
+                max_tokens: 1 << 24,
+                ..base
+            },
+            "max_tokens",
+        ),
+        (
+            CutlassMoeConfig {
+                routing: base.routing.with_local_experts(10, 30),
+                ..base
+            },
+            "routing",
+        ),
+        (
+            CutlassMoeConfig {
+                routing: base.routing.with_local_experts(16, 32),
+                ..base
+            },
+            "routing",
+        ),
+    ] {
+        let (a, b) = weights(&c);
+        assert_eq!(arg(plan_layer(c, a, b).unwrap_err()), expect, "{c:?}");
+    }
+    // top_k above num_experts is the routing config's own rule.
+    assert!(plan(config(8, 9)).is_err());
+    let (a, b) = weights(&base);
+    assert_eq!(arg(plan_layer(base, a - 1, b).unwrap_err()), "fc1");
+    assert_eq!(arg(plan_layer(base, a, b + 1).unwrap_err()), "fc2");
+    assert_eq!(arg(plan_layer(base, 0, 0).unwrap_err()), "fc1");
+}
+
+fn batch(t: usize, p: &LayerPlan) -> BatchSizes {
+    let (h, e, k) = (p.config.hidden_size, p.experts(), p.top_k());
+    BatchSizes {
+        num_tokens: t,
+        routing: RoutingSizes::Logits {
+            logits: t * e,
+            bias: None,
+        },
+        hidden_states: t * h,
+        output: t * h,
+        replay: Some((t, k)),
+        captured_weights: None,
+    }
+}
+
+#[test]
+fn calls_up_to_max_tokens_are_accepted_and_bad_ones_refused() {
+    let p = plan(config(128, 8)).unwrap();
+    for t in [0, 1, 7, 4096] {
+        check_batch(&p, &batch(t, &p)).unwrap();
+    }
+    let b = batch(64, &p);
+    for (b, expect) in [
+        (batch(4097, &p), "num_tokens"),
+        (
+            BatchSizes {
+                hidden_states: 64 * 2048 - 1,
+                ..b
+            },
+            "hidden_states",
+        ),
+        (BatchSizes { output: 0, ..b }, "output"),
+        (
+            BatchSizes {
+                routing: RoutingSizes::Logits {
+                    logits: 64 * 128 - 1,
+                    bias: None,
+                },
+                ..b
+            },
+            "logits",
+        ),
+        (
+            BatchSizes {
+                routing: RoutingSizes::Logits {
+                    logits: 64 * 128,
+                    bias: Some(128),
+                },
+                ..b
+            },
+            "bias",
+        ),
+        (
+            BatchSizes {
+                replay: Some((63, 8)),
+                ..b
+            },
+            "replay",
+        ),
+        (
+            BatchSizes {
+                replay: Some((64, 7)),
+                ..b
+            },
+            "replay",
+        ),
+        (
+            BatchSizes {
+                captured_weights: Some(64 * 8 - 1),
+                ..b
+            },
+            "views.weights",
+        ),
+        (
+            BatchSizes {
+                routing: RoutingSizes::Precomputed {
+                    ids: 64 * 8,
+                    scales: 64 * 8,
+                },
+                ..b
+            },
+            "routing_replay_out",
+        ),
+        (
+            BatchSizes {
+                routing: RoutingSizes::Precomputed {
+                    ids: 64 * 8 - 1,
+                    scales: 64 * 8,
+                },
+                replay: None,
+                ..b
+            },
+            "ids",
+        ),
+        (
+            BatchSizes {
+                routing: RoutingSizes::Precomputed {
+                    ids: 64 * 8,
+                    scales: 0,
+                },
+                replay: None,
+                ..b
+            },
+            "scales",
+        ),
+    ] {
+        assert_eq!(arg(check_batch(&p, &b).unwrap_err()), expect, "{b:?}");
+    }
+    let precomputed = BatchSizes {
+        routing: RoutingSizes::Precomputed {
+            ids: 64 * 8,
+            scales: 64 * 8,
+        },
+        replay: None,
+        ..b
+    };
+    check_batch(&p, &precomputed).unwrap();
+}
+
+#[test]
+fn sizes_that_overflow_are_refused_not_wrapped() {
+    let p = plan(config(128, 8)).unwrap();
+    let huge = BatchSizes {
+        num_tokens: usize::MAX,
+        ..batch(1, &p)
+    };
+    assert_eq!(arg(check_batch(&p, &huge).unwrap_err()), "num_tokens");
+}

@@ -1,0 +1,833 @@
+//! The CUTLASS fused MoE on Hopper (`cutlass::CutlassMoe`, feature `sm90-moe`) against the
+//! CPU reference MoE (`fused::oracle::moe`: upstream's test reference `run_moe_dequant`,
+//! SwiGLU with the linear half first, f32 on the bf16 weights) fed by the routing oracle
+//! (`oracle::route_topk`, the models' reference routers):
+//! - every routing method at 64 tokens x 128 experts, and Renormalize at token counts
+//!   {1, 7, 64, 257, 2048} x expert counts {8, 64, 128, 256}, plus a Qwen3-30B-A3B-sized layer:
+//!   output within bf16 tolerance, replay ids equal to the oracle's, spare rows untouched,
+//!   output bit-identical with and without replay;
+//! - expert parallelism: four ranks, each summing only its own experts, add up to the layer;
+//! - precomputed ids give the same output bit for bit;
+//! - a CUDA graph of three layers replayed with fresh inputs equals eager calls;
+//! - a capture store over a multi-step run with the layer in the loop (ids and weights);
+//! - bad inputs refused with typed errors before anything is launched.
+//!
+//! Off Hopper, or in a build without `sm90-moe`, the layer is refused with a typed error
+//! (checked here too).
+use flashinfer_rs::cutlass::{CutlassMoe, CutlassMoeConfig, CutlassWeights};
+use flashinfer_rs::half::bf16;
+use flashinfer_rs::routing::{RoutingConfig, RoutingMethod};
+use flashinfer_rs::Error;
+
+use crate::common::gpu;
+
+/// A layer for this machine: `Some` where the CUTLASS MoE runs; else the refusal is checked
+/// and `None` returned.
+fn layer_here<'w>(
+    cfg: CutlassMoeConfig,
+    weights: CutlassWeights<'w>,
+    test: &str,
+) -> Option<CutlassMoe<'w>> {
+    let got = CutlassMoe::new(cfg, weights);
+    let build = flashinfer_rs::build_info();
+    let ctx = flashinfer_rs::cudarc::driver::CudaContext::new(0).unwrap();
+    let device = flashinfer_rs::device_info(&ctx).unwrap();
+    match got {
+        Ok(layer) => {
+            assert!(build.cutlass_moe && device.cutlass_moe_supported);
+            Some(layer)
+        }
+        Err(Error::KernelsNotBuilt) if !build.cutlass_moe => {
+            assert!(
+                std::env::var("FLASHINFER_RS_REQUIRE_CUTLASS_MOE").is_err(),
+                "{test}: FLASHINFER_RS_REQUIRE_CUTLASS_MOE is set but this build has no sm90-moe"
+            );
+            eprintln!("skipped: {test}: built without sm90-moe (refused as KernelsNotBuilt)");
+            None
+        }
+        Err(Error::UnsupportedArch(m)) if !device.cutlass_moe_supported => {
+            eprintln!("skipped: {test}: not a Hopper GPU (refused: {m})");
+            None
+        }
+        Err(e) => panic!("{test}: unexpected refusal {e:?}"),
+    }
+}
+
+/// Every layer-building test first checks the machine, with tiny weights.
+#[test]
+fn the_layer_is_built_here_or_refused_with_a_typed_error() {
+    let test = "cutlass_moe::the_layer_is_built_here_or_refused_with_a_typed_error";
+    let Some(g) = gpu(test) else {
+        return;
+    };
+    let cfg = CutlassMoeConfig {
+        routing: RoutingConfig::new(RoutingMethod::Renormalize, 8, 2),
+        hidden_size: 64,
+        intermediate_size: 64,
+        max_tokens: 4,
+    };
+    let fc1 = g.stream.alloc_zeros::<bf16>(8 * 2 * 64 * 64).unwrap();
+    let fc2 = g.stream.alloc_zeros::<bf16>(8 * 64 * 64).unwrap();
+    let weights = CutlassWeights {
+        fc1: fc1.as_view(),
+        fc2: fc2.as_view(),
+    };
+    let layer = layer_here(cfg, weights, test);
+    if let Some(layer) = &layer {
+        let (a, b) = layer.tactic_counts().unwrap();
+        eprintln!("{test}: {a} GEMM 1 and {b} GEMM 2 TMA warp-specialised tactics");
+        assert!(a > 0 && b > 0);
+    }
+}
+
+#[cfg(feature = "sm90-moe")]
+mod on_hopper {
+    use std::sync::Arc;
+
+    use flashinfer_rs::capture::{CaptureConfig, CaptureStore, StepLayout};
+    use flashinfer_rs::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    use flashinfer_rs::cudarc::driver::{CudaSlice, CudaStream};
+    use flashinfer_rs::cutlass::{
+        CutlassBatch, CutlassMoe, CutlassMoeConfig, CutlassRouting, CutlassWeights,
+        CutlassWorkspace,
+    };
+    use flashinfer_rs::fused::oracle::{self as moe_oracle, ActivationRounding, ExpertWeights};
+    use flashinfer_rs::fused::Activation;
+    use flashinfer_rs::half::bf16;
+    use flashinfer_rs::routing::oracle::{self, Regime, SplitMix64};
+    use flashinfer_rs::routing::{RoutingConfig, RoutingMethod};
+    use flashinfer_rs::{Error, ReplayView};
+
+    use super::layer_here;
+    use crate::common::{gpu, Gpu};
+    use crate::degenerate::one_per_method;
+    use crate::routing::{case_data_for, CaseData, DeviceInputs, SENTINEL, SPARE_ROWS};
+
+    /// bf16 tolerance of one output element (the kernels round GEMM 1's output and the
+    /// activation to bf16, the reference does not): `|ref - out| <= 0.02 + 0.02 |out|`.
+    const ATOL: f32 = 0.02;
+    const RTOL: f32 = 0.02;
+
+    /// Uniform in `[-scale, scale)`, bf16-exact.
+    fn values(rng: &mut SplitMix64, n: usize, scale: f32) -> Vec<f32> {
+        (0..n)
+            .map(|_| bf16::from_f32((rng.unit() as f32 * 2.0 - 1.0) * scale).to_f32())
+            .collect()
+    }
+
+    fn upload(g: &Gpu, v: &[f32]) -> CudaSlice<bf16> {
+        let b: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
+        g.stream.clone_htod(&b).unwrap()
+    }
+
+    /// Expert weights of `local` experts, host (f32) and device (bf16).
+    struct Weights {
+        host: ExpertWeights,
+        fc1: CudaSlice<bf16>,
+        fc2: CudaSlice<bf16>,
+    }
+
+    fn weights(g: &Gpu, local: usize, h: usize, i: usize, seed: u64) -> Weights {
+        let mut rng = SplitMix64(seed);
+        // Scaled so every GEMM output stays O(1).
+        let w1 = values(&mut rng, local * 2 * i * h, 2.0 / (h as f32).sqrt());
+        let w2 = values(&mut rng, local * h * i, 2.0 / (i as f32).sqrt());
+        Weights {
+            fc1: upload(g, &w1),
+            fc2: upload(g, &w2),
+            host: ExpertWeights { w1, w2 },
+        }
+    }
+
+    impl Weights {
+        fn views(&self) -> CutlassWeights<'_> {
+            CutlassWeights {
+                fc1: self.fc1.as_view(),
+                fc2: self.fc2.as_view(),
+            }
+        }
+    }
+
+    fn config(routing: RoutingConfig, h: usize, i: usize, max_tokens: usize) -> CutlassMoeConfig {
+        CutlassMoeConfig {
+            routing,
+            hidden_size: h,
+            intermediate_size: i,
+            max_tokens,
+        }
+    }
+
+    /// The reference output of `case` (its oracle routing) over the local experts.
+    fn reference(cfg: &CutlassMoeConfig, d: &CaseData, x: &[f32], w: &ExpertWeights) -> Vec<f32> {
+        let r = &cfg.routing;
+        let p = moe_oracle::ReferenceProblem {
+            num_tokens: d.tokens,
+            hidden_size: cfg.hidden_size,
+            intermediate_size: cfg.intermediate_size,
+            top_k: r.top_k as usize,
+            local_expert_offset: r.local_expert_offset as usize,
+            local_num_experts: r.local_num_experts as usize,
+            activation: Activation::Swiglu,
+            routing_scales_on_input: false,
+        };
+        let ids: Vec<usize> = d.want.ids.iter().map(|&e| e as usize).collect();
+        moe_oracle::moe(&p, x, &ids, &d.want.weights, w, ActivationRounding::Bf16)
+    }
+
+    /// What one forward call wrote, downloaded.
+    #[derive(PartialEq)]
+    struct Outcome {
+        output: Vec<u16>,
+        replay: Option<Vec<i16>>,
+    }
+
+    fn forward(
+        g: &Gpu,
+        layer: &CutlassMoe<'_>,
+        ws: &mut CutlassWorkspace,
+        inputs: &DeviceInputs,
+        x: &CudaSlice<bf16>,
+        tokens: usize,
+        with_replay: bool,
+    ) -> Result<Outcome, Error> {
+        let (h, k) = (
+            layer.config().hidden_size,
+            layer.config().routing.top_k as usize,
+        );
+        let mut out = g
+            .stream
+            .clone_htod(&vec![bf16::NAN; tokens.max(1) * h])
+            .unwrap();
+        let mut replay = g
+            .stream
+            .clone_htod(&vec![SENTINEL; (tokens + SPARE_ROWS) * k])
+            .unwrap();
+        let mut view = ReplayView::from_slice(&mut replay, k).unwrap();
+        let input = inputs.input(tokens);
+        let batch = CutlassBatch {
+            num_tokens: tokens,
+            routing: CutlassRouting::Logits {
+                logits: input.logits,
+                bias: input.bias,
+            },
+            hidden_states: x.as_view(),
+        };
+        layer.forward(
+            &g.stream,
+            batch,
+            &mut out.as_view_mut(),
+            ws,
+            with_replay.then_some(&mut view),
+        )?;
+        Ok(Outcome {
+            output: g.stream.clone_dtoh(&out).unwrap()[..tokens * h]
+                .iter()
+                .map(|v| v.to_bits())
+                .collect(),
+            replay: with_replay.then(|| g.stream.clone_dtoh(&replay).unwrap()),
+        })
+    }
+
+    fn to_f32(bits: &[u16]) -> Vec<f32> {
+        bits.iter().map(|&b| bf16::from_bits(b).to_f32()).collect()
+    }
+
+    /// One case: routed from logits with and without replay. `None` when the output is the
+    /// reference's, the replay ids are the oracle's with the spare rows untouched, and both
+    /// calls wrote the same bits.
+    fn verdict(
+        g: &Gpu,
+        cfg: &CutlassMoeConfig,
+        w: &Weights,
+        d: &CaseData,
+        seed: u64,
+    ) -> Option<String> {
+        let layer = CutlassMoe::new(*cfg, w.views()).unwrap();
+        let mut ws = layer.workspace(&g.stream).unwrap();
+        let x_host = values(&mut SplitMix64(seed), d.tokens * cfg.hidden_size, 1.0);
+        let x = upload(g, &x_host);
+        let inputs = DeviceInputs::upload(&g.stream, d);
+        let with = forward(g, &layer, &mut ws, &inputs, &x, d.tokens, true).unwrap();
+        let without = forward(g, &layer, &mut ws, &inputs, &x, d.tokens, false).unwrap();
+        if with.output != without.output {
+            return Some("output differs with and without replay".into());
+        }
+        let k = cfg.routing.top_k as usize;
+        let replay = with.replay.as_ref().unwrap();
+        if replay[d.tokens * k..].iter().any(|&v| v != SENTINEL) {
+            return Some("a replay row past num_tokens was written".into());
+        }
+        if replay[..d.tokens * k] != d.want.ids[..] {
+            return Some("replay ids differ from the oracle's".into());
+        }
+        let want = reference(cfg, d, &x_host, &w.host);
+        moe_oracle::check_accuracy(&want, &to_f32(&with.output), ATOL, RTOL, 1.0).err()
+    }
+
+    fn report(test: &str, passed: usize, failures: Vec<String>) {
+        eprintln!("{test}: {passed} cases passed, {} failed", failures.len());
+        assert!(failures.is_empty(), "{}", failures.join("\n"));
+    }
+
+    fn case(cfg: &RoutingConfig, tokens: usize, seed: u64) -> CaseData {
+        case_data_for(
+            oracle::route_topk,
+            cfg,
+            Regime::Separated,
+            tokens,
+            true,
+            seed,
+        )
+    }
+
+    #[test]
+    fn every_routing_method_matches_the_reference() {
+        let test = "cutlass_moe::every_routing_method_matches_the_reference";
+        let Some(g) = gpu(test) else { return };
+        let (h, i) = (256, 128);
+        let w = weights(&g, 128, h, i, 1);
+        if layer_here(
+            config(
+                RoutingConfig::new(RoutingMethod::Renormalize, 128, 8),
+                h,
+                i,
+                64,
+            ),
+            w.views(),
+            test,
+        )
+        .is_none()
+        {
+            return;
+        }
+        let (mut passed, mut failures) = (0, Vec::new());
+        for (n, routing) in one_per_method().into_iter().enumerate() {
+            let cfg = config(routing, h, i, 64);
+            let d = case(&routing, 64, 100 + n as u64);
+            match verdict(&g, &cfg, &w, &d, n as u64) {
+                None => passed += 1,
+                Some(why) => failures.push(format!("{}: {why}", routing.method.name())),
+            }
+        }
+        report(test, passed, failures);
+    }
+
+    #[test]
+    fn token_and_expert_counts_match_the_reference() {
+        let test = "cutlass_moe::token_and_expert_counts_match_the_reference";
+        let Some(g) = gpu(test) else { return };
+        let (h, i) = (256, 128);
+        let (mut passed, mut failures) = (0, Vec::new());
+        for (e, k) in [(8, 2), (64, 6), (128, 8), (256, 8)] {
+            let w = weights(&g, e, h, i, e as u64);
+            let routing = RoutingConfig::new(RoutingMethod::Renormalize, e as u32, k);
+            if layer_here(config(routing, h, i, 1), w.views(), test).is_none() {
+                return;
+            }
+            for t in [1, 7, 64, 257, 2048] {
+                let cfg = config(routing, h, i, t.max(64));
+                let d = case(&routing, t, (e * 10_000 + t) as u64);
+                match verdict(&g, &cfg, &w, &d, t as u64) {
+                    None => passed += 1,
+                    Some(why) => failures.push(format!("E={e} K={k} T={t}: {why}")),
+                }
+            }
+        }
+        report(test, passed, failures);
+    }
+
+    #[test]
+    fn a_qwen3_sized_layer_matches_the_reference() {
+        let test = "cutlass_moe::a_qwen3_sized_layer_matches_the_reference";
+        let Some(g) = gpu(test) else { return };
+        let (h, i) = (2048, 768);
+        let w = weights(&g, 128, h, i, 3);
+        let routing = RoutingConfig::new(RoutingMethod::Renormalize, 128, 8);
+        if layer_here(config(routing, h, i, 64), w.views(), test).is_none() {
+            return;
+        }
+        let d = case(&routing, 64, 3);
+        let why = verdict(&g, &config(routing, h, i, 64), &w, &d, 3);
+        report(test, why.is_none() as usize, why.into_iter().collect());
+    }
+
+    /// Four ranks of 32 experts each: every rank's output is the reference over its own
+    /// experts, and the four add up to the whole layer's (within bf16 rounding of each).
+    #[test]
+    fn expert_parallel_ranks_sum_only_their_experts() {
+        let test = "cutlass_moe::expert_parallel_ranks_sum_only_their_experts";
+        let Some(g) = gpu(test) else { return };
+        let (e, k, h, i, t) = (128u32, 8u32, 256, 128, 257);
+        let all = weights(&g, e as usize, h, i, 11);
+        let full = RoutingConfig::new(RoutingMethod::Renormalize, e, k);
+        if layer_here(config(full, h, i, t), all.views(), test).is_none() {
+            return;
+        }
+        let d = case(&full, t, 12);
+        let x_host = values(&mut SplitMix64(13), t * h, 1.0);
+        let x = upload(&g, &x_host);
+        let inputs = DeviceInputs::upload(&g.stream, &d);
+        let mut sum = vec![0f32; t * h];
+        let (mut passed, mut failures) = (0, Vec::new());
+        let per = (e / 4) as usize;
+        for rank in 0..4 {
+            // This rank's slice of every expert tensor.
+            let host = ExpertWeights {
+                w1: all.host.w1[rank * per * 2 * i * h..(rank + 1) * per * 2 * i * h].to_vec(),
+                w2: all.host.w2[rank * per * h * i..(rank + 1) * per * h * i].to_vec(),
+            };
+            let w = Weights {
+                fc1: upload(&g, &host.w1),
+                fc2: upload(&g, &host.w2),
+                host,
+            };
+            let routing = full.with_local_experts((rank * per) as u32, per as u32);
+            let cfg = config(routing, h, i, t);
+            let layer = CutlassMoe::new(cfg, w.views()).unwrap();
+            let mut ws = layer.workspace(&g.stream).unwrap();
+            let got = forward(&g, &layer, &mut ws, &inputs, &x, t, true).unwrap();
+            let out = to_f32(&got.output);
+            let want = reference(&cfg, &d, &x_host, &w.host);
+            match moe_oracle::check_accuracy(&want, &out, ATOL, RTOL, 1.0) {
+                Ok(_) => passed += 1,
+                Err(why) => failures.push(format!("rank {rank}: {why}")),
+            }
+            sum.iter_mut().zip(&out).for_each(|(s, o)| *s += o);
+        }
+        let layer = CutlassMoe::new(config(full, h, i, t), all.views()).unwrap();
+        let mut ws = layer.workspace(&g.stream).unwrap();
+        let whole = to_f32(
+            &forward(&g, &layer, &mut ws, &inputs, &x, t, false)
+                .unwrap()
+                .output,
+        );
+        match moe_oracle::check_accuracy(&whole, &sum, 2.0 * ATOL, 2.0 * RTOL, 1.0) {
+            Ok(_) => passed += 1,
+            Err(why) => failures.push(format!("sum of ranks vs the whole layer: {why}")),
+        }
+        report(test, passed, failures);
+    }
+
+    /// The ids and weights the router wrote, handed back as precomputed routing, give the
+    /// same output bit for bit.
+    #[test]
+    fn precomputed_ids_give_the_same_output() {
+        let test = "cutlass_moe::precomputed_ids_give_the_same_output";
+        let Some(g) = gpu(test) else { return };
+        let (h, i, t) = (256, 128, 64);
+        let routing = RoutingConfig::new(RoutingMethod::Renormalize, 64, 6);
+        let w = weights(&g, 64, h, i, 21);
+        let Some(layer) = layer_here(config(routing, h, i, t), w.views(), test) else {
+            return;
+        };
+        let mut ws = layer.workspace(&g.stream).unwrap();
+        let d = case(&routing, t, 22);
+        let x = upload(&g, &values(&mut SplitMix64(23), t * h, 1.0));
+        let inputs = DeviceInputs::upload(&g.stream, &d);
+        let routed = forward(&g, &layer, &mut ws, &inputs, &x, t, false).unwrap();
+        let ids: Vec<i32> = d.want.ids.iter().map(|&e| i32::from(e)).collect();
+        let scales = oracle_weights_as_router_wrote(&g, &layer, &inputs, t);
+        let ids = g.stream.clone_htod(&ids).unwrap();
+        let scales = g.stream.clone_htod(&scales).unwrap();
+        let mut out = g.stream.alloc_zeros::<bf16>(t * h).unwrap();
+        let batch = CutlassBatch {
+            num_tokens: t,
+            routing: CutlassRouting::Precomputed {
+                ids: ids.as_view(),
+                scales: scales.as_view(),
+            },
+            hidden_states: x.as_view(),
+        };
+        layer
+            .forward(&g.stream, batch, &mut out.as_view_mut(), &mut ws, None)
+            .unwrap();
+        let given: Vec<u16> = g
+            .stream
+            .clone_dtoh(&out)
+            .unwrap()
+            .iter()
+            .map(|v| v.to_bits())
+            .collect();
+        assert!(given == routed.output, "{test}: outputs differ");
+        eprintln!("{test}: 1 case passed");
+    }
+
+    /// The fp32 weights the layer's router writes for `t` tokens (the same router, run alone).
+    fn oracle_weights_as_router_wrote(
+        g: &Gpu,
+        layer: &CutlassMoe<'_>,
+        inputs: &DeviceInputs,
+        t: usize,
+    ) -> Vec<f32> {
+        let router = flashinfer_rs::routing::TopKRouter::new(layer.config().routing).unwrap();
+        let k = layer.config().routing.top_k as usize;
+        let mut wf = g.stream.alloc_zeros::<f32>(t * k).unwrap();
+        let mut out = flashinfer_rs::routing::TopKOutputs {
+            ids: None,
+            weights_f32: Some(wf.as_view_mut()),
+            weights_bf16: None,
+        };
+        let mut replay = g.stream.alloc_zeros::<i16>(t * k).unwrap();
+        let mut view = ReplayView::from_slice(&mut replay, k).unwrap();
+        router
+            .route(&g.stream, &inputs.input(t), &mut out, Some(&mut view))
+            .unwrap();
+        g.stream.clone_dtoh(&wf).unwrap()
+    }
+
+    /// Three layers captured in one CUDA graph (each layer's output feeds the next), replayed
+    /// after fresh hidden states and logits are copied into its fixed inputs: every replay
+    /// equals the same three calls made eagerly.
+    #[test]
+    fn a_graph_of_layers_replays_with_fresh_inputs() {
+        let test = "cutlass_moe::a_graph_of_layers_replays_with_fresh_inputs";
+        let Some(g) = gpu(test) else { return };
+        let (h, i, t, layers) = (256, 128, 57, 3);
+        let routing = RoutingConfig::new(RoutingMethod::Renormalize, 64, 6);
+        let ws_host: Vec<Weights> = (0..layers)
+            .map(|l| weights(&g, 64, h, i, 40 + l as u64))
+            .collect();
+        if layer_here(config(routing, h, i, t), ws_host[0].views(), test).is_none() {
+            return;
+        }
+        let moes: Vec<CutlassMoe<'_>> = ws_host
+            .iter()
+            .map(|w| CutlassMoe::new(config(routing, h, i, t), w.views()).unwrap())
+            .collect();
+        let mut spaces: Vec<CutlassWorkspace> = moes
+            .iter()
+            .map(|m| m.workspace(&g.stream).unwrap())
+            .collect();
+        // Fixed graph inputs: hidden states, per-layer logits, and per-layer outputs.
+        let mut x = g.stream.alloc_zeros::<bf16>(t * h).unwrap();
+        let mut logits: Vec<CudaSlice<bf16>> = (0..layers)
+            .map(|_| g.stream.alloc_zeros::<bf16>(t * 64).unwrap())
+            .collect();
+        let mut outs: Vec<CudaSlice<bf16>> = (0..layers)
+            .map(|_| g.stream.alloc_zeros::<bf16>(t * h).unwrap())
+            .collect();
+        let run_all = |x: &CudaSlice<bf16>,
+                       logits: &[CudaSlice<bf16>],
+                       outs: &mut [CudaSlice<bf16>],
+                       spaces: &mut [CutlassWorkspace],
+                       stream: &Arc<CudaStream>| {
+            for l in 0..layers {
+                let (done, rest) = outs.split_at_mut(l);
+                let input = if l == 0 { x } else { &done[l - 1] };
+                let batch = CutlassBatch {
+                    num_tokens: t,
+                    routing: CutlassRouting::Logits {
+                        logits: (&logits[l]).into(),
+                        bias: None,
+                    },
+                    hidden_states: input.as_view(),
+                };
+                moes[l]
+                    .forward(
+                        stream,
+                        batch,
+                        &mut rest[0].as_view_mut(),
+                        &mut spaces[l],
+                        None,
+                    )
+                    .unwrap();
+            }
+        };
+        // Warm-up (the runner's first call may set up state) before capture.
+        run_all(&x, &logits, &mut outs, &mut spaces, &g.stream);
+        g.stream.synchronize().unwrap();
+        // cudarc's per-buffer events cannot be recorded into a graph (see the crate docs).
+        unsafe { g.ctx.disable_event_tracking() };
+        g.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .unwrap();
+        run_all(&x, &logits, &mut outs, &mut spaces, &g.stream);
+        let graph = g
+            .stream
+            .end_capture(CUgraphInstantiate_flags(0))
+            .unwrap()
+            .expect("a graph");
+        let mut eager_outs: Vec<CudaSlice<bf16>> = (0..layers)
+            .map(|_| g.stream.alloc_zeros::<bf16>(t * h).unwrap())
+            .collect();
+        let mut eager_spaces: Vec<CutlassWorkspace> = moes
+            .iter()
+            .map(|m| m.workspace(&g.stream).unwrap())
+            .collect();
+        for replay in 0..5u64 {
+            let mut rng = SplitMix64(1000 + replay);
+            let xv: Vec<bf16> = values(&mut rng, t * h, 1.0)
+                .into_iter()
+                .map(bf16::from_f32)
+                .collect();
+            g.stream.memcpy_htod(&xv, &mut x).unwrap();
+            for l in logits.iter_mut() {
+                let lv: Vec<bf16> = values(&mut rng, t * 64, 4.0)
+                    .into_iter()
+                    .map(bf16::from_f32)
+                    .collect();
+                g.stream.memcpy_htod(&lv, l).unwrap();
+            }
+            graph.launch().unwrap();
+            let graphed: Vec<Vec<bf16>> = outs
+                .iter()
+                .map(|o| g.stream.clone_dtoh(o).unwrap())
+                .collect();
+            run_all(&x, &logits, &mut eager_outs, &mut eager_spaces, &g.stream);
+            for l in 0..layers {
+                let eager = g.stream.clone_dtoh(&eager_outs[l]).unwrap();
+                let same = eager
+                    .iter()
+                    .zip(&graphed[l])
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{test}: replay {replay} layer {l} differs from the eager call"
+                );
+            }
+        }
+        unsafe { g.ctx.enable_event_tracking() };
+        eprintln!("{test}: 5 replays of {layers} layers equal the eager calls");
+    }
+
+    /// A serving loop: 40 steps of random token counts, three layers each routed into a
+    /// capture store's views (ids and weights) inside the layer; every collected row equals
+    /// the oracle's routing of that step's logits.
+    #[test]
+    fn a_capture_store_records_the_routing_the_layers_used() {
+        let test = "cutlass_moe::a_capture_store_records_the_routing_the_layers_used";
+        let Some(g) = gpu(test) else { return };
+        let (h, i, max_t, layers, steps) = (256, 128, 96, 3, 40);
+        let routing = RoutingConfig::new(RoutingMethod::Renormalize, 64, 6);
+        let k = 6;
+        let w = weights(&g, 64, h, i, 60);
+        let Some(layer) = layer_here(config(routing, h, i, max_t), w.views(), test) else {
+            return;
+        };
+        let mut ws = layer.workspace(&g.stream).unwrap();
+        let mut store = CaptureStore::new(
+            &g.stream,
+            CaptureConfig {
+                moe_layers: layers,
+                max_tokens: max_t,
+                top_k: k,
+                readback_buffers: 3,
+                layer_map: None,
+                capture_weights: true,
+            },
+        )
+        .unwrap();
+        let x = upload(&g, &values(&mut SplitMix64(61), max_t * h, 1.0));
+        let mut out = g.stream.alloc_zeros::<bf16>(max_t * h).unwrap();
+        let mut rng = SplitMix64(62);
+        let mut wanted = std::collections::VecDeque::new();
+        let mut checked = 0;
+        for step in 0..steps {
+            let t = 1 + rng.below(max_t);
+            let cases: Vec<CaseData> = (0..layers)
+                .map(|l| case(&routing, t, (step * 10 + l) as u64 + 7000))
+                .collect();
+            store.begin_step(&g.stream, StepLayout::single(t)).unwrap();
+            for (l, d) in cases.iter().enumerate() {
+                let inputs = DeviceInputs::upload(&g.stream, d);
+                let input = inputs.input(t);
+                let batch = CutlassBatch {
+                    num_tokens: t,
+                    routing: CutlassRouting::Logits {
+                        logits: input.logits,
+                        bias: None,
+                    },
+                    hidden_states: x.as_view(),
+                };
+                let views = store.layer_views(l).unwrap();
+                layer
+                    .forward_captured(&g.stream, batch, &mut out.as_view_mut(), &mut ws, views)
+                    .unwrap();
+            }
+            store.end_step(&g.stream).unwrap();
+            wanted.push_back(cases);
+            while let Some(got) = store.collect().unwrap() {
+                let cases = wanted.pop_front().unwrap();
+                let rows = &got.rows;
+                let weights = rows.weights.as_ref().expect("weights captured");
+                assert_eq!(rows.tokens, cases[0].tokens, "step {}", got.step);
+                for r in 0..rows.tokens {
+                    for (l, d) in cases.iter().enumerate() {
+                        let at = (r * layers + l) * k;
+                        assert_eq!(
+                            &rows.ids[at..at + k],
+                            &d.want.ids[r * k..(r + 1) * k],
+                            "step {} row {r} layer {l}",
+                            got.step
+                        );
+                        for j in 0..k {
+                            assert!(
+                                crate::routing::weight_matches(
+                                    weights[at + j],
+                                    d.want.weights[r * k + j]
+                                ),
+                                "step {} row {r} layer {l}: weight {} vs {}",
+                                got.step,
+                                weights[at + j],
+                                d.want.weights[r * k + j]
+                            );
+                        }
+                    }
+                }
+                checked += 1;
+            }
+        }
+        g.stream.synchronize().unwrap();
+        while let Some(got) = store.collect().unwrap() {
+            let cases = wanted.pop_front().unwrap();
+            assert_eq!(got.rows.tokens, cases[0].tokens);
+            checked += 1;
+        }
+        assert_eq!(checked, steps, "{test}: every step collected");
+        eprintln!("{test}: {steps} steps x {layers} layers captured and checked");
+    }
+
+    /// Refusals before any launch: the output keeps its sentinel.
+    #[test]
+    fn bad_calls_are_refused_before_launch() {
+        let test = "cutlass_moe::bad_calls_are_refused_before_launch";
+        let Some(g) = gpu(test) else { return };
+        let (h, i, t) = (256, 128, 16);
+        let routing = RoutingConfig::new(RoutingMethod::Renormalize, 64, 6);
+        let w = weights(&g, 64, h, i, 80);
+        let Some(layer) = layer_here(config(routing, h, i, t), w.views(), test) else {
+            return;
+        };
+        let mut ws = layer.workspace(&g.stream).unwrap();
+        let d = case(&routing, t, 81);
+        let inputs = DeviceInputs::upload(&g.stream, &d);
+        let x = upload(&g, &values(&mut SplitMix64(82), t * h, 1.0));
+        let short_x = g.stream.alloc_zeros::<bf16>(t * h - 1).unwrap();
+        let mut out = g
+            .stream
+            .clone_htod(&vec![bf16::from_f32(7.0); t * h])
+            .unwrap();
+        let other = CutlassMoe::new(config(routing, h, i, 2 * t), w.views()).unwrap();
+        let mut big_ws = other.workspace(&g.stream).unwrap();
+        let small = CutlassMoe::new(config(routing, h, i, 1), w.views()).unwrap();
+        let mut small_ws = small.workspace(&g.stream).unwrap();
+        let mut refused = 0;
+        let mut expect = |got: Result<(), Error>, arg: &str| match got {
+            Err(Error::InvalidArgument { arg: a, .. }) if a == arg => refused += 1,
+            other => panic!("{test}: expected `{arg}` refused, got {other:?}"),
+        };
+        fn batch<'a>(
+            inputs: &'a DeviceInputs,
+            tokens: usize,
+            x: &'a CudaSlice<bf16>,
+        ) -> CutlassBatch<'a> {
+            let input = inputs.input(tokens);
+            CutlassBatch {
+                num_tokens: tokens,
+                routing: CutlassRouting::Logits {
+                    logits: input.logits,
+                    bias: input.bias,
+                },
+                hidden_states: x.as_view(),
+            }
+        }
+        let batch = |tokens, x| batch(&inputs, tokens, x);
+        expect(
+            layer.forward(
+                &g.stream,
+                batch(t + 1, &x),
+                &mut out.as_view_mut(),
+                &mut ws,
+                None,
+            ),
+            "num_tokens",
+        );
+        expect(
+            layer.forward(
+                &g.stream,
+                batch(t, &short_x),
+                &mut out.as_view_mut(),
+                &mut ws,
+                None,
+            ),
+            "hidden_states",
+        );
+        expect(
+            layer.forward(
+                &g.stream,
+                batch(t, &x),
+                &mut out.slice_mut(..t * h - 1),
+                &mut ws,
+                None,
+            ),
+            "output",
+        );
+        expect(
+            layer.forward(
+                &g.stream,
+                batch(t, &x),
+                &mut out.as_view_mut(),
+                &mut small_ws,
+                None,
+            ),
+            "workspace",
+        );
+        let mut replay = g.stream.alloc_zeros::<i16>((t - 1) * 6).unwrap();
+        let mut view = ReplayView::from_slice(&mut replay, 6).unwrap();
+        expect(
+            layer.forward(
+                &g.stream,
+                batch(t, &x),
+                &mut out.as_view_mut(),
+                &mut ws,
+                Some(&mut view),
+            ),
+            "replay",
+        );
+        // A bigger layer's workspace serves a smaller one.
+        layer
+            .forward(
+                &g.stream,
+                batch(t, &x),
+                &mut out.as_view_mut(),
+                &mut big_ws,
+                None,
+            )
+            .unwrap();
+        // Sizes a layer refuses at construction.
+        let mut fresh = g
+            .stream
+            .clone_htod(&vec![bf16::from_f32(7.0); t * h])
+            .unwrap();
+        expect(
+            layer.forward(
+                &g.stream,
+                batch(t + 1, &x),
+                &mut fresh.as_view_mut(),
+                &mut ws,
+                None,
+            ),
+            "num_tokens",
+        );
+        for bad in [
+            config(routing, 200, i, t),
+            config(routing, h, 0, t),
+            config(routing.with_local_experts(8, 24), h, i, t),
+        ] {
+            assert!(
+                matches!(
+                    CutlassMoe::new(bad, w.views()),
+                    Err(Error::InvalidArgument { .. })
+                ),
+                "{bad:?}"
+            );
+            refused += 1;
+        }
+        let kept = g.stream.clone_dtoh(&fresh).unwrap();
+        assert!(
+            kept.iter().all(|v| v.to_f32() == 7.0),
+            "{test}: a refused call wrote the output"
+        );
+        eprintln!("{test}: {refused} bad calls refused with typed errors");
+    }
+}

@@ -32,8 +32,8 @@ cargo bench --features "$features" --no-run --message-format=json "$@" \
 import json, sys
 for line in sys.stdin:
     msg = json.loads(line)
-    if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["target"]["name"] == "moe_routing":
-        print(msg["executable"])' | while read -r exe; do cp "$exe" gpu-pack/bin/moe_routing; done
+    if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["target"]["name"] in ("moe_routing", "moe_layer"):
+        print(msg["target"]["name"], msg["executable"])' | while read -r name exe; do cp "$exe" gpu-pack/bin/"$name"; done
 for ex in flashinfer-rs/examples/*.rs; do
   name=$(basename "$ex" .rs)
   cp "target/release/examples/$name" gpu-pack/bin/
@@ -63,11 +63,15 @@ chmod +x gpu-pack/run.sh
 cat > gpu-pack/bench.sh <<'RUN'
 #!/usr/bin/env bash
 # Runs the benchmarks and prints BENCHMARKS.md's tables (optionally one section:
-# replay | capture | readback | peers | host | topk).
+# replay | capture | readback | peers | host | topk | layer, the last the Hopper MoE layer
+# of a pack built with sm90-moe).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader || true
-"$here/bin/moe_routing" "$@"
+if [ "${1:-}" != layer ]; then "$here/bin/moe_routing" "$@"; fi
+if [ -z "${1:-}" ] || [ "${1:-}" = layer ]; then
+  if [ -x "$here/bin/moe_layer" ]; then "$here/bin/moe_layer"; else echo "(no moe_layer bench: pack built without sm90-moe)"; fi
+fi
 RUN
 chmod +x gpu-pack/bench.sh
 cat > gpu-pack/ranks.sh <<'RUN'

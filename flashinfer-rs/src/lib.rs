@@ -28,6 +28,7 @@
 //! | [`routing`]: every 0.6.13 routing method with replay, our numeric fixes, CPU oracle | yes (`sm90`; tested on H100/H200) | built (`sm100`); not run (no Blackwell available to us) | [`Error::KernelsNotBuilt`] (the oracle works) |
 //! | [`capture`]: zero-copy layer store, async readback, layouts, per-request assembly, vLLM/SGLang export, KV-slot store | yes (tested on H100/H200) | yes | host side only |
 //! | [`fused`]: [`FusedMoe`](fused::FusedMoe) layers of the four precisions (upstream's `trtllm_*_moe`) and the tactic query | [`Error::UnsupportedArch`], nothing launched | built and linked (`sm100`); not run yet | [`Error::KernelsNotBuilt`] |
+//! | [`cutlass`]: [`CutlassMoe`](cutlass::CutlassMoe), a bf16 MoE layer (FlashInfer's CUTLASS fused MoE behind the top-k router) with replay and capture | yes (`sm90-moe`; tested on H200) | [`Error::UnsupportedArch`] (its GEMMs are sm_90a code) | [`Error::KernelsNotBuilt`] |
 //! | [`build_info`], [`device_info`] | yes | yes | build info only |
 //!
 //! # Features and the build
@@ -37,6 +38,8 @@
 //!   sources (and, if you have no CUDA >= 12.9, nvcc from PyPI) once with
 //!   `python3 <flashinfer-sys>/vendor/fetch.py all`; a missing tree fails the build with that
 //!   command. Compiled objects are cached (`~/.cache/flashinfer-rs/objects`).
+//! - `sm90-moe`: `sm90` plus FlashInfer's CUTLASS fused MoE for Hopper ([`cutlass`]), from its
+//!   own fetched tree (the same `fetch.py all`); about 9 more CPU-minutes of nvcc cold.
 //! - No feature: no nvcc, no kernels; every kernel entry point answers
 //!   [`Error::KernelsNotBuilt`], the host side (capture assembly, export, oracle) works.
 //! - `nccl`: capture across ranks, `capture::ShardGather` (sequence-parallel shards gathered
@@ -51,8 +54,8 @@
 //! object built once from its configuration, which checks every rule that does not depend on
 //! the batch ([`Router::new`](routing::Router::new),
 //! [`NoAuxTcRouter::new`](routing::NoAuxTcRouter::new),
-//! [`FusedMoe::new`](fused::FusedMoe::new)), then a cheap per-call method that checks only the
-//! batch (`route`, `forward`).
+//! [`FusedMoe::new`](fused::FusedMoe::new), [`CutlassMoe::new`](cutlass::CutlassMoe::new)), then
+//! a cheap per-call method that checks only the batch (`route`, `forward`).
 //!
 //! Counts that are kernel parameters (experts, top-k, groups in [`routing::RoutingConfig`])
 //! are `u32`, as the kernels take them (int32, bounded by each method's limits); counts that
@@ -60,8 +63,9 @@
 //! hidden and intermediate sizes) are `usize`.
 //!
 //! Routing calls run on the caller's cudarc stream, allocate nothing and never synchronise;
-//! the fused MoE takes its scratch stream-ordered on that stream. Both can be captured in
-//! CUDA graphs.
+//! the fused MoE takes its scratch stream-ordered on that stream, the CUTLASS MoE uses a
+//! workspace allocated once. All can be captured in CUDA graphs (with cudarc's event tracking
+//! off during capture, as for any cudarc work).
 #![warn(missing_docs)]
 
 pub mod capture;

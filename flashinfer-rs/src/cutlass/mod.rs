@@ -7,7 +7,8 @@
 //! GEMMs consume. Layers:
 //! - [`CutlassMoe`] (`layer`): checked once by [`CutlassMoe::new`], called per batch by
 //!   [`CutlassMoe::forward`] (or [`CutlassMoe::forward_captured`] into a capture store);
-//! - `plan`: every rule on sizes, checked before any launch (tested on CPU).
+//! - `plan`: every rule on sizes, checked before any launch (tested on CPU);
+//! - [`prepare`]: GEMM 1's weights from `gate_proj`/`up_proj` or a gate-first `w13`.
 //!
 //! What is built (pruned to what this layer exposes, see flashinfer-sys's
 //! `build/cutlass_moe.rs`): bf16 activations and bf16 weights, SwiGLU (linear half first),
@@ -18,6 +19,7 @@
 //! [`TopKRouter`]: crate::routing::TopKRouter
 mod layer;
 mod plan;
+pub mod prepare;
 
 pub use layer::{CutlassBatch, CutlassMoe, CutlassRouting, CutlassWeights, CutlassWorkspace};
 pub use plan::CutlassMoeConfig;

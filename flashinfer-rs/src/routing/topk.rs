@@ -39,9 +39,22 @@ pub struct TopKOutputs<'a> {
 }
 
 impl TopKRouter {
-    /// Validates `cfg` once; later calls only check their buffers.
+    /// Validates `cfg` once; later calls only check their buffers. Grouped DeepSeekV3 needs
+    /// at least 2 experts per group here (each group is scored by its two best experts, as
+    /// the model's reference router does), which [`RoutingConfig::validate`] alone admits.
     pub fn new(cfg: RoutingConfig) -> Result<TopKRouter> {
         cfg.validate()?;
+        let (n_group, _, _) = cfg.method.groups_and_scale();
+        if n_group > 1 {
+            let per = cfg.num_experts / n_group;
+            ensure(per >= 2, "n_group", || {
+                format!(
+                    "the top-k router scores each group by its two best experts: {} experts in \
+                     {n_group} groups leave {per} per group",
+                    cfg.num_experts
+                )
+            })?;
+        }
         Ok(TopKRouter { cfg })
     }
 

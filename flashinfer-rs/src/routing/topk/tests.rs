@@ -100,4 +100,21 @@ fn the_config_is_validated_once_at_construction() {
         Err(Error::InvalidArgument { arg: "top_k", .. })
     ));
     TopKRouter::new(deepseek()).unwrap();
+    // One expert per group: admitted by RoutingConfig::validate, refused by this router's
+    // kernel (found by the CUTLASS MoE's GPU matrix: the refusal came from the C ABI at
+    // route time; now at construction).
+    let one_per_group = RoutingConfig::new(
+        RoutingMethod::DeepSeekV3 {
+            n_group: 8,
+            topk_group: 4,
+            routed_scaling_factor: 2.5,
+        },
+        8,
+        2,
+    );
+    one_per_group.validate().unwrap();
+    assert!(matches!(
+        TopKRouter::new(one_per_group),
+        Err(Error::InvalidArgument { arg: "n_group", .. })
+    ));
 }

@@ -1,0 +1,271 @@
+//! The Hopper MoE layer (`cutlass::CutlassMoe`) timed on one GPU, against its own capture-off
+//! run and the GPU's physical limits; the PyTorch layer a user would write is timed by
+//! scripts/bench_torch_moe.py in the same session (BENCHMARKS.md, section 7).
+//!
+//!     bash scripts/gpu-pack.sh && bash gpu-pack/bench.sh layer     # on the GPU machine
+//!
+//! Layers: a Qwen3-30B-A3B layer (128 experts, top-8, hidden 2048, intermediate 768) and a
+//! DeepSeek-V3-sized one in bf16 (256 experts, top-8, hidden 7168, intermediate 2048; the fp8
+//! block-scaled build is not in the crate), routed from bf16 logits by the layer's top-k
+//! router (Renormalize). Timing: CUDA events around CUDA-graph replays of 20 back-to-back
+//! layer calls, 5 warm-up replays, 30 timed, capture on and off interleaved replay by replay,
+//! median; every tactic pair is timed at each size and the fastest reported. The limits:
+//! bytes of expert weights the step must read (the experts its tokens hit, counted from the
+//! replay) / HBM bandwidth, and FLOPs (2 x tokens x top-k x 3 x hidden x intermediate) / dense
+//! bf16 tensor-core peak.
+use std::sync::Arc;
+
+use flashinfer_rs::cudarc::driver::sys::{self, CUgraphInstantiate_flags, CUstreamCaptureMode};
+use flashinfer_rs::cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream};
+use flashinfer_rs::cutlass::{
+    CutlassBatch, CutlassMoe, CutlassMoeConfig, CutlassRouting, CutlassWeights, CutlassWorkspace,
+};
+use flashinfer_rs::half::bf16;
+use flashinfer_rs::routing::oracle::SplitMix64;
+use flashinfer_rs::routing::{RoutingConfig, RoutingMethod};
+use flashinfer_rs::ReplayView;
+
+const TOKENS: [usize; 5] = [1, 8, 64, 512, 4096];
+const CALLS: usize = 20;
+const REPS: usize = 30;
+const WARMUP: usize = 5;
+
+struct Gpu {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    start: CudaEvent,
+    end: CudaEvent,
+    /// HBM bandwidth (B/s) and dense bf16 tensor-core peak (FLOP/s) of this GPU, if known.
+    limits: Option<(f64, f64)>,
+}
+
+/// Spec-sheet limits: HBM bandwidth and dense bf16 peak of the SXM parts.
+fn limits(name: &str) -> Option<(f64, f64)> {
+    if name.contains("H200") {
+        Some((4.8e12, 989e12))
+    } else if name.contains("H100") {
+        Some((3.35e12, 989e12))
+    } else {
+        None
+    }
+}
+
+/// `n` pseudo-random bf16 values of magnitude `scale`, made on the device from a 16 Mi block
+/// copied over and over (uploading tens of GB from the host would take minutes).
+fn device_values(g: &Gpu, n: usize, scale: f32, seed: u64) -> CudaSlice<bf16> {
+    let mut rng = SplitMix64(seed);
+    let block: Vec<bf16> = (0..n.min(1 << 24))
+        .map(|_| bf16::from_f32((rng.unit() as f32 * 2.0 - 1.0) * scale))
+        .collect();
+    let block = g.stream.clone_htod(&block).unwrap();
+    let mut out = g.stream.alloc_zeros::<bf16>(n).unwrap();
+    let mut at = 0;
+    while at < n {
+        let len = block.len().min(n - at);
+        g.stream
+            .memcpy_dtod(&block.slice(..len), &mut out.slice_mut(at..at + len))
+            .unwrap();
+        at += len;
+    }
+    out
+}
+
+struct Model {
+    name: &'static str,
+    experts: usize,
+    top_k: usize,
+    hidden: usize,
+    inter: usize,
+}
+
+/// One size's inputs and outputs.
+struct Batch {
+    tokens: usize,
+    logits: CudaSlice<bf16>,
+    x: CudaSlice<bf16>,
+    out: CudaSlice<bf16>,
+    replay: CudaSlice<i16>,
+}
+
+fn forward(
+    g: &Gpu,
+    layer: &CutlassMoe<'_>,
+    ws: &mut CutlassWorkspace,
+    b: &mut Batch,
+    capture: bool,
+) {
+    let k = layer.config().routing.top_k as usize;
+    let batch = CutlassBatch {
+        num_tokens: b.tokens,
+        routing: CutlassRouting::Logits {
+            logits: (&b.logits).into(),
+            bias: None,
+        },
+        hidden_states: b.x.as_view(),
+    };
+    let mut view = ReplayView::from_slice(&mut b.replay, k).unwrap();
+    layer
+        .forward(
+            &g.stream,
+            batch,
+            &mut b.out.as_view_mut(),
+            ws,
+            capture.then_some(&mut view),
+        )
+        .unwrap();
+}
+
+/// Median microseconds per layer call of graphs of `CALLS` calls, capture on and off
+/// interleaved.
+fn time_pair(
+    g: &Gpu,
+    layer: &CutlassMoe<'_>,
+    ws: &mut CutlassWorkspace,
+    b: &mut Batch,
+) -> (f64, f64) {
+    let graph = |capture: bool, ws: &mut CutlassWorkspace, b: &mut Batch| {
+        g.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+            .unwrap();
+        for _ in 0..CALLS {
+            forward(g, layer, ws, b, capture);
+        }
+        g.stream
+            .end_capture(CUgraphInstantiate_flags(0))
+            .unwrap()
+            .expect("a graph")
+    };
+    let on = graph(true, ws, b);
+    let off = graph(false, ws, b);
+    let (mut t_on, mut t_off) = (Vec::new(), Vec::new());
+    for rep in 0..WARMUP + REPS {
+        for (graph, times) in [(&on, &mut t_on), (&off, &mut t_off)] {
+            g.start.record(&g.stream).unwrap();
+            graph.launch().unwrap();
+            g.end.record(&g.stream).unwrap();
+            g.end.synchronize().unwrap();
+            if rep >= WARMUP {
+                times.push(g.start.elapsed_ms(&g.end).unwrap() as f64 * 1000.0 / CALLS as f64);
+            }
+        }
+    }
+    (median(t_on), median(t_off))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn bench_model(g: &Gpu, m: &Model) {
+    let (e, k, h, i) = (m.experts, m.top_k, m.hidden, m.inter);
+    let fc1 = device_values(g, e * 2 * i * h, 2.0 / (h as f32).sqrt(), 1);
+    let fc2 = device_values(g, e * h * i, 2.0 / (i as f32).sqrt(), 2);
+    let config = CutlassMoeConfig {
+        routing: RoutingConfig::new(RoutingMethod::Renormalize, e as u32, k as u32),
+        hidden_size: h,
+        intermediate_size: i,
+        max_tokens: *TOKENS.last().unwrap(),
+    };
+    let weights = || CutlassWeights {
+        fc1: fc1.as_view(),
+        fc2: fc2.as_view(),
+    };
+    let probe = CutlassMoe::new(config, weights()).unwrap();
+    let (n1, n2) = probe.tactic_counts().unwrap();
+    let mut ws = probe.workspace(&g.stream).unwrap();
+    println!(
+        "\n### {} ({e} experts, top-{k}, hidden {h}, intermediate {i}; {n1} x {n2} tactic pairs)\n",
+        m.name
+    );
+    println!("| tokens | layer, capture on (us) | capture off (us) | on / off | best tactics | experts read | HBM use on their weights | dense bf16 peak |");
+    println!("|---:|---:|---:|---:|---|---:|---:|---:|");
+    for (n, &t) in TOKENS.iter().enumerate() {
+        let mut b = Batch {
+            tokens: t,
+            logits: device_values(g, t * e, 4.0, 10 + n as u64),
+            x: device_values(g, t * h, 1.0, 20 + n as u64),
+            out: g.stream.alloc_zeros::<bf16>(t * h).unwrap(),
+            replay: g.stream.alloc_zeros::<i16>(t * k).unwrap(),
+        };
+        let mut best = (f64::INFINITY, 0.0, (0, 0));
+        for a in 0..n1 {
+            for c in 0..n2 {
+                let layer = CutlassMoe::with_tactics(config, weights(), (a, c)).unwrap();
+                let (on, off) = time_pair(g, &layer, &mut ws, &mut b);
+                if on < best.0 {
+                    best = (on, off, (a, c));
+                }
+            }
+        }
+        let routed = g.stream.clone_dtoh(&b.replay).unwrap();
+        let mut hit = vec![false; e];
+        routed.iter().for_each(|&x| hit[x as usize] = true);
+        let read = hit.iter().filter(|&&x| x).count();
+        let bytes = read as f64 * 3.0 * (h * i) as f64 * 2.0;
+        let flops = 2.0 * (t * k) as f64 * 3.0 * (h * i) as f64;
+        let (hbm, peak) = match g.limits {
+            Some((bw, fl)) => (
+                format!("{:.0}%", 100.0 * bytes / (best.0 * 1e-6) / bw),
+                format!("{:.1}%", 100.0 * flops / (best.0 * 1e-6) / fl),
+            ),
+            None => ("n/a".into(), "n/a".into()),
+        };
+        println!(
+            "| {t} | {:.1} | {:.1} | {:.3} | {}/{} | {read} | {hbm} | {peak} |",
+            best.0,
+            best.1,
+            best.0 / best.1,
+            best.2 .0,
+            best.2 .1
+        );
+    }
+}
+
+fn main() {
+    if flashinfer_rs::cuda_device_count() == 0 || !flashinfer_rs::build_info().cutlass_moe {
+        eprintln!("moe_layer bench: needs a Hopper GPU and the CUTLASS MoE (--features sm90-moe)");
+        return;
+    }
+    let ctx = CudaContext::new(0).unwrap();
+    // Graph capture must not record cudarc's per-buffer events.
+    unsafe { ctx.disable_event_tracking() };
+    let timing = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+    let name = ctx.name().unwrap();
+    let g = Gpu {
+        stream: ctx.new_stream().unwrap(),
+        start: ctx.new_event(timing).unwrap(),
+        end: ctx.new_event(timing).unwrap(),
+        limits: limits(&name),
+        ctx,
+    };
+    let _ = &g.ctx;
+    println!("## 7. The MoE layer on Hopper (`cutlass::CutlassMoe`)\n");
+    println!(
+        "GPU: {name}; limits used: {}.",
+        g.limits
+            .map_or("none known for this GPU".to_string(), |(bw, fl)| format!(
+                "{:.2} TB/s HBM, {:.0} TFLOP/s dense bf16",
+                bw / 1e12,
+                fl / 1e12
+            ))
+    );
+    for m in [
+        Model {
+            name: "Qwen3-30B-A3B layer",
+            experts: 128,
+            top_k: 8,
+            hidden: 2048,
+            inter: 768,
+        },
+        Model {
+            name: "DeepSeek-V3-sized layer, bf16",
+            experts: 256,
+            top_k: 8,
+            hidden: 7168,
+            inter: 2048,
+        },
+    ] {
+        bench_model(&g, &m);
+    }
+}

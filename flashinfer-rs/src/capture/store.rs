@@ -474,17 +474,15 @@ impl CaptureStore {
     /// first), and with [`Error::CaptureProtocol`] on a stream other than `begin_step`'s;
     /// either way the step stays begun.
     pub fn end_step(&mut self, compute: &Arc<CudaStream>) -> Result<u64> {
-        // Every refusal leaves the step begun: `current` is taken only once nothing can fail.
-        let begun_on = match &self.current {
-            Some((_, stream)) => *stream,
-            None => {
-                return Err(Error::CaptureProtocol {
-                    call: "end_step",
-                    rule: "was called without a step begun (begin_step first)".into(),
-                })
-            }
+        // Every refusal leaves the step begun: a refused call puts `current` back.
+        let Some((layout, begun_on)) = self.current.take() else {
+            return Err(Error::CaptureProtocol {
+                call: "end_step",
+                rule: "was called without a step begun (begin_step first)".into(),
+            });
         };
         if begun_on != compute.cu_stream() as usize {
+            self.current = Some((layout, begun_on));
             return Err(Error::CaptureProtocol {
                 call: "end_step",
                 rule: "was given another stream than begin_step: the staging copy must follow \
@@ -493,13 +491,10 @@ impl CaptureStore {
             });
         }
         let Some(buffer) = self.free.pop() else {
+            self.current = Some((layout, begun_on));
             return Err(Error::Backpressure {
                 in_flight: self.cfg.readback_buffers,
             });
-        };
-        let Some((layout, _)) = self.current.take() else {
-            self.free.push(buffer);
-            return Err(Error::Internal("the begun step vanished".into()));
         };
         let rows = layout.keep.len();
         let slot = &mut self.readbacks[buffer];

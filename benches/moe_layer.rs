@@ -31,7 +31,6 @@ const REPS: usize = 30;
 const WARMUP: usize = 5;
 
 struct Gpu {
-    ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     start: CudaEvent,
     end: CudaEvent,
@@ -237,9 +236,7 @@ fn main() {
         start: ctx.new_event(timing).unwrap(),
         end: ctx.new_event(timing).unwrap(),
         limits: limits(&name),
-        ctx,
     };
-    let _ = &g.ctx;
     println!("## 7. The MoE layer on Hopper (`cutlass::CutlassMoe`)\n");
     println!(
         "GPU: {name}; limits used: {}.",

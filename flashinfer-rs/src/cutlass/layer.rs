@@ -274,6 +274,7 @@ impl<'w> CutlassMoe<'w> {
                 ("workspace", workspace.scratch.stream()),
             ]
             .into_iter()
+            .chain(routing_streams(&routing))
             .chain(replay.as_deref().map(|r| ("replay", r.stream())))
             .chain(
                 captured_weights
@@ -320,7 +321,6 @@ impl<'w> CutlassMoe<'w> {
                 (ids, scales)
             }
             Source::Given(ids, scales) => {
-                same_context(stream, [("ids", ids.stream()), ("scales", scales.stream())])?;
                 let (i, g) = ids.device_ptr(stream);
                 guards.push(g);
                 let (s, g) = scales.device_ptr(stream);
@@ -405,4 +405,20 @@ fn routing_sizes(routing: &CutlassRouting<'_>) -> RoutingSizes {
             scales: scales.len(),
         },
     }
+}
+
+/// The streams of a call's routing inputs, named as the API names them.
+fn routing_streams<'r>(
+    routing: &'r CutlassRouting<'_>,
+) -> impl Iterator<Item = (&'static str, &'r Arc<CudaStream>)> {
+    let (first, second) = match routing {
+        CutlassRouting::Logits { logits, bias } => (
+            ("logits", logits.stream()),
+            bias.as_ref().map(|b| ("bias", b.stream())),
+        ),
+        CutlassRouting::Precomputed { ids, scales } => {
+            (("ids", ids.stream()), Some(("scales", scales.stream())))
+        }
+    };
+    std::iter::once(first).chain(second)
 }

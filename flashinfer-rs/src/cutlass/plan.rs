@@ -2,8 +2,7 @@
 //! CPU): the layer's (routing, sizes, expert range, weights) once, each batch's per call.
 
 use crate::error::{covers, ensure, Result, MAX_TOKENS};
-use crate::replay::check_replay;
-use crate::routing::RoutingConfig;
+use crate::routing::{validate_topk_call, RoutingConfig, TopKCallSizes};
 
 /// The sizes a layer is built for.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -146,13 +145,20 @@ pub(crate) fn check_batch(plan: &LayerPlan, b: &BatchSizes) -> Result<()> {
         })?;
     }
     match b.routing {
-        RoutingSizes::Logits { logits, bias } => {
-            let e = plan.experts();
-            ensure(covers(logits, t, e), "logits", || {
-                format!("holds {logits}, {t} tokens x {e} experts need {}", t * e)
-            })?;
-            crate::routing::check_bias(&plan.config.routing, bias)?;
-        }
+        // The layer's top-k router's own rules (logits, bias, replay), its outputs being the
+        // workspace's `[num_tokens, top_k]` ids and scales.
+        RoutingSizes::Logits { logits, bias } => validate_topk_call(
+            &plan.config.routing,
+            &TopKCallSizes {
+                num_tokens: t,
+                logits,
+                bias,
+                ids: Some(t * k),
+                weights_f32: Some(t * k),
+                weights_bf16: None,
+                replay: b.replay,
+            },
+        )?,
         RoutingSizes::Precomputed { ids, scales } => {
             ensure(
                 b.replay.is_none() && b.captured_weights.is_none(),
@@ -165,9 +171,6 @@ pub(crate) fn check_batch(plan: &LayerPlan, b: &BatchSizes) -> Result<()> {
                 })?;
             }
         }
-    }
-    if let Some((rows, cols)) = b.replay {
-        check_replay(rows, cols, t, k)?;
     }
     if let Some(len) = b.captured_weights {
         ensure(covers(len, t, k), "views.weights", || {

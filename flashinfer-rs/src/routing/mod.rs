@@ -24,4 +24,5 @@ pub use method::{
 };
 pub use noaux_tc::{NoAuxTcOutputs, NoAuxTcRouter};
 pub use route::{Bias, Logits, RouteInput, Router, RoutingBuffers};
+pub(crate) use topk::{validate_call as validate_topk_call, CallSizes as TopKCallSizes};
 pub use topk::{TopKOutputs, TopKRouter};

@@ -75,9 +75,9 @@ typedef struct fi_build_info {
   int32_t has_sm90;             /**< routing kernels for sm_90a are in this library */
   int32_t has_sm100;            /**< routing + fused MoE for Blackwell (sm_100 and sm_103) */
   int32_t cuda_version;         /**< CUDART_VERSION of the compiler that built it, 0 if none */
-  const char* targets;          /**< machine-code targets, e.g. "sm_90a,sm_100f,sm_100a,sm_103a"
-                                     ("" without kernels): routing runs on sm_90 (sm_90a) and on
-                                     sm_100/sm_103 (the sm_100f family target); the fused MoE on
+  const char* targets;          /**< machine-code targets, e.g. "sm_90a,sm_100f" ("" without
+                                     kernels): sm_90a runs on sm_90; sm_100f, the sm_100 family
+                                     target of routing and the fused MoE's own kernels, runs on
                                      sm_100 and sm_103 */
   const char* crate_version;    /**< version of the flashinfer-sys crate that built it */
   const char* patches;          /**< our patches applied to the FlashInfer sources, e.g.
@@ -235,7 +235,7 @@ typedef struct fi_topk_buffers {
 fi_status fi_topk_route(const fi_topk_params* params, const fi_topk_buffers* buffers,
                         void* stream);
 
-/* ---- fused MoE (sm_100a builds only) ---------------------------------------------------- */
+/* ---- fused MoE (sm100 builds only) ------------------------------------------------------ */
 
 /** Element types of the fused MoE, as upstream's `batchedGemm::trtllm::gen::Dtype` values are
  * chosen by the safe layer; passed through unchanged. */
@@ -262,7 +262,7 @@ typedef struct fi_moe_config_query {
 fi_status fi_moe_valid_configs(const fi_moe_config_query* query, int64_t* pairs,
                                int32_t capacity, int32_t* count);
 
-/* ---- fused MoE runs (sm_100a builds only) ------------------------------------------------ */
+/* ---- fused MoE runs (sm100 builds only) -------------------------------------------------- */
 /** A borrowed, contiguous row-major device tensor. `data == NULL` means "not given" (upstream's
  * Optional); then the other fields are ignored. */
 typedef struct fi_tensor {

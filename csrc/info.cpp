@@ -28,10 +28,10 @@
 namespace fi {
 namespace {
 
-// Blackwell data-centre chips: B200/GB200 (10.0) and B300/GB300 (10.3). Routing is built
-// for the sm_100 family target (runs on both), the fused MoE's own kernels for sm_100a and
-// sm_103a, and the pinned GEMM cubins cover both (sm100f and sm103a). Other 10.x or 12.x
-// (consumer Blackwell) parts have none of these.
+// Blackwell data-centre chips: B200/GB200 (10.0) and B300/GB300 (10.3). Routing and the
+// fused MoE's own kernels are built for the sm_100 family target (runs on both), and the
+// pinned GEMM cubins cover both (sm100f and sm103a). Other 10.x or 12.x (consumer Blackwell)
+// parts have none of these.
 bool blackwell(int major, int minor) { return major == 10 && (minor == 0 || minor == 3); }
 
 }  // namespace

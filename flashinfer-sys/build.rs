@@ -38,8 +38,8 @@ mod units;
 use cache::{Keys, ObjectCache, SharedInputs};
 use units::{all_targets, gencode, targets, Arch, Device, Origin, ABSENT_CUTLASS_MOE, UNITS};
 
-/// Oldest CUDA whose nvcc knows the Blackwell targets (sm_100a, sm_103a; the sm_100f family
-/// target needs 12.9).
+/// Oldest CUDA whose nvcc knows the Blackwell family target (sm_100f) and compiles its fp4
+/// conversions.
 const MIN_CUDA: (u32, u32) = (12, 9);
 
 fn main() {

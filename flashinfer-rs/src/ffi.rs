@@ -52,8 +52,9 @@ pub struct BuildInfo {
     pub sm100: bool,
     /// CUDA runtime version the kernels were built against (e.g. 13000), 0 without kernels.
     pub cuda_version: i32,
-    /// Machine-code targets in the library: `sm_90a` (routing on Hopper), `sm_100f`
-    /// (routing on sm_100 and sm_103), `sm_100a`, `sm_103a` (the fused MoE's own kernels).
+    /// Machine-code targets in the library: `sm_90a` (routing and the CUTLASS MoE on Hopper),
+    /// `sm_100f` (the sm_100 family target: routing and the fused MoE's own kernels on sm_100
+    /// and sm_103).
     pub targets: Vec<String>,
     /// Version of the flashinfer-sys crate that built the kernels (differs from this crate's
     /// only with a prebuilt kernel library, which is then refused).

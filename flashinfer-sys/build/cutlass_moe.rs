@@ -11,6 +11,8 @@
 //!   warp-specialised (SM90) GEMMs, so no SM80 CUTLASS 2 GEMM is compiled or linked;
 //! - of the 97 generated sm90 grouped-GEMM files, the 9 with bf16 x bf16 instantiations, in
 //!   one unit so that the CUTLASS headers are parsed once (125 s instead of 9 x 34-85 s);
+//! - no DeepSeek fp8 block-scale GEMM (fp8_blockscale_gemm.cu): it serves fp8 weights only, and
+//!   csrc/cutlass_moe_runner.cu constructs the runner without it;
 //! - no LoRA: upstream's lora.cpp needs cuBLAS, and the runner's LoRA path is never taken
 //!   (csrc/cutlass_moe.cu passes `use_lora = false` and defines the one LoRA entry point the
 //!   runner references as a refusal).
@@ -37,14 +39,6 @@ const UNITS: &[(&str, Origin, &str)] = &[
     // The runner's explicit instantiation (csrc/cutlass_moe_runner.cu) parses upstream's
     // 5,000-line cutlass_fused_moe_kernels.cuh.
     ("cutlass_moe_runner", Origin::Ours, "cutlass_moe_runner.cu"),
-    (
-        "cutlass_moe_fp8_blockscale",
-        Origin::Tree,
-        concat!(
-            "csrc/nv_internal/tensorrt_llm/kernels/cutlass_kernels/",
-            "fp8_blockscale_gemm/fp8_blockscale_gemm.cu"
-        ),
-    ),
     (
         "cutlass_moe_gemm_bf16",
         Origin::Tree,

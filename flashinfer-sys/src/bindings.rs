@@ -53,7 +53,7 @@ pub struct fi_build_info {
     pub has_sm100: i32,
     #[doc = "< CUDART_VERSION of the compiler that built it, 0 if none"]
     pub cuda_version: i32,
-    #[doc = "< machine-code targets, e.g. \"sm_90a,sm_100f,sm_100a,sm_103a\"\n(\"\" without kernels): routing runs on sm_90 (sm_90a) and on\nsm_100/sm_103 (the sm_100f family target); the fused MoE on\nsm_100 and sm_103"]
+    #[doc = "< machine-code targets, e.g. \"sm_90a,sm_100f\" (\"\" without\nkernels): sm_90a runs on sm_90; sm_100f, the sm_100 family\ntarget of routing and the fused MoE's own kernels, runs on\nsm_100 and sm_103"]
     pub targets: *const ::core::ffi::c_char,
     #[doc = "< version of the flashinfer-sys crate that built it"]
     pub crate_version: *const ::core::ffi::c_char,

@@ -10,7 +10,7 @@
 //! | (none) | no kernels and no nvcc: every entry point returns [`fi_status::FI_STATUS_KERNELS_NOT_BUILT`] |
 //! | `sm90` | routing kernels, the NoAuxTc DeepSeekV3 router and the shim for `sm_90a` (Hopper) |
 //! | `sm90-moe` | `sm90` and FlashInfer's CUTLASS fused MoE for `sm_90a` (`fi_cutlass_moe_*`; bf16, SwiGLU); without it those entry points answer `FI_STATUS_KERNELS_NOT_BUILT` |
-//! | `sm100` | routing (`sm_100f`: B200/GB200 and B300/GB300) and the fused TRTLLM MoE (`sm_100a`, `sm_103a`) for Blackwell |
+//! | `sm100` | routing and the fused TRTLLM MoE for Blackwell (`sm_100f`, the family target: B200/GB200 and B300/GB300) |
 //!
 //! The pinned upstream version is part of this crate's version (`0.1.0+flashinfer.0.6.13`)
 //! and available as [`FLASHINFER_VERSION`].

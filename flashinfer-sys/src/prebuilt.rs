@@ -10,8 +10,8 @@
 //!   replaced file);
 //! - its record (`fi_get_build_info`): C ABI version, flashinfer-sys crate version and
 //!   FlashInfer version must equal this build's, and its machine-code targets must include
-//!   every one this build's features ask for (`sm90`: `sm_90a`; `sm100`: `sm_100f`, `sm_100a`,
-//!   `sm_103a`), and it must hold the CUTLASS fused MoE if this build has `sm90-moe`.
+//!   every one this build's features ask for (`sm90`: `sm_90a`; `sm100`: `sm_100f`), and it
+//!   must hold the CUTLASS fused MoE if this build has `sm90-moe`.
 //!
 //! A refused library makes every status-returning call answer
 //! [`fi_status::FI_STATUS_KERNELS_LIBRARY_ERROR`](crate::fi_status) with that message

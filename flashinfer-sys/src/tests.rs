@@ -135,8 +135,8 @@ fn build_info_reports_the_pin_and_archs() {
 
 /// The gate admits exactly the chips this build has machine code for: Hopper sm_90 with
 /// `sm90`; Blackwell B200/GB200 (10.0) and B300/GB300 (10.3) with `sm100`, for routing and the
-/// fused MoE alike (routing is built for the sm_100 family, the fused kernels for sm_100a and
-/// sm_103a, and the pinned GEMM cubins are sm100f and sm103a). Nothing else: no sm_80, no
+/// fused MoE alike (routing and the fused MoE's own kernels are built for the sm_100 family
+/// target, and the pinned GEMM cubins are sm100f and sm103a). Nothing else: no sm_80, no
 /// sm_89, no other 10.x, no consumer Blackwell (12.x). Only the gate can be tested here; no
 /// Blackwell chip has run these kernels.
 #[cfg(flashinfer_kernels)]
@@ -153,9 +153,10 @@ fn the_arch_gate_admits_exactly_what_is_built() {
         .unwrap();
     let hopper = built.contains("sm_90a");
     let blackwell = built.contains("sm_100f");
-    assert_eq!(
-        blackwell,
-        built.contains("sm_100a") && built.contains("sm_103a")
+    // One target per generation: the family target covers both Blackwell chips.
+    assert!(
+        !built.contains("sm_100a") && !built.contains("sm_103a"),
+        "{built}"
     );
     for (major, minor, routing, fused) in [
         (8, 0, false, false),

@@ -48,7 +48,7 @@ fn tactic_query_answers_for_the_machine_it_runs_on() {
         assert!(!tactics.is_empty());
     } else {
         assert!(
-            matches!(got, Err(Error::UnsupportedArch(ref m)) if m.contains("sm_100a")),
+            matches!(got, Err(Error::UnsupportedArch(ref m)) if m.contains("sm_100f")),
             "{got:?}"
         );
     }
@@ -324,7 +324,7 @@ mod calls {
             eprintln!("{op}: {res:?}");
             if build.sm100 {
                 assert!(
-                    matches!(res, Err(Error::UnsupportedArch(ref m)) if m.contains("sm_100a")),
+                    matches!(res, Err(Error::UnsupportedArch(ref m)) if m.contains("sm_100f")),
                     "{op}: {res:?}"
                 );
             } else {

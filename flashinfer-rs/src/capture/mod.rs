@@ -8,7 +8,7 @@
 //!   physical expert ids turned logical by an [`ExpertMap`] (replicated experts);
 //! - [`RoutedExperts`]: per-request export as vLLM `.npy`/base64 and SGLang flat bytes;
 //! - [`SlotStore`]: bounded host routing by KV slot, for prefix-cache hits;
-//! - [`ShardGather`] (feature `nccl`): sequence-parallel shards gathered into a store, one
+//! - `ShardGather` (feature `nccl`): sequence-parallel shards gathered into a store, one
 //!   NCCL all-gather per step.
 mod assemble;
 mod export;

@@ -3,6 +3,10 @@
 //! scripts/bench_torch_moe.py in the same session (BENCHMARKS.md, section 7).
 //!
 //!     bash scripts/gpu-pack.sh && bash gpu-pack/bench.sh layer     # on the GPU machine
+//!     bash gpu-pack/bench.sh layer deepseek                          # one layer (qwen3, deepseek)
+//!
+//! One layer per run keeps each run within a GPU machine's 10-minute command limit (the tactic
+//! search at every size makes the DeepSeek-V3-sized layer alone take minutes).
 //!
 //! Layers: a Qwen3-30B-A3B layer (128 experts, top-8, hidden 2048, intermediate 768) and a
 //! DeepSeek-V3-sized one in bf16 (256 experts, top-8, hidden 7168, intermediate 2048; the fp8
@@ -70,6 +74,8 @@ fn device_values(g: &Gpu, n: usize, scale: f32, seed: u64) -> CudaSlice<bf16> {
 }
 
 struct Model {
+    /// What the command line names it by.
+    key: &'static str,
     name: &'static str,
     experts: usize,
     top_k: usize,
@@ -247,8 +253,9 @@ fn main() {
                 fl / 1e12
             ))
     );
-    for m in [
+    let models = [
         Model {
+            key: "qwen3",
             name: "Qwen3-30B-A3B layer",
             experts: 128,
             top_k: 8,
@@ -256,13 +263,30 @@ fn main() {
             inter: 768,
         },
         Model {
+            key: "deepseek",
             name: "DeepSeek-V3-sized layer, bf16",
             experts: 256,
             top_k: 8,
             hidden: 7168,
             inter: 2048,
         },
-    ] {
-        bench_model(&g, &m);
+    ];
+    // `cargo bench` passes `--bench`; any other argument names the layers to run.
+    let wanted: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if let Some(unknown) = wanted
+        .iter()
+        .find(|w| !models.iter().any(|m| m.key == w.as_str()))
+    {
+        eprintln!("moe_layer bench: no layer {unknown:?} (qwen3, deepseek)");
+        std::process::exit(2);
+    }
+    for m in models
+        .iter()
+        .filter(|m| wanted.is_empty() || wanted.iter().any(|w| w == m.key))
+    {
+        bench_model(&g, m);
     }
 }

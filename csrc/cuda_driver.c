@@ -1,7 +1,6 @@
 /* cuda_driver.c: the CUDA driver API functions upstream's code calls (the batched-GEMM runner
- * of the Blackwell MoE; the CUTLASS MoE's fp8 block-scale runner, whose DeepGEMM JIT loads
- * libraries), resolved from libcuda.so.1 at first use. In every kernel build; linked only
- * where something references them.
+ * of the Blackwell MoE loads its cubins and launches them), resolved from libcuda.so.1 at
+ * first use. In every kernel build; linked only where something references them.
  *
  * Why: the CUDA compiler wheels have no libcuda stub to link against, and linking the real
  * driver library would tie every binary (and CI, which has no GPU) to its presence. Like
@@ -18,16 +17,10 @@ static struct {
   CUresult (*cuCtxGetId)(CUcontext, unsigned long long*);
   CUresult (*cuFuncSetAttribute)(CUfunction, CUfunction_attribute, int);
   CUresult (*cuGetErrorString)(CUresult, const char**);
-  CUresult (*cuKernelGetName)(const char**, CUkernel);
   CUresult (*cuLaunchKernelEx)(const CUlaunchConfig*, CUfunction, void**, void**);
   CUresult (*cuModuleGetFunction)(CUfunction*, CUmodule, const char*);
   CUresult (*cuModuleLoadData)(CUmodule*, const void*);
   CUresult (*cuModuleUnload)(CUmodule);
-  CUresult (*cuLibraryEnumerateKernels)(CUkernel*, unsigned int, CUlibrary);
-  CUresult (*cuLibraryGetKernelCount)(unsigned int*, CUlibrary);
-  CUresult (*cuLibraryLoadData)(CUlibrary*, const void*, CUjit_option*, void**, unsigned int,
-                                CUlibraryOption*, void**, unsigned int);
-  CUresult (*cuLibraryUnload)(CUlibrary);
   CUresult (*cuTensorMapEncodeTiled)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*,
                                      const cuuint64_t*, const cuuint64_t*, const cuuint32_t*,
                                      const cuuint32_t*, CUtensorMapInterleave,
@@ -45,15 +38,10 @@ static void load_driver(void) {
   FI_LOAD(cuCtxGetId);
   FI_LOAD(cuFuncSetAttribute);
   FI_LOAD(cuGetErrorString);
-  FI_LOAD(cuKernelGetName);
   FI_LOAD(cuLaunchKernelEx);
   FI_LOAD(cuModuleGetFunction);
   FI_LOAD(cuModuleLoadData);
   FI_LOAD(cuModuleUnload);
-  FI_LOAD(cuLibraryEnumerateKernels);
-  FI_LOAD(cuLibraryGetKernelCount);
-  FI_LOAD(cuLibraryLoadData);
-  FI_LOAD(cuLibraryUnload);
   FI_LOAD(cuTensorMapEncodeTiled);
 #undef FI_LOAD
 }
@@ -103,25 +91,3 @@ CUresult cuTensorMapEncodeTiled(CUtensorMap* tensorMap, CUtensorMapDataType tens
              globalDim, globalStrides, boxDim, elementStrides, interleave, swizzle, l2Promotion,
              oobFill);
 }
-
-CUresult cuKernelGetName(const char** name, CUkernel hfunc) {
-  FI_FORWARD(cuKernelGetName, name, hfunc);
-}
-
-CUresult cuLibraryEnumerateKernels(CUkernel* kernels, unsigned int numKernels, CUlibrary lib) {
-  FI_FORWARD(cuLibraryEnumerateKernels, kernels, numKernels, lib);
-}
-
-CUresult cuLibraryGetKernelCount(unsigned int* count, CUlibrary lib) {
-  FI_FORWARD(cuLibraryGetKernelCount, count, lib);
-}
-
-CUresult cuLibraryLoadData(CUlibrary* library, const void* code, CUjit_option* jitOptions,
-                           void** jitOptionsValues, unsigned int numJitOptions,
-                           CUlibraryOption* libraryOptions, void** libraryOptionValues,
-                           unsigned int numLibraryOptions) {
-  FI_FORWARD(cuLibraryLoadData, library, code, jitOptions, jitOptionsValues, numJitOptions,
-             libraryOptions, libraryOptionValues, numLibraryOptions);
-}
-
-CUresult cuLibraryUnload(CUlibrary library) { FI_FORWARD(cuLibraryUnload, library); }

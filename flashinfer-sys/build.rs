@@ -207,7 +207,6 @@ struct Pin {
 }
 
 /// One of our patches to the fetched sources.
-#[derive(serde::Deserialize)]
 struct Patch {
     file: String,
     sha256: String,
@@ -216,43 +215,69 @@ struct Patch {
 }
 
 fn read_pin(ctx: &Ctx) -> Pin {
-    #[derive(serde::Deserialize)]
-    struct Manifest {
-        flashinfer: Section,
-        #[serde(default)]
-        patch: Vec<Patch>,
-        cutlass_moe: CutlassMoeSection,
-    }
-    #[derive(serde::Deserialize)]
-    struct CutlassMoeSection {
-        #[serde(default)]
-        patch: Vec<Patch>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Section {
-        version: String,
-        bmm_artifact: String,
-    }
+    use toml::de::{DeTable, DeValue};
     let path = ctx.root.join("vendor/MANIFEST.toml");
     let text = fs::read_to_string(&path)
         .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", path.display())));
-    let m: Manifest = toml::from_str(&text)
-        .unwrap_or_else(|e| fail(&format!("{} is not valid: {e}", path.display())));
+    let invalid = |what: &str| -> ! { fail(&format!("{} is not valid: {what}", path.display())) };
+    // toml's own document tree, no serde: a derive's proc-macro crates would be compiled in
+    // every target dir that builds this crate (a minute of CPU on CI's cold run).
+    let root = DeValue::Table(
+        DeTable::parse(&text)
+            .unwrap_or_else(|e| invalid(&e.to_string()))
+            .into_inner(),
+    );
+    let string = |v: &DeValue, key: &str, at: &str| -> String {
+        match v.get(key).and_then(|s| s.get_ref().as_str()) {
+            Some(s) => s.to_string(),
+            None => invalid(&format!("`{at}{key}` must be a string")),
+        }
+    };
+    let table = |key: &str| -> &DeValue {
+        match root.get(key) {
+            Some(t) if t.get_ref().is_table() => t.get_ref(),
+            _ => invalid(&format!("no [{key}] table")),
+        }
+    };
+    // `[[patch]]` arrays of tables; absent means none.
+    let patches = |t: &DeValue, at: &str| -> Vec<Patch> {
+        let Some(list) = t.get("patch") else {
+            return Vec::new();
+        };
+        let Some(list) = list.get_ref().as_array() else {
+            invalid(&format!("`{at}patch` must be an array of tables"))
+        };
+        let at = format!("{at}patch.");
+        list.iter()
+            .map(|p| Patch {
+                file: string(p.get_ref(), "file", &at),
+                sha256: string(p.get_ref(), "sha256", &at),
+                define: p
+                    .get_ref()
+                    .get("define")
+                    .map(|_| string(p.get_ref(), "define", &at)),
+            })
+            .collect()
+    };
+    let flashinfer = table("flashinfer");
+    let version = string(flashinfer, "version", "flashinfer.");
+    let bmm_artifact = string(flashinfer, "bmm_artifact", "flashinfer.");
+    let patch = patches(&root, "");
+    let cutlass_moe_patch = patches(table("cutlass_moe"), "cutlass_moe.");
     // The crate version carries the pin as build metadata; the two must agree.
     let crate_version = env::var("CARGO_PKG_VERSION").unwrap();
-    let expected = format!("+flashinfer.{}", m.flashinfer.version);
+    let expected = format!("+flashinfer.{version}");
     if !crate_version.ends_with(&expected) {
         fail(&format!(
-            "crate version {crate_version} does not carry the pinned FlashInfer {} \
-             (expected build metadata `{expected}`)",
-            m.flashinfer.version
+            "crate version {crate_version} does not carry the pinned FlashInfer {version} \
+             (expected build metadata `{expected}`)"
         ));
     }
     Pin {
-        version: m.flashinfer.version,
-        bmm_artifact: m.flashinfer.bmm_artifact,
-        patches: m.patch,
-        cutlass_moe_patches: m.cutlass_moe.patch,
+        version,
+        bmm_artifact,
+        patches: patch,
+        cutlass_moe_patches: cutlass_moe_patch,
     }
 }
 

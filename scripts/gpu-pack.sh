@@ -63,14 +63,18 @@ chmod +x gpu-pack/run.sh
 cat > gpu-pack/bench.sh <<'RUN'
 #!/usr/bin/env bash
 # Runs the benchmarks and prints BENCHMARKS.md's tables (optionally one section:
-# replay | capture | readback | peers | host | topk | layer, the last the Hopper MoE layer
-# of a pack built with sm90-moe).
+# replay | capture | readback | peers | host | topk | layer [qwen3|deepseek], the last the
+# Hopper MoE layer of a pack built with sm90-moe).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader || true
 if [ "${1:-}" != layer ]; then "$here/bin/moe_routing" "$@"; fi
 if [ -z "${1:-}" ] || [ "${1:-}" = layer ]; then
-  if [ -x "$here/bin/moe_layer" ]; then "$here/bin/moe_layer"; else echo "(no moe_layer bench: pack built without sm90-moe)"; fi
+  if [ -x "$here/bin/moe_layer" ]; then
+    "$here/bin/moe_layer" "${@:2}"
+  else
+    echo "(no moe_layer bench: pack built without sm90-moe)"
+  fi
 fi
 RUN
 chmod +x gpu-pack/bench.sh

@@ -21,11 +21,12 @@ impl Arch {
         }
     }
     /// Machine code of the fused MoE's own device code (quantisation, finalize, ...). Its fp4
-    /// conversions (`cvt.*.e2m1x2`) are family-specific instructions since CUDA 12.9, and its
-    /// guards test `__CUDA_ARCH__ >= 1000` only, so the sm_100 family target compiles the same
-    /// code as sm_100a and sm_103a did, in one pass that runs on both chips instead of two
-    /// (upstream builds it so with `FLASHINFER_CUDA_ARCH_LIST=10.0f`). The GEMMs themselves are
-    /// the pinned cubins (sm100f and sm103a), loaded per chip at run time.
+    /// conversions (`cvt.*.e2m1x2`) are family-specific instructions (PTX ISA 8.8, CUDA 12.9:
+    /// ptxas takes them for sm_100f), and its guards test `__CUDA_ARCH__ >= 1000` only, so the
+    /// sm_100 family target compiles the same code as sm_100a and sm_103a would, in one pass
+    /// that runs on both chips instead of two. Upstream's JIT compiles it so when
+    /// `FLASHINFER_CUDA_ARCH_LIST` says `10.0f` (its default is `10.0a`). The GEMMs themselves
+    /// are the pinned cubins (sm100f and sm103a), loaded per chip at run time.
     pub fn fused_targets(self) -> &'static [&'static str] {
         match self {
             Arch::Hopper => &[],
@@ -211,9 +212,8 @@ pub const UNITS: &[Unit] = {
         unit("fi_fused_moe", Ours, "fused_moe.cu", Routing, false),
         unit("fi_moe_env", Ours, "moe_env.cu", Routing, false),
         unit("fi_moe_marshal", Ours, "moe_marshal.cu", Routing, false),
-        // The driver functions upstream's code calls (Blackwell's batched-GEMM runner, the
-        // CUTLASS MoE's fp8 block-scale runner), loaded at run time.
-        unit("fi_cuda_driver", Ours, "cuda_driver.c", Host, false),
+        // The driver functions Blackwell's batched-GEMM runner calls, loaded at run time.
+        unit("fi_cuda_driver", Ours, "cuda_driver.c", Host, true),
         unit("fi_status", Ours, "status.cpp", Host, false),
         // The CUTLASS MoE's C ABI answering "not built"; replaced by build/cutlass_moe.rs's
         // units with the `sm90-moe` feature.

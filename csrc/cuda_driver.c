@@ -1,6 +1,6 @@
 /* cuda_driver.c: the CUDA driver API functions upstream's code calls (the batched-GEMM runner
  * of the Blackwell MoE loads its cubins and launches them), resolved from libcuda.so.1 at
- * first use. In every kernel build; linked only where something references them.
+ * first use. In every sm100 build; linked only where something references them.
  *
  * Why: the CUDA compiler wheels have no libcuda stub to link against, and linking the real
  * driver library would tie every binary (and CI, which has no GPU) to its presence. Like

@@ -12,13 +12,12 @@ loop over the experts), SwiGLU (linear half first), the weighted sum with `index
 Captured in a CUDA graph (no host synchronisation in it); per call, median over 30
 repetitions of 20 back-to-back calls after 5 warm-ups, CUDA events. Prints a Markdown table.
 """
-import statistics
-
 import torch
 import torch.nn.functional as F
 
+from torch_timing import N, per_call_us
+
 TOKENS = [1, 8, 64, 512, 4096]
-N, REPS, WARMUP = 20, 30, 5
 MODELS = [
     ("Qwen3-30B-A3B layer", 128, 8, 2048, 768),
     ("DeepSeek-V3-sized layer, bf16", 256, 8, 7168, 2048),
@@ -53,19 +52,6 @@ def layer(logits, x, w13, w2, k):
     return torch.zeros_like(x).index_add_(0, tok, y)
 
 
-def timed(fn):
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    times = []
-    for rep in range(WARMUP + REPS):
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        if rep >= WARMUP:
-            times.append(start.elapsed_time(end) * 1000.0 / N)
-    return statistics.median(times)
-
-
 def main():
     dev = torch.device("cuda")
     print(f"\nPyTorch {torch.__version__} on {torch.cuda.get_device_name()}; grouped GEMM: "
@@ -95,7 +81,7 @@ def main():
                 def run():
                     for _ in range(N):
                         layer(logits, x, w13, w2, k)
-            print(f"| {t} | {timed(run):.1f} |")
+            print(f"| {t} | {per_call_us(run):.1f} |")
         del w13, w2
         torch.cuda.empty_cache()
         print()

@@ -10,11 +10,11 @@ Kimi-K2 ungrouped sigmoid + bias (384, top-8, fp32) and Llama 4 (128, top-1, bf1
 captured in a CUDA graph; per call, median over repetitions of 20 back-to-back calls, CUDA
 events, warm-up first. Prints a Markdown table.
 """
-import statistics
 import torch
 
+from torch_timing import N, per_call_us
+
 TOKENS = [1, 16, 128, 1024, 8192, 32768, 131072]
-N, REPS, WARMUP = 20, 30, 5
 
 
 def deepseek_v3(logits, bias, n_group=8, topk_group=4, k=8, scale=2.5):
@@ -45,19 +45,6 @@ def sigmoid_bias_ungrouped(logits, bias, k=8, scale=2.827):
 def llama4(logits):
     v, idx = logits.topk(1, dim=-1)
     return idx.to(torch.int16), v.float().sigmoid().to(torch.bfloat16)
-
-
-def per_call_us(fn):
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    samples = []
-    for i in range(WARMUP + REPS):
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        if i >= WARMUP:
-            samples.append(start.elapsed_time(end) * 1000.0 / N)
-    return statistics.median(samples)
 
 
 def main():

@@ -13,7 +13,9 @@
 //! block-scaled build is not in the crate), routed from bf16 logits by the layer's top-k
 //! router (Renormalize). Timing: CUDA events around CUDA-graph replays of 20 back-to-back
 //! layer calls, 5 warm-up replays, 30 timed, capture on and off interleaved replay by replay,
-//! median; every tactic pair is timed at each size and the fastest reported. The limits:
+//! median, of the layer as `CutlassMoe::new` makes it (its tactics chosen per call). Beside
+//! it, the fastest fixed tactic pair at that size (`CutlassMoe::with_tactics`, found by a
+//! search per GEMM, capture off, 10 replays each; every timing to stderr). The limits:
 //! bytes of expert weights the step must read (the experts its tokens hit, counted from the
 //! replay) / HBM bandwidth, and FLOPs (2 x tokens x top-k x 3 x hidden x intermediate) / dense
 //! bf16 tensor-core peak.
@@ -33,6 +35,8 @@ const TOKENS: [usize; 5] = [1, 8, 64, 512, 4096];
 const CALLS: usize = 20;
 const REPS: usize = 30;
 const WARMUP: usize = 5;
+/// Replays per tactic in the search (capture off only).
+const SEARCH_REPS: usize = 10;
 
 struct Gpu {
     stream: Arc<CudaStream>,
@@ -120,31 +124,34 @@ fn forward(
         .unwrap();
 }
 
-/// Median microseconds per layer call of graphs of `CALLS` calls, capture on and off
-/// interleaved.
-fn time_pair(
+/// Median microseconds per layer call of graphs of `CALLS` calls, one graph per entry of
+/// `capture` (replay on or off), replayed in turn `reps` times after the warm-up.
+fn time_graphs(
     g: &Gpu,
     layer: &CutlassMoe<'_>,
     ws: &mut CutlassWorkspace,
     b: &mut Batch,
-) -> (f64, f64) {
-    let graph = |capture: bool, ws: &mut CutlassWorkspace, b: &mut Batch| {
-        g.stream
-            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
-            .unwrap();
-        for _ in 0..CALLS {
-            forward(g, layer, ws, b, capture);
-        }
-        g.stream
-            .end_capture(CUgraphInstantiate_flags(0))
-            .unwrap()
-            .expect("a graph")
-    };
-    let on = graph(true, ws, b);
-    let off = graph(false, ws, b);
-    let (mut t_on, mut t_off) = (Vec::new(), Vec::new());
-    for rep in 0..WARMUP + REPS {
-        for (graph, times) in [(&on, &mut t_on), (&off, &mut t_off)] {
+    capture: &[bool],
+    reps: usize,
+) -> Vec<f64> {
+    let graphs: Vec<_> = capture
+        .iter()
+        .map(|&on| {
+            g.stream
+                .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+                .unwrap();
+            for _ in 0..CALLS {
+                forward(g, layer, ws, b, on);
+            }
+            g.stream
+                .end_capture(CUgraphInstantiate_flags(0))
+                .unwrap()
+                .expect("a graph")
+        })
+        .collect();
+    let mut times = vec![Vec::new(); graphs.len()];
+    for rep in 0..WARMUP + reps {
+        for (graph, times) in graphs.iter().zip(&mut times) {
             g.start.record(&g.stream).unwrap();
             graph.launch().unwrap();
             g.end.record(&g.stream).unwrap();
@@ -154,7 +161,36 @@ fn time_pair(
             }
         }
     }
-    (median(t_on), median(t_off))
+    times.into_iter().map(median).collect()
+}
+
+/// The fastest fixed tactic pair at this size, capture off: GEMM 1's tactics with GEMM 2's
+/// first, then GEMM 2's with the best of those (the GEMMs are separate kernels, so a search
+/// by coordinate finds what the full grid would, in n1 + n2 instead of n1 x n2 timings).
+/// Every timing goes to stderr, for the log.
+fn search_tactics<'w>(
+    g: &Gpu,
+    new_layer: &dyn Fn((u32, u32)) -> CutlassMoe<'w>,
+    counts: (u32, u32),
+    ws: &mut CutlassWorkspace,
+    b: &mut Batch,
+) -> (f64, (u32, u32)) {
+    let mut time = |pair: (u32, u32)| {
+        let t = time_graphs(g, &new_layer(pair), ws, b, &[false], SEARCH_REPS)[0];
+        eprintln!(
+            "tokens {}: tactics {}/{}: {t:.1} us",
+            b.tokens, pair.0, pair.1
+        );
+        t
+    };
+    let best = |times: Vec<(f64, (u32, u32))>| {
+        times
+            .into_iter()
+            .min_by(|x, y| x.0.total_cmp(&y.0))
+            .unwrap()
+    };
+    let (_, (a, _)) = best((0..counts.0).map(|a| (time((a, 0)), (a, 0))).collect());
+    best((0..counts.1).map(|c| (time((a, c)), (a, c))).collect())
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -176,15 +212,18 @@ fn bench_model(g: &Gpu, m: &Model) {
         fc1: fc1.as_view(),
         fc2: fc2.as_view(),
     };
-    let probe = CutlassMoe::new(config, weights()).unwrap();
-    let (n1, n2) = probe.tactic_counts().unwrap();
-    let mut ws = probe.workspace(&g.stream).unwrap();
+    // What a user gets: the layer's own per-call tactic choice.
+    let layer = CutlassMoe::new(config, weights()).unwrap();
+    let (t1, t2) = layer.tactics().unwrap();
+    let counts = (t1.len() as u32, t2.len() as u32);
+    let fixed = |pair| CutlassMoe::with_tactics(config, weights(), pair).unwrap();
+    let mut ws = layer.workspace(&g.stream).unwrap();
     println!(
-        "\n### {} ({e} experts, top-{k}, hidden {h}, intermediate {i}; {n1} x {n2} tactic pairs)\n",
-        m.name
+        "\n### {} ({e} experts, top-{k}, hidden {h}, intermediate {i}; {} x {} tactics)\n",
+        m.name, counts.0, counts.1
     );
-    println!("| tokens | layer, capture on (us) | capture off (us) | on / off | best tactics | experts read | HBM use on their weights | dense bf16 peak |");
-    println!("|---:|---:|---:|---:|---|---:|---:|---:|");
+    println!("| tokens | layer, capture on (us) | capture off (us) | on / off | best fixed tactics (us) | which | experts read | HBM use on their weights | dense bf16 peak |");
+    println!("|---:|---:|---:|---:|---:|---|---:|---:|---:|");
     for (n, &t) in TOKENS.iter().enumerate() {
         let mut b = Batch {
             tokens: t,
@@ -193,16 +232,9 @@ fn bench_model(g: &Gpu, m: &Model) {
             out: g.stream.alloc_zeros::<bf16>(t * h).unwrap(),
             replay: g.stream.alloc_zeros::<i16>(t * k).unwrap(),
         };
-        let mut best = (f64::INFINITY, 0.0, (0, 0));
-        for a in 0..n1 {
-            for c in 0..n2 {
-                let layer = CutlassMoe::with_tactics(config, weights(), (a, c)).unwrap();
-                let (on, off) = time_pair(g, &layer, &mut ws, &mut b);
-                if on < best.0 {
-                    best = (on, off, (a, c));
-                }
-            }
-        }
+        let (best, pair) = search_tactics(g, &fixed, counts, &mut ws, &mut b);
+        let times = time_graphs(g, &layer, &mut ws, &mut b, &[true, false], REPS);
+        let (on, off) = (times[0], times[1]);
         let routed = g.stream.clone_dtoh(&b.replay).unwrap();
         let mut hit = vec![false; e];
         routed.iter().for_each(|&x| hit[x as usize] = true);
@@ -211,18 +243,16 @@ fn bench_model(g: &Gpu, m: &Model) {
         let flops = 2.0 * (t * k) as f64 * 3.0 * (h * i) as f64;
         let (hbm, peak) = match g.limits {
             Some((bw, fl)) => (
-                format!("{:.0}%", 100.0 * bytes / (best.0 * 1e-6) / bw),
-                format!("{:.1}%", 100.0 * flops / (best.0 * 1e-6) / fl),
+                format!("{:.0}%", 100.0 * bytes / (on * 1e-6) / bw),
+                format!("{:.1}%", 100.0 * flops / (on * 1e-6) / fl),
             ),
             None => ("n/a".into(), "n/a".into()),
         };
         println!(
-            "| {t} | {:.1} | {:.1} | {:.3} | {}/{} | {read} | {hbm} | {peak} |",
-            best.0,
-            best.1,
-            best.0 / best.1,
-            best.2 .0,
-            best.2 .1
+            "| {t} | {on:.1} | {off:.1} | {:.3} | {best:.1} | {} / {} | {read} | {hbm} | {peak} |",
+            on / off,
+            t1[pair.0 as usize],
+            t2[pair.1 as usize]
         );
     }
 }

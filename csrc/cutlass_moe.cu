@@ -14,6 +14,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "flashinfer_rs.h"
@@ -34,6 +35,9 @@ struct fi_cutlass_moe {
   int device = 0;
   Runner runner;
   std::vector<Config> tactics1, tactics2;
+  // Tactics -1: the pairs chosen per call (fi_cutlass_moe_run's doc), by rows per expert.
+  bool per_call = false;
+  std::pair<size_t, size_t> few_rows{0, 0}, many_rows{0, 0};
   // The runner's workspace at max_tokens, and where the row map starts (after it, aligned).
   size_t runner_bytes = 0;
   size_t map_offset = 0;
@@ -87,8 +91,9 @@ std::vector<Config> tma_ws(std::vector<Config> all) {
 }
 
 const Config& pick(const std::vector<Config>& tactics, int32_t index, const char* which) {
-  int32_t i = index < 0 ? 0 : index;
-  if (tactics.empty() || size_t(i) >= tactics.size()) {
+  // -1 (chosen per call) starts from the first tactic until the first call picks.
+  int32_t i = index == -1 ? 0 : index;
+  if (i < 0 || tactics.empty() || size_t(i) >= tactics.size()) {
     throw fi::Failure(FI_STATUS_INVALID_ARGUMENT,
                       std::string(which) + " tactic " + std::to_string(index) + " out of range (" +
                           std::to_string(tactics.size()) + " tactics)");
@@ -97,6 +102,30 @@ const Config& pick(const std::vector<Config>& tactics, int32_t index, const char
 }
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+fi_cutlass_moe_tactic describe(const Config& c) {
+  auto [m, n, k] = tensorrt_llm::cutlass_extensions::enum_to_shape_tuple(c.tile_config_sm90);
+  (void)k;
+  return fi_cutlass_moe_tactic{
+      int32_t(m), int32_t(n), c.swap_ab ? 1 : 0,
+      c.epilogue_fusion_type == Config::EpilogueFusionType::FINALIZE ? 1 : 0};
+}
+
+// The index of the tactic with this tile width, operand order and epilogue; the first tactic
+// if the build has none such (then every tactic is one of the build's tiles, and correct).
+size_t find(const std::vector<Config>& tactics, int32_t tile_n, bool swap_ab, bool finalize) {
+  for (size_t i = 0; i < tactics.size(); ++i) {
+    fi_cutlass_moe_tactic t = describe(tactics[i]);
+    if (t.tile_m == 128 && t.tile_n == tile_n && t.swap_ab == int32_t(swap_ab) &&
+        t.finalize == int32_t(finalize)) {
+      return i;
+    }
+  }
+  return 0;
+}
+
+// Below this many rows per expert the 128x16 swapped tactics win (BENCHMARKS.md section 7).
+constexpr int64_t kFewRows = 16;
 
 void validate(const fi_cutlass_moe& layer, const fi_cutlass_moe_buffers& b) {
   const fi_cutlass_moe_params& p = layer.params;
@@ -145,6 +174,15 @@ extern "C" fi_status fi_cutlass_moe_create(const fi_cutlass_moe_params* params,
     fi::check_cuda(cudaGetDevice(&layer->device), "cudaGetDevice");
     layer->tactics1 = tma_ws(layer->runner.getTactics(k::MoeGemmId::GEMM_1));
     layer->tactics2 = tma_ws(layer->runner.getTactics(k::MoeGemmId::GEMM_2));
+    fi::require((params->tactic_gemm1 == -1) == (params->tactic_gemm2 == -1),
+                "tactic_gemm1 and tactic_gemm2 must both be -1 (chosen per call) or neither");
+    layer->per_call = params->tactic_gemm1 == -1;
+    if (layer->per_call) {
+      layer->few_rows = {find(layer->tactics1, 16, true, false),
+                         find(layer->tactics2, 16, true, true)};
+      layer->many_rows = {find(layer->tactics1, 256, false, false),
+                          find(layer->tactics2, 256, false, true)};
+    }
     layer->runner.setTactic(pick(layer->tactics1, params->tactic_gemm1, "GEMM 1"),
                             pick(layer->tactics2, params->tactic_gemm2, "GEMM 2"));
     layer->runner_bytes = runner_bytes(layer->runner, *params, params->max_tokens);
@@ -174,6 +212,17 @@ extern "C" fi_status fi_cutlass_moe_tactic_count(const fi_cutlass_moe* layer, in
   });
 }
 
+extern "C" fi_status fi_cutlass_moe_tactic_info(const fi_cutlass_moe* layer, int32_t gemm,
+                                                int32_t index, fi_cutlass_moe_tactic* out) {
+  return fi::guarded([&] {
+    fi::require(layer != nullptr && out != nullptr, "layer and out must not be NULL");
+    fi::require(gemm == 1 || gemm == 2, "gemm must be 1 or 2");
+    const std::vector<Config>& tactics = gemm == 1 ? layer->tactics1 : layer->tactics2;
+    fi::require(index >= 0 && size_t(index) < tactics.size(), "tactic index out of range");
+    *out = describe(tactics[size_t(index)]);
+  });
+}
+
 extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
                                         const fi_cutlass_moe_buffers* buffers, void* stream) {
   return fi::guarded([&] {
@@ -193,11 +242,23 @@ extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
                         "the runner's workspace at " + std::to_string(b.num_tokens) +
                             " tokens exceeds its size at max_tokens");
     }
+    if (layer->per_call) {
+      // Host-side only: the runner reads its tactics when it launches the GEMMs below.
+      bool few = int64_t(b.num_tokens) * p.top_k < kFewRows * p.num_experts;
+      auto [t1, t2] = few ? layer->few_rows : layer->many_rows;
+      layer->runner.setTactic(layer->tactics1[t1], layer->tactics2[t2]);
+    }
     char* workspace = static_cast<char*>(b.workspace);
     int* map = reinterpret_cast<int*>(workspace + layer->map_offset);
     k::QuantParams quant{};
     tensorrt_llm::kernels::LoraParams lora{};
     k::MoeMinLatencyParams min_latency{};
+    // Programmatic dependent launch, upstream's default on sm_90 (`device_support_pdl`): each of
+    // the runner's kernels may be scheduled while the one before it drains, and waits
+    // (griddepcontrol.wait, CUTLASS_ENABLE_GDC_FOR_SM90) for its completion before reading its
+    // output. The first kernel waits for our router (launched without the attribute), and
+    // whatever the caller launches next waits for the last one as usual. Graph capture keeps
+    // these as programmatic edges.
     layer->runner.runMoe(
         b.hidden_states, /*input_sf=*/nullptr, /*swizzled_input_sf=*/false, b.expert_ids,
         b.expert_scales, b.fc1_weights, /*fc1_expert_biases=*/nullptr,
@@ -206,7 +267,7 @@ extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
         /*unpadded_hidden_size=*/p.hidden_size, p.intermediate_size, p.num_experts, p.top_k,
         workspace, b.output, map, parallelism(p), /*enable_alltoall=*/false, /*use_lora=*/false,
         lora, /*use_deepseek_fp8_block_scale=*/false, /*use_mxfp8_act_scaling=*/false,
-        /*min_latency_mode=*/false, min_latency, /*enable_pdl=*/false,
+        /*min_latency_mode=*/false, min_latency, /*enable_pdl=*/true,
         static_cast<cudaStream_t>(stream));
     fi::check_cuda(cudaGetLastError(), "the CUTLASS MoE's kernel launches");
   });

@@ -29,6 +29,10 @@ extern "C" fi_status fi_cutlass_moe_workspace_size(const fi_cutlass_moe*, size_t
 extern "C" fi_status fi_cutlass_moe_tactic_count(const fi_cutlass_moe*, int32_t*, int32_t*) {
   return absent();
 }
+extern "C" fi_status fi_cutlass_moe_tactic_info(const fi_cutlass_moe*, int32_t, int32_t,
+                                                fi_cutlass_moe_tactic*) {
+  return absent();
+}
 extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe*, const fi_cutlass_moe_buffers*, void*) {
   return absent();
 }

@@ -410,9 +410,17 @@ typedef struct fi_cutlass_moe_params {
                                   L = num_experts / ep_size; ids outside add nothing */
   int32_t max_tokens;        /**< the most tokens one call takes (sizes the workspace) */
   int32_t tactic_gemm1;      /**< index into the GEMM 1 tactics (fi_cutlass_moe_tactic_count),
-                                  -1 for the default (0) */
-  int32_t tactic_gemm2;      /**< likewise for GEMM 2 */
+                                  or -1: chosen per call (the default; see fi_cutlass_moe_run) */
+  int32_t tactic_gemm2;      /**< likewise for GEMM 2; -1 in both or in neither */
 } fi_cutlass_moe_params;
+
+/** One TMA warp-specialised tactic of a grouped GEMM (fi_cutlass_moe_tactic_info). */
+typedef struct fi_cutlass_moe_tactic {
+  int32_t tile_m;   /**< CTA tile rows: of the tokens, or of the weights when swap_ab */
+  int32_t tile_n;   /**< CTA tile columns: of the weights, or of the tokens when swap_ab */
+  int32_t swap_ab;  /**< 1: the weights are the GEMM's A operand (for few tokens per expert) */
+  int32_t finalize; /**< 1 (GEMM 2 only): the weighted sum is fused in the GEMM's epilogue */
+} fi_cutlass_moe_tactic;
 
 /** Checks `params` and the calling thread's current device (FI_STATUS_UNSUPPORTED_ARCH unless
  * it is an sm_90 part and this library has the CUTLASS MoE) and creates a layer in `*out`. */
@@ -428,6 +436,10 @@ fi_status fi_cutlass_moe_workspace_size(const fi_cutlass_moe* layer, size_t* byt
 fi_status fi_cutlass_moe_tactic_count(const fi_cutlass_moe* layer, int32_t* gemm1,
                                       int32_t* gemm2);
 
+/** Describes tactic `index` of GEMM `gemm` (1 or 2) in `*out`. */
+fi_status fi_cutlass_moe_tactic_info(const fi_cutlass_moe* layer, int32_t gemm, int32_t index,
+                                     fi_cutlass_moe_tactic* out);
+
 typedef struct fi_cutlass_moe_buffers {
   int32_t num_tokens;          /**< 0..=max_tokens rows of the inputs; 0 launches nothing */
   const void* hidden_states;   /**< bf16 [num_tokens, hidden_size] */
@@ -442,7 +454,11 @@ typedef struct fi_cutlass_moe_buffers {
 } fi_cutlass_moe_buffers;
 
 /** output[t] = sum over j of expert_scales[t, j] * down(SwiGLU(up_gate(x[t]))) of expert
- * expert_ids[t, j], over this rank's experts; enqueued on `stream` (a cudaStream_t). */
+ * expert_ids[t, j], over this rank's experts; enqueued on `stream` (a cudaStream_t). A layer
+ * created with tactics -1 picks them per call from the mean rows per expert,
+ * num_tokens * top_k / num_experts (measured on an H200, BENCHMARKS.md section 7): below 16,
+ * the 128x16 tile with swapped operands in both GEMMs (the weights stream through many CTAs);
+ * from 16 on, the 128x256 tile; GEMM 2 always with the weighted sum fused. */
 fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer, const fi_cutlass_moe_buffers* buffers,
                              void* stream);
 

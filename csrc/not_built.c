@@ -136,6 +136,12 @@ fi_status fi_cutlass_moe_tactic_count(const fi_cutlass_moe* layer, int32_t* gemm
   return FI_STATUS_KERNELS_NOT_BUILT;
 }
 
+fi_status fi_cutlass_moe_tactic_info(const fi_cutlass_moe* layer, int32_t gemm, int32_t index,
+                                     fi_cutlass_moe_tactic* out) {
+  (void)layer, (void)gemm, (void)index, (void)out;
+  return FI_STATUS_KERNELS_NOT_BUILT;
+}
+
 fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer, const fi_cutlass_moe_buffers* buffers,
                              void* stream) {
   (void)layer, (void)buffers, (void)stream;

@@ -590,10 +590,23 @@ pub struct fi_cutlass_moe_params {
     pub ep_rank: i32,
     #[doc = "< the most tokens one call takes (sizes the workspace)"]
     pub max_tokens: i32,
-    #[doc = "< index into the GEMM 1 tactics (fi_cutlass_moe_tactic_count),\n-1 for the default (0)"]
+    #[doc = "< index into the GEMM 1 tactics (fi_cutlass_moe_tactic_count),\nor -1: chosen per call (the default; see fi_cutlass_moe_run)"]
     pub tactic_gemm1: i32,
-    #[doc = "< likewise for GEMM 2"]
+    #[doc = "< likewise for GEMM 2; -1 in both or in neither"]
     pub tactic_gemm2: i32,
+}
+#[doc = " One TMA warp-specialised tactic of a grouped GEMM (fi_cutlass_moe_tactic_info)."]
+#[repr(C)]
+#[derive(Debug, Default, Copy, Clone)]
+pub struct fi_cutlass_moe_tactic {
+    #[doc = "< CTA tile rows: of the tokens, or of the weights when swap_ab"]
+    pub tile_m: i32,
+    #[doc = "< CTA tile columns: of the weights, or of the tokens when swap_ab"]
+    pub tile_n: i32,
+    #[doc = "< 1: the weights are the GEMM's A operand (for few tokens per expert)"]
+    pub swap_ab: i32,
+    #[doc = "< 1 (GEMM 2 only): the weighted sum is fused in the GEMM's epilogue"]
+    pub finalize: i32,
 }
 unsafe extern "C" {
     #[doc = " Checks `params` and the calling thread's current device (FI_STATUS_UNSUPPORTED_ARCH unless\n it is an sm_90 part and this library has the CUTLASS MoE) and creates a layer in `*out`."]
@@ -619,6 +632,15 @@ unsafe extern "C" {
         layer: *const fi_cutlass_moe,
         gemm1: *mut i32,
         gemm2: *mut i32,
+    ) -> fi_status;
+}
+unsafe extern "C" {
+    #[doc = " Describes tactic `index` of GEMM `gemm` (1 or 2) in `*out`."]
+    pub fn fi_cutlass_moe_tactic_info(
+        layer: *const fi_cutlass_moe,
+        gemm: i32,
+        index: i32,
+        out: *mut fi_cutlass_moe_tactic,
     ) -> fi_status;
 }
 #[repr(C)]
@@ -652,7 +674,7 @@ impl Default for fi_cutlass_moe_buffers {
     }
 }
 unsafe extern "C" {
-    #[doc = " output[t] = sum over j of expert_scales[t, j] * down(SwiGLU(up_gate(x[t]))) of expert\n expert_ids[t, j], over this rank's experts; enqueued on `stream` (a cudaStream_t)."]
+    #[doc = " output[t] = sum over j of expert_scales[t, j] * down(SwiGLU(up_gate(x[t]))) of expert\n expert_ids[t, j], over this rank's experts; enqueued on `stream` (a cudaStream_t). A layer\n created with tactics -1 picks them per call from the mean rows per expert,\n num_tokens * top_k / num_experts (measured on an H200, BENCHMARKS.md section 7): below 16,\n the 128x16 tile with swapped operands in both GEMMs (the weights stream through many CTAs);\n from 16 on, the 128x256 tile; GEMM 2 always with the weighted sum fused."]
     pub fn fi_cutlass_moe_run(
         layer: *mut fi_cutlass_moe,
         buffers: *const fi_cutlass_moe_buffers,
@@ -689,6 +711,8 @@ pub struct fi_abi_layout {
     pub cutlass_moe_params_align: usize,
     pub cutlass_moe_buffers_size: usize,
     pub cutlass_moe_buffers_align: usize,
+    pub cutlass_moe_tactic_size: usize,
+    pub cutlass_moe_tactic_align: usize,
     pub moe_tensor_count: usize,
     pub moe_tensor_offsets: [usize; 32usize],
 }

@@ -61,6 +61,9 @@ fn struct_layouts_match_the_c_compiler() {
         ($c:ident, cutlass_moe_buffers) => {
             ($c.cutlass_moe_buffers_size, $c.cutlass_moe_buffers_align)
         };
+        ($c:ident, cutlass_moe_tactic) => {
+            ($c.cutlass_moe_tactic_size, $c.cutlass_moe_tactic_align)
+        };
     }
     let rows = rows![
         fi_routing_params => routing_params,
@@ -76,6 +79,7 @@ fn struct_layouts_match_the_c_compiler() {
         fi_topk_buffers => topk_buffers,
         fi_cutlass_moe_params => cutlass_moe_params,
         fi_cutlass_moe_buffers => cutlass_moe_buffers,
+        fi_cutlass_moe_tactic => cutlass_moe_tactic,
     ];
     for (name, rust, c_side) in rows {
         assert_eq!(rust, c_side, "{name}: Rust (size, align) vs C");

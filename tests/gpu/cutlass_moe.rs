@@ -6,6 +6,8 @@
 //!   {8, 64, 128, 256} (where the method admits them), plus a Qwen3-30B-A3B-sized layer:
 //!   output within bf16 tolerance, replay ids equal to the oracle's, spare rows untouched,
 //!   output bit-identical with and without replay;
+//! - every tactic the build has, fixed with `with_tactics`, on both sides of the per-call
+//!   choice's threshold;
 //! - expert parallelism: four ranks, each summing only its own experts, add up to the layer;
 //! - precomputed ids give the same output bit for bit;
 //! - a CUDA graph of three layers replayed with fresh inputs equals eager calls;
@@ -14,7 +16,7 @@
 //!
 //! Off Hopper, or in a build without `sm90-moe`, the layer is refused with a typed error
 //! (checked here too).
-use flashinfer_rs::cutlass::{CutlassMoe, CutlassMoeConfig, CutlassWeights};
+use flashinfer_rs::cutlass::{CutlassMoe, CutlassMoeConfig, CutlassTactic, CutlassWeights};
 use flashinfer_rs::half::bf16;
 use flashinfer_rs::routing::{RoutingConfig, RoutingMethod};
 use flashinfer_rs::Error;
@@ -74,9 +76,24 @@ fn the_layer_is_built_here_or_refused_with_a_typed_error() {
     };
     let layer = layer_here(cfg, weights, test);
     if let Some(layer) = &layer {
-        let (a, b) = layer.tactic_counts().unwrap();
-        eprintln!("{test}: {a} GEMM 1 and {b} GEMM 2 TMA warp-specialised tactics");
-        assert!(a > 0 && b > 0);
+        let (a, b) = layer.tactics().unwrap();
+        let names = |t: &[CutlassTactic]| t.iter().map(|t| t.to_string()).collect::<Vec<_>>();
+        eprintln!(
+            "{test}: GEMM 1 tactics {:?}, GEMM 2 {:?}",
+            names(&a),
+            names(&b)
+        );
+        // What the per-call choice looks for (cutlass_moe.cu): the 128x16 swapped tile and
+        // the 128x256 one, GEMM 2's with the weighted sum fused.
+        let has = |t: &[CutlassTactic], tile, swap_ab, finalize| {
+            t.contains(&CutlassTactic {
+                tile,
+                swap_ab,
+                finalize,
+            })
+        };
+        assert!(has(&a, (128, 16), true, false) && has(&a, (128, 256), false, false));
+        assert!(has(&b, (128, 16), true, true) && has(&b, (128, 256), false, true));
     }
 }
 
@@ -270,13 +287,18 @@ mod on_hopper {
     /// reference's, the replay ids are the oracle's with the spare rows untouched, and both
     /// calls wrote the same bits.
     fn verdict(g: &Gpu, cfg: &CutlassMoeConfig, w: &Weights, p: &Prepared) -> Option<String> {
+        verdict_of(g, &CutlassMoe::new(*cfg, w.views()).unwrap(), p)
+    }
+
+    /// [`verdict`] of a given layer (e.g. with fixed tactics).
+    fn verdict_of(g: &Gpu, layer: &CutlassMoe<'_>, p: &Prepared) -> Option<String> {
         let d = &p.d;
-        let layer = CutlassMoe::new(*cfg, w.views()).unwrap();
+        let cfg = &layer.config();
         let mut ws = layer.workspace(&g.stream).unwrap();
         let x = upload(g, &p.x);
         let inputs = DeviceInputs::upload(&g.stream, d);
-        let with = forward(g, &layer, &mut ws, &inputs, &x, d.tokens, true).unwrap();
-        let without = forward(g, &layer, &mut ws, &inputs, &x, d.tokens, false).unwrap();
+        let with = forward(g, layer, &mut ws, &inputs, &x, d.tokens, true).unwrap();
+        let without = forward(g, layer, &mut ws, &inputs, &x, d.tokens, false).unwrap();
         if with.output != without.output {
             return Some("output differs with and without replay".into());
         }
@@ -348,6 +370,50 @@ mod on_hopper {
             not_admitted.len(),
             not_admitted.join("; ")
         );
+        report(test, passed, failures);
+    }
+
+    /// Every tactic the build has, fixed for every call (`with_tactics`): GEMM 1's each with
+    /// GEMM 2's first and GEMM 2's each with GEMM 1's first, at 1, 37 and 300 tokens (mean rows
+    /// per expert 0.25, 9 and 75: both sides of the per-call choice's threshold); an index past
+    /// the last is refused.
+    #[test]
+    fn every_tactic_matches_the_reference() {
+        let test = "cutlass_moe::every_tactic_matches_the_reference";
+        let Some(g) = gpu(test) else { return };
+        let (h, i, e, k) = (256, 128, 16u32, 4u32);
+        let w = weights(&g, e as usize, h, i, 90);
+        let routing = RoutingConfig::new(RoutingMethod::Renormalize, e, k);
+        let cfg = config(routing, h, i, 300);
+        let Some(layer) = layer_here(cfg, w.views(), test) else {
+            return;
+        };
+        let (t1, t2) = layer.tactics().unwrap();
+        let (n1, n2) = (t1.len() as u32, t2.len() as u32);
+        let pairs: Vec<(u32, u32)> = (0..n1)
+            .map(|a| (a, 0))
+            .chain((1..n2).map(|c| (0, c)))
+            .collect();
+        let cases = prepare_all(&cfg, &w.host, &[1, 37, 300], 91);
+        let (mut passed, mut failures) = (0, Vec::new());
+        for &(a, c) in &pairs {
+            let fixed = CutlassMoe::with_tactics(cfg, w.views(), (a, c)).unwrap();
+            for p in &cases {
+                match verdict_of(&g, &fixed, p) {
+                    None => passed += 1,
+                    Some(why) => failures.push(format!(
+                        "tactics {a} ({}) / {c} ({}) T={}: {why}",
+                        t1[a as usize], t2[c as usize], p.d.tokens
+                    )),
+                }
+            }
+        }
+        for bad in [(n1, 0), (0, n2)] {
+            match CutlassMoe::with_tactics(cfg, w.views(), bad) {
+                Err(Error::InvalidArgument { .. }) => {}
+                other => panic!("{test}: tactics {bad:?} of {n1} x {n2}: {other:?}"),
+            }
+        }
         report(test, passed, failures);
     }
 

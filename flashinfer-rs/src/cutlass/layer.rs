@@ -121,27 +121,65 @@ impl Drop for CutlassMoe<'_> {
     }
 }
 
+/// One TMA warp-specialised tactic of a grouped GEMM ([`CutlassMoe::tactics`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CutlassTactic {
+    /// CTA tile (rows, columns) of the GEMM's output: rows over the tokens and columns over
+    /// the weights' rows, or the other way round when `swap_ab`.
+    pub tile: (u32, u32),
+    /// The weights are the GEMM's A operand: the tile's 128 rows run over the weights, its
+    /// columns over the few tokens an expert has at decode.
+    pub swap_ab: bool,
+    /// GEMM 2 only: the weighted sum over each token's experts is fused in its epilogue.
+    pub finalize: bool,
+}
+
+impl std::fmt::Display for CutlassTactic {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}", self.tile.0, self.tile.1)?;
+        if self.swap_ab {
+            f.write_str(" swap")?;
+        }
+        if self.finalize {
+            f.write_str(" fin")?;
+        }
+        Ok(())
+    }
+}
+
 impl<'w> CutlassMoe<'w> {
-    /// Checks `config` and `weights` and creates the runner on the weights' device, with the
-    /// first TMA warp-specialised tactic of each GEMM. Answers
+    /// Checks `config` and `weights` and creates the runner on the weights' device, its
+    /// tactics chosen per call from the call's mean rows per expert (`num_tokens * top_k /
+    /// num_experts`, host-side, no launch): below 16, the 128x16 tile with swapped operands
+    /// in both GEMMs; from 16 on, the 128x256 tile; GEMM 2 always with the weighted sum fused
+    /// (on an H200 the fastest or within 1% of it, BENCHMARKS.md section 7). Answers
     /// [`Error::UnsupportedArch`] off Hopper (sm_90) and [`Error::KernelsNotBuilt`] in a
     /// build without the `sm90-moe` feature.
     pub fn new(config: CutlassMoeConfig, weights: CutlassWeights<'w>) -> Result<Self> {
-        Self::with_tactics(config, weights, (0, 0))
+        Self::create(config, weights, (-1, -1))
     }
 
-    /// [`new`](Self::new) with GEMM 1's and GEMM 2's tactics chosen by index (below
-    /// [`tactic_counts`](Self::tactic_counts); benchmarks pick the fastest per shape).
+    /// [`new`](Self::new) with GEMM 1's and GEMM 2's tactics fixed, by index into
+    /// [`tactics`](Self::tactics), for every call (benchmarks search them per shape).
     pub fn with_tactics(
         config: CutlassMoeConfig,
         weights: CutlassWeights<'w>,
         tactics: (u32, u32),
     ) -> Result<Self> {
+        let as_i32 = |v: u32| i32::try_from(v).map_err(|_| Error::invalid("tactics", "too large"));
+        Self::create(config, weights, (as_i32(tactics.0)?, as_i32(tactics.1)?))
+    }
+
+    /// Tactics as the C ABI takes them: indices, or -1 for both: chosen per call.
+    fn create(
+        config: CutlassMoeConfig,
+        weights: CutlassWeights<'w>,
+        tactics: (i32, i32),
+    ) -> Result<Self> {
         let plan = plan_layer(config, weights.fc1.len(), weights.fc2.len())?;
         let router = TopKRouter::new(config.routing)?;
         same_context(weights.fc1.stream(), [("fc2", weights.fc2.stream())])?;
         let ctx = weights.fc1.stream().context().clone();
-        let as_i32 = |v: u32, arg| i32::try_from(v).map_err(|_| Error::invalid(arg, "too large"));
         let params = sys::fi_cutlass_moe_params {
             num_experts: plan.experts() as i32,
             top_k: plan.top_k() as i32,
@@ -150,8 +188,8 @@ impl<'w> CutlassMoe<'w> {
             ep_size: plan.ep_size as i32,
             ep_rank: plan.ep_rank as i32,
             max_tokens: config.max_tokens as i32,
-            tactic_gemm1: as_i32(tactics.0, "tactics")?,
-            tactic_gemm2: as_i32(tactics.1, "tactics")?,
+            tactic_gemm1: tactics.0,
+            tactic_gemm2: tactics.1,
         };
         ctx.bind_to_thread()?;
         let mut raw = std::ptr::null_mut();
@@ -180,12 +218,30 @@ impl<'w> CutlassMoe<'w> {
         self.plan.config
     }
 
-    /// How many TMA warp-specialised tactics GEMM 1 and GEMM 2 have on this device.
-    pub fn tactic_counts(&self) -> Result<(u32, u32)> {
+    /// GEMM 1's and GEMM 2's TMA warp-specialised tactics on this device, in the order
+    /// [`with_tactics`](Self::with_tactics) indexes them.
+    pub fn tactics(&self) -> Result<(Vec<CutlassTactic>, Vec<CutlassTactic>)> {
         let (mut a, mut b) = (0i32, 0i32);
         // SAFETY: `raw` is a live layer; both are valid out-pointers.
         check(unsafe { sys::fi_cutlass_moe_tactic_count(self.raw.as_ptr(), &mut a, &mut b) })?;
-        Ok((a.max(0) as u32, b.max(0) as u32))
+        let describe = |gemm: i32, count: i32| -> Result<Vec<CutlassTactic>> {
+            (0..count)
+                .map(|index| {
+                    let mut t = sys::fi_cutlass_moe_tactic::default();
+                    // SAFETY: `raw` is a live layer, `index` below the count it gave, `t` a
+                    // valid out-pointer.
+                    check(unsafe {
+                        sys::fi_cutlass_moe_tactic_info(self.raw.as_ptr(), gemm, index, &mut t)
+                    })?;
+                    Ok(CutlassTactic {
+                        tile: (t.tile_m.max(0) as u32, t.tile_n.max(0) as u32),
+                        swap_ab: t.swap_ab != 0,
+                        finalize: t.finalize != 0,
+                    })
+                })
+                .collect()
+        };
+        Ok((describe(1, a)?, describe(2, b)?))
     }
 
     /// Bytes of device memory [`workspace`](Self::workspace) allocates.

@@ -12,14 +12,16 @@
 //!
 //! What is built (pruned to what this layer exposes, see flashinfer-sys's
 //! `build/cutlass_moe.rs`): bf16 activations and bf16 weights, SwiGLU (linear half first),
-//! no biases, one CTA tile (128x128x64, upstream's `FAST_BUILD`) per grouped GEMM and only the
-//! TMA warp-specialised tactics. Not built: fp8 block-scaled weights, other activations,
-//! LoRA, min-latency mode.
+//! no biases, the TMA warp-specialised GEMMs only, two CTA tiles each (cluster 1x1): 128x16
+//! with swapped operands for decode and 128x256 for prefill ([`CutlassTactic`]). Not built:
+//! fp8 block-scaled weights, other activations, LoRA, min-latency mode.
 //!
 //! [`TopKRouter`]: crate::routing::TopKRouter
 mod layer;
 mod plan;
 pub mod prepare;
 
-pub use layer::{CutlassBatch, CutlassMoe, CutlassRouting, CutlassWeights, CutlassWorkspace};
+pub use layer::{
+    CutlassBatch, CutlassMoe, CutlassRouting, CutlassTactic, CutlassWeights, CutlassWorkspace,
+};
 pub use plan::CutlassMoeConfig;

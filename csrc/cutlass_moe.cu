@@ -111,20 +111,21 @@ fi_cutlass_moe_tactic describe(const Config& c) {
       c.epilogue_fusion_type == Config::EpilogueFusionType::FINALIZE ? 1 : 0};
 }
 
-// The index of the tactic with this tile width, operand order and epilogue; the first tactic
-// if the build has none such (then every tactic is one of the build's tiles, and correct).
-size_t find(const std::vector<Config>& tactics, int32_t tile_n, bool swap_ab, bool finalize) {
+// The index of the tactic with this tile width and operand order, without the fused weighted
+// sum (whose atomic scatter changes the output's bits from call to call); the first tactic if
+// the build has none such (then every tactic is one of the build's, and correct).
+size_t find(const std::vector<Config>& tactics, int32_t tile_n, bool swap_ab) {
   for (size_t i = 0; i < tactics.size(); ++i) {
     fi_cutlass_moe_tactic t = describe(tactics[i]);
-    if (t.tile_m == 128 && t.tile_n == tile_n && t.swap_ab == int32_t(swap_ab) &&
-        t.finalize == int32_t(finalize)) {
+    if (t.tile_m == 128 && t.tile_n == tile_n && t.swap_ab == int32_t(swap_ab) && !t.finalize) {
       return i;
     }
   }
   return 0;
 }
 
-// Below this many rows per expert the 128x16 swapped tactics win (BENCHMARKS.md section 7).
+// Below this many mean rows per expert the 128x16 swapped tactics win, from it on 128x256
+// (BENCHMARKS.md section 7: Qwen3 and DeepSeek-V3-sized layers on an H200).
 constexpr int64_t kFewRows = 16;
 
 void validate(const fi_cutlass_moe& layer, const fi_cutlass_moe_buffers& b) {
@@ -178,10 +179,8 @@ extern "C" fi_status fi_cutlass_moe_create(const fi_cutlass_moe_params* params,
                 "tactic_gemm1 and tactic_gemm2 must both be -1 (chosen per call) or neither");
     layer->per_call = params->tactic_gemm1 == -1;
     if (layer->per_call) {
-      layer->few_rows = {find(layer->tactics1, 16, true, false),
-                         find(layer->tactics2, 16, true, true)};
-      layer->many_rows = {find(layer->tactics1, 256, false, false),
-                          find(layer->tactics2, 256, false, true)};
+      layer->few_rows = {find(layer->tactics1, 16, true), find(layer->tactics2, 16, true)};
+      layer->many_rows = {find(layer->tactics1, 256, false), find(layer->tactics2, 256, false)};
     }
     layer->runner.setTactic(pick(layer->tactics1, params->tactic_gemm1, "GEMM 1"),
                             pick(layer->tactics2, params->tactic_gemm2, "GEMM 2"));

@@ -419,7 +419,8 @@ typedef struct fi_cutlass_moe_tactic {
   int32_t tile_m;   /**< CTA tile rows: of the tokens, or of the weights when swap_ab */
   int32_t tile_n;   /**< CTA tile columns: of the weights, or of the tokens when swap_ab */
   int32_t swap_ab;  /**< 1: the weights are the GEMM's A operand (for few tokens per expert) */
-  int32_t finalize; /**< 1 (GEMM 2 only): the weighted sum is fused in the GEMM's epilogue */
+  int32_t finalize; /**< 1 (GEMM 2 only): the weighted sum is fused in the GEMM's epilogue
+                         (never in this build: see fi_cutlass_moe_run) */
 } fi_cutlass_moe_tactic;
 
 /** Checks `params` and the calling thread's current device (FI_STATUS_UNSUPPORTED_ARCH unless
@@ -458,7 +459,9 @@ typedef struct fi_cutlass_moe_buffers {
  * created with tactics -1 picks them per call from the mean rows per expert,
  * num_tokens * top_k / num_experts (measured on an H200, BENCHMARKS.md section 7): below 16,
  * the 128x16 tile with swapped operands in both GEMMs (the weights stream through many CTAs);
- * from 16 on, the 128x256 tile; GEMM 2 always with the weighted sum fused. */
+ * from 16 on, the 128x256 tile. The weighted sum is the runner's finalize kernel (the GEMM
+ * epilogue that fuses it is not built: its atomic scatter is not deterministic), so equal
+ * inputs give equal output bits. */
 fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer, const fi_cutlass_moe_buffers* buffers,
                              void* stream);
 

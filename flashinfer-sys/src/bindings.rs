@@ -605,7 +605,7 @@ pub struct fi_cutlass_moe_tactic {
     pub tile_n: i32,
     #[doc = "< 1: the weights are the GEMM's A operand (for few tokens per expert)"]
     pub swap_ab: i32,
-    #[doc = "< 1 (GEMM 2 only): the weighted sum is fused in the GEMM's epilogue"]
+    #[doc = "< 1 (GEMM 2 only): the weighted sum is fused in the GEMM's epilogue\n(never in this build: see fi_cutlass_moe_run)"]
     pub finalize: i32,
 }
 unsafe extern "C" {
@@ -674,7 +674,7 @@ impl Default for fi_cutlass_moe_buffers {
     }
 }
 unsafe extern "C" {
-    #[doc = " output[t] = sum over j of expert_scales[t, j] * down(SwiGLU(up_gate(x[t]))) of expert\n expert_ids[t, j], over this rank's experts; enqueued on `stream` (a cudaStream_t). A layer\n created with tactics -1 picks them per call from the mean rows per expert,\n num_tokens * top_k / num_experts (measured on an H200, BENCHMARKS.md section 7): below 16,\n the 128x16 tile with swapped operands in both GEMMs (the weights stream through many CTAs);\n from 16 on, the 128x256 tile; GEMM 2 always with the weighted sum fused."]
+    #[doc = " output[t] = sum over j of expert_scales[t, j] * down(SwiGLU(up_gate(x[t]))) of expert\n expert_ids[t, j], over this rank's experts; enqueued on `stream` (a cudaStream_t). A layer\n created with tactics -1 picks them per call from the mean rows per expert,\n num_tokens * top_k / num_experts (measured on an H200, BENCHMARKS.md section 7): below 16,\n the 128x16 tile with swapped operands in both GEMMs (the weights stream through many CTAs);\n from 16 on, the 128x256 tile. The weighted sum is the runner's finalize kernel (the GEMM\n epilogue that fuses it is not built: its atomic scatter is not deterministic), so equal\n inputs give equal output bits."]
     pub fn fi_cutlass_moe_run(
         layer: *mut fi_cutlass_moe,
         buffers: *const fi_cutlass_moe_buffers,

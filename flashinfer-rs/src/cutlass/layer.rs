@@ -131,6 +131,8 @@ pub struct CutlassTactic {
     /// columns over the few tokens an expert has at decode.
     pub swap_ab: bool,
     /// GEMM 2 only: the weighted sum over each token's experts is fused in its epilogue.
+    /// Never in this build: that epilogue's atomic scatter makes the output's bits differ
+    /// from call to call (the separate finalize kernel is deterministic).
     pub finalize: bool,
 }
 
@@ -151,8 +153,8 @@ impl<'w> CutlassMoe<'w> {
     /// Checks `config` and `weights` and creates the runner on the weights' device, its
     /// tactics chosen per call from the call's mean rows per expert (`num_tokens * top_k /
     /// num_experts`, host-side, no launch): below 16, the 128x16 tile with swapped operands
-    /// in both GEMMs; from 16 on, the 128x256 tile; GEMM 2 always with the weighted sum fused
-    /// (on an H200 the fastest or within 1% of it, BENCHMARKS.md section 7). Answers
+    /// in both GEMMs; from 16 on, the 128x256 tile (on an H200 within 2.5% of the fastest of
+    /// three tiles in both operand orders, BENCHMARKS.md section 7). Answers
     /// [`Error::UnsupportedArch`] off Hopper (sm_90) and [`Error::KernelsNotBuilt`] in a
     /// build without the `sm90-moe` feature.
     pub fn new(config: CutlassMoeConfig, weights: CutlassWeights<'w>) -> Result<Self> {

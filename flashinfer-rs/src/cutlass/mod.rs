@@ -14,7 +14,8 @@
 //! `build/cutlass_moe.rs`): bf16 activations and bf16 weights, SwiGLU (linear half first),
 //! no biases, the TMA warp-specialised GEMMs only, two CTA tiles each (cluster 1x1): 128x16
 //! with swapped operands for decode and 128x256 for prefill ([`CutlassTactic`]). Not built:
-//! fp8 block-scaled weights, other activations, LoRA, min-latency mode.
+//! GEMM 2 with the weighted sum fused (not deterministic), fp8 block-scaled weights, other
+//! activations, LoRA, min-latency mode.
 //!
 //! [`TopKRouter`]: crate::routing::TopKRouter
 mod layer;

@@ -458,7 +458,7 @@ typedef struct fi_cutlass_moe_buffers {
  * expert_ids[t, j], over this rank's experts; enqueued on `stream` (a cudaStream_t). A layer
  * created with tactics -1 picks them per call from the mean rows per expert,
  * num_tokens * top_k / num_experts (measured on an H200, BENCHMARKS.md section 7): below 16,
- * the 128x16 tile with swapped operands in both GEMMs (the weights stream through many CTAs);
+ * the 128x16 tile with swapped operands in both GEMMs (its 16 columns over an expert's tokens);
  * from 16 on, the 128x256 tile. The weighted sum is the runner's finalize kernel (the GEMM
  * epilogue that fuses it is not built: its atomic scatter is not deterministic), so equal
  * inputs give equal output bits. */

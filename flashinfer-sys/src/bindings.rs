@@ -674,7 +674,7 @@ impl Default for fi_cutlass_moe_buffers {
     }
 }
 unsafe extern "C" {
-    #[doc = " output[t] = sum over j of expert_scales[t, j] * down(SwiGLU(up_gate(x[t]))) of expert\n expert_ids[t, j], over this rank's experts; enqueued on `stream` (a cudaStream_t). A layer\n created with tactics -1 picks them per call from the mean rows per expert,\n num_tokens * top_k / num_experts (measured on an H200, BENCHMARKS.md section 7): below 16,\n the 128x16 tile with swapped operands in both GEMMs (the weights stream through many CTAs);\n from 16 on, the 128x256 tile. The weighted sum is the runner's finalize kernel (the GEMM\n epilogue that fuses it is not built: its atomic scatter is not deterministic), so equal\n inputs give equal output bits."]
+    #[doc = " output[t] = sum over j of expert_scales[t, j] * down(SwiGLU(up_gate(x[t]))) of expert\n expert_ids[t, j], over this rank's experts; enqueued on `stream` (a cudaStream_t). A layer\n created with tactics -1 picks them per call from the mean rows per expert,\n num_tokens * top_k / num_experts (measured on an H200, BENCHMARKS.md section 7): below 16,\n the 128x16 tile with swapped operands in both GEMMs (its 16 columns over an expert's tokens);\n from 16 on, the 128x256 tile. The weighted sum is the runner's finalize kernel (the GEMM\n epilogue that fuses it is not built: its atomic scatter is not deterministic), so equal\n inputs give equal output bits."]
     pub fn fi_cutlass_moe_run(
         layer: *mut fi_cutlass_moe,
         buffers: *const fi_cutlass_moe_buffers,

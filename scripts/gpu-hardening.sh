@@ -16,6 +16,10 @@
 #   racecheck-capture racecheck over the capture soak and the capture ordering test, in parallel
 #   racecheck-routing:I-J  racecheck over shards I..J of the routing matrix (16 shards, one
 #                     after another, 111-150 s each on an H100: three fit one call)
+#   layer             the Hopper MoE layer's GPU tests (cutlass_moe), its example (04) and
+#                     memcheck over its tests: about 110 s on an H200
+#   bench-layer       BENCHMARKS.md section 7: the layer bench for Qwen3 and the
+#                     DeepSeek-V3-sized layer, then scripts/bench_torch_moe.py: about 100 s
 #   released          the degenerate-input tests on FlashInfer 0.6.13's kernels as released
 #                     (gpu-pack/released, from scripts/gpu-pack-released.sh): they must FAIL
 #                     there; the stage fails if they pass
@@ -26,7 +30,7 @@
 # JOB_TIMEOUT (seconds, default 540) bounds every job; a job that runs out exits 124.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-[ $# -ge 2 ] || { sed -n '2,26p' "$0"; exit 2; }
+[ $# -ge 2 ] || { sed -n '2,30p' "$0"; exit 2; }
 logs=$1
 shift
 mkdir -p "$logs"
@@ -88,6 +92,21 @@ for stage in "$@"; do
       FLASHINFER_RS_SANITIZE_FILTER="routing::every" FLASHINFER_RS_ROUTING_SHARD="$i/16" \
         job "racecheck-routing-$i" bash scripts/sanitize.sh racecheck || status=1
     done
+    ;;
+  layer)
+    # The Hopper MoE layer (issue 16): its GPU tests, its example, memcheck over its tests.
+    job layer-tests env FLASHINFER_RS_REQUIRE_GPU=1 FLASHINFER_RS_REQUIRE_CUTLASS_MOE=1 \
+      gpu-pack/bin/gpu --test-threads=1 --nocapture cutlass_moe || status=1
+    job layer-example gpu-pack/bin/04_hopper_moe_layer || status=1
+    FLASHINFER_RS_SANITIZE_FILTER=cutlass_moe job layer-memcheck \
+      bash scripts/sanitize.sh memcheck || status=1
+    ;;
+  bench-layer)
+    # BENCHMARKS.md section 7: both layers (the tactic search's timings are the lines
+    # "tokens N: tactics A/C"), then PyTorch's layer, in one call.
+    job bench-layer-qwen3 bash gpu-pack/bench.sh layer qwen3 || status=1
+    job bench-layer-deepseek bash gpu-pack/bench.sh layer deepseek || status=1
+    job bench-layer-torch python3 scripts/bench_torch_moe.py || status=1
     ;;
   released)
     if job released bash gpu-pack/released/run.sh --nocapture; then

@@ -22,7 +22,7 @@
 use std::sync::Arc;
 
 use flashinfer_rs::cudarc::driver::sys::{self, CUgraphInstantiate_flags, CUstreamCaptureMode};
-use flashinfer_rs::cudarc::driver::{CudaContext, CudaEvent, CudaSlice, CudaStream};
+use flashinfer_rs::cudarc::driver::{CudaEvent, CudaSlice, CudaStream};
 use flashinfer_rs::cutlass::{
     CutlassBatch, CutlassMoe, CutlassMoeConfig, CutlassRouting, CutlassWeights, CutlassWorkspace,
 };
@@ -263,7 +263,7 @@ fn main() {
         eprintln!("moe_layer bench: needs a Hopper GPU and the CUTLASS MoE (--features sm90-moe)");
         return;
     }
-    let ctx = CudaContext::new(0).unwrap();
+    let ctx = flashinfer_rs::cuda_context(0).unwrap();
     // Graph capture must not record cudarc's per-buffer events.
     unsafe { ctx.disable_event_tracking() };
     let timing = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);

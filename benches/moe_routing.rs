@@ -1009,7 +1009,7 @@ fn main() {
         eprintln!("moe_routing bench: needs a GPU and kernels (build with --features sm90,sm100)");
         return;
     }
-    let ctx = CudaContext::new(0).unwrap();
+    let ctx = flashinfer_rs::cuda_context(0).unwrap();
     // Graph capture must not record cudarc's per-buffer events.
     unsafe { ctx.disable_event_tracking() };
     let stream = ctx.new_stream().unwrap();

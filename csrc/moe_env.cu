@@ -131,6 +131,16 @@ int alloc_scratch(DLTensor* proto, DLManagedTensorVersioned** out, void* error_c
         fi::check_cuda(cudaMallocFromPoolAsync(&t->ptr, bytes, pool_for(device), t->stream),
                        "cudaMallocFromPoolAsync");
       }
+      // Index tensors start as -1: the route map's tile padding is never written by the
+      // 0.6.13 routing kernels and is read by the grouped GEMMs' TMA gathers (upstream's
+      // initRoutingTilePadding, 0.7.1, issue #5349). Every int32 scratch tensor is filled, as
+      // the allocator does not know which one is the route map; upstream allocates them
+      // uninitialised, so no kernel relies on their contents, and what the kernels write
+      // overwrites the fill (stream-ordered, before the kernels).
+      if (proto->dtype.code == kDLInt && proto->dtype.bits == 32) {
+        fi::check_cuda(cudaMemsetAsync(t->ptr, 0xff, bytes, t->stream),
+                       "cudaMemsetAsync(int32 scratch)");
+      }
     }
     DLManagedTensorVersioned& m = t->managed;
     m.version = {DLPACK_MAJOR_VERSION, DLPACK_MINOR_VERSION};

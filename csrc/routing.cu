@@ -192,6 +192,22 @@ void check_routing_args(const fi_routing_params* p, const void* logits,
               "every routing buffer must be non-NULL");
 }
 
+// The route map's tile padding, -1 (upstream's initRoutingTilePadding, FlashInfer 0.7.1,
+// issue #5349): the kernels write the slot of every (token, k) but leave the padding slots of
+// each expert's last tile as they were, and a grouped GEMM's TMA gather reads them. The buffers
+// are reused across calls, so without this the padding holds tokens of earlier calls (or 0):
+// stale rows gathered, and a latency that depends on them. One stream-ordered memset of the
+// slots this call can use, before the kernels write theirs.
+void fill_tile_padding(const fi_routing_params& p, const fi_routing_buffers& b,
+                       cudaStream_t stream) {
+  namespace R = tensorrt_llm::kernels::trtllmgen_moe::Routing;
+  int64_t slots = R::getMaxPermutedPaddedCount(p.num_tokens, p.top_k, p.num_experts,
+                                               p.tile_tokens_dim);
+  fi::check_cuda(cudaMemsetAsync(b.permuted_idx_to_token_idx, 0xff,
+                                 static_cast<size_t>(slots) * sizeof(int32_t), stream),
+                 "cudaMemsetAsync(permuted_idx_to_token_idx)");
+}
+
 }  // namespace
 
 extern "C" fi_status fi_routing_buffer_sizes_for(int32_t num_tokens, int32_t top_k,
@@ -220,6 +236,7 @@ extern "C" fi_status fi_routing_run(const fi_routing_params* params, const void*
     const fi_routing_params& p = *params;
     if (p.num_tokens == 0) return;
     auto stream = static_cast<cudaStream_t>(stream_ptr);
+    fill_tile_padding(p, *buffers, stream);
     switch (p.method) {
       case FI_ROUTING_DEEPSEEK_V3:
         fi::require(bias != nullptr, "DeepSeekV3 routing needs a bias");

@@ -28,7 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("No CUDA device here: nothing to route. Run this on a machine with an NVIDIA GPU to see routed experts.");
         return Ok(());
     }
-    let ctx = flashinfer_rs::cudarc::driver::CudaContext::new(0)?;
+    let ctx = flashinfer_rs::cuda_context(0)?;
     let device = flashinfer_rs::device_info(&ctx)?;
     println!(
         "GPU 0: {} (sm_{}{}, {} SMs)",

@@ -83,7 +83,8 @@ impl Router6 for Gpu {
             .begin_step(&self.stream, StepLayout::single(rows))
             .unwrap();
         for layer in 0..LAYERS {
-            let (logits, _) = oracle::separated_logits(&self.cfg, rows, false, self.rng.next_u64());
+            let (logits, _) =
+                oracle::separated_logits(&self.cfg, rows, false, self.rng.next_u64()).unwrap();
             let logits = self.stream.clone_htod(&logits).unwrap();
             let input = RouteInput {
                 logits: (&logits).into(),
@@ -104,7 +105,7 @@ impl Router6 for Gpu {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let gpu = flashinfer_rs::cuda_device_count() > 0 && flashinfer_rs::build_info().kernels_built;
     let mut source: Box<dyn Router6> = if gpu {
-        let ctx = flashinfer_rs::cudarc::driver::CudaContext::new(0)?;
+        let ctx = flashinfer_rs::cuda_context(0)?;
         let stream = ctx.new_stream()?;
         let cfg = RoutingConfig::new(RoutingMethod::Renormalize, EXPERTS, TOP_K as u32);
         let capture = CaptureConfig {

@@ -22,7 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("No CUDA device here: nothing to run. Run this on a machine with an NVIDIA GPU.");
         return Ok(());
     }
-    let ctx = flashinfer_rs::cudarc::driver::CudaContext::new(0)?;
+    let ctx = flashinfer_rs::cuda_context(0)?;
     let stream = ctx.new_stream()?;
     let (experts, top_k, hidden, inter, tokens) = (128usize, 8usize, 512usize, 256usize, 16);
 
@@ -46,7 +46,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         true,
         EPILOGUE_TILE_M,
         Some(64),
-    );
+    )?;
     let (w1, w2) = (stream.clone_htod(&w1)?, stream.clone_htod(&w2)?);
     let config = MoeConfig {
         routing: RoutingConfig::new(RoutingMethod::Renormalize, experts as u32, top_k as u32),

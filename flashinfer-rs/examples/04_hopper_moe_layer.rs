@@ -21,7 +21,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("No CUDA device here: nothing to run. Run this on a machine with an NVIDIA GPU.");
         return Ok(());
     }
-    let ctx = flashinfer_rs::cudarc::driver::CudaContext::new(0)?;
+    let ctx = flashinfer_rs::cuda_context(0)?;
     let stream = ctx.new_stream()?;
     let (experts, top_k, hidden, inter, tokens) = (128usize, 8usize, 2048usize, 768usize, 64);
     let pattern = |n: usize, seed: usize, scale: f32| -> Vec<bf16> {

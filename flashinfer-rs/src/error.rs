@@ -47,6 +47,11 @@ pub enum Error {
         /// Its name and description, as the CUDA runtime gives them.
         message: String,
     },
+    /// No CUDA driver (`libcuda.so.1`) can be loaded here, so no CUDA context can be made
+    /// ([`cuda_context`](crate::cuda_context) answers this where cudarc's `CudaContext::new`
+    /// panics).
+    #[error("no CUDA driver: libcuda.so.1 cannot be loaded on this machine")]
+    NoDriver,
     /// A CUDA driver call made from Rust (through cudarc) failed; keeps cudarc's error, whose
     /// `.0` is the driver's `CUresult`.
     #[error("CUDA driver error: {0}")]
@@ -81,6 +86,16 @@ pub enum Error {
     /// architecture this build asks for. The message names both sides.
     #[error("prebuilt kernel library: {0}")]
     KernelLibrary(String),
+    /// Host memory a call needed could not be had (the allocation was refused: the sizes the
+    /// caller gave ask for more than this machine has). Nothing was changed; a server keeps
+    /// running and answers the request that asked for it with this error.
+    #[error("cannot allocate {bytes} bytes of host memory for `{what}`")]
+    HostAllocation {
+        /// What the memory was for (`ids`, `weights`, `logits`, ...).
+        what: &'static str,
+        /// How many bytes were asked for (`u128`: a request may not even fit `usize`).
+        bytes: u128,
+    },
     /// A cubin is missing, unreadable or fails its sha256.
     #[error("cubin error: {0}")]
     Cubin(String),

@@ -156,6 +156,35 @@ pub fn cuda_device_count() -> usize {
     cudarc::driver::CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
 }
 
+/// The primary CUDA context of device `ordinal`, or a typed error: [`Error::NoDriver`] where
+/// no driver can be loaded (cudarc's `CudaContext::new` panics there),
+/// [`Error::InvalidArgument`] for an ordinal past [`cuda_device_count`], and the driver's own
+/// error otherwise. Every context this crate's examples and tests make comes from here.
+///
+/// ```no_run
+/// let ctx = flashinfer_rs::cuda_context(0)?;
+/// let stream = ctx.default_stream();
+/// # Ok::<(), flashinfer_rs::Error>(())
+/// ```
+pub fn cuda_context(ordinal: usize) -> Result<std::sync::Arc<cudarc::driver::CudaContext>> {
+    if !driver_present() {
+        return Err(Error::NoDriver);
+    }
+    let count = cuda_device_count();
+    crate::error::ensure(ordinal < count, "ordinal", || {
+        format!("device {ordinal} does not exist: {count} CUDA devices are visible")
+    })?;
+    // cudarc panics on what it cannot load or bind; a panic must not cross into the caller's
+    // server (the driver probe above rules out the usual cause).
+    std::panic::catch_unwind(|| cudarc::driver::CudaContext::new(ordinal))
+        .map_err(|_| {
+            Error::Internal(format!(
+                "cudarc panicked creating the context of device {ordinal}"
+            ))
+        })?
+        .map_err(Error::from)
+}
+
 /// Whether the CUDA driver library can be loaded. Asked of the dynamic loader directly, not of
 /// cudarc: `cudarc::driver::sys::is_culib_present` exists only when cudarc loads the driver at
 /// run time, while a binary that links it (candle's `dynamic-linking`) cannot start without it.

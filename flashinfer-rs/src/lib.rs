@@ -4,12 +4,11 @@
 //! routing replay ([`capture`]).
 //!
 //! ```no_run
-//! use flashinfer_rs::cudarc::driver::CudaContext;
 //! use flashinfer_rs::routing::{RouteInput, Router, RoutingBuffers, RoutingConfig, RoutingMethod};
 //! use flashinfer_rs::ReplayView;
 //!
 //! # fn main() -> Result<(), flashinfer_rs::Error> {
-//! let stream = CudaContext::new(0)?.default_stream();
+//! let stream = flashinfer_rs::cuda_context(0)?.default_stream();
 //! let cfg = RoutingConfig::new(RoutingMethod::Renormalize, 128, 8); // Qwen3-30B-A3B
 //! let router = Router::new(cfg)?;
 //! let mut buffers = RoutingBuffers::new(&stream, &cfg, 1024)?;
@@ -62,12 +61,30 @@
 //! size host or device buffers (tokens, layers, positions in [`capture`], the fused MoE's
 //! hidden and intermediate sizes) are `usize`.
 //!
+//! # Machines without a GPU or a driver
+//!
+//! cudarc's `CudaContext::new` panics where no CUDA driver can be loaded. Make contexts with
+//! [`cuda_context`] instead (it answers [`Error::NoDriver`], or an out-of-range ordinal as
+//! [`Error::InvalidArgument`]), or probe first with [`cuda_device_count`], which is 0 without a
+//! driver and never panics. Nothing else in this crate creates a context: every call takes the
+//! caller's stream.
+//!
+//! # Sizes a caller gives
+//!
+//! Every size that a caller (or a server's config file) passes is checked before it is used:
+//! products with checked arithmetic (an overflow is [`Error::InvalidArgument`] naming the
+//! argument), host memory taken fallibly ([`Error::HostAllocation`] when the machine cannot
+//! give it), device memory through the driver (its out-of-memory error), and loops bounded by
+//! the data held, never by a count alone. No public function of this crate panics on its
+//! arguments.
+//!
 //! Routing calls run on the caller's cudarc stream, allocate nothing and never synchronise;
 //! the fused MoE takes its scratch stream-ordered on that stream, the CUTLASS MoE uses a
 //! workspace allocated once. All can be captured in CUDA graphs (with cudarc's event tracking
 //! off during capture, as for any cudarc work).
 #![warn(missing_docs)]
 
+mod alloc;
 pub mod capture;
 mod context;
 pub mod cutlass;
@@ -80,7 +97,7 @@ mod replay;
 pub mod routing;
 
 pub use error::{Error, Result};
-pub use ffi::{build_info, cuda_device_count, device_info, BuildInfo, DeviceInfo};
+pub use ffi::{build_info, cuda_context, cuda_device_count, device_info, BuildInfo, DeviceInfo};
 pub use replay::ReplayView;
 
 /// The FlashInfer release the kernels are compiled from.

@@ -48,11 +48,12 @@ fn pooled_model(
     first_seed: u64,
     want_of: Oracle,
 ) -> Model {
-    let (_, bias) = oracle::separated_logits(&cfg, 0, false, 7);
+    let (_, bias) = oracle::separated_logits(&cfg, 0, false, 7).unwrap();
     let (mut pool, mut want) = (Vec::new(), Vec::new());
     for l in 0..layers {
         let seed = first_seed + l as u64;
-        let logits = oracle::separated_logits_for_bias(&cfg, POOL, false, seed, bias.as_deref());
+        let logits =
+            oracle::separated_logits_for_bias(&cfg, POOL, false, seed, bias.as_deref()).unwrap();
         want.push(want_of(&cfg, &logits, bias.as_deref(), POOL).unwrap());
         pool.push(g.stream.clone_htod(&logits).unwrap());
     }
@@ -384,7 +385,7 @@ fn the_next_step_cannot_overwrite_rows_still_being_read_back() {
     let mut want = Vec::new();
     let mut logits = Vec::new();
     for seed in [1u64, 2] {
-        let (l, _) = oracle::separated_logits(&cfg, tokens, false, seed);
+        let (l, _) = oracle::separated_logits(&cfg, tokens, false, seed).unwrap();
         want.push(oracle::route(&cfg, &l, None, tokens).unwrap().ids);
         logits.push(g.stream.clone_htod(&l).unwrap());
     }

@@ -35,7 +35,7 @@ pub fn gpu(test: &str) -> Option<Gpu> {
     let lock =
         File::create(std::env::temp_dir().join("flashinfer-rs-gpu-tests.lock")).expect("lock file");
     lock.lock().expect("lock the GPU");
-    let ctx = CudaContext::new(0).expect("CUDA context on device 0");
+    let ctx = flashinfer_rs::cuda_context(0).expect("CUDA context on device 0");
     let stream = ctx.new_stream().expect("stream");
     Some(Gpu {
         ctx,

@@ -29,7 +29,8 @@ fn threads_on_their_own_streams_route_correctly_at_once() {
                 for round in 0..40 {
                     let tokens = [1, 7, 64, 300, 2048][round % 5];
                     let (logits, bias) =
-                        oracle::separated_logits(cfg, tokens, false, (i * 100 + round) as u64);
+                        oracle::separated_logits(cfg, tokens, false, (i * 100 + round) as u64)
+                            .unwrap();
                     let want = oracle::route(cfg, &logits, bias.as_deref(), tokens).unwrap();
                     let d_logits = stream.clone_htod(&logits).unwrap();
                     let d_bias = bias.map(|b| stream.clone_htod(&b).unwrap());

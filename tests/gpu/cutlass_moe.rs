@@ -32,7 +32,7 @@ fn layer_here<'w>(
 ) -> Option<CutlassMoe<'w>> {
     let got = CutlassMoe::new(cfg, weights);
     let build = flashinfer_rs::build_info();
-    let ctx = flashinfer_rs::cudarc::driver::CudaContext::new(0).unwrap();
+    let ctx = flashinfer_rs::cuda_context(0).unwrap();
     let device = flashinfer_rs::device_info(&ctx).unwrap();
     match got {
         Ok(layer) => {
@@ -533,6 +533,75 @@ mod on_hopper {
             .collect();
         assert!(given == routed.output, "{test}: outputs differ");
         eprintln!("{test}: 1 case passed");
+    }
+
+    /// Programmatic dependent launch (issue 26, upstream 0.7.2.post1 moved the routing kernels'
+    /// PDL trigger earlier): the layer's kernels are launched with PDL right after its router,
+    /// so each must wait on the grid before it reads the routing. Two batches whose routing
+    /// differs are enqueued alternately, 40 calls back to back on one stream with no wait in
+    /// between, into the same workspace; every output must be its own batch's reference and
+    /// bit-identical to the other calls of that batch (a kernel reading the routing before
+    /// the router finished would see the other batch's ids and scales).
+    #[test]
+    fn back_to_back_calls_read_their_own_routing() {
+        let test = "cutlass_moe::back_to_back_calls_read_their_own_routing";
+        let Some(g) = gpu(test) else { return };
+        let (h, i, t, calls) = (256, 128, 33, 40);
+        let routing = RoutingConfig::new(RoutingMethod::Renormalize, 64, 6);
+        let w = weights(&g, 64, h, i, 31);
+        let Some(layer) = layer_here(config(routing, h, i, t), w.views(), test) else {
+            return;
+        };
+        let cfg = layer.config();
+        let batches = [prepare(&cfg, &w.host, t, 32), prepare(&cfg, &w.host, t, 33)];
+        let inputs: Vec<DeviceInputs> = batches
+            .iter()
+            .map(|p| DeviceInputs::upload(&g.stream, &p.d))
+            .collect();
+        let xs: Vec<CudaSlice<bf16>> = batches.iter().map(|p| upload(&g, &p.x)).collect();
+        let mut outs: Vec<CudaSlice<bf16>> = (0..calls)
+            .map(|_| g.stream.clone_htod(&vec![bf16::NAN; t * h]).unwrap())
+            .collect();
+        let mut ws = layer.workspace(&g.stream).unwrap();
+        g.stream.synchronize().unwrap();
+        for (c, out) in outs.iter_mut().enumerate() {
+            let input = inputs[c % 2].input(t);
+            let batch = CutlassBatch {
+                num_tokens: t,
+                routing: CutlassRouting::Logits {
+                    logits: input.logits,
+                    bias: None,
+                },
+                hidden_states: xs[c % 2].as_view(),
+            };
+            layer
+                .forward(&g.stream, batch, &mut out.as_view_mut(), &mut ws, None)
+                .unwrap();
+        }
+        let got: Vec<Vec<u16>> = outs
+            .iter()
+            .map(|o| {
+                g.stream
+                    .clone_dtoh(o)
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect()
+            })
+            .collect();
+        for (c, bits) in got.iter().enumerate() {
+            let p = &batches[c % 2];
+            if let Err(e) = moe_oracle::check_accuracy(&p.want, &to_f32(bits), ATOL, RTOL, 1.0) {
+                panic!("{test}: call {c} (batch {}): {e}", c % 2);
+            }
+            assert!(
+                *bits == got[c % 2],
+                "{test}: call {c} differs from call {} of the same batch",
+                c % 2
+            );
+        }
+        assert!(got[0] != got[1], "{test}: the two batches must differ");
+        eprintln!("{test}: {calls} back-to-back calls read their own routing");
     }
 
     /// The fp32 weights the layer's router writes for `t` tokens (the same router, run alone).

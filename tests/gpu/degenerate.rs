@@ -55,7 +55,8 @@ fn run_regime(g: &Gpu, regime: Regime, test: &str) {
         for &t in &tokens {
             for (bf16_logits, bf16_bias) in [(false, false), (true, false), (false, true)] {
                 let seed = (ci * 10_000 + t) as u64 * 4 + 2 * bf16_logits as u64 + bf16_bias as u64;
-                let (logits, bias) = oracle::regime_logits(cfg, regime, t, bf16_logits, seed);
+                let (logits, bias) =
+                    oracle::regime_logits(cfg, regime, t, bf16_logits, seed).unwrap();
                 let d = CaseData::new(cfg, t, bf16_logits, logits, bias, bf16_bias);
                 assert!(
                     d.want.weights.iter().all(|w| w.is_finite()),
@@ -141,7 +142,7 @@ pub fn special_logits(
     bf16_logits: bool,
     seed: u64,
 ) -> Vec<f32> {
-    let (mut logits, _) = oracle::separated_logits(cfg, tokens, bf16_logits, seed);
+    let (mut logits, _) = oracle::separated_logits(cfg, tokens, bf16_logits, seed).unwrap();
     let e = cfg.num_experts as usize;
     let mut rng = SplitMix64(seed ^ 0x5eed);
     for (t, row) in logits.chunks_mut(e).enumerate() {

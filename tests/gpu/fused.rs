@@ -41,7 +41,7 @@ fn tactic_query_answers_for_the_machine_it_runs_on() {
         );
         return;
     }
-    let ctx = flashinfer_rs::cudarc::driver::CudaContext::new(0).unwrap();
+    let ctx = flashinfer_rs::cuda_context(0).unwrap();
     let device = flashinfer_rs::device_info(&ctx).unwrap();
     if device.fused_supported {
         let tactics = got.expect("tactics on Blackwell");

@@ -89,7 +89,8 @@ struct Case {
 impl Case {
     fn new(cfg: RoutingConfig, shape: Shape, seed: u64) -> Case {
         let bf16_logits = !matches!(cfg.method, RoutingMethod::DeepSeekV3 { .. });
-        let (logits, bias) = oracle::separated_logits(&cfg, shape.num_tokens, bf16_logits, seed);
+        let (logits, bias) =
+            oracle::separated_logits(&cfg, shape.num_tokens, bf16_logits, seed).unwrap();
         let routed = oracle::route(&cfg, &logits, bias.as_deref(), shape.num_tokens).unwrap();
         let mut rng = SplitMix64(seed ^ 0x5eed);
         let (h, i) = (shape.hidden_size, shape.intermediate_size);
@@ -336,7 +337,8 @@ fn bf16_run(g: &Gpu, c: &Case, opts: &MoeOptions, name: &str) -> Vec<f32> {
         true,
         EPILOGUE_TILE_M,
         Some(64),
-    );
+    )
+    .unwrap();
     let (hs, w1, w2) = (
         s.clone_htod(&to_bf16(&c.hidden)).unwrap(),
         s.clone_htod(&w1).unwrap(),
@@ -458,7 +460,8 @@ fn fp8_per_tensor_moe_matches_the_reference() {
                 true,
                 EPILOGUE_TILE_M,
                 None,
-            );
+            )
+            .unwrap();
             let (hs, w1, w2) = (
                 s.clone_htod(&hq).unwrap(),
                 s.clone_htod(&w1).unwrap(),
@@ -579,11 +582,12 @@ fn mxfp8_block_scale_moe_matches_the_reference() {
                 (h, i, i / 32),
                 true,
                 EPILOGUE_TILE_M,
-            );
+            )
+            .unwrap();
             // Activations: MX fp8 with the scales interleaved 128x4, as mxfp8_quantize makes them.
             let (hq, hs) = moe_oracle::quantize_mxfp8(&c.hidden, t, h);
             c.hidden = moe_oracle::dequantize_mxfp8(&hq, &hs);
-            let hs = interleave_scales(&hs, t, h / 32);
+            let hs = interleave_scales(&hs, t, h / 32).unwrap();
             let (hq, hs, w1, w1s, w2, w2s) = (
                 s.clone_htod(&hq).unwrap(),
                 s.clone_htod(&hs).unwrap(),
@@ -711,11 +715,12 @@ fn nvfp4_moe_matches_the_reference() {
                 (h, i / 2, i / 16),
                 true,
                 EPILOGUE_TILE_M,
-            );
+            )
+            .unwrap();
             let hg = moe_oracle::nvfp4_global_scale(&c.hidden);
             let (hq, hs) = moe_oracle::quantize_nvfp4(&c.hidden, t, h, hg);
             c.hidden = moe_oracle::dequantize_nvfp4(&hq, &hs, hg);
-            let hs = interleave_scales(&hs, t, h / 16);
+            let hs = interleave_scales(&hs, t, h / 16).unwrap();
             // The kernel requantises the activation to nvfp4 with a global scale calibrated on
             // it; the output scales fold every global scale in (upstream's scale_c_fc1 & co).
             let acts: Vec<f32> =
@@ -796,7 +801,8 @@ fn mxfp4_moe_matches_the_reference() {
                 (h, i / 2, i / 32),
                 true,
                 EPILOGUE_TILE_M,
-            );
+            )
+            .unwrap();
             let (w1, w1s, w2, w2s) = (
                 s.clone_htod(&w1).unwrap(),
                 s.clone_htod(&w1s).unwrap(),
@@ -807,7 +813,9 @@ fn mxfp4_moe_matches_the_reference() {
             let hs_bf16 = s.clone_htod(&to_bf16(&c.hidden)).unwrap();
             let (hq, hs) = moe_oracle::quantize_mxfp8(&c.hidden, t, h);
             let hq_dev = s.clone_htod(&hq).unwrap();
-            let hs_dev = s.clone_htod(&interleave_scales(&hs, t, h / 32)).unwrap();
+            let hs_dev = s
+                .clone_htod(&interleave_scales(&hs, t, h / 32).unwrap())
+                .unwrap();
             let hidden_states = || {
                 if mx_act {
                     Fp4Activations::MxE4m3 {
@@ -902,7 +910,8 @@ fn unfinalized_bf16_moe_hands_back_bf16_expert_weights_for_fp32_logits() {
         true,
         EPILOGUE_TILE_M,
         Some(64),
-    );
+    )
+    .unwrap();
     let (hs, w1, w2) = (
         s.clone_htod(&to_bf16(&c.hidden)).unwrap(),
         s.clone_htod(&w1).unwrap(),
@@ -971,7 +980,8 @@ fn unfinalized_bf16_moe_hands_back_per_expert_outputs() {
         true,
         EPILOGUE_TILE_M,
         Some(64),
-    );
+    )
+    .unwrap();
     let (hs, w1, w2) = (
         s.clone_htod(&to_bf16(&c.hidden)).unwrap(),
         s.clone_htod(&w1).unwrap(),
@@ -1034,7 +1044,8 @@ fn a_captured_bf16_moe_replays_with_fresh_logits() {
         true,
         EPILOGUE_TILE_M,
         Some(64),
-    );
+    )
+    .unwrap();
     let (hs, w1, w2) = (
         s.clone_htod(&to_bf16(&c.hidden)).unwrap(),
         s.clone_htod(&w1).unwrap(),

@@ -13,7 +13,7 @@ fn graph_replays(cfg: RoutingConfig, tokens: usize, replays: usize) {
     let rows = tokens + 64; // oversized: the graph must only ever write [0, tokens)
     let router = Router::new(cfg).unwrap();
     let mut buffers = RoutingBuffers::new(&g.stream, &cfg, tokens).unwrap();
-    let (first, host_bias) = oracle::separated_logits(&cfg, tokens, false, 1);
+    let (first, host_bias) = oracle::separated_logits(&cfg, tokens, false, 1).unwrap();
     let mut logits = g.stream.clone_htod(&first).unwrap();
     let bias = host_bias.as_ref().map(|b| g.stream.clone_htod(b).unwrap());
     let mut replay = g.stream.clone_htod(&vec![-1i16; rows * k]).unwrap();
@@ -48,7 +48,8 @@ fn graph_replays(cfg: RoutingConfig, tokens: usize, replays: usize) {
             false,
             100 + i as u64,
             host_bias.as_deref(),
-        );
+        )
+        .unwrap();
         let want = oracle::route(&cfg, &fresh, host_bias.as_deref(), tokens).unwrap();
         g.stream.memcpy_htod(&fresh, &mut logits).unwrap();
         graph.launch().unwrap();

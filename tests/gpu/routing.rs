@@ -178,7 +178,7 @@ pub fn case_data_for(
     bf16: bool,
     seed: u64,
 ) -> CaseData {
-    let (logits, bias) = oracle::regime_logits(cfg, regime, tokens, bf16, seed);
+    let (logits, bias) = oracle::regime_logits(cfg, regime, tokens, bf16, seed).unwrap();
     CaseData::with_oracle(cfg, tokens, bf16, logits, bias, false, route)
 }
 
@@ -303,6 +303,8 @@ pub fn run(
 
 /// The permutation the fused GEMMs consume: every (token, k) sits in a padded slot below
 /// `permuted_idx_size` that maps back to the token.
+/// The permutation of a call: every (token, k) has its own slot, which maps back to the token,
+/// and every other slot below `permuted_idx_size` (tile padding) is -1.
 fn check_permutation(
     g: &Gpu,
     cfg: &RoutingConfig,
@@ -332,6 +334,15 @@ fn check_permutation(
             ));
         }
         seen[p as usize] = true;
+    }
+    // The padding slots of each expert's tile (upstream's initRoutingTilePadding, 0.7.1): -1,
+    // never a stale token of an earlier call (the buffers are reused across calls here, larger
+    // batches first in some matrices).
+    if let Some(slot) = (0..size as usize).find(|&s| !seen[s] && p2t[s] != -1) {
+        return Err(format!(
+            "padding slot {slot} of {size} holds {} instead of -1",
+            p2t[slot]
+        ));
     }
     Ok(())
 }

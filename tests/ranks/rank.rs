@@ -6,7 +6,7 @@ use std::sync::Arc;
 use flashinfer_rs::capture::{
     shard_ranges, CaptureConfig, CaptureStore, CollectedStep, ShardGather, StepLayout,
 };
-use flashinfer_rs::cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use flashinfer_rs::cudarc::driver::{CudaSlice, CudaStream};
 use flashinfer_rs::cudarc::nccl::{Comm, Id};
 use flashinfer_rs::routing::oracle::{self, SplitMix64};
 use flashinfer_rs::routing::{RouteInput, Router, RoutingBuffers, RoutingConfig, RoutingMethod};
@@ -47,7 +47,8 @@ impl Pool {
     fn new(stream: &Arc<CudaStream>, cfg: RoutingConfig) -> Pool {
         let (mut logits, mut want) = (Vec::new(), Vec::new());
         for l in 0..LAYERS {
-            let host = oracle::separated_logits_for_bias(&cfg, POOL, false, 300 + l as u64, None);
+            let host =
+                oracle::separated_logits_for_bias(&cfg, POOL, false, 300 + l as u64, None).unwrap();
             want.push(oracle::route(&cfg, &host, None, POOL).unwrap().ids);
             logits.push(stream.clone_htod(&host).unwrap());
         }
@@ -124,7 +125,7 @@ struct Checked {
 
 pub fn run(rank: usize) -> ExitCode {
     let world = env("FLASHINFER_RS_WORLD");
-    let ctx = CudaContext::new(env("FLASHINFER_RS_RANK_DEVICE")).unwrap();
+    let ctx = flashinfer_rs::cuda_context(env("FLASHINFER_RS_RANK_DEVICE")).unwrap();
     let stream = ctx.new_stream().unwrap();
     let steps = std::env::var("FLASHINFER_RS_RANK_STEPS")
         .ok()

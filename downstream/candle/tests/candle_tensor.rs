@@ -86,7 +86,7 @@ fn candle_tensor_logits_route_and_capture_like_the_oracle() {
         let mut biases = Vec::new();
         for layer in 0..layers {
             let (logits, bias) =
-                oracle::separated_logits(&cfg, tokens, false, 1000 * layer as u64 + 7);
+                oracle::separated_logits(&cfg, tokens, false, 1000 * layer as u64 + 7).unwrap();
             want.push(oracle::route(&cfg, &logits, bias.as_deref(), tokens).unwrap());
             tensors.push(Tensor::from_vec(logits, (tokens, experts as usize), &device).unwrap());
             biases.push(

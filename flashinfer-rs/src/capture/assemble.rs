@@ -18,6 +18,7 @@ use std::collections::HashMap;
 
 use super::export::{check_ids, RoutedExperts, MAX_EXPORT_EXPERTS, UNKNOWN};
 use super::replicas::ExpertMap;
+use crate::alloc;
 use crate::error::{ensure, Error, Result};
 
 /// A request, as the serving loop names it.
@@ -272,6 +273,7 @@ impl Assembler {
     pub fn push_step(&mut self, step: &StepRows, owners: &[RowOwner]) -> Result<()> {
         let shape = (step.tokens, step.layers, step.top_k);
         self.check_step(shape, &step.ids, step.weights.as_deref(), owners)?;
+        self.reserve(owners, step.weights.is_some())?;
         let row = self.row;
         self.write_rows(owners, |r| {
             let span = r * row..(r + 1) * row;
@@ -292,6 +294,7 @@ impl Assembler {
     ) -> Result<()> {
         let shape = (step.tokens, step.layers, step.top_k);
         self.check_step(shape, step.ids, step.weights, owners)?;
+        self.reserve(owners, step.weights.is_some())?;
         let (rows, top_k) = (step.tokens, step.top_k);
         self.write_rows(owners, |row| {
             (
@@ -343,8 +346,44 @@ impl Assembler {
         check_ids(ids, self.config.num_experts)
     }
 
-    /// Writes each owned row `r` (`row_of(r)`: its ids and weights) into its request; rows of
-    /// requests no longer tracked are counted as dropped.
+    /// Reserves the host memory every owned row will be written into, before any is written:
+    /// a step whose rows cannot all be had ([`Error::HostAllocation`]) changes nothing. A
+    /// request that gets its first weights with this step gets its (empty) weight track here.
+    fn reserve(&mut self, owners: &[RowOwner], weights: bool) -> Result<()> {
+        let row = self.row;
+        // Each request's furthest row of the step (positions are checked: the product fits).
+        let mut ends: HashMap<RequestId, usize> = HashMap::new();
+        for owner in owners {
+            if let RowOwner::Token { request, position } = *owner {
+                if self.requests.contains_key(&request) {
+                    let end = ends.entry(request).or_default();
+                    *end = (*end).max((position + 1) * row);
+                }
+            }
+        }
+        let mut new_weights = Vec::new();
+        for (&request, &end) in &ends {
+            let track = &mut self.requests.get_mut(&request).expect("checked above");
+            alloc::reserve("ids", &mut track.ids, end)?;
+            match &mut track.weights {
+                Some(w) => alloc::reserve("weights", w, end)?,
+                None if weights => {
+                    new_weights.push((request, alloc::with_capacity("weights", end)?))
+                }
+                None => {}
+            }
+        }
+        for (request, w) in new_weights {
+            if let Some(track) = self.requests.get_mut(&request) {
+                track.weights = Some(w);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes each owned row `r` (`row_of(r)`: its ids and weights) into its request (whose
+    /// memory [`reserve`](Self::reserve) took); rows of requests no longer tracked are counted
+    /// as dropped.
     fn write_rows<'a>(
         &mut self,
         owners: &[RowOwner],
@@ -379,6 +418,10 @@ impl Assembler {
             .requests
             .get_mut(&request)
             .ok_or_else(|| unknown(request))?;
+        alloc::reserve("ids", &mut track.ids, (position + 1) * row)?;
+        if let Some(w) = &mut track.weights {
+            alloc::reserve("weights", w, (position + 1) * row)?;
+        }
         write_row(
             track,
             row,
@@ -499,7 +542,8 @@ impl Assembler {
     /// Rows `[from, end)` of `track` (`from <= end`), UNKNOWN where never written.
     fn rows(&self, track: &Track, from: usize, end: usize) -> Result<RoutedExperts> {
         let row = self.row;
-        let mut ids = vec![UNKNOWN; (end - from) * row];
+        let n = (end - from) * row;
+        let mut ids = alloc::filled("ids", n, UNKNOWN)?;
         let have = (track.ids.len() / row).min(end);
         if have > from {
             ids[..(have - from) * row].copy_from_slice(&track.ids[from * row..have * row]);
@@ -515,7 +559,7 @@ impl Assembler {
         match &track.weights {
             None => Ok(experts),
             Some(w) => {
-                let mut weights = vec![f32::NAN; (end - from) * row];
+                let mut weights = alloc::filled("weights", n, f32::NAN)?;
                 let have = (w.len() / row).min(end);
                 if have > from {
                     weights[..(have - from) * row].copy_from_slice(&w[from * row..have * row]);
@@ -528,7 +572,8 @@ impl Assembler {
 
 /// Writes `ids` (one checked row) at `position` of `track`, growing it with UNKNOWN rows as
 /// needed, as logical ids where there is a `map`; and its `weights` (NaN where a row has
-/// none, once the track keeps weights). The caller has bounded `position` by `max_positions`.
+/// none, once the track keeps weights). The caller has bounded `position` by `max_positions`
+/// and reserved the memory (so the growth below does not allocate).
 fn write_row(
     track: &mut Track,
     row: usize,

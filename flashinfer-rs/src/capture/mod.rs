@@ -26,4 +26,7 @@ pub use export::{ExportDtype, RoutedExperts, MAX_EXPORT_EXPERTS, UNKNOWN};
 pub use gather::{shard_ranges, ShardGather};
 pub use replicas::ExpertMap;
 pub use slots::{SlotStore, SlotStoreConfig};
-pub use store::{CaptureConfig, CaptureStore, CollectedStep, LayerViews, StepBuffer, StepLayout};
+pub use store::{
+    CaptureConfig, CaptureStore, CollectedStep, LayerViews, StepBuffer, StepLayout,
+    MAX_READBACK_BUFFERS,
+};

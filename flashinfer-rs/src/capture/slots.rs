@@ -18,6 +18,7 @@ use std::ops::Range;
 
 use super::assemble::StepRows;
 use super::export::{check_ids, MAX_EXPORT_EXPERTS, UNKNOWN};
+use crate::alloc;
 use crate::error::{ensure, Error, Result};
 
 enum Ids {
@@ -62,7 +63,9 @@ impl std::fmt::Debug for SlotStore {
 
 impl SlotStore {
     /// A store for `config`: zero sizes, an expert count the ids cannot carry, sizes that
-    /// overflow and stores over `max_bytes` are refused.
+    /// overflow and stores over `max_bytes` are refused ([`Error::InvalidArgument`]); a store
+    /// within the budget that the machine cannot give is [`Error::HostAllocation`] (the
+    /// memory is taken fallibly, so a typo in a server's config is an error, not an abort).
     pub fn new(config: SlotStoreConfig) -> Result<SlotStore> {
         let SlotStoreConfig {
             num_slots,
@@ -96,9 +99,9 @@ impl SlotStore {
         })?;
         let elems = bytes / elem;
         let ids = if elem == 1 {
-            Ids::U8(vec![u8::MAX; elems])
+            Ids::U8(alloc::filled("slots", elems, u8::MAX)?)
         } else {
-            Ids::U16(vec![u16::MAX; elems])
+            Ids::U16(alloc::filled("slots", elems, u16::MAX)?)
         };
         Ok(SlotStore { config, row, ids })
     }

@@ -37,7 +37,7 @@ use cudarc::driver::{
 };
 
 use super::assemble::{LayerMajorRows, StepRows};
-use crate::error::{ensure, Error, Result};
+use crate::error::{ensure, Error, Result, MAX_TOKENS};
 use crate::replay::ReplayView;
 
 /// Which rows of the MoE batch a step routes, and which of them are this rank's real tokens.
@@ -134,7 +134,9 @@ pub struct CaptureConfig {
     pub max_tokens: usize,
     /// Experts per token.
     pub top_k: usize,
-    /// Readback buffers: steps that may be in flight (copied but not collected); at least 2.
+    /// Readback buffers: steps that may be in flight (copied but not collected); 2 to
+    /// [`MAX_READBACK_BUFFERS`]. Each holds a device and a pinned host copy of the whole
+    /// `[moe_layers, max_tokens, top_k]` buffer.
     pub readback_buffers: usize,
     /// Model layer id -> MoE layer index, for models whose dense layers have no router
     /// (`None` for a dense layer). `None`: every model layer is an MoE layer, index = layer id.
@@ -144,6 +146,77 @@ pub struct CaptureConfig {
     /// the ids) and read back in the same step copy. Doubles the store's memory and copies
     /// (4 bytes per id beside 2).
     pub capture_weights: bool,
+}
+
+/// The most readback buffers a store takes: steps in flight beyond a few only cost memory
+/// (each buffer is a full device and pinned host copy of the store).
+pub const MAX_READBACK_BUFFERS: usize = 64;
+
+/// Fills `n` elements of 2 or 4 bytes at `dst` with `bits` on `stream` (stream-ordered).
+fn fill_device<T: DeviceRepr>(
+    stream: &Arc<CudaStream>,
+    dst: &mut CudaSlice<T>,
+    bits: u32,
+) -> Result<()> {
+    let n = dst.len();
+    let (ptr, _guard) = dst.device_ptr_mut(stream);
+    // SAFETY: `ptr` is `n` elements of device memory owned by `dst`, kept alive by the guard
+    // with its stream ordering; the width matches T's size (asserted by the match).
+    unsafe {
+        match std::mem::size_of::<T>() {
+            2 => sys::cuMemsetD16Async(ptr, bits as u16, n, stream.cu_stream()),
+            4 => sys::cuMemsetD32Async(ptr, bits, n, stream.cu_stream()),
+            w => return Err(Error::Internal(format!("fill of {w}-byte elements"))),
+        }
+    }
+    .result()?;
+    Ok(())
+}
+
+impl CaptureConfig {
+    /// Checks the config, with no GPU: every size > 0, `readback_buffers` in
+    /// `2..=`[`MAX_READBACK_BUFFERS`], `max_tokens` within the kernels' int32 token counts, a
+    /// layer map that names MoE layers of the store. Returns the elements of the
+    /// `[moe_layers, max_tokens, top_k]` buffer (refused when the product overflows).
+    /// [`CaptureStore::new`] runs this first; a server can run it on a config it loads.
+    pub fn check(&self) -> Result<usize> {
+        ensure(self.moe_layers > 0, "moe_layers", || "must be > 0".into())?;
+        ensure(self.max_tokens > 0, "max_tokens", || "must be > 0".into())?;
+        ensure(self.top_k > 0, "top_k", || "must be > 0".into())?;
+        ensure(
+            (2..=MAX_READBACK_BUFFERS).contains(&self.readback_buffers),
+            "readback_buffers",
+            || {
+                format!(
+                    "must be 2 (two steps in flight) to {MAX_READBACK_BUFFERS}, got {}",
+                    self.readback_buffers
+                )
+            },
+        )?;
+        ensure(self.max_tokens <= MAX_TOKENS, "max_tokens", || {
+            format!("{} exceeds the kernels' int32 token count", self.max_tokens)
+        })?;
+        if let Some(map) = &self.layer_map {
+            ensure(
+                map.iter().flatten().all(|&s| s < self.moe_layers),
+                "layer_map",
+                || {
+                    format!(
+                        "maps a layer to an MoE layer index >= moe_layers ({})",
+                        self.moe_layers
+                    )
+                },
+            )?;
+        }
+        let total = self
+            .max_tokens
+            .checked_mul(self.top_k)
+            .and_then(|per_layer| per_layer.checked_mul(self.moe_layers))
+            .ok_or_else(|| {
+                Error::invalid("max_tokens", "max_tokens x top_k x moe_layers overflows")
+            })?;
+        Ok(total)
+    }
 }
 
 /// Pinned host memory for one step's kept rows, layer-major `[layers][rows][top_k]`.
@@ -311,38 +384,19 @@ pub struct CollectedStep {
 impl CaptureStore {
     /// Allocates the device buffer (filled with -1) and `cfg.readback_buffers` readback buffers, once.
     pub fn new(stream: &Arc<CudaStream>, cfg: CaptureConfig) -> Result<CaptureStore> {
-        ensure(cfg.moe_layers > 0, "moe_layers", || "must be > 0".into())?;
-        ensure(cfg.max_tokens > 0, "max_tokens", || "must be > 0".into())?;
-        ensure(cfg.top_k > 0, "top_k", || "must be > 0".into())?;
-        ensure(cfg.readback_buffers >= 2, "readback_buffers", || {
-            format!(
-                "at least 2 steps must fit in flight, got {}",
-                cfg.readback_buffers
-            )
-        })?;
-        if let Some(map) = &cfg.layer_map {
-            ensure(
-                map.iter().flatten().all(|&s| s < cfg.moe_layers),
-                "layer_map",
-                || {
-                    format!(
-                        "maps a layer to an MoE layer index >= moe_layers ({})",
-                        cfg.moe_layers
-                    )
-                },
-            )?;
-        }
-        let total = cfg
-            .max_tokens
-            .checked_mul(cfg.top_k)
-            .and_then(|per_layer| per_layer.checked_mul(cfg.moe_layers))
-            .ok_or_else(|| {
-                Error::invalid("max_tokens", "max_tokens x top_k x moe_layers overflows")
-            })?;
+        let total = cfg.check()?;
         let ctx = stream.context().clone();
-        let device = stream.clone_htod(&vec![-1i16; total])?;
+        // Filled on the device: a store too large for the device is the driver's
+        // out-of-memory error, with no host copy of it ever made.
+        // SAFETY (both allocations): filled right after, stream-ordered, before any read.
+        let mut device = unsafe { stream.alloc::<i16>(total) }?;
+        fill_device(stream, &mut device, u16::MAX as u32)?; // -1
         let weights = match cfg.capture_weights {
-            true => Some(stream.clone_htod(&vec![f32::NAN; total])?),
+            true => {
+                let mut w = unsafe { stream.alloc::<f32>(total) }?;
+                fill_device(stream, &mut w, f32::NAN.to_bits())?;
+                Some(w)
+            }
             false => None,
         };
         let side = ctx.new_stream()?;

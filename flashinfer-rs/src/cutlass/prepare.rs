@@ -7,6 +7,7 @@
 //! Hugging Face checkpoints keep `gate_proj` and `up_proj` apart (`[intermediate, hidden]`
 //! each); vLLM and SGLang fuse them as `w13` with the gate rows first.
 
+use crate::alloc;
 use crate::error::{ensure, Result};
 
 /// `fc1` from each expert's `gate_proj` and `up_proj` (`[experts, intermediate, hidden]`
@@ -29,10 +30,12 @@ pub fn fc1_from_gate_up<T: Copy>(
             )
         })?;
     }
-    let mut out = Vec::with_capacity(2 * experts * rows);
-    for e in 0..experts {
-        out.extend_from_slice(&up[e * rows..(e + 1) * rows]);
-        out.extend_from_slice(&gate[e * rows..(e + 1) * rows]);
+    // The loop runs over the data (`experts` chunks of the checked lengths), never over a
+    // count the caller gave alone.
+    let mut out = alloc::with_capacity("fc1", 2 * experts * rows)?;
+    for (up, gate) in up.chunks_exact(rows).zip(gate.chunks_exact(rows)) {
+        out.extend_from_slice(up);
+        out.extend_from_slice(gate);
     }
     Ok(out)
 }
@@ -54,18 +57,25 @@ pub fn fc1_from_gate_first_w13<T: Copy>(
             2 * experts * rows
         )
     })?;
-    let mut out = Vec::with_capacity(w13.len());
-    for e in 0..experts {
-        let expert = &w13[2 * e * rows..2 * (e + 1) * rows];
+    let mut out = alloc::with_capacity("fc1", w13.len())?;
+    for expert in w13.chunks_exact(2 * rows) {
         out.extend_from_slice(&expert[rows..]);
         out.extend_from_slice(&expert[..rows]);
     }
     Ok(out)
 }
 
-/// Elements of one expert's `[intermediate, hidden]` half, the whole tensor's size checked
-/// against overflow.
+/// Elements of one expert's `[intermediate, hidden]` half (> 0), the whole tensor's size
+/// checked against overflow. Zero sizes are refused: a layer of them is no layer, and with an
+/// empty half a huge `experts` would otherwise pass every length check.
 fn expert_block(experts: usize, intermediate: usize, hidden: usize) -> Result<usize> {
+    for (arg, v) in [
+        ("experts", experts),
+        ("intermediate", intermediate),
+        ("hidden", hidden),
+    ] {
+        ensure(v > 0, arg, || "must be > 0".into())?;
+    }
     let rows = intermediate.checked_mul(hidden);
     let total = rows
         .and_then(|r| r.checked_mul(experts))
@@ -101,5 +111,23 @@ mod tests {
         assert!(fc1_from_gate_up(&[0u8; 3], &[0u8; 4], 2, 2, 1).is_err());
         assert!(fc1_from_gate_first_w13(&[0u8; 7], 2, 2, 1).is_err());
         assert!(fc1_from_gate_up::<u8>(&[], &[], usize::MAX, 2, 2).is_err());
+    }
+
+    /// Zero sizes with a huge expert count: every length check passes with empty slices, so
+    /// these used to loop ~2^64 times.
+    #[test]
+    fn zero_sizes_are_refused_at_once_whatever_the_expert_count() {
+        for (experts, intermediate, hidden) in [
+            (usize::MAX, 0, 2),
+            (usize::MAX, 2, 0),
+            (usize::MAX, 0, 0),
+            (0, 2, 2),
+            (1, 0, 1),
+        ] {
+            let e = fc1_from_gate_up::<u8>(&[], &[], experts, intermediate, hidden).unwrap_err();
+            assert!(e.to_string().contains("must be > 0"), "{e}");
+            let e = fc1_from_gate_first_w13::<u8>(&[], experts, intermediate, hidden).unwrap_err();
+            assert!(e.to_string().contains("must be > 0"), "{e}");
+        }
     }
 }

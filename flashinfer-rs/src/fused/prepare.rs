@@ -5,9 +5,13 @@
 //!
 //! Row orders are "gather" maps: row `j` of the result is row `order[j]` of the source.
 //!
-//! # Panics
-//! Load-time helpers: they assert their shape preconditions (sizes matching the stated
-//! dimensions, rows a multiple of the shuffle block) and panic with the rule.
+//! Every function checks its shape rules (sizes matching the stated dimensions with checked
+//! arithmetic, rows a multiple of the shuffle block, indices inside the source) and answers a
+//! broken one with [`Error::InvalidArgument`](crate::Error::InvalidArgument) naming it; memory
+//! is taken fallibly ([`Error::HostAllocation`](crate::Error::HostAllocation)).
+
+use crate::alloc;
+use crate::error::{ensure, Error, Result};
 
 /// The epilogue tile the bf16, fp8 per-tensor, MxFp8 and fp4 kernels are shuffled for
 /// (upstream: "FIXME: this depends on the kernel internals").
@@ -23,96 +27,132 @@ const SRC_TO_DST_BLK32: [usize; 32] = [
 
 /// Interleaves the two halves of a gated GEMM1 (`[x1 rows; x2 rows]` → `x1_0, x2_0, x1_1,
 /// ...`): upstream's `get_reorder_rows_for_gated_act_gemm_row_indices`.
-pub fn gated_row_order(rows: usize) -> Vec<usize> {
+pub fn gated_row_order(rows: usize) -> Result<Vec<usize>> {
     let half = rows.div_ceil(2);
-    let mut order = vec![0; rows];
-    for (j, slot) in order.iter_mut().enumerate() {
-        *slot = if j % 2 == 0 { j / 2 } else { half + j / 2 };
-    }
-    order
+    let mut order = alloc::with_capacity("order", rows)?;
+    order.extend((0..rows).map(|j| if j % 2 == 0 { j / 2 } else { half + j / 2 }));
+    Ok(order)
 }
 
 /// The row shuffle of `shuffle_matrix_a` (blocks of 32 rows for a 128-row epilogue tile, else
 /// 16). `rows` must be a multiple of the block.
-pub fn shuffle_row_order(rows: usize, epilogue_tile_m: usize) -> Vec<usize> {
+pub fn shuffle_row_order(rows: usize, epilogue_tile_m: usize) -> Result<Vec<usize>> {
     let map: &[usize] = if epilogue_tile_m.is_multiple_of(128) {
         &SRC_TO_DST_BLK32
     } else {
         &SRC_TO_DST_BLK16
     };
     let bs = map.len();
-    assert!(
-        rows.is_multiple_of(bs),
-        "rows ({rows}) must be a multiple of {bs}"
-    );
-    let mut order = vec![0; rows];
+    ensure(rows.is_multiple_of(bs), "rows", || {
+        format!("{rows} must be a multiple of {bs}")
+    })?;
+    let mut order = alloc::filled("order", rows, 0)?;
     for old in 0..rows {
         let new = old / bs * bs + map[old % bs];
         order[new] = old;
     }
-    order
+    Ok(order)
 }
 
 /// GEMM1's full order: the gated interleave (if `gated`), then the shuffle.
-pub fn gemm1_row_order(rows: usize, gated: bool, epilogue_tile_m: usize) -> Vec<usize> {
-    let first: Vec<usize> = if gated {
-        gated_row_order(rows)
-    } else {
-        (0..rows).collect()
-    };
-    shuffle_row_order(rows, epilogue_tile_m)
-        .into_iter()
-        .map(|j| first[j])
-        .collect()
+pub fn gemm1_row_order(rows: usize, gated: bool, epilogue_tile_m: usize) -> Result<Vec<usize>> {
+    let mut order = shuffle_row_order(rows, epilogue_tile_m)?;
+    if gated {
+        let first = gated_row_order(rows)?;
+        order.iter_mut().for_each(|j| *j = first[*j]);
+    }
+    Ok(order)
+}
+
+/// `factors` multiplied, or the rule `arg` breaks when the product overflows.
+fn size(arg: &'static str, factors: &[usize]) -> Result<usize> {
+    alloc::product(arg, factors)
+}
+
+/// Checks that `v` holds exactly `want` elements.
+fn check_len(
+    arg: &'static str,
+    v: usize,
+    want: usize,
+    shape: impl FnOnce() -> String,
+) -> Result<()> {
+    ensure(v == want, arg, || {
+        format!("holds {v} elements, {} is {want}", shape())
+    })
 }
 
 /// Gathers rows of a row-major `[rows, cols]` matrix: result row `j` = source row `order[j]`.
-pub fn permute_rows<T: Copy>(src: &[T], cols: usize, order: &[usize]) -> Vec<T> {
-    assert_eq!(src.len(), order.len() * cols, "matrix size");
-    let mut out = Vec::with_capacity(src.len());
+/// Every `order[j]` must be a row of `src`.
+pub fn permute_rows<T: Copy>(src: &[T], cols: usize, order: &[usize]) -> Result<Vec<T>> {
+    let rows = order.len();
+    check_len("src", src.len(), size("src", &[rows, cols])?, || {
+        format!("[rows {rows}, cols {cols}]")
+    })?;
+    if let Some(&bad) = order.iter().find(|&&r| r >= rows) {
+        return Err(Error::invalid(
+            "order",
+            format!("names row {bad} of a {rows}-row matrix"),
+        ));
+    }
+    let mut out = alloc::with_capacity("rows", src.len())?;
     for &r in order {
         out.extend_from_slice(&src[r * cols..(r + 1) * cols]);
     }
-    out
+    Ok(out)
 }
 
 /// `[m, k]` row-major → BlockMajorK `[k / block_k, m, block_k]` (`convert_to_block_layout`).
-pub fn to_block_major_k<T: Copy>(src: &[T], m: usize, k: usize, block_k: usize) -> Vec<T> {
-    assert_eq!(src.len(), m * k, "matrix size");
-    assert!(
-        k.is_multiple_of(block_k),
-        "k ({k}) must be a multiple of {block_k}"
-    );
-    let mut out = Vec::with_capacity(src.len());
+pub fn to_block_major_k<T: Copy>(src: &[T], m: usize, k: usize, block_k: usize) -> Result<Vec<T>> {
+    check_len("src", src.len(), size("src", &[m, k])?, || {
+        format!("[m {m}, k {k}]")
+    })?;
+    ensure(block_k > 0 && k.is_multiple_of(block_k), "block_k", || {
+        format!("k ({k}) must be a multiple of block_k ({block_k} > 0)")
+    })?;
+    let mut out = alloc::with_capacity("block-major", src.len())?;
+    if src.is_empty() {
+        // m or k is 0: nothing to move (and the loops below must not count to the other).
+        return Ok(out);
+    }
     for kb in 0..k / block_k {
         for r in 0..m {
             out.extend_from_slice(&src[r * k + kb * block_k..r * k + (kb + 1) * block_k]);
         }
     }
-    out
+    Ok(out)
 }
 
 /// Index of scale `(row, col)` in the 128x4 interleaved layout of a `[rows, cols]` scale
-/// matrix padded to `[round_up(rows, 128), round_up(cols, 4)]` (`block_scale_interleave`).
-pub fn interleaved_scale_index(row: usize, col: usize, cols: usize) -> usize {
+/// matrix padded to `[round_up(rows, 128), round_up(cols, 4)]` (`block_scale_interleave`);
+/// `None` when it does not fit `usize`.
+pub fn interleaved_scale_index(row: usize, col: usize, cols: usize) -> Option<usize> {
     let k_tiles = cols.div_ceil(4);
-    (row / 128) * k_tiles * 512
-        + (col / 4) * 512
-        + (row % 32) * 16
-        + ((row % 128) / 32) * 4
-        + col % 4
+    (row / 128)
+        .checked_mul(k_tiles)?
+        .checked_mul(512)?
+        .checked_add((col / 4).checked_mul(512)?)?
+        .checked_add((row % 32) * 16 + ((row % 128) / 32) * 4 + col % 4)
 }
 
 /// Interleaves a row-major `[rows, cols]` scale matrix (padding with zero bytes).
-pub fn interleave_scales<T: Copy + Default>(src: &[T], rows: usize, cols: usize) -> Vec<T> {
-    assert_eq!(src.len(), rows * cols, "scale matrix size");
-    let mut out = vec![T::default(); rows.div_ceil(128) * 128 * cols.div_ceil(4) * 4];
+pub fn interleave_scales<T: Copy + Default>(src: &[T], rows: usize, cols: usize) -> Result<Vec<T>> {
+    check_len("scales", src.len(), size("scales", &[rows, cols])?, || {
+        format!("[rows {rows}, cols {cols}]")
+    })?;
+    let padded = size("scales", &[rows.div_ceil(128), 128, cols.div_ceil(4), 4])?;
+    let mut out = alloc::filled("scales", padded, T::default())?;
+    if src.is_empty() {
+        // rows or cols is 0: nothing to place (and the loops must not count to the other).
+        return Ok(out);
+    }
     for r in 0..rows {
         for c in 0..cols {
-            out[interleaved_scale_index(r, c, cols)] = src[r * cols + c];
+            // Below `padded` for every (r, c) of a matrix whose padded size fits.
+            let i = interleaved_scale_index(r, c, cols).expect("inside the padded size");
+            out[i] = src[r * cols + c];
         }
     }
-    out
+    Ok(out)
 }
 
 /// Prepares per-expert row-major weights for the shuffled kernels: `w1` `[experts, m1, k1]`,
@@ -129,20 +169,29 @@ pub fn shuffle_expert_weights<T: Copy>(
     gated: bool,
     epilogue_tile_m: usize,
     block_k: Option<usize>,
-) -> (Vec<T>, Vec<T>) {
-    assert_eq!(w1.len(), experts * m1 * k1, "w1 size");
-    assert_eq!(w2.len(), experts * m2 * k2, "w2 size");
-    let order1 = gemm1_row_order(m1, gated, epilogue_tile_m);
-    let order2 = shuffle_row_order(m2, epilogue_tile_m);
-    let mut out1 = Vec::with_capacity(w1.len());
-    let mut out2 = Vec::with_capacity(w2.len());
-    for e in 0..experts {
-        let a = permute_rows(&w1[e * m1 * k1..(e + 1) * m1 * k1], k1, &order1);
-        let b = permute_rows(&w2[e * m2 * k2..(e + 1) * m2 * k2], k2, &order2);
+) -> Result<(Vec<T>, Vec<T>)> {
+    let (e1, e2) = (size("w1", &[m1, k1])?, size("w2", &[m2, k2])?);
+    ensure(experts > 0 && e1 > 0 && e2 > 0, "experts", || {
+        format!("need experts > 0 and non-empty matrices, got {experts} x [{m1}, {k1}] and [{m2}, {k2}]")
+    })?;
+    check_len("w1", w1.len(), size("w1", &[experts, e1])?, || {
+        format!("[experts {experts}, {m1}, {k1}]")
+    })?;
+    check_len("w2", w2.len(), size("w2", &[experts, e2])?, || {
+        format!("[experts {experts}, {m2}, {k2}]")
+    })?;
+    let order1 = gemm1_row_order(m1, gated, epilogue_tile_m)?;
+    let order2 = shuffle_row_order(m2, epilogue_tile_m)?;
+    let mut out1 = alloc::with_capacity("w1", w1.len())?;
+    let mut out2 = alloc::with_capacity("w2", w2.len())?;
+    // One expert per chunk: the loop runs over the checked data.
+    for (x1, x2) in w1.chunks_exact(e1).zip(w2.chunks_exact(e2)) {
+        let a = permute_rows(x1, k1, &order1)?;
+        let b = permute_rows(x2, k2, &order2)?;
         match block_k {
             Some(bk) => {
-                out1.extend(to_block_major_k(&a, m1, k1, bk));
-                out2.extend(to_block_major_k(&b, m2, k2, bk));
+                out1.extend(to_block_major_k(&a, m1, k1, bk)?);
+                out2.extend(to_block_major_k(&b, m2, k2, bk)?);
             }
             None => {
                 out1.extend(a);
@@ -150,7 +199,7 @@ pub fn shuffle_expert_weights<T: Copy>(
             }
         }
     }
-    (out1, out2)
+    Ok((out1, out2))
 }
 
 /// Prepares block-scaled (fp4, MxFp8) expert weights the way upstream's FP4 tests do: the
@@ -167,27 +216,45 @@ pub fn shuffle_block_scaled_weights<W: Copy, S: Copy + Default>(
     (m2, w2_cols, s2_cols): (usize, usize, usize),
     gated: bool,
     epilogue_tile_m: usize,
-) -> (Vec<W>, Vec<S>, Vec<W>, Vec<S>) {
-    assert_eq!(w1.len(), experts * m1 * w1_cols, "w1 size");
-    assert_eq!(s1.len(), experts * m1 * s1_cols, "w1 scales size");
-    assert_eq!(w2.len(), experts * m2 * w2_cols, "w2 size");
-    assert_eq!(s2.len(), experts * m2 * s2_cols, "w2 scales size");
-    let order1 = gemm1_row_order(m1, gated, epilogue_tile_m);
-    let order2 = shuffle_row_order(m2, epilogue_tile_m);
-    let (mut ow1, mut os1, mut ow2, mut os2) = (vec![], vec![], vec![], vec![]);
-    for e in 0..experts {
-        let part =
-            |v: &[W], rows: usize, cols: usize| v[e * rows * cols..(e + 1) * rows * cols].to_vec();
-        let spart =
-            |v: &[S], rows: usize, cols: usize| v[e * rows * cols..(e + 1) * rows * cols].to_vec();
-        ow1.extend(permute_rows(&part(w1, m1, w1_cols), w1_cols, &order1));
-        let s = permute_rows(&spart(s1, m1, s1_cols), s1_cols, &order1);
-        os1.extend(interleave_scales(&s, m1, s1_cols));
-        ow2.extend(permute_rows(&part(w2, m2, w2_cols), w2_cols, &order2));
-        let s = permute_rows(&spart(s2, m2, s2_cols), s2_cols, &order2);
-        os2.extend(interleave_scales(&s, m2, s2_cols));
+) -> Result<(Vec<W>, Vec<S>, Vec<W>, Vec<S>)> {
+    let per = [
+        ("w1", size("w1", &[m1, w1_cols])?, w1.len()),
+        ("w1 scales", size("w1 scales", &[m1, s1_cols])?, s1.len()),
+        ("w2", size("w2", &[m2, w2_cols])?, w2.len()),
+        ("w2 scales", size("w2 scales", &[m2, s2_cols])?, s2.len()),
+    ];
+    ensure(
+        experts > 0 && per.iter().all(|p| p.1 > 0),
+        "experts",
+        || format!("need experts > 0 and non-empty matrices, got {experts} experts"),
+    )?;
+    for (arg, one, len) in per {
+        check_len(arg, len, size(arg, &[experts, one])?, || {
+            format!("[experts {experts}] of {one} elements")
+        })?;
     }
-    (ow1, os1, ow2, os2)
+    let order1 = gemm1_row_order(m1, gated, epilogue_tile_m)?;
+    let order2 = shuffle_row_order(m2, epilogue_tile_m)?;
+    let (mut ow1, mut os1, mut ow2, mut os2) = (vec![], vec![], vec![], vec![]);
+    let chunks = w1
+        .chunks_exact(per[0].1)
+        .zip(s1.chunks_exact(per[1].1))
+        .zip(w2.chunks_exact(per[2].1).zip(s2.chunks_exact(per[3].1)));
+    for ((x1, y1), (x2, y2)) in chunks {
+        ow1.extend(permute_rows(x1, w1_cols, &order1)?);
+        os1.extend(interleave_scales(
+            &permute_rows(y1, s1_cols, &order1)?,
+            m1,
+            s1_cols,
+        )?);
+        ow2.extend(permute_rows(x2, w2_cols, &order2)?);
+        os2.extend(interleave_scales(
+            &permute_rows(y2, s2_cols, &order2)?,
+            m2,
+            s2_cols,
+        )?);
+    }
+    Ok((ow1, os1, ow2, os2))
 }
 
 #[cfg(test)]

@@ -32,6 +32,21 @@ fn validate(cfg: &RoutingConfig) -> Result<(u32, u32, f32)> {
     ensure(single || multi, "num_experts", || {
         format!("NoAuxTc supports one group of <= 384 experts or <= 256 experts in groups of <= 32 (kept groups <= 128 experts); got {e} experts in {n} groups")
     })?;
+    // The kernel keeps its result in arrays of 8 (MaxNumTopExperts) and writes `top_k` of
+    // them: a larger top_k writes past them.
+    let k = cfg.top_k;
+    ensure(k <= 8, "top_k", || {
+        format!("NoAuxTc chooses at most 8 experts; got {k}")
+    })?;
+    // One group of more than 128 experts: each of its warps leaves 8 - top_k of its 8 result
+    // slots in shared memory unwritten, and the final merge reads all 8 (upstream's fix,
+    // e27b72752, was never merged; 0.7.4 still reads them).
+    ensure(!(n == 1 && e > 128 && k < 8), "top_k", || {
+        format!(
+            "NoAuxTc over one group of {e} (> 128) experts needs top_k = 8 (with {k} it reads \
+             uninitialised shared memory)"
+        )
+    })?;
     Ok((
         n,
         if n == 1 { 1 } else { topk_group },
@@ -179,5 +194,55 @@ impl NoAuxTcRouter {
                 stream.cu_stream() as *mut _,
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ds(e: u32, n_group: u32, topk_group: u32, k: u32) -> RoutingConfig {
+        let method = RoutingMethod::DeepSeekV3 {
+            n_group,
+            topk_group,
+            routed_scaling_factor: 2.5,
+        };
+        RoutingConfig::new(method, e, k)
+    }
+
+    fn refused_arg(cfg: RoutingConfig) -> &'static str {
+        match NoAuxTcRouter::new(cfg) {
+            Err(Error::InvalidArgument { arg, .. }) => arg,
+            other => panic!("{cfg:?}: expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn only_the_shapes_its_kernel_routes_right_are_admitted() {
+        // DeepSeek-V3, Kimi-K2 (one group of 384), GLM-4.5 (160), small grouped shapes.
+        for cfg in [
+            ds(256, 8, 4, 8),
+            ds(384, 1, 1, 8),
+            ds(160, 1, 1, 8),
+            ds(128, 1, 1, 4),
+            ds(64, 4, 2, 8),
+            ds(256, 8, 4, 4),
+        ] {
+            NoAuxTcRouter::new(cfg).unwrap_or_else(|e| panic!("{cfg:?}: {e}"));
+        }
+        // More than 8 experts per token: the kernel's result arrays hold 8.
+        assert_eq!(refused_arg(ds(256, 1, 1, 16)), "top_k");
+        assert_eq!(refused_arg(ds(128, 1, 1, 9)), "top_k");
+        // One group of > 128 experts with top_k < 8: unwritten shared memory is read.
+        assert_eq!(refused_arg(ds(256, 1, 1, 4)), "top_k");
+        assert_eq!(refused_arg(ds(384, 1, 1, 7)), "top_k");
+        // Shapes without a kernel, and other methods.
+        assert_eq!(refused_arg(ds(512, 1, 1, 8)), "num_experts");
+        let minimax = RoutingMethod::MiniMax2 {
+            routed_scaling_factor: 1.0,
+        };
+        assert_eq!(refused_arg(RoutingConfig::new(minimax, 256, 8)), "method");
+        // What RoutingConfig::validate refuses comes first.
+        assert_eq!(refused_arg(ds(256, 8, 4, 0)), "top_k");
     }
 }

@@ -58,6 +58,7 @@
 use half::bf16;
 
 use super::method::{RoutingConfig, RoutingMethod};
+use crate::alloc;
 use crate::error::{ensure, Result};
 
 /// The reference routing of `num_tokens` rows.
@@ -401,14 +402,14 @@ pub const SEPARATION: f64 = 2e-3;
 /// middle band, and everything else in a low band. When `bf16_logits` is set the values are
 /// rounded to bf16 (the caller uploads them as bf16). Deterministic in `seed`.
 ///
-/// # Panics
-/// On a config that [`RoutingConfig::validate`] refuses (a test-data helper).
+/// Refuses a config that [`RoutingConfig::validate`] refuses, and a `num_tokens` whose logits
+/// do not fit memory ([`Error::HostAllocation`](crate::Error::HostAllocation)).
 pub fn separated_logits(
     cfg: &RoutingConfig,
     num_tokens: usize,
     bf16_logits: bool,
     seed: u64,
-) -> (Vec<f32>, Option<Vec<f32>>) {
+) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
     regime_logits(cfg, Regime::Separated, num_tokens, bf16_logits, seed)
 }
 
@@ -463,22 +464,22 @@ impl Regime {
 /// ([`Regime::LargeBias`], [`Regime::Underflow`]): every kernel computes those bit-exactly, and
 /// equal ones go to the smaller index. Deterministic in `seed`.
 ///
-/// # Panics
-/// On a config that [`RoutingConfig::validate`] refuses, or a regime that does not apply to
-/// its method ([`Regime::applies_to`]): a test-data helper.
+/// Refuses ([`Error::InvalidArgument`](crate::Error::InvalidArgument)) a config that
+/// [`RoutingConfig::validate`] refuses and a regime that does not apply to its method
+/// ([`Regime::applies_to`]); logits that do not fit memory are
+/// [`Error::HostAllocation`](crate::Error::HostAllocation).
 pub fn regime_logits(
     cfg: &RoutingConfig,
     regime: Regime,
     num_tokens: usize,
     bf16_logits: bool,
     seed: u64,
-) -> (Vec<f32>, Option<Vec<f32>>) {
-    cfg.validate().expect("regime_logits needs a valid config");
-    assert!(
-        regime.applies_to(&cfg.method),
-        "{regime:?} does not apply to {:?}",
-        cfg.method
-    );
+) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
+    cfg.validate()?;
+    ensure(regime.applies_to(&cfg.method), "regime", || {
+        format!("{regime:?} does not apply to {:?}", cfg.method)
+    })?;
+    let n = alloc::product("num_tokens", &[num_tokens, cfg.num_experts as usize])?;
     let mut rng = SplitMix64(seed);
     let bias: Option<Vec<f32>> = cfg.method.needs_bias().then(|| {
         (0..cfg.num_experts)
@@ -498,13 +499,14 @@ pub fn regime_logits(
     };
     let logits = match regime {
         Regime::Separated => {
-            separated_logits_for_bias(cfg, num_tokens, bf16_logits, seed, bias.as_deref())
+            separated_logits_for_bias(cfg, num_tokens, bf16_logits, seed, bias.as_deref())?
         }
         // Scaled, then rounded: steps of >= 3.6 stay apart at bf16's spacing (<= 1 below 256).
-        Regime::Extreme => separated_logits_for_bias(cfg, num_tokens, false, seed, None)
-            .into_iter()
-            .map(|x| round(x * 40.0))
-            .collect(),
+        Regime::Extreme => {
+            let mut logits = separated_logits_for_bias(cfg, num_tokens, false, seed, None)?;
+            logits.iter_mut().for_each(|x| *x = round(*x * 40.0));
+            logits
+        }
         Regime::LargeBias | Regime::Underflow => {
             let (lo, span) = if regime == Regime::LargeBias {
                 (-20.0, 4.0)
@@ -512,28 +514,30 @@ pub fn regime_logits(
                 (-250.0, 140.0)
             };
             let mut rng = SplitMix64(seed);
-            (0..num_tokens * cfg.num_experts as usize)
-                .map(|_| round(lo + span * rng.unit() as f32))
-                .collect()
+            let mut logits = alloc::with_capacity("logits", n)?;
+            logits.extend((0..n).map(|_| round(lo + span * rng.unit() as f32)));
+            logits
         }
     };
-    (logits, bias)
+    Ok((logits, bias))
 }
 
 /// [`separated_logits`] for a given bias (values in `[0, 0.01)`), e.g. one captured in a graph.
 ///
-/// # Panics
-/// On a config that [`RoutingConfig::validate`] refuses (a test-data helper).
+/// Refuses what [`route`] refuses (a config [`RoutingConfig::validate`] refuses; a missing,
+/// unexpected or wrong-length bias), and logits that do not fit memory
+/// ([`Error::HostAllocation`](crate::Error::HostAllocation)).
 pub fn separated_logits_for_bias(
     cfg: &RoutingConfig,
     num_tokens: usize,
     bf16_logits: bool,
     seed: u64,
     bias: Option<&[f32]>,
-) -> Vec<f32> {
-    cfg.validate()
-        .expect("separated_logits needs a valid config");
+) -> Result<Vec<f32>> {
+    cfg.validate()?;
+    super::check_bias(cfg, bias.map(<[f32]>::len))?;
     let e = cfg.num_experts as usize;
+    let n = alloc::product("num_tokens", &[num_tokens, e])?;
     let k = cfg.top_k as usize;
     let mut rng = SplitMix64(seed);
     let round = |x: f32| {
@@ -543,7 +547,7 @@ pub fn separated_logits_for_bias(
             x
         }
     };
-    let mut logits = Vec::with_capacity(num_tokens * e);
+    let mut logits = alloc::with_capacity("logits", n)?;
     let mut perm: Vec<usize> = (0..e).collect();
     for _ in 0..num_tokens {
         for attempt in 0.. {
@@ -589,15 +593,16 @@ pub fn separated_logits_for_bias(
             for x in row.iter_mut() {
                 *x = round(*x);
             }
-            let margin = selection_margin(cfg, &row, bias).expect("a checked config");
-            if margin >= SEPARATION {
+            if selection_margin(cfg, &row, bias)? >= SEPARATION {
                 logits.extend_from_slice(&row);
                 break;
             }
-            assert!(attempt < 1000, "cannot separate logits for {cfg:?}");
+            ensure(attempt < 1000, "cfg", || {
+                format!("no separated logits found for {cfg:?} in 1000 draws")
+            })?;
         }
     }
-    logits
+    Ok(logits)
 }
 
 /// A small, fast, seedable generator (SplitMix64), enough for test data.

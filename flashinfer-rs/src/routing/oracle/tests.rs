@@ -230,7 +230,7 @@ fn separated_logits_are_clearly_routed_and_the_routing_is_well_formed() {
         c.validate().unwrap();
         for bf16_logits in [false, true] {
             let t = 40;
-            let (logits, bias) = separated_logits(&c, t, bf16_logits, 7);
+            let (logits, bias) = separated_logits(&c, t, bf16_logits, 7).unwrap();
             assert_eq!(logits.len(), t * c.num_experts as usize);
             if bf16_logits {
                 assert!(
@@ -284,7 +284,7 @@ fn renormalised_weights_sum_to_one_and_scaled_ones_to_the_scale() {
         ),
     ] {
         let c = cfg(method, 256, 8);
-        let (logits, bias) = separated_logits(&c, 16, false, 3);
+        let (logits, bias) = separated_logits(&c, 16, false, 3).unwrap();
         let r = route(&c, &logits, bias.as_deref(), 16).unwrap();
         for w in r.weights.chunks(8) {
             let sum: f32 = w.iter().sum();
@@ -296,7 +296,7 @@ fn renormalised_weights_sum_to_one_and_scaled_ones_to_the_scale() {
 #[test]
 fn only_the_requested_rows_are_routed() {
     let c = cfg(RoutingMethod::Renormalize, 16, 2);
-    let (logits, _) = separated_logits(&c, 10, false, 1);
+    let (logits, _) = separated_logits(&c, 10, false, 1).unwrap();
     let r = route(&c, &logits, None, 4).unwrap();
     assert_eq!(r.ids.len(), 8);
     assert_eq!(r.ids, route(&c, &logits[..64], None, 4).unwrap().ids);
@@ -437,7 +437,7 @@ fn every_regime_is_decided_by_keys_a_kernel_computes_exactly() {
                 .into_iter()
                 .flat_map(|bf| [Kernels::Upstream, Kernels::TopK].map(|k| (bf, k)))
             {
-                let (logits, bias) = regime_logits(&c, regime, 20, bf16_logits, 5);
+                let (logits, bias) = regime_logits(&c, regime, 20, bf16_logits, 5).unwrap();
                 let r = route_for(kernels, &c, &logits, bias.as_deref(), 20).unwrap();
                 let e = c.num_experts as usize;
                 let b = effective_bias(kernels, &c.method, bias.as_deref(), e);
@@ -472,7 +472,7 @@ fn every_regime_is_decided_by_keys_a_kernel_computes_exactly() {
 #[test]
 fn the_top_k_router_differs_from_upstream_only_in_the_grouped_bias_rounding() {
     for c in sample_configs() {
-        let (logits, bias) = separated_logits(&c, 40, false, 11);
+        let (logits, bias) = separated_logits(&c, 40, false, 11).unwrap();
         let upstream = route(&c, &logits, bias.as_deref(), 40).unwrap();
         let topk = route_topk(&c, &logits, bias.as_deref(), 40).unwrap();
         if !c.method.is_grouped() {

@@ -36,12 +36,7 @@ fn main() {
     let (layers, top_k, logical, physical) = (58usize, 8usize, 256u32, 288u32);
     let table: Vec<u32> = (0..physical).map(|p| p % logical).collect();
     let map = ExpertMap::new(&table, logical).unwrap();
-    let config = AssemblerConfig {
-        layers,
-        top_k,
-        num_experts: physical,
-        max_positions: 1 << 16,
-    };
+    let config = AssemblerConfig::new(layers, top_k, physical, 1 << 16);
     println!("## Assembly on the host (one thread)\n");
     println!("58 layers x top-8, 288 physical experts (256 logical). Per step: `push_step` of T rows, each row a token of one of 64 requests; median of {REPS}.\n");
     println!(
@@ -80,11 +75,7 @@ fn main() {
     }
 
     // Incremental export: a 32768-token request, its last 16 rows new since the last export.
-    let mut a = Assembler::new(AssemblerConfig {
-        num_experts: logical,
-        ..config
-    })
-    .unwrap();
+    let mut a = Assembler::new(AssemblerConfig::new(layers, top_k, logical, 1 << 16)).unwrap();
     let len = 32768usize;
     a.start(1, 0).unwrap();
     let row: Vec<i16> = (0..layers * top_k).map(|i| (i % 256) as i16).collect();

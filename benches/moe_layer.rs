@@ -22,7 +22,7 @@
 use std::sync::Arc;
 
 use flashinfer_rs::cudarc::driver::sys::{self, CUgraphInstantiate_flags, CUstreamCaptureMode};
-use flashinfer_rs::cudarc::driver::{CudaEvent, CudaSlice, CudaStream};
+use flashinfer_rs::cudarc::driver::{CudaEvent, CudaSlice, CudaStream, CudaView};
 use flashinfer_rs::cutlass::{
     CutlassBatch, CutlassMoe, CutlassMoeConfig, CutlassRouting, CutlassWeights, CutlassWorkspace,
 };
@@ -98,7 +98,7 @@ struct Batch {
 
 fn forward(
     g: &Gpu,
-    layer: &CutlassMoe<'_>,
+    layer: &CutlassMoe<CudaView<'_, bf16>>,
     ws: &mut CutlassWorkspace,
     b: &mut Batch,
     capture: bool,
@@ -128,7 +128,7 @@ fn forward(
 /// `capture` (replay on or off), replayed in turn `reps` times after the warm-up.
 fn time_graphs(
     g: &Gpu,
-    layer: &CutlassMoe<'_>,
+    layer: &CutlassMoe<CudaView<'_, bf16>>,
     ws: &mut CutlassWorkspace,
     b: &mut Batch,
     capture: &[bool],
@@ -171,7 +171,7 @@ fn time_graphs(
 /// Every timing goes to stderr, for the log.
 fn search_tactics<'w>(
     g: &Gpu,
-    new_layer: &dyn Fn((u32, u32)) -> CutlassMoe<'w>,
+    new_layer: &dyn Fn((u32, u32)) -> CutlassMoe<CudaView<'w, bf16>>,
     counts: (u32, u32),
     ws: &mut CutlassWorkspace,
     b: &mut Batch,

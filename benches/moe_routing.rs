@@ -203,14 +203,7 @@ fn capture_step(b: &Bench) {
         for t in [1usize, 16, 128, 1024, 8192] {
             let inputs = Inputs::new(b, &s, t);
             let mut bufs = RoutingBuffers::new(&b.stream, &s.cfg, t).unwrap();
-            let cap = CaptureConfig {
-                moe_layers: layers,
-                max_tokens: t,
-                top_k: k,
-                readback_buffers: 2,
-                layer_map: None,
-                capture_weights: false,
-            };
+            let cap = CaptureConfig::new(layers, t, k);
             let mut store = CaptureStore::new(&b.stream, cap).unwrap();
             // vLLM's design: one scratch [t, k] buffer per layer + a copy kernel per layer into
             // a token-major [t, L, k] buffer.
@@ -298,14 +291,7 @@ fn readback(b: &Bench) {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---|");
     for (l, t, k) in [(61usize, 1024usize, 8usize), (61, 8192, 8), (48, 8192, 8)] {
         let bytes = l * t * k * 2;
-        let cap = CaptureConfig {
-            moe_layers: l,
-            max_tokens: t,
-            top_k: k,
-            readback_buffers: 2,
-            layer_map: None,
-            capture_weights: false,
-        };
+        let cap = CaptureConfig::new(l, t, k);
         let mut store = CaptureStore::new(&b.stream, cap).unwrap();
         let dev = b.stream.alloc_zeros::<i16>(l * t * k).unwrap();
         let mut host = unsafe { b.ctx.alloc_pinned_with_flags::<i16>(l * t * k, 0) }.unwrap();
@@ -360,14 +346,7 @@ fn readback_overlap(b: &Bench) {
     for t in [128usize, 1024, 8192] {
         let inputs = Inputs::new(b, &s, t);
         let mut bufs = RoutingBuffers::new(&b.stream, &s.cfg, t).unwrap();
-        let cap = CaptureConfig {
-            moe_layers: layers,
-            max_tokens: t,
-            top_k: 8,
-            readback_buffers: 2,
-            layer_map: None,
-            capture_weights: false,
-        };
+        let cap = CaptureConfig::new(layers, t, 8);
         let mut store = CaptureStore::new(&b.stream, cap).unwrap();
         let step = b.capture(|| {
             for l in 0..layers {
@@ -486,14 +465,7 @@ fn weights_capture(b: &Bench) {
         let mut stores = [false, true].map(|capture_weights| {
             CaptureStore::new(
                 &b.stream,
-                CaptureConfig {
-                    moe_layers: layers,
-                    max_tokens: t,
-                    top_k: k,
-                    readback_buffers: 2,
-                    layer_map: None,
-                    capture_weights,
-                },
+                CaptureConfig::new(layers, t, k).with_weights(capture_weights),
             )
             .unwrap()
         });

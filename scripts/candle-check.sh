@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Proves flashinfer-rs builds beside candle with CUDA: downstream/candle is a crate outside the
 # workspace that depends on candle-core (feature `cuda`, hence cudarc's `dynamic-linking`) and
-# on flashinfer-rs with `sm90`; cargo unifies one cudarc 0.19 for both.
+# on flashinfer-rs with `sm90`; cargo unifies one cudarc 0.19 for both, whose CUDA version is
+# candle's choice (nvcc's, 13.0 here); then the same with CUDA 12.8's bindings.
 #
 #     bash scripts/candle-check.sh            # build and run its tests (they skip without a GPU)
 #     bash scripts/candle-check.sh --pack DIR # release build; also copy the test binary to DIR
@@ -53,6 +54,12 @@ if ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1 '; then
 else
   LD_LIBRARY_PATH=$stubs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
     cargo test --locked "${profile[@]}" --features sm90 -- --nocapture
+fi
+# flashinfer-rs picks no CUDA version for cudarc's bindings (the program does): the crate
+# also builds with CUDA 12.x bindings (CUDARC_CUDA_VERSION overrides every other choice,
+# candle's nvcc detection included). Last, since it rebuilds cudarc and what depends on it.
+if [ "${1:-}" != --pack ]; then
+  CUDARC_CUDA_VERSION=12080 cargo test --locked --features sm90 --no-run
 fi
 if [ "${1:-}" = --pack ]; then
   mkdir -p "$2"

@@ -20,9 +20,10 @@
 #                     memcheck over its tests: about 110 s on an H200
 #   bench-layer       BENCHMARKS.md section 7: the layer bench for Qwen3 and the
 #                     DeepSeek-V3-sized layer, then scripts/bench_torch_moe.py: about 100 s
-#   released          the degenerate-input tests on FlashInfer 0.6.13's kernels as released
-#                     (gpu-pack/released, from scripts/gpu-pack-released.sh): they must FAIL
-#                     there; the stage fails if they pass
+#   released          the degenerate-input tests (Router's; NoAuxTc's numeric edges) on
+#                     FlashInfer 0.6.13's kernels as released (gpu-pack/released, from
+#                     scripts/gpu-pack-released.sh): each must FAIL there; the stage fails if
+#                     one passes
 #
 # Parallel sanitizer jobs share the GPU: each gets its own TMPDIR, so the tests' GPU lock
 # (tests/gpu/common.rs) serialises tests within a job only. Under the sanitizers nothing

@@ -8,8 +8,9 @@
 #   2. the Hopper kernels (`sm90` with the CUTLASS fused MoE `sm90-moe`, and `nccl`): compiled
 #      and linked, all CPU tests run, GPU tests run where a GPU is present and skip (saying so)
 #      where none is;
-#   3. the MSRV (clippy's incompatible_msrv lint at the declared rust-version) of the two
-#      published libraries;
+#   3. the MSRV: every crate in the two published libraries' dependency tree declares a
+#      rust-version no newer than ours (scripts/msrv-tree.py), and clippy's incompatible_msrv
+#      lint at the declared rust-version over the two;
 #   4. the packaged crates built from a clean directory (no features, DOCS_RS, sm90);
 #   5. the prebuilt kernel library (`sm90-moe`): built, then the CPU suite against it with no
 #      nvcc on PATH, no fetched sources and no toolchain;
@@ -81,7 +82,8 @@ stage "2/8: sm90 kernels and the CUTLASS MoE (with nccl: the multi-rank harness 
 cargo test --workspace --features sm90,sm90-moe,nccl "$@"
 
 # Stages 3-6 need no Blackwell object: they run while the background build finishes them.
-stage "3/8: MSRV (rust-version) with clippy's incompatible_msrv lint"
+stage "3/8: MSRV (rust-version): the dependency tree's declared versions, and clippy's incompatible_msrv lint"
+python3 scripts/msrv-tree.py
 # What a user compiles: the libraries, with every feature that adds Rust code (`nccl`; the
 # arch features add kernels only). Our tests, examples and benches may use a newer Rust: no
 # user builds them, and checking them here cost CI more than a CPU-minute.

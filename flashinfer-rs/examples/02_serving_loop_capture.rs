@@ -108,14 +108,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let ctx = flashinfer_rs::cuda_context(0)?;
         let stream = ctx.new_stream()?;
         let cfg = RoutingConfig::new(RoutingMethod::Renormalize, EXPERTS, TOP_K as u32);
-        let capture = CaptureConfig {
-            moe_layers: LAYERS,
-            max_tokens: MAX_ROWS,
-            top_k: TOP_K,
-            readback_buffers: 2,
-            layer_map: None,
-            capture_weights: false,
-        };
+        let capture = CaptureConfig::new(LAYERS, MAX_ROWS, TOP_K);
         Box::new(Gpu {
             router: Router::new(cfg)?,
             buffers: RoutingBuffers::new(&stream, &cfg, MAX_ROWS)?,
@@ -131,12 +124,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Box::new(Synthetic(SplitMix64(1)))
     };
 
-    let mut assembler = Assembler::new(AssemblerConfig {
-        layers: LAYERS,
-        top_k: TOP_K,
-        num_experts: EXPERTS,
-        max_positions: 4096, // the server's maximum sequence length
-    })?;
+    let mut assembler = Assembler::new(AssemblerConfig::new(LAYERS, TOP_K, EXPERTS, 4096))?;
     let mut waiting: VecDeque<Request> = (0..5)
         .map(|i| Request {
             id: 100 + i,

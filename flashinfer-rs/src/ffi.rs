@@ -195,3 +195,26 @@ fn driver_present() -> bool {
         unsafe { libloading::Library::new(*name) }.is_ok()
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Where there is no driver (CI) this is `NoDriver`, never cudarc's panic; where there is
+    /// one, an ordinal past the last device is refused by name.
+    #[test]
+    fn a_context_is_a_typed_error_where_it_cannot_be_made() {
+        let count = cuda_device_count();
+        match cuda_context(count) {
+            Err(Error::NoDriver) => assert_eq!(count, 0),
+            Err(Error::InvalidArgument { arg: "ordinal", .. }) => {}
+            other => panic!("device {count} of {count}: {other:?}"),
+        }
+        if count == 0 {
+            assert!(matches!(
+                cuda_context(0),
+                Err(Error::NoDriver | Error::InvalidArgument { .. })
+            ));
+        }
+    }
+}

@@ -3,8 +3,9 @@
 use std::marker::PhantomData;
 
 use flashinfer_rs::capture::{
-    Assembler, CaptureStore, RoutedExperts, SlotStore, StepLayout, StepRows,
+    Assembler, CaptureStore, RoutedExperts, SlotStore, StepBuffer, StepLayout, StepRows,
 };
+use flashinfer_rs::cutlass::{CutlassMoe, CutlassWeights};
 use flashinfer_rs::fused::{
     Bf16, Bf16Inputs, Bf16Weights, CubinStore, Fp4BlockScale, Fp4BlockScaleInputs, FusedMoe,
     MoeBatch, MoeConfig, MoeOptions, RawTensor, Tactic, Unfinalized,
@@ -62,6 +63,12 @@ fn send_and_sync_are_what_the_types_allow() {
         RoutedExperts,
         MoeOptions,
         MoeConfig,
+        CutlassMoe,
+        CutlassMoe<
+            std::sync::Arc<flashinfer_rs::cudarc::driver::CudaSlice<flashinfer_rs::half::bf16>>,
+        >,
+        CutlassWeights,
+        StepBuffer,
         FusedMoe<'static, Bf16>,
         FusedMoe<'static, Fp4BlockScale>,
         Bf16Weights<'static>,

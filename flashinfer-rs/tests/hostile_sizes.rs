@@ -11,7 +11,9 @@ use flashinfer_rs::capture::{
     Assembler, AssemblerConfig, CaptureConfig, RowOwner, SlotStore, SlotStoreConfig, StepRows,
 };
 use flashinfer_rs::cutlass::prepare as cutlass_prepare;
+use flashinfer_rs::fused::oracle as moe_oracle;
 use flashinfer_rs::fused::prepare as fused_prepare;
+use flashinfer_rs::fused::Activation;
 use flashinfer_rs::routing::oracle::{self, Regime};
 use flashinfer_rs::routing::{RoutingConfig, RoutingMethod};
 use flashinfer_rs::Error;
@@ -92,11 +94,40 @@ proptest! {
     }
 
     #[test]
+    fn reference_moe_and_quantisers(
+        rows in size(), cols in size(), tokens in size(), hidden in size(), inter in size(),
+        top_k in size(), local in size(), len in 0usize..300,
+    ) {
+        let x = vec![0.5f32; len];
+        check(moe_oracle::quantize_fp8_blocks(&x, rows, cols))?;
+        check(moe_oracle::quantize_fp8_activation_blocks(&x, rows, cols))?;
+        check(moe_oracle::quantize_mxfp4(&x, rows, cols))?;
+        check(moe_oracle::quantize_mxfp8(&x, rows, cols))?;
+        check(moe_oracle::quantize_nvfp4(&x, rows, cols, 1.0))?;
+        let p = moe_oracle::ReferenceProblem {
+            num_tokens: tokens,
+            hidden_size: hidden,
+            intermediate_size: inter,
+            top_k,
+            local_expert_offset: 0,
+            local_num_experts: local,
+            activation: Activation::Swiglu,
+            routing_scales_on_input: false,
+        };
+        let w = moe_oracle::ExpertWeights { w1: x.clone(), w2: x.clone() };
+        let ids = vec![0usize; len];
+        let out = check(moe_oracle::moe(&p, &x, &ids, &x, &w, moe_oracle::ActivationRounding::Bf16))?;
+        if let Some(out) = out {
+            prop_assert_eq!(out.len(), tokens * hidden);
+        }
+    }
+
+    #[test]
     fn assembly_at_any_position(
         layers in size(), top_k in size(), max_positions in size(), position in size(),
         num_tokens in size(), experts in 1u32..600,
     ) {
-        let config = AssemblerConfig { layers, top_k, num_experts: experts, max_positions };
+        let config = AssemblerConfig::new(layers, top_k, experts, max_positions);
         let Some(mut asm) = check(Assembler::new(config))? else { return Ok(()) };
         asm.start(1, 0).unwrap();
         let row = layers * top_k; // validated: fits
@@ -113,15 +144,8 @@ proptest! {
         num_slots in size(), layers in size(), top_k in size(), max_tokens in size(),
         readback_buffers in size(), max_bytes in size(), experts in 1u32..600,
     ) {
-        check(SlotStore::new(SlotStoreConfig { num_slots, layers, top_k, num_experts: experts, max_bytes }))?;
-        let cfg = CaptureConfig {
-            moe_layers: layers,
-            max_tokens,
-            top_k,
-            readback_buffers,
-            layer_map: None,
-            capture_weights: false,
-        };
+        check(SlotStore::new(SlotStoreConfig::new(num_slots, layers, top_k, experts, max_bytes)))?;
+        let cfg = CaptureConfig::new(layers, max_tokens, top_k).with_readback_buffers(readback_buffers);
         if let Some(total) = check(cfg.check())? {
             prop_assert_eq!(Some(total), max_tokens.checked_mul(top_k).and_then(|n| n.checked_mul(layers)));
         }
@@ -154,12 +178,7 @@ fn the_reported_crash_inputs_are_typed_errors() {
     assert!(cutlass_prepare::fc1_from_gate_up::<u8>(&[], &[], usize::MAX, 0, 2).is_err());
     assert!(cutlass_prepare::fc1_from_gate_first_w13::<u8>(&[], usize::MAX, 2, 0).is_err());
     // An assembler with 1e12 positions: a far position or a long finish asks for ~1 PB.
-    let config = AssemblerConfig {
-        layers: 48,
-        top_k: 8,
-        num_experts: 128,
-        max_positions: 1_000_000_000_000,
-    };
+    let config = AssemblerConfig::new(48, 8, 128, 1_000_000_000_000);
     let mut asm = Assembler::new(config).unwrap();
     asm.start(7, 0).unwrap();
     let step = StepRows {
@@ -188,26 +207,16 @@ fn the_reported_crash_inputs_are_typed_errors() {
     asm.push_step(&step, &[near]).unwrap();
     assert_eq!(asm.finish(7, 2).unwrap().ids(), &[3i16; 384][..]);
     // A KV-slot store with no budget that needs 384 TB.
-    let e = SlotStore::new(SlotStoreConfig {
-        num_slots: 1 << 40,
-        layers: 48,
-        top_k: 8,
-        num_experts: 128,
-        max_bytes: usize::MAX,
-    })
-    .unwrap_err();
+    let e = SlotStore::new(SlotStoreConfig::new(1 << 40, 48, 8, 128, usize::MAX)).unwrap_err();
     assert!(
         matches!(e, Error::HostAllocation { what: "slots", .. }),
         "{e}"
     );
     // A capture store with usize::MAX readback buffers, or 2^40 tokens.
-    let capture = |max_tokens, readback_buffers| CaptureConfig {
-        moe_layers: 48,
-        max_tokens,
-        top_k: 8,
-        readback_buffers,
-        layer_map: None,
-        capture_weights: true,
+    let capture = |max_tokens, readback_buffers| {
+        CaptureConfig::new(48, max_tokens, 8)
+            .with_readback_buffers(readback_buffers)
+            .with_weights(true)
     };
     let e = capture(8192, usize::MAX).check().unwrap_err();
     assert!(e.to_string().contains("readback_buffers"), "{e}");

@@ -211,14 +211,8 @@ impl<'a> Soak<'a> {
 
 /// A store for `m`'s layers, `MAX_ROWS` rows, ids only.
 fn store_config(m: &Model, readback_buffers: usize) -> CaptureConfig {
-    CaptureConfig {
-        moe_layers: m.layers,
-        max_tokens: MAX_ROWS,
-        top_k: m.cfg.top_k as usize,
-        readback_buffers,
-        layer_map: None,
-        capture_weights: false,
-    }
+    CaptureConfig::new(m.layers, MAX_ROWS, m.cfg.top_k as usize)
+        .with_readback_buffers(readback_buffers)
 }
 
 /// Routes `t` rows of every layer (layer `l` from pool row `offsets[l]`) into the store's
@@ -292,14 +286,7 @@ fn graph(g: &Gpu, m: &Model, steps: usize) {
     let padded = 64;
     let router = Router::new(m.cfg).unwrap();
     let mut buffers = RoutingBuffers::new(&g.stream, &m.cfg, padded).unwrap();
-    let cfg = CaptureConfig {
-        moe_layers: m.layers,
-        max_tokens: padded,
-        top_k: k,
-        readback_buffers: 3,
-        layer_map: None,
-        capture_weights: false,
-    };
+    let cfg = CaptureConfig::new(m.layers, padded, k).with_readback_buffers(3);
     let mut store = CaptureStore::new(&g.stream, cfg).unwrap();
     // Fixed logits buffers, one per layer, refilled before every replay.
     let mut inputs: Vec<CudaSlice<f32>> = (0..m.layers)
@@ -373,14 +360,7 @@ fn the_next_step_cannot_overwrite_rows_still_being_read_back() {
     let cfg = RoutingConfig::new(RoutingMethod::Renormalize, 64, 8);
     let router = Router::new(cfg).unwrap();
     let mut buffers = RoutingBuffers::new(&g.stream, &cfg, tokens).unwrap();
-    let cap = CaptureConfig {
-        moe_layers: layers,
-        max_tokens: tokens,
-        top_k: 8,
-        readback_buffers: 2,
-        layer_map: None,
-        capture_weights: false,
-    };
+    let cap = CaptureConfig::new(layers, tokens, 8);
     let mut store = CaptureStore::new(&g.stream, cap).unwrap();
     let mut want = Vec::new();
     let mut logits = Vec::new();
@@ -482,14 +462,7 @@ fn check_weights(m: &Model, got: &CollectedStep, layout: &StepLayout, offsets: &
 fn weights_soak(g: &Gpu, m: &Model, steps: usize, padded: Option<usize>) -> usize {
     let (e, k) = (m.cfg.num_experts as usize, m.cfg.top_k as usize);
     let router = TopKRouter::new(m.cfg).unwrap();
-    let capture = CaptureConfig {
-        moe_layers: m.layers,
-        max_tokens: padded.unwrap_or(MAX_ROWS),
-        top_k: k,
-        readback_buffers: 2,
-        layer_map: None,
-        capture_weights: true,
-    };
+    let capture = CaptureConfig::new(m.layers, padded.unwrap_or(MAX_ROWS), k).with_weights(true);
     let mut store = CaptureStore::new(&g.stream, capture).unwrap();
     let mut graph = None;
     let mut inputs: Vec<CudaSlice<f32>> = Vec::new();
@@ -672,4 +645,48 @@ fn readback_read_on_a_collector_thread_equals_the_oracle() {
         "collector thread: {checked} steps of {} layers checked against the oracle",
         m.layers
     );
+}
+
+/// A step buffer that is dropped instead of recycled gives its readback buffer back (it used
+/// to cost the store that buffer for good), and `is_ready` answers without blocking: an async
+/// server polls it, then reads the rows.
+#[test]
+fn a_dropped_step_buffer_gives_its_readback_buffer_back() {
+    let test = "capture::a_dropped_step_buffer_gives_its_readback_buffer_back";
+    let Some(g) = gpu(test) else {
+        return;
+    };
+    let cfg = CaptureConfig::new(2, 16, 4);
+    let mut store = CaptureStore::new(&g.stream, cfg).unwrap();
+    for _ in 0..2 {
+        store.begin_step(&g.stream, StepLayout::single(3)).unwrap();
+        store.end_step(&g.stream).unwrap();
+    }
+    let (first, second) = (store.take_oldest().unwrap(), store.take_oldest().unwrap());
+    assert_eq!(store.free_readback_buffers(), 0);
+    store.begin_step(&g.stream, StepLayout::single(3)).unwrap();
+    assert!(matches!(
+        store.end_step(&g.stream),
+        Err(flashinfer_rs::Error::Backpressure { in_flight: 2 })
+    ));
+    // Dropped on another thread, as a server's response task would.
+    std::thread::spawn(move || drop(first)).join().unwrap();
+    assert_eq!(store.free_readback_buffers(), 1);
+    store.end_step(&g.stream).unwrap(); // the step still begun ends now
+    let third = store.take_oldest().unwrap();
+    let started = std::time::Instant::now();
+    while !third.is_ready().unwrap() {
+        assert!(
+            started.elapsed().as_secs() < 10,
+            "{test}: the copy never landed"
+        );
+        std::thread::yield_now();
+    }
+    let rows = third.rows().unwrap();
+    assert_eq!((rows.tokens, rows.ids.len()), (3, 3 * 2 * 4));
+    assert!(rows.ids.iter().all(|&id| id == -1), "nothing was routed");
+    drop(third);
+    store.recycle(second).unwrap();
+    assert_eq!(store.free_readback_buffers(), 2);
+    eprintln!("{test}: a dropped buffer came back; is_ready polled without blocking");
 }

@@ -59,3 +59,14 @@ pub fn env_list(var: &str, default: &[usize]) -> Vec<usize> {
         Err(_) => default.to_vec(),
     }
 }
+
+/// Prints how many cases of `test` passed and fails it, listing every failure, if any failed.
+pub fn report(test: &str, passed: usize, failures: Vec<String>) {
+    eprintln!("{test}: {passed} cases passed, {} failed", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}

@@ -16,6 +16,7 @@
 //!
 //! Off Hopper, or in a build without `sm90-moe`, the layer is refused with a typed error
 //! (checked here too).
+use flashinfer_rs::cudarc::driver::CudaView;
 use flashinfer_rs::cutlass::{CutlassMoe, CutlassMoeConfig, CutlassTactic, CutlassWeights};
 use flashinfer_rs::half::bf16;
 use flashinfer_rs::routing::{RoutingConfig, RoutingMethod};
@@ -27,9 +28,9 @@ use crate::common::gpu;
 /// and `None` returned.
 fn layer_here<'w>(
     cfg: CutlassMoeConfig,
-    weights: CutlassWeights<'w>,
+    weights: CutlassWeights<CudaView<'w, bf16>>,
     test: &str,
-) -> Option<CutlassMoe<'w>> {
+) -> Option<CutlassMoe<CudaView<'w, bf16>>> {
     let got = CutlassMoe::new(cfg, weights);
     let build = flashinfer_rs::build_info();
     let ctx = flashinfer_rs::cuda_context(0).unwrap();
@@ -44,7 +45,9 @@ fn layer_here<'w>(
                 std::env::var("FLASHINFER_RS_REQUIRE_CUTLASS_MOE").is_err(),
                 "{test}: FLASHINFER_RS_REQUIRE_CUTLASS_MOE is set but this build has no sm90-moe"
             );
-            eprintln!("skipped: {test}: built without sm90-moe (refused as KernelsNotBuilt)");
+            eprintln!(
+                "skipped: {test}: built without sm90-moe (refused as KernelsNotBuilt).unwrap()"
+            );
             None
         }
         Err(Error::UnsupportedArch(m)) if !device.cutlass_moe_supported => {
@@ -104,7 +107,7 @@ mod on_hopper {
 
     use flashinfer_rs::capture::{CaptureConfig, CaptureStore, StepLayout};
     use flashinfer_rs::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
-    use flashinfer_rs::cudarc::driver::{CudaSlice, CudaStream};
+    use flashinfer_rs::cudarc::driver::{CudaSlice, CudaStream, CudaView};
     use flashinfer_rs::cutlass::{
         CutlassBatch, CutlassMoe, CutlassMoeConfig, CutlassRouting, CutlassWeights,
         CutlassWorkspace,
@@ -158,7 +161,7 @@ mod on_hopper {
     }
 
     impl Weights {
-        fn views(&self) -> CutlassWeights<'_> {
+        fn views(&self) -> CutlassWeights<CudaView<'_, bf16>> {
             CutlassWeights {
                 fc1: self.fc1.as_view(),
                 fc2: self.fc2.as_view(),
@@ -189,7 +192,7 @@ mod on_hopper {
             routing_scales_on_input: false,
         };
         let ids: Vec<usize> = d.want.ids.iter().map(|&e| e as usize).collect();
-        moe_oracle::moe(&p, x, &ids, &d.want.weights, w, ActivationRounding::Bf16)
+        moe_oracle::moe(&p, x, &ids, &d.want.weights, w, ActivationRounding::Bf16).unwrap()
     }
 
     /// What one forward call wrote, downloaded.
@@ -201,7 +204,7 @@ mod on_hopper {
 
     fn forward(
         g: &Gpu,
-        layer: &CutlassMoe<'_>,
+        layer: &CutlassMoe<CudaView<'_, bf16>>,
         ws: &mut CutlassWorkspace,
         inputs: &DeviceInputs,
         x: &CudaSlice<bf16>,
@@ -292,7 +295,7 @@ mod on_hopper {
     }
 
     /// [`verdict`] of a given layer (e.g. with fixed tactics).
-    fn verdict_of(g: &Gpu, layer: &CutlassMoe<'_>, p: &Prepared) -> Option<String> {
+    fn verdict_of(g: &Gpu, layer: &CutlassMoe<CudaView<'_, bf16>>, p: &Prepared) -> Option<String> {
         let d = &p.d;
         let cfg = &layer.config();
         let mut ws = layer.workspace(&g.stream).unwrap();
@@ -607,7 +610,7 @@ mod on_hopper {
     /// The fp32 weights the layer's router writes for `t` tokens (the same router, run alone).
     fn oracle_weights_as_router_wrote(
         g: &Gpu,
-        layer: &CutlassMoe<'_>,
+        layer: &CutlassMoe<CudaView<'_, bf16>>,
         inputs: &DeviceInputs,
         t: usize,
     ) -> Vec<f32> {
@@ -642,7 +645,7 @@ mod on_hopper {
         if layer_here(config(routing, h, i, t), ws_host[0].views(), test).is_none() {
             return;
         }
-        let moes: Vec<CutlassMoe<'_>> = ws_host
+        let moes: Vec<CutlassMoe<CudaView<'_, bf16>>> = ws_host
             .iter()
             .map(|w| CutlassMoe::new(config(routing, h, i, t), w.views()).unwrap())
             .collect();
@@ -759,14 +762,9 @@ mod on_hopper {
         let mut ws = layer.workspace(&g.stream).unwrap();
         let mut store = CaptureStore::new(
             &g.stream,
-            CaptureConfig {
-                moe_layers: layers,
-                max_tokens: max_t,
-                top_k: k,
-                readback_buffers: 3,
-                layer_map: None,
-                capture_weights: true,
-            },
+            CaptureConfig::new(layers, max_t, k)
+                .with_readback_buffers(3)
+                .with_weights(true),
         )
         .unwrap();
         let x = upload(&g, &values(&mut SplitMix64(61), max_t * h, 1.0));

@@ -7,7 +7,7 @@ use flashinfer_rs::half::bf16;
 use flashinfer_rs::routing::oracle::{self, Regime, SplitMix64};
 use flashinfer_rs::routing::{Router, RoutingBuffers, RoutingConfig, RoutingMethod};
 
-use crate::common::{env_list, gpu, Gpu};
+use crate::common::{env_list, gpu, report, Gpu};
 use crate::routing::{label, verdict, CaseData};
 
 /// Token counts through every kernel tier (block, dyn-block, cluster, histogram, coop), and
@@ -69,13 +69,7 @@ fn run_regime(g: &Gpu, regime: Regime, test: &str) {
             }
         }
     }
-    eprintln!("{test}: {passed} passed, {} failed", failures.len());
-    assert!(
-        failures.is_empty(),
-        "{} cases failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    report(test, passed, failures);
 }
 
 #[test]
@@ -207,11 +201,5 @@ fn nan_and_infinite_logits_route_as_documented() {
             }
         }
     }
-    eprintln!("{test}: {passed} passed, {} failed", failures.len());
-    assert!(
-        failures.is_empty(),
-        "{} cases failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
+    report(test, passed, failures);
 }

@@ -381,14 +381,7 @@ mod calls {
             FusedMoe::<Bf16>::new(config(MoeOptions::new(WeightLayout::BlockMajorK)), weights)
                 .unwrap();
         for capture_weights in [true, false] {
-            let cfg = CaptureConfig {
-                moe_layers: 1,
-                max_tokens: T,
-                top_k: K,
-                readback_buffers: 2,
-                layer_map: None,
-                capture_weights,
-            };
+            let cfg = CaptureConfig::new(1, T, K).with_weights(capture_weights);
             let mut store = CaptureStore::new(s, cfg).unwrap();
             let mut output = s.clone_htod(&vec![bf16::from_f32(1.5); T * H]).unwrap();
             let batch = MoeBatch::<Bf16> {

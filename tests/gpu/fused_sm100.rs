@@ -150,6 +150,7 @@ impl Case {
             &self.w,
             rounding,
         )
+        .unwrap()
     }
 
     fn problem(&self, routing_scales_on_input: bool) -> ReferenceProblem {
@@ -444,6 +445,7 @@ fn fp8_per_tensor_moe_matches_the_reference() {
             }
             let p = c.problem(on_input);
             let acts: Vec<f32> = moe_oracle::activations(&p, &c.hidden, &c.ids, &c.weights, &c.w)
+                .unwrap()
                 .into_iter()
                 .flatten()
                 .collect();
@@ -509,18 +511,18 @@ fn deepseek_fp8_block_scale_moe_matches_the_reference() {
             let (mut q1, mut q2, mut s1, mut s2) = (vec![], vec![], vec![], vec![]);
             for e in 0..el {
                 let w1 = &mut c.w.w1[e * 2 * i * h..(e + 1) * 2 * i * h];
-                let (q, sc) = moe_oracle::quantize_fp8_blocks(w1, 2 * i, h);
-                w1.copy_from_slice(&moe_oracle::dequantize_fp8_blocks(&q, &sc, 2 * i, h));
+                let (q, sc) = moe_oracle::quantize_fp8_blocks(w1, 2 * i, h).unwrap();
+                w1.copy_from_slice(&moe_oracle::dequantize_fp8_blocks(&q, &sc, 2 * i, h).unwrap());
                 q1.extend(q);
                 s1.extend(sc);
                 let w2 = &mut c.w.w2[e * h * i..(e + 1) * h * i];
-                let (q, sc) = moe_oracle::quantize_fp8_blocks(w2, h, i);
-                w2.copy_from_slice(&moe_oracle::dequantize_fp8_blocks(&q, &sc, h, i));
+                let (q, sc) = moe_oracle::quantize_fp8_blocks(w2, h, i).unwrap();
+                w2.copy_from_slice(&moe_oracle::dequantize_fp8_blocks(&q, &sc, h, i).unwrap());
                 q2.extend(q);
                 s2.extend(sc);
             }
-            let (hq, hs_t) = moe_oracle::quantize_fp8_activation_blocks(&c.hidden, t, h);
-            c.hidden = moe_oracle::dequantize_fp8_activation_blocks(&hq, &hs_t, t, h);
+            let (hq, hs_t) = moe_oracle::quantize_fp8_activation_blocks(&c.hidden, t, h).unwrap();
+            c.hidden = moe_oracle::dequantize_fp8_activation_blocks(&hq, &hs_t, t, h).unwrap();
             let (hs, hsc, w1, w1s, w2, w2s) = (
                 s.clone_htod(&hq).unwrap(),
                 s.clone_htod(&hs_t).unwrap(),
@@ -570,10 +572,10 @@ fn mxfp8_block_scale_moe_matches_the_reference() {
             let el = cfg.local_num_experts as usize;
             // Weights: MX fp8 with linear scales, then rows and scale rows shuffled together
             // and the scales interleaved (upstream's MxFp8 preparation).
-            let (q1, s1) = moe_oracle::quantize_mxfp8(&c.w.w1, el * 2 * i, h);
-            let (q2, s2) = moe_oracle::quantize_mxfp8(&c.w.w2, el * h, i);
-            c.w.w1 = moe_oracle::dequantize_mxfp8(&q1, &s1);
-            c.w.w2 = moe_oracle::dequantize_mxfp8(&q2, &s2);
+            let (q1, s1) = moe_oracle::quantize_mxfp8(&c.w.w1, el * 2 * i, h).unwrap();
+            let (q2, s2) = moe_oracle::quantize_mxfp8(&c.w.w2, el * h, i).unwrap();
+            c.w.w1 = moe_oracle::dequantize_mxfp8(&q1, &s1).unwrap();
+            c.w.w2 = moe_oracle::dequantize_mxfp8(&q2, &s2).unwrap();
             let (w1, w1s, w2, w2s) = shuffle_block_scaled_weights(
                 (&q1, &s1),
                 (&q2, &s2),
@@ -585,8 +587,8 @@ fn mxfp8_block_scale_moe_matches_the_reference() {
             )
             .unwrap();
             // Activations: MX fp8 with the scales interleaved 128x4, as mxfp8_quantize makes them.
-            let (hq, hs) = moe_oracle::quantize_mxfp8(&c.hidden, t, h);
-            c.hidden = moe_oracle::dequantize_mxfp8(&hq, &hs);
+            let (hq, hs) = moe_oracle::quantize_mxfp8(&c.hidden, t, h).unwrap();
+            c.hidden = moe_oracle::dequantize_mxfp8(&hq, &hs).unwrap();
             let hs = interleave_scales(&hs, t, h / 32).unwrap();
             let (hq, hs, w1, w1s, w2, w2s) = (
                 s.clone_htod(&hq).unwrap(),
@@ -694,15 +696,15 @@ fn nvfp4_moe_matches_the_reference() {
             for e in 0..el {
                 let w1 = &mut c.w.w1[e * 2 * i * h..(e + 1) * 2 * i * h];
                 let gs = moe_oracle::nvfp4_global_scale(w1);
-                let (q, sc) = moe_oracle::quantize_nvfp4(w1, 2 * i, h, gs);
-                w1.copy_from_slice(&moe_oracle::dequantize_nvfp4(&q, &sc, gs));
+                let (q, sc) = moe_oracle::quantize_nvfp4(w1, 2 * i, h, gs).unwrap();
+                w1.copy_from_slice(&moe_oracle::dequantize_nvfp4(&q, &sc, gs).unwrap());
                 q1.extend(q);
                 s1.extend(sc);
                 g1.push(gs);
                 let w2 = &mut c.w.w2[e * h * i..(e + 1) * h * i];
                 let gs = moe_oracle::nvfp4_global_scale(w2);
-                let (q, sc) = moe_oracle::quantize_nvfp4(w2, h, i, gs);
-                w2.copy_from_slice(&moe_oracle::dequantize_nvfp4(&q, &sc, gs));
+                let (q, sc) = moe_oracle::quantize_nvfp4(w2, h, i, gs).unwrap();
+                w2.copy_from_slice(&moe_oracle::dequantize_nvfp4(&q, &sc, gs).unwrap());
                 q2.extend(q);
                 s2.extend(sc);
                 g2.push(gs);
@@ -718,13 +720,14 @@ fn nvfp4_moe_matches_the_reference() {
             )
             .unwrap();
             let hg = moe_oracle::nvfp4_global_scale(&c.hidden);
-            let (hq, hs) = moe_oracle::quantize_nvfp4(&c.hidden, t, h, hg);
-            c.hidden = moe_oracle::dequantize_nvfp4(&hq, &hs, hg);
+            let (hq, hs) = moe_oracle::quantize_nvfp4(&c.hidden, t, h, hg).unwrap();
+            c.hidden = moe_oracle::dequantize_nvfp4(&hq, &hs, hg).unwrap();
             let hs = interleave_scales(&hs, t, h / 16).unwrap();
             // The kernel requantises the activation to nvfp4 with a global scale calibrated on
             // it; the output scales fold every global scale in (upstream's scale_c_fc1 & co).
             let acts: Vec<f32> =
                 moe_oracle::activations(&c.problem(false), &c.hidden, &c.ids, &c.weights, &c.w)
+                    .unwrap()
                     .into_iter()
                     .flatten()
                     .collect();
@@ -789,10 +792,10 @@ fn mxfp4_moe_matches_the_reference() {
             let (h, i) = (c.shape.hidden_size, c.shape.intermediate_size);
             let el = cfg.local_num_experts as usize;
             // Quantise the weights to mxfp4; the reference runs on their exact values.
-            let (q1, s1) = moe_oracle::quantize_mxfp4(&c.w.w1, el * 2 * i, h);
-            let (q2, s2) = moe_oracle::quantize_mxfp4(&c.w.w2, el * h, i);
-            c.w.w1 = moe_oracle::dequantize_mxfp4(&q1, &s1, h);
-            c.w.w2 = moe_oracle::dequantize_mxfp4(&q2, &s2, i);
+            let (q1, s1) = moe_oracle::quantize_mxfp4(&c.w.w1, el * 2 * i, h).unwrap();
+            let (q2, s2) = moe_oracle::quantize_mxfp4(&c.w.w2, el * h, i).unwrap();
+            c.w.w1 = moe_oracle::dequantize_mxfp4(&q1, &s1, h).unwrap();
+            c.w.w2 = moe_oracle::dequantize_mxfp4(&q2, &s2, i).unwrap();
             let (w1, w1s, w2, w2s) = shuffle_block_scaled_weights(
                 (&q1, &s1),
                 (&q2, &s2),
@@ -811,7 +814,7 @@ fn mxfp4_moe_matches_the_reference() {
             );
             // Activations: bf16 as they are, or MX fp8 with 128x4-interleaved scales.
             let hs_bf16 = s.clone_htod(&to_bf16(&c.hidden)).unwrap();
-            let (hq, hs) = moe_oracle::quantize_mxfp8(&c.hidden, t, h);
+            let (hq, hs) = moe_oracle::quantize_mxfp8(&c.hidden, t, h).unwrap();
             let hq_dev = s.clone_htod(&hq).unwrap();
             let hs_dev = s
                 .clone_htod(&interleave_scales(&hs, t, h / 32).unwrap())
@@ -827,7 +830,7 @@ fn mxfp4_moe_matches_the_reference() {
                 }
             };
             let rounding = if mx_act {
-                c.hidden = moe_oracle::dequantize_mxfp8(&hq, &hs);
+                c.hidden = moe_oracle::dequantize_mxfp8(&hq, &hs).unwrap();
                 ActivationRounding::MxFp8
             } else {
                 ActivationRounding::Bf16
@@ -1116,7 +1119,8 @@ fn a_captured_bf16_moe_replays_with_fresh_logits() {
             &fresh.weights,
             &c.w,
             ActivationRounding::Bf16,
-        );
+        )
+        .unwrap();
         check(&format!("graph replay {n}"), &want, &got, 0.925);
     }
     unsafe { g.ctx.enable_event_tracking() };

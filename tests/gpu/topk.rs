@@ -10,7 +10,7 @@ use flashinfer_rs::routing::oracle::{self, Regime};
 use flashinfer_rs::routing::{RoutingConfig, TopKOutputs, TopKRouter};
 use flashinfer_rs::ReplayView;
 
-use crate::common::{env_list, gpu, Gpu};
+use crate::common::{env_list, gpu, report, Gpu};
 use crate::degenerate::{one_per_method, sigmoid_gated, special_logits, PATTERNS};
 use crate::models;
 use crate::routing::{
@@ -147,16 +147,6 @@ fn verdict(g: &Gpu, router: &TopKRouter, d: &CaseData) -> Option<String> {
         }),
         (Err(e), _) | (_, Err(e)) => Some(e),
     }
-}
-
-fn report(test: &str, passed: usize, failures: Vec<String>) {
-    eprintln!("{test}: {passed} cases passed, {} failed", failures.len());
-    assert!(
-        failures.is_empty(),
-        "{} cases failed:\n{}",
-        failures.len(),
-        failures.join("\n")
-    );
 }
 
 /// Every config of `configs` x `tokens` x applicable regime x logits dtype.

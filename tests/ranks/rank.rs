@@ -104,14 +104,7 @@ impl Step {
 }
 
 fn store(stream: &Arc<CudaStream>, max_tokens: usize, top_k: usize) -> CaptureStore {
-    let cfg = CaptureConfig {
-        moe_layers: LAYERS,
-        max_tokens,
-        top_k,
-        readback_buffers: 2,
-        layer_map: None,
-        capture_weights: false,
-    };
+    let cfg = CaptureConfig::new(LAYERS, max_tokens, top_k);
     CaptureStore::new(stream, cfg).unwrap()
 }
 

@@ -71,14 +71,7 @@ fn candle_tensor_logits_route_and_capture_like_the_oracle() {
         let mut buffers = RoutingBuffers::new(&stream, &cfg, tokens).unwrap();
         let mut store = CaptureStore::new(
             &stream,
-            CaptureConfig {
-                moe_layers: layers,
-                max_tokens: tokens,
-                top_k: top_k as usize,
-                readback_buffers: 2,
-                layer_map: None,
-                capture_weights: false,
-            },
+            CaptureConfig::new(layers, tokens, top_k as usize),
         )
         .unwrap();
         let mut want = Vec::new();

@@ -1,19 +1,6 @@
 //! Per-request assembly: a step's rows, attributed to (request, position), accumulate into
 //! each request's routing until it finishes and is exported.
-//!
-//! What a serving loop tells the assembler, and what it does with it:
-//! - [`Assembler::start`]: a request arrives (with the prompt prefix to skip on export);
-//! - [`Assembler::push_step`]: a step's rows, each owned by `(request, position)` or padding;
-//!   padding and rows of requests no longer tracked (aborted) are dropped;
-//! - [`Assembler::truncate`]: speculative decoding rejected the draft positions from `len` on:
-//!   their rows become unknown again (the next step rewrites the accepted ones);
-//! - preemption needs no call: the re-prefill's step rows overwrite the same positions;
-//! - [`Assembler::abort`] forgets a request; [`Assembler::finish`] exports it, and
-//!   [`Assembler::export_new`] / [`Assembler::export_range`] export a part of it while it runs
-//!   (multi-turn and streaming requests), copying only the rows asked for.
-//!
-//! With an [`ExpertMap`] ([`Assembler::with_expert_map`]) the rows arrive with the physical
-//! ids the kernels wrote and are kept, and exported, as logical ids.
+
 use std::collections::HashMap;
 
 use super::export::{check_ids, RoutedExperts, MAX_EXPORT_EXPERTS, UNKNOWN};
@@ -111,8 +98,10 @@ struct Track {
     weights: Option<Vec<f32>>,
 }
 
-/// The shape of what an [`Assembler`] collects, and the bound on it.
+/// The shape of what an [`Assembler`] collects, and the bound on it. Made with
+/// [`AssemblerConfig::new`] (non-exhaustive: a field added later breaks no caller).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AssemblerConfig {
     /// MoE layers per row (> 0).
     pub layers: usize,
@@ -130,6 +119,17 @@ pub struct AssemblerConfig {
 }
 
 impl AssemblerConfig {
+    /// `layers` MoE layers of `top_k` experts each, ids below `num_experts`, requests of at
+    /// most `max_positions` positions (checked by [`Assembler::new`]).
+    pub fn new(layers: usize, top_k: usize, num_experts: u32, max_positions: usize) -> Self {
+        AssemblerConfig {
+            layers,
+            top_k,
+            num_experts,
+            max_positions,
+        }
+    }
+
     /// Ids of one row (`layers * top_k`), or the rule the config breaks.
     fn validate(&self) -> Result<usize> {
         let AssemblerConfig {
@@ -162,6 +162,20 @@ impl AssemblerConfig {
 }
 
 /// Collects routed experts per request across steps.
+///
+/// What a serving loop tells the assembler, and what it does with it:
+/// - [`Assembler::start`]: a request arrives (with the prompt prefix to skip on export);
+/// - [`Assembler::push_step`]: a step's rows, each owned by `(request, position)` or padding;
+///   padding and rows of requests no longer tracked (aborted) are dropped;
+/// - [`Assembler::truncate`]: speculative decoding rejected the draft positions from `len` on:
+///   their rows become unknown again (the next step rewrites the accepted ones);
+/// - preemption needs no call: the re-prefill's step rows overwrite the same positions;
+/// - [`Assembler::abort`] forgets a request; [`Assembler::finish`] exports it, and
+///   [`Assembler::export_new`] / [`Assembler::export_range`] export a part of it while it runs
+///   (multi-turn and streaming requests), copying only the rows asked for.
+///
+/// With an [`ExpertMap`] ([`Assembler::with_expert_map`]) the rows arrive with the physical
+/// ids the kernels wrote and are kept, and exported, as logical ids.
 #[derive(Debug)]
 pub struct Assembler {
     config: AssemblerConfig,
@@ -478,7 +492,7 @@ impl Assembler {
     /// ```
     /// use flashinfer_rs::capture::{Assembler, AssemblerConfig, RowOwner, StepRows};
     ///
-    /// let config = AssemblerConfig { layers: 1, top_k: 1, num_experts: 8, max_positions: 64 };
+    /// let config = AssemblerConfig::new(1, 1, 8, 64);
     /// let mut asm = Assembler::new(config)?;
     /// asm.start(7, 0)?;
     /// let owners = [0, 1, 2].map(|position| RowOwner::Token { request: 7, position });

@@ -1,17 +1,5 @@
 //! Per-request export of routed experts in the wire formats trainers read:
 //! vLLM's base64 `.npy` and SGLang-style flat bytes with a dtype tag.
-//!
-//! The element type is chosen per request ([`ExportDtype::for_rows`]): `uint8` when every row
-//! is known and the model has at most 256 experts, `uint16` above that (ids are `int16`, so at most
-//! 32,768 experts: [`MAX_EXPORT_EXPERTS`]), and `int16`
-//! as soon as any row is unknown, with **-1 marking unknown rows** (a row the kernels never
-//! wrote, for example a prefix-cache hit whose routing was not kept). A fake expert 0 is never
-//! emitted for an unknown row.
-//!
-//! With weights capture, a request also carries each id's fp32 routing weight (NaN for an
-//! unknown row), exported as a sibling array of the same shape: a second `.npy` (`<f4`,
-//! [`RoutedExperts::to_weights_npy`]) or flat bytes tagged `float32`
-//! ([`RoutedExperts::to_flat_weights_base64`]).
 
 use base64::Engine as _;
 
@@ -99,6 +87,18 @@ pub const MAX_EXPORT_EXPERTS: u32 = i16::MAX as u32 + 1;
 /// Built only through [`RoutedExperts::new`] (or an [`Assembler`](super::Assembler)), which
 /// checks that every id is an expert of the model or [`UNKNOWN`]: the narrow export types
 /// then never truncate an id.
+///
+/// The element type is chosen per request ([`ExportDtype::for_rows`]): `uint8` when every row
+/// is known and the model has at most 256 experts, `uint16` above that (ids are `int16`, so at most
+/// 32,768 experts: [`MAX_EXPORT_EXPERTS`]), and `int16`
+/// as soon as any row is unknown, with **-1 marking unknown rows** (a row the kernels never
+/// wrote, for example a prefix-cache hit whose routing was not kept). A fake expert 0 is never
+/// emitted for an unknown row.
+///
+/// With weights capture, a request also carries each id's fp32 routing weight (NaN for an
+/// unknown row), exported as a sibling array of the same shape: a second `.npy` (`<f4`,
+/// [`RoutedExperts::to_weights_npy`]) or flat bytes tagged `float32`
+/// ([`RoutedExperts::to_flat_weights_base64`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct RoutedExperts {
     tokens: usize,

@@ -1,18 +1,6 @@
 //! Routed experts kept on the host by KV-cache slot (`block_id * block_size + offset`), so a
 //! request whose prompt hits the prefix cache can still return the routing of the cached
 //! prefix, which this step never computed.
-//!
-//! Bounded: the store holds exactly one row per KV slot, sized once (and refused above a
-//! memory budget), narrowed to one byte per id when the model has fewer than 255 experts.
-//! A slot's routing is unknown until a step that computed it is recorded, and becomes unknown
-//! again when its KV block is freed ([`SlotStore::invalidate`]); a lookup of an unknown slot
-//! answers `None`, never a made-up row.
-//!
-//! Ordering rule for the serving loop: record a step's rows (after [`CaptureStore::collect`]
-//! hands them over) *before* freeing any block that step wrote, and invalidate a block when it
-//! is freed. Then a reused block never shows a previous request's routing.
-//!
-//! [`CaptureStore::collect`]: super::CaptureStore::collect
 
 use std::ops::Range;
 
@@ -28,8 +16,10 @@ enum Ids {
     U16(Vec<u16>),
 }
 
-/// The shape and memory budget of a [`SlotStore`].
+/// The shape and memory budget of a [`SlotStore`]. Made with [`SlotStoreConfig::new`]
+/// (non-exhaustive: a field added later breaks no caller).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct SlotStoreConfig {
     /// KV-cache slots (`num_blocks * block_size`; > 0).
     pub num_slots: usize,
@@ -44,7 +34,37 @@ pub struct SlotStoreConfig {
     pub max_bytes: usize,
 }
 
+impl SlotStoreConfig {
+    /// `num_slots` KV slots of `layers` x `top_k` ids below `num_experts`, in at most
+    /// `max_bytes` of host memory (checked by [`SlotStore::new`]).
+    pub fn new(
+        num_slots: usize,
+        layers: usize,
+        top_k: usize,
+        num_experts: u32,
+        max_bytes: usize,
+    ) -> Self {
+        SlotStoreConfig {
+            num_slots,
+            layers,
+            top_k,
+            num_experts,
+            max_bytes,
+        }
+    }
+}
+
 /// Host routing store indexed by KV slot.
+///
+/// Bounded: the store holds exactly one row per KV slot, sized once (and refused above a
+/// memory budget), narrowed to one byte per id when the model has fewer than 255 experts.
+/// A slot's routing is unknown until a step that computed it is recorded, and becomes unknown
+/// again when its KV block is freed ([`SlotStore::invalidate`]); a lookup of an unknown slot
+/// answers `None`, never a made-up row.
+///
+/// Ordering rule for the serving loop: record a step's rows (after [`CaptureStore::collect`](super::CaptureStore::collect)
+/// hands them over) *before* freeing any block that step wrote, and invalidate a block when it
+/// is freed. Then a reused block never shows a previous request's routing.
 pub struct SlotStore {
     config: SlotStoreConfig,
     /// `layers * top_k`.

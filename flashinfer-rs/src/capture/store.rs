@@ -1,35 +1,11 @@
 //! The device side of capture: one layer-major int16 buffer `[layers, max_tokens, top_k]`,
 //! allocated once, whose per-layer views the routing (or fused MoE) calls write directly, and
 //! an asynchronous per-step readback to pinned host memory.
-//!
-//! Zero-copy on the device: layer `l`'s replay view *is* `buffer[l]`; there is no per-layer
-//! scratch buffer and no per-layer copy kernel. Fixed addresses: the views never move, so a
-//! CUDA graph captured over the layers' routing calls stays valid step after step.
-//!
-//! The step protocol ([`CaptureStore::end_step`], [`CaptureStore::collect`]):
-//! 1. `begin_step(&compute, layout)` checks the step's layout; nothing waits: the previous
-//!    step's rows already left the layer views on `compute` itself (step 2).
-//! 2. `end_step(&compute)` enqueues on the compute stream the copy of the step's kept rows of
-//!    every layer into a readback buffer's device staging memory (one device-to-device copy,
-//!    microseconds), so the next step's writes into the views are stream-ordered after it and
-//!    no step ever waits on another stream; then a side stream, ordered after that copy by
-//!    an event, copies the staging memory into the buffer's pinned host memory (one
-//!    contiguous copy) and records a completion event. The host never waits here.
-//! 3. `collect()` waits for the oldest step's copy only, transposes it to token-major
-//!    `(tokens, layers, top_k)` and frees its buffer. With `readback_buffers >= 2`, step n+1 computes
-//!    while step n drains. Or, to keep the wait and the reading off the launch thread,
-//!    `take_oldest()` hands the step's buffer out at once ([`StepBuffer`]: another thread
-//!    waits, reads the layer-major rows and the buffer comes back through `recycle()`).
-//!
-//! Weights capture (opt-in, [`CaptureConfig::capture_weights`]): a second layer-major buffer,
-//! fp32 `[layers, max_tokens, top_k]`, whose per-layer views the router writes as its
-//! `weights_f32` output ([`CaptureStore::layer_views`]); it is staged and read back in the same
-//! step copy and collected beside the ids.
 
 use std::collections::VecDeque;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use cudarc::driver::{
     sys, CudaContext, CudaEvent, CudaSlice, CudaStream, CudaViewMut, DevicePtr, DevicePtrMut,
@@ -125,8 +101,10 @@ impl StepLayout {
     }
 }
 
-/// Shape of a capture store.
+/// Shape of a capture store. Made with [`CaptureConfig::new`] and its `with_*` methods
+/// (non-exhaustive: a field added later breaks no caller).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CaptureConfig {
     /// MoE layers (the layer-major buffer's first dimension).
     pub moe_layers: usize,
@@ -174,6 +152,37 @@ fn fill_device<T: DeviceRepr>(
 }
 
 impl CaptureConfig {
+    /// `moe_layers` layers of `max_tokens` rows of `top_k` ids; 2 readback buffers, every
+    /// model layer an MoE layer, ids only.
+    pub fn new(moe_layers: usize, max_tokens: usize, top_k: usize) -> Self {
+        CaptureConfig {
+            moe_layers,
+            max_tokens,
+            top_k,
+            readback_buffers: 2,
+            layer_map: None,
+            capture_weights: false,
+        }
+    }
+
+    /// With `n` readback buffers (steps in flight).
+    pub fn with_readback_buffers(mut self, n: usize) -> Self {
+        self.readback_buffers = n;
+        self
+    }
+
+    /// With a model layer -> MoE layer map (`None` for a dense layer).
+    pub fn with_layer_map(mut self, map: Vec<Option<usize>>) -> Self {
+        self.layer_map = Some(map);
+        self
+    }
+
+    /// Capturing the routing weights beside the ids, or not.
+    pub fn with_weights(mut self, capture_weights: bool) -> Self {
+        self.capture_weights = capture_weights;
+        self
+    }
+
     /// Checks the config, with no GPU: every size > 0, `readback_buffers` in
     /// `2..=`[`MAX_READBACK_BUFFERS`], `max_tokens` within the kernels' int32 token counts, a
     /// layer map that names MoE layers of the store. Returns the elements of the
@@ -251,11 +260,19 @@ fn pinned<T: DeviceRepr + ValidAsZeroBits>(
     Ok(unsafe { ctx.alloc_pinned_with_flags::<T>(n, 0) }?)
 }
 
+/// Readback buffers' host memory handed back by dropped [`StepBuffer`]s, by slot, for their
+/// store to take back at its next `end_step` (shared, so a buffer dropped on another thread
+/// needs no access to the store).
+type Returned = Mutex<Vec<(usize, HostRows)>>;
+
 /// A step's read-back rows, handed out by [`CaptureStore::take_oldest`] so that the wait and
-/// the reading happen where the server wants (its own thread: the buffer is `Send`), and
-/// given back with [`CaptureStore::recycle`]. Until it is given back its readback buffer is
-/// not reused (a later `end_step` answers [`Error::Backpressure`] when none is free); one
-/// dropped instead of given back leaves its store one readback buffer short for good.
+/// the reading happen where the server wants (its own thread: the buffer is `Send`). Dropping
+/// it (or [`CaptureStore::recycle`]) gives its readback buffer back to its store, never
+/// blocking: a later step's copies into it are ordered after this step's on the GPU. Until
+/// then that readback buffer is not reused (a later `end_step` answers
+/// [`Error::Backpressure`] when none is free). [`StepBuffer::is_ready`] asks without waiting
+/// whether the copy has landed (an async server polls it instead of blocking a thread in
+/// [`StepBuffer::rows`]).
 pub struct StepBuffer {
     step: u64,
     rows: usize,
@@ -263,9 +280,23 @@ pub struct StepBuffer {
     top_k: usize,
     slot: usize,
     store: u64,
-    host: HostRows,
+    /// `Some` until the buffer is dropped.
+    host: Option<HostRows>,
+    home: Weak<Returned>,
     started: Arc<CudaEvent>,
     done: Arc<CudaEvent>,
+}
+
+impl Drop for StepBuffer {
+    fn drop(&mut self) {
+        if let (Some(host), Some(home)) = (self.host.take(), self.home.upgrade()) {
+            // A poisoned lock only means another thread panicked while pushing: the list
+            // itself is whole.
+            home.lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .push((self.slot, host));
+        }
+    }
 }
 
 impl std::fmt::Debug for StepBuffer {
@@ -288,6 +319,12 @@ impl StepBuffer {
         Ok(self.done.synchronize()?)
     }
 
+    /// Whether the step's copy has landed, without waiting: when `true`,
+    /// [`rows`](Self::rows) returns at once.
+    pub fn is_ready(&self) -> Result<bool> {
+        Ok(self.done.try_is_complete()?)
+    }
+
     /// Waits for the copy, then returns its GPU time in microseconds (as
     /// [`CaptureStore::oldest_copy_gpu_us`]).
     pub fn copy_gpu_us(&self) -> Result<f64> {
@@ -300,12 +337,16 @@ impl StepBuffer {
     pub fn rows(&self) -> Result<LayerMajorRows<'_>> {
         self.wait()?;
         let n = self.rows * self.layers * self.top_k;
+        let host = self
+            .host
+            .as_ref()
+            .ok_or_else(|| Error::Internal("a step buffer without its memory".into()))?;
         Ok(LayerMajorRows {
             tokens: self.rows,
             layers: self.layers,
             top_k: self.top_k,
-            ids: &self.host.ids.as_slice()?[..n],
-            weights: match &self.host.weights {
+            ids: &host.ids.as_slice()?[..n],
+            weights: match &host.weights {
                 Some(w) => Some(&w.as_slice()?[..n]),
                 None => None,
             },
@@ -339,6 +380,31 @@ struct InFlight {
 }
 
 /// Layer-major routed-expert capture for one model on one device.
+///
+/// Zero-copy on the device: layer `l`'s replay view *is* `buffer[l]`; there is no per-layer
+/// scratch buffer and no per-layer copy kernel. Fixed addresses: the views never move, so a
+/// CUDA graph captured over the layers' routing calls stays valid step after step.
+///
+/// The step protocol ([`CaptureStore::end_step`], [`CaptureStore::collect`]):
+/// 1. `begin_step(&compute, layout)` checks the step's layout; nothing waits: the previous
+///    step's rows already left the layer views on `compute` itself (step 2).
+/// 2. `end_step(&compute)` enqueues on the compute stream the copy of the step's kept rows of
+///    every layer into a readback buffer's device staging memory (one device-to-device copy,
+///    microseconds), so the next step's writes into the views are stream-ordered after it and
+///    no step ever waits on another stream; then a side stream, ordered after that copy by
+///    an event, copies the staging memory into the buffer's pinned host memory (one
+///    contiguous copy) and records a completion event. The host never waits here.
+/// 3. `collect()` waits for the oldest step's copy only, transposes it to token-major
+///    `(tokens, layers, top_k)` and frees its buffer. With `readback_buffers >= 2`, step n+1 computes
+///    while step n drains. Or, to keep the wait and the reading off the launch thread,
+///    `take_oldest()` hands the step's buffer out at once ([`StepBuffer`]: another thread
+///    polls `is_ready()` or waits, reads the layer-major rows, and the buffer comes back
+///    when it is dropped or given to `recycle()`).
+///
+/// Weights capture (opt-in, [`CaptureConfig::capture_weights`]): a second layer-major buffer,
+/// fp32 `[layers, max_tokens, top_k]`, whose per-layer views the router writes as its
+/// `weights_f32` output ([`CaptureStore::layer_views`]); it is staged and read back in the same
+/// step copy and collected beside the ids.
 pub struct CaptureStore {
     cfg: CaptureConfig,
     ctx: Arc<CudaContext>,
@@ -351,6 +417,8 @@ pub struct CaptureStore {
     staged_on_compute: CudaEvent,
     readbacks: Vec<Slot>,
     free: Vec<usize>,
+    /// What dropped step buffers handed back (see [`StepBuffer`]'s `Drop`).
+    returned: Arc<Returned>,
     /// This store's number (`NEXT_STORE`).
     id: u64,
     in_flight: VecDeque<InFlight>,
@@ -425,6 +493,7 @@ impl CaptureStore {
             side,
             readbacks,
             free,
+            returned: Arc::new(Mutex::new(Vec::new())),
             id: NEXT_STORE.fetch_add(1, Ordering::Relaxed),
             in_flight: VecDeque::new(),
             current: None,
@@ -544,6 +613,7 @@ impl CaptureStore {
                     .into(),
             });
         }
+        self.take_back_returned();
         let Some(buffer) = self.free.pop() else {
             self.current = Some((layout, begun_on));
             return Err(Error::Backpressure {
@@ -553,14 +623,16 @@ impl CaptureStore {
         let rows = layout.keep.len();
         let slot = &mut self.readbacks[buffer];
         let side = &self.side;
+        // This buffer's last readback may still be reading its staging copy (a step buffer is
+        // given back without waiting): the compute stream waits for it on the GPU, not here.
+        compute.wait(&slot.done)?;
         // The readback's GPU time runs from here (after the step's kernels) to `done`.
         slot.started.record(compute)?;
         if rows > 0 {
             self.ctx.bind_to_thread()?;
             // 1. Every layer's kept rows into staging, on the compute stream (device to
             //    device, microseconds): the next step's writes are ordered after it there,
-            //    with no wait across streams. (The buffer's previous host copy completed
-            //    before it was freed: collect and recycle wait for it.)
+            //    with no wait across streams.
             stage(
                 &self.device,
                 &mut slot.staging_ids,
@@ -575,7 +647,7 @@ impl CaptureStore {
         self.staged_on_compute.record(compute)?;
         side.wait(&self.staged_on_compute)?;
         if rows > 0 {
-            // A free buffer has its host memory (recycle gives it back before freeing it).
+            // A free buffer has its host memory (given back before it is freed).
             let host = slot.host.as_mut().ok_or_else(|| {
                 Error::Internal("a free readback buffer lacks its host memory".into())
             })?;
@@ -642,16 +714,17 @@ impl CaptureStore {
             top_k: self.cfg.top_k,
             slot: f.buffer,
             store: self.id,
-            host,
+            host: Some(host),
+            home: Arc::downgrade(&self.returned),
             started: slot.started.clone(),
             done: slot.done.clone(),
         })
     }
 
-    /// Gives back a buffer [`take_oldest`](Self::take_oldest) handed out (waiting for its copy
-    /// first if the caller has not): its readback buffer is free for a later step. A buffer of
-    /// another store is refused and handed back in the error (`?` turns it into the
-    /// [`Error`], dropping the buffer; its store then has one readback buffer less).
+    /// Gives back a buffer [`take_oldest`](Self::take_oldest) handed out, without waiting
+    /// (dropping it does the same): its readback buffer is free for a later step, whose copies
+    /// into it the GPU orders after this one's. A buffer of another store is refused and
+    /// handed back in the error (dropping it then gives it back to its own store).
     pub fn recycle(&mut self, buffer: StepBuffer) -> std::result::Result<(), Box<Refused>> {
         if buffer.store != self.id {
             return Err(Box::new(Refused {
@@ -659,14 +732,29 @@ impl CaptureStore {
                 buffer,
             }));
         }
-        // The side stream orders a later copy into it after this one anyway; waiting keeps
-        // `recycle` the point after which the buffer's memory is the store's again.
-        if let Err(e) = buffer.wait() {
-            return Err(Box::new(Refused { error: e, buffer }));
-        }
-        self.readbacks[buffer.slot].host = Some(buffer.host);
-        self.free.push(buffer.slot);
+        drop(buffer);
+        self.take_back_returned();
         Ok(())
+    }
+
+    /// Takes back the readback buffers that dropped step buffers handed back.
+    fn take_back_returned(&mut self) {
+        let returned = std::mem::take(
+            &mut *self
+                .returned
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        );
+        for (slot, host) in returned {
+            self.readbacks[slot].host = Some(host);
+            self.free.push(slot);
+        }
+    }
+
+    /// Readback buffers free for the next step (not in flight, not lent out).
+    pub fn free_readback_buffers(&mut self) -> usize {
+        self.take_back_returned();
+        self.free.len()
     }
 
     /// Waits for the oldest in-flight step's copy (only that), and returns its kept rows

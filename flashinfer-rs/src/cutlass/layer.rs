@@ -18,14 +18,42 @@ use crate::ffi::check;
 use crate::replay::ReplayView;
 use crate::routing::{Bias, Logits, RouteInput, TopKOutputs, TopKRouter};
 
-/// The layer's expert weights, bf16, borrowed for the layer's life.
+/// Device memory a layer reads its weights from, for as long as the layer holds it: a
+/// [`CudaSlice`] (the layer owns its weights: a model struct can hold its layers), an
+/// `Arc<CudaSlice>` (shared, e.g. with a checkpoint loader) or a [`CudaView`] (the layer
+/// borrows them). `Send + Sync`, so a layer that holds them can be shared across threads.
+pub trait WeightBuffer<T>: Send + Sync {
+    /// The weights, for one call.
+    fn view(&self) -> CudaView<'_, T>;
+}
+
+impl<T: Send + Sync> WeightBuffer<T> for CudaSlice<T> {
+    fn view(&self) -> CudaView<'_, T> {
+        self.as_view()
+    }
+}
+
+impl<T: Send + Sync> WeightBuffer<T> for Arc<CudaSlice<T>> {
+    fn view(&self) -> CudaView<'_, T> {
+        self.as_view()
+    }
+}
+
+impl<T: Send + Sync> WeightBuffer<T> for CudaView<'_, T> {
+    fn view(&self) -> CudaView<'_, T> {
+        self.slice(..)
+    }
+}
+
+/// The layer's expert weights, bf16, in whatever `W` holds them ([`WeightBuffer`]: owned by
+/// default).
 #[derive(Debug)]
-pub struct CutlassWeights<'w> {
+pub struct CutlassWeights<W = CudaSlice<bf16>> {
     /// GEMM 1 (up and gate) `[local_experts, 2 * intermediate, hidden]`: each expert's linear
     /// (up) rows first, then its gate rows, as [`fused::oracle`](crate::fused::oracle) has them.
-    pub fc1: CudaView<'w, bf16>,
+    pub fc1: W,
     /// GEMM 2 (down) `[local_experts, hidden, intermediate]`.
-    pub fc2: CudaView<'w, bf16>,
+    pub fc2: W,
 }
 
 /// Where a call's routing comes from.
@@ -81,17 +109,52 @@ pub struct CutlassWorkspace {
 }
 
 /// A layer of FlashInfer's CUTLASS fused MoE on Hopper: the top-k router (or precomputed
-/// ids), GEMM 1, SwiGLU, GEMM 2 and the weighted sum, bf16 activations and weights.
+/// ids), GEMM 1, SwiGLU, GEMM 2 and the weighted sum, bf16 activations and weights, held as
+/// `W` holds them (owned by default; see [`WeightBuffer`]).
+///
+/// A model owns its layers and their weights, and can be shared across a server's tasks:
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use flashinfer_rs::cudarc::driver::CudaStream;
+/// use flashinfer_rs::cutlass::{CutlassMoe, CutlassMoeConfig, CutlassWeights};
+/// use flashinfer_rs::half::bf16;
+/// use flashinfer_rs::routing::{RoutingConfig, RoutingMethod};
+///
+/// struct Model {
+///     moe: Vec<CutlassMoe>, // each layer owns its fc1 and fc2
+/// }
+///
+/// fn load(stream: &Arc<CudaStream>, layers: usize) -> flashinfer_rs::Result<Arc<Model>> {
+///     let (experts, h, i) = (128, 2048, 768);
+///     let config = CutlassMoeConfig {
+///         routing: RoutingConfig::new(RoutingMethod::Renormalize, experts as u32, 8),
+///         hidden_size: h,
+///         intermediate_size: i,
+///         max_tokens: 4096,
+///     };
+///     let moe = (0..layers)
+///         .map(|_| {
+///             let weights = CutlassWeights {
+///                 fc1: stream.alloc_zeros::<bf16>(experts * 2 * i * h)?, // from a checkpoint
+///                 fc2: stream.alloc_zeros::<bf16>(experts * h * i)?,
+///             };
+///             CutlassMoe::new(config, weights)
+///         })
+///         .collect::<flashinfer_rs::Result<_>>()?;
+///     Ok(Arc::new(Model { moe })) // Send + Sync: shared by every request's task
+/// }
+/// ```
 ///
 /// [`CutlassMoe::new`] checks every rule that does not depend on the batch (routing config,
 /// sizes, expert range, the weights' sizes and context, the device) once and builds the
 /// runner; [`CutlassMoe::forward`] checks only the batch's buffers and enqueues the kernels.
 /// The routed ids land in `routing_replay_out` in the same stream order, so the ids captured
 /// are the ids the GEMMs consumed.
-pub struct CutlassMoe<'w> {
+pub struct CutlassMoe<W = CudaSlice<bf16>> {
     plan: LayerPlan,
     router: TopKRouter,
-    weights: CutlassWeights<'w>,
+    weights: CutlassWeights<W>,
     ctx: Arc<CudaContext>,
     raw: NonNull<sys::fi_cutlass_moe>,
     /// The runner's scratch, from `fi_cutlass_moe_workspace_size`.
@@ -99,21 +162,21 @@ pub struct CutlassMoe<'w> {
 }
 
 // SAFETY: the C layer serialises calls on one runner (its mutex) and holds no thread-bound
-// state; the weights are device memory borrowed for the layer's life.
-unsafe impl Send for CutlassMoe<'_> {}
-// SAFETY: as above: `forward(&self)` from several threads takes the runner's lock in turn.
-unsafe impl Sync for CutlassMoe<'_> {}
+// state; the weights are `WeightBuffer`s, which are Send.
+unsafe impl<W: WeightBuffer<bf16>> Send for CutlassMoe<W> {}
+// SAFETY: as above: `forward(&self)` from several threads takes the runner's lock in turn;
+// the weights are only read (`WeightBuffer` is Sync).
+unsafe impl<W: WeightBuffer<bf16>> Sync for CutlassMoe<W> {}
 
-impl std::fmt::Debug for CutlassMoe<'_> {
+impl<W> std::fmt::Debug for CutlassMoe<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CutlassMoe")
             .field("config", &self.plan.config)
-            .field("weights", &self.weights)
             .finish_non_exhaustive()
     }
 }
 
-impl Drop for CutlassMoe<'_> {
+impl<W> Drop for CutlassMoe<W> {
     fn drop(&mut self) {
         // SAFETY: `raw` came from fi_cutlass_moe_create and is freed once; no call runs (they
         // borrow `self`).
@@ -149,7 +212,7 @@ impl std::fmt::Display for CutlassTactic {
     }
 }
 
-impl<'w> CutlassMoe<'w> {
+impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
     /// Checks `config` and `weights` and creates the runner on the weights' device, its
     /// tactics chosen per call from the call's mean rows per expert (`num_tokens * top_k /
     /// num_experts`, host-side, no launch): below 16, the 128x16 tile with swapped operands
@@ -157,7 +220,7 @@ impl<'w> CutlassMoe<'w> {
     /// three tiles in both operand orders, BENCHMARKS.md section 7). Answers
     /// [`Error::UnsupportedArch`] off Hopper (sm_90) and [`Error::KernelsNotBuilt`] in a
     /// build without the `sm90-moe` feature.
-    pub fn new(config: CutlassMoeConfig, weights: CutlassWeights<'w>) -> Result<Self> {
+    pub fn new(config: CutlassMoeConfig, weights: CutlassWeights<W>) -> Result<Self> {
         Self::create(config, weights, (-1, -1))
     }
 
@@ -165,7 +228,7 @@ impl<'w> CutlassMoe<'w> {
     /// [`tactics`](Self::tactics), for every call (benchmarks search them per shape).
     pub fn with_tactics(
         config: CutlassMoeConfig,
-        weights: CutlassWeights<'w>,
+        weights: CutlassWeights<W>,
         tactics: (u32, u32),
     ) -> Result<Self> {
         let as_i32 = |v: u32| i32::try_from(v).map_err(|_| Error::invalid("tactics", "too large"));
@@ -175,13 +238,14 @@ impl<'w> CutlassMoe<'w> {
     /// Tactics as the C ABI takes them: indices, or -1 for both: chosen per call.
     fn create(
         config: CutlassMoeConfig,
-        weights: CutlassWeights<'w>,
+        weights: CutlassWeights<W>,
         tactics: (i32, i32),
     ) -> Result<Self> {
-        let plan = plan_layer(config, weights.fc1.len(), weights.fc2.len())?;
+        let (fc1, fc2) = (weights.fc1.view(), weights.fc2.view());
+        let plan = plan_layer(config, fc1.len(), fc2.len())?;
         let router = TopKRouter::new(config.routing)?;
-        same_context(weights.fc1.stream(), [("fc2", weights.fc2.stream())])?;
-        let ctx = weights.fc1.stream().context().clone();
+        same_context(fc1.stream(), [("fc2", fc2.stream())])?;
+        let ctx = fc1.stream().context().clone();
         let params = sys::fi_cutlass_moe_params {
             num_experts: plan.experts() as i32,
             top_k: plan.top_k() as i32,
@@ -353,6 +417,8 @@ impl<'w> CutlassMoe<'w> {
             }),
             CutlassRouting::Precomputed { ids, scales } => Source::Given(ids, scales),
         };
+        // The weights' views outlive the guards taken from them.
+        let (fc1_view, fc2_view) = (self.weights.fc1.view(), self.weights.fc2.view());
         // The guards keep cudarc's stream ordering (event waits) alive across the call.
         let mut guards: Vec<SyncOnDrop<'_>> = Vec::with_capacity(8);
         let (ids, scales) = match &source {
@@ -388,9 +454,9 @@ impl<'w> CutlassMoe<'w> {
         };
         let (x, g) = hidden_states.device_ptr(stream);
         guards.push(g);
-        let (fc1, g) = self.weights.fc1.device_ptr(stream);
+        let (fc1, g) = fc1_view.device_ptr(stream);
         guards.push(g);
-        let (fc2, g) = self.weights.fc2.device_ptr(stream);
+        let (fc2, g) = fc2_view.device_ptr(stream);
         guards.push(g);
         let (out, g) = output.device_ptr_mut(stream);
         guards.push(g);

@@ -24,5 +24,6 @@ pub mod prepare;
 
 pub use layer::{
     CutlassBatch, CutlassMoe, CutlassRouting, CutlassTactic, CutlassWeights, CutlassWorkspace,
+    WeightBuffer,
 };
 pub use plan::CutlassMoeConfig;

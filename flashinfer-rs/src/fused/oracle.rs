@@ -7,14 +7,15 @@
 //! Also here: the quantisers that make test data (fp8 per tensor, DeepSeek 128-blocks, MX fp8,
 //! nvfp4, mxfp4) and upstream's accuracy criterion.
 //!
-//! # Panics
-//! These are test and calibration helpers: they assert their shape preconditions (block
-//! multiples, matching lengths) and panic with the rule instead of returning errors, and
-//! [`moe`] panics on activations it does not model (`SwigluBias`, `SwigluStep`). The kernel
-//! calls never panic.
+//! Every function checks its shape rules (block multiples, lengths that match the stated
+//! dimensions, with checked arithmetic) and answers a broken one with
+//! [`Error::InvalidArgument`] naming it; [`moe`] refuses the activations it does not model
+//! (`SwigluBias`, `SwigluStep`) the same way.
 
 use super::elements::{e2m1_from_f32, E2m1x2, E4m3, Ue8m0, E2M1_MAX, E4M3_MAX};
 use super::types::Activation;
+use crate::alloc::product;
+use crate::error::{ensure, Error, Result};
 
 /// Dequantised expert weights of the local experts, row-major f32.
 #[derive(Debug, Clone)]
@@ -102,8 +103,8 @@ fn round_bf16(x: f32) -> f32 {
 }
 
 /// The activation of one routed row: `gemm1` holds M1 values.
-fn activate(gemm1: &[f32], i: usize, act: Activation) -> Vec<f32> {
-    match act {
+fn activate(gemm1: &[f32], i: usize, act: Activation) -> Result<Vec<f32>> {
+    Ok(match act {
         Activation::Swiglu => (0..i).map(|j| silu(gemm1[i + j]) * gemm1[j]).collect(),
         Activation::Geglu => (0..i).map(|j| gelu(gemm1[i + j]) * gemm1[j]).collect(),
         Activation::Relu2 => gemm1[..i].iter().map(|&x| x.max(0.0).powi(2)).collect(),
@@ -111,8 +112,60 @@ fn activate(gemm1: &[f32], i: usize, act: Activation) -> Vec<f32> {
         Activation::Relu => gemm1[..i].iter().map(|&x| x.max(0.0)).collect(),
         Activation::Silu => gemm1[..i].iter().map(|&x| silu(x)).collect(),
         Activation::Gelu => gemm1[..i].iter().map(|&x| gelu(x)).collect(),
-        other => unimplemented!("the reference does not model {other:?}"),
+        other => {
+            return Err(Error::invalid(
+                "activation",
+                format!("the reference does not model {other:?}"),
+            ))
+        }
+    })
+}
+
+/// Checks that `hidden`, `ids`, `weights` and `w` hold what problem `p` reads, and every
+/// size product fits; returns GEMM1's rows per expert (M1).
+fn check_problem(
+    p: &ReferenceProblem,
+    hidden: &[f32],
+    ids: &[usize],
+    weights: &[f32],
+    w: &ExpertWeights,
+) -> Result<usize> {
+    let (h, i, e) = (p.hidden_size, p.intermediate_size, p.local_num_experts);
+    // Zero sizes are refused: the loops run over tokens and their top-k, and an empty row
+    // would let a huge token count pass every length check.
+    for (arg, v) in [
+        ("hidden_size", h),
+        ("intermediate_size", i),
+        ("top_k", p.top_k),
+    ] {
+        ensure(v > 0, arg, || "must be > 0".into())?;
     }
+    let m1 = if p.activation.is_gated() {
+        product("intermediate_size", &[i, 2])?
+    } else {
+        i
+    };
+    let need = [
+        (
+            "hidden",
+            hidden.len(),
+            product("hidden", &[p.num_tokens, h])?,
+        ),
+        ("ids", ids.len(), product("ids", &[p.num_tokens, p.top_k])?),
+        (
+            "weights",
+            weights.len(),
+            product("weights", &[p.num_tokens, p.top_k])?,
+        ),
+        ("w1", w.w1.len(), product("w1", &[e, m1, h])?),
+        ("w2", w.w2.len(), product("w2", &[e, h, i])?),
+    ];
+    for (arg, have, want) in need {
+        ensure(have >= want, arg, || {
+            format!("holds {have} values, needs {want}")
+        })?;
+    }
+    Ok(m1)
 }
 
 fn matvec(w: &[f32], rows: usize, cols: usize, x: &[f32]) -> Vec<f32> {
@@ -132,9 +185,9 @@ pub fn activations(
     ids: &[usize],
     weights: &[f32],
     w: &ExpertWeights,
-) -> Vec<Vec<f32>> {
+) -> Result<Vec<Vec<f32>>> {
+    let m1 = check_problem(p, hidden, ids, weights, w)?;
     let (h, i) = (p.hidden_size, p.intermediate_size);
-    let m1 = if p.activation.is_gated() { 2 * i } else { i };
     let mut out = Vec::new();
     for t in 0..p.num_tokens {
         for k in 0..p.top_k {
@@ -148,10 +201,10 @@ pub fn activations(
                 x.iter_mut().for_each(|v| *v *= s);
             }
             let g1 = matvec(&w.w1[le * m1 * h..(le + 1) * m1 * h], m1, h, &x);
-            out.push(activate(&g1, i, p.activation));
+            out.push(activate(&g1, i, p.activation)?);
         }
     }
-    out
+    Ok(out)
 }
 
 /// The MoE output `[num_tokens, hidden]` for routed `ids`/`weights` (`[num_tokens, top_k]`,
@@ -163,9 +216,9 @@ pub fn moe(
     weights: &[f32],
     w: &ExpertWeights,
     rounding: ActivationRounding,
-) -> Vec<f32> {
+) -> Result<Vec<f32>> {
     let (h, i) = (p.hidden_size, p.intermediate_size);
-    let acts = activations(p, hidden, ids, weights, w);
+    let acts = activations(p, hidden, ids, weights, w)?;
     let mut acts = acts.into_iter();
     let mut out = vec![0f32; p.num_tokens * h];
     for t in 0..p.num_tokens {
@@ -174,7 +227,11 @@ pub fn moe(
             let Some(le) = p.local_index(e) else {
                 continue;
             };
-            let act = acts.next().expect("one activation per local routed pair");
+            let Some(act) = acts.next() else {
+                return Err(Error::Internal(
+                    "one activation per local routed pair".into(),
+                ));
+            };
             let a: Vec<f32> = match rounding {
                 ActivationRounding::Bf16 => act.into_iter().map(round_bf16).collect(),
                 ActivationRounding::Fp8PerTensor { scale } => act
@@ -182,12 +239,12 @@ pub fn moe(
                     .map(|v| E4m3::from_f32(v * scale).to_f32() / scale)
                     .collect(),
                 ActivationRounding::MxFp8 => {
-                    let (q, sc) = quantize_mxfp8(&act, 1, i);
-                    dequantize_mxfp8(&q, &sc)
+                    let (q, sc) = quantize_mxfp8(&act, 1, i)?;
+                    dequantize_mxfp8(&q, &sc)?
                 }
                 ActivationRounding::Nvfp4 { global_scale } => {
-                    let (q, sc) = quantize_nvfp4(&act, 1, i, global_scale);
-                    dequantize_nvfp4(&q, &sc, global_scale)
+                    let (q, sc) = quantize_nvfp4(&act, 1, i, global_scale)?;
+                    dequantize_nvfp4(&q, &sc, global_scale)?
                 }
             };
             let y = matvec(&w.w2[le * h * i..(le + 1) * h * i], h, i, &a);
@@ -201,7 +258,7 @@ pub fn moe(
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// `448 / amax(x)`: the per-tensor fp8 scale upstream's tests calibrate.
@@ -222,11 +279,13 @@ pub fn quantize_fp8_per_tensor(x: &[f32]) -> (Vec<E4m3>, f32) {
 
 /// DeepSeek fp8 weights: `[m, k]` in 128x128 blocks, each scaled by `amax / 448`; returns the
 /// values and the `[m/128, k/128]` scales (dequantise: `q * scale`).
-pub fn quantize_fp8_blocks(x: &[f32], m: usize, k: usize) -> (Vec<E4m3>, Vec<f32>) {
-    assert!(
-        m.is_multiple_of(128) && k.is_multiple_of(128),
-        "128x128 blocks"
-    );
+pub fn quantize_fp8_blocks(x: &[f32], m: usize, k: usize) -> Result<(Vec<E4m3>, Vec<f32>)> {
+    ensure(
+        m > 0 && k > 0 && m.is_multiple_of(128) && k.is_multiple_of(128),
+        "x",
+        || format!("[{m}, {k}] is not made of 128x128 blocks"),
+    )?;
+    same_len("x", x.len(), product("x", &[m, k])?)?;
     let (mb, kb) = (m / 128, k / 128);
     let mut scales = vec![0f32; mb * kb];
     for r in 0..m {
@@ -246,20 +305,28 @@ pub fn quantize_fp8_blocks(x: &[f32], m: usize, k: usize) -> (Vec<E4m3>, Vec<f32
             E4m3::from_f32(x[idx] / scales[(r / 128) * kb + c / 128])
         })
         .collect();
-    (q, scales)
+    Ok((q, scales))
+}
+
+/// Checks that `arg` holds exactly `want` values.
+fn same_len(arg: &'static str, have: usize, want: usize) -> Result<()> {
+    ensure(have == want, arg, || {
+        format!("holds {have} values, the shape is {want}")
+    })
 }
 
 /// The values of a DeepSeek fp8 `[m, k]` matrix: `q * scale` of its 128x128 block.
-pub fn dequantize_fp8_blocks(q: &[E4m3], scales: &[f32], m: usize, k: usize) -> Vec<f32> {
-    assert!(
-        q.len() == m * k && scales.len() == (m / 128) * (k / 128),
-        "128x128 blocks"
-    );
+pub fn dequantize_fp8_blocks(q: &[E4m3], scales: &[f32], m: usize, k: usize) -> Result<Vec<f32>> {
+    ensure(m.is_multiple_of(128) && k.is_multiple_of(128), "q", || {
+        format!("[{m}, {k}] is not made of 128x128 blocks")
+    })?;
+    same_len("q", q.len(), product("q", &[m, k])?)?;
+    same_len("scales", scales.len(), (m / 128) * (k / 128))?;
     let kb = k / 128;
-    q.iter()
+    Ok(q.iter()
         .enumerate()
         .map(|(idx, v)| v.to_f32() * scales[(idx / k / 128) * kb + (idx % k) / 128])
-        .collect()
+        .collect())
 }
 
 /// DeepSeek fp8 activations: each token's 128-element blocks scaled by `amax / 448`; returns
@@ -268,8 +335,11 @@ pub fn quantize_fp8_activation_blocks(
     x: &[f32],
     tokens: usize,
     hidden: usize,
-) -> (Vec<E4m3>, Vec<f32>) {
-    assert!(hidden.is_multiple_of(128), "128-element blocks");
+) -> Result<(Vec<E4m3>, Vec<f32>)> {
+    ensure(hidden > 0 && hidden.is_multiple_of(128), "hidden", || {
+        format!("{hidden} is not made of 128-element blocks")
+    })?;
+    same_len("x", x.len(), product("x", &[tokens, hidden])?)?;
     let hb = hidden / 128;
     let mut scales_t = vec![1f32; hb * tokens];
     let mut q = Vec::with_capacity(x.len());
@@ -282,17 +352,14 @@ pub fn quantize_fp8_activation_blocks(
             q.extend(blk.iter().map(|&v| E4m3::from_f32(v / s)));
         }
     }
-    (q, scales_t)
+    Ok((q, scales_t))
 }
 
 /// mxfp4: a row-major `[rows, cols]` matrix in 32-element blocks, each scaled by the power of
 /// two `>= amax / 6` (as upstream's ue8m0 quantiser rounds); returns packed values
 /// `[rows, cols / 2]` and linear scales `[rows, cols / 32]`.
-pub fn quantize_mxfp4(x: &[f32], rows: usize, cols: usize) -> (Vec<E2m1x2>, Vec<Ue8m0>) {
-    assert!(
-        cols.is_multiple_of(32) && x.len() == rows * cols,
-        "32-element blocks"
-    );
+pub fn quantize_mxfp4(x: &[f32], rows: usize, cols: usize) -> Result<(Vec<E2m1x2>, Vec<Ue8m0>)> {
+    blocks_of(x, rows, cols, 32)?;
     let mut scales = Vec::with_capacity(rows * cols / 32);
     let mut q = Vec::with_capacity(rows * cols / 2);
     for blk in x.chunks_exact(32) {
@@ -307,16 +374,13 @@ pub fn quantize_mxfp4(x: &[f32], rows: usize, cols: usize) -> (Vec<E2m1x2>, Vec<
             ));
         }
     }
-    (q, scales)
+    Ok((q, scales))
 }
 
 /// MX fp8: a row-major `[rows, cols]` matrix in 32-element blocks, each scaled by the power of
 /// two `>= amax / 448`; returns e4m3 values and linear scales `[rows, cols / 32]`.
-pub fn quantize_mxfp8(x: &[f32], rows: usize, cols: usize) -> (Vec<E4m3>, Vec<Ue8m0>) {
-    assert!(
-        cols.is_multiple_of(32) && x.len() == rows * cols,
-        "32-element blocks"
-    );
+pub fn quantize_mxfp8(x: &[f32], rows: usize, cols: usize) -> Result<(Vec<E4m3>, Vec<Ue8m0>)> {
+    blocks_of(x, rows, cols, 32)?;
     let mut scales = Vec::with_capacity(rows * cols / 32);
     let mut q = Vec::with_capacity(rows * cols);
     for blk in x.chunks_exact(32) {
@@ -326,16 +390,27 @@ pub fn quantize_mxfp8(x: &[f32], rows: usize, cols: usize) -> (Vec<E4m3>, Vec<Ue
         scales.push(s);
         q.extend(blk.iter().map(|&v| E4m3::from_f32(v * inv)));
     }
-    (q, scales)
+    Ok((q, scales))
+}
+
+/// Checks that `x` is a `[rows, cols]` matrix of whole `block`-element blocks per row.
+fn blocks_of(x: &[f32], rows: usize, cols: usize, block: usize) -> Result<()> {
+    ensure(cols.is_multiple_of(block), "cols", || {
+        format!("{cols} is not made of {block}-element blocks")
+    })?;
+    same_len("x", x.len(), product("x", &[rows, cols])?)
 }
 
 /// The values an MX fp8 matrix encodes (one scale per 32 consecutive values).
-pub fn dequantize_mxfp8(q: &[E4m3], scales: &[Ue8m0]) -> Vec<f32> {
-    assert_eq!(scales.len() * 32, q.len(), "one scale per 32 values");
-    q.iter()
+pub fn dequantize_mxfp8(q: &[E4m3], scales: &[Ue8m0]) -> Result<Vec<f32>> {
+    same_len("scales", scales.len(), q.len().div_ceil(32))?;
+    ensure(q.len().is_multiple_of(32), "q", || {
+        "one scale per 32 values".into()
+    })?;
+    Ok(q.iter()
         .enumerate()
         .map(|(i, v)| v.to_f32() * scales[i / 32].to_f32())
-        .collect()
+        .collect())
 }
 
 /// `448 * 6 / amax(x)`: the nvfp4 global scale upstream's tests calibrate.
@@ -357,11 +432,8 @@ pub fn quantize_nvfp4(
     rows: usize,
     cols: usize,
     global_scale: f32,
-) -> (Vec<E2m1x2>, Vec<E4m3>) {
-    assert!(
-        cols.is_multiple_of(16) && x.len() == rows * cols,
-        "16-element blocks"
-    );
+) -> Result<(Vec<E2m1x2>, Vec<E4m3>)> {
+    blocks_of(x, rows, cols, 16)?;
     let mut scales = Vec::with_capacity(rows * cols / 16);
     let mut q = Vec::with_capacity(rows * cols / 2);
     for blk in x.chunks_exact(16) {
@@ -380,12 +452,15 @@ pub fn quantize_nvfp4(
             ));
         }
     }
-    (q, scales)
+    Ok((q, scales))
 }
 
 /// The values an nvfp4 matrix encodes: `e2m1 * scale / global_scale`.
-pub fn dequantize_nvfp4(q: &[E2m1x2], scales: &[E4m3], global_scale: f32) -> Vec<f32> {
-    assert_eq!(scales.len() * 8, q.len(), "one scale per 16 values");
+pub fn dequantize_nvfp4(q: &[E2m1x2], scales: &[E4m3], global_scale: f32) -> Result<Vec<f32>> {
+    same_len("scales", scales.len(), q.len().div_ceil(8))?;
+    ensure(q.len().is_multiple_of(8), "q", || {
+        "one scale per 16 values".into()
+    })?;
     let mut out = Vec::with_capacity(q.len() * 2);
     for (i, pair) in q.iter().enumerate() {
         let s = scales[i / 8].to_f32() / global_scale;
@@ -393,16 +468,18 @@ pub fn dequantize_nvfp4(q: &[E2m1x2], scales: &[E4m3], global_scale: f32) -> Vec
         out.push(a * s);
         out.push(b * s);
     }
-    out
+    Ok(out)
 }
 
 /// The values an mxfp4 matrix encodes (`[rows, cols]` f32).
-pub fn dequantize_mxfp4(q: &[E2m1x2], scales: &[Ue8m0], cols: usize) -> Vec<f32> {
-    assert!(
-        cols.is_multiple_of(32) && (2 * q.len()).is_multiple_of(cols),
-        "whole rows"
-    );
-    assert_eq!(scales.len(), 2 * q.len() / 32, "one scale per 32 values");
+pub fn dequantize_mxfp4(q: &[E2m1x2], scales: &[Ue8m0], cols: usize) -> Result<Vec<f32>> {
+    let values = product("q", &[q.len(), 2])?;
+    ensure(
+        cols > 0 && cols.is_multiple_of(32) && values.is_multiple_of(cols),
+        "cols",
+        || format!("{values} values are not whole rows of {cols} (a multiple of 32)"),
+    )?;
+    same_len("scales", scales.len(), values / 32)?;
     let mut out = Vec::with_capacity(q.len() * 2);
     // Rows are whole blocks, so the flat index alone finds the block.
     for (i, pair) in q.iter().enumerate() {
@@ -411,7 +488,7 @@ pub fn dequantize_mxfp4(q: &[E2m1x2], scales: &[Ue8m0], cols: usize) -> Vec<f32>
         out.push(a * s);
         out.push(b * s);
     }
-    out
+    Ok(out)
 }
 
 /// The values of DeepSeek fp8 activations `[tokens, hidden]` whose scales are transposed
@@ -421,15 +498,16 @@ pub fn dequantize_fp8_activation_blocks(
     scales_t: &[f32],
     tokens: usize,
     hidden: usize,
-) -> Vec<f32> {
-    assert!(
-        q.len() == tokens * hidden && scales_t.len() == hidden / 128 * tokens,
-        "shapes"
-    );
-    q.iter()
+) -> Result<Vec<f32>> {
+    ensure(hidden.is_multiple_of(128), "hidden", || {
+        format!("{hidden} is not made of 128-element blocks")
+    })?;
+    same_len("q", q.len(), product("q", &[tokens, hidden])?)?;
+    same_len("scales_t", scales_t.len(), hidden / 128 * tokens)?;
+    Ok(q.iter()
         .enumerate()
         .map(|(idx, v)| v.to_f32() * scales_t[(idx % hidden / 128) * tokens + idx / hidden])
-        .collect()
+        .collect())
 }
 
 /// Upstream's criterion (`check_accuracy`): at least `percent` of the elements satisfy

@@ -7,8 +7,8 @@
 //!
 //! Every function checks its shape rules (sizes matching the stated dimensions with checked
 //! arithmetic, rows a multiple of the shuffle block, indices inside the source) and answers a
-//! broken one with [`Error::InvalidArgument`](crate::Error::InvalidArgument) naming it; memory
-//! is taken fallibly ([`Error::HostAllocation`](crate::Error::HostAllocation)).
+//! broken one with [`Error::InvalidArgument`] naming it; memory
+//! is taken fallibly ([`Error::HostAllocation`]).
 
 use crate::alloc;
 use crate::error::{ensure, Error, Result};

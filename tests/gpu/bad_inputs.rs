@@ -167,6 +167,15 @@ fn a_capture_store_larger_than_the_device_is_a_driver_error() {
         other => panic!("expected the driver's out-of-memory error, got {other:?}"),
     }
     let mut store = CaptureStore::new(&g.stream, cfg(64)).unwrap();
+    // A store that captures weights lends no ids-only view (its weights would stay unwritten).
+    assert!(matches!(
+        store.layer_view(0),
+        Err(Error::InvalidArgument {
+            arg: "moe_layer",
+            ..
+        })
+    ));
+    assert!(store.layer_views(0).unwrap().weights.is_some());
     store.begin_step(&g.stream, StepLayout::single(1)).unwrap();
     store.end_step(&g.stream).unwrap();
     let step = store.collect().unwrap().expect("the step just ended");

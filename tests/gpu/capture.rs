@@ -6,7 +6,7 @@ use flashinfer_rs::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptu
 use flashinfer_rs::cudarc::driver::{CudaGraph, CudaSlice};
 use flashinfer_rs::routing::oracle::{self, SplitMix64};
 use flashinfer_rs::routing::{
-    RouteInput, Router, RoutingBuffers, RoutingConfig, RoutingMethod, TopKOutputs, TopKRouter,
+    RouteInput, Router, RoutingBuffers, RoutingConfig, RoutingMethod, TopKRouter,
 };
 
 use crate::common::{env_list, gpu, Gpu};
@@ -413,15 +413,8 @@ fn route_weights(
     layer: usize,
     input: &RouteInput<'_>,
 ) {
-    let views = store.layer_views(layer).unwrap();
-    let (mut ids, weights) = (views.ids, views.weights);
-    let mut out = TopKOutputs {
-        ids: None,
-        weights_f32: weights,
-        weights_bf16: None,
-    };
     router
-        .route(&g.stream, input, &mut out, Some(&mut ids))
+        .route_captured(&g.stream, input, store.layer_views(layer).unwrap())
         .unwrap();
 }
 

@@ -523,10 +523,19 @@ impl CaptureStore {
     }
 
     /// The replay view of MoE layer `moe_layer`: `[max_tokens, top_k]`, always the same device
-    /// memory. Hand it to the routing or fused call of that layer.
+    /// memory. Hand it to the routing or fused call of that layer. A store that captures
+    /// weights refuses it (the call would leave the weights unwritten): take
+    /// [`layer_views`](Self::layer_views) and hand both to a call that writes both
+    /// ([`TopKRouter::route_captured`](crate::routing::TopKRouter::route_captured),
+    /// `CutlassMoe::forward_captured`).
     pub fn layer_view(&mut self, moe_layer: usize) -> Result<ReplayView<'_>> {
         ensure(moe_layer < self.cfg.moe_layers, "moe_layer", || {
             format!("{moe_layer} >= moe_layers ({})", self.cfg.moe_layers)
+        })?;
+        ensure(!self.cfg.capture_weights, "moe_layer", || {
+            "this store captures weights: take layer_views(), whose weights view the call must \
+             write too (an ids-only view would leave them unwritten)"
+                .into()
         })?;
         let per_layer = self.cfg.max_tokens * self.cfg.top_k;
         let view = self

@@ -11,6 +11,7 @@ use half::bf16;
 
 use super::method::{check_bias, RoutingConfig};
 use super::route::{device_ptr, Logits, RouteInput};
+use crate::capture::LayerViews;
 use crate::context::same_context;
 use crate::error::{covers, ensure, Result, MAX_TOKENS};
 use crate::ffi::check;
@@ -61,6 +62,26 @@ impl TopKRouter {
     /// The validated config.
     pub fn config(&self) -> &RoutingConfig {
         &self.cfg
+    }
+
+    /// [`route`](Self::route) into one layer's capture-store views
+    /// ([`CaptureStore::layer_views`](crate::capture::CaptureStore::layer_views)): the ids into
+    /// its replay view and, when the store captures weights, the fp32 weights into its weights
+    /// view (zero-copy: the views are the store's memory). The captured form of every router
+    /// and layer takes the same views.
+    pub fn route_captured(
+        &self,
+        stream: &Arc<CudaStream>,
+        input: &RouteInput<'_>,
+        views: LayerViews<'_>,
+    ) -> Result<()> {
+        let LayerViews { mut ids, weights } = views;
+        let mut outputs = TopKOutputs {
+            ids: None,
+            weights_f32: weights,
+            weights_bf16: None,
+        };
+        self.route(stream, input, &mut outputs, Some(&mut ids))
     }
 
     /// Routes `input.num_tokens` tokens on `stream`: one kernel reads each row of logits

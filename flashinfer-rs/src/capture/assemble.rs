@@ -377,7 +377,9 @@ impl Assembler {
         }
         let mut new_weights = Vec::new();
         for (&request, &end) in &ends {
-            let track = &mut self.requests.get_mut(&request).expect("checked above");
+            let Some(track) = self.requests.get_mut(&request) else {
+                continue; // `ends` holds tracked requests only
+            };
             alloc::reserve("ids", &mut track.ids, end)?;
             match &mut track.weights {
                 Some(w) => alloc::reserve("weights", w, end)?,

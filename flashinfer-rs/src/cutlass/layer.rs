@@ -22,9 +22,23 @@ use crate::routing::{Bias, Logits, RouteInput, TopKOutputs, TopKRouter};
 /// [`CudaSlice`] (the layer owns its weights: a model struct can hold its layers), an
 /// `Arc<CudaSlice>` (shared, e.g. with a checkpoint loader) or a [`CudaView`] (the layer
 /// borrows them). `Send + Sync`, so a layer that holds them can be shared across threads.
-pub trait WeightBuffer<T>: Send + Sync {
+///
+/// Sealed: the layer checks the weights' sizes once, at construction, and every call reads
+/// the same memory; only these three kinds of storage guarantee that.
+pub trait WeightBuffer<T>: Send + Sync + sealed::Sealed {
     /// The weights, for one call.
     fn view(&self) -> CudaView<'_, T>;
+}
+
+mod sealed {
+    use std::sync::Arc;
+
+    use cudarc::driver::{CudaSlice, CudaView};
+
+    pub trait Sealed {}
+    impl<T> Sealed for CudaSlice<T> {}
+    impl<T> Sealed for Arc<CudaSlice<T>> {}
+    impl<T> Sealed for CudaView<'_, T> {}
 }
 
 impl<T: Send + Sync> WeightBuffer<T> for CudaSlice<T> {

@@ -421,7 +421,6 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
         if t == 0 {
             return Ok(());
         }
-        let k = self.plan.top_k();
         // Held here, before the guards that borrow them.
         let source = match routing {
             CutlassRouting::Logits { logits, bias } => Source::Route(RouteInput {
@@ -437,18 +436,7 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
         let mut guards: Vec<SyncOnDrop<'_>> = Vec::with_capacity(8);
         let (ids, scales) = match &source {
             Source::Route(input) => {
-                // The outputs' views end with this block, before the pointers below are taken.
-                {
-                    let mut outputs = TopKOutputs {
-                        ids: Some(workspace.ids.slice_mut(..t * k)),
-                        weights_f32: match captured_weights.as_mut() {
-                            Some(w) => Some(w.slice_mut(..t * k)),
-                            None => Some(workspace.scales.slice_mut(..t * k)),
-                        },
-                        weights_bf16: None,
-                    };
-                    self.router.route(stream, input, &mut outputs, replay)?;
-                }
+                self.route(stream, input, workspace, captured_weights.as_mut(), replay)?;
                 let (ids, g) = workspace.ids.device_ptr(stream);
                 guards.push(g);
                 let (scales, g) = match captured_weights.as_ref() {
@@ -497,6 +485,29 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
         };
         drop(guards);
         check(status)
+    }
+
+    /// Routes `input` with the layer's router: the ids into the workspace (and `replay`), the
+    /// scales into the captured weights view when there is one, else into the workspace. The
+    /// outputs' views end here, before the caller takes the pointers the GEMMs read.
+    fn route(
+        &self,
+        stream: &Arc<CudaStream>,
+        input: &RouteInput<'_>,
+        workspace: &mut CutlassWorkspace,
+        captured_weights: Option<&mut CudaViewMut<'_, f32>>,
+        replay: Option<&mut ReplayView<'_>>,
+    ) -> Result<()> {
+        let n = input.num_tokens * self.plan.top_k();
+        let mut outputs = TopKOutputs {
+            ids: Some(workspace.ids.slice_mut(..n)),
+            weights_f32: match captured_weights {
+                Some(w) => Some(w.slice_mut(..n)),
+                None => Some(workspace.scales.slice_mut(..n)),
+            },
+            weights_bf16: None,
+        };
+        self.router.route(stream, input, &mut outputs, replay)
     }
 
     /// The stream in the weights' context, and every buffer in the stream's.

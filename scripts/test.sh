@@ -5,7 +5,8 @@
 # cached under ~/.cache/flashinfer-rs), then:
 #   1. without kernels: what a crate that depends on us gets with no arch feature and no nvcc
 #      (builds, documents, every entry point says "kernels not built"), README doctests;
-#   2. the Hopper kernels (`sm90` with the CUTLASS fused MoE `sm90-moe`, and `nccl`): compiled
+#   2. the Hopper kernels (`sm90` with the CUTLASS fused MoE `sm90-moe`, and `nccl`, `serde`,
+#      `float8`): compiled
 #      and linked, all CPU tests run, GPU tests run where a GPU is present and skip (saying so)
 #      where none is;
 #   3. the MSRV: every crate in the two published libraries' dependency tree declares a
@@ -79,7 +80,7 @@ cargo run --quiet -p flashinfer-rs --example 02_serving_loop_capture > /dev/null
 DOCS_RS=1 cargo doc --workspace --no-deps --quiet
 
 stage "2/8: sm90 kernels and the CUTLASS MoE (with nccl: the multi-rank harness builds, and skips without a GPU)"
-cargo test --workspace --features sm90,sm90-moe,nccl "$@"
+cargo test --workspace --features sm90,sm90-moe,nccl,serde,float8 "$@"
 
 # Stages 3-6 need no Blackwell object: they run while the background build finishes them.
 stage "3/8: MSRV (rust-version): the dependency tree's declared versions, and clippy's incompatible_msrv lint"

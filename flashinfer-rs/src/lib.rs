@@ -41,6 +41,14 @@
 //!   own fetched tree (the same `fetch.py all`); about 9 more CPU-minutes of nvcc cold.
 //! - No feature: no nvcc, no kernels; every kernel entry point answers
 //!   [`Error::KernelsNotBuilt`], the host side (capture assembly, export, oracle) works.
+//! - `serde`: `Serialize`/`Deserialize` for the configs (routing, capture, assembly, KV-slot
+//!   store, the Hopper layer) and `Serialize` for the exports; a config read from a file is
+//!   still checked where it is used (each constructor's typed errors).
+//! - `float8`: the `float8` crate's e4m3fn (candle's fp8 element type) and this crate's
+//!   [`fused::E4m3`]: conversions, and no-copy host and device views.
+//! - Logs: layers, routers and capture stores say what they built (and a layer its first
+//!   launch) as `tracing` events under the target `flashinfer_rs` (info and debug levels);
+//!   install any `tracing` subscriber to see them.
 //! - `nccl`: capture across ranks, `capture::ShardGather` (sequence-parallel shards gathered
 //!   with one NCCL all-gather per step); NCCL is loaded at run time (`libnccl.so`), so the
 //!   build needs none.

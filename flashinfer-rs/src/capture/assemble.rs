@@ -27,6 +27,7 @@ pub enum RowOwner {
 
 /// One step's captured rows, token-major: `ids[(row * layers + layer) * top_k + k]`.
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct StepRows {
     /// Rows of the step.
     pub tokens: usize,
@@ -102,6 +103,7 @@ struct Track {
 /// [`AssemblerConfig::new`] (non-exhaustive: a field added later breaks no caller).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct AssemblerConfig {
     /// MoE layers per row (> 0).
     pub layers: usize,

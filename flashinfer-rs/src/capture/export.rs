@@ -7,6 +7,7 @@ use crate::error::{ensure, Error, Result};
 
 /// Element type of an exported routing array.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub enum ExportDtype {
     /// `uint8`: at most 256 experts, no unknown rows.
     U8,
@@ -100,6 +101,7 @@ pub const MAX_EXPORT_EXPERTS: u32 = i16::MAX as u32 + 1;
 /// [`RoutedExperts::to_weights_npy`]) or flat bytes tagged `float32`
 /// ([`RoutedExperts::to_flat_weights_base64`]).
 #[derive(Debug, Clone, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 pub struct RoutedExperts {
     tokens: usize,
     layers: usize,

@@ -20,6 +20,7 @@ enum Ids {
 /// (non-exhaustive: a field added later breaks no caller).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct SlotStoreConfig {
     /// KV-cache slots (`num_blocks * block_size`; > 0).
     pub num_slots: usize,

@@ -18,6 +18,7 @@ use crate::replay::ReplayView;
 
 /// Which rows of the MoE batch a step routes, and which of them are this rank's real tokens.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct StepLayout {
     /// Rows the kernels route (and write) this step, padding included.
     pub routed_rows: usize,
@@ -105,6 +106,7 @@ impl StepLayout {
 /// (non-exhaustive: a field added later breaks no caller).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct CaptureConfig {
     /// MoE layers (the layer-major buffer's first dimension).
     pub moe_layers: usize,
@@ -484,6 +486,18 @@ impl CaptureStore {
             });
         }
         let free = (0..cfg.readback_buffers).rev().collect();
+        let per_copy = total * (2 + if cfg.capture_weights { 4 } else { 0 });
+        tracing::info!(
+            target: "flashinfer_rs",
+            moe_layers = cfg.moe_layers,
+            max_tokens = cfg.max_tokens,
+            top_k = cfg.top_k,
+            readback_buffers = cfg.readback_buffers,
+            capture_weights = cfg.capture_weights,
+            device_bytes = per_copy * (1 + cfg.readback_buffers),
+            pinned_host_bytes = per_copy * cfg.readback_buffers,
+            "capture: store built"
+        );
         Ok(CaptureStore {
             staged_on_compute: ctx.new_event(None)?,
             cfg,

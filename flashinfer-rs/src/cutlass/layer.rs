@@ -1,6 +1,7 @@
 //! [`CutlassMoe`]: a CUTLASS fused MoE layer, checked once, then called per batch.
 
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use cudarc::driver::{
@@ -173,6 +174,8 @@ pub struct CutlassMoe<W = CudaSlice<bf16>> {
     raw: NonNull<sys::fi_cutlass_moe>,
     /// The runner's scratch, from `fi_cutlass_moe_workspace_size`.
     scratch_bytes: usize,
+    /// Whether a call has launched (the first launch is logged).
+    launched: AtomicBool,
 }
 
 // SAFETY: the C layer serialises calls on one runner (its mutex) and holds no thread-bound
@@ -289,8 +292,17 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
             ctx,
             raw,
             scratch_bytes,
+            launched: AtomicBool::new(false),
         };
-        sized.map(|()| layer)
+        sized?;
+        tracing::info!(
+            target: "flashinfer_rs",
+            config = ?config,
+            tactics = ?tactics,
+            workspace_bytes = layer.workspace_bytes(),
+            "cutlass: Hopper MoE layer built"
+        );
+        Ok(layer)
     }
 
     /// The checked configuration.
@@ -420,6 +432,9 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
         )?;
         if t == 0 {
             return Ok(());
+        }
+        if !self.launched.swap(true, Ordering::Relaxed) {
+            tracing::debug!(target: "flashinfer_rs", num_tokens = t, "cutlass: first launch");
         }
         // Held here, before the guards that borrow them.
         let source = match routing {

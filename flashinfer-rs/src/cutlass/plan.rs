@@ -6,6 +6,7 @@ use crate::routing::{validate_topk_call, RoutingConfig, TopKCallSizes};
 
 /// The sizes a layer is built for.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct CutlassMoeConfig {
     /// Routing method, experts, top-k and this rank's expert range
     /// ([`RoutingConfig::with_local_experts`]); `tile_tokens_dim` and `use_pdl` do not apply.

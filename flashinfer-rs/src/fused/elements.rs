@@ -136,5 +136,59 @@ impl Ue8m0 {
     }
 }
 
+/// The `float8` crate's e4m3fn (what candle's fp8 tensors hold) and this crate's [`E4m3`]: the
+/// same encoding, byte for byte (feature `float8`).
+#[cfg(feature = "float8")]
+mod float8_interop {
+    use cudarc::driver::{CudaView, CudaViewMut};
+
+    use super::E4m3;
+
+    impl From<float8::F8E4M3> for E4m3 {
+        fn from(x: float8::F8E4M3) -> E4m3 {
+            E4m3(x.to_bits())
+        }
+    }
+
+    impl From<E4m3> for float8::F8E4M3 {
+        fn from(x: E4m3) -> float8::F8E4M3 {
+            float8::F8E4M3::from_bits(x.0)
+        }
+    }
+
+    /// Host `float8` values as [`E4m3`], no copy.
+    pub fn as_e4m3(values: &[float8::F8E4M3]) -> &[E4m3] {
+        // SAFETY: both are `repr(transparent)` over one u8 with the same encoding, and every
+        // bit pattern is a valid value of both: same size, alignment and validity.
+        unsafe { std::slice::from_raw_parts(values.as_ptr().cast::<E4m3>(), values.len()) }
+    }
+
+    /// Device memory of `float8` values (e.g. a candle fp8 tensor's) as [`E4m3`], no copy.
+    pub fn e4m3_view<'a>(view: &'a CudaView<'_, float8::F8E4M3>) -> CudaView<'a, E4m3> {
+        // SAFETY: the same bytes read as the same encoding (see `as_e4m3`). `transmute`
+        // answers None only when the new view would be longer than the memory, and it has
+        // exactly as many one-byte elements.
+        match unsafe { view.transmute::<E4m3>(view.len()) } {
+            Some(v) => v,
+            None => unreachable!("a view of as many one-byte elements fits its memory"),
+        }
+    }
+
+    /// Writable device memory of `float8` values as [`E4m3`], no copy.
+    pub fn e4m3_view_mut<'a>(
+        view: &'a mut CudaViewMut<'_, float8::F8E4M3>,
+    ) -> CudaViewMut<'a, E4m3> {
+        let len = view.len();
+        // SAFETY: as for `e4m3_view`; writes of E4m3 bytes are valid float8 values.
+        match unsafe { view.transmute_mut::<E4m3>(len) } {
+            Some(v) => v,
+            None => unreachable!("a view of as many one-byte elements fits its memory"),
+        }
+    }
+}
+
+#[cfg(feature = "float8")]
+pub use float8_interop::{as_e4m3, e4m3_view, e4m3_view_mut};
+
 #[cfg(test)]
 mod tests;

@@ -121,6 +121,7 @@ impl<'w, P: Precision> FusedMoe<'w, P> {
         if !cubin::is_installed() && device_info(&ctx)?.fused_supported {
             cubin::ensure_installed()?;
         }
+        tracing::info!(target: "flashinfer_rs", config = ?config, op = ?op, "fused: MoE layer built");
         Ok(FusedMoe {
             plan,
             weights,

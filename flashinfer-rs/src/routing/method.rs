@@ -12,7 +12,11 @@ use flashinfer_sys as sys;
 /// parameters each method takes.
 ///
 /// Selection order is descending key; ties go to the smaller expert index. Weights are bf16.
+///
+/// Non-exhaustive: methods are added as models need them (match with a `_` arm).
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[non_exhaustive]
 pub enum RoutingMethod {
     /// Softmax over all experts, top-k of the probabilities; weights are those probabilities.
     Default,
@@ -185,6 +189,7 @@ pub const MAX_EXPERTS_PER_GROUP: u32 = 32;
 /// A model's routing, fixed for the life of a server: validated once, then every call only
 /// checks its buffers.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct RoutingConfig {
     /// The method and its parameters.
     pub method: RoutingMethod,

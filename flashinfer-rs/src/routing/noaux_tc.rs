@@ -77,6 +77,7 @@ impl NoAuxTcRouter {
     /// Validates `cfg` for NoAuxTc: a DeepSeekV3 config of a shape its kernel has.
     pub fn new(cfg: RoutingConfig) -> Result<NoAuxTcRouter> {
         let (n_group, topk_group, scale) = validate(&cfg)?;
+        tracing::debug!(target: "flashinfer_rs", config = ?cfg, "routing: NoAuxTcRouter built");
         Ok(NoAuxTcRouter {
             cfg,
             n_group,

@@ -317,6 +317,7 @@ impl Router {
     /// Validates `cfg` once; later calls only check their buffers.
     pub fn new(cfg: RoutingConfig) -> Result<Router> {
         cfg.validate()?;
+        tracing::debug!(target: "flashinfer_rs", config = ?cfg, "routing: Router built");
         Ok(Router { cfg })
     }
 

@@ -56,6 +56,7 @@ impl TopKRouter {
                 )
             })?;
         }
+        tracing::debug!(target: "flashinfer_rs", config = ?cfg, "routing: TopKRouter built");
         Ok(TopKRouter { cfg })
     }
 

@@ -43,3 +43,23 @@ fn ue8m0_scales() {
     assert_eq!(Ue8m0::ceil_from_f32(4.0), Ue8m0(129));
     assert!(Ue8m0(0xff).to_f32().is_nan());
 }
+
+/// Every e4m3fn byte means the same value here and in the `float8` crate (candle's fp8), and
+/// converts to the same byte both ways.
+#[cfg(feature = "float8")]
+#[test]
+fn e4m3_is_float8s_e4m3fn_byte_for_byte() {
+    for b in 0..=255u8 {
+        let ours = E4m3(b);
+        let theirs = float8::F8E4M3::from_bits(b);
+        let (a, t) = (ours.to_f32(), theirs.to_f32());
+        assert!(a == t || (a.is_nan() && t.is_nan()), "{b:#04x}: {a} vs {t}");
+        assert_eq!(E4m3::from(theirs), ours);
+        assert_eq!(float8::F8E4M3::from(ours).to_bits(), b);
+    }
+    let host = [
+        float8::F8E4M3::from_bits(0x38),
+        float8::F8E4M3::from_bits(0xb8),
+    ];
+    assert_eq!(super::as_e4m3(&host), &[E4m3(0x38), E4m3(0xb8)]);
+}

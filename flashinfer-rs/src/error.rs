@@ -128,6 +128,27 @@ pub(crate) fn ensure(ok: bool, arg: &'static str, rule: impl FnOnce() -> String)
     }
 }
 
+/// Returns `Err(InvalidArgument)` naming the first of `sizes` that is 0 ("must be > 0").
+pub(crate) fn ensure_nonzero(sizes: &[(&'static str, usize)]) -> Result<()> {
+    for &(arg, v) in sizes {
+        ensure(v > 0, arg, || "must be > 0".into())?;
+    }
+    Ok(())
+}
+
+/// Returns `Err(InvalidArgument)` unless `arg` holds exactly `want` elements; `shape` says
+/// what shape `want` is.
+pub(crate) fn ensure_len(
+    arg: &'static str,
+    have: usize,
+    want: usize,
+    shape: impl FnOnce() -> String,
+) -> Result<()> {
+    ensure(have == want, arg, || {
+        format!("holds {have} elements, {} is {want}", shape())
+    })
+}
+
 /// Whether `len` elements cover `a * b` of them; false when the product overflows (no buffer
 /// can hold it). Every size rule uses this, so a huge count can never wrap into a small one.
 pub(crate) fn covers(len: usize, a: usize, b: usize) -> bool {

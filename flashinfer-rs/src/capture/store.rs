@@ -13,7 +13,8 @@ use cudarc::driver::{
 };
 
 use super::assemble::{LayerMajorRows, StepRows};
-use crate::error::{ensure, Error, Result, MAX_TOKENS};
+use crate::alloc::product;
+use crate::error::{ensure, ensure_nonzero, Error, Result, MAX_TOKENS};
 use crate::replay::ReplayView;
 
 /// Which rows of the MoE batch a step routes, and which of them are this rank's real tokens.
@@ -191,9 +192,11 @@ impl CaptureConfig {
     /// `[moe_layers, max_tokens, top_k]` buffer (refused when the product overflows).
     /// [`CaptureStore::new`] runs this first; a server can run it on a config it loads.
     pub fn check(&self) -> Result<usize> {
-        ensure(self.moe_layers > 0, "moe_layers", || "must be > 0".into())?;
-        ensure(self.max_tokens > 0, "max_tokens", || "must be > 0".into())?;
-        ensure(self.top_k > 0, "top_k", || "must be > 0".into())?;
+        ensure_nonzero(&[
+            ("moe_layers", self.moe_layers),
+            ("max_tokens", self.max_tokens),
+            ("top_k", self.top_k),
+        ])?;
         ensure(
             (2..=MAX_READBACK_BUFFERS).contains(&self.readback_buffers),
             "readback_buffers",
@@ -219,14 +222,10 @@ impl CaptureConfig {
                 },
             )?;
         }
-        let total = self
-            .max_tokens
-            .checked_mul(self.top_k)
-            .and_then(|per_layer| per_layer.checked_mul(self.moe_layers))
-            .ok_or_else(|| {
-                Error::invalid("max_tokens", "max_tokens x top_k x moe_layers overflows")
-            })?;
-        Ok(total)
+        product(
+            "max_tokens",
+            &[self.max_tokens, self.top_k, self.moe_layers],
+        )
     }
 }
 
@@ -486,7 +485,8 @@ impl CaptureStore {
             });
         }
         let free = (0..cfg.readback_buffers).rev().collect();
-        let per_copy = total * (2 + if cfg.capture_weights { 4 } else { 0 });
+        // Sizes for the log only: saturating, never a panic.
+        let per_copy = total.saturating_mul(if cfg.capture_weights { 6 } else { 2 });
         tracing::info!(
             target: "flashinfer_rs",
             moe_layers = cfg.moe_layers,
@@ -494,8 +494,8 @@ impl CaptureStore {
             top_k = cfg.top_k,
             readback_buffers = cfg.readback_buffers,
             capture_weights = cfg.capture_weights,
-            device_bytes = per_copy * (1 + cfg.readback_buffers),
-            pinned_host_bytes = per_copy * cfg.readback_buffers,
+            device_bytes = per_copy.saturating_mul(1 + cfg.readback_buffers),
+            pinned_host_bytes = per_copy.saturating_mul(cfg.readback_buffers),
             "capture: store built"
         );
         Ok(CaptureStore {

@@ -8,7 +8,7 @@
 //! each); vLLM and SGLang fuse them as `w13` with the gate rows first.
 
 use crate::alloc;
-use crate::error::{ensure, Result};
+use crate::error::{ensure, ensure_nonzero, Result};
 
 /// `fc1` from each expert's `gate_proj` and `up_proj` (`[experts, intermediate, hidden]`
 /// each, experts stacked): `[experts, 2 * intermediate, hidden]`, up rows first.
@@ -69,13 +69,11 @@ pub fn fc1_from_gate_first_w13<T: Copy>(
 /// checked against overflow. Zero sizes are refused: a layer of them is no layer, and with an
 /// empty half a huge `experts` would otherwise pass every length check.
 fn expert_block(experts: usize, intermediate: usize, hidden: usize) -> Result<usize> {
-    for (arg, v) in [
+    ensure_nonzero(&[
         ("experts", experts),
         ("intermediate", intermediate),
         ("hidden", hidden),
-    ] {
-        ensure(v > 0, arg, || "must be > 0".into())?;
-    }
+    ])?;
     let rows = intermediate.checked_mul(hidden);
     let total = rows
         .and_then(|r| r.checked_mul(experts))

@@ -15,7 +15,7 @@
 use super::elements::{e2m1_from_f32, E2m1x2, E4m3, Ue8m0, E2M1_MAX, E4M3_MAX};
 use super::types::Activation;
 use crate::alloc::product;
-use crate::error::{ensure, Error, Result};
+use crate::error::{ensure, ensure_len, ensure_nonzero, Error, Result};
 
 /// Dequantised expert weights of the local experts, row-major f32.
 #[derive(Debug, Clone)]
@@ -133,13 +133,11 @@ fn check_problem(
     let (h, i, e) = (p.hidden_size, p.intermediate_size, p.local_num_experts);
     // Zero sizes are refused: the loops run over tokens and their top-k, and an empty row
     // would let a huge token count pass every length check.
-    for (arg, v) in [
+    ensure_nonzero(&[
         ("hidden_size", h),
         ("intermediate_size", i),
         ("top_k", p.top_k),
-    ] {
-        ensure(v > 0, arg, || "must be > 0".into())?;
-    }
+    ])?;
     let m1 = if p.activation.is_gated() {
         product("intermediate_size", &[i, 2])?
     } else {
@@ -285,7 +283,9 @@ pub fn quantize_fp8_blocks(x: &[f32], m: usize, k: usize) -> Result<(Vec<E4m3>, 
         "x",
         || format!("[{m}, {k}] is not made of 128x128 blocks"),
     )?;
-    same_len("x", x.len(), product("x", &[m, k])?)?;
+    ensure_len("x", x.len(), product("x", &[m, k])?, || {
+        format!("[{m}, {k}]")
+    })?;
     let (mb, kb) = (m / 128, k / 128);
     let mut scales = vec![0f32; mb * kb];
     for r in 0..m {
@@ -308,20 +308,17 @@ pub fn quantize_fp8_blocks(x: &[f32], m: usize, k: usize) -> Result<(Vec<E4m3>, 
     Ok((q, scales))
 }
 
-/// Checks that `arg` holds exactly `want` values.
-fn same_len(arg: &'static str, have: usize, want: usize) -> Result<()> {
-    ensure(have == want, arg, || {
-        format!("holds {have} values, the shape is {want}")
-    })
-}
-
 /// The values of a DeepSeek fp8 `[m, k]` matrix: `q * scale` of its 128x128 block.
 pub fn dequantize_fp8_blocks(q: &[E4m3], scales: &[f32], m: usize, k: usize) -> Result<Vec<f32>> {
     ensure(m.is_multiple_of(128) && k.is_multiple_of(128), "q", || {
         format!("[{m}, {k}] is not made of 128x128 blocks")
     })?;
-    same_len("q", q.len(), product("q", &[m, k])?)?;
-    same_len("scales", scales.len(), (m / 128) * (k / 128))?;
+    ensure_len("q", q.len(), product("q", &[m, k])?, || {
+        format!("[{m}, {k}]")
+    })?;
+    ensure_len("scales", scales.len(), (m / 128) * (k / 128), || {
+        format!("one per 128x128 block of [{m}, {k}]")
+    })?;
     let kb = k / 128;
     Ok(q.iter()
         .enumerate()
@@ -339,7 +336,9 @@ pub fn quantize_fp8_activation_blocks(
     ensure(hidden > 0 && hidden.is_multiple_of(128), "hidden", || {
         format!("{hidden} is not made of 128-element blocks")
     })?;
-    same_len("x", x.len(), product("x", &[tokens, hidden])?)?;
+    ensure_len("x", x.len(), product("x", &[tokens, hidden])?, || {
+        format!("[tokens {tokens}, hidden {hidden}]")
+    })?;
     let hb = hidden / 128;
     let mut scales_t = vec![1f32; hb * tokens];
     let mut q = Vec::with_capacity(x.len());
@@ -398,12 +397,16 @@ fn blocks_of(x: &[f32], rows: usize, cols: usize, block: usize) -> Result<()> {
     ensure(cols.is_multiple_of(block), "cols", || {
         format!("{cols} is not made of {block}-element blocks")
     })?;
-    same_len("x", x.len(), product("x", &[rows, cols])?)
+    ensure_len("x", x.len(), product("x", &[rows, cols])?, || {
+        format!("[{rows}, {cols}]")
+    })
 }
 
 /// The values an MX fp8 matrix encodes (one scale per 32 consecutive values).
 pub fn dequantize_mxfp8(q: &[E4m3], scales: &[Ue8m0]) -> Result<Vec<f32>> {
-    same_len("scales", scales.len(), q.len().div_ceil(32))?;
+    ensure_len("scales", scales.len(), q.len().div_ceil(32), || {
+        "one per 32 values".into()
+    })?;
     ensure(q.len().is_multiple_of(32), "q", || {
         "one scale per 32 values".into()
     })?;
@@ -457,7 +460,9 @@ pub fn quantize_nvfp4(
 
 /// The values an nvfp4 matrix encodes: `e2m1 * scale / global_scale`.
 pub fn dequantize_nvfp4(q: &[E2m1x2], scales: &[E4m3], global_scale: f32) -> Result<Vec<f32>> {
-    same_len("scales", scales.len(), q.len().div_ceil(8))?;
+    ensure_len("scales", scales.len(), q.len().div_ceil(8), || {
+        "one per 16 values".into()
+    })?;
     ensure(q.len().is_multiple_of(8), "q", || {
         "one scale per 16 values".into()
     })?;
@@ -479,7 +484,9 @@ pub fn dequantize_mxfp4(q: &[E2m1x2], scales: &[Ue8m0], cols: usize) -> Result<V
         "cols",
         || format!("{values} values are not whole rows of {cols} (a multiple of 32)"),
     )?;
-    same_len("scales", scales.len(), values / 32)?;
+    ensure_len("scales", scales.len(), values / 32, || {
+        "one per 32 values".into()
+    })?;
     let mut out = Vec::with_capacity(q.len() * 2);
     // Rows are whole blocks, so the flat index alone finds the block.
     for (i, pair) in q.iter().enumerate() {
@@ -502,8 +509,12 @@ pub fn dequantize_fp8_activation_blocks(
     ensure(hidden.is_multiple_of(128), "hidden", || {
         format!("{hidden} is not made of 128-element blocks")
     })?;
-    same_len("q", q.len(), product("q", &[tokens, hidden])?)?;
-    same_len("scales_t", scales_t.len(), hidden / 128 * tokens)?;
+    ensure_len("q", q.len(), product("q", &[tokens, hidden])?, || {
+        format!("[tokens {tokens}, hidden {hidden}]")
+    })?;
+    ensure_len("scales_t", scales_t.len(), hidden / 128 * tokens, || {
+        format!("[hidden {hidden} / 128, tokens {tokens}]")
+    })?;
     Ok(q.iter()
         .enumerate()
         .map(|(idx, v)| v.to_f32() * scales_t[(idx % hidden / 128) * tokens + idx / hidden])

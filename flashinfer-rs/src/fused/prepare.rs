@@ -10,8 +10,8 @@
 //! broken one with [`Error::InvalidArgument`] naming it; memory
 //! is taken fallibly ([`Error::HostAllocation`]).
 
-use crate::alloc;
-use crate::error::{ensure, Error, Result};
+use crate::alloc::{self, product};
+use crate::error::{ensure, ensure_len, Error, Result};
 
 /// The epilogue tile the bf16, fp8 per-tensor, MxFp8 and fp4 kernels are shuffled for
 /// (upstream: "FIXME: this depends on the kernel internals").
@@ -64,28 +64,11 @@ pub fn gemm1_row_order(rows: usize, gated: bool, epilogue_tile_m: usize) -> Resu
     Ok(order)
 }
 
-/// `factors` multiplied, or the rule `arg` breaks when the product overflows.
-fn size(arg: &'static str, factors: &[usize]) -> Result<usize> {
-    alloc::product(arg, factors)
-}
-
-/// Checks that `v` holds exactly `want` elements.
-fn check_len(
-    arg: &'static str,
-    v: usize,
-    want: usize,
-    shape: impl FnOnce() -> String,
-) -> Result<()> {
-    ensure(v == want, arg, || {
-        format!("holds {v} elements, {} is {want}", shape())
-    })
-}
-
 /// Gathers rows of a row-major `[rows, cols]` matrix: result row `j` = source row `order[j]`.
 /// Every `order[j]` must be a row of `src`.
 pub fn permute_rows<T: Copy>(src: &[T], cols: usize, order: &[usize]) -> Result<Vec<T>> {
     let rows = order.len();
-    check_len("src", src.len(), size("src", &[rows, cols])?, || {
+    ensure_len("src", src.len(), product("src", &[rows, cols])?, || {
         format!("[rows {rows}, cols {cols}]")
     })?;
     if let Some(&bad) = order.iter().find(|&&r| r >= rows) {
@@ -103,7 +86,7 @@ pub fn permute_rows<T: Copy>(src: &[T], cols: usize, order: &[usize]) -> Result<
 
 /// `[m, k]` row-major → BlockMajorK `[k / block_k, m, block_k]` (`convert_to_block_layout`).
 pub fn to_block_major_k<T: Copy>(src: &[T], m: usize, k: usize, block_k: usize) -> Result<Vec<T>> {
-    check_len("src", src.len(), size("src", &[m, k])?, || {
+    ensure_len("src", src.len(), product("src", &[m, k])?, || {
         format!("[m {m}, k {k}]")
     })?;
     ensure(block_k > 0 && k.is_multiple_of(block_k), "block_k", || {
@@ -136,10 +119,13 @@ pub fn interleaved_scale_index(row: usize, col: usize, cols: usize) -> Option<us
 
 /// Interleaves a row-major `[rows, cols]` scale matrix (padding with zero bytes).
 pub fn interleave_scales<T: Copy + Default>(src: &[T], rows: usize, cols: usize) -> Result<Vec<T>> {
-    check_len("scales", src.len(), size("scales", &[rows, cols])?, || {
-        format!("[rows {rows}, cols {cols}]")
-    })?;
-    let padded = size("scales", &[rows.div_ceil(128), 128, cols.div_ceil(4), 4])?;
+    ensure_len(
+        "scales",
+        src.len(),
+        product("scales", &[rows, cols])?,
+        || format!("[rows {rows}, cols {cols}]"),
+    )?;
+    let padded = product("scales", &[rows.div_ceil(128), 128, cols.div_ceil(4), 4])?;
     let mut out = alloc::filled("scales", padded, T::default())?;
     if src.is_empty() {
         // rows or cols is 0: nothing to place (and the loops must not count to the other).
@@ -148,7 +134,8 @@ pub fn interleave_scales<T: Copy + Default>(src: &[T], rows: usize, cols: usize)
     for r in 0..rows {
         for c in 0..cols {
             // Below `padded` for every (r, c) of a matrix whose padded size fits.
-            let i = interleaved_scale_index(r, c, cols).expect("inside the padded size");
+            let i = interleaved_scale_index(r, c, cols)
+                .ok_or_else(|| Error::Internal("a scale index past the padded size".into()))?;
             out[i] = src[r * cols + c];
         }
     }
@@ -170,14 +157,14 @@ pub fn shuffle_expert_weights<T: Copy>(
     epilogue_tile_m: usize,
     block_k: Option<usize>,
 ) -> Result<(Vec<T>, Vec<T>)> {
-    let (e1, e2) = (size("w1", &[m1, k1])?, size("w2", &[m2, k2])?);
+    let (e1, e2) = (product("w1", &[m1, k1])?, product("w2", &[m2, k2])?);
     ensure(experts > 0 && e1 > 0 && e2 > 0, "experts", || {
         format!("need experts > 0 and non-empty matrices, got {experts} x [{m1}, {k1}] and [{m2}, {k2}]")
     })?;
-    check_len("w1", w1.len(), size("w1", &[experts, e1])?, || {
+    ensure_len("w1", w1.len(), product("w1", &[experts, e1])?, || {
         format!("[experts {experts}, {m1}, {k1}]")
     })?;
-    check_len("w2", w2.len(), size("w2", &[experts, e2])?, || {
+    ensure_len("w2", w2.len(), product("w2", &[experts, e2])?, || {
         format!("[experts {experts}, {m2}, {k2}]")
     })?;
     let order1 = gemm1_row_order(m1, gated, epilogue_tile_m)?;
@@ -218,10 +205,10 @@ pub fn shuffle_block_scaled_weights<W: Copy, S: Copy + Default>(
     epilogue_tile_m: usize,
 ) -> Result<(Vec<W>, Vec<S>, Vec<W>, Vec<S>)> {
     let per = [
-        ("w1", size("w1", &[m1, w1_cols])?, w1.len()),
-        ("w1 scales", size("w1 scales", &[m1, s1_cols])?, s1.len()),
-        ("w2", size("w2", &[m2, w2_cols])?, w2.len()),
-        ("w2 scales", size("w2 scales", &[m2, s2_cols])?, s2.len()),
+        ("w1", product("w1", &[m1, w1_cols])?, w1.len()),
+        ("w1 scales", product("w1 scales", &[m1, s1_cols])?, s1.len()),
+        ("w2", product("w2", &[m2, w2_cols])?, w2.len()),
+        ("w2 scales", product("w2 scales", &[m2, s2_cols])?, s2.len()),
     ];
     ensure(
         experts > 0 && per.iter().all(|p| p.1 > 0),
@@ -229,30 +216,30 @@ pub fn shuffle_block_scaled_weights<W: Copy, S: Copy + Default>(
         || format!("need experts > 0 and non-empty matrices, got {experts} experts"),
     )?;
     for (arg, one, len) in per {
-        check_len(arg, len, size(arg, &[experts, one])?, || {
+        ensure_len(arg, len, product(arg, &[experts, one])?, || {
             format!("[experts {experts}] of {one} elements")
         })?;
     }
     let order1 = gemm1_row_order(m1, gated, epilogue_tile_m)?;
     let order2 = shuffle_row_order(m2, epilogue_tile_m)?;
+    // One expert's weights of one GEMM, their rows in `order`, and its scales, the same rows
+    // in the same order, then interleaved.
+    let gemm = |w: &[W], s: &[S], order: &[usize], (m, w_cols, s_cols): (usize, usize, usize)| {
+        let scales = interleave_scales(&permute_rows(s, s_cols, order)?, m, s_cols)?;
+        Ok::<_, Error>((permute_rows(w, w_cols, order)?, scales))
+    };
     let (mut ow1, mut os1, mut ow2, mut os2) = (vec![], vec![], vec![], vec![]);
     let chunks = w1
         .chunks_exact(per[0].1)
         .zip(s1.chunks_exact(per[1].1))
         .zip(w2.chunks_exact(per[2].1).zip(s2.chunks_exact(per[3].1)));
     for ((x1, y1), (x2, y2)) in chunks {
-        ow1.extend(permute_rows(x1, w1_cols, &order1)?);
-        os1.extend(interleave_scales(
-            &permute_rows(y1, s1_cols, &order1)?,
-            m1,
-            s1_cols,
-        )?);
-        ow2.extend(permute_rows(x2, w2_cols, &order2)?);
-        os2.extend(interleave_scales(
-            &permute_rows(y2, s2_cols, &order2)?,
-            m2,
-            s2_cols,
-        )?);
+        let (w, s) = gemm(x1, y1, &order1, (m1, w1_cols, s1_cols))?;
+        ow1.extend(w);
+        os1.extend(s);
+        let (w, s) = gemm(x2, y2, &order2, (m2, w2_cols, s2_cols))?;
+        ow2.extend(w);
+        os2.extend(s);
     }
     Ok((ow1, os1, ow2, os2))
 }

@@ -96,6 +96,10 @@ pub enum Error {
         /// How many bytes were asked for (`u128`: a request may not even fit `usize`).
         bytes: u128,
     },
+    /// A candle operation this crate ran for the caller failed (feature `candle`: weight
+    /// preparation's concatenations and dtype conversions); candle's message.
+    #[error("candle: {0}")]
+    Candle(String),
     /// A cubin is missing, unreadable or fails its sha256.
     #[error("cubin error: {0}")]
     Cubin(String),

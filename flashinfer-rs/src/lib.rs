@@ -93,6 +93,8 @@
 #![warn(missing_docs)]
 
 mod alloc;
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod capture;
 mod context;
 pub mod cutlass;

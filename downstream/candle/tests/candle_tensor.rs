@@ -69,11 +69,8 @@ fn candle_tensor_logits_route_and_capture_like_the_oracle() {
         let (layers, tokens) = (3usize, 37usize);
         let router = Router::new(cfg).unwrap();
         let mut buffers = RoutingBuffers::new(&stream, &cfg, tokens).unwrap();
-        let mut store = CaptureStore::new(
-            &stream,
-            CaptureConfig::new(layers, tokens, top_k as usize),
-        )
-        .unwrap();
+        let mut store =
+            CaptureStore::new(&stream, CaptureConfig::new(layers, tokens, top_k as usize)).unwrap();
         let mut want = Vec::new();
         let mut tensors = Vec::new();
         let mut biases = Vec::new();
@@ -82,9 +79,7 @@ fn candle_tensor_logits_route_and_capture_like_the_oracle() {
                 oracle::separated_logits(&cfg, tokens, false, 1000 * layer as u64 + 7).unwrap();
             want.push(oracle::route(&cfg, &logits, bias.as_deref(), tokens).unwrap());
             tensors.push(Tensor::from_vec(logits, (tokens, experts as usize), &device).unwrap());
-            biases.push(
-                bias.map(|b| Tensor::from_vec(b, experts as usize, &device).unwrap()),
-            );
+            biases.push(bias.map(|b| Tensor::from_vec(b, experts as usize, &device).unwrap()));
         }
         store
             .begin_step(&stream, StepLayout::single(tokens))
@@ -121,6 +116,8 @@ fn candle_tensor_logits_route_and_capture_like_the_oracle() {
                 );
             }
         }
-        eprintln!("{name}: {tokens} tokens x {layers} layers captured from candle tensors = oracle");
+        eprintln!(
+            "{name}: {tokens} tokens x {layers} layers captured from candle tensors = oracle"
+        );
     }
 }

@@ -22,6 +22,7 @@ use std::env;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 #[path = "build/cache.rs"]
@@ -32,6 +33,8 @@ mod cutlass_moe;
 mod moe_tensors;
 #[path = "build/prebuilt.rs"]
 mod prebuilt;
+#[path = "build/progress.rs"]
+mod progress;
 #[path = "build/units.rs"]
 mod units;
 
@@ -758,6 +761,8 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(String, PathBuf)> {
     );
     let total = queue.lock().unwrap().len();
     let started_all = std::time::Instant::now();
+    let progress = progress::Progress::open(&ctx.cache, total);
+    let announced = AtomicBool::new(false);
     // Seconds each compiled unit took (the slowest are reported: what a cold build waits on);
     // one entry per compiled unit, so also the count of what the cache did not hold.
     let times: Mutex<Vec<(f64, String)>> = Mutex::new(Vec::new());
@@ -775,12 +780,20 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(String, PathBuf)> {
                         let Some((job, key)) = next else { break };
                         let object = obj_dir.join(format!("{}.o", job.name));
                         let outcome = match cache.fetch(&job.name, &key, &object) {
-                            Some(fetched) => fetched,
+                            Some(fetched) => {
+                                progress.end(&job.name, None);
+                                fetched
+                            }
                             None => {
+                                if !announced.swap(true, Ordering::Relaxed) {
+                                    progress.cold(&all_targets(&ctx.archs).join(","));
+                                }
+                                progress.begin(&job.name);
                                 let started = std::time::Instant::now();
                                 let outcome = compile(&job, &object)
                                     .map(|()| cache.store(&job.name, &key, &object));
                                 let secs = started.elapsed().as_secs_f64();
+                                progress.end(&job.name, Some(secs));
                                 times.lock().unwrap().push((secs, job.name.clone()));
                                 outcome
                             }

@@ -69,7 +69,9 @@ import json, sys
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"] \
-            and m["target"]["name"] == "candle_tensor":
-        print(m["executable"])' | while read -r exe; do cp "$exe" "$2/candle_tensor"; done
-  strip "$2/candle_tensor"
+            and m["target"]["name"] in ("candle_tensor", "candle_moe_layer"):
+        print(m["target"]["name"], m["executable"])' | while read -r name exe; do
+      cp "$exe" "$2/$name"
+      strip "$2/$name"
+    done
 fi

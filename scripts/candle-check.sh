@@ -20,21 +20,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-python3 vendor/fetch.py all
-eval "$(python3 vendor/fetch.py print-env)"
-# candle-kernels compiles its PTX with the nvcc on PATH, for this compute capability.
-export PATH="$FLASHINFER_RS_CUDA_HOME/bin:$PATH"
-export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
-# candle-kernels' build (cudaforge) compiles on half the cores by default: one file at a time on
-# a 2-core CI machine, a 15-minute single-core chain. All of them.
-export CUDAFORGE_THREADS=${CUDAFORGE_THREADS:-$(nproc)}
-export CARGO_TARGET_DIR=${CANDLE_CHECK_TARGET_DIR:-$root/target/candle-check}
-stubs=$CARGO_TARGET_DIR/link-stubs
+source scripts/candle-env.sh
 cd downstream/candle
-python3 make_link_stubs.py "$stubs"
-# candle-kernels links the CUDA runtime by name: the toolchain's own (SONAME libcudart.so.13).
-ln -sf "$FLASHINFER_RS_CUDA_HOME/lib/libcudart.so.13" "$stubs/libcudart.so"
-export RUSTFLAGS="${RUSTFLAGS:-} -L native=$stubs"
 profile=()
 [ "${1:-}" = --pack ] && profile=(--release)
 if [ "${1:-}" = --prebuild ]; then

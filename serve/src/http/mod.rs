@@ -1,0 +1,279 @@
+//! The OpenAI-compatible HTTP server (axum).
+//!
+//! | route | |
+//! |---|---|
+//! | `POST /v1/completions` | text or token-id prompt; `stream: true` for SSE |
+//! | `POST /v1/chat/completions` | messages through the checkpoint's chat template |
+//! | `GET /v1/models` | the one served model |
+//! | `GET /health` | 200 while the engine runs |
+//! | `GET /metrics` | Prometheus text format |
+
+pub mod error;
+pub mod request;
+pub mod routed;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+
+use crate::engine::{Engine, Event, RequestStream};
+use crate::text::TextModel;
+use error::ApiError;
+use request::Checked;
+
+/// What every handler shares.
+pub struct AppState {
+    /// The engine.
+    pub engine: Arc<Engine>,
+    /// Tokenizer and chat template.
+    pub text: Arc<TextModel>,
+    /// The served model's name (`model` in requests).
+    pub model_name: String,
+    /// Prompt + generated tokens at most.
+    pub max_model_len: usize,
+    /// Token ids accepted in prompts.
+    pub vocab_size: usize,
+    /// `--enable-return-routed-experts`.
+    pub capture: bool,
+}
+
+/// The routes.
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn models(State(s): State<Arc<AppState>>) -> Json<Value> {
+    Json(json!({"object": "list", "data": [{
+        "id": s.model_name, "object": "model", "created": now(), "owned_by": "flashinfer-rs",
+        "max_model_len": s.max_model_len,
+    }]}))
+}
+
+async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn metrics(State(s): State<Arc<AppState>>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.engine.metrics().render(),
+    )
+        .into_response()
+}
+
+/// Which endpoint answers: names and shapes differ between the two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Completion,
+    Chat,
+}
+
+async fn completions(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
+    let checked = request::completion(&s, &body);
+    respond(s, Kind::Completion, checked).await
+}
+
+async fn chat_completions(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
+    let checked = request::chat(&s, &body);
+    respond(s, Kind::Chat, checked).await
+}
+
+async fn respond(s: Arc<AppState>, kind: Kind, checked: Result<Checked, ApiError>) -> Response {
+    let checked = match checked {
+        Ok(c) => c,
+        Err(e) => return e.into_response(),
+    };
+    let stream = match s.engine.submit(checked.gen.clone()) {
+        Ok(st) => st,
+        Err(e) => return ApiError::from(e).into_response(),
+    };
+    let meta = Meta {
+        id: format!(
+            "{}-{}",
+            if kind == Kind::Chat {
+                "chatcmpl"
+            } else {
+                "cmpl"
+            },
+            stream.id
+        ),
+        created: now(),
+        model: s.model_name.clone(),
+        kind,
+        checked,
+    };
+    if meta.checked.gen.stream {
+        sse(meta, stream).into_response()
+    } else {
+        whole(meta, stream).await
+    }
+}
+
+/// What a response's every part repeats.
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+    kind: Kind,
+    checked: Checked,
+}
+
+impl Meta {
+    fn object(&self, chunk: bool) -> &'static str {
+        match (self.kind, chunk) {
+            (Kind::Completion, _) => "text_completion",
+            (Kind::Chat, false) => "chat.completion",
+            (Kind::Chat, true) => "chat.completion.chunk",
+        }
+    }
+
+    /// One choice with `text`, `finish_reason` and the routed rows, shaped for the endpoint.
+    fn choice(
+        &self,
+        text: &str,
+        finish: Option<&str>,
+        routed: Option<&flashinfer_rs::capture::RoutedExperts>,
+        chunk: bool,
+        first: bool,
+    ) -> Value {
+        let mut c = Map::new();
+        c.insert("index".into(), json!(0));
+        match (self.kind, chunk) {
+            (Kind::Completion, _) => {
+                c.insert("text".into(), json!(text));
+            }
+            (Kind::Chat, false) => {
+                c.insert(
+                    "message".into(),
+                    json!({"role": "assistant", "content": text}),
+                );
+            }
+            (Kind::Chat, true) => {
+                let mut d = Map::new();
+                if first {
+                    d.insert("role".into(), json!("assistant"));
+                }
+                if !text.is_empty() || first {
+                    d.insert("content".into(), json!(text));
+                }
+                c.insert("delta".into(), Value::Object(d));
+            }
+        }
+        c.insert("logprobs".into(), Value::Null);
+        c.insert("finish_reason".into(), json!(finish));
+        if let (Some(e), Some(format)) = (routed, self.checked.routed) {
+            let weights = self.checked.gen.capture.is_some_and(|c| c.weights);
+            routed::put(&mut c, e, format, self.checked.start_len, weights);
+        }
+        Value::Object(c)
+    }
+
+    fn envelope(&self, choice: Value, chunk: bool, usage: Option<(usize, usize)>) -> Value {
+        let mut v = json!({
+            "id": self.id, "object": self.object(chunk), "created": self.created,
+            "model": self.model, "choices": [choice],
+        });
+        if let Some((p, c)) = usage {
+            v["usage"] = json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c});
+        }
+        v
+    }
+}
+
+/// A non-streaming answer: waits for the end.
+async fn whole(meta: Meta, mut stream: RequestStream) -> Response {
+    loop {
+        match stream.next().await {
+            Some(Event::Finished {
+                reason,
+                text,
+                routed,
+                prompt_tokens,
+                completion_tokens,
+                ..
+            }) => {
+                let choice =
+                    meta.choice(&text, Some(reason.as_str()), routed.as_ref(), false, false);
+                let body = meta.envelope(choice, false, Some((prompt_tokens, completion_tokens)));
+                return Json(body).into_response();
+            }
+            Some(Event::Delta { .. }) => continue,
+            Some(Event::Failed(m)) => return ApiError::internal(m).into_response(),
+            None => return ApiError::internal("the engine stopped").into_response(),
+        }
+    }
+}
+
+enum SseState {
+    Open(Box<Meta>, RequestStream, bool),
+    Done,
+    End,
+}
+
+/// A streaming answer: one SSE `data:` chunk per engine event, then `data: [DONE]`. The
+/// response body owns the request's stream: a client that goes away drops it, which cancels
+/// the request.
+fn sse(
+    meta: Meta,
+    stream: RequestStream,
+) -> Sse<impl futures_util::Stream<Item = Result<SseEvent, Infallible>>> {
+    let start = SseState::Open(Box::new(meta), stream, true);
+    let events = futures_util::stream::unfold(start, |state| async move {
+        let (meta, mut stream, first) = match state {
+            SseState::End => return None,
+            SseState::Done => return Some((Ok(SseEvent::default().data("[DONE]")), SseState::End)),
+            SseState::Open(meta, stream, first) => (meta, stream, first),
+        };
+        let (data, next) = match stream.next().await {
+            Some(Event::Delta { text, routed, .. }) => {
+                let choice = meta.choice(&text, None, routed.as_ref(), true, first);
+                let data = meta.envelope(choice, true, None).to_string();
+                (data, SseState::Open(meta, stream, false))
+            }
+            Some(Event::Finished {
+                reason,
+                text,
+                routed,
+                prompt_tokens,
+                completion_tokens,
+                ..
+            }) => {
+                let choice =
+                    meta.choice(&text, Some(reason.as_str()), routed.as_ref(), true, first);
+                let usage = Some((prompt_tokens, completion_tokens));
+                (
+                    meta.envelope(choice, true, usage).to_string(),
+                    SseState::Done,
+                )
+            }
+            Some(Event::Failed(m)) => (ApiError::internal(m).body().to_string(), SseState::Done),
+            None => (
+                ApiError::internal("the engine stopped").body().to_string(),
+                SseState::Done,
+            ),
+        };
+        Some((Ok(SseEvent::default().data(data)), next))
+    });
+    Sse::new(events)
+}

@@ -1,0 +1,362 @@
+//! OpenAI request bodies, parsed and checked into engine requests.
+
+use serde::Deserialize;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::engine::{CaptureOptions, GenRequest, SamplingParams};
+use crate::text::ChatMessage;
+
+/// `prompt`: a string, token ids, or a list of one of those.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum PromptField {
+    /// Text.
+    Text(String),
+    /// Token ids.
+    Ids(Vec<i64>),
+    /// Texts (one supported).
+    Texts(Vec<String>),
+    /// Token id lists (one supported).
+    IdLists(Vec<Vec<i64>>),
+}
+
+/// `stop`: a string or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum StopField {
+    /// One stop string.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
+}
+
+/// Message content: a string or text parts.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum ContentField {
+    /// Text.
+    Text(String),
+    /// Parts (`{"type": "text", "text": ...}`).
+    Parts(Vec<ContentPart>),
+}
+
+/// One content part.
+#[derive(Debug, Deserialize)]
+pub struct ContentPart {
+    /// Part type (`text` only).
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// Its text.
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+/// One chat message of a request.
+#[derive(Debug, Deserialize)]
+pub struct MessageIn {
+    /// Role.
+    pub role: String,
+    /// Content (may be null for an assistant turn with tool calls; taken as empty).
+    #[serde(default)]
+    pub content: Option<ContentField>,
+}
+
+/// The fields both endpoints share.
+#[derive(Debug, Default, Deserialize)]
+pub struct Common {
+    model: Option<String>,
+    max_tokens: Option<i64>,
+    max_completion_tokens: Option<i64>,
+    temperature: Option<f64>,
+    top_p: Option<f64>,
+    seed: Option<i64>,
+    stop: Option<StopField>,
+    #[serde(default)]
+    stream: bool,
+    n: Option<i64>,
+    #[serde(default)]
+    return_routed_experts: bool,
+    #[serde(default)]
+    return_routed_weights: bool,
+    routed_experts_format: Option<String>,
+    routed_experts_start_len: Option<i64>,
+    routed_experts_prompt_start: Option<i64>,
+}
+
+/// `POST /v1/completions`.
+#[derive(Debug, Deserialize)]
+pub struct CompletionBody {
+    prompt: Option<PromptField>,
+    #[serde(flatten)]
+    common: Common,
+}
+
+/// `POST /v1/chat/completions`.
+#[derive(Debug, Deserialize)]
+pub struct ChatBody {
+    messages: Option<Vec<MessageIn>>,
+    #[serde(flatten)]
+    common: Common,
+}
+
+/// The response form of routed experts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoutedFormat {
+    /// `choices[i].routed_experts`: base64 `.npy` `[tokens, layers, top_k]`.
+    Vllm,
+    /// `choices[i].sglext.routed_experts`: base64 flat int32, with its start length.
+    Sglang,
+}
+
+/// A checked request: what the engine runs and how to answer.
+#[derive(Debug)]
+pub struct Checked {
+    /// For the engine.
+    pub gen: GenRequest,
+    /// Routed experts' response form, when asked.
+    pub routed: Option<RoutedFormat>,
+    /// Where the routed rows start.
+    pub start_len: usize,
+}
+
+fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::malformed(format!("invalid JSON body: {e}")))
+}
+
+/// A completion request.
+pub fn completion(state: &AppState, bytes: &[u8]) -> Result<Checked, ApiError> {
+    let body: CompletionBody = parse(bytes)?;
+    check_model(state, &body.common)?;
+    let prompt = match body.prompt {
+        None => return Err(ApiError::bad("prompt", "prompt is required")),
+        Some(PromptField::Text(t)) => tokenize(state, &t)?,
+        Some(PromptField::Ids(ids)) => ids_of(state, &ids)?,
+        Some(PromptField::Texts(t)) if t.len() == 1 => tokenize(state, &t[0])?,
+        Some(PromptField::IdLists(l)) if l.len() == 1 => ids_of(state, &l[0])?,
+        Some(_) => {
+            return Err(ApiError::bad(
+                "prompt",
+                "only one prompt per request is supported",
+            ))
+        }
+    };
+    finish(state, body.common, prompt, false)
+}
+
+/// A chat request.
+pub fn chat(state: &AppState, bytes: &[u8]) -> Result<Checked, ApiError> {
+    let body: ChatBody = parse(bytes)?;
+    check_model(state, &body.common)?;
+    let Some(messages) = body.messages.filter(|m| !m.is_empty()) else {
+        return Err(ApiError::bad(
+            "messages",
+            "messages must be a non-empty list",
+        ));
+    };
+    let messages = messages
+        .into_iter()
+        .map(|m| {
+            let content = match m.content {
+                None => String::new(),
+                Some(ContentField::Text(t)) => t,
+                Some(ContentField::Parts(parts)) => parts
+                    .into_iter()
+                    .map(|p| match (p.kind.as_str(), p.text) {
+                        ("text", Some(t)) => Ok(t),
+                        (kind, _) => Err(ApiError::bad(
+                            "messages",
+                            format!("content part of type {kind:?} is not supported (text only)"),
+                        )),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?
+                    .join(""),
+            };
+            Ok(ChatMessage {
+                role: m.role,
+                content,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let text = state
+        .text
+        .render_chat(&messages)
+        .map_err(|e| ApiError::bad("messages", format!("{e:#}")))?;
+    let prompt = tokenize(state, &text)?;
+    finish(state, body.common, prompt, true)
+}
+
+fn check_model(state: &AppState, c: &Common) -> Result<(), ApiError> {
+    match &c.model {
+        Some(m) if m != &state.model_name => Err(ApiError::unknown_model(m)),
+        _ => Ok(()),
+    }
+}
+
+fn tokenize(state: &AppState, text: &str) -> Result<Vec<u32>, ApiError> {
+    state
+        .text
+        .encode(text)
+        .map_err(|e| ApiError::bad("prompt", format!("{e:#}")))
+}
+
+fn ids_of(state: &AppState, ids: &[i64]) -> Result<Vec<u32>, ApiError> {
+    let vocab = state.vocab_size as i64;
+    ids.iter()
+        .map(|&i| {
+            if (0..vocab).contains(&i) {
+                Ok(i as u32)
+            } else {
+                Err(ApiError::bad(
+                    "prompt",
+                    format!("token id {i} is outside the vocabulary [0, {vocab})"),
+                ))
+            }
+        })
+        .collect()
+}
+
+/// The sampling and length rules.
+fn sampling(c: &Common) -> Result<SamplingParams, ApiError> {
+    if let Some(n) = c.n {
+        if n != 1 {
+            return Err(ApiError::bad("n", format!("n must be 1, got {n}")));
+        }
+    }
+    let temperature = c.temperature.unwrap_or(1.0);
+    if !temperature.is_finite() || !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::bad(
+            "temperature",
+            format!("temperature must be in [0, 2], got {temperature}"),
+        ));
+    }
+    let top_p = c.top_p.unwrap_or(1.0);
+    if !top_p.is_finite() || top_p <= 0.0 || top_p > 1.0 {
+        return Err(ApiError::bad(
+            "top_p",
+            format!("top_p must be in (0, 1], got {top_p}"),
+        ));
+    }
+    let seed = match c.seed {
+        Some(s) => s as u64,
+        None => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
+    };
+    Ok(SamplingParams {
+        temperature: temperature as f32,
+        top_p: top_p as f32,
+        seed,
+    })
+}
+
+/// Length, stop and capture rules; the engine request.
+fn finish(state: &AppState, c: Common, prompt: Vec<u32>, chat: bool) -> Result<Checked, ApiError> {
+    let sampling = sampling(&c)?;
+    let max_len = state.max_model_len;
+    if prompt.is_empty() {
+        return Err(ApiError::bad("prompt", "the prompt is empty"));
+    }
+    if prompt.len() >= max_len {
+        return Err(ApiError::bad(
+            "prompt",
+            format!(
+                "the prompt has {} tokens; this model's maximum context length is {max_len} \
+             (prompt + at least one generated token)",
+                prompt.len()
+            ),
+        ));
+    }
+    let room = max_len - prompt.len();
+    let (field, asked) = match (chat, c.max_completion_tokens, c.max_tokens) {
+        (true, Some(m), _) => ("max_completion_tokens", Some(m)),
+        (_, _, m) => ("max_tokens", m),
+    };
+    let max_tokens = match asked {
+        None => room,
+        Some(m) if m < 1 => {
+            return Err(ApiError::bad(
+                field,
+                format!("{field} must be at least 1, got {m}"),
+            ))
+        }
+        Some(m) if m as u64 > room as u64 => {
+            return Err(ApiError::bad(
+                field,
+                format!(
+            "{field} ({m}) + the prompt ({} tokens) exceed this model's maximum context length \
+             ({max_len})", prompt.len()),
+            ))
+        }
+        Some(m) => m as usize,
+    };
+    let (routed, start_len) = capture(state, &c, prompt.len())?;
+    let stop = match c.stop {
+        None => Vec::new(),
+        Some(StopField::One(s)) => vec![s],
+        Some(StopField::Many(v)) => v,
+    };
+    if stop.iter().any(String::is_empty) {
+        return Err(ApiError::bad("stop", "stop strings must not be empty"));
+    }
+    let capture = routed.map(|_| CaptureOptions {
+        start: start_len,
+        weights: c.return_routed_weights,
+    });
+    Ok(Checked {
+        gen: GenRequest {
+            prompt,
+            max_tokens,
+            sampling,
+            stop,
+            stream: c.stream,
+            capture,
+        },
+        routed,
+        start_len,
+    })
+}
+
+/// The routed-experts fields.
+fn capture(
+    state: &AppState,
+    c: &Common,
+    prompt_len: usize,
+) -> Result<(Option<RoutedFormat>, usize), ApiError> {
+    let format = match c.routed_experts_format.as_deref() {
+        None | Some("vllm") => RoutedFormat::Vllm,
+        Some("sglang") => RoutedFormat::Sglang,
+        Some(f) => {
+            return Err(ApiError::bad(
+                "routed_experts_format",
+                format!("must be \"vllm\" or \"sglang\", got {f:?}"),
+            ))
+        }
+    };
+    if c.return_routed_weights && !c.return_routed_experts {
+        return Err(ApiError::bad(
+            "return_routed_weights",
+            "return_routed_weights needs return_routed_experts",
+        ));
+    }
+    if !c.return_routed_experts {
+        return Ok((None, 0));
+    }
+    if !state.capture {
+        return Err(ApiError::bad("return_routed_experts",
+            "this server does not return routed experts: start it with --enable-return-routed-experts"));
+    }
+    let (field, start) = match (c.routed_experts_start_len, c.routed_experts_prompt_start) {
+        (Some(s), _) => ("routed_experts_start_len", s),
+        (None, Some(s)) => ("routed_experts_prompt_start", s),
+        (None, None) => ("routed_experts_start_len", 0),
+    };
+    if start < 0 || start as u64 > prompt_len as u64 {
+        return Err(ApiError::bad(
+            field,
+            format!("{field} must be in [0, {prompt_len}] (the prompt's length), got {start}"),
+        ));
+    }
+    Ok((Some(format), start as usize))
+}

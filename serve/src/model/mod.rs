@@ -1,0 +1,393 @@
+//! Qwen3-MoE as transformers defines it (`Qwen3MoeForCausalLM`), on candle, f32 on the CPU.
+//!
+//! A step runs every request's new tokens as one `[tokens, hidden]` batch through the
+//! token-wise operations (linears, norms, the MoE block), and attention per request over its
+//! own KV cache. Every token's numbers are computed from that token's row alone
+//! ([`ops::linear`] is row by row, attention is per request and token), so a request's
+//! output never depends on what else shares its steps.
+
+pub mod config;
+pub mod moe;
+pub mod ops;
+pub mod random;
+pub mod weights;
+
+use std::sync::Arc;
+
+use anyhow::{ensure, Context, Result};
+use candle_core::{DType, Device, Tensor};
+
+pub use config::Qwen3MoeConfig;
+use moe::{BackendKind, MoeBackend, MoeLayerWeights, MoeSpec, StepCapture};
+use ops::{apply_rope, linear, rms_norm, silu, to_f32_vec, Rope};
+use weights::TensorSource;
+
+struct Attention {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    o: Tensor,
+    bias: Option<[Tensor; 3]>,
+    q_norm: Tensor,
+    k_norm: Tensor,
+}
+
+enum Mlp {
+    Dense {
+        gate: Tensor,
+        up: Tensor,
+        down: Tensor,
+    },
+    /// The `index`-th MoE layer of the backend.
+    Moe { index: usize },
+}
+
+struct Layer {
+    input_norm: Tensor,
+    post_norm: Tensor,
+    attn: Attention,
+    mlp: Mlp,
+}
+
+/// One request's keys and values, per layer: `[positions, kv_heads, head_dim]` f32 each.
+#[derive(Debug, Default, Clone)]
+pub struct KvCache {
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether nothing is cached yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|(k, v)| 4 * (k.len() + v.len()))
+            .sum()
+    }
+}
+
+/// One request's part of a step: its new `tokens`, at positions `cache.len()..`.
+pub struct SeqInput<'a> {
+    /// Tokens to run (a prefill chunk, or the one decode token).
+    pub tokens: &'a [u32],
+    /// The request's cache; it grows by `tokens.len()`.
+    pub cache: &'a mut KvCache,
+}
+
+/// The model.
+pub struct Model {
+    cfg: Qwen3MoeConfig,
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    rope: Rope,
+    moe: Arc<dyn MoeBackend>,
+    device: Device,
+}
+
+fn f32_of(src: &dyn TensorSource, name: &str) -> Result<Tensor> {
+    Ok(src.get(name)?.to_dtype(DType::F32)?)
+}
+
+impl Model {
+    /// Builds the model of `cfg` from `src` (Hugging Face names), with MoE backend `kind`.
+    pub fn load(cfg: &Qwen3MoeConfig, src: &dyn TensorSource, kind: BackendKind) -> Result<Self> {
+        cfg.check()?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        let mut moe_weights = Vec::new();
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let mlp = if cfg.is_moe_layer(l) {
+                moe_weights.push(load_moe(cfg, src, &format!("{p}.mlp"))?);
+                Mlp::Moe {
+                    index: moe_weights.len() - 1,
+                }
+            } else {
+                Mlp::Dense {
+                    gate: f32_of(src, &format!("{p}.mlp.gate_proj.weight"))?,
+                    up: f32_of(src, &format!("{p}.mlp.up_proj.weight"))?,
+                    down: f32_of(src, &format!("{p}.mlp.down_proj.weight"))?,
+                }
+            };
+            layers.push(Layer {
+                input_norm: f32_of(src, &format!("{p}.input_layernorm.weight"))?,
+                post_norm: f32_of(src, &format!("{p}.post_attention_layernorm.weight"))?,
+                attn: load_attention(cfg, src, &format!("{p}.self_attn"))?,
+                mlp,
+            });
+        }
+        let spec = MoeSpec {
+            layers: moe_weights.len(),
+            num_experts: cfg.num_experts,
+            top_k: cfg.num_experts_per_tok,
+            hidden: cfg.hidden_size,
+            intermediate: cfg.moe_intermediate_size,
+            norm_topk_prob: cfg.norm_topk_prob,
+        };
+        let moe = moe::build_backend(kind, spec, moe_weights)?;
+        let embed = f32_of(src, "model.embed_tokens.weight")?;
+        ensure!(
+            embed.dims() == [cfg.vocab_size, cfg.hidden_size],
+            "embed_tokens {:?}",
+            embed.dims()
+        );
+        let lm_head = if cfg.tie_word_embeddings || !src.contains("lm_head.weight") {
+            embed.clone()
+        } else {
+            f32_of(src, "lm_head.weight")?
+        };
+        Ok(Model {
+            cfg: cfg.clone(),
+            embed,
+            layers,
+            norm: f32_of(src, "model.norm.weight")?,
+            lm_head,
+            rope: Rope::new(cfg.head_dim(), cfg.rope_theta),
+            moe,
+            device: Device::Cpu,
+        })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &Qwen3MoeConfig {
+        &self.cfg
+    }
+
+    /// The MoE backend.
+    pub fn moe(&self) -> &Arc<dyn MoeBackend> {
+        &self.moe
+    }
+
+    /// MoE layers, experts per token and experts: the shape of a captured row.
+    pub fn capture_shape(&self) -> (usize, usize, usize) {
+        let s = self.moe.spec();
+        (s.layers, s.top_k, s.num_experts)
+    }
+
+    /// Runs one step: every sequence's new tokens, as one batch. Writes the step's routed
+    /// experts (rows in the order of `seqs`' tokens) into `capture`, grows every cache, and
+    /// returns the logits of each sequence's last new token, `[seqs, vocab]`.
+    pub fn forward(&self, seqs: &mut [SeqInput<'_>], capture: &mut StepCapture) -> Result<Tensor> {
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut last = Vec::with_capacity(seqs.len());
+        for s in seqs.iter() {
+            ensure!(!s.tokens.is_empty(), "a sequence with no new token");
+            ids.extend_from_slice(s.tokens);
+            positions.extend((0..s.tokens.len()).map(|i| s.cache.len + i));
+            last.push((ids.len() - 1) as u32);
+        }
+        let n = ids.len();
+        ensure!(
+            capture.tokens() == n,
+            "capture of {} rows for {n} tokens",
+            capture.tokens()
+        );
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            anyhow::bail!(
+                "token id {bad} is outside the vocabulary ({})",
+                self.cfg.vocab_size
+            );
+        }
+        let ids_t = Tensor::from_vec(ids, n, &self.device)?;
+        let mut x = self.embed.index_select(&ids_t, 0)?;
+        let (cos, sin) = self.rope.tables(&positions, &self.device)?;
+        for (l, layer) in self.layers.iter().enumerate() {
+            let h = rms_norm(&x, &layer.input_norm, self.cfg.rms_norm_eps)?;
+            let a = self.attention(l, &layer.attn, &h, (&cos, &sin), seqs)?;
+            x = (x + a)?;
+            let h = rms_norm(&x, &layer.post_norm, self.cfg.rms_norm_eps)?;
+            let m = match &layer.mlp {
+                Mlp::Dense { gate, up, down } => {
+                    let g = silu(&linear(&h, gate)?)?;
+                    linear(&(g * linear(&h, up)?)?, down)?
+                }
+                Mlp::Moe { index } => self.moe.forward(*index, &h, capture.layer(*index)?)?,
+            };
+            x = (x + m)?;
+        }
+        self.moe.finish_step(capture)?;
+        for s in seqs.iter_mut() {
+            s.cache.len += s.tokens.len();
+        }
+        let last = Tensor::from_vec(last, seqs.len(), &self.device)?;
+        let x = rms_norm(
+            &x.index_select(&last, 0)?,
+            &self.norm,
+            self.cfg.rms_norm_eps,
+        )?;
+        linear(&x, &self.lm_head)
+    }
+
+    /// Self-attention of layer `l` over the step: projections and norms batched, attention
+    /// per sequence over its cache (causal within the new tokens).
+    fn attention(
+        &self,
+        l: usize,
+        a: &Attention,
+        h: &Tensor,
+        (cos, sin): (&Tensor, &Tensor),
+        seqs: &mut [SeqInput<'_>],
+    ) -> Result<Tensor> {
+        let (nh, nkv, hd) = (
+            self.cfg.num_attention_heads,
+            self.cfg.num_key_value_heads,
+            self.cfg.head_dim(),
+        );
+        let n = h.dim(0)?;
+        let (mut q, mut k, mut v) = (linear(h, &a.q)?, linear(h, &a.k)?, linear(h, &a.v)?);
+        if let Some([bq, bk, bv]) = &a.bias {
+            q = q.broadcast_add(bq)?;
+            k = k.broadcast_add(bk)?;
+            v = v.broadcast_add(bv)?;
+        }
+        let eps = self.cfg.rms_norm_eps;
+        let q = apply_rope(
+            &rms_norm(&q.reshape((n, nh, hd))?, &a.q_norm, eps)?,
+            cos,
+            sin,
+        )?;
+        let k = apply_rope(
+            &rms_norm(&k.reshape((n, nkv, hd))?, &a.k_norm, eps)?,
+            cos,
+            sin,
+        )?;
+        let (q, k, v) = (to_f32_vec(&q)?, to_f32_vec(&k)?, to_f32_vec(&v)?);
+        let mut out = vec![0f32; n * nh * hd];
+        let mut row = 0;
+        for s in seqs.iter_mut() {
+            let t = s.tokens.len();
+            if s.cache.layers.len() <= l {
+                s.cache.layers.resize_with(l + 1, Default::default);
+            }
+            let (kc, vc) = &mut s.cache.layers[l];
+            kc.extend_from_slice(&k[row * nkv * hd..(row + t) * nkv * hd]);
+            vc.extend_from_slice(&v[row * nkv * hd..(row + t) * nkv * hd]);
+            for i in 0..t {
+                let pos = s.cache.len + i;
+                let qrow = &q[(row + i) * nh * hd..(row + i + 1) * nh * hd];
+                let orow = &mut out[(row + i) * nh * hd..(row + i + 1) * nh * hd];
+                attend(qrow, kc, vc, pos + 1, (nh, nkv, hd), orow);
+            }
+            row += t;
+        }
+        let out = Tensor::from_vec(out, (n, nh * hd), &self.device)?;
+        linear(&out, &a.o)
+    }
+}
+
+/// One token's attention over `len` cached positions, every head: softmax of
+/// `q . k / sqrt(head_dim)` in f32 (max-subtracted), then the weighted sum of values.
+fn attend(
+    q: &[f32],
+    kc: &[f32],
+    vc: &[f32],
+    len: usize,
+    (nh, nkv, hd): (usize, usize, usize),
+    out: &mut [f32],
+) {
+    let group = nh / nkv;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut scores = vec![0f32; len];
+    for head in 0..nh {
+        let kvh = head / group;
+        let qh = &q[head * hd..(head + 1) * hd];
+        for (j, s) in scores.iter_mut().enumerate() {
+            let kj = &kc[(j * nkv + kvh) * hd..(j * nkv + kvh + 1) * hd];
+            *s = qh.iter().zip(kj).map(|(a, b)| a * b).sum::<f32>() * scale;
+        }
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut z = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            z += *s;
+        }
+        let oh = &mut out[head * hd..(head + 1) * hd];
+        for (j, s) in scores.iter().enumerate() {
+            let w = s / z;
+            let vj = &vc[(j * nkv + kvh) * hd..(j * nkv + kvh + 1) * hd];
+            for (o, x) in oh.iter_mut().zip(vj) {
+                *o += w * x;
+            }
+        }
+    }
+}
+
+fn load_attention(cfg: &Qwen3MoeConfig, src: &dyn TensorSource, p: &str) -> Result<Attention> {
+    let bias = if cfg.attention_bias {
+        Some([
+            f32_of(src, &format!("{p}.q_proj.bias"))?,
+            f32_of(src, &format!("{p}.k_proj.bias"))?,
+            f32_of(src, &format!("{p}.v_proj.bias"))?,
+        ])
+    } else {
+        None
+    };
+    Ok(Attention {
+        q: f32_of(src, &format!("{p}.q_proj.weight"))?,
+        k: f32_of(src, &format!("{p}.k_proj.weight"))?,
+        v: f32_of(src, &format!("{p}.v_proj.weight"))?,
+        o: f32_of(src, &format!("{p}.o_proj.weight"))?,
+        bias,
+        q_norm: f32_of(src, &format!("{p}.q_norm.weight"))?,
+        k_norm: f32_of(src, &format!("{p}.k_norm.weight"))?,
+    })
+}
+
+/// One MoE layer's weights, from per-expert keys (`experts.{e}.{gate,up,down}_proj.weight`,
+/// the released Qwen3-MoE format) or the fused form (`experts.gate_up_proj` `[E, 2I, H]`, gate
+/// rows first, and `experts.down_proj` `[E, H, I]`; the transposed `[E, H, 2I]` / `[E, I, H]`
+/// are recognised by shape).
+fn load_moe(cfg: &Qwen3MoeConfig, src: &dyn TensorSource, p: &str) -> Result<MoeLayerWeights> {
+    let (e, i, h) = (cfg.num_experts, cfg.moe_intermediate_size, cfg.hidden_size);
+    let router = src.get(&format!("{p}.gate.weight"))?;
+    let fused = format!("{p}.experts.gate_up_proj");
+    if src.contains(&fused) {
+        let mut gate_up = src.get(&fused)?;
+        if gate_up.dims() == [e, h, 2 * i] && h != 2 * i {
+            gate_up = gate_up.transpose(1, 2)?.contiguous()?;
+        }
+        ensure!(
+            gate_up.dims() == [e, 2 * i, h],
+            "{fused}: {:?}",
+            gate_up.dims()
+        );
+        let mut down = src.get(&format!("{p}.experts.down_proj"))?;
+        if down.dims() == [e, i, h] && h != i {
+            down = down.transpose(1, 2)?.contiguous()?;
+        }
+        ensure!(
+            down.dims() == [e, h, i],
+            "{p}.experts.down_proj: {:?}",
+            down.dims()
+        );
+        return Ok(MoeLayerWeights {
+            router,
+            gate: gate_up.narrow(1, 0, i)?.contiguous()?,
+            up: gate_up.narrow(1, i, i)?.contiguous()?,
+            down,
+        });
+    }
+    let stack = |name: &str| -> Result<Tensor> {
+        let parts = (0..e)
+            .map(|x| src.get(&format!("{p}.experts.{x}.{name}.weight")))
+            .collect::<Result<Vec<_>>>()
+            .with_context(|| format!("{p}: per-expert {name}"))?;
+        Ok(Tensor::stack(&parts, 0)?)
+    };
+    Ok(MoeLayerWeights {
+        router,
+        gate: stack("gate_proj")?,
+        up: stack("up_proj")?,
+        down: stack("down_proj")?,
+    })
+}

@@ -1,0 +1,248 @@
+//! The CPU MoE backend: flashinfer-rs's reference routing (`routing::oracle::route_topk`)
+//! and reference experts (`fused::oracle`), in f32.
+//!
+//! The oracle's GEMM1 weights are `[experts, 2 * intermediate, hidden]` with each expert's up
+//! rows first, then its gate rows (it computes `silu(gate) * up`), which is what
+//! `cutlass::prepare::fc1_from_gate_up` makes from Hugging Face's `gate_proj` / `up_proj`.
+//! `fused::oracle::moe` always rounds the activation between the GEMMs (bf16, fp8, mxfp8 or
+//! nvfp4: `ActivationRounding` has no f32 case), so this backend takes the unrounded
+//! activations from `fused::oracle::activations` and applies GEMM2 and the weighted sum
+//! itself, in the oracle's order (per token, top-k order).
+
+use anyhow::{ensure, Context, Result};
+use candle_core::{DType, Tensor};
+use flashinfer_rs::cutlass::prepare::fc1_from_gate_up;
+use flashinfer_rs::fused::oracle::{self, ExpertWeights, ReferenceProblem};
+use flashinfer_rs::fused::Activation;
+use flashinfer_rs::routing::oracle::route_topk;
+use flashinfer_rs::routing::RoutingConfig;
+
+use super::{LayerCapture, MoeBackend, MoeLayerWeights, MoeSpec};
+use crate::model::ops::{linear, to_f32_vec};
+
+struct CpuLayer {
+    /// Router `[experts, hidden]`, f32.
+    router: Tensor,
+    /// The oracle's weights: `w1` up-then-gate rows per expert, `w2` = `down_proj`.
+    experts: ExpertWeights,
+}
+
+/// flashinfer-rs's CPU reference MoE, every layer of a model.
+pub struct CpuMoe {
+    spec: MoeSpec,
+    routing: RoutingConfig,
+    layers: Vec<CpuLayer>,
+}
+
+impl CpuMoe {
+    /// Prepares `layers` (any float dtype) for the oracle: f32, GEMM1 as up-then-gate rows.
+    pub fn new(spec: MoeSpec, layers: Vec<MoeLayerWeights>) -> Result<Self> {
+        let routing = spec.routing();
+        routing.validate().context("the model's routing")?;
+        let (e, i, h) = (spec.num_experts, spec.intermediate, spec.hidden);
+        let layers = layers
+            .into_iter()
+            .enumerate()
+            .map(|(l, w)| {
+                ensure!(
+                    w.router.dims() == [e, h],
+                    "MoE layer {l}: router {:?}",
+                    w.router.dims()
+                );
+                ensure!(
+                    w.gate.dims() == [e, i, h],
+                    "MoE layer {l}: gate {:?}",
+                    w.gate.dims()
+                );
+                ensure!(
+                    w.up.dims() == [e, i, h],
+                    "MoE layer {l}: up {:?}",
+                    w.up.dims()
+                );
+                ensure!(
+                    w.down.dims() == [e, h, i],
+                    "MoE layer {l}: down {:?}",
+                    w.down.dims()
+                );
+                let w1 = fc1_from_gate_up(&to_f32_vec(&w.gate)?, &to_f32_vec(&w.up)?, e, i, h)?;
+                Ok(CpuLayer {
+                    router: w.router.to_dtype(DType::F32)?,
+                    experts: ExpertWeights {
+                        w1,
+                        w2: to_f32_vec(&w.down)?,
+                    },
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(CpuMoe {
+            spec,
+            routing,
+            layers,
+        })
+    }
+
+    fn problem(&self, tokens: usize) -> ReferenceProblem {
+        ReferenceProblem {
+            num_tokens: tokens,
+            hidden_size: self.spec.hidden,
+            intermediate_size: self.spec.intermediate,
+            top_k: self.spec.top_k,
+            local_expert_offset: 0,
+            local_num_experts: self.spec.num_experts,
+            activation: Activation::Swiglu,
+            routing_scales_on_input: false,
+        }
+    }
+}
+
+impl MoeBackend for CpuMoe {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn spec(&self) -> &MoeSpec {
+        &self.spec
+    }
+
+    fn forward(
+        &self,
+        moe_layer: usize,
+        hidden: &Tensor,
+        capture: LayerCapture<'_>,
+    ) -> Result<Tensor> {
+        let layer = self
+            .layers
+            .get(moe_layer)
+            .with_context(|| format!("MoE layer {moe_layer} of {}", self.layers.len()))?;
+        let (tokens, h) = hidden.dims2()?;
+        let k = self.spec.top_k;
+        ensure!(
+            h == self.spec.hidden,
+            "hidden {h}, the layer has {}",
+            self.spec.hidden
+        );
+        ensure!(
+            capture.ids.len() == tokens * k,
+            "capture rows do not match the step"
+        );
+        let x = hidden.to_dtype(DType::F32)?;
+        // Router logits in f32, row by row (batch-invariant), then the reference routing.
+        let logits = to_f32_vec(&linear(&x, &layer.router)?)?;
+        let routed = route_topk(&self.routing, &logits, None, tokens)?;
+        capture.ids.copy_from_slice(&routed.ids);
+        if let Some(w) = capture.weights {
+            w.copy_from_slice(&routed.weights);
+        }
+        let ids: Vec<usize> = routed.ids.iter().map(|&i| i as usize).collect();
+        let xs = to_f32_vec(&x)?;
+        let p = self.problem(tokens);
+        let acts = oracle::activations(&p, &xs, &ids, &routed.weights, &layer.experts)?;
+        let out = combine(&p, &ids, &routed.weights, &layer.experts.w2, acts)?;
+        Ok(Tensor::from_vec(out, (tokens, h), hidden.device())?.to_dtype(hidden.dtype())?)
+    }
+}
+
+/// GEMM2 of every routed (token, k) pair and the weighted sum, as `fused::oracle::moe` does
+/// without rounding the activation: `out[t] += weight[t, k] * (down[e] @ act[t, k])`.
+fn combine(
+    p: &ReferenceProblem,
+    ids: &[usize],
+    weights: &[f32],
+    w2: &[f32],
+    acts: Vec<Vec<f32>>,
+) -> Result<Vec<f32>> {
+    let (h, i) = (p.hidden_size, p.intermediate_size);
+    ensure!(
+        acts.len() == p.num_tokens * p.top_k,
+        "one activation per routed pair"
+    );
+    let mut out = vec![0f32; p.num_tokens * h];
+    for (pair, act) in acts.iter().enumerate() {
+        let (t, e) = (pair / p.top_k, ids[pair]);
+        let s = weights[pair];
+        let down = &w2[e * h * i..(e + 1) * h * i];
+        for (o, row) in out[t * h..(t + 1) * h].iter_mut().zip(down.chunks_exact(i)) {
+            let y: f32 = row.iter().zip(act).map(|(a, b)| a * b).sum();
+            *o += s * y;
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::moe::StepCapture;
+    use candle_core::Device;
+
+    fn tensor(n: usize, shape: &[usize], seed: u64) -> Tensor {
+        let mut rng = flashinfer_rs::routing::oracle::SplitMix64(seed);
+        let v: Vec<f32> = (0..n).map(|_| rng.unit() as f32 - 0.5).collect();
+        Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    /// The backend equals Hugging Face's Qwen3MoeSparseMoeBlock written out naively.
+    #[test]
+    fn matches_a_naive_qwen3_moe_block() {
+        let (e, k, h, i, t) = (8, 2, 6, 4, 5);
+        let spec = MoeSpec {
+            layers: 1,
+            num_experts: e,
+            top_k: k,
+            hidden: h,
+            intermediate: i,
+            norm_topk_prob: true,
+        };
+        let w = MoeLayerWeights {
+            router: tensor(e * h, &[e, h], 1),
+            gate: tensor(e * i * h, &[e, i, h], 2),
+            up: tensor(e * i * h, &[e, i, h], 3),
+            down: tensor(e * h * i, &[e, h, i], 4),
+        };
+        let x = tensor(t * h, &[t, h], 5);
+        let moe = CpuMoe::new(spec, vec![w.clone()]).unwrap();
+        let mut cap = StepCapture::new(t, 1, k, true);
+        let y = to_f32_vec(&moe.forward(0, &x, cap.layer(0).unwrap()).unwrap()).unwrap();
+        let (xs, r) = (to_f32_vec(&x).unwrap(), to_f32_vec(&w.router).unwrap());
+        let (g, u, d) = (
+            to_f32_vec(&w.gate).unwrap(),
+            to_f32_vec(&w.up).unwrap(),
+            to_f32_vec(&w.down).unwrap(),
+        );
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        for tok in 0..t {
+            let xr = &xs[tok * h..(tok + 1) * h];
+            let logits: Vec<f32> = (0..e).map(|ex| dot(&r[ex * h..(ex + 1) * h], xr)).collect();
+            let mut order: Vec<usize> = (0..e).collect();
+            order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+            let chosen = &order[..k];
+            assert_eq!(
+                &cap.ids()[tok * k..(tok + 1) * k],
+                chosen
+                    .iter()
+                    .map(|&c| c as i16)
+                    .collect::<Vec<_>>()
+                    .as_slice()
+            );
+            let z: f32 = chosen.iter().map(|&c| logits[c].exp()).sum();
+            for c in 0..h {
+                let mut want = 0f32;
+                for &ex in chosen {
+                    let act: Vec<f32> = (0..i)
+                        .map(|j| {
+                            let gv = dot(&g[(ex * i + j) * h..][..h], xr);
+                            let uv = dot(&u[(ex * i + j) * h..][..h], xr);
+                            gv / (1.0 + (-gv).exp()) * uv
+                        })
+                        .collect();
+                    want += logits[ex].exp() / z * dot(&d[(ex * h + c) * i..][..i], &act);
+                }
+                assert!(
+                    (y[tok * h + c] - want).abs() < 1e-5,
+                    "{} vs {want}",
+                    y[tok * h + c]
+                );
+            }
+        }
+    }
+}

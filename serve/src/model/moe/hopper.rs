@@ -1,0 +1,185 @@
+//! The Hopper MoE backend (feature `cuda`): every MoE layer is flashinfer-rs's CUTLASS fused
+//! MoE (`cutlass::CutlassMoe`) on an sm_90 GPU, called through `flashinfer_rs::candle`, its
+//! router's ids written by the kernels straight into a device `CaptureStore` (the zero-copy
+//! path the crate exists for), and read back once per step in [`MoeBackend::finish_step`].
+//!
+//! Per step: layer 0's call begins the store's step, each layer routes into its views, and
+//! `finish_step` ends the step, collects its rows (one device-to-host copy) and lays them
+//! into the step's `StepCapture`. The router's logits are computed in f32 (candle's matmul on
+//! the GPU), as the CPU backend computes them; the experts run in bf16.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, ensure, Context, Result};
+use candle_core::{DType, Device, Tensor};
+use flashinfer_rs::candle::{cuda_stream, cutlass_weights, Fc1, TensorRouting};
+use flashinfer_rs::capture::{CaptureConfig, CaptureStore, StepLayout};
+use flashinfer_rs::cudarc::driver::CudaStream;
+use flashinfer_rs::cutlass::{CutlassMoe, CutlassMoeConfig, CutlassWorkspace};
+
+use super::{LayerCapture, MoeBackend, MoeLayerWeights, MoeSpec, StepCapture};
+
+struct HopperLayer {
+    /// Router `[experts, hidden]`, f32, on the GPU.
+    router: Tensor,
+    moe: CutlassMoe,
+}
+
+/// What one step changes: the layers' shared workspace and the capture store.
+struct StepState {
+    workspace: CutlassWorkspace,
+    store: CaptureStore,
+    /// Rows of the step begun by MoE layer 0 (`None` between steps).
+    open: Option<usize>,
+}
+
+/// flashinfer-rs's Hopper layer for every MoE layer of a model, on one GPU.
+pub struct HopperMoe {
+    spec: MoeSpec,
+    device: Device,
+    stream: Arc<CudaStream>,
+    max_tokens: usize,
+    layers: Vec<HopperLayer>,
+    state: Mutex<StepState>,
+}
+
+impl HopperMoe {
+    /// Moves `layers` (the checkpoint's tensors, any float dtype, any device) to CUDA device
+    /// 0, prepares them for the Hopper layer there (bf16, up rows first) and builds one
+    /// `CutlassMoe` per layer for steps of up to `max_tokens` rows.
+    pub fn new(spec: MoeSpec, layers: Vec<MoeLayerWeights>, max_tokens: usize) -> Result<Self> {
+        let device = Device::new_cuda(0).context("CUDA device 0")?;
+        let stream = cuda_stream(&device)?;
+        let config = CutlassMoeConfig {
+            routing: spec.routing(),
+            hidden_size: spec.hidden,
+            intermediate_size: spec.intermediate,
+            max_tokens,
+        };
+        let mut built = Vec::with_capacity(layers.len());
+        for (l, w) in layers.into_iter().enumerate() {
+            let on = |t: &Tensor| t.to_device(&device);
+            let (gate, up, down) = (on(&w.gate)?, on(&w.up)?, on(&w.down)?);
+            let weights = cutlass_weights(Fc1::GateUp { gate: &gate, up: &up }, &down)
+                .with_context(|| format!("MoE layer {l}: weights"))?;
+            let moe = CutlassMoe::new(config, weights)
+                .with_context(|| format!("MoE layer {l}: the Hopper layer"))?;
+            let router = on(&w.router)?.to_dtype(DType::F32)?;
+            built.push(HopperLayer { router, moe });
+        }
+        let first = built.first().context("a model with no MoE layer")?;
+        let workspace = first.moe.workspace(&stream)?;
+        let store = CaptureStore::new(
+            &stream,
+            CaptureConfig::new(spec.layers, max_tokens, spec.top_k).with_weights(true),
+        )?;
+        Ok(HopperMoe {
+            spec,
+            device,
+            stream,
+            max_tokens,
+            layers: built,
+            state: Mutex::new(StepState {
+                workspace,
+                store,
+                open: None,
+            }),
+        })
+    }
+
+    fn state(&self) -> Result<std::sync::MutexGuard<'_, StepState>> {
+        self.state
+            .lock()
+            .map_err(|_| anyhow::anyhow!("a step panicked while it held the Hopper backend"))
+    }
+}
+
+impl MoeBackend for HopperMoe {
+    fn name(&self) -> &'static str {
+        "hopper"
+    }
+
+    fn spec(&self) -> &MoeSpec {
+        &self.spec
+    }
+
+    fn forward(&self, moe_layer: usize, hidden: &Tensor, _capture: LayerCapture<'_>) -> Result<Tensor> {
+        let layer = self
+            .layers
+            .get(moe_layer)
+            .with_context(|| format!("MoE layer {moe_layer} of {}", self.layers.len()))?;
+        let (tokens, h) = hidden.dims2()?;
+        ensure!(h == self.spec.hidden, "hidden {h}, the layer has {}", self.spec.hidden);
+        ensure!(
+            tokens <= self.max_tokens,
+            "a step of {tokens} rows, the Hopper backend was built for {}",
+            self.max_tokens
+        );
+        let mut state = self.state()?;
+        let state = &mut *state;
+        if moe_layer == 0 {
+            if state.open.take().is_some() {
+                // The step before failed between its layers: close it and drop its rows, so
+                // one failed step does not stop every step after it.
+                tracing::warn!("dropping the rows of a step that failed midway");
+                state.store.end_step(&self.stream)?;
+                state.store.collect()?;
+            }
+            state.store.begin_step(&self.stream, StepLayout::single(tokens))?;
+            state.open = Some(tokens);
+        }
+        ensure!(
+            state.open == Some(tokens),
+            "MoE layer {moe_layer}: {tokens} rows in a step begun with {:?}",
+            state.open
+        );
+        let x = hidden.to_device(&self.device)?;
+        let logits = x.to_dtype(DType::F32)?.matmul(&layer.router.t()?)?;
+        let y = layer.moe.forward_tensor(
+            &mut state.workspace,
+            &x.to_dtype(DType::BF16)?,
+            TensorRouting::Logits {
+                logits: &logits,
+                bias: None,
+            },
+            Some(state.store.layer_views(moe_layer)?),
+        )?;
+        Ok(y.to_dtype(hidden.dtype())?.to_device(hidden.device())?)
+    }
+
+    fn finish_step(&self, capture: &mut StepCapture) -> Result<()> {
+        let mut state = self.state()?;
+        let Some(tokens) = state.open.take() else {
+            bail!("finish_step without a step: no MoE layer ran");
+        };
+        state.store.end_step(&self.stream)?;
+        let step = state
+            .store
+            .collect()?
+            .context("the step just ended has rows to collect")?;
+        let rows = step.rows;
+        let (l, k) = (self.spec.layers, self.spec.top_k);
+        ensure!(
+            capture.tokens() == tokens && rows.tokens == tokens && rows.layers == l,
+            "step of {tokens} rows, capture of {}, collected {}x{}",
+            capture.tokens(),
+            rows.tokens,
+            rows.layers
+        );
+        // Collected token-major (`[token][layer][k]`); the step capture is layer-major.
+        fn regroup<T: Copy>(dst: &mut [T], src: &[T], tokens: usize, l: usize, k: usize) {
+            for t in 0..tokens {
+                for layer in 0..l {
+                    let (from, to) = ((t * l + layer) * k, (layer * tokens + t) * k);
+                    dst[to..to + k].copy_from_slice(&src[from..from + k]);
+                }
+            }
+        }
+        let (ids, weights) = capture.ids_mut();
+        regroup(ids, &rows.ids, tokens, l, k);
+        if let (Some(dst), Some(src)) = (weights, rows.weights.as_ref()) {
+            regroup(dst, src, tokens, l, k);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,266 @@
+//! The MoE block behind one door: [`MoeBackend`] runs one MoE layer (router + experts) over
+//! all tokens of a step and writes their routed experts into the step's [`StepCapture`].
+//!
+//! The model never looks inside a backend: the CPU reference ([`cpu::CpuMoe`], built on
+//! flashinfer-rs's routing and MoE oracles) and a GPU backend (flashinfer-rs's Hopper
+//! `CutlassMoe`, feature `cuda`) plug in the same way, through [`build_backend`].
+
+pub mod cpu;
+
+use std::sync::Arc;
+
+use anyhow::{bail, ensure, Result};
+use candle_core::Tensor;
+use flashinfer_rs::capture::{LayerMajorRows, StepRows, UNKNOWN};
+use flashinfer_rs::routing::{RoutingConfig, RoutingMethod};
+
+/// The shape of every MoE layer of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MoeSpec {
+    /// MoE layers (capture layers), in decoder order.
+    pub layers: usize,
+    /// Routed experts per layer.
+    pub num_experts: usize,
+    /// Experts chosen per token.
+    pub top_k: usize,
+    /// Hidden size.
+    pub hidden: usize,
+    /// Intermediate size of one expert.
+    pub intermediate: usize,
+    /// Qwen3-MoE's `norm_topk_prob`: renormalise the chosen probabilities.
+    pub norm_topk_prob: bool,
+}
+
+impl MoeSpec {
+    /// The routing this spec means, as flashinfer-rs names it: softmax, top-k, renormalise is
+    /// `Renormalize`; without renormalisation it is `Default`.
+    pub fn routing(&self) -> RoutingConfig {
+        let method = if self.norm_topk_prob {
+            RoutingMethod::Renormalize
+        } else {
+            RoutingMethod::Default
+        };
+        RoutingConfig::new(method, self.num_experts as u32, self.top_k as u32)
+    }
+}
+
+/// One MoE layer's weights as the checkpoint has them (any float dtype, on the host).
+#[derive(Debug, Clone)]
+pub struct MoeLayerWeights {
+    /// Router `mlp.gate.weight`, `[experts, hidden]`.
+    pub router: Tensor,
+    /// Each expert's `gate_proj`, stacked: `[experts, intermediate, hidden]`.
+    pub gate: Tensor,
+    /// Each expert's `up_proj`, stacked: `[experts, intermediate, hidden]`.
+    pub up: Tensor,
+    /// Each expert's `down_proj`, stacked: `[experts, hidden, intermediate]`.
+    pub down: Tensor,
+}
+
+/// Where one MoE layer writes the routing of a step's tokens: row `t` of the step's batch is
+/// `ids[t * top_k..][..top_k]`, best first.
+#[derive(Debug)]
+pub struct LayerCapture<'a> {
+    /// `[tokens, top_k]` expert ids (logical ids, in `[0, num_experts)`).
+    pub ids: &'a mut [i16],
+    /// `[tokens, top_k]` routing weights of those ids, when the step captures weights.
+    pub weights: Option<&'a mut [f32]>,
+}
+
+/// One step's routed experts for all MoE layers, layer-major: layer `l`'s rows are one
+/// contiguous `[tokens, top_k]` block, the layout of flashinfer-rs's `CaptureStore` layer
+/// views on the GPU. Rows no layer wrote stay [`UNKNOWN`] (-1), never expert 0.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepCapture {
+    tokens: usize,
+    layers: usize,
+    top_k: usize,
+    ids: Vec<i16>,
+    weights: Option<Vec<f32>>,
+}
+
+impl StepCapture {
+    /// An empty capture of `tokens` rows (every id [`UNKNOWN`], every weight NaN).
+    pub fn new(tokens: usize, layers: usize, top_k: usize, with_weights: bool) -> Self {
+        let n = tokens * layers * top_k;
+        StepCapture {
+            tokens,
+            layers,
+            top_k,
+            ids: vec![UNKNOWN; n],
+            weights: with_weights.then(|| vec![f32::NAN; n]),
+        }
+    }
+
+    /// Rows of the step.
+    pub fn tokens(&self) -> usize {
+        self.tokens
+    }
+
+    /// MoE layers.
+    pub fn layers(&self) -> usize {
+        self.layers
+    }
+
+    /// Experts per token.
+    pub fn top_k(&self) -> usize {
+        self.top_k
+    }
+
+    /// MoE layer `layer`'s rows, for its backend to write.
+    pub fn layer(&mut self, layer: usize) -> Result<LayerCapture<'_>> {
+        ensure!(layer < self.layers, "MoE layer {layer} of {}", self.layers);
+        let span = layer * self.tokens * self.top_k..(layer + 1) * self.tokens * self.top_k;
+        Ok(LayerCapture {
+            ids: &mut self.ids[span.clone()],
+            weights: self.weights.as_mut().map(|w| &mut w[span]),
+        })
+    }
+
+    /// The whole step, layer-major: `ids[(layer * tokens + row) * top_k + k]`.
+    pub fn ids(&self) -> &[i16] {
+        &self.ids
+    }
+
+    /// The weights, same layout as [`ids`](Self::ids), when captured.
+    pub fn weights(&self) -> Option<&[f32]> {
+        self.weights.as_deref()
+    }
+
+    /// Mutable access for a backend that fills the whole step at once (a device readback).
+    pub fn ids_mut(&mut self) -> (&mut [i16], Option<&mut [f32]>) {
+        (&mut self.ids, self.weights.as_deref_mut())
+    }
+
+    /// The step as the assembler takes it straight from the device layout
+    /// ([`Assembler::push_layer_major`](flashinfer_rs::capture::Assembler::push_layer_major)).
+    pub fn as_layer_major(&self) -> LayerMajorRows<'_> {
+        LayerMajorRows {
+            tokens: self.tokens,
+            layers: self.layers,
+            top_k: self.top_k,
+            ids: &self.ids,
+            weights: self.weights.as_deref(),
+        }
+    }
+
+    /// The step token-major, as [`StepRows`]: `ids[(row * layers + layer) * top_k + k]`.
+    pub fn to_step_rows(&self) -> StepRows {
+        let (t, l, k) = (self.tokens, self.layers, self.top_k);
+        let gather = |row: usize, layer: usize| (layer * t + row) * k;
+        let mut ids = Vec::with_capacity(self.ids.len());
+        let mut weights = self
+            .weights
+            .as_ref()
+            .map(|_| Vec::with_capacity(self.ids.len()));
+        for row in 0..t {
+            for layer in 0..l {
+                let at = gather(row, layer);
+                ids.extend_from_slice(&self.ids[at..at + k]);
+                if let (Some(w), Some(src)) = (weights.as_mut(), self.weights.as_ref()) {
+                    w.extend_from_slice(&src[at..at + k]);
+                }
+            }
+        }
+        StepRows {
+            tokens: t,
+            layers: l,
+            top_k: k,
+            ids,
+            weights,
+        }
+    }
+}
+
+/// One MoE block implementation for every MoE layer of a model.
+///
+/// Contract, per step: the model calls [`forward`](Self::forward) once per MoE layer, in
+/// decoder order, with the step's whole batch (`[tokens, hidden]`, every request's rows
+/// concatenated: prefill chunks and decode tokens alike), then
+/// [`finish_step`](Self::finish_step) once. A backend writes each token's top-k expert ids
+/// (best first) and, where asked, their weights into `capture` during `forward`, or keeps
+/// them in its own store (a device capture store) and copies them in `finish_step`.
+pub trait MoeBackend: Send + Sync {
+    /// Short name, for logs and `/metrics`.
+    fn name(&self) -> &'static str;
+
+    /// The layers this backend serves.
+    fn spec(&self) -> &MoeSpec;
+
+    /// Runs MoE layer `moe_layer` (0-based among MoE layers) over `hidden` (`[tokens, hidden]`)
+    /// and returns its output, same shape and device as `hidden`.
+    fn forward(
+        &self,
+        moe_layer: usize,
+        hidden: &Tensor,
+        capture: LayerCapture<'_>,
+    ) -> Result<Tensor>;
+
+    /// Called once after the step's last MoE layer: a backend whose ids land elsewhere first
+    /// (a device store) makes `capture` whole here. The CPU backend has nothing to do.
+    fn finish_step(&self, capture: &mut StepCapture) -> Result<()> {
+        let _ = capture;
+        Ok(())
+    }
+}
+
+/// Which MoE backend serves the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// flashinfer-rs's CPU oracle (f32): always available.
+    Cpu,
+    /// flashinfer-rs's Hopper CUTLASS MoE layer (needs the `cuda` feature and an sm_90 GPU).
+    Hopper,
+    /// Hopper where built and present, else the CPU.
+    Auto,
+}
+
+/// Builds the backend `kind` for `spec` from the checkpoint's MoE layers (one per MoE layer).
+pub fn build_backend(
+    kind: BackendKind,
+    spec: MoeSpec,
+    layers: Vec<MoeLayerWeights>,
+) -> Result<Arc<dyn MoeBackend>> {
+    ensure!(
+        layers.len() == spec.layers,
+        "{} MoE layers of weights for {} MoE layers",
+        layers.len(),
+        spec.layers
+    );
+    match kind {
+        BackendKind::Cpu | BackendKind::Auto => Ok(Arc::new(cpu::CpuMoe::new(spec, layers)?)),
+        BackendKind::Hopper => hopper(spec, layers),
+    }
+}
+
+/// The Hopper seam: the GPU build wires `flashinfer_rs::cutlass::CutlassMoe` here.
+#[cfg(feature = "cuda")]
+fn hopper(spec: MoeSpec, layers: Vec<MoeLayerWeights>) -> Result<Arc<dyn MoeBackend>> {
+    let _ = (spec, layers);
+    bail!("--backend hopper: the Hopper MoE backend is not wired yet in this build")
+}
+
+#[cfg(not(feature = "cuda"))]
+fn hopper(spec: MoeSpec, layers: Vec<MoeLayerWeights>) -> Result<Arc<dyn MoeBackend>> {
+    let _ = (spec, layers);
+    bail!(
+        "--backend hopper needs a GPU build: rebuild with `--features cuda` on a machine with \
+         CUDA (this binary is CPU-only; use --backend cpu)"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_major_view_regroups_layer_major_rows() {
+        let mut c = StepCapture::new(2, 2, 1, true);
+        c.layer(0).unwrap().ids.copy_from_slice(&[1, 2]);
+        c.layer(1).unwrap().ids.copy_from_slice(&[3, 4]);
+        let rows = c.to_step_rows();
+        assert_eq!(rows.ids, vec![1, 3, 2, 4]);
+        assert_eq!(c.ids(), &[1, 2, 3, 4]);
+        assert!(c.layer(2).is_err());
+    }
+}

@@ -1,0 +1,298 @@
+//! Text in and out: the checkpoint's tokenizer (`tokenizer.json`), its chat template
+//! (`tokenizer_config.json` or `chat_template.jinja`, rendered with minijinja) and its
+//! end-of-sequence tokens (`generation_config.json`, `tokenizer_config.json`, `config.json`).
+
+use std::path::Path;
+
+use anyhow::{anyhow, Context, Result};
+use serde::Serialize;
+use tokenizers::Tokenizer;
+
+use crate::model::config::ids_of;
+
+/// The template used when the checkpoint has none.
+pub const PLAIN_TEMPLATE: &str = "{% for m in messages %}{{ m.role }}: {{ m.content }}\n\
+    {% endfor %}{% if add_generation_prompt %}assistant: {% endif %}";
+
+/// One chat message, as the template sees it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ChatMessage {
+    /// `system`, `user`, `assistant` or `tool`.
+    pub role: String,
+    /// Its text.
+    pub content: String,
+}
+
+/// Tokenizer, chat template and stop tokens of a model.
+pub struct TextModel {
+    tokenizer: Tokenizer,
+    template: String,
+    has_own_template: bool,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+    eos_ids: Vec<u32>,
+}
+
+/// A token given as a string or as `{"content": ...}` (tokenizer_config.json has both).
+fn token_text(v: Option<&serde_json::Value>) -> Option<String> {
+    match v? {
+        serde_json::Value::String(s) => Some(s.clone()),
+        serde_json::Value::Object(o) => o.get("content")?.as_str().map(str::to_owned),
+        _ => None,
+    }
+}
+
+fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text = std::fs::read_to_string(path)?;
+    Ok(Some(
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))?,
+    ))
+}
+
+/// The chat template of `tokenizer_config.json` (a string, or a list of named templates of
+/// which `default` is taken), else `chat_template.jinja`.
+fn chat_template(dir: &Path, cfg: Option<&serde_json::Value>) -> Result<Option<String>> {
+    match cfg.and_then(|c| c.get("chat_template")) {
+        Some(serde_json::Value::String(s)) => return Ok(Some(s.clone())),
+        Some(serde_json::Value::Array(list)) => {
+            let named = |want: &str| {
+                list.iter()
+                    .find(|t| t.get("name").and_then(|n| n.as_str()) == Some(want))
+            };
+            if let Some(t) = named("default").or_else(|| list.first()) {
+                return Ok(t
+                    .get("template")
+                    .and_then(|t| t.as_str())
+                    .map(str::to_owned));
+            }
+        }
+        _ => {}
+    }
+    let jinja = dir.join("chat_template.jinja");
+    Ok(if jinja.exists() {
+        Some(std::fs::read_to_string(jinja)?)
+    } else {
+        None
+    })
+}
+
+impl TextModel {
+    /// Loads `dir/tokenizer.json` and the files beside it; `config_eos` are the config's
+    /// end-of-sequence ids.
+    pub fn load(dir: &Path, config_eos: &[u32]) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        let tokenizer =
+            Tokenizer::from_file(&path).map_err(|e| anyhow!("loading {}: {e}", path.display()))?;
+        let cfg = read_json(&dir.join("tokenizer_config.json"))?;
+        let gen = read_json(&dir.join("generation_config.json"))?;
+        let template = chat_template(dir, cfg.as_ref())?;
+        Ok(Self::new(
+            tokenizer,
+            cfg.as_ref(),
+            gen.as_ref(),
+            template,
+            config_eos,
+        ))
+    }
+
+    /// The byte-level tokenizer of [`byte_level_tokenizer_json`] with [`CHATML_TEMPLATE`] and
+    /// `<|im_end|>` as EOS (models made from a config alone).
+    pub fn byte_level(config_eos: &[u32]) -> Result<Self> {
+        let json = byte_level_tokenizer_json().to_string();
+        let tokenizer = Tokenizer::from_bytes(json.as_bytes())
+            .map_err(|e| anyhow!("the byte-level tokenizer: {e}"))?;
+        let cfg = byte_level_tokenizer_config();
+        Ok(Self::new(
+            tokenizer,
+            Some(&cfg),
+            None,
+            Some(CHATML_TEMPLATE.to_owned()),
+            config_eos,
+        ))
+    }
+
+    fn new(
+        tokenizer: Tokenizer,
+        cfg: Option<&serde_json::Value>,
+        gen: Option<&serde_json::Value>,
+        template: Option<String>,
+        config_eos: &[u32],
+    ) -> Self {
+        let bos_token = token_text(cfg.and_then(|c| c.get("bos_token")));
+        let eos_token = token_text(cfg.and_then(|c| c.get("eos_token")));
+        let mut eos_ids = ids_of(gen.and_then(|g| g.get("eos_token_id")));
+        eos_ids.extend_from_slice(config_eos);
+        if let Some(id) = eos_token.as_deref().and_then(|t| tokenizer.token_to_id(t)) {
+            eos_ids.push(id);
+        }
+        eos_ids.sort_unstable();
+        eos_ids.dedup();
+        TextModel {
+            tokenizer,
+            has_own_template: template.is_some(),
+            template: template.unwrap_or_else(|| PLAIN_TEMPLATE.to_owned()),
+            bos_token,
+            eos_token,
+            eos_ids,
+        }
+    }
+
+    /// End-of-sequence token ids.
+    pub fn eos_ids(&self) -> &[u32] {
+        &self.eos_ids
+    }
+
+    /// Whether the checkpoint brought its own chat template.
+    pub fn has_chat_template(&self) -> bool {
+        self.has_own_template
+    }
+
+    /// Tokens in the vocabulary (with added tokens).
+    pub fn vocab_size(&self) -> usize {
+        self.tokenizer.get_vocab_size(true)
+    }
+
+    /// Token ids of `text` (with the tokenizer's own special-token rule, as transformers'
+    /// default call).
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>> {
+        let enc = self
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| anyhow!("tokenizing: {e}"))?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// The text of `ids`, special tokens skipped.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        self.tokenizer
+            .decode(ids, true)
+            .map_err(|e| anyhow!("detokenizing: {e}"))
+    }
+
+    /// The prompt of a chat, through the chat template with `add_generation_prompt`.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
+        let mut env = minijinja::Environment::new();
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
+        env.add_template("chat", &self.template)
+            .map_err(|e| anyhow!("the chat template does not parse: {e}"))?;
+        let tmpl = env.get_template("chat").map_err(|e| anyhow!("{e}"))?;
+        tmpl.render(minijinja::context! {
+            messages => messages,
+            add_generation_prompt => true,
+            bos_token => self.bos_token.clone().unwrap_or_default(),
+            eos_token => self.eos_token.clone().unwrap_or_default(),
+        })
+        .map_err(|e| anyhow!("rendering the chat template: {e}"))
+    }
+}
+
+/// GPT-2's byte-to-character map of byte-level BPE.
+fn byte_chars() -> Vec<char> {
+    let printable =
+        |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+    let mut extra = 0;
+    (0u32..256)
+        .map(|b| {
+            if printable(b) {
+                char::from_u32(b).unwrap_or('?')
+            } else {
+                extra += 1;
+                char::from_u32(255 + extra).unwrap_or('?')
+            }
+        })
+        .collect()
+}
+
+/// Special tokens of [`byte_level_tokenizer_json`], after the 256 byte tokens.
+pub const BYTE_LEVEL_SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+
+/// A byte-level BPE `tokenizer.json` (GPT-2's byte alphabet, no merges: one token per byte,
+/// ids 0..256 = bytes) with [`BYTE_LEVEL_SPECIALS`] at ids 256.., for models made from a
+/// config alone (random weights) and for tests: 259 tokens.
+pub fn byte_level_tokenizer_json() -> serde_json::Value {
+    let vocab: serde_json::Map<String, serde_json::Value> = byte_chars()
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| (c.to_string(), serde_json::Value::from(i)))
+        .collect();
+    let added: Vec<serde_json::Value> = BYTE_LEVEL_SPECIALS
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            serde_json::json!({"id": 256 + i, "content": t, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": null,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false,
+            "vocab": vocab, "merges": []}
+    })
+}
+
+/// A ChatML template (Qwen's form without tools or thinking), for byte-level test models.
+pub const CHATML_TEMPLATE: &str = "{% for message in messages %}<|im_start|>{{ message.role }}\n\
+    {{ message.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+
+/// The `tokenizer_config.json` of the byte-level tokenizer.
+pub fn byte_level_tokenizer_config() -> serde_json::Value {
+    serde_json::json!({"chat_template": CHATML_TEMPLATE, "eos_token": "<|im_end|>", "bos_token": null})
+}
+
+/// Writes [`byte_level_tokenizer_json`] and a `tokenizer_config.json` with
+/// [`CHATML_TEMPLATE`] and `<|im_end|>` as EOS into `dir`.
+pub fn write_byte_level_tokenizer(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(
+        dir.join("tokenizer.json"),
+        byte_level_tokenizer_json().to_string(),
+    )?;
+    std::fs::write(
+        dir.join("tokenizer_config.json"),
+        byte_level_tokenizer_config().to_string(),
+    )?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_level_round_trip_and_chatml() {
+        let dir = std::env::temp_dir().join(format!("fi-serve-tok-{}", std::process::id()));
+        write_byte_level_tokenizer(&dir).unwrap();
+        let t = TextModel::load(&dir, &[]).unwrap();
+        assert_eq!(t.vocab_size(), 259);
+        let ids = t.encode("héllo wörld").unwrap();
+        assert_eq!(ids.len(), "héllo wörld".len());
+        assert_eq!(t.decode(&ids).unwrap(), "héllo wörld");
+        assert_eq!(t.eos_ids(), &[258]);
+        let msgs = [ChatMessage {
+            role: "user".into(),
+            content: "hi".into(),
+        }];
+        let p = t.render_chat(&msgs).unwrap();
+        assert_eq!(p, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+        let ids = t.encode(&p).unwrap();
+        assert_eq!(ids[0], 257);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

@@ -1,0 +1,363 @@
+//! Shared by the server tests: a tiny random Qwen3-MoE checkpoint, a server started
+//! in-process, a plain HTTP/1.1 client over `TcpStream`, `.npy` decoding, and the model run
+//! alone (no engine, no HTTP) as the reference.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine as _;
+use candle_core::DType;
+use flashinfer_rs_serve::engine::sampling::{Sampler, SamplingParams};
+use flashinfer_rs_serve::model::moe::StepCapture;
+use flashinfer_rs_serve::model::random::{random_tensors, save_checkpoint};
+use flashinfer_rs_serve::model::{KvCache, Model, Qwen3MoeConfig, SeqInput};
+use flashinfer_rs_serve::server::{self, ModelSource, RunningServer, ServerOptions};
+use flashinfer_rs_serve::text::{write_byte_level_tokenizer, TextModel};
+use serde_json::{json, Value};
+
+pub const LAYERS: usize = 3;
+pub const EXPERTS: usize = 16;
+pub const TOP_K: usize = 4;
+
+/// The tiny model's config: 3 layers (those in `mlp_only` dense, the rest MoE), hidden 64,
+/// 16 experts, top-4, the byte-level tokenizer's 259 tokens.
+pub fn tiny_config(mlp_only: &[usize]) -> Value {
+    json!({
+        "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
+        "vocab_size": 259, "hidden_size": 64, "intermediate_size": 96,
+        "moe_intermediate_size": 32, "num_hidden_layers": LAYERS, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "head_dim": 16, "num_experts": EXPERTS,
+        "num_experts_per_tok": TOP_K, "decoder_sparse_step": 1, "mlp_only_layers": mlp_only,
+        "norm_topk_prob": true, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+        "max_position_embeddings": 512, "tie_word_embeddings": false,
+        "hidden_act": "silu", "torch_dtype": "bfloat16"
+    })
+}
+
+/// Writes the tiny checkpoint (bf16 safetensors, per-expert keys) and tokenizer into a fresh
+/// directory named `name` under the target's temp dir.
+pub fn tiny_checkpoint(name: &str, seed: u64) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("fi-serve-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg_json = tiny_config(&[]);
+    let cfg: Qwen3MoeConfig = serde_json::from_value(cfg_json.clone()).unwrap();
+    let tensors = random_tensors(&cfg, seed).unwrap();
+    save_checkpoint(&dir, &cfg_json, &tensors, DType::BF16).unwrap();
+    write_byte_level_tokenizer(&dir).unwrap();
+    dir
+}
+
+/// A server in its own runtime.
+pub struct Server {
+    pub rt: tokio::runtime::Runtime,
+    pub server: Option<RunningServer>,
+    pub addr: SocketAddr,
+    pub model: String,
+}
+
+impl Server {
+    pub fn start(opts: ServerOptions) -> Server {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(4)
+            .enable_all()
+            .build()
+            .unwrap();
+        let server = rt.block_on(server::start(opts)).unwrap();
+        let (addr, model) = (server.addr, server.model_name.clone());
+        Server {
+            rt,
+            server: Some(server),
+            addr,
+            model,
+        }
+    }
+
+    pub fn options(dir: &Path) -> ServerOptions {
+        let mut o = ServerOptions::new(ModelSource::Dir(dir.to_path_buf()));
+        o.capture = true;
+        o.max_batch_tokens = 256;
+        o.max_running = 64;
+        o.max_queue = 256;
+        o.grace = Duration::from_secs(2);
+        o
+    }
+
+    pub fn metric(&self, name: &str) -> f64 {
+        let (status, body) = get(self.addr, "/metrics");
+        assert_eq!(status, 200);
+        body.lines()
+            .find_map(|l| l.strip_prefix(&format!("flashinfer_serve_{name} ")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("metric {name} missing"))
+    }
+
+    /// Waits until the queue, the running set and the assembler are empty.
+    pub fn wait_idle(&self) {
+        for _ in 0..400 {
+            let idle = [
+                "queue_depth",
+                "active_requests",
+                "assembler_active_requests",
+            ]
+            .iter()
+            .all(|m| self.metric(m) == 0.0);
+            if idle {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!(
+            "not idle: queue {} active {} assembler {}",
+            self.metric("queue_depth"),
+            self.metric("active_requests"),
+            self.metric("assembler_active_requests")
+        );
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(s) = self.server.take() {
+            self.rt.block_on(s.shutdown()).unwrap();
+        }
+    }
+}
+
+/// Sends one HTTP/1.1 request; returns the connection, positioned at the body, the status
+/// and whether the body is chunked.
+fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> (BufReader<TcpStream>, u16, Option<usize>, bool) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status: u16 = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let (mut len, mut chunked) = (None, false);
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let lower = l.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            len = v.trim().parse().ok();
+        }
+        if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+            chunked = true;
+        }
+    }
+    (r, status, len, chunked)
+}
+
+/// Reads one chunk of a chunked body; `None` at its end.
+fn read_chunk(r: &mut BufReader<TcpStream>) -> Option<Vec<u8>> {
+    let mut line = String::new();
+    if r.read_line(&mut line).ok()? == 0 {
+        return None;
+    }
+    let n = usize::from_str_radix(line.trim(), 16).ok()?;
+    let mut buf = vec![0; n + 2];
+    r.read_exact(&mut buf).ok()?;
+    buf.truncate(n);
+    (n > 0).then_some(buf)
+}
+
+fn read_body(mut r: BufReader<TcpStream>, len: Option<usize>, chunked: bool) -> String {
+    let mut body = Vec::new();
+    if chunked {
+        while let Some(c) = read_chunk(&mut r) {
+            body.extend(c);
+        }
+    } else if let Some(n) = len {
+        body.resize(n, 0);
+        r.read_exact(&mut body).unwrap();
+    } else {
+        r.read_to_end(&mut body).unwrap();
+    }
+    String::from_utf8(body).unwrap()
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let (r, status, len, chunked) = send(addr, "GET", path, b"");
+    (status, read_body(r, len, chunked))
+}
+
+/// POSTs raw bytes; the status and the body.
+pub fn post_raw(addr: SocketAddr, path: &str, body: &[u8]) -> (u16, String) {
+    let (r, status, len, chunked) = send(addr, "POST", path, body);
+    (status, read_body(r, len, chunked))
+}
+
+/// POSTs JSON, expects JSON back.
+pub fn post(addr: SocketAddr, path: &str, body: &Value) -> (u16, Value) {
+    let (status, text) = post_raw(addr, path, body.to_string().as_bytes());
+    let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text:?}"));
+    (status, v)
+}
+
+/// POSTs a streaming request and reads its SSE `data:` payloads; with `cancel_after`, drops
+/// the connection after that many events (the rest is never read).
+pub fn post_stream(
+    addr: SocketAddr,
+    path: &str,
+    body: &Value,
+    cancel_after: Option<usize>,
+) -> (u16, Vec<String>) {
+    let (mut r, status, len, chunked) = send(addr, "POST", path, body.to_string().as_bytes());
+    if status != 200 {
+        return (status, vec![read_body(r, len, chunked)]);
+    }
+    assert!(chunked, "SSE answers are chunked");
+    let mut pending = String::new();
+    let mut events = Vec::new();
+    while let Some(c) = read_chunk(&mut r) {
+        pending.push_str(std::str::from_utf8(&c).unwrap());
+        while let Some(at) = pending.find("\n\n") {
+            let ev: String = pending[..at].to_owned();
+            pending.drain(..at + 2);
+            for line in ev.lines() {
+                if let Some(d) = line
+                    .strip_prefix("data: ")
+                    .or_else(|| line.strip_prefix("data:"))
+                {
+                    events.push(d.to_owned());
+                }
+            }
+            if cancel_after.is_some_and(|n| events.len() >= n) {
+                return (status, events); // dropping `r` closes the connection
+            }
+        }
+    }
+    (status, events)
+}
+
+/// A decoded `.npy`: shape and values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Npy {
+    pub descr: String,
+    pub shape: Vec<usize>,
+    pub ints: Vec<i64>,
+    pub floats: Vec<f32>,
+}
+
+pub fn decode_npy_b64(b64: &str) -> Npy {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    let npy = npyz::NpyFile::new(&bytes[..]).unwrap();
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    let descr = match npy.dtype() {
+        npyz::DType::Plain(ts) => ts.to_string(),
+        other => panic!("dtype {other:?}"),
+    };
+    let (mut ints, mut floats) = (Vec::new(), Vec::new());
+    match descr.as_str() {
+        "|u1" => {
+            ints = npy
+                .into_vec::<u8>()
+                .unwrap()
+                .into_iter()
+                .map(i64::from)
+                .collect()
+        }
+        "<u2" => {
+            ints = npy
+                .into_vec::<u16>()
+                .unwrap()
+                .into_iter()
+                .map(i64::from)
+                .collect()
+        }
+        "<i2" => {
+            ints = npy
+                .into_vec::<i16>()
+                .unwrap()
+                .into_iter()
+                .map(i64::from)
+                .collect()
+        }
+        "<f4" => floats = npy.into_vec::<f32>().unwrap(),
+        d => panic!("dtype {d}"),
+    }
+    Npy {
+        descr,
+        shape,
+        ints,
+        floats,
+    }
+}
+
+/// Checks the rules every routed row keeps: top_k distinct experts below `EXPERTS`, and the
+/// array is not all zero.
+pub fn check_rows(npy: &Npy, tokens: usize, layers: usize) {
+    assert_eq!(npy.shape, vec![tokens, layers, TOP_K]);
+    assert_eq!(npy.descr, "|u1", "uint8 for <= 256 experts");
+    for row in npy.ints.chunks(TOP_K) {
+        let mut r = row.to_vec();
+        r.sort_unstable();
+        r.dedup();
+        assert_eq!(r.len(), TOP_K, "distinct experts per row: {row:?}");
+        assert!(
+            row.iter().all(|&e| (0..EXPERTS as i64).contains(&e)),
+            "{row:?}"
+        );
+    }
+    assert!(
+        tokens == 0 || npy.ints.iter().any(|&e| e != 0),
+        "all-zero routing"
+    );
+}
+
+/// The model run alone, one request, no engine: generated tokens and routed rows
+/// (`[fed tokens, layers, top_k]` token-major).
+pub fn solo(
+    model: &Model,
+    text: &TextModel,
+    prompt: &[u32],
+    max_tokens: usize,
+    sampling: SamplingParams,
+) -> (Vec<u32>, Vec<i16>) {
+    let (layers, top_k, _) = model.capture_shape();
+    let mut cache = KvCache::default();
+    let mut tokens = prompt.to_vec();
+    let mut rows = Vec::new();
+    let mut sampler = Sampler::new(sampling);
+    loop {
+        let new = tokens[cache.len()..].to_vec();
+        let mut cap = StepCapture::new(new.len(), layers, top_k, false);
+        let logits = model
+            .forward(
+                &mut [SeqInput {
+                    tokens: &new,
+                    cache: &mut cache,
+                }],
+                &mut cap,
+            )
+            .unwrap();
+        rows.extend(cap.to_step_rows().ids);
+        let t = sampler.sample(&logits.to_vec2::<f32>().unwrap()[0]);
+        tokens.push(t);
+        if text.eos_ids().contains(&t) || tokens.len() - prompt.len() >= max_tokens {
+            break;
+        }
+    }
+    (tokens[prompt.len()..].to_vec(), rows)
+}

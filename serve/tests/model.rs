@@ -1,0 +1,130 @@
+//! Loading: the fused expert format equals the per-expert one, shards through an index,
+//! dense layers, random-config mode.
+
+mod common;
+
+use std::collections::HashMap;
+
+use candle_core::{DType, Tensor};
+use common::*;
+use flashinfer_rs_serve::model::moe::{BackendKind, StepCapture};
+use flashinfer_rs_serve::model::random::random_tensors;
+use flashinfer_rs_serve::model::weights::Checkpoint;
+use flashinfer_rs_serve::model::{KvCache, Model, Qwen3MoeConfig, SeqInput};
+use serde_json::json;
+
+fn run(model: &Model, tokens: &[u32]) -> (Vec<Vec<f32>>, Vec<i16>) {
+    let (l, k, _) = model.capture_shape();
+    let mut cap = StepCapture::new(tokens.len(), l, k, true);
+    let mut cache = KvCache::default();
+    let logits = model
+        .forward(
+            &mut [SeqInput {
+                tokens,
+                cache: &mut cache,
+            }],
+            &mut cap,
+        )
+        .unwrap();
+    (logits.to_vec2().unwrap(), cap.ids().to_vec())
+}
+
+#[test]
+fn fused_sharded_checkpoint_equals_per_expert_one() {
+    let cfg_json = tiny_config(&[1]);
+    let cfg: Qwen3MoeConfig = serde_json::from_value(cfg_json.clone()).unwrap();
+    assert_eq!(cfg.moe_layers(), vec![0, 2]);
+    let tensors = random_tensors(&cfg, 11).unwrap();
+    let a = Model::load(&cfg, &tensors, BackendKind::Cpu).unwrap();
+    // The fused form: gate_up [E, 2I, H] gate rows first, down [E, H, I], in two shards.
+    let mut fused: HashMap<String, Tensor> = HashMap::new();
+    let mut rest: HashMap<String, Tensor> = HashMap::new();
+    for l in cfg.moe_layers() {
+        let p = format!("model.layers.{l}.mlp.experts");
+        let get = |e: usize, n: &str| tensors[&format!("{p}.{e}.{n}.weight")].clone();
+        let gu: Vec<Tensor> = (0..EXPERTS)
+            .map(|e| Tensor::cat(&[get(e, "gate_proj"), get(e, "up_proj")], 0).unwrap())
+            .collect();
+        fused.insert(format!("{p}.gate_up_proj"), Tensor::stack(&gu, 0).unwrap());
+        let down: Vec<Tensor> = (0..EXPERTS).map(|e| get(e, "down_proj")).collect();
+        fused.insert(format!("{p}.down_proj"), Tensor::stack(&down, 0).unwrap());
+    }
+    for (k, v) in &tensors {
+        if !k.contains(".experts.") {
+            rest.insert(k.clone(), v.clone());
+        }
+    }
+    let dir = std::env::temp_dir().join(format!("fi-serve-fused-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    candle_core::safetensors::save(&fused, dir.join("model-00001-of-00002.safetensors")).unwrap();
+    let rest_bf: HashMap<String, Tensor> = rest
+        .iter()
+        .map(|(k, v)| (k.clone(), v.to_dtype(DType::F32).unwrap()))
+        .collect();
+    candle_core::safetensors::save(&rest_bf, dir.join("model-00002-of-00002.safetensors")).unwrap();
+    let mut map = serde_json::Map::new();
+    for k in fused.keys() {
+        map.insert(k.clone(), json!("model-00001-of-00002.safetensors"));
+    }
+    for k in rest.keys() {
+        map.insert(k.clone(), json!("model-00002-of-00002.safetensors"));
+    }
+    std::fs::write(
+        dir.join("model.safetensors.index.json"),
+        json!({"metadata": {}, "weight_map": map}).to_string(),
+    )
+    .unwrap();
+    let b = Model::load(&cfg, &Checkpoint::open(&dir).unwrap(), BackendKind::Cpu).unwrap();
+    let tokens: Vec<u32> = (0..9).map(|i| (i * 29 % 259) as u32).collect();
+    let (la, ca) = run(&a, &tokens);
+    let (lb, cb) = run(&b, &tokens);
+    assert_eq!(la, lb);
+    assert_eq!(ca, cb);
+    assert_eq!(ca.len(), 9 * 2 * TOP_K, "two MoE layers captured");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A token's logits and routing are the same whether it runs alone, in a prefill, or in a
+/// batch beside other requests.
+#[test]
+fn a_tokens_numbers_do_not_depend_on_its_batch() {
+    let cfg: Qwen3MoeConfig = serde_json::from_value(tiny_config(&[])).unwrap();
+    let m = Model::load(&cfg, &random_tensors(&cfg, 5).unwrap(), BackendKind::Cpu).unwrap();
+    let (l, k, _) = m.capture_shape();
+    let a: Vec<u32> = vec![10, 20, 30, 40, 50];
+    let (alone, cap_alone) = run(&m, &a);
+    // The same prompt beside two others in one step.
+    let (x, y) = (vec![7u32, 8, 9], vec![100u32; 11]);
+    let mut caches = [KvCache::default(), KvCache::default(), KvCache::default()];
+    let mut cap = StepCapture::new(19, l, k, false);
+    let [c0, c1, c2] = &mut caches;
+    let logits = m
+        .forward(
+            &mut [
+                SeqInput {
+                    tokens: &x,
+                    cache: c0,
+                },
+                SeqInput {
+                    tokens: &a,
+                    cache: c1,
+                },
+                SeqInput {
+                    tokens: &y,
+                    cache: c2,
+                },
+            ],
+            &mut cap,
+        )
+        .unwrap()
+        .to_vec2::<f32>()
+        .unwrap();
+    assert_eq!(logits[1], alone[0]);
+    let rows = cap.to_step_rows().ids;
+    let alone_rows = {
+        let mut c = StepCapture::new(5, l, k, false);
+        c.ids_mut().0.copy_from_slice(&cap_alone);
+        c.to_step_rows().ids
+    };
+    assert_eq!(&rows[3 * l * k..8 * l * k], &alone_rows[..]);
+}

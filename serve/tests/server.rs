@@ -1,0 +1,563 @@
+//! The server over real HTTP: completions and chat, streaming and not, routed experts equal
+//! to the model run alone, concurrency with cancellations, every bad request's 4xx.
+
+mod common;
+
+use std::sync::OnceLock;
+use std::thread;
+
+use common::*;
+use flashinfer_rs_serve::engine::sampling::SamplingParams;
+use flashinfer_rs_serve::model::Model;
+use flashinfer_rs_serve::server::{load_model, ServerOptions};
+use flashinfer_rs_serve::text::TextModel;
+use serde_json::{json, Value};
+
+struct Fixture {
+    server: Server,
+    model: Model,
+    text: TextModel,
+}
+
+/// One server (and the same model, loaded alone) for the tests of this binary.
+fn fixture() -> &'static Fixture {
+    static F: OnceLock<Fixture> = OnceLock::new();
+    F.get_or_init(|| {
+        let dir = tiny_checkpoint("main", 7);
+        let opts = Server::options(&dir);
+        let (model, text, _) = load_model(&opts).unwrap();
+        Fixture {
+            server: Server::start(opts),
+            model,
+            text,
+        }
+    })
+}
+
+fn greedy() -> SamplingParams {
+    SamplingParams {
+        temperature: 0.0,
+        top_p: 1.0,
+        seed: 0,
+    }
+}
+
+/// The routed rows of a choice (vLLM form), decoded.
+fn rows_of(choice: &Value) -> Npy {
+    decode_npy_b64(choice["routed_experts"].as_str().expect("routed_experts"))
+}
+
+#[test]
+fn completion_returns_the_models_tokens_and_routed_experts() {
+    let f = fixture();
+    let prompt = "The capital of France is";
+    let body = json!({"model": f.server.model, "prompt": prompt, "max_tokens": 12,
+        "temperature": 0, "return_routed_experts": true, "return_routed_weights": true});
+    let (status, v) = post(f.server.addr, "/v1/completions", &body);
+    assert_eq!(status, 200, "{v}");
+    let choice = &v["choices"][0];
+    let ids = f.text.encode(prompt).unwrap();
+    let (gen, rows) = solo(&f.model, &f.text, &ids, 12, greedy());
+    assert_eq!(choice["text"], json!(f.text.decode(&gen).unwrap()));
+    assert_eq!(v["usage"]["completion_tokens"], json!(gen.len()));
+    let npy = rows_of(choice);
+    let t = ids.len() + gen.len() - 1;
+    check_rows(&npy, t, LAYERS);
+    let want: Vec<i64> = rows[..t * LAYERS * TOP_K]
+        .iter()
+        .map(|&x| x as i64)
+        .collect();
+    assert_eq!(npy.ints, want, "routed experts equal the model run alone");
+    let w = decode_npy_b64(choice["routed_weights"].as_str().unwrap());
+    assert_eq!(w.shape, npy.shape);
+    for row in w.floats.chunks(TOP_K) {
+        assert!(
+            (row.iter().sum::<f32>() - 1.0).abs() < 1e-5,
+            "renormalised: {row:?}"
+        );
+        assert!(row.windows(2).all(|p| p[0] >= p[1]), "best first: {row:?}");
+    }
+}
+
+#[test]
+fn streaming_chunks_carry_their_tokens_rows_and_add_up_to_the_whole() {
+    let f = fixture();
+    let body = json!({"prompt": "Streaming test", "max_tokens": 10, "temperature": 0,
+        "return_routed_experts": true});
+    let (_, whole) = post(f.server.addr, "/v1/completions", &body);
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    let (status, events) = post_stream(f.server.addr, "/v1/completions", &sbody, None);
+    assert_eq!(status, 200);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let (mut text, mut ids, mut rows_total) = (String::new(), Vec::new(), 0);
+    let prompt_len = f.text.encode("Streaming test").unwrap().len();
+    for (i, e) in events[..events.len() - 1].iter().enumerate() {
+        let v: Value = serde_json::from_str(e).unwrap();
+        let c = &v["choices"][0];
+        text.push_str(c["text"].as_str().unwrap());
+        if let Some(r) = c["routed_experts"].as_str() {
+            let npy = decode_npy_b64(r);
+            // The first chunk carries the prompt's rows and its token's; later ones one row.
+            let want = if i == 0 { prompt_len + 1 } else { 1 };
+            if c["finish_reason"].is_null() {
+                assert_eq!(npy.shape[0], want, "chunk {i}");
+            }
+            rows_total += npy.shape[0];
+            ids.extend(npy.ints);
+        }
+    }
+    let full = rows_of(&whole["choices"][0]);
+    assert_eq!(text, whole["choices"][0]["text"].as_str().unwrap());
+    assert_eq!(rows_total, full.shape[0]);
+    assert_eq!(ids, full.ints);
+}
+
+#[test]
+fn chat_completions_render_the_template_and_stream() {
+    let f = fixture();
+    let messages = json!([{"role": "system", "content": "Be brief."},
+        {"role": "user", "content": [{"type": "text", "text": "Hello"}]}]);
+    let body = json!({"model": f.server.model, "messages": messages, "max_completion_tokens": 6,
+        "temperature": 0, "return_routed_experts": true});
+    let (status, v) = post(f.server.addr, "/v1/chat/completions", &body);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["object"], "chat.completion");
+    let msg = &v["choices"][0]["message"];
+    assert_eq!(msg["role"], "assistant");
+    let prompt = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n";
+    let ids = f.text.encode(prompt).unwrap();
+    let (gen, rows) = solo(&f.model, &f.text, &ids, 6, greedy());
+    assert_eq!(msg["content"], json!(f.text.decode(&gen).unwrap()));
+    let npy = rows_of(&v["choices"][0]);
+    let t = ids.len() + gen.len() - 1;
+    check_rows(&npy, t, LAYERS);
+    assert_eq!(
+        npy.ints,
+        rows[..t * LAYERS * TOP_K]
+            .iter()
+            .map(|&x| x as i64)
+            .collect::<Vec<_>>()
+    );
+    let mut s = body.clone();
+    s["stream"] = json!(true);
+    let (status, events) = post_stream(f.server.addr, "/v1/chat/completions", &s, None);
+    assert_eq!(status, 200);
+    let mut content = String::new();
+    for (i, e) in events.iter().filter(|e| *e != "[DONE]").enumerate() {
+        let v: Value = serde_json::from_str(e).unwrap();
+        assert_eq!(v["object"], "chat.completion.chunk");
+        let d = &v["choices"][0]["delta"];
+        if i == 0 {
+            assert_eq!(d["role"], "assistant");
+        }
+        content.push_str(d["content"].as_str().unwrap_or(""));
+    }
+    assert_eq!(content, msg["content"].as_str().unwrap());
+}
+
+#[test]
+fn sglang_form_start_len_and_token_prompts() {
+    let f = fixture();
+    let ids = f.text.encode("Token ids in, experts out").unwrap();
+    let start = 5;
+    let body = json!({"prompt": ids, "max_tokens": 4, "temperature": 0,
+        "return_routed_experts": true, "routed_experts_format": "sglang",
+        "routed_experts_start_len": start, "return_routed_weights": true});
+    let (status, v) = post(f.server.addr, "/v1/completions", &body);
+    assert_eq!(status, 200, "{v}");
+    let ext = &v["choices"][0]["sglext"];
+    assert_eq!(ext["routed_experts_start_len"], json!(start));
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(ext["routed_experts"].as_str().unwrap())
+        .unwrap();
+    let flat: Vec<i64> = raw
+        .chunks_exact(4)
+        .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+        .collect();
+    let (gen, rows) = solo(&f.model, &f.text, &ids, 4, greedy());
+    let t = ids.len() + gen.len() - 1;
+    assert_eq!(flat.len(), (t - start) * LAYERS * TOP_K, "slime's check");
+    let want: Vec<i64> = rows[start * LAYERS * TOP_K..t * LAYERS * TOP_K]
+        .iter()
+        .map(|&x| x as i64)
+        .collect();
+    assert_eq!(flat, want);
+    let w = base64::engine::general_purpose::STANDARD
+        .decode(ext["routed_weights"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(w.len(), flat.len() * 4);
+}
+
+#[test]
+fn seeded_sampling_is_reproducible_and_stop_strings_cut_the_text() {
+    let f = fixture();
+    let body = json!({"prompt": "Sampling", "max_tokens": 16, "temperature": 0.9,
+        "top_p": 0.95, "seed": 1234});
+    let (_, a) = post(f.server.addr, "/v1/completions", &body);
+    let (_, b) = post(f.server.addr, "/v1/completions", &body);
+    assert_eq!(a["choices"][0]["text"], b["choices"][0]["text"]);
+    let ids = f.text.encode("Sampling").unwrap();
+    let p = SamplingParams {
+        temperature: 0.9,
+        top_p: 0.95,
+        seed: 1234,
+    };
+    let (gen, _) = solo(&f.model, &f.text, &ids, 16, p);
+    let text = f.text.decode(&gen).unwrap();
+    assert_eq!(a["choices"][0]["text"], json!(text));
+    // A stop string taken from the middle of that text ends it there.
+    let chars: Vec<char> = text.chars().collect();
+    if chars.len() >= 6 {
+        let stop: String = chars[3..5].iter().collect();
+        let mut s = body.clone();
+        s["stop"] = json!([stop]);
+        let (_, c) = post(f.server.addr, "/v1/completions", &s);
+        let cut = &text[..text.find(&stop).unwrap()];
+        assert_eq!(c["choices"][0]["text"], json!(cut));
+        assert_eq!(c["choices"][0]["finish_reason"], "stop");
+        s["stream"] = json!(true);
+        let (_, events) = post_stream(f.server.addr, "/v1/completions", &s, None);
+        let streamed: String = events
+            .iter()
+            .filter(|e| *e != "[DONE]")
+            .map(|e| {
+                serde_json::from_str::<Value>(e).unwrap()["choices"][0]["text"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect();
+        assert_eq!(streamed, cut);
+    }
+}
+
+/// One request of the concurrency runs: its body, and whether the client goes away.
+fn mixed_request(i: usize, stream: bool) -> Value {
+    let prompts = [
+        "a",
+        "Hello there, general",
+        "The quick brown fox jumps over",
+        "MoE routing replay in RL: rollout and training must agree",
+    ];
+    json!({"prompt": format!("{} #{i}", prompts[i % prompts.len()]), "max_tokens": 3 + (i * 5) % 17,
+        "temperature": if i.is_multiple_of(3) { 0.7 } else { 0.0 }, "seed": i, "stream": stream,
+        "return_routed_experts": i % 4 != 3})
+}
+
+/// The request's result: text and routed ids (streamed or not).
+fn run(
+    addr: std::net::SocketAddr,
+    body: &Value,
+    cancel: bool,
+) -> Option<(String, Option<Vec<i64>>)> {
+    if body["stream"] == json!(true) {
+        let (status, events) = post_stream(addr, "/v1/completions", body, cancel.then_some(1));
+        assert_eq!(status, 200);
+        if cancel {
+            return None;
+        }
+        let (mut text, mut ids, mut any) = (String::new(), Vec::new(), false);
+        for e in events.iter().filter(|e| *e != "[DONE]") {
+            let c = &serde_json::from_str::<Value>(e).unwrap()["choices"][0];
+            text.push_str(c["text"].as_str().unwrap());
+            if let Some(r) = c["routed_experts"].as_str() {
+                any = true;
+                ids.extend(decode_npy_b64(r).ints);
+            }
+        }
+        Some((text, any.then_some(ids)))
+    } else if cancel {
+        // Send the request and go away without reading the answer.
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let b = body.to_string();
+        use std::io::Write as _;
+        write!(s, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{b}", b.len()).unwrap();
+        thread::sleep(std::time::Duration::from_millis(5));
+        None
+    } else {
+        let (status, v) = post(addr, "/v1/completions", body);
+        assert_eq!(status, 200, "{v}");
+        let c = &v["choices"][0];
+        let ids = c["routed_experts"].as_str().map(|r| decode_npy_b64(r).ints);
+        Some((c["text"].as_str().unwrap().to_owned(), ids))
+    }
+}
+
+fn solo_of(f: &Fixture, body: &Value) -> (String, Option<Vec<i64>>) {
+    let ids = f.text.encode(body["prompt"].as_str().unwrap()).unwrap();
+    let p = SamplingParams {
+        temperature: body["temperature"].as_f64().unwrap() as f32,
+        top_p: 1.0,
+        seed: body["seed"].as_u64().unwrap(),
+    };
+    let max = body["max_tokens"].as_u64().unwrap() as usize;
+    let (gen, rows) = solo(&f.model, &f.text, &ids, max, p);
+    let t = ids.len() + gen.len() - 1;
+    let routed = (body["return_routed_experts"] == json!(true)).then(|| {
+        rows[..t * LAYERS * TOP_K]
+            .iter()
+            .map(|&x| x as i64)
+            .collect()
+    });
+    (f.text.decode(&gen).unwrap(), routed)
+}
+
+fn concurrent(n: usize) {
+    let f = fixture();
+    let addr = f.server.addr;
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let body = mixed_request(i, i % 2 == 1);
+            let cancel = n > 1 && i % 5 == 4;
+            thread::spawn(move || (body.clone(), cancel, run(addr, &body, cancel)))
+        })
+        .collect();
+    for h in handles {
+        let (body, cancel, got) = h.join().unwrap();
+        if cancel {
+            continue;
+        }
+        let (text, routed) = got.unwrap();
+        let (want_text, want_routed) = solo_of(f, &body);
+        assert_eq!(text, want_text, "{body}");
+        assert_eq!(routed, want_routed, "{body}");
+    }
+    f.server.wait_idle();
+}
+
+#[test]
+fn concurrency_1_8_64_with_cancellations_equals_solo_runs() {
+    for n in [1, 8, 64] {
+        concurrent(n);
+    }
+    assert!(fixture().server.metric("generated_tokens_total") > 0.0);
+}
+
+#[test]
+fn models_health_metrics() {
+    let f = fixture();
+    let (status, body) = get(f.server.addr, "/v1/models");
+    assert_eq!(status, 200);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["data"][0]["id"], json!(f.server.model));
+    assert_eq!(get(f.server.addr, "/health").0, 200);
+    let (status, m) = get(f.server.addr, "/metrics");
+    assert_eq!(status, 200);
+    assert!(
+        m.contains("# TYPE flashinfer_serve_queue_depth gauge"),
+        "{m}"
+    );
+}
+
+fn expect_error(
+    addr: std::net::SocketAddr,
+    path: &str,
+    body: &[u8],
+    status: u16,
+    param: Option<&str>,
+) {
+    let (got, text) = post_raw(addr, path, body);
+    assert_eq!(got, status, "{} -> {text}", String::from_utf8_lossy(body));
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    let e = &v["error"];
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert!(e["type"].is_string(), "{v}");
+    assert!(e.get("code").is_some() && e.get("param").is_some(), "{v}");
+    if let Some(p) = param {
+        assert_eq!(e["param"], json!(p), "{v}");
+    }
+}
+
+#[test]
+fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
+    let f = fixture();
+    let a = f.server.addr;
+    let c = "/v1/completions";
+    let long = "x".repeat(600);
+    let cases: Vec<(&str, Vec<u8>, u16, Option<&str>)> = vec![
+        (c, b"{not json".to_vec(), 400, None),
+        (c, b"[1, 2]".to_vec(), 400, None),
+        (
+            c,
+            br#"{"prompt": "hi", "max_tokens": "many"}"#.to_vec(),
+            400,
+            None,
+        ),
+        (c, br#"{"max_tokens": 4}"#.to_vec(), 400, Some("prompt")),
+        (
+            c,
+            br#"{"prompt": "", "max_tokens": 4}"#.to_vec(),
+            400,
+            Some("prompt"),
+        ),
+        (
+            c,
+            br#"{"prompt": "hi", "max_tokens": 0}"#.to_vec(),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            c,
+            br#"{"prompt": "hi", "max_tokens": -3}"#.to_vec(),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            c,
+            br#"{"prompt": "hi", "max_tokens": 100000}"#.to_vec(),
+            400,
+            Some("max_tokens"),
+        ),
+        (
+            c,
+            format!(r#"{{"prompt": "{long}", "max_tokens": 4}}"#).into_bytes(),
+            400,
+            Some("prompt"),
+        ),
+        (
+            c,
+            br#"{"prompt": [1, 99999], "max_tokens": 4}"#.to_vec(),
+            400,
+            Some("prompt"),
+        ),
+        (
+            c,
+            br#"{"prompt": ["a", "b"], "max_tokens": 4}"#.to_vec(),
+            400,
+            Some("prompt"),
+        ),
+        (c, br#"{"prompt": "hi", "n": 2}"#.to_vec(), 400, Some("n")),
+        (
+            c,
+            br#"{"prompt": "hi", "temperature": -1}"#.to_vec(),
+            400,
+            Some("temperature"),
+        ),
+        (
+            c,
+            br#"{"prompt": "hi", "top_p": 0}"#.to_vec(),
+            400,
+            Some("top_p"),
+        ),
+        (
+            c,
+            br#"{"prompt": "hi", "stop": [""]}"#.to_vec(),
+            400,
+            Some("stop"),
+        ),
+        (
+            c,
+            br#"{"prompt": "hi", "model": "gpt-4"}"#.to_vec(),
+            404,
+            Some("model"),
+        ),
+        (
+            c,
+            br#"{"prompt": "hi", "return_routed_experts": true, "routed_experts_format": "x"}"#
+                .to_vec(),
+            400,
+            Some("routed_experts_format"),
+        ),
+        (
+            c,
+            br#"{"prompt": "hi", "return_routed_weights": true}"#.to_vec(),
+            400,
+            Some("return_routed_weights"),
+        ),
+        (
+            c,
+            br#"{"prompt": "hi", "return_routed_experts": true, "routed_experts_start_len": 50}"#
+                .to_vec(),
+            400,
+            Some("routed_experts_start_len"),
+        ),
+        (
+            "/v1/chat/completions",
+            br#"{"messages": []}"#.to_vec(),
+            400,
+            Some("messages"),
+        ),
+        (
+            "/v1/chat/completions",
+            br#"{"messages": "hi"}"#.to_vec(),
+            400,
+            None,
+        ),
+        (
+            "/v1/chat/completions",
+            br#"{"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 0}"#
+                .to_vec(),
+            400,
+            Some("max_completion_tokens"),
+        ),
+        (
+            "/v1/chat/completions",
+            br#"{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}"#.to_vec(),
+            400,
+            Some("messages"),
+        ),
+    ];
+    for (path, body, status, param) in cases {
+        expect_error(a, path, &body, status, param);
+    }
+    let (status, v) = post(a, c, &json!({"prompt": "still here", "max_tokens": 2}));
+    assert_eq!(status, 200, "{v}");
+}
+
+#[test]
+fn routed_experts_need_the_server_flag() {
+    let dir = tiny_checkpoint("noflag", 3);
+    let mut o: ServerOptions = Server::options(&dir);
+    o.capture = false;
+    let s = Server::start(o);
+    expect_error(
+        s.addr,
+        "/v1/completions",
+        br#"{"prompt": "hi", "return_routed_experts": true}"#,
+        400,
+        Some("return_routed_experts"),
+    );
+    let (status, v) = post(
+        s.addr,
+        "/v1/completions",
+        &json!({"prompt": "hi", "max_tokens": 2}),
+    );
+    assert_eq!(status, 200, "{v}");
+    assert!(v["choices"][0].get("routed_experts").is_none());
+}
+
+#[test]
+fn a_full_queue_answers_429() {
+    let dir = tiny_checkpoint("queue", 5);
+    let mut o: ServerOptions = Server::options(&dir);
+    o.max_running = 1;
+    o.max_queue = 1;
+    o.max_batch_tokens = 8;
+    let s = Server::start(o);
+    let addr = s.addr;
+    let handles: Vec<_> = (0..12)
+        .map(|i| {
+            thread::spawn(move || {
+                let body =
+                    json!({"prompt": format!("queue {i}"), "max_tokens": 40, "temperature": 0});
+                post_raw(addr, "/v1/completions", body.to_string().as_bytes())
+            })
+        })
+        .collect();
+    let results: Vec<(u16, String)> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let busy: Vec<_> = results.iter().filter(|r| r.0 == 429).collect();
+    assert!(
+        !busy.is_empty(),
+        "{:?}",
+        results.iter().map(|r| r.0).collect::<Vec<_>>()
+    );
+    assert!(results.iter().any(|r| r.0 == 200));
+    for (_, body) in busy {
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["type"], "rate_limit_error");
+    }
+    s.wait_idle();
+    assert!(s.metric("rejected_requests_total") > 0.0);
+}

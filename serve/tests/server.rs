@@ -370,139 +370,54 @@ fn expect_error(
     }
 }
 
+/// Every bad request and its answer: `path | status | param (- for none) | body`.
+const BAD: &str = r#"
+c | 400 | - | {not json
+c | 400 | - | [1, 2]
+c | 400 | - | {"prompt": "hi", "max_tokens": "many"}
+c | 400 | prompt | {"max_tokens": 4}
+c | 400 | prompt | {"prompt": "", "max_tokens": 4}
+c | 400 | max_tokens | {"prompt": "hi", "max_tokens": 0}
+c | 400 | max_tokens | {"prompt": "hi", "max_tokens": -3}
+c | 400 | max_tokens | {"prompt": "hi", "max_tokens": 100000}
+c | 400 | prompt | {"prompt": "LONG", "max_tokens": 4}
+c | 400 | prompt | {"prompt": [1, 99999], "max_tokens": 4}
+c | 400 | prompt | {"prompt": ["a", "b"], "max_tokens": 4}
+c | 400 | n | {"prompt": "hi", "n": 2}
+c | 400 | temperature | {"prompt": "hi", "temperature": -1}
+c | 400 | top_p | {"prompt": "hi", "top_p": 0}
+c | 400 | stop | {"prompt": "hi", "stop": [""]}
+c | 404 | model | {"prompt": "hi", "model": "gpt-4"}
+c | 400 | routed_experts_format | {"prompt": "hi", "return_routed_experts": true, "routed_experts_format": "x"}
+c | 400 | return_routed_weights | {"prompt": "hi", "return_routed_weights": true}
+c | 400 | routed_experts_start_len | {"prompt": "hi", "return_routed_experts": true, "routed_experts_start_len": 50}
+h | 400 | messages | {"messages": []}
+h | 400 | - | {"messages": "hi"}
+h | 400 | max_completion_tokens | {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 0}
+h | 400 | messages | {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}
+"#;
+
 #[test]
 fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
     let f = fixture();
-    let a = f.server.addr;
-    let c = "/v1/completions";
     let long = "x".repeat(600);
-    let cases: Vec<(&str, Vec<u8>, u16, Option<&str>)> = vec![
-        (c, b"{not json".to_vec(), 400, None),
-        (c, b"[1, 2]".to_vec(), 400, None),
-        (
-            c,
-            br#"{"prompt": "hi", "max_tokens": "many"}"#.to_vec(),
-            400,
-            None,
-        ),
-        (c, br#"{"max_tokens": 4}"#.to_vec(), 400, Some("prompt")),
-        (
-            c,
-            br#"{"prompt": "", "max_tokens": 4}"#.to_vec(),
-            400,
-            Some("prompt"),
-        ),
-        (
-            c,
-            br#"{"prompt": "hi", "max_tokens": 0}"#.to_vec(),
-            400,
-            Some("max_tokens"),
-        ),
-        (
-            c,
-            br#"{"prompt": "hi", "max_tokens": -3}"#.to_vec(),
-            400,
-            Some("max_tokens"),
-        ),
-        (
-            c,
-            br#"{"prompt": "hi", "max_tokens": 100000}"#.to_vec(),
-            400,
-            Some("max_tokens"),
-        ),
-        (
-            c,
-            format!(r#"{{"prompt": "{long}", "max_tokens": 4}}"#).into_bytes(),
-            400,
-            Some("prompt"),
-        ),
-        (
-            c,
-            br#"{"prompt": [1, 99999], "max_tokens": 4}"#.to_vec(),
-            400,
-            Some("prompt"),
-        ),
-        (
-            c,
-            br#"{"prompt": ["a", "b"], "max_tokens": 4}"#.to_vec(),
-            400,
-            Some("prompt"),
-        ),
-        (c, br#"{"prompt": "hi", "n": 2}"#.to_vec(), 400, Some("n")),
-        (
-            c,
-            br#"{"prompt": "hi", "temperature": -1}"#.to_vec(),
-            400,
-            Some("temperature"),
-        ),
-        (
-            c,
-            br#"{"prompt": "hi", "top_p": 0}"#.to_vec(),
-            400,
-            Some("top_p"),
-        ),
-        (
-            c,
-            br#"{"prompt": "hi", "stop": [""]}"#.to_vec(),
-            400,
-            Some("stop"),
-        ),
-        (
-            c,
-            br#"{"prompt": "hi", "model": "gpt-4"}"#.to_vec(),
-            404,
-            Some("model"),
-        ),
-        (
-            c,
-            br#"{"prompt": "hi", "return_routed_experts": true, "routed_experts_format": "x"}"#
-                .to_vec(),
-            400,
-            Some("routed_experts_format"),
-        ),
-        (
-            c,
-            br#"{"prompt": "hi", "return_routed_weights": true}"#.to_vec(),
-            400,
-            Some("return_routed_weights"),
-        ),
-        (
-            c,
-            br#"{"prompt": "hi", "return_routed_experts": true, "routed_experts_start_len": 50}"#
-                .to_vec(),
-            400,
-            Some("routed_experts_start_len"),
-        ),
-        (
-            "/v1/chat/completions",
-            br#"{"messages": []}"#.to_vec(),
-            400,
-            Some("messages"),
-        ),
-        (
-            "/v1/chat/completions",
-            br#"{"messages": "hi"}"#.to_vec(),
-            400,
-            None,
-        ),
-        (
-            "/v1/chat/completions",
-            br#"{"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 0}"#
-                .to_vec(),
-            400,
-            Some("max_completion_tokens"),
-        ),
-        (
-            "/v1/chat/completions",
-            br#"{"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}"#.to_vec(),
-            400,
-            Some("messages"),
-        ),
-    ];
-    for (path, body, status, param) in cases {
-        expect_error(a, path, &body, status, param);
+    for line in BAD.lines().filter(|l| !l.trim().is_empty()) {
+        let parts: Vec<&str> = line.splitn(4, " | ").collect();
+        let path = if parts[0] == "c" {
+            "/v1/completions"
+        } else {
+            "/v1/chat/completions"
+        };
+        let status: u16 = parts[1].parse().unwrap();
+        let param = (parts[2] != "-").then_some(parts[2]);
+        let body = parts[3].replace("LONG", &long);
+        expect_error(f.server.addr, path, body.as_bytes(), status, param);
     }
-    let (status, v) = post(a, c, &json!({"prompt": "still here", "max_tokens": 2}));
+    let (status, v) = post(
+        f.server.addr,
+        "/v1/completions",
+        &json!({"prompt": "still here", "max_tokens": 2}),
+    );
     assert_eq!(status, 200, "{v}");
 }
 

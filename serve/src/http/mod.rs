@@ -130,6 +130,16 @@ async fn respond(s: Arc<AppState>, kind: Kind, checked: Result<Checked, ApiError
     }
 }
 
+/// One choice's content.
+struct Part<'a> {
+    text: &'a str,
+    ids: &'a [u32],
+    finish: Option<&'a str>,
+    routed: Option<&'a flashinfer_rs::capture::RoutedExperts>,
+    chunk: bool,
+    first: bool,
+}
+
 /// What a response's every part repeats.
 struct Meta {
     id: String,
@@ -149,14 +159,15 @@ impl Meta {
     }
 
     /// One choice with `text`, `finish_reason` and the routed rows, shaped for the endpoint.
-    fn choice(
-        &self,
-        text: &str,
-        finish: Option<&str>,
-        routed: Option<&flashinfer_rs::capture::RoutedExperts>,
-        chunk: bool,
-        first: bool,
-    ) -> Value {
+    fn choice(&self, part: Part<'_>) -> Value {
+        let Part {
+            text,
+            ids,
+            finish,
+            routed,
+            chunk,
+            first,
+        } = part;
         let mut c = Map::new();
         c.insert("index".into(), json!(0));
         match (self.kind, chunk) {
@@ -182,6 +193,12 @@ impl Meta {
         }
         c.insert("logprobs".into(), Value::Null);
         c.insert("finish_reason".into(), json!(finish));
+        if self.checked.token_ids {
+            c.insert("token_ids".into(), json!(ids));
+            if first || !chunk {
+                c.insert("prompt_token_ids".into(), json!(self.checked.gen.prompt));
+            }
+        }
         if let (Some(e), Some(format)) = (routed, self.checked.routed) {
             let weights = self.checked.gen.capture.is_some_and(|c| c.weights);
             routed::put(&mut c, e, format, self.checked.start_len, weights);
@@ -207,14 +224,20 @@ async fn whole(meta: Meta, mut stream: RequestStream) -> Response {
         match stream.next().await {
             Some(Event::Finished {
                 reason,
+                ids,
                 text,
                 routed,
                 prompt_tokens,
                 completion_tokens,
-                ..
             }) => {
-                let choice =
-                    meta.choice(&text, Some(reason.as_str()), routed.as_ref(), false, false);
+                let choice = meta.choice(Part {
+                    text: &text,
+                    ids: &ids,
+                    finish: Some(reason.as_str()),
+                    routed: routed.as_ref(),
+                    chunk: false,
+                    first: false,
+                });
                 let body = meta.envelope(choice, false, Some((prompt_tokens, completion_tokens)));
                 return Json(body).into_response();
             }
@@ -246,21 +269,34 @@ fn sse(
             SseState::Open(meta, stream, first) => (meta, stream, first),
         };
         let (data, next) = match stream.next().await {
-            Some(Event::Delta { text, routed, .. }) => {
-                let choice = meta.choice(&text, None, routed.as_ref(), true, first);
+            Some(Event::Delta { ids, text, routed }) => {
+                let choice = meta.choice(Part {
+                    text: &text,
+                    ids: &ids,
+                    finish: None,
+                    routed: routed.as_ref(),
+                    chunk: true,
+                    first,
+                });
                 let data = meta.envelope(choice, true, None).to_string();
                 (data, SseState::Open(meta, stream, false))
             }
             Some(Event::Finished {
                 reason,
+                ids,
                 text,
                 routed,
                 prompt_tokens,
                 completion_tokens,
-                ..
             }) => {
-                let choice =
-                    meta.choice(&text, Some(reason.as_str()), routed.as_ref(), true, first);
+                let choice = meta.choice(Part {
+                    text: &text,
+                    ids: &ids,
+                    finish: Some(reason.as_str()),
+                    routed: routed.as_ref(),
+                    chunk: true,
+                    first,
+                });
                 let usage = Some((prompt_tokens, completion_tokens));
                 (
                     meta.envelope(choice, true, usage).to_string(),

@@ -76,6 +76,8 @@ pub struct Common {
     stream: bool,
     n: Option<i64>,
     #[serde(default)]
+    return_token_ids: bool,
+    #[serde(default)]
     return_routed_experts: bool,
     #[serde(default)]
     return_routed_weights: bool,
@@ -118,6 +120,8 @@ pub struct Checked {
     pub routed: Option<RoutedFormat>,
     /// Where the routed rows start.
     pub start_len: usize,
+    /// vLLM's `return_token_ids`: `token_ids` (and `prompt_token_ids`) in the choices.
+    pub token_ids: bool,
 }
 
 fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
@@ -315,6 +319,7 @@ fn finish(state: &AppState, c: Common, prompt: Vec<u32>, chat: bool) -> Result<C
         },
         routed,
         start_len,
+        token_ids: c.return_token_ids,
     })
 }
 

@@ -476,3 +476,46 @@ fn a_full_queue_answers_429() {
     s.wait_idle();
     assert!(s.metric("rejected_requests_total") > 0.0);
 }
+
+/// A client that sends a non-streaming request and goes away frees its slot: the request is
+/// aborted (not run to its end) and its capture rows are dropped.
+#[test]
+fn a_vanished_non_streaming_client_is_cancelled() {
+    let dir = tiny_checkpoint("vanish", 9);
+    let s = Server::start(Server::options(&dir));
+    let body = json!({"prompt": "go", "max_tokens": 500, "temperature": 0,
+        "return_routed_experts": true})
+    .to_string();
+    {
+        use std::io::Write as _;
+        let mut c = std::net::TcpStream::connect(s.addr).unwrap();
+        write!(c, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+        thread::sleep(std::time::Duration::from_millis(100));
+    }
+    s.wait_idle();
+    assert_eq!(s.metric("aborted_requests_total"), 1.0);
+    assert_eq!(s.metric("finished_requests_total"), 0.0);
+}
+
+/// Shutting down with a stream in flight: the shutdown returns, the client gets its stream
+/// to the end (finished, or failed with "shutting down" after the grace period).
+#[test]
+fn graceful_shutdown_with_a_request_in_flight() {
+    let dir = tiny_checkpoint("shutdown", 2);
+    let mut o = Server::options(&dir);
+    o.grace = std::time::Duration::from_millis(200);
+    let mut s = Server::start(o);
+    let addr = s.addr;
+    let client = thread::spawn(move || {
+        let body = json!({"prompt": "long", "max_tokens": 500, "stream": true, "temperature": 0});
+        post_stream(addr, "/v1/completions", &body, None)
+    });
+    thread::sleep(std::time::Duration::from_millis(100));
+    let server = s.server.take().unwrap();
+    s.rt.block_on(server.shutdown()).unwrap();
+    let (status, events) = client.join().unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
+    let after = std::net::TcpStream::connect(addr);
+    assert!(after.is_err(), "no longer listening");
+}

@@ -234,6 +234,8 @@ impl Engine {
             .send(Command::Submit(id, Box::new(req), tx))
             .is_err()
         {
+            self.queued.fetch_sub(1, Ordering::SeqCst);
+            self.metrics.queue_depth.fetch_sub(1, Ordering::Relaxed);
             return Err(SubmitError::ShuttingDown);
         }
         Ok(RequestStream {

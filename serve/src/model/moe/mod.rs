@@ -228,8 +228,17 @@ pub fn build_backend(
         spec.layers
     );
     match kind {
-        BackendKind::Cpu | BackendKind::Auto => Ok(Arc::new(cpu::CpuMoe::new(spec, layers)?)),
+        BackendKind::Cpu => Ok(Arc::new(cpu::CpuMoe::new(spec, layers)?)),
         BackendKind::Hopper => hopper(spec, layers),
+        // A GPU build tries the Hopper layer first; this CPU build has only the oracle.
+        BackendKind::Auto if cfg!(feature = "cuda") => match hopper(spec, layers.clone()) {
+            Ok(b) => Ok(b),
+            Err(e) => {
+                tracing::warn!("--backend auto: Hopper unavailable ({e:#}); using the CPU backend");
+                Ok(Arc::new(cpu::CpuMoe::new(spec, layers)?))
+            }
+        },
+        BackendKind::Auto => Ok(Arc::new(cpu::CpuMoe::new(spec, layers)?)),
     }
 }
 

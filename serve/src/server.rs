@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 
 use crate::engine::{Engine, EngineConfig, Metrics};
 use crate::http::{router, AppState};
-use crate::model::moe::BackendKind;
+use crate::model::moe::{BackendKind, GPU_MAX_STEP_TOKENS};
 use crate::model::random::random_tensors;
 use crate::model::weights::Checkpoint;
 use crate::model::{Model, Qwen3MoeConfig};
@@ -172,6 +172,13 @@ pub async fn start_with(
         text.vocab_size(),
         cfg.vocab_size
     );
+    if model.moe().name() != "cpu" {
+        ensure!(
+            opts.max_batch_tokens <= GPU_MAX_STEP_TOKENS,
+            "--max-batch-tokens {} is over the GPU backend's {GPU_MAX_STEP_TOKENS} rows a step",
+            opts.max_batch_tokens
+        );
+    }
     let text = Arc::new(text);
     let engine = Arc::new(Engine::start(
         model,

@@ -9,12 +9,16 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
+use flashinfer_rs_serve::model::moe::BackendKind;
 use serde_json::{json, Value};
 
 /// `fixtures/tiny-qwen3-moe/expected.json`, or `fixtures/expected.json` beside the checkpoint
 /// directory (where the fixture script writes it).
 fn expected_path() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures");
+    // A packed test binary runs away from this tree: FLASHINFER_RS_SERVE_FIXTURES says where.
+    let root = std::env::var_os("FLASHINFER_RS_SERVE_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures"));
     let inside = root.join("tiny-qwen3-moe/expected.json");
     let beside = root.join("expected.json");
     if !inside.exists() && beside.exists() {
@@ -39,7 +43,15 @@ fn model_dir(expected: &Path, v: &Value) -> PathBuf {
 
 /// Gaps (probabilities, or logits for tokens) at least this wide are compared exactly: an f32
 /// implementation other than torch's moves them by ~1e-7, so only closer calls may flip.
-const MARGIN: f64 = 1e-5;
+/// The Hopper backend runs the experts in bf16 (weights, activations and the GEMMs' output,
+/// as every bf16 MoE kernel does), which moves the next layers' router probabilities by up
+/// to ~1e-3 and the logits by ~1e-2: its calls are excused below those.
+fn margins() -> (f64, f64) {
+    match backend() {
+        BackendKind::Cpu => (1e-5, 1e-5),
+        _ => (5e-3, 5e-2),
+    }
+}
 
 #[test]
 fn fixtures_match_transformers() {
@@ -83,8 +95,9 @@ fn request(case: &Value) -> (&'static str, Value) {
     }
 }
 
-/// The CPU backend computes in f32: the `f32` section is its reference (the `bf16` one is
-/// the GPU path's).
+/// The `f32` section is the reference of both backends: the CPU backend computes in f32; the
+/// Hopper backend too, but for the experts (bf16), which is closer to transformers' f32 run
+/// than to its all-bf16 one.
 fn check_case(server: &Server, n: usize, case: &Value, moe_layers: usize) {
     let want = &case["f32"];
     let (path, body) = request(case);
@@ -97,6 +110,7 @@ fn check_case(server: &Server, n: usize, case: &Value, moe_layers: usize) {
     );
     let got_ids: Vec<i64> = serde_json::from_value(c["token_ids"].clone()).unwrap();
     let want_ids: Vec<i64> = serde_json::from_value(want["completion_ids"].clone()).unwrap();
+    let (margin, token_margin) = margins();
     let token_margins: Vec<f64> =
         serde_json::from_value(want["token_margins"].clone()).unwrap_or_default();
     // Tokens agree up to the first close call; after one, the sequences may part.
@@ -105,7 +119,7 @@ fn check_case(server: &Server, n: usize, case: &Value, moe_layers: usize) {
         if g != w {
             let m = token_margins.get(i).copied().unwrap_or(0.0);
             assert!(
-                m < MARGIN,
+                m < token_margin,
                 "case {n}: token {i}: {g} vs transformers' {w} (logit margin {m})"
             );
             agreed = i;
@@ -143,11 +157,11 @@ fn check_case(server: &Server, n: usize, case: &Value, moe_layers: usize) {
     for (t, row) in rows.iter().enumerate().take(shared) {
         for (l, ids) in row.iter().enumerate() {
             let got = &npy.ints[(t * layers + l) * k..][..k];
-            if margins[t][l] < MARGIN {
+            if margins[t][l] < margin {
                 close += 1;
                 continue;
             }
-            if order.get(t).is_some_and(|o| o[l] < MARGIN) {
+            if order.get(t).is_some_and(|o| o[l] < margin) {
                 let (mut a, mut b) = (got.to_vec(), ids.clone());
                 a.sort_unstable();
                 b.sort_unstable();

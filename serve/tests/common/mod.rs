@@ -12,7 +12,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use candle_core::DType;
 use flashinfer_rs_serve::engine::sampling::{Sampler, SamplingParams};
-use flashinfer_rs_serve::model::moe::StepCapture;
+use flashinfer_rs_serve::model::moe::{BackendKind, StepCapture};
 use flashinfer_rs_serve::model::random::{random_tensors, save_checkpoint};
 use flashinfer_rs_serve::model::{KvCache, Model, Qwen3MoeConfig, SeqInput};
 use flashinfer_rs_serve::server::{self, ModelSource, RunningServer, ServerOptions};
@@ -51,6 +51,16 @@ pub fn tiny_checkpoint(name: &str, seed: u64) -> PathBuf {
     dir
 }
 
+/// The MoE backend the tests run on: `FLASHINFER_RS_SERVE_BACKEND` (`cpu`, the default, or
+/// `hopper`: the GPU run of the same tests through flashinfer-rs's Hopper layer).
+pub fn backend() -> BackendKind {
+    match std::env::var("FLASHINFER_RS_SERVE_BACKEND").as_deref() {
+        Err(_) | Ok("") | Ok("cpu") => BackendKind::Cpu,
+        Ok("hopper") => BackendKind::Hopper,
+        Ok(other) => panic!("FLASHINFER_RS_SERVE_BACKEND={other}: cpu or hopper"),
+    }
+}
+
 /// A server in its own runtime.
 pub struct Server {
     pub rt: tokio::runtime::Runtime,
@@ -78,6 +88,7 @@ impl Server {
 
     pub fn options(dir: &Path) -> ServerOptions {
         let mut o = ServerOptions::new(ModelSource::Dir(dir.to_path_buf()));
+        o.backend = backend();
         o.capture = true;
         o.max_batch_tokens = 256;
         o.max_running = 64;

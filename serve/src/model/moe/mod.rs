@@ -6,6 +6,8 @@
 //! `CutlassMoe`, feature `cuda`) plug in the same way, through [`build_backend`].
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod hopper;
 
 use std::sync::Arc;
 
@@ -242,11 +244,14 @@ pub fn build_backend(
     }
 }
 
-/// The Hopper seam: the GPU build wires `flashinfer_rs::cutlass::CutlassMoe` here.
+/// The most rows a step may hand the GPU backend: its layers' workspace and its capture
+/// store are sized for this once (the server refuses a larger `--max-batch-tokens`).
+pub const GPU_MAX_STEP_TOKENS: usize = 8192;
+
+/// flashinfer-rs's Hopper layer for every MoE layer, on CUDA device 0.
 #[cfg(feature = "cuda")]
 fn hopper(spec: MoeSpec, layers: Vec<MoeLayerWeights>) -> Result<Arc<dyn MoeBackend>> {
-    let _ = (spec, layers);
-    bail!("--backend hopper: the Hopper MoE backend is not wired yet in this build")
+    Ok(Arc::new(hopper::HopperMoe::new(spec, layers, GPU_MAX_STEP_TOKENS)?))
 }
 
 #[cfg(not(feature = "cuda"))]

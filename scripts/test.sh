@@ -4,7 +4,9 @@
 # Sets up what it needs (CUDA 13.0 nvcc and the pinned FlashInfer sources, both sha-checked,
 # cached under ~/.cache/flashinfer-rs), then:
 #   1. without kernels: what a crate that depends on us gets with no arch feature and no nvcc
-#      (builds, documents, every entry point says "kernels not built"), README doctests;
+#      (builds, documents, every entry point says "kernels not built"), README doctests, and
+#      the reference server (serve/) on its CPU backend: its tests and the seed's scenario
+#      played by a real client (scripts/serve-client-test.sh);
 #   2. the Hopper kernels (`sm90` with the CUTLASS fused MoE `sm90-moe`, and `nccl`, `serde`,
 #      `float8`): compiled
 #      and linked, all CPU tests run, GPU tests run where a GPU is present and skip (saying so)
@@ -75,6 +77,9 @@ cargo test --workspace
 cargo test -p flashinfer-rs --features fuzzing --test fuzz_corpus
 # No function over 120 lines in flashinfer-rs/src or csrc/.
 python3 scripts/long-functions.py
+# The seed's scenario as a client plays it: the reference server on the transformers fixture
+# model, curl and Python (numpy, requests, openai) decoding routed_experts (CPU backend).
+bash scripts/serve-client-test.sh
 # The serving-loop example's host side (assembly, export) on synthetic rows.
 cargo run --quiet -p flashinfer-rs --example 02_serving_loop_capture > /dev/null
 DOCS_RS=1 cargo doc --workspace --no-deps --quiet

@@ -29,7 +29,7 @@
 extern "C" {
 #endif
 
-#define FI_ABI_VERSION 5
+#define FI_ABI_VERSION 6
 
 /* ---- status --------------------------------------------------------------------------- */
 
@@ -116,7 +116,9 @@ typedef enum fi_dtype {
   FI_DTYPE_I16 = 6,
 } fi_dtype;
 
-/** Routing methods; values are FlashInfer 0.6.13's RoutingMethodType. */
+/** Routing methods; values are FlashInfer 0.6.13's RoutingMethodType, except
+ * FI_ROUTING_DEEPSEEK_V2: flashinfer-rs's own, served only by fi_topk_route (outside upstream's
+ * values, so fi_routing_run and the fused MoE refuse it). */
 typedef enum fi_routing_method {
   FI_ROUTING_DEFAULT = 0,
   FI_ROUTING_RENORMALIZE = 1,
@@ -127,6 +129,8 @@ typedef enum fi_routing_method {
   FI_ROUTING_SIGMOID_RENORM = 6,
   FI_ROUTING_MINIMAX2 = 7,
   FI_ROUTING_SIGMOID = 8,
+  /** DeepSeek-V2: softmax key; grouped: a group scores its best key (fi_topk_route only). */
+  FI_ROUTING_DEEPSEEK_V2 = 100,
 } fi_routing_method;
 
 typedef struct fi_routing_params {
@@ -208,10 +212,10 @@ typedef struct fi_topk_params {
   int32_t num_tokens;            /**< rows of logits routed (T) */
   int32_t num_experts;           /**< columns of logits (E), 1..2048 */
   int32_t top_k;                 /**< experts chosen per token (K), 1..min(32, E) */
-  int32_t n_group;               /**< DeepSeekV3 expert groups (<= 1: ungrouped) */
-  int32_t topk_group;            /**< DeepSeekV3 groups kept */
-  float routed_scaling_factor;   /**< DeepSeekV3 / MiniMax2 scale of the weights */
-  int32_t norm_topk_prob;        /**< SigmoidRenorm: renormalise the chosen weights */
+  int32_t n_group;               /**< DeepSeekV3 / V2 expert groups (<= 1: ungrouped) */
+  int32_t topk_group;            /**< DeepSeekV3 / V2 groups kept */
+  float routed_scaling_factor;   /**< DeepSeekV3 / V2 / MiniMax2 scale of the weights */
+  int32_t norm_topk_prob;        /**< SigmoidRenorm, DeepSeekV2: renormalise the chosen weights */
   fi_dtype logits_dtype;         /**< F32 or BF16 */
   fi_dtype bias_dtype;           /**< F32 or BF16 (read only with a bias) */
 } fi_topk_params;

@@ -13,9 +13,10 @@
 //   - keys are ordered by their fp32 bits made monotonic (IEEE total order:
 //     -NaN < -inf < ... < +inf < +NaN), equal keys to the smaller expert index;
 //   - the method's key: the logit (Renormalize, RenormalizeNaive, TopK), the logit with NaN
-//     as -inf (Llama4), the softmax probability (Default), sigmoid(logit) (Sigmoid,
+//     as -inf (Llama4), the softmax probability (Default, DeepSeekV2), sigmoid(logit) (Sigmoid,
 //     SigmoidRenorm), sigmoid(logit) + bias in fp32 (DeepSeekV3, MiniMax2);
-//   - grouped DeepSeekV3: each group scored by the fp32 sum of its two best keys, the
+//   - grouped DeepSeekV3: each group scored by the fp32 sum of its two best keys; grouped
+//     DeepSeekV2 (flashinfer-rs's own method, upstream has none): by its best key; then the
 //     `topk_group` best groups kept, top-k among their experts;
 //   - top-k by k rounds of a warp arg-max (REDUX on the ordered key, then on the index), each
 //     lane popping from its candidates sorted once in registers.
@@ -49,8 +50,9 @@ struct Args {
   int32_t num_tokens;
   int32_t num_experts;
   int32_t top_k;
-  int32_t n_group;  // > 1: grouped DeepSeekV3
+  int32_t n_group;  // > 1: grouped DeepSeekV3 or DeepSeekV2
   int32_t topk_group;
+  bool group_max;  // a group scores its best key (DeepSeekV2), not its two best's sum
   float scale;
   bool norm;
   bool segmented_groups;  // each group's chunks lie in an aligned run of lanes (fast path)
@@ -151,7 +153,7 @@ __device__ __forceinline__ void merge_top2(uint32_t& a1, uint32_t& a2, uint32_t 
   a1 = hi;
 }
 
-// Grouped DeepSeekV3 (at most 8 groups of at most 32 experts: V <= 8): the group of each of
+// Grouped DeepSeekV3/V2 (at most 8 groups of at most 32 experts: V <= 8): the group of each of
 // this lane's slots, a nibble per slot (registers; an array indexed by group would not be).
 template <int V, int W>
 __device__ __forceinline__ uint64_t group_of_slots(int lane, int per) {
@@ -167,8 +169,8 @@ __device__ __forceinline__ int group_of(uint64_t slot_groups, int v) {
   return static_cast<int>((slot_groups >> (4 * (v & 15))) & 15);
 }
 
-// Lane g < n_group ends with group g's score: the fp32 sum of its two best keys (every group
-// has at least two experts: RoutingConfig::validate).
+// Lane g < n_group ends with group g's score: the fp32 sum of its two best keys (DeepSeekV3:
+// every group has at least two experts, TopKRouter::new), or its best key (DeepSeekV2).
 template <int V, int W>
 __device__ __forceinline__ float group_scores(const Args& a, const uint32_t* ord, uint64_t valid,
                                               uint64_t slot_groups, int lane) {
@@ -191,7 +193,8 @@ __device__ __forceinline__ float group_scores(const Args& a, const uint32_t* ord
       }
       // Group g starts at chunk g * chunks: row (g * chunks) / 32, lane (g * chunks) % 32.
       int first = lane * chunks;
-      float s = __shfl_sync(kFull, key_of(t1) + key_of(t2), first % 32);
+      const float score = a.group_max ? key_of(t1) : key_of(t1) + key_of(t2);
+      float s = __shfl_sync(kFull, score, first % 32);
       if (lane < a.n_group && first / 32 == j) mine = s;
     }
   } else {
@@ -205,7 +208,7 @@ __device__ __forceinline__ float group_scores(const Args& a, const uint32_t* ord
       for (int off = 16; off > 0; off >>= 1) {
         merge_top2(t1, t2, __shfl_xor_sync(kFull, t1, off), __shfl_xor_sync(kFull, t2, off));
       }
-      if (lane == g) mine = key_of(t1) + key_of(t2);
+      if (lane == g) mine = a.group_max ? key_of(t1) : key_of(t1) + key_of(t2);
     }
   }
   return mine;
@@ -246,14 +249,15 @@ __device__ __forceinline__ void method_keys(const Args& a, const float* raw, con
 #pragma unroll
       for (int v = 0; v < V; ++v) key[v] = sigmoid(raw[v]) + bias[v];
       break;
-    default:  // Renormalize, RenormalizeNaive, TopK; Default's are replaced by probabilities
+    default:  // Renormalize, RenormalizeNaive, TopK; Default's and DeepSeekV2's are replaced
+              // by probabilities
 #pragma unroll
       for (int v = 0; v < V; ++v) key[v] = raw[v];
   }
 }
 
-// Default: the softmax probabilities of the whole row (NaN everywhere when the row holds a
-// NaN, a +inf or only -inf, as fp32 arithmetic gives).
+// Default, DeepSeekV2: the softmax probabilities of the whole row (NaN everywhere when the row
+// holds a NaN, a +inf or only -inf, as fp32 arithmetic gives).
 template <int V>
 __device__ __forceinline__ void softmax_keys(float* key, uint64_t valid) {
   uint32_t local = 0;
@@ -307,6 +311,14 @@ __device__ __forceinline__ float method_weight(const Args& a, bool chosen, float
     case FI_ROUTING_SIGMOID_RENORM: {
       float s = chosen ? key : 0.0f;
       return a.norm ? s / fmaxf(warp_sum(s), 1e-20f) : s;
+    }
+    case FI_ROUTING_DEEPSEEK_V2: {
+      // DeepSeek-V2's MoEGate: p / (sum + 1e-20) when normalising (top_k > 1), else p * scale.
+      if (a.norm && a.top_k > 1) {
+        float p = chosen ? key : 0.0f;
+        return p / (warp_sum(p) + 1e-20f);
+      }
+      return key * a.scale;
     }
     default: {  // DeepSeekV3, MiniMax2: the un-biased sigmoids, floored at sum + 1e-20
       float s = chosen ? sigmoid(raw) : 0.0f;
@@ -492,7 +504,9 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) topk_route(const Args a) 
     }
     float key[V];
     method_keys<V>(a, raw, bias, key);
-    if (a.method == FI_ROUTING_DEFAULT) softmax_keys<V>(key, valid);
+    if (a.method == FI_ROUTING_DEFAULT || a.method == FI_ROUTING_DEEPSEEK_V2) {
+      softmax_keys<V>(key, valid);
+    }
     uint32_t ord[V];
 #pragma unroll
     for (int v = 0; v < V; ++v) ord[v] = order_of(key[v]);
@@ -638,7 +652,8 @@ int sm_count(int device) {
 
 // The checks of a call, as the Rust layer makes them (this entry point is also public C).
 void validate(const fi_topk_params& p, const fi_topk_buffers& b) {
-  fi::require(p.method >= FI_ROUTING_DEFAULT && p.method <= FI_ROUTING_SIGMOID,
+  fi::require((p.method >= FI_ROUTING_DEFAULT && p.method <= FI_ROUTING_SIGMOID) ||
+                  p.method == FI_ROUTING_DEEPSEEK_V2,
               "unknown routing method");
   fi::require(p.num_tokens >= 0, "num_tokens must be >= 0");
   fi::require(p.num_experts >= 1 && p.num_experts <= 2048, "num_experts must be in 1..=2048");
@@ -655,10 +670,13 @@ void validate(const fi_topk_params& p, const fi_topk_buffers& b) {
   fi::require(b.ids_i16 != nullptr || b.ids_i32 != nullptr || b.weights_f32 != nullptr ||
                   b.weights_bf16 != nullptr,
               "a call must write at least one output");
-  if (p.method == FI_ROUTING_DEEPSEEK_V3 && p.n_group > 1) {
+  const bool v2 = p.method == FI_ROUTING_DEEPSEEK_V2;
+  if ((p.method == FI_ROUTING_DEEPSEEK_V3 || v2) && p.n_group > 1) {
     fi::require(p.n_group <= 8 && p.num_experts % p.n_group == 0, "at most 8 equal groups");
     const int per = p.num_experts / p.n_group;
-    fi::require(per >= 2 && per <= 32, "2..=32 experts per group");
+    // DeepSeekV3 scores a group by its two best experts; DeepSeekV2 by its best.
+    fi::require(per >= (v2 ? 1 : 2) && per <= 32,
+                v2 ? "1..=32 experts per group" : "2..=32 experts per group");
     fi::require(p.topk_group >= 1 && p.topk_group <= p.n_group, "topk_group in 1..=n_group");
     fi::require(p.top_k <= p.topk_group * per, "top_k exceeds the experts of the kept groups");
   }
@@ -685,7 +703,8 @@ extern "C" fi_status fi_topk_route(const fi_topk_params* params, const fi_topk_b
     const bool vec = vec_width > 1 && p.num_experts % vec_width == 0 &&
                      aligned_to(b.logits, vec_width * elem);
     const int w = vec ? vec_width : 1;
-    const bool grouped = p.method == FI_ROUTING_DEEPSEEK_V3 && p.n_group > 1;
+    const bool grouped =
+        (p.method == FI_ROUTING_DEEPSEEK_V3 || p.method == FI_ROUTING_DEEPSEEK_V2) && p.n_group > 1;
     const int per = grouped ? p.num_experts / p.n_group : 0;
     const size_t bias_bytes = b.bias == nullptr ? 0 : (p.bias_dtype == FI_DTYPE_BF16 ? 2 : 4);
 
@@ -696,6 +715,7 @@ extern "C" fi_status fi_topk_route(const fi_topk_params* params, const fi_topk_b
     a.top_k = p.top_k;
     a.n_group = grouped ? p.n_group : 1;
     a.topk_group = grouped ? p.topk_group : 1;
+    a.group_max = p.method == FI_ROUTING_DEEPSEEK_V2;
     a.scale = p.routed_scaling_factor;
     a.norm = p.norm_topk_prob != 0;
     a.segmented_groups = grouped && per % w == 0 && pow2(per / w);

@@ -2,12 +2,13 @@
 //! (`oracle::route_topk`: the models' reference routers, bias as given): the routing matrix
 //! (every method, every (experts, top-k) of `routing::matrix`, token counts 1..16384, fp32 and
 //! bf16 logits, every input regime), the numeric edges (sigmoid underflow, GLM-5-like biases,
-//! NaN and infinities), 65536 tokens for the benchmark models, and a CUDA graph replay.
+//! NaN and infinities), 65536 tokens for the benchmark models, and a CUDA graph replay; and
+//! DeepSeekV2, which only this router has (`deepseek_v2_configs`).
 //! Every case runs with and without a replay buffer, and the outputs must be bit-identical.
 use flashinfer_rs::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use flashinfer_rs::half::bf16;
 use flashinfer_rs::routing::oracle::{self, Regime};
-use flashinfer_rs::routing::{RoutingConfig, TopKOutputs, TopKRouter};
+use flashinfer_rs::routing::{RoutingConfig, RoutingMethod, TopKOutputs, TopKRouter};
 use flashinfer_rs::ReplayView;
 
 use crate::common::{env_list, gpu, report, Gpu};
@@ -193,6 +194,45 @@ fn every_method_and_shape_matches_the_oracle() {
     run_matrix(&g, test, &matrix(), &tokens, &REGIMES);
 }
 
+/// DeepSeekV2 (flashinfer-rs's own method, not in `matrix()`: upstream's routers refuse it):
+/// DeepSeek-V2-Lite (64 experts, greedy, top 6), DeepSeek-V2 (160 experts, 8 groups, 3 kept,
+/// top 6, scale 16), normalised and one-expert-per-group forms, and the largest shapes.
+pub fn deepseek_v2_configs() -> Vec<RoutingConfig> {
+    let v2 = |n_group, topk_group, scale, norm, e, k| {
+        RoutingConfig::new(
+            RoutingMethod::DeepSeekV2 {
+                n_group,
+                topk_group,
+                routed_scaling_factor: scale,
+                norm_topk_prob: norm,
+            },
+            e,
+            k,
+        )
+    };
+    vec![
+        v2(1, 1, 1.0, false, 64, 6),   // DeepSeek-V2-Lite
+        v2(8, 3, 16.0, false, 160, 6), // DeepSeek-V2
+        v2(8, 3, 16.0, true, 160, 6),
+        v2(1, 1, 2.5, true, 256, 8),
+        v2(8, 4, 1.0, false, 256, 8),
+        v2(8, 8, 1.0, true, 64, 8),
+        v2(4, 1, 1.0, false, 8, 1),
+        v2(8, 2, 1.0, false, 8, 2), // one expert per group
+        v2(4, 2, 1.0, false, 12, 5),
+    ]
+}
+
+#[test]
+fn deepseek_v2_matches_the_oracle() {
+    let test = "topk::deepseek_v2_matches_the_oracle";
+    let Some(g) = gpu(test) else {
+        return;
+    };
+    let tokens = env_list("FLASHINFER_RS_ROUTING_TOKENS", &TOKENS);
+    run_matrix(&g, test, &deepseek_v2_configs(), &tokens, &REGIMES);
+}
+
 #[test]
 fn the_benchmark_models_match_the_oracle_at_65536_tokens() {
     let test = "topk::the_benchmark_models_match_the_oracle_at_65536_tokens";
@@ -227,7 +267,11 @@ fn nan_and_infinite_logits_route_as_the_oracle_documents() {
         return;
     };
     let (mut passed, mut failures) = (0usize, Vec::new());
-    for (ci, cfg) in one_per_method().iter().enumerate() {
+    let configs = one_per_method()
+        .into_iter()
+        .chain(deepseek_v2_configs().into_iter().take(3));
+    for (ci, cfg) in configs.enumerate() {
+        let cfg = &cfg;
         let router = TopKRouter::new(*cfg).unwrap();
         for &t in &[1usize, 5, 7, 17, 300, 5000] {
             for bf16_logits in [false, true] {

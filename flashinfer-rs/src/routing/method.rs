@@ -13,7 +13,11 @@ use flashinfer_sys as sys;
 ///
 /// Selection order is descending key; ties go to the smaller expert index. Weights are bf16.
 ///
-/// Non-exhaustive: methods are added as models need them (match with a `_` arm).
+/// Non-exhaustive: methods are added as models need them (match with a `_` arm). Most are
+/// upstream's; [`DeepSeekV2`](RoutingMethod::DeepSeekV2) is flashinfer-rs's own and only
+/// [`TopKRouter`](super::TopKRouter) and the oracle's
+/// [`route_topk`](super::oracle::route_topk) serve it ([`RoutingMethod::upstream_kernels`]).
+/// docs/routing-methods.md says which method reproduces which model family's router.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 #[non_exhaustive]
@@ -54,27 +58,58 @@ pub enum RoutingMethod {
     },
     /// Key `sigmoid(l)`; weights `s`.
     Sigmoid,
+    /// DeepSeek-V2 (`scoring_func = "softmax"`; also DeepSeek-V2-Lite, V2.5): key `p =
+    /// softmax(l)` over all experts. With `n_group > 1` (`topk_method =
+    /// "group_limited_greedy"`) a group scores the MAX of its experts' `p`, the best
+    /// `topk_group` groups are kept and the top-k are chosen inside them; with `n_group <= 1`
+    /// (`"greedy"`) the top-k of all. Weights, as DeepSeek-V2's `MoEGate`: `p / (sum + 1e-20)`
+    /// over the chosen when `norm_topk_prob` and `top_k > 1`, else `p ×
+    /// routed_scaling_factor` (normalising does not scale). No bias.
+    ///
+    /// flashinfer-rs's own method: upstream FlashInfer has no kernel for it, so only
+    /// [`TopKRouter`](super::TopKRouter) routes it ([`RoutingConfig::validate`] refuses it for
+    /// upstream's routers and fused layers; [`RoutingConfig::validate_topk`] admits it).
+    DeepSeekV2 {
+        /// Expert groups; `<= 1` means no grouping (`"greedy"`).
+        n_group: u32,
+        /// Groups kept per token (ignored without grouping).
+        topk_group: u32,
+        /// Scale of the weights when they are not normalised.
+        routed_scaling_factor: f32,
+        /// Normalise the chosen weights to sum to one (`top_k > 1` only); not scaled then.
+        norm_topk_prob: bool,
+    },
 }
 
 impl RoutingMethod {
-    /// SigmoidRenorm with `norm_topk_prob`: the chosen weights are renormalised.
+    /// SigmoidRenorm or DeepSeekV2 with `norm_topk_prob`: the chosen weights are renormalised.
     pub(crate) fn norm_topk_prob(&self) -> bool {
         matches!(
             self,
             RoutingMethod::SigmoidRenorm {
                 norm_topk_prob: true
+            } | RoutingMethod::DeepSeekV2 {
+                norm_topk_prob: true,
+                ..
             }
         )
     }
 
-    /// DeepSeekV3's `(n_group, topk_group)` (0, 0 for every other method: ungrouped, as the
-    /// kernels read it) and the routed scaling factor (1 where the method has none).
+    /// DeepSeekV3's or DeepSeekV2's `(n_group, topk_group)` (0, 0 for every other method:
+    /// ungrouped, as the kernels read it) and the routed scaling factor (1 where the method
+    /// has none).
     pub(crate) fn groups_and_scale(&self) -> (u32, u32, f32) {
         match *self {
             RoutingMethod::DeepSeekV3 {
                 n_group,
                 topk_group,
                 routed_scaling_factor,
+            }
+            | RoutingMethod::DeepSeekV2 {
+                n_group,
+                topk_group,
+                routed_scaling_factor,
+                ..
             } => (n_group, topk_group, routed_scaling_factor),
             RoutingMethod::MiniMax2 {
                 routed_scaling_factor,
@@ -83,10 +118,11 @@ impl RoutingMethod {
         }
     }
 
-    /// Upstream's `RoutingMethodType` value.
-    pub fn upstream_value(&self) -> u32 {
+    /// Upstream's `RoutingMethodType` value; `None` for a method upstream does not have
+    /// ([`DeepSeekV2`](RoutingMethod::DeepSeekV2)).
+    pub fn upstream_value(&self) -> Option<u32> {
         use sys::fi_routing_method as m;
-        match self {
+        Some(match self {
             RoutingMethod::Default => m::FI_ROUTING_DEFAULT,
             RoutingMethod::Renormalize => m::FI_ROUTING_RENORMALIZE,
             RoutingMethod::DeepSeekV3 { .. } => m::FI_ROUTING_DEEPSEEK_V3,
@@ -96,7 +132,25 @@ impl RoutingMethod {
             RoutingMethod::SigmoidRenorm { .. } => m::FI_ROUTING_SIGMOID_RENORM,
             RoutingMethod::MiniMax2 { .. } => m::FI_ROUTING_MINIMAX2,
             RoutingMethod::Sigmoid => m::FI_ROUTING_SIGMOID,
+            RoutingMethod::DeepSeekV2 { .. } => return None,
+        })
+    }
+
+    /// The C ABI's `fi_routing_method` value: upstream's value, or flashinfer-rs's own for a
+    /// method upstream does not have (`FI_ROUTING_DEEPSEEK_V2`, outside upstream's
+    /// `RoutingMethodType` values, so `fi_routing_run` refuses it).
+    pub fn abi_value(&self) -> u32 {
+        match self.upstream_value() {
+            Some(v) => v,
+            None => sys::fi_routing_method::FI_ROUTING_DEEPSEEK_V2,
         }
+    }
+
+    /// Whether upstream's kernels serve this method ([`Router`](super::Router), the fused
+    /// layers' in-call routing); the others only [`TopKRouter`](super::TopKRouter) and the
+    /// oracle's [`route_topk`](super::oracle::route_topk) do.
+    pub fn upstream_kernels(&self) -> bool {
+        self.upstream_value().is_some()
     }
 
     /// The method's name as upstream spells it.
@@ -111,6 +165,7 @@ impl RoutingMethod {
             RoutingMethod::SigmoidRenorm { .. } => "SigmoidRenorm",
             RoutingMethod::MiniMax2 { .. } => "MiniMax2",
             RoutingMethod::Sigmoid => "Sigmoid",
+            RoutingMethod::DeepSeekV2 { .. } => "DeepSeekV2",
         }
     }
 
@@ -133,7 +188,8 @@ impl RoutingMethod {
     pub fn limits(&self) -> MethodLimits {
         match self {
             // PolicyTraits<Softmax, NoOp>, <Sigmoid, SumNormalize>, <NoOp, NoOp>:
-            // Tier<128, 8>, Tier<256, 8> only.
+            // Tier<128, 8>, Tier<256, 8> only. (Beyond them a softmax spreads so thin that
+            // the oracle's separated inputs cannot be made: the top-k router keeps them too.)
             RoutingMethod::Default
             | RoutingMethod::TopK
             | RoutingMethod::SigmoidRenorm { .. }
@@ -166,6 +222,12 @@ impl RoutingMethod {
                 max_experts: 128,
                 max_top_k: 1,
             },
+            // Only the top-k router serves it: Default's bounds (the same softmax keys; the
+            // grouped form has at most MAX_EXPERT_GROUPS x MAX_EXPERTS_PER_GROUP = 256 anyway).
+            RoutingMethod::DeepSeekV2 { .. } => MethodLimits {
+                max_experts: 256,
+                max_top_k: 8,
+            },
         }
     }
 }
@@ -179,9 +241,10 @@ pub struct MethodLimits {
     pub max_top_k: u32,
 }
 
-/// Grouped DeepSeekV3 limits of 0.6.13's routingDeepSeek kernels.
+/// Grouped DeepSeekV3 limits of 0.6.13's routingDeepSeek kernels (grouped DeepSeekV2, which
+/// only the top-k router serves, has the same group limits).
 pub const MAX_EXPERT_GROUPS: u32 = 8;
-/// At most this many groups are kept per token.
+/// At most this many groups are kept per token (DeepSeekV3; DeepSeekV2 may keep all).
 pub const MAX_TOPK_GROUPS: u32 = 4;
 /// A group's experts are scored by one warp.
 pub const MAX_EXPERTS_PER_GROUP: u32 = 32;
@@ -243,7 +306,9 @@ impl RoutingConfig {
 
     /// The C ABI parameters of a call routing `num_tokens` rows of this config: the one place
     /// the method's own parameters become `fi_routing_params` (the safe call uses it, and so
-    /// can callers of the raw bindings). Assumes a validated config.
+    /// can callers of the raw bindings). Assumes a config [`validate`](Self::validate) accepts
+    /// (a method without upstream kernels gets its own ABI value, which `fi_routing_run`
+    /// refuses).
     pub fn raw_params(
         &self,
         num_tokens: usize,
@@ -252,7 +317,7 @@ impl RoutingConfig {
     ) -> sys::fi_routing_params {
         let (n_group, topk_group, routed_scaling_factor) = self.method.groups_and_scale();
         sys::fi_routing_params {
-            method: self.method.upstream_value() as i32,
+            method: self.method.abi_value() as i32,
             num_tokens: num_tokens as i32,
             num_experts: self.num_experts as i32,
             top_k: self.top_k as i32,
@@ -269,8 +334,29 @@ impl RoutingConfig {
         }
     }
 
-    /// Checks every rule FlashInfer 0.6.13 has for this method, plus the ones it forgets.
+    /// Checks every rule FlashInfer 0.6.13 has for this method, plus the ones it forgets: the
+    /// config of upstream's routing kernels ([`Router`](super::Router), [`RoutingBuffers`](
+    /// super::RoutingBuffers), the fused layers, the NoAux router). Refuses a method upstream
+    /// has no kernel for ([`RoutingMethod::upstream_kernels`], e.g.
+    /// [`DeepSeekV2`](RoutingMethod::DeepSeekV2)) with
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) on `method`, saying to route
+    /// it with [`TopKRouter`](super::TopKRouter).
     pub fn validate(&self) -> Result<()> {
+        let name = self.method.name();
+        ensure(self.method.upstream_kernels(), "method", || {
+            format!(
+                "{name} routing has no FlashInfer kernel (upstream's routers and fused layers \
+                 refuse it): route it with TopKRouter, flashinfer-rs's own top-k router"
+            )
+        })?;
+        self.validate_topk()
+    }
+
+    /// The rules of [`TopKRouter`](super::TopKRouter) and of the oracle's
+    /// [`route_topk`](super::oracle::route_topk): every method, each with the rules
+    /// [`validate`](Self::validate) has for it (upstream's limits where upstream has the
+    /// method; the top-k router's own otherwise).
+    pub fn validate_topk(&self) -> Result<()> {
         let (e, k) = (self.num_experts, self.top_k);
         let name = self.method.name();
         ensure(e > 0, "num_experts", || "must be > 0".into())?;
@@ -321,7 +407,23 @@ impl RoutingConfig {
                     || format!("must be finite, got {routed_scaling_factor}"),
                 )?;
                 if n_group > 1 {
-                    validate_groups(e, k, n_group, topk_group)?;
+                    validate_groups(name, e, k, n_group, topk_group, MAX_TOPK_GROUPS)?;
+                }
+            }
+            RoutingMethod::DeepSeekV2 {
+                n_group,
+                topk_group,
+                routed_scaling_factor,
+                ..
+            } => {
+                ensure(
+                    routed_scaling_factor.is_finite(),
+                    "routed_scaling_factor",
+                    || format!("must be finite, got {routed_scaling_factor}"),
+                )?;
+                // The top-k router keeps any number of the (at most 8) groups.
+                if n_group > 1 {
+                    validate_groups(name, e, k, n_group, topk_group, MAX_EXPERT_GROUPS)?;
                 }
             }
             RoutingMethod::MiniMax2 {
@@ -359,24 +461,31 @@ pub(crate) fn check_bias(cfg: &RoutingConfig, bias_len: Option<usize>) -> Result
     }
 }
 
-fn validate_groups(e: u32, k: u32, n_group: u32, topk_group: u32) -> Result<()> {
+fn validate_groups(
+    name: &str,
+    e: u32,
+    k: u32,
+    n_group: u32,
+    topk_group: u32,
+    max_topk_group: u32,
+) -> Result<()> {
     ensure(n_group <= MAX_EXPERT_GROUPS, "n_group", || {
-        format!("DeepSeekV3 supports at most {MAX_EXPERT_GROUPS} expert groups, got {n_group}")
+        format!("{name} supports at most {MAX_EXPERT_GROUPS} expert groups, got {n_group}")
     })?;
     ensure(e.is_multiple_of(n_group), "n_group", || {
         format!("num_experts ({e}) must be a multiple of n_group ({n_group})")
     })?;
     ensure(e / n_group <= MAX_EXPERTS_PER_GROUP, "n_group", || {
         format!(
-            "DeepSeekV3 supports at most {MAX_EXPERTS_PER_GROUP} experts per group, got {e} / {n_group} = {}",
+            "{name} supports at most {MAX_EXPERTS_PER_GROUP} experts per group, got {e} / {n_group} = {}",
             e / n_group
         )
     })?;
     ensure(topk_group >= 1, "topk_group", || {
         "must be >= 1 with n_group > 1".into()
     })?;
-    ensure(topk_group <= MAX_TOPK_GROUPS, "topk_group", || {
-        format!("DeepSeekV3 keeps at most {MAX_TOPK_GROUPS} groups, got {topk_group}")
+    ensure(topk_group <= max_topk_group, "topk_group", || {
+        format!("{name} keeps at most {max_topk_group} groups, got {topk_group}")
     })?;
     ensure(topk_group <= n_group, "topk_group", || {
         format!("topk_group ({topk_group}) must not exceed n_group ({n_group})")

@@ -10,7 +10,9 @@
 //! | [`NoAuxTcRouter`] | upstream's DeepSeek-V3 router (`fused_topk_deepseek`) | ids, weights | a DeepSeek-V3 baseline |
 //!
 //! All three follow [`oracle`] (the models' reference routers) and take the same replay
-//! buffers, so the capture store works with any of them.
+//! buffers, so the capture store works with any of them. [`TopKRouter`] also serves the
+//! methods upstream has no kernel for ([`RoutingMethod::DeepSeekV2`]); the other two refuse
+//! them ([`RoutingConfig::validate`]). docs/routing-methods.md maps model families to methods.
 mod method;
 mod noaux_tc;
 pub mod oracle;

@@ -12,6 +12,7 @@
 //! | `MiniMax2` | MiniMax-M2's gate: key `sigmoid(l) + bias`, weights `s / (sum + 1e-20) * scale` |
 //! | `Renormalize`, `RenormalizeNaive` | Qwen3-MoE / Mixtral: top-k, softmax over the chosen logits (= softmax, top-k, divide by the sum) |
 //! | `Default` | softmax over all experts, top-k of the probabilities, not renormalised (Qwen2-MoE with `norm_topk_prob = false`) |
+//! | `DeepSeekV2` | DeepSeek-V2 `modeling_deepseek.py` `MoEGate` (`scoring_func = "softmax"`, `topk_method` `"greedy"` / `"group_limited_greedy"`): `p = softmax(logits.float())`, groups scored by their best `p`, the top-k among the kept groups' experts (dropped experts never chosen); weights `p / (sum + 1e-20)` if `norm_topk_prob` and `top_k > 1`, else `p * routed_scaling_factor`. [`route_topk`] only: upstream has no kernel |
 //! | `Llama4` | Llama 4's router: top-1 of the logits, weight `sigmoid(logit)` |
 //! | `TopK`, `Sigmoid`, `SigmoidRenorm` | FlashInfer's `routing_reference_*` (`tests/moe/trtllm_gen_fused_moe_utils.py`) |
 //!
@@ -137,10 +138,12 @@ fn softmax(xs: impl Iterator<Item = f64> + Clone) -> Vec<f64> {
 /// Selection key of every expert of one token, as the kernels compute it (fp32).
 fn keys(method: &RoutingMethod, row: &[f32], bias: &[f32]) -> Vec<f32> {
     match method {
-        RoutingMethod::Default => softmax(row.iter().map(|&x| x as f64))
-            .into_iter()
-            .map(gpu)
-            .collect(),
+        RoutingMethod::Default | RoutingMethod::DeepSeekV2 { .. } => {
+            softmax(row.iter().map(|&x| x as f64))
+                .into_iter()
+                .map(gpu)
+                .collect()
+        }
         RoutingMethod::Renormalize | RoutingMethod::RenormalizeNaive | RoutingMethod::TopK => {
             row.to_vec()
         }
@@ -184,14 +187,44 @@ fn top_n(candidates: impl Iterator<Item = (f32, usize)>, n: usize) -> Vec<(f32, 
 /// (key, index) of an expert or a group.
 type Ranked = Vec<(f32, usize)>;
 
-/// Group scores (fp32 sum of each group's two best keys) and the kept groups, best first.
-fn kept_groups(keys: &[f32], n_group: usize, topk_group: usize) -> (Ranked, Ranked) {
+/// `(n_group, topk_group)` of a grouped method (DeepSeekV3, DeepSeekV2 with `n_group > 1`).
+fn grouping(method: &RoutingMethod) -> Option<(usize, usize)> {
+    match *method {
+        RoutingMethod::DeepSeekV3 {
+            n_group,
+            topk_group,
+            ..
+        }
+        | RoutingMethod::DeepSeekV2 {
+            n_group,
+            topk_group,
+            ..
+        } if n_group > 1 => Some((n_group as usize, topk_group as usize)),
+        _ => None,
+    }
+}
+
+/// Group scores and the kept groups, best first. A group scores the fp32 sum of its two best
+/// keys (DeepSeekV3), or its best key (DeepSeekV2's `max`).
+fn kept_groups(
+    method: &RoutingMethod,
+    keys: &[f32],
+    n_group: usize,
+    topk_group: usize,
+) -> (Ranked, Ranked) {
     let per = keys.len() / n_group;
+    let best_of = if matches!(method, RoutingMethod::DeepSeekV2 { .. }) {
+        1
+    } else {
+        2
+    };
     let scores: Vec<(f32, usize)> = (0..n_group)
         .map(|g| {
-            let best = top_n((g * per..(g + 1) * per).map(|i| (keys[i], i)), 2);
-            let sum = best.iter().map(|b| b.0).sum::<f32>();
-            (gpu(sum as f64), g)
+            let best = top_n((g * per..(g + 1) * per).map(|i| (keys[i], i)), best_of);
+            match best_of {
+                1 => (best[0].0, g),
+                _ => (gpu(best.iter().map(|b| b.0).sum::<f32>() as f64), g),
+            }
         })
         .collect();
     let kept = top_n(scores.iter().copied(), topk_group);
@@ -200,14 +233,10 @@ fn kept_groups(keys: &[f32], n_group: usize, topk_group: usize) -> (Ranked, Rank
 
 /// Experts eligible for one token's top-k (all of them, or those of the kept groups).
 fn eligible(method: &RoutingMethod, keys: &[f32]) -> Vec<usize> {
-    match *method {
-        RoutingMethod::DeepSeekV3 {
-            n_group,
-            topk_group,
-            ..
-        } if n_group > 1 => {
-            let per = keys.len() / n_group as usize;
-            let (_, kept) = kept_groups(keys, n_group as usize, topk_group as usize);
+    match grouping(method) {
+        Some((n_group, topk_group)) => {
+            let per = keys.len() / n_group;
+            let (_, kept) = kept_groups(method, keys, n_group, topk_group);
             let mut experts: Vec<usize> = kept
                 .iter()
                 .flat_map(|&(_, g)| g * per..(g + 1) * per)
@@ -215,7 +244,7 @@ fn eligible(method: &RoutingMethod, keys: &[f32]) -> Vec<usize> {
             experts.sort_unstable();
             experts
         }
-        _ => (0..keys.len()).collect(),
+        None => (0..keys.len()).collect(),
     }
 }
 
@@ -231,6 +260,21 @@ fn weights(method: &RoutingMethod, row: &[f32], chosen: &[(f32, usize)]) -> Vec<
     let sigmoids = || -> Vec<f64> { chosen.iter().map(|c| sigmoid(logit(c)) as f64).collect() };
     let w: Vec<f64> = match *method {
         RoutingMethod::Default => chosen.iter().map(|c| c.0 as f64).collect(),
+        // DeepSeek-V2's MoEGate: normalised (not scaled) when norm_topk_prob and top_k > 1,
+        // else scaled; the chosen probabilities are the keys.
+        RoutingMethod::DeepSeekV2 {
+            routed_scaling_factor,
+            norm_topk_prob,
+            ..
+        } => {
+            let p: Vec<f64> = chosen.iter().map(|c| c.0 as f64).collect();
+            if norm_topk_prob && p.len() > 1 {
+                let sum: f64 = p.iter().sum();
+                p.iter().map(|x| x / (sum + 1e-20)).collect()
+            } else {
+                p.iter().map(|x| x * routed_scaling_factor as f64).collect()
+            }
+        }
         RoutingMethod::Renormalize | RoutingMethod::RenormalizeNaive => {
             softmax(chosen.iter().map(|c| logit(c) as f64))
         }
@@ -266,16 +310,21 @@ fn route_row(cfg: &RoutingConfig, row: &[f32], bias: &[f32]) -> Vec<(f32, usize)
     top_n(pool.into_iter().map(|i| (k[i], i)), cfg.top_k as usize)
 }
 
-/// Checks what [`route`] and [`selection_margin`] are given: the config as
-/// [`RoutingConfig::validate`] does, `logits` holding `num_tokens` rows, and a bias of
-/// `num_experts` values exactly for the methods that take one.
+/// Checks what [`route`], [`route_topk`] and [`selection_margin`] are given: the config as
+/// [`RoutingConfig::validate`] ([`Kernels::Upstream`]) or [`RoutingConfig::validate_topk`]
+/// ([`Kernels::TopK`]) does, `logits` holding `num_tokens` rows, and a bias of `num_experts`
+/// values exactly for the methods that take one.
 fn check_inputs(
+    kernels: Kernels,
     cfg: &RoutingConfig,
     logits: &[f32],
     bias: Option<&[f32]>,
     num_tokens: usize,
 ) -> Result<()> {
-    cfg.validate()?;
+    match kernels {
+        Kernels::Upstream => cfg.validate()?,
+        Kernels::TopK => cfg.validate_topk()?,
+    }
     let e = cfg.num_experts as usize;
     ensure(
         crate::error::covers(logits.len(), num_tokens, e),
@@ -295,8 +344,9 @@ fn check_inputs(
 /// must give it. `bias` is `[E]`, for the methods that take one.
 ///
 /// Refuses (with the error the routing call would give) a config that
-/// [`RoutingConfig::validate`] refuses, logits shorter than `num_tokens` rows, and a missing,
-/// unexpected or wrong-length bias.
+/// [`RoutingConfig::validate`] refuses (so a method upstream has no kernel for, e.g.
+/// [`DeepSeekV2`](RoutingMethod::DeepSeekV2): [`route_topk`] has those), logits shorter than
+/// `num_tokens` rows, and a missing, unexpected or wrong-length bias.
 pub fn route(
     cfg: &RoutingConfig,
     logits: &[f32],
@@ -308,7 +358,8 @@ pub fn route(
 
 /// [`route`] as flashinfer-rs's top-k router ([`TopKRouter`](super::TopKRouter)) must give
 /// it: the same everywhere except that grouped DeepSeekV3 adds the bias as given (upstream's
-/// kernel rounds it to bf16 first).
+/// kernel rounds it to bf16 first), and that it also routes the methods only the top-k
+/// router has ([`RoutingConfig::validate_topk`] instead of [`RoutingConfig::validate`]).
 pub fn route_topk(
     cfg: &RoutingConfig,
     logits: &[f32],
@@ -325,7 +376,7 @@ fn route_for(
     bias: Option<&[f32]>,
     num_tokens: usize,
 ) -> Result<Routed> {
-    check_inputs(cfg, logits, bias, num_tokens)?;
+    check_inputs(kernels, cfg, logits, bias, num_tokens)?;
     let e = cfg.num_experts as usize;
     let k = cfg.top_k as usize;
     let bias = effective_bias(kernels, &cfg.method, bias, e);
@@ -360,9 +411,9 @@ fn gap(hi: f32, lo: f32) -> f64 {
 /// keys, between the last chosen and the best unchosen eligible key, and (grouped DeepSeekV3)
 /// between the last kept and the best dropped group score. Bit-identical keys count as clearly
 /// decided (the tie rule orders them, whatever the rounding); `f64::INFINITY` when nothing could
-/// be confused. Refuses what [`route`] refuses (with `num_tokens = 1`).
+/// be confused. Refuses what [`route_topk`] refuses (with `num_tokens = 1`).
 pub fn selection_margin(cfg: &RoutingConfig, row: &[f32], bias: Option<&[f32]>) -> Result<f64> {
-    check_inputs(cfg, row, bias, 1)?;
+    check_inputs(Kernels::TopK, cfg, row, bias, 1)?;
     let e = cfg.num_experts as usize;
     let bias = effective_bias(Kernels::Upstream, &cfg.method, bias, e);
     let k = keys(&cfg.method, &row[..e], &bias);
@@ -372,19 +423,11 @@ pub fn selection_margin(cfg: &RoutingConfig, row: &[f32], bias: Option<&[f32]>) 
         .windows(2)
         .map(|w| gap(w[0].0, w[1].0))
         .fold(f64::INFINITY, f64::min);
-    if let RoutingMethod::DeepSeekV3 {
-        n_group,
-        topk_group,
-        ..
-    } = cfg.method
-    {
-        if n_group > 1 && topk_group < n_group {
-            let (scores, _) = kept_groups(&k, n_group as usize, topk_group as usize);
-            let ranked = top_n(scores.into_iter(), topk_group as usize + 1);
-            margin = margin.min(gap(
-                ranked[topk_group as usize - 1].0,
-                ranked[topk_group as usize].0,
-            ));
+    if let Some((n_group, topk_group)) = grouping(&cfg.method) {
+        if topk_group < n_group {
+            let (scores, _) = kept_groups(&cfg.method, &k, n_group, topk_group);
+            let ranked = top_n(scores.into_iter(), topk_group + 1);
+            margin = margin.min(gap(ranked[topk_group - 1].0, ranked[topk_group].0));
         }
     }
     Ok(margin)
@@ -402,8 +445,8 @@ pub const SEPARATION: f64 = 2e-3;
 /// middle band, and everything else in a low band. When `bf16_logits` is set the values are
 /// rounded to bf16 (the caller uploads them as bf16). Deterministic in `seed`.
 ///
-/// Refuses a config that [`RoutingConfig::validate`] refuses, and a `num_tokens` whose logits
-/// do not fit memory ([`Error::HostAllocation`](crate::Error::HostAllocation)).
+/// Refuses a config that [`RoutingConfig::validate_topk`] refuses, and a `num_tokens` whose
+/// logits do not fit memory ([`Error::HostAllocation`](crate::Error::HostAllocation)).
 pub fn separated_logits(
     cfg: &RoutingConfig,
     num_tokens: usize,
@@ -465,7 +508,7 @@ impl Regime {
 /// equal ones go to the smaller index. Deterministic in `seed`.
 ///
 /// Refuses ([`Error::InvalidArgument`](crate::Error::InvalidArgument)) a config that
-/// [`RoutingConfig::validate`] refuses and a regime that does not apply to its method
+/// [`RoutingConfig::validate_topk`] refuses and a regime that does not apply to its method
 /// ([`Regime::applies_to`]); logits that do not fit memory are
 /// [`Error::HostAllocation`](crate::Error::HostAllocation).
 pub fn regime_logits(
@@ -475,7 +518,7 @@ pub fn regime_logits(
     bf16_logits: bool,
     seed: u64,
 ) -> Result<(Vec<f32>, Option<Vec<f32>>)> {
-    cfg.validate()?;
+    cfg.validate_topk()?;
     ensure(regime.applies_to(&cfg.method), "regime", || {
         format!("{regime:?} does not apply to {:?}", cfg.method)
     })?;
@@ -524,8 +567,8 @@ pub fn regime_logits(
 
 /// [`separated_logits`] for a given bias (values in `[0, 0.01)`), e.g. one captured in a graph.
 ///
-/// Refuses what [`route`] refuses (a config [`RoutingConfig::validate`] refuses; a missing,
-/// unexpected or wrong-length bias), and logits that do not fit memory
+/// Refuses what [`route_topk`] refuses (a config [`RoutingConfig::validate_topk`] refuses; a
+/// missing, unexpected or wrong-length bias), and logits that do not fit memory
 /// ([`Error::HostAllocation`](crate::Error::HostAllocation)).
 pub fn separated_logits_for_bias(
     cfg: &RoutingConfig,
@@ -534,7 +577,7 @@ pub fn separated_logits_for_bias(
     seed: u64,
     bias: Option<&[f32]>,
 ) -> Result<Vec<f32>> {
-    cfg.validate()?;
+    cfg.validate_topk()?;
     super::check_bias(cfg, bias.map(<[f32]>::len))?;
     let e = cfg.num_experts as usize;
     let n = alloc::product("num_tokens", &[num_tokens, e])?;
@@ -553,21 +596,17 @@ pub fn separated_logits_for_bias(
         for attempt in 0.. {
             let mut row = vec![0f32; e];
             // Which experts may be chosen: all, or the experts of `topk_group` random groups.
-            let pool: Vec<usize> = match cfg.method {
-                RoutingMethod::DeepSeekV3 {
-                    n_group,
-                    topk_group,
-                    ..
-                } if n_group > 1 => {
-                    let per = e / n_group as usize;
-                    let mut groups: Vec<usize> = (0..n_group as usize).collect();
+            let pool: Vec<usize> = match grouping(&cfg.method) {
+                Some((n_group, topk_group)) => {
+                    let per = e / n_group;
+                    let mut groups: Vec<usize> = (0..n_group).collect();
                     rng.shuffle(&mut groups);
-                    groups[..topk_group as usize]
+                    groups[..topk_group]
                         .iter()
                         .flat_map(|&g| g * per..(g + 1) * per)
                         .collect()
                 }
-                _ => (0..e).collect(),
+                None => (0..e).collect(),
             };
             rng.shuffle(&mut perm);
             let mut in_pool = vec![false; e];

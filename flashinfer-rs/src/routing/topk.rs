@@ -9,7 +9,7 @@ use cudarc::driver::{CudaStream, CudaViewMut, DevicePtrMut, DeviceSlice};
 use flashinfer_sys as sys;
 use half::bf16;
 
-use super::method::{check_bias, RoutingConfig};
+use super::method::{check_bias, RoutingConfig, RoutingMethod};
 use super::route::{device_ptr, Logits, RouteInput};
 use crate::capture::LayerViews;
 use crate::context::same_context;
@@ -18,7 +18,9 @@ use crate::ffi::check;
 use crate::replay::{check_replay, ReplayView};
 
 /// A validated [`RoutingConfig`] for the top-k router: every method and every (experts,
-/// top-k) that [`RoutingConfig::validate`] accepts, the same order and tie rule as the
+/// top-k) that [`RoutingConfig::validate_topk`] accepts (what [`RoutingConfig::validate`]
+/// accepts, plus the methods upstream has no kernel for, e.g.
+/// [`DeepSeekV2`](super::RoutingMethod::DeepSeekV2)), the same order and tie rule as the
 /// oracle ([`oracle::route_topk`](super::oracle::route_topk)). The expert-parallel range,
 /// `tile_tokens_dim` and `use_pdl` do not apply (ids are global; no permutation is built).
 #[derive(Debug, Clone, Copy)]
@@ -40,15 +42,15 @@ pub struct TopKOutputs<'a> {
 }
 
 impl TopKRouter {
-    /// Validates `cfg` once; later calls only check their buffers. Grouped DeepSeekV3 needs
-    /// at least 2 experts per group here (each group is scored by its two best experts, as
-    /// the model's reference router does), which [`RoutingConfig::validate`] alone admits.
+    /// Validates `cfg` once ([`RoutingConfig::validate_topk`]); later calls only check their
+    /// buffers. Grouped DeepSeekV3 needs at least 2 experts per group here (each group is
+    /// scored by its two best experts, as the model's reference router does), which
+    /// [`RoutingConfig::validate`] alone admits.
     pub fn new(cfg: RoutingConfig) -> Result<TopKRouter> {
-        cfg.validate()?;
-        let (n_group, _, _) = cfg.method.groups_and_scale();
-        if n_group > 1 {
-            let per = cfg.num_experts / n_group;
-            ensure(per >= 2, "n_group", || {
+        cfg.validate_topk()?;
+        if let RoutingMethod::DeepSeekV3 { n_group, .. } = cfg.method {
+            let per = cfg.num_experts / n_group.max(1);
+            ensure(n_group <= 1 || per >= 2, "n_group", || {
                 format!(
                     "the top-k router scores each group by its two best experts: {} experts in \
                      {n_group} groups leave {per} per group",
@@ -177,7 +179,7 @@ impl TopKRouter {
         let c = &self.cfg;
         let (n_group, topk_group, scale) = c.method.groups_and_scale();
         sys::fi_topk_params {
-            method: c.method.upstream_value() as i32,
+            method: c.method.abi_value() as i32,
             num_tokens: t as i32,
             num_experts: c.num_experts as i32,
             top_k: c.top_k as i32,

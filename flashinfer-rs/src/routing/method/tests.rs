@@ -360,6 +360,136 @@ fn upstream_values_match_routing_method_type() {
         (RoutingMethod::Sigmoid, 8),
     ];
     for (m, v) in all {
-        assert_eq!(m.upstream_value(), v, "{}", m.name());
+        assert_eq!(m.upstream_value(), Some(v), "{}", m.name());
+        assert_eq!(m.abi_value(), v, "{}", m.name());
+        assert!(m.upstream_kernels(), "{}", m.name());
     }
+    // flashinfer-rs's own method: no upstream value is invented; the C ABI's own value lies
+    // outside upstream's RoutingMethodType (0..=9, Unspecified = 9).
+    let v2 = v2(8, 3, 16.0, false);
+    assert_eq!(v2.upstream_value(), None);
+    assert!(!v2.upstream_kernels());
+    assert_eq!(
+        v2.abi_value(),
+        sys::fi_routing_method::FI_ROUTING_DEEPSEEK_V2
+    );
+    assert!(v2.abi_value() > 9);
+    assert_eq!(v2.name(), "DeepSeekV2");
+    assert!(!v2.needs_bias());
+    assert!(
+        !v2.is_grouped(),
+        "upstream's grouped DeepSeek kernels never run DeepSeekV2"
+    );
+}
+
+fn v2(n_group: u32, topk_group: u32, scale: f32, norm: bool) -> RoutingMethod {
+    RoutingMethod::DeepSeekV2 {
+        n_group,
+        topk_group,
+        routed_scaling_factor: scale,
+        norm_topk_prob: norm,
+    }
+}
+
+/// DeepSeek-V2 (160 experts, 8 groups, 3 kept, top 6, scale 16) and V2-Lite (64 experts,
+/// greedy, top 6): refused by `validate` (upstream's routers and fused layers) with a rule
+/// naming TopKRouter, admitted by `validate_topk` (TopKRouter, the oracle's route_topk).
+#[test]
+fn deepseek_v2_is_refused_for_upstream_kernels_and_admitted_for_the_top_k_router() {
+    for cfg in [
+        RoutingConfig::new(v2(8, 3, 16.0, false), 160, 6),
+        RoutingConfig::new(v2(1, 1, 1.0, false), 64, 6),
+        RoutingConfig::new(v2(0, 0, 1.0, true), 256, 8),
+        RoutingConfig::new(v2(8, 8, 1.0, true), 256, 8),
+        RoutingConfig::new(v2(8, 1, 1.0, false), 8, 1),
+    ] {
+        cfg.validate_topk()
+            .unwrap_or_else(|e| panic!("{cfg:?}: {e}"));
+        let (arg, rule) = rejected(cfg);
+        assert_eq!(arg, "method", "{cfg:?}");
+        assert!(
+            rule.contains("TopKRouter") && rule.contains("DeepSeekV2"),
+            "{rule}"
+        );
+        assert!(matches!(
+            crate::routing::Router::new(cfg),
+            Err(Error::InvalidArgument { arg: "method", .. })
+        ));
+        crate::routing::TopKRouter::new(cfg).unwrap_or_else(|e| panic!("{cfg:?}: {e}"));
+    }
+}
+
+#[test]
+fn deepseek_v2_configs_follow_the_top_k_routers_rules() {
+    let refused_topk = |cfg: RoutingConfig| match cfg.validate_topk() {
+        Err(Error::InvalidArgument { arg, rule }) => (arg, rule),
+        other => panic!("{cfg:?} should be refused, got {other:?}"),
+    };
+    for (cfg, arg) in [
+        (
+            RoutingConfig::new(v2(1, 1, 1.0, false), 512, 6),
+            "num_experts",
+        ),
+        (RoutingConfig::new(v2(1, 1, 1.0, false), 256, 9), "top_k"),
+        (
+            RoutingConfig::new(v2(1, 1, f32::NAN, false), 64, 6),
+            "routed_scaling_factor",
+        ),
+        (
+            RoutingConfig::new(v2(1, 1, f32::INFINITY, false), 64, 6),
+            "routed_scaling_factor",
+        ),
+        (RoutingConfig::new(v2(16, 3, 1.0, false), 160, 6), "n_group"),
+        (RoutingConfig::new(v2(7, 3, 1.0, false), 160, 6), "n_group"),
+        (RoutingConfig::new(v2(2, 1, 1.0, false), 128, 6), "n_group"), // 64 per group
+        (
+            RoutingConfig::new(v2(8, 0, 1.0, false), 160, 6),
+            "topk_group",
+        ),
+        (
+            RoutingConfig::new(v2(8, 9, 1.0, false), 160, 6),
+            "topk_group",
+        ),
+        (RoutingConfig::new(v2(8, 1, 1.0, false), 48, 7), "top_k"), // 6 in the kept group
+        (RoutingConfig::new(v2(8, 3, 1.0, false), 160, 0), "top_k"),
+    ] {
+        assert_eq!(refused_topk(cfg).0, arg, "{cfg:?}");
+    }
+    // DeepSeekV3 keeps at most 4 groups (upstream's kernel); DeepSeekV2 may keep all 8.
+    RoutingConfig::new(v2(8, 8, 1.0, false), 160, 6)
+        .validate_topk()
+        .unwrap();
+    assert_eq!(
+        refused_topk(RoutingConfig::new(ds(8, 8), 256, 8)).0,
+        "topk_group"
+    );
+    // validate_topk is validate for every method upstream has.
+    for cfg in [
+        RoutingConfig::new(ds(8, 4), 256, 8),
+        RoutingConfig::new(RoutingMethod::Renormalize, 2048, 32),
+        RoutingConfig::new(RoutingMethod::Default, 512, 8),
+        RoutingConfig::new(RoutingMethod::Llama4, 128, 2),
+    ] {
+        assert_eq!(
+            cfg.validate().is_ok(),
+            cfg.validate_topk().is_ok(),
+            "{cfg:?}"
+        );
+    }
+}
+
+#[test]
+fn deepseek_v2_parameters_reach_the_abi() {
+    let cfg = RoutingConfig::new(v2(8, 3, 16.0, true), 160, 6);
+    assert_eq!(cfg.method.groups_and_scale(), (8, 3, 16.0));
+    assert!(cfg.method.norm_topk_prob());
+    assert!(!v2(8, 3, 16.0, false).norm_topk_prob());
+    let f32 = sys::fi_dtype::FI_DTYPE_F32;
+    let p = cfg.raw_params(1, f32, f32);
+    assert_eq!(
+        p.method as u32,
+        sys::fi_routing_method::FI_ROUTING_DEEPSEEK_V2
+    );
+    assert_eq!((p.n_group, p.topk_group, p.norm_topk_prob), (8, 3, 1));
+    assert_eq!(p.routed_scaling_factor, 16.0);
 }

@@ -489,3 +489,253 @@ fn the_top_k_router_differs_from_upstream_only_in_the_grouped_bias_rounding() {
         assert_eq!(topk.ids.len(), 40 * c.top_k as usize);
     }
 }
+
+fn deepseek_v2(n_group: u32, topk_group: u32, scale: f32, norm: bool) -> RoutingMethod {
+    RoutingMethod::DeepSeekV2 {
+        n_group,
+        topk_group,
+        routed_scaling_factor: scale,
+        norm_topk_prob: norm,
+    }
+}
+
+/// `torch.topk(values, k)` with the order the kernels give: descending, equal values to the
+/// smaller index (torch leaves the order of `sorted=False` and of ties open).
+fn torch_topk(values: &[f32], k: usize) -> Vec<(f32, usize)> {
+    let mut idx: Vec<usize> = (0..values.len()).collect();
+    idx.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+    idx.into_iter().take(k).map(|i| (values[i], i)).collect()
+}
+
+/// A transcription of DeepSeek-V2's `MoEGate.forward` (modeling_deepseek.py; candle's
+/// deepseek2.rs `MoeGate` follows it) for one token, NaN-free inputs:
+/// ```python
+/// scores = logits.softmax(dim=-1, dtype=torch.float32)
+/// if self.topk_method == "greedy":
+///     topk_weight, topk_idx = torch.topk(scores, k=self.top_k, dim=-1, sorted=False)
+/// elif self.topk_method == "group_limited_greedy":
+///     group_scores = scores.view(bsz * seq_len, self.n_group, -1).max(dim=-1).values
+///     group_idx = torch.topk(group_scores, k=self.topk_group, dim=-1, sorted=False)[1]
+///     group_mask = torch.zeros_like(group_scores); group_mask.scatter_(1, group_idx, 1)
+///     score_mask = group_mask.unsqueeze(-1).expand(...).reshape(bsz * seq_len, -1)
+///     tmp_scores = scores.masked_fill(~score_mask.bool(), 0.0)
+///     topk_weight, topk_idx = torch.topk(tmp_scores, k=self.top_k, dim=-1, sorted=False)
+/// if self.top_k > 1 and self.norm_topk_prob:
+///     denominator = topk_weight.sum(dim=-1, keepdim=True) + 1e-20
+///     topk_weight = topk_weight / denominator
+/// else:
+///     topk_weight = topk_weight * self.routed_scaling_factor
+/// ```
+/// (`masked_fill(0.0)` lets a dropped expert tie a kept one only at probability 0; the cases
+/// here keep every kept expert's probability above 0.)
+fn moe_gate_v2(method: &RoutingMethod, top_k: usize, logits: &[f32]) -> (Vec<i16>, Vec<f32>) {
+    let RoutingMethod::DeepSeekV2 {
+        n_group,
+        topk_group,
+        routed_scaling_factor,
+        norm_topk_prob,
+    } = *method
+    else {
+        unreachable!()
+    };
+    let e = logits.len();
+    let max = logits
+        .iter()
+        .fold(f64::NEG_INFINITY, |m, &x| m.max(x as f64));
+    let exps: Vec<f64> = logits.iter().map(|&x| (x as f64 - max).exp()).collect();
+    let sum: f64 = exps.iter().sum();
+    let scores: Vec<f32> = exps.iter().map(|x| (x / sum) as f32).collect();
+    let chosen = if n_group <= 1 {
+        torch_topk(&scores, top_k)
+    } else {
+        let (g, per) = (n_group as usize, e / n_group as usize);
+        let group_scores: Vec<f32> = (0..g)
+            .map(|i| {
+                scores[i * per..(i + 1) * per]
+                    .iter()
+                    .copied()
+                    .fold(f32::MIN, f32::max)
+            })
+            .collect();
+        let group_idx = torch_topk(&group_scores, topk_group as usize);
+        let tmp: Vec<f32> = (0..e)
+            .map(|i| {
+                let kept = group_idx.iter().any(|&(_, gi)| gi == i / per);
+                if kept {
+                    scores[i]
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        torch_topk(&tmp, top_k)
+    };
+    let w: Vec<f64> = chosen.iter().map(|c| c.0 as f64).collect();
+    let w: Vec<f64> = if top_k > 1 && norm_topk_prob {
+        let d: f64 = w.iter().sum::<f64>() + 1e-20;
+        w.iter().map(|x| x / d).collect()
+    } else {
+        w.iter().map(|x| x * routed_scaling_factor as f64).collect()
+    };
+    (
+        chosen.iter().map(|c| c.1 as i16).collect(),
+        w.into_iter().map(|x| x as f32).collect(),
+    )
+}
+
+fn relatively_close(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| (x - y).abs() <= 1e-6 * x.abs().max(y.abs()).max(1e-30))
+}
+
+#[test]
+fn deepseek_v2_group_max_differs_from_deepseek_v3s_two_best_sum() {
+    // 4 groups of 2; group 0 holds the single best expert, group 1 two good ones.
+    let row = [3.0f32, -5.0, 2.5, 2.4, -5.0, -5.0, -5.0, -5.0];
+    let c = cfg(deepseek_v2(4, 1, 1.0, false), 8, 2);
+    let r = route_topk(&c, &row, None, 1).unwrap();
+    // DeepSeek-V2: the group with the best expert (max): experts 0 and 1.
+    assert_eq!(r.ids, vec![0, 1]);
+    assert_eq!(
+        (r.ids.clone(), r.weights.clone()),
+        moe_gate_v2(&c.method, 2, &row)
+    );
+    // DeepSeek-V3's group score (sum of the two best) over the same keys keeps group 1.
+    let k = keys(&c.method, &row, &[0.0; 8]);
+    let (_, kept_v3) = kept_groups(&deepseek(4, 1), &k, 4, 1);
+    let (_, kept_v2) = kept_groups(&c.method, &k, 4, 1);
+    assert_eq!((kept_v2[0].1, kept_v3[0].1), (0, 1));
+    // Ungrouped (greedy), the same row takes the best two anywhere: 0 and 2.
+    let greedy = cfg(deepseek_v2(1, 1, 1.0, false), 8, 2);
+    assert_eq!(route_topk(&greedy, &row, None, 1).unwrap().ids, vec![0, 2]);
+}
+
+#[test]
+fn deepseek_v2_weights_scale_or_normalise_as_the_moe_gate_does() {
+    let row = [0.5f32, 2.0, -1.0, 1.0, 0.0, 1.5, -2.0, 0.25];
+    let probs = route(&cfg(RoutingMethod::Default, 8, 3), &row, None, 1).unwrap();
+    // Greedy, scale 1, no normalisation: Default's routing exactly.
+    let plain = route_topk(&cfg(deepseek_v2(1, 1, 1.0, false), 8, 3), &row, None, 1).unwrap();
+    assert_eq!(plain, probs);
+    // Scaled: 16 x the probabilities.
+    let scaled = route_topk(&cfg(deepseek_v2(0, 0, 16.0, false), 8, 3), &row, None, 1).unwrap();
+    assert_eq!(scaled.ids, probs.ids);
+    let want: Vec<f32> = probs.weights.iter().map(|w| w * 16.0).collect();
+    assert!(relatively_close(&scaled.weights, &want));
+    // Normalised (top_k > 1): sum to one, NOT scaled.
+    let m = deepseek_v2(1, 1, 16.0, true);
+    let normed = route_topk(&cfg(m, 8, 3), &row, None, 1).unwrap();
+    assert_eq!(normed.ids, probs.ids);
+    assert!((normed.weights.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+    assert!(relatively_close(
+        &normed.weights,
+        &moe_gate_v2(&m, 3, &row).1
+    ));
+    // top_k == 1 never normalises: the probability x the scale.
+    let one = route_topk(&cfg(m, 8, 1), &row, None, 1).unwrap();
+    assert_eq!(one.ids, vec![1]);
+    assert!(relatively_close(&one.weights, &[probs.weights[0] * 16.0]));
+}
+
+#[test]
+fn deepseek_v2_ties_go_to_the_smaller_group_and_expert() {
+    // Every logit equal: every group ties (groups 0 and 1 kept), every expert ties.
+    let c = cfg(deepseek_v2(4, 2, 2.0, false), 8, 3);
+    let r = route_topk(&c, &[0.0; 8], None, 1).unwrap();
+    assert_eq!(r.ids, vec![0, 1, 2]);
+    assert!(relatively_close(&r.weights, &[0.25; 3]));
+    // Groups 1 and 3 tie on their best expert: group 1 is kept; inside, experts 2 and 3 tie.
+    let row = [0.0f32, 0.0, 1.0, 1.0, 0.0, 0.0, 0.5, 1.0];
+    let c = cfg(deepseek_v2(4, 1, 1.0, false), 8, 2);
+    let r = route_topk(&c, &row, None, 1).unwrap();
+    assert_eq!(r.ids, vec![2, 3]);
+    assert_eq!(
+        (r.ids.clone(), r.weights.clone()),
+        moe_gate_v2(&c.method, 2, &row)
+    );
+    // Bit-identical keys tie even though their logits differ (both softmaxes flush to 0).
+    let row = [0.0f32, -200.0, -300.0, -1.0];
+    let r = route_topk(&cfg(deepseek_v2(1, 1, 1.0, false), 4, 4), &row, None, 1).unwrap();
+    assert_eq!(r.ids, vec![0, 3, 1, 2]);
+}
+
+#[test]
+fn deepseek_v2_nan_rows_route_as_default_does() {
+    let mut row = [0.5f32, 2.0, -1.0, 1.0, 0.0, 1.5, -2.0, 0.25];
+    row[5] = f32::NAN;
+    let greedy = route_topk(&cfg(deepseek_v2(1, 1, 2.0, false), 8, 3), &row, None, 1).unwrap();
+    let default = route(&cfg(RoutingMethod::Default, 8, 3), &row, None, 1).unwrap();
+    // A NaN makes the whole softmax NaN: every key ties, the smallest indices win.
+    assert_eq!(greedy.ids, default.ids);
+    assert_eq!(greedy.ids, vec![0, 1, 2]);
+    assert!(greedy.weights.iter().all(|w| w.is_nan()));
+    // Grouped: every group score is NaN too, the first groups are kept.
+    let grouped = route_topk(&cfg(deepseek_v2(4, 2, 2.0, true), 8, 3), &row, None, 1).unwrap();
+    assert_eq!(grouped.ids, vec![0, 1, 2]);
+    assert!(grouped.weights.iter().all(|w| w.is_nan()));
+}
+
+/// DeepSeek-V2 (160 experts, 8 groups, 3 kept, top 6, scale 16), V2-Lite (64, greedy, top 6)
+/// and small shapes, on random logits: the oracle is the MoEGate transcription.
+#[test]
+fn deepseek_v2_matches_the_moe_gate_transcription_on_random_logits() {
+    let cases = [
+        (deepseek_v2(8, 3, 16.0, false), 160, 6),
+        (deepseek_v2(1, 1, 1.0, false), 64, 6),
+        (deepseek_v2(8, 3, 16.0, true), 160, 6),
+        (deepseek_v2(4, 2, 1.0, true), 16, 4),
+        (deepseek_v2(8, 8, 1.0, false), 64, 8),
+        (deepseek_v2(8, 1, 3.0, false), 8, 1),
+    ];
+    let mut rng = SplitMix64(27);
+    for (m, e, k) in cases {
+        let c = cfg(m, e, k);
+        for scale in [1.0f64, 8.0] {
+            let t = 64;
+            let logits: Vec<f32> = (0..t * e as usize)
+                .map(|_| ((rng.unit() * 2.0 - 1.0) * scale) as f32)
+                .collect();
+            let r = route_topk(&c, &logits, None, t).unwrap();
+            assert!(
+                route(&c, &logits, None, t).is_err(),
+                "upstream has no DeepSeekV2"
+            );
+            for (i, row) in logits.chunks(e as usize).enumerate() {
+                let (ids, w) = moe_gate_v2(&m, k as usize, row);
+                let got = i * k as usize..(i + 1) * k as usize;
+                assert_eq!(r.ids[got.clone()], ids[..], "{c:?} token {i}");
+                assert!(relatively_close(&r.weights[got], &w), "{c:?} token {i}");
+            }
+        }
+    }
+}
+
+#[test]
+fn deepseek_v2_separated_logits_are_clearly_routed() {
+    for (m, e, k) in [
+        (deepseek_v2(8, 3, 16.0, false), 160, 6),
+        (deepseek_v2(1, 1, 1.0, false), 64, 6),
+        (deepseek_v2(8, 4, 1.0, true), 256, 8),
+        (deepseek_v2(0, 0, 1.0, false), 256, 8),
+        (deepseek_v2(8, 8, 16.0, false), 256, 8),
+    ] {
+        let c = cfg(m, e, k);
+        assert!(Regime::Separated.applies_to(&m));
+        for r in [Regime::LargeBias, Regime::Underflow, Regime::Extreme] {
+            assert!(!r.applies_to(&m), "{r:?}");
+        }
+        for bf16_logits in [false, true] {
+            let (logits, bias) = separated_logits(&c, 32, bf16_logits, 3).unwrap();
+            assert!(bias.is_none());
+            for row in logits.chunks(e as usize) {
+                assert!(
+                    selection_margin(&c, row, None).unwrap() >= SEPARATION,
+                    "{c:?}"
+                );
+            }
+            route_topk(&c, &logits, None, 32).unwrap();
+        }
+    }
+}

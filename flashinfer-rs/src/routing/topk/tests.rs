@@ -118,3 +118,47 @@ fn the_config_is_validated_once_at_construction() {
         Err(Error::InvalidArgument { arg: "n_group", .. })
     ));
 }
+
+/// DeepSeekV2 (flashinfer-rs's own method): this router admits it, with one expert per group
+/// too (a group scores its best expert), while upstream's Router refuses it.
+#[test]
+fn deepseek_v2_is_this_routers_own_method() {
+    let v2 = |n_group, topk_group, e, k| {
+        RoutingConfig::new(
+            RoutingMethod::DeepSeekV2 {
+                n_group,
+                topk_group,
+                routed_scaling_factor: 16.0,
+                norm_topk_prob: false,
+            },
+            e,
+            k,
+        )
+    };
+    for cfg in [v2(8, 3, 160, 6), v2(1, 1, 64, 6), v2(8, 4, 8, 2)] {
+        let router = TopKRouter::new(cfg).unwrap();
+        assert_eq!(router.config(), &cfg);
+        assert!(matches!(
+            crate::routing::Router::new(cfg),
+            Err(Error::InvalidArgument { arg: "method", .. })
+        ));
+        // No bias: a call with one is refused, one without passes.
+        let mut c = CallSizes {
+            num_tokens: 3,
+            logits: 3 * cfg.num_experts as usize,
+            bias: None,
+            ids: Some(3 * cfg.top_k as usize),
+            ..CallSizes::default()
+        };
+        validate_call(&cfg, &c).unwrap();
+        c.bias = Some(cfg.num_experts as usize);
+        assert_eq!(refused(&cfg, &c), "bias");
+    }
+    assert!(matches!(
+        TopKRouter::new(v2(8, 9, 160, 6)),
+        Err(Error::InvalidArgument {
+            arg: "topk_group",
+            ..
+        })
+    ));
+}

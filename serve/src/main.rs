@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use clap::Parser;
+use flashinfer_rs_serve::model::device::{DTypeArg, DeviceKind};
 use flashinfer_rs_serve::model::moe::BackendKind;
 use flashinfer_rs_serve::server::{self, ModelSource, ServerOptions};
 
@@ -30,6 +31,14 @@ struct Args {
     /// builds), auto.
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
     backend: BackendKind,
+    /// Where the model runs: cpu (f32, row by row) or cuda (CUDA device 0, batched; builds
+    /// with `--features cuda`).
+    #[arg(long, value_enum, default_value_t = DeviceKind::Cpu)]
+    device: DeviceKind,
+    /// The dense parts' dtype: f32 or bf16 (default: f32 on cpu, the only one there; bf16 on
+    /// cuda).
+    #[arg(long, value_enum)]
+    dtype: Option<DTypeArg>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -75,6 +84,8 @@ impl Args {
             .with_context(|| format!("--host {}", self.host))?;
         let mut o = ServerOptions::new(source);
         o.backend = self.backend;
+        o.device = self.device;
+        o.dtype = self.dtype;
         o.addr = addr;
         o.capture = self.enable_return_routed_experts || self.demo;
         o.max_batch_tokens = self.max_batch_tokens;

@@ -11,8 +11,9 @@ use tokio::sync::oneshot;
 
 use crate::engine::{Engine, EngineConfig, Metrics};
 use crate::http::{router, AppState};
+use crate::model::device::{DTypeArg, DeviceKind, Placement};
 use crate::model::moe::{BackendKind, GPU_MAX_STEP_TOKENS};
-use crate::model::random::random_tensors;
+use crate::model::random::{random_tensors, RandomSource};
 use crate::model::weights::Checkpoint;
 use crate::model::{Model, Qwen3MoeConfig};
 use crate::text::TextModel;
@@ -39,6 +40,10 @@ pub struct ServerOptions {
     pub source: ModelSource,
     /// The MoE backend.
     pub backend: BackendKind,
+    /// Where the model runs (`--device`; the CPU by default).
+    pub device: DeviceKind,
+    /// The dense parts' dtype (`--dtype`; `None`: f32 on the CPU, bf16 on CUDA).
+    pub dtype: Option<DTypeArg>,
     /// Address to listen on (port 0: any free port).
     pub addr: SocketAddr,
     /// `--enable-return-routed-experts`.
@@ -63,6 +68,8 @@ impl ServerOptions {
         ServerOptions {
             source,
             backend: BackendKind::Cpu,
+            device: DeviceKind::Cpu,
+            dtype: None,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             capture: false,
             max_batch_tokens: 2048,
@@ -76,13 +83,18 @@ impl ServerOptions {
 }
 
 /// The model, its text side and its served name.
+///
+/// On `--device cuda` the model is built tensor by tensor on the GPU; random weights are then
+/// [`RandomSource`]'s (each tensor from its own seed, never the whole model on the host),
+/// not the CPU mode's [`random_tensors`].
 pub fn load_model(opts: &ServerOptions) -> Result<(Model, TextModel, String)> {
+    let place = Placement::open(opts.device, opts.dtype)?;
     match &opts.source {
         ModelSource::Dir(dir) => {
             let cfg = Qwen3MoeConfig::from_file(&dir.join("config.json"))?;
             let text = TextModel::load(dir, &cfg.eos_ids())?;
             let ckpt = Checkpoint::open(dir)?;
-            let model = Model::load(&cfg, &ckpt, opts.backend)?;
+            let model = Model::load_on(&cfg, &ckpt, opts.backend, &place)?;
             Ok((model, text, name_of(dir)))
         }
         ModelSource::Random { config, seed } => {
@@ -95,7 +107,11 @@ pub fn load_model(opts: &ServerOptions) -> Result<(Model, TextModel, String)> {
                 Some(dir) => TextModel::load(&dir, &cfg.eos_ids())?,
                 None => TextModel::byte_level(&cfg.eos_ids())?,
             };
-            let model = Model::load(&cfg, &random_tensors(&cfg, *seed)?, opts.backend)?;
+            let model = if place.is_cuda() {
+                Model::load_on(&cfg, &RandomSource::new(&cfg, *seed), opts.backend, &place)?
+            } else {
+                Model::load(&cfg, &random_tensors(&cfg, *seed)?, opts.backend)?
+            };
             let name = config
                 .parent()
                 .map(name_of)

@@ -287,6 +287,8 @@ impl Scheduler {
             });
             ran.push(i);
         }
+        // A step no request wants routed experts of: a device backend skips its capture.
+        capture.set_wanted(owners.iter().any(|o| matches!(o, RowOwner::Token { .. })));
         let logits = self.model.forward(&mut inputs, &mut capture)?;
         drop(inputs);
         if let Some(a) = self.assembler.as_mut() {

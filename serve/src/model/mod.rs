@@ -1,14 +1,20 @@
-//! Qwen3-MoE as transformers defines it (`Qwen3MoeForCausalLM`), on candle, f32 on the CPU.
+//! Qwen3-MoE as transformers defines it (`Qwen3MoeForCausalLM`), on candle: f32 on the CPU,
+//! or on one CUDA GPU (f32 or bf16 dense parts) — see [`device::Placement`].
 //!
 //! A step runs every request's new tokens as one `[tokens, hidden]` batch through the
 //! token-wise operations (linears, norms, the MoE block), and attention per request over its
-//! own KV cache. Every token's numbers are computed from that token's row alone
+//! own KV cache. On the CPU every token's numbers are computed from that token's row alone
 //! ([`ops::linear`] is row by row, attention is per request and token), so a request's
-//! output never depends on what else shares its steps.
+//! output never depends on what else shares its steps. On the GPU (the batched path,
+//! `batched.rs`) every linear is one matmul over the step's batch, norms and RoPE are candle's
+//! kernels, and the KV caches are device tensors.
 
+mod batched;
 pub mod config;
+pub mod device;
 pub mod moe;
 pub mod ops;
+pub mod profile;
 pub mod random;
 pub mod weights;
 
@@ -18,8 +24,10 @@ use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 
 pub use config::Qwen3MoeConfig;
+use device::Placement;
 use moe::{BackendKind, MoeBackend, MoeLayerWeights, MoeSpec, StepCapture};
 use ops::{apply_rope, linear, rms_norm, silu, to_f32_vec, Rope};
+use profile::Profiler;
 use weights::TensorSource;
 
 struct Attention {
@@ -49,10 +57,13 @@ struct Layer {
     mlp: Mlp,
 }
 
-/// One request's keys and values, per layer: `[positions, kv_heads, head_dim]` f32 each.
-#[derive(Debug, Default, Clone)]
+/// One request's keys and values, per layer: on the CPU path `[positions, kv_heads,
+/// head_dim]` f32 host vectors; on the batched path device tensors `[kv_heads, capacity,
+/// head_dim]` in the model's dtype, filled up to `len` positions and grown by doubling.
+#[derive(Debug, Default)]
 pub struct KvCache {
     layers: Vec<(Vec<f32>, Vec<f32>)>,
+    device: Vec<Option<(Tensor, Tensor)>>,
     len: usize,
 }
 
@@ -65,12 +76,20 @@ impl KvCache {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-    /// Bytes held.
+    /// Bytes held (on the batched path, the device buffers' whole capacity).
     pub fn bytes(&self) -> usize {
-        self.layers
+        let host: usize = self
+            .layers
             .iter()
             .map(|(k, v)| 4 * (k.len() + v.len()))
-            .sum()
+            .sum();
+        let device: usize = self
+            .device
+            .iter()
+            .flatten()
+            .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+            .sum();
+        host + device
     }
 }
 
@@ -92,49 +111,75 @@ pub struct Model {
     rope: Rope,
     moe: Arc<dyn MoeBackend>,
     device: Device,
+    place: Placement,
+    profiler: Arc<Profiler>,
 }
 
-fn f32_of(src: &dyn TensorSource, name: &str) -> Result<Tensor> {
-    Ok(src.get(name)?.to_dtype(DType::F32)?)
+/// A source's tensor on `place`: moved to its device, then converted to its dtype there (the
+/// CPU path: exactly `to_dtype(F32)`, the device move of a host tensor to the CPU being a
+/// no-op). The benchmark's peer model places its weights through this same function, so
+/// both models hold equal numbers.
+pub fn place_tensor(t: &Tensor, device: &Device, dtype: DType) -> Result<Tensor> {
+    Ok(t.to_device(device)?.to_dtype(dtype)?)
 }
 
 impl Model {
-    /// Builds the model of `cfg` from `src` (Hugging Face names), with MoE backend `kind`.
+    /// Builds the model of `cfg` from `src` (Hugging Face names), with MoE backend `kind`, on
+    /// the CPU (f32, row by row).
     pub fn load(cfg: &Qwen3MoeConfig, src: &dyn TensorSource, kind: BackendKind) -> Result<Self> {
+        Self::load_on(cfg, src, kind, &Placement::cpu())
+    }
+
+    /// Builds the model on `place`, one tensor at a time straight onto its device: the dense
+    /// layers first, then the MoE backend, which loads, prepares and drops one MoE layer's
+    /// checkpoint tensors at a time (at most one layer's raw experts live at once).
+    pub fn load_on(
+        cfg: &Qwen3MoeConfig,
+        src: &dyn TensorSource,
+        kind: BackendKind,
+        place: &Placement,
+    ) -> Result<Self> {
         cfg.check()?;
+        let get = |name: &str| -> Result<Tensor> {
+            place_tensor(&src.get(name)?, &place.device, place.dtype)
+                .with_context(|| format!("placing {name}"))
+        };
         let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
-        let mut moe_weights = Vec::new();
+        let mut moe_layers = Vec::new();
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
             let mlp = if cfg.is_moe_layer(l) {
-                moe_weights.push(load_moe(cfg, src, &format!("{p}.mlp"))?);
+                moe_layers.push(l);
                 Mlp::Moe {
-                    index: moe_weights.len() - 1,
+                    index: moe_layers.len() - 1,
                 }
             } else {
                 Mlp::Dense {
-                    gate: f32_of(src, &format!("{p}.mlp.gate_proj.weight"))?,
-                    up: f32_of(src, &format!("{p}.mlp.up_proj.weight"))?,
-                    down: f32_of(src, &format!("{p}.mlp.down_proj.weight"))?,
+                    gate: get(&format!("{p}.mlp.gate_proj.weight"))?,
+                    up: get(&format!("{p}.mlp.up_proj.weight"))?,
+                    down: get(&format!("{p}.mlp.down_proj.weight"))?,
                 }
             };
             layers.push(Layer {
-                input_norm: f32_of(src, &format!("{p}.input_layernorm.weight"))?,
-                post_norm: f32_of(src, &format!("{p}.post_attention_layernorm.weight"))?,
-                attn: load_attention(cfg, src, &format!("{p}.self_attn"))?,
+                input_norm: get(&format!("{p}.input_layernorm.weight"))?,
+                post_norm: get(&format!("{p}.post_attention_layernorm.weight"))?,
+                attn: load_attention(cfg, &get, &format!("{p}.self_attn"))?,
                 mlp,
             });
         }
         let spec = MoeSpec {
-            layers: moe_weights.len(),
+            layers: moe_layers.len(),
             num_experts: cfg.num_experts,
             top_k: cfg.num_experts_per_tok,
             hidden: cfg.hidden_size,
             intermediate: cfg.moe_intermediate_size,
             norm_topk_prob: cfg.norm_topk_prob,
         };
-        let moe = moe::build_backend(kind, spec, moe_weights)?;
-        let embed = f32_of(src, "model.embed_tokens.weight")?;
+        let moe = moe::build_backend(kind, spec, &place.device, &mut |i| {
+            let l = moe_layers.get(i).context("MoE layer index")?;
+            load_moe(cfg, src, &format!("model.layers.{l}.mlp"))
+        })?;
+        let embed = get("model.embed_tokens.weight")?;
         ensure!(
             embed.dims() == [cfg.vocab_size, cfg.hidden_size],
             "embed_tokens {:?}",
@@ -143,18 +188,30 @@ impl Model {
         let lm_head = if cfg.tie_word_embeddings || !src.contains("lm_head.weight") {
             embed.clone()
         } else {
-            f32_of(src, "lm_head.weight")?
+            get("lm_head.weight")?
         };
         Ok(Model {
             cfg: cfg.clone(),
             embed,
             layers,
-            norm: f32_of(src, "model.norm.weight")?,
+            norm: get("model.norm.weight")?,
             lm_head,
             rope: Rope::new(cfg.head_dim(), cfg.rope_theta),
             moe,
-            device: Device::Cpu,
+            device: place.device.clone(),
+            place: place.clone(),
+            profiler: Arc::default(),
         })
+    }
+
+    /// Where the model runs.
+    pub fn placement(&self) -> &Placement {
+        &self.place
+    }
+
+    /// The profiler of the batched path (off by default; see [`profile`]).
+    pub fn profiler(&self) -> &Arc<Profiler> {
+        &self.profiler
     }
 
     /// The config.
@@ -177,27 +234,11 @@ impl Model {
     /// experts (rows in the order of `seqs`' tokens) into `capture`, grows every cache, and
     /// returns the logits of each sequence's last new token, `[seqs, vocab]`.
     pub fn forward(&self, seqs: &mut [SeqInput<'_>], capture: &mut StepCapture) -> Result<Tensor> {
-        let mut ids = Vec::new();
-        let mut positions = Vec::new();
-        let mut last = Vec::with_capacity(seqs.len());
-        for s in seqs.iter() {
-            ensure!(!s.tokens.is_empty(), "a sequence with no new token");
-            ids.extend_from_slice(s.tokens);
-            positions.extend((0..s.tokens.len()).map(|i| s.cache.len + i));
-            last.push((ids.len() - 1) as u32);
+        if self.place.batched {
+            return self.forward_batched(seqs, capture);
         }
+        let (ids, positions, last) = self.step_rows(seqs, capture)?;
         let n = ids.len();
-        ensure!(
-            capture.tokens() == n,
-            "capture of {} rows for {n} tokens",
-            capture.tokens()
-        );
-        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-            anyhow::bail!(
-                "token id {bad} is outside the vocabulary ({})",
-                self.cfg.vocab_size
-            );
-        }
         let ids_t = Tensor::from_vec(ids, n, &self.device)?;
         let mut x = self.embed.index_select(&ids_t, 0)?;
         let (cos, sin) = self.rope.tables(&positions, &self.device)?;
@@ -226,6 +267,38 @@ impl Model {
             self.cfg.rms_norm_eps,
         )?;
         linear(&x, &self.lm_head)
+    }
+
+    /// The step's token ids, their positions and each sequence's last row, checked: every
+    /// sequence has a new token, the capture has one row per token, every id is in the
+    /// vocabulary.
+    fn step_rows(
+        &self,
+        seqs: &[SeqInput<'_>],
+        capture: &StepCapture,
+    ) -> Result<(Vec<u32>, Vec<usize>, Vec<u32>)> {
+        let mut ids = Vec::new();
+        let mut positions = Vec::new();
+        let mut last = Vec::with_capacity(seqs.len());
+        for s in seqs.iter() {
+            ensure!(!s.tokens.is_empty(), "a sequence with no new token");
+            ids.extend_from_slice(s.tokens);
+            positions.extend((0..s.tokens.len()).map(|i| s.cache.len + i));
+            last.push((ids.len() - 1) as u32);
+        }
+        let n = ids.len();
+        ensure!(
+            capture.tokens() == n,
+            "capture of {} rows for {n} tokens",
+            capture.tokens()
+        );
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            anyhow::bail!(
+                "token id {bad} is outside the vocabulary ({})",
+                self.cfg.vocab_size
+            );
+        }
+        Ok((ids, positions, last))
     }
 
     /// Self-attention of layer `l` over the step: projections and norms batched, attention
@@ -322,24 +395,28 @@ fn attend(
     }
 }
 
-fn load_attention(cfg: &Qwen3MoeConfig, src: &dyn TensorSource, p: &str) -> Result<Attention> {
+fn load_attention(
+    cfg: &Qwen3MoeConfig,
+    get: &dyn Fn(&str) -> Result<Tensor>,
+    p: &str,
+) -> Result<Attention> {
     let bias = if cfg.attention_bias {
         Some([
-            f32_of(src, &format!("{p}.q_proj.bias"))?,
-            f32_of(src, &format!("{p}.k_proj.bias"))?,
-            f32_of(src, &format!("{p}.v_proj.bias"))?,
+            get(&format!("{p}.q_proj.bias"))?,
+            get(&format!("{p}.k_proj.bias"))?,
+            get(&format!("{p}.v_proj.bias"))?,
         ])
     } else {
         None
     };
     Ok(Attention {
-        q: f32_of(src, &format!("{p}.q_proj.weight"))?,
-        k: f32_of(src, &format!("{p}.k_proj.weight"))?,
-        v: f32_of(src, &format!("{p}.v_proj.weight"))?,
-        o: f32_of(src, &format!("{p}.o_proj.weight"))?,
+        q: get(&format!("{p}.q_proj.weight"))?,
+        k: get(&format!("{p}.k_proj.weight"))?,
+        v: get(&format!("{p}.v_proj.weight"))?,
+        o: get(&format!("{p}.o_proj.weight"))?,
         bias,
-        q_norm: f32_of(src, &format!("{p}.q_norm.weight"))?,
-        k_norm: f32_of(src, &format!("{p}.k_norm.weight"))?,
+        q_norm: get(&format!("{p}.q_norm.weight"))?,
+        k_norm: get(&format!("{p}.k_norm.weight"))?,
     })
 }
 

@@ -82,6 +82,34 @@ impl Rope {
     }
 }
 
+impl Rope {
+    /// `(cos, sin)` of each position, `[positions, head_dim / 2]` in `dtype` on `device`:
+    /// the tables candle's RoPE kernels take (`candle_nn::rotary_emb::rope_thd`), the same
+    /// f32 angles as [`tables`](Self::tables).
+    pub fn half_tables(
+        &self,
+        positions: &[usize],
+        device: &candle_core::Device,
+        dtype: DType,
+    ) -> Result<(Tensor, Tensor)> {
+        let half = self.inv_freq.len();
+        let mut cos = Vec::with_capacity(positions.len() * half);
+        let mut sin = Vec::with_capacity(positions.len() * half);
+        for &p in positions {
+            for &f in &self.inv_freq {
+                let a = p as f32 * f;
+                cos.push(a.cos());
+                sin.push(a.sin());
+            }
+        }
+        let shape = (positions.len(), half);
+        let put = |v: Vec<f32>| -> Result<Tensor> {
+            Ok(Tensor::from_vec(v, shape, device)?.to_dtype(dtype)?)
+        };
+        Ok((put(cos)?, put(sin)?))
+    }
+}
+
 /// `x * cos + rotate_half(x) * sin` for `x` `[tokens, heads, head_dim]`, with
 /// `rotate_half(x) = cat(-x2, x1)` (the non-interleaved form transformers uses).
 pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {

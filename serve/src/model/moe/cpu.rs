@@ -10,14 +10,14 @@
 //! itself, in the oracle's order (per token, top-k order).
 
 use anyhow::{ensure, Context, Result};
-use candle_core::{DType, Tensor};
+use candle_core::{DType, Device, Tensor};
 use flashinfer_rs::cutlass::prepare::fc1_from_gate_up;
 use flashinfer_rs::fused::oracle::{self, ExpertWeights, ReferenceProblem};
 use flashinfer_rs::fused::Activation;
 use flashinfer_rs::routing::oracle::route_topk;
 use flashinfer_rs::routing::RoutingConfig;
 
-use super::{LayerCapture, MoeBackend, MoeLayerWeights, MoeSpec};
+use super::{LayerCapture, LayerLoader, MoeBackend, MoeLayerWeights, MoeSpec};
 use crate::model::ops::{linear, to_f32_vec};
 
 struct CpuLayer {
@@ -25,6 +25,27 @@ struct CpuLayer {
     router: Tensor,
     /// The oracle's weights: `w1` up-then-gate rows per expert, `w2` = `down_proj`.
     experts: ExpertWeights,
+}
+
+/// MoE layer `l`'s checkpoint weights as the oracle takes them.
+fn prepare(spec: &MoeSpec, l: usize, w: MoeLayerWeights) -> Result<CpuLayer> {
+    let (e, i, h) = (spec.num_experts, spec.intermediate, spec.hidden);
+    for (name, t, want) in [
+        ("router", &w.router, &[e, h][..]),
+        ("gate", &w.gate, &[e, i, h][..]),
+        ("up", &w.up, &[e, i, h][..]),
+        ("down", &w.down, &[e, h, i][..]),
+    ] {
+        ensure!(t.dims() == want, "MoE layer {l}: {name} {:?}", t.dims());
+    }
+    let w1 = fc1_from_gate_up(&to_f32_vec(&w.gate)?, &to_f32_vec(&w.up)?, e, i, h)?;
+    Ok(CpuLayer {
+        router: w.router.to_device(&Device::Cpu)?.to_dtype(DType::F32)?,
+        experts: ExpertWeights {
+            w1,
+            w2: to_f32_vec(&w.down)?,
+        },
+    })
 }
 
 /// flashinfer-rs's CPU reference MoE, every layer of a model.
@@ -37,42 +58,23 @@ pub struct CpuMoe {
 impl CpuMoe {
     /// Prepares `layers` (any float dtype) for the oracle: f32, GEMM1 as up-then-gate rows.
     pub fn new(spec: MoeSpec, layers: Vec<MoeLayerWeights>) -> Result<Self> {
+        ensure!(
+            layers.len() == spec.layers,
+            "{} MoE layers of weights for {} MoE layers",
+            layers.len(),
+            spec.layers
+        );
+        let mut layers = layers.into_iter();
+        Self::load(spec, &mut |_| layers.next().context("no more MoE layers"))
+    }
+
+    /// As [`new`](Self::new), each layer from `load` (called once per layer, in order; what
+    /// it returns is dropped once the layer is prepared).
+    pub fn load(spec: MoeSpec, load: &mut LayerLoader<'_>) -> Result<Self> {
         let routing = spec.routing();
         routing.validate().context("the model's routing")?;
-        let (e, i, h) = (spec.num_experts, spec.intermediate, spec.hidden);
-        let layers = layers
-            .into_iter()
-            .enumerate()
-            .map(|(l, w)| {
-                ensure!(
-                    w.router.dims() == [e, h],
-                    "MoE layer {l}: router {:?}",
-                    w.router.dims()
-                );
-                ensure!(
-                    w.gate.dims() == [e, i, h],
-                    "MoE layer {l}: gate {:?}",
-                    w.gate.dims()
-                );
-                ensure!(
-                    w.up.dims() == [e, i, h],
-                    "MoE layer {l}: up {:?}",
-                    w.up.dims()
-                );
-                ensure!(
-                    w.down.dims() == [e, h, i],
-                    "MoE layer {l}: down {:?}",
-                    w.down.dims()
-                );
-                let w1 = fc1_from_gate_up(&to_f32_vec(&w.gate)?, &to_f32_vec(&w.up)?, e, i, h)?;
-                Ok(CpuLayer {
-                    router: w.router.to_dtype(DType::F32)?,
-                    experts: ExpertWeights {
-                        w1,
-                        w2: to_f32_vec(&w.down)?,
-                    },
-                })
-            })
+        let layers = (0..spec.layers)
+            .map(|l| prepare(&spec, l, load(l)?))
             .collect::<Result<Vec<_>>>()?;
         Ok(CpuMoe {
             spec,
@@ -173,7 +175,6 @@ fn combine(
 mod tests {
     use super::*;
     use crate::model::moe::StepCapture;
-    use candle_core::Device;
 
     fn tensor(n: usize, shape: &[usize], seed: u64) -> Tensor {
         let mut rng = flashinfer_rs::routing::oracle::SplitMix64(seed);

@@ -3,9 +3,14 @@
 //! router's ids written by the kernels straight into a device `CaptureStore` (the zero-copy
 //! path the crate exists for), and read back once per step in [`MoeBackend::finish_step`].
 //!
+//! The model's `Device` is the backend's (one candle device, one stream): a model on the GPU
+//! hands its bf16 rows over as they are (no copy); a CPU model's rows are copied over and
+//! back.
+//!
 //! Per step: layer 0's call begins the store's step, each layer routes into its views, and
 //! `finish_step` ends the step, collects its rows (one device-to-host copy) and lays them
-//! into the step's `StepCapture`. The router's logits are computed in f32 (candle's matmul on
+//! into the step's `StepCapture`; a step no request wants rows of
+//! ([`LayerCapture::wanted`]) neither captures nor reads back. The router's logits are computed in f32 (candle's matmul on
 //! the GPU), as the CPU backend computes them; the experts run in bf16.
 
 use std::sync::{Arc, Mutex};
@@ -17,7 +22,7 @@ use flashinfer_rs::capture::{CaptureConfig, CaptureStore, StepLayout};
 use flashinfer_rs::cudarc::driver::CudaStream;
 use flashinfer_rs::cutlass::{CutlassMoe, CutlassMoeConfig, CutlassWorkspace};
 
-use super::{LayerCapture, MoeBackend, MoeLayerWeights, MoeSpec, StepCapture};
+use super::{LayerCapture, LayerLoader, MoeBackend, MoeSpec, StepCapture};
 
 struct HopperLayer {
     /// Router `[experts, hidden]`, f32, on the GPU.
@@ -29,8 +34,9 @@ struct HopperLayer {
 struct StepState {
     workspace: CutlassWorkspace,
     store: CaptureStore,
-    /// Rows of the step begun by MoE layer 0 (`None` between steps).
-    open: Option<usize>,
+    /// The step begun by MoE layer 0 (`None` between steps): its rows, and whether they are
+    /// captured (a step no request asked routed experts of writes no store).
+    open: Option<(usize, bool)>,
 }
 
 /// flashinfer-rs's Hopper layer for every MoE layer of a model, on one GPU.
@@ -44,27 +50,43 @@ pub struct HopperMoe {
 }
 
 impl HopperMoe {
-    /// Moves `layers` (the checkpoint's tensors, any float dtype, any device) to CUDA device
-    /// 0, prepares them for the Hopper layer there (bf16, up rows first) and builds one
-    /// `CutlassMoe` per layer for steps of up to `max_tokens` rows.
-    pub fn new(spec: MoeSpec, layers: Vec<MoeLayerWeights>, max_tokens: usize) -> Result<Self> {
-        let device = Device::new_cuda(0).context("CUDA device 0")?;
-        let stream = cuda_stream(&device)?;
+    /// Builds one `CutlassMoe` per MoE layer on `device` (a CUDA device: the model's own when
+    /// the model is on the GPU, so both share candle's stream) for steps of up to
+    /// `max_tokens` rows. Each layer's checkpoint tensors come from `load` (any float dtype,
+    /// any device; moved to `device` if elsewhere), are prepared there (bf16, up rows first)
+    /// and dropped before the next layer is loaded.
+    pub fn new(
+        spec: MoeSpec,
+        device: &Device,
+        max_tokens: usize,
+        load: &mut LayerLoader<'_>,
+    ) -> Result<Self> {
+        let stream = cuda_stream(device).context("the Hopper backend's device")?;
         let config = CutlassMoeConfig {
             routing: spec.routing(),
             hidden_size: spec.hidden,
             intermediate_size: spec.intermediate,
             max_tokens,
         };
-        let mut built = Vec::with_capacity(layers.len());
-        for (l, w) in layers.into_iter().enumerate() {
-            let on = |t: &Tensor| t.to_device(&device);
+        let mut built = Vec::with_capacity(spec.layers);
+        for l in 0..spec.layers {
+            let w = load(l).with_context(|| format!("MoE layer {l}: loading"))?;
+            let on = |t: &Tensor| t.to_device(device);
             let (gate, up, down) = (on(&w.gate)?, on(&w.up)?, on(&w.down)?);
-            let weights = cutlass_weights(Fc1::GateUp { gate: &gate, up: &up }, &down)
-                .with_context(|| format!("MoE layer {l}: weights"))?;
+            let weights = cutlass_weights(
+                Fc1::GateUp {
+                    gate: &gate,
+                    up: &up,
+                },
+                &down,
+            )
+            .with_context(|| format!("MoE layer {l}: weights"))?;
+            let router = on(&w.router)?.to_dtype(DType::F32)?;
+            // The checkpoint's tensors (and their device copies) go before the next layer's
+            // come: the layer keeps only its own prepared copy.
+            drop((w, gate, up, down));
             let moe = CutlassMoe::new(config, weights)
                 .with_context(|| format!("MoE layer {l}: the Hopper layer"))?;
-            let router = on(&w.router)?.to_dtype(DType::F32)?;
             built.push(HopperLayer { router, moe });
         }
         let first = built.first().context("a model with no MoE layer")?;
@@ -75,7 +97,7 @@ impl HopperMoe {
         )?;
         Ok(HopperMoe {
             spec,
-            device,
+            device: device.clone(),
             stream,
             max_tokens,
             layers: built,
@@ -103,13 +125,22 @@ impl MoeBackend for HopperMoe {
         &self.spec
     }
 
-    fn forward(&self, moe_layer: usize, hidden: &Tensor, _capture: LayerCapture<'_>) -> Result<Tensor> {
+    fn forward(
+        &self,
+        moe_layer: usize,
+        hidden: &Tensor,
+        capture: LayerCapture<'_>,
+    ) -> Result<Tensor> {
         let layer = self
             .layers
             .get(moe_layer)
             .with_context(|| format!("MoE layer {moe_layer} of {}", self.layers.len()))?;
         let (tokens, h) = hidden.dims2()?;
-        ensure!(h == self.spec.hidden, "hidden {h}, the layer has {}", self.spec.hidden);
+        ensure!(
+            h == self.spec.hidden,
+            "hidden {h}, the layer has {}",
+            self.spec.hidden
+        );
         ensure!(
             tokens <= self.max_tokens,
             "a step of {tokens} rows, the Hopper backend was built for {}",
@@ -118,40 +149,58 @@ impl MoeBackend for HopperMoe {
         let mut state = self.state()?;
         let state = &mut *state;
         if moe_layer == 0 {
-            if state.open.take().is_some() {
+            if let Some((_, captured)) = state.open.take() {
                 // The step before failed between its layers: close it and drop its rows, so
                 // one failed step does not stop every step after it.
                 tracing::warn!("dropping the rows of a step that failed midway");
-                state.store.end_step(&self.stream)?;
-                state.store.collect()?;
+                if captured {
+                    state.store.end_step(&self.stream)?;
+                    state.store.collect()?;
+                }
             }
-            state.store.begin_step(&self.stream, StepLayout::single(tokens))?;
-            state.open = Some(tokens);
+            if capture.wanted {
+                state
+                    .store
+                    .begin_step(&self.stream, StepLayout::single(tokens))?;
+            }
+            state.open = Some((tokens, capture.wanted));
         }
         ensure!(
-            state.open == Some(tokens),
-            "MoE layer {moe_layer}: {tokens} rows in a step begun with {:?}",
+            state.open == Some((tokens, capture.wanted)),
+            "MoE layer {moe_layer}: {tokens} rows (capture {}) in a step begun with {:?}",
+            capture.wanted,
             state.open
         );
+        // On the model's device already (the GPU model): no copy; a CPU model's rows go over
+        // and back.
         let x = hidden.to_device(&self.device)?;
         let logits = x.to_dtype(DType::F32)?.matmul(&layer.router.t()?)?;
+        let views = if capture.wanted {
+            Some(state.store.layer_views(moe_layer)?)
+        } else {
+            None
+        };
         let y = layer.moe.forward_tensor(
             &mut state.workspace,
-            &x.to_dtype(DType::BF16)?,
+            &x.to_dtype(DType::BF16)?.contiguous()?,
             TensorRouting::Logits {
                 logits: &logits,
                 bias: None,
             },
-            Some(state.store.layer_views(moe_layer)?),
+            views,
         )?;
         Ok(y.to_dtype(hidden.dtype())?.to_device(hidden.device())?)
     }
 
     fn finish_step(&self, capture: &mut StepCapture) -> Result<()> {
         let mut state = self.state()?;
-        let Some(tokens) = state.open.take() else {
+        let Some((tokens, captured)) = state.open.take() else {
             bail!("finish_step without a step: no MoE layer ran");
         };
+        if !captured {
+            // Nobody asked: the rows stay unknown, nothing was written or is read back.
+            return Ok(());
+        }
         state.store.end_step(&self.stream)?;
         let step = state
             .store

@@ -11,10 +11,12 @@ pub mod hopper;
 
 use std::sync::Arc;
 
-use anyhow::{bail, ensure, Result};
-use candle_core::Tensor;
+use anyhow::{ensure, Result};
+use candle_core::{Device, Tensor};
 use flashinfer_rs::capture::{LayerMajorRows, StepRows, UNKNOWN};
 use flashinfer_rs::routing::{RoutingConfig, RoutingMethod};
+
+use super::device::{cuda_device, DeviceError};
 
 /// The shape of every MoE layer of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,6 +69,9 @@ pub struct LayerCapture<'a> {
     pub ids: &'a mut [i16],
     /// `[tokens, top_k]` routing weights of those ids, when the step captures weights.
     pub weights: Option<&'a mut [f32]>,
+    /// Whether any row of the step is wanted (some request asked for its routed experts): a
+    /// backend that captures on the device may skip the capture when not.
+    pub wanted: bool,
 }
 
 /// One step's routed experts for all MoE layers, layer-major: layer `l`'s rows are one
@@ -79,6 +84,7 @@ pub struct StepCapture {
     top_k: usize,
     ids: Vec<i16>,
     weights: Option<Vec<f32>>,
+    wanted: bool,
 }
 
 impl StepCapture {
@@ -91,7 +97,20 @@ impl StepCapture {
             top_k,
             ids: vec![UNKNOWN; n],
             weights: with_weights.then(|| vec![f32::NAN; n]),
+            wanted: true,
         }
+    }
+
+    /// Marks the step's rows as wanted or not (default: wanted). The engine clears it for a
+    /// step with no request that asked for routed experts; a device backend then neither
+    /// captures nor reads back, and the rows stay [`UNKNOWN`].
+    pub fn set_wanted(&mut self, wanted: bool) {
+        self.wanted = wanted;
+    }
+
+    /// Whether the step's rows are wanted.
+    pub fn wanted(&self) -> bool {
+        self.wanted
     }
 
     /// Rows of the step.
@@ -116,6 +135,7 @@ impl StepCapture {
         Ok(LayerCapture {
             ids: &mut self.ids[span.clone()],
             weights: self.weights.as_mut().map(|w| &mut w[span]),
+            wanted: self.wanted,
         })
     }
 
@@ -217,30 +237,47 @@ pub enum BackendKind {
     Auto,
 }
 
-/// Builds the backend `kind` for `spec` from the checkpoint's MoE layers (one per MoE layer).
+/// Loads MoE layer `i`'s weights (0-based among MoE layers), on the host or on the model's
+/// device: a backend calls it once per layer, in order, prepares its own copy and drops what
+/// it was given before asking for the next, so at most one layer's checkpoint tensors live
+/// at a time.
+pub type LayerLoader<'a> = dyn FnMut(usize) -> Result<MoeLayerWeights> + 'a;
+
+/// Builds the backend `kind` for `spec`, the model on `device`, its layers from `load`.
+///
+/// `Auto` is the Hopper layer when this is a `cuda` build and a CUDA device opens (the
+/// model's own when it is on one), else the CPU oracle; once chosen, a failure is an error
+/// (no silent fallback with half a model loaded). A model on a CUDA device takes only the
+/// Hopper backend ([`DeviceError::CpuBackendOnGpu`]).
 pub fn build_backend(
     kind: BackendKind,
     spec: MoeSpec,
-    layers: Vec<MoeLayerWeights>,
+    device: &Device,
+    load: &mut LayerLoader<'_>,
 ) -> Result<Arc<dyn MoeBackend>> {
-    ensure!(
-        layers.len() == spec.layers,
-        "{} MoE layers of weights for {} MoE layers",
-        layers.len(),
-        spec.layers
-    );
-    match kind {
-        BackendKind::Cpu => Ok(Arc::new(cpu::CpuMoe::new(spec, layers)?)),
-        BackendKind::Hopper => hopper(spec, layers),
-        // A GPU build tries the Hopper layer first; this CPU build has only the oracle.
-        BackendKind::Auto if cfg!(feature = "cuda") => match hopper(spec, layers.clone()) {
-            Ok(b) => Ok(b),
+    ensure!(spec.layers > 0, "a model with no MoE layer");
+    let gpu = match (kind, device) {
+        (BackendKind::Cpu, Device::Cpu) => None,
+        (BackendKind::Cpu, _) => return Err(DeviceError::CpuBackendOnGpu.into()),
+        (_, Device::Cpu) if kind == BackendKind::Hopper => Some(cuda_device()?),
+        (_, Device::Cpu) => match cuda_device().map_err(anyhow::Error::from).and_then(|d| {
+            ensure!(
+                hopper_supported(&d)?,
+                "the GPU is not one the Hopper layer runs on"
+            );
+            Ok(d)
+        }) {
+            Ok(d) => Some(d),
             Err(e) => {
-                tracing::warn!("--backend auto: Hopper unavailable ({e:#}); using the CPU backend");
-                Ok(Arc::new(cpu::CpuMoe::new(spec, layers)?))
+                tracing::info!("--backend auto: the CPU backend ({e:#})");
+                None
             }
         },
-        BackendKind::Auto => Ok(Arc::new(cpu::CpuMoe::new(spec, layers)?)),
+        (_, d) => Some(d.clone()),
+    };
+    match gpu {
+        None => Ok(Arc::new(cpu::CpuMoe::load(spec, load)?)),
+        Some(d) => hopper(spec, &d, load),
     }
 }
 
@@ -248,19 +285,42 @@ pub fn build_backend(
 /// store are sized for this once (the server refuses a larger `--max-batch-tokens`).
 pub const GPU_MAX_STEP_TOKENS: usize = 8192;
 
-/// flashinfer-rs's Hopper layer for every MoE layer, on CUDA device 0.
+/// Whether this build's CUTLASS MoE runs on `device` (an sm_90 GPU).
 #[cfg(feature = "cuda")]
-fn hopper(spec: MoeSpec, layers: Vec<MoeLayerWeights>) -> Result<Arc<dyn MoeBackend>> {
-    Ok(Arc::new(hopper::HopperMoe::new(spec, layers, GPU_MAX_STEP_TOKENS)?))
+fn hopper_supported(device: &Device) -> Result<bool> {
+    let stream = flashinfer_rs::candle::cuda_stream(device)?;
+    Ok(flashinfer_rs::device_info(stream.context())?.cutlass_moe_supported)
 }
 
 #[cfg(not(feature = "cuda"))]
-fn hopper(spec: MoeSpec, layers: Vec<MoeLayerWeights>) -> Result<Arc<dyn MoeBackend>> {
-    let _ = (spec, layers);
-    bail!(
-        "--backend hopper needs a GPU build: rebuild with `--features cuda` on a machine with \
-         CUDA (this binary is CPU-only; use --backend cpu)"
-    )
+fn hopper_supported(device: &Device) -> Result<bool> {
+    let _ = device;
+    Ok(false)
+}
+
+/// flashinfer-rs's Hopper layer for every MoE layer, on `device` (a CUDA device).
+#[cfg(feature = "cuda")]
+fn hopper(
+    spec: MoeSpec,
+    device: &Device,
+    load: &mut LayerLoader<'_>,
+) -> Result<Arc<dyn MoeBackend>> {
+    Ok(Arc::new(hopper::HopperMoe::new(
+        spec,
+        device,
+        GPU_MAX_STEP_TOKENS,
+        load,
+    )?))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn hopper(
+    spec: MoeSpec,
+    device: &Device,
+    load: &mut LayerLoader<'_>,
+) -> Result<Arc<dyn MoeBackend>> {
+    let _ = (spec, device, load);
+    Err(DeviceError::CudaNotBuilt.into())
 }
 
 #[cfg(test)]

@@ -220,7 +220,7 @@ fn capture_step(b: &Bench) {
             });
             let zero_copy = b.capture(|| {
                 for l in 0..layers {
-                    let mut view = store.layer_view(l).unwrap();
+                    let mut view = store.replay_view(l).unwrap();
                     router
                         .route(&b.stream, &inputs.input(t), &mut bufs, Some(&mut view))
                         .unwrap();
@@ -350,7 +350,7 @@ fn readback_overlap(b: &Bench) {
         let mut store = CaptureStore::new(&b.stream, cap).unwrap();
         let step = b.capture(|| {
             for l in 0..layers {
-                let mut view = store.layer_view(l).unwrap();
+                let mut view = store.replay_view(l).unwrap();
                 router
                     .route(&b.stream, &inputs.input(t), &mut bufs, Some(&mut view))
                     .unwrap();
@@ -565,8 +565,8 @@ fn peers(b: &Bench) {
         let theirs = b.capture(|| {
             let mut view = ReplayView::from_slice(&mut replay2, 8).unwrap();
             let mut out = NoAuxTcOutputs {
-                values: values.as_view_mut(),
-                indices: indices.as_view_mut(),
+                ids: indices.as_view_mut(),
+                weights_f32: values.as_view_mut(),
             };
             for _ in 0..N {
                 noaux
@@ -835,8 +835,8 @@ fn topk_row(b: &Bench, m: &ModelRouter, t: usize) {
         .map(|noaux| {
             b.capture(|| {
                 let mut out = NoAuxTcOutputs {
-                    values: values.as_view_mut(),
-                    indices: indices.as_view_mut(),
+                    ids: indices.as_view_mut(),
+                    weights_f32: values.as_view_mut(),
                 };
                 for _ in 0..TOPK_CALLS {
                     noaux.route(s, &inputs.input(t), &mut out, None).unwrap();

@@ -91,7 +91,7 @@ impl Router6 for Gpu {
                 bias: None,
                 num_tokens: rows,
             };
-            let mut view = self.store.layer_view(layer).unwrap();
+            let mut view = self.store.replay_view(layer).unwrap();
             self.router
                 .route(&self.stream, &input, &mut self.buffers, Some(&mut view))
                 .unwrap();

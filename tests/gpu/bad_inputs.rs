@@ -86,7 +86,7 @@ fn the_capture_protocol_refuses_misuse_without_blocking() {
         Err(Error::InvalidArgument { arg: "layer", .. })
     ));
     assert!(matches!(
-        store.layer_view(2),
+        store.replay_view(2),
         Err(Error::InvalidArgument {
             arg: "moe_layer",
             ..
@@ -169,7 +169,7 @@ fn a_capture_store_larger_than_the_device_is_a_driver_error() {
     let mut store = CaptureStore::new(&g.stream, cfg(64)).unwrap();
     // A store that captures weights lends no ids-only view (its weights would stay unwritten).
     assert!(matches!(
-        store.layer_view(0),
+        store.replay_view(0),
         Err(Error::InvalidArgument {
             arg: "moe_layer",
             ..

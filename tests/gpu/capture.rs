@@ -233,7 +233,7 @@ fn route_layers(
             bias: m.bias.as_ref().map(Into::into),
             num_tokens: t,
         };
-        let mut view = store.layer_view(l).unwrap();
+        let mut view = store.replay_view(l).unwrap();
         router
             .route(&g.stream, &input, buffers, Some(&mut view))
             .unwrap();
@@ -300,7 +300,7 @@ fn graph(g: &Gpu, m: &Model, steps: usize) {
                 bias: m.bias.as_ref().map(Into::into),
                 num_tokens: padded,
             };
-            let mut view = store.layer_view(l).unwrap();
+            let mut view = store.replay_view(l).unwrap();
             router
                 .route(&g.stream, &input, &mut buffers, Some(&mut view))
                 .unwrap();
@@ -381,7 +381,7 @@ fn the_next_step_cannot_overwrite_rows_still_being_read_back() {
                 bias: None,
                 num_tokens: tokens,
             };
-            let mut view = store.layer_view(l).unwrap();
+            let mut view = store.replay_view(l).unwrap();
             router
                 .route(&g.stream, &input, &mut buffers, Some(&mut view))
                 .unwrap();
@@ -682,4 +682,84 @@ fn a_dropped_step_buffer_gives_its_readback_buffer_back() {
     store.recycle(second).unwrap();
     assert_eq!(store.free_readback_buffers(), 2);
     eprintln!("{test}: a dropped buffer came back; is_ready polled without blocking");
+}
+
+/// Every router has the captured form (`route_captured` with a store's `layer_views`):
+/// upstream's router writes the ids (and refuses a store that captures weights: it has no
+/// fp32 weights to give), NoAuxTc writes ids and weights, the top-k router ids and weights;
+/// each captured row equals the oracle of its kernel.
+#[test]
+fn every_router_routes_into_a_stores_layer_views() {
+    let Some(g) = gpu("every_router_routes_into_a_stores_layer_views") else {
+        return;
+    };
+    let cfg = models::deepseek_v3().cfg;
+    let (e, k, t) = (cfg.num_experts as usize, cfg.top_k as usize, 77);
+    let (logits, bias) = oracle::separated_logits(&cfg, t, false, 11).unwrap();
+    let want = oracle::route(&cfg, &logits, bias.as_deref(), t).unwrap();
+    let (d_logits, d_bias) = (
+        g.stream.clone_htod(&logits).unwrap(),
+        g.stream.clone_htod(bias.as_deref().unwrap()).unwrap(),
+    );
+    let input = RouteInput {
+        logits: (&d_logits).into(),
+        bias: Some((&d_bias).into()),
+        num_tokens: t,
+    };
+    let step = |store: &mut CaptureStore, route: &mut dyn FnMut(&mut CaptureStore)| {
+        store.begin_step(&g.stream, StepLayout::single(t)).unwrap();
+        route(store);
+        store.end_step(&g.stream).unwrap();
+        store.collect().unwrap().expect("the step's rows")
+    };
+    let ids_only = CaptureConfig::new(1, 128, k);
+    let with_weights = CaptureConfig::new(1, 128, k).with_weights(true);
+
+    // Upstream's router: ids into the store; a weights store is refused before any launch.
+    let router = Router::new(cfg).unwrap();
+    let mut buffers = RoutingBuffers::new(&g.stream, &cfg, 128).unwrap();
+    let mut store = CaptureStore::new(&g.stream, ids_only.clone()).unwrap();
+    let got = step(&mut store, &mut |s| {
+        router
+            .route_captured(&g.stream, &input, &mut buffers, s.layer_views(0).unwrap())
+            .unwrap()
+    });
+    assert_eq!(got.rows.ids, want.ids, "Router::route_captured");
+    let mut store = CaptureStore::new(&g.stream, with_weights.clone()).unwrap();
+    store.begin_step(&g.stream, StepLayout::single(t)).unwrap();
+    let e_ = router
+        .route_captured(&g.stream, &input, &mut buffers, store.layer_views(0).unwrap())
+        .unwrap_err();
+    assert!(
+        matches!(e_, flashinfer_rs::Error::InvalidArgument { arg: "views", .. }),
+        "{e_}"
+    );
+    store.end_step(&g.stream).unwrap();
+    store.collect().unwrap();
+
+    // NoAuxTc: ids and its fp32 weights into the store.
+    let noaux = flashinfer_rs::routing::NoAuxTcRouter::new(cfg).unwrap();
+    let mut ids = g.stream.alloc_zeros::<i32>(t * k).unwrap();
+    let mut weights = g.stream.alloc_zeros::<f32>(t * k).unwrap();
+    let mut store = CaptureStore::new(&g.stream, with_weights).unwrap();
+    let got = step(&mut store, &mut |s| {
+        let mut out = flashinfer_rs::routing::NoAuxTcOutputs {
+            ids: ids.as_view_mut(),
+            weights_f32: weights.as_view_mut(),
+        };
+        noaux
+            .route_captured(&g.stream, &input, &mut out, s.layer_views(0).unwrap())
+            .unwrap()
+    });
+    assert_eq!(got.rows.ids, want.ids, "NoAuxTcRouter::route_captured ids");
+    let theirs = g.stream.clone_dtoh(&weights).unwrap();
+    assert_eq!(
+        got.rows.weights.as_deref(),
+        Some(&theirs[..]),
+        "the store's weights are the call's"
+    );
+    for (j, (&w, &o)) in theirs.iter().zip(&want.weights).enumerate() {
+        assert!(weight_matches(w, o), "pair {j}: NoAuxTc weight {w} vs the oracle's {o}");
+    }
+    println!("Router and NoAuxTcRouter route_captured: {t} tokens x {k} of {e} = oracle");
 }

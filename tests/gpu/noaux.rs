@@ -127,8 +127,8 @@ fn run_noaux(
             &g.stream,
             &input,
             &mut NoAuxTcOutputs {
-                values: values.as_view_mut(),
-                indices: indices.as_view_mut(),
+                ids: indices.as_view_mut(),
+                weights_f32: values.as_view_mut(),
             },
             with_replay.then_some(&mut view),
         )

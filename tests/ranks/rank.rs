@@ -161,7 +161,7 @@ pub fn run(rank: usize) -> ExitCode {
         // 1. Per-rank combine: only this rank's tokens.
         own.begin_step(&stream, StepLayout::per_rank(n)).unwrap();
         for l in (0..LAYERS).filter(|_| n > 0) {
-            let mut view = own.layer_view(l).unwrap();
+            let mut view = own.replay_view(l).unwrap();
             let input = pool.input(l, mine.clone());
             router
                 .route(&stream, &input, &mut buffers, Some(&mut view))
@@ -186,7 +186,7 @@ pub fn run(rank: usize) -> ExitCode {
                     .unwrap();
             }
             gather.comm().all_gather(&send, &mut recv).unwrap();
-            let mut view = dispatched.layer_view(l).unwrap();
+            let mut view = dispatched.replay_view(l).unwrap();
             let input = RouteInput {
                 logits: (&recv).into(),
                 bias: None,

@@ -85,7 +85,7 @@ fn candle_tensor_logits_route_and_capture_like_the_oracle() {
             .begin_step(&stream, StepLayout::single(tokens))
             .unwrap();
         for layer in 0..layers {
-            let mut view = store.layer_view(layer).unwrap();
+            let mut view = store.replay_view(layer).unwrap();
             with_cuda_view(&tensors[layer], |logits| {
                 let mut run = |logits: CudaView<'_, f32>, bias: Option<CudaView<'_, f32>>| {
                     let input = RouteInput {

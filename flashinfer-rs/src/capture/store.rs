@@ -536,26 +536,18 @@ impl CaptureStore {
         }
     }
 
-    /// The replay view of MoE layer `moe_layer`: `[max_tokens, top_k]`, always the same device
-    /// memory. Hand it to the routing or fused call of that layer. A store that captures
-    /// weights refuses it (the call would leave the weights unwritten): take
-    /// [`layer_views`](Self::layer_views) and hand both to a call that writes both
-    /// ([`TopKRouter::route_captured`](crate::routing::TopKRouter::route_captured),
-    /// `CutlassMoe::forward_captured`).
-    pub fn layer_view(&mut self, moe_layer: usize) -> Result<ReplayView<'_>> {
-        ensure(moe_layer < self.cfg.moe_layers, "moe_layer", || {
-            format!("{moe_layer} >= moe_layers ({})", self.cfg.moe_layers)
-        })?;
+    /// The replay view alone (the ids) of MoE layer `moe_layer`: `[max_tokens, top_k]`, always
+    /// the same device memory, for a call that writes ids only (a routing or fused call's
+    /// `routing_replay_out`). A store that captures weights refuses it (the call would leave
+    /// the weights unwritten): take [`layer_views`](Self::layer_views), the form every
+    /// `route_captured` / `forward_captured` takes.
+    pub fn replay_view(&mut self, moe_layer: usize) -> Result<ReplayView<'_>> {
         ensure(!self.cfg.capture_weights, "moe_layer", || {
             "this store captures weights: take layer_views(), whose weights view the call must \
              write too (an ids-only view would leave them unwritten)"
                 .into()
         })?;
-        let per_layer = self.cfg.max_tokens * self.cfg.top_k;
-        let view = self
-            .device
-            .slice_mut(moe_layer * per_layer..(moe_layer + 1) * per_layer);
-        ReplayView::new(view, self.cfg.max_tokens, self.cfg.top_k)
+        Ok(self.layer_views(moe_layer)?.ids)
     }
 
     /// The whole `[layers, max_tokens, top_k]` id buffer, for a call that fills the step's

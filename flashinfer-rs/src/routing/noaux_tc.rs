@@ -9,6 +9,7 @@ use flashinfer_sys as sys;
 
 use super::method::{check_bias, RoutingConfig, RoutingMethod};
 use super::route::{Logits, RouteInput};
+use crate::capture::LayerViews;
 use crate::context::same_context;
 use crate::error::{covers, ensure, Error, Result, MAX_TOKENS};
 use crate::ffi::check;
@@ -63,14 +64,14 @@ pub struct NoAuxTcRouter {
     scale: f32,
 }
 
-/// Where a NoAuxTc call writes: `[>= num_tokens, top_k]` weights (in the logits' dtype) and
-/// expert ids.
+/// Where a NoAuxTc call writes, each `[>= num_tokens, top_k]`: the fields of
+/// [`TopKOutputs`](super::TopKOutputs) this kernel writes, both required.
 #[derive(Debug)]
 pub struct NoAuxTcOutputs<'a> {
-    /// The chosen experts' weights.
-    pub values: CudaViewMut<'a, f32>,
     /// The chosen experts (int32 global ids, best first).
-    pub indices: CudaViewMut<'a, i32>,
+    pub ids: CudaViewMut<'a, i32>,
+    /// Their weights in fp32.
+    pub weights_f32: CudaViewMut<'a, f32>,
 }
 
 impl NoAuxTcRouter {
@@ -89,6 +90,29 @@ impl NoAuxTcRouter {
     /// The validated config.
     pub fn config(&self) -> &RoutingConfig {
         &self.cfg
+    }
+
+    /// [`route`](Self::route) into one layer's capture-store views
+    /// ([`CaptureStore::layer_views`](crate::capture::CaptureStore::layer_views)), the captured
+    /// form every router and layer has: the ids into its replay view and, when the store
+    /// captures weights, the fp32 weights copied into its weights view after the call (on
+    /// `stream`, device to device).
+    pub fn route_captured(
+        &self,
+        stream: &Arc<CudaStream>,
+        input: &RouteInput<'_>,
+        out: &mut NoAuxTcOutputs<'_>,
+        views: LayerViews<'_>,
+    ) -> Result<()> {
+        let LayerViews { mut ids, weights } = views;
+        self.route(stream, input, out, Some(&mut ids))?;
+        if let Some(mut weights) = weights {
+            let n = input.num_tokens * self.cfg.top_k as usize;
+            // Both hold >= n: `route` checked the outputs, the store's view is its max_tokens
+            // rows, which `route` checked against the replay view of the same store.
+            stream.memcpy_dtod(&out.weights_f32.slice(..n), &mut weights.slice_mut(..n))?;
+        }
+        Ok(())
     }
 
     /// Routes `input.num_tokens` rows (fp32 logits, fp32 bias) on `stream`, writing the
@@ -127,20 +151,11 @@ impl NoAuxTcRouter {
             format!("holds {}, needs {}", logits.len(), t as u128 * e as u128)
         })?;
         check_bias(&self.cfg, Some(bias.len()))?;
-        ensure(covers(out.values.len(), t, k), "values", || {
-            format!(
-                "holds {}, needs {}",
-                out.values.len(),
-                t as u128 * k as u128
-            )
-        })?;
-        ensure(covers(out.indices.len(), t, k), "indices", || {
-            format!(
-                "holds {}, needs {}",
-                out.indices.len(),
-                t as u128 * k as u128
-            )
-        })?;
+        for (arg, len) in [("ids", out.ids.len()), ("weights_f32", out.weights_f32.len())] {
+            ensure(covers(len, t, k), arg, || {
+                format!("holds {len}, needs {}", t as u128 * k as u128)
+            })?;
+        }
         if let Some(r) = routing_replay_out.as_deref() {
             check_replay(r.rows(), r.cols(), t, k)?;
         }
@@ -149,8 +164,8 @@ impl NoAuxTcRouter {
             [
                 ("logits", logits.stream()),
                 ("bias", bias.stream()),
-                ("values", out.values.stream()),
-                ("indices", out.indices.stream()),
+                ("weights_f32", out.weights_f32.stream()),
+                ("ids", out.ids.stream()),
             ]
             .into_iter()
             .chain(
@@ -173,8 +188,8 @@ impl NoAuxTcRouter {
         stream.context().bind_to_thread()?;
         let (l, _g1) = logits.device_ptr(stream);
         let (b, _g2) = bias.device_ptr(stream);
-        let (v, _g3) = out.values.device_ptr_mut(stream);
-        let (i, _g4) = out.indices.device_ptr_mut(stream);
+        let (v, _g3) = out.weights_f32.device_ptr_mut(stream);
+        let (i, _g4) = out.ids.device_ptr_mut(stream);
         let (r, _g5) = match routing_replay_out {
             Some(r) => {
                 let (p, g) = r.data_mut().device_ptr_mut(stream);

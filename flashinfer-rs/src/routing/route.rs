@@ -8,6 +8,7 @@ use flashinfer_sys as sys;
 use half::bf16;
 
 use super::method::{check_bias, RoutingConfig};
+use crate::capture::LayerViews;
 use crate::context::same_context;
 use crate::error::{covers, ensure, Error, Result, MAX_TOKENS};
 use crate::ffi::check;
@@ -324,6 +325,28 @@ impl Router {
     /// The validated config.
     pub fn config(&self) -> &RoutingConfig {
         &self.cfg
+    }
+
+    /// [`route`](Self::route) into one layer's capture-store views
+    /// ([`CaptureStore::layer_views`](crate::capture::CaptureStore::layer_views)), the captured
+    /// form every router and layer has: the ids into its replay view. Upstream's routing
+    /// kernels write the weights in bf16 into `buffers` (where the fused MoE reads them), not in
+    /// fp32 into a store: a store that captures weights is refused (capture them with
+    /// [`TopKRouter::route_captured`](super::TopKRouter::route_captured)).
+    pub fn route_captured(
+        &self,
+        stream: &Arc<CudaStream>,
+        input: &RouteInput<'_>,
+        buffers: &mut RoutingBuffers,
+        views: LayerViews<'_>,
+    ) -> Result<()> {
+        let LayerViews { mut ids, weights } = views;
+        ensure(weights.is_none(), "views", || {
+            "this store captures weights, which upstream's routing kernels do not write in fp32; \
+             route with TopKRouter::route_captured, or capture ids only"
+                .into()
+        })?;
+        self.route(stream, input, buffers, Some(&mut ids))
     }
 
     /// Routes `input.num_tokens` tokens on `stream`.

@@ -728,10 +728,18 @@ fn every_router_routes_into_a_stores_layer_views() {
     let mut store = CaptureStore::new(&g.stream, with_weights.clone()).unwrap();
     store.begin_step(&g.stream, StepLayout::single(t)).unwrap();
     let e_ = router
-        .route_captured(&g.stream, &input, &mut buffers, store.layer_views(0).unwrap())
+        .route_captured(
+            &g.stream,
+            &input,
+            &mut buffers,
+            store.layer_views(0).unwrap(),
+        )
         .unwrap_err();
     assert!(
-        matches!(e_, flashinfer_rs::Error::InvalidArgument { arg: "views", .. }),
+        matches!(
+            e_,
+            flashinfer_rs::Error::InvalidArgument { arg: "views", .. }
+        ),
         "{e_}"
     );
     store.end_step(&g.stream).unwrap();
@@ -759,7 +767,10 @@ fn every_router_routes_into_a_stores_layer_views() {
         "the store's weights are the call's"
     );
     for (j, (&w, &o)) in theirs.iter().zip(&want.weights).enumerate() {
-        assert!(weight_matches(w, o), "pair {j}: NoAuxTc weight {w} vs the oracle's {o}");
+        assert!(
+            weight_matches(w, o),
+            "pair {j}: NoAuxTc weight {w} vs the oracle's {o}"
+        );
     }
     println!("Router and NoAuxTcRouter route_captured: {t} tokens x {k} of {e} = oracle");
 }

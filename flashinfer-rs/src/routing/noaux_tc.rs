@@ -151,7 +151,10 @@ impl NoAuxTcRouter {
             format!("holds {}, needs {}", logits.len(), t as u128 * e as u128)
         })?;
         check_bias(&self.cfg, Some(bias.len()))?;
-        for (arg, len) in [("ids", out.ids.len()), ("weights_f32", out.weights_f32.len())] {
+        for (arg, len) in [
+            ("ids", out.ids.len()),
+            ("weights_f32", out.weights_f32.len()),
+        ] {
             ensure(covers(len, t, k), arg, || {
                 format!("holds {len}, needs {}", t as u128 * k as u128)
             })?;

@@ -2,8 +2,8 @@
 # (scripts/candle-check.sh, scripts/gpu-pack-serve.sh): nvcc on PATH for candle-kernels, and
 # link-time stand-ins for the CUDA libraries candle links (downstream/candle/make_link_stubs.py;
 # at run time the real libraries are loaded by SONAME). Expects $root (the repository).
-python3 "$root/vendor/fetch.py" all
-eval "$(python3 "$root/vendor/fetch.py" print-env)"
+python3 "$root/flashinfer-sys/vendor/fetch.py" all
+eval "$(python3 "$root/flashinfer-sys/vendor/fetch.py" print-env)"
 # candle-kernels compiles its PTX with the nvcc on PATH, for this compute capability.
 export PATH="$FLASHINFER_RS_CUDA_HOME/bin:$PATH"
 export CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}

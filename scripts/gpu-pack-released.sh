@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
 # Builds the GPU test binary against FlashInfer 0.6.13 *as released*: without our numeric
-# fixes (vendor/patches/0002-0006 and 0010; the Llama4 replay backport 0001 stays, or Llama4
+# fixes (flashinfer-sys/vendor/patches/0002-0006 and 0010; the Llama4 replay backport 0001 stays, or Llama4
 # routing with replay is refused). It exists to prove that the degenerate-input tests fail without
 # those patches (issue: "the same tests fail on the unpatched tree"):
 #
 #     bash scripts/gpu-pack-released.sh          # here: gpu-pack/released/ (sm_90a only)
 #     bash gpu-pack/released/run.sh              # there: the degenerate tests, expected to FAIL
 #
-# It fetches a second tree into vendor/fetched-released and builds in target/released, so the
+# It fetches a second tree into flashinfer-sys/vendor/fetched-released and builds in target/released, so the
 # normal build is untouched; FLASHINFER_RS_ALLOW_UNPATCHED=1 lets flashinfer-sys take that tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 skip=(--skip-patch 0002 --skip-patch 0003 --skip-patch 0004 --skip-patch 0005 --skip-patch 0006
   --skip-patch 0010)
-export FLASHINFER_RS_VENDOR_DIR="$PWD/vendor/fetched-released"
+export FLASHINFER_RS_VENDOR_DIR="$PWD/flashinfer-sys/vendor/fetched-released"
 export FLASHINFER_RS_ALLOW_UNPATCHED=1
 export CARGO_TARGET_DIR="$PWD/target/released"
-python3 vendor/fetch.py toolchain
-python3 vendor/fetch.py sources "${skip[@]}"
+python3 flashinfer-sys/vendor/fetch.py toolchain
+python3 flashinfer-sys/vendor/fetch.py sources "${skip[@]}"
 out=gpu-pack/released
 rm -rf "$out" && mkdir -p "$out/bin"
 cargo test --release --features sm90 --test gpu --no-run --message-format=json \

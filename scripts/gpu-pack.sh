@@ -14,7 +14,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 features=${FEATURES:-sm90-moe},nccl
-python3 vendor/fetch.py all
+python3 flashinfer-sys/vendor/fetch.py all
 rm -rf gpu-pack/bin gpu-pack/run.sh gpu-pack/bench.sh gpu-pack/ranks.sh && mkdir -p gpu-pack/bin
 cargo build --release -p flashinfer-rs --features "$features" --examples "$@"
 cargo test --release --features "$features" --test gpu --test ranks --no-run --message-format=json "$@" \

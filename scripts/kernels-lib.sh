@@ -17,7 +17,7 @@ cd "$(dirname "$0")/.."
 features=${1:-sm90}
 out=${2:-$PWD/target/kernels-lib}
 mkdir -p "$out"
-python3 vendor/fetch.py all >&2
+python3 flashinfer-sys/vendor/fetch.py all >&2
 # The kernels as the normal build makes them (object cache included); the build script
 # writes its link line to OUT_DIR/kernels-link.txt. The dev profile: nvcc's flags do not depend
 # on cargo's profile (the library is the same either way), and a workspace that built these

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Lists functions longer than a limit (default 120 lines) in flashinfer-rs/src and csrc/.
+"""Lists functions longer than a limit (default 120 lines) in flashinfer-rs/src and flashinfer-sys/csrc/.
 
     python3 scripts/long-functions.py [limit]
 
@@ -48,7 +48,7 @@ def scan(path, pattern, name_group):
 found = []
 for p in sorted((ROOT / "flashinfer-rs/src").rglob("*.rs")):
     found += scan(p, RUST_FN, 6)
-for p in sorted((ROOT / "csrc").glob("*.c*")):
+for p in sorted((ROOT / "flashinfer-sys" / "csrc").glob("*.c*")):
     found += scan(p, C_FN, 1)
 for length, where, name in sorted(found, reverse=True):
     print(f"{length:5} {where} {name}")

@@ -9,6 +9,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-python3 vendor/fetch.py all
-eval "$(python3 vendor/fetch.py print-env)"
+python3 flashinfer-sys/vendor/fetch.py all
+eval "$(python3 flashinfer-sys/vendor/fetch.py print-env)"
 cargo test --workspace --features sm100 "$@"

@@ -35,7 +35,7 @@ started=$(date +%s)
 export CARGO_PROFILE_DEV_DEBUG=${CARGO_PROFILE_DEV_DEBUG:-line-tables-only}
 stage() { echo "== $1 ($(( $(date +%s) - started )) s so far)"; }
 
-python3 vendor/fetch.py all
+python3 flashinfer-sys/vendor/fetch.py all
 
 # The run is bound by compile time on few cores (a cold CI machine has 2): upstream's
 # routing_custom alone takes ~18 min of one core for sm_90a and ~22 for sm_100f. So what needs
@@ -75,7 +75,7 @@ stage "1/8: no arch feature (no nvcc needed), doctests included"
 cargo test --workspace
 # The fuzz corpora and past crash inputs, replayed through the fuzz entry points.
 cargo test -p flashinfer-rs --features fuzzing --test fuzz_corpus
-# No function over 120 lines in flashinfer-rs/src or csrc/.
+# No function over 120 lines in flashinfer-rs/src or flashinfer-sys/csrc/.
 python3 scripts/long-functions.py
 # The seed's scenario as a client plays it: the reference server on the transformers fixture
 # model, curl and Python (numpy, requests, openai) decoding routed_experts (CPU backend).

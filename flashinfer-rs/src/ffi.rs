@@ -60,7 +60,7 @@ pub struct BuildInfo {
     /// only with a prebuilt kernel library, which is then refused).
     pub crate_version: String,
     /// Our patches to the FlashInfer sources in these kernels (`["0001", ..., "0008"]`; see
-    /// vendor/README.md).
+    /// flashinfer-sys/vendor/README.md).
     pub patches: Vec<String>,
     /// FlashInfer's CUTLASS fused MoE for Hopper ([`CutlassMoe`](crate::cutlass::CutlassMoe),
     /// feature `sm90-moe`).

@@ -55,7 +55,7 @@
 //!
 //! # Layers
 //!
-//! `flashinfer-sys` is the raw C ABI (`csrc/flashinfer_rs.h`); this crate validates every
+//! `flashinfer-sys` is the raw C ABI (`flashinfer-sys/csrc/flashinfer_rs.h`); this crate validates every
 //! argument against upstream's limits before anything is launched and turns every failure
 //! into a typed [`Error`] that keeps CUDA error codes. Every kernel has one call shape: an
 //! object built once from its configuration, which checks every rule that does not depend on

@@ -5,16 +5,15 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+/// This crate's directory (vendor/ lives in it).
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
 /// A scratch directory under target/, removed and recreated per test.
 fn scratch(name: &str) -> PathBuf {
-    let dir = root().join("target/fetch-tests").join(name);
+    // The workspace's target directory holds the scratch trees.
+    let dir = root().join("../target/fetch-tests").join(name);
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     dir

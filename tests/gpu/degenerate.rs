@@ -1,7 +1,7 @@
 //! Routing at the numeric edges real models reach, against the oracle (which follows the
 //! models' reference routers there): sigmoid underflow, GLM-5-like correction biases, NaN and
 //! infinite logits. Each of the first two fails on FlashInfer 0.6.13 as released and passes
-//! with our patches (vendor/patches/0002-0004, 0006; `bash scripts/gpu-pack.sh released`
+//! with our patches (flashinfer-sys/vendor/patches/0002-0004, 0006; `bash scripts/gpu-pack.sh released`
 //! builds the released variant for that comparison).
 use flashinfer_rs::half::bf16;
 use flashinfer_rs::routing::oracle::{self, Regime, SplitMix64};

@@ -859,7 +859,7 @@ fn mxfp4_moe_matches_the_reference() {
 /// Decode-sized bf16 calls (1-8 tokens) at a Qwen3-like hidden and intermediate size: the
 /// bf16 launcher's GEMM intermediates are then far below 128 KiB, where the shipped kernels'
 /// TMA reads past them (upstream 2fb785c19); our scratch allocator pads every upstream tensor
-/// (csrc/scratch.h, tested on the CPU in flashinfer-sys).
+/// (flashinfer-sys/csrc/scratch.h, tested on the CPU in flashinfer-sys).
 #[test]
 fn bf16_moe_at_decode_batch_sizes() {
     let Some(g) = sm100("fused_sm100::bf16_moe_at_decode_batch_sizes") else {

@@ -1,7 +1,7 @@
 //! The fused MoE's GEMM cubins: read from the pinned artifact in the local cubin cache, each
 //! checked against the artifact's `checksums.txt` (sha256) and against the hash upstream's
 //! kernel table expects, before the bytes reach the driver. Nothing is downloaded at run time
-//! (`python3 vendor/fetch.py sources` fills the cache).
+//! (`python3 flashinfer-sys/vendor/fetch.py sources` fills the cache).
 //!
 //! Upstream asks for a cubin through a process-wide C callback the first time a kernel runs in
 //! a context; [`install`] registers ours. The callback never unwinds: errors and panics become
@@ -29,7 +29,7 @@ pub struct CubinStore {
 }
 
 impl CubinStore {
-    /// The store `vendor/fetch.py` fills: `$FLASHINFER_CUBIN_DIR`, else
+    /// The store `flashinfer-sys/vendor/fetch.py` fills: `$FLASHINFER_CUBIN_DIR`, else
     /// `$FLASHINFER_RS_CACHE/cubins`, else `~/.cache/flashinfer-rs/cubins`, with the artifact
     /// this build pins ([`flashinfer_sys::BMM_ARTIFACT`]).
     pub fn from_env() -> Result<CubinStore> {
@@ -52,7 +52,7 @@ impl CubinStore {
         let list = root.join(artifact).join("checksums.txt");
         let text = std::fs::read_to_string(&list).map_err(|e| {
             Error::Cubin(format!(
-                "cannot read {} ({e}); fetch the pinned cubins with `python3 vendor/fetch.py sources`",
+                "cannot read {} ({e}); fetch the pinned cubins with `python3 flashinfer-sys/vendor/fetch.py sources`",
                 list.display()
             ))
         })?;
@@ -143,7 +143,7 @@ impl CubinStore {
         let full = self.root.join(path);
         let bytes = std::fs::read(&full).map_err(|e| {
             Error::Cubin(format!(
-                "cannot read {} ({e}); run `python3 vendor/fetch.py sources`",
+                "cannot read {} ({e}); run `python3 flashinfer-sys/vendor/fetch.py sources`",
                 full.display()
             ))
         })?;

@@ -2,7 +2,7 @@
 //! which combinations upstream accepts. Host arithmetic only, so each rule is tested in CI.
 //!
 //! The rules are FlashInfer 0.6.13's own checks (`check_routing`/`check_moe` of each launcher
-//! in csrc/trtllm_fused_moe_kernel_launcher.cu) plus the ones upstream forgets (undersized
+//! in flashinfer-sys/csrc/trtllm_fused_moe_kernel_launcher.cu) plus the ones upstream forgets (undersized
 //! buffers, replay rows, dtypes), split by when they can be known:
 //! - [`layer`]: the routing config, the sizes, the options and the weights, checked once by
 //!   [`FusedMoe::new`](super::FusedMoe::new);

@@ -5,7 +5,7 @@
 //!
 //! | router | kernels | writes | use it for |
 //! |---|---|---|---|
-//! | [`TopKRouter`] | ours (csrc/topk_router.cu), one pass over the logits | ids (int32 and/or the int16 replay view), weights (fp32 and/or bf16) | your own expert GEMMs, FlashInfer's CUTLASS MoE, capture alone: the fast path |
+//! | [`TopKRouter`] | ours (flashinfer-sys/csrc/topk_router.cu), one pass over the logits | ids (int32 and/or the int16 replay view), weights (fp32 and/or bf16) | your own expert GEMMs, FlashInfer's CUTLASS MoE, capture alone: the fast path |
 //! | [`Router`] | upstream's TRTLLM-gen routing | the same, plus the grouped-GEMM permutation ([`RoutingBuffers`]) | feeding the TRTLLM fused MoE's layout, or cross-checking |
 //! | [`NoAuxTcRouter`] | upstream's DeepSeek-V3 router (`fused_topk_deepseek`) | ids, weights | a DeepSeek-V3 baseline |
 //!

@@ -16,7 +16,7 @@
 //! | `Llama4` | Llama 4's router: top-1 of the logits, weight `sigmoid(logit)` |
 //! | `TopK`, `Sigmoid`, `SigmoidRenorm` | FlashInfer's `routing_reference_*` (`tests/moe/trtllm_gen_fused_moe_utils.py`) |
 //!
-//! At the edges this means (and the kernels, with our patches, agree; see vendor/patches):
+//! At the edges this means (and the kernels, with our patches, agree; see flashinfer-sys/vendor/patches):
 //! - a sigmoid is an fp32 value: it underflows to exactly 0 for strongly negative logits
 //!   (below about -104; the kernels, built with fast math, flush the subnormal sigmoids of
 //!   logits in about `[-104, -87]` to 0 as well, which only reorders experts whose sigmoids

@@ -1,4 +1,4 @@
-//! flashinfer-rs's own "top-k only" router (csrc/topk_router.cu): each token's experts and
+//! flashinfer-rs's own "top-k only" router (flashinfer-sys/csrc/topk_router.cu): each token's experts and
 //! weights in one pass over its logits, without the grouped-GEMM permutation upstream's
 //! routing kernels also build. For callers with their own expert GEMMs, FlashInfer's CUTLASS
 //! MoE (which takes ids and scales), and capture alone.

@@ -63,7 +63,7 @@ fn an_altered_cubin_is_refused_with_both_hashes() {
 fn a_missing_cubin_names_the_fetch_command() {
     let (_tmp, store, _) = artifact();
     let m = cubin_err(store.load(&format!("{ARTIFACT}/Gone.cubin"), ""));
-    assert!(m.contains("vendor/fetch.py"), "{m}");
+    assert!(m.contains("flashinfer-sys/vendor/fetch.py"), "{m}");
 }
 
 #[test]
@@ -90,7 +90,7 @@ fn a_missing_or_malformed_checksum_list_is_a_cubin_error() {
         other => panic!("{other:?}"),
     };
     assert!(
-        m.contains("checksums.txt") && m.contains("vendor/fetch.py"),
+        m.contains("checksums.txt") && m.contains("flashinfer-sys/vendor/fetch.py"),
         "{m}"
     );
     let dir = root.join(ARTIFACT);

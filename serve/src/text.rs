@@ -140,6 +140,13 @@ impl TextModel {
         }
     }
 
+    /// The same text model with `ids` as its end-of-sequence ids (none: generation stops only
+    /// at `max_tokens`, as a benchmark wants).
+    pub fn with_eos_ids(mut self, ids: Vec<u32>) -> Self {
+        self.eos_ids = ids;
+        self
+    }
+
     /// End-of-sequence token ids.
     pub fn eos_ids(&self) -> &[u32] {
         &self.eos_ids

@@ -132,6 +132,8 @@ pub enum SubmitError {
 
 enum Command {
     Submit(u64, Box<GenRequest>, tmpsc::UnboundedSender<Event>),
+    /// Several requests that arrive together (the scheduler sees them in one go).
+    SubmitMany(Vec<(u64, Box<GenRequest>, tmpsc::UnboundedSender<Event>)>),
     Cancel(u64),
     Shutdown,
 }
@@ -244,6 +246,55 @@ impl Engine {
             done: Arc::new(AtomicBool::new(false)),
             cmd: self.cmd.clone(),
         })
+    }
+
+    /// Queues `reqs` together: the scheduler takes all of them in the same pass (a step is
+    /// planned with every one of them), where separate [`submit`](Self::submit)s may be
+    /// split across steps. All or none: [`SubmitError::Busy`] when the queue has no room
+    /// for all.
+    pub fn submit_many(&self, reqs: Vec<GenRequest>) -> Result<Vec<RequestStream>, SubmitError> {
+        if self.stopped.load(Ordering::Relaxed) {
+            return Err(SubmitError::ShuttingDown);
+        }
+        let (n, max) = (reqs.len(), self.config.max_queue);
+        let reserved = self
+            .queued
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |q| {
+                (q + n <= max).then_some(q + n)
+            });
+        if reserved.is_err() {
+            self.metrics
+                .rejected_requests
+                .fetch_add(n as u64, Ordering::Relaxed);
+            return Err(SubmitError::Busy(max));
+        }
+        self.metrics
+            .queue_depth
+            .fetch_add(n as u64, Ordering::Relaxed);
+        let mut batch = Vec::with_capacity(n);
+        let mut streams = Vec::with_capacity(n);
+        for req in reqs {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let (tx, rx) = tmpsc::unbounded_channel();
+            batch.push((id, Box::new(req), tx));
+            streams.push(RequestStream {
+                id,
+                rx,
+                done: Arc::new(AtomicBool::new(false)),
+                cmd: self.cmd.clone(),
+            });
+        }
+        if self.cmd.send(Command::SubmitMany(batch)).is_err() {
+            self.queued.fetch_sub(n, Ordering::SeqCst);
+            self.metrics
+                .queue_depth
+                .fetch_sub(n as u64, Ordering::Relaxed);
+            for s in &streams {
+                s.done.store(true, Ordering::Relaxed);
+            }
+            return Err(SubmitError::ShuttingDown);
+        }
+        Ok(streams)
     }
 
     /// Stops the scheduler: running and waiting requests fail with "shutting down".

@@ -126,6 +126,7 @@ impl Scheduler {
     fn command(&mut self, c: Command) {
         match c {
             Command::Submit(id, req, tx) => self.waiting.push_back((id, req, tx)),
+            Command::SubmitMany(batch) => self.waiting.extend(batch),
             Command::Cancel(id) => {
                 if let Some(at) = self.waiting.iter().position(|w| w.0 == id) {
                     self.waiting.remove(at);

@@ -31,6 +31,32 @@ pub enum Phase {
     Head,
 }
 
+impl Phase {
+    /// Every phase, in step order.
+    pub const ALL: [Phase; 7] = [
+        Phase::Embed,
+        Phase::Attention,
+        Phase::Moe,
+        Phase::DenseMlp,
+        Phase::Norms,
+        Phase::Capture,
+        Phase::Head,
+    ];
+
+    /// Short name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Embed => "embed",
+            Phase::Attention => "attention",
+            Phase::Moe => "moe",
+            Phase::DenseMlp => "dense_mlp",
+            Phase::Norms => "norms",
+            Phase::Capture => "capture",
+            Phase::Head => "head",
+        }
+    }
+}
+
 /// Accumulated phase times.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct PhaseTimes {
@@ -52,6 +78,12 @@ pub struct PhaseTimes {
     pub capture: Duration,
     /// See [`Phase`].
     pub head: Duration,
+    /// Host time between consecutive forward passes (the engine's scheduling, logits to the
+    /// host, sampling, capture assembly and streaming), from the end of one pass to the start
+    /// of the next; the first pass after [`Profiler::take`] has none.
+    pub host: Duration,
+    /// The gaps `host` adds up.
+    pub host_gaps: u64,
 }
 
 impl PhaseTimes {
@@ -96,7 +128,7 @@ impl PhaseTimes {
 #[derive(Debug, Default)]
 pub struct Profiler {
     enabled: AtomicBool,
-    times: Mutex<PhaseTimes>,
+    times: Mutex<(PhaseTimes, Option<Instant>)>,
 }
 
 impl Profiler {
@@ -110,19 +142,26 @@ impl Profiler {
         self.enabled.load(Ordering::Relaxed)
     }
 
-    /// The times so far, and resets them.
+    /// The times so far, and resets them (the next pass starts a new run: no host gap).
     pub fn take(&self) -> PhaseTimes {
         self.times
             .lock()
-            .map(|mut t| std::mem::take(&mut *t))
+            .map(|mut t| std::mem::take(&mut *t).0)
             .unwrap_or_default()
     }
 
-    /// A step's timer: fences the device now (when profiling) and starts the clock.
+    /// A step's timer: fences the device now (when profiling), adds the host gap since the
+    /// last pass ended, and starts the clock.
     pub(crate) fn pass<'a>(&'a self, device: &'a Device) -> Result<Pass<'a>> {
         let on = self.enabled();
         if on {
             device.synchronize()?;
+            if let Ok(mut t) = self.times.lock() {
+                if let Some(end) = t.1.take() {
+                    t.0.host += end.elapsed();
+                    t.0.host_gaps += 1;
+                }
+            }
         }
         Ok(Pass {
             profiler: self,
@@ -160,21 +199,15 @@ impl Pass<'_> {
         if !self.on {
             return;
         }
-        if let Ok(mut t) = self.profiler.times.lock() {
+        if let Ok(mut guard) = self.profiler.times.lock() {
+            let (t, end) = &mut *guard;
             let p = &self.times;
             t.steps += 1;
             t.tokens += tokens as u64;
-            for phase in [
-                Phase::Embed,
-                Phase::Attention,
-                Phase::Moe,
-                Phase::DenseMlp,
-                Phase::Norms,
-                Phase::Capture,
-                Phase::Head,
-            ] {
+            for phase in Phase::ALL {
                 *t.slot(phase) += p.get(phase);
             }
+            *end = Some(Instant::now());
         }
     }
 }

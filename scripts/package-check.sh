@@ -4,7 +4,7 @@
 # builds a small application against the unpacked crates there, as a user of crates.io would:
 #   1. without features (no nvcc, no fetched sources);
 #   2. `DOCS_RS=1 cargo doc`, as docs.rs builds it;
-#   3. with `sm90`, after running the packaged `flashinfer-sys/vendor/fetch.py` as the build's error message
+#   3. with `sm90`, after running the packaged `vendor/fetch.py` as the build's error message
 #      tells a user to (the object cache makes this cheap after the main build).
 # and checks that none of these builds wrote into the unpacked crates.
 #
@@ -33,7 +33,7 @@ for c in "$target"/package/flashinfer-sys-*.crate "$target"/package/flashinfer-r
 done
 sys=$(echo "$work"/crates/flashinfer-sys-*)
 rs=$(echo "$work"/crates/flashinfer-rs-*)
-for f in flashinfer-sys/csrc/flashinfer_rs.h flashinfer-sys/vendor/MANIFEST.toml flashinfer-sys/vendor/fetch.py LICENSE README.md; do
+for f in csrc/flashinfer_rs.h vendor/MANIFEST.toml vendor/fetch.py LICENSE README.md; do
   [ -f "$sys/$f" ] || { echo "package-check: flashinfer-sys lacks $f" >&2; exit 1; }
 done
 
@@ -79,7 +79,7 @@ cargo build --quiet
 echo "== package-check: DOCS_RS=1 cargo doc"
 DOCS_RS=1 cargo doc --quiet --no-deps -p flashinfer-rs -p flashinfer-sys
 
-echo "== package-check: build with sm90 from the package's own flashinfer-sys/vendor/fetch.py"
+echo "== package-check: build with sm90 from the package's own vendor/fetch.py"
 python3 "$sys/vendor/fetch.py" all
 cargo build --quiet --features sm90
 "$CARGO_TARGET_DIR/debug/package-check-app"

@@ -1,0 +1,145 @@
+//! The model on CUDA (`--device cuda`, feature `cuda`): the batched path with the Hopper MoE
+//! layer on the model's own device, against the CPU model with the same Hopper layer (rows
+//! copied over and back). f32 dense parts agree closely; bf16 ones run and mostly agree.
+//! Without a GPU these tests say so and pass, unless `FLASHINFER_RS_REQUIRE_GPU=1`.
+
+#![cfg(feature = "cuda")]
+
+mod common;
+
+use common::*;
+use flashinfer_rs_serve::model::device::{DTypeArg, DeviceKind, Placement};
+use flashinfer_rs_serve::model::moe::{BackendKind, StepCapture};
+use flashinfer_rs_serve::model::random::random_tensors;
+use flashinfer_rs_serve::model::{KvCache, Model, Qwen3MoeConfig, SeqInput};
+
+fn gpu(dtype: DTypeArg) -> Option<Placement> {
+    match Placement::open(DeviceKind::Cuda, Some(dtype)) {
+        Ok(p) => Some(p),
+        Err(e) if std::env::var("FLASHINFER_RS_REQUIRE_GPU").as_deref() == Ok("1") => {
+            panic!("FLASHINFER_RS_REQUIRE_GPU=1 and no GPU: {e}")
+        }
+        Err(e) => {
+            eprintln!("no GPU ({e}); skipped");
+            None
+        }
+    }
+}
+
+type Steps = Vec<Vec<Vec<u32>>>;
+
+fn steps() -> Steps {
+    let p = |n: u32, from: u32| (0..n).map(|i| (from + i * 37) % 259).collect::<Vec<u32>>();
+    vec![
+        vec![p(7, 3), p(5, 90), vec![]],
+        vec![vec![11], p(4, 17), p(300, 200)],
+        vec![vec![12], vec![40], vec![41]],
+        vec![vec![13], vec![], vec![42]],
+    ]
+}
+
+/// Every step's logits and token-major routed ids.
+fn drive(model: &Model, steps: &Steps) -> Vec<(Vec<Vec<f32>>, Vec<i16>)> {
+    let (l, k, _) = model.capture_shape();
+    let mut caches: Vec<KvCache> = (0..steps[0].len()).map(|_| KvCache::default()).collect();
+    let mut out = Vec::new();
+    for step in steps {
+        let n: usize = step.iter().map(Vec::len).sum();
+        let mut cap = StepCapture::new(n, l, k, true);
+        let mut seqs: Vec<SeqInput<'_>> = step
+            .iter()
+            .zip(caches.iter_mut())
+            .filter(|(t, _)| !t.is_empty())
+            .map(|(tokens, cache)| SeqInput { tokens, cache })
+            .collect();
+        let logits = model.forward(&mut seqs, &mut cap).unwrap();
+        out.push((logits.to_vec2::<f32>().unwrap(), cap.to_step_rows().ids));
+    }
+    out
+}
+
+#[test]
+fn the_model_on_cuda_matches_the_cpu_model() {
+    let Some(place) = gpu(DTypeArg::F32) else {
+        return;
+    };
+    let cfg: Qwen3MoeConfig = serde_json::from_value(tiny_config(&[1])).unwrap();
+    let w = random_tensors(&cfg, 3).unwrap();
+    let reference = drive(
+        &Model::load(&cfg, &w, BackendKind::Hopper).unwrap(),
+        &steps(),
+    );
+    let m = Model::load_on(&cfg, &w, BackendKind::Auto, &place).unwrap();
+    assert_eq!(m.moe().name(), "hopper");
+    let got = drive(&m, &steps());
+    let (mut rows, mut same) = (0, 0);
+    for (s, ((la, ia), (lb, ib))) in reference.iter().zip(&got).enumerate() {
+        assert!(
+            ib.iter().all(|&e| (0..EXPERTS as i16).contains(&e)),
+            "step {s}"
+        );
+        for (ra, rb) in ia.chunks(TOP_K).zip(ib.chunks(TOP_K)) {
+            rows += 1;
+            same += usize::from(ra == rb);
+        }
+        for (ra, rb) in la.iter().zip(lb) {
+            let gap = ra
+                .iter()
+                .zip(rb)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(gap < 5e-2, "step {s}: logits differ by {gap}");
+        }
+    }
+    assert!(
+        same * 100 >= rows * 98,
+        "routed rows equal: {same} of {rows}"
+    );
+}
+
+#[test]
+fn bf16_on_cuda_runs_and_mostly_agrees() {
+    let Some(place) = gpu(DTypeArg::Bf16) else {
+        return;
+    };
+    let cfg: Qwen3MoeConfig = serde_json::from_value(tiny_config(&[])).unwrap();
+    let w = random_tensors(&cfg, 5).unwrap();
+    let reference = drive(
+        &Model::load(&cfg, &w, BackendKind::Hopper).unwrap(),
+        &steps(),
+    );
+    let got = drive(
+        &Model::load_on(&cfg, &w, BackendKind::Hopper, &place).unwrap(),
+        &steps(),
+    );
+    let argmax = |r: &[f32]| (0..r.len()).max_by(|&i, &j| r[i].total_cmp(&r[j])).unwrap();
+    let (mut all, mut same) = (0, 0);
+    for ((la, _), (lb, _)) in reference.iter().zip(&got) {
+        for (ra, rb) in la.iter().zip(lb) {
+            assert!(rb.iter().all(|x| x.is_finite()));
+            all += 1;
+            same += usize::from(argmax(ra) == argmax(rb));
+        }
+    }
+    assert!(same * 4 >= all * 3, "bf16 argmax agrees on {same} of {all}");
+}
+
+/// `--backend cpu` with the model on the GPU is a typed refusal, not a silent copy.
+#[test]
+fn the_cpu_backend_is_refused_on_cuda() {
+    let Some(place) = gpu(DTypeArg::Bf16) else {
+        return;
+    };
+    let cfg: Qwen3MoeConfig = serde_json::from_value(tiny_config(&[])).unwrap();
+    let err = Model::load_on(
+        &cfg,
+        &random_tensors(&cfg, 1).unwrap(),
+        BackendKind::Cpu,
+        &place,
+    )
+    .err()
+    .expect("refused");
+    assert!(err
+        .downcast_ref::<flashinfer_rs_serve::model::device::DeviceError>()
+        .is_some());
+}

@@ -5,9 +5,7 @@
 
 #![cfg(feature = "cuda")]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use flashinfer_rs_serve::model::device::{DTypeArg, DeviceKind, Placement};
 use flashinfer_rs_serve::model::moe::{BackendKind, StepCapture};
 use flashinfer_rs_serve::model::random::random_tensors;

@@ -1,12 +1,10 @@
 //! Loading: the fused expert format equals the per-expert one, shards through an index,
 //! dense layers, random-config mode.
 
-mod common;
-
 use std::collections::HashMap;
 
 use candle_core::{DType, Tensor};
-use common::*;
+use crate::common::*;
 use flashinfer_rs_serve::model::moe::{BackendKind, StepCapture};
 use flashinfer_rs_serve::model::random::random_tensors;
 use flashinfer_rs_serve::model::weights::Checkpoint;

@@ -1,12 +1,10 @@
 //! The server over real HTTP: completions and chat, streaming and not, routed experts equal
 //! to the model run alone, concurrency with cancellations, every bad request's 4xx.
 
-mod common;
-
 use std::sync::OnceLock;
 use std::thread;
 
-use common::*;
+use crate::common::*;
 use flashinfer_rs_serve::engine::sampling::SamplingParams;
 use flashinfer_rs_serve::model::Model;
 use flashinfer_rs_serve::server::{load_model, ServerOptions};

@@ -4,11 +4,9 @@
 //! per-layer router top-k), the server must reproduce them. Without it the test fails, unless
 //! FLASHINFER_RS_SERVE_FIXTURES_OPTIONAL=1.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::*;
+use crate::common::*;
 use flashinfer_rs_serve::model::moe::BackendKind;
 use serde_json::{json, Value};
 

@@ -12,26 +12,14 @@ out=${1:-gpu-pack/candle}
 case $out in /*) ;; *) out=$root/$out ;; esac
 rm -rf "$out" && mkdir -p "$out/bin"
 bash scripts/candle-check.sh --pack "$out/bin"
+cp scripts/pack-cuda-libs.sh "$out/"
 cat > "$out/run.sh" <<'RUN'
 #!/usr/bin/env bash
 # downstream/candle's tests; a missing GPU or Hopper layer is a failure here.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 export FLASHINFER_RS_REQUIRE_GPU=1
-# candle links the CUDA 13 libraries it uses by SONAME: take them from the machine's
-# PyTorch wheels (nvidia-cublas, nvidia-curand, nvidia-cuda-nvrtc, nvidia-cuda-runtime).
-libs=$(python3 - <<'PY'
-import glob, os, site
-dirs = set()
-for sp in site.getsitepackages():
-    for pat in ("libcublas.so.*", "libcublasLt.so.*", "libcurand.so.*", "libnvrtc.so.*",
-                "libcudart.so.*"):
-        for f in glob.glob(os.path.join(sp, "nvidia", "**", pat), recursive=True):
-            dirs.add(os.path.dirname(f))
-print(":".join(sorted(dirs)))
-PY
-)
-export LD_LIBRARY_PATH=$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+source "$here/pack-cuda-libs.sh" # candle's CUDA libraries, from PyTorch's wheels
 status=0
 for t in candle_tensor candle_moe_layer; do
   echo "== downstream/candle: $t"

@@ -30,6 +30,7 @@ cp -r serve/fixtures/tiny-qwen3-moe serve/fixtures/expected.json serve/fixtures/
 cp serve/client/seed_repro.py "$out/client/"
 cp scripts/serve-client-test.sh "$out/"
 [ -d serve/bench ] && cp -r serve/bench "$out/"
+cp scripts/pack-cuda-libs.sh "$out/"
 cat > "$out/run.sh" <<'RUN'
 #!/usr/bin/env bash
 # The reference server on the GPU: its tests with every MoE layer on the Hopper backend, the
@@ -39,19 +40,7 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 export FLASHINFER_RS_REQUIRE_GPU=1 FLASHINFER_RS_SERVE_BACKEND=hopper
 export FLASHINFER_RS_SERVE_FIXTURES=$here/fixtures
-# candle links the CUDA 13 libraries it uses by SONAME: take them from PyTorch's wheels.
-libs=$(python3 - <<'PY'
-import glob, os, site
-dirs = set()
-for sp in site.getsitepackages():
-    for pat in ("libcublas.so.*", "libcublasLt.so.*", "libcurand.so.*", "libnvrtc.so.*",
-                "libcudart.so.*"):
-        for f in glob.glob(os.path.join(sp, "nvidia", "**", pat), recursive=True):
-            dirs.add(os.path.dirname(f))
-print(":".join(sorted(dirs)))
-PY
-)
-export LD_LIBRARY_PATH=$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+source "$here/pack-cuda-libs.sh" # candle's CUDA libraries, from PyTorch's wheels
 status=0
 for t in "$here"/bin/test-*; do
   echo "== $(basename "$t") (MoE on the Hopper backend)"

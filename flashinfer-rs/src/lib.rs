@@ -103,6 +103,7 @@ mod ffi;
 pub mod fused;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+mod launch;
 mod replay;
 pub mod routing;
 

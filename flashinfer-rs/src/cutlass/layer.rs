@@ -4,10 +4,7 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use cudarc::driver::{
-    CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut,
-    DeviceSlice, SyncOnDrop,
-};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceSlice};
 use flashinfer_sys as sys;
 use half::bf16;
 
@@ -16,6 +13,7 @@ use crate::capture::LayerViews;
 use crate::context::same_context;
 use crate::error::{Error, Result};
 use crate::ffi::check;
+use crate::launch::Launch;
 use crate::replay::ReplayView;
 use crate::routing::{Bias, Logits, RouteInput, TopKOutputs, TopKRouter};
 
@@ -414,29 +412,7 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
             },
         )?;
         self.check_workspace(workspace)?;
-        self.check_contexts(
-            stream,
-            [
-                ("hidden_states", hidden_states.stream()),
-                ("output", output.stream()),
-                ("workspace", workspace.scratch.stream()),
-            ]
-            .into_iter()
-            .chain(routing_streams(&routing))
-            .chain(replay.as_deref().map(|r| ("replay", r.stream())))
-            .chain(
-                captured_weights
-                    .as_ref()
-                    .map(|w| ("views.weights", w.stream())),
-            ),
-        )?;
-        if t == 0 {
-            return Ok(());
-        }
-        if !self.launched.swap(true, Ordering::Relaxed) {
-            tracing::debug!(target: "flashinfer_rs", num_tokens = t, "cutlass: first launch");
-        }
-        // Held here, before the guards that borrow them.
+        // The routing and the weights' views are held here: the launch borrows them.
         let source = match routing {
             CutlassRouting::Logits { logits, bias } => Source::Route(RouteInput {
                 logits,
@@ -445,61 +421,57 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
             }),
             CutlassRouting::Precomputed { ids, scales } => Source::Given(ids, scales),
         };
-        // The weights' views outlive the guards taken from them.
         let (fc1_view, fc2_view) = (self.weights.fc1.view(), self.weights.fc2.view());
-        // The guards keep cudarc's stream ordering (event waits) alive across the call.
-        let mut guards: Vec<SyncOnDrop<'_>> = Vec::with_capacity(8);
+        let mut l = Launch::for_layer(stream, &self.ctx);
+        let x = l.input("hidden_states", &hidden_states);
+        let out = l.output("output", output);
+        let scratch = l.output("workspace", &mut workspace.scratch);
+        l.contexts(source.streams());
+        l.contexts(replay.as_deref().map(|r| ("replay", r.stream())));
+        l.contexts(
+            captured_weights
+                .as_ref()
+                .map(|w| ("views.weights", w.stream())),
+        );
+        l.check()?;
+        if t == 0 {
+            return Ok(());
+        }
+        if !self.launched.swap(true, Ordering::Relaxed) {
+            tracing::debug!(target: "flashinfer_rs", num_tokens = t, "cutlass: first launch");
+        }
+        // In the weights' context, which the launch checked the stream against.
+        let fc1 = l.input("weights", &fc1_view);
+        let fc2 = l.input("weights", &fc2_view);
         let (ids, scales) = match &source {
             Source::Route(input) => {
-                self.route(stream, input, workspace, captured_weights.as_mut(), replay)?;
-                let (ids, g) = workspace.ids.device_ptr(stream);
-                guards.push(g);
-                let (scales, g) = match captured_weights.as_ref() {
-                    Some(w) => w.device_ptr(stream),
-                    None => workspace.scales.device_ptr(stream),
+                let weights = captured_weights.as_mut();
+                let (ids, scales) = (&mut workspace.ids, &mut workspace.scales);
+                self.route(stream, input, ids, scales, weights, replay)?;
+                let scales = match &captured_weights {
+                    Some(w) => l.input("views.weights", w),
+                    None => l.input("workspace", &workspace.scales),
                 };
-                guards.push(g);
-                (ids, scales)
+                (l.input("workspace", &workspace.ids), scales)
             }
-            Source::Given(ids, scales) => {
-                let (i, g) = ids.device_ptr(stream);
-                guards.push(g);
-                let (s, g) = scales.device_ptr(stream);
-                guards.push(g);
-                (i, s)
-            }
+            Source::Given(ids, scales) => (l.input("ids", ids), l.input("scales", scales)),
         };
-        let (x, g) = hidden_states.device_ptr(stream);
-        guards.push(g);
-        let (fc1, g) = fc1_view.device_ptr(stream);
-        guards.push(g);
-        let (fc2, g) = fc2_view.device_ptr(stream);
-        guards.push(g);
-        let (out, g) = output.device_ptr_mut(stream);
-        guards.push(g);
-        let (scratch, g) = workspace.scratch.device_ptr_mut(stream);
-        guards.push(g);
-        let buffers = sys::fi_cutlass_moe_buffers {
-            num_tokens: t as i32,
-            hidden_states: x as *const _,
-            expert_ids: ids as *const i32,
-            expert_scales: scales as *const f32,
-            fc1_weights: fc1 as *const _,
-            fc2_weights: fc2 as *const _,
-            output: out as *mut _,
-            workspace: scratch as *mut _,
-            workspace_bytes: self.scratch_bytes,
-        };
-        self.ctx.bind_to_thread()?;
-        // SAFETY: every pointer is device memory of the stream's context (checked above),
-        // sized for `t` tokens (check_batch) or for the layer (the weights, the workspace);
-        // the context is current; the guards keep memory and ordering alive until the call
-        // returns.
-        let status = unsafe {
-            sys::fi_cutlass_moe_run(self.raw.as_ptr(), &buffers, stream.cu_stream() as *mut _)
-        };
-        drop(guards);
-        check(status)
+        l.call(|p| {
+            let buffers = sys::fi_cutlass_moe_buffers {
+                num_tokens: t as i32,
+                hidden_states: p.ro(x),
+                expert_ids: p.ro(ids),
+                expert_scales: p.ro(scales),
+                fc1_weights: p.ro(fc1),
+                fc2_weights: p.ro(fc2),
+                output: p.rw(out),
+                workspace: p.rw(scratch),
+                workspace_bytes: self.scratch_bytes,
+            };
+            // SAFETY: the launch's guarantees, and every buffer sized for `t` tokens
+            // (check_batch) or for the layer (the weights, the workspace: check_workspace).
+            unsafe { sys::fi_cutlass_moe_run(self.raw.as_ptr(), &buffers, p.stream()) }
+        })
     }
 
     /// Routes `input` with the layer's router: the ids into the workspace (and `replay`), the
@@ -509,32 +481,21 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
         &self,
         stream: &Arc<CudaStream>,
         input: &RouteInput<'_>,
-        workspace: &mut CutlassWorkspace,
+        ids: &mut CudaSlice<i32>,
+        scales: &mut CudaSlice<f32>,
         captured_weights: Option<&mut CudaViewMut<'_, f32>>,
         replay: Option<&mut ReplayView<'_>>,
     ) -> Result<()> {
         let n = input.num_tokens * self.plan.top_k();
         let mut outputs = TopKOutputs {
-            ids: Some(workspace.ids.slice_mut(..n)),
+            ids: Some(ids.slice_mut(..n)),
             weights_f32: match captured_weights {
                 Some(w) => Some(w.slice_mut(..n)),
-                None => Some(workspace.scales.slice_mut(..n)),
+                None => Some(scales.slice_mut(..n)),
             },
             weights_bf16: None,
         };
         self.router.route(stream, input, &mut outputs, replay)
-    }
-
-    /// The stream in the weights' context, and every buffer in the stream's.
-    fn check_contexts<'s>(
-        &self,
-        stream: &Arc<CudaStream>,
-        buffers: impl IntoIterator<Item = (&'static str, &'s Arc<CudaStream>)>,
-    ) -> Result<()> {
-        if stream.context().cu_ctx() != self.ctx.cu_ctx() {
-            return Err(Error::ContextMismatch { arg: "weights" });
-        }
-        same_context(stream, buffers)
     }
 
     /// A workspace of this layer's sizes (one made by [`workspace`](Self::workspace) for a
@@ -571,18 +532,18 @@ fn routing_sizes(routing: &CutlassRouting<'_>) -> RoutingSizes {
     }
 }
 
-/// The streams of a call's routing inputs, named as the API names them.
-fn routing_streams<'r>(
-    routing: &'r CutlassRouting<'_>,
-) -> impl Iterator<Item = (&'static str, &'r Arc<CudaStream>)> {
-    let (first, second) = match routing {
-        CutlassRouting::Logits { logits, bias } => (
-            ("logits", logits.stream()),
-            bias.as_ref().map(|b| ("bias", b.stream())),
-        ),
-        CutlassRouting::Precomputed { ids, scales } => {
-            (("ids", ids.stream()), Some(("scales", scales.stream())))
-        }
-    };
-    std::iter::once(first).chain(second)
+impl Source<'_> {
+    /// The streams of a call's routing inputs, named as the API names them.
+    fn streams(&self) -> impl Iterator<Item = (&'static str, &Arc<CudaStream>)> {
+        let (first, second) = match self {
+            Source::Route(input) => (
+                ("logits", input.logits.stream()),
+                input.bias.as_ref().map(|b| ("bias", b.stream())),
+            ),
+            Source::Given(ids, scales) => {
+                (("ids", ids.stream()), Some(("scales", scales.stream())))
+            }
+        };
+        std::iter::once(first).chain(second)
+    }
 }

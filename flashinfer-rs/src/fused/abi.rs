@@ -4,8 +4,7 @@
 use std::sync::Arc;
 
 use cudarc::driver::sys::CUdeviceptr;
-use cudarc::driver::SyncOnDrop;
-use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceSlice};
+use cudarc::driver::{CudaStream, CudaView};
 use flashinfer_sys as sys;
 use sys::fi_dtype::{self, Type as Dtype};
 use sys::MoeTensor;
@@ -13,45 +12,12 @@ use sys::MoeTensor;
 use super::plan::{Given, LayerDesc, Op, Spec};
 use super::precision::SwigluParams;
 use crate::error::{Error, Result};
+use crate::launch::{Launch, RoArg, RwArg};
 use crate::routing::RoutingMethod;
 
-/// A device view of any element type, read-only.
-pub trait RoArg {
-    fn arg_len(&self) -> usize;
-    fn arg_stream(&self) -> &Arc<CudaStream>;
-    fn arg_ptr<'s>(&'s self, stream: &'s CudaStream) -> (CUdeviceptr, SyncOnDrop<'s>);
-}
-
-impl<T> RoArg for CudaView<'_, T> {
-    fn arg_len(&self) -> usize {
-        self.len()
-    }
-    fn arg_stream(&self) -> &Arc<CudaStream> {
-        self.stream()
-    }
-    fn arg_ptr<'s>(&'s self, stream: &'s CudaStream) -> (CUdeviceptr, SyncOnDrop<'s>) {
-        self.device_ptr(stream)
-    }
-}
-
-/// A device view of any element type the call writes.
-pub trait RwArg {
-    fn arg_len(&self) -> usize;
-    fn arg_stream(&self) -> &Arc<CudaStream>;
-    fn arg_ptr_mut<'s>(&'s mut self, stream: &'s CudaStream) -> (CUdeviceptr, SyncOnDrop<'s>);
-}
-
-impl<T> RwArg for CudaViewMut<'_, T> {
-    fn arg_len(&self) -> usize {
-        self.len()
-    }
-    fn arg_stream(&self) -> &Arc<CudaStream> {
-        self.stream()
-    }
-    fn arg_ptr_mut<'s>(&'s mut self, stream: &'s CudaStream) -> (CUdeviceptr, SyncOnDrop<'s>) {
-        self.device_ptr_mut(stream)
-    }
-}
+/// A tensor's field and the plan that shapes it: what the fused call reads back with each
+/// address from the launch.
+pub(crate) type Key<'a> = (MoeTensor, &'a [Spec]);
 
 /// The tensors a layer's weights or a batch's inputs pass, each with the dtype the op
 /// declares it as to upstream.
@@ -108,27 +74,16 @@ impl<'v> ArgList<'v> {
         ro.chain(rw)
     }
 
-    /// Puts every tensor's device address, in the shape `specs` planned for it, into `a`.
-    /// The guards keep cudarc's stream ordering alive until the call returns.
-    pub(crate) fn fill<'s>(
-        &'s mut self,
-        stream: &'s CudaStream,
-        specs: &[Spec],
-        a: &mut sys::fi_moe_args,
-        guards: &mut Vec<SyncOnDrop<'s>>,
-    ) -> Result<()> {
+    /// Lists every tensor into the launch `l`, named by `op`'s label, keyed with the plan
+    /// `specs` that shapes it (in the order [`streams`](Self::streams) gives them).
+    pub(crate) fn launch<'a>(&'a mut self, l: &mut Launch<'a, Key<'a>>, op: Op, specs: &'a [Spec]) {
         let ArgList { ro, rw } = self;
         for (t, _, v) in ro.iter() {
-            let (p, g) = v.arg_ptr(stream);
-            guards.push(g);
-            fill(a, specs, *t, p)?;
+            l.keyed_input(op.label(*t), (*t, specs), *v);
         }
         for (t, _, v) in rw.iter_mut() {
-            let (p, g) = v.arg_ptr_mut(stream);
-            guards.push(g);
-            fill(a, specs, *t, p)?;
+            l.keyed_output(op.label(*t), (*t, specs), &mut **v);
         }
-        Ok(())
     }
 }
 

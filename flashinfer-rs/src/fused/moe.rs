@@ -3,14 +3,13 @@
 use std::fmt;
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut};
-use cudarc::driver::{DeviceSlice, SyncOnDrop};
+use cudarc::driver::{CudaContext, CudaStream, CudaView, CudaViewMut};
 use flashinfer_sys as sys;
 use half::bf16;
 use sys::fi_dtype;
 use sys::MoeTensor as M;
 
-use super::abi::{fill, scalar_args, ArgList};
+use super::abi::{fill, scalar_args, ArgList, Key};
 use super::config::MoeConfig;
 use super::cubin;
 use super::plan::{plan_batch, plan_layer, BatchDesc, Given, LayerDesc, LayerPlan, RoutingSrc};
@@ -20,9 +19,9 @@ use super::unfinalized::Unfinalized;
 use crate::capture::LayerViews;
 use crate::context::same_context;
 use crate::error::{Error, Result};
-use crate::ffi::{check, device_info};
+use crate::ffi::device_info;
+use crate::launch::Launch;
 use crate::replay::ReplayView;
-use crate::routing::route::device_ptr as logits_ptr;
 use crate::routing::{Bias, Logits};
 
 /// Where a fused call's routing comes from.
@@ -182,48 +181,32 @@ impl<'w, P: Precision> FusedMoe<'w, P> {
                 inputs: given,
             },
         )?;
-        if stream.context().cu_ctx() != self.ctx.cu_ctx() {
-            return Err(Error::ContextMismatch { arg: "weights" });
+        // The weights are listed after the zero-token return (describing them allocates).
+        let mut weights = ArgList::default();
+        let mut l = Launch::for_layer(stream, &self.ctx);
+        list.launch(&mut l, op, &specs);
+        list_routing(&routing, &mut l, &specs);
+        l.keyed_output("output", (M::Output, &specs), output);
+        if let Some(r) = routing_replay_out {
+            l.keyed_output("replay", (M::RoutingReplayOut, &specs), r);
         }
-        same_context(
-            stream,
-            list.streams(op)
-                .chain(routing_streams(&routing))
-                .chain([("output", output.stream())])
-                .chain(
-                    routing_replay_out
-                        .as_deref()
-                        .map(|r| ("replay", r.stream())),
-                ),
-        )?;
+        l.check()?;
         if num_tokens == 0 {
             return Ok(None);
         }
 
-        let mut a = self.scalars.0;
-        let mut weights = ArgList::default();
         self.weights.describe(&mut weights);
-        // The guards keep cudarc's stream ordering (event waits) alive across the call.
-        let mut guards: Vec<SyncOnDrop<'_>> = Vec::with_capacity(24);
-        weights.fill(stream, &self.plan.specs, &mut a, &mut guards)?;
-        list.fill(stream, &specs, &mut a, &mut guards)?;
-        fill_routing(&routing, stream, &specs, &mut a, &mut guards)?;
-        let (p, g) = output.device_ptr_mut(stream);
-        guards.push(g);
-        fill(&mut a, &specs, M::Output, p)?;
-        if let Some(r) = routing_replay_out {
-            let (p, g) = r.data_mut().device_ptr_mut(stream);
-            guards.push(g);
-            fill(&mut a, &specs, M::RoutingReplayOut, p)?;
-        }
-
-        self.ctx.bind_to_thread()?;
+        weights.launch(&mut l, op, &self.plan.specs);
         let mut out: *mut sys::fi_moe_outputs = std::ptr::null_mut();
-        // SAFETY: every tensor is device memory of the stream's context (checked above) at
-        // least as large as its spec (the plans); the context is current; the guards keep
-        // memory and ordering alive until the call returns; `out` is a valid out-pointer.
-        check(unsafe { sys::fi_moe_run(&a, stream.cu_stream() as *mut _, &mut out) })?;
-        drop(guards);
+        l.try_call(|p| {
+            let mut a = self.scalars.0;
+            for ((tensor, specs), ptr) in p.keyed() {
+                fill(&mut a, specs, tensor, ptr)?;
+            }
+            // SAFETY: the launch's guarantees, and every tensor at least as large as its spec
+            // (the plans); `out` is a valid out-pointer.
+            Ok(unsafe { sys::fi_moe_run(&a, p.stream(), &mut out) })
+        })?;
         if out.is_null() {
             return Ok(None);
         }
@@ -266,42 +249,21 @@ fn routing_src(r: &MoeRoutingInput<'_>) -> RoutingSrc {
     }
 }
 
-fn routing_streams<'r>(
-    r: &'r MoeRoutingInput<'_>,
-) -> impl Iterator<Item = (&'static str, &'r Arc<CudaStream>)> {
-    let (first, bias) = match r {
-        MoeRoutingInput::Logits { logits, bias } => (
-            ("logits", logits.stream()),
-            bias.as_ref().map(|b| ("bias", b.stream())),
-        ),
-        MoeRoutingInput::Packed(p) => (("packed_ids", p.stream()), None),
-    };
-    std::iter::once(first).chain(bias)
-}
-
-fn fill_routing<'s>(
-    r: &'s MoeRoutingInput<'_>,
-    stream: &'s CudaStream,
-    specs: &[super::plan::Spec],
-    a: &mut sys::fi_moe_args,
-    guards: &mut Vec<SyncOnDrop<'s>>,
-) -> Result<()> {
+/// The routing input's tensors, named as the API names them.
+fn list_routing<'a>(
+    r: &'a MoeRoutingInput<'_>,
+    l: &mut Launch<'a, Key<'a>>,
+    specs: &'a [super::plan::Spec],
+) {
     match r {
         MoeRoutingInput::Logits { logits, bias } => {
-            let (p, g) = logits_ptr(logits, stream);
-            guards.push(g);
-            fill(a, specs, M::RoutingLogits, p)?;
+            l.keyed_input("logits", (M::RoutingLogits, specs), logits);
             if let Some(b) = bias {
-                let (p, g) = logits_ptr(b, stream);
-                guards.push(g);
-                fill(a, specs, M::RoutingBias, p)?;
+                l.keyed_input("bias", (M::RoutingBias, specs), b);
             }
         }
         MoeRoutingInput::Packed(v) => {
-            let (p, g) = v.device_ptr(stream);
-            guards.push(g);
-            fill(a, specs, M::ExpertIndices, p)?;
+            l.keyed_input("packed_ids", (M::ExpertIndices, specs), v);
         }
     }
-    Ok(())
 }

@@ -4,15 +4,14 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaStream, CudaViewMut, DevicePtr, DevicePtrMut, DeviceSlice};
+use cudarc::driver::{CudaStream, CudaViewMut};
 use flashinfer_sys as sys;
 
 use super::method::{check_bias, RoutingConfig, RoutingMethod};
 use super::route::{Logits, RouteInput};
 use crate::capture::LayerViews;
-use crate::context::same_context;
 use crate::error::{covers, ensure, Error, Result, MAX_TOKENS};
-use crate::ffi::check;
+use crate::launch::Launch;
 use crate::replay::{check_replay, ReplayView};
 
 /// The configurations upstream's NoAuxTc kernel has (others it refuses at run time).
@@ -162,21 +161,12 @@ impl NoAuxTcRouter {
         if let Some(r) = routing_replay_out.as_deref() {
             check_replay(r.rows(), r.cols(), t, k)?;
         }
-        same_context(
-            stream,
-            [
-                ("logits", logits.stream()),
-                ("bias", bias.stream()),
-                ("weights_f32", out.weights_f32.stream()),
-                ("ids", out.ids.stream()),
-            ]
-            .into_iter()
-            .chain(
-                routing_replay_out
-                    .as_deref()
-                    .map(|r| ("replay", r.stream())),
-            ),
-        )?;
+        let mut l = Launch::new(stream);
+        let scores = l.input("logits", logits);
+        let bias = l.input("bias", bias);
+        let weights = l.output("weights_f32", &mut out.weights_f32);
+        let ids = l.output("ids", &mut out.ids);
+        let replay = l.output_opt("replay", routing_replay_out);
         let params = sys::fi_noaux_tc_params {
             num_tokens: t as i32,
             num_experts: e as i32,
@@ -188,29 +178,17 @@ impl NoAuxTcRouter {
             bias_dtype: sys::fi_dtype::FI_DTYPE_F32,
             use_pdl: self.cfg.use_pdl as i32,
         };
-        stream.context().bind_to_thread()?;
-        let (l, _g1) = logits.device_ptr(stream);
-        let (b, _g2) = bias.device_ptr(stream);
-        let (v, _g3) = out.weights_f32.device_ptr_mut(stream);
-        let (i, _g4) = out.ids.device_ptr_mut(stream);
-        let (r, _g5) = match routing_replay_out {
-            Some(r) => {
-                let (p, g) = r.data_mut().device_ptr_mut(stream);
-                (p as *mut i16, Some(g))
-            }
-            None => (std::ptr::null_mut(), None),
-        };
-        // SAFETY: sizes checked above; every pointer is device memory of the stream's context
-        // (checked), kept alive with its stream ordering by the guards; the context is current.
-        check(unsafe {
+        // SAFETY: the launch's guarantees (no replay buffer is null), and every buffer sized
+        // for this call (checked above).
+        l.call(|p| unsafe {
             sys::fi_noaux_tc_run(
                 &params,
-                l as *const _,
-                b as *const _,
-                v as *mut _,
-                i as *mut i32,
-                r,
-                stream.cu_stream() as *mut _,
+                p.ro(scores),
+                p.ro(bias),
+                p.rw(weights),
+                p.rw(ids),
+                p.rw(replay),
+                p.stream(),
             )
         })
     }

@@ -3,15 +3,15 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream, CudaView, DevicePtr, DevicePtrMut, DeviceSlice};
+use cudarc::driver::{CudaSlice, CudaStream, CudaView, DeviceSlice};
 use flashinfer_sys as sys;
 use half::bf16;
 
 use super::method::{check_bias, RoutingConfig};
 use crate::capture::LayerViews;
-use crate::context::same_context;
 use crate::error::{covers, ensure, Error, Result, MAX_TOKENS};
 use crate::ffi::check;
+use crate::launch::Launch;
 use crate::replay::{check_replay, ReplayView};
 
 /// Router logits `[num_tokens, num_experts]`, row-major, in either dtype the kernels take.
@@ -372,93 +372,55 @@ impl Router {
             replay: routing_replay_out.as_deref().map(|r| (r.rows(), r.cols())),
         };
         validate_call(cfg, &call, &buffers.shape())?;
-        same_context(
-            stream,
-            [("logits", input.logits.stream())]
-                .into_iter()
-                .chain(input.bias.as_ref().map(|b| ("bias", b.stream())))
-                .chain(
-                    routing_replay_out
-                        .as_deref()
-                        .map(|r| ("replay", r.stream())),
-                )
-                .chain([("buffers", buffers.topk_weights.stream())]),
-        )?;
-        let ctx = stream.context();
-
         let bias_dtype = input
             .bias
             .as_ref()
             .map_or(sys::fi_dtype::FI_DTYPE_F32, |b| b.dtype());
         let params = cfg.raw_params(t, input.logits.dtype(), bias_dtype);
 
-        ctx.bind_to_thread()?;
-        // The guards keep cudarc's stream ordering (event waits) alive across the call.
-        let (logits_ptr, _g1) = device_ptr(&input.logits, stream);
-        let (bias_ptr, _g2) = match &input.bias {
-            Some(b) => {
-                let (p, g) = device_ptr(b, stream);
-                (p, Some(g))
-            }
-            None => (0, None),
-        };
+        let mut l = Launch::new(stream);
+        let logits = l.input("logits", &input.logits);
+        let bias = l.input_opt("bias", input.bias.as_ref());
         let b = &mut *buffers;
-        let (w, _g3) = b.topk_weights.device_ptr_mut(stream);
-        let (packed, _g4) = b.topk_packed.device_ptr_mut(stream);
-        let (counts, _g5) = b.expert_counts.device_ptr_mut(stream);
-        let (psize, _g6) = b.permuted_idx_size.device_ptr_mut(stream);
-        let (e2p, _g7) = b.expanded_idx_to_permuted_idx.device_ptr_mut(stream);
-        let (p2t, _g8) = b.permuted_idx_to_token_idx.device_ptr_mut(stream);
-        let (c2b, _g9) = b.cta_idx_xy_to_batch_idx.device_ptr_mut(stream);
-        let (c2m, _g10) = b.cta_idx_xy_to_mn_limit.device_ptr_mut(stream);
-        let (nctas, _g11) = b.num_non_exiting_ctas.device_ptr_mut(stream);
-        let raw = sys::fi_routing_buffers {
-            topk_weights: w as *mut _,
-            topk_packed: packed as *mut _,
-            expert_counts: counts as *mut i32,
-            permuted_idx_size: psize as *mut i32,
-            expanded_idx_to_permuted_idx: e2p as *mut i32,
-            permuted_idx_to_token_idx: p2t as *mut i32,
-            cta_idx_xy_to_batch_idx: c2b as *mut i32,
-            cta_idx_xy_to_mn_limit: c2m as *mut i32,
-            num_non_exiting_ctas: nctas as *mut i32,
+        // Without a replay buffer the ids go into the buffers' own (their context: "buffers").
+        let replay = match routing_replay_out {
+            Some(r) => l.output("replay", r),
+            None => l.output("buffers", &mut b.topk_ids),
         };
-        let (replay_ptr, _g12) = match routing_replay_out {
-            Some(r) => {
-                let (p, g) = r.data_mut().device_ptr_mut(stream);
-                (p as *mut i16, Some(g))
+        let w = l.output("buffers", &mut b.topk_weights);
+        let packed = l.output("buffers", &mut b.topk_packed);
+        let counts = l.output("buffers", &mut b.expert_counts);
+        let psize = l.output("buffers", &mut b.permuted_idx_size);
+        let e2p = l.output("buffers", &mut b.expanded_idx_to_permuted_idx);
+        let p2t = l.output("buffers", &mut b.permuted_idx_to_token_idx);
+        let c2b = l.output("buffers", &mut b.cta_idx_xy_to_batch_idx);
+        let c2m = l.output("buffers", &mut b.cta_idx_xy_to_mn_limit);
+        let nctas = l.output("buffers", &mut b.num_non_exiting_ctas);
+        l.call(|p| {
+            let raw = sys::fi_routing_buffers {
+                topk_weights: p.rw(w),
+                topk_packed: p.rw(packed),
+                expert_counts: p.rw(counts),
+                permuted_idx_size: p.rw(psize),
+                expanded_idx_to_permuted_idx: p.rw(e2p),
+                permuted_idx_to_token_idx: p.rw(p2t),
+                cta_idx_xy_to_batch_idx: p.rw(c2b),
+                cta_idx_xy_to_mn_limit: p.rw(c2m),
+                num_non_exiting_ctas: p.rw(nctas),
+            };
+            // SAFETY: the launch's guarantees, and every buffer sized for this call
+            // (`validate_call`; the routing buffers for the router's shape).
+            unsafe {
+                sys::fi_routing_run(
+                    &params,
+                    p.ro(logits),
+                    p.ro(bias),
+                    &raw,
+                    p.rw(replay),
+                    p.stream(),
+                )
             }
-            None => {
-                let (p, g) = b.topk_ids.device_ptr_mut(stream);
-                (p as *mut i16, Some(g))
-            }
-        };
-        // SAFETY: every pointer is device memory of `ctx` (checked above) sized for this call
-        // (`validate_call`); the context is current on this thread;
-        // the guards keep the memory and its stream ordering alive until the call returns.
-        check(unsafe {
-            sys::fi_routing_run(
-                &params,
-                logits_ptr as *const _,
-                bias_ptr as *const _,
-                &raw,
-                replay_ptr,
-                stream.cu_stream() as *mut _,
-            )
         })
-    }
-}
-
-pub(crate) fn device_ptr<'a>(
-    l: &'a Logits<'_>,
-    stream: &'a CudaStream,
-) -> (
-    cudarc::driver::sys::CUdeviceptr,
-    cudarc::driver::SyncOnDrop<'a>,
-) {
-    match l {
-        Logits::F32(v) => v.device_ptr(stream),
-        Logits::Bf16(v) => v.device_ptr(stream),
     }
 }
 

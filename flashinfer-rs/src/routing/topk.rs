@@ -5,16 +5,15 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaStream, CudaViewMut, DevicePtrMut, DeviceSlice};
+use cudarc::driver::{CudaStream, CudaViewMut, DeviceSlice};
 use flashinfer_sys as sys;
 use half::bf16;
 
 use super::method::{check_bias, RoutingConfig, RoutingMethod};
-use super::route::{device_ptr, Logits, RouteInput};
+use super::route::{Logits, RouteInput};
 use crate::capture::LayerViews;
-use crate::context::same_context;
 use crate::error::{covers, ensure, Result, MAX_TOKENS};
-use crate::ffi::check;
+use crate::launch::Launch;
 use crate::replay::{check_replay, ReplayView};
 
 /// A validated [`RoutingConfig`] for the top-k router: every method and every (experts,
@@ -112,67 +111,32 @@ impl TopKRouter {
                 replay: routing_replay_out.as_deref().map(|r| (r.rows(), r.cols())),
             },
         )?;
-        same_context(
-            stream,
-            [("logits", input.logits.stream())]
-                .into_iter()
-                .chain(input.bias.as_ref().map(|b| ("bias", b.stream())))
-                .chain(outputs.ids.as_ref().map(|v| ("ids", v.stream())))
-                .chain(
-                    outputs
-                        .weights_f32
-                        .as_ref()
-                        .map(|v| ("weights_f32", v.stream())),
-                )
-                .chain(
-                    outputs
-                        .weights_bf16
-                        .as_ref()
-                        .map(|v| ("weights_bf16", v.stream())),
-                )
-                .chain(
-                    routing_replay_out
-                        .as_deref()
-                        .map(|r| ("replay", r.stream())),
-                ),
-        )?;
+        let mut l = Launch::new(stream);
+        let logits = l.input("logits", &input.logits);
+        let bias = l.input_opt("bias", input.bias.as_ref());
+        let ids = l.output_opt("ids", outputs.ids.as_mut());
+        let weights_f32 = l.output_opt("weights_f32", outputs.weights_f32.as_mut());
+        let weights_bf16 = l.output_opt("weights_bf16", outputs.weights_bf16.as_mut());
+        let replay = l.output_opt("replay", routing_replay_out);
+        l.check()?;
         if t == 0 {
             return Ok(());
         }
 
         let params = self.params(t, input);
-        stream.context().bind_to_thread()?;
-        // The guards keep cudarc's stream ordering (event waits) alive across the call.
-        let (logits, _g1) = device_ptr(&input.logits, stream);
-        let (bias, _g2) = match &input.bias {
-            Some(b) => {
-                let (p, g) = device_ptr(b, stream);
-                (p, Some(g))
-            }
-            None => (0, None),
-        };
-        let (ids, _g3) = ptr_mut(&mut outputs.ids, stream);
-        let (weights_f32, _g4) = ptr_mut(&mut outputs.weights_f32, stream);
-        let (weights_bf16, _g5) = ptr_mut(&mut outputs.weights_bf16, stream);
-        let (replay, _g6) = match routing_replay_out {
-            Some(r) => {
-                let (p, g) = r.data_mut().device_ptr_mut(stream);
-                (p, Some(g))
-            }
-            None => (0, None),
-        };
-        let buffers = sys::fi_topk_buffers {
-            logits: logits as *const _,
-            bias: bias as *const _,
-            ids_i16: replay as *mut i16,
-            ids_i32: ids as *mut i32,
-            weights_f32: weights_f32 as *mut f32,
-            weights_bf16: weights_bf16 as *mut _,
-        };
-        // SAFETY: every pointer is null or device memory of the stream's context (checked
-        // above) sized for this call; the context is current; the guards keep the memory and
-        // its stream ordering alive until the call returns.
-        check(unsafe { sys::fi_topk_route(&params, &buffers, stream.cu_stream() as *mut _) })
+        l.call(|p| {
+            let buffers = sys::fi_topk_buffers {
+                logits: p.ro(logits),
+                bias: p.ro(bias),
+                ids_i16: p.rw(replay),
+                ids_i32: p.rw(ids),
+                weights_f32: p.rw(weights_f32),
+                weights_bf16: p.rw(weights_bf16),
+            };
+            // SAFETY: the launch's guarantees (an absent buffer is null), and every buffer
+            // sized for this call (`validate_call`).
+            unsafe { sys::fi_topk_route(&params, &buffers, p.stream()) }
+        })
     }
 
     fn params(&self, t: usize, input: &RouteInput<'_>) -> sys::fi_topk_params {
@@ -248,20 +212,6 @@ pub(crate) fn validate_call(cfg: &RoutingConfig, c: &CallSizes) -> Result<()> {
     ensure(writes_any, "outputs", || {
         "a call must write ids, weights or a replay buffer".into()
     })
-}
-
-/// The device address of an optional output (0 without one) and its ordering guard.
-fn ptr_mut<'s, T>(
-    v: &'s mut Option<CudaViewMut<'_, T>>,
-    stream: &'s CudaStream,
-) -> (u64, Option<cudarc::driver::SyncOnDrop<'s>>) {
-    match v {
-        Some(v) => {
-            let (p, g) = v.device_ptr_mut(stream);
-            (p, Some(g))
-        }
-        None => (0, None),
-    }
 }
 
 #[cfg(test)]

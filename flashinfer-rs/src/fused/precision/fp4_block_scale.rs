@@ -7,9 +7,10 @@ use half::bf16;
 use super::sealed::{BatchArgs, LayerArgs, Sealed};
 use super::{Precision, SwigluParams};
 use crate::error::{Error, Result};
-use crate::fused::abi::{ArgList, RoArg};
+use crate::fused::abi::ArgList;
 use crate::fused::elements::{E2m1x2, E4m3, Ue8m0};
 use crate::fused::plan::{Fp4Act, Fp4W, Op};
+use crate::launch::RoArg;
 
 /// fp4 weights, nvfp4 (e4m3 scales of 16-element blocks) or mxfp4 (ue8m0 scales of 32),
 /// fed bf16, e4m3, MX e4m3 or nvfp4 activations: upstream's `trtllm_fp4_block_scale_moe`.

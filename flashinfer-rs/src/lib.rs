@@ -118,7 +118,7 @@ pub const FLASHINFER_VERSION: &str = flashinfer_sys::FLASHINFER_VERSION;
 pub use cudarc;
 pub use half;
 
-/// The README's code, compiled as doctests (every snippet there is a real program).
+/// The crate README's code, compiled as doctests (every snippet there is a real program).
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

@@ -2,5 +2,5 @@
 //! there is a real program. The crates' own READMEs are compiled by their crates.
 
 #[cfg(doctest)]
-#[doc = include_str!("../README.md")]
+#[doc = include_str!("../../README.md")]
 pub struct ReadmeDoctests;

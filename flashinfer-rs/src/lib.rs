@@ -62,7 +62,9 @@
 //! the batch ([`Router::new`](routing::Router::new),
 //! [`NoAuxTcRouter::new`](routing::NoAuxTcRouter::new),
 //! [`FusedMoe::new`](fused::FusedMoe::new), [`CutlassMoe::new`](cutlass::CutlassMoe::new)), then
-//! a cheap per-call method that checks only the batch (`route`, `forward`).
+//! a cheap per-call method that checks only the batch (`route`, `forward`). The rules
+//! themselves are public and need no GPU: [`plan`] lists each kernel's plan, which a server
+//! can use to check a batch before it has buffers.
 //!
 //! Counts that are kernel parameters (experts, top-k, groups in [`routing::RoutingConfig`])
 //! are `u32`, as the kernels take them (int32, bounded by each method's limits); counts that
@@ -101,9 +103,8 @@ pub mod cutlass;
 mod error;
 mod ffi;
 pub mod fused;
-#[cfg(feature = "fuzzing")]
-pub mod fuzzing;
 mod launch;
+pub mod plan;
 mod replay;
 pub mod routing;
 

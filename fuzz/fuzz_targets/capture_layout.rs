@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| flashinfer_rs::fuzzing::capture_layout(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| flashinfer_rs_fuzz::capture_layout(data));

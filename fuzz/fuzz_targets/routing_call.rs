@@ -1,2 +1,2 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| flashinfer_rs::fuzzing::routing_call(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| flashinfer_rs_fuzz::routing_call(data));

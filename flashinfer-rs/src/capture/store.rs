@@ -88,7 +88,10 @@ impl StepLayout {
         StepLayout::single(gathered_tokens)
     }
 
-    pub(crate) fn check(&self, max_tokens: usize) -> Result<()> {
+    /// What [`CaptureStore`] checks of a step laid out so, on a store of `max_tokens` rows:
+    /// the routed rows fit, and the kept ones are an ordered range of them (an
+    /// [`Error::InvalidArgument`] on `layout` otherwise).
+    pub fn check(&self, max_tokens: usize) -> Result<()> {
         ensure(self.routed_rows <= max_tokens, "layout", || {
             format!(
                 "routes {} rows, the store holds {max_tokens}",

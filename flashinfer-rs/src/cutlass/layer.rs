@@ -8,7 +8,7 @@ use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut, 
 use flashinfer_sys as sys;
 use half::bf16;
 
-use super::plan::{check_batch, plan_layer, BatchSizes, CutlassMoeConfig, LayerPlan, RoutingSizes};
+use super::plan::{CutlassBatchSizes, CutlassMoeConfig, CutlassPlan, CutlassRoutingSizes};
 use crate::capture::LayerViews;
 use crate::context::same_context;
 use crate::error::{Error, Result};
@@ -165,7 +165,7 @@ pub struct CutlassWorkspace {
 /// The routed ids land in `routing_replay_out` in the same stream order, so the ids captured
 /// are the ids the GEMMs consumed.
 pub struct CutlassMoe<W = CudaSlice<bf16>> {
-    plan: LayerPlan,
+    plan: CutlassPlan,
     router: TopKRouter,
     weights: CutlassWeights<W>,
     ctx: Arc<CudaContext>,
@@ -186,7 +186,7 @@ unsafe impl<W: WeightBuffer<bf16>> Sync for CutlassMoe<W> {}
 impl<W> std::fmt::Debug for CutlassMoe<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CutlassMoe")
-            .field("config", &self.plan.config)
+            .field("config", self.plan.config())
             .finish_non_exhaustive()
     }
 }
@@ -257,8 +257,8 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
         tactics: (i32, i32),
     ) -> Result<Self> {
         let (fc1, fc2) = (weights.fc1.view(), weights.fc2.view());
-        let plan = plan_layer(config, fc1.len(), fc2.len())?;
-        let router = TopKRouter::new(config.routing)?;
+        let plan = CutlassPlan::new(config, fc1.len(), fc2.len())?;
+        let router = TopKRouter::from_plan(*plan.router());
         same_context(fc1.stream(), [("fc2", fc2.stream())])?;
         let ctx = fc1.stream().context().clone();
         let params = sys::fi_cutlass_moe_params {
@@ -266,8 +266,8 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
             top_k: plan.top_k() as i32,
             hidden_size: config.hidden_size as i32,
             intermediate_size: config.intermediate_size as i32,
-            ep_size: plan.ep_size as i32,
-            ep_rank: plan.ep_rank as i32,
+            ep_size: plan.ep_size() as i32,
+            ep_rank: plan.ep_rank() as i32,
             max_tokens: config.max_tokens as i32,
             tactic_gemm1: tactics.0,
             tactic_gemm2: tactics.1,
@@ -305,7 +305,7 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
 
     /// The checked configuration.
     pub fn config(&self) -> CutlassMoeConfig {
-        self.plan.config
+        *self.plan.config()
     }
 
     /// GEMM 1's and GEMM 2's TMA warp-specialised tactics on this device, in the order
@@ -400,17 +400,14 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
             routing,
             hidden_states,
         } = batch;
-        check_batch(
-            &self.plan,
-            &BatchSizes {
-                num_tokens: t,
-                routing: routing_sizes(&routing),
-                hidden_states: hidden_states.len(),
-                output: output.len(),
-                replay: replay.as_deref().map(|r| (r.rows(), r.cols())),
-                captured_weights: captured_weights.as_ref().map(DeviceSlice::len),
-            },
-        )?;
+        self.plan.check_batch(&CutlassBatchSizes {
+            num_tokens: t,
+            routing: routing_sizes(&routing),
+            hidden_states: hidden_states.len(),
+            output: output.len(),
+            replay: replay.as_deref().map(|r| (r.rows(), r.cols())),
+            captured_weights: captured_weights.as_ref().map(DeviceSlice::len),
+        })?;
         self.check_workspace(workspace)?;
         // The routing and the weights' views are held here: the launch borrows them.
         let source = match routing {
@@ -519,13 +516,13 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
     }
 }
 
-fn routing_sizes(routing: &CutlassRouting<'_>) -> RoutingSizes {
+fn routing_sizes(routing: &CutlassRouting<'_>) -> CutlassRoutingSizes {
     match routing {
-        CutlassRouting::Logits { logits, bias } => RoutingSizes::Logits {
+        CutlassRouting::Logits { logits, bias } => CutlassRoutingSizes::Logits {
             logits: logits.len(),
             bias: bias.as_ref().map(Logits::len),
         },
-        CutlassRouting::Precomputed { ids, scales } => RoutingSizes::Precomputed {
+        CutlassRouting::Precomputed { ids, scales } => CutlassRoutingSizes::Precomputed {
             ids: ids.len(),
             scales: scales.len(),
         },

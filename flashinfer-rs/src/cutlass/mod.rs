@@ -7,7 +7,8 @@
 //! GEMMs consume. Layers:
 //! - [`CutlassMoe`] (`layer`): checked once by [`CutlassMoe::new`], called per batch by
 //!   [`CutlassMoe::forward`] (or [`CutlassMoe::forward_captured`] into a capture store);
-//! - `plan`: every rule on sizes, checked before any launch (tested on CPU);
+//! - [`CutlassPlan`] (`plan`): every rule on sizes, checked before any launch (tested on CPU
+//!   and fuzzed; public, so a server checks a batch before it has buffers);
 //! - [`prepare`]: GEMM 1's weights from `gate_proj`/`up_proj` or a gate-first `w13`.
 //!
 //! What is built (pruned to what this layer exposes, see flashinfer-sys's
@@ -26,4 +27,4 @@ pub use layer::{
     CutlassBatch, CutlassMoe, CutlassRouting, CutlassTactic, CutlassWeights, CutlassWorkspace,
     WeightBuffer,
 };
-pub use plan::CutlassMoeConfig;
+pub use plan::{CutlassBatchSizes, CutlassMoeConfig, CutlassPlan, CutlassRoutingSizes};

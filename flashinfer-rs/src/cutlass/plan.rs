@@ -1,8 +1,9 @@
 //! Every rule of the CUTLASS MoE on sizes, checked before anything is launched (tested on
-//! CPU): the layer's (routing, sizes, expert range, weights) once, each batch's per call.
+//! CPU): the layer's (routing, sizes, expert range, weights) once by [`CutlassPlan::new`],
+//! each batch's by [`CutlassPlan::check_batch`].
 
 use crate::error::{covers, ensure, Result, MAX_TOKENS};
-use crate::routing::{validate_topk_call, RoutingConfig, TopKCallSizes};
+use crate::routing::{RoutingConfig, TopKBatchSizes, TopKPlan};
 
 /// The sizes a layer is built for.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -19,44 +20,89 @@ pub struct CutlassMoeConfig {
     pub max_tokens: usize,
 }
 
-/// A checked layer: its sizes and expert parallelism.
+/// The size rules of [`CutlassMoe`](super::CutlassMoe): a layer checked once by
+/// [`new`](Self::new) (its config, expert range and weights' lengths, and the rules of its
+/// top-k router), then [`check_batch`](Self::check_batch) per call, on sizes alone (no
+/// device, no buffers: a server can check a batch before it has them).
+/// [`CutlassMoe::new`](super::CutlassMoe::new) builds one and
+/// [`CutlassMoe::forward`](super::CutlassMoe::forward) checks every call with it.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) struct LayerPlan {
-    pub config: CutlassMoeConfig,
+pub struct CutlassPlan {
+    config: CutlassMoeConfig,
+    /// The rules of the layer's top-k router.
+    router: TopKPlan,
     /// Expert-parallel ranks and this one's index: the local range is
     /// `[rank * E / size, (rank + 1) * E / size)`.
-    pub ep_size: usize,
-    pub ep_rank: usize,
-}
-
-impl LayerPlan {
-    pub fn experts(&self) -> usize {
-        self.config.routing.num_experts as usize
-    }
-    pub fn top_k(&self) -> usize {
-        self.config.routing.top_k as usize
-    }
-    pub fn local_experts(&self) -> usize {
-        self.config.routing.local_num_experts as usize
-    }
-    /// Elements of GEMM 1's weights: `[local, 2 * intermediate, hidden]`.
-    pub fn fc1_len(&self) -> usize {
-        self.local_experts() * 2 * self.config.intermediate_size * self.config.hidden_size
-    }
-    /// Elements of GEMM 2's weights: `[local, hidden, intermediate]`.
-    pub fn fc2_len(&self) -> usize {
-        self.local_experts() * self.config.hidden_size * self.config.intermediate_size
-    }
-    /// Elements of the routed ids (and of the scales) at `max_tokens`.
-    pub fn routed_len(&self) -> usize {
-        self.config.max_tokens * self.top_k()
-    }
+    ep_size: usize,
+    ep_rank: usize,
 }
 
 const MAX_DIM: usize = 1 << 16;
 
-/// Checks a layer's config and its weights' lengths.
-pub(crate) fn plan_layer(config: CutlassMoeConfig, fc1: usize, fc2: usize) -> Result<LayerPlan> {
+impl CutlassPlan {
+    /// Checks a layer's config and its weights' lengths in elements (`fc1`: GEMM 1's
+    /// `[local_experts, 2 * intermediate_size, hidden_size]`, `fc2`: GEMM 2's
+    /// `[local_experts, hidden_size, intermediate_size]`), then its top-k router's config
+    /// ([`TopKPlan::new`]).
+    pub fn new(config: CutlassMoeConfig, fc1: usize, fc2: usize) -> Result<CutlassPlan> {
+        let (ep_size, ep_rank) = check_layer(config, fc1, fc2)?;
+        Ok(CutlassPlan {
+            config,
+            router: TopKPlan::new(config.routing)?,
+            ep_size,
+            ep_rank,
+        })
+    }
+
+    /// The checked config.
+    pub fn config(&self) -> &CutlassMoeConfig {
+        &self.config
+    }
+
+    /// The rules of the layer's top-k router.
+    pub fn router(&self) -> &TopKPlan {
+        &self.router
+    }
+
+    /// Expert-parallel ranks (`num_experts / local_num_experts`).
+    pub fn ep_size(&self) -> usize {
+        self.ep_size
+    }
+
+    /// This rank's index among them (`local_expert_offset / local_num_experts`).
+    pub fn ep_rank(&self) -> usize {
+        self.ep_rank
+    }
+
+    pub(crate) fn experts(&self) -> usize {
+        self.config.routing.num_experts as usize
+    }
+    pub(crate) fn top_k(&self) -> usize {
+        self.config.routing.top_k as usize
+    }
+    /// Elements of GEMM 1's weights: `[local, 2 * intermediate, hidden]`.
+    pub fn fc1_len(&self) -> usize {
+        weight_lens(&self.config).0
+    }
+    /// Elements of GEMM 2's weights: `[local, hidden, intermediate]`.
+    pub fn fc2_len(&self) -> usize {
+        weight_lens(&self.config).1
+    }
+    /// Elements of the routed ids (and of the scales) at `max_tokens`.
+    pub(crate) fn routed_len(&self) -> usize {
+        self.config.max_tokens * self.top_k()
+    }
+}
+
+/// Elements of GEMM 1's and GEMM 2's weights of a config whose sizes are checked.
+fn weight_lens(config: &CutlassMoeConfig) -> (usize, usize) {
+    let local = config.routing.local_num_experts as usize;
+    let (h, i) = (config.hidden_size, config.intermediate_size);
+    (local * 2 * i * h, local * h * i)
+}
+
+/// The layer's own rules (its router's come after them); its expert-parallel size and rank.
+fn check_layer(config: CutlassMoeConfig, fc1: usize, fc2: usize) -> Result<(usize, usize)> {
     let r = &config.routing;
     r.validate()?;
     for (name, v) in [
@@ -93,12 +139,8 @@ pub(crate) fn plan_layer(config: CutlassMoeConfig, fc1: usize, fc2: usize) -> Re
         "max_tokens",
         || format!("{t} tokens x {e} experts exceed the runner's int32 row maps"),
     )?;
-    let plan = LayerPlan {
-        config,
-        ep_size: e / local,
-        ep_rank: offset / local,
-    };
-    for (name, len, need) in [("fc1", fc1, plan.fc1_len()), ("fc2", fc2, plan.fc2_len())] {
+    let (fc1_len, fc2_len) = weight_lens(&config);
+    for (name, len, need) in [("fc1", fc1, fc1_len), ("fc2", fc2, fc2_len)] {
         ensure(len == need, name, || {
             let shape = if name == "fc1" {
                 "[local_experts, 2 * intermediate_size, hidden_size]"
@@ -108,33 +150,56 @@ pub(crate) fn plan_layer(config: CutlassMoeConfig, fc1: usize, fc2: usize) -> Re
             format!("holds {len} elements, {shape} is {need}")
         })?;
     }
-    Ok(plan)
+    Ok((e / local, offset / local))
 }
 
-/// Where one call's routing comes from, by sizes.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum RoutingSizes {
+/// Where one call's routing comes from, by sizes (a [`CutlassRouting`](super::CutlassRouting)'s).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutlassRoutingSizes {
     /// Logits (and bias) routed by the layer's top-k router.
-    Logits { logits: usize, bias: Option<usize> },
+    Logits {
+        /// Elements of the logits.
+        logits: usize,
+        /// Elements of the bias, if one is given.
+        bias: Option<usize>,
+    },
     /// The caller's ids and scales.
-    Precomputed { ids: usize, scales: usize },
+    Precomputed {
+        /// Elements of the int32 ids.
+        ids: usize,
+        /// Elements of the fp32 scales.
+        scales: usize,
+    },
 }
 
-/// One call, by sizes.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct BatchSizes {
+/// The sizes of one [`CutlassMoe::forward`](super::CutlassMoe::forward) call: what
+/// [`CutlassPlan::check_batch`] checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CutlassBatchSizes {
+    /// Tokens in the call.
     pub num_tokens: usize,
-    pub routing: RoutingSizes,
+    /// Its routing.
+    pub routing: CutlassRoutingSizes,
+    /// Elements of the activations.
     pub hidden_states: usize,
+    /// Elements of the output.
     pub output: usize,
-    /// `(rows, cols)` of the replay buffer.
+    /// `(rows, cols)` of the replay buffer, if given.
     pub replay: Option<(usize, usize)>,
     /// Elements of the captured weights view, when the router writes the scales into one.
     pub captured_weights: Option<usize>,
 }
 
-/// Every per-call rule of [`CutlassMoe::forward`](super::CutlassMoe::forward), on sizes.
-pub(crate) fn check_batch(plan: &LayerPlan, b: &BatchSizes) -> Result<()> {
+impl CutlassPlan {
+    /// Every per-call rule of [`CutlassMoe::forward`](super::CutlassMoe::forward), on sizes:
+    /// the token count, the activations and output, the routing (the top-k router's own
+    /// rules, or the precomputed ids' and scales'), the replay buffer and captured weights.
+    pub fn check_batch(&self, b: &CutlassBatchSizes) -> Result<()> {
+        check_batch(self, b)
+    }
+}
+
+fn check_batch(plan: &CutlassPlan, b: &CutlassBatchSizes) -> Result<()> {
     let (t, h, k) = (b.num_tokens, plan.config.hidden_size, plan.top_k());
     let max = plan.config.max_tokens;
     ensure(t <= max, "num_tokens", || {
@@ -148,9 +213,8 @@ pub(crate) fn check_batch(plan: &LayerPlan, b: &BatchSizes) -> Result<()> {
     match b.routing {
         // The layer's top-k router's own rules (logits, bias, replay), its outputs being the
         // workspace's `[num_tokens, top_k]` ids and scales.
-        RoutingSizes::Logits { logits, bias } => validate_topk_call(
-            &plan.config.routing,
-            &TopKCallSizes {
+        CutlassRoutingSizes::Logits { logits, bias } => {
+            plan.router.check_batch(&TopKBatchSizes {
                 num_tokens: t,
                 logits,
                 bias,
@@ -158,9 +222,9 @@ pub(crate) fn check_batch(plan: &LayerPlan, b: &BatchSizes) -> Result<()> {
                 weights_f32: Some(t * k),
                 weights_bf16: None,
                 replay: b.replay,
-            },
-        )?,
-        RoutingSizes::Precomputed { ids, scales } => {
+            })?
+        }
+        CutlassRoutingSizes::Precomputed { ids, scales } => {
             ensure(
                 b.replay.is_none() && b.captured_weights.is_none(),
                 "routing_replay_out",

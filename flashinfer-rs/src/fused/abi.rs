@@ -9,7 +9,7 @@ use flashinfer_sys as sys;
 use sys::fi_dtype::{self, Type as Dtype};
 use sys::MoeTensor;
 
-use super::plan::{Given, LayerDesc, Op, Spec};
+use super::plan::{FusedLayerSizes, Op, TensorSize, TensorSpec};
 use super::precision::SwigluParams;
 use crate::error::{Error, Result};
 use crate::launch::{Launch, RoArg, RwArg};
@@ -17,7 +17,7 @@ use crate::routing::RoutingMethod;
 
 /// A tensor's field and the plan that shapes it: what the fused call reads back with each
 /// address from the launch.
-pub(crate) type Key<'a> = (MoeTensor, &'a [Spec]);
+pub(crate) type Key<'a> = (MoeTensor, &'a [TensorSpec]);
 
 /// The tensors a layer's weights or a batch's inputs pass, each with the dtype the op
 /// declares it as to upstream.
@@ -50,11 +50,11 @@ impl<'v> ArgList<'v> {
     }
 
     /// What the planner checks: every tensor by size.
-    pub(crate) fn given(&self) -> Vec<Given> {
+    pub(crate) fn given(&self) -> Vec<TensorSize> {
         let ro = self.ro.iter().map(|(t, d, v)| (*t, *d, v.arg_len()));
         let rw = self.rw.iter().map(|(t, d, v)| (*t, *d, v.arg_len()));
         ro.chain(rw)
-            .map(|(tensor, dtype, len)| Given { tensor, dtype, len })
+            .map(|(tensor, dtype, len)| TensorSize { tensor, dtype, len })
             .collect()
     }
 
@@ -76,7 +76,12 @@ impl<'v> ArgList<'v> {
 
     /// Lists every tensor into the launch `l`, named by `op`'s label, keyed with the plan
     /// `specs` that shapes it (in the order [`streams`](Self::streams) gives them).
-    pub(crate) fn launch<'a>(&'a mut self, l: &mut Launch<'a, Key<'a>>, op: Op, specs: &'a [Spec]) {
+    pub(crate) fn launch<'a>(
+        &'a mut self,
+        l: &mut Launch<'a, Key<'a>>,
+        op: Op,
+        specs: &'a [TensorSpec],
+    ) {
         let ArgList { ro, rw } = self;
         for (t, _, v) in ro.iter() {
             l.keyed_input(op.label(*t), (*t, specs), *v);
@@ -90,7 +95,7 @@ impl<'v> ArgList<'v> {
 /// Puts `tensor`, planned in `specs`, at `ptr` into its `fi_moe_args` field.
 pub(crate) fn fill(
     a: &mut sys::fi_moe_args,
-    specs: &[Spec],
+    specs: &[TensorSpec],
     tensor: MoeTensor,
     ptr: CUdeviceptr,
 ) -> Result<()> {
@@ -104,7 +109,7 @@ pub(crate) fn fill(
 
 /// Every scalar of `fi_moe_args` for a checked layer (tensors left empty).
 pub(crate) fn scalar_args(
-    desc: &LayerDesc,
+    desc: &FusedLayerSizes,
     device: i32,
     use_routing_scales_on_input: bool,
 ) -> sys::fi_moe_args {

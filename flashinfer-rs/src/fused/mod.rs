@@ -10,7 +10,8 @@
 //! - `precision`: what each precision's layer holds and each call passes; `config`
 //!   ([`MoeConfig`], [`MoeOptions`]), `types` ([`Activation`], [`WeightLayout`], ...) and
 //!   [`elements`] (the fp8/fp4 element types);
-//! - `plan`: every rule, on sizes, checked before any launch (tested on CPU); `abi`: the
+//! - [`plan`] ([`FusedPlan`]): every rule, on sizes, checked before any launch (tested on
+//!   CPU and fuzzed; public, so a server checks a batch before it has buffers); `abi`: the
 //!   Rust side of `fi_moe_args`;
 //! - [`cubin`]: the sha256-checked cubin loader upstream calls back into;
 //! - [`prepare`]: host-side weight preparation (shuffles, layouts, scale interleaving);
@@ -23,7 +24,7 @@ pub mod cubin;
 pub mod elements;
 mod moe;
 pub mod oracle;
-pub(crate) mod plan;
+pub mod plan;
 mod precision;
 pub mod prepare;
 mod tactic;
@@ -38,6 +39,7 @@ pub use config::{MoeConfig, MoeOptions};
 pub use cubin::CubinStore;
 pub use elements::{E2m1x2, E4m3, Ue8m0};
 pub use moe::{FusedMoe, MoeBatch, MoeRoutingInput};
+pub use plan::{FusedBatchSizes, FusedLayerSizes, FusedPlan};
 pub use precision::{
     Bf16, Bf16Inputs, Bf16Weights, Fp4ActivationKind, Fp4Activations, Fp4BlockScale,
     Fp4BlockScaleInputs, Fp4BlockScaleWeights, Fp4Weights, Fp8Activations, Fp8BlockInputScale,

@@ -12,7 +12,7 @@ use sys::MoeTensor as M;
 use super::abi::{fill, scalar_args, ArgList, Key};
 use super::config::MoeConfig;
 use super::cubin;
-use super::plan::{plan_batch, plan_layer, BatchDesc, Given, LayerDesc, LayerPlan, RoutingSrc};
+use super::plan::{FusedBatchSizes, FusedLayerSizes, FusedPlan, RoutingSrc, TensorSize};
 use super::precision::sealed::{BatchArgs, LayerArgs};
 use super::precision::Precision;
 use super::unfinalized::Unfinalized;
@@ -60,7 +60,7 @@ pub struct MoeBatch<'a, P: Precision> {
 /// [`FusedMoe::forward`] checks only the batch's (token count, routing input, activations,
 /// output, replay buffer) and calls the kernels. Like [`Router`](crate::routing::Router).
 pub struct FusedMoe<'w, P: Precision> {
-    plan: LayerPlan,
+    plan: FusedPlan,
     weights: P::Weights<'w>,
     ctx: Arc<CudaContext>,
     scalars: Scalars,
@@ -93,7 +93,7 @@ impl<'w, P: Precision> FusedMoe<'w, P> {
         let op = weights.op();
         let mut list = ArgList::default();
         weights.describe(&mut list);
-        let plan = plan_layer(LayerDesc {
+        let plan = FusedPlan::new(FusedLayerSizes {
             op,
             hidden_size: config.hidden_size,
             intermediate_size: config.intermediate_size,
@@ -167,20 +167,17 @@ impl<'w, P: Precision> FusedMoe<'w, P> {
         let mut list = ArgList::default();
         inputs.describe(&mut list);
         let mut given = list.given();
-        given.push(Given {
+        given.push(TensorSize {
             tensor: M::Output,
             dtype: fi_dtype::FI_DTYPE_BF16,
             len: output.len(),
         });
-        let specs = plan_batch(
-            &self.plan,
-            &BatchDesc {
-                num_tokens,
-                src: routing_src(&routing),
-                replay: routing_replay_out.as_deref().map(|r| (r.rows(), r.cols())),
-                inputs: given,
-            },
-        )?;
+        let specs = self.plan.batch_tensors(&FusedBatchSizes {
+            num_tokens,
+            src: routing_src(&routing),
+            replay: routing_replay_out.as_deref().map(|r| (r.rows(), r.cols())),
+            inputs: given,
+        })?;
         // The weights are listed after the zero-token return (describing them allocates).
         let mut weights = ArgList::default();
         let mut l = Launch::for_layer(stream, &self.ctx);
@@ -253,7 +250,7 @@ fn routing_src(r: &MoeRoutingInput<'_>) -> RoutingSrc {
 fn list_routing<'a>(
     r: &'a MoeRoutingInput<'_>,
     l: &mut Launch<'a, Key<'a>>,
-    specs: &'a [super::plan::Spec],
+    specs: &'a [super::plan::TensorSpec],
 ) {
     match r {
         MoeRoutingInput::Logits { logits, bias } => {

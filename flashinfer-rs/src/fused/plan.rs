@@ -4,54 +4,77 @@
 //! The rules are FlashInfer 0.6.13's own checks (`check_routing`/`check_moe` of each launcher
 //! in flashinfer-sys/csrc/trtllm_fused_moe_kernel_launcher.cu) plus the ones upstream forgets (undersized
 //! buffers, replay rows, dtypes), split by when they can be known:
-//! - [`layer`]: the routing config, the sizes, the options and the weights, checked once by
-//!   [`FusedMoe::new`](super::FusedMoe::new);
-//! - [`batch`]: the token count, the routing input, the replay buffer, the activations and
-//!   the output, checked by every forward call.
+//! - [`FusedPlan::new`] (`layer`): the routing config, the sizes, the options and the
+//!   weights, checked once by [`FusedMoe::new`](super::FusedMoe::new);
+//! - [`FusedPlan::check_batch`] (`batch`): the token count, the routing input, the replay
+//!   buffer, the activations and the output, checked by every forward call.
 //!
-//! Each returns the exact tensor shapes to hand to the C ABI ([`Spec`]). `whole::plan` runs
-//! both on a whole call, as the tests and the fuzz target describe one.
+//! Each gives the exact tensor shapes to hand to the C ABI ([`TensorSpec`]). Public and
+//! GPU-free: a server checks a batch before it has buffers, and the fuzz targets call it.
+//! Tensors are named by the C ABI's [`MoeTensor`] and typed by its [`fi_dtype`] values.
 
 use flashinfer_sys as sys;
+/// The C ABI's element types (`fi_dtype::Type` values), as [`TensorSize`] and [`TensorSpec`]
+/// give them.
+pub use sys::fi_dtype;
 use sys::fi_dtype::Type as Dtype;
-use sys::MoeTensor;
+/// The C ABI's tensor arguments of a fused call, as [`TensorSize`] and [`TensorSpec`] name
+/// them.
+pub use sys::MoeTensor;
 
 use crate::error::{ensure, Error, Result};
 
 mod batch;
 mod layer;
-#[cfg(any(test, feature = "fuzzing"))]
+#[cfg(test)]
 mod whole;
 
-pub(crate) use batch::{plan_batch, BatchDesc};
-pub(crate) use layer::{plan_layer, LayerDesc, LayerPlan};
-#[cfg(any(test, feature = "fuzzing"))]
+use batch::plan_batch;
+pub use batch::FusedBatchSizes;
+pub use layer::{FusedLayerSizes, FusedPlan};
+#[cfg(test)]
 pub(crate) use whole::{plan, Desc, Shape};
 
-/// Which upstream entry point, with the variant its arguments select. (`pub` in this
-/// crate-private module: the sealed precision traits name it.)
+/// Which upstream entry point, with the variant its arguments select (each precision's
+/// layer has one: [`Precision`](super::Precision)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
+    /// `trtllm_bf16_moe`.
     Bf16,
+    /// `trtllm_fp8_per_tensor_scale_moe`.
     Fp8PerTensor,
+    /// `trtllm_fp8_block_scale_moe` with DeepSeek's fp32 128x128 block scales.
     Fp8BlockDeepSeek,
+    /// `trtllm_fp8_block_scale_moe` with MxFp8's ue8m0 scales.
     Fp8BlockMx,
-    Fp4 { act: Fp4Act, weights: Fp4W },
+    /// `trtllm_fp4_block_scale_moe`.
+    Fp4 {
+        /// The activations it is fed.
+        act: Fp4Act,
+        /// Its weights' format.
+        weights: Fp4W,
+    },
 }
 
 /// The activations an fp4 layer is fed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fp4Act {
+    /// bf16.
     Bf16,
+    /// fp8 e4m3.
     E4m3,
+    /// MX fp8 e4m3 with block scales.
     MxE4m3,
+    /// NV fp4 with block scales.
     Nvfp4,
 }
 
 /// The fp4 weight format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fp4W {
+    /// NV fp4 (16-element blocks, e4m3 scales).
     Nvfp4,
+    /// MX fp4 (32-element blocks, ue8m0 scales).
     Mxfp4,
 }
 
@@ -87,11 +110,10 @@ impl Op {
         }
     }
 
-    /// How a whole-call description (`whole::Desc`) sorts its tensors; the typed calls know
-    /// theirs by type. Whether `tensor` belongs to the layer (weights, their scales, per-expert parameters:
-    /// checked once) rather than to a batch (checked per call).
-    #[cfg(any(test, feature = "fuzzing"))]
-    pub(crate) fn in_layer(self, tensor: MoeTensor) -> bool {
+    /// Whether `tensor` belongs to the layer (weights, their scales, per-expert parameters:
+    /// [`FusedLayerSizes::weights`], checked once) rather than to a batch
+    /// ([`FusedBatchSizes::inputs`], checked per call). The typed calls know theirs by type.
+    pub fn in_layer(self, tensor: MoeTensor) -> bool {
         use MoeTensor as M;
         match tensor {
             M::Gemm1Weights
@@ -125,24 +147,33 @@ impl Op {
     }
 }
 
-/// Where routing comes from, by size.
+/// Where a fused call's routing comes from, by size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum RoutingSrc {
+pub enum RoutingSrc {
     /// Logits `[T, E]` (len elements of dtype) and an optional bias.
     Logits {
+        /// The logits' [`fi_dtype`].
         dtype: Dtype,
+        /// Elements of the logits.
         len: usize,
+        /// The bias' [`fi_dtype`] and elements, if one is given.
         bias: Option<(Dtype, usize)>,
     },
     /// Packed `(id << 16) | bf16 weight` ids, `[T, K]` int32.
-    Packed { len: usize },
+    Packed {
+        /// Elements of the packed ids.
+        len: usize,
+    },
 }
 
 /// A tensor the caller passed: which argument, its element type and length in elements.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Given {
+pub struct TensorSize {
+    /// Which argument.
     pub tensor: MoeTensor,
+    /// Its [`fi_dtype`].
     pub dtype: Dtype,
+    /// Its length in elements.
     pub len: usize,
 }
 
@@ -151,17 +182,19 @@ const MAX_DIMS: usize = 4;
 
 /// A tensor as it will be handed to the C ABI: which argument, which dtype, which shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Spec {
+pub struct TensorSpec {
+    /// Which argument.
     pub tensor: MoeTensor,
+    /// Its [`fi_dtype`].
     pub dtype: Dtype,
     ndim: usize,
     dims: [i64; MAX_DIMS],
 }
 
-impl Spec {
+impl TensorSpec {
     /// `shape` must have 1 to 4 dimensions, each at most `i64::MAX` (the rules' sizes are
     /// bounded by `MAX_TOKENS` products, far below).
-    fn new(tensor: MoeTensor, dtype: Dtype, shape: &[usize]) -> Result<Spec> {
+    fn new(tensor: MoeTensor, dtype: Dtype, shape: &[usize]) -> Result<TensorSpec> {
         if shape.is_empty() || shape.len() > MAX_DIMS {
             return Err(Error::Internal(format!("{shape:?}: rank out of range")));
         }
@@ -171,7 +204,7 @@ impl Spec {
                 Error::invalid(tensor.name(), format!("{shape:?} overflows a tensor size"))
             })?;
         }
-        Ok(Spec {
+        Ok(TensorSpec {
             tensor,
             dtype,
             ndim: shape.len(),
@@ -179,7 +212,8 @@ impl Spec {
         })
     }
 
-    pub(crate) fn shape(&self) -> &[i64] {
+    /// Its shape (1 to 4 dimensions).
+    pub fn shape(&self) -> &[i64] {
         &self.dims[..self.ndim]
     }
 
@@ -231,14 +265,14 @@ pub(crate) fn cmul(dims: &[usize]) -> Result<usize> {
 /// left (nothing is silently ignored).
 pub(crate) struct Planner<'d> {
     op: Op,
-    given: &'d [Given],
+    given: &'d [TensorSize],
     taken: Vec<bool>,
-    specs: Vec<Spec>,
+    specs: Vec<TensorSpec>,
 }
 
 impl<'d> Planner<'d> {
     /// The typed calls pass each tensor once; anything else is our bug.
-    fn new(op: Op, given: &'d [Given]) -> Result<Planner<'d>> {
+    fn new(op: Op, given: &'d [TensorSize]) -> Result<Planner<'d>> {
         for (n, g) in given.iter().enumerate() {
             if given[..n].iter().any(|x| x.tensor == g.tensor) {
                 return Err(Error::Internal(format!(
@@ -259,7 +293,7 @@ impl<'d> Planner<'d> {
         self.op.label(tensor)
     }
 
-    fn given(&self, tensor: MoeTensor) -> Option<&'d Given> {
+    fn given(&self, tensor: MoeTensor) -> Option<&'d TensorSize> {
         self.given.iter().find(|g| g.tensor == tensor)
     }
 
@@ -305,7 +339,7 @@ impl<'d> Planner<'d> {
                 dtype_name(dtype)
             )
         })?;
-        let spec = Spec::new(tensor, dtype, shape)?;
+        let spec = TensorSpec::new(tensor, dtype, shape)?;
         let need = spec.numel();
         ensure(need.is_some_and(|n| g.len as u128 >= n), label, || {
             format!("holds {} elements, needs {need:?} ({shape:?})", g.len)
@@ -318,12 +352,12 @@ impl<'d> Planner<'d> {
     /// A tensor the call hands over that is not in `given` (logits, bias, packed ids,
     /// replay: their sizes are checked by their own rules).
     fn push(&mut self, tensor: MoeTensor, dtype: Dtype, shape: &[usize]) -> Result<()> {
-        self.specs.push(Spec::new(tensor, dtype, shape)?);
+        self.specs.push(TensorSpec::new(tensor, dtype, shape)?);
         Ok(())
     }
 
     /// Refuses every given tensor the op has not claimed.
-    fn finish(self) -> Result<Vec<Spec>> {
+    fn finish(self) -> Result<Vec<TensorSpec>> {
         if let Some(i) = self.taken.iter().position(|&t| !t) {
             let tensor = self.given[i].tensor;
             return Err(Error::invalid(

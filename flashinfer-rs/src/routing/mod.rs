@@ -16,7 +16,7 @@
 mod method;
 mod noaux_tc;
 pub mod oracle;
-pub(crate) mod route;
+mod route;
 mod topk;
 
 pub(crate) use method::check_bias;
@@ -24,7 +24,9 @@ pub use method::{
     MethodLimits, RoutingConfig, RoutingMethod, MAX_EXPERTS_PER_GROUP, MAX_EXPERT_GROUPS,
     MAX_TOPK_GROUPS,
 };
-pub use noaux_tc::{NoAuxTcOutputs, NoAuxTcRouter};
-pub use route::{Bias, Logits, RouteInput, Router, RoutingBuffers};
-pub(crate) use topk::{validate_call as validate_topk_call, CallSizes as TopKCallSizes};
-pub use topk::{TopKOutputs, TopKRouter};
+pub use noaux_tc::{NoAuxTcBatchSizes, NoAuxTcOutputs, NoAuxTcPlan, NoAuxTcRouter};
+pub use route::{
+    Bias, Logits, LogitsDtype, RouteBatchSizes, RouteInput, RoutePlan, Router, RoutingBuffers,
+    RoutingBuffersShape,
+};
+pub use topk::{TopKBatchSizes, TopKOutputs, TopKPlan, TopKRouter};

@@ -44,7 +44,23 @@ impl<'a> From<CudaView<'a, bf16>> for Logits<'a> {
     }
 }
 
+/// The element type of [`Logits`] (and of a [`Bias`]), as the size rules see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LogitsDtype {
+    /// fp32.
+    F32,
+    /// bf16.
+    Bf16,
+}
+
 impl Logits<'_> {
+    /// Which element type these logits hold.
+    pub fn logits_dtype(&self) -> LogitsDtype {
+        match self {
+            Logits::F32(_) => LogitsDtype::F32,
+            Logits::Bf16(_) => LogitsDtype::Bf16,
+        }
+    }
     pub(crate) fn len(&self) -> usize {
         match self {
             Logits::F32(v) => v.len(),
@@ -221,8 +237,9 @@ impl RoutingBuffers {
         &self.num_non_exiting_ctas
     }
 
-    fn shape(&self) -> BufferShape {
-        BufferShape {
+    /// What these buffers were allocated for: the `buffers` of a [`RouteBatchSizes`].
+    pub fn shape(&self) -> RoutingBuffersShape {
+        RoutingBuffersShape {
             max_tokens: self.max_tokens,
             num_experts: self.num_experts,
             top_k: self.top_k,
@@ -231,76 +248,101 @@ impl RoutingBuffers {
     }
 }
 
-/// What a set of [`RoutingBuffers`] was allocated for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct BufferShape {
+/// What a set of [`RoutingBuffers`] was allocated for ([`RoutingBuffers::shape`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RoutingBuffersShape {
+    /// Most tokens one call may route with them.
     pub max_tokens: usize,
+    /// The config's `num_experts`.
     pub num_experts: usize,
+    /// The config's `top_k`.
     pub top_k: usize,
+    /// The config's `tile_tokens_dim`.
     pub tile_tokens_dim: usize,
 }
 
-/// The sizes of one routing call's arguments.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct CallShape {
+/// The sizes of one [`Router::route`] call: what [`RoutePlan::check_batch`] checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RouteBatchSizes {
+    /// Rows to route.
     pub num_tokens: usize,
-    pub logits_len: usize,
-    pub bias_len: Option<usize>,
-    /// `(rows, cols)` of the replay buffer, if any.
+    /// Elements of the logits.
+    pub logits: usize,
+    /// Elements of the bias, if one is given.
+    pub bias: Option<usize>,
+    /// `(rows, cols)` of the replay buffer, if one is given.
     pub replay: Option<(usize, usize)>,
+    /// The routing buffers the call writes.
+    pub buffers: RoutingBuffersShape,
 }
 
-/// Every per-call rule, on sizes alone (so it is tested without a GPU). The config itself
-/// was validated when the [`Router`] was made.
-pub(crate) fn validate_call(
-    cfg: &RoutingConfig,
-    call: &CallShape,
-    buffers: &BufferShape,
-) -> Result<()> {
-    let (t, e, k) = (
-        call.num_tokens,
-        cfg.num_experts as usize,
-        cfg.top_k as usize,
-    );
-    ensure(
-        buffers.top_k == k
-            && buffers.num_experts == e
-            && buffers.tile_tokens_dim == cfg.tile_tokens_dim as usize,
-        "buffers",
-        || {
+/// The size rules of [`Router`]: built from a config [`RoutingConfig::validate`] accepts,
+/// then [`check_batch`](Self::check_batch) per call, on sizes alone (no device, no buffers:
+/// a server can check a batch before it has them). [`Router::new`] builds one and
+/// [`Router::route`] checks every call with it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RoutePlan {
+    cfg: RoutingConfig,
+}
+
+impl RoutePlan {
+    /// Validates `cfg` ([`RoutingConfig::validate`]).
+    pub fn new(cfg: RoutingConfig) -> Result<RoutePlan> {
+        cfg.validate()?;
+        Ok(RoutePlan { cfg })
+    }
+
+    /// The validated config.
+    pub fn config(&self) -> &RoutingConfig {
+        &self.cfg
+    }
+
+    /// Every per-call rule of [`Router::route`], on sizes: the buffers' shape, the token
+    /// count, the logits, the bias and the replay buffer ([`Error::InvalidArgument`] naming
+    /// the argument).
+    pub fn check_batch(&self, b: &RouteBatchSizes) -> Result<()> {
+        let (cfg, buffers) = (&self.cfg, &b.buffers);
+        let (t, e, k) = (b.num_tokens, cfg.num_experts as usize, cfg.top_k as usize);
+        ensure(
+            buffers.top_k == k
+                && buffers.num_experts == e
+                && buffers.tile_tokens_dim == cfg.tile_tokens_dim as usize,
+            "buffers",
+            || {
+                format!(
+                    "allocated for (num_experts {}, top_k {}, tile {}), the router has ({e}, {k}, {})",
+                    buffers.num_experts, buffers.top_k, buffers.tile_tokens_dim, cfg.tile_tokens_dim
+                )
+            },
+        )?;
+        ensure(t <= buffers.max_tokens, "num_tokens", || {
             format!(
-                "allocated for (num_experts {}, top_k {}, tile {}), the router has ({e}, {k}, {})",
-                buffers.num_experts, buffers.top_k, buffers.tile_tokens_dim, cfg.tile_tokens_dim
+                "{t} tokens exceed the buffers' max_tokens ({})",
+                buffers.max_tokens
             )
-        },
-    )?;
-    ensure(t <= buffers.max_tokens, "num_tokens", || {
-        format!(
-            "{t} tokens exceed the buffers' max_tokens ({})",
-            buffers.max_tokens
-        )
-    })?;
-    ensure(t <= MAX_TOKENS, "num_tokens", || {
-        format!("{t} exceeds the kernels' int32 token count")
-    })?;
-    ensure(covers(call.logits_len, t, e), "logits", || {
-        format!(
-            "holds {} elements, {t} tokens x {e} experts need {}",
-            call.logits_len,
-            t as u128 * e as u128
-        )
-    })?;
-    check_bias(cfg, call.bias_len)?;
-    match call.replay {
-        Some((rows, cols)) => check_replay(rows, cols, t, k),
-        None => Ok(()),
+        })?;
+        ensure(t <= MAX_TOKENS, "num_tokens", || {
+            format!("{t} exceeds the kernels' int32 token count")
+        })?;
+        ensure(covers(b.logits, t, e), "logits", || {
+            format!(
+                "holds {} elements, {t} tokens x {e} experts need {}",
+                b.logits,
+                t as u128 * e as u128
+            )
+        })?;
+        check_bias(cfg, b.bias)?;
+        match b.replay {
+            Some((rows, cols)) => check_replay(rows, cols, t, k),
+            None => Ok(()),
+        }
     }
 }
 
 /// A validated [`RoutingConfig`], ready to route.
 #[derive(Debug, Clone, Copy)]
 pub struct Router {
-    cfg: RoutingConfig,
+    plan: RoutePlan,
 }
 
 /// One routing call's inputs.
@@ -317,14 +359,19 @@ pub struct RouteInput<'a> {
 impl Router {
     /// Validates `cfg` once; later calls only check their buffers.
     pub fn new(cfg: RoutingConfig) -> Result<Router> {
-        cfg.validate()?;
+        let plan = RoutePlan::new(cfg)?;
         tracing::debug!(target: "flashinfer_rs", config = ?cfg, "routing: Router built");
-        Ok(Router { cfg })
+        Ok(Router { plan })
     }
 
     /// The validated config.
     pub fn config(&self) -> &RoutingConfig {
-        &self.cfg
+        self.plan.config()
+    }
+
+    /// Its size rules ([`RoutePlan::check_batch`] checks a call before it has buffers).
+    pub fn plan(&self) -> &RoutePlan {
+        &self.plan
     }
 
     /// [`route`](Self::route) into one layer's capture-store views
@@ -363,15 +410,15 @@ impl Router {
         buffers: &mut RoutingBuffers,
         routing_replay_out: Option<&mut ReplayView<'_>>,
     ) -> Result<()> {
-        let cfg = &self.cfg;
+        let cfg = self.plan.config();
         let t = input.num_tokens;
-        let call = CallShape {
+        self.plan.check_batch(&RouteBatchSizes {
             num_tokens: t,
-            logits_len: input.logits.len(),
-            bias_len: input.bias.as_ref().map(Logits::len),
+            logits: input.logits.len(),
+            bias: input.bias.as_ref().map(Logits::len),
             replay: routing_replay_out.as_deref().map(|r| (r.rows(), r.cols())),
-        };
-        validate_call(cfg, &call, &buffers.shape())?;
+            buffers: buffers.shape(),
+        })?;
         let bias_dtype = input
             .bias
             .as_ref()
@@ -409,7 +456,7 @@ impl Router {
                 num_non_exiting_ctas: p.rw(nctas),
             };
             // SAFETY: the launch's guarantees, and every buffer sized for this call
-            // (`validate_call`; the routing buffers for the router's shape).
+            // (`check_batch`; the routing buffers for the router's shape).
             unsafe {
                 sys::fi_routing_run(
                     &params,

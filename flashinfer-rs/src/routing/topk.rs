@@ -24,7 +24,7 @@ use crate::replay::{check_replay, ReplayView};
 /// `tile_tokens_dim` and `use_pdl` do not apply (ids are global; no permutation is built).
 #[derive(Debug, Clone, Copy)]
 pub struct TopKRouter {
-    cfg: RoutingConfig,
+    plan: TopKPlan,
 }
 
 /// Where a top-k call writes, each `[>= num_tokens, top_k]` (rows past `num_tokens`
@@ -41,29 +41,26 @@ pub struct TopKOutputs<'a> {
 }
 
 impl TopKRouter {
-    /// Validates `cfg` once ([`RoutingConfig::validate_topk`]); later calls only check their
-    /// buffers. Grouped DeepSeekV3 needs at least 2 experts per group here (each group is
-    /// scored by its two best experts, as the model's reference router does), which
-    /// [`RoutingConfig::validate`] alone admits.
+    /// Validates `cfg` once ([`TopKPlan::new`]); later calls only check their buffers.
     pub fn new(cfg: RoutingConfig) -> Result<TopKRouter> {
-        cfg.validate_topk()?;
-        if let RoutingMethod::DeepSeekV3 { n_group, .. } = cfg.method {
-            let per = cfg.num_experts / n_group.max(1);
-            ensure(n_group <= 1 || per >= 2, "n_group", || {
-                format!(
-                    "the top-k router scores each group by its two best experts: {} experts in \
-                     {n_group} groups leave {per} per group",
-                    cfg.num_experts
-                )
-            })?;
-        }
+        Ok(TopKRouter::from_plan(TopKPlan::new(cfg)?))
+    }
+
+    /// The router of a checked plan.
+    pub fn from_plan(plan: TopKPlan) -> TopKRouter {
+        let cfg = plan.config();
         tracing::debug!(target: "flashinfer_rs", config = ?cfg, "routing: TopKRouter built");
-        Ok(TopKRouter { cfg })
+        TopKRouter { plan }
     }
 
     /// The validated config.
     pub fn config(&self) -> &RoutingConfig {
-        &self.cfg
+        self.plan.config()
+    }
+
+    /// Its size rules ([`TopKPlan::check_batch`] checks a call before it has buffers).
+    pub fn plan(&self) -> &TopKPlan {
+        &self.plan
     }
 
     /// [`route`](Self::route) into one layer's capture-store views
@@ -99,18 +96,15 @@ impl TopKRouter {
         routing_replay_out: Option<&mut ReplayView<'_>>,
     ) -> Result<()> {
         let t = input.num_tokens;
-        validate_call(
-            &self.cfg,
-            &CallSizes {
-                num_tokens: t,
-                logits: input.logits.len(),
-                bias: input.bias.as_ref().map(Logits::len),
-                ids: outputs.ids.as_ref().map(DeviceSlice::len),
-                weights_f32: outputs.weights_f32.as_ref().map(DeviceSlice::len),
-                weights_bf16: outputs.weights_bf16.as_ref().map(DeviceSlice::len),
-                replay: routing_replay_out.as_deref().map(|r| (r.rows(), r.cols())),
-            },
-        )?;
+        self.plan.check_batch(&TopKBatchSizes {
+            num_tokens: t,
+            logits: input.logits.len(),
+            bias: input.bias.as_ref().map(Logits::len),
+            ids: outputs.ids.as_ref().map(DeviceSlice::len),
+            weights_f32: outputs.weights_f32.as_ref().map(DeviceSlice::len),
+            weights_bf16: outputs.weights_bf16.as_ref().map(DeviceSlice::len),
+            replay: routing_replay_out.as_deref().map(|r| (r.rows(), r.cols())),
+        })?;
         let mut l = Launch::new(stream);
         let logits = l.input("logits", &input.logits);
         let bias = l.input_opt("bias", input.bias.as_ref());
@@ -134,13 +128,13 @@ impl TopKRouter {
                 weights_bf16: p.rw(weights_bf16),
             };
             // SAFETY: the launch's guarantees (an absent buffer is null), and every buffer
-            // sized for this call (`validate_call`).
+            // sized for this call (`check_batch`).
             unsafe { sys::fi_topk_route(&params, &buffers, p.stream()) }
         })
     }
 
     fn params(&self, t: usize, input: &RouteInput<'_>) -> sys::fi_topk_params {
-        let c = &self.cfg;
+        let c = self.plan.config();
         let (n_group, topk_group, scale) = c.method.groups_and_scale();
         sys::fi_topk_params {
             method: c.method.abi_value() as i32,
@@ -160,58 +154,97 @@ impl TopKRouter {
     }
 }
 
-/// A top-k call, by sizes.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct CallSizes {
+/// The sizes of one [`TopKRouter::route`] call: what [`TopKPlan::check_batch`] checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TopKBatchSizes {
+    /// Rows to route.
     pub num_tokens: usize,
-    /// Elements of the logits, of the bias.
+    /// Elements of the logits.
     pub logits: usize,
+    /// Elements of the bias, if one is given.
     pub bias: Option<usize>,
-    /// Elements of each output given.
+    /// Elements of the int32 ids output, if given.
     pub ids: Option<usize>,
+    /// Elements of the fp32 weights output, if given.
     pub weights_f32: Option<usize>,
+    /// Elements of the bf16 weights output, if given.
     pub weights_bf16: Option<usize>,
-    /// `(rows, cols)` of the replay buffer.
+    /// `(rows, cols)` of the replay buffer, if given.
     pub replay: Option<(usize, usize)>,
 }
 
-/// Every per-call rule of [`TopKRouter::route`], on sizes.
-pub(crate) fn validate_call(cfg: &RoutingConfig, c: &CallSizes) -> Result<()> {
-    let (t, e, k) = (c.num_tokens, cfg.num_experts as usize, cfg.top_k as usize);
-    ensure(t <= MAX_TOKENS, "num_tokens", || {
-        format!("{t} exceeds the kernels' int32 token count")
-    })?;
-    ensure(covers(c.logits, t, e), "logits", || {
-        format!(
-            "holds {}, {t} tokens x {e} experts need {}",
-            c.logits,
-            t as u128 * e as u128
-        )
-    })?;
-    check_bias(cfg, c.bias)?;
-    for (name, len) in [
-        ("ids", c.ids),
-        ("weights_f32", c.weights_f32),
-        ("weights_bf16", c.weights_bf16),
-    ] {
-        ensure(len.is_none_or(|n| covers(n, t, k)), name, || {
+/// The size rules of [`TopKRouter`]: built from a config the top-k router takes, then
+/// [`check_batch`](Self::check_batch) per call, on sizes alone (no device, no buffers).
+/// [`TopKRouter::new`] builds one and [`TopKRouter::route`] checks every call with it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TopKPlan {
+    cfg: RoutingConfig,
+}
+
+impl TopKPlan {
+    /// Validates `cfg` ([`RoutingConfig::validate_topk`]). Grouped DeepSeekV3 needs at least
+    /// 2 experts per group here (each group is scored by its two best experts, as the model's
+    /// reference router does), which [`RoutingConfig::validate`] alone admits.
+    pub fn new(cfg: RoutingConfig) -> Result<TopKPlan> {
+        cfg.validate_topk()?;
+        if let RoutingMethod::DeepSeekV3 { n_group, .. } = cfg.method {
+            let per = cfg.num_experts / n_group.max(1);
+            ensure(n_group <= 1 || per >= 2, "n_group", || {
+                format!(
+                    "the top-k router scores each group by its two best experts: {} experts in \
+                     {n_group} groups leave {per} per group",
+                    cfg.num_experts
+                )
+            })?;
+        }
+        Ok(TopKPlan { cfg })
+    }
+
+    /// The validated config.
+    pub fn config(&self) -> &RoutingConfig {
+        &self.cfg
+    }
+
+    /// Every per-call rule of [`TopKRouter::route`], on sizes: the token count, the logits,
+    /// the bias, each output given and the replay buffer, and at least one output.
+    pub fn check_batch(&self, c: &TopKBatchSizes) -> Result<()> {
+        let cfg = &self.cfg;
+        let (t, e, k) = (c.num_tokens, cfg.num_experts as usize, cfg.top_k as usize);
+        ensure(t <= MAX_TOKENS, "num_tokens", || {
+            format!("{t} exceeds the kernels' int32 token count")
+        })?;
+        ensure(covers(c.logits, t, e), "logits", || {
             format!(
-                "holds {}, {t} tokens x top_k {k} need {}",
-                len.unwrap_or(0),
-                t as u128 * k as u128
+                "holds {}, {t} tokens x {e} experts need {}",
+                c.logits,
+                t as u128 * e as u128
             )
         })?;
+        check_bias(cfg, c.bias)?;
+        for (name, len) in [
+            ("ids", c.ids),
+            ("weights_f32", c.weights_f32),
+            ("weights_bf16", c.weights_bf16),
+        ] {
+            ensure(len.is_none_or(|n| covers(n, t, k)), name, || {
+                format!(
+                    "holds {}, {t} tokens x top_k {k} need {}",
+                    len.unwrap_or(0),
+                    t as u128 * k as u128
+                )
+            })?;
+        }
+        if let Some((rows, cols)) = c.replay {
+            check_replay(rows, cols, t, k)?;
+        }
+        let writes_any = c.ids.is_some()
+            || c.weights_f32.is_some()
+            || c.weights_bf16.is_some()
+            || c.replay.is_some();
+        ensure(writes_any, "outputs", || {
+            "a call must write ids, weights or a replay buffer".into()
+        })
     }
-    if let Some((rows, cols)) = c.replay {
-        check_replay(rows, cols, t, k)?;
-    }
-    let writes_any = c.ids.is_some()
-        || c.weights_f32.is_some()
-        || c.weights_bf16.is_some()
-        || c.replay.is_some();
-    ensure(writes_any, "outputs", || {
-        "a call must write ids, weights or a replay buffer".into()
-    })
 }
 
 #[cfg(test)]

@@ -20,9 +20,9 @@ fn weights(c: &CutlassMoeConfig) -> (usize, usize) {
     (l * 2 * i * h, l * h * i)
 }
 
-fn plan(c: CutlassMoeConfig) -> Result<LayerPlan> {
+fn plan(c: CutlassMoeConfig) -> Result<CutlassPlan> {
     let (a, b) = weights(&c);
-    plan_layer(c, a, b)
+    CutlassPlan::new(c, a, b)
 }
 
 fn arg(e: Error) -> &'static str {
@@ -35,14 +35,14 @@ fn arg(e: Error) -> &'static str {
 #[test]
 fn a_qwen3_layer_and_an_expert_parallel_rank_are_accepted() {
     let p = plan(config(128, 8)).unwrap();
-    assert_eq!((p.ep_size, p.ep_rank), (1, 0));
+    assert_eq!((p.ep_size(), p.ep_rank()), (1, 0));
     assert_eq!(p.fc1_len(), 128 * 2 * 768 * 2048);
     let c = CutlassMoeConfig {
         routing: RoutingConfig::new(RoutingMethod::Renormalize, 256, 8).with_local_experts(192, 64),
         ..config(256, 8)
     };
     let p = plan(c).unwrap();
-    assert_eq!((p.ep_size, p.ep_rank), (4, 3));
+    assert_eq!((p.ep_size(), p.ep_rank()), (4, 3));
 }
 
 #[test]
@@ -115,21 +115,21 @@ fn bad_layers_are_refused_naming_the_argument() {
         ),
     ] {
         let (a, b) = weights(&c);
-        assert_eq!(arg(plan_layer(c, a, b).unwrap_err()), expect, "{c:?}");
+        assert_eq!(arg(CutlassPlan::new(c, a, b).unwrap_err()), expect, "{c:?}");
     }
     // top_k above num_experts is the routing config's own rule.
     assert!(plan(config(8, 9)).is_err());
     let (a, b) = weights(&base);
-    assert_eq!(arg(plan_layer(base, a - 1, b).unwrap_err()), "fc1");
-    assert_eq!(arg(plan_layer(base, a, b + 1).unwrap_err()), "fc2");
-    assert_eq!(arg(plan_layer(base, 0, 0).unwrap_err()), "fc1");
+    assert_eq!(arg(CutlassPlan::new(base, a - 1, b).unwrap_err()), "fc1");
+    assert_eq!(arg(CutlassPlan::new(base, a, b + 1).unwrap_err()), "fc2");
+    assert_eq!(arg(CutlassPlan::new(base, 0, 0).unwrap_err()), "fc1");
 }
 
-fn batch(t: usize, p: &LayerPlan) -> BatchSizes {
-    let (h, e, k) = (p.config.hidden_size, p.experts(), p.top_k());
-    BatchSizes {
+fn batch(t: usize, p: &CutlassPlan) -> CutlassBatchSizes {
+    let (h, e, k) = (p.config().hidden_size, p.experts(), p.top_k());
+    CutlassBatchSizes {
         num_tokens: t,
-        routing: RoutingSizes::Logits {
+        routing: CutlassRoutingSizes::Logits {
             logits: t * e,
             bias: None,
         },
@@ -144,22 +144,22 @@ fn batch(t: usize, p: &LayerPlan) -> BatchSizes {
 fn calls_up_to_max_tokens_are_accepted_and_bad_ones_refused() {
     let p = plan(config(128, 8)).unwrap();
     for t in [0, 1, 7, 4096] {
-        check_batch(&p, &batch(t, &p)).unwrap();
+        p.check_batch(&batch(t, &p)).unwrap();
     }
     let b = batch(64, &p);
     for (b, expect) in [
         (batch(4097, &p), "num_tokens"),
         (
-            BatchSizes {
+            CutlassBatchSizes {
                 hidden_states: 64 * 2048 - 1,
                 ..b
             },
             "hidden_states",
         ),
-        (BatchSizes { output: 0, ..b }, "output"),
+        (CutlassBatchSizes { output: 0, ..b }, "output"),
         (
-            BatchSizes {
-                routing: RoutingSizes::Logits {
+            CutlassBatchSizes {
+                routing: CutlassRoutingSizes::Logits {
                     logits: 64 * 128 - 1,
                     bias: None,
                 },
@@ -168,8 +168,8 @@ fn calls_up_to_max_tokens_are_accepted_and_bad_ones_refused() {
             "logits",
         ),
         (
-            BatchSizes {
-                routing: RoutingSizes::Logits {
+            CutlassBatchSizes {
+                routing: CutlassRoutingSizes::Logits {
                     logits: 64 * 128,
                     bias: Some(128),
                 },
@@ -178,29 +178,29 @@ fn calls_up_to_max_tokens_are_accepted_and_bad_ones_refused() {
             "bias",
         ),
         (
-            BatchSizes {
+            CutlassBatchSizes {
                 replay: Some((63, 8)),
                 ..b
             },
             "replay",
         ),
         (
-            BatchSizes {
+            CutlassBatchSizes {
                 replay: Some((64, 7)),
                 ..b
             },
             "replay",
         ),
         (
-            BatchSizes {
+            CutlassBatchSizes {
                 captured_weights: Some(64 * 8 - 1),
                 ..b
             },
             "views.weights",
         ),
         (
-            BatchSizes {
-                routing: RoutingSizes::Precomputed {
+            CutlassBatchSizes {
+                routing: CutlassRoutingSizes::Precomputed {
                     ids: 64 * 8,
                     scales: 64 * 8,
                 },
@@ -209,8 +209,8 @@ fn calls_up_to_max_tokens_are_accepted_and_bad_ones_refused() {
             "routing_replay_out",
         ),
         (
-            BatchSizes {
-                routing: RoutingSizes::Precomputed {
+            CutlassBatchSizes {
+                routing: CutlassRoutingSizes::Precomputed {
                     ids: 64 * 8 - 1,
                     scales: 64 * 8,
                 },
@@ -220,8 +220,8 @@ fn calls_up_to_max_tokens_are_accepted_and_bad_ones_refused() {
             "ids",
         ),
         (
-            BatchSizes {
-                routing: RoutingSizes::Precomputed {
+            CutlassBatchSizes {
+                routing: CutlassRoutingSizes::Precomputed {
                     ids: 64 * 8,
                     scales: 0,
                 },
@@ -231,25 +231,25 @@ fn calls_up_to_max_tokens_are_accepted_and_bad_ones_refused() {
             "scales",
         ),
     ] {
-        assert_eq!(arg(check_batch(&p, &b).unwrap_err()), expect, "{b:?}");
+        assert_eq!(arg(p.check_batch(&b).unwrap_err()), expect, "{b:?}");
     }
-    let precomputed = BatchSizes {
-        routing: RoutingSizes::Precomputed {
+    let precomputed = CutlassBatchSizes {
+        routing: CutlassRoutingSizes::Precomputed {
             ids: 64 * 8,
             scales: 64 * 8,
         },
         replay: None,
         ..b
     };
-    check_batch(&p, &precomputed).unwrap();
+    p.check_batch(&precomputed).unwrap();
 }
 
 #[test]
 fn sizes_that_overflow_are_refused_not_wrapped() {
     let p = plan(config(128, 8)).unwrap();
-    let huge = BatchSizes {
+    let huge = CutlassBatchSizes {
         num_tokens: usize::MAX,
         ..batch(1, &p)
     };
-    assert_eq!(arg(check_batch(&p, &huge).unwrap_err()), "num_tokens");
+    assert_eq!(arg(p.check_batch(&huge).unwrap_err()), "num_tokens");
 }

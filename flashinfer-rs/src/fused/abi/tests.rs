@@ -8,7 +8,7 @@ use crate::ffi::check;
 use crate::fused::plan::tests::every_op;
 use crate::fused::plan::{plan, Desc};
 
-fn layer_of(d: &Desc) -> LayerDesc {
+fn layer_of(d: &Desc) -> FusedLayerSizes {
     d.split().0
 }
 

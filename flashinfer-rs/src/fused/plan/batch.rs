@@ -5,7 +5,7 @@ use flashinfer_sys as sys;
 use sys::fi_dtype::{self, Type as Dtype};
 use sys::MoeTensor as M;
 
-use super::{round_up, Fp4Act, Given, LayerPlan, Op, Planner, RoutingSrc, Spec};
+use super::{round_up, Fp4Act, FusedPlan, Op, Planner, RoutingSrc, TensorSize, TensorSpec};
 use crate::error::{covers, ensure, Result, MAX_TOKENS};
 use crate::replay::check_replay;
 use crate::routing::check_bias;
@@ -16,20 +16,23 @@ const E4M3: Dtype = fi_dtype::FI_DTYPE_E4M3;
 const U8: Dtype = fi_dtype::FI_DTYPE_U8;
 const I32: Dtype = fi_dtype::FI_DTYPE_I32;
 
-/// One forward call, described by sizes.
-#[derive(Debug, Clone)]
-pub(crate) struct BatchDesc {
+/// The sizes of one [`FusedMoe::forward`](crate::fused::FusedMoe::forward) call: what
+/// [`FusedPlan::check_batch`] checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FusedBatchSizes {
+    /// Tokens in the call.
     pub num_tokens: usize,
+    /// Where its routing comes from.
     pub src: RoutingSrc,
-    /// `(rows, cols)` of the replay buffer.
+    /// `(rows, cols)` of the replay buffer, if given.
     pub replay: Option<(usize, usize)>,
     /// Its tensors other than logits, bias, packed ids and replay (output included).
-    pub inputs: Vec<Given>,
+    pub inputs: Vec<TensorSize>,
 }
 
 /// Checks a batch against its layer; returns the batch's tensors (the layer's are in
 /// `layer.specs`).
-pub(crate) fn plan_batch(layer: &LayerPlan, b: &BatchDesc) -> Result<Vec<Spec>> {
+pub(super) fn plan_batch(layer: &FusedPlan, b: &FusedBatchSizes) -> Result<Vec<TensorSpec>> {
     let d = &layer.desc;
     let t = b.num_tokens;
     ensure(t <= MAX_TOKENS, "num_tokens", || {
@@ -51,7 +54,7 @@ pub(crate) fn plan_batch(layer: &LayerPlan, b: &BatchDesc) -> Result<Vec<Spec>> 
 }
 
 /// Logits and bias, or packed ids; and the replay buffer.
-fn routing_tensors(layer: &LayerPlan, b: &BatchDesc, p: &mut Planner<'_>) -> Result<()> {
+fn routing_tensors(layer: &FusedPlan, b: &FusedBatchSizes, p: &mut Planner<'_>) -> Result<()> {
     let d = &layer.desc;
     let (e, k, _) = d.experts();
     let t = b.num_tokens;
@@ -108,13 +111,13 @@ fn routing_tensors(layer: &LayerPlan, b: &BatchDesc, p: &mut Planner<'_>) -> Res
 }
 
 /// The bf16 and MxFp8 layers' optional LoRA delta on GEMM1's output, `[T, top_k, 2I]`.
-fn lora_delta(layer: &LayerPlan, t: usize, p: &mut Planner<'_>) -> Result<()> {
+fn lora_delta(layer: &FusedPlan, t: usize, p: &mut Planner<'_>) -> Result<()> {
     let d = &layer.desc;
     let (_, k, _) = d.experts();
     p.maybe(M::Gemm1Bias, BF16, &[t, k, 2 * d.intermediate_size])
 }
 
-fn fp8_per_tensor_inputs(layer: &LayerPlan, t: usize, p: &mut Planner<'_>) -> Result<()> {
+fn fp8_per_tensor_inputs(layer: &FusedPlan, t: usize, p: &mut Planner<'_>) -> Result<()> {
     let h = layer.desc.hidden_size;
     let dtype = p.given(M::HiddenStates).map_or(E4M3, |g| g.dtype);
     ensure(
@@ -125,7 +128,7 @@ fn fp8_per_tensor_inputs(layer: &LayerPlan, t: usize, p: &mut Planner<'_>) -> Re
     p.need(M::HiddenStates, dtype, &[t, h])
 }
 
-fn fp8_block_inputs(layer: &LayerPlan, t: usize, p: &mut Planner<'_>) -> Result<()> {
+fn fp8_block_inputs(layer: &FusedPlan, t: usize, p: &mut Planner<'_>) -> Result<()> {
     let d = &layer.desc;
     let h = d.hidden_size;
     p.need(M::HiddenStates, E4M3, &[t, h])?;
@@ -143,7 +146,7 @@ fn fp8_block_inputs(layer: &LayerPlan, t: usize, p: &mut Planner<'_>) -> Result<
     lora_delta(layer, t, p)
 }
 
-fn fp4_inputs(layer: &LayerPlan, t: usize, act: Fp4Act, p: &mut Planner<'_>) -> Result<()> {
+fn fp4_inputs(layer: &FusedPlan, t: usize, act: Fp4Act, p: &mut Planner<'_>) -> Result<()> {
     let d = &layer.desc;
     let h = d.hidden_size;
     let (_, k, _) = d.experts();

@@ -4,7 +4,9 @@ use flashinfer_sys as sys;
 use sys::fi_dtype::{self, Type as Dtype};
 use sys::MoeTensor as M;
 
-use super::{cmul, round_up, Fp4Act, Fp4W, Given, Op, Planner, Spec};
+use super::{
+    cmul, plan_batch, round_up, Fp4Act, Fp4W, FusedBatchSizes, Op, Planner, TensorSize, TensorSpec,
+};
 use crate::error::{ensure, Error, Result, MAX_TOKENS};
 use crate::fused::config::MoeOptions;
 use crate::fused::types::{Activation, WeightLayout};
@@ -25,26 +27,67 @@ const OUTPUT_SCALES: [M; 3] = [
     M::Output2ScalesScalar,
 ];
 
-/// A layer, described by sizes.
-#[derive(Debug, Clone)]
-pub(crate) struct LayerDesc {
+/// A fused layer, described by sizes: what [`FusedPlan::new`] checks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FusedLayerSizes {
+    /// The upstream entry point and its variant.
     pub op: Op,
+    /// Hidden size (columns of the activations).
     pub hidden_size: usize,
+    /// Intermediate size of each expert.
     pub intermediate_size: usize,
+    /// The routing method and shape.
     pub routing: RoutingConfig,
+    /// Layout, activation, tactic and the other options.
     pub opts: MoeOptions,
-    /// Its tensors ([`Op::in_layer`]).
-    pub weights: Vec<Given>,
+    /// Its tensors: the weights, their scales and per-expert parameters
+    /// ([`Op::in_layer`]).
+    pub weights: Vec<TensorSize>,
 }
 
-/// A checked layer: its description and the tensors it hands over on every call.
-#[derive(Debug, Clone)]
-pub(crate) struct LayerPlan {
-    pub desc: LayerDesc,
-    pub specs: Vec<Spec>,
+/// The size rules of [`FusedMoe`](crate::fused::FusedMoe): a layer checked once by
+/// [`new`](Self::new) (routing config, sizes, options, each weight's dtype and size), then
+/// [`check_batch`](Self::check_batch) per call, on sizes alone (no device, no buffers: a
+/// server can check a batch before it has them). [`FusedMoe::new`](crate::fused::FusedMoe::new)
+/// builds one and [`FusedMoe::forward`](crate::fused::FusedMoe::forward) checks every call
+/// with it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FusedPlan {
+    pub(crate) desc: FusedLayerSizes,
+    pub(crate) specs: Vec<TensorSpec>,
 }
 
-impl LayerDesc {
+impl FusedPlan {
+    /// Checks everything about a layer that does not depend on the batch.
+    pub fn new(layer: FusedLayerSizes) -> Result<FusedPlan> {
+        plan_layer(layer)
+    }
+
+    /// The checked layer.
+    pub fn layer(&self) -> &FusedLayerSizes {
+        &self.desc
+    }
+
+    /// The layer's tensors as every call hands them to upstream.
+    pub fn layer_tensors(&self) -> &[TensorSpec] {
+        &self.specs
+    }
+
+    /// Every per-call rule of [`FusedMoe::forward`](crate::fused::FusedMoe::forward), on
+    /// sizes: the token count, the routing input, the replay buffer, the activations and the
+    /// output.
+    pub fn check_batch(&self, batch: &FusedBatchSizes) -> Result<()> {
+        self.batch_tensors(batch).map(drop)
+    }
+
+    /// [`check_batch`](Self::check_batch), returning the batch's tensors as the call hands
+    /// them to upstream (the layer's are [`layer_tensors`](Self::layer_tensors)).
+    pub fn batch_tensors(&self, batch: &FusedBatchSizes) -> Result<Vec<TensorSpec>> {
+        plan_batch(self, batch)
+    }
+}
+
+impl FusedLayerSizes {
     pub(super) fn experts(&self) -> (usize, usize, usize) {
         let c = &self.routing;
         (
@@ -65,7 +108,7 @@ impl LayerDesc {
 }
 
 /// Checks everything about a layer that does not depend on the batch.
-pub(crate) fn plan_layer(d: LayerDesc) -> Result<LayerPlan> {
+fn plan_layer(d: FusedLayerSizes) -> Result<FusedPlan> {
     check_routing(&d)?;
     check_sizes(&d)?;
     check_options(&d)?;
@@ -78,11 +121,11 @@ pub(crate) fn plan_layer(d: LayerDesc) -> Result<LayerPlan> {
         Op::Fp4 { act, weights } => fp4_weights(&d, &mut p, act, weights)?,
     }
     let specs = p.finish()?;
-    Ok(LayerPlan { desc: d, specs })
+    Ok(FusedPlan { desc: d, specs })
 }
 
 /// The method's own limits, then what the fused launchers add.
-fn check_routing(d: &LayerDesc) -> Result<()> {
+fn check_routing(d: &FusedLayerSizes) -> Result<()> {
     let cfg = &d.routing;
     let (e, k, el) = d.experts();
     cfg.validate()?;
@@ -103,7 +146,7 @@ fn check_routing(d: &LayerDesc) -> Result<()> {
     Ok(())
 }
 
-fn check_sizes(d: &LayerDesc) -> Result<()> {
+fn check_sizes(d: &FusedLayerSizes) -> Result<()> {
     let (h, i) = (d.hidden_size, d.intermediate_size);
     ensure(h > 0 && i > 0, "shape", || {
         "hidden_size and intermediate_size must be > 0".into()
@@ -149,7 +192,7 @@ pub(super) fn fp4_block(weights: Fp4W) -> usize {
     }
 }
 
-fn check_options(d: &LayerDesc) -> Result<()> {
+fn check_options(d: &FusedLayerSizes) -> Result<()> {
     let (op, opts) = (d.op, &d.opts);
     match op {
         Op::Bf16 => ensure(
@@ -211,7 +254,7 @@ fn check_options(d: &LayerDesc) -> Result<()> {
 }
 
 /// gemm1_alpha/beta/clamp_limit: SwiGLU only, and only where the op takes them.
-fn check_swiglu_params(d: &LayerDesc, p: &Planner<'_>) -> Result<()> {
+fn check_swiglu_params(d: &FusedLayerSizes, p: &Planner<'_>) -> Result<()> {
     if !SWIGLU_PARAMS.iter().any(|&t| p.given(t).is_some()) {
         return Ok(());
     }
@@ -236,7 +279,7 @@ fn check_swiglu_params(d: &LayerDesc, p: &Planner<'_>) -> Result<()> {
     }
 }
 
-fn take_swiglu_params(d: &LayerDesc, p: &mut Planner<'_>) -> Result<()> {
+fn take_swiglu_params(d: &FusedLayerSizes, p: &mut Planner<'_>) -> Result<()> {
     let (_, _, el) = d.experts();
     for t in SWIGLU_PARAMS {
         p.maybe(t, F32, &[el])?;
@@ -244,7 +287,7 @@ fn take_swiglu_params(d: &LayerDesc, p: &mut Planner<'_>) -> Result<()> {
     Ok(())
 }
 
-fn bf16_weights(d: &LayerDesc, p: &mut Planner<'_>) -> Result<()> {
+fn bf16_weights(d: &FusedLayerSizes, p: &mut Planner<'_>) -> Result<()> {
     let (h, i, m1) = (d.hidden_size, d.intermediate_size, d.m1());
     let (_, _, el) = d.experts();
     // BlockMajorK: 128-byte K blocks, 64 bf16.
@@ -254,7 +297,7 @@ fn bf16_weights(d: &LayerDesc, p: &mut Planner<'_>) -> Result<()> {
     take_swiglu_params(d, p)
 }
 
-fn fp8_per_tensor_weights(d: &LayerDesc, p: &mut Planner<'_>) -> Result<()> {
+fn fp8_per_tensor_weights(d: &FusedLayerSizes, p: &mut Planner<'_>) -> Result<()> {
     let (h, i, m1) = (d.hidden_size, d.intermediate_size, d.m1());
     let (_, _, el) = d.experts();
     p.need(M::Gemm1Weights, E4M3, &[el, m1, h])?;
@@ -265,7 +308,7 @@ fn fp8_per_tensor_weights(d: &LayerDesc, p: &mut Planner<'_>) -> Result<()> {
     Ok(())
 }
 
-fn fp8_block_weights(d: &LayerDesc, p: &mut Planner<'_>) -> Result<()> {
+fn fp8_block_weights(d: &FusedLayerSizes, p: &mut Planner<'_>) -> Result<()> {
     let (h, i, m1) = (d.hidden_size, d.intermediate_size, d.m1());
     let (_, _, el) = d.experts();
     if d.opts.weight_layout == WeightLayout::BlockMajorK {
@@ -288,7 +331,7 @@ fn fp8_block_weights(d: &LayerDesc, p: &mut Planner<'_>) -> Result<()> {
     take_swiglu_params(d, p)
 }
 
-fn fp4_weights(d: &LayerDesc, p: &mut Planner<'_>, act: Fp4Act, weights: Fp4W) -> Result<()> {
+fn fp4_weights(d: &FusedLayerSizes, p: &mut Planner<'_>, act: Fp4Act, weights: Fp4W) -> Result<()> {
     let (h, i, m1) = (d.hidden_size, d.intermediate_size, d.m1());
     let (_, _, el) = d.experts();
     let vec = fp4_block(weights);

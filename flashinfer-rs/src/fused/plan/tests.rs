@@ -14,8 +14,8 @@ const I: usize = 128;
 const E: u32 = 8;
 const K: u32 = 2;
 
-fn g(tensor: MoeTensor, dtype: Dtype, len: usize) -> Given {
-    Given { tensor, dtype, len }
+fn g(tensor: MoeTensor, dtype: Dtype, len: usize) -> TensorSize {
+    TensorSize { tensor, dtype, len }
 }
 
 fn logits() -> RoutingSrc {
@@ -26,7 +26,7 @@ fn logits() -> RoutingSrc {
     }
 }
 
-fn desc(op: Op, layout: WeightLayout, given: Vec<Given>) -> Desc {
+fn desc(op: Op, layout: WeightLayout, given: Vec<TensorSize>) -> Desc {
     Desc {
         op,
         shape: Shape {
@@ -42,7 +42,7 @@ fn desc(op: Op, layout: WeightLayout, given: Vec<Given>) -> Desc {
     }
 }
 
-fn output() -> Given {
+fn output() -> TensorSize {
     g(M::Output, fi_dtype::FI_DTYPE_BF16, T * H)
 }
 
@@ -209,7 +209,7 @@ fn assert_refused(d: &Desc, arg: &str, needle: &str) {
 }
 
 /// The given tensor errors name `label`.
-fn by_label<'d>(d: &'d mut Desc, label: &str) -> &'d mut Given {
+fn by_label<'d>(d: &'d mut Desc, label: &str) -> &'d mut TensorSize {
     let op = d.op;
     d.given
         .iter_mut()
@@ -510,8 +510,8 @@ fn a_tensor_of_another_dtype_than_the_op_declares_is_refused() {
 fn layer_and_batch_are_planned_apart_and_together_alike() {
     for d in every_op() {
         let (layer, batch) = d.split();
-        let layer = plan_layer(layer).unwrap();
-        let batch = plan_batch(&layer, &batch).unwrap();
+        let layer = FusedPlan::new(layer).unwrap();
+        let batch = layer.batch_tensors(&batch).unwrap();
         assert!(layer.specs.iter().all(|s| d.op.in_layer(s.tensor)));
         assert!(batch.iter().all(|s| !d.op.in_layer(s.tensor)));
         assert_eq!(plan(&d).unwrap().len(), layer.specs.len() + batch.len());

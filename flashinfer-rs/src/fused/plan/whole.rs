@@ -1,7 +1,7 @@
-//! A whole call (layer and batch together), as the planner's tests and the fuzz target
-//! describe one, and [`plan`] over it.
+//! A whole call (layer and batch together), as the planner's tests describe one, and
+//! [`plan`] over it (the fuzz target splits its calls the same way, with [`Op::in_layer`]).
 
-use super::{plan_batch, plan_layer, BatchDesc, Given, LayerDesc, Op, RoutingSrc, Spec};
+use super::{FusedBatchSizes, FusedLayerSizes, FusedPlan, Op, RoutingSrc, TensorSize, TensorSpec};
 use crate::error::Result;
 use crate::fused::config::MoeOptions;
 use crate::routing::RoutingConfig;
@@ -25,14 +25,14 @@ pub(crate) struct Desc {
     /// `(rows, cols)` of the replay buffer.
     pub replay: Option<(usize, usize)>,
     /// Every tensor except logits, bias, packed ids and replay (covered above).
-    pub given: Vec<Given>,
+    pub given: Vec<TensorSize>,
 }
 
 impl Desc {
     /// The layer and the batch of this call ([`Op::in_layer`] sorts the tensors).
-    pub(crate) fn split(&self) -> (LayerDesc, BatchDesc) {
+    pub(crate) fn split(&self) -> (FusedLayerSizes, FusedBatchSizes) {
         let (weights, inputs) = self.given.iter().partition(|g| self.op.in_layer(g.tensor));
-        let layer = LayerDesc {
+        let layer = FusedLayerSizes {
             op: self.op,
             hidden_size: self.shape.hidden_size,
             intermediate_size: self.shape.intermediate_size,
@@ -40,7 +40,7 @@ impl Desc {
             opts: self.opts,
             weights,
         };
-        let batch = BatchDesc {
+        let batch = FusedBatchSizes {
             num_tokens: self.shape.num_tokens,
             src: self.src,
             replay: self.replay,
@@ -52,9 +52,9 @@ impl Desc {
 
 /// Checks a whole call: its layer, then its batch. Returns the layer's tensors, then the
 /// batch's.
-pub(crate) fn plan(d: &Desc) -> Result<Vec<Spec>> {
+pub(crate) fn plan(d: &Desc) -> Result<Vec<TensorSpec>> {
     let (layer, batch) = d.split();
-    let layer = plan_layer(layer)?;
-    let batch = plan_batch(&layer, &batch)?;
+    let layer = FusedPlan::new(layer)?;
+    let batch = layer.batch_tensors(&batch)?;
     Ok(layer.specs.iter().copied().chain(batch).collect())
 }

@@ -4,21 +4,33 @@ use crate::routing::RoutingMethod;
 fn renorm() -> RoutingConfig {
     RoutingConfig::new(RoutingMethod::Renormalize, 64, 4)
 }
-fn buffers_for(cfg: &RoutingConfig, max_tokens: usize) -> BufferShape {
-    BufferShape {
+fn buffers_for(cfg: &RoutingConfig, max_tokens: usize) -> RoutingBuffersShape {
+    RoutingBuffersShape {
         max_tokens,
         num_experts: cfg.num_experts as usize,
         top_k: cfg.top_k as usize,
         tile_tokens_dim: cfg.tile_tokens_dim as usize,
     }
 }
-fn call(t: usize) -> CallShape {
-    CallShape {
+fn call(t: usize) -> RouteBatchSizes {
+    RouteBatchSizes {
         num_tokens: t,
-        logits_len: t * 64,
-        bias_len: None,
+        logits: t * 64,
+        bias: None,
         replay: Some((t, 4)),
+        buffers: RoutingBuffersShape::default(),
     }
+}
+/// [`RoutePlan::check_batch`] of `call` on `buffers`.
+fn validate_call(
+    cfg: &RoutingConfig,
+    call: &RouteBatchSizes,
+    buffers: &RoutingBuffersShape,
+) -> Result<()> {
+    RoutePlan::new(*cfg)?.check_batch(&RouteBatchSizes {
+        buffers: *buffers,
+        ..*call
+    })
 }
 fn rule(r: Result<()>) -> (&'static str, String) {
     match r {
@@ -34,7 +46,7 @@ fn a_well_formed_call_passes_with_or_without_replay_and_with_spare_rows() {
     validate_call(&cfg, &call(16), &b).unwrap();
     validate_call(
         &cfg,
-        &CallShape {
+        &RouteBatchSizes {
             replay: None,
             ..call(3)
         },
@@ -43,7 +55,7 @@ fn a_well_formed_call_passes_with_or_without_replay_and_with_spare_rows() {
     .unwrap();
     validate_call(
         &cfg,
-        &CallShape {
+        &RouteBatchSizes {
             replay: Some((100, 4)),
             ..call(3)
         },
@@ -52,7 +64,7 @@ fn a_well_formed_call_passes_with_or_without_replay_and_with_spare_rows() {
     .unwrap();
     validate_call(
         &cfg,
-        &CallShape {
+        &RouteBatchSizes {
             replay: Some((0, 4)),
             ..call(0)
         },
@@ -66,7 +78,7 @@ fn an_undersized_replay_buffer_is_refused() {
     let cfg = renorm();
     let (arg, r) = rule(validate_call(
         &cfg,
-        &CallShape {
+        &RouteBatchSizes {
             replay: Some((7, 4)),
             ..call(8)
         },
@@ -81,7 +93,7 @@ fn a_replay_buffer_with_the_wrong_width_is_refused() {
     let cfg = renorm();
     let (arg, r) = rule(validate_call(
         &cfg,
-        &CallShape {
+        &RouteBatchSizes {
             replay: Some((8, 8)),
             ..call(8)
         },
@@ -104,8 +116,8 @@ fn short_logits_are_refused() {
     let cfg = renorm();
     let (arg, r) = rule(validate_call(
         &cfg,
-        &CallShape {
-            logits_len: 8 * 64 - 1,
+        &RouteBatchSizes {
+            logits: 8 * 64 - 1,
             ..call(8)
         },
         &buffers_for(&cfg, 8),
@@ -120,8 +132,8 @@ fn bias_is_required_exactly_where_the_method_uses_one() {
     let b = buffers_for(&cfg, 8);
     let (arg, r) = rule(validate_call(
         &cfg,
-        &CallShape {
-            bias_len: Some(64),
+        &RouteBatchSizes {
+            bias: Some(64),
             ..call(8)
         },
         &b,
@@ -141,8 +153,8 @@ fn bias_is_required_exactly_where_the_method_uses_one() {
     assert_eq!((arg, r.contains("needs a bias")), ("bias", true));
     let (arg, r) = rule(validate_call(
         &ds,
-        &CallShape {
-            bias_len: Some(63),
+        &RouteBatchSizes {
+            bias: Some(63),
             ..call(8)
         },
         &b,
@@ -150,8 +162,8 @@ fn bias_is_required_exactly_where_the_method_uses_one() {
     assert_eq!((arg, r.contains("num_experts (64)")), ("bias", true));
     validate_call(
         &ds,
-        &CallShape {
-            bias_len: Some(64),
+        &RouteBatchSizes {
+            bias: Some(64),
             ..call(8)
         },
         &b,

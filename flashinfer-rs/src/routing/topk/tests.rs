@@ -15,8 +15,8 @@ fn deepseek() -> RoutingConfig {
     )
 }
 
-fn call(t: usize) -> CallSizes {
-    CallSizes {
+fn call(t: usize) -> TopKBatchSizes {
+    TopKBatchSizes {
         num_tokens: t,
         logits: t * 256,
         bias: Some(256),
@@ -27,7 +27,12 @@ fn call(t: usize) -> CallSizes {
     }
 }
 
-fn refused(cfg: &RoutingConfig, c: &CallSizes) -> &'static str {
+/// [`TopKPlan::check_batch`] of `c` under `cfg`.
+fn validate_call(cfg: &RoutingConfig, c: &TopKBatchSizes) -> Result<()> {
+    TopKPlan::new(*cfg)?.check_batch(c)
+}
+
+fn refused(cfg: &RoutingConfig, c: &TopKBatchSizes) -> &'static str {
     match validate_call(cfg, c) {
         Err(Error::InvalidArgument { arg, .. }) => arg,
         other => panic!("expected a refusal, got {other:?}"),
@@ -74,11 +79,11 @@ fn the_bias_follows_the_method() {
 
 #[test]
 fn a_call_that_writes_nothing_is_refused() {
-    let c = CallSizes {
+    let c = TopKBatchSizes {
         num_tokens: 5,
         logits: 5 * 256,
         bias: Some(256),
-        ..CallSizes::default()
+        ..TopKBatchSizes::default()
     };
     assert_eq!(refused(&deepseek(), &c), "outputs");
 }
@@ -143,12 +148,12 @@ fn deepseek_v2_is_this_routers_own_method() {
             Err(Error::InvalidArgument { arg: "method", .. })
         ));
         // No bias: a call with one is refused, one without passes.
-        let mut c = CallSizes {
+        let mut c = TopKBatchSizes {
             num_tokens: 3,
             logits: 3 * cfg.num_experts as usize,
             bias: None,
             ids: Some(3 * cfg.top_k as usize),
-            ..CallSizes::default()
+            ..TopKBatchSizes::default()
         };
         validate_call(&cfg, &c).unwrap();
         c.bias = Some(cfg.num_experts as usize);

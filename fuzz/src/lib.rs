@@ -1,19 +1,18 @@
 //! Fuzz entry points: each takes arbitrary bytes, builds arguments for one validation layer
 //! from them, and checks what must hold whatever the input (no panic, no overflow, and when
-//! the layer accepts, the invariants its callers rely on). The cargo-fuzz targets in `fuzz/`
-//! call these; `tests/fuzz_corpus.rs` replays the committed corpora through them on stable.
-//!
-//! Not part of the API (hidden from the docs); kept in the library so it reaches the
-//! crate-private validators without exporting them.
-#![doc(hidden)]
+//! the layer accepts, the invariants its callers rely on). Only flashinfer-rs's public,
+//! GPU-free API is called (the kernels' plans, `flashinfer_rs::plan`, and the capture
+//! types). The cargo-fuzz targets in `fuzz_targets/` call these; flashinfer-rs's
+//! `tests/fuzz_corpus.rs` includes this file and replays the committed corpora and past
+//! crash inputs through them on stable.
 
-use crate::capture::{
+use flashinfer_rs::capture::{
     Assembler, AssemblerConfig, ExpertMap, LayerMajorRows, RoutedExperts, RowOwner, SlotStore,
     SlotStoreConfig, StepLayout, StepRows,
 };
-use crate::fused::{Activation, MoeOptions, Tactic, WeightLayout};
-use crate::routing::{RoutingConfig, RoutingMethod};
-use flashinfer_sys::fi_dtype;
+use flashinfer_rs::fused::plan::fi_dtype;
+use flashinfer_rs::fused::{Activation, MoeOptions, Tactic, WeightLayout};
+use flashinfer_rs::routing::{RoutingConfig, RoutingMethod};
 
 /// Reads fuzz bytes as numbers; past the end it yields zeros, so every input is usable.
 pub struct Bytes<'a> {
@@ -128,21 +127,25 @@ pub fn routing_config(data: &[u8]) {
     }
 }
 
-/// Target `routing_call`: the per-call rules of the routing call on sizes.
+/// Target `routing_call`: the per-call rules of the routing call on sizes
+/// ([`RoutePlan::check_batch`](flashinfer_rs::plan::RoutePlan::check_batch)).
 pub fn routing_call(data: &[u8]) {
+    use flashinfer_rs::plan::{RouteBatchSizes, RoutePlan, RoutingBuffersShape};
     let mut b = Bytes::new(data);
     let cfg = routing_config_from(&mut b);
-    if cfg.validate().is_err() {
+    let Ok(plan) = RoutePlan::new(cfg) else {
         return;
-    }
-    let call = crate::routing::route::CallShape {
+    };
+    // Read in the order the corpora were made with: the call's sizes, then the buffers'.
+    let call = RouteBatchSizes {
         num_tokens: b.size(),
-        logits_len: b.size(),
-        bias_len: b.bool().then(|| b.size()),
+        logits: b.size(),
+        bias: b.bool().then(|| b.size()),
         replay: b.bool().then(|| (b.size(), b.size())),
+        buffers: RoutingBuffersShape::default(),
     };
     let same = !b.u8().is_multiple_of(4);
-    let buffers = crate::routing::route::BufferShape {
+    let buffers = RoutingBuffersShape {
         max_tokens: b.size(),
         num_experts: if same {
             cfg.num_experts as usize
@@ -156,25 +159,30 @@ pub fn routing_call(data: &[u8]) {
             b.size()
         },
     };
-    if crate::routing::route::validate_call(&cfg, &call, &buffers).is_ok() {
+    let call = RouteBatchSizes { buffers, ..call };
+    if plan.check_batch(&call).is_ok() {
         let (t, e, k) = (
             call.num_tokens,
             cfg.num_experts as usize,
             cfg.top_k as usize,
         );
         assert!(t <= buffers.max_tokens);
-        assert!(call.logits_len as u128 >= t as u128 * e as u128);
+        assert!(call.logits as u128 >= t as u128 * e as u128);
         if let Some((rows, cols)) = call.replay {
             assert!(rows >= t && cols == k);
         }
     }
 }
 
-/// Target `fused_plan`: every rule of a fused call on sizes; when `plan` accepts, every
-/// tensor it hands over fits in what the caller passed.
+/// Target `fused_plan`: every rule of a fused call on sizes (a layer's
+/// [`FusedPlan::new`], then its batch's
+/// [`FusedPlan::batch_tensors`](flashinfer_rs::plan::FusedPlan::batch_tensors)); when both
+/// accept, every tensor handed over fits in what the caller passed.
 pub fn fused_plan(data: &[u8]) {
-    use crate::fused::plan::{plan, Desc, Fp4Act, Fp4W, Given, Op, RoutingSrc, Shape};
-    use flashinfer_sys::MoeTensor;
+    use flashinfer_rs::fused::plan::{Fp4Act, Fp4W, MoeTensor};
+    use flashinfer_rs::plan::{
+        FusedBatchSizes, FusedLayerSizes, FusedPlan, Op, RoutingSrc, TensorSize,
+    };
     let mut b = Bytes::new(data);
     let op = match b.u8() % 5 {
         0 => Op::Bf16,
@@ -187,11 +195,7 @@ pub fn fused_plan(data: &[u8]) {
         },
     };
     let routing = routing_config_from(&mut b);
-    let shape = Shape {
-        num_tokens: b.size(),
-        hidden_size: b.size(),
-        intermediate_size: b.size(),
-    };
+    let (num_tokens, hidden_size, intermediate_size) = (b.size(), b.size(), b.size());
     let dtype = |b: &mut Bytes| (b.u8() % 8) as fi_dtype::Type;
     let src = if b.u8().is_multiple_of(4) {
         RoutingSrc::Packed { len: b.size() }
@@ -228,45 +232,61 @@ pub fn fused_plan(data: &[u8]) {
     });
     let replay = b.bool().then(|| (b.size(), b.size()));
     let mut given = Vec::new();
-    // Any tensor of the ABI, the routing ones included: `plan` takes those from `src` and
+    // Any tensor of the ABI, the routing ones included: the plan takes those from `src` and
     // `replay` and must refuse them in `given`, never crash.
     let all = MoeTensor::ALL;
     for _ in 0..b.small(24) {
-        given.push(Given {
+        given.push(TensorSize {
             tensor: all[b.small(all.len() as u8 - 1)],
             dtype: dtype(&mut b),
             len: b.size(),
         });
     }
-    let desc = Desc {
+    // The layer's tensors and the batch's, as a layer and its calls pass them.
+    let (weights, inputs) = given.iter().partition(|g| op.in_layer(g.tensor));
+    let layer = FusedLayerSizes {
         op,
-        shape,
+        hidden_size,
+        intermediate_size,
         routing,
-        src,
         opts,
-        replay,
-        given,
+        weights,
     };
-    if let Ok(specs) = plan(&desc) {
+    let batch = FusedBatchSizes {
+        num_tokens,
+        src,
+        replay,
+        inputs,
+    };
+    let planned = FusedPlan::new(layer).and_then(|layer| {
+        let batch = layer.batch_tensors(&batch)?;
+        Ok(layer
+            .layer_tensors()
+            .iter()
+            .copied()
+            .chain(batch)
+            .collect::<Vec<_>>())
+    });
+    if let Ok(specs) = planned {
         for s in &specs {
             let numel = s
                 .shape()
                 .iter()
                 .try_fold(1u128, |acc, &d| (d >= 0).then(|| acc * d as u128))
                 .expect("no negative dimension");
-            let given = desc.given.iter().find(|g| g.tensor == s.tensor);
-            let have = match (s.tensor, desc.src) {
+            let g = given.iter().find(|g| g.tensor == s.tensor);
+            let have = match (s.tensor, src) {
                 (MoeTensor::RoutingLogits, RoutingSrc::Logits { len, .. }) => len,
                 (MoeTensor::RoutingBias, RoutingSrc::Logits { bias, .. }) => {
                     bias.expect("bias spec without a bias").1
                 }
                 (MoeTensor::ExpertIndices, RoutingSrc::Packed { len }) => len,
                 (MoeTensor::RoutingReplayOut, _) => {
-                    let (rows, cols) = desc.replay.expect("replay spec without replay");
+                    let (rows, cols) = replay.expect("replay spec without replay");
                     rows.checked_mul(cols).expect("replay size fits")
                 }
                 (t, _) => {
-                    let g = given.unwrap_or_else(|| panic!("{t:?}: spec of no given tensor"));
+                    let g = g.unwrap_or_else(|| panic!("{t:?}: spec of no given tensor"));
                     assert_eq!(g.dtype, s.dtype, "{t:?}: handed over as another dtype");
                     g.len
                 }
@@ -277,7 +297,7 @@ pub fn fused_plan(data: &[u8]) {
                 s.tensor
             );
         }
-        for g in &desc.given {
+        for g in &given {
             assert!(
                 specs.iter().any(|s| s.tensor == g.tensor),
                 "{:?} passed but not handed over",
@@ -379,12 +399,7 @@ impl AssemblyFuzz {
             _ => 64,
         };
         let max_positions = pick(b, 15, false);
-        let config = AssemblerConfig {
-            layers,
-            top_k,
-            num_experts,
-            max_positions,
-        };
+        let config = AssemblerConfig::new(layers, top_k, num_experts, max_positions);
         // Sometimes replicated experts: a table of the physical experts (a small model only:
         // the table is the caller's allocation), maybe of another size than the config's.
         let map = (b.u8().is_multiple_of(4) && num_experts <= 1024).then(|| {
@@ -403,13 +418,14 @@ impl AssemblyFuzz {
         if max_positions.saturating_mul(row) > 16 << 20 {
             return None;
         }
-        let slots = SlotStore::new(SlotStoreConfig {
-            num_slots: pick(b, 16, true),
+        let num_slots = pick(b, 16, true);
+        let slots = SlotStore::new(SlotStoreConfig::new(
+            num_slots,
             layers,
             top_k,
             num_experts,
-            max_bytes: 1 << 20,
-        })
+            1 << 20,
+        ))
         .ok();
         Some(AssemblyFuzz {
             asm,
@@ -462,7 +478,7 @@ impl AssemblyFuzz {
         assert_eq!(e.ids().len(), e.tokens() * self.row());
         assert!(e.tokens() <= self.max_positions);
         assert_eq!(e.num_experts(), self.exported_experts);
-        assert!(e.ids().iter().all(|&i| i == crate::capture::UNKNOWN
+        assert!(e.ids().iter().all(|&i| i == flashinfer_rs::capture::UNKNOWN
             || (0..self.exported_experts as i64).contains(&(i as i64))));
         assert!(e.to_npy().starts_with(b"\x93NUMPY"));
         let _ = e.to_vllm_base64();
@@ -564,7 +580,7 @@ fn request(b: &mut Bytes) -> u64 {
 /// A fuzz target: bytes in, panics on a broken invariant.
 pub type Target = fn(&[u8]);
 
-/// Every target, by name (for the corpus replay test and the fuzz crate).
+/// Every target, by name (for the corpus replay test).
 pub const TARGETS: [(&str, Target); 5] = [
     ("routing_config", routing_config),
     ("routing_call", routing_call),

@@ -42,6 +42,11 @@ else
   LD_LIBRARY_PATH=$stubs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
     cargo test --locked "${profile[@]}" --features sm90 -- --nocapture
 fi
+# The `candle` module's documentation example compiles (flashinfer-rs's doctests with the
+# feature: CI's other stages build flashinfer-rs without candle).
+if [ "${1:-}" != --pack ]; then
+  (cd "$root" && cargo test --locked --doc -p flashinfer-rs --features candle)
+fi
 # flashinfer-rs picks no CUDA version for cudarc's bindings (the program does): the crate
 # also builds with CUDA 12.x bindings (CUDARC_CUDA_VERSION overrides every other choice,
 # candle's nvcc detection included). Last, since it rebuilds cudarc and what depends on it.
@@ -49,16 +54,10 @@ if [ "${1:-}" != --pack ]; then
   CUDARC_CUDA_VERSION=12080 cargo test --locked --features sm90 --no-run
 fi
 if [ "${1:-}" = --pack ]; then
-  mkdir -p "$2"
-  cargo test --locked "${profile[@]}" --features sm90 --no-run --message-format=json 2>/dev/null \
-    | python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"] \
-            and m["target"]["name"] in ("candle_tensor", "candle_moe_layer"):
-        print(m["target"]["name"], m["executable"])' | while read -r name exe; do
-      cp "$exe" "$2/$name"
-      strip "$2/$name"
-    done
+  dest=$(mkdir -p "$2" && cd "$2" && pwd)
+  # From the workspace root, where the xtask package is (the build above, found fresh).
+  (cd "$root" && cargo xtask executables --tests --target candle_tensor --target candle_moe_layer \
+    --copy-to "$dest" -- test --locked --manifest-path downstream/candle/Cargo.toml \
+    "${profile[@]}" --features sm90 --no-run)
+  strip "$dest/candle_tensor" "$dest/candle_moe_layer"
 fi

@@ -14,14 +14,10 @@ out=gpu-pack/adoption
 rm -rf "$out" && mkdir -p "$out/bin" "$out/lib"
 lib=$(bash scripts/kernels-lib.sh sm90 "$root/target/kernels-lib" | tail -n 1)
 cp "$lib" "$lib.sha256" "$out/lib/"
-FLASHINFER_RS_KERNELS_LIB=$lib CARGO_TARGET_DIR=$root/target/prebuilt \
-  cargo test --release --features sm90 --test gpu --no-run --message-format=json \
-  | python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
-        print(m["executable"])' | while read -r exe; do cp "$exe" "$out/bin/gpu-prebuilt"; done
+# Its own target dir (--target-dir: xtask itself stays built in target/).
+FLASHINFER_RS_KERNELS_LIB=$lib \
+  cargo xtask executables --tests --copy-to "$out/bin" --rename gpu-prebuilt -- \
+  test --release --features sm90 --test gpu --no-run --target-dir "$root/target/prebuilt"
 strip "$out/bin/gpu-prebuilt"
 bash scripts/gpu-pack-candle.sh "$out/candle"
 cat > "$out/run.sh" <<RUN

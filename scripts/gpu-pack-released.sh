@@ -8,25 +8,20 @@
 #     bash gpu-pack/released/run.sh              # there: the degenerate tests, expected to FAIL
 #
 # It fetches a second tree into flashinfer-sys/vendor/fetched-released and builds in target/released, so the
-# normal build is untouched; FLASHINFER_RS_ALLOW_UNPATCHED=1 lets flashinfer-sys take that tree.
+# normal build is untouched (xtask itself stays built in target/); FLASHINFER_RS_ALLOW_UNPATCHED=1 lets flashinfer-sys take that tree.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 skip=(--skip-patch 0002 --skip-patch 0003 --skip-patch 0004 --skip-patch 0005 --skip-patch 0006
   --skip-patch 0010)
 export FLASHINFER_RS_VENDOR_DIR="$PWD/flashinfer-sys/vendor/fetched-released"
 export FLASHINFER_RS_ALLOW_UNPATCHED=1
-export CARGO_TARGET_DIR="$PWD/target/released"
+target_dir="$PWD/target/released"
 python3 flashinfer-sys/vendor/fetch.py toolchain
 python3 flashinfer-sys/vendor/fetch.py sources "${skip[@]}"
 out=gpu-pack/released
 rm -rf "$out" && mkdir -p "$out/bin"
-cargo test --release --features sm90 --test gpu --no-run --message-format=json \
-  | python3 -c '
-import json, sys
-for line in sys.stdin:
-    msg = json.loads(line)
-    if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["profile"]["test"]:
-        print(msg["executable"])' | while read -r exe; do cp "$exe" "$out/bin/gpu"; done
+cargo xtask executables --tests --copy-to "$out/bin" --rename gpu -- \
+  test --release --features sm90 --test gpu --no-run --target-dir "$target_dir"
 strip "$out/bin/gpu"
 cat > "$out/run.sh" <<'RUN'
 #!/usr/bin/env bash

@@ -16,15 +16,8 @@ rm -rf "$out" && mkdir -p "$out/bin" "$out/fixtures" "$out/client"
 cargo build --locked --release -p flashinfer-rs-serve --features cuda --bins
 cp "$CARGO_TARGET_DIR/release/flashinfer-serve" "$out/bin/"
 [ -x "$CARGO_TARGET_DIR/release/serve-bench" ] && cp "$CARGO_TARGET_DIR/release/serve-bench" "$out/bin/"
-cargo test --locked --release -p flashinfer-rs-serve --features cuda --no-run --message-format=json \
-  | python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["profile"]["test"]:
-        print(m["target"]["name"], m["executable"])' | while read -r name exe; do
-  cp "$exe" "$out/bin/test-$name"
-done
+cargo xtask executables --tests --copy-to "$out/bin" --prefix test- -- \
+  test --locked --release -p flashinfer-rs-serve --features cuda --no-run
 strip "$out"/bin/*
 cp -r serve/fixtures/tiny-qwen3-moe serve/fixtures/expected.json serve/fixtures/make_fixtures.py "$out/fixtures/"
 cp serve/client/seed_repro.py "$out/client/"

@@ -17,29 +17,16 @@ features=${FEATURES:-sm90-moe},nccl
 python3 flashinfer-sys/vendor/fetch.py all
 rm -rf gpu-pack/bin gpu-pack/run.sh gpu-pack/bench.sh gpu-pack/ranks.sh && mkdir -p gpu-pack/bin
 cargo build --release -p flashinfer-rs --features "$features" --examples "$@"
-cargo test --release --features "$features" --test gpu --test ranks --no-run --message-format=json "$@" \
-  | python3 -c '
-import json, sys
-for line in sys.stdin:
-    msg = json.loads(line)
-    if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["profile"]["test"]:
-        print(msg["executable"])' > gpu-pack/.executables
-while read -r exe; do
-  cp "$exe" gpu-pack/bin/"$(basename "$exe" | sed 's/-[0-9a-f]\{16\}$//')"
-done < gpu-pack/.executables
-cargo bench --features "$features" --no-run --message-format=json "$@" \
-  | python3 -c '
-import json, sys
-for line in sys.stdin:
-    msg = json.loads(line)
-    if msg.get("reason") == "compiler-artifact" and msg.get("executable") and msg["target"]["name"] in ("moe_routing", "moe_layer"):
-        print(msg["target"]["name"], msg["executable"])' | while read -r name exe; do cp "$exe" gpu-pack/bin/"$name"; done
+# The test and bench executables cargo built, copied under their target names (xtask/).
+cargo xtask executables --tests --copy-to gpu-pack/bin -- \
+  test --release --features "$features" --test gpu --test ranks --no-run "$@"
+cargo xtask executables --target moe_routing --target moe_layer --copy-to gpu-pack/bin -- \
+  bench --features "$features" --no-run "$@"
 for ex in flashinfer-rs/examples/*.rs; do
   name=$(basename "$ex" .rs)
   cp "target/release/examples/$name" gpu-pack/bin/
 done
 strip gpu-pack/bin/* 2>/dev/null || true
-rm gpu-pack/.executables
 cat > gpu-pack/run.sh <<'RUN'
 #!/usr/bin/env bash
 # Runs the packed GPU tests (a missing GPU is a failure here), then the examples.

@@ -26,7 +26,8 @@ trap 'rm -rf "$work"' EXIT
 
 echo "== package-check: cargo package"
 rm -f "$target"/package/flashinfer-*.crate
-cargo package --workspace --exclude flashinfer-rs-suite --exclude flashinfer-rs-serve --allow-dirty --no-verify --quiet
+cargo package --workspace --exclude flashinfer-rs-suite --exclude flashinfer-rs-serve --exclude xtask \
+  --allow-dirty --no-verify --quiet
 mkdir -p "$work/crates"
 for c in "$target"/package/flashinfer-sys-*.crate "$target"/package/flashinfer-rs-*.crate; do
   tar xzf "$c" -C "$work/crates"

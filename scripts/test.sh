@@ -12,7 +12,7 @@
 #      and linked, all CPU tests run, GPU tests run where a GPU is present and skip (saying so)
 #      where none is;
 #   3. the MSRV: every crate in the two published libraries' dependency tree declares a
-#      rust-version no newer than ours (scripts/msrv-tree.py), and clippy's incompatible_msrv
+#      rust-version no newer than ours (`cargo xtask msrv`), and clippy's incompatible_msrv
 #      lint at the declared rust-version over the two;
 #   4. the packaged crates built from a clean directory (no features, DOCS_RS, sm90);
 #   5. the prebuilt kernel library (`sm90-moe`): built, then the CPU suite against it with no
@@ -76,7 +76,7 @@ cargo test --workspace
 # The fuzz corpora and past crash inputs, replayed through the fuzz entry points.
 cargo test -p flashinfer-rs --features fuzzing --test fuzz_corpus
 # No function over 120 lines in flashinfer-rs/src or flashinfer-sys/csrc/.
-python3 scripts/long-functions.py
+cargo xtask long-functions
 # The seed's scenario as a client plays it: the reference server on the transformers fixture
 # model, curl and Python (numpy, requests, openai) decoding routed_experts (CPU backend).
 bash scripts/serve-client-test.sh
@@ -89,7 +89,7 @@ cargo test --workspace --features sm90,sm90-moe,nccl,serde,float8 "$@"
 
 # Stages 3-6 need no Blackwell object: they run while the background build finishes them.
 stage "3/8: MSRV (rust-version): the dependency tree's declared versions, and clippy's incompatible_msrv lint"
-python3 scripts/msrv-tree.py
+cargo xtask msrv
 # What a user compiles: the libraries, with every feature that adds Rust code (`nccl`; the
 # arch features add kernels only). Our tests, examples and benches may use a newer Rust: no
 # user builds them, and checking them here cost CI more than a CPU-minute.

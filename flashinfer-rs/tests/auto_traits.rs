@@ -10,6 +10,10 @@ use flashinfer_rs::fused::{
     Bf16, Bf16Inputs, Bf16Weights, CubinStore, Fp4BlockScale, Fp4BlockScaleInputs, FusedMoe,
     MoeBatch, MoeConfig, MoeOptions, RawTensor, Tactic, Unfinalized,
 };
+use flashinfer_rs::plan::{
+    CutlassBatchSizes, CutlassPlan, FusedBatchSizes, FusedLayerSizes, FusedPlan, NoAuxTcBatchSizes,
+    NoAuxTcPlan, RouteBatchSizes, RoutePlan, TopKBatchSizes, TopKPlan,
+};
 use flashinfer_rs::routing::{Logits, RouteInput, Router, RoutingBuffers, RoutingConfig};
 use flashinfer_rs::{Error, ReplayView};
 
@@ -80,6 +84,17 @@ fn send_and_sync_are_what_the_types_allow() {
         RawTensor,
         Unfinalized,
         Error,
+        RoutePlan,
+        RouteBatchSizes,
+        TopKPlan,
+        TopKBatchSizes,
+        NoAuxTcPlan,
+        NoAuxTcBatchSizes,
+        CutlassPlan,
+        CutlassBatchSizes,
+        FusedPlan,
+        FusedLayerSizes,
+        FusedBatchSizes,
     ];
     for (name, send, sync) in got {
         // Unfinalized owns upstream tensors through a raw handle whose release runs

@@ -13,6 +13,10 @@
 //! buffers, so the capture store works with any of them. [`TopKRouter`] also serves the
 //! methods upstream has no kernel for ([`RoutingMethod::DeepSeekV2`]); the other two refuse
 //! them ([`RoutingConfig::validate`]). docs/routing-methods.md maps model families to methods.
+//!
+//! Each router's rules on sizes are its plan, built by its constructor and public
+//! ([`RoutePlan`], [`TopKPlan`], [`NoAuxTcPlan`]; [`crate::plan`]): a call's sizes can be
+//! checked before any buffer exists.
 mod method;
 mod noaux_tc;
 pub mod oracle;

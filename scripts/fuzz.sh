@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Coverage-guided fuzzing of every validation layer (targets in fuzz/fuzz_targets, entry
-# points in flashinfer-rs/src/fuzzing.rs):
+# Coverage-guided fuzzing of every validation layer (targets in fuzz/fuzz_targets, the harness
+# in fuzz/src/lib.rs over flashinfer-rs's public plans):
 #
 #   bash scripts/fuzz.sh [seconds per target]      # default 60; CI runs a 15 s smoke
 #   bash scripts/fuzz.sh --build                   # only build the targets (CI does this

@@ -72,9 +72,9 @@ background fuzz-build 10 bash scripts/fuzz.sh --build
 
 # One target dir for the feature sets: the dependencies are built once and shared.
 stage "1/8: no arch feature (no nvcc needed), doctests included"
+# (It includes tests/fuzz_corpus.rs: the fuzz corpora and past crash inputs, replayed through
+# the fuzz harness on the public plans.)
 cargo test --workspace
-# The fuzz corpora and past crash inputs, replayed through the fuzz entry points.
-cargo test -p flashinfer-rs --features fuzzing --test fuzz_corpus
 # No function over 120 lines in flashinfer-rs/src or flashinfer-sys/csrc/.
 cargo xtask long-functions
 # The seed's scenario as a client plays it: the reference server on the transformers fixture

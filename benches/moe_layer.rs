@@ -11,7 +11,7 @@
 //! Layers: a Qwen3-30B-A3B layer (128 experts, top-8, hidden 2048, intermediate 768) and a
 //! DeepSeek-V3-sized one in bf16 (256 experts, top-8, hidden 7168, intermediate 2048; the fp8
 //! block-scaled build is not in the crate), routed from bf16 logits by the layer's top-k
-//! router (Renormalize). Timing: CUDA events around CUDA-graph replays of 20 back-to-back
+//! router (Renormalize). Timing: CUDA events around CUDA-graph launches of 20 back-to-back
 //! layer calls, 5 warm-up replays, 30 timed, capture on and off interleaved replay by replay,
 //! median, of the layer as `CutlassMoe::new` makes it (its tactics chosen per call). Beside
 //! it, the fastest fixed tactic pair at that size (`CutlassMoe::with_tactics`, found by a
@@ -264,7 +264,7 @@ fn main() {
         return;
     }
     let ctx = flashinfer_rs::cuda_context(0).unwrap();
-    // Graph capture must not record cudarc's per-buffer events.
+    // Recording a graph must not take cudarc's per-buffer events.
     unsafe { ctx.disable_event_tracking() };
     let timing = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);
     let name = ctx.name().unwrap();

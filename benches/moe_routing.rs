@@ -2,7 +2,7 @@
 //!
 //!     bash scripts/gpu-pack.sh && bash gpu-pack/bench.sh     # on the GPU machine
 //!
-//! Timing: CUDA events around CUDA-graph replays of N back-to-back calls (so launch gaps do
+//! Timing: CUDA events around CUDA-graph launches of N back-to-back calls (so launch gaps do
 //! not dominate), warm-up first, variants interleaved replay by replay so clock drift hits
 //! both, median and p10..p90 over the repetitions. Prints Markdown tables (BENCHMARKS.md).
 use std::sync::Arc;
@@ -765,7 +765,7 @@ fn fused_host_overhead(b: &Bench) {
 /// kernel) and a device-to-device copy of the logits, per model and token count.
 fn topk_router(b: &Bench) {
     println!("\n## 6. Top-k router: ids and weights only (same GPU, same run)\n");
-    println!("Per call, median over graph replays of {TOPK_CALLS} calls. top-k: ids (int32 + the int16 replay view) and fp32 weights; `replay cost` = with / without the replay view; upstream = `Router::route` with replay (it also builds the grouped-GEMM permutation); floor = an empty one-warp kernel in the same harness; bandwidth = logits bytes / time against a device-to-device copy's (read + write) / time.\n");
+    println!("Per call, median over graph launches of {TOPK_CALLS} calls. top-k: ids (int32 + the int16 replay view) and fp32 weights; `replay cost` = with / without the replay view; upstream = `Router::route` with replay (it also builds the grouped-GEMM permutation); floor = an empty one-warp kernel in the same harness; bandwidth = logits bytes / time against a device-to-device copy's (read + write) / time.\n");
     println!("| model | tokens | top-k (us) | replay cost | upstream (us) | top-k / upstream | NoAuxTc (us) | top-k / NoAuxTc | floor (us) | top-k / floor | logits GB/s | / D2D copy |");
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     // A profiler run picks a few rows: FLASHINFER_RS_BENCH_MODEL (a name's prefix) and
@@ -982,7 +982,7 @@ fn main() {
         return;
     }
     let ctx = flashinfer_rs::cuda_context(0).unwrap();
-    // Graph capture must not record cudarc's per-buffer events.
+    // Recording a graph must not take cudarc's per-buffer events.
     unsafe { ctx.disable_event_tracking() };
     let stream = ctx.new_stream().unwrap();
     let timing = Some(sys::CUevent_flags::CU_EVENT_DEFAULT);

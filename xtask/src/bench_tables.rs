@@ -33,7 +33,7 @@ python3 scripts/bench_torch_routing.py > torch.md     # same machine, same sessi
 cargo xtask bench-tables bench.md torch.md > BENCHMARKS.md
 ```
 
-Method: CUDA events around CUDA-graph replays of N back-to-back calls (20 for routing, one step
+Method: CUDA events around CUDA-graph launches of N back-to-back calls (20 for routing, one step
 of L calls for capture), 5 warm-up replays, 30 timed, variants interleaved replay by replay,
 median and p10..p90; host timers where the host is what is measured (3, 3b, 5). Ratios are
 computed within the run. No test asserts a time.

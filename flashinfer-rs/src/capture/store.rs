@@ -387,7 +387,7 @@ struct InFlight {
 ///
 /// Zero-copy on the device: layer `l`'s replay view *is* `buffer[l]`; there is no per-layer
 /// scratch buffer and no per-layer copy kernel. Fixed addresses: the views never move, so a
-/// CUDA graph captured over the layers' routing calls stays valid step after step.
+/// CUDA graph recorded over the layers' routing calls stays valid step after step.
 ///
 /// The step protocol ([`CaptureStore::end_step`], [`CaptureStore::collect`]):
 /// 1. `begin_step(&compute, layout)` checks the step's layout; nothing waits: the previous

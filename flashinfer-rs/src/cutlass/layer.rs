@@ -112,7 +112,7 @@ enum Source<'a> {
 
 /// The device memory one layer's calls work in, made by [`CutlassMoe::workspace`] for its
 /// `max_tokens`: the routed ids and scales, and the runner's own scratch. Reused call after
-/// call at fixed addresses, so the calls can be captured in a CUDA graph; one call at a time
+/// call at fixed addresses, so the calls can be recorded into a CUDA graph; one call at a time
 /// (forward takes it `&mut`).
 #[derive(Debug)]
 pub struct CutlassWorkspace {

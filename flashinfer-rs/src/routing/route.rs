@@ -86,7 +86,7 @@ impl Logits<'_> {
 pub type Bias<'a> = Logits<'a>;
 
 /// Device buffers the routing kernels write, allocated once for up to `max_tokens` and reused
-/// call after call: fixed addresses, so a routing call captured in a CUDA graph stays valid.
+/// call after call: fixed addresses, so a routing call recorded into a CUDA graph stays valid.
 ///
 /// Besides the weights they hold the permutation a grouped GEMM consumes (token → padded
 /// slot, slot → token, per-expert counts, CTA → expert tables).
@@ -402,7 +402,7 @@ impl Router {
     /// `routing_replay_out` when given (else into [`RoutingBuffers::topk_ids`]): row `t`,
     /// column `k` is token `t`'s k-th expert (global id, descending score). Rows at or beyond
     /// `num_tokens` are never written. Everything is enqueued on `stream`; nothing is
-    /// allocated and nothing synchronises, so the call can be captured in a CUDA graph.
+    /// allocated and nothing synchronises, so the call can be recorded into a CUDA graph.
     pub fn route(
         &self,
         stream: &Arc<CudaStream>,

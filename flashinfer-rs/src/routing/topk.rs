@@ -86,7 +86,7 @@ impl TopKRouter {
     /// Routes `input.num_tokens` tokens on `stream`: one kernel reads each row of logits
     /// once and writes the chosen experts into `outputs.ids` and `routing_replay_out` (int16,
     /// the capture store's layer views), their weights into `outputs.weights_*`. Nothing is
-    /// allocated and nothing synchronises, so the call can be captured in a CUDA graph. The
+    /// allocated and nothing synchronises, so the call can be recorded into a CUDA graph. The
     /// bias is added as given, in fp32 (widened exactly from bf16).
     pub fn route(
         &self,

@@ -1,7 +1,7 @@
 //! The one door every kernel call goes through: [`Launch`], a fixed-size list of a call's
 //! named device buffers on one stream, in the spirit of cudarc's `LaunchArgs`.
 //!
-//! A call site checks its sizes first (its own `validate_call`/`check_batch`), then lists its
+//! A call site checks its sizes first (its plan's `check_batch`, see `crate::plan`), then lists its
 //! buffers here, then hands the door the C call:
 //!
 //! ```text
@@ -9,7 +9,7 @@
 //! let logits = l.input("logits", &input.logits);
 //! let ids = l.output_opt("ids", outputs.ids.as_mut());
 //! l.check()?; // contexts, before a zero-token early return
-//! // SAFETY: sizes checked by validate_call; the rest is the door's.
+//! // SAFETY: sizes checked by the plan's check_batch; the rest is the door's.
 //! l.call(|p| unsafe { sys::fi_...(p.ro(logits), p.rw(ids), p.stream()) })
 //! ```
 //!

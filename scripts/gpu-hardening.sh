@@ -26,7 +26,7 @@
 #                     one passes
 #
 # Parallel sanitizer jobs share the GPU: each gets its own TMPDIR, so the tests' GPU lock
-# (tests/gpu/common.rs) serialises tests within a job only. Under the sanitizers nothing
+# (flashinfer-rs/tests/gpu/common.rs) serialises tests within a job only. Under the sanitizers nothing
 # measures device memory, and each job checks its own results against the oracle.
 # JOB_TIMEOUT (seconds, default 540) bounds every job; a job that runs out exits 124.
 set -uo pipefail

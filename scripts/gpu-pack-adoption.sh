@@ -17,7 +17,7 @@ cp "$lib" "$lib.sha256" "$out/lib/"
 # Its own target dir (--target-dir: xtask itself stays built in target/).
 FLASHINFER_RS_KERNELS_LIB=$lib \
   cargo xtask executables --tests --copy-to "$out/bin" --rename gpu-prebuilt -- \
-  test --release --features sm90 --test gpu --no-run --target-dir "$root/target/prebuilt"
+  test --release -p flashinfer-rs --features sm90 --test gpu --no-run --target-dir "$root/target/prebuilt"
 strip "$out/bin/gpu-prebuilt"
 bash scripts/gpu-pack-candle.sh "$out/candle"
 cat > "$out/run.sh" <<RUN

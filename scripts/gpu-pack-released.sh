@@ -21,7 +21,7 @@ python3 flashinfer-sys/vendor/fetch.py sources "${skip[@]}"
 out=gpu-pack/released
 rm -rf "$out" && mkdir -p "$out/bin"
 cargo xtask executables --tests --copy-to "$out/bin" --rename gpu -- \
-  test --release --features sm90 --test gpu --no-run --target-dir "$target_dir"
+  test --release -p flashinfer-rs --features sm90 --test gpu --no-run --target-dir "$target_dir"
 strip "$out/bin/gpu"
 cat > "$out/run.sh" <<'RUN'
 #!/usr/bin/env bash

@@ -10,7 +10,7 @@
 # Features default to sm90-moe (what a Hopper machine runs: routing and the CUTLASS fused MoE;
 # it shares the object cache with CI); FEATURES=sm90-moe,sm100 also builds Blackwell, whose
 # calls are then refused on Hopper.
-# `nccl` is always added: the multi-rank harness (tests/ranks) runs from the pack too.
+# `nccl` is always added: the multi-rank harness (flashinfer-rs/tests/ranks) runs from the pack too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 features=${FEATURES:-sm90-moe},nccl
@@ -19,9 +19,9 @@ rm -rf gpu-pack/bin gpu-pack/run.sh gpu-pack/bench.sh gpu-pack/ranks.sh && mkdir
 cargo build --release -p flashinfer-rs --features "$features" --examples "$@"
 # The test and bench executables cargo built, copied under their target names (xtask/).
 cargo xtask executables --tests --copy-to gpu-pack/bin -- \
-  test --release --features "$features" --test gpu --test ranks --no-run "$@"
+  test --release -p flashinfer-rs --features "$features" --test gpu --test ranks --no-run "$@"
 cargo xtask executables --target moe_routing --target moe_layer --copy-to gpu-pack/bin -- \
-  bench --features "$features" --no-run "$@"
+  bench -p flashinfer-rs --features "$features" --no-run "$@"
 for ex in flashinfer-rs/examples/*.rs; do
   name=$(basename "$ex" .rs)
   cp "target/release/examples/$name" gpu-pack/bin/
@@ -67,7 +67,7 @@ RUN
 chmod +x gpu-pack/bench.sh
 cat > gpu-pack/ranks.sh <<'RUN'
 #!/usr/bin/env bash
-# The multi-rank capture harness (tests/ranks): FLASHINFER_RS_RANKS processes (default: the
+# The multi-rank capture harness (flashinfer-rs/tests/ranks): FLASHINFER_RS_RANKS processes (default: the
 # GPU count, at least 2) over NCCL; on one GPU the ranks share it. cudarc loads `libnccl.so`:
 # this finds NCCL (NCCL_LIB_DIR, the system's, or the nvidia-nccl wheel of the machine's
 # python) and links that name to it in a scratch folder on the library path.

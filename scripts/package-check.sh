@@ -26,7 +26,7 @@ trap 'rm -rf "$work"' EXIT
 
 echo "== package-check: cargo package"
 rm -f "$target"/package/flashinfer-*.crate
-cargo package --workspace --exclude flashinfer-rs-suite --exclude flashinfer-rs-serve --exclude xtask \
+cargo package --workspace --exclude flashinfer-rs-serve --exclude xtask \
   --allow-dirty --no-verify --quiet
 mkdir -p "$work/crates"
 for c in "$target"/package/flashinfer-sys-*.crate "$target"/package/flashinfer-rs-*.crate; do

@@ -123,3 +123,9 @@ pub use half;
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
+
+/// The repository README's code, compiled as doctests too (only in the repository: the
+/// packaged crate has no such file, and this item exists only under `cargo test --doc`).
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct RepositoryReadmeDoctests;

@@ -1,7 +1,7 @@
 //! The assembler's host cost per step, with and without an expert map (replicated experts),
 //! and of incremental export against a whole-request export. No GPU needed:
 //!
-//!     cargo bench --bench assembly
+//!     cargo bench -p flashinfer-rs --bench assembly
 //!
 //! Prints a Markdown table (BENCHMARKS.md, "Assembly on the host"). Per step, median of 21
 //! repetitions, wall time on this machine's CPU, one thread.

@@ -44,8 +44,15 @@ else
 fi
 # The `candle` module's documentation example compiles (flashinfer-rs's doctests with the
 # feature: CI's other stages build flashinfer-rs without candle).
+# rustdoc links with RUSTDOCFLAGS, not RUSTFLAGS; without a driver the doctests that run start
+# on the stand-ins, as the check's tests do (none of them touches a GPU).
 if [ "${1:-}" != --pack ]; then
-  (cd "$root" && cargo test --locked --doc -p flashinfer-rs --features candle)
+  # The doctest binaries load the toolchain's libcudart.so.13 (candle's link) by SONAME.
+  libs=$FLASHINFER_RS_CUDA_HOME/lib
+  ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1 ' || libs=$stubs:$libs
+  (cd "$root" && RUSTDOCFLAGS="${RUSTDOCFLAGS:-} -L native=$stubs" \
+    LD_LIBRARY_PATH=$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
+    cargo test --locked --doc -p flashinfer-rs --features candle)
 fi
 # flashinfer-rs picks no CUDA version for cudarc's bindings (the program does): the crate
 # also builds with CUDA 12.x bindings (CUDARC_CUDA_VERSION overrides every other choice,

@@ -4,8 +4,8 @@
 //! prefills, chunked prefills and decode steps of several requests in one batch; bf16 dense
 //! parts run; random weights made per tensor are deterministic and loaded layer by layer.
 
-use candle_core::{DType, Device};
 use crate::common::*;
+use candle_core::{DType, Device};
 use flashinfer_rs_serve::model::device::{DTypeArg, DeviceError, DeviceKind, Placement};
 use flashinfer_rs_serve::model::moe::{BackendKind, StepCapture};
 use flashinfer_rs_serve::model::random::{random_tensors, RandomSource};

@@ -3,8 +3,8 @@
 
 use std::collections::HashMap;
 
-use candle_core::{DType, Tensor};
 use crate::common::*;
+use candle_core::{DType, Tensor};
 use flashinfer_rs_serve::model::moe::{BackendKind, StepCapture};
 use flashinfer_rs_serve::model::random::random_tensors;
 use flashinfer_rs_serve::model::weights::Checkpoint;

@@ -395,47 +395,21 @@ impl RoutingConfig {
             "tile_tokens_dim",
             || format!("must be a power of two in 8..=256, got {t}"),
         )?;
-        match self.method {
-            RoutingMethod::DeepSeekV3 {
-                n_group,
-                topk_group,
-                routed_scaling_factor,
-            } => {
-                ensure(
-                    routed_scaling_factor.is_finite(),
-                    "routed_scaling_factor",
-                    || format!("must be finite, got {routed_scaling_factor}"),
-                )?;
-                if n_group > 1 {
-                    validate_groups(name, e, k, n_group, topk_group, MAX_TOPK_GROUPS)?;
-                }
-            }
-            RoutingMethod::DeepSeekV2 {
-                n_group,
-                topk_group,
-                routed_scaling_factor,
-                ..
-            } => {
-                ensure(
-                    routed_scaling_factor.is_finite(),
-                    "routed_scaling_factor",
-                    || format!("must be finite, got {routed_scaling_factor}"),
-                )?;
-                // The top-k router keeps any number of the (at most 8) groups.
-                if n_group > 1 {
-                    validate_groups(name, e, k, n_group, topk_group, MAX_EXPERT_GROUPS)?;
-                }
-            }
-            RoutingMethod::MiniMax2 {
-                routed_scaling_factor,
-            } => {
-                ensure(
-                    routed_scaling_factor.is_finite(),
-                    "routed_scaling_factor",
-                    || format!("must be finite, got {routed_scaling_factor}"),
-                )?;
-            }
-            _ => {}
+        // The methods with a scale (DeepSeekV3, DeepSeekV2, MiniMax2) and their groups, as the
+        // kernels read them (1 and ungrouped for every other method).
+        let (n_group, topk_group, scale) = self.method.groups_and_scale();
+        ensure(scale.is_finite(), "routed_scaling_factor", || {
+            format!("must be finite, got {scale}")
+        })?;
+        if n_group > 1 {
+            // Upstream's grouped kernels keep at most MAX_TOPK_GROUPS groups; the top-k router
+            // keeps any number of DeepSeekV2's (at most 8).
+            let max_kept = if matches!(self.method, RoutingMethod::DeepSeekV2 { .. }) {
+                MAX_EXPERT_GROUPS
+            } else {
+                MAX_TOPK_GROUPS
+            };
+            validate_groups(name, e, k, n_group, topk_group, max_kept)?;
         }
         Ok(())
     }

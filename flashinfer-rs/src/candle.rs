@@ -248,27 +248,22 @@ impl TopKRouter {
             bias: bias.as_ref().map(Held::logits).transpose()?,
             num_tokens: tokens,
         };
+        let (mut replay, captured) = match capture {
+            Some(LayerViews { ids, weights }) => (Some(ids), weights),
+            None => (None, None),
+        };
         let mut outputs = TopKOutputs {
             ids: Some(ids.as_view_mut()),
             weights_f32: Some(weights.as_view_mut()),
             weights_bf16: None,
         };
-        match capture {
-            Some(LayerViews {
-                ids: mut replay,
-                weights: captured,
-            }) => {
-                self.route(&stream, &input, &mut outputs, Some(&mut replay))?;
-                drop(outputs);
-                if let Some(mut captured) = captured {
-                    let held = captured.len();
-                    ensure(held >= n, "capture", || {
-                        format!("the weights view holds {held} values, the call routes {n}")
-                    })?;
-                    stream.memcpy_dtod(&weights, &mut captured.slice_mut(..n))?;
-                }
-            }
-            None => self.route(&stream, &input, &mut outputs, None)?,
+        self.route(&stream, &input, &mut outputs, replay.as_mut())?;
+        if let Some(mut captured) = captured {
+            let held = captured.len();
+            ensure(held >= n, "capture", || {
+                format!("the weights view holds {held} values, the call routes {n}")
+            })?;
+            stream.memcpy_dtod(&weights, &mut captured.slice_mut(..n))?;
         }
         Ok(RoutedTensors {
             ids: into_tensor(ids, device, (tokens, k)),
@@ -344,12 +339,12 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
             routing,
             hidden_states: x.view::<bf16>()?,
         };
-        let mut view = out.as_view_mut();
         match capture {
-            Some(views) => self.forward_captured(&stream, batch, &mut view, workspace, views)?,
-            None => self.forward(&stream, batch, &mut view, workspace, None)?,
+            Some(views) => {
+                self.forward_captured(&stream, batch, &mut out.as_view_mut(), workspace, views)?
+            }
+            None => self.forward(&stream, batch, &mut out.as_view_mut(), workspace, None)?,
         }
-        drop(view);
         Ok(into_tensor(out, device, (tokens, h)))
     }
 }

@@ -17,7 +17,7 @@ use flashinfer_rs::fused::Activation;
 use flashinfer_rs::routing::oracle::route_topk;
 use flashinfer_rs::routing::RoutingConfig;
 
-use super::{LayerCapture, LayerLoader, MoeBackend, MoeLayerWeights, MoeSpec};
+use super::{layer_of, LayerCapture, LayerLoader, MoeBackend, MoeLayerWeights, MoeSpec};
 use crate::model::ops::{linear, to_f32_vec};
 
 struct CpuLayer {
@@ -112,17 +112,9 @@ impl MoeBackend for CpuMoe {
         hidden: &Tensor,
         capture: LayerCapture<'_>,
     ) -> Result<Tensor> {
-        let layer = self
-            .layers
-            .get(moe_layer)
-            .with_context(|| format!("MoE layer {moe_layer} of {}", self.layers.len()))?;
-        let (tokens, h) = hidden.dims2()?;
-        let k = self.spec.top_k;
-        ensure!(
-            h == self.spec.hidden,
-            "hidden {h}, the layer has {}",
-            self.spec.hidden
-        );
+        let layer = layer_of(&self.layers, moe_layer)?;
+        let tokens = self.spec.rows_of(hidden)?;
+        let (k, h) = (self.spec.top_k, self.spec.hidden);
         ensure!(
             capture.ids.len() == tokens * k,
             "capture rows do not match the step"

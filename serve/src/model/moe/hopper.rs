@@ -22,7 +22,7 @@ use flashinfer_rs::capture::{CaptureConfig, CaptureStore, StepLayout};
 use flashinfer_rs::cudarc::driver::CudaStream;
 use flashinfer_rs::cutlass::{CutlassMoe, CutlassMoeConfig, CutlassWorkspace};
 
-use super::{LayerCapture, LayerLoader, MoeBackend, MoeSpec, StepCapture};
+use super::{layer_of, LayerCapture, LayerLoader, MoeBackend, MoeSpec, StepCapture};
 
 struct HopperLayer {
     /// Router `[experts, hidden]`, f32, on the GPU.
@@ -131,16 +131,8 @@ impl MoeBackend for HopperMoe {
         hidden: &Tensor,
         capture: LayerCapture<'_>,
     ) -> Result<Tensor> {
-        let layer = self
-            .layers
-            .get(moe_layer)
-            .with_context(|| format!("MoE layer {moe_layer} of {}", self.layers.len()))?;
-        let (tokens, h) = hidden.dims2()?;
-        ensure!(
-            h == self.spec.hidden,
-            "hidden {h}, the layer has {}",
-            self.spec.hidden
-        );
+        let layer = layer_of(&self.layers, moe_layer)?;
+        let tokens = self.spec.rows_of(hidden)?;
         ensure!(
             tokens <= self.max_tokens,
             "a step of {tokens} rows, the Hopper backend was built for {}",
@@ -202,33 +194,35 @@ impl MoeBackend for HopperMoe {
             return Ok(());
         }
         state.store.end_step(&self.stream)?;
-        let step = state
+        let buffer = state
             .store
-            .collect()?
-            .context("the step just ended has rows to collect")?;
-        let rows = step.rows;
-        let (l, k) = (self.spec.layers, self.spec.top_k);
-        ensure!(
-            capture.tokens() == tokens && rows.tokens == tokens && rows.layers == l,
-            "step of {tokens} rows, capture of {}, collected {}x{}",
-            capture.tokens(),
-            rows.tokens,
-            rows.layers
-        );
-        // Collected token-major (`[token][layer][k]`); the step capture is layer-major.
-        fn regroup<T: Copy>(dst: &mut [T], src: &[T], tokens: usize, l: usize, k: usize) {
-            for t in 0..tokens {
-                for layer in 0..l {
-                    let (from, to) = ((t * l + layer) * k, (layer * tokens + t) * k);
-                    dst[to..to + k].copy_from_slice(&src[from..from + k]);
-                }
+            .take_oldest()
+            .context("the step just ended is in flight")?;
+        // The rows land layer-major, as the step capture holds them: one copy, no transpose
+        // (the store's `collect` would make them token-major first).
+        let copied = buffer.rows().map_err(anyhow::Error::from).and_then(|rows| {
+            ensure!(
+                capture.tokens() == tokens
+                    && rows.tokens == tokens
+                    && rows.layers == capture.layers()
+                    && rows.top_k == capture.top_k(),
+                "step of {tokens} rows, capture of {}, read back {}x{}x{}",
+                capture.tokens(),
+                rows.tokens,
+                rows.layers,
+                rows.top_k
+            );
+            let (ids, weights) = capture.ids_mut();
+            ids.copy_from_slice(rows.ids);
+            if let (Some(dst), Some(src)) = (weights, rows.weights) {
+                dst.copy_from_slice(src);
             }
-        }
-        let (ids, weights) = capture.ids_mut();
-        regroup(ids, &rows.ids, tokens, l, k);
-        if let (Some(dst), Some(src)) = (weights, rows.weights.as_ref()) {
-            regroup(dst, src, tokens, l, k);
-        }
-        Ok(())
+            Ok(())
+        });
+        state
+            .store
+            .recycle(buffer)
+            .map_err(flashinfer_rs::Error::from)?;
+        copied
     }
 }

@@ -11,7 +11,7 @@ pub mod hopper;
 
 use std::sync::Arc;
 
-use anyhow::{ensure, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::{Device, Tensor};
 use flashinfer_rs::capture::{LayerMajorRows, StepRows, UNKNOWN};
 use flashinfer_rs::routing::{RoutingConfig, RoutingMethod};
@@ -36,6 +36,18 @@ pub struct MoeSpec {
 }
 
 impl MoeSpec {
+    /// The rows of a step's `hidden` (`[tokens, hidden]`), its width checked against the
+    /// layers'.
+    pub fn rows_of(&self, hidden: &Tensor) -> Result<usize> {
+        let (tokens, h) = hidden.dims2()?;
+        ensure!(
+            h == self.hidden,
+            "hidden {h}, the layer has {}",
+            self.hidden
+        );
+        Ok(tokens)
+    }
+
     /// The routing this spec means, as flashinfer-rs names it: softmax, top-k, renormalise is
     /// `Renormalize`; without renormalisation it is `Default`.
     pub fn routing(&self) -> RoutingConfig {
@@ -224,6 +236,13 @@ pub trait MoeBackend: Send + Sync {
         let _ = capture;
         Ok(())
     }
+}
+
+/// A backend's MoE layer `moe_layer`, or an error naming how many it has.
+fn layer_of<T>(layers: &[T], moe_layer: usize) -> Result<&T> {
+    layers
+        .get(moe_layer)
+        .with_context(|| format!("MoE layer {moe_layer} of {}", layers.len()))
 }
 
 /// Which MoE backend serves the model.

@@ -13,8 +13,10 @@
 //! block-scaled build is not in the crate), routed from bf16 logits by the layer's top-k
 //! router (Renormalize). Timing: CUDA events around CUDA-graph launches of 20 back-to-back
 //! layer calls, 5 warm-up replays, 30 timed, capture on and off interleaved replay by replay,
-//! median, of the layer as `CutlassMoe::new` makes it (its tactics chosen per call). Beside
-//! it, the fastest fixed tactic pair at that size (`CutlassMoe::with_tactics`, found by a
+//! median, of the layer as `CutlassMoe::new` makes it (the decode kernels up to
+//! `DECODE_MAX_TOKENS`, above that the grouped GEMMs with tactics chosen per call). Beside it,
+//! the decode kernels alone up to 64 tokens (`with_decode_max_tokens`, capture off) and the
+//! fastest fixed tactic pair of the grouped GEMMs at that size (`CutlassMoe::with_tactics`, found by a
 //! search per GEMM, capture off, 10 replays each; every timing to stderr). The limits:
 //! bytes of expert weights the step must read (the experts its tokens hit, counted from the
 //! replay) / HBM bandwidth, and FLOPs (2 x tokens x top-k x 3 x hidden x intermediate) / dense
@@ -31,7 +33,9 @@ use flashinfer_rs::routing::oracle::SplitMix64;
 use flashinfer_rs::routing::{RoutingConfig, RoutingMethod};
 use flashinfer_rs::ReplayView;
 
-const TOKENS: [usize; 5] = [1, 8, 64, 512, 4096];
+const TOKENS: [usize; 9] = [1, 2, 4, 8, 16, 32, 64, 512, 4096];
+/// The decode kernels are timed alone (every call) up to this many tokens.
+const DECODE_TIMED: usize = 64;
 const CALLS: usize = 20;
 const REPS: usize = 30;
 const WARMUP: usize = 5;
@@ -219,12 +223,14 @@ fn bench_model(g: &Gpu, m: &Model) {
     let counts = (t1.len() as u32, t2.len() as u32);
     let fixed = |pair| CutlassMoe::with_tactics(config, weights(), pair).unwrap();
     let mut ws = layer.workspace(&g.stream).unwrap();
+    let decode = CutlassMoe::with_decode_max_tokens(config, weights(), DECODE_TIMED).unwrap();
+    let mut decode_ws = decode.workspace(&g.stream).unwrap();
     println!(
         "\n### {} ({e} experts, top-{k}, hidden {h}, intermediate {i}; {} x {} tactics)\n",
         m.name, counts.0, counts.1
     );
-    println!("| tokens | layer, capture on (us) | capture off (us) | on / off | best fixed tactics (us) | which | experts read | HBM use on their weights | dense bf16 peak |");
-    println!("|---:|---:|---:|---:|---:|---|---:|---:|---:|");
+    println!("| tokens | layer, capture on (us) | capture off (us) | on / off | decode kernels (us) | best fixed tactics (us) | which | experts read | HBM use on their weights | dense bf16 peak |");
+    println!("|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|");
     for (n, &t) in TOKENS.iter().enumerate() {
         let mut b = Batch {
             tokens: t,
@@ -236,6 +242,12 @@ fn bench_model(g: &Gpu, m: &Model) {
         let (best, pair) = search_tactics(g, &fixed, counts, &mut ws, &mut b);
         let times = time_graphs(g, &layer, &mut ws, &mut b, &[true, false], REPS);
         let (on, off) = (times[0], times[1]);
+        let decoded = if t <= DECODE_TIMED {
+            let us = time_graphs(g, &decode, &mut decode_ws, &mut b, &[false], REPS)[0];
+            format!("{us:.1}")
+        } else {
+            "-".into()
+        };
         let routed = g.stream.clone_dtoh(&b.replay).unwrap();
         let mut hit = vec![false; e];
         routed.iter().for_each(|&x| hit[x as usize] = true);
@@ -250,7 +262,7 @@ fn bench_model(g: &Gpu, m: &Model) {
             None => ("n/a".into(), "n/a".into()),
         };
         println!(
-            "| {t} | {on:.1} | {off:.1} | {:.3} | {best:.1} | {} / {} | {read} | {hbm} | {peak} |",
+            "| {t} | {on:.1} | {off:.1} | {:.3} | {decoded} | {best:.1} | {} / {} | {read} | {hbm} | {peak} |",
             on / off,
             t1[pair.0 as usize],
             t2[pair.1 as usize]

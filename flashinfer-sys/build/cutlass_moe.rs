@@ -73,6 +73,8 @@ const UNITS: &[(&str, Origin, &str)] = &[
         "csrc/nv_internal/cpp/common/memoryUtils.cu",
     ),
     ("fi_cutlass_moe", Origin::Ours, "cutlass_moe.cu"),
+    // The decode path: two kernels of our own, no CUTLASS.
+    ("fi_moe_decode", Origin::Ours, "moe_decode.cu"),
 ];
 
 /// What a generated file must instantiate to be compiled: the bf16 x bf16 grouped GEMMs.

@@ -2,12 +2,15 @@
 //
 // A layer owns one `CutlassMoeFCRunner<bf16, bf16>` (instantiated in cutlass_moe_runner.cu),
 // its chosen tactics and the workspace layout for its largest batch:
-//   [ runner workspace at max_tokens | 256-byte aligned | unpermuted->permuted row map ]
+//   [ runner workspace at max_tokens | row map (unpermuted->permuted) | decode activations ]
+// each part 256-byte aligned. Calls of up to decode_max_tokens tokens take the decode kernels
+// (moe_decode.cu) instead of the runner.
 // The runner keeps per-call state (its workspace pointers, the tactics), so calls on one layer
 // are serialised by the layer's mutex.
 #include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
 #include <climits>
 #include <memory>
 #include <cstdint>
@@ -19,6 +22,7 @@
 
 #include "flashinfer_rs.h"
 #include "info.h"
+#include "moe_decode.h"
 #include "moe_kernels.h"
 #include "status.h"
 
@@ -41,6 +45,7 @@ struct fi_cutlass_moe {
   // The runner's workspace at max_tokens, and where the row map starts (after it, aligned).
   size_t runner_bytes = 0;
   size_t map_offset = 0;
+  size_t decode_offset = 0;
   size_t total_bytes = 0;
   std::mutex mutex;
 };
@@ -65,6 +70,7 @@ void validate(const fi_cutlass_moe_params& p) {
               "ep_size must be positive and divide num_experts");
   fi::require(p.ep_rank >= 0 && p.ep_rank < p.ep_size, "ep_rank must be in 0..ep_size");
   fi::require(p.max_tokens >= 1, "max_tokens must be positive");
+  fi::require(p.decode_max_tokens >= 0, "decode_max_tokens must not be negative");
   fi::require(int64_t(p.max_tokens) * p.num_experts <= INT_MAX &&
                   int64_t(p.max_tokens) * p.top_k <= INT_MAX,
               "max_tokens * num_experts must fit in int32 (the runner's row maps)");
@@ -186,8 +192,12 @@ extern "C" fi_status fi_cutlass_moe_create(const fi_cutlass_moe_params* params,
                             pick(layer->tactics2, params->tactic_gemm2, "GEMM 2"));
     layer->runner_bytes = runner_bytes(layer->runner, *params, params->max_tokens);
     layer->map_offset = (layer->runner_bytes + kAlign - 1) / kAlign * kAlign;
+    size_t map_bytes = size_t(params->max_tokens) * size_t(params->top_k) * sizeof(int);
+    layer->decode_offset = (layer->map_offset + map_bytes + kAlign - 1) / kAlign * kAlign;
     layer->total_bytes =
-        layer->map_offset + size_t(params->max_tokens) * size_t(params->top_k) * sizeof(int);
+        layer->decode_offset +
+        fi::decode::workspace_bytes(std::min(params->decode_max_tokens, params->max_tokens),
+                                    params->top_k, params->intermediate_size);
     *out = layer.release();
   });
 }
@@ -233,6 +243,28 @@ extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
     fi::require(device == layer->device, "the current device is not the layer's device");
     if (b.num_tokens == 0) return;
     const fi_cutlass_moe_params& p = layer->params;
+    char* workspace = static_cast<char*>(b.workspace);
+    if (b.num_tokens <= p.decode_max_tokens) {
+      // No runner state: no lock.
+      const int32_t local = p.num_experts / p.ep_size;
+      fi::decode::Problem problem{
+          static_cast<const __nv_bfloat16*>(b.hidden_states),
+          b.expert_ids,
+          b.expert_scales,
+          static_cast<const __nv_bfloat16*>(b.fc1_weights),
+          static_cast<const __nv_bfloat16*>(b.fc2_weights),
+          static_cast<__nv_bfloat16*>(b.output),
+          reinterpret_cast<__nv_bfloat16*>(workspace + layer->decode_offset),
+          b.num_tokens,
+          p.top_k,
+          p.hidden_size,
+          p.intermediate_size,
+          p.ep_rank * local,
+          local,
+      };
+      fi::decode::run(problem, static_cast<cudaStream_t>(stream));
+      return;
+    }
     std::lock_guard<std::mutex> lock(layer->mutex);
     // The runner lays its workspace out for this call's token count; the layer sized it for
     // max_tokens. Never let a smaller count need more (it would overrun the row map).
@@ -247,7 +279,6 @@ extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
       auto [t1, t2] = few ? layer->few_rows : layer->many_rows;
       layer->runner.setTactic(layer->tactics1[t1], layer->tactics2[t2]);
     }
-    char* workspace = static_cast<char*>(b.workspace);
     int* map = reinterpret_cast<int*>(workspace + layer->map_offset);
     k::QuantParams quant{};
     tensorrt_llm::kernels::LoraParams lora{};

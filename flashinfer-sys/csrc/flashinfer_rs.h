@@ -29,7 +29,7 @@
 extern "C" {
 #endif
 
-#define FI_ABI_VERSION 6
+#define FI_ABI_VERSION 7
 
 /* ---- status --------------------------------------------------------------------------- */
 
@@ -416,6 +416,10 @@ typedef struct fi_cutlass_moe_params {
   int32_t tactic_gemm1;      /**< index into the GEMM 1 tactics (fi_cutlass_moe_tactic_count),
                                   or -1: chosen per call (the default; see fi_cutlass_moe_run) */
   int32_t tactic_gemm2;      /**< likewise for GEMM 2; -1 in both or in neither */
+  int32_t decode_max_tokens; /**< calls of at most this many tokens (and at least one) take the
+                                  decode kernels instead of the grouped GEMMs; 0: never. The
+                                  workspace holds their activations for
+                                  min(decode_max_tokens, max_tokens) tokens */
 } fi_cutlass_moe_params;
 
 /** One TMA warp-specialised tactic of a grouped GEMM (fi_cutlass_moe_tactic_info). */
@@ -465,7 +469,9 @@ typedef struct fi_cutlass_moe_buffers {
  * the 128x16 tile with swapped operands in both GEMMs (its 16 columns over an expert's tokens);
  * from 16 on, the 128x256 tile. The weighted sum is the runner's finalize kernel (the GEMM
  * epilogue that fuses it is not built: its atomic scatter is not deterministic), so equal
- * inputs give equal output bits. */
+ * inputs give equal output bits. A call of 1..=decode_max_tokens tokens takes the decode kernels
+ * instead (two bandwidth-bound kernels that read each routed expert's weights once; the tactics
+ * do not apply), as deterministic. */
 fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer, const fi_cutlass_moe_buffers* buffers,
                              void* stream);
 

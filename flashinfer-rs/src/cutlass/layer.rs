@@ -227,27 +227,46 @@ impl std::fmt::Display for CutlassTactic {
     }
 }
 
+/// Calls of at most this many tokens take the decode kernels in a layer made by
+/// [`CutlassMoe::new`]: two bandwidth-bound kernels of this crate that read each routed
+/// expert's weights once (GEMM 1 with SwiGLU, then GEMM 2 with the weighted sum), where the
+/// grouped GEMMs' 128-row tiles are mostly empty (BENCHMARKS.md section 7 measures both).
+pub const DECODE_MAX_TOKENS: usize = 8;
+
 impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
-    /// Checks `config` and `weights` and creates the runner on the weights' device, its
-    /// tactics chosen per call from the call's mean rows per expert (`num_tokens * top_k /
-    /// num_experts`, host-side, no launch): below 16, the 128x16 tile with swapped operands
-    /// in both GEMMs; from 16 on, the 128x256 tile (on an H200 within 2.5% of the fastest of
-    /// three tiles in both operand orders, BENCHMARKS.md section 7). Answers
+    /// Checks `config` and `weights` and creates the runner on the weights' device. Calls of
+    /// up to [`DECODE_MAX_TOKENS`] tokens take the decode kernels; larger ones the grouped
+    /// GEMMs, their tactics chosen per call from the call's mean rows per expert (`num_tokens
+    /// * top_k / num_experts`, host-side, no launch): below 16, the 128x16 tile with swapped
+    /// operands in both GEMMs; from 16 on, the 128x256 tile (on an H200 within 2.5% of the
+    /// fastest of three tiles in both operand orders, BENCHMARKS.md section 7). Answers
     /// [`Error::UnsupportedArch`] off Hopper (sm_90) and [`Error::KernelsNotBuilt`] in a
     /// build without the `sm90-moe` feature.
     pub fn new(config: CutlassMoeConfig, weights: CutlassWeights<W>) -> Result<Self> {
-        Self::create(config, weights, (-1, -1))
+        Self::create(config, weights, (-1, -1), DECODE_MAX_TOKENS)
     }
 
-    /// [`new`](Self::new) with GEMM 1's and GEMM 2's tactics fixed, by index into
-    /// [`tactics`](Self::tactics), for every call (benchmarks search them per shape).
+    /// [`new`](Self::new) with the decode kernels taking calls of up to `decode_max_tokens`
+    /// tokens (0: never; `usize::MAX`: always) instead of [`DECODE_MAX_TOKENS`]. The
+    /// workspace holds their activations for `min(decode_max_tokens, max_tokens)` tokens.
+    pub fn with_decode_max_tokens(
+        config: CutlassMoeConfig,
+        weights: CutlassWeights<W>,
+        decode_max_tokens: usize,
+    ) -> Result<Self> {
+        Self::create(config, weights, (-1, -1), decode_max_tokens)
+    }
+
+    /// The grouped GEMMs for every call (no decode kernels), with GEMM 1's and GEMM 2's
+    /// tactics fixed, by index into [`tactics`](Self::tactics) (benchmarks search them per
+    /// shape).
     pub fn with_tactics(
         config: CutlassMoeConfig,
         weights: CutlassWeights<W>,
         tactics: (u32, u32),
     ) -> Result<Self> {
         let as_i32 = |v: u32| i32::try_from(v).map_err(|_| Error::invalid("tactics", "too large"));
-        Self::create(config, weights, (as_i32(tactics.0)?, as_i32(tactics.1)?))
+        Self::create(config, weights, (as_i32(tactics.0)?, as_i32(tactics.1)?), 0)
     }
 
     /// Tactics as the C ABI takes them: indices, or -1 for both: chosen per call.
@@ -255,6 +274,7 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
         config: CutlassMoeConfig,
         weights: CutlassWeights<W>,
         tactics: (i32, i32),
+        decode_max_tokens: usize,
     ) -> Result<Self> {
         let (fc1, fc2) = (weights.fc1.view(), weights.fc2.view());
         let plan = CutlassPlan::new(config, fc1.len(), fc2.len())?;
@@ -271,6 +291,8 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
             max_tokens: config.max_tokens as i32,
             tactic_gemm1: tactics.0,
             tactic_gemm2: tactics.1,
+            // max_tokens fits in i32 (the plan checked it), and more never matters.
+            decode_max_tokens: decode_max_tokens.min(config.max_tokens) as i32,
         };
         ctx.bind_to_thread()?;
         let mut raw = std::ptr::null_mut();
@@ -297,6 +319,7 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
             target: "flashinfer_rs",
             config = ?config,
             tactics = ?tactics,
+            decode_max_tokens,
             workspace_bytes = layer.workspace_bytes(),
             "cutlass: Hopper MoE layer built"
         );

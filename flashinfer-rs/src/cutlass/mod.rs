@@ -4,7 +4,9 @@
 //! FlashInfer's `CutlassMoeFCRunner<bf16, bf16>` (TMA warp-specialised grouped GEMMs for
 //! sm_90a) takes precomputed expert ids and scales; here our [`TopKRouter`] computes them in
 //! the same call, so the ids written to `routing_replay_out` are, by construction, the ids the
-//! GEMMs consume. Layers:
+//! GEMMs consume. At decode sizes (up to [`DECODE_MAX_TOKENS`]) two kernels of this crate
+//! (flashinfer-sys's `csrc/moe_decode.cu`) take the place of the grouped GEMMs: they read each
+//! routed expert's weights once, at the memory's bandwidth. Layers:
 //! - [`CutlassMoe`] (`layer`): checked once by [`CutlassMoe::new`], called per batch by
 //!   [`CutlassMoe::forward`] (or [`CutlassMoe::forward_captured`] into a capture store);
 //! - [`CutlassPlan`] (`plan`): every rule on sizes, checked before any launch (tested on CPU
@@ -25,6 +27,6 @@ pub mod prepare;
 
 pub use layer::{
     CutlassBatch, CutlassMoe, CutlassRouting, CutlassTactic, CutlassWeights, CutlassWorkspace,
-    WeightBuffer,
+    WeightBuffer, DECODE_MAX_TOKENS,
 };
 pub use plan::{CutlassBatchSizes, CutlassMoeConfig, CutlassPlan, CutlassRoutingSizes};

@@ -10,7 +10,11 @@
 //!   choice's threshold;
 //! - expert parallelism: four ranks, each summing only its own experts, add up to the layer;
 //! - precomputed ids give the same output bit for bit;
-//! - a CUDA graph of three layers replayed with fresh inputs equals eager calls;
+//! - the decode kernels (every call of up to `DECODE_MAX_TOKENS` tokens in a layer from
+//!   `new`, which the cases above reach at 1 and 7 tokens) forced onto every size: odd
+//!   shapes, a Qwen3-sized layer, expert parallelism, repeated and stray precomputed ids;
+//! - a CUDA graph of three layers replayed with fresh inputs equals eager calls (grouped
+//!   GEMMs and decode kernels);
 //! - a capture store over a multi-step run with the layer in the loop (ids and weights);
 //! - bad inputs refused with typed errors before anything is launched.
 //!
@@ -538,6 +542,132 @@ mod on_hopper {
         eprintln!("{test}: 1 case passed");
     }
 
+    /// The decode kernels (csrc/moe_decode.cu), taking every call
+    /// (`with_decode_max_tokens(usize::MAX)`), against the reference: shapes with hidden and
+    /// intermediate sizes that are not multiples of a warp's 256-element stride (the loops'
+    /// tails) and a Qwen3-30B-A3B-sized layer, at 1-8 tokens and at 16 and 64 (an expert
+    /// shared by more than the 8 tokens one pass over its rows computes); replay and
+    /// determinism as in every case here. Then expert parallelism (one rank of four) and
+    /// precomputed ids that repeat an expert within a token or fall outside [0, num_experts).
+    #[test]
+    fn the_decode_kernels_match_the_reference() {
+        let test = "cutlass_moe::the_decode_kernels_match_the_reference";
+        let Some(g) = gpu(test) else { return };
+        let (mut passed, mut failures) = (0, Vec::new());
+        let shapes = [
+            (256, 128, 16u32, 4u32, &[1usize, 2, 3, 5, 8, 16, 64][..]),
+            (320, 192, 8, 2, &[1, 4, 7, 16][..]),
+            (2048, 768, 128, 8, &[1, 3, 8][..]),
+        ];
+        for (h, i, e, k, tokens) in shapes {
+            let w = weights(&g, e as usize, h, i, 200 + e as u64);
+            let routing = RoutingConfig::new(RoutingMethod::Renormalize, e, k);
+            let cfg = config(routing, h, i, 64);
+            if layer_here(cfg, w.views(), test).is_none() {
+                return;
+            }
+            let layer = CutlassMoe::with_decode_max_tokens(cfg, w.views(), usize::MAX).unwrap();
+            for p in prepare_all(&cfg, &w.host, tokens, 200 + h as u64) {
+                match verdict_of(&g, &layer, &p) {
+                    None => passed += 1,
+                    Some(why) => {
+                        failures.push(format!("H={h} I={i} E={e} K={k} T={}: {why}", p.d.tokens))
+                    }
+                }
+            }
+        }
+
+        // Rank 2 of 4 (experts 32..48 of 64), 5 tokens.
+        let (h, i, e, k, t) = (256, 128, 64u32, 6u32, 5);
+        let full = RoutingConfig::new(RoutingMethod::Renormalize, e, k);
+        let all = weights(&g, e as usize, h, i, 210);
+        let per = (e / 4) as usize;
+        let host = ExpertWeights {
+            w1: all.host.w1[2 * per * 2 * i * h..3 * per * 2 * i * h].to_vec(),
+            w2: all.host.w2[2 * per * h * i..3 * per * h * i].to_vec(),
+        };
+        let w = Weights {
+            fc1: upload(&g, &host.w1),
+            fc2: upload(&g, &host.w2),
+            host,
+        };
+        let cfg = config(full.with_local_experts(2 * per as u32, per as u32), h, i, t);
+        let layer = CutlassMoe::with_decode_max_tokens(cfg, w.views(), usize::MAX).unwrap();
+        let p = prepare(&cfg, &w.host, t, 211);
+        match verdict_of(&g, &layer, &p) {
+            None => passed += 1,
+            Some(why) => failures.push(format!("rank 2 of 4, T={t}: {why}")),
+        }
+
+        // Precomputed ids: token 0 names expert 3 twice, token 1 names -1 and E + 5 beside a
+        // valid expert; the reference skips what is not one of the layer's experts.
+        let (e, k, t) = (16u32, 3usize, 3usize);
+        let w = weights(&g, e as usize, h, i, 220);
+        let cfg = config(
+            RoutingConfig::new(RoutingMethod::Renormalize, e, k as u32),
+            h,
+            i,
+            t,
+        );
+        let layer = CutlassMoe::with_decode_max_tokens(cfg, w.views(), usize::MAX).unwrap();
+        let ids: Vec<i32> = vec![3, 3, 7, -1, 9, e as i32 + 5, 15, 0, 1];
+        let scales: Vec<f32> = vec![0.5, 0.25, 0.25, 0.4, 0.6, 0.3, 0.1, 0.2, 0.7];
+        let x_host = values(&mut SplitMix64(221), t * h, 1.0);
+        let problem = moe_oracle::ReferenceProblem {
+            num_tokens: t,
+            hidden_size: h,
+            intermediate_size: i,
+            top_k: k,
+            local_expert_offset: 0,
+            local_num_experts: e as usize,
+            activation: Activation::Swiglu,
+            routing_scales_on_input: false,
+        };
+        let oracle_ids: Vec<usize> = ids
+            .iter()
+            .map(|&v| usize::try_from(v).unwrap_or(usize::MAX))
+            .collect();
+        let want = moe_oracle::moe(
+            &problem,
+            &x_host,
+            &oracle_ids,
+            &scales,
+            &w.host,
+            ActivationRounding::Bf16,
+        )
+        .unwrap();
+        let (x, ids, scales) = (
+            upload(&g, &x_host),
+            g.stream.clone_htod(&ids).unwrap(),
+            g.stream.clone_htod(&scales).unwrap(),
+        );
+        let mut ws = layer.workspace(&g.stream).unwrap();
+        let mut out = g.stream.clone_htod(&vec![bf16::NAN; t * h]).unwrap();
+        let batch = CutlassBatch {
+            num_tokens: t,
+            routing: CutlassRouting::Precomputed {
+                ids: ids.as_view(),
+                scales: scales.as_view(),
+            },
+            hidden_states: x.as_view(),
+        };
+        layer
+            .forward(&g.stream, batch, &mut out.as_view_mut(), &mut ws, None)
+            .unwrap();
+        let got: Vec<f32> = g
+            .stream
+            .clone_dtoh(&out)
+            .unwrap()
+            .iter()
+            .map(|v| v.to_f32())
+            .collect();
+        match moe_oracle::check_accuracy(&want, &got, ATOL, RTOL, 1.0) {
+            Ok(_) => passed += 1,
+            Err(why) => failures.push(format!("precomputed ids with repeats and strays: {why}")),
+        }
+        report(test, passed, failures);
+    }
+
     /// Programmatic dependent launch (issue 26, upstream 0.7.2.post1 moved the routing kernels'
     /// PDL trigger earlier): the layer's kernels are launched with PDL right after its router,
     /// so each must wait on the grid before it reads the routing. Two batches whose routing
@@ -633,14 +763,21 @@ mod on_hopper {
     /// Three layers captured in one CUDA graph (each layer's output feeds the next), replayed
     /// after fresh hidden states and logits are copied into its fixed inputs: every replay
     /// equals the same three calls made eagerly.
+    /// At 57 tokens (the grouped GEMMs) and at 5 (the decode kernels).
     #[test]
     fn a_graph_of_layers_replays_with_fresh_inputs() {
         let test = "cutlass_moe::a_graph_of_layers_replays_with_fresh_inputs";
         let Some(g) = gpu(test) else { return };
-        let (h, i, t, layers) = (256, 128, 57, 3);
+        for t in [57, 5] {
+            graph_of_layers(&g, test, t);
+        }
+    }
+
+    fn graph_of_layers(g: &Gpu, test: &str, t: usize) {
+        let (h, i, layers) = (256, 128, 3);
         let routing = RoutingConfig::new(RoutingMethod::Renormalize, 64, 6);
         let ws_host: Vec<Weights> = (0..layers)
-            .map(|l| weights(&g, 64, h, i, 40 + l as u64))
+            .map(|l| weights(g, 64, h, i, 40 + l as u64))
             .collect();
         if layer_here(config(routing, h, i, t), ws_host[0].views(), test).is_none() {
             return;
@@ -742,7 +879,7 @@ mod on_hopper {
             }
         }
         unsafe { g.ctx.enable_event_tracking() };
-        eprintln!("{test}: 5 replays of {layers} layers equal the eager calls");
+        eprintln!("{test}: T={t}: 5 replays of {layers} layers equal the eager calls");
     }
 
     /// A serving loop: 40 steps of random token counts, three layers each routed into a

@@ -1,0 +1,224 @@
+// moe_decode.cu: the Hopper MoE layer at decode sizes, in two bandwidth-bound kernels.
+//
+// With a few tokens the layer's time is the bytes of the routed experts' weights; the CUTLASS
+// path spends more than those bytes on its chain of kernels (expansion, two grouped GEMMs with
+// 128-row tiles mostly empty, activation, finalize). Here each routed expert's weights are read
+// once, by whole warps in 16-byte loads that bypass L1:
+//
+//   fc1_swiglu  one warp per (expert, intermediate row): the up and gate rows' dot products
+//               with every token routed to that expert, then silu(gate) * up, rounded to bf16
+//               (as the CUTLASS path and the reference round the activation) into scratch
+//               [tokens * top_k, inter]. The first pair routed to an expert does the work of
+//               every pair routed to it, so an expert's rows are read once per call.
+//   fc2_sum     one warp per (token, hidden row): the down rows of the token's local experts
+//               against their activations, weighted by the routing scales and summed in f32 in
+//               a fixed order (bit-identical from call to call: no atomics). Blocks of one row
+//               for all tokens run side by side, so an expert shared by tokens is read from
+//               HBM once and from L2 after. Launched with programmatic dependent launch: its
+//               blocks start while fc1 drains, prefetch their down rows into L2, then wait.
+//
+// Ids outside this rank's experts (expert parallelism, or out of range) contribute nothing; a
+// token with none writes zeros, as the CUTLASS path does.
+#include "moe_decode.h"
+
+#include "status.h"
+
+namespace fi::decode {
+namespace {
+
+constexpr int kWarp = 32;
+constexpr int kVec = 8;                  // bf16 per 16-byte load
+constexpr int kStride = kWarp * kVec;    // elements a warp covers per load
+constexpr int kWarps = 4;                // warps per block, one row each
+constexpr int kUnroll = 4;               // loads in flight per lane and operand (fc1)
+constexpr int kFc2Unroll = 8;            // loads in flight per lane (fc2)
+constexpr int kGroup = 8;                // tokens one pass over an expert's row computes
+
+// A streamed weight load: not kept in L1 (read once), 256-byte L2 prefetch.
+__device__ __forceinline__ uint4 load_weights(const __nv_bfloat16* p) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(p));
+  return v;
+}
+
+__device__ __forceinline__ uint4 load(const __nv_bfloat16* p) {
+  return *reinterpret_cast<const uint4*>(p);
+}
+
+// acc + <a, b> over 8 bf16 pairs, in f32.
+__device__ __forceinline__ float dot8(uint4 a, uint4 b, float acc) {
+  const __nv_bfloat162* x = reinterpret_cast<const __nv_bfloat162*>(&a);
+  const __nv_bfloat162* y = reinterpret_cast<const __nv_bfloat162*>(&b);
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    float2 fx = __bfloat1622float2(x[j]);
+    float2 fy = __bfloat1622float2(y[j]);
+    acc = fmaf(fx.x, fy.x, acc);
+    acc = fmaf(fx.y, fy.y, acc);
+  }
+  return acc;
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o /= 2) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ int local_expert(const Problem& p, int pair) {
+  int e = p.expert_ids[pair] - p.first_expert;
+  return (e >= 0 && e < p.local_experts) ? e : -1;
+}
+
+// grid (pairs, ceil(inter / kWarps)), block kWarps warps.
+__global__ void __launch_bounds__(kWarps* kWarp) fc1_swiglu(Problem p) {
+  // fc2's blocks may start (and prefetch) once every block here has started.
+  asm volatile("griddepcontrol.launch_dependents;");
+  const int pair = blockIdx.x;
+  const int lane = threadIdx.x % kWarp;
+  const int row = blockIdx.y * kWarps + threadIdx.x / kWarp;
+  const int pairs = p.tokens * p.top_k;
+  const int expert = local_expert(p, pair);
+  if (expert < 0 || row >= p.inter) return;
+  const int id = p.expert_ids[pair];
+  // The first pair routed to this expert computes them all.
+  bool earlier = false;
+  for (int q = lane; q < pair; q += kWarp) earlier |= p.expert_ids[q] == id;
+  if (__any_sync(0xffffffffu, earlier)) return;
+
+  const __nv_bfloat16* up = p.fc1 + (size_t(expert) * 2 * p.inter + row) * p.hidden;
+  const __nv_bfloat16* gate = up + size_t(p.inter) * p.hidden;
+  int next = pair;
+  while (next < pairs) {
+    // Up to kGroup pairs routed to this expert, from `next` on, in order.
+    int members[kGroup];
+    int n = 0;
+    while (next < pairs && n < kGroup) {
+      const int q = next + lane;
+      unsigned m = __ballot_sync(0xffffffffu, q < pairs && p.expert_ids[q] == id);
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) {
+        if (g >= n && m != 0) {
+          members[g] = next + __ffs(m) - 1;
+          m &= m - 1;
+          n = g + 1;
+        }
+      }
+      next = m != 0 ? next + __ffs(m) - 1 : next + kWarp;
+    }
+    if (n == 0) break;
+    float acc_up[kGroup], acc_gate[kGroup];
+#pragma unroll
+    for (int g = 0; g < kGroup; ++g) acc_up[g] = acc_gate[g] = 0.f;
+    for (int c0 = lane * kVec; c0 < p.hidden; c0 += kStride * kUnroll) {
+      uint4 wu[kUnroll], wg[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int c = c0 + u * kStride;
+        wu[u] = c < p.hidden ? load_weights(up + c) : make_uint4(0, 0, 0, 0);
+        wg[u] = c < p.hidden ? load_weights(gate + c) : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) {
+        if (g >= n) break;
+        const __nv_bfloat16* x = p.hidden_states + size_t(members[g] / p.top_k) * p.hidden;
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int c = c0 + u * kStride;
+          if (c < p.hidden) {
+            const uint4 xv = load(x + c);
+            acc_up[g] = dot8(wu[u], xv, acc_up[g]);
+            acc_gate[g] = dot8(wg[u], xv, acc_gate[g]);
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < kGroup; ++g) {
+      if (g >= n) break;
+      const float u = warp_sum(acc_up[g]);
+      const float v = warp_sum(acc_gate[g]);
+      if (lane == 0) {
+        const float silu = v / (1.f + __expf(-v));
+        p.activations[size_t(members[g]) * p.inter + row] = __float2bfloat16(silu * u);
+      }
+    }
+  }
+}
+
+// grid (tokens, ceil(hidden / kWarps)), block kWarps warps.
+__global__ void __launch_bounds__(kWarps* kWarp) fc2_sum(Problem p) {
+  const int token = blockIdx.x;
+  const int lane = threadIdx.x % kWarp;
+  const int row = blockIdx.y * kWarps + threadIdx.x / kWarp;
+  if (row >= p.hidden) return;
+  // The ids and scales were written before fc1 started (every fc1 block has started when this
+  // one does); only the activations need fc1 done.
+  const int first = token * p.top_k;
+  for (int k = 0; k < p.top_k; ++k) {
+    const int e = local_expert(p, first + k);
+    if (e < 0) continue;
+    const char* w = reinterpret_cast<const char*>(p.fc2 + (size_t(e) * p.hidden + row) * p.inter);
+    for (int b = lane * 128; b < p.inter * 2; b += kWarp * 128) {
+      asm volatile("prefetch.global.L2 [%0];" ::"l"(w + b));
+    }
+  }
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+
+  // Items (k, chunk) in a fixed order; per lane, acc += scale_k * <w_k, a_k> over its chunks.
+  const int chunks = (p.inter + kStride - 1) / kStride;
+  const int items = p.top_k * chunks;
+  float acc = 0.f;
+  for (int i0 = 0; i0 < items; i0 += kFc2Unroll) {
+    uint4 wv[kFc2Unroll];
+    int pair[kFc2Unroll];  // the item's (token, k) pair, or -1: skipped
+    int chunk[kFc2Unroll];
+#pragma unroll
+    for (int u = 0; u < kFc2Unroll; ++u) {
+      const int i = i0 + u;
+      const int k = i / chunks;
+      chunk[u] = (i - k * chunks) * kStride + lane * kVec;
+      const int e = i < items ? local_expert(p, first + k) : -1;
+      pair[u] = (e >= 0 && chunk[u] < p.inter) ? first + k : -1;
+      wv[u] = pair[u] >= 0
+                  ? load_weights(p.fc2 + (size_t(e) * p.hidden + row) * p.inter + chunk[u])
+                  : make_uint4(0, 0, 0, 0);
+    }
+#pragma unroll
+    for (int u = 0; u < kFc2Unroll; ++u) {
+      if (pair[u] < 0) continue;
+      const uint4 a = load(p.activations + size_t(pair[u]) * p.inter + chunk[u]);
+      acc = fmaf(p.expert_scales[pair[u]], dot8(wv[u], a, 0.f), acc);
+    }
+  }
+  acc = warp_sum(acc);
+  if (lane == 0) p.output[size_t(token) * p.hidden + row] = __float2bfloat16(acc);
+}
+
+}  // namespace
+
+size_t workspace_bytes(int64_t tokens, int64_t top_k, int64_t inter) {
+  return size_t(tokens) * size_t(top_k) * size_t(inter) * sizeof(__nv_bfloat16);
+}
+
+void run(const Problem& p, cudaStream_t stream) {
+  const dim3 block(kWarps * kWarp);
+  const unsigned pairs = unsigned(p.tokens) * unsigned(p.top_k);
+  fc1_swiglu<<<dim3(pairs, (p.inter + kWarps - 1) / kWarps), block, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "the decode path's fc1_swiglu launch");
+
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(unsigned(p.tokens), (p.hidden + kWarps - 1) / kWarps);
+  config.blockDim = block;
+  config.stream = stream;
+  cudaLaunchAttribute pdl{};
+  pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  pdl.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &pdl;
+  config.numAttrs = 1;
+  check_cuda(cudaLaunchKernelEx(&config, fc2_sum, p), "the decode path's fc2_sum launch");
+}
+
+}  // namespace fi::decode

@@ -1,0 +1,38 @@
+// moe_decode.h: the Hopper MoE layer's decode path (moe_decode.cu), which fi_cutlass_moe_run
+// takes instead of the CUTLASS grouped GEMMs for a few tokens.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+namespace fi::decode {
+
+// One call: the layer's shapes and the call's buffers, as fi_cutlass_moe_buffers has them.
+struct Problem {
+  const __nv_bfloat16* hidden_states;  // [tokens, hidden]
+  const int32_t* expert_ids;           // [tokens, top_k], global ids
+  const float* expert_scales;          // [tokens, top_k]
+  const __nv_bfloat16* fc1;            // [local_experts, 2 * inter, hidden]: up rows, then gate
+  const __nv_bfloat16* fc2;            // [local_experts, hidden, inter]
+  __nv_bfloat16* output;               // [tokens, hidden]
+  __nv_bfloat16* activations;          // scratch: [tokens * top_k, inter] (workspace_bytes)
+  int32_t tokens;
+  int32_t top_k;
+  int32_t hidden;
+  int32_t inter;
+  int32_t first_expert;   // this rank's first global expert id
+  int32_t local_experts;  // how many it holds
+};
+
+// Bytes of scratch a call of up to `tokens` tokens needs.
+size_t workspace_bytes(int64_t tokens, int64_t top_k, int64_t inter);
+
+// Enqueues the two kernels on `stream` (no allocation, no synchronisation): GEMM 1 with SwiGLU
+// into `activations`, then GEMM 2 with the weighted sum into `output`. Every size was checked
+// by the layer; the pointers are 16-byte aligned.
+void run(const Problem& p, cudaStream_t stream);
+
+}  // namespace fi::decode

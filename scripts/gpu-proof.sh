@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# One GPU session's proof, on the GPU machine: unpacks the packs carried there and runs, each
+# with its whole output in $OUT/<name>.log (the device tool brings $OUT back) and a line per
+# part in $OUT/summary.txt:
+#
+#     bash scripts/gpu-proof.sh suite      # gpu-pack.tar.xz: GPU suite + ranks + examples,
+#                                          # downstream/candle's tests, the layer bench
+#     bash scripts/gpu-proof.sh serve      # gpu-pack-serve.tar.xz: serve suite on the Hopper
+#                                          # backend, client repro, fixtures
+#     bash scripts/gpu-proof.sh serve-bench ours|peer   # the served-model bench, one side
+#
+# Here, first: `bash scripts/gpu-pack-candle.sh && bash scripts/gpu-pack.sh` (which tars both
+# into gpu-pack.tar.xz), or `bash scripts/gpu-pack-serve.sh && tar cJf gpu-pack-serve.tar.xz
+# gpu-pack/serve`.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-/tmp/gpu-proof}
+mkdir -p "$out"
+summary=$out/summary.txt
+nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader \
+  | tee -a "$summary"
+
+part() { # name command...: runs one part, its output to $out/name.log, a line to the summary
+  local name=$1 start rc
+  shift
+  start=$(date +%s)
+  "$@" > "$out/$name.log" 2>&1
+  rc=$?
+  echo "$name: exit $rc, $(($(date +%s) - start)) s; $(grep -E '^test result:' "$out/$name.log" \
+    | awk '{p+=$4; f+=$6; i+=$8} END {printf "%d passed, %d failed, %d ignored", p, f, i}')" \
+    | tee -a "$summary"
+}
+
+case ${1:-suite} in
+  suite)
+    tar xJf gpu-pack.tar.xz
+    part suite bash gpu-pack/run.sh
+    part candle bash gpu-pack/candle/run.sh
+    part bench-layer bash gpu-pack/bench.sh layer
+    grep -E '^\|' "$out/bench-layer.log" > "$out/bench-layer.md" || true
+    ;;
+  serve)
+    tar xJf gpu-pack-serve.tar.xz
+    part serve bash gpu-pack/serve/run.sh
+    ;;
+  serve-bench) # [ours|peer]: one side per call (each loads a 30B model's random weights)
+    [ -d gpu-pack/serve ] || tar xJf gpu-pack-serve.tar.xz
+    cd gpu-pack/serve && source ./pack-cuda-libs.sh
+    part "serve-bench-${2:-ours}" bin/serve-bench --config bench/qwen3-30b-a3b.json \
+      --only "${2:-ours}" --json "$out/serve-bench-${2:-ours}.json"
+    ;;
+  *)
+    echo "usage: $0 suite | serve | serve-bench ours|peer" >&2
+    exit 2
+    ;;
+esac

@@ -765,8 +765,8 @@ mod on_hopper {
     /// equals the same three calls made eagerly.
     /// At 57 tokens (the grouped GEMMs) and at 5 (the decode kernels).
     #[test]
-    fn a_graph_of_layers_replays_with_fresh_inputs() {
-        let test = "cutlass_moe::a_graph_of_layers_replays_with_fresh_inputs";
+    fn a_graph_of_layers_reruns_with_fresh_inputs() {
+        let test = "cutlass_moe::a_graph_of_layers_reruns_with_fresh_inputs";
         let Some(g) = gpu(test) else { return };
         for t in [57, 5] {
             graph_of_layers(&g, test, t);

@@ -1,12 +1,12 @@
-//! CUDA graphs: a routing call captured once, with an oversized replay buffer, rewrites the
-//! replay rows correctly on every replay with fresh logits.
+//! CUDA graphs: a routing call recorded into a graph once, with an oversized replay buffer,
+//! rewrites the replay rows correctly on every launch of the graph with fresh logits.
 use flashinfer_rs::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use flashinfer_rs::routing::{oracle, RouteInput, Router, RoutingBuffers, RoutingConfig};
 use flashinfer_rs::ReplayView;
 
 use crate::common::gpu;
 
-fn graph_replays(cfg: RoutingConfig, tokens: usize, replays: usize) {
+fn graph_runs(cfg: RoutingConfig, tokens: usize, launches: usize) {
     let name = format!("graph {:?} T={tokens}", cfg.method);
     let Some(g) = gpu(&name) else { return };
     let k = cfg.top_k as usize;
@@ -40,7 +40,7 @@ fn graph_replays(cfg: RoutingConfig, tokens: usize, replays: usize) {
         .unwrap()
         .expect("a captured graph");
 
-    for i in 0..replays {
+    for i in 0..launches {
         // The bias is a captured input too: fresh logits, separated for that same bias.
         let fresh = oracle::separated_logits_for_bias(
             &cfg,
@@ -54,27 +54,27 @@ fn graph_replays(cfg: RoutingConfig, tokens: usize, replays: usize) {
         g.stream.memcpy_htod(&fresh, &mut logits).unwrap();
         graph.launch().unwrap();
         let got = g.stream.clone_dtoh(&replay).unwrap();
-        assert_eq!(&got[..tokens * k], &want.ids[..], "{name}: replay {i}");
+        assert_eq!(&got[..tokens * k], &want.ids[..], "{name}: graph launch {i}");
         assert!(
             got[tokens * k..].iter().all(|&x| x == -1),
-            "{name}: replay {i} wrote past num_tokens"
+            "{name}: graph launch {i} wrote past num_tokens"
         );
     }
     unsafe { g.ctx.enable_event_tracking() };
-    eprintln!("{name}: {replays} graph replays matched the oracle");
+    eprintln!("{name}: {launches} graph launches matched the oracle");
 }
 
 #[test]
-fn deepseek_v3_graph_replays_with_fresh_logits() {
+fn a_deepseek_v3_graph_reruns_with_fresh_logits() {
     let ds = crate::models::deepseek_v3().cfg;
-    graph_replays(ds, 64, 25);
-    graph_replays(ds, 4096, 10);
+    graph_runs(ds, 64, 25);
+    graph_runs(ds, 4096, 10);
 }
 
 #[test]
-fn renormalize_graph_replays_with_fresh_logits() {
+fn a_renormalize_graph_reruns_with_fresh_logits() {
     // Block tier, cluster tier and the multi-kernel tiers.
     for tokens in [3, 200, 3000] {
-        graph_replays(crate::models::qwen3_30b_a3b().cfg, tokens, 10);
+        graph_runs(crate::models::qwen3_30b_a3b().cfg, tokens, 10);
     }
 }

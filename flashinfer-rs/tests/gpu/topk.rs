@@ -307,8 +307,8 @@ fn nan_and_infinite_logits_route_as_the_oracle_documents() {
 
 /// A graph of one top-k call replayed over fresh logits: every replay equals the oracle.
 #[test]
-fn a_captured_top_k_call_replays_with_fresh_logits() {
-    let test = "topk::a_captured_top_k_call_replays_with_fresh_logits";
+fn a_graphed_top_k_call_reruns_with_fresh_logits() {
+    let test = "topk::a_graphed_top_k_call_reruns_with_fresh_logits";
     let Some(g) = gpu(test) else {
         return;
     };

@@ -12,7 +12,8 @@
 //!   5. `find_cuda`: nvcc >= 12.9 from NVCC, FLASHINFER_RS_CUDA_HOME, CUDA_HOME, CUDA_PATH,
 //!      the toolchain that vendor/fetch.py installs, or PATH.
 //!   6. `plan_jobs` + `run_jobs`: every translation unit of the table in build/units.rs,
-//!      heaviest first, compiled in parallel (cargo's NUM_JOBS) through the content-addressed
+//!      heaviest first, compiled in parallel (cargo's NUM_JOBS workers, each but the first
+//!      holding a token of cargo's jobserver while it compiles) through the content-addressed
 //!      object cache of build/cache.rs, so a fresh clone on a machine that built the same
 //!      inputs before links in seconds.
 //!   7. `archive_and_link`: static archives, static cudart, and the link lines.
@@ -766,11 +767,21 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(String, PathBuf)> {
     // Seconds each compiled unit took (the slowest are reported: what a cold build waits on);
     // one entry per compiled unit, so also the count of what the cache did not hold.
     let times: Mutex<Vec<(f64, String)>> = Mutex::new(Vec::new());
+    // Cargo's jobserver, when cargo runs this script: every worker but the first holds one of
+    // its tokens while its compiler runs (the first runs on the token cargo gave this
+    // script), so `cargo -jN` bounds the compilers here together with the crates cargo builds
+    // beside them.
+    // SAFETY: called once, before any thread of this process starts; the descriptors it
+    // names (CARGO_MAKEFLAGS) are cargo's, inherited for this purpose.
+    let jobserver = unsafe { jobserver::Client::from_env() };
     // Each worker takes the next job until none is left; results come back through join.
     let outcomes: Vec<Result<(String, PathBuf), String>> = std::thread::scope(|s| {
         let workers: Vec<_> = (0..ctx.jobs)
-            .map(|_| {
-                s.spawn(|| {
+            .map(|worker| {
+                let (queue, cache, progress, announced, times, obj_dir, jobserver) = (
+                    &queue, &cache, &progress, &announced, &times, &obj_dir, &jobserver,
+                );
+                s.spawn(move || {
                     let mut done = Vec::new();
                     loop {
                         // The lock is released before the job runs: in a `while let` the
@@ -788,11 +799,18 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(String, PathBuf)> {
                                 if !announced.swap(true, Ordering::Relaxed) {
                                     progress.cold(&all_targets(&ctx.archs).join(","));
                                 }
+                                // Released when the compiler is done (dropped below). A
+                                // jobserver that fails is not worth failing the build for.
+                                let token = match jobserver {
+                                    Some(client) if worker > 0 => client.acquire().ok(),
+                                    _ => None,
+                                };
                                 progress.begin(&job.name);
                                 let started = std::time::Instant::now();
                                 let outcome = compile(&job, &object)
                                     .map(|()| cache.store(&job.name, &key, &object));
                                 let secs = started.elapsed().as_secs_f64();
+                                drop(token);
                                 progress.end(&job.name, Some(secs));
                                 times.lock().unwrap().push((secs, job.name.clone()));
                                 outcome

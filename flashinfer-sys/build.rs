@@ -3,20 +3,22 @@
 //! The steps, in order, each a function below:
 //!   1. `read_pin`: the pinned upstream version and cubin artifact from vendor/MANIFEST.toml;
 //!      exported to Rust (`rustc-env`) and to dependants (`DEP_FLASHINFER_*`).
-//!   2. `generate_moe_tensors`: the Rust `MoeTensor` enum from the header's tensor list
-//!      (build/moe_tensors.rs); every build, docs.rs included.
-//!   3. docs.rs stops here; `FLASHINFER_RS_KERNELS_LIB` builds against a prebuilt library
-//!      (`use_prebuilt`, build/prebuilt.rs); no arch feature: `build_not_built`, the C ABI
-//!      answering "kernels not built", compiled by the host C compiler; no nvcc needed.
-//!   4. `require_vendor`: the fetched FlashInfer tree (vendor/fetch.py); never downloads.
-//!   5. `find_cuda`: nvcc >= 12.9 from NVCC, FLASHINFER_RS_CUDA_HOME, CUDA_HOME, CUDA_PATH,
+//!   2. docs.rs stops here; `FLASHINFER_RS_KERNELS_LIB` builds against a prebuilt library
+//!      (`use_prebuilt`: cfgs that select src/generated/prebuilt.rs's bindings); no arch
+//!      feature: `build_not_built`, the C ABI answering "kernels not built", compiled by the
+//!      host C compiler; no nvcc needed.
+//!   3. `require_vendor`: the fetched FlashInfer tree (vendor/fetch.py); never downloads.
+//!   4. `find_cuda`: nvcc >= 12.9 from NVCC, FLASHINFER_RS_CUDA_HOME, CUDA_HOME, CUDA_PATH,
 //!      the toolchain that vendor/fetch.py installs, or PATH.
-//!   6. `plan_jobs` + `run_jobs`: every translation unit of the table in build/units.rs,
+//!   5. `plan_jobs` + `run_jobs`: every translation unit of the table in build/units.rs,
 //!      heaviest first, compiled in parallel (cargo's NUM_JOBS workers, each but the first
 //!      holding a token of cargo's jobserver while it compiles) through the content-addressed
 //!      object cache of build/cache.rs, so a fresh clone on a machine that built the same
 //!      inputs before links in seconds.
-//!   7. `archive_and_link`: static archives, static cudart, and the link lines.
+//!   6. `archive_and_link`: static archives, static cudart, and the link lines.
+//!
+//! It generates no Rust: what the crate derives from its C ABI (the `MoeTensor` enum, the
+//! prebuilt-library bindings) is committed under src/generated/ by `cargo xtask generate`.
 
 use std::collections::VecDeque;
 use std::env;
@@ -30,10 +32,6 @@ use std::sync::Mutex;
 mod cache;
 #[path = "build/cutlass_moe.rs"]
 mod cutlass_moe;
-#[path = "build/moe_tensors.rs"]
-mod moe_tensors;
-#[path = "build/prebuilt.rs"]
-mod prebuilt;
 #[path = "build/progress.rs"]
 mod progress;
 #[path = "build/units.rs"]
@@ -52,14 +50,13 @@ fn main() {
     ctx.vendor = ctx.vendor_dir(&pin);
     declare_rerun_triggers(&ctx);
     emit_metadata(&ctx, &pin);
-    generate_moe_tensors(&ctx);
 
     if env::var_os("DOCS_RS").is_some() {
         // docs.rs: no compiler, no link. The crate only needs to document.
         return;
     }
     if let Some(library) = env::var_os("FLASHINFER_RS_KERNELS_LIB") {
-        use_prebuilt(&ctx, Path::new(&library));
+        use_prebuilt(Path::new(&library));
         return;
     }
     if ctx.archs.is_empty() {
@@ -159,7 +156,6 @@ impl Ctx {
 fn declare_rerun_triggers(ctx: &Ctx) {
     println!("cargo::rustc-check-cfg=cfg(flashinfer_kernels)");
     println!("cargo::rustc-check-cfg=cfg(flashinfer_prebuilt)");
-    println!("cargo:rerun-if-changed=src/bindings.rs");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed={}", ctx.csrc().display());
     println!(
@@ -305,39 +301,18 @@ fn emit_metadata(ctx: &Ctx, pin: &Pin) {
     println!("cargo:archs={}", archs.join(","));
 }
 
-/// `MoeTensor` (src/lib.rs) from the header's `FI_MOE_TENSORS` list; every build, docs.rs
-/// included, since the safe crate names fused tensors by it.
-fn generate_moe_tensors(ctx: &Ctx) {
-    let header = ctx.csrc().join("flashinfer_rs.h");
-    let text = fs::read_to_string(&header)
-        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", header.display())));
-    let names = moe_tensors::parse(&text).unwrap_or_else(|e| fail(&e));
-    fs::write(
-        ctx.out_dir.join("moe_tensors.rs"),
-        moe_tensors::generate(&names),
-    )
-    .unwrap_or_else(|e| fail(&format!("cannot write moe_tensors.rs: {e}")));
-}
-
 /// A build against a prebuilt kernel library (`scripts/kernels-lib.sh` makes one): no nvcc,
-/// no fetched sources, nothing linked. The bindings become calls through a table that
-/// src/prebuilt.rs loads at first use, after checking the library's record (crate, FlashInfer
-/// and ABI versions, the architectures this build's features ask for) and its sha256.
-fn use_prebuilt(ctx: &Ctx, library: &Path) {
+/// no fetched sources, nothing linked. The bindings become calls through a table
+/// (src/generated/prebuilt.rs, selected by the cfg set here) that src/prebuilt.rs loads at
+/// first use, after checking the library's record (crate, FlashInfer and ABI versions, the
+/// architectures this build's features ask for) and its sha256.
+fn use_prebuilt(library: &Path) {
     if !library.is_absolute() {
         fail(&format!(
             "FLASHINFER_RS_KERNELS_LIB must be an absolute path, got {}",
             library.display()
         ));
     }
-    let bindings = ctx.root.join("src/bindings.rs");
-    let text = fs::read_to_string(&bindings)
-        .unwrap_or_else(|e| fail(&format!("cannot read {}: {e}", bindings.display())));
-    fs::write(
-        ctx.out_dir.join("bindings_prebuilt.rs"),
-        prebuilt::transform(&text),
-    )
-    .unwrap_or_else(|e| fail(&format!("cannot write the prebuilt bindings: {e}")));
     println!(
         "cargo:rustc-env=FLASHINFER_RS_KERNELS_LIB_DEFAULT={}",
         library.display()

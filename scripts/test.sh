@@ -4,7 +4,8 @@
 # Sets up what it needs (CUDA 13.0 nvcc and the pinned FlashInfer sources, both sha-checked,
 # cached under ~/.cache/flashinfer-rs), then:
 #   1. without kernels: what a crate that depends on us gets with no arch feature and no nvcc
-#      (builds, documents, every entry point says "kernels not built"), README doctests, and
+#      (builds, documents, every entry point says "kernels not built"), README doctests, the
+#      committed generated sources (`cargo xtask generate --check`), and
 #      the reference server (serve/) on its CPU backend: its tests and the seed's scenario
 #      played by a real client (scripts/serve-client-test.sh);
 #   2. the Hopper kernels (`sm90` with the CUTLASS fused MoE `sm90-moe`, and `nccl`, `serde`,
@@ -77,6 +78,9 @@ stage "1/8: no arch feature (no nvcc needed), doctests included"
 cargo test --workspace
 # No function over 120 lines in flashinfer-rs/src or flashinfer-sys/csrc/.
 cargo xtask long-functions
+# flashinfer-sys/src/generated/ is what `cargo xtask generate` makes of the C header and the
+# bindings (flashinfer-sys's build script generates no Rust).
+cargo xtask generate --check
 # The seed's scenario as a client plays it: the reference server on the transformers fixture
 # model, curl and Python (numpy, requests, openai) decoding routed_experts (CPU backend).
 bash scripts/serve-client-test.sh

@@ -22,14 +22,15 @@
 
 #[cfg(not(flashinfer_prebuilt))]
 mod bindings;
-/// The bindings of a prebuilt build, derived from `src/bindings.rs` by build.rs.
+/// The bindings of a prebuilt build, derived from `src/bindings.rs` by `cargo xtask generate`.
 #[cfg(flashinfer_prebuilt)]
 #[allow(clippy::all, missing_docs)]
 mod bindings {
-    include!(concat!(env!("OUT_DIR"), "/bindings_prebuilt.rs"));
+    include!("generated/prebuilt.rs");
 }
 pub use bindings::*;
-include!(concat!(env!("OUT_DIR"), "/moe_tensors.rs"));
+// `MoeTensor`, from the header's `FI_MOE_TENSORS` list by `cargo xtask generate`.
+include!("generated/moe_tensors.rs");
 pub mod prebuilt;
 
 /// The FlashInfer release these kernels are compiled from.

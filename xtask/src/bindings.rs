@@ -4,7 +4,8 @@
 //!
 //! Needs bindgen-cli (`cargo install bindgen-cli --version 0.72.1 --locked`) and libclang
 //! (Debian: `apt-get install libclang-dev`). Run after every change to the header, then
-//! `cargo test -p flashinfer-sys` (the layout test compares Rust and C struct layouts).
+//! `cargo test -p flashinfer-sys` (the layout test compares Rust and C struct layouts). It
+//! runs `cargo xtask generate` last: the files derived from the header and the bindings.
 
 use std::io::ErrorKind;
 use std::path::Path;
@@ -69,5 +70,5 @@ pub fn run(root: &Path) -> Result<ExitCode> {
         .context("cannot run rustfmt")?;
     ensure!(fmt.success(), "rustfmt {OUT} failed ({fmt})");
     println!("wrote {OUT}");
-    Ok(ExitCode::SUCCESS)
+    crate::generate::run(root, false)
 }

@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 mod bench_tables;
 mod bindings;
 mod executables;
+mod generate;
 mod kernels_lib;
 mod long_functions;
 mod msrv;
@@ -34,7 +35,11 @@ cargo xtask <command> [args]
                               prints its path last
   bench-tables BENCH.md TORCH.md
                               BENCHMARKS.md from one GPU run's outputs, on stdout
-  bindings                    regenerates flashinfer-sys/src/bindings.rs with bindgen
+  bindings                    regenerates flashinfer-sys/src/bindings.rs with bindgen, then
+                              runs `generate`
+  generate [--check]          writes flashinfer-sys/src/generated/ (the MoeTensor enum from
+                              the C header, the prebuilt-library bindings from bindings.rs);
+                              --check writes nothing and exits 1 naming each stale file
 ";
 
 fn main() -> ExitCode {
@@ -77,6 +82,11 @@ fn run() -> Result<ExitCode> {
             no_args(&command, &rest)?;
             bindings::run(&root)
         }
+        "generate" => match rest.as_slice() {
+            [] => generate::run(&root, false),
+            [check] if check == "--check" => generate::run(&root, true),
+            _ => bail!("usage: cargo xtask generate [--check]"),
+        },
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(ExitCode::SUCCESS)

@@ -1,8 +1,12 @@
 //! The bindings of a build against a prebuilt kernel library (`FLASHINFER_RS_KERNELS_LIB`),
-//! derived from `src/bindings.rs` (the one description of the C ABI in Rust): every
-//! `extern "C"` function becomes a Rust function of the same signature that calls through
-//! a table loaded once, at first use, by `src/prebuilt.rs`. Nothing is written twice: a
-//! function added to the header reaches both modes when the bindings are regenerated.
+//! flashinfer-sys/src/generated/prebuilt.rs, derived from `src/bindings.rs` (the one
+//! description of the C ABI in Rust): every `extern "C"` function becomes a Rust function of
+//! the same signature that calls through a table loaded once, at first use, by
+//! `src/prebuilt.rs`. Nothing is written twice: a function added to the header reaches both
+//! modes when the bindings are regenerated (`cargo xtask bindings` runs `generate` after
+//! bindgen).
+
+use anyhow::{anyhow, bail, Context, Result};
 
 /// One `pub fn` of an `extern "C"` block.
 struct Function {
@@ -16,7 +20,7 @@ struct Function {
 }
 
 /// `src/bindings.rs` with its `extern "C"` blocks replaced by calls through the table.
-pub fn transform(bindings: &str) -> String {
+pub fn transform(bindings: &str) -> Result<String> {
     let mut out = String::new();
     let mut functions = Vec::new();
     let mut rest = bindings;
@@ -27,19 +31,19 @@ pub fn transform(bindings: &str) -> String {
         let end = rest[body_start..]
             .find("\n}\n")
             .map(|e| body_start + e)
-            .expect("an extern block ends with `}` on its own line");
-        functions.push(parse(&rest[body_start..end]));
+            .context("an extern block does not end with `}` on its own line")?;
+        functions.push(parse(&rest[body_start..end])?);
         rest = &rest[end + 3..];
     }
     out.push_str(rest);
     for f in &functions {
-        out.push_str(&wrapper(f));
+        out.push_str(&wrapper(f)?);
     }
     out.push_str(&table(&functions));
-    out
+    Ok(out)
 }
 
-fn parse(block: &str) -> Function {
+fn parse(block: &str) -> Result<Function> {
     let (attrs, decl): (Vec<&str>, Vec<&str>) = block
         .lines()
         .map(str::trim)
@@ -47,27 +51,30 @@ fn parse(block: &str) -> Function {
     let decl = decl.join(" ");
     let decl = decl
         .strip_prefix("pub fn ")
-        .unwrap_or_else(|| panic!("not a function: {decl}"));
-    let open = decl.find('(').unwrap();
-    let close = decl.rfind(')').unwrap();
+        .ok_or_else(|| anyhow!("not a function: {decl}"))?;
+    let (Some(open), Some(close)) = (decl.find('('), decl.rfind(')')) else {
+        bail!("no argument list: {decl}");
+    };
     let name = decl[..open].trim().to_string();
     let args = decl[open + 1..close]
         .split(',')
         .map(str::trim)
         .filter(|a| !a.is_empty())
         .map(|a| {
-            let (n, t) = a.split_once(':').expect("name: type");
-            (n.trim().to_string(), t.trim().to_string())
+            let (n, t) = a
+                .split_once(':')
+                .ok_or_else(|| anyhow!("{name}: argument `{a}` is not `name: type`"))?;
+            Ok((n.trim().to_string(), t.trim().to_string()))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let tail = decl[close + 1..].trim().trim_end_matches(';').trim();
     let ret = tail.strip_prefix("->").map(|r| r.trim().to_string());
-    Function {
+    Ok(Function {
         attrs: attrs.into_iter().map(String::from).collect(),
         name,
         args,
         ret,
-    }
+    })
 }
 
 fn signature(f: &Function) -> (String, String) {
@@ -81,19 +88,19 @@ fn signature(f: &Function) -> (String, String) {
 }
 
 /// What a function answers when the library cannot be used.
-fn fallback(f: &Function) -> &'static str {
-    match (f.name.as_str(), f.ret.as_deref()) {
+fn fallback(f: &Function) -> Result<&'static str> {
+    Ok(match (f.name.as_str(), f.ret.as_deref()) {
         ("fi_last_error_message", _) => "crate::prebuilt::load_error()",
         (_, Some("fi_status")) => "crate::prebuilt::unavailable()",
         (_, Some("*const ::core::ffi::c_char")) => "c\"\".as_ptr()",
         (_, Some("i32")) => "0",
         (_, Some("usize")) => "0",
         (_, None) => "()",
-        (name, Some(other)) => panic!("{name}: no fallback for return type {other}"),
-    }
+        (name, Some(other)) => bail!("{name}: no fallback for return type {other}"),
+    })
 }
 
-fn wrapper(f: &Function) -> String {
+fn wrapper(f: &Function) -> Result<String> {
     let (args, ret) = signature(f);
     let names: Vec<&str> = f.args.iter().map(|(n, _)| n.as_str()).collect();
     let mut s = String::new();
@@ -108,9 +115,9 @@ fn wrapper(f: &Function) -> String {
          Some(t) => unsafe {{ (t.{name})({call}) }},\n        None => {fallback},\n    }}\n}}\n",
         name = f.name,
         call = names.join(", "),
-        fallback = fallback(f),
+        fallback = fallback(f)?,
     ));
-    s
+    Ok(s)
 }
 
 fn table(functions: &[Function]) -> String {

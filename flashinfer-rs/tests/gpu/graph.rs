@@ -54,7 +54,11 @@ fn graph_runs(cfg: RoutingConfig, tokens: usize, launches: usize) {
         g.stream.memcpy_htod(&fresh, &mut logits).unwrap();
         graph.launch().unwrap();
         let got = g.stream.clone_dtoh(&replay).unwrap();
-        assert_eq!(&got[..tokens * k], &want.ids[..], "{name}: graph launch {i}");
+        assert_eq!(
+            &got[..tokens * k],
+            &want.ids[..],
+            "{name}: graph launch {i}"
+        );
         assert!(
             got[tokens * k..].iter().all(|&x| x == -1),
             "{name}: graph launch {i} wrote past num_tokens"

@@ -218,32 +218,52 @@ impl Meta {
     }
 }
 
-/// A non-streaming answer: waits for the end.
+/// An engine event as a response body: a delta's chunk (`false`: more follow) or the end's
+/// choice with the usage (`true`); a failure's message as the error.
+fn event_body(
+    meta: &Meta,
+    event: Option<Event>,
+    chunk: bool,
+    first: bool,
+) -> Result<(Value, bool), String> {
+    let (text, ids, routed, finish, usage) = match event {
+        Some(Event::Delta { ids, text, routed }) => (text, ids, routed, None, None),
+        Some(Event::Finished {
+            reason,
+            ids,
+            text,
+            routed,
+            prompt_tokens,
+            completion_tokens,
+        }) => (
+            text,
+            ids,
+            routed,
+            Some(reason),
+            Some((prompt_tokens, completion_tokens)),
+        ),
+        Some(Event::Failed(m)) => return Err(m),
+        None => return Err("the engine stopped".into()),
+    };
+    let choice = meta.choice(Part {
+        text: &text,
+        ids: &ids,
+        finish: finish.map(|r| r.as_str()),
+        routed: routed.as_ref(),
+        chunk,
+        first,
+    });
+    Ok((meta.envelope(choice, chunk, usage), finish.is_some()))
+}
+
+/// A non-streaming answer: waits for the end (the engine sends no deltas to such a request;
+/// any would be skipped).
 async fn whole(meta: Meta, mut stream: RequestStream) -> Response {
     loop {
-        match stream.next().await {
-            Some(Event::Finished {
-                reason,
-                ids,
-                text,
-                routed,
-                prompt_tokens,
-                completion_tokens,
-            }) => {
-                let choice = meta.choice(Part {
-                    text: &text,
-                    ids: &ids,
-                    finish: Some(reason.as_str()),
-                    routed: routed.as_ref(),
-                    chunk: false,
-                    first: false,
-                });
-                let body = meta.envelope(choice, false, Some((prompt_tokens, completion_tokens)));
-                return Json(body).into_response();
-            }
-            Some(Event::Delta { .. }) => continue,
-            Some(Event::Failed(m)) => return ApiError::internal(m).into_response(),
-            None => return ApiError::internal("the engine stopped").into_response(),
+        match event_body(&meta, stream.next().await, false, false) {
+            Ok((body, true)) => return Json(body).into_response(),
+            Ok((_, false)) => continue,
+            Err(m) => return ApiError::internal(m).into_response(),
         }
     }
 }
@@ -268,46 +288,10 @@ fn sse(
             SseState::Done => return Some((Ok(SseEvent::default().data("[DONE]")), SseState::End)),
             SseState::Open(meta, stream, first) => (meta, stream, first),
         };
-        let (data, next) = match stream.next().await {
-            Some(Event::Delta { ids, text, routed }) => {
-                let choice = meta.choice(Part {
-                    text: &text,
-                    ids: &ids,
-                    finish: None,
-                    routed: routed.as_ref(),
-                    chunk: true,
-                    first,
-                });
-                let data = meta.envelope(choice, true, None).to_string();
-                (data, SseState::Open(meta, stream, false))
-            }
-            Some(Event::Finished {
-                reason,
-                ids,
-                text,
-                routed,
-                prompt_tokens,
-                completion_tokens,
-            }) => {
-                let choice = meta.choice(Part {
-                    text: &text,
-                    ids: &ids,
-                    finish: Some(reason.as_str()),
-                    routed: routed.as_ref(),
-                    chunk: true,
-                    first,
-                });
-                let usage = Some((prompt_tokens, completion_tokens));
-                (
-                    meta.envelope(choice, true, usage).to_string(),
-                    SseState::Done,
-                )
-            }
-            Some(Event::Failed(m)) => (ApiError::internal(m).body().to_string(), SseState::Done),
-            None => (
-                ApiError::internal("the engine stopped").body().to_string(),
-                SseState::Done,
-            ),
+        let (data, next) = match event_body(&meta, stream.next().await, true, first) {
+            Ok((body, false)) => (body.to_string(), SseState::Open(meta, stream, false)),
+            Ok((body, true)) => (body.to_string(), SseState::Done),
+            Err(m) => (ApiError::internal(m).body().to_string(), SseState::Done),
         };
         Some((Ok(SseEvent::default().data(data)), next))
     });

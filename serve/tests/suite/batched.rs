@@ -7,34 +7,12 @@
 use crate::common::*;
 use candle_core::{DType, Device};
 use flashinfer_rs_serve::model::device::{DTypeArg, DeviceError, DeviceKind, Placement};
-use flashinfer_rs_serve::model::moe::{BackendKind, StepCapture};
+use flashinfer_rs_serve::model::moe::BackendKind;
 use flashinfer_rs_serve::model::random::{random_tensors, RandomSource};
 use flashinfer_rs_serve::model::weights::TensorSource;
-use flashinfer_rs_serve::model::{KvCache, Model, Qwen3MoeConfig, SeqInput};
+use flashinfer_rs_serve::model::{Model, Qwen3MoeConfig};
 
-/// Runs `steps` (per step, each request's new tokens; an empty slice skips it) through
-/// `model`; returns every step's logits and token-major routed ids.
-fn drive(model: &Model, steps: &[Vec<Vec<u32>>]) -> Vec<(Vec<Vec<f32>>, Vec<i16>)> {
-    let (l, k, _) = model.capture_shape();
-    let mut caches: Vec<KvCache> = (0..steps[0].len()).map(|_| KvCache::default()).collect();
-    let mut out = Vec::new();
-    for step in steps {
-        let n: usize = step.iter().map(Vec::len).sum();
-        let mut cap = StepCapture::new(n, l, k, false);
-        let mut seqs: Vec<SeqInput<'_>> = step
-            .iter()
-            .zip(caches.iter_mut())
-            .filter(|(t, _)| !t.is_empty())
-            .map(|(tokens, cache)| SeqInput { tokens, cache })
-            .collect();
-        let logits = model.forward(&mut seqs, &mut cap).unwrap();
-        assert_eq!(logits.dtype(), DType::F32);
-        out.push((logits.to_vec2::<f32>().unwrap(), cap.to_step_rows().ids));
-    }
-    out
-}
-
-fn steps() -> Vec<Vec<Vec<u32>>> {
+fn steps() -> Steps {
     let p = |n: u32, from: u32| (0..n).map(|i| (from + i * 37) % 259).collect::<Vec<u32>>();
     vec![
         // Two prefills (one chunked) and a request joining later.
@@ -58,7 +36,10 @@ fn batched_equals_row_by_row_on_the_cpu() {
         let rows = Model::load(&cfg, &w, BackendKind::Cpu).unwrap();
         let place = Placement::on(Device::Cpu, DType::F32).unwrap();
         let batched = Model::load_on(&cfg, &w, BackendKind::Cpu, &place).unwrap();
-        let (a, b) = (drive(&rows, &steps()), drive(&batched, &steps()));
+        let (a, b) = (
+            drive(&rows, &steps(), false),
+            drive(&batched, &steps(), false),
+        );
         for (s, ((la, ia), (lb, ib))) in a.iter().zip(&b).enumerate() {
             assert_eq!(ia, ib, "step {s}: routed experts");
             for (ra, rb) in la.iter().zip(lb) {
@@ -87,7 +68,10 @@ fn device_kv_caches_grow() {
         vec![p(100, 7), vec![9]],
         vec![vec![5], vec![10]],
     ];
-    for ((la, ia), (lb, ib)) in drive(&rows, &steps).iter().zip(&drive(&batched, &steps)) {
+    for ((la, ia), (lb, ib)) in drive(&rows, &steps, false)
+        .iter()
+        .zip(&drive(&batched, &steps, false))
+    {
         assert_eq!(ia, ib);
         for (ra, rb) in la.iter().zip(lb) {
             assert!(ra.iter().zip(rb).all(|(x, y)| (x - y).abs() < 1e-4));
@@ -99,10 +83,14 @@ fn device_kv_caches_grow() {
 fn bf16_dense_parts_run_batched() {
     let cfg = tiny(&[1]);
     let w = random_tensors(&cfg, 3).unwrap();
-    let rows = drive(&Model::load(&cfg, &w, BackendKind::Cpu).unwrap(), &steps());
+    let rows = drive(
+        &Model::load(&cfg, &w, BackendKind::Cpu).unwrap(),
+        &steps(),
+        false,
+    );
     let place = Placement::on(Device::Cpu, DType::BF16).unwrap();
     let m = Model::load_on(&cfg, &w, BackendKind::Cpu, &place).unwrap();
-    let bf = drive(&m, &steps());
+    let bf = drive(&m, &steps(), false);
     let argmax = |r: &[f32]| (0..r.len()).max_by(|&i, &j| r[i].total_cmp(&r[j])).unwrap();
     let (mut same, mut all) = (0, 0);
     for ((la, _), (lb, _)) in rows.iter().zip(&bf) {
@@ -143,7 +131,7 @@ fn per_tensor_random_weights_are_deterministic_and_build_the_model() {
     assert!(a.contains("lm_head.weight") && !a.contains("model.layers.1.mlp.gate.weight"));
     let place = Placement::on(Device::Cpu, DType::F32).unwrap();
     let m = Model::load_on(&cfg, &a, BackendKind::Cpu, &place).unwrap();
-    let out = drive(&m, &steps());
+    let out = drive(&m, &steps(), false);
     assert!(out
         .iter()
         .all(|(l, _)| l.iter().flatten().all(|x| x.is_finite())));

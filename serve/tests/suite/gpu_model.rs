@@ -7,9 +7,9 @@
 
 use crate::common::*;
 use flashinfer_rs_serve::model::device::{DTypeArg, DeviceKind, Placement};
-use flashinfer_rs_serve::model::moe::{BackendKind, StepCapture};
+use flashinfer_rs_serve::model::moe::BackendKind;
 use flashinfer_rs_serve::model::random::random_tensors;
-use flashinfer_rs_serve::model::{KvCache, Model, Qwen3MoeConfig, SeqInput};
+use flashinfer_rs_serve::model::{Model, Qwen3MoeConfig};
 
 fn gpu(dtype: DTypeArg) -> Option<Placement> {
     match Placement::open(DeviceKind::Cuda, Some(dtype)) {
@@ -24,8 +24,6 @@ fn gpu(dtype: DTypeArg) -> Option<Placement> {
     }
 }
 
-type Steps = Vec<Vec<Vec<u32>>>;
-
 fn steps() -> Steps {
     let p = |n: u32, from: u32| (0..n).map(|i| (from + i * 37) % 259).collect::<Vec<u32>>();
     vec![
@@ -34,26 +32,6 @@ fn steps() -> Steps {
         vec![vec![12], vec![40], vec![41]],
         vec![vec![13], vec![], vec![42]],
     ]
-}
-
-/// Every step's logits and token-major routed ids.
-fn drive(model: &Model, steps: &Steps) -> Vec<(Vec<Vec<f32>>, Vec<i16>)> {
-    let (l, k, _) = model.capture_shape();
-    let mut caches: Vec<KvCache> = (0..steps[0].len()).map(|_| KvCache::default()).collect();
-    let mut out = Vec::new();
-    for step in steps {
-        let n: usize = step.iter().map(Vec::len).sum();
-        let mut cap = StepCapture::new(n, l, k, true);
-        let mut seqs: Vec<SeqInput<'_>> = step
-            .iter()
-            .zip(caches.iter_mut())
-            .filter(|(t, _)| !t.is_empty())
-            .map(|(tokens, cache)| SeqInput { tokens, cache })
-            .collect();
-        let logits = model.forward(&mut seqs, &mut cap).unwrap();
-        out.push((logits.to_vec2::<f32>().unwrap(), cap.to_step_rows().ids));
-    }
-    out
 }
 
 #[test]
@@ -66,10 +44,11 @@ fn the_model_on_cuda_matches_the_cpu_model() {
     let reference = drive(
         &Model::load(&cfg, &w, BackendKind::Hopper).unwrap(),
         &steps(),
+        true,
     );
     let m = Model::load_on(&cfg, &w, BackendKind::Auto, &place).unwrap();
     assert_eq!(m.moe().name(), "hopper");
-    let got = drive(&m, &steps());
+    let got = drive(&m, &steps(), true);
     let (mut rows, mut same) = (0, 0);
     for (s, ((la, ia), (lb, ib))) in reference.iter().zip(&got).enumerate() {
         assert!(
@@ -105,10 +84,12 @@ fn bf16_on_cuda_runs_and_mostly_agrees() {
     let reference = drive(
         &Model::load(&cfg, &w, BackendKind::Hopper).unwrap(),
         &steps(),
+        true,
     );
     let got = drive(
         &Model::load_on(&cfg, &w, BackendKind::Hopper, &place).unwrap(),
         &steps(),
+        true,
     );
     let argmax = |r: &[f32]| (0..r.len()).max_by(|&i, &j| r[i].total_cmp(&r[j])).unwrap();
     let (mut all, mut same) = (0, 0);

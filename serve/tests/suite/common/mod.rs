@@ -53,6 +53,31 @@ pub fn tiny_checkpoint(name: &str, seed: u64) -> PathBuf {
 
 /// The MoE backend the tests run on: `FLASHINFER_RS_SERVE_BACKEND` (`cpu`, the default, or
 /// `hopper`: the GPU run of the same tests through flashinfer-rs's Hopper layer).
+/// Per step, each request's new tokens (an empty slice: the request sits the step out).
+pub type Steps = Vec<Vec<Vec<u32>>>;
+
+/// Runs `steps` through `model` (each request with its own KV cache), capturing the routing
+/// weights too when `weights`; returns every step's logits (f32) and token-major routed ids.
+pub fn drive(model: &Model, steps: &Steps, weights: bool) -> Vec<(Vec<Vec<f32>>, Vec<i16>)> {
+    let (l, k, _) = model.capture_shape();
+    let mut caches: Vec<KvCache> = (0..steps[0].len()).map(|_| KvCache::default()).collect();
+    let mut out = Vec::new();
+    for step in steps {
+        let n: usize = step.iter().map(Vec::len).sum();
+        let mut cap = StepCapture::new(n, l, k, weights);
+        let mut seqs: Vec<SeqInput<'_>> = step
+            .iter()
+            .zip(caches.iter_mut())
+            .filter(|(t, _)| !t.is_empty())
+            .map(|(tokens, cache)| SeqInput { tokens, cache })
+            .collect();
+        let logits = model.forward(&mut seqs, &mut cap).unwrap();
+        assert_eq!(logits.dtype(), DType::F32);
+        out.push((logits.to_vec2::<f32>().unwrap(), cap.to_step_rows().ids));
+    }
+    out
+}
+
 pub fn backend() -> BackendKind {
     match std::env::var("FLASHINFER_RS_SERVE_BACKEND").as_deref() {
         Err(_) | Ok("") | Ok("cpu") => BackendKind::Cpu,

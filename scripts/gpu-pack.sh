@@ -15,6 +15,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 features=${FEATURES:-sm90-moe},nccl
 python3 flashinfer-sys/vendor/fetch.py all
+# The peer the layer bench is compared with (vLLM's Triton fused MoE): sha-pinned, extracted.
+bash scripts/fetch-peers.sh gpu-pack/peers/vllm
 rm -rf gpu-pack/bin gpu-pack/run.sh gpu-pack/bench.sh gpu-pack/ranks.sh && mkdir -p gpu-pack/bin
 cargo build --release -p flashinfer-rs --features "$features" --examples "$@"
 # The test and bench executables cargo built, copied under their target names (xtask/).

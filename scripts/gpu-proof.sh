@@ -4,7 +4,9 @@
 # part in $OUT/summary.txt:
 #
 #     bash scripts/gpu-proof.sh suite      # gpu-pack.tar.xz: GPU suite + ranks + examples,
-#                                          # downstream/candle's tests, the layer bench
+#                                          # downstream/candle's tests, the layer bench, vLLM's
+#                                          # Triton fused MoE on the same GPU (gpu-pack/peers,
+#                                          # scripts/fetch-peers.sh), the decode kernels' probe
 #     bash scripts/gpu-proof.sh serve      # gpu-pack-serve.tar.xz: serve suite on the Hopper
 #                                          # backend, client repro, fixtures
 #     bash scripts/gpu-proof.sh serve-bench ours|peer   # the served-model bench, one side
@@ -38,6 +40,8 @@ case ${1:-suite} in
     part candle bash gpu-pack/candle/run.sh
     part bench-layer bash gpu-pack/bench.sh layer
     grep -E '^\|' "$out/bench-layer.log" > "$out/bench-layer.md" || true
+    part bench-layer-vllm python3 scripts/bench_vllm_moe.py
+    part decode-probe bash scripts/decode-probe.sh
     ;;
   serve)
     tar xJf gpu-pack-serve.tar.xz

@@ -1,0 +1,230 @@
+// moe_decode_probe.cu: the decode kernels (../moe_decode.cu) alone, for tuning them on a GPU
+// machine that has nvcc but no cargo: checks them against a host reference on a few shapes,
+// then times them in CUDA graphs (20 calls per graph launch, median of 30 launches) at the
+// Qwen3-30B-A3B and DeepSeek-V3-sized layers, with the bytes of the routed experts' weights
+// over the time beside the GPU's bandwidth. The crate's own tests and bench (tests/gpu,
+// benches/moe_layer.rs) are the proof; this is the workbench.
+//
+//     bash scripts/decode-probe.sh        # on the GPU machine: builds with nvcc and runs
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+#include "moe_decode.h"
+
+#define CHECK(x)                                                                      \
+  do {                                                                                \
+    cudaError_t e = (x);                                                              \
+    if (e != cudaSuccess) {                                                           \
+      std::fprintf(stderr, "%s:%d %s: %s\n", __FILE__, __LINE__, #x, cudaGetErrorString(e)); \
+      std::exit(1);                                                                   \
+    }                                                                                 \
+  } while (0)
+
+namespace {
+
+__global__ void fill(__nv_bfloat16* p, size_t n, float scale, uint64_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x) {
+    uint64_t z = (i + seed) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    float u = float(z >> 40) / float(1 << 24);
+    p[i] = __float2bfloat16((2.f * u - 1.f) * scale);
+  }
+}
+
+float bf(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+struct Layer {
+  int experts, top_k, hidden, inter;
+  __nv_bfloat16 *fc1 = nullptr, *fc2 = nullptr;
+};
+
+void make(Layer& l) {
+  size_t n1 = size_t(l.experts) * 2 * l.inter * l.hidden, n2 = size_t(l.experts) * l.hidden * l.inter;
+  CHECK(cudaMalloc(&l.fc1, n1 * 2));
+  CHECK(cudaMalloc(&l.fc2, n2 * 2));
+  fill<<<4096, 256>>>(l.fc1, n1, 2.f / std::sqrt(float(l.hidden)), 1);
+  fill<<<4096, 256>>>(l.fc2, n2, 2.f / std::sqrt(float(l.inter)), 2);
+  CHECK(cudaDeviceSynchronize());
+}
+
+struct Call {
+  int tokens;
+  std::vector<int> ids;
+  std::vector<float> scales;
+  __nv_bfloat16 *x, *out, *act;
+  int* d_ids;
+  float* d_scales;
+};
+
+Call make_call(const Layer& l, int tokens, std::mt19937& rng, bool repeats = false) {
+  Call c{tokens};
+  for (int t = 0; t < tokens; ++t) {
+    std::vector<int> all(l.experts);
+    for (int e = 0; e < l.experts; ++e) all[e] = e;
+    std::shuffle(all.begin(), all.end(), rng);
+    float sum = 0;
+    for (int k = 0; k < l.top_k; ++k) {
+      int id = all[k];
+      if (repeats && k == 1) id = all[0];
+      if (repeats && k == 2 && t % 2) id = -1;
+      c.ids.push_back(id);
+      float s = std::uniform_real_distribution<float>(0.1f, 1.f)(rng);
+      c.scales.push_back(s);
+      sum += s;
+    }
+    for (int k = 0; k < l.top_k; ++k) c.scales[t * l.top_k + k] /= sum;
+  }
+  CHECK(cudaMalloc(&c.x, size_t(tokens) * l.hidden * 2));
+  CHECK(cudaMalloc(&c.out, size_t(tokens) * l.hidden * 2));
+  CHECK(cudaMalloc(&c.act, fi::decode::workspace_bytes(tokens, l.top_k, l.inter)));
+  CHECK(cudaMalloc(&c.d_ids, c.ids.size() * 4));
+  CHECK(cudaMalloc(&c.d_scales, c.scales.size() * 4));
+  fill<<<256, 256>>>(c.x, size_t(tokens) * l.hidden, 1.f, 7 + tokens);
+  CHECK(cudaMemcpy(c.d_ids, c.ids.data(), c.ids.size() * 4, cudaMemcpyHostToDevice));
+  CHECK(cudaMemcpy(c.d_scales, c.scales.data(), c.scales.size() * 4, cudaMemcpyHostToDevice));
+  CHECK(cudaDeviceSynchronize());
+  return c;
+}
+
+void release(Call& c) {
+  cudaFree(c.x);
+  cudaFree(c.out);
+  cudaFree(c.act);
+  cudaFree(c.d_ids);
+  cudaFree(c.d_scales);
+}
+
+fi::decode::Problem problem(const Layer& l, const Call& c, int first = 0, int local = -1) {
+  return fi::decode::Problem{c.x,      c.d_ids,  c.d_scales, l.fc1,   l.fc2,
+                             c.out,    c.act,    c.tokens,   l.top_k, l.hidden,
+                             l.inter,  first,    local < 0 ? l.experts : local};
+}
+
+// Host reference (f32, the activation rounded to bf16), over the layer's experts.
+bool check(const Layer& l, const Call& c, const char* what) {
+  fi::decode::run(problem(l, c), 0);
+  CHECK(cudaDeviceSynchronize());
+  size_t n1 = size_t(l.experts) * 2 * l.inter * l.hidden, n2 = size_t(l.experts) * l.hidden * l.inter;
+  std::vector<__nv_bfloat16> w1(n1), w2(n2), x(size_t(c.tokens) * l.hidden),
+      out(size_t(c.tokens) * l.hidden);
+  CHECK(cudaMemcpy(w1.data(), l.fc1, n1 * 2, cudaMemcpyDeviceToHost));
+  CHECK(cudaMemcpy(w2.data(), l.fc2, n2 * 2, cudaMemcpyDeviceToHost));
+  CHECK(cudaMemcpy(x.data(), c.x, x.size() * 2, cudaMemcpyDeviceToHost));
+  CHECK(cudaMemcpy(out.data(), c.out, out.size() * 2, cudaMemcpyDeviceToHost));
+  double worst = 0;
+  for (int t = 0; t < c.tokens; ++t) {
+    std::vector<float> y(l.hidden, 0.f);
+    for (int k = 0; k < l.top_k; ++k) {
+      int e = c.ids[t * l.top_k + k];
+      if (e < 0 || e >= l.experts) continue;
+      std::vector<float> a(l.inter);
+      for (int i = 0; i < l.inter; ++i) {
+        float u = 0, g = 0;
+        for (int h = 0; h < l.hidden; ++h) {
+          float xv = bf(x[size_t(t) * l.hidden + h]);
+          u += bf(w1[(size_t(e) * 2 * l.inter + i) * l.hidden + h]) * xv;
+          g += bf(w1[(size_t(e) * 2 * l.inter + l.inter + i) * l.hidden + h]) * xv;
+        }
+        a[i] = bf(__float2bfloat16(g / (1.f + std::exp(-g)) * u));
+      }
+      for (int h = 0; h < l.hidden; ++h) {
+        float d = 0;
+        for (int i = 0; i < l.inter; ++i) d += bf(w2[(size_t(e) * l.hidden + h) * l.inter + i]) * a[i];
+        y[h] += c.scales[t * l.top_k + k] * d;
+      }
+    }
+    for (int h = 0; h < l.hidden; ++h) {
+      double err = std::fabs(y[h] - bf(out[size_t(t) * l.hidden + h])) / (0.02 + 0.02 * std::fabs(y[h]));
+      worst = std::max(worst, err);
+    }
+  }
+  bool ok = worst <= 1.0;
+  std::printf("check %-44s %s (worst error / tolerance %.3f)\n", what, ok ? "ok" : "FAILED", worst);
+  return ok;
+}
+
+double time_us(const Layer& l, const Call& c, cudaStream_t s) {
+  cudaGraph_t graph;
+  cudaGraphExec_t exec;
+  CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
+  for (int i = 0; i < 20; ++i) fi::decode::run(problem(l, c), s);
+  CHECK(cudaStreamEndCapture(s, &graph));
+  CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  cudaEvent_t a, b;
+  CHECK(cudaEventCreate(&a));
+  CHECK(cudaEventCreate(&b));
+  std::vector<float> ms;
+  for (int r = 0; r < 35; ++r) {
+    CHECK(cudaEventRecord(a, s));
+    CHECK(cudaGraphLaunch(exec, s));
+    CHECK(cudaEventRecord(b, s));
+    CHECK(cudaEventSynchronize(b));
+    float m;
+    CHECK(cudaEventElapsedTime(&m, a, b));
+    if (r >= 5) ms.push_back(m);
+  }
+  std::sort(ms.begin(), ms.end());
+  cudaGraphExecDestroy(exec);
+  cudaGraphDestroy(graph);
+  return ms[ms.size() / 2] * 1000.0 / 20;
+}
+
+}  // namespace
+
+int main() {
+  cudaDeviceProp prop;
+  CHECK(cudaGetDeviceProperties(&prop, 0));
+  double bw = std::string(prop.name).find("H200") != std::string::npos ? 4.8e12 : 3.35e12;
+  std::printf("%s, %d SMs, bandwidth used %.2f TB/s\n", prop.name, prop.multiProcessorCount, bw / 1e12);
+  std::mt19937 rng(5);
+  bool ok = true;
+  {
+    struct S { int e, k, h, i, t; bool rep; const char* name; };
+    for (S s : {S{16, 4, 256, 128, 1, false, "E16 K4 H256 I128 T1"},
+                S{16, 4, 256, 128, 64, false, "E16 K4 H256 I128 T64 (groups > 8)"},
+                S{8, 2, 320, 192, 7, false, "E8 K2 H320 I192 T7 (tails)"},
+                S{16, 4, 256, 128, 5, true, "E16 K4 T5, repeated and stray ids"},
+                S{128, 8, 2048, 768, 3, false, "Qwen3 T3"}}) {
+      Layer l{s.e, s.k, s.h, s.i};
+      make(l);
+      Call c = make_call(l, s.t, rng, s.rep);
+      ok &= check(l, c, s.name);
+      release(c);
+      cudaFree(l.fc1);
+      cudaFree(l.fc2);
+    }
+  }
+  cudaStream_t stream;
+  CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  struct M { const char* name; int e, k, h, i; std::vector<int> tokens; };
+  for (M m : {M{"Qwen3-30B-A3B", 128, 8, 2048, 768, {1, 2, 4, 8, 16, 32, 64}},
+              M{"DeepSeek-V3-sized bf16", 256, 8, 7168, 2048, {1, 2, 4, 8, 16, 32, 64}}}) {
+    Layer l{m.e, m.k, m.h, m.i};
+    make(l);
+    std::printf("\n%s: tokens | decode kernels (us) | experts read | weight bytes / time (TB/s) | of bandwidth\n", m.name);
+    for (int t : m.tokens) {
+      Call c = make_call(l, t, rng);
+      std::vector<bool> hit(l.experts);
+      for (int id : c.ids) hit[id] = true;
+      int read = int(std::count(hit.begin(), hit.end(), true));
+      double bytes = double(read) * 3.0 * l.hidden * l.inter * 2.0;
+      double us = time_us(l, c, stream);
+      std::printf("%6d | %8.1f | %4d | %.2f | %.0f%%\n", t, us, read, bytes / (us * 1e-6) / 1e12,
+                  100.0 * bytes / (us * 1e-6) / bw);
+      release(c);
+    }
+    cudaFree(l.fc1);
+    cudaFree(l.fc2);
+  }
+  return ok ? 0 : 1;
+}

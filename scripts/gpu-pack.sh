@@ -95,5 +95,6 @@ chmod +x gpu-pack/ranks.sh
 du -sh gpu-pack/bin/*
 # One compressed file to carry to a GPU machine (the device tool caps what it carries at 64 MiB;
 # the GPU machines have xz, not zstd):  tar xJf gpu-pack.tar.xz && bash gpu-pack/run.sh
-XZ_OPT=${XZ_OPT:--T0} tar cJf gpu-pack.tar.xz gpu-pack
+# gpu-pack/serve (scripts/gpu-pack-serve.sh) travels in its own tarball: both together pass 64 MiB.
+XZ_OPT=${XZ_OPT:--T0} tar cJf gpu-pack.tar.xz --exclude=gpu-pack/serve gpu-pack
 du -sh gpu-pack.tar.xz

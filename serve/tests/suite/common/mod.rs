@@ -29,7 +29,7 @@ pub fn tiny_config(mlp_only: &[usize]) -> Value {
     json!({
         "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
         "vocab_size": 259, "hidden_size": 64, "intermediate_size": 96,
-        "moe_intermediate_size": 32, "num_hidden_layers": LAYERS, "num_attention_heads": 4,
+        "moe_intermediate_size": 64, "num_hidden_layers": LAYERS, "num_attention_heads": 4,
         "num_key_value_heads": 2, "head_dim": 16, "num_experts": EXPERTS,
         "num_experts_per_tok": TOP_K, "decoder_sparse_step": 1, "mlp_only_layers": mlp_only,
         "norm_topk_prob": true, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,

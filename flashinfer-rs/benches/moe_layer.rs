@@ -14,10 +14,11 @@
 //! router (Renormalize). Timing: CUDA events around CUDA-graph launches of 20 back-to-back
 //! layer calls, 5 warm-up replays, 30 timed, capture on and off interleaved replay by replay,
 //! median, of the layer as `CutlassMoe::new` makes it (the decode kernels up to
-//! `DECODE_MAX_TOKENS`, above that the grouped GEMMs with tactics chosen per call). Beside it,
-//! the decode kernels alone up to 64 tokens (`with_decode_max_tokens`, capture off) and the
-//! fastest fixed tactic pair of the grouped GEMMs at that size (`CutlassMoe::with_tactics`, found by a
-//! search per GEMM, capture off, 10 replays each; every timing to stderr). The limits:
+//! `DECODE_MAX_TOKENS` for small experts, else the grouped GEMMs with tactics chosen per
+//! call). Beside it, the decode kernels alone up to 64 tokens (`with_decode_max_tokens`,
+//! capture off) and the fastest fixed tactic pair of the grouped GEMMs at that size
+//! (`CutlassMoe::with_tactics`, found by a search per GEMM, capture off, 10 replays each;
+//! every timing to stderr). The limits:
 //! bytes of expert weights the step must read (the experts its tokens hit, counted from the
 //! replay) / HBM bandwidth, and FLOPs (2 x tokens x top-k x 3 x hidden x intermediate) / dense
 //! bf16 tensor-core peak.

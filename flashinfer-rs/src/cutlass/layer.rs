@@ -172,6 +172,8 @@ pub struct CutlassMoe<W = CudaSlice<bf16>> {
     raw: NonNull<sys::fi_cutlass_moe>,
     /// The runner's scratch, from `fi_cutlass_moe_workspace_size`.
     scratch_bytes: usize,
+    /// Calls of up to this many tokens take the decode kernels.
+    decode_max_tokens: usize,
     /// Whether a call has launched (the first launch is logged).
     launched: AtomicBool,
 }
@@ -228,26 +230,38 @@ impl std::fmt::Display for CutlassTactic {
 }
 
 /// Calls of at most this many tokens take the decode kernels in a layer made by
-/// [`CutlassMoe::new`]: two bandwidth-bound kernels of this crate that read each routed
-/// expert's weights once (GEMM 1 with SwiGLU, then GEMM 2 with the weighted sum), where the
-/// grouped GEMMs' 128-row tiles are mostly empty (BENCHMARKS.md section 7 measures both).
-pub const DECODE_MAX_TOKENS: usize = 8;
+/// [`CutlassMoe::new`] whose experts are small enough ([`DECODE_MAX_EXPERT_SIZE`]): two
+/// bandwidth-bound kernels of this crate that read each routed expert's weights once (GEMM 1
+/// with SwiGLU, then GEMM 2 with the weighted sum) where the grouped GEMMs' 128-row tiles are
+/// mostly empty and their chain of kernels costs more than the bytes. On an H100 (BENCHMARKS.md
+/// section 7b) they took a Qwen3-30B-A3B layer from 54.0 to 39.9 us at one token, 79.7 to
+/// 63.4 at two and 126.7 to 114.8 at four, and tied at eight.
+pub const DECODE_MAX_TOKENS: usize = 4;
+
+/// The largest expert (`hidden_size * intermediate_size`) for which [`CutlassMoe::new`] takes
+/// the decode kernels: a Qwen3-30B-A3B expert is 1.5 Mi (2048 x 768); for a DeepSeek-V3-sized
+/// one, 14 Mi (7168 x 2048), the grouped GEMMs were 4-6% faster at 1-8 tokens on an H100.
+pub const DECODE_MAX_EXPERT_SIZE: usize = 4 << 20;
 
 impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
     /// Checks `config` and `weights` and creates the runner on the weights' device. Calls of
-    /// up to [`DECODE_MAX_TOKENS`] tokens take the decode kernels; larger ones the grouped
-    /// GEMMs, their tactics chosen per call from the call's mean rows per expert (`num_tokens
+    /// up to [`DECODE_MAX_TOKENS`] tokens take the decode kernels where the experts are at most
+    /// [`DECODE_MAX_EXPERT_SIZE`]; the others the grouped GEMMs, their tactics chosen per call
+    /// from the call's mean rows per expert (`num_tokens
     /// * top_k / num_experts`, host-side, no launch): below 16, the 128x16 tile with swapped
     /// operands in both GEMMs; from 16 on, the 128x256 tile (on an H200 within 2.5% of the
     /// fastest of three tiles in both operand orders, BENCHMARKS.md section 7). Answers
     /// [`Error::UnsupportedArch`] off Hopper (sm_90) and [`Error::KernelsNotBuilt`] in a
     /// build without the `sm90-moe` feature.
     pub fn new(config: CutlassMoeConfig, weights: CutlassWeights<W>) -> Result<Self> {
-        Self::create(config, weights, (-1, -1), DECODE_MAX_TOKENS)
+        let small =
+            config.hidden_size.saturating_mul(config.intermediate_size) <= DECODE_MAX_EXPERT_SIZE;
+        let decode_max_tokens = if small { DECODE_MAX_TOKENS } else { 0 };
+        Self::create(config, weights, (-1, -1), decode_max_tokens)
     }
 
     /// [`new`](Self::new) with the decode kernels taking calls of up to `decode_max_tokens`
-    /// tokens (0: never; `usize::MAX`: always) instead of [`DECODE_MAX_TOKENS`]. The
+    /// tokens (0: never; `usize::MAX`: always), whatever the experts' size. The
     /// workspace holds their activations for `min(decode_max_tokens, max_tokens)` tokens.
     pub fn with_decode_max_tokens(
         config: CutlassMoeConfig,
@@ -312,6 +326,7 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
             ctx,
             raw,
             scratch_bytes,
+            decode_max_tokens: decode_max_tokens.min(config.max_tokens),
             launched: AtomicBool::new(false),
         };
         sized?;
@@ -329,6 +344,11 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
     /// The checked configuration.
     pub fn config(&self) -> CutlassMoeConfig {
         *self.plan.config()
+    }
+
+    /// Calls of up to this many tokens take the decode kernels (0: none do).
+    pub fn decode_max_tokens(&self) -> usize {
+        self.decode_max_tokens
     }
 
     /// GEMM 1's and GEMM 2's TMA warp-specialised tactics on this device, in the order

@@ -4,7 +4,8 @@
 //! FlashInfer's `CutlassMoeFCRunner<bf16, bf16>` (TMA warp-specialised grouped GEMMs for
 //! sm_90a) takes precomputed expert ids and scales; here our [`TopKRouter`] computes them in
 //! the same call, so the ids written to `routing_replay_out` are, by construction, the ids the
-//! GEMMs consume. At decode sizes (up to [`DECODE_MAX_TOKENS`]) two kernels of this crate
+//! GEMMs consume. At decode sizes (up to [`DECODE_MAX_TOKENS`], for experts of up to
+//! [`DECODE_MAX_EXPERT_SIZE`]) two kernels of this crate
 //! (flashinfer-sys's `csrc/moe_decode.cu`) take the place of the grouped GEMMs: they read each
 //! routed expert's weights once, at the memory's bandwidth. Layers:
 //! - [`CutlassMoe`] (`layer`): checked once by [`CutlassMoe::new`], called per batch by
@@ -27,6 +28,6 @@ pub mod prepare;
 
 pub use layer::{
     CutlassBatch, CutlassMoe, CutlassRouting, CutlassTactic, CutlassWeights, CutlassWorkspace,
-    WeightBuffer, DECODE_MAX_TOKENS,
+    WeightBuffer, DECODE_MAX_EXPERT_SIZE, DECODE_MAX_TOKENS,
 };
 pub use plan::{CutlassBatchSizes, CutlassMoeConfig, CutlassPlan, CutlassRoutingSizes};

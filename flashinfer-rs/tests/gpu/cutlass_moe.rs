@@ -10,8 +10,8 @@
 //!   choice's threshold;
 //! - expert parallelism: four ranks, each summing only its own experts, add up to the layer;
 //! - precomputed ids give the same output bit for bit;
-//! - the decode kernels (every call of up to `DECODE_MAX_TOKENS` tokens in a layer from
-//!   `new`, which the cases above reach at 1 and 7 tokens) forced onto every size: odd
+//! - the decode kernels (every call of up to `DECODE_MAX_TOKENS` tokens in a layer from `new`
+//!   with small experts, which the cases above reach at 1 token) forced onto every size: odd
 //!   shapes, a Qwen3-sized layer, expert parallelism, repeated and stray precomputed ids;
 //! - a CUDA graph of three layers replayed with fresh inputs equals eager calls (grouped
 //!   GEMMs and decode kernels);

@@ -342,7 +342,7 @@ typedef struct fi_moe_args {
 
 /** The tensors of fi_moe_args, in field order: the one list that the shim's marshalling and
  * its "refuse what the op does not take" rule (moe_marshal.cu), and the Rust side's tensor enum
- * (`flashinfer_sys::MoeTensor`, generated from this list by flashinfer-sys's build.rs), are
+ * (`flashinfer_sys::MoeTensor`, generated from this list by `cargo xtask generate`), are
  * derived from. Add a tensor field above and here together. */
 #define FI_MOE_TENSORS(X)                                                                     \
   X(routing_logits) X(routing_bias) X(expert_indices) X(expert_weights) X(hidden_states)       \

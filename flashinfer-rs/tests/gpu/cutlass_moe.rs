@@ -517,27 +517,8 @@ mod on_hopper {
         let routed = forward(&g, &layer, &mut ws, &inputs, &x, t, false).unwrap();
         let ids: Vec<i32> = d.want.ids.iter().map(|&e| i32::from(e)).collect();
         let scales = oracle_weights_as_router_wrote(&g, &layer, &inputs, t);
-        let ids = g.stream.clone_htod(&ids).unwrap();
-        let scales = g.stream.clone_htod(&scales).unwrap();
-        let mut out = g.stream.alloc_zeros::<bf16>(t * h).unwrap();
-        let batch = CutlassBatch {
-            num_tokens: t,
-            routing: CutlassRouting::Precomputed {
-                ids: ids.as_view(),
-                scales: scales.as_view(),
-            },
-            hidden_states: x.as_view(),
-        };
-        layer
-            .forward(&g.stream, batch, &mut out.as_view_mut(), &mut ws, None)
-            .unwrap();
-        let given: Vec<u16> = g
-            .stream
-            .clone_dtoh(&out)
-            .unwrap()
-            .iter()
-            .map(|v| v.to_bits())
-            .collect();
+        let given = forward_given(&g, &layer, &mut ws, &ids, &scales, &x, t);
+        let given: Vec<u16> = given.iter().map(|v| v.to_bits()).collect();
         assert!(given == routed.output, "{test}: outputs differ");
         eprintln!("{test}: 1 case passed");
     }
@@ -636,31 +617,10 @@ mod on_hopper {
             ActivationRounding::Bf16,
         )
         .unwrap();
-        let (x, ids, scales) = (
-            upload(&g, &x_host),
-            g.stream.clone_htod(&ids).unwrap(),
-            g.stream.clone_htod(&scales).unwrap(),
-        );
         let mut ws = layer.workspace(&g.stream).unwrap();
-        let mut out = g.stream.clone_htod(&vec![bf16::NAN; t * h]).unwrap();
-        let batch = CutlassBatch {
-            num_tokens: t,
-            routing: CutlassRouting::Precomputed {
-                ids: ids.as_view(),
-                scales: scales.as_view(),
-            },
-            hidden_states: x.as_view(),
-        };
-        layer
-            .forward(&g.stream, batch, &mut out.as_view_mut(), &mut ws, None)
-            .unwrap();
-        let got: Vec<f32> = g
-            .stream
-            .clone_dtoh(&out)
-            .unwrap()
-            .iter()
-            .map(|v| v.to_f32())
-            .collect();
+        let x = upload(&g, &x_host);
+        let got = forward_given(&g, &layer, &mut ws, &ids, &scales, &x, t);
+        let got: Vec<f32> = got.iter().map(|v| v.to_f32()).collect();
         match moe_oracle::check_accuracy(&want, &got, ATOL, RTOL, 1.0) {
             Ok(_) => passed += 1,
             Err(why) => failures.push(format!("precomputed ids with repeats and strays: {why}")),
@@ -735,6 +695,35 @@ mod on_hopper {
         }
         assert!(got[0] != got[1], "{test}: the two batches must differ");
         eprintln!("{test}: {calls} back-to-back calls read their own routing");
+    }
+
+    /// One call on precomputed `ids` and `scales` (host), its output (NaN-filled beforehand)
+    /// downloaded.
+    fn forward_given(
+        g: &Gpu,
+        layer: &CutlassMoe<CudaView<'_, bf16>>,
+        ws: &mut CutlassWorkspace,
+        ids: &[i32],
+        scales: &[f32],
+        x: &CudaSlice<bf16>,
+        t: usize,
+    ) -> Vec<bf16> {
+        let h = layer.config().hidden_size;
+        let ids = g.stream.clone_htod(ids).unwrap();
+        let scales = g.stream.clone_htod(scales).unwrap();
+        let mut out = g.stream.clone_htod(&vec![bf16::NAN; t * h]).unwrap();
+        let batch = CutlassBatch {
+            num_tokens: t,
+            routing: CutlassRouting::Precomputed {
+                ids: ids.as_view(),
+                scales: scales.as_view(),
+            },
+            hidden_states: x.as_view(),
+        };
+        layer
+            .forward(&g.stream, batch, &mut out.as_view_mut(), ws, None)
+            .unwrap();
+        g.stream.clone_dtoh(&out).unwrap()
     }
 
     /// The fp32 weights the layer's router writes for `t` tokens (the same router, run alone).

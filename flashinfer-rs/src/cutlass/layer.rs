@@ -247,10 +247,10 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
     /// Checks `config` and `weights` and creates the runner on the weights' device. Calls of
     /// up to [`DECODE_MAX_TOKENS`] tokens take the decode kernels where the experts are at most
     /// [`DECODE_MAX_EXPERT_SIZE`]; the others the grouped GEMMs, their tactics chosen per call
-    /// from the call's mean rows per expert (`num_tokens
-    /// * top_k / num_experts`, host-side, no launch): below 16, the 128x16 tile with swapped
-    /// operands in both GEMMs; from 16 on, the 128x256 tile (on an H200 within 2.5% of the
-    /// fastest of three tiles in both operand orders, BENCHMARKS.md section 7). Answers
+    /// from the call's mean rows per expert (`num_tokens * top_k / num_experts`, host-side, no
+    /// launch): below 16, the 128x16 tile with swapped operands in both GEMMs; from 16 on, the
+    /// 128x256 tile (on an H200 within 2.5% of the fastest of three tiles in both operand
+    /// orders, BENCHMARKS.md section 7). Answers
     /// [`Error::UnsupportedArch`] off Hopper (sm_90) and [`Error::KernelsNotBuilt`] in a
     /// build without the `sm90-moe` feature.
     pub fn new(config: CutlassMoeConfig, weights: CutlassWeights<W>) -> Result<Self> {

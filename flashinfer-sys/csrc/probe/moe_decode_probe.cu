@@ -49,7 +49,8 @@ struct Layer {
 };
 
 void make(Layer& l) {
-  size_t n1 = size_t(l.experts) * 2 * l.inter * l.hidden, n2 = size_t(l.experts) * l.hidden * l.inter;
+  size_t n1 = size_t(l.experts) * 2 * l.inter * l.hidden;
+  size_t n2 = size_t(l.experts) * l.hidden * l.inter;
   CHECK(cudaMalloc(&l.fc1, n1 * 2));
   CHECK(cudaMalloc(&l.fc2, n2 * 2));
   fill<<<4096, 256>>>(l.fc1, n1, 2.f / std::sqrt(float(l.hidden)), 1);
@@ -114,7 +115,8 @@ fi::decode::Problem problem(const Layer& l, const Call& c, int first = 0, int lo
 bool check(const Layer& l, const Call& c, const char* what) {
   fi::decode::run(problem(l, c), 0);
   CHECK(cudaDeviceSynchronize());
-  size_t n1 = size_t(l.experts) * 2 * l.inter * l.hidden, n2 = size_t(l.experts) * l.hidden * l.inter;
+  size_t n1 = size_t(l.experts) * 2 * l.inter * l.hidden;
+  size_t n2 = size_t(l.experts) * l.hidden * l.inter;
   std::vector<__nv_bfloat16> w1(n1), w2(n2), x(size_t(c.tokens) * l.hidden),
       out(size_t(c.tokens) * l.hidden);
   CHECK(cudaMemcpy(w1.data(), l.fc1, n1 * 2, cudaMemcpyDeviceToHost));
@@ -139,12 +141,15 @@ bool check(const Layer& l, const Call& c, const char* what) {
       }
       for (int h = 0; h < l.hidden; ++h) {
         float d = 0;
-        for (int i = 0; i < l.inter; ++i) d += bf(w2[(size_t(e) * l.hidden + h) * l.inter + i]) * a[i];
+        for (int i = 0; i < l.inter; ++i) {
+          d += bf(w2[(size_t(e) * l.hidden + h) * l.inter + i]) * a[i];
+        }
         y[h] += c.scales[t * l.top_k + k] * d;
       }
     }
     for (int h = 0; h < l.hidden; ++h) {
-      double err = std::fabs(y[h] - bf(out[size_t(t) * l.hidden + h])) / (0.02 + 0.02 * std::fabs(y[h]));
+      double got = bf(out[size_t(t) * l.hidden + h]);
+      double err = std::fabs(y[h] - got) / (0.02 + 0.02 * std::fabs(y[h]));
       worst = std::max(worst, err);
     }
   }
@@ -185,7 +190,8 @@ int main() {
   cudaDeviceProp prop;
   CHECK(cudaGetDeviceProperties(&prop, 0));
   double bw = std::string(prop.name).find("H200") != std::string::npos ? 4.8e12 : 3.35e12;
-  std::printf("%s, %d SMs, bandwidth used %.2f TB/s\n", prop.name, prop.multiProcessorCount, bw / 1e12);
+  std::printf("%s, %d SMs, bandwidth used %.2f TB/s\n", prop.name, prop.multiProcessorCount,
+              bw / 1e12);
   std::mt19937 rng(5);
   bool ok = true;
   {
@@ -211,7 +217,9 @@ int main() {
               M{"DeepSeek-V3-sized bf16", 256, 8, 7168, 2048, {1, 2, 4, 8, 16, 32, 64}}}) {
     Layer l{m.e, m.k, m.h, m.i};
     make(l);
-    std::printf("\n%s: tokens | decode kernels (us) | experts read | weight bytes / time (TB/s) | of bandwidth\n", m.name);
+    std::printf("\n%s: tokens | decode kernels (us) | experts read | weight bytes / time (TB/s) |"
+                " of bandwidth\n",
+                m.name);
     for (int t : m.tokens) {
       Call c = make_call(l, t, rng);
       std::vector<bool> hit(l.experts);

@@ -15,7 +15,7 @@ repetitions of 20 back-to-back calls after 5 warm-ups, CUDA events. Prints a Mar
 import torch
 import torch.nn.functional as F
 
-from torch_timing import N, per_call_us
+from torch_timing import N, graphed, per_call_us
 
 TOKENS = [1, 8, 64, 512, 4096]
 MODELS = [
@@ -65,19 +65,9 @@ def main():
         for t in TOKENS:
             logits = torch.randn(t, e, device=dev, dtype=torch.bfloat16) * 4
             x = torch.randn(t, h, device=dev, dtype=torch.bfloat16)
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                for _ in range(3):
-                    layer(logits, x, w13, w2, k)
-            torch.cuda.current_stream().wait_stream(s)
             if GROUPED:
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph):
-                    for _ in range(N):
-                        layer(logits, x, w13, w2, k)
-                run = graph.replay
-            else:  # the expert loop synchronises (nonzero): eager
+                run = graphed(lambda: layer(logits, x, w13, w2, k)).replay
+            else:  # the expert loop synchronises (nonzero): eager (per_call_us warms it up)
                 def run():
                     for _ in range(N):
                         layer(logits, x, w13, w2, k)

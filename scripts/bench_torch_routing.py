@@ -12,7 +12,7 @@ events, warm-up first. Prints a Markdown table.
 """
 import torch
 
-from torch_timing import N, per_call_us
+from torch_timing import N, graphed, per_call_us
 
 TOKENS = [1, 16, 128, 1024, 8192, 32768, 131072]
 
@@ -69,16 +69,7 @@ def main():
                 for _ in range(N):
                     call()
 
-            s = torch.cuda.Stream()
-            s.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(s):
-                for _ in range(3):
-                    call()
-            torch.cuda.current_stream().wait_stream(s)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                for _ in range(N):
-                    call()
+            graph = graphed(call)
             print(f"| {name} | {t} | {per_call_us(eager):.2f} | {per_call_us(graph.replay):.2f} |")
 
 

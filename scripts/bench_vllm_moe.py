@@ -86,7 +86,7 @@ import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from torch_timing import N, per_call_us  # noqa: E402
+from torch_timing import graphed, per_call_us  # noqa: E402
 
 if not os.path.exists(os.path.join(args.peers, "vllm_fused_moe_kernel.py")):
     sys.exit(f"bench_vllm_moe: no {args.peers}/vllm_fused_moe_kernel.py: run scripts/fetch-peers.sh "
@@ -264,21 +264,6 @@ def check(name, t, logits, x, w13, w2, k):
 
 
 # ---- Timing ----------------------------------------------------------------------------------
-
-def graphed(fn):
-    """Warm up on a side stream (Triton compiles here), then capture N calls in one CUDA graph."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(N):
-            fn()
-    return graph
-
 
 def config_text(w13, w2, k, t):
     e, i = w2.shape[0], w2.shape[2]

@@ -292,6 +292,8 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
     ) -> Result<Self> {
         let (fc1, fc2) = (weights.fc1.view(), weights.fc2.view());
         let plan = CutlassPlan::new(config, fc1.len(), fc2.len())?;
+        // More than max_tokens never matters, and max_tokens fits in i32 (the plan checked it).
+        let decode_max_tokens = decode_max_tokens.min(config.max_tokens);
         let router = TopKRouter::from_plan(*plan.router());
         same_context(fc1.stream(), [("fc2", fc2.stream())])?;
         let ctx = fc1.stream().context().clone();
@@ -305,8 +307,7 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
             max_tokens: config.max_tokens as i32,
             tactic_gemm1: tactics.0,
             tactic_gemm2: tactics.1,
-            // max_tokens fits in i32 (the plan checked it), and more never matters.
-            decode_max_tokens: decode_max_tokens.min(config.max_tokens) as i32,
+            decode_max_tokens: decode_max_tokens as i32,
         };
         ctx.bind_to_thread()?;
         let mut raw = std::ptr::null_mut();
@@ -326,7 +327,7 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
             ctx,
             raw,
             scratch_bytes,
-            decode_max_tokens: decode_max_tokens.min(config.max_tokens),
+            decode_max_tokens,
             launched: AtomicBool::new(false),
         };
         sized?;

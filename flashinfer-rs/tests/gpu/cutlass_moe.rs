@@ -171,6 +171,19 @@ mod on_hopper {
                 fc2: self.fc2.as_view(),
             }
         }
+
+        /// Expert-parallel rank `rank`'s slice (`per` experts) of every expert tensor.
+        fn rank_slice(&self, g: &Gpu, rank: usize, per: usize, h: usize, i: usize) -> Weights {
+            let host = ExpertWeights {
+                w1: self.host.w1[rank * per * 2 * i * h..(rank + 1) * per * 2 * i * h].to_vec(),
+                w2: self.host.w2[rank * per * h * i..(rank + 1) * per * h * i].to_vec(),
+            };
+            Weights {
+                fc1: upload(g, &host.w1),
+                fc2: upload(g, &host.w2),
+                host,
+            }
+        }
     }
 
     fn config(routing: RoutingConfig, h: usize, i: usize, max_tokens: usize) -> CutlassMoeConfig {
@@ -184,9 +197,23 @@ mod on_hopper {
 
     /// The reference output of `case` (its oracle routing) over the local experts.
     fn reference(cfg: &CutlassMoeConfig, d: &CaseData, x: &[f32], w: &ExpertWeights) -> Vec<f32> {
+        let ids: Vec<usize> = d.want.ids.iter().map(|&e| e as usize).collect();
+        reference_of(cfg, d.tokens, x, &ids, &d.want.weights, w)
+    }
+
+    /// The reference output of `tokens` tokens routed to `ids` with `weights`, over the local
+    /// experts (an id outside them adds nothing).
+    fn reference_of(
+        cfg: &CutlassMoeConfig,
+        tokens: usize,
+        x: &[f32],
+        ids: &[usize],
+        weights: &[f32],
+        w: &ExpertWeights,
+    ) -> Vec<f32> {
         let r = &cfg.routing;
         let p = moe_oracle::ReferenceProblem {
-            num_tokens: d.tokens,
+            num_tokens: tokens,
             hidden_size: cfg.hidden_size,
             intermediate_size: cfg.intermediate_size,
             top_k: r.top_k as usize,
@@ -195,8 +222,7 @@ mod on_hopper {
             activation: Activation::Swiglu,
             routing_scales_on_input: false,
         };
-        let ids: Vec<usize> = d.want.ids.iter().map(|&e| e as usize).collect();
-        moe_oracle::moe(&p, x, &ids, &d.want.weights, w, ActivationRounding::Bf16).unwrap()
+        moe_oracle::moe(&p, x, ids, weights, w, ActivationRounding::Bf16).unwrap()
     }
 
     /// What one forward call wrote, downloaded.
@@ -461,16 +487,7 @@ mod on_hopper {
         let (mut passed, mut failures) = (0, Vec::new());
         let per = (e / 4) as usize;
         for rank in 0..4 {
-            // This rank's slice of every expert tensor.
-            let host = ExpertWeights {
-                w1: all.host.w1[rank * per * 2 * i * h..(rank + 1) * per * 2 * i * h].to_vec(),
-                w2: all.host.w2[rank * per * h * i..(rank + 1) * per * h * i].to_vec(),
-            };
-            let w = Weights {
-                fc1: upload(&g, &host.w1),
-                fc2: upload(&g, &host.w2),
-                host,
-            };
+            let w = all.rank_slice(&g, rank, per, h, i);
             let routing = full.with_local_experts((rank * per) as u32, per as u32);
             let cfg = config(routing, h, i, t);
             let layer = CutlassMoe::new(cfg, w.views()).unwrap();
@@ -563,15 +580,7 @@ mod on_hopper {
         let full = RoutingConfig::new(RoutingMethod::Renormalize, e, k);
         let all = weights(&g, e as usize, h, i, 210);
         let per = (e / 4) as usize;
-        let host = ExpertWeights {
-            w1: all.host.w1[2 * per * 2 * i * h..3 * per * 2 * i * h].to_vec(),
-            w2: all.host.w2[2 * per * h * i..3 * per * h * i].to_vec(),
-        };
-        let w = Weights {
-            fc1: upload(&g, &host.w1),
-            fc2: upload(&g, &host.w2),
-            host,
-        };
+        let w = all.rank_slice(&g, 2, per, h, i);
         let cfg = config(full.with_local_experts(2 * per as u32, per as u32), h, i, t);
         let layer = CutlassMoe::with_decode_max_tokens(cfg, w.views(), usize::MAX).unwrap();
         let p = prepare(&cfg, &w.host, t, 211);
@@ -594,29 +603,11 @@ mod on_hopper {
         let ids: Vec<i32> = vec![3, 3, 7, -1, 9, e as i32 + 5, 15, 0, 1];
         let scales: Vec<f32> = vec![0.5, 0.25, 0.25, 0.4, 0.6, 0.3, 0.1, 0.2, 0.7];
         let x_host = values(&mut SplitMix64(221), t * h, 1.0);
-        let problem = moe_oracle::ReferenceProblem {
-            num_tokens: t,
-            hidden_size: h,
-            intermediate_size: i,
-            top_k: k,
-            local_expert_offset: 0,
-            local_num_experts: e as usize,
-            activation: Activation::Swiglu,
-            routing_scales_on_input: false,
-        };
         let oracle_ids: Vec<usize> = ids
             .iter()
             .map(|&v| usize::try_from(v).unwrap_or(usize::MAX))
             .collect();
-        let want = moe_oracle::moe(
-            &problem,
-            &x_host,
-            &oracle_ids,
-            &scales,
-            &w.host,
-            ActivationRounding::Bf16,
-        )
-        .unwrap();
+        let want = reference_of(&cfg, t, &x_host, &oracle_ids, &scales, &w.host);
         let mut ws = layer.workspace(&g.stream).unwrap();
         let x = upload(&g, &x_host);
         let got = forward_given(&g, &layer, &mut ws, &ids, &scales, &x, t);

@@ -74,6 +74,7 @@ fn main() {
             &ctx.out_dir,
             &cuda.nvcc,
             &defines,
+            ctx.cutlass_moe_fp8,
         )
         .unwrap_or_else(|e| fail(&e));
         // Heaviest first across both lists: the CUTLASS MoE's generated GEMMs and runner
@@ -93,6 +94,8 @@ struct Ctx {
     archs: Vec<Arch>,
     /// The CUTLASS fused MoE for Hopper (feature `sm90-moe`, which enables `sm90`).
     cutlass_moe: bool,
+    /// ... with its fp8 per-tensor GEMMs (feature `sm90-moe-fp8`, which enables `sm90-moe`).
+    cutlass_moe_fp8: bool,
     jobs: usize,
     cache: PathBuf,
     /// The fetched FlashInfer tree ([`Ctx::vendor_dir`], once the pin is read).
@@ -110,6 +113,7 @@ impl Ctx {
             archs.push(Arch::Blackwell);
         }
         let cutlass_moe = env::var_os("CARGO_FEATURE_SM90_MOE").is_some();
+        let cutlass_moe_fp8 = env::var_os("CARGO_FEATURE_SM90_MOE_FP8").is_some();
         let jobs = env::var("NUM_JOBS")
             .ok()
             .and_then(|j| j.parse().ok())
@@ -123,6 +127,7 @@ impl Ctx {
             out_dir: PathBuf::from(env::var("OUT_DIR").unwrap()),
             archs,
             cutlass_moe,
+            cutlass_moe_fp8,
             jobs: jobs.max(1),
             cache,
             vendor: PathBuf::new(),

@@ -7,13 +7,13 @@
 #     bash gpu-pack/bench.sh [section]                # there: the benchmarks (BENCHMARKS.md)
 #
 # The binaries link cudart statically; they need the driver, libc and libstdc++ only.
-# Features default to sm90-moe (what a Hopper machine runs: routing and the CUTLASS fused MoE;
-# it shares the object cache with CI); FEATURES=sm90-moe,sm100 also builds Blackwell, whose
-# calls are then refused on Hopper.
+# Features default to sm90-moe-fp8 (what a Hopper machine runs: routing and the CUTLASS fused
+# MoE, bf16 and fp8; it shares the object cache with CI); FEATURES=sm90-moe-fp8,sm100 also
+# builds Blackwell, whose calls are then refused on Hopper.
 # `nccl` is always added: the multi-rank harness (flashinfer-rs/tests/ranks) runs from the pack too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-features=${FEATURES:-sm90-moe},nccl
+features=${FEATURES:-sm90-moe-fp8},nccl
 python3 flashinfer-sys/vendor/fetch.py all
 # The peer the layer bench is compared with (vLLM's Triton fused MoE): sha-pinned, extracted.
 bash scripts/fetch-peers.sh gpu-pack/peers/vllm
@@ -46,7 +46,7 @@ done
 RUN
 # A pack with the CUTLASS MoE must run it: its tests then fail instead of skipping.
 case ",$features," in
-  *,sm90-moe,*) sed -i 's/^export FLASHINFER_RS_REQUIRE_GPU=1$/&\nexport FLASHINFER_RS_REQUIRE_CUTLASS_MOE=1/' gpu-pack/run.sh ;;
+  *,sm90-moe,* | *,sm90-moe-fp8,*) sed -i 's/^export FLASHINFER_RS_REQUIRE_GPU=1$/&\nexport FLASHINFER_RS_REQUIRE_CUTLASS_MOE=1/' gpu-pack/run.sh ;;
 esac
 chmod +x gpu-pack/run.sh
 cat > gpu-pack/bench.sh <<'RUN'

@@ -8,15 +8,15 @@
 #      committed generated sources (`cargo xtask generate --check`), and
 #      the reference server (serve/) on its CPU backend: its tests and the seed's scenario
 #      played by a real client (scripts/serve-client-test.sh);
-#   2. the Hopper kernels (`sm90` with the CUTLASS fused MoE `sm90-moe`, and `nccl`, `serde`,
-#      `float8`): compiled
+#   2. the Hopper kernels (`sm90` with the CUTLASS fused MoE `sm90-moe` and its fp8 GEMMs
+#      `sm90-moe-fp8`, and `nccl`, `serde`, `float8`): compiled
 #      and linked, all CPU tests run, GPU tests run where a GPU is present and skip (saying so)
 #      where none is;
 #   3. the MSRV: every crate in the two published libraries' dependency tree declares a
 #      rust-version no newer than ours (`cargo xtask msrv`), and clippy's incompatible_msrv
 #      lint at the declared rust-version over the two;
 #   4. the packaged crates built from a clean directory (no features, DOCS_RS, sm90);
-#   5. the prebuilt kernel library (`sm90-moe`): built, then the CPU suite against it with no
+#   5. the prebuilt kernel library (`sm90-moe-fp8`): built, then the CPU suite against it with no
 #      nvcc on PATH, no fetched sources and no toolchain;
 #   6. beside candle with CUDA (downstream/candle);
 #   7. the Blackwell kernels (`sm100`), compiled and linked, CPU tests as in 2;
@@ -88,8 +88,8 @@ bash scripts/serve-client-test.sh
 cargo run --quiet -p flashinfer-rs --example 02_serving_loop_capture > /dev/null
 DOCS_RS=1 cargo doc --workspace --no-deps --quiet
 
-stage "2/8: sm90 kernels and the CUTLASS MoE (with nccl: the multi-rank harness builds, and skips without a GPU)"
-cargo test --workspace --features sm90,sm90-moe,nccl,serde,float8 "$@"
+stage "2/8: sm90 kernels and the CUTLASS MoE, bf16 and fp8 (with nccl: the multi-rank harness builds, and skips without a GPU)"
+cargo test --workspace --features sm90,sm90-moe,sm90-moe-fp8,nccl,serde,float8 "$@"
 
 # Stages 3-6 need no Blackwell object: they run while the background build finishes them.
 stage "3/8: MSRV (rust-version): the dependency tree's declared versions, and clippy's incompatible_msrv lint"
@@ -104,7 +104,7 @@ stage "4/8: packaged crates from a clean directory"
 bash scripts/package-check.sh
 
 stage "5/8: prebuilt kernel library, no nvcc"
-lib=$(bash scripts/kernels-lib.sh sm90-moe "$root/target/kernels-lib" | tail -n 1)
+lib=$(bash scripts/kernels-lib.sh sm90-moe-fp8 "$root/target/kernels-lib" | tail -n 1)
 empty=$(mktemp -d)
 # No nvcc on PATH, an empty cache (no toolchain, no sources, no objects): only the library.
 path_without_cuda=$(echo "$PATH" | tr ':' '\n' | grep -v -i cuda | paste -sd: -)
@@ -114,7 +114,7 @@ if PATH=$path_without_cuda command -v nvcc >/dev/null; then
 fi
 # The same target dir as the stages above: only the crates that see the library rebuild.
 PATH=$path_without_cuda FLASHINFER_RS_CACHE=$empty FLASHINFER_RS_KERNELS_LIB=$lib \
-  cargo test --workspace --features sm90-moe
+  cargo test --workspace --features sm90-moe-fp8
 rm -rf "$empty"
 
 stage "6/8: beside candle with CUDA"

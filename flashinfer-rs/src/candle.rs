@@ -272,7 +272,7 @@ impl TopKRouter {
     }
 }
 
-impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
+impl<W: WeightBuffer<Element = bf16>> CutlassMoe<W> {
     /// [`forward`](Self::forward) on candle tensors, on candle's stream of `hidden`'s device:
     /// `hidden` `[tokens, hidden_size]` bf16 in, the layer's output `[tokens, hidden_size]`
     /// bf16 out (a new tensor). With `capture` the routed ids (and weights, when the store

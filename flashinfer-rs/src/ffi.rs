@@ -65,6 +65,9 @@ pub struct BuildInfo {
     /// FlashInfer's CUTLASS fused MoE for Hopper ([`CutlassMoe`](crate::cutlass::CutlassMoe),
     /// feature `sm90-moe`).
     pub cutlass_moe: bool,
+    /// ... with its fp8 per-tensor GEMMs
+    /// ([`CutlassMoe::new_fp8`](crate::cutlass::CutlassMoe::new_fp8), feature `sm90-moe-fp8`).
+    pub cutlass_moe_fp8: bool,
 }
 
 /// Describes this build: pinned upstream version, artifact and architectures.
@@ -86,6 +89,7 @@ pub fn build_info() -> BuildInfo {
             crate_version: String::new(),
             patches: Vec::new(),
             cutlass_moe: false,
+            cutlass_moe_fp8: false,
         };
     }
     // SAFETY: the strings are static NUL-terminated literals of the C library.
@@ -110,6 +114,7 @@ pub fn build_info() -> BuildInfo {
         crate_version: text(raw.crate_version),
         patches: list(raw.patches),
         cutlass_moe: raw.has_cutlass_moe != 0,
+        cutlass_moe_fp8: raw.has_cutlass_moe_fp8 != 0,
     }
 }
 

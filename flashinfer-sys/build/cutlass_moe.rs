@@ -4,7 +4,8 @@
 //!
 //! Its sources are a tree of their own (`<sources tree>-cutlass-moe`, vendor/fetch.py), whose
 //! stamp keys only these objects: enabling the feature never rebuilds the routing or TRTLLM
-//! kernels. Pruned to what the crate exposes (bf16 activations x bf16 weights, SwiGLU):
+//! kernels. Pruned to what the crate exposes (bf16 activations x bf16 weights, and with
+//! feature `sm90-moe-fp8` e4m3 x e4m3 with bf16 output; SwiGLU):
 //! - patch 0009 with `FLASHINFER_RS_MOE_TILES` (in place of upstream's `FAST_BUILD`, which keeps
 //!   128x128 only): two CTA tiles, cluster 1x1x1, each in one operand order, without the
 //!   FINALIZE epilogue (not deterministic): 128x16 with swapped operands (decode) and 128x256
@@ -14,7 +15,10 @@
 //! - patch 0007 with `FLASHINFER_RS_MOE_TMA_WS_ONLY`: the dispatch keeps only the TMA
 //!   warp-specialised (SM90) GEMMs, so no SM80 CUTLASS 2 GEMM is compiled or linked;
 //! - of the 97 generated sm90 grouped-GEMM files, the 9 with bf16 x bf16 instantiations, in
-//!   one unit so that the CUTLASS headers are parsed once (125 s instead of 9 x 34-85 s);
+//!   one unit so that the CUTLASS headers are parsed once (125 s instead of 9 x 34-85 s); with
+//!   fp8, the 18 with e4m3 x e4m3 -> bf16 instantiations (which also hold the half-output ones)
+//!   in a second unit, the fp8 runner beside the bf16 one (csrc/cutlass_moe_runner.cu) and its
+//!   one grouped-GEMM class in a unit of our own (upstream's has four);
 //! - no DeepSeek fp8 block-scale GEMM (fp8_blockscale_gemm.cu): it serves fp8 weights only, and
 //!   csrc/cutlass_moe_runner.cu constructs the runner without it;
 //! - no LoRA: upstream's lora.cpp needs cuBLAS, and the runner's LoRA path is never taken
@@ -77,20 +81,56 @@ const UNITS: &[(&str, Origin, &str)] = &[
     ("fi_moe_decode", Origin::Ours, "moe_decode.cu"),
 ];
 
-/// What a generated file must instantiate to be compiled: the bf16 x bf16 grouped GEMMs.
-const BF16_GEMMS: &str = "__nv_bfloat16, __nv_bfloat16, __nv_bfloat16";
+/// The fp8 per-tensor units (feature `sm90-moe-fp8`), beside [`UNITS`].
+const FP8_UNITS: &[(&str, Origin, &str)] = &[
+    (
+        "cutlass_moe_gemm_fp8",
+        Origin::Ours,
+        "cutlass_moe_gemm_fp8.cu",
+    ),
+    ("fi_moe_fp8", Origin::Ours, "moe_fp8.cu"),
+];
+
+/// The units compiled with `FLASHINFER_RS_MOE_FP8` when the fp8 units are built: the runner's
+/// (which then instantiates the fp8 runner too: upstream's kernels header links in one unit
+/// only) and the C ABI's (which then offers it). Without the feature their objects, and so
+/// their cache keys, are those of a bf16 build.
+const FP8_AWARE: &[&str] = &["cutlass_moe_runner", "fi_cutlass_moe"];
+
+/// One unit of generated grouped GEMMs: its name, and what a generated file must instantiate
+/// to be in it.
+struct GeneratedUnit {
+    name: &'static str,
+    /// The operand and output types, in words (the unit's comment, errors).
+    types: &'static str,
+    instantiates: &'static str,
+}
+
+const BF16_GEMMS: GeneratedUnit = GeneratedUnit {
+    name: "cutlass_moe_gemms_bf16",
+    types: "bf16 x bf16",
+    instantiates: "__nv_bfloat16, __nv_bfloat16, __nv_bfloat16",
+};
+
+const FP8_GEMMS: GeneratedUnit = GeneratedUnit {
+    name: "cutlass_moe_gemms_fp8",
+    types: "e4m3 x e4m3 -> bf16",
+    instantiates: "__nv_fp8_e4m3, __nv_fp8_e4m3, __nv_bfloat16",
+};
 
 /// Where the generated grouped GEMMs are, below the tree.
 const GENERATED_SM90: &str = "generated/gemm_grouped/90";
 
 /// The jobs of the CUTLASS fused MoE: `tree` is its fetched tree, `csrc` our C ABI's sources,
-/// `out_dir` where the generated GEMMs' unit is written, `defines` what its patches enable.
+/// `out_dir` where the generated GEMMs' units are written, `defines` what its patches enable,
+/// `fp8` whether the fp8 per-tensor units are built too.
 pub fn jobs(
     tree: &Path,
     csrc: &Path,
     out_dir: &Path,
     nvcc: &Path,
     defines: &[String],
+    fp8: bool,
 ) -> Result<Vec<Job>, String> {
     let fi = tree.join("flashinfer");
     let nv = fi.join("csrc/nv_internal");
@@ -138,70 +178,77 @@ pub fn jobs(
     args.extend(includes.iter().map(|i| format!("-I{}", i.display())));
     args.push(super::units::gencode(TARGET));
 
-    let generated = write_generated_unit(tree, out_dir)?;
-    let mut jobs: Vec<Job> = UNITS
-        .iter()
-        .map(|&(name, origin, path)| {
-            let source = match origin {
-                Origin::Tree => fi.join(path),
-                Origin::Ours => csrc.join(path),
-            };
-            let mut args = args.clone();
-            if path.ends_with(".cpp") {
-                // Upstream's .cpp units use CUDA declarations: compiled as CUDA, as upstream does.
-                args.extend(["-x".to_string(), "cu".to_string()]);
-            }
-            Job {
-                name: name.to_string(),
-                program: nvcc.to_path_buf(),
-                args,
-                source,
-                tree: super::Tree::CutlassMoe,
-            }
-        })
-        .collect();
-    // The generated GEMMs are the heaviest unit: first.
-    jobs.insert(
-        0,
-        Job {
-            name: "cutlass_moe_gemms_bf16".to_string(),
-            program: nvcc.to_path_buf(),
-            args,
-            source: generated,
-            tree: super::Tree::CutlassMoe,
-        },
-    );
+    let job = |name: &str, source: PathBuf, args: Vec<String>| Job {
+        name: name.to_string(),
+        program: nvcc.to_path_buf(),
+        args,
+        source,
+        tree: super::Tree::CutlassMoe,
+    };
+    let generated: &[GeneratedUnit] = if fp8 {
+        &[FP8_GEMMS, BF16_GEMMS]
+    } else {
+        &[BF16_GEMMS]
+    };
+    // The generated GEMMs are the heaviest units: first.
+    let mut jobs = Vec::new();
+    for unit in generated {
+        let source = write_generated_unit(tree, out_dir, unit)?;
+        jobs.push(job(unit.name, source, args.clone()));
+    }
+    let ours: &[_] = if fp8 { FP8_UNITS } else { &[] };
+    for &(name, origin, path) in UNITS.iter().chain(ours) {
+        let source = match origin {
+            Origin::Tree => fi.join(path),
+            Origin::Ours => csrc.join(path),
+        };
+        let mut args = args.clone();
+        if path.ends_with(".cpp") {
+            // Upstream's .cpp units use CUDA declarations: compiled as CUDA, as upstream does.
+            args.extend(["-x".to_string(), "cu".to_string()]);
+        }
+        if fp8 && FP8_AWARE.contains(&name) {
+            args.push("-DFLASHINFER_RS_MOE_FP8".to_string());
+        }
+        jobs.push(job(name, source, args));
+    }
     Ok(jobs)
 }
 
-/// Writes `OUT_DIR/cutlass_moe_gemms_bf16.cu`, one `#include` per generated file with bf16 x
-/// bf16 instantiations (by path below the tree, so the object's cache key does not depend on
-/// where the tree is), and returns its path.
-fn write_generated_unit(tree: &Path, out_dir: &Path) -> Result<PathBuf, String> {
+/// Writes `OUT_DIR/<unit>.cu`, one `#include` per generated file with the unit's
+/// instantiations (by path below the tree, so the object's cache key does not depend on where
+/// the tree is), and returns its path.
+fn write_generated_unit(
+    tree: &Path,
+    out_dir: &Path,
+    unit: &GeneratedUnit,
+) -> Result<PathBuf, String> {
     let dir = tree.join(GENERATED_SM90);
     let mut files: Vec<String> = fs::read_dir(&dir)
         .map_err(|e| format!("{}: {e} (run vendor/fetch.py sources)", dir.display()))?
         .flatten()
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "cu"))
-        .filter(|p| fs::read_to_string(p).is_ok_and(|t| t.contains(BF16_GEMMS)))
+        .filter(|p| fs::read_to_string(p).is_ok_and(|t| t.contains(unit.instantiates)))
         .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .collect();
     if files.is_empty() {
         return Err(format!(
-            "{} holds no bf16 x bf16 grouped GEMM (run vendor/fetch.py sources)",
-            dir.display()
+            "{} holds no {} grouped GEMM (run vendor/fetch.py sources)",
+            dir.display(),
+            unit.types
         ));
     }
     files.sort();
-    let mut text = String::from(
-        "// Written by flashinfer-sys's build script: upstream's generated bf16 x bf16 grouped\n\
+    let mut text = format!(
+        "// Written by flashinfer-sys's build script: upstream's generated {} grouped\n\
          // GEMMs for sm_90, in one translation unit.\n",
+        unit.types
     );
     for f in &files {
         text.push_str(&format!("#include \"{GENERATED_SM90}/{f}\"\n"));
     }
-    let path = out_dir.join("cutlass_moe_gemms_bf16.cu");
+    let path = out_dir.join(format!("{}.cu", unit.name));
     fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))?;
     Ok(path)
 }

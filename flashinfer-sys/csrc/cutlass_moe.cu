@@ -1,10 +1,13 @@
 // cutlass_moe.cu: the C ABI of FlashInfer's CUTLASS fused MoE for Hopper (fi_cutlass_moe_*).
 //
-// A layer owns one `CutlassMoeFCRunner<bf16, bf16>` (instantiated in cutlass_moe_runner.cu),
-// its chosen tactics and the workspace layout for its largest batch:
-//   [ runner workspace at max_tokens | row map (unpermuted->permuted) | decode activations ]
+// A layer owns one runner: `CutlassMoeFCRunner<bf16, bf16>` (cutlass_moe_runner.cu) or, for fp8
+// weights, `CutlassMoeFCRunner<fp8, fp8, bf16>` (cutlass_moe_runner_fp8.cu, built with
+// FLASHINFER_RS_MOE_FP8), through upstream's runner interface; its chosen tactics and the
+// workspace layout for its largest batch:
+//   [ runner workspace at max_tokens | row map (unpermuted->permuted) | decode activations |
+//     fp8 input ]
 // each part 256-byte aligned. Calls of up to decode_max_tokens tokens take the decode kernels
-// (moe_decode.cu) instead of the runner.
+// (moe_decode.cu) instead of the runner; fp8 calls first quantise their input (moe_fp8.cu).
 // The runner keeps per-call state (its workspace pointers, the tactics), so calls on one layer
 // are serialised by the layer's mutex.
 #include <cuda_bf16.h>
@@ -23,21 +26,30 @@
 #include "flashinfer_rs.h"
 #include "info.h"
 #include "moe_decode.h"
+#ifdef FLASHINFER_RS_MOE_FP8
+#include "moe_fp8.h"
+#endif
 #include "moe_kernels.h"
 #include "status.h"
 
 namespace k = tensorrt_llm::kernels::cutlass_kernels;
 using Config = tensorrt_llm::cutlass_extensions::CutlassGemmConfig;
-using Runner = k::CutlassMoeFCRunner<__nv_bfloat16, __nv_bfloat16>;
+using Runner = k::CutlassMoeFCRunnerInterface;
+using Bf16Runner = k::CutlassMoeFCRunner<__nv_bfloat16, __nv_bfloat16>;
 
-// Defined once, in cutlass_moe_runner.cu.
+// Defined once, in cutlass_moe_runner.cu (and cutlass_moe_runner_fp8.cu).
 extern template class tensorrt_llm::kernels::cutlass_kernels::CutlassMoeFCRunner<
     __nv_bfloat16, __nv_bfloat16>;
+#ifdef FLASHINFER_RS_MOE_FP8
+using Fp8Runner = k::CutlassMoeFCRunner<__nv_fp8_e4m3, __nv_fp8_e4m3, __nv_bfloat16>;
+extern template class tensorrt_llm::kernels::cutlass_kernels::CutlassMoeFCRunner<
+    __nv_fp8_e4m3, __nv_fp8_e4m3, __nv_bfloat16>;
+#endif
 
 struct fi_cutlass_moe {
   fi_cutlass_moe_params params;
   int device = 0;
-  Runner runner;
+  std::unique_ptr<Runner> runner;
   std::vector<Config> tactics1, tactics2;
   // Tactics -1: the pairs chosen per call (fi_cutlass_moe_run's doc), by rows per expert.
   bool per_call = false;
@@ -46,6 +58,7 @@ struct fi_cutlass_moe {
   size_t runner_bytes = 0;
   size_t map_offset = 0;
   size_t decode_offset = 0;
+  size_t fp8_input_offset = 0;
   size_t total_bytes = 0;
   std::mutex mutex;
 };
@@ -71,6 +84,10 @@ void validate(const fi_cutlass_moe_params& p) {
   fi::require(p.ep_rank >= 0 && p.ep_rank < p.ep_size, "ep_rank must be in 0..ep_size");
   fi::require(p.max_tokens >= 1, "max_tokens must be positive");
   fi::require(p.decode_max_tokens >= 0, "decode_max_tokens must not be negative");
+  fi::require(p.weights == FI_CUTLASS_MOE_WEIGHTS_BF16 || p.weights == FI_CUTLASS_MOE_WEIGHTS_FP8,
+              "weights must be FI_CUTLASS_MOE_WEIGHTS_BF16 or FI_CUTLASS_MOE_WEIGHTS_FP8");
+  fi::require(p.weights == FI_CUTLASS_MOE_WEIGHTS_BF16 || p.decode_max_tokens == 0,
+              "the decode kernels take bf16 weights only: decode_max_tokens must be 0 for fp8");
   fi::require(int64_t(p.max_tokens) * p.num_experts <= INT_MAX &&
                   int64_t(p.max_tokens) * p.top_k <= INT_MAX,
               "max_tokens * num_experts must fit in int32 (the runner's row maps)");
@@ -78,6 +95,18 @@ void validate(const fi_cutlass_moe_params& p) {
 
 k::MOEParallelismConfig parallelism(const fi_cutlass_moe_params& p) {
   return k::MOEParallelismConfig(1, 0, p.ep_size, p.ep_rank);
+}
+
+// The runner for the layer's weights; fp8 only in a build with its GEMMs.
+std::unique_ptr<Runner> make_runner(const fi_cutlass_moe_params& p) {
+  if (p.weights == FI_CUTLASS_MOE_WEIGHTS_BF16) return std::make_unique<Bf16Runner>();
+#ifdef FLASHINFER_RS_MOE_FP8
+  return std::make_unique<Fp8Runner>();
+#else
+  throw fi::Failure(FI_STATUS_KERNELS_NOT_BUILT,
+                    "fp8 weights: this library was built without the CUTLASS MoE's fp8 GEMMs "
+                    "(feature sm90-moe-fp8)");
+#endif
 }
 
 size_t runner_bytes(Runner& runner, const fi_cutlass_moe_params& p, int64_t tokens) {
@@ -143,6 +172,14 @@ void validate(const fi_cutlass_moe& layer, const fi_cutlass_moe_buffers& b) {
               "every buffer must be non-NULL");
   fi::require(b.workspace_bytes >= layer.total_bytes,
               "workspace_bytes is smaller than fi_cutlass_moe_workspace_size");
+  const bool fp8 = p.weights == FI_CUTLASS_MOE_WEIGHTS_FP8;
+  const bool scales = b.fp8_input_quant && b.fp8_fc1_dequant && b.fp8_fc2_quant &&
+                      b.fp8_fc2_dequant;
+  const bool no_scales = !b.fp8_input_quant && !b.fp8_fc1_dequant && !b.fp8_fc2_quant &&
+                         !b.fp8_fc2_dequant;
+  fi::require(fp8 ? scales : no_scales,
+              fp8 ? "fp8 weights need all four fp8 scale pointers"
+                  : "bf16 weights take no fp8 scales (the fp8 pointers must be NULL)");
   // TMA reads the activations and weights by 16-byte rows.
   fi::require(aligned16(b.hidden_states) && aligned16(b.fc1_weights) && aligned16(b.fc2_weights) &&
                   aligned16(b.output),
@@ -165,6 +202,11 @@ int Lora_run(LoraImpl*, int64_t, int64_t, void const*, int32_t const*, void cons
 
 namespace fi {
 bool cutlass_moe_built() { return true; }
+#ifdef FLASHINFER_RS_MOE_FP8
+bool cutlass_moe_fp8_built() { return true; }
+#else
+bool cutlass_moe_fp8_built() { return false; }
+#endif
 // Its GEMMs are sm_90a code: H100, H200, H20, GH200 (9.0) only.
 bool cutlass_moe_built_for(int major, int minor) { return major == 9 && minor == 0; }
 }  // namespace fi
@@ -179,8 +221,9 @@ extern "C" fi_status fi_cutlass_moe_create(const fi_cutlass_moe_params* params,
     auto layer = std::make_unique<fi_cutlass_moe>();
     layer->params = *params;
     fi::check_cuda(cudaGetDevice(&layer->device), "cudaGetDevice");
-    layer->tactics1 = tma_ws(layer->runner.getTactics(k::MoeGemmId::GEMM_1));
-    layer->tactics2 = tma_ws(layer->runner.getTactics(k::MoeGemmId::GEMM_2));
+    layer->runner = make_runner(*params);
+    layer->tactics1 = tma_ws(layer->runner->getTactics(k::MoeGemmId::GEMM_1));
+    layer->tactics2 = tma_ws(layer->runner->getTactics(k::MoeGemmId::GEMM_2));
     fi::require((params->tactic_gemm1 == -1) == (params->tactic_gemm2 == -1),
                 "tactic_gemm1 and tactic_gemm2 must both be -1 (chosen per call) or neither");
     layer->per_call = params->tactic_gemm1 == -1;
@@ -188,16 +231,20 @@ extern "C" fi_status fi_cutlass_moe_create(const fi_cutlass_moe_params* params,
       layer->few_rows = {find(layer->tactics1, 16, true), find(layer->tactics2, 16, true)};
       layer->many_rows = {find(layer->tactics1, 256, false), find(layer->tactics2, 256, false)};
     }
-    layer->runner.setTactic(pick(layer->tactics1, params->tactic_gemm1, "GEMM 1"),
-                            pick(layer->tactics2, params->tactic_gemm2, "GEMM 2"));
-    layer->runner_bytes = runner_bytes(layer->runner, *params, params->max_tokens);
+    layer->runner->setTactic(pick(layer->tactics1, params->tactic_gemm1, "GEMM 1"),
+                             pick(layer->tactics2, params->tactic_gemm2, "GEMM 2"));
+    layer->runner_bytes = runner_bytes(*layer->runner, *params, params->max_tokens);
     layer->map_offset = (layer->runner_bytes + kAlign - 1) / kAlign * kAlign;
     size_t map_bytes = size_t(params->max_tokens) * size_t(params->top_k) * sizeof(int);
     layer->decode_offset = (layer->map_offset + map_bytes + kAlign - 1) / kAlign * kAlign;
-    layer->total_bytes =
-        layer->decode_offset +
+    size_t decode_bytes =
         fi::decode::workspace_bytes(std::min(params->decode_max_tokens, params->max_tokens),
                                     params->top_k, params->intermediate_size);
+    layer->fp8_input_offset = (layer->decode_offset + decode_bytes + kAlign - 1) / kAlign * kAlign;
+    size_t fp8_input_bytes = params->weights == FI_CUTLASS_MOE_WEIGHTS_FP8
+                                 ? size_t(params->max_tokens) * size_t(params->hidden_size)
+                                 : 0;
+    layer->total_bytes = layer->fp8_input_offset + fp8_input_bytes;
     *out = layer.release();
   });
 }
@@ -268,7 +315,7 @@ extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
     std::lock_guard<std::mutex> lock(layer->mutex);
     // The runner lays its workspace out for this call's token count; the layer sized it for
     // max_tokens. Never let a smaller count need more (it would overrun the row map).
-    if (runner_bytes(layer->runner, p, b.num_tokens) > layer->runner_bytes) {
+    if (runner_bytes(*layer->runner, p, b.num_tokens) > layer->runner_bytes) {
       throw fi::Failure(FI_STATUS_INTERNAL_ERROR,
                         "the runner's workspace at " + std::to_string(b.num_tokens) +
                             " tokens exceeds its size at max_tokens");
@@ -277,10 +324,22 @@ extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
       // Host-side only: the runner reads its tactics when it launches the GEMMs below.
       bool few = int64_t(b.num_tokens) * p.top_k < kFewRows * p.num_experts;
       auto [t1, t2] = few ? layer->few_rows : layer->many_rows;
-      layer->runner.setTactic(layer->tactics1[t1], layer->tactics2[t2]);
+      layer->runner->setTactic(layer->tactics1[t1], layer->tactics2[t2]);
     }
     int* map = reinterpret_cast<int*>(workspace + layer->map_offset);
     k::QuantParams quant{};
+    const void* input = b.hidden_states;
+#ifdef FLASHINFER_RS_MOE_FP8
+    if (p.weights == FI_CUTLASS_MOE_WEIGHTS_FP8) {
+      // The runner takes e4m3 input as it is (upstream leaves the quantisation to the caller).
+      auto* q = reinterpret_cast<__nv_fp8_e4m3*>(workspace + layer->fp8_input_offset);
+      fi::fp8::quantize(static_cast<const __nv_bfloat16*>(b.hidden_states), b.fp8_input_quant, q,
+                        int64_t(b.num_tokens) * p.hidden_size, static_cast<cudaStream_t>(stream));
+      input = q;
+      // One activation scale for GEMM 2's input (not per expert); no fp8 output.
+      quant = k::QuantParams::FP8(b.fp8_fc1_dequant, b.fp8_fc2_quant, b.fp8_fc2_dequant);
+    }
+#endif
     tensorrt_llm::kernels::LoraParams lora{};
     k::MoeMinLatencyParams min_latency{};
     // Programmatic dependent launch, upstream's default on sm_90 (`device_support_pdl`): each of
@@ -289,8 +348,8 @@ extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
     // output. The first kernel waits for our router (launched without the attribute), and
     // whatever the caller launches next waits for the last one as usual. Graph capture keeps
     // these as programmatic edges.
-    layer->runner.runMoe(
-        b.hidden_states, /*input_sf=*/nullptr, /*swizzled_input_sf=*/false, b.expert_ids,
+    layer->runner->runMoe(
+        input, /*input_sf=*/nullptr, /*swizzled_input_sf=*/false, b.expert_ids,
         b.expert_scales, b.fc1_weights, /*fc1_expert_biases=*/nullptr,
         k::ActivationParams(k::ActivationType::Swiglu), b.fc2_weights,
         /*fc2_expert_biases=*/nullptr, quant, b.num_tokens, p.hidden_size,

@@ -7,6 +7,7 @@
 
 namespace fi {
 bool cutlass_moe_built() { return false; }
+bool cutlass_moe_fp8_built() { return false; }
 bool cutlass_moe_built_for(int, int) { return false; }
 }  // namespace fi
 

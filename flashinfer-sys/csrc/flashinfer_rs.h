@@ -29,7 +29,7 @@
 extern "C" {
 #endif
 
-#define FI_ABI_VERSION 7
+#define FI_ABI_VERSION 8
 
 /* ---- status --------------------------------------------------------------------------- */
 
@@ -84,6 +84,7 @@ typedef struct fi_build_info {
                                      "0001,0002,0003,0004,0005,0006,0008" ("" without kernels) */
   int32_t has_cutlass_moe;      /**< FlashInfer's CUTLASS fused MoE for Hopper (sm_90a, feature
                                      sm90-moe) is in this library */
+  int32_t has_cutlass_moe_fp8;  /**< ... with its fp8 per-tensor GEMMs (feature sm90-moe-fp8) */
 } fi_build_info;
 
 fi_status fi_get_build_info(fi_build_info* out);
@@ -395,14 +396,28 @@ fi_status fi_cubin_probe(const char* path, const char* sha256, size_t* size);
 
 /* ---- the CUTLASS fused MoE (Hopper; feature sm90-moe) ----------------------------------- */
 
-/* FlashInfer's CUTLASS fused MoE (`CutlassMoeFCRunner<bf16, bf16>`, TMA warp-specialised
- * grouped GEMMs for sm_90a): bf16 activations and weights, SwiGLU, on precomputed expert ids
+/* FlashInfer's CUTLASS fused MoE (`CutlassMoeFCRunner`, TMA warp-specialised grouped GEMMs for
+ * sm_90a): bf16 activations and weights, or fp8 per-tensor (fi_cutlass_moe_weights), SwiGLU,
+ * bf16 output, on precomputed expert ids
  * (int32) and scales (fp32), e.g. from fi_topk_route. A layer is created once for its sizes
  * (host memory only; checks the current device) and run per batch: fi_cutlass_moe_run enqueues
  * its kernels on the caller's stream into caller-provided workspace, with no allocation and no
  * synchronisation, so it can be captured in a CUDA graph. A layer serialises its own calls (the
  * runner keeps per-call state), so one layer may be shared between threads. */
 typedef struct fi_cutlass_moe fi_cutlass_moe;
+
+/** The expert weights' element type, and with it the GEMMs' operands. */
+typedef enum fi_cutlass_moe_weights {
+  /** bf16 weights x bf16 activations (`CutlassMoeFCRunner<bf16, bf16>`). */
+  FI_CUTLASS_MOE_WEIGHTS_BF16 = 0,
+  /** fp8 e4m3 weights with one dequantisation scale per expert and GEMM, x e4m3 activations
+   * with one static scale per GEMM input (`CutlassMoeFCRunner<fp8, fp8, bf16>`; feature
+   * sm90-moe-fp8): the call quantises the bf16 hidden states with fp8_input_quant into its
+   * workspace, GEMM 1 dequantises with fp8_fc1_dequant, the SwiGLU output is quantised with
+   * fp8_fc2_quant, GEMM 2 dequantises with fp8_fc2_dequant (fi_cutlass_moe_buffers). No decode
+   * kernels: decode_max_tokens must be 0. */
+  FI_CUTLASS_MOE_WEIGHTS_FP8 = 1,
+} fi_cutlass_moe_weights;
 
 typedef struct fi_cutlass_moe_params {
   int32_t num_experts;       /**< global expert count: the ids index these */
@@ -420,6 +435,7 @@ typedef struct fi_cutlass_moe_params {
                                   decode kernels instead of the grouped GEMMs; 0: never. The
                                   workspace holds their activations for
                                   min(decode_max_tokens, max_tokens) tokens */
+  int32_t weights;           /**< fi_cutlass_moe_weights */
 } fi_cutlass_moe_params;
 
 /** One TMA warp-specialised tactic of a grouped GEMM (fi_cutlass_moe_tactic_info). */
@@ -454,12 +470,18 @@ typedef struct fi_cutlass_moe_buffers {
   const void* hidden_states;   /**< bf16 [num_tokens, hidden_size] */
   const int32_t* expert_ids;   /**< [num_tokens, top_k] global ids in [0, num_experts) */
   const float* expert_scales;  /**< [num_tokens, top_k] the weight of each chosen expert */
-  const void* fc1_weights;     /**< bf16 [L, 2 * intermediate_size, hidden_size]: each expert's
-                                    linear (up) rows, then its gate rows */
-  const void* fc2_weights;     /**< bf16 [L, hidden_size, intermediate_size] (down) */
+  const void* fc1_weights;     /**< bf16 or e4m3 [L, 2 * intermediate_size, hidden_size]: each
+                                    expert's linear (up) rows, then its gate rows */
+  const void* fc2_weights;     /**< bf16 or e4m3 [L, hidden_size, intermediate_size] (down) */
   void* output;                /**< bf16 [num_tokens, hidden_size], written */
   void* workspace;             /**< device memory of fi_cutlass_moe_workspace_size bytes */
   size_t workspace_bytes;
+  /* fp8 weights only (NULL for bf16), device f32, read by the kernels (so a graph replays
+   * whatever they hold then); a = an activation's dequantisation scale, w = a weight's: */
+  const float* fp8_input_quant; /**< [1]: 1 / a1, multiplies the hidden states before e4m3 */
+  const float* fp8_fc1_dequant; /**< [L]: a1 * w13[e], GEMM 1's output scale per expert */
+  const float* fp8_fc2_quant;   /**< [1]: 1 / a2, multiplies the SwiGLU output before e4m3 */
+  const float* fp8_fc2_dequant; /**< [L]: a2 * w2[e], GEMM 2's output scale per expert */
 } fi_cutlass_moe_buffers;
 
 /** output[t] = sum over j of expert_scales[t, j] * down(SwiGLU(up_gate(x[t]))) of expert

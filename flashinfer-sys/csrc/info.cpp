@@ -169,6 +169,7 @@ extern "C" fi_status fi_get_build_info(fi_build_info* out) {
     out->crate_version = FLASHINFER_RS_CRATE_VERSION;
     out->patches = FLASHINFER_RS_PATCHES;
     out->has_cutlass_moe = fi::cutlass_moe_built();
+    out->has_cutlass_moe_fp8 = fi::cutlass_moe_fp8_built();
   });
 }
 

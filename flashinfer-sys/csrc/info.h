@@ -16,5 +16,6 @@ bool fused_built_for(int major, int minor);
 // Defined by cutlass_moe.cu where the CUTLASS fused MoE is built (feature sm90-moe), else by
 // cutlass_moe_absent.cpp: which of the two is linked is what the build has.
 bool cutlass_moe_built();
+bool cutlass_moe_fp8_built();
 bool cutlass_moe_built_for(int major, int minor);
 }  // namespace fi

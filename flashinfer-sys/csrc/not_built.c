@@ -28,6 +28,7 @@ fi_status fi_get_build_info(fi_build_info* out) {
   out->crate_version = FLASHINFER_RS_CRATE_VERSION;
   out->patches = "";
   out->has_cutlass_moe = 0;
+  out->has_cutlass_moe_fp8 = 0;
   return FI_STATUS_OK;
 }
 

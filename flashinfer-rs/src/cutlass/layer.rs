@@ -4,15 +4,20 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceSlice};
+use cudarc::driver::{
+    CudaContext, CudaSlice, CudaStream, CudaView, CudaViewMut, DeviceRepr, DeviceSlice,
+};
 use flashinfer_sys as sys;
 use half::bf16;
 
-use super::plan::{CutlassBatchSizes, CutlassMoeConfig, CutlassPlan, CutlassRoutingSizes};
+use super::plan::{
+    CutlassBatchSizes, CutlassFp8Scales, CutlassMoeConfig, CutlassPlan, CutlassRoutingSizes,
+};
 use crate::capture::LayerViews;
 use crate::context::same_context;
 use crate::error::{Error, Result};
 use crate::ffi::check;
+use crate::fused::E4m3;
 use crate::launch::Launch;
 use crate::replay::ReplayView;
 use crate::routing::{Bias, Logits, RouteInput, TopKOutputs, TopKRouter};
@@ -24,9 +29,29 @@ use crate::routing::{Bias, Logits, RouteInput, TopKOutputs, TopKRouter};
 ///
 /// Sealed: the layer checks the weights' sizes once, at construction, and every call reads
 /// the same memory; only these three kinds of storage guarantee that.
-pub trait WeightBuffer<T>: Send + Sync + sealed::Sealed {
+pub trait WeightBuffer: Send + Sync + sealed::Sealed {
+    /// The weights' element type: `bf16`, or [`E4m3`] for fp8 weights.
+    type Element;
     /// The weights, for one call.
-    fn view(&self) -> CudaView<'_, T>;
+    fn view(&self) -> CudaView<'_, Self::Element>;
+}
+
+/// An element type the layer's weights come in: `bf16` ([`CutlassMoe::new`]) or [`E4m3`]
+/// (fp8 per-tensor, [`CutlassMoe::new_fp8`]). Sealed.
+pub trait CutlassElement: DeviceRepr + Send + Sync + sealed::Sealed {
+    /// The C ABI's `fi_cutlass_moe_weights`.
+    #[doc(hidden)]
+    const WEIGHTS: sys::fi_cutlass_moe_weights::Type;
+}
+
+impl CutlassElement for bf16 {
+    const WEIGHTS: sys::fi_cutlass_moe_weights::Type =
+        sys::fi_cutlass_moe_weights::FI_CUTLASS_MOE_WEIGHTS_BF16;
+}
+
+impl CutlassElement for E4m3 {
+    const WEIGHTS: sys::fi_cutlass_moe_weights::Type =
+        sys::fi_cutlass_moe_weights::FI_CUTLASS_MOE_WEIGHTS_FP8;
 }
 
 mod sealed {
@@ -38,28 +63,33 @@ mod sealed {
     impl<T> Sealed for CudaSlice<T> {}
     impl<T> Sealed for Arc<CudaSlice<T>> {}
     impl<T> Sealed for CudaView<'_, T> {}
+    impl Sealed for half::bf16 {}
+    impl Sealed for crate::fused::E4m3 {}
 }
 
-impl<T: Send + Sync> WeightBuffer<T> for CudaSlice<T> {
+impl<T: Send + Sync> WeightBuffer for CudaSlice<T> {
+    type Element = T;
     fn view(&self) -> CudaView<'_, T> {
         self.as_view()
     }
 }
 
-impl<T: Send + Sync> WeightBuffer<T> for Arc<CudaSlice<T>> {
+impl<T: Send + Sync> WeightBuffer for Arc<CudaSlice<T>> {
+    type Element = T;
     fn view(&self) -> CudaView<'_, T> {
         self.as_view()
     }
 }
 
-impl<T: Send + Sync> WeightBuffer<T> for CudaView<'_, T> {
+impl<T: Send + Sync> WeightBuffer for CudaView<'_, T> {
+    type Element = T;
     fn view(&self) -> CudaView<'_, T> {
         self.slice(..)
     }
 }
 
-/// The layer's expert weights, bf16, in whatever `W` holds them ([`WeightBuffer`]: owned by
-/// default).
+/// The layer's expert weights, bf16 or [`E4m3`], in whatever `W` holds them
+/// ([`WeightBuffer`]: owned bf16 by default).
 #[derive(Debug)]
 pub struct CutlassWeights<W = CudaSlice<bf16>> {
     /// GEMM 1 (up and gate) `[local_experts, 2 * intermediate, hidden]`: each expert's linear
@@ -122,7 +152,8 @@ pub struct CutlassWorkspace {
 }
 
 /// A layer of FlashInfer's CUTLASS fused MoE on Hopper: the top-k router (or precomputed
-/// ids), GEMM 1, SwiGLU, GEMM 2 and the weighted sum, bf16 activations and weights, held as
+/// ids), GEMM 1, SwiGLU, GEMM 2 and the weighted sum, bf16 activations and output, bf16
+/// weights ([`new`](Self::new)) or fp8 per-tensor ones ([`new_fp8`](Self::new_fp8)), held as
 /// `W` holds them (owned by default; see [`WeightBuffer`]).
 ///
 /// A model owns its layers and their weights, and can be shared across a server's tasks:
@@ -174,16 +205,45 @@ pub struct CutlassMoe<W = CudaSlice<bf16>> {
     scratch_bytes: usize,
     /// Calls of up to this many tokens take the decode kernels.
     decode_max_tokens: usize,
+    /// fp8 weights: their scales on the device, as the C ABI reads them.
+    fp8: Option<Fp8Device>,
     /// Whether a call has launched (the first launch is logged).
     launched: AtomicBool,
 }
 
+/// [`CutlassFp8Scales`] as the kernels read them (fi_cutlass_moe_buffers' `fp8_*`), with
+/// `a1`, `a2` the activations' scales and `w13`, `w2` the weights'.
+#[derive(Debug)]
+struct Fp8Device {
+    /// `[1 / a1]`: quantises the hidden states.
+    input_quant: CudaSlice<f32>,
+    /// `[a1 * w13[e]]` per local expert: GEMM 1's output scale.
+    fc1_dequant: CudaSlice<f32>,
+    /// `[1 / a2]`: quantises the SwiGLU output.
+    fc2_quant: CudaSlice<f32>,
+    /// `[a2 * w2[e]]` per local expert: GEMM 2's output scale.
+    fc2_dequant: CudaSlice<f32>,
+}
+
+impl Fp8Device {
+    /// Copies checked scales to the device, on the weights' stream.
+    fn new(stream: &Arc<CudaStream>, s: &CutlassFp8Scales) -> Result<Fp8Device> {
+        let times = |a: f32, w: &[f32]| w.iter().map(|w| a * w).collect::<Vec<f32>>();
+        Ok(Fp8Device {
+            input_quant: stream.clone_htod(&[1.0 / s.fc1_input])?,
+            fc1_dequant: stream.clone_htod(&times(s.fc1_input, &s.fc1_weights))?,
+            fc2_quant: stream.clone_htod(&[1.0 / s.fc2_input])?,
+            fc2_dequant: stream.clone_htod(&times(s.fc2_input, &s.fc2_weights))?,
+        })
+    }
+}
+
 // SAFETY: the C layer serialises calls on one runner (its mutex) and holds no thread-bound
 // state; the weights are `WeightBuffer`s, which are Send.
-unsafe impl<W: WeightBuffer<bf16>> Send for CutlassMoe<W> {}
+unsafe impl<W: WeightBuffer> Send for CutlassMoe<W> {}
 // SAFETY: as above: `forward(&self)` from several threads takes the runner's lock in turn;
 // the weights are only read (`WeightBuffer` is Sync).
-unsafe impl<W: WeightBuffer<bf16>> Sync for CutlassMoe<W> {}
+unsafe impl<W: WeightBuffer> Sync for CutlassMoe<W> {}
 
 impl<W> std::fmt::Debug for CutlassMoe<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -243,7 +303,7 @@ pub const DECODE_MAX_TOKENS: usize = 4;
 /// one, 14 Mi (7168 x 2048), the grouped GEMMs were 4-6% faster at 1-8 tokens on an H100.
 pub const DECODE_MAX_EXPERT_SIZE: usize = 4 << 20;
 
-impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
+impl<W: WeightBuffer<Element = bf16>> CutlassMoe<W> {
     /// Checks `config` and `weights` and creates the runner on the weights' device. Calls of
     /// up to [`DECODE_MAX_TOKENS`] tokens take the decode kernels where the experts are at most
     /// [`DECODE_MAX_EXPERT_SIZE`]; the others the grouped GEMMs, their tactics chosen per call
@@ -257,7 +317,7 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
         let small =
             config.hidden_size.saturating_mul(config.intermediate_size) <= DECODE_MAX_EXPERT_SIZE;
         let decode_max_tokens = if small { DECODE_MAX_TOKENS } else { 0 };
-        Self::create(config, weights, (-1, -1), decode_max_tokens)
+        Self::create(config, weights, (-1, -1), decode_max_tokens, None)
     }
 
     /// [`new`](Self::new) with the decode kernels taking calls of up to `decode_max_tokens`
@@ -268,7 +328,7 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
         weights: CutlassWeights<W>,
         decode_max_tokens: usize,
     ) -> Result<Self> {
-        Self::create(config, weights, (-1, -1), decode_max_tokens)
+        Self::create(config, weights, (-1, -1), decode_max_tokens, None)
     }
 
     /// The grouped GEMMs for every call (no decode kernels), with GEMM 1's and GEMM 2's
@@ -279,19 +339,69 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
         weights: CutlassWeights<W>,
         tactics: (u32, u32),
     ) -> Result<Self> {
-        let as_i32 = |v: u32| i32::try_from(v).map_err(|_| Error::invalid("tactics", "too large"));
-        Self::create(config, weights, (as_i32(tactics.0)?, as_i32(tactics.1)?), 0)
+        Self::create(config, weights, tactic_indices(tactics)?, 0, None)
+    }
+}
+
+impl<W: WeightBuffer<Element = E4m3>> CutlassMoe<W> {
+    /// An fp8 per-tensor layer (feature `sm90-moe-fp8`): e4m3 weights with one scale per
+    /// expert and GEMM, e4m3 activations with one static scale per GEMM input, bf16 hidden
+    /// states in and bf16 output out, as FlashInfer's `CutlassMoeFCRunner<fp8, fp8, bf16>` (and
+    /// vLLM's FlashInfer CUTLASS fp8 MoE) computes it: each call quantises its hidden states
+    /// (`e4m3(x / fc1_input)`, saturating), GEMM 1 accumulates in f32 and scales by
+    /// `fc1_input * fc1_weights[e]`, SwiGLU runs in f32 on GEMM 1's bf16 output and is
+    /// quantised with `fc2_input`, GEMM 2 scales by `fc2_input * fc2_weights[e]`, and the
+    /// weighted sum is in f32. Weights as [`CutlassWeights`] lays them out (up rows first);
+    /// [`prepare`](super::prepare) quantises bf16 weights. The grouped GEMMs take every call
+    /// (the decode kernels are bf16 only), their tactics chosen per call as for bf16.
+    /// Answers [`Error::KernelsNotBuilt`] in a build without `sm90-moe-fp8`.
+    pub fn new_fp8(
+        config: CutlassMoeConfig,
+        weights: CutlassWeights<W>,
+        scales: &CutlassFp8Scales,
+    ) -> Result<Self> {
+        Self::create(config, weights, (-1, -1), 0, Some(scales))
     }
 
-    /// Tactics as the C ABI takes them: indices, or -1 for both: chosen per call.
+    /// [`new_fp8`](Self::new_fp8) with GEMM 1's and GEMM 2's tactics fixed, as
+    /// [`with_tactics`](CutlassMoe::with_tactics) fixes them for bf16.
+    pub fn fp8_with_tactics(
+        config: CutlassMoeConfig,
+        weights: CutlassWeights<W>,
+        scales: &CutlassFp8Scales,
+        tactics: (u32, u32),
+    ) -> Result<Self> {
+        Self::create(config, weights, tactic_indices(tactics)?, 0, Some(scales))
+    }
+}
+
+/// Tactics by index, as the C ABI takes them.
+fn tactic_indices(tactics: (u32, u32)) -> Result<(i32, i32)> {
+    let as_i32 = |v: u32| i32::try_from(v).map_err(|_| Error::invalid("tactics", "too large"));
+    Ok((as_i32(tactics.0)?, as_i32(tactics.1)?))
+}
+
+impl<W: WeightBuffer> CutlassMoe<W>
+where
+    W::Element: CutlassElement,
+{
+    /// Tactics as the C ABI takes them: indices, or -1 for both: chosen per call; `fp8` the
+    /// scales of fp8 weights (given exactly when the element is [`E4m3`]).
     fn create(
         config: CutlassMoeConfig,
         weights: CutlassWeights<W>,
         tactics: (i32, i32),
         decode_max_tokens: usize,
+        fp8: Option<&CutlassFp8Scales>,
     ) -> Result<Self> {
         let (fc1, fc2) = (weights.fc1.view(), weights.fc2.view());
         let plan = CutlassPlan::new(config, fc1.len(), fc2.len())?;
+        let fp8 = fp8
+            .map(|s| {
+                plan.check_fp8_scales(s)?;
+                Fp8Device::new(fc1.stream(), s)
+            })
+            .transpose()?;
         // More than max_tokens never matters, and max_tokens fits in i32 (the plan checked it).
         let decode_max_tokens = decode_max_tokens.min(config.max_tokens);
         let router = TopKRouter::from_plan(*plan.router());
@@ -308,6 +418,7 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
             tactic_gemm1: tactics.0,
             tactic_gemm2: tactics.1,
             decode_max_tokens: decode_max_tokens as i32,
+            weights: W::Element::WEIGHTS as i32,
         };
         ctx.bind_to_thread()?;
         let mut raw = std::ptr::null_mut();
@@ -328,6 +439,7 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
             raw,
             scratch_bytes,
             decode_max_tokens,
+            fp8,
             launched: AtomicBool::new(false),
         };
         sized?;
@@ -463,6 +575,7 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
             CutlassRouting::Precomputed { ids, scales } => Source::Given(ids, scales),
         };
         let (fc1_view, fc2_view) = (self.weights.fc1.view(), self.weights.fc2.view());
+        let fp8 = self.fp8.as_ref();
         let mut l = Launch::for_layer(stream, &self.ctx);
         let x = l.input("hidden_states", &hidden_states);
         let out = l.output("output", output);
@@ -484,6 +597,10 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
         // In the weights' context, which the launch checked the stream against.
         let fc1 = l.input("weights", &fc1_view);
         let fc2 = l.input("weights", &fc2_view);
+        let input_quant = l.input_opt("fp8 scales", fp8.map(|f| &f.input_quant));
+        let fc1_dequant = l.input_opt("fp8 scales", fp8.map(|f| &f.fc1_dequant));
+        let fc2_quant = l.input_opt("fp8 scales", fp8.map(|f| &f.fc2_quant));
+        let fc2_dequant = l.input_opt("fp8 scales", fp8.map(|f| &f.fc2_dequant));
         let (ids, scales) = match &source {
             Source::Route(input) => {
                 let weights = captured_weights.as_mut();
@@ -508,6 +625,11 @@ impl<W: WeightBuffer<bf16>> CutlassMoe<W> {
                 output: p.rw(out),
                 workspace: p.rw(scratch),
                 workspace_bytes: self.scratch_bytes,
+                // Null for bf16 weights.
+                fp8_input_quant: p.ro(input_quant),
+                fp8_fc1_dequant: p.ro(fc1_dequant),
+                fp8_fc2_quant: p.ro(fc2_quant),
+                fp8_fc2_dequant: p.ro(fc2_dequant),
             };
             // SAFETY: the launch's guarantees, and every buffer sized for `t` tokens
             // (check_batch) or for the layer (the weights, the workspace: check_workspace).

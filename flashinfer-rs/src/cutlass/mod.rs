@@ -12,14 +12,18 @@
 //!   [`CutlassMoe::forward`] (or [`CutlassMoe::forward_captured`] into a capture store);
 //! - [`CutlassPlan`] (`plan`): every rule on sizes, checked before any launch (tested on CPU
 //!   and fuzzed; public, so a server checks a batch before it has buffers);
-//! - [`prepare`]: GEMM 1's weights from `gate_proj`/`up_proj` or a gate-first `w13`.
+//! - [`prepare`]: GEMM 1's weights from `gate_proj`/`up_proj` or a gate-first `w13`; fp8
+//!   weights quantised per expert, or from fp8 checkpoints' separate gate and up scales.
 //!
 //! What is built (pruned to what this layer exposes, see flashinfer-sys's
-//! `build/cutlass_moe.rs`): bf16 activations and bf16 weights, SwiGLU (linear half first),
-//! no biases, the TMA warp-specialised GEMMs only, two CTA tiles each (cluster 1x1): 128x16
-//! with swapped operands for decode and 128x256 for prefill ([`CutlassTactic`]). Not built:
-//! GEMM 2 with the weighted sum fused (not deterministic), fp8 block-scaled weights, other
-//! activations, LoRA, min-latency mode.
+//! `build/cutlass_moe.rs`): bf16 activations and bf16 weights, and with feature
+//! `sm90-moe-fp8` fp8 per-tensor weights and activations ([`CutlassMoe::new_fp8`],
+//! [`CutlassFp8Scales`]: `CutlassMoeFCRunner<fp8, fp8, bf16>`, bf16 in and out); SwiGLU
+//! (linear half first), no biases, the TMA warp-specialised GEMMs only, two CTA tiles each
+//! (cluster 1x1): 128x16 with swapped operands for decode and 128x256 for prefill
+//! ([`CutlassTactic`]). Not built: GEMM 2 with the weighted sum fused (not deterministic),
+//! DeepSeek's fp8 block-scaled weights (docs/fp8-on-hopper.md), other activations, LoRA,
+//! min-latency mode.
 //!
 //! [`TopKRouter`]: crate::routing::TopKRouter
 mod layer;
@@ -27,7 +31,9 @@ mod plan;
 pub mod prepare;
 
 pub use layer::{
-    CutlassBatch, CutlassMoe, CutlassRouting, CutlassTactic, CutlassWeights, CutlassWorkspace,
-    WeightBuffer, DECODE_MAX_EXPERT_SIZE, DECODE_MAX_TOKENS,
+    CutlassBatch, CutlassElement, CutlassMoe, CutlassRouting, CutlassTactic, CutlassWeights,
+    CutlassWorkspace, WeightBuffer, DECODE_MAX_EXPERT_SIZE, DECODE_MAX_TOKENS,
 };
-pub use plan::{CutlassBatchSizes, CutlassMoeConfig, CutlassPlan, CutlassRoutingSizes};
+pub use plan::{
+    CutlassBatchSizes, CutlassFp8Scales, CutlassMoeConfig, CutlassPlan, CutlassRoutingSizes,
+};

@@ -20,6 +20,26 @@ pub struct CutlassMoeConfig {
     pub max_tokens: usize,
 }
 
+/// The dequantisation scales of an fp8 per-tensor layer ([`CutlassMoe::new_fp8`](super::CutlassMoe::new_fp8)), as fp8
+/// checkpoints with static activation scales ship them (ModelOpt, compressed-tensors
+/// "tensor" strategy; vLLM's `w13_weight_scale`, `w13_input_scale`, ...): a real value is its
+/// e4m3 code times its scale. Checked at construction: every scale finite and positive.
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+pub struct CutlassFp8Scales {
+    /// GEMM 1's weight scale per local expert, `[local_experts]`: the expert's up and gate
+    /// rows share it (a checkpoint with one per projection is requantised to their maximum,
+    /// as vLLM does: [`prepare::fp8_shared_scale`](super::prepare::fp8_shared_scale)).
+    pub fc1_weights: Vec<f32>,
+    /// GEMM 2's (down) weight scale per local expert, `[local_experts]`.
+    pub fc2_weights: Vec<f32>,
+    /// The hidden states' scale (static): each token is quantised as `e4m3(x / fc1_input)`,
+    /// saturating at ±448.
+    pub fc1_input: f32,
+    /// The SwiGLU output's scale (static), quantised likewise before GEMM 2.
+    pub fc2_input: f32,
+}
+
 /// The size rules of [`CutlassMoe`](super::CutlassMoe): a layer checked once by
 /// [`new`](Self::new) (its config, expert range and weights' lengths, and the rules of its
 /// top-k router), then [`check_batch`](Self::check_batch) per call, on sizes alone (no
@@ -91,6 +111,46 @@ impl CutlassPlan {
     /// Elements of the routed ids (and of the scales) at `max_tokens`.
     pub(crate) fn routed_len(&self) -> usize {
         self.config.max_tokens * self.top_k()
+    }
+
+    /// The rules on an fp8 layer's scales: one weight scale per local expert and GEMM, and
+    /// every scale (and its reciprocal, and each product the kernels use) finite and positive.
+    pub fn check_fp8_scales(&self, s: &CutlassFp8Scales) -> Result<()> {
+        let local = self.config.routing.local_num_experts as usize;
+        for (name, w) in [
+            ("fc1_weights", &s.fc1_weights),
+            ("fc2_weights", &s.fc2_weights),
+        ] {
+            ensure(w.len() == local, name, || {
+                format!(
+                    "holds {} scales, the layer has {local} local experts",
+                    w.len()
+                )
+            })?;
+        }
+        let finite = |v: f32| v.is_finite() && v > 0.0 && (1.0 / v).is_finite();
+        for (name, input, weights) in [
+            ("fc1", s.fc1_input, &s.fc1_weights),
+            ("fc2", s.fc2_input, &s.fc2_weights),
+        ] {
+            ensure(finite(input), name, || {
+                format!("input scale {input} is not a finite positive number")
+            })?;
+            if let Some((e, w)) = weights
+                .iter()
+                .enumerate()
+                .find(|&(_, &w)| !finite(w) || !finite(input * w))
+            {
+                return Err(crate::error::Error::invalid(
+                    name,
+                    format!(
+                        "weight scale {w} of local expert {e} (times the input scale {input}) is \
+                         not a finite positive number"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 

@@ -6,9 +6,112 @@
 //! `[experts, hidden, intermediate]`, which is the checkpoints' `down_proj` stacked as is.
 //! Hugging Face checkpoints keep `gate_proj` and `up_proj` apart (`[intermediate, hidden]`
 //! each); vLLM and SGLang fuse them as `w13` with the gate rows first.
+//!
+//! fp8 per-tensor layers ([`CutlassMoe::new_fp8`](super::CutlassMoe::new_fp8)) take e4m3
+//! weights with one scale per expert and GEMM: [`fp8_per_expert`] quantises bf16 (or f32)
+//! weights so, and [`fp8_shared_scale`] builds `fc1` from fp8 checkpoints that scale
+//! `gate_proj` and `up_proj` apart.
 
 use crate::alloc;
-use crate::error::{ensure, ensure_nonzero, Result};
+use crate::error::{ensure, ensure_nonzero, Error, Result};
+use crate::fused::elements::E4M3_MAX;
+use crate::fused::E4m3;
+
+/// Quantises `weights` (`experts` equal blocks, stacked) to e4m3 with one scale per block,
+/// `amax / 448` (1 for an all-zero block), rounding to nearest even: the codes and the scales
+/// ([`CutlassFp8Scales`](super::CutlassFp8Scales)' `fc1_weights` or `fc2_weights`). Refuses
+/// NaN and infinite weights.
+pub fn fp8_per_expert<T: Copy + Into<f32>>(
+    weights: &[T],
+    experts: usize,
+) -> Result<(Vec<E4m3>, Vec<f32>)> {
+    ensure_nonzero(&[("experts", experts)])?;
+    ensure(weights.len().is_multiple_of(experts), "weights", || {
+        format!(
+            "{} elements do not split into {experts} experts",
+            weights.len()
+        )
+    })?;
+    let block = weights.len() / experts;
+    let mut codes = alloc::with_capacity("fp8 weights", weights.len())?;
+    let mut scales = alloc::with_capacity("fp8 scales", experts)?;
+    for (e, w) in weights.chunks_exact(block.max(1)).enumerate() {
+        let mut amax = 0f32;
+        for &x in w {
+            let x: f32 = x.into();
+            if !x.is_finite() {
+                return Err(Error::invalid(
+                    "weights",
+                    format!("expert {e} holds {x}: fp8 has no scale for it"),
+                ));
+            }
+            amax = amax.max(x.abs());
+        }
+        let scale = if amax > 0.0 { amax / E4M3_MAX } else { 1.0 };
+        codes.extend(w.iter().map(|&x| E4m3::from_f32(x.into() / scale)));
+        scales.push(scale);
+    }
+    Ok((codes, scales))
+}
+
+/// `fc1` and its scales from an fp8 checkpoint's per-expert `gate_proj` and `up_proj` (e4m3
+/// `[experts, intermediate, hidden]` each, one scale per expert in `gate_scales` and
+/// `up_scales`): each expert's two halves requantised to the larger of its two scales (the
+/// GEMM has one per expert; vLLM does the same), stacked up rows first as
+/// [`fc1_from_gate_up`] stacks them.
+pub fn fp8_shared_scale(
+    gate: (&[E4m3], &[f32]),
+    up: (&[E4m3], &[f32]),
+    experts: usize,
+    intermediate: usize,
+    hidden: usize,
+) -> Result<(Vec<E4m3>, Vec<f32>)> {
+    let rows = expert_block(experts, intermediate, hidden)?;
+    for (name, (v, s)) in [("gate", gate), ("up", up)] {
+        ensure(
+            v.len() == experts * rows && s.len() == experts,
+            name,
+            || {
+                format!(
+                    "holds {} codes and {} scales, [experts {experts}, intermediate \
+                 {intermediate}, hidden {hidden}] needs {} and {experts}",
+                    v.len(),
+                    s.len(),
+                    experts * rows
+                )
+            },
+        )?;
+        if let Some(bad) = s.iter().find(|s| !(s.is_finite() && **s > 0.0)) {
+            return Err(Error::invalid(
+                name,
+                format!("scale {bad} is not finite and positive"),
+            ));
+        }
+    }
+    let mut scales = alloc::with_capacity("fc1 scales", experts)?;
+    let mut halves = [
+        alloc::with_capacity("gate", gate.0.len())?,
+        alloc::with_capacity("up", up.0.len())?,
+    ];
+    for e in 0..experts {
+        let shared = gate.1[e].max(up.1[e]);
+        scales.push(shared);
+        for (out, (codes, s)) in halves.iter_mut().zip([gate, up]) {
+            let block = &codes[e * rows..(e + 1) * rows];
+            if s[e] == shared {
+                out.extend_from_slice(block);
+            } else {
+                let ratio = s[e] / shared;
+                out.extend(block.iter().map(|c| E4m3::from_f32(c.to_f32() * ratio)));
+            }
+        }
+    }
+    let [gate, up] = halves;
+    Ok((
+        fc1_from_gate_up(&gate, &up, experts, intermediate, hidden)?,
+        scales,
+    ))
+}
 
 /// `fc1` from each expert's `gate_proj` and `up_proj` (`[experts, intermediate, hidden]`
 /// each, experts stacked): `[experts, 2 * intermediate, hidden]`, up rows first.
@@ -102,6 +205,39 @@ mod tests {
             fc1_from_gate_first_w13(&w13, 2, 2, 1).unwrap(),
             fc1_from_gate_up(&gate, &up, 2, 2, 1).unwrap()
         );
+    }
+
+    #[test]
+    fn fp8_per_expert_scales_each_block_by_its_amax() {
+        let w = [1.0f32, -2.0, 0.5, 0.25, 0.0, 0.0];
+        let (codes, scales) = fp8_per_expert(&w, 3).unwrap();
+        assert_eq!(scales, [2.0 / 448.0, 0.5 / 448.0, 1.0]);
+        // The block's largest magnitude maps to 448, the rest in proportion (exact here).
+        let back: Vec<f32> = codes
+            .iter()
+            .zip([0, 0, 1, 1, 2, 2])
+            .map(|(c, e)| c.to_f32() * scales[e])
+            .collect();
+        assert_eq!(back, [1.0, -2.0, 0.5, 0.25, 0.0, 0.0]);
+        assert!(fp8_per_expert(&[f32::NAN, 1.0], 1).is_err());
+        assert!(fp8_per_expert(&[f32::INFINITY, 1.0], 2).is_err());
+        assert!(fp8_per_expert(&[1.0f32; 3], 2).is_err());
+        assert!(fp8_per_expert(&[1.0f32; 3], 0).is_err());
+    }
+
+    #[test]
+    fn fp8_halves_are_requantised_to_the_larger_scale() {
+        let q = |x: f32| E4m3::from_f32(x);
+        // One expert, intermediate 1, hidden 2: gate at scale 1, up at scale 2.
+        let gate = [q(448.0), q(-3.0)];
+        let up = [q(448.0), q(8.0)];
+        let (fc1, scales) = fp8_shared_scale((&gate, &[1.0]), (&up, &[2.0]), 1, 1, 2).unwrap();
+        assert_eq!(scales, [2.0]);
+        let real: Vec<f32> = fc1.iter().map(|c| c.to_f32() * 2.0).collect();
+        // Up rows first (unchanged), then the gate's, halved in code (exact here).
+        assert_eq!(real, [896.0, 16.0, 448.0, -3.0]);
+        assert!(fp8_shared_scale((&gate, &[0.0]), (&up, &[2.0]), 1, 1, 2).is_err());
+        assert!(fp8_shared_scale((&gate, &[1.0]), (&up[..1], &[2.0]), 1, 1, 2).is_err());
     }
 
     #[test]

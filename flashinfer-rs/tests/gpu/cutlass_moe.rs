@@ -30,7 +30,7 @@ use crate::common::gpu;
 
 /// A layer for this machine: `Some` where the CUTLASS MoE runs; else the refusal is checked
 /// and `None` returned.
-fn layer_here<'w>(
+pub(crate) fn layer_here<'w>(
     cfg: CutlassMoeConfig,
     weights: CutlassWeights<CudaView<'w, bf16>>,
     test: &str,
@@ -60,6 +60,44 @@ fn layer_here<'w>(
         }
         Err(e) => panic!("{test}: unexpected refusal {e:?}"),
     }
+}
+
+/// Without the fp8 GEMMs (no `sm90-moe-fp8`), an fp8 layer is refused with a typed error: the
+/// bf16 layer's refusal off Hopper, KernelsNotBuilt on it.
+#[cfg(not(feature = "sm90-moe-fp8"))]
+#[test]
+fn fp8_layers_are_refused_without_their_gemms() {
+    use flashinfer_rs::cutlass::CutlassFp8Scales;
+    use flashinfer_rs::fused::E4m3;
+    let test = "cutlass_moe::fp8_layers_are_refused_without_their_gemms";
+    let Some(g) = gpu(test) else {
+        return;
+    };
+    let routing = RoutingConfig::new(RoutingMethod::Renormalize, 8, 2);
+    let cfg = CutlassMoeConfig {
+        routing,
+        hidden_size: 64,
+        intermediate_size: 64,
+        max_tokens: 4,
+    };
+    let fc1 = g.stream.alloc_zeros::<E4m3>(8 * 2 * 64 * 64).unwrap();
+    let fc2 = g.stream.alloc_zeros::<E4m3>(8 * 64 * 64).unwrap();
+    let weights = CutlassWeights {
+        fc1: fc1.as_view(),
+        fc2: fc2.as_view(),
+    };
+    let scales = CutlassFp8Scales {
+        fc1_weights: vec![1.0; 8],
+        fc2_weights: vec![1.0; 8],
+        fc1_input: 1.0,
+        fc2_input: 1.0,
+    };
+    assert!(!flashinfer_rs::build_info().cutlass_moe_fp8);
+    let got = CutlassMoe::new_fp8(cfg, weights, &scales);
+    assert!(
+        matches!(got, Err(Error::KernelsNotBuilt | Error::UnsupportedArch(_))),
+        "{test}: {got:?}"
+    );
 }
 
 /// Every layer-building test first checks the machine, with tiny weights.
@@ -106,15 +144,15 @@ fn the_layer_is_built_here_or_refused_with_a_typed_error() {
 }
 
 #[cfg(feature = "sm90-moe")]
-mod on_hopper {
+pub(crate) mod on_hopper {
     use std::sync::Arc;
 
     use flashinfer_rs::capture::{CaptureConfig, CaptureStore, StepLayout};
     use flashinfer_rs::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
     use flashinfer_rs::cudarc::driver::{CudaSlice, CudaStream, CudaView};
     use flashinfer_rs::cutlass::{
-        CutlassBatch, CutlassMoe, CutlassMoeConfig, CutlassRouting, CutlassWeights,
-        CutlassWorkspace,
+        CutlassBatch, CutlassElement, CutlassMoe, CutlassMoeConfig, CutlassRouting, CutlassWeights,
+        CutlassWorkspace, WeightBuffer,
     };
     use flashinfer_rs::fused::oracle::{self as moe_oracle, ActivationRounding, ExpertWeights};
     use flashinfer_rs::fused::Activation;
@@ -130,17 +168,17 @@ mod on_hopper {
 
     /// bf16 tolerance of one output element (the kernels round GEMM 1's output and the
     /// activation to bf16, the reference does not): `|ref - out| <= 0.02 + 0.02 |out|`.
-    const ATOL: f32 = 0.02;
-    const RTOL: f32 = 0.02;
+    pub(crate) const ATOL: f32 = 0.02;
+    pub(crate) const RTOL: f32 = 0.02;
 
     /// Uniform in `[-scale, scale)`, bf16-exact.
-    fn values(rng: &mut SplitMix64, n: usize, scale: f32) -> Vec<f32> {
+    pub(crate) fn values(rng: &mut SplitMix64, n: usize, scale: f32) -> Vec<f32> {
         (0..n)
             .map(|_| bf16::from_f32((rng.unit() as f32 * 2.0 - 1.0) * scale).to_f32())
             .collect()
     }
 
-    fn upload(g: &Gpu, v: &[f32]) -> CudaSlice<bf16> {
+    pub(crate) fn upload(g: &Gpu, v: &[f32]) -> CudaSlice<bf16> {
         let b: Vec<bf16> = v.iter().map(|&x| bf16::from_f32(x)).collect();
         g.stream.clone_htod(&b).unwrap()
     }
@@ -186,7 +224,12 @@ mod on_hopper {
         }
     }
 
-    fn config(routing: RoutingConfig, h: usize, i: usize, max_tokens: usize) -> CutlassMoeConfig {
+    pub(crate) fn config(
+        routing: RoutingConfig,
+        h: usize,
+        i: usize,
+        max_tokens: usize,
+    ) -> CutlassMoeConfig {
         CutlassMoeConfig {
             routing,
             hidden_size: h,
@@ -227,20 +270,23 @@ mod on_hopper {
 
     /// What one forward call wrote, downloaded.
     #[derive(PartialEq)]
-    struct Outcome {
-        output: Vec<u16>,
-        replay: Option<Vec<i16>>,
+    pub(crate) struct Outcome {
+        pub(crate) output: Vec<u16>,
+        pub(crate) replay: Option<Vec<i16>>,
     }
 
-    fn forward(
+    pub(crate) fn forward<W: WeightBuffer>(
         g: &Gpu,
-        layer: &CutlassMoe<CudaView<'_, bf16>>,
+        layer: &CutlassMoe<W>,
         ws: &mut CutlassWorkspace,
         inputs: &DeviceInputs,
         x: &CudaSlice<bf16>,
         tokens: usize,
         with_replay: bool,
-    ) -> Result<Outcome, Error> {
+    ) -> Result<Outcome, Error>
+    where
+        W::Element: CutlassElement,
+    {
         let (h, k) = (
             layer.config().hidden_size,
             layer.config().routing.top_k as usize,
@@ -279,7 +325,7 @@ mod on_hopper {
         })
     }
 
-    fn to_f32(bits: &[u16]) -> Vec<f32> {
+    pub(crate) fn to_f32(bits: &[u16]) -> Vec<f32> {
         bits.iter().map(|&b| bf16::from_bits(b).to_f32()).collect()
     }
 
@@ -347,12 +393,12 @@ mod on_hopper {
         moe_oracle::check_accuracy(&p.want, &to_f32(&with.output), ATOL, RTOL, 1.0).err()
     }
 
-    fn report(test: &str, passed: usize, failures: Vec<String>) {
+    pub(crate) fn report(test: &str, passed: usize, failures: Vec<String>) {
         eprintln!("{test}: {passed} cases passed, {} failed", failures.len());
         assert!(failures.is_empty(), "{}", failures.join("\n"));
     }
 
-    fn case(cfg: &RoutingConfig, tokens: usize, seed: u64) -> CaseData {
+    pub(crate) fn case(cfg: &RoutingConfig, tokens: usize, seed: u64) -> CaseData {
         case_data_for(
             oracle::route_topk,
             cfg,
@@ -748,24 +794,37 @@ mod on_hopper {
     fn a_graph_of_layers_reruns_with_fresh_inputs() {
         let test = "cutlass_moe::a_graph_of_layers_reruns_with_fresh_inputs";
         let Some(g) = gpu(test) else { return };
+        let (h, i) = GRAPH_SIZES;
         for t in [57, 5] {
-            graph_of_layers(&g, test, t);
+            let ws_host: Vec<Weights> = (0..3).map(|l| weights(&g, 64, h, i, 40 + l)).collect();
+            if layer_here(config(graph_routing(), h, i, t), ws_host[0].views(), test).is_none() {
+                return;
+            }
+            let moes: Vec<CutlassMoe<CudaView<'_, bf16>>> = ws_host
+                .iter()
+                .map(|w| CutlassMoe::new(config(graph_routing(), h, i, t), w.views()).unwrap())
+                .collect();
+            graph_of_layers(&g, test, t, &moes);
         }
     }
 
-    fn graph_of_layers(g: &Gpu, test: &str, t: usize) {
-        let (h, i, layers) = (256, 128, 3);
-        let routing = RoutingConfig::new(RoutingMethod::Renormalize, 64, 6);
-        let ws_host: Vec<Weights> = (0..layers)
-            .map(|l| weights(g, 64, h, i, 40 + l as u64))
-            .collect();
-        if layer_here(config(routing, h, i, t), ws_host[0].views(), test).is_none() {
-            return;
-        }
-        let moes: Vec<CutlassMoe<CudaView<'_, bf16>>> = ws_host
-            .iter()
-            .map(|w| CutlassMoe::new(config(routing, h, i, t), w.views()).unwrap())
-            .collect();
+    /// The graph tests' hidden and intermediate sizes, and routing.
+    pub(crate) const GRAPH_SIZES: (usize, usize) = (256, 128);
+    pub(crate) fn graph_routing() -> RoutingConfig {
+        RoutingConfig::new(RoutingMethod::Renormalize, 64, 6)
+    }
+
+    /// `moes` (of [`GRAPH_SIZES`] and [`graph_routing`], at `t` tokens) chained, recorded into
+    /// a CUDA graph and replayed with fresh inputs: every replay equals eager calls, bit for bit.
+    pub(crate) fn graph_of_layers<W: WeightBuffer>(
+        g: &Gpu,
+        test: &str,
+        t: usize,
+        moes: &[CutlassMoe<W>],
+    ) where
+        W::Element: CutlassElement,
+    {
+        let (h, layers) = (GRAPH_SIZES.0, moes.len());
         let mut spaces: Vec<CutlassWorkspace> = moes
             .iter()
             .map(|m| m.workspace(&g.stream).unwrap())

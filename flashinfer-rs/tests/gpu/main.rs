@@ -13,6 +13,8 @@ mod capture;
 mod common;
 mod concurrency;
 mod cutlass_moe;
+#[cfg(feature = "sm90-moe-fp8")]
+mod cutlass_moe_fp8;
 mod degenerate;
 mod fused;
 #[cfg(feature = "sm100")]

@@ -1,0 +1,398 @@
+//! The fp8 per-tensor Hopper layer (`CutlassMoe::new_fp8`, feature `sm90-moe-fp8`) against the
+//! CPU reference MoE (`fused::oracle::moe`, upstream's `run_moe_dequant`) on the operands the
+//! kernels see: weights quantised per expert (`prepare::fp8_per_expert`) and dequantised,
+//! hidden states quantised with the static input scale (`e4m3(x * (1 / a1)) * a1`,
+//! saturating), the SwiGLU output quantised with `1 / a2`
+//! (`ActivationRounding::Fp8PerTensor`). Not modelled, as for bf16: GEMM 1's output rounded to
+//! bf16 before the activation (which can move an intermediate value across an e4m3 rounding
+//! boundary, one e4m3 step); hence two criteria: 99% of the outputs within the bf16 layer's
+//! tolerance and every output within four times it.
+//! - every routing method x token counts {1, 7, 64, 257, 2048} x 64 and 128 experts, replay
+//!   ids equal to the oracle's, spare rows untouched, bits equal with and without replay;
+//! - hidden states past the input scale's range (saturated at ±448 codes);
+//! - expert parallelism: four ranks each over their own experts;
+//! - a CUDA graph of three layers replayed with fresh inputs equals eager calls;
+//! - bad scales (lengths, zero, negative, NaN, infinite, subnormal) refused with typed errors.
+use flashinfer_rs::cudarc::driver::{CudaSlice, CudaView};
+use flashinfer_rs::cutlass::prepare::fp8_per_expert;
+use flashinfer_rs::cutlass::{CutlassFp8Scales, CutlassMoe, CutlassMoeConfig, CutlassWeights};
+use flashinfer_rs::fused::oracle::{self as moe_oracle, ActivationRounding, ExpertWeights};
+use flashinfer_rs::fused::{Activation, E4m3};
+use flashinfer_rs::routing::oracle::SplitMix64;
+use flashinfer_rs::routing::{RoutingConfig, RoutingMethod};
+use flashinfer_rs::Error;
+
+use crate::common::{gpu, Gpu};
+use crate::cutlass_moe::layer_here;
+use crate::cutlass_moe::on_hopper::{
+    case, config, forward, graph_of_layers, graph_routing, report, to_f32, upload, values, ATOL,
+    GRAPH_SIZES, RTOL,
+};
+use crate::degenerate::one_per_method;
+use crate::routing::{CaseData, DeviceInputs};
+
+/// fp8 weights of `local` experts: the device codes, their scales, and the dequantised values
+/// the reference multiplies.
+struct Fp8Weights {
+    host: ExpertWeights,
+    fc1: CudaSlice<E4m3>,
+    fc2: CudaSlice<E4m3>,
+    fc1_scales: Vec<f32>,
+    fc2_scales: Vec<f32>,
+}
+
+fn dequantise(codes: &[E4m3], scales: &[f32]) -> Vec<f32> {
+    let block = codes.len() / scales.len();
+    codes
+        .iter()
+        .enumerate()
+        .map(|(n, c)| c.to_f32() * scales[n / block])
+        .collect()
+}
+
+fn fp8_weights(g: &Gpu, local: usize, h: usize, i: usize, seed: u64) -> Fp8Weights {
+    let mut rng = SplitMix64(seed);
+    let w1 = values(&mut rng, local * 2 * i * h, 2.0 / (h as f32).sqrt());
+    let w2 = values(&mut rng, local * h * i, 2.0 / (i as f32).sqrt());
+    let (q1, fc1_scales) = fp8_per_expert(&w1, local).unwrap();
+    let (q2, fc2_scales) = fp8_per_expert(&w2, local).unwrap();
+    Fp8Weights {
+        host: ExpertWeights {
+            w1: dequantise(&q1, &fc1_scales),
+            w2: dequantise(&q2, &fc2_scales),
+        },
+        fc1: g.stream.clone_htod(&q1).unwrap(),
+        fc2: g.stream.clone_htod(&q2).unwrap(),
+        fc1_scales,
+        fc2_scales,
+    }
+}
+
+/// The activation scales: `a1` for the hidden states, `a2` for the SwiGLU output.
+#[derive(Clone, Copy)]
+struct Inputs {
+    a1: f32,
+    a2: f32,
+}
+
+/// Hidden states in [-1, 1) fill e4m3's range; the SwiGLU outputs of these weights stay
+/// within a few units.
+const FITTING: Inputs = Inputs {
+    a1: 1.0 / 448.0,
+    a2: 4.0 / 448.0,
+};
+
+impl Fp8Weights {
+    fn views(&self) -> CutlassWeights<CudaView<'_, E4m3>> {
+        CutlassWeights {
+            fc1: self.fc1.as_view(),
+            fc2: self.fc2.as_view(),
+        }
+    }
+
+    fn scales(&self, a: Inputs) -> CutlassFp8Scales {
+        CutlassFp8Scales {
+            fc1_weights: self.fc1_scales.clone(),
+            fc2_weights: self.fc2_scales.clone(),
+            fc1_input: a.a1,
+            fc2_input: a.a2,
+        }
+    }
+
+    /// Rank `rank`'s `per` experts.
+    fn rank_slice(&self, g: &Gpu, rank: usize, per: usize, h: usize, i: usize) -> Fp8Weights {
+        let (n1, n2) = (per * 2 * i * h, per * h * i);
+        let codes = |d: &CudaSlice<E4m3>, n: usize| {
+            let all = g.stream.clone_dtoh(d).unwrap();
+            g.stream.clone_htod(&all[rank * n..(rank + 1) * n]).unwrap()
+        };
+        Fp8Weights {
+            host: ExpertWeights {
+                w1: self.host.w1[rank * n1..(rank + 1) * n1].to_vec(),
+                w2: self.host.w2[rank * n2..(rank + 1) * n2].to_vec(),
+            },
+            fc1: codes(&self.fc1, n1),
+            fc2: codes(&self.fc2, n2),
+            fc1_scales: self.fc1_scales[rank * per..(rank + 1) * per].to_vec(),
+            fc2_scales: self.fc2_scales[rank * per..(rank + 1) * per].to_vec(),
+        }
+    }
+}
+
+/// An fp8 layer for this machine: `Some` where it runs; else the refusal is checked (the
+/// bf16 layer's, or KernelsNotBuilt in a build without sm90-moe-fp8) and `None` returned.
+fn fp8_layer_here<'w>(
+    g: &Gpu,
+    cfg: CutlassMoeConfig,
+    w: &'w Fp8Weights,
+    a: Inputs,
+    test: &str,
+) -> Option<CutlassMoe<CudaView<'w, E4m3>>> {
+    match CutlassMoe::new_fp8(cfg, w.views(), &w.scales(a)) {
+        Ok(layer) => {
+            assert!(flashinfer_rs::build_info().cutlass_moe_fp8);
+            Some(layer)
+        }
+        Err(e) => {
+            // Off Hopper the bf16 layer is refused the same way; layer_here checks that.
+            let probe = |n| upload(g, &vec![0.0; n]);
+            let (fc1, fc2) = (probe(w.fc1.len()), probe(w.fc2.len()));
+            let bf16_weights = CutlassWeights {
+                fc1: fc1.as_view(),
+                fc2: fc2.as_view(),
+            };
+            layer_here(cfg, bf16_weights, test)?;
+            panic!("{test}: the bf16 layer runs here but the fp8 one was refused: {e:?}")
+        }
+    }
+}
+
+/// The reference output of `d` (its oracle routing) on the fp8 operands, over the local
+/// experts.
+fn reference(
+    cfg: &CutlassMoeConfig,
+    d: &CaseData,
+    x: &[f32],
+    w: &ExpertWeights,
+    a: Inputs,
+) -> Vec<f32> {
+    let r = &cfg.routing;
+    let p = moe_oracle::ReferenceProblem {
+        num_tokens: d.tokens,
+        hidden_size: cfg.hidden_size,
+        intermediate_size: cfg.intermediate_size,
+        top_k: r.top_k as usize,
+        local_expert_offset: r.local_expert_offset as usize,
+        local_num_experts: r.local_num_experts as usize,
+        activation: Activation::Swiglu,
+        routing_scales_on_input: false,
+    };
+    // As the kernel: x times the reciprocal scale, rounded to e4m3 (saturating).
+    let quant = 1.0 / a.a1;
+    let xq: Vec<f32> = x
+        .iter()
+        .map(|&v| E4m3::from_f32(v * quant).to_f32() * a.a1)
+        .collect();
+    let ids: Vec<usize> = d.want.ids.iter().map(|&e| e as usize).collect();
+    let rounding = ActivationRounding::Fp8PerTensor { scale: 1.0 / a.a2 };
+    moe_oracle::moe(&p, &xq, &ids, &d.want.weights, w, rounding).unwrap()
+}
+
+/// The fp8 criteria (module doc); the largest error, for the log.
+fn fp8_check(want: &[f32], got: &[f32]) -> Result<f32, String> {
+    moe_oracle::check_accuracy(want, got, ATOL, RTOL, 0.99)?;
+    moe_oracle::check_accuracy(want, got, 4.0 * ATOL, 4.0 * RTOL, 1.0)?;
+    Ok(want
+        .iter()
+        .zip(got)
+        .map(|(w, g)| (w - g).abs())
+        .fold(0.0, f32::max))
+}
+
+/// One case on `layer`: with and without replay. `None` when it passes.
+fn verdict(
+    g: &Gpu,
+    layer: &CutlassMoe<CudaView<'_, E4m3>>,
+    d: &CaseData,
+    x: &[f32],
+    want: &[f32],
+    worst: &mut f32,
+) -> Option<String> {
+    let mut ws = layer.workspace(&g.stream).unwrap();
+    let xd = upload(g, x);
+    let inputs = DeviceInputs::upload(&g.stream, d);
+    let with = forward(g, layer, &mut ws, &inputs, &xd, d.tokens, true).unwrap();
+    let without = forward(g, layer, &mut ws, &inputs, &xd, d.tokens, false).unwrap();
+    if with.output != without.output {
+        return Some("output differs with and without replay".into());
+    }
+    let k = layer.config().routing.top_k as usize;
+    let replay = with.replay.as_ref().unwrap();
+    if replay[d.tokens * k..]
+        .iter()
+        .any(|&v| v != crate::routing::SENTINEL)
+    {
+        return Some("a replay row past num_tokens was written".into());
+    }
+    if replay[..d.tokens * k] != d.want.ids[..] {
+        return Some("replay ids differ from the oracle's".into());
+    }
+    match fp8_check(want, &to_f32(&with.output)) {
+        Ok(e) => {
+            *worst = worst.max(e);
+            None
+        }
+        Err(why) => Some(why),
+    }
+}
+
+/// Every routing method x {64, 128} experts x {1, 7, 64, 257, 2048} tokens, then saturated
+/// hidden states (input scale a quarter of their range) at 257 tokens.
+#[test]
+fn fp8_every_method_and_token_count_matches_the_reference() {
+    let test = "cutlass_moe_fp8::fp8_every_method_and_token_count_matches_the_reference";
+    let Some(g) = gpu(test) else { return };
+    let (h, i) = (256, 128);
+    let (mut passed, mut failures, mut worst) = (0, Vec::new(), 0f32);
+    for (e, k) in [(64u32, 6u32), (128, 8)] {
+        let w = fp8_weights(&g, e as usize, h, i, 500 + e as u64);
+        let probe = RoutingConfig::new(RoutingMethod::Renormalize, e, k);
+        if fp8_layer_here(&g, config(probe, h, i, 1), &w, FITTING, test).is_none() {
+            return;
+        }
+        for (n, m) in one_per_method().into_iter().enumerate() {
+            let k = if m.top_k == 1 { 1 } else { k };
+            let routing = RoutingConfig::new(m.method, e, k);
+            if flashinfer_rs::routing::TopKRouter::new(routing).is_err() {
+                continue;
+            }
+            let cfg = config(routing, h, i, 2048);
+            let layer = CutlassMoe::new_fp8(cfg, w.views(), &w.scales(FITTING)).unwrap();
+            for t in [1, 7, 64, 257, 2048] {
+                let seed = e as u64 * 1000 + n as u64 * 10 + t as u64;
+                let d = case(&cfg.routing, t, seed);
+                let x = values(&mut SplitMix64(seed ^ 0x5eed), t * h, 1.0);
+                let want = reference(&cfg, &d, &x, &w.host, FITTING);
+                match verdict(&g, &layer, &d, &x, &want, &mut worst) {
+                    None => passed += 1,
+                    Some(why) => {
+                        failures.push(format!("{} E={e} K={k} T={t}: {why}", m.method.name()))
+                    }
+                }
+            }
+        }
+    }
+    // Saturation: |x| up to 1 with a scale for 0.25: most codes clamp to ±448.
+    let (e, k, t) = (64u32, 6u32, 257);
+    let w = fp8_weights(&g, e as usize, h, i, 77);
+    let tight = Inputs {
+        a1: 0.25 / 448.0,
+        ..FITTING
+    };
+    let cfg = config(
+        RoutingConfig::new(RoutingMethod::Renormalize, e, k),
+        h,
+        i,
+        t,
+    );
+    let layer = CutlassMoe::new_fp8(cfg, w.views(), &w.scales(tight)).unwrap();
+    let d = case(&cfg.routing, t, 78);
+    let x = values(&mut SplitMix64(79), t * h, 1.0);
+    let want = reference(&cfg, &d, &x, &w.host, tight);
+    match verdict(&g, &layer, &d, &x, &want, &mut worst) {
+        None => passed += 1,
+        Some(why) => failures.push(format!("saturated input: {why}")),
+    }
+    eprintln!("{test}: largest |reference - output| {worst}");
+    report(test, passed, failures);
+}
+
+/// Four ranks of 32 experts each, every rank's output against the reference over its own
+/// experts.
+#[test]
+fn fp8_expert_parallel_ranks_sum_only_their_experts() {
+    let test = "cutlass_moe_fp8::fp8_expert_parallel_ranks_sum_only_their_experts";
+    let Some(g) = gpu(test) else { return };
+    let (e, k, h, i, t) = (128u32, 8u32, 256, 128, 257);
+    let all = fp8_weights(&g, e as usize, h, i, 11);
+    let full = RoutingConfig::new(RoutingMethod::Renormalize, e, k);
+    if fp8_layer_here(&g, config(full, h, i, t), &all, FITTING, test).is_none() {
+        return;
+    }
+    let d = case(&full, t, 12);
+    let x = values(&mut SplitMix64(13), t * h, 1.0);
+    let (mut passed, mut failures, mut worst) = (0, Vec::new(), 0f32);
+    let per = (e / 4) as usize;
+    for rank in 0..4 {
+        let w = all.rank_slice(&g, rank, per, h, i);
+        let routing = full.with_local_experts((rank * per) as u32, per as u32);
+        let cfg = config(routing, h, i, t);
+        let layer = CutlassMoe::new_fp8(cfg, w.views(), &w.scales(FITTING)).unwrap();
+        let want = reference(&cfg, &d, &x, &w.host, FITTING);
+        match verdict(&g, &layer, &d, &x, &want, &mut worst) {
+            None => passed += 1,
+            Some(why) => failures.push(format!("rank {rank}: {why}")),
+        }
+    }
+    report(test, passed, failures);
+}
+
+/// Three fp8 layers chained in a CUDA graph, replayed with fresh inputs, at 57 tokens.
+#[test]
+fn fp8_a_graph_of_layers_reruns_with_fresh_inputs() {
+    let test = "cutlass_moe_fp8::fp8_a_graph_of_layers_reruns_with_fresh_inputs";
+    let Some(g) = gpu(test) else { return };
+    let (h, i) = GRAPH_SIZES;
+    let t = 57;
+    let ws: Vec<Fp8Weights> = (0..3).map(|l| fp8_weights(&g, 64, h, i, 40 + l)).collect();
+    if fp8_layer_here(&g, config(graph_routing(), h, i, t), &ws[0], FITTING, test).is_none() {
+        return;
+    }
+    let moes: Vec<_> = ws
+        .iter()
+        .map(|w| {
+            CutlassMoe::new_fp8(
+                config(graph_routing(), h, i, t),
+                w.views(),
+                &w.scales(FITTING),
+            )
+            .unwrap()
+        })
+        .collect();
+    graph_of_layers(&g, test, t, &moes);
+}
+
+/// Scales the kernels cannot use, and the bf16 decode kernels, are refused at construction.
+#[test]
+fn fp8_bad_scales_are_refused() {
+    let test = "cutlass_moe_fp8::fp8_bad_scales_are_refused";
+    let Some(g) = gpu(test) else { return };
+    let (e, h, i) = (8u32, 64, 64);
+    let w = fp8_weights(&g, e as usize, h, i, 5);
+    let cfg = config(
+        RoutingConfig::new(RoutingMethod::Renormalize, e, 2),
+        h,
+        i,
+        4,
+    );
+    if fp8_layer_here(&g, cfg, &w, FITTING, test).is_none() {
+        return;
+    }
+    let good = w.scales(FITTING);
+    let bad = [
+        CutlassFp8Scales {
+            fc1_weights: vec![1.0; 7],
+            ..good.clone()
+        },
+        CutlassFp8Scales {
+            fc2_weights: vec![1.0; 9],
+            ..good.clone()
+        },
+        CutlassFp8Scales {
+            fc1_input: 0.0,
+            ..good.clone()
+        },
+        CutlassFp8Scales {
+            fc2_input: f32::NAN,
+            ..good.clone()
+        },
+        CutlassFp8Scales {
+            fc1_input: -1.0,
+            ..good.clone()
+        },
+        CutlassFp8Scales {
+            fc2_weights: vec![f32::INFINITY; 8],
+            ..good.clone()
+        },
+        CutlassFp8Scales {
+            fc1_weights: vec![1e-40; 8],
+            ..good.clone()
+        },
+    ];
+    for (n, s) in bad.iter().enumerate() {
+        match CutlassMoe::new_fp8(cfg, w.views(), s) {
+            Err(Error::InvalidArgument { .. }) => {}
+            other => panic!("{test}: bad scales {n}: {other:?}"),
+        }
+    }
+}

@@ -15,7 +15,9 @@
 //! layer calls, 5 warm-up replays, 30 timed, capture on and off interleaved replay by replay,
 //! median, of the layer as `CutlassMoe::new` makes it (the decode kernels up to
 //! `DECODE_MAX_TOKENS` for small experts, else the grouped GEMMs with tactics chosen per
-//! call). Beside it, the decode kernels alone up to 64 tokens (`with_decode_max_tokens`,
+//! call). Beside it, the fp8 per-tensor layer on the same shapes (`CutlassMoe::new_fp8`, in a
+//! build with `sm90-moe-fp8`; capture off; its weights are half the bytes), the decode
+//! kernels alone up to 64 tokens (`with_decode_max_tokens`,
 //! capture off) and the fastest fixed tactic pair of the grouped GEMMs at that size
 //! (`CutlassMoe::with_tactics`, found by a search per GEMM, capture off, 10 replays each;
 //! every timing to stderr). The limits:
@@ -25,10 +27,14 @@
 use std::sync::Arc;
 
 use flashinfer_rs::cudarc::driver::sys::{self, CUgraphInstantiate_flags, CUstreamCaptureMode};
-use flashinfer_rs::cudarc::driver::{CudaEvent, CudaSlice, CudaStream, CudaView};
-use flashinfer_rs::cutlass::{
-    CutlassBatch, CutlassMoe, CutlassMoeConfig, CutlassRouting, CutlassWeights, CutlassWorkspace,
+use flashinfer_rs::cudarc::driver::{
+    CudaEvent, CudaSlice, CudaStream, CudaView, DeviceRepr, ValidAsZeroBits,
 };
+use flashinfer_rs::cutlass::{
+    CutlassBatch, CutlassElement, CutlassFp8Scales, CutlassMoe, CutlassMoeConfig, CutlassRouting,
+    CutlassWeights, CutlassWorkspace, WeightBuffer,
+};
+use flashinfer_rs::fused::E4m3;
 use flashinfer_rs::half::bf16;
 use flashinfer_rs::routing::oracle::SplitMix64;
 use flashinfer_rs::routing::{RoutingConfig, RoutingMethod};
@@ -65,12 +71,22 @@ fn limits(name: &str) -> Option<(f64, f64)> {
 /// `n` pseudo-random bf16 values of magnitude `scale`, made on the device from a 16 Mi block
 /// copied over and over (uploading tens of GB from the host would take minutes).
 fn device_values(g: &Gpu, n: usize, scale: f32, seed: u64) -> CudaSlice<bf16> {
+    device_fill(g, n, seed, |u| bf16::from_f32(u * scale))
+}
+
+/// `n` values `make(u)` of pseudo-random `u` in [-1, 1), as [`device_values`] makes them.
+fn device_fill<T: DeviceRepr + ValidAsZeroBits + Copy>(
+    g: &Gpu,
+    n: usize,
+    seed: u64,
+    make: impl Fn(f32) -> T,
+) -> CudaSlice<T> {
     let mut rng = SplitMix64(seed);
-    let block: Vec<bf16> = (0..n.min(1 << 24))
-        .map(|_| bf16::from_f32((rng.unit() as f32 * 2.0 - 1.0) * scale))
+    let block: Vec<T> = (0..n.min(1 << 24))
+        .map(|_| make(rng.unit() as f32 * 2.0 - 1.0))
         .collect();
     let block = g.stream.clone_htod(&block).unwrap();
-    let mut out = g.stream.alloc_zeros::<bf16>(n).unwrap();
+    let mut out = g.stream.alloc_zeros::<T>(n).unwrap();
     let mut at = 0;
     while at < n {
         let len = block.len().min(n - at);
@@ -101,13 +117,15 @@ struct Batch {
     replay: CudaSlice<i16>,
 }
 
-fn forward(
+fn forward<W: WeightBuffer>(
     g: &Gpu,
-    layer: &CutlassMoe<CudaView<'_, bf16>>,
+    layer: &CutlassMoe<W>,
     ws: &mut CutlassWorkspace,
     b: &mut Batch,
     capture: bool,
-) {
+) where
+    W::Element: CutlassElement,
+{
     let k = layer.config().routing.top_k as usize;
     let batch = CutlassBatch {
         num_tokens: b.tokens,
@@ -131,14 +149,17 @@ fn forward(
 
 /// Median microseconds per layer call of graphs of `CALLS` calls, one graph per entry of
 /// `capture` (replay on or off), replayed in turn `reps` times after the warm-up.
-fn time_graphs(
+fn time_graphs<W: WeightBuffer>(
     g: &Gpu,
-    layer: &CutlassMoe<CudaView<'_, bf16>>,
+    layer: &CutlassMoe<W>,
     ws: &mut CutlassWorkspace,
     b: &mut Batch,
     capture: &[bool],
     reps: usize,
-) -> Vec<f64> {
+) -> Vec<f64>
+where
+    W::Element: CutlassElement,
+{
     let graphs: Vec<_> = capture
         .iter()
         .map(|&on| {
@@ -226,12 +247,30 @@ fn bench_model(g: &Gpu, m: &Model) {
     let mut ws = layer.workspace(&g.stream).unwrap();
     let decode = CutlassMoe::with_decode_max_tokens(config, weights(), DECODE_TIMED).unwrap();
     let mut decode_ws = decode.workspace(&g.stream).unwrap();
+    // fp8 codes uniform over e4m3's range, scaled to the bf16 weights' magnitudes.
+    let fp8 = flashinfer_rs::build_info().cutlass_moe_fp8.then(|| {
+        let code = |u: f32| E4m3::from_f32(u * 448.0);
+        let (fc1, fc2) = (
+            device_fill(g, e * 2 * i * h, 3, code),
+            device_fill(g, e * h * i, 4, code),
+        );
+        let scales = CutlassFp8Scales {
+            fc1_weights: vec![2.0 / (h as f32).sqrt() / 448.0; e],
+            fc2_weights: vec![2.0 / (i as f32).sqrt() / 448.0; e],
+            fc1_input: 1.0 / 448.0,
+            fc2_input: 4.0 / 448.0,
+        };
+        let layer = CutlassMoe::new_fp8(config, CutlassWeights { fc1, fc2 }, &scales).unwrap();
+        let ws = layer.workspace(&g.stream).unwrap();
+        (layer, ws)
+    });
+    let mut fp8 = fp8;
     println!(
         "\n### {} ({e} experts, top-{k}, hidden {h}, intermediate {i}; {} x {} tactics)\n",
         m.name, counts.0, counts.1
     );
-    println!("| tokens | layer, capture on (us) | capture off (us) | on / off | decode kernels (us) | best fixed tactics (us) | which | experts read | HBM use on their weights | dense bf16 peak |");
-    println!("|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|");
+    println!("| tokens | layer, capture on (us) | capture off (us) | on / off | fp8 layer (us) | bf16 / fp8 | fp8 HBM use | decode kernels (us) | best fixed tactics (us) | which | experts read | HBM use on their weights | dense bf16 peak |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|");
     for (n, &t) in TOKENS.iter().enumerate() {
         let mut b = Batch {
             tokens: t,
@@ -254,6 +293,20 @@ fn bench_model(g: &Gpu, m: &Model) {
         routed.iter().for_each(|&x| hit[x as usize] = true);
         let read = hit.iter().filter(|&&x| x).count();
         let bytes = read as f64 * 3.0 * (h * i) as f64 * 2.0;
+        // The fp8 layer routes the same logits: the same experts, half the bytes.
+        let fp8_us = fp8
+            .as_mut()
+            .map(|(layer, ws)| time_graphs(g, layer, ws, &mut b, &[false], REPS)[0]);
+        let (fp8_time, fp8_ratio, fp8_hbm) = match (fp8_us, g.limits) {
+            (Some(us), limits) => (
+                format!("{us:.1}"),
+                format!("{:.2}x", off / us),
+                limits.map_or("n/a".into(), |(bw, _)| {
+                    format!("{:.0}%", 100.0 * bytes / 2.0 / (us * 1e-6) / bw)
+                }),
+            ),
+            (None, _) => ("-".into(), "-".into(), "-".into()),
+        };
         let flops = 2.0 * (t * k) as f64 * 3.0 * (h * i) as f64;
         let (hbm, peak) = match g.limits {
             Some((bw, fl)) => (
@@ -263,7 +316,7 @@ fn bench_model(g: &Gpu, m: &Model) {
             None => ("n/a".into(), "n/a".into()),
         };
         println!(
-            "| {t} | {on:.1} | {off:.1} | {:.3} | {decoded} | {best:.1} | {} / {} | {read} | {hbm} | {peak} |",
+            "| {t} | {on:.1} | {off:.1} | {:.3} | {fp8_time} | {fp8_ratio} | {fp8_hbm} | {decoded} | {best:.1} | {} / {} | {read} | {hbm} | {peak} |",
             on / off,
             t1[pair.0 as usize],
             t2[pair.1 as usize]

@@ -86,8 +86,6 @@ void validate(const fi_cutlass_moe_params& p) {
   fi::require(p.decode_max_tokens >= 0, "decode_max_tokens must not be negative");
   fi::require(p.weights == FI_CUTLASS_MOE_WEIGHTS_BF16 || p.weights == FI_CUTLASS_MOE_WEIGHTS_FP8,
               "weights must be FI_CUTLASS_MOE_WEIGHTS_BF16 or FI_CUTLASS_MOE_WEIGHTS_FP8");
-  fi::require(p.weights == FI_CUTLASS_MOE_WEIGHTS_BF16 || p.decode_max_tokens == 0,
-              "the decode kernels take bf16 weights only: decode_max_tokens must be 0 for fp8");
   fi::require(int64_t(p.max_tokens) * p.num_experts <= INT_MAX &&
                   int64_t(p.max_tokens) * p.top_k <= INT_MAX,
               "max_tokens * num_experts must fit in int32 (the runner's row maps)");
@@ -298,16 +296,17 @@ extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
           static_cast<const __nv_bfloat16*>(b.hidden_states),
           b.expert_ids,
           b.expert_scales,
-          static_cast<const __nv_bfloat16*>(b.fc1_weights),
-          static_cast<const __nv_bfloat16*>(b.fc2_weights),
+          b.fc1_weights,
+          b.fc2_weights,
           static_cast<__nv_bfloat16*>(b.output),
-          reinterpret_cast<__nv_bfloat16*>(workspace + layer->decode_offset),
+          workspace + layer->decode_offset,
           b.num_tokens,
           p.top_k,
           p.hidden_size,
           p.intermediate_size,
           p.ep_rank * local,
           local,
+          {b.fp8_input_quant, b.fp8_fc1_dequant, b.fp8_fc2_quant, b.fp8_fc2_dequant},
       };
       fi::decode::run(problem, static_cast<cudaStream_t>(stream));
       return;

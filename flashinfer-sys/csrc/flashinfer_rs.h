@@ -414,8 +414,8 @@ typedef enum fi_cutlass_moe_weights {
    * with one static scale per GEMM input (`CutlassMoeFCRunner<fp8, fp8, bf16>`; feature
    * sm90-moe-fp8): the call quantises the bf16 hidden states with fp8_input_quant into its
    * workspace, GEMM 1 dequantises with fp8_fc1_dequant, the SwiGLU output is quantised with
-   * fp8_fc2_quant, GEMM 2 dequantises with fp8_fc2_dequant (fi_cutlass_moe_buffers). No decode
-   * kernels: decode_max_tokens must be 0. */
+   * fp8_fc2_quant, GEMM 2 dequantises with fp8_fc2_dequant (fi_cutlass_moe_buffers). The
+   * decode kernels compute the same with e4m3 weights. */
   FI_CUTLASS_MOE_WEIGHTS_FP8 = 1,
 } fi_cutlass_moe_weights;
 

@@ -19,7 +19,16 @@
 //
 // Ids outside this rank's experts (expert parallelism, or out of range) contribute nothing; a
 // token with none writes zeros, as the CUTLASS path does.
+//
+// fp8 per-tensor weights (Problem::fp8) take the same kernels with 16 e4m3 values per load and
+// the CUTLASS fp8 path's arithmetic: each 16 hidden values quantised with the input scale as
+// they are read (as moe_fp8.cu quantises them for the grouped GEMMs), GEMM 1's sums scaled per
+// expert and rounded to bf16 (what the fp8 GEMM writes), SwiGLU in f32 quantised to e4m3 with
+// the activation scale into scratch, and GEMM 2's sums scaled per expert.
 #include "moe_decode.h"
+
+#include <cuda_fp16.h>
+#include <cuda_fp8.h>
 
 #include "status.h"
 
@@ -27,15 +36,13 @@ namespace fi::decode {
 namespace {
 
 constexpr int kWarp = 32;
-constexpr int kVec = 8;                  // bf16 per 16-byte load
-constexpr int kStride = kWarp * kVec;    // elements a warp covers per load
 constexpr int kWarps = 4;                // warps per block, one row each
 constexpr int kUnroll = 4;               // loads in flight per lane and operand (fc1)
 constexpr int kFc2Unroll = 8;            // loads in flight per lane (fc2)
 constexpr int kGroup = 8;                // tokens one pass over an expert's row computes
 
 // A streamed weight load: not kept in L1 (read once), 256-byte L2 prefetch.
-__device__ __forceinline__ uint4 load_weights(const __nv_bfloat16* p) {
+__device__ __forceinline__ uint4 load_weights(const void* p) {
   uint4 v;
   asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
       : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
@@ -43,12 +50,10 @@ __device__ __forceinline__ uint4 load_weights(const __nv_bfloat16* p) {
   return v;
 }
 
-__device__ __forceinline__ uint4 load(const __nv_bfloat16* p) {
-  return *reinterpret_cast<const uint4*>(p);
-}
+__device__ __forceinline__ uint4 load(const void* p) { return *reinterpret_cast<const uint4*>(p); }
 
 // acc + <a, b> over 8 bf16 pairs, in f32.
-__device__ __forceinline__ float dot8(uint4 a, uint4 b, float acc) {
+__device__ __forceinline__ float dot_bf16(uint4 a, uint4 b, float acc) {
   const __nv_bfloat162* x = reinterpret_cast<const __nv_bfloat162*>(&a);
   const __nv_bfloat162* y = reinterpret_cast<const __nv_bfloat162*>(&b);
 #pragma unroll
@@ -60,6 +65,82 @@ __device__ __forceinline__ float dot8(uint4 a, uint4 b, float acc) {
   }
   return acc;
 }
+
+// acc + <a, b> over 16 e4m3 pairs, in f32 (e4m3 -> half is exact).
+__device__ __forceinline__ float dot_fp8(uint4 a, uint4 b, float acc) {
+  const __nv_fp8x2_storage_t* x = reinterpret_cast<const __nv_fp8x2_storage_t*>(&a);
+  const __nv_fp8x2_storage_t* y = reinterpret_cast<const __nv_fp8x2_storage_t*>(&b);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    __half2_raw hx = __nv_cvt_fp8x2_to_halfraw2(x[j], __NV_E4M3);
+    __half2_raw hy = __nv_cvt_fp8x2_to_halfraw2(y[j], __NV_E4M3);
+    float2 fx = __half22float2(__half2(hx));
+    float2 fy = __half22float2(__half2(hy));
+    acc = fmaf(fx.x, fy.x, acc);
+    acc = fmaf(fx.y, fy.y, acc);
+  }
+  return acc;
+}
+
+__device__ __forceinline__ float round_bf16(float v) {
+  return __bfloat162float(__float2bfloat16(v));
+}
+
+// The bf16 weight format: 8 values per 16-byte load, the activations as they are.
+struct Bf16 {
+  static constexpr int kVec = 8;
+  static constexpr size_t kBytes = 2;  // per value, weights and scratch activations alike
+  // The kVec inputs from column c of x, as the dot product takes them.
+  static __device__ __forceinline__ uint4 input(const Problem&, const __nv_bfloat16* x, int c) {
+    return load(x + c);
+  }
+  static __device__ __forceinline__ float dot(uint4 w, uint4 x, float acc) {
+    return dot_bf16(w, x, acc);
+  }
+  static __device__ __forceinline__ float fc1_out(const Problem&, int, float sum) { return sum; }
+  static __device__ __forceinline__ float fc2_scale(const Problem&, int) { return 1.f; }
+  // silu(gate) * up, rounded to bf16 (as the CUTLASS path and the reference round it).
+  static __device__ __forceinline__ void store(const Problem& p, size_t at, float a) {
+    static_cast<__nv_bfloat16*>(p.activations)[at] = __float2bfloat16(a);
+  }
+};
+
+// The fp8 per-tensor format: 16 e4m3 values per load.
+struct Fp8 {
+  static constexpr int kVec = 16;
+  static constexpr size_t kBytes = 1;
+  // 16 bf16 inputs times 1 / a1, to e4m3 (saturating), as moe_fp8.cu quantises them.
+  static __device__ __forceinline__ uint4 input(const Problem& p, const __nv_bfloat16* x, int c) {
+    const float q = *p.fp8.input_quant;
+    uint4 in[2] = {load(x + c), load(x + c + 8)};
+    uint4 out;
+    uint16_t* codes = reinterpret_cast<uint16_t*>(&out);
+    const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(in);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      float2 f = __bfloat1622float2(pairs[j]);
+      f.x *= q;
+      f.y *= q;
+      codes[j] = __nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3);
+    }
+    return out;
+  }
+  static __device__ __forceinline__ float dot(uint4 w, uint4 x, float acc) {
+    return dot_fp8(w, x, acc);
+  }
+  // GEMM 1's output: times a1 * w13[e], rounded to bf16 as the fp8 GEMM writes it.
+  static __device__ __forceinline__ float fc1_out(const Problem& p, int e, float sum) {
+    return round_bf16(sum * p.fp8.fc1_dequant[e]);
+  }
+  static __device__ __forceinline__ float fc2_scale(const Problem& p, int e) {
+    return p.fp8.fc2_dequant[e];
+  }
+  // silu(gate) * up times 1 / a2, to e4m3 (saturating), as the CUTLASS path's activation.
+  static __device__ __forceinline__ void store(const Problem& p, size_t at, float a) {
+    static_cast<__nv_fp8_storage_t*>(p.activations)[at] =
+        __nv_cvt_float_to_fp8(a * *p.fp8.fc2_quant, __NV_SATFINITE, __NV_E4M3);
+  }
+};
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -73,7 +154,10 @@ __device__ __forceinline__ int local_expert(const Problem& p, int pair) {
 }
 
 // grid (pairs, ceil(inter / kWarps)), block kWarps warps.
+template <class F>
 __global__ void __launch_bounds__(kWarps* kWarp) fc1_swiglu(Problem p) {
+  constexpr int kVec = F::kVec;
+  constexpr int kStride = kWarp * kVec;  // elements a warp covers per load
   // fc2's blocks may start (and prefetch) once every block here has started.
   asm volatile("griddepcontrol.launch_dependents;");
   const int pair = blockIdx.x;
@@ -88,8 +172,9 @@ __global__ void __launch_bounds__(kWarps* kWarp) fc1_swiglu(Problem p) {
   for (int q = lane; q < pair; q += kWarp) earlier |= p.expert_ids[q] == id;
   if (__any_sync(0xffffffffu, earlier)) return;
 
-  const __nv_bfloat16* up = p.fc1 + (size_t(expert) * 2 * p.inter + row) * p.hidden;
-  const __nv_bfloat16* gate = up + size_t(p.inter) * p.hidden;
+  const char* up = static_cast<const char*>(p.fc1) +
+                   (size_t(expert) * 2 * p.inter + row) * p.hidden * F::kBytes;
+  const char* gate = up + size_t(p.inter) * p.hidden * F::kBytes;
   int next = pair;
   while (next < pairs) {
     // Up to kGroup pairs routed to this expert, from `next` on, in order.
@@ -117,8 +202,8 @@ __global__ void __launch_bounds__(kWarps* kWarp) fc1_swiglu(Problem p) {
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         const int c = c0 + u * kStride;
-        wu[u] = c < p.hidden ? load_weights(up + c) : make_uint4(0, 0, 0, 0);
-        wg[u] = c < p.hidden ? load_weights(gate + c) : make_uint4(0, 0, 0, 0);
+        wu[u] = c < p.hidden ? load_weights(up + c * F::kBytes) : make_uint4(0, 0, 0, 0);
+        wg[u] = c < p.hidden ? load_weights(gate + c * F::kBytes) : make_uint4(0, 0, 0, 0);
       }
 #pragma unroll
       for (int g = 0; g < kGroup; ++g) {
@@ -128,9 +213,9 @@ __global__ void __launch_bounds__(kWarps* kWarp) fc1_swiglu(Problem p) {
         for (int u = 0; u < kUnroll; ++u) {
           const int c = c0 + u * kStride;
           if (c < p.hidden) {
-            const uint4 xv = load(x + c);
-            acc_up[g] = dot8(wu[u], xv, acc_up[g]);
-            acc_gate[g] = dot8(wg[u], xv, acc_gate[g]);
+            const uint4 xv = F::input(p, x, c);
+            acc_up[g] = F::dot(wu[u], xv, acc_up[g]);
+            acc_gate[g] = F::dot(wg[u], xv, acc_gate[g]);
           }
         }
       }
@@ -138,18 +223,21 @@ __global__ void __launch_bounds__(kWarps* kWarp) fc1_swiglu(Problem p) {
 #pragma unroll
     for (int g = 0; g < kGroup; ++g) {
       if (g >= n) break;
-      const float u = warp_sum(acc_up[g]);
-      const float v = warp_sum(acc_gate[g]);
+      const float u = F::fc1_out(p, expert, warp_sum(acc_up[g]));
+      const float v = F::fc1_out(p, expert, warp_sum(acc_gate[g]));
       if (lane == 0) {
         const float silu = v / (1.f + __expf(-v));
-        p.activations[size_t(members[g]) * p.inter + row] = __float2bfloat16(silu * u);
+        F::store(p, size_t(members[g]) * p.inter + row, silu * u);
       }
     }
   }
 }
 
 // grid (tokens, ceil(hidden / kWarps)), block kWarps warps.
+template <class F>
 __global__ void __launch_bounds__(kWarps* kWarp) fc2_sum(Problem p) {
+  constexpr int kVec = F::kVec;
+  constexpr int kStride = kWarp * kVec;
   const int token = blockIdx.x;
   const int lane = threadIdx.x % kWarp;
   const int row = blockIdx.y * kWarps + threadIdx.x / kWarp;
@@ -160,8 +248,8 @@ __global__ void __launch_bounds__(kWarps* kWarp) fc2_sum(Problem p) {
   for (int k = 0; k < p.top_k; ++k) {
     const int e = local_expert(p, first + k);
     if (e < 0) continue;
-    const char* w = reinterpret_cast<const char*>(p.fc2 + (size_t(e) * p.hidden + row) * p.inter);
-    for (int b = lane * 128; b < p.inter * 2; b += kWarp * 128) {
+    const char* w = static_cast<const char*>(p.fc2) + (size_t(e) * p.hidden + row) * p.inter * F::kBytes;
+    for (int b = lane * 128; b < p.inter * int(F::kBytes); b += kWarp * 128) {
       asm volatile("prefetch.global.L2 [%0];" ::"l"(w + b));
     }
   }
@@ -175,6 +263,7 @@ __global__ void __launch_bounds__(kWarps* kWarp) fc2_sum(Problem p) {
     uint4 wv[kFc2Unroll];
     int pair[kFc2Unroll];  // the item's (token, k) pair, or -1: skipped
     int chunk[kFc2Unroll];
+    float scale[kFc2Unroll];  // the routing weight, times GEMM 2's output scale (fp8)
 #pragma unroll
     for (int u = 0; u < kFc2Unroll; ++u) {
       const int i = i0 + u;
@@ -182,15 +271,18 @@ __global__ void __launch_bounds__(kWarps* kWarp) fc2_sum(Problem p) {
       chunk[u] = (i - k * chunks) * kStride + lane * kVec;
       const int e = i < items ? local_expert(p, first + k) : -1;
       pair[u] = (e >= 0 && chunk[u] < p.inter) ? first + k : -1;
-      wv[u] = pair[u] >= 0
-                  ? load_weights(p.fc2 + (size_t(e) * p.hidden + row) * p.inter + chunk[u])
-                  : make_uint4(0, 0, 0, 0);
+      scale[u] = pair[u] >= 0 ? p.expert_scales[pair[u]] * F::fc2_scale(p, e) : 0.f;
+      wv[u] = pair[u] >= 0 ? load_weights(static_cast<const char*>(p.fc2) +
+                                          ((size_t(e) * p.hidden + row) * p.inter + chunk[u]) *
+                                              F::kBytes)
+                           : make_uint4(0, 0, 0, 0);
     }
 #pragma unroll
     for (int u = 0; u < kFc2Unroll; ++u) {
       if (pair[u] < 0) continue;
-      const uint4 a = load(p.activations + size_t(pair[u]) * p.inter + chunk[u]);
-      acc = fmaf(p.expert_scales[pair[u]], dot8(wv[u], a, 0.f), acc);
+      const uint4 a = load(static_cast<const char*>(p.activations) +
+                           (size_t(pair[u]) * p.inter + chunk[u]) * F::kBytes);
+      acc = fmaf(scale[u], F::dot(wv[u], a, 0.f), acc);
     }
   }
   acc = warp_sum(acc);
@@ -203,10 +295,13 @@ size_t workspace_bytes(int64_t tokens, int64_t top_k, int64_t inter) {
   return size_t(tokens) * size_t(top_k) * size_t(inter) * sizeof(__nv_bfloat16);
 }
 
-void run(const Problem& p, cudaStream_t stream) {
+namespace {
+
+template <class F>
+void launch(const Problem& p, cudaStream_t stream) {
   const dim3 block(kWarps * kWarp);
   const unsigned pairs = unsigned(p.tokens) * unsigned(p.top_k);
-  fc1_swiglu<<<dim3(pairs, (p.inter + kWarps - 1) / kWarps), block, 0, stream>>>(p);
+  fc1_swiglu<F><<<dim3(pairs, (p.inter + kWarps - 1) / kWarps), block, 0, stream>>>(p);
   check_cuda(cudaGetLastError(), "the decode path's fc1_swiglu launch");
 
   cudaLaunchConfig_t config{};
@@ -218,7 +313,17 @@ void run(const Problem& p, cudaStream_t stream) {
   pdl.val.programmaticStreamSerializationAllowed = 1;
   config.attrs = &pdl;
   config.numAttrs = 1;
-  check_cuda(cudaLaunchKernelEx(&config, fc2_sum, p), "the decode path's fc2_sum launch");
+  check_cuda(cudaLaunchKernelEx(&config, fc2_sum<F>, p), "the decode path's fc2_sum launch");
+}
+
+}  // namespace
+
+void run(const Problem& p, cudaStream_t stream) {
+  if (p.fp8.input_quant != nullptr) {
+    launch<Fp8>(p, stream);
+  } else {
+    launch<Bf16>(p, stream);
+  }
 }
 
 }  // namespace fi::decode

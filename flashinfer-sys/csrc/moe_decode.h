@@ -10,21 +10,30 @@
 
 namespace fi::decode {
 
+// fp8 per-tensor weights' scales, as fi_cutlass_moe_buffers has them; all null for bf16.
+struct Fp8Scales {
+  const float* input_quant = nullptr;  // [1]: 1 / a1
+  const float* fc1_dequant = nullptr;  // [local_experts]: a1 * w13[e]
+  const float* fc2_quant = nullptr;    // [1]: 1 / a2
+  const float* fc2_dequant = nullptr;  // [local_experts]: a2 * w2[e]
+};
+
 // One call: the layer's shapes and the call's buffers, as fi_cutlass_moe_buffers has them.
 struct Problem {
   const __nv_bfloat16* hidden_states;  // [tokens, hidden]
   const int32_t* expert_ids;           // [tokens, top_k], global ids
   const float* expert_scales;          // [tokens, top_k]
-  const __nv_bfloat16* fc1;            // [local_experts, 2 * inter, hidden]: up rows, then gate
-  const __nv_bfloat16* fc2;            // [local_experts, hidden, inter]
+  const void* fc1;  // bf16 or e4m3 [local_experts, 2 * inter, hidden]: up rows, then gate
+  const void* fc2;  // bf16 or e4m3 [local_experts, hidden, inter]
   __nv_bfloat16* output;               // [tokens, hidden]
-  __nv_bfloat16* activations;          // scratch: [tokens * top_k, inter] (workspace_bytes)
+  void* activations;  // scratch: [tokens * top_k, inter], bf16 or e4m3 (workspace_bytes)
   int32_t tokens;
   int32_t top_k;
   int32_t hidden;
   int32_t inter;
   int32_t first_expert;   // this rank's first global expert id
   int32_t local_experts;  // how many it holds
+  Fp8Scales fp8;          // fp8 weights' scales (input_quant non-null: the weights are e4m3)
 };
 
 // Bytes of scratch a call of up to `tokens` tokens needs.

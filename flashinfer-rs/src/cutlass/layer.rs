@@ -314,9 +314,7 @@ impl<W: WeightBuffer<Element = bf16>> CutlassMoe<W> {
     /// [`Error::UnsupportedArch`] off Hopper (sm_90) and [`Error::KernelsNotBuilt`] in a
     /// build without the `sm90-moe` feature.
     pub fn new(config: CutlassMoeConfig, weights: CutlassWeights<W>) -> Result<Self> {
-        let small =
-            config.hidden_size.saturating_mul(config.intermediate_size) <= DECODE_MAX_EXPERT_SIZE;
-        let decode_max_tokens = if small { DECODE_MAX_TOKENS } else { 0 };
+        let decode_max_tokens = default_decode_max_tokens(&config);
         Self::create(config, weights, (-1, -1), decode_max_tokens, None)
     }
 
@@ -352,15 +350,29 @@ impl<W: WeightBuffer<Element = E4m3>> CutlassMoe<W> {
     /// `fc1_input * fc1_weights[e]`, SwiGLU runs in f32 on GEMM 1's bf16 output and is
     /// quantised with `fc2_input`, GEMM 2 scales by `fc2_input * fc2_weights[e]`, and the
     /// weighted sum is in f32. Weights as [`CutlassWeights`] lays them out (up rows first);
-    /// [`prepare`](super::prepare) quantises bf16 weights. The grouped GEMMs take every call
-    /// (the decode kernels are bf16 only), their tactics chosen per call as for bf16.
-    /// Answers [`Error::KernelsNotBuilt`] in a build without `sm90-moe-fp8`.
+    /// [`prepare`](super::prepare) quantises bf16 weights. Which calls take the decode kernels
+    /// (the same arithmetic on e4m3 weights) and the tactics are chosen as for bf16
+    /// ([`new`](CutlassMoe::new)). Answers [`Error::KernelsNotBuilt`] in a build without
+    /// `sm90-moe-fp8`.
     pub fn new_fp8(
         config: CutlassMoeConfig,
         weights: CutlassWeights<W>,
         scales: &CutlassFp8Scales,
     ) -> Result<Self> {
-        Self::create(config, weights, (-1, -1), 0, Some(scales))
+        let decode_max_tokens = default_decode_max_tokens(&config);
+        Self::create(config, weights, (-1, -1), decode_max_tokens, Some(scales))
+    }
+
+    /// [`new_fp8`](Self::new_fp8) with the decode kernels taking calls of up to
+    /// `decode_max_tokens` tokens, as [`with_decode_max_tokens`](CutlassMoe::with_decode_max_tokens)
+    /// for bf16.
+    pub fn fp8_with_decode_max_tokens(
+        config: CutlassMoeConfig,
+        weights: CutlassWeights<W>,
+        scales: &CutlassFp8Scales,
+        decode_max_tokens: usize,
+    ) -> Result<Self> {
+        Self::create(config, weights, (-1, -1), decode_max_tokens, Some(scales))
     }
 
     /// [`new_fp8`](Self::new_fp8) with GEMM 1's and GEMM 2's tactics fixed, as
@@ -372,6 +384,17 @@ impl<W: WeightBuffer<Element = E4m3>> CutlassMoe<W> {
         tactics: (u32, u32),
     ) -> Result<Self> {
         Self::create(config, weights, tactic_indices(tactics)?, 0, Some(scales))
+    }
+}
+
+/// [`DECODE_MAX_TOKENS`] for experts of up to [`DECODE_MAX_EXPERT_SIZE`], else 0.
+fn default_decode_max_tokens(config: &CutlassMoeConfig) -> usize {
+    let small =
+        config.hidden_size.saturating_mul(config.intermediate_size) <= DECODE_MAX_EXPERT_SIZE;
+    if small {
+        DECODE_MAX_TOKENS
+    } else {
+        0
     }
 }
 

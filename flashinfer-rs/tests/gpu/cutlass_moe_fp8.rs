@@ -8,10 +8,14 @@
 //! boundary, one e4m3 step); hence two criteria: 99% of the outputs within the bf16 layer's
 //! tolerance and every output within four times it.
 //! - every routing method x token counts {1, 7, 64, 257, 2048} x 64 and 128 experts, replay
-//!   ids equal to the oracle's, spare rows untouched, bits equal with and without replay;
+//!   ids equal to the oracle's, spare rows untouched, bits equal with and without replay (at
+//!   one token through the decode kernels, the others through the grouped GEMMs);
+//! - the decode kernels forced onto 1-64 tokens, a Qwen3-sized layer and an expert-parallel
+//!   rank;
 //! - hidden states past the input scale's range (saturated at ±448 codes);
 //! - expert parallelism: four ranks each over their own experts;
-//! - a CUDA graph of three layers replayed with fresh inputs equals eager calls;
+//! - a CUDA graph of three layers replayed with fresh inputs equals eager calls (grouped GEMMs
+//!   and decode kernels);
 //! - bad scales (lengths, zero, negative, NaN, infinite, subnormal) refused with typed errors.
 use flashinfer_rs::cudarc::driver::{CudaSlice, CudaView};
 use flashinfer_rs::cutlass::prepare::fp8_per_expert;
@@ -317,29 +321,82 @@ fn fp8_expert_parallel_ranks_sum_only_their_experts() {
     report(test, passed, failures);
 }
 
-/// Three fp8 layers chained in a CUDA graph, replayed with fresh inputs, at 57 tokens.
+/// Three fp8 layers chained in a CUDA graph, replayed with fresh inputs, at 57 tokens (grouped
+/// GEMMs) and 3 (decode kernels).
 #[test]
 fn fp8_a_graph_of_layers_reruns_with_fresh_inputs() {
     let test = "cutlass_moe_fp8::fp8_a_graph_of_layers_reruns_with_fresh_inputs";
     let Some(g) = gpu(test) else { return };
     let (h, i) = GRAPH_SIZES;
-    let t = 57;
     let ws: Vec<Fp8Weights> = (0..3).map(|l| fp8_weights(&g, 64, h, i, 40 + l)).collect();
-    if fp8_layer_here(&g, config(graph_routing(), h, i, t), &ws[0], FITTING, test).is_none() {
+    for t in [57, 3] {
+        if fp8_layer_here(&g, config(graph_routing(), h, i, t), &ws[0], FITTING, test).is_none() {
+            return;
+        }
+        let moes: Vec<_> = ws
+            .iter()
+            .map(|w| {
+                let cfg = config(graph_routing(), h, i, t);
+                CutlassMoe::new_fp8(cfg, w.views(), &w.scales(FITTING)).unwrap()
+            })
+            .collect();
+        assert_eq!(moes[0].decode_max_tokens() >= t, t == 3);
+        graph_of_layers(&g, test, t, &moes);
+    }
+}
+
+/// The decode kernels on fp8 weights, forced onto every call: odd token counts up to 64 (experts
+/// shared by many tokens), a Qwen3-30B-A3B-sized layer, and one expert-parallel rank of four.
+#[test]
+fn fp8_decode_kernels_match_the_reference() {
+    let test = "cutlass_moe_fp8::fp8_decode_kernels_match_the_reference";
+    let Some(g) = gpu(test) else { return };
+    let (mut passed, mut failures, mut worst) = (0, Vec::new(), 0f32);
+    let mut run = |name: &str, cfg: CutlassMoeConfig, w: &Fp8Weights, t: usize, seed: u64| {
+        let layer =
+            CutlassMoe::fp8_with_decode_max_tokens(cfg, w.views(), &w.scales(FITTING), usize::MAX)
+                .unwrap();
+        assert_eq!(layer.decode_max_tokens(), cfg.max_tokens);
+        let d = case(&cfg.routing, t, seed);
+        let x = values(&mut SplitMix64(seed ^ 0x5eed), t * cfg.hidden_size, 1.0);
+        let want = reference(&cfg, &d, &x, &w.host, FITTING);
+        match verdict(&g, &layer, &d, &x, &want, &mut worst) {
+            None => passed += 1,
+            Some(why) => failures.push(format!("{name} T={t}: {why}")),
+        }
+    };
+    let (h, i) = (320, 192); // not multiples of the loads' 512 and 32 x 16 columns
+    let w = fp8_weights(&g, 16, h, i, 21);
+    let routing = RoutingConfig::new(RoutingMethod::Renormalize, 16, 4);
+    if fp8_layer_here(&g, config(routing, h, i, 64), &w, FITTING, test).is_none() {
         return;
     }
-    let moes: Vec<_> = ws
-        .iter()
-        .map(|w| {
-            CutlassMoe::new_fp8(
-                config(graph_routing(), h, i, t),
-                w.views(),
-                &w.scales(FITTING),
-            )
-            .unwrap()
-        })
-        .collect();
-    graph_of_layers(&g, test, t, &moes);
+    for t in [1, 2, 3, 4, 7, 33, 64] {
+        run(
+            "16 experts",
+            config(routing, h, i, 64),
+            &w,
+            t,
+            22 + t as u64,
+        );
+    }
+    let (h, i) = (2048, 768);
+    let qwen = fp8_weights(&g, 128, h, i, 23);
+    let routing = RoutingConfig::new(RoutingMethod::Renormalize, 128, 8);
+    for t in [1, 4] {
+        run(
+            "Qwen3-sized",
+            config(routing, h, i, 4),
+            &qwen,
+            t,
+            24 + t as u64,
+        );
+    }
+    let rank = qwen.rank_slice(&g, 2, 32, h, i);
+    let routing = routing.with_local_experts(64, 32);
+    run("rank 2 of 4", config(routing, h, i, 4), &rank, 3, 25);
+    eprintln!("{test}: largest |reference - output| {worst}");
+    report(test, passed, failures);
 }
 
 /// Scales the kernels cannot use, and the bf16 decode kernels, are refused at construction.

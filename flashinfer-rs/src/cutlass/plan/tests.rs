@@ -253,3 +253,50 @@ fn sizes_that_overflow_are_refused_not_wrapped() {
     };
     assert_eq!(arg(p.check_batch(&huge).unwrap_err()), "num_tokens");
 }
+
+#[test]
+fn fp8_scales_need_one_per_local_expert_all_finite_and_positive() {
+    let local = config(128, 8);
+    let rank = CutlassMoeConfig {
+        routing: local.routing.with_local_experts(32, 32),
+        ..local
+    };
+    let p = plan(rank).unwrap();
+    let good = CutlassFp8Scales {
+        fc1_weights: vec![0.01; 32],
+        fc2_weights: vec![0.02; 32],
+        fc1_input: 1.0 / 448.0,
+        fc2_input: 4.0 / 448.0,
+    };
+    p.check_fp8_scales(&good).unwrap();
+    let with = |f: &dyn Fn(&mut CutlassFp8Scales)| {
+        let mut s = good.clone();
+        f(&mut s);
+        p.check_fp8_scales(&s).map_err(arg)
+    };
+    // One per local expert (32 of 128 on this rank), not per global expert.
+    assert_eq!(
+        with(&|s| s.fc1_weights = vec![0.01; 128]),
+        Err("fc1_weights")
+    );
+    assert_eq!(
+        with(&|s| s.fc2_weights.pop().map(drop).unwrap_or(())),
+        Err("fc2_weights")
+    );
+    for bad in [0.0, -1.0, f32::NAN, f32::INFINITY, 1e-40] {
+        assert_eq!(with(&|s| s.fc1_input = bad), Err("fc1"), "input {bad}");
+        assert_eq!(
+            with(&|s| s.fc2_weights[7] = bad),
+            Err("fc2"),
+            "weight {bad}"
+        );
+    }
+    // Finite alone, but their product (GEMM 1's output scale) underflows to zero.
+    assert_eq!(
+        with(&|s| {
+            s.fc1_input = 1e-30;
+            s.fc1_weights[0] = 1e-30;
+        }),
+        Err("fc1")
+    );
+}

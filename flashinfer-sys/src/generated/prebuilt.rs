@@ -476,7 +476,7 @@ pub mod fi_cutlass_moe_weights {
     pub type Type = ::core::ffi::c_uint;
     #[doc = " bf16 weights x bf16 activations (`CutlassMoeFCRunner<bf16, bf16>`)."]
     pub const FI_CUTLASS_MOE_WEIGHTS_BF16: Type = 0;
-    #[doc = " fp8 e4m3 weights with one dequantisation scale per expert and GEMM, x e4m3 activations\n with one static scale per GEMM input (`CutlassMoeFCRunner<fp8, fp8, bf16>`; feature\n sm90-moe-fp8): the call quantises the bf16 hidden states with fp8_input_quant into its\n workspace, GEMM 1 dequantises with fp8_fc1_dequant, the SwiGLU output is quantised with\n fp8_fc2_quant, GEMM 2 dequantises with fp8_fc2_dequant (fi_cutlass_moe_buffers). No decode\n kernels: decode_max_tokens must be 0."]
+    #[doc = " fp8 e4m3 weights with one dequantisation scale per expert and GEMM, x e4m3 activations\n with one static scale per GEMM input (`CutlassMoeFCRunner<fp8, fp8, bf16>`; feature\n sm90-moe-fp8): the call quantises the bf16 hidden states with fp8_input_quant into its\n workspace, GEMM 1 dequantises with fp8_fc1_dequant, the SwiGLU output is quantised with\n fp8_fc2_quant, GEMM 2 dequantises with fp8_fc2_dequant (fi_cutlass_moe_buffers). The\n decode kernels compute the same with e4m3 weights."]
     pub const FI_CUTLASS_MOE_WEIGHTS_FP8: Type = 1;
 }
 #[repr(C)]

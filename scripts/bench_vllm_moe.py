@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""vLLM's Triton fused MoE, the bf16 path vLLM 0.26.0 takes on Hopper, timed on the GPU for
-BENCHMARKS.md (section 7) beside flashinfer-rs/benches/moe_layer.rs and scripts/bench_torch_moe.py.
+"""vLLM's Triton fused MoE, the bf16 path vLLM 0.26.0 takes on Hopper (with --fp8, its Triton
+path for fp8 per-tensor weights and activations), timed on the GPU for BENCHMARKS.md (section 7)
+beside flashinfer-rs/benches/moe_layer.rs and scripts/bench_torch_moe.py.
 
     bash scripts/fetch-peers.sh                       # here: the sha-pinned vLLM wheel, extracted
                                                       # to gpu-pack/peers/vllm (git-ignored)
     python3 scripts/bench_vllm_moe.py [--check]       # on the GPU machine: torch + triton, no vLLM
+    python3 scripts/bench_vllm_moe.py --fp8 [--check] # the same, fp8 W8A8 per-tensor (below)
     python3 scripts/bench_vllm_moe.py --tiny --device cpu    # anywhere, no GPU: the check only,
                                                       # under Triton's interpreter (TRITON_INTERPRET=1)
+    python3 scripts/bench_vllm_moe.py --tiny --device cpu --fp8
 
 The CPU mode needs torch, triton (3.6.0 checked) and numpy < 2.4 (Triton 3.6's interpreter fails
 with numpy 2.4); it works around two bf16 faults of that interpreter (fix_interpreter_bf16).
@@ -35,31 +38,68 @@ Triton or torch fallback for them; here they are torch, and so are timed as torc
   - `silu_and_mul`: F.silu(h[:, :I]) * h[:, I:];
   - `moe_sum`: a sum over the top-k dimension.
 
+--fp8: fp8 W8A8 per tensor with static activation scales (a checkpoint with
+`activation_scheme: static`, vLLM's Fp8MoEMethod) as TritonExperts runs it, which vLLM 0.26 does
+where its MoE backend is Triton (`--moe-backend triton`; on SM90 its fp8 oracle, left on auto,
+puts FlashInfer's CUTLASS MoE and vLLM's CUTLASS MoE ahead of Triton for this scheme). The same
+bf16 weights, quantised to float8_e4m3fn with one f32 scale per expert, amax / 448: w13's shared
+by gate and up (vLLM's `w13_weight_scale` after it max-merges the two shards' scales), w2's; the
+static activation scales as vLLM keeps them (0-dim f32, the max over experts): a1 = 1/448 for the
+hidden states in [-1, 1), a2 = 4/448 for the SwiGLU output (beyond +-4 it clamps, as in vLLM).
+The path: the hidden states quantised with a1 (vLLM's prepare step); `fused_moe_kernel` with
+use_fp8_w8a8=True, A_scale a1, B_scale w13's scales, per_channel_quant False, block_shape None
+(the per-tensor branch: the dots accumulated in f32, times a_scale x b_scale[expert], then bf16:
+compute_type bf16, as vLLM sets for fp8 hidden states; on SM90 with BLOCK_SIZE_M < 64 <=
+BLOCK_SIZE_N the kernel swaps A and B, enable_swap_ab, shown in the config column);
+`silu_and_mul` in bf16; its output quantised with a2; the w2 GEMM with A_scale a2, B_scale w2's
+scales; `moe_sum`. The quantisation is vLLM's `scaled_fp8_quant` (static per tensor), another
+vllm._C CUDA op, so here torch, timed as torch: x (as f32) times the f32 reciprocal of the scale
+(the CUDA kernel multiplies by 1/scale), clamped to +-448, cast to torch.float8_e4m3fn (round to
+nearest even); five small kernels where the CUDA op is one, so the two quantisations together
+are also timed on their own.
+The config: try_get_optimal_moe_config with dtype "fp8_w8a8", i.e. a JSON named
+`E=..,N=..,device_name=..,dtype=fp8_w8a8.json`; the 0.26.0 wheel has none for either layer (only
+block-wise `,block_shape=[128,128]` ones for E=128,N=768, which per-tensor does not read), so vLLM
+takes get_default_config's fp8 branch (BLOCK_SIZE_K 128), as the bench then does.
+
 Layers and data as moe_layer.rs: Qwen3-30B-A3B (128 experts, top-8, hidden 2048, intermediate
-768) and a DeepSeek-V3-sized layer in bf16 (256, top-8, 7168, 2048); weights uniform in [-s, s),
+768) and a DeepSeek-V3-sized layer (256, top-8, 7168, 2048), in bf16 (or, with --fp8, fp8 per
+tensor, which is not DeepSeek-V3's block-wise fp8); weights uniform in [-s, s),
 s = 2/sqrt(hidden) for w13 and 2/sqrt(intermediate) for w2; activations uniform in [-1, 1);
 bf16 logits uniform in [-4, 4). Timing as torch_timing.per_call_us: a CUDA graph of N = 20
 back-to-back calls, CUDA events, median of 30 replays after 5 warm-ups, per call in us. Columns:
 the layer with routing; the routing alone; the experts given the routing (alignment, two GEMMs,
-activation, sum); the alignment alone (part of the previous column); vLLM's kernel config.
+activation, sum; with --fp8 the two activation quantisations too); the alignment alone (part of
+the previous column); with --fp8, the two quantisations alone (part of it too); vLLM's config.
 
 Check: the first size of each layer (every size with --check; every size of --tiny) is compared
 with a plain torch MoE (a loop over the experts, f32 accumulation, same routing); exits 1 when
-the max error is over 2% of the reference's max magnitude (bf16 intermediates).
+the max error is over 2% of the reference's max magnitude (bf16 intermediates). With --fp8 the
+reference takes the dequantised operands (the quantised hidden states and weights times their
+scales; the SwiGLU output, in f32 there, quantised with a2 and dequantised), so what remains is
+rounding, and the bound is 4%: as with bf16, the bf16 intermediates and output, plus the SwiGLU
+elements that the kernel path (bf16 GEMM output, bf16 silu_and_mul) and the reference (f32) put
+on either side of an fp8 rounding boundary, each then one fp8 step apart (1/16 to 1/8 of the
+element: e4m3 has 3 mantissa bits), a few per token; and on SM90 the fp8 MMAs' reduced-precision
+accumulation (Triton's default there). Seen: 0.8-2.4% on the tiny layer (CPU); 1.6-1.9% from a
+torch model of the kernel path at both layers' sizes, that accumulation modelled as a 13-bit
+truncation per 32-deep step.
 """
 import argparse
 import os
 import sys
+from typing import NamedTuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 TOKENS = [1, 2, 4, 8, 16, 32, 64, 512, 4096]
 MODELS = {
     "qwen3": ("Qwen3-30B-A3B layer", 128, 8, 2048, 768),
-    "deepseek": ("DeepSeek-V3-sized layer, bf16", 256, 8, 7168, 2048),
+    "deepseek": ("DeepSeek-V3-sized layer", 256, 8, 7168, 2048),
 }
 TINY = ("tiny layer (check of the script)", 8, 2, 128, 64)
 TINY_TOKENS = [1, 5, 33]
-TOLERANCE = 0.02  # of the reference's max |y|
+TOLERANCE, FP8_TOLERANCE = 0.02, 0.04  # of the reference's max |y|
+A1_SCALE, A2_SCALE = 1 / 448, 4 / 448  # --fp8: static scales, hidden states and SwiGLU output
 
 
 def parse_args():
@@ -67,6 +107,8 @@ def parse_args():
     p.add_argument("--check", action="store_true", help="check every size, not only the first")
     p.add_argument("--tiny", action="store_true",
                    help=f"the tiny layer {TINY[1:]} at tokens {TINY_TOKENS}, every size checked")
+    p.add_argument("--fp8", action="store_true",
+                   help="fp8 W8A8 per tensor, static activation scales (vLLM's Triton path for it)")
     p.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
                    help="cpu: Triton's interpreter (sets TRITON_INTERPRET=1), check only, no timing")
     p.add_argument("--layers", nargs="+", choices=sorted(MODELS), default=list(MODELS))
@@ -197,10 +239,48 @@ def route(logits, k):
     return w / w.sum(-1, keepdim=True), ids.to(torch.int32)
 
 
-# ---- vLLM's path (TritonExperts.apply, unquantized bf16, no expert map, no LoRA) -----------------
+FP8_MAX = torch.finfo(torch.float8_e4m3fn).max  # 448
 
-def config_for(w13, w2, k, m):
-    return vk.try_get_optimal_moe_config(w13.size(), w2.size(), k, None, m)
+
+def quantize(x, scale):
+    """vLLM's scaled_fp8_quant, static per tensor, in torch (the weights' quantisation too, expert
+    by expert); no scale: x as it is (unquantized, as vLLM's moe_kernel_quantize_input)."""
+    if scale is None:
+        return x
+    return (x.float() * scale.reciprocal()).clamp_(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+
+
+# ---- vLLM's path (TritonExperts.apply: bf16 or fp8 per tensor; no expert map, no LoRA) ---------
+
+class MoE(NamedTuple):
+    """The experts as TritonExperts gets them: bf16 weights, no scales; or (--fp8) float8_e4m3fn
+    weights, their f32 scales [E] (w1_scale, w2_scale) and the static activation scales, 0-dim f32
+    (a1_scale, a2_scale)."""
+    w13: torch.Tensor  # [E, 2I, H], gate rows first
+    w2: torch.Tensor  # [E, H, I]
+    w13_scale: torch.Tensor | None = None
+    w2_scale: torch.Tensor | None = None
+    a1_scale: torch.Tensor | None = None
+    a2_scale: torch.Tensor | None = None
+
+    @property
+    def fp8(self):
+        return self.w13_scale is not None
+
+    @property
+    def config_dtype(self):
+        """vLLM's FusedMoEQuantConfig.config_name: the dtype in the tuned JSON's name."""
+        return "fp8_w8a8" if self.fp8 else None
+
+    def dequantized(self, ex):
+        """Expert ex's w13 and w2 in f32 (times their scales)."""
+        if not self.fp8:
+            return self.w13[ex].float(), self.w2[ex].float()
+        return self.w13[ex].float() * self.w13_scale[ex], self.w2[ex].float() * self.w2_scale[ex]
+
+
+def config_for(moe, k, m):
+    return vk.try_get_optimal_moe_config(moe.w13.size(), moe.w2.size(), k, moe.config_dtype, m)
 
 
 def assignment(topk_ids, config, e):
@@ -208,75 +288,112 @@ def assignment(topk_ids, config, e):
     return vk._prepare_expert_assignment(topk_ids, config, m, k, e, None)
 
 
-def gemm(a, w, c, topk_weights, assigned, mul_routed_weight, top_k, config):
+def gemm(a, w, c, a_scale, w_scale, topk_weights, assigned, mul_routed_weight, top_k, config):
+    """As TritonExperts calls it: compute_type bf16 (bf16 or fp8 hidden states); fp8 per tensor
+    where there are scales (use_fp8_w8a8, per_channel_quant False, block_shape None)."""
     vk.invoke_fused_moe_triton_kernel(
-        a, w, c, None, None, topk_weights, *assigned, mul_routed_weight, top_k, config,
-        compute_type=tl.bfloat16, use_fp8_w8a8=False, use_int8_w8a8=False, use_int8_w8a16=False,
-        use_int4_w4a16=False, per_channel_quant=False, block_shape=None, B_bias=None)
+        a, w, c, a_scale, w_scale, topk_weights, *assigned, mul_routed_weight, top_k, config,
+        compute_type=tl.bfloat16, use_fp8_w8a8=w_scale is not None, use_int8_w8a8=False,
+        use_int8_w8a16=False, use_int4_w4a16=False, per_channel_quant=False, block_shape=None,
+        B_bias=None)
 
 
-def experts(x, w13, w2, topk_weights, topk_ids):
+def experts(x, moe, topk_weights, topk_ids):
     m, h = x.shape
-    e, n, _ = w13.shape
+    e, n, _ = moe.w13.shape
     k = topk_ids.shape[1]
-    config = config_for(w13, w2, k, m)  # host only (lru_cache'd file read)
+    config = config_for(moe, k, m)  # host only (lru_cache'd file read)
     assigned = assignment(topk_ids, config, e)
+    a1 = quantize(x, moe.a1_scale)  # vLLM's prepare step
     cache1 = torch.empty(m, k, n, dtype=x.dtype, device=x.device)
-    gemm(x, w13, cache1, None, assigned, False, k, config)
+    gemm(a1, moe.w13, cache1, moe.a1_scale, moe.w13_scale, None, assigned, False, k, config)
     h1 = cache1.view(-1, n)
     cache2 = F.silu(h1[:, : n // 2]) * h1[:, n // 2:]  # silu_and_mul: gate first
+    a2 = quantize(cache2, moe.a2_scale)
     cache3 = torch.empty(m, k, h, dtype=x.dtype, device=x.device)
-    gemm(cache2, w2, cache3, topk_weights, assigned, True, 1, config)
+    gemm(a2, moe.w2, cache3, moe.a2_scale, moe.w2_scale, topk_weights, assigned, True, 1, config)
     return cache3.sum(dim=1)  # moe_sum
 
 
-def layer(logits, x, w13, w2, k):
+def layer(logits, x, moe, k):
     topk_weights, topk_ids = route(logits, k)
-    return experts(x, w13, w2, topk_weights, topk_ids)
+    return experts(x, moe, topk_weights, topk_ids)
 
 
-def reference(x, w13, w2, topk_weights, topk_ids):
-    """The same MoE in plain torch: a loop over the experts, f32 throughout."""
-    i = w2.shape[2]
+def qdq(a, scale):
+    """a in f32, quantised and dequantised where there is a scale."""
+    return a.float() if scale is None else quantize(a, scale).float() * scale
+
+
+def reference(x, moe, topk_weights, topk_ids):
+    """The same MoE in plain torch: a loop over the experts, f32 throughout; fp8: on the
+    dequantised operands, the SwiGLU output quantised with a2 and dequantised."""
+    i = moe.w2.shape[2]
+    x = qdq(x, moe.a1_scale)
     out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-    for ex in range(w13.shape[0]):
+    for ex in range(moe.w13.shape[0]):
         tok, slot = (topk_ids == ex).nonzero(as_tuple=True)
         if tok.numel() == 0:
             continue
-        hh = x[tok].float() @ w13[ex].float().T
-        a = F.silu(hh[:, :i]) * hh[:, i:]
-        out.index_add_(0, tok, (a @ w2[ex].float().T) * topk_weights[tok, slot, None])
+        w13, w2 = moe.dequantized(ex)
+        hh = x[tok] @ w13.T
+        a = qdq(F.silu(hh[:, :i]) * hh[:, i:], moe.a2_scale)
+        out.index_add_(0, tok, (a @ w2.T) * topk_weights[tok, slot, None])
     return out
 
 
-def check(name, t, logits, x, w13, w2, k):
+def check(name, t, logits, x, moe, k):
     topk_weights, topk_ids = route(logits, k)
-    got = layer(logits, x, w13, w2, k).float()
-    want = reference(x, w13, w2, topk_weights, topk_ids)
+    got = layer(logits, x, moe, k).float()
+    want = reference(x, moe, topk_weights, topk_ids)
     err = (got - want).abs().max().item()
     scale = want.abs().max().item()
-    ok = err <= TOLERANCE * scale
+    tolerance = (FP8_TOLERANCE if moe.fp8 else TOLERANCE) * scale
+    ok = err <= tolerance
     print(f"check {name}, {t} tokens: max |vLLM - reference| = {err:.3g} "
-          f"(reference max |y| = {scale:.3g}, tolerance {TOLERANCE * scale:.3g}): "
+          f"(reference max |y| = {scale:.3g}, tolerance {tolerance:.3g}): "
           f"{'ok' if ok else 'MISMATCH'}", file=sys.stderr)
     if not ok:
         sys.exit(f"bench_vllm_moe: {name}, {t} tokens: vLLM's output does not match the reference")
 
 
-# ---- Timing ----------------------------------------------------------------------------------
-
-def config_text(w13, w2, k, t):
-    e, i = w2.shape[0], w2.shape[2]
-    c = config_for(w13, w2, k, t)
-    tuned = vk.get_moe_configs(e, i, None)
-    src = f"JSON M={min(tuned, key=lambda x: abs(x - t))}" if tuned else "default"
-    path = "naive" if t * k * 4 <= e else "aligned"
-    return (f"{src}, {path}: {c['BLOCK_SIZE_M']}/{c['BLOCK_SIZE_N']}/{c['BLOCK_SIZE_K']} "
-            f"g{c['GROUP_SIZE_M']} w{c.get('num_warps', '-')} s{c.get('num_stages', '-')}")
-
+# ---- Data and timing -------------------------------------------------------------------------
 
 def uniform(shape, scale, dev, gen):
     return torch.empty(shape, dtype=torch.bfloat16, device=dev).uniform_(-scale, scale, generator=gen)
+
+
+def fp8_per_expert(w):
+    """w in float8_e4m3fn with one f32 scale per expert, amax / 448 (expert by expert: no f32 copy
+    of the whole of w)."""
+    scale = torch.stack([we.abs().max() for we in w]).float() / FP8_MAX
+    q = torch.empty(w.shape, dtype=torch.float8_e4m3fn, device=w.device)
+    for ex, we in enumerate(w):
+        q[ex] = quantize(we, scale[ex])
+    return q, scale
+
+
+def make_moe(e, h, i, fp8, dev, gen):
+    w13 = uniform((e, 2 * i, h), 2 / h ** 0.5, dev, gen)
+    w2 = uniform((e, h, i), 2 / i ** 0.5, dev, gen)
+    if not fp8:
+        return MoE(w13, w2)
+    (w13, w13_scale), (w2, w2_scale) = fp8_per_expert(w13), fp8_per_expert(w2)
+    a1_scale, a2_scale = (torch.tensor(a, dtype=torch.float32, device=dev)
+                          for a in (A1_SCALE, A2_SCALE))
+    return MoE(w13, w2, w13_scale, w2_scale, a1_scale, a2_scale)
+
+
+def config_text(moe, k, t):
+    e, i = moe.w2.shape[0], moe.w2.shape[2]
+    c = config_for(moe, k, t)
+    tuned = vk.get_moe_configs(e, i, moe.config_dtype)
+    src = f"JSON M={min(tuned, key=lambda x: abs(x - t))}" if tuned else "default"
+    path = "naive" if t * k * 4 <= e else "aligned"
+    # invoke_fused_moe_triton_kernel's choice for fp8: A and B swapped (SM90, BM < 64 <= BN)
+    swap = ", swap AB" if moe.fp8 and vk.enable_swap_ab(c["BLOCK_SIZE_M"], c["BLOCK_SIZE_N"]) else ""
+    return (f"{src}, {path}: {c['BLOCK_SIZE_M']}/{c['BLOCK_SIZE_N']}/{c['BLOCK_SIZE_K']} "
+            f"g{c['GROUP_SIZE_M']} w{c.get('num_warps', '-')} s{c.get('num_stages', '-')}{swap}")
 
 
 def main():
@@ -293,41 +410,49 @@ def main():
           f"on {where}; PyTorch {torch.__version__}, Triton {triton.__version__}.\n")
     models = [TINY] if args.tiny else [MODELS[m] for m in args.layers]
     tokens = args.tokens or (TINY_TOKENS if args.tiny else TOKENS)
+    precision = "fp8 per-tensor (W8A8, static activation scales)" if args.fp8 else "bf16"
+    quantisations = " + fp8 quantisations" if args.fp8 else ""
+    columns = ["vLLM Triton layer incl. torch routing", "of which routing",
+               f"the two GEMMs + alignment + activation{quantisations} + sum, routing given",
+               "of which alignment (torch stand-in)"]
+    if args.fp8:
+        columns.append("of which fp8 quantisations (torch stand-in)")
     gen = torch.Generator(device=dev)
     for name, e, k, h, i in models:
         gen.manual_seed(1)
-        w13 = uniform((e, 2 * i, h), 2 / h ** 0.5, dev, gen)
-        w2 = uniform((e, h, i), 2 / i ** 0.5, dev, gen)
-        cfg_file = vk.get_config_file_name(e, i, None)
+        moe = make_moe(e, h, i, args.fp8, dev, gen)
+        cfg_file = vk.get_config_file_name(e, i, moe.config_dtype)
         have = os.path.exists(os.path.join(args.peers, "configs", cfg_file))
-        print(f"### vLLM Triton: {name} ({e} experts, top-{k}, hidden {h}, intermediate {i}; "
+        print(f"### vLLM Triton, {precision}: {name} ({e} experts, top-{k}, hidden {h}, intermediate {i}; "
               f"config {cfg_file if have else 'get_default_config (no ' + cfg_file + ')'})\n")
         if timing:
-            print("| tokens | vLLM Triton layer incl. torch routing (us) | of which routing (us) "
-                  "| the two GEMMs + alignment + activation + sum, routing given (us) "
-                  "| of which alignment (torch stand-in) (us) | config (BM/BN/BK, group, warps, stages) |")
-            print("|---:|---:|---:|---:|---:|---|")
+            print("| tokens | " + " | ".join(f"{c} (us)" for c in columns)
+                  + " | config (BM/BN/BK, group, warps, stages) |")
+            print("|---:|" + "---:|" * len(columns) + "---|")
         for n, t in enumerate(tokens):
             gen.manual_seed(10 + n)
             logits = uniform((t, e), 4.0, dev, gen)
             x = uniform((t, h), 1.0, dev, gen)
             if args.tiny or args.check or n == 0:
-                check(name, t, logits, x, w13, w2, k)
+                check(name, t, logits, x, moe, k)
             if not timing:
                 continue
             topk_weights, topk_ids = route(logits, k)
-            config = config_for(w13, w2, k, t)
+            config = config_for(moe, k, t)
+            fns = [lambda: layer(logits, x, moe, k),
+                   lambda: route(logits, k),
+                   lambda: experts(x, moe, topk_weights, topk_ids),
+                   lambda: assignment(topk_ids, config, e)]
+            if moe.fp8:
+                act = uniform((t * k, i), 1.0, dev, gen)  # the SwiGLU output's shape
+                fns.append(lambda: (quantize(x, moe.a1_scale), quantize(act, moe.a2_scale)))
             us = []
-            for fn in (lambda: layer(logits, x, w13, w2, k),
-                       lambda: route(logits, k),
-                       lambda: experts(x, w13, w2, topk_weights, topk_ids),
-                       lambda: assignment(topk_ids, config, e)):
+            for fn in fns:
                 graph = graphed(fn)
                 us.append(per_call_us(graph.replay))
                 del graph
-            print(f"| {t} | {us[0]:.1f} | {us[1]:.1f} | {us[2]:.1f} | {us[3]:.1f} "
-                  f"| {config_text(w13, w2, k, t)} |")
-        del w13, w2
+            print(f"| {t} | " + " | ".join(f"{u:.1f}" for u in us) + f" | {config_text(moe, k, t)} |")
+        del moe
         if timing:
             torch.cuda.empty_cache()
         print()

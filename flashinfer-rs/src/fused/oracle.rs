@@ -36,6 +36,13 @@ pub enum ActivationRounding {
         /// The global scale, `448 / amax` of the activations.
         scale: f32,
     },
+    /// As `Fp8PerTensor`, after GEMM 1's outputs are rounded to bf16: the CUTLASS fp8
+    /// per-tensor runner on Hopper (and this crate's decode kernels for it) writes GEMM 1's
+    /// output as bf16 and computes the activation from it.
+    Fp8PerTensorBf16Gemm1 {
+        /// As for `Fp8PerTensor`.
+        scale: f32,
+    },
     /// MX fp8: e4m3 with a ue8m0 scale per 32 consecutive values of a row (MxFp8 kernels).
     MxFp8,
     /// nvfp4: e2m1 with an e4m3 scale per 16 values and one global scale (nvfp4 kernels).
@@ -184,6 +191,18 @@ pub fn activations(
     weights: &[f32],
     w: &ExpertWeights,
 ) -> Result<Vec<Vec<f32>>> {
+    activations_of(p, hidden, ids, weights, w, false)
+}
+
+/// [`activations`], with GEMM 1's outputs rounded to bf16 first when `round_gemm1`.
+fn activations_of(
+    p: &ReferenceProblem,
+    hidden: &[f32],
+    ids: &[usize],
+    weights: &[f32],
+    w: &ExpertWeights,
+    round_gemm1: bool,
+) -> Result<Vec<Vec<f32>>> {
     let m1 = check_problem(p, hidden, ids, weights, w)?;
     let (h, i) = (p.hidden_size, p.intermediate_size);
     let mut out = Vec::new();
@@ -198,7 +217,10 @@ pub fn activations(
                 let s = weights[t * p.top_k + k];
                 x.iter_mut().for_each(|v| *v *= s);
             }
-            let g1 = matvec(&w.w1[le * m1 * h..(le + 1) * m1 * h], m1, h, &x);
+            let mut g1 = matvec(&w.w1[le * m1 * h..(le + 1) * m1 * h], m1, h, &x);
+            if round_gemm1 {
+                g1.iter_mut().for_each(|v| *v = round_bf16(*v));
+            }
             out.push(activate(&g1, i, p.activation)?);
         }
     }
@@ -216,7 +238,8 @@ pub fn moe(
     rounding: ActivationRounding,
 ) -> Result<Vec<f32>> {
     let (h, i) = (p.hidden_size, p.intermediate_size);
-    let acts = activations(p, hidden, ids, weights, w)?;
+    let round_gemm1 = matches!(rounding, ActivationRounding::Fp8PerTensorBf16Gemm1 { .. });
+    let acts = activations_of(p, hidden, ids, weights, w, round_gemm1)?;
     let mut acts = acts.into_iter();
     let mut out = vec![0f32; p.num_tokens * h];
     for t in 0..p.num_tokens {
@@ -232,7 +255,8 @@ pub fn moe(
             };
             let a: Vec<f32> = match rounding {
                 ActivationRounding::Bf16 => act.into_iter().map(round_bf16).collect(),
-                ActivationRounding::Fp8PerTensor { scale } => act
+                ActivationRounding::Fp8PerTensor { scale }
+                | ActivationRounding::Fp8PerTensorBf16Gemm1 { scale } => act
                     .into_iter()
                     .map(|v| E4m3::from_f32(v * scale).to_f32() / scale)
                     .collect(),

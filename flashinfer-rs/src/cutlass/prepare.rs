@@ -20,12 +20,13 @@ use crate::fused::E4m3;
 /// Quantises `weights` (`experts` equal blocks, stacked) to e4m3 with one scale per block,
 /// `amax / 448` (1 for an all-zero block), rounding to nearest even: the codes and the scales
 /// ([`CutlassFp8Scales`](super::CutlassFp8Scales)' `fc1_weights` or `fc2_weights`). Refuses
-/// NaN and infinite weights.
-pub fn fp8_per_expert<T: Copy + Into<f32>>(
+/// NaN and infinite weights. The experts are quantised on all the host's cores (a model's
+/// experts are tens of billions of values).
+pub fn fp8_per_expert<T: Copy + Into<f32> + Sync>(
     weights: &[T],
     experts: usize,
 ) -> Result<(Vec<E4m3>, Vec<f32>)> {
-    ensure_nonzero(&[("experts", experts)])?;
+    ensure_nonzero(&[("experts", experts), ("weights", weights.len())])?;
     ensure(weights.len().is_multiple_of(experts), "weights", || {
         format!(
             "{} elements do not split into {experts} experts",
@@ -33,25 +34,61 @@ pub fn fp8_per_expert<T: Copy + Into<f32>>(
         )
     })?;
     let block = weights.len() / experts;
-    let mut codes = alloc::with_capacity("fp8 weights", weights.len())?;
-    let mut scales = alloc::with_capacity("fp8 scales", experts)?;
-    for (e, w) in weights.chunks_exact(block.max(1)).enumerate() {
+    let mut codes = alloc::filled("fp8 weights", weights.len(), E4m3::default())?;
+    let mut scales = alloc::filled("fp8 scales", experts, 0f32)?;
+    // Experts in equal runs, one run per thread; each expert's result depends on it alone.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = experts.div_ceil(threads);
+    let failed = std::thread::scope(|s| {
+        let runs = weights
+            .chunks(per * block)
+            .zip(codes.chunks_mut(per * block))
+            .zip(scales.chunks_mut(per))
+            .enumerate()
+            .map(|(run, ((w, c), sc))| s.spawn(move || quantise_run(w, c, sc, block, run * per)))
+            .collect::<Vec<_>>();
+        runs.into_iter()
+            .filter_map(|h| {
+                h.join().unwrap_or_else(|_| {
+                    Some(Error::Internal("a quantising thread panicked".into()))
+                })
+            })
+            .next()
+    });
+    match failed {
+        Some(e) => Err(e),
+        None => Ok((codes, scales)),
+    }
+}
+
+/// [`fp8_per_expert`] over a run of experts, the first numbered `first`: codes and scales into
+/// `codes` and `scales`; the error of the first expert holding NaN or infinity.
+fn quantise_run<T: Copy + Into<f32>>(
+    weights: &[T],
+    codes: &mut [E4m3],
+    scales: &mut [f32],
+    block: usize,
+    first: usize,
+) -> Option<Error> {
+    let experts = weights
+        .chunks_exact(block)
+        .zip(codes.chunks_exact_mut(block));
+    for (e, ((w, c), scale)) in experts.zip(scales.iter_mut()).enumerate() {
         let mut amax = 0f32;
         for &x in w {
             let x: f32 = x.into();
             if !x.is_finite() {
-                return Err(Error::invalid(
-                    "weights",
-                    format!("expert {e} holds {x}: fp8 has no scale for it"),
-                ));
+                let why = format!("expert {} holds {x}: fp8 has no scale for it", first + e);
+                return Some(Error::invalid("weights", why));
             }
             amax = amax.max(x.abs());
         }
-        let scale = if amax > 0.0 { amax / E4M3_MAX } else { 1.0 };
-        codes.extend(w.iter().map(|&x| E4m3::from_f32(x.into() / scale)));
-        scales.push(scale);
+        *scale = if amax > 0.0 { amax / E4M3_MAX } else { 1.0 };
+        for (c, &x) in c.iter_mut().zip(w) {
+            *c = E4m3::from_f32(x.into() / *scale);
+        }
     }
-    Ok((codes, scales))
+    None
 }
 
 /// `fc1` and its scales from an fp8 checkpoint's per-expert `gate_proj` and `up_proj` (e4m3
@@ -223,6 +260,31 @@ mod tests {
         assert!(fp8_per_expert(&[f32::INFINITY, 1.0], 2).is_err());
         assert!(fp8_per_expert(&[1.0f32; 3], 2).is_err());
         assert!(fp8_per_expert(&[1.0f32; 3], 0).is_err());
+        assert!(fp8_per_expert::<f32>(&[], 3).is_err());
+    }
+
+    /// Many experts (several per thread, a last short run): each block quantised on its own,
+    /// as one expert alone would be; a NaN is reported with its expert's index.
+    #[test]
+    fn fp8_per_expert_runs_give_each_expert_its_own_scale() {
+        let (experts, block) = (37, 5);
+        let w: Vec<f32> = (0..experts * block)
+            .map(|n| (n as f32 * 0.37).sin() * (1 + n / block) as f32)
+            .collect();
+        let (codes, scales) = fp8_per_expert(&w, experts).unwrap();
+        for e in 0..experts {
+            let one = &w[e * block..(e + 1) * block];
+            let (c, s) = fp8_per_expert(one, 1).unwrap();
+            assert_eq!(
+                (&codes[e * block..(e + 1) * block], scales[e]),
+                (&c[..], s[0]),
+                "expert {e}"
+            );
+        }
+        let mut bad = w.clone();
+        bad[20 * block + 3] = f32::NAN;
+        let e = fp8_per_expert(&bad, experts).unwrap_err();
+        assert!(e.to_string().contains("expert 20 holds NaN"), "{e}");
     }
 
     #[test]

@@ -241,18 +241,27 @@ pub(crate) mod on_hopper {
     /// The reference output of `case` (its oracle routing) over the local experts.
     fn reference(cfg: &CutlassMoeConfig, d: &CaseData, x: &[f32], w: &ExpertWeights) -> Vec<f32> {
         let ids: Vec<usize> = d.want.ids.iter().map(|&e| e as usize).collect();
-        reference_of(cfg, d.tokens, x, &ids, &d.want.weights, w)
+        reference_of(
+            cfg,
+            d.tokens,
+            x,
+            &ids,
+            &d.want.weights,
+            w,
+            ActivationRounding::Bf16,
+        )
     }
 
     /// The reference output of `tokens` tokens routed to `ids` with `weights`, over the local
-    /// experts (an id outside them adds nothing).
-    fn reference_of(
+    /// experts (an id outside them adds nothing), the activation rounded as `rounding`.
+    pub(crate) fn reference_of(
         cfg: &CutlassMoeConfig,
         tokens: usize,
         x: &[f32],
         ids: &[usize],
         weights: &[f32],
         w: &ExpertWeights,
+        rounding: ActivationRounding,
     ) -> Vec<f32> {
         let r = &cfg.routing;
         let p = moe_oracle::ReferenceProblem {
@@ -265,7 +274,7 @@ pub(crate) mod on_hopper {
             activation: Activation::Swiglu,
             routing_scales_on_input: false,
         };
-        moe_oracle::moe(&p, x, ids, weights, w, ActivationRounding::Bf16).unwrap()
+        moe_oracle::moe(&p, x, ids, weights, w, rounding).unwrap()
     }
 
     /// What one forward call wrote, downloaded.
@@ -653,7 +662,15 @@ pub(crate) mod on_hopper {
             .iter()
             .map(|&v| usize::try_from(v).unwrap_or(usize::MAX))
             .collect();
-        let want = reference_of(&cfg, t, &x_host, &oracle_ids, &scales, &w.host);
+        let want = reference_of(
+            &cfg,
+            t,
+            &x_host,
+            &oracle_ids,
+            &scales,
+            &w.host,
+            ActivationRounding::Bf16,
+        );
         let mut ws = layer.workspace(&g.stream).unwrap();
         let x = upload(&g, &x_host);
         let got = forward_given(&g, &layer, &mut ws, &ids, &scales, &x, t);

@@ -25,7 +25,7 @@ use flashinfer_rs::cudarc::driver::{CudaSlice, CudaView};
 use flashinfer_rs::cutlass::prepare::fp8_per_expert;
 use flashinfer_rs::cutlass::{CutlassFp8Scales, CutlassMoe, CutlassMoeConfig, CutlassWeights};
 use flashinfer_rs::fused::oracle::{self as moe_oracle, ActivationRounding, ExpertWeights};
-use flashinfer_rs::fused::{Activation, E4m3};
+use flashinfer_rs::fused::E4m3;
 use flashinfer_rs::routing::oracle::SplitMix64;
 use flashinfer_rs::routing::{RoutingConfig, RoutingMethod};
 use flashinfer_rs::Error;
@@ -33,8 +33,8 @@ use flashinfer_rs::Error;
 use crate::common::{gpu, Gpu};
 use crate::cutlass_moe::layer_here;
 use crate::cutlass_moe::on_hopper::{
-    case, config, forward, graph_of_layers, graph_routing, report, to_f32, upload, values, ATOL,
-    GRAPH_SIZES, RTOL,
+    case, config, forward, graph_of_layers, graph_routing, reference_of, report, to_f32, upload,
+    values, ATOL, GRAPH_SIZES, RTOL,
 };
 use crate::degenerate::one_per_method;
 use crate::routing::{CaseData, DeviceInputs};
@@ -164,17 +164,6 @@ fn reference(
     w: &ExpertWeights,
     a: Inputs,
 ) -> Vec<f32> {
-    let r = &cfg.routing;
-    let p = moe_oracle::ReferenceProblem {
-        num_tokens: d.tokens,
-        hidden_size: cfg.hidden_size,
-        intermediate_size: cfg.intermediate_size,
-        top_k: r.top_k as usize,
-        local_expert_offset: r.local_expert_offset as usize,
-        local_num_experts: r.local_num_experts as usize,
-        activation: Activation::Swiglu,
-        routing_scales_on_input: false,
-    };
     // As the kernel: x times the reciprocal scale, rounded to e4m3 (saturating).
     let quant = 1.0 / a.a1;
     let xq: Vec<f32> = x
@@ -183,7 +172,7 @@ fn reference(
         .collect();
     let ids: Vec<usize> = d.want.ids.iter().map(|&e| e as usize).collect();
     let rounding = ActivationRounding::Fp8PerTensorBf16Gemm1 { scale: 1.0 / a.a2 };
-    moe_oracle::moe(&p, &xq, &ids, &d.want.weights, w, rounding).unwrap()
+    reference_of(cfg, d.tokens, &xq, &ids, &d.want.weights, w, rounding)
 }
 
 /// The fp8 criteria (module doc) on each token's outputs over its routing weights' magnitude
@@ -217,22 +206,67 @@ fn fp8_check(want: &[f32], got: &[f32], weights: &[f32], top_k: usize) -> Result
         .fold(0.0, f32::max))
 }
 
-/// One case on `layer`: with and without replay. `None` when it passes.
+/// The fp8 tests' cases on one GPU: how many passed, why the others failed, and the largest
+/// scaled error of the passes (for the log).
+struct Tally<'g> {
+    g: &'g Gpu,
+    passed: usize,
+    failures: Vec<String>,
+    worst: f32,
+}
+
+impl<'g> Tally<'g> {
+    fn new(g: &'g Gpu) -> Self {
+        Tally {
+            g,
+            passed: 0,
+            failures: Vec::new(),
+            worst: 0.0,
+        }
+    }
+
+    /// One case: `d`'s routing and hidden states `x` through `layer` (scales `a`, dequantised
+    /// weights `w`) against the reference; failures are named by `label`.
+    fn case(
+        &mut self,
+        layer: &CutlassMoe<CudaView<'_, E4m3>>,
+        w: &ExpertWeights,
+        a: Inputs,
+        d: &CaseData,
+        x: &[f32],
+        label: impl FnOnce() -> String,
+    ) {
+        let want = reference(&layer.config(), d, x, w, a);
+        match verdict(self.g, layer, d, x, &want) {
+            Ok(e) => {
+                self.passed += 1;
+                self.worst = self.worst.max(e);
+            }
+            Err(why) => self.failures.push(format!("{}: {why}", label())),
+        }
+    }
+
+    fn report(self, test: &str) {
+        eprintln!("{test}: largest |reference - output| {}", self.worst);
+        report(test, self.passed, self.failures);
+    }
+}
+
+/// One case on `layer`: with and without replay. The largest scaled error when it passes.
 fn verdict(
     g: &Gpu,
     layer: &CutlassMoe<CudaView<'_, E4m3>>,
     d: &CaseData,
     x: &[f32],
     want: &[f32],
-    worst: &mut f32,
-) -> Option<String> {
+) -> Result<f32, String> {
     let mut ws = layer.workspace(&g.stream).unwrap();
     let xd = upload(g, x);
     let inputs = DeviceInputs::upload(&g.stream, d);
     let with = forward(g, layer, &mut ws, &inputs, &xd, d.tokens, true).unwrap();
     let without = forward(g, layer, &mut ws, &inputs, &xd, d.tokens, false).unwrap();
     if with.output != without.output {
-        return Some("output differs with and without replay".into());
+        return Err("output differs with and without replay".into());
     }
     let k = layer.config().routing.top_k as usize;
     let replay = with.replay.as_ref().unwrap();
@@ -240,18 +274,12 @@ fn verdict(
         .iter()
         .any(|&v| v != crate::routing::SENTINEL)
     {
-        return Some("a replay row past num_tokens was written".into());
+        return Err("a replay row past num_tokens was written".into());
     }
     if replay[..d.tokens * k] != d.want.ids[..] {
-        return Some("replay ids differ from the oracle's".into());
+        return Err("replay ids differ from the oracle's".into());
     }
-    match fp8_check(want, &to_f32(&with.output), &d.want.weights, k) {
-        Ok(e) => {
-            *worst = worst.max(e);
-            None
-        }
-        Err(why) => Some(why),
-    }
+    fp8_check(want, &to_f32(&with.output), &d.want.weights, k)
 }
 
 /// Every routing method x {64, 128} experts x {1, 7, 64, 257, 2048} tokens, then saturated
@@ -261,7 +289,7 @@ fn fp8_every_method_and_token_count_matches_the_reference() {
     let test = "cutlass_moe_fp8::fp8_every_method_and_token_count_matches_the_reference";
     let Some(g) = gpu(test) else { return };
     let (h, i) = (256, 128);
-    let (mut passed, mut failures, mut worst) = (0, Vec::new(), 0f32);
+    let mut tally = Tally::new(&g);
     for (e, k) in [(64u32, 6u32), (128, 8)] {
         let w = fp8_weights(&g, e as usize, h, i, 500 + e as u64);
         let probe = RoutingConfig::new(RoutingMethod::Renormalize, e, k);
@@ -280,13 +308,9 @@ fn fp8_every_method_and_token_count_matches_the_reference() {
                 let seed = e as u64 * 1000 + n as u64 * 10 + t as u64;
                 let d = case(&cfg.routing, t, seed);
                 let x = values(&mut SplitMix64(seed ^ 0x5eed), t * h, 1.0);
-                let want = reference(&cfg, &d, &x, &w.host, FITTING);
-                match verdict(&g, &layer, &d, &x, &want, &mut worst) {
-                    None => passed += 1,
-                    Some(why) => {
-                        failures.push(format!("{} E={e} K={k} T={t}: {why}", m.method.name()))
-                    }
-                }
+                tally.case(&layer, &w.host, FITTING, &d, &x, || {
+                    format!("{} E={e} K={k} T={t}", m.method.name())
+                });
             }
         }
     }
@@ -306,13 +330,8 @@ fn fp8_every_method_and_token_count_matches_the_reference() {
     let layer = CutlassMoe::new_fp8(cfg, w.views(), &w.scales(tight)).unwrap();
     let d = case(&cfg.routing, t, 78);
     let x = values(&mut SplitMix64(79), t * h, 1.0);
-    let want = reference(&cfg, &d, &x, &w.host, tight);
-    match verdict(&g, &layer, &d, &x, &want, &mut worst) {
-        None => passed += 1,
-        Some(why) => failures.push(format!("saturated input: {why}")),
-    }
-    eprintln!("{test}: largest |reference - output| {worst}");
-    report(test, passed, failures);
+    tally.case(&layer, &w.host, tight, &d, &x, || "saturated input".into());
+    tally.report(test);
 }
 
 /// Four ranks of 32 experts each, every rank's output against the reference over its own
@@ -329,20 +348,16 @@ fn fp8_expert_parallel_ranks_sum_only_their_experts() {
     }
     let d = case(&full, t, 12);
     let x = values(&mut SplitMix64(13), t * h, 1.0);
-    let (mut passed, mut failures, mut worst) = (0, Vec::new(), 0f32);
+    let mut tally = Tally::new(&g);
     let per = (e / 4) as usize;
     for rank in 0..4 {
         let w = all.rank_slice(&g, rank, per, h, i);
         let routing = full.with_local_experts((rank * per) as u32, per as u32);
         let cfg = config(routing, h, i, t);
         let layer = CutlassMoe::new_fp8(cfg, w.views(), &w.scales(FITTING)).unwrap();
-        let want = reference(&cfg, &d, &x, &w.host, FITTING);
-        match verdict(&g, &layer, &d, &x, &want, &mut worst) {
-            None => passed += 1,
-            Some(why) => failures.push(format!("rank {rank}: {why}")),
-        }
+        tally.case(&layer, &w.host, FITTING, &d, &x, || format!("rank {rank}"));
     }
-    report(test, passed, failures);
+    tally.report(test);
 }
 
 /// Three fp8 layers chained in a CUDA graph, replayed with fresh inputs, at 57 tokens (grouped
@@ -375,7 +390,7 @@ fn fp8_a_graph_of_layers_reruns_with_fresh_inputs() {
 fn fp8_decode_kernels_match_the_reference() {
     let test = "cutlass_moe_fp8::fp8_decode_kernels_match_the_reference";
     let Some(g) = gpu(test) else { return };
-    let (mut passed, mut failures, mut worst) = (0, Vec::new(), 0f32);
+    let mut tally = Tally::new(&g);
     let mut run = |name: &str, cfg: CutlassMoeConfig, w: &Fp8Weights, t: usize, seed: u64| {
         let layer =
             CutlassMoe::fp8_with_decode_max_tokens(cfg, w.views(), &w.scales(FITTING), usize::MAX)
@@ -383,11 +398,7 @@ fn fp8_decode_kernels_match_the_reference() {
         assert_eq!(layer.decode_max_tokens(), cfg.max_tokens);
         let d = case(&cfg.routing, t, seed);
         let x = values(&mut SplitMix64(seed ^ 0x5eed), t * cfg.hidden_size, 1.0);
-        let want = reference(&cfg, &d, &x, &w.host, FITTING);
-        match verdict(&g, &layer, &d, &x, &want, &mut worst) {
-            None => passed += 1,
-            Some(why) => failures.push(format!("{name} T={t}: {why}")),
-        }
+        tally.case(&layer, &w.host, FITTING, &d, &x, || format!("{name} T={t}"));
     };
     let (h, i) = (320, 192); // not multiples of the loads' 512 and 32 x 16 columns
     let w = fp8_weights(&g, 16, h, i, 21);
@@ -419,11 +430,10 @@ fn fp8_decode_kernels_match_the_reference() {
     let rank = qwen.rank_slice(&g, 2, 32, h, i);
     let routing = routing.with_local_experts(64, 32);
     run("rank 2 of 4", config(routing, h, i, 4), &rank, 3, 25);
-    eprintln!("{test}: largest |reference - output| {worst}");
-    report(test, passed, failures);
+    tally.report(test);
 }
 
-/// Scales the kernels cannot use, and the bf16 decode kernels, are refused at construction.
+/// Scales the kernels cannot use are refused at construction.
 #[test]
 fn fp8_bad_scales_are_refused() {
     let test = "cutlass_moe_fp8::fp8_bad_scales_are_refused";

@@ -1,7 +1,7 @@
 // cutlass_moe.cu: the C ABI of FlashInfer's CUTLASS fused MoE for Hopper (fi_cutlass_moe_*).
 //
-// A layer owns one runner: `CutlassMoeFCRunner<bf16, bf16>` (cutlass_moe_runner.cu) or, for fp8
-// weights, `CutlassMoeFCRunner<fp8, fp8, bf16>` (cutlass_moe_runner_fp8.cu, built with
+// A layer owns one runner: `CutlassMoeFCRunner<bf16, bf16>` or, for fp8 weights,
+// `CutlassMoeFCRunner<fp8, fp8, bf16>` (both in cutlass_moe_runner.cu, the second with
 // FLASHINFER_RS_MOE_FP8), through upstream's runner interface; its chosen tactics and the
 // workspace layout for its largest batch:
 //   [ runner workspace at max_tokens | row map (unpermuted->permuted) | decode activations |
@@ -37,7 +37,7 @@ using Config = tensorrt_llm::cutlass_extensions::CutlassGemmConfig;
 using Runner = k::CutlassMoeFCRunnerInterface;
 using Bf16Runner = k::CutlassMoeFCRunner<__nv_bfloat16, __nv_bfloat16>;
 
-// Defined once, in cutlass_moe_runner.cu (and cutlass_moe_runner_fp8.cu).
+// Defined once, in cutlass_moe_runner.cu.
 extern template class tensorrt_llm::kernels::cutlass_kernels::CutlassMoeFCRunner<
     __nv_bfloat16, __nv_bfloat16>;
 #ifdef FLASHINFER_RS_MOE_FP8
@@ -66,6 +66,9 @@ struct fi_cutlass_moe {
 namespace {
 
 constexpr size_t kAlign = 256;
+
+// The next multiple of kAlign: where the workspace's next part starts.
+size_t align_up(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
 // What the layer asks for: every tensor dimension the runner supports for bf16 SwiGLU on the
 // TMA warp-specialised GEMMs (128-bit aligned rows; multiples of 64 cover every real model and
@@ -232,13 +235,13 @@ extern "C" fi_status fi_cutlass_moe_create(const fi_cutlass_moe_params* params,
     layer->runner->setTactic(pick(layer->tactics1, params->tactic_gemm1, "GEMM 1"),
                              pick(layer->tactics2, params->tactic_gemm2, "GEMM 2"));
     layer->runner_bytes = runner_bytes(*layer->runner, *params, params->max_tokens);
-    layer->map_offset = (layer->runner_bytes + kAlign - 1) / kAlign * kAlign;
+    layer->map_offset = align_up(layer->runner_bytes);
     size_t map_bytes = size_t(params->max_tokens) * size_t(params->top_k) * sizeof(int);
-    layer->decode_offset = (layer->map_offset + map_bytes + kAlign - 1) / kAlign * kAlign;
+    layer->decode_offset = align_up(layer->map_offset + map_bytes);
     size_t decode_bytes =
         fi::decode::workspace_bytes(std::min(params->decode_max_tokens, params->max_tokens),
                                     params->top_k, params->intermediate_size);
-    layer->fp8_input_offset = (layer->decode_offset + decode_bytes + kAlign - 1) / kAlign * kAlign;
+    layer->fp8_input_offset = align_up(layer->decode_offset + decode_bytes);
     size_t fp8_input_bytes = params->weights == FI_CUTLASS_MOE_WEIGHTS_FP8
                                  ? size_t(params->max_tokens) * size_t(params->hidden_size)
                                  : 0;

@@ -30,6 +30,7 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
+#include "moe_fp8.h"
 #include "status.h"
 
 namespace fi::decode {
@@ -109,21 +110,12 @@ struct Bf16 {
 struct Fp8 {
   static constexpr int kVec = 16;
   static constexpr size_t kBytes = 1;
-  // 16 bf16 inputs times 1 / a1, to e4m3 (saturating), as moe_fp8.cu quantises them.
+  // 16 bf16 inputs times 1 / a1, to e4m3, by the grouped GEMMs' input quantisation (moe_fp8.h).
   static __device__ __forceinline__ uint4 input(const Problem& p, const __nv_bfloat16* x, int c) {
     const float q = *p.fp8.input_quant;
-    uint4 in[2] = {load(x + c), load(x + c + 8)};
-    uint4 out;
-    uint16_t* codes = reinterpret_cast<uint16_t*>(&out);
-    const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(in);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) {
-      float2 f = __bfloat1622float2(pairs[j]);
-      f.x *= q;
-      f.y *= q;
-      codes[j] = __nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3);
-    }
-    return out;
+    const uint2 lo = fi::fp8::quantize8(load(x + c), q);
+    const uint2 hi = fi::fp8::quantize8(load(x + c + 8), q);
+    return make_uint4(lo.x, lo.y, hi.x, hi.y);
   }
   static __device__ __forceinline__ float dot(uint4 w, uint4 x, float acc) {
     return dot_fp8(w, x, acc);

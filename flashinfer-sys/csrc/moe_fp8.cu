@@ -10,7 +10,7 @@
 namespace fi::fp8 {
 namespace {
 
-constexpr int kVec = 8;  // bf16 per 16-byte load
+constexpr int kVec = 8;  // bf16 per 16-byte load (quantize8)
 constexpr int kThreads = 256;
 
 __global__ void quantize_kernel(const __nv_bfloat16* __restrict__ x,
@@ -19,18 +19,7 @@ __global__ void quantize_kernel(const __nv_bfloat16* __restrict__ x,
   const float s = *quant;
   for (int64_t v = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; v < vectors;
        v += int64_t(gridDim.x) * blockDim.x) {
-    uint4 in = reinterpret_cast<const uint4*>(x)[v];
-    const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&in);
-    uint2 packed;
-    uint16_t* halves = reinterpret_cast<uint16_t*>(&packed);
-#pragma unroll
-    for (int j = 0; j < kVec / 2; ++j) {
-      float2 f = __bfloat1622float2(pairs[j]);
-      f.x *= s;
-      f.y *= s;
-      halves[j] = __nv_cvt_float2_to_fp8x2(f, __NV_SATFINITE, __NV_E4M3);
-    }
-    reinterpret_cast<uint2*>(out)[v] = packed;
+    reinterpret_cast<uint2*>(out)[v] = quantize8(reinterpret_cast<const uint4*>(x)[v], s);
   }
 }
 

@@ -7,9 +7,11 @@
 #                                          # downstream/candle's tests, the layer bench, vLLM's
 #                                          # Triton fused MoE on the same GPU (gpu-pack/peers,
 #                                          # scripts/fetch-peers.sh), the decode kernels' probe
-#     bash scripts/gpu-proof.sh layer      # gpu-pack.tar.xz: the Hopper layer's tests alone (bf16
-#                                          # and fp8), the layer bench (bf16 beside fp8), vLLM's
-#                                          # Triton fused MoE bf16 and fp8 (a shorter call)
+#     bash scripts/gpu-proof.sh layer [filter]   # gpu-pack.tar.xz: the Hopper layer's tests alone
+#                                          # (bf16 and fp8; test filter, default cutlass), the
+#                                          # layer bench (bf16 beside fp8), vLLM's Triton fused
+#                                          # MoE bf16 and fp8; `layer-tests [filter]` and
+#                                          # `layer-bench` are its two halves (one call each)
 #     bash scripts/gpu-proof.sh serve      # gpu-pack-serve.tar.xz: serve suite on the Hopper
 #                                          # backend, client repro, fixtures
 #     bash scripts/gpu-proof.sh serve-bench ours|peer   # the served-model bench, one side
@@ -46,14 +48,18 @@ case ${1:-suite} in
     part bench-layer-vllm python3 scripts/bench_vllm_moe.py
     part decode-probe bash scripts/decode-probe.sh
     ;;
-  layer)
-    tar xJf gpu-pack.tar.xz
-    FLASHINFER_RS_REQUIRE_GPU=1 FLASHINFER_RS_REQUIRE_CUTLASS_MOE=1 \
-      part layer-tests gpu-pack/bin/gpu --test-threads=1 --nocapture cutlass
-    part bench-layer bash gpu-pack/bench.sh layer
-    grep -E '^\|' "$out/bench-layer.log" > "$out/bench-layer.md" || true
-    part bench-layer-vllm python3 scripts/bench_vllm_moe.py
-    part bench-layer-vllm-fp8 python3 scripts/bench_vllm_moe.py --fp8
+  layer | layer-tests | layer-bench) # [test filter, default cutlass]
+    [ -x gpu-pack/bin/gpu ] || tar xJf gpu-pack.tar.xz
+    if [ "$1" != layer-bench ]; then
+      FLASHINFER_RS_REQUIRE_GPU=1 FLASHINFER_RS_REQUIRE_CUTLASS_MOE=1 \
+        part layer-tests gpu-pack/bin/gpu --test-threads=1 --nocapture "${2:-cutlass}"
+    fi
+    if [ "$1" != layer-tests ]; then
+      part bench-layer bash gpu-pack/bench.sh layer
+      grep -E '^\|' "$out/bench-layer.log" > "$out/bench-layer.md" || true
+      part bench-layer-vllm python3 scripts/bench_vllm_moe.py
+      part bench-layer-vllm-fp8 python3 scripts/bench_vllm_moe.py --fp8
+    fi
     ;;
   serve)
     tar xJf gpu-pack-serve.tar.xz
@@ -66,7 +72,7 @@ case ${1:-suite} in
       --only "${2:-ours}" --json "$out/serve-bench-${2:-ours}.json"
     ;;
   *)
-    echo "usage: $0 suite | layer | serve | serve-bench ours|peer" >&2
+    echo "usage: $0 suite | layer|layer-tests [filter] | layer-bench | serve | serve-bench ours|peer" >&2
     exit 2
     ;;
 esac

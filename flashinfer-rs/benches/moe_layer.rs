@@ -17,9 +17,9 @@
 //! `DECODE_MAX_TOKENS` for small experts, else the grouped GEMMs with tactics chosen per
 //! call). Beside it, the fp8 per-tensor layer on the same shapes (`CutlassMoe::new_fp8`, in a
 //! build with `sm90-moe-fp8`; capture off; its weights are half the bytes), the decode
-//! kernels alone up to 64 tokens (`with_decode_max_tokens`,
+//! kernels alone up to 64 tokens (`CutlassSchedule::DecodeUpTo`,
 //! capture off) and the fastest fixed tactic pair of the grouped GEMMs at that size
-//! (`CutlassMoe::with_tactics`, found by a search per GEMM, capture off, 10 replays each;
+//! (`CutlassSchedule::Tactics`, found by a search per GEMM, capture off, 10 replays each;
 //! every timing to stderr). The limits:
 //! bytes of expert weights the step must read (the experts its tokens hit, counted from the
 //! replay) / HBM bandwidth, and FLOPs (2 x tokens x top-k x 3 x hidden x intermediate) / dense
@@ -32,7 +32,7 @@ use flashinfer_rs::cudarc::driver::{
 };
 use flashinfer_rs::cutlass::{
     CutlassBatch, CutlassElement, CutlassFp8Scales, CutlassMoe, CutlassMoeConfig, CutlassRouting,
-    CutlassWeights, CutlassWorkspace, WeightBuffer,
+    CutlassSchedule, CutlassWeights, CutlassWorkspace, WeightBuffer,
 };
 use flashinfer_rs::fused::E4m3;
 use flashinfer_rs::half::bf16;
@@ -243,9 +243,14 @@ fn bench_model(g: &Gpu, m: &Model) {
     let layer = CutlassMoe::new(config, weights()).unwrap();
     let (t1, t2) = layer.tactics().unwrap();
     let counts = (t1.len() as u32, t2.len() as u32);
-    let fixed = |pair| CutlassMoe::with_tactics(config, weights(), pair).unwrap();
+    let fixed = |pair: (u32, u32)| {
+        CutlassMoe::with_schedule(config, weights(), CutlassSchedule::Tactics(pair.0, pair.1))
+            .unwrap()
+    };
     let mut ws = layer.workspace(&g.stream).unwrap();
-    let decode = CutlassMoe::with_decode_max_tokens(config, weights(), DECODE_TIMED).unwrap();
+    let decode =
+        CutlassMoe::with_schedule(config, weights(), CutlassSchedule::DecodeUpTo(DECODE_TIMED))
+            .unwrap();
     let mut decode_ws = decode.workspace(&g.stream).unwrap();
     // fp8 codes uniform over e4m3's range, scaled to the bf16 weights' magnitudes.
     let fp8 = flashinfer_rs::build_info().cutlass_moe_fp8.then(|| {

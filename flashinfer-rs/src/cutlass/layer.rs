@@ -196,13 +196,15 @@ pub struct CutlassWorkspace {
 /// The routed ids land in `routing_replay_out` in the same stream order, so the ids captured
 /// are the ids the GEMMs consumed.
 pub struct CutlassMoe<W = CudaSlice<bf16>> {
+    /// First, so that it is destroyed while the context and the weights still live.
+    runner: Runner,
     plan: CutlassPlan,
     router: TopKRouter,
     weights: CutlassWeights<W>,
     ctx: Arc<CudaContext>,
-    raw: NonNull<sys::fi_cutlass_moe>,
     /// The runner's scratch, from `fi_cutlass_moe_workspace_size`.
     scratch_bytes: usize,
+    schedule: CutlassSchedule,
     /// Calls of up to this many tokens take the decode kernels.
     decode_max_tokens: usize,
     /// fp8 weights: their scales on the device, as the C ABI reads them.
@@ -238,26 +240,66 @@ impl Fp8Device {
     }
 }
 
+/// One C-ABI layer (`fi_cutlass_moe`): upstream's runner, its tactics and per-call state.
+struct Runner(NonNull<sys::fi_cutlass_moe>);
+
 // SAFETY: the C layer serialises calls on one runner (its mutex) and holds no thread-bound
-// state; the weights are `WeightBuffer`s, which are Send.
-unsafe impl<W: WeightBuffer> Send for CutlassMoe<W> {}
-// SAFETY: as above: `forward(&self)` from several threads takes the runner's lock in turn;
-// the weights are only read (`WeightBuffer` is Sync).
-unsafe impl<W: WeightBuffer> Sync for CutlassMoe<W> {}
+// state.
+unsafe impl Send for Runner {}
+// SAFETY: as above: `forward(&self)` from several threads takes the runner's lock in turn.
+unsafe impl Sync for Runner {}
+
+impl Runner {
+    /// Creates the layer `params` describe on the current context's device.
+    fn create(params: &sys::fi_cutlass_moe_params) -> Result<Runner> {
+        let mut raw = std::ptr::null_mut();
+        // SAFETY: `params` is a valid struct and `raw` a valid out-pointer.
+        check(unsafe { sys::fi_cutlass_moe_create(params, &mut raw) })?;
+        NonNull::new(raw)
+            .map(Runner)
+            .ok_or_else(|| Error::Internal("fi_cutlass_moe_create gave no layer".into()))
+    }
+
+    /// GEMM 1's and GEMM 2's tactics, by index.
+    fn tactics(&self) -> Result<(Vec<CutlassTactic>, Vec<CutlassTactic>)> {
+        let (mut a, mut b) = (0i32, 0i32);
+        // SAFETY: `self.0` is a live layer; both are valid out-pointers.
+        check(unsafe { sys::fi_cutlass_moe_tactic_count(self.0.as_ptr(), &mut a, &mut b) })?;
+        let describe = |gemm: i32, count: i32| -> Result<Vec<CutlassTactic>> {
+            (0..count)
+                .map(|index| {
+                    let mut t = sys::fi_cutlass_moe_tactic::default();
+                    // SAFETY: `self.0` is a live layer, `index` below the count it gave, `t` a
+                    // valid out-pointer.
+                    check(unsafe {
+                        sys::fi_cutlass_moe_tactic_info(self.0.as_ptr(), gemm, index, &mut t)
+                    })?;
+                    Ok(CutlassTactic {
+                        tile: (t.tile_m.max(0) as u32, t.tile_n.max(0) as u32),
+                        swap_ab: t.swap_ab != 0,
+                        finalize: t.finalize != 0,
+                    })
+                })
+                .collect()
+        };
+        Ok((describe(1, a)?, describe(2, b)?))
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from fi_cutlass_moe_create and is freed once; no call runs
+        // (they borrow the layer that holds it).
+        unsafe { sys::fi_cutlass_moe_destroy(self.0.as_ptr()) }
+    }
+}
 
 impl<W> std::fmt::Debug for CutlassMoe<W> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("CutlassMoe")
             .field("config", self.plan.config())
+            .field("schedule", &self.schedule)
             .finish_non_exhaustive()
-    }
-}
-
-impl<W> Drop for CutlassMoe<W> {
-    fn drop(&mut self) {
-        // SAFETY: `raw` came from fi_cutlass_moe_create and is freed once; no call runs (they
-        // borrow `self`).
-        unsafe { sys::fi_cutlass_moe_destroy(self.raw.as_ptr()) }
     }
 }
 
@@ -303,41 +345,52 @@ pub const DECODE_MAX_TOKENS: usize = 4;
 /// one, 14 Mi (7168 x 2048), the grouped GEMMs were 4-6% faster at 1-8 tokens on an H100.
 pub const DECODE_MAX_EXPERT_SIZE: usize = 4 << 20;
 
-impl<W: WeightBuffer<Element = bf16>> CutlassMoe<W> {
-    /// Checks `config` and `weights` and creates the runner on the weights' device. Calls of
-    /// up to [`DECODE_MAX_TOKENS`] tokens take the decode kernels where the experts are at most
+/// Which kernels a layer's calls take ([`CutlassMoe::with_schedule`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CutlassSchedule {
+    /// The fastest this crate knows ([`CutlassMoe::new`]): the decode kernels for calls of up
+    /// to [`DECODE_MAX_TOKENS`] tokens where the experts are at most
     /// [`DECODE_MAX_EXPERT_SIZE`]; the others the grouped GEMMs, their tactics chosen per call
     /// from the call's mean rows per expert (`num_tokens * top_k / num_experts`, host-side, no
     /// launch): below 16, the 128x16 tile with swapped operands in both GEMMs; from 16 on, the
     /// 128x256 tile (on an H200 within 2.5% of the fastest of three tiles in both operand
-    /// orders, BENCHMARKS.md section 7). Answers
-    /// [`Error::UnsupportedArch`] off Hopper (sm_90) and [`Error::KernelsNotBuilt`] in a
-    /// build without the `sm90-moe` feature.
+    /// orders, BENCHMARKS.md section 7).
+    #[default]
+    Fastest,
+    /// As [`Fastest`](Self::Fastest), with the decode kernels taking calls of up to this many
+    /// tokens (0: never; `usize::MAX`: always), whatever the experts' size. The workspace
+    /// holds their activations for `min(n, max_tokens)` tokens.
+    DecodeUpTo(usize),
+    /// The grouped GEMMs for every call (no decode kernels), GEMM 1's and GEMM 2's tactics
+    /// fixed by index into [`CutlassMoe::tactics`] (benchmarks search them per shape). Batch
+    /// invariant, as [`BatchInvariant`](Self::BatchInvariant).
+    Tactics(u32, u32),
+    /// Every call the same kernels, so that a token's output (its bits) does not depend on the
+    /// other tokens of its call, nor on how many there are: the grouped GEMMs with the
+    /// decode tactic (128x16, operands swapped) in both GEMMs at every size, no decode kernels.
+    /// Routing is per token whatever the schedule; the GEMMs' reduction over the hidden and
+    /// intermediate dimensions then runs in one order for every row, and the weighted sum
+    /// over a token's experts in its top-k order. What a server needs for a request's tokens
+    /// and routed experts to equal the same request run alone (e.g. RL rollouts replayed by a
+    /// trainer); it costs prefill speed (the 128x256 tile is faster from 16 rows per expert).
+    BatchInvariant,
+}
+
+impl<W: WeightBuffer<Element = bf16>> CutlassMoe<W> {
+    /// Checks `config` and `weights` and creates the runner on the weights' device, with the
+    /// [`Fastest`](CutlassSchedule::Fastest) schedule. Answers [`Error::UnsupportedArch`] off
+    /// Hopper (sm_90) and [`Error::KernelsNotBuilt`] in a build without the `sm90-moe` feature.
     pub fn new(config: CutlassMoeConfig, weights: CutlassWeights<W>) -> Result<Self> {
-        let decode_max_tokens = default_decode_max_tokens(&config);
-        Self::create(config, weights, (-1, -1), decode_max_tokens, None)
+        Self::create(config, weights, CutlassSchedule::Fastest, None)
     }
 
-    /// [`new`](Self::new) with the decode kernels taking calls of up to `decode_max_tokens`
-    /// tokens (0: never; `usize::MAX`: always), whatever the experts' size. The
-    /// workspace holds their activations for `min(decode_max_tokens, max_tokens)` tokens.
-    pub fn with_decode_max_tokens(
+    /// [`new`](Self::new) with the kernels `schedule` says.
+    pub fn with_schedule(
         config: CutlassMoeConfig,
         weights: CutlassWeights<W>,
-        decode_max_tokens: usize,
+        schedule: CutlassSchedule,
     ) -> Result<Self> {
-        Self::create(config, weights, (-1, -1), decode_max_tokens, None)
-    }
-
-    /// The grouped GEMMs for every call (no decode kernels), with GEMM 1's and GEMM 2's
-    /// tactics fixed, by index into [`tactics`](Self::tactics) (benchmarks search them per
-    /// shape).
-    pub fn with_tactics(
-        config: CutlassMoeConfig,
-        weights: CutlassWeights<W>,
-        tactics: (u32, u32),
-    ) -> Result<Self> {
-        Self::create(config, weights, tactic_indices(tactics)?, 0, None)
+        Self::create(config, weights, schedule, None)
     }
 }
 
@@ -350,40 +403,26 @@ impl<W: WeightBuffer<Element = E4m3>> CutlassMoe<W> {
     /// `fc1_input * fc1_weights[e]`, SwiGLU runs in f32 on GEMM 1's bf16 output and is
     /// quantised with `fc2_input`, GEMM 2 scales by `fc2_input * fc2_weights[e]`, and the
     /// weighted sum is in f32. Weights as [`CutlassWeights`] lays them out (up rows first);
-    /// [`prepare`](super::prepare) quantises bf16 weights. Which calls take the decode kernels
-    /// (the same arithmetic on e4m3 weights) and the tactics are chosen as for bf16
-    /// ([`new`](CutlassMoe::new)). Answers [`Error::KernelsNotBuilt`] in a build without
+    /// [`prepare`](super::prepare) quantises bf16 weights. The
+    /// [`Fastest`](CutlassSchedule::Fastest) schedule, as for bf16 (the decode kernels do the
+    /// same arithmetic on e4m3 weights). Answers [`Error::KernelsNotBuilt`] in a build without
     /// `sm90-moe-fp8`.
     pub fn new_fp8(
         config: CutlassMoeConfig,
         weights: CutlassWeights<W>,
         scales: &CutlassFp8Scales,
     ) -> Result<Self> {
-        let decode_max_tokens = default_decode_max_tokens(&config);
-        Self::create(config, weights, (-1, -1), decode_max_tokens, Some(scales))
+        Self::create(config, weights, CutlassSchedule::Fastest, Some(scales))
     }
 
-    /// [`new_fp8`](Self::new_fp8) with the decode kernels taking calls of up to
-    /// `decode_max_tokens` tokens, as [`with_decode_max_tokens`](CutlassMoe::with_decode_max_tokens)
-    /// for bf16.
-    pub fn fp8_with_decode_max_tokens(
+    /// [`new_fp8`](Self::new_fp8) with the kernels `schedule` says.
+    pub fn fp8_with_schedule(
         config: CutlassMoeConfig,
         weights: CutlassWeights<W>,
         scales: &CutlassFp8Scales,
-        decode_max_tokens: usize,
+        schedule: CutlassSchedule,
     ) -> Result<Self> {
-        Self::create(config, weights, (-1, -1), decode_max_tokens, Some(scales))
-    }
-
-    /// [`new_fp8`](Self::new_fp8) with GEMM 1's and GEMM 2's tactics fixed, as
-    /// [`with_tactics`](CutlassMoe::with_tactics) fixes them for bf16.
-    pub fn fp8_with_tactics(
-        config: CutlassMoeConfig,
-        weights: CutlassWeights<W>,
-        scales: &CutlassFp8Scales,
-        tactics: (u32, u32),
-    ) -> Result<Self> {
-        Self::create(config, weights, tactic_indices(tactics)?, 0, Some(scales))
+        Self::create(config, weights, schedule, Some(scales))
     }
 }
 
@@ -404,17 +443,26 @@ fn tactic_indices(tactics: (u32, u32)) -> Result<(i32, i32)> {
     Ok((as_i32(tactics.0)?, as_i32(tactics.1)?))
 }
 
+/// The index of the 128x16 tactic with swapped operands in `tactics` (the decode tactic the
+/// per-call choice takes below 16 rows per expert).
+fn decode_tactic(tactics: &[CutlassTactic], gemm: &str) -> Result<u32> {
+    let decode = |t: &CutlassTactic| t.tile == (128, 16) && t.swap_ab && !t.finalize;
+    tactics
+        .iter()
+        .position(decode)
+        .map(|i| i as u32)
+        .ok_or_else(|| Error::Internal(format!("{gemm}: this build has no 128x16 swap tactic")))
+}
+
 impl<W: WeightBuffer> CutlassMoe<W>
 where
     W::Element: CutlassElement,
 {
-    /// Tactics as the C ABI takes them: indices, or -1 for both: chosen per call; `fp8` the
-    /// scales of fp8 weights (given exactly when the element is [`E4m3`]).
+    /// `fp8` the scales of fp8 weights (given exactly when the element is [`E4m3`]).
     fn create(
         config: CutlassMoeConfig,
         weights: CutlassWeights<W>,
-        tactics: (i32, i32),
-        decode_max_tokens: usize,
+        schedule: CutlassSchedule,
         fp8: Option<&CutlassFp8Scales>,
     ) -> Result<Self> {
         let (fc1, fc2) = (weights.fc1.view(), weights.fc2.view());
@@ -425,12 +473,20 @@ where
                 Fp8Device::new(fc1.stream(), s)
             })
             .transpose()?;
+        // Tactics as the C ABI takes them: indices, or -1 for both: chosen per call.
+        let (tactics, decode_max_tokens) = match schedule {
+            CutlassSchedule::Fastest => ((-1, -1), default_decode_max_tokens(&config)),
+            CutlassSchedule::DecodeUpTo(n) => ((-1, -1), n),
+            CutlassSchedule::Tactics(a, b) => (tactic_indices((a, b))?, 0),
+            // Resolved below, from the runner's own list.
+            CutlassSchedule::BatchInvariant => ((-1, -1), 0),
+        };
         // More than max_tokens never matters, and max_tokens fits in i32 (the plan checked it).
         let decode_max_tokens = decode_max_tokens.min(config.max_tokens);
         let router = TopKRouter::from_plan(*plan.router());
         same_context(fc1.stream(), [("fc2", fc2.stream())])?;
         let ctx = fc1.stream().context().clone();
-        let params = sys::fi_cutlass_moe_params {
+        let mut params = sys::fi_cutlass_moe_params {
             num_experts: plan.experts() as i32,
             top_k: plan.top_k() as i32,
             hidden_size: config.hidden_size as i32,
@@ -444,32 +500,39 @@ where
             weights: W::Element::WEIGHTS as i32,
         };
         ctx.bind_to_thread()?;
-        let mut raw = std::ptr::null_mut();
-        // SAFETY: `params` is a valid struct and `raw` a valid out-pointer; the weights'
-        // context is current (the runner is created for its device).
-        check(unsafe { sys::fi_cutlass_moe_create(&params, &mut raw) })?;
-        let raw = NonNull::new(raw)
-            .ok_or_else(|| Error::Internal("fi_cutlass_moe_create gave no layer".into()))?;
+        if schedule == CutlassSchedule::BatchInvariant {
+            // The tactics' indices are the runner's: ask a runner made for these params.
+            let probe = Runner::create(&params)?;
+            let (gemm1, gemm2) = probe.tactics()?;
+            let fixed = (
+                decode_tactic(&gemm1, "GEMM 1")?,
+                decode_tactic(&gemm2, "GEMM 2")?,
+            );
+            (params.tactic_gemm1, params.tactic_gemm2) = tactic_indices(fixed)?;
+        }
+        let runner = Runner::create(&params)?;
         let mut scratch_bytes = 0usize;
-        // SAFETY: `raw` is a live layer; `scratch_bytes` a valid out-pointer.
-        let sized =
-            check(unsafe { sys::fi_cutlass_moe_workspace_size(raw.as_ptr(), &mut scratch_bytes) });
+        // SAFETY: `runner` is a live layer; `scratch_bytes` a valid out-pointer.
+        check(unsafe {
+            sys::fi_cutlass_moe_workspace_size(runner.0.as_ptr(), &mut scratch_bytes)
+        })?;
         let layer = CutlassMoe {
+            runner,
             plan,
             router,
             weights,
             ctx,
-            raw,
             scratch_bytes,
+            schedule,
             decode_max_tokens,
             fp8,
             launched: AtomicBool::new(false),
         };
-        sized?;
         tracing::info!(
             target: "flashinfer_rs",
             config = ?config,
-            tactics = ?tactics,
+            schedule = ?schedule,
+            tactics = ?(params.tactic_gemm1, params.tactic_gemm2),
             decode_max_tokens,
             workspace_bytes = layer.workspace_bytes(),
             "cutlass: Hopper MoE layer built"
@@ -487,30 +550,15 @@ where
         self.decode_max_tokens
     }
 
+    /// The schedule the layer was made with.
+    pub fn schedule(&self) -> CutlassSchedule {
+        self.schedule
+    }
+
     /// GEMM 1's and GEMM 2's TMA warp-specialised tactics on this device, in the order
-    /// [`with_tactics`](Self::with_tactics) indexes them.
+    /// [`CutlassSchedule::Tactics`] indexes them.
     pub fn tactics(&self) -> Result<(Vec<CutlassTactic>, Vec<CutlassTactic>)> {
-        let (mut a, mut b) = (0i32, 0i32);
-        // SAFETY: `raw` is a live layer; both are valid out-pointers.
-        check(unsafe { sys::fi_cutlass_moe_tactic_count(self.raw.as_ptr(), &mut a, &mut b) })?;
-        let describe = |gemm: i32, count: i32| -> Result<Vec<CutlassTactic>> {
-            (0..count)
-                .map(|index| {
-                    let mut t = sys::fi_cutlass_moe_tactic::default();
-                    // SAFETY: `raw` is a live layer, `index` below the count it gave, `t` a
-                    // valid out-pointer.
-                    check(unsafe {
-                        sys::fi_cutlass_moe_tactic_info(self.raw.as_ptr(), gemm, index, &mut t)
-                    })?;
-                    Ok(CutlassTactic {
-                        tile: (t.tile_m.max(0) as u32, t.tile_n.max(0) as u32),
-                        swap_ab: t.swap_ab != 0,
-                        finalize: t.finalize != 0,
-                    })
-                })
-                .collect()
-        };
-        Ok((describe(1, a)?, describe(2, b)?))
+        self.runner.tactics()
     }
 
     /// Bytes of device memory [`workspace`](Self::workspace) allocates.
@@ -656,7 +704,7 @@ where
             };
             // SAFETY: the launch's guarantees, and every buffer sized for `t` tokens
             // (check_batch) or for the layer (the weights, the workspace: check_workspace).
-            unsafe { sys::fi_cutlass_moe_run(self.raw.as_ptr(), &buffers, p.stream()) }
+            unsafe { sys::fi_cutlass_moe_run(self.runner.0.as_ptr(), &buffers, p.stream()) }
         })
     }
 

@@ -31,8 +31,8 @@ mod plan;
 pub mod prepare;
 
 pub use layer::{
-    CutlassBatch, CutlassElement, CutlassMoe, CutlassRouting, CutlassTactic, CutlassWeights,
-    CutlassWorkspace, WeightBuffer, DECODE_MAX_EXPERT_SIZE, DECODE_MAX_TOKENS,
+    CutlassBatch, CutlassElement, CutlassMoe, CutlassRouting, CutlassSchedule, CutlassTactic,
+    CutlassWeights, CutlassWorkspace, WeightBuffer, DECODE_MAX_EXPERT_SIZE, DECODE_MAX_TOKENS,
 };
 pub use plan::{
     CutlassBatchSizes, CutlassFp8Scales, CutlassMoeConfig, CutlassPlan, CutlassRoutingSizes,

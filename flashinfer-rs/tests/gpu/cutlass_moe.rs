@@ -6,7 +6,7 @@
 //!   {8, 64, 128, 256} (where the method admits them), plus a Qwen3-30B-A3B-sized layer:
 //!   output within bf16 tolerance, replay ids equal to the oracle's, spare rows untouched,
 //!   output bit-identical with and without replay;
-//! - every tactic the build has, fixed with `with_tactics`, on both sides of the per-call
+//! - every tactic the build has, fixed with `CutlassSchedule::Tactics`, on both sides of the per-call
 //!   choice's threshold;
 //! - expert parallelism: four ranks, each summing only its own experts, add up to the layer;
 //! - precomputed ids give the same output bit for bit;
@@ -151,8 +151,8 @@ pub(crate) mod on_hopper {
     use flashinfer_rs::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
     use flashinfer_rs::cudarc::driver::{CudaSlice, CudaStream, CudaView};
     use flashinfer_rs::cutlass::{
-        CutlassBatch, CutlassElement, CutlassMoe, CutlassMoeConfig, CutlassRouting, CutlassWeights,
-        CutlassWorkspace, WeightBuffer,
+        CutlassBatch, CutlassElement, CutlassMoe, CutlassMoeConfig, CutlassRouting,
+        CutlassSchedule, CutlassWeights, CutlassWorkspace, WeightBuffer,
     };
     use flashinfer_rs::fused::oracle::{self as moe_oracle, ActivationRounding, ExpertWeights};
     use flashinfer_rs::fused::Activation;
@@ -462,7 +462,7 @@ pub(crate) mod on_hopper {
         report(test, passed, failures);
     }
 
-    /// Every tactic the build has, fixed for every call (`with_tactics`): GEMM 1's each with
+    /// Every tactic the build has, fixed for every call (`CutlassSchedule::Tactics`): GEMM 1's each with
     /// GEMM 2's first and GEMM 2's each with GEMM 1's first, at 1, 37 and 300 tokens (mean rows
     /// per expert 0.25, 9 and 75: both sides of the per-call choice's threshold); an index past
     /// the last is refused.
@@ -486,7 +486,8 @@ pub(crate) mod on_hopper {
         let cases = prepare_all(&cfg, &w.host, &[1, 37, 300], 91);
         let (mut passed, mut failures) = (0, Vec::new());
         for &(a, c) in &pairs {
-            let fixed = CutlassMoe::with_tactics(cfg, w.views(), (a, c)).unwrap();
+            let fixed =
+                CutlassMoe::with_schedule(cfg, w.views(), CutlassSchedule::Tactics(a, c)).unwrap();
             for p in &cases {
                 match verdict_of(&g, &fixed, p) {
                     None => passed += 1,
@@ -498,7 +499,8 @@ pub(crate) mod on_hopper {
             }
         }
         for bad in [(n1, 0), (0, n2)] {
-            match CutlassMoe::with_tactics(cfg, w.views(), bad) {
+            match CutlassMoe::with_schedule(cfg, w.views(), CutlassSchedule::Tactics(bad.0, bad.1))
+            {
                 Err(Error::InvalidArgument { .. }) => {}
                 other => panic!("{test}: tactics {bad:?} of {n1} x {n2}: {other:?}"),
             }
@@ -520,6 +522,80 @@ pub(crate) mod on_hopper {
         let p = prepare(&cfg, &w.host, 64, 3);
         let why = verdict(&g, &cfg, &w, &p);
         report(test, why.is_none() as usize, why.into_iter().collect());
+    }
+
+    /// The call sizes the batch-invariance tests compare with one call on the whole batch
+    /// (`BATCH_TOKENS`): the decode kernels' sizes and both sides of the per-call tactic
+    /// choice (16 mean rows per expert: 256 tokens at 128 experts, top-8).
+    const PART_TOKENS: [usize; 5] = [1, 3, 7, 64, 257];
+    pub(crate) const BATCH_TOKENS: usize = 300;
+
+    /// For each of [`PART_TOKENS`], how many of a call's rows on the batch's first tokens
+    /// differ in any bit from the same rows of one call on the whole batch `d` (its hidden
+    /// states `x`, routed from `d`'s logits).
+    pub(crate) fn rows_moved_by_the_batch<W: WeightBuffer>(
+        g: &Gpu,
+        layer: &CutlassMoe<W>,
+        d: &CaseData,
+        x: &[f32],
+    ) -> Vec<(usize, usize)>
+    where
+        W::Element: CutlassElement,
+    {
+        let h = layer.config().hidden_size;
+        let mut ws = layer.workspace(&g.stream).unwrap();
+        let inputs = DeviceInputs::upload(&g.stream, d);
+        let mut call = |n: usize| {
+            forward(
+                g,
+                layer,
+                &mut ws,
+                &inputs,
+                &upload(g, &x[..n * h]),
+                n,
+                false,
+            )
+            .unwrap()
+            .output
+        };
+        let whole = call(d.tokens);
+        PART_TOKENS
+            .iter()
+            .map(|&n| {
+                let part = call(n);
+                let moved = part.chunks(h).zip(whole.chunks(h)).filter(|(a, b)| a != b);
+                (n, moved.count())
+            })
+            .collect()
+    }
+
+    /// `CutlassSchedule::BatchInvariant`: a Qwen3-sized layer's output rows for the first 1, 3,
+    /// 7, 64 and 257 tokens of a 300-token batch are bit for bit the rows of one call on all
+    /// 300. The fastest schedule's rows are counted beside (they may move: other kernels at
+    /// other sizes), which shows the comparison sees a difference where there is one.
+    #[test]
+    fn batch_invariant_rows_do_not_depend_on_the_rest_of_the_batch() {
+        let test = "cutlass_moe::batch_invariant_rows_do_not_depend_on_the_rest_of_the_batch";
+        let Some(g) = gpu(test) else { return };
+        let (h, i) = (2048, 768);
+        let w = weights(&g, 128, h, i, 21);
+        let routing = RoutingConfig::new(RoutingMethod::Renormalize, 128, 8);
+        let cfg = config(routing, h, i, BATCH_TOKENS);
+        if layer_here(cfg, w.views(), test).is_none() {
+            return;
+        }
+        let d = case(&routing, BATCH_TOKENS, 22);
+        let x = values(&mut SplitMix64(23), BATCH_TOKENS * h, 1.0);
+        let invariant =
+            CutlassMoe::with_schedule(cfg, w.views(), CutlassSchedule::BatchInvariant).unwrap();
+        assert_eq!(invariant.schedule(), CutlassSchedule::BatchInvariant);
+        let moved = rows_moved_by_the_batch(&g, &invariant, &d, &x);
+        let fastest =
+            rows_moved_by_the_batch(&g, &CutlassMoe::new(cfg, w.views()).unwrap(), &d, &x);
+        eprintln!(
+            "{test}: (tokens, rows moved) batch-invariant {moved:?}; fastest schedule {fastest:?}"
+        );
+        assert!(moved.iter().all(|&(_, n)| n == 0), "{moved:?}");
     }
 
     /// Four ranks of 32 experts each: every rank's output is the reference over its own
@@ -596,7 +672,7 @@ pub(crate) mod on_hopper {
     }
 
     /// The decode kernels (csrc/moe_decode.cu), taking every call
-    /// (`with_decode_max_tokens(usize::MAX)`), against the reference: shapes with hidden and
+    /// (`CutlassSchedule::DecodeUpTo(usize::MAX)`), against the reference: shapes with hidden and
     /// intermediate sizes that are not multiples of a warp's 256-element stride (the loops'
     /// tails) and a Qwen3-30B-A3B-sized layer, at 1-8 tokens and at 16 and 64 (an expert
     /// shared by more than the 8 tokens one pass over its rows computes); replay and
@@ -619,7 +695,9 @@ pub(crate) mod on_hopper {
             if layer_here(cfg, w.views(), test).is_none() {
                 return;
             }
-            let layer = CutlassMoe::with_decode_max_tokens(cfg, w.views(), usize::MAX).unwrap();
+            let layer =
+                CutlassMoe::with_schedule(cfg, w.views(), CutlassSchedule::DecodeUpTo(usize::MAX))
+                    .unwrap();
             for p in prepare_all(&cfg, &w.host, tokens, 200 + h as u64) {
                 match verdict_of(&g, &layer, &p) {
                     None => passed += 1,
@@ -637,7 +715,9 @@ pub(crate) mod on_hopper {
         let per = (e / 4) as usize;
         let w = all.rank_slice(&g, 2, per, h, i);
         let cfg = config(full.with_local_experts(2 * per as u32, per as u32), h, i, t);
-        let layer = CutlassMoe::with_decode_max_tokens(cfg, w.views(), usize::MAX).unwrap();
+        let layer =
+            CutlassMoe::with_schedule(cfg, w.views(), CutlassSchedule::DecodeUpTo(usize::MAX))
+                .unwrap();
         let p = prepare(&cfg, &w.host, t, 211);
         match verdict_of(&g, &layer, &p) {
             None => passed += 1,
@@ -654,7 +734,9 @@ pub(crate) mod on_hopper {
             i,
             t,
         );
-        let layer = CutlassMoe::with_decode_max_tokens(cfg, w.views(), usize::MAX).unwrap();
+        let layer =
+            CutlassMoe::with_schedule(cfg, w.views(), CutlassSchedule::DecodeUpTo(usize::MAX))
+                .unwrap();
         let ids: Vec<i32> = vec![3, 3, 7, -1, 9, e as i32 + 5, 15, 0, 1];
         let scales: Vec<f32> = vec![0.5, 0.25, 0.25, 0.4, 0.6, 0.3, 0.1, 0.2, 0.7];
         let x_host = values(&mut SplitMix64(221), t * h, 1.0);

@@ -23,7 +23,9 @@
 //! - bad scales (lengths, zero, negative, NaN, infinite, subnormal) refused with typed errors.
 use flashinfer_rs::cudarc::driver::{CudaSlice, CudaView};
 use flashinfer_rs::cutlass::prepare::fp8_per_expert;
-use flashinfer_rs::cutlass::{CutlassFp8Scales, CutlassMoe, CutlassMoeConfig, CutlassWeights};
+use flashinfer_rs::cutlass::{
+    CutlassFp8Scales, CutlassMoe, CutlassMoeConfig, CutlassSchedule, CutlassWeights,
+};
 use flashinfer_rs::fused::oracle::{self as moe_oracle, ActivationRounding, ExpertWeights};
 use flashinfer_rs::fused::E4m3;
 use flashinfer_rs::routing::oracle::SplitMix64;
@@ -33,8 +35,8 @@ use flashinfer_rs::Error;
 use crate::common::{gpu, Gpu};
 use crate::cutlass_moe::layer_here;
 use crate::cutlass_moe::on_hopper::{
-    case, config, forward, graph_of_layers, graph_routing, reference_of, report, to_f32, upload,
-    values, ATOL, GRAPH_SIZES, RTOL,
+    case, config, forward, graph_of_layers, graph_routing, reference_of, report,
+    rows_moved_by_the_batch, to_f32, upload, values, ATOL, BATCH_TOKENS, GRAPH_SIZES, RTOL,
 };
 use crate::degenerate::one_per_method;
 use crate::routing::{CaseData, DeviceInputs};
@@ -360,6 +362,33 @@ fn fp8_expert_parallel_ranks_sum_only_their_experts() {
     tally.report(test);
 }
 
+/// `CutlassSchedule::BatchInvariant` on fp8 weights: the rows of calls on the first 1, 3, 7,
+/// 64 and 257 tokens of a 300-token batch are bit for bit those of one call on all 300 (the
+/// inputs' scale is static, so quantising them is per element too).
+#[test]
+fn fp8_batch_invariant_rows_do_not_depend_on_the_rest_of_the_batch() {
+    let test = "cutlass_moe_fp8::fp8_batch_invariant_rows_do_not_depend_on_the_rest_of_the_batch";
+    let Some(g) = gpu(test) else { return };
+    let (h, i, t) = (512, 256, BATCH_TOKENS);
+    let w = fp8_weights(&g, 128, h, i, 31);
+    let routing = RoutingConfig::new(RoutingMethod::Renormalize, 128, 8);
+    let cfg = config(routing, h, i, t);
+    if fp8_layer_here(&g, cfg, &w, FITTING, test).is_none() {
+        return;
+    }
+    let d = case(&routing, t, 32);
+    let x = values(&mut SplitMix64(33), t * h, 1.0);
+    let schedule = CutlassSchedule::BatchInvariant;
+    let invariant = CutlassMoe::fp8_with_schedule(cfg, w.views(), &w.scales(FITTING), schedule);
+    let moved = rows_moved_by_the_batch(&g, &invariant.unwrap(), &d, &x);
+    let fastest = CutlassMoe::new_fp8(cfg, w.views(), &w.scales(FITTING)).unwrap();
+    let fastest = rows_moved_by_the_batch(&g, &fastest, &d, &x);
+    eprintln!(
+        "{test}: (tokens, rows moved) batch-invariant {moved:?}; fastest schedule {fastest:?}"
+    );
+    assert!(moved.iter().all(|&(_, n)| n == 0), "{moved:?}");
+}
+
 /// Three fp8 layers chained in a CUDA graph, replayed with fresh inputs, at 57 tokens (grouped
 /// GEMMs) and 3 (decode kernels).
 #[test]
@@ -392,9 +421,13 @@ fn fp8_decode_kernels_match_the_reference() {
     let Some(g) = gpu(test) else { return };
     let mut tally = Tally::new(&g);
     let mut run = |name: &str, cfg: CutlassMoeConfig, w: &Fp8Weights, t: usize, seed: u64| {
-        let layer =
-            CutlassMoe::fp8_with_decode_max_tokens(cfg, w.views(), &w.scales(FITTING), usize::MAX)
-                .unwrap();
+        let layer = CutlassMoe::fp8_with_schedule(
+            cfg,
+            w.views(),
+            &w.scales(FITTING),
+            CutlassSchedule::DecodeUpTo(usize::MAX),
+        )
+        .unwrap();
         assert_eq!(layer.decode_max_tokens(), cfg.max_tokens);
         let d = case(&cfg.routing, t, seed);
         let x = values(&mut SplitMix64(seed ^ 0x5eed), t * cfg.hidden_size, 1.0);

@@ -12,6 +12,10 @@
 //! into the step's `StepCapture`; a step no request wants rows of
 //! ([`LayerCapture::wanted`]) neither captures nor reads back. The router's logits are computed in f32 (candle's matmul on
 //! the GPU), as the CPU backend computes them; the experts run in bf16.
+//!
+//! Batch-invariant (a model on the CPU): the router's logits are the CPU backend's (f32, row
+//! by row, then copied over) and every layer runs `CutlassSchedule::BatchInvariant`, so a
+//! request's tokens and routed experts do not depend on what else is in its steps.
 
 use std::sync::{Arc, Mutex};
 
@@ -20,12 +24,13 @@ use candle_core::{DType, Device, Tensor};
 use flashinfer_rs::candle::{cuda_stream, cutlass_weights, Fc1, TensorRouting};
 use flashinfer_rs::capture::{CaptureConfig, CaptureStore, StepLayout};
 use flashinfer_rs::cudarc::driver::CudaStream;
-use flashinfer_rs::cutlass::{CutlassMoe, CutlassMoeConfig, CutlassWorkspace};
+use flashinfer_rs::cutlass::{CutlassMoe, CutlassMoeConfig, CutlassSchedule, CutlassWorkspace};
 
 use super::{layer_of, LayerCapture, LayerLoader, MoeBackend, MoeSpec, StepCapture};
+use crate::model::ops::linear;
 
 struct HopperLayer {
-    /// Router `[experts, hidden]`, f32, on the GPU.
+    /// Router `[experts, hidden]`, f32: on the GPU, or on the CPU when batch-invariant.
     router: Tensor,
     moe: CutlassMoe,
 }
@@ -45,6 +50,7 @@ pub struct HopperMoe {
     device: Device,
     stream: Arc<CudaStream>,
     max_tokens: usize,
+    batch_invariant: bool,
     layers: Vec<HopperLayer>,
     state: Mutex<StepState>,
 }
@@ -54,13 +60,21 @@ impl HopperMoe {
     /// the model is on the GPU, so both share candle's stream) for steps of up to
     /// `max_tokens` rows. Each layer's checkpoint tensors come from `load` (any float dtype,
     /// any device; moved to `device` if elsewhere), are prepared there (bf16, up rows first)
-    /// and dropped before the next layer is loaded.
+    /// and dropped before the next layer is loaded. `batch_invariant` (for a model on the CPU,
+    /// whose rows come from the host): the routers stay on the host and every layer runs
+    /// `CutlassSchedule::BatchInvariant`.
     pub fn new(
         spec: MoeSpec,
         device: &Device,
         max_tokens: usize,
+        batch_invariant: bool,
         load: &mut LayerLoader<'_>,
     ) -> Result<Self> {
+        let schedule = if batch_invariant {
+            CutlassSchedule::BatchInvariant
+        } else {
+            CutlassSchedule::Fastest
+        };
         let stream = cuda_stream(device).context("the Hopper backend's device")?;
         let config = CutlassMoeConfig {
             routing: spec.routing(),
@@ -81,11 +95,16 @@ impl HopperMoe {
                 &down,
             )
             .with_context(|| format!("MoE layer {l}: weights"))?;
-            let router = on(&w.router)?.to_dtype(DType::F32)?;
+            let router = if batch_invariant {
+                w.router.to_device(&Device::Cpu)?
+            } else {
+                on(&w.router)?
+            }
+            .to_dtype(DType::F32)?;
             // The checkpoint's tensors (and their device copies) go before the next layer's
             // come: the layer keeps only its own prepared copy.
             drop((w, gate, up, down));
-            let moe = CutlassMoe::new(config, weights)
+            let moe = CutlassMoe::with_schedule(config, weights, schedule)
                 .with_context(|| format!("MoE layer {l}: the Hopper layer"))?;
             built.push(HopperLayer { router, moe });
         }
@@ -100,6 +119,7 @@ impl HopperMoe {
             device: device.clone(),
             stream,
             max_tokens,
+            batch_invariant,
             layers: built,
             state: Mutex::new(StepState {
                 workspace,
@@ -166,7 +186,12 @@ impl MoeBackend for HopperMoe {
         // On the model's device already (the GPU model): no copy; a CPU model's rows go over
         // and back.
         let x = hidden.to_device(&self.device)?;
-        let logits = x.to_dtype(DType::F32)?.matmul(&layer.router.t()?)?;
+        let logits = if self.batch_invariant {
+            // The CPU backend's logits: row by row on the host, whatever the batch.
+            linear(&hidden.to_dtype(DType::F32)?, &layer.router)?.to_device(&self.device)?
+        } else {
+            x.to_dtype(DType::F32)?.matmul(&layer.router.t()?)?
+        };
         let views = if capture.wanted {
             Some(state.store.layer_views(moe_layer)?)
         } else {

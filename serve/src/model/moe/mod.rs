@@ -267,7 +267,8 @@ pub type LayerLoader<'a> = dyn FnMut(usize) -> Result<MoeLayerWeights> + 'a;
 /// `Auto` is the Hopper layer when this is a `cuda` build and a CUDA device opens (the
 /// model's own when it is on one), else the CPU oracle; once chosen, a failure is an error
 /// (no silent fallback with half a model loaded). A model on a CUDA device takes only the
-/// Hopper backend ([`DeviceError::CpuBackendOnGpu`]).
+/// Hopper backend ([`DeviceError::CpuBackendOnGpu`]). Under a model on the CPU (batch-invariant
+/// by design) the Hopper backend is batch-invariant too ([`hopper::HopperMoe::new`]).
 pub fn build_backend(
     kind: BackendKind,
     spec: MoeSpec,
@@ -296,7 +297,7 @@ pub fn build_backend(
     };
     match gpu {
         None => Ok(Arc::new(cpu::CpuMoe::load(spec, load)?)),
-        Some(d) => hopper(spec, &d, load),
+        Some(d) => hopper(spec, &d, device.is_cpu(), load),
     }
 }
 
@@ -322,12 +323,14 @@ fn hopper_supported(device: &Device) -> Result<bool> {
 fn hopper(
     spec: MoeSpec,
     device: &Device,
+    batch_invariant: bool,
     load: &mut LayerLoader<'_>,
 ) -> Result<Arc<dyn MoeBackend>> {
     Ok(Arc::new(hopper::HopperMoe::new(
         spec,
         device,
         GPU_MAX_STEP_TOKENS,
+        batch_invariant,
         load,
     )?))
 }
@@ -336,9 +339,10 @@ fn hopper(
 fn hopper(
     spec: MoeSpec,
     device: &Device,
+    batch_invariant: bool,
     load: &mut LayerLoader<'_>,
 ) -> Result<Arc<dyn MoeBackend>> {
-    let _ = (spec, device, load);
+    let _ = (spec, device, batch_invariant, load);
     Err(DeviceError::CudaNotBuilt.into())
 }
 

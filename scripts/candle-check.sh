@@ -42,18 +42,6 @@ else
   LD_LIBRARY_PATH=$stubs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
     cargo test --locked "${profile[@]}" --features sm90 -- --nocapture
 fi
-# The `candle` module's documentation example compiles (flashinfer-rs's doctests with the
-# feature: CI's other stages build flashinfer-rs without candle).
-# rustdoc links with RUSTDOCFLAGS, not RUSTFLAGS; without a driver the doctests that run start
-# on the stand-ins, as the check's tests do (none of them touches a GPU).
-if [ "${1:-}" != --pack ]; then
-  # The doctest binaries load the toolchain's libcudart.so.13 (candle's link) by SONAME.
-  libs=$FLASHINFER_RS_CUDA_HOME/lib
-  ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1 ' || libs=$stubs:$libs
-  (cd "$root" && RUSTDOCFLAGS="${RUSTDOCFLAGS:-} -L native=$stubs" \
-    LD_LIBRARY_PATH=$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
-    cargo test --locked --doc -p flashinfer-rs --features candle)
-fi
 # flashinfer-rs picks no CUDA version for cudarc's bindings (the program does): the crate
 # also builds with CUDA 12.x bindings (CUDARC_CUDA_VERSION overrides every other choice,
 # candle's nvcc detection included). Last, since it rebuilds cudarc and what depends on it.
@@ -64,7 +52,8 @@ if [ "${1:-}" = --pack ]; then
   dest=$(mkdir -p "$2" && cd "$2" && pwd)
   # From the workspace root, where the xtask package is (the build above, found fresh).
   (cd "$root" && cargo xtask executables --tests --target candle_tensor --target candle_moe_layer \
+    --target candle_doc_example \
     --copy-to "$dest" -- test --locked --manifest-path downstream/candle/Cargo.toml \
     "${profile[@]}" --features sm90 --no-run)
-  strip "$dest/candle_tensor" "$dest/candle_moe_layer"
+  strip "$dest/candle_tensor" "$dest/candle_moe_layer" "$dest/candle_doc_example"
 fi

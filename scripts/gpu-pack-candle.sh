@@ -21,7 +21,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 export FLASHINFER_RS_REQUIRE_GPU=1
 source "$here/pack-cuda-libs.sh" # candle's CUDA libraries, from PyTorch's wheels
 status=0
-for t in candle_tensor candle_moe_layer; do
+for t in candle_tensor candle_moe_layer candle_doc_example; do
   echo "== downstream/candle: $t"
   "$here/bin/$t" --nocapture --test-threads=1 "$@" || status=1
 done

@@ -34,6 +34,9 @@ started=$(date +%s)
 # packaged crates'): a panic's backtrace still names file and line, and rustc and the linker do
 # much less on a run that is bound by compile time.
 export CARGO_PROFILE_DEV_DEBUG=${CARGO_PROFILE_DEV_DEBUG:-line-tables-only}
+# CI builds from a clean clone, every crate once: incremental compilation's caches would cost
+# time and never be read.
+if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}; fi
 stage() { echo "== $1 ($(( $(date +%s) - started )) s so far)"; }
 
 python3 flashinfer-sys/vendor/fetch.py all

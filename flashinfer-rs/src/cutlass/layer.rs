@@ -458,7 +458,9 @@ impl<W: WeightBuffer> CutlassMoe<W>
 where
     W::Element: CutlassElement,
 {
-    /// `fp8` the scales of fp8 weights (given exactly when the element is [`E4m3`]).
+    /// Every constructor's body: checks `config` and `weights` (and `fp8`, the scales of fp8
+    /// weights, given exactly when the element is [`E4m3`]) and creates the runner `schedule`
+    /// asks for.
     fn create(
         config: CutlassMoeConfig,
         weights: CutlassWeights<W>,

@@ -1020,6 +1020,11 @@ pub(crate) mod on_hopper {
         eprintln!("{test}: T={t}: 5 replays of {layers} layers equal the eager calls");
     }
 
+    /// The capture test's layer: 64 experts, top-6, hidden 256, intermediate 128, up to
+    /// `CAPTURE_TOKENS` tokens.
+    pub(crate) const CAPTURE_SHAPE: (u32, u32, usize, usize) = (64, 6, 256, 128);
+    pub(crate) const CAPTURE_TOKENS: usize = 96;
+
     /// A serving loop: 40 steps of random token counts, three layers each routed into a
     /// capture store's views (ids and weights) inside the layer; every collected row equals
     /// the oracle's routing of that step's logits.
@@ -1027,13 +1032,27 @@ pub(crate) mod on_hopper {
     fn a_capture_store_records_the_routing_the_layers_used() {
         let test = "cutlass_moe::a_capture_store_records_the_routing_the_layers_used";
         let Some(g) = gpu(test) else { return };
-        let (h, i, max_t, layers, steps) = (256, 128, 96, 3, 40);
-        let routing = RoutingConfig::new(RoutingMethod::Renormalize, 64, 6);
-        let k = 6;
-        let w = weights(&g, 64, h, i, 60);
-        let Some(layer) = layer_here(config(routing, h, i, max_t), w.views(), test) else {
+        let (e, k, h, i) = CAPTURE_SHAPE;
+        let routing = RoutingConfig::new(RoutingMethod::Renormalize, e, k);
+        let w = weights(&g, e as usize, h, i, 60);
+        let Some(layer) = layer_here(config(routing, h, i, CAPTURE_TOKENS), w.views(), test) else {
             return;
         };
+        capture_store_records_the_routing(&g, &layer, test);
+    }
+
+    /// [`a_capture_store_records_the_routing_the_layers_used`]'s loop on `layer` (of
+    /// `CAPTURE_SHAPE`, Renormalize routing, `CAPTURE_TOKENS` tokens).
+    pub(crate) fn capture_store_records_the_routing<W: WeightBuffer>(
+        g: &Gpu,
+        layer: &CutlassMoe<W>,
+        test: &str,
+    ) where
+        W::Element: CutlassElement,
+    {
+        let (layers, steps, max_t) = (3, 40, CAPTURE_TOKENS);
+        let (h, routing) = (layer.config().hidden_size, layer.config().routing);
+        let k = routing.top_k as usize;
         let mut ws = layer.workspace(&g.stream).unwrap();
         let mut store = CaptureStore::new(
             &g.stream,
@@ -1042,7 +1061,7 @@ pub(crate) mod on_hopper {
                 .with_weights(true),
         )
         .unwrap();
-        let x = upload(&g, &values(&mut SplitMix64(61), max_t * h, 1.0));
+        let x = upload(g, &values(&mut SplitMix64(61), max_t * h, 1.0));
         let mut out = g.stream.alloc_zeros::<bf16>(max_t * h).unwrap();
         let mut rng = SplitMix64(62);
         let mut wanted = std::collections::VecDeque::new();

@@ -35,8 +35,9 @@ use flashinfer_rs::Error;
 use crate::common::{gpu, Gpu};
 use crate::cutlass_moe::layer_here;
 use crate::cutlass_moe::on_hopper::{
-    case, config, forward, graph_of_layers, graph_routing, reference_of, report,
-    rows_moved_by_the_batch, to_f32, upload, values, ATOL, BATCH_TOKENS, GRAPH_SIZES, RTOL,
+    capture_store_records_the_routing, case, config, forward, graph_of_layers, graph_routing,
+    reference_of, report, rows_moved_by_the_batch, to_f32, upload, values, ATOL, BATCH_TOKENS,
+    CAPTURE_SHAPE, CAPTURE_TOKENS, GRAPH_SIZES, RTOL,
 };
 use crate::degenerate::one_per_method;
 use crate::routing::{CaseData, DeviceInputs};
@@ -387,6 +388,22 @@ fn fp8_batch_invariant_rows_do_not_depend_on_the_rest_of_the_batch() {
         "{test}: (tokens, rows moved) batch-invariant {moved:?}; fastest schedule {fastest:?}"
     );
     assert!(moved.iter().all(|&(_, n)| n == 0), "{moved:?}");
+}
+
+/// The capture test's serving loop on an fp8 layer: every collected row (ids and weights) is
+/// the oracle's routing of its step's logits.
+#[test]
+fn fp8_a_capture_store_records_the_routing_the_layers_used() {
+    let test = "cutlass_moe_fp8::fp8_a_capture_store_records_the_routing_the_layers_used";
+    let Some(g) = gpu(test) else { return };
+    let (e, k, h, i) = CAPTURE_SHAPE;
+    let routing = RoutingConfig::new(RoutingMethod::Renormalize, e, k);
+    let w = fp8_weights(&g, e as usize, h, i, 60);
+    let cfg = config(routing, h, i, CAPTURE_TOKENS);
+    let Some(layer) = fp8_layer_here(&g, cfg, &w, FITTING, test) else {
+        return;
+    };
+    capture_store_records_the_routing(&g, &layer, test);
 }
 
 /// Three fp8 layers chained in a CUDA graph, replayed with fresh inputs, at 57 tokens (grouped

@@ -533,7 +533,7 @@ pub(crate) mod on_hopper {
     /// For each of [`PART_TOKENS`], how many of a call's rows on the batch's first tokens
     /// differ in any bit from the same rows of one call on the whole batch `d` (its hidden
     /// states `x`, routed from `d`'s logits).
-    pub(crate) fn rows_moved_by_the_batch<W: WeightBuffer>(
+    fn rows_moved_by_the_batch<W: WeightBuffer>(
         g: &Gpu,
         layer: &CutlassMoe<W>,
         d: &CaseData,
@@ -588,10 +588,25 @@ pub(crate) mod on_hopper {
         let x = values(&mut SplitMix64(23), BATCH_TOKENS * h, 1.0);
         let invariant =
             CutlassMoe::with_schedule(cfg, w.views(), CutlassSchedule::BatchInvariant).unwrap();
+        let fastest = CutlassMoe::new(cfg, w.views()).unwrap();
+        assert_batch_invariant(&g, test, [&invariant, &fastest], &d, &x);
+    }
+
+    /// Asserts that the first layer (`CutlassSchedule::BatchInvariant`) moves no row with its
+    /// batch ([`rows_moved_by_the_batch`]); prints the rows the second (the same weights,
+    /// `Fastest`) moves, beside.
+    pub(crate) fn assert_batch_invariant<W: WeightBuffer>(
+        g: &Gpu,
+        test: &str,
+        [invariant, fastest]: [&CutlassMoe<W>; 2],
+        d: &CaseData,
+        x: &[f32],
+    ) where
+        W::Element: CutlassElement,
+    {
         assert_eq!(invariant.schedule(), CutlassSchedule::BatchInvariant);
-        let moved = rows_moved_by_the_batch(&g, &invariant, &d, &x);
-        let fastest =
-            rows_moved_by_the_batch(&g, &CutlassMoe::new(cfg, w.views()).unwrap(), &d, &x);
+        let moved = rows_moved_by_the_batch(g, invariant, d, x);
+        let fastest = rows_moved_by_the_batch(g, fastest, d, x);
         eprintln!(
             "{test}: (tokens, rows moved) batch-invariant {moved:?}; fastest schedule {fastest:?}"
         );

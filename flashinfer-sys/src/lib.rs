@@ -20,11 +20,19 @@
 //! checked table, with no nvcc and no fetched sources.
 #![allow(non_camel_case_types)]
 
+// The header's comments, which bindgen copies, write shapes as `[T, E]` and paths as
+// `<artifact>/...`: not links, not HTML.
 #[cfg(not(flashinfer_prebuilt))]
+#[allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 mod bindings;
 /// The bindings of a prebuilt build, derived from `src/bindings.rs` by `cargo xtask generate`.
 #[cfg(flashinfer_prebuilt)]
-#[allow(clippy::all, missing_docs)]
+#[allow(
+    clippy::all,
+    missing_docs,
+    rustdoc::broken_intra_doc_links,
+    rustdoc::invalid_html_tags
+)]
 mod bindings {
     include!("generated/prebuilt.rs");
 }

@@ -268,7 +268,7 @@ pub type LayerLoader<'a> = dyn FnMut(usize) -> Result<MoeLayerWeights> + 'a;
 /// model's own when it is on one), else the CPU oracle; once chosen, a failure is an error
 /// (no silent fallback with half a model loaded). A model on a CUDA device takes only the
 /// Hopper backend ([`DeviceError::CpuBackendOnGpu`]). Under a model on the CPU (batch-invariant
-/// by design) the Hopper backend is batch-invariant too ([`hopper::HopperMoe::new`]).
+/// by design) the Hopper backend is batch-invariant too (`hopper::HopperMoe::new`).
 pub fn build_backend(
     kind: BackendKind,
     spec: MoeSpec,

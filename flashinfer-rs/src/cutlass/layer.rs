@@ -372,7 +372,9 @@ pub enum CutlassSchedule {
     /// intermediate dimensions then runs in one order for every row, and the weighted sum
     /// over a token's experts in its top-k order. What a server needs for a request's tokens
     /// and routed experts to equal the same request run alone (e.g. RL rollouts replayed by a
-    /// trainer); it costs prefill speed (the 128x256 tile is faster from 16 rows per expert).
+    /// trainer). It costs speed where `Fastest` takes other kernels: the decode kernels at up
+    /// to 4 tokens (a Qwen3-30B-A3B layer at one token, H100: 53.2 us instead of 38.0,
+    /// BENCHMARKS.md 7c) and the 128x256 tile from 16 rows per expert.
     BatchInvariant,
 }
 

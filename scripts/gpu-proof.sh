@@ -27,6 +27,10 @@ summary=$out/summary.txt
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader \
   | tee -a "$summary"
 
+unpack() { # pack.tar.xz: the pack this call carried, over whatever an earlier call left here
+  if [ -f "$1" ]; then tar xJf "$1"; fi
+}
+
 part() { # name command...: runs one part, its output to $out/name.log, a line to the summary
   local name=$1 start rc
   shift
@@ -49,7 +53,7 @@ case ${1:-suite} in
     part decode-probe bash scripts/decode-probe.sh
     ;;
   layer | layer-tests | layer-bench) # [test filter, default cutlass]
-    [ -x gpu-pack/bin/gpu ] || tar xJf gpu-pack.tar.xz
+    unpack gpu-pack.tar.xz
     if [ "$1" != layer-bench ]; then
       FLASHINFER_RS_REQUIRE_GPU=1 FLASHINFER_RS_REQUIRE_CUTLASS_MOE=1 \
         part layer-tests gpu-pack/bin/gpu --test-threads=1 --nocapture "${2:-cutlass}"
@@ -66,7 +70,7 @@ case ${1:-suite} in
     part serve bash gpu-pack/serve/run.sh
     ;;
   serve-bench) # [ours|peer]: one side per call (each loads a 30B model's random weights)
-    [ -d gpu-pack/serve ] || tar xJf gpu-pack-serve.tar.xz
+    unpack gpu-pack-serve.tar.xz
     cd gpu-pack/serve && source ./pack-cuda-libs.sh
     part "serve-bench-${2:-ours}" bin/serve-bench --config bench/qwen3-30b-a3b.json \
       --only "${2:-ours}" --json "$out/serve-bench-${2:-ours}.json"

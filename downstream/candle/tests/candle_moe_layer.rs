@@ -13,35 +13,7 @@ use flashinfer_rs::cutlass::{CutlassMoe, CutlassMoeConfig};
 use flashinfer_rs::routing::{RoutingConfig, RoutingMethod, TopKRouter};
 use flashinfer_rs::Error;
 
-fn required() -> bool {
-    std::env::var("FLASHINFER_RS_REQUIRE_GPU").is_ok_and(|v| v == "1")
-}
-
-/// candle's CUDA device 0 on a machine whose build has the Hopper layer, or `None` after
-/// saying why.
-fn hopper() -> Option<Device> {
-    let info = flashinfer_rs::build_info();
-    let why = if !info.kernels_built {
-        "built without kernels (feature sm90)".to_string()
-    } else if flashinfer_rs::cuda_device_count() == 0 {
-        "no CUDA device".to_string()
-    } else {
-        let info = flashinfer_rs::cuda_context(0).and_then(|c| flashinfer_rs::device_info(&c));
-        match info {
-            Ok(d) if d.cutlass_moe_supported => {
-                return Some(Device::new_cuda(0).expect("candle CUDA device 0"))
-            }
-            Ok(d) => format!(
-                "no Hopper layer here (sm_{}{}, or built without sm90-moe)",
-                d.compute_capability.0, d.compute_capability.1
-            ),
-            Err(e) => format!("device 0: {e}"),
-        }
-    };
-    assert!(!required(), "FLASHINFER_RS_REQUIRE_GPU=1 but {why}");
-    eprintln!("skipped: candle_moe_layer: {why}");
-    None
-}
+mod common;
 
 const EXPERTS: usize = 32;
 const TOP_K: usize = 4;
@@ -108,7 +80,7 @@ fn rel_err(got: &Tensor, want: &Tensor) -> f32 {
 
 #[test]
 fn a_whole_moe_layer_from_candle_tensors_equals_candle_f32_with_capture() {
-    let Some(device) = hopper() else {
+    let Some(device) = common::hopper("candle_moe_layer") else {
         return;
     };
     let stream = cuda_stream(&device).unwrap();
@@ -262,7 +234,7 @@ fn tensors_that_do_not_fit_are_refused_before_any_launch() {
         "{e}"
     );
     assert!(cuda_stream(&Device::Cpu).is_err());
-    let Some(device) = hopper() else {
+    let Some(device) = common::hopper("candle_moe_layer") else {
         return;
     };
     let on = |dims: (usize, usize), dtype| Tensor::zeros(dims, dtype, &device).unwrap();

@@ -9,14 +9,16 @@
 //! DeepSeek-V3-sized one about a minute, mostly filling its 22.5 GB of weights and timing).
 //!
 //! Layers: a Qwen3-30B-A3B layer (128 experts, top-8, hidden 2048, intermediate 768) and a
-//! DeepSeek-V3-sized one in bf16 (256 experts, top-8, hidden 7168, intermediate 2048; the fp8
-//! block-scaled build is not in the crate), routed from bf16 logits by the layer's top-k
+//! DeepSeek-V3-sized one in bf16 (256 experts, top-8, hidden 7168, intermediate 2048), routed
+//! from bf16 logits by the layer's top-k
 //! router (Renormalize). Timing: CUDA events around CUDA-graph launches of 20 back-to-back
 //! layer calls, 5 warm-up replays, 30 timed, capture on and off interleaved replay by replay,
 //! median, of the layer as `CutlassMoe::new` makes it (the decode kernels up to
 //! `DECODE_MAX_TOKENS` for small experts, else the grouped GEMMs with tactics chosen per
 //! call). Beside it, the fp8 per-tensor layer on the same shapes (`CutlassMoe::new_fp8`, in a
-//! build with `sm90-moe-fp8`; capture off; its weights are half the bytes), the decode
+//! build with `sm90-moe-fp8`; capture off; its weights are half the bytes) and the fp8
+//! block-scale layer (`CutlassMoe::new_fp8_blocks`: DeepSeek-V3's fp8 format, one scale per
+//! 128x128 block, activations quantised per 128 inside; capture off), the decode
 //! kernels alone up to 64 tokens (`CutlassSchedule::DecodeUpTo`,
 //! capture off) and the fastest fixed tactic pair of the grouped GEMMs at that size
 //! (`CutlassSchedule::Tactics`, found by a search per GEMM, capture off, 10 replays each;
@@ -31,7 +33,7 @@ use flashinfer_rs::cudarc::driver::{
     CudaEvent, CudaSlice, CudaStream, CudaView, DeviceRepr, ValidAsZeroBits,
 };
 use flashinfer_rs::cutlass::{
-    CutlassBatch, CutlassElement, CutlassFp8Scales, CutlassMoe, CutlassMoeConfig, CutlassRouting,
+    CutlassBatch, CutlassBlockScales, CutlassElement, CutlassFp8Scales, CutlassMoe, CutlassMoeConfig, CutlassRouting,
     CutlassSchedule, CutlassWeights, CutlassWorkspace, WeightBuffer,
 };
 use flashinfer_rs::fused::E4m3;
@@ -270,12 +272,36 @@ fn bench_model(g: &Gpu, m: &Model) {
         (layer, ws)
     });
     let mut fp8 = fp8;
+    // The same codes' magnitudes with one scale per 128x128 block.
+    let blocks = flashinfer_rs::build_info().cutlass_moe_fp8.then(|| {
+        let code = |u: f32| E4m3::from_f32(u * 448.0);
+        let (fc1, fc2) = (
+            device_fill(g, e * 2 * i * h, 5, code),
+            device_fill(g, e * h * i, 6, code),
+        );
+        let n = |rows: usize, cols: usize| e * (rows / 128) * (cols / 128);
+        let scales = CutlassBlockScales {
+            fc1: g
+                .stream
+                .clone_htod(&vec![2.0 / (h as f32).sqrt() / 448.0; n(2 * i, h)])
+                .unwrap(),
+            fc2: g
+                .stream
+                .clone_htod(&vec![2.0 / (i as f32).sqrt() / 448.0; n(h, i)])
+                .unwrap(),
+        };
+        let layer = CutlassMoe::new_fp8_blocks(config, CutlassWeights { fc1, fc2 }, scales);
+        let layer = layer.unwrap();
+        let ws = layer.workspace(&g.stream).unwrap();
+        (layer, ws)
+    });
+    let mut blocks = blocks;
     println!(
         "\n### {} ({e} experts, top-{k}, hidden {h}, intermediate {i}; {} x {} tactics)\n",
         m.name, counts.0, counts.1
     );
-    println!("| tokens | layer, capture on (us) | capture off (us) | on / off | fp8 layer (us) | bf16 / fp8 | fp8 HBM use | decode kernels (us) | best fixed tactics (us) | which | experts read | HBM use on their weights | dense bf16 peak |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|");
+    println!("| tokens | layer, capture on (us) | capture off (us) | on / off | fp8 layer (us) | bf16 / fp8 | fp8 HBM use | fp8 block-scale layer (us) | bf16 / block | block HBM use | decode kernels (us) | best fixed tactics (us) | which | experts read | HBM use on their weights | dense bf16 peak |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|");
     for (n, &t) in TOKENS.iter().enumerate() {
         let mut b = Batch {
             tokens: t,
@@ -302,16 +328,23 @@ fn bench_model(g: &Gpu, m: &Model) {
         let fp8_us = fp8
             .as_mut()
             .map(|(layer, ws)| time_graphs(g, layer, ws, &mut b, &[false], REPS)[0]);
-        let (fp8_time, fp8_ratio, fp8_hbm) = match (fp8_us, g.limits) {
-            (Some(us), limits) => (
+        let block_us = blocks
+            .as_mut()
+            .map(|(layer, ws)| time_graphs(g, layer, ws, &mut b, &[false], REPS)[0]);
+        // Time, bf16 / it, and HBM use on its weights' bytes (half the bf16 ones; the block
+        // scales add 1/8192 of that).
+        let columns = |us: Option<f64>| match us {
+            Some(us) => (
                 format!("{us:.1}"),
                 format!("{:.2}x", off / us),
-                limits.map_or("n/a".into(), |(bw, _)| {
+                g.limits.map_or("n/a".into(), |(bw, _)| {
                     format!("{:.0}%", 100.0 * bytes / 2.0 / (us * 1e-6) / bw)
                 }),
             ),
-            (None, _) => ("-".into(), "-".into(), "-".into()),
+            None => ("-".into(), "-".into(), "-".into()),
         };
+        let (fp8_time, fp8_ratio, fp8_hbm) = columns(fp8_us);
+        let (block_time, block_ratio, block_hbm) = columns(block_us);
         let flops = 2.0 * (t * k) as f64 * 3.0 * (h * i) as f64;
         let (hbm, peak) = match g.limits {
             Some((bw, fl)) => (
@@ -321,7 +354,7 @@ fn bench_model(g: &Gpu, m: &Model) {
             None => ("n/a".into(), "n/a".into()),
         };
         println!(
-            "| {t} | {on:.1} | {off:.1} | {:.3} | {fp8_time} | {fp8_ratio} | {fp8_hbm} | {decoded} | {best:.1} | {} / {} | {read} | {hbm} | {peak} |",
+            "| {t} | {on:.1} | {off:.1} | {:.3} | {fp8_time} | {fp8_ratio} | {fp8_hbm} | {block_time} | {block_ratio} | {block_hbm} | {decoded} | {best:.1} | {} / {} | {read} | {hbm} | {peak} |",
             on / off,
             t1[pair.0 as usize],
             t2[pair.1 as usize]

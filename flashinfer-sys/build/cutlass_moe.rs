@@ -5,7 +5,8 @@
 //! Its sources are a tree of their own (`<sources tree>-cutlass-moe`, vendor/fetch.py), whose
 //! stamp keys only these objects: enabling the feature never rebuilds the routing or TRTLLM
 //! kernels. Pruned to what the crate exposes (bf16 activations x bf16 weights, and with
-//! feature `sm90-moe-fp8` e4m3 x e4m3 with bf16 output; SwiGLU):
+//! feature `sm90-moe-fp8` e4m3 x e4m3 with bf16 output and bf16 x e4m3 with 128x128 block
+//! scales; SwiGLU):
 //! - patch 0009 with `FLASHINFER_RS_MOE_TILES` (in place of upstream's `FAST_BUILD`, which keeps
 //!   128x128 only): two CTA tiles, cluster 1x1x1, each in one operand order, without the
 //!   FINALIZE epilogue (not deterministic): 128x16 with swapped operands (decode) and 128x256
@@ -19,8 +20,11 @@
 //!   fp8, the 18 with e4m3 x e4m3 -> bf16 instantiations (which also hold the half-output ones)
 //!   in a second unit, the fp8 runner beside the bf16 one (csrc/cutlass_moe_runner.cu) and its
 //!   one grouped-GEMM class in a unit of our own (upstream's has four);
-//! - no DeepSeek fp8 block-scale GEMM (fp8_blockscale_gemm.cu): it serves fp8 weights only, and
-//!   csrc/cutlass_moe_runner.cu constructs the runner without it;
+//! - not upstream's DeepSeek fp8 block-scale GEMM unit (fp8_blockscale_gemm.cu, 477 s: every
+//!   dense, grouped and strided kernel and DeepGEMM's NVRTC JIT): patch 0012 with
+//!   `FLASHINFER_RS_BLOCKSCALE_KERNELS_ONLY` lets csrc/cutlass_moe_gemm_fp8_block.cu build the
+//!   one grouped GEMM the block-scale runner calls; the bf16 and per-tensor runners are
+//!   constructed without it (csrc/cutlass_moe_runner.cu);
 //! - no LoRA: upstream's lora.cpp needs cuBLAS, and the runner's LoRA path is never taken
 //!   (csrc/cutlass_moe.cu passes `use_lora = false` and defines the one LoRA entry point the
 //!   runner references as a refusal).
@@ -81,14 +85,27 @@ const UNITS: &[(&str, Origin, &str)] = &[
     ("fi_moe_decode", Origin::Ours, "moe_decode.cu"),
 ];
 
-/// The fp8 per-tensor units (feature `sm90-moe-fp8`), beside [`UNITS`].
+/// The fp8 units (feature `sm90-moe-fp8`: per-tensor and block scale), beside [`UNITS`].
 const FP8_UNITS: &[(&str, Origin, &str)] = &[
     (
         "cutlass_moe_gemm_fp8",
         Origin::Ours,
         "cutlass_moe_gemm_fp8.cu",
     ),
+    // The block-scale grouped GEMM: one kernel of upstream's header (patch 0012).
+    (
+        "cutlass_moe_gemm_fp8_block",
+        Origin::Ours,
+        "cutlass_moe_gemm_fp8_block.cu",
+    ),
     ("fi_moe_fp8", Origin::Ours, "moe_fp8.cu"),
+    // The block-scale runner's code references its AWQ pre-quantisation scaling (never taken:
+    // no call passes AWQ scales); 2 s.
+    (
+        "cutlass_moe_prequant_scale",
+        Origin::Tree,
+        "csrc/nv_internal/tensorrt_llm/kernels/preQuantScaleKernel.cu",
+    ),
 ];
 
 /// The units compiled with `FLASHINFER_RS_MOE_FP8` when the fp8 units are built: the runner's

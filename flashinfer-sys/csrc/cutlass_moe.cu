@@ -1,8 +1,9 @@
 // cutlass_moe.cu: the C ABI of FlashInfer's CUTLASS fused MoE for Hopper (fi_cutlass_moe_*).
 //
 // A layer owns one runner: `CutlassMoeFCRunner<bf16, bf16>` or, for fp8 weights,
-// `CutlassMoeFCRunner<fp8, fp8, bf16>` (both in cutlass_moe_runner.cu, the second with
-// FLASHINFER_RS_MOE_FP8), through upstream's runner interface; its chosen tactics and the
+// `CutlassMoeFCRunner<fp8, fp8, bf16>` (per-tensor) or `CutlassMoeFCRunner<bf16, fp8>` (block
+// scale) (all in cutlass_moe_runner.cu, the fp8 ones with FLASHINFER_RS_MOE_FP8), through
+// upstream's runner interface; its chosen tactics and the
 // workspace layout for its largest batch:
 //   [ runner workspace at max_tokens | row map (unpermuted->permuted) | decode activations |
 //     fp8 input ]
@@ -44,6 +45,9 @@ extern template class tensorrt_llm::kernels::cutlass_kernels::CutlassMoeFCRunner
 using Fp8Runner = k::CutlassMoeFCRunner<__nv_fp8_e4m3, __nv_fp8_e4m3, __nv_bfloat16>;
 extern template class tensorrt_llm::kernels::cutlass_kernels::CutlassMoeFCRunner<
     __nv_fp8_e4m3, __nv_fp8_e4m3, __nv_bfloat16>;
+using BlockRunner = k::CutlassMoeFCRunner<__nv_bfloat16, __nv_fp8_e4m3>;
+extern template class tensorrt_llm::kernels::cutlass_kernels::CutlassMoeFCRunner<
+    __nv_bfloat16, __nv_fp8_e4m3>;
 #endif
 
 struct fi_cutlass_moe {
@@ -87,8 +91,24 @@ void validate(const fi_cutlass_moe_params& p) {
   fi::require(p.ep_rank >= 0 && p.ep_rank < p.ep_size, "ep_rank must be in 0..ep_size");
   fi::require(p.max_tokens >= 1, "max_tokens must be positive");
   fi::require(p.decode_max_tokens >= 0, "decode_max_tokens must not be negative");
-  fi::require(p.weights == FI_CUTLASS_MOE_WEIGHTS_BF16 || p.weights == FI_CUTLASS_MOE_WEIGHTS_FP8,
-              "weights must be FI_CUTLASS_MOE_WEIGHTS_BF16 or FI_CUTLASS_MOE_WEIGHTS_FP8");
+  fi::require(p.weights == FI_CUTLASS_MOE_WEIGHTS_BF16 || p.weights == FI_CUTLASS_MOE_WEIGHTS_FP8 ||
+                  p.weights == FI_CUTLASS_MOE_WEIGHTS_FP8_BLOCK,
+              "weights must be FI_CUTLASS_MOE_WEIGHTS_BF16, _FP8 or _FP8_BLOCK");
+  if (p.weights == FI_CUTLASS_MOE_WEIGHTS_FP8_BLOCK) {
+    // 128x128 weight blocks and 1x128 activation groups tile both matrices exactly (each half
+    // of GEMM 1's rows too); the kernel keeps a row of K / 128 weight scales in shared memory.
+    fi::require(p.hidden_size % 128 == 0 && p.intermediate_size % 128 == 0,
+                "fp8 block-scale weights: hidden_size and intermediate_size must be multiples "
+                "of 128");
+    fi::require(p.hidden_size <= 20480 && p.intermediate_size <= 20480,
+                "fp8 block-scale weights: hidden_size and intermediate_size must be at most "
+                "20480 (the block-scale GEMM's largest K)");
+    fi::require(p.decode_max_tokens == 0,
+                "fp8 block-scale weights have no decode kernels: decode_max_tokens must be 0");
+    fi::require(p.tactic_gemm1 == -1 && p.tactic_gemm2 == -1,
+                "fp8 block-scale weights have no tactics: tactic_gemm1 and tactic_gemm2 must be "
+                "-1");
+  }
   fi::require(int64_t(p.max_tokens) * p.num_experts <= INT_MAX &&
                   int64_t(p.max_tokens) * p.top_k <= INT_MAX,
               "max_tokens * num_experts must fit in int32 (the runner's row maps)");
@@ -102,6 +122,7 @@ k::MOEParallelismConfig parallelism(const fi_cutlass_moe_params& p) {
 std::unique_ptr<Runner> make_runner(const fi_cutlass_moe_params& p) {
   if (p.weights == FI_CUTLASS_MOE_WEIGHTS_BF16) return std::make_unique<Bf16Runner>();
 #ifdef FLASHINFER_RS_MOE_FP8
+  if (p.weights == FI_CUTLASS_MOE_WEIGHTS_FP8_BLOCK) return std::make_unique<BlockRunner>();
   return std::make_unique<Fp8Runner>();
 #else
   throw fi::Failure(FI_STATUS_KERNELS_NOT_BUILT,
@@ -110,10 +131,14 @@ std::unique_ptr<Runner> make_runner(const fi_cutlass_moe_params& p) {
 #endif
 }
 
+bool block_scale(const fi_cutlass_moe_params& p) {
+  return p.weights == FI_CUTLASS_MOE_WEIGHTS_FP8_BLOCK;
+}
+
 size_t runner_bytes(Runner& runner, const fi_cutlass_moe_params& p, int64_t tokens) {
   return runner.getWorkspaceSize(tokens, p.hidden_size, p.intermediate_size, p.num_experts,
                                  p.top_k, k::ActivationType::Swiglu, parallelism(p),
-                                 /*use_lora=*/false, /*use_deepseek_fp8_block_scale=*/false,
+                                 /*use_lora=*/false, block_scale(p),
                                  /*use_mxfp8_act_scaling=*/false, /*min_latency_mode=*/false,
                                  /*use_awq=*/false);
 }
@@ -179,8 +204,18 @@ void validate(const fi_cutlass_moe& layer, const fi_cutlass_moe_buffers& b) {
   const bool no_scales = !b.fp8_input_quant && !b.fp8_fc1_dequant && !b.fp8_fc2_quant &&
                          !b.fp8_fc2_dequant;
   fi::require(fp8 ? scales : no_scales,
-              fp8 ? "fp8 weights need all four fp8 scale pointers"
-                  : "bf16 weights take no fp8 scales (the fp8 pointers must be NULL)");
+              fp8 ? "fp8 per-tensor weights need all four fp8 scale pointers"
+                  : "only fp8 per-tensor weights take the fp8 scales (their pointers must be "
+                    "NULL)");
+  const bool block = block_scale(p);
+  fi::require(block ? b.fc1_block_scales && b.fc2_block_scales
+                    : !b.fc1_block_scales && !b.fc2_block_scales,
+              block ? "fp8 block-scale weights need fc1_block_scales and fc2_block_scales"
+                    : "only fp8 block-scale weights take block scales (their pointers must be "
+                      "NULL)");
+  fi::require(reinterpret_cast<uintptr_t>(b.fc1_block_scales) % alignof(float) == 0 &&
+                  reinterpret_cast<uintptr_t>(b.fc2_block_scales) % alignof(float) == 0,
+              "fc1_block_scales and fc2_block_scales must be 4-byte aligned");
   // TMA reads the activations and weights by 16-byte rows.
   fi::require(aligned16(b.hidden_states) && aligned16(b.fc1_weights) && aligned16(b.fc2_weights) &&
                   aligned16(b.output),
@@ -223,17 +258,24 @@ extern "C" fi_status fi_cutlass_moe_create(const fi_cutlass_moe_params* params,
     layer->params = *params;
     fi::check_cuda(cudaGetDevice(&layer->device), "cudaGetDevice");
     layer->runner = make_runner(*params);
-    layer->tactics1 = tma_ws(layer->runner->getTactics(k::MoeGemmId::GEMM_1));
-    layer->tactics2 = tma_ws(layer->runner->getTactics(k::MoeGemmId::GEMM_2));
     fi::require((params->tactic_gemm1 == -1) == (params->tactic_gemm2 == -1),
                 "tactic_gemm1 and tactic_gemm2 must both be -1 (chosen per call) or neither");
-    layer->per_call = params->tactic_gemm1 == -1;
-    if (layer->per_call) {
-      layer->few_rows = {find(layer->tactics1, 16, true), find(layer->tactics2, 16, true)};
-      layer->many_rows = {find(layer->tactics1, 256, false), find(layer->tactics2, 256, false)};
+    if (block_scale(*params)) {
+      // Its GEMMs are the block-scale runner's (BlockScaleFC1/FC2), which take no tactic; runMoe
+      // still requires one set (and reads only its epilogue schedule, AUTO here).
+      layer->runner->setTactic(Config{}, Config{});
+    } else {
+      layer->tactics1 = tma_ws(layer->runner->getTactics(k::MoeGemmId::GEMM_1));
+      layer->tactics2 = tma_ws(layer->runner->getTactics(k::MoeGemmId::GEMM_2));
+      layer->per_call = params->tactic_gemm1 == -1;
+      if (layer->per_call) {
+        layer->few_rows = {find(layer->tactics1, 16, true), find(layer->tactics2, 16, true)};
+        layer->many_rows = {find(layer->tactics1, 256, false),
+                            find(layer->tactics2, 256, false)};
+      }
+      layer->runner->setTactic(pick(layer->tactics1, params->tactic_gemm1, "GEMM 1"),
+                               pick(layer->tactics2, params->tactic_gemm2, "GEMM 2"));
     }
-    layer->runner->setTactic(pick(layer->tactics1, params->tactic_gemm1, "GEMM 1"),
-                             pick(layer->tactics2, params->tactic_gemm2, "GEMM 2"));
     layer->runner_bytes = runner_bytes(*layer->runner, *params, params->max_tokens);
     layer->map_offset = align_up(layer->runner_bytes);
     size_t map_bytes = size_t(params->max_tokens) * size_t(params->top_k) * sizeof(int);
@@ -341,6 +383,10 @@ extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
       // One activation scale for GEMM 2's input (not per expert); no fp8 output.
       quant = k::QuantParams::FP8(b.fp8_fc1_dequant, b.fp8_fc2_quant, b.fp8_fc2_dequant);
     }
+    if (block_scale(p)) {
+      // bf16 input as it is: each GEMM quantises its input per token and 128 columns.
+      quant = k::QuantParams::FP8BlockScaling(b.fc1_block_scales, b.fc2_block_scales);
+    }
 #endif
     tensorrt_llm::kernels::LoraParams lora{};
     k::MoeMinLatencyParams min_latency{};
@@ -357,7 +403,7 @@ extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
         /*fc2_expert_biases=*/nullptr, quant, b.num_tokens, p.hidden_size,
         /*unpadded_hidden_size=*/p.hidden_size, p.intermediate_size, p.num_experts, p.top_k,
         workspace, b.output, map, parallelism(p), /*enable_alltoall=*/false, /*use_lora=*/false,
-        lora, /*use_deepseek_fp8_block_scale=*/false, /*use_mxfp8_act_scaling=*/false,
+        lora, block_scale(p), /*use_mxfp8_act_scaling=*/false,
         /*min_latency_mode=*/false, min_latency, /*enable_pdl=*/true,
         static_cast<cudaStream_t>(stream));
     fi::check_cuda(cudaGetLastError(), "the CUTLASS MoE's kernel launches");

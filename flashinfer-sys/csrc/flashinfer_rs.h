@@ -29,7 +29,7 @@
 extern "C" {
 #endif
 
-#define FI_ABI_VERSION 8
+#define FI_ABI_VERSION 9
 
 /* ---- status --------------------------------------------------------------------------- */
 
@@ -84,7 +84,8 @@ typedef struct fi_build_info {
                                      "0001,0002,0003,0004,0005,0006,0008" ("" without kernels) */
   int32_t has_cutlass_moe;      /**< FlashInfer's CUTLASS fused MoE for Hopper (sm_90a, feature
                                      sm90-moe) is in this library */
-  int32_t has_cutlass_moe_fp8;  /**< ... with its fp8 per-tensor GEMMs (feature sm90-moe-fp8) */
+  int32_t has_cutlass_moe_fp8;  /**< ... with its fp8 GEMMs, per-tensor and block scale (feature
+                                    sm90-moe-fp8) */
 } fi_build_info;
 
 fi_status fi_get_build_info(fi_build_info* out);
@@ -397,7 +398,8 @@ fi_status fi_cubin_probe(const char* path, const char* sha256, size_t* size);
 /* ---- the CUTLASS fused MoE (Hopper; feature sm90-moe) ----------------------------------- */
 
 /* FlashInfer's CUTLASS fused MoE (`CutlassMoeFCRunner`, TMA warp-specialised grouped GEMMs for
- * sm_90a): bf16 activations and weights, or fp8 per-tensor (fi_cutlass_moe_weights), SwiGLU,
+ * sm_90a): bf16 activations and weights, or fp8 weights (per-tensor or 128x128 block scales,
+ * fi_cutlass_moe_weights), SwiGLU,
  * bf16 output, on precomputed expert ids
  * (int32) and scales (fp32), e.g. from fi_topk_route. A layer is created once for its sizes
  * (host memory only; checks the current device) and run per batch: fi_cutlass_moe_run enqueues
@@ -417,6 +419,15 @@ typedef enum fi_cutlass_moe_weights {
    * fp8_fc2_quant, GEMM 2 dequantises with fp8_fc2_dequant (fi_cutlass_moe_buffers). The
    * decode kernels compute the same with e4m3 weights. */
   FI_CUTLASS_MOE_WEIGHTS_FP8 = 1,
+  /** fp8 e4m3 weights with one f32 scale per 128x128 block of each expert's matrix (DeepSeek-V3's
+   * `weight_scale_inv`: the weight is e4m3 times its block's scale), x bf16 activations that each
+   * GEMM quantises per token and 128 columns (scale amax / 448) (`CutlassMoeFCRunner<bf16,
+   * fp8>` with upstream's use_deepseek_fp8_block_scale; feature sm90-moe-fp8): the scales in
+   * fc1_block_scales and fc2_block_scales (fi_cutlass_moe_buffers). hidden_size and
+   * intermediate_size must be multiples of 128 and at most 20480; no decode kernels
+   * (decode_max_tokens 0) and no tactics (the tactic count is 0; tactic_gemm1 and tactic_gemm2
+   * must be -1): one 128x64 tile. */
+  FI_CUTLASS_MOE_WEIGHTS_FP8_BLOCK = 2,
 } fi_cutlass_moe_weights;
 
 typedef struct fi_cutlass_moe_params {
@@ -482,6 +493,9 @@ typedef struct fi_cutlass_moe_buffers {
   const float* fp8_fc1_dequant; /**< [L]: a1 * w13[e], GEMM 1's output scale per expert */
   const float* fp8_fc2_quant;   /**< [1]: 1 / a2, multiplies the SwiGLU output before e4m3 */
   const float* fp8_fc2_dequant; /**< [L]: a2 * w2[e], GEMM 2's output scale per expert */
+  /* fp8 block-scale weights only (NULL otherwise), device f32, row-major per expert: */
+  const float* fc1_block_scales; /**< [L, 2 * intermediate_size / 128, hidden_size / 128] */
+  const float* fc2_block_scales; /**< [L, hidden_size / 128, intermediate_size / 128] */
 } fi_cutlass_moe_buffers;
 
 /** output[t] = sum over j of expert_scales[t, j] * down(SwiGLU(up_gate(x[t]))) of expert

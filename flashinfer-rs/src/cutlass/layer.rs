@@ -37,22 +37,13 @@ pub trait WeightBuffer: Send + Sync + sealed::Sealed {
 }
 
 /// An element type the layer's weights come in: `bf16` ([`CutlassMoe::new`]) or [`E4m3`]
-/// (fp8 per-tensor, [`CutlassMoe::new_fp8`]). Sealed.
-pub trait CutlassElement: DeviceRepr + Send + Sync + sealed::Sealed {
-    /// The C ABI's `fi_cutlass_moe_weights`.
-    #[doc(hidden)]
-    const WEIGHTS: sys::fi_cutlass_moe_weights::Type;
-}
+/// (fp8 per-tensor, [`CutlassMoe::new_fp8`], or with block scales,
+/// [`CutlassMoe::new_fp8_blocks`]). Sealed.
+pub trait CutlassElement: DeviceRepr + Send + Sync + sealed::Sealed {}
 
-impl CutlassElement for bf16 {
-    const WEIGHTS: sys::fi_cutlass_moe_weights::Type =
-        sys::fi_cutlass_moe_weights::FI_CUTLASS_MOE_WEIGHTS_BF16;
-}
+impl CutlassElement for bf16 {}
 
-impl CutlassElement for E4m3 {
-    const WEIGHTS: sys::fi_cutlass_moe_weights::Type =
-        sys::fi_cutlass_moe_weights::FI_CUTLASS_MOE_WEIGHTS_FP8;
-}
+impl CutlassElement for E4m3 {}
 
 mod sealed {
     use std::sync::Arc;
@@ -97,6 +88,49 @@ pub struct CutlassWeights<W = CudaSlice<bf16>> {
     pub fc1: W,
     /// GEMM 2 (down) `[local_experts, hidden, intermediate]`.
     pub fc2: W,
+}
+
+/// The scales of an fp8 block-scale layer's weights ([`CutlassMoe::new_fp8_blocks`]) on the
+/// device, f32, one per 128x128 block of each local expert's matrix, row-major per expert: a
+/// weight is its e4m3 code times its block's scale (DeepSeek-V3's `weight_scale_inv`, stacked
+/// per expert; [`prepare::fp8_blocks`](super::prepare::fp8_blocks) makes them from bf16
+/// weights). Owned by the layer; checked at construction (lengths, context, every scale
+/// finite and not negative).
+#[derive(Debug)]
+pub struct CutlassBlockScales {
+    /// GEMM 1's `[local_experts, 2 * intermediate / 128, hidden / 128]`: the up rows' blocks
+    /// first, then the gate rows', as [`CutlassWeights::fc1`] lays out the rows.
+    pub fc1: CudaSlice<f32>,
+    /// GEMM 2's `[local_experts, hidden / 128, intermediate / 128]`.
+    pub fc2: CudaSlice<f32>,
+}
+
+/// What a constructor was given besides the weights: their quantisation's scales.
+enum Scales<'a> {
+    /// bf16 weights.
+    None,
+    PerTensor(&'a CutlassFp8Scales),
+    Blocks(CutlassBlockScales),
+}
+
+/// A layer's weight scales on the device, as the C ABI reads them.
+#[derive(Debug)]
+enum Quant {
+    None,
+    PerTensor(Fp8Device),
+    Blocks(CutlassBlockScales),
+}
+
+impl Quant {
+    /// The C ABI's `fi_cutlass_moe_weights`.
+    fn weights(&self) -> sys::fi_cutlass_moe_weights::Type {
+        use sys::fi_cutlass_moe_weights::*;
+        match self {
+            Quant::None => FI_CUTLASS_MOE_WEIGHTS_BF16,
+            Quant::PerTensor(_) => FI_CUTLASS_MOE_WEIGHTS_FP8,
+            Quant::Blocks(_) => FI_CUTLASS_MOE_WEIGHTS_FP8_BLOCK,
+        }
+    }
 }
 
 /// Where a call's routing comes from.
@@ -153,8 +187,9 @@ pub struct CutlassWorkspace {
 
 /// A layer of FlashInfer's CUTLASS fused MoE on Hopper: the top-k router (or precomputed
 /// ids), GEMM 1, SwiGLU, GEMM 2 and the weighted sum, bf16 activations and output, bf16
-/// weights ([`new`](Self::new)) or fp8 per-tensor ones ([`new_fp8`](Self::new_fp8)), held as
-/// `W` holds them (owned by default; see [`WeightBuffer`]).
+/// weights ([`new`](Self::new)), fp8 per-tensor ones ([`new_fp8`](Self::new_fp8)) or fp8
+/// with 128x128 block scales ([`new_fp8_blocks`](Self::new_fp8_blocks)), held as `W` holds
+/// them (owned by default; see [`WeightBuffer`]).
 ///
 /// A model owns its layers and their weights, and can be shared across a server's tasks:
 ///
@@ -207,8 +242,8 @@ pub struct CutlassMoe<W = CudaSlice<bf16>> {
     schedule: CutlassSchedule,
     /// Calls of up to this many tokens take the decode kernels.
     decode_max_tokens: usize,
-    /// fp8 weights: their scales on the device, as the C ABI reads them.
-    fp8: Option<Fp8Device>,
+    /// fp8 weights' scales on the device.
+    quant: Quant,
     /// Whether a call has launched (the first launch is logged).
     launched: AtomicBool,
 }
@@ -383,7 +418,7 @@ impl<W: WeightBuffer<Element = bf16>> CutlassMoe<W> {
     /// [`Fastest`](CutlassSchedule::Fastest) schedule. Answers [`Error::UnsupportedArch`] off
     /// Hopper (sm_90) and [`Error::KernelsNotBuilt`] in a build without the `sm90-moe` feature.
     pub fn new(config: CutlassMoeConfig, weights: CutlassWeights<W>) -> Result<Self> {
-        Self::create(config, weights, CutlassSchedule::Fastest, None)
+        Self::create(config, weights, CutlassSchedule::Fastest, Scales::None)
     }
 
     /// [`new`](Self::new) with the kernels `schedule` says.
@@ -392,7 +427,7 @@ impl<W: WeightBuffer<Element = bf16>> CutlassMoe<W> {
         weights: CutlassWeights<W>,
         schedule: CutlassSchedule,
     ) -> Result<Self> {
-        Self::create(config, weights, schedule, None)
+        Self::create(config, weights, schedule, Scales::None)
     }
 }
 
@@ -414,7 +449,12 @@ impl<W: WeightBuffer<Element = E4m3>> CutlassMoe<W> {
         weights: CutlassWeights<W>,
         scales: &CutlassFp8Scales,
     ) -> Result<Self> {
-        Self::create(config, weights, CutlassSchedule::Fastest, Some(scales))
+        Self::create(
+            config,
+            weights,
+            CutlassSchedule::Fastest,
+            Scales::PerTensor(scales),
+        )
     }
 
     /// [`new_fp8`](Self::new_fp8) with the kernels `schedule` says.
@@ -424,8 +464,65 @@ impl<W: WeightBuffer<Element = E4m3>> CutlassMoe<W> {
         scales: &CutlassFp8Scales,
         schedule: CutlassSchedule,
     ) -> Result<Self> {
-        Self::create(config, weights, schedule, Some(scales))
+        Self::create(config, weights, schedule, Scales::PerTensor(scales))
     }
+
+    /// An fp8 block-scale layer (feature `sm90-moe-fp8`), as DeepSeek-V3/R1, Kimi-K2 and
+    /// Qwen3's fp8 checkpoints ship their experts: e4m3 weights with one scale per 128x128
+    /// block ([`CutlassBlockScales`]), bf16 hidden states in and bf16 output out, as
+    /// FlashInfer's `CutlassMoeFCRunner<bf16, fp8>` with `use_deepseek_fp8_block_scale`
+    /// computes it: each GEMM quantises its input per token and 128 columns (`e4m3(x * 448 /
+    /// amax)`, the group's `amax / 448` kept as its scale), multiplies in fp8 and accumulates
+    /// each 128-wide slice of K in f32 times the product of its two scales; GEMM 1's output is
+    /// bf16, SwiGLU runs in f32 on it and is rounded to bf16 before GEMM 2 quantises it; the
+    /// weighted sum is in f32. hidden and intermediate sizes must be multiples of 128 of at
+    /// most 20480. One kernel at every size (a 128x64 tile; no decode kernels, no tactics):
+    /// its rows do not depend on the rest of the batch, so every schedule but
+    /// [`Tactics`](CutlassSchedule::Tactics) and a [`DecodeUpTo`](CutlassSchedule::DecodeUpTo)
+    /// above 0 (refused) is batch invariant. Answers [`Error::KernelsNotBuilt`] in a build
+    /// without `sm90-moe-fp8`.
+    pub fn new_fp8_blocks(
+        config: CutlassMoeConfig,
+        weights: CutlassWeights<W>,
+        scales: CutlassBlockScales,
+    ) -> Result<Self> {
+        Self::create(
+            config,
+            weights,
+            CutlassSchedule::Fastest,
+            Scales::Blocks(scales),
+        )
+    }
+
+    /// [`new_fp8_blocks`](Self::new_fp8_blocks) with the kernels `schedule` says (which
+    /// changes nothing but what [`schedule`](Self::schedule) reports, see there).
+    pub fn fp8_blocks_with_schedule(
+        config: CutlassMoeConfig,
+        weights: CutlassWeights<W>,
+        scales: CutlassBlockScales,
+        schedule: CutlassSchedule,
+    ) -> Result<Self> {
+        Self::create(config, weights, schedule, Scales::Blocks(scales))
+    }
+}
+
+/// Every block scale finite and not negative (a NaN or infinite one would make its block's
+/// outputs NaN; a negative one is no checkpoint's): read back once, at construction.
+fn check_block_scale_values(s: &CutlassBlockScales) -> Result<()> {
+    for (name, scales) in [("fc1 scales", &s.fc1), ("fc2 scales", &s.fc2)] {
+        let host = scales.stream().clone_dtoh(scales)?;
+        if let Some((n, v)) = host
+            .iter()
+            .enumerate()
+            .find(|&(_, v)| !(v.is_finite() && *v >= 0.0))
+        {
+            return Err(Error::invalid(
+                name,
+                format!("scale {n} is {v}: block scales must be finite and not negative"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// [`DECODE_MAX_TOKENS`] for experts of up to [`DECODE_MAX_EXPERT_SIZE`], else 0.
@@ -460,30 +557,53 @@ impl<W: WeightBuffer> CutlassMoe<W>
 where
     W::Element: CutlassElement,
 {
-    /// Every constructor's body: checks `config` and `weights` (and `fp8`, the scales of fp8
-    /// weights, given exactly when the element is [`E4m3`]) and creates the runner `schedule`
-    /// asks for.
+    /// Every constructor's body: checks `config` and `weights` (and `scales`, given exactly
+    /// when the element is [`E4m3`]) and creates the runner `schedule` asks for.
     fn create(
         config: CutlassMoeConfig,
         weights: CutlassWeights<W>,
         schedule: CutlassSchedule,
-        fp8: Option<&CutlassFp8Scales>,
+        scales: Scales<'_>,
     ) -> Result<Self> {
         let (fc1, fc2) = (weights.fc1.view(), weights.fc2.view());
         let plan = CutlassPlan::new(config, fc1.len(), fc2.len())?;
-        let fp8 = fp8
-            .map(|s| {
+        let quant = match scales {
+            Scales::None => Quant::None,
+            Scales::PerTensor(s) => {
                 plan.check_fp8_scales(s)?;
-                Fp8Device::new(fc1.stream(), s)
-            })
-            .transpose()?;
+                Quant::PerTensor(Fp8Device::new(fc1.stream(), s)?)
+            }
+            Scales::Blocks(s) => {
+                plan.check_fp8_blocks(s.fc1.len(), s.fc2.len())?;
+                same_context(
+                    fc1.stream(),
+                    [("fc1 scales", s.fc1.stream()), ("fc2 scales", s.fc2.stream())],
+                )?;
+                check_block_scale_values(&s)?;
+                Quant::Blocks(s)
+            }
+        };
         // Tactics as the C ABI takes them: indices, or -1 for both: chosen per call.
-        let (tactics, decode_max_tokens) = match schedule {
-            CutlassSchedule::Fastest => ((-1, -1), default_decode_max_tokens(&config)),
-            CutlassSchedule::DecodeUpTo(n) => ((-1, -1), n),
-            CutlassSchedule::Tactics(a, b) => (tactic_indices((a, b))?, 0),
+        let (tactics, decode_max_tokens) = match (schedule, &quant) {
+            (CutlassSchedule::Tactics(..), Quant::Blocks(_)) => {
+                return Err(Error::invalid(
+                    "schedule",
+                    "fp8 block-scale layers have no tactics (one block-scale GEMM)",
+                ))
+            }
+            (CutlassSchedule::DecodeUpTo(n), Quant::Blocks(_)) if n > 0 => {
+                return Err(Error::invalid(
+                    "schedule",
+                    "fp8 block-scale layers have no decode kernels (DecodeUpTo(0) only)",
+                ))
+            }
+            // One kernel for every call.
+            (_, Quant::Blocks(_)) => ((-1, -1), 0),
+            (CutlassSchedule::Fastest, _) => ((-1, -1), default_decode_max_tokens(&config)),
+            (CutlassSchedule::DecodeUpTo(n), _) => ((-1, -1), n),
+            (CutlassSchedule::Tactics(a, b), _) => (tactic_indices((a, b))?, 0),
             // Resolved below, from the runner's own list.
-            CutlassSchedule::BatchInvariant => ((-1, -1), 0),
+            (CutlassSchedule::BatchInvariant, _) => ((-1, -1), 0),
         };
         // More than max_tokens never matters, and max_tokens fits in i32 (the plan checked it).
         let decode_max_tokens = decode_max_tokens.min(config.max_tokens);
@@ -501,10 +621,10 @@ where
             tactic_gemm1: tactics.0,
             tactic_gemm2: tactics.1,
             decode_max_tokens: decode_max_tokens as i32,
-            weights: W::Element::WEIGHTS as i32,
+            weights: quant.weights() as i32,
         };
         ctx.bind_to_thread()?;
-        if schedule == CutlassSchedule::BatchInvariant {
+        if schedule == CutlassSchedule::BatchInvariant && !matches!(quant, Quant::Blocks(_)) {
             // The tactics' indices are the runner's: ask a runner made for these params.
             let probe = Runner::create(&params)?;
             let (gemm1, gemm2) = probe.tactics()?;
@@ -529,7 +649,7 @@ where
             scratch_bytes,
             schedule,
             decode_max_tokens,
-            fp8,
+            quant,
             launched: AtomicBool::new(false),
         };
         tracing::info!(
@@ -650,7 +770,11 @@ where
             CutlassRouting::Precomputed { ids, scales } => Source::Given(ids, scales),
         };
         let (fc1_view, fc2_view) = (self.weights.fc1.view(), self.weights.fc2.view());
-        let fp8 = self.fp8.as_ref();
+        let (fp8, blocks) = match &self.quant {
+            Quant::None => (None, None),
+            Quant::PerTensor(f) => (Some(f), None),
+            Quant::Blocks(b) => (None, Some(b)),
+        };
         let mut l = Launch::for_layer(stream, &self.ctx);
         let x = l.input("hidden_states", &hidden_states);
         let out = l.output("output", output);
@@ -676,6 +800,8 @@ where
         let fc1_dequant = l.input_opt("fp8 scales", fp8.map(|f| &f.fc1_dequant));
         let fc2_quant = l.input_opt("fp8 scales", fp8.map(|f| &f.fc2_quant));
         let fc2_dequant = l.input_opt("fp8 scales", fp8.map(|f| &f.fc2_dequant));
+        let fc1_blocks = l.input_opt("block scales", blocks.map(|b| &b.fc1));
+        let fc2_blocks = l.input_opt("block scales", blocks.map(|b| &b.fc2));
         let (ids, scales) = match &source {
             Source::Route(input) => {
                 let weights = captured_weights.as_mut();
@@ -700,11 +826,14 @@ where
                 output: p.rw(out),
                 workspace: p.rw(scratch),
                 workspace_bytes: self.scratch_bytes,
-                // Null for bf16 weights.
+                // Null but for fp8 per-tensor weights.
                 fp8_input_quant: p.ro(input_quant),
                 fp8_fc1_dequant: p.ro(fc1_dequant),
                 fp8_fc2_quant: p.ro(fc2_quant),
                 fp8_fc2_dequant: p.ro(fc2_dequant),
+                // Null but for fp8 block-scale weights.
+                fc1_block_scales: p.ro(fc1_blocks),
+                fc2_block_scales: p.ro(fc2_blocks),
             };
             // SAFETY: the launch's guarantees, and every buffer sized for `t` tokens
             // (check_batch) or for the layer (the weights, the workspace: check_workspace).

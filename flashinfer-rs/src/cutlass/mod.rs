@@ -13,17 +13,20 @@
 //! - [`CutlassPlan`] (`plan`): every rule on sizes, checked before any launch (tested on CPU
 //!   and fuzzed; public, so a server checks a batch before it has buffers);
 //! - [`prepare`]: GEMM 1's weights from `gate_proj`/`up_proj` or a gate-first `w13`; fp8
-//!   weights quantised per expert, or from fp8 checkpoints' separate gate and up scales.
+//!   weights quantised per expert or in 128x128 blocks, or from fp8 checkpoints' separate gate
+//!   and up scales.
 //!
 //! What is built (pruned to what this layer exposes, see flashinfer-sys's
 //! `build/cutlass_moe.rs`): bf16 activations and bf16 weights, and with feature
 //! `sm90-moe-fp8` fp8 per-tensor weights and activations ([`CutlassMoe::new_fp8`],
-//! [`CutlassFp8Scales`]: `CutlassMoeFCRunner<fp8, fp8, bf16>`, bf16 in and out); SwiGLU
-//! (linear half first), no biases, the TMA warp-specialised GEMMs only, two CTA tiles each
-//! (cluster 1x1): 128x16 with swapped operands for decode and 128x256 for prefill
-//! ([`CutlassTactic`]). Not built: GEMM 2 with the weighted sum fused (not deterministic),
-//! DeepSeek's fp8 block-scaled weights (docs/fp8-on-hopper.md), other activations, LoRA,
-//! min-latency mode.
+//! [`CutlassFp8Scales`]: `CutlassMoeFCRunner<fp8, fp8, bf16>`, bf16 in and out) and DeepSeek's
+//! fp8 weights with 128x128 block scales ([`CutlassMoe::new_fp8_blocks`],
+//! [`CutlassBlockScales`]: `CutlassMoeFCRunner<bf16, fp8>`, activations quantised per 128
+//! inside); SwiGLU (linear half first), no biases, the TMA warp-specialised GEMMs only, two
+//! CTA tiles each (cluster 1x1): 128x16 with swapped operands for decode and 128x256 for
+//! prefill ([`CutlassTactic`]); the block-scale GEMM is upstream's 128x64 WGMMA kernel (not
+//! DeepGEMM, whose JIT needs NVRTC: docs/fp8-on-hopper.md). Not built: GEMM 2 with the
+//! weighted sum fused (not deterministic), other activations, LoRA, min-latency mode.
 //!
 //! [`TopKRouter`]: crate::routing::TopKRouter
 mod layer;
@@ -31,7 +34,7 @@ mod plan;
 pub mod prepare;
 
 pub use layer::{
-    CutlassBatch, CutlassElement, CutlassMoe, CutlassRouting, CutlassSchedule, CutlassTactic,
+    CutlassBatch, CutlassBlockScales, CutlassElement, CutlassMoe, CutlassRouting, CutlassSchedule, CutlassTactic,
     CutlassWeights, CutlassWorkspace, WeightBuffer, DECODE_MAX_EXPERT_SIZE, DECODE_MAX_TOKENS,
 };
 pub use plan::{

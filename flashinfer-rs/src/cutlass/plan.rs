@@ -154,6 +154,56 @@ impl CutlassPlan {
     }
 }
 
+impl CutlassPlan {
+    /// The rules of an fp8 block-scale layer ([`CutlassMoe::new_fp8_blocks`](super::CutlassMoe::new_fp8_blocks)):
+    /// hidden and intermediate sizes multiples of 128 (the weight blocks and activation groups
+    /// tile them, each half of GEMM 1's rows too) and at most 20480 (the block-scale GEMM keeps
+    /// a row of `K / 128` weight scales in shared memory); and the lengths of the block scales,
+    /// GEMM 1's `[local_experts, 2 * intermediate / 128, hidden / 128]` and GEMM 2's
+    /// `[local_experts, hidden / 128, intermediate / 128]`.
+    pub fn check_fp8_blocks(&self, fc1_scales: usize, fc2_scales: usize) -> Result<()> {
+        let (h, i) = (self.config.hidden_size, self.config.intermediate_size);
+        for (name, v) in [("hidden_size", h), ("intermediate_size", i)] {
+            ensure(
+                v.is_multiple_of(FP8_BLOCK) && v <= FP8_BLOCK_MAX_DIM,
+                name,
+                || {
+                    format!(
+                        "{v}: fp8 block-scale layers need a multiple of {FP8_BLOCK} up to \
+                         {FP8_BLOCK_MAX_DIM}"
+                    )
+                },
+            )?;
+        }
+        let local = self.config.routing.local_num_experts as usize;
+        let (hb, ib) = (h / FP8_BLOCK, i / FP8_BLOCK);
+        for (name, len, need, shape) in [
+            (
+                "fc1 scales",
+                fc1_scales,
+                local * 2 * ib * hb,
+                "[local_experts, 2 * intermediate / 128, hidden / 128]",
+            ),
+            (
+                "fc2 scales",
+                fc2_scales,
+                local * hb * ib,
+                "[local_experts, hidden / 128, intermediate / 128]",
+            ),
+        ] {
+            ensure(len == need, name, || {
+                format!("holds {len} scales, {shape} is {need}")
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// The side of an fp8 block-scale layer's weight blocks and activation groups.
+const FP8_BLOCK: usize = 128;
+/// The largest K the block-scale GEMM takes (upstream's `Fp8Gemm::MAX_SHAPE_K`).
+const FP8_BLOCK_MAX_DIM: usize = 20480;
+
 /// Elements of GEMM 1's and GEMM 2's weights of a config whose sizes are checked.
 fn weight_lens(config: &CutlassMoeConfig) -> (usize, usize) {
     let local = config.routing.local_num_experts as usize;

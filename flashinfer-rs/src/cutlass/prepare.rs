@@ -11,6 +11,14 @@
 //! weights with one scale per expert and GEMM: [`fp8_per_expert`] quantises bf16 (or f32)
 //! weights so, and [`fp8_shared_scale`] builds `fc1` from fp8 checkpoints that scale
 //! `gate_proj` and `up_proj` apart.
+//!
+//! fp8 block-scale layers ([`CutlassMoe::new_fp8_blocks`](super::CutlassMoe::new_fp8_blocks))
+//! take e4m3 weights with one scale per 128x128 block: [`fp8_blocks`] quantises bf16 (or f32)
+//! weights so. DeepSeek-V3's checkpoints ship them (`weight` e4m3 `[out, in]` and
+//! `weight_scale_inv` f32 `[out / 128, in / 128]` per projection): `fc1` is
+//! [`fc1_from_gate_up`] of the stacked `gate_proj` and `up_proj` codes, and its scales the same
+//! function of their `weight_scale_inv` (`[experts, intermediate / 128, hidden / 128]` each);
+//! `fc2` and its scales are `down_proj`'s stacked as they are.
 
 use crate::alloc;
 use crate::error::{ensure, ensure_nonzero, Error, Result};
@@ -33,19 +41,122 @@ pub fn fp8_per_expert<T: Copy + Into<f32> + Sync>(
             weights.len()
         )
     })?;
+    quantise_experts(weights, experts, 1, |w, codes, scales| {
+        let amax = amax(w)?;
+        let scale = if amax > 0.0 { amax / E4M3_MAX } else { 1.0 };
+        scales[0] = scale;
+        for (c, &x) in codes.iter_mut().zip(w) {
+            *c = E4m3::from_f32(x.into() / scale);
+        }
+        Ok(())
+    })
+}
+
+/// Quantises `weights` (`experts` matrices `[rows, cols]`, stacked) to e4m3 in 128x128 blocks,
+/// each scaled by its `amax / 448` (1 for an all-zero block), rounding to nearest even: the
+/// codes and the scales `[experts, rows / 128, cols / 128]` as DeepSeek-V3's checkpoints keep
+/// them (`weight_scale_inv`: a weight is its code times its block's scale), which
+/// [`CutlassBlockScales`](super::CutlassBlockScales) takes (`fc1` from `[experts, 2 *
+/// intermediate, hidden]`, `fc2` from `[experts, hidden, intermediate]`). `rows` and `cols`
+/// must be multiples of 128. Refuses NaN and infinite weights; the experts are quantised on
+/// all the host's cores.
+pub fn fp8_blocks<T: Copy + Into<f32> + Sync>(
+    weights: &[T],
+    experts: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<(Vec<E4m3>, Vec<f32>)> {
+    ensure_nonzero(&[("experts", experts), ("rows", rows), ("cols", cols)])?;
+    ensure(
+        rows.is_multiple_of(BLOCK) && cols.is_multiple_of(BLOCK),
+        "weights",
+        || format!("[{rows}, {cols}] matrices are not made of {BLOCK}x{BLOCK} blocks"),
+    )?;
+    let n = [experts, rows, cols]
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d));
+    ensure(n == Some(weights.len()), "weights", || {
+        format!(
+            "holds {} elements, [{experts}, {rows}, {cols}] is {n:?}",
+            weights.len()
+        )
+    })?;
+    let (row_blocks, col_blocks) = (rows / BLOCK, cols / BLOCK);
+    quantise_experts(weights, experts, row_blocks * col_blocks, |w, codes, scales| {
+        for (b, scale) in scales.iter_mut().enumerate() {
+            let (r0, c0) = ((b / col_blocks) * BLOCK, (b % col_blocks) * BLOCK);
+            let block_rows = || (r0..r0 + BLOCK).map(|r| r * cols + c0..r * cols + c0 + BLOCK);
+            let mut m = 0f32;
+            for span in block_rows() {
+                m = m.max(amax(&w[span])?);
+            }
+            *scale = if m > 0.0 { m / E4M3_MAX } else { 1.0 };
+            for span in block_rows() {
+                for (c, &x) in codes[span.clone()].iter_mut().zip(&w[span]) {
+                    *c = E4m3::from_f32(x.into() / *scale);
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+/// The side of a block-scale layer's weight blocks and of its activation groups.
+const BLOCK: usize = 128;
+
+/// The largest magnitude in `w`; an error for NaN or infinity (fp8 has no scale for them).
+fn amax<T: Copy + Into<f32>>(w: &[T]) -> std::result::Result<f32, String> {
+    w.iter().try_fold(0f32, |m, &x| {
+        let x: f32 = x.into();
+        if x.is_finite() {
+            Ok(m.max(x.abs()))
+        } else {
+            Err(format!("holds {x}: fp8 has no scale for it"))
+        }
+    })
+}
+
+/// Quantises `experts` equal parts of `weights` with `quantise(part, its codes, its scales)`
+/// (`scales_per` scales each), on all the host's cores: the codes and the scales, or the error
+/// of the first expert `quantise` refused. Each expert's result depends on it alone.
+fn quantise_experts<T, F>(
+    weights: &[T],
+    experts: usize,
+    scales_per: usize,
+    quantise: F,
+) -> Result<(Vec<E4m3>, Vec<f32>)>
+where
+    T: Copy + Sync,
+    F: Fn(&[T], &mut [E4m3], &mut [f32]) -> std::result::Result<(), String> + Sync,
+{
     let block = weights.len() / experts;
     let mut codes = alloc::filled("fp8 weights", weights.len(), E4m3::default())?;
-    let mut scales = alloc::filled("fp8 scales", experts, 0f32)?;
-    // Experts in equal runs, one run per thread; each expert's result depends on it alone.
+    let mut scales = alloc::filled("fp8 scales", experts * scales_per, 0f32)?;
+    // Experts in equal runs, one run per thread.
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let per = experts.div_ceil(threads);
+    let quantise = &quantise;
     let failed = std::thread::scope(|s| {
         let runs = weights
             .chunks(per * block)
             .zip(codes.chunks_mut(per * block))
-            .zip(scales.chunks_mut(per))
+            .zip(scales.chunks_mut(per * scales_per))
             .enumerate()
-            .map(|(run, ((w, c), sc))| s.spawn(move || quantise_run(w, c, sc, block, run * per)))
+            .map(|(run, ((w, c), sc))| {
+                s.spawn(move || {
+                    let parts = w
+                        .chunks_exact(block)
+                        .zip(c.chunks_exact_mut(block))
+                        .zip(sc.chunks_exact_mut(scales_per));
+                    for (e, ((w, c), sc)) in parts.enumerate() {
+                        if let Err(why) = quantise(w, c, sc) {
+                            let why = format!("expert {} {why}", run * per + e);
+                            return Some(Error::invalid("weights", why));
+                        }
+                    }
+                    None
+                })
+            })
             .collect::<Vec<_>>();
         runs.into_iter()
             .filter_map(|h| {
@@ -59,36 +170,6 @@ pub fn fp8_per_expert<T: Copy + Into<f32> + Sync>(
         Some(e) => Err(e),
         None => Ok((codes, scales)),
     }
-}
-
-/// [`fp8_per_expert`] over a run of experts, the first numbered `first`: codes and scales into
-/// `codes` and `scales`; the error of the first expert holding NaN or infinity.
-fn quantise_run<T: Copy + Into<f32>>(
-    weights: &[T],
-    codes: &mut [E4m3],
-    scales: &mut [f32],
-    block: usize,
-    first: usize,
-) -> Option<Error> {
-    let experts = weights
-        .chunks_exact(block)
-        .zip(codes.chunks_exact_mut(block));
-    for (e, ((w, c), scale)) in experts.zip(scales.iter_mut()).enumerate() {
-        let mut amax = 0f32;
-        for &x in w {
-            let x: f32 = x.into();
-            if !x.is_finite() {
-                let why = format!("expert {} holds {x}: fp8 has no scale for it", first + e);
-                return Some(Error::invalid("weights", why));
-            }
-            amax = amax.max(x.abs());
-        }
-        *scale = if amax > 0.0 { amax / E4M3_MAX } else { 1.0 };
-        for (c, &x) in c.iter_mut().zip(w) {
-            *c = E4m3::from_f32(x.into() / *scale);
-        }
-    }
-    None
 }
 
 /// `fc1` and its scales from an fp8 checkpoint's per-expert `gate_proj` and `up_proj` (e4m3
@@ -285,6 +366,42 @@ mod tests {
         bad[20 * block + 3] = f32::NAN;
         let e = fp8_per_expert(&bad, experts).unwrap_err();
         assert!(e.to_string().contains("expert 20 holds NaN"), "{e}");
+    }
+
+    /// Each expert's 128x128 blocks quantised as the reference's `quantize_fp8_blocks`
+    /// quantises one matrix, the scales stacked per expert; an all-zero block scales by 1;
+    /// NaN, infinity and shapes not made of blocks are refused.
+    #[test]
+    fn fp8_blocks_quantise_each_block_of_each_expert_by_its_amax() {
+        let (experts, rows, cols) = (3, 256, 384);
+        let n = rows * cols;
+        let mut w: Vec<f32> = (0..experts * n)
+            .map(|i| (i as f32 * 0.011).sin() * (1.0 + (i % 977) as f32 * 0.01))
+            .collect();
+        // Expert 1's block (1, 2) all zero; a huge block in expert 2.
+        for r in 128..256 {
+            w[n + r * cols + 256..n + r * cols + 384].fill(0.0);
+            w[2 * n + r * cols..2 * n + r * cols + 128]
+                .iter_mut()
+                .for_each(|v| *v *= 1e4);
+        }
+        let (codes, scales) = fp8_blocks(&w, experts, rows, cols).unwrap();
+        assert_eq!(scales.len(), experts * 2 * 3);
+        for e in 0..experts {
+            let one = &w[e * n..(e + 1) * n];
+            let (c, s) = crate::fused::oracle::quantize_fp8_blocks(one, rows, cols).unwrap();
+            assert_eq!(codes[e * n..(e + 1) * n], c[..], "expert {e}'s codes");
+            assert_eq!(scales[e * 6..(e + 1) * 6], s[..], "expert {e}'s scales");
+        }
+        assert_eq!(scales[6 + 5], 1.0);
+        let mut bad = w.clone();
+        bad[2 * n + 5] = f32::INFINITY;
+        let e = fp8_blocks(&bad, experts, rows, cols).unwrap_err();
+        assert!(e.to_string().contains("expert 2 holds inf"), "{e}");
+        assert!(fp8_blocks(&w, experts, rows, cols + 1).is_err());
+        assert!(fp8_blocks(&w[..n * 3 - 1], experts, rows, cols).is_err());
+        assert!(fp8_blocks(&[0f32; 64 * 128], 1, 64, 128).is_err());
+        assert!(fp8_blocks::<f32>(&[], usize::MAX, 128, 128).is_err());
     }
 
     #[test]

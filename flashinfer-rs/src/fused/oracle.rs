@@ -43,6 +43,10 @@ pub enum ActivationRounding {
         /// As for `Fp8PerTensor`.
         scale: f32,
     },
+    /// DeepSeek fp8 block scale on Hopper (FlashInfer's CUTLASS `BlockScaleFC1`/`FC2`):
+    /// GEMM 1's outputs rounded to bf16, the activation computed from them and rounded to
+    /// bf16, then quantised per 128 values of a row ([`round_fp8_groups`]).
+    Fp8Groups128,
     /// MX fp8: e4m3 with a ue8m0 scale per 32 consecutive values of a row (MxFp8 kernels).
     MxFp8,
     /// nvfp4: e2m1 with an e4m3 scale per 16 values and one global scale (nvfp4 kernels).
@@ -238,7 +242,10 @@ pub fn moe(
     rounding: ActivationRounding,
 ) -> Result<Vec<f32>> {
     let (h, i) = (p.hidden_size, p.intermediate_size);
-    let round_gemm1 = matches!(rounding, ActivationRounding::Fp8PerTensorBf16Gemm1 { .. });
+    let round_gemm1 = matches!(
+        rounding,
+        ActivationRounding::Fp8PerTensorBf16Gemm1 { .. } | ActivationRounding::Fp8Groups128
+    );
     let acts = activations_of(p, hidden, ids, weights, w, round_gemm1)?;
     let mut acts = acts.into_iter();
     let mut out = vec![0f32; p.num_tokens * h];
@@ -260,6 +267,10 @@ pub fn moe(
                     .into_iter()
                     .map(|v| E4m3::from_f32(v * scale).to_f32() / scale)
                     .collect(),
+                ActivationRounding::Fp8Groups128 => {
+                    let act: Vec<f32> = act.into_iter().map(round_bf16).collect();
+                    round_fp8_groups(&act)
+                }
                 ActivationRounding::MxFp8 => {
                     let (q, sc) = quantize_mxfp8(&act, 1, i)?;
                     dequantize_mxfp8(&q, &sc)?
@@ -330,6 +341,29 @@ pub fn quantize_fp8_blocks(x: &[f32], m: usize, k: usize) -> Result<(Vec<E4m3>, 
         })
         .collect();
     Ok((q, scales))
+}
+
+/// The values of `x` after FlashInfer's fp8 block-scale GEMMs on Hopper quantise them
+/// (`scale_1x128_kernel`): each run of 128 (the last may be shorter; a row of a multiple of
+/// 128 is whole runs) to `e4m3(v * s)` with `s = 448 / amax` of the run (1 if it is all
+/// zero; at most `f32::MAX`, as flashinfer-sys's patch 0013 clamps it, so that a run of
+/// magnitudes below 1.3e-36 does not turn its zeros into NaN), read back as the code times
+/// `1 / s`. Where [`quantize_fp8_activation_blocks`]
+/// follows transformers (`v / (amax / 448)`), this is the kernel's arithmetic: the two can
+/// differ by one e4m3 step where `v * s` and `v / (1 / s)` round apart.
+pub fn round_fp8_groups(x: &[f32]) -> Vec<f32> {
+    x.chunks(128)
+        .flat_map(|run| {
+            let amax = run.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let s = if amax != 0.0 {
+                (E4M3_MAX / amax).min(f32::MAX)
+            } else {
+                1.0
+            };
+            let inv = 1.0 / s;
+            run.iter().map(move |&v| E4m3::from_f32(v * s).to_f32() * inv)
+        })
+        .collect()
 }
 
 /// The values of a DeepSeek fp8 `[m, k]` matrix: `q * scale` of its 128x128 block.

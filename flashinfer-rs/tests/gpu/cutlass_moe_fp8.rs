@@ -183,7 +183,12 @@ fn reference(
 /// TopK's weights (raw logits) and Sigmoid's (each near 1) add up to several. So the absolute
 /// part of the tolerance scales with it: `|ref - out| <= m (atol) + rtol |out|`. The largest
 /// scaled error, for the log.
-fn fp8_check(want: &[f32], got: &[f32], weights: &[f32], top_k: usize) -> Result<f32, String> {
+pub(crate) fn fp8_check(
+    want: &[f32],
+    got: &[f32],
+    weights: &[f32],
+    top_k: usize,
+) -> Result<f32, String> {
     let hidden = want.len() / (weights.len() / top_k).max(1);
     let magnitude = |n: usize| {
         let t = n / hidden;
@@ -209,9 +214,9 @@ fn fp8_check(want: &[f32], got: &[f32], weights: &[f32], top_k: usize) -> Result
         .fold(0.0, f32::max))
 }
 
-/// The fp8 tests' cases on one GPU: how many passed, why the others failed, and the largest
-/// scaled error of the passes (for the log).
-struct Tally<'g> {
+/// The fp8 tests' cases on one GPU (per-tensor and block scale): how many passed, why the
+/// others failed, and the largest scaled error of the passes (for the log).
+pub(crate) struct Tally<'g> {
     g: &'g Gpu,
     passed: usize,
     failures: Vec<String>,
@@ -219,7 +224,7 @@ struct Tally<'g> {
 }
 
 impl<'g> Tally<'g> {
-    fn new(g: &'g Gpu) -> Self {
+    pub(crate) fn new(g: &'g Gpu) -> Self {
         Tally {
             g,
             passed: 0,
@@ -240,7 +245,19 @@ impl<'g> Tally<'g> {
         label: impl FnOnce() -> String,
     ) {
         let want = reference(&layer.config(), d, x, w, a);
-        match verdict(self.g, layer, d, x, &want) {
+        self.against(layer, d, x, &want, label);
+    }
+
+    /// One case against the reference output `want`.
+    pub(crate) fn against(
+        &mut self,
+        layer: &CutlassMoe<CudaView<'_, E4m3>>,
+        d: &CaseData,
+        x: &[f32],
+        want: &[f32],
+        label: impl FnOnce() -> String,
+    ) {
+        match verdict(self.g, layer, d, x, want) {
             Ok(e) => {
                 self.passed += 1;
                 self.worst = self.worst.max(e);
@@ -249,7 +266,7 @@ impl<'g> Tally<'g> {
         }
     }
 
-    fn report(self, test: &str) {
+    pub(crate) fn report(self, test: &str) {
         eprintln!("{test}: largest |reference - output| {}", self.worst);
         report(test, self.passed, self.failures);
     }

@@ -15,6 +15,8 @@ mod concurrency;
 mod cutlass_moe;
 #[cfg(feature = "sm90-moe-fp8")]
 mod cutlass_moe_fp8;
+#[cfg(feature = "sm90-moe-fp8")]
+mod cutlass_moe_fp8_blocks;
 mod degenerate;
 mod fused;
 #[cfg(feature = "sm100")]

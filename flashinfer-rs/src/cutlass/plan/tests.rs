@@ -300,3 +300,40 @@ fn fp8_scales_need_one_per_local_expert_all_finite_and_positive() {
         Err("fc1")
     );
 }
+
+/// DeepSeek-V3's layer (7168 x 2048, 256 experts, a rank of 32) takes 128x128 blocks; sizes
+/// that are not multiples of 128 or exceed the GEMM's K, and scales of the wrong length, are
+/// refused naming what is wrong.
+#[test]
+fn fp8_block_layers_need_128_multiples_and_one_scale_per_block() {
+    let deepseek = CutlassMoeConfig {
+        routing: RoutingConfig::new(RoutingMethod::Renormalize, 256, 8).with_local_experts(64, 32),
+        hidden_size: 7168,
+        intermediate_size: 2048,
+        max_tokens: 4096,
+    };
+    let (fc1, fc2) = (32 * 2 * 16 * 56, 32 * 56 * 16);
+    let p = plan(deepseek).unwrap();
+    p.check_fp8_blocks(fc1, fc2).unwrap();
+    assert_eq!(arg(p.check_fp8_blocks(fc1 - 1, fc2).unwrap_err()), "fc1 scales");
+    assert_eq!(arg(p.check_fp8_blocks(fc1, fc2 + 16).unwrap_err()), "fc2 scales");
+    // Qwen3-30B-A3B's 768 is a multiple of 128; 64-multiples that are not, and K past 20480,
+    // pass the bf16 rules but not these.
+    for (h, i, bad) in [
+        (2048, 768, None),
+        (2048, 704, Some("intermediate_size")),
+        (2112, 768, Some("hidden_size")),
+        (20480 + 128, 128, Some("hidden_size")),
+        (128, 20480 + 128, Some("intermediate_size")),
+    ] {
+        let c = CutlassMoeConfig {
+            hidden_size: h,
+            intermediate_size: i,
+            ..config(8, 2)
+        };
+        let (hb, ib) = (h / 128, i / 128);
+        let p = plan(c).unwrap();
+        let got = p.check_fp8_blocks(8 * 2 * ib * hb, 8 * hb * ib);
+        assert_eq!(got.err().map(arg), bad, "{h} x {i}");
+    }
+}

@@ -220,3 +220,34 @@ fn nvfp4_round_trips_within_half_a_step_of_its_block_scale() {
         }
     }
 }
+
+/// The kernel's 1x128 quantisation: each run scaled so its largest magnitude is 448, rounded
+/// to e4m3 (steps of 8 between 64 and 128), read back at the run's scale; an all-zero run stays
+/// zero; a short last run has its own scale.
+#[test]
+fn fp8_groups_of_128_round_each_run_at_its_own_scale() {
+    let mut x = vec![0f32; 128 * 2 + 5];
+    x[0] = 2.0; // s = 224
+    x[1] = 0.3; // 67.2 -> 64 -> 64 / 224
+    x[2] = -1.0; // -224, exact
+    x[259] = 0.5; // the short run: s = 896
+    x[260] = 0.1; // 89.6 -> 88 -> 88 / 896
+    let got = round_fp8_groups(&x);
+    assert_eq!(got[..3], [2.0, 64.0 * (1.0 / 224.0), -1.0]);
+    assert!(got[128..256].iter().all(|&v| v == 0.0));
+    assert_eq!(got[256..], [0.0, 0.0, 0.0, 0.5, 88.0 * (1.0 / 896.0)]);
+}
+
+/// A run whose largest magnitude is below 448 / f32::MAX: the scale stops at f32::MAX (flashinfer-sys's patch 0013), zeros
+/// stay zero and the tiny values come back within an e4m3 step instead of NaN.
+#[test]
+fn fp8_groups_of_tiny_values_keep_a_finite_scale() {
+    let mut x = vec![0f32; 128];
+    x[3] = 1e-38;
+    x[4] = -4e-39;
+    let got = round_fp8_groups(&x);
+    assert!(got.iter().all(|v| v.is_finite()), "{got:?}");
+    assert_eq!(got[0], 0.0);
+    assert!((got[3] - 1e-38).abs() <= 1e-38 / 8.0, "{}", got[3]);
+    assert!((got[4] + 4e-39).abs() <= 4e-39 / 8.0, "{}", got[4]);
+}

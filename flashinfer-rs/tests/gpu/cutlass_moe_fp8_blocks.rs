@@ -1,0 +1,536 @@
+//! The fp8 block-scale Hopper layer (`CutlassMoe::new_fp8_blocks`, feature `sm90-moe-fp8`):
+//! DeepSeek-V3's fp8 experts (e4m3 weights with one scale per 128x128 block) against the CPU
+//! reference MoE (`fused::oracle::moe`) on the operands the kernels see: weights quantised in
+//! blocks (`prepare::fp8_blocks`) and dequantised by the oracle's own
+//! `dequantize_fp8_blocks`, hidden states quantised per token and 128 columns as the kernel
+//! does (`round_fp8_groups`: `e4m3(x * 448 / amax)`), GEMM 1's outputs and the SwiGLU output
+//! rounded to bf16 and the latter quantised likewise (`ActivationRounding::Fp8Groups128`).
+//! Left: the order of f32 sums and the GEMM's per-128 promotion of its fp8 products, which can
+//! move an intermediate value across a bf16 or e4m3 rounding boundary now and then; hence the
+//! per-tensor tests' two criteria (`fp8_check`: 99% within the bf16 layer's tolerance, all
+//! within four times it, on each token's outputs over its routing weights' magnitude).
+//! - every routing method x token counts {1, 7, 64, 257, 2048} x 64 and 128 experts, replay
+//!   ids equal to the oracle's, spare rows untouched, bits equal with and without replay;
+//! - a DeepSeek-V3-sized expert-parallel rank (hidden 7168, intermediate 2048, 8 of 256
+//!   experts, top-8) at 1, 64 and 513 tokens;
+//! - hidden states of real models' ranges: outliers of 1e4 beside values of 1e-2 in one
+//!   group, a token of zeros, a token below 1.3e-36 (patch 0013: finite, not NaN), and a NaN
+//!   token that leaves its neighbours untouched;
+//! - expert parallelism (four ranks), batch invariance, a capture store, a CUDA graph;
+//! - bad scales and sizes refused with typed errors;
+//! - the operands and output of a small DeepSeek-V3-shaped block written for transformers'
+//!   own fine-grained fp8 path (`scripts/transformers_fp8_blocks.py`) when
+//!   `FLASHINFER_RS_FP8_BLOCKS_EXPORT` names a folder.
+use flashinfer_rs::cudarc::driver::{CudaSlice, CudaView};
+use flashinfer_rs::cutlass::prepare::{fc1_from_gate_up, fp8_blocks};
+use flashinfer_rs::cutlass::{
+    CutlassBlockScales, CutlassMoe, CutlassMoeConfig, CutlassSchedule, CutlassWeights,
+};
+use flashinfer_rs::fused::oracle::{self as moe_oracle, ActivationRounding, ExpertWeights};
+use flashinfer_rs::fused::E4m3;
+use flashinfer_rs::half::bf16;
+use flashinfer_rs::routing::oracle::SplitMix64;
+use flashinfer_rs::routing::{RoutingConfig, RoutingMethod};
+use flashinfer_rs::Error;
+
+use crate::common::{gpu, Gpu};
+use crate::cutlass_moe::layer_here;
+use crate::cutlass_moe::on_hopper::{
+    assert_batch_invariant, capture_store_records_the_routing, case, config, forward,
+    graph_of_layers, graph_routing, reference_of, to_f32, upload, values, BATCH_TOKENS,
+    CAPTURE_SHAPE, CAPTURE_TOKENS, GRAPH_SIZES,
+};
+use crate::cutlass_moe_fp8::Tally;
+use crate::degenerate::one_per_method;
+use crate::routing::{CaseData, DeviceInputs};
+
+/// Block-scale weights of `local` experts: the device codes, their block scales (host), and
+/// the dequantised values the reference multiplies.
+struct BlockWeights {
+    host: ExpertWeights,
+    fc1: CudaSlice<E4m3>,
+    fc2: CudaSlice<E4m3>,
+    fc1_scales: Vec<f32>,
+    fc2_scales: Vec<f32>,
+}
+
+/// `codes` (`experts` stacked `[rows, cols]` matrices) times their blocks' `scales`, by the
+/// oracle's dequantiser, matrix by matrix.
+fn dequantise(codes: &[E4m3], scales: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let per = scales.len() / (codes.len() / (rows * cols));
+    codes
+        .chunks_exact(rows * cols)
+        .zip(scales.chunks_exact(per))
+        .flat_map(|(q, s)| moe_oracle::dequantize_fp8_blocks(q, s, rows, cols).unwrap())
+        .collect()
+}
+
+fn block_weights(g: &Gpu, local: usize, h: usize, i: usize, seed: u64) -> BlockWeights {
+    let mut rng = SplitMix64(seed);
+    let w1 = values(&mut rng, local * 2 * i * h, 2.0 / (h as f32).sqrt());
+    let w2 = values(&mut rng, local * h * i, 2.0 / (i as f32).sqrt());
+    let (q1, fc1_scales) = fp8_blocks(&w1, local, 2 * i, h).unwrap();
+    let (q2, fc2_scales) = fp8_blocks(&w2, local, h, i).unwrap();
+    BlockWeights {
+        host: ExpertWeights {
+            w1: dequantise(&q1, &fc1_scales, 2 * i, h),
+            w2: dequantise(&q2, &fc2_scales, h, i),
+        },
+        fc1: g.stream.clone_htod(&q1).unwrap(),
+        fc2: g.stream.clone_htod(&q2).unwrap(),
+        fc1_scales,
+        fc2_scales,
+    }
+}
+
+impl BlockWeights {
+    fn views(&self) -> CutlassWeights<CudaView<'_, E4m3>> {
+        CutlassWeights {
+            fc1: self.fc1.as_view(),
+            fc2: self.fc2.as_view(),
+        }
+    }
+
+    /// The scales on the device, for one layer (which owns them).
+    fn scales(&self, g: &Gpu) -> CutlassBlockScales {
+        CutlassBlockScales {
+            fc1: g.stream.clone_htod(&self.fc1_scales).unwrap(),
+            fc2: g.stream.clone_htod(&self.fc2_scales).unwrap(),
+        }
+    }
+
+    /// Rank `rank`'s `per` experts.
+    fn rank_slice(&self, g: &Gpu, rank: usize, per: usize, h: usize, i: usize) -> BlockWeights {
+        let (n1, n2) = (per * 2 * i * h, per * h * i);
+        // Scales per rank: one per 128x128 block of its matrices.
+        let (s1, s2) = (n1 / (128 * 128), n2 / (128 * 128));
+        let codes = |d: &CudaSlice<E4m3>, n: usize| {
+            let all = g.stream.clone_dtoh(d).unwrap();
+            g.stream.clone_htod(&all[rank * n..(rank + 1) * n]).unwrap()
+        };
+        BlockWeights {
+            host: ExpertWeights {
+                w1: self.host.w1[rank * n1..(rank + 1) * n1].to_vec(),
+                w2: self.host.w2[rank * n2..(rank + 1) * n2].to_vec(),
+            },
+            fc1: codes(&self.fc1, n1),
+            fc2: codes(&self.fc2, n2),
+            fc1_scales: self.fc1_scales[rank * s1..(rank + 1) * s1].to_vec(),
+            fc2_scales: self.fc2_scales[rank * s2..(rank + 1) * s2].to_vec(),
+        }
+    }
+}
+
+/// A block-scale layer for this machine: `Some` where it runs; else the refusal is checked
+/// (the bf16 layer's) and `None` returned.
+fn block_layer_here<'w>(
+    g: &Gpu,
+    cfg: CutlassMoeConfig,
+    w: &'w BlockWeights,
+    test: &str,
+) -> Option<CutlassMoe<CudaView<'w, E4m3>>> {
+    match CutlassMoe::new_fp8_blocks(cfg, w.views(), w.scales(g)) {
+        Ok(layer) => {
+            assert!(flashinfer_rs::build_info().cutlass_moe_fp8);
+            Some(layer)
+        }
+        Err(e) => {
+            let probe = |n| upload(g, &vec![0.0; n]);
+            let (fc1, fc2) = (probe(w.fc1.len()), probe(w.fc2.len()));
+            let bf16_weights = CutlassWeights {
+                fc1: fc1.as_view(),
+                fc2: fc2.as_view(),
+            };
+            layer_here(cfg, bf16_weights, test)?;
+            panic!("{test}: the bf16 layer runs here but the block-scale one was refused: {e:?}")
+        }
+    }
+}
+
+/// The reference output of `d` (its oracle routing) on the operands the kernels see.
+fn reference(cfg: &CutlassMoeConfig, d: &CaseData, x: &[f32], w: &ExpertWeights) -> Vec<f32> {
+    // Rows of a multiple of 128: the 128-runs are each token's groups.
+    let xq = moe_oracle::round_fp8_groups(x);
+    let ids: Vec<usize> = d.want.ids.iter().map(|&e| e as usize).collect();
+    let rounding = ActivationRounding::Fp8Groups128;
+    reference_of(cfg, d.tokens, &xq, &ids, &d.want.weights, w, rounding)
+}
+
+/// One case: `d` and `x` through `layer` against the reference.
+fn check(
+    tally: &mut Tally<'_>,
+    layer: &CutlassMoe<CudaView<'_, E4m3>>,
+    w: &ExpertWeights,
+    d: &CaseData,
+    x: &[f32],
+    label: impl FnOnce() -> String,
+) {
+    let want = reference(&layer.config(), d, x, w);
+    tally.against(layer, d, x, &want, label);
+}
+
+#[test]
+fn fp8_blocks_every_method_and_token_count_matches_the_reference() {
+    let test = "cutlass_moe_fp8_blocks::fp8_blocks_every_method_and_token_count_matches_the_reference";
+    let Some(g) = gpu(test) else { return };
+    let (h, i) = (256, 128);
+    let mut tally = Tally::new(&g);
+    for (e, k) in [(64u32, 6u32), (128, 8)] {
+        let w = block_weights(&g, e as usize, h, i, 800 + e as u64);
+        let probe = RoutingConfig::new(RoutingMethod::Renormalize, e, k);
+        if block_layer_here(&g, config(probe, h, i, 1), &w, test).is_none() {
+            return;
+        }
+        for (n, m) in one_per_method().into_iter().enumerate() {
+            let k = if m.top_k == 1 { 1 } else { k };
+            let routing = RoutingConfig::new(m.method, e, k);
+            if flashinfer_rs::routing::TopKRouter::new(routing).is_err() {
+                continue;
+            }
+            let cfg = config(routing, h, i, 2048);
+            let layer = CutlassMoe::new_fp8_blocks(cfg, w.views(), w.scales(&g)).unwrap();
+            assert_eq!(layer.decode_max_tokens(), 0);
+            assert!(layer.tactics().unwrap().0.is_empty());
+            for t in [1, 7, 64, 257, 2048] {
+                let seed = e as u64 * 1000 + n as u64 * 10 + t as u64;
+                let d = case(&cfg.routing, t, seed);
+                let x = values(&mut SplitMix64(seed ^ 0x5eed), t * h, 1.0);
+                check(&mut tally, &layer, &w.host, &d, &x, || {
+                    format!("{} E={e} K={k} T={t}", m.method.name())
+                });
+            }
+        }
+    }
+    tally.report(test);
+}
+
+/// One rank of eight experts of a DeepSeek-V3-sized layer (hidden 7168, intermediate 2048; 256
+/// experts, top-8): the sizes the block-scale GEMM was written for, K up to 7168.
+#[test]
+fn fp8_blocks_a_deepseek_sized_rank_matches_the_reference() {
+    let test = "cutlass_moe_fp8_blocks::fp8_blocks_a_deepseek_sized_rank_matches_the_reference";
+    let Some(g) = gpu(test) else { return };
+    let (h, i, per) = (7168, 2048, 8);
+    let w = block_weights(&g, per, h, i, 90);
+    let full = RoutingConfig::new(RoutingMethod::Renormalize, 256, 8);
+    let routing = full.with_local_experts(24, per as u32);
+    let cfg = config(routing, h, i, 513);
+    let Some(layer) = block_layer_here(&g, cfg, &w, test) else {
+        return;
+    };
+    let mut tally = Tally::new(&g);
+    for t in [1, 64, 513] {
+        let d = case(&full, t, 91 + t as u64);
+        let x = values(&mut SplitMix64(92 + t as u64), t * h, 1.0);
+        check(&mut tally, &layer, &w.host, &d, &x, || format!("T={t}"));
+    }
+    tally.report(test);
+}
+
+/// Hidden states real models reach, in one 64-token call: outliers of 1e4 beside values of
+/// 1e-2 in one 128-group (the group's scale follows its outlier), a token of zeros, and a
+/// token whose groups' largest magnitudes are below 448 / f32::MAX (patch 0013 keeps their
+/// scale finite: without it their zeros became NaN). Then a NaN token: its own output is NaN
+/// and every other token's is what it was without it.
+#[test]
+fn fp8_blocks_outliers_zeros_underflow_and_nan_tokens() {
+    let test = "cutlass_moe_fp8_blocks::fp8_blocks_outliers_zeros_underflow_and_nan_tokens";
+    let Some(g) = gpu(test) else { return };
+    let (e, k, h, i, t) = (64u32, 6u32, 256, 128, 64);
+    let w = block_weights(&g, e as usize, h, i, 70);
+    let routing = RoutingConfig::new(RoutingMethod::Renormalize, e, k);
+    let cfg = config(routing, h, i, t);
+    let Some(layer) = block_layer_here(&g, cfg, &w, test) else {
+        return;
+    };
+    let d = case(&routing, t, 71);
+    let mut x = values(&mut SplitMix64(72), t * h, 0.01);
+    for n in [3, 200, 1000, 5000] {
+        x[n] = if n % 2 == 0 { 1e4 } else { -3e3 };
+    }
+    x[7 * h..8 * h].fill(0.0);
+    for (n, v) in x[9 * h..10 * h].iter_mut().enumerate() {
+        // bf16-exact magnitudes from 1e-38 down to subnormals, zeros between.
+        *v = match n % 3 {
+            0 => 0.0,
+            1 => bf16::from_f32(1e-38).to_f32(),
+            _ => -bf16::from_f32(3e-40).to_f32(),
+        };
+    }
+    let mut tally = Tally::new(&g);
+    check(&mut tally, &layer, &w.host, &d, &x, || {
+        "outliers, zeros, underflow".into()
+    });
+    tally.report(test);
+
+    let clean = run_once(&g, &layer, &d, &x);
+    assert!(clean.iter().all(|v| v.is_finite()), "{test}: a non-finite output");
+    let nan_token = 20;
+    let mut poisoned = x.clone();
+    poisoned[nan_token * h + 5] = f32::NAN;
+    let got = run_once(&g, &layer, &d, &poisoned);
+    for tok in 0..t {
+        let (a, b) = (&clean[tok * h..(tok + 1) * h], &got[tok * h..(tok + 1) * h]);
+        if tok == nan_token {
+            assert!(b.iter().any(|v| v.is_nan()), "{test}: the NaN token's output has no NaN");
+        } else {
+            assert_eq!(
+                a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "{test}: token {tok} moved with a NaN in token {nan_token}"
+            );
+        }
+    }
+}
+
+/// The layer's output for `d` and `x`, as f32.
+fn run_once(
+    g: &Gpu,
+    layer: &CutlassMoe<CudaView<'_, E4m3>>,
+    d: &CaseData,
+    x: &[f32],
+) -> Vec<f32> {
+    let mut ws = layer.workspace(&g.stream).unwrap();
+    let inputs = DeviceInputs::upload(&g.stream, d);
+    let out = forward(g, layer, &mut ws, &inputs, &upload(g, x), d.tokens, false).unwrap();
+    to_f32(&out.output)
+}
+
+/// Four ranks of 32 experts each, every rank's output against the reference over its own
+/// experts (and block scales).
+#[test]
+fn fp8_blocks_expert_parallel_ranks_sum_only_their_experts() {
+    let test = "cutlass_moe_fp8_blocks::fp8_blocks_expert_parallel_ranks_sum_only_their_experts";
+    let Some(g) = gpu(test) else { return };
+    let (e, k, h, i, t) = (128u32, 8u32, 256, 128, 257);
+    let all = block_weights(&g, e as usize, h, i, 11);
+    let full = RoutingConfig::new(RoutingMethod::Renormalize, e, k);
+    if block_layer_here(&g, config(full, h, i, t), &all, test).is_none() {
+        return;
+    }
+    let d = case(&full, t, 12);
+    let x = values(&mut SplitMix64(13), t * h, 1.0);
+    let mut tally = Tally::new(&g);
+    let per = (e / 4) as usize;
+    for rank in 0..4 {
+        let w = all.rank_slice(&g, rank, per, h, i);
+        let routing = full.with_local_experts((rank * per) as u32, per as u32);
+        let cfg = config(routing, h, i, t);
+        let layer = CutlassMoe::new_fp8_blocks(cfg, w.views(), w.scales(&g)).unwrap();
+        check(&mut tally, &layer, &w.host, &d, &x, || format!("rank {rank}"));
+    }
+    tally.report(test);
+}
+
+/// One kernel at every size, each row quantised and multiplied on its own: the rows of calls
+/// on the first 1, 3, 7, 64 and 257 tokens of a 300-token batch are those of one call on all
+/// 300, bit for bit, on either schedule.
+#[test]
+fn fp8_blocks_rows_do_not_depend_on_the_rest_of_the_batch() {
+    let test = "cutlass_moe_fp8_blocks::fp8_blocks_rows_do_not_depend_on_the_rest_of_the_batch";
+    let Some(g) = gpu(test) else { return };
+    let (h, i, t) = (512, 256, BATCH_TOKENS);
+    let w = block_weights(&g, 128, h, i, 31);
+    let routing = RoutingConfig::new(RoutingMethod::Renormalize, 128, 8);
+    let cfg = config(routing, h, i, t);
+    if block_layer_here(&g, cfg, &w, test).is_none() {
+        return;
+    }
+    let d = case(&routing, t, 32);
+    let x = values(&mut SplitMix64(33), t * h, 1.0);
+    let schedule = CutlassSchedule::BatchInvariant;
+    let invariant =
+        CutlassMoe::fp8_blocks_with_schedule(cfg, w.views(), w.scales(&g), schedule).unwrap();
+    let fastest = CutlassMoe::new_fp8_blocks(cfg, w.views(), w.scales(&g)).unwrap();
+    assert_batch_invariant(&g, test, [&invariant, &fastest], &d, &x);
+}
+
+#[test]
+fn fp8_blocks_a_capture_store_records_the_routing_the_layers_used() {
+    let test =
+        "cutlass_moe_fp8_blocks::fp8_blocks_a_capture_store_records_the_routing_the_layers_used";
+    let Some(g) = gpu(test) else { return };
+    let (e, k, h, i) = CAPTURE_SHAPE;
+    let routing = RoutingConfig::new(RoutingMethod::Renormalize, e, k);
+    let w = block_weights(&g, e as usize, h, i, 60);
+    let cfg = config(routing, h, i, CAPTURE_TOKENS);
+    let Some(layer) = block_layer_here(&g, cfg, &w, test) else {
+        return;
+    };
+    capture_store_records_the_routing(&g, &layer, test);
+}
+
+/// Three block-scale layers chained in a CUDA graph, replayed with fresh inputs, at 57 and 3
+/// tokens.
+#[test]
+fn fp8_blocks_a_graph_of_layers_reruns_with_fresh_inputs() {
+    let test = "cutlass_moe_fp8_blocks::fp8_blocks_a_graph_of_layers_reruns_with_fresh_inputs";
+    let Some(g) = gpu(test) else { return };
+    let (h, i) = GRAPH_SIZES;
+    let ws: Vec<BlockWeights> = (0..3).map(|l| block_weights(&g, 64, h, i, 40 + l)).collect();
+    for t in [57, 3] {
+        if block_layer_here(&g, config(graph_routing(), h, i, t), &ws[0], test).is_none() {
+            return;
+        }
+        let moes: Vec<_> = ws
+            .iter()
+            .map(|w| {
+                let cfg = config(graph_routing(), h, i, t);
+                CutlassMoe::new_fp8_blocks(cfg, w.views(), w.scales(&g)).unwrap()
+            })
+            .collect();
+        graph_of_layers(&g, test, t, &moes);
+    }
+}
+
+/// Scales and sizes the kernels cannot use, and schedules they do not have, are refused at
+/// construction.
+#[test]
+fn fp8_blocks_bad_scales_sizes_and_schedules_are_refused() {
+    let test = "cutlass_moe_fp8_blocks::fp8_blocks_bad_scales_sizes_and_schedules_are_refused";
+    let Some(g) = gpu(test) else { return };
+    let (e, h, i) = (8u32, 256, 128);
+    let w = block_weights(&g, e as usize, h, i, 5);
+    let cfg = config(
+        RoutingConfig::new(RoutingMethod::Renormalize, e, 2),
+        h,
+        i,
+        4,
+    );
+    if block_layer_here(&g, cfg, &w, test).is_none() {
+        return;
+    }
+    let refused = |what: &str, got: flashinfer_rs::Result<CutlassMoe<CudaView<'_, E4m3>>>| {
+        match got {
+            Err(Error::InvalidArgument { .. }) => {}
+            other => panic!("{test}: {what}: {other:?}"),
+        }
+    };
+    let with = |fc1: Vec<f32>, fc2: Vec<f32>| CutlassBlockScales {
+        fc1: g.stream.clone_htod(&fc1).unwrap(),
+        fc2: g.stream.clone_htod(&fc2).unwrap(),
+    };
+    let (s1, s2) = (w.fc1_scales.clone(), w.fc2_scales.clone());
+    for (what, v) in [("NaN", f32::NAN), ("inf", f32::INFINITY), ("negative", -1.0)] {
+        let mut bad = s1.clone();
+        bad[5] = v;
+        refused(
+            what,
+            CutlassMoe::new_fp8_blocks(cfg, w.views(), with(bad, s2.clone())),
+        );
+        let mut bad = s2.clone();
+        bad[s2.len() - 1] = v;
+        refused(
+            what,
+            CutlassMoe::new_fp8_blocks(cfg, w.views(), with(s1.clone(), bad)),
+        );
+    }
+    refused(
+        "short fc1 scales",
+        CutlassMoe::new_fp8_blocks(cfg, w.views(), with(s1[1..].to_vec(), s2.clone())),
+    );
+    refused(
+        "long fc2 scales",
+        CutlassMoe::new_fp8_blocks(cfg, w.views(), with(s1.clone(), [&s2[..], &[1.0]].concat())),
+    );
+    for schedule in [CutlassSchedule::Tactics(0, 0), CutlassSchedule::DecodeUpTo(4)] {
+        refused(
+            &format!("{schedule:?}"),
+            CutlassMoe::fp8_blocks_with_schedule(cfg, w.views(), w.scales(&g), schedule),
+        );
+    }
+    // 192 is a multiple of 64 (the bf16 layer's rule), not of 128.
+    let odd = block_weights(&g, e as usize, 128, 128, 6);
+    let fc1 = g.stream.alloc_zeros::<E4m3>(e as usize * 2 * 192 * 128).unwrap();
+    let fc2 = g.stream.alloc_zeros::<E4m3>(e as usize * 192 * 128).unwrap();
+    let weights = CutlassWeights {
+        fc1: fc1.as_view(),
+        fc2: fc2.as_view(),
+    };
+    let cfg192 = CutlassMoeConfig {
+        intermediate_size: 192,
+        hidden_size: 128,
+        ..cfg
+    };
+    refused(
+        "intermediate 192",
+        CutlassMoe::new_fp8_blocks(cfg192, weights, odd.scales(&g)),
+    );
+}
+
+/// A DeepSeek-V3-shaped block (hidden 7168, intermediate 2048, 16 experts, top-8, 33 tokens)
+/// from per-expert `gate_proj`, `up_proj` and `down_proj` as a checkpoint ships them (e4m3 and
+/// `weight_scale_inv`), assembled with `prepare::fc1_from_gate_up`: checked against the
+/// reference here, and, when `FLASHINFER_RS_FP8_BLOCKS_EXPORT` names a folder, written there
+/// (operands and output) for `scripts/transformers_fp8_blocks.py`, which runs transformers'
+/// own fine-grained fp8 path on them.
+#[test]
+fn fp8_blocks_a_checkpoint_shaped_block_for_transformers() {
+    let test = "cutlass_moe_fp8_blocks::fp8_blocks_a_checkpoint_shaped_block_for_transformers";
+    let Some(g) = gpu(test) else { return };
+    let (e, k, h, i, t) = (16usize, 8usize, 7168, 2048, 33);
+    let mut rng = SplitMix64(1234);
+    let mut quantised = |rows: usize, cols: usize| {
+        let w = values(&mut rng, e * rows * cols, 2.0 / (cols as f32).sqrt());
+        fp8_blocks(&w, e, rows, cols).unwrap()
+    };
+    let (gate, gate_s) = quantised(i, h);
+    let (up, up_s) = quantised(i, h);
+    let (down, down_s) = quantised(h, i);
+    let fc1 = fc1_from_gate_up(&gate, &up, e, i, h).unwrap();
+    let fc1_s = fc1_from_gate_up(&gate_s, &up_s, e, i / 128, h / 128).unwrap();
+    let w = BlockWeights {
+        host: ExpertWeights {
+            w1: dequantise(&fc1, &fc1_s, 2 * i, h),
+            w2: dequantise(&down, &down_s, h, i),
+        },
+        fc1: g.stream.clone_htod(&fc1).unwrap(),
+        fc2: g.stream.clone_htod(&down).unwrap(),
+        fc1_scales: fc1_s,
+        fc2_scales: down_s.clone(),
+    };
+    let routing = RoutingConfig::new(RoutingMethod::Renormalize, e as u32, k as u32);
+    let cfg = config(routing, h, i, t);
+    let Some(layer) = block_layer_here(&g, cfg, &w, test) else {
+        return;
+    };
+    let d = case(&routing, t, 1235);
+    let x = values(&mut SplitMix64(1236), t * h, 1.0);
+    let mut tally = Tally::new(&g);
+    check(&mut tally, &layer, &w.host, &d, &x, || "checkpoint-shaped".into());
+    tally.report(test);
+    let Some(dir) = std::env::var_os("FLASHINFER_RS_FP8_BLOCKS_EXPORT") else {
+        eprintln!("{test}: FLASHINFER_RS_FP8_BLOCKS_EXPORT unset: nothing written for transformers");
+        return;
+    };
+    let dir = std::path::PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = run_once(&g, &layer, &d, &x);
+    let bits = |v: &[f32]| -> Vec<u8> {
+        v.iter()
+            .flat_map(|&x| bf16::from_f32(x).to_bits().to_le_bytes())
+            .collect()
+    };
+    let f32s = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let codes = |v: &[E4m3]| -> Vec<u8> { v.iter().map(|c| c.0).collect() };
+    let ids: Vec<u8> = d.want.ids.iter().flat_map(|&v| (v as i32).to_le_bytes()).collect();
+    let meta = format!(
+        "{{\"tokens\": {t}, \"hidden\": {h}, \"intermediate\": {i}, \"experts\": {e}, \"top_k\": {k}}}\n"
+    );
+    for (name, bytes) in [
+        ("meta.json", meta.into_bytes()),
+        ("hidden.bf16", bits(&x)),
+        ("ids.i32", ids),
+        ("weights.f32", f32s(&d.want.weights)),
+        ("gate.e4m3", codes(&gate)),
+        ("up.e4m3", codes(&up)),
+        ("down.e4m3", codes(&down)),
+        ("gate.scale.f32", f32s(&gate_s)),
+        ("up.scale.f32", f32s(&up_s)),
+        ("down.scale.f32", f32s(&down_s)),
+        ("output.bf16", bits(&out)),
+    ] {
+        std::fs::write(dir.join(name), bytes).unwrap();
+    }
+    eprintln!("{test}: wrote the block's operands and output to {}", dir.display());
+}

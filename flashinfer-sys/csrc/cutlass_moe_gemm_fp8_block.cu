@@ -1,0 +1,138 @@
+// cutlass_moe_gemm_fp8_block.cu (feature sm90-moe-fp8): the DeepSeek fp8 block-scale grouped
+// GEMM of the Hopper MoE layer, from upstream's kernels without upstream's unit.
+//
+// Upstream's fp8_blockscale_gemm.cu instantiates four runner classes over every dense, grouped
+// and strided-batch kernel of the header (about 17 WGMMA kernels, two Ada ones and DeepGEMM's
+// NVRTC host code: 477 s of one core in a cold CI, and a link to libnvrtc and five driver
+// calls we do not forward). The MoE runner calls one entry, moeGemm, with bf16 activations and
+// e4m3 weights; with FLASHINFER_RS_BLOCKSCALE_KERNELS_ONLY (patch 0012) the header keeps only
+// its templates, and this unit instantiates what that entry launches when DeepGEMM is off
+// (getDeepGemmEnabled() false: no JIT include directories, as in TensorRT-LLM's C++ runtime
+// without them): the 1x128 activation quantisation and Fp8Gemm's 128x64x128 grouped kernel.
+#ifndef FLASHINFER_RS_BLOCKSCALE_KERNELS_ONLY
+#error "the CUTLASS MoE tree lacks patch 0012 (python3 vendor/fetch.py sources)"
+#endif
+#include "fp8_blockscale_gemm/fp8_blockscale_gemm_kernel.cuh"
+
+#include <cuda_runtime_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+
+#include "moe_block_scale.h"
+
+namespace fi::block_scale {
+namespace {
+
+namespace bs = tensorrt_llm::kernels::fp8_blockscale_gemm;
+
+// The grouped kernel upstream's fp8_grouped_gemm_run takes without DeepGEMM.
+using GroupedGemm =
+    bs::Fp8Gemm<__nv_fp8_e4m3, bs::Layout::RowMajor, __nv_fp8_e4m3, bs::Layout::ColMajor,
+                __nv_bfloat16, bs::Layout::RowMajor, float, float, float, 128, 64, 128,
+                bs::ScaleType::PerSubChannel, bs::ScaleType::PerBlock, 1, 128, 128, 128>;
+
+[[noreturn]] void unused(const char* entry) {
+  throw std::runtime_error(std::string("flashinfer-rs builds the fp8 block-scale GEMM for the MoE "
+                                       "layer only; ") +
+                           entry + " is not in this build");
+}
+
+class MoeGemm final : public bs::CutlassFp8BlockScaleGemmRunnerInterface {
+ public:
+  // Workspace, as upstream's CutlassFp8BlockScaleGemmRunner<bf16, fp8, bf16> lays it out:
+  // [ e4m3 activations: max_m_4_ x K | their f32 scales: max_m_padded_ x ceil(K / 128) ].
+  void moeGemm(void* mat_d, void const* mat_a, void const* mat_b,
+               int64_t const* problem_m_offsets, size_t num_problems, size_t shape_n,
+               size_t shape_k, cudaStream_t stream, float const* /*scales_a*/,
+               float const* scales_b) override {
+    if (workspace_ == nullptr) throw std::runtime_error("block-scale GEMM: no workspace");
+    auto* fp8_a = reinterpret_cast<__nv_fp8_e4m3*>(workspace_);
+    auto* scales_a = reinterpret_cast<float*>(workspace_ + max_m_4_ * int64_t(shape_k));
+    if (sms_ < 0) sms_ = tensorrt_llm::common::getMultiProcessorCount();
+    const int problems = int(num_problems);
+
+    // As fp8_grouped_gemm_run: one warp per token and 128 columns, the expert found by a
+    // linear walk or, when the rows are few for the experts, a binary search.
+    constexpr int kThreads = 256;
+    const int scales_x = int(bs::div_up(shape_k, size_t(128)));
+    uint32_t mul = 0, shr = 0;
+    kernel_utils::find_divisor(mul, shr, scales_x);
+    const int smem = problems * int(sizeof(int64_t));
+    const int blocks = int(std::min<int64_t>(sms_, bs::div_up(max_m_4_ * scales_x,
+                                                              int64_t(kThreads / 32))));
+    const bool binary_search = double(max_m_4_) * scales_x / double(kThreads * blocks / 32) <=
+                               double(problems) / std::log2(double(problems));
+    auto quantize = binary_search ? bs::scale_1x128_kernel<true, __nv_bfloat16, __nv_fp8_e4m3>
+                                  : bs::scale_1x128_kernel<false, __nv_bfloat16, __nv_fp8_e4m3>;
+    cudaFuncSetAttribute(quantize, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    quantize<<<blocks, kThreads, smem, stream>>>(
+        fp8_a, scales_a, static_cast<__nv_bfloat16 const*>(mat_a), problem_m_offsets, problems,
+        int(shape_k), max_m_padded_, mul, shr);
+
+    GroupedGemm::run(fp8_a, reinterpret_cast<__nv_fp8_e4m3*>(const_cast<void*>(mat_b)),
+                     static_cast<__nv_bfloat16*>(mat_d), scales_a, scales_b, problems,
+                     problem_m_offsets, int(shape_n), int(shape_k), int(max_m_4_), stream,
+                     /*guessed_m=*/128, int(max_m_padded_));
+  }
+
+  // Upstream's sizes and their side effects on the layout (getWorkspaceSizeBase): the rows
+  // of the largest call seen so far, padded as DeepGEMM's scheduler pads each expert's rows.
+  size_t getWorkspaceSizeBase(size_t max_shape_m, size_t /*shape_n*/, size_t shape_k,
+                              size_t num_problems) override {
+    max_m_4_ = std::max(max_m_4_, int64_t(bs::div_up(max_shape_m, size_t(4)) * 4));
+    max_m_padded_ = deep_gemm::compute_padded_offset(int64_t(max_shape_m), int64_t(num_problems));
+    return size_t(max_m_4_) * shape_k * sizeof(__nv_fp8_e4m3) +
+           size_t(max_m_padded_) * bs::div_up(shape_k, size_t(128)) * sizeof(float);
+  }
+
+  size_t getWorkspaceSize(size_t shape_m, size_t shape_n, size_t shape_k, size_t top_k,
+                          size_t num_problems) override {
+    return getWorkspaceSizeBase(shape_m * top_k, shape_n, shape_k, num_problems);
+  }
+
+  void gemm(void*, void const*, void const*, int, int, int, cudaStream_t, float const*,
+            float const*) override {
+    unused("the dense GEMM");
+  }
+  void gemm(__nv_fp8_e4m3 const*, int, __nv_fp8_e4m3 const*, int, __nv_bfloat16*, int, int, int,
+            int, float const*, float const*, cudaStream_t) override {
+    unused("the dense fp8 GEMM");
+  }
+  void strideBatchGemm(__nv_bfloat16*, int, int, __nv_fp8_e4m3*, int, int, __nv_fp8_e4m3*, int,
+                       int, int, int, int, int, cudaStream_t, float*, int, float*) override {
+    unused("the strided-batch GEMM");
+  }
+  void fp8CS1x128(__nv_fp8_e4m3*, float*, __nv_bfloat16 const*, int, int,
+                  cudaStream_t) override {
+    unused("fp8CS1x128");
+  }
+  void fp8CS1x128Reshape(__nv_fp8_e4m3*, float*, __nv_bfloat16 const*, int, int, int, int,
+                         cudaStream_t) override {
+    unused("fp8CS1x128Reshape");
+  }
+  void fp8CS128x128(__nv_fp8_e4m3*, float*, __nv_bfloat16 const*, int, int,
+                    cudaStream_t) override {
+    unused("fp8CS128x128");
+  }
+  size_t getFP8DataSize(int, int, bool) override { unused("getFP8DataSize"); }
+  size_t getActScaleSize(int, int) override { unused("getActScaleSize"); }
+  size_t getWeightScaleSize(int, int) override { unused("getWeightScaleSize"); }
+  size_t getActWorkspaceSize(int, int) override { unused("getActWorkspaceSize"); }
+  size_t getWeightWorkspaceSize(int, int) override { unused("getWeightWorkspaceSize"); }
+
+ private:
+  int64_t max_m_4_ = 0;
+  int64_t max_m_padded_ = 0;
+  int sms_ = -1;
+};
+
+}  // namespace
+
+std::unique_ptr<bs::CutlassFp8BlockScaleGemmRunnerInterface> make_moe_gemm() {
+  return std::make_unique<MoeGemm>();
+}
+
+}  // namespace fi::block_scale

@@ -15,14 +15,17 @@
 #                             it calls (`write_zeros_to_output`), its launcher
 #                             (`invoke_fused_moe_triton_kernel`), the config choice (`get_config_file_name`,
 #                             `get_moe_configs`, `get_default_config`, `try_get_optimal_moe_config`)
-#                             and `_prepare_expert_assignment`, cut verbatim with Python's ast from the
-#                             wheel (fused_moe.py imports vLLM internals, so it cannot be imported alone),
-#                             after a prelude, not vLLM's, that stands in for the internals they name.
+#                             and `_prepare_expert_assignment`; and (for --fp8-blocks) fp8_utils.py's
+#                             `_per_token_group_quant_fp8`, the Triton kernel of per_token_group_quant_fp8's
+#                             fallback; cut verbatim with Python's ast from the wheel (fused_moe.py imports
+#                             vLLM internals, so it cannot be imported alone), after a prelude, not vLLM's,
+#                             that stands in for the internals they name.
 #                             vLLM's `moe_align_block_size` is a CUDA op in vllm._C (0.26 has no Triton
 #                             or torch fallback): the bench supplies a torch one.
-#   configs/                  vLLM's tuned bf16 configs for the two benched layers (E=128,N=768 and
+#   configs/                  vLLM's tuned configs for the two benched layers (E=128,N=768 and
 #                             E=256,N=2048, every GPU the wheel has one for; get_moe_configs reads them
-#                             from configs/ beside the module, as in vLLM).
+#                             from configs/ beside the module, as in vLLM): bf16 (no dtype in the name) and
+#                             block fp8 (`,dtype=fp8_w8a8,block_shape=[128,128]`, for --fp8-blocks).
 #   LICENSE, SOURCE.txt       vLLM's license (Apache-2.0); the wheel, its sha256, each member taken and
 #                             its sha256 (checked against the wheel's RECORD).
 set -euo pipefail
@@ -88,9 +91,13 @@ TAKE = [
         "get_config_file_name", "get_moe_configs", "should_moe_wna16_use_cuda",
         "get_default_config", "try_get_optimal_moe_config", "_prepare_expert_assignment",
     ]),
+    # The Triton kernel only: its wrapper, per_token_group_quant_fp8, calls vllm._C's CUDA op first.
+    ("vllm/model_executor/layers/quantization/utils/fp8_utils.py", ["_per_token_group_quant_fp8"]),
 ]
-# The tuned configs of the benched layers (bf16: no dtype, no block shape in the name).
+# The tuned configs of the benched layers: bf16 (no dtype, no block shape in the name) and block
+# fp8 (what try_get_optimal_moe_config reads for DeepSeek-V3's format); never fp8 per tensor's.
 LAYERS = [(128, 768), (256, 2048)]
+KINDS = {"": "bf16", ",dtype=fp8_w8a8,block_shape=[128,128]": "block fp8"}
 
 z = zipfile.ZipFile(wheel_path)
 record = {}
@@ -248,24 +255,24 @@ with open(os.path.join(out, "vllm_fused_moe_kernel.py"), "w") as f:
     f.write(source)
 
 os.makedirs(os.path.join(out, "configs"))
-pattern = re.compile(r"E=(\d+),N=(\d+),device_name=([^,]+)\.json")
-found = {layer: [] for layer in LAYERS}
+pattern = re.compile(r"E=(\d+),N=(\d+),device_name=([^,]+)(|,dtype=fp8_w8a8,block_shape=\[128,128\])\.json")
+found = {(kind, layer): [] for kind in KINDS for layer in LAYERS}
 for name in sorted(z.namelist()):
     if not name.startswith(FUSED + "configs/"):
         continue
     m = pattern.fullmatch(os.path.basename(name))
-    if m and (int(m[1]), int(m[2])) in found:
+    if m and (m[4], (int(m[1]), int(m[2]))) in found:
         data, sha = member(name)
         with open(os.path.join(out, "configs", os.path.basename(name)), "wb") as f:
             f.write(data)
         manifest.append(f"  {name} {sha}")
-        found[(int(m[1]), int(m[2]))].append(m[3])
+        found[(m[4], (int(m[1]), int(m[2])))].append(m[3])
 data, sha = member(f"vllm-{version}.dist-info/licenses/LICENSE")
 manifest.append(f"  vllm-{version}.dist-info/licenses/LICENSE {sha}")
 with open(os.path.join(out, "LICENSE"), "wb") as f:
     f.write(data)
-for (e, n), gpus in found.items():
-    line = f"tuned bf16 configs E={e},N={n}: {', '.join(gpus) or 'none (vLLM uses get_default_config)'}"
+for (kind, (e, n)), gpus in found.items():
+    line = f"tuned {KINDS[kind]} configs E={e},N={n}: {', '.join(gpus) or 'none (vLLM uses get_default_config)'}"
     manifest.append(line)
     print("fetch-peers:", line)
 with open(os.path.join(out, "SOURCE.txt"), "w") as f:

@@ -9,9 +9,14 @@
 #                                          # scripts/fetch-peers.sh), the decode kernels' probe
 #     bash scripts/gpu-proof.sh layer [filter]   # gpu-pack.tar.xz: the Hopper layer's tests alone
 #                                          # (bf16 and fp8; test filter, default cutlass), the
-#                                          # layer bench (bf16 beside fp8), vLLM's Triton fused
-#                                          # MoE bf16 and fp8; `layer-tests [filter]` and
+#                                          # layer bench (bf16 beside fp8 per-tensor and block
+#                                          # scale), vLLM's Triton fused MoE bf16, fp8 and fp8
+#                                          # block scale; `layer-tests [filter]` and
 #                                          # `layer-bench` are its two halves (one call each)
+#     bash scripts/gpu-proof.sh transformers-fp8-blocks  # gpu-pack.tar.xz: a DeepSeek-V3-shaped
+#                                          # fp8 block through our layer, then through
+#                                          # transformers' fine-grained fp8 experts
+#                                          # (scripts/transformers_fp8_blocks.py)
 #     bash scripts/gpu-proof.sh serve      # gpu-pack-serve.tar.xz: serve suite on the Hopper
 #                                          # backend, client repro, fixtures
 #     bash scripts/gpu-proof.sh serve-bench ours|peer   # the served-model bench, one side
@@ -63,7 +68,17 @@ case ${1:-suite} in
       grep -E '^\|' "$out/bench-layer.log" > "$out/bench-layer.md" || true
       part bench-layer-vllm python3 scripts/bench_vllm_moe.py
       part bench-layer-vllm-fp8 python3 scripts/bench_vllm_moe.py --fp8
+      part bench-layer-vllm-fp8-blocks python3 scripts/bench_vllm_moe.py --fp8-blocks
     fi
+    ;;
+  transformers-fp8-blocks)
+    unpack gpu-pack.tar.xz
+    export FLASHINFER_RS_FP8_BLOCKS_EXPORT=/tmp/fp8-blocks-export
+    FLASHINFER_RS_REQUIRE_GPU=1 FLASHINFER_RS_REQUIRE_CUTLASS_MOE=1 \
+      part fp8-blocks-export gpu-pack/bin/gpu --test-threads=1 --nocapture \
+      fp8_blocks_a_checkpoint_shaped_block_for_transformers
+    part transformers-fp8-blocks python3 scripts/transformers_fp8_blocks.py \
+      "$FLASHINFER_RS_FP8_BLOCKS_EXPORT"
     ;;
   serve)
     tar xJf gpu-pack-serve.tar.xz
@@ -76,7 +91,8 @@ case ${1:-suite} in
       --only "${2:-ours}" --json "$out/serve-bench-${2:-ours}.json"
     ;;
   *)
-    echo "usage: $0 suite | layer|layer-tests [filter] | layer-bench | serve | serve-bench ours|peer" >&2
+    echo "usage: $0 suite | layer|layer-tests [filter] | layer-bench | transformers-fp8-blocks |" \
+      "serve | serve-bench ours|peer" >&2
     exit 2
     ;;
 esac

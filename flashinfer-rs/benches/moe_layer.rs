@@ -33,8 +33,9 @@ use flashinfer_rs::cudarc::driver::{
     CudaEvent, CudaSlice, CudaStream, CudaView, DeviceRepr, ValidAsZeroBits,
 };
 use flashinfer_rs::cutlass::{
-    CutlassBatch, CutlassBlockScales, CutlassElement, CutlassFp8Scales, CutlassMoe, CutlassMoeConfig, CutlassRouting,
-    CutlassSchedule, CutlassWeights, CutlassWorkspace, WeightBuffer,
+    CutlassBatch, CutlassBlockScales, CutlassElement, CutlassFp8Scales, CutlassMoe,
+    CutlassMoeConfig, CutlassRouting, CutlassSchedule, CutlassWeights, CutlassWorkspace,
+    WeightBuffer,
 };
 use flashinfer_rs::fused::E4m3;
 use flashinfer_rs::half::bf16;

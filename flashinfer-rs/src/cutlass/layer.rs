@@ -577,7 +577,10 @@ where
                 plan.check_fp8_blocks(s.fc1.len(), s.fc2.len())?;
                 same_context(
                     fc1.stream(),
-                    [("fc1 scales", s.fc1.stream()), ("fc2 scales", s.fc2.stream())],
+                    [
+                        ("fc1 scales", s.fc1.stream()),
+                        ("fc2 scales", s.fc2.stream()),
+                    ],
                 )?;
                 check_block_scale_values(&s)?;
                 Quant::Blocks(s)

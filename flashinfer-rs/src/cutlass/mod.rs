@@ -34,8 +34,9 @@ mod plan;
 pub mod prepare;
 
 pub use layer::{
-    CutlassBatch, CutlassBlockScales, CutlassElement, CutlassMoe, CutlassRouting, CutlassSchedule, CutlassTactic,
-    CutlassWeights, CutlassWorkspace, WeightBuffer, DECODE_MAX_EXPERT_SIZE, DECODE_MAX_TOKENS,
+    CutlassBatch, CutlassBlockScales, CutlassElement, CutlassMoe, CutlassRouting, CutlassSchedule,
+    CutlassTactic, CutlassWeights, CutlassWorkspace, WeightBuffer, DECODE_MAX_EXPERT_SIZE,
+    DECODE_MAX_TOKENS,
 };
 pub use plan::{
     CutlassBatchSizes, CutlassFp8Scales, CutlassMoeConfig, CutlassPlan, CutlassRoutingSizes,

@@ -82,23 +82,28 @@ pub fn fp8_blocks<T: Copy + Into<f32> + Sync>(
         )
     })?;
     let (row_blocks, col_blocks) = (rows / BLOCK, cols / BLOCK);
-    quantise_experts(weights, experts, row_blocks * col_blocks, |w, codes, scales| {
-        for (b, scale) in scales.iter_mut().enumerate() {
-            let (r0, c0) = ((b / col_blocks) * BLOCK, (b % col_blocks) * BLOCK);
-            let block_rows = || (r0..r0 + BLOCK).map(|r| r * cols + c0..r * cols + c0 + BLOCK);
-            let mut m = 0f32;
-            for span in block_rows() {
-                m = m.max(amax(&w[span])?);
-            }
-            *scale = if m > 0.0 { m / E4M3_MAX } else { 1.0 };
-            for span in block_rows() {
-                for (c, &x) in codes[span.clone()].iter_mut().zip(&w[span]) {
-                    *c = E4m3::from_f32(x.into() / *scale);
+    quantise_experts(
+        weights,
+        experts,
+        row_blocks * col_blocks,
+        |w, codes, scales| {
+            for (b, scale) in scales.iter_mut().enumerate() {
+                let (r0, c0) = ((b / col_blocks) * BLOCK, (b % col_blocks) * BLOCK);
+                let block_rows = || (r0..r0 + BLOCK).map(|r| r * cols + c0..r * cols + c0 + BLOCK);
+                let mut m = 0f32;
+                for span in block_rows() {
+                    m = m.max(amax(&w[span])?);
+                }
+                *scale = if m > 0.0 { m / E4M3_MAX } else { 1.0 };
+                for span in block_rows() {
+                    for (c, &x) in codes[span.clone()].iter_mut().zip(&w[span]) {
+                        *c = E4m3::from_f32(x.into() / *scale);
+                    }
                 }
             }
-        }
-        Ok(())
-    })
+            Ok(())
+        },
+    )
 }
 
 /// The side of a block-scale layer's weight blocks and of its activation groups.

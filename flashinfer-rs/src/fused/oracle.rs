@@ -361,7 +361,8 @@ pub fn round_fp8_groups(x: &[f32]) -> Vec<f32> {
                 1.0
             };
             let inv = 1.0 / s;
-            run.iter().map(move |&v| E4m3::from_f32(v * s).to_f32() * inv)
+            run.iter()
+                .map(move |&v| E4m3::from_f32(v * s).to_f32() * inv)
         })
         .collect()
 }

@@ -37,8 +37,8 @@ use crate::common::{gpu, Gpu};
 use crate::cutlass_moe::layer_here;
 use crate::cutlass_moe::on_hopper::{
     assert_batch_invariant, capture_store_records_the_routing, case, config, forward,
-    graph_of_layers, graph_routing, reference_of, to_f32, upload, values, BATCH_TOKENS,
-    CAPTURE_SHAPE, CAPTURE_TOKENS, GRAPH_SIZES,
+    graph_of_layers, graph_routing, reference_of, to_f32, upload, values, ATOL, BATCH_TOKENS,
+    CAPTURE_SHAPE, CAPTURE_TOKENS, GRAPH_SIZES, RTOL,
 };
 use crate::cutlass_moe_fp8::Tally;
 use crate::degenerate::one_per_method;
@@ -171,7 +171,8 @@ fn check(
 
 #[test]
 fn fp8_blocks_every_method_and_token_count_matches_the_reference() {
-    let test = "cutlass_moe_fp8_blocks::fp8_blocks_every_method_and_token_count_matches_the_reference";
+    let test =
+        "cutlass_moe_fp8_blocks::fp8_blocks_every_method_and_token_count_matches_the_reference";
     let Some(g) = gpu(test) else { return };
     let (h, i) = (256, 128);
     let mut tally = Tally::new(&g);
@@ -257,14 +258,32 @@ fn fp8_blocks_outliers_zeros_underflow_and_nan_tokens() {
             _ => -bf16::from_f32(3e-40).to_f32(),
         };
     }
-    let mut tally = Tally::new(&g);
-    check(&mut tally, &layer, &w.host, &d, &x, || {
-        "outliers, zeros, underflow".into()
-    });
-    tally.report(test);
-
+    // An outlier token's outputs reach 1e5 and its rounding errors scale with them, not with
+    // its routing weights: each token's outputs are compared over their own largest magnitude
+    // (at least 1), with the fp8 criteria.
+    let want = reference(&cfg, &d, &x, &w.host);
     let clean = run_once(&g, &layer, &d, &x);
-    assert!(clean.iter().all(|v| v.is_finite()), "{test}: a non-finite output");
+    assert!(
+        clean.iter().all(|v| v.is_finite()),
+        "{test}: a non-finite output"
+    );
+    let over_token_amax = |v: &[f32]| -> Vec<f32> {
+        v.chunks(h)
+            .zip(want.chunks(h))
+            .flat_map(|(row, w)| {
+                let m = w.iter().fold(1f32, |m, x| m.max(x.abs()));
+                row.iter().map(move |x| x / m)
+            })
+            .collect()
+    };
+    let (ws, gs) = (over_token_amax(&want), over_token_amax(&clean));
+    moe_oracle::check_accuracy(&ws, &gs, ATOL, RTOL, 0.99).unwrap();
+    moe_oracle::check_accuracy(&ws, &gs, 4.0 * ATOL, 4.0 * RTOL, 1.0).unwrap();
+    let zeros = &clean[7 * h..8 * h];
+    assert!(
+        zeros.iter().all(|&v| v == 0.0),
+        "{test}: the zero token's output is not zero"
+    );
     let nan_token = 20;
     let mut poisoned = x.clone();
     poisoned[nan_token * h + 5] = f32::NAN;
@@ -272,7 +291,10 @@ fn fp8_blocks_outliers_zeros_underflow_and_nan_tokens() {
     for tok in 0..t {
         let (a, b) = (&clean[tok * h..(tok + 1) * h], &got[tok * h..(tok + 1) * h]);
         if tok == nan_token {
-            assert!(b.iter().any(|v| v.is_nan()), "{test}: the NaN token's output has no NaN");
+            assert!(
+                b.iter().any(|v| v.is_nan()),
+                "{test}: the NaN token's output has no NaN"
+            );
         } else {
             assert_eq!(
                 a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
@@ -284,12 +306,7 @@ fn fp8_blocks_outliers_zeros_underflow_and_nan_tokens() {
 }
 
 /// The layer's output for `d` and `x`, as f32.
-fn run_once(
-    g: &Gpu,
-    layer: &CutlassMoe<CudaView<'_, E4m3>>,
-    d: &CaseData,
-    x: &[f32],
-) -> Vec<f32> {
+fn run_once(g: &Gpu, layer: &CutlassMoe<CudaView<'_, E4m3>>, d: &CaseData, x: &[f32]) -> Vec<f32> {
     let mut ws = layer.workspace(&g.stream).unwrap();
     let inputs = DeviceInputs::upload(&g.stream, d);
     let out = forward(g, layer, &mut ws, &inputs, &upload(g, x), d.tokens, false).unwrap();
@@ -317,7 +334,9 @@ fn fp8_blocks_expert_parallel_ranks_sum_only_their_experts() {
         let routing = full.with_local_experts((rank * per) as u32, per as u32);
         let cfg = config(routing, h, i, t);
         let layer = CutlassMoe::new_fp8_blocks(cfg, w.views(), w.scales(&g)).unwrap();
-        check(&mut tally, &layer, &w.host, &d, &x, || format!("rank {rank}"));
+        check(&mut tally, &layer, &w.host, &d, &x, || {
+            format!("rank {rank}")
+        });
     }
     tally.report(test);
 }
@@ -367,7 +386,9 @@ fn fp8_blocks_a_graph_of_layers_reruns_with_fresh_inputs() {
     let test = "cutlass_moe_fp8_blocks::fp8_blocks_a_graph_of_layers_reruns_with_fresh_inputs";
     let Some(g) = gpu(test) else { return };
     let (h, i) = GRAPH_SIZES;
-    let ws: Vec<BlockWeights> = (0..3).map(|l| block_weights(&g, 64, h, i, 40 + l)).collect();
+    let ws: Vec<BlockWeights> = (0..3)
+        .map(|l| block_weights(&g, 64, h, i, 40 + l))
+        .collect();
     for t in [57, 3] {
         if block_layer_here(&g, config(graph_routing(), h, i, t), &ws[0], test).is_none() {
             return;
@@ -400,18 +421,21 @@ fn fp8_blocks_bad_scales_sizes_and_schedules_are_refused() {
     if block_layer_here(&g, cfg, &w, test).is_none() {
         return;
     }
-    let refused = |what: &str, got: flashinfer_rs::Result<CutlassMoe<CudaView<'_, E4m3>>>| {
-        match got {
-            Err(Error::InvalidArgument { .. }) => {}
-            other => panic!("{test}: {what}: {other:?}"),
-        }
+    let refused = |what: &str, got: flashinfer_rs::Result<CutlassMoe<CudaView<'_, E4m3>>>| match got
+    {
+        Err(Error::InvalidArgument { .. }) => {}
+        other => panic!("{test}: {what}: {other:?}"),
     };
     let with = |fc1: Vec<f32>, fc2: Vec<f32>| CutlassBlockScales {
         fc1: g.stream.clone_htod(&fc1).unwrap(),
         fc2: g.stream.clone_htod(&fc2).unwrap(),
     };
     let (s1, s2) = (w.fc1_scales.clone(), w.fc2_scales.clone());
-    for (what, v) in [("NaN", f32::NAN), ("inf", f32::INFINITY), ("negative", -1.0)] {
+    for (what, v) in [
+        ("NaN", f32::NAN),
+        ("inf", f32::INFINITY),
+        ("negative", -1.0),
+    ] {
         let mut bad = s1.clone();
         bad[5] = v;
         refused(
@@ -433,7 +457,10 @@ fn fp8_blocks_bad_scales_sizes_and_schedules_are_refused() {
         "long fc2 scales",
         CutlassMoe::new_fp8_blocks(cfg, w.views(), with(s1.clone(), [&s2[..], &[1.0]].concat())),
     );
-    for schedule in [CutlassSchedule::Tactics(0, 0), CutlassSchedule::DecodeUpTo(4)] {
+    for schedule in [
+        CutlassSchedule::Tactics(0, 0),
+        CutlassSchedule::DecodeUpTo(4),
+    ] {
         refused(
             &format!("{schedule:?}"),
             CutlassMoe::fp8_blocks_with_schedule(cfg, w.views(), w.scales(&g), schedule),
@@ -441,8 +468,14 @@ fn fp8_blocks_bad_scales_sizes_and_schedules_are_refused() {
     }
     // 192 is a multiple of 64 (the bf16 layer's rule), not of 128.
     let odd = block_weights(&g, e as usize, 128, 128, 6);
-    let fc1 = g.stream.alloc_zeros::<E4m3>(e as usize * 2 * 192 * 128).unwrap();
-    let fc2 = g.stream.alloc_zeros::<E4m3>(e as usize * 192 * 128).unwrap();
+    let fc1 = g
+        .stream
+        .alloc_zeros::<E4m3>(e as usize * 2 * 192 * 128)
+        .unwrap();
+    let fc2 = g
+        .stream
+        .alloc_zeros::<E4m3>(e as usize * 192 * 128)
+        .unwrap();
     let weights = CutlassWeights {
         fc1: fc1.as_view(),
         fc2: fc2.as_view(),
@@ -497,10 +530,14 @@ fn fp8_blocks_a_checkpoint_shaped_block_for_transformers() {
     let d = case(&routing, t, 1235);
     let x = values(&mut SplitMix64(1236), t * h, 1.0);
     let mut tally = Tally::new(&g);
-    check(&mut tally, &layer, &w.host, &d, &x, || "checkpoint-shaped".into());
+    check(&mut tally, &layer, &w.host, &d, &x, || {
+        "checkpoint-shaped".into()
+    });
     tally.report(test);
     let Some(dir) = std::env::var_os("FLASHINFER_RS_FP8_BLOCKS_EXPORT") else {
-        eprintln!("{test}: FLASHINFER_RS_FP8_BLOCKS_EXPORT unset: nothing written for transformers");
+        eprintln!(
+            "{test}: FLASHINFER_RS_FP8_BLOCKS_EXPORT unset: nothing written for transformers"
+        );
         return;
     };
     let dir = std::path::PathBuf::from(dir);
@@ -513,7 +550,12 @@ fn fp8_blocks_a_checkpoint_shaped_block_for_transformers() {
     };
     let f32s = |v: &[f32]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
     let codes = |v: &[E4m3]| -> Vec<u8> { v.iter().map(|c| c.0).collect() };
-    let ids: Vec<u8> = d.want.ids.iter().flat_map(|&v| (v as i32).to_le_bytes()).collect();
+    let ids: Vec<u8> = d
+        .want
+        .ids
+        .iter()
+        .flat_map(|&v| (v as i32).to_le_bytes())
+        .collect();
     let meta = format!(
         "{{\"tokens\": {t}, \"hidden\": {h}, \"intermediate\": {i}, \"experts\": {e}, \"top_k\": {k}}}\n"
     );
@@ -532,5 +574,8 @@ fn fp8_blocks_a_checkpoint_shaped_block_for_transformers() {
     ] {
         std::fs::write(dir.join(name), bytes).unwrap();
     }
-    eprintln!("{test}: wrote the block's operands and output to {}", dir.display());
+    eprintln!(
+        "{test}: wrote the block's operands and output to {}",
+        dir.display()
+    );
 }

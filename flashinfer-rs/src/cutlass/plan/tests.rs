@@ -315,8 +315,14 @@ fn fp8_block_layers_need_128_multiples_and_one_scale_per_block() {
     let (fc1, fc2) = (32 * 2 * 16 * 56, 32 * 56 * 16);
     let p = plan(deepseek).unwrap();
     p.check_fp8_blocks(fc1, fc2).unwrap();
-    assert_eq!(arg(p.check_fp8_blocks(fc1 - 1, fc2).unwrap_err()), "fc1 scales");
-    assert_eq!(arg(p.check_fp8_blocks(fc1, fc2 + 16).unwrap_err()), "fc2 scales");
+    assert_eq!(
+        arg(p.check_fp8_blocks(fc1 - 1, fc2).unwrap_err()),
+        "fc1 scales"
+    );
+    assert_eq!(
+        arg(p.check_fp8_blocks(fc1, fc2 + 16).unwrap_err()),
+        "fc2 scales"
+    );
     // Qwen3-30B-A3B's 768 is a multiple of 128; 64-multiples that are not, and K past 20480,
     // pass the bf16 rules but not these.
     for (h, i, bad) in [

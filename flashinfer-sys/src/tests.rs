@@ -277,3 +277,104 @@ fn scratch_covers_the_route_map_over_read_and_small_bf16_intermediates() {
         }
     }
 }
+
+/// `fi_cutlass_moe_create` checks its params before it touches a device, so its refusals are
+/// testable without one: the fp8 block-scale rules (128-multiple sizes up to the GEMM's K, no
+/// decode kernels, no fixed tactics) and a bad weights enum each answer
+/// FI_STATUS_INVALID_ARGUMENT with a message naming the rule; the valid params get past them
+/// (to the device check here, to a layer on a Hopper GPU). A library without the CUTLASS MoE
+/// answers FI_STATUS_KERNELS_NOT_BUILT to every call.
+#[cfg(flashinfer_kernels)]
+#[test]
+fn cutlass_moe_create_refuses_bad_block_scale_params_before_any_device_call() {
+    use fi_cutlass_moe_weights::*;
+    let mut info: fi_build_info = unsafe { core::mem::zeroed() };
+    assert_eq!(
+        unsafe { fi_get_build_info(&mut info) },
+        fi_status::FI_STATUS_OK
+    );
+    let valid = fi_cutlass_moe_params {
+        num_experts: 8,
+        top_k: 2,
+        hidden_size: 256,
+        intermediate_size: 128,
+        ep_size: 1,
+        ep_rank: 0,
+        max_tokens: 16,
+        tactic_gemm1: -1,
+        tactic_gemm2: -1,
+        decode_max_tokens: 0,
+        weights: FI_CUTLASS_MOE_WEIGHTS_FP8_BLOCK as i32,
+    };
+    let create = |p: &fi_cutlass_moe_params| {
+        let mut layer = core::ptr::null_mut();
+        let status = unsafe { fi_cutlass_moe_create(p, &mut layer) };
+        unsafe { fi_cutlass_moe_destroy(layer) };
+        let msg = unsafe { core::ffi::CStr::from_ptr(fi_last_error_message()) };
+        (status, msg.to_string_lossy().into_owned())
+    };
+    let bad = [
+        (
+            fi_cutlass_moe_params {
+                hidden_size: 192,
+                ..valid
+            },
+            "multiples of 128",
+        ),
+        (
+            fi_cutlass_moe_params {
+                intermediate_size: 20480 + 128,
+                ..valid
+            },
+            "at most 20480",
+        ),
+        (
+            fi_cutlass_moe_params {
+                decode_max_tokens: 4,
+                ..valid
+            },
+            "no decode kernels",
+        ),
+        (
+            fi_cutlass_moe_params {
+                tactic_gemm1: 0,
+                tactic_gemm2: 0,
+                ..valid
+            },
+            "no tactics",
+        ),
+        (
+            fi_cutlass_moe_params {
+                weights: 7,
+                ..valid
+            },
+            "weights must be",
+        ),
+    ];
+    if info.has_cutlass_moe == 0 {
+        for (p, _) in &bad {
+            assert_eq!(create(p).0, fi_status::FI_STATUS_KERNELS_NOT_BUILT);
+        }
+        return;
+    }
+    for (p, rule) in &bad {
+        let (status, msg) = create(p);
+        assert_eq!(
+            status,
+            fi_status::FI_STATUS_INVALID_ARGUMENT,
+            "{rule}: {msg}"
+        );
+        assert!(msg.contains(rule), "{rule}: {msg}");
+    }
+    // bf16 weights keep the 64-multiple rule and their tactics.
+    let bf16 = fi_cutlass_moe_params {
+        hidden_size: 192,
+        decode_max_tokens: 4,
+        weights: FI_CUTLASS_MOE_WEIGHTS_BF16 as i32,
+        ..valid
+    };
+    for p in [valid, bf16] {
+        let (status, msg) = create(&p);
+        assert_ne!(status, fi_status::FI_STATUS_INVALID_ARGUMENT, "{msg}");
+    }
+}

@@ -42,14 +42,15 @@ use crate::cutlass_moe::on_hopper::{
 use crate::degenerate::one_per_method;
 use crate::routing::{CaseData, DeviceInputs};
 
-/// fp8 weights of `local` experts: the device codes, their scales, and the dequantised values
-/// the reference multiplies.
-struct Fp8Weights {
-    host: ExpertWeights,
-    fc1: CudaSlice<E4m3>,
-    fc2: CudaSlice<E4m3>,
-    fc1_scales: Vec<f32>,
-    fc2_scales: Vec<f32>,
+/// fp8 weights of `local` experts: the device codes, their scales (one per expert and GEMM, or
+/// one per 128x128 block: cutlass_moe_fp8_blocks), and the dequantised values the reference
+/// multiplies.
+pub(crate) struct Fp8Weights {
+    pub(crate) host: ExpertWeights,
+    pub(crate) fc1: CudaSlice<E4m3>,
+    pub(crate) fc2: CudaSlice<E4m3>,
+    pub(crate) fc1_scales: Vec<f32>,
+    pub(crate) fc2_scales: Vec<f32>,
 }
 
 fn dequantise(codes: &[E4m3], scales: &[f32]) -> Vec<f32> {
@@ -94,7 +95,7 @@ const FITTING: Inputs = Inputs {
 };
 
 impl Fp8Weights {
-    fn views(&self) -> CutlassWeights<CudaView<'_, E4m3>> {
+    pub(crate) fn views(&self) -> CutlassWeights<CudaView<'_, E4m3>> {
         CutlassWeights {
             fc1: self.fc1.as_view(),
             fc2: self.fc2.as_view(),
@@ -110,9 +111,21 @@ impl Fp8Weights {
         }
     }
 
-    /// Rank `rank`'s `per` experts.
-    fn rank_slice(&self, g: &Gpu, rank: usize, per: usize, h: usize, i: usize) -> Fp8Weights {
+    /// Rank `rank`'s `per` experts (and their scales, however many each has).
+    pub(crate) fn rank_slice(
+        &self,
+        g: &Gpu,
+        rank: usize,
+        per: usize,
+        h: usize,
+        i: usize,
+    ) -> Fp8Weights {
         let (n1, n2) = (per * 2 * i * h, per * h * i);
+        let experts = self.host.w2.len() / (h * i);
+        let (s1, s2) = (
+            self.fc1_scales.len() / experts * per,
+            self.fc2_scales.len() / experts * per,
+        );
         let codes = |d: &CudaSlice<E4m3>, n: usize| {
             let all = g.stream.clone_dtoh(d).unwrap();
             g.stream.clone_htod(&all[rank * n..(rank + 1) * n]).unwrap()
@@ -124,8 +137,8 @@ impl Fp8Weights {
             },
             fc1: codes(&self.fc1, n1),
             fc2: codes(&self.fc2, n2),
-            fc1_scales: self.fc1_scales[rank * per..(rank + 1) * per].to_vec(),
-            fc2_scales: self.fc2_scales[rank * per..(rank + 1) * per].to_vec(),
+            fc1_scales: self.fc1_scales[rank * s1..(rank + 1) * s1].to_vec(),
+            fc2_scales: self.fc2_scales[rank * s2..(rank + 1) * s2].to_vec(),
         }
     }
 }
@@ -139,13 +152,31 @@ fn fp8_layer_here<'w>(
     a: Inputs,
     test: &str,
 ) -> Option<CutlassMoe<CudaView<'w, E4m3>>> {
-    match CutlassMoe::new_fp8(cfg, w.views(), &w.scales(a)) {
+    fp8_here(
+        g,
+        cfg,
+        w,
+        test,
+        CutlassMoe::new_fp8(cfg, w.views(), &w.scales(a)),
+    )
+}
+
+/// `made`, an fp8 layer of `w`'s weights: `Some` where it runs; else the refusal is checked
+/// (off Hopper the bf16 layer is refused the same way, which layer_here checks; in a build
+/// without sm90-moe-fp8 it answers KernelsNotBuilt) and `None` returned.
+pub(crate) fn fp8_here<'w>(
+    g: &Gpu,
+    cfg: CutlassMoeConfig,
+    w: &Fp8Weights,
+    test: &str,
+    made: flashinfer_rs::Result<CutlassMoe<CudaView<'w, E4m3>>>,
+) -> Option<CutlassMoe<CudaView<'w, E4m3>>> {
+    match made {
         Ok(layer) => {
             assert!(flashinfer_rs::build_info().cutlass_moe_fp8);
             Some(layer)
         }
         Err(e) => {
-            // Off Hopper the bf16 layer is refused the same way; layer_here checks that.
             let probe = |n| upload(g, &vec![0.0; n]);
             let (fc1, fc2) = (probe(w.fc1.len()), probe(w.fc2.len()));
             let bf16_weights = CutlassWeights {

@@ -21,7 +21,7 @@
 //! - the operands and output of a small DeepSeek-V3-shaped block written for transformers'
 //!   own fine-grained fp8 path (`scripts/transformers_fp8_blocks.py`) when
 //!   `FLASHINFER_RS_FP8_BLOCKS_EXPORT` names a folder.
-use flashinfer_rs::cudarc::driver::{CudaSlice, CudaView};
+use flashinfer_rs::cudarc::driver::CudaView;
 use flashinfer_rs::cutlass::prepare::{fc1_from_gate_up, fp8_blocks};
 use flashinfer_rs::cutlass::{
     CutlassBlockScales, CutlassMoe, CutlassMoeConfig, CutlassSchedule, CutlassWeights,
@@ -34,25 +34,14 @@ use flashinfer_rs::routing::{RoutingConfig, RoutingMethod};
 use flashinfer_rs::Error;
 
 use crate::common::{gpu, Gpu};
-use crate::cutlass_moe::layer_here;
 use crate::cutlass_moe::on_hopper::{
     assert_batch_invariant, capture_store_records_the_routing, case, config, forward,
     graph_of_layers, graph_routing, reference_of, to_f32, upload, values, ATOL, BATCH_TOKENS,
     CAPTURE_SHAPE, CAPTURE_TOKENS, GRAPH_SIZES, RTOL,
 };
-use crate::cutlass_moe_fp8::Tally;
+use crate::cutlass_moe_fp8::{fp8_here, Fp8Weights, Tally};
 use crate::degenerate::one_per_method;
 use crate::routing::{CaseData, DeviceInputs};
-
-/// Block-scale weights of `local` experts: the device codes, their block scales (host), and
-/// the dequantised values the reference multiplies.
-struct BlockWeights {
-    host: ExpertWeights,
-    fc1: CudaSlice<E4m3>,
-    fc2: CudaSlice<E4m3>,
-    fc1_scales: Vec<f32>,
-    fc2_scales: Vec<f32>,
-}
 
 /// `codes` (`experts` stacked `[rows, cols]` matrices) times their blocks' `scales`, by the
 /// oracle's dequantiser, matrix by matrix.
@@ -65,13 +54,13 @@ fn dequantise(codes: &[E4m3], scales: &[f32], rows: usize, cols: usize) -> Vec<f
         .collect()
 }
 
-fn block_weights(g: &Gpu, local: usize, h: usize, i: usize, seed: u64) -> BlockWeights {
+fn block_weights(g: &Gpu, local: usize, h: usize, i: usize, seed: u64) -> Fp8Weights {
     let mut rng = SplitMix64(seed);
     let w1 = values(&mut rng, local * 2 * i * h, 2.0 / (h as f32).sqrt());
     let w2 = values(&mut rng, local * h * i, 2.0 / (i as f32).sqrt());
     let (q1, fc1_scales) = fp8_blocks(&w1, local, 2 * i, h).unwrap();
     let (q2, fc2_scales) = fp8_blocks(&w2, local, h, i).unwrap();
-    BlockWeights {
+    Fp8Weights {
         host: ExpertWeights {
             w1: dequantise(&q1, &fc1_scales, 2 * i, h),
             w2: dequantise(&q2, &fc2_scales, h, i),
@@ -83,68 +72,23 @@ fn block_weights(g: &Gpu, local: usize, h: usize, i: usize, seed: u64) -> BlockW
     }
 }
 
-impl BlockWeights {
-    fn views(&self) -> CutlassWeights<CudaView<'_, E4m3>> {
-        CutlassWeights {
-            fc1: self.fc1.as_view(),
-            fc2: self.fc2.as_view(),
-        }
-    }
-
-    /// The scales on the device, for one layer (which owns them).
-    fn scales(&self, g: &Gpu) -> CutlassBlockScales {
-        CutlassBlockScales {
-            fc1: g.stream.clone_htod(&self.fc1_scales).unwrap(),
-            fc2: g.stream.clone_htod(&self.fc2_scales).unwrap(),
-        }
-    }
-
-    /// Rank `rank`'s `per` experts.
-    fn rank_slice(&self, g: &Gpu, rank: usize, per: usize, h: usize, i: usize) -> BlockWeights {
-        let (n1, n2) = (per * 2 * i * h, per * h * i);
-        // Scales per rank: one per 128x128 block of its matrices.
-        let (s1, s2) = (n1 / (128 * 128), n2 / (128 * 128));
-        let codes = |d: &CudaSlice<E4m3>, n: usize| {
-            let all = g.stream.clone_dtoh(d).unwrap();
-            g.stream.clone_htod(&all[rank * n..(rank + 1) * n]).unwrap()
-        };
-        BlockWeights {
-            host: ExpertWeights {
-                w1: self.host.w1[rank * n1..(rank + 1) * n1].to_vec(),
-                w2: self.host.w2[rank * n2..(rank + 1) * n2].to_vec(),
-            },
-            fc1: codes(&self.fc1, n1),
-            fc2: codes(&self.fc2, n2),
-            fc1_scales: self.fc1_scales[rank * s1..(rank + 1) * s1].to_vec(),
-            fc2_scales: self.fc2_scales[rank * s2..(rank + 1) * s2].to_vec(),
-        }
+/// The block scales of `w` on the device, for one layer (which owns them).
+fn block_scales(g: &Gpu, w: &Fp8Weights) -> CutlassBlockScales {
+    CutlassBlockScales {
+        fc1: g.stream.clone_htod(&w.fc1_scales).unwrap(),
+        fc2: g.stream.clone_htod(&w.fc2_scales).unwrap(),
     }
 }
 
-/// A block-scale layer for this machine: `Some` where it runs; else the refusal is checked
-/// (the bf16 layer's) and `None` returned.
+/// A block-scale layer of `w` for this machine (`fp8_here`).
 fn block_layer_here<'w>(
     g: &Gpu,
     cfg: CutlassMoeConfig,
-    w: &'w BlockWeights,
+    w: &'w Fp8Weights,
     test: &str,
 ) -> Option<CutlassMoe<CudaView<'w, E4m3>>> {
-    match CutlassMoe::new_fp8_blocks(cfg, w.views(), w.scales(g)) {
-        Ok(layer) => {
-            assert!(flashinfer_rs::build_info().cutlass_moe_fp8);
-            Some(layer)
-        }
-        Err(e) => {
-            let probe = |n| upload(g, &vec![0.0; n]);
-            let (fc1, fc2) = (probe(w.fc1.len()), probe(w.fc2.len()));
-            let bf16_weights = CutlassWeights {
-                fc1: fc1.as_view(),
-                fc2: fc2.as_view(),
-            };
-            layer_here(cfg, bf16_weights, test)?;
-            panic!("{test}: the bf16 layer runs here but the block-scale one was refused: {e:?}")
-        }
-    }
+    let made = CutlassMoe::new_fp8_blocks(cfg, w.views(), block_scales(g, w));
+    fp8_here(g, cfg, w, test, made)
 }
 
 /// The reference output of `d` (its oracle routing) on the operands the kernels see.
@@ -189,7 +133,7 @@ fn fp8_blocks_every_method_and_token_count_matches_the_reference() {
                 continue;
             }
             let cfg = config(routing, h, i, 2048);
-            let layer = CutlassMoe::new_fp8_blocks(cfg, w.views(), w.scales(&g)).unwrap();
+            let layer = CutlassMoe::new_fp8_blocks(cfg, w.views(), block_scales(&g, &w)).unwrap();
             assert_eq!(layer.decode_max_tokens(), 0);
             assert!(layer.tactics().unwrap().0.is_empty());
             for t in [1, 7, 64, 257, 2048] {
@@ -333,7 +277,7 @@ fn fp8_blocks_expert_parallel_ranks_sum_only_their_experts() {
         let w = all.rank_slice(&g, rank, per, h, i);
         let routing = full.with_local_experts((rank * per) as u32, per as u32);
         let cfg = config(routing, h, i, t);
-        let layer = CutlassMoe::new_fp8_blocks(cfg, w.views(), w.scales(&g)).unwrap();
+        let layer = CutlassMoe::new_fp8_blocks(cfg, w.views(), block_scales(&g, &w)).unwrap();
         check(&mut tally, &layer, &w.host, &d, &x, || {
             format!("rank {rank}")
         });
@@ -359,8 +303,9 @@ fn fp8_blocks_rows_do_not_depend_on_the_rest_of_the_batch() {
     let x = values(&mut SplitMix64(33), t * h, 1.0);
     let schedule = CutlassSchedule::BatchInvariant;
     let invariant =
-        CutlassMoe::fp8_blocks_with_schedule(cfg, w.views(), w.scales(&g), schedule).unwrap();
-    let fastest = CutlassMoe::new_fp8_blocks(cfg, w.views(), w.scales(&g)).unwrap();
+        CutlassMoe::fp8_blocks_with_schedule(cfg, w.views(), block_scales(&g, &w), schedule)
+            .unwrap();
+    let fastest = CutlassMoe::new_fp8_blocks(cfg, w.views(), block_scales(&g, &w)).unwrap();
     assert_batch_invariant(&g, test, [&invariant, &fastest], &d, &x);
 }
 
@@ -386,7 +331,7 @@ fn fp8_blocks_a_graph_of_layers_reruns_with_fresh_inputs() {
     let test = "cutlass_moe_fp8_blocks::fp8_blocks_a_graph_of_layers_reruns_with_fresh_inputs";
     let Some(g) = gpu(test) else { return };
     let (h, i) = GRAPH_SIZES;
-    let ws: Vec<BlockWeights> = (0..3)
+    let ws: Vec<Fp8Weights> = (0..3)
         .map(|l| block_weights(&g, 64, h, i, 40 + l))
         .collect();
     for t in [57, 3] {
@@ -397,7 +342,7 @@ fn fp8_blocks_a_graph_of_layers_reruns_with_fresh_inputs() {
             .iter()
             .map(|w| {
                 let cfg = config(graph_routing(), h, i, t);
-                CutlassMoe::new_fp8_blocks(cfg, w.views(), w.scales(&g)).unwrap()
+                CutlassMoe::new_fp8_blocks(cfg, w.views(), block_scales(&g, w)).unwrap()
             })
             .collect();
         graph_of_layers(&g, test, t, &moes);
@@ -463,7 +408,7 @@ fn fp8_blocks_bad_scales_sizes_and_schedules_are_refused() {
     ] {
         refused(
             &format!("{schedule:?}"),
-            CutlassMoe::fp8_blocks_with_schedule(cfg, w.views(), w.scales(&g), schedule),
+            CutlassMoe::fp8_blocks_with_schedule(cfg, w.views(), block_scales(&g, &w), schedule),
         );
     }
     // 192 is a multiple of 64 (the bf16 layer's rule), not of 128.
@@ -487,7 +432,7 @@ fn fp8_blocks_bad_scales_sizes_and_schedules_are_refused() {
     };
     refused(
         "intermediate 192",
-        CutlassMoe::new_fp8_blocks(cfg192, weights, odd.scales(&g)),
+        CutlassMoe::new_fp8_blocks(cfg192, weights, block_scales(&g, &odd)),
     );
 }
 
@@ -512,7 +457,7 @@ fn fp8_blocks_a_checkpoint_shaped_block_for_transformers() {
     let (down, down_s) = quantised(h, i);
     let fc1 = fc1_from_gate_up(&gate, &up, e, i, h).unwrap();
     let fc1_s = fc1_from_gate_up(&gate_s, &up_s, e, i / 128, h / 128).unwrap();
-    let w = BlockWeights {
+    let w = Fp8Weights {
         host: ExpertWeights {
             w1: dequantise(&fc1, &fc1_s, 2 * i, h),
             w2: dequantise(&down, &down_s, h, i),

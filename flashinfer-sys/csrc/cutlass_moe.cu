@@ -103,8 +103,6 @@ void validate(const fi_cutlass_moe_params& p) {
     fi::require(p.hidden_size <= 20480 && p.intermediate_size <= 20480,
                 "fp8 block-scale weights: hidden_size and intermediate_size must be at most "
                 "20480 (the block-scale GEMM's largest K)");
-    fi::require(p.decode_max_tokens == 0,
-                "fp8 block-scale weights have no decode kernels: decode_max_tokens must be 0");
     fi::require(p.tactic_gemm1 == -1 && p.tactic_gemm2 == -1,
                 "fp8 block-scale weights have no tactics: tactic_gemm1 and tactic_gemm2 must be "
                 "-1");
@@ -282,7 +280,8 @@ extern "C" fi_status fi_cutlass_moe_create(const fi_cutlass_moe_params* params,
     layer->decode_offset = align_up(layer->map_offset + map_bytes);
     size_t decode_bytes =
         fi::decode::workspace_bytes(std::min(params->decode_max_tokens, params->max_tokens),
-                                    params->top_k, params->intermediate_size);
+                                    params->top_k, params->hidden_size, params->intermediate_size,
+                                    block_scale(*params));
     layer->fp8_input_offset = align_up(layer->decode_offset + decode_bytes);
     size_t fp8_input_bytes = params->weights == FI_CUTLASS_MOE_WEIGHTS_FP8
                                  ? size_t(params->max_tokens) * size_t(params->hidden_size)
@@ -352,6 +351,7 @@ extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
           p.ep_rank * local,
           local,
           {b.fp8_input_quant, b.fp8_fc1_dequant, b.fp8_fc2_quant, b.fp8_fc2_dequant},
+          {b.fc1_block_scales, b.fc2_block_scales},
       };
       fi::decode::run(problem, static_cast<cudaStream_t>(stream));
       return;

@@ -424,9 +424,9 @@ typedef enum fi_cutlass_moe_weights {
    * GEMM quantises per token and 128 columns (scale amax / 448) (`CutlassMoeFCRunner<bf16,
    * fp8>` with upstream's use_deepseek_fp8_block_scale; feature sm90-moe-fp8): the scales in
    * fc1_block_scales and fc2_block_scales (fi_cutlass_moe_buffers). hidden_size and
-   * intermediate_size must be multiples of 128 and at most 20480; no decode kernels
-   * (decode_max_tokens 0) and no tactics (the tactic count is 0; tactic_gemm1 and tactic_gemm2
-   * must be -1): one 128x64 tile. */
+   * intermediate_size must be multiples of 128 and at most 20480; no tactics (the tactic count
+   * is 0; tactic_gemm1 and tactic_gemm2 must be -1): one 128x64 tile. The decode kernels take
+   * these weights too (decode_max_tokens), with the same quantisation. */
   FI_CUTLASS_MOE_WEIGHTS_FP8_BLOCK = 2,
 } fi_cutlass_moe_weights;
 

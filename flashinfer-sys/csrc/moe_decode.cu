@@ -25,10 +25,20 @@
 // they are read (as moe_fp8.cu quantises them for the grouped GEMMs), GEMM 1's sums scaled per
 // expert and rounded to bf16 (what the fp8 GEMM writes), SwiGLU in f32 quantised to e4m3 with
 // the activation scale into scratch, and GEMM 2's sums scaled per expert.
+//
+// fp8 block-scale weights (Problem::blocks) take them too, with the CUTLASS block-scale path's
+// arithmetic: the hidden states quantised per token and 128 columns first (quantize_groups,
+// upstream's scale_1x128_kernel's formula with patch 0013's finite scale), each lane's 16-value
+// partial dot scaled by its 128x128 weight block's scale and its input group's (a 16-value run
+// never crosses a 128 boundary), GEMM 1's sums rounded to bf16, SwiGLU rounded to bf16 and
+// quantised per 128 again before GEMM 2, whose partial dots are scaled the same way.
 #include "moe_decode.h"
 
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
+
+#include <cfloat>
+#include <type_traits>
 
 #include "moe_fp8.h"
 #include "status.h"
@@ -87,19 +97,41 @@ __device__ __forceinline__ float round_bf16(float v) {
   return __bfloat162float(__float2bfloat16(v));
 }
 
+// A token's hidden states.
+__device__ __forceinline__ const __nv_bfloat16* hidden_row(const Problem& p, int token) {
+  return p.hidden_states + size_t(token) * p.hidden;
+}
+
+// Where the weight formats below differ, each a struct of static functions:
+//   kVec, kBytes      values per 16-byte load; bytes per weight and per scratch activation
+//   input(p, t, c)    the kVec inputs of token t from column c, as the dot product takes them
+//   dot(w, x, acc)    acc + <w, x> over one load of each, in f32
+//   fc1_dot(...)      acc + GEMM 1's partial dot of row `fc1_row` of local expert e, columns
+//                     [c, c + kVec), with token t's inputs (dot, scaled where the format has
+//                     block scales)
+//   fc1_out(p, e, s)  GEMM 1's output from its sum
+//   fc2_scale(...)    the factor of GEMM 2's partial dot of hidden row `row` of expert e over
+//                     activation columns [c, c + kVec) of pair `pair` (besides the routing weight)
+//   store(p, at, a)   an activation into scratch
+
 // The bf16 weight format: 8 values per 16-byte load, the activations as they are.
 struct Bf16 {
   static constexpr int kVec = 8;
   static constexpr size_t kBytes = 2;  // per value, weights and scratch activations alike
-  // The kVec inputs from column c of x, as the dot product takes them.
-  static __device__ __forceinline__ uint4 input(const Problem&, const __nv_bfloat16* x, int c) {
-    return load(x + c);
+  static __device__ __forceinline__ uint4 input(const Problem& p, int token, int c) {
+    return load(hidden_row(p, token) + c);
   }
   static __device__ __forceinline__ float dot(uint4 w, uint4 x, float acc) {
     return dot_bf16(w, x, acc);
   }
+  static __device__ __forceinline__ float fc1_dot(const Problem&, int, int, int, int, uint4 w,
+                                                  uint4 x, float acc) {
+    return dot(w, x, acc);
+  }
   static __device__ __forceinline__ float fc1_out(const Problem&, int, float sum) { return sum; }
-  static __device__ __forceinline__ float fc2_scale(const Problem&, int) { return 1.f; }
+  static __device__ __forceinline__ float fc2_scale(const Problem&, int, int, int, int) {
+    return 1.f;
+  }
   // silu(gate) * up, rounded to bf16 (as the CUTLASS path and the reference round it).
   static __device__ __forceinline__ void store(const Problem& p, size_t at, float a) {
     static_cast<__nv_bfloat16*>(p.activations)[at] = __float2bfloat16(a);
@@ -111,7 +143,8 @@ struct Fp8 {
   static constexpr int kVec = 16;
   static constexpr size_t kBytes = 1;
   // 16 bf16 inputs times 1 / a1, to e4m3, by the grouped GEMMs' input quantisation (moe_fp8.h).
-  static __device__ __forceinline__ uint4 input(const Problem& p, const __nv_bfloat16* x, int c) {
+  static __device__ __forceinline__ uint4 input(const Problem& p, int token, int c) {
+    const __nv_bfloat16* x = hidden_row(p, token);
     const float q = *p.fp8.input_quant;
     const uint2 lo = fi::fp8::quantize8(load(x + c), q);
     const uint2 hi = fi::fp8::quantize8(load(x + c + 8), q);
@@ -120,11 +153,15 @@ struct Fp8 {
   static __device__ __forceinline__ float dot(uint4 w, uint4 x, float acc) {
     return dot_fp8(w, x, acc);
   }
+  static __device__ __forceinline__ float fc1_dot(const Problem&, int, int, int, int, uint4 w,
+                                                  uint4 x, float acc) {
+    return dot(w, x, acc);
+  }
   // GEMM 1's output: times a1 * w13[e], rounded to bf16 as the fp8 GEMM writes it.
   static __device__ __forceinline__ float fc1_out(const Problem& p, int e, float sum) {
     return round_bf16(sum * p.fp8.fc1_dequant[e]);
   }
-  static __device__ __forceinline__ float fc2_scale(const Problem& p, int e) {
+  static __device__ __forceinline__ float fc2_scale(const Problem& p, int e, int, int, int) {
     return p.fp8.fc2_dequant[e];
   }
   // silu(gate) * up times 1 / a2, to e4m3 (saturating), as the CUTLASS path's activation.
@@ -133,6 +170,77 @@ struct Fp8 {
         __nv_cvt_float_to_fp8(a * *p.fp8.fc2_quant, __NV_SATFINITE, __NV_E4M3);
   }
 };
+
+// The fp8 block-scale format: 16 e4m3 values per load, one f32 scale per 128x128 weight block
+// and per 128 values of a token's input (or activation), applied to each 16-value partial dot.
+struct Fp8Blocks {
+  static constexpr int kVec = 16;
+  static constexpr size_t kBytes = 1;
+  static constexpr int kBlock = 128;
+  // Token t's hidden states as quantize_groups left them.
+  static __device__ __forceinline__ uint4 input(const Problem& p, int token, int c) {
+    return load(p.blocks.input + size_t(token) * p.hidden + c);
+  }
+  static __device__ __forceinline__ float dot(uint4 w, uint4 x, float acc) {
+    return dot_fp8(w, x, acc);
+  }
+  static __device__ __forceinline__ float fc1_dot(const Problem& p, int e, int fc1_row, int token,
+                                                  int c, uint4 w, uint4 x, float acc) {
+    const int kb = c / kBlock, k_blocks = p.hidden / kBlock;
+    const float w_scale =
+        p.blocks.fc1[(size_t(e) * (2 * p.inter / kBlock) + fc1_row / kBlock) * k_blocks + kb];
+    const float x_scale = p.blocks.input_scales[size_t(token) * k_blocks + kb];
+    return fmaf(dot_fp8(w, x, 0.f), w_scale * x_scale, acc);
+  }
+  // GEMM 1's output, rounded to bf16 as the block-scale GEMM writes it.
+  static __device__ __forceinline__ float fc1_out(const Problem&, int, float sum) {
+    return round_bf16(sum);
+  }
+  static __device__ __forceinline__ float fc2_scale(const Problem& p, int e, int row, int pair,
+                                                    int c) {
+    const int kb = c / kBlock, k_blocks = p.inter / kBlock;
+    const float w_scale =
+        p.blocks.fc2[(size_t(e) * (p.hidden / kBlock) + row / kBlock) * k_blocks + kb];
+    return w_scale * p.blocks.activation_scales[size_t(pair) * k_blocks + kb];
+  }
+  // silu(gate) * up rounded to bf16 (the runner's activation output); quantize_groups makes
+  // GEMM 2's e4m3 input of it.
+  static __device__ __forceinline__ void store(const Problem& p, size_t at, float a) {
+    p.blocks.swiglu[at] = __float2bfloat16(a);
+  }
+};
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// grid ceil(rows * cols / 128 / kWarps), block kWarps warps: one warp per 128 values of a row
+// (cols a multiple of 128), as upstream's scale_1x128_kernel quantises them (patch 0013's
+// finite scale): s = 448 / amax (1 for zeros, at most FLT_MAX), e4m3(x * s) saturating, 1 / s
+// kept as the group's scale.
+__global__ void __launch_bounds__(kWarps* kWarp)
+    quantize_groups(const __nv_bfloat16* x, int rows, int cols, __nv_fp8_e4m3* q,
+                    float* inv_scales) {
+  const int lane = threadIdx.x % kWarp;
+  const int group = blockIdx.x * kWarps + threadIdx.x / kWarp;
+  const int per_row = cols / 128;
+  if (group >= rows * per_row) return;
+  const size_t at = size_t(group / per_row) * cols + size_t(group % per_row) * 128 + lane * 4;
+  const uint2 raw = *reinterpret_cast<const uint2*>(x + at);
+  const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
+  const float2 a = __bfloat1622float2(pairs[0]), b = __bfloat1622float2(pairs[1]);
+  const float amax =
+      warp_max(fmaxf(fmaxf(fabsf(a.x), fabsf(a.y)), fmaxf(fabsf(b.x), fabsf(b.y))));
+  const float s = amax != 0.f ? fminf(448.f / amax, FLT_MAX) : 1.f;
+  if (lane == 0) inv_scales[group] = 1.f / s;
+  __nv_fp8x2_storage_t lo = __nv_cvt_float2_to_fp8x2(make_float2(a.x * s, a.y * s),
+                                                     __NV_SATFINITE, __NV_E4M3);
+  __nv_fp8x2_storage_t hi = __nv_cvt_float2_to_fp8x2(make_float2(b.x * s, b.y * s),
+                                                     __NV_SATFINITE, __NV_E4M3);
+  *reinterpret_cast<uint32_t*>(q + at) = uint32_t(lo) | (uint32_t(hi) << 16);
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -200,14 +308,14 @@ __global__ void __launch_bounds__(kWarps* kWarp) fc1_swiglu(Problem p) {
 #pragma unroll
       for (int g = 0; g < kGroup; ++g) {
         if (g >= n) break;
-        const __nv_bfloat16* x = p.hidden_states + size_t(members[g] / p.top_k) * p.hidden;
+        const int token = members[g] / p.top_k;
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
           const int c = c0 + u * kStride;
           if (c < p.hidden) {
-            const uint4 xv = F::input(p, x, c);
-            acc_up[g] = F::dot(wu[u], xv, acc_up[g]);
-            acc_gate[g] = F::dot(wg[u], xv, acc_gate[g]);
+            const uint4 xv = F::input(p, token, c);
+            acc_up[g] = F::fc1_dot(p, expert, row, token, c, wu[u], xv, acc_up[g]);
+            acc_gate[g] = F::fc1_dot(p, expert, p.inter + row, token, c, wg[u], xv, acc_gate[g]);
           }
         }
       }
@@ -263,7 +371,9 @@ __global__ void __launch_bounds__(kWarps* kWarp) fc2_sum(Problem p) {
       chunk[u] = (i - k * chunks) * kStride + lane * kVec;
       const int e = i < items ? local_expert(p, first + k) : -1;
       pair[u] = (e >= 0 && chunk[u] < p.inter) ? first + k : -1;
-      scale[u] = pair[u] >= 0 ? p.expert_scales[pair[u]] * F::fc2_scale(p, e) : 0.f;
+      scale[u] = pair[u] >= 0
+                     ? p.expert_scales[pair[u]] * F::fc2_scale(p, e, row, pair[u], chunk[u])
+                     : 0.f;
       wv[u] = pair[u] >= 0 ? load_weights(static_cast<const char*>(p.fc2) +
                                           ((size_t(e) * p.hidden + row) * p.inter + chunk[u]) *
                                               F::kBytes)
@@ -283,18 +393,64 @@ __global__ void __launch_bounds__(kWarps* kWarp) fc2_sum(Problem p) {
 
 }  // namespace
 
-size_t workspace_bytes(int64_t tokens, int64_t top_k, int64_t inter) {
-  return size_t(tokens) * size_t(top_k) * size_t(inter) * sizeof(__nv_bfloat16);
+namespace {
+
+size_t align_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+// Where the scratch's parts start: first the activations GEMM 2 reads (bf16, or e4m3 in the
+// same bytes), then, for block scales, the bf16 activations before quantisation, their group
+// scales, and the quantised hidden states with theirs; each part 256-byte aligned.
+struct Layout {
+  size_t swiglu = 0, activation_scales = 0, input = 0, input_scales = 0, total = 0;
+};
+
+Layout layout(int64_t tokens, int64_t top_k, int64_t hidden, int64_t inter, bool block_scale) {
+  const size_t pairs = size_t(tokens) * size_t(top_k);
+  Layout l;
+  size_t at = align_up(pairs * size_t(inter) * sizeof(__nv_bfloat16));
+  if (block_scale) {
+    l.swiglu = at;
+    at = align_up(at + pairs * size_t(inter) * sizeof(__nv_bfloat16));
+    l.activation_scales = at;
+    at = align_up(at + pairs * size_t(inter / Fp8Blocks::kBlock) * sizeof(float));
+    l.input = at;
+    at = align_up(at + size_t(tokens) * size_t(hidden));
+    l.input_scales = at;
+    at = align_up(at + size_t(tokens) * size_t(hidden / Fp8Blocks::kBlock) * sizeof(float));
+  }
+  l.total = at;
+  return l;
+}
+
+// quantize_groups over `rows` rows of `cols` (a multiple of 128).
+void quantize(const __nv_bfloat16* x, int rows, int cols, __nv_fp8_e4m3* q, float* inv_scales,
+              cudaStream_t stream) {
+  const int groups = rows * (cols / Fp8Blocks::kBlock);
+  quantize_groups<<<(groups + kWarps - 1) / kWarps, kWarps * kWarp, 0, stream>>>(x, rows, cols, q,
+                                                                                inv_scales);
+  check_cuda(cudaGetLastError(), "the decode path's quantize_groups launch");
+}
+
+}  // namespace
+
+size_t workspace_bytes(int64_t tokens, int64_t top_k, int64_t hidden, int64_t inter,
+                       bool block_scale) {
+  return layout(tokens, top_k, hidden, inter, block_scale).total;
 }
 
 namespace {
 
+// fc1_swiglu, then (block scales) the activations quantised per 128, then fc2_sum.
 template <class F>
 void launch(const Problem& p, cudaStream_t stream) {
   const dim3 block(kWarps * kWarp);
   const unsigned pairs = unsigned(p.tokens) * unsigned(p.top_k);
   fc1_swiglu<F><<<dim3(pairs, (p.inter + kWarps - 1) / kWarps), block, 0, stream>>>(p);
   check_cuda(cudaGetLastError(), "the decode path's fc1_swiglu launch");
+  if constexpr (std::is_same_v<F, Fp8Blocks>) {
+    quantize(p.blocks.swiglu, int(pairs), p.inter, static_cast<__nv_fp8_e4m3*>(p.activations),
+             p.blocks.activation_scales, stream);
+  }
 
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(unsigned(p.tokens), (p.hidden + kWarps - 1) / kWarps);
@@ -311,7 +467,18 @@ void launch(const Problem& p, cudaStream_t stream) {
 }  // namespace
 
 void run(const Problem& p, cudaStream_t stream) {
-  if (p.fp8.input_quant != nullptr) {
+  if (p.blocks.fc1 != nullptr) {
+    // The quantised operands' places in the scratch, then the hidden states quantised there.
+    Problem q = p;
+    const Layout l = layout(p.tokens, p.top_k, p.hidden, p.inter, true);
+    char* scratch = static_cast<char*>(p.activations);
+    q.blocks.swiglu = reinterpret_cast<__nv_bfloat16*>(scratch + l.swiglu);
+    q.blocks.activation_scales = reinterpret_cast<float*>(scratch + l.activation_scales);
+    q.blocks.input = reinterpret_cast<__nv_fp8_e4m3*>(scratch + l.input);
+    q.blocks.input_scales = reinterpret_cast<float*>(scratch + l.input_scales);
+    quantize(p.hidden_states, p.tokens, p.hidden, q.blocks.input, q.blocks.input_scales, stream);
+    launch<Fp8Blocks>(q, stream);
+  } else if (p.fp8.input_quant != nullptr) {
     launch<Fp8>(p, stream);
   } else {
     launch<Bf16>(p, stream);

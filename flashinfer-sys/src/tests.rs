@@ -280,7 +280,7 @@ fn scratch_covers_the_route_map_over_read_and_small_bf16_intermediates() {
 
 /// `fi_cutlass_moe_create` checks its params before it touches a device, so its refusals are
 /// testable without one: the fp8 block-scale rules (128-multiple sizes up to the GEMM's K, no
-/// decode kernels, no fixed tactics) and a bad weights enum each answer
+/// fixed tactics) and a bad weights enum each answer
 /// FI_STATUS_INVALID_ARGUMENT with a message naming the rule; the valid params get past them
 /// (to the device check here, to a layer on a Hopper GPU). A library without the CUTLASS MoE
 /// answers FI_STATUS_KERNELS_NOT_BUILT to every call.
@@ -330,13 +330,6 @@ fn cutlass_moe_create_refuses_bad_block_scale_params_before_any_device_call() {
         ),
         (
             fi_cutlass_moe_params {
-                decode_max_tokens: 4,
-                ..valid
-            },
-            "no decode kernels",
-        ),
-        (
-            fi_cutlass_moe_params {
                 tactic_gemm1: 0,
                 tactic_gemm2: 0,
                 ..valid
@@ -373,7 +366,11 @@ fn cutlass_moe_create_refuses_bad_block_scale_params_before_any_device_call() {
         weights: FI_CUTLASS_MOE_WEIGHTS_BF16 as i32,
         ..valid
     };
-    for p in [valid, bf16] {
+    let block_decode = fi_cutlass_moe_params {
+        decode_max_tokens: 4,
+        ..valid
+    };
+    for p in [valid, bf16, block_decode] {
         let (status, msg) = create(&p);
         assert_ne!(status, fi_status::FI_STATUS_INVALID_ARGUMENT, "{msg}");
     }

@@ -476,11 +476,13 @@ impl<W: WeightBuffer<Element = E4m3>> CutlassMoe<W> {
     /// each 128-wide slice of K in f32 times the product of its two scales; GEMM 1's output is
     /// bf16, SwiGLU runs in f32 on it and is rounded to bf16 before GEMM 2 quantises it; the
     /// weighted sum is in f32. hidden and intermediate sizes must be multiples of 128 of at
-    /// most 20480. One kernel at every size (a 128x64 tile; no decode kernels, no tactics):
-    /// its rows do not depend on the rest of the batch, so every schedule but
-    /// [`Tactics`](CutlassSchedule::Tactics) and a [`DecodeUpTo`](CutlassSchedule::DecodeUpTo)
-    /// above 0 (refused) is batch invariant. Answers [`Error::KernelsNotBuilt`] in a build
-    /// without `sm90-moe-fp8`.
+    /// most 20480. One kernel at every size (a 128x64 tile, no tactics): its rows do not
+    /// depend on the rest of the batch, so the layer is batch invariant whatever its schedule
+    /// ([`Tactics`](CutlassSchedule::Tactics) is refused), except
+    /// [`DecodeUpTo`](CutlassSchedule::DecodeUpTo), which takes the decode kernels with the same
+    /// quantisation up to that many tokens (opt-in: **not yet run on a GPU**, see
+    /// docs/fp8-on-hopper.md section 8). Answers [`Error::KernelsNotBuilt`] in a build without
+    /// `sm90-moe-fp8`.
     pub fn new_fp8_blocks(
         config: CutlassMoeConfig,
         weights: CutlassWeights<W>,
@@ -494,8 +496,7 @@ impl<W: WeightBuffer<Element = E4m3>> CutlassMoe<W> {
         )
     }
 
-    /// [`new_fp8_blocks`](Self::new_fp8_blocks) with the kernels `schedule` says (which
-    /// changes nothing but what [`schedule`](Self::schedule) reports, see there).
+    /// [`new_fp8_blocks`](Self::new_fp8_blocks) with the kernels `schedule` says (see there).
     pub fn fp8_blocks_with_schedule(
         config: CutlassMoeConfig,
         weights: CutlassWeights<W>,
@@ -594,12 +595,9 @@ where
                     "fp8 block-scale layers have no tactics (one block-scale GEMM)",
                 ))
             }
-            (CutlassSchedule::DecodeUpTo(n), Quant::Blocks(_)) if n > 0 => {
-                return Err(Error::invalid(
-                    "schedule",
-                    "fp8 block-scale layers have no decode kernels (DecodeUpTo(0) only)",
-                ))
-            }
+            // The block-scale decode kernels only where asked for: not yet timed against the
+            // block-scale GEMM (docs/fp8-on-hopper.md, section 8).
+            (CutlassSchedule::DecodeUpTo(n), Quant::Blocks(_)) => ((-1, -1), n),
             // One kernel for every call.
             (_, Quant::Blocks(_)) => ((-1, -1), 0),
             (CutlassSchedule::Fastest, _) => ((-1, -1), default_decode_max_tokens(&config)),

@@ -17,6 +17,9 @@
 //!   group, a token of zeros, a token below 1.3e-36 (patch 0013: finite, not NaN), and a NaN
 //!   token that leaves its neighbours untouched;
 //! - expert parallelism (four ranks), batch invariance, a capture store, a CUDA graph;
+//! - the decode kernels with block scales (`CutlassSchedule::DecodeUpTo`, not yet run on a
+//!   GPU when written): odd token counts, a Qwen3-sized layer, an expert-parallel rank, and in
+//!   the CUDA graph;
 //! - bad scales and sizes refused with typed errors;
 //! - the operands and output of a small DeepSeek-V3-shaped block written for transformers'
 //!   own fine-grained fp8 path (`scripts/transformers_fp8_blocks.py`) when
@@ -324,8 +327,62 @@ fn fp8_blocks_a_capture_store_records_the_routing_the_layers_used() {
     capture_store_records_the_routing(&g, &layer, test);
 }
 
+/// The decode kernels on block-scale weights, forced onto every call (`DecodeUpTo`): odd token
+/// counts up to 64 (experts shared by many tokens) on a layer whose hidden size is not a
+/// multiple of the loads' 512 columns, a Qwen3-30B-A3B-sized layer, and one expert-parallel
+/// rank of four; against the same reference as the block-scale GEMM.
+#[test]
+fn fp8_blocks_decode_kernels_match_the_reference() {
+    let test = "cutlass_moe_fp8_blocks::fp8_blocks_decode_kernels_match_the_reference";
+    let Some(g) = gpu(test) else { return };
+    let mut tally = Tally::new(&g);
+    let mut run = |name: &str, cfg: CutlassMoeConfig, w: &Fp8Weights, t: usize, seed: u64| {
+        let schedule = CutlassSchedule::DecodeUpTo(usize::MAX);
+        let layer =
+            CutlassMoe::fp8_blocks_with_schedule(cfg, w.views(), block_scales(&g, w), schedule)
+                .unwrap();
+        assert_eq!(layer.decode_max_tokens(), cfg.max_tokens);
+        let d = case(&cfg.routing, t, seed);
+        let x = values(&mut SplitMix64(seed ^ 0x5eed), t * cfg.hidden_size, 1.0);
+        check(&mut tally, &layer, &w.host, &d, &x, || {
+            format!("{name} T={t}")
+        });
+    };
+    let (h, i) = (384, 256);
+    let w = block_weights(&g, 16, h, i, 121);
+    let routing = RoutingConfig::new(RoutingMethod::Renormalize, 16, 4);
+    if block_layer_here(&g, config(routing, h, i, 64), &w, test).is_none() {
+        return;
+    }
+    for t in [1, 2, 3, 4, 7, 33, 64] {
+        run(
+            "16 experts",
+            config(routing, h, i, 64),
+            &w,
+            t,
+            122 + t as u64,
+        );
+    }
+    let (h, i) = (2048, 768);
+    let qwen = block_weights(&g, 128, h, i, 123);
+    let routing = RoutingConfig::new(RoutingMethod::Renormalize, 128, 8);
+    for t in [1, 4] {
+        run(
+            "Qwen3-sized",
+            config(routing, h, i, 4),
+            &qwen,
+            t,
+            124 + t as u64,
+        );
+    }
+    let rank = qwen.rank_slice(&g, 2, 32, h, i);
+    let routing = routing.with_local_experts(64, 32);
+    run("rank 2 of 4", config(routing, h, i, 4), &rank, 3, 125);
+    tally.report(test);
+}
+
 /// Three block-scale layers chained in a CUDA graph, replayed with fresh inputs, at 57 and 3
-/// tokens.
+/// tokens; at 3 also through the decode kernels.
 #[test]
 fn fp8_blocks_a_graph_of_layers_reruns_with_fresh_inputs() {
     let test = "cutlass_moe_fp8_blocks::fp8_blocks_a_graph_of_layers_reruns_with_fresh_inputs";
@@ -338,14 +395,26 @@ fn fp8_blocks_a_graph_of_layers_reruns_with_fresh_inputs() {
         if block_layer_here(&g, config(graph_routing(), h, i, t), &ws[0], test).is_none() {
             return;
         }
-        let moes: Vec<_> = ws
-            .iter()
-            .map(|w| {
-                let cfg = config(graph_routing(), h, i, t);
-                CutlassMoe::new_fp8_blocks(cfg, w.views(), block_scales(&g, w)).unwrap()
-            })
-            .collect();
-        graph_of_layers(&g, test, t, &moes);
+        let schedules = if t == 3 {
+            vec![CutlassSchedule::Fastest, CutlassSchedule::DecodeUpTo(4)]
+        } else {
+            vec![CutlassSchedule::Fastest]
+        };
+        for schedule in schedules {
+            let moes: Vec<_> = ws
+                .iter()
+                .map(|w| {
+                    let cfg = config(graph_routing(), h, i, t);
+                    let scales = block_scales(&g, w);
+                    CutlassMoe::fp8_blocks_with_schedule(cfg, w.views(), scales, schedule).unwrap()
+                })
+                .collect();
+            assert_eq!(
+                moes[0].decode_max_tokens() >= t,
+                schedule != CutlassSchedule::Fastest
+            );
+            graph_of_layers(&g, test, t, &moes);
+        }
     }
 }
 
@@ -402,15 +471,11 @@ fn fp8_blocks_bad_scales_sizes_and_schedules_are_refused() {
         "long fc2 scales",
         CutlassMoe::new_fp8_blocks(cfg, w.views(), with(s1.clone(), [&s2[..], &[1.0]].concat())),
     );
-    for schedule in [
-        CutlassSchedule::Tactics(0, 0),
-        CutlassSchedule::DecodeUpTo(4),
-    ] {
-        refused(
-            &format!("{schedule:?}"),
-            CutlassMoe::fp8_blocks_with_schedule(cfg, w.views(), block_scales(&g, &w), schedule),
-        );
-    }
+    let fixed = CutlassSchedule::Tactics(0, 0);
+    refused(
+        "fixed tactics",
+        CutlassMoe::fp8_blocks_with_schedule(cfg, w.views(), block_scales(&g, &w), fixed),
+    );
     // 192 is a multiple of 64 (the bf16 layer's rule), not of 128.
     let odd = block_weights(&g, e as usize, 128, 128, 6);
     let fc1 = g

@@ -27,7 +27,8 @@ use half::bf16;
 
 use crate::capture::LayerViews;
 use crate::cutlass::{
-    CutlassBatch, CutlassMoe, CutlassRouting, CutlassWeights, CutlassWorkspace, WeightBuffer,
+    CutlassBatch, CutlassElement, CutlassMoe, CutlassRouting, CutlassWeights, CutlassWorkspace,
+    WeightBuffer,
 };
 use crate::error::{ensure, Error, Result};
 use crate::routing::{Logits, RouteInput, TopKOutputs, TopKRouter};
@@ -240,8 +241,12 @@ impl TopKRouter {
     }
 }
 
-impl<W: WeightBuffer<Element = bf16>> CutlassMoe<W> {
-    /// [`forward`](Self::forward) on candle tensors, on candle's stream of `hidden`'s device:
+impl<W: WeightBuffer> CutlassMoe<W>
+where
+    W::Element: CutlassElement,
+{
+    /// [`forward`](Self::forward) on candle tensors, on candle's stream of `hidden`'s device
+    /// (for any of the layer's weight formats: bf16, fp8 per-tensor or block scale):
     /// `hidden` `[tokens, hidden_size]` bf16 in, the layer's output `[tokens, hidden_size]`
     /// bf16 out (a new tensor). With `capture` the routed ids (and weights, when the store
     /// captures them) land in the capture store's layer views, as

@@ -474,6 +474,50 @@ fn fp8_a_graph_of_layers_reruns_with_fresh_inputs() {
     }
 }
 
+/// The decode tests' cases, for both fp8 formats: `run(name, config, weights, tokens, seed)` on
+/// token counts 1-64 (experts shared by many tokens) of a 16-expert layer of sizes `small`, on a
+/// Qwen3-30B-A3B-sized layer at 1 and 4 tokens, and on rank 2 of 4 of it at 3; `weights(local,
+/// h, i, seed)` makes a layer's weights, `here` says whether such a layer runs on this machine
+/// (else nothing runs).
+pub(crate) fn decode_cases(
+    g: &Gpu,
+    small: (usize, usize),
+    weights: impl Fn(usize, usize, usize, u64) -> Fp8Weights,
+    here: impl FnOnce(CutlassMoeConfig, &Fp8Weights) -> bool,
+    run: &mut impl FnMut(&str, CutlassMoeConfig, &Fp8Weights, usize, u64),
+) {
+    let (h, i) = small;
+    let w = weights(16, h, i, 21);
+    let routing = RoutingConfig::new(RoutingMethod::Renormalize, 16, 4);
+    if !here(config(routing, h, i, 64), &w) {
+        return;
+    }
+    for t in [1, 2, 3, 4, 7, 33, 64] {
+        run(
+            "16 experts",
+            config(routing, h, i, 64),
+            &w,
+            t,
+            22 + t as u64,
+        );
+    }
+    let (h, i) = (2048, 768);
+    let qwen = weights(128, h, i, 23);
+    let routing = RoutingConfig::new(RoutingMethod::Renormalize, 128, 8);
+    for t in [1, 4] {
+        run(
+            "Qwen3-sized",
+            config(routing, h, i, 4),
+            &qwen,
+            t,
+            24 + t as u64,
+        );
+    }
+    let rank = qwen.rank_slice(g, 2, 32, h, i);
+    let routing = routing.with_local_experts(64, 32);
+    run("rank 2 of 4", config(routing, h, i, 4), &rank, 3, 25);
+}
+
 /// The decode kernels on fp8 weights, forced onto every call: odd token counts up to 64 (experts
 /// shared by many tokens), a Qwen3-30B-A3B-sized layer, and one expert-parallel rank of four.
 #[test]
@@ -494,36 +538,10 @@ fn fp8_decode_kernels_match_the_reference() {
         let x = values(&mut SplitMix64(seed ^ 0x5eed), t * cfg.hidden_size, 1.0);
         tally.case(&layer, &w.host, FITTING, &d, &x, || format!("{name} T={t}"));
     };
-    let (h, i) = (320, 192); // not multiples of the loads' 512 and 32 x 16 columns
-    let w = fp8_weights(&g, 16, h, i, 21);
-    let routing = RoutingConfig::new(RoutingMethod::Renormalize, 16, 4);
-    if fp8_layer_here(&g, config(routing, h, i, 64), &w, FITTING, test).is_none() {
-        return;
-    }
-    for t in [1, 2, 3, 4, 7, 33, 64] {
-        run(
-            "16 experts",
-            config(routing, h, i, 64),
-            &w,
-            t,
-            22 + t as u64,
-        );
-    }
-    let (h, i) = (2048, 768);
-    let qwen = fp8_weights(&g, 128, h, i, 23);
-    let routing = RoutingConfig::new(RoutingMethod::Renormalize, 128, 8);
-    for t in [1, 4] {
-        run(
-            "Qwen3-sized",
-            config(routing, h, i, 4),
-            &qwen,
-            t,
-            24 + t as u64,
-        );
-    }
-    let rank = qwen.rank_slice(&g, 2, 32, h, i);
-    let routing = routing.with_local_experts(64, 32);
-    run("rank 2 of 4", config(routing, h, i, 4), &rank, 3, 25);
+    // Not multiples of the loads' 512 and 32 x 16 columns.
+    let weights = |local, h, i, seed| fp8_weights(&g, local, h, i, seed);
+    let here = |cfg, w: &Fp8Weights| fp8_layer_here(&g, cfg, w, FITTING, test).is_some();
+    decode_cases(&g, (320, 192), weights, here, &mut run);
     tally.report(test);
 }
 

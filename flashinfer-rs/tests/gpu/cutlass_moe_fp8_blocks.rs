@@ -42,7 +42,7 @@ use crate::cutlass_moe::on_hopper::{
     graph_of_layers, graph_routing, reference_of, to_f32, upload, values, ATOL, BATCH_TOKENS,
     CAPTURE_SHAPE, CAPTURE_TOKENS, GRAPH_SIZES, RTOL,
 };
-use crate::cutlass_moe_fp8::{fp8_here, Fp8Weights, Tally};
+use crate::cutlass_moe_fp8::{decode_cases, fp8_here, Fp8Weights, Tally};
 use crate::degenerate::one_per_method;
 use crate::routing::{CaseData, DeviceInputs};
 
@@ -348,36 +348,10 @@ fn fp8_blocks_decode_kernels_match_the_reference() {
             format!("{name} T={t}")
         });
     };
-    let (h, i) = (384, 256);
-    let w = block_weights(&g, 16, h, i, 121);
-    let routing = RoutingConfig::new(RoutingMethod::Renormalize, 16, 4);
-    if block_layer_here(&g, config(routing, h, i, 64), &w, test).is_none() {
-        return;
-    }
-    for t in [1, 2, 3, 4, 7, 33, 64] {
-        run(
-            "16 experts",
-            config(routing, h, i, 64),
-            &w,
-            t,
-            122 + t as u64,
-        );
-    }
-    let (h, i) = (2048, 768);
-    let qwen = block_weights(&g, 128, h, i, 123);
-    let routing = RoutingConfig::new(RoutingMethod::Renormalize, 128, 8);
-    for t in [1, 4] {
-        run(
-            "Qwen3-sized",
-            config(routing, h, i, 4),
-            &qwen,
-            t,
-            124 + t as u64,
-        );
-    }
-    let rank = qwen.rank_slice(&g, 2, 32, h, i);
-    let routing = routing.with_local_experts(64, 32);
-    run("rank 2 of 4", config(routing, h, i, 4), &rank, 3, 125);
+    // Multiples of 128 (the blocks), not of the loads' 512 columns.
+    let weights = |local, h, i, seed| block_weights(&g, local, h, i, seed);
+    let here = |cfg, w: &Fp8Weights| block_layer_here(&g, cfg, w, test).is_some();
+    decode_cases(&g, (384, 256), weights, here, &mut run);
     tally.report(test);
 }
 

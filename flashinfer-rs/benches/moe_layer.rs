@@ -18,7 +18,8 @@
 //! call). Beside it, the fp8 per-tensor layer on the same shapes (`CutlassMoe::new_fp8`, in a
 //! build with `sm90-moe-fp8`; capture off; its weights are half the bytes) and the fp8
 //! block-scale layer (`CutlassMoe::new_fp8_blocks`: DeepSeek-V3's fp8 format, one scale per
-//! 128x128 block, activations quantised per 128 inside; capture off), the decode
+//! 128x128 block, activations quantised per 128 inside; capture off) and its decode kernels
+//! forced up to 64 tokens (`CutlassSchedule::DecodeUpTo`, capture off), the bf16 decode
 //! kernels alone up to 64 tokens (`CutlassSchedule::DecodeUpTo`,
 //! capture off) and the fastest fixed tactic pair of the grouped GEMMs at that size
 //! (`CutlassSchedule::Tactics`, found by a search per GEMM, capture off, 10 replays each;
@@ -273,13 +274,17 @@ fn bench_model(g: &Gpu, m: &Model) {
         (layer, ws)
     });
     let mut fp8 = fp8;
-    // The same codes' magnitudes with one scale per 128x128 block.
-    let blocks = flashinfer_rs::build_info().cutlass_moe_fp8.then(|| {
+    // The same codes' magnitudes with one scale per 128x128 block; the layer as
+    // `new_fp8_blocks` makes it, and the decode kernels forced (both on the same weights).
+    let block_codes = flashinfer_rs::build_info().cutlass_moe_fp8.then(|| {
         let code = |u: f32| E4m3::from_f32(u * 448.0);
-        let (fc1, fc2) = (
+        (
             device_fill(g, e * 2 * i * h, 5, code),
             device_fill(g, e * h * i, 6, code),
-        );
+        )
+    });
+    let block_layer = |schedule| {
+        let (fc1, fc2) = block_codes.as_ref()?;
         let n = |rows: usize, cols: usize| e * (rows / 128) * (cols / 128);
         let scales = CutlassBlockScales {
             fc1: g
@@ -291,18 +296,25 @@ fn bench_model(g: &Gpu, m: &Model) {
                 .clone_htod(&vec![2.0 / (i as f32).sqrt() / 448.0; n(h, i)])
                 .unwrap(),
         };
-        let layer = CutlassMoe::new_fp8_blocks(config, CutlassWeights { fc1, fc2 }, scales);
+        let weights = CutlassWeights {
+            fc1: fc1.as_view(),
+            fc2: fc2.as_view(),
+        };
+        let layer = CutlassMoe::fp8_blocks_with_schedule(config, weights, scales, schedule);
         let layer = layer.unwrap();
         let ws = layer.workspace(&g.stream).unwrap();
-        (layer, ws)
-    });
-    let mut blocks = blocks;
+        Some((layer, ws))
+    };
+    let mut blocks = block_layer(CutlassSchedule::Fastest);
+    let mut block_decode = block_layer(CutlassSchedule::DecodeUpTo(DECODE_TIMED));
     println!(
         "\n### {} ({e} experts, top-{k}, hidden {h}, intermediate {i}; {} x {} tactics)\n",
         m.name, counts.0, counts.1
     );
-    println!("| tokens | layer, capture on (us) | capture off (us) | on / off | fp8 layer (us) | bf16 / fp8 | fp8 HBM use | fp8 block-scale layer (us) | bf16 / block | block HBM use | decode kernels (us) | best fixed tactics (us) | which | experts read | HBM use on their weights | dense bf16 peak |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|");
+    println!("| tokens | layer, capture on (us) | capture off (us) | on / off | fp8 layer (us) | bf16 / fp8 | fp8 HBM use | fp8 block-scale layer (us) | bf16 / block | block HBM use | block decode kernels (us) | decode kernels (us) | best fixed tactics (us) | which | experts read | HBM use on their weights | dense bf16 peak |");
+    println!(
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"
+    );
     for (n, &t) in TOKENS.iter().enumerate() {
         let mut b = Batch {
             tokens: t,
@@ -346,6 +358,13 @@ fn bench_model(g: &Gpu, m: &Model) {
         };
         let (fp8_time, fp8_ratio, fp8_hbm) = columns(fp8_us);
         let (block_time, block_ratio, block_hbm) = columns(block_us);
+        let block_decoded = match block_decode.as_mut() {
+            Some((layer, ws)) if t <= DECODE_TIMED => {
+                let us = time_graphs(g, layer, ws, &mut b, &[false], REPS)[0];
+                format!("{us:.1}")
+            }
+            _ => "-".into(),
+        };
         let flops = 2.0 * (t * k) as f64 * 3.0 * (h * i) as f64;
         let (hbm, peak) = match g.limits {
             Some((bw, fl)) => (
@@ -355,7 +374,7 @@ fn bench_model(g: &Gpu, m: &Model) {
             None => ("n/a".into(), "n/a".into()),
         };
         println!(
-            "| {t} | {on:.1} | {off:.1} | {:.3} | {fp8_time} | {fp8_ratio} | {fp8_hbm} | {block_time} | {block_ratio} | {block_hbm} | {decoded} | {best:.1} | {} / {} | {read} | {hbm} | {peak} |",
+            "| {t} | {on:.1} | {off:.1} | {:.3} | {fp8_time} | {fp8_ratio} | {fp8_hbm} | {block_time} | {block_ratio} | {block_hbm} | {block_decoded} | {decoded} | {best:.1} | {} / {} | {read} | {hbm} | {peak} |",
             on / off,
             t1[pair.0 as usize],
             t2[pair.1 as usize]

@@ -62,22 +62,32 @@ fn dequantise(codes: &[E4m3], scales: &[f32]) -> Vec<f32> {
         .collect()
 }
 
-fn fp8_weights(g: &Gpu, local: usize, h: usize, i: usize, seed: u64) -> Fp8Weights {
+/// One GEMM's quantised weights: the codes, their scales and the values they stand for.
+pub(crate) type Quantised = (Vec<E4m3>, Vec<f32>, Vec<f32>);
+
+/// Random weights of `local` experts (scaled so every GEMM output stays O(1)), each GEMM's
+/// `[local, rows, cols]` quantised by `quantise(weights, rows, cols)`.
+pub(crate) fn random_weights(
+    g: &Gpu,
+    local: usize,
+    h: usize,
+    i: usize,
+    seed: u64,
+    quantise: impl Fn(&[f32], usize, usize) -> Quantised,
+) -> Fp8Weights {
     let mut rng = SplitMix64(seed);
     let w1 = values(&mut rng, local * 2 * i * h, 2.0 / (h as f32).sqrt());
     let w2 = values(&mut rng, local * h * i, 2.0 / (i as f32).sqrt());
-    let (q1, fc1_scales) = fp8_per_expert(&w1, local).unwrap();
-    let (q2, fc2_scales) = fp8_per_expert(&w2, local).unwrap();
-    Fp8Weights {
-        host: ExpertWeights {
-            w1: dequantise(&q1, &fc1_scales),
-            w2: dequantise(&q2, &fc2_scales),
-        },
-        fc1: g.stream.clone_htod(&q1).unwrap(),
-        fc2: g.stream.clone_htod(&q2).unwrap(),
-        fc1_scales,
-        fc2_scales,
-    }
+    Fp8Weights::upload(g, quantise(&w1, 2 * i, h), quantise(&w2, h, i))
+}
+
+/// Weights of `local` experts quantised with one scale per expert and GEMM.
+fn fp8_weights(g: &Gpu, local: usize, h: usize, i: usize, seed: u64) -> Fp8Weights {
+    random_weights(g, local, h, i, seed, |w, _, _| {
+        let (codes, scales) = fp8_per_expert(w, local).unwrap();
+        let values = dequantise(&codes, &scales);
+        (codes, scales, values)
+    })
 }
 
 /// The activation scales: `a1` for the hidden states, `a2` for the SwiGLU output.
@@ -95,6 +105,18 @@ const FITTING: Inputs = Inputs {
 };
 
 impl Fp8Weights {
+    /// GEMM 1's and GEMM 2's quantised weights, the codes uploaded.
+    pub(crate) fn upload(g: &Gpu, fc1: Quantised, fc2: Quantised) -> Fp8Weights {
+        let ((q1, fc1_scales, w1), (q2, fc2_scales, w2)) = (fc1, fc2);
+        Fp8Weights {
+            host: ExpertWeights { w1, w2 },
+            fc1: g.stream.clone_htod(&q1).unwrap(),
+            fc2: g.stream.clone_htod(&q2).unwrap(),
+            fc1_scales,
+            fc2_scales,
+        }
+    }
+
     pub(crate) fn views(&self) -> CutlassWeights<CudaView<'_, E4m3>> {
         CutlassWeights {
             fc1: self.fc1.as_view(),
@@ -385,29 +407,45 @@ fn fp8_every_method_and_token_count_matches_the_reference() {
     tally.report(test);
 }
 
+/// The expert-parallel tests' cases, for both fp8 formats: a layer of 128 experts (top-8,
+/// hidden 256, intermediate 128) made by `weights(local, h, i, seed)`, split into four ranks of
+/// 32; `run(config, the rank's weights, case, hidden states, rank)` on each rank's layer at 257
+/// tokens. Nothing runs where `here` says the whole layer does not.
+pub(crate) fn expert_parallel_cases(
+    g: &Gpu,
+    weights: impl Fn(usize, usize, usize, u64) -> Fp8Weights,
+    here: impl FnOnce(CutlassMoeConfig, &Fp8Weights) -> bool,
+    run: &mut impl FnMut(CutlassMoeConfig, &Fp8Weights, &CaseData, &[f32], usize),
+) {
+    let (e, k, h, i, t) = (128u32, 8u32, 256, 128, 257);
+    let all = weights(e as usize, h, i, 11);
+    let full = RoutingConfig::new(RoutingMethod::Renormalize, e, k);
+    if !here(config(full, h, i, t), &all) {
+        return;
+    }
+    let d = case(&full, t, 12);
+    let x = values(&mut SplitMix64(13), t * h, 1.0);
+    let per = (e / 4) as usize;
+    for rank in 0..4 {
+        let w = all.rank_slice(g, rank, per, h, i);
+        let routing = full.with_local_experts((rank * per) as u32, per as u32);
+        run(config(routing, h, i, t), &w, &d, &x, rank);
+    }
+}
+
 /// Four ranks of 32 experts each, every rank's output against the reference over its own
 /// experts.
 #[test]
 fn fp8_expert_parallel_ranks_sum_only_their_experts() {
     let test = "cutlass_moe_fp8::fp8_expert_parallel_ranks_sum_only_their_experts";
     let Some(g) = gpu(test) else { return };
-    let (e, k, h, i, t) = (128u32, 8u32, 256, 128, 257);
-    let all = fp8_weights(&g, e as usize, h, i, 11);
-    let full = RoutingConfig::new(RoutingMethod::Renormalize, e, k);
-    if fp8_layer_here(&g, config(full, h, i, t), &all, FITTING, test).is_none() {
-        return;
-    }
-    let d = case(&full, t, 12);
-    let x = values(&mut SplitMix64(13), t * h, 1.0);
     let mut tally = Tally::new(&g);
-    let per = (e / 4) as usize;
-    for rank in 0..4 {
-        let w = all.rank_slice(&g, rank, per, h, i);
-        let routing = full.with_local_experts((rank * per) as u32, per as u32);
-        let cfg = config(routing, h, i, t);
+    let weights = |local, h, i, seed| fp8_weights(&g, local, h, i, seed);
+    let here = |cfg, w: &Fp8Weights| fp8_layer_here(&g, cfg, w, FITTING, test).is_some();
+    expert_parallel_cases(&g, weights, here, &mut |cfg, w, d, x, rank| {
         let layer = CutlassMoe::new_fp8(cfg, w.views(), &w.scales(FITTING)).unwrap();
-        tally.case(&layer, &w.host, FITTING, &d, &x, || format!("rank {rank}"));
-    }
+        tally.case(&layer, &w.host, FITTING, d, x, || format!("rank {rank}"));
+    });
     tally.report(test);
 }
 

@@ -42,7 +42,9 @@ use crate::cutlass_moe::on_hopper::{
     graph_of_layers, graph_routing, reference_of, to_f32, upload, values, ATOL, BATCH_TOKENS,
     CAPTURE_SHAPE, CAPTURE_TOKENS, GRAPH_SIZES, RTOL,
 };
-use crate::cutlass_moe_fp8::{decode_cases, fp8_here, Fp8Weights, Tally};
+use crate::cutlass_moe_fp8::{
+    decode_cases, expert_parallel_cases, fp8_here, random_weights, Fp8Weights, Quantised, Tally,
+};
 use crate::degenerate::one_per_method;
 use crate::routing::{CaseData, DeviceInputs};
 
@@ -57,22 +59,18 @@ fn dequantise(codes: &[E4m3], scales: &[f32], rows: usize, cols: usize) -> Vec<f
         .collect()
 }
 
+/// `weights` (`experts` stacked `[rows, cols]` matrices) quantised in 128x128 blocks, with the
+/// values the codes stand for.
+fn quantise_blocks(weights: &[f32], experts: usize, rows: usize, cols: usize) -> Quantised {
+    let (codes, scales) = fp8_blocks(weights, experts, rows, cols).unwrap();
+    let values = dequantise(&codes, &scales, rows, cols);
+    (codes, scales, values)
+}
+
 fn block_weights(g: &Gpu, local: usize, h: usize, i: usize, seed: u64) -> Fp8Weights {
-    let mut rng = SplitMix64(seed);
-    let w1 = values(&mut rng, local * 2 * i * h, 2.0 / (h as f32).sqrt());
-    let w2 = values(&mut rng, local * h * i, 2.0 / (i as f32).sqrt());
-    let (q1, fc1_scales) = fp8_blocks(&w1, local, 2 * i, h).unwrap();
-    let (q2, fc2_scales) = fp8_blocks(&w2, local, h, i).unwrap();
-    Fp8Weights {
-        host: ExpertWeights {
-            w1: dequantise(&q1, &fc1_scales, 2 * i, h),
-            w2: dequantise(&q2, &fc2_scales, h, i),
-        },
-        fc1: g.stream.clone_htod(&q1).unwrap(),
-        fc2: g.stream.clone_htod(&q2).unwrap(),
-        fc1_scales,
-        fc2_scales,
-    }
+    random_weights(g, local, h, i, seed, |w, rows, cols| {
+        quantise_blocks(w, local, rows, cols)
+    })
 }
 
 /// The block scales of `w` on the device, for one layer (which owns them).
@@ -266,25 +264,13 @@ fn run_once(g: &Gpu, layer: &CutlassMoe<CudaView<'_, E4m3>>, d: &CaseData, x: &[
 fn fp8_blocks_expert_parallel_ranks_sum_only_their_experts() {
     let test = "cutlass_moe_fp8_blocks::fp8_blocks_expert_parallel_ranks_sum_only_their_experts";
     let Some(g) = gpu(test) else { return };
-    let (e, k, h, i, t) = (128u32, 8u32, 256, 128, 257);
-    let all = block_weights(&g, e as usize, h, i, 11);
-    let full = RoutingConfig::new(RoutingMethod::Renormalize, e, k);
-    if block_layer_here(&g, config(full, h, i, t), &all, test).is_none() {
-        return;
-    }
-    let d = case(&full, t, 12);
-    let x = values(&mut SplitMix64(13), t * h, 1.0);
     let mut tally = Tally::new(&g);
-    let per = (e / 4) as usize;
-    for rank in 0..4 {
-        let w = all.rank_slice(&g, rank, per, h, i);
-        let routing = full.with_local_experts((rank * per) as u32, per as u32);
-        let cfg = config(routing, h, i, t);
-        let layer = CutlassMoe::new_fp8_blocks(cfg, w.views(), block_scales(&g, &w)).unwrap();
-        check(&mut tally, &layer, &w.host, &d, &x, || {
-            format!("rank {rank}")
-        });
-    }
+    let weights = |local, h, i, seed| block_weights(&g, local, h, i, seed);
+    let here = |cfg, w: &Fp8Weights| block_layer_here(&g, cfg, w, test).is_some();
+    expert_parallel_cases(&g, weights, here, &mut |cfg, w, d, x, rank| {
+        let layer = CutlassMoe::new_fp8_blocks(cfg, w.views(), block_scales(&g, w)).unwrap();
+        check(&mut tally, &layer, &w.host, d, x, || format!("rank {rank}"));
+    });
     tally.report(test);
 }
 
@@ -496,16 +482,9 @@ fn fp8_blocks_a_checkpoint_shaped_block_for_transformers() {
     let (down, down_s) = quantised(h, i);
     let fc1 = fc1_from_gate_up(&gate, &up, e, i, h).unwrap();
     let fc1_s = fc1_from_gate_up(&gate_s, &up_s, e, i / 128, h / 128).unwrap();
-    let w = Fp8Weights {
-        host: ExpertWeights {
-            w1: dequantise(&fc1, &fc1_s, 2 * i, h),
-            w2: dequantise(&down, &down_s, h, i),
-        },
-        fc1: g.stream.clone_htod(&fc1).unwrap(),
-        fc2: g.stream.clone_htod(&down).unwrap(),
-        fc1_scales: fc1_s,
-        fc2_scales: down_s.clone(),
-    };
+    let w1 = dequantise(&fc1, &fc1_s, 2 * i, h);
+    let w2 = dequantise(&down, &down_s, h, i);
+    let w = Fp8Weights::upload(&g, (fc1, fc1_s, w1), (down.clone(), down_s.clone(), w2));
     let routing = RoutingConfig::new(RoutingMethod::Renormalize, e as u32, k as u32);
     let cfg = config(routing, h, i, t);
     let Some(layer) = block_layer_here(&g, cfg, &w, test) else {

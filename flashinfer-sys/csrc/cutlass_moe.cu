@@ -5,8 +5,8 @@
 // scale) (all in cutlass_moe_runner.cu, the fp8 ones with FLASHINFER_RS_MOE_FP8), through
 // upstream's runner interface; its chosen tactics and the
 // workspace layout for its largest batch:
-//   [ runner workspace at max_tokens | row map (unpermuted->permuted) | decode activations |
-//     fp8 input ]
+//   [ runner workspace at max_tokens | row map (unpermuted->permuted) | decode scratch
+//     (moe_decode.h: activations, and block-scale weights' quantised operands) | fp8 input ]
 // each part 256-byte aligned. Calls of up to decode_max_tokens tokens take the decode kernels
 // (moe_decode.cu) instead of the runner; fp8 calls first quantise their input (moe_fp8.cu).
 // The runner keeps per-call state (its workspace pointers, the tactics), so calls on one layer
@@ -74,6 +74,10 @@ constexpr size_t kAlign = 256;
 // The next multiple of kAlign: where the workspace's next part starts.
 size_t align_up(size_t bytes) { return (bytes + kAlign - 1) / kAlign * kAlign; }
 
+bool block_scale(const fi_cutlass_moe_params& p) {
+  return p.weights == FI_CUTLASS_MOE_WEIGHTS_FP8_BLOCK;
+}
+
 // What the layer asks for: every tensor dimension the runner supports for bf16 SwiGLU on the
 // TMA warp-specialised GEMMs (128-bit aligned rows; multiples of 64 cover every real model and
 // every tile), and products that fit the runner's int32 row maps.
@@ -94,7 +98,7 @@ void validate(const fi_cutlass_moe_params& p) {
   fi::require(p.weights == FI_CUTLASS_MOE_WEIGHTS_BF16 || p.weights == FI_CUTLASS_MOE_WEIGHTS_FP8 ||
                   p.weights == FI_CUTLASS_MOE_WEIGHTS_FP8_BLOCK,
               "weights must be FI_CUTLASS_MOE_WEIGHTS_BF16, _FP8 or _FP8_BLOCK");
-  if (p.weights == FI_CUTLASS_MOE_WEIGHTS_FP8_BLOCK) {
+  if (block_scale(p)) {
     // 128x128 weight blocks and 1x128 activation groups tile both matrices exactly (each half
     // of GEMM 1's rows too); the kernel keeps a row of K / 128 weight scales in shared memory.
     fi::require(p.hidden_size % 128 == 0 && p.intermediate_size % 128 == 0,
@@ -120,17 +124,13 @@ k::MOEParallelismConfig parallelism(const fi_cutlass_moe_params& p) {
 std::unique_ptr<Runner> make_runner(const fi_cutlass_moe_params& p) {
   if (p.weights == FI_CUTLASS_MOE_WEIGHTS_BF16) return std::make_unique<Bf16Runner>();
 #ifdef FLASHINFER_RS_MOE_FP8
-  if (p.weights == FI_CUTLASS_MOE_WEIGHTS_FP8_BLOCK) return std::make_unique<BlockRunner>();
+  if (block_scale(p)) return std::make_unique<BlockRunner>();
   return std::make_unique<Fp8Runner>();
 #else
   throw fi::Failure(FI_STATUS_KERNELS_NOT_BUILT,
                     "fp8 weights: this library was built without the CUTLASS MoE's fp8 GEMMs "
                     "(feature sm90-moe-fp8)");
 #endif
-}
-
-bool block_scale(const fi_cutlass_moe_params& p) {
-  return p.weights == FI_CUTLASS_MOE_WEIGHTS_FP8_BLOCK;
 }
 
 size_t runner_bytes(Runner& runner, const fi_cutlass_moe_params& p, int64_t tokens) {

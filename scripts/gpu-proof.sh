@@ -7,12 +7,15 @@
 #                                          # downstream/candle's tests, the layer bench, vLLM's
 #                                          # Triton fused MoE on the same GPU (gpu-pack/peers,
 #                                          # scripts/fetch-peers.sh), the decode kernels' probe
-#     bash scripts/gpu-proof.sh layer [filter]   # gpu-pack.tar.xz: the Hopper layer's tests alone
-#                                          # (bf16 and fp8; test filter, default cutlass), the
+#     bash scripts/gpu-proof.sh layer [filters]  # gpu-pack.tar.xz: the Hopper layer's tests alone
+#                                          # (bf16 and fp8; test filters, default cutlass), the
 #                                          # layer bench (bf16 beside fp8 per-tensor and block
 #                                          # scale), vLLM's Triton fused MoE bf16, fp8 and fp8
 #                                          # block scale; `layer-tests [filter]` and
 #                                          # `layer-bench` are its two halves (one call each)
+#     bash scripts/gpu-proof.sh decode-bench [dir]  # gpu-pack.tar.xz: the decode kernels' probe
+#                                          # (beside an earlier moe_decode.cu in dir) and the
+#                                          # layer bench at 1-64 tokens (MOE_LAYER_TOKENS)
 #     bash scripts/gpu-proof.sh transformers-fp8-blocks  # gpu-pack.tar.xz: a DeepSeek-V3-shaped
 #                                          # fp8 block through our layer, then through
 #                                          # transformers' fine-grained fp8 experts
@@ -57,11 +60,12 @@ case ${1:-suite} in
     part bench-layer-vllm python3 scripts/bench_vllm_moe.py
     part decode-probe bash scripts/decode-probe.sh
     ;;
-  layer | layer-tests | layer-bench) # [test filter, default cutlass]
+  layer | layer-tests | layer-bench) # [test filters..., default cutlass]
     unpack gpu-pack.tar.xz
     if [ "$1" != layer-bench ]; then
+      filters=("${@:2}")
       FLASHINFER_RS_REQUIRE_GPU=1 FLASHINFER_RS_REQUIRE_CUTLASS_MOE=1 \
-        part layer-tests gpu-pack/bin/gpu --test-threads=1 --nocapture "${2:-cutlass}"
+        part layer-tests gpu-pack/bin/gpu --test-threads=1 --nocapture "${filters[@]:-cutlass}"
     fi
     if [ "$1" != layer-tests ]; then
       part bench-layer bash gpu-pack/bench.sh layer
@@ -70,6 +74,14 @@ case ${1:-suite} in
       part bench-layer-vllm-fp8 python3 scripts/bench_vllm_moe.py --fp8
       part bench-layer-vllm-fp8-blocks python3 scripts/bench_vllm_moe.py --fp8-blocks
     fi
+    ;;
+  decode-bench) # [baseline dir]: the decode kernels' probe (beside an earlier moe_decode.cu,
+    # scripts/decode-probe.sh), then the layer bench at decode sizes only
+    unpack gpu-pack.tar.xz
+    part decode-probe bash scripts/decode-probe.sh "${2:-}"
+    MOE_LAYER_TOKENS=${MOE_LAYER_TOKENS:-1,2,4,8,16,32,64} part bench-layer-decode \
+      bash gpu-pack/bench.sh layer
+    grep -E '^\|' "$out/bench-layer-decode.log" > "$out/bench-layer-decode.md" || true
     ;;
   transformers-fp8-blocks)
     unpack gpu-pack.tar.xz
@@ -91,8 +103,8 @@ case ${1:-suite} in
       --only "${2:-ours}" --json "$out/serve-bench-${2:-ours}.json"
     ;;
   *)
-    echo "usage: $0 suite | layer|layer-tests [filter] | layer-bench | transformers-fp8-blocks |" \
-      "serve | serve-bench ours|peer" >&2
+    echo "usage: $0 suite | layer|layer-tests [filters] | layer-bench | transformers-fp8-blocks |" \
+      "decode-bench [dir] | serve | serve-bench ours|peer" >&2
     exit 2
     ;;
 esac

@@ -7,6 +7,7 @@
 //!
 //! A layer's name runs that layer only (on an H200 the Qwen3 layer takes about 6 s, the
 //! DeepSeek-V3-sized one about a minute, mostly filling its 22.5 GB of weights and timing).
+//! `MOE_LAYER_TOKENS=1,8,64` times those rows only (of the table's sizes), for a short call.
 //!
 //! Layers: a Qwen3-30B-A3B layer (128 experts, top-8, hidden 2048, intermediate 768) and a
 //! DeepSeek-V3-sized one in bf16 (256 experts, top-8, hidden 7168, intermediate 2048), routed
@@ -224,6 +225,13 @@ fn search_tactics<'w>(
     best((0..counts.1).map(|c| (time((a, c)), (a, c))).collect())
 }
 
+/// Whether `MOE_LAYER_TOKENS` (a comma-separated list; unset: every size) names this size.
+fn rows_wanted(tokens: usize) -> bool {
+    std::env::var("MOE_LAYER_TOKENS").map_or(true, |list| {
+        list.split(',').any(|t| t.trim().parse() == Ok(tokens))
+    })
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
@@ -316,6 +324,9 @@ fn bench_model(g: &Gpu, m: &Model) {
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"
     );
     for (n, &t) in TOKENS.iter().enumerate() {
+        if !rows_wanted(t) {
+            continue;
+        }
         let mut b = Batch {
             tokens: t,
             logits: device_values(g, t * e, 4.0, 10 + n as u64),

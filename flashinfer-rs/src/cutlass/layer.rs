@@ -375,6 +375,15 @@ impl std::fmt::Display for CutlassTactic {
 /// 63.4 at two and 126.7 to 114.8 at four, and tied at eight.
 pub const DECODE_MAX_TOKENS: usize = 4;
 
+/// Calls of at most this many tokens take the decode kernels in an fp8 block-scale layer made by
+/// [`CutlassMoe::new_fp8_blocks`], whatever its experts' size: there the alternative is
+/// upstream's one block-scale GEMM kernel (a 128x64 tile), which the decode kernels beat by more
+/// than they beat the bf16 grouped GEMMs. On an H100 (BENCHMARKS.md section 7e), at 1 / 2 / 4 / 8
+/// tokens: a DeepSeek-V3-sized layer 158.6 / 293.8 / 541.3 / 1016.7 us against the GEMM's
+/// 272.7 / 403.4 / 651.5 / 1110.7, a Qwen3-30B-A3B one 28.2 / 50.6 / 85.4 / 147.0 against 64.1 /
+/// 83.1 / 112.7 / 154.8; at sixteen tokens the GEMM was ahead (Qwen3: 219.7 against 277.4).
+pub const BLOCK_DECODE_MAX_TOKENS: usize = 8;
+
 /// The largest expert (`hidden_size * intermediate_size`) for which [`CutlassMoe::new`] takes
 /// the decode kernels: a Qwen3-30B-A3B expert is 1.5 Mi (2048 x 768); for a DeepSeek-V3-sized
 /// one, 14 Mi (7168 x 2048), the grouped GEMMs were 4-6% faster at 1-8 tokens on an H100.
@@ -385,7 +394,9 @@ pub const DECODE_MAX_EXPERT_SIZE: usize = 4 << 20;
 pub enum CutlassSchedule {
     /// The fastest this crate knows ([`CutlassMoe::new`]): the decode kernels for calls of up
     /// to [`DECODE_MAX_TOKENS`] tokens where the experts are at most
-    /// [`DECODE_MAX_EXPERT_SIZE`]; the others the grouped GEMMs, their tactics chosen per call
+    /// [`DECODE_MAX_EXPERT_SIZE`] (block-scale weights: up to [`BLOCK_DECODE_MAX_TOKENS`]
+    /// whatever the size, then their one GEMM); the others the grouped GEMMs, their tactics
+    /// chosen per call
     /// from the call's mean rows per expert (`num_tokens * top_k / num_experts`, host-side, no
     /// launch): below 16, the 128x16 tile with swapped operands in both GEMMs; from 16 on, the
     /// 128x256 tile (on an H200 within 2.5% of the fastest of three tiles in both operand
@@ -476,13 +487,12 @@ impl<W: WeightBuffer<Element = E4m3>> CutlassMoe<W> {
     /// each 128-wide slice of K in f32 times the product of its two scales; GEMM 1's output is
     /// bf16, SwiGLU runs in f32 on it and is rounded to bf16 before GEMM 2 quantises it; the
     /// weighted sum is in f32. hidden and intermediate sizes must be multiples of 128 of at
-    /// most 20480. One kernel at every size (a 128x64 tile, no tactics): its rows do not
-    /// depend on the rest of the batch, so the layer is batch invariant whatever its schedule
-    /// ([`Tactics`](CutlassSchedule::Tactics) is refused), except
-    /// [`DecodeUpTo`](CutlassSchedule::DecodeUpTo), which takes the decode kernels with the same
-    /// quantisation up to that many tokens (opt-in: **not yet run on a GPU**, see
-    /// docs/fp8-on-hopper.md section 8). Answers [`Error::KernelsNotBuilt`] in a build without
-    /// `sm90-moe-fp8`.
+    /// most 20480. The GEMMs are one kernel at every size (a 128x64 tile, no tactics:
+    /// [`Tactics`](CutlassSchedule::Tactics) is refused); calls of up to
+    /// [`BLOCK_DECODE_MAX_TOKENS`] tokens take the decode kernels instead, with the same
+    /// quantisation and arithmetic. [`BatchInvariant`](CutlassSchedule::BatchInvariant) takes
+    /// the GEMM at every size; [`DecodeUpTo`](CutlassSchedule::DecodeUpTo) moves the decode
+    /// kernels' limit. Answers [`Error::KernelsNotBuilt`] in a build without `sm90-moe-fp8`.
     pub fn new_fp8_blocks(
         config: CutlassMoeConfig,
         weights: CutlassWeights<W>,
@@ -526,14 +536,16 @@ fn check_block_scale_values(s: &CutlassBlockScales) -> Result<()> {
     Ok(())
 }
 
-/// [`DECODE_MAX_TOKENS`] for experts of up to [`DECODE_MAX_EXPERT_SIZE`], else 0.
-fn default_decode_max_tokens(config: &CutlassMoeConfig) -> usize {
+/// Up to how many tokens the [`Fastest`](CutlassSchedule::Fastest) schedule takes the decode
+/// kernels: for bf16 and fp8 per-tensor weights [`DECODE_MAX_TOKENS`] for experts of up to
+/// [`DECODE_MAX_EXPERT_SIZE`], else never; for block-scale weights [`BLOCK_DECODE_MAX_TOKENS`].
+fn default_decode_max_tokens(config: &CutlassMoeConfig, block_scale: bool) -> usize {
     let small =
         config.hidden_size.saturating_mul(config.intermediate_size) <= DECODE_MAX_EXPERT_SIZE;
-    if small {
-        DECODE_MAX_TOKENS
-    } else {
-        0
+    match (block_scale, small) {
+        (true, _) => BLOCK_DECODE_MAX_TOKENS,
+        (false, true) => DECODE_MAX_TOKENS,
+        (false, false) => 0,
     }
 }
 
@@ -595,13 +607,13 @@ where
                     "fp8 block-scale layers have no tactics (one block-scale GEMM)",
                 ))
             }
-            // The block-scale decode kernels only where asked for: not yet timed against the
-            // block-scale GEMM (docs/fp8-on-hopper.md, section 8).
-            (CutlassSchedule::DecodeUpTo(n), Quant::Blocks(_)) => ((-1, -1), n),
-            // One kernel for every call.
-            (_, Quant::Blocks(_)) => ((-1, -1), 0),
-            (CutlassSchedule::Fastest, _) => ((-1, -1), default_decode_max_tokens(&config)),
+            (CutlassSchedule::Fastest, q) => {
+                let block_scale = matches!(q, Quant::Blocks(_));
+                ((-1, -1), default_decode_max_tokens(&config, block_scale))
+            }
             (CutlassSchedule::DecodeUpTo(n), _) => ((-1, -1), n),
+            // One kernel for every call: the block-scale GEMM.
+            (CutlassSchedule::BatchInvariant, Quant::Blocks(_)) => ((-1, -1), 0),
             (CutlassSchedule::Tactics(a, b), _) => (tactic_indices((a, b))?, 0),
             // Resolved below, from the runner's own list.
             (CutlassSchedule::BatchInvariant, _) => ((-1, -1), 0),

@@ -35,8 +35,8 @@ pub mod prepare;
 
 pub use layer::{
     CutlassBatch, CutlassBlockScales, CutlassElement, CutlassMoe, CutlassRouting, CutlassSchedule,
-    CutlassTactic, CutlassWeights, CutlassWorkspace, WeightBuffer, DECODE_MAX_EXPERT_SIZE,
-    DECODE_MAX_TOKENS,
+    CutlassTactic, CutlassWeights, CutlassWorkspace, WeightBuffer, BLOCK_DECODE_MAX_TOKENS,
+    DECODE_MAX_EXPERT_SIZE, DECODE_MAX_TOKENS,
 };
 pub use plan::{
     CutlassBatchSizes, CutlassFp8Scales, CutlassMoeConfig, CutlassPlan, CutlassRoutingSizes,

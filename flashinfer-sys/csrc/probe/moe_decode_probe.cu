@@ -87,7 +87,9 @@ Call make_call(const Layer& l, int tokens, std::mt19937& rng, bool repeats = fal
   }
   CHECK(cudaMalloc(&c.x, size_t(tokens) * l.hidden * 2));
   CHECK(cudaMalloc(&c.out, size_t(tokens) * l.hidden * 2));
-  CHECK(cudaMalloc(&c.act, fi::decode::workspace_bytes(tokens, l.top_k, l.inter)));
+  const bool block_scale = false;
+  CHECK(cudaMalloc(&c.act, fi::decode::workspace_bytes(tokens, l.top_k, l.hidden, l.inter,
+                                                       block_scale)));
   CHECK(cudaMalloc(&c.d_ids, c.ids.size() * 4));
   CHECK(cudaMalloc(&c.d_scales, c.scales.size() * 4));
   fill<<<256, 256>>>(c.x, size_t(tokens) * l.hidden, 1.f, 7 + tokens);

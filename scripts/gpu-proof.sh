@@ -16,6 +16,8 @@
 #     bash scripts/gpu-proof.sh decode-bench [dir]  # gpu-pack.tar.xz: the decode kernels' probe
 #                                          # (beside an earlier moe_decode.cu in dir) and the
 #                                          # layer bench at 1-64 tokens (MOE_LAYER_TOKENS)
+#     bash scripts/gpu-proof.sh decode-profile [layer:tokens ...]  # the decode kernels under
+#                                          # Nsight Compute (scripts/decode-profile.sh; no pack)
 #     bash scripts/gpu-proof.sh transformers-fp8-blocks  # gpu-pack.tar.xz: a DeepSeek-V3-shaped
 #                                          # fp8 block through our layer, then through
 #                                          # transformers' fine-grained fp8 experts
@@ -83,6 +85,9 @@ case ${1:-suite} in
       bash gpu-pack/bench.sh layer
     grep -E '^\|' "$out/bench-layer-decode.log" > "$out/bench-layer-decode.md" || true
     ;;
+  decode-profile) # [layer:tokens ...]: the decode kernels under Nsight Compute
+    part decode-profile bash scripts/decode-profile.sh "${@:2}"
+    ;;
   transformers-fp8-blocks)
     unpack gpu-pack.tar.xz
     export FLASHINFER_RS_FP8_BLOCKS_EXPORT=/tmp/fp8-blocks-export
@@ -104,7 +109,7 @@ case ${1:-suite} in
     ;;
   *)
     echo "usage: $0 suite | layer|layer-tests [filters] | layer-bench | transformers-fp8-blocks |" \
-      "decode-bench [dir] | serve | serve-bench ours|peer" >&2
+      "decode-bench [dir] | decode-profile [cases] | serve | serve-bench ours|peer" >&2
     exit 2
     ;;
 esac

@@ -212,6 +212,8 @@ pub const UNITS: &[Unit] = {
         unit("fi_fused_moe", Ours, "fused_moe.cu", Routing, false),
         unit("fi_moe_env", Ours, "moe_env.cu", Routing, false),
         unit("fi_moe_marshal", Ours, "moe_marshal.cu", Routing, false),
+        // bf16 weights to fp8 128x128 blocks at load (any GPU: a plain CUDA kernel).
+        unit("fi_weights_fp8", Ours, "weights_fp8.cu", Routing, false),
         // The driver functions Blackwell's batched-GEMM runner calls, loaded at run time.
         unit("fi_cuda_driver", Ours, "cuda_driver.c", Host, true),
         unit("fi_status", Ours, "status.cpp", Host, false),

@@ -29,7 +29,7 @@
 extern "C" {
 #endif
 
-#define FI_ABI_VERSION 9
+#define FI_ABI_VERSION 10
 
 /* ---- status --------------------------------------------------------------------------- */
 
@@ -510,6 +510,21 @@ typedef struct fi_cutlass_moe_buffers {
  * do not apply), as deterministic. */
 fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer, const fi_cutlass_moe_buffers* buffers,
                              void* stream);
+
+/* ---- Weights to fp8 at load ------------------------------------------------------------- */
+
+/** Quantises `experts` stacked bf16 matrices [rows, cols] (`weights`) to e4m3 in 128x128
+ * blocks, bit for bit as flashinfer-rs's host quantiser (`cutlass::prepare::fp8_blocks`): each
+ * block's scale is amax / 448 (1 for an all-zero block, at least the smallest positive f32),
+ * each code e4m3(w / scale), nearest even, saturating; the codes into `codes` [experts, rows,
+ * cols] and the scales into `scales` [experts, rows / 128, cols / 128] (f32), the layout of
+ * DeepSeek-V3's `weight_scale_inv` that FI_CUTLASS_MOE_WEIGHTS_FP8_BLOCK layers take. rows and
+ * cols must be positive multiples of 128, at most 2^31 - 1 blocks in all; weights, codes and
+ * scales 16-byte aligned device memory of the current device, `nonfinite` one device int32 that
+ * the caller zeroed: it becomes nonzero if a weight is NaN or infinite (whose block's codes and
+ * scale then mean nothing). Enqueued on `stream`: no allocation, no synchronisation. */
+fi_status fi_quantize_fp8_blocks(const void* weights, int64_t experts, int64_t rows, int64_t cols,
+                                 void* codes, float* scales, int32_t* nonfinite, void* stream);
 
 #ifdef __cplusplus
 }

@@ -208,6 +208,46 @@ fn entry_points_report_kernels_not_built() {
     assert_eq!(status, fi_status::FI_STATUS_KERNELS_NOT_BUILT);
     let msg = unsafe { core::ffi::CStr::from_ptr(fi_last_error_message()) };
     assert!(msg.to_str().unwrap().contains("without kernels"));
+    let null = core::ptr::null_mut();
+    let status =
+        unsafe { fi_quantize_fp8_blocks(null, 1, 128, 128, null, null.cast(), null.cast(), null) };
+    assert_eq!(status, fi_status::FI_STATUS_KERNELS_NOT_BUILT);
+}
+
+/// `fi_quantize_fp8_blocks` checks its arguments before it launches, so its refusals are
+/// testable without a GPU (the pointers below are never dereferenced): each answers
+/// FI_STATUS_INVALID_ARGUMENT with a message naming the rule.
+#[cfg(flashinfer_kernels)]
+#[test]
+fn quantize_fp8_blocks_refuses_bad_arguments_before_any_launch() {
+    // Aligned, never dereferenced: every call below is refused first.
+    let p = 4096usize as *mut core::ffi::c_void;
+    let odd = 4097usize as *mut core::ffi::c_void;
+    let null = core::ptr::null_mut();
+    let call = |w: *mut core::ffi::c_void, experts: i64, rows: i64, cols: i64| {
+        let status =
+            unsafe { fi_quantize_fp8_blocks(w, experts, rows, cols, p, p.cast(), p.cast(), null) };
+        let msg = unsafe { core::ffi::CStr::from_ptr(fi_last_error_message()) };
+        (status, msg.to_string_lossy().into_owned())
+    };
+    for (w, experts, rows, cols, rule) in [
+        (null, 1, 128, 128, "must not be NULL"),
+        (odd, 1, 128, 128, "16-byte aligned"),
+        (p, 0, 128, 128, "must be positive"),
+        (p, 1, -128, 128, "must be positive"),
+        (p, 1, 192, 128, "multiples of 128"),
+        (p, 1, 128, 100, "multiples of 128"),
+        (p, 1 << 20, 128 << 10, 128 << 10, "at most 2^31 - 1"),
+        (p, 1, 128 << 24, 128 << 24, "at most 2^31 - 1"),
+    ] {
+        let (status, msg) = call(w, experts, rows, cols);
+        assert_eq!(
+            status,
+            fi_status::FI_STATUS_INVALID_ARGUMENT,
+            "{rule}: {msg}"
+        );
+        assert!(msg.contains(rule), "{rule}: {msg}");
+    }
 }
 
 /// The fused MoE's scratch allocator pads every upstream tensor (csrc/scratch.h): the shipped

@@ -1,4 +1,4 @@
-//! Host-side weight preparation for [`CutlassMoe`](super::CutlassMoe): GEMM 1's weights
+//! Weight preparation (on the host, and fp8 block quantisation on the GPU) for [`CutlassMoe`](super::CutlassMoe): GEMM 1's weights
 //! from the layouts checkpoints and other servers keep them in.
 //!
 //! The layer reads `fc1` as `[experts, 2 * intermediate, hidden]` with each expert's linear
@@ -14,16 +14,23 @@
 //!
 //! fp8 block-scale layers ([`CutlassMoe::new_fp8_blocks`](super::CutlassMoe::new_fp8_blocks))
 //! take e4m3 weights with one scale per 128x128 block: [`fp8_blocks`] quantises bf16 (or f32)
-//! weights so. DeepSeek-V3's checkpoints ship them (`weight` e4m3 `[out, in]` and
+//! weights so on the host, [`fp8_blocks_on_device`] bf16 weights already on the GPU. DeepSeek-V3's checkpoints ship them (`weight` e4m3 `[out, in]` and
 //! `weight_scale_inv` f32 `[out / 128, in / 128]` per projection): `fc1` is
 //! [`fc1_from_gate_up`] of the stacked `gate_proj` and `up_proj` codes, and its scales the same
 //! function of their `weight_scale_inv` (`[experts, intermediate / 128, hidden / 128]` each);
 //! `fc2` and its scales are `down_proj`'s stacked as they are.
 
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream, CudaView};
+use flashinfer_sys as sys;
+use half::bf16;
+
 use crate::alloc;
 use crate::error::{ensure, ensure_nonzero, Error, Result};
 use crate::fused::elements::E4M3_MAX;
 use crate::fused::E4m3;
+use crate::launch::Launch;
 
 /// Quantises `weights` (`experts` equal blocks, stacked) to e4m3 with one scale per block,
 /// `amax / 448` (1 for an all-zero block), rounding to nearest even: the codes and the scales
@@ -53,35 +60,20 @@ pub fn fp8_per_expert<T: Copy + Into<f32> + Sync>(
 }
 
 /// Quantises `weights` (`experts` matrices `[rows, cols]`, stacked) to e4m3 in 128x128 blocks,
-/// each scaled by its `amax / 448` (1 for an all-zero block), rounding to nearest even: the
-/// codes and the scales `[experts, rows / 128, cols / 128]` as DeepSeek-V3's checkpoints keep
-/// them (`weight_scale_inv`: a weight is its code times its block's scale), which
-/// [`CutlassBlockScales`](super::CutlassBlockScales) takes (`fc1` from `[experts, 2 *
-/// intermediate, hidden]`, `fc2` from `[experts, hidden, intermediate]`). `rows` and `cols`
-/// must be multiples of 128. Refuses NaN and infinite weights; the experts are quantised on
-/// all the host's cores.
+/// each scaled by its `amax / 448` (1 for an all-zero block, at least the smallest positive
+/// f32), rounding to nearest even: the codes and the scales `[experts, rows / 128, cols / 128]`
+/// as DeepSeek-V3's checkpoints keep them (`weight_scale_inv`: a weight is its code times its
+/// block's scale), which [`CutlassBlockScales`](super::CutlassBlockScales) takes (`fc1` from
+/// `[experts, 2 * intermediate, hidden]`, `fc2` from `[experts, hidden, intermediate]`).
+/// `rows` and `cols` must be multiples of 128. Refuses NaN and infinite weights; the experts
+/// are quantised on all the host's cores. [`fp8_blocks_on_device`] does the same on the GPU.
 pub fn fp8_blocks<T: Copy + Into<f32> + Sync>(
     weights: &[T],
     experts: usize,
     rows: usize,
     cols: usize,
 ) -> Result<(Vec<E4m3>, Vec<f32>)> {
-    ensure_nonzero(&[("experts", experts), ("rows", rows), ("cols", cols)])?;
-    ensure(
-        rows.is_multiple_of(BLOCK) && cols.is_multiple_of(BLOCK),
-        "weights",
-        || format!("[{rows}, {cols}] matrices are not made of {BLOCK}x{BLOCK} blocks"),
-    )?;
-    let n = [experts, rows, cols]
-        .iter()
-        .try_fold(1usize, |n, &d| n.checked_mul(d));
-    ensure(n == Some(weights.len()), "weights", || {
-        format!(
-            "holds {} elements, [{experts}, {rows}, {cols}] is {n:?}",
-            weights.len()
-        )
-    })?;
-    let (row_blocks, col_blocks) = (rows / BLOCK, cols / BLOCK);
+    let (row_blocks, col_blocks) = block_grid(weights.len(), experts, rows, cols)?;
     quantise_experts(
         weights,
         experts,
@@ -94,7 +86,7 @@ pub fn fp8_blocks<T: Copy + Into<f32> + Sync>(
                 for span in block_rows() {
                     m = m.max(amax(&w[span])?);
                 }
-                *scale = if m > 0.0 { m / E4M3_MAX } else { 1.0 };
+                *scale = block_scale(m);
                 for span in block_rows() {
                     for (c, &x) in codes[span.clone()].iter_mut().zip(&w[span]) {
                         *c = E4m3::from_f32(x.into() / *scale);
@@ -106,8 +98,94 @@ pub fn fp8_blocks<T: Copy + Into<f32> + Sync>(
     )
 }
 
+/// [`fp8_blocks`] on the GPU, bit for bit (flashinfer-sys's `fi_quantize_fp8_blocks`): bf16
+/// `weights` (`experts` matrices `[rows, cols]`, stacked, on `stream`'s device) to e4m3 codes
+/// and f32 block scales in new buffers on `stream`, each weight read once (no copy to the
+/// host and back). Synchronises `stream` once, at the end, to report NaN or infinite weights
+/// ([`Error::InvalidArgument`]), as [`fp8_blocks`] refuses them: a load-time call, not a
+/// per-step one. Sizes are checked before any allocation; [`Error::KernelsNotBuilt`] in a
+/// build without kernels.
+pub fn fp8_blocks_on_device(
+    stream: &Arc<CudaStream>,
+    weights: &CudaView<'_, bf16>,
+    experts: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<(CudaSlice<E4m3>, CudaSlice<f32>)> {
+    let (row_blocks, col_blocks) = block_grid(weights.len(), experts, rows, cols)?;
+    let as_i64 = |name: &'static str, v: usize| {
+        i64::try_from(v).map_err(|_| Error::invalid(name, format!("{v} does not fit in i64")))
+    };
+    let dims = (
+        as_i64("experts", experts)?,
+        as_i64("rows", rows)?,
+        as_i64("cols", cols)?,
+    );
+    let mut codes = stream.alloc_zeros::<E4m3>(weights.len())?;
+    let mut scales = stream.alloc_zeros::<f32>(experts * row_blocks * col_blocks)?;
+    let mut nonfinite = stream.alloc_zeros::<i32>(1)?;
+    let mut l = Launch::new(stream);
+    let w = l.input("weights", weights);
+    let c = l.output("codes", &mut codes);
+    let s = l.output("scales", &mut scales);
+    let flag = l.output("nonfinite", &mut nonfinite);
+    l.call(|p| {
+        // SAFETY: the launch's guarantees; codes hold every weight, scales every block
+        // (`block_grid` checked weights' length against the dimensions), the flag one i32.
+        unsafe {
+            sys::fi_quantize_fp8_blocks(
+                p.ro(w),
+                dims.0,
+                dims.1,
+                dims.2,
+                p.rw(c),
+                p.rw(s),
+                p.rw(flag),
+                p.stream(),
+            )
+        }
+    })?;
+    if stream.clone_dtoh(&nonfinite)?[0] != 0 {
+        return Err(Error::invalid(
+            "weights",
+            "holds NaN or infinity: fp8 has no scale for it",
+        ));
+    }
+    Ok((codes, scales))
+}
+
 /// The side of a block-scale layer's weight blocks and of its activation groups.
 const BLOCK: usize = 128;
+
+/// The blocks along the rows and the columns of `experts` matrices `[rows, cols]` held in `len`
+/// values: an error unless every size is positive, `rows` and `cols` multiples of 128 and
+/// `len` their product.
+fn block_grid(len: usize, experts: usize, rows: usize, cols: usize) -> Result<(usize, usize)> {
+    ensure_nonzero(&[("experts", experts), ("rows", rows), ("cols", cols)])?;
+    ensure(
+        rows.is_multiple_of(BLOCK) && cols.is_multiple_of(BLOCK),
+        "weights",
+        || format!("[{rows}, {cols}] matrices are not made of {BLOCK}x{BLOCK} blocks"),
+    )?;
+    let n = [experts, rows, cols]
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d));
+    ensure(n == Some(len), "weights", || {
+        format!("holds {len} elements, [{experts}, {rows}, {cols}] is {n:?}")
+    })?;
+    Ok((rows / BLOCK, cols / BLOCK))
+}
+
+/// A block's scale from its largest magnitude `amax`: `amax / 448`, 1 for an all-zero block,
+/// and at least the smallest positive f32, so that a block of magnitudes below 6.3e-43 (where
+/// `amax / 448` underflows to 0) gets codes, not NaN (`0 / 0`).
+fn block_scale(amax: f32) -> f32 {
+    if amax > 0.0 {
+        (amax / E4M3_MAX).max(f32::from_bits(1))
+    } else {
+        1.0
+    }
+}
 
 /// The largest magnitude in `w`; an error for NaN or infinity (fp8 has no scale for them).
 fn amax<T: Copy + Into<f32>>(w: &[T]) -> std::result::Result<f32, String> {
@@ -399,6 +477,15 @@ mod tests {
             assert_eq!(scales[e * 6..(e + 1) * 6], s[..], "expert {e}'s scales");
         }
         assert_eq!(scales[6 + 5], 1.0);
+        // A block of magnitudes where amax / 448 underflows to 0 (below 6.3e-43): the smallest
+        // positive scale, and codes that read back the weights (not 0 / 0 = NaN for its zeros).
+        let mut tiny = vec![0f32; 128 * 128];
+        tiny[..4].copy_from_slice(&[1e-44, -3e-45, 0.0, 7e-45]);
+        let (codes, scales) = fp8_blocks(&tiny, 1, 128, 128).unwrap();
+        assert_eq!(scales, [f32::from_bits(1)]);
+        let back: Vec<f32> = codes[..4].iter().map(|c| c.to_f32() * scales[0]).collect();
+        assert_eq!(back, [tiny[0], tiny[1], 0.0, tiny[3]]);
+        assert!(codes.iter().all(|c| !c.to_f32().is_nan()));
         let mut bad = w.clone();
         bad[2 * n + 5] = f32::INFINITY;
         let e = fp8_blocks(&bad, experts, rows, cols).unwrap_err();

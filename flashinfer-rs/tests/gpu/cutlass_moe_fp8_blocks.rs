@@ -17,9 +17,9 @@
 //!   group, a token of zeros, a token below 1.3e-36 (patch 0013: finite, not NaN), and a NaN
 //!   token that leaves its neighbours untouched;
 //! - expert parallelism (four ranks), batch invariance, a capture store, a CUDA graph;
-//! - the decode kernels with block scales (`CutlassSchedule::DecodeUpTo`, not yet run on a
-//!   GPU when written): odd token counts, a Qwen3-sized layer, an expert-parallel rank, and in
-//!   the CUDA graph;
+//! - the decode kernels with block scales (which `Fastest` takes up to
+//!   `BLOCK_DECODE_MAX_TOKENS`, forced here by `CutlassSchedule::DecodeUpTo`): odd token
+//!   counts, a Qwen3-sized layer, an expert-parallel rank, and in the CUDA graph;
 //! - bad scales and sizes refused with typed errors;
 //! - the operands and output of a small DeepSeek-V3-shaped block written for transformers'
 //!   own fine-grained fp8 path (`scripts/transformers_fp8_blocks.py`) when

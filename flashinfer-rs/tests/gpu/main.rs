@@ -25,6 +25,7 @@ mod graph;
 #[path = "../fixtures/models.rs"]
 mod models;
 mod noaux;
+mod prepare;
 mod routing;
 mod smoke;
 mod topk;

@@ -6,6 +6,7 @@
 // benches/moe_layer.rs) are the proof; this is the workbench.
 //
 //     bash scripts/decode-probe.sh        # on the GPU machine: builds with nvcc and runs
+//     bash scripts/decode-profile.sh      # the same binary's `profile` mode under Nsight Compute
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
@@ -14,6 +15,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "moe_decode.h"
@@ -188,7 +190,23 @@ double time_us(const Layer& l, const Call& c, cudaStream_t s) {
 
 }  // namespace
 
-int main() {
+// `profile <qwen3|deepseek> <tokens>`: that one call, eagerly, three times (for a profiler, which
+// then sees each kernel launch on its own).
+int profile(const char* layer, int tokens) {
+  const bool qwen3 = std::string(layer) == "qwen3";
+  Layer l = qwen3 ? Layer{128, 8, 2048, 768} : Layer{256, 8, 7168, 2048};
+  make(l);
+  std::mt19937 rng(5);
+  Call c = make_call(l, tokens, rng);
+  for (int i = 0; i < 3; ++i) fi::decode::run(problem(l, c), 0);
+  CHECK(cudaDeviceSynchronize());
+  std::printf("profiled %s at %d tokens\n", layer, tokens);
+  release(c);
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  if (argc == 4 && std::string(argv[1]) == "profile") return profile(argv[2], std::atoi(argv[3]));
   cudaDeviceProp prop;
   CHECK(cudaGetDeviceProperties(&prop, 0));
   double bw = std::string(prop.name).find("H200") != std::string::npos ? 4.8e12 : 3.35e12;

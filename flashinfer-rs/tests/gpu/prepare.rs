@@ -1,0 +1,111 @@
+//! Weight preparation on the GPU (`cutlass::prepare`): `fp8_blocks_on_device` against the host
+//! quantiser `fp8_blocks`, which the block-scale layer's tests already hold to the oracle's
+//! `quantize_fp8_blocks`: every code and every scale bit for bit, on bf16 weights of the ranges
+//! real checkpoints reach and past them (magnitudes from bf16's subnormals to 1e38, all-zero
+//! blocks, values exactly at e4m3's ties and at +-448, negative zeros), and NaN, infinity and
+//! bad sizes refused. A plain CUDA kernel: any GPU the crate runs on.
+use flashinfer_rs::cutlass::prepare::{fp8_blocks, fp8_blocks_on_device};
+use flashinfer_rs::fused::E4m3;
+use flashinfer_rs::half::bf16;
+use flashinfer_rs::routing::oracle::SplitMix64;
+use flashinfer_rs::Error;
+
+use crate::common::gpu;
+
+/// `experts` stacked `[rows, cols]` bf16 matrices whose 128x128 blocks each take one regime.
+fn weights(experts: usize, rows: usize, cols: usize, seed: u64) -> Vec<bf16> {
+    let mut rng = SplitMix64(seed);
+    let (rb, cb) = (rows / 128, cols / 128);
+    let mut w = vec![bf16::ZERO; experts * rows * cols];
+    for (i, v) in w.iter_mut().enumerate() {
+        let (e, r, c) = (i / (rows * cols), i / cols % rows, i % cols);
+        let block = (e * rb + r / 128) * cb + c / 128;
+        let u = rng.unit() as f32 * 2.0 - 1.0;
+        *v = bf16::from_f32(match block % 7 {
+            // Ordinary weights, and a block spread over 1e-3..1e3.
+            0 => u * 0.05,
+            1 => u * 10f32.powf(rng.unit() as f32 * 6.0 - 3.0),
+            // bf16 subnormals only (below 1.2e-38): the scale is an f32 subnormal.
+            2 => u * 1e-39,
+            // Near f32's top.
+            3 => u * 3e38,
+            // All zero, half of them negative zeros.
+            4 => {
+                if u < 0.0 {
+                    -0.0
+                } else {
+                    0.0
+                }
+            }
+            // amax exactly 448 (scale 1): e4m3's ties (1.0625 lies between 1 and 1.125), and
+            // +-448 itself.
+            5 => [448.0, -448.0, 1.0625, -1.0625, 3.25 * 1.0625, u * 448.0][i % 6],
+            // A block of one value and zeros.
+            _ => {
+                if r % 128 == 5 && c % 128 == 9 {
+                    -0.75
+                } else {
+                    0.0
+                }
+            }
+        });
+    }
+    w
+}
+
+#[test]
+fn fp8_blocks_on_device_equal_the_host_quantiser_bit_for_bit() {
+    let test = "prepare::fp8_blocks_on_device_equal_the_host_quantiser_bit_for_bit";
+    let Some(g) = gpu(test) else { return };
+    // 3 experts of 7 x 5 blocks: every regime in several positions.
+    let (experts, rows, cols) = (3, 7 * 128, 5 * 128);
+    let host = weights(experts, rows, cols, 17);
+    let device = g.stream.clone_htod(&host).unwrap();
+    let (codes, scales) =
+        fp8_blocks_on_device(&g.stream, &device.as_view(), experts, rows, cols).unwrap();
+    let (want_codes, want_scales) = fp8_blocks(&host, experts, rows, cols).unwrap();
+    let got_codes: Vec<E4m3> = g.stream.clone_dtoh(&codes).unwrap();
+    let got_scales: Vec<f32> = g.stream.clone_dtoh(&scales).unwrap();
+    let bits = |s: &[f32]| s.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&got_scales), bits(&want_scales), "scales");
+    let differ = got_codes.iter().zip(&want_codes).position(|(a, b)| a != b);
+    assert_eq!(differ, None, "first code that differs");
+    assert!(
+        want_scales.iter().any(|s| s.is_subnormal()),
+        "no subnormal scale tested"
+    );
+    eprintln!(
+        "{test}: {} codes and {} scales equal (scales from {:e} to {:e})",
+        got_codes.len(),
+        got_scales.len(),
+        want_scales.iter().cloned().fold(f32::INFINITY, f32::min),
+        want_scales.iter().cloned().fold(0.0, f32::max),
+    );
+}
+
+#[test]
+fn fp8_blocks_on_device_refuse_nan_infinity_and_bad_sizes() {
+    let test = "prepare::fp8_blocks_on_device_refuse_nan_infinity_and_bad_sizes";
+    let Some(g) = gpu(test) else { return };
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut w = vec![bf16::from_f32(0.5); 2 * 128 * 256];
+        w[128 * 256 + 77] = bf16::from_f32(bad);
+        let d = g.stream.clone_htod(&w).unwrap();
+        match fp8_blocks_on_device(&g.stream, &d.as_view(), 2, 128, 256) {
+            Err(Error::InvalidArgument {
+                arg: "weights",
+                rule,
+            }) => {
+                assert!(rule.contains("NaN or infinity"), "{rule}")
+            }
+            other => panic!("{bad}: {:?}", other.map(|_| ())),
+        }
+    }
+    let d = g.stream.alloc_zeros::<bf16>(128 * 256).unwrap();
+    let v = d.as_view();
+    for (experts, rows, cols) in [(1, 64, 512), (1, 128, 200), (2, 128, 256), (0, 128, 256)] {
+        let e = fp8_blocks_on_device(&g.stream, &v, experts, rows, cols).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
+    }
+    eprintln!("{test}: NaN, +-inf and 4 bad shapes refused");
+}

@@ -520,11 +520,25 @@ fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer, const fi_cutlass_moe_buffers
  * cols] and the scales into `scales` [experts, rows / 128, cols / 128] (f32), the layout of
  * DeepSeek-V3's `weight_scale_inv` that FI_CUTLASS_MOE_WEIGHTS_FP8_BLOCK layers take. rows and
  * cols must be positive multiples of 128, at most 2^31 - 1 blocks in all; weights, codes and
- * scales 16-byte aligned device memory of the current device, `nonfinite` one device int32 that
- * the caller zeroed: it becomes nonzero if a weight is NaN or infinite (whose block's codes and
- * scale then mean nothing). Enqueued on `stream`: no allocation, no synchronisation. */
+ * scales 16-byte aligned device memory of the current device; `nonfinite` one device int32,
+ * which the call sets to 0 and then to nonzero if a weight is NaN or infinite (whose block's
+ * codes and scale then mean nothing). Enqueued on `stream`: no allocation, no
+ * synchronisation. */
 fi_status fi_quantize_fp8_blocks(const void* weights, int64_t experts, int64_t rows, int64_t cols,
                                  void* codes, float* scales, int32_t* nonfinite, void* stream);
+
+/** Quantises `experts` equal parts of `weights` (bf16, `per_expert` values each, a multiple of
+ * 8) to e4m3 with one scale per expert, bit for bit as flashinfer-rs's host quantiser
+ * (`cutlass::prepare::fp8_per_expert`): the expert's scale is amax / 448 (1 for an all-zero
+ * expert, at least the smallest positive f32), each code e4m3(w / scale), nearest even,
+ * saturating; the codes into `codes` [experts * per_expert] and the scales into `scales`
+ * [experts] (f32: the per-expert weight scales of FI_CUTLASS_MOE_WEIGHTS_FP8 layers). experts
+ * at most 65535; pointers and `nonfinite` as for fi_quantize_fp8_blocks. Enqueued on `stream`
+ * (two memsets and three kernels; `scales` holds each expert's amax until the last): no
+ * allocation, no synchronisation. */
+fi_status fi_quantize_fp8_per_expert(const void* weights, int64_t experts, int64_t per_expert,
+                                     void* codes, float* scales, int32_t* nonfinite,
+                                     void* stream);
 
 #ifdef __cplusplus
 }

@@ -155,3 +155,11 @@ fi_status fi_quantize_fp8_blocks(const void* weights, int64_t experts, int64_t r
       (void)nonfinite, (void)stream;
   return FI_STATUS_KERNELS_NOT_BUILT;
 }
+
+fi_status fi_quantize_fp8_per_expert(const void* weights, int64_t experts, int64_t per_expert,
+                                     void* codes, float* scales, int32_t* nonfinite,
+                                     void* stream) {
+  (void)weights, (void)experts, (void)per_expert, (void)codes, (void)scales, (void)nonfinite,
+      (void)stream;
+  return FI_STATUS_KERNELS_NOT_BUILT;
+}

@@ -212,14 +212,17 @@ fn entry_points_report_kernels_not_built() {
     let status =
         unsafe { fi_quantize_fp8_blocks(null, 1, 128, 128, null, null.cast(), null.cast(), null) };
     assert_eq!(status, fi_status::FI_STATUS_KERNELS_NOT_BUILT);
+    let status =
+        unsafe { fi_quantize_fp8_per_expert(null, 1, 8, null, null.cast(), null.cast(), null) };
+    assert_eq!(status, fi_status::FI_STATUS_KERNELS_NOT_BUILT);
 }
 
-/// `fi_quantize_fp8_blocks` checks its arguments before it launches, so its refusals are
-/// testable without a GPU (the pointers below are never dereferenced): each answers
-/// FI_STATUS_INVALID_ARGUMENT with a message naming the rule.
+/// `fi_quantize_fp8_blocks` and `fi_quantize_fp8_per_expert` check their arguments before
+/// they enqueue anything, so their refusals are testable without a GPU (the pointers below are
+/// never dereferenced): each answers FI_STATUS_INVALID_ARGUMENT with a message naming the rule.
 #[cfg(flashinfer_kernels)]
 #[test]
-fn quantize_fp8_blocks_refuses_bad_arguments_before_any_launch() {
+fn weight_quantisers_refuse_bad_arguments_before_any_launch() {
     // Aligned, never dereferenced: every call below is refused first.
     let p = 4096usize as *mut core::ffi::c_void;
     let odd = 4097usize as *mut core::ffi::c_void;
@@ -241,6 +244,27 @@ fn quantize_fp8_blocks_refuses_bad_arguments_before_any_launch() {
         (p, 1, 128 << 24, 128 << 24, "at most 2^31 - 1"),
     ] {
         let (status, msg) = call(w, experts, rows, cols);
+        assert_eq!(
+            status,
+            fi_status::FI_STATUS_INVALID_ARGUMENT,
+            "{rule}: {msg}"
+        );
+        assert!(msg.contains(rule), "{rule}: {msg}");
+    }
+    for (w, experts, per_expert, rule) in [
+        (null, 1, 8, "must not be NULL"),
+        (odd, 1, 8, "16-byte aligned"),
+        (p, 0, 8, "must be positive"),
+        (p, 1, 0, "must be positive"),
+        (p, 1, 12, "multiple of 8"),
+        (p, 65536, 8, "at most 65535"),
+        (p, 65535, i64::MAX / 8 * 8, "fit in int64"),
+    ] {
+        let status = unsafe {
+            fi_quantize_fp8_per_expert(w, experts, per_expert, p, p.cast(), p.cast(), null)
+        };
+        let msg = unsafe { core::ffi::CStr::from_ptr(fi_last_error_message()) };
+        let msg = msg.to_string_lossy();
         assert_eq!(
             status,
             fi_status::FI_STATUS_INVALID_ARGUMENT,

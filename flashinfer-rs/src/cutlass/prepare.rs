@@ -9,8 +9,9 @@
 //!
 //! fp8 per-tensor layers ([`CutlassMoe::new_fp8`](super::CutlassMoe::new_fp8)) take e4m3
 //! weights with one scale per expert and GEMM: [`fp8_per_expert`] quantises bf16 (or f32)
-//! weights so, and [`fp8_shared_scale`] builds `fc1` from fp8 checkpoints that scale
-//! `gate_proj` and `up_proj` apart.
+//! weights so ([`fp8_per_expert_on_device`] bf16 weights on the GPU), and
+//! [`fp8_shared_scale`] builds `fc1` from fp8 checkpoints that scale `gate_proj` and
+//! `up_proj` apart.
 //!
 //! fp8 block-scale layers ([`CutlassMoe::new_fp8_blocks`](super::CutlassMoe::new_fp8_blocks))
 //! take e4m3 weights with one scale per 128x128 block: [`fp8_blocks`] quantises bf16 (or f32)
@@ -20,6 +21,7 @@
 //! function of their `weight_scale_inv` (`[experts, intermediate / 128, hidden / 128]` each);
 //! `fc2` and its scales are `down_proj`'s stacked as they are.
 
+use std::ffi::c_void;
 use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream, CudaView};
@@ -33,24 +35,18 @@ use crate::fused::E4m3;
 use crate::launch::Launch;
 
 /// Quantises `weights` (`experts` equal blocks, stacked) to e4m3 with one scale per block,
-/// `amax / 448` (1 for an all-zero block), rounding to nearest even: the codes and the scales
-/// ([`CutlassFp8Scales`](super::CutlassFp8Scales)' `fc1_weights` or `fc2_weights`). Refuses
-/// NaN and infinite weights. The experts are quantised on all the host's cores (a model's
-/// experts are tens of billions of values).
+/// `amax / 448` (1 for an all-zero block, at least the smallest positive f32), rounding to
+/// nearest even: the codes and the scales ([`CutlassFp8Scales`](super::CutlassFp8Scales)'
+/// `fc1_weights` or `fc2_weights`). Refuses NaN and infinite weights. The experts are
+/// quantised on all the host's cores (a model's experts are tens of billions of values);
+/// [`fp8_per_expert_on_device`] does the same on the GPU.
 pub fn fp8_per_expert<T: Copy + Into<f32> + Sync>(
     weights: &[T],
     experts: usize,
 ) -> Result<(Vec<E4m3>, Vec<f32>)> {
-    ensure_nonzero(&[("experts", experts), ("weights", weights.len())])?;
-    ensure(weights.len().is_multiple_of(experts), "weights", || {
-        format!(
-            "{} elements do not split into {experts} experts",
-            weights.len()
-        )
-    })?;
+    expert_len(weights.len(), experts)?;
     quantise_experts(weights, experts, 1, |w, codes, scales| {
-        let amax = amax(w)?;
-        let scale = if amax > 0.0 { amax / E4M3_MAX } else { 1.0 };
+        let scale = scale_of(amax(w)?);
         scales[0] = scale;
         for (c, &x) in codes.iter_mut().zip(w) {
             *c = E4m3::from_f32(x.into() / scale);
@@ -86,7 +82,7 @@ pub fn fp8_blocks<T: Copy + Into<f32> + Sync>(
                 for span in block_rows() {
                     m = m.max(amax(&w[span])?);
                 }
-                *scale = block_scale(m);
+                *scale = scale_of(m);
                 for span in block_rows() {
                     for (c, &x) in codes[span.clone()].iter_mut().zip(&w[span]) {
                         *c = E4m3::from_f32(x.into() / *scale);
@@ -113,38 +109,69 @@ pub fn fp8_blocks_on_device(
     cols: usize,
 ) -> Result<(CudaSlice<E4m3>, CudaSlice<f32>)> {
     let (row_blocks, col_blocks) = block_grid(weights.len(), experts, rows, cols)?;
-    let as_i64 = |name: &'static str, v: usize| {
-        i64::try_from(v).map_err(|_| Error::invalid(name, format!("{v} does not fit in i64")))
-    };
     let dims = (
-        as_i64("experts", experts)?,
-        as_i64("rows", rows)?,
-        as_i64("cols", cols)?,
+        i64_of("experts", experts)?,
+        i64_of("rows", rows)?,
+        i64_of("cols", cols)?,
     );
+    quantise_on_device(
+        stream,
+        weights,
+        experts * row_blocks * col_blocks,
+        |w, c, s, flag, st| {
+            // SAFETY: the launch's guarantees; codes hold every weight, scales every block
+            // (`block_grid` checked weights' length against the dimensions), the flag one i32.
+            unsafe { sys::fi_quantize_fp8_blocks(w, dims.0, dims.1, dims.2, c, s, flag, st) }
+        },
+    )
+}
+
+/// [`fp8_per_expert`] on the GPU, bit for bit (flashinfer-sys's `fi_quantize_fp8_per_expert`):
+/// bf16 `weights` (`experts` equal parts, stacked, on `stream`'s device; each a multiple of 8
+/// values, at most 65535 experts) to e4m3 codes in a new buffer on `stream`, and the scales,
+/// which [`CutlassFp8Scales`](super::CutlassFp8Scales) takes on the host. Each weight is read
+/// twice (the expert's amax, then its codes). Synchronises `stream` once, at the end (the
+/// scales come back, NaN or infinite weights are refused); sizes are checked before any
+/// allocation; [`Error::KernelsNotBuilt`] in a build without kernels.
+pub fn fp8_per_expert_on_device(
+    stream: &Arc<CudaStream>,
+    weights: &CudaView<'_, bf16>,
+    experts: usize,
+) -> Result<(CudaSlice<E4m3>, Vec<f32>)> {
+    let per_expert = expert_len(weights.len(), experts)?;
+    ensure(experts <= 65535, "experts", || {
+        format!("{experts}: the GPU quantiser takes at most 65535 (a grid dimension)")
+    })?;
+    ensure(per_expert.is_multiple_of(8), "weights", || {
+        format!("{per_expert} values per expert: the GPU quantiser takes multiples of 8")
+    })?;
+    let dims = (i64_of("experts", experts)?, i64_of("weights", per_expert)?);
+    let (codes, scales) = quantise_on_device(stream, weights, experts, |w, c, s, flag, st| {
+        // SAFETY: the launch's guarantees; codes hold every weight, scales every expert
+        // (`expert_len` checked weights' length), the flag one i32.
+        unsafe { sys::fi_quantize_fp8_per_expert(w, dims.0, dims.1, c, s, flag, st) }
+    })?;
+    Ok((codes, stream.clone_dtoh(&scales)?))
+}
+
+/// The C call of a GPU quantiser: `weights` into new codes (one per weight) and `scales_len`
+/// scales on `stream` by `call(weights, codes, scales, nonfinite, stream)`, then the
+/// non-finite flag read back (the one synchronisation).
+fn quantise_on_device(
+    stream: &Arc<CudaStream>,
+    weights: &CudaView<'_, bf16>,
+    scales_len: usize,
+    call: impl FnOnce(*const c_void, *mut c_void, *mut f32, *mut i32, *mut c_void) -> sys::fi_status,
+) -> Result<(CudaSlice<E4m3>, CudaSlice<f32>)> {
     let mut codes = stream.alloc_zeros::<E4m3>(weights.len())?;
-    let mut scales = stream.alloc_zeros::<f32>(experts * row_blocks * col_blocks)?;
+    let mut scales = stream.alloc_zeros::<f32>(scales_len)?;
     let mut nonfinite = stream.alloc_zeros::<i32>(1)?;
     let mut l = Launch::new(stream);
     let w = l.input("weights", weights);
     let c = l.output("codes", &mut codes);
     let s = l.output("scales", &mut scales);
     let flag = l.output("nonfinite", &mut nonfinite);
-    l.call(|p| {
-        // SAFETY: the launch's guarantees; codes hold every weight, scales every block
-        // (`block_grid` checked weights' length against the dimensions), the flag one i32.
-        unsafe {
-            sys::fi_quantize_fp8_blocks(
-                p.ro(w),
-                dims.0,
-                dims.1,
-                dims.2,
-                p.rw(c),
-                p.rw(s),
-                p.rw(flag),
-                p.stream(),
-            )
-        }
-    })?;
+    l.call(|p| call(p.ro(w), p.rw(c), p.rw(s), p.rw(flag), p.stream()))?;
     if stream.clone_dtoh(&nonfinite)?[0] != 0 {
         return Err(Error::invalid(
             "weights",
@@ -152,6 +179,21 @@ pub fn fp8_blocks_on_device(
         ));
     }
     Ok((codes, scales))
+}
+
+/// `v` as the C ABI's i64, or an error naming `name`.
+fn i64_of(name: &'static str, v: usize) -> Result<i64> {
+    i64::try_from(v).map_err(|_| Error::invalid(name, format!("{v} does not fit in i64")))
+}
+
+/// The values per expert of `len` values split into `experts` equal parts: an error unless
+/// both are positive and the split is exact.
+fn expert_len(len: usize, experts: usize) -> Result<usize> {
+    ensure_nonzero(&[("experts", experts), ("weights", len)])?;
+    ensure(len.is_multiple_of(experts), "weights", || {
+        format!("{len} elements do not split into {experts} experts")
+    })?;
+    Ok(len / experts)
 }
 
 /// The side of a block-scale layer's weight blocks and of its activation groups.
@@ -176,10 +218,11 @@ fn block_grid(len: usize, experts: usize, rows: usize, cols: usize) -> Result<(u
     Ok((rows / BLOCK, cols / BLOCK))
 }
 
-/// A block's scale from its largest magnitude `amax`: `amax / 448`, 1 for an all-zero block,
-/// and at least the smallest positive f32, so that a block of magnitudes below 6.3e-43 (where
-/// `amax / 448` underflows to 0) gets codes, not NaN (`0 / 0`).
-fn block_scale(amax: f32) -> f32 {
+/// The scale of weights (a block, an expert) from their largest magnitude `amax`: `amax /
+/// 448`, 1 for all zeros, and at least the smallest positive f32, so that magnitudes below
+/// 6.3e-43 (where `amax / 448` underflows to 0) get codes, not NaN (`0 / 0`). The GPU
+/// quantisers (flashinfer-sys's `csrc/weights_fp8.cu`) compute the same.
+fn scale_of(amax: f32) -> f32 {
     if amax > 0.0 {
         (amax / E4M3_MAX).max(f32::from_bits(1))
     } else {

@@ -1,10 +1,13 @@
-//! Weight preparation on the GPU (`cutlass::prepare`): `fp8_blocks_on_device` against the host
-//! quantiser `fp8_blocks`, which the block-scale layer's tests already hold to the oracle's
-//! `quantize_fp8_blocks`: every code and every scale bit for bit, on bf16 weights of the ranges
-//! real checkpoints reach and past them (magnitudes from bf16's subnormals to 1e38, all-zero
-//! blocks, values exactly at e4m3's ties and at +-448, negative zeros), and NaN, infinity and
-//! bad sizes refused. A plain CUDA kernel: any GPU the crate runs on.
-use flashinfer_rs::cutlass::prepare::{fp8_blocks, fp8_blocks_on_device};
+//! Weight preparation on the GPU (`cutlass::prepare`): `fp8_blocks_on_device` and
+//! `fp8_per_expert_on_device` against the host quantisers `fp8_blocks` and `fp8_per_expert`
+//! (which the fp8 layers' tests hold to the oracle): every code and every scale bit for bit,
+//! on bf16 weights of the ranges real checkpoints reach and past them (magnitudes from bf16's
+//! subnormals to 1e38, all-zero blocks and experts, values exactly at e4m3's ties and at
+//! +-448, negative zeros), and NaN, infinity and bad sizes refused. Plain CUDA kernels: any
+//! GPU the crate runs on.
+use flashinfer_rs::cutlass::prepare::{
+    fp8_blocks, fp8_blocks_on_device, fp8_per_expert, fp8_per_expert_on_device,
+};
 use flashinfer_rs::fused::E4m3;
 use flashinfer_rs::half::bf16;
 use flashinfer_rs::routing::oracle::SplitMix64;
@@ -12,45 +15,46 @@ use flashinfer_rs::Error;
 
 use crate::common::gpu;
 
+/// Weight `i` of a group (a block, an expert) in one of 7 regimes: ordinary weights, a spread
+/// over 1e-3..1e3, bf16 subnormals only (below 1.2e-38: the scale is an f32 subnormal), near
+/// f32's top, all zeros (half of them negative), amax exactly 448 (scale 1) with e4m3's ties
+/// (1.0625 lies between 1 and 1.125) and +-448 itself, and one value among zeros.
+fn value(regime: usize, i: usize, rng: &mut SplitMix64) -> bf16 {
+    let u = rng.unit() as f32 * 2.0 - 1.0;
+    bf16::from_f32(match regime % 7 {
+        0 => u * 0.05,
+        1 => u * 10f32.powf(rng.unit() as f32 * 6.0 - 3.0),
+        2 => u * 1e-39,
+        3 => u * 3e38,
+        4 => {
+            if u < 0.0 {
+                -0.0
+            } else {
+                0.0
+            }
+        }
+        5 => [448.0, -448.0, 1.0625, -1.0625, 3.25 * 1.0625, u * 448.0][i % 6],
+        _ => {
+            if i == 5 * 128 + 9 {
+                -0.75
+            } else {
+                0.0
+            }
+        }
+    })
+}
+
 /// `experts` stacked `[rows, cols]` bf16 matrices whose 128x128 blocks each take one regime.
 fn weights(experts: usize, rows: usize, cols: usize, seed: u64) -> Vec<bf16> {
     let mut rng = SplitMix64(seed);
     let (rb, cb) = (rows / 128, cols / 128);
-    let mut w = vec![bf16::ZERO; experts * rows * cols];
-    for (i, v) in w.iter_mut().enumerate() {
-        let (e, r, c) = (i / (rows * cols), i / cols % rows, i % cols);
-        let block = (e * rb + r / 128) * cb + c / 128;
-        let u = rng.unit() as f32 * 2.0 - 1.0;
-        *v = bf16::from_f32(match block % 7 {
-            // Ordinary weights, and a block spread over 1e-3..1e3.
-            0 => u * 0.05,
-            1 => u * 10f32.powf(rng.unit() as f32 * 6.0 - 3.0),
-            // bf16 subnormals only (below 1.2e-38): the scale is an f32 subnormal.
-            2 => u * 1e-39,
-            // Near f32's top.
-            3 => u * 3e38,
-            // All zero, half of them negative zeros.
-            4 => {
-                if u < 0.0 {
-                    -0.0
-                } else {
-                    0.0
-                }
-            }
-            // amax exactly 448 (scale 1): e4m3's ties (1.0625 lies between 1 and 1.125), and
-            // +-448 itself.
-            5 => [448.0, -448.0, 1.0625, -1.0625, 3.25 * 1.0625, u * 448.0][i % 6],
-            // A block of one value and zeros.
-            _ => {
-                if r % 128 == 5 && c % 128 == 9 {
-                    -0.75
-                } else {
-                    0.0
-                }
-            }
-        });
-    }
-    w
+    (0..experts * rows * cols)
+        .map(|i| {
+            let (e, r, c) = (i / (rows * cols), i / cols % rows, i % cols);
+            let block = (e * rb + r / 128) * cb + c / 128;
+            value(block, (r % 128) * 128 + c % 128, &mut rng)
+        })
+        .collect()
 }
 
 #[test]
@@ -108,4 +112,62 @@ fn fp8_blocks_on_device_refuse_nan_infinity_and_bad_sizes() {
         assert!(matches!(e, Error::InvalidArgument { .. }), "{e}");
     }
     eprintln!("{test}: NaN, +-inf and 4 bad shapes refused");
+}
+
+#[test]
+fn fp8_per_expert_on_device_equal_the_host_quantiser_bit_for_bit() {
+    let test = "prepare::fp8_per_expert_on_device_equal_the_host_quantiser_bit_for_bit";
+    let Some(g) = gpu(test) else { return };
+    // 14 experts, two of each regime, of 3 x 128 x 136 values (not a multiple of the
+    // kernels' 2048-value block stride: each expert's last block is partial).
+    let (experts, per) = (14, 3 * 128 * 136);
+    let mut rng = SplitMix64(23);
+    let host: Vec<bf16> = (0..experts * per)
+        .map(|i| value(i / per, i % per, &mut rng))
+        .collect();
+    let device = g.stream.clone_htod(&host).unwrap();
+    let (codes, scales) = fp8_per_expert_on_device(&g.stream, &device.as_view(), experts).unwrap();
+    let (want_codes, want_scales) = fp8_per_expert(&host, experts).unwrap();
+    let bits = |s: &[f32]| s.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&scales), bits(&want_scales), "scales");
+    let got_codes: Vec<E4m3> = g.stream.clone_dtoh(&codes).unwrap();
+    let differ = got_codes.iter().zip(&want_codes).position(|(a, b)| a != b);
+    assert_eq!(differ, None, "first code that differs");
+    assert!(
+        want_scales.iter().any(|s| s.is_subnormal()),
+        "no subnormal scale tested"
+    );
+    eprintln!(
+        "{test}: {} codes and {experts} scales equal ({:?})",
+        got_codes.len(),
+        want_scales
+    );
+}
+
+#[test]
+fn fp8_per_expert_on_device_refuse_nan_infinity_and_bad_sizes() {
+    let test = "prepare::fp8_per_expert_on_device_refuse_nan_infinity_and_bad_sizes";
+    let Some(g) = gpu(test) else { return };
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut w = vec![bf16::from_f32(0.5); 3 * 4096];
+        w[2 * 4096 + 1001] = bf16::from_f32(bad);
+        let d = g.stream.clone_htod(&w).unwrap();
+        match fp8_per_expert_on_device(&g.stream, &d.as_view(), 3) {
+            Err(Error::InvalidArgument {
+                arg: "weights",
+                rule,
+            }) => {
+                assert!(rule.contains("NaN or infinity"), "{rule}")
+            }
+            other => panic!("{bad}: {:?}", other.map(|_| ())),
+        }
+    }
+    // 4100 per expert (not a multiple of 8), 0 experts, 7 (no exact split); 65536 experts of 8.
+    let d = g.stream.alloc_zeros::<bf16>(3 * 4100).unwrap();
+    let many = g.stream.alloc_zeros::<bf16>(65536 * 8).unwrap();
+    for (v, experts) in [(&d, 3), (&d, 0), (&d, 7), (&many, 65536)] {
+        let e = fp8_per_expert_on_device(&g.stream, &v.as_view(), experts).unwrap_err();
+        assert!(matches!(e, Error::InvalidArgument { .. }), "{experts}: {e}");
+    }
+    eprintln!("{test}: NaN, +-inf and 4 bad sizes refused");
 }

@@ -837,7 +837,7 @@ pub unsafe fn fi_cutlass_moe_run(layer: *mut fi_cutlass_moe, buffers: *const fi_
         None => crate::prebuilt::unavailable(),
     }
 }
-#[doc = " Quantises `experts` stacked bf16 matrices [rows, cols] (`weights`) to e4m3 in 128x128\n blocks, bit for bit as flashinfer-rs's host quantiser (`cutlass::prepare::fp8_blocks`): each\n block's scale is amax / 448 (1 for an all-zero block, at least the smallest positive f32),\n each code e4m3(w / scale), nearest even, saturating; the codes into `codes` [experts, rows,\n cols] and the scales into `scales` [experts, rows / 128, cols / 128] (f32), the layout of\n DeepSeek-V3's `weight_scale_inv` that FI_CUTLASS_MOE_WEIGHTS_FP8_BLOCK layers take. rows and\n cols must be positive multiples of 128, at most 2^31 - 1 blocks in all; weights, codes and\n scales 16-byte aligned device memory of the current device, `nonfinite` one device int32 that\n the caller zeroed: it becomes nonzero if a weight is NaN or infinite (whose block's codes and\n scale then mean nothing). Enqueued on `stream`: no allocation, no synchronisation."]
+#[doc = " Quantises `experts` stacked bf16 matrices [rows, cols] (`weights`) to e4m3 in 128x128\n blocks, bit for bit as flashinfer-rs's host quantiser (`cutlass::prepare::fp8_blocks`): each\n block's scale is amax / 448 (1 for an all-zero block, at least the smallest positive f32),\n each code e4m3(w / scale), nearest even, saturating; the codes into `codes` [experts, rows,\n cols] and the scales into `scales` [experts, rows / 128, cols / 128] (f32), the layout of\n DeepSeek-V3's `weight_scale_inv` that FI_CUTLASS_MOE_WEIGHTS_FP8_BLOCK layers take. rows and\n cols must be positive multiples of 128, at most 2^31 - 1 blocks in all; weights, codes and\n scales 16-byte aligned device memory of the current device; `nonfinite` one device int32,\n which the call sets to 0 and then to nonzero if a weight is NaN or infinite (whose block's\n codes and scale then mean nothing). Enqueued on `stream`: no allocation, no\n synchronisation."]
 ///
 /// # Safety
 /// As the C function of the same name (csrc/flashinfer_rs.h).
@@ -845,6 +845,17 @@ pub unsafe fn fi_quantize_fp8_blocks(weights: *const ::core::ffi::c_void, expert
     match crate::prebuilt::table() {
         // SAFETY: the caller upholds the C function's contract; the table holds it.
         Some(t) => unsafe { (t.fi_quantize_fp8_blocks)(weights, experts, rows, cols, codes, scales, nonfinite, stream) },
+        None => crate::prebuilt::unavailable(),
+    }
+}
+#[doc = " Quantises `experts` equal parts of `weights` (bf16, `per_expert` values each, a multiple of\n 8) to e4m3 with one scale per expert, bit for bit as flashinfer-rs's host quantiser\n (`cutlass::prepare::fp8_per_expert`): the expert's scale is amax / 448 (1 for an all-zero\n expert, at least the smallest positive f32), each code e4m3(w / scale), nearest even,\n saturating; the codes into `codes` [experts * per_expert] and the scales into `scales`\n [experts] (f32: the per-expert weight scales of FI_CUTLASS_MOE_WEIGHTS_FP8 layers). experts\n at most 65535; pointers and `nonfinite` as for fi_quantize_fp8_blocks. Enqueued on `stream`\n (two memsets and three kernels; `scales` holds each expert's amax until the last): no\n allocation, no synchronisation."]
+///
+/// # Safety
+/// As the C function of the same name (csrc/flashinfer_rs.h).
+pub unsafe fn fi_quantize_fp8_per_expert(weights: *const ::core::ffi::c_void, experts: i64, per_expert: i64, codes: *mut ::core::ffi::c_void, scales: *mut f32, nonfinite: *mut i32, stream: *mut ::core::ffi::c_void) -> fi_status {
+    match crate::prebuilt::table() {
+        // SAFETY: the caller upholds the C function's contract; the table holds it.
+        Some(t) => unsafe { (t.fi_quantize_fp8_per_expert)(weights, experts, per_expert, codes, scales, nonfinite, stream) },
         None => crate::prebuilt::unavailable(),
     }
 }
@@ -938,6 +949,7 @@ pub(crate) struct Table {
     fi_cutlass_moe_tactic_info: unsafe extern "C" fn(layer: *const fi_cutlass_moe, gemm: i32, index: i32, out: *mut fi_cutlass_moe_tactic) -> fi_status,
     fi_cutlass_moe_run: unsafe extern "C" fn(layer: *mut fi_cutlass_moe, buffers: *const fi_cutlass_moe_buffers, stream: *mut ::core::ffi::c_void) -> fi_status,
     fi_quantize_fp8_blocks: unsafe extern "C" fn(weights: *const ::core::ffi::c_void, experts: i64, rows: i64, cols: i64, codes: *mut ::core::ffi::c_void, scales: *mut f32, nonfinite: *mut i32, stream: *mut ::core::ffi::c_void) -> fi_status,
+    fi_quantize_fp8_per_expert: unsafe extern "C" fn(weights: *const ::core::ffi::c_void, experts: i64, per_expert: i64, codes: *mut ::core::ffi::c_void, scales: *mut f32, nonfinite: *mut i32, stream: *mut ::core::ffi::c_void) -> fi_status,
     fi_get_abi_layout: unsafe extern "C" fn(out: *mut fi_abi_layout) -> fi_status,
     fi_check_device_shape: unsafe extern "C" fn(device: *const fi_device_info) -> fi_status,
     fi_arch_gate: unsafe extern "C" fn(device: *mut fi_device_info) -> fi_status,
@@ -980,6 +992,7 @@ impl Table {
                 fi_cutlass_moe_tactic_info: *library.get::<unsafe extern "C" fn(layer: *const fi_cutlass_moe, gemm: i32, index: i32, out: *mut fi_cutlass_moe_tactic) -> fi_status>(b"fi_cutlass_moe_tactic_info\0").map_err(|e| format!("fi_cutlass_moe_tactic_info: {e}"))?,
                 fi_cutlass_moe_run: *library.get::<unsafe extern "C" fn(layer: *mut fi_cutlass_moe, buffers: *const fi_cutlass_moe_buffers, stream: *mut ::core::ffi::c_void) -> fi_status>(b"fi_cutlass_moe_run\0").map_err(|e| format!("fi_cutlass_moe_run: {e}"))?,
                 fi_quantize_fp8_blocks: *library.get::<unsafe extern "C" fn(weights: *const ::core::ffi::c_void, experts: i64, rows: i64, cols: i64, codes: *mut ::core::ffi::c_void, scales: *mut f32, nonfinite: *mut i32, stream: *mut ::core::ffi::c_void) -> fi_status>(b"fi_quantize_fp8_blocks\0").map_err(|e| format!("fi_quantize_fp8_blocks: {e}"))?,
+                fi_quantize_fp8_per_expert: *library.get::<unsafe extern "C" fn(weights: *const ::core::ffi::c_void, experts: i64, per_expert: i64, codes: *mut ::core::ffi::c_void, scales: *mut f32, nonfinite: *mut i32, stream: *mut ::core::ffi::c_void) -> fi_status>(b"fi_quantize_fp8_per_expert\0").map_err(|e| format!("fi_quantize_fp8_per_expert: {e}"))?,
                 fi_get_abi_layout: *library.get::<unsafe extern "C" fn(out: *mut fi_abi_layout) -> fi_status>(b"fi_get_abi_layout\0").map_err(|e| format!("fi_get_abi_layout: {e}"))?,
                 fi_check_device_shape: *library.get::<unsafe extern "C" fn(device: *const fi_device_info) -> fi_status>(b"fi_check_device_shape\0").map_err(|e| format!("fi_check_device_shape: {e}"))?,
                 fi_arch_gate: *library.get::<unsafe extern "C" fn(device: *mut fi_device_info) -> fi_status>(b"fi_arch_gate\0").map_err(|e| format!("fi_arch_gate: {e}"))?,

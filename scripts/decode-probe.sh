@@ -3,21 +3,24 @@
 # machine with nvcc (no cargo needed): checks them on a few shapes, then times them at the
 # Qwen3-30B-A3B and DeepSeek-V3-sized layers. Run from the repository root:
 #
-#     bash scripts/decode-probe.sh [DIR]
+#     bash scripts/decode-probe.sh [DIR ...]
 #
-# DIR (optional): a folder holding another moe_decode.cu and moe_decode.h of the same interface
-# (e.g. from `git show <rev>:flashinfer-sys/csrc/moe_decode.cu`); the probe is then also built
-# against them and run first, so both are timed in one session.
+# Each DIR (optional): a folder holding another moe_decode.cu and moe_decode.h of the same
+# interface (e.g. from `git show <rev>:flashinfer-sys/csrc/moe_decode.cu`, a variant on a branch);
+# the probe is then also built against each and run first, in the order given, so all are timed
+# in one session beside this tree's.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 csrc=flashinfer-sys/csrc
 out=${TMPDIR:-/tmp}/moe_decode_probe
-if [ -n "${1:-}" ]; then
-  nvcc -std=c++17 -O3 -arch=sm_90a -I"$1" -I"$csrc" \
-    "$csrc/probe/moe_decode_probe.cu" "$1/moe_decode.cu" -o "$out-baseline"
-  echo "== $1"
-  "$out-baseline"
-  echo "== this tree"
-fi
+n=0
+for dir in "$@"; do
+  n=$((n + 1))
+  nvcc -std=c++17 -O3 -arch=sm_90a -I"$dir" -I"$csrc" \
+    "$csrc/probe/moe_decode_probe.cu" "$dir/moe_decode.cu" -o "$out-$n"
+  echo "== $dir"
+  "$out-$n"
+done
+[ "$n" = 0 ] || echo "== this tree"
 nvcc -std=c++17 -O3 -arch=sm_90a -I"$csrc" "$csrc/probe/moe_decode_probe.cu" "$csrc/moe_decode.cu" -o "$out"
 "$out"

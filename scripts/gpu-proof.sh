@@ -13,8 +13,8 @@
 #                                          # scale), vLLM's Triton fused MoE bf16, fp8 and fp8
 #                                          # block scale; `layer-tests [filter]` and
 #                                          # `layer-bench` are its two halves (one call each)
-#     bash scripts/gpu-proof.sh decode-bench [dir]  # gpu-pack.tar.xz: the decode kernels' probe
-#                                          # (beside an earlier moe_decode.cu in dir) and the
+#     bash scripts/gpu-proof.sh decode-bench [dirs]  # gpu-pack.tar.xz: the decode kernels' probe
+#                                          # (beside other moe_decode.cu in dirs) and the
 #                                          # layer bench at 1-64 tokens (MOE_LAYER_TOKENS)
 #     bash scripts/gpu-proof.sh decode-profile [layer:tokens ...]  # the decode kernels under
 #                                          # Nsight Compute (scripts/decode-profile.sh; no pack)
@@ -77,10 +77,10 @@ case ${1:-suite} in
       part bench-layer-vllm-fp8-blocks python3 scripts/bench_vllm_moe.py --fp8-blocks
     fi
     ;;
-  decode-bench) # [baseline dir]: the decode kernels' probe (beside an earlier moe_decode.cu,
+  decode-bench) # [dirs]: the decode kernels' probe (beside other moe_decode.cu in dirs,
     # scripts/decode-probe.sh), then the layer bench at decode sizes only
     unpack gpu-pack.tar.xz
-    part decode-probe bash scripts/decode-probe.sh "${2:-}"
+    part decode-probe bash scripts/decode-probe.sh "${@:2}"
     MOE_LAYER_TOKENS=${MOE_LAYER_TOKENS:-1,2,4,8,16,32,64} part bench-layer-decode \
       bash gpu-pack/bench.sh layer
     grep -E '^\|' "$out/bench-layer-decode.log" > "$out/bench-layer-decode.md" || true
@@ -109,7 +109,7 @@ case ${1:-suite} in
     ;;
   *)
     echo "usage: $0 suite | layer|layer-tests [filters] | layer-bench | transformers-fp8-blocks |" \
-      "decode-bench [dir] | decode-profile [cases] | serve | serve-bench ours|peer" >&2
+      "decode-bench [dirs] | decode-profile [cases] | serve | serve-bench ours|peer" >&2
     exit 2
     ;;
 esac

@@ -396,11 +396,10 @@ pub enum CutlassSchedule {
     /// to [`DECODE_MAX_TOKENS`] tokens where the experts are at most
     /// [`DECODE_MAX_EXPERT_SIZE`] (block-scale weights: up to [`BLOCK_DECODE_MAX_TOKENS`]
     /// whatever the size, then their one GEMM); the others the grouped GEMMs, their tactics
-    /// chosen per call
-    /// from the call's mean rows per expert (`num_tokens * top_k / num_experts`, host-side, no
-    /// launch): below 16, the 128x16 tile with swapped operands in both GEMMs; from 16 on, the
-    /// 128x256 tile (on an H200 within 2.5% of the fastest of three tiles in both operand
-    /// orders, BENCHMARKS.md section 7).
+    /// chosen per call from the call's mean rows per expert (`num_tokens * top_k /
+    /// num_experts`, host-side, no launch): below 16, the 128x16 tile with swapped operands in
+    /// both GEMMs; from 16 on, the 128x256 tile (on an H200 within 2.5% of the fastest of three
+    /// tiles in both operand orders, BENCHMARKS.md section 7).
     #[default]
     Fastest,
     /// As [`Fastest`](Self::Fastest), with the decode kernels taking calls of up to this many

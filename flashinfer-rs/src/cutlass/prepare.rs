@@ -1,5 +1,6 @@
-//! Weight preparation (on the host, and fp8 block quantisation on the GPU) for [`CutlassMoe`](super::CutlassMoe): GEMM 1's weights
-//! from the layouts checkpoints and other servers keep them in.
+//! Weight preparation for [`CutlassMoe`](super::CutlassMoe): GEMM 1's weights from the layouts
+//! checkpoints and other servers keep them in, and fp8 weights from bf16 ones (on the host, or
+//! on the GPU where the bf16 weights already are).
 //!
 //! The layer reads `fc1` as `[experts, 2 * intermediate, hidden]` with each expert's linear
 //! (up) rows first, then its gate rows (SwiGLU computes `silu(gate) * up`), and `fc2` as
@@ -15,8 +16,9 @@
 //!
 //! fp8 block-scale layers ([`CutlassMoe::new_fp8_blocks`](super::CutlassMoe::new_fp8_blocks))
 //! take e4m3 weights with one scale per 128x128 block: [`fp8_blocks`] quantises bf16 (or f32)
-//! weights so on the host, [`fp8_blocks_on_device`] bf16 weights already on the GPU. DeepSeek-V3's checkpoints ship them (`weight` e4m3 `[out, in]` and
-//! `weight_scale_inv` f32 `[out / 128, in / 128]` per projection): `fc1` is
+//! weights so on the host, [`fp8_blocks_on_device`] bf16 weights already on the GPU.
+//! DeepSeek-V3's checkpoints ship them (`weight` e4m3 `[out, in]` and `weight_scale_inv` f32
+//! `[out / 128, in / 128]` per projection): `fc1` is
 //! [`fc1_from_gate_up`] of the stacked `gate_proj` and `up_proj` codes, and its scales the same
 //! function of their `weight_scale_inv` (`[experts, intermediate / 128, hidden / 128]` each);
 //! `fc2` and its scales are `down_proj`'s stacked as they are.
@@ -157,12 +159,15 @@ pub fn fp8_per_expert_on_device(
 /// The C call of a GPU quantiser: `weights` into new codes (one per weight) and `scales_len`
 /// scales on `stream` by `call(weights, codes, scales, nonfinite, stream)`, then the
 /// non-finite flag read back (the one synchronisation).
-fn quantise_on_device(
+fn quantise_on_device<F>(
     stream: &Arc<CudaStream>,
     weights: &CudaView<'_, bf16>,
     scales_len: usize,
-    call: impl FnOnce(*const c_void, *mut c_void, *mut f32, *mut i32, *mut c_void) -> sys::fi_status,
-) -> Result<(CudaSlice<E4m3>, CudaSlice<f32>)> {
+    call: F,
+) -> Result<(CudaSlice<E4m3>, CudaSlice<f32>)>
+where
+    F: FnOnce(*const c_void, *mut c_void, *mut f32, *mut i32, *mut c_void) -> sys::fi_status,
+{
     let mut codes = stream.alloc_zeros::<E4m3>(weights.len())?;
     let mut scales = stream.alloc_zeros::<f32>(scales_len)?;
     let mut nonfinite = stream.alloc_zeros::<i32>(1)?;

@@ -53,7 +53,9 @@ __device__ __forceinline__ float scale_of(uint32_t amax) {
   return __float_as_uint(q) != 0 ? q : __uint_as_float(1u);
 }
 
-// 8 bf16 to e4m3(w / s), nearest even, saturating to +-448.
+// 8 bf16 to e4m3(w / s), nearest even, saturating to +-448. Not moe_fp8.h's quantize8, which
+// multiplies by a reciprocal under -use_fast_math as the layer's input quantisation must (the
+// kernels' arithmetic); weights are divided exactly, as the host and the checkpoints do.
 __device__ __forceinline__ uint2 codes8(uint4 v, float s) {
   const uint32_t* w = reinterpret_cast<const uint32_t*>(&v);
   uint2 packed;

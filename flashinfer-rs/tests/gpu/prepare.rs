@@ -5,6 +5,7 @@
 //! subnormals to 1e38, all-zero blocks and experts, values exactly at e4m3's ties and at
 //! +-448, negative zeros), and NaN, infinity and bad sizes refused. Plain CUDA kernels: any
 //! GPU the crate runs on.
+use flashinfer_rs::cudarc::driver::CudaView;
 use flashinfer_rs::cutlass::prepare::{
     fp8_blocks, fp8_blocks_on_device, fp8_per_expert, fp8_per_expert_on_device,
 };
@@ -13,7 +14,7 @@ use flashinfer_rs::half::bf16;
 use flashinfer_rs::routing::oracle::SplitMix64;
 use flashinfer_rs::Error;
 
-use crate::common::gpu;
+use crate::common::{gpu, Gpu};
 
 /// Weight `i` of a group (a block, an expert) in one of 7 regimes: ordinary weights, a spread
 /// over 1e-3..1e3, bf16 subnormals only (below 1.2e-38: the scale is an f32 subnormal), near
@@ -57,6 +58,44 @@ fn weights(experts: usize, rows: usize, cols: usize, seed: u64) -> Vec<bf16> {
         .collect()
 }
 
+/// `quantise` refuses weights of `len` values of 0.5 but one, at `at`, NaN or +-inf, naming
+/// them.
+fn refuses_non_finite(
+    g: &Gpu,
+    len: usize,
+    at: usize,
+    quantise: impl Fn(&CudaView<'_, bf16>) -> flashinfer_rs::Result<()>,
+) {
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut w = vec![bf16::from_f32(0.5); len];
+        w[at] = bf16::from_f32(bad);
+        let d = g.stream.clone_htod(&w).unwrap();
+        match quantise(&d.as_view()) {
+            Err(Error::InvalidArgument {
+                arg: "weights",
+                rule,
+            }) => {
+                assert!(rule.contains("NaN or infinity"), "{rule}")
+            }
+            other => panic!("{bad}: {other:?}"),
+        }
+    }
+}
+
+/// The GPU's codes and scales are the host's, bit for bit, and some scale is an f32
+/// subnormal (the regime `-use_fast_math` would flush).
+fn assert_same_bits(codes: &[E4m3], want_codes: &[E4m3], scales: &[f32], want_scales: &[f32]) {
+    let bits = |s: &[f32]| s.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(scales), bits(want_scales), "scales");
+    let differ = codes.iter().zip(want_codes).position(|(a, b)| a != b);
+    assert_eq!(differ, None, "first code that differs");
+    assert_eq!(codes.len(), want_codes.len());
+    assert!(
+        want_scales.iter().any(|s| s.is_subnormal()),
+        "no subnormal scale tested"
+    );
+}
+
 #[test]
 fn fp8_blocks_on_device_equal_the_host_quantiser_bit_for_bit() {
     let test = "prepare::fp8_blocks_on_device_equal_the_host_quantiser_bit_for_bit";
@@ -70,14 +109,7 @@ fn fp8_blocks_on_device_equal_the_host_quantiser_bit_for_bit() {
     let (want_codes, want_scales) = fp8_blocks(&host, experts, rows, cols).unwrap();
     let got_codes: Vec<E4m3> = g.stream.clone_dtoh(&codes).unwrap();
     let got_scales: Vec<f32> = g.stream.clone_dtoh(&scales).unwrap();
-    let bits = |s: &[f32]| s.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-    assert_eq!(bits(&got_scales), bits(&want_scales), "scales");
-    let differ = got_codes.iter().zip(&want_codes).position(|(a, b)| a != b);
-    assert_eq!(differ, None, "first code that differs");
-    assert!(
-        want_scales.iter().any(|s| s.is_subnormal()),
-        "no subnormal scale tested"
-    );
+    assert_same_bits(&got_codes, &want_codes, &got_scales, &want_scales);
     eprintln!(
         "{test}: {} codes and {} scales equal (scales from {:e} to {:e})",
         got_codes.len(),
@@ -91,20 +123,9 @@ fn fp8_blocks_on_device_equal_the_host_quantiser_bit_for_bit() {
 fn fp8_blocks_on_device_refuse_nan_infinity_and_bad_sizes() {
     let test = "prepare::fp8_blocks_on_device_refuse_nan_infinity_and_bad_sizes";
     let Some(g) = gpu(test) else { return };
-    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-        let mut w = vec![bf16::from_f32(0.5); 2 * 128 * 256];
-        w[128 * 256 + 77] = bf16::from_f32(bad);
-        let d = g.stream.clone_htod(&w).unwrap();
-        match fp8_blocks_on_device(&g.stream, &d.as_view(), 2, 128, 256) {
-            Err(Error::InvalidArgument {
-                arg: "weights",
-                rule,
-            }) => {
-                assert!(rule.contains("NaN or infinity"), "{rule}")
-            }
-            other => panic!("{bad}: {:?}", other.map(|_| ())),
-        }
-    }
+    refuses_non_finite(&g, 2 * 128 * 256, 128 * 256 + 77, |w| {
+        fp8_blocks_on_device(&g.stream, w, 2, 128, 256).map(|_| ())
+    });
     let d = g.stream.alloc_zeros::<bf16>(128 * 256).unwrap();
     let v = d.as_view();
     for (experts, rows, cols) in [(1, 64, 512), (1, 128, 200), (2, 128, 256), (0, 128, 256)] {
@@ -128,15 +149,8 @@ fn fp8_per_expert_on_device_equal_the_host_quantiser_bit_for_bit() {
     let device = g.stream.clone_htod(&host).unwrap();
     let (codes, scales) = fp8_per_expert_on_device(&g.stream, &device.as_view(), experts).unwrap();
     let (want_codes, want_scales) = fp8_per_expert(&host, experts).unwrap();
-    let bits = |s: &[f32]| s.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-    assert_eq!(bits(&scales), bits(&want_scales), "scales");
     let got_codes: Vec<E4m3> = g.stream.clone_dtoh(&codes).unwrap();
-    let differ = got_codes.iter().zip(&want_codes).position(|(a, b)| a != b);
-    assert_eq!(differ, None, "first code that differs");
-    assert!(
-        want_scales.iter().any(|s| s.is_subnormal()),
-        "no subnormal scale tested"
-    );
+    assert_same_bits(&got_codes, &want_codes, &scales, &want_scales);
     eprintln!(
         "{test}: {} codes and {experts} scales equal ({:?})",
         got_codes.len(),
@@ -148,20 +162,9 @@ fn fp8_per_expert_on_device_equal_the_host_quantiser_bit_for_bit() {
 fn fp8_per_expert_on_device_refuse_nan_infinity_and_bad_sizes() {
     let test = "prepare::fp8_per_expert_on_device_refuse_nan_infinity_and_bad_sizes";
     let Some(g) = gpu(test) else { return };
-    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
-        let mut w = vec![bf16::from_f32(0.5); 3 * 4096];
-        w[2 * 4096 + 1001] = bf16::from_f32(bad);
-        let d = g.stream.clone_htod(&w).unwrap();
-        match fp8_per_expert_on_device(&g.stream, &d.as_view(), 3) {
-            Err(Error::InvalidArgument {
-                arg: "weights",
-                rule,
-            }) => {
-                assert!(rule.contains("NaN or infinity"), "{rule}")
-            }
-            other => panic!("{bad}: {:?}", other.map(|_| ())),
-        }
-    }
+    refuses_non_finite(&g, 3 * 4096, 2 * 4096 + 1001, |w| {
+        fp8_per_expert_on_device(&g.stream, w, 3).map(|_| ())
+    });
     // 4100 per expert (not a multiple of 8), 0 experts, 7 (no exact split); 65536 experts of 8.
     let d = g.stream.alloc_zeros::<bf16>(3 * 4100).unwrap();
     let many = g.stream.alloc_zeros::<bf16>(65536 * 8).unwrap();

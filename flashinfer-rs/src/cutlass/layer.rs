@@ -419,7 +419,9 @@ pub enum CutlassSchedule {
     /// and routed experts to equal the same request run alone (e.g. RL rollouts replayed by a
     /// trainer). It costs speed where `Fastest` takes other kernels: the decode kernels at up
     /// to 4 tokens (a Qwen3-30B-A3B layer at one token, H100: 53.2 us instead of 38.0,
-    /// BENCHMARKS.md 7c) and the 128x256 tile from 16 rows per expert.
+    /// BENCHMARKS.md 7c) and the 128x256 tile from 16 rows per expert. A block-scale layer
+    /// takes its one GEMM at every size (not the decode kernels `Fastest` takes up to
+    /// [`BLOCK_DECODE_MAX_TOKENS`] tokens).
     BatchInvariant,
 }
 

@@ -132,9 +132,9 @@ pub fn fp8_blocks_on_device(
 /// bf16 `weights` (`experts` equal parts, stacked, on `stream`'s device; each a multiple of 8
 /// values, at most 65535 experts) to e4m3 codes in a new buffer on `stream`, and the scales,
 /// which [`CutlassFp8Scales`](super::CutlassFp8Scales) takes on the host. Each weight is read
-/// twice (the expert's amax, then its codes). Synchronises `stream` once, at the end (the
-/// scales come back, NaN or infinite weights are refused); sizes are checked before any
-/// allocation; [`Error::KernelsNotBuilt`] in a build without kernels.
+/// twice (the expert's amax, then its codes). Waits for `stream` at the end, reading back the
+/// non-finite flag (NaN or infinite weights are refused) and then the scales; sizes are
+/// checked before any allocation; [`Error::KernelsNotBuilt`] in a build without kernels.
 pub fn fp8_per_expert_on_device(
     stream: &Arc<CudaStream>,
     weights: &CudaView<'_, bf16>,
@@ -168,9 +168,16 @@ fn quantise_on_device<F>(
 where
     F: FnOnce(*const c_void, *mut c_void, *mut f32, *mut i32, *mut c_void) -> sys::fi_status,
 {
-    let mut codes = stream.alloc_zeros::<E4m3>(weights.len())?;
-    let mut scales = stream.alloc_zeros::<f32>(scales_len)?;
-    let mut nonfinite = stream.alloc_zeros::<i32>(1)?;
+    // SAFETY: uninitialised device memory, which the C call writes whole before anything reads
+    // it (every code and every scale, and the flag, which it zeroes first); on any error the
+    // buffers are dropped unread. Zeroing them here would write the codes' bytes twice.
+    let (mut codes, mut scales, mut nonfinite) = unsafe {
+        (
+            stream.alloc::<E4m3>(weights.len())?,
+            stream.alloc::<f32>(scales_len)?,
+            stream.alloc::<i32>(1)?,
+        )
+    };
     let mut l = Launch::new(stream);
     let w = l.input("weights", weights);
     let c = l.output("codes", &mut codes);

@@ -276,9 +276,10 @@ fn fp8_blocks_expert_parallel_ranks_sum_only_their_experts() {
     tally.report(test);
 }
 
-/// One kernel at every size, each row quantised and multiplied on its own: the rows of calls
-/// on the first 1, 3, 7, 64 and 257 tokens of a 300-token batch are those of one call on all
-/// 300, bit for bit, on either schedule.
+/// `CutlassSchedule::BatchInvariant` on block-scale weights (the one GEMM at every size, each
+/// row quantised and multiplied on its own): the rows of calls on the first 1, 3, 7, 64 and
+/// 257 tokens of a 300-token batch are those of one call on all 300, bit for bit. `Fastest`
+/// (the decode kernels up to `BLOCK_DECODE_MAX_TOKENS`) is reported beside it, not asserted.
 #[test]
 fn fp8_blocks_rows_do_not_depend_on_the_rest_of_the_batch() {
     let test = "cutlass_moe_fp8_blocks::fp8_blocks_rows_do_not_depend_on_the_rest_of_the_batch";

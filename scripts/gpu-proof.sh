@@ -16,6 +16,7 @@
 #     bash scripts/gpu-proof.sh decode-bench [dirs]  # gpu-pack.tar.xz: the decode kernels' probe
 #                                          # (beside other moe_decode.cu in dirs) and the
 #                                          # layer bench at 1-64 tokens (MOE_LAYER_TOKENS)
+#     bash scripts/gpu-proof.sh decode-probe [dirs]  # the probe alone (no pack, no bench)
 #     bash scripts/gpu-proof.sh decode-profile [layer:tokens ...]  # the decode kernels under
 #                                          # Nsight Compute (scripts/decode-profile.sh; no pack)
 #     bash scripts/gpu-proof.sh transformers-fp8-blocks  # gpu-pack.tar.xz: a DeepSeek-V3-shaped
@@ -85,6 +86,9 @@ case ${1:-suite} in
       bash gpu-pack/bench.sh layer
     grep -E '^\|' "$out/bench-layer-decode.log" > "$out/bench-layer-decode.md" || true
     ;;
+  decode-probe) # [dirs]: the decode kernels' probe alone, beside other moe_decode.cu in dirs
+    part decode-probe bash scripts/decode-probe.sh "${@:2}"
+    ;;
   decode-profile) # [layer:tokens ...]: the decode kernels under Nsight Compute
     part decode-profile bash scripts/decode-profile.sh "${@:2}"
     ;;
@@ -109,7 +113,7 @@ case ${1:-suite} in
     ;;
   *)
     echo "usage: $0 suite | layer|layer-tests [filters] | layer-bench | transformers-fp8-blocks |" \
-      "decode-bench [dirs] | decode-profile [cases] | serve | serve-bench ours|peer" >&2
+      "decode-bench [dirs] | decode-probe [dirs] | decode-profile [cases] | serve | serve-bench ours|peer" >&2
     exit 2
     ;;
 esac

@@ -20,7 +20,8 @@
 //! build with `sm90-moe-fp8`; capture off; its weights are half the bytes) and the fp8
 //! block-scale layer (`CutlassMoe::new_fp8_blocks`: DeepSeek-V3's fp8 format, one scale per
 //! 128x128 block, activations quantised per 128 inside; capture off) and its decode kernels
-//! forced up to 64 tokens (`CutlassSchedule::DecodeUpTo`, capture off), the bf16 decode
+//! forced up to 64 tokens (`CutlassSchedule::DecodeUpTo`, capture off) and its GEMM with the
+//! fastest fixed pair of its two tiles (128x64, 64x64; searched as below), the bf16 decode
 //! kernels alone up to 64 tokens (`CutlassSchedule::DecodeUpTo`,
 //! capture off) and the fastest fixed tactic pair of the grouped GEMMs at that size
 //! (`CutlassSchedule::Tactics`, found by a search per GEMM, capture off, 10 replays each;
@@ -32,7 +33,7 @@ use std::sync::Arc;
 
 use flashinfer_rs::cudarc::driver::sys::{self, CUgraphInstantiate_flags, CUstreamCaptureMode};
 use flashinfer_rs::cudarc::driver::{
-    CudaEvent, CudaSlice, CudaStream, CudaView, DeviceRepr, ValidAsZeroBits,
+    CudaEvent, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits,
 };
 use flashinfer_rs::cutlass::{
     CutlassBatch, CutlassBlockScales, CutlassElement, CutlassFp8Scales, CutlassMoe,
@@ -200,18 +201,28 @@ where
 /// are separate kernels, so each one's best should not depend much on the other's tactic, but
 /// this is a search by coordinate, not the full grid: it can miss a pair whose GEMMs interact.
 /// Every timing goes to stderr, for the log.
-fn search_tactics<'w>(
+fn search_tactics<W: WeightBuffer>(
     g: &Gpu,
-    new_layer: &dyn Fn((u32, u32)) -> CutlassMoe<CudaView<'w, bf16>>,
+    new_layer: &dyn Fn((u32, u32)) -> CutlassMoe<W>,
     counts: (u32, u32),
     ws: &mut CutlassWorkspace,
     b: &mut Batch,
-) -> (f64, (u32, u32)) {
+) -> (f64, (u32, u32))
+where
+    W::Element: CutlassElement,
+{
     let mut time = |pair: (u32, u32)| {
         let t = time_graphs(g, &new_layer(pair), ws, b, &[false], SEARCH_REPS)[0];
         eprintln!(
-            "tokens {}: tactics {}/{}: {t:.1} us",
-            b.tokens, pair.0, pair.1
+            "tokens {}: {}tactics {}/{}: {t:.1} us",
+            b.tokens,
+            if std::any::type_name::<W::Element>().contains("E4m3") {
+                "block-scale "
+            } else {
+                ""
+            },
+            pair.0,
+            pair.1
         );
         t
     };
@@ -315,13 +326,20 @@ fn bench_model(g: &Gpu, m: &Model) {
     };
     let mut blocks = block_layer(CutlassSchedule::Fastest);
     let mut block_decode = block_layer(CutlassSchedule::DecodeUpTo(DECODE_TIMED));
+    // The block-scale GEMM's tiles (128x64, 64x64), fixed per GEMM.
+    let block_tiles = blocks.as_ref().map(|(l, _)| l.tactics().unwrap());
+    let block_fixed = |pair: (u32, u32)| {
+        block_layer(CutlassSchedule::Tactics(pair.0, pair.1))
+            .expect("a block-scale layer")
+            .0
+    };
     println!(
         "\n### {} ({e} experts, top-{k}, hidden {h}, intermediate {i}; {} x {} tactics)\n",
         m.name, counts.0, counts.1
     );
-    println!("| tokens | layer, capture on (us) | capture off (us) | on / off | fp8 layer (us) | bf16 / fp8 | fp8 HBM use | fp8 block-scale layer (us) | bf16 / block | block HBM use | block decode kernels (us) | decode kernels (us) | best fixed tactics (us) | which | experts read | HBM use on their weights | dense bf16 peak |");
+    println!("| tokens | layer, capture on (us) | capture off (us) | on / off | fp8 layer (us) | bf16 / fp8 | fp8 HBM use | fp8 block-scale layer (us) | bf16 / block | block HBM use | block decode kernels (us) | block GEMM, best tiles (us) | which | decode kernels (us) | best fixed tactics (us) | which | experts read | HBM use on their weights | dense bf16 peak |");
     println!(
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---:|---:|"
     );
     for (n, &t) in TOKENS.iter().enumerate() {
         if !rows_wanted(t) {
@@ -376,6 +394,17 @@ fn bench_model(g: &Gpu, m: &Model) {
             }
             _ => "-".into(),
         };
+        let (block_best, block_which) = match (blocks.as_mut(), &block_tiles) {
+            (Some((_, ws)), Some((b1, b2))) => {
+                let counts = (b1.len() as u32, b2.len() as u32);
+                let (us, pair) = search_tactics(g, &block_fixed, counts, ws, &mut b);
+                (
+                    format!("{us:.1}"),
+                    format!("{} / {}", b1[pair.0 as usize], b2[pair.1 as usize]),
+                )
+            }
+            _ => ("-".into(), "-".into()),
+        };
         let flops = 2.0 * (t * k) as f64 * 3.0 * (h * i) as f64;
         let (hbm, peak) = match g.limits {
             Some((bw, fl)) => (
@@ -385,7 +414,7 @@ fn bench_model(g: &Gpu, m: &Model) {
             None => ("n/a".into(), "n/a".into()),
         };
         println!(
-            "| {t} | {on:.1} | {off:.1} | {:.3} | {fp8_time} | {fp8_ratio} | {fp8_hbm} | {block_time} | {block_ratio} | {block_hbm} | {block_decoded} | {decoded} | {best:.1} | {} / {} | {read} | {hbm} | {peak} |",
+            "| {t} | {on:.1} | {off:.1} | {:.3} | {fp8_time} | {fp8_ratio} | {fp8_hbm} | {block_time} | {block_ratio} | {block_hbm} | {block_decoded} | {block_best} | {block_which} | {decoded} | {best:.1} | {} / {} | {read} | {hbm} | {peak} |",
             on / off,
             t1[pair.0 as usize],
             t2[pair.1 as usize]

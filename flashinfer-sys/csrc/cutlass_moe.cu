@@ -19,6 +19,7 @@
 #include <memory>
 #include <cstdint>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -27,6 +28,7 @@
 #include "flashinfer_rs.h"
 #include "info.h"
 #include "moe_decode.h"
+#include "moe_block_scale.h"
 #ifdef FLASHINFER_RS_MOE_FP8
 #include "moe_fp8.h"
 #endif
@@ -54,7 +56,11 @@ struct fi_cutlass_moe {
   fi_cutlass_moe_params params;
   int device = 0;
   std::unique_ptr<Runner> runner;
+  // The GEMMs' tactics: the runner's TMA warp-specialised configs (bf16 and fp8 per-tensor
+  // weights); block-scale weights have the block-scale GEMM's tiles instead (moe_block_scale.h,
+  // by index), their tile1 / tile2 the ones this layer's calls take.
   std::vector<Config> tactics1, tactics2;
+  int32_t tile1 = 0, tile2 = 0;
   // Tactics -1: the pairs chosen per call (fi_cutlass_moe_run's doc), by rows per expert.
   bool per_call = false;
   std::pair<size_t, size_t> few_rows{0, 0}, many_rows{0, 0};
@@ -107,9 +113,10 @@ void validate(const fi_cutlass_moe_params& p) {
     fi::require(p.hidden_size <= 20480 && p.intermediate_size <= 20480,
                 "fp8 block-scale weights: hidden_size and intermediate_size must be at most "
                 "20480 (the block-scale GEMM's largest K)");
-    fi::require(p.tactic_gemm1 == -1 && p.tactic_gemm2 == -1,
-                "fp8 block-scale weights have no tactics: tactic_gemm1 and tactic_gemm2 must be "
-                "-1");
+    const auto tile = [](int32_t t) { return t >= -1 && t < fi::block_scale::kTileCount; };
+    fi::require(tile(p.tactic_gemm1) && tile(p.tactic_gemm2),
+                "fp8 block-scale weights: tactic_gemm1 and tactic_gemm2 must be -1 or a tile of "
+                "the block-scale GEMM (0: 128x64, 1: 64x64)");
   }
   fi::require(int64_t(p.max_tokens) * p.num_experts <= INT_MAX &&
                   int64_t(p.max_tokens) * p.top_k <= INT_MAX,
@@ -187,6 +194,15 @@ size_t find(const std::vector<Config>& tactics, int32_t tile_n, bool swap_ab) {
 // (BENCHMARKS.md section 7: Qwen3 and DeepSeek-V3-sized layers on an H200).
 constexpr int64_t kFewRows = 16;
 
+// Block-scale weights: below this many mean rows per expert the 64x64 tile (two CTAs per SM),
+// from it on upstream's 128x64 (a 128-row tile is at least half full from 64 rows).
+constexpr int64_t kBlockFewRows = 64;
+
+int32_t tactic_count(const fi_cutlass_moe& layer, int32_t gemm) {
+  if (block_scale(layer.params)) return fi::block_scale::kTileCount;
+  return int32_t((gemm == 1 ? layer.tactics1 : layer.tactics2).size());
+}
+
 void validate(const fi_cutlass_moe& layer, const fi_cutlass_moe_buffers& b) {
   const fi_cutlass_moe_params& p = layer.params;
   fi::require(b.num_tokens >= 0 && b.num_tokens <= p.max_tokens,
@@ -258,14 +274,22 @@ extern "C" fi_status fi_cutlass_moe_create(const fi_cutlass_moe_params* params,
     layer->runner = make_runner(*params);
     fi::require((params->tactic_gemm1 == -1) == (params->tactic_gemm2 == -1),
                 "tactic_gemm1 and tactic_gemm2 must both be -1 (chosen per call) or neither");
+    layer->per_call = params->tactic_gemm1 == -1;
     if (block_scale(*params)) {
-      // Its GEMMs are the block-scale runner's (BlockScaleFC1/FC2), which take no tactic; runMoe
-      // still requires one set (and reads only its epilogue schedule, AUTO here).
+      // Its GEMMs are the block-scale runner's (BlockScaleFC1/FC2), which take no config; runMoe
+      // still requires one set (and reads only its epilogue schedule, AUTO here). The tactics
+      // are our block-scale GEMM's tiles (validated above), told to it around each call
+      // (TileScope).
       layer->runner->setTactic(Config{}, Config{});
+      layer->few_rows = {1, 1};
+      layer->many_rows = {0, 0};
+      if (!layer->per_call) {
+        layer->tile1 = params->tactic_gemm1;
+        layer->tile2 = params->tactic_gemm2;
+      }
     } else {
       layer->tactics1 = tma_ws(layer->runner->getTactics(k::MoeGemmId::GEMM_1));
       layer->tactics2 = tma_ws(layer->runner->getTactics(k::MoeGemmId::GEMM_2));
-      layer->per_call = params->tactic_gemm1 == -1;
       if (layer->per_call) {
         layer->few_rows = {find(layer->tactics1, 16, true), find(layer->tactics2, 16, true)};
         layer->many_rows = {find(layer->tactics1, 256, false),
@@ -305,8 +329,8 @@ extern "C" fi_status fi_cutlass_moe_tactic_count(const fi_cutlass_moe* layer, in
   return fi::guarded([&] {
     fi::require(layer != nullptr && gemm1 != nullptr && gemm2 != nullptr,
                 "layer, gemm1 and gemm2 must not be NULL");
-    *gemm1 = int32_t(layer->tactics1.size());
-    *gemm2 = int32_t(layer->tactics2.size());
+    *gemm1 = tactic_count(*layer, 1);
+    *gemm2 = tactic_count(*layer, 2);
   });
 }
 
@@ -315,9 +339,13 @@ extern "C" fi_status fi_cutlass_moe_tactic_info(const fi_cutlass_moe* layer, int
   return fi::guarded([&] {
     fi::require(layer != nullptr && out != nullptr, "layer and out must not be NULL");
     fi::require(gemm == 1 || gemm == 2, "gemm must be 1 or 2");
-    const std::vector<Config>& tactics = gemm == 1 ? layer->tactics1 : layer->tactics2;
-    fi::require(index >= 0 && size_t(index) < tactics.size(), "tactic index out of range");
-    *out = describe(tactics[size_t(index)]);
+    fi::require(index >= 0 && index < tactic_count(*layer, gemm), "tactic index out of range");
+    if (block_scale(layer->params)) {
+      const fi::block_scale::Tile tile = fi::block_scale::kTiles[index];
+      *out = fi_cutlass_moe_tactic{tile.rows, tile.cols, 0, 0};
+      return;
+    }
+    *out = describe((gemm == 1 ? layer->tactics1 : layer->tactics2)[size_t(index)]);
   });
 }
 
@@ -366,9 +394,16 @@ extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
     }
     if (layer->per_call) {
       // Host-side only: the runner reads its tactics when it launches the GEMMs below.
-      bool few = int64_t(b.num_tokens) * p.top_k < kFewRows * p.num_experts;
-      auto [t1, t2] = few ? layer->few_rows : layer->many_rows;
-      layer->runner->setTactic(layer->tactics1[t1], layer->tactics2[t2]);
+      const int64_t rows = int64_t(b.num_tokens) * p.top_k;
+      if (block_scale(p)) {
+        auto [t1, t2] = rows < kBlockFewRows * p.num_experts ? layer->few_rows
+                                                               : layer->many_rows;
+        layer->tile1 = int32_t(t1);
+        layer->tile2 = int32_t(t2);
+      } else {
+        auto [t1, t2] = rows < kFewRows * p.num_experts ? layer->few_rows : layer->many_rows;
+        layer->runner->setTactic(layer->tactics1[t1], layer->tactics2[t2]);
+      }
     }
     int* map = reinterpret_cast<int*>(workspace + layer->map_offset);
     k::QuantParams quant{};
@@ -383,9 +418,11 @@ extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
       // One activation scale for GEMM 2's input (not per expert); no fp8 output.
       quant = k::QuantParams::FP8(b.fp8_fc1_dequant, b.fp8_fc2_quant, b.fp8_fc2_dequant);
     }
+    std::optional<fi::block_scale::TileScope> tiles;
     if (block_scale(p)) {
       // bf16 input as it is: each GEMM quantises its input per token and 128 columns.
       quant = k::QuantParams::FP8BlockScaling(b.fc1_block_scales, b.fc2_block_scales);
+      tiles.emplace(layer->tile1, layer->tile2, p.hidden_size, p.intermediate_size);
     }
 #endif
     tensorrt_llm::kernels::LoraParams lora{};

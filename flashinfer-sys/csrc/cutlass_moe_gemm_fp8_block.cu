@@ -28,11 +28,41 @@ namespace {
 
 namespace bs = tensorrt_llm::kernels::fp8_blockscale_gemm;
 
-// The grouped kernel upstream's fp8_grouped_gemm_run takes without DeepGEMM.
+// The grouped kernel with a TileM x 64 output tile and `Stages` pipeline stages (0: as many
+// as fit one CTA per SM's shared memory at upstream's largest K).
+template <int TileM, int Stages>
 using GroupedGemm =
     bs::Fp8Gemm<__nv_fp8_e4m3, bs::Layout::RowMajor, __nv_fp8_e4m3, bs::Layout::ColMajor,
-                __nv_bfloat16, bs::Layout::RowMajor, float, float, float, 128, 64, 128,
-                bs::ScaleType::PerSubChannel, bs::ScaleType::PerBlock, 1, 128, 128, 128>;
+                __nv_bfloat16, bs::Layout::RowMajor, float, float, float, TileM, 64, 128,
+                bs::ScaleType::PerSubChannel, bs::ScaleType::PerBlock, 1, 128, 128, 128, Stages>;
+// Tile 0: what upstream's fp8_grouped_gemm_run takes without DeepGEMM (8 stages, ~197 KB).
+using WideGemm = GroupedGemm<128, 0>;
+// Tile 1: 6 stages, ~100 KB at K <= 20480, so two CTAs share an SM (116 registers x 256
+// threads each).
+using NarrowGemm = GroupedGemm<64, 6>;
+static_assert(kTiles[0].rows == 128 && kTiles[1].rows == 64 && kTiles[0].cols == 64 &&
+              kTiles[1].cols == 64 && kTileCount == 2);
+
+// The kernel NarrowGemm::run launches (as its run names it), for its attributes.
+auto narrow_kernel() {
+  return bs::cooperative_1x128_by_128x128_fp8_gemm_kernel<
+      bs::GroupedGemmProblemVisitor<64, 64>, __nv_fp8_e4m3, __nv_fp8_e4m3, __nv_bfloat16,
+      bs::Layout::RowMajor, typename bs::Fp8MmaSelector<__nv_fp8_e4m3, __nv_fp8_e4m3, 64>::Type,
+      64, 64, 128, 6, true>;
+}
+
+void check(cudaError_t e) {
+  if (e != cudaSuccess) {
+    throw std::runtime_error(std::string("block-scale GEMM: ") + cudaGetErrorString(e));
+  }
+}
+
+// The open TileScope's choice on this thread (TileScope's comment says why thread-local).
+struct Choice {
+  int32_t gemm1 = 0, gemm2 = 0;
+  int64_t gemm1_n = -1, gemm1_k = -1;
+};
+thread_local Choice choice;
 
 [[noreturn]] void unused(const char* entry) {
   throw std::runtime_error(std::string("flashinfer-rs builds the fp8 block-scale GEMM for the MoE "
@@ -72,10 +102,27 @@ class MoeGemm final : public bs::CutlassFp8BlockScaleGemmRunnerInterface {
         fp8_a, scales_a, static_cast<__nv_bfloat16 const*>(mat_a), problem_m_offsets, problems,
         int(shape_k), max_m_padded_, mul, shr);
 
-    GroupedGemm::run(fp8_a, reinterpret_cast<__nv_fp8_e4m3*>(const_cast<void*>(mat_b)),
-                     static_cast<__nv_bfloat16*>(mat_d), scales_a, scales_b, problems,
-                     problem_m_offsets, int(shape_n), int(shape_k), int(max_m_4_), stream,
-                     /*guessed_m=*/128, int(max_m_padded_));
+    const bool gemm1 = int64_t(shape_n) == choice.gemm1_n && int64_t(shape_k) == choice.gemm1_k;
+    auto* weights = reinterpret_cast<__nv_fp8_e4m3*>(const_cast<void*>(mat_b));
+    auto* out = static_cast<__nv_bfloat16*>(mat_d);
+    // guessed_m: the grid's CTAs per expert along the rows, each stepping over the expert's
+    // tiles (one 128-row tile, upstream's; the narrow tile one CTA, its rows being few).
+    if ((gemm1 ? choice.gemm1 : choice.gemm2) == 1) {
+      if (!narrow_carveout_) {
+        // Two CTAs per SM need the SM's shared memory at its largest split from L1 (the
+        // driver's default split may fit one).
+        check(cudaFuncSetAttribute(narrow_kernel(), cudaFuncAttributePreferredSharedMemoryCarveout,
+                                   int(cudaSharedmemCarveoutMaxShared)));
+        narrow_carveout_ = true;
+      }
+      NarrowGemm::run(fp8_a, weights, out, scales_a, scales_b, problems, problem_m_offsets,
+                      int(shape_n), int(shape_k), int(max_m_4_), stream, /*guessed_m=*/64,
+                      int(max_m_padded_));
+    } else {
+      WideGemm::run(fp8_a, weights, out, scales_a, scales_b, problems, problem_m_offsets,
+                    int(shape_n), int(shape_k), int(max_m_4_), stream, /*guessed_m=*/128,
+                    int(max_m_padded_));
+    }
   }
 
   // Upstream's sizes and their side effects on the layout (getWorkspaceSizeBase): the rows
@@ -127,6 +174,7 @@ class MoeGemm final : public bs::CutlassFp8BlockScaleGemmRunnerInterface {
   int64_t max_m_4_ = 0;
   int64_t max_m_padded_ = 0;
   int sms_ = -1;
+  bool narrow_carveout_ = false;
 };
 
 }  // namespace
@@ -134,5 +182,14 @@ class MoeGemm final : public bs::CutlassFp8BlockScaleGemmRunnerInterface {
 std::unique_ptr<bs::CutlassFp8BlockScaleGemmRunnerInterface> make_moe_gemm() {
   return std::make_unique<MoeGemm>();
 }
+
+TileScope::TileScope(int32_t gemm1, int32_t gemm2, int64_t hidden, int64_t intermediate) {
+  if (gemm1 < 0 || gemm1 >= kTileCount || gemm2 < 0 || gemm2 >= kTileCount) {
+    throw std::invalid_argument("block-scale GEMM: tile index out of range");
+  }
+  choice = Choice{gemm1, gemm2, 2 * intermediate, hidden};
+}
+
+TileScope::~TileScope() { choice = Choice{}; }
 
 }  // namespace fi::block_scale

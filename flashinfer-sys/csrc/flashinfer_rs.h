@@ -29,7 +29,7 @@
 extern "C" {
 #endif
 
-#define FI_ABI_VERSION 10
+#define FI_ABI_VERSION 11
 
 /* ---- status --------------------------------------------------------------------------- */
 
@@ -424,9 +424,11 @@ typedef enum fi_cutlass_moe_weights {
    * GEMM quantises per token and 128 columns (scale amax / 448) (`CutlassMoeFCRunner<bf16,
    * fp8>` with upstream's use_deepseek_fp8_block_scale; feature sm90-moe-fp8): the scales in
    * fc1_block_scales and fc2_block_scales (fi_cutlass_moe_buffers). hidden_size and
-   * intermediate_size must be multiples of 128 and at most 20480; no tactics (the tactic count
-   * is 0; tactic_gemm1 and tactic_gemm2 must be -1): one 128x64 tile. The decode kernels take
-   * these weights too (decode_max_tokens), with the same quantisation. */
+   * intermediate_size must be multiples of 128 and at most 20480. Their tactics are the
+   * block-scale GEMM's two tiles (the same kernel, one reduction order): 0 = 128x64 (upstream's,
+   * one CTA per SM), 1 = 64x64 (two CTAs per SM); per call (tactics -1), the 64x64 tile below
+   * 64 mean rows per expert, 128x64 from there. The decode kernels take these weights too
+   * (decode_max_tokens), with the same quantisation. */
   FI_CUTLASS_MOE_WEIGHTS_FP8_BLOCK = 2,
 } fi_cutlass_moe_weights;
 
@@ -449,7 +451,8 @@ typedef struct fi_cutlass_moe_params {
   int32_t weights;           /**< fi_cutlass_moe_weights */
 } fi_cutlass_moe_params;
 
-/** One TMA warp-specialised tactic of a grouped GEMM (fi_cutlass_moe_tactic_info). */
+/** One tactic of a grouped GEMM (fi_cutlass_moe_tactic_info): a TMA warp-specialised config
+ * of the runner, or for fp8 block-scale weights a tile of the block-scale GEMM. */
 typedef struct fi_cutlass_moe_tactic {
   int32_t tile_m;   /**< CTA tile rows: of the tokens, or of the weights when swap_ab */
   int32_t tile_n;   /**< CTA tile columns: of the weights, or of the tokens when swap_ab */
@@ -468,7 +471,7 @@ void fi_cutlass_moe_destroy(fi_cutlass_moe* layer);
 /** Bytes of device workspace a call needs at up to `max_tokens` tokens. */
 fi_status fi_cutlass_moe_workspace_size(const fi_cutlass_moe* layer, size_t* bytes);
 
-/** How many TMA warp-specialised tactics each GEMM has (valid indices for the params). */
+/** How many tactics each GEMM has (valid indices for the params). */
 fi_status fi_cutlass_moe_tactic_count(const fi_cutlass_moe* layer, int32_t* gemm1,
                                       int32_t* gemm2);
 

@@ -395,10 +395,10 @@ fn cutlass_moe_create_refuses_bad_block_scale_params_before_any_device_call() {
         (
             fi_cutlass_moe_params {
                 tactic_gemm1: 0,
-                tactic_gemm2: 0,
+                tactic_gemm2: 2,
                 ..valid
             },
-            "no tactics",
+            "a tile of the block-scale GEMM",
         ),
         (
             fi_cutlass_moe_params {

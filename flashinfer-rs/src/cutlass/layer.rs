@@ -338,7 +338,8 @@ impl<W> std::fmt::Debug for CutlassMoe<W> {
     }
 }
 
-/// One TMA warp-specialised tactic of a grouped GEMM ([`CutlassMoe::tactics`]).
+/// One tactic of a grouped GEMM ([`CutlassMoe::tactics`]): a TMA warp-specialised config of
+/// the runner, or a tile of the block-scale GEMM (never `swap_ab` nor `finalize`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CutlassTactic {
     /// CTA tile (rows, columns) of the GEMM's output: rows over the tokens and columns over
@@ -420,8 +421,9 @@ pub enum CutlassSchedule {
     /// trainer). It costs speed where `Fastest` takes other kernels: the decode kernels at up
     /// to 4 tokens (a Qwen3-30B-A3B layer at one token, H100: 53.2 us instead of 38.0,
     /// BENCHMARKS.md 7c) and the 128x256 tile from 16 rows per expert. A block-scale layer
-    /// takes its one GEMM at every size (not the decode kernels `Fastest` takes up to
-    /// [`BLOCK_DECODE_MAX_TOKENS`] tokens).
+    /// takes its GEMM with the 128x64 tile at every size (not the decode kernels `Fastest`
+    /// takes up to [`BLOCK_DECODE_MAX_TOKENS`] tokens, nor the 64x64 tile it takes below 64
+    /// rows per expert).
     BatchInvariant,
 }
 
@@ -488,12 +490,15 @@ impl<W: WeightBuffer<Element = E4m3>> CutlassMoe<W> {
     /// each 128-wide slice of K in f32 times the product of its two scales; GEMM 1's output is
     /// bf16, SwiGLU runs in f32 on it and is rounded to bf16 before GEMM 2 quantises it; the
     /// weighted sum is in f32. hidden and intermediate sizes must be multiples of 128 of at
-    /// most 20480. The GEMMs are one kernel at every size (a 128x64 tile, no tactics:
-    /// [`Tactics`](CutlassSchedule::Tactics) is refused); calls of up to
+    /// most 20480. The GEMMs are one kernel, upstream's block-scale GEMM, whose two tiles are
+    /// the layer's [`tactics`](CutlassMoe::tactics): 128x64 (upstream's, one CTA per SM) and
+    /// 64x64 (two CTAs per SM), chosen per call from the mean rows per expert (the 64x64 tile
+    /// below 64) or fixed by [`Tactics`](CutlassSchedule::Tactics); calls of up to
     /// [`BLOCK_DECODE_MAX_TOKENS`] tokens take the decode kernels instead, with the same
     /// quantisation and arithmetic. [`BatchInvariant`](CutlassSchedule::BatchInvariant) takes
-    /// the GEMM at every size; [`DecodeUpTo`](CutlassSchedule::DecodeUpTo) moves the decode
-    /// kernels' limit. Answers [`Error::KernelsNotBuilt`] in a build without `sm90-moe-fp8`.
+    /// the GEMM with the 128x64 tile at every size; [`DecodeUpTo`](CutlassSchedule::DecodeUpTo)
+    /// moves the decode kernels' limit. Answers [`Error::KernelsNotBuilt`] in a build without
+    /// `sm90-moe-fp8`.
     pub fn new_fp8_blocks(
         config: CutlassMoeConfig,
         weights: CutlassWeights<W>,
@@ -602,19 +607,13 @@ where
         };
         // Tactics as the C ABI takes them: indices, or -1 for both: chosen per call.
         let (tactics, decode_max_tokens) = match (schedule, &quant) {
-            (CutlassSchedule::Tactics(..), Quant::Blocks(_)) => {
-                return Err(Error::invalid(
-                    "schedule",
-                    "fp8 block-scale layers have no tactics (one block-scale GEMM)",
-                ))
-            }
             (CutlassSchedule::Fastest, q) => {
                 let block_scale = matches!(q, Quant::Blocks(_));
                 ((-1, -1), default_decode_max_tokens(&config, block_scale))
             }
             (CutlassSchedule::DecodeUpTo(n), _) => ((-1, -1), n),
-            // One kernel for every call: the block-scale GEMM.
-            (CutlassSchedule::BatchInvariant, Quant::Blocks(_)) => ((-1, -1), 0),
+            // One kernel for every call: the block-scale GEMM with its 128x64 tile.
+            (CutlassSchedule::BatchInvariant, Quant::Blocks(_)) => ((0, 0), 0),
             (CutlassSchedule::Tactics(a, b), _) => (tactic_indices((a, b))?, 0),
             // Resolved below, from the runner's own list.
             (CutlassSchedule::BatchInvariant, _) => ((-1, -1), 0),
@@ -693,8 +692,9 @@ where
         self.schedule
     }
 
-    /// GEMM 1's and GEMM 2's TMA warp-specialised tactics on this device, in the order
-    /// [`CutlassSchedule::Tactics`] indexes them.
+    /// GEMM 1's and GEMM 2's tactics on this device, in the order [`CutlassSchedule::Tactics`]
+    /// indexes them: the runner's TMA warp-specialised configs, or for a block-scale layer the
+    /// block-scale GEMM's two tiles (128x64, 64x64).
     pub fn tactics(&self) -> Result<(Vec<CutlassTactic>, Vec<CutlassTactic>)> {
         self.runner.tactics()
     }

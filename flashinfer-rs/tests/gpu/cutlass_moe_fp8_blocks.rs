@@ -136,9 +136,13 @@ fn fp8_blocks_every_method_and_token_count_matches_the_reference() {
             }
             let cfg = config(routing, h, i, 2048);
             let layer = CutlassMoe::new_fp8_blocks(cfg, w.views(), block_scales(&g, &w)).unwrap();
-            // 1 and 7 tokens take the decode kernels, 64 and more the block-scale GEMM.
+            // 1 and 7 tokens take the decode kernels, 64 and more the block-scale GEMM: its
+            // 64x64 tile at 64 and 257 (6-16 rows per expert), 128x64 at 2048 (96-256).
             assert_eq!(layer.decode_max_tokens(), BLOCK_DECODE_MAX_TOKENS);
-            assert!(layer.tactics().unwrap().0.is_empty());
+            let tiles = layer.tactics().unwrap();
+            assert_eq!(tiles.0, tiles.1);
+            let shapes: Vec<_> = tiles.0.iter().map(|t| t.tile).collect();
+            assert_eq!(shapes, [(128, 64), (64, 64)]);
             for t in [1, 7, 64, 257, 2048] {
                 let seed = e as u64 * 1000 + n as u64 * 10 + t as u64;
                 let d = case(&cfg.routing, t, seed);
@@ -382,6 +386,71 @@ fn fp8_blocks_a_graph_of_layers_reruns_with_fresh_inputs() {
     }
 }
 
+/// The block-scale GEMM's two tiles (128x64, upstream's; 64x64, two CTAs per SM), fixed in
+/// each GEMM by `CutlassSchedule::Tactics` in the four pairs: each against the reference, and
+/// bit for bit equal to each other (the same per-row reduction: the tile only changes which
+/// rows a CTA holds, so `Fastest` switching tiles with the batch size keeps a row's bits). Mean
+/// rows per expert from under 1 to 192 (experts of 1..64 rows fill part of a 64-row tile, of
+/// more several): a small layer at 9 to 2048 tokens and a DeepSeek-V3-sized rank (K up to
+/// 7168) at 9 to 300.
+#[test]
+fn fp8_blocks_both_tiles_match_the_reference_and_each_other() {
+    let test = "cutlass_moe_fp8_blocks::fp8_blocks_both_tiles_match_the_reference_and_each_other";
+    let Some(g) = gpu(test) else { return };
+    let mut tally = Tally::new(&g);
+    // (experts, top-k, hidden, intermediate, first local expert, local experts, token counts)
+    let small = (64u32, 6u32, 256, 128, 0u32, 64u32, &[9, 64, 300, 2048][..]);
+    let deepseek = (256, 8, 7168, 2048, 24, 8, &[9, 64, 300][..]);
+    for (e, k, h, i, first, local, tokens) in [small, deepseek] {
+        let w = block_weights(&g, local as usize, h, i, 500 + e as u64);
+        let full = RoutingConfig::new(RoutingMethod::Renormalize, e, k);
+        let routing = full.with_local_experts(first, local);
+        let cfg = config(routing, h, i, 2048);
+        if block_layer_here(&g, cfg, &w, test).is_none() {
+            return;
+        }
+        let layers: Vec<_> = [(0, 0), (1, 1), (0, 1), (1, 0)]
+            .into_iter()
+            .map(|(a, b)| {
+                let schedule = CutlassSchedule::Tactics(a, b);
+                let layer = CutlassMoe::fp8_blocks_with_schedule(
+                    cfg,
+                    w.views(),
+                    block_scales(&g, &w),
+                    schedule,
+                )
+                .unwrap();
+                assert_eq!(layer.decode_max_tokens(), 0);
+                ((a, b), layer)
+            })
+            .collect();
+        for &t in tokens {
+            let seed = 510 + e as u64 + t as u64;
+            let d = case(&full, t, seed);
+            let x = values(&mut SplitMix64(seed ^ 0x5eed), t * h, 1.0);
+            let want = reference(&cfg, &d, &x, &w.host);
+            let mut first_bits: Option<Vec<u32>> = None;
+            for ((a, b), layer) in &layers {
+                tally.against(layer, &d, &x, &want, || {
+                    format!("E={e} H={h} T={t} tiles {a}/{b}")
+                });
+                let bits: Vec<u32> = run_once(&g, layer, &d, &x)
+                    .iter()
+                    .map(|v| v.to_bits())
+                    .collect();
+                match &first_bits {
+                    None => first_bits = Some(bits),
+                    Some(first) => assert!(
+                        *first == bits,
+                        "{test}: E={e} H={h} T={t}: tiles {a}/{b} differ in bits from 0/0"
+                    ),
+                }
+            }
+        }
+    }
+    tally.report(test);
+}
+
 /// Scales and sizes the kernels cannot use, and schedules they do not have, are refused at
 /// construction.
 #[test]
@@ -435,11 +504,17 @@ fn fp8_blocks_bad_scales_sizes_and_schedules_are_refused() {
         "long fc2 scales",
         CutlassMoe::new_fp8_blocks(cfg, w.views(), with(s1.clone(), [&s2[..], &[1.0]].concat())),
     );
-    let fixed = CutlassSchedule::Tactics(0, 0);
-    refused(
-        "fixed tactics",
-        CutlassMoe::fp8_blocks_with_schedule(cfg, w.views(), block_scales(&g, &w), fixed),
-    );
+    for (a, b) in [(2, 0), (0, 2), (u32::MAX, 0)] {
+        refused(
+            "a tactic past the two tiles",
+            CutlassMoe::fp8_blocks_with_schedule(
+                cfg,
+                w.views(),
+                block_scales(&g, &w),
+                CutlassSchedule::Tactics(a, b),
+            ),
+        );
+    }
     // 192 is a multiple of 64 (the bf16 layer's rule), not of 128.
     let odd = block_weights(&g, e as usize, 128, 128, 6);
     let fc1 = g

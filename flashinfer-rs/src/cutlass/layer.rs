@@ -378,7 +378,7 @@ pub const DECODE_MAX_TOKENS: usize = 4;
 
 /// Calls of at most this many tokens take the decode kernels in an fp8 block-scale layer made by
 /// [`CutlassMoe::new_fp8_blocks`], whatever its experts' size: there the alternative is
-/// upstream's one block-scale GEMM kernel (a 128x64 tile), which the decode kernels beat by more
+/// upstream's block-scale GEMM kernel (then with a 128x64 tile), which the decode kernels beat by more
 /// than they beat the bf16 grouped GEMMs. On an H100 (BENCHMARKS.md section 7e), at 1 / 2 / 4 / 8
 /// tokens: a DeepSeek-V3-sized layer 158.6 / 293.8 / 541.3 / 1016.7 us against the GEMM's
 /// 272.7 / 403.4 / 651.5 / 1110.7, a Qwen3-30B-A3B one 28.2 / 50.6 / 85.4 / 147.0 against 64.1 /
@@ -396,7 +396,8 @@ pub enum CutlassSchedule {
     /// The fastest this crate knows ([`CutlassMoe::new`]): the decode kernels for calls of up
     /// to [`DECODE_MAX_TOKENS`] tokens where the experts are at most
     /// [`DECODE_MAX_EXPERT_SIZE`] (block-scale weights: up to [`BLOCK_DECODE_MAX_TOKENS`]
-    /// whatever the size, then their one GEMM); the others the grouped GEMMs, their tactics
+    /// whatever the size, then their GEMM with its 64x64 tile below 64 mean rows per expert,
+    /// 128x64 from there); the others the grouped GEMMs, their tactics
     /// chosen per call from the call's mean rows per expert (`num_tokens * top_k /
     /// num_experts`, host-side, no launch): below 16, the 128x16 tile with swapped operands in
     /// both GEMMs; from 16 on, the 128x256 tile (on an H200 within 2.5% of the fastest of three

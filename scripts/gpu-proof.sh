@@ -19,6 +19,10 @@
 #     bash scripts/gpu-proof.sh decode-probe [dirs]  # the probe alone (no pack, no bench)
 #     bash scripts/gpu-proof.sh decode-profile [layer:tokens ...]  # the decode kernels under
 #                                          # Nsight Compute (scripts/decode-profile.sh; no pack)
+#     bash scripts/gpu-proof.sh block-gemm-probe  # the fp8 block-scale GEMM candidates' probe
+#                                          # (scripts/block-gemm-probe.sh; no gpu-pack, but carry
+#                                          # block-gemm-probe-src.tar.xz, made here by
+#                                          # `bash scripts/block-gemm-probe.sh pack`)
 #     bash scripts/gpu-proof.sh transformers-fp8-blocks  # gpu-pack.tar.xz: a DeepSeek-V3-shaped
 #                                          # fp8 block through our layer, then through
 #                                          # transformers' fine-grained fp8 experts
@@ -92,6 +96,10 @@ case ${1:-suite} in
   decode-profile) # [layer:tokens ...]: the decode kernels under Nsight Compute
     part decode-profile bash scripts/decode-profile.sh "${@:2}"
     ;;
+  block-gemm-probe) # the fp8 block-scale GEMM candidates on the carried upstream sources
+    part block-gemm-probe bash scripts/block-gemm-probe.sh
+    grep -E '^\|' "$out/block-gemm-probe.log" > "$out/block-gemm-probe.md" || true
+    ;;
   transformers-fp8-blocks)
     unpack gpu-pack.tar.xz
     export FLASHINFER_RS_FP8_BLOCKS_EXPORT=/tmp/fp8-blocks-export
@@ -113,7 +121,8 @@ case ${1:-suite} in
     ;;
   *)
     echo "usage: $0 suite | layer|layer-tests [filters] | layer-bench | transformers-fp8-blocks |" \
-      "decode-bench [dirs] | decode-probe [dirs] | decode-profile [cases] | serve | serve-bench ours|peer" >&2
+      "decode-bench [dirs] | decode-probe [dirs] | decode-profile [cases] | block-gemm-probe | serve |" \
+      "serve-bench ours|peer" >&2
     exit 2
     ;;
 esac

@@ -6,7 +6,7 @@
 // upstream's runner interface; its chosen tactics and the
 // workspace layout for its largest batch:
 //   [ runner workspace at max_tokens | row map (unpermuted->permuted) | decode scratch
-//     (moe_decode.h: activations, and block-scale weights' quantised operands) | fp8 input ]
+//     (moe_decode.h: the activations) | fp8 input ]
 // each part 256-byte aligned. Calls of up to decode_max_tokens tokens take the decode kernels
 // (moe_decode.cu) instead of the runner; fp8 calls first quantise their input (moe_fp8.cu).
 // The runner keeps per-call state (its workspace pointers, the tactics), so calls on one layer
@@ -304,8 +304,7 @@ extern "C" fi_status fi_cutlass_moe_create(const fi_cutlass_moe_params* params,
     layer->decode_offset = align_up(layer->map_offset + map_bytes);
     size_t decode_bytes =
         fi::decode::workspace_bytes(std::min(params->decode_max_tokens, params->max_tokens),
-                                    params->top_k, params->hidden_size, params->intermediate_size,
-                                    block_scale(*params));
+                                    params->top_k, params->intermediate_size);
     layer->fp8_input_offset = align_up(layer->decode_offset + decode_bytes);
     size_t fp8_input_bytes = params->weights == FI_CUTLASS_MOE_WEIGHTS_FP8
                                  ? size_t(params->max_tokens) * size_t(params->hidden_size)

@@ -3,7 +3,7 @@
 # machine with nvcc (no cargo needed): checks them on a few shapes, then times them at the
 # Qwen3-30B-A3B and DeepSeek-V3-sized layers. Run from the repository root:
 #
-#     bash scripts/decode-probe.sh [DIR ...]
+#     bash scripts/decode-probe.sh [DIR ...]     # MOE_DECODE_PROBE_TOKENS=1,8 times those sizes only
 #
 # Each DIR (optional): a folder holding another moe_decode.cu and moe_decode.h of the same
 # interface (e.g. from `git show <rev>:flashinfer-sys/csrc/moe_decode.cu`, a variant on a branch);

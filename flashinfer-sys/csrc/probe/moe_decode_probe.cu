@@ -205,6 +205,19 @@ int profile(const char* layer, int tokens) {
   return 0;
 }
 
+// Whether MOE_DECODE_PROBE_TOKENS (a comma-separated list; unset: every size) names `tokens`.
+bool wanted(int tokens) {
+  const char* list = std::getenv("MOE_DECODE_PROBE_TOKENS");
+  if (list == nullptr) return true;
+  for (const char* at = list; *at != '\0';) {
+    char* end = nullptr;
+    if (std::strtol(at, &end, 10) == tokens) return true;
+    if (end == at) return false;
+    at = *end == ',' ? end + 1 : end;
+  }
+  return false;
+}
+
 int main(int argc, char** argv) {
   if (argc == 4 && std::string(argv[1]) == "profile") return profile(argv[2], std::atoi(argv[3]));
   cudaDeviceProp prop;
@@ -241,6 +254,7 @@ int main(int argc, char** argv) {
                 " of bandwidth\n",
                 m.name);
     for (int t : m.tokens) {
+      if (!wanted(t)) continue;
       Call c = make_call(l, t, rng);
       std::vector<bool> hit(l.experts);
       for (int id : c.ids) hit[id] = true;

@@ -23,6 +23,10 @@
 #                                          # (scripts/block-gemm-probe.sh; no gpu-pack, but carry
 #                                          # block-gemm-probe-src.tar.xz, made here by
 #                                          # `bash scripts/block-gemm-probe.sh pack`)
+#     bash scripts/gpu-proof.sh block-bench  # gpu-pack.tar.xz and block-gemm-probe-src.tar.xz: the
+#                                          # block-scale GEMM probe, then the layer bench and vLLM's
+#                                          # block-fp8 Triton MoE at MOE_LAYER_TOKENS (default
+#                                          # 1,8,16,64,512)
 #     bash scripts/gpu-proof.sh transformers-fp8-blocks  # gpu-pack.tar.xz: a DeepSeek-V3-shaped
 #                                          # fp8 block through our layer, then through
 #                                          # transformers' fine-grained fp8 experts
@@ -100,6 +104,16 @@ case ${1:-suite} in
     part block-gemm-probe bash scripts/block-gemm-probe.sh
     grep -E '^\|' "$out/block-gemm-probe.log" > "$out/block-gemm-probe.md" || true
     ;;
+  block-bench) # the block-scale GEMM's candidates, then the layer beside vLLM's block-fp8 MoE
+    part block-gemm-probe bash scripts/block-gemm-probe.sh
+    grep -E '^\|' "$out/block-gemm-probe.log" > "$out/block-gemm-probe.md" || true
+    unpack gpu-pack.tar.xz
+    export MOE_LAYER_TOKENS=${MOE_LAYER_TOKENS:-1,8,16,64,512}
+    part bench-layer bash gpu-pack/bench.sh layer
+    grep -E '^\|' "$out/bench-layer.log" > "$out/bench-layer.md" || true
+    part bench-layer-vllm-fp8-blocks python3 scripts/bench_vllm_moe.py --fp8-blocks \
+      --tokens ${MOE_LAYER_TOKENS//,/ }
+    ;;
   transformers-fp8-blocks)
     unpack gpu-pack.tar.xz
     export FLASHINFER_RS_FP8_BLOCKS_EXPORT=/tmp/fp8-blocks-export
@@ -121,8 +135,8 @@ case ${1:-suite} in
     ;;
   *)
     echo "usage: $0 suite | layer|layer-tests [filters] | layer-bench | transformers-fp8-blocks |" \
-      "decode-bench [dirs] | decode-probe [dirs] | decode-profile [cases] | block-gemm-probe | serve |" \
-      "serve-bench ours|peer" >&2
+      "decode-bench [dirs] | decode-probe [dirs] | decode-profile [cases] | block-gemm-probe |" \
+      "block-bench | serve | serve-bench ours|peer" >&2
     exit 2
     ;;
 esac

@@ -1,16 +1,25 @@
 #!/usr/bin/env bash
-# Fetches the peer that BENCHMARKS.md (section 7) times beside our MoE layer, vLLM's Triton fused
-# MoE, and extracts from it only what scripts/bench_vllm_moe.py needs. Third-party code is fetched,
-# sha-pinned, never committed: the wheel goes to a git-ignored cache, the extract to OUT.
+# Fetches the peers that BENCHMARKS.md times beside ours and extracts from each only what the
+# benches need. Third-party code is fetched, sha-pinned, never committed: the wheels go to a
+# git-ignored cache, the extracts to PEERS (default gpu-pack/peers, git-ignored).
 #
-#     bash scripts/fetch-peers.sh [OUT]        # here (PyPI); OUT defaults to gpu-pack/peers/vllm
-#     python3 scripts/bench_vllm_moe.py        # on the GPU machine (torch + triton, no vLLM needed)
+#     bash scripts/fetch-peers.sh [PEERS]      # here (PyPI): PEERS/vllm and PEERS/sglang
+#     python3 scripts/bench_vllm_moe.py        # on the GPU machine (torch + triton; no vLLM and
+#     python3 scripts/bench_peer_routers.py    # no SGLang installed there)
 #
-# The pin: vLLM 0.26.0's linux x86_64 wheel (below: name, size, sha256 as PyPI lists them); the
-# download is refused unless its sha256 matches. Cache: $FLASHINFER_RS_CACHE/peers (default
-# ~/.cache/flashinfer-rs/peers); a cached wheel with the right sha256 is not fetched again.
+# The pins (below: name, size, sha256 as PyPI lists them); a download is refused unless its
+# sha256 matches. Cache: $FLASHINFER_RS_CACHE/peers (default ~/.cache/flashinfer-rs/peers); a
+# cached wheel with the right sha256 is not fetched again.
+#   - vLLM 0.26.0's linux x86_64 wheel (abi3): section 7's Triton fused MoE and section 6's
+#     triton_kernels top-k.
+#   - SGLang 0.5.23's linux x86_64 wheel for CPython 3.12 (the GPU machine's Python): section 6's
+#     router, `moe_fused_gate`, which 0.5.23 ships as a Triton kernel in this wheel; its CUDA paths
+#     no longer call the CUDA op of that name in sgl-kernel (topk.py: "retired"), so that binary
+#     wheel (now sglang-kernel 0.4.10, which SGLang 0.5.23 pins with torch 2.14.1; the GPU machine
+#     has torch 2.11) is not fetched. The sglang wheel is platform-tagged for five Rust extensions
+#     of SGLang's server, none of which is taken: only Python text is.
 #
-# OUT gets:
+# PEERS/vllm gets:
 #   vllm_fused_moe_kernel.py  vLLM's source text of `fused_moe_kernel` and the `@triton.jit` helper
 #                             it calls (`write_zeros_to_output`), its launcher
 #                             (`invoke_fused_moe_triton_kernel`), the config choice (`get_config_file_name`,
@@ -26,11 +35,27 @@
 #                             E=256,N=2048, every GPU the wheel has one for; get_moe_configs reads them
 #                             from configs/ beside the module, as in vLLM): bf16 (no dtype in the name) and
 #                             block fp8 (`,dtype=fp8_w8a8,block_shape=[128,128]`, for --fp8-blocks).
+#   triton_kernels/           the `triton_kernels` package vLLM bundles (vllm/third_party/triton_kernels,
+#                             Triton's own package, which vLLM imports as `triton_kernels`): `topk.py`
+#                             (`topk`, the top-k of vLLM's gpt-oss MoE path) and the modules it imports,
+#                             transitively, whole and verbatim in the package's layout, so that
+#                             `import triton_kernels.topk` works with this folder on sys.path. No license
+#                             text for it ships in the wheel (upstream Triton's is MIT).
 #   LICENSE, SOURCE.txt       vLLM's license (Apache-2.0); the wheel, its sha256, each member taken and
 #                             its sha256 (checked against the wheel's RECORD).
+# PEERS/sglang gets:
+#   sglang_moe_fused_gate.py  SGLang's sglang/kernels/ops/moe/moe_fused_gate.py without its imports:
+#                             `moe_fused_gate` (the "unified Triton router": scoring, bias, DeepSeek-V3
+#                             groups, top-k, renormalisation, scale), its kernel `_router_triton_kernel`,
+#                             the SM120 top-22 kernel it may dispatch to and their helpers; and
+#                             moe_route_radix.py's `covered` (the test for moe_fused_gate's radix-select
+#                             fast path, Kimi-K3's 896 experts, top-16 only); cut verbatim with Python's
+#                             ast after a prelude, not SGLang's, that stands in for the SGLang internals
+#                             they name (the radix kernel itself, a tvm-ffi JIT CUDA build, is not taken).
+#   LICENSE, SOURCE.txt       SGLang's license (Apache-2.0); as for vLLM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=${1:-gpu-pack/peers/vllm}
+peers=${1:-gpu-pack/peers}
 cache=${FLASHINFER_RS_CACHE:-$HOME/.cache/flashinfer-rs}/peers
 
 VLLM_VERSION=0.26.0
@@ -38,36 +63,55 @@ VLLM_WHEEL=vllm-0.26.0-cp38-abi3-manylinux_2_28_x86_64.whl
 VLLM_SIZE=303698761
 VLLM_SHA256=adb1e4c9b46d0dfdb094121ae5aad670a42412dd813ed4e5db069ed6a15006de
 
+SGLANG_VERSION=0.5.23
+SGLANG_WHEEL=sglang-0.5.23-cp312-cp312-manylinux_2_34_x86_64.whl
+SGLANG_SIZE=39046590
+SGLANG_SHA256=8d257a319395b322bb1be327d05e5528859358153c8563b04c0a4a3c8af164b6
+
 mkdir -p "$cache"
-wheel=$cache/$VLLM_WHEEL
-sha_ok() { echo "$VLLM_SHA256  $1" | sha256sum -c --status; }
-if [ -f "$wheel" ] && sha_ok "$wheel"; then
-  echo "fetch-peers: $VLLM_WHEEL cached ($wheel)"
-else
-  rm -f "$wheel"
+cleanup=()
+trap 'rm -rf "${cleanup[@]}"' EXIT
+sha_ok() { echo "$1  $2" | sha256sum -c --status; }
+
+fetch() { # project version wheel size sha256 pip-args...: the pinned wheel into the cache
+  local project=$1 version=$2 wheel=$3 size=$4 sha=$5 tmp
+  shift 5
+  if [ -f "$cache/$wheel" ] && sha_ok "$sha" "$cache/$wheel"; then
+    echo "fetch-peers: $wheel cached ($cache/$wheel)"
+    return
+  fi
+  rm -f "$cache/$wheel"
   tmp=$(mktemp -d "$cache/download.XXXXXX")
-  trap 'rm -rf "$tmp"' EXIT
-  echo "fetch-peers: downloading $VLLM_WHEEL ($VLLM_SIZE bytes)"
-  python3 -m pip download "vllm==$VLLM_VERSION" --no-deps --no-cache-dir --only-binary=:all: \
-    --python-version 3.12 --implementation cp --abi abi3 --platform manylinux_2_28_x86_64 \
-    -d "$tmp" >&2
-  [ -f "$tmp/$VLLM_WHEEL" ] || { echo "fetch-peers: pip did not give $VLLM_WHEEL: $(ls "$tmp")" >&2; exit 1; }
-  if ! sha_ok "$tmp/$VLLM_WHEEL"; then
-    echo "fetch-peers: sha256 mismatch for $VLLM_WHEEL: got $(sha256sum "$tmp/$VLLM_WHEEL" | cut -d' ' -f1), pinned $VLLM_SHA256" >&2
+  cleanup+=("$tmp")
+  echo "fetch-peers: downloading $wheel ($size bytes)"
+  python3 -m pip download "$project==$version" --no-deps --no-cache-dir --only-binary=:all: \
+    "$@" -d "$tmp" >&2
+  [ -f "$tmp/$wheel" ] || { echo "fetch-peers: pip did not give $wheel: $(ls "$tmp")" >&2; exit 1; }
+  if ! sha_ok "$sha" "$tmp/$wheel"; then
+    echo "fetch-peers: sha256 mismatch for $wheel: got $(sha256sum "$tmp/$wheel" | cut -d' ' -f1), pinned $sha" >&2
     exit 1
   fi
-  mv "$tmp/$VLLM_WHEEL" "$wheel"
-fi
+  mv "$tmp/$wheel" "$cache/$wheel"
+}
 
-# Replace OUT whole, but only a folder this script made (it has SOURCE.txt) or an empty one.
-if [ -d "$out" ] && [ -n "$(ls -A "$out")" ] && [ ! -f "$out/SOURCE.txt" ]; then
-  echo "fetch-peers: $out exists and is not a fetch-peers extract; not touching it" >&2
-  exit 1
-fi
-rm -rf "$out.partial"
-mkdir -p "$out.partial"
-trap 'rm -rf "$out.partial" ${tmp:+"$tmp"}' EXIT
-python3 - "$wheel" "$VLLM_VERSION" "$VLLM_SHA256" "$out.partial" <<'PY'
+fetch vllm "$VLLM_VERSION" "$VLLM_WHEEL" "$VLLM_SIZE" "$VLLM_SHA256" \
+  --python-version 3.12 --implementation cp --abi abi3 --platform manylinux_2_28_x86_64
+fetch sglang "$SGLANG_VERSION" "$SGLANG_WHEEL" "$SGLANG_SIZE" "$SGLANG_SHA256" \
+  --python-version 3.12 --implementation cp --abi cp312 --platform manylinux_2_34_x86_64
+
+# Replace each extract whole, but only a folder this script made (it has SOURCE.txt) or an empty one.
+for name in vllm sglang; do
+  out=$peers/$name
+  if [ -d "$out" ] && [ -n "$(ls -A "$out")" ] && [ ! -f "$out/SOURCE.txt" ]; then
+    echo "fetch-peers: $out exists and is not a fetch-peers extract; not touching it" >&2
+    exit 1
+  fi
+  rm -rf "$out.partial"
+  mkdir -p "$out.partial"
+  cleanup+=("$out.partial")
+done
+python3 - "$peers" "$cache/$VLLM_WHEEL" "$VLLM_VERSION" "$VLLM_SHA256" \
+  "$cache/$SGLANG_WHEEL" "$SGLANG_VERSION" "$SGLANG_SHA256" <<'PY'
 import ast
 import base64
 import builtins
@@ -79,8 +123,109 @@ import symtable
 import sys
 import zipfile
 
-wheel_path, version, wheel_sha, out = sys.argv[1:]
+peers = sys.argv[1]
+vllm_args, sglang_args = sys.argv[2:5], sys.argv[5:8]
+
+
+class Wheel:
+    """A pinned wheel; member() reads one file, checks it against the wheel's RECORD and notes it
+    in the manifest (SOURCE.txt)."""
+
+    def __init__(self, path, project, dist, version, sha):
+        self.zip = zipfile.ZipFile(path)
+        self.name = os.path.basename(path)
+        self.project, self.version, self.sha = project, version, sha
+        self.record = {}
+        for name, digest, _ in csv.reader(self.zip.read(f"{dist}-{version}.dist-info/RECORD").decode().splitlines()):
+            if digest.startswith("sha256="):
+                self.record[name] = digest[len("sha256="):]
+        self.manifest = [f"{self.name} sha256 {sha} ({project} {version}, PyPI)", "members taken (sha256):"]
+
+    def member(self, name):
+        data = self.zip.read(name)
+        want = self.record.get(name)
+        got = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        if want != got:
+            sys.exit(f"fetch-peers: {name}: sha256 {got} is not the wheel RECORD's {want}")
+        self.manifest.append(f"  {name} {hashlib.sha256(data).hexdigest()}")
+        return data
+
+    def write(self, out, name, path):
+        """A member, verbatim, to out/path."""
+        os.makedirs(os.path.dirname(os.path.join(out, path)) or out, exist_ok=True)
+        with open(os.path.join(out, path), "wb") as f:
+            f.write(self.member(name))
+
+
+def top_level_names(node):
+    if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+        return [node.name]
+    if isinstance(node, ast.Assign):
+        return [t.id for t in node.targets if isinstance(t, ast.Name)]
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        return [node.target.id]
+    return []
+
+
+def cut(wheel, take, internal):
+    """The top-level statements named in take ([(member, [names])], each in the given order) as
+    source text, verbatim, each under a line naming where it came from; an import of the
+    project's own package (`internal`) inside a body is replaced by a comment (the prelude has
+    the name)."""
+    parts = []
+    for name, wanted in take:
+        text = wheel.member(name).decode()
+        lines = text.splitlines(keepends=True)
+        defs = {n: node for node in ast.parse(text).body for n in top_level_names(node)}
+        for fn in wanted:
+            node = defs.get(fn)
+            if node is None:
+                sys.exit(f"fetch-peers: {name} has no top-level {fn}")
+            first = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+            body = lines[first - 1:node.end_lineno]
+            for sub in ast.walk(node):
+                if isinstance(sub, (ast.Import, ast.ImportFrom)):
+                    mod = sub.module if isinstance(sub, ast.ImportFrom) else sub.names[0].name
+                    if not (mod or "").startswith(internal):
+                        continue
+                    if sub.lineno != sub.end_lineno:
+                        sys.exit(f"fetch-peers: {name}:{sub.lineno}: a multi-line {wheel.project} import in {fn}")
+                    i = sub.lineno - first
+                    old = body[i]
+                    indent = old[: len(old) - len(old.lstrip())]
+                    body[i] = f'{indent}# fetch-peers.sh: was "{old.strip()}" (the prelude has it)\n'
+            parts.append(f"\n\n# ---- {name}, {wheel.project} {wheel.version} (lines {first}-{node.end_lineno}) ----\n")
+            parts.append("".join(body))
+    return "".join(parts)
+
+
+def check_names(source, filename):
+    """Every global name the source uses must be defined in it (or be a builtin)."""
+    compile(source, filename, "exec")
+    top = symtable.symtable(source, filename, "exec")
+    defined = {s.get_name() for s in top.get_symbols() if s.is_assigned() or s.is_imported()}
+    defined |= {"__file__", "__name__"}
+    missing = set()
+
+    def walk(table):
+        for s in table.get_symbols():
+            if (table.get_type() == "module" or s.is_global()) and s.is_referenced():
+                if s.get_name() not in defined and not hasattr(builtins, s.get_name()):
+                    missing.add(f"{table.get_name()}: {s.get_name()}")
+        for child in table.get_children():
+            walk(child)
+
+    walk(top)
+    if missing:
+        sys.exit(f"fetch-peers: names {filename} uses but does not define: " + ", ".join(sorted(missing)))
+
+
+# ---- vLLM ------------------------------------------------------------------------------------
+
+wheel_path, version, wheel_sha = vllm_args
 wheel = os.path.basename(wheel_path)
+vllm = Wheel(wheel_path, "vLLM", "vllm", version, wheel_sha)
+out = os.path.join(peers, "vllm.partial")
 FUSED = "vllm/model_executor/layers/fused_moe/"
 # (wheel member, top-level functions taken from it verbatim), in the module's order.
 TAKE = [
@@ -98,25 +243,11 @@ TAKE = [
 # fp8 (what try_get_optimal_moe_config reads for DeepSeek-V3's format); never fp8 per tensor's.
 LAYERS = [(128, 768), (256, 2048)]
 KINDS = {"": "bf16", ",dtype=fp8_w8a8,block_shape=[128,128]": "block fp8"}
+# The bundled triton_kernels package, and the module whose imports are followed from it.
+TRITON_KERNELS = "vllm/third_party/triton_kernels/"
+TOPK = TRITON_KERNELS + "topk.py"
 
-z = zipfile.ZipFile(wheel_path)
-record = {}
-for name, digest, _ in csv.reader(z.read(f"vllm-{version}.dist-info/RECORD").decode().splitlines()):
-    if digest.startswith("sha256="):
-        record[name] = digest[len("sha256="):]
-
-
-def member(name):
-    data = z.read(name)
-    want = record.get(name)
-    got = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-    if want != got:
-        sys.exit(f"fetch-peers: {name}: sha256 {got} is not the wheel RECORD's {want}")
-    return data, hashlib.sha256(data).hexdigest()
-
-
-manifest = [f"{wheel} sha256 {wheel_sha} (vLLM {version}, PyPI)", "members taken (sha256):"]
-PRELUDE = f'''\
+VLLM_PRELUDE = f'''\
 # vllm_fused_moe_kernel.py: made by scripts/fetch-peers.sh (flashinfer-rs); not to be committed.
 # From {wheel}
 # (vLLM {version}, PyPI), sha256 {wheel_sha}.
@@ -201,84 +332,154 @@ def moe_align_block_size(*args, **kwargs):  # vllm._C's CUDA op behind it: not l
 
 '''
 
-parts = [PRELUDE]
-for name, funcs in TAKE:
-    data, sha = member(name)
-    manifest.append(f"  {name} {sha}")
-    text = data.decode()
-    lines = text.splitlines(keepends=True)
-    tree = ast.parse(text)
-    defs = {n.name: n for n in tree.body if isinstance(n, ast.FunctionDef)}
-    for fn in funcs:
-        node = defs.get(fn)
-        if node is None:
-            sys.exit(f"fetch-peers: {name} has no top-level function {fn}")
-        first = min([node.lineno] + [d.lineno for d in node.decorator_list])
-        body = lines[first - 1:node.end_lineno]
-        # Imports of vLLM internals inside the body: a comment instead (the prelude has the names).
-        for sub in ast.walk(node):
-            if isinstance(sub, (ast.Import, ast.ImportFrom)):
-                mod = sub.module if isinstance(sub, ast.ImportFrom) else sub.names[0].name
-                if not (mod or "").startswith("vllm"):
-                    continue
-                if sub.lineno != sub.end_lineno:
-                    sys.exit(f"fetch-peers: {name}:{sub.lineno}: a multi-line vLLM import in {fn}")
-                i = sub.lineno - first
-                old = body[i]
-                indent = old[: len(old) - len(old.lstrip())]
-                body[i] = f'{indent}# fetch-peers.sh: was "{old.strip()}" (the prelude has it)\n'
-        parts.append(f"\n\n# ---- {name}, vLLM {version} (lines {first}-{node.end_lineno}) ----\n")
-        parts.append("".join(body))
-source = "".join(parts)
-
-# Every global name the functions use must be defined here (prelude, taken functions, builtins).
-compile(source, "vllm_fused_moe_kernel.py", "exec")
-top = symtable.symtable(source, "vllm_fused_moe_kernel.py", "exec")
-defined = {s.get_name() for s in top.get_symbols() if s.is_assigned() or s.is_imported()}
-defined |= {"__file__", "__name__"}
-missing = set()
-
-
-def walk(table):
-    for s in table.get_symbols():
-        if (table.get_type() == "module" or s.is_global()) and s.is_referenced():
-            if s.get_name() not in defined and not hasattr(builtins, s.get_name()):
-                missing.add(f"{table.get_name()}: {s.get_name()}")
-    for child in table.get_children():
-        walk(child)
-
-
-walk(top)
-if missing:
-    sys.exit("fetch-peers: names the extract uses but does not define: " + ", ".join(sorted(missing)))
+source = VLLM_PRELUDE + cut(vllm, TAKE, "vllm")
+check_names(source, "vllm_fused_moe_kernel.py")
 with open(os.path.join(out, "vllm_fused_moe_kernel.py"), "w") as f:
     f.write(source)
 
 os.makedirs(os.path.join(out, "configs"))
 pattern = re.compile(r"E=(\d+),N=(\d+),device_name=([^,]+)(|,dtype=fp8_w8a8,block_shape=\[128,128\])\.json")
 found = {(kind, layer): [] for kind in KINDS for layer in LAYERS}
-for name in sorted(z.namelist()):
+for name in sorted(vllm.zip.namelist()):
     if not name.startswith(FUSED + "configs/"):
         continue
     m = pattern.fullmatch(os.path.basename(name))
     if m and (m[4], (int(m[1]), int(m[2]))) in found:
-        data, sha = member(name)
-        with open(os.path.join(out, "configs", os.path.basename(name)), "wb") as f:
-            f.write(data)
-        manifest.append(f"  {name} {sha}")
+        vllm.write(out, name, os.path.join("configs", os.path.basename(name)))
         found[(m[4], (int(m[1]), int(m[2])))].append(m[3])
-data, sha = member(f"vllm-{version}.dist-info/licenses/LICENSE")
-manifest.append(f"  vllm-{version}.dist-info/licenses/LICENSE {sha}")
-with open(os.path.join(out, "LICENSE"), "wb") as f:
-    f.write(data)
+
+
+def triton_kernels_module(module):
+    """The wheel member of a `triton_kernels...` module (a module, else a package), or None."""
+    rel = module.split(".")[1:]
+    for name in (TRITON_KERNELS + "/".join(rel) + ".py", TRITON_KERNELS + "/".join(rel + ["__init__.py"])):
+        if name in vllm.record:
+            return name
+    return None
+
+
+# topk.py and every triton_kernels module it imports, transitively (imports inside functions
+# too), with the __init__.py of each package on the way; relative imports resolved as Python does.
+taken, todo = set(), [TOPK]
+while todo:
+    name = todo.pop()
+    if name in taken:
+        continue
+    taken.add(name)
+    package = ["triton_kernels"] + os.path.dirname(name[len(TRITON_KERNELS):]).split("/")
+    package = [p for p in package if p]
+    for i in range(1, len(package) + 1):
+        init = triton_kernels_module(".".join(package[:i]))
+        if init and init.endswith("__init__.py"):
+            todo.append(init)
+    for node in ast.walk(ast.parse(vllm.zip.read(name).decode())):
+        if isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            module = ".".join(base + ([node.module] if node.module else []))
+            candidates = [module] + [f"{module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            candidates = [a.name for a in node.names]
+        else:
+            continue
+        for module in candidates:
+            if module.split(".")[0] == "triton_kernels" and (member := triton_kernels_module(module)):
+                todo.append(member)
+for name in sorted(taken):
+    vllm.write(out, name, os.path.join("triton_kernels", name[len(TRITON_KERNELS):]))
+print(f"fetch-peers: triton_kernels: {len(taken)} modules for triton_kernels.topk")
+
+vllm.write(out, f"vllm-{version}.dist-info/licenses/LICENSE", "LICENSE")
 for (kind, (e, n)), gpus in found.items():
     line = f"tuned {KINDS[kind]} configs E={e},N={n}: {', '.join(gpus) or 'none (vLLM uses get_default_config)'}"
-    manifest.append(line)
+    vllm.manifest.append(line)
     print("fetch-peers:", line)
 with open(os.path.join(out, "SOURCE.txt"), "w") as f:
-    f.write("\n".join(manifest) + "\n")
+    f.write("\n".join(vllm.manifest) + "\n")
+
+# ---- SGLang ----------------------------------------------------------------------------------
+
+wheel_path, version, wheel_sha = sglang_args
+wheel = os.path.basename(wheel_path)
+sglang = Wheel(wheel_path, "SGLang", "sglang", version, wheel_sha)
+out = os.path.join(peers, "sglang.partial")
+OPS = "sglang/kernels/ops/moe/"
+# (wheel member, top-level statements taken from it verbatim): moe_fused_gate.py's every one but
+# its imports, in the module's order; before them, what it reads of moe_route_radix.
+TAKE = [
+    (OPS + "moe_route_radix.py", ["_NUM_EXPERTS", "_TOPK", "covered"]),
+    (OPS + "moe_fused_gate.py", [
+        "_SCORING_FUNC_MAP", "_sm120_router_top22_kernel", "_topk_gate_small_m",
+        "_router_triton_kernel", "_DUMMY_I32", "_dummy_i32", "moe_fused_gate",
+    ]),
+]
+SGLANG_PRELUDE = f'''\
+# sglang_moe_fused_gate.py: made by scripts/fetch-peers.sh (flashinfer-rs); not to be committed.
+# From {wheel}
+# (SGLang {version}, PyPI), sha256 {wheel_sha}.
+# SGLang is Apache-2.0: LICENSE beside this file. The statements after the prelude are SGLang's
+# source text, cut verbatim with Python's ast from the wheel member named above each one; the only
+# change: an import of an SGLang internal inside a function body is replaced by a comment (the
+# prelude has the name). The prelude is not SGLang's: it stands in for the SGLang internals they
+# use, at SGLang's defaults, on an NVIDIA GPU (or the CPU, under TRITON_INTERPRET=1).
+import functools
+from typing import Dict, NamedTuple, Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+SGLANG_VERSION = "{version}"
+SGLANG_WHEEL = "{wheel}"
+SGLANG_WHEEL_SHA256 = "{wheel_sha}"
+
+
+class _ArchInfo(NamedTuple):
+    major: int
+    minor: int
+
+
+def get_jit_cuda_arch():  # sglang.kernels.jit.utils: the GPU's compute capability (0.0 without one)
+    return _ArchInfo(*torch.cuda.get_device_capability()) if torch.cuda.is_available() else _ArchInfo(0, 0)
+
+
+@functools.cache
+def is_arch_support_pdl():  # sglang.kernels.jit.utils: programmatic dependent launch from SM90 on
+    return get_jit_cuda_arch().major >= 9
+
+
+def debug_kernel_api(func=None, *, op_name=None):  # sglang.kernels.kernel_api_logging, logging off
+    return func if func is not None else (lambda f: f)
+
+
+class envs:  # sglang.srt.environ.envs: the one setting moe_fused_gate reads, at SGLang's default
+    class SGLANG_OPT_SM120_MTP_ROUTER_TOP22:
+        @staticmethod
+        def get():
+            return False
+
+
+class moe_route_radix:  # sglang.kernels.ops.moe.moe_route_radix: its `covered` (below), no kernel
+    @staticmethod
+    def covered(scores, bias, topk):
+        return covered(scores, bias, topk)
+
+    @staticmethod
+    def route_radix(*args, **kwargs):
+        raise NotImplementedError("SGLang's radix-select router is a tvm-ffi JIT CUDA kernel, not taken")
+
+'''
+source = SGLANG_PRELUDE + cut(sglang, TAKE, "sglang")
+check_names(source, "sglang_moe_fused_gate.py")
+with open(os.path.join(out, "sglang_moe_fused_gate.py"), "w") as f:
+    f.write(source)
+sglang.write(out, f"sglang-{version}.dist-info/licenses/LICENSE", "LICENSE")
+with open(os.path.join(out, "SOURCE.txt"), "w") as f:
+    f.write("\n".join(sglang.manifest) + "\n")
 PY
-rm -rf "$out"
-mv "$out.partial" "$out"
-echo "fetch-peers: vLLM $VLLM_VERSION extract in $out"
-ls -la "$out" "$out/configs"
+for name in vllm sglang; do
+  rm -rf "${peers:?}/$name"
+  mv "$peers/$name.partial" "$peers/$name"
+done
+echo "fetch-peers: vLLM $VLLM_VERSION extract in $peers/vllm, SGLang $SGLANG_VERSION extract in $peers/sglang"
+ls -la "$peers/vllm" "$peers/vllm/configs" "$peers/vllm/triton_kernels" "$peers/sglang"

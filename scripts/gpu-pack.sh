@@ -15,8 +15,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 features=${FEATURES:-sm90-moe-fp8},nccl
 python3 flashinfer-sys/vendor/fetch.py all
-# The peer the layer bench is compared with (vLLM's Triton fused MoE): sha-pinned, extracted.
-bash scripts/fetch-peers.sh gpu-pack/peers/vllm
+# The peers the benches are compared with (vLLM's Triton fused MoE and triton_kernels top-k,
+# SGLang's moe_fused_gate): sha-pinned, extracted to gpu-pack/peers/vllm and gpu-pack/peers/sglang.
+bash scripts/fetch-peers.sh gpu-pack/peers
 rm -rf gpu-pack/bin gpu-pack/run.sh gpu-pack/bench.sh gpu-pack/ranks.sh && mkdir -p gpu-pack/bin
 cargo build --release -p flashinfer-rs --features "$features" --examples "$@"
 # The test and bench executables cargo built, copied under their target names (xtask/).

@@ -5,7 +5,8 @@
 # candle's choice (nvcc's, 13.0 here); then the same with CUDA 12.8's bindings.
 #
 #     bash scripts/candle-check.sh            # build and run its tests (they skip without a GPU)
-#     bash scripts/candle-check.sh --pack DIR # release build; also copy the test binary to DIR
+#     bash scripts/candle-check.sh --pack DIR # release build; also copy the test binaries and
+#                                             # candle's fused MoE bench to DIR
 #     bash scripts/candle-check.sh --prebuild # candle and the rest of the check's dependencies
 #                                             # (candle-kernels: 14 min of nvcc on one core),
 #                                             # built without our kernels: CI runs this beside
@@ -23,7 +24,14 @@ root=$PWD
 source scripts/candle-env.sh
 cd downstream/candle
 profile=()
-[ "${1:-}" = --pack ] && profile=(--release)
+features=sm90
+if [ "${1:-}" = --pack ]; then
+  profile=(--release)
+  # The pack also carries benches/candle_fused_moe.rs (candle-transformers' fused MoE): its
+  # feature is on for the tests too, so that tests and bench share one build of the
+  # dependencies (candle-transformers turns on features of some that the tests share).
+  features=sm90,candle-fused-moe
+fi
 if [ "${1:-}" = --prebuild ]; then
   # The same environment (RUSTFLAGS included) and dependency features as the check, so that it
   # finds them fresh; without `sm90` (which changes no dependency's features) nothing of ours
@@ -32,15 +40,15 @@ if [ "${1:-}" = --prebuild ]; then
   cargo test --locked --no-run
   exit 0
 fi
-cargo test --locked "${profile[@]}" --features sm90 --no-run
+cargo test --locked "${profile[@]}" --features "$features" --no-run
 # A binary that links libcuda cannot start without one. Without a driver (a CI machine) it
 # starts on the stand-ins, finds no device and says the test is skipped; with a driver the
 # real libraries load by SONAME.
 if ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1 '; then
-  cargo test --locked "${profile[@]}" --features sm90 -- --nocapture
+  cargo test --locked "${profile[@]}" --features "$features" -- --nocapture
 else
   LD_LIBRARY_PATH=$stubs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} \
-    cargo test --locked "${profile[@]}" --features sm90 -- --nocapture
+    cargo test --locked "${profile[@]}" --features "$features" -- --nocapture
 fi
 # flashinfer-rs picks no CUDA version for cudarc's bindings (the program does): the crate
 # also builds with CUDA 12.x bindings (CUDARC_CUDA_VERSION overrides every other choice,
@@ -54,6 +62,9 @@ if [ "${1:-}" = --pack ]; then
   (cd "$root" && cargo xtask executables --tests --target candle_tensor --target candle_moe_layer \
     --target candle_doc_example \
     --copy-to "$dest" -- test --locked --manifest-path downstream/candle/Cargo.toml \
-    "${profile[@]}" --features sm90 --no-run)
-  strip "$dest/candle_tensor" "$dest/candle_moe_layer" "$dest/candle_doc_example"
+    "${profile[@]}" --features "$features" --no-run)
+  (cd "$root" && cargo xtask executables --target candle_fused_moe --copy-to "$dest" -- \
+    bench --locked --manifest-path downstream/candle/Cargo.toml --features "$features" --no-run)
+  strip "$dest/candle_tensor" "$dest/candle_moe_layer" "$dest/candle_doc_example" \
+    "$dest/candle_fused_moe"
 fi

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Packs downstream/candle's tests for a GPU machine (no cargo, no network there): logits in a
 # candle CUDA tensor routed and captured, and a whole MoE layer from candle tensors against
-# candle's own f32 layer.
+# candle's own f32 layer; and the peer of the layer bench, candle's own fused MoE
+# (downstream/candle/benches/candle_fused_moe.rs).
 #
 #     bash scripts/gpu-pack-candle.sh [DIR]     # here: DIR (default gpu-pack/candle)
-#     bash DIR/run.sh                           # there: both, FLASHINFER_RS_REQUIRE_GPU=1
+#     bash DIR/run.sh                           # there: the tests, FLASHINFER_RS_REQUIRE_GPU=1
+#     bash DIR/bench.sh [qwen3|deepseek]        # there: the bench (MOE_LAYER_TOKENS picks rows)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -28,4 +30,15 @@ done
 exit $status
 RUN
 chmod +x "$out/run.sh"
+cat > "$out/bench.sh" <<'RUN'
+#!/usr/bin/env bash
+# candle's own fused MoE timed on the layer bench's layers and sizes; arguments name the layers
+# (qwen3, deepseek; default both), MOE_LAYER_TOKENS=1,8,64 picks the rows.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+source "$here/pack-cuda-libs.sh" # candle's CUDA libraries, from PyTorch's wheels
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader || true
+"$here/bin/candle_fused_moe" "$@"
+RUN
+chmod +x "$out/bench.sh"
 du -sh "$out"/bin/*

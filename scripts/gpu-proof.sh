@@ -27,6 +27,15 @@
 #                                          # block-scale GEMM probe, then the layer bench and vLLM's
 #                                          # block-fp8 Triton MoE at MOE_LAYER_TOKENS (default
 #                                          # 1,8,16,64,512)
+#     bash scripts/gpu-proof.sh candle-bench [qwen3|deepseek]  # gpu-pack.tar.xz: candle's own
+#                                          # fused MoE (candle-transformers' FusedMoe) on the layer
+#                                          # bench's layers and sizes (MOE_LAYER_TOKENS picks rows);
+#                                          # its tables, headings and GPU line in bench-candle.md
+#     bash scripts/gpu-proof.sh router-bench  # gpu-pack.tar.xz: table 6 (`gpu-pack/bench.sh topk`:
+#                                          # our top-k router, upstream's, NoAuxTc, the floor),
+#                                          # then the peers' routers on the same GPU (SGLang's
+#                                          # moe_fused_gate, vLLM's triton_kernels top-k, from
+#                                          # gpu-pack/peers: scripts/bench_peer_routers.py)
 #     bash scripts/gpu-proof.sh transformers-fp8-blocks  # gpu-pack.tar.xz: a DeepSeek-V3-shaped
 #                                          # fp8 block through our layer, then through
 #                                          # transformers' fine-grained fp8 experts
@@ -114,6 +123,20 @@ case ${1:-suite} in
     part bench-layer-vllm-fp8-blocks python3 scripts/bench_vllm_moe.py --fp8-blocks \
       --tokens ${MOE_LAYER_TOKENS//,/ }
     ;;
+  candle-bench) # [qwen3|deepseek]: candle's own fused MoE, the layer bench's peer
+    unpack gpu-pack.tar.xz
+    part bench-candle bash gpu-pack/candle/bench.sh "${@:2}"
+    # The headings and the GPU line too: scripts/plot-layer.sh reads the layer and GPU from them.
+    grep -E '^(#|\||GPU:)' "$out/bench-candle.log" > "$out/bench-candle.md" || true
+    ;;
+  router-bench) # table 6, then the peers' routers, in one call (the same GPU, the same session)
+    unpack gpu-pack.tar.xz
+    part bench-topk bash gpu-pack/bench.sh topk
+    grep -E '^\|' "$out/bench-topk.log" > "$out/bench-topk.md" || true
+    part bench-topk-peers python3 scripts/bench_peer_routers.py
+    # The heading (GPU, versions) and the peers' provenance lines too.
+    grep -E '^(#|- |\|)' "$out/bench-topk-peers.log" > "$out/bench-topk-peers.md" || true
+    ;;
   transformers-fp8-blocks)
     unpack gpu-pack.tar.xz
     export FLASHINFER_RS_FP8_BLOCKS_EXPORT=/tmp/fp8-blocks-export
@@ -134,9 +157,10 @@ case ${1:-suite} in
       --only "${2:-ours}" --json "$out/serve-bench-${2:-ours}.json"
     ;;
   *)
-    echo "usage: $0 suite | layer|layer-tests [filters] | layer-bench | transformers-fp8-blocks |" \
+    echo "usage: $0 suite | layer|layer-tests [filters] | layer-bench | router-bench |" \
+      "transformers-fp8-blocks |" \
       "decode-bench [dirs] | decode-probe [dirs] | decode-profile [cases] | block-gemm-probe |" \
-      "block-bench | serve | serve-bench ours|peer" >&2
+      "block-bench | candle-bench [layers] | serve | serve-bench ours|peer" >&2
     exit 2
     ;;
 esac

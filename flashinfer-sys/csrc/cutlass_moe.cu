@@ -6,7 +6,7 @@
 // upstream's runner interface; its chosen tactics and the
 // workspace layout for its largest batch:
 //   [ runner workspace at max_tokens | row map (unpermuted->permuted) | decode scratch
-//     (moe_decode.h: the activations) | fp8 input ]
+//     (moe_decode.h: activations, and block-scale weights' quantised operands) | fp8 input ]
 // each part 256-byte aligned. Calls of up to decode_max_tokens tokens take the decode kernels
 // (moe_decode.cu) instead of the runner; fp8 calls first quantise their input (moe_fp8.cu).
 // The runner keeps per-call state (its workspace pointers, the tactics), so calls on one layer
@@ -58,7 +58,7 @@ struct fi_cutlass_moe {
   std::unique_ptr<Runner> runner;
   // The GEMMs' tactics: the runner's TMA warp-specialised configs (bf16 and fp8 per-tensor
   // weights); block-scale weights have the block-scale GEMM's tiles instead (moe_block_scale.h,
-  // by index), their tile1 / tile2 the ones this layer's calls take.
+  // by index), tile1 / tile2 the ones every call of this layer takes.
   std::vector<Config> tactics1, tactics2;
   int32_t tile1 = 0, tile2 = 0;
   // Tactics -1: the pairs chosen per call (fi_cutlass_moe_run's doc), by rows per expert.
@@ -194,10 +194,6 @@ size_t find(const std::vector<Config>& tactics, int32_t tile_n, bool swap_ab) {
 // (BENCHMARKS.md section 7: Qwen3 and DeepSeek-V3-sized layers on an H200).
 constexpr int64_t kFewRows = 16;
 
-// Block-scale weights: below this many mean rows per expert the 64x64 tile (two CTAs per SM),
-// from it on upstream's 128x64 (a 128-row tile is at least half full from 64 rows).
-constexpr int64_t kBlockFewRows = 64;
-
 int32_t tactic_count(const fi_cutlass_moe& layer, int32_t gemm) {
   if (block_scale(layer.params)) return fi::block_scale::kTileCount;
   return int32_t((gemm == 1 ? layer.tactics1 : layer.tactics2).size());
@@ -279,14 +275,11 @@ extern "C" fi_status fi_cutlass_moe_create(const fi_cutlass_moe_params* params,
       // Its GEMMs are the block-scale runner's (BlockScaleFC1/FC2), which take no config; runMoe
       // still requires one set (and reads only its epilogue schedule, AUTO here). The tactics
       // are our block-scale GEMM's tiles (validated above), told to it around each call
-      // (TileScope).
+      // (TileScope). Tactics -1 take upstream's 128x64 at every size: the 64x64 tile has not
+      // been timed against it on a GPU yet (docs/fp8-on-hopper.md section 9).
       layer->runner->setTactic(Config{}, Config{});
-      layer->few_rows = {1, 1};
-      layer->many_rows = {0, 0};
-      if (!layer->per_call) {
-        layer->tile1 = params->tactic_gemm1;
-        layer->tile2 = params->tactic_gemm2;
-      }
+      layer->tile1 = layer->per_call ? 0 : params->tactic_gemm1;
+      layer->tile2 = layer->per_call ? 0 : params->tactic_gemm2;
     } else {
       layer->tactics1 = tma_ws(layer->runner->getTactics(k::MoeGemmId::GEMM_1));
       layer->tactics2 = tma_ws(layer->runner->getTactics(k::MoeGemmId::GEMM_2));
@@ -304,7 +297,8 @@ extern "C" fi_status fi_cutlass_moe_create(const fi_cutlass_moe_params* params,
     layer->decode_offset = align_up(layer->map_offset + map_bytes);
     size_t decode_bytes =
         fi::decode::workspace_bytes(std::min(params->decode_max_tokens, params->max_tokens),
-                                    params->top_k, params->intermediate_size);
+                                    params->top_k, params->hidden_size, params->intermediate_size,
+                                    block_scale(*params));
     layer->fp8_input_offset = align_up(layer->decode_offset + decode_bytes);
     size_t fp8_input_bytes = params->weights == FI_CUTLASS_MOE_WEIGHTS_FP8
                                  ? size_t(params->max_tokens) * size_t(params->hidden_size)
@@ -391,18 +385,11 @@ extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
                         "the runner's workspace at " + std::to_string(b.num_tokens) +
                             " tokens exceeds its size at max_tokens");
     }
-    if (layer->per_call) {
+    if (layer->per_call && !block_scale(p)) {
       // Host-side only: the runner reads its tactics when it launches the GEMMs below.
-      const int64_t rows = int64_t(b.num_tokens) * p.top_k;
-      if (block_scale(p)) {
-        auto [t1, t2] = rows < kBlockFewRows * p.num_experts ? layer->few_rows
-                                                               : layer->many_rows;
-        layer->tile1 = int32_t(t1);
-        layer->tile2 = int32_t(t2);
-      } else {
-        auto [t1, t2] = rows < kFewRows * p.num_experts ? layer->few_rows : layer->many_rows;
-        layer->runner->setTactic(layer->tactics1[t1], layer->tactics2[t2]);
-      }
+      bool few = int64_t(b.num_tokens) * p.top_k < kFewRows * p.num_experts;
+      auto [t1, t2] = few ? layer->few_rows : layer->many_rows;
+      layer->runner->setTactic(layer->tactics1[t1], layer->tactics2[t2]);
     }
     int* map = reinterpret_cast<int*>(workspace + layer->map_offset);
     k::QuantParams quant{};

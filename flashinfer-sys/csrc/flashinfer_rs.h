@@ -426,8 +426,8 @@ typedef enum fi_cutlass_moe_weights {
    * fc1_block_scales and fc2_block_scales (fi_cutlass_moe_buffers). hidden_size and
    * intermediate_size must be multiples of 128 and at most 20480. Their tactics are the
    * block-scale GEMM's two tiles (the same kernel, one reduction order): 0 = 128x64 (upstream's,
-   * one CTA per SM), 1 = 64x64 (two CTAs per SM); per call (tactics -1), the 64x64 tile below
-   * 64 mean rows per expert, 128x64 from there. The decode kernels take these weights too
+   * one CTA per SM), 1 = 64x64 (two CTAs per SM); tactics -1 take 128x64 at every size (the
+   * 64x64 tile is not yet timed against it). The decode kernels take these weights too
    * (decode_max_tokens), with the same quantisation. */
   FI_CUTLASS_MOE_WEIGHTS_FP8_BLOCK = 2,
 } fi_cutlass_moe_weights;

@@ -14,15 +14,8 @@
 //               against their activations, weighted by the routing scales and summed in f32 in
 //               a fixed order (bit-identical from call to call: no atomics). Blocks of one row
 //               for all tokens run side by side, so an expert shared by tokens is read from
-//               HBM once and from L2 after. Its blocks start while fc1 drains, prefetch their
-//               down rows into L2, then wait.
-//
-// Every kernel here is launched with programmatic dependent launch (PDL): its blocks may be
-// scheduled while the kernel before it drains, and wait (griddepcontrol.wait) for that kernel's
-// completion before reading anything it or an earlier kernel wrote; each lets the next start
-// (griddepcontrol.launch_dependents) once past its own wait, so that a started block of the next
-// kernel knows every kernel before this one complete (fc2_sum reads the routing before its wait
-// on that). Launch latency and each kernel's tail overlap the next one's start.
+//               HBM once and from L2 after. Launched with programmatic dependent launch: its
+//               blocks start while fc1 drains, prefetch their down rows into L2, then wait.
 //
 // Ids outside this rank's experts (expert parallelism, or out of range) contribute nothing; a
 // token with none writes zeros, as the CUTLASS path does.
@@ -34,20 +27,18 @@
 // the activation scale into scratch, and GEMM 2's sums scaled per expert.
 //
 // fp8 block-scale weights (Problem::blocks) take them too, with the CUTLASS block-scale path's
-// arithmetic: the hidden states quantised per token and 128 columns (upstream's
-// scale_1x128_kernel's formula with patch 0013's finite scale: s = 448 / amax, 1 for zeros, at
-// most FLT_MAX; e4m3(x * s) saturating; 1 / s the group's scale) as fc1 reads them, each lane's
-// 16-value partial dot scaled by its 128x128 weight block's scale and its input group's (a
-// 16-value run never crosses a 128 boundary; a group is 8 lanes, which share its amax by
-// shuffles), GEMM 1's sums rounded to bf16, SwiGLU rounded to bf16 into scratch and quantised
-// per 128 again as fc2 reads it, whose partial dots are scaled the same way. No kernel of its
-// own quantises: each warp quantises what it reads (the same arithmetic, so the same bits).
+// arithmetic: the hidden states quantised per token and 128 columns first (quantize_groups,
+// upstream's scale_1x128_kernel's formula with patch 0013's finite scale), each lane's 16-value
+// partial dot scaled by its 128x128 weight block's scale and its input group's (a 16-value run
+// never crosses a 128 boundary), GEMM 1's sums rounded to bf16, SwiGLU rounded to bf16 and
+// quantised per 128 again before GEMM 2, whose partial dots are scaled the same way.
 #include "moe_decode.h"
 
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
 #include <cfloat>
+#include <type_traits>
 
 #include "moe_fp8.h"
 #include "status.h"
@@ -111,58 +102,36 @@ __device__ __forceinline__ const __nv_bfloat16* hidden_row(const Problem& p, int
   return p.hidden_states + size_t(token) * p.hidden;
 }
 
-// A pair's activations in the scratch, where fc1 stores them in bf16 (bf16 and block-scale
-// weights).
-__device__ __forceinline__ const __nv_bfloat16* bf16_activations(const Problem& p, int pair) {
-  return static_cast<const __nv_bfloat16*>(p.activations) + size_t(pair) * p.inter;
-}
-
-// kVec inputs of a dot product as it takes them (a 16-byte load's worth), and their scale (1
-// where the format has none).
-struct Operand {
-  uint4 v;
-  float scale;
-};
-
 // Where the weight formats below differ, each a struct of static functions:
-//   kVec, kBytes      values per 16-byte weight load; bytes per weight
-//   input(p, t, c, valid)
-//                     token t's GEMM 1 inputs [c, c + kVec) (zeros unless valid)
-//   activation(p, pair, c, valid)
-//                     pair's GEMM 2 inputs [c, c + kVec) from the scratch (zeros unless valid)
-//                     Both are called by every lane of the warp at once (block scales share
-//                     a group's amax between its 8 lanes); valid is the same for those 8.
+//   kVec, kBytes      values per 16-byte load; bytes per weight and per scratch activation
+//   input(p, t, c)    the kVec inputs of token t from column c, as the dot product takes them
 //   dot(w, x, acc)    acc + <w, x> over one load of each, in f32
 //   fc1_dot(...)      acc + GEMM 1's partial dot of row `fc1_row` of local expert e, columns
-//                     [c, c + kVec), with an input Operand (dot, scaled where the format has
+//                     [c, c + kVec), with token t's inputs (dot, scaled where the format has
 //                     block scales)
 //   fc1_out(p, e, s)  GEMM 1's output from its sum
-//   fc2_scale(...)    the weights' factor of GEMM 2's partial dot of hidden row `row` of expert
-//                     e over activation columns [c, c + kVec) (besides the routing weight and
-//                     the activation Operand's scale)
+//   fc2_scale(...)    the factor of GEMM 2's partial dot of hidden row `row` of expert e over
+//                     activation columns [c, c + kVec) of pair `pair` (besides the routing weight)
 //   store(p, at, a)   an activation into scratch
 
 // The bf16 weight format: 8 values per 16-byte load, the activations as they are.
 struct Bf16 {
   static constexpr int kVec = 8;
-  static constexpr size_t kBytes = 2;
-  static __device__ __forceinline__ Operand input(const Problem& p, int token, int c,
-                                                 bool valid) {
-    return {valid ? load(hidden_row(p, token) + c) : uint4{}, 1.f};
-  }
-  static __device__ __forceinline__ Operand activation(const Problem& p, int pair, int c,
-                                                      bool valid) {
-    return {valid ? load(bf16_activations(p, pair) + c) : uint4{}, 1.f};
+  static constexpr size_t kBytes = 2;  // per value, weights and scratch activations alike
+  static __device__ __forceinline__ uint4 input(const Problem& p, int token, int c) {
+    return load(hidden_row(p, token) + c);
   }
   static __device__ __forceinline__ float dot(uint4 w, uint4 x, float acc) {
     return dot_bf16(w, x, acc);
   }
-  static __device__ __forceinline__ float fc1_dot(const Problem&, int, int, int, uint4 w,
-                                                  Operand x, float acc) {
-    return dot(w, x.v, acc);
+  static __device__ __forceinline__ float fc1_dot(const Problem&, int, int, int, int, uint4 w,
+                                                  uint4 x, float acc) {
+    return dot(w, x, acc);
   }
   static __device__ __forceinline__ float fc1_out(const Problem&, int, float sum) { return sum; }
-  static __device__ __forceinline__ float fc2_scale(const Problem&, int, int, int) { return 1.f; }
+  static __device__ __forceinline__ float fc2_scale(const Problem&, int, int, int, int) {
+    return 1.f;
+  }
   // silu(gate) * up, rounded to bf16 (as the CUTLASS path and the reference round it).
   static __device__ __forceinline__ void store(const Problem& p, size_t at, float a) {
     static_cast<__nv_bfloat16*>(p.activations)[at] = __float2bfloat16(a);
@@ -174,33 +143,25 @@ struct Fp8 {
   static constexpr int kVec = 16;
   static constexpr size_t kBytes = 1;
   // 16 bf16 inputs times 1 / a1, to e4m3, by the grouped GEMMs' input quantisation (moe_fp8.h).
-  static __device__ __forceinline__ Operand input(const Problem& p, int token, int c,
-                                                 bool valid) {
-    if (!valid) return {uint4{}, 1.f};
+  static __device__ __forceinline__ uint4 input(const Problem& p, int token, int c) {
     const __nv_bfloat16* x = hidden_row(p, token);
     const float q = *p.fp8.input_quant;
     const uint2 lo = fi::fp8::quantize8(load(x + c), q);
     const uint2 hi = fi::fp8::quantize8(load(x + c + 8), q);
-    return {make_uint4(lo.x, lo.y, hi.x, hi.y), 1.f};
-  }
-  // The e4m3 activations fc1 stored.
-  static __device__ __forceinline__ Operand activation(const Problem& p, int pair, int c,
-                                                      bool valid) {
-    const auto* a = static_cast<const __nv_fp8_storage_t*>(p.activations);
-    return {valid ? load(a + size_t(pair) * p.inter + c) : uint4{}, 1.f};
+    return make_uint4(lo.x, lo.y, hi.x, hi.y);
   }
   static __device__ __forceinline__ float dot(uint4 w, uint4 x, float acc) {
     return dot_fp8(w, x, acc);
   }
-  static __device__ __forceinline__ float fc1_dot(const Problem&, int, int, int, uint4 w,
-                                                  Operand x, float acc) {
-    return dot(w, x.v, acc);
+  static __device__ __forceinline__ float fc1_dot(const Problem&, int, int, int, int, uint4 w,
+                                                  uint4 x, float acc) {
+    return dot(w, x, acc);
   }
   // GEMM 1's output: times a1 * w13[e], rounded to bf16 as the fp8 GEMM writes it.
   static __device__ __forceinline__ float fc1_out(const Problem& p, int e, float sum) {
     return round_bf16(sum * p.fp8.fc1_dequant[e]);
   }
-  static __device__ __forceinline__ float fc2_scale(const Problem& p, int e, int, int) {
+  static __device__ __forceinline__ float fc2_scale(const Problem& p, int e, int, int, int) {
     return p.fp8.fc2_dequant[e];
   }
   // silu(gate) * up times 1 / a2, to e4m3 (saturating), as the CUTLASS path's activation.
@@ -216,71 +177,70 @@ struct Fp8Blocks {
   static constexpr int kVec = 16;
   static constexpr size_t kBytes = 1;
   static constexpr int kBlock = 128;
-  // 16 bf16 values (lo, hi) of a 128-group whose other 112 the lanes beside this one hold (the
-  // group's 8 lanes, aligned), quantised as upstream's scale_1x128_kernel quantises the group.
-  static __device__ __forceinline__ Operand quantise(uint4 lo, uint4 hi) {
-    float x[kVec];
-    const __nv_bfloat162* a = reinterpret_cast<const __nv_bfloat162*>(&lo);
-    const __nv_bfloat162* b = reinterpret_cast<const __nv_bfloat162*>(&hi);
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const float2 fa = __bfloat1622float2(a[j]), fb = __bfloat1622float2(b[j]);
-      x[2 * j] = fa.x, x[2 * j + 1] = fa.y, x[8 + 2 * j] = fb.x, x[8 + 2 * j + 1] = fb.y;
-    }
-    // fmaxf drops NaNs as the kernel's does: a NaN input's group takes the others' scale (an
-    // all-NaN group's amax stays NaN, its scale FLT_MAX, as there).
-    float amax = fabsf(x[0]);
-#pragma unroll
-    for (int j = 1; j < kVec; ++j) amax = fmaxf(amax, fabsf(x[j]));
-#pragma unroll
-    for (int o = 1; o < kBlock / kVec; o *= 2) {
-      amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-    }
-    const float s = amax != 0.f ? fminf(448.f / amax, FLT_MAX) : 1.f;
-    uint32_t q[4];
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      const __nv_fp8x2_storage_t v0 = __nv_cvt_float2_to_fp8x2(
-          make_float2(x[4 * j] * s, x[4 * j + 1] * s), __NV_SATFINITE, __NV_E4M3);
-      const __nv_fp8x2_storage_t v1 = __nv_cvt_float2_to_fp8x2(
-          make_float2(x[4 * j + 2] * s, x[4 * j + 3] * s), __NV_SATFINITE, __NV_E4M3);
-      q[j] = uint32_t(v0) | (uint32_t(v1) << 16);
-    }
-    return {make_uint4(q[0], q[1], q[2], q[3]), 1.f / s};
-  }
-  static __device__ __forceinline__ Operand input(const Problem& p, int token, int c,
-                                                 bool valid) {
-    const __nv_bfloat16* x = hidden_row(p, token) + c;
-    return quantise(valid ? load(x) : uint4{}, valid ? load(x + 8) : uint4{});
-  }
-  static __device__ __forceinline__ Operand activation(const Problem& p, int pair, int c,
-                                                      bool valid) {
-    const __nv_bfloat16* a = bf16_activations(p, pair) + c;
-    return quantise(valid ? load(a) : uint4{}, valid ? load(a + 8) : uint4{});
+  // Token t's hidden states as quantize_groups left them.
+  static __device__ __forceinline__ uint4 input(const Problem& p, int token, int c) {
+    return load(p.blocks.input + size_t(token) * p.hidden + c);
   }
   static __device__ __forceinline__ float dot(uint4 w, uint4 x, float acc) {
     return dot_fp8(w, x, acc);
   }
-  static __device__ __forceinline__ float fc1_dot(const Problem& p, int e, int fc1_row, int c,
-                                                  uint4 w, Operand x, float acc) {
+  static __device__ __forceinline__ float fc1_dot(const Problem& p, int e, int fc1_row, int token,
+                                                  int c, uint4 w, uint4 x, float acc) {
     const int kb = c / kBlock, k_blocks = p.hidden / kBlock;
     const float w_scale =
         p.blocks.fc1[(size_t(e) * (2 * p.inter / kBlock) + fc1_row / kBlock) * k_blocks + kb];
-    return fmaf(dot_fp8(w, x.v, 0.f), w_scale * x.scale, acc);
+    const float x_scale = p.blocks.input_scales[size_t(token) * k_blocks + kb];
+    return fmaf(dot_fp8(w, x, 0.f), w_scale * x_scale, acc);
   }
   // GEMM 1's output, rounded to bf16 as the block-scale GEMM writes it.
   static __device__ __forceinline__ float fc1_out(const Problem&, int, float sum) {
     return round_bf16(sum);
   }
-  static __device__ __forceinline__ float fc2_scale(const Problem& p, int e, int row, int c) {
+  static __device__ __forceinline__ float fc2_scale(const Problem& p, int e, int row, int pair,
+                                                    int c) {
     const int kb = c / kBlock, k_blocks = p.inter / kBlock;
-    return p.blocks.fc2[(size_t(e) * (p.hidden / kBlock) + row / kBlock) * k_blocks + kb];
+    const float w_scale =
+        p.blocks.fc2[(size_t(e) * (p.hidden / kBlock) + row / kBlock) * k_blocks + kb];
+    return w_scale * p.blocks.activation_scales[size_t(pair) * k_blocks + kb];
   }
-  // silu(gate) * up rounded to bf16 (the runner's activation output), which fc2 quantises.
+  // silu(gate) * up rounded to bf16 (the runner's activation output); quantize_groups makes
+  // GEMM 2's e4m3 input of it.
   static __device__ __forceinline__ void store(const Problem& p, size_t at, float a) {
-    static_cast<__nv_bfloat16*>(p.activations)[at] = __float2bfloat16(a);
+    p.blocks.swiglu[at] = __float2bfloat16(a);
   }
 };
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = kWarp / 2; o > 0; o /= 2) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// grid ceil(rows * cols / 128 / kWarps), block kWarps warps: one warp per 128 values of a row
+// (cols a multiple of 128), as upstream's scale_1x128_kernel quantises them (patch 0013's
+// finite scale): s = 448 / amax (1 for zeros, at most FLT_MAX), e4m3(x * s) saturating, 1 / s
+// kept as the group's scale.
+__global__ void __launch_bounds__(kWarps* kWarp)
+    quantize_groups(const __nv_bfloat16* x, int rows, int cols, __nv_fp8_e4m3* q,
+                    float* inv_scales) {
+  const int lane = threadIdx.x % kWarp;
+  const int group = blockIdx.x * kWarps + threadIdx.x / kWarp;
+  const int per_row = cols / 128;
+  if (group >= rows * per_row) return;
+  const size_t at = size_t(group / per_row) * cols + size_t(group % per_row) * 128 + lane * 4;
+  const uint2 raw = *reinterpret_cast<const uint2*>(x + at);
+  const __nv_bfloat162* pairs = reinterpret_cast<const __nv_bfloat162*>(&raw);
+  const float2 a = __bfloat1622float2(pairs[0]), b = __bfloat1622float2(pairs[1]);
+  const float amax =
+      warp_max(fmaxf(fmaxf(fabsf(a.x), fabsf(a.y)), fmaxf(fabsf(b.x), fabsf(b.y))));
+  const float s = amax != 0.f ? fminf(448.f / amax, FLT_MAX) : 1.f;
+  if (lane == 0) inv_scales[group] = 1.f / s;
+  __nv_fp8x2_storage_t lo = __nv_cvt_float2_to_fp8x2(make_float2(a.x * s, a.y * s),
+                                                     __NV_SATFINITE, __NV_E4M3);
+  __nv_fp8x2_storage_t hi = __nv_cvt_float2_to_fp8x2(make_float2(b.x * s, b.y * s),
+                                                     __NV_SATFINITE, __NV_E4M3);
+  *reinterpret_cast<uint32_t*>(q + at) = uint32_t(lo) | (uint32_t(hi) << 16);
+}
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -298,9 +258,7 @@ template <class F>
 __global__ void __launch_bounds__(kWarps* kWarp) fc1_swiglu(Problem p) {
   constexpr int kVec = F::kVec;
   constexpr int kStride = kWarp * kVec;  // elements a warp covers per load
-  // The routing and the inputs are earlier kernels' output (PDL: see the top); fc2's blocks
-  // may start (and prefetch) once every block here is past that wait.
-  asm volatile("griddepcontrol.wait;" ::: "memory");
+  // fc2's blocks may start (and prefetch) once every block here has started.
   asm volatile("griddepcontrol.launch_dependents;");
   const int pair = blockIdx.x;
   const int lane = threadIdx.x % kWarp;
@@ -339,13 +297,11 @@ __global__ void __launch_bounds__(kWarps* kWarp) fc1_swiglu(Problem p) {
     float acc_up[kGroup], acc_gate[kGroup];
 #pragma unroll
     for (int g = 0; g < kGroup; ++g) acc_up[g] = acc_gate[g] = 0.f;
-    // The whole warp runs every round (F::input may shuffle); lane columns past the row load
-    // nothing and add nothing.
-    for (int base = 0; base < p.hidden; base += kStride * kUnroll) {
+    for (int c0 = lane * kVec; c0 < p.hidden; c0 += kStride * kUnroll) {
       uint4 wu[kUnroll], wg[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
-        const int c = base + u * kStride + lane * kVec;
+        const int c = c0 + u * kStride;
         wu[u] = c < p.hidden ? load_weights(up + c * F::kBytes) : make_uint4(0, 0, 0, 0);
         wg[u] = c < p.hidden ? load_weights(gate + c * F::kBytes) : make_uint4(0, 0, 0, 0);
       }
@@ -355,11 +311,11 @@ __global__ void __launch_bounds__(kWarps* kWarp) fc1_swiglu(Problem p) {
         const int token = members[g] / p.top_k;
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
-          const int c = base + u * kStride + lane * kVec;
-          const Operand x = F::input(p, token, c, c < p.hidden);
+          const int c = c0 + u * kStride;
           if (c < p.hidden) {
-            acc_up[g] = F::fc1_dot(p, expert, row, c, wu[u], x, acc_up[g]);
-            acc_gate[g] = F::fc1_dot(p, expert, p.inter + row, c, wg[u], x, acc_gate[g]);
+            const uint4 xv = F::input(p, token, c);
+            acc_up[g] = F::fc1_dot(p, expert, row, token, c, wu[u], xv, acc_up[g]);
+            acc_gate[g] = F::fc1_dot(p, expert, p.inter + row, token, c, wg[u], xv, acc_gate[g]);
           }
         }
       }
@@ -386,8 +342,8 @@ __global__ void __launch_bounds__(kWarps* kWarp) fc2_sum(Problem p) {
   const int lane = threadIdx.x % kWarp;
   const int row = blockIdx.y * kWarps + threadIdx.x / kWarp;
   if (row >= p.hidden) return;
-  // The ids and scales were complete before any fc1 block got past its wait (every fc1 block
-  // has when this one starts); only the activations need fc1 done.
+  // The ids and scales were written before fc1 started (every fc1 block has started when this
+  // one does); only the activations need fc1 done.
   const int first = token * p.top_k;
   for (int k = 0; k < p.top_k; ++k) {
     const int e = local_expert(p, first + k);
@@ -407,8 +363,7 @@ __global__ void __launch_bounds__(kWarps* kWarp) fc2_sum(Problem p) {
     uint4 wv[kFc2Unroll];
     int pair[kFc2Unroll];  // the item's (token, k) pair, or -1: skipped
     int chunk[kFc2Unroll];
-    float routing[kFc2Unroll];  // the routing weight
-    float scale[kFc2Unroll];    // GEMM 2's weight factor (fp8 per-tensor, block scales)
+    float scale[kFc2Unroll];  // the routing weight, times GEMM 2's output scale (fp8)
 #pragma unroll
     for (int u = 0; u < kFc2Unroll; ++u) {
       const int i = i0 + u;
@@ -416,19 +371,20 @@ __global__ void __launch_bounds__(kWarps* kWarp) fc2_sum(Problem p) {
       chunk[u] = (i - k * chunks) * kStride + lane * kVec;
       const int e = i < items ? local_expert(p, first + k) : -1;
       pair[u] = (e >= 0 && chunk[u] < p.inter) ? first + k : -1;
-      routing[u] = pair[u] >= 0 ? p.expert_scales[pair[u]] : 0.f;
-      scale[u] = pair[u] >= 0 ? F::fc2_scale(p, e, row, chunk[u]) : 0.f;
+      scale[u] = pair[u] >= 0
+                     ? p.expert_scales[pair[u]] * F::fc2_scale(p, e, row, pair[u], chunk[u])
+                     : 0.f;
       wv[u] = pair[u] >= 0 ? load_weights(static_cast<const char*>(p.fc2) +
                                           ((size_t(e) * p.hidden + row) * p.inter + chunk[u]) *
                                               F::kBytes)
                            : make_uint4(0, 0, 0, 0);
     }
-    // Every lane takes every item (F::activation may shuffle); skipped ones add nothing.
 #pragma unroll
     for (int u = 0; u < kFc2Unroll; ++u) {
-      const bool valid = pair[u] >= 0;
-      const Operand a = F::activation(p, valid ? pair[u] : 0, chunk[u], valid);
-      if (valid) acc = fmaf(routing[u] * (scale[u] * a.scale), F::dot(wv[u], a.v, 0.f), acc);
+      if (pair[u] < 0) continue;
+      const uint4 a = load(static_cast<const char*>(p.activations) +
+                           (size_t(pair[u]) * p.inter + chunk[u]) * F::kBytes);
+      acc = fmaf(scale[u], F::dot(wv[u], a, 0.f), acc);
     }
   }
   acc = warp_sum(acc);
@@ -439,47 +395,89 @@ __global__ void __launch_bounds__(kWarps* kWarp) fc2_sum(Problem p) {
 
 namespace {
 
-// `kernel<<<grid, kWarps warps, 0, stream>>>(args...)` with programmatic dependent launch (the
-// kernels' wait and trigger: see the top).
-template <class... Params, class... Args>
-void launch_pdl(void (*kernel)(Params...), dim3 grid, cudaStream_t stream, const char* what,
-                Args... args) {
+size_t align_up(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+// Where the scratch's parts start: first the activations GEMM 2 reads (bf16, or e4m3 in the
+// same bytes), then, for block scales, the bf16 activations before quantisation, their group
+// scales, and the quantised hidden states with theirs; each part 256-byte aligned.
+struct Layout {
+  size_t swiglu = 0, activation_scales = 0, input = 0, input_scales = 0, total = 0;
+};
+
+Layout layout(int64_t tokens, int64_t top_k, int64_t hidden, int64_t inter, bool block_scale) {
+  const size_t pairs = size_t(tokens) * size_t(top_k);
+  Layout l;
+  size_t at = align_up(pairs * size_t(inter) * sizeof(__nv_bfloat16));
+  if (block_scale) {
+    l.swiglu = at;
+    at = align_up(at + pairs * size_t(inter) * sizeof(__nv_bfloat16));
+    l.activation_scales = at;
+    at = align_up(at + pairs * size_t(inter / Fp8Blocks::kBlock) * sizeof(float));
+    l.input = at;
+    at = align_up(at + size_t(tokens) * size_t(hidden));
+    l.input_scales = at;
+    at = align_up(at + size_t(tokens) * size_t(hidden / Fp8Blocks::kBlock) * sizeof(float));
+  }
+  l.total = at;
+  return l;
+}
+
+// quantize_groups over `rows` rows of `cols` (a multiple of 128).
+void quantize(const __nv_bfloat16* x, int rows, int cols, __nv_fp8_e4m3* q, float* inv_scales,
+              cudaStream_t stream) {
+  const int groups = rows * (cols / Fp8Blocks::kBlock);
+  quantize_groups<<<(groups + kWarps - 1) / kWarps, kWarps * kWarp, 0, stream>>>(x, rows, cols, q,
+                                                                                inv_scales);
+  check_cuda(cudaGetLastError(), "the decode path's quantize_groups launch");
+}
+
+}  // namespace
+
+size_t workspace_bytes(int64_t tokens, int64_t top_k, int64_t hidden, int64_t inter,
+                       bool block_scale) {
+  return layout(tokens, top_k, hidden, inter, block_scale).total;
+}
+
+namespace {
+
+// fc1_swiglu, then (block scales) the activations quantised per 128, then fc2_sum.
+template <class F>
+void launch(const Problem& p, cudaStream_t stream) {
+  const dim3 block(kWarps * kWarp);
+  const unsigned pairs = unsigned(p.tokens) * unsigned(p.top_k);
+  fc1_swiglu<F><<<dim3(pairs, (p.inter + kWarps - 1) / kWarps), block, 0, stream>>>(p);
+  check_cuda(cudaGetLastError(), "the decode path's fc1_swiglu launch");
+  if constexpr (std::is_same_v<F, Fp8Blocks>) {
+    quantize(p.blocks.swiglu, int(pairs), p.inter, static_cast<__nv_fp8_e4m3*>(p.activations),
+             p.blocks.activation_scales, stream);
+  }
+
   cudaLaunchConfig_t config{};
-  config.gridDim = grid;
-  config.blockDim = dim3(kWarps * kWarp);
+  config.gridDim = dim3(unsigned(p.tokens), (p.hidden + kWarps - 1) / kWarps);
+  config.blockDim = block;
   config.stream = stream;
   cudaLaunchAttribute pdl{};
   pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   pdl.val.programmaticStreamSerializationAllowed = 1;
   config.attrs = &pdl;
   config.numAttrs = 1;
-  check_cuda(cudaLaunchKernelEx(&config, kernel, Params(args)...), what);
-}
-
-}  // namespace
-
-size_t workspace_bytes(int64_t tokens, int64_t top_k, int64_t inter) {
-  // The activations, in bf16 (bf16 and block-scale weights) or e4m3 in the same bytes.
-  return size_t(tokens) * size_t(top_k) * size_t(inter) * sizeof(__nv_bfloat16);
-}
-
-namespace {
-
-// fc1_swiglu, then fc2_sum.
-template <class F>
-void launch(const Problem& p, cudaStream_t stream) {
-  const unsigned pairs = unsigned(p.tokens) * unsigned(p.top_k);
-  launch_pdl(fc1_swiglu<F>, dim3(pairs, (p.inter + kWarps - 1) / kWarps), stream,
-             "the decode path's fc1_swiglu launch", p);
-  launch_pdl(fc2_sum<F>, dim3(unsigned(p.tokens), (p.hidden + kWarps - 1) / kWarps), stream,
-             "the decode path's fc2_sum launch", p);
+  check_cuda(cudaLaunchKernelEx(&config, fc2_sum<F>, p), "the decode path's fc2_sum launch");
 }
 
 }  // namespace
 
 void run(const Problem& p, cudaStream_t stream) {
   if (p.blocks.fc1 != nullptr) {
-    launch<Fp8Blocks>(p, stream);
+    // The quantised operands' places in the scratch, then the hidden states quantised there.
+    Problem q = p;
+    const Layout l = layout(p.tokens, p.top_k, p.hidden, p.inter, true);
+    char* scratch = static_cast<char*>(p.activations);
+    q.blocks.swiglu = reinterpret_cast<__nv_bfloat16*>(scratch + l.swiglu);
+    q.blocks.activation_scales = reinterpret_cast<float*>(scratch + l.activation_scales);
+    q.blocks.input = reinterpret_cast<__nv_fp8_e4m3*>(scratch + l.input);
+    q.blocks.input_scales = reinterpret_cast<float*>(scratch + l.input_scales);
+    quantize(p.hidden_states, p.tokens, p.hidden, q.blocks.input, q.blocks.input_scales, stream);
+    launch<Fp8Blocks>(q, stream);
   } else if (p.fp8.input_quant != nullptr) {
     launch<Fp8>(p, stream);
   } else {

@@ -19,10 +19,16 @@ struct Fp8Scales {
   const float* fc2_dequant = nullptr;  // [local_experts]: a2 * w2[e]
 };
 
-// fp8 block-scale weights' scales, as fi_cutlass_moe_buffers has them (both null otherwise).
+// fp8 block-scale weights' scales, as fi_cutlass_moe_buffers has them (both null otherwise), and
+// where run() puts the call's operands quantised per 128 (in the scratch, workspace_bytes).
 struct BlockScales {
   const float* fc1 = nullptr;  // [local_experts, 2 * inter / 128, hidden / 128]
   const float* fc2 = nullptr;  // [local_experts, hidden / 128, inter / 128]
+  // Set by run():
+  __nv_fp8_e4m3* input = nullptr;     // [tokens, hidden]: the hidden states, per 128
+  float* input_scales = nullptr;      // [tokens, hidden / 128]: each group's 1 / s
+  __nv_bfloat16* swiglu = nullptr;    // [tokens * top_k, inter]: GEMM 1's activation, bf16
+  float* activation_scales = nullptr; // [tokens * top_k, inter / 128]
 };
 
 // One call: the layer's shapes and the call's buffers, as fi_cutlass_moe_buffers has them.
@@ -33,7 +39,7 @@ struct Problem {
   const void* fc1;  // bf16 or e4m3 [local_experts, 2 * inter, hidden]: up rows, then gate
   const void* fc2;  // bf16 or e4m3 [local_experts, hidden, inter]
   __nv_bfloat16* output;               // [tokens, hidden]
-  void* activations;  // scratch of workspace_bytes: [tokens * top_k, inter], bf16 or e4m3
+  void* activations;  // scratch of workspace_bytes: first [tokens * top_k, inter], bf16 or e4m3
   int32_t tokens;
   int32_t top_k;
   int32_t hidden;
@@ -44,8 +50,10 @@ struct Problem {
   BlockScales blocks;     // fp8 block-scale weights' scales (fc1 non-null: e4m3 weights)
 };
 
-// Bytes of scratch (`activations`) a call of up to `tokens` tokens needs.
-size_t workspace_bytes(int64_t tokens, int64_t top_k, int64_t inter);
+// Bytes of scratch a call of up to `tokens` tokens needs (`block_scale`: the weights have 128x128
+// block scales, and the quantised operands live there too).
+size_t workspace_bytes(int64_t tokens, int64_t top_k, int64_t hidden, int64_t inter,
+                       bool block_scale);
 
 // Enqueues the two kernels on `stream` (no allocation, no synchronisation): GEMM 1 with SwiGLU
 // into `activations`, then GEMM 2 with the weighted sum into `output`. Every size was checked

@@ -396,8 +396,8 @@ pub enum CutlassSchedule {
     /// The fastest this crate knows ([`CutlassMoe::new`]): the decode kernels for calls of up
     /// to [`DECODE_MAX_TOKENS`] tokens where the experts are at most
     /// [`DECODE_MAX_EXPERT_SIZE`] (block-scale weights: up to [`BLOCK_DECODE_MAX_TOKENS`]
-    /// whatever the size, then their GEMM with its 64x64 tile below 64 mean rows per expert,
-    /// 128x64 from there); the others the grouped GEMMs, their tactics
+    /// whatever the size, then their GEMM with its 128x64 tile); the others the grouped GEMMs,
+    /// their tactics
     /// chosen per call from the call's mean rows per expert (`num_tokens * top_k /
     /// num_experts`, host-side, no launch): below 16, the 128x16 tile with swapped operands in
     /// both GEMMs; from 16 on, the 128x256 tile (on an H200 within 2.5% of the fastest of three
@@ -423,8 +423,7 @@ pub enum CutlassSchedule {
     /// to 4 tokens (a Qwen3-30B-A3B layer at one token, H100: 53.2 us instead of 38.0,
     /// BENCHMARKS.md 7c) and the 128x256 tile from 16 rows per expert. A block-scale layer
     /// takes its GEMM with the 128x64 tile at every size (not the decode kernels `Fastest`
-    /// takes up to [`BLOCK_DECODE_MAX_TOKENS`] tokens, nor the 64x64 tile it takes below 64
-    /// rows per expert).
+    /// takes up to [`BLOCK_DECODE_MAX_TOKENS`] tokens).
     BatchInvariant,
 }
 
@@ -492,9 +491,9 @@ impl<W: WeightBuffer<Element = E4m3>> CutlassMoe<W> {
     /// bf16, SwiGLU runs in f32 on it and is rounded to bf16 before GEMM 2 quantises it; the
     /// weighted sum is in f32. hidden and intermediate sizes must be multiples of 128 of at
     /// most 20480. The GEMMs are one kernel, upstream's block-scale GEMM, whose two tiles are
-    /// the layer's [`tactics`](CutlassMoe::tactics): 128x64 (upstream's, one CTA per SM) and
-    /// 64x64 (two CTAs per SM), chosen per call from the mean rows per expert (the 64x64 tile
-    /// below 64) or fixed by [`Tactics`](CutlassSchedule::Tactics); calls of up to
+    /// the layer's [`tactics`](CutlassMoe::tactics): 128x64 (upstream's, one CTA per SM), which
+    /// every other schedule takes, and 64x64 (two CTAs per SM, for few rows per expert; not yet
+    /// timed on a GPU), both fixed by [`Tactics`](CutlassSchedule::Tactics); calls of up to
     /// [`BLOCK_DECODE_MAX_TOKENS`] tokens take the decode kernels instead, with the same
     /// quantisation and arithmetic. [`BatchInvariant`](CutlassSchedule::BatchInvariant) takes
     /// the GEMM with the 128x64 tile at every size; [`DecodeUpTo`](CutlassSchedule::DecodeUpTo)

@@ -136,8 +136,8 @@ fn fp8_blocks_every_method_and_token_count_matches_the_reference() {
             }
             let cfg = config(routing, h, i, 2048);
             let layer = CutlassMoe::new_fp8_blocks(cfg, w.views(), block_scales(&g, &w)).unwrap();
-            // 1 and 7 tokens take the decode kernels, 64 and more the block-scale GEMM: its
-            // 64x64 tile at 64 and 257 (6-16 rows per expert), 128x64 at 2048 (96-256).
+            // 1 and 7 tokens take the decode kernels, 64 and more the block-scale GEMM (its
+            // 128x64 tile; the 64x64 one is tested by fp8_blocks_both_tiles_...).
             assert_eq!(layer.decode_max_tokens(), BLOCK_DECODE_MAX_TOKENS);
             let tiles = layer.tactics().unwrap();
             assert_eq!(tiles.0, tiles.1);
@@ -389,7 +389,7 @@ fn fp8_blocks_a_graph_of_layers_reruns_with_fresh_inputs() {
 /// The block-scale GEMM's two tiles (128x64, upstream's; 64x64, two CTAs per SM), fixed in
 /// each GEMM by `CutlassSchedule::Tactics` in the four pairs: each against the reference, and
 /// bit for bit equal to each other (the same per-row reduction: the tile only changes which
-/// rows a CTA holds, so `Fastest` switching tiles with the batch size keeps a row's bits). Mean
+/// rows a CTA holds, so a per-call choice of tile would keep a row's bits). Mean
 /// rows per expert from under 1 to 192 (experts of 1..64 rows fill part of a 64-row tile, of
 /// more several): a small layer at 9 to 2048 tokens and a DeepSeek-V3-sized rank (K up to
 /// 7168) at 9 to 300.

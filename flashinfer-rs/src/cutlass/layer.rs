@@ -493,7 +493,7 @@ impl<W: WeightBuffer<Element = E4m3>> CutlassMoe<W> {
     /// most 20480. The GEMMs are one kernel, upstream's block-scale GEMM, whose two tiles are
     /// the layer's [`tactics`](CutlassMoe::tactics): 128x64 (upstream's, one CTA per SM), which
     /// every other schedule takes, and 64x64 (two CTAs per SM, for few rows per expert; not yet
-    /// timed on a GPU), both fixed by [`Tactics`](CutlassSchedule::Tactics); calls of up to
+    /// run on a GPU), each GEMM's fixed by [`Tactics`](CutlassSchedule::Tactics); calls of up to
     /// [`BLOCK_DECODE_MAX_TOKENS`] tokens take the decode kernels instead, with the same
     /// quantisation and arithmetic. [`BatchInvariant`](CutlassSchedule::BatchInvariant) takes
     /// the GEMM with the 128x64 tile at every size; [`DecodeUpTo`](CutlassSchedule::DecodeUpTo)

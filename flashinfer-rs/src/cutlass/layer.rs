@@ -378,7 +378,7 @@ pub const DECODE_MAX_TOKENS: usize = 4;
 
 /// Calls of at most this many tokens take the decode kernels in an fp8 block-scale layer made by
 /// [`CutlassMoe::new_fp8_blocks`], whatever its experts' size: there the alternative is
-/// upstream's block-scale GEMM kernel (then with a 128x64 tile), which the decode kernels beat by more
+/// upstream's block-scale GEMM kernel (its 128x64 tile), which the decode kernels beat by more
 /// than they beat the bf16 grouped GEMMs. On an H100 (BENCHMARKS.md section 7e), at 1 / 2 / 4 / 8
 /// tokens: a DeepSeek-V3-sized layer 158.6 / 293.8 / 541.3 / 1016.7 us against the GEMM's
 /// 272.7 / 403.4 / 651.5 / 1110.7, a Qwen3-30B-A3B one 28.2 / 50.6 / 85.4 / 147.0 against 64.1 /

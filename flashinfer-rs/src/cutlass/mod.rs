@@ -24,9 +24,10 @@
 //! [`CutlassBlockScales`]: `CutlassMoeFCRunner<bf16, fp8>`, activations quantised per 128
 //! inside); SwiGLU (linear half first), no biases, the TMA warp-specialised GEMMs only, two
 //! CTA tiles each (cluster 1x1): 128x16 with swapped operands for decode and 128x256 for
-//! prefill ([`CutlassTactic`]); the block-scale GEMM is upstream's WGMMA kernel with two tiles,
-//! 128x64 (upstream's) and 64x64 (not DeepGEMM, whose JIT needs NVRTC: docs/fp8-on-hopper.md). Not built: GEMM 2 with the
-//! weighted sum fused (not deterministic), other activations, LoRA, min-latency mode.
+//! prefill ([`CutlassTactic`]); the block-scale GEMM is upstream's WGMMA kernel with two
+//! tiles, 128x64 (upstream's) and 64x64 (not DeepGEMM, whose JIT needs NVRTC:
+//! docs/fp8-on-hopper.md). Not built: GEMM 2 with the weighted sum fused (not deterministic),
+//! other activations, LoRA, min-latency mode.
 //!
 //! [`TopKRouter`]: crate::routing::TopKRouter
 mod layer;

@@ -37,7 +37,7 @@ using GroupedGemm =
                 bs::ScaleType::PerSubChannel, bs::ScaleType::PerBlock, 1, 128, 128, 128, Stages>;
 // Tile 0: what upstream's fp8_grouped_gemm_run takes without DeepGEMM (8 stages, ~197 KB).
 using WideGemm = GroupedGemm<128, 0>;
-// Tile 1: 6 stages, ~100 KB at K <= 20480, so two CTAs share an SM (116 registers x 256
+// Tile 1: 6 stages, ~100 KB at K <= 20480, so two CTAs share an SM (117 registers x 256
 // threads each).
 using NarrowGemm = GroupedGemm<64, 6>;
 static_assert(kTiles[0].rows == 128 && kTiles[1].rows == 64 && kTiles[0].cols == 64 &&

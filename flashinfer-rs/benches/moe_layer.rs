@@ -200,9 +200,10 @@ where
 /// first, then GEMM 2's with the best of those: n1 + n2 timings instead of n1 x n2. The GEMMs
 /// are separate kernels, so each one's best should not depend much on the other's tactic, but
 /// this is a search by coordinate, not the full grid: it can miss a pair whose GEMMs interact.
-/// Every timing goes to stderr, for the log.
+/// Every timing goes to stderr, for the log, labelled `what`.
 fn search_tactics<W: WeightBuffer>(
     g: &Gpu,
+    what: &str,
     new_layer: &dyn Fn((u32, u32)) -> CutlassMoe<W>,
     counts: (u32, u32),
     ws: &mut CutlassWorkspace,
@@ -214,15 +215,8 @@ where
     let mut time = |pair: (u32, u32)| {
         let t = time_graphs(g, &new_layer(pair), ws, b, &[false], SEARCH_REPS)[0];
         eprintln!(
-            "tokens {}: {}tactics {}/{}: {t:.1} us",
-            b.tokens,
-            if std::any::type_name::<W::Element>().contains("E4m3") {
-                "block-scale "
-            } else {
-                ""
-            },
-            pair.0,
-            pair.1
+            "tokens {}: {what} tactics {}/{}: {t:.1} us",
+            b.tokens, pair.0, pair.1
         );
         t
     };
@@ -352,7 +346,7 @@ fn bench_model(g: &Gpu, m: &Model) {
             out: g.stream.alloc_zeros::<bf16>(t * h).unwrap(),
             replay: g.stream.alloc_zeros::<i16>(t * k).unwrap(),
         };
-        let (best, pair) = search_tactics(g, &fixed, counts, &mut ws, &mut b);
+        let (best, pair) = search_tactics(g, "bf16", &fixed, counts, &mut ws, &mut b);
         let times = time_graphs(g, &layer, &mut ws, &mut b, &[true, false], REPS);
         let (on, off) = (times[0], times[1]);
         let decoded = if t <= DECODE_TIMED {
@@ -397,7 +391,7 @@ fn bench_model(g: &Gpu, m: &Model) {
         let (block_best, block_which) = match (blocks.as_mut(), &block_tiles) {
             (Some((_, ws)), Some((b1, b2))) => {
                 let counts = (b1.len() as u32, b2.len() as u32);
-                let (us, pair) = search_tactics(g, &block_fixed, counts, ws, &mut b);
+                let (us, pair) = search_tactics(g, "block-scale", &block_fixed, counts, ws, &mut b);
                 (
                     format!("{us:.1}"),
                     format!("{} / {}", b1[pair.0 as usize], b2[pair.1 as usize]),

@@ -40,8 +40,8 @@ using WideGemm = GroupedGemm<128, 0>;
 // Tile 1: 6 stages, ~100 KB at K <= 20480, so two CTAs share an SM (117 registers x 256
 // threads each).
 using NarrowGemm = GroupedGemm<64, 6>;
-static_assert(kTiles[0].rows == 128 && kTiles[1].rows == 64 && kTiles[0].cols == 64 &&
-              kTiles[1].cols == 64 && kTileCount == 2);
+static_assert(kTileCount == 2 && kTiles[0].rows == 128 && kTiles[1].rows == 64 &&
+              kTiles[0].cols == 64 && kTiles[1].cols == 64);
 
 // The kernel NarrowGemm::run launches (as its run names it), for its attributes.
 auto narrow_kernel() {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <iterator>
 #include <memory>
 
 #include "fp8_blockscale_gemm/fp8_blockscale_gemm.h"
@@ -28,7 +29,7 @@ struct Tile {
   int32_t rows, cols;
 };
 inline constexpr Tile kTiles[] = {{128, 64}, {64, 64}};
-inline constexpr int32_t kTileCount = 2;
+inline constexpr int32_t kTileCount = int32_t(std::size(kTiles));
 
 // The tiles of GEMM 1 and GEMM 2 (indices into kTiles) for the block-scale GEMMs that run on
 // this thread while the object lives: upstream's moeGemm has no parameter for it, so the layer

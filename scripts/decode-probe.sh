@@ -14,13 +14,18 @@ cd "$(dirname "$0")/.."
 csrc=flashinfer-sys/csrc
 out=${TMPDIR:-/tmp}/moe_decode_probe
 n=0
+failed=0
 for dir in "$@"; do
   n=$((n + 1))
   nvcc -std=c++17 -O3 -arch=sm_90a -I"$dir" -I"$csrc" \
     "$csrc/probe/moe_decode_probe.cu" "$dir/moe_decode.cu" -o "$out-$n"
   echo "== $dir"
-  "$out-$n"
+  # A failing candidate (a wrong result, a fault) is reported and the others still run.
+  rc=0
+  "$out-$n" || rc=$?
+  if [ "$rc" != 0 ]; then failed=$((failed + 1)); echo "== $dir: exit $rc"; fi
 done
 [ "$n" = 0 ] || echo "== this tree"
 nvcc -std=c++17 -O3 -arch=sm_90a -I"$csrc" "$csrc/probe/moe_decode_probe.cu" "$csrc/moe_decode.cu" -o "$out"
 "$out"
+[ "$failed" = 0 ]

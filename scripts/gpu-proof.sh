@@ -17,6 +17,10 @@
 #                                          # (beside other moe_decode.cu in dirs) and the
 #                                          # layer bench at 1-64 tokens (MOE_LAYER_TOKENS)
 #     bash scripts/gpu-proof.sh decode-probe [dirs]  # the probe alone (no pack, no bench)
+#     PACK=gpu-pack-v4 bash scripts/gpu-proof.sh variant-bench  # a candidate's pack (made here by
+#                                          # scripts/gpu-pack-variant.sh): the layer bench at
+#                                          # decode sizes; PACK also points layer-tests and
+#                                          # decode-bench at it
 #     bash scripts/gpu-proof.sh decode-profile [layer:tokens ...]  # the decode kernels under
 #                                          # Nsight Compute (scripts/decode-profile.sh; no pack)
 #     bash scripts/gpu-proof.sh block-gemm-probe  # the fp8 block-scale GEMM candidates' probe
@@ -55,6 +59,12 @@ summary=$out/summary.txt
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader \
   | tee -a "$summary"
 
+# PACK: another pack's folder (its tarball PACK.tar.xz carried beside gpu-pack.tar.xz), e.g. a
+# candidate kernel's build from scripts/gpu-pack-variant.sh; layer-tests, decode-bench and
+# variant-bench then run its bin/gpu and bin/moe_layer, their logs named <part>-PACK.
+pack=${PACK:-gpu-pack}
+tag=${PACK:+-$PACK}
+
 unpack() { # pack.tar.xz: the pack this call carried, over whatever an earlier call left here
   if [ -f "$1" ]; then tar xJf "$1"; fi
 }
@@ -81,11 +91,11 @@ case ${1:-suite} in
     part decode-probe bash scripts/decode-probe.sh
     ;;
   layer | layer-tests | layer-bench) # [test filters..., default cutlass]
-    unpack gpu-pack.tar.xz
+    unpack "$pack.tar.xz"
     if [ "$1" != layer-bench ]; then
       filters=("${@:2}")
       FLASHINFER_RS_REQUIRE_GPU=1 FLASHINFER_RS_REQUIRE_CUTLASS_MOE=1 \
-        part layer-tests gpu-pack/bin/gpu --test-threads=1 --nocapture "${filters[@]:-cutlass}"
+        part "layer-tests$tag" "$pack/bin/gpu" --test-threads=1 --nocapture "${filters[@]:-cutlass}"
     fi
     if [ "$1" != layer-tests ]; then
       part bench-layer bash gpu-pack/bench.sh layer
@@ -97,11 +107,17 @@ case ${1:-suite} in
     ;;
   decode-bench) # [dirs]: the decode kernels' probe (beside other moe_decode.cu in dirs,
     # scripts/decode-probe.sh), then the layer bench at decode sizes only
-    unpack gpu-pack.tar.xz
-    part decode-probe bash scripts/decode-probe.sh "${@:2}"
-    MOE_LAYER_TOKENS=${MOE_LAYER_TOKENS:-1,2,4,8,16,32,64} part bench-layer-decode \
-      bash gpu-pack/bench.sh layer
-    grep -E '^\|' "$out/bench-layer-decode.log" > "$out/bench-layer-decode.md" || true
+    unpack "$pack.tar.xz"
+    part "decode-probe$tag" bash scripts/decode-probe.sh "${@:2}"
+    MOE_LAYER_TOKENS=${MOE_LAYER_TOKENS:-1,2,4,8,16,32,64} part "bench-layer-decode$tag" \
+      "$pack/bin/moe_layer"
+    grep -E '^\|' "$out/bench-layer-decode$tag.log" > "$out/bench-layer-decode$tag.md" || true
+    ;;
+  variant-bench) # the layer bench at decode sizes alone, of the pack PACK names
+    unpack "$pack.tar.xz"
+    MOE_LAYER_TOKENS=${MOE_LAYER_TOKENS:-1,2,4,8,16,32,64} part "bench-layer-decode$tag" \
+      "$pack/bin/moe_layer"
+    grep -E '^\|' "$out/bench-layer-decode$tag.log" > "$out/bench-layer-decode$tag.md" || true
     ;;
   decode-probe) # [dirs]: the decode kernels' probe alone, beside other moe_decode.cu in dirs
     part decode-probe bash scripts/decode-probe.sh "${@:2}"
@@ -159,7 +175,7 @@ case ${1:-suite} in
   *)
     echo "usage: $0 suite | layer|layer-tests [filters] | layer-bench | router-bench |" \
       "transformers-fp8-blocks |" \
-      "decode-bench [dirs] | decode-probe [dirs] | decode-profile [cases] | block-gemm-probe |" \
+      "decode-bench [dirs] | decode-probe [dirs] | variant-bench | decode-profile [cases] | block-gemm-probe |" \
       "block-bench | candle-bench [layers] | serve | serve-bench ours|peer" >&2
     exit 2
     ;;

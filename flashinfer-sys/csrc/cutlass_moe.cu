@@ -58,7 +58,7 @@ struct fi_cutlass_moe {
   std::unique_ptr<Runner> runner;
   // The GEMMs' tactics: the runner's TMA warp-specialised configs (bf16 and fp8 per-tensor
   // weights); block-scale weights have the block-scale GEMM's tiles instead (moe_block_scale.h,
-  // by index), tile1 / tile2 the ones every call of this layer takes.
+  // by index), tile1 / tile2 the ones every call of this layer takes (-1: chosen per call).
   std::vector<Config> tactics1, tactics2;
   int32_t tile1 = 0, tile2 = 0;
   // Tactics -1: the pairs chosen per call (fi_cutlass_moe_run's doc), by rows per expert.
@@ -194,6 +194,12 @@ size_t find(const std::vector<Config>& tactics, int32_t tile_n, bool swap_ab) {
 // (BENCHMARKS.md section 7: Qwen3 and DeepSeek-V3-sized layers on an H200).
 constexpr int64_t kFewRows = 16;
 
+// Block-scale weights: below this many mean rows per expert the 64x64 tile (kTiles[1], two CTAs
+// per SM), from it on upstream's 128x64 (kTiles[0]; a 128-row tile is at least half full). On an
+// H100 the 64x64 tile took both GEMMs of both layers in 0.59-0.88x the 128x64's time at 16-512
+// tokens, bit for bit the same output (docs/fp8-on-hopper.md section 9).
+constexpr int64_t kBlockFewRows = 64;
+
 int32_t tactic_count(const fi_cutlass_moe& layer, int32_t gemm) {
   if (block_scale(layer.params)) return fi::block_scale::kTileCount;
   return int32_t((gemm == 1 ? layer.tactics1 : layer.tactics2).size());
@@ -275,11 +281,10 @@ extern "C" fi_status fi_cutlass_moe_create(const fi_cutlass_moe_params* params,
       // Its GEMMs are the block-scale runner's (BlockScaleFC1/FC2), which take no config; runMoe
       // still requires one set (and reads only its epilogue schedule, AUTO here). The tactics
       // are our block-scale GEMM's tiles (validated above), told to it around each call
-      // (TileScope). Tactics -1 take upstream's 128x64 at every size: the 64x64 tile has not
-      // been timed against it on a GPU yet (docs/fp8-on-hopper.md section 9).
+      // (TileScope); tactics -1 choose them per call (kBlockFewRows).
       layer->runner->setTactic(Config{}, Config{});
-      layer->tile1 = layer->per_call ? 0 : params->tactic_gemm1;
-      layer->tile2 = layer->per_call ? 0 : params->tactic_gemm2;
+      layer->tile1 = params->tactic_gemm1;
+      layer->tile2 = params->tactic_gemm2;
     } else {
       layer->tactics1 = tma_ws(layer->runner->getTactics(k::MoeGemmId::GEMM_1));
       layer->tactics2 = tma_ws(layer->runner->getTactics(k::MoeGemmId::GEMM_2));
@@ -408,7 +413,12 @@ extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
     if (block_scale(p)) {
       // bf16 input as it is: each GEMM quantises its input per token and 128 columns.
       quant = k::QuantParams::FP8BlockScaling(b.fc1_block_scales, b.fc2_block_scales);
-      tiles.emplace(layer->tile1, layer->tile2, p.hidden_size, p.intermediate_size);
+      int32_t tile1 = layer->tile1, tile2 = layer->tile2;
+      if (layer->per_call) {
+        bool few = int64_t(b.num_tokens) * p.top_k < kBlockFewRows * p.num_experts;
+        tile1 = tile2 = few ? 1 : 0;
+      }
+      tiles.emplace(tile1, tile2, p.hidden_size, p.intermediate_size);
     }
 #endif
     tensorrt_llm::kernels::LoraParams lora{};

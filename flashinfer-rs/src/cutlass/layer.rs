@@ -377,13 +377,13 @@ impl std::fmt::Display for CutlassTactic {
 pub const DECODE_MAX_TOKENS: usize = 4;
 
 /// Calls of at most this many tokens take the decode kernels in an fp8 block-scale layer made by
-/// [`CutlassMoe::new_fp8_blocks`], whatever its experts' size: there the alternative is
-/// upstream's block-scale GEMM kernel (its 128x64 tile), which the decode kernels beat by more
-/// than they beat the bf16 grouped GEMMs. On an H100 (BENCHMARKS.md section 7e), at 1 / 2 / 4 / 8
-/// tokens: a DeepSeek-V3-sized layer 158.6 / 293.8 / 541.3 / 1016.7 us against the GEMM's
-/// 272.7 / 403.4 / 651.5 / 1110.7, a Qwen3-30B-A3B one 28.2 / 50.6 / 85.4 / 147.0 against 64.1 /
-/// 83.1 / 112.7 / 154.8; at sixteen tokens the GEMM was ahead (Qwen3: 219.7 against 277.4).
-pub const BLOCK_DECODE_MAX_TOKENS: usize = 8;
+/// [`CutlassMoe::new_fp8_blocks`], whatever its experts' size: there the alternative is the
+/// block-scale GEMM with its 64x64 tile. On an H100 (session 19, BENCHMARKS.md section 7e), at
+/// 1 / 2 / 4 / 8 tokens: a DeepSeek-V3-sized layer 159.8 / 295.5 / 542.2 / 1010.7 us against the
+/// GEMM's 200.7 / 311.1 / 522.6 / 910.8, a Qwen3-30B-A3B one 30.4 / 50.3 / 85.8 / 147.6 against
+/// 49.7 / 63.4 / 87.1 / 120.6: the decode kernels ahead up to two tokens, level at four
+/// (Qwen3 1.5% ahead, DeepSeek-V3-sized 3.5% behind), behind from there on.
+pub const BLOCK_DECODE_MAX_TOKENS: usize = 3;
 
 /// The largest expert (`hidden_size * intermediate_size`) for which [`CutlassMoe::new`] takes
 /// the decode kernels: a Qwen3-30B-A3B expert is 1.5 Mi (2048 x 768); for a DeepSeek-V3-sized
@@ -396,12 +396,12 @@ pub enum CutlassSchedule {
     /// The fastest this crate knows ([`CutlassMoe::new`]): the decode kernels for calls of up
     /// to [`DECODE_MAX_TOKENS`] tokens where the experts are at most
     /// [`DECODE_MAX_EXPERT_SIZE`] (block-scale weights: up to [`BLOCK_DECODE_MAX_TOKENS`]
-    /// whatever the size, then their GEMM with its 128x64 tile); the others the grouped GEMMs,
-    /// their tactics
-    /// chosen per call from the call's mean rows per expert (`num_tokens * top_k /
-    /// num_experts`, host-side, no launch): below 16, the 128x16 tile with swapped operands in
-    /// both GEMMs; from 16 on, the 128x256 tile (on an H200 within 2.5% of the fastest of three
-    /// tiles in both operand orders, BENCHMARKS.md section 7).
+    /// whatever the size); the others the grouped GEMMs, their tactics chosen per call from
+    /// the call's mean rows per expert (`num_tokens * top_k / num_experts`, host-side, no
+    /// launch): below 16, the 128x16 tile with swapped operands in both GEMMs; from 16 on, the
+    /// 128x256 tile (on an H200 within 2.5% of the fastest of three tiles in both operand
+    /// orders, BENCHMARKS.md section 7). Block-scale weights: below 64, the block-scale GEMM's
+    /// 64x64 tile; from 64 on, its 128x64.
     #[default]
     Fastest,
     /// As [`Fastest`](Self::Fastest), with the decode kernels taking calls of up to this many
@@ -422,8 +422,9 @@ pub enum CutlassSchedule {
     /// trainer). It costs speed where `Fastest` takes other kernels: the decode kernels at up
     /// to 4 tokens (a Qwen3-30B-A3B layer at one token, H100: 53.2 us instead of 38.0,
     /// BENCHMARKS.md 7c) and the 128x256 tile from 16 rows per expert. A block-scale layer
-    /// takes its GEMM with the 128x64 tile at every size (not the decode kernels `Fastest`
-    /// takes up to [`BLOCK_DECODE_MAX_TOKENS`] tokens).
+    /// takes its GEMM with the 64x64 tile at every size (not the decode kernels `Fastest`
+    /// takes up to [`BLOCK_DECODE_MAX_TOKENS`] tokens, nor the 128x64 tile from 64 rows per
+    /// expert).
     BatchInvariant,
 }
 
@@ -491,12 +492,13 @@ impl<W: WeightBuffer<Element = E4m3>> CutlassMoe<W> {
     /// bf16, SwiGLU runs in f32 on it and is rounded to bf16 before GEMM 2 quantises it; the
     /// weighted sum is in f32. hidden and intermediate sizes must be multiples of 128 of at
     /// most 20480. The GEMMs are one kernel, upstream's block-scale GEMM, whose two tiles are
-    /// the layer's [`tactics`](CutlassMoe::tactics): 128x64 (upstream's, one CTA per SM), which
-    /// every other schedule takes, and 64x64 (two CTAs per SM, for few rows per expert; not yet
-    /// run on a GPU), each GEMM's fixed by [`Tactics`](CutlassSchedule::Tactics); calls of up to
-    /// [`BLOCK_DECODE_MAX_TOKENS`] tokens take the decode kernels instead, with the same
-    /// quantisation and arithmetic. [`BatchInvariant`](CutlassSchedule::BatchInvariant) takes
-    /// the GEMM with the 128x64 tile at every size; [`DecodeUpTo`](CutlassSchedule::DecodeUpTo)
+    /// the layer's [`tactics`](CutlassMoe::tactics): 128x64 (upstream's, one CTA per SM) and
+    /// 64x64 (two CTAs per SM), bit for bit the same output; `Fastest` takes 64x64 below 64
+    /// mean rows per expert and 128x64 from there on, [`Tactics`](CutlassSchedule::Tactics)
+    /// fixes each GEMM's; calls of up to [`BLOCK_DECODE_MAX_TOKENS`] tokens take the decode
+    /// kernels instead, with the same quantisation and arithmetic.
+    /// [`BatchInvariant`](CutlassSchedule::BatchInvariant) takes the GEMM with the 64x64 tile
+    /// at every size; [`DecodeUpTo`](CutlassSchedule::DecodeUpTo)
     /// moves the decode kernels' limit. Answers [`Error::KernelsNotBuilt`] in a build without
     /// `sm90-moe-fp8`.
     pub fn new_fp8_blocks(
@@ -612,8 +614,9 @@ where
                 ((-1, -1), default_decode_max_tokens(&config, block_scale))
             }
             (CutlassSchedule::DecodeUpTo(n), _) => ((-1, -1), n),
-            // One kernel for every call: the block-scale GEMM with its 128x64 tile.
-            (CutlassSchedule::BatchInvariant, Quant::Blocks(_)) => ((0, 0), 0),
+            // One kernel for every call: the block-scale GEMM with its 64x64 tile (tactic 1,
+            // the faster at every size measured: docs/fp8-on-hopper.md section 9).
+            (CutlassSchedule::BatchInvariant, Quant::Blocks(_)) => ((1, 1), 0),
             (CutlassSchedule::Tactics(a, b), _) => (tactic_indices((a, b))?, 0),
             // Resolved below, from the runner's own list.
             (CutlassSchedule::BatchInvariant, _) => ((-1, -1), 0),

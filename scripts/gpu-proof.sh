@@ -31,6 +31,8 @@
 #                                          # block-scale GEMM probe, then the layer bench and vLLM's
 #                                          # block-fp8 Triton MoE at MOE_LAYER_TOKENS (default
 #                                          # 1,8,16,64,512)
+#     bash scripts/gpu-proof.sh block-layer  # gpu-pack.tar.xz: the block-scale layer's tests, the
+#                                          # layer bench, vLLM's block-fp8 MoE, in one call
 #     bash scripts/gpu-proof.sh candle-bench [qwen3|deepseek]  # gpu-pack.tar.xz: candle's own
 #                                          # fused MoE (candle-transformers' FusedMoe) on the layer
 #                                          # bench's layers and sizes (MOE_LAYER_TOKENS picks rows);
@@ -139,6 +141,17 @@ case ${1:-suite} in
     part bench-layer-vllm-fp8-blocks python3 scripts/bench_vllm_moe.py --fp8-blocks \
       --tokens ${MOE_LAYER_TOKENS//,/ }
     ;;
+  block-layer) # the block-scale layer's tests (but the tile pairs' and the decode kernels'), the
+    # layer bench and vLLM's block-fp8 Triton MoE, each part cut at a time of its own so that the
+    # whole fits one device call (600 s)
+    unpack "$pack.tar.xz"
+    FLASHINFER_RS_REQUIRE_GPU=1 FLASHINFER_RS_REQUIRE_CUTLASS_MOE=1 part layer-tests \
+      timeout 200 "$pack/bin/gpu" --test-threads=1 --nocapture cutlass_moe_fp8_blocks \
+      --skip both_tiles --skip decode_kernels
+    part bench-layer timeout 300 bash gpu-pack/bench.sh layer
+    grep -E '^\|' "$out/bench-layer.log" > "$out/bench-layer.md" || true
+    part bench-layer-vllm-fp8-blocks timeout 85 python3 scripts/bench_vllm_moe.py --fp8-blocks
+    ;;
   candle-bench) # [qwen3|deepseek]: candle's own fused MoE, the layer bench's peer
     unpack gpu-pack.tar.xz
     part bench-candle bash gpu-pack/candle/bench.sh "${@:2}"
@@ -175,7 +188,7 @@ case ${1:-suite} in
   *)
     echo "usage: $0 suite | layer|layer-tests [filters] | layer-bench | router-bench |" \
       "transformers-fp8-blocks |" \
-      "decode-bench [dirs] | decode-probe [dirs] | variant-bench | decode-profile [cases] | block-gemm-probe |" \
+      "decode-bench [dirs] | decode-probe [dirs] | variant-bench | block-layer | decode-profile [cases] | block-gemm-probe |" \
       "block-bench | candle-bench [layers] | serve | serve-bench ours|peer" >&2
     exit 2
     ;;

@@ -426,8 +426,8 @@ typedef enum fi_cutlass_moe_weights {
    * fc1_block_scales and fc2_block_scales (fi_cutlass_moe_buffers). hidden_size and
    * intermediate_size must be multiples of 128 and at most 20480. Their tactics are the
    * block-scale GEMM's two tiles (the same kernel, one reduction order): 0 = 128x64 (upstream's,
-   * one CTA per SM), 1 = 64x64 (two CTAs per SM); tactics -1 take 64x64 below 64 mean rows
-   * per expert, 128x64 from there on. The decode kernels take these weights too
+   * one CTA per SM), 1 = 64x64 (two CTAs per SM); tactics -1 take 64x64 in GEMM 2, and in
+   * GEMM 1 below 64 mean rows per expert (128x64 from there on). The decode kernels take these weights too
    * (decode_max_tokens), with the same quantisation. */
   FI_CUTLASS_MOE_WEIGHTS_FP8_BLOCK = 2,
 } fi_cutlass_moe_weights;
@@ -506,8 +506,8 @@ typedef struct fi_cutlass_moe_buffers {
  * created with tactics -1 picks them per call from the mean rows per expert,
  * num_tokens * top_k / num_experts (measured on an H200, BENCHMARKS.md section 7): below 16,
  * the 128x16 tile with swapped operands in both GEMMs (its 16 columns over an expert's tokens);
- * from 16 on, the 128x256 tile (fp8 block-scale weights: below 64, the 64x64 tile; from 64 on,
- * 128x64). The weighted sum is the runner's finalize kernel (the GEMM
+ * from 16 on, the 128x256 tile (fp8 block-scale weights: the 64x64 tile, but 128x64 in GEMM 1
+ * from 64 on). The weighted sum is the runner's finalize kernel (the GEMM
  * epilogue that fuses it is not built: its atomic scatter is not deterministic), so equal
  * inputs give equal output bits. A call of 1..=decode_max_tokens tokens takes the decode kernels
  * instead (two bandwidth-bound kernels that read each routed expert's weights once; the tactics

@@ -400,8 +400,8 @@ pub enum CutlassSchedule {
     /// the call's mean rows per expert (`num_tokens * top_k / num_experts`, host-side, no
     /// launch): below 16, the 128x16 tile with swapped operands in both GEMMs; from 16 on, the
     /// 128x256 tile (on an H200 within 2.5% of the fastest of three tiles in both operand
-    /// orders, BENCHMARKS.md section 7). Block-scale weights: below 64, the block-scale GEMM's
-    /// 64x64 tile; from 64 on, its 128x64.
+    /// orders, BENCHMARKS.md section 7). Block-scale weights: the block-scale GEMM's 64x64 tile
+    /// in GEMM 2, and in GEMM 1 below 64 (its 128x64 from 64 on; BENCHMARKS.md 7g).
     #[default]
     Fastest,
     /// As [`Fastest`](Self::Fastest), with the decode kernels taking calls of up to this many
@@ -423,8 +423,8 @@ pub enum CutlassSchedule {
     /// to 4 tokens (a Qwen3-30B-A3B layer at one token, H100: 53.2 us instead of 38.0,
     /// BENCHMARKS.md 7c) and the 128x256 tile from 16 rows per expert. A block-scale layer
     /// takes its GEMM with the 64x64 tile at every size (not the decode kernels `Fastest`
-    /// takes up to [`BLOCK_DECODE_MAX_TOKENS`] tokens, nor the 128x64 tile from 64 rows per
-    /// expert).
+    /// takes up to [`BLOCK_DECODE_MAX_TOKENS`] tokens, nor the 128x64 tile in GEMM 1 from 64
+    /// rows per expert, the faster there at 4096 tokens).
     BatchInvariant,
 }
 
@@ -493,8 +493,9 @@ impl<W: WeightBuffer<Element = E4m3>> CutlassMoe<W> {
     /// weighted sum is in f32. hidden and intermediate sizes must be multiples of 128 of at
     /// most 20480. The GEMMs are one kernel, upstream's block-scale GEMM, whose two tiles are
     /// the layer's [`tactics`](CutlassMoe::tactics): 128x64 (upstream's, one CTA per SM) and
-    /// 64x64 (two CTAs per SM), bit for bit the same output; `Fastest` takes 64x64 below 64
-    /// mean rows per expert and 128x64 from there on, [`Tactics`](CutlassSchedule::Tactics)
+    /// 64x64 (two CTAs per SM), bit for bit the same output; `Fastest` takes 64x64 in GEMM 2
+    /// and in GEMM 1 below 64 mean rows per expert (128x64 from there on),
+    /// [`Tactics`](CutlassSchedule::Tactics)
     /// fixes each GEMM's; calls of up to [`BLOCK_DECODE_MAX_TOKENS`] tokens take the decode
     /// kernels instead, with the same quantisation and arithmetic.
     /// [`BatchInvariant`](CutlassSchedule::BatchInvariant) takes the GEMM with the 64x64 tile

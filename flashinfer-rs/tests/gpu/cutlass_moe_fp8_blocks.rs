@@ -137,8 +137,8 @@ fn fp8_blocks_every_method_and_token_count_matches_the_reference() {
             let cfg = config(routing, h, i, 2048);
             let layer = CutlassMoe::new_fp8_blocks(cfg, w.views(), block_scales(&g, &w)).unwrap();
             // 1 token takes the decode kernels, 7 and more the block-scale GEMM: its 64x64
-            // tile below 64 mean rows per expert (7 to 257 tokens), 128x64 from there on (2048;
-            // each tile in each GEMM is tested by fp8_blocks_both_tiles_...).
+            // tile in GEMM 2, and in GEMM 1 below 64 mean rows per expert (7 to 257 tokens;
+            // 128x64 at 2048); each pair is tested by fp8_blocks_both_tiles_....
             assert_eq!(layer.decode_max_tokens(), BLOCK_DECODE_MAX_TOKENS);
             let tiles = layer.tactics().unwrap();
             assert_eq!(tiles.0, tiles.1);

@@ -62,8 +62,9 @@ nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format
   | tee -a "$summary"
 
 # PACK: another pack's folder (its tarball PACK.tar.xz carried beside gpu-pack.tar.xz), e.g. a
-# candidate kernel's build from scripts/gpu-pack-variant.sh; layer-tests, decode-bench and
-# variant-bench then run its bin/gpu and bin/moe_layer, their logs named <part>-PACK.
+# candidate kernel's build from scripts/gpu-pack-variant.sh; layer-tests, decode-bench,
+# variant-bench and block-layer then run its bin/gpu and bin/moe_layer, their logs named
+# <part>-PACK.
 pack=${PACK:-gpu-pack}
 tag=${PACK:+-$PACK}
 
@@ -107,16 +108,13 @@ case ${1:-suite} in
       part bench-layer-vllm-fp8-blocks python3 scripts/bench_vllm_moe.py --fp8-blocks
     fi
     ;;
-  decode-bench) # [dirs]: the decode kernels' probe (beside other moe_decode.cu in dirs,
-    # scripts/decode-probe.sh), then the layer bench at decode sizes only
+  decode-bench | variant-bench) # [dirs]: decode-bench first runs the decode kernels' probe
+    # (beside other moe_decode.cu in dirs, scripts/decode-probe.sh); then both run the layer
+    # bench (of the pack PACK names) at decode sizes only
     unpack "$pack.tar.xz"
-    part "decode-probe$tag" bash scripts/decode-probe.sh "${@:2}"
-    MOE_LAYER_TOKENS=${MOE_LAYER_TOKENS:-1,2,4,8,16,32,64} part "bench-layer-decode$tag" \
-      "$pack/bin/moe_layer"
-    grep -E '^\|' "$out/bench-layer-decode$tag.log" > "$out/bench-layer-decode$tag.md" || true
-    ;;
-  variant-bench) # the layer bench at decode sizes alone, of the pack PACK names
-    unpack "$pack.tar.xz"
+    if [ "$1" = decode-bench ]; then
+      part "decode-probe$tag" bash scripts/decode-probe.sh "${@:2}"
+    fi
     MOE_LAYER_TOKENS=${MOE_LAYER_TOKENS:-1,2,4,8,16,32,64} part "bench-layer-decode$tag" \
       "$pack/bin/moe_layer"
     grep -E '^\|' "$out/bench-layer-decode$tag.log" > "$out/bench-layer-decode$tag.md" || true
@@ -145,11 +143,11 @@ case ${1:-suite} in
     # layer bench and vLLM's block-fp8 Triton MoE, each part cut at a time of its own so that the
     # whole fits one device call (600 s)
     unpack "$pack.tar.xz"
-    FLASHINFER_RS_REQUIRE_GPU=1 FLASHINFER_RS_REQUIRE_CUTLASS_MOE=1 part layer-tests \
+    FLASHINFER_RS_REQUIRE_GPU=1 FLASHINFER_RS_REQUIRE_CUTLASS_MOE=1 part "layer-tests$tag" \
       timeout 200 "$pack/bin/gpu" --test-threads=1 --nocapture cutlass_moe_fp8_blocks \
       --skip both_tiles --skip decode_kernels
-    part bench-layer timeout 300 bash gpu-pack/bench.sh layer
-    grep -E '^\|' "$out/bench-layer.log" > "$out/bench-layer.md" || true
+    part "bench-layer$tag" timeout 300 "$pack/bin/moe_layer"
+    grep -E '^\|' "$out/bench-layer$tag.log" > "$out/bench-layer$tag.md" || true
     part bench-layer-vllm-fp8-blocks timeout 85 python3 scripts/bench_vllm_moe.py --fp8-blocks
     ;;
   candle-bench) # [qwen3|deepseek]: candle's own fused MoE, the layer bench's peer
@@ -188,7 +186,8 @@ case ${1:-suite} in
   *)
     echo "usage: $0 suite | layer|layer-tests [filters] | layer-bench | router-bench |" \
       "transformers-fp8-blocks |" \
-      "decode-bench [dirs] | decode-probe [dirs] | variant-bench | block-layer | decode-profile [cases] | block-gemm-probe |" \
+      "decode-bench [dirs] | decode-probe [dirs] | variant-bench | block-layer |" \
+      "decode-profile [cases] | block-gemm-probe |" \
       "block-bench | candle-bench [layers] | serve | serve-bench ours|peer" >&2
     exit 2
     ;;

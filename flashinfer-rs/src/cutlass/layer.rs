@@ -378,7 +378,7 @@ pub const DECODE_MAX_TOKENS: usize = 4;
 
 /// Calls of at most this many tokens take the decode kernels in an fp8 block-scale layer made by
 /// [`CutlassMoe::new_fp8_blocks`], whatever its experts' size: there the alternative is the
-/// block-scale GEMM with its 64x64 tile. On an H100 (session 19, BENCHMARKS.md section 7e), at
+/// block-scale GEMM with its 64x64 tile. On an H100 (session 19, BENCHMARKS.md section 7f), at
 /// 1 / 2 / 4 / 8 tokens: a DeepSeek-V3-sized layer 159.8 / 295.5 / 542.2 / 1010.7 us against the
 /// GEMM's 200.7 / 311.1 / 522.6 / 910.8, a Qwen3-30B-A3B one 30.4 / 50.3 / 85.8 / 147.6 against
 /// 49.7 / 63.4 / 87.1 / 120.6: the decode kernels ahead up to two tokens, level at four
@@ -495,11 +495,10 @@ impl<W: WeightBuffer<Element = E4m3>> CutlassMoe<W> {
     /// the layer's [`tactics`](CutlassMoe::tactics): 128x64 (upstream's, one CTA per SM) and
     /// 64x64 (two CTAs per SM), bit for bit the same output; `Fastest` takes 64x64 in GEMM 2
     /// and in GEMM 1 below 64 mean rows per expert (128x64 from there on),
-    /// [`Tactics`](CutlassSchedule::Tactics)
-    /// fixes each GEMM's; calls of up to [`BLOCK_DECODE_MAX_TOKENS`] tokens take the decode
-    /// kernels instead, with the same quantisation and arithmetic.
-    /// [`BatchInvariant`](CutlassSchedule::BatchInvariant) takes the GEMM with the 64x64 tile
-    /// at every size; [`DecodeUpTo`](CutlassSchedule::DecodeUpTo)
+    /// [`Tactics`](CutlassSchedule::Tactics) fixes each GEMM's; calls of up to
+    /// [`BLOCK_DECODE_MAX_TOKENS`] tokens take the decode kernels instead, with the same
+    /// quantisation and arithmetic. [`BatchInvariant`](CutlassSchedule::BatchInvariant) takes
+    /// the GEMM with the 64x64 tile at every size; [`DecodeUpTo`](CutlassSchedule::DecodeUpTo)
     /// moves the decode kernels' limit. Answers [`Error::KernelsNotBuilt`] in a build without
     /// `sm90-moe-fp8`.
     pub fn new_fp8_blocks(
@@ -616,7 +615,7 @@ where
             }
             (CutlassSchedule::DecodeUpTo(n), _) => ((-1, -1), n),
             // One kernel for every call: the block-scale GEMM with its 64x64 tile (tactic 1,
-            // the faster at every size measured: docs/fp8-on-hopper.md section 9).
+            // the faster at every size to 512 tokens: docs/fp8-on-hopper.md section 10).
             (CutlassSchedule::BatchInvariant, Quant::Blocks(_)) => ((1, 1), 0),
             (CutlassSchedule::Tactics(a, b), _) => (tactic_indices((a, b))?, 0),
             // Resolved below, from the runner's own list.

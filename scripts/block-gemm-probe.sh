@@ -1,13 +1,26 @@
 #!/usr/bin/env bash
 # The fp8 block-scale grouped GEMM candidates' probe (flashinfer-sys/csrc/probe/block_gemm_probe.cu:
-# Fp8Gemm 128x64, Fp8Gemm 64x64 with 6 stages, DeepGEMM's swap-AB kernel built ahead of time) on
-# a GPU machine with nvcc (no cargo, no network). Run from anywhere:
+# (1) Fp8Gemm 128x64, (2) Fp8Gemm 64x64 with 6 stages, (3) DeepGEMM's swap-AB kernel built ahead
+# of time, and the prefill candidates of docs/fp8-on-hopper.md section 11: (4) Fp8Gemm 64x128
+# with 8 stages, (5) 128x128 with 6 stages, upstream's kernel with setmaxnreg added, written at
+# build time by block_gemm_probe_regs.py) on a GPU machine with nvcc and python3 (no cargo, no
+# network). Both layers' GEMMs at 16, 32, 64, 128, 512, 2048 and 4096 tokens, or the counts in
+# BLOCK_GEMM_PROBE_TOKENS (e.g. 16,512,4096); (3) is not timed above 32 mean rows per expert.
+# Run from anywhere:
 #
 #     bash scripts/block-gemm-probe.sh pack   # here: the upstream sources it needs into
-#                                             # block-gemm-probe-src.tar.xz (git-ignored, ~1 MB)
-#     bash scripts/block-gemm-probe.sh build  # builds only (e.g. here, to see that it compiles)
+#                                             # block-gemm-probe-src.tar.xz (git-ignored, ~1 MB;
+#                                             # only the upstream tree: the probe's own files
+#                                             # travel as tracked files, so adding a kernel of
+#                                             # the same headers needs no new tarball)
+#     bash scripts/block-gemm-probe.sh build  # builds only (e.g. here, to see that it compiles:
+#                                             # ~21 s on this 2-core machine)
 #     bash scripts/block-gemm-probe.sh        # on the GPU machine: unpacks the tarball if
 #                                             # present, builds, runs
+#
+# The build goes to ${TMPDIR:-/tmp}/block_gemm_probe* (the binary, the swap-AB object, (5)'s
+# generated kernel, the unpacked sources). Registers and spills:
+# cuobjdump -res-usage "${TMPDIR:-/tmp}/block_gemm_probe" (STACK:0 is no spill).
 #
 # The sources are the fetched CUTLASS MoE tree with patches 0012 and 0013 (python3
 # flashinfer-sys/vendor/fetch.py sources): BLOCK_GEMM_PROBE_SOURCES, by default the unpacked
@@ -71,7 +84,10 @@ flags=(-std=c++17 -O3 -DNDEBUG --expt-relaxed-constexpr -gencode=arch=compute_90
 nvcc "${flags[@]}" --ptxas-options=-allow-expensive-optimizations=true \
   --ptxas-options=--register-usage-level=10 -c "$csrc/probe/block_gemm_probe_swap_ab.cu" \
   -o "$out-swap_ab.o"
-nvcc "${flags[@]}" "$csrc/probe/block_gemm_probe.cu" "$out-swap_ab.o" \
+# Candidate (5)'s kernel: upstream's with setmaxnreg added, copied out of the header.
+mkdir -p "$out-gen"
+python3 "$csrc/probe/block_gemm_probe_regs.py" "$header" "$out-gen/block_gemm_probe_regs.inc"
+nvcc "${flags[@]}" -I"$out-gen" "$csrc/probe/block_gemm_probe.cu" "$out-swap_ab.o" \
   "$nv/cpp/common/logger.cpp" "$nv/cpp/common/stringUtils.cpp" \
   "$nv/cpp/common/tllmException.cpp" -o "$out"
 if [ "${1:-}" = build ]; then exit 0; fi

@@ -7,6 +7,7 @@
 #                                          # downstream/candle's tests, the layer bench, vLLM's
 #                                          # Triton fused MoE on the same GPU (gpu-pack/peers,
 #                                          # scripts/fetch-peers.sh), the decode kernels' probe
+#     bash scripts/gpu-proof.sh tests      # gpu-pack.tar.xz: the GPU suite and the ranks harness
 #     bash scripts/gpu-proof.sh layer [filters]  # gpu-pack.tar.xz: the Hopper layer's tests alone
 #                                          # (bf16 and fp8; test filters, default cutlass), the
 #                                          # layer bench (bf16 beside fp8 per-tensor and block
@@ -92,6 +93,13 @@ case ${1:-suite} in
     grep -E '^\|' "$out/bench-layer.log" > "$out/bench-layer.md" || true
     part bench-layer-vllm python3 scripts/bench_vllm_moe.py
     part decode-probe bash scripts/decode-probe.sh
+    ;;
+  tests) # the GPU suite alone (every test of the GPU binary of PACK, then the ranks harness):
+    # what `suite` runs first, without candle's tests, the benches and the probe
+    unpack "$pack.tar.xz"
+    FLASHINFER_RS_REQUIRE_GPU=1 FLASHINFER_RS_REQUIRE_CUTLASS_MOE=1 \
+      part "tests$tag" "$pack/bin/gpu" --test-threads=1
+    part ranks bash gpu-pack/ranks.sh
     ;;
   layer | layer-tests | layer-bench) # [test filters..., default cutlass]
     unpack "$pack.tar.xz"
@@ -186,7 +194,7 @@ case ${1:-suite} in
       --only "${2:-ours}" --json "$out/serve-bench-${2:-ours}.json"
     ;;
   *)
-    echo "usage: $0 suite | layer|layer-tests [filters] | layer-bench | router-bench |" \
+    echo "usage: $0 suite | tests | layer|layer-tests [filters] | layer-bench | router-bench |" \
       "transformers-fp8-blocks |" \
       "decode-bench [dirs] | decode-probe [dirs] | variant-bench | block-layer |" \
       "decode-profile [cases] | block-gemm-probe |" \

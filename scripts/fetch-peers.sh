@@ -143,11 +143,12 @@ class Wheel:
 
     def member(self, name):
         data = self.zip.read(name)
+        digest = hashlib.sha256(data)
         want = self.record.get(name)
-        got = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        got = base64.urlsafe_b64encode(digest.digest()).rstrip(b"=").decode()
         if want != got:
             sys.exit(f"fetch-peers: {name}: sha256 {got} is not the wheel RECORD's {want}")
-        self.manifest.append(f"  {name} {hashlib.sha256(data).hexdigest()}")
+        self.manifest.append(f"  {name} {digest.hexdigest()}")
         return data
 
     def write(self, out, name, path):
@@ -223,7 +224,6 @@ def check_names(source, filename):
 # ---- vLLM ------------------------------------------------------------------------------------
 
 wheel_path, version, wheel_sha = vllm_args
-wheel = os.path.basename(wheel_path)
 vllm = Wheel(wheel_path, "vLLM", "vllm", version, wheel_sha)
 out = os.path.join(peers, "vllm.partial")
 FUSED = "vllm/model_executor/layers/fused_moe/"
@@ -249,7 +249,7 @@ TOPK = TRITON_KERNELS + "topk.py"
 
 VLLM_PRELUDE = f'''\
 # vllm_fused_moe_kernel.py: made by scripts/fetch-peers.sh (flashinfer-rs); not to be committed.
-# From {wheel}
+# From {vllm.name}
 # (vLLM {version}, PyPI), sha256 {wheel_sha}.
 # vLLM is Apache-2.0: LICENSE beside this file. The functions after the prelude are vLLM's source
 # text, cut verbatim with Python's ast from the wheel member named above each one; the only change:
@@ -269,7 +269,7 @@ import triton
 import triton.language as tl
 
 VLLM_VERSION = "{version}"
-VLLM_WHEEL = "{wheel}"
+VLLM_WHEEL = "{vllm.name}"
 VLLM_WHEEL_SHA256 = "{wheel_sha}"
 
 
@@ -399,7 +399,6 @@ with open(os.path.join(out, "SOURCE.txt"), "w") as f:
 # ---- SGLang ----------------------------------------------------------------------------------
 
 wheel_path, version, wheel_sha = sglang_args
-wheel = os.path.basename(wheel_path)
 sglang = Wheel(wheel_path, "SGLang", "sglang", version, wheel_sha)
 out = os.path.join(peers, "sglang.partial")
 OPS = "sglang/kernels/ops/moe/"
@@ -414,7 +413,7 @@ TAKE = [
 ]
 SGLANG_PRELUDE = f'''\
 # sglang_moe_fused_gate.py: made by scripts/fetch-peers.sh (flashinfer-rs); not to be committed.
-# From {wheel}
+# From {sglang.name}
 # (SGLang {version}, PyPI), sha256 {wheel_sha}.
 # SGLang is Apache-2.0: LICENSE beside this file. The statements after the prelude are SGLang's
 # source text, cut verbatim with Python's ast from the wheel member named above each one; the only
@@ -430,7 +429,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 SGLANG_VERSION = "{version}"
-SGLANG_WHEEL = "{wheel}"
+SGLANG_WHEEL = "{sglang.name}"
 SGLANG_WHEEL_SHA256 = "{wheel_sha}"
 
 

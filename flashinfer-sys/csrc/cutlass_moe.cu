@@ -194,8 +194,8 @@ size_t find(const std::vector<Config>& tactics, int32_t tile_n, bool swap_ab) {
 // (BENCHMARKS.md section 7: Qwen3 and DeepSeek-V3-sized layers on an H200).
 constexpr int64_t kFewRows = 16;
 
-// Block-scale weights: GEMM 1 takes the 64x64 tile (kTiles[1], two CTAs per SM) below this many
-// mean rows per expert, upstream's 128x64 (kTiles[0]; a 128-row tile at least half full) from
+// Block-scale weights: GEMM 1 takes the 64x64 tile (kNarrowTile, two CTAs per SM) below this many
+// mean rows per expert, upstream's 128x64 (kWideTile; a 128-row tile at least half full) from
 // it on; GEMM 2 takes 64x64 at every size. On an H100 the 64x64 tile took both GEMMs of both
 // layers in 0.59-0.88x the 128x64's time at 16-512 tokens, bit for bit the same output, and at
 // 4096 tokens (256 rows per expert) the fastest pair was 128x64 in GEMM 1, 64x64 in GEMM 2
@@ -418,8 +418,8 @@ extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
       int32_t tile1 = layer->tile1, tile2 = layer->tile2;
       if (layer->per_call) {
         bool few = int64_t(b.num_tokens) * p.top_k < kBlockFewRows * p.num_experts;
-        tile1 = few ? 1 : 0;
-        tile2 = 1;
+        tile1 = few ? fi::block_scale::kNarrowTile : fi::block_scale::kWideTile;
+        tile2 = fi::block_scale::kNarrowTile;
       }
       tiles.emplace(tile1, tile2, p.hidden_size, p.intermediate_size);
     }

@@ -40,8 +40,8 @@ using WideGemm = GroupedGemm<128, 0>;
 // Tile 1: 6 stages, ~100 KB at K <= 20480, so two CTAs share an SM (117 registers x 256
 // threads each).
 using NarrowGemm = GroupedGemm<64, 6>;
-static_assert(kTileCount == 2 && kTiles[0].rows == 128 && kTiles[1].rows == 64 &&
-              kTiles[0].cols == 64 && kTiles[1].cols == 64);
+static_assert(kTileCount == 2 && kTiles[kWideTile].rows == 128 && kTiles[kWideTile].cols == 64 &&
+              kTiles[kNarrowTile].rows == 64 && kTiles[kNarrowTile].cols == 64);
 
 // The kernel NarrowGemm::run launches (as its run names it), for its attributes.
 auto narrow_kernel() {
@@ -59,7 +59,7 @@ void check(cudaError_t e) {
 
 // The open TileScope's choice on this thread (TileScope's comment says why thread-local).
 struct Choice {
-  int32_t gemm1 = 0, gemm2 = 0;
+  int32_t gemm1 = kWideTile, gemm2 = kWideTile;
   int64_t gemm1_n = -1, gemm1_k = -1;
 };
 thread_local Choice choice;
@@ -107,7 +107,7 @@ class MoeGemm final : public bs::CutlassFp8BlockScaleGemmRunnerInterface {
     auto* out = static_cast<__nv_bfloat16*>(mat_d);
     // guessed_m: the grid's CTAs per expert along the rows, each stepping over the expert's
     // tiles (one 128-row tile, upstream's; the narrow tile one CTA, its rows being few).
-    if ((gemm1 ? choice.gemm1 : choice.gemm2) == 1) {
+    if ((gemm1 ? choice.gemm1 : choice.gemm2) == kNarrowTile) {
       if (!narrow_carveout_) {
         // Two CTAs per SM need the SM's shared memory at its largest split from L1 (the
         // driver's default split may fit one).

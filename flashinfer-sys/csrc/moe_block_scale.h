@@ -30,6 +30,7 @@ struct Tile {
 };
 inline constexpr Tile kTiles[] = {{128, 64}, {64, 64}};
 inline constexpr int32_t kTileCount = int32_t(std::size(kTiles));
+inline constexpr int32_t kWideTile = 0, kNarrowTile = 1;
 
 // The tiles of GEMM 1 and GEMM 2 (indices into kTiles) for the block-scale GEMMs that run on
 // this thread while the object lives: upstream's moeGemm has no parameter for it, so the layer

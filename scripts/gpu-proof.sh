@@ -84,13 +84,17 @@ part() { # name command...: runs one part, its output to $out/name.log, a line t
     | tee -a "$summary"
 }
 
+tables() { # name [pattern]: the part's table lines (default: those starting with |) to name.md
+  grep -E "${2:-^\|}" "$out/$1.log" > "$out/$1.md" || true
+}
+
 case ${1:-suite} in
   suite)
     tar xJf gpu-pack.tar.xz
     part suite bash gpu-pack/run.sh
     part candle bash gpu-pack/candle/run.sh
     part bench-layer bash gpu-pack/bench.sh layer
-    grep -E '^\|' "$out/bench-layer.log" > "$out/bench-layer.md" || true
+    tables bench-layer
     part bench-layer-vllm python3 scripts/bench_vllm_moe.py
     part decode-probe bash scripts/decode-probe.sh
     ;;
@@ -110,7 +114,7 @@ case ${1:-suite} in
     fi
     if [ "$1" != layer-tests ]; then
       part bench-layer bash gpu-pack/bench.sh layer
-      grep -E '^\|' "$out/bench-layer.log" > "$out/bench-layer.md" || true
+      tables bench-layer
       part bench-layer-vllm python3 scripts/bench_vllm_moe.py
       part bench-layer-vllm-fp8 python3 scripts/bench_vllm_moe.py --fp8
       part bench-layer-vllm-fp8-blocks python3 scripts/bench_vllm_moe.py --fp8-blocks
@@ -125,7 +129,7 @@ case ${1:-suite} in
     fi
     MOE_LAYER_TOKENS=${MOE_LAYER_TOKENS:-1,2,4,8,16,32,64} part "bench-layer-decode$tag" \
       "$pack/bin/moe_layer"
-    grep -E '^\|' "$out/bench-layer-decode$tag.log" > "$out/bench-layer-decode$tag.md" || true
+    tables "bench-layer-decode$tag"
     ;;
   decode-probe) # [dirs]: the decode kernels' probe alone, beside other moe_decode.cu in dirs
     part decode-probe bash scripts/decode-probe.sh "${@:2}"
@@ -137,15 +141,15 @@ case ${1:-suite} in
     # at 400 s: candidate 5's register reconfiguration is new code, and a hang must not take the
     # whole call)
     part block-gemm-probe timeout 400 bash scripts/block-gemm-probe.sh
-    grep -E '^\|' "$out/block-gemm-probe.log" > "$out/block-gemm-probe.md" || true
+    tables block-gemm-probe
     ;;
   block-bench) # the block-scale GEMM's candidates, then the layer beside vLLM's block-fp8 MoE
     part block-gemm-probe bash scripts/block-gemm-probe.sh
-    grep -E '^\|' "$out/block-gemm-probe.log" > "$out/block-gemm-probe.md" || true
+    tables block-gemm-probe
     unpack gpu-pack.tar.xz
     export MOE_LAYER_TOKENS=${MOE_LAYER_TOKENS:-1,8,16,64,512}
     part bench-layer bash gpu-pack/bench.sh layer
-    grep -E '^\|' "$out/bench-layer.log" > "$out/bench-layer.md" || true
+    tables bench-layer
     part bench-layer-vllm-fp8-blocks python3 scripts/bench_vllm_moe.py --fp8-blocks \
       --tokens ${MOE_LAYER_TOKENS//,/ }
     ;;
@@ -157,22 +161,22 @@ case ${1:-suite} in
       timeout 200 "$pack/bin/gpu" --test-threads=1 --nocapture cutlass_moe_fp8_blocks \
       --skip both_tiles --skip decode_kernels
     part "bench-layer$tag" timeout 300 "$pack/bin/moe_layer"
-    grep -E '^\|' "$out/bench-layer$tag.log" > "$out/bench-layer$tag.md" || true
+    tables "bench-layer$tag"
     part bench-layer-vllm-fp8-blocks timeout 85 python3 scripts/bench_vllm_moe.py --fp8-blocks
     ;;
   candle-bench) # [qwen3|deepseek]: candle's own fused MoE, the layer bench's peer
     unpack gpu-pack.tar.xz
     part bench-candle bash gpu-pack/candle/bench.sh "${@:2}"
     # The headings and the GPU line too: scripts/plot-layer.sh reads the layer and GPU from them.
-    grep -E '^(#|\||GPU:)' "$out/bench-candle.log" > "$out/bench-candle.md" || true
+    tables bench-candle '^(#|\||GPU:)'
     ;;
   router-bench) # table 6, then the peers' routers, in one call (the same GPU, the same session)
     unpack gpu-pack.tar.xz
     part bench-topk bash gpu-pack/bench.sh topk
-    grep -E '^\|' "$out/bench-topk.log" > "$out/bench-topk.md" || true
+    tables bench-topk
     part bench-topk-peers python3 scripts/bench_peer_routers.py
     # The heading (GPU, versions) and the peers' provenance lines too.
-    grep -E '^(#|- |\|)' "$out/bench-topk-peers.log" > "$out/bench-topk-peers.md" || true
+    tables bench-topk-peers '^(#|- |\|)'
     ;;
   transformers-fp8-blocks)
     unpack gpu-pack.tar.xz

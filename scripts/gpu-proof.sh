@@ -7,7 +7,9 @@
 #                                          # downstream/candle's tests, the layer bench, vLLM's
 #                                          # Triton fused MoE on the same GPU (gpu-pack/peers,
 #                                          # scripts/fetch-peers.sh), the decode kernels' probe
-#     bash scripts/gpu-proof.sh tests      # gpu-pack.tar.xz: the GPU suite and the ranks harness
+#     bash scripts/gpu-proof.sh tests [args]  # gpu-pack.tar.xz: the GPU suite (libtest filters)
+#                                          # and the ranks harness
+#     bash scripts/gpu-proof.sh memcheck [filters]  # gpu-pack.tar.xz: memcheck over those tests
 #     bash scripts/gpu-proof.sh layer [filters]  # gpu-pack.tar.xz: the Hopper layer's tests alone
 #                                          # (bf16 and fp8; test filters, default cutlass), the
 #                                          # layer bench (bf16 beside fp8 per-tensor and block
@@ -98,12 +100,25 @@ case ${1:-suite} in
     part bench-layer-vllm python3 scripts/bench_vllm_moe.py
     part decode-probe bash scripts/decode-probe.sh
     ;;
-  tests) # the GPU suite alone (every test of the GPU binary of PACK, then the ranks harness):
-    # what `suite` runs first, without candle's tests, the benches and the probe
+  tests) # [libtest args]: the GPU suite alone (the tests of the GPU binary of PACK, then the
+    # ranks harness): what `suite` runs first, without candle's tests, the benches and the probe.
+    # The whole suite takes longer than one call allows on an H100: split it with libtest's
+    # filters, e.g. `tests --skip cutlass_moe_fp8` and `tests cutlass_moe_fp8` (ranks run with
+    # the first half only, where no filter is a plain name)
     unpack "$pack.tar.xz"
     FLASHINFER_RS_REQUIRE_GPU=1 FLASHINFER_RS_REQUIRE_CUTLASS_MOE=1 \
-      part "tests$tag" "$pack/bin/gpu" --test-threads=1
-    part ranks bash gpu-pack/ranks.sh
+      part "tests$tag" "$pack/bin/gpu" --test-threads=1 "${@:2}"
+    if [ $# -le 1 ] || [ "$2" = --skip ]; then part ranks bash gpu-pack/ranks.sh; fi
+    ;;
+  memcheck) # [test filters]: compute-sanitizer's memcheck over the GPU tests the filters name
+    # (scripts/sanitize.sh; default: the kernels of our own written since the last whole-suite
+    # memcheck: the decode kernels of the three precisions and the GPU weight quantisers)
+    unpack "$pack.tar.xz"
+    filters=("${@:2}")
+    [ ${#filters[@]} -gt 0 ] || filters=(decode_kernels prepare::)
+    FLASHINFER_RS_SANITIZE_PACK=$pack FLASHINFER_RS_SANITIZE_FILTER="${filters[*]}" \
+      part "memcheck$tag" \
+      bash scripts/sanitize.sh memcheck
     ;;
   layer | layer-tests | layer-bench) # [test filters..., default cutlass]
     unpack "$pack.tar.xz"
@@ -198,7 +213,7 @@ case ${1:-suite} in
       --only "${2:-ours}" --json "$out/serve-bench-${2:-ours}.json"
     ;;
   *)
-    echo "usage: $0 suite | tests | layer|layer-tests [filters] | layer-bench | router-bench |" \
+    echo "usage: $0 suite | tests [args] | memcheck [filters] | layer|layer-tests [filters] | layer-bench | router-bench |" \
       "transformers-fp8-blocks |" \
       "decode-bench [dirs] | decode-probe [dirs] | variant-bench | block-layer |" \
       "decode-profile [cases] | block-gemm-probe |" \

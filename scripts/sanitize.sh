@@ -13,6 +13,7 @@
 # suite takes longer than one device call allows, so it runs in slices, e.g.
 #     FLASHINFER_RS_SANITIZE_FILTER=routing:: FLASHINFER_RS_ROUTING_SHARD=0/4 \
 #       bash scripts/sanitize.sh racecheck
+# FLASHINFER_RS_SANITIZE_PACK=<folder> runs another pack's tests (default gpu-pack).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 # The GPU machines ship compute-sanitizer with the toolkit, outside the default PATH.
@@ -32,7 +33,7 @@ for tool in "${tools[@]}"; do
   [ "$tool" = racecheck ] && steps=10 || steps=100
   FLASHINFER_RS_SOAK_STEPS=${FLASHINFER_RS_SOAK_STEPS:-$steps} \
     compute-sanitizer --tool "$tool" --error-exitcode 99 --print-limit 20 \
-    gpu-pack/bin/gpu --test-threads=1 --nocapture ${FLASHINFER_RS_SANITIZE_FILTER:-} 2>&1
+    "${FLASHINFER_RS_SANITIZE_PACK:-gpu-pack}/bin/gpu" --test-threads=1 --nocapture ${FLASHINFER_RS_SANITIZE_FILTER:-} 2>&1
   rc=$?
   echo "== $tool: exit $rc in $(( $(date +%s) - start ))s"
   [ "$rc" -eq 0 ] || status=$rc

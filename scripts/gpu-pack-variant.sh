@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # A candidate kernel's pack, to run beside main's in one GPU call: builds the GPU test binary and
-# the layer bench of REV (a commit or branch, e.g. decode-fused-quant-pdl) in a git worktree and
-# packs them as NAME/bin/{gpu,moe_layer} into NAME.tar.xz (about 5 MB; git-ignored):
+# the layer bench of REV (a commit or branch, e.g. decode-fused-quant-pdl) with PATCHES applied
+# on top (git apply, e.g. a candidate of flashinfer-sys/csrc/probe/variants) in a git worktree,
+# and packs them as NAME/bin/{gpu,moe_layer} into NAME.tar.xz (about 5 MB; git-ignored):
 #
-#     bash scripts/gpu-pack-variant.sh REV NAME      # here, e.g. decode-fused-quant-pdl gpu-pack-v4
+#     bash scripts/gpu-pack-variant.sh REV NAME [PATCH ...]   # here, e.g.
+#         bash scripts/gpu-pack-variant.sh main gpu-pack-v5 \
+#           flashinfer-sys/csrc/probe/variants/0005-fc2-all-loads-in-flight.patch
 #     PACK=NAME OUT=<dir> bash scripts/gpu-proof.sh layer-tests <filters>   # there
 #     PACK=NAME OUT=<dir> bash scripts/gpu-proof.sh variant-bench
 #
+# A pack whose kernels (flashinfer-sys/csrc) equal HEAD's is refused: it would time main against
+# itself (session 20 did, from a branch that carried a candidate's patch file but not its code).
 # The kernels' object cache is shared with main's builds, so only the changed sources compile.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rev=${1:?usage: $0 REV NAME}
-name=${2:?usage: $0 REV NAME}
+rev=${1:?usage: $0 REV NAME [PATCH ...]}
+name=${2:?usage: $0 REV NAME [PATCH ...]}
+patches=()
+for patch in "${@:3}"; do patches+=("$(realpath "$patch")"); done
 features=${FEATURES:-sm90-moe-fp8}
 root=$(pwd)
 tree=$(mktemp -d)/tree
@@ -21,6 +28,12 @@ git worktree add --detach "$tree" "$rev"
 for fetched in flashinfer-sys/vendor/fetched*; do
   [ -e "$fetched" ] && ln -s "$root/$fetched" "$tree/$fetched"
 done
+for patch in "${patches[@]}"; do git -C "$tree" apply "$patch"; done
+if git -C "$tree" diff --quiet HEAD -- flashinfer-sys/csrc \
+  && [ -z "$(git -C "$root" diff HEAD "$rev" -- flashinfer-sys/csrc)" ]; then
+  echo "$rev with ${#patches[@]} patch(es) has HEAD's kernels (flashinfer-sys/csrc): nothing to compare" >&2
+  exit 1
+fi
 rm -rf "$name" && mkdir -p "$name/bin"
 (
   cd "$tree"
@@ -31,6 +44,6 @@ rm -rf "$name" && mkdir -p "$name/bin"
     bench -p flashinfer-rs --features "$features" --no-run
 )
 strip "$name/bin/"* 2>/dev/null || true
-git rev-parse "$rev" > "$name/REV"
+{ git rev-parse "$rev"; for patch in "${patches[@]}"; do echo "+ $(basename "$patch")"; done; } > "$name/REV"
 XZ_OPT=${XZ_OPT:--T0} tar cJf "$name.tar.xz" "$name"
 du -sh "$name.tar.xz"

@@ -53,6 +53,16 @@
 #                             ast after a prelude, not SGLang's, that stands in for the SGLang internals
 #                             they name (the radix kernel itself, a tvm-ffi JIT CUDA build, is not taken).
 #   LICENSE, SOURCE.txt       SGLang's license (Apache-2.0); as for vLLM.
+# PEERS/transformers gets (for scripts/transformers_fp8_blocks.py: transformers' own fp8 matmul, which
+# transformers 5.x moved out of its wheel into the kernels hub, where the GPU machine cannot reach):
+#   transformers_fp8_linear.py  transformers 4.57.1's integrations/finegrained_fp8.py: `FP8Linear`
+#                             (the module `replace_with_fp8_linear` put in a checkpoint's fp8 layers) and
+#                             what its forward calls, `act_quant` (1x128 activation quantisation, its
+#                             kernel "copied from DeepSeek-V3's inference/kernel.py") and
+#                             `w8a8_block_fp8_matmul_triton` (the 128x128 block-scale matmul) with their
+#                             Triton kernels; cut verbatim with Python's ast after a prelude, not
+#                             transformers', for the two utilities they name.
+#   LICENSE, SOURCE.txt       transformers' license (Apache-2.0); as for vLLM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 peers=${1:-gpu-pack/peers}
@@ -67,6 +77,11 @@ SGLANG_VERSION=0.5.23
 SGLANG_WHEEL=sglang-0.5.23-cp312-cp312-manylinux_2_34_x86_64.whl
 SGLANG_SIZE=39046590
 SGLANG_SHA256=8d257a319395b322bb1be327d05e5528859358153c8563b04c0a4a3c8af164b6
+
+TRANSFORMERS_VERSION=4.57.1
+TRANSFORMERS_WHEEL=transformers-4.57.1-py3-none-any.whl
+TRANSFORMERS_SIZE=11990925
+TRANSFORMERS_SHA256=b10d05da8fa67dc41644dbbf9bc45a44cb86ae33da6f9295f5fbf5b7890bd267
 
 mkdir -p "$cache"
 cleanup=()
@@ -98,9 +113,10 @@ fetch vllm "$VLLM_VERSION" "$VLLM_WHEEL" "$VLLM_SIZE" "$VLLM_SHA256" \
   --python-version 3.12 --implementation cp --abi abi3 --platform manylinux_2_28_x86_64
 fetch sglang "$SGLANG_VERSION" "$SGLANG_WHEEL" "$SGLANG_SIZE" "$SGLANG_SHA256" \
   --python-version 3.12 --implementation cp --abi cp312 --platform manylinux_2_34_x86_64
+fetch transformers "$TRANSFORMERS_VERSION" "$TRANSFORMERS_WHEEL" "$TRANSFORMERS_SIZE" "$TRANSFORMERS_SHA256"
 
 # Replace each extract whole, but only a folder this script made (it has SOURCE.txt) or an empty one.
-for name in vllm sglang; do
+for name in vllm sglang transformers; do
   out=$peers/$name
   if [ -d "$out" ] && [ -n "$(ls -A "$out")" ] && [ ! -f "$out/SOURCE.txt" ]; then
     echo "fetch-peers: $out exists and is not a fetch-peers extract; not touching it" >&2
@@ -111,7 +127,8 @@ for name in vllm sglang; do
   cleanup+=("$out.partial")
 done
 python3 - "$peers" "$cache/$VLLM_WHEEL" "$VLLM_VERSION" "$VLLM_SHA256" \
-  "$cache/$SGLANG_WHEEL" "$SGLANG_VERSION" "$SGLANG_SHA256" <<'PY'
+  "$cache/$SGLANG_WHEEL" "$SGLANG_VERSION" "$SGLANG_SHA256" \
+  "$cache/$TRANSFORMERS_WHEEL" "$TRANSFORMERS_VERSION" "$TRANSFORMERS_SHA256" <<'PY'
 import ast
 import base64
 import builtins
@@ -124,7 +141,7 @@ import sys
 import zipfile
 
 peers = sys.argv[1]
-vllm_args, sglang_args = sys.argv[2:5], sys.argv[5:8]
+vllm_args, sglang_args, transformers_args = sys.argv[2:5], sys.argv[5:8], sys.argv[8:11]
 
 
 class Wheel:
@@ -475,10 +492,55 @@ with open(os.path.join(out, "sglang_moe_fused_gate.py"), "w") as f:
 sglang.write(out, f"sglang-{version}.dist-info/licenses/LICENSE", "LICENSE")
 with open(os.path.join(out, "SOURCE.txt"), "w") as f:
     f.write("\n".join(sglang.manifest) + "\n")
+
+# ---- transformers ----------------------------------------------------------------------------
+
+wheel_path, version, wheel_sha = transformers_args
+hf = Wheel(wheel_path, "transformers", "transformers", version, wheel_sha)
+out = os.path.join(peers, "transformers.partial")
+TAKE = [
+    ("transformers/integrations/finegrained_fp8.py", [
+        "act_quant_kernel", "act_quant", "_w8a8_block_fp8_matmul", "w8a8_block_fp8_matmul_triton",
+        "FP8Linear",
+    ]),
+]
+TRANSFORMERS_PRELUDE = f'''\
+# transformers_fp8_linear.py: made by scripts/fetch-peers.sh (flashinfer-rs); not to be committed.
+# From {hf.name}
+# (transformers {version}, PyPI), sha256 {wheel_sha}.
+# transformers is Apache-2.0: LICENSE beside this file. The statements after the prelude are
+# transformers' source text, cut verbatim with Python's ast from the wheel member named above each
+# one. The prelude is not transformers': its module's imports, and a stand-in for the one utility
+# FP8Linear.forward calls, as transformers.utils defines it.
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import triton
+import triton.language as tl
+from torch.nn import functional as F
+
+TRANSFORMERS_VERSION = "{version}"
+TRANSFORMERS_WHEEL = "{hf.name}"
+TRANSFORMERS_WHEEL_SHA256 = "{wheel_sha}"
+
+
+def is_torch_accelerator_available():  # transformers.utils.import_utils, as in {version}
+    return hasattr(torch, "accelerator")
+
+'''
+source = TRANSFORMERS_PRELUDE + cut(hf, TAKE, "transformers")
+check_names(source, "transformers_fp8_linear.py")
+with open(os.path.join(out, "transformers_fp8_linear.py"), "w") as f:
+    f.write(source)
+hf.write(out, f"transformers-{version}.dist-info/licenses/LICENSE", "LICENSE")
+with open(os.path.join(out, "SOURCE.txt"), "w") as f:
+    f.write("\n".join(hf.manifest) + "\n")
 PY
-for name in vllm sglang; do
+for name in vllm sglang transformers; do
   rm -rf "${peers:?}/$name"
   mv "$peers/$name.partial" "$peers/$name"
 done
-echo "fetch-peers: vLLM $VLLM_VERSION extract in $peers/vllm, SGLang $SGLANG_VERSION extract in $peers/sglang"
-ls -la "$peers/vllm" "$peers/vllm/configs" "$peers/vllm/triton_kernels" "$peers/sglang"
+echo "fetch-peers: vLLM $VLLM_VERSION extract in $peers/vllm, SGLang $SGLANG_VERSION extract in $peers/sglang," \
+  "transformers $TRANSFORMERS_VERSION extract in $peers/transformers"
+ls -la "$peers/vllm" "$peers/vllm/configs" "$peers/vllm/triton_kernels" "$peers/sglang" "$peers/transformers"

@@ -24,7 +24,14 @@ loaded from the kernels hub by `hub_kernels.lazy_load_kernel`. This script never
   - not found: `FP8Experts.forward` with its `linear` replaced by transformers' offline
     helpers `Fp8Quantize._quantize_one` (block (1, 128): the per-token activation quantisation)
     and `Fp8Dequantize._dequantize_one` (activations and weights), multiplied by torch's fp32
-    `F.linear` and rounded to the input's bf16 as `fp8_linear` returns. Said plainly, exit 3.
+    `F.linear` and rounded to the input's bf16 as `fp8_linear` returns. Said plainly, exit 3
+    unless the next check runs;
+  - and, where `scripts/fetch-peers.sh` has extracted it (gpu-pack/peers/transformers, or the
+    folder $TRANSFORMERS_PEER_DIR names): `FP8Experts.forward` with its `linear` replaced by
+    transformers 4.57.1's own `FP8Linear.forward`, verbatim from that sha-pinned wheel: `act_quant`
+    (1x128 activation quantisation, DeepSeek-V3's reference kernel) and
+    `w8a8_block_fp8_matmul_triton` (the 128x128 block-scale matmul), the fp8 matmul transformers
+    shipped in its own tree before 5.x moved it to the hub; all transformers' code, two releases.
 
 Criterion (our fp8 one): |ref - out| <= 0.02 * m + 0.02 * |out|, m = max(1, sum_k |weight|) of
 the token; pass if >= 99% of outputs are within it and all within four times it. The two sides round
@@ -34,12 +41,14 @@ now and then; `|ref - out| / |ref|` near 1-2% is that noise, not a bug. Measured
 (2026-12-06, flashinfer-rs e700a22, `bash scripts/gpu-proof.sh transformers-fp8-blocks`): the
 partial check below passed, 100% within, worst diff/tol 0.63, max |diff| 0.0128,
 |ref - out| / |ref| 0.021; the hub kernels were not there (exit 3).
-Exit: 0 pass, 1 fail, 2 bad input, 3 transformers' fp8 path unavailable offline (the partial
-check passed; a failing partial check exits 1).
+Exit: 0 pass (transformers' own matmul ran: the hub's or 4.57.1's), 1 fail, 2 bad input, 3
+transformers' fp8 matmul unavailable offline (the partial check passed; a failing one exits 1).
 """
+import importlib.util
 import json
 import os
 import sys
+import types
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +152,26 @@ def offline_linear():
     return linear
 
 
+def transformers_4_linear(block_size):
+    """An `FP8Experts.linear` that is transformers 4.57.1's `FP8Linear.forward` (fetch-peers.sh's
+    extract), or None with why where the extract is not there."""
+    root = Path(__file__).resolve().parent.parent
+    folder = Path(os.environ.get("TRANSFORMERS_PEER_DIR", root / "gpu-pack" / "peers" / "transformers"))
+    path = folder / "transformers_fp8_linear.py"
+    if not path.is_file():
+        return None, f"{path} not found (bash scripts/fetch-peers.sh makes it)"
+    spec = importlib.util.spec_from_file_location("transformers_fp8_linear", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    def linear(x, weight, weight_scale_inv, activation_scale=None):
+        # FP8Linear.forward reads weight, weight_scale_inv, block_size and bias of its module.
+        layer = types.SimpleNamespace(weight=weight, weight_scale_inv=weight_scale_inv, block_size=block_size, bias=None)
+        return mod.FP8Linear.forward(layer, x.contiguous())
+
+    return linear, f"transformers {mod.TRANSFORMERS_VERSION} ({mod.TRANSFORMERS_WHEEL}, sha256 {mod.TRANSFORMERS_WHEEL_SHA256[:12]}...)"
+
+
 def compare(label, ref, out, w):
     ref, out = ref.float(), out.float()
     diff = (ref - out).abs()
@@ -202,11 +231,23 @@ def main():
         )
         ex.linear = offline_linear()
         ok = compare("FP8Experts.forward with the offline linear", ex(d["x"], d["ids"], d["w"]), d["out"], d["w"])
-    if not ok:
-        print("FAIL: our fp8 block-scale layer vs transformers' fp8 experts loop and (de)quantisation (matmul torch's)")
-        sys.exit(1)
-    print("UNAVAILABLE: transformers' fp8 path unavailable offline (partial check with its quantisation helpers passed)")
-    sys.exit(3)
+        if not ok:
+            print("FAIL: our fp8 block-scale layer vs transformers' fp8 experts loop and (de)quantisation (matmul torch's)")
+            sys.exit(1)
+        linear, source = transformers_4_linear(tuple(ex.block_size)) if dev == "cuda" else (None, "no CUDA")
+        if linear is None:
+            print(f"transformers 4.57.1's in-tree fp8 linear: unavailable: {source}")
+            print("UNAVAILABLE: transformers' fp8 path unavailable offline (partial check with its quantisation helpers passed)")
+            sys.exit(3)
+        print(
+            f"transformers' own fp8 matmul from {source}:\n"
+            "  FP8Experts.forward of transformers " + transformers.__version__ + " with its linear = that release's\n"
+            "    FP8Linear.forward (act_quant 1x128 + w8a8_block_fp8_matmul_triton), verbatim"
+        )
+        ex.linear = linear
+        ok = compare("FP8Experts.forward with FP8Linear.forward of 4.57.1", ex(d["x"], d["ids"], d["w"]), d["out"], d["w"])
+    print(f"{'PASS' if ok else 'FAIL'}: our fp8 block-scale layer vs transformers' fp8 experts (matmul: transformers 4.57.1's)")
+    sys.exit(0 if ok else 1)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,9 @@
 #                                          # downstream/candle's tests, the layer bench, vLLM's
 #                                          # Triton fused MoE on the same GPU (gpu-pack/peers,
 #                                          # scripts/fetch-peers.sh), the decode kernels' probe
+#                                          # (longer than one 600 s device call since the fp8
+#                                          # layers came: on the device tool, run its parts by
+#                                          # the modes below)
 #     bash scripts/gpu-proof.sh tests [args]  # gpu-pack.tar.xz: the GPU suite (libtest filters)
 #                                          # and the ranks harness
 #     bash scripts/gpu-proof.sh memcheck [filters]  # gpu-pack.tar.xz: memcheck over those tests

@@ -238,6 +238,20 @@ def check_names(source, filename):
         sys.exit(f"fetch-peers: names {filename} uses but does not define: " + ", ".join(sorted(missing)))
 
 
+def write_cut(wheel, out, filename, prelude, take, internal):
+    """prelude + cut(...) as out/filename, once every name it uses is defined."""
+    source = prelude + cut(wheel, take, internal)
+    check_names(source, filename)
+    with open(os.path.join(out, filename), "w") as f:
+        f.write(source)
+
+
+def write_license_and_manifest(wheel, out, dist):
+    wheel.write(out, f"{dist}-{wheel.version}.dist-info/licenses/LICENSE", "LICENSE")
+    with open(os.path.join(out, "SOURCE.txt"), "w") as f:
+        f.write("\n".join(wheel.manifest) + "\n")
+
+
 # ---- vLLM ------------------------------------------------------------------------------------
 
 wheel_path, version, wheel_sha = vllm_args
@@ -349,10 +363,7 @@ def moe_align_block_size(*args, **kwargs):  # vllm._C's CUDA op behind it: not l
 
 '''
 
-source = VLLM_PRELUDE + cut(vllm, TAKE, "vllm")
-check_names(source, "vllm_fused_moe_kernel.py")
-with open(os.path.join(out, "vllm_fused_moe_kernel.py"), "w") as f:
-    f.write(source)
+write_cut(vllm, out, "vllm_fused_moe_kernel.py", VLLM_PRELUDE, TAKE, "vllm")
 
 os.makedirs(os.path.join(out, "configs"))
 pattern = re.compile(r"E=(\d+),N=(\d+),device_name=([^,]+)(|,dtype=fp8_w8a8,block_shape=\[128,128\])\.json")
@@ -405,13 +416,11 @@ for name in sorted(taken):
     vllm.write(out, name, os.path.join("triton_kernels", name[len(TRITON_KERNELS):]))
 print(f"fetch-peers: triton_kernels: {len(taken)} modules for triton_kernels.topk")
 
-vllm.write(out, f"vllm-{version}.dist-info/licenses/LICENSE", "LICENSE")
 for (kind, (e, n)), gpus in found.items():
     line = f"tuned {KINDS[kind]} configs E={e},N={n}: {', '.join(gpus) or 'none (vLLM uses get_default_config)'}"
     vllm.manifest.append(line)
     print("fetch-peers:", line)
-with open(os.path.join(out, "SOURCE.txt"), "w") as f:
-    f.write("\n".join(vllm.manifest) + "\n")
+write_license_and_manifest(vllm, out, "vllm")
 
 # ---- SGLang ----------------------------------------------------------------------------------
 
@@ -485,13 +494,8 @@ class moe_route_radix:  # sglang.kernels.ops.moe.moe_route_radix: its `covered` 
         raise NotImplementedError("SGLang's radix-select router is a tvm-ffi JIT CUDA kernel, not taken")
 
 '''
-source = SGLANG_PRELUDE + cut(sglang, TAKE, "sglang")
-check_names(source, "sglang_moe_fused_gate.py")
-with open(os.path.join(out, "sglang_moe_fused_gate.py"), "w") as f:
-    f.write(source)
-sglang.write(out, f"sglang-{version}.dist-info/licenses/LICENSE", "LICENSE")
-with open(os.path.join(out, "SOURCE.txt"), "w") as f:
-    f.write("\n".join(sglang.manifest) + "\n")
+write_cut(sglang, out, "sglang_moe_fused_gate.py", SGLANG_PRELUDE, TAKE, "sglang")
+write_license_and_manifest(sglang, out, "sglang")
 
 # ---- transformers ----------------------------------------------------------------------------
 
@@ -529,13 +533,8 @@ def is_torch_accelerator_available():  # transformers.utils.import_utils, as in 
     return hasattr(torch, "accelerator")
 
 '''
-source = TRANSFORMERS_PRELUDE + cut(hf, TAKE, "transformers")
-check_names(source, "transformers_fp8_linear.py")
-with open(os.path.join(out, "transformers_fp8_linear.py"), "w") as f:
-    f.write(source)
-hf.write(out, f"transformers-{version}.dist-info/licenses/LICENSE", "LICENSE")
-with open(os.path.join(out, "SOURCE.txt"), "w") as f:
-    f.write("\n".join(hf.manifest) + "\n")
+write_cut(hf, out, "transformers_fp8_linear.py", TRANSFORMERS_PRELUDE, TAKE, "transformers")
+write_license_and_manifest(hf, out, "transformers")
 PY
 for name in vllm sglang transformers; do
   rm -rf "${peers:?}/$name"

@@ -690,7 +690,9 @@ pub(crate) mod on_hopper {
     /// (`CutlassSchedule::DecodeUpTo(usize::MAX)`), against the reference: shapes with hidden and
     /// intermediate sizes that are not multiples of a warp's 256-element stride (the loops'
     /// tails) and a Qwen3-30B-A3B-sized layer, at 1-8 tokens and at 16 and 64 (an expert
-    /// shared by more than the 8 tokens one pass over its rows computes); replay and
+    /// shared by more than the 8 tokens one pass over its rows computes); rows wider than a
+    /// Qwen3 one (gpt-oss's hidden 2880, DeepSeek-V3's 7168), which the kernels read in more
+    /// than one round of loads per lane, the 2880 one with a tail in its last round; replay and
     /// determinism as in every case here. Then expert parallelism (one rank of four) and
     /// precomputed ids that repeat an expert within a token or fall outside [0, num_experts).
     #[test]
@@ -702,6 +704,8 @@ pub(crate) mod on_hopper {
             (256, 128, 16u32, 4u32, &[1usize, 2, 3, 5, 8, 16, 64][..]),
             (320, 192, 8, 2, &[1, 4, 7, 16][..]),
             (2048, 768, 128, 8, &[1, 3, 8][..]),
+            (2880, 256, 8, 2, &[1, 5][..]),
+            (7168, 256, 8, 2, &[1, 3][..]),
         ];
         for (h, i, e, k, tokens) in shapes {
             let w = weights(&g, e as usize, h, i, 200 + e as u64);

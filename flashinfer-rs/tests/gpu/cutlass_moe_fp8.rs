@@ -514,7 +514,9 @@ fn fp8_a_graph_of_layers_reruns_with_fresh_inputs() {
 
 /// The decode tests' cases, for both fp8 formats: `run(name, config, weights, tokens, seed)` on
 /// token counts 1-64 (experts shared by many tokens) of a 16-expert layer of sizes `small`, on a
-/// Qwen3-30B-A3B-sized layer at 1 and 4 tokens, and on rank 2 of 4 of it at 3; `weights(local,
+/// Qwen3-30B-A3B-sized layer at 1 and 4 tokens, on rank 2 of 4 of it at 3, and on rows of
+/// DeepSeek-V3's hidden size (7168: more than one round of loads per lane in GEMM 1) at 1 and 3
+/// tokens; `weights(local,
 /// h, i, seed)` makes a layer's weights, `here` says whether such a layer runs on this machine
 /// (else nothing runs).
 pub(crate) fn decode_cases(
@@ -554,10 +556,23 @@ pub(crate) fn decode_cases(
     let rank = qwen.rank_slice(g, 2, 32, h, i);
     let routing = routing.with_local_experts(64, 32);
     run("rank 2 of 4", config(routing, h, i, 4), &rank, 3, 25);
+    let (h, i) = (7168, 256);
+    let wide = weights(8, h, i, 26);
+    let routing = RoutingConfig::new(RoutingMethod::Renormalize, 8, 2);
+    for t in [1, 3] {
+        run(
+            "hidden 7168",
+            config(routing, h, i, 4),
+            &wide,
+            t,
+            27 + t as u64,
+        );
+    }
 }
 
 /// The decode kernels on fp8 weights, forced onto every call: odd token counts up to 64 (experts
-/// shared by many tokens), a Qwen3-30B-A3B-sized layer, and one expert-parallel rank of four.
+/// shared by many tokens), a Qwen3-30B-A3B-sized layer, one expert-parallel rank of four, and
+/// rows of DeepSeek-V3's hidden size (`decode_cases`).
 #[test]
 fn fp8_decode_kernels_match_the_reference() {
     let test = "cutlass_moe_fp8::fp8_decode_kernels_match_the_reference";

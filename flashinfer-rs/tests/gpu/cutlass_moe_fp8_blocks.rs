@@ -323,8 +323,9 @@ fn fp8_blocks_a_capture_store_records_the_routing_the_layers_used() {
 
 /// The decode kernels on block-scale weights, forced onto every call (`DecodeUpTo`): odd token
 /// counts up to 64 (experts shared by many tokens) on a layer whose hidden size is not a
-/// multiple of the loads' 512 columns, a Qwen3-30B-A3B-sized layer, and one expert-parallel
-/// rank of four; against the same reference as the block-scale GEMM.
+/// multiple of the loads' 512 columns, a Qwen3-30B-A3B-sized layer, one expert-parallel rank of
+/// four, and rows of DeepSeek-V3's hidden size (`decode_cases`); against the same reference as
+/// the block-scale GEMM.
 #[test]
 fn fp8_blocks_decode_kernels_match_the_reference() {
     let test = "cutlass_moe_fp8_blocks::fp8_blocks_decode_kernels_match_the_reference";

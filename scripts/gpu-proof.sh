@@ -89,6 +89,11 @@ part() { # name command...: runs one part, its output to $out/name.log, a line t
     | tee -a "$summary"
 }
 
+# Each test's time beside its result (libtest's --report-time: unstable, which a stable-built test
+# binary allows where RUSTC_BOOTSTRAP is set), so a log says where a suite's minutes go.
+timed=(-Z unstable-options --report-time)
+export RUSTC_BOOTSTRAP=1
+
 tables() { # name [pattern]: the part's table lines (default: those starting with |) to name.md
   grep -E "${2:-^\|}" "$out/$1.log" > "$out/$1.md" || true
 }
@@ -110,7 +115,7 @@ case ${1:-suite} in
     # the first half only, where no filter is a plain name)
     unpack "$pack.tar.xz"
     FLASHINFER_RS_REQUIRE_GPU=1 FLASHINFER_RS_REQUIRE_CUTLASS_MOE=1 \
-      part "tests$tag" "$pack/bin/gpu" --test-threads=1 "${@:2}"
+      part "tests$tag" "$pack/bin/gpu" --test-threads=1 "${timed[@]}" "${@:2}"
     if [ $# -le 1 ] || [ "$2" = --skip ]; then part ranks bash gpu-pack/ranks.sh; fi
     ;;
   memcheck) # [test filters]: compute-sanitizer's memcheck over the GPU tests the filters name
@@ -128,7 +133,8 @@ case ${1:-suite} in
     if [ "$1" != layer-bench ]; then
       filters=("${@:2}")
       FLASHINFER_RS_REQUIRE_GPU=1 FLASHINFER_RS_REQUIRE_CUTLASS_MOE=1 \
-        part "layer-tests$tag" "$pack/bin/gpu" --test-threads=1 --nocapture "${filters[@]:-cutlass}"
+        part "layer-tests$tag" "$pack/bin/gpu" --test-threads=1 "${timed[@]}" --nocapture \
+          "${filters[@]:-cutlass}"
     fi
     if [ "$1" != layer-tests ]; then
       part bench-layer bash gpu-pack/bench.sh layer
@@ -176,7 +182,7 @@ case ${1:-suite} in
     # whole fits one device call (600 s)
     unpack "$pack.tar.xz"
     FLASHINFER_RS_REQUIRE_GPU=1 FLASHINFER_RS_REQUIRE_CUTLASS_MOE=1 part "layer-tests$tag" \
-      timeout 200 "$pack/bin/gpu" --test-threads=1 --nocapture cutlass_moe_fp8_blocks \
+      timeout 200 "$pack/bin/gpu" --test-threads=1 "${timed[@]}" --nocapture cutlass_moe_fp8_blocks \
       --skip both_tiles --skip decode_kernels
     part "bench-layer$tag" timeout 300 "$pack/bin/moe_layer"
     tables "bench-layer$tag"

@@ -202,6 +202,12 @@ constexpr int64_t kFewRows = 16;
 // (docs/fp8-on-hopper.md section 10, BENCHMARKS.md 7g).
 constexpr int64_t kBlockFewRows = 64;
 
+// Whether a call's mean rows per expert, num_tokens * top_k / num_experts, fall below `rows`
+// (in integers, no division): what the per-call tactic rules above decide on.
+bool fewer_rows_than(int64_t rows, int64_t num_tokens, const fi_cutlass_moe_params& p) {
+  return num_tokens * p.top_k < rows * p.num_experts;
+}
+
 int32_t tactic_count(const fi_cutlass_moe& layer, int32_t gemm) {
   if (block_scale(layer.params)) return fi::block_scale::kTileCount;
   return int32_t((gemm == 1 ? layer.tactics1 : layer.tactics2).size());
@@ -394,8 +400,8 @@ extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
     }
     if (layer->per_call && !block_scale(p)) {
       // Host-side only: the runner reads its tactics when it launches the GEMMs below.
-      bool few = int64_t(b.num_tokens) * p.top_k < kFewRows * p.num_experts;
-      auto [t1, t2] = few ? layer->few_rows : layer->many_rows;
+      auto [t1, t2] =
+          fewer_rows_than(kFewRows, b.num_tokens, p) ? layer->few_rows : layer->many_rows;
       layer->runner->setTactic(layer->tactics1[t1], layer->tactics2[t2]);
     }
     int* map = reinterpret_cast<int*>(workspace + layer->map_offset);
@@ -417,8 +423,8 @@ extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
       quant = k::QuantParams::FP8BlockScaling(b.fc1_block_scales, b.fc2_block_scales);
       int32_t tile1 = layer->tile1, tile2 = layer->tile2;
       if (layer->per_call) {
-        bool few = int64_t(b.num_tokens) * p.top_k < kBlockFewRows * p.num_experts;
-        tile1 = few ? fi::block_scale::kNarrowTile : fi::block_scale::kWideTile;
+        tile1 = fewer_rows_than(kBlockFewRows, b.num_tokens, p) ? fi::block_scale::kNarrowTile
+                                                                 : fi::block_scale::kWideTile;
         tile2 = fi::block_scale::kNarrowTile;
       }
       tiles.emplace(tile1, tile2, p.hidden_size, p.intermediate_size);

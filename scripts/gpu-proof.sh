@@ -89,10 +89,17 @@ part() { # name command...: runs one part, its output to $out/name.log, a line t
     | tee -a "$summary"
 }
 
-# Each test's time beside its result (libtest's --report-time: unstable, which a stable-built test
-# binary allows where RUSTC_BOOTSTRAP is set), so a log says where a suite's minutes go.
-timed=(-Z unstable-options --report-time)
-export RUSTC_BOOTSTRAP=1
+gpu_tests() { # name seconds [libtest args]: PACK's GPU test binary as a part, one test at a
+  # time, cut at `seconds` (0: no limit); a missing GPU or CUTLASS MoE fails its tests instead of
+  # skipping them. Each test's time beside its result (libtest's --report-time: unstable, which a
+  # stable-built test binary allows where RUSTC_BOOTSTRAP is set), so a log says where a suite's
+  # minutes go.
+  local name=$1 seconds=$2
+  shift 2
+  FLASHINFER_RS_REQUIRE_GPU=1 FLASHINFER_RS_REQUIRE_CUTLASS_MOE=1 RUSTC_BOOTSTRAP=1 \
+    part "$name" timeout "$seconds" "$pack/bin/gpu" --test-threads=1 \
+    -Z unstable-options --report-time "$@"
+}
 
 tables() { # name [pattern]: the part's table lines (default: those starting with |) to name.md
   grep -E "${2:-^\|}" "$out/$1.log" > "$out/$1.md" || true
@@ -114,8 +121,7 @@ case ${1:-suite} in
     # filters, e.g. `tests --skip cutlass_moe_fp8` and `tests cutlass_moe_fp8` (ranks run with
     # the first half only, where no filter is a plain name)
     unpack "$pack.tar.xz"
-    FLASHINFER_RS_REQUIRE_GPU=1 FLASHINFER_RS_REQUIRE_CUTLASS_MOE=1 \
-      part "tests$tag" "$pack/bin/gpu" --test-threads=1 "${timed[@]}" "${@:2}"
+    gpu_tests "tests$tag" 0 "${@:2}"
     if [ $# -le 1 ] || [ "$2" = --skip ]; then part ranks bash gpu-pack/ranks.sh; fi
     ;;
   memcheck) # [test filters]: compute-sanitizer's memcheck over the GPU tests the filters name
@@ -132,9 +138,7 @@ case ${1:-suite} in
     unpack "$pack.tar.xz"
     if [ "$1" != layer-bench ]; then
       filters=("${@:2}")
-      FLASHINFER_RS_REQUIRE_GPU=1 FLASHINFER_RS_REQUIRE_CUTLASS_MOE=1 \
-        part "layer-tests$tag" "$pack/bin/gpu" --test-threads=1 "${timed[@]}" --nocapture \
-          "${filters[@]:-cutlass}"
+      gpu_tests "layer-tests$tag" 0 --nocapture "${filters[@]:-cutlass}"
     fi
     if [ "$1" != layer-tests ]; then
       part bench-layer bash gpu-pack/bench.sh layer
@@ -181,9 +185,8 @@ case ${1:-suite} in
     # layer bench and vLLM's block-fp8 Triton MoE, each part cut at a time of its own so that the
     # whole fits one device call (600 s)
     unpack "$pack.tar.xz"
-    FLASHINFER_RS_REQUIRE_GPU=1 FLASHINFER_RS_REQUIRE_CUTLASS_MOE=1 part "layer-tests$tag" \
-      timeout 200 "$pack/bin/gpu" --test-threads=1 "${timed[@]}" --nocapture cutlass_moe_fp8_blocks \
-      --skip both_tiles --skip decode_kernels
+    gpu_tests "layer-tests$tag" 200 --nocapture cutlass_moe_fp8_blocks --skip both_tiles \
+      --skip decode_kernels
     part "bench-layer$tag" timeout 300 "$pack/bin/moe_layer"
     tables "bench-layer$tag"
     part bench-layer-vllm-fp8-blocks timeout 85 python3 scripts/bench_vllm_moe.py --fp8-blocks
@@ -205,9 +208,7 @@ case ${1:-suite} in
   transformers-fp8-blocks)
     unpack gpu-pack.tar.xz
     export FLASHINFER_RS_FP8_BLOCKS_EXPORT=/tmp/fp8-blocks-export
-    FLASHINFER_RS_REQUIRE_GPU=1 FLASHINFER_RS_REQUIRE_CUTLASS_MOE=1 \
-      part fp8-blocks-export gpu-pack/bin/gpu --test-threads=1 --nocapture \
-      fp8_blocks_a_checkpoint_shaped_block_for_transformers
+    gpu_tests fp8-blocks-export 0 --nocapture fp8_blocks_a_checkpoint_shaped_block_for_transformers
     part transformers-fp8-blocks python3 scripts/transformers_fp8_blocks.py \
       "$FLASHINFER_RS_FP8_BLOCKS_EXPORT"
     ;;

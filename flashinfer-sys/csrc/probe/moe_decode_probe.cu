@@ -20,6 +20,7 @@
 
 #include "moe_decode.h"
 #include "probe_check.h"
+#include "probe_tokens.h"
 
 namespace {
 
@@ -197,19 +198,6 @@ int profile(const char* layer, int tokens) {
   return 0;
 }
 
-// Whether MOE_DECODE_PROBE_TOKENS (a comma-separated list; unset: every size) names `tokens`.
-bool wanted(int tokens) {
-  const char* list = std::getenv("MOE_DECODE_PROBE_TOKENS");
-  if (list == nullptr) return true;
-  for (const char* at = list; *at != '\0';) {
-    char* end = nullptr;
-    if (std::strtol(at, &end, 10) == tokens) return true;
-    if (end == at) return false;
-    at = *end == ',' ? end + 1 : end;
-  }
-  return false;
-}
-
 int main(int argc, char** argv) {
   if (argc == 4 && std::string(argv[1]) == "profile") return profile(argv[2], std::atoi(argv[3]));
   cudaDeviceProp prop;
@@ -217,6 +205,8 @@ int main(int argc, char** argv) {
   double bw = std::string(prop.name).find("H200") != std::string::npos ? 4.8e12 : 3.35e12;
   std::printf("%s, %d SMs, bandwidth used %.2f TB/s\n", prop.name, prop.multiProcessorCount,
               bw / 1e12);
+  // MOE_DECODE_PROBE_TOKENS: time only those of the sizes below (unset: every one).
+  const std::vector<int> only = probe::token_counts("MOE_DECODE_PROBE_TOKENS", {});
   std::mt19937 rng(5);
   bool ok = true;
   {
@@ -246,7 +236,7 @@ int main(int argc, char** argv) {
                 " of bandwidth\n",
                 m.name);
     for (int t : m.tokens) {
-      if (!wanted(t)) continue;
+      if (!only.empty() && std::find(only.begin(), only.end(), t) == only.end()) continue;
       Call c = make_call(l, t, rng);
       std::vector<bool> hit(l.experts);
       for (int id : c.ids) hit[id] = true;

@@ -5,8 +5,8 @@
 # and packs them as NAME/bin/{gpu,moe_layer} into NAME.tar.xz (about 5 MB; git-ignored):
 #
 #     bash scripts/gpu-pack-variant.sh REV NAME [PATCH ...]   # here, e.g.
-#         bash scripts/gpu-pack-variant.sh main gpu-pack-v5 \
-#           flashinfer-sys/csrc/probe/variants/0005-fc2-all-loads-in-flight.patch
+#         bash scripts/gpu-pack-variant.sh main gpu-pack-v7 \
+#           flashinfer-sys/csrc/probe/variants/0007-....patch
 #     PACK=NAME OUT=<dir> bash scripts/gpu-proof.sh layer-tests <filters>   # there
 #     PACK=NAME OUT=<dir> bash scripts/gpu-proof.sh variant-bench
 #

@@ -10,12 +10,18 @@
 //               (as the CUTLASS path and the reference round the activation) into scratch
 //               [tokens * top_k, inter]. The first pair routed to an expert does the work of
 //               every pair routed to it, so an expert's rows are read once per call.
-//   fc2_sum     one warp per (token, hidden row): the down rows of the token's local experts
-//               against their activations, weighted by the routing scales and summed in f32 in
-//               a fixed order (bit-identical from call to call: no atomics). Blocks of one row
-//               for all tokens run side by side, so an expert shared by tokens is read from
-//               HBM once and from L2 after. Launched with programmatic dependent launch: its
-//               blocks start while fc1 drains, prefetch their down rows into L2, then wait.
+//   fc2_sum     1, 2 or 4 warps per (token, hidden row) (fc2_shape: each lane's share at most
+//               kFc2Loads 16-byte loads where 4 warps allow): the down rows of the token's local
+//               experts against their activations, weighted by the routing scales and summed in
+//               f32 in a fixed order (bit-identical from call to call: no atomics; the order
+//               depends on the layer's shape only, not on the call's tokens). The row's top_k
+//               down rows are one list of 16-byte vectors dealt to the lanes in turn, and a warp
+//               issues all its loads (at most kFc2Loads per lane) before it uses any. Blocks of
+//               one row for all tokens run side by side, so an expert shared by tokens is read
+//               from HBM once and from L2 after. Launched with programmatic dependent launch: its
+//               blocks start while fc1 drains, read the token's expert ids and routing weights
+//               into lanes, issue their first round of weight loads into registers (weights are
+//               not fc1's output) and prefetch any later rounds' into L2, then wait.
 //
 // Ids outside this rank's experts (expert parallelism, or out of range) contribute nothing; a
 // token with none writes zeros, as the CUTLASS path does.
@@ -49,7 +55,7 @@ namespace {
 constexpr int kWarp = 32;
 constexpr int kWarps = 4;                // warps per block, one row each
 constexpr int kUnroll = 4;               // loads in flight per lane and operand (fc1)
-constexpr int kFc2Unroll = 8;            // loads in flight per lane (fc2)
+constexpr int kFc2Loads = 12;            // loads in flight per lane and round (fc2)
 constexpr int kGroup = 8;                // tokens one pass over an expert's row computes
 
 // A streamed weight load: not kept in L1 (read once), 256-byte L2 prefetch.
@@ -333,62 +339,205 @@ __global__ void __launch_bounds__(kWarps* kWarp) fc1_swiglu(Problem p) {
   }
 }
 
-// grid (tokens, ceil(hidden / kWarps)), block kWarps warps.
+// GEMM 2's work for one (token, hidden row): the token's top_k down rows (experts in top-k
+// order), each `vecs` = inter / kVec 16-byte vectors, as one list of top_k * vecs vectors dealt
+// to the lanes in turn: slot s of lane l is vector s * kWarp + l, i.e. vector j of the k-th
+// expert's row with k * vecs + j = s * kWarp + l (k >= top_k: past the list's end, nothing).
+// Each lane has `slots` of them (the last partly past the end); `split` warps share them, each
+// `share` consecutive slots, in rounds of `per_round` (at most kFc2Loads). All of it a function
+// of the layer's shape alone (fc2_shape, on the host), so a token's summation order does not
+// depend on the call's other tokens.
+struct Fc2Shape {
+  int split_log2;      // log2 of split: 0, 1 or 2 (up to kWarps warps per row)
+  int vecs;            // 16-byte vectors per expert row
+  int step_k, step_j;  // kWarp vectors on: kWarp / vecs rows and kWarp % vecs vectors
+  int slots, share, per_round;
+};
+
+constexpr int kWarpsLog2 = 2;
+static_assert(kWarps == 1 << kWarpsLog2, "kWarps is 1 << kWarpsLog2");
+
+// The fewest warps per row of 1, 2, 4 (kWarps) that leave a warp at most kFc2Loads loads per
+// lane, or 4; fewer where the grid's second dimension would pass 65535.
+Fc2Shape fc2_shape(const Problem& p, int vec) {
+  Fc2Shape s{};
+  s.vecs = p.inter / vec;
+  s.step_k = kWarp / s.vecs;
+  s.step_j = kWarp % s.vecs;
+  s.slots = int((int64_t(p.top_k) * s.vecs + kWarp - 1) / kWarp);
+  while (s.split_log2 < kWarpsLog2 && (kFc2Loads << s.split_log2) < s.slots &&
+         (int64_t(p.hidden) << (s.split_log2 + 1)) <= int64_t(65535) * kWarps) {
+    ++s.split_log2;
+  }
+  const int split = 1 << s.split_log2;
+  s.share = (s.slots + split - 1) / split;
+  const int rounds = (s.share + kFc2Loads - 1) / kFc2Loads;
+  s.per_round = (s.share + rounds - 1) / rounds;
+  return s;
+}
+
+struct Cursor {
+  int k, j;  // vector j of the k-th expert's row
+};
+
+__device__ __forceinline__ Cursor cursor_at(int slot, int lane, int vecs) {
+  const int v = slot * kWarp + lane;
+  const int k = v / vecs;
+  return Cursor{k, v - k * vecs};
+}
+
+// The lane's next slot: kWarp vectors on (step_j < vecs: at most one more carry).
+__device__ __forceinline__ void step(Cursor& c, const Fc2Shape& s) {
+  c.k += s.step_k;
+  c.j += s.step_j;
+  const bool carry = c.j >= s.vecs;
+  c.j = carry ? c.j - s.vecs : c.j;
+  c.k = carry ? c.k + 1 : c.k;
+}
+
+// The lane's slots [from, end) into L2 (row_of: a slot's expert row, or null): each 128-byte
+// line once, by the lane whose vector starts it or starts the expert's row (rows are 16-byte
+// aligned, not always 128). row_of shuffles: every lane runs the loop (from, end: the warp's).
+template <class F, class RowOf>
+__device__ __forceinline__ void prefetch_slots(int from, int end, int lane, const Fc2Shape& s,
+                                               const RowOf& row_of) {
+  Cursor c = cursor_at(from, lane, s.vecs);
+  for (int q = from; q < end; ++q) {
+    const char* r = row_of(c.k);
+    if (r != nullptr) {
+      const char* w = r + c.j * (F::kVec * F::kBytes);
+      if ((reinterpret_cast<uintptr_t>(w) & 127) == 0 || c.j == 0) {
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(w));
+      }
+    }
+    step(c, s);
+  }
+}
+
+// fc2_sum's blocks per SM, as its registers allow: bf16 5 (at most 96 registers), e4m3 4 (128;
+// at 96 its e4m3 dot products spill).
 template <class F>
-__global__ void __launch_bounds__(kWarps* kWarp) fc2_sum(Problem p) {
+constexpr int kFc2Blocks = std::is_same_v<F, Bf16> ? 5 : 4;
+
+// grid (tokens, ceil(hidden / (kWarps / split))), block kWarps warps: `split` consecutive warps
+// per hidden row, each its share of the row's slots (Fc2Shape) in rounds, every load of a round
+// issued before any is used; the row's warps' sums added in warp order. inter is a multiple of
+// kVec (the layer's multiples of 64, 128 for block scales) and the rows' bases 16-byte aligned,
+// so each vector is one aligned 16-byte load. kWide: top_k > kWarp, the ids and weights read
+// from memory instead of from lanes.
+template <class F, bool kWide>
+__global__ void __launch_bounds__(kWarps* kWarp, kFc2Blocks<F>) fc2_sum(Problem p, Fc2Shape s) {
   constexpr int kVec = F::kVec;
-  constexpr int kStride = kWarp * kVec;
   const int token = blockIdx.x;
   const int lane = threadIdx.x % kWarp;
-  const int row = blockIdx.y * kWarps + threadIdx.x / kWarp;
-  if (row >= p.hidden) return;
-  // The ids and scales were written before fc1 started (every fc1 block has started when this
-  // one does); only the activations need fc1 done.
+  const int warp = threadIdx.x / kWarp;
+  const int row = (blockIdx.y << (kWarpsLog2 - s.split_log2)) + (warp >> s.split_log2);
+  const int part = warp & ((1 << s.split_log2) - 1);  // this warp's share of the row
   const int first = token * p.top_k;
-  for (int k = 0; k < p.top_k; ++k) {
-    const int e = local_expert(p, first + k);
-    if (e < 0) continue;
-    const char* w = static_cast<const char*>(p.fc2) + (size_t(e) * p.hidden + row) * p.inter * F::kBytes;
-    for (int b = lane * 128; b < p.inter * int(F::kBytes); b += kWarp * 128) {
-      asm volatile("prefetch.global.L2 [%0];" ::"l"(w + b));
+  // The ids and scales were written before fc1 started (every fc1 block has started when this
+  // one does), and the weights are no kernel's output; only the activations need fc1 done.
+  // Lane k holds the token's k-th local expert (-1: none) and its routing weight.
+  const int my_expert = !kWide && lane < p.top_k ? local_expert(p, first + lane) : -1;
+  const float my_weight = my_expert >= 0 ? p.expert_scales[first + lane] : 0.f;
+  // The k-th expert, or -1 (not local, or k >= top_k: past the row's list), at the lane's own k:
+  // a shuffle every lane runs (nothing here branches around it), or with kWide a load.
+  auto expert_of = [&](int k) {
+    if constexpr (kWide) {
+      return k < p.top_k ? local_expert(p, first + k) : -1;
+    } else {
+      return __shfl_sync(0xffffffffu, my_expert, k & (kWarp - 1)) | (k < kWarp ? 0 : -1);
     }
-  }
+  };
+  // Its routing weight (any value where expert_of is -1).
+  auto weight_of = [&](int k) {
+    if constexpr (kWide) {
+      return k < p.top_k ? p.expert_scales[first + k] : 0.f;
+    } else {
+      return __shfl_sync(0xffffffffu, my_weight, k & (kWarp - 1));
+    }
+  };
+
+  // This warp's slots [begin, end) (none for a row past the end: it only joins the barrier).
+  const int begin = row < p.hidden ? min(s.slots, part * s.share) : s.slots;
+  const int end = min(s.slots, begin + s.share);
+  const char* fc2_row = static_cast<const char*>(p.fc2) + size_t(row) * p.inter * F::kBytes;
+  const size_t expert_bytes = size_t(p.hidden) * p.inter * F::kBytes;
+  // Lane k: the k-th expert's down row `row` (null: none), so that a slot's address is a
+  // shuffle and an add.
+  const unsigned long long my_row =
+      my_expert >= 0
+          ? reinterpret_cast<unsigned long long>(fc2_row + size_t(my_expert) * expert_bytes)
+          : 0ull;
+  // The k-th expert's row, or null, at the lane's own k (a shuffle every lane runs, as above).
+  auto row_of = [&](int k) -> const char* {
+    if constexpr (kWide) {
+      const int e = expert_of(k);
+      return e >= 0 ? fc2_row + size_t(e) * expert_bytes : nullptr;
+    } else {
+      const unsigned long long r = __shfl_sync(0xffffffffu, my_row, k & (kWarp - 1));
+      return k < kWarp ? reinterpret_cast<const char*>(r) : nullptr;
+    }
+  };
+
+  // n <= kFc2Loads slots from cursor c into wv: every load issued before any is used.
+  uint4 wv[kFc2Loads];
+  auto issue = [&](Cursor c, int n) {
+#pragma unroll
+    for (int u = 0; u < kFc2Loads; ++u) {
+      const char* w = row_of(c.k);
+      wv[u] = u < n && w != nullptr ? load_weights(w + c.j * (kVec * F::kBytes))
+                                    : make_uint4(0, 0, 0, 0);
+      step(c, s);
+    }
+  };
+
+  Cursor c = cursor_at(begin, lane, s.vecs);
+  int s0 = begin;
+  int n = min(s.per_round, end - begin);
+  issue(c, n);
+  if (s0 + n < end) prefetch_slots<F>(s0 + n, end, lane, s, row_of);  // later rounds'
   asm volatile("griddepcontrol.wait;" ::: "memory");
 
-  // Items (k, chunk) in a fixed order; per lane, acc += scale_k * <w_k, a_k> over its chunks.
-  const int chunks = (p.inter + kStride - 1) / kStride;
-  const int items = p.top_k * chunks;
+  // Per lane, acc += scale_k * <w, a> over its slots in order (main's arithmetic per vector).
+  // The activations' and scales' loads run in every lane, from in-range places where the slot
+  // has no expert (pair `first`, expert 0, row 0, column 0), their values then unused, so that
+  // they can be issued together.
   float acc = 0.f;
-  for (int i0 = 0; i0 < items; i0 += kFc2Unroll) {
-    uint4 wv[kFc2Unroll];
-    int pair[kFc2Unroll];  // the item's (token, k) pair, or -1: skipped
-    int chunk[kFc2Unroll];
-    float scale[kFc2Unroll];  // the routing weight, times GEMM 2's output scale (fp8)
+  for (;;) {
 #pragma unroll
-    for (int u = 0; u < kFc2Unroll; ++u) {
-      const int i = i0 + u;
-      const int k = i / chunks;
-      chunk[u] = (i - k * chunks) * kStride + lane * kVec;
-      const int e = i < items ? local_expert(p, first + k) : -1;
-      pair[u] = (e >= 0 && chunk[u] < p.inter) ? first + k : -1;
-      scale[u] = pair[u] >= 0
-                     ? p.expert_scales[pair[u]] * F::fc2_scale(p, e, row, pair[u], chunk[u])
-                     : 0.f;
-      wv[u] = pair[u] >= 0 ? load_weights(static_cast<const char*>(p.fc2) +
-                                          ((size_t(e) * p.hidden + row) * p.inter + chunk[u]) *
-                                              F::kBytes)
-                           : make_uint4(0, 0, 0, 0);
-    }
-#pragma unroll
-    for (int u = 0; u < kFc2Unroll; ++u) {
-      if (pair[u] < 0) continue;
+    for (int u = 0; u < kFc2Loads; ++u) {
+      const int e = expert_of(c.k);
+      const float weight = weight_of(c.k);
+      const bool use = u < n && e >= 0;
+      const int pair = use ? first + c.k : first;
+      const int col = use ? c.j * kVec : 0;
       const uint4 a = load(static_cast<const char*>(p.activations) +
-                           (size_t(pair[u]) * p.inter + chunk[u]) * F::kBytes);
-      acc = fmaf(scale[u], F::dot(wv[u], a, 0.f), acc);
+                           (size_t(pair) * p.inter + col) * F::kBytes);
+      const float scale = weight * F::fc2_scale(p, use ? e : 0, use ? row : 0, pair, col);
+      const float sum = fmaf(scale, F::dot(wv[u], a, 0.f), acc);
+      acc = use ? sum : acc;
+      if (u < n) step(c, s);
     }
+    s0 += n;
+    if (s0 >= end) break;
+    n = min(s.per_round, end - s0);
+    issue(c, n);
   }
   acc = warp_sum(acc);
-  if (lane == 0) p.output[size_t(token) * p.hidden + row] = __float2bfloat16(acc);
+  if (s.split_log2 == 0) {
+    if (lane == 0 && row < p.hidden) {
+      p.output[size_t(token) * p.hidden + row] = __float2bfloat16(acc);
+    }
+    return;
+  }
+  __shared__ float partial[kWarps];
+  if (lane == 0) partial[warp] = acc;
+  __syncthreads();
+  if (part == 0 && lane == 0 && row < p.hidden) {
+    float sum = partial[warp];
+    for (int q = 1; q < 1 << s.split_log2; ++q) sum += partial[warp + q];
+    p.output[size_t(token) * p.hidden + row] = __float2bfloat16(sum);
+  }
 }
 
 }  // namespace
@@ -452,8 +601,10 @@ void launch(const Problem& p, cudaStream_t stream) {
              p.blocks.activation_scales, stream);
   }
 
+  const Fc2Shape shape = fc2_shape(p, F::kVec);
+  const int rows_per_block = kWarps >> shape.split_log2;
   cudaLaunchConfig_t config{};
-  config.gridDim = dim3(unsigned(p.tokens), (p.hidden + kWarps - 1) / kWarps);
+  config.gridDim = dim3(unsigned(p.tokens), (p.hidden + rows_per_block - 1) / rows_per_block);
   config.blockDim = block;
   config.stream = stream;
   cudaLaunchAttribute pdl{};
@@ -461,7 +612,9 @@ void launch(const Problem& p, cudaStream_t stream) {
   pdl.val.programmaticStreamSerializationAllowed = 1;
   config.attrs = &pdl;
   config.numAttrs = 1;
-  check_cuda(cudaLaunchKernelEx(&config, fc2_sum<F>, p), "the decode path's fc2_sum launch");
+  check_cuda(p.top_k <= kWarp ? cudaLaunchKernelEx(&config, fc2_sum<F, false>, p, shape)
+                              : cudaLaunchKernelEx(&config, fc2_sum<F, true>, p, shape),
+             "the decode path's fc2_sum launch");
 }
 
 }  // namespace

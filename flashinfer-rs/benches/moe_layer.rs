@@ -17,7 +17,9 @@
 //! median, of the layer as `CutlassMoe::new` makes it (the decode kernels up to
 //! `DECODE_MAX_TOKENS` for small experts, else the grouped GEMMs with tactics chosen per
 //! call). Beside it, the fp8 per-tensor layer on the same shapes (`CutlassMoe::new_fp8`, in a
-//! build with `sm90-moe-fp8`; capture off; its weights are half the bytes) and the fp8
+//! build with `sm90-moe-fp8`; capture off; its weights are half the bytes), with its decode
+//! kernels forced and its grouped GEMMs forced (tactics per call) up to 64 tokens (the two sides
+//! of `DECODE_MAX_TOKENS` for fp8 weights), and the fp8
 //! block-scale layer (`CutlassMoe::new_fp8_blocks`: DeepSeek-V3's fp8 format, one scale per
 //! 128x128 block, activations quantised per 128 inside; capture off) and its decode kernels
 //! forced up to 64 tokens (`CutlassSchedule::DecodeUpTo`, capture off) and its GEMM with the
@@ -269,24 +271,35 @@ fn bench_model(g: &Gpu, m: &Model) {
         CutlassMoe::with_schedule(config, weights(), CutlassSchedule::DecodeUpTo(DECODE_TIMED))
             .unwrap();
     let mut decode_ws = decode.workspace(&g.stream).unwrap();
-    // fp8 codes uniform over e4m3's range, scaled to the bf16 weights' magnitudes.
-    let fp8 = flashinfer_rs::build_info().cutlass_moe_fp8.then(|| {
+    // fp8 codes uniform over e4m3's range, scaled to the bf16 weights' magnitudes; the layer as
+    // `new_fp8` makes it, its decode kernels forced and its grouped GEMMs forced (tactics per
+    // call), all three on the same weights.
+    let fp8_codes = flashinfer_rs::build_info().cutlass_moe_fp8.then(|| {
         let code = |u: f32| E4m3::from_f32(u * 448.0);
-        let (fc1, fc2) = (
+        (
             device_fill(g, e * 2 * i * h, 3, code),
             device_fill(g, e * h * i, 4, code),
-        );
+        )
+    });
+    let fp8_layer = |schedule| {
+        let (fc1, fc2) = fp8_codes.as_ref()?;
         let scales = CutlassFp8Scales {
             fc1_weights: vec![2.0 / (h as f32).sqrt() / 448.0; e],
             fc2_weights: vec![2.0 / (i as f32).sqrt() / 448.0; e],
             fc1_input: 1.0 / 448.0,
             fc2_input: 4.0 / 448.0,
         };
-        let layer = CutlassMoe::new_fp8(config, CutlassWeights { fc1, fc2 }, &scales).unwrap();
+        let weights = CutlassWeights {
+            fc1: fc1.as_view(),
+            fc2: fc2.as_view(),
+        };
+        let layer = CutlassMoe::fp8_with_schedule(config, weights, &scales, schedule).unwrap();
         let ws = layer.workspace(&g.stream).unwrap();
-        (layer, ws)
-    });
-    let mut fp8 = fp8;
+        Some((layer, ws))
+    };
+    let mut fp8 = fp8_layer(CutlassSchedule::Fastest);
+    let mut fp8_decode = fp8_layer(CutlassSchedule::DecodeUpTo(DECODE_TIMED));
+    let mut fp8_gemms = fp8_layer(CutlassSchedule::DecodeUpTo(0));
     // The same codes' magnitudes with one scale per 128x128 block; the layer as
     // `new_fp8_blocks` makes it, and the decode kernels forced (both on the same weights).
     let block_codes = flashinfer_rs::build_info().cutlass_moe_fp8.then(|| {
@@ -331,9 +344,9 @@ fn bench_model(g: &Gpu, m: &Model) {
         "\n### {} ({e} experts, top-{k}, hidden {h}, intermediate {i}; {} x {} tactics)\n",
         m.name, counts.0, counts.1
     );
-    println!("| tokens | layer, capture on (us) | capture off (us) | on / off | fp8 layer (us) | bf16 / fp8 | fp8 HBM use | fp8 block-scale layer (us) | bf16 / block | block HBM use | block decode kernels (us) | block GEMM, best tiles (us) | which | decode kernels (us) | best fixed tactics (us) | which | experts read | HBM use on their weights | dense bf16 peak |");
+    println!("| tokens | layer, capture on (us) | capture off (us) | on / off | fp8 layer (us) | bf16 / fp8 | fp8 HBM use | fp8 decode kernels (us) | fp8 GEMMs (us) | fp8 block-scale layer (us) | bf16 / block | block HBM use | block decode kernels (us) | block GEMM, best tiles (us) | which | decode kernels (us) | best fixed tactics (us) | which | experts read | HBM use on their weights | dense bf16 peak |");
     println!(
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---:|---:|"
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---:|---:|"
     );
     for (n, &t) in TOKENS.iter().enumerate() {
         if !rows_wanted(t) {
@@ -381,13 +394,20 @@ fn bench_model(g: &Gpu, m: &Model) {
         };
         let (fp8_time, fp8_ratio, fp8_hbm) = columns(fp8_us);
         let (block_time, block_ratio, block_hbm) = columns(block_us);
-        let block_decoded = match block_decode.as_mut() {
-            Some((layer, ws)) if t <= DECODE_TIMED => {
-                let us = time_graphs(g, layer, ws, &mut b, &[false], REPS)[0];
-                format!("{us:.1}")
-            }
-            _ => "-".into(),
-        };
+        // A layer's time (capture off) as a column, where it has one here.
+        let mut timed =
+            |layer: Option<&mut (CutlassMoe<_>, CutlassWorkspace)>, upto: usize| match layer {
+                Some((layer, ws)) if t <= upto => {
+                    format!(
+                        "{:.1}",
+                        time_graphs(g, layer, ws, &mut b, &[false], REPS)[0]
+                    )
+                }
+                _ => "-".into(),
+            };
+        let block_decoded = timed(block_decode.as_mut(), DECODE_TIMED);
+        let fp8_decoded = timed(fp8_decode.as_mut(), DECODE_TIMED);
+        let fp8_gemmed = timed(fp8_gemms.as_mut(), DECODE_TIMED);
         let (block_best, block_which) = match (blocks.as_mut(), &block_tiles) {
             (Some((_, ws)), Some((b1, b2))) => {
                 let counts = (b1.len() as u32, b2.len() as u32);
@@ -408,7 +428,7 @@ fn bench_model(g: &Gpu, m: &Model) {
             None => ("n/a".into(), "n/a".into()),
         };
         println!(
-            "| {t} | {on:.1} | {off:.1} | {:.3} | {fp8_time} | {fp8_ratio} | {fp8_hbm} | {block_time} | {block_ratio} | {block_hbm} | {block_decoded} | {block_best} | {block_which} | {decoded} | {best:.1} | {} / {} | {read} | {hbm} | {peak} |",
+            "| {t} | {on:.1} | {off:.1} | {:.3} | {fp8_time} | {fp8_ratio} | {fp8_hbm} | {fp8_decoded} | {fp8_gemmed} | {block_time} | {block_ratio} | {block_hbm} | {block_decoded} | {block_best} | {block_which} | {decoded} | {best:.1} | {} / {} | {read} | {hbm} | {peak} |",
             on / off,
             t1[pair.0 as usize],
             t2[pair.1 as usize]

@@ -6,12 +6,16 @@
 # Clocks are left alone (--clock-control none), as the GPU machines' METHOD.md asks.
 #
 #     bash scripts/decode-profile.sh [layer:tokens ...]      # e.g. qwen3:1 deepseek:1 qwen3:8
+#     DECODE_DIR=v7 bash scripts/decode-profile.sh qwen3:1   # a candidate's moe_decode.cu (a
+#                                                            # folder as decode-probe.sh takes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 csrc=flashinfer-sys/csrc
+dir=${DECODE_DIR:-$csrc}
 out=${TMPDIR:-/tmp}/moe_decode_probe
-nvcc -std=c++17 -O3 -arch=sm_90a -lineinfo -I"$csrc" "$csrc/probe/moe_decode_probe.cu" \
-  "$csrc/moe_decode.cu" -o "$out"
+echo "== kernels of $dir/moe_decode.cu"
+nvcc -std=c++17 -O3 -arch=sm_90a -lineinfo -I"$dir" -I"$csrc" "$csrc/probe/moe_decode_probe.cu" \
+  "$dir/moe_decode.cu" -o "$out"
 metrics=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed
 metrics+=,dram__bytes_read.sum,sm__warps_active.avg.pct_of_peak_sustained_active
 metrics+=,launch__waves_per_multiprocessor,launch__registers_per_thread,launch__grid_size

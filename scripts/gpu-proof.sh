@@ -162,8 +162,10 @@ case ${1:-suite} in
   decode-probe) # [dirs]: the decode kernels' probe alone, beside other moe_decode.cu in dirs
     part decode-probe bash scripts/decode-probe.sh "${@:2}"
     ;;
-  decode-profile) # [layer:tokens ...]: the decode kernels under Nsight Compute
-    part decode-profile bash scripts/decode-profile.sh "${@:2}"
+  decode-profile) # [layer:tokens ...]: the decode kernels under Nsight Compute (DECODE_DIR: a
+    # candidate's folder instead of this tree's kernels, its log named after it)
+    part "decode-profile${DECODE_DIR:+-$(basename "$DECODE_DIR")}" \
+      bash scripts/decode-profile.sh "${@:2}"
     ;;
   block-gemm-probe) # the fp8 block-scale GEMM candidates on the carried upstream sources (cut
     # at 400 s: candidate 5's register reconfiguration is new code, and a hang must not take the

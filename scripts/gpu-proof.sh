@@ -29,6 +29,9 @@
 #                                          # decode-bench at it
 #     bash scripts/gpu-proof.sh decode-profile [layer:tokens ...]  # the decode kernels under
 #                                          # Nsight Compute (scripts/decode-profile.sh; no pack)
+#     bash scripts/gpu-proof.sh layer-profile [qwen3|deepseek] [tokens,...]  # gpu-pack.tar.xz:
+#                                          # a layer call's kernels under Nsight Compute
+#                                          # (scripts/layer-profile.sh)
 #     bash scripts/gpu-proof.sh block-gemm-probe  # the fp8 block-scale GEMM candidates' probe
 #                                          # (scripts/block-gemm-probe.sh; no gpu-pack, but carry
 #                                          # block-gemm-probe-src.tar.xz, made here by
@@ -166,6 +169,11 @@ case ${1:-suite} in
     # candidate's folder instead of this tree's kernels, its log named after it)
     part "decode-profile${DECODE_DIR:+-$(basename "$DECODE_DIR")}" \
       bash scripts/decode-profile.sh "${@:2}"
+    ;;
+  layer-profile) # [qwen3|deepseek] [tokens,...]: a layer call's kernels under Nsight Compute
+    # (scripts/layer-profile.sh; gpu-pack.tar.xz)
+    unpack gpu-pack.tar.xz
+    part "layer-profile-${2:-qwen3}" bash scripts/layer-profile.sh "${@:2}"
     ;;
   block-gemm-probe) # the fp8 block-scale GEMM candidates on the carried upstream sources (cut
     # at 400 s: candidate 5's register reconfiguration is new code, and a hang must not take the

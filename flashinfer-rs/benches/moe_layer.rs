@@ -7,7 +7,9 @@
 //!
 //! A layer's name runs that layer only (on an H200 the Qwen3 layer takes about 6 s, the
 //! DeepSeek-V3-sized one about a minute, mostly filling its 22.5 GB of weights and timing).
-//! `MOE_LAYER_TOKENS=1,8,64` times those rows only (of the table's sizes), for a short call.
+//! `MOE_LAYER_TOKENS=1,8,64` times those rows only (of the table's sizes), for a short call;
+//! `MOE_LAYER_PROFILE=1` times nothing and makes one call of each layer per size inside the
+//! profiler's range instead (`bash scripts/layer-profile.sh`: where a call's time goes).
 //!
 //! Layers: a Qwen3-30B-A3B layer (128 experts, top-8, hidden 2048, intermediate 768) and a
 //! DeepSeek-V3-sized one in bf16 (256 experts, top-8, hidden 7168, intermediate 2048), routed
@@ -232,6 +234,23 @@ where
     best((0..counts.1).map(|c| (time((a, c)), (a, c))).collect())
 }
 
+/// `MOE_LAYER_PROFILE=1`: no timing; one call of each layer per size, inside the profiler's
+/// range (`ncu --profile-from-start off`, scripts/layer-profile.sh).
+fn profiling() -> bool {
+    std::env::var("MOE_LAYER_PROFILE").is_ok_and(|v| v == "1")
+}
+
+/// `f` between cuProfilerStart and cuProfilerStop (the calls a profiler started with its
+/// collection off records).
+fn profiler_range(f: impl FnOnce()) {
+    // SAFETY: both take no arguments and act on the current context, which main made current.
+    let start = unsafe { sys::cuProfilerStart() };
+    assert_eq!(start, sys::CUresult::CUDA_SUCCESS, "cuProfilerStart");
+    f();
+    let stop = unsafe { sys::cuProfilerStop() };
+    assert_eq!(stop, sys::CUresult::CUDA_SUCCESS, "cuProfilerStop");
+}
+
 /// Whether `MOE_LAYER_TOKENS` (a comma-separated list; unset: every size) names this size.
 fn rows_wanted(tokens: usize) -> bool {
     std::env::var("MOE_LAYER_TOKENS").map_or(true, |list| {
@@ -359,6 +378,24 @@ fn bench_model(g: &Gpu, m: &Model) {
             out: g.stream.alloc_zeros::<bf16>(t * h).unwrap(),
             replay: g.stream.alloc_zeros::<i16>(t * k).unwrap(),
         };
+        if profiling() {
+            // One eager call of each layer (as `new`, `new_fp8` and `new_fp8_blocks` make it)
+            // inside the profiler's range, after one outside it (first-call costs).
+            let mut calls = |b: &mut Batch| {
+                forward(g, &layer, &mut ws, b, false);
+                if let Some((layer, ws)) = fp8.as_mut() {
+                    forward(g, layer, ws, b, false);
+                }
+                if let Some((layer, ws)) = blocks.as_mut() {
+                    forward(g, layer, ws, b, false);
+                }
+                g.stream.synchronize().unwrap();
+            };
+            calls(&mut b);
+            profiler_range(|| calls(&mut b));
+            println!("| {t} | profiled: one call each of the bf16, fp8 and block-scale layers |");
+            continue;
+        }
         let (best, pair) = search_tactics(g, "bf16", &fixed, counts, &mut ws, &mut b);
         let times = time_graphs(g, &layer, &mut ws, &mut b, &[true, false], REPS);
         let (on, off) = (times[0], times[1]);

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Where a layer call's time goes, by Nsight Compute, on the GPU machine (gpu-pack.tar.xz carried):
+# the layer bench (flashinfer-rs/benches/moe_layer.rs) with MOE_LAYER_PROFILE=1 makes one eager
+# call each of the bf16, fp8 per-tensor and block-scale layers per size inside the profiler's
+# range, and ncu reports each of their kernels (router, expansion, GEMMs, activation, finalize or
+# the decode kernels, in launch order): duration, DRAM and SM throughput, grid, registers. Each
+# kernel alone (ncu serialises them and flushes caches between), clocks left alone (METHOD.md).
+#
+#     bash scripts/layer-profile.sh [qwen3|deepseek] [tokens,...]   # default: qwen3 512,4096
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x gpu-pack/bin/moe_layer ] || tar xJf gpu-pack.tar.xz
+layer=${1:-qwen3}
+tokens=${2:-512,4096}
+metrics=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed
+metrics+=,sm__throughput.avg.pct_of_peak_sustained_elapsed,launch__grid_size
+metrics+=,launch__registers_per_thread
+echo "== $layer at $tokens tokens: bf16, fp8 per-tensor, block-scale layers, one call each"
+MOE_LAYER_PROFILE=1 MOE_LAYER_TOKENS=$tokens ncu --clock-control none --profile-from-start off \
+  --csv --metrics "$metrics" gpu-pack/bin/moe_layer "$layer" 2>&1 | grep -v '^==PROF=='

@@ -18,7 +18,8 @@
 #                                          # layer bench (bf16 beside fp8 per-tensor and block
 #                                          # scale), vLLM's Triton fused MoE bf16, fp8 and fp8
 #                                          # block scale; `layer-tests [filter]` and
-#                                          # `layer-bench` are its two halves (one call each)
+#                                          # `layer-bench [qwen3|deepseek]` are its two halves
+#                                          # (one call each; layer-bench one layer's tables)
 #     bash scripts/gpu-proof.sh decode-bench [dirs]  # gpu-pack.tar.xz: the decode kernels' probe
 #                                          # (beside other moe_decode.cu in dirs) and the
 #                                          # layer bench at 1-64 tokens (MOE_LAYER_TOKENS)
@@ -137,18 +138,28 @@ case ${1:-suite} in
       part "memcheck$tag" \
       bash scripts/sanitize.sh memcheck
     ;;
-  layer | layer-tests | layer-bench) # [test filters..., default cutlass]
+  layer | layer-tests | layer-bench) # layer, layer-tests: [test filters..., default cutlass];
+    # layer-bench: [qwen3|deepseek] (one layer's tables, ours and vLLM's: a call each where both
+    # do not fit one)
     unpack "$pack.tar.xz"
     if [ "$1" != layer-bench ]; then
       filters=("${@:2}")
       gpu_tests "layer-tests$tag" 0 --nocapture "${filters[@]:-cutlass}"
     fi
     if [ "$1" != layer-tests ]; then
-      part bench-layer bash gpu-pack/bench.sh layer
-      tables bench-layer
-      part bench-layer-vllm python3 scripts/bench_vllm_moe.py
-      part bench-layer-vllm-fp8 python3 scripts/bench_vllm_moe.py --fp8
-      part bench-layer-vllm-fp8-blocks python3 scripts/bench_vllm_moe.py --fp8-blocks
+      one=()
+      vllm_layers=()
+      if [ "$1" = layer-bench ] && [ $# -gt 1 ]; then
+        one=("$2")
+        vllm_layers=(--layers "$2")
+      fi
+      name=bench-layer${one:+-$one}
+      part "$name" bash gpu-pack/bench.sh layer "${one[@]}"
+      tables "$name"
+      part "$name-vllm" python3 scripts/bench_vllm_moe.py "${vllm_layers[@]}"
+      part "$name-vllm-fp8" python3 scripts/bench_vllm_moe.py --fp8 "${vllm_layers[@]}"
+      part "$name-vllm-fp8-blocks" python3 scripts/bench_vllm_moe.py --fp8-blocks \
+        "${vllm_layers[@]}"
     fi
     ;;
   decode-bench | variant-bench) # [dirs]: decode-bench first runs the decode kernels' probe

@@ -431,20 +431,19 @@ fn bench_model(g: &Gpu, m: &Model) {
         };
         let (fp8_time, fp8_ratio, fp8_hbm) = columns(fp8_us);
         let (block_time, block_ratio, block_hbm) = columns(block_us);
-        // A layer's time (capture off) as a column, where it has one here.
-        let mut timed =
-            |layer: Option<&mut (CutlassMoe<_>, CutlassWorkspace)>, upto: usize| match layer {
-                Some((layer, ws)) if t <= upto => {
-                    format!(
-                        "{:.1}",
-                        time_graphs(g, layer, ws, &mut b, &[false], REPS)[0]
-                    )
-                }
-                _ => "-".into(),
-            };
-        let block_decoded = timed(block_decode.as_mut(), DECODE_TIMED);
-        let fp8_decoded = timed(fp8_decode.as_mut(), DECODE_TIMED);
-        let fp8_gemmed = timed(fp8_gemms.as_mut(), DECODE_TIMED);
+        // A forced layer's time (capture off) as a column, up to DECODE_TIMED tokens.
+        let mut timed = |layer: Option<&mut (CutlassMoe<_>, CutlassWorkspace)>| match layer {
+            Some((layer, ws)) if t <= DECODE_TIMED => {
+                format!(
+                    "{:.1}",
+                    time_graphs(g, layer, ws, &mut b, &[false], REPS)[0]
+                )
+            }
+            _ => "-".into(),
+        };
+        let block_decoded = timed(block_decode.as_mut());
+        let fp8_decoded = timed(fp8_decode.as_mut());
+        let fp8_gemmed = timed(fp8_gemms.as_mut());
         let (block_best, block_which) = match (blocks.as_mut(), &block_tiles) {
             (Some((_, ws)), Some((b1, b2))) => {
                 let counts = (b1.len() as u32, b2.len() as u32);

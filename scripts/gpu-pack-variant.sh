@@ -10,9 +10,12 @@
 #     PACK=NAME OUT=<dir> bash scripts/gpu-proof.sh layer-tests <filters>   # there
 #     PACK=NAME OUT=<dir> bash scripts/gpu-proof.sh variant-bench
 #
-# A pack whose kernels (flashinfer-sys/csrc) equal HEAD's is refused: it would time main against
-# itself (session 20 did, from a branch that carried a candidate's patch file but not its code).
-# The kernels' object cache is shared with main's builds, so only the changed sources compile.
+# A pack whose kernels (flashinfer-sys/csrc, and the vendored trees' patches and pins in
+# flashinfer-sys/vendor) equal HEAD's is refused: it would time main against itself (session 20
+# did, from a branch that carried a candidate's patch file but not its code). The kernels' object
+# cache is shared with main's builds, so only the changed sources compile; a REV whose vendor
+# patches differ re-extracts the shared source trees for its build (vendor/fetch.py), and this
+# script puts HEAD's back when it ends.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rev=${1:?usage: $0 REV NAME [PATCH ...]}
@@ -22,22 +25,25 @@ for patch in "${@:3}"; do patches+=("$(realpath "$patch")"); done
 features=${FEATURES:-sm90-moe-fp8}
 root=$(pwd)
 tree=$(mktemp -d)/tree
-trap 'git -C "$root" worktree remove --force "$tree" 2>/dev/null || true' EXIT
+trap 'git -C "$root" worktree remove --force "$tree" 2>/dev/null || true
+  python3 "$root/flashinfer-sys/vendor/fetch.py" all > /dev/null || true' EXIT
 git worktree add --detach "$tree" "$rev"
 # The fetched upstream trees are git-ignored: the worktree borrows main's.
 for fetched in flashinfer-sys/vendor/fetched*; do
   [ -e "$fetched" ] && ln -s "$root/$fetched" "$tree/$fetched"
 done
 for patch in "${patches[@]}"; do git -C "$tree" apply "$patch"; done
-if git -C "$tree" diff --quiet HEAD -- flashinfer-sys/csrc \
-  && [ -z "$(git -C "$root" diff HEAD "$rev" -- flashinfer-sys/csrc)" ]; then
-  echo "$rev with ${#patches[@]} patch(es) has HEAD's kernels (flashinfer-sys/csrc): nothing to compare" >&2
+kernels=(flashinfer-sys/csrc flashinfer-sys/vendor)
+if git -C "$tree" diff --quiet HEAD -- "${kernels[@]}" \
+  && [ -z "$(git -C "$root" diff HEAD "$rev" -- "${kernels[@]}")" ]; then
+  echo "$rev with ${#patches[@]} patch(es) has HEAD's kernels (${kernels[*]}): nothing to compare" >&2
   exit 1
 fi
 rm -rf "$name" && mkdir -p "$name/bin"
 (
   cd "$tree"
   export CARGO_TARGET_DIR=$root/target/variant
+  python3 flashinfer-sys/vendor/fetch.py all
   cargo xtask executables --tests --copy-to "$root/$name/bin" -- \
     test --release -p flashinfer-rs --features "$features" --test gpu --no-run
   cargo xtask executables --target moe_layer --copy-to "$root/$name/bin" -- \

@@ -17,6 +17,7 @@
 //! - the decode kernels forced onto 1-64 tokens, a Qwen3-sized layer and an expert-parallel
 //!   rank;
 //! - hidden states past the input scale's range (saturated at ±448 codes);
+//! - every tactic of the fp8 GEMMs, fixed for every call;
 //! - expert parallelism: four ranks each over their own experts;
 //! - a CUDA graph of three layers replayed with fresh inputs equals eager calls (grouped GEMMs
 //!   and decode kernels);
@@ -404,6 +405,55 @@ fn fp8_every_method_and_token_count_matches_the_reference() {
     let d = case(&cfg.routing, t, 78);
     let x = values(&mut SplitMix64(79), t * h, 1.0);
     tally.case(&layer, &w.host, tight, &d, &x, || "saturated input".into());
+    tally.report(test);
+}
+
+/// Every tactic of the fp8 GEMMs, fixed for every call (`CutlassSchedule::Tactics`), as
+/// cutlass_moe's every_tactic_matches_the_reference does for bf16: GEMM 1's each with GEMM 2's
+/// first and GEMM 2's each with GEMM 1's first, at 1, 37 and 300 tokens (mean rows per expert
+/// 0.25, 9 and 75); an index past the last is refused.
+#[test]
+fn fp8_every_tactic_matches_the_reference() {
+    let test = "cutlass_moe_fp8::fp8_every_tactic_matches_the_reference";
+    let Some(g) = gpu(test) else { return };
+    let (h, i, e, k) = (256, 128, 16u32, 4u32);
+    let w = fp8_weights(&g, e as usize, h, i, 90);
+    let cfg = config(
+        RoutingConfig::new(RoutingMethod::Renormalize, e, k),
+        h,
+        i,
+        300,
+    );
+    let Some(layer) = fp8_layer_here(&g, cfg, &w, FITTING, test) else {
+        return;
+    };
+    let (t1, t2) = layer.tactics().unwrap();
+    let (n1, n2) = (t1.len() as u32, t2.len() as u32);
+    let fixed = |pair: (u32, u32)| {
+        let schedule = CutlassSchedule::Tactics(pair.0, pair.1);
+        CutlassMoe::fp8_with_schedule(cfg, w.views(), &w.scales(FITTING), schedule)
+    };
+    let mut tally = Tally::new(&g);
+    for (a, c) in (0..n1).map(|a| (a, 0)).chain((1..n2).map(|c| (0, c))) {
+        let layer = fixed((a, c)).unwrap();
+        for t in [1, 37, 300] {
+            let seed = 910 + t as u64;
+            let d = case(&cfg.routing, t, seed);
+            let x = values(&mut SplitMix64(seed ^ 0x5eed), t * h, 1.0);
+            tally.case(&layer, &w.host, FITTING, &d, &x, || {
+                format!(
+                    "tactics {a} ({}) / {c} ({}) T={t}",
+                    t1[a as usize], t2[c as usize]
+                )
+            });
+        }
+    }
+    for bad in [(n1, 0), (0, n2)] {
+        match fixed(bad) {
+            Err(Error::InvalidArgument { .. }) => {}
+            other => panic!("{test}: tactics {bad:?} of {n1} x {n2}: {:?}", other.err()),
+        }
+    }
     tally.report(test);
 }
 

@@ -182,9 +182,9 @@ case ${1:-suite} in
       bash scripts/decode-profile.sh "${@:2}"
     ;;
   layer-profile) # [qwen3|deepseek] [tokens,...]: a layer call's kernels under Nsight Compute
-    # (scripts/layer-profile.sh; gpu-pack.tar.xz)
-    unpack gpu-pack.tar.xz
-    part "layer-profile-${2:-qwen3}" bash scripts/layer-profile.sh "${@:2}"
+    # (scripts/layer-profile.sh; PACK's bench)
+    unpack "$pack.tar.xz"
+    PACK=$pack part "layer-profile-${2:-qwen3}$tag" bash scripts/layer-profile.sh "${@:2}"
     ;;
   block-gemm-probe) # the fp8 block-scale GEMM candidates on the carried upstream sources (cut
     # at 400 s: candidate 5's register reconfiguration is new code, and a hang must not take the

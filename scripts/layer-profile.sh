@@ -7,14 +7,16 @@
 # kernel alone (ncu serialises them and flushes caches between), clocks left alone (METHOD.md).
 #
 #     bash scripts/layer-profile.sh [qwen3|deepseek] [tokens,...]   # default: qwen3 512,4096
+#     PACK=gpu-pack-tile bash scripts/layer-profile.sh ...          # another pack's bench
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ -x gpu-pack/bin/moe_layer ] || tar xJf gpu-pack.tar.xz
+pack=${PACK:-gpu-pack}
+[ -x "$pack/bin/moe_layer" ] || tar xJf "$pack.tar.xz"
 layer=${1:-qwen3}
 tokens=${2:-512,4096}
 metrics=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed
 metrics+=,sm__throughput.avg.pct_of_peak_sustained_elapsed,launch__grid_size
 metrics+=,launch__registers_per_thread
-echo "== $layer at $tokens tokens: bf16, fp8 per-tensor, block-scale layers, one call each"
+echo "== $pack: $layer at $tokens tokens: bf16, fp8 per-tensor, block-scale layers, one call each"
 MOE_LAYER_PROFILE=1 MOE_LAYER_TOKENS=$tokens ncu --clock-control none --profile-from-start off \
-  --csv --metrics "$metrics" gpu-pack/bin/moe_layer "$layer" 2>&1 | grep -v '^==PROF=='
+  --csv --metrics "$metrics" "$pack/bin/moe_layer" "$layer" 2>&1 | grep -v '^==PROF=='

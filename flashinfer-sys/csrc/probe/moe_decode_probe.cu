@@ -2,12 +2,14 @@
 // machine that has nvcc but no cargo: checks them against a host reference on a few shapes,
 // then times them in CUDA graphs (20 calls per graph launch, median of 30 launches) at the
 // Qwen3-30B-A3B and DeepSeek-V3-sized layers, with the bytes of the routed experts' weights
-// over the time beside the GPU's bandwidth. The crate's own tests and bench (tests/gpu,
-// benches/moe_layer.rs) are the proof; this is the workbench.
+// over the time beside the GPU's bandwidth; with bf16 weights, then with fp8 per-tensor ones
+// (timed only: their arithmetic is checked by the layer's tests, not here). The crate's own
+// tests and bench (tests/gpu, benches/moe_layer.rs) are the proof; this is the workbench.
 //
 //     bash scripts/decode-probe.sh        # on the GPU machine: builds with nvcc and runs
 //     bash scripts/decode-profile.sh      # the same binary's `profile` mode under Nsight Compute
 #include <cuda_bf16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -36,12 +38,60 @@ __global__ void fill(__nv_bfloat16* p, size_t n, float scale, uint64_t seed) {
   }
 }
 
+// e4m3 codes of uniform values in [-448, 448) (no NaN codes).
+__global__ void fill_e4m3(__nv_fp8_storage_t* p, size_t n, uint64_t seed) {
+  for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
+       i += size_t(gridDim.x) * blockDim.x) {
+    uint64_t z = (i + seed) * 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z ^= z >> 31;
+    float u = float(z >> 40) / float(1 << 24);
+    p[i] = __nv_cvt_float_to_fp8((2.f * u - 1.f) * 448.f, __NV_SATFINITE, __NV_E4M3);
+  }
+}
+
 float bf(__nv_bfloat16 v) { return __bfloat162float(v); }
 
 struct Layer {
   int experts, top_k, hidden, inter;
   __nv_bfloat16 *fc1 = nullptr, *fc2 = nullptr;
 };
+
+// The same shapes with fp8 per-tensor weights: e4m3 codes and the four scales the decode path
+// takes (fi::decode::Fp8Scales), magnitudes as the bf16 layer's (the layer bench's scales: input
+// a1 = 1 / 448, activation a2 = 4 / 448, weights 2 / sqrt(fan-in) / 448).
+struct Fp8Layer {
+  __nv_fp8_storage_t *fc1 = nullptr, *fc2 = nullptr;
+  // 1 / a1, 1 / a2, then per expert a1 * w13[e], then per expert a2 * w2[e]
+  float* scales = nullptr;
+};
+
+Fp8Layer make_fp8(const Layer& l) {
+  Fp8Layer f;
+  size_t n1 = size_t(l.experts) * 2 * l.inter * l.hidden;
+  size_t n2 = size_t(l.experts) * l.hidden * l.inter;
+  CHECK(cudaMalloc(&f.fc1, n1));
+  CHECK(cudaMalloc(&f.fc2, n2));
+  fill_e4m3<<<4096, 256>>>(f.fc1, n1, 3);
+  fill_e4m3<<<4096, 256>>>(f.fc2, n2, 4);
+  const float a1 = 1.f / 448.f, a2 = 4.f / 448.f;
+  const float w13 = 2.f / std::sqrt(float(l.hidden)) / 448.f;
+  const float w2 = 2.f / std::sqrt(float(l.inter)) / 448.f;
+  std::vector<float> scales{1.f / a1, 1.f / a2};
+  scales.insert(scales.end(), l.experts, a1 * w13);
+  scales.insert(scales.end(), l.experts, a2 * w2);
+  const size_t bytes = scales.size() * sizeof(float);
+  CHECK(cudaMalloc(&f.scales, bytes));
+  CHECK(cudaMemcpy(f.scales, scales.data(), bytes, cudaMemcpyHostToDevice));
+  CHECK(cudaDeviceSynchronize());
+  return f;
+}
+
+void release(Fp8Layer& f) {
+  cudaFree(f.fc1);
+  cudaFree(f.fc2);
+  cudaFree(f.scales);
+}
 
 void make(Layer& l) {
   size_t n1 = size_t(l.experts) * 2 * l.inter * l.hidden;
@@ -108,6 +158,17 @@ fi::decode::Problem problem(const Layer& l, const Call& c, int first = 0, int lo
                              l.inter,  first,    local < 0 ? l.experts : local};
 }
 
+fi::decode::Problem problem(const Layer& l, const Fp8Layer& f, const Call& c) {
+  fi::decode::Problem p = problem(l, c);
+  p.fc1 = f.fc1;
+  p.fc2 = f.fc2;
+  p.fp8.input_quant = f.scales;
+  p.fp8.fc2_quant = f.scales + 1;
+  p.fp8.fc1_dequant = f.scales + 2;
+  p.fp8.fc2_dequant = f.scales + 2 + l.experts;
+  return p;
+}
+
 // Host reference (f32, the activation rounded to bf16), over the layer's experts.
 bool check(const Layer& l, const Call& c, const char* what) {
   fi::decode::run(problem(l, c), 0);
@@ -155,11 +216,11 @@ bool check(const Layer& l, const Call& c, const char* what) {
   return ok;
 }
 
-double time_us(const Layer& l, const Call& c, cudaStream_t s) {
+double time_us(const fi::decode::Problem& p, cudaStream_t s) {
   cudaGraph_t graph;
   cudaGraphExec_t exec;
   CHECK(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal));
-  for (int i = 0; i < 20; ++i) fi::decode::run(problem(l, c), s);
+  for (int i = 0; i < 20; ++i) fi::decode::run(p, s);
   CHECK(cudaStreamEndCapture(s, &graph));
   CHECK(cudaGraphInstantiate(&exec, graph, 0));
   cudaEvent_t a, b;
@@ -229,24 +290,28 @@ int main(int argc, char** argv) {
   CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   struct M { const char* name; int e, k, h, i; std::vector<int> tokens; };
   for (M m : {M{"Qwen3-30B-A3B", 128, 8, 2048, 768, {1, 2, 4, 8, 16, 32, 64}},
-              M{"DeepSeek-V3-sized bf16", 256, 8, 7168, 2048, {1, 2, 4, 8, 16, 32, 64}}}) {
+              M{"DeepSeek-V3-sized", 256, 8, 7168, 2048, {1, 2, 4, 8, 16, 32, 64}}}) {
     Layer l{m.e, m.k, m.h, m.i};
     make(l);
-    std::printf("\n%s: tokens | decode kernels (us) | experts read | weight bytes / time (TB/s) |"
-                " of bandwidth\n",
-                m.name);
-    for (int t : m.tokens) {
-      if (!only.empty() && std::find(only.begin(), only.end(), t) == only.end()) continue;
-      Call c = make_call(l, t, rng);
-      std::vector<bool> hit(l.experts);
-      for (int id : c.ids) hit[id] = true;
-      int read = int(std::count(hit.begin(), hit.end(), true));
-      double bytes = double(read) * 3.0 * l.hidden * l.inter * 2.0;
-      double us = time_us(l, c, stream);
-      std::printf("%6d | %8.1f | %4d | %.2f | %.0f%%\n", t, us, read, bytes / (us * 1e-6) / 1e12,
-                  100.0 * bytes / (us * 1e-6) / bw);
-      release(c);
+    Fp8Layer f = make_fp8(l);
+    for (bool fp8 : {false, true}) {
+      std::printf("\n%s%s: tokens | decode kernels (us) | experts read | weight bytes / time (TB/s)"
+                  " | of bandwidth\n",
+                  m.name, fp8 ? ", fp8 per-tensor weights (timed only)" : ", bf16 weights");
+      for (int t : m.tokens) {
+        if (!only.empty() && std::find(only.begin(), only.end(), t) == only.end()) continue;
+        Call c = make_call(l, t, rng);
+        std::vector<bool> hit(l.experts);
+        for (int id : c.ids) hit[id] = true;
+        int read = int(std::count(hit.begin(), hit.end(), true));
+        double bytes = double(read) * 3.0 * l.hidden * l.inter * (fp8 ? 1.0 : 2.0);
+        double us = time_us(fp8 ? problem(l, f, c) : problem(l, c), stream);
+        std::printf("%6d | %8.1f | %4d | %.2f | %.0f%%\n", t, us, read,
+                    bytes / (us * 1e-6) / 1e12, 100.0 * bytes / (us * 1e-6) / bw);
+        release(c);
+      }
     }
+    release(f);
     cudaFree(l.fc1);
     cudaFree(l.fc2);
   }

@@ -4,6 +4,7 @@
 # Qwen3-30B-A3B and DeepSeek-V3-sized layers. Run from the repository root:
 #
 #     bash scripts/decode-probe.sh [DIR ...]     # MOE_DECODE_PROBE_TOKENS=1,8 times those sizes only
+#     bash scripts/decode-probe.sh build         # only builds this tree's probe (CI, no GPU)
 #
 # Each DIR (optional): a folder holding another moe_decode.cu and moe_decode.h of the same
 # interface (e.g. from `git show <rev>:flashinfer-sys/csrc/moe_decode.cu`, a variant on a branch);
@@ -13,6 +14,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 csrc=flashinfer-sys/csrc
 out=${TMPDIR:-/tmp}/moe_decode_probe
+if [ "${1:-}" = build ]; then
+  nvcc -std=c++17 -O3 -arch=sm_90a -I"$csrc" "$csrc/probe/moe_decode_probe.cu" \
+    "$csrc/moe_decode.cu" -o "$out"
+  echo "decode probe built: $out"
+  exit 0
+fi
 n=0
 failed=0
 for dir in "$@"; do

@@ -93,6 +93,14 @@ DOCS_RS=1 cargo doc --workspace --no-deps --quiet
 
 stage "2/8: sm90 kernels and the CUTLASS MoE, bf16 and fp8 (with nccl: the multi-rank harness builds, and skips without a GPU)"
 cargo test --workspace --features sm90,sm90-moe,sm90-moe-fp8,nccl,serde,float8 "$@"
+# The device sessions' workbenches, which a GPU machine builds with nvcc alone against this
+# tree's kernels (the decode probe and the block-scale GEMM probe): built here too, so that
+# neither breaks unseen between GPU sessions (not run: no GPU).
+probe_path=$PATH
+command -v nvcc >/dev/null ||
+  probe_path=${FLASHINFER_RS_CACHE:-$HOME/.cache/flashinfer-rs}/cuda-13.0/nvidia/cu13/bin:$PATH
+PATH=$probe_path bash scripts/decode-probe.sh build
+PATH=$probe_path bash scripts/block-gemm-probe.sh build
 
 # Stages 3-6 need no Blackwell object: they run while the background build finishes them.
 stage "3/8: MSRV (rust-version): the dependency tree's declared versions, and clippy's incompatible_msrv lint"

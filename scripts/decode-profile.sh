@@ -5,7 +5,8 @@
 # every kernel of the decode path: duration, DRAM throughput, achieved occupancy, waves, registers.
 # Clocks are left alone (--clock-control none), as the GPU machines' METHOD.md asks.
 #
-#     bash scripts/decode-profile.sh [layer:tokens ...]      # e.g. qwen3:1 deepseek:1 qwen3:8
+#     bash scripts/decode-profile.sh [layer:tokens ...]      # e.g. qwen3:1 deepseek:1 qwen3:8,
+#                                                            # qwen3-fp8:1 (fp8 per-tensor weights)
 #     DECODE_DIR=v7 bash scripts/decode-profile.sh qwen3:1   # a candidate's moe_decode.cu (a
 #                                                            # folder as decode-probe.sh takes)
 set -euo pipefail

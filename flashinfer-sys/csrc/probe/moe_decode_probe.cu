@@ -244,18 +244,26 @@ double time_us(const fi::decode::Problem& p, cudaStream_t s) {
 
 }  // namespace
 
-// `profile <qwen3|deepseek> <tokens>`: that one call, eagerly, three times (for a profiler, which
-// then sees each kernel launch on its own).
-int profile(const char* layer, int tokens) {
-  const bool qwen3 = std::string(layer) == "qwen3";
-  Layer l = qwen3 ? Layer{128, 8, 2048, 768} : Layer{256, 8, 7168, 2048};
+// `profile <qwen3|deepseek>[-fp8] <tokens>`: that one call (bf16 weights, or fp8 per-tensor with
+// -fp8), eagerly, three times (for a profiler, which then sees each kernel launch on its own).
+int profile(const std::string& layer, int tokens) {
+  const bool fp8 = layer.size() > 4 && layer.compare(layer.size() - 4, 4, "-fp8") == 0;
+  const std::string name = fp8 ? layer.substr(0, layer.size() - 4) : layer;
+  if (name != "qwen3" && name != "deepseek") {
+    std::fprintf(stderr, "profile: no layer %s (qwen3, deepseek, qwen3-fp8, deepseek-fp8)\n",
+                 layer.c_str());
+    return 2;
+  }
+  Layer l = name == "qwen3" ? Layer{128, 8, 2048, 768} : Layer{256, 8, 7168, 2048};
   make(l);
+  Fp8Layer f = make_fp8(l);
   std::mt19937 rng(5);
   Call c = make_call(l, tokens, rng);
-  for (int i = 0; i < 3; ++i) fi::decode::run(problem(l, c), 0);
+  for (int i = 0; i < 3; ++i) fi::decode::run(fp8 ? problem(l, f, c) : problem(l, c), 0);
   CHECK(cudaDeviceSynchronize());
-  std::printf("profiled %s at %d tokens\n", layer, tokens);
+  std::printf("profiled %s at %d tokens\n", layer.c_str(), tokens);
   release(c);
+  release(f);
   return 0;
 }
 

@@ -43,7 +43,7 @@ namespace {
 
 constexpr unsigned kFull = 0xffffffffu;
 constexpr uint32_t kNone = 0xffffffffu;
-constexpr int kWarpsPerBlock = 8;
+constexpr int kWarpsPerBlock = 8;  // the most; fewer where the tokens are fewer than the SMs' slots
 
 struct Args {
   int32_t method;
@@ -471,8 +471,9 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) topk_route(const Args a) 
   // Up to 16 slots a lane, the next row is read while this one is selected (registers allow).
   constexpr bool kSmall = V <= 16;
   const int lane = threadIdx.x & 31;
-  const int warp = blockIdx.x * kWarpsPerBlock + (threadIdx.x >> 5);
-  const int warps = gridDim.x * kWarpsPerBlock;
+  const int per_block = blockDim.x >> 5;  // 1 to kWarpsPerBlock (the launch's choice)
+  const int warp = blockIdx.x * per_block + (threadIdx.x >> 5);
+  const int warps = gridDim.x * per_block;
   const int e = a.num_experts, k = a.top_k;
   const In* logits = static_cast<const In*>(a.logits);
 
@@ -734,12 +735,24 @@ extern "C" fi_status fi_topk_route(const fi_topk_params* params, const fi_topk_b
 
     int device = 0;
     fi::check_cuda(cudaGetDevice(&device), "cudaGetDevice");
-    // One warp per token; at most two waves of resident blocks, whose warps loop over tokens
-    // (two waves measured 2-7% faster than one at 131072 tokens on an H200, four no better).
+    // One warp per token. Up to 4 tokens per SM, blocks of fewer warps spread them over the SMs
+    // (one warp per SM, then up to one per scheduler): a token's warp is a serial chain of
+    // about a thousand instructions, so two warps on one scheduler take longer than one
+    // (session 21: DeepSeek-V3 routing 3.62 / 4.10 / 4.15 us at 1 / 16 / 128 tokens in 8-warp
+    // blocks, SGLang's one-warp programs flat at 3.4-3.6). Past that, blocks of kWarpsPerBlock,
+    // at most two waves of them resident, whose warps loop over tokens (two waves measured 2-7%
+    // faster than one at 131072 tokens on an H200, four no better).
     const Launch launch = bf16 ? pick<__nv_bfloat16>(v, vec) : pick<float>(v, vec);
-    const int needed = (p.num_tokens + kWarpsPerBlock - 1) / kWarpsPerBlock;
-    const int blocks = std::min(needed, 2 * sm_count(device) * launch.resident_blocks(device));
-    launch.kernel<<<blocks, kWarpsPerBlock * 32, 0, static_cast<cudaStream_t>(stream)>>>(a);
+    const int sms = sm_count(device);
+    const int per_block = p.num_tokens <= sms         ? 1
+                          : p.num_tokens <= 2 * sms   ? 2
+                          : p.num_tokens <= 4 * sms   ? 4
+                                                      : kWarpsPerBlock;
+    const int needed = (p.num_tokens + per_block - 1) / per_block;
+    const int blocks = per_block < kWarpsPerBlock
+                           ? needed
+                           : std::min(needed, 2 * sms * launch.resident_blocks(device));
+    launch.kernel<<<blocks, per_block * 32, 0, static_cast<cudaStream_t>(stream)>>>(a);
     fi::check_cuda(cudaGetLastError(), "top-k router launch");
   });
 }

@@ -26,15 +26,19 @@
 
 namespace {
 
+// A uniform value in [-1, 1) for element i (splitmix64 of i + seed): the same data every run.
+__device__ float uniform(size_t i, uint64_t seed) {
+  uint64_t z = (i + seed) * 0x9E3779B97F4A7C15ull;
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  z ^= z >> 31;
+  return 2.f * (float(z >> 40) / float(1 << 24)) - 1.f;
+}
+
 __global__ void fill(__nv_bfloat16* p, size_t n, float scale, uint64_t seed) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
        i += size_t(gridDim.x) * blockDim.x) {
-    uint64_t z = (i + seed) * 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    float u = float(z >> 40) / float(1 << 24);
-    p[i] = __float2bfloat16((2.f * u - 1.f) * scale);
+    p[i] = __float2bfloat16(uniform(i, seed) * scale);
   }
 }
 
@@ -42,11 +46,7 @@ __global__ void fill(__nv_bfloat16* p, size_t n, float scale, uint64_t seed) {
 __global__ void fill_e4m3(__nv_fp8_storage_t* p, size_t n, uint64_t seed) {
   for (size_t i = blockIdx.x * size_t(blockDim.x) + threadIdx.x; i < n;
        i += size_t(gridDim.x) * blockDim.x) {
-    uint64_t z = (i + seed) * 0x9E3779B97F4A7C15ull;
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z ^= z >> 31;
-    float u = float(z >> 40) / float(1 << 24);
-    p[i] = __nv_cvt_float_to_fp8((2.f * u - 1.f) * 448.f, __NV_SATFINITE, __NV_E4M3);
+    p[i] = __nv_cvt_float_to_fp8(uniform(i, seed) * 448.f, __NV_SATFINITE, __NV_E4M3);
   }
 }
 

@@ -749,9 +749,7 @@ extern "C" fi_status fi_topk_route(const fi_topk_params* params, const fi_topk_b
                           : p.num_tokens <= 4 * sms   ? 4
                                                       : kWarpsPerBlock;
     const int needed = (p.num_tokens + per_block - 1) / per_block;
-    const int blocks = per_block < kWarpsPerBlock
-                           ? needed
-                           : std::min(needed, 2 * sms * launch.resident_blocks(device));
+    const int blocks = std::min(needed, 2 * sms * launch.resident_blocks(device));
     launch.kernel<<<blocks, per_block * 32, 0, static_cast<cudaStream_t>(stream)>>>(a);
     fi::check_cuda(cudaGetLastError(), "top-k router launch");
   });

@@ -462,6 +462,12 @@ pub(crate) mod on_hopper {
         report(test, passed, failures);
     }
 
+    /// The tactic pairs the every-tactic tests fix (bf16 here, fp8 in cutlass_moe_fp8): GEMM 1's
+    /// each with GEMM 2's first, then GEMM 2's others with GEMM 1's first.
+    pub(crate) fn tactic_pairs(n1: u32, n2: u32) -> impl Iterator<Item = (u32, u32)> {
+        (0..n1).map(|a| (a, 0)).chain((1..n2).map(|c| (0, c)))
+    }
+
     /// Every tactic the build has, fixed for every call (`CutlassSchedule::Tactics`): GEMM 1's each with
     /// GEMM 2's first and GEMM 2's each with GEMM 1's first, at 1, 37 and 300 tokens (mean rows
     /// per expert 0.25, 9 and 75: both sides of the per-call choice's threshold); an index past
@@ -479,13 +485,9 @@ pub(crate) mod on_hopper {
         };
         let (t1, t2) = layer.tactics().unwrap();
         let (n1, n2) = (t1.len() as u32, t2.len() as u32);
-        let pairs: Vec<(u32, u32)> = (0..n1)
-            .map(|a| (a, 0))
-            .chain((1..n2).map(|c| (0, c)))
-            .collect();
         let cases = prepare_all(&cfg, &w.host, &[1, 37, 300], 91);
         let (mut passed, mut failures) = (0, Vec::new());
-        for &(a, c) in &pairs {
+        for (a, c) in tactic_pairs(n1, n2) {
             let fixed =
                 CutlassMoe::with_schedule(cfg, w.views(), CutlassSchedule::Tactics(a, c)).unwrap();
             for p in &cases {

@@ -37,8 +37,8 @@ use crate::common::{gpu, Gpu};
 use crate::cutlass_moe::layer_here;
 use crate::cutlass_moe::on_hopper::{
     assert_batch_invariant, capture_store_records_the_routing, case, config, forward,
-    graph_of_layers, graph_routing, reference_of, report, to_f32, upload, values, ATOL,
-    BATCH_TOKENS, CAPTURE_SHAPE, CAPTURE_TOKENS, GRAPH_SIZES, RTOL,
+    graph_of_layers, graph_routing, reference_of, report, tactic_pairs, to_f32, upload, values,
+    ATOL, BATCH_TOKENS, CAPTURE_SHAPE, CAPTURE_TOKENS, GRAPH_SIZES, RTOL,
 };
 use crate::degenerate::one_per_method;
 use crate::routing::{CaseData, DeviceInputs};
@@ -434,7 +434,7 @@ fn fp8_every_tactic_matches_the_reference() {
         CutlassMoe::fp8_with_schedule(cfg, w.views(), &w.scales(FITTING), schedule)
     };
     let mut tally = Tally::new(&g);
-    for (a, c) in (0..n1).map(|a| (a, 0)).chain((1..n2).map(|c| (0, c))) {
+    for (a, c) in tactic_pairs(n1, n2) {
         let layer = fixed((a, c)).unwrap();
         for t in [1, 37, 300] {
             let seed = 910 + t as u64;
@@ -582,42 +582,30 @@ pub(crate) fn decode_cases(
     if !here(config(routing, h, i, 64), &w) {
         return;
     }
-    for t in [1, 2, 3, 4, 7, 33, 64] {
-        run(
-            "16 experts",
-            config(routing, h, i, 64),
-            &w,
-            t,
-            22 + t as u64,
-        );
-    }
+    // Each token count of a layer, seeded `seed + tokens`.
+    let mut each = |name: &str, cfg, w: &Fp8Weights, tokens: &[usize], seed: u64| {
+        for &t in tokens {
+            run(name, cfg, w, t, seed + t as u64);
+        }
+    };
+    each(
+        "16 experts",
+        config(routing, h, i, 64),
+        &w,
+        &[1, 2, 3, 4, 7, 33, 64],
+        22,
+    );
     let (h, i) = (2048, 768);
     let qwen = weights(128, h, i, 23);
     let routing = RoutingConfig::new(RoutingMethod::Renormalize, 128, 8);
-    for t in [1, 4] {
-        run(
-            "Qwen3-sized",
-            config(routing, h, i, 4),
-            &qwen,
-            t,
-            24 + t as u64,
-        );
-    }
+    each("Qwen3-sized", config(routing, h, i, 4), &qwen, &[1, 4], 24);
     let rank = qwen.rank_slice(g, 2, 32, h, i);
     let routing = routing.with_local_experts(64, 32);
-    run("rank 2 of 4", config(routing, h, i, 4), &rank, 3, 25);
+    each("rank 2 of 4", config(routing, h, i, 4), &rank, &[3], 22);
     let (h, i) = (7168, 256);
     let wide = weights(8, h, i, 26);
     let routing = RoutingConfig::new(RoutingMethod::Renormalize, 8, 2);
-    for t in [1, 3] {
-        run(
-            "hidden 7168",
-            config(routing, h, i, 4),
-            &wide,
-            t,
-            27 + t as u64,
-        );
-    }
+    each("hidden 7168", config(routing, h, i, 4), &wide, &[1, 3], 27);
 }
 
 /// The decode kernels on fp8 weights, forced onto every call: odd token counts up to 64 (experts

@@ -32,6 +32,8 @@ use std::sync::Mutex;
 mod cache;
 #[path = "build/cutlass_moe.rs"]
 mod cutlass_moe;
+#[path = "build/eviction.rs"]
+mod eviction;
 #[path = "build/progress.rs"]
 mod progress;
 #[path = "build/units.rs"]
@@ -742,6 +744,7 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(String, PathBuf)> {
     );
     let total = queue.lock().unwrap().len();
     let started_all = std::time::Instant::now();
+    let build_started = std::time::SystemTime::now();
     let progress = progress::Progress::open(&ctx.cache, total);
     let announced = AtomicBool::new(false);
     // Seconds each compiled unit took (the slowest are reported: what a cold build waits on);
@@ -840,7 +843,7 @@ fn run_jobs(ctx: &Ctx, jobs: Vec<Job>) -> Vec<(String, PathBuf)> {
             format!(" (slowest: {})", slowest.join(", "))
         }
     );
-    cache.evict_stale();
+    cache.evict(build_started);
     objects.sort();
     objects
 }

@@ -37,7 +37,10 @@ export CARGO_PROFILE_DEV_DEBUG=${CARGO_PROFILE_DEV_DEBUG:-line-tables-only}
 # CI builds from a clean clone, every crate once: incremental compilation's caches would cost
 # time and never be read.
 if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}; fi
-stage() { echo "== $1 ($(( $(date +%s) - started )) s so far)"; }
+# Each stage line says the disk space left where the builds write (a CI machine's disk once
+# filled during a link, which then died of SIGBUS): a failure for want of space shows as such.
+free_space() { df -h --output=avail "$root" 2>/dev/null | tail -n 1 | tr -d ' '; }
+stage() { echo "== $1 ($(( $(date +%s) - started )) s so far, $(free_space) free)"; }
 
 python3 flashinfer-sys/vendor/fetch.py all
 
@@ -67,8 +70,16 @@ await() { # name
   fi
   unset "bg_pid[$1]"
 }
-# A failing stage must not leave them running.
-trap 'for p in "${bg_pid[@]}"; do kill "$p" 2>/dev/null || true; done' EXIT
+# A failing stage must not leave them running, and says what the disk held then.
+on_exit() {
+  local rc=$?
+  for p in "${bg_pid[@]}"; do kill "$p" 2>/dev/null || true; done
+  if [ "$rc" != 0 ]; then
+    echo "failed with exit $rc after $(( $(date +%s) - started )) s; disk space left: $(free_space)" >&2
+    du -sh "$root"/target/* "${FLASHINFER_RS_CACHE:-$HOME/.cache/flashinfer-rs}" 2>/dev/null | sort -h | tail -n 8 >&2 || true
+  fi
+}
+trap on_exit EXIT
 background blackwell-objects 0 env CARGO_TARGET_DIR="$root/target/blackwell-objects" \
   cargo build -p flashinfer-sys --features sm100
 background candle-deps 0 bash scripts/candle-check.sh --prebuild

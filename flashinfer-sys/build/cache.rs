@@ -6,7 +6,9 @@
 //! checkout's and the fetched tree's paths replaced by placeholders, the source, and the
 //! inputs every unit shares ([`SharedInputs`]). Objects live in `<cache>/objects/` as
 //! `<unit>-<key>.o`, are written then renamed (a concurrent build never reads half a file),
-//! touched on every hit and evicted after 14 days unused.
+//! touched on every hit, and evicted after 14 days unused or, least recently used first, when
+//! the cache outgrows its size bound (a machine whose builds see many keys, such as a CI
+//! machine over weeks of commits, must not fill its disk with objects it will never read).
 
 use std::collections::HashMap;
 use std::fs;
@@ -16,13 +18,18 @@ use std::time::{Duration, SystemTime};
 
 use sha2::{Digest, Sha256};
 
-use super::{collect_files, Job, Tree};
+use super::{collect_files, eviction, Job, Tree};
 
 /// The environment variables nvcc reads extra flags from.
 pub const NVCC_ENV_FLAGS: [&str; 2] = ["NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS"];
 
 /// Objects unused this long are removed.
 const HORIZON: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// The cache's default size bound in MiB (`FLASHINFER_RS_OBJECT_CACHE_MIB` sets another): a
+/// full set of objects for both architectures and every feature takes a few hundred MiB, so
+/// this keeps several sets.
+const DEFAULT_BOUND_MIB: u64 = 4096;
 
 /// The cache directory, or none (`FLASHINFER_RS_NO_OBJECT_CACHE`).
 pub struct ObjectCache {
@@ -70,22 +77,21 @@ impl ObjectCache {
         }
     }
 
-    /// Removes objects unused for [`HORIZON`] (other inputs, flags or compilers).
-    pub fn evict_stale(&self) {
-        let Some(entries) = self.dir.as_ref().and_then(|d| fs::read_dir(d).ok()) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            let stale = entry
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age > HORIZON);
-            if stale {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
+    /// Removes objects unused for [`HORIZON`] (other inputs, flags or compilers), then, least
+    /// recently used first, what exceeds the size bound, sparing every object this build
+    /// used (touched at or after `build_started`); see build/eviction.rs.
+    pub fn evict(&self, build_started: SystemTime) {
+        let Some(dir) = &self.dir else { return };
+        let bound_mib = std::env::var("FLASHINFER_RS_OBJECT_CACHE_MIB")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(DEFAULT_BOUND_MIB);
+        eviction::evict(
+            dir,
+            bound_mib.saturating_mul(1 << 20),
+            HORIZON,
+            build_started,
+        );
     }
 }
 

@@ -30,17 +30,28 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 started=$(date +%s)
-# Line tables instead of full debug info in the dev/test builds (here, in candle's and in the
-# packaged crates'): a panic's backtrace still names file and line, and rustc and the linker do
+# CI builds from a clean clone, every crate once: incremental compilation's caches would cost
+# time and never be read. Nor would debug info (three quarters of a test binary's 100 MB with
+# line tables: a cold run's target dirs took 6.6 GB with them); a failing test still says
+# where it failed.
+if [ "${CI:-}" = true ]; then
+  export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+  export CARGO_PROFILE_DEV_DEBUG=${CARGO_PROFILE_DEV_DEBUG:-0}
+  export CARGO_PROFILE_DEV_STRIP=${CARGO_PROFILE_DEV_STRIP:-debuginfo}
+fi
+# Elsewhere, line tables instead of full debug info in the dev/test builds (here, in candle's
+# and in the packaged crates'): a panic's backtrace still names file and line, and rustc and the linker do
 # much less on a run that is bound by compile time.
 export CARGO_PROFILE_DEV_DEBUG=${CARGO_PROFILE_DEV_DEBUG:-line-tables-only}
-# CI builds from a clean clone, every crate once: incremental compilation's caches would cost
-# time and never be read.
-if [ "${CI:-}" = true ]; then export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}; fi
 # Each stage line says the disk space left where the builds write (a CI machine's disk once
 # filled during a link, which then died of SIGBUS): a failure for want of space shows as such.
 free_space() { df -h --output=avail "$root" 2>/dev/null | tail -n 1 | tr -d ' '; }
 stage() { echo "== $1 ($(( $(date +%s) - started )) s so far, $(free_space) free)"; }
+# A cold run's builds and downloads took 8 GB with line tables (session 22), about 5 GB as CI
+# builds: where less is free, say so before the hour of building that would end in a dead link.
+if [ "$(df --output=avail -k "$root" | tail -n 1)" -lt $((8 * 1024 * 1024)) ]; then
+  echo "warning: only $(free_space) of disk free where the builds write; a cold run needs about 8 GB" >&2
+fi
 
 python3 flashinfer-sys/vendor/fetch.py all
 
@@ -142,6 +153,8 @@ rm -rf "$empty"
 stage "6/8: beside candle with CUDA"
 await candle-deps
 bash scripts/candle-check.sh
+# Nothing after this reads candle's build (1.5 GB): on CI's clean clone, give the space back.
+if [ "${CI:-}" = true ]; then rm -rf "$root/target/candle-check"; fi
 
 # The fuzz smoke keeps one core busy for a minute and a half: it runs beside stage 7.
 await fuzz-build

@@ -27,9 +27,9 @@ pub const NVCC_ENV_FLAGS: [&str; 2] = ["NVCC_PREPEND_FLAGS", "NVCC_APPEND_FLAGS"
 const HORIZON: Duration = Duration::from_secs(14 * 24 * 3600);
 
 /// The cache's default size bound in MiB (`FLASHINFER_RS_OBJECT_CACHE_MIB` sets another): a
-/// full set of objects for both architectures and every feature takes a few hundred MiB, so
-/// this keeps several sets.
-const DEFAULT_BOUND_MIB: u64 = 4096;
+/// full set of objects, both architectures and every feature, took 34 MiB (session 22), so
+/// this keeps about 30 sets (branches, toolchains) and bounds what weeks of commits leave.
+const DEFAULT_BOUND_MIB: u64 = 1024;
 
 /// The cache directory, or none (`FLASHINFER_RS_NO_OBJECT_CACHE`).
 pub struct ObjectCache {

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # A candidate kernel's pack, to run beside main's in one GPU call: builds the GPU test binary and
-# the layer bench of REV (a commit or branch, e.g. decode-fused-quant-pdl) with PATCHES applied
+# the layer and routing benches of REV (a commit or branch, e.g. decode-fused-quant-pdl) with PATCHES applied
 # on top (git apply, e.g. a candidate of flashinfer-sys/csrc/probe/variants) in a git worktree,
-# and packs them as NAME/bin/{gpu,moe_layer} into NAME.tar.xz (about 5 MB; git-ignored):
+# and packs them as NAME/bin/{gpu,moe_layer,moe_routing} into NAME.tar.xz (git-ignored):
 #
 #     bash scripts/gpu-pack-variant.sh REV NAME [PATCH ...]   # here, e.g.
 #         bash scripts/gpu-pack-variant.sh main gpu-pack-v7 \
-#           flashinfer-sys/csrc/probe/variants/0007-....patch
+#           flashinfer-sys/csrc/probe/variants/0007-....patch   # or flashinfer-sys/candidates/
 #     PACK=NAME OUT=<dir> bash scripts/gpu-proof.sh layer-tests <filters>   # there
 #     PACK=NAME OUT=<dir> bash scripts/gpu-proof.sh variant-bench
 #
@@ -46,7 +46,7 @@ rm -rf "$name" && mkdir -p "$name/bin"
   python3 flashinfer-sys/vendor/fetch.py all
   cargo xtask executables --tests --copy-to "$root/$name/bin" -- \
     test --release -p flashinfer-rs --features "$features" --test gpu --no-run
-  cargo xtask executables --target moe_layer --copy-to "$root/$name/bin" -- \
+  cargo xtask executables --target moe_layer --target moe_routing --copy-to "$root/$name/bin" -- \
     bench -p flashinfer-rs --features "$features" --no-run
 )
 strip "$name/bin/"* 2>/dev/null || true

@@ -218,8 +218,14 @@ case ${1:-suite} in
     # The headings and the GPU line too: scripts/plot-layer.sh reads the layer and GPU from them.
     tables bench-candle '^(#|\||GPU:)'
     ;;
-  router-bench) # table 6, then the peers' routers, in one call (the same GPU, the same session)
+  router-bench) # table 6, then the peers' routers, in one call (the same GPU, the same session);
+    # with PACK (a candidate's pack, e.g. flashinfer-sys/candidates/router-*), its table 6 first
     unpack gpu-pack.tar.xz
+    if [ -n "${PACK:-}" ]; then
+      unpack "$pack.tar.xz"
+      part "bench-topk$tag" "$pack/bin/moe_routing" topk
+      tables "bench-topk$tag"
+    fi
     part bench-topk bash gpu-pack/bench.sh topk
     tables bench-topk
     part bench-topk-peers python3 scripts/bench_peer_routers.py

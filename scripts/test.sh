@@ -47,8 +47,9 @@ export CARGO_PROFILE_DEV_DEBUG=${CARGO_PROFILE_DEV_DEBUG:-line-tables-only}
 # filled during a link, which then died of SIGBUS): a failure for want of space shows as such.
 free_space() { df -h --output=avail "$root" 2>/dev/null | tail -n 1 | tr -d ' '; }
 stage() { echo "== $1 ($(( $(date +%s) - started )) s so far, $(free_space) free)"; }
-# A cold run's builds and downloads took 8 GB with line tables (session 22), about 5 GB as CI
-# builds: where less is free, say so before the hour of building that would end in a dead link.
+# A cold run's builds and downloads took 8 GB with line tables (session 22: target dirs 6.6 GB,
+# cache 1.3 GB); as CI builds, the target dirs ended at 2.2 GB. Where less is free, say so
+# before the hour of building that would end in a dead link.
 if [ "$(df --output=avail -k "$root" | tail -n 1)" -lt $((8 * 1024 * 1024)) ]; then
   echo "warning: only $(free_space) of disk free where the builds write; a cold run needs about 8 GB" >&2
 fi

@@ -40,8 +40,8 @@ if [ "${CI:-}" = true ]; then
   export CARGO_PROFILE_DEV_STRIP=${CARGO_PROFILE_DEV_STRIP:-debuginfo}
 fi
 # Elsewhere, line tables instead of full debug info in the dev/test builds (here, in candle's
-# and in the packaged crates'): a panic's backtrace still names file and line, and rustc and the linker do
-# much less on a run that is bound by compile time.
+# and in the packaged crates'): a panic's backtrace still names file and line, and rustc and
+# the linker do much less on a run that is bound by compile time.
 export CARGO_PROFILE_DEV_DEBUG=${CARGO_PROFILE_DEV_DEBUG:-line-tables-only}
 # Each stage line says the disk space left where the builds write (a CI machine's disk once
 # filled during a link, which then died of SIGBUS): a failure for want of space shows as such.
@@ -87,8 +87,9 @@ on_exit() {
   local rc=$?
   for p in "${bg_pid[@]}"; do kill "$p" 2>/dev/null || true; done
   if [ "$rc" != 0 ]; then
-    echo "failed with exit $rc after $(( $(date +%s) - started )) s; disk space left: $(free_space)" >&2
-    du -sh "$root"/target/* "${FLASHINFER_RS_CACHE:-$HOME/.cache/flashinfer-rs}" 2>/dev/null | sort -h | tail -n 8 >&2 || true
+    echo "failed (exit $rc) after $(( $(date +%s) - started )) s, $(free_space) of disk free" >&2
+    du -sh "$root"/target/* "${FLASHINFER_RS_CACHE:-$HOME/.cache/flashinfer-rs}" 2>/dev/null \
+      | sort -h | tail -n 8 >&2 || true
   fi
 }
 trap on_exit EXIT

@@ -4,7 +4,8 @@
 # Qwen3-30B-A3B and DeepSeek-V3-sized layers. Run from the repository root:
 #
 #     bash scripts/decode-probe.sh [DIR ...]     # MOE_DECODE_PROBE_TOKENS=1,8 times those sizes only
-#     bash scripts/decode-probe.sh build         # only builds this tree's probe (CI, no GPU)
+#     bash scripts/decode-probe.sh build [DIR ...]  # only builds the probes: this tree's and each
+#                                                 # DIR's (CI, scripts/decode-variants.sh; no GPU)
 #
 # Each DIR (optional): a folder holding another moe_decode.cu and moe_decode.h of the same
 # interface (e.g. from `git show <rev>:flashinfer-sys/csrc/moe_decode.cu`, a variant on a branch);
@@ -14,18 +15,26 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 csrc=flashinfer-sys/csrc
 out=${TMPDIR:-/tmp}/moe_decode_probe
+probe() { # dir binary: the probe against dir's moe_decode.cu (and header, found first)
+  nvcc -std=c++17 -O3 -arch=sm_90a -I"$1" -I"$csrc" "$csrc/probe/moe_decode_probe.cu" \
+    "$1/moe_decode.cu" -o "$2"
+}
 if [ "${1:-}" = build ]; then
-  nvcc -std=c++17 -O3 -arch=sm_90a -I"$csrc" "$csrc/probe/moe_decode_probe.cu" \
-    "$csrc/moe_decode.cu" -o "$out"
+  probe "$csrc" "$out"
   echo "decode probe built: $out"
+  n=0
+  for dir in "${@:2}"; do
+    n=$((n + 1))
+    probe "$dir" "$out-$n"
+    echo "decode probe of $dir built: $out-$n"
+  done
   exit 0
 fi
 n=0
 failed=0
 for dir in "$@"; do
   n=$((n + 1))
-  nvcc -std=c++17 -O3 -arch=sm_90a -I"$dir" -I"$csrc" \
-    "$csrc/probe/moe_decode_probe.cu" "$dir/moe_decode.cu" -o "$out-$n"
+  probe "$dir" "$out-$n"
   echo "== $dir"
   # A failing candidate (a wrong result, a fault) is reported and the others still run.
   rc=0
@@ -33,6 +42,6 @@ for dir in "$@"; do
   if [ "$rc" != 0 ]; then failed=$((failed + 1)); echo "== $dir: exit $rc"; fi
 done
 [ "$n" = 0 ] || echo "== this tree"
-nvcc -std=c++17 -O3 -arch=sm_90a -I"$csrc" "$csrc/probe/moe_decode_probe.cu" "$csrc/moe_decode.cu" -o "$out"
+probe "$csrc" "$out"
 "$out"
 [ "$failed" = 0 ]

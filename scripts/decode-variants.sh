@@ -27,10 +27,4 @@ sed -e 's/^constexpr int kStage = 4;/constexpr int kStage = 2;/' \
 grep -q '^constexpr int kStage = 2;' v9s2/moe_decode.cu && grep -q '^constexpr int kFc1Blocks = 8;' v9s2/moe_decode.cu ||
   { echo "v9s2: candidate 9's kStage / kFc1Blocks lines not found" >&2; exit 1; }
 echo "decode candidates: v7 v7b v9 v9s2"
-if [ "${1:-}" = build ]; then
-  for dir in v7 v7b v9 v9s2; do
-    nvcc -std=c++17 -O3 -arch=sm_90a -I"$dir" -I"$csrc" "$csrc/probe/moe_decode_probe.cu" \
-      "$dir/moe_decode.cu" -o "${TMPDIR:-/tmp}/moe_decode_probe-$dir"
-    echo "$dir: the probe builds"
-  done
-fi
+if [ "${1:-}" = build ]; then bash scripts/decode-probe.sh build v7 v7b v9 v9s2; fi

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A candidate kernel's pack, to run beside main's in one GPU call: builds the GPU test binary and
-# the layer and routing benches of REV (a commit or branch, e.g. decode-fused-quant-pdl) with PATCHES applied
-# on top (git apply, e.g. a candidate of flashinfer-sys/csrc/probe/variants) in a git worktree,
-# and packs them as NAME/bin/{gpu,moe_layer,moe_routing} into NAME.tar.xz (git-ignored):
+# the layer and routing benches of REV (a commit or branch, e.g. decode-fused-quant-pdl) with
+# PATCHES applied on top (git apply, e.g. a candidate of flashinfer-sys/csrc/probe/variants) in a
+# git worktree, and packs them as NAME/bin/{gpu,moe_layer,moe_routing} into NAME.tar.xz
+# (git-ignored):
 #
 #     bash scripts/gpu-pack-variant.sh REV NAME [PATCH ...]   # here, e.g.
 #         bash scripts/gpu-pack-variant.sh main gpu-pack-v7 \

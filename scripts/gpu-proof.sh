@@ -47,7 +47,8 @@
 #                                          # fused MoE (candle-transformers' FusedMoe) on the layer
 #                                          # bench's layers and sizes (MOE_LAYER_TOKENS picks rows);
 #                                          # its tables, headings and GPU line in bench-candle.md
-#     bash scripts/gpu-proof.sh router-bench  # gpu-pack.tar.xz: table 6 (`gpu-pack/bench.sh topk`:
+#     bash scripts/gpu-proof.sh router-bench [PACK...]  # gpu-pack.tar.xz: each candidate
+#                                          # PACK's table 6, then main's (`gpu-pack/bench.sh topk`:
 #                                          # our top-k router, upstream's, NoAuxTc, the floor),
 #                                          # then the peers' routers on the same GPU (SGLang's
 #                                          # moe_fused_gate, vLLM's triton_kernels top-k, from
@@ -218,14 +219,15 @@ case ${1:-suite} in
     # The headings and the GPU line too: scripts/plot-layer.sh reads the layer and GPU from them.
     tables bench-candle '^(#|\||GPU:)'
     ;;
-  router-bench) # table 6, then the peers' routers, in one call (the same GPU, the same session);
-    # with PACK (a candidate's pack, e.g. flashinfer-sys/candidates/router-*), its table 6 first
+  router-bench) # [PACK...]: table 6, then the peers' routers, in one call (the same GPU, the
+    # same session); each candidate's pack named (e.g. gpu-pack-R, from
+    # flashinfer-sys/candidates/router-*; PACK as well), its table 6 first
     unpack gpu-pack.tar.xz
-    if [ -n "${PACK:-}" ]; then
-      unpack "$pack.tar.xz"
-      part "bench-topk$tag" "$pack/bin/moe_routing" topk
-      tables "bench-topk$tag"
-    fi
+    for candidate in ${PACK:-} "${@:2}"; do
+      unpack "$candidate.tar.xz"
+      part "bench-topk-$candidate" "$candidate/bin/moe_routing" topk
+      tables "bench-topk-$candidate"
+    done
     part bench-topk bash gpu-pack/bench.sh topk
     tables bench-topk
     part bench-topk-peers python3 scripts/bench_peer_routers.py

@@ -4,7 +4,8 @@
 # candle's own f32 layer; and the peer of the layer bench, candle's own fused MoE
 # (downstream/candle/benches/candle_fused_moe.rs).
 #
-#     bash scripts/gpu-pack-candle.sh [DIR]     # here: DIR (default gpu-pack/candle)
+#     bash scripts/gpu-pack-candle.sh [DIR]     # here: DIR (default gpu-pack/candle, then tarred
+#                                               # alone into gpu-pack-candle.tar.xz)
 #     bash DIR/run.sh                           # there: the tests, FLASHINFER_RS_REQUIRE_GPU=1
 #     bash DIR/bench.sh [qwen3|deepseek]        # there: the bench (MOE_LAYER_TOKENS picks rows)
 set -euo pipefail
@@ -42,3 +43,8 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noh
 RUN
 chmod +x "$out/bench.sh"
 du -sh "$out"/bin/*
+# The default folder travels in its own tarball (gpu-proof.sh unpacks it beside gpu-pack.tar.xz).
+if [ "$out" = "$root/gpu-pack/candle" ]; then
+  XZ_OPT=${XZ_OPT:--T0} tar cJf gpu-pack-candle.tar.xz gpu-pack/candle
+  du -sh gpu-pack-candle.tar.xz
+fi

@@ -96,6 +96,9 @@ chmod +x gpu-pack/ranks.sh
 du -sh gpu-pack/bin/*
 # One compressed file to carry to a GPU machine (the device tool caps what it carries at 64 MiB;
 # the GPU machines have xz, not zstd):  tar xJf gpu-pack.tar.xz && bash gpu-pack/run.sh
-# gpu-pack/serve (scripts/gpu-pack-serve.sh) travels in its own tarball: both together pass 64 MiB.
-XZ_OPT=${XZ_OPT:--T0} tar cJf gpu-pack.tar.xz --exclude=gpu-pack/serve gpu-pack
+# gpu-pack/serve and gpu-pack/candle (scripts/gpu-pack-serve.sh, gpu-pack-candle.sh) travel in
+# their own tarballs: candle's binaries alone are 31 MB compressed, and this pack with a
+# candidate's beside it must stay under 64 MiB.
+XZ_OPT=${XZ_OPT:--T0} tar cJf gpu-pack.tar.xz --exclude=gpu-pack/serve --exclude=gpu-pack/candle \
+  gpu-pack
 du -sh gpu-pack.tar.xz

@@ -3,9 +3,10 @@
 # with its whole output in $OUT/<name>.log (the device tool brings $OUT back) and a line per
 # part in $OUT/summary.txt:
 #
-#     bash scripts/gpu-proof.sh suite      # gpu-pack.tar.xz: GPU suite + ranks + examples,
-#                                          # downstream/candle's tests, the layer bench, vLLM's
-#                                          # Triton fused MoE on the same GPU (gpu-pack/peers,
+#     bash scripts/gpu-proof.sh suite      # gpu-pack.tar.xz: GPU suite + ranks + examples;
+#                                          # gpu-pack-candle.tar.xz: downstream/candle's
+#                                          # tests; the layer bench, vLLM's Triton fused MoE
+#                                          # on the same GPU (gpu-pack/peers,
 #                                          # scripts/fetch-peers.sh), the decode kernels' probe
 #                                          # (longer than one 600 s device call since the fp8
 #                                          # layers came: on the device tool, run its parts by
@@ -43,10 +44,11 @@
 #                                          # 1,8,16,64,512)
 #     bash scripts/gpu-proof.sh block-layer  # gpu-pack.tar.xz: the block-scale layer's tests, the
 #                                          # layer bench, vLLM's block-fp8 MoE, in one call
-#     bash scripts/gpu-proof.sh candle-bench [qwen3|deepseek]  # gpu-pack.tar.xz: candle's own
-#                                          # fused MoE (candle-transformers' FusedMoe) on the layer
-#                                          # bench's layers and sizes (MOE_LAYER_TOKENS picks rows);
-#                                          # its tables, headings and GPU line in bench-candle.md
+#     bash scripts/gpu-proof.sh candle-bench [qwen3|deepseek]  # gpu-pack-candle.tar.xz:
+#                                          # candle's own fused MoE (candle-transformers'
+#                                          # FusedMoe) on the layer bench's layers and sizes
+#                                          # (MOE_LAYER_TOKENS picks rows); its tables,
+#                                          # headings and GPU line in bench-candle.md
 #     bash scripts/gpu-proof.sh router-bench [PACK...]  # gpu-pack.tar.xz: each candidate
 #                                          # PACK's table 6, then main's (`gpu-pack/bench.sh topk`:
 #                                          # our top-k router, upstream's, NoAuxTc, the floor),
@@ -61,9 +63,9 @@
 #                                          # backend, client repro, fixtures
 #     bash scripts/gpu-proof.sh serve-bench ours|peer   # the served-model bench, one side
 #
-# Here, first: `bash scripts/gpu-pack-candle.sh && bash scripts/gpu-pack.sh` (which tars both
-# into gpu-pack.tar.xz), or `bash scripts/gpu-pack-serve.sh && tar cJf gpu-pack-serve.tar.xz
-# gpu-pack/serve`.
+# Here, first: `bash scripts/gpu-pack.sh` (gpu-pack.tar.xz) and `bash scripts/gpu-pack-candle.sh`
+# (gpu-pack-candle.tar.xz: suite and candle-bench), or `bash scripts/gpu-pack-serve.sh && tar cJf
+# gpu-pack-serve.tar.xz gpu-pack/serve`.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/gpu-proof}
@@ -113,6 +115,7 @@ tables() { # name [pattern]: the part's table lines (default: those starting wit
 case ${1:-suite} in
   suite)
     tar xJf gpu-pack.tar.xz
+    tar xJf gpu-pack-candle.tar.xz
     part suite bash gpu-pack/run.sh
     part candle bash gpu-pack/candle/run.sh
     part bench-layer bash gpu-pack/bench.sh layer
@@ -215,6 +218,7 @@ case ${1:-suite} in
     ;;
   candle-bench) # [qwen3|deepseek]: candle's own fused MoE, the layer bench's peer
     unpack gpu-pack.tar.xz
+    tar xJf gpu-pack-candle.tar.xz
     part bench-candle bash gpu-pack/candle/bench.sh "${@:2}"
     # The headings and the GPU line too: scripts/plot-layer.sh reads the layer and GPU from them.
     tables bench-candle '^(#|\||GPU:)'

@@ -5,7 +5,7 @@
 #
 #     bash scripts/decode-probe.sh [DIR ...]     # MOE_DECODE_PROBE_TOKENS=1,8 times those sizes only
 #     bash scripts/decode-probe.sh build [DIR ...]  # only builds the probes: this tree's and each
-#                                                 # DIR's (CI, scripts/decode-variants.sh; no GPU)
+#                                                 # DIR's (CI, candidates' folders; no GPU)
 #
 # Each DIR (optional): a folder holding another moe_decode.cu and moe_decode.h of the same
 # interface (e.g. from `git show <rev>:flashinfer-sys/csrc/moe_decode.cu`, a variant on a branch);

@@ -6,8 +6,8 @@
 # (git-ignored):
 #
 #     bash scripts/gpu-pack-variant.sh REV NAME [PATCH ...]   # here, e.g.
-#         bash scripts/gpu-pack-variant.sh main gpu-pack-v7 \
-#           flashinfer-sys/csrc/probe/variants/0007-....patch   # or flashinfer-sys/candidates/
+#         bash scripts/gpu-pack-variant.sh main gpu-pack-vN \
+#           flashinfer-sys/csrc/probe/variants/000N-....patch   # or flashinfer-sys/candidates/
 #     PACK=NAME OUT=<dir> bash scripts/gpu-proof.sh layer-tests <filters>   # there
 #     PACK=NAME OUT=<dir> bash scripts/gpu-proof.sh variant-bench
 #

@@ -29,7 +29,7 @@
 extern "C" {
 #endif
 
-#define FI_ABI_VERSION 11
+#define FI_ABI_VERSION 12
 
 /* ---- status --------------------------------------------------------------------------- */
 
@@ -220,6 +220,7 @@ typedef struct fi_topk_params {
   int32_t norm_topk_prob;        /**< SigmoidRenorm, DeepSeekV2: renormalise the chosen weights */
   fi_dtype logits_dtype;         /**< F32 or BF16 */
   fi_dtype bias_dtype;           /**< F32 or BF16 (read only with a bias) */
+  int32_t use_pdl;               /**< launch with programmatic dependent launch */
 } fi_topk_params;
 
 /** Where a top-k call reads and writes; every output may be NULL, not all of them.

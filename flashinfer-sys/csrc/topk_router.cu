@@ -214,20 +214,19 @@ __device__ __forceinline__ float group_scores(const Args& a, const uint32_t* ord
   return mine;
 }
 
-// Bit g set: group g is among the `topk_group` best (larger score, then smaller index), by
-// `topk_group` rounds of a warp arg-max over lanes g < n_group.
+// Bit g set: group g is among the `topk_group` best (larger score, then smaller index). Each lane
+// g < n_group counts the groups ahead of its own (8 independent shuffles of the ordered scores);
+// the ranks are a permutation, so exactly `topk_group` are kept. (topk_group rounds of two
+// dependent REDUX made the same choice with a longer chain.)
 __device__ __forceinline__ uint32_t kept_groups(const Args& a, float mine, int lane) {
-  const uint64_t own = lane < a.n_group ? candidate(order_of(mine), lane) : 0ull;
-  const uint32_t own_ord = static_cast<uint32_t>(own >> 32);
-  bool open = lane < a.n_group;
-  uint32_t kept = 0;
-  for (int r = 0; r < a.topk_group; ++r) {
-    const uint32_t m = __reduce_max_sync(kFull, open ? own_ord : 0u);
-    const uint32_t inv = __reduce_max_sync(kFull, open && own_ord == m ? ~lane : 0u);
-    kept |= 1u << ~inv;
-    if (lane == static_cast<int>(~inv)) open = false;
+  const uint32_t own = order_of(mine);
+  int ahead = 0;
+#pragma unroll
+  for (int g = 0; g < 8; ++g) {
+    const uint32_t other = __shfl_sync(kFull, own, g);
+    ahead += (g < a.n_group && (other > own || (other == own && g < lane))) ? 1 : 0;
   }
-  return kept;
+  return __ballot_sync(kFull, lane < a.n_group && ahead < a.topk_group);
 }
 
 // The method's selection keys of this lane's slots (one branch per row, not per slot).
@@ -350,20 +349,21 @@ __device__ __forceinline__ void load_bias(const Args& a, int lane, float* bias) 
   }
 }
 
-__device__ __forceinline__ void order_pair(uint64_t* c, int i, int j) {
-  const uint64_t hi = c[i] > c[j] ? c[i] : c[j];
-  const uint64_t lo = c[i] > c[j] ? c[j] : c[i];
+template <typename Key>
+__device__ __forceinline__ void order_pair(Key* c, int i, int j) {
+  const Key hi = c[i] > c[j] ? c[i] : c[j];
+  const Key lo = c[i] > c[j] ? c[j] : c[i];
   c[i] = hi;
   c[j] = lo;
 }
 
 // Batcher's odd-even merge of the sorted halves of [Lo, Lo + N) at stride R (N a power of two).
-template <int Lo, int N, int R>
-__device__ __forceinline__ void merge_candidates(uint64_t* c) {
+template <int Lo, int N, int R, typename Key>
+__device__ __forceinline__ void merge_candidates(Key* c) {
   constexpr int kStep = 2 * R;
   if constexpr (kStep < N) {
-    merge_candidates<Lo, N, kStep>(c);
-    merge_candidates<Lo + R, N, kStep>(c);
+    merge_candidates<Lo, N, kStep, Key>(c);
+    merge_candidates<Lo + R, N, kStep, Key>(c);
 #pragma unroll
     for (int i = Lo + R; i + R < Lo + N; i += kStep) order_pair(c, i, i + R);
   } else {
@@ -373,12 +373,12 @@ __device__ __forceinline__ void merge_candidates(uint64_t* c) {
 
 // Sorts candidates [Lo, Lo + N), best first: Batcher's odd-even merge sort, expanded at
 // compile time so that the candidates stay in registers.
-template <int Lo, int N>
-__device__ __forceinline__ void sort_candidates(uint64_t* c) {
+template <int Lo, int N, typename Key>
+__device__ __forceinline__ void sort_candidates(Key* c) {
   if constexpr (N > 1) {
-    sort_candidates<Lo, N / 2>(c);
-    sort_candidates<Lo + N / 2, N / 2>(c);
-    merge_candidates<Lo, N, 1>(c);
+    sort_candidates<Lo, N / 2, Key>(c);
+    sort_candidates<Lo + N / 2, N / 2, Key>(c);
+    merge_candidates<Lo, N, 1, Key>(c);
   }
 }
 
@@ -403,7 +403,7 @@ __device__ __forceinline__ Chosen sorted_top_k(const uint32_t* ord, uint64_t ope
     c[v] = ((open >> v) & 1) ? candidate(ord[v], static_cast<uint32_t>(expert_of<W>(lane, v)))
                              : 0ull;
   }
-  sort_candidates<0, V>(c);
+  sort_candidates<0, V, uint64_t>(c);
   Chosen out{0u, 0u, 0u};
   for (int r = 0; r < k; ++r) {
     const uint32_t head_ord = static_cast<uint32_t>(c[0] >> 32);
@@ -420,6 +420,50 @@ __device__ __forceinline__ Chosen sorted_top_k(const uint32_t* ord, uint64_t ope
       for (int v = 0; v + 1 < V; ++v) c[v] = c[v + 1];
       c[V - 1] = 0ull;
     }
+  }
+  return out;
+}
+
+// Keys that are bf16 values widened (the raw logit of bf16 logits: Renormalize,
+// RenormalizeNaive, TopK, Llama4) have ordered keys whose low 16 bits follow from the high 16
+// (0 for a positive key, all ones for a negative one: the widened value's low 16 bits are 0),
+// so the high 16 bits order them exactly and a candidate fits 32 bits: that key above the
+// inverted expert index (experts < 2048). One 32-bit REDUX a round instead of two dependent
+// ones, and 32-bit compares in the sort. `narrow_ord` keeps the high half; `widen_ord` puts the
+// ordered key back.
+__device__ __forceinline__ uint32_t widen_ord(uint32_t key16) {
+  return (key16 << 16) | ((key16 & 0x8000u) ? 0u : 0xffffu);
+}
+
+// As sorted_top_k, for keys that are bf16 values (above).
+template <int V, int W>
+__device__ __forceinline__ Chosen sorted_top_k_bf16(const uint32_t* ord, uint64_t open, int k,
+                                                    int lane) {
+  uint32_t c[V];
+#pragma unroll
+  for (int v = 0; v < V; ++v) {
+    // 0 is a closed slot, below every expert (whose inverted index is at least 0xf800).
+    c[v] = ((open >> v) & 1)
+               ? (ord[v] & 0xffff0000u) | (~static_cast<uint32_t>(expert_of<W>(lane, v)) & 0xffffu)
+               : 0u;
+  }
+  sort_candidates<0, V, uint32_t>(c);
+  // The rounds keep the winners' candidates; they are decoded once, after.
+  uint32_t best = 0u, mine = 0u;
+  for (int r = 0; r < k; ++r) {
+    const uint32_t m = __reduce_max_sync(kFull, c[0]);
+    if (r == 0) best = m;
+    if (lane == r) mine = m;
+    if (c[0] == m) {  // candidates are distinct (one expert each): one lane pops
+#pragma unroll
+      for (int v = 0; v + 1 < V; ++v) c[v] = c[v + 1];
+      c[V - 1] = 0u;
+    }
+  }
+  Chosen out{0u, 0u, widen_ord(best >> 16)};
+  if (lane < k) {
+    out.expert = ~mine & 0xffffu;
+    out.ord = widen_ord(mine >> 16);
   }
   return out;
 }
@@ -466,7 +510,8 @@ __device__ __forceinline__ Chosen rescan_top_k(const uint32_t* ord, uint64_t ope
   return c;
 }
 
-template <typename In, int V, int W>
+// kBf16Keys: the method's key is the bf16 logit itself (sorted_top_k_bf16; the host decides).
+template <typename In, int V, int W, bool kBf16Keys>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32) topk_route(const Args a) {
   // Up to 16 slots a lane, the next row is read while this one is selected (registers allow).
   constexpr bool kSmall = V <= 16;
@@ -476,6 +521,14 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) topk_route(const Args a) 
   const int warps = gridDim.x * per_block;
   const int e = a.num_experts, k = a.top_k;
   const In* logits = static_cast<const In*>(a.logits);
+  // Launched with programmatic dependent launch (fi_topk_route, `use_pdl`), the grid may start
+  // while the stream's previous kernel drains: it reads and writes nothing before that kernel
+  // has ended and its writes are visible (the logits are usually its output; the bias and the
+  // outputs may be someone's too). Then the stream's next kernel may be scheduled; one
+  // launched so waits for this grid's end before it reads what this writes. Without the
+  // attribute both instructions return at once.
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;");
 
   // What does not depend on the token, once per warp: the bias, the slots holding experts,
   // and (grouped) the slots of each group.
@@ -534,7 +587,10 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) topk_route(const Args a) 
     }
 
     Chosen c;
-    if constexpr (kSmall) {
+    if constexpr (kBf16Keys) {
+      static_assert(kSmall && std::is_same_v<In, __nv_bfloat16>, "bf16 keys: bf16 logits, V <= 16");
+      c = sorted_top_k_bf16<V, W>(ord, open, k, lane);
+    } else if constexpr (kSmall) {
       c = sorted_top_k<V, W>(ord, open, k, lane);
     } else {
       c = rescan_top_k<V, W>(ord, open, k, lane);
@@ -581,57 +637,65 @@ int once_per_device(std::atomic<int> (&cache)[64], int device, Query query) {
   return n;
 }
 
-template <typename In, int V, int W>
+template <typename In, int V, int W, bool K>
 int resident_blocks(int device) {
   static std::atomic<int> cache[64];
   return once_per_device(cache, device, [] {
     int n = 0;
     fi::check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-                       &n, topk_route<In, V, W>, kWarpsPerBlock * 32, 0),
+                       &n, topk_route<In, V, W, K>, kWarpsPerBlock * 32, 0),
                    "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
     return n;
   });
 }
 
-template <typename In, int V, int W>
+template <typename In, int V, int W, bool K>
 constexpr Launch launch_of() {
-  return Launch{topk_route<In, V, W>, resident_blocks<In, V, W>};
+  return Launch{topk_route<In, V, W, K>, resident_blocks<In, V, W, K>};
 }
 
 // Instantiations: V experts per lane (a power of two, E <= 32 * V), W per chunk: the widest
 // vector load of at most 16 bytes and V values (fp32 x 4, bf16 x 8 or x 4) where the row
-// allows, else 1.
+// allows, else 1; K: 32-bit candidates for bf16 keys (bf16 logits, V <= 16).
 template <typename In, int V>
 constexpr int vector_width() {
   return std::min<int>(V, 16 / sizeof(In));
 }
 
-template <typename In, int V>
+template <typename In, int V, bool K>
 Launch pick_width(bool vec) {
   constexpr int kWidth = vector_width<In, V>();
   if constexpr (kWidth > 1) {
-    if (vec) return launch_of<In, V, kWidth>();
+    if (vec) return launch_of<In, V, kWidth, K>();
   }
-  return launch_of<In, V, 1>();
+  return launch_of<In, V, 1, K>();
+}
+
+template <typename In, int V>
+Launch pick_keys(bool vec, bool bf16_keys) {
+  if constexpr (std::is_same_v<In, __nv_bfloat16> && V <= 16) {
+    if (bf16_keys) return pick_width<In, V, true>(vec);
+  }
+  return pick_width<In, V, false>(vec);
 }
 
 template <typename In>
-Launch pick(int v, bool vec) {
+Launch pick(int v, bool vec, bool bf16_keys) {
   switch (v) {
     case 1:
-      return pick_width<In, 1>(vec);
+      return pick_keys<In, 1>(vec, bf16_keys);
     case 2:
-      return pick_width<In, 2>(vec);
+      return pick_keys<In, 2>(vec, bf16_keys);
     case 4:
-      return pick_width<In, 4>(vec);
+      return pick_keys<In, 4>(vec, bf16_keys);
     case 8:
-      return pick_width<In, 8>(vec);
+      return pick_keys<In, 8>(vec, bf16_keys);
     case 16:
-      return pick_width<In, 16>(vec);
+      return pick_keys<In, 16>(vec, bf16_keys);
     case 32:
-      return pick_width<In, 32>(vec);
+      return pick_keys<In, 32>(vec, bf16_keys);
     default:
-      return pick_width<In, 64>(vec);
+      return pick_keys<In, 64>(vec, bf16_keys);
   }
 }
 
@@ -742,7 +806,13 @@ extern "C" fi_status fi_topk_route(const fi_topk_params* params, const fi_topk_b
     // blocks, SGLang's one-warp programs flat at 3.4-3.6). Past that, blocks of kWarpsPerBlock,
     // at most two waves of them resident, whose warps loop over tokens (two waves measured 2-7%
     // faster than one at 131072 tokens on an H200, four no better).
-    const Launch launch = bf16 ? pick<__nv_bfloat16>(v, vec) : pick<float>(v, vec);
+    // The methods whose key is the logit itself: with bf16 logits, 32-bit candidates
+    // (sorted_top_k_bf16).
+    const bool bf16_keys =
+        bf16 && (p.method == FI_ROUTING_RENORMALIZE || p.method == FI_ROUTING_RENORMALIZE_NAIVE ||
+                 p.method == FI_ROUTING_TOPK || p.method == FI_ROUTING_LLAMA4);
+    const Launch launch =
+        bf16 ? pick<__nv_bfloat16>(v, vec, bf16_keys) : pick<float>(v, vec, false);
     const int sms = sm_count(device);
     const int per_block = p.num_tokens <= sms         ? 1
                           : p.num_tokens <= 2 * sms   ? 2
@@ -750,8 +820,19 @@ extern "C" fi_status fi_topk_route(const fi_topk_params* params, const fi_topk_b
                                                       : kWarpsPerBlock;
     const int needed = (p.num_tokens + per_block - 1) / per_block;
     const int blocks = std::min(needed, 2 * sms * launch.resident_blocks(device));
-    launch.kernel<<<blocks, per_block * 32, 0, static_cast<cudaStream_t>(stream)>>>(a);
-    fi::check_cuda(cudaGetLastError(), "top-k router launch");
+    // Programmatic dependent launch (`use_pdl`): the launch and the grid's start overlap the
+    // previous kernel's tail (its blocks wait for it first, topk_route); after anything but a
+    // kernel, or without the attribute, the grid starts when the stream's earlier work ends.
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(blocks);
+    config.blockDim = dim3(per_block * 32);
+    config.stream = static_cast<cudaStream_t>(stream);
+    cudaLaunchAttribute pdl{};
+    pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    pdl.val.programmaticStreamSerializationAllowed = 1;
+    config.attrs = &pdl;
+    config.numAttrs = p.use_pdl != 0 ? 1 : 0;
+    fi::check_cuda(cudaLaunchKernelEx(&config, launch.kernel, a), "top-k router launch");
   });
 }
 

@@ -20,8 +20,10 @@ use crate::replay::{check_replay, ReplayView};
 /// top-k) that [`RoutingConfig::validate_topk`] accepts (what [`RoutingConfig::validate`]
 /// accepts, plus the methods upstream has no kernel for, e.g.
 /// [`DeepSeekV2`](super::RoutingMethod::DeepSeekV2)), the same order and tie rule as the
-/// oracle ([`oracle::route_topk`](super::oracle::route_topk)). The expert-parallel range,
-/// `tile_tokens_dim` and `use_pdl` do not apply (ids are global; no permutation is built).
+/// oracle ([`oracle::route_topk`](super::oracle::route_topk)). The expert-parallel range and
+/// `tile_tokens_dim` do not apply (ids are global; no permutation is built); `use_pdl` (on
+/// in [`RoutingConfig::new`]) launches the kernel with programmatic dependent launch, so that
+/// its start overlaps the end of the kernel before it (which it waits for before it reads).
 #[derive(Debug, Clone, Copy)]
 pub struct TopKRouter {
     plan: TopKPlan,
@@ -150,6 +152,7 @@ impl TopKRouter {
                 .bias
                 .as_ref()
                 .map_or(sys::fi_dtype::FI_DTYPE_F32, Logits::dtype),
+            use_pdl: c.use_pdl as i32,
         }
     }
 }

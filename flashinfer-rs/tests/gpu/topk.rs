@@ -2,13 +2,15 @@
 //! (`oracle::route_topk`: the models' reference routers, bias as given): the routing matrix
 //! (every method, every (experts, top-k) of `routing::matrix`, token counts 1..16384, fp32 and
 //! bf16 logits, every input regime), the numeric edges (sigmoid underflow, GLM-5-like biases,
-//! NaN and infinities), 65536 tokens for the benchmark models, and a CUDA graph replay; and
-//! DeepSeekV2, which only this router has (`deepseek_v2_configs`).
+//! NaN and infinities), 65536 tokens for the benchmark models, a CUDA graph replay, a call
+//! that routes the previous call's output (programmatic dependent launch); and DeepSeekV2,
+//! which only this router has (`deepseek_v2_configs`).
 //! Every case runs with and without a replay buffer, and the outputs must be bit-identical.
 use flashinfer_rs::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use flashinfer_rs::cudarc::driver::CudaSlice;
 use flashinfer_rs::half::bf16;
 use flashinfer_rs::routing::oracle::{self, Regime};
-use flashinfer_rs::routing::{RoutingConfig, RoutingMethod, TopKOutputs, TopKRouter};
+use flashinfer_rs::routing::{RouteInput, RoutingConfig, RoutingMethod, TopKOutputs, TopKRouter};
 use flashinfer_rs::ReplayView;
 
 use crate::common::{env_list, gpu, report, Gpu};
@@ -375,5 +377,108 @@ fn a_graphed_top_k_call_reruns_with_fresh_logits() {
         }
         unsafe { g.ctx.enable_event_tracking() };
         eprintln!("{test}: {}: 5 graph replays matched the oracle", model.name);
+    }
+}
+
+/// Two top-k calls back to back on one stream, the second routing what the first wrote (its
+/// fp32 weights as logits) with nothing between them: with `use_pdl` the second's grid may
+/// start while the first drains, and must still read all of the first's output. 65536 tokens
+/// (a first call long enough for an early start to show), PDL on and off, the first call's
+/// output filled with NaN beforehand; each call against the oracle (`route_topk`), the
+/// second's on what the first wrote. The first is MiniMax2 with GLM-5-like biases, which
+/// select while the weights come from the un-biased sigmoids, so the weights are not in the
+/// order of the keys and the second's choice is not simply the first columns (on the CPU
+/// oracle: a different set of 8 for each of 1000 tokens).
+#[test]
+fn a_top_k_call_reading_the_previous_calls_output_waits_for_it() {
+    let test = "topk::a_top_k_call_reading_the_previous_calls_output_waits_for_it";
+    let Some(g) = gpu(test) else {
+        return;
+    };
+    let s = &g.stream;
+    let t = 65536usize;
+    let method = RoutingMethod::MiniMax2 {
+        routed_scaling_factor: 2.5,
+    };
+    let download = |ids: &CudaSlice<i32>, w: &CudaSlice<f32>| {
+        let weights_f32: Vec<u32> = s
+            .clone_dtoh(w)
+            .unwrap()
+            .iter()
+            .map(|w| w.to_bits())
+            .collect();
+        Outcome {
+            replay: None,
+            ids: s.clone_dtoh(ids).unwrap(),
+            // Not written by these calls: the fp32 weights rounded, for `compare`.
+            weights_bf16: weights_f32
+                .iter()
+                .map(|&w| bf16::from_f32(f32::from_bits(w)).to_bits())
+                .collect(),
+            weights_f32,
+        }
+    };
+    for use_pdl in [true, false] {
+        let mut first = RoutingConfig::new(method, 256, 32);
+        let mut second = RoutingConfig::new(RoutingMethod::Renormalize, 32, 8);
+        first.use_pdl = use_pdl;
+        second.use_pdl = use_pdl;
+        let (r1, r2) = (
+            TopKRouter::new(first).unwrap(),
+            TopKRouter::new(second).unwrap(),
+        );
+        for seed in 0..3u64 {
+            let d1 = case_data_for(
+                oracle::route_topk,
+                &first,
+                Regime::LargeBias,
+                t,
+                false,
+                40 + seed,
+            );
+            let inputs = DeviceInputs::upload(s, &d1);
+            let mut ids1 = s.alloc_zeros::<i32>(t * 32).unwrap();
+            let mut w1 = s.clone_htod(&vec![f32::NAN; t * 32]).unwrap();
+            let mut ids2 = s.alloc_zeros::<i32>(t * 8).unwrap();
+            let mut w2 = s.alloc_zeros::<f32>(t * 8).unwrap();
+            s.synchronize().unwrap();
+            // The two calls, nothing between them.
+            {
+                let mut out1 = TopKOutputs {
+                    ids: Some(ids1.as_view_mut()),
+                    weights_f32: Some(w1.as_view_mut()),
+                    weights_bf16: None,
+                };
+                r1.route(s, &inputs.input(t), &mut out1, None).unwrap();
+            }
+            {
+                let middle = RouteInput {
+                    logits: (&w1).into(),
+                    bias: None,
+                    num_tokens: t,
+                };
+                let mut out2 = TopKOutputs {
+                    ids: Some(ids2.as_view_mut()),
+                    weights_f32: Some(w2.as_view_mut()),
+                    weights_bf16: None,
+                };
+                r2.route(s, &middle, &mut out2, None).unwrap();
+            }
+            let got1 = download(&ids1, &w1);
+            if let Some(why) = compare(&first, &d1, &got1) {
+                panic!("use_pdl {use_pdl}, seed {seed}: the first call: {why}");
+            }
+            let written: Vec<f32> = got1
+                .weights_f32
+                .iter()
+                .map(|&b| f32::from_bits(b))
+                .collect();
+            let d2 =
+                CaseData::with_oracle(&second, t, false, written, None, false, oracle::route_topk);
+            if let Some(why) = compare(&second, &d2, &download(&ids2, &w2)) {
+                panic!("use_pdl {use_pdl}, seed {seed}: the second call: {why}");
+            }
+        }
+        eprintln!("{test}: use_pdl {use_pdl}: 3 chained pairs of 65536 tokens matched the oracle");
     }
 }

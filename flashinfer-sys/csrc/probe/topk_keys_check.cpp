@@ -1,5 +1,5 @@
-// router-2 (flashinfer-sys/candidates/README.md): a host check of its 32-bit candidates for
-// bf16 keys. g++ -O2 router-2-keys-check.cpp && ./a.out  (about 3 s)
+// topk_router.cu's 32-bit candidates for bf16 keys (session 22's candidate router-2, main since
+// session 23), checked on the host: g++ -O2 topk_keys_check.cpp && ./a.out  (about 3 s)
 #include <cstdint>
 #include <cstdio>
 #include <cstring>

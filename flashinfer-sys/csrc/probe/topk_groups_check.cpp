@@ -1,4 +1,5 @@
-// router-3 (flashinfer-sys/candidates/README.md): a host check. g++ -O2 router-3-groups-check.cpp && ./a.out
+// topk_router.cu's kept_groups (session 22's candidate router-3, main since session 23), checked
+// on the host: g++ -O2 topk_groups_check.cpp && ./a.out
 // kept_groups by rank counting equals topk_group rounds of (max ordered score, then the
 // smallest lane among the maxima), over every pattern of 8 group scores drawn from 4 ordered keys
 // (ties everywhere; 0 is the ordered key of the all-ones NaN), every n_group and topk_group.

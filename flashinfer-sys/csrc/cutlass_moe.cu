@@ -435,8 +435,9 @@ extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
     // Programmatic dependent launch, upstream's default on sm_90 (`device_support_pdl`): each of
     // the runner's kernels may be scheduled while the one before it drains, and waits
     // (griddepcontrol.wait, CUTLASS_ENABLE_GDC_FOR_SM90) for its completion before reading its
-    // output. The first kernel waits for our router (launched without the attribute), and
-    // whatever the caller launches next waits for the last one as usual. Graph capture keeps
+    // output. The first one does so for our router too, which lets its dependents launch
+    // early since it is launched with programmatic dependent launch itself (topk_router.cu),
+    // and whatever the caller launches next waits for the last one as usual. Graph capture keeps
     // these as programmatic edges.
     layer->runner->runMoe(
         input, /*input_sf=*/nullptr, /*swizzled_input_sf=*/false, b.expert_ids,

@@ -594,6 +594,8 @@ template <class F>
 void launch(const Problem& p, cudaStream_t stream) {
   const dim3 block(kWarps * kWarp);
   const unsigned pairs = unsigned(p.tokens) * unsigned(p.top_k);
+  // Without programmatic dependent launch: fc1 reads the routed ids at once, and the top-k router
+  // before it lets dependents start early (topk_router.cu), so fc1 must start after its end.
   fc1_swiglu<F><<<dim3(pairs, (p.inter + kWarps - 1) / kWarps), block, 0, stream>>>(p);
   check_cuda(cudaGetLastError(), "the decode path's fc1_swiglu launch");
   if constexpr (std::is_same_v<F, Fp8Blocks>) {

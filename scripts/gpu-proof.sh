@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU session's proof, on the GPU machine: unpacks the packs carried there and runs, each
-# with its whole output in $OUT/<name>.log (the device tool brings $OUT back) and a line per
-# part in $OUT/summary.txt:
+# part's whole output in <name>.log (its tables in <name>.md) packed into $OUT/logs.tar.xz, and
+# a line per part in $OUT/summary.txt (the device tool brings $OUT back, at most 8 files: two
+# here, however many parts one call runs):
 #
 #     bash scripts/gpu-proof.sh suite      # gpu-pack.tar.xz: GPU suite + ranks + examples;
 #                                          # gpu-pack-candle.tar.xz: downstream/candle's
@@ -71,6 +72,11 @@ cd "$(dirname "$0")/.."
 out=${OUT:-/tmp/gpu-proof}
 mkdir -p "$out"
 summary=$out/summary.txt
+# Each part's files, in a folder of this $OUT's own (so several invocations in one device call
+# add up), packed into $out/logs.tar.xz whenever this script ends.
+logs=${TMPDIR:-/tmp}/gpu-proof-logs-$(printf %s "$out" | cksum | cut -d' ' -f1)
+mkdir -p "$logs"
+trap 'tar cJf "$out/logs.tar.xz" -C "$logs" .' EXIT
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader \
   | tee -a "$summary"
 
@@ -85,13 +91,13 @@ unpack() { # pack.tar.xz: the pack this call carried, over whatever an earlier c
   if [ -f "$1" ]; then tar xJf "$1"; fi
 }
 
-part() { # name command...: runs one part, its output to $out/name.log, a line to the summary
+part() { # name command...: runs one part, its output to $logs/name.log, a line to the summary
   local name=$1 start rc
   shift
   start=$(date +%s)
-  "$@" > "$out/$name.log" 2>&1
+  "$@" > "$logs/$name.log" 2>&1
   rc=$?
-  echo "$name: exit $rc, $(($(date +%s) - start)) s; $(grep -E '^test result:' "$out/$name.log" \
+  echo "$name: exit $rc, $(($(date +%s) - start)) s; $(grep -E '^test result:' "$logs/$name.log" \
     | awk '{p+=$4; f+=$6; i+=$8} END {printf "%d passed, %d failed, %d ignored", p, f, i}')" \
     | tee -a "$summary"
 }
@@ -109,7 +115,7 @@ gpu_tests() { # name seconds [libtest args]: PACK's GPU test binary as a part, o
 }
 
 tables() { # name [pattern]: the part's table lines (default: those starting with |) to name.md
-  grep -E "${2:-^\|}" "$out/$1.log" > "$out/$1.md" || true
+  grep -E "${2:-^\|}" "$logs/$1.log" > "$logs/$1.md" || true
 }
 
 case ${1:-suite} in
@@ -253,7 +259,7 @@ case ${1:-suite} in
     unpack gpu-pack-serve.tar.xz
     cd gpu-pack/serve && source ./pack-cuda-libs.sh
     part "serve-bench-${2:-ours}" bin/serve-bench --config bench/qwen3-30b-a3b.json \
-      --only "${2:-ours}" --json "$out/serve-bench-${2:-ours}.json"
+      --only "${2:-ours}" --json "$logs/serve-bench-${2:-ours}.json"
     ;;
   *)
     echo "usage: $0 suite | tests [args] | memcheck [filters] | layer|layer-tests [filters] | layer-bench | router-bench |" \

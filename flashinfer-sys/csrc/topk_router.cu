@@ -429,8 +429,8 @@ __device__ __forceinline__ Chosen sorted_top_k(const uint32_t* ord, uint64_t ope
 // (0 for a positive key, all ones for a negative one: the widened value's low 16 bits are 0),
 // so the high 16 bits order them exactly and a candidate fits 32 bits: that key above the
 // inverted expert index (experts < 2048). One 32-bit REDUX a round instead of two dependent
-// ones, and 32-bit compares in the sort. `narrow_ord` keeps the high half; `widen_ord` puts the
-// ordered key back.
+// ones, and 32-bit compares in the sort. A candidate keeps the ordered key's high half
+// (`ord & 0xffff0000`); `widen_ord` puts the whole ordered key back.
 __device__ __forceinline__ uint32_t widen_ord(uint32_t key16) {
   return (key16 << 16) | ((key16 & 0x8000u) ? 0u : 0xffffu);
 }

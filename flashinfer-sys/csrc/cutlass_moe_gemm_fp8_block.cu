@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <stdexcept>
 
+#include "launch.h"
 #include "moe_block_scale.h"
 
 namespace fi::block_scale {
@@ -97,10 +98,11 @@ class MoeGemm final : public bs::CutlassFp8BlockScaleGemmRunnerInterface {
                                double(problems) / std::log2(double(problems));
     auto quantize = binary_search ? bs::scale_1x128_kernel<true, __nv_bfloat16, __nv_fp8_e4m3>
                                   : bs::scale_1x128_kernel<false, __nv_bfloat16, __nv_fp8_e4m3>;
-    cudaFuncSetAttribute(quantize, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    quantize<<<blocks, kThreads, smem, stream>>>(
-        fp8_a, scales_a, static_cast<__nv_bfloat16 const*>(mat_a), problem_m_offsets, problems,
-        int(shape_k), max_m_padded_, mul, shr);
+    check(cudaFuncSetAttribute(quantize, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    fi::launch("the block-scale GEMM's activation quantisation launch", quantize,
+               fi::LaunchShape{dim3(blocks), dim3(kThreads), size_t(smem)}, stream, fp8_a,
+               scales_a, static_cast<__nv_bfloat16 const*>(mat_a), problem_m_offsets, problems,
+               int(shape_k), max_m_padded_, mul, shr);
 
     const bool gemm1 = int64_t(shape_n) == choice.gemm1_n && int64_t(shape_k) == choice.gemm1_k;
     auto* weights = reinterpret_cast<__nv_fp8_e4m3*>(const_cast<void*>(mat_b));

@@ -46,6 +46,7 @@
 #include <cfloat>
 #include <type_traits>
 
+#include "launch.h"
 #include "moe_fp8.h"
 #include "status.h"
 
@@ -265,7 +266,7 @@ __global__ void __launch_bounds__(kWarps* kWarp) fc1_swiglu(Problem p) {
   constexpr int kVec = F::kVec;
   constexpr int kStride = kWarp * kVec;  // elements a warp covers per load
   // fc2's blocks may start (and prefetch) once every block here has started.
-  asm volatile("griddepcontrol.launch_dependents;");
+  fi::let_dependents_start();
   const int pair = blockIdx.x;
   const int lane = threadIdx.x % kWarp;
   const int row = blockIdx.y * kWarps + threadIdx.x / kWarp;
@@ -496,7 +497,7 @@ __global__ void __launch_bounds__(kWarps* kWarp, kFc2Blocks<F>) fc2_sum(Problem 
   int n = min(s.per_round, end - begin);
   issue(c, n);
   if (s0 + n < end) prefetch_slots<F>(s0 + n, end, lane, s, row_of);  // later rounds'
-  asm volatile("griddepcontrol.wait;" ::: "memory");
+  fi::wait_for_prior_grid();
 
   // Per lane, acc += scale_k * <w, a> over its slots in order (main's arithmetic per vector).
   // The activations' and scales' loads run in every lane, from in-range places where the slot
@@ -575,9 +576,9 @@ Layout layout(int64_t tokens, int64_t top_k, int64_t hidden, int64_t inter, bool
 void quantize(const __nv_bfloat16* x, int rows, int cols, __nv_fp8_e4m3* q, float* inv_scales,
               cudaStream_t stream) {
   const int groups = rows * (cols / Fp8Blocks::kBlock);
-  quantize_groups<<<(groups + kWarps - 1) / kWarps, kWarps * kWarp, 0, stream>>>(x, rows, cols, q,
-                                                                                inv_scales);
-  check_cuda(cudaGetLastError(), "the decode path's quantize_groups launch");
+  const fi::LaunchShape shape{dim3((groups + kWarps - 1) / kWarps), dim3(kWarps * kWarp)};
+  fi::launch("the decode path's quantize_groups launch", quantize_groups, shape, stream, x, rows,
+             cols, q, inv_scales);
 }
 
 }  // namespace
@@ -591,13 +592,13 @@ namespace {
 
 // fc1_swiglu, then (block scales) the activations quantised per 128, then fc2_sum.
 template <class F>
-void launch(const Problem& p, cudaStream_t stream) {
+void run_kernels(const Problem& p, cudaStream_t stream) {
   const dim3 block(kWarps * kWarp);
   const unsigned pairs = unsigned(p.tokens) * unsigned(p.top_k);
   // Without programmatic dependent launch: fc1 reads the routed ids at once, and the top-k router
   // before it lets dependents start early (topk_router.cu), so fc1 must start after its end.
-  fc1_swiglu<F><<<dim3(pairs, (p.inter + kWarps - 1) / kWarps), block, 0, stream>>>(p);
-  check_cuda(cudaGetLastError(), "the decode path's fc1_swiglu launch");
+  fi::launch("the decode path's fc1_swiglu launch", fc1_swiglu<F>,
+             fi::LaunchShape{dim3(pairs, (p.inter + kWarps - 1) / kWarps), block}, stream, p);
   if constexpr (std::is_same_v<F, Fp8Blocks>) {
     quantize(p.blocks.swiglu, int(pairs), p.inter, static_cast<__nv_fp8_e4m3*>(p.activations),
              p.blocks.activation_scales, stream);
@@ -605,18 +606,12 @@ void launch(const Problem& p, cudaStream_t stream) {
 
   const Fc2Shape shape = fc2_shape(p, F::kVec);
   const int rows_per_block = kWarps >> shape.split_log2;
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(unsigned(p.tokens), (p.hidden + rows_per_block - 1) / rows_per_block);
-  config.blockDim = block;
-  config.stream = stream;
-  cudaLaunchAttribute pdl{};
-  pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  pdl.val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = &pdl;
-  config.numAttrs = 1;
-  check_cuda(p.top_k <= kWarp ? cudaLaunchKernelEx(&config, fc2_sum<F, false>, p, shape)
-                              : cudaLaunchKernelEx(&config, fc2_sum<F, true>, p, shape),
-             "the decode path's fc2_sum launch");
+  // Dependent: fc2_sum prefetches its weights while fc1_swiglu runs, and waits for it before
+  // reading the activations.
+  const fi::LaunchShape fc2{
+      dim3(unsigned(p.tokens), (p.hidden + rows_per_block - 1) / rows_per_block), block, 0, true};
+  fi::launch("the decode path's fc2_sum launch",
+             p.top_k <= kWarp ? fc2_sum<F, false> : fc2_sum<F, true>, fc2, stream, p, shape);
 }
 
 }  // namespace
@@ -632,11 +627,11 @@ void run(const Problem& p, cudaStream_t stream) {
     q.blocks.input = reinterpret_cast<__nv_fp8_e4m3*>(scratch + l.input);
     q.blocks.input_scales = reinterpret_cast<float*>(scratch + l.input_scales);
     quantize(p.hidden_states, p.tokens, p.hidden, q.blocks.input, q.blocks.input_scales, stream);
-    launch<Fp8Blocks>(q, stream);
+    run_kernels<Fp8Blocks>(q, stream);
   } else if (p.fp8.input_quant != nullptr) {
-    launch<Fp8>(p, stream);
+    run_kernels<Fp8>(p, stream);
   } else {
-    launch<Bf16>(p, stream);
+    run_kernels<Bf16>(p, stream);
   }
 }
 

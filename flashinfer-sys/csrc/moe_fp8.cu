@@ -5,6 +5,7 @@
 
 #include <algorithm>
 
+#include "launch.h"
 #include "status.h"
 
 namespace fi::fp8 {
@@ -31,8 +32,9 @@ void quantize(const __nv_bfloat16* x, const float* quant, __nv_fp8_e4m3* out, in
   if (vectors == 0) return;
   // Enough blocks to fill an H100/H200 several times over; the loop strides past that.
   const int64_t blocks = std::min<int64_t>((vectors + kThreads - 1) / kThreads, 132 * 8);
-  quantize_kernel<<<unsigned(blocks), kThreads, 0, stream>>>(x, quant, out, vectors);
-  fi::check_cuda(cudaGetLastError(), "the fp8 input quantisation's launch");
+  fi::launch("the fp8 input quantisation's launch", quantize_kernel,
+             fi::LaunchShape{dim3(unsigned(blocks)), dim3(kThreads)}, stream, x, quant, out,
+             vectors);
 }
 
 }  // namespace fi::fp8

@@ -37,6 +37,7 @@
 #include "flashinfer_rs.h"
 #include "flashinfer_rs_testing.h"
 #include "info.h"
+#include "launch.h"
 #include "status.h"
 
 namespace {
@@ -527,8 +528,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) topk_route(const Args a) 
   // outputs may be someone's too). Then the stream's next kernel may be scheduled; one
   // launched so waits for this grid's end before it reads what this writes. Without the
   // attribute both instructions return at once.
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-  asm volatile("griddepcontrol.launch_dependents;");
+  fi::wait_for_prior_grid();
+  fi::let_dependents_start();
 
   // What does not depend on the token, once per warp: the bias, the slots holding experts,
   // and (grouped) the slots of each group.
@@ -821,18 +822,10 @@ extern "C" fi_status fi_topk_route(const fi_topk_params* params, const fi_topk_b
     const int needed = (p.num_tokens + per_block - 1) / per_block;
     const int blocks = std::min(needed, 2 * sms * launch.resident_blocks(device));
     // Programmatic dependent launch (`use_pdl`): the launch and the grid's start overlap the
-    // previous kernel's tail (its blocks wait for it first, topk_route); after anything but a
-    // kernel, or without the attribute, the grid starts when the stream's earlier work ends.
-    cudaLaunchConfig_t config{};
-    config.gridDim = dim3(blocks);
-    config.blockDim = dim3(per_block * 32);
-    config.stream = static_cast<cudaStream_t>(stream);
-    cudaLaunchAttribute pdl{};
-    pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    pdl.val.programmaticStreamSerializationAllowed = 1;
-    config.attrs = &pdl;
-    config.numAttrs = p.use_pdl != 0 ? 1 : 0;
-    fi::check_cuda(cudaLaunchKernelEx(&config, launch.kernel, a), "top-k router launch");
+    // previous kernel's tail (its blocks wait for it first, topk_route).
+    fi::launch("top-k router launch", launch.kernel,
+               fi::LaunchShape{dim3(blocks), dim3(per_block * 32), 0, p.use_pdl != 0},
+               static_cast<cudaStream_t>(stream), a);
   });
 }
 
@@ -842,7 +835,7 @@ __global__ void empty_kernel() {}
 
 extern "C" fi_status fi_launch_empty_kernel(void* stream) {
   return fi::guarded([&] {
-    empty_kernel<<<1, 32, 0, static_cast<cudaStream_t>(stream)>>>();
-    fi::check_cuda(cudaGetLastError(), "empty kernel launch");
+    fi::launch("empty kernel launch", empty_kernel, fi::LaunchShape{dim3(1), dim3(32)},
+               static_cast<cudaStream_t>(stream));
   });
 }

@@ -18,6 +18,7 @@
 #include <limits>
 
 #include "flashinfer_rs.h"
+#include "launch.h"
 #include "status.h"
 
 namespace {
@@ -196,10 +197,11 @@ extern "C" fi_status fi_quantize_fp8_blocks(const void* weights, int64_t experts
                 "experts * rows * cols must fit in int64");
     const auto s = static_cast<cudaStream_t>(stream);
     fi::check_cuda(cudaMemsetAsync(nonfinite, 0, sizeof(int32_t), s), "cudaMemsetAsync");
-    quantize_blocks<<<unsigned(experts * row_blocks * col_blocks), kBlockThreads, 0, s>>>(
-        static_cast<const __nv_bfloat16*>(weights), row_blocks, col_blocks, cols,
-        static_cast<__nv_fp8_e4m3*>(codes), scales, nonfinite);
-    fi::check_cuda(cudaGetLastError(), "the fp8 block quantisation's launch");
+    fi::launch("the fp8 block quantisation's launch", quantize_blocks,
+               fi::LaunchShape{dim3(unsigned(experts * row_blocks * col_blocks)),
+                               dim3(kBlockThreads)},
+               s, static_cast<const __nv_bfloat16*>(weights), row_blocks, col_blocks, cols,
+               static_cast<__nv_fp8_e4m3*>(codes), scales, nonfinite);
   });
 }
 
@@ -224,12 +226,13 @@ extern "C" fi_status fi_quantize_fp8_per_expert(const void* weights, int64_t exp
     fi::check_cuda(cudaMemsetAsync(nonfinite, 0, sizeof(int32_t), s), "cudaMemsetAsync");
     fi::check_cuda(cudaMemsetAsync(amax, 0, size_t(experts) * sizeof(uint32_t), s),
                    "cudaMemsetAsync");
-    expert_amax<<<grid, kExpertThreads, 0, s>>>(w, vectors, amax, nonfinite);
-    fi::check_cuda(cudaGetLastError(), "the fp8 per-expert amax launch");
-    expert_codes<<<grid, kExpertThreads, 0, s>>>(w, vectors, amax,
-                                                 static_cast<__nv_fp8_e4m3*>(codes));
-    fi::check_cuda(cudaGetLastError(), "the fp8 per-expert codes launch");
-    expert_scales<<<unsigned((experts + 255) / 256), 256, 0, s>>>(scales, experts);
-    fi::check_cuda(cudaGetLastError(), "the fp8 per-expert scales launch");
+    const fi::LaunchShape per_expert_shape{grid, dim3(kExpertThreads)};
+    fi::launch("the fp8 per-expert amax launch", expert_amax, per_expert_shape, s, w, vectors,
+               amax, nonfinite);
+    fi::launch("the fp8 per-expert codes launch", expert_codes, per_expert_shape, s, w, vectors,
+               amax, static_cast<__nv_fp8_e4m3*>(codes));
+    fi::launch("the fp8 per-expert scales launch", expert_scales,
+               fi::LaunchShape{dim3(unsigned((experts + 255) / 256)), dim3(256)}, s, scales,
+               experts);
   });
 }

@@ -24,6 +24,11 @@
 // DeepSeekV3 kernel, it is not rounded to bf16 first. Weights are computed in fp32 from the
 // chosen experts as the models' reference routers define them (see the oracle).
 //
+// Batches of bf16-keyed rows (the logit is the key) from 32 tokens an SM, and every top-1
+// batch, go to a second kernel, topk_rows (below): 1-8 lanes a token, each sorting 8-expert
+// chunks in registers and keeping its K best, no warp-wide rounds; the same candidates and
+// weight arithmetic, so the same bits.
+//
 // Built with the shim's flags (fast math): sigmoid is 1 / (1 + __expf(-x)), accurate to a few
 // ulp relative to its value, 0 below about -87 (the oracle documents the same flush).
 #include <cuda_bf16.h>
@@ -611,6 +616,169 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) topk_route(const Args a) 
   }
 }
 
+// ---- Large batches of bf16-keyed rows: several tokens a warp ----------------------------------
+//
+// Where the key is the bf16 logit (the bf16_keys methods) and the batch fills the GPU, a warp
+// per token spends most of its issue slots on cross-lane work: k rounds of a REDUX and the
+// weights' shuffles, one token at a time (at 32768 Qwen3 tokens on an H100, 15.6 us, 0.12 of a
+// copy's bandwidth; vLLM's triton_kernels top-k, whose lanes work on their own data, 13.1).
+// Here T (1 to 8) consecutive lanes share a token: lane `sub` reads the row's 16-byte chunks
+// `sub, sub + T, ...` (8 experts each, kAhead chunks in flight), sorts each chunk's 8 32-bit
+// candidates in registers and folds them into its running K best (K: top_k rounded up to a
+// power of two), then the T lists merge by log2(T) shuffle butterflies. The candidates are
+// sorted_top_k_bf16's (the key's ordered high half above the inverted expert), so ties and
+// NaN order exactly as there, and the weights are computed from the same values in the same
+// order (warp_sum's butterfly replayed in registers): a token's ids and weights are the same
+// bits whichever kernel a batch size picks. Measured (H100, BENCHMARKS.md 7k): 9.9 us at 32768
+// Qwen3 tokens (0.63x topk_route's, 0.76x vLLM's), gpt-oss 0.49-0.68x topk_route's from 8192.
+// At one lane a token (from 512 tokens an SM) a warp's stores of rank r go to 32 rows k
+// entries apart, where topk_route's lanes write a row's k entries side by side: a likely
+// reason its 131072-token figures are level with vLLM's rather than ahead (not yet measured).
+
+constexpr int kRowsBlock = 256;  // threads a block of topk_rows
+constexpr int kAhead = 4;        // chunks a lane has in flight
+
+// Sorts a bitonic sequence of K candidates, best first (half-cleaners).
+template <int K>
+__device__ __forceinline__ void bitonic_sort(uint32_t* c) {
+#pragma unroll
+  for (int half = K / 2; half >= 1; half /= 2) {
+#pragma unroll
+    for (int i = 0; i < K; ++i) {
+      if ((i & half) == 0) order_pair(c, i, i + half);
+    }
+  }
+}
+
+// Keeps in `top` (K candidates, best first) the K best of it and of `other` (N, best first):
+// the larger of top[i] and other[K - 1 - i] are a bitonic sequence holding exactly those.
+template <int K, int N>
+__device__ __forceinline__ void keep_best(uint32_t* top, const uint32_t* other) {
+#pragma unroll
+  for (int i = 0; i < K; ++i) {
+    if (K - 1 - i < N) top[i] = max(top[i], other[K - 1 - i]);
+  }
+  bitonic_sort<K>(top);
+}
+
+// The 8 candidates of the chunk of experts `first..first + 8` (its bf16 logits in `words`),
+// folded into the K best. kNanLow (Llama4): a NaN logit is keyed as -inf.
+template <int K, bool kNanLow>
+__device__ __forceinline__ void fold_chunk(uint32_t* top, uint4 words, int first) {
+  const uint32_t w[4] = {words.x, words.y, words.z, words.w};
+  uint32_t c[8];
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    uint32_t bits = (w[i / 2] >> (16 * (i % 2))) & 0xffffu;
+    if constexpr (kNanLow) {
+      if ((bits & 0x7fffu) > 0x7f80u) bits = 0xff80u;
+    }
+    // order_of's high half for a widened bf16 value, above the inverted expert index.
+    const uint32_t key16 = (bits & 0x8000u) ? (~bits & 0xffffu) : (bits | 0x8000u);
+    c[i] = (key16 << 16) | (~static_cast<uint32_t>(first + i) & 0xffffu);
+  }
+  if constexpr (K == 1) {
+    uint32_t m = c[0];
+#pragma unroll
+    for (int i = 1; i < 8; ++i) m = max(m, c[i]);
+    top[0] = max(top[0], m);
+  } else {
+    sort_candidates<0, 8, uint32_t>(c);
+    keep_best<K, 8>(top, c);
+  }
+}
+
+// warp_sum of lanes 0..K-1 holding e (the others 0), as every lane of it ends: the same adds in
+// the same order, so the weights equal sorted_top_k_bf16's to the bit.
+template <int K>
+__device__ __forceinline__ float butterfly_sum(const float* e) {
+  float x[K];
+#pragma unroll
+  for (int r = 0; r < K; ++r) x[r] = e[r];
+  // warp_sum's steps at offsets >= K add a 0 to each of these (exact: x is never -0).
+#pragma unroll
+  for (int off = K / 2; off >= 1; off /= 2) {
+    float y[K];
+#pragma unroll
+    for (int r = 0; r < K; ++r) y[r] = x[r] + x[r ^ off];
+#pragma unroll
+    for (int r = 0; r < K; ++r) x[r] = y[r];
+  }
+  return x[0];
+}
+
+// T lanes a token (a power of two <= 8), K >= top_k (a power of two <= 16); num_experts a
+// multiple of 8 and the logits 16-byte aligned (the host checks).
+template <int T, int K, bool kNanLow>
+__global__ void __launch_bounds__(kRowsBlock) topk_rows(const Args a) {
+  const int lane = threadIdx.x & 31;
+  const unsigned group = ((1u << T) - 1) << (lane & ~(T - 1));
+  const int thread = blockIdx.x * blockDim.x + threadIdx.x;
+  const int sub = thread & (T - 1);
+  const int stride = gridDim.x * blockDim.x / T;
+  const int chunks = a.num_experts / 8, k = a.top_k;
+  // As topk_route (programmatic dependent launch).
+  fi::wait_for_prior_grid();
+  fi::let_dependents_start();
+
+  // A token's T lanes share t, so they loop alike and the group's shuffles find all of them.
+  for (int t = thread / T; t < a.num_tokens; t += stride) {
+    const auto* row = reinterpret_cast<const uint4*>(
+        static_cast<const __nv_bfloat16*>(a.logits) + static_cast<size_t>(t) * a.num_experts);
+    uint32_t top[K];
+#pragma unroll
+    for (int i = 0; i < K; ++i) top[i] = 0u;  // closed: below every candidate
+    for (int c0 = sub; c0 < chunks; c0 += kAhead * T) {
+      uint4 words[kAhead];
+#pragma unroll
+      for (int d = 0; d < kAhead; ++d) {
+        const int c = c0 + d * T;
+        words[d] = c < chunks ? __ldg(row + c) : make_uint4(0u, 0u, 0u, 0u);
+      }
+#pragma unroll
+      for (int d = 0; d < kAhead; ++d) {
+        const int c = c0 + d * T;
+        if (c < chunks) fold_chunk<K, kNanLow>(top, words[d], c * 8);
+      }
+    }
+#pragma unroll
+    for (int off = 1; off < T; off <<= 1) {
+      uint32_t other[K];
+#pragma unroll
+      for (int i = 0; i < K; ++i) other[i] = __shfl_xor_sync(group, top[i], off);
+      keep_best<K, K>(top, other);
+    }
+
+    // Every lane of the token holds its K best, rank order; lane `sub` writes ranks sub, sub + T,
+    // ... The weights as method_weight gives them for these methods.
+    float key[K], e[K];
+#pragma unroll
+    for (int r = 0; r < K; ++r) key[r] = key_of(widen_ord(top[r] >> 16));
+    const bool softmax =
+        a.method == FI_ROUTING_RENORMALIZE || a.method == FI_ROUTING_RENORMALIZE_NAIVE;
+    float sum = 1.0f;
+    if (softmax) {
+#pragma unroll
+      for (int r = 0; r < K; ++r) e[r] = r < k ? __expf(key[r] - key[0]) : 0.0f;
+      sum = butterfly_sum<K>(e);
+    }
+#pragma unroll
+    for (int r = 0; r < K; ++r) {
+      if (r < k && (r & (T - 1)) == sub) {
+        const float w = softmax                          ? e[r] / sum
+                        : a.method == FI_ROUTING_LLAMA4 ? sigmoid(key[r])
+                                                         : key[r];  // TopK: the logit
+        const uint32_t expert = ~top[r] & 0xffffu;
+        const size_t at = static_cast<size_t>(t) * k + r;
+        if (a.ids_i16 != nullptr) a.ids_i16[at] = static_cast<int16_t>(expert);
+        if (a.ids_i32 != nullptr) a.ids_i32[at] = static_cast<int32_t>(expert);
+        if (a.weights_f32 != nullptr) a.weights_f32[at] = w;
+        if (a.weights_bf16 != nullptr) a.weights_bf16[at] = __float2bfloat16_rn(w);
+      }
+    }
+  }
+}
+
 }  // namespace
 
 // ---- host side ------------------------------------------------------------------------------
@@ -638,13 +806,13 @@ int once_per_device(std::atomic<int> (&cache)[64], int device, Query query) {
   return n;
 }
 
-template <typename In, int V, int W, bool K>
+// Blocks of kThreads of `kKernel` one SM holds.
+template <Kernel kKernel, int kThreads>
 int resident_blocks(int device) {
   static std::atomic<int> cache[64];
   return once_per_device(cache, device, [] {
     int n = 0;
-    fi::check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-                       &n, topk_route<In, V, W, K>, kWarpsPerBlock * 32, 0),
+    fi::check_cuda(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kKernel, kThreads, 0),
                    "cudaOccupancyMaxActiveBlocksPerMultiprocessor");
     return n;
   });
@@ -652,7 +820,37 @@ int resident_blocks(int device) {
 
 template <typename In, int V, int W, bool K>
 constexpr Launch launch_of() {
-  return Launch{topk_route<In, V, W, K>, resident_blocks<In, V, W, K>};
+  return Launch{topk_route<In, V, W, K>,
+                resident_blocks<topk_route<In, V, W, K>, kWarpsPerBlock * 32>};
+}
+
+template <int T, int K, bool kNanLow>
+constexpr Launch rows_launch_of() {
+  return Launch{topk_rows<T, K, kNanLow>, resident_blocks<topk_rows<T, K, kNanLow>, kRowsBlock>};
+}
+
+// topk_rows for T lanes a token and top_k <= K (Llama4: K = 1, NaN keyed as -inf).
+template <int T>
+Launch pick_rows_k(int top_k, bool llama4) {
+  if (llama4) return rows_launch_of<T, 1, true>();
+  if (top_k <= 1) return rows_launch_of<T, 1, false>();
+  if (top_k <= 2) return rows_launch_of<T, 2, false>();
+  if (top_k <= 4) return rows_launch_of<T, 4, false>();
+  if (top_k <= 8) return rows_launch_of<T, 8, false>();
+  return rows_launch_of<T, 16, false>();
+}
+
+Launch pick_rows(int lanes, int top_k, bool llama4) {
+  switch (lanes) {
+    case 1:
+      return pick_rows_k<1>(top_k, llama4);
+    case 2:
+      return pick_rows_k<2>(top_k, llama4);
+    case 4:
+      return pick_rows_k<4>(top_k, llama4);
+    default:
+      return pick_rows_k<8>(top_k, llama4);
+  }
 }
 
 // Instantiations: V experts per lane (a power of two, E <= 32 * V), W per chunk: the widest
@@ -704,6 +902,13 @@ bool aligned_to(const void* p, size_t bytes) {
   return reinterpret_cast<uintptr_t>(p) % bytes == 0;
 }
 bool pow2(int x) { return x > 0 && (x & (x - 1)) == 0; }
+
+// Whether a batch goes to topk_rows (where its bf16 keys allow). Measured on an H100 (132 SMs;
+// BENCHMARKS.md 7k, candidate router-4): topk_rows took 0.49-0.88x topk_route's time from 8192
+// tokens (Qwen3-Next's 512 experts 1.03x at 8192, 0.60-0.66x from 32768) and 1.07-1.82x at 1024
+// (8 lanes a token: too few warps to hide a lane's chain), so from 32 tokens an SM; at top-1
+// (Llama4) at every size: 0.93x at 1 and 16 tokens, 0.94x at 1024.
+bool rows_wanted(int tokens, int sms, int top_k) { return top_k == 1 || tokens >= 32 * sms; }
 
 // SM count per device, asked once.
 int sm_count(int device) {
@@ -812,20 +1017,40 @@ extern "C" fi_status fi_topk_route(const fi_topk_params* params, const fi_topk_b
     const bool bf16_keys =
         bf16 && (p.method == FI_ROUTING_RENORMALIZE || p.method == FI_ROUTING_RENORMALIZE_NAIVE ||
                  p.method == FI_ROUTING_TOPK || p.method == FI_ROUTING_LLAMA4);
+    const int sms = sm_count(device);
+    // Programmatic dependent launch (`use_pdl`): the launch and the grid's start overlap the
+    // previous kernel's tail (its blocks wait for it first, topk_route and topk_rows).
+    const bool dependent = p.use_pdl != 0;
+    const auto s = static_cast<cudaStream_t>(stream);
+    // Batches that fill the GPU, with bf16 keys in whole 16-byte chunks: topk_rows, with as
+    // many lanes a token (1 to 8) as give the SMs about 16 warps each.
+    const int chunks = p.num_experts / 8;
+    if (bf16_keys && p.top_k <= 16 && p.num_experts % 8 == 0 && aligned_to(b.logits, 16) &&
+        rows_wanted(p.num_tokens, sms, p.top_k)) {
+      int lanes = 1;
+      while (lanes < 8 && 2 * lanes <= chunks &&
+             static_cast<int64_t>(p.num_tokens) * lanes < static_cast<int64_t>(sms) * 512) {
+        lanes *= 2;
+      }
+      const Launch rows = pick_rows(lanes, p.top_k, p.method == FI_ROUTING_LLAMA4);
+      const int64_t threads = static_cast<int64_t>(p.num_tokens) * lanes;
+      const int64_t needed = (threads + kRowsBlock - 1) / kRowsBlock;
+      const auto grid = static_cast<unsigned>(
+          std::min<int64_t>(needed, 2 * static_cast<int64_t>(sms) * rows.resident_blocks(device)));
+      fi::launch("top-k router launch", rows.kernel,
+                 fi::LaunchShape{dim3(grid), dim3(kRowsBlock), 0, dependent}, s, a);
+      return;
+    }
     const Launch launch =
         bf16 ? pick<__nv_bfloat16>(v, vec, bf16_keys) : pick<float>(v, vec, false);
-    const int sms = sm_count(device);
     const int per_block = p.num_tokens <= sms         ? 1
                           : p.num_tokens <= 2 * sms   ? 2
                           : p.num_tokens <= 4 * sms   ? 4
                                                       : kWarpsPerBlock;
     const int needed = (p.num_tokens + per_block - 1) / per_block;
     const int blocks = std::min(needed, 2 * sms * launch.resident_blocks(device));
-    // Programmatic dependent launch (`use_pdl`): the launch and the grid's start overlap the
-    // previous kernel's tail (its blocks wait for it first, topk_route).
     fi::launch("top-k router launch", launch.kernel,
-               fi::LaunchShape{dim3(blocks), dim3(per_block * 32), 0, p.use_pdl != 0},
-               static_cast<cudaStream_t>(stream), a);
+               fi::LaunchShape{dim3(blocks), dim3(per_block * 32), 0, dependent}, s, a);
   });
 }
 

@@ -2,9 +2,10 @@
 //! (`oracle::route_topk`: the models' reference routers, bias as given): the routing matrix
 //! (every method, every (experts, top-k) of `routing::matrix`, token counts 1..16384, fp32 and
 //! bf16 logits, every input regime), the numeric edges (sigmoid underflow, GLM-5-like biases,
-//! NaN and infinities), 65536 tokens for the benchmark models, a CUDA graph replay, a call
-//! that routes the previous call's output (programmatic dependent launch); and DeepSeekV2,
-//! which only this router has (`deepseek_v2_configs`).
+//! NaN and infinities), the benchmark models at large batches (65536 tokens, and each lane
+//! count of the large-batch kernel), a CUDA graph replay, a call that routes the previous
+//! call's output (programmatic dependent launch); and DeepSeekV2, which only this router has
+//! (`deepseek_v2_configs`).
 //! Every case runs with and without a replay buffer, and the outputs must be bit-identical.
 use flashinfer_rs::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use flashinfer_rs::cudarc::driver::CudaSlice;
@@ -235,14 +236,22 @@ fn deepseek_v2_matches_the_oracle() {
     run_matrix(&g, test, &deepseek_v2_configs(), &tokens, &REGIMES);
 }
 
+/// The benchmark models at large batches: 65536 tokens, and batches that give the large-batch
+/// kernel (`topk_rows` in topk_router.cu: the bf16-keyed methods from 32 tokens an SM) each of
+/// its lane counts on this device. It takes the fewest of 1, 2, 4, 8 lanes a token with
+/// tokens x lanes >= 512 x SMs, so 64, 160, 300 and 520 tokens an SM give 8, 4, 2 and 1.
+/// `FLASHINFER_RS_TOPK_LARGE_TOKENS` overrides the list.
 #[test]
-fn the_benchmark_models_match_the_oracle_at_65536_tokens() {
-    let test = "topk::the_benchmark_models_match_the_oracle_at_65536_tokens";
+fn the_benchmark_models_match_the_oracle_at_large_batches() {
+    let test = "topk::the_benchmark_models_match_the_oracle_at_large_batches";
     let Some(g) = gpu(test) else {
         return;
     };
+    let sms = flashinfer_rs::device_info(&g.ctx).unwrap().sm_count as usize;
+    let per_sm: Vec<usize> = [64, 160, 300, 520].iter().map(|n| n * sms).collect();
+    let default: Vec<usize> = per_sm.into_iter().chain([65536]).collect();
     let configs: Vec<RoutingConfig> = models::bench_models().iter().map(|m| m.cfg).collect();
-    let tokens = env_list("FLASHINFER_RS_TOPK_LARGE_TOKENS", &[65536]);
+    let tokens = env_list("FLASHINFER_RS_TOPK_LARGE_TOKENS", &default);
     run_matrix(&g, test, &configs, &tokens, &[Regime::Separated]);
 }
 

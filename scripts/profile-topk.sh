@@ -5,8 +5,9 @@
 #     bash scripts/profile-topk.sh [MODEL_PREFIX] [TOKENS] [OUT_DIR]
 #
 # e.g. `bash scripts/profile-topk.sh DeepSeek 32768`: the bench's table 6 for that row, the
-# first two top-k launches profiled (speed of light, occupancy, launch, warp states, scheduler,
-# memory workload), the report written to OUT_DIR/topk-MODEL-TOKENS.ncu-rep and printed.
+# first two top-k launches profiled (topk_route or topk_rows, whichever the row picks: speed
+# of light, occupancy, launch, warp states, scheduler, memory workload), the report written to
+# OUT_DIR/topk-MODEL-TOKENS.ncu-rep and printed.
 set -euo pipefail
 model=${1:-DeepSeek}
 tokens=${2:-32768}
@@ -14,7 +15,7 @@ out=${3:-${OUT:-.}}
 ncu=$(command -v ncu || ls /usr/local/cuda*/bin/ncu 2>/dev/null | head -1)
 [ -n "$ncu" ] || { echo "ncu (Nsight Compute) not found" >&2; exit 1; }
 export FLASHINFER_RS_BENCH_MODEL=$model FLASHINFER_RS_BENCH_TOKENS=$tokens
-"$ncu" --kernel-name regex:topk_route --launch-count 2 \
+"$ncu" --kernel-name regex:"topk_(route|rows)" --launch-count 2 \
   --section SpeedOfLight --section Occupancy --section LaunchStats \
   --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
   --section ComputeWorkloadAnalysis --section InstructionStats \

@@ -905,7 +905,7 @@ bool pow2(int x) { return x > 0 && (x & (x - 1)) == 0; }
 
 // Whether a batch goes to topk_rows (where its bf16 keys allow). Measured on an H100 (132 SMs;
 // BENCHMARKS.md 7k, candidate router-4): topk_rows took 0.49-0.88x topk_route's time from 8192
-// tokens (Qwen3-Next's 512 experts 1.03x at 8192, 0.60-0.66x from 32768) and 1.07-1.82x at 1024
+// tokens (Qwen3-Next's 512 experts 1.03x at 8192, 0.60-0.66x from 32768) and 1.08-1.82x at 1024
 // (8 lanes a token: too few warps to hide a lane's chain), so from 32 tokens an SM; at top-1
 // (Llama4) at every size: 0.93x at 1 and 16 tokens, 0.94x at 1024.
 bool rows_wanted(int tokens, int sms, int top_k) { return top_k == 1 || tokens >= 32 * sms; }

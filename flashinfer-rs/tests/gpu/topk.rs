@@ -4,8 +4,9 @@
 //! bf16 logits, every input regime), the numeric edges (sigmoid underflow, GLM-5-like biases,
 //! NaN and infinities), the benchmark models at large batches (65536 tokens, and each lane
 //! count of the large-batch kernel), a CUDA graph replay, a call that routes the previous
-//! call's output (programmatic dependent launch); and DeepSeekV2, which only this router has
-//! (`deepseek_v2_configs`).
+//! call's output (programmatic dependent launch), a token's routing the same bits whatever its
+//! batch's size (and so whichever kernel routes it); and DeepSeekV2, which only this router
+//! has (`deepseek_v2_configs`).
 //! Every case runs with and without a replay buffer, and the outputs must be bit-identical.
 use flashinfer_rs::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use flashinfer_rs::cudarc::driver::CudaSlice;
@@ -253,6 +254,53 @@ fn the_benchmark_models_match_the_oracle_at_large_batches() {
     let configs: Vec<RoutingConfig> = models::bench_models().iter().map(|m| m.cfg).collect();
     let tokens = env_list("FLASHINFER_RS_TOPK_LARGE_TOKENS", &default);
     run_matrix(&g, test, &configs, &tokens, &[Regime::Separated]);
+}
+
+/// A token's routing does not depend on the size of its batch: the benchmark models' rows routed
+/// in a batch of 40 tokens an SM (the large-batch kernel, `topk_rows`, where the keys are bf16
+/// logits) and the same first 64 rows routed alone (the warp-per-token kernel, but at top-1)
+/// give bit-identical ids and weights, and the large batch equals the oracle.
+#[test]
+fn a_tokens_routing_does_not_depend_on_its_batch_size() {
+    let test = "topk::a_tokens_routing_does_not_depend_on_its_batch_size";
+    let Some(g) = gpu(test) else {
+        return;
+    };
+    let sms = flashinfer_rs::device_info(&g.ctx).unwrap().sm_count as usize;
+    let (large, small) = (40 * sms, 64);
+    let (mut passed, mut failures) = (0usize, Vec::new());
+    for (ci, m) in models::bench_models().iter().enumerate() {
+        let router = TopKRouter::new(m.cfg).unwrap();
+        let k = m.cfg.top_k as usize;
+        for regime in [Regime::Separated, Regime::Extreme] {
+            if !regime.applies_to(&m.cfg.method) {
+                continue;
+            }
+            let cases =
+                cases_in_parallel(oracle::route_topk, &m.cfg, regime, &[large], ci as u64, 11);
+            for d in &cases {
+                let inputs = DeviceInputs::upload(&g.stream, d);
+                let why = match (
+                    run(&g, &router, &inputs, large, false),
+                    run(&g, &router, &inputs, small, false),
+                ) {
+                    (Ok(all), Ok(first)) => compare(&m.cfg, d, &all).or_else(|| {
+                        let n = small * k;
+                        (all.ids[..n] != first.ids[..]
+                            || all.weights_f32[..n] != first.weights_f32[..]
+                            || all.weights_bf16[..n] != first.weights_bf16[..])
+                            .then(|| format!("the first {small} rows differ from those of {large}"))
+                    }),
+                    (Err(e), _) | (_, Err(e)) => Some(e),
+                };
+                match why {
+                    None => passed += 1,
+                    Some(why) => failures.push(format!("{}: {why}", label(&m.cfg, regime, d))),
+                }
+            }
+        }
+    }
+    report(test, passed, failures);
 }
 
 #[test]

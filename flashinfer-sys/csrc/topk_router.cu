@@ -630,8 +630,9 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) topk_route(const Args a) 
 // NaN order exactly as there, and the weights are computed from the same values in the same
 // order (warp_sum's butterfly replayed in registers), so that a token's ids and weights are the
 // same bits whichever kernel its batch's size picks (tests/gpu/topk.rs,
-// a_tokens_routing_does_not_depend_on_its_batch_size). Measured (H100, BENCHMARKS.md 7k): 9.9 us at 32768
-// Qwen3 tokens (0.63x topk_route's, 0.76x vLLM's), gpt-oss 0.49-0.68x topk_route's from 8192.
+// a_tokens_routing_does_not_depend_on_its_batch_size). Measured (H100, BENCHMARKS.md 7k):
+// 9.9 us at 32768 Qwen3 tokens (0.63x topk_route's, 0.76x vLLM's), gpt-oss 0.49-0.68x
+// topk_route's from 8192.
 // At one lane a token (from 512 tokens an SM) a warp's stores of rank r go to 32 rows k
 // entries apart, where topk_route's lanes write a row's k entries side by side: a likely
 // reason its 131072-token figures are level with vLLM's rather than ahead (not yet measured).

@@ -30,6 +30,9 @@
 #                                          # scripts/gpu-pack-variant.sh): the layer bench at
 #                                          # decode sizes; PACK also points layer-tests and
 #                                          # decode-bench at it
+#     PACK=gpu-pack-P bash scripts/gpu-proof.sh variant-ab [qwen3|deepseek]  # main's layer bench
+#                                          # and the candidate's in turn, twice (A B A B), at
+#                                          # MOE_LAYER_TOKENS (default 512,4096)
 #     bash scripts/gpu-proof.sh decode-profile [layer:tokens ...]  # the decode kernels under
 #                                          # Nsight Compute (scripts/decode-profile.sh; no pack)
 #     bash scripts/gpu-proof.sh layer-profile [qwen3|deepseek] [tokens,...]  # gpu-pack.tar.xz:
@@ -183,6 +186,21 @@ case ${1:-suite} in
       "$pack/bin/moe_layer"
     tables "bench-layer-decode$tag"
     ;;
+  variant-ab) # [qwen3|deepseek]: main's layer bench and PACK's in turn, twice (A B A B), at
+    # MOE_LAYER_TOKENS (default 512,4096): a comparison that a GPU drifting within the call
+    # cannot tilt toward whichever runs second (session 24's main-then-candidate runs differed
+    # by more than the kernels); logs bench-layer-<pack>-<round>
+    : "${PACK:?variant-ab compares the main pack with the pack PACK names}"
+    unpack gpu-pack.tar.xz
+    unpack "$PACK.tar.xz"
+    for round in 1 2; do
+      for p in gpu-pack "$PACK"; do
+        MOE_LAYER_TOKENS=${MOE_LAYER_TOKENS:-512,4096} part "bench-layer-$p-$round" \
+          "$p/bin/moe_layer" "${2:-qwen3}"
+        tables "bench-layer-$p-$round"
+      done
+    done
+    ;;
   decode-probe) # [dirs]: the decode kernels' probe alone, beside other moe_decode.cu in dirs
     part decode-probe bash scripts/decode-probe.sh "${@:2}"
     ;;
@@ -264,7 +282,7 @@ case ${1:-suite} in
   *)
     echo "usage: $0 suite | tests [args] | memcheck [filters] | layer|layer-tests [filters] | layer-bench | router-bench |" \
       "transformers-fp8-blocks |" \
-      "decode-bench [dirs] | decode-probe [dirs] | variant-bench | block-layer |" \
+      "decode-bench [dirs] | decode-probe [dirs] | variant-bench | variant-ab [layer] | block-layer |" \
       "decode-profile [cases] | block-gemm-probe |" \
       "block-bench | candle-bench [layers] | serve | serve-bench ours|peer" >&2
     exit 2

@@ -441,6 +441,13 @@ __device__ __forceinline__ uint32_t widen_ord(uint32_t key16) {
   return (key16 << 16) | ((key16 & 0x8000u) ? 0u : 0xffffu);
 }
 
+// The 32-bit candidate of a bf16 key's ordered key `ord` and its expert, and back.
+__device__ __forceinline__ uint32_t candidate_bf16(uint32_t ord, uint32_t expert) {
+  return (ord & 0xffff0000u) | (~expert & 0xffffu);
+}
+__device__ __forceinline__ uint32_t expert_of_bf16(uint32_t c) { return ~c & 0xffffu; }
+__device__ __forceinline__ uint32_t ord_of_bf16(uint32_t c) { return widen_ord(c >> 16); }
+
 // As sorted_top_k, for keys that are bf16 values (above).
 template <int V, int W>
 __device__ __forceinline__ Chosen sorted_top_k_bf16(const uint32_t* ord, uint64_t open, int k,
@@ -450,7 +457,7 @@ __device__ __forceinline__ Chosen sorted_top_k_bf16(const uint32_t* ord, uint64_
   for (int v = 0; v < V; ++v) {
     // 0 is a closed slot, below every expert (whose inverted index is at least 0xf800).
     c[v] = ((open >> v) & 1)
-               ? (ord[v] & 0xffff0000u) | (~static_cast<uint32_t>(expert_of<W>(lane, v)) & 0xffffu)
+               ? candidate_bf16(ord[v], static_cast<uint32_t>(expert_of<W>(lane, v)))
                : 0u;
   }
   sort_candidates<0, V, uint32_t>(c);
@@ -466,10 +473,10 @@ __device__ __forceinline__ Chosen sorted_top_k_bf16(const uint32_t* ord, uint64_
       c[V - 1] = 0u;
     }
   }
-  Chosen out{0u, 0u, widen_ord(best >> 16)};
+  Chosen out{0u, 0u, ord_of_bf16(best)};
   if (lane < k) {
-    out.expert = ~mine & 0xffffu;
-    out.ord = widen_ord(mine >> 16);
+    out.expert = expert_of_bf16(mine);
+    out.ord = ord_of_bf16(mine);
   }
   return out;
 }
@@ -671,13 +678,12 @@ __device__ __forceinline__ void fold_chunk(uint32_t* top, uint4 words, int first
   uint32_t c[8];
 #pragma unroll
   for (int i = 0; i < 8; ++i) {
-    uint32_t bits = (w[i / 2] >> (16 * (i % 2))) & 0xffffu;
+    // The bf16 logit widened exactly, keyed as method_keys keys it.
+    float x = __uint_as_float(((w[i / 2] >> (16 * (i % 2))) & 0xffffu) << 16);
     if constexpr (kNanLow) {
-      if ((bits & 0x7fffu) > 0x7f80u) bits = 0xff80u;
+      if (isnan(x)) x = -INFINITY;
     }
-    // order_of's high half for a widened bf16 value, above the inverted expert index.
-    const uint32_t key16 = (bits & 0x8000u) ? (~bits & 0xffffu) : (bits | 0x8000u);
-    c[i] = (key16 << 16) | (~static_cast<uint32_t>(first + i) & 0xffffu);
+    c[i] = candidate_bf16(order_of(x), static_cast<uint32_t>(first + i));
   }
   if constexpr (K == 1) {
     uint32_t m = c[0];
@@ -755,7 +761,7 @@ __global__ void __launch_bounds__(kRowsBlock) topk_rows(const Args a) {
     // ... The weights as method_weight gives them for these methods.
     float key[K], e[K];
 #pragma unroll
-    for (int r = 0; r < K; ++r) key[r] = key_of(widen_ord(top[r] >> 16));
+    for (int r = 0; r < K; ++r) key[r] = key_of(ord_of_bf16(top[r]));
     const bool softmax =
         a.method == FI_ROUTING_RENORMALIZE || a.method == FI_ROUTING_RENORMALIZE_NAIVE;
     float sum = 1.0f;
@@ -770,7 +776,7 @@ __global__ void __launch_bounds__(kRowsBlock) topk_rows(const Args a) {
         const float w = softmax                          ? e[r] / sum
                         : a.method == FI_ROUTING_LLAMA4 ? sigmoid(key[r])
                                                          : key[r];  // TopK: the logit
-        const uint32_t expert = ~top[r] & 0xffffu;
+        const uint32_t expert = expert_of_bf16(top[r]);
         const size_t at = static_cast<size_t>(t) * k + r;
         if (a.ids_i16 != nullptr) a.ids_i16[at] = static_cast<int16_t>(expert);
         if (a.ids_i32 != nullptr) a.ids_i32[at] = static_cast<int32_t>(expert);

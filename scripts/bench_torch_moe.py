@@ -2,6 +2,7 @@
 """The MoE layer a PyTorch user would write, timed on the GPU for BENCHMARKS.md (section 7).
 
     python3 scripts/bench_torch_moe.py      # on the GPU machine (PyTorch is there)
+    python3 scripts/bench_torch_moe.py --layers qwen3 --tokens 1 4096   # one layer, two sizes
 
 The layers of the Rust bench `moe_layer` (gpu-pack/bench.sh layer): Qwen3-30B-A3B (128
 experts, top-8, hidden 2048, intermediate 768) and a DeepSeek-V3-sized layer in bf16 (256,
@@ -12,16 +13,19 @@ loop over the experts), SwiGLU (linear half first), the weighted sum with `index
 Captured in a CUDA graph (no host synchronisation in it); per call, median over 30
 repetitions of 20 back-to-back calls after 5 warm-ups, CUDA events. Prints a Markdown table.
 """
+import argparse
+
 import torch
 import torch.nn.functional as F
 
 from torch_timing import N, graphed, per_call_us
 
-TOKENS = [1, 8, 64, 512, 4096]
-MODELS = [
-    ("Qwen3-30B-A3B layer", 128, 8, 2048, 768),
-    ("DeepSeek-V3-sized layer, bf16", 256, 8, 7168, 2048),
-]
+TOKENS = [1, 2, 4, 8, 16, 32, 64, 512, 4096]  # the Rust bench's and bench_vllm_moe.py's sizes
+# Keyed as scripts/bench_vllm_moe.py's (gpu-proof.sh layer-bench passes one key to both).
+MODELS = {
+    "qwen3": ("Qwen3-30B-A3B layer", 128, 8, 2048, 768),
+    "deepseek": ("DeepSeek-V3-sized layer, bf16", 256, 8, 7168, 2048),
+}
 GROUPED = hasattr(torch, "_grouped_mm")
 
 
@@ -52,17 +56,25 @@ def layer(logits, x, w13, w2, k):
     return torch.zeros_like(x).index_add_(0, tok, y)
 
 
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--layers", nargs="+", choices=sorted(MODELS), default=list(MODELS))
+    p.add_argument("--tokens", nargs="+", type=int, default=TOKENS, help=f"default {TOKENS}")
+    return p.parse_args()
+
+
 def main():
+    args = parse_args()
     dev = torch.device("cuda")
     print(f"\nPyTorch {torch.__version__} on {torch.cuda.get_device_name()}; grouped GEMM: "
           f"{'torch._grouped_mm, captured in a CUDA graph' if GROUPED else 'a loop over the experts (no torch._grouped_mm), eager'}.\n")
-    for name, e, k, h, i in MODELS:
+    for name, e, k, h, i in (MODELS[key] for key in args.layers):
         w13 = (torch.rand(e, 2 * i, h, device=dev, dtype=torch.bfloat16) * 2 - 1) * (2 / h ** 0.5)
         w2 = (torch.rand(e, h, i, device=dev, dtype=torch.bfloat16) * 2 - 1) * (2 / i ** 0.5)
         print(f"### PyTorch: {name}\n")
         print("| tokens | PyTorch layer (us) |")
         print("|---:|---:|")
-        for t in TOKENS:
+        for t in args.tokens:
             logits = torch.randn(t, e, device=dev, dtype=torch.bfloat16) * 4
             x = torch.randn(t, h, device=dev, dtype=torch.bfloat16)
             if GROUPED:

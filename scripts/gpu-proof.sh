@@ -19,7 +19,8 @@
 #                                          # (bf16 and fp8; test filters, default cutlass), the
 #                                          # layer bench (bf16 beside fp8 per-tensor and block
 #                                          # scale), vLLM's Triton fused MoE bf16, fp8 and fp8
-#                                          # block scale; `layer-tests [filter]` and
+#                                          # block scale, PyTorch's grouped-GEMM layer
+#                                          # (scripts/bench_torch_moe.py); `layer-tests [filter]` and
 #                                          # `layer-bench [qwen3|deepseek]` are its two halves
 #                                          # (one call each; layer-bench one layer's tables)
 #     bash scripts/gpu-proof.sh decode-bench [dirs]  # gpu-pack.tar.xz: the decode kernels' probe
@@ -152,8 +153,8 @@ case ${1:-suite} in
       bash scripts/sanitize.sh memcheck
     ;;
   layer | layer-tests | layer-bench) # layer, layer-tests: [test filters..., default cutlass];
-    # layer-bench: [qwen3|deepseek] (one layer's tables, ours and vLLM's: a call each where both
-    # do not fit one)
+    # layer-bench: [qwen3|deepseek] (one layer's tables, ours, vLLM's and PyTorch's: a call each
+    # where both do not fit one)
     unpack "$pack.tar.xz"
     if [ "$1" != layer-bench ]; then
       filters=("${@:2}")
@@ -173,6 +174,8 @@ case ${1:-suite} in
       part "$name-vllm-fp8" python3 scripts/bench_vllm_moe.py --fp8 "${vllm_layers[@]}"
       part "$name-vllm-fp8-blocks" python3 scripts/bench_vllm_moe.py --fp8-blocks \
         "${vllm_layers[@]}"
+      part "$name-torch" python3 scripts/bench_torch_moe.py "${vllm_layers[@]}"
+      tables "$name-torch" '^(#|\|)'
     fi
     ;;
   decode-bench | variant-bench) # [dirs]: decode-bench first runs the decode kernels' probe

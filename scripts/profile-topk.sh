@@ -6,8 +6,10 @@
 #
 # e.g. `bash scripts/profile-topk.sh DeepSeek 32768`: the bench's table 6 for that row, the
 # first two top-k launches profiled (topk_route or topk_rows, whichever the row picks: speed
-# of light, occupancy, launch, warp states, scheduler, memory workload), the report written to
-# OUT_DIR/topk-MODEL-TOKENS.ncu-rep and printed.
+# of light, occupancy, launch, warp states, scheduler, memory workload, and the warp-state
+# samples per SASS instruction: where a small batch's serial chain stalls), the report written
+# to OUT_DIR/topk-MODEL-TOKENS.ncu-rep and printed, the per-instruction samples to
+# OUT_DIR/topk-MODEL-TOKENS-sass.csv.
 set -euo pipefail
 model=${1:-DeepSeek}
 tokens=${2:-32768}
@@ -19,6 +21,9 @@ export FLASHINFER_RS_BENCH_MODEL=$model FLASHINFER_RS_BENCH_TOKENS=$tokens
   --section SpeedOfLight --section Occupancy --section LaunchStats \
   --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
   --section ComputeWorkloadAnalysis --section InstructionStats \
+  --section SourceCounters --sampling-interval 0 \
   -o "$out/topk-$model-$tokens" -f \
   "$(dirname "$0")/../gpu-pack/bin/moe_routing" topk > /dev/null
 "$ncu" --import "$out/topk-$model-$tokens.ncu-rep" --print-summary none
+"$ncu" --import "$out/topk-$model-$tokens.ncu-rep" --page source --print-source sass --csv \
+  > "$out/topk-$model-$tokens-sass.csv"

@@ -122,6 +122,13 @@ tables() { # name [pattern]: the part's table lines (default: those starting wit
   grep -E "${2:-^\|}" "$logs/$1.log" > "$logs/$1.md" || true
 }
 
+# A layer bench's tables with their headings and GPU lines (the Rust bench's `GPU:`, the Python
+# benches' `vLLM ... on NVIDIA ...` and `PyTorch ... on NVIDIA ...`): what scripts/plot-layer.sh
+# reads to name each table's layer and GPU. The logs themselves interleave the Rust bench's
+# stderr with its table rows, which splits the tables for the plot.
+layer_tables='^(#|\||GPU:|vLLM |PyTorch )'
+
+
 case ${1:-suite} in
   suite)
     tar xJf gpu-pack.tar.xz
@@ -169,13 +176,16 @@ case ${1:-suite} in
       fi
       name=bench-layer${one:+-$one}
       part "$name" bash gpu-pack/bench.sh layer "${one[@]}"
-      tables "$name"
+      tables "$name" "$layer_tables"
       part "$name-vllm" python3 scripts/bench_vllm_moe.py "${vllm_layers[@]}"
+      tables "$name-vllm" "$layer_tables"
       part "$name-vllm-fp8" python3 scripts/bench_vllm_moe.py --fp8 "${vllm_layers[@]}"
+      tables "$name-vllm-fp8" "$layer_tables"
       part "$name-vllm-fp8-blocks" python3 scripts/bench_vllm_moe.py --fp8-blocks \
         "${vllm_layers[@]}"
+      tables "$name-vllm-fp8-blocks" "$layer_tables"
       part "$name-torch" python3 scripts/bench_torch_moe.py "${vllm_layers[@]}"
-      tables "$name-torch" '^(#|\|)'
+      tables "$name-torch" "$layer_tables"
     fi
     ;;
   decode-bench | variant-bench) # [dirs]: decode-bench first runs the decode kernels' probe

@@ -10,6 +10,8 @@
 # samples per SASS instruction: where a small batch's serial chain stalls), the report written
 # to OUT_DIR/topk-MODEL-TOKENS.ncu-rep and printed, the per-instruction samples to
 # OUT_DIR/topk-MODEL-TOKENS-sass.csv.
+# ncu writes its own errors to stdout: the profiled run's whole output goes to stderr (session
+# 25's run failed with exit 1 and nothing in its log while it went to /dev/null).
 set -euo pipefail
 model=${1:-DeepSeek}
 tokens=${2:-32768}
@@ -23,7 +25,7 @@ export FLASHINFER_RS_BENCH_MODEL=$model FLASHINFER_RS_BENCH_TOKENS=$tokens
   --section ComputeWorkloadAnalysis --section InstructionStats \
   --section SourceCounters --sampling-interval 0 \
   -o "$out/topk-$model-$tokens" -f \
-  "$(dirname "$0")/../gpu-pack/bin/moe_routing" topk > /dev/null
+  "$(dirname "$0")/../gpu-pack/bin/moe_routing" topk >&2
 "$ncu" --import "$out/topk-$model-$tokens.ncu-rep" --print-summary none
 "$ncu" --import "$out/topk-$model-$tokens.ncu-rep" --page source --print-source sass --csv \
   > "$out/topk-$model-$tokens-sass.csv"

@@ -7,7 +7,7 @@
 //!
 //! A layer's name runs that layer only (on an H200 the Qwen3 layer takes about 6 s, the
 //! DeepSeek-V3-sized one about a minute, mostly filling its 22.5 GB of weights and timing).
-//! `MOE_LAYER_TOKENS=1,8,64` times those rows only (of the table's sizes), for a short call;
+//! `MOE_LAYER_TOKENS=1,8,64` times those sizes only (any sizes: 1024,2048 too), for a short call;
 //! `MOE_LAYER_PROFILE=1` times nothing and makes one call of each layer per size inside the
 //! profiler's range instead (`bash scripts/layer-profile.sh`: where a call's time goes).
 //!
@@ -251,11 +251,31 @@ fn profiler_range(f: impl FnOnce()) {
     assert_eq!(stop, sys::CUresult::CUDA_SUCCESS, "cuProfilerStop");
 }
 
-/// Whether `MOE_LAYER_TOKENS` (a comma-separated list; unset: every size) names this size.
-fn rows_wanted(tokens: usize) -> bool {
-    std::env::var("MOE_LAYER_TOKENS").map_or(true, |list| {
-        list.split(',').any(|t| t.trim().parse() == Ok(tokens))
-    })
+/// The sizes to time: `MOE_LAYER_TOKENS` (a comma-separated list, ascending; sizes outside
+/// the table's, e.g. 1024 and 2048 where a tile's band ends, are timed too), else [`TOKENS`].
+/// Each with its data's seed: a table size's index in [`TOKENS`] (so its data is every run's
+/// same), another size's own value past them.
+fn sizes() -> Vec<(u64, usize)> {
+    let seed = |t: usize| {
+        TOKENS
+            .iter()
+            .position(|&s| s == t)
+            .map_or(100 + t as u64, |n| n as u64)
+    };
+    match std::env::var("MOE_LAYER_TOKENS") {
+        Ok(list) => list
+            .split(',')
+            .map(|t| {
+                let t = t
+                    .trim()
+                    .parse()
+                    .expect("MOE_LAYER_TOKENS: comma-separated token counts");
+                assert!(t > 0, "MOE_LAYER_TOKENS: token counts start at 1");
+                (seed(t), t)
+            })
+            .collect(),
+        Err(_) => TOKENS.iter().map(|&t| (seed(t), t)).collect(),
+    }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -271,7 +291,7 @@ fn bench_model(g: &Gpu, m: &Model) {
         routing: RoutingConfig::new(RoutingMethod::Renormalize, e as u32, k as u32),
         hidden_size: h,
         intermediate_size: i,
-        max_tokens: *TOKENS.last().unwrap(),
+        max_tokens: sizes().iter().map(|&(_, t)| t).max().unwrap_or(1),
     };
     let weights = || CutlassWeights {
         fc1: fc1.as_view(),
@@ -367,14 +387,11 @@ fn bench_model(g: &Gpu, m: &Model) {
     println!(
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---:|---:|"
     );
-    for (n, &t) in TOKENS.iter().enumerate() {
-        if !rows_wanted(t) {
-            continue;
-        }
+    for (n, t) in sizes() {
         let mut b = Batch {
             tokens: t,
-            logits: device_values(g, t * e, 4.0, 10 + n as u64),
-            x: device_values(g, t * h, 1.0, 20 + n as u64),
+            logits: device_values(g, t * e, 4.0, 10 + n),
+            x: device_values(g, t * h, 1.0, 20 + n),
             out: g.stream.alloc_zeros::<bf16>(t * h).unwrap(),
             replay: g.stream.alloc_zeros::<i16>(t * k).unwrap(),
         };

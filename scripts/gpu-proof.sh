@@ -128,7 +128,6 @@ tables() { # name [pattern]: the part's table lines (default: those starting wit
 # stderr with its table rows, which splits the tables for the plot.
 layer_tables='^(#|\||GPU:|vLLM |PyTorch )'
 
-
 case ${1:-suite} in
   suite)
     tar xJf gpu-pack.tar.xz

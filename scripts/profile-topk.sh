@@ -23,7 +23,7 @@ export FLASHINFER_RS_BENCH_MODEL=$model FLASHINFER_RS_BENCH_TOKENS=$tokens
   --section SpeedOfLight --section Occupancy --section LaunchStats \
   --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
   --section ComputeWorkloadAnalysis --section InstructionStats \
-  --section SourceCounters --sampling-interval 0 \
+  --section SourceCounters \
   -o "$out/topk-$model-$tokens" -f \
   "$(dirname "$0")/../gpu-pack/bin/moe_routing" topk >&2
 "$ncu" --import "$out/topk-$model-$tokens.ncu-rep" --print-summary none

@@ -523,6 +523,15 @@ __device__ __forceinline__ Chosen rescan_top_k(const uint32_t* ord, uint64_t ope
   return c;
 }
 
+// Entry `at` of each output the call asked for: the chosen expert (int16 replay ids, int32 ids)
+// and its weight (fp32, bf16). Both kernels store through it.
+__device__ __forceinline__ void store_route(const Args& a, size_t at, uint32_t expert, float w) {
+  if (a.ids_i16 != nullptr) a.ids_i16[at] = static_cast<int16_t>(expert);
+  if (a.ids_i32 != nullptr) a.ids_i32[at] = static_cast<int32_t>(expert);
+  if (a.weights_f32 != nullptr) a.weights_f32[at] = w;
+  if (a.weights_bf16 != nullptr) a.weights_bf16[at] = __float2bfloat16_rn(w);
+}
+
 // kBf16Keys: the method's key is the bf16 logit itself (sorted_top_k_bf16; the host decides).
 template <typename In, int V, int W, bool kBf16Keys>
 __global__ void __launch_bounds__(kWarpsPerBlock * 32) topk_route(const Args a) {
@@ -613,13 +622,7 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) topk_route(const Args a) 
     const float key_c = key_of(c.ord);
     const float raw_c = chosen ? chosen_logit(a, row, c.expert, key_c) : 0.0f;
     const float w = method_weight(a, chosen, key_c, raw_c, key_of(c.best_ord));
-    if (chosen) {
-      const size_t at = static_cast<size_t>(t) * k + lane;
-      if (a.ids_i16 != nullptr) a.ids_i16[at] = static_cast<int16_t>(c.expert);
-      if (a.ids_i32 != nullptr) a.ids_i32[at] = static_cast<int32_t>(c.expert);
-      if (a.weights_f32 != nullptr) a.weights_f32[at] = w;
-      if (a.weights_bf16 != nullptr) a.weights_bf16[at] = __float2bfloat16_rn(w);
-    }
+    if (chosen) store_route(a, static_cast<size_t>(t) * k + lane, c.expert, w);
   }
 }
 
@@ -776,12 +779,7 @@ __global__ void __launch_bounds__(kRowsBlock) topk_rows(const Args a) {
         const float w = softmax                          ? e[r] / sum
                         : a.method == FI_ROUTING_LLAMA4 ? sigmoid(key[r])
                                                          : key[r];  // TopK: the logit
-        const uint32_t expert = expert_of_bf16(top[r]);
-        const size_t at = static_cast<size_t>(t) * k + r;
-        if (a.ids_i16 != nullptr) a.ids_i16[at] = static_cast<int16_t>(expert);
-        if (a.ids_i32 != nullptr) a.ids_i32[at] = static_cast<int32_t>(expert);
-        if (a.weights_f32 != nullptr) a.weights_f32[at] = w;
-        if (a.weights_bf16 != nullptr) a.weights_bf16[at] = __float2bfloat16_rn(w);
+        store_route(a, static_cast<size_t>(t) * k + r, expert_of_bf16(top[r]), w);
       }
     }
   }

@@ -285,13 +285,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 fn bench_model(g: &Gpu, m: &Model) {
     let (e, k, h, i) = (m.experts, m.top_k, m.hidden, m.inter);
+    let sizes = sizes();
     let fc1 = device_values(g, e * 2 * i * h, 2.0 / (h as f32).sqrt(), 1);
     let fc2 = device_values(g, e * h * i, 2.0 / (i as f32).sqrt(), 2);
     let config = CutlassMoeConfig {
         routing: RoutingConfig::new(RoutingMethod::Renormalize, e as u32, k as u32),
         hidden_size: h,
         intermediate_size: i,
-        max_tokens: sizes().iter().map(|&(_, t)| t).max().unwrap_or(1),
+        max_tokens: sizes.iter().map(|&(_, t)| t).max().unwrap_or(1),
     };
     let weights = || CutlassWeights {
         fc1: fc1.as_view(),
@@ -387,7 +388,7 @@ fn bench_model(g: &Gpu, m: &Model) {
     println!(
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---:|---:|"
     );
-    for (n, t) in sizes() {
+    for (n, t) in sizes {
         let mut b = Batch {
             tokens: t,
             logits: device_values(g, t * e, 4.0, 10 + n),

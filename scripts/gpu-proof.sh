@@ -143,10 +143,13 @@ case ${1:-suite} in
     # ranks harness): what `suite` runs first, without candle's tests, the benches and the probe.
     # The whole suite takes longer than one call allows on an H100: split it with libtest's
     # filters, e.g. `tests --skip cutlass_moe_fp8` and `tests cutlass_moe_fp8` (ranks run with
-    # the first half only, where no filter is a plain name)
+    # the first half only, where no filter is a plain name, and with main's pack only: a
+    # candidate's pack carries no ranks binary)
     unpack "$pack.tar.xz"
     gpu_tests "tests$tag" 0 "${@:2}"
-    if [ $# -le 1 ] || [ "$2" = --skip ]; then part ranks bash gpu-pack/ranks.sh; fi
+    if [ -z "${PACK:-}" ] && { [ $# -le 1 ] || [ "$2" = --skip ]; }; then
+      part ranks bash gpu-pack/ranks.sh
+    fi
     ;;
   memcheck) # [test filters]: compute-sanitizer's memcheck over the GPU tests the filters name
     # (scripts/sanitize.sh; default: the kernels of our own written since the last whole-suite

@@ -10,6 +10,9 @@
 # samples per SASS instruction: where a small batch's serial chain stalls), the report written
 # to OUT_DIR/topk-MODEL-TOKENS.ncu-rep and printed, the per-instruction samples to
 # OUT_DIR/topk-MODEL-TOKENS-sass.csv.
+# The warp-state samples at ncu's shortest interval (2^5 cycles): at its default, session 26's
+# one-token Kimi-K2 launch (10,740 cycles, one warp) got 4 samples in all, too few to say where
+# the chain stalls.
 # ncu writes its own errors to stdout: the profiled run's whole output goes to stderr (session
 # 25's run failed with exit 1 and nothing in its log while it went to /dev/null).
 set -euo pipefail
@@ -23,7 +26,7 @@ export FLASHINFER_RS_BENCH_MODEL=$model FLASHINFER_RS_BENCH_TOKENS=$tokens
   --section SpeedOfLight --section Occupancy --section LaunchStats \
   --section WarpStateStats --section SchedulerStats --section MemoryWorkloadAnalysis \
   --section ComputeWorkloadAnalysis --section InstructionStats \
-  --section SourceCounters \
+  --section SourceCounters --sampling-interval 0 \
   -o "$out/topk-$model-$tokens" -f \
   "$(dirname "$0")/../gpu-pack/bin/moe_routing" topk >&2
 "$ncu" --import "$out/topk-$model-$tokens.ncu-rep" --print-summary none

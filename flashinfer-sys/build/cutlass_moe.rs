@@ -8,11 +8,12 @@
 //! feature `sm90-moe-fp8` e4m3 x e4m3 with bf16 output and bf16 x e4m3 with 128x128 block
 //! scales; SwiGLU):
 //! - patch 0009 with `FLASHINFER_RS_MOE_TILES` (in place of upstream's `FAST_BUILD`, which keeps
-//!   128x128 only): two CTA tiles, cluster 1x1x1, each in one operand order, without the
+//!   128x128 only): three CTA tiles, cluster 1x1x1, each in one operand order, without the
 //!   FINALIZE epilogue (not deterministic): 128x16 with swapped operands (decode) and 128x256
 //!   (prefill), within 2.5% of the fastest of the 128x16, 128x128 and 128x256 tiles in both
-//!   orders and both epilogues on an H200; the other generated shapes compile to a "disabled
-//!   by FAST_BUILD" error;
+//!   orders and both epilogues on an H200, and 128x64 with swapped operands (an expert's tokens
+//!   padded to 64, not 128: a prefill tactic by index); the other generated shapes compile to
+//!   a "disabled by FAST_BUILD" error;
 //! - patch 0007 with `FLASHINFER_RS_MOE_TMA_WS_ONLY`: the dispatch keeps only the TMA
 //!   warp-specialised (SM90) GEMMs, so no SM80 CUTLASS 2 GEMM is compiled or linked;
 //! - of the 97 generated sm90 grouped-GEMM files, the 9 with bf16 x bf16 instantiations, in

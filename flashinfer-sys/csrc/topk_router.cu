@@ -377,6 +377,11 @@ __device__ __forceinline__ void merge_candidates(Key* c) {
   }
 }
 
+// The smallest power of two >= n (n >= 1).
+__host__ __device__ constexpr int pow2_at_least(int n) {
+  return n <= 1 ? 1 : 2 * pow2_at_least((n + 1) / 2);
+}
+
 // Sorts candidates [Lo, Lo + N), best first: Batcher's odd-even merge sort, expanded at
 // compile time so that the candidates stay in registers.
 template <int Lo, int N, typename Key>
@@ -403,13 +408,18 @@ struct Chosen {
 template <int V, int W>
 __device__ __forceinline__ Chosen sorted_top_k(const uint32_t* ord, uint64_t open, int k,
                                                int lane) {
-  uint64_t c[V];
+  // Sorted as kSorted (V rounded up to a power of two for Batcher's network): the padding is
+  // the constant 0, below every candidate, so the compiler drops every comparator that meets
+  // it and the padding stays at the end, never read by the rounds.
+  constexpr int kSorted = pow2_at_least(V);
+  uint64_t c[kSorted];
 #pragma unroll
-  for (int v = 0; v < V; ++v) {
-    c[v] = ((open >> v) & 1) ? candidate(ord[v], static_cast<uint32_t>(expert_of<W>(lane, v)))
-                             : 0ull;
+  for (int v = 0; v < kSorted; ++v) {
+    c[v] = v < V && ((open >> v) & 1)
+               ? candidate(ord[v], static_cast<uint32_t>(expert_of<W>(lane, v)))
+               : 0ull;
   }
-  sort_candidates<0, V, uint64_t>(c);
+  sort_candidates<0, kSorted, uint64_t>(c);
   Chosen out{0u, 0u, 0u};
   for (int r = 0; r < k; ++r) {
     const uint32_t head_ord = static_cast<uint32_t>(c[0] >> 32);
@@ -643,9 +653,16 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) topk_route(const Args a) 
 // a_tokens_routing_does_not_depend_on_its_batch_size). Measured (H100, BENCHMARKS.md 7k):
 // 9.9 us at 32768 Qwen3 tokens (0.63x topk_route's, 0.76x vLLM's), gpt-oss 0.49-0.68x
 // topk_route's from 8192.
-// At one lane a token (from 512 tokens an SM) a warp's stores of rank r go to 32 rows k
-// entries apart, where topk_route's lanes write a row's k entries side by side: a likely
-// reason its 131072-token figures are level with vLLM's rather than ahead (not yet measured).
+// From top-2 on, a warp's ids and weights are staged in shared memory and stored as its rows'
+// one contiguous span: at one lane a token (from 512 tokens an SM) each lane's own stores went
+// to 32 rows k entries apart, a sector each. Measured (H100, session 25, BENCHMARKS.md 7l,
+// candidate router-5 staging at every K): Qwen3 0.85 / 0.78 / 0.49x at 8192 / 32768 / 131072
+// tokens, gpt-oss 0.89x at 131072, Qwen3-Next 0.90-0.97x; at top-1 (Llama4), whose rows are one
+// entry each and so side by side already, 1.02-1.19x: top-1 stores directly (router-5b). 5b
+// measured (H100, session 26, BENCHMARKS.md 7m): Qwen3 3.60 / 7.60 / 22.51 us at 8192 / 32768
+// / 131072 tokens (0.85 / 0.78 / 0.50x main's), replay cost 1.00-1.04 where it was 1.06-1.21;
+// top-1 level from 8192 tokens but still 1.02-1.07x at 1-1024 (1.41 against 1.32 us at one):
+// the warp-round loop, not the stores (candidate router-5c gives top-1 its thread loop back).
 
 constexpr int kRowsBlock = 256;  // threads a block of topk_rows
 constexpr int kAhead = 4;        // chunks a lane has in flight
@@ -722,65 +739,93 @@ __device__ __forceinline__ float butterfly_sum(const float* e) {
 // multiple of 8 and the logits 16-byte aligned (the host checks).
 template <int T, int K, bool kNanLow>
 __global__ void __launch_bounds__(kRowsBlock) topk_rows(const Args a) {
+  constexpr int kGroups = 32 / T;  // tokens a warp routes at once
+  // A warp's ids and weights, staged so that its stores cover its tokens' rows contiguously
+  // (each lane's own ranks lie k entries apart per token: one sector each at one lane a token);
+  // unused at top-1.
+  __shared__ uint16_t staged_ids[kRowsBlock / 32][kGroups * K];
+  __shared__ float staged_weights[kRowsBlock / 32][kGroups * K];
   const int lane = threadIdx.x & 31;
+  const int in_block = threadIdx.x >> 5;
   const unsigned group = ((1u << T) - 1) << (lane & ~(T - 1));
-  const int thread = blockIdx.x * blockDim.x + threadIdx.x;
-  const int sub = thread & (T - 1);
-  const int stride = gridDim.x * blockDim.x / T;
+  const int g = lane / T, sub = lane & (T - 1);
+  const int warps = gridDim.x * (blockDim.x >> 5);
+  const int warp = blockIdx.x * (blockDim.x >> 5) + in_block;
   const int chunks = a.num_experts / 8, k = a.top_k;
+  uint16_t* ids = staged_ids[in_block];
+  float* weights = staged_weights[in_block];
   // As topk_route (programmatic dependent launch).
   fi::wait_for_prior_grid();
   fi::let_dependents_start();
 
-  // A token's T lanes share t, so they loop alike and the group's shuffles find all of them.
-  for (int t = thread / T; t < a.num_tokens; t += stride) {
-    const auto* row = reinterpret_cast<const uint4*>(
-        static_cast<const __nv_bfloat16*>(a.logits) + static_cast<size_t>(t) * a.num_experts);
-    uint32_t top[K];
+  // A warp routes tokens first..first + kGroups - 1 each round (every lane loops alike, so the
+  // warp's syncs find all of them); a token's T lanes shuffle among themselves.
+  for (int first = warp * kGroups; first < a.num_tokens; first += warps * kGroups) {
+    const int n = min(kGroups, a.num_tokens - first);
+    if (g < n) {
+      const int t = first + g;
+      const auto* row = reinterpret_cast<const uint4*>(
+          static_cast<const __nv_bfloat16*>(a.logits) + static_cast<size_t>(t) * a.num_experts);
+      uint32_t top[K];
 #pragma unroll
-    for (int i = 0; i < K; ++i) top[i] = 0u;  // closed: below every candidate
-    for (int c0 = sub; c0 < chunks; c0 += kAhead * T) {
-      uint4 words[kAhead];
+      for (int i = 0; i < K; ++i) top[i] = 0u;  // closed: below every candidate
+      for (int c0 = sub; c0 < chunks; c0 += kAhead * T) {
+        uint4 words[kAhead];
 #pragma unroll
-      for (int d = 0; d < kAhead; ++d) {
-        const int c = c0 + d * T;
-        words[d] = c < chunks ? __ldg(row + c) : make_uint4(0u, 0u, 0u, 0u);
+        for (int d = 0; d < kAhead; ++d) {
+          const int c = c0 + d * T;
+          words[d] = c < chunks ? __ldg(row + c) : make_uint4(0u, 0u, 0u, 0u);
+        }
+#pragma unroll
+        for (int d = 0; d < kAhead; ++d) {
+          const int c = c0 + d * T;
+          if (c < chunks) fold_chunk<K, kNanLow>(top, words[d], c * 8);
+        }
       }
 #pragma unroll
-      for (int d = 0; d < kAhead; ++d) {
-        const int c = c0 + d * T;
-        if (c < chunks) fold_chunk<K, kNanLow>(top, words[d], c * 8);
+      for (int off = 1; off < T; off <<= 1) {
+        uint32_t other[K];
+#pragma unroll
+        for (int i = 0; i < K; ++i) other[i] = __shfl_xor_sync(group, top[i], off);
+        keep_best<K, K>(top, other);
       }
-    }
-#pragma unroll
-    for (int off = 1; off < T; off <<= 1) {
-      uint32_t other[K];
-#pragma unroll
-      for (int i = 0; i < K; ++i) other[i] = __shfl_xor_sync(group, top[i], off);
-      keep_best<K, K>(top, other);
-    }
 
-    // Every lane of the token holds its K best, rank order; lane `sub` writes ranks sub, sub + T,
-    // ... The weights as method_weight gives them for these methods.
-    float key[K], e[K];
+      // Every lane of the token holds its K best, rank order; lane `sub` stages ranks sub,
+      // sub + T, ... The weights as method_weight gives them for these methods.
+      float key[K], e[K];
 #pragma unroll
-    for (int r = 0; r < K; ++r) key[r] = key_of(ord_of_bf16(top[r]));
-    const bool softmax =
-        a.method == FI_ROUTING_RENORMALIZE || a.method == FI_ROUTING_RENORMALIZE_NAIVE;
-    float sum = 1.0f;
-    if (softmax) {
+      for (int r = 0; r < K; ++r) key[r] = key_of(ord_of_bf16(top[r]));
+      const bool softmax =
+          a.method == FI_ROUTING_RENORMALIZE || a.method == FI_ROUTING_RENORMALIZE_NAIVE;
+      float sum = 1.0f;
+      if (softmax) {
 #pragma unroll
-      for (int r = 0; r < K; ++r) e[r] = r < k ? __expf(key[r] - key[0]) : 0.0f;
-      sum = butterfly_sum<K>(e);
-    }
-#pragma unroll
-    for (int r = 0; r < K; ++r) {
-      if (r < k && (r & (T - 1)) == sub) {
-        const float w = softmax                          ? e[r] / sum
-                        : a.method == FI_ROUTING_LLAMA4 ? sigmoid(key[r])
-                                                         : key[r];  // TopK: the logit
-        store_route(a, static_cast<size_t>(t) * k + r, expert_of_bf16(top[r]), w);
+        for (int r = 0; r < K; ++r) e[r] = r < k ? __expf(key[r] - key[0]) : 0.0f;
+        sum = butterfly_sum<K>(e);
       }
+#pragma unroll
+      for (int r = 0; r < K; ++r) {
+        if (r < k && (r & (T - 1)) == sub) {
+          const uint32_t expert = expert_of_bf16(top[r]);
+          const float w = softmax                          ? e[r] / sum
+                          : a.method == FI_ROUTING_LLAMA4 ? sigmoid(key[r])
+                                                           : key[r];  // TopK: the logit
+          if constexpr (K == 1) {
+            // Top-1: a warp's tokens' rows are its lanes' one entry each, side by side already.
+            store_route(a, static_cast<size_t>(t), expert, w);
+          } else {
+            ids[g * k + r] = static_cast<uint16_t>(expert);
+            weights[g * k + r] = w;
+          }
+        }
+      }
+    }
+    if constexpr (K > 1) {
+      __syncwarp();
+      // The warp's n rows are n * k consecutive entries of each output.
+      const size_t base = static_cast<size_t>(first) * k;
+      for (int i = lane; i < n * k; i += 32) store_route(a, base + i, ids[i], weights[i]);
+      __syncwarp();  // the staging is the next round's
     }
   }
 }
@@ -867,7 +912,8 @@ Launch pick_rows(int lanes, int top_k, bool llama4) {
   }
 }
 
-// Instantiations: V experts per lane (a power of two, E <= 32 * V), W per chunk: the widest
+// Instantiations: V experts per lane (a power of two, E <= 32 * V, or 12 for fp32 rows of
+// 257-384 experts), W per chunk: the widest
 // vector load of at most 16 bytes and V values (fp32 x 4, bf16 x 8 or x 4) where the row
 // allows, else 1; K: 32-bit candidates for bf16 keys (bf16 logits, V <= 16).
 template <typename In, int V>
@@ -894,6 +940,13 @@ Launch pick_keys(bool vec, bool bf16_keys) {
 
 template <typename In>
 Launch pick(int v, bool vec, bool bf16_keys) {
+  if constexpr (std::is_same_v<In, float>) {
+    // fp32 rows of 257-384 experts (Kimi-K2's 384): three 4-value chunks a lane where 16
+    // slots would leave four empty in every lane (their loads, keys and sorting network).
+    // Measured (H100, session 26, BENCHMARKS.md 7m): Kimi-K2 0.87-0.88x the 16 slots' time at
+    // 1-1024 tokens (3.27 against 3.74 us at one), 0.78-0.79x from 8192.
+    if (v == 12) return pick_width<float, 12, false>(vec);
+  }
   switch (v) {
     case 1:
       return pick_keys<In, 1>(vec, bf16_keys);
@@ -983,6 +1036,7 @@ extern "C" fi_status fi_topk_route(const fi_topk_params* params, const fi_topk_b
     const bool bf16 = p.logits_dtype == FI_DTYPE_BF16;
     int v = 1;
     while (32 * v < p.num_experts) v *= 2;
+    if (!bf16 && v == 16 && p.num_experts <= 32 * 12) v = 12;
     const int vec_width = std::min(v, bf16 ? 8 : 4);
     const size_t elem = bf16 ? 2 : 4;
     const bool vec = vec_width > 1 && p.num_experts % vec_width == 0 &&

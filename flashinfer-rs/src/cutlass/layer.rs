@@ -367,41 +367,73 @@ impl std::fmt::Display for CutlassTactic {
     }
 }
 
-/// Calls of at most this many tokens take the decode kernels in a layer made by
-/// [`CutlassMoe::new`] whose experts are small enough ([`DECODE_MAX_EXPERT_SIZE`]): two
-/// bandwidth-bound kernels of this crate that read each routed expert's weights once (GEMM 1
-/// with SwiGLU, then GEMM 2 with the weighted sum) where the grouped GEMMs' 128-row tiles are
-/// mostly empty and their chain of kernels costs more than the bytes. On an H100 (BENCHMARKS.md
-/// section 7b) they took a Qwen3-30B-A3B layer from 54.0 to 39.9 us at one token, 79.7 to
-/// 63.4 at two and 126.7 to 114.8 at four, and tied at eight.
-pub const DECODE_MAX_TOKENS: usize = 4;
+/// Up to how many tokens the [`Fastest`](CutlassSchedule::Fastest) schedule takes the decode
+/// kernels (two bandwidth-bound kernels of this crate that read each routed expert's weights
+/// once: GEMM 1 with SwiGLU, then GEMM 2 with the weighted sum, where the grouped GEMMs'
+/// 128-row tiles are mostly empty and their chain of kernels costs more than the bytes), for
+/// experts of up to [`DECODE_MAX_EXPERT_SIZE`] (`small`) and for larger ones (`large`); one
+/// limit per weight format: [`DECODE_MAX_TOKENS`], [`FP8_DECODE_MAX_TOKENS`],
+/// [`BLOCK_DECODE_MAX_TOKENS`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeLimit {
+    /// For experts of up to [`DECODE_MAX_EXPERT_SIZE`] (`hidden_size * intermediate_size`).
+    pub small: usize,
+    /// For larger experts.
+    pub large: usize,
+}
 
-/// Calls of at most this many tokens take the decode kernels in an fp8 block-scale layer made by
-/// [`CutlassMoe::new_fp8_blocks`], whatever its experts' size: there the alternative is the
-/// block-scale GEMM with its 64x64 tile. On an H100 (session 19, BENCHMARKS.md section 7f), at
-/// 1 / 2 / 4 / 8 tokens: a DeepSeek-V3-sized layer 159.8 / 295.5 / 542.2 / 1010.7 us against the
-/// GEMM's 200.7 / 311.1 / 522.6 / 910.8, a Qwen3-30B-A3B one 30.4 / 50.3 / 85.8 / 147.6 against
-/// 49.7 / 63.4 / 87.1 / 120.6: the decode kernels ahead up to two tokens, level at four
-/// (Qwen3 1.5% ahead, DeepSeek-V3-sized 3.5% behind), behind from there on.
-pub const BLOCK_DECODE_MAX_TOKENS: usize = 3;
+impl DecodeLimit {
+    /// The limit for experts of `hidden_size x intermediate_size`.
+    pub const fn for_expert(self, hidden_size: usize, intermediate_size: usize) -> usize {
+        if hidden_size.saturating_mul(intermediate_size) <= DECODE_MAX_EXPERT_SIZE {
+            self.small
+        } else {
+            self.large
+        }
+    }
+}
 
-/// The largest expert (`hidden_size * intermediate_size`) for which [`CutlassMoe::new`] takes
-/// the decode kernels: a Qwen3-30B-A3B expert is 1.5 Mi (2048 x 768); for a DeepSeek-V3-sized
-/// one, 14 Mi (7168 x 2048), the grouped GEMMs were 4-6% faster at 1-8 tokens on an H100.
+// The limits below are the largest of the bench's sizes (1, 2, 4, 8, 16 tokens) at which the
+// decode kernels, forced, were at least as fast as the grouped GEMMs, forced with their fastest
+// fixed tactics, in one run of `benches/moe_layer.rs` on an H100 (session 25, BENCHMARKS.md 7l;
+// us, decode kernels against GEMMs) and in an earlier run where one measured the same size
+// (session 21, 7i). With these limits (session 26, BENCHMARKS.md 7m, the layer A B A B against
+// the single limits before them, H100): Qwen3 bf16 at 8 tokens 163.1-163.6 us against 181.8,
+// DeepSeek-V3-sized at one token 260.1 against 271.0 (bf16) and 147.6 against 157.0 (fp8).
+
+/// bf16 weights ([`CutlassMoe::new`]). A Qwen3-30B-A3B layer (small experts) at 1 / 2 / 4 / 8 /
+/// 16 tokens: 34.7 / 57.8 / 104.9 / 167.1 / 280.0 against 52.9 / 78.6 / 124.8 / 187.7 / 278.0
+/// (session 21: 165.5 against 183.8 at 8); a DeepSeek-V3-sized one (7168 x 2048 experts) at 1 /
+/// 2 / 4 / 8: 268.3 / 503.4 / 943.4 / 1782.7 against 281.9 / 519.6 / 966.1 / 1770.9.
+pub const DECODE_MAX_TOKENS: DecodeLimit = DecodeLimit { small: 8, large: 4 };
+
+/// fp8 per-tensor weights ([`CutlassMoe::new_fp8`]). Qwen3-30B-A3B at 1 / 2 / 4 / 8 / 16 tokens:
+/// 18.9 / 37.1 / 63.8 / 109.6 / 208.8 against 38.1 / 54.9 / 79.4 / 113.4 / 159.1; DeepSeek-V3-sized
+/// at 1 / 2 / 4: 149.4 / 282.0 / 542.7 against 160.4 / 280.8 / 504.1.
+pub const FP8_DECODE_MAX_TOKENS: DecodeLimit = DecodeLimit { small: 8, large: 1 };
+
+/// fp8 block-scale weights ([`CutlassMoe::new_fp8_blocks`]), against the block-scale GEMM with
+/// its fastest tiles. Qwen3-30B-A3B at 1 / 2 / 4 / 8 tokens: 23.9 / 44.0 / 73.3 / 119.1 against
+/// 48.3 / 63.2 / 86.1 / 119.5 (session 21: 73.2 against 86.3 at 4, 122.6 against 118.7 at 8:
+/// level at 8, so 4); DeepSeek-V3-sized at 1 / 2 / 4: 161.7 / 307.2 / 589.9 against 200.0 /
+/// 311.6 / 522.8 (3 since session 19, 7f: level at 4 there).
+pub const BLOCK_DECODE_MAX_TOKENS: DecodeLimit = DecodeLimit { small: 4, large: 3 };
+
+/// The largest expert (`hidden_size * intermediate_size`) a [`DecodeLimit`] counts as small: a
+/// Qwen3-30B-A3B expert is 1.5 Mi (2048 x 768), a DeepSeek-V3-sized one 14 Mi (7168 x 2048).
 pub const DECODE_MAX_EXPERT_SIZE: usize = 4 << 20;
 
 /// Which kernels a layer's calls take ([`CutlassMoe::with_schedule`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum CutlassSchedule {
-    /// The fastest this crate knows ([`CutlassMoe::new`]): the decode kernels for calls of up
-    /// to [`DECODE_MAX_TOKENS`] tokens where the experts are at most
-    /// [`DECODE_MAX_EXPERT_SIZE`] (block-scale weights: up to [`BLOCK_DECODE_MAX_TOKENS`]
-    /// whatever the size); the others the grouped GEMMs, their tactics chosen per call from
-    /// the call's mean rows per expert (`num_tokens * top_k / num_experts`, host-side, no
-    /// launch): below 16, the 128x16 tile with swapped operands in both GEMMs; from 16 on, the
-    /// 128x256 tile (on an H200 within 2.5% of the fastest of three tiles in both operand
-    /// orders, BENCHMARKS.md section 7). Block-scale weights: the block-scale GEMM's 64x64 tile
-    /// in GEMM 2, and in GEMM 1 below 64 (its 128x64 from 64 on; BENCHMARKS.md 7g).
+    /// The fastest this crate knows ([`CutlassMoe::new`]): the decode kernels for calls of up to
+    /// the weight format's [`DecodeLimit`] ([`DECODE_MAX_TOKENS`] for bf16: 8 tokens for experts of
+    /// up to [`DECODE_MAX_EXPERT_SIZE`], 4 for larger ones); the others the grouped GEMMs, their
+    /// tactics chosen per call from the call's mean rows per expert (`num_tokens * top_k /
+    /// num_experts`, host-side, no launch): below 16, the 128x16 tile with swapped operands in both
+    /// GEMMs; from 16 on, the 128x256 tile (on an H200 within 2.5% of the fastest of three tiles in
+    /// both operand orders, BENCHMARKS.md section 7). Block-scale weights: the block-scale GEMM's
+    /// 64x64 tile in GEMM 2, and in GEMM 1 below 64 (its 128x64 from 64 on; BENCHMARKS.md 7g).
     #[default]
     Fastest,
     /// As [`Fastest`](Self::Fastest), with the decode kernels taking calls of up to this many
@@ -420,10 +452,10 @@ pub enum CutlassSchedule {
     /// over a token's experts in its top-k order. What a server needs for a request's tokens
     /// and routed experts to equal the same request run alone (e.g. RL rollouts replayed by a
     /// trainer). It costs speed where `Fastest` takes other kernels: the decode kernels at up
-    /// to 4 tokens (a Qwen3-30B-A3B layer at one token, H100: 53.2 us instead of 38.0,
+    /// to 8 tokens (a Qwen3-30B-A3B layer at one token, H100: 53.2 us instead of 38.0,
     /// BENCHMARKS.md 7c) and the 128x256 tile from 16 rows per expert. A block-scale layer
     /// takes its GEMM with the 64x64 tile at every size (not the decode kernels `Fastest`
-    /// takes up to [`BLOCK_DECODE_MAX_TOKENS`] tokens, nor the 128x64 tile in GEMM 1 from 64
+    /// takes up to [`BLOCK_DECODE_MAX_TOKENS`], nor the 128x64 tile in GEMM 1 from 64
     /// rows per expert, the faster there at 4096 tokens).
     BatchInvariant,
 }
@@ -496,7 +528,8 @@ impl<W: WeightBuffer<Element = E4m3>> CutlassMoe<W> {
     /// 64x64 (two CTAs per SM), bit for bit the same output; `Fastest` takes 64x64 in GEMM 2
     /// and in GEMM 1 below 64 mean rows per expert (128x64 from there on),
     /// [`Tactics`](CutlassSchedule::Tactics) fixes each GEMM's; calls of up to
-    /// [`BLOCK_DECODE_MAX_TOKENS`] tokens take the decode kernels instead, with the same
+    /// [`BLOCK_DECODE_MAX_TOKENS`] (4 tokens for experts of up to [`DECODE_MAX_EXPERT_SIZE`], 3
+    /// for larger ones) take the decode kernels instead, with the same
     /// quantisation and arithmetic. [`BatchInvariant`](CutlassSchedule::BatchInvariant) takes
     /// the GEMM with the 64x64 tile at every size; [`DecodeUpTo`](CutlassSchedule::DecodeUpTo)
     /// moves the decode kernels' limit. Answers [`Error::KernelsNotBuilt`] in a build without
@@ -545,16 +578,14 @@ fn check_block_scale_values(s: &CutlassBlockScales) -> Result<()> {
 }
 
 /// Up to how many tokens the [`Fastest`](CutlassSchedule::Fastest) schedule takes the decode
-/// kernels: for bf16 and fp8 per-tensor weights [`DECODE_MAX_TOKENS`] for experts of up to
-/// [`DECODE_MAX_EXPERT_SIZE`], else never; for block-scale weights [`BLOCK_DECODE_MAX_TOKENS`].
-fn default_decode_max_tokens(config: &CutlassMoeConfig, block_scale: bool) -> usize {
-    let small =
-        config.hidden_size.saturating_mul(config.intermediate_size) <= DECODE_MAX_EXPERT_SIZE;
-    match (block_scale, small) {
-        (true, _) => BLOCK_DECODE_MAX_TOKENS,
-        (false, true) => DECODE_MAX_TOKENS,
-        (false, false) => 0,
-    }
+/// kernels for this layer's weights (its weight format's [`DecodeLimit`]).
+fn default_decode_max_tokens(config: &CutlassMoeConfig, quant: &Quant) -> usize {
+    let limit = match quant {
+        Quant::None => DECODE_MAX_TOKENS,
+        Quant::PerTensor(_) => FP8_DECODE_MAX_TOKENS,
+        Quant::Blocks(_) => BLOCK_DECODE_MAX_TOKENS,
+    };
+    limit.for_expert(config.hidden_size, config.intermediate_size)
 }
 
 /// Tactics by index, as the C ABI takes them.
@@ -609,10 +640,7 @@ where
         };
         // Tactics as the C ABI takes them: indices, or -1 for both: chosen per call.
         let (tactics, decode_max_tokens) = match (schedule, &quant) {
-            (CutlassSchedule::Fastest, q) => {
-                let block_scale = matches!(q, Quant::Blocks(_));
-                ((-1, -1), default_decode_max_tokens(&config, block_scale))
-            }
+            (CutlassSchedule::Fastest, q) => ((-1, -1), default_decode_max_tokens(&config, q)),
             (CutlassSchedule::DecodeUpTo(n), _) => ((-1, -1), n),
             // One kernel for every call: the block-scale GEMM with its 64x64 tile (tactic 1,
             // the faster at every size to 512 tokens: docs/fp8-on-hopper.md section 10).

@@ -4,8 +4,9 @@
 //! FlashInfer's `CutlassMoeFCRunner<bf16, bf16>` (TMA warp-specialised grouped GEMMs for
 //! sm_90a) takes precomputed expert ids and scales; here our [`TopKRouter`] computes them in
 //! the same call, so the ids written to `routing_replay_out` are, by construction, the ids the
-//! GEMMs consume. At decode sizes (up to [`DECODE_MAX_TOKENS`], for experts of up to
-//! [`DECODE_MAX_EXPERT_SIZE`]) two kernels of this crate
+//! GEMMs consume. At decode sizes (up to a [`DecodeLimit`] per weight format:
+//! [`DECODE_MAX_TOKENS`], [`FP8_DECODE_MAX_TOKENS`], [`BLOCK_DECODE_MAX_TOKENS`]) two kernels of
+//! this crate
 //! (flashinfer-sys's `csrc/moe_decode.cu`) take the place of the grouped GEMMs: they read each
 //! routed expert's weights once, at the memory's bandwidth. Layers:
 //! - [`CutlassMoe`] (`layer`): checked once by [`CutlassMoe::new`], called per batch by
@@ -22,9 +23,10 @@
 //! [`CutlassFp8Scales`]: `CutlassMoeFCRunner<fp8, fp8, bf16>`, bf16 in and out) and DeepSeek's
 //! fp8 weights with 128x128 block scales ([`CutlassMoe::new_fp8_blocks`],
 //! [`CutlassBlockScales`]: `CutlassMoeFCRunner<bf16, fp8>`, activations quantised per 128
-//! inside); SwiGLU (linear half first), no biases, the TMA warp-specialised GEMMs only, two
-//! CTA tiles each (cluster 1x1): 128x16 with swapped operands for decode and 128x256 for
-//! prefill ([`CutlassTactic`]); the block-scale GEMM is upstream's WGMMA kernel with two
+//! inside); SwiGLU (linear half first), no biases, the TMA warp-specialised GEMMs only, three
+//! CTA tiles each (cluster 1x1): 128x16 with swapped operands for decode, 128x256 for prefill,
+//! and 128x64 with swapped operands (an expert's tokens padded to 64; by tactic index)
+//! ([`CutlassTactic`]); the block-scale GEMM is upstream's WGMMA kernel with two
 //! tiles, 128x64 (upstream's) and 64x64 (not DeepGEMM, whose JIT needs NVRTC:
 //! docs/fp8-on-hopper.md). Not built: GEMM 2 with the weighted sum fused (not deterministic),
 //! other activations, LoRA, min-latency mode.
@@ -36,8 +38,8 @@ pub mod prepare;
 
 pub use layer::{
     CutlassBatch, CutlassBlockScales, CutlassElement, CutlassMoe, CutlassRouting, CutlassSchedule,
-    CutlassTactic, CutlassWeights, CutlassWorkspace, WeightBuffer, BLOCK_DECODE_MAX_TOKENS,
-    DECODE_MAX_EXPERT_SIZE, DECODE_MAX_TOKENS,
+    CutlassTactic, CutlassWeights, CutlassWorkspace, DecodeLimit, WeightBuffer,
+    BLOCK_DECODE_MAX_TOKENS, DECODE_MAX_EXPERT_SIZE, DECODE_MAX_TOKENS, FP8_DECODE_MAX_TOKENS,
 };
 pub use plan::{
     CutlassBatchSizes, CutlassFp8Scales, CutlassMoeConfig, CutlassPlan, CutlassRoutingSizes,

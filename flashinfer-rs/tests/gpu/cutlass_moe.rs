@@ -129,8 +129,9 @@ fn the_layer_is_built_here_or_refused_with_a_typed_error() {
             names(&b)
         );
         // What the per-call choice looks for (cutlass_moe.cu): the 128x16 swapped tile and
-        // the 128x256 one, in both GEMMs; and no fused weighted sum (its atomic scatter would
-        // make the output's bits vary from call to call).
+        // the 128x256 one, in both GEMMs, and the 128x64 swapped prefill tactic beside them;
+        // and no fused weighted sum (its atomic scatter would make the output's bits vary from
+        // call to call).
         let pair = |tile, swap_ab| CutlassTactic {
             tile,
             swap_ab,
@@ -138,6 +139,7 @@ fn the_layer_is_built_here_or_refused_with_a_typed_error() {
         };
         for t in [&a, &b] {
             assert!(t.contains(&pair((128, 16), true)) && t.contains(&pair((128, 256), false)));
+            assert!(t.contains(&pair((128, 64), true)));
             assert!(t.iter().all(|t| !t.finalize));
         }
     }

@@ -139,7 +139,10 @@ fn fp8_blocks_every_method_and_token_count_matches_the_reference() {
             // 1 token takes the decode kernels, 7 and more the block-scale GEMM: its 64x64
             // tile in GEMM 2, and in GEMM 1 below 64 mean rows per expert (7 to 257 tokens;
             // 128x64 at 2048); each pair is tested by fp8_blocks_both_tiles_....
-            assert_eq!(layer.decode_max_tokens(), BLOCK_DECODE_MAX_TOKENS);
+            assert_eq!(
+                layer.decode_max_tokens(),
+                BLOCK_DECODE_MAX_TOKENS.for_expert(h, i)
+            );
             let tiles = layer.tactics().unwrap();
             assert_eq!(tiles.0, tiles.1);
             let shapes: Vec<_> = tiles.0.iter().map(|t| t.tile).collect();
@@ -381,7 +384,8 @@ fn fp8_blocks_a_graph_of_layers_reruns_with_fresh_inputs() {
                 .collect();
             assert_eq!(
                 moes[0].decode_max_tokens() >= t,
-                t <= BLOCK_DECODE_MAX_TOKENS && schedule == CutlassSchedule::Fastest
+                t <= BLOCK_DECODE_MAX_TOKENS.for_expert(h, i)
+                    && schedule == CutlassSchedule::Fastest
             );
             graph_of_layers(&g, test, t, &moes);
         }

@@ -22,7 +22,8 @@ const TOP_K: [u32; 5] = [1, 2, 4, 8, 22];
 pub const SENTINEL: i16 = -1;
 pub const SPARE_ROWS: usize = 3;
 
-fn methods_for(e: u32) -> Vec<RoutingMethod> {
+/// Every method the matrix runs at `e` experts.
+pub fn methods_for(e: u32) -> Vec<RoutingMethod> {
     let mut m = vec![
         RoutingMethod::Default,
         RoutingMethod::Renormalize,

@@ -19,8 +19,8 @@ use crate::common::{env_list, gpu, report, Gpu};
 use crate::degenerate::{one_per_method, sigmoid_gated, special_logits, PATTERNS};
 use crate::models;
 use crate::routing::{
-    case_data_for, cases_in_parallel, label, matrix, weight_matches, CaseData, DeviceInputs,
-    REGIMES, SENTINEL, SPARE_ROWS, TOKENS,
+    case_data_for, cases_in_parallel, label, matrix, methods_for, weight_matches, CaseData,
+    DeviceInputs, REGIMES, SENTINEL, SPARE_ROWS, TOKENS,
 };
 
 /// What one top-k call wrote, downloaded.
@@ -196,6 +196,30 @@ fn every_method_and_shape_matches_the_oracle() {
     };
     let tokens = env_list("FLASHINFER_RS_ROUTING_TOKENS", &TOKENS);
     run_matrix(&g, test, &matrix(), &tokens, &REGIMES);
+}
+
+/// fp32 rows of 257-384 experts take 12 slots a lane: three 4-value chunks (260 experts, whose
+/// last chunks cover only some lanes; 300) or twelve single values (383: not whole chunks, no
+/// vector loads). Every method that admits more than 256 experts (Renormalize,
+/// RenormalizeNaive, MiniMax2, ungrouped DeepSeekV3: `validate` keeps them) at top-1, 8 and 22,
+/// every regime, fp32 and bf16 logits (bf16 rows keep 16 slots), against the oracle. The
+/// matrix's 384 reaches the whole-row case.
+#[test]
+fn rows_of_257_to_384_experts_match_the_oracle() {
+    let test = "topk::rows_of_257_to_384_experts_match_the_oracle";
+    let Some(g) = gpu(test) else {
+        return;
+    };
+    let configs: Vec<RoutingConfig> = [260u32, 300, 383]
+        .into_iter()
+        .flat_map(|e| {
+            methods_for(e)
+                .into_iter()
+                .flat_map(move |m| [1u32, 8, 22].map(move |k| RoutingConfig::new(m, e, k)))
+        })
+        .filter(|cfg| cfg.validate().is_ok())
+        .collect();
+    run_matrix(&g, test, &configs, &[1, 37, 4096], &REGIMES);
 }
 
 /// DeepSeekV2 (flashinfer-rs's own method, not in `matrix()`: upstream's routers refuse it):

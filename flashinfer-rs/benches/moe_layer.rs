@@ -16,12 +16,12 @@
 //! from bf16 logits by the layer's top-k
 //! router (Renormalize). Timing: CUDA events around CUDA-graph launches of 20 back-to-back
 //! layer calls, 5 warm-up replays, 30 timed, capture on and off interleaved replay by replay,
-//! median, of the layer as `CutlassMoe::new` makes it (the decode kernels up to
-//! `DECODE_MAX_TOKENS` for small experts, else the grouped GEMMs with tactics chosen per
-//! call). Beside it, the fp8 per-tensor layer on the same shapes (`CutlassMoe::new_fp8`, in a
+//! median, of the layer as `CutlassMoe::new` makes it (the decode kernels up to its
+//! `DECODE_MAX_TOKENS` limit for the experts' size, else the grouped GEMMs with tactics chosen
+//! per call). Beside it, the fp8 per-tensor layer on the same shapes (`CutlassMoe::new_fp8`, in a
 //! build with `sm90-moe-fp8`; capture off; its weights are half the bytes), with its decode
 //! kernels forced and its grouped GEMMs forced (tactics per call) up to 64 tokens (the two sides
-//! of `DECODE_MAX_TOKENS` for fp8 weights), and the fp8
+//! of `FP8_DECODE_MAX_TOKENS`), and the fp8
 //! block-scale layer (`CutlassMoe::new_fp8_blocks`: DeepSeek-V3's fp8 format, one scale per
 //! 128x128 block, activations quantised per 128 inside; capture off) and its decode kernels
 //! forced up to 64 tokens (`CutlassSchedule::DecodeUpTo`, capture off) and its GEMM with the

@@ -22,7 +22,9 @@
 #                                          # block scale, PyTorch's grouped-GEMM layer
 #                                          # (scripts/bench_torch_moe.py); `layer-tests [filter]` and
 #                                          # `layer-bench [qwen3|deepseek]` are its two halves
-#                                          # (one call each; layer-bench one layer's tables)
+#                                          # (one call each; layer-bench one layer's tables;
+#                                          # layer-bench-ours and layer-bench-peers its own
+#                                          # halves, where one layer's does not fit a call)
 #     bash scripts/gpu-proof.sh decode-bench [dirs]  # gpu-pack.tar.xz: the decode kernels' probe
 #                                          # (beside other moe_decode.cu in dirs) and the
 #                                          # layer bench at 1-64 tokens (MOE_LAYER_TOKENS)
@@ -161,33 +163,40 @@ case ${1:-suite} in
       part "memcheck$tag" \
       bash scripts/sanitize.sh memcheck
     ;;
-  layer | layer-tests | layer-bench) # layer, layer-tests: [test filters..., default cutlass];
-    # layer-bench: [qwen3|deepseek] (one layer's tables, ours, vLLM's and PyTorch's: a call each
-    # where both do not fit one)
+  layer | layer-tests | layer-bench | layer-bench-ours | layer-bench-peers) # layer,
+    # layer-tests: [test filters..., default cutlass]; layer-bench: [qwen3|deepseek] (one layer's
+    # tables, ours, vLLM's and PyTorch's: a call each where both do not fit one), and its halves
+    # layer-bench-ours (our bench alone: the DeepSeek-V3-sized layer's took 262 s on an H100 in
+    # session 25, before its third tile added pairs to the tactic search) and layer-bench-peers
+    # (vLLM's three and PyTorch's), for a layer whose whole bench does not fit one call
     unpack "$pack.tar.xz"
-    if [ "$1" != layer-bench ]; then
+    if [ "$1" = layer ] || [ "$1" = layer-tests ]; then
       filters=("${@:2}")
       gpu_tests "layer-tests$tag" 0 --nocapture "${filters[@]:-cutlass}"
     fi
     if [ "$1" != layer-tests ]; then
       one=()
       vllm_layers=()
-      if [ "$1" = layer-bench ] && [ $# -gt 1 ]; then
+      if [ "$1" != layer ] && [ $# -gt 1 ]; then
         one=("$2")
         vllm_layers=(--layers "$2")
       fi
       name=bench-layer${one:+-$one}
-      part "$name" bash gpu-pack/bench.sh layer "${one[@]}"
-      tables "$name" "$layer_tables"
-      part "$name-vllm" python3 scripts/bench_vllm_moe.py "${vllm_layers[@]}"
-      tables "$name-vllm" "$layer_tables"
-      part "$name-vllm-fp8" python3 scripts/bench_vllm_moe.py --fp8 "${vllm_layers[@]}"
-      tables "$name-vllm-fp8" "$layer_tables"
-      part "$name-vllm-fp8-blocks" python3 scripts/bench_vllm_moe.py --fp8-blocks \
-        "${vllm_layers[@]}"
-      tables "$name-vllm-fp8-blocks" "$layer_tables"
-      part "$name-torch" python3 scripts/bench_torch_moe.py "${vllm_layers[@]}"
-      tables "$name-torch" "$layer_tables"
+      if [ "$1" != layer-bench-peers ]; then
+        part "$name" bash gpu-pack/bench.sh layer "${one[@]}"
+        tables "$name" "$layer_tables"
+      fi
+      if [ "$1" != layer-bench-ours ]; then
+        part "$name-vllm" python3 scripts/bench_vllm_moe.py "${vllm_layers[@]}"
+        tables "$name-vllm" "$layer_tables"
+        part "$name-vllm-fp8" python3 scripts/bench_vllm_moe.py --fp8 "${vllm_layers[@]}"
+        tables "$name-vllm-fp8" "$layer_tables"
+        part "$name-vllm-fp8-blocks" python3 scripts/bench_vllm_moe.py --fp8-blocks \
+          "${vllm_layers[@]}"
+        tables "$name-vllm-fp8-blocks" "$layer_tables"
+        part "$name-torch" python3 scripts/bench_torch_moe.py "${vllm_layers[@]}"
+        tables "$name-torch" "$layer_tables"
+      fi
     fi
     ;;
   decode-bench | variant-bench) # [dirs]: decode-bench first runs the decode kernels' probe
@@ -295,7 +304,7 @@ case ${1:-suite} in
       --only "${2:-ours}" --json "$logs/serve-bench-${2:-ours}.json"
     ;;
   *)
-    echo "usage: $0 suite | tests [args] | memcheck [filters] | layer|layer-tests [filters] | layer-bench | router-bench |" \
+    echo "usage: $0 suite | tests [args] | memcheck [filters] | layer|layer-tests [filters] | layer-bench[-ours|-peers] [layer] | router-bench |" \
       "transformers-fp8-blocks |" \
       "decode-bench [dirs] | decode-probe [dirs] | variant-bench | variant-ab [layer] | block-layer |" \
       "decode-profile [cases] | block-gemm-probe |" \

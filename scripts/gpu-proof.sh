@@ -217,6 +217,10 @@ case ${1:-suite} in
     : "${PACK:?variant-ab compares the main pack with the pack PACK names}"
     unpack gpu-pack.tar.xz
     unpack "$PACK.tar.xz"
+    # An earlier call's rounds on this machine (the logs folder outlives a call on a warm one)
+    # must not stand in for a round this call's limit cuts (session 26's DeepSeek-V3-sized
+    # A B A B came back with a Qwen3 round of the call before it).
+    rm -f "$logs"/bench-layer-gpu-pack-[12].* "$logs/bench-layer-$PACK"-[12].*
     for round in 1 2; do
       for p in gpu-pack "$PACK"; do
         MOE_LAYER_TOKENS=${MOE_LAYER_TOKENS:-512,4096} part "bench-layer-$p-$round" \

@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""The layer A B A B (`scripts/gpu-proof.sh variant-ab`) as one markdown table per layer.
+
+    python3 scripts/ab-table.py LOGDIR PACK
+
+LOGDIR holds the call's bench-layer-gpu-pack-{1,2}.md (main's rounds) and
+bench-layer-PACK-{1,2}.md (the candidate's; a round the call's limit cut is left out). Per size:
+main's and the candidate's layer (capture off) in each round, their ratio of means, the decode
+kernels and the best fixed tactic pair (main / candidate, with the candidate's pair), and the fp8
+per-tensor and block-scale layers (main / candidate, first rounds). Ratios within the one call.
+"""
+import os
+import sys
+
+
+def table(path):
+    """A layer bench's table: size -> cells by the header's names (the last `which` column is
+    the bf16 GEMMs' pair, kept as `pair`)."""
+    out = {}
+    lines = [l for l in open(path) if l.startswith("|") and not l.startswith("|---")]
+    header = [c.strip() for c in lines[0].strip().strip("|").split("|")]
+    which = max(i for i, c in enumerate(header) if c == "which")
+    for line in lines[1:]:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if cells[0] == "tokens":
+            continue
+        row = dict(zip(header, cells))
+        row["pair"] = cells[which]
+        out[cells[0]] = row
+    return out
+
+
+def rounds(logdir, pack):
+    found = []
+    for r in (1, 2):
+        path = os.path.join(logdir, f"bench-layer-{pack}-{r}.md")
+        if os.path.exists(path) and os.path.getsize(path) > 0:
+            found.append(table(path))
+    return found
+
+
+def main(argv):
+    if len(argv) != 2:
+        sys.exit(__doc__)
+    logdir, pack = argv
+    main_rounds, cand = rounds(logdir, "gpu-pack"), rounds(logdir, pack)
+    if not main_rounds or not cand:
+        sys.exit(f"no rounds of gpu-pack and {pack} in {logdir}")
+    print(f"| tokens | main, each round (us) | {pack} | {pack} / main | decode kernels, forced (us) "
+          f"| best fixed tactics, main / {pack} (us) | {pack}'s best pair "
+          f"| fp8 per-tensor, main / {pack} (us) | block scale, main / {pack} (us) |")
+    print("|---:|---:|---:|---:|---:|---:|---|---:|---:|")
+    key = "capture off (us)"
+    for size in main_rounds[0]:
+        if size not in cand[0]:
+            continue
+        a = [float(t[size][key]) for t in main_rounds if size in t]
+        b = [float(t[size][key]) for t in cand if size in t]
+        m, c = main_rounds[0][size], cand[0][size]
+        print(f"| {size} | {' / '.join(f'{x:.1f}' for x in a)} | {' / '.join(f'{x:.1f}' for x in b)} "
+              f"| {(sum(b) / len(b)) / (sum(a) / len(a)):.3f} | {m['decode kernels (us)']} "
+              f"| {m['best fixed tactics (us)']} / {c['best fixed tactics (us)']} | {c['pair']} "
+              f"| {m['fp8 layer (us)']} / {c['fp8 layer (us)']} "
+              f"| {m['fp8 block-scale layer (us)']} / {c['fp8 block-scale layer (us)']} |")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

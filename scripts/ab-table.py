@@ -12,22 +12,15 @@ per-tensor and block-scale layers (main / candidate, first rounds). Ratios withi
 import os
 import sys
 
+from md_tables import read_tables
+
 
 def table(path):
     """A layer bench's table: size -> cells by the header's names (the last `which` column is
     the bf16 GEMMs' pair, kept as `pair`)."""
-    out = {}
-    lines = [l for l in open(path) if l.startswith("|") and not l.startswith("|---")]
-    header = [c.strip() for c in lines[0].strip().strip("|").split("|")]
+    header, body = next(t for t in read_tables(path) if t[0][0] == "tokens")
     which = max(i for i, c in enumerate(header) if c == "which")
-    for line in lines[1:]:
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if cells[0] == "tokens":
-            continue
-        row = dict(zip(header, cells))
-        row["pair"] = cells[which]
-        out[cells[0]] = row
-    return out
+    return {cells[0]: dict(zip(header, cells), pair=cells[which]) for cells in body}
 
 
 def rounds(logdir, pack):

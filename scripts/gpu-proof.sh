@@ -79,8 +79,13 @@ out=${OUT:-/tmp/gpu-proof}
 mkdir -p "$out"
 summary=$out/summary.txt
 # Each part's files, in a folder of this $OUT's own (so several invocations in one device call
-# add up), packed into $out/logs.tar.xz whenever this script ends.
+# add up), packed into $out/logs.tar.xz whenever this script ends. The device tool empties $OUT
+# before each call but the folder outlives a call on a warm machine: the call's first invocation
+# (no summary yet) starts it afresh, so that a part this call's limit cut before it began cannot
+# come back as an earlier call's (session 26's DeepSeek-V3-sized A B A B came back with the
+# call before's Qwen3 round).
 logs=${TMPDIR:-/tmp}/gpu-proof-logs-$(printf %s "$out" | cksum | cut -d' ' -f1)
+[ -e "$summary" ] || rm -rf "$logs"
 mkdir -p "$logs"
 trap 'tar cJf "$out/logs.tar.xz" -C "$logs" .' EXIT
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader \
@@ -217,10 +222,6 @@ case ${1:-suite} in
     : "${PACK:?variant-ab compares the main pack with the pack PACK names}"
     unpack gpu-pack.tar.xz
     unpack "$PACK.tar.xz"
-    # An earlier call's rounds on this machine (the logs folder outlives a call on a warm one)
-    # must not stand in for a round this call's limit cuts (session 26's DeepSeek-V3-sized
-    # A B A B came back with a Qwen3 round of the call before it).
-    rm -f "$logs"/bench-layer-gpu-pack-[12].* "$logs/bench-layer-$PACK"-[12].*
     for round in 1 2; do
       for p in gpu-pack "$PACK"; do
         MOE_LAYER_TOKENS=${MOE_LAYER_TOKENS:-512,4096} part "bench-layer-$p-$round" \

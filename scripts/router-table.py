@@ -14,36 +14,33 @@ D2D copy's bandwidth from 32768 tokens. Ratios within the one call only.
 """
 import sys
 
+from md_tables import read_tables
+
 
 def rows(path):
     """Our table 6: (model, tokens) -> the row's cells, by the header's names."""
-    out, header = {}, None
-    for line in open(path):
-        if not line.startswith("|") or line.startswith("|---"):
-            continue
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if cells[0] == "model":
-            header = cells
-            continue
-        if header:
-            out[(cells[0].split()[0], int(cells[1]))] = dict(zip(header, cells))
-    return out
+    return {
+        (cells[0].split()[0], int(cells[1])): dict(zip(header, cells))
+        for header, body in read_tables(path)
+        if header[0] == "model"
+        for cells in body
+    }
 
 
 def fastest_peers(path):
     """The peers' table: (model, tokens) -> (us, which), the fastest router (no floors)."""
     out = {}
-    for line in open(path):
-        if not line.startswith("|") or line.startswith("|---"):
+    for header, body in read_tables(path):
+        if header[0] != "model":
             continue
-        c = [x.strip() for x in line.strip().strip("|").split("|")]
-        if c[0] == "model" or c[1] == "-" or c[2].startswith("floor") or c[3] == "-":
-            continue
-        key, us = (c[0].split()[0], int(c[1])), float(c[3])
-        which = ("vLLM" if c[2].startswith("vLLM")
-                 else "SGLang PDL" if "(Triton, PDL)" in c[2] else "SGLang")
-        if key not in out or us < out[key][0]:
-            out[key] = (us, which)
+        for c in body:
+            if c[1] == "-" or c[2].startswith("floor") or c[3] == "-":
+                continue
+            key, us = (c[0].split()[0], int(c[1])), float(c[3])
+            which = ("vLLM" if c[2].startswith("vLLM")
+                     else "SGLang PDL" if "(Triton, PDL)" in c[2] else "SGLang")
+            if key not in out or us < out[key][0]:
+                out[key] = (us, which)
     return out
 
 

@@ -662,7 +662,8 @@ __global__ void __launch_bounds__(kWarpsPerBlock * 32) topk_route(const Args a) 
 // measured (H100, session 26, BENCHMARKS.md 7m): Qwen3 3.60 / 7.60 / 22.51 us at 8192 / 32768
 // / 131072 tokens (0.85 / 0.78 / 0.50x main's), replay cost 1.00-1.04 where it was 1.06-1.21;
 // top-1 level from 8192 tokens but still 1.02-1.07x at 1-1024 (1.41 against 1.32 us at one):
-// the warp-round loop, not the stores (candidate router-5c gives top-1 its thread loop back).
+// the warp-round loop, not the stores: top-1 keeps a thread-strided loop of its own (router-5c,
+// BENCHMARKS.md 7n).
 
 constexpr int kRowsBlock = 256;  // threads a block of topk_rows
 constexpr int kAhead = 4;        // chunks a lane has in flight
@@ -737,90 +738,108 @@ __device__ __forceinline__ float butterfly_sum(const float* e) {
 
 // T lanes a token (a power of two <= 8), K >= top_k (a power of two <= 16); num_experts a
 // multiple of 8 and the logits 16-byte aligned (the host checks).
+// One token's row: its T lanes (`sub` of `group`) read the logits, keep their K best, merge
+// them by shuffles and hand each rank r of the lane's (r, r + T, ...) to put(r, expert, weight),
+// the weights as method_weight gives them for these methods.
+template <int T, int K, bool kNanLow, typename Put>
+__device__ __forceinline__ void route_row(const Args& a, int t, int sub, unsigned group, Put put) {
+  const int chunks = a.num_experts / 8, k = a.top_k;
+  const auto* row = reinterpret_cast<const uint4*>(static_cast<const __nv_bfloat16*>(a.logits) +
+                                                   static_cast<size_t>(t) * a.num_experts);
+  uint32_t top[K];
+#pragma unroll
+  for (int i = 0; i < K; ++i) top[i] = 0u;  // closed: below every candidate
+  for (int c0 = sub; c0 < chunks; c0 += kAhead * T) {
+    uint4 words[kAhead];
+#pragma unroll
+    for (int d = 0; d < kAhead; ++d) {
+      const int c = c0 + d * T;
+      words[d] = c < chunks ? __ldg(row + c) : make_uint4(0u, 0u, 0u, 0u);
+    }
+#pragma unroll
+    for (int d = 0; d < kAhead; ++d) {
+      const int c = c0 + d * T;
+      if (c < chunks) fold_chunk<K, kNanLow>(top, words[d], c * 8);
+    }
+  }
+#pragma unroll
+  for (int off = 1; off < T; off <<= 1) {
+    uint32_t other[K];
+#pragma unroll
+    for (int i = 0; i < K; ++i) other[i] = __shfl_xor_sync(group, top[i], off);
+    keep_best<K, K>(top, other);
+  }
+
+  // Every lane of the token holds its K best, rank order.
+  float key[K], e[K];
+#pragma unroll
+  for (int r = 0; r < K; ++r) key[r] = key_of(ord_of_bf16(top[r]));
+  const bool softmax =
+      a.method == FI_ROUTING_RENORMALIZE || a.method == FI_ROUTING_RENORMALIZE_NAIVE;
+  float sum = 1.0f;
+  if (softmax) {
+#pragma unroll
+    for (int r = 0; r < K; ++r) e[r] = r < k ? __expf(key[r] - key[0]) : 0.0f;
+    sum = butterfly_sum<K>(e);
+  }
+#pragma unroll
+  for (int r = 0; r < K; ++r) {
+    if (r < k && (r & (T - 1)) == sub) {
+      put(r, expert_of_bf16(top[r]),
+          softmax                          ? e[r] / sum
+          : a.method == FI_ROUTING_LLAMA4 ? sigmoid(key[r])
+                                           : key[r]);  // TopK: the logit
+    }
+  }
+}
+
 template <int T, int K, bool kNanLow>
 __global__ void __launch_bounds__(kRowsBlock) topk_rows(const Args a) {
-  constexpr int kGroups = 32 / T;  // tokens a warp routes at once
-  // A warp's ids and weights, staged so that its stores cover its tokens' rows contiguously
-  // (each lane's own ranks lie k entries apart per token: one sector each at one lane a token);
-  // unused at top-1.
-  __shared__ uint16_t staged_ids[kRowsBlock / 32][kGroups * K];
-  __shared__ float staged_weights[kRowsBlock / 32][kGroups * K];
   const int lane = threadIdx.x & 31;
-  const int in_block = threadIdx.x >> 5;
   const unsigned group = ((1u << T) - 1) << (lane & ~(T - 1));
-  const int g = lane / T, sub = lane & (T - 1);
-  const int warps = gridDim.x * (blockDim.x >> 5);
-  const int warp = blockIdx.x * (blockDim.x >> 5) + in_block;
-  const int chunks = a.num_experts / 8, k = a.top_k;
-  uint16_t* ids = staged_ids[in_block];
-  float* weights = staged_weights[in_block];
+  const int sub = lane & (T - 1), k = a.top_k;
   // As topk_route (programmatic dependent launch).
   fi::wait_for_prior_grid();
   fi::let_dependents_start();
 
-  // A warp routes tokens first..first + kGroups - 1 each round (every lane loops alike, so the
-  // warp's syncs find all of them); a token's T lanes shuffle among themselves.
-  for (int first = warp * kGroups; first < a.num_tokens; first += warps * kGroups) {
-    const int n = min(kGroups, a.num_tokens - first);
-    if (g < n) {
-      const int t = first + g;
-      const auto* row = reinterpret_cast<const uint4*>(
-          static_cast<const __nv_bfloat16*>(a.logits) + static_cast<size_t>(t) * a.num_experts);
-      uint32_t top[K];
-#pragma unroll
-      for (int i = 0; i < K; ++i) top[i] = 0u;  // closed: below every candidate
-      for (int c0 = sub; c0 < chunks; c0 += kAhead * T) {
-        uint4 words[kAhead];
-#pragma unroll
-        for (int d = 0; d < kAhead; ++d) {
-          const int c = c0 + d * T;
-          words[d] = c < chunks ? __ldg(row + c) : make_uint4(0u, 0u, 0u, 0u);
-        }
-#pragma unroll
-        for (int d = 0; d < kAhead; ++d) {
-          const int c = c0 + d * T;
-          if (c < chunks) fold_chunk<K, kNanLow>(top, words[d], c * 8);
-        }
-      }
-#pragma unroll
-      for (int off = 1; off < T; off <<= 1) {
-        uint32_t other[K];
-#pragma unroll
-        for (int i = 0; i < K; ++i) other[i] = __shfl_xor_sync(group, top[i], off);
-        keep_best<K, K>(top, other);
-      }
-
-      // Every lane of the token holds its K best, rank order; lane `sub` stages ranks sub,
-      // sub + T, ... The weights as method_weight gives them for these methods.
-      float key[K], e[K];
-#pragma unroll
-      for (int r = 0; r < K; ++r) key[r] = key_of(ord_of_bf16(top[r]));
-      const bool softmax =
-          a.method == FI_ROUTING_RENORMALIZE || a.method == FI_ROUTING_RENORMALIZE_NAIVE;
-      float sum = 1.0f;
-      if (softmax) {
-#pragma unroll
-        for (int r = 0; r < K; ++r) e[r] = r < k ? __expf(key[r] - key[0]) : 0.0f;
-        sum = butterfly_sum<K>(e);
-      }
-#pragma unroll
-      for (int r = 0; r < K; ++r) {
-        if (r < k && (r & (T - 1)) == sub) {
-          const uint32_t expert = expert_of_bf16(top[r]);
-          const float w = softmax                          ? e[r] / sum
-                          : a.method == FI_ROUTING_LLAMA4 ? sigmoid(key[r])
-                                                           : key[r];  // TopK: the logit
-          if constexpr (K == 1) {
-            // Top-1: a warp's tokens' rows are its lanes' one entry each, side by side already.
-            store_route(a, static_cast<size_t>(t), expert, w);
-          } else {
-            ids[g * k + r] = static_cast<uint16_t>(expert);
-            weights[g * k + r] = w;
-          }
-        }
-      }
+  if constexpr (K == 1) {
+    // Top-1: a row is one entry, so a warp's tokens' rows are side by side already and each
+    // token's entry is stored directly. A thread-strided loop: the warp rounds below took
+    // 1.02-1.07x its time at 1-1024 Llama4 tokens (H100, session 26, BENCHMARKS.md 7m); this
+    // loop takes 0.97-0.98x the rounds' time there and 0.80 / 0.77x at 32768 / 131072 tokens
+    // (H100, session 27, BENCHMARKS.md 7n).
+    // A token's T lanes share t, so they loop alike and the group's shuffles find all of them.
+    const int thread = blockIdx.x * blockDim.x + threadIdx.x;
+    const int stride = gridDim.x * blockDim.x / T;
+    for (int t = thread / T; t < a.num_tokens; t += stride) {
+      route_row<T, K, kNanLow>(a, t, sub, group, [&](int r, uint32_t expert, float w) {
+        store_route(a, static_cast<size_t>(t) * k + r, expert, w);
+      });
     }
-    if constexpr (K > 1) {
+  } else {
+    constexpr int kGroups = 32 / T;  // tokens a warp routes at once
+    // A warp's ids and weights, staged so that its stores cover its tokens' rows
+    // contiguously (each lane's own ranks lie k entries apart per token: one sector each at
+    // one lane a token).
+    __shared__ uint16_t staged_ids[kRowsBlock / 32][kGroups * K];
+    __shared__ float staged_weights[kRowsBlock / 32][kGroups * K];
+    const int in_block = threadIdx.x >> 5;
+    const int g = lane / T;
+    const int warps = gridDim.x * (blockDim.x >> 5);
+    const int warp = blockIdx.x * (blockDim.x >> 5) + in_block;
+    uint16_t* ids = staged_ids[in_block];
+    float* weights = staged_weights[in_block];
+    // A warp routes tokens first..first + kGroups - 1 each round (every lane loops alike, so
+    // the warp's syncs find all of them); a token's T lanes shuffle among themselves.
+    for (int first = warp * kGroups; first < a.num_tokens; first += warps * kGroups) {
+      const int n = min(kGroups, a.num_tokens - first);
+      if (g < n) {
+        route_row<T, K, kNanLow>(a, first + g, sub, group,
+                                 [&](int r, uint32_t expert, float w) {
+                                   ids[g * k + r] = static_cast<uint16_t>(expert);
+                                   weights[g * k + r] = w;
+                                 });
+      }
       __syncwarp();
       // The warp's n rows are n * k consecutive entries of each output.
       const size_t base = static_cast<size_t>(first) * k;

@@ -63,7 +63,7 @@ struct fi_cutlass_moe {
   int32_t tile1 = 0, tile2 = 0;
   // Tactics -1: the pairs chosen per call (fi_cutlass_moe_run's doc), by rows per expert.
   bool per_call = false;
-  std::pair<size_t, size_t> few_rows{0, 0}, many_rows{0, 0};
+  std::pair<size_t, size_t> few_rows{0, 0}, some_rows{0, 0}, many_rows{0, 0};
   // The runner's workspace at max_tokens, and where the row map starts (after it, aligned).
   size_t runner_bytes = 0;
   size_t map_offset = 0;
@@ -190,17 +190,27 @@ size_t find(const std::vector<Config>& tactics, int32_t tile_n, bool swap_ab) {
   return 0;
 }
 
-// Below this many mean rows per expert the 128x16 swapped tactics win, from it on 128x256
-// (BENCHMARKS.md section 7: Qwen3 and DeepSeek-V3-sized layers on an H200).
+// Below this many mean rows per expert the 128x16 swapped tactics win (BENCHMARKS.md section 7:
+// Qwen3 and DeepSeek-V3-sized layers on an H200).
 constexpr int64_t kFewRows = 16;
 
-// Block-scale weights: GEMM 1 takes the 64x64 tile (kNarrowTile, two CTAs per SM) below this many
-// mean rows per expert, upstream's 128x64 (kWideTile; a 128-row tile at least half full) from
-// it on; GEMM 2 takes 64x64 at every size. On an H100 the 64x64 tile took both GEMMs of both
-// layers in 0.59-0.88x the 128x64's time at 16-512 tokens, bit for bit the same output, and at
-// 4096 tokens (256 rows per expert) the fastest pair was 128x64 in GEMM 1, 64x64 in GEMM 2
-// (docs/fp8-on-hopper.md section 10, BENCHMARKS.md 7g).
-constexpr int64_t kBlockFewRows = 64;
+// Below this many mean rows per expert a 128-row tile is less than half full, and both rules
+// below change tile there.
+//
+// bf16 and fp8 per-tensor weights: from kFewRows on, the 128x64 swapped tactics, whose 64-token
+// side pads an expert's tokens half as much as 128x256's 128 rows (on an H100, 7n: 0.97x the
+// 128x256's time at 32 Qwen3 rows an expert in bf16 and fp8, the fastest fixed pair at 16 and 32
+// DeepSeek-V3-sized rows, 1.2% and 0.4% below 128x256); from kHalfTileRows on, 128x256. At 64 rows
+// the two layers part: Qwen3's fastest pair stays 128x64 swapped (3% ahead), but the DeepSeek-V3-
+// sized layer (hidden 7168) takes 1.03x the 128x256's time with it in GEMM 1 and 1.09x in GEMM 2,
+// and no rule of rows alone gives both.
+//
+// Block-scale weights: GEMM 1 takes the 64x64 tile (kNarrowTile, two CTAs per SM) below it,
+// upstream's 128x64 (kWideTile) from it on; GEMM 2 takes 64x64 at every size. On an H100 the
+// 64x64 tile took both GEMMs of both layers in 0.59-0.88x the 128x64's time at 16-512 tokens,
+// bit for bit the same output, and at 4096 tokens (256 rows per expert) the fastest pair was
+// 128x64 in GEMM 1, 64x64 in GEMM 2 (docs/fp8-on-hopper.md section 10, BENCHMARKS.md 7g).
+constexpr int64_t kHalfTileRows = 64;
 
 // Whether a call's mean rows per expert, num_tokens * top_k / num_experts, fall below `rows`
 // (in integers, no division): what the per-call tactic rules above decide on.
@@ -289,7 +299,7 @@ extern "C" fi_status fi_cutlass_moe_create(const fi_cutlass_moe_params* params,
       // Its GEMMs are the block-scale runner's (BlockScaleFC1/FC2), which take no config; runMoe
       // still requires one set (and reads only its epilogue schedule, AUTO here). The tactics
       // are our block-scale GEMM's tiles (validated above), told to it around each call
-      // (TileScope); tactics -1 choose them per call (kBlockFewRows).
+      // (TileScope); tactics -1 choose them per call (kHalfTileRows).
       layer->runner->setTactic(Config{}, Config{});
       layer->tile1 = params->tactic_gemm1;
       layer->tile2 = params->tactic_gemm2;
@@ -298,6 +308,7 @@ extern "C" fi_status fi_cutlass_moe_create(const fi_cutlass_moe_params* params,
       layer->tactics2 = tma_ws(layer->runner->getTactics(k::MoeGemmId::GEMM_2));
       if (layer->per_call) {
         layer->few_rows = {find(layer->tactics1, 16, true), find(layer->tactics2, 16, true)};
+        layer->some_rows = {find(layer->tactics1, 64, true), find(layer->tactics2, 64, true)};
         layer->many_rows = {find(layer->tactics1, 256, false),
                             find(layer->tactics2, 256, false)};
       }
@@ -400,8 +411,9 @@ extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
     }
     if (layer->per_call && !block_scale(p)) {
       // Host-side only: the runner reads its tactics when it launches the GEMMs below.
-      auto [t1, t2] =
-          fewer_rows_than(kFewRows, b.num_tokens, p) ? layer->few_rows : layer->many_rows;
+      auto [t1, t2] = fewer_rows_than(kFewRows, b.num_tokens, p)    ? layer->few_rows
+                      : fewer_rows_than(kHalfTileRows, b.num_tokens, p) ? layer->some_rows
+                                                                     : layer->many_rows;
       layer->runner->setTactic(layer->tactics1[t1], layer->tactics2[t2]);
     }
     int* map = reinterpret_cast<int*>(workspace + layer->map_offset);
@@ -423,7 +435,7 @@ extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
       quant = k::QuantParams::FP8BlockScaling(b.fc1_block_scales, b.fc2_block_scales);
       int32_t tile1 = layer->tile1, tile2 = layer->tile2;
       if (layer->per_call) {
-        tile1 = fewer_rows_than(kBlockFewRows, b.num_tokens, p) ? fi::block_scale::kNarrowTile
+        tile1 = fewer_rows_than(kHalfTileRows, b.num_tokens, p) ? fi::block_scale::kNarrowTile
                                                                  : fi::block_scale::kWideTile;
         tile2 = fi::block_scale::kNarrowTile;
       }

@@ -505,12 +505,12 @@ typedef struct fi_cutlass_moe_buffers {
 /** output[t] = sum over j of expert_scales[t, j] * down(SwiGLU(up_gate(x[t]))) of expert
  * expert_ids[t, j], over this rank's experts; enqueued on `stream` (a cudaStream_t). A layer
  * created with tactics -1 picks them per call from the mean rows per expert,
- * num_tokens * top_k / num_experts (measured on an H200, BENCHMARKS.md section 7): below 16,
- * the 128x16 tile with swapped operands in both GEMMs (its 16 columns over an expert's tokens);
- * from 16 on, the 128x256 tile (fp8 block-scale weights: the 64x64 tile, but 128x64 in GEMM 1
- * from 64 on). The weighted sum is the runner's finalize kernel (the GEMM
- * epilogue that fuses it is not built: its atomic scatter is not deterministic), so equal
- * inputs give equal output bits. A call of 1..=decode_max_tokens tokens takes the decode kernels
+ * num_tokens * top_k / num_experts (BENCHMARKS.md sections 7 and 7n): below 16, the 128x16 tile
+ * with swapped operands in both GEMMs (its 16 columns over an expert's tokens); from 16, the
+ * 128x64 tile with swapped operands; from 64 on, the 128x256 tile (fp8 block-scale weights: the
+ * 64x64 tile, but 128x64 in GEMM 1 from 64 on). The weighted sum is the runner's finalize kernel
+ * (the GEMM epilogue that fuses it is not built: its atomic scatter is not deterministic), so
+ * equal inputs give equal output bits. A call of 1..=decode_max_tokens tokens takes the decode kernels
  * instead (two bandwidth-bound kernels that read each routed expert's weights once; the tactics
  * do not apply), as deterministic. */
 fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer, const fi_cutlass_moe_buffers* buffers,

@@ -431,9 +431,12 @@ pub enum CutlassSchedule {
     /// up to [`DECODE_MAX_EXPERT_SIZE`], 4 for larger ones); the others the grouped GEMMs, their
     /// tactics chosen per call from the call's mean rows per expert (`num_tokens * top_k /
     /// num_experts`, host-side, no launch): below 16, the 128x16 tile with swapped operands in both
-    /// GEMMs; from 16 on, the 128x256 tile (on an H200 within 2.5% of the fastest of three tiles in
-    /// both operand orders, BENCHMARKS.md section 7). Block-scale weights: the block-scale GEMM's
-    /// 64x64 tile in GEMM 2, and in GEMM 1 below 64 (its 128x64 from 64 on; BENCHMARKS.md 7g).
+    /// GEMMs; from 16, the 128x64 tile with swapped operands (0.97x the 128x256's time at 32
+    /// Qwen3 rows an expert on an H100, and the fastest pair at 16 and 32 DeepSeek-V3-sized rows,
+    /// BENCHMARKS.md 7n); from 64 on, the 128x256 tile (on an H200 within 2.5% of the fastest of
+    /// three tiles in both operand orders, BENCHMARKS.md section 7). Block-scale weights: the
+    /// block-scale GEMM's 64x64 tile in GEMM 2, and in GEMM 1 below 64 (its 128x64 from 64 on;
+    /// BENCHMARKS.md 7g).
     #[default]
     Fastest,
     /// As [`Fastest`](Self::Fastest), with the decode kernels taking calls of up to this many
@@ -453,10 +456,10 @@ pub enum CutlassSchedule {
     /// and routed experts to equal the same request run alone (e.g. RL rollouts replayed by a
     /// trainer). It costs speed where `Fastest` takes other kernels: the decode kernels at up
     /// to 8 tokens (a Qwen3-30B-A3B layer at one token, H100: 53.2 us instead of 38.0,
-    /// BENCHMARKS.md 7c) and the 128x256 tile from 16 rows per expert. A block-scale layer
-    /// takes its GEMM with the 64x64 tile at every size (not the decode kernels `Fastest`
-    /// takes up to [`BLOCK_DECODE_MAX_TOKENS`], nor the 128x64 tile in GEMM 1 from 64
-    /// rows per expert, the faster there at 4096 tokens).
+    /// BENCHMARKS.md 7c) and the 128x64 and 128x256 tiles from 16 rows per expert. A
+    /// block-scale layer takes its GEMM with the 64x64 tile at every size (not the decode
+    /// kernels `Fastest` takes up to [`BLOCK_DECODE_MAX_TOKENS`], nor the 128x64 tile in GEMM 1
+    /// from 64 rows per expert, the faster there at 4096 tokens).
     BatchInvariant,
 }
 

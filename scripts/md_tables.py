@@ -1,11 +1,13 @@
-"""The markdown tables of a bench's output, for the table scripts (router-table.py, ab-table.py)."""
+"""The markdown tables of a bench's output, for the table scripts (router-table.py, ab-table.py,
+layer-table.py)."""
 
 
-def read_tables(path):
-    """Each `|` table of the file at `path` as (header, rows): the header's cells and each row's
-    cells, stripped, the `|---|` rule left out. A table ends at its first line outside it."""
+def read_tables(source):
+    """Each `|` table of `source` (a file's path, or its lines) as (header, rows): the header's
+    cells and each row's cells, stripped, the `|---|` rule left out. A table ends at its first
+    line outside it."""
     tables, current = [], None
-    for line in open(path):
+    for line in open(source) if isinstance(source, str) else source:
         if not line.startswith("|"):
             current = None
             continue

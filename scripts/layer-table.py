@@ -121,12 +121,15 @@ def main(argv):
             cd_cell = "fails"
         if span:
             v = verdict(t, span)
-            (behind if v == "behind" else level if v == "level" else []).append(size)
+            if v == "behind":
+                behind.append(size)
+            elif v == "level":
+                level.append(size)
             ahead_by[size] = span[0] / t
         if cd is not None:
             # The weight-read bound's time: ours at its HBM use on the experts' weights.
-            bound = t * number(row["HBM use on their weights"].rstrip("%")) / 100
-            candle_ratios[size] = (cd / t, cd / 3 < bound)
+            hbm = number(row["HBM use on their weights"].rstrip("%"))
+            candle_ratios[size] = (cd / t, hbm is not None and cd / 3 < t * hbm / 100)
         print(f"| {size} | {t:.1f} | {row['decode kernels (us)']} | {row['best fixed tactics (us)']} "
               f"| {f'{total:.1f}' if total else '-'} "
               f"| {f'{span[0]:.1f}-{span[1]:.1f}' if span else '-'} | {ratio(span, t) if span else '-'} "
@@ -148,7 +151,7 @@ def main(argv):
 
     print()
     if vllm:
-        print(f"- never slower than vLLM's Triton fused MoE (bf16, routing given): "
+        print("- never slower than vLLM's Triton fused MoE (bf16, routing given): "
               + ("met at every size" if not behind and not level else
                  f"behind at {', '.join(behind) or 'none'}; level within the stand-in's range at "
                  f"{', '.join(level) or 'none'}"))
@@ -160,7 +163,7 @@ def main(argv):
         short = [f"{s} ({r:.2f}x{', under the weight-read bound' if out else ''})"
                  for s, (r, out) in candle_ratios.items() if r < 3.0]
         all_r = [r for r, _ in candle_ratios.values()]
-        print(f"- >= 3x ahead of candle's fused MoE where it runs: "
+        print("- >= 3x ahead of candle's fused MoE where it runs: "
               + (f"missed at {', '.join(short)}" if short else
                  f"met ({min(all_r):.2f}-{max(all_r):.2f}x)"))
 

@@ -411,9 +411,9 @@ extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
     }
     if (layer->per_call && !block_scale(p)) {
       // Host-side only: the runner reads its tactics when it launches the GEMMs below.
-      auto [t1, t2] = fewer_rows_than(kFewRows, b.num_tokens, p)    ? layer->few_rows
+      auto [t1, t2] = fewer_rows_than(kFewRows, b.num_tokens, p)        ? layer->few_rows
                       : fewer_rows_than(kHalfTileRows, b.num_tokens, p) ? layer->some_rows
-                                                                     : layer->many_rows;
+                                                                        : layer->many_rows;
       layer->runner->setTactic(layer->tactics1[t1], layer->tactics2[t2]);
     }
     int* map = reinterpret_cast<int*>(workspace + layer->map_offset);

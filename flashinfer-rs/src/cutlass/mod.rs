@@ -26,8 +26,8 @@
 //! inside); SwiGLU (linear half first), no biases, the TMA warp-specialised GEMMs only, three
 //! CTA tiles each (cluster 1x1): 128x16 with swapped operands for decode, 128x64 with swapped
 //! operands (an expert's tokens padded to 64: 16-63 rows per expert) and 128x256 for prefill
-//! ([`CutlassTactic`], [`CutlassSchedule::Fastest`]); the block-scale GEMM is upstream's WGMMA kernel with two
-//! tiles, 128x64 (upstream's) and 64x64 (not DeepGEMM, whose JIT needs NVRTC:
+//! ([`CutlassTactic`], [`CutlassSchedule::Fastest`]); the block-scale GEMM is upstream's WGMMA
+//! kernel with two tiles, 128x64 (upstream's) and 64x64 (not DeepGEMM, whose JIT needs NVRTC:
 //! docs/fp8-on-hopper.md). Not built: GEMM 2 with the weighted sum fused (not deterministic),
 //! other activations, LoRA, min-latency mode.
 //!

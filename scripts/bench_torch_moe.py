@@ -11,14 +11,15 @@ route, sort the (token, expert) pairs by expert, gather the rows, one grouped GE
 projection (`torch._grouped_mm` with per-expert offsets, where this PyTorch has it; else a
 loop over the experts), SwiGLU (linear half first), the weighted sum with `index_add_`.
 Captured in a CUDA graph (no host synchronisation in it); per call, median over 30
-repetitions of 20 back-to-back calls after 5 warm-ups, CUDA events. Prints a Markdown table.
+repetitions of 20 back-to-back calls (fewer where 20 would take over 5 ms:
+torch_timing.graph_per_call_us) after 5 warm-ups, CUDA events. Prints a Markdown table.
 """
 import argparse
 
 import torch
 import torch.nn.functional as F
 
-from torch_timing import N, graphed, per_call_us
+from torch_timing import N, graph_per_call_us, per_call_us
 
 TOKENS = [1, 2, 4, 8, 16, 32, 64, 512, 4096]  # the Rust bench's and bench_vllm_moe.py's sizes
 # Keyed as scripts/bench_vllm_moe.py's (gpu-proof.sh layer-bench passes one key to both).
@@ -78,12 +79,13 @@ def main():
             logits = torch.randn(t, e, device=dev, dtype=torch.bfloat16) * 4
             x = torch.randn(t, h, device=dev, dtype=torch.bfloat16)
             if GROUPED:
-                run = graphed(lambda: layer(logits, x, w13, w2, k)).replay
+                us = graph_per_call_us(lambda: layer(logits, x, w13, w2, k))
             else:  # the expert loop synchronises (nonzero): eager (per_call_us warms it up)
                 def run():
                     for _ in range(N):
                         layer(logits, x, w13, w2, k)
-            print(f"| {t} | {per_call_us(run):.1f} |")
+                us = per_call_us(run)
+            print(f"| {t} | {us:.1f} |")
         del w13, w2
         torch.cuda.empty_cache()
         print()

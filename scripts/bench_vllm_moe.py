@@ -104,8 +104,9 @@ Layers and data as moe_layer.rs: Qwen3-30B-A3B (128 experts, top-8, hidden 2048,
 768) and a DeepSeek-V3-sized layer (256, top-8, 7168, 2048), in bf16 (or, with --fp8, fp8 per
 tensor, which is not DeepSeek-V3's block-wise fp8; with --fp8-blocks, that one); weights uniform
 in [-s, s), s = 2/sqrt(hidden) for w13 and 2/sqrt(intermediate) for w2; activations uniform in [-1, 1);
-bf16 logits uniform in [-4, 4). Timing as torch_timing.per_call_us: a CUDA graph of N = 20
-back-to-back calls, CUDA events, median of 30 replays after 5 warm-ups, per call in us. Columns:
+bf16 logits uniform in [-4, 4). Timing as torch_timing.graph_per_call_us: a CUDA graph of N = 20
+back-to-back calls (fewer where 20 would take over 5 ms), CUDA events, median of 30 replays after
+5 warm-ups, per call in us. Columns:
 the layer with routing; the routing alone; the experts given the routing (alignment, two GEMMs,
 activation, sum; with --fp8 or --fp8-blocks the two activation quantisations too); the alignment
 alone (part of the previous column); with --fp8 or --fp8-blocks, the two quantisations alone (part
@@ -187,7 +188,7 @@ import torch.nn.functional as F  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from torch_timing import graphed, per_call_us  # noqa: E402
+from torch_timing import graph_per_call_us  # noqa: E402
 
 if not os.path.exists(os.path.join(args.peers, "vllm_fused_moe_kernel.py")):
     sys.exit(f"bench_vllm_moe: no {args.peers}/vllm_fused_moe_kernel.py: run scripts/fetch-peers.sh "
@@ -632,11 +633,7 @@ def main():
                 act = uniform((t * k, i), 1.0, dev, gen)  # the SwiGLU output's shape
                 fns.append(lambda: (quantize_input(x, moe, moe.a1_scale),
                                     quantize_input(act, moe, moe.a2_scale)))
-            us = []
-            for fn in fns:
-                graph = graphed(fn)
-                us.append(per_call_us(graph.replay))
-                del graph
+            us = [graph_per_call_us(fn) for fn in fns]
             print(f"| {t} | " + " | ".join(f"{u:.1f}" for u in us) + f" | {config_text(moe, k, t)} |")
         del moe
         if timing:

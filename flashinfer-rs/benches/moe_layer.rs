@@ -15,8 +15,9 @@
 //! DeepSeek-V3-sized one in bf16 (256 experts, top-8, hidden 7168, intermediate 2048), routed
 //! from bf16 logits by the layer's top-k
 //! router (Renormalize). Timing: CUDA events around CUDA-graph launches of 20 back-to-back
-//! layer calls, 5 warm-up replays, 30 timed, capture on and off interleaved replay by replay,
-//! median, of the layer as `CutlassMoe::new` makes it (the decode kernels up to its
+//! layer calls (fewer where 20 would take over 5 ms: as many as fill 5 ms by one eager call's
+//! time, at least one), 5 warm-up replays, 30 timed, capture on and off interleaved replay by
+//! replay, median, of the layer as `CutlassMoe::new` makes it (the decode kernels up to its
 //! `DECODE_MAX_TOKENS` limit for the experts' size, else the grouped GEMMs with tactics chosen
 //! per call). Beside it, the fp8 per-tensor layer on the same shapes (`CutlassMoe::new_fp8`, in a
 //! build with `sm90-moe-fp8`; capture off; its weights are half the bytes), with its decode
@@ -53,7 +54,13 @@ use flashinfer_rs::ReplayView;
 const TOKENS: [usize; 9] = [1, 2, 4, 8, 16, 32, 64, 512, 4096];
 /// The decode kernels are timed alone (every call) up to this many tokens.
 const DECODE_TIMED: usize = 64;
+/// Calls a timed graph holds, at most: fewer where that many would take longer than
+/// `GRAPH_US` (`calls_per_graph`).
 const CALLS: usize = 20;
+/// A timed graph's length worth having: its launch (a few microseconds) is under 0.1% of it.
+/// Past it more calls a graph only add device time: at 4096 DeepSeek-V3-sized tokens (14 ms a
+/// call) 35 replays of graphs of 20 take 10 s a variant, of one call 0.5 s.
+const GRAPH_US: f64 = 5000.0;
 const REPS: usize = 30;
 const WARMUP: usize = 5;
 /// Replays per tactic in the search (capture off only).
@@ -157,8 +164,28 @@ fn forward<W: WeightBuffer>(
         .unwrap();
 }
 
-/// Median microseconds per layer call of graphs of `CALLS` calls, one graph per entry of
-/// `capture` (replay on or off), replayed in turn `reps` times after the warm-up.
+/// How many calls a timed graph of this layer holds: `CALLS`, or as many as fill `GRAPH_US`
+/// by one eager call's time (after one warm-up call), at least one.
+fn calls_per_graph<W: WeightBuffer>(
+    g: &Gpu,
+    layer: &CutlassMoe<W>,
+    ws: &mut CutlassWorkspace,
+    b: &mut Batch,
+) -> usize
+where
+    W::Element: CutlassElement,
+{
+    forward(g, layer, ws, b, false);
+    g.start.record(&g.stream).unwrap();
+    forward(g, layer, ws, b, false);
+    g.end.record(&g.stream).unwrap();
+    g.end.synchronize().unwrap();
+    let us = g.start.elapsed_ms(&g.end).unwrap() as f64 * 1000.0;
+    ((GRAPH_US / us).ceil() as usize).clamp(1, CALLS)
+}
+
+/// Median microseconds per layer call of graphs of `calls_per_graph` calls, one graph per
+/// entry of `capture` (replay on or off), replayed in turn `reps` times after the warm-up.
 fn time_graphs<W: WeightBuffer>(
     g: &Gpu,
     layer: &CutlassMoe<W>,
@@ -170,13 +197,14 @@ fn time_graphs<W: WeightBuffer>(
 where
     W::Element: CutlassElement,
 {
+    let calls = calls_per_graph(g, layer, ws, b);
     let graphs: Vec<_> = capture
         .iter()
         .map(|&on| {
             g.stream
                 .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
                 .unwrap();
-            for _ in 0..CALLS {
+            for _ in 0..calls {
                 forward(g, layer, ws, b, on);
             }
             g.stream
@@ -193,7 +221,7 @@ where
             g.end.record(&g.stream).unwrap();
             g.end.synchronize().unwrap();
             if rep >= WARMUP {
-                times.push(g.start.elapsed_ms(&g.end).unwrap() as f64 * 1000.0 / CALLS as f64);
+                times.push(g.start.elapsed_ms(&g.end).unwrap() as f64 * 1000.0 / calls as f64);
             }
         }
     }

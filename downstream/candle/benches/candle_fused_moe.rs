@@ -17,8 +17,9 @@
 //! candle's Qwen3-MoE passes true for a prompt and false for a decode step, so a batch of N
 //! tokens may meet either: both are timed and the main column is the faster. The calls run
 //! eagerly, as a candle model makes them (a stream synchronisation cannot be captured into a
-//! CUDA graph): CUDA events on candle's stream around `CALLS` back-to-back calls, `WARMUP`
-//! rounds first, median of `REPS` rounds, per call.
+//! CUDA graph): CUDA events on candle's stream around `CALLS` back-to-back calls (fewer where
+//! `CALLS` would take over `ROUND_US`: as many as fill it by one call's time, at least one, as
+//! our bench's graphs), `WARMUP` rounds first, median of `REPS` rounds, per call.
 //!
 //! Data as our bench's: weights uniform in +-2/sqrt(fan-in) and hidden states uniform in
 //! [-1, 1), bf16, made on the GPU by candle's own `Tensor::rand`. `POOL` distinct experts are
@@ -44,6 +45,9 @@ use candle_transformers::fused_moe::{FusedMoe, MoeCfg};
 
 const TOKENS: [usize; 9] = [1, 2, 4, 8, 16, 32, 64, 512, 4096];
 const CALLS: usize = 20;
+/// A timed round's length worth having (benches/moe_layer.rs's `GRAPH_US`): longer rounds only
+/// add device time.
+const ROUND_US: f64 = 5000.0;
 const REPS: usize = 30;
 const WARMUP: usize = 5;
 /// Distinct experts drawn per layer (expert e is the (e mod POOL)-th).
@@ -206,19 +210,36 @@ struct Timer {
     end: CudaEvent,
 }
 
-/// Median microseconds per call of `CALLS` back-to-back calls, `REPS` rounds after `WARMUP`.
+/// Microseconds of `calls` back-to-back calls.
+fn time_round(
+    timer: &Timer,
+    layer: &Layer,
+    x: &Tensor,
+    prefill: bool,
+    calls: usize,
+) -> Result<f64> {
+    timer.start.record(&timer.stream).map_err(Error::wrap)?;
+    for _ in 0..calls {
+        layer.moe.forward(x, prefill)?;
+    }
+    timer.end.record(&timer.stream).map_err(Error::wrap)?;
+    timer.end.synchronize().map_err(Error::wrap)?;
+    let ms = timer.start.elapsed_ms(&timer.end).map_err(Error::wrap)?;
+    Ok(f64::from(ms) * 1000.0)
+}
+
+/// Median microseconds per call of rounds of `CALLS` back-to-back calls (fewer where they
+/// would take over `ROUND_US`, by one call's time after one warm-up call), `REPS` rounds after
+/// `WARMUP`.
 fn time_calls(timer: &Timer, layer: &Layer, x: &Tensor, prefill: bool) -> Result<f64> {
+    time_round(timer, layer, x, prefill, 1)?;
+    let one = time_round(timer, layer, x, prefill, 1)?;
+    let calls = ((ROUND_US / one).ceil() as usize).clamp(1, CALLS);
     let mut times = Vec::with_capacity(REPS);
     for rep in 0..WARMUP + REPS {
-        timer.start.record(&timer.stream).map_err(Error::wrap)?;
-        for _ in 0..CALLS {
-            layer.moe.forward(x, prefill)?;
-        }
-        timer.end.record(&timer.stream).map_err(Error::wrap)?;
-        timer.end.synchronize().map_err(Error::wrap)?;
+        let us = time_round(timer, layer, x, prefill, calls)?;
         if rep >= WARMUP {
-            let ms = timer.start.elapsed_ms(&timer.end).map_err(Error::wrap)?;
-            times.push(f64::from(ms) * 1000.0 / CALLS as f64);
+            times.push(us / calls as f64);
         }
     }
     times.sort_by(f64::total_cmp);
@@ -363,8 +384,9 @@ fn main() {
     println!("## candle's fused MoE (`candle_transformers::fused_moe::FusedMoe`)\n");
     println!(
         "GPU: {}; candle 0.11, `FusedMoe::forward` (its own routing included; GEMMs by \
-         `moe_gemm_wmma`), eager: CUDA events around {CALLS} back-to-back calls, {WARMUP} \
-         warm-up rounds, median of {REPS}, per call (no CUDA graph). Main column: the faster \
+         `moe_gemm_wmma`), eager: CUDA events around {CALLS} back-to-back calls (fewer where \
+         {CALLS} would take over {ROUND_US} us), {WARMUP} warm-up rounds, median of {REPS}, per \
+         call (no CUDA graph). Main column: the faster \
          of `is_prefill` false and true. Each mode checked first against a candle f32 layer \
          on {CHECK_TOKENS} tokens (relative L2 error < {TOLERANCE:.0e}).",
         context.name().unwrap()

@@ -14,6 +14,7 @@ beforehand, a range whose low end subtracts its alignment's torch stand-in: ours
 the range's low end is above our time, behind where its high end is below, level between. A
 candle ratio short of 3x is marked "under the weight-read bound" where a third of candle's time
 is less than reading the experts' weights at full HBM bandwidth takes (out of anyone's reach).
+Then the targets on our layer alone: decode, prefill, capture on / off.
 """
 import os
 import sys
@@ -166,6 +167,42 @@ def main(argv):
         print("- >= 3x ahead of candle's fused MoE where it runs: "
               + (f"missed at {', '.join(short)}" if short else
                  f"met ({min(all_r):.2f}-{max(all_r):.2f}x)"))
+    for line in own_targets(layer, ours):
+        print(line)
+
+
+def own_targets(layer, ours):
+    """Issue 29's targets on our layer alone, from its bench table: decode (>= 85% of the
+    weight-read bound at 8 and 64 tokens; Qwen3 at one token <= 20 us), prefill (Qwen3 at 4096
+    tokens >= 50% of dense bf16 peak, the DeepSeek-V3-sized layer at 4096 >= 75% of its
+    weight-read bound) and capture on / off <= 1.01. The bounds are the GPU's the bench names."""
+    def cell(size, column):
+        return number(ours.get(size, {}).get(column, "").rstrip("%x"))
+
+    def met(ok):
+        return "met" if ok else "missed"
+
+    hbm = "HBM use on their weights"
+    lines = []
+    decode = [(s, cell(s, hbm)) for s in ("8", "64") if cell(s, hbm) is not None]
+    if decode:
+        lines.append("- decode >= 85% of the weight-read bound at 8 and 64 tokens: " + "; ".join(
+            f"{s}: {v:.0f}% ({met(v >= 85)})" for s, v in decode))
+    one = cell("1", "capture off (us)")
+    if layer == "qwen3" and one is not None:
+        lines.append(f"- one token <= 20 us: {one:.1f} us ({met(one <= 20)})")
+    if layer == "qwen3" and cell("4096", "dense bf16 peak") is not None:
+        v = cell("4096", "dense bf16 peak")
+        lines.append(f"- prefill at 4096 tokens >= 50% of dense bf16 peak: {v:.1f}% ({met(v >= 50)})")
+    if layer == "deepseek" and cell("4096", hbm) is not None:
+        v = cell("4096", hbm)
+        lines.append(f"- prefill at 4096 tokens >= 75% of the weight-read bound: {v:.0f}% ({met(v >= 75)})")
+    ratios = [cell(s, "on / off") for s in ours]
+    ratios = [r for r in ratios if r is not None]
+    if ratios:
+        lines.append(f"- capture on / off <= 1.01: {min(ratios):.3f}-{max(ratios):.3f} "
+                     f"({met(max(ratios) <= 1.01)})")
+    return lines
 
 
 if __name__ == "__main__":

@@ -251,3 +251,51 @@ fn fp8_groups_of_tiny_values_keep_a_finite_scale() {
     assert!((got[3] - 1e-38).abs() <= 1e-38 / 8.0, "{}", got[3]);
     assert!((got[4] + 4e-39).abs() <= 4e-39 / 8.0, "{}", got[4]);
 }
+
+/// The reference spreads tokens over threads: a many-token call's rows must be, bit for bit,
+/// each token's row computed alone (in order, none lost or moved at a chunk's edge), and its
+/// activations the single-token calls' in token order. 37 tokens: not a multiple of any
+/// thread count from 2 to 36.
+#[test]
+fn a_many_token_reference_is_its_tokens_computed_alone() {
+    let (t, h, i, k, e) = (37, 8, 4, 3, 5);
+    let mut seed = 7u32;
+    let mut next = || {
+        seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+        (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+    };
+    let w = ExpertWeights {
+        w1: (0..e * 2 * i * h).map(|_| next()).collect(),
+        w2: (0..e * h * i).map(|_| next()).collect(),
+    };
+    let hidden: Vec<f32> = (0..t * h).map(|_| next()).collect();
+    let weights: Vec<f32> = (0..t * k).map(|_| next()).collect();
+    // Global ids 0..7 over local experts 1..=5: some pairs fall outside.
+    let ids: Vec<usize> = (0..t * k).map(|n| (n * 5 + n / 7) % 7).collect();
+    let p = ReferenceProblem {
+        num_tokens: t,
+        hidden_size: h,
+        intermediate_size: i,
+        top_k: k,
+        local_expert_offset: 1,
+        local_num_experts: e,
+        activation: Activation::Swiglu,
+        routing_scales_on_input: false,
+    };
+    let rounding = ActivationRounding::Fp8PerTensorBf16Gemm1 { scale: 4.0 };
+    let all = moe(&p, &hidden, &ids, &weights, &w, rounding).unwrap();
+    let acts = activations(&p, &hidden, &ids, &weights, &w).unwrap();
+    let one = ReferenceProblem { num_tokens: 1, ..p };
+    let (mut rows, mut alone_acts) = (Vec::new(), Vec::new());
+    for n in 0..t {
+        let (x, r) = (&hidden[n * h..(n + 1) * h], n * k..(n + 1) * k);
+        rows.extend(moe(&one, x, &ids[r.clone()], &weights[r.clone()], &w, rounding).unwrap());
+        alone_acts.extend(activations(&one, x, &ids[r.clone()], &weights[r], &w).unwrap());
+    }
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&all), bits(&rows));
+    assert_eq!(acts.len(), alone_acts.len());
+    for (a, b) in acts.iter().zip(&alone_acts) {
+        assert_eq!(bits(a), bits(b));
+    }
+}

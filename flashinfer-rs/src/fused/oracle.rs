@@ -249,9 +249,9 @@ fn token_activations(
 }
 
 /// `row(t)` for every token, in token order, on the machine's threads (a reference of a
-/// 300-token Qwen3-sized layer is 23 GFLOP: seconds on one core, on the GPU machine's while
-/// its GPU waits). Each token's row is computed whole by one thread, as it would be alone, so
-/// the result's bits do not depend on the thread count.
+/// 300-token Qwen3-sized layer is 23 GFLOP: seconds of one core, while a GPU test's GPU
+/// waits). Each token's row is computed whole by one thread, as it would be alone, so the
+/// result's bits do not depend on the thread count.
 fn per_token<T: Send>(
     num_tokens: usize,
     row: impl Fn(usize) -> Result<T> + Sync,

@@ -12,24 +12,14 @@ per-tensor and block-scale layers (main / candidate, first rounds). Ratios withi
 import os
 import sys
 
-from md_tables import read_tables
-
-
-def table(path):
-    """A layer bench's table: size -> cells by the header's names (the last `which` column is
-    the bf16 GEMMs' pair, kept as `pair`)."""
-    header, body = next(t for t in read_tables(path) if t[0][0] == "tokens")
-    which = max(i for i, c in enumerate(header) if c == "which")
-    return {cells[0]: dict(zip(header, cells), pair=cells[which]) for cells in body}
+from md_tables import nonempty, size_table
 
 
 def rounds(logdir, pack):
-    found = []
-    for r in (1, 2):
-        path = os.path.join(logdir, f"bench-layer-{pack}-{r}.md")
-        if os.path.exists(path) and os.path.getsize(path) > 0:
-            found.append(table(path))
-    return found
+    """The pack's layer-bench tables, a round each (`md_tables.size_table`: its `which` cell is
+    the last such column's, the bf16 GEMMs' pair)."""
+    paths = (os.path.join(logdir, f"bench-layer-{pack}-{r}.md") for r in (1, 2))
+    return [size_table(path) for path in paths if nonempty(path)]
 
 
 def main(argv):
@@ -52,7 +42,7 @@ def main(argv):
         m, c = main_rounds[0][size], cand[0][size]
         print(f"| {size} | {' / '.join(f'{x:.1f}' for x in a)} | {' / '.join(f'{x:.1f}' for x in b)} "
               f"| {(sum(b) / len(b)) / (sum(a) / len(a)):.3f} | {m['decode kernels (us)']} "
-              f"| {m['best fixed tactics (us)']} / {c['best fixed tactics (us)']} | {c['pair']} "
+              f"| {m['best fixed tactics (us)']} / {c['best fixed tactics (us)']} | {c['which']} "
               f"| {m['fp8 layer (us)']} / {c['fp8 layer (us)']} "
               f"| {m['fp8 block-scale layer (us)']} / {c['fp8 block-scale layer (us)']} |")
 

@@ -19,7 +19,7 @@ Then the targets on our layer alone: decode, prefill, capture on / off.
 import os
 import sys
 
-from md_tables import read_tables
+from md_tables import nonempty, size_table
 
 LAYERS = {"qwen3": "Qwen3-30B-A3B", "deepseek": "DeepSeek-V3-sized"}
 # Issue 29's sizes where the weight-read bound leaves room for 1.25x vLLM's time.
@@ -27,11 +27,7 @@ AHEAD_SIZES = {"qwen3": ("1", "512", "4096"), "deepseek": ("4096",)}
 
 
 def find(dirs, name):
-    for d in dirs:
-        path = os.path.join(d, name)
-        if os.path.exists(path) and os.path.getsize(path) > 0:
-            return path
-    return None
+    return next((p for p in (os.path.join(d, name) for d in dirs) if nonempty(p)), None)
 
 
 def rows(path, heading=None):
@@ -47,26 +43,28 @@ def rows(path, heading=None):
                 keep = heading in line
             elif keep:
                 source.append(line)
-    for header, body in read_tables(source):
-        if header[0] == "tokens":
-            return {cells[0]: dict(zip(header, cells)) for cells in body}
-    return {}
+    return size_table(source)
 
 
 def number(cell):
+    """A cell's value, a trailing `%` or `x` dropped; None where it holds none."""
     try:
-        return float(cell)
-    except (TypeError, ValueError):
+        return float(cell.rstrip("%x"))
+    except (AttributeError, ValueError):
         return None
+
+
+def column(row, prefix):
+    """The cell of `row` under the first header that starts with `prefix` (vLLM's headers go on
+    to name what the time includes)."""
+    return next((v for k, v in (row or {}).items() if k.startswith(prefix)), None)
 
 
 def given(vllm, size, total, parts):
     """vLLM's layer with routing given, as (low, high): the low end less the torch stand-ins
     named in `parts`."""
     row = vllm.get(size)
-    if row is None:
-        return None
-    high = number(next((v for k, v in row.items() if k.startswith(total)), None))
+    high = number(column(row, total))
     if high is None:
         return None
     low = high - sum(number(row.get(p)) or 0.0 for p in parts)
@@ -113,11 +111,10 @@ def main(argv):
     for size, row in ours.items():
         t = number(row["capture off (us)"])
         span = given(vllm, size, "the two GEMMs", [alignment])
-        total = number(next((v for k, v in vllm.get(size, {}).items()
-                             if k.startswith("vLLM Triton layer incl")), None))
+        total = number(column(vllm.get(size), "vLLM Triton layer incl"))
         pt = number(torch.get(size, {}).get("PyTorch layer (us)"))
-        cd = number(candle.get(size, {}).get("candle fused MoE (us)"))
         cd_cell = candle.get(size, {}).get("candle fused MoE (us)", "-")
+        cd = number(cd_cell)
         if cd is None and cd_cell.startswith("fails"):
             cd_cell = "fails"
         if span:
@@ -129,7 +126,7 @@ def main(argv):
             ahead_by[size] = span[0] / t
         if cd is not None:
             # The weight-read bound's time: ours at its HBM use on the experts' weights.
-            hbm = number(row["HBM use on their weights"].rstrip("%"))
+            hbm = number(row["HBM use on their weights"])
             candle_ratios[size] = (cd / t, hbm is not None and cd / 3 < t * hbm / 100)
         print(f"| {size} | {t:.1f} | {row['decode kernels (us)']} | {row['best fixed tactics (us)']} "
               f"| {f'{total:.1f}' if total else '-'} "
@@ -176,8 +173,8 @@ def own_targets(layer, ours):
     weight-read bound at 8 and 64 tokens; Qwen3 at one token <= 20 us), prefill (Qwen3 at 4096
     tokens >= 50% of dense bf16 peak, the DeepSeek-V3-sized layer at 4096 >= 75% of its
     weight-read bound) and capture on / off <= 1.01. The bounds are the GPU's the bench names."""
-    def cell(size, column):
-        return number(ours.get(size, {}).get(column, "").rstrip("%x"))
+    def cell(size, name):
+        return number(ours.get(size, {}).get(name))
 
     def met(ok):
         return "met" if ok else "missed"

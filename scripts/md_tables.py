@@ -1,5 +1,6 @@
 """The markdown tables of a bench's output, for the table scripts (router-table.py, ab-table.py,
 layer-table.py)."""
+import os
 
 
 def read_tables(source):
@@ -20,3 +21,19 @@ def read_tables(source):
         else:
             current[1].append(cells)
     return tables
+
+
+def size_table(source):
+    """The first table of `source` whose first column is `tokens` (a layer bench's): size -> the
+    row's cells by the header's names (of a name the header repeats, its last column). Empty
+    where there is none."""
+    for header, body in read_tables(source):
+        if header[0] == "tokens":
+            return {cells[0]: dict(zip(header, cells)) for cells in body}
+    return {}
+
+
+def nonempty(path):
+    """Whether `path` is a file with something in it (a part a device call's limit cut leaves
+    its file empty or missing)."""
+    return os.path.exists(path) and os.path.getsize(path) > 0

@@ -29,10 +29,11 @@
 #                                          # (beside other moe_decode.cu in dirs) and the
 #                                          # layer bench at 1-64 tokens (MOE_LAYER_TOKENS)
 #     bash scripts/gpu-proof.sh decode-probe [dirs]  # the probe alone (no pack, no bench)
-#     PACK=gpu-pack-v4 bash scripts/gpu-proof.sh variant-bench  # a candidate's pack (made here by
+#     PACK=gpu-pack-v4 bash scripts/gpu-proof.sh variant-bench [layer]  # a candidate's pack (made by
 #                                          # scripts/gpu-pack-variant.sh): the layer bench at
-#                                          # decode sizes; PACK also points layer-tests and
-#                                          # decode-bench at it
+#                                          # MOE_LAYER_TOKENS (default: decode sizes), one
+#                                          # layer's or both; PACK also points layer-tests
+#                                          # and decode-bench at it
 #     PACK=gpu-pack-P bash scripts/gpu-proof.sh variant-ab [qwen3|deepseek]  # main's layer bench
 #                                          # and the candidate's in turn, twice (A B A B), at
 #                                          # MOE_LAYER_TOKENS (default 512,4096)
@@ -204,15 +205,19 @@ case ${1:-suite} in
       fi
     fi
     ;;
-  decode-bench | variant-bench) # [dirs]: decode-bench first runs the decode kernels' probe
+  decode-bench | variant-bench) # decode-bench [dirs] first runs the decode kernels' probe
     # (beside other moe_decode.cu in dirs, scripts/decode-probe.sh); then both run the layer
-    # bench (of the pack PACK names) at decode sizes only
+    # bench (of the pack PACK names) at MOE_LAYER_TOKENS (default: decode sizes), variant-bench
+    # [qwen3|deepseek] one layer's only
     unpack "$pack.tar.xz"
+    layer=()
     if [ "$1" = decode-bench ]; then
       part "decode-probe$tag" bash scripts/decode-probe.sh "${@:2}"
+    elif [ -n "${2:-}" ]; then
+      layer=("$2")
     fi
     MOE_LAYER_TOKENS=${MOE_LAYER_TOKENS:-1,2,4,8,16,32,64} part "bench-layer-decode$tag" \
-      "$pack/bin/moe_layer"
+      "$pack/bin/moe_layer" "${layer[@]}"
     tables "bench-layer-decode$tag"
     ;;
   variant-ab) # [qwen3|deepseek]: main's layer bench and PACK's in turn, twice (A B A B), at
@@ -311,7 +316,7 @@ case ${1:-suite} in
   *)
     echo "usage: $0 suite | tests [args] | memcheck [filters] | layer|layer-tests [filters] | layer-bench[-ours|-peers] [layer] | router-bench |" \
       "transformers-fp8-blocks |" \
-      "decode-bench [dirs] | decode-probe [dirs] | variant-bench | variant-ab [layer] | block-layer |" \
+      "decode-bench [dirs] | decode-probe [dirs] | variant-bench [layer] | variant-ab [layer] | block-layer |" \
       "decode-profile [cases] | block-gemm-probe |" \
       "block-bench | candle-bench [layers] | serve | serve-bench ours|peer" >&2
     exit 2

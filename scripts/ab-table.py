@@ -8,8 +8,11 @@ bench-layer-PACK-{1,2}.md (the candidate's; a round the call's limit cut is left
 main's and the candidate's layer (capture off) in each round, their ratio of means, the decode
 kernels and the best fixed tactic pair (main / candidate, with the candidate's pair), and the fp8
 per-tensor and block-scale layers (main / candidate, first rounds). Ratios within the one call.
+Under the table, from the rounds' .log files: whether each format's output has the same bits in
+every round of both packs at each size (the bench's output digests), or where it differs.
 """
 import os
+import re
 import sys
 
 from md_tables import nonempty, size_table
@@ -20,6 +23,42 @@ def rounds(logdir, pack):
     the last such column's, the bf16 GEMMs' pair)."""
     paths = (os.path.join(logdir, f"bench-layer-{pack}-{r}.md") for r in (1, 2))
     return [size_table(path) for path in paths if nonempty(path)]
+
+
+DIGEST = re.compile(r"output digest, \w+ at (\d+) tokens: bf16 (\S+), fp8 (\S+), block scale (\S+)")
+FORMATS = ("bf16", "fp8 per-tensor", "block scale")
+
+
+def digests(logdir, pack):
+    """{(tokens, format): {digest, ...}} over the pack's rounds' logs."""
+    seen = {}
+    for r in (1, 2):
+        path = os.path.join(logdir, f"bench-layer-{pack}-{r}.log")
+        if not nonempty(path):
+            continue
+        for line in open(path):
+            if m := DIGEST.search(line):
+                for fmt, value in zip(FORMATS, m.groups()[1:]):
+                    seen.setdefault((m.group(1), fmt), set()).add(value)
+    return seen
+
+
+def same_bits(logdir, pack):
+    """A line per format: the sizes where every round of both packs gave one digest, and
+    where they did not."""
+    a, b = digests(logdir, "gpu-pack"), digests(logdir, pack)
+    lines = []
+    for fmt in FORMATS:
+        same, differ = [], []
+        for tokens, f in sorted(a, key=lambda k: int(k[0])):
+            if f != fmt or (tokens, f) not in b or a[tokens, f] == {"-"}:
+                continue
+            (same if len(a[tokens, f] | b[tokens, f]) == 1 else differ).append(tokens)
+        if same or differ:
+            lines.append(f"- {fmt}: the same output bits in every round of main and {pack} at "
+                         f"{', '.join(same) or 'no size'}" +
+                         (f"; **different at {', '.join(differ)}**" if differ else ""))
+    return lines
 
 
 def main(argv):
@@ -45,6 +84,10 @@ def main(argv):
               f"| {m['best fixed tactics (us)']} / {c['best fixed tactics (us)']} | {c['which']} "
               f"| {m['fp8 layer (us)']} / {c['fp8 layer (us)']} "
               f"| {m['fp8 block-scale layer (us)']} / {c['fp8 block-scale layer (us)']} |")
+    lines = same_bits(logdir, pack)
+    if lines:
+        print()
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@
 //! kernels alone up to 64 tokens (`CutlassSchedule::DecodeUpTo`,
 //! capture off) and the fastest fixed tactic pair of the grouped GEMMs at that size
 //! (`CutlassSchedule::Tactics`, found by a search per GEMM, capture off, 10 replays each;
-//! every timing to stderr). The limits:
+//! every timing to stderr, and each layer's output digest at each size: the bits of one call's
+//! output hashed, equal across builds whose kernels compute the same bits). The limits:
 //! bytes of expert weights the step must read (the experts its tokens hit, counted from the
 //! replay) / HBM bandwidth, and FLOPs (2 x tokens x top-k x 3 x hidden x intermediate) / dense
 //! bf16 tensor-core peak.
@@ -162,6 +163,26 @@ fn forward<W: WeightBuffer>(
             capture.then_some(&mut view),
         )
         .unwrap();
+}
+
+/// FNV-1a over the bits of one eager call's output (capture off): two builds whose kernels
+/// compute the same bits print the same digest at the same size, so a candidate that claims
+/// the same bits as main is checked by its bench log beside main's (the inputs are seeded).
+fn output_digest<W: WeightBuffer>(
+    g: &Gpu,
+    layer: &CutlassMoe<W>,
+    ws: &mut CutlassWorkspace,
+    b: &mut Batch,
+) -> String
+where
+    W::Element: CutlassElement,
+{
+    forward(g, layer, ws, b, false);
+    let out = g.stream.clone_dtoh(&b.out).unwrap();
+    let digest = out.iter().fold(0xcbf2_9ce4_8422_2325_u64, |h, x| {
+        (h ^ u64::from(x.to_bits())).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("{digest:016x}")
 }
 
 /// How many calls a timed graph of this layer holds: `CALLS`, or as many as fill `GRAPH_US`
@@ -509,6 +530,17 @@ fn bench_model(g: &Gpu, m: &Model) {
             ),
             None => ("n/a".into(), "n/a".into()),
         };
+        let fp8_digest = fp8.as_mut().map(|(l, ws)| output_digest(g, l, ws, &mut b));
+        let block_digest = blocks
+            .as_mut()
+            .map(|(l, ws)| output_digest(g, l, ws, &mut b));
+        eprintln!(
+            "output digest, {} at {t} tokens: bf16 {}, fp8 {}, block scale {}",
+            m.key,
+            output_digest(g, &layer, &mut ws, &mut b),
+            fp8_digest.as_deref().unwrap_or("-"),
+            block_digest.as_deref().unwrap_or("-"),
+        );
         println!(
             "| {t} | {on:.1} | {off:.1} | {:.3} | {fp8_time} | {fp8_ratio} | {fp8_hbm} | {fp8_decoded} | {fp8_gemmed} | {block_time} | {block_ratio} | {block_hbm} | {block_decoded} | {block_best} | {block_which} | {decoded} | {best:.1} | {} / {} | {read} | {hbm} | {peak} |",
             on / off,

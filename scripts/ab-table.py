@@ -18,11 +18,17 @@ import sys
 from md_tables import nonempty, size_table
 
 
+def round_files(logdir, pack, ext):
+    """The pack's rounds' files with this extension (.md tables, .log output), in round order;
+    a round the call's limit cut (no file, or an empty one) is left out."""
+    paths = (os.path.join(logdir, f"bench-layer-{pack}-{r}.{ext}") for r in (1, 2))
+    return [path for path in paths if nonempty(path)]
+
+
 def rounds(logdir, pack):
     """The pack's layer-bench tables, a round each (`md_tables.size_table`: its `which` cell is
     the last such column's, the bf16 GEMMs' pair)."""
-    paths = (os.path.join(logdir, f"bench-layer-{pack}-{r}.md") for r in (1, 2))
-    return [size_table(path) for path in paths if nonempty(path)]
+    return [size_table(path) for path in round_files(logdir, pack, "md")]
 
 
 DIGEST = re.compile(r"output digest, \w+ at (\d+) tokens: bf16 (\S+), fp8 (\S+), block scale (\S+)")
@@ -32,10 +38,7 @@ FORMATS = ("bf16", "fp8 per-tensor", "block scale")
 def digests(logdir, pack):
     """{(tokens, format): {digest, ...}} over the pack's rounds' logs."""
     seen = {}
-    for r in (1, 2):
-        path = os.path.join(logdir, f"bench-layer-{pack}-{r}.log")
-        if not nonempty(path):
-            continue
+    for path in round_files(logdir, pack, "log"):
         for line in open(path):
             if m := DIGEST.search(line):
                 for fmt, value in zip(FORMATS, m.groups()[1:]):

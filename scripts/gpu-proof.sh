@@ -211,14 +211,17 @@ case ${1:-suite} in
     # [qwen3|deepseek] one layer's only
     unpack "$pack.tar.xz"
     layer=()
+    name=bench-layer-decode$tag
     if [ "$1" = decode-bench ]; then
       part "decode-probe$tag" bash scripts/decode-probe.sh "${@:2}"
-    elif [ -n "${2:-}" ]; then
-      layer=("$2")
+    else
+      # Named for what it ran: not decode sizes only, where MOE_LAYER_TOKENS says otherwise.
+      name=bench-layer-variant${2:+-$2}$tag
+      layer=(${2:+"$2"})
     fi
-    MOE_LAYER_TOKENS=${MOE_LAYER_TOKENS:-1,2,4,8,16,32,64} part "bench-layer-decode$tag" \
+    MOE_LAYER_TOKENS=${MOE_LAYER_TOKENS:-1,2,4,8,16,32,64} part "$name" \
       "$pack/bin/moe_layer" "${layer[@]}"
-    tables "bench-layer-decode$tag"
+    tables "$name"
     ;;
   variant-ab) # [qwen3|deepseek]: main's layer bench and PACK's in turn, twice (A B A B), at
     # MOE_LAYER_TOKENS (default 512,4096): a comparison that a GPU drifting within the call

@@ -86,14 +86,23 @@ class MoeGemm final : public bs::CutlassFp8BlockScaleGemmRunnerInterface {
     const int problems = int(num_problems);
 
     // As fp8_grouped_gemm_run: one warp per token and 128 columns, the expert found by a
-    // linear walk or, when the rows are few for the experts, a binary search.
+    // linear walk or, when the rows are few for the experts, a binary search. Eight blocks an
+    // SM, as upstream's other launches of the kernel, where fp8_grouped_gemm_run gives it one:
+    // eight warps an SM, each with one 256-byte run in flight, left this pass that only moves
+    // bytes latency-bound: under Nsight Compute on an H100, before GEMM 1 of a 4096-token
+    // Qwen3-30B-A3B call, 397.6 us at 14.5% of DRAM bandwidth on one block an SM, 141.3 us at
+    // 41% on eight, and the layer 0.76x its time with the same output bits (BENCHMARKS.md 7o,
+    // 7p). The kernel strides over its runs by the grid, so each run is quantised by the same
+    // code.
     constexpr int kThreads = 256;
+    constexpr int kBlocksPerSm = 8;
     const int scales_x = int(bs::div_up(shape_k, size_t(128)));
     uint32_t mul = 0, shr = 0;
     kernel_utils::find_divisor(mul, shr, scales_x);
     const int smem = problems * int(sizeof(int64_t));
-    const int blocks = int(std::min<int64_t>(sms_, bs::div_up(max_m_4_ * scales_x,
-                                                              int64_t(kThreads / 32))));
+    const int blocks = int(std::min<int64_t>(int64_t(sms_) * kBlocksPerSm,
+                                             bs::div_up(max_m_4_ * scales_x,
+                                                        int64_t(kThreads / 32))));
     const bool binary_search = double(max_m_4_) * scales_x / double(kThreads * blocks / 32) <=
                                double(problems) / std::log2(double(problems));
     auto quantize = binary_search ? bs::scale_1x128_kernel<true, __nv_bfloat16, __nv_fp8_e4m3>

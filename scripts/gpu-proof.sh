@@ -103,12 +103,25 @@ unpack() { # pack.tar.xz: the pack this call carried, over whatever an earlier c
   if [ -f "$1" ]; then tar xJf "$1"; fi
 }
 
+# A `timeout` around this script (how a device call keeps a part inside its limit) signals this
+# script's process group, but a part run under a `timeout` of its own (gpu_tests, the benches
+# below) is in that timeout's group, out of reach: session 29's `timeout 190 ... layer-tests` went
+# on for 135 s beside the parts after it. So each part runs in the background, and a TERM or INT
+# here is passed on to it (a `timeout` passes it to its command's group) and waited for, before
+# the EXIT trap packs the logs.
+running=
+trap 'if [ -n "$running" ]; then kill -TERM "$running" 2>/dev/null; wait "$running"; fi; exit 143' \
+  TERM INT
+
 part() { # name command...: runs one part, its output to $logs/name.log, a line to the summary
   local name=$1 start rc
   shift
   start=$(date +%s)
-  "$@" > "$logs/$name.log" 2>&1
-  rc=$?
+  "$@" > "$logs/$name.log" 2>&1 &
+  running=$!
+  rc=0
+  wait "$running" || rc=$?
+  running=
   echo "$name: exit $rc, $(($(date +%s) - start)) s; $(grep -E '^test result:' "$logs/$name.log" \
     | awk '{p+=$4; f+=$6; i+=$8} END {printf "%d passed, %d failed, %d ignored", p, f, i}')" \
     | tee -a "$summary"

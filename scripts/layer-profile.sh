@@ -10,6 +10,13 @@
 #
 #     bash scripts/layer-profile.sh [qwen3|deepseek] [tokens,...]   # default: qwen3 512,4096
 #     PACK=gpu-pack-tile bash scripts/layer-profile.sh ...          # another pack's bench
+#     KERNELS='GemmUniversal|fp8_gemm' bash scripts/layer-profile.sh deepseek 4096  # those only
+#
+# KERNELS (a regex on kernel names) profiles only the kernels it matches. Under ncu each kernel
+# is replayed once per group of metrics, with the device memory it may write saved and restored
+# around each pass; with the DeepSeek-V3-sized layers' 45 GB of weights resident that made
+# `layer-profile deepseek 4096` outlast 300 s of an H100 call (session 29) before printing a row
+# (ncu prints its CSV at exit), where the GEMMs alone are a sixth of its kernels.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pack=${PACK:-gpu-pack}
@@ -20,6 +27,9 @@ metrics=gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapse
 metrics+=,sm__throughput.avg.pct_of_peak_sustained_elapsed,launch__grid_size
 metrics+=,launch__registers_per_thread,dram__bytes_read.sum,dram__bytes_write.sum
 metrics+=,lts__t_sector_hit_rate.pct,sm__warps_active.avg.pct_of_peak_sustained_active
-echo "== $pack: $layer at $tokens tokens: bf16, fp8 per-tensor, block-scale layers, one call each"
+echo "== $pack: $layer at $tokens tokens: bf16, fp8 per-tensor, block-scale layers, one call each${KERNELS:+; kernels matching $KERNELS}"
+filter=()
+[ -z "${KERNELS:-}" ] || filter=(--kernel-name "regex:$KERNELS")
 MOE_LAYER_PROFILE=1 MOE_LAYER_TOKENS=$tokens ncu --clock-control none --profile-from-start off \
-  --csv --metrics "$metrics" "$pack/bin/moe_layer" "$layer" 2>&1 | grep -v '^==PROF=='
+  "${filter[@]}" --csv --metrics "$metrics" "$pack/bin/moe_layer" "$layer" 2>&1 \
+  | grep -v '^==PROF=='

@@ -67,16 +67,24 @@ def main(argv):
         sys.exit(__doc__)
     path = argv[0]
     sizes = [m[1] for m in (re.match(r"\| (\d+) \| profiled", line) for line in open(path)) if m]
+    # A profile of some kernels only (layer-profile.sh's KERNELS) has no router kernel to start
+    # each call at: one table of them all, in launch order.
+    only = next((m[1] for m in (re.search(r"kernels matching (.*)$", line) for line in open(path))
+                 if m), None)
     calls = []
     for kid, name, metrics in kernels(path):
         if "route" in name or not calls:
             calls.append([])
         calls[-1].append((short(name), metrics))
     for n, call in enumerate(calls):
-        size = sizes[n // len(PRECISIONS)] if n // len(PRECISIONS) < len(sizes) else "?"
         total = sum(m.get("gpu__time_duration.sum", 0) for _, m in call) * 1e-3
-        print(f"{PRECISIONS[n % len(PRECISIONS)]}, {size} tokens: {len(call)} kernels, "
-              f"{total:.1f} us in all\n")
+        if only:
+            print(f"{', '.join(sizes)} tokens: the {len(call)} kernels matching {only} of the "
+                  f"{', '.join(PRECISIONS)} calls, in launch order, {total:.1f} us in all\n")
+        else:
+            size = sizes[n // len(PRECISIONS)] if n // len(PRECISIONS) < len(sizes) else "?"
+            print(f"{PRECISIONS[n % len(PRECISIONS)]}, {size} tokens: {len(call)} kernels, "
+                  f"{total:.1f} us in all\n")
         print("| kernel | " + " | ".join(c[0] for c in COLUMNS) + " |")
         print("|---|" + "---:|" * len(COLUMNS))
         for name, m in call:

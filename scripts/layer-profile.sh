@@ -12,11 +12,11 @@
 #     PACK=gpu-pack-tile bash scripts/layer-profile.sh ...          # another pack's bench
 #     KERNELS='GemmUniversal|fp8_gemm' bash scripts/layer-profile.sh deepseek 4096  # those only
 #
-# KERNELS (a regex on kernel names) profiles only the kernels it matches. Under ncu each kernel
-# is replayed once per group of metrics, with the device memory it may write saved and restored
-# around each pass; with the DeepSeek-V3-sized layers' 45 GB of weights resident that made
-# `layer-profile deepseek 4096` outlast 300 s of an H100 call (session 29) before printing a row
-# (ncu prints its CSV at exit), where the GEMMs alone are a sixth of its kernels.
+# KERNELS (a regex on kernel names) profiles only the kernels it matches. ncu replays each
+# kernel it profiles once per group of metrics, saving and restoring the memory the kernel may
+# write around each pass, and prints its CSV at exit: with the DeepSeek-V3-sized layers' 45 GB
+# of weights resident, `layer-profile deepseek 4096` (33 kernels) outlasted 300 s of an H100
+# call without a row (session 29). The GEMMs are 6 of the 33.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pack=${PACK:-gpu-pack}

@@ -87,13 +87,15 @@ class MoeGemm final : public bs::CutlassFp8BlockScaleGemmRunnerInterface {
 
     // As fp8_grouped_gemm_run: one warp per token and 128 columns, the expert found by a
     // linear walk or, when the rows are few for the experts, a binary search. Eight blocks an
-    // SM (the most 256-thread blocks that fit), as upstream's other launches of the kernel,
-    // where fp8_grouped_gemm_run gives it one: this pass only moves bytes, and with eight warps
-    // an SM, each holding one 256-byte run in flight, it waited on latency. Under Nsight Compute
-    // on an H100, before GEMM 1 of a 4096-token Qwen3-30B-A3B call: 397.6 us at 14.5% of DRAM
-    // bandwidth on one block an SM, 141.3 us at 41% on eight; the layer 0.76x its time with the
-    // same output bits (BENCHMARKS.md 7o, 7p). The kernel strides over its runs by the grid, so
-    // each run is quantised by the same code whatever the grid.
+    // SM, as upstream's other launches of the kernel, where fp8_grouped_gemm_run gives it one:
+    // this pass only moves bytes, and with eight warps an SM, each holding one 256-byte run in
+    // flight, it waited on latency. Under Nsight Compute on an H100, before GEMM 1 of a
+    // 4096-token Qwen3-30B-A3B call: 397.6 us at 14.5% of DRAM bandwidth on one block an SM,
+    // 141.3 us at 41% on eight; the layer 0.76x its time with the same output bits
+    // (BENCHMARKS.md 7o, 7p). Its 36-40 registers a thread leave six or seven of the eight
+    // resident at once, the rest a second wave (candidate block-quant-2 sizes the grid by the
+    // occupancy instead). The kernel strides over its runs by the grid, so each run is quantised
+    // by the same code whatever the grid.
     constexpr int kThreads = 256;
     constexpr int kBlocksPerSm = 8;
     const int scales_x = int(bs::div_up(shape_k, size_t(128)));

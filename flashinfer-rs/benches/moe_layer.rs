@@ -43,8 +43,8 @@ use flashinfer_rs::cudarc::driver::{
 };
 use flashinfer_rs::cutlass::{
     CutlassBatch, CutlassBlockScales, CutlassElement, CutlassFp8Scales, CutlassMoe,
-    CutlassMoeConfig, CutlassRouting, CutlassSchedule, CutlassWeights, CutlassWorkspace,
-    WeightBuffer,
+    CutlassMoeConfig, CutlassRouting, CutlassSchedule, CutlassTactic, CutlassWeights,
+    CutlassWorkspace, WeightBuffer,
 };
 use flashinfer_rs::fused::E4m3;
 use flashinfer_rs::half::bf16;
@@ -258,18 +258,20 @@ fn search_tactics<W: WeightBuffer>(
     g: &Gpu,
     what: &str,
     new_layer: &dyn Fn((u32, u32)) -> CutlassMoe<W>,
-    counts: (u32, u32),
+    tactics: (&[CutlassTactic], &[CutlassTactic]),
     ws: &mut CutlassWorkspace,
     b: &mut Batch,
 ) -> (f64, (u32, u32))
 where
     W::Element: CutlassElement,
 {
+    let counts = (tactics.0.len() as u32, tactics.1.len() as u32);
     let mut time = |pair: (u32, u32)| {
         let t = time_graphs(g, &new_layer(pair), ws, b, &[false], SEARCH_REPS)[0];
+        // The tiles by name too: a log read later need not know the runner's tactic order.
         eprintln!(
-            "tokens {}: {what} tactics {}/{}: {t:.1} us",
-            b.tokens, pair.0, pair.1
+            "tokens {}: {what} tactics {}/{} ({} / {}): {t:.1} us",
+            b.tokens, pair.0, pair.1, tactics.0[pair.0 as usize], tactics.1[pair.1 as usize]
         );
         t
     };
@@ -463,7 +465,7 @@ fn bench_model(g: &Gpu, m: &Model) {
             println!("| {t} | profiled: one call each of the bf16, fp8 and block-scale layers |");
             continue;
         }
-        let (best, pair) = search_tactics(g, "bf16", &fixed, counts, &mut ws, &mut b);
+        let (best, pair) = search_tactics(g, "bf16", &fixed, (&t1, &t2), &mut ws, &mut b);
         let times = time_graphs(g, &layer, &mut ws, &mut b, &[true, false], REPS);
         let (on, off) = (times[0], times[1]);
         let decoded = if t <= DECODE_TIMED {
@@ -513,8 +515,8 @@ fn bench_model(g: &Gpu, m: &Model) {
         let fp8_gemmed = timed(fp8_gemms.as_mut());
         let (block_best, block_which) = match (blocks.as_mut(), &block_tiles) {
             (Some((_, ws)), Some((b1, b2))) => {
-                let counts = (b1.len() as u32, b2.len() as u32);
-                let (us, pair) = search_tactics(g, "block-scale", &block_fixed, counts, ws, &mut b);
+                let (us, pair) =
+                    search_tactics(g, "block-scale", &block_fixed, (b1, b2), ws, &mut b);
                 (
                     format!("{us:.1}"),
                     format!("{} / {}", b1[pair.0 as usize], b2[pair.1 as usize]),

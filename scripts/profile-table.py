@@ -66,14 +66,15 @@ def main(argv):
     if len(argv) != 1:
         sys.exit(__doc__)
     path = argv[0]
-    sizes = [m[1] for m in (re.match(r"\| (\d+) \| profiled", line) for line in open(path)) if m]
-    # A profile of some kernels only (layer-profile.sh's KERNELS) has no router kernel to start
-    # each call at: one table of them all, in launch order.
-    only = next((m[1] for m in (re.search(r"kernels matching (.*)$", line) for line in open(path))
+    lines = open(path).read().splitlines()
+    sizes = [m[1] for m in (re.match(r"\| (\d+) \| profiled", line) for line in lines) if m]
+    # A profile of some kernels only (layer-profile.sh's KERNELS) need not hold a router kernel
+    # to start each call at: one table of them all, in launch order.
+    only = next((m[1] for m in (re.search(r"kernels matching (.*)$", line) for line in lines)
                  if m), None)
     calls = []
     for kid, name, metrics in kernels(path):
-        if "route" in name or not calls:
+        if not calls or ("route" in name and not only):
             calls.append([])
         calls[-1].append((short(name), metrics))
     for n, call in enumerate(calls):

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """The layer A B A B (`scripts/gpu-proof.sh variant-ab`) as one markdown table per layer.
 
-    python3 scripts/ab-table.py LOGDIR PACK
+    python3 scripts/ab-table.py LOGDIR PACK [LAYER]
 
-LOGDIR holds the call's bench-layer-gpu-pack-{1,2}.md (main's rounds) and
-bench-layer-PACK-{1,2}.md (the candidate's; a round the call's limit cut is left out). Per size:
+LOGDIR holds the call's ab-LAYER-PACK-main-{1,2}.md (main's rounds) and ab-LAYER-PACK-{1,2}.md
+(the candidate's; a round the call's limit cut is left out); LAYER is qwen3 (the default) or
+deepseek. Per size:
 main's and the candidate's layer (capture off) in each round, their ratio of means, the decode
 kernels and the best fixed tactic pair (main / candidate, with the candidate's pair), and the fp8
 per-tensor and block-scale layers (main / candidate, first rounds). Ratios within the one call.
@@ -18,27 +19,28 @@ import sys
 from md_tables import nonempty, size_table
 
 
-def round_files(logdir, pack, ext):
-    """The pack's rounds' files with this extension (.md tables, .log output), in round order;
-    a round the call's limit cut (no file, or an empty one) is left out."""
-    paths = (os.path.join(logdir, f"bench-layer-{pack}-{r}.{ext}") for r in (1, 2))
+def round_files(logdir, stem, ext):
+    """The rounds' files of one side (stem: ab-LAYER-PACK or ab-LAYER-PACK-main) with this
+    extension (.md tables, .log output), in round order; a round the call's limit cut (no file,
+    or an empty one) is left out."""
+    paths = (os.path.join(logdir, f"{stem}-{r}.{ext}") for r in (1, 2))
     return [path for path in paths if nonempty(path)]
 
 
-def rounds(logdir, pack):
-    """The pack's layer-bench tables, a round each (`md_tables.size_table`: its `which` cell is
+def rounds(logdir, stem):
+    """One side's layer-bench tables, a round each (`md_tables.size_table`: its `which` cell is
     the last such column's, the bf16 GEMMs' pair)."""
-    return [size_table(path) for path in round_files(logdir, pack, "md")]
+    return [size_table(path) for path in round_files(logdir, stem, "md")]
 
 
 DIGEST = re.compile(r"output digest, \w+ at (\d+) tokens: bf16 (\S+), fp8 (\S+), block scale (\S+)")
 FORMATS = ("bf16", "fp8 per-tensor", "block scale")
 
 
-def digests(logdir, pack):
-    """{(tokens, format): {digest, ...}} over the pack's rounds' logs."""
+def digests(logdir, stem):
+    """{(tokens, format): {digest, ...}} over one side's rounds' logs."""
     seen = {}
-    for path in round_files(logdir, pack, "log"):
+    for path in round_files(logdir, stem, "log"):
         for line in open(path):
             if m := DIGEST.search(line):
                 for fmt, value in zip(FORMATS, m.groups()[1:]):
@@ -46,10 +48,10 @@ def digests(logdir, pack):
     return seen
 
 
-def same_bits(logdir, pack):
+def same_bits(logdir, stem, pack):
     """A line per format: the sizes where every round of both packs gave one digest, and
     where they did not."""
-    a, b = digests(logdir, "gpu-pack"), digests(logdir, pack)
+    a, b = digests(logdir, f"{stem}-main"), digests(logdir, stem)
     lines = []
     for fmt in FORMATS:
         same, differ = [], []
@@ -65,12 +67,13 @@ def same_bits(logdir, pack):
 
 
 def main(argv):
-    if len(argv) != 2:
+    if len(argv) not in (2, 3):
         sys.exit(__doc__)
-    logdir, pack = argv
-    main_rounds, cand = rounds(logdir, "gpu-pack"), rounds(logdir, pack)
+    logdir, pack = argv[:2]
+    stem = f"ab-{argv[2] if len(argv) == 3 else 'qwen3'}-{pack}"
+    main_rounds, cand = rounds(logdir, f"{stem}-main"), rounds(logdir, stem)
     if not main_rounds or not cand:
-        sys.exit(f"no rounds of gpu-pack and {pack} in {logdir}")
+        sys.exit(f"no rounds of {stem}-main and {stem} in {logdir}")
     print(f"| tokens | main, each round (us) | {pack} | {pack} / main | decode kernels, forced (us) "
           f"| best fixed tactics, main / {pack} (us) | {pack}'s best pair "
           f"| fp8 per-tensor, main / {pack} (us) | block scale, main / {pack} (us) |")
@@ -87,7 +90,7 @@ def main(argv):
               f"| {m['best fixed tactics (us)']} / {c['best fixed tactics (us)']} | {c['which']} "
               f"| {m['fp8 layer (us)']} / {c['fp8 layer (us)']} "
               f"| {m['fp8 block-scale layer (us)']} / {c['fp8 block-scale layer (us)']} |")
-    lines = same_bits(logdir, pack)
+    lines = same_bits(logdir, stem, pack)
     if lines:
         print()
         print("\n".join(lines))

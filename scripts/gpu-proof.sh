@@ -239,15 +239,17 @@ case ${1:-suite} in
   variant-ab) # [qwen3|deepseek]: main's layer bench and PACK's in turn, twice (A B A B), at
     # MOE_LAYER_TOKENS (default 512,4096): a comparison that a GPU drifting within the call
     # cannot tilt toward whichever runs second (session 24's main-then-candidate runs differed
-    # by more than the kernels); logs bench-layer-<pack>-<round>
+    # by more than the kernels); logs ab-<layer>-<PACK>-main-<round> and ab-<layer>-<PACK>-<round>
+    # (named for both, so that two A B A Bs in one call keep their own main rounds: session 30's
+    # lost its DeepSeek-V3-sized ones to the next run's Qwen3 rounds)
     : "${PACK:?variant-ab compares the main pack with the pack PACK names}"
     unpack gpu-pack.tar.xz
     unpack "$PACK.tar.xz"
     for round in 1 2; do
       for p in gpu-pack "$PACK"; do
-        MOE_LAYER_TOKENS=${MOE_LAYER_TOKENS:-512,4096} part "bench-layer-$p-$round" \
-          "$p/bin/moe_layer" "${2:-qwen3}"
-        tables "bench-layer-$p-$round"
+        name=ab-${2:-qwen3}-$PACK$([ "$p" = gpu-pack ] && echo -main)-$round
+        MOE_LAYER_TOKENS=${MOE_LAYER_TOKENS:-512,4096} part "$name" "$p/bin/moe_layer" "${2:-qwen3}"
+        tables "$name"
       done
     done
     ;;

@@ -247,7 +247,9 @@ case ${1:-suite} in
     unpack "$PACK.tar.xz"
     for round in 1 2; do
       for p in gpu-pack "$PACK"; do
-        name=ab-${2:-qwen3}-$PACK$([ "$p" = gpu-pack ] && echo -main)-$round
+        side=
+        if [ "$p" = gpu-pack ]; then side=-main; fi
+        name=ab-${2:-qwen3}-$PACK$side-$round
         MOE_LAYER_TOKENS=${MOE_LAYER_TOKENS:-512,4096} part "$name" "$p/bin/moe_layer" "${2:-qwen3}"
         tables "$name"
       done

@@ -41,11 +41,11 @@ def short(name):
     return name.split("::")[-1]
 
 
-def kernels(path):
-    """[(id, name, {metric: value in the columns' base units})] in launch order."""
+def kernels(lines, path):
+    """[(id, name, {metric: value in the columns' base units})] in launch order, from the log's
+    lines (path names it in the error)."""
     by_id = {}
-    lines = (line for line in open(path) if line.startswith('"'))
-    reader = csv.reader(lines)
+    reader = csv.reader(line for line in lines if line.startswith('"'))
     header = next(reader, None)
     if header is None:
         sys.exit(f"no ncu CSV in {path}")
@@ -73,7 +73,7 @@ def main(argv):
     only = next((m[1] for m in (re.search(r"kernels matching (.*)$", line) for line in lines)
                  if m), None)
     calls = []
-    for kid, name, metrics in kernels(path):
+    for kid, name, metrics in kernels(lines, path):
         if not calls or ("route" in name and not only):
             calls.append([])
         calls[-1].append((short(name), metrics))

@@ -10,7 +10,9 @@ main's and the candidate's layer (capture off) in each round, their ratio of mea
 kernels and the best fixed tactic pair (main / candidate, with the candidate's pair), and the fp8
 per-tensor and block-scale layers (main / candidate, first rounds). Ratios within the one call.
 Under the table, from the rounds' .log files: whether each format's output has the same bits in
-every round of both packs at each size (the bench's output digests), or where it differs.
+every round of both packs at each size (the bench's output digests), or where it differs; and
+which kernels each side's per-call rule takes at each size (`CutlassMoe::kernels_for`, logged by
+the bench from the commit that added it).
 """
 import os
 import re
@@ -46,6 +48,30 @@ def digests(logdir, stem):
                 for fmt, value in zip(FORMATS, m.groups()[1:]):
                     seen.setdefault((m.group(1), fmt), set()).add(value)
     return seen
+
+
+RULE = re.compile(r"per-call rule, \w+ at (\d+) tokens: (bf16 .*)$")
+
+
+def rules(logdir, stem):
+    """{tokens: "bf16 ..., fp8 ..., block scale ..."} from one side's first round that logged
+    its rule (the rule depends on the size alone)."""
+    for path in round_files(logdir, stem, "log"):
+        found = {m.group(1): m.group(2) for line in open(path) if (m := RULE.search(line.rstrip()))}
+        if found:
+            return found
+    return {}
+
+
+def rule_lines(logdir, stem, pack):
+    """A line per size: the kernels main's and the candidate's rules take there."""
+    a, b = rules(logdir, f"{stem}-main"), rules(logdir, stem)
+    lines = []
+    for tokens in sorted(set(a) | set(b), key=int):
+        ra, rb = a.get(tokens, "not logged"), b.get(tokens, "not logged")
+        lines.append(f"- the per-call rule at {tokens} tokens: " +
+                     (f"main and {pack} alike, {ra}" if ra == rb else f"main {ra}; {pack} {rb}"))
+    return lines
 
 
 def same_bits(logdir, stem, pack):
@@ -90,7 +116,7 @@ def main(argv):
               f"| {m['best fixed tactics (us)']} / {c['best fixed tactics (us)']} | {c['which']} "
               f"| {m['fp8 layer (us)']} / {c['fp8 layer (us)']} "
               f"| {m['fp8 block-scale layer (us)']} / {c['fp8 block-scale layer (us)']} |")
-    lines = same_bits(logdir, stem, pack)
+    lines = same_bits(logdir, stem, pack) + rule_lines(logdir, stem, pack)
     if lines:
         print()
         print("\n".join(lines))

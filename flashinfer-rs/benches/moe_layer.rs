@@ -42,7 +42,7 @@ use flashinfer_rs::cudarc::driver::{
     CudaEvent, CudaSlice, CudaStream, DeviceRepr, ValidAsZeroBits,
 };
 use flashinfer_rs::cutlass::{
-    CutlassBatch, CutlassBlockScales, CutlassElement, CutlassFp8Scales, CutlassMoe,
+    CutlassBatch, CutlassBlockScales, CutlassElement, CutlassFp8Scales, CutlassKernels, CutlassMoe,
     CutlassMoeConfig, CutlassRouting, CutlassSchedule, CutlassTactic, CutlassWeights,
     CutlassWorkspace, WeightBuffer,
 };
@@ -283,6 +283,20 @@ where
     };
     let (_, (a, _)) = best((0..counts.0).map(|a| (time((a, 0)), (a, 0))).collect());
     best((0..counts.1).map(|c| (time((a, c)), (a, c))).collect())
+}
+
+/// What `layer`'s own rule takes at `t` tokens, tactics by index and tile, for the log.
+fn rule<W: WeightBuffer>(layer: &CutlassMoe<W>, t: usize) -> String
+where
+    W::Element: CutlassElement,
+{
+    match layer.kernels_for(t).unwrap() {
+        CutlassKernels::Gemms(a, c) => {
+            let (t1, t2) = layer.tactics().unwrap();
+            format!("tactics {a}/{c} ({} / {})", t1[a as usize], t2[c as usize])
+        }
+        other => format!("{other:?}"),
+    }
 }
 
 /// `MOE_LAYER_PROFILE=1`: no timing; one call of each layer per size, inside the profiler's
@@ -542,6 +556,14 @@ fn bench_model(g: &Gpu, m: &Model) {
             output_digest(g, &layer, &mut ws, &mut b),
             fp8_digest.as_deref().unwrap_or("-"),
             block_digest.as_deref().unwrap_or("-"),
+        );
+        // What each layer's own rule takes here (`kernels_for`, the rule its calls apply).
+        eprintln!(
+            "per-call rule, {} at {t} tokens: bf16 {}, fp8 {}, block scale {}",
+            m.key,
+            rule(&layer, t),
+            fp8.as_ref().map_or("-".into(), |(l, _)| rule(l, t)),
+            blocks.as_ref().map_or("-".into(), |(l, _)| rule(l, t)),
         );
         println!(
             "| {t} | {on:.1} | {off:.1} | {:.3} | {fp8_time} | {fp8_ratio} | {fp8_hbm} | {fp8_decoded} | {fp8_gemmed} | {block_time} | {block_ratio} | {block_hbm} | {block_decoded} | {block_best} | {block_which} | {decoded} | {best:.1} | {} / {} | {read} | {hbm} | {peak} |",

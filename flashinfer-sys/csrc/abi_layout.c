@@ -36,6 +36,7 @@ fi_status fi_get_abi_layout(fi_abi_layout* out) {
   FI_LAYOUT(cutlass_moe_params, fi_cutlass_moe_params);
   FI_LAYOUT(cutlass_moe_buffers, fi_cutlass_moe_buffers);
   FI_LAYOUT(cutlass_moe_tactic, fi_cutlass_moe_tactic);
+  FI_LAYOUT(cutlass_moe_kernels, fi_cutlass_moe_kernels);
   out->moe_tensor_count = 0;
 #define FI_TENSOR_OFFSET(name) \
   out->moe_tensor_offsets[out->moe_tensor_count++] = offsetof(fi_moe_args, name);

@@ -58,9 +58,8 @@ struct fi_cutlass_moe {
   std::unique_ptr<Runner> runner;
   // The GEMMs' tactics: the runner's TMA warp-specialised configs (bf16 and fp8 per-tensor
   // weights); block-scale weights have the block-scale GEMM's tiles instead (moe_block_scale.h,
-  // by index), tile1 / tile2 the ones every call of this layer takes (-1: chosen per call).
+  // by index: params' tactics name them).
   std::vector<Config> tactics1, tactics2;
-  int32_t tile1 = 0, tile2 = 0;
   // Tactics -1: the pairs chosen per call (fi_cutlass_moe_run's doc), by rows per expert.
   bool per_call = false;
   std::pair<size_t, size_t> few_rows{0, 0}, some_rows{0, 0}, many_rows{0, 0};
@@ -223,6 +222,25 @@ int32_t tactic_count(const fi_cutlass_moe& layer, int32_t gemm) {
   return int32_t((gemm == 1 ? layer.tactics1 : layer.tactics2).size());
 }
 
+// What a call of num_tokens tokens launches (fi_cutlass_moe_kernels_for's doc): the one rule
+// fi_cutlass_moe_run applies and fi_cutlass_moe_kernels_for reports. Host-side, no launch.
+fi_cutlass_moe_kernels choose(const fi_cutlass_moe& layer, int32_t num_tokens) {
+  const fi_cutlass_moe_params& p = layer.params;
+  if (num_tokens == 0) return {FI_CUTLASS_MOE_PATH_NONE, -1, -1};
+  if (num_tokens <= p.decode_max_tokens) return {FI_CUTLASS_MOE_PATH_DECODE, -1, -1};
+  if (!layer.per_call) return {FI_CUTLASS_MOE_PATH_GEMMS, p.tactic_gemm1, p.tactic_gemm2};
+  if (block_scale(p)) {
+    const int32_t tile1 = fewer_rows_than(kHalfTileRows, num_tokens, p)
+                              ? fi::block_scale::kNarrowTile
+                              : fi::block_scale::kWideTile;
+    return {FI_CUTLASS_MOE_PATH_GEMMS, tile1, fi::block_scale::kNarrowTile};
+  }
+  auto [t1, t2] = fewer_rows_than(kFewRows, num_tokens, p)        ? layer.few_rows
+                  : fewer_rows_than(kHalfTileRows, num_tokens, p) ? layer.some_rows
+                                                                  : layer.many_rows;
+  return {FI_CUTLASS_MOE_PATH_GEMMS, int32_t(t1), int32_t(t2)};
+}
+
 void validate(const fi_cutlass_moe& layer, const fi_cutlass_moe_buffers& b) {
   const fi_cutlass_moe_params& p = layer.params;
   fi::require(b.num_tokens >= 0 && b.num_tokens <= p.max_tokens,
@@ -301,8 +319,6 @@ extern "C" fi_status fi_cutlass_moe_create(const fi_cutlass_moe_params* params,
       // are our block-scale GEMM's tiles (validated above), told to it around each call
       // (TileScope); tactics -1 choose them per call (kHalfTileRows).
       layer->runner->setTactic(Config{}, Config{});
-      layer->tile1 = params->tactic_gemm1;
-      layer->tile2 = params->tactic_gemm2;
     } else {
       layer->tactics1 = tma_ws(layer->runner->getTactics(k::MoeGemmId::GEMM_1));
       layer->tactics2 = tma_ws(layer->runner->getTactics(k::MoeGemmId::GEMM_2));
@@ -366,6 +382,16 @@ extern "C" fi_status fi_cutlass_moe_tactic_info(const fi_cutlass_moe* layer, int
   });
 }
 
+extern "C" fi_status fi_cutlass_moe_kernels_for(const fi_cutlass_moe* layer, int32_t num_tokens,
+                                                fi_cutlass_moe_kernels* out) {
+  return fi::guarded([&] {
+    fi::require(layer != nullptr && out != nullptr, "layer and out must not be NULL");
+    fi::require(num_tokens >= 0 && num_tokens <= layer->params.max_tokens,
+                "num_tokens must be in 0..=max_tokens");
+    *out = choose(*layer, num_tokens);
+  });
+}
+
 extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
                                         const fi_cutlass_moe_buffers* buffers, void* stream) {
   return fi::guarded([&] {
@@ -375,10 +401,11 @@ extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
     int device = 0;
     fi::check_cuda(cudaGetDevice(&device), "cudaGetDevice");
     fi::require(device == layer->device, "the current device is not the layer's device");
-    if (b.num_tokens == 0) return;
+    const fi_cutlass_moe_kernels kernels = choose(*layer, b.num_tokens);
+    if (kernels.path == FI_CUTLASS_MOE_PATH_NONE) return;
     const fi_cutlass_moe_params& p = layer->params;
     char* workspace = static_cast<char*>(b.workspace);
-    if (b.num_tokens <= p.decode_max_tokens) {
+    if (kernels.path == FI_CUTLASS_MOE_PATH_DECODE) {
       // No runner state: no lock.
       const int32_t local = p.num_experts / p.ep_size;
       fi::decode::Problem problem{
@@ -410,11 +437,10 @@ extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
                             " tokens exceeds its size at max_tokens");
     }
     if (layer->per_call && !block_scale(p)) {
-      // Host-side only: the runner reads its tactics when it launches the GEMMs below.
-      auto [t1, t2] = fewer_rows_than(kFewRows, b.num_tokens, p)        ? layer->few_rows
-                      : fewer_rows_than(kHalfTileRows, b.num_tokens, p) ? layer->some_rows
-                                                                        : layer->many_rows;
-      layer->runner->setTactic(layer->tactics1[t1], layer->tactics2[t2]);
+      // Host-side only: the runner reads its tactics when it launches the GEMMs below (a layer
+      // of fixed tactics was given them at creation).
+      layer->runner->setTactic(layer->tactics1[size_t(kernels.tactic_gemm1)],
+                               layer->tactics2[size_t(kernels.tactic_gemm2)]);
     }
     int* map = reinterpret_cast<int*>(workspace + layer->map_offset);
     k::QuantParams quant{};
@@ -433,13 +459,8 @@ extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer,
     if (block_scale(p)) {
       // bf16 input as it is: each GEMM quantises its input per token and 128 columns.
       quant = k::QuantParams::FP8BlockScaling(b.fc1_block_scales, b.fc2_block_scales);
-      int32_t tile1 = layer->tile1, tile2 = layer->tile2;
-      if (layer->per_call) {
-        tile1 = fewer_rows_than(kHalfTileRows, b.num_tokens, p) ? fi::block_scale::kNarrowTile
-                                                                 : fi::block_scale::kWideTile;
-        tile2 = fi::block_scale::kNarrowTile;
-      }
-      tiles.emplace(tile1, tile2, p.hidden_size, p.intermediate_size);
+      tiles.emplace(kernels.tactic_gemm1, kernels.tactic_gemm2, p.hidden_size,
+                    p.intermediate_size);
     }
 #endif
     tensorrt_llm::kernels::LoraParams lora{};

@@ -34,6 +34,10 @@ extern "C" fi_status fi_cutlass_moe_tactic_info(const fi_cutlass_moe*, int32_t, 
                                                 fi_cutlass_moe_tactic*) {
   return absent();
 }
+extern "C" fi_status fi_cutlass_moe_kernels_for(const fi_cutlass_moe*, int32_t,
+                                                fi_cutlass_moe_kernels*) {
+  return absent();
+}
 extern "C" fi_status fi_cutlass_moe_run(fi_cutlass_moe*, const fi_cutlass_moe_buffers*, void*) {
   return absent();
 }

@@ -29,7 +29,7 @@
 extern "C" {
 #endif
 
-#define FI_ABI_VERSION 12
+#define FI_ABI_VERSION 13
 
 /* ---- status --------------------------------------------------------------------------- */
 
@@ -480,6 +480,25 @@ fi_status fi_cutlass_moe_tactic_count(const fi_cutlass_moe* layer, int32_t* gemm
 fi_status fi_cutlass_moe_tactic_info(const fi_cutlass_moe* layer, int32_t gemm, int32_t index,
                                      fi_cutlass_moe_tactic* out);
 
+/** Which kernels fi_cutlass_moe_run launches for a call (fi_cutlass_moe_kernels_for). */
+typedef enum fi_cutlass_moe_path {
+  FI_CUTLASS_MOE_PATH_NONE = 0,   /**< zero tokens: nothing */
+  FI_CUTLASS_MOE_PATH_DECODE = 1, /**< the decode kernels (1..=decode_max_tokens tokens) */
+  FI_CUTLASS_MOE_PATH_GEMMS = 2,  /**< the grouped GEMMs, with the tactics named beside it */
+} fi_cutlass_moe_path;
+
+typedef struct fi_cutlass_moe_kernels {
+  int32_t path;         /**< fi_cutlass_moe_path */
+  int32_t tactic_gemm1; /**< FI_CUTLASS_MOE_PATH_GEMMS: GEMM 1's tactic (an index for
+                             fi_cutlass_moe_tactic_info); -1 on the other paths */
+  int32_t tactic_gemm2; /**< likewise for GEMM 2 */
+} fi_cutlass_moe_kernels;
+
+/** What fi_cutlass_moe_run launches for a call of `num_tokens` tokens (0..=max_tokens) in
+ * `*out`: the rule the call itself applies (the same function), host-side, no launch. */
+fi_status fi_cutlass_moe_kernels_for(const fi_cutlass_moe* layer, int32_t num_tokens,
+                                     fi_cutlass_moe_kernels* out);
+
 typedef struct fi_cutlass_moe_buffers {
   int32_t num_tokens;          /**< 0..=max_tokens rows of the inputs; 0 launches nothing */
   const void* hidden_states;   /**< bf16 [num_tokens, hidden_size] */
@@ -512,7 +531,7 @@ typedef struct fi_cutlass_moe_buffers {
  * (the GEMM epilogue that fuses it is not built: its atomic scatter is not deterministic), so
  * equal inputs give equal output bits. A call of 1..=decode_max_tokens tokens takes the decode kernels
  * instead (two bandwidth-bound kernels that read each routed expert's weights once; the tactics
- * do not apply), as deterministic. */
+ * do not apply), as deterministic. fi_cutlass_moe_kernels_for names what a call takes. */
 fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer, const fi_cutlass_moe_buffers* buffers,
                              void* stream);
 

@@ -34,6 +34,7 @@ typedef struct fi_abi_layout {
   size_t cutlass_moe_params_size, cutlass_moe_params_align;
   size_t cutlass_moe_buffers_size, cutlass_moe_buffers_align;
   size_t cutlass_moe_tactic_size, cutlass_moe_tactic_align;
+  size_t cutlass_moe_kernels_size, cutlass_moe_kernels_align;
   size_t moe_tensor_count;
   size_t moe_tensor_offsets[FI_MOE_TENSORS_MAX];
 } fi_abi_layout;

@@ -143,6 +143,12 @@ fi_status fi_cutlass_moe_tactic_info(const fi_cutlass_moe* layer, int32_t gemm, 
   return FI_STATUS_KERNELS_NOT_BUILT;
 }
 
+fi_status fi_cutlass_moe_kernels_for(const fi_cutlass_moe* layer, int32_t num_tokens,
+                                     fi_cutlass_moe_kernels* out) {
+  (void)layer, (void)num_tokens, (void)out;
+  return FI_STATUS_KERNELS_NOT_BUILT;
+}
+
 fi_status fi_cutlass_moe_run(fi_cutlass_moe* layer, const fi_cutlass_moe_buffers* buffers,
                              void* stream) {
   (void)layer, (void)buffers, (void)stream;

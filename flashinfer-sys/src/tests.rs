@@ -64,6 +64,9 @@ fn struct_layouts_match_the_c_compiler() {
         ($c:ident, cutlass_moe_tactic) => {
             ($c.cutlass_moe_tactic_size, $c.cutlass_moe_tactic_align)
         };
+        ($c:ident, cutlass_moe_kernels) => {
+            ($c.cutlass_moe_kernels_size, $c.cutlass_moe_kernels_align)
+        };
     }
     let rows = rows![
         fi_routing_params => routing_params,
@@ -80,6 +83,7 @@ fn struct_layouts_match_the_c_compiler() {
         fi_cutlass_moe_params => cutlass_moe_params,
         fi_cutlass_moe_buffers => cutlass_moe_buffers,
         fi_cutlass_moe_tactic => cutlass_moe_tactic,
+        fi_cutlass_moe_kernels => cutlass_moe_kernels,
     ];
     for (name, rust, c_side) in rows {
         assert_eq!(rust, c_side, "{name}: Rust (size, align) vs C");

@@ -28,7 +28,7 @@ const BINDGEN_ARGS: &[&str] = &[
     "--newtype-enum",
     "fi_status",
     "--constified-enum-module",
-    "fi_dtype|fi_routing_method|fi_moe_op|fi_cutlass_moe_weights",
+    "fi_dtype|fi_routing_method|fi_moe_op|fi_cutlass_moe_weights|fi_cutlass_moe_path",
     "--with-derive-default",
     "--no-prepend-enum-name",
     "--",

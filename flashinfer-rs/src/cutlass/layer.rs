@@ -15,7 +15,7 @@ use super::plan::{
 };
 use crate::capture::LayerViews;
 use crate::context::same_context;
-use crate::error::{Error, Result};
+use crate::error::{ensure, Error, Result};
 use crate::ffi::check;
 use crate::fused::E4m3;
 use crate::launch::Launch;
@@ -319,6 +319,31 @@ impl Runner {
         };
         Ok((describe(1, a)?, describe(2, b)?))
     }
+
+    /// What a call of `num_tokens` tokens (at most the layer's max_tokens) launches.
+    fn kernels_for(&self, num_tokens: usize) -> Result<CutlassKernels> {
+        let tokens = i32::try_from(num_tokens)
+            .map_err(|_| Error::Internal("a checked token count above i32".into()))?;
+        let mut k = sys::fi_cutlass_moe_kernels::default();
+        // SAFETY: `self.0` is a live layer, `k` a valid out-pointer.
+        check(unsafe { sys::fi_cutlass_moe_kernels_for(self.0.as_ptr(), tokens, &mut k) })?;
+        let index = |t: i32| {
+            u32::try_from(t).map_err(|_| Error::Internal(format!("the GEMMs' tactic {t}")))
+        };
+        use sys::fi_cutlass_moe_path as path;
+        match path::Type::try_from(k.path) {
+            Ok(path::FI_CUTLASS_MOE_PATH_NONE) => Ok(CutlassKernels::Nothing),
+            Ok(path::FI_CUTLASS_MOE_PATH_DECODE) => Ok(CutlassKernels::Decode),
+            Ok(path::FI_CUTLASS_MOE_PATH_GEMMS) => Ok(CutlassKernels::Gemms(
+                index(k.tactic_gemm1)?,
+                index(k.tactic_gemm2)?,
+            )),
+            _ => Err(Error::Internal(format!(
+                "fi_cutlass_moe_kernels_for: path {}",
+                k.path
+            ))),
+        }
+    }
 }
 
 impl Drop for Runner {
@@ -365,6 +390,19 @@ impl std::fmt::Display for CutlassTactic {
         }
         Ok(())
     }
+}
+
+/// What a call of a layer launches after its routing ([`CutlassMoe::kernels_for`]): the rule
+/// of its [`CutlassSchedule`], as the call itself applies it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CutlassKernels {
+    /// Zero tokens: nothing.
+    Nothing,
+    /// The decode kernels (GEMM 1 with SwiGLU, then GEMM 2 with the weighted sum).
+    Decode,
+    /// The grouped GEMMs with these tactics of GEMM 1 and GEMM 2: indices into
+    /// [`CutlassMoe::tactics`], as [`CutlassSchedule::Tactics`] takes them.
+    Gemms(u32, u32),
 }
 
 /// Up to how many tokens the [`Fastest`](CutlassSchedule::Fastest) schedule takes the decode
@@ -731,6 +769,18 @@ where
     /// block-scale GEMM's two tiles (128x64, 64x64).
     pub fn tactics(&self) -> Result<(Vec<CutlassTactic>, Vec<CutlassTactic>)> {
         self.runner.tactics()
+    }
+
+    /// What a call of `num_tokens` tokens launches after its routing: the decode kernels, the
+    /// grouped GEMMs with which tactics, or nothing. Host-side, no launch: the same rule
+    /// [`forward`](Self::forward) applies, so a server can log it and a benchmark can name it.
+    /// `num_tokens` above the layer's `max_tokens` is refused ([`Error::InvalidArgument`]).
+    pub fn kernels_for(&self, num_tokens: usize) -> Result<CutlassKernels> {
+        let max = self.plan.config().max_tokens;
+        ensure(num_tokens <= max, "num_tokens", || {
+            format!("{num_tokens} exceeds the layer's max_tokens ({max})")
+        })?;
+        self.runner.kernels_for(num_tokens)
     }
 
     /// Bytes of device memory [`workspace`](Self::workspace) allocates.

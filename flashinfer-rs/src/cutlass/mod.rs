@@ -37,8 +37,8 @@ mod plan;
 pub mod prepare;
 
 pub use layer::{
-    CutlassBatch, CutlassBlockScales, CutlassElement, CutlassMoe, CutlassRouting, CutlassSchedule,
-    CutlassTactic, CutlassWeights, CutlassWorkspace, DecodeLimit, WeightBuffer,
+    CutlassBatch, CutlassBlockScales, CutlassElement, CutlassKernels, CutlassMoe, CutlassRouting,
+    CutlassSchedule, CutlassTactic, CutlassWeights, CutlassWorkspace, DecodeLimit, WeightBuffer,
     BLOCK_DECODE_MAX_TOKENS, DECODE_MAX_EXPERT_SIZE, DECODE_MAX_TOKENS, FP8_DECODE_MAX_TOKENS,
 };
 pub use plan::{

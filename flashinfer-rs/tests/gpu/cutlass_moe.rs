@@ -7,7 +7,8 @@
 //!   output within bf16 tolerance, replay ids equal to the oracle's, spare rows untouched,
 //!   output bit-identical with and without replay;
 //! - every tactic the build has, fixed with `CutlassSchedule::Tactics`, on both sides of the per-call
-//!   choice's threshold;
+//!   choice's threshold; and what each call takes (`CutlassMoe::kernels_for`, the rule the call
+//!   applies) on both sides of each threshold, every schedule;
 //! - expert parallelism: four ranks, each summing only its own experts, add up to the layer;
 //! - precomputed ids give the same output bit for bit;
 //! - the decode kernels (every call of up to `DECODE_MAX_TOKENS` tokens in a layer from `new`
@@ -153,8 +154,9 @@ pub(crate) mod on_hopper {
     use flashinfer_rs::cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
     use flashinfer_rs::cudarc::driver::{CudaSlice, CudaStream, CudaView};
     use flashinfer_rs::cutlass::{
-        CutlassBatch, CutlassElement, CutlassMoe, CutlassMoeConfig, CutlassRouting,
-        CutlassSchedule, CutlassWeights, CutlassWorkspace, WeightBuffer,
+        CutlassBatch, CutlassElement, CutlassKernels, CutlassMoe, CutlassMoeConfig, CutlassRouting,
+        CutlassSchedule, CutlassTactic, CutlassWeights, CutlassWorkspace, WeightBuffer,
+        DECODE_MAX_TOKENS,
     };
     use flashinfer_rs::fused::oracle::{self as moe_oracle, ActivationRounding, ExpertWeights};
     use flashinfer_rs::fused::Activation;
@@ -510,6 +512,84 @@ pub(crate) mod on_hopper {
             }
         }
         report(test, passed, failures);
+    }
+
+    /// What each call takes, as `kernels_for` names it (the function `forward`'s launch
+    /// applies), is the rule `CutlassSchedule`'s docs state, on both sides of each threshold
+    /// (the decode limit; 16 and 64 mean rows per expert, num_tokens * top_k / num_experts):
+    /// `Fastest` in a layer of small experts takes the decode kernels up to
+    /// `DECODE_MAX_TOKENS.small`, then the 128x16 swapped tile below 16 rows, 128x64 swapped
+    /// below 64 and 128x256 from 64 (in both GEMMs); `DecodeUpTo(n)` moves the decode limit
+    /// alone; fixed tactics and `BatchInvariant` take the same GEMMs at every size. A count past
+    /// max_tokens is refused.
+    #[test]
+    fn each_call_takes_the_kernels_its_schedule_names() {
+        let test = "cutlass_moe::each_call_takes_the_kernels_its_schedule_names";
+        let Some(g) = gpu(test) else { return };
+        // 128 experts, top-8: 16 rows an expert at 256 tokens, 64 at 1024.
+        let (h, i, e, k) = (64, 64, 128u32, 8u32);
+        let w = weights(&g, e as usize, h, i, 95);
+        let routing = RoutingConfig::new(RoutingMethod::Renormalize, e, k);
+        let cfg = config(routing, h, i, 4096);
+        let Some(layer) = layer_here(cfg, w.views(), test) else {
+            return;
+        };
+        let (t1, t2) = layer.tactics().unwrap();
+        // The first tactic of that tile and order, as the C rule looks it up.
+        let index = |t: &[CutlassTactic], tile: (u32, u32), swap_ab: bool| {
+            let found = t
+                .iter()
+                .position(|x| x.tile == tile && x.swap_ab == swap_ab && !x.finalize);
+            found.unwrap_or_else(|| panic!("{test}: no {tile:?} tactic (swap_ab {swap_ab})")) as u32
+        };
+        let gemms = |tile, swap_ab| {
+            CutlassKernels::Gemms(index(&t1, tile, swap_ab), index(&t2, tile, swap_ab))
+        };
+        let (decode, few, some, many) = (
+            CutlassKernels::Decode,
+            gemms((128, 16), true),
+            gemms((128, 64), true),
+            gemms((128, 256), false),
+        );
+        let small = DECODE_MAX_TOKENS.small;
+        assert_eq!(layer.decode_max_tokens(), small);
+        let forced = |schedule| CutlassMoe::with_schedule(cfg, w.views(), schedule).unwrap();
+        let fixed = forced(CutlassSchedule::Tactics(1, 0));
+        let fixed_kernels = CutlassKernels::Gemms(1, 0);
+        let cases = [
+            (&layer, "Fastest", 0, CutlassKernels::Nothing),
+            (&layer, "Fastest", 1, decode),
+            (&layer, "Fastest", small, decode),
+            (&layer, "Fastest", small + 1, few),
+            (&layer, "Fastest", 255, few),
+            (&layer, "Fastest", 256, some),
+            (&layer, "Fastest", 1023, some),
+            (&layer, "Fastest", 1024, many),
+            (&layer, "Fastest", 4096, many),
+            (&fixed, "Tactics(1, 0)", 0, CutlassKernels::Nothing),
+            (&fixed, "Tactics(1, 0)", 1, fixed_kernels),
+            (&fixed, "Tactics(1, 0)", 4096, fixed_kernels),
+        ];
+        let decode_up_to_2 = forced(CutlassSchedule::DecodeUpTo(2));
+        let invariant = forced(CutlassSchedule::BatchInvariant);
+        let more = [
+            (&decode_up_to_2, "DecodeUpTo(2)", 2, decode),
+            (&decode_up_to_2, "DecodeUpTo(2)", 3, few),
+            (&decode_up_to_2, "DecodeUpTo(2)", 1024, many),
+            (&invariant, "BatchInvariant", 1, few),
+            (&invariant, "BatchInvariant", 4096, few),
+        ];
+        let mut passed = 0;
+        for (layer, schedule, tokens, want) in cases.into_iter().chain(more) {
+            let got = layer.kernels_for(tokens).unwrap();
+            assert_eq!(got, want, "{test}: {schedule} at {tokens} tokens");
+            passed += 1;
+        }
+        match layer.kernels_for(4097) {
+            Err(Error::InvalidArgument { .. }) => {}
+            other => panic!("{test}: 4097 tokens of max 4096: {other:?}"),
+        }
+        eprintln!("{test}: {passed} calls named as the rule says; past max_tokens refused");
     }
 
     #[test]

@@ -20,6 +20,8 @@
 //! - the decode kernels with block scales (which `Fastest` takes up to
 //!   `BLOCK_DECODE_MAX_TOKENS`, forced here by `CutlassSchedule::DecodeUpTo`): odd token
 //!   counts, a Qwen3-sized layer, an expert-parallel rank, and in the CUDA graph;
+//! - what each call takes (`CutlassMoe::kernels_for`): the decode kernels, then each tile on
+//!   its side of 64 rows an expert;
 //! - bad scales and sizes refused with typed errors;
 //! - the operands and output of a small DeepSeek-V3-shaped block written for transformers'
 //!   own fine-grained fp8 path (`scripts/transformers_fp8_blocks.py`) when
@@ -27,8 +29,8 @@
 use flashinfer_rs::cudarc::driver::CudaView;
 use flashinfer_rs::cutlass::prepare::{fc1_from_gate_up, fp8_blocks};
 use flashinfer_rs::cutlass::{
-    CutlassBlockScales, CutlassMoe, CutlassMoeConfig, CutlassSchedule, CutlassWeights,
-    BLOCK_DECODE_MAX_TOKENS,
+    CutlassBlockScales, CutlassKernels, CutlassMoe, CutlassMoeConfig, CutlassSchedule,
+    CutlassTactic, CutlassWeights, BLOCK_DECODE_MAX_TOKENS,
 };
 use flashinfer_rs::fused::oracle::{self as moe_oracle, ActivationRounding, ExpertWeights};
 use flashinfer_rs::fused::E4m3;
@@ -455,6 +457,88 @@ fn fp8_blocks_both_tiles_match_the_reference_and_each_other() {
         }
     }
     tally.report(test);
+}
+
+/// What each call of a block-scale layer takes (`kernels_for`): with `Fastest`, the decode
+/// kernels up to `BLOCK_DECODE_MAX_TOKENS.small` (small experts), then the block-scale GEMM
+/// with its 64x64 tile in both GEMMs below 64 mean rows per expert and its 128x64 tile in
+/// GEMM 1 from 64; fixed tiles at every size.
+#[test]
+fn fp8_blocks_each_call_takes_the_tiles_its_schedule_names() {
+    let test = "cutlass_moe_fp8_blocks::fp8_blocks_each_call_takes_the_tiles_its_schedule_names";
+    let Some(g) = gpu(test) else { return };
+    // 64 experts, top-8: 64 rows an expert at 512 tokens.
+    let (e, k, h, i) = (64u32, 8u32, 128, 128);
+    let w = block_weights(&g, e as usize, h, i, 530);
+    let cfg = config(
+        RoutingConfig::new(RoutingMethod::Renormalize, e, k),
+        h,
+        i,
+        1024,
+    );
+    let Some(layer) = block_layer_here(&g, cfg, &w, test) else {
+        return;
+    };
+    let (t1, t2) = layer.tactics().unwrap();
+    let tile = |t: &[CutlassTactic], rows_cols| {
+        let found = t.iter().position(|x| x.tile == rows_cols);
+        found.unwrap_or_else(|| panic!("{test}: no {rows_cols:?} tile")) as u32
+    };
+    let (wide, narrow) = (tile(&t1, (128, 64)), tile(&t2, (64, 64)));
+    assert_eq!(
+        tile(&t1, (64, 64)),
+        narrow,
+        "{test}: both GEMMs list the tiles alike"
+    );
+    let small = BLOCK_DECODE_MAX_TOKENS.small;
+    assert_eq!(layer.decode_max_tokens(), small);
+    let fixed = CutlassMoe::fp8_blocks_with_schedule(
+        cfg,
+        w.views(),
+        block_scales(&g, &w),
+        CutlassSchedule::Tactics(wide, wide),
+    )
+    .unwrap();
+    let cases = [
+        (&layer, "Fastest", 0, CutlassKernels::Nothing),
+        (&layer, "Fastest", 1, CutlassKernels::Decode),
+        (&layer, "Fastest", small, CutlassKernels::Decode),
+        (
+            &layer,
+            "Fastest",
+            small + 1,
+            CutlassKernels::Gemms(narrow, narrow),
+        ),
+        (
+            &layer,
+            "Fastest",
+            511,
+            CutlassKernels::Gemms(narrow, narrow),
+        ),
+        (&layer, "Fastest", 512, CutlassKernels::Gemms(wide, narrow)),
+        (&layer, "Fastest", 1024, CutlassKernels::Gemms(wide, narrow)),
+        (
+            &fixed,
+            "Tactics(wide, wide)",
+            1,
+            CutlassKernels::Gemms(wide, wide),
+        ),
+        (
+            &fixed,
+            "Tactics(wide, wide)",
+            1024,
+            CutlassKernels::Gemms(wide, wide),
+        ),
+    ];
+    for (layer, schedule, tokens, want) in cases {
+        let got = layer.kernels_for(tokens).unwrap();
+        assert_eq!(got, want, "{test}: {schedule} at {tokens} tokens");
+    }
+    assert!(matches!(
+        layer.kernels_for(1025),
+        Err(Error::InvalidArgument { .. })
+    ));
+    eprintln!("{test}: {} calls named as the rule says", cases.len());
 }
 
 /// Scales and sizes the kernels cannot use, and schedules they do not have, are refused at

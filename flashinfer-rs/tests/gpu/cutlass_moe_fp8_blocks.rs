@@ -499,36 +499,17 @@ fn fp8_blocks_each_call_takes_the_tiles_its_schedule_names() {
         CutlassSchedule::Tactics(wide, wide),
     )
     .unwrap();
+    let gemms = CutlassKernels::Gemms;
     let cases = [
         (&layer, "Fastest", 0, CutlassKernels::Nothing),
         (&layer, "Fastest", 1, CutlassKernels::Decode),
         (&layer, "Fastest", small, CutlassKernels::Decode),
-        (
-            &layer,
-            "Fastest",
-            small + 1,
-            CutlassKernels::Gemms(narrow, narrow),
-        ),
-        (
-            &layer,
-            "Fastest",
-            511,
-            CutlassKernels::Gemms(narrow, narrow),
-        ),
-        (&layer, "Fastest", 512, CutlassKernels::Gemms(wide, narrow)),
-        (&layer, "Fastest", 1024, CutlassKernels::Gemms(wide, narrow)),
-        (
-            &fixed,
-            "Tactics(wide, wide)",
-            1,
-            CutlassKernels::Gemms(wide, wide),
-        ),
-        (
-            &fixed,
-            "Tactics(wide, wide)",
-            1024,
-            CutlassKernels::Gemms(wide, wide),
-        ),
+        (&layer, "Fastest", small + 1, gemms(narrow, narrow)),
+        (&layer, "Fastest", 511, gemms(narrow, narrow)),
+        (&layer, "Fastest", 512, gemms(wide, narrow)),
+        (&layer, "Fastest", 1024, gemms(wide, narrow)),
+        (&fixed, "Tactics(wide, wide)", 1, gemms(wide, wide)),
+        (&fixed, "Tactics(wide, wide)", 1024, gemms(wide, wide)),
     ];
     for (layer, schedule, tokens, want) in cases {
         let got = layer.kernels_for(tokens).unwrap();

@@ -51,6 +51,7 @@ def digests(logdir, stem):
 
 
 RULE = re.compile(r"per-call rule, \w+ at (\d+) tokens: (bf16 .*)$")
+TACTICS = re.compile(r"tactics \d+/\d+ ")
 
 
 def rules(logdir, stem):
@@ -69,8 +70,12 @@ def rule_lines(logdir, stem, pack):
     lines = []
     for tokens in sorted(set(a) | set(b), key=int):
         ra, rb = a.get(tokens, "not logged"), b.get(tokens, "not logged")
+        # Alike when they name the same tiles: a candidate's added tactics may renumber them.
+        alike = TACTICS.sub("", ra) == TACTICS.sub("", rb)
         lines.append(f"- the per-call rule at {tokens} tokens: " +
-                     (f"main and {pack} alike, {ra}" if ra == rb else f"main {ra}; {pack} {rb}"))
+                     (f"main and {pack} alike, {ra}" if ra == rb else
+                      f"the same tiles, main {ra}; {pack} {rb}" if alike else
+                      f"main {ra}; {pack} {rb}"))
     return lines
 
 

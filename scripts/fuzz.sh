@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 build_only=0
 secs=${1:-60}
 [ "${1:-}" = --build ] && build_only=1 secs=0
-targets=(routing_config routing_call fused_plan capture_layout assembly)
+targets=(routing_config routing_call fused_plan cutlass_plan capture_layout assembly)
 
 if ! cargo +nightly --version >/dev/null 2>&1; then
   echo "skipped: fuzzing needs a nightly toolchain (rustup toolchain install nightly)"

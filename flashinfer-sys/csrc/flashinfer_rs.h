@@ -484,9 +484,11 @@ fi_status fi_cutlass_moe_tactic_info(const fi_cutlass_moe* layer, int32_t gemm, 
 typedef enum fi_cutlass_moe_path {
   FI_CUTLASS_MOE_PATH_NONE = 0,   /**< zero tokens: nothing */
   FI_CUTLASS_MOE_PATH_DECODE = 1, /**< the decode kernels (1..=decode_max_tokens tokens) */
-  FI_CUTLASS_MOE_PATH_GEMMS = 2,  /**< the grouped GEMMs, with the tactics named beside it */
+  FI_CUTLASS_MOE_PATH_GEMMS = 2,  /**< the grouped GEMMs, with fi_cutlass_moe_kernels' tactics */
 } fi_cutlass_moe_path;
 
+/** What one call launches (fi_cutlass_moe_kernels_for): its path, and on the GEMMs' path the
+ * tactic each GEMM runs with (for fp8 block-scale weights, the block-scale GEMM's tile). */
 typedef struct fi_cutlass_moe_kernels {
   int32_t path;         /**< fi_cutlass_moe_path */
   int32_t tactic_gemm1; /**< FI_CUTLASS_MOE_PATH_GEMMS: GEMM 1's tactic (an index for
@@ -495,7 +497,9 @@ typedef struct fi_cutlass_moe_kernels {
 } fi_cutlass_moe_kernels;
 
 /** What fi_cutlass_moe_run launches for a call of `num_tokens` tokens (0..=max_tokens) in
- * `*out`: the rule the call itself applies (the same function), host-side, no launch. */
+ * `*out`: the rule the call itself applies (the same function), host-side, no launch.
+ * FI_STATUS_INVALID_ARGUMENT for a NULL pointer or a count outside 0..=max_tokens;
+ * FI_STATUS_KERNELS_NOT_BUILT in a build without the CUTLASS MoE. */
 fi_status fi_cutlass_moe_kernels_for(const fi_cutlass_moe* layer, int32_t num_tokens,
                                      fi_cutlass_moe_kernels* out);
 

@@ -307,6 +307,156 @@ pub fn fused_plan(data: &[u8]) {
     }
 }
 
+/// A layer dimension: mostly a multiple of 64 the CUTLASS MoE takes, sometimes anything.
+fn dim(b: &mut Bytes) -> usize {
+    if b.u8().is_multiple_of(4) {
+        b.size()
+    } else {
+        64 * (b.small(31) + 1)
+    }
+}
+
+/// A length: mostly `right` (so the rules after it are reached), sometimes anything.
+fn len_or(b: &mut Bytes, right: Option<usize>) -> usize {
+    match right {
+        Some(n) if !b.u8().is_multiple_of(4) => n,
+        _ => b.size(),
+    }
+}
+
+/// Target `cutlass_plan`: every rule of the Hopper MoE layer on sizes: a layer's config and
+/// weights' lengths ([`CutlassPlan::new`](flashinfer_rs::cutlass::CutlassPlan::new)), an fp8
+/// layer's scales and a block-scale layer's sizes and block scales, then calls' sizes
+/// ([`CutlassPlan::check_batch`](flashinfer_rs::cutlass::CutlassPlan::check_batch)). When a
+/// rule accepts: the shapes the kernels rely on hold, and every buffer of an accepted call
+/// covers what the call reads or writes.
+pub fn cutlass_plan(data: &[u8]) {
+    use flashinfer_rs::cutlass::{
+        CutlassBatchSizes, CutlassFp8Scales, CutlassMoeConfig, CutlassPlan, CutlassRoutingSizes,
+    };
+    let mut b = Bytes::new(data);
+    let routing = routing_config_from(&mut b);
+    let (hidden_size, intermediate_size) = (dim(&mut b), dim(&mut b));
+    let max_tokens = b.size();
+    let config = CutlassMoeConfig {
+        routing,
+        hidden_size,
+        intermediate_size,
+        max_tokens,
+    };
+    let (h, i) = (hidden_size, intermediate_size);
+    let local = routing.local_num_experts as usize;
+    let product = |dims: &[usize]| dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
+    let fc1 = len_or(&mut b, product(&[local, 2, i, h]));
+    let fc2 = len_or(&mut b, product(&[local, h, i]));
+    let Ok(plan) = CutlassPlan::new(config, fc1, fc2) else {
+        return;
+    };
+    let (e, k) = (routing.num_experts as usize, routing.top_k as usize);
+    assert!(h % 64 == 0 && i % 64 == 0 && (64..=65536).contains(&h) && (64..=65536).contains(&i));
+    assert!(max_tokens >= 1 && (max_tokens as u128) * (e as u128) <= i32::MAX as u128);
+    assert!(k >= 1 && k <= e && local >= 1);
+    assert_eq!((plan.fc1_len(), plan.fc2_len()), (fc1, fc2));
+    assert_eq!(plan.fc1_len(), local * 2 * i * h);
+    assert_eq!(plan.ep_size() * local, e, "{config:?}");
+    assert_eq!(
+        plan.ep_rank() * local,
+        routing.local_expert_offset as usize,
+        "{config:?}"
+    );
+    assert!(plan.ep_rank() < plan.ep_size());
+
+    // An fp8 per-tensor layer's scales: any f32 bits (NaN, infinities, 0, subnormals).
+    let count = |b: &mut Bytes| if b.bool() { local } else { b.small(8) };
+    let (n1, n2) = (count(&mut b), count(&mut b));
+    let scales = CutlassFp8Scales {
+        fc1_weights: (0..n1.min(64)).map(|_| b.f32()).collect(),
+        fc2_weights: (0..n2.min(64)).map(|_| b.f32()).collect(),
+        fc1_input: b.f32(),
+        fc2_input: b.f32(),
+    };
+    if plan.check_fp8_scales(&scales).is_ok() {
+        let usable = |v: f32| v.is_finite() && v > 0.0 && (1.0 / v).is_finite();
+        assert_eq!(
+            (scales.fc1_weights.len(), scales.fc2_weights.len()),
+            (local, local)
+        );
+        for (input, weights) in [
+            (scales.fc1_input, &scales.fc1_weights),
+            (scales.fc2_input, &scales.fc2_weights),
+        ] {
+            assert!(usable(input) && weights.iter().all(|&w| usable(w) && usable(input * w)));
+        }
+    }
+
+    // A block-scale layer: its sizes and its block scales' lengths.
+    let blocks = |n: usize| n / 128;
+    let s1 = len_or(&mut b, product(&[local, 2, blocks(i), blocks(h)]));
+    let s2 = len_or(&mut b, product(&[local, blocks(h), blocks(i)]));
+    if plan.check_fp8_blocks(s1, s2).is_ok() {
+        assert!(h % 128 == 0 && i % 128 == 0 && h <= 20480 && i <= 20480);
+        assert_eq!(s1, local * 2 * blocks(i) * blocks(h));
+        assert_eq!(s2, local * blocks(h) * blocks(i));
+    }
+
+    // Calls: mostly within max_tokens with the right lengths, sometimes anything.
+    for _ in 0..8 {
+        if b.is_empty() {
+            break;
+        }
+        let t = if b.bool() {
+            b.size() % (max_tokens + 1)
+        } else {
+            b.size()
+        };
+        let rows = |b: &mut Bytes, cols: usize| len_or(b, t.checked_mul(cols));
+        let routing = if b.bool() {
+            let logits = rows(&mut b, e);
+            let bias = b.bool().then(|| len_or(&mut b, Some(e)));
+            CutlassRoutingSizes::Logits { logits, bias }
+        } else {
+            let (ids, scales) = (rows(&mut b, k), rows(&mut b, k));
+            CutlassRoutingSizes::Precomputed { ids, scales }
+        };
+        let call = CutlassBatchSizes {
+            num_tokens: t,
+            routing,
+            hidden_states: rows(&mut b, h),
+            output: rows(&mut b, h),
+            replay: b.bool().then(|| {
+                let r = if b.bool() { t } else { b.size() };
+                (r, if b.bool() { k } else { b.size() })
+            }),
+            captured_weights: b.bool().then(|| rows(&mut b, k)),
+        };
+        if plan.check_batch(&call).is_err() {
+            continue;
+        }
+        let covers = |len: usize, cols: usize| len as u128 >= t as u128 * cols as u128;
+        assert!(t <= max_tokens, "{call:?}");
+        assert!(
+            covers(call.hidden_states, h) && covers(call.output, h),
+            "{call:?}"
+        );
+        match call.routing {
+            CutlassRoutingSizes::Logits { logits, bias } => {
+                assert!(covers(logits, e), "{call:?}");
+                assert!(bias.is_none_or(|n| n == e), "{call:?}");
+                if let Some((r, c)) = call.replay {
+                    assert!(r >= t && c == k, "{call:?}");
+                }
+            }
+            CutlassRoutingSizes::Precomputed { ids, scales } => {
+                assert!(covers(ids, k) && covers(scales, k), "{call:?}");
+                assert!(call.replay.is_none() && call.captured_weights.is_none());
+            }
+        }
+        if let Some(n) = call.captured_weights {
+            assert!(covers(n, k), "{call:?}");
+        }
+    }
+}
+
 /// Target `capture_layout`: step layouts from every constructor against a store size.
 pub fn capture_layout(data: &[u8]) {
     let mut b = Bytes::new(data);
@@ -581,10 +731,11 @@ fn request(b: &mut Bytes) -> u64 {
 pub type Target = fn(&[u8]);
 
 /// Every target, by name (for the corpus replay test).
-pub const TARGETS: [(&str, Target); 5] = [
+pub const TARGETS: [(&str, Target); 6] = [
     ("routing_config", routing_config),
     ("routing_call", routing_call),
     ("fused_plan", fused_plan),
+    ("cutlass_plan", cutlass_plan),
     ("capture_layout", capture_layout),
     ("assembly", assembly),
 ];

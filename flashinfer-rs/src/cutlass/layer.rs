@@ -328,7 +328,11 @@ impl Runner {
         // SAFETY: `self.0` is a live layer, `k` a valid out-pointer.
         check(unsafe { sys::fi_cutlass_moe_kernels_for(self.0.as_ptr(), tokens, &mut k) })?;
         let index = |t: i32| {
-            u32::try_from(t).map_err(|_| Error::Internal(format!("the GEMMs' tactic {t}")))
+            u32::try_from(t).map_err(|_| {
+                Error::Internal(format!(
+                    "fi_cutlass_moe_kernels_for: the GEMMs' path, tactic {t}"
+                ))
+            })
         };
         use sys::fi_cutlass_moe_path as path;
         match path::Type::try_from(k.path) {
@@ -393,8 +397,10 @@ impl std::fmt::Display for CutlassTactic {
 }
 
 /// What a call of a layer launches after its routing ([`CutlassMoe::kernels_for`]): the rule
-/// of its [`CutlassSchedule`], as the call itself applies it.
+/// of its [`CutlassSchedule`], as the call itself applies it. Non-exhaustive: a later kernel
+/// path adds a variant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum CutlassKernels {
     /// Zero tokens: nothing.
     Nothing,

@@ -462,7 +462,8 @@ fn fp8_blocks_both_tiles_match_the_reference_and_each_other() {
 /// What each call of a block-scale layer takes (`kernels_for`): with `Fastest`, the decode
 /// kernels up to `BLOCK_DECODE_MAX_TOKENS.small` (small experts), then the block-scale GEMM
 /// with its 64x64 tile in both GEMMs below 64 mean rows per expert and its 128x64 tile in
-/// GEMM 1 from 64; fixed tiles at every size.
+/// GEMM 1 from 64; `DecodeUpTo(n)` moves the decode limit alone; fixed tiles, and
+/// `BatchInvariant`'s 64x64 in both GEMMs, at every size.
 #[test]
 fn fp8_blocks_each_call_takes_the_tiles_its_schedule_names() {
     let test = "cutlass_moe_fp8_blocks::fp8_blocks_each_call_takes_the_tiles_its_schedule_names";
@@ -492,13 +493,13 @@ fn fp8_blocks_each_call_takes_the_tiles_its_schedule_names() {
     );
     let small = BLOCK_DECODE_MAX_TOKENS.small;
     assert_eq!(layer.decode_max_tokens(), small);
-    let fixed = CutlassMoe::fp8_blocks_with_schedule(
-        cfg,
-        w.views(),
-        block_scales(&g, &w),
-        CutlassSchedule::Tactics(wide, wide),
-    )
-    .unwrap();
+    let forced = |schedule| {
+        CutlassMoe::fp8_blocks_with_schedule(cfg, w.views(), block_scales(&g, &w), schedule)
+            .unwrap()
+    };
+    let fixed = forced(CutlassSchedule::Tactics(wide, wide));
+    let invariant = forced(CutlassSchedule::BatchInvariant);
+    let decode_up_to_2 = forced(CutlassSchedule::DecodeUpTo(2));
     let gemms = CutlassKernels::Gemms;
     let cases = [
         (&layer, "Fastest", 0, CutlassKernels::Nothing),
@@ -510,6 +511,11 @@ fn fp8_blocks_each_call_takes_the_tiles_its_schedule_names() {
         (&layer, "Fastest", 1024, gemms(wide, narrow)),
         (&fixed, "Tactics(wide, wide)", 1, gemms(wide, wide)),
         (&fixed, "Tactics(wide, wide)", 1024, gemms(wide, wide)),
+        (&invariant, "BatchInvariant", 1, gemms(narrow, narrow)),
+        (&invariant, "BatchInvariant", 1024, gemms(narrow, narrow)),
+        (&decode_up_to_2, "DecodeUpTo(2)", 2, CutlassKernels::Decode),
+        (&decode_up_to_2, "DecodeUpTo(2)", 3, gemms(narrow, narrow)),
+        (&decode_up_to_2, "DecodeUpTo(2)", 512, gemms(wide, narrow)),
     ];
     for (layer, schedule, tokens, want) in cases {
         let got = layer.kernels_for(tokens).unwrap();

@@ -670,9 +670,10 @@ pub mod fi_cutlass_moe_path {
     pub const FI_CUTLASS_MOE_PATH_NONE: Type = 0;
     #[doc = "< the decode kernels (1..=decode_max_tokens tokens)"]
     pub const FI_CUTLASS_MOE_PATH_DECODE: Type = 1;
-    #[doc = "< the grouped GEMMs, with the tactics named beside it"]
+    #[doc = "< the grouped GEMMs, with fi_cutlass_moe_kernels' tactics"]
     pub const FI_CUTLASS_MOE_PATH_GEMMS: Type = 2;
 }
+#[doc = " What one call launches (fi_cutlass_moe_kernels_for): its path, and on the GEMMs' path the\n tactic each GEMM runs with (for fp8 block-scale weights, the block-scale GEMM's tile)."]
 #[repr(C)]
 #[derive(Debug, Default, Copy, Clone)]
 pub struct fi_cutlass_moe_kernels {
@@ -684,7 +685,7 @@ pub struct fi_cutlass_moe_kernels {
     pub tactic_gemm2: i32,
 }
 unsafe extern "C" {
-    #[doc = " What fi_cutlass_moe_run launches for a call of `num_tokens` tokens (0..=max_tokens) in\n `*out`: the rule the call itself applies (the same function), host-side, no launch."]
+    #[doc = " What fi_cutlass_moe_run launches for a call of `num_tokens` tokens (0..=max_tokens) in\n `*out`: the rule the call itself applies (the same function), host-side, no launch.\n FI_STATUS_INVALID_ARGUMENT for a NULL pointer or a count outside 0..=max_tokens;\n FI_STATUS_KERNELS_NOT_BUILT in a build without the CUTLASS MoE."]
     pub fn fi_cutlass_moe_kernels_for(
         layer: *const fi_cutlass_moe,
         num_tokens: i32,

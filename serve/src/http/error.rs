@@ -1,5 +1,6 @@
 //! Errors in OpenAI's shape: `{"error": {"message", "type", "param", "code"}}`.
 
+use axum::extract::rejection::BytesRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -52,6 +53,17 @@ impl ApiError {
         }
     }
 
+    /// An error of the HTTP layer itself (no such route, wrong method), with its status.
+    pub fn http(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            kind: "invalid_request_error",
+            param: None,
+            code: Some(code),
+        }
+    }
+
     /// 500: the engine failed the request.
     pub fn internal(message: impl Into<String>) -> Self {
         ApiError {
@@ -68,6 +80,19 @@ impl ApiError {
         serde_json::json!({"error": {
             "message": self.message, "type": self.kind, "param": self.param, "code": self.code,
         }})
+    }
+}
+
+/// A body that could not be read: over the size limit (413), or broken on the wire (400).
+impl From<BytesRejection> for ApiError {
+    fn from(r: BytesRejection) -> Self {
+        let status = r.status();
+        let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
+            "body_too_large"
+        } else {
+            "unreadable_body"
+        };
+        ApiError::http(status, code, r.body_text())
     }
 }
 

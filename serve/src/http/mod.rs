@@ -7,6 +7,11 @@
 //! | `GET /v1/models` | the one served model |
 //! | `GET /health` | 200 while the engine runs |
 //! | `GET /metrics` | Prometheus text format |
+//!
+//! Every error is OpenAI's JSON shape ([`error::ApiError`]), the HTTP layer's own too: a body over
+//! [`body_limit`] (413), an unreadable body (400), an unknown route (404), a wrong method (405).
+//! Requests are checked (parsed, rendered, tokenized) on the blocking pool, so a large prompt
+//! never holds an async worker that `/health` and the streams need.
 
 pub mod error;
 pub mod request;
@@ -17,8 +22,9 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::header;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -46,15 +52,41 @@ pub struct AppState {
     pub capture: bool,
 }
 
+/// The largest request body taken (413 above it): 32 bytes per token of the context, at least
+/// 2 MiB. A prompt of `max_model_len` tokens fits as text or as token ids (at most 11 bytes an id
+/// with its separator), with room for JSON escapes and a chat's message framing; the bound keeps
+/// what one request makes the server parse and tokenize in proportion to what it can run.
+pub fn body_limit(max_model_len: usize) -> usize {
+    max_model_len.saturating_mul(32).max(2 << 20)
+}
+
 /// The routes.
 pub fn router(state: Arc<AppState>) -> Router {
+    let limit = body_limit(state.max_model_len);
     Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+async fn not_found() -> Response {
+    ApiError::http(StatusCode::NOT_FOUND, "not_found", "no such route").into_response()
+}
+
+async fn method_not_allowed() -> Response {
+    let message = "this route does not take that method";
+    ApiError::http(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        message,
+    )
+    .into_response()
 }
 
 fn now() -> u64 {
@@ -89,14 +121,34 @@ enum Kind {
     Chat,
 }
 
-async fn completions(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
-    let checked = request::completion(&s, &body);
+async fn completions(
+    State(s): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let checked = check(&s, body, request::completion).await;
     respond(s, Kind::Completion, checked).await
 }
 
-async fn chat_completions(State(s): State<Arc<AppState>>, body: Bytes) -> Response {
-    let checked = request::chat(&s, &body);
+async fn chat_completions(
+    State(s): State<Arc<AppState>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let checked = check(&s, body, request::chat).await;
     respond(s, Kind::Chat, checked).await
+}
+
+/// A request's body through `rules` on the blocking pool (parsing, the chat template and the
+/// tokenizer take CPU time in proportion to the body), or the body's own rejection.
+async fn check(
+    s: &Arc<AppState>,
+    body: Result<Bytes, BytesRejection>,
+    rules: fn(&AppState, &[u8]) -> Result<Checked, ApiError>,
+) -> Result<Checked, ApiError> {
+    let body = body.map_err(ApiError::from)?;
+    let state = Arc::clone(s);
+    tokio::task::spawn_blocking(move || rules(&state, &body))
+        .await
+        .unwrap_or_else(|e| Err(ApiError::internal(format!("checking the request: {e}"))))
 }
 
 async fn respond(s: Arc<AppState>, kind: Kind, checked: Result<Checked, ApiError>) -> Response {

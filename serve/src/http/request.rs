@@ -255,6 +255,12 @@ fn sampling(c: &Common) -> Result<SamplingParams, ApiError> {
     })
 }
 
+/// The most stop strings a request may give (OpenAI takes 4), and their longest: the scheduler
+/// looks for every one in the text after every token, on the thread that runs every request.
+pub const MAX_STOP_STRINGS: usize = 16;
+/// See [`MAX_STOP_STRINGS`].
+pub const MAX_STOP_BYTES: usize = 512;
+
 /// Length, stop and capture rules; the engine request.
 fn finish(state: &AppState, c: Common, prompt: Vec<u32>, chat: bool) -> Result<Checked, ApiError> {
     let sampling = sampling(&c)?;
@@ -303,6 +309,14 @@ fn finish(state: &AppState, c: Common, prompt: Vec<u32>, chat: bool) -> Result<C
     };
     if stop.iter().any(String::is_empty) {
         return Err(ApiError::bad("stop", "stop strings must not be empty"));
+    }
+    if stop.len() > MAX_STOP_STRINGS || stop.iter().any(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(ApiError::bad(
+            "stop",
+            format!(
+                "at most {MAX_STOP_STRINGS} stop strings of at most {MAX_STOP_BYTES} bytes each"
+            ),
+        ));
     }
     let capture = routed.map(|_| CaptureOptions {
         start: start_len,

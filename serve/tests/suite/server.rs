@@ -6,6 +6,10 @@ use std::thread;
 
 use crate::common::*;
 use flashinfer_rs_serve::engine::sampling::SamplingParams;
+use flashinfer_rs_serve::http::{
+    self,
+    request::{MAX_STOP_BYTES, MAX_STOP_STRINGS},
+};
 use flashinfer_rs_serve::model::Model;
 use flashinfer_rs_serve::server::{load_model, ServerOptions};
 use flashinfer_rs_serve::text::TextModel;
@@ -417,6 +421,82 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         &json!({"prompt": "still here", "max_tokens": 2}),
     );
     assert_eq!(status, 200, "{v}");
+}
+
+/// The HTTP layer's own refusals are OpenAI JSON errors too: no such route (404), a wrong
+/// method (405), a body over the limit (413, `http::body_limit`); and the stop-string bounds.
+#[test]
+fn the_http_layers_refusals_are_json_errors() {
+    let f = fixture();
+    let addr = f.server.addr;
+    let json_error = |status: u16, got: (u16, String), code: &str| {
+        assert_eq!(got.0, status, "{}", got.1);
+        let v: Value = serde_json::from_str(&got.1).unwrap_or_else(|_| panic!("not JSON: {got:?}"));
+        assert_eq!(v["error"]["code"], json!(code), "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+    };
+    json_error(404, get(addr, "/v1/nothing"), "not_found");
+    json_error(405, get(addr, "/v1/completions"), "method_not_allowed");
+    let models: Value = serde_json::from_str(&get(addr, "/v1/models").1).unwrap();
+    let max_model_len = models["data"][0]["max_model_len"].as_u64().unwrap() as usize;
+    let limit = http::body_limit(max_model_len);
+    json_error(
+        413,
+        post_sized(addr, "/v1/completions", limit + 1),
+        "body_too_large",
+    );
+    let many: Vec<String> = (0..=MAX_STOP_STRINGS).map(|i| format!("s{i}")).collect();
+    let long = "x".repeat(MAX_STOP_BYTES + 1);
+    for stop in [json!(many), json!(long), json!(["a", long])] {
+        let body = json!({"prompt": "hi", "max_tokens": 2, "stop": stop}).to_string();
+        expect_error(addr, "/v1/completions", body.as_bytes(), 400, Some("stop"));
+    }
+    let most: Vec<String> = (0..MAX_STOP_STRINGS).map(|i| format!("s{i}")).collect();
+    let body = json!({"prompt": "hi", "max_tokens": 2, "stop": most});
+    let (status, v) = post(addr, "/v1/completions", &body);
+    assert_eq!(status, 200, "{v}");
+}
+
+/// POSTs `n` bytes (spaces) to `path`, written from another thread so the answer can come
+/// before the server has read them all; the status and the body.
+fn post_sized(addr: std::net::SocketAddr, path: &str, n: usize) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {n}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let writer = thread::spawn(move || {
+        let chunk = vec![b' '; 64 << 10];
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(chunk.len());
+            if w.write_all(&chunk[..k]).is_err() {
+                break;
+            }
+            left -= k;
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    writer.join().unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"));
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_owned())
 }
 
 #[test]

@@ -201,12 +201,13 @@ impl Scheduler {
             self.metrics.active_requests.fetch_add(1, Relaxed);
             let take = req.prompt.len().min(budget);
             budget -= take;
+            let positions = req.prompt.len() + req.max_tokens;
             self.running.push(Running {
                 id,
                 tokens: req.prompt.clone(),
                 sampler: Sampler::new(req.sampling),
                 req: *req,
-                cache: KvCache::default(),
+                cache: KvCache::bounded(positions),
                 tx,
                 sent_tokens: 0,
                 sent_text: 0,

@@ -37,7 +37,7 @@ fn causal_mask(pos0: usize, t: usize, device: &Device) -> Result<Tensor> {
 impl KvCache {
     /// Writes layer `l`'s keys and values of `t` new tokens (`[t, kv_heads, head_dim]` each)
     /// at positions `len..len + t` of the device cache, growing it (doubling, at least 256
-    /// positions) when full; returns the cache's keys and values through the new tokens,
+    /// positions, at most its bound unless the write needs more) when full; returns the cache's keys and values through the new tokens,
     /// `[kv_heads, len + t, head_dim]` each (views of the buffers, no copy).
     fn append_device(&mut self, l: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let (t, nkv, hd) = k.dims3()?;
@@ -48,7 +48,8 @@ impl KvCache {
         let slot = &mut self.device[l];
         let cap = slot.as_ref().map_or(0, |(kc, _)| kc.dim(1).unwrap_or(0));
         if cap < need {
-            let grown = need.max(2 * cap).next_multiple_of(256);
+            let doubled = need.max(2 * cap).next_multiple_of(256);
+            let grown = self.bound.map_or(doubled, |b| doubled.min(b.max(need)));
             let fresh = || Tensor::zeros((nkv, grown, hd), k.dtype(), k.device());
             let (kn, vn) = (fresh()?, fresh()?);
             if let Some((kc, vc)) = slot.as_ref() {

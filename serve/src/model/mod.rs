@@ -59,15 +59,28 @@ struct Layer {
 
 /// One request's keys and values, per layer: on the CPU path `[positions, kv_heads,
 /// head_dim]` f32 host vectors; on the batched path device tensors `[kv_heads, capacity,
-/// head_dim]` in the model's dtype, filled up to `len` positions and grown by doubling.
+/// head_dim]` in the model's dtype, filled up to `len` positions and grown by doubling, up to
+/// its bound when it has one ([`KvCache::bounded`]).
 #[derive(Debug, Default)]
 pub struct KvCache {
     layers: Vec<(Vec<f32>, Vec<f32>)>,
     device: Vec<Option<(Tensor, Tensor)>>,
     len: usize,
+    /// The most positions the batched path's buffers grow to by doubling (a request's prompt
+    /// plus its max_tokens); more only if a write needs more.
+    bound: Option<usize>,
 }
 
 impl KvCache {
+    /// A cache for a request that runs at most `positions` positions (its prompt plus its
+    /// max_tokens): the device buffers' doubling stops there, so a long request does not hold
+    /// up to twice the memory it can use.
+    pub fn bounded(positions: usize) -> Self {
+        KvCache {
+            bound: Some(positions),
+            ..KvCache::default()
+        }
+    }
     /// Positions held.
     pub fn len(&self) -> usize {
         self.len

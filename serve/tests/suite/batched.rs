@@ -7,10 +7,10 @@
 use crate::common::*;
 use candle_core::{DType, Device};
 use flashinfer_rs_serve::model::device::{DTypeArg, DeviceError, DeviceKind, Placement};
-use flashinfer_rs_serve::model::moe::BackendKind;
+use flashinfer_rs_serve::model::moe::{BackendKind, StepCapture};
 use flashinfer_rs_serve::model::random::{random_tensors, RandomSource};
 use flashinfer_rs_serve::model::weights::TensorSource;
-use flashinfer_rs_serve::model::{Model, Qwen3MoeConfig};
+use flashinfer_rs_serve::model::{KvCache, Model, Qwen3MoeConfig, SeqInput};
 
 fn steps() -> Steps {
     let p = |n: u32, from: u32| (0..n).map(|i| (from + i * 37) % 259).collect::<Vec<u32>>();
@@ -77,6 +77,41 @@ fn device_kv_caches_grow() {
             assert!(ra.iter().zip(rb).all(|(x, y)| (x - y).abs() < 1e-4));
         }
     }
+}
+
+/// A bounded cache (a request's prompt plus its max_tokens) grows by doubling only to its
+/// bound, and past it only as far as a write needs; an unbounded one doubles.
+#[test]
+fn bounded_device_kv_caches_stop_at_their_bound() {
+    let cfg = tiny(&[]);
+    let w = random_tensors(&cfg, 5).unwrap();
+    let place = Placement::on(Device::Cpu, DType::F32).unwrap();
+    let batched = Model::load_on(&cfg, &w, BackendKind::Cpu, &place).unwrap();
+    let (l, k, _) = batched.capture_shape();
+    let tokens: Vec<u32> = (0..300).map(|i| (i * 13 + 1) % 259).collect();
+    let run = |cache: &mut KvCache, tokens: &[u32]| {
+        let mut cap = StepCapture::new(tokens.len(), l, k, false);
+        let mut seqs = [SeqInput { tokens, cache }];
+        batched.forward(&mut seqs, &mut cap).unwrap();
+    };
+    // Capacity in positions, from the bytes one position takes (a first write of 1 token
+    // makes a 256-position buffer).
+    let mut one = KvCache::default();
+    run(&mut one, &tokens[..1]);
+    let per_position = one.bytes() / 256;
+    let capacity = |c: &KvCache| c.bytes() / per_position;
+    let (mut free, mut bounded) = (KvCache::default(), KvCache::bounded(301));
+    for cache in [&mut free, &mut bounded] {
+        run(cache, &tokens[..200]);
+        run(cache, &tokens[200..300]);
+    }
+    assert_eq!((capacity(&free), capacity(&bounded)), (512, 301));
+    run(&mut bounded, &tokens[..2]);
+    assert_eq!(
+        capacity(&bounded),
+        302,
+        "past the bound, as far as the write needs"
+    );
 }
 
 #[test]

@@ -140,6 +140,12 @@ pub struct RunningServer {
 }
 
 impl RunningServer {
+    /// The engine (its counters, whether its scheduler runs; `shutdown` stops it while the
+    /// HTTP side goes on answering, as when the scheduler thread ends on its own).
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
     /// The engine's counters.
     pub fn metrics(&self) -> &Arc<Metrics> {
         self.engine.metrics()

@@ -29,6 +29,8 @@ pub struct Metrics {
     pub capture_bytes: AtomicU64,
     /// Steps run.
     pub steps: AtomicU64,
+    /// Steps that failed (an error or a panic of the model): their requests failed with it.
+    pub failed_steps: AtomicU64,
     /// Tokens of the last step, and its duration in microseconds.
     pub last_step_tokens: AtomicU64,
     /// Duration of the last step in microseconds.
@@ -49,6 +51,7 @@ impl Default for Metrics {
             assembler_active: AtomicU64::new(0),
             capture_bytes: AtomicU64::new(0),
             steps: AtomicU64::new(0),
+            failed_steps: AtomicU64::new(0),
             last_step_tokens: AtomicU64::new(0),
             last_step_us: AtomicU64::new(0),
         }
@@ -130,6 +133,12 @@ impl Metrics {
             "counter",
             "Model steps run.",
             get(&self.steps),
+        );
+        put(
+            "failed_steps_total",
+            "counter",
+            "Model steps that failed; their requests failed with them.",
+            get(&self.failed_steps),
         );
         put(
             "tokens_per_second",

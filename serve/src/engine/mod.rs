@@ -297,6 +297,17 @@ impl Engine {
         Ok(streams)
     }
 
+    /// Whether the scheduler runs: not shut down, its thread not ended (a step's error or panic
+    /// fails that step's requests and the thread goes on; only something outside a step, or a
+    /// shutdown, ends it).
+    pub fn is_running(&self) -> bool {
+        !self.stopped.load(Ordering::Relaxed)
+            && self
+                .thread
+                .lock()
+                .is_ok_and(|t| t.as_ref().is_some_and(|h| !h.is_finished()))
+    }
+
     /// Stops the scheduler: running and waiting requests fail with "shutting down".
     pub fn shutdown(&self) {
         self.stopped.store(true, Ordering::Relaxed);

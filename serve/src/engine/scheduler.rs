@@ -2,6 +2,7 @@
 //! attribute its capture rows, sample, stream.
 
 use std::collections::VecDeque;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
@@ -101,11 +102,19 @@ impl Scheduler {
                 break;
             }
             self.reap();
-            if let Err(e) = self.step() {
-                tracing::error!("step failed: {e:#}");
+            // A panic inside the model (or the kernels' Rust side) fails this step's requests
+            // as an error does, and the scheduler goes on with the next ones.
+            let failure = match std::panic::catch_unwind(AssertUnwindSafe(|| self.step())) {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(format!("{e:#}")),
+                Err(panic) => Some(panic_message(panic.as_ref())),
+            };
+            if let Some(why) = failure {
+                tracing::error!("step failed: {why}");
+                self.metrics.failed_steps.fetch_add(1, Relaxed);
                 for r in std::mem::take(&mut self.running) {
                     let _ =
-                        r.tx.send(Event::Failed(format!("the model step failed: {e:#}")));
+                        r.tx.send(Event::Failed(format!("the model step failed: {why}")));
                     self.forget(r.id, false);
                 }
             }
@@ -472,9 +481,18 @@ fn held_back(text: &str, stops: &[String]) -> usize {
     keep
 }
 
+/// What a caught panic says (its `&str` or `String` payload).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str));
+    format!("panicked: {}", text.unwrap_or("(no message)"))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::held_back;
+    use super::{held_back, panic_message};
 
     #[test]
     fn text_that_may_start_a_stop_string_waits() {
@@ -483,5 +501,17 @@ mod tests {
         assert_eq!(held_back("abc E", &stops), 4);
         assert_eq!(held_back("abc", &stops), 3);
         assert_eq!(held_back("ab\u{FFFD}", &[]), 2);
+    }
+
+    #[test]
+    fn a_panics_message_is_kept() {
+        let caught = |f: fn()| std::panic::catch_unwind(f).unwrap_err();
+        assert_eq!(
+            panic_message(caught(|| panic!("boom")).as_ref()),
+            "panicked: boom"
+        );
+        let n = 3;
+        let owned = std::panic::catch_unwind(move || panic!("{n} rows")).unwrap_err();
+        assert_eq!(panic_message(owned.as_ref()), "panicked: 3 rows");
     }
 }

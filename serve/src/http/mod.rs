@@ -5,7 +5,7 @@
 //! | `POST /v1/completions` | text or token-id prompt; `stream: true` for SSE |
 //! | `POST /v1/chat/completions` | messages through the checkpoint's chat template |
 //! | `GET /v1/models` | the one served model |
-//! | `GET /health` | 200 while the engine runs |
+//! | `GET /health` | 200 while the engine's scheduler runs, else 503 |
 //! | `GET /metrics` | Prometheus text format |
 //!
 //! Every error is OpenAI's JSON shape ([`error::ApiError`]), the HTTP layer's own too: a body over
@@ -102,8 +102,13 @@ async fn models(State(s): State<Arc<AppState>>) -> Json<Value> {
     }]}))
 }
 
-async fn health() -> Json<Value> {
-    Json(json!({"status": "ok"}))
+async fn health(State(s): State<Arc<AppState>>) -> Response {
+    if s.engine.is_running() {
+        Json(json!({"status": "ok"})).into_response()
+    } else {
+        let message = "the engine's scheduler is not running";
+        ApiError::http(StatusCode::SERVICE_UNAVAILABLE, "engine_stopped", message).into_response()
+    }
 }
 
 async fn metrics(State(s): State<Arc<AppState>>) -> Response {

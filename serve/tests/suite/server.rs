@@ -577,6 +577,29 @@ fn a_vanished_non_streaming_client_is_cancelled() {
 
 /// Shutting down with a stream in flight: the shutdown returns, the client gets its stream
 /// to the end (finished, or failed with "shutting down" after the grace period).
+/// `/health` follows the engine: 200 while its scheduler runs, a 503 JSON error once it has
+/// stopped (here by its own shutdown, the HTTP side still listening), and requests then get
+/// 503 too; `failed_steps_total` is exported.
+#[test]
+fn health_follows_the_engine() {
+    let dir = tiny_checkpoint("health", 4);
+    let s = Server::start(Server::options(&dir));
+    let addr = s.addr;
+    assert_eq!(get(addr, "/health").0, 200);
+    assert_eq!(s.metric("failed_steps_total"), 0.0);
+    s.server.as_ref().unwrap().engine().shutdown();
+    let (status, body) = get(addr, "/health");
+    assert_eq!(status, 503, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}"));
+    assert_eq!(v["error"]["code"], json!("engine_stopped"), "{v}");
+    let (status, v) = post(
+        addr,
+        "/v1/completions",
+        &json!({"prompt": "hi", "max_tokens": 2}),
+    );
+    assert_eq!(status, 503, "{v}");
+}
+
 #[test]
 fn graceful_shutdown_with_a_request_in_flight() {
     let dir = tiny_checkpoint("shutdown", 2);

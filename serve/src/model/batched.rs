@@ -37,8 +37,9 @@ fn causal_mask(pos0: usize, t: usize, device: &Device) -> Result<Tensor> {
 impl KvCache {
     /// Writes layer `l`'s keys and values of `t` new tokens (`[t, kv_heads, head_dim]` each)
     /// at positions `len..len + t` of the device cache, growing it (doubling, at least 256
-    /// positions, at most its bound unless the write needs more) when full; returns the cache's keys and values through the new tokens,
-    /// `[kv_heads, len + t, head_dim]` each (views of the buffers, no copy).
+    /// positions, at most its bound unless the write needs more) when full; returns the
+    /// cache's keys and values through the new tokens, `[kv_heads, len + t, head_dim]` each
+    /// (views of the buffers, no copy).
     fn append_device(&mut self, l: usize, k: &Tensor, v: &Tensor) -> Result<(Tensor, Tensor)> {
         let (t, nkv, hd) = k.dims3()?;
         let (pos0, need) = (self.len, self.len + t);

@@ -353,6 +353,18 @@ fn models_health_metrics() {
     );
 }
 
+/// An answer (`(status, body)`) that must be `status` with an OpenAI error body
+/// (`{"error": {"message", "type", "param", "code"}}`, a message); its `error` object.
+fn api_error((got, text): (u16, String), status: u16, what: &str) -> Value {
+    assert_eq!(got, status, "{what} -> {text}");
+    let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
+    let e = &v["error"];
+    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert!(e["type"].is_string(), "{v}");
+    assert!(e.get("code").is_some() && e.get("param").is_some(), "{v}");
+    e.clone()
+}
+
 fn expect_error(
     addr: std::net::SocketAddr,
     path: &str,
@@ -360,15 +372,10 @@ fn expect_error(
     status: u16,
     param: Option<&str>,
 ) {
-    let (got, text) = post_raw(addr, path, body);
-    assert_eq!(got, status, "{} -> {text}", String::from_utf8_lossy(body));
-    let v: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
-    let e = &v["error"];
-    assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
-    assert!(e["type"].is_string(), "{v}");
-    assert!(e.get("code").is_some() && e.get("param").is_some(), "{v}");
+    let what = String::from_utf8_lossy(body);
+    let e = api_error(post_raw(addr, path, body), status, &what);
     if let Some(p) = param {
-        assert_eq!(e["param"], json!(p), "{v}");
+        assert_eq!(e["param"], json!(p), "{e}");
     }
 }
 
@@ -429,27 +436,17 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
 fn the_http_layers_refusals_are_json_errors() {
     let f = fixture();
     let addr = f.server.addr;
-    let json_error = |status: u16, got: (u16, String), code: &str| {
-        assert_eq!(got.0, status, "{}", got.1);
-        let v: Value = serde_json::from_str(&got.1).unwrap_or_else(|_| panic!("not JSON: {got:?}"));
-        assert_eq!(v["error"]["code"], json!(code), "{v}");
-        assert!(
-            v["error"]["message"]
-                .as_str()
-                .is_some_and(|m| !m.is_empty()),
-            "{v}"
-        );
-    };
-    json_error(404, get(addr, "/v1/nothing"), "not_found");
-    json_error(405, get(addr, "/v1/completions"), "method_not_allowed");
+    let code = |e: Value| e["code"].clone();
+    let e = api_error(get(addr, "/v1/nothing"), 404, "GET /v1/nothing");
+    assert_eq!(code(e), json!("not_found"));
+    let e = api_error(get(addr, "/v1/completions"), 405, "GET /v1/completions");
+    assert_eq!(code(e), json!("method_not_allowed"));
     let models: Value = serde_json::from_str(&get(addr, "/v1/models").1).unwrap();
     let max_model_len = models["data"][0]["max_model_len"].as_u64().unwrap() as usize;
     let limit = http::body_limit(max_model_len);
-    json_error(
-        413,
-        post_sized(addr, "/v1/completions", limit + 1),
-        "body_too_large",
-    );
+    let over = post_sized(addr, "/v1/completions", limit + 1);
+    let e = api_error(over, 413, &format!("{} bytes", limit + 1));
+    assert_eq!(code(e), json!("body_too_large"));
     let many: Vec<String> = (0..=MAX_STOP_STRINGS).map(|i| format!("s{i}")).collect();
     let long = "x".repeat(MAX_STOP_BYTES + 1);
     for stop in [json!(many), json!(long), json!(["a", long])] {
@@ -460,43 +457,6 @@ fn the_http_layers_refusals_are_json_errors() {
     let body = json!({"prompt": "hi", "max_tokens": 2, "stop": most});
     let (status, v) = post(addr, "/v1/completions", &body);
     assert_eq!(status, 200, "{v}");
-}
-
-/// POSTs `n` bytes (spaces) to `path`, written from another thread so the answer can come
-/// before the server has read them all; the status and the body.
-fn post_sized(addr: std::net::SocketAddr, path: &str, n: usize) -> (u16, String) {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(std::time::Duration::from_secs(60)))
-        .unwrap();
-    let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {n}\r\nConnection: close\r\n\r\n"
-    );
-    s.write_all(head.as_bytes()).unwrap();
-    let mut w = s.try_clone().unwrap();
-    let writer = thread::spawn(move || {
-        let chunk = vec![b' '; 64 << 10];
-        let mut left = n;
-        while left > 0 {
-            let k = left.min(chunk.len());
-            if w.write_all(&chunk[..k]).is_err() {
-                break;
-            }
-            left -= k;
-        }
-    });
-    let mut answer = Vec::new();
-    let _ = s.read_to_end(&mut answer);
-    writer.join().unwrap();
-    let answer = String::from_utf8_lossy(&answer);
-    let status = answer
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {answer:?}"));
-    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
-    (status, body.to_owned())
 }
 
 #[test]
@@ -575,8 +535,6 @@ fn a_vanished_non_streaming_client_is_cancelled() {
     assert_eq!(s.metric("finished_requests_total"), 0.0);
 }
 
-/// Shutting down with a stream in flight: the shutdown returns, the client gets its stream
-/// to the end (finished, or failed with "shutting down" after the grace period).
 /// `/health` follows the engine: 200 while its scheduler runs, a 503 JSON error once it has
 /// stopped (here by its own shutdown, the HTTP side still listening), and requests then get
 /// 503 too; `failed_steps_total` is exported.
@@ -588,18 +546,14 @@ fn health_follows_the_engine() {
     assert_eq!(get(addr, "/health").0, 200);
     assert_eq!(s.metric("failed_steps_total"), 0.0);
     s.server.as_ref().unwrap().engine().shutdown();
-    let (status, body) = get(addr, "/health");
-    assert_eq!(status, 503, "{body}");
-    let v: Value = serde_json::from_str(&body).unwrap_or_else(|_| panic!("not JSON: {body}"));
-    assert_eq!(v["error"]["code"], json!("engine_stopped"), "{v}");
-    let (status, v) = post(
-        addr,
-        "/v1/completions",
-        &json!({"prompt": "hi", "max_tokens": 2}),
-    );
-    assert_eq!(status, 503, "{v}");
+    let e = api_error(get(addr, "/health"), 503, "GET /health");
+    assert_eq!(e["code"], json!("engine_stopped"), "{e}");
+    let body = json!({"prompt": "hi", "max_tokens": 2}).to_string();
+    expect_error(addr, "/v1/completions", body.as_bytes(), 503, None);
 }
 
+/// Shutting down with a stream in flight: the shutdown returns, the client gets its stream
+/// to the end (finished, or failed with "shutting down" after the grace period).
 #[test]
 fn graceful_shutdown_with_a_request_in_flight() {
     let dir = tiny_checkpoint("shutdown", 2);

@@ -181,6 +181,48 @@ impl Drop for Server {
     }
 }
 
+/// A connection with one HTTP/1.1 request's head written (`Connection: close`, a JSON body of
+/// `len` bytes to follow).
+fn connect(addr: SocketAddr, method: &str, path: &str, len: usize) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {len}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s
+}
+
+/// POSTs `n` bytes (spaces) to `path`, written from another thread so the answer can come
+/// before the server has read them all (a body over its limit); the status and the body.
+pub fn post_sized(addr: SocketAddr, path: &str, n: usize) -> (u16, String) {
+    let mut s = connect(addr, "POST", path, n);
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let chunk = vec![b' '; 64 << 10];
+        let mut left = n;
+        while left > 0 {
+            let k = left.min(chunk.len());
+            if w.write_all(&chunk[..k]).is_err() {
+                break;
+            }
+            left -= k;
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    writer.join().unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no status in {answer:?}"));
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, body.to_owned())
+}
+
 /// Sends one HTTP/1.1 request; returns the connection, positioned at the body, the status
 /// and whether the body is chunked.
 fn send(
@@ -189,14 +231,7 @@ fn send(
     path: &str,
     body: &[u8],
 ) -> (BufReader<TcpStream>, u16, Option<usize>, bool) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
-    let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).unwrap();
+    let mut s = connect(addr, method, path, body.len());
     s.write_all(body).unwrap();
     let mut r = BufReader::new(s);
     let mut line = String::new();

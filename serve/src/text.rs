@@ -33,6 +33,86 @@ pub struct TextModel {
     eos_ids: Vec<u32>,
 }
 
+/// A request's text as its tokens come (the incremental detokenization of TGI and vLLM):
+/// each new token decodes a window of the last few tokens, the tokens before it giving the
+/// context a decoder needs (a leading space, a byte pair), where decoding everything generated
+/// after each token made a long request quadratic in its length on the scheduler's thread.
+/// Text is taken once complete: a window that ends in U+FFFD (an unfinished UTF-8 character)
+/// or adds nothing (a skipped special token) waits for the next token; [`TextStream::finish`]
+/// takes what is left.
+#[derive(Debug, Default)]
+pub struct TextStream {
+    text: String,
+    /// Where the window starts: the tokens before `read` decoded as its context.
+    prefix: usize,
+    /// Tokens whose text is in `text`.
+    read: usize,
+    /// `(read, text.len())` before the last advance: the text of fewer tokens, for a caller
+    /// that sends text only through a token before the last.
+    before: (usize, usize),
+}
+
+impl TextStream {
+    /// The text taken so far.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// Takes the complete text of `ids` (every token so far, those already read first) and
+    /// returns the byte offset in [`TextStream::as_str`] where the new text starts.
+    pub fn push(&mut self, model: &TextModel, ids: &[u32]) -> Result<usize> {
+        self.advance(model, ids, false)
+    }
+
+    /// At the request's end: takes all the text of `ids`, an unfinished character too (as
+    /// U+FFFD, as a decode of them all would), and returns where the new text starts.
+    pub fn finish(&mut self, model: &TextModel, ids: &[u32]) -> Result<usize> {
+        self.advance(model, ids, true)
+    }
+
+    /// The text taken of the first `tokens` tokens: all of it where those are all read,
+    /// else the text before the last advance (which read at most the tokens before the last
+    /// one pushed), else none.
+    pub fn through(&self, tokens: usize) -> &str {
+        if self.read <= tokens {
+            &self.text
+        } else if self.before.0 <= tokens {
+            &self.text[..self.before.1]
+        } else {
+            ""
+        }
+    }
+
+    fn advance(&mut self, model: &TextModel, ids: &[u32], last: bool) -> Result<usize> {
+        let start = self.text.len();
+        let (Some(context), Some(all)) = (ids.get(self.prefix..self.read), ids.get(self.prefix..))
+        else {
+            return Err(anyhow!(
+                "detokenizing: {} tokens given after {} read",
+                ids.len(),
+                self.read
+            ));
+        };
+        if all.len() == context.len() {
+            return Ok(start);
+        }
+        let context = model.decode(context)?;
+        let window = model.decode(all)?;
+        let mut at = context.len().min(window.len());
+        while !window.is_char_boundary(at) {
+            at += 1;
+        }
+        let new = &window[at..];
+        if !last && (new.is_empty() || window.ends_with('\u{FFFD}')) {
+            return Ok(start);
+        }
+        self.before = (self.read, start);
+        self.text.push_str(new);
+        (self.prefix, self.read) = (self.read, ids.len());
+        Ok(start)
+    }
+}
+
 /// A token given as a string or as `{"content": ...}` (tokenizer_config.json has both).
 fn token_text(v: Option<&serde_json::Value>) -> Option<String> {
     match v? {
@@ -300,6 +380,52 @@ mod tests {
         assert_eq!(p, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
         let ids = t.encode(&p).unwrap();
         assert_eq!(ids[0], 257);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// The stream's text equals a decode of all the tokens at every length, an unfinished
+    /// character waiting for its last byte; `through` gives the text of fewer tokens.
+    #[test]
+    fn a_text_stream_is_the_decode_of_its_tokens() {
+        let dir = std::env::temp_dir().join(format!("fi-serve-stream-{}", std::process::id()));
+        write_byte_level_tokenizer(&dir).unwrap();
+        let t = TextModel::load(&dir, &[]).unwrap();
+        // Two- and four-byte characters, a special token (skipped) inside, the end cut
+        // inside a character.
+        let mut ids = t.encode("a é 😀 z").unwrap();
+        ids.insert(3, 257);
+        ids.extend(
+            &"😀".as_bytes()[..2]
+                .iter()
+                .map(|&b| b as u32)
+                .collect::<Vec<_>>(),
+        );
+        let mut s = TextStream::default();
+        for n in 1..=ids.len() {
+            let before = s.as_str().len();
+            let from = s.push(&t, &ids[..n]).unwrap();
+            assert_eq!(from, before);
+            let whole = t.decode(&ids[..n]).unwrap();
+            let complete = whole.trim_end_matches('\u{FFFD}');
+            assert!(
+                complete.starts_with(s.as_str()),
+                "{n}: {:?} {whole:?}",
+                s.as_str()
+            );
+            if !whole.ends_with('\u{FFFD}') && ids[n - 1] != 257 {
+                assert_eq!(s.as_str(), whole, "{n}");
+            }
+            if n > 1 {
+                assert!(t
+                    .decode(&ids[..n - 1])
+                    .unwrap()
+                    .starts_with(s.through(n - 1)));
+            }
+        }
+        s.finish(&t, &ids).unwrap();
+        assert_eq!(s.as_str(), t.decode(&ids).unwrap());
+        assert!(s.as_str().ends_with('\u{FFFD}'));
+        assert!(s.push(&t, &ids[..1]).is_err());
         std::fs::remove_dir_all(&dir).ok();
     }
 }

@@ -15,7 +15,7 @@ use super::sampling::Sampler;
 use super::{Command, EngineConfig, Event, FinishReason, GenRequest, Metrics};
 use crate::model::moe::StepCapture;
 use crate::model::{KvCache, Model, SeqInput};
-use crate::text::TextModel;
+use crate::text::{TextModel, TextStream};
 
 struct Running {
     id: u64,
@@ -30,8 +30,10 @@ struct Running {
     /// Bytes of text already sent (streaming).
     sent_text: usize,
     finished: Option<FinishReason>,
-    /// The text, cut at a stop string once one is found.
-    final_text: Option<String>,
+    /// The generated text so far.
+    text: TextStream,
+    /// Where the text ends once a stop string is found in it.
+    stop_at: Option<usize>,
     gone: bool,
 }
 
@@ -221,7 +223,8 @@ impl Scheduler {
                 sent_tokens: 0,
                 sent_text: 0,
                 finished: None,
-                final_text: None,
+                text: TextStream::default(),
+                stop_at: None,
                 gone: false,
             });
         }
@@ -332,18 +335,14 @@ impl Scheduler {
         } else if generated >= r.req.max_tokens || r.tokens.len() >= max_len {
             r.finished = Some(FinishReason::Length);
         }
-        if !r.req.stop.is_empty() {
-            let full = self.text.decode(r.generated())?;
-            if let Some(cut) = r
-                .req
-                .stop
-                .iter()
-                .filter_map(|s| full.find(s.as_str()))
-                .min()
-            {
-                r.final_text = Some(full[..cut].to_owned());
-                r.finished = Some(FinishReason::Stop);
-            }
+        let generated = &r.tokens[r.req.prompt.len()..];
+        let new = match r.finished {
+            Some(_) => r.text.finish(&self.text, generated)?,
+            None => r.text.push(&self.text, generated)?,
+        };
+        if let Some(at) = first_stop(r.text.as_str(), new, &r.req.stop) {
+            r.stop_at = Some(at);
+            r.finished = Some(FinishReason::Stop);
         }
         if r.req.stream {
             self.send_delta(i)
@@ -364,17 +363,17 @@ impl Scheduler {
             (Some(_), _) | (None, false) => generated.len(),
             (None, true) => generated.len() - 1,
         };
-        let text = match (&r.final_text, r.finished) {
-            (Some(t), _) => t.clone(),
-            (None, Some(_)) => self.text.decode(generated)?,
+        let text = match (r.stop_at, r.finished) {
+            (Some(at), _) => &r.text.as_str()[..at],
+            (None, Some(_)) => r.text.as_str(),
             (None, None) => {
-                let t = self.text.decode(&generated[..due])?;
-                let keep = held_back(&t, &r.req.stop);
-                t[..keep].to_owned()
+                let t = r.text.through(due);
+                &t[..held_back(t, &r.req.stop)]
             }
         };
+        let text_len = text.len();
         let new_text = text
-            .get(r.sent_text.min(text.len())..)
+            .get(r.sent_text.min(text_len)..)
             .unwrap_or_default()
             .to_owned();
         let ids = generated[r.sent_tokens..due].to_vec();
@@ -384,7 +383,7 @@ impl Scheduler {
         let routed = self.export_new(i, due)?;
         let r = &mut self.running[i];
         r.sent_tokens = due;
-        r.sent_text = r.sent_text.max(text.len());
+        r.sent_text = r.sent_text.max(text_len);
         let (prompt_tokens, completion_tokens) = (r.prompt_len(), r.generated().len());
         let event = match r.finished {
             Some(reason) => Event::Finished {
@@ -425,10 +424,7 @@ impl Scheduler {
     /// Not streaming: everything at the end.
     fn send_whole(&mut self, i: usize) -> Result<()> {
         let r = &self.running[i];
-        let text = match &r.final_text {
-            Some(t) => t.clone(),
-            None => self.text.decode(r.generated())?,
-        };
+        let text = r.text.as_str()[..r.stop_at.unwrap_or(r.text.as_str().len())].to_owned();
         let routed = match (self.assembler.as_mut(), r.req.capture) {
             (Some(a), Some(_)) => {
                 let experts = a.finish(r.id, r.tokens.len())?;
@@ -490,9 +486,42 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
     format!("panicked: {}", text.unwrap_or("(no message)"))
 }
 
+/// Where the first stop string in `text` starts, given that none ended before `new` (the
+/// start of the text taken last): only the tail a new match can reach is searched.
+fn first_stop(text: &str, new: usize, stops: &[String]) -> Option<usize> {
+    let longest = stops.iter().map(String::len).max()?;
+    let mut from = new
+        .saturating_sub(longest.saturating_sub(1))
+        .min(text.len());
+    while !text.is_char_boundary(from) {
+        from -= 1;
+    }
+    stops
+        .iter()
+        .filter_map(|s| text[from..].find(s.as_str()))
+        .min()
+        .map(|at| from + at)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{held_back, panic_message};
+    use super::{first_stop, held_back, panic_message};
+
+    #[test]
+    fn a_stop_string_is_found_where_it_ends_in_the_new_text() {
+        let stops = vec!["END".to_string(), "é!".to_string()];
+        // "EN" was there before, "D" is new: the match starts in the old text.
+        assert_eq!(first_stop("abc END", 6, &stops), Some(4));
+        assert_eq!(first_stop("abc EN", 4, &stops), None);
+        assert_eq!(first_stop("xé!", 3, &stops), Some(1));
+        // The earliest of two ending in the new text; a search start inside a two-byte
+        // character backs up to its start.
+        let two = ["D".to_string(), "ND".to_string()];
+        assert_eq!(first_stop("aND", 2, &two), Some(1));
+        let wide = ["ND!".to_string(), "zzzz".to_string()];
+        assert_eq!(first_stop("aéND!", 5, &wide), Some(3));
+        assert_eq!(first_stop("abc", 0, &[]), None);
+    }
 
     #[test]
     fn text_that_may_start_a_stop_string_waits() {

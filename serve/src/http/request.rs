@@ -84,6 +84,54 @@ pub struct Common {
     routed_experts_format: Option<String>,
     routed_experts_start_len: Option<i64>,
     routed_experts_prompt_start: Option<i64>,
+    /// Every other field: checked by [`check_others`].
+    #[serde(flatten)]
+    others: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Fields of OpenAI's API this server takes and does nothing with: none changes the tokens
+/// generated or the answer's fields (usage is in every answer's last chunk already).
+const IGNORED: [&str; 6] = [
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+    "stream_options",
+    "parallel_tool_calls",
+];
+
+/// Fields this server does not implement, each with the values that ask for nothing
+/// (OpenAI's defaults): taken when given so, refused otherwise.
+fn asks_nothing(field: &str, value: &serde_json::Value) -> bool {
+    use serde_json::Value::{Array, Bool, Number, Object, String};
+    match (field, value) {
+        ("presence_penalty" | "frequency_penalty", Number(n)) => n.as_f64() == Some(0.0),
+        ("repetition_penalty" | "best_of", Number(n)) => n.as_f64() == Some(1.0),
+        ("logprobs" | "echo", Bool(b)) => !b,
+        ("top_logprobs", Number(n)) => n.as_f64() == Some(0.0),
+        ("logit_bias", Object(o)) => o.is_empty(),
+        ("tools" | "functions", Array(a)) => a.is_empty(),
+        ("tool_choice", String(s)) => s == "none" || s == "auto",
+        ("suffix", String(s)) => s.is_empty(),
+        ("response_format", Object(o)) => o.get("type").and_then(|t| t.as_str()) == Some("text"),
+        _ => false,
+    }
+}
+
+/// Refuses a field that would change the answer and that this server does not implement
+/// (OpenAI refuses fields it does not know, where ignoring one would answer another question
+/// than the one asked): null, an ignorable field, or a no-op value of one is taken.
+fn check_others(c: &Common) -> Result<(), ApiError> {
+    for (field, value) in &c.others {
+        if value.is_null() || IGNORED.contains(&field.as_str()) || asks_nothing(field, value) {
+            continue;
+        }
+        return Err(ApiError::bad(
+            field,
+            format!("{field} = {value} is not supported by this server"),
+        ));
+    }
+    Ok(())
 }
 
 /// `POST /v1/completions`.
@@ -133,6 +181,7 @@ fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
 pub fn completion(state: &AppState, bytes: &[u8]) -> Result<Checked, ApiError> {
     let body: CompletionBody = parse(bytes)?;
     check_model(state, &body.common)?;
+    check_others(&body.common)?;
     let prompt = match body.prompt {
         None => return Err(ApiError::bad("prompt", "prompt is required")),
         Some(PromptField::Text(t)) => tokenize(state, &t)?,
@@ -153,6 +202,7 @@ pub fn completion(state: &AppState, bytes: &[u8]) -> Result<Checked, ApiError> {
 pub fn chat(state: &AppState, bytes: &[u8]) -> Result<Checked, ApiError> {
     let body: ChatBody = parse(bytes)?;
     check_model(state, &body.common)?;
+    check_others(&body.common)?;
     let Some(messages) = body.messages.filter(|m| !m.is_empty()) else {
         return Err(ApiError::bad(
             "messages",

@@ -404,6 +404,12 @@ h | 400 | messages | {"messages": []}
 h | 400 | - | {"messages": "hi"}
 h | 400 | max_completion_tokens | {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 0}
 h | 400 | messages | {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}
+c | 400 | frobnicate | {"prompt": "hi", "frobnicate": 1}
+c | 400 | logprobs | {"prompt": "hi", "logprobs": 2}
+c | 400 | presence_penalty | {"prompt": "hi", "presence_penalty": 0.5}
+c | 400 | logit_bias | {"prompt": "hi", "logit_bias": {"7": 100}}
+h | 400 | tools | {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}
+h | 400 | response_format | {"messages": [{"role": "user", "content": "hi"}], "response_format": {"type": "json_object"}}
 "#;
 
 #[test]
@@ -422,10 +428,13 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         let body = parts[3].replace("LONG", &long);
         expect_error(f.server.addr, path, body.as_bytes(), status, param);
     }
+    // Fields that change nothing are taken: the ignorable ones, nulls, no-op values.
     let (status, v) = post(
         f.server.addr,
         "/v1/completions",
-        &json!({"prompt": "still here", "max_tokens": 2}),
+        &json!({"prompt": "still here", "max_tokens": 2, "user": "u", "logprobs": null,
+            "presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {}, "echo": false,
+            "stream_options": {"include_usage": true}, "metadata": {"k": "v"}}),
     );
     assert_eq!(status, 200, "{v}");
 }

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use base64::Engine as _;
 use clap::Parser;
+use flashinfer_rs_serve::http::listen::Timeouts;
 use flashinfer_rs_serve::model::device::{DTypeArg, DeviceKind};
 use flashinfer_rs_serve::model::moe::BackendKind;
 use flashinfer_rs_serve::server::{self, ModelSource, ServerOptions};
@@ -63,6 +64,12 @@ struct Args {
     /// The model name requests must use; the directory's name by default.
     #[arg(long)]
     served_model_name: Option<String>,
+    /// Seconds a client may take to send a request's head (and a connection may stay idle).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    head_timeout: u64,
+    /// Seconds a client may take to send a request's body (408 past it).
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    body_timeout: u64,
     /// Start, send one request with routed experts over HTTP, print, stop.
     #[arg(long)]
     demo: bool,
@@ -93,6 +100,10 @@ impl Args {
         o.max_queue = self.max_queue;
         o.max_model_len = self.max_model_len;
         o.model_name = self.served_model_name.clone();
+        o.timeouts = Timeouts {
+            head: Duration::from_secs(self.head_timeout),
+            body: Duration::from_secs(self.body_timeout),
+        };
         Ok(o)
     }
 }

@@ -10,6 +10,7 @@ use anyhow::{ensure, Context, Result};
 use tokio::sync::oneshot;
 
 use crate::engine::{Engine, EngineConfig, Metrics};
+use crate::http::listen::{serve, Timeouts};
 use crate::http::{router, AppState};
 use crate::model::device::{DTypeArg, DeviceKind, Placement};
 use crate::model::moe::{BackendKind, GPU_MAX_STEP_TOKENS};
@@ -60,6 +61,8 @@ pub struct ServerOptions {
     pub model_name: Option<String>,
     /// Seconds in-flight requests get to finish after a shutdown signal.
     pub grace: Duration,
+    /// How long a client may take to send a request's head and its body.
+    pub timeouts: Timeouts,
 }
 
 impl ServerOptions {
@@ -78,6 +81,7 @@ impl ServerOptions {
             max_model_len: None,
             model_name: None,
             grace: Duration::from_secs(10),
+            timeouts: Timeouts::default(),
         }
     }
 }
@@ -227,7 +231,7 @@ pub async fn start_with(
         .with_context(|| format!("binding {}", opts.addr))?;
     let addr = listener.local_addr()?;
     let (stop, stopped) = oneshot::channel::<()>();
-    let grace = opts.grace;
+    let (grace, timeouts) = (opts.grace, opts.timeouts);
     let engine_for_task = engine.clone();
     let task = tokio::spawn(async move {
         let (signalled_tx, signalled_rx) = oneshot::channel::<()>();
@@ -244,10 +248,7 @@ pub async fn start_with(
                 let _ = tokio::task::spawn_blocking(move || engine_stop.shutdown()).await;
             }
         });
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving")?;
+        serve(listener, router(state), timeouts, shutdown).await;
         let _ = tokio::task::spawn_blocking(move || engine_for_task.shutdown()).await;
         Ok(())
     });

@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
+use super::listen::BodyTimedOut;
 use crate::engine::SubmitError;
 
 /// An error answer.
@@ -86,6 +87,17 @@ impl ApiError {
 /// A body that could not be read: over the size limit (413), or broken on the wire (400).
 impl From<BytesRejection> for ApiError {
     fn from(r: BytesRejection) -> Self {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&r);
+        while let Some(e) = cause {
+            if let Some(late) = e.downcast_ref::<BodyTimedOut>() {
+                return ApiError::http(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    late.to_string(),
+                );
+            }
+            cause = e.source();
+        }
         let status = r.status();
         let code = if status == StatusCode::PAYLOAD_TOO_LARGE {
             "body_too_large"

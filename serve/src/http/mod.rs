@@ -9,11 +9,13 @@
 //! | `GET /metrics` | Prometheus text format |
 //!
 //! Every error is OpenAI's JSON shape ([`error::ApiError`]), the HTTP layer's own too: a body over
-//! [`body_limit`] (413), an unreadable body (400), an unknown route (404), a wrong method (405).
+//! [`body_limit`] (413), a body slower than [`listen::Timeouts::body`] (408), an unreadable body
+//! (400), an unknown route (404), a wrong method (405).
 //! Requests are checked (parsed, rendered, tokenized) on the blocking pool, so a large prompt
 //! never holds an async worker that `/health` and the streams need.
 
 pub mod error;
+pub mod listen;
 pub mod request;
 pub mod routed;
 

@@ -8,6 +8,7 @@ use crate::common::*;
 use flashinfer_rs_serve::engine::sampling::SamplingParams;
 use flashinfer_rs_serve::http::{
     self,
+    listen::Timeouts,
     request::{MAX_STOP_BYTES, MAX_STOP_STRINGS},
 };
 use flashinfer_rs_serve::model::Model;
@@ -465,6 +466,56 @@ fn the_http_layers_refusals_are_json_errors() {
     let most: Vec<String> = (0..MAX_STOP_STRINGS).map(|i| format!("s{i}")).collect();
     let body = json!({"prompt": "hi", "max_tokens": 2, "stop": most});
     let (status, v) = post(addr, "/v1/completions", &body);
+    assert_eq!(status, 200, "{v}");
+}
+
+/// A client cannot hold a connection: a request head that never ends and an idle connection
+/// are closed after the head timeout, a body that never ends is answered 408
+/// (`body_timeout`) after the body timeout; the server goes on serving.
+#[test]
+fn slow_clients_are_cut_off() {
+    use std::io::Write as _;
+    use std::time::{Duration, Instant};
+    let dir = tiny_checkpoint("slow", 4);
+    let mut o: ServerOptions = Server::options(&dir);
+    let second = Duration::from_secs(1);
+    o.timeouts = Timeouts {
+        head: second,
+        body: second,
+    };
+    let s = Server::start(o);
+    let closed_within = |c: std::net::TcpStream, what: &str| {
+        let started = Instant::now();
+        c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut rest = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut &c, &mut rest);
+        let took = started.elapsed();
+        assert!(took < Duration::from_secs(20), "{what}: open for {took:?}");
+        String::from_utf8_lossy(&rest).into_owned()
+    };
+    let idle = std::net::TcpStream::connect(s.addr).unwrap();
+    let answer = closed_within(idle, "an idle connection");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    let mut head = std::net::TcpStream::connect(s.addr).unwrap();
+    head.write_all(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n")
+        .unwrap();
+    let answer = closed_within(head, "an unfinished head");
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 408"),
+        "{answer}"
+    );
+    let mut body = connect(s.addr, "POST", "/v1/completions", 100);
+    body.write_all(br#"{"prompt": "#).unwrap();
+    let e = api_error(read_answer(body), 408, "an unfinished body");
+    assert_eq!(e["code"], json!("body_timeout"), "{e}");
+    let (status, v) = post(
+        s.addr,
+        "/v1/completions",
+        &json!({"prompt": "hi", "max_tokens": 2}),
+    );
     assert_eq!(status, 200, "{v}");
 }
 

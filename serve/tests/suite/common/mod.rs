@@ -183,7 +183,7 @@ impl Drop for Server {
 
 /// A connection with one HTTP/1.1 request's head written (`Connection: close`, a JSON body of
 /// `len` bytes to follow).
-fn connect(addr: SocketAddr, method: &str, path: &str, len: usize) -> TcpStream {
+pub fn connect(addr: SocketAddr, method: &str, path: &str, len: usize) -> TcpStream {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
     let head = format!(
@@ -197,7 +197,7 @@ fn connect(addr: SocketAddr, method: &str, path: &str, len: usize) -> TcpStream 
 /// POSTs `n` bytes (spaces) to `path`, written from another thread so the answer can come
 /// before the server has read them all (a body over its limit); the status and the body.
 pub fn post_sized(addr: SocketAddr, path: &str, n: usize) -> (u16, String) {
-    let mut s = connect(addr, "POST", path, n);
+    let s = connect(addr, "POST", path, n);
     let mut w = s.try_clone().unwrap();
     let writer = std::thread::spawn(move || {
         let chunk = vec![b' '; 64 << 10];
@@ -210,9 +210,15 @@ pub fn post_sized(addr: SocketAddr, path: &str, n: usize) -> (u16, String) {
             left -= k;
         }
     });
+    let answer = read_answer(s);
+    writer.join().unwrap();
+    answer
+}
+
+/// Reads a connection to its end: the answer's status and body.
+pub fn read_answer(mut s: TcpStream) -> (u16, String) {
     let mut answer = Vec::new();
     let _ = s.read_to_end(&mut answer);
-    writer.join().unwrap();
     let answer = String::from_utf8_lossy(&answer);
     let status = answer
         .split_whitespace()

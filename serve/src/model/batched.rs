@@ -70,10 +70,48 @@ impl KvCache {
     }
 }
 
+/// The most bytes one block of attention scores (f32, `[heads, rows, len]`) takes: a prefill
+/// chunk's rows are attended in blocks of as many rows as fit, so a long context does not
+/// need `heads * chunk * len` floats at once (32 heads, 2048 rows over 32k positions: 8 GiB).
+/// Rows are independent, so the blocks compute what one pass would.
+pub const ATTENTION_SCORES_BYTES: usize = 256 << 20;
+
 /// One request's attention: `q` `[t, heads, head_dim]` of its new tokens over `keys` and
 /// `values` `[kv_heads, len, head_dim]` (its whole cache, the new tokens last), `mask` the
-/// causal mask when `t > 1`; returns `[t, heads * head_dim]`.
-fn attend(q: &Tensor, keys: &Tensor, values: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+/// causal mask `[t, len]` when `t > 1`; returns `[t, heads * head_dim]`. Rows go in blocks
+/// whose scores fit `scores_bytes`.
+fn attend(
+    q: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    mask: Option<&Tensor>,
+    scores_bytes: usize,
+) -> Result<Tensor> {
+    let (t, nh, _) = q.dims3()?;
+    let len = keys.dim(1)?;
+    let row_bytes = nh.saturating_mul(len).saturating_mul(4).max(1);
+    let rows = (scores_bytes / row_bytes).clamp(1, t.max(1));
+    if rows >= t {
+        return attend_block(q, keys, values, mask);
+    }
+    let blocks = (0..t)
+        .step_by(rows)
+        .map(|r0| {
+            let n = rows.min(t - r0);
+            let mask = mask.map(|m| m.narrow(0, r0, n)).transpose()?;
+            attend_block(&q.narrow(0, r0, n)?, keys, values, mask.as_ref())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&blocks, 0)?)
+}
+
+/// [`attend`] in one pass.
+fn attend_block(
+    q: &Tensor,
+    keys: &Tensor,
+    values: &Tensor,
+    mask: Option<&Tensor>,
+) -> Result<Tensor> {
     let (t, nh, hd) = q.dims3()?;
     let (nkv, len, _) = keys.dims3()?;
     let group = nh / nkv;
@@ -211,6 +249,7 @@ impl Model {
                 &keys,
                 &values,
                 mask.as_ref(),
+                ATTENTION_SCORES_BYTES,
             )?);
             row += t;
         }
@@ -219,5 +258,35 @@ impl Model {
             _ => Tensor::cat(&outs, 0)?,
         };
         mm(&out, &a.o)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Attention in blocks of rows equals it in one pass: a 3-row budget over 10 rows (blocks
+    /// of 3, 3, 3, 1) with the causal mask of a chunk after 5 cached positions, grouped heads.
+    #[test]
+    fn attention_in_blocks_is_attention_in_one_pass() {
+        let dev = Device::Cpu;
+        let (t, pos0, nh, nkv, hd) = (10, 5, 4, 2, 8);
+        let len = pos0 + t;
+        let q = Tensor::randn(0f32, 1.0, (t, nh, hd), &dev).unwrap();
+        let keys = Tensor::randn(0f32, 1.0, (nkv, len, hd), &dev).unwrap();
+        let values = Tensor::randn(0f32, 1.0, (nkv, len, hd), &dev).unwrap();
+        let mask = causal_mask(pos0, t, &dev).unwrap();
+        let whole = attend(&q, &keys, &values, Some(&mask), usize::MAX).unwrap();
+        let row_bytes = nh * len * 4;
+        for rows in [1, 3, 9] {
+            let blocked = attend(&q, &keys, &values, Some(&mask), rows * row_bytes).unwrap();
+            assert_eq!(blocked.dims(), whole.dims());
+            let diff = (&blocked - &whole).unwrap().abs().unwrap();
+            let worst: f32 = diff.max_all().unwrap().to_scalar().unwrap();
+            assert!(worst <= 1e-6, "{rows} rows a block: {worst}");
+        }
+        // A budget under one row still goes a row at a time.
+        let tiny = attend(&q, &keys, &values, Some(&mask), 1).unwrap();
+        assert_eq!(tiny.dims(), &[t, nh * hd]);
     }
 }

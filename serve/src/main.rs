@@ -70,6 +70,11 @@ struct Args {
     /// Seconds a client may take to send a request's body (408 past it).
     #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
     body_timeout: u64,
+    /// GiB the running requests' KV caches may hold together; each request reserves its
+    /// prompt plus max_tokens when admitted (the queue waits for room). Default: on cuda 80%
+    /// of the memory free once the model is loaded (at least 2 GiB left), on cpu no bound.
+    #[arg(long)]
+    kv_cache_memory: Option<f64>,
     /// Start, send one request with routed experts over HTTP, print, stop.
     #[arg(long)]
     demo: bool,
@@ -100,6 +105,13 @@ impl Args {
         o.max_queue = self.max_queue;
         o.max_model_len = self.max_model_len;
         o.model_name = self.served_model_name.clone();
+        o.kv_cache_memory = match self.kv_cache_memory {
+            None => None,
+            Some(g) if g.is_finite() && g > 0.0 && g < 1e6 => {
+                Some((g * (1u64 << 30) as f64) as usize)
+            }
+            Some(g) => bail!("--kv-cache-memory must be a positive number of GiB, got {g}"),
+        };
         o.timeouts = Timeouts {
             head: Duration::from_secs(self.head_timeout),
             body: Duration::from_secs(self.body_timeout),

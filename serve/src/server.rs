@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use crate::engine::{Engine, EngineConfig, Metrics};
 use crate::http::listen::{serve, Timeouts};
 use crate::http::{router, AppState};
-use crate::model::device::{DTypeArg, DeviceKind, Placement};
+use crate::model::device::{free_memory, DTypeArg, DeviceKind, Placement};
 use crate::model::moe::{BackendKind, GPU_MAX_STEP_TOKENS};
 use crate::model::random::{random_tensors, RandomSource};
 use crate::model::weights::Checkpoint;
@@ -63,6 +63,10 @@ pub struct ServerOptions {
     pub grace: Duration,
     /// How long a client may take to send a request's head and its body.
     pub timeouts: Timeouts,
+    /// Bytes the running requests' KV caches may hold together (`--kv-cache-memory`); `None`:
+    /// on a GPU, [`KV_SHARE_OF_FREE`] of the memory free once the model is loaded; on the
+    /// CPU, no bound.
+    pub kv_cache_memory: Option<usize>,
 }
 
 impl ServerOptions {
@@ -82,8 +86,29 @@ impl ServerOptions {
             model_name: None,
             grace: Duration::from_secs(10),
             timeouts: Timeouts::default(),
+            kv_cache_memory: None,
         }
     }
+}
+
+/// The share of a GPU's free memory (once the model is loaded) the KV caches get by default;
+/// the rest, and at least [`KV_HEADROOM`], is left for a step's activations, attention blocks
+/// ([`crate::model::ATTENTION_SCORES_BYTES`]), cuBLAS' and the MoE layer's workspaces. An
+/// allowance, not a measurement: give `--kv-cache-memory` where it does not fit.
+pub const KV_SHARE_OF_FREE: f64 = 0.8;
+/// See [`KV_SHARE_OF_FREE`].
+pub const KV_HEADROOM: usize = 2 << 30;
+
+/// The KV cache positions the running requests may hold together: `--kv-cache-memory`, or
+/// the GPU's default share ([`KV_SHARE_OF_FREE`]), over the bytes one position takes.
+fn kv_positions(opts: &ServerOptions, model: &Model) -> Result<Option<usize>> {
+    let bytes = match opts.kv_cache_memory {
+        Some(b) => Some(b),
+        None => free_memory(model.device())?.map(|free| {
+            ((free as f64 * KV_SHARE_OF_FREE) as usize).min(free.saturating_sub(KV_HEADROOM))
+        }),
+    };
+    Ok(bytes.map(|b| b / model.kv_bytes_per_position().max(1)))
 }
 
 /// The model, its text side and its served name.
@@ -205,6 +230,21 @@ pub async fn start_with(
             opts.max_batch_tokens
         );
     }
+    let kv_positions = kv_positions(&opts, &model)?;
+    if let Some(cap) = kv_positions {
+        ensure!(
+            cap >= max_model_len,
+            "the KV cache holds {cap} positions ({} bytes each) in {}, fewer than \
+             --max-model-len {max_model_len}: the longest request could never run; lower \
+             --max-model-len or raise --kv-cache-memory",
+            model.kv_bytes_per_position(),
+            opts.kv_cache_memory
+                .map_or("the GPU's default share".into(), |b| format!(
+                    "--kv-cache-memory {b} bytes"
+                )),
+        );
+        tracing::info!(positions = cap, "KV cache budget");
+    }
     let text = Arc::new(text);
     let engine = Arc::new(Engine::start(
         model,
@@ -215,6 +255,7 @@ pub async fn start_with(
             max_queue: opts.max_queue,
             max_model_len,
             capture: opts.capture,
+            kv_positions,
         },
     )?);
     let model_name = opts.model_name.clone().unwrap_or(default_name);

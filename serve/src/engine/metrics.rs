@@ -25,6 +25,8 @@ pub struct Metrics {
     pub active_requests: AtomicU64,
     /// Requests the capture assembler tracks.
     pub assembler_active: AtomicU64,
+    /// KV cache positions the running requests have reserved.
+    pub kv_reserved_positions: AtomicU64,
     /// Bytes of routed experts (ids and weights) exported to clients.
     pub capture_bytes: AtomicU64,
     /// Steps run.
@@ -49,6 +51,7 @@ impl Default for Metrics {
             queue_depth: AtomicU64::new(0),
             active_requests: AtomicU64::new(0),
             assembler_active: AtomicU64::new(0),
+            kv_reserved_positions: AtomicU64::new(0),
             capture_bytes: AtomicU64::new(0),
             steps: AtomicU64::new(0),
             failed_steps: AtomicU64::new(0),
@@ -121,6 +124,12 @@ impl Metrics {
             "gauge",
             "Requests the routed-experts assembler tracks.",
             get(&self.assembler_active),
+        );
+        put(
+            "kv_reserved_positions",
+            "gauge",
+            "KV cache positions the running requests have reserved (prompt + max_tokens each).",
+            get(&self.kv_reserved_positions),
         );
         put(
             "capture_bytes_total",

@@ -36,6 +36,12 @@ pub struct EngineConfig {
     pub max_model_len: usize,
     /// Capture routed experts for requests that ask (the server flag).
     pub capture: bool,
+    /// KV cache positions the running requests may hold together (`None`: no bound). Each
+    /// request reserves its prompt plus its `max_tokens` (at most `max_model_len`) when
+    /// admitted, so a request admitted never runs the cache out of memory; the queue's front
+    /// waits until that much is free. Must be at least `max_model_len`, or the largest request
+    /// would wait for ever.
+    pub kv_positions: Option<usize>,
 }
 
 /// What a request wants of its routed experts.
@@ -182,6 +188,15 @@ impl Engine {
     pub fn start(model: Model, text: Arc<TextModel>, config: EngineConfig) -> anyhow::Result<Self> {
         anyhow::ensure!(config.max_batch_tokens > 0, "max_batch_tokens must be > 0");
         anyhow::ensure!(config.max_running > 0, "max_running must be > 0");
+        if let Some(cap) = config.kv_positions {
+            anyhow::ensure!(
+                cap >= config.max_model_len,
+                "the KV cache holds {cap} positions, fewer than max_model_len {}: the longest \
+                 request would never be admitted (lower max_model_len or give the cache more \
+                 memory)",
+                config.max_model_len
+            );
+        }
         let (tx, rx) = mpsc::channel();
         let metrics = Arc::new(Metrics::default());
         let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));

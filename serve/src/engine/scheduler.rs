@@ -22,6 +22,8 @@ struct Running {
     req: GenRequest,
     /// Prompt then generated tokens.
     tokens: Vec<u32>,
+    /// KV cache positions reserved: the most it runs (prompt + max_tokens, within the context).
+    positions: usize,
     cache: KvCache,
     sampler: Sampler,
     tx: tmpsc::UnboundedSender<Event>,
@@ -58,6 +60,8 @@ pub(super) struct Scheduler {
     assembler: Option<Assembler>,
     waiting: VecDeque<(u64, Box<GenRequest>, tmpsc::UnboundedSender<Event>)>,
     running: Vec<Running>,
+    /// KV cache positions the running requests have reserved.
+    reserved: usize,
     shutdown: bool,
 }
 
@@ -85,6 +89,7 @@ impl Scheduler {
             assembler,
             waiting: VecDeque::new(),
             running: Vec::new(),
+            reserved: 0,
             shutdown: false,
         })
     }
@@ -179,6 +184,7 @@ impl Scheduler {
             let r = &self.running[i];
             if r.gone || r.finished.is_some() || r.tx.is_closed() {
                 let r = self.running.swap_remove(i);
+                self.reserve(-(r.positions as isize));
                 let finished = r.finished.is_some() && !r.gone;
                 self.forget(r.id, finished);
             } else {
@@ -189,9 +195,38 @@ impl Scheduler {
         self.running.sort_by_key(|r| r.id);
     }
 
-    /// Moves waiting requests into `running` while there is room; returns the budget left.
+    /// The KV cache positions `req` can run: its prompt plus its `max_tokens`, within the
+    /// context.
+    fn positions(&self, req: &GenRequest) -> usize {
+        req.prompt
+            .len()
+            .saturating_add(req.max_tokens)
+            .min(self.config.max_model_len)
+    }
+
+    /// Adds `positions` (negative: frees them) to the reservation.
+    fn reserve(&mut self, positions: isize) {
+        self.reserved = self.reserved.saturating_add_signed(positions);
+        self.metrics
+            .kv_reserved_positions
+            .store(self.reserved as u64, Relaxed);
+    }
+
+    /// Moves waiting requests into `running` while there is room (requests, and KV cache
+    /// positions: the queue's front waits for its own, in order); returns the budget left.
     fn admit(&mut self, mut budget: usize) -> usize {
         while budget > 0 && self.running.len() < self.config.max_running {
+            let Some((_, front, _)) = self.waiting.front() else {
+                break;
+            };
+            let positions = self.positions(front);
+            let fits = self
+                .config
+                .kv_positions
+                .is_none_or(|cap| self.reserved + positions <= cap);
+            if !fits {
+                break;
+            }
             let Some((id, req, tx)) = self.waiting.pop_front() else {
                 break;
             };
@@ -212,10 +247,11 @@ impl Scheduler {
             self.metrics.active_requests.fetch_add(1, Relaxed);
             let take = req.prompt.len().min(budget);
             budget -= take;
-            let positions = req.prompt.len() + req.max_tokens;
+            self.reserve(positions as isize);
             self.running.push(Running {
                 id,
                 tokens: req.prompt.clone(),
+                positions,
                 sampler: Sampler::new(req.sampling),
                 req: *req,
                 cache: KvCache::bounded(positions),

@@ -138,6 +138,23 @@ pub fn cuda_device() -> Result<Device, DeviceError> {
     Err(DeviceError::CudaNotBuilt)
 }
 
+/// Bytes free on the model's GPU now (`None` on the CPU).
+#[cfg(feature = "cuda")]
+pub fn free_memory(device: &Device) -> anyhow::Result<Option<usize>> {
+    if !device.is_cuda() {
+        return Ok(None);
+    }
+    let stream = flashinfer_rs::candle::cuda_stream(device)?;
+    let (free, _total) = stream.context().mem_get_info()?;
+    Ok(Some(free))
+}
+
+/// Bytes free on the model's GPU now (`None` on the CPU, the only device of this build).
+#[cfg(not(feature = "cuda"))]
+pub fn free_memory(_device: &Device) -> anyhow::Result<Option<usize>> {
+    Ok(None)
+}
+
 /// Waits for the device's queued work (a no-op on the CPU): the profiling pass's fence.
 pub fn synchronize(device: &Device) -> anyhow::Result<()> {
     device.synchronize()?;

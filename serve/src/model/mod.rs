@@ -23,6 +23,7 @@ use std::sync::Arc;
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 
+pub use batched::ATTENTION_SCORES_BYTES;
 pub use config::Qwen3MoeConfig;
 use device::Placement;
 use moe::{BackendKind, MoeBackend, MoeLayerWeights, MoeSpec, StepCapture};
@@ -230,6 +231,23 @@ impl Model {
     /// The config.
     pub fn config(&self) -> &Qwen3MoeConfig {
         &self.cfg
+    }
+
+    /// Bytes of KV cache one position takes, every layer's keys and values (in the dense
+    /// dtype on the batched path, f32 host vectors on the CPU's).
+    pub fn kv_bytes_per_position(&self) -> usize {
+        let elem = if self.place.batched {
+            self.place.dtype.size_in_bytes()
+        } else {
+            4
+        };
+        let per_layer = 2 * self.cfg.num_key_value_heads * self.cfg.head_dim() * elem;
+        self.cfg.num_hidden_layers * per_layer
+    }
+
+    /// The device the model lives on.
+    pub fn device(&self) -> &Device {
+        &self.place.device
     }
 
     /// The MoE backend.

@@ -541,6 +541,53 @@ fn routed_experts_need_the_server_flag() {
     assert!(v["choices"][0].get("routed_experts").is_none());
 }
 
+/// Requests are admitted against the KV cache's memory: with room for one context's
+/// positions, requests that each reserve a whole context run one at a time (the others wait
+/// in the queue, none is refused or fails), the reservation never passes the budget and is
+/// all freed at the end; a budget under one context is refused at start.
+#[test]
+fn requests_wait_for_kv_cache_memory() {
+    let dir = tiny_checkpoint("kvbudget", 6);
+    let mut o: ServerOptions = Server::options(&dir);
+    let context = 48;
+    o.max_model_len = Some(context);
+    let (model, _, _) = load_model(&o).unwrap();
+    let per_position = model.kv_bytes_per_position();
+    drop(model);
+    o.kv_cache_memory = Some(per_position * (context + context / 2));
+    let s = Server::start(o.clone());
+    let addr = s.addr;
+    let handles: Vec<_> = (0..4)
+        .map(|i| {
+            thread::spawn(move || {
+                // No max_tokens: each reserves the whole context.
+                let body = json!({"prompt": format!("kv {i}"), "temperature": 0});
+                post(addr, "/v1/completions", &body)
+            })
+        })
+        .collect();
+    let mut most = (0.0f64, 0.0f64);
+    while !handles.iter().all(|h| h.is_finished()) {
+        most.0 = most.0.max(s.metric("active_requests"));
+        most.1 = most.1.max(s.metric("kv_reserved_positions"));
+        thread::sleep(std::time::Duration::from_millis(2));
+    }
+    for h in handles {
+        let (status, v) = h.join().unwrap();
+        assert_eq!(status, 200, "{v}");
+    }
+    assert!(most.0 <= 1.0, "{} requests ran at once", most.0);
+    assert!(most.1 <= context as f64, "{} positions reserved", most.1);
+    s.wait_idle();
+    assert_eq!(s.metric("kv_reserved_positions"), 0.0);
+    drop(s);
+    o.kv_cache_memory = Some(per_position * (context - 1));
+    let refused = Server::try_start(o)
+        .err()
+        .expect("a budget under one context");
+    assert!(refused.contains("--max-model-len"), "{refused}");
+}
+
 #[test]
 fn a_full_queue_answers_429() {
     let dir = tiny_checkpoint("queue", 5);

@@ -356,6 +356,7 @@ fn ours(args: &Args, cfg: &Qwen3MoeConfig, report: &mut Report) -> Result<()> {
             max_queue: max_c.max(256),
             max_model_len: longest,
             capture: true,
+            kv_positions: None,
         },
     )?;
     let o = Ours {

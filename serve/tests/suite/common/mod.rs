@@ -114,19 +114,26 @@ pub struct Server {
 
 impl Server {
     pub fn start(opts: ServerOptions) -> Server {
+        Server::try_start(opts).unwrap()
+    }
+
+    /// [`Server::start`], or why the server refused to start (its error's chain).
+    pub fn try_start(opts: ServerOptions) -> Result<Server, String> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(4)
             .enable_all()
             .build()
             .unwrap();
-        let server = rt.block_on(server::start(opts)).unwrap();
+        let server = rt
+            .block_on(server::start(opts))
+            .map_err(|e| format!("{e:#}"))?;
         let (addr, model) = (server.addr, server.model_name.clone());
-        Server {
+        Ok(Server {
             rt,
             server: Some(server),
             addr,
             model,
-        }
+        })
     }
 
     pub fn options(dir: &Path) -> ServerOptions {

@@ -184,7 +184,7 @@ impl Scheduler {
             let r = &self.running[i];
             if r.gone || r.finished.is_some() || r.tx.is_closed() {
                 let r = self.running.swap_remove(i);
-                self.reserve(-(r.positions as isize));
+                self.set_reserved(self.reserved - r.positions);
                 let finished = r.finished.is_some() && !r.gone;
                 self.forget(r.id, finished);
             } else {
@@ -204,9 +204,9 @@ impl Scheduler {
             .min(self.config.max_model_len)
     }
 
-    /// Adds `positions` (negative: frees them) to the reservation.
-    fn reserve(&mut self, positions: isize) {
-        self.reserved = self.reserved.saturating_add_signed(positions);
+    /// The KV cache positions reserved, kept in the metrics too.
+    fn set_reserved(&mut self, reserved: usize) {
+        self.reserved = reserved;
         self.metrics
             .kv_reserved_positions
             .store(self.reserved as u64, Relaxed);
@@ -247,7 +247,7 @@ impl Scheduler {
             self.metrics.active_requests.fetch_add(1, Relaxed);
             let take = req.prompt.len().min(budget);
             budget -= take;
-            self.reserve(positions as isize);
+            self.set_reserved(self.reserved + positions);
             self.running.push(Running {
                 id,
                 tokens: req.prompt.clone(),
@@ -371,10 +371,11 @@ impl Scheduler {
         } else if generated >= r.req.max_tokens || r.tokens.len() >= max_len {
             r.finished = Some(FinishReason::Length);
         }
-        let generated = &r.tokens[r.req.prompt.len()..];
+        // The generated ids (not `r.generated()`: `r.text` is borrowed mutably beside them).
+        let ids = &r.tokens[r.req.prompt.len()..];
         let new = match r.finished {
-            Some(_) => r.text.finish(&self.text, generated)?,
-            None => r.text.push(&self.text, generated)?,
+            Some(_) => r.text.finish(&self.text, ids)?,
+            None => r.text.push(&self.text, ids)?,
         };
         if let Some(at) = first_stop(r.text.as_str(), new, &r.req.stop) {
             r.stop_at = Some(at);

@@ -383,27 +383,15 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 
-    /// The stream's text equals a decode of all the tokens at every length, an unfinished
-    /// character waiting for its last byte; `through` gives the text of fewer tokens.
-    #[test]
-    fn a_text_stream_is_the_decode_of_its_tokens() {
-        let dir = std::env::temp_dir().join(format!("fi-serve-stream-{}", std::process::id()));
-        write_byte_level_tokenizer(&dir).unwrap();
-        let t = TextModel::load(&dir, &[]).unwrap();
-        // Two- and four-byte characters, a special token (skipped) inside, the end cut
-        // inside a character.
-        let mut ids = t.encode("a é 😀 z").unwrap();
-        ids.insert(3, 257);
-        ids.extend(
-            &"😀".as_bytes()[..2]
-                .iter()
-                .map(|&b| b as u32)
-                .collect::<Vec<_>>(),
-        );
+    /// Pushes `ids` one at a time: the stream's text is a decode of all of them at every
+    /// length (an unfinished character, ending the decode in U+FFFD, and a skipped
+    /// `special` token waiting for the next), `through` a prefix of the decode of one fewer;
+    /// at the end, with the last character unfinished, the whole decode.
+    fn streams_as_it_decodes(t: &TextModel, ids: &[u32], special: u32) {
         let mut s = TextStream::default();
         for n in 1..=ids.len() {
             let before = s.as_str().len();
-            let from = s.push(&t, &ids[..n]).unwrap();
+            let from = s.push(t, &ids[..n]).unwrap();
             assert_eq!(from, before);
             let whole = t.decode(&ids[..n]).unwrap();
             let complete = whole.trim_end_matches('\u{FFFD}');
@@ -412,20 +400,78 @@ mod tests {
                 "{n}: {:?} {whole:?}",
                 s.as_str()
             );
-            if !whole.ends_with('\u{FFFD}') && ids[n - 1] != 257 {
+            if !whole.ends_with('\u{FFFD}') && ids[n - 1] != special {
                 assert_eq!(s.as_str(), whole, "{n}");
             }
             if n > 1 {
-                assert!(t
-                    .decode(&ids[..n - 1])
-                    .unwrap()
-                    .starts_with(s.through(n - 1)));
+                let fewer = t.decode(&ids[..n - 1]).unwrap();
+                assert!(fewer.starts_with(s.through(n - 1)), "{n}");
             }
         }
-        s.finish(&t, &ids).unwrap();
-        assert_eq!(s.as_str(), t.decode(&ids).unwrap());
+        s.finish(t, ids).unwrap();
+        assert_eq!(s.as_str(), t.decode(ids).unwrap());
         assert!(s.as_str().ends_with('\u{FFFD}'));
-        assert!(s.push(&t, &ids[..1]).is_err());
+        assert!(s.push(t, &ids[..1]).is_err());
+    }
+
+    /// Byte-level BPE (Qwen's, GPT-2's): two- and four-byte characters, a special token
+    /// inside, the end cut inside a character.
+    #[test]
+    fn a_byte_level_text_stream_is_the_decode_of_its_tokens() {
+        let dir = std::env::temp_dir().join(format!("fi-serve-stream-{}", std::process::id()));
+        write_byte_level_tokenizer(&dir).unwrap();
+        let t = TextModel::load(&dir, &[]).unwrap();
+        let mut ids = t.encode("a é 😀 z").unwrap();
+        ids.insert(3, 257);
+        ids.extend("😀".as_bytes()[..2].iter().map(|&b| b as u32));
+        streams_as_it_decodes(&t, &ids, 257);
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    /// SentencePiece's decoding as Llama's and Mistral's `tokenizer.json` write it (`▁` for a
+    /// space, byte fallback, the first space stripped): each window's first space is
+    /// stripped, and its context's too, so the stream keeps the spaces between words; a
+    /// three-byte character in byte tokens, a special token inside, the end cut inside a
+    /// character.
+    #[test]
+    fn a_sentencepiece_text_stream_is_the_decode_of_its_tokens() {
+        let dir = std::env::temp_dir().join(format!("fi-serve-stream-sp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let vocab = [
+            "<unk>",
+            "\u{2581}Hello",
+            "\u{2581}world",
+            "!",
+            "<0xE2>",
+            "<0x82>",
+            "<0xAC>",
+            "\u{2581}\u{e9}t\u{e9}",
+            "</s>",
+        ];
+        let vocab: serde_json::Map<String, serde_json::Value> = vocab
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.to_string(), i.into()))
+            .collect();
+        let json = serde_json::json!({
+            "version": "1.0", "truncation": null, "padding": null, "normalizer": null,
+            "pre_tokenizer": null, "post_processor": null,
+            "added_tokens": [{"id": 8, "content": "</s>", "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true}],
+            "decoder": {"type": "Sequence", "decoders": [
+                {"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "},
+                {"type": "ByteFallback"}, {"type": "Fuse"},
+                {"type": "Strip", "content": " ", "start": 1, "stop": 0}]},
+            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "<unk>"}
+        });
+        std::fs::write(dir.join("tokenizer.json"), json.to_string()).unwrap();
+        let t = TextModel::load(&dir, &[]).unwrap();
+        let ids = [1, 2, 3, 4, 5, 6, 2, 8, 7, 1, 4, 5];
+        assert_eq!(
+            t.decode(&ids[..10]).unwrap(),
+            "Hello world!\u{20ac} world \u{e9}t\u{e9} Hello"
+        );
+        streams_as_it_decodes(&t, &ids, 8);
         std::fs::remove_dir_all(&dir).ok();
     }
 }

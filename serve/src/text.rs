@@ -252,6 +252,14 @@ impl TextModel {
         Ok(enc.get_ids().to_vec())
     }
 
+    /// One token's text as log-probabilities name it: special tokens spelt out, a byte of an
+    /// unfinished character as U+FFFD (vLLM's form).
+    pub fn token_text(&self, id: u32) -> Result<String> {
+        self.tokenizer
+            .decode(&[id], false)
+            .map_err(|e| anyhow!("detokenizing: {e}"))
+    }
+
     /// The text of `ids`, special tokens skipped.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
         self.tokenizer

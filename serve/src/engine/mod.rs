@@ -21,7 +21,7 @@ use tokio::sync::mpsc as tmpsc;
 use crate::model::Model;
 use crate::text::TextModel;
 pub use metrics::Metrics;
-pub use sampling::SamplingParams;
+pub use sampling::{SamplingParams, TokenLogprob};
 
 /// The engine's limits.
 #[derive(Debug, Clone, Copy)]
@@ -69,6 +69,8 @@ pub struct GenRequest {
     pub stream: bool,
     /// Routed experts wanted.
     pub capture: Option<CaptureOptions>,
+    /// Log-probabilities wanted: the generated token's and this many most likely tokens'.
+    pub logprobs: Option<usize>,
 }
 
 /// Why a request ended.
@@ -102,6 +104,8 @@ pub enum Event {
         text: String,
         /// Rows of these tokens.
         routed: Option<RoutedExperts>,
+        /// These tokens' log-probabilities, when asked.
+        logprobs: Option<Vec<TokenLogprob>>,
     },
     /// The end. Streaming: only what no delta carried. Not streaming: everything.
     Finished {
@@ -113,6 +117,8 @@ pub enum Event {
         text: String,
         /// Routed experts (as `ids`).
         routed: Option<RoutedExperts>,
+        /// Log-probabilities (as `ids`), when asked.
+        logprobs: Option<Vec<TokenLogprob>>,
         /// Prompt tokens.
         prompt_tokens: usize,
         /// Completion tokens.

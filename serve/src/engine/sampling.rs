@@ -69,6 +69,54 @@ impl Sampler {
     }
 }
 
+/// A generated token's log-probability and the most likely tokens' at its position, under the
+/// model's own distribution: the log-softmax of the raw logits, before temperature and top-p
+/// (vLLM's default, `raw_logprobs`; what a trainer compares its own forward pass against).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprob {
+    /// The token generated.
+    pub token: u32,
+    /// Its log-probability.
+    pub logprob: f32,
+    /// The most likely tokens and theirs, most likely first (ties: the smaller id first).
+    pub top: Vec<(u32, f32)>,
+}
+
+/// `token`'s [`TokenLogprob`] in `logits` (`[vocab]`), with the `top` most likely tokens
+/// (at most the vocabulary). Computed in f64; a NaN anywhere makes every log-probability NaN
+/// (a model that produced one has no distribution to report).
+pub fn logprobs(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    let nan = logits.iter().any(|l| l.is_nan());
+    let lse = if nan || max == f64::NEG_INFINITY {
+        f64::NAN
+    } else if max == f64::INFINITY {
+        f64::INFINITY
+    } else {
+        max + logits
+            .iter()
+            .map(|&l| (l as f64 - max).exp())
+            .sum::<f64>()
+            .ln()
+    };
+    let of = |i: usize| (logits[i] as f64 - lse) as f32;
+    let mut order: Vec<usize> = (0..logits.len()).collect();
+    let by_logit = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
+    let top = top.min(logits.len());
+    if top > 0 && top < order.len() {
+        order.select_nth_unstable_by(top - 1, by_logit);
+    }
+    order.truncate(top);
+    order.sort_by(by_logit);
+    TokenLogprob {
+        token,
+        logprob: logits
+            .get(token as usize)
+            .map_or(f32::NAN, |_| of(token as usize)),
+        top: order.into_iter().map(|i| (i as u32, of(i))).collect(),
+    }
+}
+
 /// The largest logit's index (the smallest index among equals; NaN never wins).
 pub fn argmax(logits: &[f32]) -> u32 {
     let mut best = 0;
@@ -83,6 +131,33 @@ pub fn argmax(logits: &[f32]) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Log-probabilities against a direct log(softmax) in f64: they exponentiate to a
+    /// distribution, the top ones are the largest in order (ties to the smaller id), a
+    /// large logit does not overflow, a NaN is reported as NaN.
+    #[test]
+    fn logprobs_are_the_log_softmax_of_the_logits() {
+        let logits: Vec<f32> = (0..300)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.3)
+            .collect();
+        let z: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
+        let lp = logprobs(&logits, 7, 5);
+        assert!((lp.logprob as f64 - ((logits[7] as f64).exp() / z).ln()).abs() < 1e-5);
+        let total: f64 = (0..300)
+            .map(|i| (logprobs(&logits, i, 0).logprob as f64).exp())
+            .sum();
+        assert!((total - 1.0).abs() < 1e-5, "{total}");
+        let mut sorted: Vec<(u32, f32)> = (0..300u32).map(|i| (i, logits[i as usize])).collect();
+        sorted.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        let ids: Vec<u32> = lp.top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, sorted[..5].iter().map(|t| t.0).collect::<Vec<_>>());
+        assert!(lp.top.windows(2).all(|w| w[0].1 >= w[1].1));
+        let big = logprobs(&[1e4, 0.0, 1e4], 0, 3);
+        assert_eq!(big.top.iter().map(|t| t.0).collect::<Vec<_>>(), [0, 2, 1]);
+        assert!((big.logprob - 0.5f32.ln()).abs() < 1e-6, "{big:?}");
+        assert!(logprobs(&[0.0, f32::NAN], 0, 1).logprob.is_nan());
+        assert_eq!(logprobs(&[0.0; 4], 1, 9).top.len(), 4);
+    }
 
     #[test]
     fn greedy_takes_the_first_maximum() {

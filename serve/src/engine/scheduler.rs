@@ -11,7 +11,7 @@ use anyhow::Result;
 use flashinfer_rs::capture::{Assembler, AssemblerConfig, RoutedExperts, RowOwner};
 use tokio::sync::mpsc as tmpsc;
 
-use super::sampling::Sampler;
+use super::sampling::{logprobs, Sampler, TokenLogprob};
 use super::{Command, EngineConfig, Event, FinishReason, GenRequest, Metrics};
 use crate::model::moe::StepCapture;
 use crate::model::{KvCache, Model, SeqInput};
@@ -36,6 +36,8 @@ struct Running {
     text: TextStream,
     /// Where the text ends once a stop string is found in it.
     stop_at: Option<usize>,
+    /// Each generated token's log-probabilities, when asked.
+    logprobs: Vec<TokenLogprob>,
     gone: bool,
 }
 
@@ -261,6 +263,7 @@ impl Scheduler {
                 finished: None,
                 text: TextStream::default(),
                 stop_at: None,
+                logprobs: Vec::new(),
                 gone: false,
             });
         }
@@ -364,6 +367,9 @@ impl Scheduler {
         let r = &mut self.running[i];
         let token = r.sampler.sample(logits);
         r.tokens.push(token);
+        if let Some(top) = r.req.logprobs {
+            r.logprobs.push(logprobs(logits, token, top));
+        }
         self.metrics.generated_tokens.fetch_add(1, Relaxed);
         let generated = r.tokens.len() - r.prompt_len();
         if self.text.eos_ids().contains(&token) {
@@ -417,6 +423,10 @@ impl Scheduler {
         if r.finished.is_none() && ids.is_empty() && new_text.is_empty() {
             return Ok(());
         }
+        let logprobs = r
+            .req
+            .logprobs
+            .map(|_| r.logprobs[r.sent_tokens..due].to_vec());
         let routed = self.export_new(i, due)?;
         let r = &mut self.running[i];
         r.sent_tokens = due;
@@ -428,6 +438,7 @@ impl Scheduler {
                 ids,
                 text: new_text,
                 routed,
+                logprobs,
                 prompt_tokens,
                 completion_tokens,
             },
@@ -435,6 +446,7 @@ impl Scheduler {
                 ids,
                 text: new_text,
                 routed,
+                logprobs,
             },
         };
         if r.tx.send(event).is_err() {
@@ -480,6 +492,7 @@ impl Scheduler {
             ids: r.generated().to_vec(),
             text,
             routed,
+            logprobs: r.req.logprobs.map(|_| r.logprobs.clone()),
             prompt_tokens: r.prompt_len(),
             completion_tokens: r.generated().len(),
         };

@@ -16,6 +16,7 @@
 
 pub mod error;
 pub mod listen;
+pub mod logprobs;
 pub mod request;
 pub mod routed;
 
@@ -33,7 +34,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 
-use crate::engine::{Engine, Event, RequestStream};
+use crate::engine::{Engine, Event, RequestStream, TokenLogprob};
 use crate::text::TextModel;
 use error::ApiError;
 use request::Checked;
@@ -181,6 +182,7 @@ async fn respond(s: Arc<AppState>, kind: Kind, checked: Result<Checked, ApiError
         model: s.model_name.clone(),
         kind,
         checked,
+        text: Arc::clone(&s.text),
     };
     if meta.checked.gen.stream {
         sse(meta, stream).into_response()
@@ -195,6 +197,7 @@ struct Part<'a> {
     ids: &'a [u32],
     finish: Option<&'a str>,
     routed: Option<&'a flashinfer_rs::capture::RoutedExperts>,
+    logprobs: Option<&'a [TokenLogprob]>,
     chunk: bool,
     first: bool,
 }
@@ -206,6 +209,8 @@ struct Meta {
     model: String,
     kind: Kind,
     checked: Checked,
+    /// For the log-probabilities' token texts.
+    text: Arc<TextModel>,
 }
 
 impl Meta {
@@ -224,6 +229,7 @@ impl Meta {
             ids,
             finish,
             routed,
+            logprobs,
             chunk,
             first,
         } = part;
@@ -250,7 +256,11 @@ impl Meta {
                 c.insert("delta".into(), Value::Object(d));
             }
         }
-        c.insert("logprobs".into(), Value::Null);
+        let logprobs = logprobs.map_or(Value::Null, |l| {
+            let chat = self.kind == Kind::Chat;
+            logprobs::render(&self.text, l, chat, self.checked.tokens_as_ids)
+        });
+        c.insert("logprobs".into(), logprobs);
         c.insert("finish_reason".into(), json!(finish));
         if self.checked.token_ids {
             c.insert("token_ids".into(), json!(ids));
@@ -285,19 +295,26 @@ fn event_body(
     chunk: bool,
     first: bool,
 ) -> Result<(Value, bool), String> {
-    let (text, ids, routed, finish, usage) = match event {
-        Some(Event::Delta { ids, text, routed }) => (text, ids, routed, None, None),
+    let (text, ids, routed, logprobs, finish, usage) = match event {
+        Some(Event::Delta {
+            ids,
+            text,
+            routed,
+            logprobs,
+        }) => (text, ids, routed, logprobs, None, None),
         Some(Event::Finished {
             reason,
             ids,
             text,
             routed,
+            logprobs,
             prompt_tokens,
             completion_tokens,
         }) => (
             text,
             ids,
             routed,
+            logprobs,
             Some(reason),
             Some((prompt_tokens, completion_tokens)),
         ),
@@ -309,6 +326,7 @@ fn event_body(
         ids: &ids,
         finish: finish.map(|r| r.as_str()),
         routed: routed.as_ref(),
+        logprobs: logprobs.as_deref(),
         chunk,
         first,
     });

@@ -78,12 +78,17 @@ pub struct Common {
     #[serde(default)]
     return_token_ids: bool,
     #[serde(default)]
+    return_tokens_as_token_ids: bool,
+    #[serde(default)]
     return_routed_experts: bool,
     #[serde(default)]
     return_routed_weights: bool,
     routed_experts_format: Option<String>,
     routed_experts_start_len: Option<i64>,
     routed_experts_prompt_start: Option<i64>,
+    /// Completions: an integer (top log-probabilities per token); chat: a boolean.
+    logprobs: Option<serde_json::Value>,
+    top_logprobs: Option<i64>,
     /// Every other field: checked by [`check_others`].
     #[serde(flatten)]
     others: serde_json::Map<String, serde_json::Value>,
@@ -107,8 +112,7 @@ fn asks_nothing(field: &str, value: &serde_json::Value) -> bool {
     match (field, value) {
         ("presence_penalty" | "frequency_penalty", Number(n)) => n.as_f64() == Some(0.0),
         ("repetition_penalty" | "best_of", Number(n)) => n.as_f64() == Some(1.0),
-        ("logprobs" | "echo", Bool(b)) => !b,
-        ("top_logprobs", Number(n)) => n.as_f64() == Some(0.0),
+        ("echo", Bool(b)) => !b,
         ("logit_bias", Object(o)) => o.is_empty(),
         ("tools" | "functions", Array(a)) => a.is_empty(),
         ("tool_choice", String(s)) => s == "none" || s == "auto",
@@ -170,6 +174,10 @@ pub struct Checked {
     pub start_len: usize,
     /// vLLM's `return_token_ids`: `token_ids` (and `prompt_token_ids`) in the choices.
     pub token_ids: bool,
+    /// vLLM's `return_tokens_as_token_ids`: log-probabilities name tokens `token_id:{id}`, not
+    /// by their text (which several tokens can share: every byte of an unfinished character
+    /// is U+FFFD, and a completion's `top_logprobs` is a map keyed by it).
+    pub tokens_as_ids: bool,
 }
 
 fn parse<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, ApiError> {
@@ -305,6 +313,42 @@ fn sampling(c: &Common) -> Result<SamplingParams, ApiError> {
     })
 }
 
+/// The most log-probabilities a token may ask for beside its own (OpenAI's bound).
+pub const MAX_TOP_LOGPROBS: usize = 20;
+
+/// `logprobs` (and chat's `top_logprobs`): `None` when not asked, else how many of the most
+/// likely tokens each generated token reports beside itself. Completions take an integer;
+/// chat a boolean and `top_logprobs`, as OpenAI's two APIs do.
+fn logprobs(c: &Common, chat: bool) -> Result<Option<usize>, ApiError> {
+    use serde_json::Value::{Bool, Null, Number};
+    let top = |field: &str, n: Option<i64>| match n {
+        Some(n) if (0..=MAX_TOP_LOGPROBS as i64).contains(&n) => Ok(n as usize),
+        _ => Err(ApiError::bad(
+            field,
+            format!("{field} must be an integer in [0, {MAX_TOP_LOGPROBS}]"),
+        )),
+    };
+    match (chat, &c.logprobs, c.top_logprobs) {
+        (true, None | Some(Null) | Some(Bool(false)), None | Some(0)) => Ok(None),
+        (true, None | Some(Null) | Some(Bool(false)), Some(_)) => Err(ApiError::bad(
+            "top_logprobs",
+            "top_logprobs needs \"logprobs\": true",
+        )),
+        (true, Some(Bool(true)), n) => top("top_logprobs", Some(n.unwrap_or(0))).map(Some),
+        (true, Some(_), _) => Err(ApiError::bad(
+            "logprobs",
+            "logprobs must be a boolean in a chat request (the count is top_logprobs)",
+        )),
+        (false, _, Some(_)) => Err(ApiError::bad(
+            "top_logprobs",
+            "a completion request takes the count as logprobs, not top_logprobs",
+        )),
+        (false, None | Some(Null) | Some(Bool(false)), None) => Ok(None),
+        (false, Some(Number(n)), None) => top("logprobs", n.as_i64()).map(Some),
+        (false, Some(_), None) => top("logprobs", None).map(Some),
+    }
+}
+
 /// The most stop strings a request may give (OpenAI takes 4), and their longest: the scheduler
 /// looks for every one in the text after every token, on the thread that runs every request.
 pub const MAX_STOP_STRINGS: usize = 16;
@@ -314,6 +358,7 @@ pub const MAX_STOP_BYTES: usize = 512;
 /// Length, stop and capture rules; the engine request.
 fn finish(state: &AppState, c: Common, prompt: Vec<u32>, chat: bool) -> Result<Checked, ApiError> {
     let sampling = sampling(&c)?;
+    let logprobs = logprobs(&c, chat)?;
     let max_len = state.max_model_len;
     if prompt.is_empty() {
         return Err(ApiError::bad("prompt", "the prompt is empty"));
@@ -380,10 +425,12 @@ fn finish(state: &AppState, c: Common, prompt: Vec<u32>, chat: bool) -> Result<C
             stop,
             stream: c.stream,
             capture,
+            logprobs,
         },
         routed,
         start_len,
         token_ids: c.return_token_ids,
+        tokens_as_ids: c.return_tokens_as_token_ids,
     })
 }
 

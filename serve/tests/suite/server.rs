@@ -116,6 +116,86 @@ fn streaming_chunks_carry_their_tokens_rows_and_add_up_to_the_whole() {
     assert_eq!(ids, full.ints);
 }
 
+/// The log-probability of each token and its top ones, as the model run alone gives them
+/// (the oracle: log(softmax) of its logits in f64, transformers' `log_softmax` of the raw
+/// logits, as vLLM's default `raw_logprobs`): completion form, chat form, and streamed chunks
+/// that add up to the whole.
+#[test]
+fn logprobs_are_the_models_log_softmax_in_both_forms() {
+    let f = fixture();
+    let prompt = "Log probabilities";
+    let ids = f.text.encode(prompt).unwrap();
+    let (gen, _, steps) = solo_steps(&f.model, &f.text, &ids, 8, greedy());
+    let oracle = |logits: &[f32]| -> Vec<f64> {
+        let z: f64 = logits.iter().map(|&l| (l as f64).exp()).sum();
+        logits.iter().map(|&l| l as f64 - z.ln()).collect()
+    };
+    // Tokens named by id: several bytes' texts are all U+FFFD, and top_logprobs is a map.
+    let name = |id: u32| format!("token_id:{id}");
+    let body = json!({"prompt": prompt, "max_tokens": 8, "temperature": 0, "logprobs": 3,
+        "return_tokens_as_token_ids": true});
+    let (status, v) = post(f.server.addr, "/v1/completions", &body);
+    assert_eq!(status, 200, "{v}");
+    let lp = &v["choices"][0]["logprobs"];
+    assert_eq!(lp["tokens"].as_array().unwrap().len(), gen.len(), "{lp}");
+    for (i, (&token, logits)) in gen.iter().zip(&steps).enumerate() {
+        let want = oracle(logits);
+        assert_eq!(lp["tokens"][i], json!(name(token)));
+        let got = lp["token_logprobs"][i].as_f64().unwrap();
+        assert!((got - want[token as usize]).abs() < 1e-4, "{i}: {got}");
+        let mut best: Vec<usize> = (0..want.len()).collect();
+        best.sort_by(|&a, &b| want[b].total_cmp(&want[a]).then(a.cmp(&b)));
+        let top = lp["top_logprobs"][i].as_object().unwrap();
+        assert_eq!(top.len(), 3, "{top:?}");
+        for &id in &best[..3] {
+            let got = top[&name(id as u32)].as_f64().unwrap();
+            assert!((got - want[id]).abs() < 1e-4, "{i} {id}: {got}");
+        }
+    }
+    // Streamed (with capture, which holds each token back a step): the same lists.
+    let mut sbody = body.clone();
+    sbody["stream"] = json!(true);
+    sbody["return_routed_experts"] = json!(true);
+    let (status, events) = post_stream(f.server.addr, "/v1/completions", &sbody, None);
+    assert_eq!(status, 200);
+    let (mut tokens, mut values) = (Vec::new(), Vec::new());
+    for e in &events[..events.len() - 1] {
+        let v: Value = serde_json::from_str(e).unwrap();
+        let l = &v["choices"][0]["logprobs"];
+        tokens.extend(l["tokens"].as_array().unwrap().iter().cloned());
+        values.extend(l["token_logprobs"].as_array().unwrap().iter().cloned());
+    }
+    assert_eq!(json!(tokens), lp["tokens"]);
+    assert_eq!(json!(values), lp["token_logprobs"]);
+    // By text (the default): the tokens' texts.
+    let mut tbody = body.clone();
+    tbody["return_tokens_as_token_ids"] = json!(false);
+    let (_, v) = post(f.server.addr, "/v1/completions", &tbody);
+    let names: Vec<String> = gen.iter().map(|&t| f.text.token_text(t).unwrap()).collect();
+    assert_eq!(v["choices"][0]["logprobs"]["tokens"], json!(names));
+    // Chat: entries with bytes and the top ones in order, the greedy token the first.
+    let body = json!({"messages": [{"role": "user", "content": prompt}], "max_tokens": 6,
+        "temperature": 0, "logprobs": true, "top_logprobs": 2});
+    let (status, v) = post(f.server.addr, "/v1/chat/completions", &body);
+    assert_eq!(status, 200, "{v}");
+    let content = v["choices"][0]["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(json!(content.len()), v["usage"]["completion_tokens"]);
+    for e in content {
+        let token = e["token"].as_str().unwrap();
+        assert_eq!(e["bytes"], json!(token.as_bytes()));
+        let top = e["top_logprobs"].as_array().unwrap();
+        assert_eq!(top.len(), 2);
+        assert_eq!(top[0]["logprob"], e["logprob"], "{e}");
+        assert!(top[0]["logprob"].as_f64() >= top[1]["logprob"].as_f64());
+    }
+    let (_, v) = post(
+        f.server.addr,
+        "/v1/completions",
+        &json!({"prompt": prompt, "max_tokens": 2}),
+    );
+    assert!(v["choices"][0]["logprobs"].is_null(), "not asked: {v}");
+}
+
 #[test]
 fn chat_completions_render_the_template_and_stream() {
     let f = fixture();
@@ -406,7 +486,12 @@ h | 400 | - | {"messages": "hi"}
 h | 400 | max_completion_tokens | {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 0}
 h | 400 | messages | {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}
 c | 400 | frobnicate | {"prompt": "hi", "frobnicate": 1}
-c | 400 | logprobs | {"prompt": "hi", "logprobs": 2}
+c | 400 | logprobs | {"prompt": "hi", "logprobs": 21}
+c | 400 | logprobs | {"prompt": "hi", "logprobs": true}
+c | 400 | top_logprobs | {"prompt": "hi", "logprobs": 2, "top_logprobs": 2}
+h | 400 | logprobs | {"messages": [{"role": "user", "content": "hi"}], "logprobs": 3}
+h | 400 | top_logprobs | {"messages": [{"role": "user", "content": "hi"}], "top_logprobs": 3}
+h | 400 | top_logprobs | {"messages": [{"role": "user", "content": "hi"}], "logprobs": true, "top_logprobs": 21}
 c | 400 | presence_penalty | {"prompt": "hi", "presence_penalty": 0.5}
 c | 400 | logit_bias | {"prompt": "hi", "logit_bias": {"7": 100}}
 h | 400 | tools | {"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}
@@ -435,6 +520,7 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         "/v1/completions",
         &json!({"prompt": "still here", "max_tokens": 2, "user": "u", "logprobs": null,
             "presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {}, "echo": false,
+            "top_logprobs": null,
             "stream_options": {"include_usage": true}, "metadata": {"k": "v"}}),
     );
     assert_eq!(status, 200, "{v}");

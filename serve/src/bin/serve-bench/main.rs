@@ -253,6 +253,7 @@ impl Ours {
                     start: 0,
                     weights: false,
                 }),
+                logprobs: None,
             })
             .collect();
         let engine = self.engine.clone();

@@ -437,10 +437,23 @@ pub fn solo(
     max_tokens: usize,
     sampling: SamplingParams,
 ) -> (Vec<u32>, Vec<i16>) {
+    let (tokens, rows, _) = solo_steps(model, text, prompt, max_tokens, sampling);
+    (tokens, rows)
+}
+
+/// [`solo`], with the logits each generated token was sampled from.
+pub fn solo_steps(
+    model: &Model,
+    text: &TextModel,
+    prompt: &[u32],
+    max_tokens: usize,
+    sampling: SamplingParams,
+) -> (Vec<u32>, Vec<i16>, Vec<Vec<f32>>) {
     let (layers, top_k, _) = model.capture_shape();
     let mut cache = KvCache::default();
     let mut tokens = prompt.to_vec();
     let mut rows = Vec::new();
+    let mut steps = Vec::new();
     let mut sampler = Sampler::new(sampling);
     loop {
         let new = tokens[cache.len()..].to_vec();
@@ -455,11 +468,13 @@ pub fn solo(
             )
             .unwrap();
         rows.extend(cap.to_step_rows().ids);
-        let t = sampler.sample(&logits.to_vec2::<f32>().unwrap()[0]);
+        let logits = logits.to_vec2::<f32>().unwrap().swap_remove(0);
+        let t = sampler.sample(&logits);
+        steps.push(logits);
         tokens.push(t);
         if text.eos_ids().contains(&t) || tokens.len() - prompt.len() >= max_tokens {
             break;
         }
     }
-    (tokens[prompt.len()..].to_vec(), rows)
+    (tokens[prompt.len()..].to_vec(), rows, steps)
 }

@@ -106,13 +106,19 @@ const IGNORED: [&str; 6] = [
 ];
 
 /// Fields this server does not implement, each with the values that ask for nothing
-/// (OpenAI's defaults): taken when given so, refused otherwise.
+/// (OpenAI's defaults, and vLLM's for its own sampling fields, which RL frameworks send
+/// filled in): taken when given so, refused otherwise.
 fn asks_nothing(field: &str, value: &serde_json::Value) -> bool {
     use serde_json::Value::{Array, Bool, Number, Object, String};
     match (field, value) {
-        ("presence_penalty" | "frequency_penalty", Number(n)) => n.as_f64() == Some(0.0),
-        ("repetition_penalty" | "best_of", Number(n)) => n.as_f64() == Some(1.0),
-        ("echo", Bool(b)) => !b,
+        ("presence_penalty" | "frequency_penalty" | "min_p" | "min_tokens", Number(n)) => {
+            n.as_f64() == Some(0.0)
+        }
+        ("repetition_penalty" | "best_of" | "length_penalty", Number(n)) => n.as_f64() == Some(1.0),
+        ("top_k", Number(n)) => matches!(n.as_i64(), Some(-1 | 0)),
+        ("echo" | "ignore_eos" | "use_beam_search" | "include_stop_str_in_output", Bool(b)) => !b,
+        ("skip_special_tokens" | "spaces_between_special_tokens", Bool(b)) => *b,
+        ("stop_token_ids", Array(a)) => a.is_empty(),
         ("logit_bias", Object(o)) => o.is_empty(),
         ("tools" | "functions", Array(a)) => a.is_empty(),
         ("tool_choice", String(s)) => s == "none" || s == "auto",

@@ -486,6 +486,8 @@ h | 400 | - | {"messages": "hi"}
 h | 400 | max_completion_tokens | {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 0}
 h | 400 | messages | {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}
 c | 400 | frobnicate | {"prompt": "hi", "frobnicate": 1}
+c | 400 | top_k | {"prompt": "hi", "top_k": 5}
+c | 400 | ignore_eos | {"prompt": "hi", "ignore_eos": true}
 c | 400 | logprobs | {"prompt": "hi", "logprobs": 21}
 c | 400 | logprobs | {"prompt": "hi", "logprobs": true}
 c | 400 | top_logprobs | {"prompt": "hi", "logprobs": 2, "top_logprobs": 2}
@@ -520,7 +522,8 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         "/v1/completions",
         &json!({"prompt": "still here", "max_tokens": 2, "user": "u", "logprobs": null,
             "presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {}, "echo": false,
-            "top_logprobs": null,
+            "top_logprobs": null, "top_k": -1, "min_p": 0.0, "ignore_eos": false,
+            "skip_special_tokens": true, "stop_token_ids": [], "repetition_penalty": 1.0,
             "stream_options": {"include_usage": true}, "metadata": {"k": "v"}}),
     );
     assert_eq!(status, 200, "{v}");

@@ -65,6 +65,11 @@ pub struct GenRequest {
     pub sampling: SamplingParams,
     /// Stop strings: the text ends before the first one found.
     pub stop: Vec<String>,
+    /// Tokens that end the request when generated (beside the model's end-of-sequence
+    /// tokens, unless `ignore_eos`), kept in the output as an EOS is.
+    pub stop_token_ids: Vec<u32>,
+    /// Generate through the model's end-of-sequence tokens (to `max_tokens`).
+    pub ignore_eos: bool,
     /// Stream deltas ([`Event::Delta`]) rather than one [`Event::Finished`] with everything.
     pub stream: bool,
     /// Routed experts wanted.

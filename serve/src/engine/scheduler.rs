@@ -372,7 +372,8 @@ impl Scheduler {
         }
         self.metrics.generated_tokens.fetch_add(1, Relaxed);
         let generated = r.tokens.len() - r.prompt_len();
-        if self.text.eos_ids().contains(&token) {
+        let eos = !r.req.ignore_eos && self.text.eos_ids().contains(&token);
+        if eos || r.req.stop_token_ids.contains(&token) {
             r.finished = Some(FinishReason::Stop);
         } else if generated >= r.req.max_tokens || r.tokens.len() >= max_len {
             r.finished = Some(FinishReason::Length);

@@ -79,6 +79,9 @@ pub struct Common {
     return_token_ids: bool,
     #[serde(default)]
     return_tokens_as_token_ids: bool,
+    stop_token_ids: Option<Vec<i64>>,
+    #[serde(default)]
+    ignore_eos: bool,
     #[serde(default)]
     return_routed_experts: bool,
     #[serde(default)]
@@ -116,9 +119,8 @@ fn asks_nothing(field: &str, value: &serde_json::Value) -> bool {
         }
         ("repetition_penalty" | "best_of" | "length_penalty", Number(n)) => n.as_f64() == Some(1.0),
         ("top_k", Number(n)) => matches!(n.as_i64(), Some(-1 | 0)),
-        ("echo" | "ignore_eos" | "use_beam_search" | "include_stop_str_in_output", Bool(b)) => !b,
+        ("echo" | "use_beam_search" | "include_stop_str_in_output", Bool(b)) => !b,
         ("skip_special_tokens" | "spaces_between_special_tokens", Bool(b)) => *b,
-        ("stop_token_ids", Array(a)) => a.is_empty(),
         ("logit_bias", Object(o)) => o.is_empty(),
         ("tools" | "functions", Array(a)) => a.is_empty(),
         ("tool_choice", String(s)) => s == "none" || s == "auto",
@@ -360,6 +362,8 @@ fn logprobs(c: &Common, chat: bool) -> Result<Option<usize>, ApiError> {
 pub const MAX_STOP_STRINGS: usize = 16;
 /// See [`MAX_STOP_STRINGS`].
 pub const MAX_STOP_BYTES: usize = 512;
+/// The most `stop_token_ids` a request may give (each sampled token is looked up in them).
+pub const MAX_STOP_TOKEN_IDS: usize = 64;
 
 /// Length, stop and capture rules; the engine request.
 fn finish(state: &AppState, c: Common, prompt: Vec<u32>, chat: bool) -> Result<Checked, ApiError> {
@@ -419,6 +423,15 @@ fn finish(state: &AppState, c: Common, prompt: Vec<u32>, chat: bool) -> Result<C
             ),
         ));
     }
+    let stop_token_ids = c.stop_token_ids.as_deref().unwrap_or_default();
+    if stop_token_ids.len() > MAX_STOP_TOKEN_IDS {
+        return Err(ApiError::bad(
+            "stop_token_ids",
+            format!("at most {MAX_STOP_TOKEN_IDS} stop token ids"),
+        ));
+    }
+    let stop_token_ids =
+        ids_of(state, stop_token_ids).map_err(|e| ApiError::bad("stop_token_ids", e.message))?;
     let capture = routed.map(|_| CaptureOptions {
         start: start_len,
         weights: c.return_routed_weights,
@@ -429,6 +442,8 @@ fn finish(state: &AppState, c: Common, prompt: Vec<u32>, chat: bool) -> Result<C
             max_tokens,
             sampling,
             stop,
+            stop_token_ids,
+            ignore_eos: c.ignore_eos,
             stream: c.stream,
             capture,
             logprobs,

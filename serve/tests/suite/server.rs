@@ -196,6 +196,47 @@ fn logprobs_are_the_models_log_softmax_in_both_forms() {
     assert!(v["choices"][0]["logprobs"].is_null(), "not asked: {v}");
 }
 
+/// `stop_token_ids` end a request at the first such token (kept, as an EOS is); with the
+/// model's own EOS set to a token it generates, the request ends there, and `ignore_eos`
+/// runs it to `max_tokens`.
+#[test]
+fn stop_token_ids_and_ignore_eos() {
+    let f = fixture();
+    let prompt = "Stop tokens";
+    let ids = f.text.encode(prompt).unwrap();
+    let (gen, _) = solo(&f.model, &f.text, &ids, 8, greedy());
+    assert_eq!(gen.len(), 8, "no EOS in the fixture's greedy run: {gen:?}");
+    let stop = gen[3];
+    let at = gen.iter().position(|&t| t == stop).unwrap();
+    let ask = |addr, extra: Value| {
+        let mut body = json!({"prompt": prompt, "max_tokens": 8, "temperature": 0,
+            "return_token_ids": true});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        let (status, v) = post(addr, "/v1/completions", &body);
+        assert_eq!(status, 200, "{v}");
+        v["choices"][0].clone()
+    };
+    let c = ask(f.server.addr, json!({"stop_token_ids": [stop]}));
+    assert_eq!(c["token_ids"], json!(gen[..=at]), "{c}");
+    assert_eq!(c["finish_reason"], "stop");
+    // The same weights with that token as the model's EOS.
+    let dir = tiny_checkpoint("main-eos", 7);
+    std::fs::write(
+        dir.join("generation_config.json"),
+        json!({"eos_token_id": stop}).to_string(),
+    )
+    .unwrap();
+    let s = Server::start(Server::options(&dir));
+    let c = ask(s.addr, json!({}));
+    assert_eq!(c["token_ids"], json!(gen[..=at]), "{c}");
+    assert_eq!(c["finish_reason"], "stop");
+    let c = ask(s.addr, json!({"ignore_eos": true}));
+    assert_eq!(c["token_ids"], json!(gen), "{c}");
+    assert_eq!(c["finish_reason"], "length");
+}
+
 #[test]
 fn chat_completions_render_the_template_and_stream() {
     let f = fixture();
@@ -487,7 +528,8 @@ h | 400 | max_completion_tokens | {"messages": [{"role": "user", "content": "hi"
 h | 400 | messages | {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}
 c | 400 | frobnicate | {"prompt": "hi", "frobnicate": 1}
 c | 400 | top_k | {"prompt": "hi", "top_k": 5}
-c | 400 | ignore_eos | {"prompt": "hi", "ignore_eos": true}
+c | 400 | - | {"prompt": "hi", "ignore_eos": 1}
+c | 400 | stop_token_ids | {"prompt": "hi", "stop_token_ids": [99999]}
 c | 400 | logprobs | {"prompt": "hi", "logprobs": 21}
 c | 400 | logprobs | {"prompt": "hi", "logprobs": true}
 c | 400 | top_logprobs | {"prompt": "hi", "logprobs": 2, "top_logprobs": 2}
@@ -523,7 +565,7 @@ fn bad_requests_get_openai_errors_and_the_server_keeps_serving() {
         &json!({"prompt": "still here", "max_tokens": 2, "user": "u", "logprobs": null,
             "presence_penalty": 0, "frequency_penalty": 0.0, "logit_bias": {}, "echo": false,
             "top_logprobs": null, "top_k": -1, "min_p": 0.0, "ignore_eos": false,
-            "skip_special_tokens": true, "stop_token_ids": [], "repetition_penalty": 1.0,
+            "skip_special_tokens": true, "repetition_penalty": 1.0,
             "stream_options": {"include_usage": true}, "metadata": {"k": "v"}}),
     );
     assert_eq!(status, 200, "{v}");

@@ -248,6 +248,8 @@ impl Ours {
                     seed: 0,
                 },
                 stop: Vec::new(),
+                stop_token_ids: Vec::new(),
+                ignore_eos: false,
                 stream: false,
                 capture: capture.then_some(CaptureOptions {
                     start: 0,

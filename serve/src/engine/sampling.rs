@@ -12,6 +12,10 @@ pub struct SamplingParams {
     pub top_p: f32,
     /// Seed of the request's random stream.
     pub seed: u64,
+    /// Only the `top_k` most likely tokens (0: all).
+    pub top_k: usize,
+    /// Only tokens at least `min_p` times as likely as the most likely one (0: all).
+    pub min_p: f32,
 }
 
 /// A request's sampler: its parameters and its own random stream.
@@ -47,10 +51,22 @@ impl Sampler {
         let z: f64 = probs.iter().map(|p| p.1).sum();
         // Descending probability, ties to the smaller id: a total order, so deterministic.
         probs.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        let top_p = self.params.top_p.clamp(0.0, 1.0) as f64;
+        // vLLM's order: min-p over the whole distribution, then top-k, then top-p over what
+        // they left (renormalised); each keeps a prefix of the sorted tokens.
+        let floor = self.params.min_p.clamp(0.0, 1.0) as f64 * probs[0].1;
+        let mut limit = probs.partition_point(|p| p.1 >= floor).max(1);
+        if self.params.top_k > 0 {
+            limit = limit.min(self.params.top_k);
+        }
+        let left = if limit == probs.len() {
+            1.0
+        } else {
+            probs[..limit].iter().map(|p| p.1 / z).sum()
+        };
+        let top_p = self.params.top_p.clamp(0.0, 1.0) as f64 * left;
         let mut kept = 0;
         let mut mass = 0.0;
-        for p in &probs {
+        for p in &probs[..limit] {
             kept += 1;
             mass += p.1 / z;
             if mass >= top_p {
@@ -166,6 +182,8 @@ mod tests {
             temperature: 0.0,
             top_p: 1.0,
             seed: 0,
+            top_k: 0,
+            min_p: 0.0,
         });
         assert_eq!(s.sample(&[f32::NAN, 1.0]), 1);
     }
@@ -177,6 +195,8 @@ mod tests {
             temperature: 0.8,
             top_p: 0.9,
             seed: 42,
+            top_k: 0,
+            min_p: 0.0,
         };
         let (mut a, mut b) = (Sampler::new(p), Sampler::new(p));
         let xs: Vec<u32> = (0..20).map(|_| a.sample(&logits)).collect();
@@ -186,9 +206,42 @@ mod tests {
             temperature: 1.0,
             top_p: 1e-6,
             seed: 1,
+            top_k: 0,
+            min_p: 0.0,
         });
         for _ in 0..10 {
             assert_eq!(tiny.sample(&logits), argmax(&logits));
         }
+    }
+
+    /// top-k and min-p keep the most likely tokens only (every draw among them, each of them
+    /// drawn), top-p then cuts what they left; top-k 1 and a min-p of 1 are greedy.
+    #[test]
+    fn top_k_and_min_p_keep_the_most_likely() {
+        // Probabilities 0.4, 0.3, 0.2, 0.1 (ids 2, 0, 3, 1).
+        let logits: Vec<f32> = [0.3f32, 0.1, 0.4, 0.2].iter().map(|p| p.ln()).collect();
+        let draws = |top_k, min_p, top_p| {
+            let mut s = Sampler::new(SamplingParams {
+                temperature: 1.0,
+                top_p,
+                seed: 7,
+                top_k,
+                min_p,
+            });
+            let mut seen: Vec<u32> = (0..400).map(|_| s.sample(&logits)).collect();
+            seen.sort();
+            seen.dedup();
+            seen
+        };
+        assert_eq!(draws(0, 0.0, 1.0), [0, 1, 2, 3]);
+        assert_eq!(draws(2, 0.0, 1.0), [0, 2]);
+        assert_eq!(draws(1, 0.0, 1.0), [2]);
+        // min-p 0.45: at least 0.18 (of 0.4), so 0.2 stays; 0.55 keeps 0.3 and 0.4 only.
+        assert_eq!(draws(0, 0.45, 1.0), [0, 2, 3]);
+        assert_eq!(draws(0, 0.55, 1.0), [0, 2]);
+        assert_eq!(draws(0, 1.0, 1.0), [2]);
+        // top-p over what top-k left: of 0.4 and 0.3 (renormalised 0.57, 0.43), 0.5 keeps one.
+        assert_eq!(draws(2, 0.0, 0.5), [2]);
+        assert_eq!(draws(3, 0.0, 0.7), [0, 2]);
     }
 }

@@ -70,6 +70,8 @@ pub struct Common {
     max_completion_tokens: Option<i64>,
     temperature: Option<f64>,
     top_p: Option<f64>,
+    top_k: Option<i64>,
+    min_p: Option<f64>,
     seed: Option<i64>,
     stop: Option<StopField>,
     #[serde(default)]
@@ -114,11 +116,10 @@ const IGNORED: [&str; 6] = [
 fn asks_nothing(field: &str, value: &serde_json::Value) -> bool {
     use serde_json::Value::{Array, Bool, Number, Object, String};
     match (field, value) {
-        ("presence_penalty" | "frequency_penalty" | "min_p" | "min_tokens", Number(n)) => {
+        ("presence_penalty" | "frequency_penalty" | "min_tokens", Number(n)) => {
             n.as_f64() == Some(0.0)
         }
         ("repetition_penalty" | "best_of" | "length_penalty", Number(n)) => n.as_f64() == Some(1.0),
-        ("top_k", Number(n)) => matches!(n.as_i64(), Some(-1 | 0)),
         ("echo" | "use_beam_search" | "include_stop_str_in_output", Bool(b)) => !b,
         ("skip_special_tokens" | "spaces_between_special_tokens", Bool(b)) => *b,
         ("logit_bias", Object(o)) => o.is_empty(),
@@ -308,6 +309,23 @@ fn sampling(c: &Common) -> Result<SamplingParams, ApiError> {
             format!("top_p must be in (0, 1], got {top_p}"),
         ));
     }
+    let top_k = match c.top_k {
+        None | Some(-1) | Some(0) => 0,
+        Some(k) if k > 0 => usize::try_from(k).unwrap_or(usize::MAX),
+        Some(k) => {
+            return Err(ApiError::bad(
+                "top_k",
+                format!("top_k must be -1 or 0 (all tokens) or positive, got {k}"),
+            ))
+        }
+    };
+    let min_p = c.min_p.unwrap_or(0.0);
+    if !min_p.is_finite() || !(0.0..=1.0).contains(&min_p) {
+        return Err(ApiError::bad(
+            "min_p",
+            format!("min_p must be in [0, 1], got {min_p}"),
+        ));
+    }
     let seed = match c.seed {
         Some(s) => s as u64,
         None => std::time::SystemTime::now()
@@ -318,6 +336,8 @@ fn sampling(c: &Common) -> Result<SamplingParams, ApiError> {
         temperature: temperature as f32,
         top_p: top_p as f32,
         seed,
+        top_k,
+        min_p: min_p as f32,
     })
 }
 

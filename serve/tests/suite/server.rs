@@ -42,6 +42,8 @@ fn greedy() -> SamplingParams {
         temperature: 0.0,
         top_p: 1.0,
         seed: 0,
+        top_k: 0,
+        min_p: 0.0,
     }
 }
 
@@ -327,10 +329,26 @@ fn seeded_sampling_is_reproducible_and_stop_strings_cut_the_text() {
         temperature: 0.9,
         top_p: 0.95,
         seed: 1234,
+        top_k: 0,
+        min_p: 0.0,
     };
     let (gen, _) = solo(&f.model, &f.text, &ids, 16, p);
     let text = f.text.decode(&gen).unwrap();
     assert_eq!(a["choices"][0]["text"], json!(text));
+    // Qwen3's recommended form (top_k 20, min_p): the served tokens are the sampler's.
+    let mut k = body.clone();
+    k["top_k"] = json!(20);
+    k["min_p"] = json!(0.05);
+    k["return_token_ids"] = json!(true);
+    let (status, v) = post(f.server.addr, "/v1/completions", &k);
+    assert_eq!(status, 200, "{v}");
+    let pk = SamplingParams {
+        top_k: 20,
+        min_p: 0.05,
+        ..p
+    };
+    let (gen_k, _) = solo(&f.model, &f.text, &ids, 16, pk);
+    assert_eq!(v["choices"][0]["token_ids"], json!(gen_k));
     // A stop string taken from the middle of that text ends it there.
     let chars: Vec<char> = text.chars().collect();
     if chars.len() >= 6 {
@@ -415,6 +433,8 @@ fn solo_of(f: &Fixture, body: &Value) -> (String, Option<Vec<i64>>) {
         temperature: body["temperature"].as_f64().unwrap() as f32,
         top_p: 1.0,
         seed: body["seed"].as_u64().unwrap(),
+        top_k: 0,
+        min_p: 0.0,
     };
     let max = body["max_tokens"].as_u64().unwrap() as usize;
     let (gen, rows) = solo(&f.model, &f.text, &ids, max, p);
@@ -527,7 +547,8 @@ h | 400 | - | {"messages": "hi"}
 h | 400 | max_completion_tokens | {"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 0}
 h | 400 | messages | {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]}
 c | 400 | frobnicate | {"prompt": "hi", "frobnicate": 1}
-c | 400 | top_k | {"prompt": "hi", "top_k": 5}
+c | 400 | top_k | {"prompt": "hi", "top_k": -2}
+c | 400 | min_p | {"prompt": "hi", "min_p": 1.5}
 c | 400 | - | {"prompt": "hi", "ignore_eos": 1}
 c | 400 | stop_token_ids | {"prompt": "hi", "stop_token_ids": [99999]}
 c | 400 | logprobs | {"prompt": "hi", "logprobs": 21}

@@ -246,6 +246,8 @@ impl Ours {
                     temperature: 0.0,
                     top_p: 1.0,
                     seed: 0,
+                    top_k: 0,
+                    min_p: 0.0,
                 },
                 stop: Vec::new(),
                 stop_token_ids: Vec::new(),

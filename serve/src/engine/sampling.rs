@@ -116,14 +116,20 @@ pub fn logprobs(logits: &[f32], token: u32, top: usize) -> TokenLogprob {
             .ln()
     };
     let of = |i: usize| (logits[i] as f64 - lse) as f32;
-    let mut order: Vec<usize> = (0..logits.len()).collect();
-    let by_logit = |a: &usize, b: &usize| logits[*b].total_cmp(&logits[*a]).then(a.cmp(b));
-    let top = top.min(logits.len());
-    if top > 0 && top < order.len() {
-        order.select_nth_unstable_by(top - 1, by_logit);
+    // The `top` best in one pass, kept sorted (at most 20 asked): no vocabulary-sized sort or
+    // allocation on the scheduler's thread for each token.
+    let first = |a: usize, b: usize| logits[b].total_cmp(&logits[a]).then(a.cmp(&b));
+    let mut order: Vec<usize> = Vec::with_capacity(top.min(logits.len()) + 1);
+    if top > 0 {
+        for i in 0..logits.len() {
+            if order.len() == top && first(i, order[top - 1]).is_gt() {
+                continue;
+            }
+            let at = order.partition_point(|&j| first(j, i).is_lt());
+            order.insert(at, i);
+            order.truncate(top);
+        }
     }
-    order.truncate(top);
-    order.sort_by(by_logit);
     TokenLogprob {
         token,
         logprob: logits

@@ -51,6 +51,11 @@ impl Running {
     fn captures(&self) -> bool {
         self.req.capture.is_some()
     }
+    /// The text taken so far, cut where a stop string was found.
+    fn text(&self) -> &str {
+        let text = self.text.as_str();
+        &text[..self.stop_at.unwrap_or(text.len())]
+    }
 }
 
 pub(super) struct Scheduler {
@@ -407,10 +412,10 @@ impl Scheduler {
             (Some(_), _) | (None, false) => generated.len(),
             (None, true) => generated.len() - 1,
         };
-        let text = match (r.stop_at, r.finished) {
-            (Some(at), _) => &r.text.as_str()[..at],
-            (None, Some(_)) => r.text.as_str(),
-            (None, None) => {
+        // A stop string found has finished the request: `r.text()` is cut there.
+        let text = match r.finished {
+            Some(_) => r.text(),
+            None => {
                 let t = r.text.through(due);
                 &t[..held_back(t, &r.req.stop)]
             }
@@ -474,7 +479,7 @@ impl Scheduler {
     /// Not streaming: everything at the end.
     fn send_whole(&mut self, i: usize) -> Result<()> {
         let r = &self.running[i];
-        let text = r.text.as_str()[..r.stop_at.unwrap_or(r.text.as_str().len())].to_owned();
+        let text = r.text().to_owned();
         let routed = match (self.assembler.as_mut(), r.req.capture) {
             (Some(a), Some(_)) => {
                 let experts = a.finish(r.id, r.tokens.len())?;

@@ -20,12 +20,17 @@ pub fn render(text: &TextModel, logprobs: &[TokenLogprob], chat: bool, as_ids: b
         text.token_text(id)
             .unwrap_or_else(|_| "\u{FFFD}".to_owned())
     };
-    let name = |id: u32| match as_ids {
-        true => format!("token_id:{id}"),
-        false => text_of(id),
+    // The text decoded once per token named (a chat entry needs it for its bytes too).
+    let name = |id: u32, text: Option<&str>| match (as_ids, text) {
+        (true, _) => format!("token_id:{id}"),
+        (false, Some(t)) => t.to_owned(),
+        (false, None) => text_of(id),
     };
     if chat {
-        let entry = |id: u32, lp: f32| json!({"token": name(id), "logprob": lp, "bytes": text_of(id).as_bytes()});
+        let entry = |id: u32, lp: f32| {
+            let text = text_of(id);
+            json!({"token": name(id, Some(&text)), "logprob": lp, "bytes": text.as_bytes()})
+        };
         let content: Vec<Value> = logprobs
             .iter()
             .map(|l| {
@@ -36,14 +41,14 @@ pub fn render(text: &TextModel, logprobs: &[TokenLogprob], chat: bool, as_ids: b
             .collect();
         json!({ "content": content })
     } else {
-        let tokens: Vec<String> = logprobs.iter().map(|l| name(l.token)).collect();
+        let tokens: Vec<String> = logprobs.iter().map(|l| name(l.token, None)).collect();
         let token_logprobs: Vec<f32> = logprobs.iter().map(|l| l.logprob).collect();
         let top: Vec<Map<String, Value>> = logprobs
             .iter()
             .map(|l| {
                 l.top
                     .iter()
-                    .map(|&(id, lp)| (name(id), json!(lp)))
+                    .map(|&(id, lp)| (name(id, None), json!(lp)))
                     .collect()
             })
             .collect();

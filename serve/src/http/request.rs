@@ -202,9 +202,9 @@ pub fn completion(state: &AppState, bytes: &[u8]) -> Result<Checked, ApiError> {
     let prompt = match body.prompt {
         None => return Err(ApiError::bad("prompt", "prompt is required")),
         Some(PromptField::Text(t)) => tokenize(state, &t)?,
-        Some(PromptField::Ids(ids)) => ids_of(state, &ids)?,
+        Some(PromptField::Ids(ids)) => ids_of(state, "prompt", &ids)?,
         Some(PromptField::Texts(t)) if t.len() == 1 => tokenize(state, &t[0])?,
-        Some(PromptField::IdLists(l)) if l.len() == 1 => ids_of(state, &l[0])?,
+        Some(PromptField::IdLists(l)) if l.len() == 1 => ids_of(state, "prompt", &l[0])?,
         Some(_) => {
             return Err(ApiError::bad(
                 "prompt",
@@ -272,7 +272,8 @@ fn tokenize(state: &AppState, text: &str) -> Result<Vec<u32>, ApiError> {
         .map_err(|e| ApiError::bad("prompt", format!("{e:#}")))
 }
 
-fn ids_of(state: &AppState, ids: &[i64]) -> Result<Vec<u32>, ApiError> {
+/// Token ids given in request field `field`, each in the vocabulary.
+fn ids_of(state: &AppState, field: &str, ids: &[i64]) -> Result<Vec<u32>, ApiError> {
     let vocab = state.vocab_size as i64;
     ids.iter()
         .map(|&i| {
@@ -280,7 +281,7 @@ fn ids_of(state: &AppState, ids: &[i64]) -> Result<Vec<u32>, ApiError> {
                 Ok(i as u32)
             } else {
                 Err(ApiError::bad(
-                    "prompt",
+                    field,
                     format!("token id {i} is outside the vocabulary [0, {vocab})"),
                 ))
             }
@@ -450,8 +451,7 @@ fn finish(state: &AppState, c: Common, prompt: Vec<u32>, chat: bool) -> Result<C
             format!("at most {MAX_STOP_TOKEN_IDS} stop token ids"),
         ));
     }
-    let stop_token_ids =
-        ids_of(state, stop_token_ids).map_err(|e| ApiError::bad("stop_token_ids", e.message))?;
+    let stop_token_ids = ids_of(state, "stop_token_ids", stop_token_ids)?;
     let capture = routed.map(|_| CaptureOptions {
         start: start_len,
         weights: c.return_routed_weights,

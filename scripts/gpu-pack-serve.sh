@@ -19,7 +19,8 @@ cp "$CARGO_TARGET_DIR/release/flashinfer-serve" "$out/bin/"
 cargo xtask executables --tests --copy-to "$out/bin" --prefix test- -- \
   test --locked --release -p flashinfer-rs-serve --features cuda --no-run
 strip "$out"/bin/*
-cp -r serve/fixtures/tiny-qwen3-moe serve/fixtures/expected.json serve/fixtures/make_fixtures.py "$out/fixtures/"
+cp -r serve/fixtures/tiny-qwen3-moe serve/fixtures/expected.json serve/fixtures/tiny-qwen3-moe-fp8 \
+  serve/fixtures/expected-fp8.json serve/fixtures/make_fixtures.py "$out/fixtures/"
 cp serve/client/seed_repro.py "$out/client/"
 cp scripts/serve-client-test.sh "$out/"
 [ -d serve/bench ] && cp -r serve/bench "$out/"

@@ -83,6 +83,27 @@ pub struct Qwen3MoeConfig {
     /// The checkpoint's dtype (informational; the CPU backend computes in f32).
     #[serde(default)]
     pub torch_dtype: Option<String>,
+    /// How the checkpoint's weights are quantised (`None`: not at all); see
+    /// [`Qwen3MoeConfig::quantization`].
+    #[serde(default)]
+    pub quantization_config: Option<serde_json::Value>,
+}
+
+/// A checkpoint's weight quantisation, as the model loads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quantization {
+    /// Float weights.
+    None,
+    /// Fine-grained fp8 (transformers' `FineGrainedFP8Config`, `quant_method: "fp8"`, as
+    /// Qwen3-30B-A3B-FP8 and DeepSeek-V3 ship): each quantised `X.weight` is e4m3 with an f32
+    /// `X.weight_scale_inv` of one scale per `rows x cols` block (a weight is its code times
+    /// its block's scale), activations quantised dynamically at run time.
+    Fp8Blocks {
+        /// Rows of a block (`weight_block_size[0]`).
+        rows: usize,
+        /// Columns of a block (`weight_block_size[1]`).
+        cols: usize,
+    },
 }
 
 impl Qwen3MoeConfig {
@@ -138,7 +159,60 @@ impl Qwen3MoeConfig {
         if self.moe_layers().is_empty() {
             bail!("the config has no MoE layer: nothing to capture");
         }
+        self.quantization()?;
         Ok(())
+    }
+
+    /// The checkpoint's weight quantisation from `quantization_config`. Only what the loader
+    /// turns back into the checkpoint's numbers is accepted: fine-grained fp8 (`quant_method`
+    /// `"fp8"`, `fmt` `"e4m3"`, a `weight_block_size`, `activation_scheme` `"dynamic"`);
+    /// any other method (AWQ, GPTQ, compressed-tensors, bitsandbytes, ...), fp8 without blocks
+    /// or with static activation scales is refused by name, never loaded as if it were float
+    /// weights.
+    pub fn quantization(&self) -> Result<Quantization> {
+        let q = match &self.quantization_config {
+            None | Some(serde_json::Value::Null) => return Ok(Quantization::None),
+            Some(q) => q,
+        };
+        let field = |name: &str| q.get(name).filter(|v| !v.is_null());
+        let text = |name: &str| field(name).and_then(|v| v.as_str());
+        let method = text("quant_method").unwrap_or("<none>");
+        ensure!(
+            method == "fp8",
+            "quantization_config: quant_method {method:?} is not supported (only fine-grained \
+             fp8: quant_method \"fp8\" with weight_block_size)"
+        );
+        if let Some(fmt) = text("fmt") {
+            ensure!(
+                fmt == "e4m3",
+                "quantization_config: fmt {fmt:?} is not supported (e4m3 only)"
+            );
+        }
+        if let Some(scheme) = text("activation_scheme") {
+            ensure!(
+                scheme == "dynamic",
+                "quantization_config: activation_scheme {scheme:?} is not supported (dynamic \
+                 only: static input scales are not read)"
+            );
+        }
+        let block = field("weight_block_size").context(
+            "quantization_config: fp8 without weight_block_size (per-tensor fp8) is not \
+             supported (fine-grained fp8 blocks only)",
+        )?;
+        let dims: Option<Vec<usize>> = block.as_array().map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_u64().and_then(|n| usize::try_from(n).ok()))
+                .filter(|&n| n > 0)
+                .collect()
+        });
+        match dims.as_deref() {
+            Some(&[rows, cols]) if block.as_array().is_some_and(|a| a.len() == 2) => {
+                Ok(Quantization::Fp8Blocks { rows, cols })
+            }
+            _ => {
+                bail!("quantization_config: weight_block_size {block} is not two positive integers")
+            }
+        }
     }
 
     /// Per-head size.
@@ -176,5 +250,68 @@ pub fn ids_of(v: Option<&serde_json::Value>) -> Vec<u32> {
             .filter_map(|x| x.as_u64().map(|n| n as u32))
             .collect(),
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_quantization(q: &str) -> Result<Quantization> {
+        let cfg: Qwen3MoeConfig = serde_json::from_str(&format!(
+            r#"{{"vocab_size": 8, "hidden_size": 4, "moe_intermediate_size": 4,
+                "num_hidden_layers": 1, "num_attention_heads": 1, "num_key_value_heads": 1,
+                "num_experts": 2, "num_experts_per_tok": 1, "quantization_config": {q}}}"#
+        ))?;
+        cfg.check()?;
+        cfg.quantization()
+    }
+
+    /// Qwen3-30B-A3B-FP8's quantization_config, and what is refused by name.
+    #[test]
+    fn quantization_config_is_read_or_refused() {
+        assert_eq!(with_quantization("null").unwrap(), Quantization::None);
+        let qwen_fp8 = r#"{"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+            "weight_block_size": [128, 128], "modules_to_not_convert": ["lm_head"]}"#;
+        assert_eq!(
+            with_quantization(qwen_fp8).unwrap(),
+            Quantization::Fp8Blocks {
+                rows: 128,
+                cols: 128
+            }
+        );
+        for (q, says) in [
+            (r#"{"quant_method": "awq", "bits": 4}"#, "\"awq\""),
+            (r#"{"quant_method": "gptq"}"#, "\"gptq\""),
+            (
+                r#"{"quant_method": "compressed-tensors"}"#,
+                "compressed-tensors",
+            ),
+            (r#"{"quant_method": "fp8"}"#, "per-tensor"),
+            (
+                r#"{"quant_method": "fp8", "weight_block_size": [128, 128], "activation_scheme": "static"}"#,
+                "static",
+            ),
+            (
+                r#"{"quant_method": "fp8", "weight_block_size": [128, 128], "fmt": "e5m2"}"#,
+                "e5m2",
+            ),
+            (
+                r#"{"quant_method": "fp8", "weight_block_size": [128]}"#,
+                "two positive",
+            ),
+            (
+                r#"{"quant_method": "fp8", "weight_block_size": [0, 128]}"#,
+                "two positive",
+            ),
+            (
+                r#"{"quant_method": "fp8", "weight_block_size": [128, -1]}"#,
+                "two positive",
+            ),
+            (r#"{"bits": 4}"#, "<none>"),
+        ] {
+            let err = format!("{:#}", with_quantization(q).unwrap_err());
+            assert!(err.contains(says), "{q}: {err}");
+        }
     }
 }

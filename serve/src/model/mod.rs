@@ -29,7 +29,7 @@ use device::Placement;
 use moe::{BackendKind, MoeBackend, MoeLayerWeights, MoeSpec, StepCapture};
 use ops::{apply_rope, linear, rms_norm, silu, to_f32_vec, Rope};
 use profile::Profiler;
-use weights::TensorSource;
+use weights::{Dequantized, TensorSource};
 
 struct Attention {
     q: Tensor,
@@ -146,7 +146,10 @@ impl Model {
 
     /// Builds the model on `place`, one tensor at a time straight onto its device: the dense
     /// layers first, then the MoE backend, which loads, prepares and drops one MoE layer's
-    /// checkpoint tensors at a time (at most one layer's raw experts live at once).
+    /// checkpoint tensors at a time (at most one layer's raw experts live at once). Every
+    /// tensor is read through [`Dequantized`] with the config's quantisation: a fine-grained
+    /// fp8 checkpoint's weights arrive as floats, and a quantised weight it cannot read back
+    /// is an error.
     pub fn load_on(
         cfg: &Qwen3MoeConfig,
         src: &dyn TensorSource,
@@ -154,6 +157,8 @@ impl Model {
         place: &Placement,
     ) -> Result<Self> {
         cfg.check()?;
+        let dequantized = Dequantized::new(src, cfg.quantization()?);
+        let src: &dyn TensorSource = &dequantized;
         let get = |name: &str| -> Result<Tensor> {
             place_tensor(&src.get(name)?, &place.device, place.dtype)
                 .with_context(|| format!("placing {name}"))

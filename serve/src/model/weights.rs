@@ -1,13 +1,16 @@
 //! Where the model's tensors come from: a Hugging Face checkpoint directory (one
 //! `model.safetensors` or shards named by `model.safetensors.index.json`), or tensors built in
-//! memory (random weights).
+//! memory (random weights); and what turns a quantised checkpoint's weights back into floats
+//! ([`Dequantized`]).
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use candle_core::safetensors::MmapedSafetensors;
-use candle_core::{Device, Tensor};
+use candle_core::{DType, Device, Tensor};
+
+use super::config::Quantization;
 
 /// Tensors by their checkpoint names.
 pub trait TensorSource {
@@ -79,4 +82,179 @@ pub fn safetensors_files(dir: &Path) -> Result<Vec<PathBuf>> {
         "{} has neither model.safetensors nor model.safetensors.index.json",
         dir.display()
     )
+}
+
+/// A source's tensors as float weights, whatever its [`Quantization`]: a fine-grained fp8
+/// weight `X` (e4m3) comes back as `X` times `X_scale_inv`'s block scales, in f32 (each code
+/// times its block's scale, rounded once: what transformers' `FineGrainedFP8Config(dequantize
+/// = True)` loads before casting to the model's dtype); float tensors come back as they are.
+///
+/// Nothing quantised passes silently: an e4m3 tensor without its scales, one in a checkpoint
+/// whose config names no quantisation, a `_scale_inv` beside a float tensor, or a tensor of a
+/// non-float dtype (integer-packed weights) is an error naming it. candle reads e4m3
+/// safetensors and converts them like any float, so without this a fp8 checkpoint would load
+/// its codes as the weights.
+pub struct Dequantized<'a> {
+    inner: &'a dyn TensorSource,
+    quantization: Quantization,
+}
+
+impl<'a> Dequantized<'a> {
+    /// `inner`'s tensors as [`Quantization`] `quantization` (from the config) stores them.
+    pub fn new(inner: &'a dyn TensorSource, quantization: Quantization) -> Self {
+        Dequantized {
+            inner,
+            quantization,
+        }
+    }
+}
+
+impl TensorSource for Dequantized<'_> {
+    fn get(&self, name: &str) -> Result<Tensor> {
+        let t = self.inner.get(name)?;
+        let scales = format!("{name}_scale_inv");
+        match (self.quantization, t.dtype()) {
+            (Quantization::Fp8Blocks { rows, cols }, DType::F8E4M3) => {
+                let s = self
+                    .inner
+                    .get(&scales)
+                    .with_context(|| format!("{name} is fp8 (e4m3) without its block scales"))?;
+                dequantize_blocks(&t, &s, (rows, cols))
+                    .with_context(|| format!("dequantising {name} with {scales}"))
+            }
+            (Quantization::None, DType::F8E4M3) => bail!(
+                "{name} is fp8 (e4m3), but config.json has no quantization_config saying how \
+                 it is scaled"
+            ),
+            (_, DType::F16 | DType::BF16 | DType::F32 | DType::F64) => {
+                ensure!(
+                    !self.inner.contains(&scales),
+                    "{name} has block scales ({scales}) but is {:?}, not fp8 (e4m3)",
+                    t.dtype()
+                );
+                Ok(t)
+            }
+            (_, other) => bail!("{name} has dtype {other:?}: not a float weight this model loads"),
+        }
+    }
+    fn contains(&self, name: &str) -> bool {
+        self.inner.contains(name)
+    }
+}
+
+/// `codes` (e4m3, `[..., r, c]`) times their blocks' scales (`[..., ceil(r / rows), ceil(c /
+/// cols)]`, the same leading dims; f32 or any float), in f32: element `(i, j)` of a matrix
+/// is `code * scale[i / rows][j / cols]`. The last blocks of a row or column may be partial,
+/// as in checkpoints whose sizes are not multiples of the block.
+pub fn dequantize_blocks(codes: &Tensor, scales: &Tensor, block: (usize, usize)) -> Result<Tensor> {
+    let (rows, cols) = block;
+    ensure!(rows > 0 && cols > 0, "block {rows}x{cols}");
+    let dims = codes.dims();
+    ensure!(dims.len() >= 2, "codes of shape {dims:?}: not a matrix");
+    let (r, c) = (dims[dims.len() - 2], dims[dims.len() - 1]);
+    let lead = &dims[..dims.len() - 2];
+    let (sr, sc) = (r.div_ceil(rows), c.div_ceil(cols));
+    let want: Vec<usize> = lead.iter().copied().chain([sr, sc]).collect();
+    ensure!(
+        scales.dims() == want.as_slice(),
+        "scales of shape {:?} for codes {dims:?} in {rows}x{cols} blocks (want {want:?})",
+        scales.dims()
+    );
+    let q = codes
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let s = scales
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let mut out = Vec::with_capacity(q.len());
+    for (m, matrix) in q.chunks((r * c).max(1)).enumerate() {
+        let scale = &s[m * sr * sc..(m + 1) * sr * sc];
+        for (i, row) in matrix.chunks(c.max(1)).enumerate() {
+            let scale_row = &scale[(i / rows) * sc..(i / rows + 1) * sc];
+            out.extend(
+                row.iter()
+                    .enumerate()
+                    .map(|(j, &v)| v * scale_row[j / cols]),
+            );
+        }
+    }
+    Ok(Tensor::from_vec(out, dims, &Device::Cpu)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn e4m3(v: &[f32], dims: &[usize]) -> Tensor {
+        Tensor::from_vec(v.to_vec(), dims, &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F8E4M3)
+            .unwrap()
+    }
+
+    fn f32s(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    }
+
+    /// Each code times its own block's scale, partial blocks at the end of rows and columns
+    /// included, for a matrix and for stacked experts.
+    #[test]
+    fn each_code_takes_its_blocks_scale() {
+        // 3 x 5 codes in 2 x 2 blocks: scales 2 x 3, the last row and column of blocks partial.
+        let codes: Vec<f32> = (0..15).map(|v| v as f32 - 7.0).collect();
+        let scales = [1.0f32, 2.0, 4.0, 0.5, 0.25, 8.0];
+        let s = Tensor::from_vec(scales.to_vec(), (2, 3), &Device::Cpu).unwrap();
+        let got = f32s(&dequantize_blocks(&e4m3(&codes, &[3, 5]), &s, (2, 2)).unwrap());
+        for (n, (&g, &q)) in got.iter().zip(&codes).enumerate() {
+            let (i, j) = (n / 5, n % 5);
+            assert_eq!(g, q * scales[(i / 2) * 3 + j / 2], "element ({i}, {j})");
+        }
+        // Two experts of 2 x 4 in 2 x 2 blocks: each takes its own scales.
+        let codes: Vec<f32> = (0..16).map(|v| (v % 7) as f32).collect();
+        let s = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], (2, 1, 2), &Device::Cpu).unwrap();
+        let got = f32s(&dequantize_blocks(&e4m3(&codes, &[2, 2, 4]), &s, (2, 2)).unwrap());
+        for (n, (&g, &q)) in got.iter().zip(&codes).enumerate() {
+            let (e, j) = (n / 8, n % 4);
+            assert_eq!(g, q * [1.0, 2.0, 3.0, 4.0][e * 2 + j / 2], "element {n}");
+        }
+        // Scales of the wrong shape are refused.
+        let wrong = Tensor::ones((1, 3), DType::F32, &Device::Cpu).unwrap();
+        assert!(dequantize_blocks(&e4m3(&[0.0; 15], &[3, 5]), &wrong, (2, 2)).is_err());
+    }
+
+    /// What a source refuses rather than load as float weights.
+    #[test]
+    fn nothing_quantised_loads_as_floats() {
+        let fp8 = Quantization::Fp8Blocks { rows: 2, cols: 2 };
+        let mut m: HashMap<String, Tensor> = HashMap::new();
+        m.insert("a.weight".into(), e4m3(&[1.0, 2.0, 3.0, 4.0], &[2, 2]));
+        m.insert(
+            "a.weight_scale_inv".into(),
+            Tensor::new(&[[0.5f32]], &Device::Cpu).unwrap(),
+        );
+        m.insert("b.weight".into(), e4m3(&[1.0; 4], &[2, 2]));
+        m.insert(
+            "c.weight".into(),
+            Tensor::ones((2, 2), DType::BF16, &Device::Cpu).unwrap(),
+        );
+        m.insert(
+            "c.weight_scale_inv".into(),
+            Tensor::new(&[[0.5f32]], &Device::Cpu).unwrap(),
+        );
+        m.insert(
+            "d.weight".into(),
+            Tensor::ones((2, 2), DType::U32, &Device::Cpu).unwrap(),
+        );
+        let src = Dequantized::new(&m, fp8);
+        assert_eq!(f32s(&src.get("a.weight").unwrap()), [0.5, 1.0, 1.5, 2.0]);
+        let err = |s: &Dequantized<'_>, n: &str| format!("{:#}", s.get(n).unwrap_err());
+        assert!(err(&src, "b.weight").contains("without its block scales"));
+        assert!(err(&src, "c.weight").contains("not fp8"));
+        assert!(err(&src, "d.weight").contains("not a float weight"));
+        let plain = Dequantized::new(&m, Quantization::None);
+        assert!(err(&plain, "a.weight").contains("no quantization_config"));
+    }
 }

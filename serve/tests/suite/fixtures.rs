@@ -1,7 +1,7 @@
-//! Against transformers: if `serve/fixtures/tiny-qwen3-moe/expected.json` (or
-//! `serve/fixtures/expected.json`) exists (a small
-//! Hugging Face Qwen3-MoE checkpoint with transformers' greedy completions and per-token
-//! per-layer router top-k), the server must reproduce them. Without it the test fails, unless
+//! Against transformers: `serve/fixtures/expected.json` (a small Hugging Face Qwen3-MoE
+//! checkpoint with transformers' greedy completions and per-token per-layer router top-k) and
+//! `serve/fixtures/expected-fp8.json` (the same weights as a fine-grained fp8 checkpoint, and
+//! transformers on it): the server must reproduce them. Without them the tests fail, unless
 //! FLASHINFER_RS_SERVE_FIXTURES_OPTIONAL=1.
 
 use std::path::{Path, PathBuf};
@@ -10,15 +10,14 @@ use crate::common::*;
 use flashinfer_rs_serve::model::moe::BackendKind;
 use serde_json::{json, Value};
 
-/// `fixtures/tiny-qwen3-moe/expected.json`, or `fixtures/expected.json` beside the checkpoint
-/// directory (where the fixture script writes it).
-fn expected_path() -> PathBuf {
+/// `fixtures/<name>`, or `fixtures/tiny-qwen3-moe/<name>` where an older layout put it.
+fn expected_path(name: &str) -> PathBuf {
     // A packed test binary runs away from this tree: FLASHINFER_RS_SERVE_FIXTURES says where.
     let root = std::env::var_os("FLASHINFER_RS_SERVE_FIXTURES")
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures"));
-    let inside = root.join("tiny-qwen3-moe/expected.json");
-    let beside = root.join("expected.json");
+    let inside = root.join("tiny-qwen3-moe").join(name);
+    let beside = root.join(name);
     if !inside.exists() && beside.exists() {
         beside
     } else {
@@ -53,7 +52,19 @@ fn margins() -> (f64, f64) {
 
 #[test]
 fn fixtures_match_transformers() {
-    let path = expected_path();
+    match_fixtures("expected.json");
+}
+
+/// The same weights as a fine-grained fp8 checkpoint (e4m3 linears with per-block
+/// `weight_scale_inv`, as Qwen3-30B-A3B-FP8 ships them): the server's completions and routed
+/// experts equal transformers' on it (transformers' own dequantisation, in f32).
+#[test]
+fn fp8_checkpoint_matches_transformers() {
+    match_fixtures("expected-fp8.json");
+}
+
+fn match_fixtures(name: &str) {
+    let path = expected_path(name);
     if !path.exists() {
         if std::env::var("FLASHINFER_RS_SERVE_FIXTURES_OPTIONAL").as_deref() == Ok("1") {
             eprintln!(

@@ -126,3 +126,81 @@ fn a_tokens_numbers_do_not_depend_on_its_batch() {
     };
     assert_eq!(&rows[3 * l * k..8 * l * k], &alone_rows[..]);
 }
+
+/// The fine-grained fp8 fixture checkpoint (`fixtures/tiny-qwen3-moe-fp8`) and its config.
+fn fp8_fixture() -> (std::path::PathBuf, Qwen3MoeConfig) {
+    let root = std::env::var_os("FLASHINFER_RS_SERVE_FIXTURES")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures"));
+    let dir = root.join("tiny-qwen3-moe-fp8");
+    let cfg = Qwen3MoeConfig::from_file(&dir.join("config.json")).unwrap();
+    (dir, cfg)
+}
+
+/// An fp8 checkpoint whose config does not say how it is scaled is refused, not served with
+/// its codes taken for weights (what candle's loading alone does).
+#[test]
+fn fp8_weights_without_a_quantization_config_are_refused() {
+    let (dir, mut cfg) = fp8_fixture();
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    assert!(Model::load(&cfg, &ckpt, BackendKind::Cpu).is_ok());
+    cfg.quantization_config = None;
+    let err = format!(
+        "{:#}",
+        Model::load(&cfg, &ckpt, BackendKind::Cpu).err().unwrap()
+    );
+    assert!(err.contains("no quantization_config"), "{err}");
+}
+
+/// The fp8 experts fused as transformers 5 keeps them (`gate_up_proj` `[E, 2I, H]` gate rows
+/// first, `down_proj` `[E, H, I]`, each with its `_scale_inv` of the same blocks) load as the
+/// per-expert fp8 tensors do: the same logits and routed experts.
+#[test]
+fn fused_fp8_experts_equal_per_expert_ones() {
+    let (dir, cfg) = fp8_fixture();
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    use flashinfer_rs_serve::model::weights::TensorSource;
+    let mut fused: HashMap<String, Tensor> = HashMap::new();
+    for l in cfg.moe_layers() {
+        let p = format!("model.layers.{l}.mlp.experts");
+        let get = |e: usize, n: &str| ckpt.get(&format!("{p}.{e}.{n}")).unwrap();
+        let experts = 0..cfg.num_experts;
+        for (name, parts) in [
+            ("gate_up_proj", vec!["gate_proj", "up_proj"]),
+            ("down_proj", vec!["down_proj"]),
+        ] {
+            for suffix in ["weight", "weight_scale_inv"] {
+                let stacked: Vec<Tensor> = experts
+                    .clone()
+                    .map(|e| {
+                        let halves: Vec<Tensor> = parts
+                            .iter()
+                            .map(|n| get(e, &format!("{n}.{suffix}")))
+                            .collect();
+                        Tensor::cat(&halves, 0).unwrap()
+                    })
+                    .collect();
+                let key = match suffix {
+                    "weight" => format!("{p}.{name}"),
+                    _ => format!("{p}.{name}_scale_inv"),
+                };
+                fused.insert(key, Tensor::stack(&stacked, 0).unwrap());
+            }
+        }
+    }
+    let all =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    fused.extend(all.into_iter().filter(|(n, _)| !n.contains(".experts.")));
+    assert_eq!(
+        fused["model.layers.0.mlp.experts.gate_up_proj"].dtype(),
+        DType::F8E4M3
+    );
+    let a = Model::load(&cfg, &ckpt, BackendKind::Cpu).unwrap();
+    let b = Model::load(&cfg, &fused, BackendKind::Cpu).unwrap();
+    let tokens: Vec<u32> = (0..9).map(|i| (i * 29 % 700) as u32).collect();
+    let (la, ca) = run(&a, &tokens);
+    let (lb, cb) = run(&b, &tokens);
+    assert_eq!(la, lb);
+    assert_eq!(ca, cb);
+}

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use clap::Parser;
 use flashinfer_rs_serve::http::listen::Timeouts;
 use flashinfer_rs_serve::model::device::{DTypeArg, DeviceKind};
-use flashinfer_rs_serve::model::moe::BackendKind;
+use flashinfer_rs_serve::model::moe::{BackendKind, MoeWeights};
 use flashinfer_rs_serve::server::{self, ModelSource, ServerOptions};
 
 /// The reference server: a Qwen3-MoE model served OpenAI-style, returning routed experts.
@@ -40,6 +40,12 @@ struct Args {
     /// cuda).
     #[arg(long, value_enum)]
     dtype: Option<DTypeArg>,
+    /// How a fine-grained fp8 checkpoint's experts run: auto (fp8 on the Hopper backend where
+    /// the layer takes the checkpoint's 128x128 blocks, else dequantized), dequantized (code
+    /// times block scale, then bf16 / f32 experts: transformers' numbers), fp8 (the block-scale
+    /// layer, activations quantised per 128 values: vLLM's numbers; half the experts' memory).
+    #[arg(long, value_enum, default_value_t = MoeWeights::Auto)]
+    moe_weights: MoeWeights,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
@@ -98,6 +104,7 @@ impl Args {
         o.backend = self.backend;
         o.device = self.device;
         o.dtype = self.dtype;
+        o.moe_weights = self.moe_weights;
         o.addr = addr;
         o.capture = self.enable_return_routed_experts || self.demo;
         o.max_batch_tokens = self.max_batch_tokens;

@@ -13,7 +13,7 @@ use crate::engine::{Engine, EngineConfig, Metrics};
 use crate::http::listen::{serve, Timeouts};
 use crate::http::{router, AppState};
 use crate::model::device::{free_memory, DTypeArg, DeviceKind, Placement};
-use crate::model::moe::{BackendKind, GPU_MAX_STEP_TOKENS};
+use crate::model::moe::{BackendKind, MoeWeights, GPU_MAX_STEP_TOKENS};
 use crate::model::random::{random_tensors, RandomSource};
 use crate::model::weights::Checkpoint;
 use crate::model::{Model, Qwen3MoeConfig};
@@ -45,6 +45,8 @@ pub struct ServerOptions {
     pub device: DeviceKind,
     /// The dense parts' dtype (`--dtype`; `None`: f32 on the CPU, bf16 on CUDA).
     pub dtype: Option<DTypeArg>,
+    /// How a fine-grained fp8 checkpoint's experts run (`--moe-weights`).
+    pub moe_weights: MoeWeights,
     /// Address to listen on (port 0: any free port).
     pub addr: SocketAddr,
     /// `--enable-return-routed-experts`.
@@ -77,6 +79,7 @@ impl ServerOptions {
             backend: BackendKind::Cpu,
             device: DeviceKind::Cpu,
             dtype: None,
+            moe_weights: MoeWeights::Auto,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             capture: false,
             max_batch_tokens: 2048,
@@ -117,7 +120,8 @@ fn kv_positions(opts: &ServerOptions, model: &Model) -> Result<Option<usize>> {
 /// [`RandomSource`]'s (each tensor from its own seed, never the whole model on the host),
 /// not the CPU mode's [`random_tensors`].
 pub fn load_model(opts: &ServerOptions) -> Result<(Model, TextModel, String)> {
-    let place = Placement::open(opts.device, opts.dtype)?;
+    let mut place = Placement::open(opts.device, opts.dtype)?;
+    place.moe_weights = opts.moe_weights;
     match &opts.source {
         ModelSource::Dir(dir) => {
             let cfg = Qwen3MoeConfig::from_file(&dir.join("config.json"))?;

@@ -4,6 +4,8 @@
 
 use candle_core::{DType, Device};
 
+use super::moe::MoeWeights;
+
 /// `--device`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum DeviceKind {
@@ -73,6 +75,8 @@ pub struct Placement {
     /// batch. CUDA is always batched; the CPU is batched only when asked (tests of the GPU
     /// path's arithmetic on a GPU-less machine).
     pub batched: bool,
+    /// How a fine-grained fp8 checkpoint's experts run (`--moe-weights`; `Auto` by default).
+    pub moe_weights: MoeWeights,
 }
 
 impl Placement {
@@ -82,6 +86,7 @@ impl Placement {
             device: Device::Cpu,
             dtype: DType::F32,
             batched: false,
+            moe_weights: MoeWeights::Auto,
         }
     }
 
@@ -111,6 +116,7 @@ impl Placement {
             device,
             dtype,
             batched: true,
+            moe_weights: MoeWeights::Auto,
         })
     }
 

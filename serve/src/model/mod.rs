@@ -24,9 +24,9 @@ use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 
 pub use batched::ATTENTION_SCORES_BYTES;
-pub use config::Qwen3MoeConfig;
+pub use config::{Quantization, Qwen3MoeConfig};
 use device::Placement;
-use moe::{BackendKind, MoeBackend, MoeLayerWeights, MoeSpec, StepCapture};
+use moe::{BackendKind, ExpertScales, MoeBackend, MoeLayerWeights, MoeSpec, StepCapture};
 use ops::{apply_rope, linear, rms_norm, silu, to_f32_vec, Rope};
 use profile::Profiler;
 use weights::{Dequantized, TensorSource};
@@ -157,7 +157,8 @@ impl Model {
         place: &Placement,
     ) -> Result<Self> {
         cfg.check()?;
-        let dequantized = Dequantized::new(src, cfg.quantization()?);
+        let (raw, quantization) = (src, cfg.quantization()?);
+        let dequantized = Dequantized::new(raw, quantization);
         let src: &dyn TensorSource = &dequantized;
         let get = |name: &str| -> Result<Tensor> {
             place_tensor(&src.get(name)?, &place.device, place.dtype)
@@ -194,9 +195,9 @@ impl Model {
             intermediate: cfg.moe_intermediate_size,
             norm_topk_prob: cfg.norm_topk_prob,
         };
-        let moe = moe::build_backend(kind, spec, &place.device, &mut |i| {
+        let moe = moe::build_backend(kind, spec, place.moe_weights, &place.device, &mut |i| {
             let l = moe_layers.get(i).context("MoE layer index")?;
-            load_moe(cfg, src, &format!("model.layers.{l}.mlp"))
+            load_moe(cfg, raw, quantization, &format!("model.layers.{l}.mlp"))
         })?;
         let embed = get("model.embed_tokens.weight")?;
         ensure!(
@@ -459,8 +460,17 @@ fn load_attention(
 /// One MoE layer's weights, from per-expert keys (`experts.{e}.{gate,up,down}_proj.weight`,
 /// the released Qwen3-MoE format) or the fused form (`experts.gate_up_proj` `[E, 2I, H]`, gate
 /// rows first, and `experts.down_proj` `[E, H, I]`; the transposed `[E, H, 2I]` / `[E, I, H]`
-/// are recognised by shape).
-fn load_moe(cfg: &Qwen3MoeConfig, src: &dyn TensorSource, p: &str) -> Result<MoeLayerWeights> {
+/// are recognised by shape). `raw` is the checkpoint as stored: a fine-grained fp8
+/// checkpoint's per-expert e4m3 weights come with their block scales (the backend decides
+/// whether to run them in fp8); fused ones, and any other quantised weight, are dequantized
+/// here.
+fn load_moe(
+    cfg: &Qwen3MoeConfig,
+    raw: &dyn TensorSource,
+    quantization: Quantization,
+    p: &str,
+) -> Result<MoeLayerWeights> {
+    let src = Dequantized::new(raw, quantization);
     let (e, i, h) = (cfg.num_experts, cfg.moe_intermediate_size, cfg.hidden_size);
     let router = src.get(&format!("{p}.gate.weight"))?;
     let fused = format!("{p}.experts.gate_up_proj");
@@ -488,19 +498,50 @@ fn load_moe(cfg: &Qwen3MoeConfig, src: &dyn TensorSource, p: &str) -> Result<Moe
             gate: gate_up.narrow(1, 0, i)?.contiguous()?,
             up: gate_up.narrow(1, i, i)?.contiguous()?,
             down,
+            scales: None,
         });
     }
-    let stack = |name: &str| -> Result<Tensor> {
+    // Every expert's `name` (a projection's weight or its scales), stacked.
+    let stack = |from: &dyn TensorSource, name: &str| -> Result<Tensor> {
         let parts = (0..e)
-            .map(|x| src.get(&format!("{p}.experts.{x}.{name}.weight")))
+            .map(|x| from.get(&format!("{p}.experts.{x}.{name}")))
             .collect::<Result<Vec<_>>>()
             .with_context(|| format!("{p}: per-expert {name}"))?;
         Ok(Tensor::stack(&parts, 0)?)
     };
+    const PROJECTIONS: [&str; 3] = ["gate_proj", "up_proj", "down_proj"];
+    let as_floats = || -> Result<MoeLayerWeights> {
+        let [gate, up, down] = PROJECTIONS.map(|n| stack(&src, &format!("{n}.weight")));
+        Ok(MoeLayerWeights {
+            router: router.clone(),
+            gate: gate?,
+            up: up?,
+            down: down?,
+            scales: None,
+        })
+    };
+    let Quantization::Fp8Blocks { rows, cols } = quantization else {
+        return as_floats();
+    };
+    let [gate, up, down] = PROJECTIONS.map(|n| stack(raw, &format!("{n}.weight")));
+    let (gate, up, down) = (gate?, up?, down?);
+    if [&gate, &up, &down]
+        .iter()
+        .any(|t| t.dtype() != DType::F8E4M3)
+    {
+        return as_floats();
+    }
+    let [gate_s, up_s, down_s] = PROJECTIONS.map(|n| stack(raw, &format!("{n}.weight_scale_inv")));
     Ok(MoeLayerWeights {
         router,
-        gate: stack("gate_proj")?,
-        up: stack("up_proj")?,
-        down: stack("down_proj")?,
+        gate,
+        up,
+        down,
+        scales: Some(ExpertScales {
+            gate: gate_s?,
+            up: up_s?,
+            down: down_s?,
+            block: (rows, cols),
+        }),
     })
 }

@@ -7,7 +7,7 @@
 
 use crate::common::*;
 use flashinfer_rs_serve::model::device::{DTypeArg, DeviceKind, Placement};
-use flashinfer_rs_serve::model::moe::BackendKind;
+use flashinfer_rs_serve::model::moe::{BackendKind, MoeWeights};
 use flashinfer_rs_serve::model::random::random_tensors;
 use flashinfer_rs_serve::model::{Model, Qwen3MoeConfig};
 
@@ -121,4 +121,50 @@ fn the_cpu_backend_is_refused_on_cuda() {
     assert!(err
         .downcast_ref::<flashinfer_rs_serve::model::device::DeviceError>()
         .is_some());
+}
+
+/// A fine-grained fp8 checkpoint's experts on flashinfer-rs's block-scale Hopper layer
+/// (`--moe-weights fp8`, and `auto`, which takes it on the Hopper backend), the model on the
+/// CPU, against the CPU backend's reference of that layer: the same routed experts but for
+/// close calls, logits close (both quantise the activations per 128 values; the GPU's GEMMs
+/// accumulate in another order).
+#[test]
+fn fp8_experts_on_hopper_match_their_cpu_reference() {
+    if gpu(DTypeArg::F32).is_none() {
+        return;
+    }
+    let (cfg, fp8, _) = fp8_checkpoint(21);
+    let with = |weights| {
+        let mut place = Placement::cpu();
+        place.moe_weights = weights;
+        place
+    };
+    let reference = drive(
+        &Model::load_on(&cfg, &fp8, BackendKind::Cpu, &with(MoeWeights::Fp8)).unwrap(),
+        &steps(),
+        true,
+    );
+    for weights in [MoeWeights::Fp8, MoeWeights::Auto] {
+        let m = Model::load_on(&cfg, &fp8, BackendKind::Hopper, &with(weights)).unwrap();
+        let got = drive(&m, &steps(), true);
+        let (mut rows, mut same) = (0, 0);
+        for (s, ((la, ia), (lb, ib))) in reference.iter().zip(&got).enumerate() {
+            for (ra, rb) in ia.chunks(TOP_K).zip(ib.chunks(TOP_K)) {
+                rows += 1;
+                same += usize::from(ra == rb);
+            }
+            for (ra, rb) in la.iter().zip(lb) {
+                let gap = ra
+                    .iter()
+                    .zip(rb)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0f32, f32::max);
+                assert!(gap < 5e-2, "{weights:?} step {s}: logits differ by {gap}");
+            }
+        }
+        assert!(
+            same * 100 >= rows * 95,
+            "{weights:?}: routed rows equal: {same} of {rows}"
+        );
+    }
 }

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 
 use crate::common::*;
 use candle_core::{DType, Tensor};
-use flashinfer_rs_serve::model::moe::{BackendKind, StepCapture};
+use flashinfer_rs_serve::model::device::Placement;
+use flashinfer_rs_serve::model::moe::{BackendKind, MoeWeights, StepCapture};
 use flashinfer_rs_serve::model::random::random_tensors;
 use flashinfer_rs_serve::model::weights::Checkpoint;
 use flashinfer_rs_serve::model::{KvCache, Model, Qwen3MoeConfig, SeqInput};
@@ -203,4 +204,100 @@ fn fused_fp8_experts_equal_per_expert_ones() {
     let (lb, cb) = run(&b, &tokens);
     assert_eq!(la, lb);
     assert_eq!(ca, cb);
+}
+
+/// `place` (the CPU path) with the experts' format `weights`.
+fn cpu_with(weights: MoeWeights) -> Placement {
+    let mut place = Placement::cpu();
+    place.moe_weights = weights;
+    place
+}
+
+/// The steps the fp8 tests run: a prefill of 9 and three decode tokens.
+fn fp8_steps() -> Steps {
+    let p: Vec<u32> = (0..9).map(|i| (i * 29 % 259) as u32).collect();
+    vec![vec![p], vec![vec![17]], vec![vec![200]], vec![vec![3]]]
+}
+
+/// A fine-grained fp8 checkpoint dequantized (`--moe-weights dequantized`, and `auto` on the
+/// CPU backend) is the float checkpoint of its code-times-scale values, bit for bit.
+#[test]
+fn dequantized_fp8_experts_are_their_values() {
+    let (cfg, fp8, values) = fp8_checkpoint(21);
+    let want = drive(
+        &Model::load(&cfg, &values, BackendKind::Cpu).unwrap(),
+        &fp8_steps(),
+        true,
+    );
+    for weights in [MoeWeights::Dequantized, MoeWeights::Auto] {
+        let m = Model::load_on(&cfg, &fp8, BackendKind::Cpu, &cpu_with(weights)).unwrap();
+        assert_eq!(drive(&m, &fp8_steps(), true), want, "{weights:?}");
+    }
+}
+
+/// `--moe-weights fp8` on the CPU backend is the block-scale layer's reference (activations
+/// quantised per 128 values, GEMM outputs rounded to bf16): close to the dequantized run,
+/// not equal to it; refused where the checkpoint's experts are not fp8 or not in 128x128
+/// blocks.
+#[test]
+fn fp8_experts_run_w8a8_or_are_refused() {
+    let (cfg, fp8, _) = fp8_checkpoint(21);
+    let exact = drive(
+        &Model::load_on(
+            &cfg,
+            &fp8,
+            BackendKind::Cpu,
+            &cpu_with(MoeWeights::Dequantized),
+        )
+        .unwrap(),
+        &fp8_steps(),
+        true,
+    );
+    let m = Model::load_on(&cfg, &fp8, BackendKind::Cpu, &cpu_with(MoeWeights::Fp8)).unwrap();
+    let w8a8 = drive(&m, &fp8_steps(), true);
+    // End to end through 3 layers and the head: the quantisation moves the logits, within
+    // a fraction of their scale (cpu.rs checks the MoE block itself to a few percent).
+    let logits = |d: &[(Vec<Vec<f32>>, Vec<i16>)]| -> Vec<f32> {
+        d.iter()
+            .flat_map(|(l, _)| l.iter().flatten().copied())
+            .collect()
+    };
+    let (a, b) = (logits(&exact), logits(&w8a8));
+    let scale = a.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(b.iter().all(|v| v.is_finite()));
+    assert!(
+        worst > 0.0,
+        "fp8 experts computed exactly the dequantized numbers"
+    );
+    assert!(
+        worst < 0.15 * scale,
+        "logits moved by {worst}, their scale {scale}"
+    );
+
+    // Not fp8 in the checkpoint.
+    let plain: Qwen3MoeConfig = serde_json::from_value(tiny_config(&[1])).unwrap();
+    let err = Model::load_on(
+        &plain,
+        &random_tensors(&plain, 5).unwrap(),
+        BackendKind::Cpu,
+        &cpu_with(MoeWeights::Fp8),
+    )
+    .err()
+    .unwrap();
+    assert!(
+        format!("{err:#}").contains("not fp8 in the checkpoint"),
+        "{err:#}"
+    );
+    // fp8, but in 32x32 blocks (the transformers fixture).
+    let (dir, cfg) = fp8_fixture();
+    let ckpt = Checkpoint::open(&dir).unwrap();
+    let err = Model::load_on(&cfg, &ckpt, BackendKind::Cpu, &cpu_with(MoeWeights::Fp8))
+        .err()
+        .unwrap();
+    assert!(format!("{err:#}").contains("blocks are 32x32"), "{err:#}");
 }

@@ -16,23 +16,101 @@
 //! Batch-invariant (a model on the CPU): the router's logits are the CPU backend's (f32, row
 //! by row, then copied over) and every layer runs `CutlassSchedule::BatchInvariant`, so a
 //! request's tokens and routed experts do not depend on what else is in its steps.
+//!
+//! A fine-grained fp8 checkpoint's experts run in fp8 where [`MoeWeights`] says so (its
+//! `Auto` does wherever the blocks are 128x128): the codes and their block scales go to the GPU
+//! as they are (GEMM 1's rows and scale rows up first, by the library's `fc1_from_gate_up`)
+//! and every layer is the block-scale layer (`CutlassMoe::fp8_blocks_with_schedule`).
 
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use flashinfer_rs::candle::{cuda_stream, cutlass_weights, Fc1, TensorRouting};
-use flashinfer_rs::capture::{CaptureConfig, CaptureStore, StepLayout};
-use flashinfer_rs::cudarc::driver::CudaStream;
-use flashinfer_rs::cutlass::{CutlassMoe, CutlassMoeConfig, CutlassSchedule, CutlassWorkspace};
+use flashinfer_rs::capture::{CaptureConfig, CaptureStore, LayerViews, StepLayout};
+use flashinfer_rs::cudarc::driver::{CudaSlice, CudaStream};
+use flashinfer_rs::cutlass::prepare::fc1_from_gate_up;
+use flashinfer_rs::cutlass::{
+    CutlassBlockScales, CutlassMoe, CutlassMoeConfig, CutlassSchedule, CutlassWeights,
+    CutlassWorkspace,
+};
+use flashinfer_rs::fused::elements::as_e4m3;
+use flashinfer_rs::fused::E4m3;
 
-use super::{layer_of, LayerCapture, LayerLoader, MoeBackend, MoeSpec, StepCapture};
+use super::{
+    layer_of, LayerCapture, LayerLoader, MoeBackend, MoeLayerWeights, MoeSpec, MoeWeights,
+    StepCapture,
+};
 use crate::model::ops::linear;
 
 struct HopperLayer {
     /// Router `[experts, hidden]`, f32: on the GPU, or on the CPU when batch-invariant.
     router: Tensor,
-    moe: CutlassMoe,
+    experts: Experts,
+}
+
+/// A layer's experts: bf16, or e4m3 with their 128x128 block scales.
+enum Experts {
+    Bf16(CutlassMoe),
+    Fp8(CutlassMoe<CudaSlice<E4m3>>),
+}
+
+impl Experts {
+    fn workspace(&self, stream: &Arc<CudaStream>) -> flashinfer_rs::Result<CutlassWorkspace> {
+        match self {
+            Experts::Bf16(m) => m.workspace(stream),
+            Experts::Fp8(m) => m.workspace(stream),
+        }
+    }
+
+    fn forward_tensor(
+        &self,
+        workspace: &mut CutlassWorkspace,
+        hidden: &Tensor,
+        routing: TensorRouting<'_>,
+        capture: Option<LayerViews<'_>>,
+    ) -> flashinfer_rs::Result<Tensor> {
+        match self {
+            Experts::Bf16(m) => m.forward_tensor(workspace, hidden, routing, capture),
+            Experts::Fp8(m) => m.forward_tensor(workspace, hidden, routing, capture),
+        }
+    }
+}
+
+/// The block-scale layer's weights from a layer's fp8 codes and block scales (any device):
+/// GEMM 1's codes `[experts, 2 * intermediate, hidden]` and scales `[experts, 2 * intermediate
+/// / 128, hidden / 128]` with the up rows first, GEMM 2's as stored, copied to `stream` once
+/// arranged on the host (one byte a weight).
+fn fp8_weights(
+    spec: &MoeSpec,
+    w: &MoeLayerWeights,
+    stream: &Arc<CudaStream>,
+) -> Result<(CutlassWeights<CudaSlice<E4m3>>, CutlassBlockScales)> {
+    let s = w
+        .scales
+        .as_ref()
+        .context("fp8 experts without their scales")?;
+    let (e, i, h) = (spec.num_experts, spec.intermediate, spec.hidden);
+    let codes = |t: &Tensor| -> Result<Vec<E4m3>> {
+        let v = t.flatten_all()?.to_device(&Device::Cpu)?;
+        Ok(as_e4m3(&v.to_vec1::<float8::F8E4M3>()?).to_vec())
+    };
+    let scales = |t: &Tensor| -> Result<Vec<f32>> {
+        let v = t.flatten_all()?.to_device(&Device::Cpu)?;
+        Ok(v.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+    };
+    let fc1 = fc1_from_gate_up(&codes(&w.gate)?, &codes(&w.up)?, e, i, h)?;
+    let fc1_scales = fc1_from_gate_up(&scales(&s.gate)?, &scales(&s.up)?, e, i / 128, h / 128)?;
+    Ok((
+        CutlassWeights {
+            fc1: stream.clone_htod(&fc1)?,
+            fc2: stream.clone_htod(&codes(&w.down)?)?,
+        },
+        CutlassBlockScales {
+            fc1: stream.clone_htod(&fc1_scales)?,
+            fc2: stream.clone_htod(&scales(&s.down)?)?,
+        },
+    ))
 }
 
 /// What one step changes: the layers' shared workspace and the capture store.
@@ -57,14 +135,16 @@ pub struct HopperMoe {
 
 impl HopperMoe {
     /// Builds one `CutlassMoe` per MoE layer on `device` (a CUDA device: the model's own when
-    /// the model is on the GPU, so both share candle's stream) for steps of up to
+    /// the model is on one, so both share candle's stream) for steps of up to
     /// `max_tokens` rows. Each layer's checkpoint tensors come from `load` (any float dtype,
     /// any device; moved to `device` if elsewhere), are prepared there (bf16, up rows first)
-    /// and dropped before the next layer is loaded. `batch_invariant` (for a model on the CPU,
-    /// whose rows come from the host): the routers stay on the host and every layer runs
-    /// `CutlassSchedule::BatchInvariant`.
+    /// and dropped before the next layer is loaded; a fine-grained fp8 checkpoint's experts
+    /// stay e4m3 where `weights` says so (every layer alike). `batch_invariant` (for a model
+    /// on the CPU, whose rows come from the host): the routers stay on the host and every
+    /// layer runs `CutlassSchedule::BatchInvariant`.
     pub fn new(
         spec: MoeSpec,
+        weights: MoeWeights,
         device: &Device,
         max_tokens: usize,
         batch_invariant: bool,
@@ -83,33 +163,54 @@ impl HopperMoe {
             max_tokens,
         };
         let mut built = Vec::with_capacity(spec.layers);
+        let mut fp8_layers = None;
         for l in 0..spec.layers {
             let w = load(l).with_context(|| format!("MoE layer {l}: loading"))?;
-            let on = |t: &Tensor| t.to_device(device);
-            let (gate, up, down) = (on(&w.gate)?, on(&w.up)?, on(&w.down)?);
-            let weights = cutlass_weights(
-                Fc1::GateUp {
-                    gate: &gate,
-                    up: &up,
-                },
-                &down,
-            )
-            .with_context(|| format!("MoE layer {l}: weights"))?;
+            let fp8 = w.runs_fp8(l, weights, true)?;
+            ensure!(
+                *fp8_layers.get_or_insert(fp8) == fp8,
+                "MoE layer {l} runs {} where layer 0 runs {}: one format for every layer",
+                if fp8 { "fp8" } else { "bf16" },
+                if fp8 { "bf16" } else { "fp8" }
+            );
             let router = if batch_invariant {
                 w.router.to_device(&Device::Cpu)?
             } else {
-                on(&w.router)?
+                w.router.to_device(device)?
             }
             .to_dtype(DType::F32)?;
-            // The checkpoint's tensors (and their device copies) go before the next layer's
-            // come: the layer keeps only its own prepared copy.
-            drop((w, gate, up, down));
-            let moe = CutlassMoe::with_schedule(config, weights, schedule)
-                .with_context(|| format!("MoE layer {l}: the Hopper layer"))?;
-            built.push(HopperLayer { router, moe });
+            let experts = if fp8 {
+                let (weights, scales) = fp8_weights(&spec, &w, &stream)
+                    .with_context(|| format!("MoE layer {l}: fp8 weights"))?;
+                drop(w);
+                Experts::Fp8(
+                    CutlassMoe::fp8_blocks_with_schedule(config, weights, scales, schedule)
+                        .with_context(|| format!("MoE layer {l}: the block-scale Hopper layer"))?,
+                )
+            } else {
+                let w = w.dequantized()?;
+                let on = |t: &Tensor| t.to_device(device);
+                let (gate, up, down) = (on(&w.gate)?, on(&w.up)?, on(&w.down)?);
+                let weights = cutlass_weights(
+                    Fc1::GateUp {
+                        gate: &gate,
+                        up: &up,
+                    },
+                    &down,
+                )
+                .with_context(|| format!("MoE layer {l}: weights"))?;
+                // The checkpoint's tensors (and their device copies) go before the next
+                // layer's come: the layer keeps only its own prepared copy.
+                drop((w, gate, up, down));
+                Experts::Bf16(
+                    CutlassMoe::with_schedule(config, weights, schedule)
+                        .with_context(|| format!("MoE layer {l}: the Hopper layer"))?,
+                )
+            };
+            built.push(HopperLayer { router, experts });
         }
         let first = built.first().context("a model with no MoE layer")?;
-        let workspace = first.moe.workspace(&stream)?;
+        let workspace = first.experts.workspace(&stream)?;
         let store = CaptureStore::new(
             &stream,
             CaptureConfig::new(spec.layers, max_tokens, spec.top_k).with_weights(true),
@@ -197,7 +298,7 @@ impl MoeBackend for HopperMoe {
         } else {
             None
         };
-        let y = layer.moe.forward_tensor(
+        let y = layer.experts.forward_tensor(
             &mut state.workspace,
             &x.to_dtype(DType::BF16)?.contiguous()?,
             TensorRouting::Logits {

@@ -17,6 +17,7 @@ use flashinfer_rs::capture::{LayerMajorRows, StepRows, UNKNOWN};
 use flashinfer_rs::routing::{RoutingConfig, RoutingMethod};
 
 use super::device::{cuda_device, DeviceError};
+use super::weights::dequantize_blocks;
 
 /// The shape of every MoE layer of a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,7 +61,8 @@ impl MoeSpec {
     }
 }
 
-/// One MoE layer's weights as the checkpoint has them (any float dtype, on the host).
+/// One MoE layer's weights as the checkpoint has them (any float dtype, or e4m3 codes with
+/// their block scales, on the host).
 #[derive(Debug, Clone)]
 pub struct MoeLayerWeights {
     /// Router `mlp.gate.weight`, `[experts, hidden]`.
@@ -71,6 +73,90 @@ pub struct MoeLayerWeights {
     pub up: Tensor,
     /// Each expert's `down_proj`, stacked: `[experts, hidden, intermediate]`.
     pub down: Tensor,
+    /// A fine-grained fp8 checkpoint's block scales: with them, `gate`, `up` and `down` are
+    /// e4m3 codes.
+    pub scales: Option<ExpertScales>,
+}
+
+/// The `weight_scale_inv` of a fine-grained fp8 layer's experts, stacked as their codes are:
+/// a weight is its code times its block's scale.
+#[derive(Debug, Clone)]
+pub struct ExpertScales {
+    /// `gate_proj`'s, `[experts, ceil(intermediate / rows), ceil(hidden / cols)]`.
+    pub gate: Tensor,
+    /// `up_proj`'s, as `gate`'s.
+    pub up: Tensor,
+    /// `down_proj`'s, `[experts, ceil(hidden / rows), ceil(intermediate / cols)]`.
+    pub down: Tensor,
+    /// A block's rows and columns (`weight_block_size`).
+    pub block: (usize, usize),
+}
+
+/// How a fine-grained fp8 checkpoint's experts run (`--moe-weights`). A float checkpoint's
+/// run as they are whatever this says, but `Fp8` refuses them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum MoeWeights {
+    /// fp8 on the Hopper backend wherever the layer takes the checkpoint's blocks, else
+    /// dequantized; dequantized on the CPU backend.
+    #[default]
+    Auto,
+    /// Each code times its block's scale, the experts then run as float weights (bf16 on
+    /// the Hopper backend, f32 on the CPU): transformers' `dequantize=True`.
+    Dequantized,
+    /// e4m3 weights with their 128x128 block scales and the inputs of both GEMMs quantised
+    /// per token and 128 values (w8a8, as vLLM, SGLang and DeepSeek-V3's reference run them):
+    /// flashinfer-rs's block-scale Hopper layer, or on the CPU its reference
+    /// (`fused::oracle`'s `Fp8Groups128`). Needs 128x128 blocks and hidden and intermediate
+    /// sizes that are multiples of 128; half the experts' memory of `Dequantized` on a GPU.
+    Fp8,
+}
+
+impl MoeLayerWeights {
+    /// Whether MoE layer `l` runs as fp8 blocks: always under [`MoeWeights::Fp8`] (an error
+    /// naming what is missing where it cannot), never under `Dequantized`, and under `Auto`
+    /// where `backend_prefers` it (the Hopper backend) and it can.
+    pub fn runs_fp8(&self, l: usize, mode: MoeWeights, backend_prefers: bool) -> Result<bool> {
+        let why_not = match &self.scales {
+            None => Some("its experts are not fp8 in the checkpoint".to_string()),
+            Some(s) if s.block != (128, 128) => Some(format!(
+                "its blocks are {}x{}, the block-scale layer's are 128x128",
+                s.block.0, s.block.1
+            )),
+            Some(_) => {
+                let (i, h) = (self.gate.dim(1)?, self.gate.dim(2)?);
+                (!(i.is_multiple_of(128) && h.is_multiple_of(128))).then(|| {
+                    format!("intermediate {i} and hidden {h} are not both multiples of 128")
+                })
+            }
+        };
+        match (mode, why_not) {
+            (MoeWeights::Dequantized, _) => Ok(false),
+            (MoeWeights::Fp8, Some(why)) => {
+                anyhow::bail!("--moe-weights fp8: MoE layer {l} cannot run in fp8: {why}")
+            }
+            (MoeWeights::Fp8, None) => Ok(true),
+            (MoeWeights::Auto, why) => Ok(backend_prefers && why.is_none()),
+        }
+    }
+
+    /// The weights as floats: fp8 codes times their blocks' scales (f32); float weights as
+    /// they are.
+    pub fn dequantized(self) -> Result<MoeLayerWeights> {
+        let Some(s) = self.scales else {
+            return Ok(self);
+        };
+        let deq = |codes: &Tensor, scales: &Tensor, what: &str| {
+            dequantize_blocks(codes, scales, s.block)
+                .with_context(|| format!("dequantising {what}"))
+        };
+        Ok(MoeLayerWeights {
+            router: self.router,
+            gate: deq(&self.gate, &s.gate, "gate_proj")?,
+            up: deq(&self.up, &s.up, "up_proj")?,
+            down: deq(&self.down, &s.down, "down_proj")?,
+            scales: None,
+        })
+    }
 }
 
 /// Where one MoE layer writes the routing of a step's tokens: row `t` of the step's batch is
@@ -262,7 +348,8 @@ pub enum BackendKind {
 /// at a time.
 pub type LayerLoader<'a> = dyn FnMut(usize) -> Result<MoeLayerWeights> + 'a;
 
-/// Builds the backend `kind` for `spec`, the model on `device`, its layers from `load`.
+/// Builds the backend `kind` for `spec`, the model on `device`, its layers from `load`, a
+/// fine-grained fp8 checkpoint's experts as `weights` says.
 ///
 /// `Auto` is the Hopper layer when this is a `cuda` build and a CUDA device opens (the
 /// model's own when it is on one), else the CPU oracle; once chosen, a failure is an error
@@ -272,6 +359,7 @@ pub type LayerLoader<'a> = dyn FnMut(usize) -> Result<MoeLayerWeights> + 'a;
 pub fn build_backend(
     kind: BackendKind,
     spec: MoeSpec,
+    weights: MoeWeights,
     device: &Device,
     load: &mut LayerLoader<'_>,
 ) -> Result<Arc<dyn MoeBackend>> {
@@ -296,8 +384,8 @@ pub fn build_backend(
         (_, d) => Some(d.clone()),
     };
     match gpu {
-        None => Ok(Arc::new(cpu::CpuMoe::load(spec, load)?)),
-        Some(d) => hopper(spec, &d, device.is_cpu(), load),
+        None => Ok(Arc::new(cpu::CpuMoe::load(spec, weights, load)?)),
+        Some(d) => hopper(spec, weights, &d, device.is_cpu(), load),
     }
 }
 
@@ -322,12 +410,14 @@ fn hopper_supported(device: &Device) -> Result<bool> {
 #[cfg(feature = "cuda")]
 fn hopper(
     spec: MoeSpec,
+    weights: MoeWeights,
     device: &Device,
     batch_invariant: bool,
     load: &mut LayerLoader<'_>,
 ) -> Result<Arc<dyn MoeBackend>> {
     Ok(Arc::new(hopper::HopperMoe::new(
         spec,
+        weights,
         device,
         GPU_MAX_STEP_TOKENS,
         batch_invariant,
@@ -338,11 +428,12 @@ fn hopper(
 #[cfg(not(feature = "cuda"))]
 fn hopper(
     spec: MoeSpec,
+    weights: MoeWeights,
     device: &Device,
     batch_invariant: bool,
     load: &mut LayerLoader<'_>,
 ) -> Result<Arc<dyn MoeBackend>> {
-    let _ = (spec, device, batch_invariant, load);
+    let _ = (spec, weights, device, batch_invariant, load);
     Err(DeviceError::CudaNotBuilt.into())
 }
 

@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
-use candle_core::DType;
+use candle_core::{DType, Tensor};
+use flashinfer_rs::cutlass::prepare::fp8_blocks;
 use flashinfer_rs_serve::engine::sampling::{Sampler, SamplingParams};
 use flashinfer_rs_serve::model::moe::{BackendKind, StepCapture};
 use flashinfer_rs_serve::model::random::{random_tensors, save_checkpoint};
@@ -478,3 +479,42 @@ pub fn solo_steps(
     }
     (tokens[prompt.len()..].to_vec(), rows, steps)
 }
+
+/// A tiny model whose experts the block-scale layer takes (hidden and moe_intermediate 128)
+/// as a fine-grained fp8 checkpoint (128x128 blocks; only the experts quantised), random
+/// weights from `seed`: its tensors (e4m3 expert codes quantised by flashinfer-rs's
+/// `prepare::fp8_blocks`, and their `weight_scale_inv`), and the same checkpoint with every
+/// expert weight written out as f32 code times scale.
+pub fn fp8_checkpoint(seed: u64) -> (Qwen3MoeConfig, Tensors, Tensors) {
+    let mut v = tiny_config(&[1]);
+    v["hidden_size"] = json!(128);
+    v["moe_intermediate_size"] = json!(128);
+    v["head_dim"] = json!(32);
+    v["quantization_config"] = json!({"quant_method": "fp8", "fmt": "e4m3",
+        "activation_scheme": "dynamic", "weight_block_size": [128, 128]});
+    let cfg: Qwen3MoeConfig = serde_json::from_value(v).unwrap();
+    let floats = random_tensors(&cfg, seed).unwrap();
+    let (mut fp8, mut dequantized) = (floats.clone(), floats.clone());
+    let cpu = &candle_core::Device::Cpu;
+    for (name, t) in floats.iter().filter(|(n, _)| n.contains(".experts.")) {
+        let (r, c) = t.dims2().unwrap();
+        let w = t.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+        let (codes, scales) =
+            fp8_blocks(&w.to_vec1::<f32>().unwrap(), 1, r, c).expect("quantising an expert");
+        let codes: Vec<f32> = codes.iter().map(|q| q.to_f32()).collect();
+        let values: Vec<f32> = codes
+            .iter()
+            .enumerate()
+            .map(|(n, &q)| q * scales[(n / c / 128) * (c / 128) + (n % c) / 128])
+            .collect();
+        let codes = Tensor::from_vec(codes, (r, c), cpu).unwrap();
+        fp8.insert(name.clone(), codes.to_dtype(DType::F8E4M3).unwrap());
+        let scales = Tensor::from_vec(scales, (r / 128, c / 128), cpu).unwrap();
+        fp8.insert(format!("{name}_scale_inv"), scales);
+        dequantized.insert(name.clone(), Tensor::from_vec(values, (r, c), cpu).unwrap());
+    }
+    (cfg, fp8, dequantized)
+}
+
+/// A checkpoint's tensors by name.
+pub type Tensors = std::collections::HashMap<String, Tensor>;

@@ -40,17 +40,8 @@ fn batched_equals_row_by_row_on_the_cpu() {
             drive(&rows, &steps(), false),
             drive(&batched, &steps(), false),
         );
-        for (s, ((la, ia), (lb, ib))) in a.iter().zip(&b).enumerate() {
-            assert_eq!(ia, ib, "step {s}: routed experts");
-            for (ra, rb) in la.iter().zip(lb) {
-                let gap = ra
-                    .iter()
-                    .zip(rb)
-                    .map(|(x, y)| (x - y).abs())
-                    .fold(0f32, f32::max);
-                assert!(gap < 1e-4, "step {s}: logits differ by {gap}");
-            }
-        }
+        let (same, rows) = compare_runs(&a, &b, 1e-4, "batched");
+        assert_eq!(same, rows, "routed experts");
     }
 }
 

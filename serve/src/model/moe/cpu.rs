@@ -199,18 +199,23 @@ mod tests {
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
     }
 
-    /// The backend equals Hugging Face's Qwen3MoeSparseMoeBlock written out naively.
-    #[test]
-    fn matches_a_naive_qwen3_moe_block() {
-        let (e, k, h, i, t) = (8, 2, 6, 4, 5);
-        let spec = MoeSpec {
+    /// One renormalising layer of `e` experts, top-`k`, hidden `h`, intermediate `i`.
+    fn spec(e: usize, k: usize, h: usize, i: usize) -> MoeSpec {
+        MoeSpec {
             layers: 1,
             num_experts: e,
             top_k: k,
             hidden: h,
             intermediate: i,
             norm_topk_prob: true,
-        };
+        }
+    }
+
+    /// The backend equals Hugging Face's Qwen3MoeSparseMoeBlock written out naively.
+    #[test]
+    fn matches_a_naive_qwen3_moe_block() {
+        let (e, k, h, i, t) = (8, 2, 6, 4, 5);
+        let spec = spec(e, k, h, i);
         let w = MoeLayerWeights {
             router: tensor(e * h, &[e, h], 1),
             gate: tensor(e * i * h, &[e, i, h], 2),
@@ -274,14 +279,7 @@ mod tests {
         use super::super::ExpertScales;
         use flashinfer_rs::cutlass::prepare::fp8_blocks;
         let (e, k, h, i, t) = (8, 2, 256, 128, 32);
-        let spec = MoeSpec {
-            layers: 1,
-            num_experts: e,
-            top_k: k,
-            hidden: h,
-            intermediate: i,
-            norm_topk_prob: true,
-        };
+        let spec = spec(e, k, h, i);
         // Each [experts, rows, cols] tensor as e4m3 codes (a candle F8E4M3 tensor) and its
         // 128x128 block scales.
         let quantised = |n: usize, rows: usize, cols: usize, seed: u64| {

@@ -97,6 +97,36 @@ pub fn drive(model: &Model, steps: &Steps, weights: bool) -> Vec<(Vec<Vec<f32>>,
     out
 }
 
+/// Compares two [`drive`] runs of the same steps: every logit within `max_gap` of the other
+/// run's (a failure names `what` and the step); returns how many routed rows are equal, of
+/// how many.
+pub fn compare_runs(
+    a: &[(Vec<Vec<f32>>, Vec<i16>)],
+    b: &[(Vec<Vec<f32>>, Vec<i16>)],
+    max_gap: f32,
+    what: &str,
+) -> (usize, usize) {
+    let (mut same, mut rows) = (0, 0);
+    let k = TOP_K;
+    assert_eq!(a.len(), b.len(), "{what}: steps");
+    for (s, ((la, ia), (lb, ib))) in a.iter().zip(b).enumerate() {
+        assert_eq!(ia.len(), ib.len(), "{what} step {s}: routed rows");
+        for (ra, rb) in ia.chunks(k).zip(ib.chunks(k)) {
+            rows += 1;
+            same += usize::from(ra == rb);
+        }
+        for (ra, rb) in la.iter().zip(lb) {
+            let gap = ra
+                .iter()
+                .zip(rb)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0f32, f32::max);
+            assert!(gap < max_gap, "{what} step {s}: logits differ by {gap}");
+        }
+    }
+    (same, rows)
+}
+
 pub fn backend() -> BackendKind {
     match std::env::var("FLASHINFER_RS_SERVE_BACKEND").as_deref() {
         Err(_) | Ok("") | Ok("cpu") => BackendKind::Cpu,

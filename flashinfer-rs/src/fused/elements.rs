@@ -37,43 +37,48 @@ pub const E2M1_MAX: f32 = 6.0;
 /// The eight non-negative e2m1 values, by code.
 const E2M1_VALUES: [f32; 8] = [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0];
 
+/// The smallest normal e4m3fn magnitude, `2^-6`; below it the codes are multiples of `2^-9`.
+const E4M3_MIN_NORMAL: f32 = 0.015625;
+
 impl E4m3 {
     /// The value this byte encodes.
     pub fn to_f32(self) -> f32 {
-        let b = self.0;
-        let sign = if b & 0x80 != 0 { -1.0 } else { 1.0 };
-        let exp = ((b >> 3) & 0xf) as i32;
-        let man = (b & 0x7) as f32;
-        if exp == 0xf && b & 0x7 == 0x7 {
+        let b = u32::from(self.0);
+        let (exp, man) = ((b >> 3) & 0xf, b & 0x7);
+        if exp == 0xf && man == 0x7 {
             return f32::NAN;
         }
-        if exp == 0 {
-            sign * man / 8.0 * 2f32.powi(-6)
+        let magnitude = if exp == 0 {
+            man as f32 / 512.0
         } else {
-            sign * (1.0 + man / 8.0) * 2f32.powi(exp - 7)
-        }
+            // (1 + man / 8) * 2^(exp - 7): f32's biased exponent is exp - 7 + 127.
+            f32::from_bits(((exp + 120) << 23) | (man << 20))
+        };
+        f32::from_bits(magnitude.to_bits() | ((b & 0x80) << 24))
     }
 
     /// Nearest e4m3fn (ties to even), saturating to ±448 as PyTorch's cast does not but
-    /// every quantiser in practice wants; NaN stays NaN.
+    /// every quantiser in practice wants; NaN stays NaN. Bit arithmetic, a few instructions a
+    /// value: checkpoints' experts are tens of billions of them.
     pub fn from_f32(x: f32) -> E4m3 {
         if x.is_nan() {
             return E4m3(0x7f);
         }
         let sign = if x.is_sign_negative() { 0x80 } else { 0 };
         let a = x.abs().min(E4M3_MAX);
-        // Search the 127 non-negative finite codes: exact and simple, and host-side only.
-        let mut best = 0u8;
-        let mut best_err = f32::INFINITY;
-        for code in 0u8..=0x7e {
-            let v = E4m3(code).to_f32();
-            let err = (v - a).abs();
-            if err < best_err || (err == best_err && code % 2 == 0) {
-                best = code;
-                best_err = err;
-            }
-        }
-        E4m3(sign | best)
+        let code = if a < E4M3_MIN_NORMAL {
+            // Subnormal codes 0..=7 are multiples of 2^-9, exact in f32 times 512; 8 is 2^-6,
+            // the first normal code.
+            (a * 512.0).round_ties_even() as u8
+        } else {
+            // f32's exponent and top 3 mantissa bits, rounded to nearest even on the 20 bits
+            // below (a carry moves into the exponent); the exponent rebiased from 127 to 7.
+            // a <= 448, which is a code, so no rounding passes it.
+            let bits = a.to_bits();
+            let rounded = bits + 0x7_ffff + ((bits >> 20) & 1);
+            ((rounded >> 20) - (120 << 3)) as u8
+        };
+        E4m3(sign | code)
     }
 }
 

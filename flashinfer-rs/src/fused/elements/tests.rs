@@ -20,6 +20,80 @@ fn e4m3_round_trips_every_finite_code() {
     assert_eq!(E4m3::from_f32(1.0625).0, 0x38);
 }
 
+/// The nearest code by search over the 127 non-negative finite codes (ties to the even one):
+/// the definition `from_f32`'s bit arithmetic must equal.
+fn nearest_by_search(x: f32) -> E4m3 {
+    if x.is_nan() {
+        return E4m3(0x7f);
+    }
+    let a = x.abs().min(E4M3_MAX);
+    let mut best = 0u8;
+    let mut best_err = f32::INFINITY;
+    for code in 0u8..=0x7e {
+        let err = (E4m3(code).to_f32() - a).abs();
+        if err < best_err || (err == best_err && code % 2 == 0) {
+            best = code;
+            best_err = err;
+        }
+    }
+    E4m3(if x.is_sign_negative() { 0x80 } else { 0 } | best)
+}
+
+/// `from_f32` equals the nearest-code search on every value near a rounding decision (each
+/// code, each midpoint between neighbours and the f32 values either side of both), on every
+/// bf16 value, on magnitudes across f32's range, and on a million pseudo-random values.
+#[test]
+fn e4m3_from_f32_is_the_nearest_code() {
+    let check = |x: f32| {
+        assert_eq!(
+            E4m3::from_f32(x),
+            nearest_by_search(x),
+            "{x:e} ({:#x})",
+            x.to_bits()
+        );
+    };
+    let near = |v: f32| {
+        let b = v.to_bits();
+        [b.wrapping_sub(2), b.wrapping_sub(1), b, b + 1, b + 2].map(f32::from_bits)
+    };
+    for code in 0u8..=0x7e {
+        let v = E4m3(code).to_f32();
+        let next = if code < 0x7e {
+            E4m3(code + 1).to_f32()
+        } else {
+            464.0
+        };
+        for x in near(v).into_iter().chain(near((v + next) / 2.0)) {
+            check(x);
+            check(-x);
+        }
+    }
+    for b in 0u16..=u16::MAX {
+        check(f32::from_bits(u32::from(b) << 16));
+    }
+    for e in -149..=127 {
+        for m in [1.0f32, 1.3, 1.5, 1.999] {
+            check(m * 2f32.powi(e));
+        }
+    }
+    let mut rng = crate::routing::oracle::SplitMix64(29);
+    for _ in 0..1_000_000 {
+        let x = (rng.unit() as f32 * 2.0 - 1.0) * 2f32.powi((rng.unit() * 40.0) as i32 - 20);
+        check(x);
+    }
+    for x in [
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::MAX,
+        f32::MIN_POSITIVE,
+        1e-45,
+    ] {
+        check(x);
+    }
+}
+
 #[test]
 fn e2m1_codes_and_packing() {
     for code in 0u8..16 {

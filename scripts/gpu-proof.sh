@@ -69,7 +69,9 @@
 #                                          # (scripts/transformers_fp8_blocks.py)
 #     bash scripts/gpu-proof.sh serve      # gpu-pack-serve.tar.xz: serve suite on the Hopper
 #                                          # backend, client repro, fixtures
-#     bash scripts/gpu-proof.sh serve-bench ours|peer   # the served-model bench, one side
+#     bash scripts/gpu-proof.sh serve-bench ours|peer|ours-fp8   # the served-model bench, one
+#                                          # side (ours-fp8: the model as a fine-grained fp8
+#                                          # checkpoint, its experts on the block-scale layer)
 #
 # Here, first: `bash scripts/gpu-pack.sh` (gpu-pack.tar.xz) and `bash scripts/gpu-pack-candle.sh`
 # (gpu-pack-candle.tar.xz: suite and candle-bench), or `bash scripts/gpu-pack-serve.sh && tar cJf
@@ -327,18 +329,21 @@ case ${1:-suite} in
     tar xJf gpu-pack-serve.tar.xz
     part serve bash gpu-pack/serve/run.sh
     ;;
-  serve-bench) # [ours|peer]: one side per call (each loads a 30B model's random weights)
+  serve-bench) # [ours|peer|ours-fp8]: one side per call (each loads a 30B model's random weights)
     unpack gpu-pack-serve.tar.xz
     cd gpu-pack/serve && source ./pack-cuda-libs.sh
+    side=${2:-ours}
+    fp8=()
+    [ "$side" = ours-fp8 ] && side=ours && fp8=(--fp8-experts)
     part "serve-bench-${2:-ours}" bin/serve-bench --config bench/qwen3-30b-a3b.json \
-      --only "${2:-ours}" --json "$logs/serve-bench-${2:-ours}.json"
+      --only "$side" "${fp8[@]}" --json "$logs/serve-bench-${2:-ours}.json"
     ;;
   *)
     echo "usage: $0 suite | tests [args] | memcheck [filters] | layer|layer-tests [filters] | layer-bench[-ours|-peers] [layer] | router-bench |" \
       "transformers-fp8-blocks |" \
       "decode-bench [dirs] | decode-probe [dirs] | variant-bench [layer] | variant-ab [layer] | block-layer |" \
       "decode-profile [cases] | block-gemm-probe |" \
-      "block-bench | candle-bench [layers] | serve | serve-bench ours|peer" >&2
+      "block-bench | candle-bench [layers] | serve | serve-bench ours|peer|ours-fp8" >&2
     exit 2
     ;;
 esac

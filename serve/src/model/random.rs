@@ -5,16 +5,18 @@
 //!
 //! Two draws: [`random_tensors`] (the CPU mode: one stream through the whole model, on the
 //! host) and [`RandomSource`] (each tensor from its own seed, made when the loader asks for
-//! it: the GPU mode and the benchmark).
+//! it: the GPU mode and the benchmark; for a config with a fine-grained fp8
+//! `quantization_config`, its experts as e4m3 codes with block scales).
 
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
+use flashinfer_rs::cutlass::prepare::fp8_blocks;
 use flashinfer_rs::routing::oracle::SplitMix64;
 
-use super::config::Qwen3MoeConfig;
+use super::config::{Quantization, Qwen3MoeConfig};
 use super::weights::TensorSource;
 
 fn uniform(rng: &mut SplitMix64, shape: &[usize], fan_in: usize) -> Result<Tensor> {
@@ -117,19 +119,70 @@ pub fn random_tensors(cfg: &Qwen3MoeConfig, seed: u64) -> Result<HashMap<String,
 /// model (candle-transformers) is given, so both have equal weights. Not the numbers of
 /// [`random_tensors`] (one stream through the whole model): a different, equally
 /// deterministic draw.
+///
+/// For a config whose `quantization_config` is fine-grained fp8, every expert weight is that
+/// draw quantised in 128x128 blocks by flashinfer-rs's `prepare::fp8_blocks` (e4m3 codes, and
+/// `X.weight_scale_inv` beside each `X.weight`), as an fp8 checkpoint of the same model
+/// holds it; the other tensors stay floats.
 pub struct RandomSource {
     seed: u64,
     tensors: HashMap<String, (Vec<usize>, Init)>,
+    fp8_experts: bool,
 }
 
 impl RandomSource {
-    /// The tensors of `cfg`'s model from `seed`.
+    /// The tensors of `cfg`'s model from `seed`. A `quantization_config` the loader refuses
+    /// makes no fp8 here (the model's load refuses the config itself).
     pub fn new(cfg: &Qwen3MoeConfig, seed: u64) -> Self {
         let tensors = random_layout(cfg)
             .into_iter()
             .map(|(n, s, i)| (n, (s, i)))
             .collect();
-        RandomSource { seed, tensors }
+        let fp8_experts = matches!(cfg.quantization(), Ok(Quantization::Fp8Blocks { .. }));
+        RandomSource {
+            seed,
+            tensors,
+            fp8_experts,
+        }
+    }
+
+    /// Whether `name` is an expert weight this source holds as fp8.
+    fn is_fp8(&self, name: &str) -> bool {
+        self.fp8_experts && name.contains(".experts.") && self.tensors.contains_key(name)
+    }
+
+    /// The float draw of tensor `name`.
+    fn floats(&self, name: &str) -> Result<Tensor> {
+        let (shape, init) = self
+            .tensors
+            .get(name)
+            .with_context(|| format!("missing tensor {name}"))?;
+        match *init {
+            Init::Ones => ones(shape[0]),
+            Init::Uniform { fan_in } => {
+                let n = shape.iter().product();
+                let a = (3.0 / fan_in as f64).sqrt();
+                let v = uniform_values(tensor_seed(self.seed, name), n, a);
+                Ok(Tensor::from_vec(v, shape.as_slice(), &Device::Cpu)?)
+            }
+        }
+    }
+
+    /// Expert weight `name` quantised: its e4m3 codes (an F8E4M3 tensor of its shape) and
+    /// their block scales `[rows / 128, cols / 128]`.
+    fn fp8(&self, name: &str) -> Result<(Tensor, Tensor)> {
+        let w = self.floats(name)?;
+        let (r, c) = w.dims2()?;
+        ensure!(
+            r.is_multiple_of(128) && c.is_multiple_of(128),
+            "random fp8 experts are quantised in 128x128 blocks: {name} is {r}x{c}"
+        );
+        let (codes, scales) = fp8_blocks(&w.flatten_all()?.to_vec1::<f32>()?, 1, r, c)?;
+        let codes: Vec<f32> = codes.iter().map(|q| q.to_f32()).collect();
+        Ok((
+            Tensor::from_vec(codes, (r, c), &Device::Cpu)?.to_dtype(DType::F8E4M3)?,
+            Tensor::from_vec(scales, (r / 128, c / 128), &Device::Cpu)?,
+        ))
     }
 
     /// The shape of tensor `name`, if the model has it.
@@ -173,22 +226,19 @@ fn uniform_values(start: u64, n: usize, a: f64) -> Vec<f32> {
 
 impl TensorSource for RandomSource {
     fn get(&self, name: &str) -> Result<Tensor> {
-        let (shape, init) = self
-            .tensors
-            .get(name)
-            .with_context(|| format!("missing tensor {name}"))?;
-        match *init {
-            Init::Ones => ones(shape[0]),
-            Init::Uniform { fan_in } => {
-                let n = shape.iter().product();
-                let a = (3.0 / fan_in as f64).sqrt();
-                let v = uniform_values(tensor_seed(self.seed, name), n, a);
-                Ok(Tensor::from_vec(v, shape.as_slice(), &Device::Cpu)?)
-            }
+        if let Some(weight) = name.strip_suffix("_scale_inv").filter(|w| self.is_fp8(w)) {
+            return Ok(self.fp8(weight)?.1);
         }
+        if self.is_fp8(name) {
+            return Ok(self.fp8(name)?.0);
+        }
+        self.floats(name)
     }
     fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
+            || name
+                .strip_suffix("_scale_inv")
+                .is_some_and(|w| self.is_fp8(w))
     }
 }
 

@@ -131,6 +131,7 @@ fn fp8_experts_on_hopper_match_their_cpu_reference() {
     );
     for weights in [MoeWeights::Fp8, MoeWeights::Auto] {
         let m = Model::load_on(&cfg, &fp8, BackendKind::Hopper, &with(weights)).unwrap();
+        assert_eq!(m.moe().name(), "hopper-fp8", "{weights:?}");
         let got = drive(&m, &steps(), true);
         let (same, rows) = compare_runs(&reference, &got, 5e-2, &format!("{weights:?}"));
         assert!(

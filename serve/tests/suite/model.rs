@@ -301,3 +301,44 @@ fn fp8_experts_run_w8a8_or_are_refused() {
         .unwrap();
     assert!(format!("{err:#}").contains("blocks are 32x32"), "{err:#}");
 }
+
+/// Random weights for an fp8 config (the benchmark's fp8 model): expert weights are e4m3
+/// codes whose values (code times block scale) lie within half an e4m3 step of the same
+/// source's float draw for the config without quantisation; the model loads and runs them in
+/// fp8 on the CPU.
+#[test]
+fn random_fp8_experts_are_their_draw_quantised() {
+    use flashinfer_rs_serve::model::random::RandomSource;
+    use flashinfer_rs_serve::model::weights::{dequantize_blocks, TensorSource};
+    let (cfg, _, _) = fp8_checkpoint(0);
+    let mut plain = cfg.clone();
+    plain.quantization_config = None;
+    let (fp8, floats) = (RandomSource::new(&cfg, 9), RandomSource::new(&plain, 9));
+    let name = "model.layers.0.mlp.experts.3.down_proj.weight";
+    let scale_name = format!("{name}_scale_inv");
+    assert!(fp8.contains(&scale_name) && !floats.contains(&scale_name));
+    let codes = fp8.get(name).unwrap();
+    assert_eq!(codes.dtype(), DType::F8E4M3);
+    let scales = fp8.get(&scale_name).unwrap();
+    let values = dequantize_blocks(&codes, &scales, (128, 128)).unwrap();
+    let want = floats.get(name).unwrap().flatten_all().unwrap();
+    let (v, w) = (
+        values.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        want.to_vec1::<f32>().unwrap(),
+    );
+    let scale = scales.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let c = codes.dim(1).unwrap();
+    for (n, (a, b)) in v.iter().zip(&w).enumerate() {
+        let s = scale[(n / c / 128) * (c / 128) + (n % c) / 128];
+        assert!(
+            (a - b).abs() <= b.abs() / 16.0 + s / 1024.0,
+            "{name}[{n}]: {a} for {b}"
+        );
+    }
+    assert_eq!(fp8.get("model.norm.weight").unwrap().dtype(), DType::F32);
+    let m = Model::load_on(&cfg, &fp8, BackendKind::Cpu, &cpu_with(MoeWeights::Fp8)).unwrap();
+    let out = drive(&m, &fp8_steps(), false);
+    assert!(out
+        .iter()
+        .all(|(l, _)| l.iter().flatten().all(|x| x.is_finite())));
+}

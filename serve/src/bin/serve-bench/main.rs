@@ -53,7 +53,7 @@ use flashinfer_rs_serve::engine::{
     CaptureOptions, Engine, EngineConfig, Event, GenRequest, SamplingParams,
 };
 use flashinfer_rs_serve::model::device::{DTypeArg, DeviceKind, Placement};
-use flashinfer_rs_serve::model::moe::{BackendKind, GPU_MAX_STEP_TOKENS};
+use flashinfer_rs_serve::model::moe::{BackendKind, MoeWeights, GPU_MAX_STEP_TOKENS};
 use flashinfer_rs_serve::model::profile::{Phase, PhaseTimes, Profiler};
 use flashinfer_rs_serve::model::random::RandomSource;
 use flashinfer_rs_serve::model::{Model, Qwen3MoeConfig};
@@ -82,6 +82,15 @@ struct Args {
     /// Our MoE backend.
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
     backend: BackendKind,
+    /// The model as a fine-grained fp8 checkpoint (128x128 blocks): its experts' random
+    /// weights quantised to e4m3 with block scales (the peer is given their values, code
+    /// times scale), as Qwen3-30B-A3B-FP8 ships them.
+    #[arg(long)]
+    fp8_experts: bool,
+    /// How our model runs fp8 experts (with `--fp8-experts`): auto (fp8 on the Hopper
+    /// backend), dequantized, fp8.
+    #[arg(long, value_enum, default_value_t = MoeWeights::Auto)]
+    moe_weights: MoeWeights,
     /// Concurrent requests of the decode measurements.
     #[arg(long, value_delimiter = ',', default_value = "1,8,64")]
     concurrency: Vec<usize>,
@@ -176,12 +185,20 @@ fn main() -> Result<()> {
         cfg.num_hidden_layers = n;
         cfg.check()?;
     }
+    if args.fp8_experts {
+        cfg.quantization_config = Some(json!({"quant_method": "fp8", "fmt": "e4m3",
+            "activation_scheme": "dynamic", "weight_block_size": [128, 128]}));
+        cfg.check()?;
+    }
     let mut report = Report::default();
     report.info.insert("config".into(), json!(args.config));
     report
         .info
         .insert("layers".into(), json!(cfg.num_hidden_layers));
     report.info.insert("seed".into(), json!(args.seed));
+    report
+        .info
+        .insert("fp8_experts".into(), json!(args.fp8_experts));
     report
         .info
         .insert("prompt_len".into(), json!(args.prompt_len));
@@ -322,6 +339,7 @@ fn ours(args: &Args, cfg: &Qwen3MoeConfig, report: &mut Report) -> Result<()> {
     };
     let mut place = Placement::open(args.device.unwrap_or(default_device), args.dtype)?;
     place.batched |= args.batched;
+    place.moe_weights = args.moe_weights;
     let started = Instant::now();
     let model = Model::load_on(
         cfg,
@@ -334,7 +352,8 @@ fn ours(args: &Args, cfg: &Qwen3MoeConfig, report: &mut Report) -> Result<()> {
     report.info.insert(
         "ours".into(),
         json!({"device": format!("{:?}", place.device.location()), "dtype": format!("{:?}", place.dtype),
-               "moe_backend": model.moe().name(), "load_s": load_s}),
+               "moe_backend": model.moe().name(), "moe_weights": format!("{:?}", place.moe_weights),
+               "load_s": load_s}),
     );
     eprintln!(
         "ours: loaded in {load_s:.1} s ({:?}, {:?}, MoE backend {})",

@@ -12,7 +12,8 @@ use candle_transformers::models::qwen3_moe::{Config, ModelForCausalLM};
 use flashinfer_rs_serve::model::device::cuda_device;
 use flashinfer_rs_serve::model::place_tensor;
 use flashinfer_rs_serve::model::random::RandomSource;
-use flashinfer_rs_serve::model::weights::TensorSource;
+use flashinfer_rs_serve::model::weights::{Dequantized, TensorSource};
+use flashinfer_rs_serve::model::Quantization;
 use flashinfer_rs_serve::model::Qwen3MoeConfig;
 use serde_json::json;
 
@@ -21,8 +22,9 @@ use super::{median, prompt, Args, Report};
 /// The peer's most (token, expert) pairs per forward call: its fused MoE fails beyond.
 const PEER_MAX_PAIRS: usize = 8192;
 
-/// Our random weights as a candle `VarBuilder` backend.
-struct Weights(RandomSource);
+/// Our random weights as a candle `VarBuilder` backend: fp8 experts (`--fp8-experts`) as
+/// their values, code times block scale, which is what a float model of that checkpoint holds.
+struct Weights(RandomSource, Quantization);
 
 impl SimpleBackend for Weights {
     fn get(
@@ -41,8 +43,7 @@ impl SimpleBackend for Weights {
     }
 
     fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> candle_core::Result<Tensor> {
-        let host = self
-            .0
+        let host = Dequantized::new(&self.0, self.1)
             .get(name)
             .map_err(|e| candle_core::Error::Msg(format!("{e:#}")))?;
         place_tensor(&host, dev, dtype).map_err(|e| candle_core::Error::Msg(format!("{e:#}")))
@@ -141,7 +142,10 @@ pub(super) fn run(args: &Args, cfg: &Qwen3MoeConfig, report: &mut Report) -> Res
     let dev = cuda_device()?;
     let started = Instant::now();
     let vb = VarBuilder::from_backend(
-        Box::new(Weights(RandomSource::new(cfg, args.seed))),
+        Box::new(Weights(
+            RandomSource::new(cfg, args.seed),
+            cfg.quantization()?,
+        )),
         DType::BF16,
         dev.clone(),
     );

@@ -239,7 +239,10 @@ impl HopperMoe {
 
 impl MoeBackend for HopperMoe {
     fn name(&self) -> &'static str {
-        "hopper"
+        match self.layers.first().map(|l| &l.experts) {
+            Some(Experts::Fp8(_)) => "hopper-fp8",
+            _ => "hopper",
+        }
     }
 
     fn spec(&self) -> &MoeSpec {

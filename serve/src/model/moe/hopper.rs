@@ -180,18 +180,18 @@ impl HopperMoe {
             }
             .to_dtype(DType::F32)?;
             let experts = if fp8 {
-                let (weights, scales) = fp8_weights(&spec, &w, &stream)
+                let (codes, scales) = fp8_weights(&spec, &w, &stream)
                     .with_context(|| format!("MoE layer {l}: fp8 weights"))?;
                 drop(w);
                 Experts::Fp8(
-                    CutlassMoe::fp8_blocks_with_schedule(config, weights, scales, schedule)
+                    CutlassMoe::fp8_blocks_with_schedule(config, codes, scales, schedule)
                         .with_context(|| format!("MoE layer {l}: the block-scale Hopper layer"))?,
                 )
             } else {
                 let w = w.dequantized()?;
                 let on = |t: &Tensor| t.to_device(device);
                 let (gate, up, down) = (on(&w.gate)?, on(&w.up)?, on(&w.down)?);
-                let weights = cutlass_weights(
+                let prepared = cutlass_weights(
                     Fc1::GateUp {
                         gate: &gate,
                         up: &up,
@@ -203,7 +203,7 @@ impl HopperMoe {
                 // layer's come: the layer keeps only its own prepared copy.
                 drop((w, gate, up, down));
                 Experts::Bf16(
-                    CutlassMoe::with_schedule(config, weights, schedule)
+                    CutlassMoe::with_schedule(config, prepared, schedule)
                         .with_context(|| format!("MoE layer {l}: the Hopper layer"))?,
                 )
             };

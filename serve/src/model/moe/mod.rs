@@ -93,7 +93,7 @@ pub struct ExpertScales {
 }
 
 /// How a fine-grained fp8 checkpoint's experts run (`--moe-weights`). A float checkpoint's
-/// run as they are whatever this says, but `Fp8` refuses them.
+/// experts run as they are under `Auto` and `Dequantized`; `Fp8` refuses them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum MoeWeights {
     /// fp8 on the Hopper backend wherever the layer takes the checkpoint's blocks, else

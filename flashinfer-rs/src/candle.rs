@@ -1,6 +1,7 @@
 //! Candle tensors in and out (feature `candle`): a candle model calls the routers and the
 //! Hopper MoE layer with the `Tensor`s it already has, on candle's own CUDA stream, and gets
-//! `Tensor`s back; checkpoint tensors become a layer's weights on the GPU.
+//! `Tensor`s back; checkpoint tensors become a layer's weights on the GPU ([`cutlass_weights`]
+//! from float checkpoints, [`cutlass_block_weights`] from fine-grained fp8 ones).
 //!
 //! Inputs are read in place (candle's device memory, no copy): every tensor is checked first
 //! (CUDA storage, dtype, rank and sizes, contiguity, the stream's CUDA context) and a wrong
@@ -27,10 +28,12 @@ use half::bf16;
 
 use crate::capture::LayerViews;
 use crate::cutlass::{
-    CutlassBatch, CutlassElement, CutlassMoe, CutlassRouting, CutlassWeights, CutlassWorkspace,
-    WeightBuffer,
+    CutlassBatch, CutlassBlockScales, CutlassElement, CutlassMoe, CutlassRouting, CutlassWeights,
+    CutlassWorkspace, WeightBuffer,
 };
 use crate::error::{ensure, Error, Result};
+use crate::fused::elements::e4m3_view;
+use crate::fused::E4m3;
 use crate::routing::{Logits, RouteInput, TopKOutputs, TopKRouter};
 
 /// candle's CUDA stream of `device`: every call of this module runs on it, ordered after
@@ -346,41 +349,27 @@ pub enum Fc1<'a> {
 /// the up rows first, GEMM 2 (`down`, `[experts, hidden, intermediate]`) as is; both bf16.
 /// The result is a copy: the checkpoint's tensors can be dropped after.
 pub fn cutlass_weights(fc1: Fc1<'_>, down: &Tensor) -> Result<CutlassWeights> {
-    let device = cuda_device(down.device(), "down")?;
-    let stream = device.cuda_stream();
-    let (experts, hidden, inter) = match down.dims() {
-        &[e, h, i] => (e, h, i),
-        d => {
-            return Err(Error::invalid(
-                "down",
-                format!("has shape {d:?}, must be [experts, hidden, intermediate]"),
-            ))
-        }
+    let (experts, hidden, inter) = expert_dims(down, "down")?;
+    let stream = cuda_device(down.device(), "down")?.cuda_stream();
+    let bf = |t: &Tensor| {
+        // Codes are not weights: converted, they would be taken for their values.
+        let codes = [
+            DType::F8E4M3,
+            DType::F8E8M0,
+            DType::F6E2M3,
+            DType::F6E3M2,
+            DType::F4,
+        ];
+        ensure(!codes.contains(&t.dtype()), "weights", || {
+            format!(
+                "are {:?} codes: without their scales they are not the weights \
+                 (fine-grained fp8: cutlass_block_weights)",
+                t.dtype()
+            )
+        })?;
+        t.to_dtype(DType::BF16).map_err(candle_err("to bf16"))
     };
-    let bf = |t: &Tensor| t.to_dtype(DType::BF16).map_err(candle_err("to bf16"));
-    let half_shape = [Some(experts), Some(inter), Some(hidden)];
-    let whole_shape = [Some(experts), Some(2 * inter), Some(hidden)];
-    let fc1 = match fc1 {
-        Fc1::GateUp { gate, up } => {
-            for (arg, t) in [("gate", gate), ("up", up)] {
-                check_weight(t, arg, &half_shape, down)?;
-            }
-            Tensor::cat(&[&bf(up)?, &bf(gate)?], 1).map_err(candle_err("fc1 = [up, gate]"))?
-        }
-        Fc1::GateFirst(w13) => {
-            check_weight(w13, "w13", &whole_shape, down)?;
-            let w13 = bf(w13)?;
-            let half = |start| {
-                w13.narrow(1, start, inter)
-                    .map_err(candle_err("w13 halves"))
-            };
-            Tensor::cat(&[&half(inter)?, &half(0)?], 1).map_err(candle_err("fc1 = [up, gate]"))?
-        }
-        Fc1::UpFirst(w) => {
-            check_weight(w, "fc1", &whole_shape, down)?;
-            bf(w)?.contiguous().map_err(candle_err("fc1 contiguous"))?
-        }
-    };
+    let fc1 = up_first(fc1, [experts, inter, hidden], down, &bf)?;
     check_weight(
         down,
         "down",
@@ -398,6 +387,126 @@ pub fn cutlass_weights(fc1: Fc1<'_>, down: &Tensor) -> Result<CutlassWeights> {
         fc1: copy(&fc1, "fc1")?,
         fc2: copy(&down, "down")?,
     })
+}
+
+/// An fp8 block-scale layer's weights ([`CutlassMoe::new_fp8_blocks`]: e4m3 [`CutlassWeights`]
+/// and their [`CutlassBlockScales`], owned) from a fine-grained fp8 checkpoint's tensors on
+/// their GPU (DeepSeek-V3's and Qwen3-30B-A3B-FP8's: each projection's `weight` e4m3 and its
+/// `weight_scale_inv`, one scale per 128x128 block), with no host round trip: `codes` and
+/// `scales` in the same [`Fc1`] layout (the scales' sizes those of the codes over 128, any
+/// float dtype, converted to f32), `down` `[experts, hidden, intermediate]` e4m3 and
+/// `down_scales` `[experts, hidden / 128, intermediate / 128]`. GEMM 1's code rows and scale
+/// rows are arranged up first on the GPU, as [`cutlass_weights`] arranges bf16 ones; the
+/// result is a copy. Hidden and intermediate sizes must be multiples of 128 (the layer's
+/// rule; a GateFirst or UpFirst tensor's halves then split on whole blocks).
+pub fn cutlass_block_weights(
+    codes: Fc1<'_>,
+    scales: Fc1<'_>,
+    down: &Tensor,
+    down_scales: &Tensor,
+) -> Result<(CutlassWeights<CudaSlice<E4m3>>, CutlassBlockScales)> {
+    let (experts, hidden, inter) = expert_dims(down, "down")?;
+    ensure(
+        hidden.is_multiple_of(BLOCK) && inter.is_multiple_of(BLOCK),
+        "down",
+        || {
+            format!("[{experts}, {hidden}, {inter}]: hidden and intermediate must be multiples of {BLOCK}")
+        },
+    )?;
+    let stream = cuda_device(down.device(), "down")?.cuda_stream();
+    let e4m3 = |t: &Tensor| -> Result<Tensor> {
+        ensure(t.dtype() == DType::F8E4M3, "codes", || {
+            format!("have dtype {:?}, must be F8E4M3", t.dtype())
+        })?;
+        Ok(t.clone())
+    };
+    let f32s = |t: &Tensor| t.to_dtype(DType::F32).map_err(candle_err("scales to f32"));
+    let fc1 = up_first(codes, [experts, inter, hidden], down, &e4m3)?;
+    let blocks = [experts, inter / BLOCK, hidden / BLOCK];
+    let fc1_scales = up_first(scales, blocks, down, &f32s)?;
+    check_weight(
+        down,
+        "down",
+        &[Some(experts), Some(hidden), Some(inter)],
+        down,
+    )?;
+    let fc2_blocks = [Some(experts), Some(hidden / BLOCK), Some(inter / BLOCK)];
+    check_weight(down_scales, "down_scales", &fc2_blocks, down)?;
+    let codes_of = |t: &Tensor, arg| -> Result<CudaSlice<E4m3>> {
+        let t = t.contiguous().map_err(candle_err("codes contiguous"))?;
+        let held = Held::new(&t, arg, &[DType::F8E4M3], &[Some(experts), None, None])?;
+        let view = held.view::<float8::F8E4M3>()?;
+        Ok(stream.clone_dtod(&e4m3_view(&view))?)
+    };
+    let scales_of = |t: &Tensor, arg| -> Result<CudaSlice<f32>> {
+        let t = f32s(t)?
+            .contiguous()
+            .map_err(candle_err("scales contiguous"))?;
+        let held = Held::new(&t, arg, &[DType::F32], &[Some(experts), None, None])?;
+        Ok(stream.clone_dtod(&held.view::<f32>()?)?)
+    };
+    Ok((
+        CutlassWeights {
+            fc1: codes_of(&fc1, "codes")?,
+            fc2: codes_of(down, "down")?,
+        },
+        CutlassBlockScales {
+            fc1: scales_of(&fc1_scales, "scales")?,
+            fc2: scales_of(down_scales, "down_scales")?,
+        },
+    ))
+}
+
+/// The 128x128 blocks of an fp8 block-scale layer's weights.
+const BLOCK: usize = 128;
+
+/// `[experts, hidden, intermediate]` of a GEMM 2 tensor (`down`), or an error naming `arg`.
+fn expert_dims(down: &Tensor, arg: &'static str) -> Result<(usize, usize, usize)> {
+    match down.dims() {
+        &[e, h, i] => Ok((e, h, i)),
+        d => Err(Error::invalid(
+            arg,
+            format!("has shape {d:?}, must be [experts, hidden, intermediate]"),
+        )),
+    }
+}
+
+/// GEMM 1's `[experts, 2 * rows, cols]` with each expert's up rows first, from `fc1` in its
+/// layout (halves `[experts, rows, cols]`, or whole), each tensor checked (`down`'s device, a
+/// float dtype, its shape) and passed through `convert` (a dtype conversion, or a check)
+/// first; `half` is `[experts, rows, cols]`.
+fn up_first(
+    fc1: Fc1<'_>,
+    half: [usize; 3],
+    down: &Tensor,
+    convert: &dyn Fn(&Tensor) -> Result<Tensor>,
+) -> Result<Tensor> {
+    let [experts, rows, cols] = half;
+    let half_shape = [Some(experts), Some(rows), Some(cols)];
+    let whole_shape = [Some(experts), Some(2 * rows), Some(cols)];
+    let up_gate = |up: &Tensor, gate: &Tensor| {
+        Tensor::cat(&[up, gate], 1).map_err(candle_err("fc1 = [up, gate]"))
+    };
+    match fc1 {
+        Fc1::GateUp { gate, up } => {
+            for (arg, t) in [("gate", gate), ("up", up)] {
+                check_weight(t, arg, &half_shape, down)?;
+            }
+            up_gate(&convert(up)?, &convert(gate)?)
+        }
+        Fc1::GateFirst(w13) => {
+            check_weight(w13, "w13", &whole_shape, down)?;
+            let w13 = convert(w13)?;
+            let half = |start| w13.narrow(1, start, rows).map_err(candle_err("w13 halves"));
+            up_gate(&half(rows)?, &half(0)?)
+        }
+        Fc1::UpFirst(w) => {
+            check_weight(w, "fc1", &whole_shape, down)?;
+            convert(w)?
+                .contiguous()
+                .map_err(candle_err("fc1 contiguous"))
+        }
+    }
 }
 
 /// A weight tensor's device (candle's device of `down`: the same stream), float dtype and

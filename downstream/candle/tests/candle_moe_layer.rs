@@ -334,3 +334,180 @@ fn tensors_that_do_not_fit_are_refused_before_any_launch() {
         "{e}"
     );
 }
+
+/// A fine-grained fp8 checkpoint's tensors on the GPU (e4m3 codes and f32 `weight_scale_inv`
+/// per 128x128 block, per projection) become the block-scale layer's weights through
+/// `cutlass_block_weights`: the bytes the host arrangement (`prepare::fc1_from_gate_up` of the
+/// codes and of the scales) makes, from the gate/up halves and from a gate-first `w13` alike,
+/// and a layer on them answers bit for bit as a layer on the host-arranged copy. Codes given
+/// as bf16 weights, bf16 given as codes, scales of the wrong shape and sizes off the blocks
+/// are refused by name.
+#[test]
+fn fp8_checkpoint_tensors_become_the_block_scale_layer() {
+    use flashinfer_rs::candle::cutlass_block_weights;
+    use flashinfer_rs::cutlass::prepare::{fc1_from_gate_up, fp8_blocks};
+    use flashinfer_rs::cutlass::{CutlassBlockScales, CutlassWeights};
+    use flashinfer_rs::fused::E4m3;
+    let Some(device) = common::hopper("candle_moe_layer") else {
+        return;
+    };
+    let stream = cuda_stream(&device).unwrap();
+    let (e, h, i) = (EXPERTS, HIDDEN, INTER);
+    // Host codes and scales of random weights, and the same as candle tensors on the GPU.
+    let quantised = |rows: usize, cols: usize, seed: u64| {
+        let mut rng = flashinfer_rs::routing::oracle::SplitMix64(seed);
+        let v: Vec<f32> = (0..e * rows * cols)
+            .map(|_| (rng.unit() as f32 - 0.5) * 0.2)
+            .collect();
+        let (codes, scales) = fp8_blocks(&v, e, rows, cols).unwrap();
+        let values: Vec<f32> = codes.iter().map(|q| q.to_f32()).collect();
+        let t = Tensor::from_vec(values, (e, rows, cols), &Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F8E4M3)
+            .unwrap()
+            .to_device(&device)
+            .unwrap();
+        let s = Tensor::from_vec(scales.clone(), (e, rows / 128, cols / 128), &device).unwrap();
+        (codes, scales, t, s)
+    };
+    let (gate_q, gate_s, gate, gate_st) = quantised(i, h, 1);
+    let (up_q, up_s, up, up_st) = quantised(i, h, 2);
+    let (down_q, down_s, down, down_st) = quantised(h, i, 3);
+    let (weights, scales) = cutlass_block_weights(
+        Fc1::GateUp {
+            gate: &gate,
+            up: &up,
+        },
+        Fc1::GateUp {
+            gate: &gate_st,
+            up: &up_st,
+        },
+        &down,
+        &down_st,
+    )
+    .unwrap();
+    let want_fc1: Vec<E4m3> = fc1_from_gate_up(&gate_q, &up_q, e, i, h).unwrap();
+    let want_s1 = fc1_from_gate_up(&gate_s, &up_s, e, i / 128, h / 128).unwrap();
+    assert_eq!(stream.clone_dtoh(&weights.fc1).unwrap(), want_fc1);
+    assert_eq!(stream.clone_dtoh(&weights.fc2).unwrap(), down_q);
+    assert_eq!(stream.clone_dtoh(&scales.fc1).unwrap(), want_s1);
+    assert_eq!(stream.clone_dtoh(&scales.fc2).unwrap(), down_s);
+    let w13 = Tensor::cat(&[&gate, &up], 1).unwrap();
+    let w13_s = Tensor::cat(&[&gate_st, &up_st], 1).unwrap();
+    let (same, same_s) = cutlass_block_weights(
+        Fc1::GateFirst(&w13),
+        Fc1::GateFirst(&w13_s),
+        &down,
+        &down_st,
+    )
+    .unwrap();
+    assert_eq!(stream.clone_dtoh(&same.fc1).unwrap(), want_fc1);
+    assert_eq!(stream.clone_dtoh(&same_s.fc1).unwrap(), want_s1);
+
+    // A layer on them and a layer on the host-arranged copy: the same bits.
+    let config = CutlassMoeConfig {
+        routing: RoutingConfig::new(RoutingMethod::Renormalize, e as u32, TOP_K as u32),
+        hidden_size: h,
+        intermediate_size: i,
+        max_tokens: 64,
+    };
+    let from_host = (
+        CutlassWeights {
+            fc1: stream.clone_htod(&want_fc1).unwrap(),
+            fc2: stream.clone_htod(&down_q).unwrap(),
+        },
+        CutlassBlockScales {
+            fc1: stream.clone_htod(&want_s1).unwrap(),
+            fc2: stream.clone_htod(&down_s).unwrap(),
+        },
+    );
+    let ours = CutlassMoe::new_fp8_blocks(config, weights, scales).unwrap();
+    let host = CutlassMoe::new_fp8_blocks(config, from_host.0, from_host.1).unwrap();
+    let x = Tensor::randn(0f32, 1.0, (19, h), &device)
+        .unwrap()
+        .to_dtype(DType::BF16)
+        .unwrap();
+    let logits = Tensor::randn(0f32, 1.0, (19, e), &device).unwrap();
+    let run = |layer: &CutlassMoe<_>| {
+        let mut ws = layer.workspace(&stream).unwrap();
+        let routing = TensorRouting::Logits {
+            logits: &logits,
+            bias: None,
+        };
+        let y = layer.forward_tensor(&mut ws, &x, routing, None).unwrap();
+        y.to_dtype(DType::F32).unwrap().to_vec2::<f32>().unwrap()
+    };
+    let (a, b) = (run(&ours), run(&host));
+    assert!(a.iter().flatten().all(|v| v.is_finite()));
+    assert_eq!(a, b);
+
+    // Refusals, by name.
+    let e = cutlass_weights(
+        Fc1::GateUp {
+            gate: &gate,
+            up: &up,
+        },
+        &down,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidArgument { arg: "weights", .. }),
+        "{e}"
+    );
+    let bf = gate.to_dtype(DType::BF16).unwrap();
+    let e = cutlass_block_weights(
+        Fc1::GateUp { gate: &bf, up: &bf },
+        Fc1::GateUp {
+            gate: &gate_st,
+            up: &up_st,
+        },
+        &down,
+        &down_st,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidArgument { arg: "codes", .. }),
+        "{e}"
+    );
+    let e = cutlass_block_weights(
+        Fc1::GateUp {
+            gate: &gate,
+            up: &up,
+        },
+        Fc1::GateUp {
+            gate: &gate_st,
+            up: &up_st,
+        },
+        &down,
+        &gate_st,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(
+            e,
+            Error::InvalidArgument {
+                arg: "down_scales",
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let narrow = down.narrow(1, 0, 192).unwrap();
+    let e = cutlass_block_weights(
+        Fc1::GateUp {
+            gate: &gate,
+            up: &up,
+        },
+        Fc1::GateUp {
+            gate: &gate_st,
+            up: &up_st,
+        },
+        &narrow,
+        &down_st,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidArgument { arg: "down", .. }),
+        "{e}"
+    );
+}

@@ -19,22 +19,23 @@
 //!
 //! A fine-grained fp8 checkpoint's experts run in fp8 where [`MoeWeights`] says so (its
 //! `Auto` does wherever the blocks are 128x128): the codes and their block scales go to the GPU
-//! as they are (GEMM 1's rows and scale rows up first, by the library's `fc1_from_gate_up`)
-//! and every layer is the block-scale layer (`CutlassMoe::fp8_blocks_with_schedule`).
+//! as they are (GEMM 1's rows and scale rows up first, by the library's
+//! `cutlass_block_weights`) and every layer is the block-scale layer
+//! (`CutlassMoe::fp8_blocks_with_schedule`).
 
 use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use flashinfer_rs::candle::{cuda_stream, cutlass_weights, Fc1, TensorRouting};
+use flashinfer_rs::candle::{
+    cuda_stream, cutlass_block_weights, cutlass_weights, Fc1, TensorRouting,
+};
 use flashinfer_rs::capture::{CaptureConfig, CaptureStore, LayerViews, StepLayout};
 use flashinfer_rs::cudarc::driver::{CudaSlice, CudaStream};
-use flashinfer_rs::cutlass::prepare::fc1_from_gate_up;
 use flashinfer_rs::cutlass::{
     CutlassBlockScales, CutlassMoe, CutlassMoeConfig, CutlassSchedule, CutlassWeights,
     CutlassWorkspace,
 };
-use flashinfer_rs::fused::elements::as_e4m3;
 use flashinfer_rs::fused::E4m3;
 
 use super::{
@@ -77,40 +78,32 @@ impl Experts {
     }
 }
 
-/// The block-scale layer's weights from a layer's fp8 codes and block scales (any device):
-/// GEMM 1's codes `[experts, 2 * intermediate, hidden]` and scales `[experts, 2 * intermediate
-/// / 128, hidden / 128]` with the up rows first, GEMM 2's as stored, copied to `stream` once
-/// arranged on the host (one byte a weight).
+/// The block-scale layer's weights from a layer's fp8 codes and block scales (any device),
+/// arranged on `device` by flashinfer-rs's `cutlass_block_weights` (GEMM 1's code rows and
+/// scale rows up first).
 fn fp8_weights(
-    spec: &MoeSpec,
     w: &MoeLayerWeights,
-    stream: &Arc<CudaStream>,
+    device: &Device,
 ) -> Result<(CutlassWeights<CudaSlice<E4m3>>, CutlassBlockScales)> {
     let s = w
         .scales
         .as_ref()
         .context("fp8 experts without their scales")?;
-    let (e, i, h) = (spec.num_experts, spec.intermediate, spec.hidden);
-    let codes = |t: &Tensor| -> Result<Vec<E4m3>> {
-        let v = t.flatten_all()?.to_device(&Device::Cpu)?;
-        Ok(as_e4m3(&v.to_vec1::<float8::F8E4M3>()?).to_vec())
-    };
-    let scales = |t: &Tensor| -> Result<Vec<f32>> {
-        let v = t.flatten_all()?.to_device(&Device::Cpu)?;
-        Ok(v.to_dtype(DType::F32)?.to_vec1::<f32>()?)
-    };
-    let fc1 = fc1_from_gate_up(&codes(&w.gate)?, &codes(&w.up)?, e, i, h)?;
-    let fc1_scales = fc1_from_gate_up(&scales(&s.gate)?, &scales(&s.up)?, e, i / 128, h / 128)?;
-    Ok((
-        CutlassWeights {
-            fc1: stream.clone_htod(&fc1)?,
-            fc2: stream.clone_htod(&codes(&w.down)?)?,
+    let on = |t: &Tensor| t.to_device(device);
+    let (gate, up, down) = (on(&w.gate)?, on(&w.up)?, on(&w.down)?);
+    let (gate_s, up_s, down_s) = (on(&s.gate)?, on(&s.up)?, on(&s.down)?);
+    Ok(cutlass_block_weights(
+        Fc1::GateUp {
+            gate: &gate,
+            up: &up,
         },
-        CutlassBlockScales {
-            fc1: stream.clone_htod(&fc1_scales)?,
-            fc2: stream.clone_htod(&scales(&s.down)?)?,
+        Fc1::GateUp {
+            gate: &gate_s,
+            up: &up_s,
         },
-    ))
+        &down,
+        &down_s,
+    )?)
 }
 
 /// What one step changes: the layers' shared workspace and the capture store.
@@ -180,7 +173,7 @@ impl HopperMoe {
             }
             .to_dtype(DType::F32)?;
             let experts = if fp8 {
-                let (codes, scales) = fp8_weights(&spec, &w, &stream)
+                let (codes, scales) = fp8_weights(&w, device)
                     .with_context(|| format!("MoE layer {l}: fp8 weights"))?;
                 drop(w);
                 Experts::Fp8(

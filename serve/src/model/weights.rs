@@ -160,6 +160,16 @@ pub fn dequantize_blocks(codes: &Tensor, scales: &Tensor, block: (usize, usize))
         "scales of shape {:?} for codes {dims:?} in {rows}x{cols} blocks (want {want:?})",
         scales.dims()
     );
+    // Scales are read as numbers: exponent-only scales (ue8m0 bytes, as MX formats store
+    // them) would be taken for their byte values.
+    ensure!(
+        matches!(
+            scales.dtype(),
+            DType::F32 | DType::BF16 | DType::F16 | DType::F64
+        ),
+        "scales of dtype {:?}: only float scales (weight_scale_inv as f32, bf16, f16) are read",
+        scales.dtype()
+    );
     let q = codes
         .to_dtype(DType::F32)?
         .flatten_all()?
@@ -220,9 +230,12 @@ mod tests {
             let (e, j) = (n / 8, n % 4);
             assert_eq!(g, q * [1.0, 2.0, 3.0, 4.0][e * 2 + j / 2], "element {n}");
         }
-        // Scales of the wrong shape are refused.
+        // Scales of the wrong shape or of a non-float dtype are refused.
+        let codes = e4m3(&[0.0; 15], &[3, 5]);
         let wrong = Tensor::ones((1, 3), DType::F32, &Device::Cpu).unwrap();
-        assert!(dequantize_blocks(&e4m3(&[0.0; 15], &[3, 5]), &wrong, (2, 2)).is_err());
+        assert!(dequantize_blocks(&codes, &wrong, (2, 2)).is_err());
+        let bytes = Tensor::ones((2, 3), DType::U8, &Device::Cpu).unwrap();
+        assert!(dequantize_blocks(&codes, &bytes, (2, 2)).is_err());
     }
 
     /// What a source refuses rather than load as float weights.

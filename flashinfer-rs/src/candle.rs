@@ -370,12 +370,6 @@ pub fn cutlass_weights(fc1: Fc1<'_>, down: &Tensor) -> Result<CutlassWeights> {
         t.to_dtype(DType::BF16).map_err(candle_err("to bf16"))
     };
     let fc1 = up_first(fc1, [experts, inter, hidden], down, &bf)?;
-    check_weight(
-        down,
-        "down",
-        &[Some(experts), Some(hidden), Some(inter)],
-        down,
-    )?;
     let down = bf(down)?
         .contiguous()
         .map_err(candle_err("down contiguous"))?;
@@ -424,12 +418,6 @@ pub fn cutlass_block_weights(
     let fc1 = up_first(codes, [experts, inter, hidden], down, &e4m3)?;
     let blocks = [experts, inter / BLOCK, hidden / BLOCK];
     let fc1_scales = up_first(scales, blocks, down, &f32s)?;
-    check_weight(
-        down,
-        "down",
-        &[Some(experts), Some(hidden), Some(inter)],
-        down,
-    )?;
     let fc2_blocks = [Some(experts), Some(hidden / BLOCK), Some(inter / BLOCK)];
     check_weight(down_scales, "down_scales", &fc2_blocks, down)?;
     let codes_of = |t: &Tensor, arg| -> Result<CudaSlice<E4m3>> {
@@ -460,15 +448,20 @@ pub fn cutlass_block_weights(
 /// The 128x128 blocks of an fp8 block-scale layer's weights.
 const BLOCK: usize = 128;
 
-/// `[experts, hidden, intermediate]` of a GEMM 2 tensor (`down`), or an error naming `arg`.
+/// `[experts, hidden, intermediate]` of a GEMM 2 tensor (`down`), checked as every weight is
+/// (a CUDA device, a float dtype), or an error naming `arg`.
 fn expert_dims(down: &Tensor, arg: &'static str) -> Result<(usize, usize, usize)> {
-    match down.dims() {
-        &[e, h, i] => Ok((e, h, i)),
-        d => Err(Error::invalid(
-            arg,
-            format!("has shape {d:?}, must be [experts, hidden, intermediate]"),
-        )),
-    }
+    let dims = match down.dims() {
+        &[e, h, i] => (e, h, i),
+        d => {
+            return Err(Error::invalid(
+                arg,
+                format!("has shape {d:?}, must be [experts, hidden, intermediate]"),
+            ))
+        }
+    };
+    check_weight(down, arg, &[Some(dims.0), Some(dims.1), Some(dims.2)], down)?;
+    Ok(dims)
 }
 
 /// GEMM 1's `[experts, 2 * rows, cols]` with each expert's up rows first, from `fc1` in its

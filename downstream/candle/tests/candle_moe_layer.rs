@@ -442,72 +442,22 @@ fn fp8_checkpoint_tensors_become_the_block_scale_layer() {
     assert_eq!(a, b);
 
     // Refusals, by name.
-    let e = cutlass_weights(
-        Fc1::GateUp {
-            gate: &gate,
-            up: &up,
-        },
-        &down,
-    )
-    .unwrap_err();
-    assert!(
-        matches!(e, Error::InvalidArgument { arg: "weights", .. }),
-        "{e}"
-    );
+    let arg_of = |e: Error| match e {
+        Error::InvalidArgument { arg, .. } => arg,
+        other => panic!("not an argument error: {other}"),
+    };
+    let halves = |gate, up| Fc1::GateUp { gate, up };
+    let e = cutlass_weights(halves(&gate, &up), &down).unwrap_err();
+    assert_eq!(arg_of(e), "weights", "fp8 codes taken for bf16 weights");
     let bf = gate.to_dtype(DType::BF16).unwrap();
-    let e = cutlass_block_weights(
-        Fc1::GateUp { gate: &bf, up: &bf },
-        Fc1::GateUp {
-            gate: &gate_st,
-            up: &up_st,
-        },
-        &down,
-        &down_st,
-    )
-    .unwrap_err();
-    assert!(
-        matches!(e, Error::InvalidArgument { arg: "codes", .. }),
-        "{e}"
-    );
-    let e = cutlass_block_weights(
-        Fc1::GateUp {
-            gate: &gate,
-            up: &up,
-        },
-        Fc1::GateUp {
-            gate: &gate_st,
-            up: &up_st,
-        },
-        &down,
-        &gate_st,
-    )
-    .unwrap_err();
-    assert!(
-        matches!(
-            e,
-            Error::InvalidArgument {
-                arg: "down_scales",
-                ..
-            }
-        ),
-        "{e}"
-    );
     let narrow = down.narrow(1, 0, 192).unwrap();
-    let e = cutlass_block_weights(
-        Fc1::GateUp {
-            gate: &gate,
-            up: &up,
-        },
-        Fc1::GateUp {
-            gate: &gate_st,
-            up: &up_st,
-        },
-        &narrow,
-        &down_st,
-    )
-    .unwrap_err();
-    assert!(
-        matches!(e, Error::InvalidArgument { arg: "down", .. }),
-        "{e}"
-    );
+    for (codes, down, down_scales, arg) in [
+        (halves(&bf, &bf), &down, &down_st, "codes"),
+        (halves(&gate, &up), &down, &gate_st, "down_scales"),
+        (halves(&gate, &up), &narrow, &down_st, "down"),
+    ] {
+        let scales = halves(&gate_st, &up_st);
+        let e = cutlass_block_weights(codes, scales, down, down_scales).unwrap_err();
+        assert_eq!(arg_of(e), arg);
+    }
 }

@@ -29,7 +29,7 @@ use device::Placement;
 use moe::{BackendKind, ExpertScales, MoeBackend, MoeLayerWeights, MoeSpec, StepCapture};
 use ops::{apply_rope, linear, rms_norm, silu, to_f32_vec, Rope};
 use profile::Profiler;
-use weights::{Dequantized, TensorSource};
+use weights::{scales_name, Dequantized, TensorSource};
 
 struct Attention {
     q: Tensor,
@@ -531,7 +531,8 @@ fn load_moe(
     {
         return as_floats();
     }
-    let [gate_s, up_s, down_s] = PROJECTIONS.map(|n| stack(raw, &format!("{n}.weight_scale_inv")));
+    let [gate_s, up_s, down_s] =
+        PROJECTIONS.map(|n| stack(raw, &scales_name(&format!("{n}.weight"))));
     Ok(MoeLayerWeights {
         router,
         gate,

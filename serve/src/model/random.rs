@@ -13,11 +13,10 @@ use std::path::Path;
 
 use anyhow::{ensure, Context, Result};
 use candle_core::{DType, Device, Tensor};
-use flashinfer_rs::cutlass::prepare::fp8_blocks;
 use flashinfer_rs::routing::oracle::SplitMix64;
 
 use super::config::{Quantization, Qwen3MoeConfig};
-use super::weights::TensorSource;
+use super::weights::{quantize_blocks, TensorSource, SCALES_SUFFIX};
 
 fn uniform(rng: &mut SplitMix64, shape: &[usize], fan_in: usize) -> Result<Tensor> {
     let n: usize = shape.iter().product();
@@ -168,8 +167,8 @@ impl RandomSource {
         }
     }
 
-    /// Expert weight `name` quantised: its e4m3 codes (an F8E4M3 tensor of its shape) and
-    /// their block scales `[rows / 128, cols / 128]`.
+    /// Expert weight `name` quantised in 128x128 blocks: its e4m3 codes (an F8E4M3 tensor of
+    /// its shape) and their block scales `[rows / 128, cols / 128]`.
     fn fp8(&self, name: &str) -> Result<(Tensor, Tensor)> {
         let w = self.floats(name)?;
         let (r, c) = w.dims2()?;
@@ -177,17 +176,7 @@ impl RandomSource {
             r.is_multiple_of(128) && c.is_multiple_of(128),
             "random fp8 experts are quantised in 128x128 blocks: {name} is {r}x{c}"
         );
-        let (codes, scales) = fp8_blocks(&w.flatten_all()?.to_vec1::<f32>()?, 1, r, c)?;
-        let codes: Vec<f32> = codes.iter().map(|q| q.to_f32()).collect();
-        Ok((
-            Tensor::from_vec(codes, (r, c), &Device::Cpu)?.to_dtype(DType::F8E4M3)?,
-            Tensor::from_vec(scales, (r / 128, c / 128), &Device::Cpu)?,
-        ))
-    }
-
-    /// The shape of tensor `name`, if the model has it.
-    pub fn shape(&self, name: &str) -> Option<&[usize]> {
-        self.tensors.get(name).map(|(s, _)| s.as_slice())
+        quantize_blocks(&w)
     }
 }
 
@@ -226,7 +215,7 @@ fn uniform_values(start: u64, n: usize, a: f64) -> Vec<f32> {
 
 impl TensorSource for RandomSource {
     fn get(&self, name: &str) -> Result<Tensor> {
-        if let Some(weight) = name.strip_suffix("_scale_inv").filter(|w| self.is_fp8(w)) {
+        if let Some(weight) = name.strip_suffix(SCALES_SUFFIX).filter(|w| self.is_fp8(w)) {
             return Ok(self.fp8(weight)?.1);
         }
         if self.is_fp8(name) {
@@ -237,7 +226,7 @@ impl TensorSource for RandomSource {
     fn contains(&self, name: &str) -> bool {
         self.tensors.contains_key(name)
             || name
-                .strip_suffix("_scale_inv")
+                .strip_suffix(SCALES_SUFFIX)
                 .is_some_and(|w| self.is_fp8(w))
     }
 }

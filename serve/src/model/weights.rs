@@ -9,8 +9,19 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, ensure, Context, Result};
 use candle_core::safetensors::MmapedSafetensors;
 use candle_core::{DType, Device, Tensor};
+use flashinfer_rs::cutlass::prepare::fp8_blocks;
 
 use super::config::Quantization;
+
+/// The name of the block scales of fp8 weight `name` (`X.weight` -> `X.weight_scale_inv`,
+/// a fused `X.gate_up_proj` -> `X.gate_up_proj_scale_inv`), as fine-grained fp8 checkpoints
+/// and transformers name them.
+pub fn scales_name(name: &str) -> String {
+    format!("{name}{SCALES_SUFFIX}")
+}
+
+/// What [`scales_name`] appends.
+pub const SCALES_SUFFIX: &str = "_scale_inv";
 
 /// Tensors by their checkpoint names.
 pub trait TensorSource {
@@ -112,7 +123,7 @@ impl<'a> Dequantized<'a> {
 impl TensorSource for Dequantized<'_> {
     fn get(&self, name: &str) -> Result<Tensor> {
         let t = self.inner.get(name)?;
-        let scales = format!("{name}_scale_inv");
+        let scales = scales_name(name);
         match (self.quantization, t.dtype()) {
             (Quantization::Fp8Blocks { rows, cols }, DType::F8E4M3) => {
                 let s = self
@@ -191,6 +202,30 @@ pub fn dequantize_blocks(codes: &Tensor, scales: &Tensor, block: (usize, usize))
         }
     }
     Ok(Tensor::from_vec(out, dims, &Device::Cpu)?)
+}
+
+/// `weights` (`[..., r, c]`, any float dtype, `r` and `c` multiples of 128) as a fine-grained
+/// fp8 checkpoint holds them: e4m3 codes (an F8E4M3 tensor of the same shape) and their
+/// 128x128 block scales (`[..., r / 128, c / 128]`, f32), by flashinfer-rs's
+/// `prepare::fp8_blocks` (the quantiser of the block-scale layer's weights). On the host.
+pub fn quantize_blocks(weights: &Tensor) -> Result<(Tensor, Tensor)> {
+    let dims = weights.dims();
+    ensure!(dims.len() >= 2, "weights of shape {dims:?}: not a matrix");
+    let (lead, rc) = dims.split_at(dims.len() - 2);
+    let (r, c) = (rc[0], rc[1]);
+    let matrices: usize = lead.iter().product();
+    let v = weights
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let (codes, scales) = fp8_blocks(&v, matrices, r, c)?;
+    let codes: Vec<f32> = codes.iter().map(|q| q.to_f32()).collect();
+    let scale_dims: Vec<usize> = lead.iter().copied().chain([r / 128, c / 128]).collect();
+    Ok((
+        // Every code's value is an e4m3 value: the conversion is exact.
+        Tensor::from_vec(codes, dims, &Device::Cpu)?.to_dtype(DType::F8E4M3)?,
+        Tensor::from_vec(scales, scale_dims, &Device::Cpu)?,
+    ))
 }
 
 #[cfg(test)]

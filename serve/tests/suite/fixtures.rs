@@ -12,10 +12,7 @@ use serde_json::{json, Value};
 
 /// `fixtures/<name>`, or `fixtures/tiny-qwen3-moe/<name>` where an older layout put it.
 fn expected_path(name: &str) -> PathBuf {
-    // A packed test binary runs away from this tree: FLASHINFER_RS_SERVE_FIXTURES says where.
-    let root = std::env::var_os("FLASHINFER_RS_SERVE_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures"));
+    let root = fixtures_root();
     let inside = root.join("tiny-qwen3-moe").join(name);
     let beside = root.join(name);
     if !inside.exists() && beside.exists() {

@@ -119,18 +119,13 @@ fn fp8_experts_on_hopper_match_their_cpu_reference() {
         return;
     }
     let (cfg, fp8, _) = fp8_checkpoint(21);
-    let with = |weights| {
-        let mut place = Placement::cpu();
-        place.moe_weights = weights;
-        place
-    };
     let reference = drive(
-        &Model::load_on(&cfg, &fp8, BackendKind::Cpu, &with(MoeWeights::Fp8)).unwrap(),
+        &Model::load_on(&cfg, &fp8, BackendKind::Cpu, &cpu_with(MoeWeights::Fp8)).unwrap(),
         &steps(),
         true,
     );
     for weights in [MoeWeights::Fp8, MoeWeights::Auto] {
-        let m = Model::load_on(&cfg, &fp8, BackendKind::Hopper, &with(weights)).unwrap();
+        let m = Model::load_on(&cfg, &fp8, BackendKind::Hopper, &cpu_with(weights)).unwrap();
         assert_eq!(m.moe().name(), "hopper-fp8", "{weights:?}");
         let got = drive(&m, &steps(), true);
         let (same, rows) = compare_runs(&reference, &got, 5e-2, &format!("{weights:?}"));

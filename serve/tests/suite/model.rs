@@ -5,7 +5,6 @@ use std::collections::HashMap;
 
 use crate::common::*;
 use candle_core::{DType, Tensor};
-use flashinfer_rs_serve::model::device::Placement;
 use flashinfer_rs_serve::model::moe::{BackendKind, MoeWeights, StepCapture};
 use flashinfer_rs_serve::model::random::random_tensors;
 use flashinfer_rs_serve::model::weights::Checkpoint;
@@ -130,10 +129,7 @@ fn a_tokens_numbers_do_not_depend_on_its_batch() {
 
 /// The fine-grained fp8 fixture checkpoint (`fixtures/tiny-qwen3-moe-fp8`) and its config.
 fn fp8_fixture() -> (std::path::PathBuf, Qwen3MoeConfig) {
-    let root = std::env::var_os("FLASHINFER_RS_SERVE_FIXTURES")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures"));
-    let dir = root.join("tiny-qwen3-moe-fp8");
+    let dir = fixtures_root().join("tiny-qwen3-moe-fp8");
     let cfg = Qwen3MoeConfig::from_file(&dir.join("config.json")).unwrap();
     (dir, cfg)
 }
@@ -204,13 +200,6 @@ fn fused_fp8_experts_equal_per_expert_ones() {
     let (lb, cb) = run(&b, &tokens);
     assert_eq!(la, lb);
     assert_eq!(ca, cb);
-}
-
-/// `place` (the CPU path) with the experts' format `weights`.
-fn cpu_with(weights: MoeWeights) -> Placement {
-    let mut place = Placement::cpu();
-    place.moe_weights = weights;
-    place
 }
 
 /// The steps the fp8 tests run: a prefill of 9 and three decode tokens.

@@ -277,22 +277,16 @@ mod tests {
     #[test]
     fn fp8_experts_stay_within_activation_rounding() {
         use super::super::ExpertScales;
-        use flashinfer_rs::cutlass::prepare::fp8_blocks;
+        use crate::model::weights::quantize_blocks;
         let (e, k, h, i, t) = (8, 2, 256, 128, 32);
         let spec = spec(e, k, h, i);
-        // Each [experts, rows, cols] tensor as e4m3 codes (a candle F8E4M3 tensor) and its
-        // 128x128 block scales.
-        let quantised = |n: usize, rows: usize, cols: usize, seed: u64| {
-            let v = to_f32_vec(&tensor(n, &[n], seed)).unwrap();
-            let (codes, scales) = fp8_blocks(&v, e, rows, cols).unwrap();
-            let codes: Vec<f32> = codes.iter().map(|q| q.to_f32()).collect();
-            let codes = Tensor::from_vec(codes, (e, rows, cols), &Device::Cpu).unwrap();
-            let scales = Tensor::from_vec(scales, (e, rows / 128, cols / 128), &Device::Cpu);
-            (codes.to_dtype(DType::F8E4M3).unwrap(), scales.unwrap())
+        // Each [experts, rows, cols] tensor as e4m3 codes and its 128x128 block scales.
+        let quantised = |rows: usize, cols: usize, seed: u64| {
+            quantize_blocks(&tensor(e * rows * cols, &[e, rows, cols], seed)).unwrap()
         };
-        let (gate, gate_s) = quantised(e * i * h, i, h, 2);
-        let (up, up_s) = quantised(e * i * h, i, h, 3);
-        let (down, down_s) = quantised(e * h * i, h, i, 4);
+        let (gate, gate_s) = quantised(i, h, 2);
+        let (up, up_s) = quantised(i, h, 3);
+        let (down, down_s) = quantised(h, i, 4);
         let w = MoeLayerWeights {
             router: tensor(e * h, &[e, h], 1),
             gate,

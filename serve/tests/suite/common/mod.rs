@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use candle_core::{DType, Tensor};
-use flashinfer_rs::cutlass::prepare::fp8_blocks;
 use flashinfer_rs_serve::engine::sampling::{Sampler, SamplingParams};
-use flashinfer_rs_serve::model::moe::{BackendKind, StepCapture};
+use flashinfer_rs_serve::model::device::Placement;
+use flashinfer_rs_serve::model::moe::{BackendKind, MoeWeights, StepCapture};
 use flashinfer_rs_serve::model::random::{random_tensors, save_checkpoint};
+use flashinfer_rs_serve::model::weights::{quantize_blocks, scales_name};
 use flashinfer_rs_serve::model::{KvCache, Model, Qwen3MoeConfig, SeqInput};
 use flashinfer_rs_serve::server::{self, ModelSource, RunningServer, ServerOptions};
 use flashinfer_rs_serve::text::{write_byte_level_tokenizer, TextModel};
@@ -525,25 +526,36 @@ pub fn fp8_checkpoint(seed: u64) -> (Qwen3MoeConfig, Tensors, Tensors) {
     let cfg: Qwen3MoeConfig = serde_json::from_value(v).unwrap();
     let floats = random_tensors(&cfg, seed).unwrap();
     let (mut fp8, mut dequantized) = (floats.clone(), floats.clone());
-    let cpu = &candle_core::Device::Cpu;
     for (name, t) in floats.iter().filter(|(n, _)| n.contains(".experts.")) {
-        let (r, c) = t.dims2().unwrap();
-        let w = t.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-        let (codes, scales) =
-            fp8_blocks(&w.to_vec1::<f32>().unwrap(), 1, r, c).expect("quantising an expert");
-        let codes: Vec<f32> = codes.iter().map(|q| q.to_f32()).collect();
-        let values: Vec<f32> = codes
-            .iter()
-            .enumerate()
-            .map(|(n, &q)| q * scales[(n / c / 128) * (c / 128) + (n % c) / 128])
+        let (codes, scales) = quantize_blocks(t).expect("quantising an expert");
+        // The values written out here, not by the loader's own dequantisation.
+        let c = t.dim(1).unwrap();
+        let s = scales.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let q = codes.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
+        let values: Vec<f32> = (q.to_vec1::<f32>().unwrap().iter().enumerate())
+            .map(|(n, &q)| q * s[(n / c / 128) * (c / 128) + (n % c) / 128])
             .collect();
-        let codes = Tensor::from_vec(codes, (r, c), cpu).unwrap();
-        fp8.insert(name.clone(), codes.to_dtype(DType::F8E4M3).unwrap());
-        let scales = Tensor::from_vec(scales, (r / 128, c / 128), cpu).unwrap();
-        fp8.insert(format!("{name}_scale_inv"), scales);
-        dequantized.insert(name.clone(), Tensor::from_vec(values, (r, c), cpu).unwrap());
+        let values = Tensor::from_vec(values, t.dims(), &candle_core::Device::Cpu).unwrap();
+        dequantized.insert(name.clone(), values);
+        fp8.insert(scales_name(name), scales);
+        fp8.insert(name.clone(), codes);
     }
     (cfg, fp8, dequantized)
+}
+
+/// `serve/fixtures`, or where FLASHINFER_RS_SERVE_FIXTURES says (a packed test binary runs
+/// away from this tree).
+pub fn fixtures_root() -> PathBuf {
+    std::env::var_os("FLASHINFER_RS_SERVE_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures"))
+}
+
+/// The CPU path's placement with the experts' format `weights`.
+pub fn cpu_with(weights: MoeWeights) -> Placement {
+    let mut place = Placement::cpu();
+    place.moe_weights = weights;
+    place
 }
 
 /// A checkpoint's tensors by name.

@@ -369,7 +369,7 @@ pub fn cutlass_weights(fc1: Fc1<'_>, down: &Tensor) -> Result<CutlassWeights> {
         })?;
         t.to_dtype(DType::BF16).map_err(candle_err("to bf16"))
     };
-    let fc1 = up_first(fc1, [experts, inter, hidden], down, &bf)?;
+    let fc1 = up_first(fc1, [experts, inter, hidden], down, &WEIGHT_NAMES, &bf)?;
     let down = bf(down)?
         .contiguous()
         .map_err(candle_err("down contiguous"))?;
@@ -415,9 +415,9 @@ pub fn cutlass_block_weights(
         Ok(t.clone())
     };
     let f32s = |t: &Tensor| t.to_dtype(DType::F32).map_err(candle_err("scales to f32"));
-    let fc1 = up_first(codes, [experts, inter, hidden], down, &e4m3)?;
+    let fc1 = up_first(codes, [experts, inter, hidden], down, &WEIGHT_NAMES, &e4m3)?;
     let blocks = [experts, inter / BLOCK, hidden / BLOCK];
-    let fc1_scales = up_first(scales, blocks, down, &f32s)?;
+    let fc1_scales = up_first(scales, blocks, down, &SCALE_NAMES, &f32s)?;
     let fc2_blocks = [Some(experts), Some(hidden / BLOCK), Some(inter / BLOCK)];
     check_weight(down_scales, "down_scales", &fc2_blocks, down)?;
     let codes_of = |t: &Tensor, arg| -> Result<CudaSlice<E4m3>> {
@@ -464,14 +464,39 @@ fn expert_dims(down: &Tensor, arg: &'static str) -> Result<(usize, usize, usize)
     Ok(dims)
 }
 
+/// The argument names an [`Fc1`]'s tensors are refused under, by variant.
+struct Fc1Names {
+    gate: &'static str,
+    up: &'static str,
+    w13: &'static str,
+    fc1: &'static str,
+}
+
+/// Weights (or codes) given as an [`Fc1`].
+const WEIGHT_NAMES: Fc1Names = Fc1Names {
+    gate: "gate",
+    up: "up",
+    w13: "w13",
+    fc1: "fc1",
+};
+
+/// Block scales given as an [`Fc1`].
+const SCALE_NAMES: Fc1Names = Fc1Names {
+    gate: "gate_scales",
+    up: "up_scales",
+    w13: "w13_scales",
+    fc1: "fc1_scales",
+};
+
 /// GEMM 1's `[experts, 2 * rows, cols]` with each expert's up rows first, from `fc1` in its
 /// layout (halves `[experts, rows, cols]`, or whole), each tensor checked (`down`'s device, a
-/// float dtype, its shape) and passed through `convert` (a dtype conversion, or a check)
-/// first; `half` is `[experts, rows, cols]`.
+/// float dtype, its shape; a wrong one refused under its name in `names`) and passed through
+/// `convert` (a dtype conversion, or a check) first; `half` is `[experts, rows, cols]`.
 fn up_first(
     fc1: Fc1<'_>,
     half: [usize; 3],
     down: &Tensor,
+    names: &Fc1Names,
     convert: &dyn Fn(&Tensor) -> Result<Tensor>,
 ) -> Result<Tensor> {
     let [experts, rows, cols] = half;
@@ -482,19 +507,19 @@ fn up_first(
     };
     match fc1 {
         Fc1::GateUp { gate, up } => {
-            for (arg, t) in [("gate", gate), ("up", up)] {
+            for (arg, t) in [(names.gate, gate), (names.up, up)] {
                 check_weight(t, arg, &half_shape, down)?;
             }
             up_gate(&convert(up)?, &convert(gate)?)
         }
         Fc1::GateFirst(w13) => {
-            check_weight(w13, "w13", &whole_shape, down)?;
+            check_weight(w13, names.w13, &whole_shape, down)?;
             let w13 = convert(w13)?;
             let half = |start| w13.narrow(1, start, rows).map_err(candle_err("w13 halves"));
             up_gate(&half(rows)?, &half(0)?)
         }
         Fc1::UpFirst(w) => {
-            check_weight(w, "fc1", &whole_shape, down)?;
+            check_weight(w, names.fc1, &whole_shape, down)?;
             convert(w)?
                 .contiguous()
                 .map_err(candle_err("fc1 contiguous"))

@@ -451,6 +451,14 @@ fn fp8_checkpoint_tensors_become_the_block_scale_layer() {
     assert_eq!(arg_of(e), "weights", "fp8 codes taken for bf16 weights");
     let bf = gate.to_dtype(DType::BF16).unwrap();
     let narrow = down.narrow(1, 0, 192).unwrap();
+    let e = cutlass_block_weights(
+        halves(&gate, &up),
+        halves(&down_st, &up_st),
+        &down,
+        &down_st,
+    )
+    .unwrap_err();
+    assert_eq!(arg_of(e), "gate_scales", "fc1's scales named as scales");
     for (codes, down, down_scales, arg) in [
         (halves(&bf, &bf), &down, &down_st, "codes"),
         (halves(&gate, &up), &down, &gate_st, "down_scales"),
